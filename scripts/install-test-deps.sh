@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs the system packages the test suite needs on a Debian machine.
+# Idempotent: a package is installed only when the command it provides is
+# missing, and the package index is refreshed at most once per run (and only
+# when something has to be installed), so a machine that has everything
+# pays nothing.
+#
+# To add a dependency, add a "command package" line to DEPS below.
+set -euo pipefail
+
+# command-to-check   debian-package
+DEPS=(
+	"openssl openssl" # the openssl CLI, used by the test suite
+	"gcc gcc"         # cgo, needed by go test -race
+	"make make"       # the Makefile drives the suite
+)
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+	if command -v sudo >/dev/null 2>&1; then
+		# -n: never prompt; CI runs with no stdin.
+		SUDO=(sudo -n)
+	fi
+fi
+
+missing=()
+for dep in "${DEPS[@]}"; do
+	read -r cmd pkg <<<"$dep"
+	if ! command -v "$cmd" >/dev/null 2>&1; then
+		missing+=("$pkg")
+	fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+	exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
+	echo "install-test-deps: missing ${missing[*]}, and not root and no sudo: install them by hand (apt-get install ${missing[*]})" >&2
+	exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "install-test-deps: missing ${missing[*]}, and no apt-get (not Debian?): install them by hand" >&2
+	exit 1
+fi
+
+echo "install-test-deps: installing ${missing[*]}"
+# env, not export: sudo drops the caller's environment.
+apt=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+"${apt[@]}" update -qq </dev/null
+"${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" </dev/null
