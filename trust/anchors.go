@@ -1,0 +1,205 @@
+package trust
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshtrust/meshtrust/identity"
+)
+
+// LocalCA trusts the mesh CA: its root, with its live intermediates known
+// even when a peer presents only its leaf. Every certificate it admits
+// must carry a mesh identity whose SPIFFE ID is in the trust domain.
+type LocalCA struct {
+	td spiffeid.TrustDomain
+
+	mu            sync.RWMutex
+	roots         *x509.CertPool
+	intermediates []*x509.Certificate
+	notify        notifier
+}
+
+// NewLocalCA returns a backend trusting root and intermediates.
+func NewLocalCA(td spiffeid.TrustDomain, root *x509.Certificate, intermediates []*x509.Certificate) *LocalCA {
+	l := &LocalCA{td: td}
+	l.SetAnchors(root, intermediates)
+	return l
+}
+
+// Name returns "localca".
+func (*LocalCA) Name() string { return "localca" }
+
+// SetAnchors replaces the root and intermediates, after a rotation.
+func (l *LocalCA) SetAnchors(root *x509.Certificate, intermediates []*x509.Certificate) {
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	l.mu.Lock()
+	l.roots, l.intermediates = roots, intermediates
+	l.mu.Unlock()
+	l.notify.fire()
+}
+
+// OnChange registers fn to run when the anchors change.
+func (l *LocalCA) OnChange(fn func()) { l.notify.add(fn) }
+
+// Verify implements Backend.
+func (l *LocalCA) Verify(_ context.Context, chain []*x509.Certificate, now time.Time) (*Peer, error) {
+	l.mu.RLock()
+	roots, inter := l.roots, l.intermediates
+	l.mu.RUnlock()
+	full := append(append(make([]*x509.Certificate, 0, len(chain)+len(inter)), chain...), inter...)
+	chains, err := verifyChain(full, roots, now)
+	if err != nil {
+		return nil, err
+	}
+	leaf := chain[0]
+	id, err := identity.FromCertificate(leaf, l.td)
+	if err != nil {
+		return nil, refuse(ErrUntrusted, ReasonBadIdentity, "certificate %q: %v", leaf.Subject.CommonName, err)
+	}
+	p := newPeer(l.Name(), leaf)
+	p.Identity = id
+	p.expires = chainExpiry(chains[0])
+	return p, nil
+}
+
+// Anchors trusts a set of CA certificates, each tied to an entity name ("" for
+// CAs that are the mesh's own). It backs the filestore backend and the
+// entities registered in meshd's store.
+type Anchors struct {
+	name string
+
+	mu     sync.RWMutex
+	byName map[string][]*x509.Certificate
+	pool   *x509.CertPool
+	notify notifier
+}
+
+// NewAnchors returns an empty set of anchors reporting itself as name.
+func NewAnchors(name string) *Anchors {
+	return &Anchors{name: name, byName: map[string][]*x509.Certificate{}, pool: x509.NewCertPool()}
+}
+
+// Name returns the backend's name.
+func (a *Anchors) Name() string { return a.name }
+
+// OnChange registers fn to run when the anchors change.
+func (a *Anchors) OnChange(fn func()) { a.notify.add(fn) }
+
+// Replace swaps the whole set: entity name ("" for the mesh's own) to its
+// CA certificates.
+func (a *Anchors) Replace(set map[string][]*x509.Certificate) {
+	pool := x509.NewCertPool()
+	byName := make(map[string][]*x509.Certificate, len(set))
+	for name, certs := range set {
+		byName[name] = certs
+		for _, c := range certs {
+			pool.AddCert(c)
+		}
+	}
+	a.mu.Lock()
+	a.byName, a.pool = byName, pool
+	a.mu.Unlock()
+	a.notify.fire()
+}
+
+// Set replaces the certificates of one entity.
+func (a *Anchors) Set(entity string, certs []*x509.Certificate) {
+	a.update(func(m map[string][]*x509.Certificate) { m[entity] = certs })
+}
+
+// Remove drops an entity's certificates.
+func (a *Anchors) Remove(entity string) {
+	a.update(func(m map[string][]*x509.Certificate) { delete(m, entity) })
+}
+
+func (a *Anchors) update(fn func(map[string][]*x509.Certificate)) {
+	a.mu.RLock()
+	m := make(map[string][]*x509.Certificate, len(a.byName)+1)
+	for k, v := range a.byName {
+		m[k] = v
+	}
+	a.mu.RUnlock()
+	fn(m)
+	a.Replace(m)
+}
+
+// Entities returns the entity names the anchors cover, sorted; "" (the
+// mesh's own CAs) is not listed.
+func (a *Anchors) Entities() []string {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	var out []string
+	for n := range a.byName {
+		if n != "" {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Certificates returns the CA certificates of one entity.
+func (a *Anchors) Certificates(entity string) []*x509.Certificate {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.byName[entity]
+}
+
+// Verify implements Backend. The entity of the peer is the registered name
+// of the anchor its chain ends at, never a name the CA wrote into its own
+// certificate. An anchor registered under several names is attributed to
+// the first in sort order ("" first), the same one every time.
+func (a *Anchors) Verify(_ context.Context, chain []*x509.Certificate, now time.Time) (*Peer, error) {
+	a.mu.RLock()
+	pool, byName := a.pool, a.byName
+	a.mu.RUnlock()
+	chains, err := verifyChain(chain, pool, now)
+	if err != nil {
+		return nil, err
+	}
+	anchor := chains[0][len(chains[0])-1]
+	entity, found := "", false
+	for name, certs := range byName {
+		for _, c := range certs {
+			if bytes.Equal(c.Raw, anchor.Raw) && (!found || name < entity) {
+				entity, found = name, true
+			}
+		}
+	}
+	if !found {
+		return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q: its anchor was just removed", chain[0].Subject.CommonName)
+	}
+	p := newPeer(a.name, chain[0])
+	p.Entity = entity
+	p.Identity = looseIdentity(chain[0])
+	p.expires = chainExpiry(chains[0])
+	return p, nil
+}
+
+// notifier is a list of change callbacks.
+type notifier struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+func (n *notifier) add(fn func()) {
+	n.mu.Lock()
+	n.fns = append(n.fns, fn)
+	n.mu.Unlock()
+}
+
+func (n *notifier) fire() {
+	n.mu.Lock()
+	fns := n.fns
+	n.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}

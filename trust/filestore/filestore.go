@@ -1,0 +1,433 @@
+// Package filestore is the "filestore" trust backend: CA certificates kept
+// as PEM files in a directory (MCP_MESH_TRUST_DIR), reloaded whenever the
+// directory changes.
+//
+// The layout:
+//
+//	<dir>/*.pem                 CAs that are the mesh's own (entity "")
+//	<dir>/entities/<name>.pem   the CAs of partner entity <name>
+//
+// A partner's entity is the name of the file it was registered under, never
+// a name its CA writes into its own certificate. Each file may hold several
+// CA certificates (a bundle). A file that cannot be read or parsed, a
+// certificate that is not a CA, and an entity file whose name is not a
+// valid id are skipped with a warning; the other files still load.
+//
+// Files are best replaced atomically (write a temporary file, then rename
+// it into place), as kubelet and cert-manager do; a file written in place
+// may be read half-written, skipped, and read again on its next change.
+package filestore
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// Name is the backend's name in MCP_MESH_TRUST_BACKEND.
+const Name = "filestore"
+
+// EntitiesDir is the subdirectory holding partner entity CAs.
+const EntitiesDir = "entities"
+
+// maxFileSize bounds a trust file; a CA bundle is a few kilobytes.
+const maxFileSize = 1 << 20
+
+// An Option configures a Store.
+type Option func(*Store)
+
+// WithLogger sets the logger that receives load warnings; the default is
+// slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
+
+// WithDebounce sets how long the Store waits for a burst of file events to
+// settle before it reloads; the default is 50ms.
+func WithDebounce(d time.Duration) Option { return func(s *Store) { s.debounce = d } }
+
+// Store is the filestore backend. It implements trust.Backend and
+// trust.Notifier, so a trust.Chain over it drops its cached verdicts
+// whenever the set of CAs changes.
+type Store struct {
+	dir      string
+	anchors  *trust.Anchors
+	log      *slog.Logger
+	debounce time.Duration
+	watcher  *fsnotify.Watcher
+
+	// mu serializes loads and guards loaded.
+	mu     sync.Mutex
+	loaded map[string][]*x509.Certificate
+
+	stop      chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  error // of the watcher, set before done closes
+}
+
+// New loads the CAs in dir and keeps watching it until ctx is done or Close
+// is called; after either, the CAs loaded last stay in force. A missing or
+// unreadable dir is an error; problems with single files are logged and
+// skipped.
+func New(ctx context.Context, dir string, opts ...Option) (*Store, error) {
+	s := &Store{
+		dir:      filepath.Clean(dir),
+		anchors:  trust.NewAnchors(Name),
+		log:      slog.Default(),
+		debounce: 50 * time.Millisecond,
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	s.log = s.log.With("backend", Name, "dir", s.dir)
+	if err := checkDir(s.dir); err != nil {
+		return nil, err
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("filestore: watch %s: %w", s.dir, err)
+	}
+	// Watch before the first load, so no change slips between the two.
+	if err := w.Add(s.dir); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("filestore: watch %s: %w", s.dir, err)
+	}
+	s.watcher = w
+	if err := s.Reload(); err != nil {
+		w.Close()
+		return nil, err
+	}
+	go s.watch(ctx)
+	return s, nil
+}
+
+// Name returns "filestore".
+func (s *Store) Name() string { return Name }
+
+// Dir returns the directory the Store reads.
+func (s *Store) Dir() string { return s.dir }
+
+// Verify implements trust.Backend.
+func (s *Store) Verify(ctx context.Context, chain []*x509.Certificate, now time.Time) (*trust.Peer, error) {
+	return s.anchors.Verify(ctx, chain, now)
+}
+
+// OnChange implements trust.Notifier: fn runs after every load that
+// changed the set of CAs.
+func (s *Store) OnChange(fn func()) { s.anchors.OnChange(fn) }
+
+// Entities returns the partner entities currently loaded, sorted.
+func (s *Store) Entities() []string { return s.anchors.Entities() }
+
+// Certificates returns the CA certificates loaded for entity ("" for the
+// mesh's own).
+func (s *Store) Certificates(entity string) []*x509.Certificate {
+	return s.anchors.Certificates(entity)
+}
+
+// Reload reads the whole directory again, as on SIGHUP. It fails only when
+// the directory itself cannot be read, and then keeps the CAs it had.
+func (s *Store) Reload() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := checkDir(s.dir); err != nil {
+		return err
+	}
+	s.watchEntities()
+	set, err := s.read()
+	if err != nil {
+		return err
+	}
+	if sameSet(set, s.loaded) {
+		return nil
+	}
+	s.loaded = set
+	s.anchors.Replace(set)
+	s.log.Info("trust anchors loaded", "mesh_cas", len(set[""]), "entities", len(s.anchors.Entities()))
+	return nil
+}
+
+// Close stops watching the directory. The CAs loaded last stay in force.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { close(s.stop) })
+	<-s.done
+	return s.closeErr
+}
+
+// watch reloads after each burst of events settles.
+func (s *Store) watch(ctx context.Context) {
+	defer close(s.done)
+	defer func() { s.closeErr = s.watcher.Close() }()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop() // armed by the first event
+	defer timer.Stop()
+	// A burst that never settles still reloads after maxWait.
+	maxWait := 10 * s.debounce
+	var first time.Time // start of the pending burst; zero when none
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stop:
+			return
+		case ev, ok := <-s.watcher.Events:
+			if !ok {
+				return
+			}
+			s.log.Debug("trust dir event", "event", ev.String())
+			now := time.Now()
+			if first.IsZero() {
+				first = now
+			}
+			wait := s.debounce
+			if left := maxWait - now.Sub(first); left < wait {
+				wait = max(left, 0)
+			}
+			timer.Reset(wait)
+		case err, ok := <-s.watcher.Errors:
+			if !ok {
+				return
+			}
+			// An overflow loses events: reload to catch up.
+			s.log.Warn("trust dir watch error; reloading", "err", err)
+			if first.IsZero() {
+				first = time.Now()
+			}
+			timer.Reset(s.debounce)
+		case <-timer.C:
+			first = time.Time{}
+			if err := s.Reload(); err != nil {
+				s.log.Error("trust dir reload failed; keeping the CAs loaded before", "err", err)
+			}
+		}
+	}
+}
+
+// watchEntities watches dir/entities when it exists: it may appear after
+// the Store started, or be replaced by a new directory (a Kubernetes volume
+// swaps a symlink), which drops the old watch. Adding a watch that exists
+// is harmless.
+func (s *Store) watchEntities() {
+	p := filepath.Join(s.dir, EntitiesDir)
+	fi, err := os.Stat(p)
+	if err != nil || !fi.IsDir() {
+		return
+	}
+	if err := s.watcher.Add(p); err != nil && !errors.Is(err, fsnotify.ErrClosed) {
+		s.log.Warn("cannot watch entities directory; changes to it need a reload", "path", p, "err", err)
+	}
+}
+
+// read reads the whole set: "" for the mesh's CAs, then one name per
+// entity file.
+func (s *Store) read() (map[string][]*x509.Certificate, error) {
+	set := map[string][]*x509.Certificate{}
+	seen := map[string]string{} // certificate fingerprint -> the file that holds it
+
+	files, err := pemFiles(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("filestore: read trust dir: %w", err)
+	}
+	for _, f := range files {
+		if certs := s.load(f, "", seen); len(certs) > 0 {
+			set[""] = append(set[""], certs...)
+		}
+	}
+
+	edir := filepath.Join(s.dir, EntitiesDir)
+	files, err = pemFiles(edir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return set, nil
+	case err != nil:
+		// Keep the mesh's own CAs; the entities are lost until the next
+		// readable change.
+		s.log.Warn("cannot read entities directory; no partner entity is trusted", "path", edir, "err", err)
+		return set, nil
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".pem")
+		if err := identity.ValidateID(name); err != nil {
+			s.log.Warn("skipping entity file: its name is not a valid entity id; rename it to <id>.pem",
+				"file", f, "reason", err.Error())
+			continue
+		}
+		if certs := s.load(f, name, seen); len(certs) > 0 {
+			set[name] = certs
+		}
+	}
+	return set, nil
+}
+
+// load reads the CA certificates of one file, logging what it skips. A CA
+// already loaded from another file is skipped too: one CA must speak for
+// one entity.
+func (s *Store) load(path, entity string, seen map[string]string) []*x509.Certificate {
+	data, err := readFile(path)
+	if err != nil {
+		s.log.Warn("skipping trust file", "file", path, "reason", err.Error())
+		return nil
+	}
+	certs, problems, err := Parse(data)
+	if err != nil {
+		s.log.Warn("skipping trust file", "file", path, "reason", err.Error())
+		return nil
+	}
+	for _, p := range problems {
+		s.log.Warn("skipping part of trust file", "file", path, "reason", p)
+	}
+	out := certs[:0]
+	for _, c := range certs {
+		fp := trust.Fingerprint(c)
+		if other, dup := seen[fp]; dup {
+			s.log.Warn("skipping CA certificate already loaded from another file; a CA may belong to one entity only",
+				"file", path, "other_file", other, "subject", c.Subject.String())
+			continue
+		}
+		seen[fp] = path
+		out = append(out, c)
+	}
+	if len(out) == 0 && len(problems) > 0 {
+		s.log.Warn("trust file holds no usable CA certificate", "file", path, "entity", entity)
+	}
+	return out
+}
+
+// Parse parses a trust file: one or more PEM CERTIFICATE blocks, each a CA
+// certificate. Text around the blocks is ignored, as OpenSSL writes it.
+// It returns the CA certificates and, for each block it skipped, why: a
+// certificate that is not a CA, or a block that is not a certificate. It
+// fails when the file holds no PEM block, or when a certificate block does
+// not parse: a damaged file is skipped whole.
+func Parse(data []byte) (certs []*x509.Certificate, skipped []string, err error) {
+	blocks := 0
+	for n := 1; ; n++ {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		blocks++
+		if b.Type != "CERTIFICATE" {
+			// Never the block's content: it may be a private key.
+			skipped = append(skipped, fmt.Sprintf("block %d is a %s, not a CERTIFICATE; a trust file should hold certificates only", n, safeType(b.Type)))
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, nil, fmt.Errorf("certificate %d does not parse: %w", n, err)
+		}
+		if !c.BasicConstraintsValid || !c.IsCA {
+			skipped = append(skipped, fmt.Sprintf("certificate %d (%q) is not a CA certificate (no basicConstraints CA:TRUE); a trust file holds CAs, not leaves", n, c.Subject.CommonName))
+			continue
+		}
+		certs = append(certs, c)
+	}
+	if blocks == 0 {
+		return nil, nil, errors.New("no PEM data: want one or more CERTIFICATE blocks")
+	}
+	return certs, skipped, nil
+}
+
+// safeType bounds a PEM block type for a log line.
+func safeType(t string) string {
+	if len(t) > 40 {
+		t = t[:40] + "…"
+	}
+	return fmt.Sprintf("%q", t)
+}
+
+// pemFiles lists the *.pem files of dir, sorted, skipping hidden files
+// (editors' and atomic writers' temporaries) and directories.
+func pemFiles(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".pem") {
+			continue
+		}
+		out = append(out, filepath.Join(dir, name))
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// readFile reads a trust file, following symlinks (a Kubernetes volume
+// links each file into a timestamped directory).
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("larger than %d bytes; a trust file holds a few CA certificates", maxFileSize)
+	}
+	return data, nil
+}
+
+func checkDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("filestore: trust directory %s does not exist (set MCP_MESH_TRUST_DIR to a directory of CA .pem files)", dir)
+	}
+	if err != nil {
+		return fmt.Errorf("filestore: trust directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("filestore: trust directory %s is not a directory (set MCP_MESH_TRUST_DIR to a directory of CA .pem files)", dir)
+	}
+	return nil
+}
+
+// sameSet reports whether a and b hold the same certificates per entity.
+func sameSet(a, b map[string][]*x509.Certificate) bool {
+	if a == nil || b == nil || len(a) != len(b) {
+		return false
+	}
+	for name, ac := range a {
+		bc, ok := b[name]
+		if !ok || len(ac) != len(bc) {
+			return false
+		}
+		for i := range ac {
+			if !bytes.Equal(ac[i].Raw, bc[i].Raw) {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,235 @@
+// Package trust decides whether a peer's certificate chain is trusted, and
+// by whom.
+//
+// A Backend knows a set of trust anchors: the mesh CA itself (LocalCA), a
+// set of CAs each tied to a partner "entity" name (Anchors), CA files in a
+// directory (package trust/filestore). A Chain tries its backends in order, first match wins,
+// and caches each verdict per leaf fingerprint until a revocation or a
+// change of anchors invalidates it. A RevocationSet holds the revoked
+// serials and entities every backend consults.
+package trust
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/meshtrust/meshtrust/identity"
+)
+
+// Errors callers branch on. Every verification error wraps one of these
+// and is a *VerifyError carrying a short machine-readable reason.
+var (
+	// ErrUnknownAuthority reports a chain that no anchor of a backend
+	// signed. A Chain moves on to its next backend; it is final only when
+	// no backend knows the chain.
+	ErrUnknownAuthority = errors.New("trust: certificate signed by an unknown authority")
+	// ErrUntrusted reports a chain that a backend knows but refuses:
+	// expired, not yet valid, not a client certificate, a CA as a leaf.
+	ErrUntrusted = errors.New("trust: certificate not trusted")
+	// ErrRevoked reports a revoked certificate or entity.
+	ErrRevoked = errors.New("trust: certificate revoked")
+	// ErrNoCertificate reports a caller that presented no certificate.
+	ErrNoCertificate = errors.New("trust: client certificate required")
+)
+
+// Reasons a certificate is refused, as reported by VerifyError.Reason and
+// used as a metric label.
+const (
+	ReasonNoCertificate = "no_certificate"
+	ReasonUnknownCA     = "unknown_ca"
+	ReasonExpired       = "expired"
+	ReasonNotYetValid   = "not_yet_valid"
+	ReasonNotClient     = "not_client_cert"
+	ReasonCAAsLeaf      = "ca_as_leaf"
+	ReasonBadChain      = "bad_chain"
+	ReasonBadIdentity   = "bad_identity"
+	ReasonRevoked       = "revoked"
+	ReasonEntityRevoked = "entity_revoked"
+)
+
+// VerifyError is why a chain was refused.
+type VerifyError struct {
+	// Reason is one of the Reason constants.
+	Reason string
+	// Detail is a sentence for the caller and the log.
+	Detail string
+	err    error
+}
+
+func (e *VerifyError) Error() string { return e.Detail }
+
+// Unwrap returns the sentinel error the refusal wraps.
+func (e *VerifyError) Unwrap() error { return e.err }
+
+func refuse(sentinel error, reason, format string, args ...any) *VerifyError {
+	return &VerifyError{Reason: reason, Detail: fmt.Sprintf(format, args...), err: sentinel}
+}
+
+// Reason returns the refusal reason of err, or "error" for an error that is
+// not a VerifyError.
+func Reason(err error) string {
+	var ve *VerifyError
+	if errors.As(err, &ve) {
+		return ve.Reason
+	}
+	return "error"
+}
+
+// Peer is a caller whose certificate chain a backend verified.
+type Peer struct {
+	// Leaf is the caller's certificate.
+	Leaf *x509.Certificate
+	// Fingerprint is the lowercase hex SHA-256 of Leaf.
+	Fingerprint string
+	// Serial is Leaf's serial in lowercase hex.
+	Serial string
+	// IssuerKeyID is the lowercase hex key id of Leaf's issuer.
+	IssuerKeyID string
+	// Backend names the backend that admitted the chain.
+	Backend string
+	// Entity is the partner entity whose CA signed the chain; "" for the
+	// mesh's own CAs.
+	Entity string
+	// Identity is the mesh identity the certificate carries; zero when its
+	// names are not a mesh identity (a partner's own naming).
+	Identity identity.Identity
+
+	// expires is the earliest NotAfter in the verified chain, anchor
+	// included: past it a cached admission must be verified again. Zero
+	// when the backend did not say.
+	expires time.Time
+}
+
+// Name returns the certificate's common name.
+func (p *Peer) Name() string { return p.Leaf.Subject.CommonName }
+
+// AgentID returns the one agent id this certificate may speak for: the
+// <agent-id> of a mesh agent identity <agent-id>@<node-id>, or, for a
+// certificate that is not a mesh identity, its common name if that is a
+// valid id. Node and external-user certificates speak for no agent.
+func (p *Peer) AgentID() (string, error) {
+	switch p.Identity.Kind {
+	case identity.KindAgent:
+		return p.Identity.Name, nil
+	case identity.KindNode, identity.KindExternal:
+		return "", fmt.Errorf("%q is a %s certificate and cannot speak for an agent", p.Name(), p.Identity.Kind)
+	}
+	cn := p.Name()
+	if err := identity.ValidateID(cn); err != nil {
+		return "", fmt.Errorf("certificate CN %q does not name an agent: %w", cn, err)
+	}
+	return cn, nil
+}
+
+// Backend verifies chains against one source of trust anchors.
+type Backend interface {
+	// Name is the backend's name in MCP_MESH_TRUST_BACKEND.
+	Name() string
+	// Verify verifies chain (leaf first, then any intermediates the peer
+	// presented) at time now. It returns an error wrapping
+	// ErrUnknownAuthority when none of its anchors signed the chain.
+	Verify(ctx context.Context, chain []*x509.Certificate, now time.Time) (*Peer, error)
+}
+
+// Fingerprint returns the lowercase hex SHA-256 of a certificate.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// newPeer fills the fields of a Peer derived from the leaf.
+func newPeer(backend string, leaf *x509.Certificate) *Peer {
+	return &Peer{
+		Leaf:        leaf,
+		Fingerprint: Fingerprint(leaf),
+		Serial:      leaf.SerialNumber.Text(16),
+		IssuerKeyID: hex.EncodeToString(leaf.AuthorityKeyId),
+		Backend:     backend,
+	}
+}
+
+// verifyChain verifies chain against roots as a client certificate and
+// classifies a refusal. Anchors are checked before the validity window, so
+// an expired certificate of a foreign CA is reported as unknown, letting
+// the next backend try.
+func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) ([][]*x509.Certificate, error) {
+	if len(chain) == 0 {
+		return nil, refuse(ErrNoCertificate, ReasonNoCertificate, "client certificate required")
+	}
+	leaf := chain[0]
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	at := now
+	switch {
+	case now.Before(leaf.NotBefore):
+		at = leaf.NotBefore
+	case now.After(leaf.NotAfter):
+		at = leaf.NotAfter
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		var ua x509.UnknownAuthorityError
+		if errors.As(err, &ua) {
+			return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q is signed by an unknown authority", leaf.Subject.CommonName)
+		}
+		return nil, refuse(ErrUntrusted, ReasonBadChain, "certificate %q: %v", leaf.Subject.CommonName, err)
+	}
+	if leaf.IsCA {
+		return nil, refuse(ErrUntrusted, ReasonCAAsLeaf, "certificate %q is a CA certificate and cannot identify a client", leaf.Subject.CommonName)
+	}
+	if !clientUsage(leaf) {
+		return nil, refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication (extended key usage lacks clientAuth)", leaf.Subject.CommonName)
+	}
+	if now.Before(leaf.NotBefore) {
+		return nil, refuse(ErrUntrusted, ReasonNotYetValid, "certificate %q is not valid before %s", leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	if now.After(leaf.NotAfter) {
+		return nil, refuse(ErrUntrusted, ReasonExpired, "certificate %q expired at %s", leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return chains, nil
+}
+
+// chainExpiry returns the earliest NotAfter of a verified chain.
+func chainExpiry(chain []*x509.Certificate) time.Time {
+	var t time.Time
+	for _, c := range chain {
+		if t.IsZero() || c.NotAfter.Before(t) {
+			t = c.NotAfter
+		}
+	}
+	return t
+}
+
+func clientUsage(c *x509.Certificate) bool {
+	if len(c.ExtKeyUsage) == 0 && len(c.UnknownExtKeyUsage) == 0 {
+		return true // no EKU extension: any usage, as RFC 5280 says
+	}
+	for _, u := range c.ExtKeyUsage {
+		if u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
+}
+
+// looseIdentity reads a mesh identity from a certificate's CN without
+// requiring a SPIFFE SAN, for CAs that are not the mesh CA.
+func looseIdentity(c *x509.Certificate) identity.Identity {
+	cn := c.Subject.CommonName
+	if !strings.Contains(cn, "@") && !strings.HasSuffix(cn, identity.NodeSuffix) {
+		return identity.Identity{}
+	}
+	id, err := identity.Parse(cn)
+	if err != nil {
+		return identity.Identity{}
+	}
+	return id
+}
