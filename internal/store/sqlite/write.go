@@ -1,0 +1,245 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+	msqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// RecordCert durably records c and appends a to the audit log in the same
+// transaction. A zero c.IssuedAt or a.Time is set from the store's clock.
+// It returns an error wrapping store.ErrExists if c's serial or fingerprint
+// is already recorded; then neither c nor a is written.
+//
+// Times are stored as Unix nanoseconds, so every time in c must lie between
+// the years 1678 and 2262.
+func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry) error {
+	if c.Serial == "" {
+		return errors.New("sqlite: record certificate: serial is empty")
+	}
+	if c.IssuedAt.IsZero() {
+		c.IssuedAt = s.now()
+	}
+	args, err := certArgs(c)
+	if err != nil {
+		return fmt.Errorf("sqlite: record certificate %s: %w", c.Serial, err)
+	}
+	a, err = s.prepareAudit(a)
+	if err != nil {
+		return fmt.Errorf("sqlite: record certificate %s: %w", c.Serial, err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		err := tx.exec(ctx, tx.st.insertCert, args...)
+		switch code(err) {
+		case 0:
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return fmt.Errorf("%w: certificate serial %s is already recorded", store.ErrExists, c.Serial)
+		case sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+			return fmt.Errorf("%w: a certificate with fingerprint %s is already recorded", store.ErrExists, c.Fingerprint)
+		default:
+			return fmt.Errorf("sqlite: record certificate %s: %w", c.Serial, err)
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+// certArgs returns the column values of c in the order of the certs table.
+func certArgs(c store.Cert) ([]any, error) {
+	sans := []byte("[]")
+	if len(c.SANs) > 0 {
+		var err error
+		if sans, err = json.Marshal(c.SANs); err != nil {
+			return nil, err
+		}
+	}
+	notBefore, err := nanos("NotBefore", c.NotBefore)
+	if err != nil {
+		return nil, err
+	}
+	notAfter, err := nanos("NotAfter", c.NotAfter)
+	if err != nil {
+		return nil, err
+	}
+	issuedAt, err := nanos("IssuedAt", c.IssuedAt)
+	if err != nil {
+		return nil, err
+	}
+	pem := c.PEM
+	if pem == nil {
+		pem = []byte{} // the column is NOT NULL
+	}
+	return []any{c.Serial, c.CommonName, c.Kind, string(sans),
+		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt}, nil
+}
+
+// Revoke durably records r and appends a to the audit log in the same
+// transaction, and returns r as recorded: with Seq assigned, RevokedAt set
+// from the store's clock if it was zero, and CommonName and IssuerKeyID
+// taken from the certificate record if they were empty.
+//
+// The certificate must have been recorded: revoking an unknown serial
+// returns an error wrapping store.ErrNotFound, since a CRL entry for a
+// certificate this CA never issued points at a bug in the caller. A
+// CommonName or IssuerKeyID that contradicts the certificate record is an
+// error too. Revoking a serial twice returns an error wrapping
+// store.ErrExists. On any error neither r nor a is written.
+func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEntry) (store.Revocation, error) {
+	if r.Serial == "" {
+		return store.Revocation{}, errors.New("sqlite: revoke: serial is empty")
+	}
+	// RFC 5280, section 5.3.1: 0 to 10, with 7 unused.
+	if r.Reason < 0 || r.Reason > 10 || r.Reason == 7 {
+		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s: %d is not an RFC 5280 CRLReason code", r.Serial, r.Reason)
+	}
+	if r.RevokedAt.IsZero() {
+		r.RevokedAt = s.now()
+	}
+	revokedAt, err := nanos("RevokedAt", r.RevokedAt)
+	if err != nil {
+		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
+	}
+	r.RevokedAt = fromNanos(revokedAt)
+	r.Seq = 0
+	a, err = s.prepareAudit(a)
+	if err != nil {
+		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
+	}
+
+	var out store.Revocation
+	err = s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		rev := r
+		var cn, issuer string
+		err := tx.queryRow(ctx, tx.st.certNames, rev.Serial).Scan(&cn, &issuer)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("%w: no certificate with serial %s is recorded, so it cannot be revoked", store.ErrNotFound, rev.Serial)
+		}
+		if err != nil {
+			return fmt.Errorf("sqlite: revoke %s: %w", rev.Serial, err)
+		}
+		if rev.CommonName == "" {
+			rev.CommonName = cn
+		} else if rev.CommonName != cn {
+			return fmt.Errorf("sqlite: revoke %s: the revocation names %q but the certificate was issued to %q", rev.Serial, rev.CommonName, cn)
+		}
+		if rev.IssuerKeyID == "" {
+			rev.IssuerKeyID = issuer
+		} else if rev.IssuerKeyID != issuer {
+			return fmt.Errorf("sqlite: revoke %s: the revocation names issuer key %s but the certificate was issued by %s", rev.Serial, rev.IssuerKeyID, issuer)
+		}
+
+		err = tx.queryRow(ctx, tx.st.insertRevocation,
+			rev.Serial, rev.CommonName, rev.IssuerKeyID, rev.Reason, revokedAt).Scan(&rev.Seq)
+		switch code(err) {
+		case 0:
+		case sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+			return fmt.Errorf("%w: certificate %s is already revoked", store.ErrExists, rev.Serial)
+		default:
+			return fmt.Errorf("sqlite: revoke %s: %w", rev.Serial, err)
+		}
+		if err := appendAudit(ctx, tx, head, a); err != nil {
+			return err
+		}
+		out = rev
+		return nil
+	})
+	if err != nil {
+		return store.Revocation{}, err
+	}
+	return out, nil
+}
+
+// NextCRLNumber durably increments and returns the CRL number of the CA
+// whose subject key id is issuerKeyID; the first number is 1.
+func (s *Store) NextCRLNumber(ctx context.Context, issuerKeyID string) (int64, error) {
+	if issuerKeyID == "" {
+		return 0, errors.New("sqlite: next CRL number: issuer key id is empty")
+	}
+	var n int64
+	err := s.submit(ctx, func(ctx context.Context, tx writeTx, _ *chainHead) error {
+		err := tx.queryRow(ctx, tx.st.nextCRL, issuerKeyID).Scan(&n)
+		if err != nil {
+			return fmt.Errorf("sqlite: next CRL number for %s: %w", issuerKeyID, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// Append appends a to the audit log. A zero a.Time is set from the store's
+// clock; a's Seq, PrevHash and Hash are ignored and assigned.
+func (s *Store) Append(ctx context.Context, a store.AuditEntry) error {
+	a, err := s.prepareAudit(a)
+	if err != nil {
+		return fmt.Errorf("sqlite: append audit entry: %w", err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+// prepareAudit returns a ready for appendAudit: its time set, normalized
+// to what reading it back will return (so the hash computed now matches
+// the entry read later), and the fields the store assigns cleared.
+func (s *Store) prepareAudit(a store.AuditEntry) (store.AuditEntry, error) {
+	if a.Time.IsZero() {
+		a.Time = s.now()
+	}
+	n, err := nanos("audit entry Time", a.Time)
+	if err != nil {
+		return store.AuditEntry{}, err
+	}
+	a.Time = fromNanos(n)
+	a.Seq, a.PrevHash, a.Hash = 0, "", ""
+	return a, nil
+}
+
+// appendAudit writes a as the entry after head and advances head to it.
+func appendAudit(ctx context.Context, tx writeTx, head *chainHead, a store.AuditEntry) error {
+	a.Seq = head.seq + 1
+	a.PrevHash = head.hash
+	a.Hash = store.HashEntry(a.PrevHash, a)
+	if err := tx.exec(ctx, tx.st.insertAudit,
+		a.Seq, a.Time.UnixNano(), a.Action, a.Identity, a.Outcome, a.Detail, a.PrevHash, a.Hash); err != nil {
+		return fmt.Errorf("sqlite: append audit entry %d: %w", a.Seq, err)
+	}
+	head.seq, head.hash = a.Seq, a.Hash
+	return nil
+}
+
+// code returns the extended SQLite result code of err, 0 for nil and
+// SQLITE_ERROR for an error that did not come from SQLite.
+func code(err error) int {
+	if err == nil {
+		return 0
+	}
+	var e *msqlite.Error
+	if errors.As(err, &e) {
+		return e.Code()
+	}
+	return sqlite3.SQLITE_ERROR
+}
+
+// nanos returns t as Unix nanoseconds, the form the store keeps times in,
+// or an error naming field if t is outside the range that form can hold.
+func nanos(field string, t time.Time) (int64, error) {
+	if t.Before(time.Unix(0, math.MinInt64)) || t.After(time.Unix(0, math.MaxInt64)) {
+		return 0, fmt.Errorf("%s %s is outside the range the store can hold (years 1678 to 2262)", field, t.UTC().Format(time.RFC3339))
+	}
+	return t.UnixNano(), nil
+}
+
+// fromNanos is the inverse of nanos.
+func fromNanos(n int64) time.Time {
+	return time.Unix(0, n).UTC()
+}

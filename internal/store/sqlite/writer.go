@@ -1,0 +1,233 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// A request is one write waiting for the writer goroutine.
+type request struct {
+	// op performs the write inside the batch's transaction. It appends to
+	// the audit log through head, which it may advance; the writer keeps
+	// the advance only if op succeeds.
+	op func(ctx context.Context, tx writeTx, head *chainHead) error
+	// done receives op's outcome once the batch has committed or failed.
+	done chan error
+}
+
+// chainHead is the last entry of the audit log: the one a new entry links to.
+type chainHead struct {
+	seq  int64
+	hash string
+}
+
+// submit queues op for the writer and waits until the transaction that
+// carries it has committed. It gives up with ctx's error only while op waits
+// to be queued: a queued write is carried out, and its caller told the
+// outcome, whatever happens to ctx.
+func (s *Store) submit(ctx context.Context, op func(context.Context, writeTx, *chainHead) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &request{op: op, done: make(chan error, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return store.ErrClosed
+	}
+	select {
+	case s.reqs <- r:
+		s.mu.RUnlock()
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	return <-r.done
+}
+
+// writer is the store's only writer. It takes the first waiting request,
+// gathers every other request already queued (up to maxBatch), carries them
+// out in one transaction and answers them all after that transaction
+// commits. It returns when Close has closed reqs and the queue is empty.
+func (s *Store) writer() {
+	defer close(s.writerDone)
+	batch := make([]*request, 0, maxBatch)
+	for first := range s.reqs {
+		if s.beforeBatch != nil {
+			s.beforeBatch()
+		}
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-s.reqs:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		s.commit(batch)
+		clear(batch)
+	}
+}
+
+// commit carries out batch in one transaction and answers every request in
+// it. Each request runs inside its own savepoint, so a request that fails
+// (a duplicate serial, say) is rolled back alone and the others commit. If
+// the transaction itself fails, every request in it is answered with that
+// error: none of them was written.
+func (s *Store) commit(batch []*request) {
+	errs := make([]error, len(batch))
+	if err := s.execBatch(batch, errs); err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+	} else {
+		s.commits.Add(1)
+		s.writes.Add(int64(len(batch)))
+	}
+	for i, r := range batch {
+		r.done <- errs[i]
+	}
+}
+
+// execBatch runs batch in one transaction, recording each request's own
+// failure in errs. It returns an error, having rolled back, if the
+// transaction as a whole could not be carried out.
+func (s *Store) execBatch(batch []*request, errs []error) (err error) {
+	// Not the callers' contexts: the batch belongs to all of them, and a
+	// queued write is carried out regardless of its caller.
+	ctx := context.Background()
+	sqlTx, err := s.wdb.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("sqlite: begin write transaction: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			sqlTx.Rollback()
+		}
+	}()
+	tx := writeTx{Tx: sqlTx, st: s.stmts}
+
+	// Read the chain head inside the write transaction rather than trusting
+	// a copy held in memory: it costs one primary-key lookup per batch and
+	// stays right after a failed commit or a write by another process.
+	head, err := loadHead(ctx, tx)
+	if err != nil {
+		return err
+	}
+	for i, r := range batch {
+		if err := tx.exec(ctx, tx.st.savepoint); err != nil {
+			return fmt.Errorf("sqlite: savepoint: %w", err)
+		}
+		next := head
+		if errs[i] = r.op(ctx, tx, &next); errs[i] != nil {
+			// If op's failure was one SQLite answers by rolling back the
+			// whole transaction (a full disk, an I/O error), the savepoint
+			// is gone and this fails, failing the batch.
+			if err := tx.exec(ctx, tx.st.rollbackTo); err != nil {
+				return fmt.Errorf("sqlite: roll back failed write (%v): %w", errs[i], err)
+			}
+		} else {
+			head = next
+		}
+		if err := tx.exec(ctx, tx.st.release); err != nil {
+			return fmt.Errorf("sqlite: release savepoint: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("sqlite: commit: %w", err)
+	}
+	return nil
+}
+
+// loadHead returns the last entry of the audit log, or the zero chainHead
+// if the log is empty.
+func loadHead(ctx context.Context, tx writeTx) (chainHead, error) {
+	var h chainHead
+	err := tx.queryRow(ctx, tx.st.head).Scan(&h.seq, &h.hash)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return chainHead{}, fmt.Errorf("sqlite: read audit log head: %w", err)
+	}
+	return h, nil
+}
+
+// writeStmts are the writer's statements, prepared once on the write
+// connection: parsing a statement, and compiling the audit triggers into
+// it, would otherwise cost more than executing it.
+type writeStmts struct {
+	savepoint, rollbackTo, release *sql.Stmt
+
+	head             *sql.Stmt
+	insertAudit      *sql.Stmt
+	insertCert       *sql.Stmt
+	certNames        *sql.Stmt
+	insertRevocation *sql.Stmt
+	nextCRL          *sql.Stmt
+}
+
+// prepareWriteStmts prepares the writer's statements on db.
+func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
+	st := new(writeStmts)
+	for _, p := range []struct {
+		dst   **sql.Stmt
+		query string
+	}{
+		{&st.savepoint, `SAVEPOINT request`},
+		{&st.rollbackTo, `ROLLBACK TO request`},
+		{&st.release, `RELEASE request`},
+		{&st.head, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`},
+		{&st.insertAudit, `INSERT INTO audit (seq, time, action, identity, outcome, detail, prev_hash, hash)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`},
+		{&st.insertCert, `INSERT INTO certs (serial, common_name, kind, sans,
+			not_before, not_after, fingerprint, issuer_key_id, pem, issued_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		{&st.certNames, `SELECT common_name, issuer_key_id FROM certs WHERE serial = ?`},
+		{&st.insertRevocation, `INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at)
+			VALUES (?, ?, ?, ?, ?) RETURNING seq`},
+		{&st.nextCRL, `INSERT INTO crl_numbers (issuer_key_id, number) VALUES (?, 1)
+			ON CONFLICT (issuer_key_id) DO UPDATE SET number = number + 1
+			RETURNING number`},
+	} {
+		var err error
+		if *p.dst, err = db.PrepareContext(ctx, p.query); err != nil {
+			st.close()
+			return nil, fmt.Errorf("prepare %q: %w", p.query, err)
+		}
+	}
+	return st, nil
+}
+
+// close closes the statements that were prepared.
+func (st *writeStmts) close() {
+	for _, s := range []*sql.Stmt{st.savepoint, st.rollbackTo, st.release, st.head,
+		st.insertAudit, st.insertCert, st.certNames, st.insertRevocation, st.nextCRL} {
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+// writeTx is the transaction of one batch, with the writer's statements.
+type writeTx struct {
+	*sql.Tx
+	st *writeStmts
+}
+
+// exec runs the prepared statement stmt in the transaction.
+func (tx writeTx) exec(ctx context.Context, stmt *sql.Stmt, args ...any) error {
+	_, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+	return err
+}
+
+// queryRow runs the prepared statement stmt in the transaction.
+func (tx writeTx) queryRow(ctx context.Context, stmt *sql.Stmt, args ...any) *sql.Row {
+	return tx.StmtContext(ctx, stmt).QueryRowContext(ctx, args...)
+}
