@@ -1,0 +1,208 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// CA is an open certificate authority: the active intermediate signs,
+// every live intermediate can sign its own CRL, and the store records what
+// is issued and revoked. It never reads the root key. A CA is safe for
+// concurrent use.
+type CA struct {
+	cfg   Config
+	td    spiffeid.TrustDomain
+	store store.Store
+	root  *x509.Certificate
+
+	mu       sync.RWMutex
+	active   *issuer
+	issuers  map[string]*issuer // every live intermediate, by key id
+	chainPEM []byte
+}
+
+// issuer is one intermediate and its key.
+type issuer struct {
+	id   string
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+// Open opens the CA in cfg.Dir with st as its store. The trust domain is
+// the one recorded when the first intermediate was issued.
+func Open(ctx context.Context, cfg Config, st store.Store) (*CA, error) {
+	cfg = cfg.withDefaults()
+	c := &CA{cfg: cfg, store: st}
+	if err := c.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Reload rereads the intermediates from disk, picking up a rotation done by
+// another process.
+func (c *CA) Reload(ctx context.Context) error {
+	s, err := readState(c.cfg)
+	if err != nil {
+		return err
+	}
+	td, err := spiffeid.TrustDomainFromString(s.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("%s: trust domain: %w", c.cfg.statePath(), err)
+	}
+	root, err := ReadCertFile(c.cfg.rootCopyPath())
+	if err != nil {
+		return err
+	}
+	issuers := make(map[string]*issuer)
+	for _, id := range liveIDs(s) {
+		cert, key, err := loadIntermediate(c.cfg, id)
+		if err != nil {
+			if id == s.Active {
+				return err
+			}
+			continue // a retired intermediate whose key is gone can no longer sign CRLs
+		}
+		issuers[id] = &issuer{id: id, cert: cert, key: key}
+	}
+	active := issuers[s.Active]
+	// int.key is the copy of the active key operators see first; a mode
+	// that lets others read it exposes the key as surely as on the original.
+	if _, err := ReadKeyFile(c.cfg.activeKeyPath()); errors.Is(err, ErrKeyPermissions) {
+		return err
+	}
+	// Repair the derived files if a crash interrupted their rewrite.
+	if cur, err := ReadCertFile(c.cfg.activeCertPath()); err != nil || !bytes.Equal(cur.Raw, active.cert.Raw) {
+		if err := publish(c.cfg, s); err != nil {
+			return err
+		}
+	}
+	chain, err := os.ReadFile(c.cfg.ChainPath())
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.td, c.root, c.active, c.issuers, c.chainPEM = td, root, active, issuers, chain
+	c.mu.Unlock()
+	return nil
+}
+
+// Config returns the CA's configuration with defaults filled in.
+func (c *CA) Config() Config { return c.cfg }
+
+// TrustDomain returns the SPIFFE trust domain of every identity the CA
+// issues.
+func (c *CA) TrustDomain() spiffeid.TrustDomain {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.td
+}
+
+// Root returns the root certificate.
+func (c *CA) Root() *x509.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.root
+}
+
+// Intermediates returns every live intermediate certificate.
+func (c *CA) Intermediates() []*x509.Certificate {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*x509.Certificate, 0, len(c.issuers))
+	for _, is := range c.issuers {
+		out = append(out, is.cert)
+	}
+	return out
+}
+
+// ChainPEM returns the active intermediate followed by the root.
+func (c *CA) ChainPEM() []byte {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.chainPEM
+}
+
+// Store returns the CA's store.
+func (c *CA) Store() store.Store { return c.store }
+
+func (c *CA) signer() *issuer {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.active
+}
+
+// certRecord builds the store record of an issued certificate.
+func certRecord(cert *x509.Certificate, kind, issuerKeyID string, now time.Time) store.Cert {
+	sum := sha256.Sum256(cert.Raw)
+	return store.Cert{
+		Serial:      cert.SerialNumber.Text(16),
+		CommonName:  cert.Subject.CommonName,
+		Kind:        kind,
+		SANs:        SANs(cert),
+		NotBefore:   cert.NotBefore.UTC(),
+		NotAfter:    cert.NotAfter.UTC(),
+		Fingerprint: hex.EncodeToString(sum[:]),
+		IssuerKeyID: issuerKeyID,
+		PEM:         EncodeCert(cert),
+		IssuedAt:    now.UTC(),
+	}
+}
+
+// SANs lists a certificate's subject alternative names as "DNS:x", "IP:x",
+// "URI:x" and "email:x".
+func SANs(cert *x509.Certificate) []string {
+	var out []string
+	for _, d := range cert.DNSNames {
+		out = append(out, "DNS:"+d)
+	}
+	for _, ip := range cert.IPAddresses {
+		out = append(out, "IP:"+ip.String())
+	}
+	for _, u := range cert.URIs {
+		out = append(out, "URI:"+u.String())
+	}
+	for _, e := range cert.EmailAddresses {
+		out = append(out, "email:"+e)
+	}
+	return out
+}
+
+// Fingerprint returns the lowercase hex SHA-256 of a certificate's DER.
+func Fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// NormalizeSerial parses a serial given as hex (with or without colons or a
+// 0x prefix) and returns it in the store's form.
+func NormalizeSerial(s string) (string, bool) {
+	s = strings.ToLower(strings.TrimPrefix(strings.ReplaceAll(s, ":", ""), "0x"))
+	if s == "" || len(s) > 40 {
+		return "", false
+	}
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
+			return "", false
+		}
+	}
+	s = strings.TrimLeft(s, "0")
+	if s == "" {
+		return "", false
+	}
+	return s, true
+}

@@ -1,0 +1,163 @@
+// Package ca is the mesh certificate authority: an offline root, an online
+// intermediate with a prepared and an active slot, CSR signing under
+// per-profile policy, revocation and CRL building.
+//
+// The root directory holds only the root certificate and key, so it can be
+// moved offline once the intermediate exists. Everything else lives in the
+// CA directory:
+//
+//	<root-dir>/ca.crt, ca.key              self-signed root
+//	<ca-dir>/intermediate/int.crt, int.key active intermediate
+//	<ca-dir>/intermediate/chain.pem        active intermediate + root
+//	<ca-dir>/intermediate/bundle.pem       root + every live intermediate
+//	<ca-dir>/intermediate/root.crt         copy of the root certificate
+//	<ca-dir>/intermediate/keys/<id>.*      every intermediate ever issued
+//	<ca-dir>/intermediate/state.json       which one is active / prepared
+//	<ca-dir>/crl.pem                       one CRL per live intermediate
+//	<ca-dir>/issued/<cn>.crt, .key         certificates the CA generated keys for
+//	<ca-dir>/meshtrust.db                  the store (certs, revocations, audit)
+package ca
+
+import (
+	"crypto/rand"
+	"errors"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshtrust/meshtrust/identity"
+)
+
+// Errors callers branch on.
+var (
+	// ErrExists reports an attempt to create what already exists (a root).
+	ErrExists = errors.New("ca: already exists")
+	// ErrNotInitialized reports a missing root or intermediate.
+	ErrNotInitialized = errors.New("ca: not initialized")
+	// ErrKeyMissing reports a key file that is not there.
+	ErrKeyMissing = errors.New("ca: key file missing")
+	// ErrKeyPermissions reports a key file or directory others can access.
+	ErrKeyPermissions = errors.New("ca: unsafe permissions")
+	// ErrPolicy reports a request the signing policy refuses.
+	ErrPolicy = errors.New("ca: refused by policy")
+	// ErrBadCSR reports a certificate request that does not parse or whose
+	// signature does not verify.
+	ErrBadCSR = errors.New("ca: bad certificate request")
+	// ErrUnknownCert reports a serial or name the CA never issued.
+	ErrUnknownCert = errors.New("ca: no such certificate")
+	// ErrAlreadyRevoked reports a revocation of a revoked certificate.
+	ErrAlreadyRevoked = errors.New("ca: already revoked")
+	// ErrNoPrepared reports an activation with no prepared intermediate.
+	ErrNoPrepared = errors.New("ca: no prepared intermediate")
+)
+
+// Default lifetimes.
+const (
+	DefaultLeafTTL         = 90 * 24 * time.Hour
+	DefaultRenewAfter      = 60 * 24 * time.Hour
+	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
+	DefaultIntermediateTTL = 5 * 365 * 24 * time.Hour
+	DefaultCRLValidity     = 7 * 24 * time.Hour
+	// backdate absorbs clock skew between the CA and the peers that verify
+	// what it issues.
+	backdate = time.Minute
+)
+
+// Config configures the CA. The zero value of every field but RootDir and
+// Dir selects its default.
+type Config struct {
+	// RootDir holds the root certificate and key.
+	RootDir string
+	// Dir holds the intermediates, issued certificates, CRL and store.
+	Dir string
+	// TrustDomain is the SPIFFE trust domain written into every leaf and
+	// into the intermediate's name constraints; default "mesh.local".
+	TrustDomain string
+	// KeyType is the type of keys the CA generates; default ECDSA P-256.
+	KeyType KeyType
+	// LeafTTL is the lifetime of node, agent and client certificates.
+	LeafTTL time.Duration
+	// RenewAfter is the age at which a leaf is due for renewal; it is
+	// reported as "expiring" from then on.
+	RenewAfter      time.Duration
+	RootTTL         time.Duration
+	IntermediateTTL time.Duration
+	// CRLValidity is the distance between a CRL's this-update and
+	// next-update.
+	CRLValidity time.Duration
+	// Now returns the current time; default time.Now.
+	Now func() time.Time
+	// Rand is the source of keys and serials; default crypto/rand.
+	Rand io.Reader
+}
+
+func (c Config) withDefaults() Config {
+	if c.TrustDomain == "" {
+		c.TrustDomain = identity.DefaultTrustDomain
+	}
+	if c.KeyType == "" {
+		c.KeyType = KeyECDSAP256
+	}
+	if c.LeafTTL == 0 {
+		c.LeafTTL = DefaultLeafTTL
+	}
+	if c.RenewAfter == 0 {
+		c.RenewAfter = c.LeafTTL * 2 / 3
+	}
+	if c.RootTTL == 0 {
+		c.RootTTL = DefaultRootTTL
+	}
+	if c.IntermediateTTL == 0 {
+		c.IntermediateTTL = DefaultIntermediateTTL
+	}
+	if c.CRLValidity == 0 {
+		c.CRLValidity = DefaultCRLValidity
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Reader
+	}
+	return c
+}
+
+func (c Config) trustDomain() (spiffeid.TrustDomain, error) {
+	return spiffeid.TrustDomainFromString(c.TrustDomain)
+}
+
+// Paths of the files the CA keeps.
+func (c Config) rootCertPath() string       { return filepath.Join(c.RootDir, "ca.crt") }
+func (c Config) rootKeyPath() string        { return filepath.Join(c.RootDir, "ca.key") }
+func (c Config) intDir() string             { return filepath.Join(c.Dir, "intermediate") }
+func (c Config) intKeysDir() string         { return filepath.Join(c.intDir(), "keys") }
+func (c Config) statePath() string          { return filepath.Join(c.intDir(), "state.json") }
+func (c Config) rootCopyPath() string       { return filepath.Join(c.intDir(), "root.crt") }
+func (c Config) activeCertPath() string     { return filepath.Join(c.intDir(), "int.crt") }
+func (c Config) activeKeyPath() string      { return filepath.Join(c.intDir(), "int.key") }
+func (c Config) lockPath() string           { return filepath.Join(c.Dir, ".lock") }
+func (c Config) issuedPath(n string) string { return filepath.Join(c.Dir, "issued", n) }
+
+// ChainPath is the active intermediate followed by the root, the chain a
+// leaf presents after itself.
+func (c Config) ChainPath() string { return filepath.Join(c.intDir(), "chain.pem") }
+
+// BundlePath is the root and every live intermediate: what verifiers trust.
+func (c Config) BundlePath() string { return filepath.Join(c.intDir(), "bundle.pem") }
+
+// CRLPath is the PEM file of CRLs, one per live intermediate.
+func (c Config) CRLPath() string { return filepath.Join(c.Dir, "crl.pem") }
+
+// StorePath is the embedded store's database file.
+func (c Config) StorePath() string { return filepath.Join(c.Dir, "meshtrust.db") }
+
+// IssuedCertPath is where a generated certificate for common name cn goes.
+func (c Config) IssuedCertPath(cn string) string { return c.issuedPath(cn + ".crt") }
+
+// IssuedKeyPath is where a generated key for common name cn goes.
+func (c Config) IssuedKeyPath(cn string) string { return c.issuedPath(cn + ".key") }
+
+// RootCertPath is the root certificate in the root directory.
+func (c Config) RootCertPath() string { return c.rootCertPath() }

@@ -1,0 +1,206 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// Issued is a certificate the CA signed and recorded.
+type Issued struct {
+	Cert *x509.Certificate
+	// PEM is Cert in PEM form.
+	PEM []byte
+	// ChainPEM is the issuing intermediate followed by the root.
+	ChainPEM []byte
+	// Record is what the store holds for Cert.
+	Record store.Cert
+}
+
+// ParseCSR parses a PEM or DER certificate request.
+func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
+	if block, _ := pem.Decode(data); block != nil {
+		if block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST" {
+			return nil, fmt.Errorf("%w: PEM block is %q, want CERTIFICATE REQUEST", ErrBadCSR, block.Type)
+		}
+		data = block.Bytes
+	}
+	csr, err := x509.ParseCertificateRequest(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCSR, err)
+	}
+	return csr, nil
+}
+
+// Sign signs a certificate request under req's profile. The key stays with
+// its owner; the CSR proves possession of it and may only ask for what the
+// profile would grant anyway. The certificate is durably recorded before
+// Sign returns it.
+func (c *CA) Sign(ctx context.Context, csr *x509.CertificateRequest, req Request) (*Issued, error) {
+	if csr == nil {
+		return nil, fmt.Errorf("%w: no request", ErrBadCSR)
+	}
+	return c.issue(ctx, csr, csr.PublicKey, req)
+}
+
+// IssueWithKey issues a certificate for req.Identity whose key the CA
+// generates, and writes both into the CA directory as issued/<cn>.crt and
+// issued/<cn>.key. When a key for that name is already there it is reused,
+// so issuing again renews the certificate under the same key.
+func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
+	if req.Identity.IsZero() {
+		return nil, policyErr("no identity to issue for")
+	}
+	cn := req.Identity.CommonName()
+	// Two first issues of one name, in this process or another, would each
+	// generate a key and could leave one's certificate beside the other's
+	// key: the lock makes read key, sign, write key one step.
+	lock, err := lockDir(c.cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.unlock()
+	// A directory others can write is refused before anything is signed; a
+	// missing one is created only once there is something to put in it, so
+	// a refused request leaves nothing behind.
+	issuedDir := c.cfg.issuedPath("")
+	if fileExists(issuedDir) {
+		if err := ensurePrivateDir(issuedDir); err != nil {
+			return nil, err
+		}
+	}
+	keyPath := c.cfg.IssuedKeyPath(cn)
+	key, err := ReadKeyFile(keyPath)
+	switch {
+	case errors.Is(err, ErrKeyMissing):
+		if key, err = GenerateKey(c.cfg.KeyType, c.cfg.Rand); err != nil {
+			return nil, err
+		}
+		// The new key is written only once the certificate is issued, so a
+		// refused request leaves nothing behind.
+	case err != nil:
+		return nil, err
+	}
+	is, err := c.issue(ctx, nil, key.Public(), req)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensurePrivateDir(issuedDir); err != nil {
+		return nil, err
+	}
+	if !fileExists(keyPath) {
+		if err := WriteKeyFile(keyPath, key); err != nil {
+			return nil, err
+		}
+	}
+	if err := WriteFileAtomic(c.cfg.IssuedCertPath(cn), append(append([]byte{}, is.PEM...), is.ChainPEM...), 0o644); err != nil {
+		return nil, err
+	}
+	return is, nil
+}
+
+// issue runs the policy, signs with the active intermediate and records the
+// result. csr is nil when the CA generated the key itself.
+func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto.PublicKey, req Request) (*Issued, error) {
+	signer := c.signer()
+	now := c.cfg.Now()
+	s := &signing{
+		req:     req,
+		csr:     csr,
+		tmpl:    &x509.Certificate{PublicKey: pub},
+		now:     now,
+		max:     c.cfg.LeafTTL,
+		td:      c.TrustDomain(),
+		ceiling: signer.cert.NotAfter,
+	}
+	if !req.Identity.IsZero() && req.Identity.Kind != req.Profile.Kind() {
+		return nil, c.refuse(ctx, req, kindMismatch(req))
+	}
+	if req.Profile.Kind() == 0 {
+		return nil, c.refuse(ctx, req, fmt.Errorf("unknown profile %q", req.Profile))
+	}
+	if csr == nil {
+		if err := checkKey(pub); err != nil {
+			return nil, c.refuse(ctx, req, err)
+		}
+	}
+	if err := applyPolicy(s, leafPolicy); err != nil {
+		return nil, c.refuse(ctx, s.req, err)
+	}
+	ski, err := subjectKeyID(pub)
+	if err != nil {
+		return nil, err
+	}
+	s.tmpl.SubjectKeyId = ski
+	for attempt := 0; ; attempt++ {
+		serial, err := newSerial(c.cfg.Rand)
+		if err != nil {
+			return nil, err
+		}
+		s.tmpl.SerialNumber = serial
+		der, err := x509.CreateCertificate(c.cfg.Rand, s.tmpl, signer.cert, pub, signer.key)
+		if err != nil {
+			return nil, fmt.Errorf("sign: %w", err)
+		}
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, err
+		}
+		rec := certRecord(cert, s.req.Profile.Kind().String(), signer.id, now)
+		err = c.store.RecordCert(ctx, rec, store.AuditEntry{
+			Time: now, Action: "cert.issue", Identity: rec.CommonName, Outcome: store.OutcomeOK,
+			Detail: fmt.Sprintf("%s serial %s until %s", s.req.Profile, rec.Serial, rec.NotAfter.Format("2006-01-02")),
+		})
+		if errors.Is(err, store.ErrExists) && attempt < 3 {
+			continue // a 128-bit serial collided: draw another
+		}
+		if err != nil {
+			return nil, fmt.Errorf("record certificate: %w", err)
+		}
+		return &Issued{Cert: cert, PEM: rec.PEM, ChainPEM: c.ChainPEM(), Record: rec}, nil
+	}
+}
+
+// refuse audits a refused request and returns err.
+func (c *CA) refuse(ctx context.Context, req Request, err error) error {
+	name := ""
+	if !req.Identity.IsZero() {
+		name = req.Identity.CommonName()
+	}
+	audit(ctx, c.cfg, c.store, "cert.issue", name, err)
+	return err
+}
+
+// IssueNode issues node's server and client certificate with its standard
+// DNS names plus extra SANs, generating (or reusing) its key.
+func (c *CA) IssueNode(ctx context.Context, node string, extraSANs ...string) (*Issued, error) {
+	id, err := identity.NewNode(node)
+	if err != nil {
+		return nil, c.refuse(ctx, Request{}, err)
+	}
+	return c.IssueWithKey(ctx, Request{Profile: ProfileNode, Identity: id, ExtraSANs: extraSANs})
+}
+
+// IssueAgent issues the client certificate of agent on node.
+func (c *CA) IssueAgent(ctx context.Context, agent, node string) (*Issued, error) {
+	id, err := identity.NewAgent(agent, node)
+	if err != nil {
+		return nil, c.refuse(ctx, Request{}, err)
+	}
+	return c.IssueWithKey(ctx, Request{Profile: ProfileAgent, Identity: id})
+}
+
+// IssueClient issues an external user's client certificate.
+func (c *CA) IssueClient(ctx context.Context, user string) (*Issued, error) {
+	id, err := identity.NewExternal(user)
+	if err != nil {
+		return nil, c.refuse(ctx, Request{}, err)
+	}
+	return c.IssueWithKey(ctx, Request{Profile: ProfileClient, Identity: id})
+}

@@ -1,0 +1,403 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha1"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// Init creates the self-signed root in cfg.RootDir: key 0600 in a 0700
+// directory. It refuses to touch a directory that already holds a root
+// certificate or key.
+func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
+	cfg = cfg.withDefaults()
+	for _, p := range []string{cfg.rootCertPath(), cfg.rootKeyPath()} {
+		if fileExists(p) {
+			err := fmt.Errorf("%w: %s is present; a root is created once, ever (move it away first if you really mean to start a new CA)", ErrExists, p)
+			audit(ctx, cfg, st, "ca.init", "", err)
+			return nil, err
+		}
+	}
+	if err := ensurePrivateDir(cfg.RootDir); err != nil {
+		audit(ctx, cfg, st, "ca.init", "", err)
+		return nil, err
+	}
+	key, err := GenerateKey(cfg.KeyType, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	now := cfg.Now()
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "meshtrust root CA", Organization: []string{cfg.TrustDomain}},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              now.Add(cfg.RootTTL),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            1,
+	}
+	cert, err := signCA(cfg, tmpl, nil, key.Public(), key)
+	if err != nil {
+		return nil, err
+	}
+	// The key lands first: a crash in between leaves a key without a
+	// certificate, which Init refuses to overwrite rather than lose.
+	if err := WriteKeyFile(cfg.rootKeyPath(), key); err != nil {
+		return nil, err
+	}
+	if err := WriteFileAtomic(cfg.rootCertPath(), EncodeCert(cert), 0o644); err != nil {
+		return nil, err
+	}
+	audit(ctx, cfg, st, "ca.init", cert.Subject.CommonName, nil, "root "+keyID(cert)+" "+string(cfg.KeyType))
+	return cert, nil
+}
+
+// intState records which intermediates exist and which one signs. It is
+// the single source of truth; int.crt, int.key, chain.pem and bundle.pem
+// are derived from it and rewritten whenever it changes.
+type intState struct {
+	TrustDomain string   `json:"trust_domain"`
+	Active      string   `json:"active"`
+	Prepared    string   `json:"prepared,omitempty"`
+	Retired     []string `json:"retired,omitempty"`
+}
+
+func readState(cfg Config) (intState, error) {
+	var s intState
+	data, err := os.ReadFile(cfg.statePath())
+	if errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("%w: no intermediate in %s (run `meshctl ca issue-intermediate`)", ErrNotInitialized, cfg.Dir)
+	}
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(data, &s); err != nil {
+		return s, fmt.Errorf("%s: %w", cfg.statePath(), err)
+	}
+	return s, nil
+}
+
+func writeState(cfg Config, s intState) error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(cfg.statePath(), append(data, '\n'), 0o600)
+}
+
+// IssueIntermediate creates the first intermediate, signed by the root. It
+// is the only operation besides PrepareIntermediate that needs the root
+// key; afterwards the root directory can go offline.
+func IssueIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
+	cfg = cfg.withDefaults()
+	if s, err := readState(cfg); err == nil && s.Active != "" {
+		err := fmt.Errorf("%w: %s already has an active intermediate; use `meshctl ca rotate-intermediate prepare` to replace it", ErrExists, cfg.Dir)
+		audit(ctx, cfg, st, "ca.issue-intermediate", "", err)
+		return nil, err
+	}
+	if _, err := cfg.trustDomain(); err != nil {
+		return nil, fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
+	}
+	cert, err := newIntermediate(ctx, cfg, st)
+	if err != nil {
+		audit(ctx, cfg, st, "ca.issue-intermediate", "", err)
+		return nil, err
+	}
+	s := intState{TrustDomain: cfg.TrustDomain, Active: keyID(cert)}
+	if err := writeState(cfg, s); err != nil {
+		return nil, err
+	}
+	if err := publish(cfg, s); err != nil {
+		return nil, err
+	}
+	audit(ctx, cfg, st, "ca.issue-intermediate", cert.Subject.CommonName, nil, "active "+keyID(cert))
+	return cert, publishCRL(ctx, cfg, st)
+}
+
+// PrepareIntermediate creates a new intermediate in the prepared slot. The
+// active one keeps signing; the published bundle holds both, so verifiers
+// learn the new one before any leaf depends on it.
+func PrepareIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
+	cfg = cfg.withDefaults()
+	s, err := readState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if s.Prepared != "" {
+		err := fmt.Errorf("%w: intermediate %s is already prepared; activate it with `meshctl ca rotate-intermediate activate`", ErrExists, s.Prepared)
+		audit(ctx, cfg, st, "ca.rotate-intermediate.prepare", "", err)
+		return nil, err
+	}
+	cfg.TrustDomain = s.TrustDomain
+	cert, err := newIntermediate(ctx, cfg, st)
+	if err != nil {
+		audit(ctx, cfg, st, "ca.rotate-intermediate.prepare", "", err)
+		return nil, err
+	}
+	s.Prepared = keyID(cert)
+	if err := writeState(cfg, s); err != nil {
+		return nil, err
+	}
+	if err := publish(cfg, s); err != nil {
+		return nil, err
+	}
+	audit(ctx, cfg, st, "ca.rotate-intermediate.prepare", cert.Subject.CommonName, nil, "prepared "+s.Prepared)
+	return cert, publishCRL(ctx, cfg, st)
+}
+
+// ActivateIntermediate makes the prepared intermediate the signing one and
+// retires the old one, whose certificates stay valid until they expire.
+// It does not need the root key.
+func ActivateIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
+	cfg = cfg.withDefaults()
+	s, err := readState(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if s.Prepared == "" {
+		err := fmt.Errorf("%w: run `meshctl ca rotate-intermediate prepare` first", ErrNoPrepared)
+		audit(ctx, cfg, st, "ca.rotate-intermediate.activate", "", err)
+		return nil, err
+	}
+	cert, _, err := loadIntermediate(cfg, s.Prepared)
+	if err != nil {
+		return nil, err
+	}
+	s.Retired = append(s.Retired, s.Active)
+	s.Active, s.Prepared = s.Prepared, ""
+	if err := writeState(cfg, s); err != nil {
+		return nil, err
+	}
+	if err := publish(cfg, s); err != nil {
+		return nil, err
+	}
+	audit(ctx, cfg, st, "ca.rotate-intermediate.activate", cert.Subject.CommonName, nil, "active "+s.Active+", retired "+s.Retired[len(s.Retired)-1])
+	return cert, publishCRL(ctx, cfg, st)
+}
+
+// publishCRL rebuilds crl.pem after the set of live intermediates changed:
+// a verifier that checks revocation refuses a leaf whose issuer has no CRL,
+// so every intermediate that may sign needs one before its first leaf.
+func publishCRL(ctx context.Context, cfg Config, st store.Store) error {
+	c, err := Open(ctx, cfg, st)
+	if err == nil {
+		_, err = c.RebuildCRL(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("the intermediate is in place, but rebuilding the CRL failed (run `meshctl ca crl`): %w", err)
+	}
+	return nil
+}
+
+// newIntermediate creates, records and stores a new intermediate signed by
+// the root; it does not change which one is active.
+func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
+	root, err := ReadCertFile(cfg.rootCertPath())
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: no root certificate at %s (run `meshctl ca init`, or bring the offline root back)", ErrNotInitialized, cfg.rootCertPath())
+		}
+		return nil, err
+	}
+	rootKey, err := ReadKeyFile(cfg.rootKeyPath())
+	if err != nil {
+		return nil, fmt.Errorf("the root key is needed to sign an intermediate: %w", err)
+	}
+	if !publicKeyEqual(root.PublicKey, rootKey.Public()) {
+		return nil, fmt.Errorf("%s does not match %s", cfg.rootKeyPath(), cfg.rootCertPath())
+	}
+	if err := ensurePrivateDir(cfg.Dir); err != nil {
+		return nil, err
+	}
+	if err := ensurePrivateDir(cfg.intKeysDir()); err != nil {
+		return nil, err
+	}
+	key, err := GenerateKey(cfg.KeyType, cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	now := cfg.Now()
+	notAfter := now.Add(cfg.IntermediateTTL)
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "meshtrust intermediate CA " + now.UTC().Format("2006-01-02T150405Z"), Organization: []string{cfg.TrustDomain}},
+		NotBefore:             now.Add(-backdate),
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLen:            0,
+		MaxPathLenZero:        true,
+	}
+	cert, err := signCA(cfg, tmpl, root, key.Public(), rootKey)
+	if err != nil {
+		return nil, err
+	}
+	id := keyID(cert)
+	if err := WriteKeyFile(filepath.Join(cfg.intKeysDir(), id+".key"), key); err != nil {
+		return nil, err
+	}
+	if err := WriteFileAtomic(filepath.Join(cfg.intKeysDir(), id+".crt"), EncodeCert(cert), 0o644); err != nil {
+		return nil, err
+	}
+	if err := WriteFileAtomic(cfg.rootCopyPath(), EncodeCert(root), 0o644); err != nil {
+		return nil, err
+	}
+	rec := certRecord(cert, "intermediate", keyID(root), now)
+	if err := st.RecordCert(ctx, rec, store.AuditEntry{Time: now, Action: "cert.issue", Identity: cert.Subject.CommonName, Outcome: store.OutcomeOK, Detail: "intermediate serial " + rec.Serial}); err != nil {
+		return nil, fmt.Errorf("record intermediate: %w", err)
+	}
+	return cert, nil
+}
+
+// publish rewrites the files derived from s: the active intermediate's
+// cert, key and chain, and the bundle of root plus live intermediates.
+func publish(cfg Config, s intState) error {
+	root, err := ReadCertFile(cfg.rootCopyPath())
+	if err != nil {
+		return err
+	}
+	active, activeKey, err := loadIntermediate(cfg, s.Active)
+	if err != nil {
+		return err
+	}
+	if err := WriteKeyFile(cfg.activeKeyPath(), activeKey); err != nil {
+		return err
+	}
+	if err := WriteFileAtomic(cfg.activeCertPath(), EncodeCert(active), 0o644); err != nil {
+		return err
+	}
+	chain := append(EncodeCert(active), EncodeCert(root)...)
+	if err := WriteFileAtomic(cfg.ChainPath(), chain, 0o644); err != nil {
+		return err
+	}
+	var bundle bytes.Buffer
+	bundle.Write(EncodeCert(root))
+	now := cfg.Now()
+	for _, id := range liveIDs(s) {
+		c, err := ReadCertFile(filepath.Join(cfg.intKeysDir(), id+".crt"))
+		if err != nil {
+			return err
+		}
+		if now.After(c.NotAfter) {
+			continue
+		}
+		bundle.Write(EncodeCert(c))
+	}
+	return WriteFileAtomic(cfg.BundlePath(), bundle.Bytes(), 0o644)
+}
+
+// liveIDs lists the intermediates that may still have valid leaves: the
+// active, the prepared and the retired ones, newest first.
+func liveIDs(s intState) []string {
+	ids := []string{s.Active}
+	if s.Prepared != "" {
+		ids = append(ids, s.Prepared)
+	}
+	for i := len(s.Retired) - 1; i >= 0; i-- {
+		ids = append(ids, s.Retired[i])
+	}
+	return ids
+}
+
+func loadIntermediate(cfg Config, id string) (*x509.Certificate, crypto.Signer, error) {
+	cert, err := ReadCertFile(filepath.Join(cfg.intKeysDir(), id+".crt"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("intermediate %s: %w", id, err)
+	}
+	key, err := ReadKeyFile(filepath.Join(cfg.intKeysDir(), id+".key"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("intermediate %s: %w", id, err)
+	}
+	if !publicKeyEqual(cert.PublicKey, key.Public()) {
+		return nil, nil, fmt.Errorf("intermediate %s: key does not match certificate", id)
+	}
+	return cert, key, nil
+}
+
+// signCA signs a CA certificate template; parent nil means self-signed.
+func signCA(cfg Config, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	serial, err := newSerial(cfg.Rand)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	ski, err := subjectKeyID(pub)
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SubjectKeyId = ski
+	if parent == nil {
+		parent = tmpl
+	}
+	der, err := x509.CreateCertificate(cfg.Rand, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("sign CA certificate: %w", err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// newSerial returns a random positive 128-bit serial number.
+func newSerial(rand interface{ Read([]byte) (int, error) }) (*big.Int, error) {
+	var b [16]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("serial: %w", err)
+		}
+		if n := new(big.Int).SetBytes(b[:]); n.Sign() > 0 {
+			return n, nil
+		}
+	}
+}
+
+// subjectKeyID is the RFC 5280 method 1 key id: SHA-1 of the public key bits.
+func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	var spki struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(der, &spki); err != nil {
+		return nil, err
+	}
+	sum := sha1.Sum(spki.PublicKey.Bytes)
+	return sum[:], nil
+}
+
+// keyID names a CA certificate by its subject key id, in hex.
+func keyID(c *x509.Certificate) string { return hex.EncodeToString(c.SubjectKeyId) }
+
+// audit appends an audit entry; an audit failure of a refusal is not
+// itself reported, since the refusal is what the caller must see.
+func audit(ctx context.Context, cfg Config, st store.Store, action, ident string, opErr error, detail ...string) {
+	if st == nil {
+		return
+	}
+	e := store.AuditEntry{Time: cfg.Now(), Action: action, Identity: ident, Outcome: store.OutcomeOK}
+	if len(detail) > 0 {
+		e.Detail = detail[0]
+	}
+	if opErr != nil {
+		e.Outcome = store.OutcomeRefused
+		e.Detail = opErr.Error()
+	}
+	_ = st.Append(ctx, e)
+}

@@ -1,0 +1,160 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// Status is the state of an issued certificate.
+type Status string
+
+// Certificate states, from best to worst.
+const (
+	StatusValid       Status = "valid"
+	StatusExpiring    Status = "expiring" // past its renewal point
+	StatusNotYetValid Status = "not-yet-valid"
+	StatusExpired     Status = "expired"
+	StatusRevoked     Status = "revoked"
+	StatusUntrusted   Status = "untrusted"
+)
+
+// Verdict is the result of checking one certificate.
+type Verdict struct {
+	Status   Status            `json:"status"`
+	Subject  string            `json:"subject"`
+	Serial   string            `json:"serial"`
+	Identity string            `json:"identity,omitempty"`
+	NotAfter time.Time         `json:"not_after"`
+	Problem  string            `json:"problem,omitempty"`
+	Revoked  *store.Revocation `json:"revoked,omitempty"`
+}
+
+// OK reports whether the certificate may be used.
+func (v Verdict) OK() bool { return v.Status == StatusValid || v.Status == StatusExpiring }
+
+// Verify checks a certificate (optionally followed by its chain) against
+// the CA: chain to the root through a live intermediate, validity window,
+// revocation, and that its names form a mesh identity.
+func (c *CA) Verify(ctx context.Context, certs []*x509.Certificate) (Verdict, error) {
+	if len(certs) == 0 {
+		return Verdict{}, errors.New("no certificate to verify")
+	}
+	leaf := certs[0]
+	v := Verdict{Subject: leaf.Subject.CommonName, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter.UTC()}
+	now := c.cfg.Now()
+
+	roots := x509.NewCertPool()
+	roots.AddCert(c.Root())
+	inter := x509.NewCertPool()
+	for _, ic := range c.Intermediates() {
+		inter.AddCert(ic)
+	}
+	for _, ic := range certs[1:] {
+		inter.AddCert(ic)
+	}
+	// Check the chain at a time inside the leaf's window so that an expired
+	// leaf is reported as expired rather than as untrusted.
+	at := now
+	switch {
+	case now.Before(leaf.NotBefore):
+		at = leaf.NotBefore
+	case now.After(leaf.NotAfter):
+		at = leaf.NotAfter
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		v.Status, v.Problem = StatusUntrusted, fmt.Sprintf("does not chain to this CA's root: %v", err)
+		return v, nil
+	}
+	if id, err := identity.FromCertificate(leaf, c.TrustDomain()); err != nil {
+		v.Status, v.Problem = StatusUntrusted, err.Error()
+		return v, nil
+	} else {
+		v.Identity = id.CommonName()
+	}
+	revs, err := c.revocationsBySerial(ctx)
+	if err != nil {
+		return v, err
+	}
+	v.Status = c.status(now, leaf.NotBefore, leaf.NotAfter, c.cfg.RenewAfter, revs[v.Serial])
+	if r, ok := revs[v.Serial]; ok {
+		v.Revoked = &r
+		v.Problem = fmt.Sprintf("revoked at %s (%s)", r.RevokedAt.Format(time.RFC3339), Reason(r.Reason))
+	}
+	switch v.Status {
+	case StatusExpired:
+		v.Problem = "expired at " + leaf.NotAfter.UTC().Format(time.RFC3339)
+	case StatusNotYetValid:
+		v.Problem = "not valid before " + leaf.NotBefore.UTC().Format(time.RFC3339)
+	}
+	return v, nil
+}
+
+// status classifies a certificate; it is "expiring" once older than
+// renewAfter.
+func (c *CA) status(now, notBefore, notAfter time.Time, renewAfter time.Duration, rev store.Revocation) Status {
+	switch {
+	case rev.Serial != "":
+		return StatusRevoked
+	case now.After(notAfter):
+		return StatusExpired
+	case now.Before(notBefore):
+		return StatusNotYetValid
+	case now.After(notBefore.Add(backdate).Add(renewAfter)):
+		return StatusExpiring
+	}
+	return StatusValid
+}
+
+func (c *CA) revocationsBySerial(ctx context.Context) (map[string]store.Revocation, error) {
+	revs, err := c.store.Revocations(ctx, 0)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]store.Revocation, len(revs))
+	for _, r := range revs {
+		m[r.Serial] = r
+	}
+	return m, nil
+}
+
+// Listed is one issued certificate and its state.
+type Listed struct {
+	store.Cert
+	Status    Status     `json:"status"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Reason    string     `json:"reason,omitempty"`
+}
+
+// List returns every certificate the CA issued, oldest first, with its
+// state.
+func (c *CA) List(ctx context.Context) ([]Listed, error) {
+	certs, err := c.store.Certs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	revs, err := c.revocationsBySerial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.cfg.Now()
+	out := make([]Listed, 0, len(certs))
+	for _, rec := range certs {
+		renewAfter := c.cfg.RenewAfter
+		if rec.Kind == "intermediate" {
+			renewAfter = c.cfg.IntermediateTTL / 2 // intermediates rotate mid-life
+		}
+		l := Listed{Cert: rec, Status: c.status(now, rec.NotBefore, rec.NotAfter, renewAfter, revs[rec.Serial])}
+		if r, ok := revs[rec.Serial]; ok {
+			at := r.RevokedAt
+			l.RevokedAt, l.Reason = &at, Reason(r.Reason).String()
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
