@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
 )
@@ -59,6 +60,53 @@ func BenchmarkRecordCert(b *testing.B) {
 				baseline = perSec
 			} else if baseline > 0 {
 				b.ReportMetric(perSec/baseline, "x-vs-1-writer")
+			}
+		})
+	}
+}
+
+// BenchmarkPutAgents measures PutAgents throughput in agents per second
+// for the registry's flusher, which writes the liveness of many agents in
+// one batch, and for a batch of one agent, which pays a transaction and an
+// fsync per agent. The large batch reports its throughput relative to the
+// one-agent run of the same invocation (x-vs-batch-1), the number to
+// compare across machines.
+func BenchmarkPutAgents(b *testing.B) {
+	var baseline float64 // agents/s in batches of one
+	for _, size := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+			s, err := Open(b.Context(), b.TempDir()+"/meshtrust.db")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			batch := make([]store.Agent, size)
+			for i := range batch {
+				batch[i] = testAgent(i)
+			}
+			// Recorded once before the loop, so that the loop updates
+			// agents, as the flusher does.
+			if err := s.PutAgents(b.Context(), batch); err != nil {
+				b.Fatal(err)
+			}
+
+			var agents int
+			for b.Loop() {
+				for i := range batch {
+					batch[i].LastSeen = batch[i].LastSeen.Add(time.Second)
+				}
+				if err := s.PutAgents(b.Context(), batch); err != nil {
+					b.Fatal(err)
+				}
+				agents += size
+			}
+
+			perSec := float64(agents) / b.Elapsed().Seconds()
+			b.ReportMetric(perSec, "agents/s")
+			if size == 1 {
+				baseline = perSec
+			} else if baseline > 0 {
+				b.ReportMetric(perSec/baseline, "x-vs-batch-1")
 			}
 		})
 	}

@@ -1,5 +1,6 @@
-// Package sqlite implements store.Store on an embedded SQLite database, the
-// default store of a single meshd.
+// Package sqlite implements store.Store, and the registry's
+// store.EntityStore and store.AgentStore, on an embedded SQLite database,
+// the default store of a single meshd.
 //
 // The database is one file in WAL mode with synchronous=FULL, so a write
 // that has returned survives a crash of the process or of the machine as far
@@ -49,9 +50,9 @@ type options struct {
 }
 
 // WithClock sets the clock the store reads when a record leaves a time
-// unset (Cert.IssuedAt, Revocation.RevokedAt, AuditEntry.Time) and when it
-// records a schema migration. The default, and what a nil now means, is
-// time.Now.
+// unset (Cert.IssuedAt, Revocation.RevokedAt, AuditEntry.Time, the time
+// given to RevokeEntity and RotateEntity) and when it records a schema
+// migration. The default, and what a nil now means, is time.Now.
 func WithClock(now func() time.Time) Option {
 	return func(o *options) { o.now = now }
 }

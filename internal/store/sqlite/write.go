@@ -243,3 +243,25 @@ func nanos(field string, t time.Time) (int64, error) {
 func fromNanos(n int64) time.Time {
 	return time.Unix(0, n).UTC()
 }
+
+// nullNanos is nanos for a time that may be unset: the zero time.Time
+// becomes NULL, which keeps it apart from the Unix epoch (and from the
+// range error nanos would report for year 1).
+func nullNanos(field string, t time.Time) (any, error) {
+	if t.IsZero() {
+		return nil, nil
+	}
+	n, err := nanos(field, t)
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// fromNullNanos is the inverse of nullNanos.
+func fromNullNanos(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return fromNanos(n.Int64)
+}

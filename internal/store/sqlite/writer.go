@@ -171,6 +171,15 @@ type writeStmts struct {
 	certNames        *sql.Stmt
 	insertRevocation *sql.Stmt
 	nextCRL          *sql.Stmt
+
+	putEntity    *sql.Stmt
+	revokeEntity *sql.Stmt
+	rotateEntity *sql.Stmt
+	putAgent     *sql.Stmt
+	deleteAgent  *sql.Stmt
+
+	// all holds every statement above that was prepared, for close.
+	all []*sql.Stmt
 }
 
 // prepareWriteStmts prepares the writer's statements on db.
@@ -195,23 +204,42 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.nextCRL, `INSERT INTO crl_numbers (issuer_key_id, number) VALUES (?, 1)
 			ON CONFLICT (issuer_key_id) DO UPDATE SET number = number + 1
 			RETURNING number`},
+		// Without replace (the last argument), a live entity of the same
+		// name is left as it is and the statement changes no row.
+		{&st.putEntity, `INSERT INTO entities (name, ca_pem, fingerprint, subject,
+			not_before, not_after, created_at, revoked_at, rotated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (name) DO UPDATE SET ca_pem = excluded.ca_pem, fingerprint = excluded.fingerprint,
+				subject = excluded.subject, not_before = excluded.not_before, not_after = excluded.not_after,
+				created_at = excluded.created_at, revoked_at = excluded.revoked_at, rotated_at = excluded.rotated_at
+			WHERE ? OR entities.revoked_at IS NOT NULL`},
+		// A second revocation keeps the time of the first.
+		{&st.revokeEntity, `UPDATE entities SET revoked_at = coalesce(revoked_at, ?) WHERE name = ?`},
+		{&st.rotateEntity, `UPDATE entities SET rotated_at = ? WHERE name = ?`},
+		{&st.putAgent, `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
+			status, reason, registered_at, last_seen, rotate_from)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, entity = excluded.entity,
+				payload = excluded.payload, cert_serial = excluded.cert_serial,
+				cert_fingerprint = excluded.cert_fingerprint, status = excluded.status,
+				reason = excluded.reason, registered_at = excluded.registered_at,
+				last_seen = excluded.last_seen, rotate_from = excluded.rotate_from`},
+		{&st.deleteAgent, `DELETE FROM agents WHERE id = ?`},
 	} {
 		var err error
 		if *p.dst, err = db.PrepareContext(ctx, p.query); err != nil {
 			st.close()
 			return nil, fmt.Errorf("prepare %q: %w", p.query, err)
 		}
+		st.all = append(st.all, *p.dst)
 	}
 	return st, nil
 }
 
 // close closes the statements that were prepared.
 func (st *writeStmts) close() {
-	for _, s := range []*sql.Stmt{st.savepoint, st.rollbackTo, st.release, st.head,
-		st.insertAudit, st.insertCert, st.certNames, st.insertRevocation, st.nextCRL} {
-		if s != nil {
-			s.Close()
-		}
+	for _, s := range st.all {
+		s.Close()
 	}
 }
 
@@ -225,6 +253,16 @@ type writeTx struct {
 func (tx writeTx) exec(ctx context.Context, stmt *sql.Stmt, args ...any) error {
 	_, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
 	return err
+}
+
+// execRows runs the prepared statement stmt in the transaction and returns
+// the number of rows it changed.
+func (tx writeTx) execRows(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error) {
+	res, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // queryRow runs the prepared statement stmt in the transaction.

@@ -1,6 +1,7 @@
-// Package storetest checks that an implementation of store.Store keeps the
-// promises the interface makes. Each implementation runs the same suite from
-// its own tests:
+// Package storetest checks that an implementation of store.Store, and of
+// store.EntityStore and store.AgentStore, which meshd needs of every store,
+// keeps the promises the interfaces make. Each implementation runs the same
+// suite from its own tests:
 //
 //	func TestConformance(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, dir string) store.Store {
@@ -55,6 +56,18 @@ func Run(t *testing.T, open Opener) {
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"CanceledContext", testCanceledContext},
 		{"Closed", testClosed},
+
+		{"EntityRoundTrip", testEntityRoundTrip},
+		{"EntityExists", testEntityExists},
+		{"EntityReregister", testEntityReregister},
+		{"RegistryNotFound", testRegistryNotFound},
+		{"AgentRoundTrip", testAgentRoundTrip},
+		{"PutAgentsUpsert", testPutAgentsUpsert},
+		{"PutAgentsBatch", testPutAgentsBatch},
+		{"DeleteAgent", testDeleteAgent},
+		{"RegistryConcurrent", testRegistryConcurrent},
+		{"RegistryCanceledContext", testRegistryCanceledContext},
+		{"RegistryClosed", testRegistryClosed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open) })

@@ -1,0 +1,83 @@
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// Entity is a partner organisation whose CA the mesh trusts.
+type Entity struct {
+	// Name is the entity id: the name it was registered under, never a
+	// name its CA writes into its own certificates.
+	Name string
+	// CAPEM is the entity's CA certificate(s) in PEM form.
+	CAPEM []byte
+	// Fingerprint is the lowercase hex SHA-256 of the first CA certificate.
+	Fingerprint string
+	// Subject is the first CA certificate's subject, for display.
+	Subject   string
+	NotBefore time.Time
+	NotAfter  time.Time
+	CreatedAt time.Time
+	// RevokedAt is set once the entity is revoked; a revoked entity's
+	// agents are evicted and refused until it is registered again.
+	RevokedAt time.Time
+	// RotatedAt is the last `entity rotate`: agents whose certificate was
+	// issued before it must re-register with a fresh one.
+	RotatedAt time.Time
+}
+
+// Revoked reports whether the entity is revoked.
+func (e Entity) Revoked() bool { return !e.RevokedAt.IsZero() }
+
+// Agent is the durable part of a registered agent. Liveness (last seen)
+// lives in the registry's memory and is written only in batches.
+type Agent struct {
+	ID string
+	// Owner is the common name of the certificate that claimed the id;
+	// Entity the entity it belongs to ("" for the mesh's own CAs). Neither
+	// changes for the life of the record.
+	Owner  string
+	Entity string
+	// Payload is the agent's registration as the agent sent it (JSON).
+	Payload []byte
+	// CertSerial and CertFingerprint identify the certificate the agent
+	// last registered with.
+	CertSerial      string
+	CertFingerprint string
+	// Status is "healthy", "unhealthy" or "evicted".
+	Status string
+	// Reason explains an eviction.
+	Reason       string
+	RegisteredAt time.Time
+	LastSeen     time.Time
+	// RotateFrom is set when the agent must re-register with a certificate
+	// other than CertFingerprint (after an entity rotation).
+	RotateFrom time.Time
+}
+
+// EntityStore holds partner entities.
+type EntityStore interface {
+	// PutEntity records e with its audit entry. Without replace it returns
+	// ErrExists when an entity of that name exists and is not revoked.
+	PutEntity(ctx context.Context, e Entity, replace bool, a AuditEntry) error
+	// Entity returns one entity, or ErrNotFound.
+	Entity(ctx context.Context, name string) (Entity, error)
+	// Entities returns every entity, revoked ones included, by name.
+	Entities(ctx context.Context) ([]Entity, error)
+	// RevokeEntity marks an entity revoked at t, or returns ErrNotFound.
+	RevokeEntity(ctx context.Context, name string, t time.Time, a AuditEntry) error
+	// RotateEntity sets an entity's RotatedAt to t, or returns ErrNotFound.
+	RotateEntity(ctx context.Context, name string, t time.Time, a AuditEntry) error
+}
+
+// AgentStore holds registered agents.
+type AgentStore interface {
+	// PutAgents upserts agents in one transaction.
+	PutAgents(ctx context.Context, agents []Agent) error
+	// DeleteAgent removes an agent with its audit entry, or returns
+	// ErrNotFound.
+	DeleteAgent(ctx context.Context, id string, a AuditEntry) error
+	// Agents returns every agent, by id.
+	Agents(ctx context.Context) ([]Agent, error)
+}

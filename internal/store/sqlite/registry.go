@@ -1,0 +1,311 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// Compile-time check that Store implements the registry's stores.
+var (
+	_ store.EntityStore = (*Store)(nil)
+	_ store.AgentStore  = (*Store)(nil)
+)
+
+// PutEntity records e and appends a to the audit log in the same
+// transaction. Without replace it returns an error wrapping
+// store.ErrExists if an entity named e.Name is recorded and not revoked;
+// then neither e nor a is written. A revoked entity is overwritten with or
+// without replace: that is how it is registered again.
+//
+// An overwritten entity takes every field of e, RevokedAt and RotatedAt
+// included, so Entity returns e as given. Zero times are kept as zero; a
+// zero a.Time is set from the store's clock. Every other time must lie
+// between the years 1678 and 2262.
+func (s *Store) PutEntity(ctx context.Context, e store.Entity, replace bool, a store.AuditEntry) error {
+	if e.Name == "" {
+		return errors.New("sqlite: record entity: name is empty")
+	}
+	args, err := entityArgs(e)
+	if err != nil {
+		return fmt.Errorf("sqlite: record entity %q: %w", e.Name, err)
+	}
+	args = append(args, replace)
+	a, err = s.prepareAudit(a)
+	if err != nil {
+		return fmt.Errorf("sqlite: record entity %q: %w", e.Name, err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		n, err := tx.execRows(ctx, tx.st.putEntity, args...)
+		if err != nil {
+			return fmt.Errorf("sqlite: record entity %q: %w", e.Name, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("%w: entity %q is registered and not revoked", store.ErrExists, e.Name)
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+// entityArgs returns the column values of e in the order of the entities
+// table.
+func entityArgs(e store.Entity) ([]any, error) {
+	args := make([]any, 0, 10) // room for PutEntity's replace
+	caPEM := e.CAPEM
+	if caPEM == nil {
+		caPEM = []byte{} // the column is NOT NULL
+	}
+	args = append(args, e.Name, caPEM, e.Fingerprint, e.Subject)
+	for _, f := range []struct {
+		name string
+		t    time.Time
+	}{
+		{"NotBefore", e.NotBefore},
+		{"NotAfter", e.NotAfter},
+		{"CreatedAt", e.CreatedAt},
+		{"RevokedAt", e.RevokedAt},
+		{"RotatedAt", e.RotatedAt},
+	} {
+		n, err := nullNanos(f.name, f.t)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, n)
+	}
+	return args, nil
+}
+
+// RevokeEntity marks the entity named name revoked at t and appends a to
+// the audit log in the same transaction. A zero t or a.Time is set from the
+// store's clock. Revoking a revoked entity appends a but keeps the time of
+// the first revocation, since the entity has been untrusted since then. It
+// returns an error wrapping store.ErrNotFound, and writes nothing, if no
+// entity named name is recorded.
+func (s *Store) RevokeEntity(ctx context.Context, name string, t time.Time, a store.AuditEntry) error {
+	return s.markEntity(ctx, "revoke", s.stmts.revokeEntity, name, t, a)
+}
+
+// RotateEntity sets the RotatedAt of the entity named name to t and appends
+// a to the audit log in the same transaction. A zero t or a.Time is set from
+// the store's clock. It returns an error wrapping store.ErrNotFound, and
+// writes nothing, if no entity named name is recorded.
+func (s *Store) RotateEntity(ctx context.Context, name string, t time.Time, a store.AuditEntry) error {
+	return s.markEntity(ctx, "rotate", s.stmts.rotateEntity, name, t, a)
+}
+
+// markEntity sets a time of the entity named name with stmt, which takes
+// the time and the name, and appends a; verb names the operation in errors.
+func (s *Store) markEntity(ctx context.Context, verb string, stmt *sql.Stmt, name string, t time.Time, a store.AuditEntry) error {
+	if t.IsZero() {
+		// Zero would mean "not revoked" or "never rotated": the opposite
+		// of what the caller asked for.
+		t = s.now()
+	}
+	at, err := nanos("time", t)
+	if err != nil {
+		return fmt.Errorf("sqlite: %s entity %q: %w", verb, name, err)
+	}
+	a, err = s.prepareAudit(a)
+	if err != nil {
+		return fmt.Errorf("sqlite: %s entity %q: %w", verb, name, err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		n, err := tx.execRows(ctx, stmt, at, name)
+		if err != nil {
+			return fmt.Errorf("sqlite: %s entity %q: %w", verb, name, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("%w: no entity %q is recorded, so it cannot be %sd", store.ErrNotFound, name, verb)
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+const entityColumns = `name, ca_pem, fingerprint, subject, not_before, not_after,
+	created_at, revoked_at, rotated_at`
+
+// Entity returns the entity named name, or an error wrapping
+// store.ErrNotFound.
+func (s *Store) Entity(ctx context.Context, name string) (store.Entity, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return store.Entity{}, store.ErrClosed
+	}
+	e, err := scanEntity(s.rdb.QueryRowContext(ctx, `SELECT `+entityColumns+` FROM entities WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.Entity{}, fmt.Errorf("%w: no entity %q", store.ErrNotFound, name)
+	}
+	if err != nil {
+		return store.Entity{}, fmt.Errorf("sqlite: read entity %q: %w", name, err)
+	}
+	return e, nil
+}
+
+// Entities returns every entity, revoked ones included, ordered by name.
+func (s *Store) Entities(ctx context.Context) ([]store.Entity, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, store.ErrClosed
+	}
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+entityColumns+` FROM entities ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read entities: %w", err)
+	}
+	defer rows.Close()
+	var es []store.Entity
+	for rows.Next() {
+		e, err := scanEntity(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: read entities: %w", err)
+		}
+		es = append(es, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read entities: %w", err)
+	}
+	return es, nil
+}
+
+// scanEntity reads one row of entityColumns.
+func scanEntity(row interface{ Scan(...any) error }) (store.Entity, error) {
+	var (
+		e                                                    store.Entity
+		notBefore, notAfter, createdAt, revokedAt, rotatedAt sql.NullInt64
+	)
+	if err := row.Scan(&e.Name, &e.CAPEM, &e.Fingerprint, &e.Subject,
+		&notBefore, &notAfter, &createdAt, &revokedAt, &rotatedAt); err != nil {
+		return store.Entity{}, err
+	}
+	if len(e.CAPEM) == 0 {
+		e.CAPEM = nil
+	}
+	e.NotBefore, e.NotAfter = fromNullNanos(notBefore), fromNullNanos(notAfter)
+	e.CreatedAt = fromNullNanos(createdAt)
+	e.RevokedAt, e.RotatedAt = fromNullNanos(revokedAt), fromNullNanos(rotatedAt)
+	return e, nil
+}
+
+// PutAgents records agents, replacing the records of agents already
+// recorded, in one transaction: all of them are written or none is. It
+// appends nothing to the audit log, since an agent's liveness is no audited
+// event. A batch that names an agent twice keeps the last record; an empty
+// batch writes nothing.
+//
+// Zero times are kept as zero; every other time must lie between the years
+// 1678 and 2262.
+func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
+	if len(agents) == 0 {
+		return nil
+	}
+	// Converted before the batch is queued, so that the writer, which every
+	// other write waits for, only executes.
+	rows := make([][]any, len(agents))
+	for i, ag := range agents {
+		if ag.ID == "" {
+			return fmt.Errorf("sqlite: record agents: agent %d of %d has an empty id", i+1, len(agents))
+		}
+		var err error
+		if rows[i], err = agentArgs(ag); err != nil {
+			return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
+		}
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, _ *chainHead) error {
+		put := tx.StmtContext(ctx, tx.st.putAgent)
+		for i, args := range rows {
+			if _, err := put.ExecContext(ctx, args...); err != nil {
+				return fmt.Errorf("sqlite: record agent %q: %w", agents[i].ID, err)
+			}
+		}
+		return nil
+	})
+}
+
+// agentArgs returns the column values of ag in the order of the agents
+// table.
+func agentArgs(ag store.Agent) ([]any, error) {
+	args := make([]any, 0, 11)
+	payload := ag.Payload
+	if payload == nil {
+		payload = []byte{} // the column is NOT NULL
+	}
+	args = append(args, ag.ID, ag.Owner, ag.Entity, payload,
+		ag.CertSerial, ag.CertFingerprint, ag.Status, ag.Reason)
+	for _, f := range []struct {
+		name string
+		t    time.Time
+	}{
+		{"RegisteredAt", ag.RegisteredAt},
+		{"LastSeen", ag.LastSeen},
+		{"RotateFrom", ag.RotateFrom},
+	} {
+		n, err := nullNanos(f.name, f.t)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, n)
+	}
+	return args, nil
+}
+
+// DeleteAgent removes the record of the agent id and appends a to the audit
+// log in the same transaction. A zero a.Time is set from the store's clock.
+// It returns an error wrapping store.ErrNotFound, and writes nothing, if no
+// agent id is recorded.
+func (s *Store) DeleteAgent(ctx context.Context, id string, a store.AuditEntry) error {
+	a, err := s.prepareAudit(a)
+	if err != nil {
+		return fmt.Errorf("sqlite: delete agent %q: %w", id, err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		n, err := tx.execRows(ctx, tx.st.deleteAgent, id)
+		if err != nil {
+			return fmt.Errorf("sqlite: delete agent %q: %w", id, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("%w: no agent %q is recorded, so it cannot be deleted", store.ErrNotFound, id)
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+// Agents returns every recorded agent, ordered by id.
+func (s *Store) Agents(ctx context.Context) ([]store.Agent, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, store.ErrClosed
+	}
+	rows, err := s.rdb.QueryContext(ctx, `SELECT id, owner, entity, payload, cert_serial, cert_fingerprint,
+		status, reason, registered_at, last_seen, rotate_from
+		FROM agents ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read agents: %w", err)
+	}
+	defer rows.Close()
+	var as []store.Agent
+	for rows.Next() {
+		var (
+			ag                               store.Agent
+			registeredAt, lastSeen, rotateAt sql.NullInt64
+		)
+		if err := rows.Scan(&ag.ID, &ag.Owner, &ag.Entity, &ag.Payload, &ag.CertSerial, &ag.CertFingerprint,
+			&ag.Status, &ag.Reason, &registeredAt, &lastSeen, &rotateAt); err != nil {
+			return nil, fmt.Errorf("sqlite: read agents: %w", err)
+		}
+		if len(ag.Payload) == 0 {
+			ag.Payload = nil
+		}
+		ag.RegisteredAt, ag.LastSeen, ag.RotateFrom = fromNullNanos(registeredAt), fromNullNanos(lastSeen), fromNullNanos(rotateAt)
+		as = append(as, ag)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read agents: %w", err)
+	}
+	return as, nil
+}

@@ -1,0 +1,286 @@
+package sqlite
+
+import (
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+func testAgent(n int) store.Agent {
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	return store.Agent{
+		ID:              fmt.Sprintf("agent-%05d", n),
+		Owner:           fmt.Sprintf("agent%d@ct111", n),
+		Payload:         fmt.Appendf(nil, `{"agent_id":"agent-%05d","http_port":%d}`, n, 9000+n),
+		CertSerial:      fmt.Sprintf("%x", 0x5000+n),
+		CertFingerprint: fmt.Sprintf("%064x", n),
+		Status:          "healthy",
+		RegisteredAt:    at,
+		LastSeen:        at.Add(time.Duration(n) * time.Second),
+	}
+}
+
+func testEntity(name string) store.Entity {
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	return store.Entity{Name: name, CAPEM: []byte("-----BEGIN CERTIFICATE-----\n"), Fingerprint: fmt.Sprintf("%064x", len(name)),
+		Subject: "CN=" + name, NotBefore: at, NotAfter: at.AddDate(10, 0, 0), CreatedAt: at}
+}
+
+// TestZeroTimeIsNull checks that a zero time is stored as NULL, so that
+// the Unix epoch, stored as 0, reads back as the epoch and not as "never".
+func TestZeroTimeIsNull(t *testing.T) {
+	s, path := openTest(t)
+	ag := store.Agent{ID: "a", LastSeen: time.Unix(0, 0)}
+	if err := s.PutAgents(t.Context(), []store.Agent{ag}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutEntity(t.Context(), store.Entity{Name: "e"}, false, store.AuditEntry{Action: "entity.register"}); err != nil {
+		t.Fatal(err)
+	}
+	db := rawDB(t, path)
+	var registeredAt, lastSeen, rotateFrom sql.NullInt64
+	if err := db.QueryRow("SELECT registered_at, last_seen, rotate_from FROM agents").Scan(&registeredAt, &lastSeen, &rotateFrom); err != nil {
+		t.Fatal(err)
+	}
+	if registeredAt.Valid || rotateFrom.Valid || lastSeen != (sql.NullInt64{Int64: 0, Valid: true}) {
+		t.Errorf("agent times stored as %v, %v, %v; want NULL, 0, NULL", registeredAt, lastSeen, rotateFrom)
+	}
+	var nulls int
+	if err := db.QueryRow(`SELECT (not_before IS NULL) + (not_after IS NULL) + (created_at IS NULL)
+		+ (revoked_at IS NULL) + (rotated_at IS NULL) FROM entities`).Scan(&nulls); err != nil {
+		t.Fatal(err)
+	}
+	if nulls != 5 {
+		t.Errorf("%d of the zero entity's 5 times are stored as NULL, want all", nulls)
+	}
+}
+
+// TestPutAgentsOneTransaction checks that a batch is one write of one
+// transaction, however many agents it holds.
+func TestPutAgentsOneTransaction(t *testing.T) {
+	s, _ := openTest(t)
+	batch := make([]store.Agent, 1000)
+	for i := range batch {
+		batch[i] = testAgent(i)
+	}
+	commits, writes := s.commits.Load(), s.writes.Load()
+	if err := s.PutAgents(t.Context(), batch); err != nil {
+		t.Fatal(err)
+	}
+	if c, w := s.commits.Load()-commits, s.writes.Load()-writes; c != 1 || w != 1 {
+		t.Errorf("PutAgents of %d agents took %d transactions carrying %d writes, want 1 and 1", len(batch), c, w)
+	}
+	if err := s.PutAgents(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.commits.Load() - commits; c != 1 {
+		t.Errorf("an empty PutAgents committed a transaction")
+	}
+}
+
+// TestPutAgentsAllOrNothing makes one row of a batch fail and checks that
+// the batch left nothing behind, while a write queued in the same
+// transaction commits.
+func TestPutAgentsAllOrNothing(t *testing.T) {
+	g, opt := newGate()
+	s, path := openTest(t, opt)
+	before := []store.Agent{testAgent(1), testAgent(2)}
+	if err := s.PutAgents(t.Context(), before); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rawDB(t, path).Exec(`CREATE TRIGGER fault BEFORE INSERT ON agents WHEN NEW.id = 'boom'
+		BEGIN SELECT RAISE(ABORT, 'injected fault'); END`); err != nil {
+		t.Fatal(err)
+	}
+
+	changed := testAgent(1)
+	changed.Status = "evicted"
+	bad := []store.Agent{changed, testAgent(3), {ID: "boom"}, testAgent(4)}
+	g.armed.Store(true)
+	errs := make(chan error, 2)
+	go func() { errs <- s.Append(t.Context(), store.AuditEntry{Action: "first"}) }()
+	<-g.held
+	go func() { errs <- s.PutAgents(t.Context(), bad) }()
+	waitQueued(s, 1)
+	go func() { errs <- s.Append(t.Context(), store.AuditEntry{Action: "after"}) }()
+	waitQueued(s, 2)
+	g.release()
+	var failed int
+	for range 3 {
+		if err := <-errs; err != nil {
+			failed++
+			if !strings.Contains(err.Error(), `"boom"`) {
+				t.Errorf("PutAgents error %q does not name the agent that failed", err)
+			}
+		}
+	}
+	if failed != 1 {
+		t.Errorf("%d writes failed, want 1 (the batch)", failed)
+	}
+	got, err := s.Agents(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Status != "healthy" {
+		t.Errorf("after a failed batch, Agents = %+v; want the 2 agents as they were", got)
+	}
+	if log, _ := s.AuditLog(t.Context()); len(log) != 2 || store.VerifyAuditChain(log) != nil {
+		t.Errorf("audit log has %d entries, want the 2 written with the failed batch", len(log))
+	}
+}
+
+func TestPutAgentsSameIDTwice(t *testing.T) {
+	s, _ := openTest(t)
+	first, last := testAgent(1), testAgent(1)
+	last.Status = "unhealthy"
+	if err := s.PutAgents(t.Context(), []store.Agent{first, testAgent(2), last}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Agents(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Status != "unhealthy" {
+		t.Errorf("Agents = %+v; want 2 agents, the first one as its last record says", got)
+	}
+}
+
+// TestEntityMarksUseClock checks that a zero time given to RevokeEntity or
+// RotateEntity is read from the clock rather than recorded as zero, which
+// would read as "not revoked", and that a second revocation keeps the
+// first one's time.
+func TestEntityMarksUseClock(t *testing.T) {
+	now := time.Date(2026, 5, 4, 3, 2, 1, 987654321, time.UTC)
+	s, _ := openTest(t, WithClock(func() time.Time { return now }))
+	if err := s.PutEntity(t.Context(), testEntity("e"), false, store.AuditEntry{Action: "entity.register"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RotateEntity(t.Context(), "e", time.Time{}, store.AuditEntry{Action: "entity.rotate"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RevokeEntity(t.Context(), "e", time.Time{}, store.AuditEntry{Action: "entity.revoke"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RevokeEntity(t.Context(), "e", now.Add(time.Hour), store.AuditEntry{Action: "entity.revoke"}); err != nil {
+		t.Fatalf("second RevokeEntity: %v", err)
+	}
+	e, err := s.Entity(t.Context(), "e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.RotatedAt.Equal(now) || !e.RevokedAt.Equal(now) {
+		t.Errorf("RotatedAt %v, RevokedAt %v; want both the clock's %v", e.RotatedAt, e.RevokedAt, now)
+	}
+	log, err := s.AuditLog(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.VerifyAuditChain(log); err != nil || len(log) != 4 {
+		t.Errorf("audit log has %d entries, VerifyAuditChain = %v; want 4 (both revocations), nil", len(log), err)
+	}
+}
+
+func TestRegistryTimeOutOfRange(t *testing.T) {
+	s, _ := openTest(t)
+	noExpiry := time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC) // RFC 5280's "no expiry"
+	e := testEntity("e")
+	e.NotAfter = noExpiry
+	err := s.PutEntity(t.Context(), e, false, store.AuditEntry{Action: "entity.register"})
+	if err == nil || !strings.Contains(err.Error(), "NotAfter") {
+		t.Errorf("PutEntity(NotAfter in 9999) = %v, want an error naming NotAfter", err)
+	}
+	ag := testAgent(2)
+	ag.RotateFrom = noExpiry
+	err = s.PutAgents(t.Context(), []store.Agent{testAgent(1), ag})
+	if err == nil || !strings.Contains(err.Error(), "RotateFrom") || !strings.Contains(err.Error(), ag.ID) {
+		t.Errorf("PutAgents(RotateFrom in 9999) = %v, want an error naming the agent and RotateFrom", err)
+	}
+	if err := s.PutAgents(t.Context(), []store.Agent{{}}); err == nil || !strings.Contains(err.Error(), "empty id") {
+		t.Errorf("PutAgents(agent without id) = %v, want an error about the empty id", err)
+	}
+	if es, _ := s.Entities(t.Context()); len(es) != 0 {
+		t.Errorf("%d entities recorded after refused writes", len(es))
+	}
+	if as, _ := s.Agents(t.Context()); len(as) != 0 {
+		t.Errorf("%d agents recorded after refused writes", len(as))
+	}
+	if log, _ := s.AuditLog(t.Context()); len(log) != 0 {
+		t.Errorf("%d audit entries after refused writes", len(log))
+	}
+}
+
+// TestMigrateFromVersion1 opens a file that an older meshtrust left at
+// schema version 1 and checks that it gains the registry and keeps what it
+// held.
+func TestMigrateFromVersion1(t *testing.T) {
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "meshtrust.db")
+	s, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := testCert(1)
+	if err := s.RecordCert(t.Context(), c, store.AuditEntry{Action: "cert.issue"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Take the file back to version 1.
+	db := rawDB(t, path)
+	if _, err := db.Exec("DROP TABLE entities; DROP TABLE agents; DELETE FROM schema_version WHERE version > 1"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err = Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open(version 1 file): %v", err)
+	}
+	defer s.Close()
+	if _, err := s.Cert(t.Context(), c.Serial); err != nil {
+		t.Errorf("Cert after the migration: %v", err)
+	}
+	if err := s.PutEntity(t.Context(), testEntity("e"), false, store.AuditEntry{Action: "entity.register"}); err != nil {
+		t.Errorf("PutEntity after the migration: %v", err)
+	}
+	if err := s.PutAgents(t.Context(), []store.Agent{testAgent(1)}); err != nil {
+		t.Errorf("PutAgents after the migration: %v", err)
+	}
+	var version int
+	if err := s.rdb.QueryRow("SELECT max(version) FROM schema_version").Scan(&version); err != nil || version != len(ms) {
+		t.Errorf("schema version %d (%v), want %d", version, err, len(ms))
+	}
+	if log, err := s.AuditLog(t.Context()); err != nil || store.VerifyAuditChain(log) != nil || len(log) != 2 {
+		t.Errorf("audit log after the migration: %d entries, %v", len(log), err)
+	}
+	if err := s.IntegrityCheck(t.Context()); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestRegistryTablesStrict(t *testing.T) {
+	_, path := openTest(t)
+	db := rawDB(t, path)
+	for _, q := range []string{
+		"INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint, status, reason, last_seen) VALUES ('x', '', '', x'', '', '', '', '', 'yesterday')",
+		"INSERT INTO entities (name, ca_pem, fingerprint, subject, revoked_at) VALUES ('x', x'', '', '', 'never')",
+	} {
+		if _, err := db.Exec(q); err == nil {
+			t.Errorf("%s succeeded; a STRICT table refuses text in an INTEGER column", q)
+		}
+	}
+	if _, err := db.Exec("INSERT INTO agents (id) VALUES ('x')"); err == nil {
+		t.Error("an agent row without its NOT NULL columns was accepted")
+	}
+	var count int
+	if err := db.QueryRow("SELECT count(*) FROM agents").Scan(&count); err != nil || count != 0 {
+		t.Errorf("%d agent rows (%v), want 0", count, err)
+	}
+}

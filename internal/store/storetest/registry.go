@@ -1,0 +1,704 @@
+package storetest
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// registryStore is what meshd needs of a store: store.Store and the
+// registry's entities and agents.
+type registryStore interface {
+	store.Store
+	store.EntityStore
+	store.AgentStore
+}
+
+// openRegistry is openStore for the registry's checks. Every store must
+// hold the registry, since meshd needs it of whichever store it runs on.
+func openRegistry(t *testing.T, open Opener, dir string) registryStore {
+	t.Helper()
+	s := openStore(t, open, dir)
+	rs, ok := s.(registryStore)
+	if !ok {
+		t.Fatalf("%T does not implement store.EntityStore and store.AgentStore, which meshd needs", s)
+	}
+	return rs
+}
+
+// reopenRegistry closes s and opens the store on dir again.
+func reopenRegistry(t *testing.T, open Opener, dir string, s registryStore) registryStore {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	return openRegistry(t, open, dir)
+}
+
+// newEntity returns an entity named name, distinct for each name, created
+// at createdAt.
+func newEntity(name string, createdAt time.Time) store.Entity {
+	fp := sha256.Sum256([]byte("CA of " + name))
+	return store.Entity{
+		Name:        name,
+		CAPEM:       []byte("-----BEGIN CERTIFICATE-----\n" + name + "\n-----END CERTIFICATE-----\n"),
+		Fingerprint: hex.EncodeToString(fp[:]),
+		Subject:     "CN=" + name + " Root CA,O=" + name,
+		NotBefore:   createdAt.Add(-24 * time.Hour),
+		NotAfter:    createdAt.Add(10 * 365 * 24 * time.Hour),
+		CreatedAt:   createdAt,
+	}
+}
+
+// entityEntry returns the audit entry recorded with a registration of e.
+func entityEntry(e store.Entity) store.AuditEntry {
+	at := e.CreatedAt
+	if at.IsZero() {
+		at = epoch() // not left to the store's clock: tests compare it
+	}
+	return store.AuditEntry{Time: at, Action: "entity.register", Identity: e.Name, Outcome: store.OutcomeOK, Detail: "CA " + e.Subject + " sha256 " + e.Fingerprint}
+}
+
+// markEntry returns the audit entry recorded with an entity revocation or
+// rotation (action) of name at t.
+func markEntry(action, name string, t time.Time) store.AuditEntry {
+	return store.AuditEntry{Time: t, Action: action, Identity: name, Outcome: store.OutcomeOK}
+}
+
+func mustPutEntity(t *testing.T, s store.EntityStore, replace bool, es ...store.Entity) {
+	t.Helper()
+	for _, e := range es {
+		if err := s.PutEntity(t.Context(), e, replace, entityEntry(e)); err != nil {
+			t.Fatalf("PutEntity(%q, replace %v): %v", e.Name, replace, err)
+		}
+	}
+}
+
+// A timeField is one time of a record, as wanted and as read back.
+type timeField struct {
+	name      string
+	want, got time.Time
+}
+
+// timeDiffs describes the fields whose times differ, comparing instants.
+// A zero time equals only a zero time.
+func timeDiffs(fields ...timeField) []string {
+	var d []string
+	for _, f := range fields {
+		if !f.got.Equal(f.want) || f.got.IsZero() != f.want.IsZero() {
+			d = append(d, fmt.Sprintf("%s = %s, want %s", f.name, fmtTime(f.got), fmtTime(f.want)))
+		}
+	}
+	return d
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "zero"
+	}
+	return t.Format(time.RFC3339Nano)
+}
+
+// entityDiff describes how got differs from want, or returns "" if they
+// are the same record.
+func entityDiff(want, got store.Entity) string {
+	d := timeDiffs(
+		timeField{"NotBefore", want.NotBefore, got.NotBefore},
+		timeField{"NotAfter", want.NotAfter, got.NotAfter},
+		timeField{"CreatedAt", want.CreatedAt, got.CreatedAt},
+		timeField{"RevokedAt", want.RevokedAt, got.RevokedAt},
+		timeField{"RotatedAt", want.RotatedAt, got.RotatedAt},
+	)
+	for _, e := range []*store.Entity{&want, &got} {
+		e.NotBefore, e.NotAfter, e.CreatedAt, e.RevokedAt, e.RotatedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+		if len(e.CAPEM) == 0 {
+			e.CAPEM = nil
+		}
+	}
+	if !reflect.DeepEqual(want, got) {
+		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
+	}
+	if len(d) == 0 {
+		return ""
+	}
+	return fmt.Sprint(d)
+}
+
+// checkEntities fails t unless s holds exactly want, which is in name
+// order, through both Entity and Entities.
+func checkEntities(t *testing.T, what string, s store.EntityStore, want []store.Entity) {
+	t.Helper()
+	for _, e := range want {
+		got, err := s.Entity(t.Context(), e.Name)
+		if err != nil {
+			t.Fatalf("%s: Entity(%q): %v", what, e.Name, err)
+		}
+		if d := entityDiff(e, got); d != "" {
+			t.Errorf("%s: Entity(%q): %s", what, e.Name, d)
+		}
+	}
+	all, err := s.Entities(t.Context())
+	if err != nil {
+		t.Fatalf("%s: Entities: %v", what, err)
+	}
+	names := func(es []store.Entity) []string {
+		var n []string
+		for _, e := range es {
+			n = append(n, e.Name)
+		}
+		return n
+	}
+	if !slices.Equal(names(all), names(want)) {
+		t.Fatalf("%s: Entities returned %q, want %q", what, names(all), names(want))
+	}
+	for i := range want {
+		if d := entityDiff(want[i], all[i]); d != "" {
+			t.Errorf("%s: Entities[%d] (%q): %s", what, i, want[i].Name, d)
+		}
+	}
+}
+
+// checkLog fails t unless s's audit log, its chain intact, carries want's
+// caller-supplied fields in want's order.
+func checkLog(t *testing.T, what string, s store.Store, want []store.AuditEntry) {
+	t.Helper()
+	log := auditLog(t, s)
+	if len(log) != len(want) {
+		t.Fatalf("%s: audit log has %d entries, want %d", what, len(log), len(want))
+	}
+	for i := range want {
+		checkEntry(t, log[i], want[i])
+	}
+}
+
+func testEntityRoundTrip(t *testing.T, open Opener) {
+	cet := time.FixedZone("CET", 3600)
+	full := newEntity("partner-corp", time.Date(2026, 3, 1, 13, 0, 0, 7, cet))
+	full.CAPEM = append([]byte("-----BEGIN CERTIFICATE-----\n"), 0x00, 0xff, 0xfe, '\n')
+	full.Subject = "CN=Partner Root CA,O=Partner Corp,C=DE"
+	full.NotBefore = time.Date(2026, 2, 28, 23, 59, 59, 999999999, cet)
+	full.NotAfter = time.Date(2262, 1, 1, 0, 0, 0, 1, time.UTC)
+	// Every time zero and no PEM: what the store is given back unchanged.
+	bare := store.Entity{Name: "acme"}
+	rotated := newEntity("mid", epoch())
+	gone := newEntity("zeta", epoch().Add(time.Second))
+
+	dir := t.TempDir()
+	s := openRegistry(t, open, dir)
+	mustPutEntity(t, s, false, full, bare, gone, rotated)
+	log := []store.AuditEntry{entityEntry(full), entityEntry(bare), entityEntry(gone), entityEntry(rotated)}
+
+	marks := []struct {
+		action string
+		e      *store.Entity
+		at     time.Time
+	}{
+		{"entity.rotate", &gone, epoch().Add(30 * time.Minute)},
+		{"entity.revoke", &gone, epoch().Add(time.Hour + time.Nanosecond)},
+		{"entity.rotate", &rotated, epoch().Add(2 * time.Hour).In(cet)},
+	}
+	for _, m := range marks {
+		a := markEntry(m.action, m.e.Name, m.at)
+		var err error
+		if m.action == "entity.revoke" {
+			err = s.RevokeEntity(t.Context(), m.e.Name, m.at, a)
+			m.e.RevokedAt = m.at
+		} else {
+			err = s.RotateEntity(t.Context(), m.e.Name, m.at, a)
+			m.e.RotatedAt = m.at
+		}
+		if err != nil {
+			t.Fatalf("%s %q: %v", m.action, m.e.Name, err)
+		}
+		log = append(log, a)
+	}
+
+	for _, phase := range []string{"before reopen", "after reopen"} {
+		checkEntities(t, phase, s, []store.Entity{bare, rotated, full, gone})
+		if got, err := s.Entity(t.Context(), gone.Name); err != nil || !got.Revoked() {
+			t.Errorf("%s: Entity(%q).Revoked() = false, %v; want true", phase, gone.Name, err)
+		}
+		checkLog(t, phase, s, log)
+		s = reopenRegistry(t, open, dir, s)
+	}
+}
+
+func testEntityExists(t *testing.T, open Opener) {
+	orig := newEntity("partner-corp", epoch())
+	other := newEntity("other-ca", epoch().Add(time.Hour))
+	other.Name = orig.Name
+	tests := []struct {
+		name string
+		dup  store.Entity
+	}{
+		{"same record", orig},
+		{"other CA, same name", other},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := openRegistry(t, open, t.TempDir())
+			mustPutEntity(t, s, false, orig)
+			if err := s.PutEntity(t.Context(), tt.dup, false, entityEntry(tt.dup)); !errors.Is(err, store.ErrExists) {
+				t.Fatalf("PutEntity(registered name, no replace) = %v, want an error wrapping store.ErrExists", err)
+			}
+			// The refused write, and its audit entry, left nothing behind.
+			checkEntities(t, "after the refused PutEntity", s, []store.Entity{orig})
+			checkLog(t, "after the refused PutEntity", s, []store.AuditEntry{entityEntry(orig)})
+
+			mustPutEntity(t, s, true, tt.dup)
+			checkEntities(t, "after PutEntity with replace", s, []store.Entity{tt.dup})
+			checkLog(t, "after PutEntity with replace", s, []store.AuditEntry{entityEntry(orig), entityEntry(tt.dup)})
+		})
+	}
+
+	t.Run("replace of an unknown name", func(t *testing.T) {
+		s := openRegistry(t, open, t.TempDir())
+		mustPutEntity(t, s, true, orig)
+		checkEntities(t, "after PutEntity with replace", s, []store.Entity{orig})
+	})
+	t.Run("replace clears revocation and rotation", func(t *testing.T) {
+		s := openRegistry(t, open, t.TempDir())
+		mustPutEntity(t, s, false, orig)
+		at := epoch().Add(time.Minute)
+		if err := s.RotateEntity(t.Context(), orig.Name, at, markEntry("entity.rotate", orig.Name, at)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RevokeEntity(t.Context(), orig.Name, at, markEntry("entity.revoke", orig.Name, at)); err != nil {
+			t.Fatal(err)
+		}
+		mustPutEntity(t, s, true, other)
+		checkEntities(t, "after PutEntity with replace", s, []store.Entity{other})
+	})
+}
+
+func testEntityReregister(t *testing.T, open Opener) {
+	for _, replace := range []bool{false, true} {
+		t.Run(fmt.Sprintf("replace=%v", replace), func(t *testing.T) {
+			dir := t.TempDir()
+			s := openRegistry(t, open, dir)
+			first := newEntity("partner-corp", epoch())
+			mustPutEntity(t, s, false, first)
+			at := epoch().Add(time.Hour)
+			revoke := markEntry("entity.revoke", first.Name, at)
+			if err := s.RevokeEntity(t.Context(), first.Name, at, revoke); err != nil {
+				t.Fatalf("RevokeEntity: %v", err)
+			}
+
+			// The entity comes back with a new CA.
+			again := newEntity("partner-corp-2027", epoch().Add(2*time.Hour))
+			again.Name = first.Name
+			if err := s.PutEntity(t.Context(), again, replace, entityEntry(again)); err != nil {
+				t.Fatalf("PutEntity(revoked name, replace %v): %v", replace, err)
+			}
+			s = reopenRegistry(t, open, dir, s)
+			checkEntities(t, "after re-registration", s, []store.Entity{again})
+			if got, _ := s.Entity(t.Context(), first.Name); got.Revoked() {
+				t.Errorf("re-registered entity is still revoked (RevokedAt %s)", fmtTime(got.RevokedAt))
+			}
+			checkLog(t, "after re-registration", s, []store.AuditEntry{entityEntry(first), revoke, entityEntry(again)})
+
+			// Registered again, it refuses a duplicate as any live entity does.
+			if err := s.PutEntity(t.Context(), first, false, entityEntry(first)); !errors.Is(err, store.ErrExists) {
+				t.Errorf("PutEntity(re-registered name, no replace) = %v, want an error wrapping store.ErrExists", err)
+			}
+		})
+	}
+}
+
+func testRegistryNotFound(t *testing.T, open Opener) {
+	s := openRegistry(t, open, t.TempDir())
+	known := newEntity("known", epoch())
+	mustPutEntity(t, s, false, known)
+	ag := newAgent(1, epoch())
+	mustPutAgents(t, s, ag)
+
+	at := epoch().Add(time.Hour)
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"Entity", func() error { _, err := s.Entity(t.Context(), "unknown"); return err }},
+		{"RevokeEntity", func() error {
+			return s.RevokeEntity(t.Context(), "unknown", at, markEntry("entity.revoke", "unknown", at))
+		}},
+		{"RotateEntity", func() error {
+			return s.RotateEntity(t.Context(), "unknown", at, markEntry("entity.rotate", "unknown", at))
+		}},
+		{"DeleteAgent", func() error {
+			return s.DeleteAgent(t.Context(), "unknown", markEntry("agent.delete", "unknown", at))
+		}},
+	}
+	for _, tt := range calls {
+		if err := tt.call(); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s(unknown) = %v, want an error wrapping store.ErrNotFound", tt.name, err)
+		}
+	}
+	// Nothing was written: no record changed and no audit entry appended.
+	checkEntities(t, "after the refused calls", s, []store.Entity{known})
+	checkAgents(t, "after the refused calls", s, []store.Agent{ag})
+	checkLog(t, "after the refused calls", s, []store.AuditEntry{entityEntry(known)})
+}
+
+// newAgent returns an agent record, distinct for each n, registered at
+// registeredAt.
+func newAgent(n int, registeredAt time.Time) store.Agent {
+	fp := sha256.Sum256(fmt.Appendf(nil, "cert %d", n))
+	return store.Agent{
+		ID:              fmt.Sprintf("agent-%05d", n),
+		Owner:           fmt.Sprintf("agent%d@ct111", n),
+		Entity:          "partner-corp",
+		Payload:         fmt.Appendf(nil, `{"agent_id":"agent-%05d","http_port":%d,"tools":[{"function_name":"f"}]}`, n, 9000+n),
+		CertSerial:      fmt.Sprintf("%x", 0x7b000+n),
+		CertFingerprint: hex.EncodeToString(fp[:]),
+		Status:          "healthy",
+		RegisteredAt:    registeredAt,
+		LastSeen:        registeredAt.Add(time.Duration(n) * time.Millisecond),
+	}
+}
+
+func mustPutAgents(t *testing.T, s store.AgentStore, agents ...store.Agent) {
+	t.Helper()
+	if err := s.PutAgents(t.Context(), agents); err != nil {
+		t.Fatalf("PutAgents(%d agents): %v", len(agents), err)
+	}
+}
+
+// agentDiff describes how got differs from want, or returns "" if they
+// are the same record.
+func agentDiff(want, got store.Agent) string {
+	d := timeDiffs(
+		timeField{"RegisteredAt", want.RegisteredAt, got.RegisteredAt},
+		timeField{"LastSeen", want.LastSeen, got.LastSeen},
+		timeField{"RotateFrom", want.RotateFrom, got.RotateFrom},
+	)
+	for _, a := range []*store.Agent{&want, &got} {
+		a.RegisteredAt, a.LastSeen, a.RotateFrom = time.Time{}, time.Time{}, time.Time{}
+		if len(a.Payload) == 0 {
+			a.Payload = nil
+		}
+	}
+	if !reflect.DeepEqual(want, got) {
+		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
+	}
+	if len(d) == 0 {
+		return ""
+	}
+	return fmt.Sprint(d)
+}
+
+// checkAgents fails t unless s holds exactly want; want need not be in
+// id order.
+func checkAgents(t *testing.T, what string, s store.AgentStore, want []store.Agent) {
+	t.Helper()
+	want = slices.Clone(want)
+	sort.Slice(want, func(i, j int) bool { return want[i].ID < want[j].ID })
+	got, err := s.Agents(t.Context())
+	if err != nil {
+		t.Fatalf("%s: Agents: %v", what, err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%s: Agents returned %d agents, want %d", what, len(got), len(want))
+	}
+	bad := 0
+	for i := range want {
+		if got[i].ID != want[i].ID {
+			t.Fatalf("%s: Agents[%d] is %q, want %q (Agents must be in id order)", what, i, got[i].ID, want[i].ID)
+		}
+		if d := agentDiff(want[i], got[i]); d != "" {
+			t.Errorf("%s: Agents[%d] (%q): %s", what, i, want[i].ID, d)
+			if bad++; bad == 5 {
+				t.Fatalf("%s: giving up after %d differences", what, bad)
+			}
+		}
+	}
+}
+
+func testAgentRoundTrip(t *testing.T, open Opener) {
+	cet := time.FixedZone("CET", 3600)
+	full := newAgent(7, time.Date(2026, 3, 1, 13, 0, 0, 7, cet))
+	full.Payload = []byte(`{"agent_id":"agent-00007","description":"Bücher \u2603 \n","tools":[]}`)
+	full.Entity = ""
+	full.Status = "evicted"
+	full.Reason = `entity "partner-corp" revoked`
+	full.LastSeen = time.Unix(0, 0) // the epoch is a time, not "never"
+	full.RotateFrom = time.Date(2262, 1, 1, 0, 0, 0, 1, time.UTC)
+	// Every time zero and no payload: what the store is given back unchanged.
+	bare := store.Agent{ID: "agent-00001"}
+	mid := newAgent(3, epoch())
+	want := []store.Agent{full, bare, mid}
+
+	dir := t.TempDir()
+	s := openRegistry(t, open, dir)
+	mustPutAgents(t, s, want...)
+	for _, phase := range []string{"before reopen", "after reopen"} {
+		checkAgents(t, phase, s, want)
+		// Liveness is not audited.
+		checkLog(t, phase, s, nil)
+		s = reopenRegistry(t, open, dir, s)
+	}
+}
+
+func testPutAgentsUpsert(t *testing.T, open Opener) {
+	dir := t.TempDir()
+	s := openRegistry(t, open, dir)
+	a1, a2, a3 := newAgent(1, epoch()), newAgent(2, epoch()), newAgent(3, epoch())
+	a2.RotateFrom = epoch().Add(time.Minute)
+	mustPutAgents(t, s, a1, a2, a3)
+
+	// a2 changes every field it can (its rotation done, so RotateFrom goes
+	// back to zero); a4 is new.
+	a2b := newAgent(22, epoch().Add(time.Hour))
+	a2b.ID = a2.ID
+	a2b.Status, a2b.Reason = "unhealthy", "silent for 90s"
+	a4 := newAgent(4, epoch().Add(time.Hour))
+	mustPutAgents(t, s, a4, a2b)
+	want := []store.Agent{a1, a2b, a3, a4}
+	checkAgents(t, "after the upsert", s, want)
+
+	for _, empty := range [][]store.Agent{nil, {}} {
+		if err := s.PutAgents(t.Context(), empty); err != nil {
+			t.Errorf("PutAgents(%#v) = %v, want nil", empty, err)
+		}
+	}
+	s = reopenRegistry(t, open, dir, s)
+	checkAgents(t, "after empty batches and a reopen", s, want)
+	checkLog(t, "after PutAgents", s, nil)
+}
+
+func testPutAgentsBatch(t *testing.T, open Opener) {
+	const n = 5000
+	dir := t.TempDir()
+	s := openRegistry(t, open, dir)
+	batch := make([]store.Agent, n)
+	for i := range batch {
+		// Out of id order, so the store has to sort.
+		batch[i] = newAgent((i*7919)%n, epoch())
+	}
+	mustPutAgents(t, s, batch...)
+	checkAgents(t, "after the first batch", s, batch)
+
+	// The registry's flusher: every agent's liveness changes at once.
+	for i := range batch {
+		batch[i].Status = "unhealthy"
+		batch[i].LastSeen = batch[i].LastSeen.Add(time.Minute)
+	}
+	mustPutAgents(t, s, batch...)
+	s = reopenRegistry(t, open, dir, s)
+	checkAgents(t, "after the second batch and a reopen", s, batch)
+	checkLog(t, "after PutAgents", s, nil)
+}
+
+func testDeleteAgent(t *testing.T, open Opener) {
+	dir := t.TempDir()
+	s := openRegistry(t, open, dir)
+	a1, a2 := newAgent(1, epoch()), newAgent(2, epoch())
+	mustPutAgents(t, s, a1, a2)
+	del := store.AuditEntry{Time: epoch().Add(time.Hour), Action: "agent.delete", Identity: a1.ID, Outcome: store.OutcomeOK, Detail: "by " + a1.Owner}
+	if err := s.DeleteAgent(t.Context(), a1.ID, del); err != nil {
+		t.Fatalf("DeleteAgent: %v", err)
+	}
+	if err := s.DeleteAgent(t.Context(), a1.ID, del); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteAgent(deleted agent) = %v, want an error wrapping store.ErrNotFound", err)
+	}
+	s = reopenRegistry(t, open, dir, s)
+	checkAgents(t, "after DeleteAgent", s, []store.Agent{a2})
+	checkLog(t, "after DeleteAgent", s, []store.AuditEntry{del})
+
+	// A deleted agent can register again.
+	mustPutAgents(t, s, a1)
+	checkAgents(t, "after registering again", s, []store.Agent{a1, a2})
+}
+
+// testRegistryConcurrent runs batches of agents, entity operations and
+// reads at once. Readers must see each batch whole or not at all, and a
+// writer must see its own batch once PutAgents has returned.
+func testRegistryConcurrent(t *testing.T, open Opener) {
+	const writers, batches, batchSize, entities = 8, 4, 25, 10
+	s := openRegistry(t, open, t.TempDir())
+
+	var (
+		writing sync.WaitGroup
+		wg      sync.WaitGroup
+		done    = make(chan struct{})
+	)
+	for w := range writers {
+		writing.Go(func() {
+			for b := range batches {
+				batch := make([]store.Agent, batchSize)
+				for i := range batch {
+					batch[i] = newAgent(((w*batches)+b)*batchSize+i, epoch())
+				}
+				if err := s.PutAgents(t.Context(), batch); err != nil {
+					t.Errorf("PutAgents: %v", err)
+					return
+				}
+				got, err := s.Agents(t.Context())
+				if err != nil {
+					t.Errorf("Agents: %v", err)
+					return
+				}
+				if _, ok := slices.BinarySearchFunc(got, batch[0].ID, func(a store.Agent, id string) int {
+					return strings.Compare(a.ID, id)
+				}); !ok {
+					t.Errorf("agent %s is missing from Agents after PutAgents returned", batch[0].ID)
+				}
+			}
+		})
+	}
+	var wantLog []store.AuditEntry
+	writing.Go(func() {
+		for i := range entities {
+			e := newEntity(fmt.Sprintf("entity-%02d", i), epoch())
+			at := epoch().Add(time.Duration(i) * time.Second)
+			steps := []store.AuditEntry{entityEntry(e), markEntry("entity.rotate", e.Name, at), markEntry("entity.revoke", e.Name, at)}
+			if err := s.PutEntity(t.Context(), e, false, steps[0]); err != nil {
+				t.Errorf("PutEntity: %v", err)
+				return
+			}
+			if err := s.RotateEntity(t.Context(), e.Name, at, steps[1]); err != nil {
+				t.Errorf("RotateEntity: %v", err)
+				return
+			}
+			if err := s.RevokeEntity(t.Context(), e.Name, at, steps[2]); err != nil {
+				t.Errorf("RevokeEntity: %v", err)
+				return
+			}
+			wantLog = append(wantLog, steps...)
+		}
+	})
+	for range 2 {
+		wg.Go(func() {
+			last := 0
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				got, err := s.Agents(t.Context())
+				if err != nil {
+					t.Errorf("Agents: %v", err)
+					return
+				}
+				if len(got)%batchSize != 0 || len(got) < last {
+					t.Errorf("Agents returned %d agents after %d: a batch of %d was seen in part, or writes went back", len(got), last, batchSize)
+					return
+				}
+				last = len(got)
+				if !slices.IsSortedFunc(got, func(a, b store.Agent) int { return strings.Compare(a.ID, b.ID) }) {
+					t.Error("Agents is not in id order")
+					return
+				}
+				es, err := s.Entities(t.Context())
+				if err != nil {
+					t.Errorf("Entities: %v", err)
+					return
+				}
+				if !slices.IsSortedFunc(es, func(a, b store.Entity) int { return strings.Compare(a.Name, b.Name) }) {
+					t.Error("Entities is not in name order")
+					return
+				}
+			}
+		})
+	}
+	writing.Wait()
+	close(done)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+
+	got, err := s.Agents(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != writers*batches*batchSize {
+		t.Errorf("Agents returned %d agents, want %d", len(got), writers*batches*batchSize)
+	}
+	es, err := s.Entities(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != entities {
+		t.Errorf("Entities returned %d entities, want %d", len(es), entities)
+	}
+	for _, e := range es {
+		if !e.Revoked() || e.RotatedAt.IsZero() {
+			t.Errorf("entity %q: RevokedAt %s, RotatedAt %s; want both set", e.Name, fmtTime(e.RevokedAt), fmtTime(e.RotatedAt))
+		}
+	}
+	// The entity operations' entries, in order, and nothing for the agents.
+	checkLog(t, "after the concurrent writes", s, wantLog)
+}
+
+func testRegistryCanceledContext(t *testing.T, open Opener) {
+	s := openRegistry(t, open, t.TempDir())
+	e := newEntity("partner-corp", epoch())
+	mustPutEntity(t, s, false, e)
+	ag := newAgent(1, epoch())
+	mustPutAgents(t, s, ag)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	at := epoch().Add(time.Hour)
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"PutEntity", func() error { e2 := newEntity("other", epoch()); return s.PutEntity(ctx, e2, false, entityEntry(e2)) }},
+		{"RevokeEntity", func() error { return s.RevokeEntity(ctx, e.Name, at, markEntry("entity.revoke", e.Name, at)) }},
+		{"RotateEntity", func() error { return s.RotateEntity(ctx, e.Name, at, markEntry("entity.rotate", e.Name, at)) }},
+		{"PutAgents", func() error { return s.PutAgents(ctx, []store.Agent{newAgent(2, epoch())}) }},
+		{"DeleteAgent", func() error { return s.DeleteAgent(ctx, ag.ID, markEntry("agent.delete", ag.ID, at)) }},
+	}
+	for _, tt := range calls {
+		if err := tt.call(); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a canceled context = %v, want context.Canceled", tt.name, err)
+		}
+	}
+	checkEntities(t, "after canceled writes", s, []store.Entity{e})
+	checkAgents(t, "after canceled writes", s, []store.Agent{ag})
+	checkLog(t, "after canceled writes", s, []store.AuditEntry{entityEntry(e)})
+}
+
+func testRegistryClosed(t *testing.T, open Opener) {
+	s := openRegistry(t, open, t.TempDir())
+	e := newEntity("partner-corp", epoch())
+	mustPutEntity(t, s, false, e)
+	ag := newAgent(1, epoch())
+	mustPutAgents(t, s, ag)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	ctx := t.Context()
+	at := epoch().Add(time.Hour)
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"PutEntity", func() error { return s.PutEntity(ctx, e, true, entityEntry(e)) }},
+		{"Entity", func() error { _, err := s.Entity(ctx, e.Name); return err }},
+		{"Entities", func() error { _, err := s.Entities(ctx); return err }},
+		{"RevokeEntity", func() error { return s.RevokeEntity(ctx, e.Name, at, markEntry("entity.revoke", e.Name, at)) }},
+		{"RotateEntity", func() error { return s.RotateEntity(ctx, e.Name, at, markEntry("entity.rotate", e.Name, at)) }},
+		{"PutAgents", func() error { return s.PutAgents(ctx, []store.Agent{ag}) }},
+		{"DeleteAgent", func() error { return s.DeleteAgent(ctx, ag.ID, markEntry("agent.delete", ag.ID, at)) }},
+		{"Agents", func() error { _, err := s.Agents(ctx); return err }},
+	}
+	for _, tt := range calls {
+		if err := tt.call(); !errors.Is(err, store.ErrClosed) {
+			t.Errorf("%s after Close = %v, want an error wrapping store.ErrClosed", tt.name, err)
+		}
+	}
+}
