@@ -1,0 +1,179 @@
+// Command meshd is the meshtrust server: the mesh CA's online half, the
+// mTLS agent registry and its admin API.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newCommand(os.Stdout, os.Stderr).ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "meshd:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// options are meshd's flags.
+type options struct {
+	dataDir, rootDir, caDir    string
+	listen, adminListen        string
+	admins                     []string
+	tlsMode, tlsCert, tlsKey   string
+	backends, trustDir         string
+	trustDomain                string
+	dev                        bool
+	heartbeatTimeout, interval time.Duration
+	logLevel, logFormat        string
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func newCommand(stdout, stderr io.Writer) *cobra.Command {
+	o := &options{}
+	cmd := &cobra.Command{
+		Use:   "meshd",
+		Short: "The meshtrust server: mesh CA, mTLS agent registry and admin API",
+		Long: `meshd admits agents only when their client certificate verifies against the
+configured trust backends, binds each certificate to the agent id it may
+speak for, manages partner entity CAs, and evicts revoked agents at once.
+
+Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return run(cmd.Context(), o, stdout, stderr)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data-dir", envOr("MESHTRUST_DATA_DIR", ""), "data directory: store, admin socket, and (with --dev) the CA (env MESHTRUST_DATA_DIR)")
+	f.StringVar(&o.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", ""), "root CA directory (default <data-dir>/root; env MESHTRUST_ROOT_DIR)")
+	f.StringVar(&o.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", ""), "CA directory (default <data-dir>/ca; env MESHTRUST_CA_DIR)")
+	f.StringVar(&o.listen, "listen", envOr("MESHD_LISTEN", "127.0.0.1:8000"), "agent port address (env MESHD_LISTEN)")
+	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to --admin-identity certificates only")
+	f.StringSliceVar(&o.admins, "admin-identity", []string{"admin@external"}, "mesh CA identities admitted on --admin-listen")
+	f.StringVar(&o.tlsMode, "tls-mode", envOr("MCP_MESH_TLS_MODE", "auto"), "off, auto or strict (env MCP_MESH_TLS_MODE)")
+	f.StringVar(&o.tlsCert, "tls-cert", envOr("MCP_MESH_TLS_CERT", ""), "agent port certificate, reloaded when it changes (env MCP_MESH_TLS_CERT)")
+	f.StringVar(&o.tlsKey, "tls-key", envOr("MCP_MESH_TLS_KEY", ""), "agent port key (env MCP_MESH_TLS_KEY)")
+	f.StringVar(&o.backends, "trust-backend", envOr("MCP_MESH_TRUST_BACKEND", "localca"), "comma list of trust backends tried in order: localca, filestore, entities (env MCP_MESH_TRUST_BACKEND)")
+	f.StringVar(&o.trustDir, "trust-dir", envOr("MCP_MESH_TRUST_DIR", ""), "filestore directory: *.pem and entities/<name>.pem (env MCP_MESH_TRUST_DIR)")
+	f.StringVar(&o.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)")
+	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
+	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy")
+	f.DurationVar(&o.interval, "heartbeat-interval", 5*time.Second, "heartbeat interval agents are told to keep (documentation for agents; the timeout decides)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	return cmd
+}
+
+func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
+	log, err := newLogger(o, stderr)
+	if err != nil {
+		return err
+	}
+	mode, err := server.ParseTLSMode(o.tlsMode)
+	if err != nil {
+		return err
+	}
+	if o.dataDir == "" {
+		if !o.dev {
+			return errors.New("--data-dir (or MESHTRUST_DATA_DIR) is required")
+		}
+		o.dataDir = "meshtrust-data"
+	}
+	if o.rootDir == "" {
+		o.rootDir = filepath.Join(o.dataDir, "root")
+	}
+	if o.caDir == "" {
+		o.caDir = filepath.Join(o.dataDir, "ca")
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return err
+	}
+	cfg := ca.Config{RootDir: o.rootDir, Dir: o.caDir, TrustDomain: o.trustDomain}
+	if o.dev {
+		if err := devBootstrap(ctx, o, cfg, log); err != nil {
+			return fmt.Errorf("--dev: %w", err)
+		}
+	}
+	haveCA := fileExists(filepath.Join(o.caDir, "intermediate", "state.json"))
+	storePath := filepath.Join(o.dataDir, "meshtrust.db")
+	if haveCA {
+		storePath = cfg.StorePath() // one store for the CA and the registry
+	}
+	st, err := sqlite.Open(ctx, storePath)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var authority *ca.CA
+	if haveCA {
+		if authority, err = ca.Open(ctx, cfg, st); err != nil {
+			return err
+		}
+	}
+	srv, err := server.New(ctx, server.Config{
+		Listen: o.listen, AdminSocket: filepath.Join(o.dataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins,
+		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
+		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
+		HeartbeatTimeout: o.heartbeatTimeout, Logger: log,
+	}, st, authority)
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	if o.dev {
+		printDevHint(stdout, o, srv.AgentAddr(), mode)
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return srv.Shutdown(shutdownCtx)
+}
+
+func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch o.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

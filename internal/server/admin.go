@@ -1,0 +1,389 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// adminHandler serves the admin API. Callers are authenticated by the
+// listener: file permissions on the unix socket, an admin identity's
+// certificate on the mTLS listener.
+func (s *Server) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { s.health(w, r, nil) })
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /admin/entities", s.listEntities)
+	mux.HandleFunc("POST /admin/entities", s.registerEntity)
+	mux.HandleFunc("DELETE /admin/entities/{name}", s.revokeEntity)
+	mux.HandleFunc("POST /admin/rotate", s.rotate)
+	mux.HandleFunc("POST /admin/revoke", s.revokeCert)
+	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
+	return mux
+}
+
+func (s *Server) listenAdminSocket() error {
+	path := s.cfg.AdminSocket
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return fmt.Errorf("admin socket %s is in use: is another meshd running on this data dir?", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	s.adminLn = ln
+	s.adminSrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.serve(s.adminSrv, ln)
+	return nil
+}
+
+// listenAdminTLS serves the admin API over mTLS to the mesh CA's
+// certificates of the configured admin identities only.
+func (s *Server) listenAdminTLS() error {
+	if s.localCA == nil || s.certs == nil {
+		return errors.New("--admin-listen needs the localca trust backend and a server certificate: admin identities are certificates of the mesh CA")
+	}
+	ln, err := net.Listen("tcp", s.cfg.AdminListen)
+	if err != nil {
+		return fmt.Errorf("admin listener: %w", err)
+	}
+	s.adminTLSLn = ln
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.certs.GetCertificate, ClientAuth: tls.RequireAnyClientCert}
+	admins := s.cfg.AdminIdentities
+	inner := s.adminHandler()
+	s.adminTLS = &http.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: cfg,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+				s.refuse(w, r, http.StatusForbidden, trust.ReasonNoCertificate, "client certificate required")
+				return
+			}
+			p, err := s.localCA.Verify(r.Context(), r.TLS.PeerCertificates, s.cfg.Now())
+			if err == nil {
+				_, err = s.chain.Verify(r.Context(), r.TLS.PeerCertificates) // revocations
+			}
+			if err != nil {
+				s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
+				return
+			}
+			if !slices.Contains(admins, p.Identity.CommonName()) {
+				s.refuse(w, r, http.StatusForbidden, "not_admin", fmt.Sprintf("%q is not an admin identity (admins: %v)", p.Identity.CommonName(), admins))
+				return
+			}
+			inner.ServeHTTP(w, r)
+		})}
+	s.serve(s.adminTLS, tls.NewListener(ln, cfg))
+	return nil
+}
+
+// EntityInfo is an entity as the admin API lists it.
+type EntityInfo struct {
+	Name        string     `json:"name"`
+	Subject     string     `json:"subject"`
+	Expires     string     `json:"expires"`
+	NotAfter    time.Time  `json:"not_after"`
+	Fingerprint string     `json:"fingerprint_sha256"`
+	Source      string     `json:"source"`
+	Status      string     `json:"status"`
+	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
+	Agents      int        `json:"agents"`
+}
+
+func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
+	ents, err := s.st.Entities(r.Context())
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	agents := map[string]int{}
+	for _, v := range s.reg.List(registry.Filter{}, true) {
+		if v.EntityID != "" && v.Status != registry.StatusEvicted {
+			agents[v.EntityID]++
+		}
+	}
+	out := []EntityInfo{}
+	listed := map[string]bool{}
+	for _, e := range ents {
+		info := EntityInfo{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"), NotAfter: e.NotAfter,
+			Fingerprint: e.Fingerprint, Source: "meshd", Status: "active", Agents: agents[e.Name]}
+		if e.Revoked() {
+			at := e.RevokedAt
+			info.Status, info.RevokedAt = "revoked", &at
+		}
+		listed[e.Name] = true
+		out = append(out, info)
+	}
+	if s.files != nil {
+		for _, name := range s.files.Entities() {
+			if listed[name] {
+				continue
+			}
+			certs := s.files.Certificates(name)
+			if len(certs) == 0 {
+				continue
+			}
+			c := certs[0]
+			out = append(out, EntityInfo{Name: name, Subject: c.Subject.String(), Expires: c.NotAfter.UTC().Format("2006-01-02"), NotAfter: c.NotAfter,
+				Fingerprint: trust.Fingerprint(c), Source: "filestore", Status: "active", Agents: agents[name]})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	writeJSON(w, http.StatusOK, map[string]any{"entities": out})
+}
+
+// EntityRequest registers an entity.
+type EntityRequest struct {
+	Name string `json:"name"`
+	// CACert is the entity's CA certificate(s) in PEM form.
+	CACert string `json:"ca_cert"`
+	// Force replaces an entity of the same name.
+	Force bool `json:"force"`
+}
+
+func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
+	var req EntityRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
+		return
+	}
+	e, certs, err := s.checkEntity(r.Context(), req)
+	if err != nil {
+		s.adminError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	prev, err := s.st.Entity(r.Context(), e.Name)
+	replaced := err == nil && !prev.Revoked() && prev.Fingerprint != e.Fingerprint
+	a := store.AuditEntry{Time: s.cfg.Now(), Action: "entity.register", Identity: e.Name, Outcome: store.OutcomeOK, Detail: "CA " + e.Subject + " sha256 " + e.Fingerprint}
+	if err := s.st.PutEntity(r.Context(), e, req.Force, a); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			s.adminError(w, r, http.StatusConflict, fmt.Sprintf("entity %q is already registered; use --force to replace its CA", e.Name))
+			return
+		}
+		s.internalError(w, r, err)
+		return
+	}
+	s.entities.Set(e.Name, certs)
+	s.revoked.Remove(e.Name)
+	s.revs.RemoveEntity(e.Name)
+	if replaced {
+		// The old CA's certificates no longer verify: its agents must
+		// re-register with certificates from the new one.
+		s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == e.Name })
+		ev, err := s.reg.EvictEntity(r.Context(), e.Name, fmt.Sprintf("entity %q's CA was replaced; register again with a certificate from the new CA", e.Name))
+		if err != nil {
+			s.internalError(w, r, err)
+			return
+		}
+		s.metrics.evictions.WithLabelValues("entity_ca_replaced").Add(float64(len(ev)))
+	}
+	s.log.Info("entity registered", "entity", e.Name, "subject", e.Subject, "fingerprint", e.Fingerprint, "replaced_ca", replaced)
+	writeJSON(w, http.StatusCreated, map[string]any{"name": e.Name, "subject": e.Subject, "expires": e.NotAfter.UTC().Format("2006-01-02"),
+		"fingerprint_sha256": e.Fingerprint, "message": fmt.Sprintf("Entity '%s' registered", e.Name)})
+}
+
+// checkEntity validates a registration: a valid id, PEM that holds only CA
+// certificates inside their validity period, and a CA no other entity has.
+func (s *Server) checkEntity(ctx context.Context, req EntityRequest) (store.Entity, []*x509.Certificate, error) {
+	var e store.Entity
+	if err := identity.ValidateID(req.Name); err != nil {
+		return e, nil, fmt.Errorf("entity name: %w", err)
+	}
+	certs, err := ca.ParseCertsPEM([]byte(req.CACert))
+	if err != nil {
+		return e, nil, fmt.Errorf("CA certificate: %w", err)
+	}
+	now := s.cfg.Now()
+	for _, c := range certs {
+		if !c.BasicConstraintsValid || !c.IsCA {
+			return e, nil, fmt.Errorf("%q is not a CA certificate (basicConstraints CA:TRUE is required)", c.Subject.String())
+		}
+		if now.Before(c.NotBefore) || now.After(c.NotAfter) {
+			return e, nil, fmt.Errorf("CA certificate %q is outside its validity period (%s to %s)", c.Subject.String(), c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	fp := trust.Fingerprint(certs[0])
+	others, err := s.st.Entities(ctx)
+	if err != nil {
+		return e, nil, err
+	}
+	for _, o := range others {
+		if o.Name != req.Name && !o.Revoked() && o.Fingerprint == fp {
+			return e, nil, fmt.Errorf("this CA is already registered as entity %q; one CA, one entity", o.Name)
+		}
+	}
+	return store.Entity{Name: req.Name, CAPEM: []byte(req.CACert), Fingerprint: fp, Subject: certs[0].Subject.String(),
+		NotBefore: certs[0].NotBefore.UTC(), NotAfter: certs[0].NotAfter.UTC(), CreatedAt: now.UTC()}, certs, nil
+}
+
+// revokeEntity revokes an entity durably, then evicts its agents and
+// closes their connections.
+func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	ctx := r.Context()
+	now := s.cfg.Now()
+	if e, err := s.st.Entity(ctx, name); err == nil && e.Revoked() {
+		s.adminError(w, r, http.StatusConflict, fmt.Sprintf("entity %q was already revoked at %s", name, e.RevokedAt.UTC().Format(time.RFC3339)))
+		return
+	}
+	a := store.AuditEntry{Time: now, Action: "entity.revoke", Identity: name, Outcome: store.OutcomeOK}
+	err := s.st.RevokeEntity(ctx, name, now.UTC(), a)
+	if errors.Is(err, store.ErrNotFound) && s.files != nil && len(s.files.Certificates(name)) > 0 {
+		// An entity another tool dropped into the trust dir: record it so
+		// its revocation is durable and listed.
+		err = s.adoptFileEntity(ctx, name, now)
+		if err == nil {
+			err = s.st.RevokeEntity(ctx, name, now.UTC(), a)
+		}
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		s.adminError(w, r, http.StatusNotFound, fmt.Sprintf("no entity %q (see `meshctl entity list`)", name))
+		return
+	}
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	s.revs.AddEntity(trust.Revoked{Entity: name, Reason: "entity revoked", At: now})
+	if certs := s.entities.Certificates(name); len(certs) > 0 {
+		s.revoked.Set(name, certs)
+	}
+	s.entities.Remove(name)
+	closed := s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == name })
+	ev, err := s.reg.EvictEntity(ctx, name, fmt.Sprintf("entity %q revoked", name))
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	s.metrics.evictions.WithLabelValues("entity_revoked").Add(float64(len(ev)))
+	s.metrics.closedConns.Add(float64(closed))
+	s.log.Info("entity revoked", "entity", name, "agents_evicted", len(ev), "connections_closed", closed)
+	writeJSON(w, http.StatusOK, map[string]any{"name": name, "evicted_agents": len(ev), "closed_connections": closed,
+		"message": fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, len(ev))})
+}
+
+func (s *Server) adoptFileEntity(ctx context.Context, name string, now time.Time) error {
+	certs := s.files.Certificates(name)
+	var pemData []byte
+	for _, c := range certs {
+		pemData = append(pemData, ca.EncodeCert(c)...)
+	}
+	c := certs[0]
+	e := store.Entity{Name: name, CAPEM: pemData, Fingerprint: trust.Fingerprint(c), Subject: c.Subject.String(),
+		NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), CreatedAt: now.UTC()}
+	return s.st.PutEntity(ctx, e, true, store.AuditEntry{Time: now, Action: "entity.adopt", Identity: name, Outcome: store.OutcomeOK, Detail: "from trust dir"})
+}
+
+// rotate is MCP Mesh's POST /admin/rotate[?entity_id=]: the affected
+// agents' next heartbeat asks them to re-register with fresh certificates.
+func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("entity_id")
+	ctx := r.Context()
+	if name != "" {
+		if e, err := s.st.Entity(ctx, name); err == nil && e.Revoked() {
+			s.adminError(w, r, http.StatusConflict, fmt.Sprintf("entity %q is revoked; register it again before rotating", name))
+			return
+		}
+		err := s.st.RotateEntity(ctx, name, s.cfg.Now().UTC(), store.AuditEntry{Time: s.cfg.Now(), Action: "entity.rotate", Identity: name, Outcome: store.OutcomeOK})
+		if errors.Is(err, store.ErrNotFound) && (s.files == nil || len(s.files.Certificates(name)) == 0) {
+			s.adminError(w, r, http.StatusNotFound, fmt.Sprintf("no entity %q (see `meshctl entity list`)", name))
+			return
+		}
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.internalError(w, r, err)
+			return
+		}
+	} else if err := s.st.Append(ctx, store.AuditEntry{Time: s.cfg.Now(), Action: "entity.rotate", Identity: "*", Outcome: store.OutcomeOK}); err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	n, err := s.reg.Rotate(ctx, name)
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	msg := "Rotation triggered for all entities"
+	if name != "" {
+		msg = fmt.Sprintf("Rotation triggered for entity '%s'", name)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"affected_agents": n, "entity_id": name, "message": msg})
+}
+
+// RevokeRequest revokes a certificate through the CA.
+type RevokeRequest struct {
+	// Target is a serial or a common name.
+	Target string `json:"target"`
+	Reason string `json:"reason"`
+}
+
+func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
+	if s.auth == nil {
+		s.adminError(w, r, http.StatusNotFound, "this meshd has no local CA")
+		return
+	}
+	var req RevokeRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
+		return
+	}
+	reason, err := ca.ParseReason(req.Reason)
+	if err != nil {
+		s.adminError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	revs, err := s.auth.Revoke(r.Context(), req.Target, reason)
+	for _, rv := range revs {
+		s.applyRevocation(r.Context(), rv)
+	}
+	if err != nil && len(revs) == 0 {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ca.ErrUnknownCert) || errors.Is(err, ca.ErrAlreadyRevoked) || errors.Is(err, ca.ErrPolicy) {
+			code = http.StatusBadRequest
+		}
+		s.adminError(w, r, code, err.Error())
+		return
+	}
+	out := map[string]any{"revoked": revs}
+	if err != nil {
+		out["warning"] = err.Error()
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) adminError(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	s.log.Info("admin request refused", "method", r.Method, "path", r.URL.Path, "code", code, "detail", msg)
+	writeJSON(w, code, errorBody{Error: msg, Timestamp: now(s)})
+}
+
+func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
+	s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	writeJSON(w, http.StatusInternalServerError, errorBody{Error: "internal error; see meshd's log", Timestamp: now(s)})
+}

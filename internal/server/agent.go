@@ -1,0 +1,253 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// version is reported by /health.
+const version = "0.3.0"
+
+// agentHandler serves the agent port: MCP Mesh's agent routes and nothing
+// else. The admin API is never reachable here.
+func (s *Server) agentHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /heartbeat", s.identified(false, s.postHeartbeat))
+	mux.HandleFunc("HEAD /heartbeat/{agent_id}", s.identified(false, s.headHeartbeat))
+	mux.HandleFunc("GET /agents", s.identified(false, s.listAgents))
+	mux.HandleFunc("DELETE /agents/{agent_id}", s.identified(false, s.deleteAgent))
+	mux.HandleFunc("GET /health", s.identified(true, s.health))
+	mux.HandleFunc("GET /{$}", s.identified(true, s.root))
+	return mux
+}
+
+type peerHandler func(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
+
+// identified verifies the caller before h runs. In TLS mode off there is
+// no peer. Otherwise a presented certificate must verify (403 with the
+// reason if not); a caller without one may reach only the routes marked
+// certless, and only in mode auto.
+func (s *Server) identified(certless bool, h peerHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.TLSMode == TLSOff {
+			h(w, r, nil)
+			return
+		}
+		peer, err := s.peer(r)
+		switch {
+		case errors.Is(err, trust.ErrNoCertificate):
+			if certless && s.cfg.TLSMode == TLSAuto {
+				h(w, r, nil)
+				return
+			}
+			msg := "client certificate required"
+			if s.cfg.TLSMode == TLSAuto {
+				msg = "client certificate required: without one, only /health may be read"
+			}
+			s.refuse(w, r, http.StatusForbidden, trust.ReasonNoCertificate, msg)
+		case err != nil:
+			s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
+		default:
+			h(w, r, peer)
+		}
+	}
+}
+
+// peer verifies the caller's certificate, at most once per connection per
+// trust generation.
+func (s *Server) peer(r *http.Request) (*trust.Peer, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, trust.ErrNoCertificate
+	}
+	gen := s.chain.Generation()
+	cs := connFrom(r.Context())
+	if cs != nil {
+		cs.mu.Lock()
+		if cs.done {
+			cs.mu.Unlock()
+			return nil, errEvictedConn
+		}
+		if cs.gen == gen && (cs.peer != nil || cs.err != nil) {
+			p, err := cs.peer, cs.err
+			cs.mu.Unlock()
+			return p, err
+		}
+		cs.mu.Unlock()
+	}
+	p, err := s.chain.Verify(r.Context(), r.TLS.PeerCertificates)
+	if cs != nil {
+		cs.mu.Lock()
+		cs.peer, cs.err, cs.gen = p, err, gen
+		cs.mu.Unlock()
+	}
+	return p, err
+}
+
+var errEvictedConn = &trust.VerifyError{Reason: trust.ReasonRevoked, Detail: "this connection's certificate lost trust; reconnect with a valid one"}
+
+// refuse answers a refused request and counts it.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {
+	s.metrics.refusals.WithLabelValues(reason).Inc()
+	s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "code", code, "reason", reason, "detail", msg)
+	writeJSON(w, code, errorBody{Error: msg, Reason: reason, Timestamp: now(s)})
+}
+
+type errorBody struct {
+	Error     string `json:"error"`
+	Reason    string `json:"reason,omitempty"`
+	Timestamp string `json:"timestamp"`
+}
+
+func now(s *Server) string { return s.cfg.Now().UTC().Format(time.RFC3339Nano) }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// heartbeatResponse is MCP Mesh's heartbeat answer plus rotate.
+type heartbeatResponse struct {
+	AgentID              string                            `json:"agent_id"`
+	Status               string                            `json:"status"`
+	Message              string                            `json:"message"`
+	Rotate               bool                              `json:"rotate"`
+	DependenciesResolved map[string][]registry.Resolution `json:"dependencies_resolved"`
+	LLMTools             struct{}                          `json:"llm_tools"`
+	Timestamp            string                            `json:"timestamp"`
+}
+
+func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxBody))
+	if err != nil {
+		s.count("post", http.StatusRequestEntityTooLarge)
+		s.refuse(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "heartbeat body is larger than 1 MiB")
+		return
+	}
+	reg, payload, err := registry.ParseRegistration(body)
+	if err != nil {
+		s.count("post", http.StatusBadRequest)
+		s.refuse(w, r, http.StatusBadRequest, registry.ReasonOf(err), err.Error())
+		return
+	}
+	res, err := s.reg.Heartbeat(r.Context(), peer, reg, payload)
+	if err != nil {
+		s.registryError(w, r, "post", err)
+		return
+	}
+	msg := "Agent updated via heartbeat"
+	if res.Created {
+		msg = "Agent registered via heartbeat"
+		s.metrics.registrations.Inc()
+	}
+	if res.Rotate {
+		msg += "; re-register with a fresh certificate"
+	}
+	s.count("post", http.StatusOK)
+	writeJSON(w, http.StatusOK, heartbeatResponse{
+		AgentID: res.AgentID, Status: "success", Message: msg, Rotate: res.Rotate,
+		DependenciesResolved: res.Resolved, Timestamp: now(s),
+	})
+}
+
+func (s *Server) count(method string, code int) {
+	s.metrics.heartbeats.WithLabelValues(method, strconv.Itoa(code)).Inc()
+}
+
+// registryError maps a registry refusal to its status code.
+func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method string, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, registry.ErrForbidden):
+		code = http.StatusForbidden
+	case errors.Is(err, registry.ErrInvalid):
+		code = http.StatusBadRequest
+	case errors.Is(err, registry.ErrUnknown), errors.Is(err, registry.ErrEvicted):
+		code = http.StatusGone
+		if method == "delete" {
+			code = http.StatusNotFound
+		}
+	}
+	if method != "delete" && method != "" {
+		s.count(method, code)
+	}
+	if code == http.StatusInternalServerError {
+		s.log.Error("registry", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeJSON(w, code, errorBody{Error: "internal error; see meshd's log", Timestamp: now(s)})
+		return
+	}
+	if r.Method == http.MethodHead {
+		s.metrics.refusals.WithLabelValues(registry.ReasonOf(err)).Inc()
+		w.Header().Set("X-Reason", registry.ReasonOf(err))
+		w.WriteHeader(code)
+		return
+	}
+	s.refuse(w, r, code, registry.ReasonOf(err), err.Error())
+}
+
+// headHeartbeat is the cheap liveness path: 200 nothing changed, 202 POST
+// again, 410 unknown, unhealthy or evicted.
+func (s *Server) headHeartbeat(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	res, err := s.reg.Check(peer, r.PathValue("agent_id"))
+	if err != nil {
+		s.registryError(w, r, "head", err)
+		return
+	}
+	code := http.StatusOK
+	if res.Rotate {
+		code = http.StatusAccepted
+	}
+	s.count("head", code)
+	w.WriteHeader(code)
+}
+
+func (s *Server) deleteAgent(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	if err := s.reg.Delete(r.Context(), peer, r.PathValue("agent_id")); err != nil {
+		s.registryError(w, r, "delete", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// agentList is GET /agents' answer; agents is null when empty, as in MCP
+// Mesh.
+type agentList struct {
+	Agents    []registry.View `json:"agents"`
+	Count     int             `json:"count"`
+	Timestamp string          `json:"timestamp"`
+}
+
+func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, _ *trust.Peer) {
+	q := r.URL.Query()
+	f := registry.Filter{Status: q.Get("status"), Entity: q.Get("entity"), Namespace: q.Get("namespace"),
+		Capabilities: append(q["capabilities"], q["capability"]...)}
+	views := s.reg.List(f, s.cfg.TLSMode != TLSOff)
+	out := agentList{Agents: views, Count: len(views), Timestamp: now(s)}
+	if len(views) == 0 {
+		out.Agents = nil
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *trust.Peer) {
+	up := int64(s.cfg.Now().Sub(s.started).Seconds())
+	if r.Method == http.MethodHead {
+		w.Header().Set("X-Health-Status", "healthy")
+		w.Header().Set("X-Service-Version", version)
+		w.Header().Set("X-Uptime-Seconds", strconv.FormatInt(up, 10))
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"service": "meshd", "status": "healthy", "version": version, "uptime_seconds": up, "timestamp": now(s)})
+}
+
+func (s *Server) root(w http.ResponseWriter, _ *http.Request, _ *trust.Peer) {
+	writeJSON(w, http.StatusOK, map[string]any{"service": "meshd", "status": "running", "version": version, "endpoints": []string{"/health", "/heartbeat", "/agents"}})
+}

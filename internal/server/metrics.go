@@ -1,0 +1,75 @@
+package server
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// metrics are meshd's Prometheus metrics, on a registry of their own.
+type metrics struct {
+	reg           *prometheus.Registry
+	heartbeats    *prometheus.CounterVec
+	registrations prometheus.Counter
+	refusals      *prometheus.CounterVec
+	evictions     *prometheus.CounterVec
+	closedConns   prometheus.Counter
+}
+
+func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func() time.Time) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_heartbeats_total", Help: "Heartbeats answered, by method (post, head) and HTTP status.",
+		}, []string{"method", "code"}),
+		registrations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_registrations_total", Help: "First registrations of an agent id.",
+		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_refusals_total", Help: "Requests refused, by reason (no_certificate, unknown_ca, expired, revoked, identity_mismatch, ...).",
+		}, []string{"reason"}),
+		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshd_evictions_total", Help: "Agents evicted, by cause.",
+		}, []string{"cause"}),
+		closedConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshd_evicted_connections_total", Help: "Open connections closed because their peer lost trust.",
+		}),
+	}
+	m.reg.MustRegister(m.heartbeats, m.registrations, m.refusals, m.evictions, m.closedConns,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_verify_cache_hits_total", Help: "Certificate verifications answered from the cache.",
+		}, func() float64 { h, _ := chain.CacheStats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_verify_cache_misses_total", Help: "Certificate verifications computed.",
+		}, func() float64 { _, mi := chain.CacheStats(); return float64(mi) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_agents", Help: "Registered agents.",
+		}, func() float64 { return float64(agents.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_server_certificate_expiry_timestamp_seconds", Help: "When the agent port's certificate expires.",
+		}, func() float64 { return float64(serverCert().Unix()) }),
+		&expiryCollector{agents: agents},
+	)
+	return m
+}
+
+// expiryCollector reports each registered agent's certificate expiry at
+// scrape time, so it costs nothing between scrapes.
+type expiryCollector struct{ agents *registry.Registry }
+
+var expiryDesc = prometheus.NewDesc("meshd_agent_certificate_expiry_timestamp_seconds",
+	"When the certificate an agent registered with expires, per agent and certificate identity.",
+	[]string{"agent_id", "identity"}, nil)
+
+func (c *expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- expiryDesc }
+
+func (c *expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	c.agents.Expiry(func(id, owner string, notAfter time.Time) {
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(notAfter.Unix()), id, owner)
+	})
+}

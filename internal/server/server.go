@@ -1,0 +1,479 @@
+// Package server is meshd's network face: the agent port (TLS modes, the
+// MCP Mesh-compatible agent routes), the admin API (a unix socket, and
+// optionally an mTLS listener for admin identities), and the eviction
+// pipeline that turns a revocation into refused requests and closed
+// connections.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
+	"github.com/meshtrust/meshtrust/trust/filestore"
+)
+
+// Store is the durable state meshd needs.
+type Store interface {
+	store.Store
+	store.EntityStore
+	store.AgentStore
+}
+
+// Backend names for MCP_MESH_TRUST_BACKEND.
+const (
+	BackendLocalCA   = "localca"
+	BackendFilestore = "filestore"
+	// BackendEntities trusts the entities registered with `meshctl entity
+	// register`. It is appended to the chain when not listed.
+	BackendEntities = "entities"
+)
+
+// Config configures a Server. Zero values select the defaults.
+type Config struct {
+	// Listen is the agent port's address; default 127.0.0.1:8000.
+	Listen string
+	// AdminSocket is the admin API's unix socket, created 0600.
+	AdminSocket string
+	// AdminListen optionally serves the admin API over mTLS too; only the
+	// mesh CA's certificates of AdminIdentities are admitted.
+	AdminListen     string
+	AdminIdentities []string
+	TLSMode         TLSMode
+	// CertFile and KeyFile are the agent port's certificate and key,
+	// reloaded when they change.
+	CertFile, KeyFile string
+	// Backends is MCP_MESH_TRUST_BACKEND, in order.
+	Backends []string
+	// TrustDir is MCP_MESH_TRUST_DIR, for the filestore backend.
+	TrustDir string
+	// HeartbeatTimeout is how long an agent may be silent before it is
+	// unhealthy; default 20s.
+	HeartbeatTimeout time.Duration
+	// RevocationPoll is how often the store is checked for revocations
+	// made by other processes (meshctl ca revoke offline); default 200ms.
+	RevocationPoll time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
+}
+
+// Server is meshd.
+type Server struct {
+	cfg  Config
+	log  *slog.Logger
+	st   Store
+	auth *ca.CA // nil without a local CA
+
+	revs     *trust.RevocationSet
+	chain    *trust.Chain
+	localCA  *trust.LocalCA
+	entities *trust.Anchors
+	revoked  *trust.Anchors // revoked entities' CAs, last in the chain: refused as entity_revoked, not unknown_ca
+	files    *filestore.Store
+	reg      *registry.Registry
+	conns    *connTracker
+	certs    *certReloader
+	metrics  *metrics
+	started  time.Time
+
+	agentLn, adminLn, adminTLSLn net.Listener
+	agentSrv, adminSrv, adminTLS *http.Server
+
+	revMu  sync.Mutex // serialises applying revocations
+	revSeq int64
+
+	trustChanged chan struct{}
+	wg           sync.WaitGroup
+	cancel       context.CancelFunc
+}
+
+// New builds a Server over st. authority is the mesh CA, required by the
+// localca backend and by admin revocation; it may be nil otherwise.
+func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:8000"
+	}
+	if cfg.TLSMode == "" {
+		cfg.TLSMode = TLSAuto
+	}
+	if _, err := ParseTLSMode(string(cfg.TLSMode)); err != nil {
+		return nil, err
+	}
+	if cfg.RevocationPoll == 0 {
+		cfg.RevocationPoll = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if len(cfg.AdminIdentities) == 0 {
+		cfg.AdminIdentities = []string{"admin@external"}
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
+		conns: newConnTracker(), trustChanged: make(chan struct{}, 1), started: cfg.Now()}
+
+	if cfg.TLSMode != TLSOff {
+		if cfg.CertFile == "" || cfg.KeyFile == "" {
+			return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
+		}
+		certs, err := newCertReloader(cfg.CertFile, cfg.KeyFile, s.log, cfg.Now)
+		if err != nil {
+			return nil, err
+		}
+		s.certs = certs
+	}
+	backends, err := s.buildBackends(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.chain = trust.NewChain(s.revs, backends, trust.WithClock(cfg.Now))
+	if s.files != nil {
+		// After the chain's own subscription, so the sweep never re-verifies
+		// against verdicts cached before the change.
+		s.files.OnChange(s.noteTrustChange)
+	}
+	if err := s.loadState(ctx); err != nil {
+		return nil, err
+	}
+	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: s.log}); err != nil {
+		return nil, err
+	}
+	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry)
+	return s, nil
+}
+
+func (s *Server) buildBackends(ctx context.Context) ([]trust.Backend, error) {
+	names := s.cfg.Backends
+	if len(names) == 0 {
+		names = []string{BackendLocalCA}
+	}
+	var out []trust.Backend
+	seen := map[string]bool{}
+	for _, raw := range names {
+		name := strings.TrimSpace(raw)
+		if seen[name] {
+			return nil, fmt.Errorf("trust backend %q is listed twice in MCP_MESH_TRUST_BACKEND", name)
+		}
+		seen[name] = true
+		switch name {
+		case BackendLocalCA:
+			if s.auth == nil {
+				return nil, errors.New("trust backend localca needs the mesh CA: create it with `meshctl ca init` and `meshctl ca issue-intermediate` (or run meshd --dev)")
+			}
+			s.localCA = trust.NewLocalCA(s.auth.TrustDomain(), s.auth.Root(), s.auth.Intermediates())
+			out = append(out, s.localCA)
+		case BackendFilestore:
+			if s.cfg.TrustDir == "" {
+				return nil, errors.New("trust backend filestore needs MCP_MESH_TRUST_DIR (--trust-dir)")
+			}
+			fs, err := filestore.New(ctx, s.cfg.TrustDir, filestore.WithLogger(s.log))
+			if err != nil {
+				return nil, err
+			}
+			s.files = fs
+			out = append(out, fs)
+		case BackendEntities:
+			s.entities = trust.NewAnchors(BackendEntities)
+			out = append(out, s.entities)
+		case "k8s-secrets", "spire":
+			return nil, fmt.Errorf("trust backend %q is not available in this build yet (available: localca, filestore, entities)", name)
+		default:
+			return nil, fmt.Errorf("unknown trust backend %q in MCP_MESH_TRUST_BACKEND (want a comma list of localca, filestore, entities)", name)
+		}
+	}
+	if s.entities == nil {
+		s.entities = trust.NewAnchors(BackendEntities)
+		out = append(out, s.entities)
+	}
+	s.revoked = trust.NewAnchors("revoked-entities")
+	out = append(out, s.revoked)
+	return out, nil
+}
+
+// loadState fills the revocation set and the registered entities from the
+// store.
+func (s *Server) loadState(ctx context.Context) error {
+	ents, err := s.st.Entities(ctx)
+	if err != nil {
+		return fmt.Errorf("load entities: %w", err)
+	}
+	for _, e := range ents {
+		if e.Revoked() {
+			s.revs.AddEntity(trust.Revoked{Entity: e.Name, At: e.RevokedAt, Reason: "entity revoked"})
+			if certs, err := ca.ParseCertsPEM(e.CAPEM); err == nil {
+				s.revoked.Set(e.Name, certs)
+			}
+			continue
+		}
+		certs, err := ca.ParseCertsPEM(e.CAPEM)
+		if err != nil {
+			s.log.Warn("stored entity CA does not parse; skipping it", "entity", e.Name, "err", err)
+			continue
+		}
+		s.entities.Set(e.Name, certs)
+	}
+	_, err = s.pollRevocations(ctx)
+	return err
+}
+
+func (s *Server) serverCertExpiry() time.Time {
+	if s.certs == nil {
+		return time.Time{}
+	}
+	return s.certs.current().Leaf.NotAfter
+}
+
+// Start opens the listeners and serves in the background until ctx ends
+// or Shutdown is called.
+func (s *Server) Start(ctx context.Context) error {
+	ctx, s.cancel = context.WithCancel(ctx)
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("agent port: %w", err)
+	}
+	s.agentLn = ln
+	s.agentSrv = &http.Server{
+		Handler:           s.agentHandler(),
+		ConnContext:       s.conns.connContext,
+		ConnState:         s.conns.connState,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	if s.cfg.TLSMode == TLSOff {
+		s.log.Warn("TLS IS OFF: the agent port serves plain HTTP with no identities; any caller can register, heartbeat or delete any agent. Use --tls-mode auto or strict outside a throwaway experiment.", "listen", ln.Addr().String())
+	} else {
+		s.agentSrv.TLSConfig = agentTLSConfig(s.certs)
+		ln = tls.NewListener(ln, s.agentSrv.TLSConfig)
+	}
+	s.serve(s.agentSrv, ln)
+
+	if s.cfg.AdminSocket != "" {
+		if err := s.listenAdminSocket(); err != nil {
+			return err
+		}
+	}
+	if s.cfg.AdminListen != "" {
+		if err := s.listenAdminTLS(); err != nil {
+			return err
+		}
+	}
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); s.reg.Run(ctx) }()
+	go func() { defer s.wg.Done(); s.watchRevocations(ctx) }()
+	go func() { defer s.wg.Done(); s.watchTrust(ctx) }()
+	s.log.Info("meshd serving", "agent_port", s.AgentAddr(), "tls_mode", s.cfg.TLSMode, "backends", backendNames(s.chain), "admin_socket", s.cfg.AdminSocket, "admin_listen", s.cfg.AdminListen, "agents", s.reg.Len())
+	return nil
+}
+
+func backendNames(c *trust.Chain) []string {
+	var out []string
+	for _, b := range c.Backends() {
+		out = append(out, b.Name())
+	}
+	return out
+}
+
+func (s *Server) serve(srv *http.Server, ln net.Listener) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("listener stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+// AgentAddr returns the agent port's bound address.
+func (s *Server) AgentAddr() string {
+	if s.agentLn == nil {
+		return ""
+	}
+	return s.agentLn.Addr().String()
+}
+
+// AdminTLSAddr returns the mTLS admin listener's bound address, if any.
+func (s *Server) AdminTLSAddr() string {
+	if s.adminTLSLn == nil {
+		return ""
+	}
+	return s.adminTLSLn.Addr().String()
+}
+
+// Registry returns the agent registry.
+func (s *Server) Registry() *registry.Registry { return s.reg }
+
+// Shutdown stops accepting, lets in-flight requests finish until ctx ends,
+// and writes the registry's pending liveness changes.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var errs []error
+	for _, srv := range []*http.Server{s.agentSrv, s.adminSrv, s.adminTLS} {
+		if srv != nil {
+			errs = append(errs, srv.Shutdown(ctx))
+		}
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	if s.files != nil {
+		errs = append(errs, s.files.Close())
+	}
+	if s.cfg.AdminSocket != "" {
+		os.Remove(s.cfg.AdminSocket)
+	}
+	return errors.Join(errs...)
+}
+
+// pollRevocations applies the revocations the store holds beyond the last
+// one applied, and returns how many were new.
+func (s *Server) pollRevocations(ctx context.Context) (int, error) {
+	s.revMu.Lock()
+	after := s.revSeq
+	s.revMu.Unlock()
+	revs, err := s.st.Revocations(ctx, after)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range revs {
+		if s.applyRevocation(ctx, r) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// applyRevocation makes one certificate revocation take effect: refused
+// from now on, its agents evicted, its open connections closed. It is
+// idempotent and reports whether the revocation was new.
+func (s *Server) applyRevocation(ctx context.Context, r store.Revocation) bool {
+	s.revMu.Lock()
+	if r.Seq > s.revSeq {
+		s.revSeq = r.Seq
+	}
+	s.revMu.Unlock()
+	reason := ca.Reason(r.Reason).String()
+	if !s.revs.AddSerial(trust.Revoked{Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, Reason: reason, At: r.RevokedAt}) {
+		return false
+	}
+	closed := s.conns.closeWhere(func(p *trust.Peer) bool { return p.Serial == r.Serial })
+	if s.reg == nil {
+		return true // still loading
+	}
+	ev, err := s.reg.EvictSerial(ctx, r.Serial, fmt.Sprintf("certificate %s (serial %s) revoked: %s", r.CommonName, r.Serial, reason))
+	if err != nil {
+		s.log.Error("evict agents of a revoked certificate", "serial", r.Serial, "err", err)
+	}
+	s.metrics.evictions.WithLabelValues("certificate_revoked").Add(float64(len(ev)))
+	s.metrics.closedConns.Add(float64(closed))
+	s.log.Info("certificate revoked", "identity", r.CommonName, "serial", r.Serial, "reason", reason, "agents_evicted", len(ev), "connections_closed", closed)
+	return true
+}
+
+func (s *Server) watchRevocations(ctx context.Context) {
+	t := time.NewTicker(s.cfg.RevocationPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.pollRevocations(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("poll revocations", "err", err)
+			}
+		}
+	}
+}
+
+// noteTrustChange is called when a backend's anchors change.
+func (s *Server) noteTrustChange() {
+	select {
+	case s.trustChanged <- struct{}{}:
+	default:
+	}
+}
+
+// watchTrust re-verifies open connections and registered agents' entities
+// after a backend's anchors change (a file removed from the trust dir),
+// evicting what is no longer trusted.
+func (s *Server) watchTrust(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.trustChanged:
+			s.sweepTrust(ctx)
+		}
+	}
+}
+
+func (s *Server) sweepTrust(ctx context.Context) {
+	refused := map[string]bool{}
+	closed := 0
+	for _, cs := range s.conns.snapshot() {
+		tc, ok := cs.Conn.(*tls.Conn)
+		if !ok {
+			continue
+		}
+		certs := tc.ConnectionState().PeerCertificates
+		if len(certs) == 0 {
+			continue
+		}
+		if _, err := s.chain.Verify(ctx, certs); err != nil {
+			refused[trust.Fingerprint(certs[0])] = true
+			cs.kill()
+			closed++
+		}
+	}
+	// Agents of entities no backend knows any more lose their standing
+	// even if they have no connection open right now.
+	known := map[string]bool{}
+	if s.files != nil {
+		for _, e := range s.files.Entities() {
+			known[e] = true
+		}
+	}
+	for _, e := range s.entities.Entities() {
+		known[e] = true
+	}
+	var gone []string
+	for _, v := range s.reg.List(registry.Filter{}, true) {
+		if v.EntityID != "" && !known[v.EntityID] && v.Status != registry.StatusEvicted && !slices.Contains(gone, v.EntityID) {
+			gone = append(gone, v.EntityID)
+		}
+	}
+	evicted := 0
+	for _, e := range gone {
+		ev, err := s.reg.EvictEntity(ctx, e, fmt.Sprintf("entity %q is no longer trusted", e))
+		if err != nil {
+			s.log.Error("evict agents of a removed entity", "entity", e, "err", err)
+		}
+		evicted += len(ev)
+	}
+	ev, err := s.reg.EvictFingerprints(ctx, refused, "certificate no longer trusted")
+	if err != nil {
+		s.log.Error("evict agents whose certificate lost trust", "err", err)
+	}
+	evicted += len(ev)
+	s.metrics.evictions.WithLabelValues("trust_changed").Add(float64(evicted))
+	s.metrics.closedConns.Add(float64(closed))
+	if evicted+closed > 0 {
+		s.log.Info("trust anchors changed", "agents_evicted", evicted, "connections_closed", closed, "entities_gone", gone)
+	}
+}
