@@ -1,0 +1,178 @@
+// Package cli implements the meshctl command line.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+)
+
+// Execute runs meshctl with args, writing to stdout and stderr, and returns
+// the process exit code.
+func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmd := NewRoot()
+	cmd.SetArgs(args)
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		var ex exitError
+		if errors.As(err, &ex) {
+			return ex.code
+		}
+		fmt.Fprintln(stderr, "meshctl:", err)
+		return 1
+	}
+	return 0
+}
+
+// exitError ends a command with a code after it has printed its own
+// explanation (a failed verification, say).
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return "exit " + strconv.Itoa(e.code) }
+
+// globals are the flags every command shares.
+type globals struct {
+	rootDir, caDir  string
+	trustDomain     string
+	leafTTL         string
+	renewAfter      string
+	rootTTL, intTTL string
+	crlValidity     string
+	jsonOut         bool
+	keyType         string
+	admin           adminFlags
+}
+
+// NewRoot returns the meshctl command tree.
+func NewRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "meshctl",
+		Short:         "Operate a meshtrust mesh: its CA, registry and entities",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", defaultDir("root")), "root CA directory, kept apart so it can go offline (env MESHTRUST_ROOT_DIR)")
+	pf.StringVar(&g.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", defaultDir("ca")), "CA directory: intermediate, issued certs, CRL, database (env MESHTRUST_CA_DIR)")
+	pf.StringVar(&g.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain, fixed when the first intermediate is issued (env MCP_MESH_TRUST_DOMAIN)")
+	pf.StringVar(&g.leafTTL, "leaf-ttl", "90d", "lifetime of node, agent and client certificates")
+	pf.StringVar(&g.renewAfter, "renew-after", "", "age at which a leaf is due for renewal (default 2/3 of --leaf-ttl)")
+	pf.StringVar(&g.rootTTL, "root-ttl", "3650d", "lifetime of the root")
+	pf.StringVar(&g.intTTL, "intermediate-ttl", "1825d", "lifetime of an intermediate")
+	pf.StringVar(&g.crlValidity, "crl-validity", "7d", "time from a CRL's this-update to its next-update")
+	g.admin.register(pf)
+	root.AddCommand(newCACmd(g), newEntityCmd(g))
+	return root
+}
+
+func defaultDir(name string) string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return filepath.Join(".meshtrust", name)
+	}
+	return filepath.Join(home, ".meshtrust", name)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// ParseDuration is time.ParseDuration that also accepts whole days ("90d").
+func ParseDuration(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("invalid duration %q (want e.g. 90d, 36h, 30m)", s)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. 90d, 36h, 30m)", s)
+	}
+	return d, nil
+}
+
+// config builds the CA configuration from the flags.
+func (g *globals) config() (ca.Config, error) {
+	cfg := ca.Config{RootDir: g.rootDir, Dir: g.caDir, TrustDomain: g.trustDomain}
+	var err error
+	if cfg.KeyType, err = ca.ParseKeyType(g.keyType); err != nil {
+		return cfg, err
+	}
+	for _, d := range []struct {
+		s   string
+		dst *time.Duration
+	}{
+		{g.leafTTL, &cfg.LeafTTL}, {g.renewAfter, &cfg.RenewAfter}, {g.rootTTL, &cfg.RootTTL},
+		{g.intTTL, &cfg.IntermediateTTL}, {g.crlValidity, &cfg.CRLValidity},
+	} {
+		if d.s == "" {
+			continue
+		}
+		if *d.dst, err = ParseDuration(d.s); err != nil {
+			return cfg, err
+		}
+	}
+	if cfg.RenewAfter > cfg.LeafTTL {
+		return cfg, fmt.Errorf("--renew-after %s is beyond --leaf-ttl %s", g.renewAfter, g.leafTTL)
+	}
+	return cfg, nil
+}
+
+// openStore opens the CA directory's store, creating the directory when
+// create is set.
+func openStore(ctx context.Context, cfg ca.Config, create bool) (*sqlite.Store, error) {
+	if create {
+		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+			return nil, err
+		}
+	} else if _, err := os.Stat(cfg.Dir); err != nil {
+		return nil, fmt.Errorf("%w: CA directory %s: %v (run `meshctl ca init` and `meshctl ca issue-intermediate`, or set --ca-dir)", ca.ErrNotInitialized, cfg.Dir, err)
+	}
+	return sqlite.Open(ctx, cfg.StorePath())
+}
+
+// withCA opens the store and the CA for the duration of fn.
+func (g *globals) withCA(ctx context.Context, fn func(*ca.CA) error) error {
+	cfg, err := g.config()
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "intermediate", "state.json")); err != nil {
+		return fmt.Errorf("%w: no intermediate in %s (run `meshctl ca issue-intermediate`, or set --ca-dir / MESHTRUST_CA_DIR)", ca.ErrNotInitialized, cfg.Dir)
+	}
+	st, err := openStore(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	c, err := ca.Open(ctx, cfg, st)
+	if err != nil {
+		return err
+	}
+	return fn(c)
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
