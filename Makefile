@@ -10,7 +10,7 @@ PKGS ?= ./...
 # How long each fuzz target runs under `make fuzz`.
 FUZZTIME ?= 30s
 
-.PHONY: test deps vet fmt-check unit bench fuzz build demo
+.PHONY: test deps vet fmt-check unit bench fuzz build demo run
 
 test: deps vet fmt-check unit
 
@@ -50,6 +50,10 @@ fuzz:
 build:
 	$(GO) build -o bin/ ./cmd/...
 
-# scripts/demo.sh is the lead's; it builds what it needs.
+# The main job: meshd on its embedded defaults, with a fresh mesh CA.
+run:
+	$(GO) run ./cmd/meshd --dev --data-dir ./meshtrust-data
+
+# A CA-only walkthrough checked by OpenSSL.
 demo:
 	bash scripts/demo.sh
