@@ -115,13 +115,13 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // heartbeatResponse is MCP Mesh's heartbeat answer plus rotate.
 type heartbeatResponse struct {
-	AgentID              string                            `json:"agent_id"`
-	Status               string                            `json:"status"`
-	Message              string                            `json:"message"`
-	Rotate               bool                              `json:"rotate"`
+	AgentID              string                           `json:"agent_id"`
+	Status               string                           `json:"status"`
+	Message              string                           `json:"message"`
+	Rotate               bool                             `json:"rotate"`
 	DependenciesResolved map[string][]registry.Resolution `json:"dependencies_resolved"`
-	LLMTools             struct{}                          `json:"llm_tools"`
-	Timestamp            string                            `json:"timestamp"`
+	LLMTools             struct{}                         `json:"llm_tools"`
+	Timestamp            string                           `json:"timestamp"`
 }
 
 func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
