@@ -79,14 +79,17 @@ func entityArgs(e store.Entity) ([]any, error) {
 	return args, nil
 }
 
-// RevokeEntity marks the entity named name revoked at t and appends a to
-// the audit log in the same transaction. A zero t or a.Time is set from the
+// RevokeEntity marks the entity named name revoked at t, appends an event
+// for it to the revocation feed (see RevocationEvents) and appends a to the
+// audit log, all in one transaction. A zero t or a.Time is set from the
 // store's clock. Revoking a revoked entity appends a but keeps the time of
-// the first revocation, since the entity has been untrusted since then. It
-// returns an error wrapping store.ErrNotFound, and writes nothing, if no
-// entity named name is recorded.
+// the first revocation, since the entity has been untrusted since then,
+// and appends no event, since the feed has told its subscribers already.
+// An entity registered again after its revocation is revoked anew, with a
+// new event. RevokeEntity returns an error wrapping store.ErrNotFound, and
+// writes nothing, if no entity named name is recorded.
 func (s *Store) RevokeEntity(ctx context.Context, name string, t time.Time, a store.AuditEntry) error {
-	return s.markEntity(ctx, "revoke", s.stmts.revokeEntity, name, t, a)
+	return s.markEntity(ctx, "revoke", s.stmts.entityEvent, s.stmts.revokeEntity, name, t, a)
 }
 
 // RotateEntity sets the RotatedAt of the entity named name to t and appends
@@ -94,12 +97,14 @@ func (s *Store) RevokeEntity(ctx context.Context, name string, t time.Time, a st
 // the store's clock. It returns an error wrapping store.ErrNotFound, and
 // writes nothing, if no entity named name is recorded.
 func (s *Store) RotateEntity(ctx context.Context, name string, t time.Time, a store.AuditEntry) error {
-	return s.markEntity(ctx, "rotate", s.stmts.rotateEntity, name, t, a)
+	return s.markEntity(ctx, "rotate", nil, s.stmts.rotateEntity, name, t, a)
 }
 
 // markEntity sets a time of the entity named name with stmt, which takes
 // the time and the name, and appends a; verb names the operation in errors.
-func (s *Store) markEntity(ctx context.Context, verb string, stmt *sql.Stmt, name string, t time.Time, a store.AuditEntry) error {
+// If event is not nil, it runs first, with the same arguments, so that it
+// sees the entity as it was before stmt changed it.
+func (s *Store) markEntity(ctx context.Context, verb string, event, stmt *sql.Stmt, name string, t time.Time, a store.AuditEntry) error {
 	if t.IsZero() {
 		// Zero would mean "not revoked" or "never rotated": the opposite
 		// of what the caller asked for.
@@ -114,6 +119,11 @@ func (s *Store) markEntity(ctx context.Context, verb string, stmt *sql.Stmt, nam
 		return fmt.Errorf("sqlite: %s entity %q: %w", verb, name, err)
 	}
 	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		if event != nil {
+			if err := tx.exec(ctx, event, at, name); err != nil {
+				return fmt.Errorf("sqlite: %s entity %q: append revocation event: %w", verb, name, err)
+			}
+		}
 		n, err := tx.execRows(ctx, stmt, at, name)
 		if err != nil {
 			return fmt.Errorf("sqlite: %s entity %q: %w", verb, name, err)

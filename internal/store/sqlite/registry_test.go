@@ -234,7 +234,8 @@ func TestMigrateFromVersion1(t *testing.T) {
 	s.Close()
 	// Take the file back to version 1.
 	db := rawDB(t, path)
-	if _, err := db.Exec("DROP TABLE entities; DROP TABLE agents; DELETE FROM schema_version WHERE version > 1"); err != nil {
+	if _, err := db.Exec(`DROP TABLE join_tokens; DROP TABLE revocation_events;
+		DROP TABLE entities; DROP TABLE agents; DELETE FROM schema_version WHERE version > 1`); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()

@@ -1,6 +1,7 @@
-// Package sqlite implements store.Store, and the registry's
-// store.EntityStore and store.AgentStore, on an embedded SQLite database,
-// the default store of a single meshd.
+// Package sqlite implements store.Store, the registry's store.EntityStore
+// and store.AgentStore, and enrollment's store.TokenStore and
+// store.EventStore, on an embedded SQLite database, the default store of a
+// single meshd.
 //
 // The database is one file in WAL mode with synchronous=FULL, so a write
 // that has returned survives a crash of the process or of the machine as far

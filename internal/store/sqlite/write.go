@@ -80,7 +80,8 @@ func certArgs(c store.Cert) ([]any, error) {
 		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt}, nil
 }
 
-// Revoke durably records r and appends a to the audit log in the same
+// Revoke durably records r, appends it to the revocation feed (see
+// RevocationEvents) and appends a to the audit log, all in one
 // transaction, and returns r as recorded: with Seq assigned, RevokedAt set
 // from the store's clock if it was zero, and CommonName and IssuerKeyID
 // taken from the certificate record if they were empty.
@@ -90,7 +91,8 @@ func certArgs(c store.Cert) ([]any, error) {
 // certificate this CA never issued points at a bug in the caller. A
 // CommonName or IssuerKeyID that contradicts the certificate record is an
 // error too. Revoking a serial twice returns an error wrapping
-// store.ErrExists. On any error neither r nor a is written.
+// store.ErrExists. On any error nothing is written: neither r, nor its
+// event, nor a.
 func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEntry) (store.Revocation, error) {
 	if r.Serial == "" {
 		return store.Revocation{}, errors.New("sqlite: revoke: serial is empty")
@@ -143,6 +145,10 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEnt
 			return fmt.Errorf("%w: certificate %s is already revoked", store.ErrExists, rev.Serial)
 		default:
 			return fmt.Errorf("sqlite: revoke %s: %w", rev.Serial, err)
+		}
+		if err := tx.exec(ctx, tx.st.insertEvent,
+			rev.Serial, rev.IssuerKeyID, rev.CommonName, "", rev.Reason, revokedAt); err != nil {
+			return fmt.Errorf("sqlite: revoke %s: append revocation event: %w", rev.Serial, err)
 		}
 		if err := appendAudit(ctx, tx, head, a); err != nil {
 			return err

@@ -171,12 +171,18 @@ type writeStmts struct {
 	certNames        *sql.Stmt
 	insertRevocation *sql.Stmt
 	nextCRL          *sql.Stmt
+	insertEvent      *sql.Stmt
 
 	putEntity    *sql.Stmt
 	revokeEntity *sql.Stmt
+	entityEvent  *sql.Stmt
 	rotateEntity *sql.Stmt
 	putAgent     *sql.Stmt
 	deleteAgent  *sql.Stmt
+
+	insertToken *sql.Stmt
+	token       *sql.Stmt
+	useToken    *sql.Stmt
 
 	// all holds every statement above that was prepared, for close.
 	all []*sql.Stmt
@@ -204,6 +210,8 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.nextCRL, `INSERT INTO crl_numbers (issuer_key_id, number) VALUES (?, 1)
 			ON CONFLICT (issuer_key_id) DO UPDATE SET number = number + 1
 			RETURNING number`},
+		{&st.insertEvent, `INSERT INTO revocation_events (serial, issuer_key_id, common_name, entity, reason, time)
+			VALUES (?, ?, ?, ?, ?, ?)`},
 		// Without replace (the last argument), a live entity of the same
 		// name is left as it is and the statement changes no row.
 		{&st.putEntity, `INSERT INTO entities (name, ca_pem, fingerprint, subject,
@@ -215,6 +223,11 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 			WHERE ? OR entities.revoked_at IS NOT NULL`},
 		// A second revocation keeps the time of the first.
 		{&st.revokeEntity, `UPDATE entities SET revoked_at = coalesce(revoked_at, ?) WHERE name = ?`},
+		// An event for the entity named by the second argument, at the
+		// first, but only while it is not revoked: a second revocation is
+		// no news to the feed.
+		{&st.entityEvent, `INSERT INTO revocation_events (serial, issuer_key_id, common_name, entity, reason, time)
+			SELECT '', '', '', name, 0, ? FROM entities WHERE name = ? AND revoked_at IS NULL`},
 		{&st.rotateEntity, `UPDATE entities SET rotated_at = ? WHERE name = ?`},
 		{&st.putAgent, `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
 			status, reason, registered_at, last_seen, rotate_from)
@@ -225,6 +238,12 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 				reason = excluded.reason, registered_at = excluded.registered_at,
 				last_seen = excluded.last_seen, rotate_from = excluded.rotate_from`},
 		{&st.deleteAgent, `DELETE FROM agents WHERE id = ?`},
+		{&st.insertToken, `INSERT INTO join_tokens (hash, node_id, created_at, expires_at, used_at)
+			VALUES (?, ?, ?, ?, ?)`},
+		{&st.token, `SELECT node_id, created_at, expires_at, used_at FROM join_tokens WHERE hash = ?`},
+		// used_at IS NULL again, though UseToken has checked it: a token
+		// is spent once, whatever the code around this statement does.
+		{&st.useToken, `UPDATE join_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL`},
 	} {
 		var err error
 		if *p.dst, err = db.PrepareContext(ctx, p.query); err != nil {

@@ -1,7 +1,8 @@
 // Package storetest checks that an implementation of store.Store, and of
-// store.EntityStore and store.AgentStore, which meshd needs of every store,
-// keeps the promises the interfaces make. Each implementation runs the same
-// suite from its own tests:
+// store.EntityStore, store.AgentStore, store.TokenStore and
+// store.EventStore, which meshd needs of every store, keeps the promises
+// the interfaces make. Each implementation runs the same suite from its
+// own tests:
 //
 //	func TestConformance(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, dir string) store.Store {
@@ -68,6 +69,17 @@ func Run(t *testing.T, open Opener) {
 		{"RegistryConcurrent", testRegistryConcurrent},
 		{"RegistryCanceledContext", testRegistryCanceledContext},
 		{"RegistryClosed", testRegistryClosed},
+
+		{"TokenRoundTrip", testTokenRoundTrip},
+		{"TokenRefusals", testTokenRefusals},
+		{"TokenExists", testTokenExists},
+		{"TokenConcurrentUse", testTokenConcurrentUse},
+		{"RevocationEvents", testRevocationEvents},
+		{"RevocationEventsPage", testRevocationEventsPage},
+		{"EntityRevokedTwice", testEntityRevokedTwice},
+		{"FailedRevocationNoEvent", testFailedRevocationNoEvent},
+		{"EnrollCanceledContext", testEnrollCanceledContext},
+		{"EnrollClosed", testEnrollClosed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open) })

@@ -1,0 +1,65 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors of join tokens, which callers branch on to audit and answer.
+var (
+	// ErrTokenUsed reports a join token that already enrolled its node.
+	ErrTokenUsed = errors.New("store: join token already used")
+	// ErrTokenExpired reports a join token past its expiry.
+	ErrTokenExpired = errors.New("store: join token expired")
+	// ErrTokenNode reports a join token presented for another node id.
+	ErrTokenNode = errors.New("store: join token is for another node")
+)
+
+// JoinToken is a one-time credential that enrolls exactly one node. The
+// store keeps only the token's hash.
+type JoinToken struct {
+	// Hash is the lowercase hex SHA-256 of the token.
+	Hash      string
+	NodeID    string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	// UsedAt is set when the token enrolled its node.
+	UsedAt time.Time
+}
+
+// TokenStore holds join tokens.
+type TokenStore interface {
+	// PutToken records a new token with its audit entry; ErrExists if the
+	// hash is known.
+	PutToken(ctx context.Context, t JoinToken, a AuditEntry) error
+	// UseToken atomically marks the token with hash used at now, for node,
+	// and appends a in the same transaction. It returns ErrNotFound,
+	// ErrTokenUsed, ErrTokenExpired or ErrTokenNode (and writes nothing)
+	// when the token may not enroll node.
+	UseToken(ctx context.Context, hash, node string, now time.Time, a AuditEntry) (JoinToken, error)
+}
+
+// RevocationEvent is one entry of the revocation feed: a certificate or an
+// entity revoked. Seq orders the feed across both kinds; a subscriber that
+// reconnects resumes after the last Seq it saw.
+type RevocationEvent struct {
+	Seq int64
+	// Serial is set for a certificate revocation, Entity for an entity's.
+	Serial      string
+	IssuerKeyID string
+	CommonName  string
+	Entity      string
+	// Reason is the RFC 5280 CRLReason code of a certificate revocation.
+	Reason int
+	Time   time.Time
+}
+
+// EventStore is the revocation feed. Store.Revoke and
+// EntityStore.RevokeEntity append to it in the same transaction as the
+// revocation itself.
+type EventStore interface {
+	// RevocationEvents returns up to limit events with Seq > after, in Seq
+	// order; limit <= 0 means no limit.
+	RevocationEvents(ctx context.Context, after int64, limit int) ([]RevocationEvent, error)
+}

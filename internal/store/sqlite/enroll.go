@@ -1,0 +1,186 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Compile-time check that Store implements enrollment's stores.
+var (
+	_ store.TokenStore = (*Store)(nil)
+	_ store.EventStore = (*Store)(nil)
+)
+
+// PutToken records the join token t and appends a to the audit log in the
+// same transaction. t.Hash must be the lowercase hex SHA-256 of the token:
+// the store refuses anything else, so that a token cannot be stored by
+// mistake in place of its hash. A zero t.CreatedAt or a.Time is set from
+// the store's clock; t.ExpiresAt must be set, and lie, like every time in
+// t, between the years 1678 and 2262. PutToken returns an error wrapping
+// store.ErrExists if a token with t.Hash is recorded; then neither t nor a
+// is written.
+func (s *Store) PutToken(ctx context.Context, t store.JoinToken, a store.AuditEntry) error {
+	if !isSHA256Hex(t.Hash) {
+		return errors.New("sqlite: record join token: the hash is not a lowercase hex SHA-256; record the token's hash, never the token")
+	}
+	if t.NodeID == "" {
+		return errors.New("sqlite: record join token: node id is empty")
+	}
+	if t.ExpiresAt.IsZero() {
+		return fmt.Errorf("sqlite: record join token for node %q: ExpiresAt is zero; a join token must expire", t.NodeID)
+	}
+	if t.CreatedAt.IsZero() {
+		t.CreatedAt = s.now()
+	}
+	createdAt, err := nanos("CreatedAt", t.CreatedAt)
+	if err != nil {
+		return fmt.Errorf("sqlite: record join token for node %q: %w", t.NodeID, err)
+	}
+	expiresAt, err := nanos("ExpiresAt", t.ExpiresAt)
+	if err != nil {
+		return fmt.Errorf("sqlite: record join token for node %q: %w", t.NodeID, err)
+	}
+	usedAt, err := nullNanos("UsedAt", t.UsedAt)
+	if err != nil {
+		return fmt.Errorf("sqlite: record join token for node %q: %w", t.NodeID, err)
+	}
+	a, err = s.prepareAudit(a)
+	if err != nil {
+		return fmt.Errorf("sqlite: record join token for node %q: %w", t.NodeID, err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		err := tx.exec(ctx, tx.st.insertToken, t.Hash, t.NodeID, createdAt, expiresAt, usedAt)
+		switch code(err) {
+		case 0:
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return fmt.Errorf("%w: the join token for node %q is already recorded", store.ErrExists, t.NodeID)
+		default:
+			return fmt.Errorf("sqlite: record join token for node %q: %w", t.NodeID, err)
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+// isSHA256Hex reports whether h is a SHA-256 in lowercase hex.
+func isSHA256Hex(h string) bool {
+	if len(h) != 64 {
+		return false
+	}
+	for _, c := range []byte(h) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// UseToken spends the join token whose hash is hash to enroll node at now:
+// in one write, it checks the token, sets its UsedAt to now and appends a
+// to the audit log, and returns the token as recorded. Two calls for the
+// same token, however close, cannot both succeed. A zero now or a.Time is
+// set from the store's clock.
+//
+// A token that may not enroll node is refused with an error wrapping, in
+// the order checked, store.ErrNotFound (no token has that hash),
+// store.ErrTokenUsed, store.ErrTokenExpired (now is at or after its
+// ExpiresAt) or store.ErrTokenNode (it is for another node). A refusal
+// writes nothing, a included: the caller audits refusals itself. Errors
+// name the token's node, never its hash, since callers log them.
+func (s *Store) UseToken(ctx context.Context, hash, node string, now time.Time, a store.AuditEntry) (store.JoinToken, error) {
+	if now.IsZero() {
+		// Zero would precede every expiry.
+		now = s.now()
+	}
+	at, err := nanos("now", now)
+	if err != nil {
+		return store.JoinToken{}, fmt.Errorf("sqlite: use join token for node %q: %w", node, err)
+	}
+	a, err = s.prepareAudit(a)
+	if err != nil {
+		return store.JoinToken{}, fmt.Errorf("sqlite: use join token for node %q: %w", node, err)
+	}
+
+	var out store.JoinToken
+	err = s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		// The check and the update share the writer's transaction, which
+		// no other write interleaves with: that makes the use exactly-once.
+		tok := store.JoinToken{Hash: hash}
+		var createdAt, expiresAt int64
+		var usedAt sql.NullInt64
+		err := tx.queryRow(ctx, tx.st.token, hash).Scan(&tok.NodeID, &createdAt, &expiresAt, &usedAt)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("%w: no join token has that hash", store.ErrNotFound)
+		case err != nil:
+			return fmt.Errorf("sqlite: use join token for node %q: %w", node, err)
+		case usedAt.Valid:
+			return fmt.Errorf("%w: node %q enrolled with it at %s", store.ErrTokenUsed,
+				tok.NodeID, fromNanos(usedAt.Int64).Format(time.RFC3339Nano))
+		case at >= expiresAt:
+			return fmt.Errorf("%w at %s", store.ErrTokenExpired, fromNanos(expiresAt).Format(time.RFC3339Nano))
+		case tok.NodeID != node:
+			return fmt.Errorf("%w: it is for node %q, not %q", store.ErrTokenNode, tok.NodeID, node)
+		}
+		n, err := tx.execRows(ctx, tx.st.useToken, at, hash)
+		if err != nil {
+			return fmt.Errorf("sqlite: use join token for node %q: %w", node, err)
+		}
+		if n != 1 {
+			return fmt.Errorf("sqlite: use join token for node %q: the token changed while it was used", node)
+		}
+		if err := appendAudit(ctx, tx, head, a); err != nil {
+			return err
+		}
+		tok.CreatedAt, tok.ExpiresAt, tok.UsedAt = fromNanos(createdAt), fromNanos(expiresAt), fromNanos(at)
+		out = tok
+		return nil
+	})
+	if err != nil {
+		return store.JoinToken{}, err
+	}
+	return out, nil
+}
+
+// RevocationEvents returns up to limit events of the revocation feed with
+// Seq > after, in Seq order; limit <= 0 means no limit. Revoke and
+// RevokeEntity append to the feed; a database upgraded from an older
+// meshtrust starts with an event for every certificate and entity it had
+// revoked.
+func (s *Store) RevocationEvents(ctx context.Context, after int64, limit int) ([]store.RevocationEvent, error) {
+	if limit <= 0 {
+		limit = -1 // SQLite's "no limit"
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, store.ErrClosed
+	}
+	rows, err := s.rdb.QueryContext(ctx, `SELECT seq, serial, issuer_key_id, common_name, entity, reason, time
+		FROM revocation_events WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read revocation events: %w", err)
+	}
+	defer rows.Close()
+	var es []store.RevocationEvent
+	for rows.Next() {
+		var (
+			e store.RevocationEvent
+			t int64
+		)
+		if err := rows.Scan(&e.Seq, &e.Serial, &e.IssuerKeyID, &e.CommonName, &e.Entity, &e.Reason, &t); err != nil {
+			return nil, fmt.Errorf("sqlite: read revocation events: %w", err)
+		}
+		e.Time = fromNanos(t)
+		es = append(es, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read revocation events: %w", err)
+	}
+	return es, nil
+}
