@@ -1,0 +1,330 @@
+package enroll
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/meshtrust/meshtrust/identity"
+)
+
+// Bundle is a certificate meshd issued, with the chain that verifies it.
+type Bundle struct {
+	// Certificate is the issued leaf.
+	Certificate *x509.Certificate
+	// Chain is the issuing intermediate first and the root last.
+	Chain []*x509.Certificate
+	// Serial is Certificate's serial in lowercase hex, as revocations name it.
+	Serial string
+	// NotAfter is when Certificate expires.
+	NotAfter time.Time
+}
+
+// CertificatePEM returns the leaf followed by the intermediates of Chain
+// (the root left out), the form a TLS server or client presents.
+func (b *Bundle) CertificatePEM() []byte {
+	return encodeCerts(append([]*x509.Certificate{b.Certificate}, intermediates(b.Chain)...)...)
+}
+
+// ChainPEM returns Chain in PEM, the issuing intermediate first.
+func (b *Bundle) ChainPEM() []byte { return encodeCerts(b.Chain...) }
+
+// TLSCertificate returns the certificate with key as a tls.Certificate
+// presenting the leaf and its intermediates.
+func (b *Bundle) TLSCertificate(key crypto.Signer) tls.Certificate {
+	return tlsCertificate(b.Certificate, intermediates(b.Chain), key)
+}
+
+func tlsCertificate(leaf *x509.Certificate, inter []*x509.Certificate, key crypto.Signer) tls.Certificate {
+	der := [][]byte{leaf.Raw}
+	for _, c := range inter {
+		der = append(der, c.Raw)
+	}
+	return tls.Certificate{Certificate: der, PrivateKey: key, Leaf: leaf}
+}
+
+// intermediates returns the certificates of chain that are not roots.
+func intermediates(chain []*x509.Certificate) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, c := range chain {
+		if !selfSigned(c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// AgentKey is an agent of the node and the key its renewed certificate is
+// for.
+type AgentKey struct {
+	ID  string
+	Key crypto.Signer
+}
+
+// Renewal is what POST /renew returned.
+type Renewal struct {
+	// Node is the caller's renewed certificate.
+	Node *Bundle
+	// Agents are the renewed agent certificates by agent id. An agent
+	// meshd did not re-issue is missing.
+	Agents map[string]*Bundle
+}
+
+// issuedJSON is the wire form of an issued certificate.
+type issuedJSON struct {
+	AgentID     string    `json:"agent_id,omitempty"`
+	Certificate string    `json:"certificate"`
+	Chain       string    `json:"chain"`
+	Serial      string    `json:"serial"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+type renewJSON struct {
+	issuedJSON
+	Agents []issuedJSON `json:"agents"`
+}
+
+type agentCSR struct {
+	AgentID string `json:"agent_id"`
+	CSR     string `json:"csr"`
+}
+
+// Enroll obtains the node certificate of nodeID for key, presenting the
+// bootstrap credential (the mesh's bootstrap secret or a join token) as
+// "Authorization: Bearer". This is the only call that sends the
+// credential; every later one is mTLS with the certificate returned.
+//
+// A refusal is an *Error wrapping ErrBadRequest, ErrUnauthorized,
+// ErrForbidden, ErrConflict or ErrRateLimited.
+func (c *Client) Enroll(ctx context.Context, credential, nodeID string, key crypto.Signer) (*Bundle, error) {
+	id, err := identity.NewNode(nodeID)
+	if err != nil {
+		return nil, err
+	}
+	if credential == "" {
+		return nil, errors.New("enroll: no bootstrap credential (give the bootstrap secret or a join token)")
+	}
+	csr, err := newCSR(id.CommonName(), key)
+	if err != nil {
+		return nil, err
+	}
+	var out issuedJSON
+	hdr := http.Header{"Authorization": {"Bearer " + credential}}
+	if err := c.call(ctx, http.MethodPost, "/enroll", nil, hdr, map[string]string{"node_id": nodeID, "csr": csr}, &out); err != nil {
+		return nil, err
+	}
+	return c.checkIssued(ctx, "/enroll", out, nil, id.CommonName(), key)
+}
+
+// AgentCert obtains the certificate of agent agentID on the node that
+// nodeCert identifies, for key, over mTLS with nodeCert. meshd issues only
+// <agent-id>@<the node's id>.
+func (c *Client) AgentCert(ctx context.Context, nodeCert tls.Certificate, agentID string, key crypto.Signer) (*Bundle, error) {
+	node, err := nodeIdentity(nodeCert)
+	if err != nil {
+		return nil, err
+	}
+	id, err := identity.NewAgent(agentID, node.Node)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := newCSR(id.CommonName(), key)
+	if err != nil {
+		return nil, err
+	}
+	var out issuedJSON
+	if err := c.call(ctx, http.MethodPost, "/agent-cert", &nodeCert, nil, agentCSR{AgentID: agentID, CSR: csr}, &out); err != nil {
+		return nil, err
+	}
+	return c.checkIssued(ctx, "/agent-cert", out, nil, id.CommonName(), key)
+}
+
+// Renew renews current, the caller's own certificate, for key (the same
+// key or a new one), over mTLS with current. A node's call may carry its
+// agents, which meshd re-issues in the same call, each for its AgentKey's
+// key. A revoked or expired certificate cannot renew (ErrForbidden, or a
+// refused handshake).
+func (c *Client) Renew(ctx context.Context, current tls.Certificate, key crypto.Signer, agents []AgentKey) (*Renewal, error) {
+	leaf, err := leafOf(current)
+	if err != nil {
+		return nil, err
+	}
+	cn := leaf.Subject.CommonName
+	self, err := identity.Parse(cn)
+	if err != nil {
+		return nil, fmt.Errorf("renew: the current certificate is not a mesh identity: %w", err)
+	}
+	csr, err := newCSR(cn, key)
+	if err != nil {
+		return nil, err
+	}
+	body := struct {
+		CSR    string     `json:"csr"`
+		Agents []agentCSR `json:"agents,omitempty"`
+	}{CSR: csr}
+	want := make(map[string]AgentKey, len(agents))
+	for _, a := range agents {
+		if self.Kind != identity.KindNode {
+			return nil, fmt.Errorf("renew: only a node certificate renews agents; %q is a %s", cn, self.Kind)
+		}
+		aid, err := identity.NewAgent(a.ID, self.Node)
+		if err != nil {
+			return nil, err
+		}
+		acsr, err := newCSR(aid.CommonName(), a.Key)
+		if err != nil {
+			return nil, err
+		}
+		body.Agents = append(body.Agents, agentCSR{AgentID: a.ID, CSR: acsr})
+		want[a.ID] = a
+	}
+	var out renewJSON
+	if err := c.call(ctx, http.MethodPost, "/renew", &current, nil, body, &out); err != nil {
+		return nil, err
+	}
+	node, err := c.checkIssued(ctx, "/renew", out.issuedJSON, nil, cn, key)
+	if err != nil {
+		return nil, err
+	}
+	r := &Renewal{Node: node, Agents: make(map[string]*Bundle, len(out.Agents))}
+	for _, a := range out.Agents {
+		ak, ok := want[a.AgentID]
+		if !ok {
+			return nil, fmt.Errorf("%w: meshd renewed agent %q, which the request did not name", ErrUntrustedServer, a.AgentID)
+		}
+		b, err := c.checkIssued(ctx, "/renew", a, node.Chain, a.AgentID+"@"+self.Node, ak.Key)
+		if err != nil {
+			return nil, err
+		}
+		r.Agents[a.AgentID] = b
+	}
+	return r, nil
+}
+
+// Health calls meshd's GET /health over mTLS with cert and reports an
+// error unless meshd answers 200: it proves that cert is accepted.
+func (c *Client) Health(ctx context.Context, cert tls.Certificate) error {
+	return c.call(ctx, http.MethodGet, "/health", &cert, nil, nil, nil)
+}
+
+// FetchBundle returns meshd's GET /bundle, the root and every live
+// intermediate, fetched over verified TLS.
+func (c *Client) FetchBundle(ctx context.Context) ([]*x509.Certificate, error) {
+	base, _, err := c.base()
+	if err != nil {
+		return nil, err
+	}
+	roots, err := c.roots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := c.tlsConfig(roots, nil)
+	if err != nil {
+		return nil, err
+	}
+	hc, err := c.httpClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer hc.CloseIdleConnections()
+	resp, data, err := c.send(ctx, hc, http.MethodGet, base+"/bundle", pemAccept, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, apiError("/bundle", resp, data)
+	}
+	certs, err := ParseCertificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: GET /bundle: %v", ErrUntrustedServer, err)
+	}
+	return certs, nil
+}
+
+// TrustedRoots returns the pool meshd is verified against: Roots, or the
+// root pinned by RootFingerprint (fetched from meshd on first use).
+func (c *Client) TrustedRoots(ctx context.Context) (*x509.CertPool, error) {
+	return c.roots(ctx)
+}
+
+// checkIssued turns an issued certificate of meshd into a Bundle after
+// checking that it is what was asked for: the requested name, the
+// requester's key, a chain to the trusted roots. A certificate that fails
+// is never handed on, so it is never written.
+func (c *Client) checkIssued(ctx context.Context, route string, in issuedJSON, chain []*x509.Certificate, cn string, key crypto.Signer) (*Bundle, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s answered with %s", ErrUntrustedServer, route, fmt.Sprintf(format, args...))
+	}
+	certs, err := ParseCertificates([]byte(in.Certificate))
+	if err != nil {
+		return nil, bad("an unreadable certificate: %v", err)
+	}
+	leaf := certs[0]
+	if in.Chain != "" {
+		if chain, err = ParseCertificates([]byte(in.Chain)); err != nil {
+			return nil, bad("an unreadable chain: %v", err)
+		}
+	}
+	if len(chain) == 0 {
+		return nil, bad("no chain")
+	}
+	if leaf.Subject.CommonName != cn {
+		return nil, bad("a certificate for %q, not %q", leaf.Subject.CommonName, cn)
+	}
+	roots, err := c.roots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	inter := x509.NewCertPool()
+	for _, ca := range append(certs[1:], chain...) {
+		inter.AddCert(ca)
+	}
+	// Checked at a moment inside the certificate's window: its validity is
+	// meshd's call, and a node whose clock is a little behind must not
+	// throw away a certificate issued a second ago.
+	at := time.Now()
+	if at.Before(leaf.NotBefore) {
+		at = leaf.NotBefore
+	} else if at.After(leaf.NotAfter) {
+		at = leaf.NotAfter
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, bad("a certificate that does not chain to the trusted root: %v", err)
+	}
+	if !samePublicKey(key.Public(), leaf.PublicKey) {
+		return nil, bad("a certificate for another key than the one in the request")
+	}
+	return &Bundle{Certificate: leaf, Chain: chain, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter}, nil
+}
+
+// leafOf returns the parsed leaf of cert.
+func leafOf(cert tls.Certificate) (*x509.Certificate, error) {
+	if cert.Leaf != nil {
+		return cert.Leaf, nil
+	}
+	if len(cert.Certificate) == 0 {
+		return nil, errors.New("enroll: empty TLS certificate")
+	}
+	return x509.ParseCertificate(cert.Certificate[0])
+}
+
+// nodeIdentity returns the node a node certificate identifies.
+func nodeIdentity(cert tls.Certificate) (identity.Identity, error) {
+	leaf, err := leafOf(cert)
+	if err != nil {
+		return identity.Identity{}, err
+	}
+	id, err := identity.Parse(leaf.Subject.CommonName)
+	if err != nil {
+		return identity.Identity{}, err
+	}
+	if id.Kind != identity.KindNode {
+		return identity.Identity{}, fmt.Errorf("%q is a %s certificate; agent certificates are minted with the node's certificate", leaf.Subject.CommonName, id.Kind)
+	}
+	return id, nil
+}

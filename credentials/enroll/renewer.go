@@ -1,0 +1,362 @@
+package enroll
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Clock tells the time and waits. The Renewer takes one so that tests
+// move time instead of sleeping.
+type Clock interface {
+	Now() time.Time
+	// After returns a channel that receives once d has passed.
+	After(d time.Duration) <-chan time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// RenewerConfig configures a Renewer. The zero value renews at 2/3 of a
+// certificate's lifetime with up to 5% of it as jitter, and retries from
+// 5 s to 10 min apart while meshd cannot renew.
+type RenewerConfig struct {
+	// RenewFraction is the part of a certificate's lifetime after which
+	// it is due for renewal; 0 means 2/3.
+	RenewFraction float64
+	// Jitter is the largest random delay past the due time, as a fraction
+	// of the lifetime, so the nodes of a mesh enrolled together do not all
+	// renew at once; 0 means 0.05, a negative value none.
+	Jitter float64
+	// MinBackoff and MaxBackoff bound the exponential delay between
+	// attempts while renewal fails; 0 means 5 s and 10 min.
+	MinBackoff, MaxBackoff time.Duration
+	// Clock is the Renewer's time; nil means the system clock.
+	Clock Clock
+	// Rand returns a uniform random int64 in [0, n); nil means
+	// math/rand/v2's Int64N.
+	Rand func(n int64) int64
+	// Logger receives renewals and failures; nil discards them. No key or
+	// credential is ever logged.
+	Logger *slog.Logger
+}
+
+// Renewer is a live source of a node's certificate and its agents'
+// certificates, read from a Dir and renewed through meshd before they
+// expire. Its GetCertificate and GetClientCertificate always return the
+// current certificate, so a tls.Config built on them rotates without a
+// restart.
+//
+// A renewal renews the node and every agent in the Dir's agents/ in one
+// POST /renew (the agents piggyback on the node), with the same keys, and
+// writes the new certificates to the Dir atomically. An agent minted
+// while the Renewer runs is served from its next renewal on. While meshd cannot renew, the
+// current certificates stay in use until they expire and the Renewer
+// retries with capped exponential backoff.
+type Renewer struct {
+	client *Client
+	dir    Dir
+	cfg    RenewerConfig
+	log    *slog.Logger
+
+	state  atomic.Pointer[renewState]
+	mu     sync.Mutex    // serialises renewals
+	wakeup chan struct{} // a renewal outside Run moved the schedule
+	update chan struct{} // see Updated
+}
+
+// renewState is one generation of credentials; it is replaced whole.
+type renewState struct {
+	node   *Node
+	agents map[string]*tls.Certificate
+	// jitter is drawn once per generation, so the schedule is stable.
+	jitter time.Duration
+}
+
+// NewRenewer returns a Renewer of the node enrolled in dir, which renews
+// through client.
+func NewRenewer(client *Client, dir Dir, cfg RenewerConfig) (*Renewer, error) {
+	if cfg.RenewFraction == 0 {
+		cfg.RenewFraction = 2.0 / 3
+	}
+	if cfg.RenewFraction <= 0 || cfg.RenewFraction >= 1 {
+		return nil, fmt.Errorf("enroll: renew fraction %v is outside (0, 1)", cfg.RenewFraction)
+	}
+	if cfg.Jitter == 0 {
+		cfg.Jitter = 0.05
+	}
+	if cfg.Jitter < 0 {
+		cfg.Jitter = 0
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 5 * time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 10 * time.Minute
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Int64N
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	node, err := dir.Load()
+	if err != nil {
+		return nil, err
+	}
+	r := &Renewer{client: client, dir: dir, cfg: cfg, log: log, wakeup: make(chan struct{}, 1), update: make(chan struct{}, 1)}
+	r.state.Store(r.newState(node))
+	return r, nil
+}
+
+func (r *Renewer) newState(n *Node) *renewState {
+	s := &renewState{node: n, agents: make(map[string]*tls.Certificate, len(n.Agents))}
+	for i := range n.Agents {
+		s.agents[n.Agents[i].ID] = &n.Agents[i].Certificate
+	}
+	if life := lifetime(n.Certificate.Leaf); r.cfg.Jitter > 0 && life > 0 {
+		if limit := int64(float64(life) * r.cfg.Jitter); limit > 0 {
+			s.jitter = time.Duration(r.cfg.Rand(limit))
+		}
+	}
+	return s
+}
+
+// Updated returns a channel that receives after the credentials changed
+// (changes that follow each other quickly may be reported once).
+func (r *Renewer) Updated() <-chan struct{} { return r.update }
+
+// swap makes s the current credentials.
+func (r *Renewer) swap(s *renewState) {
+	r.state.Store(s)
+	select {
+	case r.update <- struct{}{}:
+	default:
+	}
+}
+
+// Node returns the current credentials. The caller must not modify them.
+func (r *Renewer) Node() *Node { return r.state.Load().node }
+
+// Certificate returns the node's current certificate.
+func (r *Renewer) Certificate() *tls.Certificate { return &r.state.Load().node.Certificate }
+
+// AgentCertificate returns agent id's current certificate.
+func (r *Renewer) AgentCertificate(id string) (*tls.Certificate, bool) {
+	c, ok := r.state.Load().agents[id]
+	return c, ok
+}
+
+// GetCertificate returns the node's current certificate, for a server's
+// tls.Config.
+func (r *Renewer) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return r.Certificate(), nil
+}
+
+// GetClientCertificate returns the node's current certificate, for a
+// client's tls.Config.
+func (r *Renewer) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return r.Certificate(), nil
+}
+
+// AgentClientCertificate returns a tls.Config.GetClientCertificate that
+// presents agent id's current certificate.
+func (r *Renewer) AgentClientCertificate(id string) func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		c, ok := r.AgentCertificate(id)
+		if !ok {
+			return nil, fmt.Errorf("enroll: no certificate for agent %q (mint one with `meshctl agent-cert %s`)", id, id)
+		}
+		return c, nil
+	}
+}
+
+// lifetime returns how long c is valid for.
+func lifetime(c *x509.Certificate) time.Duration { return c.NotAfter.Sub(c.NotBefore) }
+
+// RenewAt returns when c is due for renewal: once fraction of its lifetime
+// has passed.
+func RenewAt(c *x509.Certificate, fraction float64) time.Time {
+	return c.NotBefore.Add(time.Duration(float64(lifetime(c)) * fraction))
+}
+
+// Due returns when the node's credentials are next due for renewal: the
+// earliest due time of the node's and its agents' certificates, without
+// jitter.
+func (r *Renewer) Due() time.Time { return r.due(r.state.Load()) }
+
+func (r *Renewer) due(s *renewState) time.Time {
+	due := RenewAt(s.node.Certificate.Leaf, r.cfg.RenewFraction)
+	for _, a := range s.agents {
+		if t := RenewAt(a.Leaf, r.cfg.RenewFraction); t.Before(due) {
+			due = t
+		}
+	}
+	return due
+}
+
+// scheduled is when Run renews: the due time plus this generation's
+// jitter, never later than halfway from the due time to expiry.
+func (r *Renewer) scheduled(s *renewState) time.Time {
+	due := r.due(s)
+	at := due.Add(s.jitter)
+	if limit := due.Add(s.node.Certificate.Leaf.NotAfter.Sub(due) / 2); at.After(limit) {
+		at = limit
+	}
+	return at
+}
+
+// RenewNow renews the node and its agents at once, whether due or not,
+// and writes the new certificates to the Dir.
+func (r *Renewer) RenewNow(ctx context.Context) (*Renewal, error) {
+	res, err := r.renew(ctx)
+	select {
+	case r.wakeup <- struct{}{}:
+	default:
+	}
+	return res, err
+}
+
+func (r *Renewer) renew(ctx context.Context) (*Renewal, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cur := r.state.Load().node
+	// Agents minted since the Dir was read (meshctl agent-cert) ride along
+	// too: the Dir, not memory, lists the node's agents.
+	agents := cur.Agents
+	if disk, err := r.dir.Load(); err == nil && samePublicKey(disk.Key.Public(), cur.Key.Public()) {
+		agents = disk.Agents
+	}
+	keys := make([]AgentKey, 0, len(agents))
+	for _, a := range agents {
+		keys = append(keys, AgentKey{ID: a.ID, Key: a.Key})
+	}
+	res, err := r.client.Renew(ctx, cur.Certificate, cur.Key, keys)
+	if err != nil {
+		return nil, err
+	}
+	next := &Node{ID: cur.ID, Key: cur.Key, Certificate: res.Node.TLSCertificate(cur.Key), Chain: res.Node.Chain}
+	var werr []error
+	if err := r.dir.WriteNode(cur.Key, res.Node); err != nil {
+		werr = append(werr, err)
+	}
+	for _, a := range agents {
+		b, ok := res.Agents[a.ID]
+		if !ok {
+			r.log.Warn("meshd did not renew an agent certificate; keeping the current one", "agent", a.ID, "not_after", a.Certificate.Leaf.NotAfter)
+			next.Agents = append(next.Agents, a)
+			continue
+		}
+		if err := r.dir.WriteAgent(a.ID, a.Key, b); err != nil {
+			werr = append(werr, err)
+		}
+		next.Agents = append(next.Agents, Agent{ID: a.ID, Key: a.Key, Certificate: b.TLSCertificate(a.Key)})
+	}
+	// The new certificates are valid whether or not they reached the disk:
+	// serve them.
+	r.swap(r.newState(next))
+	r.log.Info("renewed node certificate", "node", cur.ID, "serial", res.Node.Serial, "not_after", res.Node.NotAfter, "agents", len(res.Agents))
+	if len(werr) > 0 {
+		return res, fmt.Errorf("renewed, but writing to %s failed (the new certificates are in use until restart): %w", string(r.dir), errors.Join(werr...))
+	}
+	return res, nil
+}
+
+// adoptNewer takes the Dir's credentials when another process (say the
+// `meshctl renew` timer) renewed them, and reports whether it did.
+func (r *Renewer) adoptNewer() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	disk, err := r.dir.Load()
+	if err != nil {
+		return false
+	}
+	cur := r.state.Load().node
+	if !disk.Certificate.Leaf.NotAfter.After(cur.Certificate.Leaf.NotAfter) {
+		return false
+	}
+	r.swap(r.newState(disk))
+	r.log.Info("picked up renewed certificates from disk", "dir", string(r.dir), "not_after", disk.Certificate.Leaf.NotAfter)
+	return true
+}
+
+// backoff returns the delay before retry number attempt (1, 2, ...):
+// doubling from MinBackoff, capped at MaxBackoff, the upper half of it
+// drawn at random so that nodes do not retry in step.
+func (r *Renewer) backoff(attempt int) time.Duration {
+	d := r.cfg.MinBackoff
+	for i := 1; i < attempt && d < r.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, r.cfg.MaxBackoff)
+	half := d / 2
+	return half + time.Duration(r.cfg.Rand(int64(half)+1))
+}
+
+// Run renews the credentials whenever they are due until ctx ends, and
+// returns ctx's error. A failed renewal is logged and retried; past the
+// node certificate's expiry it cannot succeed (enroll again) and Run
+// says so in every failure it logs.
+func (r *Renewer) Run(ctx context.Context) error {
+	attempt := 0
+	var retryAt time.Time
+	for {
+		s := r.state.Load()
+		at := r.scheduled(s)
+		if attempt > 0 && retryAt.After(at) {
+			at = retryAt
+		}
+		if wait := at.Sub(r.cfg.Clock.Now()); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-r.wakeup:
+				attempt = 0
+				continue
+			case <-r.cfg.Clock.After(wait):
+			}
+			continue // the clock may have moved on, or credentials changed
+		}
+		if r.adoptNewer() {
+			attempt = 0
+			continue
+		}
+		_, err := r.renew(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil || r.state.Load() != s {
+			attempt = 0
+			if err != nil {
+				r.log.Error("renewal incomplete", "err", err)
+			}
+			continue
+		}
+		attempt++
+		delay := r.backoff(attempt)
+		now := r.cfg.Clock.Now()
+		retryAt = now.Add(delay)
+		leaf := s.node.Certificate.Leaf
+		if now.After(leaf.NotAfter) {
+			r.log.Error("node certificate expired and cannot be renewed; enroll the node again (meshctl enroll --force)", "node", s.node.ID, "not_after", leaf.NotAfter, "err", err, "retry_in", delay)
+		} else {
+			r.log.Warn("renewal failed; the current certificate stays in use", "node", s.node.ID, "not_after", leaf.NotAfter, "err", err, "attempt", attempt, "retry_in", delay)
+		}
+	}
+}

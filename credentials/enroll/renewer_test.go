@@ -1,0 +1,357 @@
+package enroll_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/credentials/enroll"
+	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
+)
+
+// fakeClock is a Clock whose time moves only when the test says.
+type fakeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	waiters []waiter
+	// waits receives the duration of every After call.
+	waits chan time.Duration
+}
+
+type waiter struct {
+	at time.Time
+	ch chan time.Time
+}
+
+func newFakeClock(now time.Time) *fakeClock {
+	return &fakeClock{now: now, waits: make(chan time.Duration, 100)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	ch := make(chan time.Time, 1)
+	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
+	c.mu.Unlock()
+	c.waits <- d
+	return ch
+}
+
+// Advance moves the clock and fires the waiters that are due.
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	keep := c.waiters[:0]
+	for _, w := range c.waiters {
+		if !w.at.After(c.now) {
+			w.ch <- c.now
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	c.waiters = keep
+}
+
+// nextWait returns the duration of the next After call.
+func (c *fakeClock) nextWait(t *testing.T) time.Duration {
+	t.Helper()
+	select {
+	case d := <-c.waits:
+		return d
+	case <-time.After(10 * time.Second):
+		t.Fatal("the renewer never waited")
+		return 0
+	}
+}
+
+func waitUpdated(t *testing.T, r *enroll.Renewer) {
+	t.Helper()
+	select {
+	case <-r.Updated():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no renewal")
+	}
+}
+
+func x509Opts(roots *x509.CertPool, chain []*x509.Certificate) x509.VerifyOptions {
+	inter := x509.NewCertPool()
+	for _, c := range chain {
+		inter.AddCert(c)
+	}
+	return x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
+}
+
+// node enrolls ct112 with agent opus into a fresh Dir.
+func node(t *testing.T, s *enrolltest.Server, c *enroll.Client) enroll.Dir {
+	t.Helper()
+	key, b := enrolled(t, s, c)
+	dir := enroll.Dir(t.TempDir())
+	if err := dir.WriteNode(key, b); err != nil {
+		t.Fatal(err)
+	}
+	akey := newKey(t)
+	ab, err := c.AgentCert(t.Context(), b.TLSCertificate(key), "opus", akey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.WriteAgent("opus", akey, ab); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+const day = 24 * time.Hour
+
+func TestRenewerRun(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(time.Now())
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	dir := node(t, s, c)
+	var logs bytes.Buffer
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{
+		Clock:      clk,
+		Rand:       func(n int64) int64 { return n - 1 }, // the most jitter, the longest backoff
+		MinBackoff: time.Second, MaxBackoff: 3 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := r.Certificate()
+	leaf := first.Leaf
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	if due := r.Due(); !due.Equal(enroll.RenewAt(leaf, 2.0/3)) {
+		t.Errorf("Due = %s, want 2/3 of the node's lifetime", due)
+	}
+
+	// meshd is down for the first three attempts.
+	s.FailNext("/renew", 3, 503, "meshd restarting", "")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+
+	// It waits until 2/3 of the lifetime plus its jitter (5% of the
+	// lifetime at most; Rand gives the most).
+	wantWait := enroll.RenewAt(leaf, 2.0/3).Sub(clk.Now()) + time.Duration(float64(life)*0.05) - 1
+	if got := clk.nextWait(t); got != wantWait {
+		t.Fatalf("first wait %s, want %s", got, wantWait)
+	}
+	clk.Advance(wantWait)
+	// Then retries, doubling the delay up to MaxBackoff.
+	for _, want := range []time.Duration{time.Second, 2 * time.Second, 3 * time.Second} {
+		if got := clk.nextWait(t); got != want {
+			t.Fatalf("retry wait %s, want %s", got, want)
+		}
+		if r.Certificate() != first {
+			t.Fatal("the certificate changed while meshd was failing")
+		}
+		clk.Advance(want)
+	}
+	waitUpdated(t, r)
+	renewed := r.Certificate()
+	if renewed.Leaf.SerialNumber.Cmp(leaf.SerialNumber) == 0 || renewed.Leaf.Subject.CommonName != "ct112.mesh" {
+		t.Fatalf("renewed certificate: %s serial %x", renewed.Leaf.Subject.CommonName, renewed.Leaf.SerialNumber)
+	}
+	// Same key, new certificate: on disk and from the tls.Config hooks.
+	got, _ := r.GetClientCertificate(&tls.CertificateRequestInfo{})
+	srv, _ := r.GetCertificate(&tls.ClientHelloInfo{})
+	if got != renewed || srv != renewed {
+		t.Error("GetClientCertificate / GetCertificate do not return the renewed certificate")
+	}
+	if !renewed.Leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(leaf.PublicKey) {
+		t.Error("renewal changed the key")
+	}
+	disk, err := dir.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disk.Certificate.Leaf.SerialNumber.Cmp(renewed.Leaf.SerialNumber) != 0 {
+		t.Error("the renewed node certificate was not written to the Dir")
+	}
+	// The agent rode along.
+	agent, ok := r.AgentCertificate("opus")
+	if !ok || agent.Leaf.NotBefore.Before(renewed.Leaf.NotBefore) || disk.Agents[0].Certificate.Leaf.SerialNumber.Cmp(agent.Leaf.SerialNumber) != 0 {
+		t.Error("the agent certificate was not renewed with the node")
+	}
+	acc, err := r.AgentClientCertificate("opus")(&tls.CertificateRequestInfo{})
+	if err != nil || acc != agent {
+		t.Errorf("AgentClientCertificate = %v, %v", acc, err)
+	}
+	if _, err := r.AgentClientCertificate("ghost")(&tls.CertificateRequestInfo{}); err == nil {
+		t.Error("certificate for an unknown agent")
+	}
+
+	// And it schedules the next renewal from the new certificate.
+	next := clk.nextWait(t)
+	nl := renewed.Leaf
+	if want := enroll.RenewAt(nl, 2.0/3).Sub(clk.Now()) + time.Duration(float64(nl.NotAfter.Sub(nl.NotBefore))*0.05) - 1; next != want {
+		t.Errorf("next wait %s, want %s", next, want)
+	}
+	cancel()
+	if err := <-done; err != context.Canceled {
+		t.Errorf("Run = %v", err)
+	}
+
+	// Nothing secret reached the log.
+	key, _ := os.ReadFile(dir.Path("node.key"))
+	for _, leak := range []string{secret, string(key), "PRIVATE KEY"} {
+		if strings.Contains(logs.String(), leak) {
+			t.Errorf("log contains %q", leak)
+		}
+	}
+	if !strings.Contains(logs.String(), "meshd restarting") {
+		t.Errorf("the failures were not logged:\n%s", logs.String())
+	}
+}
+
+func TestRenewerKeepsCertificateUntilExpiry(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(time.Now())
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	dir := node(t, s, c)
+	var logs bytes.Buffer
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{
+		Clock: clk, Jitter: -1, Rand: func(n int64) int64 { return n - 1 },
+		MinBackoff: time.Hour, MaxBackoff: 10 * day,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := r.Certificate()
+	s.FailNext("/renew", 1000, 503, "down", "")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go r.Run(ctx)
+	// Advance through every wait until past expiry.
+	for clk.Now().Before(first.Leaf.NotAfter.Add(day)) {
+		clk.Advance(clk.nextWait(t))
+		if r.Certificate() != first {
+			t.Fatal("certificate replaced although every renewal failed")
+		}
+	}
+	clk.nextWait(t) // the attempt past expiry has been logged
+	if !strings.Contains(logs.String(), "enroll the node again") {
+		t.Errorf("no advice to re-enroll after expiry:\n%s", logs.String())
+	}
+}
+
+func TestRenewerAdoptsFromDisk(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(time.Now())
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	dir := node(t, s, c)
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{Clock: clk, Jitter: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go r.Run(ctx)
+	wait := clk.nextWait(t)
+
+	// A day later, another process (the meshctl renew timer) renews.
+	clk.Advance(day)
+	other, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.RenewNow(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before := len(s.Requests())
+	// When this renewer's turn comes, it takes the renewed files.
+	clk.Advance(wait - day)
+	waitUpdated(t, r)
+	if got, want := r.Certificate().Leaf.SerialNumber, other.Certificate().Leaf.SerialNumber; got.Cmp(want) != 0 {
+		t.Errorf("serial %x, want the one on disk %x", got, want)
+	}
+	clk.nextWait(t)
+	if n := len(s.Requests()) - before; n != 0 {
+		t.Errorf("%d requests to meshd; the renewed files should have been adopted", n)
+	}
+}
+
+func TestRenewNow(t *testing.T) {
+	t.Parallel()
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	dir := node(t, s, c)
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Due().After(time.Now()) {
+		t.Fatal("a fresh certificate is due")
+	}
+	old := r.Certificate()
+	// An agent minted after the Renewer started rides along.
+	skey := newKey(t)
+	sb, err := c.AgentCert(t.Context(), *old, "scout", skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dir.WriteAgent("scout", skey, sb); err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.RenewNow(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Node.Serial == old.Leaf.SerialNumber.Text(16) || len(res.Agents) != 2 || res.Agents["scout"] == nil {
+		t.Errorf("renewal: %+v", res)
+	}
+	if sc, ok := r.AgentCertificate("scout"); !ok || sc.Leaf.SerialNumber.Cmp(sb.Certificate.SerialNumber) == 0 {
+		t.Error("the agent minted later is not served renewed")
+	}
+	if r.Certificate() == old {
+		t.Error("the certificate in use did not change")
+	}
+
+	// A refusal leaves the credentials alone.
+	s.FailNext("/renew", 1, 403, "certificate revoked", "")
+	cur := r.Certificate()
+	if _, err := r.RenewNow(t.Context()); err == nil {
+		t.Fatal("renewed against a refusal")
+	}
+	if r.Certificate() != cur {
+		t.Error("a refused renewal changed the certificate")
+	}
+}
+
+func TestNewRenewerConfig(t *testing.T) {
+	t.Parallel()
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	if _, err := enroll.NewRenewer(c, enroll.Dir(t.TempDir()), enroll.RenewerConfig{}); err == nil {
+		t.Error("renewer over an empty dir")
+	}
+	dir := node(t, s, c)
+	if _, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{RenewFraction: 1.5}); err == nil {
+		t.Error("renew fraction 1.5 accepted")
+	}
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{RenewFraction: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := enroll.RenewAt(r.Certificate().Leaf, 0.5); !r.Due().Equal(want) {
+		t.Errorf("Due = %s, want %s", r.Due(), want)
+	}
+}
