@@ -76,6 +76,7 @@ func NewRoot() *cobra.Command {
 	pf.StringVar(&g.crlValidity, "crl-validity", "7d", "time from a CRL's this-update to its next-update")
 	g.admin.register(pf)
 	root.AddCommand(newCACmd(g), newEntityCmd(g))
+	root.AddCommand(newNodeCmds(g)...)
 	return root
 }
 
