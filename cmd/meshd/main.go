@@ -43,6 +43,8 @@ type options struct {
 	dev                        bool
 	heartbeatTimeout, interval time.Duration
 	logLevel, logFormat        string
+	secretFile, meshSecretFile string
+	legacyCompat               bool
 }
 
 func envOr(key, def string) string {
@@ -85,6 +87,9 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy")
 	f.DurationVar(&o.interval, "heartbeat-interval", 5*time.Second, "heartbeat interval agents are told to keep (documentation for agents; the timeout decides)")
+	f.StringVar(&o.secretFile, "bootstrap-secret-file", "", "file holding the bootstrap secret that enrolls new nodes on /enroll (also: $MESHTRUST_BOOTSTRAP_SECRET, <data-dir>/bootstrap.secret)")
+	f.StringVar(&o.meshSecretFile, "mesh-secret-file", "", "the seed's earlier name for --bootstrap-secret-file (also: $MESHTRUST_MESH_SECRET, <data-dir>/mesh.secret)")
+	f.BoolVar(&o.legacyCompat, "legacy-secret-compat", false, "migration only: let agent routes accept the bootstrap secret as a bearer from callers without a certificate (each use counted and logged)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -119,6 +124,16 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		if err := devBootstrap(ctx, o, cfg, log); err != nil {
 			return fmt.Errorf("--dev: %w", err)
 		}
+		if err := devSecret(o); err != nil {
+			return fmt.Errorf("--dev: %w", err)
+		}
+	}
+	secret, err := loadBootstrapSecret(o)
+	if err != nil {
+		return err
+	}
+	if o.legacyCompat && secret == "" {
+		return errors.New("--legacy-secret-compat needs the bootstrap secret (--bootstrap-secret-file or $MESHTRUST_BOOTSTRAP_SECRET)")
 	}
 	haveCA := fileExists(filepath.Join(o.caDir, "intermediate", "state.json"))
 	storePath := filepath.Join(o.dataDir, "meshtrust.db")
@@ -141,6 +156,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
 		HeartbeatTimeout: o.heartbeatTimeout, Logger: log,
+		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 	}, st, authority)
 	if err != nil {
 		return err

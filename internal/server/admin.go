@@ -37,6 +37,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("DELETE /admin/entities/{name}", s.revokeEntity)
 	mux.HandleFunc("POST /admin/rotate", s.rotate)
 	mux.HandleFunc("POST /admin/revoke", s.revokeCert)
+	mux.HandleFunc("POST /admin/tokens", s.createToken)
 	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
 	return mux
 }
@@ -240,7 +241,11 @@ func (s *Server) checkEntity(ctx context.Context, req EntityRequest) (store.Enti
 			return e, nil, fmt.Errorf("this CA is already registered as entity %q; one CA, one entity", o.Name)
 		}
 	}
-	return store.Entity{Name: req.Name, CAPEM: []byte(req.CACert), Fingerprint: fp, Subject: certs[0].Subject.String(),
+	var pemData []byte
+	for _, c := range certs {
+		pemData = append(pemData, ca.EncodeCert(c)...) // only certificates, never a key pasted along
+	}
+	return store.Entity{Name: req.Name, CAPEM: pemData, Fingerprint: fp, Subject: certs[0].Subject.String(),
 		NotBefore: certs[0].NotBefore.UTC(), NotAfter: certs[0].NotAfter.UTC(), CreatedAt: now.UTC()}, certs, nil
 }
 
@@ -272,22 +277,15 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	s.revs.AddEntity(trust.Revoked{Entity: name, Reason: "entity revoked", At: now})
-	if certs := s.entities.Certificates(name); len(certs) > 0 {
-		s.revoked.Set(name, certs)
-	}
-	s.entities.Remove(name)
-	closed := s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == name })
-	ev, err := s.reg.EvictEntity(ctx, name, fmt.Sprintf("entity %q revoked", name))
-	if err != nil {
+	// The revocation is durable. It takes effect through the feed, like
+	// every revocation, which also publishes it to subscribers.
+	if _, err := s.pollFeed(ctx); err != nil {
 		s.internalError(w, r, err)
 		return
 	}
-	s.metrics.evictions.WithLabelValues("entity_revoked").Add(float64(len(ev)))
-	s.metrics.closedConns.Add(float64(closed))
-	s.log.Info("entity revoked", "entity", name, "agents_evicted", len(ev), "connections_closed", closed)
-	writeJSON(w, http.StatusOK, map[string]any{"name": name, "evicted_agents": len(ev), "closed_connections": closed,
-		"message": fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, len(ev))})
+	eff := s.entityEffect(name)
+	writeJSON(w, http.StatusOK, map[string]any{"name": name, "evicted_agents": eff.evicted, "closed_connections": eff.closed,
+		"message": fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.evicted)})
 }
 
 func (s *Server) adoptFileEntity(ctx context.Context, name string, now time.Time) error {
@@ -360,8 +358,10 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	revs, err := s.auth.Revoke(r.Context(), req.Target, reason)
-	for _, rv := range revs {
-		s.applyRevocation(r.Context(), rv)
+	if len(revs) > 0 {
+		if _, perr := s.pollFeed(r.Context()); perr != nil {
+			err = errors.Join(err, perr)
+		}
 	}
 	if err != nil && len(revs) == 0 {
 		code := http.StatusInternalServerError

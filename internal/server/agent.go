@@ -25,7 +25,15 @@ func (s *Server) agentHandler() http.Handler {
 	mux.HandleFunc("DELETE /agents/{agent_id}", s.identified(false, s.deleteAgent))
 	mux.HandleFunc("GET /health", s.identified(true, s.health))
 	mux.HandleFunc("GET /{$}", s.identified(true, s.root))
-	return mux
+	// Public PKI routes: a node enrolling has no certificate yet, and CRLs
+	// and bundles are public by nature.
+	mux.HandleFunc("POST /enroll", s.enroll)
+	mux.HandleFunc("GET /crl", s.serveCRL)
+	mux.HandleFunc("GET /bundle", s.serveBundle)
+	mux.HandleFunc("GET /revocations/watch", s.serveWatch)
+	mux.HandleFunc("POST /agent-cert", s.identified(false, s.agentCert))
+	mux.HandleFunc("POST /renew", s.identified(false, s.renew))
+	return s.guardSecret(mux)
 }
 
 type peerHandler func(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
@@ -36,7 +44,7 @@ type peerHandler func(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 // certless, and only in mode auto.
 func (s *Server) identified(certless bool, h peerHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.TLSMode == TLSOff {
+		if s.cfg.TLSMode == TLSOff || legacy(r) {
 			h(w, r, nil)
 			return
 		}

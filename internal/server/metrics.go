@@ -18,6 +18,8 @@ type metrics struct {
 	refusals      *prometheus.CounterVec
 	evictions     *prometheus.CounterVec
 	closedConns   prometheus.Counter
+	watchers      prometheus.Gauge
+	legacyUses    prometheus.Counter
 }
 
 func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func() time.Time) *metrics {
@@ -39,6 +41,9 @@ func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func()
 			Name: "meshd_evicted_connections_total", Help: "Open connections closed because their peer lost trust.",
 		}),
 	}
+	m.watchers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshd_revocation_watchers", Help: "Open /revocations/watch streams."})
+	m.legacyUses = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_legacy_secret_uses_total", Help: "Agent-route requests admitted with the legacy shared secret instead of a certificate (--legacy-secret-compat)."})
+	m.reg.MustRegister(m.watchers, m.legacyUses)
 	m.reg.MustRegister(m.heartbeats, m.registrations, m.refusals, m.evictions, m.closedConns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{

@@ -31,6 +31,8 @@ type Store interface {
 	store.Store
 	store.EntityStore
 	store.AgentStore
+	store.TokenStore
+	store.EventStore
 }
 
 // Backend names for MCP_MESH_TRUST_BACKEND.
@@ -66,8 +68,14 @@ type Config struct {
 	// RevocationPoll is how often the store is checked for revocations
 	// made by other processes (meshctl ca revoke offline); default 200ms.
 	RevocationPoll time.Duration
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// BootstrapSecret enrolls nodes on /enroll and is refused everywhere
+	// else; empty disables secret enrollment (join tokens still work).
+	BootstrapSecret string
+	// LegacySecretCompat lets the agent routes accept BootstrapSecret as a
+	// bearer from callers without a certificate (migration only).
+	LegacySecretCompat bool
+	Logger             *slog.Logger
+	Now                func() time.Time
 }
 
 // Server is meshd.
@@ -92,8 +100,14 @@ type Server struct {
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
 
-	revMu  sync.Mutex // serialises applying revocations
-	revSeq int64
+	// The revocation feed: feedMu serialises reading the store's events
+	// and applying them, whoever triggers it (the poll loop, an admin
+	// request), so a caller returns only once its revocation took effect.
+	feed          *feed
+	feedMu        sync.Mutex
+	feedSeq       int64
+	entityEffects map[string]effect
+	enrollLimit   *limiter
 
 	trustChanged chan struct{}
 	wg           sync.WaitGroup
@@ -125,7 +139,8 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		cfg.AdminIdentities = []string{"admin@external"}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
-		conns: newConnTracker(), trustChanged: make(chan struct{}, 1), started: cfg.Now()}
+		conns: newConnTracker(), trustChanged: make(chan struct{}, 1), started: cfg.Now(),
+		feed: newFeed(), entityEffects: map[string]effect{}, enrollLimit: newLimiter(enrollBurst, enrollInterval)}
 
 	if cfg.TLSMode != TLSOff {
 		if cfg.CertFile == "" || cfg.KeyFile == "" {
@@ -154,6 +169,9 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		return nil, err
 	}
 	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry)
+	if err := s.evictRevokedAgents(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -227,8 +245,39 @@ func (s *Server) loadState(ctx context.Context) error {
 		}
 		s.entities.Set(e.Name, certs)
 	}
-	_, err = s.pollRevocations(ctx)
+	_, err = s.pollFeed(ctx)
 	return err
+}
+
+// evictRevokedAgents evicts the loaded agents whose certificate or entity
+// was revoked while meshd was down: loadState applied those revocations
+// before the registry existed, and they must not stay listed healthy until
+// the heartbeat timeout.
+func (s *Server) evictRevokedAgents(ctx context.Context) error {
+	recs, err := s.st.Agents(ctx)
+	if err != nil {
+		return fmt.Errorf("load agents: %w", err)
+	}
+	for _, a := range recs {
+		if a.Status == registry.StatusEvicted {
+			continue
+		}
+		var ev []registry.Evicted
+		if r, ok := s.revs.Serial(a.CertSerial); ok && a.CertSerial != "" {
+			ev, err = s.reg.EvictSerial(ctx, a.CertSerial, fmt.Sprintf("certificate %s (serial %s) revoked: %s", a.Owner, a.CertSerial, r.Reason))
+			s.metrics.evictions.WithLabelValues("certificate_revoked").Add(float64(len(ev)))
+		} else if _, ok := s.revs.Entity(a.Entity); ok && a.Entity != "" {
+			ev, err = s.reg.EvictEntity(ctx, a.Entity, fmt.Sprintf("entity %q revoked", a.Entity))
+			s.metrics.evictions.WithLabelValues("entity_revoked").Add(float64(len(ev)))
+		}
+		if err != nil {
+			return err
+		}
+		if len(ev) > 0 {
+			s.log.Info("evicted agents revoked while meshd was down", "agent", a.ID, "agents_evicted", len(ev))
+		}
+	}
+	return nil
 }
 
 func (s *Server) serverCertExpiry() time.Time {
@@ -273,9 +322,11 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	// Entities may have left the trust dir while meshd was down.
+	s.noteTrustChange()
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.reg.Run(ctx) }()
-	go func() { defer s.wg.Done(); s.watchRevocations(ctx) }()
+	go func() { defer s.wg.Done(); s.pollLoop(ctx) }()
 	go func() { defer s.wg.Done(); s.watchTrust(ctx) }()
 	s.log.Info("meshd serving", "agent_port", s.AgentAddr(), "tls_mode", s.cfg.TLSMode, "backends", backendNames(s.chain), "admin_socket", s.cfg.AdminSocket, "admin_listen", s.cfg.AdminListen, "agents", s.reg.Len())
 	return nil
@@ -340,53 +391,63 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// pollRevocations applies the revocations the store holds beyond the last
-// one applied, and returns how many were new.
-func (s *Server) pollRevocations(ctx context.Context) (int, error) {
-	s.revMu.Lock()
-	after := s.revSeq
-	s.revMu.Unlock()
-	revs, err := s.st.Revocations(ctx, after)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, r := range revs {
-		if s.applyRevocation(ctx, r) {
-			n++
-		}
-	}
-	return n, nil
-}
+// effect is what applying one revocation did.
+type effect struct{ evicted, closed int }
 
 // applyRevocation makes one certificate revocation take effect: refused
 // from now on, its agents evicted, its open connections closed. It is
-// idempotent and reports whether the revocation was new.
-func (s *Server) applyRevocation(ctx context.Context, r store.Revocation) bool {
-	s.revMu.Lock()
-	if r.Seq > s.revSeq {
-		s.revSeq = r.Seq
-	}
-	s.revMu.Unlock()
+// idempotent. The caller holds feedMu.
+func (s *Server) applyRevocation(ctx context.Context, r store.Revocation) effect {
 	reason := ca.Reason(r.Reason).String()
 	if !s.revs.AddSerial(trust.Revoked{Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, Reason: reason, At: r.RevokedAt}) {
-		return false
+		return effect{}
 	}
-	closed := s.conns.closeWhere(func(p *trust.Peer) bool { return p.Serial == r.Serial })
+	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool { return p.Serial == r.Serial })}
 	if s.reg == nil {
-		return true // still loading
+		return eff // still loading
 	}
 	ev, err := s.reg.EvictSerial(ctx, r.Serial, fmt.Sprintf("certificate %s (serial %s) revoked: %s", r.CommonName, r.Serial, reason))
 	if err != nil {
 		s.log.Error("evict agents of a revoked certificate", "serial", r.Serial, "err", err)
 	}
-	s.metrics.evictions.WithLabelValues("certificate_revoked").Add(float64(len(ev)))
-	s.metrics.closedConns.Add(float64(closed))
-	s.log.Info("certificate revoked", "identity", r.CommonName, "serial", r.Serial, "reason", reason, "agents_evicted", len(ev), "connections_closed", closed)
-	return true
+	eff.evicted = len(ev)
+	s.metrics.evictions.WithLabelValues("certificate_revoked").Add(float64(eff.evicted))
+	s.metrics.closedConns.Add(float64(eff.closed))
+	s.log.Info("certificate revoked", "identity", r.CommonName, "serial", r.Serial, "reason", reason, "agents_evicted", eff.evicted, "connections_closed", eff.closed)
+	return eff
 }
 
-func (s *Server) watchRevocations(ctx context.Context) {
+// applyEntityRevocation makes an entity's revocation take effect: its
+// certificates refused, its agents evicted, their connections closed. It
+// is idempotent. The caller holds feedMu.
+func (s *Server) applyEntityRevocation(ctx context.Context, name string, at time.Time) effect {
+	if !s.revs.AddEntity(trust.Revoked{Entity: name, Reason: "entity revoked", At: at}) {
+		return effect{}
+	}
+	// Its CA moves to the revoked anchors, last in the chain, so its
+	// certificates are refused as entity_revoked rather than unknown_ca.
+	if certs := s.entities.Certificates(name); len(certs) > 0 {
+		s.revoked.Set(name, certs)
+		s.entities.Remove(name)
+	}
+	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == name })}
+	if s.reg == nil {
+		return eff
+	}
+	ev, err := s.reg.EvictEntity(ctx, name, fmt.Sprintf("entity %q revoked", name))
+	if err != nil {
+		s.log.Error("evict agents of a revoked entity", "entity", name, "err", err)
+	}
+	eff.evicted = len(ev)
+	s.metrics.evictions.WithLabelValues("entity_revoked").Add(float64(eff.evicted))
+	s.metrics.closedConns.Add(float64(eff.closed))
+	s.log.Info("entity revoked", "entity", name, "agents_evicted", eff.evicted, "connections_closed", eff.closed)
+	return eff
+}
+
+// pollLoop applies revocations written by other processes: `meshctl ca
+// revoke` against the CA directory, or another replica.
+func (s *Server) pollLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.RevocationPoll)
 	defer t.Stop()
 	for {
@@ -394,7 +455,7 @@ func (s *Server) watchRevocations(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := s.pollRevocations(ctx); err != nil && ctx.Err() == nil {
+			if _, err := s.pollFeed(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("poll revocations", "err", err)
 			}
 		}

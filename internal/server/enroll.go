@@ -1,0 +1,404 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// Enrollment rate limit per source address: a burst of 5, then one more
+// every 12 seconds.
+const (
+	enrollBurst    = 5
+	enrollInterval = 12 * time.Second
+)
+
+// TokenPrefix starts every join token, so a token is never mistaken for
+// the bootstrap secret.
+const TokenPrefix = "mtj_"
+
+// bearer returns the credential of an Authorization: Bearer header.
+func bearer(r *http.Request) string {
+	v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return ""
+	}
+	return strings.TrimSpace(v)
+}
+
+// isSecret compares cred with the bootstrap secret in constant time.
+func (s *Server) isSecret(cred string) bool {
+	if s.cfg.BootstrapSecret == "" || cred == "" {
+		return false
+	}
+	return subtle.ConstantTimeCompare([]byte(cred), []byte(s.cfg.BootstrapSecret)) == 1
+}
+
+type legacyKey struct{}
+
+// guardSecret refuses the bootstrap secret anywhere but /enroll, with an
+// audit entry, except on the agent routes in legacy compat mode, where it
+// stands in for a client certificate (counted and logged).
+func (s *Server) guardSecret(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/enroll" || !s.isSecret(bearer(r)) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		noCert := r.TLS == nil || len(r.TLS.PeerCertificates) == 0
+		if s.cfg.LegacySecretCompat && noCert && agentRoute(r.URL.Path) {
+			s.metrics.legacyUses.Inc()
+			s.log.Warn("legacy shared secret used instead of a certificate", "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), legacyKey{}, true)))
+			return
+		}
+		s.audit(r.Context(), "secret.misuse", "", store.OutcomeRefused, fmt.Sprintf("bootstrap secret presented on %s %s from %s", r.Method, r.URL.Path, r.RemoteAddr))
+		s.refuse(w, r, http.StatusUnauthorized, "secret_outside_enroll", "the bootstrap secret is accepted on /enroll only; every other call uses the node's certificate")
+	})
+}
+
+func agentRoute(path string) bool {
+	return path == "/heartbeat" || strings.HasPrefix(path, "/heartbeat/") || path == "/agents" || strings.HasPrefix(path, "/agents/")
+}
+
+func legacy(r *http.Request) bool {
+	v, _ := r.Context().Value(legacyKey{}).(bool)
+	return v
+}
+
+func (s *Server) audit(ctx context.Context, action, ident, outcome, detail string) {
+	if err := s.st.Append(context.WithoutCancel(ctx), store.AuditEntry{Time: s.cfg.Now(), Action: action, Identity: ident, Outcome: outcome, Detail: detail}); err != nil {
+		s.log.Error("audit", "action", action, "err", err)
+	}
+}
+
+// issuedJSON is a certificate in an enrollment answer.
+type issuedJSON struct {
+	AgentID     string    `json:"agent_id,omitempty"`
+	Certificate string    `json:"certificate"`
+	Chain       string    `json:"chain,omitempty"`
+	Serial      string    `json:"serial"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
+func issuedBody(is *ca.Issued, withChain bool) issuedJSON {
+	out := issuedJSON{Certificate: string(is.PEM), Serial: is.Record.Serial, NotAfter: is.Cert.NotAfter.UTC()}
+	if withChain {
+		out.Chain = string(is.ChainPEM)
+	}
+	return out
+}
+
+type enrollRequest struct {
+	NodeID string `json:"node_id"`
+	CSR    string `json:"csr"`
+}
+
+// enroll is POST /enroll: a new node proves itself with the bootstrap
+// secret or a join token and gets its node certificate.
+func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	fail := func(code int, reason, public, detail string, node string) {
+		s.audit(ctx, "node.enroll", node, store.OutcomeRefused, fmt.Sprintf("%s from %s", detail, host))
+		s.refuse(w, r, code, reason, public)
+	}
+	if ok, wait := s.enrollLimit.allow(host, s.cfg.Now()); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds()+0.999)))
+		fail(http.StatusTooManyRequests, "rate_limited", "too many enrollment attempts from this address; retry later", "rate limited", "")
+		return
+	}
+	if s.auth == nil {
+		fail(http.StatusNotFound, "no_ca", "this meshd has no local CA to enroll nodes with", "no local CA", "")
+		return
+	}
+	var req enrollRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		fail(http.StatusBadRequest, "bad_request", "body must be JSON {\"node_id\", \"csr\"}: "+err.Error(), "malformed body", "")
+		return
+	}
+	id, err := identity.NewNode(req.NodeID)
+	if err != nil {
+		fail(http.StatusBadRequest, "bad_node_id", err.Error(), "invalid node id", "")
+		return
+	}
+	cn := id.CommonName()
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err == nil {
+		err = csr.CheckSignature()
+	}
+	if err != nil {
+		fail(http.StatusBadRequest, "bad_csr", "csr: "+err.Error(), "bad CSR", cn)
+		return
+	}
+	cred := bearer(r)
+	method := ""
+	switch {
+	case cred == "":
+		fail(http.StatusUnauthorized, "no_credential", "enrollment needs Authorization: Bearer <bootstrap secret or join token>", "no credential", cn)
+		return
+	case s.isSecret(cred):
+		method = "bootstrap secret"
+		if live, err := s.liveCert(ctx, cn); err != nil {
+			s.internalError(w, r, err)
+			return
+		} else if live != "" {
+			fail(http.StatusConflict, "already_enrolled", fmt.Sprintf("node %s already holds a valid certificate (serial %s); revoke it first, or enroll with a join token for this node", req.NodeID, live), "node already enrolled", cn)
+			return
+		}
+	case strings.HasPrefix(cred, TokenPrefix):
+		method = "join token"
+		sum := sha256.Sum256([]byte(cred))
+		hash := hex.EncodeToString(sum[:])
+		_, err := s.st.UseToken(ctx, hash, req.NodeID, s.cfg.Now(), store.AuditEntry{Time: s.cfg.Now(), Action: "token.use", Identity: cn, Outcome: store.OutcomeOK, Detail: "token " + hash[:12] + " from " + host})
+		switch {
+		case errors.Is(err, store.ErrTokenNode):
+			fail(http.StatusForbidden, "token_other_node", "this join token enrolls another node", "join token "+hash[:12]+" is for another node", cn)
+			return
+		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpired):
+			fail(http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "join token "+hash[:12]+": "+err.Error(), cn)
+			return
+		case err != nil:
+			s.internalError(w, r, err)
+			return
+		}
+	default:
+		fail(http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "wrong bootstrap secret or malformed token", cn)
+		return
+	}
+	is, err := s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id})
+	if err != nil {
+		s.signError(w, r, err)
+		return
+	}
+	s.audit(ctx, "node.enroll", cn, store.OutcomeOK, fmt.Sprintf("serial %s via %s from %s", is.Record.Serial, method, host))
+	s.log.Info("node enrolled", "node", req.NodeID, "serial", is.Record.Serial, "method", method, "remote", host)
+	writeJSON(w, http.StatusCreated, issuedBody(is, true))
+}
+
+// liveCert returns the serial of an unrevoked, unexpired certificate of
+// cn, or "".
+func (s *Server) liveCert(ctx context.Context, cn string) (string, error) {
+	certs, err := s.st.CertsByName(ctx, cn)
+	if err != nil {
+		return "", err
+	}
+	now := s.cfg.Now()
+	for _, c := range certs {
+		if now.Before(c.NotAfter) {
+			if _, revoked := s.revs.Serial(c.Serial); !revoked {
+				return c.Serial, nil
+			}
+		}
+	}
+	return "", nil
+}
+
+func (s *Server) signError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, ca.ErrPolicy) || errors.Is(err, ca.ErrBadCSR) {
+		s.refuse(w, r, http.StatusBadRequest, "policy", err.Error())
+		return
+	}
+	s.internalError(w, r, err)
+}
+
+type agentCertRequest struct {
+	AgentID string `json:"agent_id"`
+	CSR     string `json:"csr"`
+}
+
+// meshNode returns the node identity of a peer admitted by the mesh CA.
+func meshNode(peer *trust.Peer) (identity.Identity, error) {
+	if peer == nil || peer.Backend != BackendLocalCA || peer.Identity.Kind != identity.KindNode {
+		return identity.Identity{}, errors.New("only a node certificate of the mesh CA may do this")
+	}
+	return peer.Identity, nil
+}
+
+// agentCert is POST /agent-cert: a node mints a certificate for one of its
+// own agents.
+func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	node, err := meshNode(peer)
+	if err != nil {
+		s.refuse(w, r, http.StatusForbidden, "not_node_cert", err.Error())
+		return
+	}
+	var req agentCertRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		s.refuse(w, r, http.StatusBadRequest, "bad_request", "body must be JSON {\"agent_id\", \"csr\"}: "+err.Error())
+		return
+	}
+	is, err := s.signAgent(r.Context(), node, req)
+	if err != nil {
+		s.signError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, issuedBody(is, true))
+}
+
+// signAgent signs an agent CSR for an agent of node; the CSR may only name
+// <agent-id>@<node>.
+func (s *Server) signAgent(ctx context.Context, node identity.Identity, req agentCertRequest) (*ca.Issued, error) {
+	id, err := identity.NewAgent(req.AgentID, node.Node)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ca.ErrPolicy, err)
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		return nil, err
+	}
+	return s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileAgent, Identity: id})
+}
+
+type renewRequest struct {
+	CSR    string             `json:"csr"`
+	Agents []agentCertRequest `json:"agents,omitempty"`
+}
+
+type renewResponse struct {
+	issuedJSON
+	Agents []issuedJSON `json:"agents"`
+}
+
+// renew is POST /renew: the holder of a valid mesh certificate gets a new
+// one for the same identity; a node's agents are re-issued with it.
+func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	if peer == nil || peer.Backend != BackendLocalCA {
+		s.refuse(w, r, http.StatusForbidden, "not_mesh_cert", "only certificates of the mesh CA are renewed here")
+		return
+	}
+	var req renewRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		s.refuse(w, r, http.StatusBadRequest, "bad_request", "body must be JSON {\"csr\", \"agents\"}: "+err.Error())
+		return
+	}
+	if len(req.Agents) > 0 && peer.Identity.Kind != identity.KindNode {
+		s.refuse(w, r, http.StatusForbidden, "not_node_cert", "only a node renews agent certificates along with its own")
+		return
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		s.signError(w, r, err)
+		return
+	}
+	if cn := csr.Subject.CommonName; cn != "" && cn != peer.Identity.CommonName() {
+		s.refuse(w, r, http.StatusForbidden, "identity_change", fmt.Sprintf("renewal cannot change identity: the certificate is %q, the request names %q", peer.Identity.CommonName(), cn))
+		return
+	}
+	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
+	ctx := r.Context()
+	is, err := s.auth.Sign(ctx, csr, ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity)})
+	if err != nil {
+		s.signError(w, r, err)
+		return
+	}
+	out := renewResponse{issuedJSON: issuedBody(is, true), Agents: []issuedJSON{}}
+	for _, a := range req.Agents {
+		ais, err := s.signAgent(ctx, peer.Identity, a)
+		if err != nil {
+			s.signError(w, r, fmt.Errorf("agent %q: %w", a.AgentID, err))
+			return
+		}
+		b := issuedBody(ais, false)
+		b.AgentID = a.AgentID
+		out.Agents = append(out.Agents, b)
+	}
+	s.audit(ctx, "cert.renew", peer.Identity.CommonName(), store.OutcomeOK, fmt.Sprintf("serial %s -> %s, %d agent certificate(s)", peer.Serial, is.Record.Serial, len(out.Agents)))
+	writeJSON(w, http.StatusOK, out)
+}
+
+// extraSANs carries a node's operator-granted SANs into its renewal.
+func extraSANs(leaf *x509.Certificate, id identity.Identity) []string {
+	if id.Kind != identity.KindNode {
+		return nil
+	}
+	std := map[string]bool{}
+	for _, d := range identity.NodeDNSNames(id.Node) {
+		std[d] = true
+	}
+	var out []string
+	for _, d := range leaf.DNSNames {
+		if !std[d] {
+			out = append(out, "DNS:"+d)
+		}
+	}
+	for _, ip := range leaf.IPAddresses {
+		out = append(out, "IP:"+ip.String())
+	}
+	for _, u := range leaf.URIs {
+		if u.Scheme != "spiffe" {
+			out = append(out, "URI:"+u.String())
+		}
+	}
+	return out
+}
+
+// serveCRL is GET /crl: the active intermediate's CRL in DER, or every
+// live intermediate's CRL in PEM on Accept: application/x-pem-file.
+func (s *Server) serveCRL(w http.ResponseWriter, r *http.Request) {
+	if s.auth == nil {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "this meshd has no local CA", Timestamp: now(s)})
+		return
+	}
+	data, err := s.auth.CRLPEM()
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	if strings.Contains(r.Header.Get("Accept"), "application/x-pem-file") {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(data)
+		return
+	}
+	active := s.auth.ActiveIntermediate()
+	for rest := data; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		crl, err := x509.ParseRevocationList(block.Bytes)
+		if err == nil && bytes.Equal(crl.AuthorityKeyId, active.SubjectKeyId) {
+			w.Header().Set("Content-Type", "application/pkix-crl")
+			w.Write(block.Bytes)
+			return
+		}
+	}
+	s.internalError(w, r, errors.New("crl.pem holds no CRL of the active intermediate; run `meshctl ca crl`"))
+}
+
+// serveBundle is GET /bundle: the root and every live intermediate.
+func (s *Server) serveBundle(w http.ResponseWriter, r *http.Request) {
+	if s.auth == nil {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: "this meshd has no local CA", Timestamp: now(s)})
+		return
+	}
+	data, err := s.auth.BundlePEM()
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Write(data)
+}

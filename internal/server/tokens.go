@@ -1,0 +1,86 @@
+package server
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// Join token lifetimes.
+const (
+	DefaultTokenTTL = time.Hour
+	MaxTokenTTL     = 7 * 24 * time.Hour
+)
+
+type tokenRequest struct {
+	NodeID string `json:"node_id"`
+	// TTL is a Go duration ("1h"); empty means DefaultTokenTTL.
+	TTL string `json:"ttl"`
+}
+
+// TokenResponse is the answer to POST /admin/tokens. Token is shown once:
+// meshd keeps only its hash.
+type TokenResponse struct {
+	Token           string    `json:"token"`
+	NodeID          string    `json:"node_id"`
+	ExpiresAt       time.Time `json:"expires_at"`
+	RootFingerprint string    `json:"root_fingerprint"`
+}
+
+// createToken is POST /admin/tokens: a one-time token that enrolls exactly
+// one node.
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
+	if s.auth == nil {
+		s.adminError(w, r, http.StatusNotFound, "this meshd has no local CA to enroll nodes with")
+		return
+	}
+	var req tokenRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
+		s.adminError(w, r, http.StatusBadRequest, "body must be JSON {\"node_id\", \"ttl\"}: "+err.Error())
+		return
+	}
+	if _, err := identity.NewNode(req.NodeID); err != nil {
+		s.adminError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	ttl := DefaultTokenTTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 || d > MaxTokenTTL {
+			s.adminError(w, r, http.StatusBadRequest, fmt.Sprintf("ttl %q: want a duration between 1s and %s", req.TTL, MaxTokenTTL))
+			return
+		}
+		ttl = d
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	sum := sha256.Sum256([]byte(token))
+	hash := hex.EncodeToString(sum[:])
+	now := s.cfg.Now()
+	t := store.JoinToken{Hash: hash, NodeID: req.NodeID, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC()}
+	a := store.AuditEntry{Time: now, Action: "token.create", Identity: req.NodeID + ".mesh", Outcome: store.OutcomeOK,
+		Detail: fmt.Sprintf("token %s until %s", hash[:12], t.ExpiresAt.Format(time.RFC3339))}
+	if err := s.st.PutToken(r.Context(), t, a); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			err = errors.New("token collision; try again")
+		}
+		s.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, TokenResponse{Token: token, NodeID: req.NodeID, ExpiresAt: t.ExpiresAt, RootFingerprint: trust.Fingerprint(s.auth.Root())})
+}
