@@ -85,7 +85,9 @@ meshd is up on https://%[1]s (TLS %[2]s). Issue an agent certificate and send a 
   %[3]s ca issue-agent hello dev1
   curl --cacert %[4]s --cert %[5]s/hello@dev1.crt --key %[5]s/hello@dev1.key \
        -d '{"agent_id":"hello","name":"hello"}' https://%[1]s/heartbeat
+Enroll a node with the bootstrap secret (once; mTLS from then on):
+  meshctl enroll --server https://%[1]s --secret-file %[8]s --node-id node1 --ca-cert %[4]s --dir ./node1
 Admin API: the unix socket %[6]s (meshctl --data-dir %[7]s entity list)
 
-`, addr, mode, meshctl, filepath.Join(o.caDir, "intermediate", "root.crt"), issued, filepath.Join(o.dataDir, "admin.sock"), o.dataDir)
+`, addr, mode, meshctl, filepath.Join(o.caDir, "intermediate", "root.crt"), issued, filepath.Join(o.dataDir, "admin.sock"), o.dataDir, filepath.Join(o.dataDir, "bootstrap.secret"))
 }
