@@ -11,10 +11,12 @@ package registry
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -154,8 +156,15 @@ type entry struct {
 	rec      store.Agent
 	reg      Registration
 	notAfter time.Time // of the certificate it registered with
-	lastSeen atomic.Int64
-	topoSeen atomic.Uint64
+	// body is the SHA-256 of the last heartbeat body as received, so an
+	// identical heartbeat is recognised without parsing it.
+	body [sha256.Size]byte
+	// resolved caches the last dependency resolution, valid while the
+	// topology counter is resolvedAt.
+	resolved   map[string][]Resolution
+	resolvedAt uint64
+	lastSeen   atomic.Int64
+	topoSeen   atomic.Uint64
 }
 
 // New returns a registry over st, loaded with the agents st holds. Loaded
@@ -248,12 +257,23 @@ func ParseRegistration(body []byte) (Registration, []byte, error) {
 			return reg, nil, refusal(ErrInvalid, "bad_tool", "tools[%d]: function_name is required", i)
 		}
 	}
-	var buf bytes.Buffer
-	buf.Grow(len(body))
-	if err := json.Compact(&buf, body); err != nil {
+	payload, err := canonical(body)
+	if err != nil {
 		return reg, nil, refusal(ErrInvalid, "bad_json", "invalid JSON payload: %v", err)
 	}
-	return reg, buf.Bytes(), nil
+	return reg, payload, nil
+}
+
+// canonical returns the body as the registry stores and compares it:
+// compact, keys sorted, and without "timestamp", which agents may stamp
+// on every heartbeat and which says nothing about the agent.
+func canonical(body []byte) ([]byte, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return nil, err
+	}
+	delete(fields, "timestamp")
+	return json.Marshal(fields)
 }
 
 // Authorize checks that peer may act for agentID: the certificate names
@@ -309,10 +329,58 @@ func entityLabel(e string) string {
 	return fmt.Sprintf("entity %q", e)
 }
 
-// Heartbeat registers or refreshes an agent. payload is the compacted body
+// HeartbeatBody handles a raw POST /heartbeat body. A body identical to
+// the agent's last one, from the same certificate, is answered from memory
+// without being parsed; anything else goes through ParseRegistration and
+// Heartbeat.
+func (r *Registry) HeartbeatBody(ctx context.Context, peer *trust.Peer, body []byte) (Result, error) {
+	sum := sha256.Sum256(body)
+	if peer != nil {
+		if res, ok := r.unchanged(peer, sum); ok {
+			return res, nil
+		}
+	}
+	reg, payload, err := ParseRegistration(body)
+	if err != nil {
+		return Result{}, err
+	}
+	return r.heartbeat(ctx, peer, reg, payload, sum)
+}
+
+// unchanged answers a heartbeat whose body hash, certificate and state are
+// what the registry already holds.
+func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, bool) {
+	id, err := peer.AgentID()
+	if err != nil {
+		return Result{}, false
+	}
+	r.mu.RLock()
+	e := r.agents[id]
+	r.mu.RUnlock()
+	if e == nil {
+		return Result{}, false
+	}
+	e.mu.Lock()
+	if e.body != sum || e.rec.Status != StatusHealthy || e.rec.CertFingerprint != peer.Fingerprint || authorize(peer, id, &e.rec) != nil {
+		e.mu.Unlock()
+		return Result{}, false
+	}
+	e.lastSeen.Store(r.cfg.Now().UnixNano())
+	e.topoSeen.Store(r.topology.Load())
+	res := Result{AgentID: id, Rotate: !e.rec.RotateFrom.IsZero()}
+	e.mu.Unlock()
+	res.Resolved = r.resolveFor(e)
+	return res, true
+}
+
+// Heartbeat registers or refreshes an agent. payload is the canonical body
 // from ParseRegistration. A change to what the store holds is durable
 // before Heartbeat returns; an unchanged heartbeat touches only memory.
 func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte) (Result, error) {
+	return r.heartbeat(ctx, peer, reg, payload, [sha256.Size]byte{})
+}
+
+func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
 	now := r.cfg.Now()
 	res := Result{AgentID: reg.AgentID}
 	e, created, err := r.claim(peer, reg.AgentID)
@@ -334,11 +402,11 @@ func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	pending := !e.rec.RotateFrom.IsZero()
 	unchanged := !created && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && bytes.Equal(e.rec.Payload, payload)
 	if unchanged {
+		e.body = sum
 		e.topoSeen.Store(r.topology.Load())
-		reg = e.reg
 		e.mu.Unlock()
 		res.Rotate = pending
-		res.Resolved = r.resolve(reg)
+		res.Resolved = r.resolveFor(e)
 		return res, nil
 	}
 	next := e.rec
@@ -366,17 +434,48 @@ func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 		}
 		return res, fmt.Errorf("record agent %q: %w", reg.AgentID, err)
 	}
-	old := e.reg
-	e.rec, e.reg, e.notAfter = next, reg, notAfter
-	topo := r.topology.Add(1)
-	e.topoSeen.Store(topo)
+	old, oldStatus := e.reg, e.rec.Status
+	e.rec, e.reg, e.notAfter, e.body = next, reg, notAfter, sum
+	// Only what dependents can see moves the topology: other agents are
+	// asked (HEAD 202) to POST again for nothing otherwise.
+	if created || oldStatus != StatusHealthy || !sameVisible(old, reg) {
+		e.topoSeen.Store(r.topology.Add(1))
+		r.mu.Lock()
+		r.index(e, &old)
+		r.mu.Unlock()
+	} else {
+		e.topoSeen.Store(r.topology.Load())
+	}
 	e.mu.Unlock()
-	r.mu.Lock()
-	r.index(e, &old)
-	r.mu.Unlock()
 	res.Created, res.Rotate = created, rotating
-	res.Resolved = r.resolve(reg)
+	res.Resolved = r.resolveFor(e)
 	return res, nil
+}
+
+// sameVisible reports whether two registrations look the same to other
+// agents: endpoint, namespace, type and tools.
+func sameVisible(a, b Registration) bool {
+	return a.HTTPHost == b.HTTPHost && a.HTTPPort == b.HTTPPort && namespace(a) == namespace(b) &&
+		a.AgentType == b.AgentType && reflect.DeepEqual(a.Tools, b.Tools)
+}
+
+// resolveFor returns e's dependency resolution, computed again only when
+// the topology moved since it was cached.
+func (r *Registry) resolveFor(e *entry) map[string][]Resolution {
+	topo := r.topology.Load()
+	e.mu.Lock()
+	if e.resolved != nil && e.resolvedAt == topo {
+		res := e.resolved
+		e.mu.Unlock()
+		return res
+	}
+	reg := e.reg
+	e.mu.Unlock()
+	res := r.resolve(reg)
+	e.mu.Lock()
+	e.resolved, e.resolvedAt = res, topo
+	e.mu.Unlock()
+	return res
 }
 
 // claim returns the entry for id locked, creating it if needed. The

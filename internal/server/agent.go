@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -48,6 +49,7 @@ func (s *Server) identified(certless bool, h peerHandler) http.HandlerFunc {
 			h(w, r, nil)
 			return
 		}
+		gen := s.chain.Generation()
 		peer, err := s.peer(r)
 		switch {
 		case errors.Is(err, trust.ErrNoCertificate):
@@ -63,9 +65,26 @@ func (s *Server) identified(certless bool, h peerHandler) http.HandlerFunc {
 		case err != nil:
 			s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
 		default:
-			h(w, r, peer)
+			h(w, r.WithContext(context.WithValue(r.Context(), genKey{}, gen)), peer)
 		}
 	}
+}
+
+// genKey holds the trust generation a request's peer was verified at.
+type genKey struct{}
+
+// stillTrusted re-verifies peer if trust changed since the request's
+// verification: a revocation that lands while a request is in flight must
+// win over the request's own writes.
+func (s *Server) stillTrusted(r *http.Request, peer *trust.Peer) error {
+	if peer == nil {
+		return nil
+	}
+	if gen, ok := r.Context().Value(genKey{}).(uint64); ok && gen == s.chain.Generation() {
+		return nil
+	}
+	_, err := s.chain.Verify(r.Context(), r.TLS.PeerCertificates)
+	return err
 }
 
 // peer verifies the caller's certificate, at most once per connection per
@@ -139,15 +158,19 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 		s.refuse(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "heartbeat body is larger than 1 MiB")
 		return
 	}
-	reg, payload, err := registry.ParseRegistration(body)
-	if err != nil {
-		s.count("post", http.StatusBadRequest)
-		s.refuse(w, r, http.StatusBadRequest, registry.ReasonOf(err), err.Error())
-		return
-	}
-	res, err := s.reg.Heartbeat(r.Context(), peer, reg, payload)
+	res, err := s.reg.HeartbeatBody(r.Context(), peer, body)
 	if err != nil {
 		s.registryError(w, r, "post", err)
+		return
+	}
+	if err := s.stillTrusted(r, peer); err != nil {
+		// Revoked while this heartbeat was being recorded: the eviction
+		// may have run before the write, so evict again.
+		if _, eerr := s.reg.EvictFingerprints(r.Context(), map[string]bool{peer.Fingerprint: true}, err.Error()); eerr != nil {
+			s.log.Error("evict after a racing revocation", "agent", res.AgentID, "err", eerr)
+		}
+		s.count("post", http.StatusForbidden)
+		s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
 		return
 	}
 	msg := "Agent updated via heartbeat"
@@ -185,6 +208,9 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 	}
 	if method != "delete" && method != "" {
 		s.count(method, code)
+	}
+	if code == http.StatusInternalServerError && errors.Is(err, context.Canceled) {
+		return // the caller went away; nothing to answer
 	}
 	if code == http.StatusInternalServerError {
 		s.log.Error("registry", "method", r.Method, "path", r.URL.Path, "err", err)
