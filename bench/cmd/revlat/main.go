@@ -1,0 +1,527 @@
+// Command revlat measures meshd's revocation-to-refusal latency: how long
+// from an operator revoking an agent's certificate until that agent, which
+// holds an open keep-alive mTLS connection, observes that it is refused.
+//
+// It runs meshd in-process (server.New and Start over a fresh mesh CA in a
+// temporary directory, as meshd --dev sets it up), registers -agents agents,
+// each on its own connection, and then, one agent at a time:
+//
+//	t0 := now
+//	revoke the agent's certificate
+//	t1 := the moment the agent observes refusal
+//
+// Three paths are measured, each with its own agents:
+//
+//   - admin/read: POST /admin/revoke on meshd's admin unix socket while
+//     the agent is blocked reading its idle connection; t1 is when the read
+//     fails (meshd closed the connection).
+//   - admin/request: the same revocation while the agent sends heartbeats
+//     back to back on its connection; t1 is the first 403 with reason
+//     "revoked" or the connection closing, whichever comes first.
+//   - offline/read: the revocation is written to the CA's store through a
+//     second store handle (ca.Open + Revoke, as `meshctl ca revoke` does
+//     without --data-dir), and meshd notices it on its revocation poll.
+//
+// Baselines from the same run: the round trip of a no-op admin request
+// (GET /health on the socket), of an unchanged heartbeat on an agent's open
+// connection, and of one durable store write (an audit entry: one group
+// commit with fsync).
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+)
+
+// refusalTimeout bounds the wait for one agent's refusal.
+const refusalTimeout = 5 * time.Second
+
+// target is the issue's bound on p99 revocation-to-refusal latency.
+const target = 250 * time.Millisecond
+
+type options struct {
+	agents      int
+	payloadFile string
+	jsonOut     bool
+	keep        bool
+	poll        time.Duration
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.agents, "agents", 100, "agents per path")
+	flag.StringVar(&o.payloadFile, "payload", "bench/mcpmesh/heartbeat.json", "heartbeat JSON (agent_id is replaced)")
+	flag.BoolVar(&o.jsonOut, "json", false, "print one JSON line")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
+	flag.DurationVar(&o.poll, "poll", 0, "meshd's revocation poll interval (0: meshd's default, 200ms)")
+	flag.Parse()
+	// Bounded, and a SIGTERM (run.sh's deadline) still removes the
+	// temporary directory.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
+	defer cancel()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "revlat:", err)
+		os.Exit(1)
+	}
+}
+
+// Stats summarises one set of latencies in milliseconds.
+type Stats struct {
+	N      int     `json:"n"`
+	Failed int     `json:"failed,omitempty"`
+	P50    float64 `json:"p50_ms"`
+	P99    float64 `json:"p99_ms"`
+	Max    float64 `json:"max_ms"`
+}
+
+// Path is the outcome of one revocation path.
+type Path struct {
+	// Refused is t0 to the agent observing refusal.
+	Refused Stats `json:"refused"`
+	// Revoked is t0 to the revocation call returning: the admin API's
+	// answer, or the offline Revoke's commit.
+	Revoked Stats `json:"revoked"`
+	// NotEvicted counts revoked agents the registry does not show as
+	// evicted once the path is done.
+	NotEvicted []string `json:"not_evicted,omitempty"`
+}
+
+// Report is revlat's output.
+type Report struct {
+	Agents int `json:"agents"`
+	// Paths are revocation-to-refusal latencies by path.
+	Paths map[string]Path `json:"paths"`
+	// Baselines, measured in the same run.
+	AdminNoop  Stats   `json:"baseline_admin_noop"`
+	Heartbeat  Stats   `json:"baseline_heartbeat"`
+	StoreWrite Stats   `json:"baseline_store_write"`
+	PollMs     float64 `json:"poll_ms"`
+}
+
+func run(ctx context.Context, o options) error {
+	dir, err := os.MkdirTemp("", "revlat-")
+	if err != nil {
+		return err
+	}
+	if o.keep {
+		fmt.Fprintln(os.Stderr, "revlat: keeping", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	payload, err := os.ReadFile(o.payloadFile)
+	if err != nil {
+		return err
+	}
+	m, err := startMesh(ctx, dir, o)
+	if err != nil {
+		return err
+	}
+	defer m.close()
+
+	rep := Report{Agents: o.agents, Paths: map[string]Path{}, PollMs: float64(m.poll.Microseconds()) / 1000}
+	paths := []struct {
+		name    string
+		revoke  func(context.Context, *agentConn) (time.Duration, error)
+		observe func(*agentConn) <-chan time.Time
+	}{
+		{"admin/read", m.revokeAdmin, (*agentConn).awaitClose},
+		{"admin/request", m.revokeAdmin, (*agentConn).hammer},
+		{"offline/read", m.revokeOffline, (*agentConn).awaitClose},
+	}
+	for pi, p := range paths {
+		agents, err := m.connectAgents(ctx, fmt.Sprintf("rev%d-agent", pi+1), o.agents, payload)
+		if err != nil {
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+		if pi == 0 {
+			// Baselines, on the first set of agents before any revocation.
+			if rep.Heartbeat, err = m.heartbeatBaseline(agents); err != nil {
+				return err
+			}
+			if rep.AdminNoop, err = m.adminBaseline(ctx); err != nil {
+				return err
+			}
+			if rep.StoreWrite, err = m.storeBaseline(ctx); err != nil {
+				return err
+			}
+		}
+		var lats, revoked []time.Duration
+		failed := 0
+		for _, a := range agents {
+			if strings.HasPrefix(p.name, "offline/") {
+				// A random phase against meshd's poll ticker; without it
+				// the loop locks onto the ticker and measures one phase.
+				time.Sleep(rand.N(m.poll))
+			}
+			seen := p.observe(a)
+			t0 := time.Now()
+			took, err := p.revoke(ctx, a)
+			if err != nil {
+				return fmt.Errorf("%s: revoke %s: %w", p.name, a.id, err)
+			}
+			revoked = append(revoked, took)
+			select {
+			case t1 := <-seen:
+				lats = append(lats, t1.Sub(t0))
+			case <-time.After(refusalTimeout):
+				failed++
+			}
+			a.close()
+		}
+		res := Path{Refused: stats(lats), Revoked: stats(revoked)}
+		res.Refused.Failed = failed
+		res.NotEvicted = m.notEvicted(agents)
+		rep.Paths[p.name] = res
+	}
+
+	if o.jsonOut {
+		return json.NewEncoder(os.Stdout).Encode(rep)
+	}
+	fmt.Printf("revocation-to-refusal over %d agents per path (meshd in-process, poll %v)\n", o.agents, m.poll)
+	for _, p := range paths {
+		r := rep.Paths[p.name]
+		s := r.Refused
+		verdict := "met"
+		if s.Failed > 0 || s.N == 0 || s.P99 >= msOf(target) {
+			verdict = "MISSED"
+		}
+		fmt.Printf("  %-14s refused p50 %7.2f ms  p99 %7.2f ms  max %7.2f ms  (n=%d failed=%d; target p99 < %v: %s); revocation call returned p50 %.2f ms p99 %.2f ms\n",
+			p.name, s.P50, s.P99, s.Max, s.N, s.Failed, target, verdict, r.Revoked.P50, r.Revoked.P99)
+		if len(r.NotEvicted) > 0 {
+			fmt.Printf("  %-14s WARNING: %d revoked agent(s) not evicted afterwards: %v\n", p.name, len(r.NotEvicted), r.NotEvicted)
+		}
+	}
+	fmt.Printf("baselines: admin no-op p50 %.3f ms, heartbeat p50 %.3f ms, durable store write p50 %.3f ms (p99 %.3f)\n",
+		rep.AdminNoop.P50, rep.Heartbeat.P50, rep.StoreWrite.P50, rep.StoreWrite.P99)
+	return nil
+}
+
+func stats(d []time.Duration) Stats {
+	if len(d) == 0 {
+		return Stats{}
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	rank := func(p int) float64 {
+		i := (len(s)*p + 99) / 100
+		return msOf(s[max(i-1, 0)])
+	}
+	return Stats{N: len(s), P50: rank(50), P99: rank(99), Max: msOf(s[len(s)-1])}
+}
+
+func msOf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// mesh is an in-process meshd with its CA, plus a second handle on the
+// CA's store for the offline path.
+type mesh struct {
+	cfg       ca.Config
+	st        *sqlite.Store
+	authority *ca.CA
+	srv       *server.Server
+	cancel    context.CancelFunc
+	roots     *x509.CertPool
+	addr      string
+	admin     *http.Client
+	poll      time.Duration
+
+	offlineStore *sqlite.Store
+	offlineCA    *ca.CA
+}
+
+func startMesh(ctx context.Context, dir string, o options) (*mesh, error) {
+	m := &mesh{cfg: ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}}
+	if err := os.MkdirAll(m.cfg.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	var err error
+	if m.st, err = sqlite.Open(ctx, m.cfg.StorePath()); err != nil {
+		return nil, err
+	}
+	if _, err := ca.Init(ctx, m.cfg, m.st); err != nil {
+		return nil, err
+	}
+	if _, err := ca.IssueIntermediate(ctx, m.cfg, m.st); err != nil {
+		return nil, err
+	}
+	if m.authority, err = ca.Open(ctx, m.cfg, m.st); err != nil {
+		return nil, err
+	}
+	node, err := m.authority.IssueNode(ctx, "meshd", "localhost", "IP:127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	cn := node.Cert.Subject.CommonName
+	m.roots = x509.NewCertPool()
+	m.roots.AddCert(m.authority.Root())
+	m.poll = o.poll
+	if m.poll == 0 {
+		m.poll = 200 * time.Millisecond
+	}
+	sock := filepath.Join(dir, "admin.sock")
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m.srv, err = server.New(ctx, server.Config{
+		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
+		CertFile: m.authority.Config().IssuedCertPath(cn), KeyFile: m.authority.Config().IssuedKeyPath(cn),
+		Backends: []string{server.BackendLocalCA}, RevocationPoll: m.poll, Logger: log,
+	}, m.st, m.authority)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	m.cancel = cancel
+	if err := m.srv.Start(sctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	m.addr = m.srv.AgentAddr()
+	m.admin = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	// The offline path: another handle on the same store file, as a
+	// separate meshctl process would open it.
+	if m.offlineStore, err = sqlite.Open(ctx, m.cfg.StorePath()); err != nil {
+		return nil, err
+	}
+	if m.offlineCA, err = ca.Open(ctx, m.cfg, m.offlineStore); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (m *mesh) close() {
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if m.srv != nil {
+		m.srv.Shutdown(sctx)
+	}
+	if m.cancel != nil {
+		m.cancel()
+	}
+	if m.offlineStore != nil {
+		m.offlineStore.Close()
+	}
+	if m.st != nil {
+		m.st.Close()
+	}
+}
+
+// agentConn is a registered agent and its open connection.
+type agentConn struct {
+	id, serial string
+	conn       *tls.Conn
+	br         *bufio.Reader
+	req        []byte
+}
+
+// connectAgents issues n agent certificates on node "bench", opens one
+// connection per agent and registers each with one POST /heartbeat.
+func (m *mesh) connectAgents(ctx context.Context, prefix string, n int, payload []byte) ([]*agentConn, error) {
+	var doc map[string]any
+	if err := json.Unmarshal(payload, &doc); err != nil {
+		return nil, err
+	}
+	out := make([]*agentConn, 0, n)
+	for i := 1; i <= n; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		is, err := m.authority.IssueAgent(ctx, id, "bench")
+		if err != nil {
+			return nil, err
+		}
+		cn := is.Cert.Subject.CommonName
+		cert, err := tls.LoadX509KeyPair(m.authority.Config().IssuedCertPath(cn), m.authority.Config().IssuedKeyPath(cn))
+		if err != nil {
+			return nil, err
+		}
+		c, err := tls.Dial("tcp", m.addr, &tls.Config{RootCAs: m.roots, Certificates: []tls.Certificate{cert},
+			ServerName: "127.0.0.1", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			return nil, err
+		}
+		doc["agent_id"] = id
+		body, err := json.Marshal(doc)
+		if err != nil {
+			return nil, err
+		}
+		req := fmt.Appendf(nil, "POST /heartbeat HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", m.addr, len(body), body)
+		a := &agentConn{id: id, serial: is.Record.Serial, conn: c, br: bufio.NewReader(c), req: req}
+		code, rbody, err := a.roundTrip()
+		if err != nil {
+			return nil, fmt.Errorf("register %s: %w", id, err)
+		}
+		if code != http.StatusOK || !bytes.Contains(rbody, []byte(`"status":"success"`)) {
+			return nil, fmt.Errorf("register %s: %d %s", id, code, rbody)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func (a *agentConn) roundTrip() (int, []byte, error) {
+	a.conn.SetDeadline(time.Now().Add(refusalTimeout))
+	defer a.conn.SetDeadline(time.Time{})
+	if _, err := a.conn.Write(a.req); err != nil {
+		return 0, nil, err
+	}
+	resp, err := http.ReadResponse(a.br, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, body, err
+}
+
+// awaitClose blocks reading the idle connection; meshd sends nothing on
+// it unless it closes it, so the read ending is the refusal.
+func (a *agentConn) awaitClose() <-chan time.Time {
+	seen := make(chan time.Time, 1)
+	a.conn.SetReadDeadline(time.Now().Add(refusalTimeout + time.Second))
+	go func() {
+		var buf [1]byte
+		_, err := a.br.Read(buf[:])
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			seen <- time.Now()
+		}
+	}()
+	return seen
+}
+
+// hammer sends heartbeats back to back until one is refused as revoked or
+// the connection is closed.
+func (a *agentConn) hammer() <-chan time.Time {
+	seen := make(chan time.Time, 1)
+	go func() {
+		stop := time.Now().Add(refusalTimeout + time.Second)
+		for time.Now().Before(stop) {
+			code, body, err := a.roundTrip()
+			if err != nil || (code == http.StatusForbidden && bytes.Contains(body, []byte(`"reason":"revoked"`))) {
+				seen <- time.Now()
+				return
+			}
+		}
+	}()
+	return seen
+}
+
+func (a *agentConn) close() { a.conn.NetConn().Close() }
+
+// notEvicted returns the agents the registry does not show as evicted,
+// after letting requests still in flight finish.
+func (m *mesh) notEvicted(agents []*agentConn) []string {
+	time.Sleep(300 * time.Millisecond)
+	status := map[string]string{}
+	for _, v := range m.srv.Registry().List(registry.Filter{}, true) {
+		status[v.ID] = v.Status
+	}
+	var out []string
+	for _, a := range agents {
+		if s := status[a.id]; s != registry.StatusEvicted {
+			out = append(out, a.id+"="+s)
+		}
+	}
+	return out
+}
+
+// revokeAdmin revokes a's certificate through meshd's admin API and
+// returns how long the API took to answer.
+func (m *mesh) revokeAdmin(ctx context.Context, a *agentConn) (time.Duration, error) {
+	t0 := time.Now()
+	body, _ := json.Marshal(server.RevokeRequest{Target: a.serial, Reason: "keyCompromise"})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://meshd/admin/revoke", bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	resp, err := m.admin.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	rb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	took := time.Since(t0)
+	if resp.StatusCode != http.StatusOK {
+		return took, fmt.Errorf("admin revoke: %s: %s", resp.Status, rb)
+	}
+	return took, nil
+}
+
+// revokeOffline revokes a's certificate in the store only, through a
+// second CA handle; meshd learns of it by polling.
+func (m *mesh) revokeOffline(ctx context.Context, a *agentConn) (time.Duration, error) {
+	t0 := time.Now()
+	_, err := m.offlineCA.Revoke(ctx, a.serial, 1) // keyCompromise
+	return time.Since(t0), err
+}
+
+const baselineRounds = 200
+
+func (m *mesh) heartbeatBaseline(agents []*agentConn) (Stats, error) {
+	var d []time.Duration
+	for i := range baselineRounds {
+		a := agents[i%len(agents)]
+		t0 := time.Now()
+		code, _, err := a.roundTrip()
+		if err != nil || code != http.StatusOK {
+			return Stats{}, fmt.Errorf("baseline heartbeat: %d %v", code, err)
+		}
+		d = append(d, time.Since(t0))
+	}
+	return stats(d), nil
+}
+
+func (m *mesh) adminBaseline(ctx context.Context) (Stats, error) {
+	var d []time.Duration
+	for range baselineRounds {
+		t0 := time.Now()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://meshd/health", nil)
+		resp, err := m.admin.Do(req)
+		if err != nil {
+			return Stats{}, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		d = append(d, time.Since(t0))
+	}
+	return stats(d), nil
+}
+
+func (m *mesh) storeBaseline(ctx context.Context) (Stats, error) {
+	var d []time.Duration
+	for range baselineRounds / 4 {
+		t0 := time.Now()
+		if err := m.st.Append(ctx, store.AuditEntry{Time: time.Now(), Action: "bench.noop", Outcome: store.OutcomeOK}); err != nil {
+			return Stats{}, err
+		}
+		d = append(d, time.Since(t0))
+	}
+	return stats(d), nil
+}
