@@ -282,6 +282,8 @@ type envOptions struct {
 	trustDir bool
 	// poll is the revocation poll interval; default 20ms.
 	poll time.Duration
+	// configure, if set, adjusts meshd's Config before it starts.
+	configure func(*server.Config)
 }
 
 // env is one meshd over a real CA and SQLite store in a temporary
@@ -336,6 +338,9 @@ func newEnv(t testing.TB, o envOptions) *env {
 		}
 		e.cfg.CertFile = e.ca.cfg.IssuedCertPath("meshd.mesh")
 		e.cfg.KeyFile = e.ca.cfg.IssuedKeyPath("meshd.mesh")
+	}
+	if o.configure != nil {
+		o.configure(&e.cfg)
 	}
 	e.roots = x509.NewCertPool()
 	e.roots.AddCert(e.ca.auth.Root())

@@ -160,6 +160,12 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		return
 	case s.isSecret(cred):
 		method = "bootstrap secret"
+		// Held for the rest of the request, so the certificate is recorded
+		// before the next secret enrollment checks: otherwise holders of
+		// the secret racing each other (or the node) all pass the check
+		// below and all enroll the node.
+		s.secretMu.Lock()
+		defer s.secretMu.Unlock()
 		if live, err := s.liveCert(ctx, cn); err != nil {
 			s.internalError(w, r, err)
 			return
@@ -216,6 +222,10 @@ func (s *Server) liveCert(ctx context.Context, cn string) (string, error) {
 }
 
 func (s *Server) signError(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, errAgentScope) {
+		s.refuse(w, r, http.StatusForbidden, "agent_outside_node", err.Error())
+		return
+	}
 	if errors.Is(err, ca.ErrPolicy) || errors.Is(err, ca.ErrBadCSR) {
 		s.refuse(w, r, http.StatusBadRequest, "policy", err.Error())
 		return
@@ -257,6 +267,11 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 	writeJSON(w, http.StatusCreated, issuedBody(is, true))
 }
 
+// errAgentScope refuses an agent CSR that names another identity than
+// <agent-id>@<the node>: a refusal of what the caller may have (403), not
+// of a malformed request.
+var errAgentScope = errors.New("a node obtains certificates for its own agents only")
+
 // signAgent signs an agent CSR for an agent of node; the CSR may only name
 // <agent-id>@<node>.
 func (s *Server) signAgent(ctx context.Context, node identity.Identity, req agentCertRequest) (*ca.Issued, error) {
@@ -267,6 +282,9 @@ func (s *Server) signAgent(ctx context.Context, node identity.Identity, req agen
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
 		return nil, err
+	}
+	if cn := csr.Subject.CommonName; cn != "" && cn != id.CommonName() {
+		return nil, fmt.Errorf("%w: the request names %q; node %s may obtain %q (or leave the CN empty)", errAgentScope, cn, node.Node, id.CommonName())
 	}
 	return s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileAgent, Identity: id})
 }

@@ -137,6 +137,8 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.stopping:
+			return // meshd is shutting down; subscribers resume elsewhere or later
 		case <-wake:
 		case <-ticker.C:
 			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil {

@@ -108,10 +108,17 @@ type Server struct {
 	feedSeq       int64
 	entityEffects map[string]effect
 	enrollLimit   *limiter
+	// secretMu makes a secret enrollment's live-certificate check and its
+	// signing one step.
+	secretMu sync.Mutex
 
 	trustChanged chan struct{}
 	wg           sync.WaitGroup
 	cancel       context.CancelFunc
+	// stopping is closed when Shutdown begins, so that long-lived
+	// responses (revocation streams) end instead of holding it up.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 // New builds a Server over st. authority is the mesh CA, required by the
@@ -140,7 +147,8 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
 		conns: newConnTracker(), trustChanged: make(chan struct{}, 1), started: cfg.Now(),
-		feed: newFeed(), entityEffects: map[string]effect{}, enrollLimit: newLimiter(enrollBurst, enrollInterval)}
+		feed: newFeed(), entityEffects: map[string]effect{}, enrollLimit: newLimiter(enrollBurst, enrollInterval),
+		stopping: make(chan struct{})}
 
 	if cfg.TLSMode != TLSOff {
 		if cfg.CertFile == "" || cfg.KeyFile == "" {
@@ -372,6 +380,9 @@ func (s *Server) Registry() *registry.Registry { return s.reg }
 // Shutdown stops accepting, lets in-flight requests finish until ctx ends,
 // and writes the registry's pending liveness changes.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// http.Server.Shutdown waits for active requests, and a revocation
+	// stream never finishes on its own.
+	s.stopOnce.Do(func() { close(s.stopping) })
 	var errs []error
 	for _, srv := range []*http.Server{s.agentSrv, s.adminSrv, s.adminTLS} {
 		if srv != nil {
