@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -110,27 +111,8 @@ func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto.PublicKey, req Request) (*Issued, error) {
 	signer := c.signer()
 	now := c.cfg.Now()
-	s := &signing{
-		req:     req,
-		csr:     csr,
-		tmpl:    &x509.Certificate{PublicKey: pub},
-		now:     now,
-		max:     c.cfg.LeafTTL,
-		td:      c.TrustDomain(),
-		ceiling: signer.cert.NotAfter,
-	}
-	if !req.Identity.IsZero() && req.Identity.Kind != req.Profile.Kind() {
-		return nil, c.refuse(ctx, req, kindMismatch(req))
-	}
-	if req.Profile.Kind() == 0 {
-		return nil, c.refuse(ctx, req, fmt.Errorf("unknown profile %q", req.Profile))
-	}
-	if csr == nil {
-		if err := checkKey(pub); err != nil {
-			return nil, c.refuse(ctx, req, err)
-		}
-	}
-	if err := applyPolicy(s, leafPolicy); err != nil {
+	s, err := c.checked(csr, pub, req, signer, now)
+	if err != nil {
 		return nil, c.refuse(ctx, s.req, err)
 	}
 	ski, err := subjectKeyID(pub)
@@ -165,6 +147,43 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 		}
 		return &Issued{Cert: cert, PEM: rec.PEM, ChainPEM: c.ChainPEM(), Record: rec}, nil
 	}
+}
+
+// Check runs the signing policy on csr and req without signing or
+// recording anything, for a caller that must spend something (a join
+// token) only on a request Sign would accept.
+func (c *CA) Check(csr *x509.CertificateRequest, req Request) error {
+	if csr == nil {
+		return fmt.Errorf("%w: no request", ErrBadCSR)
+	}
+	_, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now())
+	return err
+}
+
+// checked builds the certificate template for req and runs the policy on
+// it; csr is nil when the CA generated the key itself.
+func (c *CA) checked(csr *x509.CertificateRequest, pub crypto.PublicKey, req Request, signer *issuer, now time.Time) (*signing, error) {
+	s := &signing{
+		req:     req,
+		csr:     csr,
+		tmpl:    &x509.Certificate{PublicKey: pub},
+		now:     now,
+		max:     c.cfg.LeafTTL,
+		td:      c.TrustDomain(),
+		ceiling: signer.cert.NotAfter,
+	}
+	if !req.Identity.IsZero() && req.Identity.Kind != req.Profile.Kind() {
+		return s, kindMismatch(req)
+	}
+	if req.Profile.Kind() == 0 {
+		return s, policyErr("unknown profile %q (want node, agent or client)", req.Profile)
+	}
+	if csr == nil {
+		if err := checkKey(pub); err != nil {
+			return s, err
+		}
+	}
+	return s, applyPolicy(s, leafPolicy)
 }
 
 // refuse audits a refused request and returns err.

@@ -177,6 +177,12 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		method = "join token"
 		sum := sha256.Sum256([]byte(cred))
 		hash := hex.EncodeToString(sum[:])
+		// A token is spent by the attempt, so a CSR the CA would refuse is
+		// refused before it can burn one.
+		if err := s.auth.Check(csr, ca.Request{Profile: ca.ProfileNode, Identity: id}); err != nil {
+			fail(http.StatusBadRequest, "policy", err.Error(), "CSR refused by policy; join token "+hash[:12]+" not spent", cn)
+			return
+		}
 		_, err := s.st.UseToken(ctx, hash, req.NodeID, s.cfg.Now(), store.AuditEntry{Time: s.cfg.Now(), Action: "token.use", Identity: cn, Outcome: store.OutcomeOK, Detail: "token " + hash[:12] + " from " + host})
 		switch {
 		case errors.Is(err, store.ErrTokenNode):

@@ -3,8 +3,10 @@ package server_test
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -286,6 +288,17 @@ func TestE2EJoinTokens(t *testing.T) {
 			t.Errorf("%s: %v, want %d", tc.name, err, tc.status)
 		}
 	}
+	// A CSR the CA's policy refuses (it asks for a SAN the node profile does
+	// not grant) is refused before the token is spent.
+	key := e.newNodeKey()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct201.mesh"}, DNSNames: []string{"evil.example"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.refill()
+	if r := e.enrollRaw(other.Token, "ct201", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))); r.code != http.StatusBadRequest {
+		t.Errorf("a CSR asking for an ungranted SAN: %s, want 400", r)
+	}
 	// A refusal spends nothing: the token of ct201 still enrolls ct201.
 	if _, err := try(other.Token, "ct201"); err != nil {
 		t.Errorf("the token refused for another node, for its own: %v", err)
@@ -297,7 +310,7 @@ func TestE2EJoinTokens(t *testing.T) {
 	}
 
 	refused := e.audited(before, "node.enroll", store.OutcomeRefused, "join token ")
-	wantDetails := []string{"already used", "for another node", "expired"}
+	wantDetails := []string{"already used", "for another node", "expired", "not spent"}
 	if len(refused) != len(wantDetails) {
 		t.Fatalf("%d refused token enrollments audited, want %d: %+v", len(refused), len(wantDetails), refused)
 	}
