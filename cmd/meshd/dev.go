@@ -12,6 +12,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // serverNode is the node id of meshd's own certificate in --dev.
@@ -60,7 +61,7 @@ func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logg
 }
 
 func renewalDue(certFile string, renewAfter time.Duration) (bool, error) {
-	cert, err := ca.ReadCertFile(certFile)
+	cert, err := pemfile.ReadCert(certFile)
 	if err != nil {
 		return true, err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Bundle is a certificate meshd issued, with the chain that verifies it.
@@ -28,11 +29,11 @@ type Bundle struct {
 // CertificatePEM returns the leaf followed by the intermediates of Chain
 // (the root left out), the form a TLS server or client presents.
 func (b *Bundle) CertificatePEM() []byte {
-	return encodeCerts(append([]*x509.Certificate{b.Certificate}, intermediates(b.Chain)...)...)
+	return pemfile.EncodeCerts(append([]*x509.Certificate{b.Certificate}, intermediates(b.Chain)...)...)
 }
 
 // ChainPEM returns Chain in PEM, the issuing intermediate first.
-func (b *Bundle) ChainPEM() []byte { return encodeCerts(b.Chain...) }
+func (b *Bundle) ChainPEM() []byte { return pemfile.EncodeCerts(b.Chain...) }
 
 // TLSCertificate returns the certificate with key as a tls.Certificate
 // presenting the leaf and its intermediates.
@@ -239,7 +240,7 @@ func (c *Client) FetchBundle(ctx context.Context) ([]*x509.Certificate, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, apiError("/bundle", resp, data)
 	}
-	certs, err := ParseCertificates(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: GET /bundle: %v", ErrUntrustedServer, err)
 	}
@@ -260,13 +261,13 @@ func (c *Client) checkIssued(ctx context.Context, route string, in issuedJSON, c
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s answered with %s", ErrUntrustedServer, route, fmt.Sprintf(format, args...))
 	}
-	certs, err := ParseCertificates([]byte(in.Certificate))
+	certs, err := pemfile.ParseCerts([]byte(in.Certificate))
 	if err != nil {
 		return nil, bad("an unreadable certificate: %v", err)
 	}
 	leaf := certs[0]
 	if in.Chain != "" {
-		if chain, err = ParseCertificates([]byte(in.Chain)); err != nil {
+		if chain, err = pemfile.ParseCerts([]byte(in.Chain)); err != nil {
 			return nil, bad("an unreadable chain: %v", err)
 		}
 	}

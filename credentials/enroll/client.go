@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // defaultTimeout bounds one call to meshd when the Client has no
@@ -165,7 +167,7 @@ func (c *Client) bootstrap(ctx context.Context) (*x509.Certificate, error) {
 	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
 		return nil, fmt.Errorf("%w: GET /bundle answered without a TLS certificate", ErrUntrustedServer)
 	}
-	bundle, err := ParseCertificates(data)
+	bundle, err := pemfile.ParseCerts(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: GET /bundle: %v", ErrUntrustedServer, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Dir is a node's credential directory (/etc/meshtrust by default):
@@ -64,10 +65,10 @@ func (d Dir) HasAgent(id string) bool {
 // WriteNode writes the node's key, certificate and chain, in that order,
 // creating the directory and agents/ if need be.
 func (d Dir) WriteNode(key crypto.Signer, b *Bundle) error {
-	if err := ensurePrivateDir(string(d)); err != nil {
+	if err := pemfile.MkdirPrivate(string(d)); err != nil {
 		return err
 	}
-	if err := ensurePrivateDir(d.Path(AgentsDir)); err != nil {
+	if err := pemfile.MkdirPrivate(d.Path(AgentsDir)); err != nil {
 		return err
 	}
 	return writePair(d.Path(NodeKeyFile), d.Path(NodeCertFile), key, b, d.Path(CAFile))
@@ -78,10 +79,10 @@ func (d Dir) WriteAgent(id string, key crypto.Signer, b *Bundle) error {
 	if err := identity.ValidateID(id); err != nil {
 		return fmt.Errorf("agent id: %w", err)
 	}
-	if err := ensurePrivateDir(string(d)); err != nil {
+	if err := pemfile.MkdirPrivate(string(d)); err != nil {
 		return err
 	}
-	if err := ensurePrivateDir(d.Path(AgentsDir)); err != nil {
+	if err := pemfile.MkdirPrivate(d.Path(AgentsDir)); err != nil {
 		return err
 	}
 	return writePair(d.AgentKeyPath(id), d.AgentCertPath(id), key, b, "")
@@ -91,28 +92,24 @@ func writePair(keyPath, certPath string, key crypto.Signer, b *Bundle, chainPath
 	if !samePublicKey(key.Public(), b.Certificate.PublicKey) {
 		return fmt.Errorf("%s: the certificate is not for this key; nothing written", certPath)
 	}
-	pemKey, err := MarshalKey(key)
-	if err != nil {
+	if err := pemfile.WriteKey(keyPath, key); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(keyPath, pemKey, 0o600); err != nil {
-		return err
-	}
-	if err := WriteFileAtomic(certPath, b.CertificatePEM(), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(certPath, b.CertificatePEM(), 0o644); err != nil {
 		return err
 	}
 	if chainPath != "" {
-		return WriteFileAtomic(chainPath, b.ChainPEM(), 0o644)
+		return pemfile.WriteAtomic(chainPath, b.ChainPEM(), 0o644)
 	}
 	return nil
 }
 
 // WriteServer records meshd's URL for later calls.
 func (d Dir) WriteServer(url string) error {
-	if err := ensurePrivateDir(string(d)); err != nil {
+	if err := pemfile.MkdirPrivate(string(d)); err != nil {
 		return err
 	}
-	return WriteFileAtomic(d.Path(ServerFile), []byte(url+"\n"), 0o644)
+	return pemfile.WriteAtomic(d.Path(ServerFile), []byte(url+"\n"), 0o644)
 }
 
 // Server returns meshd's URL recorded at enrollment.
@@ -179,8 +176,8 @@ func (n *Node) AgentKeys() []AgentKey {
 }
 
 // Load reads the node's credentials. It refuses a key file that other
-// users can read, a certificate that is not the key's, and a certificate
-// that is not a node's.
+// users can read (wrapping pemfile.ErrPermissions), a certificate that is
+// not the key's, and a certificate that is not a node's.
 func (d Dir) Load() (*Node, error) {
 	key, cert, err := readPair(d.Path(NodeKeyFile), d.Path(NodeCertFile))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -197,7 +194,7 @@ func (d Dir) Load() (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := ParseCertificates(data)
+	chain, err := pemfile.ParseCerts(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", d.Path(CAFile), err)
 	}
@@ -227,26 +224,15 @@ func (d Dir) Load() (*Node, error) {
 
 // readPair reads a key file and the certificate file that goes with it.
 func readPair(keyPath, certPath string) (crypto.Signer, tls.Certificate, error) {
-	fi, err := os.Stat(keyPath)
+	key, err := pemfile.ReadKey(keyPath)
 	if err != nil {
 		return nil, tls.Certificate{}, err
 	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, tls.Certificate{}, fmt.Errorf("%s has mode %04o; a private key must be its owner's only (run `chmod 600 %s`, and treat the key as exposed if others could read it)", keyPath, perm, keyPath)
-	}
-	data, err := os.ReadFile(keyPath)
+	data, err := os.ReadFile(certPath)
 	if err != nil {
 		return nil, tls.Certificate{}, err
 	}
-	key, err := ParseKey(data)
-	if err != nil {
-		return nil, tls.Certificate{}, fmt.Errorf("%s: %w", keyPath, err)
-	}
-	data, err = os.ReadFile(certPath)
-	if err != nil {
-		return nil, tls.Certificate{}, err
-	}
-	certs, err := ParseCertificates(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		return nil, tls.Certificate{}, fmt.Errorf("%s: %w", certPath, err)
 	}
@@ -254,63 +240,6 @@ func readPair(keyPath, certPath string) (crypto.Signer, tls.Certificate, error) 
 		return nil, tls.Certificate{}, fmt.Errorf("%s is not the certificate of %s (a write was interrupted?); enroll or mint it again with --force", certPath, keyPath)
 	}
 	return key, tlsCertificate(certs[0], certs[1:], key), nil
-}
-
-// WriteFileAtomic writes data to path so that readers see either the old
-// file or the whole new one: a temporary file in the same directory is
-// written with mode perm, synced and renamed over path, then the
-// directory is synced.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op after the rename
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	dirf, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer dirf.Close()
-	return dirf.Sync()
-}
-
-// ensurePrivateDir creates dir 0700 if it is missing and refuses one that
-// other users can write (they could swap the files in it).
-func ensurePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s is not a directory", dir)
-	}
-	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
-		return fmt.Errorf("directory %s has mode %04o; other users could replace the node's credentials (run `chmod 700 %s`)", dir, perm, dir)
-	}
-	return nil
 }
 
 func exists(p string) bool {

@@ -1,6 +1,8 @@
 package enroll_test
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 func mode(t *testing.T, p string) os.FileMode {
@@ -105,8 +108,8 @@ func TestDirRefuses(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.Chmod(dir.Path("node.key"), 0o644)
-		if _, err := dir.Load(); err == nil || !strings.Contains(err.Error(), "chmod 600") {
-			t.Errorf("Load = %v, want a refusal saying chmod 600", err)
+		if _, err := dir.Load(); !errors.Is(err, pemfile.ErrPermissions) || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("Load = %v, want ErrPermissions saying chmod 600", err)
 		}
 	})
 	t.Run("certificate of another key", func(t *testing.T) {
@@ -114,7 +117,7 @@ func TestDirRefuses(t *testing.T) {
 		if err := dir.WriteNode(key, b); err != nil {
 			t.Fatal(err)
 		}
-		other, _ := enroll.MarshalKey(newKey(t))
+		other, _ := pemfile.MarshalKey(newKey(t))
 		os.WriteFile(dir.Path("node.key"), other, 0o600)
 		if _, err := dir.Load(); err == nil || !strings.Contains(err.Error(), "is not the certificate of") {
 			t.Errorf("Load = %v, want a key mismatch", err)
@@ -132,14 +135,14 @@ func TestDirRefuses(t *testing.T) {
 	t.Run("directory writable by others", func(t *testing.T) {
 		dir := enroll.Dir(t.TempDir())
 		os.Chmod(string(dir), 0o777)
-		if err := dir.WriteNode(key, b); err == nil || !strings.Contains(err.Error(), "chmod 700") {
-			t.Errorf("WriteNode = %v, want a refusal saying chmod 700", err)
+		if err := dir.WriteNode(key, b); !errors.Is(err, pemfile.ErrPermissions) || !strings.Contains(err.Error(), "chmod 700") {
+			t.Errorf("WriteNode = %v, want ErrPermissions saying chmod 700", err)
 		}
 	})
 	t.Run("not enrolled", func(t *testing.T) {
 		dir := enroll.Dir(t.TempDir())
-		if _, err := dir.Load(); err == nil || !strings.Contains(err.Error(), "meshctl enroll") {
-			t.Errorf("Load = %v, want advice to enroll", err)
+		if _, err := dir.Load(); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "meshctl enroll") {
+			t.Errorf("Load = %v, want fs.ErrNotExist and advice to enroll", err)
 		}
 	})
 	t.Run("agent id", func(t *testing.T) {

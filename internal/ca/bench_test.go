@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // issueParallelism is how many goroutines per CPU ask for certificates at
@@ -172,11 +173,11 @@ func issueOnce(tb testing.TB, cfg ca.Config, csr *x509.CertificateRequest) *x509
 func intermediateOf(tb testing.TB, cfg ca.Config) (*x509.Certificate, crypto.Signer) {
 	tb.Helper()
 	dir := filepath.Join(cfg.Dir, "intermediate")
-	cert, err := ca.ReadCertFile(filepath.Join(dir, "int.crt"))
+	cert, err := pemfile.ReadCert(filepath.Join(dir, "int.crt"))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	key, err := ca.ReadKeyFile(filepath.Join(dir, "int.key"))
+	key, err := pemfile.ReadKey(filepath.Join(dir, "int.key"))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // CA is an open certificate authority: the active intermediate signs,
@@ -64,7 +65,7 @@ func (c *CA) Reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: trust domain: %w", c.cfg.statePath(), err)
 	}
-	root, err := ReadCertFile(c.cfg.rootCopyPath())
+	root, err := pemfile.ReadCert(c.cfg.rootCopyPath())
 	if err != nil {
 		return err
 	}
@@ -82,11 +83,11 @@ func (c *CA) Reload(ctx context.Context) error {
 	active := issuers[s.Active]
 	// int.key is the copy of the active key operators see first; a mode
 	// that lets others read it exposes the key as surely as on the original.
-	if _, err := ReadKeyFile(c.cfg.activeKeyPath()); errors.Is(err, ErrKeyPermissions) {
+	if _, err := pemfile.ReadKey(c.cfg.activeKeyPath()); errors.Is(err, ErrKeyPermissions) {
 		return err
 	}
 	// Repair the derived files if a crash interrupted their rewrite.
-	if cur, err := ReadCertFile(c.cfg.activeCertPath()); err != nil || !bytes.Equal(cur.Raw, active.cert.Raw) {
+	if cur, err := pemfile.ReadCert(c.cfg.activeCertPath()); err != nil || !bytes.Equal(cur.Raw, active.cert.Raw) {
 		if err := publish(c.cfg, s); err != nil {
 			return err
 		}
@@ -158,7 +159,7 @@ func certRecord(cert *x509.Certificate, kind, issuerKeyID string, now time.Time)
 		NotAfter:    cert.NotAfter.UTC(),
 		Fingerprint: hex.EncodeToString(sum[:]),
 		IssuerKeyID: issuerKeyID,
-		PEM:         EncodeCert(cert),
+		PEM:         pemfile.EncodeCerts(cert),
 		IssuedAt:    now.UTC(),
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // fakeClock is the injected clock: it moves only when a test moves it.
@@ -131,7 +132,7 @@ func (f *fixture) intKeyFile(cert *x509.Certificate) string {
 
 func (f *fixture) activeIntermediate(t testing.TB) *x509.Certificate {
 	t.Helper()
-	c, err := ca.ReadCertFile(f.intPath())
+	c, err := pemfile.ReadCert(f.intPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +275,7 @@ func goVerifyOptions(t testing.TB, f *fixture) x509.VerifyOptions {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certs, err := ca.ParseCertsPEM(bundle)
+	certs, err := pemfile.ParseCerts(bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +408,7 @@ func TestInit(t *testing.T) {
 			t.Errorf("%s has mode %v, want %v", c.path, fi.Mode(), c.mode)
 		}
 	}
-	onDisk, err := ca.ReadCertFile(f.rootPath())
+	onDisk, err := pemfile.ReadCert(f.rootPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +424,7 @@ func TestInit(t *testing.T) {
 	if want := f.clock.Now().Add(ca.DefaultRootTTL); !root.NotAfter.Equal(want) {
 		t.Errorf("root NotAfter %v, want %v", root.NotAfter, want)
 	}
-	key, err := ca.ReadKeyFile(f.rootKeyPath())
+	key, err := pemfile.ReadKey(f.rootKeyPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -469,7 +470,7 @@ func TestInitRefusesSharedRootDir(t *testing.T) {
 
 func TestIssueIntermediate(t *testing.T) {
 	f := newCA(t, caOptions{mod: func(c *ca.Config) { c.TrustDomain = "example.org" }})
-	root, err := ca.ReadCertFile(f.rootPath())
+	root, err := pemfile.ReadCert(f.rootPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,7 +488,7 @@ func TestIssueIntermediate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := append(ca.EncodeCert(inter), ca.EncodeCert(root)...); !bytes.Equal(chain, want) {
+	if want := pemfile.EncodeCerts(inter, root); !bytes.Equal(chain, want) {
 		t.Error("chain.pem is not intermediate + root")
 	}
 	for _, p := range []string{f.intKeyPath(), f.intKeyFile(inter)} {
@@ -523,7 +524,7 @@ func TestIssueIntermediate(t *testing.T) {
 
 func readCert(t testing.TB, path string) *x509.Certificate {
 	t.Helper()
-	c, err := ca.ReadCertFile(path)
+	c, err := pemfile.ReadCert(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,7 +556,7 @@ func TestIntermediateNeedsRootKey(t *testing.T) {
 			}
 		}, ca.ErrKeyPermissions, "0640"},
 		{"key of another root", func(t *testing.T, f *fixture) {
-			if err := ca.WriteKeyFile(f.rootKeyPath(), newP256(t)); err != nil {
+			if err := pemfile.WriteKey(f.rootKeyPath(), newP256(t)); err != nil {
 				t.Fatal(err)
 			}
 		}, nil, "does not match"},
@@ -736,7 +737,7 @@ func TestNodeCertificate(t *testing.T) {
 	if want := append(bytes.Clone(is.PEM), is.ChainPEM...); !bytes.Equal(certFile, want) {
 		t.Error("issued certificate file is not certificate + chain")
 	}
-	key, err := ca.ReadKeyFile(f.cfg.IssuedKeyPath("ct1.mesh"))
+	key, err := pemfile.ReadKey(f.cfg.IssuedKeyPath("ct1.mesh"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1430,7 +1431,7 @@ func TestConcurrentIssue(t *testing.T) {
 	if len(recs) != 1+2*n {
 		t.Fatalf("store holds %d certificates, want %d", len(recs), 1+2*n)
 	}
-	key, err := ca.ReadKeyFile(f.cfg.IssuedKeyPath("ct1.mesh"))
+	key, err := pemfile.ReadKey(f.cfg.IssuedKeyPath("ct1.mesh"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1452,7 +1453,7 @@ func TestConcurrentIssue(t *testing.T) {
 
 func readCertFromPEM(t testing.TB, data []byte) *x509.Certificate {
 	t.Helper()
-	certs, err := ca.ParseCertsPEM(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1738,14 +1739,14 @@ func TestRotation(t *testing.T) {
 	if !f.activeIntermediate(t).Equal(prepared) {
 		t.Error("int.crt is not the activated intermediate")
 	}
-	if chain, _ := os.ReadFile(f.cfg.ChainPath()); !bytes.HasPrefix(chain, ca.EncodeCert(prepared)) {
+	if chain, _ := os.ReadFile(f.cfg.ChainPath()); !bytes.HasPrefix(chain, pemfile.EncodeCerts(prepared)) {
 		t.Error("chain.pem does not start with the activated intermediate")
 	}
 	newLeaf, err := f.ca.IssueNode(ctx, "ct3")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(newLeaf.Cert.AuthorityKeyId, prepared.SubjectKeyId) || !bytes.Equal(newLeaf.ChainPEM[:len(ca.EncodeCert(prepared))], ca.EncodeCert(prepared)) {
+	if !bytes.Equal(newLeaf.Cert.AuthorityKeyId, prepared.SubjectKeyId) || !bytes.Equal(newLeaf.ChainPEM[:len(pemfile.EncodeCerts(prepared))], pemfile.EncodeCerts(prepared)) {
 		t.Fatal("new certificates are not signed by the activated intermediate")
 	}
 	if _, err := ca.ActivateIntermediate(ctx, f.cfg, f.store); !errors.Is(err, ca.ErrNoPrepared) {
@@ -1783,11 +1784,11 @@ func TestRotation(t *testing.T) {
 	requireOpenSSLRevoked(t, rootPath, []string{bundle}, leafFile(t, oldLeaf), f.cfg.CRLPath(), attime()...)
 	requireOpenSSLVerifies(t, rootPath, []string{bundle}, leafFile(t, duringPrepare), append(attime(), "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
 	requireOpenSSLVerifies(t, rootPath, []string{bundle}, leafFile(t, newLeaf), append(attime(), "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
-	oldKey := writeFile(t, t.TempDir(), "old.crt", ca.EncodeCert(old))
+	oldKey := writeFile(t, t.TempDir(), "old.crt", pemfile.EncodeCerts(old))
 	for i, p := range splitCRLs(t, f.cfg.CRLPath()) {
 		issuer := oldKey
 		if bytes.Equal(crls[i].AuthorityKeyId, prepared.SubjectKeyId) {
-			issuer = writeFile(t, t.TempDir(), "new.crt", ca.EncodeCert(prepared))
+			issuer = writeFile(t, t.TempDir(), "new.crt", pemfile.EncodeCerts(prepared))
 		}
 		text, _ := opensslCRL(t, p, issuer)
 		if listed := strings.Contains(text, opensslSerial(oldLeaf.Cert)); listed != (issuer == oldKey) {
@@ -1817,7 +1818,7 @@ func requireBundle(t testing.TB, f *fixture, want ...*x509.Certificate) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certs, err := ca.ParseCertsPEM(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1833,7 +1834,7 @@ func requireBundle(t testing.TB, f *fixture, want ...*x509.Certificate) {
 
 func readCertsFile(t testing.TB, data []byte) []*x509.Certificate {
 	t.Helper()
-	certs, err := ca.ParseCertsPEM(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		t.Fatal(err)
 	}

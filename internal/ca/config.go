@@ -28,6 +28,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Errors callers branch on.
@@ -36,10 +37,12 @@ var (
 	ErrExists = errors.New("ca: already exists")
 	// ErrNotInitialized reports a missing root or intermediate.
 	ErrNotInitialized = errors.New("ca: not initialized")
-	// ErrKeyMissing reports a key file that is not there.
-	ErrKeyMissing = errors.New("ca: key file missing")
-	// ErrKeyPermissions reports a key file or directory others can access.
-	ErrKeyPermissions = errors.New("ca: unsafe permissions")
+	// ErrKeyMissing reports a key file that is not there; it is
+	// pemfile.ErrMissing, so either name matches.
+	ErrKeyMissing = pemfile.ErrMissing
+	// ErrKeyPermissions reports a key file or directory others can access;
+	// it is pemfile.ErrPermissions.
+	ErrKeyPermissions = pemfile.ErrPermissions
 	// ErrPolicy reports a request the signing policy refuses.
 	ErrPolicy = errors.New("ca: refused by policy")
 	// ErrBadCSR reports a certificate request that does not parse or whose

@@ -24,6 +24,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // crashChildEnv, when set, makes TestCrashChild the issuing process that
@@ -207,7 +208,7 @@ func checkCrashedStore(t *testing.T, cfg ca.Config, handed map[string]string) {
 			t.Errorf("serial %s is recorded twice", c.Serial)
 		}
 		seen[c.Serial] = true
-		parsed, err := ca.ParseCertsPEM(c.PEM)
+		parsed, err := pemfile.ParseCerts(c.PEM)
 		if err != nil || ca.Fingerprint(parsed[0]) != c.Fingerprint || parsed[0].SerialNumber.Text(16) != c.Serial {
 			t.Errorf("the record of %s does not hold its own certificate (parse error: %v)", c.Serial, err)
 		}

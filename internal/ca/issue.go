@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Issued is a certificate the CA signed and recorded.
@@ -72,12 +73,12 @@ func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 	// a refused request leaves nothing behind.
 	issuedDir := c.cfg.issuedPath("")
 	if fileExists(issuedDir) {
-		if err := ensurePrivateDir(issuedDir); err != nil {
+		if err := pemfile.MkdirPrivate(issuedDir); err != nil {
 			return nil, err
 		}
 	}
 	keyPath := c.cfg.IssuedKeyPath(cn)
-	key, err := ReadKeyFile(keyPath)
+	key, err := pemfile.ReadKey(keyPath)
 	switch {
 	case errors.Is(err, ErrKeyMissing):
 		if key, err = GenerateKey(c.cfg.KeyType, c.cfg.Rand); err != nil {
@@ -92,15 +93,15 @@ func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ensurePrivateDir(issuedDir); err != nil {
+	if err := pemfile.MkdirPrivate(issuedDir); err != nil {
 		return nil, err
 	}
 	if !fileExists(keyPath) {
-		if err := WriteKeyFile(keyPath, key); err != nil {
+		if err := pemfile.WriteKey(keyPath, key); err != nil {
 			return nil, err
 		}
 	}
-	if err := WriteFileAtomic(c.cfg.IssuedCertPath(cn), append(append([]byte{}, is.PEM...), is.ChainPEM...), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(c.cfg.IssuedCertPath(cn), append(append([]byte{}, is.PEM...), is.ChainPEM...), 0o644); err != nil {
 		return nil, err
 	}
 	return is, nil

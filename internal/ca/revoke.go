@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Reason is an RFC 5280 CRLReason.
@@ -191,7 +192,7 @@ func (c *CA) RebuildCRL(ctx context.Context) ([]*x509.RevocationList, error) {
 		out = append(out, crl)
 		pem.Encode(&buf, &pem.Block{Type: "X509 CRL", Bytes: der})
 	}
-	if err := WriteFileAtomic(c.cfg.CRLPath(), buf.Bytes(), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(c.cfg.CRLPath(), buf.Bytes(), 0o644); err != nil {
 		return nil, err
 	}
 	audit(ctx, c.cfg, c.store, "crl.rebuild", "", nil, fmt.Sprintf("%d CRLs, %d revoked serials", len(out), len(revs)))

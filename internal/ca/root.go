@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Init creates the self-signed root in cfg.RootDir: key 0600 in a 0700
@@ -31,7 +32,7 @@ func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, e
 			return nil, err
 		}
 	}
-	if err := ensurePrivateDir(cfg.RootDir); err != nil {
+	if err := pemfile.MkdirPrivate(cfg.RootDir); err != nil {
 		audit(ctx, cfg, st, "ca.init", "", err)
 		return nil, err
 	}
@@ -55,10 +56,10 @@ func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, e
 	}
 	// The key lands first: a crash in between leaves a key without a
 	// certificate, which Init refuses to overwrite rather than lose.
-	if err := WriteKeyFile(cfg.rootKeyPath(), key); err != nil {
+	if err := pemfile.WriteKey(cfg.rootKeyPath(), key); err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(cfg.rootCertPath(), EncodeCert(cert), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(cfg.rootCertPath(), pemfile.EncodeCerts(cert), 0o644); err != nil {
 		return nil, err
 	}
 	audit(ctx, cfg, st, "ca.init", cert.Subject.CommonName, nil, "root "+keyID(cert)+" "+string(cfg.KeyType))
@@ -95,7 +96,7 @@ func writeState(cfg Config, s intState) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(cfg.statePath(), append(data, '\n'), 0o600)
+	return pemfile.WriteAtomic(cfg.statePath(), append(data, '\n'), 0o600)
 }
 
 // IssueIntermediate creates the first intermediate, signed by the root. It
@@ -205,24 +206,24 @@ func publishCRL(ctx context.Context, cfg Config, st store.Store) error {
 // newIntermediate creates, records and stores a new intermediate signed by
 // the root; it does not change which one is active.
 func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
-	root, err := ReadCertFile(cfg.rootCertPath())
+	root, err := pemfile.ReadCert(cfg.rootCertPath())
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: no root certificate at %s (run `meshctl ca init`, or bring the offline root back)", ErrNotInitialized, cfg.rootCertPath())
 		}
 		return nil, err
 	}
-	rootKey, err := ReadKeyFile(cfg.rootKeyPath())
+	rootKey, err := pemfile.ReadKey(cfg.rootKeyPath())
 	if err != nil {
 		return nil, fmt.Errorf("the root key is needed to sign an intermediate: %w", err)
 	}
 	if !publicKeyEqual(root.PublicKey, rootKey.Public()) {
 		return nil, fmt.Errorf("%s does not match %s", cfg.rootKeyPath(), cfg.rootCertPath())
 	}
-	if err := ensurePrivateDir(cfg.Dir); err != nil {
+	if err := pemfile.MkdirPrivate(cfg.Dir); err != nil {
 		return nil, err
 	}
-	if err := ensurePrivateDir(cfg.intKeysDir()); err != nil {
+	if err := pemfile.MkdirPrivate(cfg.intKeysDir()); err != nil {
 		return nil, err
 	}
 	key, err := GenerateKey(cfg.KeyType, cfg.Rand)
@@ -249,13 +250,13 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 		return nil, err
 	}
 	id := keyID(cert)
-	if err := WriteKeyFile(filepath.Join(cfg.intKeysDir(), id+".key"), key); err != nil {
+	if err := pemfile.WriteKey(filepath.Join(cfg.intKeysDir(), id+".key"), key); err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(filepath.Join(cfg.intKeysDir(), id+".crt"), EncodeCert(cert), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(filepath.Join(cfg.intKeysDir(), id+".crt"), pemfile.EncodeCerts(cert), 0o644); err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(cfg.rootCopyPath(), EncodeCert(root), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(cfg.rootCopyPath(), pemfile.EncodeCerts(root), 0o644); err != nil {
 		return nil, err
 	}
 	rec := certRecord(cert, "intermediate", keyID(root), now)
@@ -268,7 +269,7 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 // publish rewrites the files derived from s: the active intermediate's
 // cert, key and chain, and the bundle of root plus live intermediates.
 func publish(cfg Config, s intState) error {
-	root, err := ReadCertFile(cfg.rootCopyPath())
+	root, err := pemfile.ReadCert(cfg.rootCopyPath())
 	if err != nil {
 		return err
 	}
@@ -276,30 +277,29 @@ func publish(cfg Config, s intState) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteKeyFile(cfg.activeKeyPath(), activeKey); err != nil {
+	if err := pemfile.WriteKey(cfg.activeKeyPath(), activeKey); err != nil {
 		return err
 	}
-	if err := WriteFileAtomic(cfg.activeCertPath(), EncodeCert(active), 0o644); err != nil {
+	if err := pemfile.WriteAtomic(cfg.activeCertPath(), pemfile.EncodeCerts(active), 0o644); err != nil {
 		return err
 	}
-	chain := append(EncodeCert(active), EncodeCert(root)...)
-	if err := WriteFileAtomic(cfg.ChainPath(), chain, 0o644); err != nil {
+	if err := pemfile.WriteAtomic(cfg.ChainPath(), pemfile.EncodeCerts(active, root), 0o644); err != nil {
 		return err
 	}
 	var bundle bytes.Buffer
-	bundle.Write(EncodeCert(root))
+	bundle.Write(pemfile.EncodeCerts(root))
 	now := cfg.Now()
 	for _, id := range liveIDs(s) {
-		c, err := ReadCertFile(filepath.Join(cfg.intKeysDir(), id+".crt"))
+		c, err := pemfile.ReadCert(filepath.Join(cfg.intKeysDir(), id+".crt"))
 		if err != nil {
 			return err
 		}
 		if now.After(c.NotAfter) {
 			continue
 		}
-		bundle.Write(EncodeCert(c))
+		bundle.Write(pemfile.EncodeCerts(c))
 	}
-	return WriteFileAtomic(cfg.BundlePath(), bundle.Bytes(), 0o644)
+	return pemfile.WriteAtomic(cfg.BundlePath(), bundle.Bytes(), 0o644)
 }
 
 // liveIDs lists the intermediates that may still have valid leaves: the
@@ -316,11 +316,11 @@ func liveIDs(s intState) []string {
 }
 
 func loadIntermediate(cfg Config, id string) (*x509.Certificate, crypto.Signer, error) {
-	cert, err := ReadCertFile(filepath.Join(cfg.intKeysDir(), id+".crt"))
+	cert, err := pemfile.ReadCert(filepath.Join(cfg.intKeysDir(), id+".crt"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("intermediate %s: %w", id, err)
 	}
-	key, err := ReadKeyFile(filepath.Join(cfg.intKeysDir(), id+".key"))
+	key, err := pemfile.ReadKey(filepath.Join(cfg.intKeysDir(), id+".key"))
 	if err != nil {
 		return nil, nil, fmt.Errorf("intermediate %s: %w", id, err)
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // adminTimeout bounds one admin API call, connecting included.
@@ -137,7 +138,7 @@ func (f *adminFlags) tlsClient(caDir string) (*adminClient, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--cacert: %w", err)
 		}
-		certs, err := ca.ParseCertsPEM(data)
+		certs, err := pemfile.ParseCerts(data)
 		if err != nil {
 			return nil, fmt.Errorf("--cacert %s: %w", caFile, err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 func newCACmd(g *globals) *cobra.Command {
@@ -284,7 +285,7 @@ for nothing the profile would not grant.`,
 				}
 				pemOut := append(append([]byte{}, is.PEM...), is.ChainPEM...)
 				if out != "" {
-					if err := ca.WriteFileAtomic(out, pemOut, 0o644); err != nil {
+					if err := pemfile.WriteAtomic(out, pemOut, 0o644); err != nil {
 						return err
 					}
 					s := summarize(is.Cert)
@@ -406,7 +407,7 @@ func caVerifyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			certs, err := ca.ParseCertsPEM(data)
+			certs, err := pemfile.ParseCerts(data)
 			if err != nil {
 				return fmt.Errorf("%s: %w", a[0], err)
 			}

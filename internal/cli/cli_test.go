@@ -30,6 +30,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/cli"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // env is a root directory and a CA directory that meshctl is pointed at
@@ -250,7 +251,7 @@ func requireOpenSSLRevoked(t *testing.T, root string, untrusted []string, leaf, 
 
 func readCert(t *testing.T, path string) *x509.Certificate {
 	t.Helper()
-	c, err := ca.ReadCertFile(path)
+	c, err := pemfile.ReadCert(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,7 +351,7 @@ func TestWalkthrough(t *testing.T) {
 	signedPath := filepath.Join(e.base, "ct2.pem")
 	r = e.mustRun("ca", "sign", csr, "--profile", "node", "--ttl", "30d", "-o", signedPath)
 	requireContains(t, "ca sign -o", r.stdout, "signed ct2.mesh", signedPath)
-	signed, err := ca.ParseCertsPEM(readFile(t, signedPath))
+	signed, err := pemfile.ParseCerts(readFile(t, signedPath))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +362,7 @@ func TestWalkthrough(t *testing.T) {
 		t.Errorf("--ttl 30d gave a lifetime of %v", got)
 	}
 	r = e.mustRun("ca", "sign", csr, "--profile", "node", "--name", "ct2.mesh")
-	if certs, err := ca.ParseCertsPEM([]byte(r.stdout)); err != nil || len(certs) != 3 || certs[0].Subject.CommonName != "ct2.mesh" {
+	if certs, err := pemfile.ParseCerts([]byte(r.stdout)); err != nil || len(certs) != 3 || certs[0].Subject.CommonName != "ct2.mesh" {
 		t.Fatalf("ca sign to stdout: %v\n%s", err, r.stdout)
 	}
 
@@ -476,7 +477,7 @@ func TestWalkthrough(t *testing.T) {
 	r = e.mustRun("ca", "rotate-intermediate", "prepare")
 	requireContains(t, "rotate prepare", r.stdout, "prepared intermediate", "the bundle now holds both intermediates")
 	bundle := e.path("intermediate", "bundle.pem")
-	if certs, err := ca.ParseCertsPEM(readFile(t, bundle)); err != nil || len(certs) != 3 {
+	if certs, err := pemfile.ParseCerts(readFile(t, bundle)); err != nil || len(certs) != 3 {
 		t.Fatalf("bundle.pem after prepare: %d certificates, %v; want root and two intermediates", len(certs), err)
 	}
 	e.mustRun("ca", "issue-node", "ct3")

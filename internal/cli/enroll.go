@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // defaultNodeDir is where a node keeps its credentials.
@@ -166,7 +167,7 @@ func readRoots(path string) (*x509.CertPool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--ca-cert: %w", err)
 	}
-	certs, err := enroll.ParseCertificates(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		return nil, fmt.Errorf("--ca-cert %s: %w", path, err)
 	}

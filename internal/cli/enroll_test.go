@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 const bootstrapSecret = "b00tstrap-s3cret-7f3a"
@@ -330,8 +331,8 @@ func TestRenewCmd(t *testing.T) {
 		after.Agents[0].Certificate.Leaf.SerialNumber.Cmp(before.Agents[0].Certificate.Leaf.SerialNumber) == 0 {
 		t.Error("renew --force did not replace the certificates")
 	}
-	keyBefore, _ := enroll.MarshalKey(before.Key)
-	keyAfter, _ := enroll.MarshalKey(after.Key)
+	keyBefore, _ := pemfile.MarshalKey(before.Key)
+	keyAfter, _ := pemfile.MarshalKey(after.Key)
 	if string(keyBefore) != string(keyAfter) {
 		t.Error("renewal changed the node key")
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshtrust/meshtrust/identity"
-	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // The entity commands keep MCP Mesh meshctl's names, flags and messages
@@ -131,7 +131,7 @@ func readEntityCA(path string, now time.Time) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to read CA cert file: %w", err)
 	}
-	certs, err := ca.ParseCertsPEM(data)
+	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
 		if !hasCertBlock(data) {
 			return nil, fmt.Errorf("no CERTIFICATE PEM blocks found in %s", path)

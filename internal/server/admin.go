@@ -22,6 +22,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -218,7 +219,7 @@ func (s *Server) checkEntity(ctx context.Context, req EntityRequest) (store.Enti
 	if err := identity.ValidateID(req.Name); err != nil {
 		return e, nil, fmt.Errorf("entity name: %w", err)
 	}
-	certs, err := ca.ParseCertsPEM([]byte(req.CACert))
+	certs, err := pemfile.ParseCerts([]byte(req.CACert))
 	if err != nil {
 		return e, nil, fmt.Errorf("CA certificate: %w", err)
 	}
@@ -241,10 +242,7 @@ func (s *Server) checkEntity(ctx context.Context, req EntityRequest) (store.Enti
 			return e, nil, fmt.Errorf("this CA is already registered as entity %q; one CA, one entity", o.Name)
 		}
 	}
-	var pemData []byte
-	for _, c := range certs {
-		pemData = append(pemData, ca.EncodeCert(c)...) // only certificates, never a key pasted along
-	}
+	pemData := pemfile.EncodeCerts(certs...) // only certificates, never a key pasted along
 	return store.Entity{Name: req.Name, CAPEM: pemData, Fingerprint: fp, Subject: certs[0].Subject.String(),
 		NotBefore: certs[0].NotBefore.UTC(), NotAfter: certs[0].NotAfter.UTC(), CreatedAt: now.UTC()}, certs, nil
 }
@@ -290,12 +288,8 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) adoptFileEntity(ctx context.Context, name string, now time.Time) error {
 	certs := s.files.Certificates(name)
-	var pemData []byte
-	for _, c := range certs {
-		pemData = append(pemData, ca.EncodeCert(c)...)
-	}
 	c := certs[0]
-	e := store.Entity{Name: name, CAPEM: pemData, Fingerprint: trust.Fingerprint(c), Subject: c.Subject.String(),
+	e := store.Entity{Name: name, CAPEM: pemfile.EncodeCerts(certs...), Fingerprint: trust.Fingerprint(c), Subject: c.Subject.String(),
 		NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), CreatedAt: now.UTC()}
 	return s.st.PutEntity(ctx, e, true, store.AuditEntry{Time: now, Action: "entity.adopt", Identity: name, Outcome: store.OutcomeOK, Detail: "from trust dir"})
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // logBuffer is the servers' log sink; the server writes from many
@@ -159,11 +160,11 @@ func agentCert(t testing.TB, c *ca.CA, agent, node string) (tls.Certificate, *x5
 // intermediate returns the CA's active intermediate and its key.
 func (m *meshCA) intermediate(t testing.TB) (*x509.Certificate, crypto.Signer) {
 	t.Helper()
-	cert, err := ca.ReadCertFile(filepath.Join(m.cfg.Dir, "intermediate", "int.crt"))
+	cert, err := pemfile.ReadCert(filepath.Join(m.cfg.Dir, "intermediate", "int.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := ca.ReadKeyFile(filepath.Join(m.cfg.Dir, "intermediate", "int.key"))
+	key, err := pemfile.ReadKey(filepath.Join(m.cfg.Dir, "intermediate", "int.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +201,7 @@ func newTestCA(t testing.TB, cn string) *testCA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testCA{cert: cert, key: key, pem: ca.EncodeCert(cert), keyPEM: keyPEM(t, key)}
+	return &testCA{cert: cert, key: key, pem: pemfile.EncodeCerts(cert), keyPEM: keyPEM(t, key)}
 }
 
 // leaf issues a client certificate with common name cn.
@@ -249,7 +250,7 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 
 func keyPEM(t testing.TB, key crypto.Signer) []byte {
 	t.Helper()
-	b, err := ca.MarshalKey(key)
+	b, err := pemfile.MarshalKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}

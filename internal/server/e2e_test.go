@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // The end-to-end tests run meshd as it runs in production: real TLS on a
@@ -301,7 +301,7 @@ func TestE2EFilestoreHotReload(t *testing.T) {
 		t.Fatalf("partner before its CA file exists: %s, want 403 unknown_ca", r)
 	}
 	file := filepath.Join(e.trustDir, "entities", "partner.pem")
-	if err := ca.WriteFileAtomic(file, partner.pem, 0o644); err != nil {
+	if err := pemfile.WriteAtomic(file, partner.pem, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var conn *rawConn
@@ -358,7 +358,7 @@ func TestE2EBackendChaining(t *testing.T) {
 			e := newEnv(t, envOptions{mode: server.TLSStrict, backends: tc.backends, trustDir: true})
 			partner := newTestCA(t, "partner CA")
 			e.extraKeys = append(e.extraKeys, partner.keyPEM)
-			if err := ca.WriteFileAtomic(filepath.Join(e.trustDir, "entities", "partner.pem"), partner.pem, 0o644); err != nil {
+			if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "entities", "partner.pem"), partner.pem, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			if slices.Contains(tc.backends, "filestore") {

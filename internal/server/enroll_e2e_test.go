@@ -24,6 +24,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -500,7 +501,7 @@ func TestE2EAgentCertScope(t *testing.T) {
 	if r.code != http.StatusCreated {
 		t.Fatalf("agent-cert with an empty CN: %s", r)
 	}
-	certs, err := enroll.ParseCertificates([]byte(r.json(t)["certificate"].(string)))
+	certs, err := pemfile.ParseCerts([]byte(r.json(t)["certificate"].(string)))
 	if err != nil || certs[0].Subject.CommonName != "haiku@ct400" {
 		t.Errorf("agent-cert with an empty CN issued %v (%v)", certs, err)
 	}
@@ -569,7 +570,7 @@ func TestE2ERenewRotatesAgents(t *testing.T) {
 			agent string
 			is    *ca.Issued
 		}{{"", ni}, {"opus", ai}} {
-			key, err := ca.ReadKeyFile(past.Config().IssuedKeyPath(w.is.Cert.Subject.CommonName))
+			key, err := pemfile.ReadKey(past.Config().IssuedKeyPath(w.is.Cert.Subject.CommonName))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -691,7 +692,7 @@ func TestE2ECRLAndBundle(t *testing.T) {
 	if r.code != http.StatusOK {
 		t.Fatalf("certless GET /bundle: %s", r)
 	}
-	certs, err := enroll.ParseCertificates(r.body)
+	certs, err := pemfile.ParseCerts(r.body)
 	if err != nil {
 		t.Fatal(err)
 	}

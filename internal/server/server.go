@@ -22,6 +22,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/filestore"
 )
@@ -241,12 +242,12 @@ func (s *Server) loadState(ctx context.Context) error {
 	for _, e := range ents {
 		if e.Revoked() {
 			s.revs.AddEntity(trust.Revoked{Entity: e.Name, At: e.RevokedAt, Reason: "entity revoked"})
-			if certs, err := ca.ParseCertsPEM(e.CAPEM); err == nil {
+			if certs, err := pemfile.ParseCerts(e.CAPEM); err == nil {
 				s.revoked.Set(e.Name, certs)
 			}
 			continue
 		}
-		certs, err := ca.ParseCertsPEM(e.CAPEM)
+		certs, err := pemfile.ParseCerts(e.CAPEM)
 		if err != nil {
 			s.log.Warn("stored entity CA does not parse; skipping it", "entity", e.Name, "err", err)
 			continue

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -73,7 +74,7 @@ func (w *Watcher) issuers(ctx context.Context) ([]*x509.Certificate, error) {
 	data, err := w.get(ctx, "/bundle", "application/x-pem-file")
 	var candidates []*x509.Certificate
 	if err == nil {
-		candidates, err = parseCerts(data)
+		candidates, err = pemfile.ParseCerts(data)
 	}
 	if err != nil {
 		fetchErr = fmt.Errorf("GET /bundle: %w", err)
@@ -174,29 +175,6 @@ func parseCRLs(data []byte) ([]*x509.RevocationList, error) {
 			return nil, fmt.Errorf("neither PEM nor a DER CRL: %w", err)
 		}
 		out = append(out, crl)
-	}
-	return out, nil
-}
-
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no CERTIFICATE PEM block")
 	}
 	return out, nil
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Config configures a Server. The zero value is useful.
@@ -197,7 +198,7 @@ func (s *Server) Roots() *x509.CertPool {
 
 // RootPEM returns the mesh root in PEM.
 func (s *Server) RootPEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Root.Raw})
+	return pemfile.EncodeCerts(s.Root)
 }
 
 // RootFingerprint returns the lowercase hex SHA-256 of the root.
@@ -398,9 +399,9 @@ type issuedJSON struct {
 }
 
 func (s *Server) issuedJSON(c *x509.Certificate, withChain bool) issuedJSON {
-	out := issuedJSON{Certificate: string(pemCert(c)), Serial: c.SerialNumber.Text(16), NotAfter: c.NotAfter.UTC()}
+	out := issuedJSON{Certificate: string(pemfile.EncodeCerts(c)), Serial: c.SerialNumber.Text(16), NotAfter: c.NotAfter.UTC()}
 	if withChain {
-		out.Chain = string(pemCert(s.Intermediate)) + string(pemCert(s.Root))
+		out.Chain = string(pemfile.EncodeCerts(s.Intermediate, s.Root))
 	}
 	return out
 }
@@ -597,8 +598,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) bundle(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/x-pem-file")
-	w.Write(pemCert(s.Root))
-	w.Write(pemCert(s.Intermediate))
+	w.Write(pemfile.EncodeCerts(s.Root, s.Intermediate))
 }
 
 func (s *Server) crlHandler(w http.ResponseWriter, r *http.Request) {
@@ -796,10 +796,6 @@ func newKey(tb testing.TB) crypto.Signer {
 func randSerial() *big.Int {
 	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	return n.Add(n, big.NewInt(1))
-}
-
-func pemCert(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }
 
 func mustTD(name string) spiffeid.TrustDomain { return spiffeid.RequireTrustDomainFromString(name) }
