@@ -32,6 +32,10 @@ const issueParallelism = 16
 //
 //   - raw: x509.CreateCertificate of an agent leaf with the intermediate
 //     key, nothing else.
+//   - csr: what any CA must do for a CSR without recording anything:
+//     ParseCSR, the CSR's signature check (proof of possession), then the
+//     same CreateCertificate. ca/csr is the cost of policy and durable
+//     recording alone.
 //   - ca: ParseCSR and Sign of a pre-generated CSR, through the policy and
 //     into the SQLite store on disk (synchronous=FULL): every certificate
 //     counted is durably recorded before Sign returns it.
@@ -66,6 +70,31 @@ func BenchmarkIssue(b *testing.B) {
 			tmpl.RawSubject = nil // marshal the subject, as Sign does
 			for pb.Next() {
 				if _, err := x509.CreateCertificate(rand.Reader, &tmpl, parent, csr.PublicKey, key); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		reportIssue(b, cpu)
+	})
+
+	b.Run("csr", func(b *testing.B) {
+		var next atomic.Uint64
+		b.SetParallelism(issueParallelism)
+		b.ResetTimer()
+		cpu := cpuTime(b)
+		b.RunParallel(func(pb *testing.PB) {
+			tmpl := *leaf
+			tmpl.RawSubject = nil
+			for pb.Next() {
+				csr, err := ca.ParseCSR(csrs[next.Add(1)%pool])
+				if err == nil {
+					err = csr.CheckSignature()
+				}
+				if err == nil {
+					_, err = x509.CreateCertificate(rand.Reader, &tmpl, parent, csr.PublicKey, key)
+				}
+				if err != nil {
 					b.Error(err)
 					return
 				}
