@@ -56,7 +56,8 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", int(k))
 }
 
-// ParseKind parses the output of Kind.String.
+// ParseKind parses the output of Kind.String; "client", the CA profile's
+// name for external users, is read as KindExternal.
 func ParseKind(s string) (Kind, error) {
 	switch s {
 	case "node":

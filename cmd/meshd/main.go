@@ -86,7 +86,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)")
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy")
-	f.DurationVar(&o.interval, "heartbeat-interval", 5*time.Second, "heartbeat interval agents are told to keep (documentation for agents; the timeout decides)")
+	f.DurationVar(&o.interval, "heartbeat-interval", 5*time.Second, "the interval agents heartbeat at; --heartbeat-timeout must cover at least two of them")
 	f.StringVar(&o.secretFile, "bootstrap-secret-file", "", "file holding the bootstrap secret that enrolls new nodes on /enroll (also: $MESHTRUST_BOOTSTRAP_SECRET, <data-dir>/bootstrap.secret)")
 	f.StringVar(&o.meshSecretFile, "mesh-secret-file", "", "the seed's earlier name for --bootstrap-secret-file (also: $MESHTRUST_MESH_SECRET, <data-dir>/mesh.secret)")
 	f.BoolVar(&o.legacyCompat, "legacy-secret-compat", false, "migration only: let agent routes accept the bootstrap secret as a bearer from callers without a certificate (each use counted and logged)")
@@ -103,6 +103,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	mode, err := server.ParseTLSMode(o.tlsMode)
 	if err != nil {
 		return err
+	}
+	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
+		return fmt.Errorf("--heartbeat-timeout %s must be at least twice --heartbeat-interval %s, or agents are marked unhealthy between two heartbeats", o.heartbeatTimeout, o.interval)
 	}
 	if o.dataDir == "" {
 		if !o.dev {

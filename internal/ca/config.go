@@ -75,8 +75,9 @@ type Config struct {
 	RootDir string
 	// Dir holds the intermediates, issued certificates, CRL and store.
 	Dir string
-	// TrustDomain is the SPIFFE trust domain written into every leaf and
-	// into the intermediate's name constraints; default "mesh.local".
+	// TrustDomain is the SPIFFE trust domain written into every leaf's
+	// SPIFFE ID; default "mesh.local". It is recorded when the first
+	// intermediate is issued, and an open CA uses the recorded one.
 	TrustDomain string
 	// KeyType is the type of keys the CA generates; default ECDSA P-256.
 	KeyType KeyType

@@ -165,7 +165,7 @@ func checkKey(pub any) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() && k.Curve != elliptic.P521() {
-			return policyErr("ECDSA curve %s is not accepted (use P-256 or P-384)", k.Curve.Params().Name)
+			return policyErr("ECDSA curve %s is not accepted (use P-256, P-384 or P-521)", k.Curve.Params().Name)
 		}
 	case ed25519.PublicKey:
 	case *rsa.PublicKey:

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -244,7 +245,7 @@ func (s *Server) checkEntity(ctx context.Context, req EntityRequest) (store.Enti
 	}
 	pemData := pemfile.EncodeCerts(certs...) // only certificates, never a key pasted along
 	return store.Entity{Name: req.Name, CAPEM: pemData, Fingerprint: fp, Subject: certs[0].Subject.String(),
-		NotBefore: certs[0].NotBefore.UTC(), NotAfter: certs[0].NotAfter.UTC(), CreatedAt: now.UTC()}, certs, nil
+		NotBefore: recordable(certs[0].NotBefore), NotAfter: recordable(certs[0].NotAfter), CreatedAt: now.UTC()}, certs, nil
 }
 
 // revokeEntity revokes an entity durably, then evicts its agents and
@@ -286,11 +287,25 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 		"message": fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.evicted)})
 }
 
+// recordable clamps a CA's validity bound to what the store can record
+// (1678 to 2262): RFC 5280's "no expiry", 9999-12-31, is stored as 2262.
+// The bound is for display; verification reads the certificate itself.
+func recordable(t time.Time) time.Time {
+	lo, hi := time.Unix(0, math.MinInt64).UTC(), time.Unix(0, math.MaxInt64).UTC()
+	switch {
+	case t.Before(lo):
+		return lo
+	case t.After(hi):
+		return hi
+	}
+	return t.UTC()
+}
+
 func (s *Server) adoptFileEntity(ctx context.Context, name string, now time.Time) error {
 	certs := s.files.Certificates(name)
 	c := certs[0]
 	e := store.Entity{Name: name, CAPEM: pemfile.EncodeCerts(certs...), Fingerprint: trust.Fingerprint(c), Subject: c.Subject.String(),
-		NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(), CreatedAt: now.UTC()}
+		NotBefore: recordable(c.NotBefore), NotAfter: recordable(c.NotAfter), CreatedAt: now.UTC()}
 	return s.st.PutEntity(ctx, e, true, store.AuditEntry{Time: now, Action: "entity.adopt", Identity: name, Outcome: store.OutcomeOK, Detail: "from trust dir"})
 }
 

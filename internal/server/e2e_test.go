@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -891,4 +892,35 @@ func TestE2ENoSecretsInLogs(t *testing.T) {
 		t.Errorf("log lacks the refusals (%v) or the registration (%v):\n%s", refused, registered, e.log)
 	}
 	e.checkLog()
+}
+
+// TestE2EEntityForeverCA: a partner CA that never expires (RFC 5280's
+// 9999-12-31) registers, lists and admits its agents; the store records
+// its expiry at the latest date it can hold.
+func TestE2EEntityForeverCA(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	key := newKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber: randSerial(t), Subject: pkix.Name{CommonName: "forever CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forever := &testCA{cert: cert, key: key, pem: pemfile.EncodeCerts(cert), keyPEM: keyPEM(t, key)}
+	e.registerEntity("eternal", forever)
+	r := e.adminDo("GET", "/admin/entities", nil)
+	if r.code != http.StatusOK || !strings.Contains(string(r.body), `"expires":"2262-`) {
+		t.Fatalf("entity list: %s", r)
+	}
+	leaf := forever.leaf(t, "eternal-a")
+	if got := e.do(e.client(&leaf), "POST", "/heartbeat", heartbeat("eternal-a", 0)); got.code != http.StatusOK {
+		t.Fatalf("heartbeat of the forever entity's agent: %s", got)
+	}
 }
