@@ -11,20 +11,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/meshtrust/meshtrust/internal/retry"
 )
 
 // Clock tells the time and waits. The Renewer takes one so that tests
 // move time instead of sleeping.
-type Clock interface {
-	Now() time.Time
-	// After returns a channel that receives once d has passed.
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+type Clock = retry.Clock
 
 // RenewerConfig configures a Renewer. The zero value renews at 2/3 of a
 // certificate's lifetime with up to 5% of it as jitter, and retries from
@@ -107,7 +100,7 @@ func NewRenewer(client *Client, dir Dir, cfg RenewerConfig) (*Renewer, error) {
 		cfg.MaxBackoff = cfg.MinBackoff
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = retry.SystemClock()
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Int64N
@@ -300,13 +293,7 @@ func (r *Renewer) adoptNewer() bool {
 // doubling from MinBackoff, capped at MaxBackoff, the upper half of it
 // drawn at random so that nodes do not retry in step.
 func (r *Renewer) backoff(attempt int) time.Duration {
-	d := r.cfg.MinBackoff
-	for i := 1; i < attempt && d < r.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, r.cfg.MaxBackoff)
-	half := d / 2
-	return half + time.Duration(r.cfg.Rand(int64(half)+1))
+	return retry.Backoff(attempt, r.cfg.MinBackoff, r.cfg.MaxBackoff, r.cfg.Rand)
 }
 
 // Run renews the credentials whenever they are due until ctx ends, and

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/trust"
+
+	"github.com/meshtrust/meshtrust/internal/retry"
 )
 
 func readAll(t testing.TB, in string) ([]sseEvent, error) {
@@ -106,7 +108,7 @@ func FuzzSSEReader(f *testing.F) {
 	f.Add(": keep-alive\r\n\r\ndata: a\rdata: b\r\r")
 	f.Add("\uFEFFid: 1\x00\nretry: 5\ndata\n\n")
 	f.Fuzz(func(t *testing.T, in string) {
-		w := &Watcher{set: &trust.RevocationSet{}, cfg: Config{Clock: systemClock{}}, log: slog.New(slog.DiscardHandler)}
+		w := &Watcher{set: &trust.RevocationSet{}, cfg: Config{Clock: retry.SystemClock()}, log: slog.New(slog.DiscardHandler)}
 		events, _ := readAll(t, in)
 		for _, ev := range events {
 			if strings.Contains(ev.ID, "\x00") {
@@ -124,7 +126,7 @@ func TestApply(t *testing.T) {
 	t.Parallel()
 	var logs bytes.Buffer
 	set := &trust.RevocationSet{}
-	w := &Watcher{set: set, cfg: Config{Clock: systemClock{}}, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	w := &Watcher{set: set, cfg: Config{Clock: retry.SystemClock()}, log: slog.New(slog.NewTextHandler(&logs, nil))}
 	at := time.Date(2026, 11, 21, 22, 40, 0, 0, time.UTC)
 	ev := func(id string, v any) sseEvent {
 		b, _ := json.Marshal(v)

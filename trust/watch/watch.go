@@ -33,18 +33,12 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/trust"
+
+	"github.com/meshtrust/meshtrust/internal/retry"
 )
 
 // Clock tells the time and waits; tests move it instead of sleeping.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+type Clock = retry.Clock
 
 // Config configures a Watcher. Server and Roots are required; the zero
 // value of every other field is a sensible default.
@@ -132,7 +126,7 @@ func New(set *trust.RevocationSet, cfg Config) (*Watcher, error) {
 		cfg.IdleTimeout = 45 * time.Second
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = retry.SystemClock()
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Int64N
@@ -221,13 +215,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 // backoff returns the delay before reconnection number attempt: doubling
 // from MinBackoff up to MaxBackoff, its upper half drawn at random.
 func (w *Watcher) backoff(attempt int) time.Duration {
-	d := w.cfg.MinBackoff
-	for i := 1; i < attempt && d < w.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, w.cfg.MaxBackoff)
-	half := d / 2
-	return half + time.Duration(w.cfg.Rand(int64(half)+1))
+	return retry.Backoff(attempt, w.cfg.MinBackoff, w.cfg.MaxBackoff, w.cfg.Rand)
 }
 
 // stream follows the event stream once, until it ends. up reports whether
