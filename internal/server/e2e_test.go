@@ -924,3 +924,27 @@ func TestE2EEntityForeverCA(t *testing.T) {
 		t.Fatalf("heartbeat of the forever entity's agent: %s", got)
 	}
 }
+
+// TestE2ERestartAfterEntityReregistered: an entity revoked and then
+// registered again stays trusted across a restart; replaying the old
+// revocation event must not revoke it again.
+func TestE2ERestartAfterEntityReregistered(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	acme := newTestCA(t, "acme CA")
+	e.registerEntity("acme", acme)
+	if r := e.adminDo("DELETE", "/admin/entities/acme", nil); r.code != http.StatusOK {
+		t.Fatalf("revoke acme: %s", r)
+	}
+	e.registerEntity("acme", acme)
+	leaf := acme.leaf(t, "acme-a")
+	if r := e.do(e.client(&leaf), "POST", "/heartbeat", heartbeat("acme-a", 0)); r.code != http.StatusOK {
+		t.Fatalf("heartbeat after re-registration: %s", r)
+	}
+	e.restart()
+	if r := e.do(e.freshClient(&leaf), "POST", "/heartbeat", heartbeat("acme-a", 0)); r.code != http.StatusOK {
+		t.Fatalf("heartbeat after restart: %s (the old revocation was replayed)", r)
+	}
+	if r := e.adminDo("GET", "/admin/entities", nil); !strings.Contains(string(r.body), `"status":"active"`) {
+		t.Fatalf("entity list after restart: %s", r)
+	}
+}

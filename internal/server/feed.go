@@ -191,6 +191,12 @@ func (s *Server) pollFeed(ctx context.Context) (int, error) {
 		}
 		for _, e := range evs {
 			if e.Entity != "" {
+				// An entity registered again since this event (a replay at
+				// start-up) is trusted: its current record decides.
+				if cur, err := s.st.Entity(ctx, e.Entity); err == nil && !cur.Revoked() {
+					s.feedSeq = e.Seq
+					continue
+				}
 				s.entityEffects[e.Entity] = s.applyEntityRevocation(ctx, e.Entity, e.Time)
 			} else {
 				s.applyRevocation(ctx, store.Revocation{Serial: e.Serial, CommonName: e.CommonName, IssuerKeyID: e.IssuerKeyID, Reason: e.Reason, RevokedAt: e.Time})
