@@ -166,7 +166,9 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 	if err := s.stillTrusted(r, peer); err != nil {
 		// Revoked while this heartbeat was being recorded: the eviction
 		// may have run before the write, so evict again.
-		if _, eerr := s.reg.EvictFingerprints(r.Context(), map[string]bool{peer.Fingerprint: true}, err.Error()); eerr != nil {
+		// The eviction closed this request's connection, cancelling its
+		// context; the record must be written all the same.
+		if _, eerr := s.reg.EvictFingerprints(context.WithoutCancel(r.Context()), map[string]bool{peer.Fingerprint: true}, err.Error()); eerr != nil {
 			s.log.Error("evict after a racing revocation", "agent", res.AgentID, "err", eerr)
 		}
 		s.count("post", http.StatusForbidden)

@@ -67,7 +67,7 @@ type Config struct {
 	// unhealthy; default 20s.
 	HeartbeatTimeout time.Duration
 	// RevocationPoll is how often the store is checked for revocations
-	// made by other processes (meshctl ca revoke offline); default 200ms.
+	// made by other processes (meshctl ca revoke offline); default 100ms.
 	RevocationPoll time.Duration
 	// BootstrapSecret enrolls nodes on /enroll and is refused everywhere
 	// else; empty disables secret enrollment (join tokens still work).
@@ -135,7 +135,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		return nil, err
 	}
 	if cfg.RevocationPoll == 0 {
-		cfg.RevocationPoll = 200 * time.Millisecond
+		cfg.RevocationPoll = 100 * time.Millisecond
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -78,7 +78,7 @@ func main() {
 	flag.StringVar(&o.payloadFile, "payload", "bench/mcpmesh/heartbeat.json", "heartbeat JSON (agent_id is replaced)")
 	flag.BoolVar(&o.jsonOut, "json", false, "print one JSON line")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
-	flag.DurationVar(&o.poll, "poll", 0, "meshd's revocation poll interval (0: meshd's default, 200ms)")
+	flag.DurationVar(&o.poll, "poll", 0, "meshd's revocation poll interval (0: meshd's default, 100ms)")
 	flag.Parse()
 	// Bounded, and a SIGTERM (run.sh's deadline) still removes the
 	// temporary directory.
@@ -282,7 +282,7 @@ func startMesh(ctx context.Context, dir string, o options) (*mesh, error) {
 	m.roots.AddCert(m.authority.Root())
 	m.poll = o.poll
 	if m.poll == 0 {
-		m.poll = 200 * time.Millisecond
+		m.poll = 100 * time.Millisecond
 	}
 	sock := filepath.Join(dir, "admin.sock")
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
