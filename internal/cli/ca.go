@@ -81,72 +81,80 @@ func (g *globals) printCert(w io.Writer, verb string, s certSummary) error {
 	return nil
 }
 
-func caInitCmd(g *globals) *cobra.Command {
+// lifecycle is one step of the root and intermediate lifecycle: it opens
+// the CA directory's store, runs, and prints the certificate it made and
+// what to do next.
+type lifecycle struct {
+	use, short string
+	// create lets the step create the CA directory (the first steps).
+	create bool
+	// keyType offers --key-type: the step generates a key.
+	keyType bool
+	run     func(context.Context, ca.Config, store.Store) (*x509.Certificate, error)
+	verb    string
+	// files names the certificate and key files the step wrote, if any.
+	files func(ca.Config) (cert, key string)
+	next  func(ca.Config) string
+}
+
+func lifecycleCmd(g *globals, l lifecycle) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "init",
-		Short: "Create the self-signed root (once, ever)",
+		Use:   l.use,
+		Short: l.short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.config()
 			if err != nil {
 				return err
 			}
-			st, err := openStore(cmd.Context(), cfg, true)
+			st, err := openStore(cmd.Context(), cfg, l.create)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			root, err := ca.Init(cmd.Context(), cfg, st)
+			cert, err := l.run(cmd.Context(), cfg, st)
 			if err != nil {
 				return err
 			}
-			s := summarize(root)
-			s.CertFile, s.KeyFile = cfg.RootCertPath(), strings.TrimSuffix(cfg.RootCertPath(), ".crt")+".key"
-			if err := g.printCert(cmd.OutOrStdout(), "created root", s); err != nil {
+			s := summarize(cert)
+			if l.files != nil {
+				s.CertFile, s.KeyFile = l.files(cfg)
+			}
+			if err := g.printCert(cmd.OutOrStdout(), l.verb, s); err != nil {
 				return err
 			}
 			if !g.jsonOut {
-				fmt.Fprintln(cmd.OutOrStdout(), "next: meshctl ca issue-intermediate")
+				fmt.Fprintln(cmd.OutOrStdout(), l.next(cfg))
 			}
 			return nil
 		},
 	}
-	addKeyType(cmd, g)
+	if l.keyType {
+		addKeyType(cmd, g)
+	}
 	addJSON(cmd, g)
 	return cmd
 }
 
-func caIssueIntermediateCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "issue-intermediate",
-		Short: "Create the online intermediate, signed by the root",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := g.config()
-			if err != nil {
-				return err
-			}
-			st, err := openStore(cmd.Context(), cfg, true)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			c, err := ca.IssueIntermediate(cmd.Context(), cfg, st)
-			if err != nil {
-				return err
-			}
-			if err := g.printCert(cmd.OutOrStdout(), "created intermediate", summarize(c)); err != nil {
-				return err
-			}
-			if !g.jsonOut {
-				fmt.Fprintf(cmd.OutOrStdout(), "chain: %s\nthe root key in %s can now be moved offline\n", cfg.ChainPath(), cfg.RootDir)
-			}
-			return nil
+func caInitCmd(g *globals) *cobra.Command {
+	return lifecycleCmd(g, lifecycle{
+		use: "init", short: "Create the self-signed root (once, ever)", create: true, keyType: true,
+		run: ca.Init, verb: "created root",
+		files: func(cfg ca.Config) (string, string) {
+			return cfg.RootCertPath(), strings.TrimSuffix(cfg.RootCertPath(), ".crt") + ".key"
 		},
-	}
-	addKeyType(cmd, g)
-	addJSON(cmd, g)
-	return cmd
+		next: func(ca.Config) string { return "next: meshctl ca issue-intermediate" },
+	})
+}
+
+func caIssueIntermediateCmd(g *globals) *cobra.Command {
+	return lifecycleCmd(g, lifecycle{
+		use: "issue-intermediate", short: "Create the online intermediate, signed by the root", create: true, keyType: true,
+		run: ca.IssueIntermediate, verb: "created intermediate",
+		next: func(cfg ca.Config) string {
+			return fmt.Sprintf("chain: %s\nthe root key in %s can now be moved offline", cfg.ChainPath(), cfg.RootDir)
+		},
+	})
 }
 
 func caRotateCmd(g *globals) *cobra.Command {
@@ -154,44 +162,19 @@ func caRotateCmd(g *globals) *cobra.Command {
 		Use:   "rotate-intermediate",
 		Short: "Rotate the intermediate: prepare a new one, then activate it",
 	}
-	step := func(name, short string, run func(context.Context, ca.Config, store.Store) (*x509.Certificate, error), after string) *cobra.Command {
-		c := &cobra.Command{
-			Use:   name,
-			Short: short,
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				cfg, err := g.config()
-				if err != nil {
-					return err
-				}
-				st, err := openStore(cmd.Context(), cfg, false)
-				if err != nil {
-					return err
-				}
-				defer st.Close()
-				cert, err := run(cmd.Context(), cfg, st)
-				if err != nil {
-					return err
-				}
-				if err := g.printCert(cmd.OutOrStdout(), name+"d intermediate", summarize(cert)); err != nil {
-					return err
-				}
-				if !g.jsonOut {
-					fmt.Fprintln(cmd.OutOrStdout(), after)
-				}
-				return nil
-			},
-		}
-		addJSON(c, g)
-		return c
-	}
+	say := func(s string) func(ca.Config) string { return func(ca.Config) string { return s } }
 	cmd.AddCommand(
-		step("prepare", "Create a new intermediate beside the active one (needs the root key)", ca.PrepareIntermediate,
-			"the bundle now holds both intermediates; once verifiers have it, run: meshctl ca rotate-intermediate activate"),
-		step("activate", "Make the prepared intermediate the signing one", ca.ActivateIntermediate,
-			"new certificates are signed by it; certificates from the old one stay valid until they expire"),
+		lifecycleCmd(g, lifecycle{
+			use: "prepare", short: "Create a new intermediate beside the active one (needs the root key)", keyType: true,
+			run: ca.PrepareIntermediate, verb: "prepared intermediate",
+			next: say("the bundle now holds both intermediates; once verifiers have it, run: meshctl ca rotate-intermediate activate"),
+		}),
+		lifecycleCmd(g, lifecycle{
+			use: "activate", short: "Make the prepared intermediate the signing one",
+			run: ca.ActivateIntermediate, verb: "activated intermediate",
+			next: say("new certificates are signed by it; certificates from the old one stay valid until they expire"),
+		}),
 	)
-	addKeyType(cmd.Commands()[0], g)
 	return cmd
 }
 
