@@ -42,7 +42,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -51,9 +50,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
@@ -78,16 +77,7 @@ func main() {
 	flag.BoolVar(&o.jsonOut, "json", false, "print one JSON line")
 	flag.StringVar(&o.memProfile, "memprofile", "", "write a heap profile here once the agents are registered")
 	flag.Parse()
-	// Bounded, and a SIGTERM (run.sh's deadline) still removes the
-	// temporary directory.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-	defer cancel()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "agentmem:", err)
-		os.Exit(1)
-	}
+	benchmesh.Main("agentmem", 4*time.Minute, func(ctx context.Context) error { return run(ctx, o) })
 }
 
 // Mem is a memory reading.

@@ -12,12 +12,11 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
-	"syscall"
 	"time"
 
+	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
@@ -32,14 +31,9 @@ func main() {
 		maxTime                 = flag.Duration("max-time", 5*time.Minute, "stop by itself after this long")
 	)
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *maxTime)
-	defer cancel()
-	if err := run(ctx, *rootDir, *caDir, *dataDir, *listen, *cert, *key, *cpuProfile); err != nil {
-		fmt.Fprintln(os.Stderr, "meshdprof:", err)
-		os.Exit(1)
-	}
+	benchmesh.Main("meshdprof", *maxTime, func(ctx context.Context) error {
+		return run(ctx, *rootDir, *caDir, *dataDir, *listen, *cert, *key, *cpuProfile)
+	})
 }
 
 func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuProfile string) error {

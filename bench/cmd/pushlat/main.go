@@ -28,33 +28,25 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/meshtrust/meshtrust/internal/ca"
-	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
@@ -78,23 +70,7 @@ func main() {
 	flag.BoolVar(&o.jsonOut, "json", false, "print one JSON line")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed revocations to this file")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "pushlat:", err)
-		os.Exit(1)
-	}
-}
-
-// Stats summarises latencies in milliseconds.
-type Stats struct {
-	N      int     `json:"n"`
-	Failed int     `json:"failed,omitempty"`
-	P50    float64 `json:"p50_ms"`
-	P99    float64 `json:"p99_ms"`
-	Max    float64 `json:"max_ms"`
+	benchmesh.Main("pushlat", 2*time.Minute, func(ctx context.Context) error { return run(ctx, o) })
 }
 
 // Report is pushlat's output.
@@ -102,18 +78,18 @@ type Report struct {
 	Subscribers int `json:"subscribers"`
 	Revocations int `json:"revocations"`
 	// FromReturn is t1-t0 over every subscriber and revocation.
-	FromReturn Stats `json:"from_revoke_return"`
+	FromReturn benchmesh.Stats `json:"from_revoke_return"`
 	// FromCall is t1-t_call.
-	FromCall Stats `json:"from_revoke_call"`
+	FromCall benchmesh.Stats `json:"from_revoke_call"`
 	// PerRevocation is each revocation's p99 of t1-t0, in milliseconds.
 	PerRevocation []float64 `json:"per_revocation_p99_ms"`
 	// RevokeCall is how long the admin call took.
-	RevokeCall Stats `json:"revoke_call"`
+	RevokeCall benchmesh.Stats `json:"revoke_call"`
 	// BaselineFromReturn and BaselineFromCall are FromReturn and FromCall
 	// with one subscriber. With one, the event usually arrives before the
 	// revoke call has returned, so the ratio is taken from the call.
-	BaselineFromReturn Stats `json:"baseline_one_subscriber_from_revoke_return"`
-	BaselineFromCall   Stats `json:"baseline_one_subscriber_from_revoke_call"`
+	BaselineFromReturn benchmesh.Stats `json:"baseline_one_subscriber_from_revoke_return"`
+	BaselineFromCall   benchmesh.Stats `json:"baseline_one_subscriber_from_revoke_call"`
 	// FrameBytes is one event's SSE frame; WireBytes what the raw
 	// subscriber read off the TCP connection for it.
 	FrameBytes int    `json:"event_frame_bytes"`
@@ -135,16 +111,17 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	m, err := startMesh(ctx, dir)
+	bm, err := benchmesh.Start(ctx, dir, benchmesh.Config{})
 	if err != nil {
 		return err
 	}
-	defer m.close()
+	defer bm.Close()
+	m := &mesh{Mesh: bm, base: "https://" + bm.Addr()}
 
 	// Serials to revoke: the baseline's, then the timed ones.
 	serials := make([]string, 2*o.revocations)
 	for i := range serials {
-		is, err := m.authority.IssueAgent(ctx, fmt.Sprintf("victim%d", i), "bench")
+		is, err := m.CA.IssueAgent(ctx, fmt.Sprintf("victim%d", i), "bench")
 		if err != nil {
 			return err
 		}
@@ -168,7 +145,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("baseline: %w", err)
 	}
-	rep.BaselineFromReturn, rep.BaselineFromCall = stats(baseReturn, o.revocations-len(baseReturn)), stats(baseCall, 0)
+	rep.BaselineFromReturn, rep.BaselineFromCall = benchmesh.Summarize(baseReturn, o.revocations-len(baseReturn)), benchmesh.Summarize(baseCall, 0)
 
 	start := time.Now()
 	subs, err := m.subscribe(ctx, o.subs)
@@ -197,9 +174,9 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	failed := o.subs*o.revocations - len(fromReturn)
-	rep.FromReturn, rep.FromCall, rep.RevokeCall, rep.PerRevocation = stats(fromReturn, failed), stats(fromCall, failed), stats(calls, 0), perRev
+	rep.FromReturn, rep.FromCall, rep.RevokeCall, rep.PerRevocation = benchmesh.Summarize(fromReturn, failed), benchmesh.Summarize(fromCall, failed), benchmesh.Summarize(calls, 0), perRev
 	rep.Frame, rep.FrameBytes, rep.WireBytes = raw.frame, len(raw.frame), raw.wire
-	rep.Met = failed == 0 && len(fromReturn) > 0 && rep.FromReturn.P99 < msOf(target)
+	rep.Met = failed == 0 && len(fromReturn) > 0 && rep.FromReturn.P99 < benchmesh.Millis(target)
 
 	if o.jsonOut {
 		return json.NewEncoder(os.Stdout).Encode(rep)
@@ -250,108 +227,10 @@ func raiseNoFile(need uint64) (uint64, error) {
 	return lim.Cur, nil
 }
 
-func stats(d []time.Duration, failed int) Stats {
-	if len(d) == 0 {
-		return Stats{Failed: failed}
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	rank := func(p int) float64 {
-		i := (len(s)*p + 99) / 100
-		return msOf(s[max(i-1, 0)])
-	}
-	return Stats{N: len(s), Failed: failed, P50: rank(50), P99: rank(99), Max: msOf(s[len(s)-1])}
-}
-
-func msOf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// mesh is an in-process meshd with its CA.
+// mesh is an in-process meshd and the URL of its agent port.
 type mesh struct {
-	st        *sqlite.Store
-	authority *ca.CA
-	srv       *server.Server
-	cancel    context.CancelFunc
-	roots     *x509.CertPool
-	base      string
-	admin     *http.Client
-}
-
-func startMesh(ctx context.Context, dir string) (*mesh, error) {
-	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, err
-	}
-	m := &mesh{}
-	var err error
-	if m.st, err = sqlite.Open(ctx, cfg.StorePath()); err != nil {
-		return nil, err
-	}
-	if _, err := ca.Init(ctx, cfg, m.st); err != nil {
-		return nil, err
-	}
-	if _, err := ca.IssueIntermediate(ctx, cfg, m.st); err != nil {
-		return nil, err
-	}
-	if m.authority, err = ca.Open(ctx, cfg, m.st); err != nil {
-		return nil, err
-	}
-	node, err := m.authority.IssueNode(ctx, "meshd", "localhost", "IP:127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	cn := node.Cert.Subject.CommonName
-	m.roots = x509.NewCertPool()
-	m.roots.AddCert(m.authority.Root())
-	sock := filepath.Join(dir, "admin.sock")
-	m.srv, err = server.New(ctx, server.Config{
-		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
-		CertFile: m.authority.Config().IssuedCertPath(cn), KeyFile: m.authority.Config().IssuedKeyPath(cn),
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	}, m.st, m.authority)
-	if err != nil {
-		return nil, err
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	m.cancel = cancel
-	if err := m.srv.Start(sctx); err != nil {
-		cancel()
-		return nil, err
-	}
-	m.base = "https://" + m.srv.AgentAddr()
-	m.admin = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
-	return m, nil
-}
-
-func (m *mesh) close() {
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	m.srv.Shutdown(sctx)
-	m.cancel()
-	m.st.Close()
-}
-
-// revoke revokes serial through the admin API.
-func (m *mesh) revoke(ctx context.Context, serial string) error {
-	body, _ := json.Marshal(server.RevokeRequest{Target: serial, Reason: "keyCompromise"})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://meshd/admin/revoke", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	resp, err := m.admin.Do(req)
-	if err != nil {
-		return err
-	}
-	rb, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("admin revoke: %s: %s", resp.Status, rb)
-	}
-	return nil
+	*benchmesh.Mesh
+	base string
 }
 
 // watchers returns meshd's meshd_revocation_watchers gauge.
@@ -360,7 +239,7 @@ func (m *mesh) watchers(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	resp, err := m.admin.Do(req)
+	resp, err := m.Admin.Do(req)
 	if err != nil {
 		return 0, err
 	}
@@ -416,7 +295,7 @@ func (m *mesh) subscribe(ctx context.Context, n int) (*subscribers, error) {
 		})
 		// HTTP/1.1: a Transport with its own TLS config and no
 		// ForceAttemptHTTP2 does not offer h2.
-		w, err := watch.New(set, watch.Config{Server: m.base, Roots: m.roots,
+		w, err := watch.New(set, watch.Config{Server: m.base, Roots: m.Roots,
 			HTTPClient: &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: false}}})
 		if err != nil {
 			cancel()
@@ -456,7 +335,7 @@ func (m *mesh) timeRevocations(ctx context.Context, s *subscribers, serials []st
 		s.all = make(chan struct{})
 		s.target.Store(&serial)
 		tCall := time.Now()
-		if err := m.revoke(ctx, serial); err != nil {
+		if err := m.Revoke(ctx, serial); err != nil {
 			return nil, nil, nil, nil, err
 		}
 		t0 := time.Now()
@@ -477,7 +356,7 @@ func (m *mesh) timeRevocations(ctx context.Context, s *subscribers, serials []st
 			}
 		}
 		fromReturn = append(fromReturn, these...)
-		perRev = append(perRev, stats(these, 0).P99)
+		perRev = append(perRev, benchmesh.Summarize(these, 0).P99)
 		if err := raw.await(serial, pushTimeout); err != nil {
 			return nil, nil, nil, nil, err
 		}
@@ -519,7 +398,7 @@ func (m *mesh) rawSubscribe(ctx context.Context) (*rawSub, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	r := &rawSub{events: make(chan rawEvent, 64), cancel: cancel}
 	tr := &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: m.roots},
+		TLSClientConfig: &tls.Config{RootCAs: m.Roots},
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, network, addr)

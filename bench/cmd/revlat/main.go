@@ -33,27 +33,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"os/signal"
-	"path/filepath"
-	"slices"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/registry"
-	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
 )
@@ -80,34 +73,16 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory")
 	flag.DurationVar(&o.poll, "poll", 0, "meshd's revocation poll interval (0: meshd's default, 100ms)")
 	flag.Parse()
-	// Bounded, and a SIGTERM (run.sh's deadline) still removes the
-	// temporary directory.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
-	defer cancel()
-	if err := run(ctx, o); err != nil {
-		fmt.Fprintln(os.Stderr, "revlat:", err)
-		os.Exit(1)
-	}
-}
-
-// Stats summarises one set of latencies in milliseconds.
-type Stats struct {
-	N      int     `json:"n"`
-	Failed int     `json:"failed,omitempty"`
-	P50    float64 `json:"p50_ms"`
-	P99    float64 `json:"p99_ms"`
-	Max    float64 `json:"max_ms"`
+	benchmesh.Main("revlat", 4*time.Minute, func(ctx context.Context) error { return run(ctx, o) })
 }
 
 // Path is the outcome of one revocation path.
 type Path struct {
 	// Refused is t0 to the agent observing refusal.
-	Refused Stats `json:"refused"`
+	Refused benchmesh.Stats `json:"refused"`
 	// Revoked is t0 to the revocation call returning: the admin API's
 	// answer, or the offline Revoke's commit.
-	Revoked Stats `json:"revoked"`
+	Revoked benchmesh.Stats `json:"revoked"`
 	// NotEvicted counts revoked agents the registry does not show as
 	// evicted once the path is done.
 	NotEvicted []string `json:"not_evicted,omitempty"`
@@ -119,10 +94,10 @@ type Report struct {
 	// Paths are revocation-to-refusal latencies by path.
 	Paths map[string]Path `json:"paths"`
 	// Baselines, measured in the same run.
-	AdminNoop  Stats   `json:"baseline_admin_noop"`
-	Heartbeat  Stats   `json:"baseline_heartbeat"`
-	StoreWrite Stats   `json:"baseline_store_write"`
-	PollMs     float64 `json:"poll_ms"`
+	AdminNoop  benchmesh.Stats `json:"baseline_admin_noop"`
+	Heartbeat  benchmesh.Stats `json:"baseline_heartbeat"`
+	StoreWrite benchmesh.Stats `json:"baseline_store_write"`
+	PollMs     float64         `json:"poll_ms"`
 }
 
 func run(ctx context.Context, o options) error {
@@ -195,8 +170,7 @@ func run(ctx context.Context, o options) error {
 			}
 			a.close()
 		}
-		res := Path{Refused: stats(lats), Revoked: stats(revoked)}
-		res.Refused.Failed = failed
+		res := Path{Refused: benchmesh.Summarize(lats, failed), Revoked: benchmesh.Summarize(revoked, 0)}
 		res.NotEvicted = m.notEvicted(agents)
 		rep.Paths[p.name] = res
 	}
@@ -209,7 +183,7 @@ func run(ctx context.Context, o options) error {
 		r := rep.Paths[p.name]
 		s := r.Refused
 		verdict := "met"
-		if s.Failed > 0 || s.N == 0 || s.P99 >= msOf(target) {
+		if s.Failed > 0 || s.N == 0 || s.P99 >= benchmesh.Millis(target) {
 			verdict = "MISSED"
 		}
 		fmt.Printf("  %-14s refused p50 %7.2f ms  p99 %7.2f ms  max %7.2f ms  (n=%d failed=%d; target p99 < %v: %s); revocation call returned p50 %.2f ms p99 %.2f ms\n",
@@ -223,115 +197,42 @@ func run(ctx context.Context, o options) error {
 	return nil
 }
 
-func stats(d []time.Duration) Stats {
-	if len(d) == 0 {
-		return Stats{}
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	rank := func(p int) float64 {
-		i := (len(s)*p + 99) / 100
-		return msOf(s[max(i-1, 0)])
-	}
-	return Stats{N: len(s), P50: rank(50), P99: rank(99), Max: msOf(s[len(s)-1])}
-}
-
-func msOf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// mesh is an in-process meshd with its CA, plus a second handle on the
-// CA's store for the offline path.
+// mesh is an in-process meshd, plus a second handle on its CA's store for
+// the offline path.
 type mesh struct {
-	cfg       ca.Config
-	st        *sqlite.Store
-	authority *ca.CA
-	srv       *server.Server
-	cancel    context.CancelFunc
-	roots     *x509.CertPool
-	addr      string
-	admin     *http.Client
-	poll      time.Duration
+	*benchmesh.Mesh
+	poll time.Duration
 
 	offlineStore *sqlite.Store
 	offlineCA    *ca.CA
 }
 
 func startMesh(ctx context.Context, dir string, o options) (*mesh, error) {
-	m := &mesh{cfg: ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}}
-	if err := os.MkdirAll(m.cfg.Dir, 0o700); err != nil {
-		return nil, err
-	}
-	var err error
-	if m.st, err = sqlite.Open(ctx, m.cfg.StorePath()); err != nil {
-		return nil, err
-	}
-	if _, err := ca.Init(ctx, m.cfg, m.st); err != nil {
-		return nil, err
-	}
-	if _, err := ca.IssueIntermediate(ctx, m.cfg, m.st); err != nil {
-		return nil, err
-	}
-	if m.authority, err = ca.Open(ctx, m.cfg, m.st); err != nil {
-		return nil, err
-	}
-	node, err := m.authority.IssueNode(ctx, "meshd", "localhost", "IP:127.0.0.1")
-	if err != nil {
-		return nil, err
-	}
-	cn := node.Cert.Subject.CommonName
-	m.roots = x509.NewCertPool()
-	m.roots.AddCert(m.authority.Root())
-	m.poll = o.poll
+	m := &mesh{poll: o.poll}
 	if m.poll == 0 {
 		m.poll = 100 * time.Millisecond
 	}
-	sock := filepath.Join(dir, "admin.sock")
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m.srv, err = server.New(ctx, server.Config{
-		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
-		CertFile: m.authority.Config().IssuedCertPath(cn), KeyFile: m.authority.Config().IssuedKeyPath(cn),
-		Backends: []string{server.BackendLocalCA}, RevocationPoll: m.poll, Logger: log,
-	}, m.st, m.authority)
-	if err != nil {
+	var err error
+	if m.Mesh, err = benchmesh.Start(ctx, dir, benchmesh.Config{RevocationPoll: m.poll}); err != nil {
 		return nil, err
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	m.cancel = cancel
-	if err := m.srv.Start(sctx); err != nil {
-		cancel()
-		return nil, err
-	}
-	m.addr = m.srv.AgentAddr()
-	m.admin = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-	}}
 	// The offline path: another handle on the same store file, as a
 	// separate meshctl process would open it.
-	if m.offlineStore, err = sqlite.Open(ctx, m.cfg.StorePath()); err != nil {
-		return nil, err
+	cfg := m.CA.Config()
+	if m.offlineStore, err = sqlite.Open(ctx, cfg.StorePath()); err == nil {
+		m.offlineCA, err = ca.Open(ctx, cfg, m.offlineStore)
 	}
-	if m.offlineCA, err = ca.Open(ctx, m.cfg, m.offlineStore); err != nil {
+	if err != nil {
+		m.close()
 		return nil, err
 	}
 	return m, nil
 }
 
 func (m *mesh) close() {
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if m.srv != nil {
-		m.srv.Shutdown(sctx)
-	}
-	if m.cancel != nil {
-		m.cancel()
-	}
+	m.Mesh.Close()
 	if m.offlineStore != nil {
 		m.offlineStore.Close()
-	}
-	if m.st != nil {
-		m.st.Close()
 	}
 }
 
@@ -353,16 +254,16 @@ func (m *mesh) connectAgents(ctx context.Context, prefix string, n int, payload 
 	out := make([]*agentConn, 0, n)
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("%s-%d", prefix, i)
-		is, err := m.authority.IssueAgent(ctx, id, "bench")
+		is, err := m.CA.IssueAgent(ctx, id, "bench")
 		if err != nil {
 			return nil, err
 		}
 		cn := is.Cert.Subject.CommonName
-		cert, err := tls.LoadX509KeyPair(m.authority.Config().IssuedCertPath(cn), m.authority.Config().IssuedKeyPath(cn))
+		cert, err := tls.LoadX509KeyPair(m.CA.Config().IssuedCertPath(cn), m.CA.Config().IssuedKeyPath(cn))
 		if err != nil {
 			return nil, err
 		}
-		c, err := tls.Dial("tcp", m.addr, &tls.Config{RootCAs: m.roots, Certificates: []tls.Certificate{cert},
+		c, err := tls.Dial("tcp", m.Addr(), &tls.Config{RootCAs: m.Roots, Certificates: []tls.Certificate{cert},
 			ServerName: "127.0.0.1", NextProtos: []string{"http/1.1"}})
 		if err != nil {
 			return nil, err
@@ -372,7 +273,7 @@ func (m *mesh) connectAgents(ctx context.Context, prefix string, n int, payload 
 		if err != nil {
 			return nil, err
 		}
-		req := fmt.Appendf(nil, "POST /heartbeat HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", m.addr, len(body), body)
+		req := fmt.Appendf(nil, "POST /heartbeat HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", m.Addr(), len(body), body)
 		a := &agentConn{id: id, serial: is.Record.Serial, conn: c, br: bufio.NewReader(c), req: req}
 		code, rbody, err := a.roundTrip()
 		if err != nil {
@@ -440,7 +341,7 @@ func (a *agentConn) close() { a.conn.NetConn().Close() }
 func (m *mesh) notEvicted(agents []*agentConn) []string {
 	time.Sleep(300 * time.Millisecond)
 	status := map[string]string{}
-	for _, v := range m.srv.Registry().List(registry.Filter{}, true) {
+	for _, v := range m.Server.Registry().List(registry.Filter{}, true) {
 		status[v.ID] = v.Status
 	}
 	var out []string
@@ -456,22 +357,8 @@ func (m *mesh) notEvicted(agents []*agentConn) []string {
 // returns how long the API took to answer.
 func (m *mesh) revokeAdmin(ctx context.Context, a *agentConn) (time.Duration, error) {
 	t0 := time.Now()
-	body, _ := json.Marshal(server.RevokeRequest{Target: a.serial, Reason: "keyCompromise"})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://meshd/admin/revoke", bytes.NewReader(body))
-	if err != nil {
-		return 0, err
-	}
-	resp, err := m.admin.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	rb, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	took := time.Since(t0)
-	if resp.StatusCode != http.StatusOK {
-		return took, fmt.Errorf("admin revoke: %s: %s", resp.Status, rb)
-	}
-	return took, nil
+	err := m.Revoke(ctx, a.serial)
+	return time.Since(t0), err
 }
 
 // revokeOffline revokes a's certificate in the store only, through a
@@ -484,44 +371,44 @@ func (m *mesh) revokeOffline(ctx context.Context, a *agentConn) (time.Duration, 
 
 const baselineRounds = 200
 
-func (m *mesh) heartbeatBaseline(agents []*agentConn) (Stats, error) {
+func (m *mesh) heartbeatBaseline(agents []*agentConn) (benchmesh.Stats, error) {
 	var d []time.Duration
 	for i := range baselineRounds {
 		a := agents[i%len(agents)]
 		t0 := time.Now()
 		code, _, err := a.roundTrip()
 		if err != nil || code != http.StatusOK {
-			return Stats{}, fmt.Errorf("baseline heartbeat: %d %v", code, err)
+			return benchmesh.Stats{}, fmt.Errorf("baseline heartbeat: %d %v", code, err)
 		}
 		d = append(d, time.Since(t0))
 	}
-	return stats(d), nil
+	return benchmesh.Summarize(d, 0), nil
 }
 
-func (m *mesh) adminBaseline(ctx context.Context) (Stats, error) {
+func (m *mesh) adminBaseline(ctx context.Context) (benchmesh.Stats, error) {
 	var d []time.Duration
 	for range baselineRounds {
 		t0 := time.Now()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://meshd/health", nil)
-		resp, err := m.admin.Do(req)
+		resp, err := m.Admin.Do(req)
 		if err != nil {
-			return Stats{}, err
+			return benchmesh.Stats{}, err
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		d = append(d, time.Since(t0))
 	}
-	return stats(d), nil
+	return benchmesh.Summarize(d, 0), nil
 }
 
-func (m *mesh) storeBaseline(ctx context.Context) (Stats, error) {
+func (m *mesh) storeBaseline(ctx context.Context) (benchmesh.Stats, error) {
 	var d []time.Duration
 	for range baselineRounds / 4 {
 		t0 := time.Now()
-		if err := m.st.Append(ctx, store.AuditEntry{Time: time.Now(), Action: "bench.noop", Outcome: store.OutcomeOK}); err != nil {
-			return Stats{}, err
+		if err := m.Store.Append(ctx, store.AuditEntry{Time: time.Now(), Action: "bench.noop", Outcome: store.OutcomeOK}); err != nil {
+			return benchmesh.Stats{}, err
 		}
 		d = append(d, time.Since(t0))
 	}
-	return stats(d), nil
+	return benchmesh.Summarize(d, 0), nil
 }
