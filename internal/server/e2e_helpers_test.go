@@ -540,6 +540,13 @@ func (r reply) String() string { return fmt.Sprintf("%d %s", r.code, bytes.TrimS
 
 func do(t testing.TB, c *http.Client, method, u string, body any) reply {
 	t.Helper()
+	return doHeader(t, c, method, u, nil, body)
+}
+
+// doHeader is do with request headers. A string or []byte body is sent as
+// it is; anything else as JSON.
+func doHeader(t testing.TB, c *http.Client, method, u string, hdr http.Header, body any) reply {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -557,6 +564,9 @@ func do(t testing.TB, c *http.Client, method, u string, body any) reply {
 	req, err := http.NewRequest(method, u, rd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	resp, err := c.Do(req)
 	if err != nil {
