@@ -1,0 +1,108 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// Delete removes an agent on behalf of peer, which must own it.
+func (r *Registry) Delete(ctx context.Context, peer *trust.Peer, id string) error {
+	r.mu.RLock()
+	e := r.agents[id]
+	r.mu.RUnlock()
+	if e == nil {
+		if err := authorize(peer, id, nil); err != nil {
+			return err
+		}
+		return refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
+	}
+	e.mu.Lock()
+	if err := authorize(peer, id, &e.rec); err != nil {
+		e.mu.Unlock()
+		return err
+	}
+	who := "anonymous (TLS off)"
+	if peer != nil {
+		who = peer.Name()
+	}
+	err := r.st.DeleteAgent(ctx, id, store.AuditEntry{Time: r.cfg.Now(), Action: "agent.delete", Identity: id, Outcome: store.OutcomeOK, Detail: "by " + who})
+	e.mu.Unlock()
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	r.drop(id, e)
+	return nil
+}
+
+// Evicted is an agent the registry evicted.
+type Evicted struct {
+	AgentID         string
+	CertFingerprint string
+	CertSerial      string
+}
+
+// EvictSerial evicts every agent registered with the certificate serial.
+func (r *Registry) EvictSerial(ctx context.Context, serial, reason string) ([]Evicted, error) {
+	return r.evict(ctx, func(rec *store.Agent) bool { return rec.CertSerial == serial }, reason)
+}
+
+// EvictEntity evicts every agent of entity.
+func (r *Registry) EvictEntity(ctx context.Context, entity, reason string) ([]Evicted, error) {
+	return r.evict(ctx, func(rec *store.Agent) bool { return rec.Entity == entity }, reason)
+}
+
+// EvictFingerprints evicts the agents registered with any of the
+// certificates whose fingerprints are given.
+func (r *Registry) EvictFingerprints(ctx context.Context, fps map[string]bool, reason string) ([]Evicted, error) {
+	return r.evict(ctx, func(rec *store.Agent) bool { return fps[rec.CertFingerprint] }, reason)
+}
+
+func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, reason string) ([]Evicted, error) {
+	var (
+		out  []Evicted
+		recs []store.Agent
+	)
+	for _, e := range r.snapshot() {
+		e.mu.Lock()
+		if match(&e.rec) && e.rec.Status != StatusEvicted {
+			e.rec.Status, e.rec.Reason = StatusEvicted, reason
+			recs = append(recs, e.rec)
+			out = append(out, Evicted{AgentID: e.rec.ID, CertFingerprint: e.rec.CertFingerprint, CertSerial: e.rec.CertSerial})
+		}
+		e.mu.Unlock()
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	r.topology.Add(1)
+	if err := r.st.PutAgents(ctx, recs); err != nil {
+		return out, fmt.Errorf("record evictions: %w", err)
+	}
+	return out, nil
+}
+
+// Rotate marks the agents of entity (every agent when entity is "") as due
+// to re-register with a fresh certificate, and returns how many.
+func (r *Registry) Rotate(ctx context.Context, entity string) (int, error) {
+	now := r.cfg.Now()
+	var recs []store.Agent
+	for _, e := range r.snapshot() {
+		e.mu.Lock()
+		if (entity == "" || e.rec.Entity == entity) && e.rec.Status != StatusEvicted {
+			e.rec.RotateFrom = now
+			recs = append(recs, e.rec)
+		}
+		e.mu.Unlock()
+	}
+	if len(recs) == 0 {
+		return 0, nil
+	}
+	if err := r.st.PutAgents(ctx, recs); err != nil {
+		return 0, fmt.Errorf("record rotation: %w", err)
+	}
+	return len(recs), nil
+}

@@ -1,0 +1,270 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// Result is the registry's answer to a heartbeat.
+type Result struct {
+	AgentID string
+	// Created is set on the agent's first registration.
+	Created bool
+	// Rotate asks the agent to re-register with a fresh certificate.
+	Rotate bool
+	// Resolved maps each of the agent's tools to the providers of its
+	// dependencies (POST only).
+	Resolved map[string][]Resolution
+}
+
+// HeartbeatBody handles a raw POST /heartbeat body. A body identical to
+// the agent's last one, from the same certificate, is answered from memory
+// without being parsed; anything else goes through ParseRegistration and
+// Heartbeat.
+func (r *Registry) HeartbeatBody(ctx context.Context, peer *trust.Peer, body []byte) (Result, error) {
+	sum := sha256.Sum256(body)
+	if peer != nil {
+		if res, ok := r.unchanged(peer, sum); ok {
+			return res, nil
+		}
+	}
+	reg, payload, err := ParseRegistration(body)
+	if err != nil {
+		return Result{}, err
+	}
+	return r.heartbeat(ctx, peer, reg, payload, sum)
+}
+
+// unchanged answers a heartbeat whose body hash, certificate and state are
+// what the registry already holds.
+func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, bool) {
+	id, err := peer.AgentID()
+	if err != nil {
+		return Result{}, false
+	}
+	r.mu.RLock()
+	e := r.agents[id]
+	r.mu.RUnlock()
+	if e == nil {
+		return Result{}, false
+	}
+	e.mu.Lock()
+	if e.body != sum || e.rec.Status != StatusHealthy || e.rec.CertFingerprint != peer.Fingerprint || authorize(peer, id, &e.rec) != nil {
+		e.mu.Unlock()
+		return Result{}, false
+	}
+	e.lastSeen.Store(r.cfg.Now().UnixNano())
+	e.topoSeen.Store(r.topology.Load())
+	res := Result{AgentID: id, Rotate: !e.rec.RotateFrom.IsZero()}
+	e.mu.Unlock()
+	res.Resolved = r.resolveFor(e)
+	return res, true
+}
+
+// Heartbeat registers or refreshes an agent. payload is the canonical body
+// from ParseRegistration. A change to what the store holds is durable
+// before Heartbeat returns; an unchanged heartbeat touches only memory.
+func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte) (Result, error) {
+	return r.heartbeat(ctx, peer, reg, payload, [sha256.Size]byte{})
+}
+
+func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+	now := r.cfg.Now()
+	res := Result{AgentID: reg.AgentID}
+	e, created, err := r.claim(peer, reg.AgentID)
+	if err != nil {
+		return res, err
+	}
+	if !created {
+		if err := authorize(peer, reg.AgentID, &e.rec); err != nil {
+			e.mu.Unlock()
+			return res, err
+		}
+	}
+	fp, serial := "", ""
+	var notAfter time.Time
+	if peer != nil {
+		fp, serial, notAfter = peer.Fingerprint, peer.Serial, peer.Leaf.NotAfter
+	}
+	e.lastSeen.Store(now.UnixNano())
+	pending := !e.rec.RotateFrom.IsZero()
+	unchanged := !created && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && bytes.Equal(e.rec.Payload, payload)
+	if unchanged {
+		e.body = sum
+		e.topoSeen.Store(r.topology.Load())
+		e.mu.Unlock()
+		res.Rotate = pending
+		res.Resolved = r.resolveFor(e)
+		return res, nil
+	}
+	next := e.rec
+	next.ID = reg.AgentID
+	if created || next.Owner == "" {
+		next.RegisteredAt = now
+		if peer != nil {
+			next.Owner, next.Entity = peer.Name(), peer.Entity
+		}
+	}
+	next.Payload = payload
+	next.CertFingerprint, next.CertSerial = fp, serial
+	next.Status, next.Reason = StatusHealthy, ""
+	next.LastSeen = now
+	// A rotation stays pending until the agent comes with another
+	// certificate than the one it had when the rotation was asked.
+	rotating := pending && fp == e.rec.CertFingerprint
+	if !rotating {
+		next.RotateFrom = time.Time{}
+	}
+	if err := r.st.PutAgents(ctx, []store.Agent{next}); err != nil {
+		e.mu.Unlock()
+		if created {
+			r.drop(reg.AgentID, e)
+		}
+		return res, fmt.Errorf("record agent %q: %w", reg.AgentID, err)
+	}
+	old, oldStatus := e.reg, e.rec.Status
+	e.rec, e.reg, e.notAfter, e.body = next, reg, notAfter, sum
+	// Only what dependents can see moves the topology: other agents are
+	// asked (HEAD 202) to POST again for nothing otherwise.
+	if created || oldStatus != StatusHealthy || !sameVisible(old, reg) {
+		e.topoSeen.Store(r.topology.Add(1))
+		r.mu.Lock()
+		r.index(e, &old)
+		r.mu.Unlock()
+	} else {
+		e.topoSeen.Store(r.topology.Load())
+	}
+	e.mu.Unlock()
+	res.Created, res.Rotate = created, rotating
+	res.Resolved = r.resolveFor(e)
+	return res, nil
+}
+
+// sameVisible reports whether two registrations look the same to other
+// agents: endpoint, namespace, type and tools.
+func sameVisible(a, b Registration) bool {
+	return a.HTTPHost == b.HTTPHost && a.HTTPPort == b.HTTPPort && namespace(a) == namespace(b) &&
+		a.AgentType == b.AgentType && reflect.DeepEqual(a.Tools, b.Tools)
+}
+
+// Check is the cheap liveness path (HEAD /heartbeat/{id}). It refreshes the
+// agent's liveness and returns Rotate set when the agent should POST again
+// (a rotation, a renewed certificate, or a topology change since its last
+// POST), or ErrUnknown / ErrEvicted when it must register anew.
+func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
+	res := Result{AgentID: id}
+	r.mu.RLock()
+	e := r.agents[id]
+	r.mu.RUnlock()
+	if e == nil {
+		// Binding first, so a certificate cannot probe which other ids exist.
+		if err := authorize(peer, id, nil); err != nil {
+			return res, err
+		}
+		return res, refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := authorize(peer, id, &e.rec); err != nil {
+		return res, err
+	}
+	switch e.rec.Status {
+	case StatusEvicted:
+		return res, refusal(ErrEvicted, "evicted", "agent %q was evicted: %s", id, e.rec.Reason)
+	case StatusUnhealthy:
+		return res, refusal(ErrUnknown, "unhealthy", "agent %q was silent too long; register again", id)
+	}
+	e.lastSeen.Store(r.cfg.Now().UnixNano())
+	fp := ""
+	if peer != nil {
+		fp = peer.Fingerprint
+	}
+	res.Rotate = !e.rec.RotateFrom.IsZero() || fp != e.rec.CertFingerprint || e.topoSeen.Load() != r.topology.Load()
+	return res, nil
+}
+
+// Run marks silent agents unhealthy and writes liveness changes in
+// batches until ctx ends, then flushes once more.
+func (r *Registry) Run(ctx context.Context) {
+	t := time.NewTicker(r.cfg.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := r.Flush(context.WithoutCancel(ctx)); err != nil {
+				r.cfg.Logger.Warn("flush agent liveness", "err", err)
+			}
+			return
+		case <-t.C:
+			r.Sweep()
+			if err := r.Flush(ctx); err != nil {
+				r.cfg.Logger.Warn("flush agent liveness", "err", err)
+			}
+		}
+	}
+}
+
+// Sweep marks agents silent for longer than the timeout unhealthy and
+// returns how many it marked.
+func (r *Registry) Sweep() int {
+	deadline := r.cfg.Now().Add(-r.cfg.Timeout).UnixNano()
+	n := 0
+	for _, e := range r.snapshot() {
+		if e.lastSeen.Load() >= deadline {
+			continue
+		}
+		e.mu.Lock()
+		if e.rec.Status == StatusHealthy && e.lastSeen.Load() < deadline {
+			e.rec.Status = StatusUnhealthy
+			e.rec.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
+			r.markDirty(e.rec.ID)
+			n++
+		}
+		e.mu.Unlock()
+	}
+	if n > 0 {
+		r.topology.Add(1)
+	}
+	return n
+}
+
+func (r *Registry) markDirty(id string) {
+	r.dirtyMu.Lock()
+	r.dirty[id] = struct{}{}
+	r.dirtyMu.Unlock()
+}
+
+// Flush writes the batched liveness changes.
+func (r *Registry) Flush(ctx context.Context) error {
+	r.dirtyMu.Lock()
+	ids := r.dirty
+	r.dirty = make(map[string]struct{})
+	r.dirtyMu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	recs := make([]store.Agent, 0, len(ids))
+	r.mu.RLock()
+	for id := range ids {
+		if e := r.agents[id]; e != nil {
+			e.mu.Lock()
+			recs = append(recs, e.rec)
+			e.mu.Unlock()
+		}
+	}
+	r.mu.RUnlock()
+	if err := r.st.PutAgents(ctx, recs); err != nil {
+		for id := range ids {
+			r.markDirty(id)
+		}
+		return err
+	}
+	return nil
+}

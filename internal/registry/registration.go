@@ -1,0 +1,112 @@
+package registry
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/meshtrust/meshtrust/identity"
+)
+
+// Dependency is a capability a tool needs, as MCP Mesh agents declare it.
+type Dependency struct {
+	Capability string   `json:"capability"`
+	Tags       []string `json:"tags,omitempty"`
+	Version    string   `json:"version,omitempty"`
+	Namespace  string   `json:"namespace,omitempty"`
+}
+
+// Tool is one tool an agent offers, as MCP Mesh agents describe it.
+type Tool struct {
+	FunctionName string       `json:"function_name"`
+	Capability   string       `json:"capability"`
+	Version      string       `json:"version,omitempty"`
+	Tags         []string     `json:"tags,omitempty"`
+	Description  string       `json:"description,omitempty"`
+	Dependencies []Dependency `json:"dependencies,omitempty"`
+}
+
+// Registration is the body of POST /heartbeat. Fields meshd does not use
+// (input schemas, say) are kept in the stored payload as the agent sent them.
+type Registration struct {
+	AgentID     string `json:"agent_id"`
+	Name        string `json:"name,omitempty"`
+	Version     string `json:"version,omitempty"`
+	AgentType   string `json:"agent_type,omitempty"`
+	Runtime     string `json:"runtime,omitempty"`
+	Description string `json:"description,omitempty"`
+	HTTPHost    string `json:"http_host,omitempty"`
+	HTTPPort    int    `json:"http_port,omitempty"`
+	Namespace   string `json:"namespace,omitempty"`
+	Tools       []Tool `json:"tools,omitempty"`
+}
+
+// MaxBody is the largest heartbeat body meshd reads.
+const MaxBody = 1 << 20
+
+// ParseRegistration parses and validates a heartbeat body and returns it
+// with the compacted JSON the registry stores.
+func ParseRegistration(body []byte) (Registration, []byte, error) {
+	var reg Registration
+	if err := json.Unmarshal(body, &reg); err != nil {
+		return reg, nil, refusal(ErrInvalid, "bad_json", "invalid JSON payload: %v", err)
+	}
+	if reg.AgentID == "" {
+		return reg, nil, refusal(ErrInvalid, "bad_agent_id", "agent_id is required")
+	}
+	if err := identity.ValidateID(reg.AgentID); err != nil {
+		return reg, nil, refusal(ErrInvalid, "bad_agent_id", "agent_id: %v", err)
+	}
+	if len(reg.Name) > 63 {
+		return reg, nil, refusal(ErrInvalid, "bad_name", "name is %d characters long (at most 63)", len(reg.Name))
+	}
+	switch reg.AgentType {
+	case "", "mcp_agent", "api", "a2a":
+	default:
+		return reg, nil, refusal(ErrInvalid, "bad_agent_type", "agent_type %q is not one of mcp_agent, api, a2a", reg.AgentType)
+	}
+	if reg.HTTPPort < 0 || reg.HTTPPort > 65535 {
+		return reg, nil, refusal(ErrInvalid, "bad_port", "http_port %d is not a port", reg.HTTPPort)
+	}
+	for i, t := range reg.Tools {
+		if t.FunctionName == "" {
+			return reg, nil, refusal(ErrInvalid, "bad_tool", "tools[%d]: function_name is required", i)
+		}
+	}
+	payload, err := canonical(body)
+	if err != nil {
+		return reg, nil, refusal(ErrInvalid, "bad_json", "invalid JSON payload: %v", err)
+	}
+	return reg, payload, nil
+}
+
+// canonical returns the body as the registry stores and compares it:
+// compact, keys sorted, and without "timestamp", which agents may stamp
+// on every heartbeat and which says nothing about the agent.
+func canonical(body []byte) ([]byte, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return nil, err
+	}
+	delete(fields, "timestamp")
+	return json.Marshal(fields)
+}
+
+func namespace(reg Registration) string {
+	if reg.Namespace == "" {
+		return "default"
+	}
+	return reg.Namespace
+}
+
+// endpoint is where an agent serves: https://host:port, or stdio://<id>
+// for an agent with no port.
+func endpoint(reg Registration, tls bool) string {
+	if reg.HTTPPort == 0 {
+		return "stdio://" + reg.AgentID
+	}
+	scheme := "https"
+	if !tls {
+		scheme = "http"
+	}
+	return fmt.Sprintf("%s://%s:%d", scheme, reg.HTTPHost, reg.HTTPPort)
+}
