@@ -30,11 +30,12 @@ func (r *Registry) Delete(ctx context.Context, peer *trust.Peer, id string) erro
 		who = peer.Name()
 	}
 	err := r.st.DeleteAgent(ctx, id, store.AuditEntry{Time: r.cfg.Now(), Action: "agent.delete", Identity: id, Outcome: store.OutcomeOK, Detail: "by " + who})
-	e.mu.Unlock()
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		e.mu.Unlock()
 		return err
 	}
 	r.drop(id, e)
+	e.mu.Unlock()
 	return nil
 }
 

@@ -123,10 +123,10 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 		next.RotateFrom = time.Time{}
 	}
 	if err := r.st.PutAgents(ctx, []store.Agent{next}); err != nil {
-		e.mu.Unlock()
 		if created {
 			r.drop(reg.AgentID, e)
 		}
+		e.mu.Unlock()
 		return res, fmt.Errorf("record agent %q: %w", reg.AgentID, err)
 	}
 	old, oldStatus := e.reg, e.rec.Status

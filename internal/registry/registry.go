@@ -194,7 +194,8 @@ func (r *Registry) claim(peer *trust.Peer, id string) (*entry, bool, error) {
 }
 
 // drop removes an entry: a deleted agent, or a new one whose first write
-// failed.
+// failed. The caller holds e.mu: the registration it unindexes is
+// written under that lock.
 func (r *Registry) drop(id string, e *entry) {
 	r.mu.Lock()
 	if r.agents[id] == e {
