@@ -13,9 +13,7 @@ import (
 // owner or entity claimed it first. A nil peer (TLS off) may act for any
 // agent.
 func (r *Registry) Authorize(peer *trust.Peer, agentID string) error {
-	r.mu.RLock()
-	e := r.agents[agentID]
-	r.mu.RUnlock()
+	e := r.lookup(agentID)
 	if e == nil {
 		return authorize(peer, agentID, nil)
 	}

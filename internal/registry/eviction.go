@@ -11,9 +11,11 @@ import (
 
 // Delete removes an agent on behalf of peer, which must own it.
 func (r *Registry) Delete(ctx context.Context, peer *trust.Peer, id string) error {
-	r.mu.RLock()
-	e := r.agents[id]
-	r.mu.RUnlock()
+	return r.deleteEntry(ctx, peer, id, r.lookup(id))
+}
+
+// deleteEntry deletes e, the entry the caller looked up for id.
+func (r *Registry) deleteEntry(ctx context.Context, peer *trust.Peer, id string, e *entry) error {
 	if e == nil {
 		if err := authorize(peer, id, nil); err != nil {
 			return err

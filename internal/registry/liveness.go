@@ -49,9 +49,7 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 	if err != nil {
 		return Result{}, false
 	}
-	r.mu.RLock()
-	e := r.agents[id]
-	r.mu.RUnlock()
+	e := r.lookup(id)
 	if e == nil {
 		return Result{}, false
 	}
@@ -160,9 +158,7 @@ func sameVisible(a, b Registration) bool {
 // POST), or ErrUnknown / ErrEvicted when it must register anew.
 func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 	res := Result{AgentID: id}
-	r.mu.RLock()
-	e := r.agents[id]
-	r.mu.RUnlock()
+	e := r.lookup(id)
 	if e == nil {
 		// Binding first, so a certificate cannot probe which other ids exist.
 		if err := authorize(peer, id, nil); err != nil {

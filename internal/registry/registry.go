@@ -169,9 +169,7 @@ func (r *Registry) Len() int { return int(r.count.Load()) }
 // binding rule for a new id is checked before it is inserted, so a refused
 // caller never creates an entry.
 func (r *Registry) claim(peer *trust.Peer, id string) (*entry, bool, error) {
-	r.mu.RLock()
-	e := r.agents[id]
-	r.mu.RUnlock()
+	e := r.lookup(id)
 	if e != nil {
 		e.mu.Lock()
 		return e, false, nil
@@ -205,6 +203,13 @@ func (r *Registry) drop(id string, e *entry) {
 	}
 	r.mu.Unlock()
 	r.topology.Add(1)
+}
+
+// lookup returns the entry of id, not locked, or nil.
+func (r *Registry) lookup(id string) *entry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.agents[id]
 }
 
 func (r *Registry) snapshot() []*entry {
