@@ -13,11 +13,10 @@ import (
 // owner or entity claimed it first. A nil peer (TLS off) may act for any
 // agent.
 func (r *Registry) Authorize(peer *trust.Peer, agentID string) error {
-	e := r.lookup(agentID)
+	e := r.locked(agentID)
 	if e == nil {
 		return authorize(peer, agentID, nil)
 	}
-	e.mu.Lock()
 	defer e.mu.Unlock()
 	return authorize(peer, agentID, &e.rec)
 }

@@ -14,15 +14,17 @@ func (r *Registry) Delete(ctx context.Context, peer *trust.Peer, id string) erro
 	return r.deleteEntry(ctx, peer, id, r.lookup(id))
 }
 
-// deleteEntry deletes e, the entry the caller looked up for id.
+// deleteEntry deletes e, the entry the caller looked up for id, or the
+// entry that replaced it before its lock was won: the owner is checked,
+// and the store row deleted, for the entry that holds id now.
 func (r *Registry) deleteEntry(ctx context.Context, peer *trust.Peer, id string, e *entry) error {
+	e = r.relock(id, e)
 	if e == nil {
 		if err := authorize(peer, id, nil); err != nil {
 			return err
 		}
 		return refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
 	}
-	e.mu.Lock()
 	if err := authorize(peer, id, &e.rec); err != nil {
 		e.mu.Unlock()
 		return err
@@ -71,7 +73,7 @@ func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, rea
 	)
 	for _, e := range r.snapshot() {
 		e.mu.Lock()
-		if match(&e.rec) && e.rec.Status != StatusEvicted {
+		if !e.gone && match(&e.rec) && e.rec.Status != StatusEvicted {
 			e.rec.Status, e.rec.Reason = StatusEvicted, reason
 			recs = append(recs, e.rec)
 			out = append(out, Evicted{AgentID: e.rec.ID, CertFingerprint: e.rec.CertFingerprint, CertSerial: e.rec.CertSerial})
@@ -95,7 +97,7 @@ func (r *Registry) Rotate(ctx context.Context, entity string) (int, error) {
 	var recs []store.Agent
 	for _, e := range r.snapshot() {
 		e.mu.Lock()
-		if (entity == "" || e.rec.Entity == entity) && e.rec.Status != StatusEvicted {
+		if !e.gone && (entity == "" || e.rec.Entity == entity) && e.rec.Status != StatusEvicted {
 			e.rec.RotateFrom = now
 			recs = append(recs, e.rec)
 		}

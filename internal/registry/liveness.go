@@ -49,11 +49,10 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 	if err != nil {
 		return Result{}, false
 	}
-	e := r.lookup(id)
+	e := r.locked(id)
 	if e == nil {
 		return Result{}, false
 	}
-	e.mu.Lock()
 	if e.body != sum || e.rec.Status != StatusHealthy || e.rec.CertFingerprint != peer.Fingerprint || authorize(peer, id, &e.rec) != nil {
 		e.mu.Unlock()
 		return Result{}, false
@@ -158,7 +157,7 @@ func sameVisible(a, b Registration) bool {
 // POST), or ErrUnknown / ErrEvicted when it must register anew.
 func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 	res := Result{AgentID: id}
-	e := r.lookup(id)
+	e := r.locked(id)
 	if e == nil {
 		// Binding first, so a certificate cannot probe which other ids exist.
 		if err := authorize(peer, id, nil); err != nil {
@@ -166,7 +165,6 @@ func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 		}
 		return res, refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
 	}
-	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := authorize(peer, id, &e.rec); err != nil {
 		return res, err
@@ -217,7 +215,7 @@ func (r *Registry) Sweep() int {
 			continue
 		}
 		e.mu.Lock()
-		if e.rec.Status == StatusHealthy && e.lastSeen.Load() < deadline {
+		if !e.gone && e.rec.Status == StatusHealthy && e.lastSeen.Load() < deadline {
 			e.rec.Status = StatusUnhealthy
 			e.rec.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
 			r.markDirty(e.rec.ID)

@@ -111,10 +111,16 @@ type Registry struct {
 	topology atomic.Uint64
 }
 
-// entry is one agent. Its mutex guards rec, reg and notAfter; lastSeen and
-// topoSeen are atomic so the cheap paths take no lock but the entry's.
+// entry is one agent. Its mutex guards rec, reg, notAfter and gone;
+// lastSeen and topoSeen are atomic so the cheap paths take no lock but the
+// entry's.
 type entry struct {
-	mu       sync.Mutex
+	mu sync.Mutex
+	// gone is set when the entry leaves the map, never to return. Whoever
+	// looked the entry up and then waited for its lock must look again:
+	// the agent may have been deleted, or registered anew by another
+	// certificate.
+	gone     bool
 	rec      store.Agent
 	reg      Registration
 	notAfter time.Time // of the certificate it registered with
@@ -169,32 +175,33 @@ func (r *Registry) Len() int { return int(r.count.Load()) }
 // binding rule for a new id is checked before it is inserted, so a refused
 // caller never creates an entry.
 func (r *Registry) claim(peer *trust.Peer, id string) (*entry, bool, error) {
-	e := r.lookup(id)
-	if e != nil {
+	for {
+		if e := r.locked(id); e != nil {
+			return e, false, nil
+		}
+		if err := authorize(peer, id, nil); err != nil {
+			return nil, false, err
+		}
+		r.mu.Lock()
+		if r.agents[id] != nil {
+			// Another heartbeat claimed id meanwhile: take its entry.
+			r.mu.Unlock()
+			continue
+		}
+		e := &entry{}
 		e.mu.Lock()
-		return e, false, nil
-	}
-	if err := authorize(peer, id, nil); err != nil {
-		return nil, false, err
-	}
-	r.mu.Lock()
-	if e = r.agents[id]; e != nil {
+		r.agents[id] = e
+		r.count.Add(1)
 		r.mu.Unlock()
-		e.mu.Lock()
-		return e, false, nil
+		return e, true, nil
 	}
-	e = &entry{}
-	e.mu.Lock()
-	r.agents[id] = e
-	r.count.Add(1)
-	r.mu.Unlock()
-	return e, true, nil
 }
 
 // drop removes an entry: a deleted agent, or a new one whose first write
 // failed. The caller holds e.mu: the registration it unindexes is
 // written under that lock.
 func (r *Registry) drop(id string, e *entry) {
+	e.gone = true
 	r.mu.Lock()
 	if r.agents[id] == e {
 		delete(r.agents, id)
@@ -210,6 +217,24 @@ func (r *Registry) lookup(id string) *entry {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.agents[id]
+}
+
+// locked returns the entry of id locked, or nil when id is not registered.
+func (r *Registry) locked(id string) *entry { return r.relock(id, r.lookup(id)) }
+
+// relock locks e, the entry the caller looked up for id, and returns it.
+// If e was dropped before its lock was won, relock locks and returns id's
+// current entry instead, or nil when there is none.
+func (r *Registry) relock(id string, e *entry) *entry {
+	for e != nil {
+		e.mu.Lock()
+		if !e.gone {
+			return e
+		}
+		e.mu.Unlock()
+		e = r.lookup(id)
+	}
+	return nil
 }
 
 func (r *Registry) snapshot() []*entry {

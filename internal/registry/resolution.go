@@ -91,9 +91,9 @@ func (r *Registry) provider(d Dependency) Resolution {
 	r.mu.RUnlock()
 	for _, e := range cands {
 		e.mu.Lock()
-		rec, reg := e.rec, e.reg
+		rec, reg, gone := e.rec, e.reg, e.gone
 		e.mu.Unlock()
-		if rec.Status != StatusHealthy || namespace(reg) != ns {
+		if gone || rec.Status != StatusHealthy || namespace(reg) != ns {
 			continue
 		}
 		for _, t := range reg.Tools {
