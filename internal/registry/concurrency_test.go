@@ -4,10 +4,151 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/pprof"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshtrust/meshtrust/trust"
 )
+
+// TestChurnDoesNotDeadlock runs every kind of registry operation at once:
+// heartbeats of agents that the sweeper keeps turning unhealthy (so their
+// next heartbeat moves them in the capability index), flushes of those
+// liveness changes, listings, HEADs, deletions, evictions and rotations.
+// A deadlock shows as no operation finishing for a while; the test then
+// fails with the goroutines' stacks instead of hanging.
+func TestChurnDoesNotDeadlock(t *testing.T) {
+	ctx := context.Background()
+	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	r := newRegistry(t, newMemStore(), c)
+	const agents, rounds = 16, 500
+	peers := make([]*trust.Peer, agents)
+	for i := range peers {
+		peers[i] = peer(t, fmt.Sprintf("a%d@n%d", i, i%3), "")
+	}
+	// Two bodies per agent that differ in what other agents can see.
+	body := func(i, v int) []byte {
+		return fmt.Appendf(nil, `{"agent_id":"a%d","tools":[{"function_name":"f","capability":"c%d","dependencies":[{"capability":"c%d"}]}]}`, i, v, (i+1)%agents)
+	}
+	var (
+		wg       sync.WaitGroup
+		finished atomic.Int64
+		stop     = make(chan struct{})
+		beating  sync.WaitGroup
+		errs     = make(chan error, 16)
+	)
+	fail := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}
+	// The heartbeats run a fixed number of rounds; everything else runs
+	// beside them until they are done.
+	for g := range 4 {
+		beating.Add(1)
+		wg.Go(func() {
+			defer beating.Done()
+			for i := range rounds {
+				a := (g*5 + i) % agents
+				if _, err := r.HeartbeatBody(ctx, peers[a], body(a, i/agents%2)); err != nil {
+					fail(fmt.Errorf("heartbeat of a%d: %w", a, err))
+				}
+				finished.Add(1)
+			}
+		})
+	}
+	repeat := func(op func(i int)) {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				op(i)
+				finished.Add(1)
+			}
+		})
+	}
+	repeat(func(int) {
+		c.Add(r.cfg.Timeout + time.Second)
+		r.Sweep()
+	})
+	repeat(func(int) {
+		if err := r.Flush(ctx); err != nil {
+			fail(err)
+		}
+	})
+	repeat(func(int) { r.List(Filter{}, true) })
+	repeat(func(i int) {
+		a := i % agents
+		if _, err := r.Check(peers[a], fmt.Sprintf("a%d", a)); err != nil && !errors.Is(err, ErrUnknown) && !errors.Is(err, ErrEvicted) {
+			fail(fmt.Errorf("HEAD of a%d: %w", a, err))
+		}
+	})
+	repeat(func(i int) {
+		a := i * 7 % agents
+		if err := r.Delete(ctx, peers[a], fmt.Sprintf("a%d", a)); err != nil && !errors.Is(err, ErrUnknown) {
+			fail(fmt.Errorf("delete of a%d: %w", a, err))
+		}
+	})
+	repeat(func(i int) {
+		if _, err := r.EvictSerial(ctx, peers[i*5%agents].Serial, "revoked"); err != nil {
+			fail(err)
+		}
+	})
+	repeat(func(int) {
+		if _, err := r.Rotate(ctx, ""); err != nil {
+			fail(err)
+		}
+	})
+	go func() {
+		beating.Wait()
+		close(stop)
+	}()
+	awaitProgress(t, &wg, &finished, 10*time.Second)
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	checkIndex(t, r)
+}
+
+// awaitProgress waits for wg, failing the test with every goroutine's
+// stack if finished, the count of operations done, stays still for stall.
+func awaitProgress(t *testing.T, wg *sync.WaitGroup, finished *atomic.Int64, stall time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	const checks = 10
+	tick := time.NewTicker(stall / checks)
+	defer tick.Stop()
+	last, still := int64(-1), 0
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+			if n := finished.Load(); n != last {
+				last, still = n, 0
+				continue
+			}
+			if still++; still < checks {
+				continue
+			}
+			var stacks strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			t.Fatalf("deadlock: no registry operation finished in %v (%d done)\n%s", stall, last, stacks.String())
+		}
+	}
+}
 
 // TestDeleteRacesHeartbeat deletes an agent over and over while its own
 // heartbeats, each with a new description, keep registering it again. Run
@@ -49,29 +190,20 @@ func TestDeleteRacesHeartbeat(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	checkConsistent(t, r, st)
+	checkIndex(t, r)
+	checkStored(t, r, st)
 }
 
-// checkConsistent checks, with the registry quiet, that memory and the
-// store hold the same agents and that the capability index holds only
-// registered entries.
-func checkConsistent(t *testing.T, r *Registry, st *memStore) {
+// checkIndex checks, with the registry quiet, that the map holds no
+// dropped entry, that Len counts it, and that the capability index holds
+// only the entries in the map.
+func checkIndex(t *testing.T, r *Registry) {
 	t.Helper()
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	st.mu.Lock()
-	defer st.mu.Unlock()
 	for id, e := range r.agents {
 		if e.gone {
 			t.Errorf("agent %q: a dropped entry is still in the map", id)
-		}
-		if rec, ok := st.agents[id]; !ok || string(rec.Payload) != string(e.rec.Payload) {
-			t.Errorf("agent %q: memory holds %s, the store %s (stored: %v)", id, e.rec.Payload, rec.Payload, ok)
-		}
-	}
-	for id := range st.agents {
-		if r.agents[id] == nil {
-			t.Errorf("agent %q is stored but not registered", id)
 		}
 	}
 	if int(r.count.Load()) != len(r.agents) {
@@ -82,6 +214,26 @@ func checkConsistent(t *testing.T, r *Registry, st *memStore) {
 			if r.agents[id] != e {
 				t.Errorf("capability %q is offered by a dropped entry of %q", c, id)
 			}
+		}
+	}
+}
+
+// checkStored checks, with the registry quiet, that memory and the store
+// hold the same agents with the same payloads.
+func checkStored(t *testing.T, r *Registry, st *memStore) {
+	t.Helper()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for id, e := range r.agents {
+		if rec, ok := st.agents[id]; !ok || string(rec.Payload) != string(e.rec.Payload) {
+			t.Errorf("agent %q: memory holds %s, the store %s (stored: %v)", id, e.rec.Payload, rec.Payload, ok)
+		}
+	}
+	for id := range st.agents {
+		if r.agents[id] == nil {
+			t.Errorf("agent %q is stored but not registered", id)
 		}
 	}
 }

@@ -245,15 +245,12 @@ func (r *Registry) Flush(ctx context.Context) error {
 		return nil
 	}
 	recs := make([]store.Agent, 0, len(ids))
-	r.mu.RLock()
 	for id := range ids {
-		if e := r.agents[id]; e != nil {
-			e.mu.Lock()
+		if e := r.locked(id); e != nil {
 			recs = append(recs, e.rec)
 			e.mu.Unlock()
 		}
 	}
-	r.mu.RUnlock()
 	if err := r.st.PutAgents(ctx, recs); err != nil {
 		for id := range ids {
 			r.markDirty(id)

@@ -96,6 +96,11 @@ type Registry struct {
 	cfg Config
 	st  Store
 
+	// Lock order: an entry's mu first, then mu or dirtyMu; never the other
+	// way round, and never two entries' locks at once. mu and dirtyMu are
+	// leaves: nothing is locked while either is held. An entry's lock is
+	// held across its store writes, so waiting for one under mu would
+	// stall every reader of the registry behind that write.
 	mu     sync.RWMutex
 	agents map[string]*entry
 	// providers indexes agents by the capabilities their tools offer.
@@ -182,18 +187,20 @@ func (r *Registry) claim(peer *trust.Peer, id string) (*entry, bool, error) {
 		if err := authorize(peer, id, nil); err != nil {
 			return nil, false, err
 		}
-		r.mu.Lock()
-		if r.agents[id] != nil {
-			// Another heartbeat claimed id meanwhile: take its entry.
-			r.mu.Unlock()
-			continue
-		}
+		// Locked before it is published, and before mu as the lock order
+		// wants.
 		e := &entry{}
 		e.mu.Lock()
-		r.agents[id] = e
-		r.count.Add(1)
+		r.mu.Lock()
+		if r.agents[id] == nil {
+			r.agents[id] = e
+			r.count.Add(1)
+			r.mu.Unlock()
+			return e, true, nil
+		}
+		// Another heartbeat claimed id meanwhile: take its entry.
 		r.mu.Unlock()
-		return e, true, nil
+		e.mu.Unlock()
 	}
 }
 
