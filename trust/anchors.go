@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"maps"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -75,15 +77,24 @@ func (l *LocalCA) Verify(_ context.Context, chain []*x509.Certificate, now time.
 type Anchors struct {
 	name string
 
-	mu     sync.RWMutex
+	// mu serialises updates, so each starts from the set the one before
+	// it left; readers load set without a lock.
+	mu     sync.Mutex
+	set    atomic.Pointer[anchorSet]
+	notify notifier
+}
+
+// anchorSet is one state of Anchors, never changed once published.
+type anchorSet struct {
 	byName map[string][]*x509.Certificate
 	pool   *x509.CertPool
-	notify notifier
 }
 
 // NewAnchors returns an empty set of anchors reporting itself as name.
 func NewAnchors(name string) *Anchors {
-	return &Anchors{name: name, byName: map[string][]*x509.Certificate{}, pool: x509.NewCertPool()}
+	a := &Anchors{name: name}
+	a.set.Store(&anchorSet{byName: map[string][]*x509.Certificate{}, pool: x509.NewCertPool()})
+	return a
 }
 
 // Name returns the backend's name.
@@ -95,18 +106,10 @@ func (a *Anchors) OnChange(fn func()) { a.notify.add(fn) }
 // Replace swaps the whole set: entity name ("" for the mesh's own) to its
 // CA certificates.
 func (a *Anchors) Replace(set map[string][]*x509.Certificate) {
-	pool := x509.NewCertPool()
-	byName := make(map[string][]*x509.Certificate, len(set))
-	for name, certs := range set {
-		byName[name] = certs
-		for _, c := range certs {
-			pool.AddCert(c)
-		}
-	}
-	a.mu.Lock()
-	a.byName, a.pool = byName, pool
-	a.mu.Unlock()
-	a.notify.fire()
+	a.update(func(m map[string][]*x509.Certificate) {
+		clear(m)
+		maps.Copy(m, set)
+	})
 }
 
 // Set replaces the certificates of one entity.
@@ -119,24 +122,27 @@ func (a *Anchors) Remove(entity string) {
 	a.update(func(m map[string][]*x509.Certificate) { delete(m, entity) })
 }
 
+// update publishes the set fn makes of a copy of the current one.
 func (a *Anchors) update(fn func(map[string][]*x509.Certificate)) {
-	a.mu.RLock()
-	m := make(map[string][]*x509.Certificate, len(a.byName)+1)
-	for k, v := range a.byName {
-		m[k] = v
+	a.mu.Lock()
+	byName := maps.Clone(a.set.Load().byName)
+	fn(byName)
+	pool := x509.NewCertPool()
+	for _, certs := range byName {
+		for _, c := range certs {
+			pool.AddCert(c)
+		}
 	}
-	a.mu.RUnlock()
-	fn(m)
-	a.Replace(m)
+	a.set.Store(&anchorSet{byName: byName, pool: pool})
+	a.mu.Unlock()
+	a.notify.fire()
 }
 
 // Entities returns the entity names the anchors cover, sorted; "" (the
 // mesh's own CAs) is not listed.
 func (a *Anchors) Entities() []string {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
 	var out []string
-	for n := range a.byName {
+	for n := range a.set.Load().byName {
 		if n != "" {
 			out = append(out, n)
 		}
@@ -147,9 +153,7 @@ func (a *Anchors) Entities() []string {
 
 // Certificates returns the CA certificates of one entity.
 func (a *Anchors) Certificates(entity string) []*x509.Certificate {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.byName[entity]
+	return a.set.Load().byName[entity]
 }
 
 // Verify implements Backend. The entity of the peer is the registered name
@@ -157,16 +161,14 @@ func (a *Anchors) Certificates(entity string) []*x509.Certificate {
 // certificate. An anchor registered under several names is attributed to
 // the first in sort order ("" first), the same one every time.
 func (a *Anchors) Verify(_ context.Context, chain []*x509.Certificate, now time.Time) (*Peer, error) {
-	a.mu.RLock()
-	pool, byName := a.pool, a.byName
-	a.mu.RUnlock()
-	chains, err := verifyChain(chain, pool, now)
+	set := a.set.Load()
+	chains, err := verifyChain(chain, set.pool, now)
 	if err != nil {
 		return nil, err
 	}
 	anchor := chains[0][len(chains[0])-1]
 	entity, found := "", false
-	for name, certs := range byName {
+	for name, certs := range set.byName {
 		for _, c := range certs {
 			if bytes.Equal(c.Raw, anchor.Raw) && (!found || name < entity) {
 				entity, found = name, true

@@ -3,7 +3,11 @@ package trust_test
 import (
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,5 +95,44 @@ func TestAnchorsDuplicateCAIsDeterministic(t *testing.T) {
 				t.Fatalf("names %q: entity %q, want %q", tc.names, p.Entity, tc.want)
 			}
 		}
+	}
+}
+
+// Concurrent updates of different entities all land, each once: every Set
+// or Remove starts from the set the one before it left, while readers keep
+// verifying beside them.
+func TestAnchorsConcurrentUpdates(t *testing.T) {
+	t.Parallel()
+	ca := pkitest.NewRoot(t, "shared root")
+	leaf := ca.Leaf(t, "scout")
+	certs := []*x509.Certificate{ca.Cert}
+	a := trust.NewAnchors("entities")
+	const n = 200
+	var want []string
+	for i := range n {
+		a.Set(fmt.Sprintf("old-%03d", i), certs)
+		want = append(want, fmt.Sprintf("new-%03d", i))
+	}
+	var changes atomic.Int64
+	a.OnChange(func() { changes.Add(1) })
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { a.Set(want[i], certs) })
+		wg.Go(func() { a.Remove(fmt.Sprintf("old-%03d", i)) })
+		wg.Go(func() {
+			_, _ = a.Verify(t.Context(), chainOf(leaf), time.Now())
+			_ = a.Certificates(want[i])
+		})
+	}
+	wg.Wait()
+	if got := a.Entities(); !slices.Equal(got, want) {
+		kept := slices.DeleteFunc(slices.Clone(got), func(e string) bool { return !strings.HasPrefix(e, "new-") })
+		t.Errorf("after %d concurrent sets and %d removals: %d of the entities set, %d of the removed ones left; want the %d set only", n, n, len(kept), len(got)-len(kept), n)
+	}
+	if got := changes.Load(); got != 2*n {
+		t.Errorf("%d change notifications, want %d", got, 2*n)
+	}
+	if p, err := a.Verify(t.Context(), chainOf(leaf), time.Now()); err != nil || p.Entity != "new-000" {
+		t.Errorf("verify after the updates: %+v, %v; want entity new-000", p, err)
 	}
 }
