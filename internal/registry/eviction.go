@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -58,6 +59,27 @@ func (r *Registry) EvictSerial(ctx context.Context, serial, reason string) ([]Ev
 // EvictEntity evicts every agent of entity.
 func (r *Registry) EvictEntity(ctx context.Context, entity, reason string) ([]Evicted, error) {
 	return r.evict(ctx, func(rec *store.Agent) bool { return rec.Entity == entity }, reason)
+}
+
+// EvictIdentity evicts every agent claimed by a certificate whose common
+// name is name. A node identity ("ct200.mesh") also covers the agent
+// identities of that node ("x@ct200"), so evicting a node evicts the
+// agents it runs.
+func (r *Registry) EvictIdentity(ctx context.Context, name, reason string) ([]Evicted, error) {
+	node := ""
+	if id, err := identity.Parse(name); err == nil && id.Kind == identity.KindNode {
+		node = id.Node
+	}
+	return r.evict(ctx, func(rec *store.Agent) bool {
+		if rec.Owner == name {
+			return true
+		}
+		if node == "" {
+			return false
+		}
+		owner, err := identity.Parse(rec.Owner)
+		return err == nil && owner.Kind == identity.KindAgent && owner.Node == node
+	}, reason)
 }
 
 // EvictFingerprints evicts the agents registered with any of the

@@ -1,0 +1,73 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+func TestEvictIdentity(t *testing.T) {
+	tests := []struct {
+		name string
+		want []string
+	}{
+		{"a@ct200", []string{"a"}},
+		// A node covers its agents, whichever CA issued their certificates.
+		{"ct200.mesh", []string{"a", "acme-y", "b"}},
+		// Not the agents of a node whose id only starts the same.
+		{"ct20.mesh", []string{"d"}},
+		{"acme-x", []string{"acme-x"}},
+		{"ct999.mesh", nil},
+		{"alice@external", nil},
+		{"ct200", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			st := newMemStore()
+			r := newRegistry(t, st, &clock{t: time.Unix(1_800_000_000, 0)})
+			peers := map[string]*trust.Peer{
+				"a": peer(t, "a@ct200", ""), "b": peer(t, "b@ct200", ""), "c": peer(t, "c@ct201", ""), "d": peer(t, "d@ct20", ""),
+				"acme-x": peer(t, "acme-x", "acme"), "acme-y": peer(t, "acme-y@ct200", "acme"),
+			}
+			for id, p := range peers {
+				if _, err := heartbeat(t, r, p, `{"agent_id":"`+id+`"}`); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ev, err := r.EvictIdentity(ctx, tt.name, "identity revoked")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range ev {
+				got = append(got, e.AgentID)
+				if want := peers[e.AgentID]; e.CertSerial != want.Serial || e.CertFingerprint != want.Fingerprint {
+					t.Errorf("evicted %+v, want the certificate of %s", e, want.Name())
+				}
+			}
+			slices.Sort(got)
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("evicted %q, want %q", got, tt.want)
+			}
+			for id, p := range peers {
+				_, err := r.Check(p, id)
+				stored := st.agents[id].Status
+				if slices.Contains(tt.want, id) {
+					if !errors.Is(err, ErrEvicted) || stored != StatusEvicted {
+						t.Errorf("evicted agent %q: HEAD %v, stored status %q", id, err, stored)
+					}
+				} else if err != nil || stored != StatusHealthy {
+					t.Errorf("agent %q, not evicted: HEAD %v, stored status %q", id, err, stored)
+				}
+			}
+			if again, err := r.EvictIdentity(ctx, tt.name, "identity revoked"); err != nil || len(again) != 0 {
+				t.Errorf("evicting %q again: %v, %v; want nothing new", tt.name, again, err)
+			}
+		})
+	}
+}
