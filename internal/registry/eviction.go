@@ -26,8 +26,8 @@ func (r *Registry) deleteEntry(ctx context.Context, peer *trust.Peer, id string,
 		}
 		return refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
 	}
+	defer e.mu.Unlock()
 	if err := authorize(peer, id, &e.rec); err != nil {
-		e.mu.Unlock()
 		return err
 	}
 	who := "anonymous (TLS off)"
@@ -36,11 +36,9 @@ func (r *Registry) deleteEntry(ctx context.Context, peer *trust.Peer, id string,
 	}
 	err := r.st.DeleteAgent(ctx, id, store.AuditEntry{Time: r.cfg.Now(), Action: "agent.delete", Identity: id, Outcome: store.OutcomeOK, Detail: "by " + who})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		e.mu.Unlock()
 		return err
 	}
 	r.drop(id, e)
-	e.mu.Unlock()
 	return nil
 }
 
