@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -76,25 +77,6 @@ type Renewal struct {
 	Agents map[string]*Bundle
 }
 
-// issuedJSON is the wire form of an issued certificate.
-type issuedJSON struct {
-	AgentID     string    `json:"agent_id,omitempty"`
-	Certificate string    `json:"certificate"`
-	Chain       string    `json:"chain"`
-	Serial      string    `json:"serial"`
-	NotAfter    time.Time `json:"not_after"`
-}
-
-type renewJSON struct {
-	issuedJSON
-	Agents []issuedJSON `json:"agents"`
-}
-
-type agentCSR struct {
-	AgentID string `json:"agent_id"`
-	CSR     string `json:"csr"`
-}
-
 // Enroll obtains the node certificate of nodeID for key, presenting the
 // bootstrap credential (the mesh's bootstrap secret or a join token) as
 // "Authorization: Bearer". This is the only call that sends the
@@ -114,12 +96,12 @@ func (c *Client) Enroll(ctx context.Context, credential, nodeID string, key cryp
 	if err != nil {
 		return nil, err
 	}
-	var out issuedJSON
+	var out meshapi.IssuedCert
 	hdr := http.Header{"Authorization": {"Bearer " + credential}}
-	if err := c.call(ctx, http.MethodPost, "/enroll", nil, hdr, map[string]string{"node_id": nodeID, "csr": csr}, &out); err != nil {
+	if err := c.call(ctx, http.MethodPost, meshapi.PathEnroll, nil, hdr, meshapi.EnrollRequest{NodeID: nodeID, CSR: csr}, &out); err != nil {
 		return nil, err
 	}
-	return c.checkIssued(ctx, "/enroll", out, nil, id.CommonName(), key)
+	return c.checkIssued(ctx, meshapi.PathEnroll, out, nil, id.CommonName(), key)
 }
 
 // AgentCert obtains the certificate of agent agentID on the node that
@@ -138,11 +120,11 @@ func (c *Client) AgentCert(ctx context.Context, nodeCert tls.Certificate, agentI
 	if err != nil {
 		return nil, err
 	}
-	var out issuedJSON
-	if err := c.call(ctx, http.MethodPost, "/agent-cert", &nodeCert, nil, agentCSR{AgentID: agentID, CSR: csr}, &out); err != nil {
+	var out meshapi.IssuedCert
+	if err := c.call(ctx, http.MethodPost, meshapi.PathAgentCert, &nodeCert, nil, meshapi.AgentCertRequest{AgentID: agentID, CSR: csr}, &out); err != nil {
 		return nil, err
 	}
-	return c.checkIssued(ctx, "/agent-cert", out, nil, id.CommonName(), key)
+	return c.checkIssued(ctx, meshapi.PathAgentCert, out, nil, id.CommonName(), key)
 }
 
 // Renew renews current, the caller's own certificate, for key (the same
@@ -164,10 +146,7 @@ func (c *Client) Renew(ctx context.Context, current tls.Certificate, key crypto.
 	if err != nil {
 		return nil, err
 	}
-	body := struct {
-		CSR    string     `json:"csr"`
-		Agents []agentCSR `json:"agents,omitempty"`
-	}{CSR: csr}
+	body := meshapi.RenewRequest{CSR: csr}
 	want := make(map[string]AgentKey, len(agents))
 	for _, a := range agents {
 		if self.Kind != identity.KindNode {
@@ -181,14 +160,14 @@ func (c *Client) Renew(ctx context.Context, current tls.Certificate, key crypto.
 		if err != nil {
 			return nil, err
 		}
-		body.Agents = append(body.Agents, agentCSR{AgentID: a.ID, CSR: acsr})
+		body.Agents = append(body.Agents, meshapi.AgentCertRequest{AgentID: a.ID, CSR: acsr})
 		want[a.ID] = a
 	}
-	var out renewJSON
-	if err := c.call(ctx, http.MethodPost, "/renew", &current, nil, body, &out); err != nil {
+	var out meshapi.RenewResponse
+	if err := c.call(ctx, http.MethodPost, meshapi.PathRenew, &current, nil, body, &out); err != nil {
 		return nil, err
 	}
-	node, err := c.checkIssued(ctx, "/renew", out.issuedJSON, nil, cn, key)
+	node, err := c.checkIssued(ctx, meshapi.PathRenew, out.IssuedCert, nil, cn, key)
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +177,7 @@ func (c *Client) Renew(ctx context.Context, current tls.Certificate, key crypto.
 		if !ok {
 			return nil, fmt.Errorf("%w: meshd renewed agent %q, which the request did not name", ErrUntrustedServer, a.AgentID)
 		}
-		b, err := c.checkIssued(ctx, "/renew", a, node.Chain, a.AgentID+"@"+self.Node, ak.Key)
+		b, err := c.checkIssued(ctx, meshapi.PathRenew, a, node.Chain, a.AgentID+"@"+self.Node, ak.Key)
 		if err != nil {
 			return nil, err
 		}
@@ -233,12 +212,12 @@ func (c *Client) FetchBundle(ctx context.Context) ([]*x509.Certificate, error) {
 		return nil, err
 	}
 	defer hc.CloseIdleConnections()
-	resp, data, err := c.send(ctx, hc, http.MethodGet, base+"/bundle", pemAccept, nil)
+	resp, data, err := c.send(ctx, hc, http.MethodGet, base+meshapi.PathBundle, pemAccept, nil)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, apiError("/bundle", resp, data)
+		return nil, apiError(meshapi.PathBundle, resp, data)
 	}
 	certs, err := pemfile.ParseCerts(data)
 	if err != nil {
@@ -257,7 +236,7 @@ func (c *Client) TrustedRoots(ctx context.Context) (*x509.CertPool, error) {
 // checking that it is what was asked for: the requested name, the
 // requester's key, a chain to the trusted roots. A certificate that fails
 // is never handed on, so it is never written.
-func (c *Client) checkIssued(ctx context.Context, route string, in issuedJSON, chain []*x509.Certificate, cn string, key crypto.Signer) (*Bundle, error) {
+func (c *Client) checkIssued(ctx context.Context, route string, in meshapi.IssuedCert, chain []*x509.Certificate, cn string, key crypto.Signer) (*Bundle, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s answered with %s", ErrUntrustedServer, route, fmt.Sprintf(format, args...))
 	}

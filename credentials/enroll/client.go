@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -157,12 +158,12 @@ func (c *Client) bootstrap(ctx context.Context) (*x509.Certificate, error) {
 		return nil, err
 	}
 	defer hc.CloseIdleConnections()
-	resp, data, err := c.send(ctx, hc, http.MethodGet, base+"/bundle", pemAccept, nil)
+	resp, data, err := c.send(ctx, hc, http.MethodGet, base+meshapi.PathBundle, pemAccept, nil)
 	if err != nil {
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, apiError("/bundle", resp, data)
+		return nil, apiError(meshapi.PathBundle, resp, data)
 	}
 	if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
 		return nil, fmt.Errorf("%w: GET /bundle answered without a TLS certificate", ErrUntrustedServer)
@@ -358,9 +359,7 @@ func reachError(server string, err error) error {
 
 // apiError builds the *Error of an answer outside 2xx.
 func apiError(route string, resp *http.Response, data []byte) error {
-	var eb struct {
-		Error string `json:"error"`
-	}
+	var eb meshapi.ErrorResponse
 	msg := ""
 	if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
 		msg = eb.Error

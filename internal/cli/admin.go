@@ -23,7 +23,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
-	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -236,9 +236,7 @@ func (c *adminClient) reachError(err error) error {
 }
 
 func parseAPIError(resp *http.Response, data []byte) error {
-	var eb struct {
-		Error string `json:"error"`
-	}
+	var eb meshapi.ErrorResponse
 	if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
 		return &apiError{Status: resp.StatusCode, Message: eb.Error}
 	}
@@ -272,16 +270,14 @@ func (g *globals) revokeViaAdmin(cmd *cobra.Command, target, reason string) erro
 		return err
 	}
 	defer c.Close()
-	var out struct {
-		Revoked []store.Revocation `json:"revoked"`
-		Warning string             `json:"warning"`
-	}
-	if _, err := c.call(cmd.Context(), http.MethodPost, "/admin/revoke", map[string]string{"target": target, "reason": reason}, &out); err != nil {
+	var out meshapi.RevokeResponse
+	if _, err := c.call(cmd.Context(), http.MethodPost, meshapi.PathAdminRevoke, meshapi.RevokeRequest{Target: target, Reason: reason}, &out); err != nil {
 		return err
 	}
 	w := cmd.OutOrStdout()
 	if g.jsonOut {
-		// The offline path's shape, so scripts need not care which ran.
+		// The offline path's shape ([]store.Revocation, whose Go field
+		// names RevokedCert's keys are), so scripts need not care which ran.
 		if err := printJSON(w, out.Revoked); err != nil {
 			return err
 		}

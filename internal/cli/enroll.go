@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -336,13 +337,8 @@ its fingerprint.`,
 				return fmt.Errorf("--ttl %q: want a positive duration such as 30m, 1h or 1d", ttl)
 			}
 			return g.withAdmin(cmd, func(c *adminClient) error {
-				var out struct {
-					Token           string    `json:"token"`
-					NodeID          string    `json:"node_id"`
-					ExpiresAt       time.Time `json:"expires_at"`
-					RootFingerprint string    `json:"root_fingerprint"`
-				}
-				data, err := c.call(cmd.Context(), http.MethodPost, "/admin/tokens", map[string]string{"node_id": node, "ttl": d.String()}, &out)
+				var out meshapi.TokenResponse
+				data, err := c.call(cmd.Context(), http.MethodPost, meshapi.PathAdminTokens, meshapi.TokenRequest{NodeID: node, TTL: d.String()}, &out)
 				if err != nil {
 					return err
 				}

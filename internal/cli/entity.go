@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -98,13 +99,9 @@ registered under another name is refused (one CA, one entity).`,
 				return err
 			}
 			return g.withAdmin(cmd, func(c *adminClient) error {
-				var out struct {
-					Subject string `json:"subject"`
-					Expires string `json:"expires"`
-					Message string `json:"message"`
-				}
-				body := map[string]any{"name": name, "ca_cert": string(pemData), "force": force}
-				data, err := c.call(cmd.Context(), http.MethodPost, "/admin/entities", body, &out)
+				var out meshapi.RegisterEntityResponse
+				body := meshapi.RegisterEntityRequest{Name: name, CACert: string(pemData), Force: force}
+				data, err := c.call(cmd.Context(), http.MethodPost, meshapi.PathAdminEntities, body, &out)
 				if err != nil {
 					return err
 				}
@@ -178,16 +175,6 @@ func orDefault(s, def string) string {
 	return s
 }
 
-// entityInfo is one entity of GET /admin/entities.
-type entityInfo struct {
-	Name    string `json:"name"`
-	Subject string `json:"subject"`
-	Expires string `json:"expires"`
-	Source  string `json:"source"`
-	Status  string `json:"status"`
-	Agents  int    `json:"agents"`
-}
-
 func entityListCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "list",
@@ -202,10 +189,8 @@ expiry date.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.withAdmin(cmd, func(c *adminClient) error {
-				var out struct {
-					Entities []entityInfo `json:"entities"`
-				}
-				data, err := c.call(cmd.Context(), http.MethodGet, "/admin/entities", nil, &out)
+				var out meshapi.EntityList
+				data, err := c.call(cmd.Context(), http.MethodGet, meshapi.PathAdminEntities, nil, &out)
 				if err != nil {
 					return err
 				}
@@ -252,12 +237,8 @@ Use --force to confirm.`,
 				return errors.New("use --force to confirm revocation")
 			}
 			return g.withAdmin(cmd, func(c *adminClient) error {
-				var out struct {
-					Message           string `json:"message"`
-					EvictedAgents     int    `json:"evicted_agents"`
-					ClosedConnections int    `json:"closed_connections"`
-				}
-				data, err := c.call(cmd.Context(), http.MethodDelete, "/admin/entities/"+url.PathEscape(name), nil, &out)
+				var out meshapi.RevokeEntityResponse
+				data, err := c.call(cmd.Context(), http.MethodDelete, meshapi.PathAdminEntities+"/"+url.PathEscape(name), nil, &out)
 				if err != nil {
 					return err
 				}
@@ -287,16 +268,12 @@ Agents with revoked or expired certificates are refused when they re-register.`,
   meshctl entity rotate "partner-corp"`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			path := "/admin/rotate"
+			path := meshapi.PathAdminRotate
 			if len(a) == 1 {
 				path += "?entity_id=" + url.QueryEscape(a[0])
 			}
 			return g.withAdmin(cmd, func(c *adminClient) error {
-				var out struct {
-					AffectedAgents int    `json:"affected_agents"`
-					EntityID       string `json:"entity_id"`
-					Message        string `json:"message"`
-				}
+				var out meshapi.RotateResponse
 				data, err := c.call(cmd.Context(), http.MethodPost, path, nil, &out)
 				if err != nil {
 					return err

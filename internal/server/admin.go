@@ -23,6 +23,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -108,19 +109,6 @@ func (s *Server) listenAdminTLS() error {
 	return nil
 }
 
-// EntityInfo is an entity as the admin API lists it.
-type EntityInfo struct {
-	Name        string     `json:"name"`
-	Subject     string     `json:"subject"`
-	Expires     string     `json:"expires"`
-	NotAfter    time.Time  `json:"not_after"`
-	Fingerprint string     `json:"fingerprint_sha256"`
-	Source      string     `json:"source"`
-	Status      string     `json:"status"`
-	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
-	Agents      int        `json:"agents"`
-}
-
 func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 	ents, err := s.st.Entities(r.Context())
 	if err != nil {
@@ -133,10 +121,10 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 			agents[v.EntityID]++
 		}
 	}
-	out := []EntityInfo{}
+	out := []meshapi.EntityInfo{}
 	listed := map[string]bool{}
 	for _, e := range ents {
-		info := EntityInfo{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"), NotAfter: e.NotAfter,
+		info := meshapi.EntityInfo{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"), NotAfter: e.NotAfter,
 			Fingerprint: e.Fingerprint, Source: "meshd", Status: "active", Agents: agents[e.Name]}
 		if e.Revoked() {
 			at := e.RevokedAt
@@ -155,25 +143,16 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			c := certs[0]
-			out = append(out, EntityInfo{Name: name, Subject: c.Subject.String(), Expires: c.NotAfter.UTC().Format("2006-01-02"), NotAfter: c.NotAfter,
+			out = append(out, meshapi.EntityInfo{Name: name, Subject: c.Subject.String(), Expires: c.NotAfter.UTC().Format("2006-01-02"), NotAfter: c.NotAfter,
 				Fingerprint: trust.Fingerprint(c), Source: "filestore", Status: "active", Agents: agents[name]})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	writeJSON(w, http.StatusOK, map[string]any{"entities": out})
-}
-
-// EntityRequest registers an entity.
-type EntityRequest struct {
-	Name string `json:"name"`
-	// CACert is the entity's CA certificate(s) in PEM form.
-	CACert string `json:"ca_cert"`
-	// Force replaces an entity of the same name.
-	Force bool `json:"force"`
+	writeJSON(w, http.StatusOK, meshapi.EntityList{Entities: out})
 }
 
 func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
-	var req EntityRequest
+	var req meshapi.RegisterEntityRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
 		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
@@ -209,13 +188,13 @@ func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
 		s.metrics.evictions.WithLabelValues("entity_ca_replaced").Add(float64(len(ev)))
 	}
 	s.log.Info("entity registered", "entity", e.Name, "subject", e.Subject, "fingerprint", e.Fingerprint, "replaced_ca", replaced)
-	writeJSON(w, http.StatusCreated, map[string]any{"name": e.Name, "subject": e.Subject, "expires": e.NotAfter.UTC().Format("2006-01-02"),
-		"fingerprint_sha256": e.Fingerprint, "message": fmt.Sprintf("Entity '%s' registered", e.Name)})
+	writeJSON(w, http.StatusCreated, meshapi.RegisterEntityResponse{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"),
+		Fingerprint: e.Fingerprint, Message: fmt.Sprintf("Entity '%s' registered", e.Name)})
 }
 
 // checkEntity validates a registration: a valid id, PEM that holds only CA
 // certificates inside their validity period, and a CA no other entity has.
-func (s *Server) checkEntity(ctx context.Context, req EntityRequest) (store.Entity, []*x509.Certificate, error) {
+func (s *Server) checkEntity(ctx context.Context, req meshapi.RegisterEntityRequest) (store.Entity, []*x509.Certificate, error) {
 	var e store.Entity
 	if err := identity.ValidateID(req.Name); err != nil {
 		return e, nil, fmt.Errorf("entity name: %w", err)
@@ -283,8 +262,8 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	eff := s.entityEffect(name)
-	writeJSON(w, http.StatusOK, map[string]any{"name": name, "evicted_agents": eff.evicted, "closed_connections": eff.closed,
-		"message": fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.evicted)})
+	writeJSON(w, http.StatusOK, meshapi.RevokeEntityResponse{Name: name, EvictedAgents: eff.evicted, ClosedConnections: eff.closed,
+		Message: fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.evicted)})
 }
 
 // recordable clamps a CA's validity bound to what the store can record
@@ -341,14 +320,7 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 	if name != "" {
 		msg = fmt.Sprintf("Rotation triggered for entity '%s'", name)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"affected_agents": n, "entity_id": name, "message": msg})
-}
-
-// RevokeRequest revokes a certificate through the CA.
-type RevokeRequest struct {
-	// Target is a serial or a common name.
-	Target string `json:"target"`
-	Reason string `json:"reason"`
+	writeJSON(w, http.StatusOK, meshapi.RotateResponse{AffectedAgents: n, EntityID: name, Message: msg})
 }
 
 func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
@@ -356,7 +328,7 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, r, http.StatusNotFound, "this meshd has no local CA")
 		return
 	}
-	var req RevokeRequest
+	var req meshapi.RevokeRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
 		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
@@ -380,19 +352,28 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, r, code, err.Error())
 		return
 	}
-	out := map[string]any{"revoked": revs}
+	out := meshapi.RevokeResponse{Revoked: revokedBody(revs)}
 	if err != nil {
-		out["warning"] = err.Error()
+		out.Warning = err.Error()
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
+// revokedBody is revs on the wire; nil stays null, as it always was.
+func revokedBody(revs []store.Revocation) []meshapi.RevokedCert {
+	var out []meshapi.RevokedCert
+	for _, r := range revs {
+		out = append(out, meshapi.RevokedCert{Seq: r.Seq, Serial: r.Serial, CommonName: r.CommonName, IssuerKeyID: r.IssuerKeyID, Reason: r.Reason, RevokedAt: r.RevokedAt})
+	}
+	return out
+}
+
 func (s *Server) adminError(w http.ResponseWriter, r *http.Request, code int, msg string) {
 	s.log.Info("admin request refused", "method", r.Method, "path", r.URL.Path, "code", code, "detail", msg)
-	writeJSON(w, code, errorBody{Error: msg, Timestamp: now(s)})
+	writeJSON(w, code, meshapi.ErrorResponse{Error: msg, Timestamp: now(s)})
 }
 
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-	writeJSON(w, http.StatusInternalServerError, errorBody{Error: "internal error; see meshd's log", Timestamp: now(s)})
+	writeJSON(w, http.StatusInternalServerError, meshapi.ErrorResponse{Error: "internal error; see meshd's log", Timestamp: now(s)})
 }

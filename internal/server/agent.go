@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -123,13 +124,7 @@ var errEvictedConn = &trust.VerifyError{Reason: trust.ReasonRevoked, Detail: "th
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {
 	s.metrics.refusals.WithLabelValues(reason).Inc()
 	s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "code", code, "reason", reason, "detail", msg)
-	writeJSON(w, code, errorBody{Error: msg, Reason: reason, Timestamp: now(s)})
-}
-
-type errorBody struct {
-	Error     string `json:"error"`
-	Reason    string `json:"reason,omitempty"`
-	Timestamp string `json:"timestamp"`
+	writeJSON(w, code, meshapi.ErrorResponse{Error: msg, Reason: reason, Timestamp: now(s)})
 }
 
 func now(s *Server) string { return s.cfg.Now().UTC().Format(time.RFC3339Nano) }
@@ -216,7 +211,7 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 	}
 	if code == http.StatusInternalServerError {
 		s.log.Error("registry", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeJSON(w, code, errorBody{Error: "internal error; see meshd's log", Timestamp: now(s)})
+		writeJSON(w, code, meshapi.ErrorResponse{Error: "internal error; see meshd's log", Timestamp: now(s)})
 		return
 	}
 	if r.Method == http.MethodHead {

@@ -21,6 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -90,26 +91,12 @@ func (s *Server) audit(ctx context.Context, action, ident, outcome, detail strin
 	}
 }
 
-// issuedJSON is a certificate in an enrollment answer.
-type issuedJSON struct {
-	AgentID     string    `json:"agent_id,omitempty"`
-	Certificate string    `json:"certificate"`
-	Chain       string    `json:"chain,omitempty"`
-	Serial      string    `json:"serial"`
-	NotAfter    time.Time `json:"not_after"`
-}
-
-func issuedBody(is *ca.Issued, withChain bool) issuedJSON {
-	out := issuedJSON{Certificate: string(is.PEM), Serial: is.Record.Serial, NotAfter: is.Cert.NotAfter.UTC()}
+func issuedBody(is *ca.Issued, withChain bool) meshapi.IssuedCert {
+	out := meshapi.IssuedCert{Certificate: string(is.PEM), Serial: is.Record.Serial, NotAfter: is.Cert.NotAfter.UTC()}
 	if withChain {
 		out.Chain = string(is.ChainPEM)
 	}
 	return out
-}
-
-type enrollRequest struct {
-	NodeID string `json:"node_id"`
-	CSR    string `json:"csr"`
 }
 
 // enroll is POST /enroll: a new node proves itself with the bootstrap
@@ -133,7 +120,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusNotFound, "no_ca", "this meshd has no local CA to enroll nodes with", "no local CA", "")
 		return
 	}
-	var req enrollRequest
+	var req meshapi.EnrollRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
 		fail(http.StatusBadRequest, "bad_request", "body must be JSON {\"node_id\", \"csr\"}: "+err.Error(), "malformed body", "")
 		return
@@ -239,11 +226,6 @@ func (s *Server) signError(w http.ResponseWriter, r *http.Request, err error) {
 	s.internalError(w, r, err)
 }
 
-type agentCertRequest struct {
-	AgentID string `json:"agent_id"`
-	CSR     string `json:"csr"`
-}
-
 // meshNode returns the node identity of a peer admitted by the mesh CA.
 func meshNode(peer *trust.Peer) (identity.Identity, error) {
 	if peer == nil || peer.Backend != BackendLocalCA || peer.Identity.Kind != identity.KindNode {
@@ -260,7 +242,7 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 		s.refuse(w, r, http.StatusForbidden, "not_node_cert", err.Error())
 		return
 	}
-	var req agentCertRequest
+	var req meshapi.AgentCertRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
 		s.refuse(w, r, http.StatusBadRequest, "bad_request", "body must be JSON {\"agent_id\", \"csr\"}: "+err.Error())
 		return
@@ -280,7 +262,7 @@ var errAgentScope = errors.New("a node obtains certificates for its own agents o
 
 // signAgent signs an agent CSR for an agent of node; the CSR may only name
 // <agent-id>@<node>.
-func (s *Server) signAgent(ctx context.Context, node identity.Identity, req agentCertRequest) (*ca.Issued, error) {
+func (s *Server) signAgent(ctx context.Context, node identity.Identity, req meshapi.AgentCertRequest) (*ca.Issued, error) {
 	id, err := identity.NewAgent(req.AgentID, node.Node)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ca.ErrPolicy, err)
@@ -295,16 +277,6 @@ func (s *Server) signAgent(ctx context.Context, node identity.Identity, req agen
 	return s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileAgent, Identity: id})
 }
 
-type renewRequest struct {
-	CSR    string             `json:"csr"`
-	Agents []agentCertRequest `json:"agents,omitempty"`
-}
-
-type renewResponse struct {
-	issuedJSON
-	Agents []issuedJSON `json:"agents"`
-}
-
 // renew is POST /renew: the holder of a valid mesh certificate gets a new
 // one for the same identity; a node's agents are re-issued with it.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
@@ -312,7 +284,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 		s.refuse(w, r, http.StatusForbidden, "not_mesh_cert", "only certificates of the mesh CA are renewed here")
 		return
 	}
-	var req renewRequest
+	var req meshapi.RenewRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
 		s.refuse(w, r, http.StatusBadRequest, "bad_request", "body must be JSON {\"csr\", \"agents\"}: "+err.Error())
 		return
@@ -337,7 +309,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 		s.signError(w, r, err)
 		return
 	}
-	out := renewResponse{issuedJSON: issuedBody(is, true), Agents: []issuedJSON{}}
+	out := meshapi.RenewResponse{IssuedCert: issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
 	for _, a := range req.Agents {
 		ais, err := s.signAgent(ctx, peer.Identity, a)
 		if err != nil {
@@ -382,7 +354,7 @@ func extraSANs(leaf *x509.Certificate, id identity.Identity) []string {
 // live intermediate's CRL in PEM on Accept: application/x-pem-file.
 func (s *Server) serveCRL(w http.ResponseWriter, r *http.Request) {
 	if s.auth == nil {
-		writeJSON(w, http.StatusNotFound, errorBody{Error: "this meshd has no local CA", Timestamp: now(s)})
+		writeJSON(w, http.StatusNotFound, meshapi.ErrorResponse{Error: "this meshd has no local CA", Timestamp: now(s)})
 		return
 	}
 	data, err := s.auth.CRLPEM()
@@ -415,7 +387,7 @@ func (s *Server) serveCRL(w http.ResponseWriter, r *http.Request) {
 // serveBundle is GET /bundle: the root and every live intermediate.
 func (s *Server) serveBundle(w http.ResponseWriter, r *http.Request) {
 	if s.auth == nil {
-		writeJSON(w, http.StatusNotFound, errorBody{Error: "this meshd has no local CA", Timestamp: now(s)})
+		writeJSON(w, http.StatusNotFound, meshapi.ErrorResponse{Error: "this meshd has no local CA", Timestamp: now(s)})
 		return
 	}
 	data, err := s.auth.BundlePEM()

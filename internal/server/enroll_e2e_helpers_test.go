@@ -21,6 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
@@ -192,13 +193,13 @@ func (e *env) checkNotLeaked(what, s string) {
 }
 
 // createToken creates a join token for nodeID through the admin API.
-func (e *env) createToken(nodeID, ttl string) server.TokenResponse {
+func (e *env) createToken(nodeID, ttl string) meshapi.TokenResponse {
 	e.t.Helper()
 	r := e.adminDo("POST", "/admin/tokens", map[string]string{"node_id": nodeID, "ttl": ttl})
 	if r.code != http.StatusCreated {
 		e.t.Fatalf("POST /admin/tokens for %s: %s", nodeID, r)
 	}
-	var tok server.TokenResponse
+	var tok meshapi.TokenResponse
 	if err := json.Unmarshal(r.body, &tok); err != nil {
 		e.t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -741,6 +742,12 @@ func TestE2ERevocationWatch(t *testing.T) {
 	p := ev1.payload(t)
 	if p["serial"] != v1.SerialNumber.Text(16) || p["common_name"] != "v1@n1" || p["reason"] != "keyCompromise" || fmt.Sprint(p["seq"]) != ev1.id {
 		t.Errorf("certificate revocation event: %s", ev1.data)
+	}
+	if want := hex.EncodeToString(v1.AuthorityKeyId); want == "" || p["issuer_key_id"] != want {
+		t.Errorf("certificate revocation event %s: issuer_key_id, want %q", ev1.data, want)
+	}
+	if r, _ := w.set.Serial(v1.SerialNumber.Text(16)); r.IssuerKeyID != hex.EncodeToString(v1.AuthorityKeyId) {
+		t.Errorf("watcher's revocation of v1 has issuer key id %q, want %x", r.IssuerKeyID, v1.AuthorityKeyId)
 	}
 	if r := e.adminDo("DELETE", "/admin/entities/acme", nil); r.code != http.StatusOK {
 		t.Fatalf("revoke entity acme: %s", r)

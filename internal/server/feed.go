@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // feed is the revocation feed as subscribers see it: the store's
@@ -67,18 +68,8 @@ func (f *feed) since(seq int64) ([]store.RevocationEvent, bool, <-chan struct{})
 	return out, covered, f.wake
 }
 
-// eventJSON is one event on the wire.
-type eventJSON struct {
-	Seq        int64     `json:"seq"`
-	Serial     string    `json:"serial,omitempty"`
-	CommonName string    `json:"common_name,omitempty"`
-	Entity     string    `json:"entity,omitempty"`
-	Reason     string    `json:"reason"`
-	Time       time.Time `json:"time"`
-}
-
-func toWire(e store.RevocationEvent) eventJSON {
-	w := eventJSON{Seq: e.Seq, Serial: e.Serial, CommonName: e.CommonName, Entity: e.Entity, Time: e.Time.UTC()}
+func toWire(e store.RevocationEvent) meshapi.RevocationEvent {
+	w := meshapi.RevocationEvent{Seq: e.Seq, Serial: e.Serial, IssuerKeyID: e.IssuerKeyID, CommonName: e.CommonName, Entity: e.Entity, Time: e.Time.UTC()}
 	if e.Entity != "" {
 		w.Reason = "entity revoked"
 	} else {
@@ -95,7 +86,7 @@ const keepAlive = 15 * time.Second
 func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request) {
 	after, err := resumePoint(r)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, errorBody{Error: err.Error(), Timestamp: now(s)})
+		writeJSON(w, http.StatusBadRequest, meshapi.ErrorResponse{Error: err.Error(), Timestamp: now(s)})
 		return
 	}
 	rc := http.NewResponseController(w)

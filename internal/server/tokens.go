@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -23,21 +24,6 @@ const (
 	MaxTokenTTL     = 7 * 24 * time.Hour
 )
 
-type tokenRequest struct {
-	NodeID string `json:"node_id"`
-	// TTL is a Go duration ("1h"); empty means DefaultTokenTTL.
-	TTL string `json:"ttl"`
-}
-
-// TokenResponse is the answer to POST /admin/tokens. Token is shown once:
-// meshd keeps only its hash.
-type TokenResponse struct {
-	Token           string    `json:"token"`
-	NodeID          string    `json:"node_id"`
-	ExpiresAt       time.Time `json:"expires_at"`
-	RootFingerprint string    `json:"root_fingerprint"`
-}
-
 // createToken is POST /admin/tokens: a one-time token that enrolls exactly
 // one node.
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
@@ -45,7 +31,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, r, http.StatusNotFound, "this meshd has no local CA to enroll nodes with")
 		return
 	}
-	var req tokenRequest
+	var req meshapi.TokenRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil {
 		s.adminError(w, r, http.StatusBadRequest, "body must be JSON {\"node_id\", \"ttl\"}: "+err.Error())
 		return
@@ -82,5 +68,5 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, TokenResponse{Token: token, NodeID: req.NodeID, ExpiresAt: t.ExpiresAt, RootFingerprint: trust.Fingerprint(s.auth.Root())})
+	writeJSON(w, http.StatusCreated, meshapi.TokenResponse{Token: token, NodeID: req.NodeID, ExpiresAt: t.ExpiresAt, RootFingerprint: trust.Fingerprint(s.auth.Root())})
 }

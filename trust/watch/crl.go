@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -29,7 +30,7 @@ func (w *Watcher) PollCRL(ctx context.Context) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
 	defer cancel()
 	issuers, berr := w.issuers(ctx)
-	data, err := w.get(ctx, "/crl", "application/x-pem-file")
+	data, err := w.get(ctx, meshapi.PathCRL, "application/x-pem-file")
 	if err != nil {
 		return 0, err
 	}
@@ -71,7 +72,7 @@ func (w *Watcher) PollCRL(ctx context.Context) (int, error) {
 // the error returned beside it.
 func (w *Watcher) issuers(ctx context.Context) ([]*x509.Certificate, error) {
 	var fetchErr error
-	data, err := w.get(ctx, "/bundle", "application/x-pem-file")
+	data, err := w.get(ctx, meshapi.PathBundle, "application/x-pem-file")
 	var candidates []*x509.Certificate
 	if err == nil {
 		candidates, err = pemfile.ParseCerts(data)

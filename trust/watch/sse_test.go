@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 
 	"github.com/meshtrust/meshtrust/internal/retry"
@@ -132,7 +133,8 @@ func TestApply(t *testing.T) {
 		b, _ := json.Marshal(v)
 		return sseEvent{ID: id, Type: "revocation", Data: string(b)}
 	}
-	w.apply(ev("42", map[string]any{"seq": 42, "serial": "00:9F:A1", "common_name": "opus@ct111", "reason": "keyCompromise", "time": at}))
+	// As meshd sends it; the others are what an older or odder server might.
+	w.apply(ev("42", meshapi.RevocationEvent{Seq: 42, Serial: "00:9F:A1", IssuerKeyID: "A1B2", CommonName: "opus@ct111", Reason: "keyCompromise", Time: at}))
 	w.apply(ev("43", map[string]any{"seq": 43, "entity": "acme", "reason": "entity revoked", "time": "…"}))
 	w.apply(ev("44", map[string]any{"seq": 44, "serial": "0x0b", "reason": 4}))
 	w.apply(ev("45", map[string]any{"seq": 45, "serial": "not-hex"}))
@@ -140,7 +142,7 @@ func TestApply(t *testing.T) {
 	w.apply(sseEvent{ID: "99", Type: "heartbeat", Data: "{}"}) // not a revocation: ignored, resume point kept
 	w.apply(sseEvent{Type: "revocation", Data: `{"seq":47,"serial":"c"}`})
 
-	if r, ok := set.Serial("9fa1"); !ok || r.Reason != "keyCompromise" || !r.At.Equal(at) {
+	if r, ok := set.Serial("9fa1"); !ok || r.Reason != "keyCompromise" || !r.At.Equal(at) || r.IssuerKeyID != "a1b2" {
 		t.Errorf("serial 9fa1: %+v, %v", r, ok)
 	}
 	if r, ok := set.Entity("acme"); !ok || r.Reason != "entity revoked" || r.At.IsZero() {

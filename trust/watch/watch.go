@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 
 	"github.com/meshtrust/meshtrust/internal/retry"
@@ -224,7 +225,7 @@ func (w *Watcher) stream(ctx context.Context) (up bool, err error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	after := strconv.FormatInt(w.LastEventID(), 10)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.base+"/revocations/watch?after="+after, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, w.base+meshapi.PathRevocationsWatch+"?after="+after, nil)
 	if err != nil {
 		return false, err
 	}
@@ -285,22 +286,22 @@ func (w *Watcher) watchdog(ctx context.Context, cancel context.CancelCauseFunc, 
 	}
 }
 
-// revocationEvent is the data of an "event: revocation".
+// revocationEvent is the data of an "event: revocation": meshapi's
+// RevocationEvent, except that reason and time are read leniently (a
+// CRLReason code as well as a name, a missing or unreadable time as now),
+// so one odd field does not cost the whole revocation. The outer fields
+// shadow the embedded ones of the same JSON name.
 type revocationEvent struct {
-	Seq         int64           `json:"seq"`
-	Serial      string          `json:"serial"`
-	IssuerKeyID string          `json:"issuer_key_id"`
-	CommonName  string          `json:"common_name"`
-	Entity      string          `json:"entity"`
-	Reason      json.RawMessage `json:"reason"`
-	Time        json.RawMessage `json:"time"`
+	meshapi.RevocationEvent
+	Reason json.RawMessage `json:"reason"`
+	Time   json.RawMessage `json:"time"`
 }
 
 // apply adds one event's revocation to the set and moves the resume
 // point past it. An event that cannot be applied is logged and passed
 // over: waiting on it would stall every later revocation.
 func (w *Watcher) apply(ev sseEvent) {
-	if ev.Type != "revocation" {
+	if ev.Type != meshapi.EventRevocation {
 		return // keep-alives, and kinds of event this version does not know
 	}
 	var e revocationEvent
@@ -400,9 +401,7 @@ func timeOf(raw json.RawMessage, now time.Time) time.Time {
 // answerError describes an answer outside 2xx.
 func answerError(what string, resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	var eb struct {
-		Error string `json:"error"`
-	}
+	var eb meshapi.ErrorResponse
 	msg := strings.TrimSpace(string(data))
 	if json.Unmarshal(data, &eb) == nil && eb.Error != "" {
 		msg = eb.Error

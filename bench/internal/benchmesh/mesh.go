@@ -21,6 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // Config configures Start. The zero value runs meshd with its defaults.
@@ -115,7 +116,7 @@ func (m *Mesh) Addr() string { return m.Server.AgentAddr() }
 // `meshctl ca revoke` does against a running meshd, and returns once meshd
 // has answered.
 func (m *Mesh) Revoke(ctx context.Context, serial string) error {
-	body, err := json.Marshal(server.RevokeRequest{Target: serial, Reason: "keyCompromise"})
+	body, err := json.Marshal(meshapi.RevokeRequest{Target: serial, Reason: "keyCompromise"})
 	if err != nil {
 		return err
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -88,7 +89,7 @@ type Server struct {
 	tokens     map[string]*joinToken
 	issued     []*x509.Certificate
 	revoked    map[string]bool // serials
-	events     []event
+	events     []meshapi.RevocationEvent
 	subs       map[*sub]struct{}
 	fail       map[string][]canned
 	streamDown bool
@@ -107,15 +108,6 @@ type canned struct {
 	status     int
 	msg        string
 	retryAfter string
-}
-
-type event struct {
-	Seq        int64     `json:"seq"`
-	Serial     string    `json:"serial,omitempty"`
-	CommonName string    `json:"common_name,omitempty"`
-	Entity     string    `json:"entity,omitempty"`
-	Reason     string    `json:"reason"`
-	Time       time.Time `json:"time"`
 }
 
 type sub struct {
@@ -243,7 +235,7 @@ func (s *Server) Issued() []*x509.Certificate {
 func (s *Server) Revoke(serial, commonName, reason string) int64 {
 	s.mu.Lock()
 	s.revoked[serial] = true
-	seq := s.publishLocked(event{Serial: serial, CommonName: commonName, Reason: reason})
+	seq := s.publishLocked(meshapi.RevocationEvent{Serial: serial, IssuerKeyID: hex.EncodeToString(s.Intermediate.SubjectKeyId), CommonName: commonName, Reason: reason})
 	s.mu.Unlock()
 	return seq
 }
@@ -251,12 +243,12 @@ func (s *Server) Revoke(serial, commonName, reason string) int64 {
 // RevokeEntity publishes the revocation of a partner entity.
 func (s *Server) RevokeEntity(name, reason string) int64 {
 	s.mu.Lock()
-	seq := s.publishLocked(event{Entity: name, Reason: reason})
+	seq := s.publishLocked(meshapi.RevocationEvent{Entity: name, Reason: reason})
 	s.mu.Unlock()
 	return seq
 }
 
-func (s *Server) publishLocked(e event) int64 {
+func (s *Server) publishLocked(e meshapi.RevocationEvent) int64 {
 	e.Seq = int64(len(s.events) + 1)
 	e.Time = s.cfg.Now().UTC().Truncate(time.Second)
 	s.events = append(s.events, e)
@@ -387,19 +379,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
+	writeJSON(w, code, meshapi.ErrorResponse{Error: msg})
 }
 
-type issuedJSON struct {
-	AgentID     string    `json:"agent_id,omitempty"`
-	Certificate string    `json:"certificate"`
-	Chain       string    `json:"chain,omitempty"`
-	Serial      string    `json:"serial"`
-	NotAfter    time.Time `json:"not_after"`
-}
-
-func (s *Server) issuedJSON(c *x509.Certificate, withChain bool) issuedJSON {
-	out := issuedJSON{Certificate: string(pemfile.EncodeCerts(c)), Serial: c.SerialNumber.Text(16), NotAfter: c.NotAfter.UTC()}
+func (s *Server) issuedJSON(c *x509.Certificate, withChain bool) meshapi.IssuedCert {
+	out := meshapi.IssuedCert{Certificate: string(pemfile.EncodeCerts(c)), Serial: c.SerialNumber.Text(16), NotAfter: c.NotAfter.UTC()}
 	if withChain {
 		out.Chain = string(pemfile.EncodeCerts(s.Intermediate, s.Root))
 	}
@@ -407,10 +391,7 @@ func (s *Server) issuedJSON(c *x509.Certificate, withChain bool) issuedJSON {
 }
 
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		NodeID string `json:"node_id"`
-		CSR    string `json:"csr"`
-	}
+	var body meshapi.EnrollRequest
 	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
 		writeError(w, http.StatusBadRequest, "malformed body: "+err.Error())
 		return
@@ -502,10 +483,7 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var body struct {
-		AgentID string `json:"agent_id"`
-		CSR     string `json:"csr"`
-	}
+	var body meshapi.AgentCertRequest
 	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
 		writeError(w, http.StatusBadRequest, "malformed body: "+err.Error())
 		return
@@ -537,13 +515,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	var body struct {
-		CSR    string `json:"csr"`
-		Agents []struct {
-			AgentID string `json:"agent_id"`
-			CSR     string `json:"csr"`
-		} `json:"agents"`
-	}
+	var body meshapi.RenewRequest
 	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
 		writeError(w, http.StatusBadRequest, "malformed body: "+err.Error())
 		return
@@ -562,10 +534,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	out := struct {
-		issuedJSON
-		Agents []issuedJSON `json:"agents"`
-	}{issuedJSON: s.issuedJSON(c, true), Agents: []issuedJSON{}}
+	out := meshapi.RenewResponse{IssuedCert: s.issuedJSON(c, true), Agents: []meshapi.IssuedCert{}}
 	for _, a := range body.Agents {
 		id, err := identity.NewAgent(a.AgentID, self.Node)
 		if err != nil {
@@ -664,14 +633,14 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request) {
 	defer tick.Stop()
 	for {
 		s.mu.Lock()
-		var pending []event
+		var pending []meshapi.RevocationEvent
 		if seq < int64(len(s.events)) {
 			pending = append(pending, s.events[seq:]...)
 		}
 		s.mu.Unlock()
 		for _, e := range pending {
 			data, _ := json.Marshal(e)
-			fmt.Fprintf(w, "id: %d\nevent: revocation\ndata: %s\n\n", e.Seq, data)
+			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", e.Seq, meshapi.EventRevocation, data)
 			seq = e.Seq
 		}
 		fl.Flush()

@@ -1,0 +1,240 @@
+// Package meshapi holds the JSON bodies of meshd's own HTTP API: node
+// enrollment and certificate renewal on the agent port, the revocation
+// stream, and the admin API. meshd and every client of it (the enrollment
+// client, the revocation watcher, meshctl) encode and decode these types,
+// so the two ends of a route cannot drift apart.
+//
+// The field names are the wire's and are kept for compatibility: a field
+// may be added, never renamed. MCP Mesh's own routes (/heartbeat, /agents)
+// follow MCP Mesh's protocol and are not described here.
+//
+// The package imports only the standard library.
+package meshapi
+
+import "time"
+
+// Routes of the agent port.
+const (
+	// PathEnroll is POST: EnrollRequest in, IssuedCert out. The only route
+	// that accepts a bootstrap credential (Authorization: Bearer).
+	PathEnroll = "/enroll"
+	// PathAgentCert is POST over mTLS with a node certificate:
+	// AgentCertRequest in, IssuedCert out.
+	PathAgentCert = "/agent-cert"
+	// PathRenew is POST over mTLS: RenewRequest in, RenewResponse out.
+	PathRenew = "/renew"
+	// PathCRL is GET: the CRL in DER, or every live intermediate's CRL in
+	// PEM on Accept: application/x-pem-file. Not JSON.
+	PathCRL = "/crl"
+	// PathBundle is GET: the root and every live intermediate in PEM. Not
+	// JSON.
+	PathBundle = "/bundle"
+	// PathRevocationsWatch is GET: a text/event-stream whose events of
+	// type EventRevocation carry a RevocationEvent.
+	PathRevocationsWatch = "/revocations/watch"
+)
+
+// Routes of the admin API (the unix socket, or the mTLS admin listener).
+const (
+	// PathAdminEntities is GET (EntityList out) and POST
+	// (RegisterEntityRequest in, RegisterEntityResponse out); DELETE
+	// PathAdminEntities + "/" + name answers RevokeEntityResponse.
+	PathAdminEntities = "/admin/entities"
+	// PathAdminRotate is POST, with an optional ?entity_id=:
+	// RotateResponse out.
+	PathAdminRotate = "/admin/rotate"
+	// PathAdminRevoke is POST: RevokeRequest in, RevokeResponse out.
+	PathAdminRevoke = "/admin/revoke"
+	// PathAdminTokens is POST: TokenRequest in, TokenResponse out.
+	PathAdminTokens = "/admin/tokens"
+)
+
+// EventRevocation is the SSE event type of a revocation on
+// PathRevocationsWatch; its data is a RevocationEvent.
+const EventRevocation = "revocation"
+
+// ErrorResponse is the body of every answer outside 2xx, on the agent port
+// and the admin API alike.
+type ErrorResponse struct {
+	// Error says what went wrong and what to do next, for a person.
+	Error string `json:"error"`
+	// Reason is a machine-readable refusal reason ("revoked",
+	// "rate_limited", ...), set on the agent port's refusals.
+	Reason string `json:"reason,omitempty"`
+	// Timestamp is meshd's clock at the answer, RFC 3339 with nanoseconds.
+	Timestamp string `json:"timestamp"`
+}
+
+// EnrollRequest is the body of POST /enroll: a new node's id and its CSR.
+type EnrollRequest struct {
+	NodeID string `json:"node_id"`
+	// CSR is the PKCS #10 request in PEM; the key never leaves the node.
+	CSR string `json:"csr"`
+}
+
+// AgentCertRequest is the body of POST /agent-cert, and one agent of a
+// RenewRequest: a CSR for agent AgentID of the calling node.
+type AgentCertRequest struct {
+	AgentID string `json:"agent_id"`
+	// CSR is the PKCS #10 request in PEM.
+	CSR string `json:"csr"`
+}
+
+// IssuedCert is a certificate meshd issued: the answer to POST /enroll and
+// POST /agent-cert, and (embedded, and per agent) of POST /renew.
+type IssuedCert struct {
+	// AgentID names the agent, in RenewResponse.Agents only.
+	AgentID string `json:"agent_id,omitempty"`
+	// Certificate is the leaf in PEM.
+	Certificate string `json:"certificate"`
+	// Chain is the issuing intermediate and the root in PEM. It is left
+	// out of RenewResponse.Agents, which share the node's chain.
+	Chain  string `json:"chain,omitempty"`
+	Serial string `json:"serial"` // lowercase hex
+	// NotAfter is the leaf's expiry, in UTC.
+	NotAfter time.Time `json:"not_after"`
+}
+
+// RenewRequest is the body of POST /renew: a CSR for the caller's own
+// identity and, from a node, CSRs for its agents.
+type RenewRequest struct {
+	CSR    string             `json:"csr"`
+	Agents []AgentCertRequest `json:"agents,omitempty"`
+}
+
+// RenewResponse is the answer to POST /renew: the caller's certificate
+// and the agents' certificates (never null).
+type RenewResponse struct {
+	IssuedCert
+	Agents []IssuedCert `json:"agents"`
+}
+
+// RevocationEvent is the data of one "revocation" event on GET
+// /revocations/watch; the event's id is Seq.
+type RevocationEvent struct {
+	// Seq increases with every revocation; a subscriber resumes after the
+	// last one it saw with Last-Event-ID.
+	Seq int64 `json:"seq"`
+	// Serial (lowercase hex) is set for a certificate revocation, Entity
+	// for an entity's.
+	Serial string `json:"serial,omitempty"`
+	// IssuerKeyID is the lowercase hex subject key id of the CA that
+	// issued Serial.
+	IssuerKeyID string `json:"issuer_key_id,omitempty"`
+	CommonName  string `json:"common_name,omitempty"`
+	Entity      string `json:"entity,omitempty"`
+	// Reason is the RFC 5280 CRLReason name ("keyCompromise"), or
+	// "entity revoked".
+	Reason string `json:"reason"`
+	// Time is when the revocation was made, in UTC.
+	Time time.Time `json:"time"`
+}
+
+// RevokeRequest is the body of POST /admin/revoke.
+type RevokeRequest struct {
+	// Target is a serial, or a common name (every unexpired certificate
+	// of that name is revoked).
+	Target string `json:"target"`
+	// Reason is an RFC 5280 CRLReason name; empty means unspecified.
+	Reason string `json:"reason"`
+}
+
+// RevokeResponse is the answer to POST /admin/revoke.
+type RevokeResponse struct {
+	Revoked []RevokedCert `json:"revoked"`
+	// Warning is set when the revocations are durable but applying them
+	// failed in part; the revocation stands.
+	Warning string `json:"warning,omitempty"`
+}
+
+// RevokedCert is one certificate of a RevokeResponse. Its field names are
+// the Go names, not snake_case: they have been on the wire (and in
+// `meshctl ca revoke --json`) in that form, so they stay.
+type RevokedCert struct {
+	Seq         int64  `json:"Seq"`
+	Serial      string `json:"Serial"`
+	CommonName  string `json:"CommonName"`
+	IssuerKeyID string `json:"IssuerKeyID"`
+	// Reason is the RFC 5280 CRLReason code.
+	Reason    int       `json:"Reason"`
+	RevokedAt time.Time `json:"RevokedAt"`
+}
+
+// EntityInfo is one entity of GET /admin/entities.
+type EntityInfo struct {
+	Name    string `json:"name"`
+	Subject string `json:"subject"` // of the entity's first CA certificate
+	// Expires is NotAfter's date (UTC, 2006-01-02), for display.
+	Expires     string    `json:"expires"`
+	NotAfter    time.Time `json:"not_after"`
+	Fingerprint string    `json:"fingerprint_sha256"` // of the CA certificate, lowercase hex
+	// Source is "meshd" (registered in its store) or "filestore" (found in
+	// the trust dir).
+	Source string `json:"source"`
+	// Status is "active" or "revoked".
+	Status    string     `json:"status"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// Agents counts the entity's agents that are not evicted.
+	Agents int `json:"agents"`
+}
+
+// EntityList is the answer to GET /admin/entities, sorted by name (never
+// null).
+type EntityList struct {
+	Entities []EntityInfo `json:"entities"`
+}
+
+// RegisterEntityRequest is the body of POST /admin/entities.
+type RegisterEntityRequest struct {
+	Name string `json:"name"`
+	// CACert is the entity's CA certificate(s) in PEM form.
+	CACert string `json:"ca_cert"`
+	// Force replaces an entity of the same name.
+	Force bool `json:"force"`
+}
+
+// RegisterEntityResponse is the answer to POST /admin/entities. (Fields in
+// the order meshd has always sent them.)
+type RegisterEntityResponse struct {
+	Expires     string `json:"expires"` // 2006-01-02, UTC
+	Fingerprint string `json:"fingerprint_sha256"`
+	Message     string `json:"message"`
+	Name        string `json:"name"`
+	Subject     string `json:"subject"`
+}
+
+// RevokeEntityResponse is the answer to DELETE /admin/entities/{name}:
+// what revoking the entity did before meshd answered.
+type RevokeEntityResponse struct {
+	ClosedConnections int    `json:"closed_connections"`
+	EvictedAgents     int    `json:"evicted_agents"`
+	Message           string `json:"message"`
+	Name              string `json:"name"`
+}
+
+// RotateResponse is the answer to POST /admin/rotate: how many agents
+// will re-register on their next heartbeat.
+type RotateResponse struct {
+	AffectedAgents int `json:"affected_agents"`
+	// EntityID is the entity asked for, empty for all agents.
+	EntityID string `json:"entity_id"`
+	Message  string `json:"message"`
+}
+
+// TokenRequest is the body of POST /admin/tokens.
+type TokenRequest struct {
+	NodeID string `json:"node_id"`
+	// TTL is a Go duration ("1h"); empty means meshd's default (1h).
+	TTL string `json:"ttl"`
+}
+
+// TokenResponse is the answer to POST /admin/tokens. Token is shown once:
+// meshd keeps only its hash.
+type TokenResponse struct {
+	Token     string    `json:"token"`
+	NodeID    string    `json:"node_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+	// RootFingerprint is the mesh root's SHA-256 (lowercase hex), for
+	// `meshctl enroll --ca-fingerprint`.
+	RootFingerprint string `json:"root_fingerprint"`
+}

@@ -1,0 +1,92 @@
+package meshapi
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// TestWire pins every body's field names, and their order, to what meshd
+// has sent: a rename here breaks deployed clients. Each value goes through
+// JSON and back unchanged.
+func TestWire(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 11, 21, 22, 40, 0, 0, time.UTC)
+	issued := IssuedCert{Certificate: "LEAF", Chain: "CHAIN", Serial: "9fa1", NotAfter: at}
+	agent := IssuedCert{AgentID: "opus", Certificate: "LEAF2", Serial: "b", NotAfter: at}
+	for _, tc := range []struct {
+		name string
+		v    any // a pointer to a populated value
+		want string
+	}{
+		{"ErrorResponse", &ErrorResponse{Error: "no", Reason: "revoked", Timestamp: "2026-11-21T22:40:00Z"},
+			`{"error":"no","reason":"revoked","timestamp":"2026-11-21T22:40:00Z"}`},
+		{"ErrorResponse without reason", &ErrorResponse{Error: "no", Timestamp: "t"},
+			`{"error":"no","timestamp":"t"}`},
+		{"EnrollRequest", &EnrollRequest{NodeID: "ct112", CSR: "CSR"},
+			`{"node_id":"ct112","csr":"CSR"}`},
+		{"AgentCertRequest", &AgentCertRequest{AgentID: "opus", CSR: "CSR"},
+			`{"agent_id":"opus","csr":"CSR"}`},
+		{"IssuedCert", &issued,
+			`{"certificate":"LEAF","chain":"CHAIN","serial":"9fa1","not_after":"2026-11-21T22:40:00Z"}`},
+		{"IssuedCert of an agent", &agent,
+			`{"agent_id":"opus","certificate":"LEAF2","serial":"b","not_after":"2026-11-21T22:40:00Z"}`},
+		{"RenewRequest", &RenewRequest{CSR: "CSR", Agents: []AgentCertRequest{{AgentID: "opus", CSR: "A"}}},
+			`{"csr":"CSR","agents":[{"agent_id":"opus","csr":"A"}]}`},
+		{"RenewRequest without agents", &RenewRequest{CSR: "CSR"},
+			`{"csr":"CSR"}`},
+		{"RenewResponse", &RenewResponse{IssuedCert: issued, Agents: []IssuedCert{agent}},
+			`{"certificate":"LEAF","chain":"CHAIN","serial":"9fa1","not_after":"2026-11-21T22:40:00Z",` +
+				`"agents":[{"agent_id":"opus","certificate":"LEAF2","serial":"b","not_after":"2026-11-21T22:40:00Z"}]}`},
+		{"RenewResponse without agents", &RenewResponse{IssuedCert: issued, Agents: []IssuedCert{}},
+			`{"certificate":"LEAF","chain":"CHAIN","serial":"9fa1","not_after":"2026-11-21T22:40:00Z","agents":[]}`},
+		{"RevocationEvent of a certificate", &RevocationEvent{Seq: 42, Serial: "9fa1", IssuerKeyID: "a1b2", CommonName: "opus@ct111", Reason: "keyCompromise", Time: at},
+			`{"seq":42,"serial":"9fa1","issuer_key_id":"a1b2","common_name":"opus@ct111","reason":"keyCompromise","time":"2026-11-21T22:40:00Z"}`},
+		{"RevocationEvent of an entity", &RevocationEvent{Seq: 43, Entity: "acme", Reason: "entity revoked", Time: at},
+			`{"seq":43,"entity":"acme","reason":"entity revoked","time":"2026-11-21T22:40:00Z"}`},
+		{"RevokeRequest", &RevokeRequest{Target: "opus@ct111", Reason: "keyCompromise"},
+			`{"target":"opus@ct111","reason":"keyCompromise"}`},
+		{"RevokeResponse", &RevokeResponse{Revoked: []RevokedCert{{Seq: 7, Serial: "9fa1", CommonName: "opus@ct111", IssuerKeyID: "a1b2", Reason: 1, RevokedAt: at}}, Warning: "CRL not rebuilt"},
+			`{"revoked":[{"Seq":7,"Serial":"9fa1","CommonName":"opus@ct111","IssuerKeyID":"a1b2","Reason":1,"RevokedAt":"2026-11-21T22:40:00Z"}],"warning":"CRL not rebuilt"}`},
+		{"RevokeResponse without warning", &RevokeResponse{Revoked: []RevokedCert{}},
+			`{"revoked":[]}`},
+		{"EntityInfo", &EntityInfo{Name: "acme", Subject: "CN=acme CA", Expires: "2026-11-21", NotAfter: at, Fingerprint: "ff", Source: "meshd", Status: "revoked", RevokedAt: &at, Agents: 2},
+			`{"name":"acme","subject":"CN=acme CA","expires":"2026-11-21","not_after":"2026-11-21T22:40:00Z","fingerprint_sha256":"ff","source":"meshd","status":"revoked","revoked_at":"2026-11-21T22:40:00Z","agents":2}`},
+		{"EntityList", &EntityList{Entities: []EntityInfo{{Name: "acme", Subject: "S", Expires: "E", NotAfter: at, Fingerprint: "ff", Source: "filestore", Status: "active"}}},
+			`{"entities":[{"name":"acme","subject":"S","expires":"E","not_after":"2026-11-21T22:40:00Z","fingerprint_sha256":"ff","source":"filestore","status":"active","agents":0}]}`},
+		{"EntityList empty", &EntityList{Entities: []EntityInfo{}},
+			`{"entities":[]}`},
+		{"RegisterEntityRequest", &RegisterEntityRequest{Name: "acme", CACert: "PEM", Force: true},
+			`{"name":"acme","ca_cert":"PEM","force":true}`},
+		{"RegisterEntityResponse", &RegisterEntityResponse{Expires: "2026-11-21", Fingerprint: "ff", Message: "Entity 'acme' registered", Name: "acme", Subject: "CN=acme CA"},
+			`{"expires":"2026-11-21","fingerprint_sha256":"ff","message":"Entity 'acme' registered","name":"acme","subject":"CN=acme CA"}`},
+		{"RevokeEntityResponse", &RevokeEntityResponse{ClosedConnections: 3, EvictedAgents: 2, Message: "m", Name: "acme"},
+			`{"closed_connections":3,"evicted_agents":2,"message":"m","name":"acme"}`},
+		{"RotateResponse", &RotateResponse{AffectedAgents: 4, EntityID: "acme", Message: "m"},
+			`{"affected_agents":4,"entity_id":"acme","message":"m"}`},
+		{"RotateResponse of all agents", &RotateResponse{Message: "m"},
+			`{"affected_agents":0,"entity_id":"","message":"m"}`},
+		{"TokenRequest", &TokenRequest{NodeID: "ct112", TTL: "1h0m0s"},
+			`{"node_id":"ct112","ttl":"1h0m0s"}`},
+		{"TokenResponse", &TokenResponse{Token: "mtj_x", NodeID: "ct112", ExpiresAt: at, RootFingerprint: "ff"},
+			`{"token":"mtj_x","node_id":"ct112","expires_at":"2026-11-21T22:40:00Z","root_fingerprint":"ff"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := json.Marshal(tc.v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tc.want {
+				t.Errorf("encoded\n got %s\nwant %s", got, tc.want)
+			}
+			back := reflect.New(reflect.TypeOf(tc.v).Elem())
+			if err := json.Unmarshal([]byte(tc.want), back.Interface()); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(back.Interface(), tc.v) {
+				t.Errorf("decoded %+v, want %+v", back.Elem(), reflect.ValueOf(tc.v).Elem())
+			}
+		})
+	}
+}
