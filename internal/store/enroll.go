@@ -39,27 +39,3 @@ type TokenStore interface {
 	// when the token may not enroll node.
 	UseToken(ctx context.Context, hash, node string, now time.Time, a AuditEntry) (JoinToken, error)
 }
-
-// RevocationEvent is one entry of the revocation feed: a certificate or an
-// entity revoked. Seq orders the feed across both kinds; a subscriber that
-// reconnects resumes after the last Seq it saw.
-type RevocationEvent struct {
-	Seq int64
-	// Serial is set for a certificate revocation, Entity for an entity's.
-	Serial      string
-	IssuerKeyID string
-	CommonName  string
-	Entity      string
-	// Reason is the RFC 5280 CRLReason code of a certificate revocation.
-	Reason int
-	Time   time.Time
-}
-
-// EventStore is the revocation feed. Store.Revoke and
-// EntityStore.RevokeEntity append to it in the same transaction as the
-// revocation itself.
-type EventStore interface {
-	// RevocationEvents returns up to limit events with Seq > after, in Seq
-	// order; limit <= 0 means no limit.
-	RevocationEvents(ctx context.Context, after int64, limit int) ([]RevocationEvent, error)
-}

@@ -11,8 +11,12 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"time"
+
+	"github.com/meshtrust/meshtrust/identity"
 )
 
 // Errors callers branch on.
@@ -26,6 +30,17 @@ var (
 	ErrClosed = errors.New("store: closed")
 	// ErrAuditTampered reports an audit log whose hash chain is broken.
 	ErrAuditTampered = errors.New("store: audit log hash chain is broken")
+	// ErrIdentityRevoked reports a certificate for an identity that is
+	// revoked (or whose node is): it is not recorded, so it is never
+	// handed out.
+	ErrIdentityRevoked = errors.New("store: identity is revoked")
+	// ErrKeyBlocked reports a certificate for a public key that a
+	// keyCompromise revocation blocked.
+	ErrKeyBlocked = errors.New("store: public key was revoked for key compromise")
+	// ErrAuthorizerRevoked reports a certificate requested by the holder of
+	// a certificate that was revoked meanwhile (a renewal racing the
+	// revocation of the certificate it renews).
+	ErrAuthorizerRevoked = errors.New("store: the certificate that requested this one is revoked")
 )
 
 // Cert is the record of one certificate the CA issued.
@@ -49,6 +64,15 @@ type Cert struct {
 	PEM []byte
 	// IssuedAt is when the record was written.
 	IssuedAt time.Time
+	// KeyHash is the lowercase hex SHA-256 of the certificate's
+	// SubjectPublicKeyInfo (see KeyHash); a keyCompromise revocation
+	// blocks it.
+	KeyHash string
+	// AuthorizedBy is the serial of the certificate whose holder asked for
+	// this one (a renewal, a node minting its agent's); "" when an
+	// operator issued it. It is recorded only while that certificate is
+	// not revoked.
+	AuthorizedBy string
 }
 
 // Revocation is the record of one revoked certificate.
@@ -60,6 +84,25 @@ type Revocation struct {
 	CommonName  string
 	IssuerKeyID string
 	// Reason is the RFC 5280 CRLReason code.
+	Reason    int
+	RevokedAt time.Time
+	// KeyHash is set by the store when the revocation blocked the
+	// certificate's key (Reason is keyCompromise).
+	KeyHash string
+}
+
+// ReasonKeyCompromise is RFC 5280's keyCompromise: a certificate revoked
+// for it also blocks its public key.
+const ReasonKeyCompromise = 1
+
+// IdentityRevocation is a revoked identity: every certificate of it is
+// revoked with it, and none is recorded for it again (nor, for a node, for
+// any of its agents) until it is reinstated.
+type IdentityRevocation struct {
+	// Name is the identity's common name ("opus@ct111", "ct200.mesh").
+	Name string
+	// Reason is the RFC 5280 CRLReason code its certificates are revoked
+	// with.
 	Reason    int
 	RevokedAt time.Time
 }
@@ -94,7 +137,12 @@ const (
 // Store is meshtrust's durable state. Methods are safe for concurrent use.
 type Store interface {
 	// RecordCert durably records c and appends a to the audit log in the
-	// same transaction. It returns ErrExists if the serial is recorded.
+	// same transaction. It returns ErrExists if the serial is recorded, and
+	// records nothing (the refusal is the caller's to audit) when c's
+	// identity is revoked (ErrIdentityRevoked), its key blocked
+	// (ErrKeyBlocked) or c.AuthorizedBy revoked (ErrAuthorizerRevoked):
+	// checked in the transaction that would record c, so no issuance races
+	// a revocation past it.
 	RecordCert(ctx context.Context, c Cert, a AuditEntry) error
 	// Cert returns the certificate with serial, or ErrNotFound.
 	Cert(ctx context.Context, serial string) (Cert, error)
@@ -111,6 +159,21 @@ type Store interface {
 	// Revocations returns the revocations with Seq > after, in Seq order.
 	Revocations(ctx context.Context, after int64) ([]Revocation, error)
 
+	// RevokeIdentity revokes the identity r.Name and, in the same
+	// transaction, every unexpired certificate of it (for a node, of its
+	// agents too), each with its own audit entry and event; a is the
+	// identity's audit entry. From then on RecordCert refuses the identity
+	// with ErrIdentityRevoked. It returns ErrExists if the identity is
+	// already revoked.
+	RevokeIdentity(ctx context.Context, r IdentityRevocation, a AuditEntry) (IdentityRevocation, []Revocation, error)
+	// ReinstateIdentity lifts the revocation of the identity name (its
+	// revoked certificates stay revoked), or returns ErrNotFound.
+	ReinstateIdentity(ctx context.Context, name string, at time.Time, a AuditEntry) error
+	// RevokedIdentities returns every revoked identity, by name.
+	RevokedIdentities(ctx context.Context) ([]IdentityRevocation, error)
+	// BlockedKeys returns the key hashes keyCompromise revocations blocked.
+	BlockedKeys(ctx context.Context) ([]string, error)
+
 	// NextCRLNumber durably increments and returns the CRL number of the
 	// CA whose subject key id is issuerKeyID; the first number is 1.
 	NextCRLNumber(ctx context.Context, issuerKeyID string) (int64, error)
@@ -123,4 +186,27 @@ type Store interface {
 
 	// Close waits for pending writes and releases the store.
 	Close() error
+}
+
+// KeyHash returns the lowercase hex SHA-256 of a DER SubjectPublicKeyInfo,
+// the form Cert.KeyHash and blocked keys take.
+func KeyHash(spki []byte) string {
+	sum := sha256.Sum256(spki)
+	return hex.EncodeToString(sum[:])
+}
+
+// BlockingNames returns the identity names whose revocation blocks a
+// certificate for cn: cn itself and, for an agent "a@n", its node "n.mesh"
+// (a node key mints its agents' certificates). A cn that is not a mesh
+// identity is blocked by its own name only.
+func BlockingNames(cn string) []string {
+	id, err := identity.Parse(cn)
+	if err != nil || id.Kind != identity.KindAgent {
+		return []string{cn}
+	}
+	node, err := identity.NewNode(id.Node)
+	if err != nil {
+		return []string{cn}
+	}
+	return []string{cn, node.CommonName()}
 }

@@ -14,7 +14,6 @@ import (
 // Compile-time check that Store implements enrollment's stores.
 var (
 	_ store.TokenStore = (*Store)(nil)
-	_ store.EventStore = (*Store)(nil)
 )
 
 // PutToken records the join token t and appends a to the audit log in the
@@ -145,42 +144,4 @@ func (s *Store) UseToken(ctx context.Context, hash, node string, now time.Time, 
 		return store.JoinToken{}, err
 	}
 	return out, nil
-}
-
-// RevocationEvents returns up to limit events of the revocation feed with
-// Seq > after, in Seq order; limit <= 0 means no limit. Revoke and
-// RevokeEntity append to the feed; a database upgraded from an older
-// meshtrust starts with an event for every certificate and entity it had
-// revoked.
-func (s *Store) RevocationEvents(ctx context.Context, after int64, limit int) ([]store.RevocationEvent, error) {
-	if limit <= 0 {
-		limit = -1 // SQLite's "no limit"
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, store.ErrClosed
-	}
-	rows, err := s.rdb.QueryContext(ctx, `SELECT seq, serial, issuer_key_id, common_name, entity, reason, time
-		FROM revocation_events WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
-	if err != nil {
-		return nil, fmt.Errorf("sqlite: read revocation events: %w", err)
-	}
-	defer rows.Close()
-	var es []store.RevocationEvent
-	for rows.Next() {
-		var (
-			e store.RevocationEvent
-			t int64
-		)
-		if err := rows.Scan(&e.Seq, &e.Serial, &e.IssuerKeyID, &e.CommonName, &e.Entity, &e.Reason, &t); err != nil {
-			return nil, fmt.Errorf("sqlite: read revocation events: %w", err)
-		}
-		e.Time = fromNanos(t)
-		es = append(es, e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: read revocation events: %w", err)
-	}
-	return es, nil
 }

@@ -68,7 +68,7 @@ func TestTokenRefusalWritesNothing(t *testing.T) {
 	if _, err := s.UseToken(t.Context(), used.Hash, used.NodeID, usedAt, store.AuditEntry{Action: "node.enroll"}); err != nil {
 		t.Fatal(err)
 	}
-	tables := []string{"join_tokens", "audit", "revocation_events"}
+	tables := []string{"join_tokens", "audit", "events"}
 	before := make(map[string][]string)
 	for _, table := range tables {
 		before[table] = dump(t, s.rdb, table)
@@ -246,7 +246,9 @@ func TestMigrateFromVersion2(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := db.Exec(`INSERT INTO certs (`+certColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...); err != nil {
+		// The columns of version 2, without those later versions added.
+		if _, err := db.Exec(`INSERT INTO certs (serial, common_name, kind, sans, not_before, not_after,
+			fingerprint, issuer_key_id, pem, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args[:10]...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -281,23 +283,23 @@ func TestMigrateFromVersion2(t *testing.T) {
 		t.Fatalf("Open(version 2 file): %v", err)
 	}
 	defer s.Close()
-	certEvent := func(seq int64, r store.Revocation) store.RevocationEvent {
-		return store.RevocationEvent{Seq: seq, Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, CommonName: r.CommonName, Reason: r.Reason, Time: r.RevokedAt}
+	certEvent := func(seq int64, r store.Revocation) store.Event {
+		return store.Event{Seq: seq, Kind: store.EventCertRevoked, Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, CommonName: r.CommonName, Reason: r.Reason, Time: r.RevokedAt}
 	}
-	want := []store.RevocationEvent{
+	want := []store.Event{
 		certEvent(1, revs[0]),
 		certEvent(2, revs[1]),
-		{Seq: 3, Entity: "zeta", Time: zeta.RevokedAt},
-		{Seq: 4, Entity: "alpha", Time: alpha.RevokedAt},
+		{Seq: 3, Kind: store.EventEntityRevoked, Entity: "zeta", Time: zeta.RevokedAt},
+		{Seq: 4, Kind: store.EventEntityRevoked, Entity: "alpha", Time: alpha.RevokedAt},
 	}
-	checkFeed := func(what string, want []store.RevocationEvent) {
+	checkFeed := func(what string, want []store.Event) {
 		t.Helper()
-		got, err := s.RevocationEvents(t.Context(), 0, 0)
+		got, err := s.Events(t.Context(), 0, 0)
 		if err != nil {
-			t.Fatalf("%s: RevocationEvents: %v", what, err)
+			t.Fatalf("%s: Events: %v", what, err)
 		}
 		if len(got) != len(want) {
-			t.Fatalf("%s: RevocationEvents returned %d events %+v, want %d %+v", what, len(got), got, len(want), want)
+			t.Fatalf("%s: Events returned %d events %+v, want %d %+v", what, len(got), got, len(want), want)
 		}
 		for i := range want {
 			w, g := want[i], got[i]
@@ -323,7 +325,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want = append(want, certEvent(5, r), store.RevocationEvent{Seq: 6, Entity: "live", Time: at.Add(5 * time.Hour)})
+	want = append(want, certEvent(5, r), store.Event{Seq: 6, Kind: store.EventEntityRevoked, Entity: "live", Time: at.Add(5 * time.Hour)})
 	checkFeed("after revocations", want)
 
 	// Join tokens work on the upgraded file.
@@ -355,6 +357,10 @@ func TestRevocationEventRollsBack(t *testing.T) {
 	if err := s.PutEntity(t.Context(), testEntity("e"), false, store.AuditEntry{Action: "entity.register"}); err != nil {
 		t.Fatal(err)
 	}
+	registered, err := s.Events(t.Context(), 0, 0)
+	if err != nil || len(registered) != 1 || registered[0].Kind != store.EventEntityRegistered {
+		t.Fatalf("Events after PutEntity = %+v, %v; want one entity.registered event", registered, err)
+	}
 	if _, err := rawDB(t, path).Exec(`CREATE TRIGGER fault BEFORE INSERT ON audit WHEN NEW.action = 'boom'
 		BEGIN SELECT RAISE(ABORT, 'injected fault'); END`); err != nil {
 		t.Fatal(err)
@@ -366,15 +372,15 @@ func TestRevocationEventRollsBack(t *testing.T) {
 	if err := s.RevokeEntity(t.Context(), "e", time.Time{}, boom); err == nil {
 		t.Fatal("RevokeEntity with a failing audit append succeeded")
 	}
-	if evs, err := s.RevocationEvents(t.Context(), 0, 0); err != nil || len(evs) != 0 {
-		t.Fatalf("RevocationEvents after failed revocations = %+v, %v; want none", evs, err)
+	if evs, err := s.Events(t.Context(), registered[0].Seq, 0); err != nil || len(evs) != 0 {
+		t.Fatalf("Events after failed revocations = %+v, %v; want none", evs, err)
 	}
 	// The entity is not revoked, so its next revocation is its first.
 	if err := s.RevokeEntity(t.Context(), "e", time.Time{}, store.AuditEntry{Action: "entity.revoke"}); err != nil {
 		t.Fatal(err)
 	}
-	if evs, err := s.RevocationEvents(t.Context(), 0, 0); err != nil || len(evs) != 1 || evs[0].Entity != "e" {
-		t.Errorf("RevocationEvents = %+v, %v; want one event, for entity e", evs, err)
+	if evs, err := s.Events(t.Context(), registered[0].Seq, 0); err != nil || len(evs) != 1 || evs[0].Entity != "e" || evs[0].Kind != store.EventEntityRevoked {
+		t.Errorf("Events = %+v, %v; want one entity.revoked event, for entity e", evs, err)
 	}
 }
 

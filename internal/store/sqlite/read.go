@@ -11,7 +11,7 @@ import (
 )
 
 const certColumns = `serial, common_name, kind, sans, not_before, not_after,
-	fingerprint, issuer_key_id, pem, issued_at`
+	fingerprint, issuer_key_id, pem, issued_at, key_hash, authorized_by`
 
 // Cert returns the certificate with serial, or an error wrapping
 // store.ErrNotFound.
@@ -84,7 +84,7 @@ func scanCert(row interface{ Scan(...any) error }) (store.Cert, error) {
 		notBefore, notAfter, issuedAt int64
 	)
 	if err := row.Scan(&c.Serial, &c.CommonName, &c.Kind, &sans, &notBefore, &notAfter,
-		&c.Fingerprint, &c.IssuerKeyID, &c.PEM, &issuedAt); err != nil {
+		&c.Fingerprint, &c.IssuerKeyID, &c.PEM, &issuedAt, &c.KeyHash, &c.AuthorizedBy); err != nil {
 		return store.Cert{}, err
 	}
 	if err := json.Unmarshal([]byte(sans), &c.SANs); err != nil {
@@ -107,8 +107,11 @@ func (s *Store) Revocations(ctx context.Context, after int64) ([]store.Revocatio
 	if s.closed {
 		return nil, store.ErrClosed
 	}
-	rows, err := s.rdb.QueryContext(ctx, `SELECT seq, serial, common_name, issuer_key_id, reason, revoked_at
-		FROM revocations WHERE seq > ? ORDER BY seq`, after)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT r.seq, r.serial, r.common_name, r.issuer_key_id, r.reason, r.revoked_at,
+			CASE WHEN r.reason = ? THEN coalesce(b.key_hash, '') ELSE '' END
+		FROM revocations r LEFT JOIN certs c ON c.serial = r.serial
+			LEFT JOIN blocked_keys b ON b.key_hash = c.key_hash
+		WHERE r.seq > ? ORDER BY r.seq`, store.ReasonKeyCompromise, after)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: read revocations: %w", err)
 	}
@@ -119,7 +122,7 @@ func (s *Store) Revocations(ctx context.Context, after int64) ([]store.Revocatio
 			r         store.Revocation
 			revokedAt int64
 		)
-		if err := rows.Scan(&r.Seq, &r.Serial, &r.CommonName, &r.IssuerKeyID, &r.Reason, &revokedAt); err != nil {
+		if err := rows.Scan(&r.Seq, &r.Serial, &r.CommonName, &r.IssuerKeyID, &r.Reason, &revokedAt, &r.KeyHash); err != nil {
 			return nil, fmt.Errorf("sqlite: read revocations: %w", err)
 		}
 		r.RevokedAt = fromNanos(revokedAt)

@@ -47,6 +47,9 @@ func (s *Store) PutEntity(ctx context.Context, e store.Entity, replace bool, a s
 		if n == 0 {
 			return fmt.Errorf("%w: entity %q is registered and not revoked", store.ErrExists, e.Name)
 		}
+		if _, err := insertEvent(ctx, tx, store.Event{Kind: store.EventEntityRegistered, Entity: e.Name}, a.Time.UnixNano()); err != nil {
+			return fmt.Errorf("sqlite: record entity %q: %w", e.Name, err)
+		}
 		return appendAudit(ctx, tx, head, a)
 	})
 }
@@ -80,7 +83,7 @@ func entityArgs(e store.Entity) ([]any, error) {
 }
 
 // RevokeEntity marks the entity named name revoked at t, appends an event
-// for it to the revocation feed (see RevocationEvents) and appends a to the
+// for it to the change feed (see Events) and appends a to the
 // audit log, all in one transaction. A zero t or a.Time is set from the
 // store's clock. Revoking a revoked entity appends a but keeps the time of
 // the first revocation, since the entity has been untrusted since then,
@@ -93,11 +96,11 @@ func (s *Store) RevokeEntity(ctx context.Context, name string, t time.Time, a st
 }
 
 // RotateEntity sets the RotatedAt of the entity named name to t and appends
-// a to the audit log in the same transaction. A zero t or a.Time is set from
+// its event and a in the same transaction. A zero t or a.Time is set from
 // the store's clock. It returns an error wrapping store.ErrNotFound, and
 // writes nothing, if no entity named name is recorded.
 func (s *Store) RotateEntity(ctx context.Context, name string, t time.Time, a store.AuditEntry) error {
-	return s.markEntity(ctx, "rotate", nil, s.stmts.rotateEntity, name, t, a)
+	return s.markEntity(ctx, "rotate", s.stmts.entityRotatedEvent, s.stmts.rotateEntity, name, t, a)
 }
 
 // markEntity sets a time of the entity named name with stmt, which takes
@@ -121,7 +124,7 @@ func (s *Store) markEntity(ctx context.Context, verb string, event, stmt *sql.St
 	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
 		if event != nil {
 			if err := tx.exec(ctx, event, at, name); err != nil {
-				return fmt.Errorf("sqlite: %s entity %q: append revocation event: %w", verb, name, err)
+				return fmt.Errorf("sqlite: %s entity %q: append event: %w", verb, name, err)
 			}
 		}
 		n, err := tx.execRows(ctx, stmt, at, name)

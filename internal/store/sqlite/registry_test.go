@@ -234,7 +234,9 @@ func TestMigrateFromVersion1(t *testing.T) {
 	s.Close()
 	// Take the file back to version 1.
 	db := rawDB(t, path)
-	if _, err := db.Exec(`DROP TABLE join_tokens; DROP TABLE revocation_events;
+	if _, err := db.Exec(`DROP TABLE join_tokens; DROP TABLE events;
+		DROP TABLE revoked_identities; DROP TABLE blocked_keys;
+		ALTER TABLE certs DROP COLUMN key_hash; ALTER TABLE certs DROP COLUMN authorized_by;
 		DROP TABLE entities; DROP TABLE agents; DELETE FROM schema_version WHERE version > 1`); err != nil {
 		t.Fatal(err)
 	}

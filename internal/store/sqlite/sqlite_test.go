@@ -66,6 +66,7 @@ func testCert(n int) store.Cert {
 		IssuerKeyID: "1c0ffee1",
 		PEM:         []byte("-----BEGIN CERTIFICATE-----\n"),
 		IssuedAt:    at,
+		KeyHash:     fmt.Sprintf("%064x", n),
 	}
 }
 

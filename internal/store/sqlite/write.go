@@ -2,11 +2,14 @@ package sqlite
 
 import (
 	"context"
+	"crypto/x509"
 	"database/sql"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -36,7 +39,25 @@ func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry
 	if err != nil {
 		return fmt.Errorf("sqlite: record certificate %s: %w", c.Serial, err)
 	}
+	names := store.BlockingNames(c.CommonName)
+	node := ""
+	if len(names) > 1 {
+		node = names[1]
+	}
 	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		var revokedNames, blockedKeys, revokedParents int
+		if err := tx.queryRow(ctx, tx.st.certBlocked, c.CommonName, node, c.KeyHash, c.AuthorizedBy).
+			Scan(&revokedNames, &blockedKeys, &revokedParents); err != nil {
+			return fmt.Errorf("sqlite: record certificate %s: %w", c.Serial, err)
+		}
+		switch {
+		case revokedNames > 0:
+			return fmt.Errorf("%w: %s is revoked (reinstate it with `meshctl ca reinstate`)", store.ErrIdentityRevoked, strings.Join(names, " or "))
+		case blockedKeys > 0:
+			return fmt.Errorf("%w: the key of %s was revoked for keyCompromise and is never certified again; generate a new key", store.ErrKeyBlocked, c.CommonName)
+		case revokedParents > 0:
+			return fmt.Errorf("%w: certificate %s was revoked", store.ErrAuthorizerRevoked, c.AuthorizedBy)
+		}
 		err := tx.exec(ctx, tx.st.insertCert, args...)
 		switch code(err) {
 		case 0:
@@ -77,11 +98,11 @@ func certArgs(c store.Cert) ([]any, error) {
 		pem = []byte{} // the column is NOT NULL
 	}
 	return []any{c.Serial, c.CommonName, c.Kind, string(sans),
-		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt}, nil
+		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt, c.KeyHash, c.AuthorizedBy}, nil
 }
 
-// Revoke durably records r, appends it to the revocation feed (see
-// RevocationEvents) and appends a to the audit log, all in one
+// Revoke durably records r, appends it to the change feed (see Events)
+// and appends a to the audit log, all in one
 // transaction, and returns r as recorded: with Seq assigned, RevokedAt set
 // from the store's clock if it was zero, and CommonName and IssuerKeyID
 // taken from the certificate record if they were empty.
@@ -117,38 +138,9 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEnt
 
 	var out store.Revocation
 	err = s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
-		rev := r
-		var cn, issuer string
-		err := tx.queryRow(ctx, tx.st.certNames, rev.Serial).Scan(&cn, &issuer)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("%w: no certificate with serial %s is recorded, so it cannot be revoked", store.ErrNotFound, rev.Serial)
-		}
+		rev, err := revokeCert(ctx, tx, r, revokedAt)
 		if err != nil {
-			return fmt.Errorf("sqlite: revoke %s: %w", rev.Serial, err)
-		}
-		if rev.CommonName == "" {
-			rev.CommonName = cn
-		} else if rev.CommonName != cn {
-			return fmt.Errorf("sqlite: revoke %s: the revocation names %q but the certificate was issued to %q", rev.Serial, rev.CommonName, cn)
-		}
-		if rev.IssuerKeyID == "" {
-			rev.IssuerKeyID = issuer
-		} else if rev.IssuerKeyID != issuer {
-			return fmt.Errorf("sqlite: revoke %s: the revocation names issuer key %s but the certificate was issued by %s", rev.Serial, rev.IssuerKeyID, issuer)
-		}
-
-		err = tx.queryRow(ctx, tx.st.insertRevocation,
-			rev.Serial, rev.CommonName, rev.IssuerKeyID, rev.Reason, revokedAt).Scan(&rev.Seq)
-		switch code(err) {
-		case 0:
-		case sqlite3.SQLITE_CONSTRAINT_UNIQUE:
-			return fmt.Errorf("%w: certificate %s is already revoked", store.ErrExists, rev.Serial)
-		default:
-			return fmt.Errorf("sqlite: revoke %s: %w", rev.Serial, err)
-		}
-		if err := tx.exec(ctx, tx.st.insertEvent,
-			rev.Serial, rev.IssuerKeyID, rev.CommonName, "", rev.Reason, revokedAt); err != nil {
-			return fmt.Errorf("sqlite: revoke %s: append revocation event: %w", rev.Serial, err)
+			return err
 		}
 		if err := appendAudit(ctx, tx, head, a); err != nil {
 			return err
@@ -160,6 +152,72 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEnt
 		return store.Revocation{}, err
 	}
 	return out, nil
+}
+
+// revokeCert records the revocation r of a recorded certificate and its
+// event in tx, blocking the key for keyCompromise, and returns r as
+// recorded.
+func revokeCert(ctx context.Context, tx writeTx, r store.Revocation, revokedAt int64) (store.Revocation, error) {
+	var (
+		cn, issuer, keyHash string
+		pemBytes            []byte
+	)
+	err := tx.queryRow(ctx, tx.st.certNames, r.Serial).Scan(&cn, &issuer, &keyHash, &pemBytes)
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("%w: no certificate with serial %s is recorded, so it cannot be revoked", store.ErrNotFound, r.Serial)
+	}
+	if err != nil {
+		return r, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
+	}
+	if r.CommonName == "" {
+		r.CommonName = cn
+	} else if r.CommonName != cn {
+		return r, fmt.Errorf("sqlite: revoke %s: the revocation names %q but the certificate was issued to %q", r.Serial, r.CommonName, cn)
+	}
+	if r.IssuerKeyID == "" {
+		r.IssuerKeyID = issuer
+	} else if r.IssuerKeyID != issuer {
+		return r, fmt.Errorf("sqlite: revoke %s: the revocation names issuer key %s but the certificate was issued by %s", r.Serial, r.IssuerKeyID, issuer)
+	}
+	r.KeyHash = ""
+	if r.Reason == store.ReasonKeyCompromise {
+		if keyHash == "" { // recorded before certificates carried their key's hash
+			if keyHash, err = pemKeyHash(pemBytes); err != nil {
+				return r, fmt.Errorf("sqlite: revoke %s for keyCompromise: %w", r.Serial, err)
+			}
+		}
+		if err := tx.exec(ctx, tx.st.blockKey, keyHash, r.Serial, revokedAt); err != nil {
+			return r, fmt.Errorf("sqlite: revoke %s: block its key: %w", r.Serial, err)
+		}
+		r.KeyHash = keyHash
+	}
+	err = tx.queryRow(ctx, tx.st.insertRevocation,
+		r.Serial, r.CommonName, r.IssuerKeyID, r.Reason, revokedAt).Scan(&r.Seq)
+	switch code(err) {
+	case 0:
+	case sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+		return r, fmt.Errorf("%w: certificate %s is already revoked", store.ErrExists, r.Serial)
+	default:
+		return r, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
+	}
+	if _, err := insertEvent(ctx, tx, store.Event{Kind: store.EventCertRevoked, Serial: r.Serial, IssuerKeyID: r.IssuerKeyID,
+		CommonName: r.CommonName, KeyHash: r.KeyHash, Reason: r.Reason}, revokedAt); err != nil {
+		return r, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
+	}
+	return r, nil
+}
+
+// pemKeyHash returns store.KeyHash of the certificate in PEM form.
+func pemKeyHash(data []byte) (string, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return "", errors.New("the recorded certificate is not PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", err
+	}
+	return store.KeyHash(cert.RawSubjectPublicKeyInfo), nil
 }
 
 // NextCRLNumber durably increments and returns the CRL number of the CA

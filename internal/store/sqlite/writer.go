@@ -172,6 +172,10 @@ type writeStmts struct {
 	insertRevocation *sql.Stmt
 	nextCRL          *sql.Stmt
 	insertEvent      *sql.Stmt
+	certBlocked      *sql.Stmt
+	blockKey         *sql.Stmt
+
+	entityRotatedEvent *sql.Stmt
 
 	putEntity    *sql.Stmt
 	revokeEntity *sql.Stmt
@@ -202,16 +206,25 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.insertAudit, `INSERT INTO audit (seq, time, action, identity, outcome, detail, prev_hash, hash)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`},
 		{&st.insertCert, `INSERT INTO certs (serial, common_name, kind, sans,
-			not_before, not_after, fingerprint, issuer_key_id, pem, issued_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
-		{&st.certNames, `SELECT common_name, issuer_key_id FROM certs WHERE serial = ?`},
+			not_before, not_after, fingerprint, issuer_key_id, pem, issued_at, key_hash, authorized_by)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+		// What would refuse a certificate: its identity (or its node)
+		// revoked, its key blocked, the certificate that asked for it
+		// revoked. One statement, since it runs on every issuance.
+		{&st.certBlocked, `SELECT
+			(SELECT count(*) FROM revoked_identities WHERE name IN (?1, ?2)),
+			(SELECT count(*) FROM blocked_keys WHERE ?3 <> '' AND key_hash = ?3),
+			(SELECT count(*) FROM revocations WHERE ?4 <> '' AND serial = ?4)`},
+		{&st.certNames, `SELECT common_name, issuer_key_id, key_hash, pem FROM certs WHERE serial = ?`},
+		{&st.blockKey, `INSERT INTO blocked_keys (key_hash, serial, blocked_at) VALUES (?, ?, ?)
+			ON CONFLICT (key_hash) DO NOTHING`},
 		{&st.insertRevocation, `INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at)
 			VALUES (?, ?, ?, ?, ?) RETURNING seq`},
 		{&st.nextCRL, `INSERT INTO crl_numbers (issuer_key_id, number) VALUES (?, 1)
 			ON CONFLICT (issuer_key_id) DO UPDATE SET number = number + 1
 			RETURNING number`},
-		{&st.insertEvent, `INSERT INTO revocation_events (serial, issuer_key_id, common_name, entity, reason, time)
-			VALUES (?, ?, ?, ?, ?, ?)`},
+		{&st.insertEvent, `INSERT INTO events (kind, serial, issuer_key_id, common_name, entity, key_hash, reason, time)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq`},
 		// Without replace (the last argument), a live entity of the same
 		// name is left as it is and the statement changes no row.
 		{&st.putEntity, `INSERT INTO entities (name, ca_pem, fingerprint, subject,
@@ -226,8 +239,10 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		// An event for the entity named by the second argument, at the
 		// first, but only while it is not revoked: a second revocation is
 		// no news to the feed.
-		{&st.entityEvent, `INSERT INTO revocation_events (serial, issuer_key_id, common_name, entity, reason, time)
-			SELECT '', '', '', name, 0, ? FROM entities WHERE name = ? AND revoked_at IS NULL`},
+		{&st.entityEvent, `INSERT INTO events (kind, serial, issuer_key_id, common_name, entity, key_hash, reason, time)
+			SELECT 'entity.revoked', '', '', '', name, '', 0, ? FROM entities WHERE name = ? AND revoked_at IS NULL`},
+		{&st.entityRotatedEvent, `INSERT INTO events (kind, serial, issuer_key_id, common_name, entity, key_hash, reason, time)
+			SELECT 'entity.rotated', '', '', '', name, '', 0, ? FROM entities WHERE name = ?`},
 		{&st.rotateEntity, `UPDATE entities SET rotated_at = ? WHERE name = ?`},
 		{&st.putAgent, `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
 			status, reason, registered_at, last_seen, rotate_from)

@@ -293,19 +293,19 @@ func testTokenConcurrentUse(t *testing.T, open Opener) {
 }
 
 // certEvent returns the feed event that the revocation r appends.
-func certEvent(r store.Revocation) store.RevocationEvent {
-	return store.RevocationEvent{Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, CommonName: r.CommonName, Reason: r.Reason, Time: r.RevokedAt}
+func certEvent(r store.Revocation) store.Event {
+	return store.Event{Kind: store.EventCertRevoked, Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, CommonName: r.CommonName, KeyHash: r.KeyHash, Reason: r.Reason, Time: r.RevokedAt}
 }
 
 // entityEvent returns the feed event that the revocation of the entity
 // name at t appends.
-func entityEvent(name string, t time.Time) store.RevocationEvent {
-	return store.RevocationEvent{Entity: name, Time: t}
+func entityEvent(name string, t time.Time) store.Event {
+	return store.Event{Kind: store.EventEntityRevoked, Entity: name, Time: t}
 }
 
 // eventDiff describes how got differs from want, Seq aside, or returns ""
 // if they are the same event.
-func eventDiff(want, got store.RevocationEvent) string {
+func eventDiff(want, got store.Event) string {
 	d := timeDiffs(timeField{"Time", want.Time, got.Time})
 	want.Seq, got.Seq = 0, 0
 	want.Time, got.Time = time.Time{}, time.Time{}
@@ -318,16 +318,18 @@ func eventDiff(want, got store.RevocationEvent) string {
 	return fmt.Sprint(d)
 }
 
-// checkEvents fails t unless s's whole feed is want, in want's order, with
-// increasing Seq, and returns the feed.
-func checkEvents(t *testing.T, what string, s store.EventStore, want []store.RevocationEvent) []store.RevocationEvent {
+// checkEvents fails t unless the revocations of s's feed (the kinds
+// certEvent and entityEvent make) are want, in want's order, with
+// increasing Seq, and returns them.
+func checkEvents(t *testing.T, what string, s store.EventStore, want []store.Event) []store.Event {
 	t.Helper()
-	got, err := s.RevocationEvents(t.Context(), 0, 0)
+	all, err := s.Events(t.Context(), 0, 0)
 	if err != nil {
-		t.Fatalf("%s: RevocationEvents: %v", what, err)
+		t.Fatalf("%s: Events: %v", what, err)
 	}
+	got := revocationEvents(all)
 	if len(got) != len(want) {
-		t.Fatalf("%s: RevocationEvents returned %d events %+v, want %d", what, len(got), got, len(want))
+		t.Fatalf("%s: Events returned %d events %+v, want %d", what, len(got), got, len(want))
 	}
 	for i := range want {
 		if i > 0 && got[i].Seq <= got[i-1].Seq {
@@ -343,8 +345,19 @@ func checkEvents(t *testing.T, what string, s store.EventStore, want []store.Rev
 	return got
 }
 
+// revocationEvents returns the certificate and entity revocations of evs.
+func revocationEvents(evs []store.Event) []store.Event {
+	var out []store.Event
+	for _, e := range evs {
+		if e.Kind == store.EventCertRevoked || e.Kind == store.EventEntityRevoked {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // mustRevoke revokes c with reason at at and returns the event it appends.
-func mustRevoke(t *testing.T, s store.Store, c store.Cert, reason int, at time.Time) store.RevocationEvent {
+func mustRevoke(t *testing.T, s store.Store, c store.Cert, reason int, at time.Time) store.Event {
 	t.Helper()
 	r := newRevocation(c, reason, at)
 	got, err := s.Revoke(t.Context(), r, revokeEntry(r))
@@ -356,7 +369,7 @@ func mustRevoke(t *testing.T, s store.Store, c store.Cert, reason int, at time.T
 
 // mustRevokeEntity revokes the entity name at at and returns the event a
 // first revocation appends.
-func mustRevokeEntity(t *testing.T, s store.EntityStore, name string, at time.Time) store.RevocationEvent {
+func mustRevokeEntity(t *testing.T, s store.EntityStore, name string, at time.Time) store.Event {
 	t.Helper()
 	if err := s.RevokeEntity(t.Context(), name, at, markEntry("entity.revoke", name, at)); err != nil {
 		t.Fatalf("RevokeEntity(%q): %v", name, err)
@@ -380,7 +393,7 @@ func testRevocationEvents(t *testing.T, open Opener) {
 	mustPutEntity(t, s, false, newEntity("acme", epoch()), newEntity("partner-corp", epoch()))
 
 	at := func(h int) time.Time { return epoch().Add(time.Duration(h)*time.Hour + time.Duration(h)) }
-	want := []store.RevocationEvent{
+	want := []store.Event{
 		mustRevoke(t, s, cs[2], 1, at(1)),
 		mustRevokeEntity(t, s, "acme", at(2).In(cet)),
 		mustRevoke(t, s, cs[0], 4, at(3)),
@@ -404,7 +417,7 @@ func testRevocationEvents(t *testing.T, open Opener) {
 func testRevocationEventsPage(t *testing.T, open Opener) {
 	s := openEnroll(t, open, t.TempDir())
 	mustPutEntity(t, s, false, newEntity("acme", epoch()))
-	var want []store.RevocationEvent
+	var want []store.Event
 	for i := range 4 {
 		c := newCert(i, fmt.Sprintf("agent%d@ct111", i), epoch())
 		mustRecord(t, s, c)
@@ -413,7 +426,13 @@ func testRevocationEventsPage(t *testing.T, open Opener) {
 			want = append(want, mustRevokeEntity(t, s, "acme", epoch().Add(time.Minute)))
 		}
 	}
-	all := checkEvents(t, "the whole feed", s, want)
+	checkEvents(t, "the revocations", s, want)
+	// Pages are taken over the whole feed, the entity's registration
+	// included.
+	all, err := s.Events(t.Context(), 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 	n := len(all)
 
 	afters := []int64{-1, 0}
@@ -422,7 +441,7 @@ func testRevocationEventsPage(t *testing.T, open Opener) {
 	}
 	afters = append(afters, all[n-1].Seq+100)
 	for _, after := range afters {
-		var rest []store.RevocationEvent
+		var rest []store.Event
 		for _, e := range all {
 			if e.Seq > after {
 				rest = append(rest, e)
@@ -433,17 +452,17 @@ func testRevocationEventsPage(t *testing.T, open Opener) {
 			if limit > 0 && len(wantPage) > limit {
 				wantPage = wantPage[:limit]
 			}
-			got, err := s.RevocationEvents(t.Context(), after, limit)
+			got, err := s.Events(t.Context(), after, limit)
 			if err != nil {
-				t.Fatalf("RevocationEvents(%d, %d): %v", after, limit, err)
+				t.Fatalf("Events(%d, %d): %v", after, limit, err)
 			}
 			if len(got) != len(wantPage) {
-				t.Errorf("RevocationEvents(%d, %d) returned %d events, want %d", after, limit, len(got), len(wantPage))
+				t.Errorf("Events(%d, %d) returned %d events, want %d", after, limit, len(got), len(wantPage))
 				continue
 			}
 			for i := range got {
 				if got[i].Seq != wantPage[i].Seq || eventDiff(wantPage[i], got[i]) != "" {
-					t.Errorf("RevocationEvents(%d, %d)[%d] = %+v, want %+v", after, limit, i, got[i], wantPage[i])
+					t.Errorf("Events(%d, %d)[%d] = %+v, want %+v", after, limit, i, got[i], wantPage[i])
 				}
 			}
 		}
@@ -451,9 +470,9 @@ func testRevocationEventsPage(t *testing.T, open Opener) {
 
 	// Paging through the feed, as a subscriber catching up does, visits
 	// every event once.
-	var paged []store.RevocationEvent
+	var paged []store.Event
 	for after := int64(0); len(paged) <= n; {
-		page, err := s.RevocationEvents(t.Context(), after, 2)
+		page, err := s.Events(t.Context(), after, 2)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -461,7 +480,7 @@ func testRevocationEventsPage(t *testing.T, open Opener) {
 			break
 		}
 		if page[0].Seq <= after {
-			t.Fatalf("RevocationEvents(%d, 2) returned an event with Seq %d", after, page[0].Seq)
+			t.Fatalf("Events(%d, 2) returned an event with Seq %d", after, page[0].Seq)
 		}
 		paged = append(paged, page...)
 		after = page[len(page)-1].Seq
@@ -479,7 +498,7 @@ func testEntityRevokedTwice(t *testing.T, open Opener) {
 	e := newEntity("acme", epoch())
 	mustPutEntity(t, s, false, e)
 	first := epoch().Add(time.Hour)
-	want := []store.RevocationEvent{mustRevokeEntity(t, s, e.Name, first)}
+	want := []store.Event{mustRevokeEntity(t, s, e.Name, first)}
 	mustRevokeEntity(t, s, e.Name, first.Add(time.Hour))
 	s = reopenEnroll(t, open, dir, s)
 	mustRevokeEntity(t, s, e.Name, first.Add(2*time.Hour))
@@ -510,7 +529,7 @@ func testFailedRevocationNoEvent(t *testing.T, open Opener) {
 	c, other := newCert(1, "a", epoch()), newCert(3, "c", epoch())
 	mustRecord(t, s, c, other)
 	mustPutEntity(t, s, false, newEntity("acme", epoch()))
-	want := []store.RevocationEvent{mustRevoke(t, s, c, 1, epoch().Add(time.Hour))}
+	want := []store.Event{mustRevoke(t, s, c, 1, epoch().Add(time.Hour))}
 
 	canceled, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -590,7 +609,7 @@ func testEnrollClosed(t *testing.T, open Opener) {
 			_, err := s.UseToken(ctx, tok.Hash, tok.NodeID, epoch(), enrollEntry(tok.NodeID, epoch()))
 			return err
 		}},
-		{"RevocationEvents", func() error { _, err := s.RevocationEvents(ctx, 0, 0); return err }},
+		{"RevocationEvents", func() error { _, err := s.Events(ctx, 0, 0); return err }},
 	}
 	for _, tt := range calls {
 		if err := tt.call(); !errors.Is(err, store.ErrClosed) {

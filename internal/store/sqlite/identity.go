@@ -1,0 +1,187 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/store"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// RevokeIdentity revokes the identity r.Name: it records the identity as
+// revoked and, in the same transaction, revokes every unexpired
+// certificate issued to it (and, for a node, to its agents) with r.Reason,
+// each with its own event and audit entry, then appends the identity's
+// event and a. A zero r.RevokedAt or a.Time is set from the store's clock.
+// It returns the identity as recorded and the certificates it revoked; an
+// error wrapping store.ErrExists, and nothing written, if the identity is
+// already revoked. Because the store's writer runs one transaction at a
+// time and RecordCert checks the identity in its own, a certificate is
+// either recorded before this transaction (and revoked by it) or refused.
+func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, a store.AuditEntry) (store.IdentityRevocation, []store.Revocation, error) {
+	if r.Name == "" {
+		return r, nil, errors.New("sqlite: revoke identity: name is empty")
+	}
+	if r.Reason < 0 || r.Reason > 10 || r.Reason == 7 {
+		return r, nil, fmt.Errorf("sqlite: revoke identity %q: %d is not an RFC 5280 CRLReason code", r.Name, r.Reason)
+	}
+	if r.RevokedAt.IsZero() {
+		r.RevokedAt = s.now()
+	}
+	at, err := nanos("RevokedAt", r.RevokedAt)
+	if err != nil {
+		return r, nil, fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
+	}
+	r.RevokedAt = fromNanos(at)
+	if a, err = s.prepareAudit(a); err != nil {
+		return r, nil, fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
+	}
+	// A node's agents are "<agent>@<node>"; LIKE's wildcards in the node id
+	// (ids are DNS labels, but the store does not rely on that) are escaped.
+	agents := ""
+	if id, err := identity.Parse(r.Name); err == nil && id.Kind == identity.KindNode {
+		agents = "%@" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(id.Node)
+	}
+	var done []store.Revocation
+	err = s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		done = done[:0]
+		_, err := tx.ExecContext(ctx, `INSERT INTO revoked_identities (name, reason, revoked_at) VALUES (?, ?, ?)`, r.Name, r.Reason, at)
+		switch code(err) {
+		case 0:
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+			return fmt.Errorf("%w: identity %q is already revoked", store.ErrExists, r.Name)
+		default:
+			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT serial FROM certs
+			WHERE (common_name = ?1 OR (?2 <> '' AND common_name LIKE ?2 ESCAPE '\'))
+			  AND kind <> 'intermediate' AND not_after > ?3
+			  AND serial NOT IN (SELECT serial FROM revocations)
+			ORDER BY issued_at, rowid`, r.Name, agents, at)
+		if err != nil {
+			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
+		}
+		var serials []string
+		for rows.Next() {
+			var serial string
+			if err := rows.Scan(&serial); err != nil {
+				rows.Close()
+				return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
+			}
+			serials = append(serials, serial)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
+		}
+		for _, serial := range serials {
+			rev, err := revokeCert(ctx, tx, store.Revocation{Serial: serial, Reason: r.Reason, RevokedAt: r.RevokedAt}, at)
+			if err != nil {
+				return err
+			}
+			if err := appendAudit(ctx, tx, head, store.AuditEntry{Time: a.Time, Action: "cert.revoke", Identity: rev.CommonName,
+				Outcome: store.OutcomeOK, Detail: fmt.Sprintf("serial %s with identity %s", rev.Serial, r.Name)}); err != nil {
+				return err
+			}
+			done = append(done, rev)
+		}
+		if _, err := insertEvent(ctx, tx, store.Event{Kind: store.EventIdentityRevoked, CommonName: r.Name, Reason: r.Reason}, at); err != nil {
+			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+	if err != nil {
+		return r, nil, err
+	}
+	return r, done, nil
+}
+
+// ReinstateIdentity lifts the revocation of the identity name and appends
+// its event and a in the same transaction; the certificates revoked with
+// it stay revoked. It returns an error wrapping store.ErrNotFound, and
+// writes nothing, if name is not revoked.
+func (s *Store) ReinstateIdentity(ctx context.Context, name string, t time.Time, a store.AuditEntry) error {
+	if t.IsZero() {
+		t = s.now()
+	}
+	at, err := nanos("time", t)
+	if err != nil {
+		return fmt.Errorf("sqlite: reinstate identity %q: %w", name, err)
+	}
+	if a, err = s.prepareAudit(a); err != nil {
+		return fmt.Errorf("sqlite: reinstate identity %q: %w", name, err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM revoked_identities WHERE name = ?`, name)
+		if err != nil {
+			return fmt.Errorf("sqlite: reinstate identity %q: %w", name, err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return fmt.Errorf("%w: identity %q is not revoked", store.ErrNotFound, name)
+		}
+		if _, err := insertEvent(ctx, tx, store.Event{Kind: store.EventIdentityReinstated, CommonName: name}, at); err != nil {
+			return fmt.Errorf("sqlite: reinstate identity %q: %w", name, err)
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+// RevokedIdentities returns every revoked identity, ordered by name.
+func (s *Store) RevokedIdentities(ctx context.Context) ([]store.IdentityRevocation, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, store.ErrClosed
+	}
+	rows, err := s.rdb.QueryContext(ctx, `SELECT name, reason, revoked_at FROM revoked_identities ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read revoked identities: %w", err)
+	}
+	defer rows.Close()
+	var out []store.IdentityRevocation
+	for rows.Next() {
+		var (
+			r  store.IdentityRevocation
+			at int64
+		)
+		if err := rows.Scan(&r.Name, &r.Reason, &at); err != nil {
+			return nil, fmt.Errorf("sqlite: read revoked identities: %w", err)
+		}
+		r.RevokedAt = fromNanos(at)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read revoked identities: %w", err)
+	}
+	return out, nil
+}
+
+// BlockedKeys returns the hashes of the keys keyCompromise revocations
+// blocked, sorted.
+func (s *Store) BlockedKeys(ctx context.Context) ([]string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, store.ErrClosed
+	}
+	rows, err := s.rdb.QueryContext(ctx, `SELECT key_hash FROM blocked_keys ORDER BY key_hash`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: read blocked keys: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var h string
+		if err := rows.Scan(&h); err != nil {
+			return nil, fmt.Errorf("sqlite: read blocked keys: %w", err)
+		}
+		out = append(out, h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read blocked keys: %w", err)
+	}
+	return out, nil
+}
