@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -58,7 +59,7 @@ func (w *Watcher) PollCRL(ctx context.Context) (int, error) {
 			if e.SerialNumber == nil || e.SerialNumber.Sign() <= 0 {
 				continue
 			}
-			if w.set.AddSerial(trust.Revoked{Serial: e.SerialNumber.Text(16), Reason: reasonName(e.ReasonCode), At: e.RevocationTime}) {
+			if w.set.AddSerial(trust.Revoked{Serial: e.SerialNumber.Text(16), IssuerKeyID: hex.EncodeToString(crl.AuthorityKeyId), Reason: reasonName(e.ReasonCode), At: e.RevocationTime}) {
 				added++
 			}
 		}

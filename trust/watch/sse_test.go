@@ -142,16 +142,16 @@ func TestApply(t *testing.T) {
 	w.apply(sseEvent{ID: "99", Type: "heartbeat", Data: "{}"}) // not a revocation: ignored, resume point kept
 	w.apply(sseEvent{Type: "revocation", Data: `{"seq":47,"serial":"c"}`})
 
-	if r, ok := set.Serial("9fa1"); !ok || r.Reason != "keyCompromise" || !r.At.Equal(at) || r.IssuerKeyID != "a1b2" {
+	if r, ok := set.Serial("", "9fa1"); !ok || r.Reason != "keyCompromise" || !r.At.Equal(at) || r.IssuerKeyID != "a1b2" {
 		t.Errorf("serial 9fa1: %+v, %v", r, ok)
 	}
 	if r, ok := set.Entity("acme"); !ok || r.Reason != "entity revoked" || r.At.IsZero() {
 		t.Errorf("entity acme: %+v, %v", r, ok)
 	}
-	if r, ok := set.Serial("b"); !ok || r.Reason != "superseded" {
+	if r, ok := set.Serial("", "b"); !ok || r.Reason != "superseded" {
 		t.Errorf("serial b: %+v, %v", r, ok)
 	}
-	if _, ok := set.Serial("c"); !ok {
+	if _, ok := set.Serial("", "c"); !ok {
 		t.Error("event without an id not applied")
 	}
 	if n, _ := set.Len(); n != 3 {

@@ -40,11 +40,11 @@ func AnchorEntity(a *trust.Anchors) EntityFunc {
 	}
 }
 
-// check refuses leaf when its serial, or the entity of chain, is revoked.
+// check refuses leaf when it (by issuer and serial), its identity, its key
+// or the entity of chain is revoked.
 func check(set *trust.RevocationSet, entity EntityFunc, leaf *x509.Certificate, chains [][]*x509.Certificate) error {
-	serial := leaf.SerialNumber.Text(16)
-	if r, ok := set.Serial(serial); ok {
-		return fmt.Errorf("%w: certificate %q (serial %s) was revoked at %s", trust.ErrRevoked, leaf.Subject.CommonName, serial, r.At.UTC().Format(time.RFC3339))
+	if err := set.CheckLeaf(leaf); err != nil {
+		return err
 	}
 	if entity == nil {
 		return nil

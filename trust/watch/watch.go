@@ -312,6 +312,19 @@ func (w *Watcher) apply(ev sseEvent) {
 	}
 	r := trust.Revoked{IssuerKeyID: strings.ToLower(e.IssuerKeyID), Reason: reasonOf(e.Reason), At: timeOf(e.Time, w.cfg.Clock.Now())}
 	switch {
+	case e.Kind == "identity.revoked" || e.Kind == "identity.reinstated":
+		if e.CommonName == "" {
+			w.log.Warn("identity event without a common name; skipped", "id", ev.ID)
+			break
+		}
+		r.Identity = e.CommonName
+		if e.Kind == "identity.reinstated" {
+			if w.set.RemoveIdentity(e.CommonName) {
+				w.log.Info("identity reinstated", "identity", e.CommonName, "seq", e.Seq)
+			}
+		} else if w.set.AddIdentity(r) {
+			w.log.Info("identity revoked", "identity", e.CommonName, "reason", r.Reason, "seq", e.Seq)
+		}
 	case e.Serial != "":
 		serial, ok := NormalizeSerial(e.Serial)
 		if !ok {
@@ -321,6 +334,9 @@ func (w *Watcher) apply(ev sseEvent) {
 		r.Serial = serial
 		if w.set.AddSerial(r) {
 			w.log.Info("certificate revoked", "serial", serial, "common_name", e.CommonName, "reason", r.Reason, "seq", e.Seq)
+		}
+		if e.KeyHash != "" {
+			w.set.AddKey(trust.Revoked{KeyHash: strings.ToLower(e.KeyHash), Reason: r.Reason, At: r.At})
 		}
 	case e.Entity != "":
 		r.Entity = e.Entity

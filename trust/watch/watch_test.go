@@ -64,7 +64,7 @@ func start(t *testing.T, s *enrolltest.Server, set *trust.RevocationSet, mod fun
 }
 
 func revoked(set *trust.RevocationSet, serial string) func() bool {
-	return func() bool { _, ok := set.Serial(serial); return ok }
+	return func() bool { _, ok := set.Serial("", serial); return ok }
 }
 
 func TestEventsApplied(t *testing.T) {
@@ -82,7 +82,7 @@ func TestEventsApplied(t *testing.T) {
 		_, ok := set.Entity("acme")
 		return ok && revoked(set, "a1b2")()
 	})
-	if r, _ := set.Serial("9f01"); r.Reason != "keyCompromise" {
+	if r, _ := set.Serial("", "9f01"); r.Reason != "keyCompromise" {
 		t.Errorf("reason = %q", r.Reason)
 	}
 	if got := w.LastEventID(); got != 3 {
@@ -149,7 +149,7 @@ func TestCRLFallback(t *testing.T) {
 	if w.Connected() {
 		t.Error("connected although the stream is down")
 	}
-	if r, _ := set.Serial(serial); r.Reason != "keyCompromise" {
+	if r, _ := set.Serial("", serial); r.Reason != "keyCompromise" {
 		t.Errorf("reason from the CRL = %q", r.Reason)
 	}
 	// It keeps polling while the stream is down.
@@ -217,7 +217,7 @@ func TestCRLVerified(t *testing.T) {
 				t.Fatal(err)
 			}
 			n, err := w.PollCRL(t.Context())
-			_, ok := set.Serial(serial)
+			_, ok := set.Serial("", serial)
 			if ok != tc.want || (n == 1) != tc.want {
 				t.Errorf("revoked = %v (%d new), want %v", ok, n, tc.want)
 			}
@@ -239,7 +239,7 @@ func TestCRLVerified(t *testing.T) {
 		if _, err := w.PollCRL(t.Context()); err == nil {
 			t.Error("a CRL of a CA outside the roots was accepted")
 		}
-		if _, ok := set.Serial(serial); ok {
+		if _, ok := set.Serial("", serial); ok {
 			t.Error("serial added from an untrusted CRL")
 		}
 	})
