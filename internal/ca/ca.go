@@ -34,6 +34,12 @@ type CA struct {
 	active   *issuer
 	issuers  map[string]*issuer // every live intermediate, by key id
 	chainPEM []byte
+
+	// What this process last wrote to crl.pem (guarded by crlMu): its
+	// this-update, and the newest revocation Seq it lists.
+	crlMu     sync.Mutex
+	crlThis   time.Time
+	crlRevSeq int64
 }
 
 // issuer is one intermediate and its key.
@@ -161,6 +167,7 @@ func certRecord(cert *x509.Certificate, kind, issuerKeyID string, now time.Time)
 		IssuerKeyID: issuerKeyID,
 		PEM:         pemfile.EncodeCerts(cert),
 		IssuedAt:    now.UTC(),
+		KeyHash:     store.KeyHash(cert.RawSubjectPublicKeyInfo),
 	}
 }
 

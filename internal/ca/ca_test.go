@@ -1189,8 +1189,8 @@ func TestRevoke(t *testing.T) {
 			wantErr error
 			wantMsg string
 		}{
-			{"nobody.mesh", ca.ErrUnknownCert, "no unexpired certificate was issued to"},
-			{"ghost@external", ca.ErrUnknownCert, "no unexpired certificate"},
+			{"nobody.mesh", ca.ErrUnknownCert, "no certificate was ever issued to"},
+			{"ghost@external", ca.ErrUnknownCert, "no certificate was ever issued"},
 			{"deadbeef", ca.ErrUnknownCert, "serial deadbeef"},
 			{"0xDE:AD:BE:EF", ca.ErrUnknownCert, "serial deadbeef"},
 			{"../x", ca.ErrUnknownCert, "neither an identity"},
@@ -1285,10 +1285,107 @@ func TestRevoke(t *testing.T) {
 		t.Errorf("crl.pem: %v %v, want mode 0644", fi, err)
 	}
 
-	// An expired certificate cannot be revoked by name any more.
+	// A name whose certificates expired is still revoked as an identity:
+	// nothing is issued to it again.
 	f.clock.Set(client.Cert.NotAfter.Add(time.Second))
-	if _, err := f.ca.Revoke(ctx, "alice@external", 0); !errors.Is(err, ca.ErrUnknownCert) {
-		t.Errorf("revoking an expired name: %v, want ErrUnknownCert", err)
+	if revs, err := f.ca.Revoke(ctx, "alice@external", 0); err != nil || len(revs) != 0 {
+		t.Errorf("revoking an expired name = %v, %v; want no certificate revoked and no error", revs, err)
+	}
+	if _, err := f.ca.IssueClient(ctx, "alice"); !errors.Is(err, ca.ErrRevoked) {
+		t.Errorf("issuing to revoked alice@external: %v, want ErrRevoked", err)
+	}
+}
+
+// TestRevokedIdentityStaysRevoked: revoking a name revokes the identity on
+// every issuance path until it is reinstated; revoking a node revokes its
+// agents; keyCompromise blocks the key.
+func TestRevokedIdentityStaysRevoked(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	node, err := f.ca.IssueNode(ctx, "ct200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := f.ca.IssueAgent(ctx, "opus", "ct200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := f.ca.IssueAgent(ctx, "opus", "ct201")
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs, err := f.ca.Revoke(ctx, "ct200.mesh", 0)
+	if err != nil || len(revs) != 2 {
+		t.Fatalf("revoking node ct200 = %+v, %v; want the node's and its agent's certificates", revs, err)
+	}
+	requireGoRevoked(t, f, node.Cert)
+	requireGoRevoked(t, f, agent.Cert)
+	requireGoVerifies(t, f, other.Cert)
+
+	key := newP256(t)
+	paths := []struct {
+		name  string
+		issue func() error
+	}{
+		{"ca issue-node", func() error { _, err := f.ca.IssueNode(ctx, "ct200"); return err }},
+		{"ca issue-agent of the node", func() error { _, err := f.ca.IssueAgent(ctx, "sage", "ct200"); return err }},
+		{"ca sign (node CSR)", func() error {
+			_, err := f.ca.Sign(ctx, goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct200.mesh"}}), ca.Request{Profile: ca.ProfileNode})
+			return err
+		}},
+		{"ca sign (agent CSR)", func() error {
+			_, err := f.ca.Sign(ctx, goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "opus@ct200"}}), ca.Request{Profile: ca.ProfileAgent})
+			return err
+		}},
+		{"Check before spending a token", func() error {
+			id, _ := identity.NewNode("ct200")
+			return f.ca.Check(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct200.mesh"}}), ca.Request{Profile: ca.ProfileNode, Identity: id})
+		}},
+	}
+	for _, p := range paths {
+		st := f.storeState(t)
+		if err := p.issue(); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "ct200.mesh") {
+			t.Errorf("%s for revoked ct200: %v, want ErrRevoked naming ct200.mesh", p.name, err)
+		}
+		f.requireStoreUnchanged(t, st)
+	}
+	f.requireAudited(t, "cert.issue", "refused", "reinstate")
+
+	if err := f.ca.Reinstate(ctx, "opus@ct200"); !errors.Is(err, ca.ErrNotRevoked) {
+		t.Errorf("reinstating an identity that is not revoked: %v, want ErrNotRevoked", err)
+	}
+	if err := f.ca.Reinstate(ctx, "ct200.mesh"); err != nil {
+		t.Fatalf("Reinstate: %v", err)
+	}
+	f.requireLastAudit(t, "identity.reinstate", "ok", "")
+	if _, err := f.ca.IssueAgent(ctx, "sage", "ct200"); err != nil {
+		t.Errorf("issuing after reinstatement: %v", err)
+	}
+	requireGoRevoked(t, f, agent.Cert) // what was revoked stays revoked
+
+	// keyCompromise by serial blocks the key, whatever name asks next.
+	stolen := newP256(t)
+	is, err := f.ca.Sign(ctx, goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "alice@external"}}), ca.Request{Profile: ca.ProfileClient})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Revoke(ctx, is.Record.Serial, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Sign(ctx, goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@external"}}), ca.Request{Profile: ca.ProfileClient}); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "keyCompromise") {
+		t.Errorf("signing the compromised key again: %v, want ErrRevoked for keyCompromise", err)
+	}
+	// superseded does not block the key: the holder renews with it.
+	kept := newP256(t)
+	is, err = f.ca.Sign(ctx, goCSR(t, kept, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "carol@external"}}), ca.Request{Profile: ca.ProfileClient})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Revoke(ctx, is.Record.Serial, 4); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Sign(ctx, goCSR(t, kept, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "carol@external"}}), ca.Request{Profile: ca.ProfileClient}); err != nil {
+		t.Errorf("re-signing a superseded key: %v", err)
 	}
 }
 
@@ -1869,7 +1966,7 @@ func TestAuditLog(t *testing.T) {
 	for _, e := range log {
 		actions = append(actions, e.Action+"/"+e.Outcome)
 	}
-	want := []string{"ca.init/ok", "cert.issue/ok", "ca.issue-intermediate/ok", "crl.rebuild/ok", "cert.issue/ok", "cert.issue/refused", "cert.revoke/ok", "crl.rebuild/ok", "cert.issue/ok", "ca.rotate-intermediate.prepare/ok", "crl.rebuild/ok"}
+	want := []string{"ca.init/ok", "cert.issue/ok", "ca.issue-intermediate/ok", "crl.rebuild/ok", "cert.issue/ok", "cert.issue/refused", "cert.revoke/ok", "identity.revoke/ok", "crl.rebuild/ok", "cert.issue/ok", "ca.rotate-intermediate.prepare/ok", "crl.rebuild/ok"}
 	if !slices.Equal(actions, want) {
 		t.Errorf("audit log %v, want %v", actions, want)
 	}

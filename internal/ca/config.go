@@ -50,8 +50,16 @@ var (
 	ErrBadCSR = errors.New("ca: bad certificate request")
 	// ErrUnknownCert reports a serial or name the CA never issued.
 	ErrUnknownCert = errors.New("ca: no such certificate")
-	// ErrAlreadyRevoked reports a revocation of a revoked certificate.
+	// ErrAlreadyRevoked reports a revocation of a revoked certificate or
+	// identity.
 	ErrAlreadyRevoked = errors.New("ca: already revoked")
+	// ErrRevoked reports a certificate refused because its identity (or
+	// its node) is revoked, its key was revoked for keyCompromise, or the
+	// certificate of the holder asking for it was revoked.
+	ErrRevoked = errors.New("ca: revoked")
+	// ErrNotRevoked reports a reinstatement of an identity that is not
+	// revoked.
+	ErrNotRevoked = errors.New("ca: not revoked")
 	// ErrNoPrepared reports an activation with no prepared intermediate.
 	ErrNoPrepared = errors.New("ca: no prepared intermediate")
 )

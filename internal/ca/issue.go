@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
@@ -136,12 +137,16 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 			return nil, err
 		}
 		rec := certRecord(cert, s.req.Profile.Kind().String(), signer.id, now)
+		rec.AuthorizedBy = req.AuthorizedBy
 		err = c.store.RecordCert(ctx, rec, store.AuditEntry{
 			Time: now, Action: "cert.issue", Identity: rec.CommonName, Outcome: store.OutcomeOK,
 			Detail: fmt.Sprintf("%s serial %s until %s", s.req.Profile, rec.Serial, rec.NotAfter.Format("2006-01-02")),
 		})
 		if errors.Is(err, store.ErrExists) && attempt < 3 {
 			continue // a 128-bit serial collided: draw another
+		}
+		if revokedErr(err) {
+			return nil, c.refuse(ctx, s.req, fmt.Errorf("%w: %w", ErrRevoked, err))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("record certificate: %w", err)
@@ -157,8 +162,46 @@ func (c *CA) Check(csr *x509.CertificateRequest, req Request) error {
 	if csr == nil {
 		return fmt.Errorf("%w: no request", ErrBadCSR)
 	}
-	_, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now())
-	return err
+	s, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now())
+	if err != nil {
+		return err
+	}
+	return c.checkRevoked(context.Background(), s.req.Identity, csr)
+}
+
+// checkRevoked refuses, ahead of signing, an identity that is revoked (or
+// whose node is) or a key that is blocked. It is a courtesy to callers that
+// spend something before signing: the store's RecordCert is what enforces
+// both, in the transaction that would record the certificate.
+func (c *CA) checkRevoked(ctx context.Context, id identity.Identity, csr *x509.CertificateRequest) error {
+	if id.IsZero() {
+		return nil
+	}
+	revoked, err := c.store.RevokedIdentities(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range store.BlockingNames(id.CommonName()) {
+		for _, r := range revoked {
+			if r.Name == name {
+				return fmt.Errorf("%w: %s: identity %s is revoked (reinstate it with `meshctl ca reinstate %s`)", ErrRevoked, id.CommonName(), name, name)
+			}
+		}
+	}
+	blocked, err := c.store.BlockedKeys(ctx)
+	if err != nil {
+		return err
+	}
+	if h := store.KeyHash(csr.RawSubjectPublicKeyInfo); slices.Contains(blocked, h) {
+		return fmt.Errorf("%w: the key was revoked for keyCompromise and is never certified again; generate a new key", ErrRevoked)
+	}
+	return nil
+}
+
+// revokedErr reports whether err is the store's refusal of a certificate
+// for a revoked identity, a blocked key or a revoked authorizer.
+func revokedErr(err error) bool {
+	return errors.Is(err, store.ErrIdentityRevoked) || errors.Is(err, store.ErrKeyBlocked) || errors.Is(err, store.ErrAuthorizerRevoked)
 }
 
 // checked builds the certificate template for req and runs the policy on

@@ -69,6 +69,10 @@ type Request struct {
 	// TTL is the requested lifetime; zero means the profile's default,
 	// more than the default is refused.
 	TTL time.Duration
+	// AuthorizedBy is the serial of the certificate whose holder asks
+	// (a renewal, a node minting its agent's certificate); the certificate
+	// is recorded only while that one is not revoked. "" for an operator.
+	AuthorizedBy string
 }
 
 // signing is the state a policy's options work on.

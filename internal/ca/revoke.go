@@ -60,33 +60,53 @@ func (r Reason) String() string {
 	return fmt.Sprintf("reason(%d)", int(r))
 }
 
-// Revoke revokes the certificate with the given serial, or every unexpired
-// certificate issued to the given common name, durably, then rebuilds the
-// CRL. An unknown target changes nothing.
+// Revoke revokes target durably, then rebuilds the CRL.
+//
+// A serial revokes that certificate; with keyCompromise its key is also
+// never certified again. A name (ct111.mesh, opus@ct111, alice@external)
+// revokes the identity: every unexpired certificate of it (of a node's
+// agents too) in one transaction, and every later issuance for it, until
+// Reinstate lifts it. A name whose certificates have all expired is revoked all the
+// same as long as the CA ever issued to it (anything else is taken for a
+// typo). An unknown serial, an intermediate or a revoked target changes
+// nothing.
 func (c *CA) Revoke(ctx context.Context, target string, reason Reason) ([]store.Revocation, error) {
-	certs, err := c.resolve(ctx, target)
-	if err != nil {
-		audit(ctx, c.cfg, c.store, "cert.revoke", target, err)
-		return nil, err
-	}
 	now := c.cfg.Now()
-	var done []store.Revocation
-	for _, rec := range certs {
-		r := store.Revocation{Serial: rec.Serial, CommonName: rec.CommonName, IssuerKeyID: rec.IssuerKeyID, Reason: int(reason), RevokedAt: now.UTC()}
-		r, err := c.store.Revoke(ctx, r, store.AuditEntry{
-			Time: now, Action: "cert.revoke", Identity: rec.CommonName, Outcome: store.OutcomeOK,
-			Detail: fmt.Sprintf("serial %s reason %s", rec.Serial, reason),
-		})
-		if errors.Is(err, store.ErrExists) {
-			continue
+	var (
+		done []store.Revocation
+		err  error
+	)
+	if id, perr := identity.Parse(target); perr == nil {
+		name := id.CommonName()
+		// A name the CA never issued to is most likely a typo, which would
+		// otherwise revoke nothing and look like success.
+		var ever []store.Cert
+		if ever, err = c.store.CertsByName(ctx, name); err == nil && len(ever) == 0 {
+			err = fmt.Errorf("%w: no certificate was ever issued to %q (see `meshctl ca list`)", ErrUnknownCert, name)
 		}
 		if err != nil {
-			return done, fmt.Errorf("revoke %s: %w", rec.Serial, err)
+			audit(ctx, c.cfg, c.store, "cert.revoke", target, err)
+			return nil, err
 		}
-		done = append(done, r)
+		_, done, err = c.store.RevokeIdentity(ctx, store.IdentityRevocation{Name: name, Reason: int(reason), RevokedAt: now.UTC()},
+			store.AuditEntry{Time: now, Action: "identity.revoke", Identity: name, Outcome: store.OutcomeOK, Detail: "reason " + reason.String()})
+		if errors.Is(err, store.ErrExists) {
+			err = fmt.Errorf("%w: identity %s (lift it with `meshctl ca reinstate %s`)", ErrAlreadyRevoked, name, name)
+		}
+	} else {
+		var rec store.Cert
+		if rec, err = c.resolveSerial(ctx, target); err == nil {
+			var r store.Revocation
+			r, err = c.store.Revoke(ctx, store.Revocation{Serial: rec.Serial, CommonName: rec.CommonName, IssuerKeyID: rec.IssuerKeyID, Reason: int(reason), RevokedAt: now.UTC()},
+				store.AuditEntry{Time: now, Action: "cert.revoke", Identity: rec.CommonName, Outcome: store.OutcomeOK,
+					Detail: fmt.Sprintf("serial %s reason %s", rec.Serial, reason)})
+			if errors.Is(err, store.ErrExists) {
+				err = fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, rec.Serial)
+			}
+			done = []store.Revocation{r}
+		}
 	}
-	if len(done) == 0 {
-		err := fmt.Errorf("%w: %s", ErrAlreadyRevoked, target)
+	if err != nil {
 		audit(ctx, c.cfg, c.store, "cert.revoke", target, err)
 		return nil, err
 	}
@@ -96,41 +116,43 @@ func (c *CA) Revoke(ctx context.Context, target string, reason Reason) ([]store.
 	return done, nil
 }
 
-// resolve finds the certificates a revoke target names: a serial, or a
-// common name's unexpired certificates.
-func (c *CA) resolve(ctx context.Context, target string) ([]store.Cert, error) {
-	if _, err := identity.Parse(target); err == nil {
-		all, err := c.store.CertsByName(ctx, target)
-		if err != nil {
-			return nil, err
-		}
-		now := c.cfg.Now()
-		var live []store.Cert
-		for _, rec := range all {
-			if now.Before(rec.NotAfter) {
-				live = append(live, rec)
-			}
-		}
-		if len(live) == 0 {
-			return nil, fmt.Errorf("%w: no unexpired certificate was issued to %q (see `meshctl ca list`)", ErrUnknownCert, target)
-		}
-		return live, nil
+// Reinstate lifts the revocation of the identity name: certificates can
+// be issued to it (for a node, to its agents) again. The certificates
+// revoked with it stay revoked.
+func (c *CA) Reinstate(ctx context.Context, name string) error {
+	id, err := identity.Parse(name)
+	if err != nil {
+		err = fmt.Errorf("%w: %q is not an identity (ct111.mesh, opus@ct111, alice@external): %v", ErrUnknownCert, name, err)
+		audit(ctx, c.cfg, c.store, "identity.reinstate", name, err)
+		return err
 	}
+	name = id.CommonName()
+	now := c.cfg.Now()
+	err = c.store.ReinstateIdentity(ctx, name, now, store.AuditEntry{Time: now, Action: "identity.reinstate", Identity: name, Outcome: store.OutcomeOK})
+	if errors.Is(err, store.ErrNotFound) {
+		err = fmt.Errorf("%w: identity %s (see `meshctl ca list`)", ErrNotRevoked, name)
+		audit(ctx, c.cfg, c.store, "identity.reinstate", name, err)
+	}
+	return err
+}
+
+// resolveSerial finds the certificate a serial names.
+func (c *CA) resolveSerial(ctx context.Context, target string) (store.Cert, error) {
 	serial, ok := NormalizeSerial(target)
 	if !ok {
-		return nil, fmt.Errorf("%w: %q is neither an identity (ct111.mesh, opus@ct111, alice@external) nor a hex serial", ErrUnknownCert, target)
+		return store.Cert{}, fmt.Errorf("%w: %q is neither an identity (ct111.mesh, opus@ct111, alice@external) nor a hex serial", ErrUnknownCert, target)
 	}
 	rec, err := c.store.Cert(ctx, serial)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: serial %s (see `meshctl ca list`)", ErrUnknownCert, serial)
+		return store.Cert{}, fmt.Errorf("%w: serial %s (see `meshctl ca list`)", ErrUnknownCert, serial)
 	}
 	if err != nil {
-		return nil, err
+		return store.Cert{}, err
 	}
 	if rec.Kind == "intermediate" {
-		return nil, fmt.Errorf("%w: %s is an intermediate; retire it with `meshctl ca rotate-intermediate`", ErrPolicy, serial)
+		return store.Cert{}, fmt.Errorf("%w: %s is an intermediate; retire it with `meshctl ca rotate-intermediate`", ErrPolicy, serial)
 	}
-	return []store.Cert{rec}, nil
+	return rec, nil
 }
 
 // RebuildCRL signs a fresh CRL for every live intermediate, with the next
@@ -195,6 +217,11 @@ func (c *CA) RebuildCRL(ctx context.Context) ([]*x509.RevocationList, error) {
 	if err := pemfile.WriteAtomic(c.cfg.CRLPath(), buf.Bytes(), 0o644); err != nil {
 		return nil, err
 	}
+	var newest int64
+	for _, r := range revs {
+		newest = max(newest, r.Seq)
+	}
+	c.noteCRL(now.Add(-backdate), newest)
 	audit(ctx, c.cfg, c.store, "crl.rebuild", "", nil, fmt.Sprintf("%d CRLs, %d revoked serials", len(out), len(revs)))
 	return out, nil
 }

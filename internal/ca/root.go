@@ -124,7 +124,7 @@ func IssueIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.C
 	if err := publish(cfg, s); err != nil {
 		return nil, err
 	}
-	audit(ctx, cfg, st, "ca.issue-intermediate", cert.Subject.CommonName, nil, "active "+keyID(cert))
+	auditRotation(ctx, cfg, st, "ca.issue-intermediate", cert, "active "+keyID(cert))
 	return cert, publishCRL(ctx, cfg, st)
 }
 
@@ -155,7 +155,7 @@ func PrepareIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509
 	if err := publish(cfg, s); err != nil {
 		return nil, err
 	}
-	audit(ctx, cfg, st, "ca.rotate-intermediate.prepare", cert.Subject.CommonName, nil, "prepared "+s.Prepared)
+	auditRotation(ctx, cfg, st, "ca.rotate-intermediate.prepare", cert, "prepared "+s.Prepared)
 	return cert, publishCRL(ctx, cfg, st)
 }
 
@@ -185,8 +185,30 @@ func ActivateIntermediate(ctx context.Context, cfg Config, st store.Store) (*x50
 	if err := publish(cfg, s); err != nil {
 		return nil, err
 	}
-	audit(ctx, cfg, st, "ca.rotate-intermediate.activate", cert.Subject.CommonName, nil, "active "+s.Active+", retired "+s.Retired[len(s.Retired)-1])
+	auditRotation(ctx, cfg, st, "ca.rotate-intermediate.activate", cert, "active "+s.Active+", retired "+s.Retired[len(s.Retired)-1])
 	return cert, publishCRL(ctx, cfg, st)
+}
+
+// eventAppender is the part of a store that records a change made outside
+// it, so that processes with the CA open (meshd, its replicas) follow it.
+type eventAppender interface {
+	AppendEvent(ctx context.Context, e store.Event, a store.AuditEntry) (store.Event, error)
+}
+
+// auditRotation records a change of the live intermediates: an audit entry
+// and, in the same transaction, a ca.rotated event, on which a running
+// meshd reloads the CA (signing, anchors, bundle, CRLs).
+func auditRotation(ctx context.Context, cfg Config, st store.Store, action string, cert *x509.Certificate, detail string) {
+	if st == nil {
+		return
+	}
+	a := store.AuditEntry{Time: cfg.Now(), Action: action, Identity: cert.Subject.CommonName, Outcome: store.OutcomeOK, Detail: detail}
+	if ea, ok := st.(eventAppender); ok {
+		if _, err := ea.AppendEvent(ctx, store.Event{Kind: store.EventCARotated, IssuerKeyID: keyID(cert), Time: a.Time}, a); err == nil {
+			return
+		}
+	}
+	_ = st.Append(ctx, a)
 }
 
 // publishCRL rebuilds crl.pem after the set of live intermediates changed:
