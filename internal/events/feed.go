@@ -1,0 +1,338 @@
+// Package events is meshd's change feed. The store is the truth: every
+// revocation, entity change and CA rotation is an event appended in the
+// transaction that made it (store.EventStore). A Feed reads those events
+// in order, hands each to the subscribers registered with Handle (the
+// revocation set and anchors, registry eviction, CRL re-signing, CA
+// reload), and keeps the newest in memory for streams (the
+// /revocations/watch route) to read without a query per subscriber.
+//
+// A process learns of events written by others (an offline meshctl,
+// another replica) by polling; a process that wrote one itself calls Poll
+// before it answers, so its caller sees the effect.
+//
+// Seq numbers need not commit in order (a PostgreSQL sequence is drawn
+// before commit): the Feed applies every event once, in the order it
+// finds them, and its cursor (every event at or below it has been
+// applied) moves past a missing Seq only once that Seq has been seen or
+// has stayed missing for HoleTimeout (a transaction that rolled back).
+package events
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// Source is where events come from: the store.
+type Source interface {
+	Events(ctx context.Context, after int64, limit int) ([]store.Event, error)
+}
+
+// A Handler applies one event. It runs on the goroutine that polls, one
+// event at a time, in feed order, with a context that the poller's caller
+// cannot cancel halfway (an eviction half-written because an HTTP client
+// went away would leave memory and store apart). An error is logged; the
+// event counts as applied, since the store already holds it.
+type Handler func(ctx context.Context, e store.Event) error
+
+// Config configures a Feed. Zero values select the defaults.
+type Config struct {
+	// HoleTimeout is how long a missing Seq below events already seen is
+	// waited for before the cursor moves past it; default 10s.
+	HoleTimeout time.Duration
+	// Page is how many events one store read returns at most; default 1000.
+	Page int
+	// Tail is how many applied events memory keeps for streams; default
+	// 4096.
+	Tail   int
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.HoleTimeout <= 0 {
+		c.HoleTimeout = 10 * time.Second
+	}
+	if c.Page <= 0 {
+		c.Page = 1000
+	}
+	if c.Tail <= 0 {
+		c.Tail = 4096
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Feed reads the change feed and fans it out.
+//
+// Lock order: pollMu, then mu. pollMu serialises Poll (reading, applying,
+// advancing the cursor); mu guards what streams read (the tail, the wake
+// channel, the published cursor) and is never held while a handler runs.
+type Feed struct {
+	cfg      Config
+	src      Source
+	handlers []Handler
+
+	pollMu sync.Mutex
+	// Under pollMu: every event with Seq <= cursor has been applied;
+	// applied holds the Seqs above it that have been too, and missing the
+	// Seqs between cursor and the highest applied that have not, with when
+	// each was first found missing.
+	cursor  int64
+	applied map[int64]bool
+	missing map[int64]time.Time
+
+	mu   sync.Mutex
+	tail []entry // applied events, oldest first
+	next uint64  // the index the next applied event gets
+	pub  int64   // cursor as streams see it
+	wake chan struct{}
+}
+
+// entry is one applied event in memory.
+type entry struct {
+	idx uint64
+	ev  store.Event
+	// pos is the cursor once ev was applied: a stream that has sent ev
+	// (and every entry before it) resumes correctly after pos.
+	pos int64
+}
+
+// New returns a Feed over src whose cursor starts at after: events at or
+// below it are taken as applied (0 applies the whole feed).
+func New(src Source, after int64, cfg Config) *Feed {
+	return &Feed{cfg: cfg.withDefaults(), src: src, cursor: after, pub: after,
+		applied: map[int64]bool{}, missing: map[int64]time.Time{}, wake: make(chan struct{})}
+}
+
+// Handle registers h for every event applied from now on. Register
+// handlers before the first Poll.
+func (f *Feed) Handle(h Handler) {
+	f.pollMu.Lock()
+	f.handlers = append(f.handlers, h)
+	f.pollMu.Unlock()
+}
+
+// Cursor returns the feed's cursor: every event at or below it has been
+// applied.
+func (f *Feed) Cursor() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pub
+}
+
+// Poll reads the events the feed has not applied, applies them and
+// publishes them to streams. It returns how many it applied. Concurrent
+// calls are serialised, so a caller that wrote an event and then polls
+// returns only once that event took effect.
+func (f *Feed) Poll(ctx context.Context) (int, error) {
+	f.pollMu.Lock()
+	defer f.pollMu.Unlock()
+	apply := context.WithoutCancel(ctx)
+	n := 0
+	for {
+		evs, err := f.src.Events(ctx, f.cursor, f.cfg.Page)
+		if err != nil {
+			return n, fmt.Errorf("read the change feed after %d: %w", f.cursor, err)
+		}
+		var fresh []store.Event
+		for _, e := range evs {
+			if e.Seq > f.cursor && !f.applied[e.Seq] {
+				fresh = append(fresh, e)
+			}
+		}
+		for _, e := range fresh {
+			for _, h := range f.handlers {
+				if err := h(apply, e); err != nil {
+					f.cfg.Logger.Error("applying a change event", "seq", e.Seq, "kind", e.Kind, "err", err)
+				}
+			}
+			f.applied[e.Seq] = true
+			delete(f.missing, e.Seq)
+		}
+		f.advance(evs)
+		f.publish(fresh)
+		n += len(fresh)
+		// A full page may have more behind it; a page of only events
+		// applied before (above a hole) has nothing new.
+		if len(evs) < f.cfg.Page || len(fresh) == 0 {
+			return n, nil
+		}
+	}
+}
+
+// advance notes the Seqs missing below the highest applied one and moves
+// the cursor over every applied Seq, and over every missing one waited
+// for longer than HoleTimeout.
+func (f *Feed) advance(evs []store.Event) {
+	now := f.cfg.Now()
+	if len(evs) > 0 {
+		top := evs[len(evs)-1].Seq
+		for seq := f.cursor + 1; seq < top; seq++ {
+			if !f.applied[seq] {
+				if _, ok := f.missing[seq]; !ok {
+					f.missing[seq] = now
+				}
+			}
+		}
+	}
+	for {
+		seq := f.cursor + 1
+		if f.applied[seq] {
+			delete(f.applied, seq)
+		} else if since, ok := f.missing[seq]; ok && now.Sub(since) >= f.cfg.HoleTimeout {
+			f.cfg.Logger.Warn("change feed: giving up on a missing event (a transaction that rolled back)", "seq", seq)
+			delete(f.missing, seq)
+		} else {
+			return
+		}
+		f.cursor = seq
+	}
+}
+
+// publish appends evs to the tail and wakes the streams.
+func (f *Feed) publish(evs []store.Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, e := range evs {
+		pos := f.cursor
+		if i < len(evs)-1 && e.Seq < pos {
+			// Within one batch the cursor after the batch covers events
+			// not sent yet: resume at the event itself until the last.
+			pos = e.Seq
+		}
+		f.tail = append(f.tail, entry{idx: f.next, ev: e, pos: pos})
+		f.next++
+	}
+	if over := len(f.tail) - f.cfg.Tail; over > 0 {
+		f.tail = append(f.tail[:0:0], f.tail[over:]...)
+	}
+	f.pub = f.cursor
+	if len(evs) > 0 {
+		close(f.wake)
+		f.wake = make(chan struct{})
+	}
+}
+
+// Delivery is one event for a stream, with the position the stream's
+// client resumes after once it has it.
+type Delivery struct {
+	Event store.Event
+	// Resume is the Seq to resume after: every event at or below it has
+	// been sent. It can lag Event.Seq when events commit out of order, so
+	// a resumed stream may repeat an event, never miss one.
+	Resume int64
+}
+
+// Reader follows the feed for one stream, starting after a Seq. It is not
+// safe for concurrent use.
+type Reader struct {
+	f *Feed
+	// While store is true the reader catches up from the store, reading
+	// after Seq after; then it reads memory from entry idx on.
+	store bool
+	after int64
+	idx   uint64
+	// floor and base bound the Resume of what the store gives: the
+	// position the catch-up started from, and the feed's cursor then.
+	floor, base int64
+	// last is the last Resume handed out.
+	last int64
+}
+
+// Reader returns a Reader of the events after Seq after.
+func (f *Feed) Reader(after int64) *Reader {
+	r := &Reader{f: f, last: after}
+	r.restart(after)
+	return r
+}
+
+// restart makes r read the store from after on, then memory from the
+// entry that was next when it started, so nothing applied meanwhile is
+// missed (it may be sent twice). The caller holds f.mu, or owns r alone.
+func (r *Reader) restart(after int64) {
+	r.f.mu.Lock()
+	r.restartLocked(after)
+	r.f.mu.Unlock()
+}
+
+func (r *Reader) restartLocked(after int64) {
+	r.store, r.after, r.floor, r.idx, r.base = true, after, after, r.f.next, r.f.pub
+}
+
+// Next returns the next events for the stream, or none and a channel
+// closed when there may be more.
+func (r *Reader) Next(ctx context.Context) ([]Delivery, <-chan struct{}, error) {
+	if r.store {
+		evs, err := r.f.src.Events(ctx, r.after, r.f.cfg.Page)
+		if err != nil {
+			return nil, nil, err
+		}
+		out := make([]Delivery, 0, len(evs))
+		for _, e := range evs {
+			// Past the feed's cursor, an event below this one may not have
+			// committed when the store was read: resume no further than
+			// the cursor.
+			out = append(out, r.deliver(e, max(r.floor, min(e.Seq, r.base))))
+		}
+		if len(evs) > 0 {
+			r.after = evs[len(evs)-1].Seq
+		}
+		if len(evs) < r.f.cfg.Page {
+			r.store = false
+		}
+		if len(out) > 0 {
+			return out, nil, nil
+		}
+	}
+	r.f.mu.Lock()
+	defer r.f.mu.Unlock()
+	if len(r.f.tail) > 0 && r.idx < r.f.tail[0].idx {
+		// Fell behind what memory keeps: back to the store, from the last
+		// position handed out.
+		r.restartLocked(r.last)
+		return nil, closed, nil
+	}
+	var out []Delivery
+	for _, e := range r.f.tail {
+		if e.idx >= r.idx {
+			out = append(out, r.deliver(e.ev, e.pos))
+		}
+	}
+	r.idx = r.f.next
+	return out, r.f.wake, nil
+}
+
+// deliver returns e for the stream with a Resume that never goes back.
+func (r *Reader) deliver(e store.Event, resume int64) Delivery {
+	r.last = max(r.last, resume)
+	return Delivery{Event: e, Resume: r.last}
+}
+
+// closed is a channel that is always ready.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// Run polls every interval until ctx ends.
+func (f *Feed) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := f.Poll(ctx); err != nil && ctx.Err() == nil {
+				f.cfg.Logger.Warn("change feed poll failed", "err", err)
+			}
+		}
+	}
+}
