@@ -45,6 +45,9 @@ const (
 	PathAdminRotate = "/admin/rotate"
 	// PathAdminRevoke is POST: RevokeRequest in, RevokeResponse out.
 	PathAdminRevoke = "/admin/revoke"
+	// PathAdminReinstate is POST: ReinstateRequest in, ReinstateResponse
+	// out.
+	PathAdminReinstate = "/admin/reinstate"
 	// PathAdminTokens is POST: TokenRequest in, TokenResponse out.
 	PathAdminTokens = "/admin/tokens"
 )
@@ -112,19 +115,28 @@ type RenewResponse struct {
 // RevocationEvent is the data of one "revocation" event on GET
 // /revocations/watch; the event's id is Seq.
 type RevocationEvent struct {
-	// Seq increases with every revocation; a subscriber resumes after the
-	// last one it saw with Last-Event-ID.
+	// Seq increases with every change meshd records; a subscriber resumes
+	// after the event's id (Last-Event-ID), which can lag Seq when events
+	// commit out of order.
 	Seq int64 `json:"seq"`
+	// Kind is "cert.revoked", "identity.revoked", "identity.reinstated" or
+	// "entity.revoked". Clients that predate it tell the kinds apart by
+	// Serial and Entity.
+	Kind string `json:"kind,omitempty"`
 	// Serial (lowercase hex) is set for a certificate revocation, Entity
-	// for an entity's.
+	// for an entity's, CommonName alone for an identity's.
 	Serial string `json:"serial,omitempty"`
 	// IssuerKeyID is the lowercase hex subject key id of the CA that
 	// issued Serial.
 	IssuerKeyID string `json:"issuer_key_id,omitempty"`
 	CommonName  string `json:"common_name,omitempty"`
 	Entity      string `json:"entity,omitempty"`
+	// KeyHash is the lowercase hex SHA-256 of the revoked certificate's
+	// SubjectPublicKeyInfo when its key is revoked too (keyCompromise):
+	// every certificate of that key is refused.
+	KeyHash string `json:"key_hash,omitempty"`
 	// Reason is the RFC 5280 CRLReason name ("keyCompromise"), or
-	// "entity revoked".
+	// "entity revoked", or "reinstated".
 	Reason string `json:"reason"`
 	// Time is when the revocation was made, in UTC.
 	Time time.Time `json:"time"`
@@ -142,9 +154,30 @@ type RevokeRequest struct {
 // RevokeResponse is the answer to POST /admin/revoke.
 type RevokeResponse struct {
 	Revoked []RevokedCert `json:"revoked"`
+	// Identity is set when the target was a name: the identity revoked,
+	// so that no certificate is issued to it (nor, for a node, to its
+	// agents) until it is reinstated.
+	Identity string `json:"identity,omitempty"`
+	// EvictedAgents and ClosedConnections are what meshd did before it
+	// answered.
+	EvictedAgents     int `json:"evicted_agents,omitempty"`
+	ClosedConnections int `json:"closed_connections,omitempty"`
 	// Warning is set when the revocations are durable but applying them
 	// failed in part; the revocation stands.
 	Warning string `json:"warning,omitempty"`
+}
+
+// ReinstateRequest is the body of POST /admin/reinstate.
+type ReinstateRequest struct {
+	// Identity is the revoked identity's name (ct111.mesh, opus@ct111,
+	// alice@external).
+	Identity string `json:"identity"`
+}
+
+// ReinstateResponse is the answer to POST /admin/reinstate.
+type ReinstateResponse struct {
+	Identity string `json:"identity"`
+	Message  string `json:"message"`
 }
 
 // RevokedCert is one certificate of a RevokeResponse. Its field names are
@@ -158,6 +191,9 @@ type RevokedCert struct {
 	// Reason is the RFC 5280 CRLReason code.
 	Reason    int       `json:"Reason"`
 	RevokedAt time.Time `json:"RevokedAt"`
+	// KeyHash is set when the revocation also revoked the key
+	// (keyCompromise): the SHA-256 of its SubjectPublicKeyInfo.
+	KeyHash string `json:"KeyHash"`
 }
 
 // EntityInfo is one entity of GET /admin/entities.

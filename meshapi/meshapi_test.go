@@ -48,7 +48,7 @@ func TestWire(t *testing.T) {
 		{"RevokeRequest", &RevokeRequest{Target: "opus@ct111", Reason: "keyCompromise"},
 			`{"target":"opus@ct111","reason":"keyCompromise"}`},
 		{"RevokeResponse", &RevokeResponse{Revoked: []RevokedCert{{Seq: 7, Serial: "9fa1", CommonName: "opus@ct111", IssuerKeyID: "a1b2", Reason: 1, RevokedAt: at}}, Warning: "CRL not rebuilt"},
-			`{"revoked":[{"Seq":7,"Serial":"9fa1","CommonName":"opus@ct111","IssuerKeyID":"a1b2","Reason":1,"RevokedAt":"2026-11-21T22:40:00Z"}],"warning":"CRL not rebuilt"}`},
+			`{"revoked":[{"Seq":7,"Serial":"9fa1","CommonName":"opus@ct111","IssuerKeyID":"a1b2","Reason":1,"RevokedAt":"2026-11-21T22:40:00Z","KeyHash":""}],"warning":"CRL not rebuilt"}`},
 		{"RevokeResponse without warning", &RevokeResponse{Revoked: []RevokedCert{}},
 			`{"revoked":[]}`},
 		{"EntityInfo", &EntityInfo{Name: "acme", Subject: "CN=acme CA", Expires: "2026-11-21", NotAfter: at, Fingerprint: "ff", Source: "meshd", Status: "revoked", RevokedAt: &at, Agents: 2},

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -285,10 +286,42 @@ func (g *globals) revokeViaAdmin(cmd *cobra.Command, target, reason string) erro
 		for _, rv := range out.Revoked {
 			fmt.Fprintf(w, "revoked %s serial %s (%s)\n", rv.CommonName, rv.Serial, ca.Reason(rv.Reason))
 		}
-		fmt.Fprintln(w, "meshd applied the revocation: refused from now on, agents evicted, connections closed")
+		printIdentityRevoked(w, out.Identity)
+		fmt.Fprintf(w, "meshd applied the revocation: refused from now on, %d agent(s) evicted, %d connection(s) closed\n", out.EvictedAgents, out.ClosedConnections)
 	}
 	if out.Warning != "" {
 		return errors.New(out.Warning)
 	}
+	return nil
+}
+
+// printIdentityRevoked says what revoking the identity name did ("" when a
+// serial was revoked).
+func printIdentityRevoked(w io.Writer, name string) {
+	if name == "" {
+		return
+	}
+	scope := ""
+	if id, err := identity.Parse(name); err == nil && id.Kind == identity.KindNode {
+		scope = " nor to its agents (*@" + id.Node + ")"
+	}
+	fmt.Fprintf(w, "revoked identity %s: every certificate of it is refused, and none is issued to it%s until `meshctl ca reinstate %s`\n", name, scope, name)
+}
+
+// reinstateViaAdmin is `ca reinstate` against a running meshd.
+func (g *globals) reinstateViaAdmin(cmd *cobra.Command, name string) error {
+	c, err := g.adminClient(cmd)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var out meshapi.ReinstateResponse
+	if _, err := c.call(cmd.Context(), http.MethodPost, meshapi.PathAdminReinstate, meshapi.ReinstateRequest{Identity: name}, &out); err != nil {
+		return err
+	}
+	if g.jsonOut {
+		return printJSON(cmd.OutOrStdout(), out)
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), out.Message)
 	return nil
 }

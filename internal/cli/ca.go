@@ -15,6 +15,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -31,7 +32,7 @@ and rotate-intermediate prepare; everything else works with it offline.`,
 	cmd.AddCommand(
 		caInitCmd(g), caIssueIntermediateCmd(g), caRotateCmd(g),
 		caIssueNodeCmd(g), caIssueAgentCmd(g), caIssueClientCmd(g), caSignCmd(g),
-		caRevokeCmd(g), caCRLCmd(g), caVerifyCmd(g), caListCmd(g), caAuditCmd(g),
+		caRevokeCmd(g), caReinstateCmd(g), caCRLCmd(g), caVerifyCmd(g), caListCmd(g), caAuditCmd(g),
 	)
 	return cmd
 }
@@ -297,12 +298,52 @@ for nothing the profile would not grant.`,
 	return cmd
 }
 
+func caReinstateCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "reinstate <cn>",
+		Short: "Lift the revocation of an identity, so certificates can be issued to it again",
+		Long: `Lift the revocation of an identity (revoked with ` + "`meshctl ca revoke <name>`" + `), so
+certificates can be issued to it again; for a node, to its agents too. The
+certificates revoked with it stay revoked. The reinstatement is audited.
+
+With --data-dir or --admin-url the running meshd reinstates it at once;
+otherwise the CA directory's store is changed and meshd follows it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if g.admin.wanted(cmd) {
+				return g.reinstateViaAdmin(cmd, a[0])
+			}
+			return g.withCA(cmd.Context(), func(c *ca.CA) error {
+				if err := c.Reinstate(cmd.Context(), a[0]); err != nil {
+					return err
+				}
+				id, _ := identity.Parse(a[0])
+				msg := meshapi.ReinstateResponse{Identity: id.CommonName(),
+					Message: fmt.Sprintf("identity %s reinstated: certificates can be issued to it again; its revoked certificates stay revoked", id.CommonName())}
+				if g.jsonOut {
+					return printJSON(cmd.OutOrStdout(), msg)
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), msg.Message)
+				return nil
+			})
+		},
+	}
+	addJSON(cmd, g)
+	return cmd
+}
+
 func caRevokeCmd(g *globals) *cobra.Command {
 	var reason string
 	cmd := &cobra.Command{
 		Use:   "revoke <cn|serial>",
-		Short: "Revoke a certificate by serial, or every live certificate of a name",
-		Long: `Revoke a certificate by serial, or every live certificate of a name.
+		Short: "Revoke a certificate by serial, or an identity by name",
+		Long: `Revoke a certificate by serial, or an identity by name.
+
+A serial revokes that certificate; with --reason keyCompromise its key is
+never certified again either. A name (ct111.mesh, opus@ct111, alice@external)
+revokes the identity: every live certificate of it, and every later issuance
+for it on every path, until ` + "`meshctl ca reinstate <name>`" + `. Revoking a node
+(ct200.mesh) revokes its agents (*@ct200) too.
 
 With --data-dir or --admin-url (or MESHTRUST_DATA_DIR holding meshd's admin
 socket), the running meshd revokes through its CA and evicts the certificate's
@@ -329,6 +370,9 @@ running meshd applies the revocation when it next polls its store.`,
 				} else {
 					for _, rv := range revs {
 						fmt.Fprintf(cmd.OutOrStdout(), "revoked %s serial %s (%s)\n", rv.CommonName, rv.Serial, ca.Reason(rv.Reason))
+					}
+					if id, perr := identity.Parse(a[0]); perr == nil {
+						printIdentityRevoked(cmd.OutOrStdout(), id.CommonName())
 					}
 					if err == nil {
 						fmt.Fprintf(cmd.OutOrStdout(), "CRL rebuilt: %s\n", c.Config().CRLPath())

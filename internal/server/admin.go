@@ -40,6 +40,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("DELETE /admin/entities/{name}", s.revokeEntity)
 	mux.HandleFunc("POST /admin/rotate", s.rotate)
 	mux.HandleFunc("POST /admin/revoke", s.revokeCert)
+	mux.HandleFunc("POST /admin/reinstate", s.reinstate)
 	mux.HandleFunc("POST /admin/tokens", s.createToken)
 	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
 	return mux
@@ -157,7 +158,7 @@ func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}
-	e, certs, err := s.checkEntity(r.Context(), req)
+	e, _, err := s.checkEntity(r.Context(), req)
 	if err != nil {
 		s.adminError(w, r, http.StatusBadRequest, err.Error())
 		return
@@ -173,19 +174,11 @@ func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	s.entities.Set(e.Name, certs)
-	s.revoked.Remove(e.Name)
-	s.revs.RemoveEntity(e.Name)
-	if replaced {
-		// The old CA's certificates no longer verify: its agents must
-		// re-register with certificates from the new one.
-		s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == e.Name })
-		ev, err := s.reg.EvictEntity(r.Context(), e.Name, fmt.Sprintf("entity %q's CA was replaced; register again with a certificate from the new CA", e.Name))
-		if err != nil {
-			s.internalError(w, r, err)
-			return
-		}
-		s.metrics.evictions.WithLabelValues("entity_ca_replaced").Add(float64(len(ev)))
+	// The registration is durable; it takes effect through the feed, as
+	// on every replica (a replaced CA's agents are evicted there).
+	if _, err := s.events.Poll(r.Context()); err != nil {
+		s.internalError(w, r, err)
+		return
 	}
 	s.log.Info("entity registered", "entity", e.Name, "subject", e.Subject, "fingerprint", e.Fingerprint, "replaced_ca", replaced)
 	writeJSON(w, http.StatusCreated, meshapi.RegisterEntityResponse{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"),
@@ -257,11 +250,11 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 	}
 	// The revocation is durable. It takes effect through the feed, like
 	// every revocation, which also publishes it to subscribers.
-	if _, err := s.pollFeed(ctx); err != nil {
+	if _, err := s.events.Poll(ctx); err != nil {
 		s.internalError(w, r, err)
 		return
 	}
-	eff := s.entityEffect(name)
+	eff := s.effects.take("entity.revoked " + name)
 	writeJSON(w, http.StatusOK, meshapi.RevokeEntityResponse{Name: name, EvictedAgents: eff.evicted, ClosedConnections: eff.closed,
 		Message: fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.evicted)})
 }
@@ -303,24 +296,40 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 			s.adminError(w, r, http.StatusNotFound, fmt.Sprintf("no entity %q (see `meshctl entity list`)", name))
 			return
 		}
-		if err != nil && !errors.Is(err, store.ErrNotFound) {
+		if errors.Is(err, store.ErrNotFound) {
+			// A trust-dir entity the store does not hold: the event alone.
+			err = s.appendRotation(ctx, name)
+		}
+		if err != nil {
 			s.internalError(w, r, err)
 			return
 		}
-	} else if err := s.st.Append(ctx, store.AuditEntry{Time: s.cfg.Now(), Action: "entity.rotate", Identity: "*", Outcome: store.OutcomeOK}); err != nil {
+	} else if err := s.appendRotation(ctx, ""); err != nil {
 		s.internalError(w, r, err)
 		return
 	}
-	n, err := s.reg.Rotate(ctx, name)
-	if err != nil {
+	if _, err := s.events.Poll(ctx); err != nil {
 		s.internalError(w, r, err)
 		return
 	}
+	n := s.effects.take("entity.rotated " + name).evicted
 	msg := "Rotation triggered for all entities"
 	if name != "" {
 		msg = fmt.Sprintf("Rotation triggered for entity '%s'", name)
 	}
 	writeJSON(w, http.StatusOK, meshapi.RotateResponse{AffectedAgents: n, EntityID: name, Message: msg})
+}
+
+// appendRotation records the rotation of entity ("" for every agent) as
+// an event, with its audit entry.
+func (s *Server) appendRotation(ctx context.Context, entity string) error {
+	who := entity
+	if who == "" {
+		who = "*"
+	}
+	_, err := s.st.AppendEvent(ctx, store.Event{Kind: store.EventEntityRotated, Entity: entity, Time: s.cfg.Now().UTC()},
+		store.AuditEntry{Time: s.cfg.Now(), Action: "entity.rotate", Identity: who, Outcome: store.OutcomeOK})
+	return err
 }
 
 func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
@@ -339,8 +348,10 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	revs, err := s.auth.Revoke(r.Context(), req.Target, reason)
-	if len(revs) > 0 {
-		if _, perr := s.pollFeed(r.Context()); perr != nil {
+	if err == nil || len(revs) > 0 {
+		// Durable: the feed applies it (refused, evicted, disconnected)
+		// before the answer.
+		if _, perr := s.events.Poll(r.Context()); perr != nil {
 			err = errors.Join(err, perr)
 		}
 	}
@@ -353,17 +364,57 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := meshapi.RevokeResponse{Revoked: revokedBody(revs)}
+	if id, perr := identity.Parse(req.Target); perr == nil {
+		out.Identity = id.CommonName()
+	}
+	eff := s.effects.take("cert.revoked " + out.Identity)
+	for _, rv := range revs {
+		if rv.CommonName != out.Identity {
+			more := s.effects.take("cert.revoked " + rv.CommonName)
+			eff.evicted, eff.closed = eff.evicted+more.evicted, eff.closed+more.closed
+		}
+	}
+	out.EvictedAgents, out.ClosedConnections = eff.evicted, eff.closed
 	if err != nil {
 		out.Warning = err.Error()
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
+// reinstate lifts the revocation of an identity: certificates can be
+// issued to it again (its revoked ones stay revoked).
+func (s *Server) reinstate(w http.ResponseWriter, r *http.Request) {
+	if s.auth == nil {
+		s.adminError(w, r, http.StatusNotFound, "this meshd has no local CA")
+		return
+	}
+	var req meshapi.ReinstateRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
+		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
+		return
+	}
+	if err := s.auth.Reinstate(r.Context(), req.Identity); err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ca.ErrNotRevoked) || errors.Is(err, ca.ErrUnknownCert) {
+			code = http.StatusBadRequest
+		}
+		s.adminError(w, r, code, err.Error())
+		return
+	}
+	if _, err := s.events.Poll(r.Context()); err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	id, _ := identity.Parse(req.Identity)
+	writeJSON(w, http.StatusOK, meshapi.ReinstateResponse{Identity: id.CommonName(),
+		Message: fmt.Sprintf("identity %s reinstated: certificates can be issued to it again; its revoked certificates stay revoked", id.CommonName())})
+}
+
 // revokedBody is revs on the wire; nil stays null, as it always was.
 func revokedBody(revs []store.Revocation) []meshapi.RevokedCert {
 	var out []meshapi.RevokedCert
 	for _, r := range revs {
-		out = append(out, meshapi.RevokedCert{Seq: r.Seq, Serial: r.Serial, CommonName: r.CommonName, IssuerKeyID: r.IssuerKeyID, Reason: r.Reason, RevokedAt: r.RevokedAt})
+		out = append(out, meshapi.RevokedCert{Seq: r.Seq, Serial: r.Serial, CommonName: r.CommonName, IssuerKeyID: r.IssuerKeyID, Reason: r.Reason, RevokedAt: r.RevokedAt, KeyHash: r.KeyHash})
 	}
 	return out
 }

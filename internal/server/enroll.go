@@ -206,7 +206,7 @@ func (s *Server) liveCert(ctx context.Context, cn string) (string, error) {
 	now := s.cfg.Now()
 	for _, c := range certs {
 		if now.Before(c.NotAfter) {
-			if _, revoked := s.revs.Serial(c.Serial); !revoked {
+			if _, revoked := s.revs.Serial(c.IssuerKeyID, c.Serial); !revoked {
 				return c.Serial, nil
 			}
 		}
@@ -217,6 +217,10 @@ func (s *Server) liveCert(ctx context.Context, cn string) (string, error) {
 func (s *Server) signError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, errAgentScope) {
 		s.refuse(w, r, http.StatusForbidden, "agent_outside_node", err.Error())
+		return
+	}
+	if errors.Is(err, ca.ErrRevoked) {
+		s.refuse(w, r, http.StatusForbidden, "revoked", err.Error())
 		return
 	}
 	if errors.Is(err, ca.ErrPolicy) || errors.Is(err, ca.ErrBadCSR) {
@@ -247,7 +251,11 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 		s.refuse(w, r, http.StatusBadRequest, "bad_request", "body must be JSON {\"agent_id\", \"csr\"}: "+err.Error())
 		return
 	}
-	is, err := s.signAgent(r.Context(), node, req)
+	csr, areq, err := s.agentRequest(node, req, peer.Serial)
+	var is *ca.Issued
+	if err == nil {
+		is, err = s.auth.Sign(r.Context(), csr, areq)
+	}
 	if err != nil {
 		s.signError(w, r, err)
 		return
@@ -260,21 +268,22 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 // of a malformed request.
 var errAgentScope = errors.New("a node obtains certificates for its own agents only")
 
-// signAgent signs an agent CSR for an agent of node; the CSR may only name
-// <agent-id>@<node>.
-func (s *Server) signAgent(ctx context.Context, node identity.Identity, req meshapi.AgentCertRequest) (*ca.Issued, error) {
+// agentRequest checks an agent CSR for an agent of node (it may only name
+// <agent-id>@<node>) and returns it with the request to sign it under,
+// authorized by the certificate serial the node called with.
+func (s *Server) agentRequest(node identity.Identity, req meshapi.AgentCertRequest, authorizedBy string) (*x509.CertificateRequest, ca.Request, error) {
 	id, err := identity.NewAgent(req.AgentID, node.Node)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ca.ErrPolicy, err)
+		return nil, ca.Request{}, fmt.Errorf("%w: %v", ca.ErrPolicy, err)
 	}
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
-		return nil, err
+		return nil, ca.Request{}, err
 	}
 	if cn := csr.Subject.CommonName; cn != "" && cn != id.CommonName() {
-		return nil, fmt.Errorf("%w: the request names %q; node %s may obtain %q (or leave the CN empty)", errAgentScope, cn, node.Node, id.CommonName())
+		return nil, ca.Request{}, fmt.Errorf("%w: the request names %q; node %s may obtain %q (or leave the CN empty)", errAgentScope, cn, node.Node, id.CommonName())
 	}
-	return s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileAgent, Identity: id})
+	return csr, ca.Request{Profile: ca.ProfileAgent, Identity: id, AuthorizedBy: authorizedBy}, nil
 }
 
 // renew is POST /renew: the holder of a valid mesh certificate gets a new
@@ -304,20 +313,43 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	}
 	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
 	ctx := r.Context()
-	is, err := s.auth.Sign(ctx, csr, ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity)})
+	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity), AuthorizedBy: peer.Serial}
+	// The agents' requests are checked before anything is signed, so a
+	// renewal refused for one agent records no certificate nobody receives.
+	type agentReq struct {
+		id  string
+		csr *x509.CertificateRequest
+		req ca.Request
+	}
+	agents := make([]agentReq, 0, len(req.Agents))
+	for _, a := range req.Agents {
+		acsr, areq, err := s.agentRequest(peer.Identity, a, peer.Serial)
+		if err == nil {
+			err = s.auth.Check(acsr, areq)
+		}
+		if err != nil {
+			s.signError(w, r, fmt.Errorf("agent %q: %w", a.AgentID, err))
+			return
+		}
+		agents = append(agents, agentReq{a.AgentID, acsr, areq})
+	}
+	is, err := s.auth.Sign(ctx, csr, own)
 	if err != nil {
 		s.signError(w, r, err)
 		return
 	}
 	out := meshapi.RenewResponse{IssuedCert: issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
-	for _, a := range req.Agents {
-		ais, err := s.signAgent(ctx, peer.Identity, a)
+	for _, a := range agents {
+		ais, err := s.auth.Sign(ctx, a.csr, a.req)
 		if err != nil {
-			s.signError(w, r, fmt.Errorf("agent %q: %w", a.AgentID, err))
+			// Only a revocation racing this renewal (or the store failing)
+			// gets here: the node's new certificate is then revoked with
+			// its identity, or the holder retries.
+			s.signError(w, r, fmt.Errorf("agent %q: %w", a.id, err))
 			return
 		}
 		b := issuedBody(ais, false)
-		b.AgentID = a.AgentID
+		b.AgentID = a.id
 		out.Agents = append(out.Agents, b)
 	}
 	s.audit(ctx, "cert.renew", peer.Identity.CommonName(), store.OutcomeOK, fmt.Sprintf("serial %s -> %s, %d agent certificate(s)", peer.Serial, is.Record.Serial, len(out.Agents)))

@@ -197,7 +197,15 @@ func TestE2EEnrollSecretRefusals(t *testing.T) {
 		t.Errorf("the enrolled certificate after a refused takeover: %v", err)
 	}
 
+	// Revoking the name revokes the identity: the secret cannot enroll it
+	// again until an operator reinstates it.
 	e.revokeAdmin("ct7.mesh")
+	if r := e.enrollRaw(testSecret, "ct7", csr); r.code != http.StatusForbidden || r.reason() != "revoked" {
+		t.Errorf("secret enrollment of a revoked node: %s, want 403 revoked", r)
+	}
+	if r := e.adminDo("POST", "/admin/reinstate", map[string]string{"identity": "ct7.mesh"}); r.code != http.StatusOK {
+		t.Fatalf("reinstate ct7.mesh: %s", r)
+	}
 	again := e.enrollNode(clock, testSecret, "ct7")
 	if again.bundle.Serial == first.bundle.Serial || !sameKey(again.key.Public(), again.bundle.Certificate.PublicKey) {
 		t.Errorf("re-enrollment after revocation: serial %s (first %s)", again.bundle.Serial, first.bundle.Serial)
@@ -733,7 +741,10 @@ func TestE2ERevocationWatch(t *testing.T) {
 	e.registerEntity("acme", acme)
 	v1 := issue("v1")
 	e.revokeAdmin(v1.SerialNumber.Text(16))
-	eventually(t, 5*time.Second, "watcher holds v1", func() bool { _, ok := w.set.Serial(v1.SerialNumber.Text(16)); return ok })
+	eventually(t, 5*time.Second, "watcher holds v1", func() bool {
+		_, ok := w.set.Serial(hex.EncodeToString(v1.AuthorityKeyId), v1.SerialNumber.Text(16))
+		return ok
+	})
 	ev1 := raw.next(5 * time.Second)
 	m := frameRE.FindSubmatch(ev1.frame)
 	if m == nil || string(m[1]) != ev1.id {
@@ -746,7 +757,7 @@ func TestE2ERevocationWatch(t *testing.T) {
 	if want := hex.EncodeToString(v1.AuthorityKeyId); want == "" || p["issuer_key_id"] != want {
 		t.Errorf("certificate revocation event %s: issuer_key_id, want %q", ev1.data, want)
 	}
-	if r, _ := w.set.Serial(v1.SerialNumber.Text(16)); r.IssuerKeyID != hex.EncodeToString(v1.AuthorityKeyId) {
+	if r, _ := w.set.Serial(hex.EncodeToString(v1.AuthorityKeyId), v1.SerialNumber.Text(16)); r.IssuerKeyID != hex.EncodeToString(v1.AuthorityKeyId) {
 		t.Errorf("watcher's revocation of v1 has issuer key id %q, want %x", r.IssuerKeyID, v1.AuthorityKeyId)
 	}
 	if r := e.adminDo("DELETE", "/admin/entities/acme", nil); r.code != http.StatusOK {
@@ -795,13 +806,13 @@ func TestE2ERevocationWatch(t *testing.T) {
 	all := append(slices.Clone(missed), v5)
 	eventually(t, 5*time.Second, "resumed watcher holds v2..v5", func() bool {
 		for _, c := range all {
-			if _, ok := w2.set.Serial(c.SerialNumber.Text(16)); !ok {
+			if _, ok := w2.set.Serial(hex.EncodeToString(c.AuthorityKeyId), c.SerialNumber.Text(16)); !ok {
 				return false
 			}
 		}
 		return true
 	})
-	if _, ok := w2.set.Serial(v1.SerialNumber.Text(16)); ok {
+	if _, ok := w2.set.Serial(hex.EncodeToString(v1.AuthorityKeyId), v1.SerialNumber.Text(16)); ok {
 		t.Errorf("the resumed watcher replayed v1, before its Last-Event-ID")
 	}
 	if _, ok := w2.set.Entity("acme"); ok {
@@ -812,7 +823,10 @@ func TestE2ERevocationWatch(t *testing.T) {
 	// them through meshd's poll.
 	v6 := issue("v6")
 	e.revokeOffline(v6.SerialNumber.Text(16))
-	eventually(t, 5*time.Second, "offline revocation reaches the watcher", func() bool { _, ok := w2.set.Serial(v6.SerialNumber.Text(16)); return ok })
+	eventually(t, 5*time.Second, "offline revocation reaches the watcher", func() bool {
+		_, ok := w2.set.Serial(hex.EncodeToString(v6.AuthorityKeyId), v6.SerialNumber.Text(16))
+		return ok
+	})
 	if ev := again.next(5 * time.Second); ev.payload(t)["serial"] != v6.SerialNumber.Text(16) {
 		t.Errorf("offline revocation on the raw stream: %s", ev.data)
 	}

@@ -22,7 +22,8 @@ type metrics struct {
 	legacyUses    prometheus.Counter
 }
 
-func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func() time.Time) *metrics {
+// crlAge is nil without a local CA.
+func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func() time.Time, crlAge func() time.Duration) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -60,6 +61,13 @@ func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func()
 		}, func() float64 { return float64(serverCert().Unix()) }),
 		&expiryCollector{agents: agents},
 	)
+	if crlAge != nil {
+		// Re-signed every third of its validity: an age past that means
+		// re-signing fails (see the log) and the CRL is heading for expiry.
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_crl_age_seconds", Help: "Age of the published CRL: seconds since its this-update.",
+		}, func() float64 { return crlAge().Seconds() }))
+	}
 	return m
 }
 

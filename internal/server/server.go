@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/events"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -101,14 +102,13 @@ type Server struct {
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
 
-	// The revocation feed: feedMu serialises reading the store's events
-	// and applying them, whoever triggers it (the poll loop, an admin
-	// request), so a caller returns only once its revocation took effect.
-	feed          *feed
-	feedMu        sync.Mutex
-	feedSeq       int64
-	entityEffects map[string]effect
-	enrollLimit   *limiter
+	// events is the change feed; applyEvent is its subscriber here. The
+	// poll loop and every admin request that wrote an event poll it, so
+	// the request returns only once its change took effect.
+	events      *events.Feed
+	effects     effects
+	crl         *ca.CRLRefresher // nil without a local CA
+	enrollLimit *limiter
 	// secretMu makes a secret enrollment's live-certificate check and its
 	// signing one step.
 	secretMu sync.Mutex
@@ -148,8 +148,8 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
 		conns: newConnTracker(), trustChanged: make(chan struct{}, 1), started: cfg.Now(),
-		feed: newFeed(), entityEffects: map[string]effect{}, enrollLimit: newLimiter(enrollBurst, enrollInterval),
-		stopping: make(chan struct{})}
+		enrollLimit: newLimiter(enrollBurst, enrollInterval),
+		stopping:    make(chan struct{})}
 
 	if cfg.TLSMode != TLSOff {
 		if cfg.CertFile == "" || cfg.KeyFile == "" {
@@ -165,22 +165,43 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	if err != nil {
 		return nil, err
 	}
+	ok := false
+	defer func() {
+		if !ok && s.files != nil {
+			s.files.Close() // the watcher New started
+		}
+	}()
 	s.chain = trust.NewChain(s.revs, backends, trust.WithClock(cfg.Now))
 	if s.files != nil {
 		// After the chain's own subscription, so the sweep never re-verifies
 		// against verdicts cached before the change.
 		s.files.OnChange(s.noteTrustChange)
 	}
+	// The feed is followed from its last event on; what came before is
+	// loaded from the store's current state (read after the cursor, so a
+	// change in between is applied twice, never missed).
+	cursor, err := st.LastEventSeq(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read the change feed: %w", err)
+	}
 	if err := s.loadState(ctx); err != nil {
 		return nil, err
 	}
+	s.events = events.New(st, cursor, events.Config{Logger: s.log, Now: cfg.Now})
+	s.events.Handle(s.applyEvent)
 	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: s.log}); err != nil {
 		return nil, err
 	}
-	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry)
+	var crlAge func() time.Duration
+	if authority != nil {
+		s.crl = authority.NewCRLRefresher(s.log)
+		crlAge = func() time.Duration { return cfg.Now().Sub(authority.CRLThisUpdate()) }
+	}
+	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry, crlAge)
 	if err := s.evictRevokedAgents(ctx); err != nil {
 		return nil, err
 	}
+	ok = true
 	return s, nil
 }
 
@@ -254,14 +275,34 @@ func (s *Server) loadState(ctx context.Context) error {
 		}
 		s.entities.Set(e.Name, certs)
 	}
-	_, err = s.pollFeed(ctx)
-	return err
+	revs, err := s.st.Revocations(ctx, 0)
+	if err != nil {
+		return fmt.Errorf("load revocations: %w", err)
+	}
+	for _, r := range revs {
+		reason := ca.Reason(r.Reason).String()
+		s.revs.AddSerial(trust.Revoked{Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, Reason: reason, At: r.RevokedAt})
+	}
+	ids, err := s.st.RevokedIdentities(ctx)
+	if err != nil {
+		return fmt.Errorf("load revoked identities: %w", err)
+	}
+	for _, r := range ids {
+		s.revs.AddIdentity(trust.Revoked{Identity: r.Name, Reason: ca.Reason(r.Reason).String(), At: r.RevokedAt})
+	}
+	keys, err := s.st.BlockedKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("load revoked keys: %w", err)
+	}
+	for _, k := range keys {
+		s.revs.AddKey(trust.Revoked{KeyHash: k, Reason: "keyCompromise"})
+	}
+	return nil
 }
 
-// evictRevokedAgents evicts the loaded agents whose certificate or entity
-// was revoked while meshd was down: loadState applied those revocations
-// before the registry existed, and they must not stay listed healthy until
-// the heartbeat timeout.
+// evictRevokedAgents evicts the loaded agents whose certificate, identity
+// or entity was revoked while meshd was down: they must not stay listed
+// healthy until the heartbeat timeout.
 func (s *Server) evictRevokedAgents(ctx context.Context) error {
 	recs, err := s.st.Agents(ctx)
 	if err != nil {
@@ -271,18 +312,34 @@ func (s *Server) evictRevokedAgents(ctx context.Context) error {
 		if a.Status == registry.StatusEvicted {
 			continue
 		}
-		var ev []registry.Evicted
-		if r, ok := s.revs.Serial(a.CertSerial); ok && a.CertSerial != "" {
-			ev, err = s.reg.EvictSerial(ctx, a.CertSerial, fmt.Sprintf("certificate %s (serial %s) revoked: %s", a.Owner, a.CertSerial, r.Reason))
-			s.metrics.evictions.WithLabelValues("certificate_revoked").Add(float64(len(ev)))
-		} else if _, ok := s.revs.Entity(a.Entity); ok && a.Entity != "" {
+		var (
+			ev     []registry.Evicted
+			reason string
+		)
+		if rec, cerr := s.st.Cert(ctx, a.CertSerial); cerr == nil && rec.Fingerprint == a.CertFingerprint {
+			if r, ok := s.revs.Serial(rec.IssuerKeyID, rec.Serial); ok {
+				reason = "certificate_revoked"
+				ev, err = s.reg.EvictFingerprints(ctx, map[string]bool{rec.Fingerprint: true}, fmt.Sprintf("certificate %s (serial %s) revoked: %s", a.Owner, a.CertSerial, r.Reason))
+			}
+		}
+		if reason == "" {
+			for _, name := range store.BlockingNames(a.Owner) {
+				if _, ok := s.revs.Identity(name); ok {
+					reason = "identity_revoked"
+					ev, err = s.reg.EvictIdentity(ctx, name, fmt.Sprintf("identity %s revoked", name))
+					break
+				}
+			}
+		}
+		if _, ok := s.revs.Entity(a.Entity); reason == "" && ok && a.Entity != "" {
+			reason = "entity_revoked"
 			ev, err = s.reg.EvictEntity(ctx, a.Entity, fmt.Sprintf("entity %q revoked", a.Entity))
-			s.metrics.evictions.WithLabelValues("entity_revoked").Add(float64(len(ev)))
 		}
 		if err != nil {
 			return err
 		}
 		if len(ev) > 0 {
+			s.metrics.evictions.WithLabelValues(reason).Add(float64(len(ev)))
 			s.log.Info("evicted agents revoked while meshd was down", "agent", a.ID, "agents_evicted", len(ev))
 		}
 	}
@@ -323,11 +380,13 @@ func (s *Server) Start(ctx context.Context) error {
 
 	if s.cfg.AdminSocket != "" {
 		if err := s.listenAdminSocket(); err != nil {
+			s.abortStart()
 			return err
 		}
 	}
 	if s.cfg.AdminListen != "" {
 		if err := s.listenAdminTLS(); err != nil {
+			s.abortStart()
 			return err
 		}
 	}
@@ -335,10 +394,28 @@ func (s *Server) Start(ctx context.Context) error {
 	s.noteTrustChange()
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); s.reg.Run(ctx) }()
-	go func() { defer s.wg.Done(); s.pollLoop(ctx) }()
+	go func() { defer s.wg.Done(); s.events.Run(ctx, s.cfg.RevocationPoll) }()
 	go func() { defer s.wg.Done(); s.watchTrust(ctx) }()
+	if s.crl != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.crl.Run(ctx) }()
+	}
 	s.log.Info("meshd serving", "agent_port", s.AgentAddr(), "tls_mode", s.cfg.TLSMode, "backends", backendNames(s.chain), "admin_socket", s.cfg.AdminSocket, "admin_listen", s.cfg.AdminListen, "agents", s.reg.Len())
 	return nil
+}
+
+// abortStart closes what a failed Start had opened already.
+func (s *Server) abortStart() {
+	for _, srv := range []*http.Server{s.agentSrv, s.adminSrv, s.adminTLS} {
+		if srv != nil {
+			srv.Close()
+		}
+	}
+	s.cancel()
+	s.wg.Wait()
+	if s.adminSrv != nil && s.cfg.AdminSocket != "" {
+		os.Remove(s.cfg.AdminSocket)
+	}
 }
 
 func backendNames(c *trust.Chain) []string {
@@ -401,77 +478,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		os.Remove(s.cfg.AdminSocket)
 	}
 	return errors.Join(errs...)
-}
-
-// effect is what applying one revocation did.
-type effect struct{ evicted, closed int }
-
-// applyRevocation makes one certificate revocation take effect: refused
-// from now on, its agents evicted, its open connections closed. It is
-// idempotent. The caller holds feedMu.
-func (s *Server) applyRevocation(ctx context.Context, r store.Revocation) effect {
-	reason := ca.Reason(r.Reason).String()
-	if !s.revs.AddSerial(trust.Revoked{Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, Reason: reason, At: r.RevokedAt}) {
-		return effect{}
-	}
-	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool { return p.Serial == r.Serial })}
-	if s.reg == nil {
-		return eff // still loading
-	}
-	ev, err := s.reg.EvictSerial(ctx, r.Serial, fmt.Sprintf("certificate %s (serial %s) revoked: %s", r.CommonName, r.Serial, reason))
-	if err != nil {
-		s.log.Error("evict agents of a revoked certificate", "serial", r.Serial, "err", err)
-	}
-	eff.evicted = len(ev)
-	s.metrics.evictions.WithLabelValues("certificate_revoked").Add(float64(eff.evicted))
-	s.metrics.closedConns.Add(float64(eff.closed))
-	s.log.Info("certificate revoked", "identity", r.CommonName, "serial", r.Serial, "reason", reason, "agents_evicted", eff.evicted, "connections_closed", eff.closed)
-	return eff
-}
-
-// applyEntityRevocation makes an entity's revocation take effect: its
-// certificates refused, its agents evicted, their connections closed. It
-// is idempotent. The caller holds feedMu.
-func (s *Server) applyEntityRevocation(ctx context.Context, name string, at time.Time) effect {
-	if !s.revs.AddEntity(trust.Revoked{Entity: name, Reason: "entity revoked", At: at}) {
-		return effect{}
-	}
-	// Its CA moves to the revoked anchors, last in the chain, so its
-	// certificates are refused as entity_revoked rather than unknown_ca.
-	if certs := s.entities.Certificates(name); len(certs) > 0 {
-		s.revoked.Set(name, certs)
-		s.entities.Remove(name)
-	}
-	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == name })}
-	if s.reg == nil {
-		return eff
-	}
-	ev, err := s.reg.EvictEntity(ctx, name, fmt.Sprintf("entity %q revoked", name))
-	if err != nil {
-		s.log.Error("evict agents of a revoked entity", "entity", name, "err", err)
-	}
-	eff.evicted = len(ev)
-	s.metrics.evictions.WithLabelValues("entity_revoked").Add(float64(eff.evicted))
-	s.metrics.closedConns.Add(float64(eff.closed))
-	s.log.Info("entity revoked", "entity", name, "agents_evicted", eff.evicted, "connections_closed", eff.closed)
-	return eff
-}
-
-// pollLoop applies revocations written by other processes: `meshctl ca
-// revoke` against the CA directory, or another replica.
-func (s *Server) pollLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.RevocationPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := s.pollFeed(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("poll revocations", "err", err)
-			}
-		}
-	}
 }
 
 // noteTrustChange is called when a backend's anchors change.

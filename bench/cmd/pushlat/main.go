@@ -285,7 +285,7 @@ func (m *mesh) subscribe(ctx context.Context, n int) (*subscribers, error) {
 			if target == nil || s.t1[i].Load() != 0 {
 				return
 			}
-			if _, ok := set.Serial(*target); ok && s.t1[i].CompareAndSwap(0, time.Now().UnixNano()) {
+			if _, ok := set.Serial("", *target); ok && s.t1[i].CompareAndSwap(0, time.Now().UnixNano()) {
 				if s.pending.Add(-1) == 0 {
 					s.mu.Lock()
 					close(s.all)

@@ -1,0 +1,118 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
+)
+
+// toWire is one revocation event as /revocations/watch sends it.
+func toWire(e store.Event) meshapi.RevocationEvent {
+	w := meshapi.RevocationEvent{Seq: e.Seq, Kind: string(e.Kind), Serial: e.Serial, IssuerKeyID: e.IssuerKeyID,
+		CommonName: e.CommonName, Entity: e.Entity, KeyHash: e.KeyHash, Time: e.Time.UTC()}
+	switch e.Kind {
+	case store.EventEntityRevoked:
+		w.Reason = "entity revoked"
+	case store.EventIdentityReinstated:
+		w.Reason = "reinstated"
+	default:
+		w.Reason = ca.Reason(e.Reason).String()
+	}
+	return w
+}
+
+// keepAlive is how often an idle stream gets a comment line.
+const keepAlive = 15 * time.Second
+
+// serveWatch streams the revocations of the change feed as server-sent
+// events, starting after Last-Event-ID or ?after=. An event's id is where
+// to resume after it: every earlier event has been sent.
+func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request) {
+	after, err := resumePoint(r)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, meshapi.ErrorResponse{Error: err.Error(), Timestamp: now(s)})
+		return
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	s.metrics.watchers.Inc()
+	defer s.metrics.watchers.Dec()
+	ticker := time.NewTicker(keepAlive)
+	defer ticker.Stop()
+	ctx := r.Context()
+	rd := s.events.Reader(after)
+	for {
+		ds, wake, err := rd.Next(ctx)
+		if err != nil {
+			return
+		}
+		sent := false
+		for _, d := range ds {
+			if !d.Event.Revocation() {
+				continue // entity registrations and CA rotations are not the stream's
+			}
+			data, _ := json.Marshal(toWire(d.Event))
+			if _, err := w.Write([]byte("id: " + strconv.FormatInt(d.Resume, 10) + "\nevent: " + meshapi.EventRevocation + "\ndata: " + string(data) + "\n\n")); err != nil {
+				return
+			}
+			sent = true
+		}
+		if sent {
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+		if wake == nil {
+			continue // more may be waiting in the store
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopping:
+			return // meshd is shutting down; subscribers resume elsewhere or later
+		case <-wake:
+		case <-ticker.C:
+			if _, err := w.Write([]byte(": keep-alive\n\n")); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func resumePoint(r *http.Request) (int64, error) {
+	v := r.Header.Get("Last-Event-ID")
+	if q := r.URL.Query().Get("after"); q != "" {
+		v = q
+	}
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errBadResume
+	}
+	return n, nil
+}
+
+var errBadResume = &resumeError{}
+
+type resumeError struct{}
+
+func (*resumeError) Error() string {
+	return "Last-Event-ID / after must be the non-negative sequence number of the last event seen"
+}
