@@ -139,9 +139,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return errors.New("--legacy-secret-compat needs the bootstrap secret (--bootstrap-secret-file or $MESHTRUST_BOOTSTRAP_SECRET)")
 	}
 	haveCA := fileExists(filepath.Join(o.caDir, "intermediate", "state.json"))
-	storePath := filepath.Join(o.dataDir, "meshtrust.db")
-	if haveCA {
-		storePath = cfg.StorePath() // one store for the CA and the registry
+	storePath, err := storeLocation(o.dataDir, cfg, log)
+	if err != nil {
+		return err
 	}
 	st, err := sqlite.Open(ctx, storePath)
 	if err != nil {
@@ -190,6 +190,38 @@ func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
+}
+
+// storeLocation returns the one store of the mesh: <ca-dir>/meshtrust.db,
+// where meshctl's offline commands find it too, whether or not the CA
+// exists yet, so creating the CA later keeps every entity, revocation,
+// agent and token. A store an older meshd kept in the data dir (before
+// there was a CA) is moved there; if both exist, meshd refuses to start
+// rather than pick one.
+func storeLocation(dataDir string, cfg ca.Config, log *slog.Logger) (string, error) {
+	want := cfg.StorePath()
+	legacy := filepath.Join(dataDir, "meshtrust.db")
+	if filepath.Clean(legacy) == filepath.Clean(want) {
+		return want, nil
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return "", err
+	}
+	switch {
+	case !fileExists(legacy):
+		return want, nil
+	case fileExists(want):
+		return "", fmt.Errorf("two stores found: %s (the CA's) and %s (left by an older meshd). meshd uses only %s: keep the one with your entities and revocations there (check with `sqlite3 FILE 'select count(*) from entities; select count(*) from revocations'`), move the other away, and start again", want, legacy, want)
+	}
+	// SQLite's write-ahead log belongs to its database: move it along, the
+	// log first so the database never appears without it.
+	for _, suffix := range []string{"-wal", "-shm", ""} {
+		if err := os.Rename(legacy+suffix, want+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("move the store %s to %s: %w", legacy, want, err)
+		}
+	}
+	log.Info("moved the store into the CA directory, where meshctl finds it too", "from", legacy, "to", want)
+	return want, nil
 }
 
 func fileExists(p string) bool {
