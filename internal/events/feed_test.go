@@ -287,3 +287,36 @@ func TestFeedStress(t *testing.T) {
 		t.Errorf("handlers applied %d events, want %d exactly once each", len(got), total)
 	}
 }
+
+// TestHandlersOutliveTheCaller: a caller whose context ends while its
+// poll applies events (an HTTP client that went away) does not cut the
+// handlers short, so no effect is left half-written while the cursor moves
+// past its event.
+func TestHandlersOutliveTheCaller(t *testing.T) {
+	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	f := New(src, 0, Config{Now: c.Now})
+	ctx, cancel := context.WithCancel(context.Background())
+	var errs []error
+	f.Handle(func(hctx context.Context, e store.Event) error {
+		if e.Seq == 1 {
+			cancel() // the caller goes away mid-apply
+		}
+		errs = append(errs, hctx.Err())
+		return nil
+	})
+	src.commit(1, 2, 3)
+	if _, err := f.Poll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(errs) != 3 {
+		t.Fatalf("handlers ran %d times, want 3", len(errs))
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("handler %d saw its context ended: %v", i+1, err)
+		}
+	}
+	if got := f.Cursor(); got != 3 {
+		t.Errorf("cursor = %d, want 3", got)
+	}
+}
