@@ -54,6 +54,11 @@ type Agent struct {
 	// RotateFrom is set when the agent must re-register with a certificate
 	// other than CertFingerprint (after an entity rotation).
 	RotateFrom time.Time
+	// Version increases with every change the registry makes to the
+	// record; the store never replaces a record with an older version.
+	// Liveness alone (LastSeen) may change without it, so a write of an
+	// equal version still carries newer liveness.
+	Version int64
 }
 
 // EntityStore holds partner entities.
@@ -73,7 +78,11 @@ type EntityStore interface {
 
 // AgentStore holds registered agents.
 type AgentStore interface {
-	// PutAgents upserts agents in one transaction.
+	// PutAgents upserts agents in one transaction. A record replaces the
+	// stored one only if its Version is the same or newer: an equal
+	// version carries newer liveness, an older one is a stale copy and is
+	// ignored without an error. An agent not stored (a deleted one, too)
+	// is inserted whatever its version.
 	PutAgents(ctx context.Context, agents []Agent) error
 	// DeleteAgent removes an agent with its audit entry, or returns
 	// ErrNotFound.

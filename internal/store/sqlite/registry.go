@@ -207,8 +207,13 @@ func scanEntity(row interface{ Scan(...any) error }) (store.Entity, error) {
 // PutAgents records agents, replacing the records of agents already
 // recorded, in one transaction: all of them are written or none is. It
 // appends nothing to the audit log, since an agent's liveness is no audited
-// event. A batch that names an agent twice keeps the last record; an empty
-// batch writes nothing.
+// event. An empty batch writes nothing.
+//
+// A record replaces the recorded one only if its Version is not older; an
+// older one is left out without an error. Records are applied in batch
+// order, so a batch that names an agent twice keeps the last of its newest
+// version. An agent that is not recorded (a deleted one included) is
+// inserted whatever its version.
 //
 // Zero times are kept as zero; every other time must lie between the years
 // 1678 and 2262.
@@ -242,7 +247,7 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 // agentArgs returns the column values of ag in the order of the agents
 // table.
 func agentArgs(ag store.Agent) ([]any, error) {
-	args := make([]any, 0, 11)
+	args := make([]any, 0, 12)
 	payload := ag.Payload
 	if payload == nil {
 		payload = []byte{} // the column is NOT NULL
@@ -263,7 +268,7 @@ func agentArgs(ag store.Agent) ([]any, error) {
 		}
 		args = append(args, n)
 	}
-	return args, nil
+	return append(args, ag.Version), nil
 }
 
 // DeleteAgent removes the record of the agent id and appends a to the audit
@@ -295,7 +300,7 @@ func (s *Store) Agents(ctx context.Context) ([]store.Agent, error) {
 		return nil, store.ErrClosed
 	}
 	rows, err := s.rdb.QueryContext(ctx, `SELECT id, owner, entity, payload, cert_serial, cert_fingerprint,
-		status, reason, registered_at, last_seen, rotate_from
+		status, reason, registered_at, last_seen, rotate_from, version
 		FROM agents ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: read agents: %w", err)
@@ -308,7 +313,7 @@ func (s *Store) Agents(ctx context.Context) ([]store.Agent, error) {
 			registeredAt, lastSeen, rotateAt sql.NullInt64
 		)
 		if err := rows.Scan(&ag.ID, &ag.Owner, &ag.Entity, &ag.Payload, &ag.CertSerial, &ag.CertFingerprint,
-			&ag.Status, &ag.Reason, &registeredAt, &lastSeen, &rotateAt); err != nil {
+			&ag.Status, &ag.Reason, &registeredAt, &lastSeen, &rotateAt, &ag.Version); err != nil {
 			return nil, fmt.Errorf("sqlite: read agents: %w", err)
 		}
 		if len(ag.Payload) == 0 {

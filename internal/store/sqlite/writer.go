@@ -244,14 +244,18 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.entityRotatedEvent, `INSERT INTO events (kind, serial, issuer_key_id, common_name, entity, key_hash, reason, time)
 			SELECT 'entity.rotated', '', '', '', name, '', 0, ? FROM entities WHERE name = ?`},
 		{&st.rotateEntity, `UPDATE entities SET rotated_at = ? WHERE name = ?`},
+		// A record older than the stored one changes nothing: it is a
+		// copy the registry took before the write that stored the newer.
 		{&st.putAgent, `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
-			status, reason, registered_at, last_seen, rotate_from)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			status, reason, registered_at, last_seen, rotate_from, version)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, entity = excluded.entity,
 				payload = excluded.payload, cert_serial = excluded.cert_serial,
 				cert_fingerprint = excluded.cert_fingerprint, status = excluded.status,
 				reason = excluded.reason, registered_at = excluded.registered_at,
-				last_seen = excluded.last_seen, rotate_from = excluded.rotate_from`},
+				last_seen = excluded.last_seen, rotate_from = excluded.rotate_from,
+				version = excluded.version
+			WHERE excluded.version >= agents.version`},
 		{&st.deleteAgent, `DELETE FROM agents WHERE id = ?`},
 		{&st.insertToken, `INSERT INTO join_tokens (hash, node_id, created_at, expires_at, used_at)
 			VALUES (?, ?, ?, ?, ?)`},

@@ -433,6 +433,7 @@ func testAgentRoundTrip(t *testing.T, open Opener) {
 	full.Reason = `entity "partner-corp" revoked`
 	full.LastSeen = time.Unix(0, 0) // the epoch is a time, not "never"
 	full.RotateFrom = time.Date(2262, 1, 1, 0, 0, 0, 1, time.UTC)
+	full.Version = 1<<53 + 1 // not rounded through a float
 	// Every time zero and no payload: what the store is given back unchanged.
 	bare := store.Agent{ID: "agent-00001"}
 	mid := newAgent(3, epoch())
@@ -474,6 +475,63 @@ func testPutAgentsUpsert(t *testing.T, open Opener) {
 	s = reopenRegistry(t, open, dir, s)
 	checkAgents(t, "after empty batches and a reopen", s, want)
 	checkLog(t, "after PutAgents", s, nil)
+
+	// The upsert's version rule, run from here rather than listed in Run,
+	// so that it comes with the check it refines.
+	t.Run("Versions", func(t *testing.T) { testPutAgentsVersions(t, open) })
+}
+
+// testPutAgentsVersions checks the version rule of PutAgents: a record
+// replaces the stored one only if its version is not older, so a batch
+// the registry copied before a newer write cannot undo that write, while
+// a batch of the same version still carries newer liveness.
+func testPutAgentsVersions(t *testing.T, open Opener) {
+	dir := t.TempDir()
+	s := openRegistry(t, open, dir)
+	cur := newAgent(1, epoch())
+	cur.Version = 3
+	other := newAgent(2, epoch())
+	other.Version = 5
+	mustPutAgents(t, s, cur, other)
+
+	// Older: every field differs, and none of it may land.
+	old := newAgent(11, epoch().Add(-time.Hour))
+	old.ID, old.Version = cur.ID, 2
+	old.Status, old.Reason = "evicted", "a stale copy"
+	mustPutAgents(t, s, old)
+	checkAgents(t, "after an older version", s, []store.Agent{cur, other})
+
+	// Equal: newer liveness (and whatever else came with it) is applied.
+	cur.LastSeen = cur.LastSeen.Add(time.Minute)
+	cur.Status = "unhealthy"
+	mustPutAgents(t, s, cur)
+	checkAgents(t, "after an equal version with newer liveness", s, []store.Agent{cur, other})
+
+	// Within one batch too: the newer record stands whatever its place,
+	// and a new agent is inserted whatever its version.
+	newer := newAgent(21, epoch().Add(time.Hour))
+	newer.ID, newer.Version = cur.ID, 4
+	stale := other
+	stale.Version, stale.Status = 4, "healthy, a stale copy"
+	fresh := newAgent(3, epoch())
+	fresh.Version = 9
+	mustPutAgents(t, s, newer, old, stale, fresh)
+	want := []store.Agent{newer, other, fresh}
+	checkAgents(t, "after a batch of mixed versions", s, want)
+	s = reopenRegistry(t, open, dir, s)
+	checkAgents(t, "after a reopen", s, want)
+
+	// A deleted agent's version goes with it: registered again, it starts
+	// over.
+	del := markEntry("agent.delete", newer.ID, epoch().Add(2*time.Hour))
+	if err := s.DeleteAgent(t.Context(), newer.ID, del); err != nil {
+		t.Fatalf("DeleteAgent: %v", err)
+	}
+	again := newAgent(1, epoch().Add(3*time.Hour))
+	again.Version = 1
+	mustPutAgents(t, s, again)
+	checkAgents(t, "after a delete and a new registration", s, []store.Agent{again, other, fresh})
+	checkLog(t, "after PutAgents", s, []store.AuditEntry{del})
 }
 
 func testPutAgentsBatch(t *testing.T, open Opener) {
