@@ -161,16 +161,16 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		}
 		s.certs = certs
 	}
+	ok := false
+	defer func() {
+		if !ok && s.files != nil {
+			s.files.Close() // the watcher buildBackends started
+		}
+	}()
 	backends, err := s.buildBackends(ctx)
 	if err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() {
-		if !ok && s.files != nil {
-			s.files.Close() // the watcher New started
-		}
-	}()
 	s.chain = trust.NewChain(s.revs, backends, trust.WithClock(cfg.Now))
 	if s.files != nil {
 		// After the chain's own subscription, so the sweep never re-verifies
@@ -413,8 +413,9 @@ func (s *Server) abortStart() {
 	}
 	s.cancel()
 	s.wg.Wait()
-	if s.adminSrv != nil && s.cfg.AdminSocket != "" {
+	if s.adminLn != nil {
 		os.Remove(s.cfg.AdminSocket)
+		s.adminLn = nil
 	}
 }
 
@@ -474,7 +475,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.files != nil {
 		errs = append(errs, s.files.Close())
 	}
-	if s.cfg.AdminSocket != "" {
+	if s.adminLn != nil {
+		// Only a socket this meshd created: after a failed Start it may
+		// be another meshd's.
 		os.Remove(s.cfg.AdminSocket)
 	}
 	return errors.Join(errs...)
