@@ -946,6 +946,10 @@ func TestSignPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rsa4097, err := rsa.GenerateKey(rand.Reader, 4104) // past the 4096-bit ceiling
+	if err != nil {
+		t.Fatal(err)
+	}
 	p224, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -1016,6 +1020,7 @@ func TestSignPolicy(t *testing.T) {
 		{name: "longer lifetime", req: ca.Request{Profile: ca.ProfileNode, Identity: node("ct5"), TTL: ca.DefaultLeafTTL + time.Second}, wantErr: ca.ErrPolicy, wantMsg: "longer than"},
 		{name: "negative lifetime", req: ca.Request{Profile: ca.ProfileNode, Identity: node("ct5"), TTL: -time.Hour}, wantErr: ca.ErrPolicy, wantMsg: "negative"},
 		{name: "RSA 1024", key: rsa1024, tmpl: x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct5.mesh"}}, req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrPolicy, wantMsg: "too small"},
+		{name: "RSA 4097", key: rsa4097, tmpl: x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct5.mesh"}}, req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrPolicy, wantMsg: "too large"},
 		{name: "P-224", key: p224, tmpl: x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct5.mesh"}}, req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrPolicy, wantMsg: "P-224"},
 		{name: "unknown critical extension", tmpl: x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct5.mesh"}, ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 99999, 1}, Critical: true, Value: []byte{0x05, 0x00}}}}, req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrPolicy, wantMsg: "critical"},
 		{name: "no CN and no identity", req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrPolicy, wantMsg: "no common name"},

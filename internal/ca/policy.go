@@ -176,8 +176,13 @@ func checkKey(pub any) error {
 		if k.N.BitLen() < 2048 {
 			return policyErr("RSA key of %d bits is too small (at least 2048)", k.N.BitLen())
 		}
+		// Every verifier of the certificate pays for a large key, on
+		// every handshake: 4096 bits is as far as the mesh goes.
+		if k.N.BitLen() > 4096 {
+			return policyErr("RSA key of %d bits is too large (at most 4096; prefer ECDSA P-256)", k.N.BitLen())
+		}
 	default:
-		return policyErr("key type %T is not accepted (use ECDSA, Ed25519 or RSA >= 2048)", pub)
+		return policyErr("key type %T is not accepted (use ECDSA, Ed25519 or RSA 2048 to 4096)", pub)
 	}
 	return nil
 }
