@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -218,8 +219,8 @@ func checkIndex(t *testing.T, r *Registry) {
 	}
 }
 
-// checkStored checks, with the registry quiet, that memory and the store
-// hold the same agents with the same payloads.
+// checkStored checks, with the registry quiet and its liveness flushed,
+// that memory and the store hold the same agents with the same records.
 func checkStored(t *testing.T, r *Registry, st *memStore) {
 	t.Helper()
 	r.mu.RLock()
@@ -227,8 +228,13 @@ func checkStored(t *testing.T, r *Registry, st *memStore) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for id, e := range r.agents {
-		if rec, ok := st.agents[id]; !ok || string(rec.Payload) != string(e.rec.Payload) {
-			t.Errorf("agent %q: memory holds %s, the store %s (stored: %v)", id, e.rec.Payload, rec.Payload, ok)
+		rec, ok := st.agents[id]
+		if !ok {
+			t.Errorf("agent %q is registered but not stored", id)
+			continue
+		}
+		if got, want := storedRecord(rec), storedRecord(e.rec); !reflect.DeepEqual(got, want) {
+			t.Errorf("agent %q: the store holds\n%s\nmemory\n%s", id, fmtRecord(got), fmtRecord(want))
 		}
 	}
 	for id := range st.agents {

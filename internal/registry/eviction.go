@@ -95,6 +95,7 @@ func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, rea
 		e.mu.Lock()
 		if !e.gone && match(&e.rec) && e.rec.Status != StatusEvicted {
 			e.rec.Status, e.rec.Reason = StatusEvicted, reason
+			e.rec.Version++
 			recs = append(recs, e.rec)
 			out = append(out, Evicted{AgentID: e.rec.ID, CertFingerprint: e.rec.CertFingerprint, CertSerial: e.rec.CertSerial})
 		}
@@ -104,6 +105,7 @@ func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, rea
 		return nil, nil
 	}
 	r.topology.Add(1)
+	r.hooks.afterCopy()
 	if err := r.st.PutAgents(ctx, recs); err != nil {
 		return out, fmt.Errorf("record evictions: %w", err)
 	}
@@ -119,6 +121,7 @@ func (r *Registry) Rotate(ctx context.Context, entity string) (int, error) {
 		e.mu.Lock()
 		if !e.gone && (entity == "" || e.rec.Entity == entity) && e.rec.Status != StatusEvicted {
 			e.rec.RotateFrom = now
+			e.rec.Version++
 			recs = append(recs, e.rec)
 		}
 		e.mu.Unlock()
@@ -126,6 +129,7 @@ func (r *Registry) Rotate(ctx context.Context, entity string) (int, error) {
 	if len(recs) == 0 {
 		return 0, nil
 	}
+	r.hooks.afterCopy()
 	if err := r.st.PutAgents(ctx, recs); err != nil {
 		return 0, fmt.Errorf("record rotation: %w", err)
 	}

@@ -103,6 +103,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	}
 	next := e.rec
 	next.ID = reg.AgentID
+	next.Version++
 	if created || next.Owner == "" {
 		next.RegisteredAt = now
 		if peer != nil {
@@ -218,6 +219,7 @@ func (r *Registry) Sweep() int {
 		if !e.gone && e.rec.Status == StatusHealthy && e.lastSeen.Load() < deadline {
 			e.rec.Status = StatusUnhealthy
 			e.rec.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
+			e.rec.Version++
 			r.markDirty(e.rec.ID)
 			n++
 		}
@@ -251,6 +253,7 @@ func (r *Registry) Flush(ctx context.Context) error {
 			e.mu.Unlock()
 		}
 	}
+	r.hooks.afterCopy()
 	if err := r.st.PutAgents(ctx, recs); err != nil {
 		for id := range ids {
 			r.markDirty(id)

@@ -4,8 +4,11 @@
 // Records live in memory. A registration that changes what the store
 // holds (a first claim, a new payload, a new certificate) is written
 // durably before it is acknowledged; an unchanged heartbeat only touches
-// memory. Liveness changes (unhealthy after the timeout) are written in
-// batches.
+// memory. Liveness changes (unhealthy after the timeout), evictions and
+// rotations are written in batches, copied under each entry's lock and
+// written after it is unlocked. Every change to a record raises its
+// version, and the store never replaces a record with an older one, so a
+// batch that reaches the store after a newer write cannot undo it.
 package registry
 
 import (
@@ -114,11 +117,28 @@ type Registry struct {
 	// coming, going, changing tools or health. HEAD answers 202 to an
 	// agent whose last POST predates the current value.
 	topology atomic.Uint64
+
+	hooks hooks
+}
+
+// hooks are where tests act inside the registry's writes. They are set
+// only by tests, before the registry is used.
+type hooks struct {
+	// copied runs in Flush, evict and Rotate once the records are copied
+	// and their entries unlocked, before the records are written.
+	copied func()
+}
+
+func (h hooks) afterCopy() {
+	if h.copied != nil {
+		h.copied()
+	}
 }
 
 // entry is one agent. Its mutex guards rec, reg, notAfter and gone;
 // lastSeen and topoSeen are atomic so the cheap paths take no lock but the
-// entry's.
+// entry's. Whoever changes rec under the mutex raises rec.Version; last
+// seen alone may change without it.
 type entry struct {
 	mu sync.Mutex
 	// gone is set when the entry leaves the map, never to return. Whoever

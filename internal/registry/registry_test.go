@@ -16,7 +16,8 @@ import (
 )
 
 // memStore is an AgentStore in memory that counts writes, so tests can
-// assert which heartbeats reached the store.
+// assert which heartbeats reached the store. Like every AgentStore, it
+// ignores a record older than the one it holds.
 type memStore struct {
 	mu     sync.Mutex
 	agents map[string]store.Agent
@@ -34,6 +35,9 @@ func (m *memStore) PutAgents(_ context.Context, agents []store.Agent) error {
 	}
 	m.writes++
 	for _, a := range agents {
+		if held, ok := m.agents[a.ID]; ok && a.Version < held.Version {
+			continue
+		}
 		a.Payload = append([]byte(nil), a.Payload...)
 		m.agents[a.ID] = a
 	}
