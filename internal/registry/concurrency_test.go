@@ -20,11 +20,14 @@ import (
 // next heartbeat moves them in the capability index), flushes of those
 // liveness changes, listings, HEADs, deletions, evictions and rotations.
 // A deadlock shows as no operation finishing for a while; the test then
-// fails with the goroutines' stacks instead of hanging.
+// fails with the goroutines' stacks instead of hanging. Once it is quiet
+// and flushed, the store holds what memory holds: no batch undid a newer
+// write or wrote back a deleted agent.
 func TestChurnDoesNotDeadlock(t *testing.T) {
 	ctx := context.Background()
 	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, newMemStore(), c)
+	st := newMemStore()
+	r := newRegistry(t, st, c)
 	const agents, rounds = 16, 500
 	peers := make([]*trust.Peer, agents)
 	for i := range peers {
@@ -117,6 +120,10 @@ func TestChurnDoesNotDeadlock(t *testing.T) {
 		t.Error(err)
 	}
 	checkIndex(t, r)
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	checkStored(t, r, st)
 }
 
 // awaitProgress waits for wg, failing the test with every goroutine's

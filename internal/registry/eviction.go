@@ -19,6 +19,8 @@ func (r *Registry) Delete(ctx context.Context, peer *trust.Peer, id string) erro
 // entry that replaced it before its lock was won: the owner is checked,
 // and the store row deleted, for the entry that holds id now.
 func (r *Registry) deleteEntry(ctx context.Context, peer *trust.Peer, id string, e *entry) error {
+	r.lockWrites()
+	defer r.writeMu.Unlock()
 	e = r.relock(id, e)
 	if e == nil {
 		if err := authorize(peer, id, nil); err != nil {
@@ -91,6 +93,8 @@ func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, rea
 		out  []Evicted
 		recs []store.Agent
 	)
+	r.lockWrites()
+	defer r.writeMu.Unlock()
 	for _, e := range r.snapshot() {
 		e.mu.Lock()
 		if !e.gone && match(&e.rec) && e.rec.Status != StatusEvicted {
@@ -117,6 +121,8 @@ func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, rea
 func (r *Registry) Rotate(ctx context.Context, entity string) (int, error) {
 	now := r.cfg.Now()
 	var recs []store.Agent
+	r.lockWrites()
+	defer r.writeMu.Unlock()
 	for _, e := range r.snapshot() {
 		e.mu.Lock()
 		if !e.gone && (entity == "" || e.rec.Entity == entity) && e.rec.Status != StatusEvicted {

@@ -239,6 +239,8 @@ func (r *Registry) markDirty(id string) {
 
 // Flush writes the batched liveness changes.
 func (r *Registry) Flush(ctx context.Context) error {
+	r.lockWrites()
+	defer r.writeMu.Unlock()
 	r.dirtyMu.Lock()
 	ids := r.dirty
 	r.dirty = make(map[string]struct{})

@@ -99,11 +99,23 @@ type Registry struct {
 	cfg Config
 	st  Store
 
-	// Lock order: an entry's mu first, then mu or dirtyMu; never the other
-	// way round, and never two entries' locks at once. mu and dirtyMu are
-	// leaves: nothing is locked while either is held. An entry's lock is
-	// held across its store writes, so waiting for one under mu would
-	// stall every reader of the registry behind that write.
+	// Lock order: writeMu first, then an entry's mu, then mu or dirtyMu;
+	// never the other way round, and never two entries' locks at once. mu
+	// and dirtyMu are leaves: nothing is locked while either is held. An
+	// entry's lock is held across its store writes, so waiting for one
+	// under mu would stall every reader of the registry behind that write.
+	// writeMu is held across store writes too, but only by Delete and the
+	// batches; heartbeats never take it.
+
+	// writeMu orders the batch writes (Flush, evict, Rotate) against
+	// Delete. A batch holds it from copying its records to writing them,
+	// Delete from locking the entry to dropping it, so no batch writes
+	// back the record of an agent deleted after the copy. Versions cannot
+	// do that: the deleted row is gone, and the id's next registration
+	// starts at version 1 again. Heartbeats, the hot path, are ordered
+	// against batches by versions alone and never wait for one.
+	writeMu sync.Mutex
+
 	mu     sync.RWMutex
 	agents map[string]*entry
 	// providers indexes agents by the capabilities their tools offer.
@@ -127,11 +139,26 @@ type hooks struct {
 	// copied runs in Flush, evict and Rotate once the records are copied
 	// and their entries unlocked, before the records are written.
 	copied func()
+	// writeWait runs when a Delete or a batch finds writeMu held, before
+	// it waits for it.
+	writeWait func()
 }
 
 func (h hooks) afterCopy() {
 	if h.copied != nil {
 		h.copied()
+	}
+}
+
+// lockWrites locks writeMu.
+func (r *Registry) lockWrites() {
+	if r.hooks.writeWait == nil {
+		r.writeMu.Lock()
+		return
+	}
+	if !r.writeMu.TryLock() {
+		r.hooks.writeWait()
+		r.writeMu.Lock()
 	}
 }
 

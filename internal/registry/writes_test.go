@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,9 +15,10 @@ import (
 
 // TestBatchWriteKeepsNewerChanges lands a change to an agent between a
 // batch write's copy of the agent's record and its write of that copy:
-// what a heartbeat or an eviction racing Flush, evict or Rotate sees. The
-// store must then hold what memory holds, so that a restart brings back
-// no older registration or status.
+// what a heartbeat, a Delete or an eviction racing Flush, evict or Rotate
+// sees. The store must then hold what memory holds, so that a restart
+// brings back neither an older registration or status nor a deleted
+// agent.
 func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 	const body = `{"agent_id":"opus","description":"first","tools":[{"function_name":"f","capability":"c"}]}`
 	batches := []struct {
@@ -40,17 +42,31 @@ func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 			return err
 		}},
 	}
+	// owner is opus's certificate, successor that of the agent that
+	// claims the id once opus is deleted.
 	changes := []struct {
 		name   string
-		change func(r *Registry, owner *trust.Peer) error
+		change func(r *Registry, owner, successor *trust.Peer) error
 	}{
 		// A new registration, written and acknowledged.
-		{"Heartbeat", func(r *Registry, owner *trust.Peer) error {
+		{"Heartbeat", func(r *Registry, owner, successor *trust.Peer) error {
 			_, err := r.HeartbeatBody(context.Background(), owner, []byte(`{"agent_id":"opus","description":"second","tools":[{"function_name":"f","capability":"c"}]}`))
 			return err
 		}},
-		{"Evict", func(r *Registry, owner *trust.Peer) error {
+		{"Delete", func(r *Registry, owner, successor *trust.Peer) error {
+			return r.Delete(context.Background(), owner, "opus")
+		}},
+		{"Evict", func(r *Registry, owner, successor *trust.Peer) error {
 			_, err := r.EvictIdentity(context.Background(), "opus@ct111", "identity revoked")
+			return err
+		}},
+		// The id deleted and claimed by another node's agent, whose record
+		// starts at the first version again.
+		{"Reregister", func(r *Registry, owner, successor *trust.Peer) error {
+			if err := r.Delete(context.Background(), owner, "opus"); err != nil {
+				return err
+			}
+			_, err := r.HeartbeatBody(context.Background(), successor, []byte(body))
 			return err
 		}},
 	}
@@ -64,14 +80,14 @@ func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 				st := newMemStore()
 				c := &clock{t: time.Unix(1_800_000_000, 0)}
 				r := newRegistry(t, st, c)
-				owner := peer(t, "opus@ct111", "")
+				owner, successor := peer(t, "opus@ct111", ""), peer(t, "opus@ct112", "")
 				if _, err := heartbeat(t, r, owner, body); err != nil {
 					t.Fatal(err)
 				}
 				if b.before != nil {
 					b.before(t, c, r)
 				}
-				changed := during(r, func() error { return ch.change(r, owner) })
+				changed := during(r, func() error { return ch.change(r, owner, successor) })
 				if err := b.write(ctx, r); err != nil {
 					t.Fatalf("%s: %v", b.name, err)
 				}
@@ -92,23 +108,41 @@ func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 }
 
 // during arranges for change to run once the next batch write of r has
-// copied its records and before it writes them. The returned function
-// returns change's error.
+// copied its records and before it writes them. Change runs beside the
+// batch; the batch goes on once change has returned or waits for the
+// batch's writes to end, as a Delete or an eviction must. The returned
+// function waits for change and returns its error.
 func during(r *Registry, change func() error) func() error {
 	var (
-		fired     bool
+		fired     atomic.Bool
+		done      = make(chan struct{})
+		waiting   = make(chan struct{}, 1)
 		changeErr error
 	)
+	r.hooks.writeWait = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
 	r.hooks.copied = func() {
-		if !fired {
-			fired = true
+		if !fired.CompareAndSwap(false, true) {
+			return // the batch write of change itself
+		}
+		go func() {
+			defer close(done)
 			changeErr = change()
+		}()
+		select {
+		case <-done:
+		case <-waiting:
 		}
 	}
 	return func() error {
-		if !fired {
+		if !fired.Load() {
 			return errNoBatch
 		}
+		<-done
 		return changeErr
 	}
 }
