@@ -173,6 +173,9 @@ type Store interface {
 	RevokedIdentities(ctx context.Context) ([]IdentityRevocation, error)
 	// BlockedKeys returns the key hashes keyCompromise revocations blocked.
 	BlockedKeys(ctx context.Context) ([]string, error)
+	// LiveAgents returns the agent identities of node ("opus@ct200") that
+	// hold an unexpired, unrevoked certificate at now, sorted.
+	LiveAgents(ctx context.Context, node string, now time.Time) ([]string, error)
 
 	// NextCRLNumber durably increments and returns the CRL number of the
 	// CA whose subject key id is issuerKeyID; the first number is 1.

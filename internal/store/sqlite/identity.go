@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
@@ -40,11 +39,10 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 	if a, err = s.prepareAudit(a); err != nil {
 		return r, nil, fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
 	}
-	// A node's agents are "<agent>@<node>"; LIKE's wildcards in the node id
-	// (ids are DNS labels, but the store does not rely on that) are escaped.
+	// A node's agents are "<agent>@<node>", found by their agent_node.
 	agents := ""
 	if id, err := identity.Parse(r.Name); err == nil && id.Kind == identity.KindNode {
-		agents = "%@" + strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(id.Node)
+		agents = id.Node
 	}
 	var done []store.Revocation
 	err = s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
@@ -58,7 +56,7 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
 		}
 		rows, err := tx.QueryContext(ctx, `SELECT serial FROM certs
-			WHERE (common_name = ?1 OR (?2 <> '' AND common_name LIKE ?2 ESCAPE '\'))
+			WHERE (common_name = ?1 OR (?2 <> '' AND agent_node = ?2))
 			  AND kind <> 'intermediate' AND not_after > ?3
 			  AND serial NOT IN (SELECT serial FROM revocations)
 			ORDER BY issued_at, rowid`, r.Name, agents, at)
@@ -182,6 +180,39 @@ func (s *Store) BlockedKeys(ctx context.Context) ([]string, error) {
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: read blocked keys: %w", err)
+	}
+	return out, nil
+}
+
+// LiveAgents returns the agent identities of node ("opus@ct200") that hold
+// an unexpired, unrevoked certificate at now, sorted.
+func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]string, error) {
+	at, err := nanos("now", now)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: live agents of %q: %w", node, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, store.ErrClosed
+	}
+	rows, err := s.rdb.QueryContext(ctx, `SELECT DISTINCT common_name FROM certs
+		WHERE agent_node = ? AND not_after > ? AND serial NOT IN (SELECT serial FROM revocations)
+		ORDER BY common_name`, node, at)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: live agents of %q: %w", node, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var cn string
+		if err := rows.Scan(&cn); err != nil {
+			return nil, fmt.Errorf("sqlite: live agents of %q: %w", node, err)
+		}
+		out = append(out, cn)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: live agents of %q: %w", node, err)
 	}
 	return out, nil
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
 	msqlite "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -98,7 +99,16 @@ func certArgs(c store.Cert) ([]any, error) {
 		pem = []byte{} // the column is NOT NULL
 	}
 	return []any{c.Serial, c.CommonName, c.Kind, string(sans),
-		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt, c.KeyHash, c.AuthorizedBy}, nil
+		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt, c.KeyHash, c.AuthorizedBy, agentNode(c.CommonName)}, nil
+}
+
+// agentNode returns the node of an agent identity's common name ("ct200"
+// for "opus@ct200"), or "".
+func agentNode(cn string) string {
+	if id, err := identity.Parse(cn); err == nil && id.Kind == identity.KindAgent {
+		return id.Node
+	}
+	return ""
 }
 
 // Revoke durably records r, appends it to the change feed (see Events)

@@ -206,8 +206,8 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.insertAudit, `INSERT INTO audit (seq, time, action, identity, outcome, detail, prev_hash, hash)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`},
 		{&st.insertCert, `INSERT INTO certs (serial, common_name, kind, sans,
-			not_before, not_after, fingerprint, issuer_key_id, pem, issued_at, key_hash, authorized_by)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+			not_before, not_after, fingerprint, issuer_key_id, pem, issued_at, key_hash, authorized_by, agent_node)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 		// What would refuse a certificate: its identity (or its node)
 		// revoked, its key blocked, the certificate that asked for it
 		// revoked. One statement, since it runs on every issuance.

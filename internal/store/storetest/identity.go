@@ -202,3 +202,26 @@ func testRevokeIdentityRace(t *testing.T, open Opener) {
 		}
 	}
 }
+
+// testLiveAgents checks that a node's live agent identities are listed
+// once each, without expired or revoked certificates or other nodes'.
+func testLiveAgents(t *testing.T, open Opener) {
+	s := openStore(t, open, t.TempDir())
+	at := epoch()
+	opus1, opus2 := newCert(1, "opus@ct200", at), newCert(2, "opus@ct200", at) // a renewal: one identity
+	sage := newCert(3, "sage@ct200", at)
+	old := newCert(4, "old@ct200", at)
+	old.NotAfter = at.Add(time.Minute)
+	gone := newCert(5, "gone@ct200", at)
+	other := newCert(6, "opus@ct2000", at)
+	node := newCert(7, "ct200.mesh", at)
+	mustRecord(t, s, opus1, opus2, sage, old, gone, other, node)
+	mustRevoke(t, s, gone, 4, at.Add(time.Second))
+	got, err := s.LiveAgents(t.Context(), "ct200", at.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"opus@ct200", "sage@ct200"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("LiveAgents(ct200) = %v, want %v", got, want)
+	}
+}

@@ -84,6 +84,7 @@ func Run(t *testing.T, open Opener) {
 		{"KeyCompromise", testKeyCompromise},
 		{"AuthorizerRevoked", testAuthorizerRevoked},
 		{"RevokeIdentityRace", testRevokeIdentityRace},
+		{"LiveAgents", testLiveAgents},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open) })
