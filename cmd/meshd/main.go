@@ -45,6 +45,14 @@ type options struct {
 	logLevel, logFormat        string
 	secretFile, meshSecretFile string
 	legacyCompat               bool
+	limits                     limits
+}
+
+// limits are the caps on what one caller can make meshd spend.
+type limits struct {
+	readTimeout, agentCertInterval               time.Duration
+	watchStreams, watchPerSource, agentCertBurst int
+	maxAgentsPerNode                             int
 }
 
 func envOr(key, def string) string {
@@ -90,6 +98,12 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.secretFile, "bootstrap-secret-file", "", "file holding the bootstrap secret that enrolls new nodes on /enroll (also: $MESHTRUST_BOOTSTRAP_SECRET, <data-dir>/bootstrap.secret)")
 	f.StringVar(&o.meshSecretFile, "mesh-secret-file", "", "the seed's earlier name for --bootstrap-secret-file (also: $MESHTRUST_MESH_SECRET, <data-dir>/mesh.secret)")
 	f.BoolVar(&o.legacyCompat, "legacy-secret-compat", false, "migration only: let agent routes accept the bootstrap secret as a bearer from callers without a certificate (each use counted and logged)")
+	f.DurationVar(&o.limits.readTimeout, "read-timeout", 30*time.Second, "longest time to read one request, headers and body, on every listener")
+	f.IntVar(&o.limits.watchStreams, "max-watch-streams", 1024, "most open /revocations/watch streams")
+	f.IntVar(&o.limits.watchPerSource, "max-watch-streams-per-source", 16, "most open /revocations/watch streams of one certificate identity, or of one address (IPv6: /64) without a certificate")
+	f.IntVar(&o.limits.agentCertBurst, "agent-cert-burst", 100, "agent certificates one node may obtain at once (/agent-cert, /renew)")
+	f.DurationVar(&o.limits.agentCertInterval, "agent-cert-interval", 100*time.Millisecond, "after the burst, one more agent certificate per node every interval")
+	f.IntVar(&o.limits.maxAgentsPerNode, "max-agents-per-node", 512, "agent identities one node may hold a live certificate for")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -102,6 +116,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	mode, err := server.ParseTLSMode(o.tlsMode)
 	if err != nil {
+		return err
+	}
+	if err := o.limits.check(); err != nil {
 		return err
 	}
 	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
@@ -160,6 +177,8 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
 		HeartbeatTimeout: o.heartbeatTimeout, Logger: log,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
+		ReadTimeout: o.limits.readTimeout, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
+		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
 	}, st, authority)
 	if err != nil {
 		return err
@@ -175,6 +194,24 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutdownCtx)
+}
+
+// check refuses a limit that would disable itself: zero means "the
+// default" to meshd's server, so a flag set to 0 or less is an error.
+func (l limits) check() error {
+	for _, d := range []struct {
+		flag string
+		v    int64
+	}{
+		{"--read-timeout", int64(l.readTimeout)}, {"--agent-cert-interval", int64(l.agentCertInterval)},
+		{"--max-watch-streams", int64(l.watchStreams)}, {"--max-watch-streams-per-source", int64(l.watchPerSource)},
+		{"--agent-cert-burst", int64(l.agentCertBurst)}, {"--max-agents-per-node", int64(l.maxAgentsPerNode)},
+	} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s must be positive", d.flag)
+		}
+	}
+	return nil
 }
 
 func newLogger(o *options, w io.Writer) (*slog.Logger, error) {

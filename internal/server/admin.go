@@ -67,7 +67,7 @@ func (s *Server) listenAdminSocket() error {
 		return err
 	}
 	s.adminLn = ln
-	s.adminSrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: s.cfg.ReadTimeout}
 	s.serve(s.adminSrv, ln)
 	return nil
 }
@@ -86,7 +86,7 @@ func (s *Server) listenAdminTLS() error {
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.certs.GetCertificate, ClientAuth: tls.RequireAnyClientCert}
 	admins := s.cfg.AdminIdentities
 	inner := s.adminHandler()
-	s.adminTLS = &http.Server{ReadHeaderTimeout: 10 * time.Second, TLSConfig: cfg,
+	s.adminTLS = &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: s.cfg.ReadTimeout, TLSConfig: cfg,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
 				s.refuse(w, r, http.StatusForbidden, trust.ReasonNoCertificate, "client certificate required")

@@ -27,12 +27,14 @@ func (s *Server) agentHandler() http.Handler {
 	mux.HandleFunc("DELETE /agents/{agent_id}", s.identified(false, s.deleteAgent))
 	mux.HandleFunc("GET /health", s.identified(true, s.health))
 	mux.HandleFunc("GET /{$}", s.identified(true, s.root))
-	// Public PKI routes: a node enrolling has no certificate yet, and CRLs
-	// and bundles are public by nature.
+	// Public PKI routes, in every mode: a node enrolling has no
+	// certificate yet, and CRLs and bundles are public by nature.
 	mux.HandleFunc("POST /enroll", s.enroll)
 	mux.HandleFunc("GET /crl", s.serveCRL)
 	mux.HandleFunc("GET /bundle", s.serveBundle)
-	mux.HandleFunc("GET /revocations/watch", s.serveWatch)
+	// The stream names revoked agents and entities: in strict mode only a
+	// verified certificate reads it.
+	mux.HandleFunc("GET /revocations/watch", s.identified(true, s.serveWatch))
 	mux.HandleFunc("POST /agent-cert", s.identified(false, s.agentCert))
 	mux.HandleFunc("POST /renew", s.identified(false, s.renew))
 	return s.guardSecret(mux)

@@ -302,6 +302,8 @@ type env struct {
 	// extraKeys are private keys made outside the CA directory, for the
 	// log check.
 	extraKeys [][]byte
+	// watcherCert is watchCert's certificate, once made.
+	watcherCert *tls.Certificate
 }
 
 func newEnv(t testing.TB, o envOptions) *env {

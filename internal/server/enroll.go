@@ -25,11 +25,15 @@ import (
 	"github.com/meshtrust/meshtrust/trust"
 )
 
-// Enrollment rate limit per source address: a burst of 5, then one more
-// every 12 seconds.
+// Enrollment rate limits: per source (an IPv4 address, an IPv6 /64) a
+// burst of 5, then one more every 12 seconds; and for all sources
+// together a burst of 50, then 2 a second, so many addresses cannot
+// multiply the guesses one gets.
 const (
-	enrollBurst    = 5
-	enrollInterval = 12 * time.Second
+	enrollBurst          = 5
+	enrollInterval       = 12 * time.Second
+	enrollGlobalBurst    = 50
+	enrollGlobalInterval = 500 * time.Millisecond
 )
 
 // TokenPrefix starts every join token, so a token is never mistaken for
@@ -111,9 +115,24 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		s.audit(ctx, "node.enroll", node, store.OutcomeRefused, fmt.Sprintf("%s from %s", detail, host))
 		s.refuse(w, r, code, reason, public)
 	}
-	if ok, wait := s.enrollLimit.allow(host, s.cfg.Now()); !ok {
-		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds()+0.999)))
-		fail(http.StatusTooManyRequests, "rate_limited", "too many enrollment attempts from this address; retry later", "rate limited", "")
+	now := s.cfg.Now()
+	source := sourceKey(r.RemoteAddr)
+	v := s.enrollLimit.allow(source, now)
+	scope := "from this address"
+	if v.ok {
+		if v = s.enrollGlobal.allow("*", now); !v.ok {
+			scope = "from all addresses together"
+		}
+	}
+	if !v.ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(v.wait.Seconds()+0.999)))
+		// One audit entry per source and minute, counting the refusals it
+		// stands for: a flood of refusals must not become a flood of
+		// fsync'd rows.
+		if v.audit {
+			s.audit(ctx, "node.enroll", "", store.OutcomeRefused, fmt.Sprintf("rate limited %s: %s (%d more refused since the last entry)", scope, source, v.suppressed))
+		}
+		s.refuse(w, r, http.StatusTooManyRequests, "rate_limited", "too many enrollment attempts "+scope+"; retry later")
 		return
 	}
 	if s.auth == nil {
@@ -215,19 +234,88 @@ func (s *Server) liveCert(ctx context.Context, cn string) (string, error) {
 }
 
 func (s *Server) signError(w http.ResponseWriter, r *http.Request, err error) {
-	if errors.Is(err, errAgentScope) {
-		s.refuse(w, r, http.StatusForbidden, "agent_outside_node", err.Error())
-		return
-	}
-	if errors.Is(err, ca.ErrRevoked) {
-		s.refuse(w, r, http.StatusForbidden, "revoked", err.Error())
-		return
-	}
-	if errors.Is(err, ca.ErrPolicy) || errors.Is(err, ca.ErrBadCSR) {
-		s.refuse(w, r, http.StatusBadRequest, "policy", err.Error())
+	if code, reason := signRefusal(err); code != 0 {
+		s.refuse(w, r, code, reason, err.Error())
 		return
 	}
 	s.internalError(w, r, err)
+}
+
+// signRefusal returns the answer to a refused signing request, or 0 for
+// an error that is not a refusal.
+func signRefusal(err error) (int, string) {
+	switch {
+	case errors.Is(err, errAgentScope):
+		return http.StatusForbidden, "agent_outside_node"
+	case errors.Is(err, ca.ErrRevoked):
+		return http.StatusForbidden, "revoked"
+	case errors.Is(err, ca.ErrPolicy), errors.Is(err, ca.ErrBadCSR):
+		return http.StatusBadRequest, "policy"
+	}
+	return 0, ""
+}
+
+// refuseIssue refuses a request of /agent-cert or /renew and audits it:
+// a refused issuance is a security event, whether the CA was reached or
+// not. The entries are rationed per caller and reason (one a minute, with
+// how many it stands for), so a caller cannot fill the audit log with
+// refusals.
+func (s *Server) refuseIssue(w http.ResponseWriter, r *http.Request, peer *trust.Peer, action string, code int, reason, msg string) {
+	who := ""
+	if peer != nil {
+		who = peer.Name()
+	}
+	if v := s.issueAudit.allow(who+" "+reason, s.cfg.Now()); v.ok {
+		s.audit(r.Context(), action, who, store.OutcomeRefused, reason+": "+msg)
+	}
+	s.refuse(w, r, code, reason, msg)
+}
+
+// issueError is signError for /agent-cert and /renew: refusals audited.
+func (s *Server) issueError(w http.ResponseWriter, r *http.Request, peer *trust.Peer, action string, err error) {
+	if code, reason := signRefusal(err); code != 0 {
+		s.refuseIssue(w, r, peer, action, code, reason, err.Error())
+		return
+	}
+	s.internalError(w, r, err)
+}
+
+// admitAgentCerts refuses a node more agent certificates than its rate
+// (AgentCertBurst, then one per AgentCertInterval) or more agent
+// identities than MaxAgentsPerNode; renewing an agent it holds is never
+// refused by the cap. It answers the refusal itself and reports false.
+func (s *Server) admitAgentCerts(w http.ResponseWriter, r *http.Request, peer *trust.Peer, action string, node identity.Identity, agentIDs []string) bool {
+	now := s.cfg.Now()
+	for range agentIDs {
+		if v := s.agentCerts.allow(node.Node, now); !v.ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(v.wait.Seconds()+0.999)))
+			s.refuseIssue(w, r, peer, action, http.StatusTooManyRequests, "agent_cert_rate",
+				fmt.Sprintf("node %s asks for agent certificates faster than %d then one per %s; retry later", node.Node, s.cfg.AgentCertBurst, s.cfg.AgentCertInterval))
+			return false
+		}
+	}
+	live, err := s.st.LiveAgents(r.Context(), node.Node, now)
+	if err != nil {
+		s.internalError(w, r, err)
+		return false
+	}
+	have := make(map[string]bool, len(live))
+	for _, cn := range live {
+		have[cn] = true
+	}
+	n := len(live)
+	for _, id := range agentIDs {
+		if cn := id + "@" + node.Node; !have[cn] {
+			have[cn] = true
+			n++
+		}
+	}
+	if n > s.cfg.MaxAgentsPerNode {
+		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "agent_limit",
+			fmt.Sprintf("node %s would hold %d agent identities with a live certificate, more than the %d allowed (--max-agents-per-node); revoke the agents it no longer runs", node.Node, n, s.cfg.MaxAgentsPerNode))
+		return false
+	}
+	return true
 }
 
 // meshNode returns the node identity of a peer admitted by the mesh CA.
@@ -241,23 +329,28 @@ func meshNode(peer *trust.Peer) (identity.Identity, error) {
 // agentCert is POST /agent-cert: a node mints a certificate for one of its
 // own agents.
 func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	const action = "cert.agent"
 	node, err := meshNode(peer)
 	if err != nil {
-		s.refuse(w, r, http.StatusForbidden, "not_node_cert", err.Error())
+		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_node_cert", err.Error())
 		return
 	}
 	var req meshapi.AgentCertRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-		s.refuse(w, r, http.StatusBadRequest, "bad_request", "body must be JSON {\"agent_id\", \"csr\"}: "+err.Error())
+		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "bad_request", "body must be JSON {\"agent_id\", \"csr\"}: "+err.Error())
 		return
 	}
 	csr, areq, err := s.agentRequest(node, req, peer.Serial)
-	var is *ca.Issued
-	if err == nil {
-		is, err = s.auth.Sign(r.Context(), csr, areq)
-	}
 	if err != nil {
-		s.signError(w, r, err)
+		s.issueError(w, r, peer, action, err)
+		return
+	}
+	if !s.admitAgentCerts(w, r, peer, action, node, []string{req.AgentID}) {
+		return
+	}
+	is, err := s.auth.Sign(r.Context(), csr, areq)
+	if err != nil {
+		s.issueError(w, r, peer, action, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, issuedBody(is, true))
@@ -289,26 +382,42 @@ func (s *Server) agentRequest(node identity.Identity, req meshapi.AgentCertReque
 // renew is POST /renew: the holder of a valid mesh certificate gets a new
 // one for the same identity; a node's agents are re-issued with it.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	const action = "cert.renew"
 	if peer == nil || peer.Backend != BackendLocalCA {
-		s.refuse(w, r, http.StatusForbidden, "not_mesh_cert", "only certificates of the mesh CA are renewed here")
+		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_mesh_cert", "only certificates of the mesh CA are renewed here")
 		return
 	}
 	var req meshapi.RenewRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		s.refuse(w, r, http.StatusBadRequest, "bad_request", "body must be JSON {\"csr\", \"agents\"}: "+err.Error())
+		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "bad_request", "body must be JSON {\"csr\", \"agents\"}: "+err.Error())
 		return
 	}
 	if len(req.Agents) > 0 && peer.Identity.Kind != identity.KindNode {
-		s.refuse(w, r, http.StatusForbidden, "not_node_cert", "only a node renews agent certificates along with its own")
+		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_node_cert", "only a node renews agent certificates along with its own")
 		return
+	}
+	// Limits first, before any CSR is parsed or checked: a request's cost
+	// is bounded by what its node is allowed.
+	if len(req.Agents) > s.cfg.MaxAgentsPerNode {
+		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "too_many_agents", fmt.Sprintf("a renewal names %d agents; a node holds at most %d", len(req.Agents), s.cfg.MaxAgentsPerNode))
+		return
+	}
+	if len(req.Agents) > 0 {
+		ids := make([]string, len(req.Agents))
+		for i, a := range req.Agents {
+			ids[i] = a.AgentID
+		}
+		if !s.admitAgentCerts(w, r, peer, action, peer.Identity, ids) {
+			return
+		}
 	}
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
-		s.signError(w, r, err)
+		s.issueError(w, r, peer, action, err)
 		return
 	}
 	if cn := csr.Subject.CommonName; cn != "" && cn != peer.Identity.CommonName() {
-		s.refuse(w, r, http.StatusForbidden, "identity_change", fmt.Sprintf("renewal cannot change identity: the certificate is %q, the request names %q", peer.Identity.CommonName(), cn))
+		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "identity_change", fmt.Sprintf("renewal cannot change identity: the certificate is %q, the request names %q", peer.Identity.CommonName(), cn))
 		return
 	}
 	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
@@ -328,14 +437,14 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 			err = s.auth.Check(acsr, areq)
 		}
 		if err != nil {
-			s.signError(w, r, fmt.Errorf("agent %q: %w", a.AgentID, err))
+			s.issueError(w, r, peer, action, fmt.Errorf("agent %q: %w", a.AgentID, err))
 			return
 		}
 		agents = append(agents, agentReq{a.AgentID, acsr, areq})
 	}
 	is, err := s.auth.Sign(ctx, csr, own)
 	if err != nil {
-		s.signError(w, r, err)
+		s.issueError(w, r, peer, action, err)
 		return
 	}
 	out := meshapi.RenewResponse{IssuedCert: issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
@@ -345,7 +454,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 			// Only a revocation racing this renewal (or the store failing)
 			// gets here: the node's new certificate is then revoked with
 			// its identity, or the holder retries.
-			s.signError(w, r, fmt.Errorf("agent %q: %w", a.id, err))
+			s.issueError(w, r, peer, action, fmt.Errorf("agent %q: %w", a.id, err))
 			return
 		}
 		b := issuedBody(ais, false)

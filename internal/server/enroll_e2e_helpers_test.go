@@ -240,9 +240,31 @@ type sseSub struct {
 	cancel context.CancelFunc
 }
 
+// watchCert is a client certificate for the revocation stream, which
+// strict mode serves to verified callers only.
+func (e *env) watchCert() *tls.Certificate {
+	e.t.Helper()
+	if e.watcherCert == nil {
+		c, _ := agentCert(e.t, e.ca.auth, "watcher", "n0")
+		e.watcherCert = &c
+	}
+	return e.watcherCert
+}
+
 // subscribe opens /revocations/watch with the Last-Event-ID header when
-// lastID is not empty, without a client certificate.
+// lastID is not empty, with watchCert.
 func (e *env) subscribe(lastID string) *sseSub {
+	e.t.Helper()
+	sub, code := e.trySubscribe(lastID, e.watchCert())
+	if sub == nil {
+		e.t.Fatalf("GET /revocations/watch: %d", code)
+	}
+	return sub
+}
+
+// trySubscribe opens /revocations/watch with cert (nil: none), or returns
+// the status it was refused with.
+func (e *env) trySubscribe(lastID string, cert *tls.Certificate) (*sseSub, int) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, "GET", e.baseURL()+"/revocations/watch", nil)
@@ -252,7 +274,7 @@ func (e *env) subscribe(lastID string) *sseSub {
 	if lastID != "" {
 		req.Header.Set("Last-Event-ID", lastID)
 	}
-	tr := &http.Transport{TLSClientConfig: e.tlsConfig(nil)}
+	tr := &http.Transport{TLSClientConfig: e.tlsConfig(cert)}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
 		cancel()
@@ -260,12 +282,13 @@ func (e *env) subscribe(lastID string) *sseSub {
 	}
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		cancel()
-		e.t.Fatalf("GET /revocations/watch: %s %s", resp.Status, resp.Header.Get("Content-Type"))
+		resp.Body.Close()
+		return nil, resp.StatusCode
 	}
 	s := &sseSub{t: e.t, resp: resp, events: make(chan sseEvent, 256), done: make(chan struct{}), cancel: cancel}
 	go s.read()
 	e.t.Cleanup(s.close)
-	return s
+	return s, resp.StatusCode
 }
 
 func (s *sseSub) read() {
@@ -334,8 +357,10 @@ type watcher struct {
 func (e *env) watcher(lastID int64) *watcher {
 	e.t.Helper()
 	set := &trust.RevocationSet{}
+	cert := e.watchCert()
 	w, err := watch.New(set, watch.Config{Server: e.baseURL(), Roots: e.roots, LastEventID: lastID,
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }})
 	if err != nil {
 		e.t.Fatal(err)
 	}

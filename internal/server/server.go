@@ -6,6 +6,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -76,8 +77,26 @@ type Config struct {
 	// LegacySecretCompat lets the agent routes accept BootstrapSecret as a
 	// bearer from callers without a certificate (migration only).
 	LegacySecretCompat bool
-	Logger             *slog.Logger
-	Now                func() time.Time
+	// ReadTimeout bounds the time to read one request, headers and body,
+	// on every listener; default 30s. A slow client cannot hold a
+	// connection by trickling its body.
+	ReadTimeout time.Duration
+	// MaxWatchStreams caps the open /revocations/watch streams, and
+	// MaxWatchStreamsPerSource those of one source (a certificate's
+	// identity, or for a caller without one its IPv4 address or IPv6 /64);
+	// defaults 1024 and 16.
+	MaxWatchStreams, MaxWatchStreamsPerSource int
+	// AgentCertBurst and AgentCertInterval limit how fast one node mints
+	// agent certificates (/agent-cert, and the agents of a /renew): a
+	// burst, then one per interval; defaults 100 and 100ms.
+	AgentCertBurst    int
+	AgentCertInterval time.Duration
+	// MaxAgentsPerNode caps the agent identities with a live certificate
+	// one node may hold; default 512. Renewing an agent it has is never
+	// refused by it.
+	MaxAgentsPerNode int
+	Logger           *slog.Logger
+	Now              func() time.Time
 }
 
 // Server is meshd.
@@ -105,10 +124,18 @@ type Server struct {
 	// events is the change feed; applyEvent is its subscriber here. The
 	// poll loop and every admin request that wrote an event poll it, so
 	// the request returns only once its change took effect.
-	events      *events.Feed
-	effects     effects
-	crl         *ca.CRLRefresher // nil without a local CA
-	enrollLimit *limiter
+	events  *events.Feed
+	effects effects
+	crl     *ca.CRLRefresher // nil without a local CA
+	// enrollLimit limits /enroll per source, enrollGlobal for all
+	// sources together.
+	enrollLimit, enrollGlobal *limiter
+	// watchSlots caps the revocation streams.
+	watchSlots *slots
+	// agentCerts limits how fast one node mints agent certificates;
+	// issueAudit rations the audit entries of refused issuance requests
+	// (one per caller, reason and minute).
+	agentCerts, issueAudit *limiter
 	// secretMu makes a secret enrollment's live-certificate check and its
 	// signing one step.
 	secretMu sync.Mutex
@@ -137,6 +164,12 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	if cfg.RevocationPoll == 0 {
 		cfg.RevocationPoll = 100 * time.Millisecond
 	}
+	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 30*time.Second)
+	cfg.MaxWatchStreams = cmp.Or(cfg.MaxWatchStreams, 1024)
+	cfg.MaxWatchStreamsPerSource = cmp.Or(cfg.MaxWatchStreamsPerSource, 16)
+	cfg.AgentCertBurst = cmp.Or(cfg.AgentCertBurst, 100)
+	cfg.AgentCertInterval = cmp.Or(cfg.AgentCertInterval, 100*time.Millisecond)
+	cfg.MaxAgentsPerNode = cmp.Or(cfg.MaxAgentsPerNode, 512)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -148,8 +181,10 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
 		conns: newConnTracker(), trustChanged: make(chan struct{}, 1), started: cfg.Now(),
-		enrollLimit: newLimiter(enrollBurst, enrollInterval),
-		stopping:    make(chan struct{})}
+		enrollLimit: newLimiter(enrollBurst, enrollInterval), enrollGlobal: newLimiter(enrollGlobalBurst, enrollGlobalInterval),
+		watchSlots: newSlots(cfg.MaxWatchStreams, cfg.MaxWatchStreamsPerSource),
+		agentCerts: newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
+		stopping: make(chan struct{})}
 
 	if cfg.TLSMode != TLSOff {
 		if cfg.CertFile == "" || cfg.KeyFile == "" {
@@ -367,6 +402,7 @@ func (s *Server) Start(ctx context.Context) error {
 		ConnContext:       s.conns.connContext,
 		ConnState:         s.conns.connState,
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       s.cfg.ReadTimeout,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // toWire is one revocation event as /revocations/watch sends it.
@@ -32,13 +34,36 @@ const keepAlive = 15 * time.Second
 // serveWatch streams the revocations of the change feed as server-sent
 // events, starting after Last-Event-ID or ?after=. An event's id is where
 // to resume after it: every earlier event has been sent.
-func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request) {
+func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
 	after, err := resumePoint(r)
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, meshapi.ErrorResponse{Error: err.Error(), Timestamp: now(s)})
 		return
 	}
+	// Each stream holds a connection for as long as the caller likes: cap
+	// them in all and per source, a certificate's identity or, without
+	// one, the caller's address (an IPv6 /64).
+	source := "addr " + sourceKey(r.RemoteAddr)
+	if peer != nil {
+		source = "cert " + peer.Name()
+	}
+	release, full := s.watchSlots.acquire(source)
+	if full != "" {
+		w.Header().Set("Retry-After", "30")
+		msg := fmt.Sprintf("too many revocation streams from this caller (at most %d); close one or retry later", s.cfg.MaxWatchStreamsPerSource)
+		if full == "total" {
+			msg = fmt.Sprintf("meshd serves its maximum of %d revocation streams; retry later", s.cfg.MaxWatchStreams)
+		}
+		s.refuse(w, r, http.StatusServiceUnavailable, "too_many_streams", msg)
+		return
+	}
+	defer release()
 	rc := http.NewResponseController(w)
+	// The request is read: the listener's read deadline no longer
+	// applies to a response that lasts.
+	if err := rc.SetReadDeadline(time.Time{}); err != nil {
+		return
+	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")

@@ -111,12 +111,16 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bm, err := benchmesh.Start(ctx, dir, benchmesh.Config{})
+	bm, err := benchmesh.Start(ctx, dir, benchmesh.Config{MaxWatchStreams: o.subs + 16})
 	if err != nil {
 		return err
 	}
 	defer bm.Close()
 	m := &mesh{Mesh: bm, base: "https://" + bm.Addr()}
+	// meshd serves the stream (strict mode) to verified callers only.
+	if m.cert, err = bm.ClientCert(ctx, "subscriber"); err != nil {
+		return err
+	}
 
 	// Serials to revoke: the baseline's, then the timed ones.
 	serials := make([]string, 2*o.revocations)
@@ -231,6 +235,8 @@ func raiseNoFile(need uint64) (uint64, error) {
 type mesh struct {
 	*benchmesh.Mesh
 	base string
+	// cert is the subscribers' client certificate.
+	cert tls.Certificate
 }
 
 // watchers returns meshd's meshd_revocation_watchers gauge.
@@ -296,7 +302,8 @@ func (m *mesh) subscribe(ctx context.Context, n int) (*subscribers, error) {
 		// HTTP/1.1: a Transport with its own TLS config and no
 		// ForceAttemptHTTP2 does not offer h2.
 		w, err := watch.New(set, watch.Config{Server: m.base, Roots: m.Roots,
-			HTTPClient: &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: false}}})
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &m.cert, nil },
+			HTTPClient:           &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: false}}})
 		if err != nil {
 			cancel()
 			return nil, err
@@ -398,7 +405,7 @@ func (m *mesh) rawSubscribe(ctx context.Context) (*rawSub, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	r := &rawSub{events: make(chan rawEvent, 64), cancel: cancel}
 	tr := &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: m.Roots},
+		TLSClientConfig: &tls.Config{RootCAs: m.Roots, Certificates: []tls.Certificate{m.cert}},
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, network, addr)
