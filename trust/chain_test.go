@@ -30,6 +30,12 @@ func TestChainVerify(t *testing.T) {
 	meshAnchors := trust.NewAnchors("filestore")
 	meshAnchors.Set("", []*x509.Certificate{m.root.Cert})
 
+	// A mesh CA whose intermediate is for servers only.
+	serverMesh := newMesh(t)
+	serverInter := serverMesh.root.Intermediate(t, "mesh server intermediate", pkitest.ExtKeyUsage(x509.ExtKeyUsageServerAuth))
+	serverMesh.inter = serverInter
+	serverMesh.local.SetAnchors(serverMesh.root.Cert, []*x509.Certificate{serverInter.Cert})
+
 	now := time.Now()
 	agent := m.agent(t, "opus", "ct111")
 	partnerLeaf := pca.Leaf(t, "scout")
@@ -102,6 +108,29 @@ func TestChainVerify(t *testing.T) {
 			chain:      chainOf(m.agent(t, "opus", "ct111", pkitest.ExtKeyUsage(x509.ExtKeyUsageServerAuth))),
 			wantErr:    trust.ErrUntrusted,
 			wantReason: trust.ReasonNotClient,
+		},
+		{
+			name:       "mesh intermediate for servers only",
+			backends:   []trust.Backend{serverMesh.local},
+			chain:      chainOf(serverMesh.agent(t, "opus", "ct111")),
+			wantErr:    trust.ErrUntrusted,
+			wantReason: trust.ReasonNotClient,
+		},
+		{
+			name:       "mesh agent with an RSA-1024 key",
+			backends:   []trust.Backend{m.local},
+			chain:      chainOf(m.agent(t, "opus", "ct111", pkitest.Key(rsa1024()))),
+			wantErr:    trust.ErrUntrusted,
+			wantReason: trust.ReasonWeakKey,
+		},
+		{
+			// Refused before any anchor is looked for: no backend could
+			// admit it, and none spends a signature check on it.
+			name:       "weak key in a chain of a CA the first backend does not know",
+			backends:   []trust.Backend{m.local, entities},
+			chain:      chainOf(pca.Leaf(t, "scout", pkitest.Key(rsa1024()))),
+			wantErr:    trust.ErrUntrusted,
+			wantReason: trust.ReasonWeakKey,
 		},
 		{
 			name:        "no extended key usage at all is any usage",

@@ -11,8 +11,13 @@ package trust
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -30,7 +35,9 @@ var (
 	// no backend knows the chain.
 	ErrUnknownAuthority = errors.New("trust: certificate signed by an unknown authority")
 	// ErrUntrusted reports a chain that a backend knows but refuses:
-	// expired, not yet valid, not a client certificate, a CA as a leaf.
+	// expired, not yet valid, not for client authentication at some level,
+	// a CA as a leaf. A chain holding a key below the floor is refused
+	// with it by whichever backend sees it first.
 	ErrUntrusted = errors.New("trust: certificate not trusted")
 	// ErrRevoked reports a revoked certificate or entity.
 	ErrRevoked = errors.New("trust: certificate revoked")
@@ -46,6 +53,7 @@ const (
 	ReasonExpired       = "expired"
 	ReasonNotYetValid   = "not_yet_valid"
 	ReasonNotClient     = "not_client_cert"
+	ReasonWeakKey       = "weak_key"
 	ReasonCAAsLeaf      = "ca_as_leaf"
 	ReasonBadChain      = "bad_chain"
 	ReasonBadIdentity   = "bad_identity"
@@ -157,12 +165,21 @@ func newPeer(backend string, leaf *x509.Certificate) *Peer {
 // verifyChain verifies chain against roots as a client certificate and
 // classifies a refusal. Anchors are checked before the validity window, so
 // an expired certificate of a foreign CA is reported as unknown, letting
-// the next backend try.
+// the next backend try. Keys are checked before anything else: no anchor
+// could make a chain with a key below the floor acceptable, so whichever
+// backend sees it first refuses it, and no signature is checked with a key
+// a caller chose to be expensive (crypto/tls refuses oversized RSA keys
+// the same way, before it verifies).
 func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) ([][]*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, refuse(ErrNoCertificate, ReasonNoCertificate, "client certificate required")
 	}
 	leaf := chain[0]
+	for _, c := range chain {
+		if err := checkKey(leaf, c); err != nil {
+			return nil, err
+		}
+	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
@@ -174,6 +191,8 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time)
 	case now.After(leaf.NotAfter):
 		at = leaf.NotAfter
 	}
+	// Any usage here, so that every path comes back and clientPath can
+	// say which certificate restricts the usage of a refused one.
 	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	if err != nil {
 		var ua x509.UnknownAuthorityError
@@ -185,8 +204,8 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time)
 	if leaf.IsCA {
 		return nil, refuse(ErrUntrusted, ReasonCAAsLeaf, "certificate %q is a CA certificate and cannot identify a client", leaf.Subject.CommonName)
 	}
-	if !clientUsage(leaf) {
-		return nil, refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication (extended key usage lacks clientAuth)", leaf.Subject.CommonName)
+	if chains, err = clientPaths(chains); err != nil {
+		return nil, err
 	}
 	if now.Before(leaf.NotBefore) {
 		return nil, refuse(ErrUntrusted, ReasonNotYetValid, "certificate %q is not valid before %s", leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339))
@@ -196,6 +215,94 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time)
 	}
 	return chains, nil
 }
+
+// clientPaths keeps the verified paths that every certificate allows for
+// client authentication and whose anchor's key is strong enough, in their
+// order: the paths crypto/x509 returns for ExtKeyUsageClientAuth, less the
+// weak anchors. When none is left it returns why the first was refused.
+func clientPaths(chains [][]*x509.Certificate) ([][]*x509.Certificate, error) {
+	var ok [][]*x509.Certificate
+	var first error
+	for _, path := range chains {
+		err := clientPath(path)
+		if err == nil {
+			ok = append(ok, path)
+		} else if first == nil {
+			first = err
+		}
+	}
+	if len(ok) == 0 {
+		return nil, first
+	}
+	return ok, nil
+}
+
+// clientPath checks one verified path, leaf first, from its anchor down:
+// the anchor's key (the presented certificates' were checked before), then
+// each certificate's extended key usage. A certificate without the
+// extension, or with anyExtendedKeyUsage, allows every usage.
+func clientPath(path []*x509.Certificate) error {
+	leaf := path[0]
+	if err := checkKey(leaf, path[len(path)-1]); err != nil {
+		return err
+	}
+	for i := len(path) - 1; i >= 0; i-- {
+		c := path[i]
+		var problem string
+		switch {
+		case emptyExtKeyUsage(c):
+			problem = "has an empty extended key usage extension (RFC 5280 requires at least one purpose)"
+		case !clientUsage(c):
+			problem = "restricts extended key usage to purposes other than clientAuth"
+		default:
+			continue
+		}
+		if c == leaf {
+			return refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication: it %s", leaf.Subject.CommonName, problem)
+		}
+		return refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication: CA %q of its chain %s", leaf.Subject.CommonName, c.Subject.String(), problem)
+	}
+	return nil
+}
+
+// checkKey refuses c, a certificate of leaf's chain, when its key is not
+// one meshd would sign for: RSA of 2048 to 16384 bits (the ceiling bounds
+// what checking a signature costs), ECDSA on P-256, P-384 or P-521, or
+// Ed25519.
+func checkKey(leaf, c *x509.Certificate) error {
+	var problem string
+	switch k := c.PublicKey.(type) {
+	case *rsa.PublicKey:
+		switch n := k.N.BitLen(); {
+		case n < minRSABits:
+			problem = fmt.Sprintf("an RSA key of %d bits, fewer than the %d required", n, minRSABits)
+		case n > maxRSABits:
+			problem = fmt.Sprintf("an RSA key of %d bits, more than the %d accepted", n, maxRSABits)
+		}
+	case *ecdsa.PublicKey:
+		switch k.Curve {
+		case elliptic.P256(), elliptic.P384(), elliptic.P521():
+		default:
+			problem = fmt.Sprintf("an ECDSA key on curve %s (P-256, P-384 or P-521 required)", k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	default:
+		problem = fmt.Sprintf("a %s key (ECDSA, Ed25519 or RSA of at least %d bits required)", c.PublicKeyAlgorithm, minRSABits)
+	}
+	if problem == "" {
+		return nil
+	}
+	if c == leaf {
+		return refuse(ErrUntrusted, ReasonWeakKey, "certificate %q has %s", leaf.Subject.CommonName, problem)
+	}
+	return refuse(ErrUntrusted, ReasonWeakKey, "certificate %q: %q of its chain has %s", leaf.Subject.CommonName, c.Subject.String(), problem)
+}
+
+// The RSA key sizes checkKey accepts.
+const (
+	minRSABits = 2048
+	maxRSABits = 16384
+)
 
 // chainExpiry returns the earliest NotAfter of a verified chain.
 func chainExpiry(chain []*x509.Certificate) time.Time {
@@ -208,12 +315,29 @@ func chainExpiry(chain []*x509.Certificate) time.Time {
 	return t
 }
 
+// clientUsage reports whether c's extended key usage allows clientAuth.
 func clientUsage(c *x509.Certificate) bool {
 	if len(c.ExtKeyUsage) == 0 && len(c.UnknownExtKeyUsage) == 0 {
 		return true // no EKU extension: any usage, as RFC 5280 says
 	}
 	for _, u := range c.ExtKeyUsage {
 		if u == x509.ExtKeyUsageClientAuth || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
+}
+
+var oidExtKeyUsage = asn1.ObjectIdentifier{2, 5, 29, 37}
+
+// emptyExtKeyUsage reports whether c has an extended key usage extension
+// that lists no purpose, which crypto/x509 parses as no extension at all.
+func emptyExtKeyUsage(c *x509.Certificate) bool {
+	if len(c.ExtKeyUsage) != 0 || len(c.UnknownExtKeyUsage) != 0 {
+		return false
+	}
+	for _, e := range c.Extensions {
+		if e.Id.Equal(oidExtKeyUsage) {
 			return true
 		}
 	}
