@@ -1,0 +1,209 @@
+package server_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/internal/store"
+)
+
+// The hostile-input suite: meshd started for real, attacked over real TLS
+// on loopback, each attack bounded in count and time. Each test asserts
+// what the attack may cost meshd and that a real caller is still served.
+
+// TestHostileWatchStreamsCapped: revocation streams are capped per source
+// and in all; a refused one is answered at once and costs no stream.
+func TestHostileWatchStreamsCapped(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *server.Config) {
+		c.MaxWatchStreams, c.MaxWatchStreamsPerSource = 5, 3
+	}})
+	var subs []*sseSub
+	for i := range 3 {
+		sub, code := e.trySubscribe("", nil)
+		if sub == nil {
+			t.Fatalf("anonymous stream %d: %d, want 200", i+1, code)
+		}
+		subs = append(subs, sub)
+	}
+	if sub, code := e.trySubscribe("", nil); sub != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("a 4th anonymous stream from one address: %d, want 503", code)
+	}
+	// A verified caller is another source; the total still holds.
+	for i := range 2 {
+		if sub, code := e.trySubscribe("", e.watchCert()); sub == nil {
+			t.Fatalf("stream %d with a certificate: %d, want 200", i+1, code)
+		}
+	}
+	if sub, code := e.trySubscribe("", e.watchCert()); sub != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("a 6th stream past the total of 5: %d, want 503", code)
+	}
+	if got := e.metrics()["meshd_revocation_watchers"]; got != 5 {
+		t.Errorf("meshd_revocation_watchers = %v, want 5", got)
+	}
+	// A stream that ends frees its slot.
+	subs[0].close()
+	eventually(t, 5*time.Second, "a slot freed by a closed stream", func() bool {
+		sub, _ := e.trySubscribe("", nil)
+		if sub != nil {
+			sub.close()
+		}
+		return sub != nil
+	})
+}
+
+// TestHostileSlowBody: a client that trickles its request body is cut off
+// once ReadTimeout passes, not held for minutes.
+func TestHostileSlowBody(t *testing.T) {
+	e, _ := newEnrollEnv(t, enrollOptions{mode: server.TLSAuto})
+	e.stop()
+	e.cfg.ReadTimeout = 500 * time.Millisecond
+	e.restart()
+	conn, err := tls.Dial("tcp", e.srv.AgentAddr(), e.tlsConfig(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+	start := time.Now()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // a byte every 100 ms: 100,000 bytes would take hours
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if _, err := conn.Write([]byte(" ")); err != nil {
+				return
+			}
+		}
+	}()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = bufio.NewReader(conn).ReadString('\n') // meshd's answer, or the close
+	if took := time.Since(start); isTimeout(err) || took > 3*time.Second {
+		t.Errorf("a trickled body held its connection for %v (%v), want it cut off after the 500ms read timeout", took, err)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+// fromAddress is a client whose connections come from the loopback
+// address ip (any 127.0.0.0/8 address is this machine).
+func (e *env) fromAddress(ip string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+	tr := &http.Transport{TLSClientConfig: e.tlsConfig(nil), DisableKeepAlives: true, DialContext: d.DialContext}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// TestHostileEnrollGuesses: many addresses together get no more secret
+// guesses than the global ceiling, and a flood of rate-limited attempts
+// writes an audit entry per source and minute, not one each.
+func TestHostileEnrollGuesses(t *testing.T) {
+	e, _ := newEnrollEnv(t, enrollOptions{mode: server.TLSAuto})
+	before := e.auditSeq()
+	csr := csrPEM(t, "ct9.mesh", e.newNodeKey())
+	const addrs, each = 60, 8
+	var (
+		mu      sync.Mutex
+		guesses int
+		wg      sync.WaitGroup
+	)
+	for a := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := e.fromAddress(fmt.Sprintf("127.0.1.%d", a+1))
+			for range each {
+				r := doHeader(t, c, "POST", e.baseURL()+"/enroll", bearerHeader("wrong-secret-0123456789"), map[string]string{"node_id": "ct9", "csr": csr})
+				if r.code == http.StatusUnauthorized {
+					mu.Lock()
+					guesses++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// 60 addresses × a burst of 5 would be 300; the global ceiling is a
+	// burst of 50 plus 2 a second for the test's duration.
+	if guesses > 70 {
+		t.Errorf("%d addresses got %d secret guesses, want at most the global ceiling (about 50)", addrs, guesses)
+	}
+	limited := e.audited(before, "node.enroll", store.OutcomeRefused, "rate limited")
+	if len(limited) > addrs+1 {
+		t.Errorf("%d rate-limited attempts wrote %d audit entries, want at most one per source and minute", addrs*each-guesses, len(limited))
+	}
+	// One address hammering: one entry for the minute.
+	before = e.auditSeq()
+	c := e.fromAddress("127.0.2.1")
+	for range 200 {
+		doHeader(t, c, "POST", e.baseURL()+"/enroll", bearerHeader("wrong-secret-0123456789"), map[string]string{"node_id": "ct9", "csr": csr})
+	}
+	if got := e.audited(before, "node.enroll", store.OutcomeRefused, "rate limited"); len(got) > 2 {
+		t.Errorf("200 attempts from one address wrote %d rate-limit audit entries, want at most 2", len(got))
+	}
+}
+
+// TestHostileAgentCertFlood: one node certificate cannot mint agent
+// certificates without bound: past its burst it is told to wait, and past
+// its cap on agent identities it is refused, audited, while renewing an
+// agent it holds still works.
+func TestHostileAgentCertFlood(t *testing.T) {
+	e, clock := newEnrollEnv(t, enrollOptions{mode: server.TLSStrict})
+	e.stop()
+	e.cfg.AgentCertBurst, e.cfg.AgentCertInterval, e.cfg.MaxAgentsPerNode = 6, time.Hour, 3
+	e.restart()
+	ctx := context.Background()
+	c := e.enrollClient()
+	n := e.enrollNode(clock, testSecret, "ct600")
+	key := e.newNodeKey()
+	for _, id := range []string{"a1", "a2", "a3"} {
+		if _, err := c.AgentCert(ctx, n.cert, id, key); err != nil {
+			t.Fatalf("agent %s: %v", id, err)
+		}
+	}
+	before := e.auditSeq()
+	r := e.do(e.freshClient(&n.cert), "POST", "/agent-cert", map[string]string{"agent_id": "a4", "csr": csrPEM(t, "a4@ct600", key)})
+	if r.code != http.StatusForbidden || r.reason() != "agent_limit" {
+		t.Errorf("a 4th agent identity past the cap of 3: %s, want 403 agent_limit", r)
+	}
+	if got := e.audited(before, "cert.agent", store.OutcomeRefused, "agent_limit"); len(got) != 1 {
+		t.Errorf("the cap refusal was audited %d times, want once", len(got))
+	}
+	if _, err := c.AgentCert(ctx, n.cert, "a1", key); err != nil {
+		t.Errorf("renewing agent a1, which the node holds: %v", err)
+	}
+	// Five tokens are spent (a4's refusal took one); the sixth passes, the
+	// seventh waits an hour.
+	c.AgentCert(ctx, n.cert, "a2", key)
+	r = e.do(e.freshClient(&n.cert), "POST", "/agent-cert", map[string]string{"agent_id": "a3", "csr": csrPEM(t, "a3@ct600", key)})
+	if r.code != http.StatusTooManyRequests || r.reason() != "agent_cert_rate" || r.header.Get("Retry-After") == "" {
+		t.Errorf("past the burst of 6: %s, want 429 agent_cert_rate with Retry-After", r)
+	}
+	// A renewal naming more agents than a node may hold is refused before
+	// any CSR is looked at.
+	agents := make([]map[string]string, 4)
+	for i := range agents {
+		agents[i] = map[string]string{"agent_id": fmt.Sprintf("x%d", i), "csr": "not even a CSR"}
+	}
+	r = e.do(e.freshClient(&n.cert), "POST", "/renew", map[string]any{"csr": csrPEM(t, "ct600.mesh", n.key), "agents": agents})
+	if r.code != http.StatusBadRequest || r.reason() != "too_many_agents" {
+		t.Errorf("a renewal of 4 agents past the cap of 3: %s, want 400 too_many_agents", r)
+	}
+	if strings.Contains(e.log.String(), "not even a CSR") {
+		t.Error("the refused renewal's CSRs reached the log")
+	}
+}
