@@ -139,25 +139,12 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusNotFound, "no_ca", "this meshd has no local CA to enroll nodes with", "no local CA", "")
 		return
 	}
-	var req meshapi.EnrollRequest
-	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-		fail(http.StatusBadRequest, "bad_request", "body must be JSON {\"node_id\", \"csr\"}: "+err.Error(), "malformed body", "")
-		return
-	}
-	id, err := identity.NewNode(req.NodeID)
-	if err != nil {
-		fail(http.StatusBadRequest, "bad_node_id", err.Error(), "invalid node id", "")
+	req, id, csr, bad := parseEnrollRequest(r.Body)
+	if bad != nil {
+		fail(http.StatusBadRequest, bad.reason, bad.msg, bad.detail, bad.cn)
 		return
 	}
 	cn := id.CommonName()
-	csr, err := ca.ParseCSR([]byte(req.CSR))
-	if err == nil {
-		err = csr.CheckSignature()
-	}
-	if err != nil {
-		fail(http.StatusBadRequest, "bad_csr", "csr: "+err.Error(), "bad CSR", cn)
-		return
-	}
 	cred := bearer(r)
 	method := ""
 	switch {
@@ -213,6 +200,32 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	s.audit(ctx, "node.enroll", cn, store.OutcomeOK, fmt.Sprintf("serial %s via %s from %s", is.Record.Serial, method, host))
 	s.log.Info("node enrolled", "node", req.NodeID, "serial", is.Record.Serial, "method", method, "remote", host)
 	writeJSON(w, http.StatusCreated, issuedBody(is, true))
+}
+
+// badEnroll is why a /enroll body was refused: the reason and message the
+// caller gets, and the audit detail and identity (when known).
+type badEnroll struct{ reason, msg, detail, cn string }
+
+// parseEnrollRequest reads and checks a /enroll body (at most 64 KiB): the
+// node id must be valid and the CSR's signature must verify. It is the
+// route's parser of outside input, fuzzed.
+func parseEnrollRequest(body io.Reader) (meshapi.EnrollRequest, identity.Identity, *x509.CertificateRequest, *badEnroll) {
+	var req meshapi.EnrollRequest
+	if err := json.NewDecoder(io.LimitReader(body, 64<<10)).Decode(&req); err != nil {
+		return req, identity.Identity{}, nil, &badEnroll{"bad_request", "body must be JSON {\"node_id\", \"csr\"}: " + err.Error(), "malformed body", ""}
+	}
+	id, err := identity.NewNode(req.NodeID)
+	if err != nil {
+		return req, identity.Identity{}, nil, &badEnroll{"bad_node_id", err.Error(), "invalid node id", ""}
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err == nil {
+		err = csr.CheckSignature()
+	}
+	if err != nil {
+		return req, id, nil, &badEnroll{"bad_csr", "csr: " + err.Error(), "bad CSR", id.CommonName()}
+	}
+	return req, id, csr, nil
 }
 
 // liveCert returns the serial of an unrevoked, unexpired certificate of
