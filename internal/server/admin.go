@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -210,10 +211,18 @@ func (s *Server) checkEntity(ctx context.Context, req meshapi.RegisterEntityRequ
 	if err != nil {
 		return e, nil, err
 	}
+	names := make([]string, 0, len(others))
 	for _, o := range others {
 		if o.Name != req.Name && !o.Revoked() && o.Fingerprint == fp {
 			return e, nil, fmt.Errorf("this CA is already registered as entity %q; one CA, one entity", o.Name)
 		}
+		names = append(names, o.Name) // revoked ones too: they may come back
+	}
+	if s.files != nil {
+		names = append(names, s.files.Entities()...)
+	}
+	if err := overlappingNamespace(req.Name, names); err != nil {
+		return e, nil, err
 	}
 	pemData := pemfile.EncodeCerts(certs...) // only certificates, never a key pasted along
 	return store.Entity{Name: req.Name, CAPEM: pemData, Fingerprint: fp, Subject: certs[0].Subject.String(),
@@ -257,6 +266,27 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 	eff := s.effects.take("entity.revoked " + name)
 	writeJSON(w, http.StatusOK, meshapi.RevokeEntityResponse{Name: name, EvictedAgents: eff.evicted, ClosedConnections: eff.closed,
 		Message: fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.evicted)})
+}
+
+// overlappingNamespace refuses an entity name whose namespace overlaps
+// another entity's. Entity x owns the agent ids that start with "x-", so
+// "acme" and "acme-corp" would both own "acme-corp-weather": one partner
+// could claim the other's ids.
+func overlappingNamespace(name string, others []string) error {
+	for _, o := range others {
+		if o == name {
+			continue
+		}
+		if strings.HasPrefix(o+"-", name+"-") || strings.HasPrefix(name+"-", o+"-") {
+			long, short := o, name
+			if len(name) > len(o) {
+				long, short = name, o
+			}
+			return fmt.Errorf("entity name %q overlaps entity %q: the agent ids of %q (%s-…) would also lie in the namespace of %q (%s-…); choose a name that neither starts with %q nor is the start of another entity's name",
+				name, o, long, long, short, short, o+"-")
+		}
+	}
+	return nil
 }
 
 // recordable clamps a CA's validity bound to what the store can record

@@ -207,3 +207,24 @@ func TestHostileAgentCertFlood(t *testing.T) {
 		t.Error("the refused renewal's CSRs reached the log")
 	}
 }
+
+// TestHostileEntityNamespaceOverlap: entity names whose namespaces overlap
+// (acme owns acme-*, so acme-corp-* would be both's) are refused at
+// registration, in either order.
+func TestHostileEntityNamespaceOverlap(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	e.registerEntity("acme", newTestCA(t, "acme CA"))
+	for _, name := range []string{"acme-corp", "acme-x-y"} {
+		r := e.adminDo("POST", "/admin/entities", map[string]any{"name": name, "ca_cert": string(newTestCA(t, name+" CA").pem)})
+		if r.code != http.StatusBadRequest || !strings.Contains(r.json(t)["error"].(string), "overlaps entity \"acme\"") {
+			t.Errorf("registering %s beside acme: %s, want 400 naming the overlap", name, r)
+		}
+	}
+	e.registerEntity("globex-corp", newTestCA(t, "globex-corp CA"))
+	r := e.adminDo("POST", "/admin/entities", map[string]any{"name": "globex", "ca_cert": string(newTestCA(t, "globex CA").pem)})
+	if r.code != http.StatusBadRequest {
+		t.Errorf("registering globex beside globex-corp: %s, want 400", r)
+	}
+	// Names that only share letters are fine.
+	e.registerEntity("acmex", newTestCA(t, "acmex CA"))
+}
