@@ -136,6 +136,11 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.caDir == "" {
 		o.caDir = filepath.Join(o.dataDir, "ca")
 	}
+	for _, d := range []struct{ what, path string }{{"data dir", o.dataDir}, {"CA dir", o.caDir}, {"root dir", o.rootDir}} {
+		if err := checkPrivate(d.what, d.path); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
 		return err
 	}

@@ -80,3 +80,39 @@ func TestStoreLocationDoesNotMove(t *testing.T) {
 		}
 	})
 }
+
+// TestRefusesDirsOthersControl: a data dir others can write, or a secret
+// file another user owns, is refused before anything is read from it.
+func TestRefusesDirsOthersControl(t *testing.T) {
+	shared := t.TempDir()
+	if err := os.Chmod(shared, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkPrivate("data dir", shared); err == nil || !strings.Contains(err.Error(), "chmod 700") {
+		t.Errorf("a world-writable data dir: %v, want a refusal saying chmod 700", err)
+	}
+	private := t.TempDir()
+	if err := os.Chmod(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkPrivate("data dir", private); err != nil {
+		t.Errorf("a 0700 data dir of meshd's user: %v", err)
+	}
+	if err := checkPrivate("CA dir", filepath.Join(private, "missing")); err != nil {
+		t.Errorf("a dir that does not exist yet: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("changing a file's owner needs root")
+	}
+	secret := filepath.Join(private, "bootstrap.secret")
+	if err := os.WriteFile(secret, []byte("0123456789abcdefghij"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(secret, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	o := &options{dataDir: private}
+	if _, err := loadBootstrapSecret(o); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Errorf("a secret file another user owns: %v, want a refusal naming its owner", err)
+	}
+}

@@ -37,6 +37,9 @@ func loadBootstrapSecret(o *options) (string, error) {
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
+		if err := checkPrivate(what, path); err != nil {
+			return err
+		}
 		if fi.Mode().Perm()&0o077 != 0 {
 			return fmt.Errorf("%s %s has mode %04o; a bootstrap secret must be readable by its owner only (chmod 600 %s)", what, path, fi.Mode().Perm(), path)
 		}
