@@ -315,17 +315,25 @@ func (s *Store) load(path, entity string, seen map[string]string) []*x509.Certif
 // certificate. Text around the blocks is ignored, as OpenSSL writes it.
 // It returns the CA certificates and, for each block it skipped, why: a
 // certificate that is not a CA, or a block that is not a certificate. It
-// fails when the file holds no PEM block, or when a certificate block does
-// not parse: a damaged file is skipped whole.
+// fails when the file holds no PEM block, when a block is cut short or
+// damaged, or when a certificate block does not parse: a damaged file is
+// skipped whole, never loaded in part.
 func Parse(data []byte) (certs []*x509.Certificate, skipped []string, err error) {
-	blocks := 0
-	for n := 1; ; n++ {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
+	n := 0
+	for {
+		start := blockStart(data, 0)
+		if start < 0 {
 			break
 		}
-		blocks++
+		n++
+		data = data[start:]
+		b, rest := pem.Decode(data)
+		// pem.Decode passes over a block it cannot read and returns the
+		// next one, if any: a file read half-written ends in such a block.
+		if b == nil || blockStart(data[:len(data)-len(rest)], 1) >= 0 {
+			return nil, nil, fmt.Errorf("block %d is incomplete or damaged (a file read while it was written in place?)", n)
+		}
+		data = rest
 		if b.Type != "CERTIFICATE" {
 			// Never the block's content: it may be a private key.
 			skipped = append(skipped, fmt.Sprintf("block %d is a %s, not a CERTIFICATE; a trust file should hold certificates only", n, safeType(b.Type)))
@@ -341,10 +349,29 @@ func Parse(data []byte) (certs []*x509.Certificate, skipped []string, err error)
 		}
 		certs = append(certs, c)
 	}
-	if blocks == 0 {
+	if n == 0 {
 		return nil, nil, errors.New("no PEM data: want one or more CERTIFICATE blocks")
 	}
 	return certs, skipped, nil
+}
+
+var pemBegin = []byte("-----BEGIN ")
+
+// blockStart returns where the first PEM BEGIN line of data at or after
+// from starts, or -1. Like encoding/pem, it counts only a BEGIN at the
+// start of a line.
+func blockStart(data []byte, from int) int {
+	for i := from; i < len(data); i++ {
+		j := bytes.Index(data[i:], pemBegin)
+		if j < 0 {
+			return -1
+		}
+		i += j
+		if i == 0 || data[i-1] == '\n' {
+			return i
+		}
+	}
+	return -1
 }
 
 // safeType bounds a PEM block type for a log line.

@@ -1,6 +1,7 @@
 package filestore_test
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 	"testing"
@@ -28,6 +29,9 @@ func TestParse(t *testing.T) {
 		{name: "other block", data: slices.Concat(root.PEM(), []byte("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")), wantCAs: 1, wantSkipped: []string{`block 2 is a "RSA PRIVATE KEY"`}},
 		{name: "empty", data: nil, wantErr: "no PEM data"},
 		{name: "DER, not PEM", data: root.Cert.Raw, wantErr: "no PEM data"},
+		{name: "bundle cut in its second block", data: cut(slices.Concat(root.PEM(), inter.PEM()), len(root.PEM())+40), wantErr: "block 2 is incomplete or damaged"},
+		{name: "one block cut short", data: cut(root.PEM(), len(root.PEM())/2), wantErr: "block 1 is incomplete or damaged"},
+		{name: "damaged block before a good one", data: slices.Concat(damage(root.PEM()), inter.PEM()), wantErr: "block 1 is incomplete or damaged"},
 		{name: "damaged certificate", data: slices.Concat(root.PEM(), []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")), wantErr: "certificate 2 does not parse"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,6 +60,13 @@ func TestParse(t *testing.T) {
 		})
 	}
 }
+
+// cut returns the first n bytes of data, as a file written in place is
+// seen half-written.
+func cut(data []byte, n int) []byte { return slices.Clone(data[:n]) }
+
+// damage corrupts the base64 of a PEM block.
+func damage(data []byte) []byte { return bytes.Replace(data, []byte("\n"), []byte("\n!!"), 3) }
 
 func FuzzParse(f *testing.F) {
 	root := pkitest.NewRoot(f, "root")
