@@ -9,19 +9,25 @@
 //
 // A partner's entity is the name of the file it was registered under, never
 // a name its CA writes into its own certificate. Each file may hold several
-// CA certificates (a bundle). A file that cannot be read or parsed, a
-// certificate that is not a CA, and an entity file whose name is not a
-// valid id are skipped with a warning; the other files still load.
+// CA certificates (a bundle). A certificate that is not a CA and an entity
+// file whose name is not a valid id are skipped with a warning; the other
+// files still load.
 //
-// Files are best replaced atomically (write a temporary file, then rename
-// it into place), as kubelet and cert-manager do; a file written in place
-// may be read half-written, skipped, and read again on its next change.
+// A file that cannot be read or parsed keeps the CAs of its last version
+// that could, until a good version replaces them: a file written in place
+// and read half-written must not evict the agents of its entity. Each bad
+// version is warned about once. A file that never parsed is skipped; a
+// file that is deleted is removed. Files are still best replaced
+// atomically (write a temporary file, then rename it into place), as
+// kubelet and cert-manager do.
 package filestore
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -71,9 +77,10 @@ type Store struct {
 	debounce time.Duration
 	watcher  *fsnotify.Watcher
 
-	// mu serializes loads and guards loaded.
+	// mu serializes loads and guards loaded and files.
 	mu     sync.Mutex
 	loaded map[string][]*x509.Certificate
+	files  map[string]version // by path
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -152,10 +159,11 @@ func (s *Store) Reload() error {
 		return err
 	}
 	s.watchEntities()
-	set, err := s.read()
+	set, files, err := s.read()
 	if err != nil {
 		return err
 	}
+	s.files = files
 	if sameSet(set, s.loaded) {
 		return nil
 	}
@@ -236,18 +244,29 @@ func (s *Store) watchEntities() {
 	}
 }
 
+// version is what a Store keeps of one trust file.
+type version struct {
+	// certs are the CAs of the file's last version that parsed; nil when
+	// none has.
+	certs []*x509.Certificate
+	// bad names the file's newest version that did not parse, already
+	// warned about; "" when the newest version parsed.
+	bad string
+}
+
 // read reads the whole set: "" for the mesh's CAs, then one name per
-// entity file.
-func (s *Store) read() (map[string][]*x509.Certificate, error) {
+// entity file; and what it keeps of each file for the next read.
+func (s *Store) read() (map[string][]*x509.Certificate, map[string]version, error) {
 	set := map[string][]*x509.Certificate{}
 	seen := map[string]string{} // certificate fingerprint -> the file that holds it
+	next := map[string]version{}
 
 	files, err := pemFiles(s.dir)
 	if err != nil {
-		return nil, fmt.Errorf("filestore: read trust dir: %w", err)
+		return nil, nil, fmt.Errorf("filestore: read trust dir: %w", err)
 	}
 	for _, f := range files {
-		if certs := s.load(f, "", seen); len(certs) > 0 {
+		if certs := s.load(f, "", seen, next); len(certs) > 0 {
 			set[""] = append(set[""], certs...)
 		}
 	}
@@ -256,12 +275,12 @@ func (s *Store) read() (map[string][]*x509.Certificate, error) {
 	files, err = pemFiles(edir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return set, nil
+		return set, next, nil
 	case err != nil:
 		// Keep the mesh's own CAs; the entities are lost until the next
 		// readable change.
 		s.log.Warn("cannot read entities directory; no partner entity is trusted", "path", edir, "err", err)
-		return set, nil
+		return set, next, nil
 	}
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".pem")
@@ -270,31 +289,50 @@ func (s *Store) read() (map[string][]*x509.Certificate, error) {
 				"file", f, "reason", err.Error())
 			continue
 		}
-		if certs := s.load(f, name, seen); len(certs) > 0 {
+		if certs := s.load(f, name, seen, next); len(certs) > 0 {
 			set[name] = certs
 		}
 	}
-	return set, nil
+	return set, next, nil
 }
 
-// load reads the CA certificates of one file, logging what it skips. A CA
-// already loaded from another file is skipped too: one CA must speak for
-// one entity.
-func (s *Store) load(path, entity string, seen map[string]string) []*x509.Certificate {
+// load reads the CA certificates of one file, logging what it skips, and
+// records what it read in next. A file that does not parse gives the CAs
+// of its last version that did. A CA already loaded from another file is
+// skipped: one CA must speak for one entity.
+func (s *Store) load(path, entity string, seen map[string]string, next map[string]version) []*x509.Certificate {
 	data, err := readFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // deleted since the directory was listed
+	}
+	var certs []*x509.Certificate
+	var problems []string
+	var bad string // names this version of the file when it cannot be used
 	if err != nil {
-		s.log.Warn("skipping trust file", "file", path, "reason", err.Error())
-		return nil
+		bad = "unreadable: " + err.Error()
+	} else if certs, problems, err = Parse(data); err != nil {
+		sum := sha256.Sum256(data)
+		bad = hex.EncodeToString(sum[:])
 	}
-	certs, problems, err := Parse(data)
 	if err != nil {
-		s.log.Warn("skipping trust file", "file", path, "reason", err.Error())
-		return nil
+		last := s.files[path]
+		if bad != last.bad {
+			if last.certs != nil {
+				s.log.Warn("cannot use trust file; keeping its last good version until it is fixed",
+					"file", path, "reason", err.Error())
+			} else {
+				s.log.Warn("skipping trust file", "file", path, "reason", err.Error())
+			}
+		}
+		next[path] = version{certs: last.certs, bad: bad}
+		certs = last.certs
+	} else {
+		next[path] = version{certs: certs}
+		for _, p := range problems {
+			s.log.Warn("skipping part of trust file", "file", path, "reason", p)
+		}
 	}
-	for _, p := range problems {
-		s.log.Warn("skipping part of trust file", "file", path, "reason", p)
-	}
-	out := certs[:0]
+	out := make([]*x509.Certificate, 0, len(certs))
 	for _, c := range certs {
 		fp := trust.Fingerprint(c)
 		if other, dup := seen[fp]; dup {

@@ -263,27 +263,172 @@ func TestReplaceByRename(t *testing.T) {
 	eventually(t, "refuse a leaf of the replaced CA", refuses(t, s, oldLeaf))
 }
 
-func TestDamagedFileDropsOnlyItself(t *testing.T) {
+// A file that stops parsing (written in place and read half-written, or
+// damaged) keeps the CAs of its last good version, with one warning per
+// bad version and no change notification; the next good version replaces
+// them, and deleting the file removes them.
+func TestDamagedFileKeepsItsLastGoodVersion(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, file, entity string
+	}{
+		{name: "entity file", file: filepath.Join("entities", "acme.pem"), entity: "acme"},
+		{name: "mesh CA file", file: "mesh.pem", entity: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path := filepath.Join(dir, tc.file)
+			a1, a2 := pkitest.NewRoot(t, "acme root"), pkitest.NewRoot(t, "acme issuing")
+			good := slices.Concat(a1.PEM(), a2.PEM())
+			other := pkitest.NewRoot(t, "other root")
+			write(t, filepath.Join(dir, "entities", "other.pem"), other.PEM())
+			write(t, path, good)
+			// The watcher waits an hour: each step below is one Reload.
+			s, logs := open(t, dir, filestore.WithDebounce(time.Hour))
+			changes := 0
+			s.OnChange(func() { changes++ })
+			reload := func() {
+				t.Helper()
+				if err := s.Reload(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			holds := func(step string, want ...*pkitest.CA) {
+				t.Helper()
+				got := s.Certificates(tc.entity)
+				if len(got) != len(want) {
+					t.Fatalf("%s: %d CAs for %q, want %d", step, len(got), tc.entity, len(want))
+				}
+				for i, ca := range want {
+					if !got[i].Equal(ca.Cert) {
+						t.Errorf("%s: CA %d is %q, want %q", step, i, got[i].Subject.CommonName, ca.Cert.Subject.CommonName)
+					}
+					if err := admits(t, s, ca.Leaf(t, "scout"), tc.entity)(); err != nil {
+						t.Errorf("%s: leaf of %q: %v", step, ca.Cert.Subject.CommonName, err)
+					}
+				}
+				if err := admits(t, s, other.Leaf(t, "scout"), "other")(); err != nil {
+					t.Errorf("%s: the other entity: %v", step, err)
+				}
+			}
+			warnings := func() int {
+				n := 0
+				for _, line := range strings.Split(logs.String(), "\n") {
+					if strings.Contains(line, "level=WARN") && strings.Contains(line, "keeping its last good version") && strings.Contains(line, path) {
+						n++
+					}
+				}
+				return n
+			}
+			holds("loaded", a1, a2)
+
+			// Written in place, read half-written: cut in its second block.
+			if err := os.WriteFile(path, good[:len(a1.PEM())+100], 0o644); err != nil {
+				t.Fatal(err)
+			}
+			reload()
+			reload()
+			holds("half-written", a1, a2)
+			if n := warnings(); n != 1 {
+				t.Errorf("%d warnings after two reloads of one bad version, want 1:\n%s", n, logs)
+			}
+			if !strings.Contains(logs.String(), "block 2 is incomplete or damaged") {
+				t.Errorf("the warning does not say what is wrong:\n%s", logs)
+			}
+
+			// Another bad version: garbage.
+			if err := os.WriteFile(path, []byte("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			reload()
+			holds("garbage", a1, a2)
+			if n := warnings(); n != 2 {
+				t.Errorf("%d warnings after a second bad version, want 2:\n%s", n, logs)
+			}
+			if changes != 0 {
+				t.Errorf("%d change notifications while the file was bad, want none", changes)
+			}
+
+			// Fixed, with another CA: it replaces the last good version.
+			b := pkitest.NewRoot(t, "acme next root")
+			if err := os.WriteFile(path, b.PEM(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			reload()
+			holds("fixed", b)
+			if err := refuses(t, s, a1.Leaf(t, "scout"))(); err != nil {
+				t.Errorf("leaf of the replaced CA: %v", err)
+			}
+			if changes != 1 {
+				t.Errorf("%d change notifications after the fix, want 1", changes)
+			}
+
+			// Bad again, then deleted: a deletion is a removal.
+			if err := os.WriteFile(path, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			reload()
+			holds("emptied", b)
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			reload()
+			holds("deleted")
+			if err := refuses(t, s, b.Leaf(t, "scout"))(); err != nil {
+				t.Errorf("after the file was deleted: %v", err)
+			}
+			if changes != 2 {
+				t.Errorf("%d change notifications after the deletion, want 2", changes)
+			}
+		})
+	}
+}
+
+// The same, as the watcher sees it: a file rewritten in place.
+func TestDamagedFileKeepsItsCAsWhileWatched(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	a, b := pkitest.NewRoot(t, "a root"), pkitest.NewRoot(t, "b root")
-	write(t, filepath.Join(dir, "entities", "a.pem"), a.PEM())
-	write(t, filepath.Join(dir, "entities", "b.pem"), b.PEM())
+	path := filepath.Join(dir, "entities", "acme.pem")
+	old, next := pkitest.NewRoot(t, "acme root"), pkitest.NewRoot(t, "acme next root")
+	write(t, path, old.PEM())
 	s, logs := open(t, dir)
-	aLeaf, bLeaf := a.Leaf(t, "scout"), b.Leaf(t, "scout")
-
-	damaged := bytes.Replace(b.PEM(), []byte("\n"), []byte("\n!!"), 3)
-	write(t, filepath.Join(dir, "entities", "b.pem"), damaged)
-	eventually(t, "drop the damaged file", refuses(t, s, bLeaf))
-	if err := admits(t, s, aLeaf, "a")(); err != nil {
-		t.Errorf("the other entity: %v", err)
+	oldLeaf := old.Leaf(t, "scout")
+	if err := os.WriteFile(path, old.PEM()[:100], 0o644); err != nil {
+		t.Fatal(err)
 	}
 	eventually(t, "warn about the damaged file", func() error {
-		if !strings.Contains(logs.String(), "b.pem") {
-			return errors.New("no log line names b.pem")
+		if !strings.Contains(logs.String(), "keeping its last good version") {
+			return errors.New("no warning yet")
 		}
 		return nil
 	})
+	if err := admits(t, s, oldLeaf, "acme")(); err != nil {
+		t.Errorf("while the file is damaged: %v", err)
+	}
+	write(t, path, next.PEM())
+	eventually(t, "admit a leaf of the fixed file", admits(t, s, next.Leaf(t, "scout"), "acme"))
+	eventually(t, "refuse a leaf of the version it replaced", refuses(t, s, oldLeaf))
+}
+
+// A file that never parsed is skipped, and warned about once per version.
+func TestDamagedNewFileIsSkipped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "entities", "acme.pem")
+	write(t, path, []byte("-----BEGIN CERTIFICATE-----\nAAAA"))
+	s, logs := open(t, dir, filestore.WithDebounce(time.Hour))
+	for range 2 {
+		if err := s.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := s.Entities(); len(got) != 0 {
+		t.Errorf("Entities = %q, want none", got)
+	}
+	if n := strings.Count(logs.String(), "skipping trust file"); n != 1 {
+		t.Errorf("%d warnings for one bad version, want 1:\n%s", n, logs)
+	}
 }
 
 func TestEntityIsTheFileName(t *testing.T) {
