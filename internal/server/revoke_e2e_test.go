@@ -154,6 +154,10 @@ func TestE2ERevokeNodeCutsOffAgents(t *testing.T) {
 	eventually(t, 5*time.Second, "b@ct201 refused after an offline revocation of its node", func() bool {
 		return e.heartbeatAs(b, "b").code == http.StatusForbidden
 	})
+	// The CRL was re-signed for the revocation; its age is a metric.
+	if age, ok := e.metrics()["meshd_crl_age_seconds"]; !ok || age < 0 || age > 600 { // meshd's test clock runs minutes ahead
+		t.Errorf("meshd_crl_age_seconds = %v (present %v), want a fresh CRL's age", age, ok)
+	}
 	eventually(t, 5*time.Second, "b@ct201 listed evicted", func() bool {
 		v, _ := e.agents(e.client(&lister.cert), "").find("b")
 		return v.Status == "evicted"
