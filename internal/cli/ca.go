@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -516,11 +517,23 @@ func caListCmd(g *globals) *cobra.Command {
 }
 
 func caAuditCmd(g *globals) *cobra.Command {
-	var verify bool
+	var (
+		verify      bool
+		checkpoints string
+	)
 	cmd := &cobra.Command{
 		Use:   "audit",
 		Short: "Show the hash-chained audit log of CA operations",
-		Args:  cobra.NoArgs,
+		Long: `Show the hash-chained audit log of CA operations.
+
+With --verify, check it instead: the hash chain, and the signed checkpoints
+that meshctl and meshd append to audit.checkpoints in the CA directory. The
+chain finds an entry edited in place; the checkpoints find a log cut short or
+rewritten with every hash recomputed. Entries newer than the last checkpoint,
+or a checkpoints file deleted along with them, cannot be checked from this
+host: keep a copy of the file elsewhere and verify against it with
+--checkpoints.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := g.config()
 			if err != nil {
@@ -537,10 +550,47 @@ func caAuditCmd(g *globals) *cobra.Command {
 			}
 			w := cmd.OutOrStdout()
 			if verify {
-				if err := store.VerifyAuditChain(log); err != nil {
+				// The CA directory's own file may not exist yet; a file
+				// named on the command line must.
+				path := checkpoints
+				if path == "" {
+					path = cfg.CheckpointsPath()
+				}
+				var (
+					cps     io.Reader
+					signers []*x509.Certificate
+				)
+				f, err := os.Open(path)
+				switch {
+				case err == nil:
+					defer f.Close()
+					if signers, err = ca.CheckpointSigners(cfg); err != nil {
+						return err
+					}
+					cps = f
+				case checkpoints != "" || !errors.Is(err, os.ErrNotExist):
 					return err
 				}
-				fmt.Fprintf(w, "audit log intact: %d entries, head %s\n", len(log), head(log))
+				rep, err := ca.VerifyAudit(log, cps, signers)
+				if errors.Is(err, store.ErrAuditTampered) {
+					return fmt.Errorf("%w (keep %s and %s as they are, for the investigation)", err, cfg.StorePath(), path)
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "audit log intact: %d entries, head %s\n", rep.Entries, head(log))
+				switch {
+				case cps == nil:
+					fmt.Fprintf(w, "no checkpoints yet (%s); the chain alone was checked\n", path)
+				case rep.Checkpoints == 0:
+					fmt.Fprintf(w, "%s holds no checkpoints; the chain alone was checked\n", path)
+				default:
+					fmt.Fprintf(w, "%d checkpoints verified (%s); the newest vouches for entries 1 to %d, signed %s by intermediate %s\n",
+						rep.Checkpoints, path, rep.Newest.Seq, rep.Newest.Time.Format(time.RFC3339), rep.Newest.KeyID)
+					if n := int64(rep.Entries); n > rep.Newest.Seq {
+						fmt.Fprintf(w, "entries %d to %d are newer: the chain alone covers them until the next checkpoint\n", rep.Newest.Seq+1, n)
+					}
+				}
 				return nil
 			}
 			if g.jsonOut {
@@ -554,7 +604,8 @@ func caAuditCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().BoolVar(&verify, "verify", false, "check the hash chain instead of printing the log")
+	cmd.Flags().BoolVar(&verify, "verify", false, "check the hash chain and the signed checkpoints instead of printing the log")
+	cmd.Flags().StringVar(&checkpoints, "checkpoints", "", "with --verify: the checkpoints file to check against, e.g. a copy kept off this host (default <ca-dir>/audit.checkpoints)")
 	addJSON(cmd, g)
 	return cmd
 }

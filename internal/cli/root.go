@@ -151,7 +151,10 @@ func openStore(ctx context.Context, cfg ca.Config, create bool) (*sqlite.Store, 
 	return sqlite.Open(ctx, cfg.StorePath())
 }
 
-// withCA opens the store and the CA for the duration of fn.
+// withCA opens the store and the CA for the duration of fn. When fn
+// succeeds it checkpoints the audit log, so what the command appended is
+// anchored outside the database; a refusal leaves every file alone, and the
+// next checkpoint covers its audit entry.
 func (g *globals) withCA(ctx context.Context, fn func(*ca.CA) error) error {
 	cfg, err := g.config()
 	if err != nil {
@@ -169,7 +172,13 @@ func (g *globals) withCA(ctx context.Context, fn func(*ca.CA) error) error {
 	if err != nil {
 		return err
 	}
-	return fn(c)
+	if err := fn(c); err != nil {
+		return err
+	}
+	if _, err := c.Checkpoint(ctx); err != nil {
+		return fmt.Errorf("the command succeeded, but its audit checkpoint was not written: %w", err)
+	}
+	return nil
 }
 
 func printJSON(w io.Writer, v any) error {
