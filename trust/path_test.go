@@ -55,6 +55,15 @@ func notCA(c *x509.Certificate) {
 	c.IsCA, c.MaxPathLenZero, c.KeyUsage = false, false, x509.KeyUsageDigitalSignature
 }
 
+// pathLen sets a CA's path length constraint; -1 leaves it out.
+func pathLen(n int) pkitest.Modifier {
+	return func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = n, n == 0 }
+}
+
+func permitDNS(domains ...string) pkitest.Modifier {
+	return func(c *x509.Certificate) { c.PermittedDNSDomains = domains }
+}
+
 func dnsNames(names ...string) pkitest.Modifier {
 	return func(c *x509.Certificate) { c.DNSNames = names }
 }
@@ -89,6 +98,14 @@ func TestChainPathValidation(t *testing.T) {
 		r := pkitest.NewRoot(t, "partner root", rootMods...)
 		i := r.Intermediate(t, "partner issuing", interMods...)
 		return anchoredAt(r, i.Leaf(t, "scout", leafMods...), i.Cert)
+	}
+	// viaTwo builds one with a policy CA between the root and the issuing
+	// CA.
+	viaTwo := func(rootMods, policyMods []pkitest.Modifier) pki {
+		r := pkitest.NewRoot(t, "partner root", rootMods...)
+		p := r.Intermediate(t, "partner policy", policyMods...)
+		i := p.Intermediate(t, "partner issuing")
+		return anchoredAt(r, i.Leaf(t, "scout"), i.Cert, p.Cert)
 	}
 	mods := func(m ...pkitest.Modifier) []pkitest.Modifier { return m }
 
@@ -201,50 +218,19 @@ func TestChainPathValidation(t *testing.T) {
 			p:          viaInter(nil, mods(func(c *x509.Certificate) { notCA(c); c.BasicConstraintsValid = false }), nil),
 			wantReason: trust.ReasonUnknownCA,
 		},
-		{
-			name: "root of path length 0 above an issuing CA",
-			p: func() pki {
-				r := pkitest.NewRoot(t, "partner root", func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = 0, true })
-				i := r.Intermediate(t, "partner issuing")
-				return anchoredAt(r, i.Leaf(t, "scout"), i.Cert)
-			}(),
-			wantReason: trust.ReasonBadChain,
-		},
-		{
-			name: "CA of path length 0 above another CA",
-			p: func() pki {
-				i := root.Intermediate(t, "partner policy") // path length 0
-				ii := i.Intermediate(t, "partner issuing")
-				return anchoredAt(root, ii.Leaf(t, "scout"), ii.Cert, i.Cert)
-			}(),
-			wantReason: trust.ReasonBadChain,
-		},
-		{
-			name: "root of path length 1 above two CAs, the lower of path length 0",
-			p: func() pki {
-				r := pkitest.NewRoot(t, "partner root", func(c *x509.Certificate) { c.MaxPathLen = 1 })
-				i := r.Intermediate(t, "partner policy", func(c *x509.Certificate) { c.MaxPathLen, c.MaxPathLenZero = 0, false })
-				ii := i.Intermediate(t, "partner issuing")
-				return anchoredAt(r, ii.Leaf(t, "scout"), ii.Cert, i.Cert)
-			}(),
-			wantReason: trust.ReasonBadChain,
-		},
-		{
-			name: "root of path length 1 above one CA",
-			p: func() pki {
-				r := pkitest.NewRoot(t, "partner root", func(c *x509.Certificate) { c.MaxPathLen = 1 })
-				i := r.Intermediate(t, "partner issuing")
-				return anchoredAt(r, i.Leaf(t, "scout"), i.Cert)
-			}(),
-		},
+		{name: "root of path length 0 above an issuing CA", p: viaInter(mods(pathLen(0)), nil, nil), wantReason: trust.ReasonBadChain},
+		{name: "root of path length 1 above one CA", p: viaInter(mods(pathLen(1)), nil, nil)},
+		{name: "CA of path length 0 above another CA", p: viaTwo(nil, mods(pathLen(0))), wantReason: trust.ReasonBadChain},
+		{name: "root of path length 1 above two CAs", p: viaTwo(mods(pathLen(1)), mods(pathLen(-1))), wantReason: trust.ReasonBadChain},
+		{name: "root of path length 2 above two CAs", p: viaTwo(mods(pathLen(2)), mods(pathLen(-1)))},
 		{
 			name:       "leaf name outside the permitted DNS subtree",
-			p:          viaInter(nil, mods(func(c *x509.Certificate) { c.PermittedDNSDomains = []string{"partner.example"} }), mods(dnsNames("scout.evil.example"))),
+			p:          viaInter(nil, mods(permitDNS("partner.example")), mods(dnsNames("scout.evil.example"))),
 			wantReason: trust.ReasonBadChain,
 		},
 		{
 			name: "leaf name inside the permitted DNS subtree",
-			p:    viaInter(nil, mods(func(c *x509.Certificate) { c.PermittedDNSDomains = []string{"partner.example"} }), mods(dnsNames("scout.partner.example"))),
+			p:    viaInter(nil, mods(permitDNS("partner.example")), mods(dnsNames("scout.partner.example"))),
 		},
 		{
 			name:       "leaf URI in an excluded domain",
