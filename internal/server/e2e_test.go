@@ -228,10 +228,19 @@ func TestE2EIdentityMismatch(t *testing.T) {
 }
 
 func TestE2EEntityTakeover(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	// meshd refuses to register overlapping entity names, but another tool
+	// can drop one into the trust dir: the first claim still protects the
+	// id.
+	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true})
 	acme, acmeCorp := newTestCA(t, "acme CA"), newTestCA(t, "acme-corp CA")
 	e.registerEntity("acme", acme)
-	e.registerEntity("acme-corp", acmeCorp)
+	if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "entities", "acme-corp.pem"), acmeCorp.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "acme-corp from the trust dir", func() bool {
+		c := acmeCorp.leaf(t, "acme-corp-probe")
+		return e.do(e.freshClient(&c), "GET", "/agents", nil).code == http.StatusOK
+	})
 
 	ownerCert := acmeCorp.leaf(t, "acme-corp-x")
 	owner := e.client(&ownerCert)
