@@ -1,13 +1,17 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,8 +19,10 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/internal/store/sqlite"
 )
 
 // revokeName revokes target through the admin API with a reason that does
@@ -320,4 +326,42 @@ func (e *env) crlSerials() map[string]bool {
 			out[entry.SerialNumber.Text(16)] = true
 		}
 	}
+}
+
+// TestE2EAuditCheckpointed: meshd anchors the audit log it writes (an
+// online revocation's entries) in the CA's checkpoints file, so a rewrite
+// of the store is caught by the CA's verification.
+func TestE2EAuditCheckpointed(t *testing.T) {
+	e, clock := newEnrollEnv(t, enrollOptions{mode: server.TLSStrict})
+	n := e.enrollNode(clock, testSecret, "ct800")
+	e.revokeName(n.id + ".mesh")
+	e.stop() // the last checkpoint is written at shutdown
+	data, err := os.ReadFile(filepath.Join(e.ca.cfg.Dir, "audit.checkpoints"))
+	if err != nil {
+		t.Fatalf("no checkpoints file after meshd ran: %v", err)
+	}
+	st, err := sqlite.Open(context.Background(), e.ca.cfg.StorePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	log, err := st.AuditLog(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signers, err := ca.CheckpointSigners(e.ca.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.VerifyAudit(log, bytes.NewReader(data), signers); err != nil {
+		t.Errorf("meshd's audit log against its checkpoints: %v", err)
+	}
+	if last := lastLine(data); !strings.Contains(last, fmt.Sprintf(`"seq":%d`, len(log))) {
+		t.Errorf("the last checkpoint %s does not cover the %d entries meshd wrote", last, len(log))
+	}
+}
+
+func lastLine(data []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	return lines[len(lines)-1]
 }

@@ -91,6 +91,9 @@ type Config struct {
 	// burst, then one per interval; defaults 100 and 100ms.
 	AgentCertBurst    int
 	AgentCertInterval time.Duration
+	// CheckpointInterval is how often the audit log's head is signed into
+	// the CA's checkpoints file while it grows; default 1 minute.
+	CheckpointInterval time.Duration
 	// MaxAgentsPerNode caps the agent identities with a live certificate
 	// one node may hold; default 512. Renewing an agent it has is never
 	// refused by it.
@@ -170,6 +173,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	cfg.AgentCertBurst = cmp.Or(cfg.AgentCertBurst, 100)
 	cfg.AgentCertInterval = cmp.Or(cfg.AgentCertInterval, 100*time.Millisecond)
 	cfg.MaxAgentsPerNode = cmp.Or(cfg.MaxAgentsPerNode, 512)
+	cfg.CheckpointInterval = cmp.Or(cfg.CheckpointInterval, time.Minute)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -433,11 +437,36 @@ func (s *Server) Start(ctx context.Context) error {
 	go func() { defer s.wg.Done(); s.events.Run(ctx, s.cfg.RevocationPoll) }()
 	go func() { defer s.wg.Done(); s.watchTrust(ctx) }()
 	if s.crl != nil {
-		s.wg.Add(1)
+		s.wg.Add(2)
 		go func() { defer s.wg.Done(); s.crl.Run(ctx) }()
+		go func() { defer s.wg.Done(); s.checkpointLoop(ctx) }()
 	}
 	s.log.Info("meshd serving", "agent_port", s.AgentAddr(), "tls_mode", s.cfg.TLSMode, "backends", backendNames(s.chain), "admin_socket", s.cfg.AdminSocket, "admin_listen", s.cfg.AdminListen, "agents", s.reg.Len())
 	return nil
+}
+
+// checkpointLoop anchors the audit log outside the store: a checkpoint
+// signed by the CA every CheckpointInterval while the log grows, and one at
+// shutdown, so a later rewrite or truncation of the store's log is caught
+// by `meshctl ca audit --verify`.
+func (s *Server) checkpointLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.CheckpointInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.checkpoint(context.WithoutCancel(ctx))
+			return
+		case <-t.C:
+			s.checkpoint(ctx)
+		}
+	}
+}
+
+func (s *Server) checkpoint(ctx context.Context) {
+	if _, err := s.auth.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error("writing the audit checkpoint failed; the audit log may have been rewritten or restored (run meshctl ca audit --verify)", "err", err)
+	}
 }
 
 // abortStart closes what a failed Start had opened already.

@@ -168,3 +168,29 @@ func (s *Store) AuditLog(ctx context.Context) ([]store.AuditEntry, error) {
 
 // Compile-time check that Store implements store.Store.
 var _ store.Store = (*Store)(nil)
+
+var _ store.AuditHeader = (*Store)(nil)
+
+// AuditHead returns the last entry of the audit log, or the zero entry when
+// the log is empty, reading only that entry.
+func (s *Store) AuditHead(ctx context.Context) (store.AuditEntry, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return store.AuditEntry{}, store.ErrClosed
+	}
+	var (
+		e store.AuditEntry
+		t int64
+	)
+	err := s.rdb.QueryRowContext(ctx, `SELECT seq, time, action, identity, outcome, detail, prev_hash, hash
+		FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&e.Seq, &t, &e.Action, &e.Identity, &e.Outcome, &e.Detail, &e.PrevHash, &e.Hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.AuditEntry{}, nil
+	}
+	if err != nil {
+		return store.AuditEntry{}, fmt.Errorf("sqlite: read the audit log's head: %w", err)
+	}
+	e.Time = fromNanos(t)
+	return e, nil
+}

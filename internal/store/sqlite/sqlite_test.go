@@ -713,3 +713,20 @@ func TestIntegrityCheckFindsDamage(t *testing.T) {
 		t.Errorf("IntegrityCheck with a dangling revocation = %v, want an error naming revocations", err)
 	}
 }
+
+// TestAuditHead: the head is the last entry, read alone; zero when empty.
+func TestAuditHead(t *testing.T) {
+	s, _ := openTest(t)
+	if h, err := s.AuditHead(t.Context()); err != nil || h.Seq != 0 {
+		t.Fatalf("head of an empty log = %+v, %v", h, err)
+	}
+	appendEntries(t, s, 3)
+	log, err := s.AuditLog(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := s.AuditHead(t.Context())
+	if err != nil || h != log[len(log)-1] {
+		t.Errorf("AuditHead = %+v, %v; want %+v", h, err, log[len(log)-1])
+	}
+}
