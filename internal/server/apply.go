@@ -93,27 +93,21 @@ func (s *Server) applyCertRevocation(ctx context.Context, e store.Event) effect 
 	if !added {
 		return effect{}
 	}
-	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool {
+	match := func(p *trust.Peer) bool {
 		return p.Serial == e.Serial && p.IssuerKeyID == e.IssuerKeyID ||
 			e.KeyHash != "" && trust.KeyHash(p.Leaf.RawSubjectPublicKeyInfo) == e.KeyHash
-	})}
-	if s.reg == nil {
-		return eff // still loading
 	}
 	// The store knows the certificate (it is the CA's own), so its agents
 	// are found by fingerprint: a serial alone is unique only per issuer.
-	rec, err := s.st.Cert(ctx, e.Serial)
-	var ev []registry.Evicted
-	if err == nil {
-		ev, err = s.reg.EvictFingerprints(ctx, map[string]bool{rec.Fingerprint: true}, fmt.Sprintf("certificate %s (serial %s) revoked: %s", e.CommonName, e.Serial, reason))
+	evict := func(ctx context.Context) ([]registry.Evicted, error) {
+		rec, err := s.st.Cert(ctx, e.Serial)
+		if err != nil {
+			return nil, err
+		}
+		return s.reg.EvictFingerprints(ctx, map[string]bool{rec.Fingerprint: true}, fmt.Sprintf("certificate %s (serial %s) revoked: %s", e.CommonName, e.Serial, reason))
 	}
-	if err != nil {
-		s.log.Error("evict agents of a revoked certificate", "serial", e.Serial, "err", err)
-	}
-	eff.evicted = len(ev)
-	s.countEffect("certificate_revoked", eff)
-	s.log.Info("certificate revoked", "identity", e.CommonName, "serial", e.Serial, "reason", reason, "key_revoked", e.KeyHash != "", "agents_evicted", eff.evicted, "connections_closed", eff.closed)
-	return eff
+	return s.cutOff(ctx, "certificate_revoked", match, evict, "certificate revoked",
+		"identity", e.CommonName, "serial", e.Serial, "reason", reason, "key_revoked", e.KeyHash != "")
 }
 
 // applyIdentityRevocation makes an identity's revocation take effect:
@@ -124,19 +118,11 @@ func (s *Server) applyIdentityRevocation(ctx context.Context, e store.Event) eff
 	if !s.revs.AddIdentity(trust.Revoked{Identity: name, Reason: ca.Reason(e.Reason).String(), At: e.Time}) {
 		return effect{}
 	}
-	blocked := func(cn string) bool { return slices.Contains(store.BlockingNames(cn), name) }
-	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool { return blocked(p.Name()) })}
-	if s.reg == nil {
-		return eff
+	match := func(p *trust.Peer) bool { return slices.Contains(store.BlockingNames(p.Name()), name) }
+	evict := func(ctx context.Context) ([]registry.Evicted, error) {
+		return s.reg.EvictIdentity(ctx, name, fmt.Sprintf("identity %s revoked", name))
 	}
-	ev, err := s.reg.EvictIdentity(ctx, name, fmt.Sprintf("identity %s revoked", name))
-	if err != nil {
-		s.log.Error("evict agents of a revoked identity", "identity", name, "err", err)
-	}
-	eff.evicted = len(ev)
-	s.countEffect("identity_revoked", eff)
-	s.log.Info("identity revoked", "identity", name, "agents_evicted", eff.evicted, "connections_closed", eff.closed)
-	return eff
+	return s.cutOff(ctx, "identity_revoked", match, evict, "identity revoked", "identity", name)
 }
 
 // applyEntityRevocation makes an entity's revocation take effect: its
@@ -152,18 +138,7 @@ func (s *Server) applyEntityRevocation(ctx context.Context, e store.Event) effec
 		s.revoked.Set(name, certs)
 		s.entities.Remove(name)
 	}
-	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == name })}
-	if s.reg == nil {
-		return eff
-	}
-	ev, err := s.reg.EvictEntity(ctx, name, fmt.Sprintf("entity %q revoked", name))
-	if err != nil {
-		s.log.Error("evict agents of a revoked entity", "entity", name, "err", err)
-	}
-	eff.evicted = len(ev)
-	s.countEffect("entity_revoked", eff)
-	s.log.Info("entity revoked", "entity", name, "agents_evicted", eff.evicted, "connections_closed", eff.closed)
-	return eff
+	return s.cutOff(ctx, "entity_revoked", entityPeer(name), s.entityEviction(name, fmt.Sprintf("entity %q revoked", name)), "entity revoked", "entity", name)
 }
 
 // applyEntityRegistration trusts the entity as the store now records it.
@@ -192,11 +167,38 @@ func (s *Server) applyEntityRegistration(ctx context.Context, name string) error
 	if !replaced || s.reg == nil {
 		return nil
 	}
-	eff := effect{closed: s.conns.closeWhere(func(p *trust.Peer) bool { return p.Entity == name })}
-	ev, err := s.reg.EvictEntity(ctx, name, fmt.Sprintf("entity %q's CA was replaced; register again with a certificate from the new CA", name))
+	s.cutOff(ctx, "entity_ca_replaced", entityPeer(name),
+		s.entityEviction(name, fmt.Sprintf("entity %q's CA was replaced; register again with a certificate from the new CA", name)),
+		"entity CA replaced", "entity", name)
+	return nil
+}
+
+// entityPeer matches the peers of entity name.
+func entityPeer(name string) func(*trust.Peer) bool {
+	return func(p *trust.Peer) bool { return p.Entity == name }
+}
+
+// entityEviction evicts the agents of entity name, for reason.
+func (s *Server) entityEviction(name, reason string) func(context.Context) ([]registry.Evicted, error) {
+	return func(ctx context.Context) ([]registry.Evicted, error) { return s.reg.EvictEntity(ctx, name, reason) }
+}
+
+// cutOff makes a loss of trust take effect: open connections whose peer
+// matches are closed, evict's agents are evicted (once the registry is
+// up), and the effect is counted under cause and logged as msg with args.
+func (s *Server) cutOff(ctx context.Context, cause string, match func(*trust.Peer) bool, evict func(context.Context) ([]registry.Evicted, error), msg string, args ...any) effect {
+	eff := effect{closed: s.conns.closeWhere(match)}
+	if s.reg == nil {
+		return eff // still loading
+	}
+	ev, err := evict(ctx)
+	if err != nil {
+		s.log.Error(msg+": evicting its agents failed", append(args, "err", err)...)
+	}
 	eff.evicted = len(ev)
-	s.countEffect("entity_ca_replaced", eff)
-	return err
+	s.countEffect(cause, eff)
+	s.log.Info(msg, append(args, "agents_evicted", eff.evicted, "connections_closed", eff.closed)...)
+	return eff
 }
 
 // reloadCA follows a rotation of the CA's intermediates: the new active

@@ -3,10 +3,16 @@ package server_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +20,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // The hostile-input suite: meshd started for real, attacked over real TLS
@@ -227,4 +234,87 @@ func TestHostileEntityNamespaceOverlap(t *testing.T) {
 	}
 	// Names that only share letters are fine.
 	e.registerEntity("acmex", newTestCA(t, "acmex CA"))
+}
+
+// TestHostileHalfWrittenEntityFile: a half-written file in the trust dir's
+// entities/ neither evicts that entity's agents nor closes their
+// connections; the last good version stays in force until the file is
+// whole again.
+func TestHostileHalfWrittenEntityFile(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true})
+	partner := newTestCA(t, "partner CA")
+	e.extraKeys = append(e.extraKeys, partner.keyPEM)
+	file := filepath.Join(e.trustDir, "entities", "partner.pem")
+	if err := pemfile.WriteAtomic(file, partner.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cert := partner.leaf(t, "partner-a")
+	var conn *rawConn
+	eventually(t, 5*time.Second, "partner admitted", func() bool {
+		c := e.dial(&cert)
+		if r, err := c.do("POST", "/heartbeat", heartbeat("partner-a", 9200)); err == nil && r.code == http.StatusOK {
+			conn = c
+			return true
+		}
+		c.conn.Close()
+		return false
+	})
+	// Written in place, not atomically: a reader sees it cut short.
+	if err := os.WriteFile(file, partner.pem[:len(partner.pem)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the damaged file noticed", func() bool {
+		return strings.Contains(e.log.String(), "keeping its last good version")
+	})
+	if r, err := conn.do("HEAD", "/heartbeat/partner-a", nil); err != nil || (r.code != http.StatusOK && r.code != http.StatusAccepted) {
+		t.Errorf("partner's open connection after its file was damaged: %v %v, want it served", r, err)
+	}
+	if a, _ := e.agents(e.client(e.watchCert()), "").find("partner-a"); a.Status == "evicted" {
+		t.Errorf("partner-a evicted by a damaged file: %+v", a)
+	}
+}
+
+// TestHostilePartnerChainsBelowTheFloor: a partner CA's chain with a weak
+// key, or restricted to server use, does not admit a client, over TLS.
+func TestHostilePartnerChainsBelowTheFloor(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	weak := newTestCA(t, "weak partner CA")
+	e.registerEntity("weak", weak)
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: randSerial(t), Subject: pkix.Name{CommonName: "weak-a"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, weak.cert, rsaKey.Public(), weak.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	weakCert := tls.Certificate{Certificate: [][]byte{der, weak.cert.Raw}, PrivateKey: rsaKey, Leaf: leaf}
+	if r := e.do(e.freshClient(&weakCert), "POST", "/heartbeat", heartbeat("weak-a", 1)); r.code != http.StatusForbidden || r.reason() != "weak_key" {
+		t.Errorf("an RSA-1024 client certificate: %s, want 403 weak_key", r)
+	}
+
+	// An intermediate restricted to serverAuth vouches for no client.
+	root := newTestCA(t, "serveronly root")
+	e.registerEntity("serveronly", root)
+	interKey := newKey(t)
+	ider, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: randSerial(t), Subject: pkix.Name{CommonName: "serveronly issuing"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, root.cert, interKey.Public(), root.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, _ := x509.ParseCertificate(ider)
+	c := signLeaf(t, inter, interKey, &x509.Certificate{Subject: pkix.Name{CommonName: "serveronly-a"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	c.Certificate = append(c.Certificate[:1], inter.Raw)
+	if r := e.do(e.freshClient(&c), "POST", "/heartbeat", heartbeat("serveronly-a", 1)); r.code != http.StatusForbidden || r.reason() != "not_client_cert" {
+		t.Errorf("a client certificate under a serverAuth-only intermediate: %s, want 403 not_client_cert", r)
+	}
 }
