@@ -12,12 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/internal/retry"
 )
-
-// Clock tells the time and waits. The Renewer takes one so that tests
-// move time instead of sleeping.
-type Clock = retry.Clock
 
 // RenewerConfig configures a Renewer. The zero value renews at 2/3 of a
 // certificate's lifetime with up to 5% of it as jitter, and retries from
@@ -34,7 +31,7 @@ type RenewerConfig struct {
 	// attempts while renewal fails; 0 means 5 s and 10 min.
 	MinBackoff, MaxBackoff time.Duration
 	// Clock is the Renewer's time; nil means the system clock.
-	Clock Clock
+	Clock credentials.Clock
 	// Rand returns a uniform random int64 in [0, n); nil means
 	// math/rand/v2's Int64N.
 	Rand func(n int64) int64
@@ -45,9 +42,11 @@ type RenewerConfig struct {
 
 // Renewer is a live source of a node's certificate and its agents'
 // certificates, read from a Dir and renewed through meshd before they
-// expire. Its GetCertificate and GetClientCertificate always return the
-// current certificate, so a tls.Config built on them rotates without a
-// restart.
+// expire. It is the credentials.Source of the node (Current, Changed,
+// Close; the roots are the mesh root of ca.crt), and AgentSource gives
+// one per agent, so credentials.ServerConfig, ClientConfig and
+// Materialize work on it. Its GetCertificate and GetClientCertificate
+// also return the current certificate, for a tls.Config built by hand.
 //
 // A renewal renews the node and every agent in the Dir's agents/ in one
 // POST /renew (the agents piggyback on the node), with the same keys, and
@@ -65,7 +64,15 @@ type Renewer struct {
 	mu     sync.Mutex    // serialises renewals
 	wakeup chan struct{} // a renewal outside Run moved the schedule
 	update chan struct{} // see Updated
+
+	node      credentials.Holder // the node's credentials.Source
+	viewsMu   sync.Mutex
+	views     map[*agentSource]struct{} // open AgentSources
+	closed    chan struct{}             // closed by Close; stops Run
+	closeOnce sync.Once
 }
+
+var _ credentials.Source = (*Renewer)(nil)
 
 // renewState is one generation of credentials; it is replaced whole.
 type renewState struct {
@@ -73,6 +80,10 @@ type renewState struct {
 	agents map[string]*tls.Certificate
 	// jitter is drawn once per generation, so the schedule is stable.
 	jitter time.Duration
+	// creds and agentCreds are the generation as a credentials.Source
+	// serves it, built once.
+	creds      *credentials.Credentials
+	agentCreds map[string]*credentials.Credentials
 }
 
 // NewRenewer returns a Renewer of the node enrolled in dir, which renews
@@ -113,15 +124,31 @@ func NewRenewer(client *Client, dir Dir, cfg RenewerConfig) (*Renewer, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Renewer{client: client, dir: dir, cfg: cfg, log: log, wakeup: make(chan struct{}, 1), update: make(chan struct{}, 1)}
-	r.state.Store(r.newState(node))
+	r := &Renewer{
+		client: client, dir: dir, cfg: cfg, log: log,
+		wakeup: make(chan struct{}, 1), update: make(chan struct{}, 1),
+		views: make(map[*agentSource]struct{}), closed: make(chan struct{}),
+	}
+	s := r.newState(node)
+	if err := r.node.Set(s.creds); err != nil {
+		return nil, fmt.Errorf("%s: %w", dir.Path(NodeCertFile), err)
+	}
+	r.state.Store(s)
 	return r, nil
 }
 
 func (r *Renewer) newState(n *Node) *renewState {
-	s := &renewState{node: n, agents: make(map[string]*tls.Certificate, len(n.Agents))}
+	roots := rootCerts(n.Chain)
+	s := &renewState{
+		node:       n,
+		agents:     make(map[string]*tls.Certificate, len(n.Agents)),
+		creds:      &credentials.Credentials{Certificate: n.Certificate, Roots: roots},
+		agentCreds: make(map[string]*credentials.Credentials, len(n.Agents)),
+	}
 	for i := range n.Agents {
-		s.agents[n.Agents[i].ID] = &n.Agents[i].Certificate
+		a := &n.Agents[i]
+		s.agents[a.ID] = &a.Certificate
+		s.agentCreds[a.ID] = &credentials.Credentials{Certificate: a.Certificate, Roots: roots}
 	}
 	if life := lifetime(n.Certificate.Leaf); r.cfg.Jitter > 0 && life > 0 {
 		if limit := int64(float64(life) * r.cfg.Jitter); limit > 0 {
@@ -131,13 +158,110 @@ func (r *Renewer) newState(n *Node) *renewState {
 	return s
 }
 
+// rootCerts returns the roots of chain (its self-signed certificates),
+// or the whole chain when it has none, as Node.Roots does.
+func rootCerts(chain []*x509.Certificate) []*x509.Certificate {
+	var roots []*x509.Certificate
+	for _, c := range chain {
+		if selfSigned(c) {
+			roots = append(roots, c)
+		}
+	}
+	if len(roots) == 0 {
+		return chain
+	}
+	return roots
+}
+
 // Updated returns a channel that receives after the credentials changed
-// (changes that follow each other quickly may be reported once).
+// (changes that follow each other quickly may be reported once). It has
+// one receiver; Changed, the credentials.Source form, has any number.
 func (r *Renewer) Updated() <-chan struct{} { return r.update }
+
+// Current returns the node's current credentials: its certificate and
+// key, and the mesh root of ca.crt as Roots. After Close it fails with
+// credentials.ErrClosed.
+func (r *Renewer) Current() (*credentials.Credentials, error) { return r.node.Current() }
+
+// Changed returns a channel that is closed when the node's credentials
+// are renewed or adopted from the Dir, or at Close.
+func (r *Renewer) Changed() <-chan struct{} { return r.node.Changed() }
+
+// Close stops Run and closes the Renewer as a credentials.Source, and
+// every AgentSource of it. It does not touch the Dir. It is idempotent.
+func (r *Renewer) Close() error {
+	r.closeOnce.Do(func() {
+		close(r.closed)
+		r.node.Close() // a renewal still under way publishes to no one
+
+		r.viewsMu.Lock()
+		defer r.viewsMu.Unlock()
+		for v := range r.views {
+			v.holder.Close()
+			delete(r.views, v)
+		}
+	})
+	return nil
+}
+
+// AgentSource returns agent id's credentials as a credentials.Source:
+// its certificate, renewed with the node's, and the node's roots.
+// Closing it leaves the Renewer running. It fails for an agent that has
+// no certificate in the Dir yet (mint one with `meshctl agent-cert`).
+func (r *Renewer) AgentSource(id string) (credentials.Source, error) {
+	r.viewsMu.Lock()
+	defer r.viewsMu.Unlock()
+	select {
+	case <-r.closed:
+		return nil, credentials.ErrClosed
+	default:
+	}
+	c, ok := r.state.Load().agentCreds[id]
+	if !ok {
+		return nil, fmt.Errorf("enroll: no certificate for agent %q in %s (mint one with `meshctl agent-cert %s`)", id, string(r.dir), id)
+	}
+	v := &agentSource{r: r, id: id}
+	if err := v.holder.Set(c); err != nil {
+		return nil, fmt.Errorf("enroll: agent %q: %w", id, err)
+	}
+	r.views[v] = struct{}{}
+	return v, nil
+}
+
+// agentSource is one agent's view of a Renewer.
+type agentSource struct {
+	r      *Renewer
+	id     string
+	holder credentials.Holder
+}
+
+func (v *agentSource) Current() (*credentials.Credentials, error) { return v.holder.Current() }
+func (v *agentSource) Changed() <-chan struct{}                   { return v.holder.Changed() }
+
+func (v *agentSource) Close() error {
+	v.r.viewsMu.Lock()
+	delete(v.r.views, v)
+	v.r.viewsMu.Unlock()
+	return v.holder.Close()
+}
 
 // swap makes s the current credentials.
 func (r *Renewer) swap(s *renewState) {
 	r.state.Store(s)
+	if err := r.node.Set(s.creds); err != nil && !errors.Is(err, credentials.ErrClosed) {
+		r.log.Error("cannot serve the renewed node certificate", "err", err)
+	}
+	r.viewsMu.Lock()
+	for v := range r.views {
+		// An agent missing from s (its files were removed from the Dir)
+		// keeps serving its last certificate until it expires.
+		if c := s.agentCreds[v.id]; c != nil {
+			if err := v.holder.Set(c); err != nil && !errors.Is(err, credentials.ErrClosed) {
+				r.log.Error("cannot serve the renewed agent certificate", "agent", v.id, "err", err)
+			}
+		}
+	}
+	r.viewsMu.Unlock()
 	select {
 	case r.update <- struct{}{}:
 	default:
@@ -218,6 +342,11 @@ func (r *Renewer) scheduled(s *renewState) time.Time {
 // RenewNow renews the node and its agents at once, whether due or not,
 // and writes the new certificates to the Dir.
 func (r *Renewer) RenewNow(ctx context.Context) (*Renewal, error) {
+	select {
+	case <-r.closed:
+		return nil, credentials.ErrClosed
+	default:
+	}
 	res, err := r.renew(ctx)
 	select {
 	case r.wakeup <- struct{}{}:
@@ -296,8 +425,9 @@ func (r *Renewer) backoff(attempt int) time.Duration {
 	return retry.Backoff(attempt, r.cfg.MinBackoff, r.cfg.MaxBackoff, r.cfg.Rand)
 }
 
-// Run renews the credentials whenever they are due until ctx ends, and
-// returns ctx's error. A failed renewal is logged and retried; past the
+// Run renews the credentials whenever they are due until ctx ends or
+// Close is called, and returns ctx's error or credentials.ErrClosed. A
+// failed renewal is logged and retried; past the
 // node certificate's expiry it cannot succeed (enroll again) and Run
 // says so in every failure it logs.
 func (r *Renewer) Run(ctx context.Context) error {
@@ -313,6 +443,8 @@ func (r *Renewer) Run(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
+			case <-r.closed:
+				return credentials.ErrClosed
 			case <-r.wakeup:
 				attempt = 0
 				continue

@@ -6,15 +6,21 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
+	"github.com/meshtrust/meshtrust/credentials/file"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // fakeClock is a Clock whose time moves only when the test says.
@@ -353,5 +359,212 @@ func TestNewRenewerConfig(t *testing.T) {
 	}
 	if want := enroll.RenewAt(r.Certificate().Leaf, 0.5); !r.Due().Equal(want) {
 		t.Errorf("Due = %s, want %s", r.Due(), want)
+	}
+}
+
+// handshake connects a client with cli to a server with srv over
+// loopback and returns the certificates each presented.
+func handshake(t *testing.T, ln net.Listener, cli *tls.Config) (server, client *x509.Certificate) {
+	t.Helper()
+	peer := make(chan *x509.Certificate, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			peer <- nil
+			return
+		}
+		defer conn.Close()
+		tc := conn.(*tls.Conn)
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			t.Errorf("server handshake: %v", err)
+			peer <- nil
+			return
+		}
+		tc.Write([]byte("ok"))
+		peer <- tc.ConnectionState().PeerCertificates[0]
+	}()
+	conn, err := tls.Dial("tcp", ln.Addr().String(), cli)
+	if err != nil {
+		t.Fatalf("client handshake: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(conn, make([]byte, 2)); err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	return conn.ConnectionState().PeerCertificates[0], <-peer
+}
+
+// TestRenewerSource: the Renewer is the node's credentials.Source and
+// AgentSource an agent's: tls.Configs and Materialize built on them
+// follow a renewal without a restart.
+func TestRenewerSource(t *testing.T) {
+	t.Parallel()
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	dir := node(t, s, c)
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{Clock: newFakeClock(time.Now())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeCreds, err := r.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !nodeCreds.Certificate.Leaf.Equal(r.Certificate().Leaf) || nodeCreds.Certificate.PrivateKey == nil {
+		t.Error("Current does not hold the node's certificate and key")
+	}
+	root, err := pemfile.ParseCerts(s.RootPEM())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodeCreds.Roots) != 1 || !nodeCreds.Roots[0].Equal(root[0]) {
+		t.Errorf("Roots: %d certificates, want the mesh root", len(nodeCreds.Roots))
+	}
+	if again, _ := r.Current(); again != nodeCreds {
+		t.Error("Current changed without a renewal")
+	}
+	agent, err := r.AgentSource("opus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.AgentSource("ghost"); err == nil || !strings.Contains(err.Error(), "meshctl agent-cert ghost") {
+		t.Errorf("AgentSource of an agent without a certificate: %v", err)
+	}
+	agentCreds, err := agent.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cn := agentCreds.Certificate.Leaf.Subject.CommonName; cn != "opus@ct112" || len(agentCreds.Roots) != 1 {
+		t.Errorf("agent credentials: %s with %d roots", cn, len(agentCreds.Roots))
+	}
+
+	// The node serves, the agent dials, each verifying the other.
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", credentials.ServerConfig(r, credentials.AuthorizeCommonName("opus@ct112")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli := credentials.ClientConfig(agent, credentials.AuthorizeCommonName("ct112.mesh"))
+	srvCert, cliCert := handshake(t, ln, cli)
+	if !srvCert.Equal(nodeCreds.Certificate.Leaf) || !cliCert.Equal(agentCreds.Certificate.Leaf) {
+		t.Fatal("the handshake did not present the sources' certificates")
+	}
+	files, err := credentials.Materialize(t.Context(), agent, "opus", credentials.MaterializeIn(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer files.Close()
+	reader, err := file.New(t.Context(), files.CertFile, files.KeyFile, files.CAFile, file.WithDebounce(10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+
+	nodeChanged, agentChanged := r.Changed(), agent.Changed()
+	if _, err := r.RenewNow(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]<-chan struct{}{"node": nodeChanged, "agent": agentChanged} {
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the %s's Changed was not closed by the renewal", name)
+		}
+	}
+	renewedNode, _ := r.Current()
+	renewedAgent, _ := agent.Current()
+	if renewedNode.Certificate.Leaf.Equal(nodeCreds.Certificate.Leaf) || renewedAgent.Certificate.Leaf.Equal(agentCreds.Certificate.Leaf) {
+		t.Fatal("Current did not move to the renewed certificates")
+	}
+	srvCert, cliCert = handshake(t, ln, cli)
+	if !srvCert.Equal(renewedNode.Certificate.Leaf) || !cliCert.Equal(renewedAgent.Certificate.Leaf) {
+		t.Error("the next handshake did not present the renewed certificates")
+	}
+	// A process that reads the materialized files sees the renewal.
+	for {
+		ch := reader.Changed()
+		got, err := reader.Current()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Certificate.Leaf.Equal(renewedAgent.Certificate.Leaf) {
+			break
+		}
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the materialized files were not rewritten after the renewal")
+		}
+	}
+
+	// Closing an agent's source leaves the Renewer alone.
+	other, err := r.AgentSource("opus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	if _, err := other.Current(); !errors.Is(err, credentials.ErrClosed) {
+		t.Errorf("a closed AgentSource: %v", err)
+	}
+	if _, err := agent.Current(); err != nil {
+		t.Errorf("closing one AgentSource closed another: %v", err)
+	}
+}
+
+// TestRenewerClose: Close stops Run and closes the node's and the agents'
+// sources.
+func TestRenewerClose(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock(time.Now())
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	r, err := enroll.NewRenewer(c, node(t, s, c), enroll.RenewerConfig{Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, err := r.AgentSource("opus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(t.Context()) }()
+	clk.nextWait(t) // Run waits for the due time
+	nodeChanged, agentChanged := r.Changed(), agent.Changed()
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, credentials.ErrClosed) {
+			t.Errorf("Run = %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop at Close")
+	}
+	for name, src := range map[string]credentials.Source{"node": r, "agent": agent} {
+		if _, err := src.Current(); !errors.Is(err, credentials.ErrClosed) {
+			t.Errorf("%s Current after Close = %v", name, err)
+		}
+	}
+	select {
+	case <-nodeChanged:
+	default:
+		t.Error("Close did not wake the node's waiters")
+	}
+	select {
+	case <-agentChanged:
+	default:
+		t.Error("Close did not wake the agent's waiters")
+	}
+	if _, err := r.RenewNow(t.Context()); !errors.Is(err, credentials.ErrClosed) {
+		t.Errorf("RenewNow after Close = %v", err)
+	}
+	if _, err := r.AgentSource("opus"); !errors.Is(err, credentials.ErrClosed) {
+		t.Errorf("AgentSource after Close = %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }
