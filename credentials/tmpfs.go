@@ -18,9 +18,9 @@ import (
 
 // The names of the files Materialize writes in its directory.
 const (
-	CertFileName = "cert.pem" // the leaf, then its intermediates
-	KeyFileName  = "key.pem"  // the private key, PKCS #8
-	CAFileName   = "ca.pem"   // the roots; empty when the source has none
+	certFileName = "cert.pem" // the leaf, then its intermediates
+	keyFileName  = "key.pem"  // the private key, PKCS #8
+	caFileName   = "ca.pem"   // the roots; empty when the source has none
 )
 
 // The environment variables Files.Env sets: the seed's, which MCP Mesh
@@ -37,13 +37,15 @@ type Files struct {
 	// Dir is the private directory (0700) that holds the files.
 	Dir string
 	// CertFile, KeyFile and CAFile are the paths of the certificate
-	// chain, the private key and the roots, each 0600.
+	// chain (cert.pem), the private key (key.pem, PKCS #8) and the roots
+	// (ca.pem, empty when the source has none), each 0600.
 	CertFile, KeyFile, CAFile string
 
 	stop    context.CancelFunc
 	done    chan struct{} // closed when the directory is gone
 	mu      sync.Mutex
-	err     error // from removing the directory
+	err     error         // from removing the directory
+	wrote   chan struct{} // closed at the next rewrite, then replaced
 	log     *slog.Logger
 	last    *Credentials // the credentials last written
 	written [3][]byte    // the contents last written, to skip no-op rewrites
@@ -109,16 +111,17 @@ func Materialize(ctx context.Context, src Source, agentID string, opts ...Materi
 	if err != nil {
 		return nil, fmt.Errorf("credentials: materialize %s: %w", agentID, err)
 	}
-	dir, err := privateDir(cfg.base, agentID)
+	dir, err := privateDir(cfg.base, agentID, cfg.log)
 	if err != nil {
 		return nil, fmt.Errorf("credentials: materialize %s: %w", agentID, err)
 	}
 	f := &Files{
 		Dir:      dir,
-		CertFile: filepath.Join(dir, CertFileName),
-		KeyFile:  filepath.Join(dir, KeyFileName),
-		CAFile:   filepath.Join(dir, CAFileName),
+		CertFile: filepath.Join(dir, certFileName),
+		KeyFile:  filepath.Join(dir, keyFileName),
+		CAFile:   filepath.Join(dir, caFileName),
 		done:     make(chan struct{}),
+		wrote:    make(chan struct{}),
 		log:      cfg.log.With("dir", dir),
 	}
 	if err := f.write(c); err != nil {
@@ -130,15 +133,18 @@ func Materialize(ctx context.Context, src Source, agentID string, opts ...Materi
 }
 
 // privateDir creates the directory under base, or under /dev/shm then
-// os.TempDir() when base is "".
-func privateDir(base, agentID string) (string, error) {
+// os.TempDir() when base is "". MkdirTemp creates it 0700 and fails
+// rather than reuse a directory that is already there.
+func privateDir(base, agentID string, log *slog.Logger) (string, error) {
 	pattern := fmt.Sprintf("meshtrust-%s-%d-*", agentID, os.Getpid())
 	if base != "" {
-		return os.MkdirTemp(base, pattern) // MkdirTemp creates it 0700
+		return os.MkdirTemp(base, pattern)
 	}
-	if dir, err := os.MkdirTemp("/dev/shm", pattern); err == nil {
+	dir, err := os.MkdirTemp("/dev/shm", pattern)
+	if err == nil {
 		return dir, nil
 	}
+	log.Warn("cannot write to /dev/shm; the private key goes to the temporary directory, which may be on a disk", "err", err, "tmp", os.TempDir())
 	return os.MkdirTemp(os.TempDir(), pattern)
 }
 
@@ -196,6 +202,10 @@ func (f *Files) write(c *Credentials) error {
 	if len(changed) == 0 {
 		return nil
 	}
+	f.mu.Lock()
+	close(f.wrote)
+	f.wrote = make(chan struct{})
+	f.mu.Unlock()
 	f.log.Info("wrote credential files", "files", changed, "subject", c.Certificate.Leaf.Subject.CommonName, "serial", fmt.Sprintf("%x", c.Certificate.Leaf.SerialNumber), "not_after", c.Certificate.Leaf.NotAfter)
 	return nil
 }
@@ -204,6 +214,15 @@ func (f *Files) write(c *Credentials) error {
 // process's environment (exec.Cmd.Env). They hold paths only.
 func (f *Files) Env() []string {
 	return []string{EnvCert + "=" + f.CertFile, EnvKey + "=" + f.KeyFile, EnvCA + "=" + f.CAFile}
+}
+
+// Rewritten returns a channel that is closed the next time the files
+// are rewritten after a change of the source: the moment to tell the
+// process that reads them to load them again (with a SIGHUP, say).
+func (f *Files) Rewritten() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.wrote
 }
 
 // Done returns a channel that is closed once the directory has been

@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,52 +21,6 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
-
-// logLines is a log that hands each line to the test as it is written,
-// so a test waits for what a goroutine did instead of sleeping.
-type logLines struct {
-	mu    sync.Mutex
-	all   bytes.Buffer
-	lines chan string
-}
-
-func newLog() (*logLines, *slog.Logger) {
-	l := &logLines{lines: make(chan string, 100)}
-	return l, slog.New(slog.NewTextHandler(l, nil))
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	l.all.Write(p)
-	l.mu.Unlock()
-	select {
-	case l.lines <- string(p):
-	default:
-	}
-	return len(p), nil
-}
-
-func (l *logLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.all.String()
-}
-
-// await waits for a line that contains msg.
-func (l *logLines) await(t *testing.T, msg string) {
-	t.Helper()
-	deadline := time.After(wait)
-	for {
-		select {
-		case line := <-l.lines:
-			if strings.Contains(line, msg) {
-				return
-			}
-		case <-deadline:
-			t.Fatalf("no log line saying %q in:\n%s", msg, l)
-		}
-	}
-}
 
 func mode(t *testing.T, path string) fs.FileMode {
 	t.Helper()
@@ -135,8 +88,8 @@ func TestMaterialize(t *testing.T) {
 	first := inter.creds(t, "opus@ct1", root)
 	h := mustHolder(t, first)
 	base := t.TempDir()
-	logs, log := newLog()
-	f, err := credentials.Materialize(t.Context(), h, "opus", credentials.MaterializeIn(base), credentials.MaterializeLogger(log))
+	var logs bytes.Buffer // written by Materialize's goroutine, read once it is done
+	f, err := credentials.Materialize(t.Context(), h, "opus", credentials.MaterializeIn(base), credentials.MaterializeLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +97,6 @@ func TestMaterialize(t *testing.T) {
 		t.Errorf("directory %s, want %s/%s*", f.Dir, base, want)
 	}
 	requireFiles(t, f, first)
-	logs.await(t, "wrote credential files")
 
 	// The environment names the files; it carries no PEM.
 	env := strings.Join(f.Env(), "\n")
@@ -159,8 +111,13 @@ func TestMaterialize(t *testing.T) {
 
 	// A rotation (new key, new roots) is written out.
 	rotated := root.creds(t, "opus@ct1", root, newRoot(t, "root 2"))
+	rewritten := f.Rewritten()
 	set(t, h, rotated)
-	logs.await(t, "wrote credential files")
+	select {
+	case <-rewritten:
+	case <-time.After(wait):
+		t.Fatal("the files were not rewritten after the change")
+	}
 	requireFiles(t, f, rotated)
 
 	if err := f.Close(); err != nil {
@@ -169,6 +126,9 @@ func TestMaterialize(t *testing.T) {
 	requireGone(t, f.Dir)
 	if err := f.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+	if !strings.Contains(logs.String(), "wrote credential files") {
+		t.Errorf("the rewrites were not logged:\n%s", logs.String())
 	}
 	for _, leak := range []string{"-----BEGIN", "PRIVATE KEY"} {
 		if strings.Contains(logs.String(), leak) {
@@ -302,7 +262,7 @@ func TestMaterializeSIGTERM(t *testing.T) {
 	if dir == "" {
 		t.Fatalf("the child exited early: %v", cmd.Wait())
 	}
-	if m := mode(t, filepath.Join(dir, credentials.KeyFileName)); m.Perm() != 0o600 {
+	if m := mode(t, filepath.Join(dir, "key.pem")); m.Perm() != 0o600 {
 		t.Errorf("the child's key has mode %v", m)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
