@@ -10,7 +10,10 @@
 // and swapping the ..data symlink to it, which changes no watched file
 // and removes the old targets. Every change in a directory schedules one
 // reload after a short debounce, so the events of one update, or a
-// certificate and key written one after the other, are read as one.
+// certificate and key written one after the other, are read as one. A
+// path that is a symlink into another directory is followed only through
+// changes in its own directory (a swapped link, as Kubernetes does), and
+// removing a watched directory itself ends the watch.
 //
 // A reload that cannot read a file, or finds a certificate that is not
 // its key's, keeps the last good credentials in use and logs a warning

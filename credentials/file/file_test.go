@@ -4,17 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
 	"github.com/meshtrust/meshtrust/credentials/file"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -30,22 +26,20 @@ import (
 // wait bounds every wait for something that should happen at once.
 const wait = 10 * time.Second
 
-// pki is a throwaway root that issues leaves, each as the PEM files a
-// provider would read.
+// pki is a throwaway mesh CA (enrolltest's) that issues leaves as the
+// PEM files a provider would read.
 type pki struct {
-	cert *x509.Certificate
-	key  crypto.Signer
+	srv  *enrolltest.Server
+	cert *x509.Certificate // the root
 }
 
-func newPKI(t *testing.T, cn string) *pki {
+func newPKI(t *testing.T) *pki {
 	t.Helper()
-	key := newKey(t)
-	tmpl := template(cn)
-	tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
-	return &pki{cert: create(t, tmpl, tmpl, key.Public(), key), key: key}
+	s := enrolltest.NewServer(t, enrolltest.Config{})
+	return &pki{srv: s, cert: s.Root}
 }
 
-// pair is a leaf's certificate and key PEM.
+// pair is a leaf's certificate chain and key PEM.
 type pair struct {
 	leaf          *x509.Certificate
 	certPEM, key  []byte
@@ -54,45 +48,17 @@ type pair struct {
 
 func (p *pki) issue(t *testing.T, cn string) pair {
 	t.Helper()
-	key := newKey(t)
-	leaf := create(t, template(cn), p.cert, key.Public(), p.key)
-	keyPEM, err := pemfile.MarshalKey(key)
+	c := p.srv.Issue(t, cn)
+	keyPEM, err := pemfile.MarshalKey(c.PrivateKey.(crypto.Signer))
 	if err != nil {
 		t.Fatal(err)
+	}
+	var chain []byte
+	for _, der := range c.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
 	}
 	block, _ := pem.Decode(keyPEM)
-	return pair{leaf: leaf, certPEM: pemfile.EncodeCerts(leaf), key: keyPEM, keyB64Excerpt: base64.StdEncoding.EncodeToString(block.Bytes)[20:40]}
-}
-
-func newKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func template(cn string) *x509.Certificate {
-	return &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Minute),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-}
-
-func create(t *testing.T, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return pair{leaf: c.Leaf, certPEM: chain, key: keyPEM, keyB64Excerpt: base64.StdEncoding.EncodeToString(block.Bytes)[20:40]}
 }
 
 func write(t *testing.T, path string, data []byte, perm os.FileMode) {
@@ -198,7 +164,7 @@ func awaitLeaf(t *testing.T, s credentials.Source, want *x509.Certificate) {
 
 func TestNew(t *testing.T) {
 	t.Parallel()
-	ca, other := newPKI(t, "root"), newPKI(t, "other root")
+	ca, other := newPKI(t), newPKI(t)
 	p := ca.issue(t, "opus@ct1")
 	cert, key, caPath := files(t, t.TempDir(), p, ca, other)
 	s := newSource(t, cert, key, caPath)
@@ -236,11 +202,11 @@ func TestNew(t *testing.T) {
 
 func TestNewRefuses(t *testing.T) {
 	t.Parallel()
-	ca := newPKI(t, "root")
+	ca := newPKI(t)
 	dir := t.TempDir()
 	cert, key, caPath := files(t, dir, ca.issue(t, "opus@ct1"), ca)
 	otherKey := filepath.Join(dir, "other.key")
-	write(t, otherKey, ca.issue(t, "x").key, 0o600)
+	write(t, otherKey, ca.issue(t, "scout@ct1").key, 0o600)
 	looseKey := filepath.Join(dir, "loose.key")
 	write(t, looseKey, must(os.ReadFile(key)), 0o644)
 	noCerts := filepath.Join(dir, "empty.crt")
@@ -289,7 +255,7 @@ func TestNewRefuses(t *testing.T) {
 
 // TestFromEnv sets the process's environment, so it runs alone.
 func TestFromEnv(t *testing.T) {
-	ca := newPKI(t, "root")
+	ca := newPKI(t)
 	p := ca.issue(t, "opus@ct1")
 	cert, key, caPath := files(t, t.TempDir(), p, ca)
 	for _, tc := range []struct {
@@ -388,7 +354,7 @@ func secretFiles(p pair, ca ...*pki) map[string][]byte {
 // is picked up, certificate, key and CA bundle together.
 func TestReloadSecretVolume(t *testing.T) {
 	t.Parallel()
-	ca, ca2 := newPKI(t, "root"), newPKI(t, "root 2")
+	ca, ca2 := newPKI(t), newPKI(t)
 	v := &secretVolume{dir: t.TempDir()}
 	first := ca.issue(t, "opus@ct1")
 	v.publish(t, secretFiles(first, ca))
@@ -400,7 +366,7 @@ func TestReloadSecretVolume(t *testing.T) {
 	}
 
 	for i := range 3 {
-		next := ca2.issue(t, fmt.Sprintf("opus@ct1 #%d", i))
+		next := ca2.issue(t, fmt.Sprintf("opus%d@ct1", i))
 		ch := s.Changed()
 		v.publish(t, secretFiles(next, ca, ca2))
 		select {
@@ -425,7 +391,7 @@ func TestReloadSecretVolume(t *testing.T) {
 // TestReloadInPlace: files replaced one after the other are reloaded.
 func TestReloadInPlace(t *testing.T) {
 	t.Parallel()
-	ca := newPKI(t, "root")
+	ca := newPKI(t)
 	dir := t.TempDir()
 	cert, key, caPath := files(t, dir, ca.issue(t, "opus@ct1"), ca)
 	s := newSource(t, cert, key, caPath, file.WithDebounce(10*time.Millisecond))
@@ -440,7 +406,7 @@ func TestReloadInPlace(t *testing.T) {
 // credentials in use and are logged, without the files' contents.
 func TestReloadKeepsLastGood(t *testing.T) {
 	t.Parallel()
-	ca := newPKI(t, "root")
+	ca := newPKI(t)
 	dir := t.TempDir()
 	good := ca.issue(t, "opus@ct1")
 	cert, key, caPath := files(t, dir, good, ca)
@@ -504,7 +470,7 @@ func (c *stepClock) After(time.Duration) <-chan time.Time {
 // between.
 func TestDebounce(t *testing.T) {
 	t.Parallel()
-	ca := newPKI(t, "root")
+	ca := newPKI(t)
 	dir := t.TempDir()
 	cert, key, caPath := files(t, dir, ca.issue(t, "opus@ct1"), ca)
 	clk := &stepClock{afters: make(chan chan time.Time, 100)}
@@ -541,7 +507,7 @@ func TestDebounce(t *testing.T) {
 // TestContextEnds: the source closes when New's ctx ends.
 func TestContextEnds(t *testing.T) {
 	t.Parallel()
-	ca := newPKI(t, "root")
+	ca := newPKI(t)
 	cert, key, caPath := files(t, t.TempDir(), ca.issue(t, "opus@ct1"), ca)
 	ctx, cancel := context.WithCancel(t.Context())
 	s, err := file.New(ctx, cert, key, caPath)
