@@ -86,7 +86,7 @@ func MaterializeLogger(l *slog.Logger) MaterializeOption {
 // (the file source does).
 //
 // Only paths are meant to be handed on (Env): never put a key or a PEM
-// in an environment variable, which other processes of the user can read.
+// in an environment variable, which every child inherits and /proc shows.
 //
 // Materialize fails if src has no credentials (Wait first for a source
 // that fetches them) or the first write fails. A later write that fails
