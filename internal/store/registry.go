@@ -35,10 +35,14 @@ func (e Entity) Revoked() bool { return !e.RevokedAt.IsZero() }
 type Agent struct {
 	ID string
 	// Owner is the common name of the certificate that claimed the id;
-	// Entity the entity it belongs to ("" for the mesh's own CAs). Neither
-	// changes for the life of the record.
+	// Entity the entity it belongs to ("" for the mesh's own CAs); Source
+	// the trust backend that admitted it ("localca", "filestore",
+	// "entities"). None changes for the life of the record, except that a
+	// record written before sources were kept (Source "") is bound to the
+	// source of its owner's next heartbeat.
 	Owner  string
 	Entity string
+	Source string
 	// Payload is the agent's registration as the agent sent it (JSON).
 	Payload []byte
 	// CertSerial and CertFingerprint identify the certificate the agent
@@ -89,4 +93,14 @@ type AgentStore interface {
 	DeleteAgent(ctx context.Context, id string, a AuditEntry) error
 	// Agents returns every agent, by id.
 	Agents(ctx context.Context) ([]Agent, error)
+}
+
+// AgentAuditor is an AgentStore that writes an agent together with an
+// audit entry, so that an agent id's claim and its record of who claimed
+// it are durable together or not at all. meshd's stores all are one; the
+// registry audits claims only in one.
+type AgentAuditor interface {
+	// PutAgentAudited is PutAgents of the one agent ag, with a appended
+	// to the audit log in the same transaction.
+	PutAgentAudited(ctx context.Context, ag Agent, a AuditEntry) error
 }

@@ -12,8 +12,9 @@ import (
 
 // Compile-time check that Store implements the registry's stores.
 var (
-	_ store.EntityStore = (*Store)(nil)
-	_ store.AgentStore  = (*Store)(nil)
+	_ store.EntityStore  = (*Store)(nil)
+	_ store.AgentStore   = (*Store)(nil)
+	_ store.AgentAuditor = (*Store)(nil)
 )
 
 // PutEntity records e and appends a to the audit log in the same
@@ -221,33 +222,68 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 	if len(agents) == 0 {
 		return nil
 	}
-	// Converted before the batch is queued, so that the writer, which every
-	// other write waits for, only executes.
+	rows, err := agentRows(agents)
+	if err != nil {
+		return err
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, _ *chainHead) error {
+		return putAgentRows(ctx, tx, agents, rows)
+	})
+}
+
+// PutAgentAudited is PutAgents of ag alone, with a appended to the audit
+// log in the same transaction: the registry records an agent id's first
+// claim so. a is appended even when ag is older than the recorded agent
+// and left out. A zero a.Time is set from the store's clock.
+func (s *Store) PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error {
+	agents := []store.Agent{ag}
+	rows, err := agentRows(agents)
+	if err != nil {
+		return err
+	}
+	if a, err = s.prepareAudit(a); err != nil {
+		return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		if err := putAgentRows(ctx, tx, agents, rows); err != nil {
+			return err
+		}
+		return appendAudit(ctx, tx, head, a)
+	})
+}
+
+// agentRows converts agents to their column values before their write is
+// queued, so that the writer, which every other write waits for, only
+// executes.
+func agentRows(agents []store.Agent) ([][]any, error) {
 	rows := make([][]any, len(agents))
 	for i, ag := range agents {
 		if ag.ID == "" {
-			return fmt.Errorf("sqlite: record agents: agent %d of %d has an empty id", i+1, len(agents))
+			return nil, fmt.Errorf("sqlite: record agents: agent %d of %d has an empty id", i+1, len(agents))
 		}
 		var err error
 		if rows[i], err = agentArgs(ag); err != nil {
-			return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
+			return nil, fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
 		}
 	}
-	return s.submit(ctx, func(ctx context.Context, tx writeTx, _ *chainHead) error {
-		put := tx.StmtContext(ctx, tx.st.putAgent)
-		for i, args := range rows {
-			if _, err := put.ExecContext(ctx, args...); err != nil {
-				return fmt.Errorf("sqlite: record agent %q: %w", agents[i].ID, err)
-			}
+	return rows, nil
+}
+
+// putAgentRows writes the rows of agents in tx.
+func putAgentRows(ctx context.Context, tx writeTx, agents []store.Agent, rows [][]any) error {
+	put := tx.StmtContext(ctx, tx.st.putAgent)
+	for i, args := range rows {
+		if _, err := put.ExecContext(ctx, args...); err != nil {
+			return fmt.Errorf("sqlite: record agent %q: %w", agents[i].ID, err)
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // agentArgs returns the column values of ag in the order of the agents
 // table.
 func agentArgs(ag store.Agent) ([]any, error) {
-	args := make([]any, 0, 12)
+	args := make([]any, 0, 13)
 	payload := ag.Payload
 	if payload == nil {
 		payload = []byte{} // the column is NOT NULL
@@ -268,7 +304,7 @@ func agentArgs(ag store.Agent) ([]any, error) {
 		}
 		args = append(args, n)
 	}
-	return append(args, ag.Version), nil
+	return append(args, ag.Version, ag.Source), nil
 }
 
 // DeleteAgent removes the record of the agent id and appends a to the audit
@@ -299,7 +335,7 @@ func (s *Store) Agents(ctx context.Context) ([]store.Agent, error) {
 	if s.closed {
 		return nil, store.ErrClosed
 	}
-	rows, err := s.rdb.QueryContext(ctx, `SELECT id, owner, entity, payload, cert_serial, cert_fingerprint,
+	rows, err := s.rdb.QueryContext(ctx, `SELECT id, owner, entity, source, payload, cert_serial, cert_fingerprint,
 		status, reason, registered_at, last_seen, rotate_from, version
 		FROM agents ORDER BY id`)
 	if err != nil {
@@ -312,7 +348,7 @@ func (s *Store) Agents(ctx context.Context) ([]store.Agent, error) {
 			ag                               store.Agent
 			registeredAt, lastSeen, rotateAt sql.NullInt64
 		)
-		if err := rows.Scan(&ag.ID, &ag.Owner, &ag.Entity, &ag.Payload, &ag.CertSerial, &ag.CertFingerprint,
+		if err := rows.Scan(&ag.ID, &ag.Owner, &ag.Entity, &ag.Source, &ag.Payload, &ag.CertSerial, &ag.CertFingerprint,
 			&ag.Status, &ag.Reason, &registeredAt, &lastSeen, &rotateAt, &ag.Version); err != nil {
 			return nil, fmt.Errorf("sqlite: read agents: %w", err)
 		}

@@ -288,3 +288,48 @@ func TestRegistryTablesStrict(t *testing.T) {
 		t.Errorf("%d agent rows (%v), want 0", count, err)
 	}
 }
+
+// TestMigrateAgentSource opens a file a meshtrust of schema version 6 left
+// with an agent in it: the agent comes back with no trust source (the
+// registry binds it on the owner's next heartbeat), and a source written
+// from then on is kept.
+func TestMigrateAgentSource(t *testing.T) {
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "meshtrust.db")
+	db := rawDB(t, path)
+	if err := applyMigrations(t.Context(), db, path, time.Now, ms[:6]); err != nil {
+		t.Fatalf("migrate to version 6: %v", err)
+	}
+	old := testAgent(1)
+	args, err := agentArgs(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The columns of version 6, without the source.
+	if _, err := db.Exec(`INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
+		status, reason, registered_at, last_seen, rotate_from, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args[:12]...); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open(version 6 file): %v", err)
+	}
+	defer s.Close()
+	got, err := s.Agents(t.Context())
+	if err != nil || len(got) != 1 || got[0].Owner != old.Owner || got[0].Source != "" {
+		t.Fatalf("agents after the migration: %+v, %v; want %s with no source", got, err, old.ID)
+	}
+	bound := old
+	bound.Source, bound.Version = "localca", 1
+	if err := s.PutAgents(t.Context(), []store.Agent{bound}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Agents(t.Context()); err != nil || len(got) != 1 || got[0].Source != "localca" {
+		t.Fatalf("agents after binding the source: %+v, %v", got, err)
+	}
+}

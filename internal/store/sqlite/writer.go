@@ -247,10 +247,10 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		// A record older than the stored one changes nothing: it is a
 		// copy the registry took before the write that stored the newer.
 		{&st.putAgent, `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
-			status, reason, registered_at, last_seen, rotate_from, version)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			status, reason, registered_at, last_seen, rotate_from, version, source)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, entity = excluded.entity,
-				payload = excluded.payload, cert_serial = excluded.cert_serial,
+				source = excluded.source, payload = excluded.payload, cert_serial = excluded.cert_serial,
 				cert_fingerprint = excluded.cert_fingerprint, status = excluded.status,
 				reason = excluded.reason, registered_at = excluded.registered_at,
 				last_seen = excluded.last_seen, rotate_from = excluded.rotate_from,

@@ -358,6 +358,7 @@ func newAgent(n int, registeredAt time.Time) store.Agent {
 		ID:              fmt.Sprintf("agent-%05d", n),
 		Owner:           fmt.Sprintf("agent%d@ct111", n),
 		Entity:          "partner-corp",
+		Source:          "entities",
 		Payload:         fmt.Appendf(nil, `{"agent_id":"agent-%05d","http_port":%d,"tools":[{"function_name":"f"}]}`, n, 9000+n),
 		CertSerial:      fmt.Sprintf("%x", 0x7b000+n),
 		CertFingerprint: hex.EncodeToString(fp[:]),
@@ -428,24 +429,34 @@ func testAgentRoundTrip(t *testing.T, open Opener) {
 	cet := time.FixedZone("CET", 3600)
 	full := newAgent(7, time.Date(2026, 3, 1, 13, 0, 0, 7, cet))
 	full.Payload = []byte(`{"agent_id":"agent-00007","description":"Bücher \u2603 \n","tools":[]}`)
-	full.Entity = ""
+	full.Entity, full.Source = "", "localca"
 	full.Status = "evicted"
 	full.Reason = `entity "partner-corp" revoked`
 	full.LastSeen = time.Unix(0, 0) // the epoch is a time, not "never"
 	full.RotateFrom = time.Date(2262, 1, 1, 0, 0, 0, 1, time.UTC)
 	full.Version = 1<<53 + 1 // not rounded through a float
-	// Every time zero and no payload: what the store is given back unchanged.
+	// Every time zero, no source (a record from before sources were kept)
+	// and no payload: what the store is given back unchanged.
 	bare := store.Agent{ID: "agent-00001"}
 	mid := newAgent(3, epoch())
 	want := []store.Agent{full, bare, mid}
 
 	dir := t.TempDir()
 	s := openRegistry(t, open, dir)
-	mustPutAgents(t, s, want...)
+	mustPutAgents(t, s, full, bare)
+	// The registry writes a first claim with its audit entry.
+	auditor, ok := s.(store.AgentAuditor)
+	if !ok {
+		t.Fatalf("%T does not implement store.AgentAuditor, which meshd audits agent claims with", s)
+	}
+	claim := store.AuditEntry{Time: epoch(), Action: "agent.claim", Identity: mid.ID, Outcome: store.OutcomeOK, Detail: "owner " + mid.Owner}
+	if err := auditor.PutAgentAudited(t.Context(), mid, claim); err != nil {
+		t.Fatalf("PutAgentAudited: %v", err)
+	}
 	for _, phase := range []string{"before reopen", "after reopen"} {
 		checkAgents(t, phase, s, want)
-		// Liveness is not audited.
-		checkLog(t, phase, s, nil)
+		// Liveness is not audited; the claim is.
+		checkLog(t, phase, s, []store.AuditEntry{claim})
 		s = reopenRegistry(t, open, dir, s)
 	}
 }
@@ -462,6 +473,7 @@ func testPutAgentsUpsert(t *testing.T, open Opener) {
 	a2b := newAgent(22, epoch().Add(time.Hour))
 	a2b.ID = a2.ID
 	a2b.Status, a2b.Reason = "unhealthy", "silent for 90s"
+	a2b.Source = "filestore"
 	a4 := newAgent(4, epoch().Add(time.Hour))
 	mustPutAgents(t, s, a4, a2b)
 	want := []store.Agent{a1, a2b, a3, a4}
