@@ -73,8 +73,11 @@ func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 }
 
 func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
-	now := r.cfg.Now()
 	res := Result{AgentID: reg.AgentID}
+	if err := r.bound(&reg); err != nil {
+		return res, err
+	}
+	now := r.cfg.Now()
 	e, created, err := r.claim(peer, reg.AgentID)
 	if err != nil {
 		return res, err
@@ -128,14 +131,16 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 		return res, fmt.Errorf("record agent %q: %w", reg.AgentID, err)
 	}
 	old, oldStatus := e.reg, e.rec.Status
-	e.rec, e.reg, e.notAfter, e.body = next, reg, notAfter, sum
+	e.rec, e.notAfter, e.body = next, notAfter, sum
+	e.setRegistration(reg)
 	// Only what dependents can see moves the topology: other agents are
-	// asked (HEAD 202) to POST again for nothing otherwise.
+	// asked (HEAD 202) to POST again for nothing otherwise. It moves once
+	// the change is indexed, so no resolution at the new value misses it.
 	if created || oldStatus != StatusHealthy || !sameVisible(old, reg) {
-		e.topoSeen.Store(r.topology.Add(1))
 		r.mu.Lock()
 		r.index(e, &old)
 		r.mu.Unlock()
+		e.topoSeen.Store(r.topology.Add(1))
 	} else {
 		e.topoSeen.Store(r.topology.Load())
 	}

@@ -79,6 +79,35 @@ func ParseRegistration(body []byte) (Registration, []byte, error) {
 	return reg, payload, nil
 }
 
+// bound refuses a registration that declares more than the registry's
+// limits allow. It runs before anything else looks at the registration,
+// so a refused one changes nothing.
+func (r *Registry) bound(reg *Registration) error {
+	c := &r.cfg
+	if n := len(reg.Tools); n > c.MaxTools {
+		return refusal(ErrInvalid, "too_many_tools", "registration declares %d tools; meshd accepts at most %d tools per agent", n, c.MaxTools)
+	}
+	total := 0
+	for i, t := range reg.Tools {
+		if n := len(t.Dependencies); n > c.MaxToolDependencies {
+			return refusal(ErrInvalid, "too_many_tool_dependencies", "tools[%d] (%q) declares %d dependencies; meshd accepts at most %d dependencies per tool", i, t.FunctionName, n, c.MaxToolDependencies)
+		}
+		total += len(t.Dependencies)
+		if n := len(t.Tags); n > c.MaxTags {
+			return refusal(ErrInvalid, "too_many_tags", "tools[%d] (%q) carries %d tags; meshd accepts at most %d tags per tool or dependency", i, t.FunctionName, n, c.MaxTags)
+		}
+		for j, d := range t.Dependencies {
+			if n := len(d.Tags); n > c.MaxTags {
+				return refusal(ErrInvalid, "too_many_tags", "tools[%d] (%q) dependencies[%d] carries %d tags; meshd accepts at most %d tags per tool or dependency", i, t.FunctionName, j, n, c.MaxTags)
+			}
+		}
+	}
+	if total > c.MaxDependencies {
+		return refusal(ErrInvalid, "too_many_dependencies", "registration declares %d dependencies; meshd accepts at most %d dependencies per agent, all tools together", total, c.MaxDependencies)
+	}
+	return nil
+}
+
 // canonical returns the body as the registry stores and compares it:
 // compact, keys sorted, and without "timestamp", which agents may stamp
 // on every heartbeat and which says nothing about the agent.

@@ -38,6 +38,16 @@ const (
 	DefaultTimeout       = 20 * time.Second
 	DefaultInterval      = 5 * time.Second
 	DefaultFlushInterval = 500 * time.Millisecond
+
+	// MCP Mesh agents declare tens of tools and dependencies, and a few
+	// tags on each; the limits leave room for ten times that. A heartbeat
+	// may be 1 MiB, enough for 12,000 tools, and resolution costs
+	// dependencies × the tools offering them, so without them one agent
+	// could make every resolution cost seconds.
+	DefaultMaxTools            = 256
+	DefaultMaxToolDependencies = 256
+	DefaultMaxDependencies     = 1024
+	DefaultMaxTags             = 64
 )
 
 // Errors callers branch on. A *Refusal wraps one of them.
@@ -92,6 +102,25 @@ type Config struct {
 	FlushInterval time.Duration
 	Now           func() time.Time
 	Logger        *slog.Logger
+
+	// MaxTools is the most tools one agent may declare (default
+	// DefaultMaxTools); MaxToolDependencies the most dependencies one of
+	// its tools may declare (DefaultMaxToolDependencies), MaxDependencies
+	// the most all its tools may declare together
+	// (DefaultMaxDependencies), and MaxTags the most tags a tool or a
+	// dependency may carry (DefaultMaxTags). A heartbeat over a limit is
+	// refused as invalid.
+	MaxTools            int
+	MaxToolDependencies int
+	MaxDependencies     int
+	MaxTags             int
+
+	// ProviderEntities is the set of partner entities whose agents may
+	// provide capabilities to every agent. Any other agent provides only
+	// to agents of its own entity, and a mesh agent (of the mesh's own
+	// CAs, entity "") to every agent, so that a dependency never resolves
+	// to another partner's host unless the operator said so.
+	ProviderEntities []string
 }
 
 // Registry is the set of registered agents. It is safe for concurrent use.
@@ -101,7 +130,8 @@ type Registry struct {
 
 	// Lock order: writeMu first, then an entry's mu, then mu or dirtyMu;
 	// never the other way round, and never two entries' locks at once. mu
-	// and dirtyMu are leaves: nothing is locked while either is held. An
+	// and dirtyMu are leaves: nothing is locked while either is held, and
+	// so is a resolution cache's mu, which is never held with any other. An
 	// entry's lock is held across its store writes, so waiting for one
 	// under mu would stall every reader of the registry behind that write.
 	// writeMu is held across store writes too, but only by Delete and the
@@ -121,13 +151,21 @@ type Registry struct {
 	// providers indexes agents by the capabilities their tools offer.
 	providers map[string]map[string]*entry
 
+	// cache holds the dependency resolutions of the current topology,
+	// shared by every agent and every list.
+	cache atomic.Pointer[resolutionCache]
+	// providerEntities is cfg.ProviderEntities as a set.
+	providerEntities map[string]bool
+
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
 
 	count atomic.Int64
 	// topology counts changes any agent's dependencies could see: agents
 	// coming, going, changing tools or health. HEAD answers 202 to an
-	// agent whose last POST predates the current value.
+	// agent whose last POST predates the current value. It is raised once
+	// a change is visible (stored in its entry and indexed), so a
+	// resolution computed at a value never misses a change made before it.
 	topology atomic.Uint64
 
 	hooks hooks
@@ -142,6 +180,9 @@ type hooks struct {
 	// writeWait runs when a Delete or a batch finds writeMu held, before
 	// it waits for it.
 	writeWait func()
+	// resolve runs when the providers of a dependency on capability are
+	// looked for, which the resolution cache did not hold.
+	resolve func(capability string)
 }
 
 func (h hooks) afterCopy() {
@@ -172,16 +213,22 @@ type entry struct {
 	// looked the entry up and then waited for its lock must look again:
 	// the agent may have been deleted, or registered anew by another
 	// certificate.
-	gone     bool
-	rec      store.Agent
-	reg      Registration
+	gone bool
+	rec  store.Agent
+	reg  Registration
+	// tags holds, when a tool's tags are not sorted without duplicates
+	// already, every tool's tags so (by tool, as reg.Tools), for
+	// resolution to match a dependency's tags in one pass; nil otherwise.
+	tags     [][]string
 	notAfter time.Time // of the certificate it registered with
 	// body is the SHA-256 of the last heartbeat body as received, so an
 	// identical heartbeat is recognised without parsing it.
 	body [sha256.Size]byte
-	// resolved caches the last dependency resolution, valid while the
-	// topology counter is resolvedAt.
+	// resolved caches the last dependency resolution, and available how
+	// many of the dependencies it resolved, valid while the topology
+	// counter is resolvedAt.
 	resolved   map[string][]Resolution
+	available  int
 	resolvedAt uint64
 	lastSeen   atomic.Int64
 	topoSeen   atomic.Uint64
@@ -203,7 +250,24 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &Registry{cfg: cfg, st: st, agents: make(map[string]*entry), providers: make(map[string]map[string]*entry), dirty: make(map[string]struct{})}
+	for _, l := range []struct {
+		n   *int
+		def int
+	}{
+		{&cfg.MaxTools, DefaultMaxTools},
+		{&cfg.MaxToolDependencies, DefaultMaxToolDependencies},
+		{&cfg.MaxDependencies, DefaultMaxDependencies},
+		{&cfg.MaxTags, DefaultMaxTags},
+	} {
+		if *l.n <= 0 {
+			*l.n = l.def
+		}
+	}
+	r := &Registry{cfg: cfg, st: st, agents: make(map[string]*entry), providers: make(map[string]map[string]*entry), dirty: make(map[string]struct{}),
+		providerEntities: make(map[string]bool, len(cfg.ProviderEntities))}
+	for _, e := range cfg.ProviderEntities {
+		r.providerEntities[e] = true
+	}
 	recs, err := st.Agents(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load agents: %w", err)
@@ -211,7 +275,9 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 	now := cfg.Now()
 	for _, rec := range recs {
 		e := &entry{rec: rec}
-		_ = json.Unmarshal(rec.Payload, &e.reg)
+		var reg Registration
+		_ = json.Unmarshal(rec.Payload, &reg)
+		e.setRegistration(reg)
 		e.lastSeen.Store(now.UnixNano())
 		r.agents[rec.ID] = e
 		r.index(e, nil)

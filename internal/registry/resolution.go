@@ -1,5 +1,12 @@
 package registry
 
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
 // Resolution is one dependency of a tool and the provider chosen for it,
 // in MCP Mesh's shape; an unresolved dependency has empty provider fields.
 type Resolution struct {
@@ -10,23 +17,90 @@ type Resolution struct {
 	Status       string `json:"status"`
 }
 
-// resolveFor returns e's dependency resolution, computed again only when
-// the topology moved since it was cached.
+// resolutionCache holds the provider chosen for every dependency looked
+// up at one value of the topology counter. It is shared by every agent
+// and every list, so a dependency's providers are looked for once per
+// topology change, however many agents declare it and however often they
+// are listed.
+type resolutionCache struct {
+	topo uint64
+	mu   sync.Mutex // a leaf, like Registry.mu
+	deps map[depKey]Resolution
+}
+
+// depKey is a dependency as resolution sees it: what it asks for, and the
+// entity of the agent that asks, which decides whose providers it may use.
+type depKey struct {
+	capability, namespace, tags, consumer string
+}
+
+// cacheAt returns the resolution cache of topology value topo.
+func (r *Registry) cacheAt(topo uint64) *resolutionCache {
+	for {
+		c := r.cache.Load()
+		switch {
+		case c != nil && c.topo == topo:
+			return c
+		case c != nil && c.topo > topo:
+			// The caller read the topology before a change: what it
+			// computes is stale already and is not kept.
+			return &resolutionCache{topo: topo, deps: make(map[depKey]Resolution)}
+		}
+		n := &resolutionCache{topo: topo, deps: make(map[depKey]Resolution)}
+		if r.cache.CompareAndSwap(c, n) {
+			return n
+		}
+	}
+}
+
+// resolveFor returns e's dependency resolution.
 func (r *Registry) resolveFor(e *entry) map[string][]Resolution {
+	res, _ := r.resolution(e)
+	return res
+}
+
+// resolution returns e's dependency resolution and how many of its
+// dependencies are available, computed again only when the topology moved
+// since e's was cached.
+func (r *Registry) resolution(e *entry) (map[string][]Resolution, int) {
 	topo := r.topology.Load()
 	e.mu.Lock()
 	if e.resolved != nil && e.resolvedAt == topo {
-		res := e.resolved
+		res, n := e.resolved, e.available
 		e.mu.Unlock()
-		return res
+		return res, n
 	}
-	reg := e.reg
+	reg, consumer := e.reg, e.rec.Entity
 	e.mu.Unlock()
-	res := r.resolve(reg)
+	res, n := r.resolve(reg, consumer, r.cacheAt(topo))
 	e.mu.Lock()
-	e.resolved, e.resolvedAt = res, topo
+	if e.resolved == nil || e.resolvedAt < topo {
+		e.resolved, e.available, e.resolvedAt = res, n, topo
+	}
 	e.mu.Unlock()
-	return res
+	return res, n
+}
+
+// setRegistration sets e's registration and the sorted tags resolution
+// matches against. The caller holds e.mu.
+func (e *entry) setRegistration(reg Registration) {
+	e.reg, e.tags = reg, nil
+	if !slices.ContainsFunc(reg.Tools, func(t Tool) bool { return !sortedUnique(t.Tags) }) {
+		return
+	}
+	e.tags = make([][]string, len(reg.Tools))
+	for i, t := range reg.Tools {
+		e.tags[i] = sortedTags(t.Tags)
+	}
+}
+
+// toolTags returns the sorted tags of tool i of reg, whose entry holds
+// tags.
+func toolTags(reg *Registration, tags [][]string, i int) []string {
+	if tags != nil {
+		return tags[i]
+	}
+	return reg.Tools[i].Tags
 }
 
 // index moves e in the capability index from old's tools to its current
@@ -59,10 +133,9 @@ func (r *Registry) unindex(e *entry, old *Registration) {
 	}
 }
 
-// resolve picks, for every dependency of every tool of reg, a healthy
-// provider whose tool has the capability and all the requested tags in the
-// requested namespace (the lowest agent id wins, so answers are stable).
-func (r *Registry) resolve(reg Registration) map[string][]Resolution {
+// resolve picks a provider for every dependency of every tool of reg, an
+// agent's of entity consumer, and returns them with how many it found.
+func (r *Registry) resolve(reg Registration, consumer string, c *resolutionCache) (map[string][]Resolution, int) {
 	out := make(map[string][]Resolution, len(reg.Tools))
 	for _, t := range reg.Tools {
 		if len(t.Dependencies) == 0 {
@@ -70,60 +143,132 @@ func (r *Registry) resolve(reg Registration) map[string][]Resolution {
 		}
 		res := make([]Resolution, 0, len(t.Dependencies))
 		for _, d := range t.Dependencies {
-			res = append(res, r.provider(d))
+			res = append(res, r.lookupDependency(d, consumer, c))
 		}
 		out[t.FunctionName] = res
 	}
-	return out
+	n := 0
+	for _, res := range out {
+		for _, x := range res {
+			if x.Status == "available" {
+				n++
+			}
+		}
+	}
+	return out, n
 }
 
-func (r *Registry) provider(d Dependency) Resolution {
-	best := Resolution{Status: "unresolved"}
-	ns := d.Namespace
-	if ns == "" {
-		ns = "default"
+// lookupDependency returns the provider of d for an agent of entity
+// consumer, from c or, the first time, from the capability index.
+func (r *Registry) lookupDependency(d Dependency, consumer string, c *resolutionCache) Resolution {
+	want := sortedTags(d.Tags)
+	k := depKey{capability: d.Capability, namespace: d.Namespace, tags: tagsKey(want), consumer: consumer}
+	if k.namespace == "" {
+		k.namespace = "default"
 	}
+	c.mu.Lock()
+	res, ok := c.deps[k]
+	c.mu.Unlock()
+	if ok {
+		return res
+	}
+	res = r.provider(k.capability, k.namespace, want, consumer)
+	c.mu.Lock()
+	c.deps[k] = res
+	c.mu.Unlock()
+	return res
+}
+
+// provider picks a healthy provider, one the consumer's entity may use,
+// whose tool offers capability with every tag of want (sorted) in
+// namespace ns. The lowest agent id wins, so answers are stable.
+func (r *Registry) provider(capability, ns string, want []string, consumer string) Resolution {
+	if r.hooks.resolve != nil {
+		r.hooks.resolve(capability)
+	}
+	best := Resolution{Status: "unresolved"}
 	r.mu.RLock()
-	cands := make([]*entry, 0, len(r.providers[d.Capability]))
-	for _, e := range r.providers[d.Capability] {
+	cands := make([]*entry, 0, len(r.providers[capability]))
+	for _, e := range r.providers[capability] {
 		cands = append(cands, e)
 	}
 	r.mu.RUnlock()
 	for _, e := range cands {
 		e.mu.Lock()
-		rec, reg, gone := e.rec, e.reg, e.gone
+		status, entity, reg, tags, gone := e.rec.Status, e.rec.Entity, e.reg, e.tags, e.gone
 		e.mu.Unlock()
-		if gone || rec.Status != StatusHealthy || namespace(reg) != ns {
+		if gone || status != StatusHealthy || namespace(reg) != ns || !r.mayProvide(entity, consumer) ||
+			(best.AgentID != "" && reg.AgentID >= best.AgentID) {
 			continue
 		}
-		for _, t := range reg.Tools {
-			if t.Capability != d.Capability || !containsAll(t.Tags, d.Tags) {
+		for i, t := range reg.Tools {
+			if t.Capability != capability || !subset(want, toolTags(&reg, tags, i)) {
 				continue
 			}
-			if best.AgentID == "" || reg.AgentID < best.AgentID {
-				best = Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: endpoint(reg, true), FunctionName: t.FunctionName, Status: "available"}
-			}
+			best = Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: endpoint(reg, true), FunctionName: t.FunctionName, Status: "available"}
 			break
 		}
-	}
-	if best.AgentID == "" {
-		best.Capability = ""
 	}
 	return best
 }
 
-func containsAll(have, want []string) bool {
-	for _, w := range want {
-		found := false
-		for _, h := range have {
-			if h == w {
-				found = true
-				break
-			}
-		}
-		if !found {
+// mayProvide reports whether an agent of entity provider may serve the
+// dependencies of an agent of entity consumer: an agent of its own
+// entity, of the mesh's own CAs (""), or of an entity the operator lets
+// provide to everyone may. So a mesh agent's calls never go to a
+// partner's host unless the operator said so, nor one partner's to
+// another's.
+func (r *Registry) mayProvide(provider, consumer string) bool {
+	return provider == consumer || provider == "" || r.providerEntities[provider]
+}
+
+// sortedTags returns tags sorted and without duplicates: tags itself when
+// it is so already, as a registration's few tags usually are.
+func sortedTags(tags []string) []string {
+	if sortedUnique(tags) {
+		return tags
+	}
+	s := slices.Clone(tags)
+	slices.Sort(s)
+	return slices.Compact(s)
+}
+
+func sortedUnique(tags []string) bool {
+	for i := 1; i < len(tags); i++ {
+		if tags[i-1] >= tags[i] {
 			return false
 		}
 	}
 	return true
+}
+
+// subset reports whether every tag of want is in have; both are sorted
+// without duplicates, so one pass over each decides.
+func subset(want, have []string) bool {
+	j := 0
+	for _, w := range want {
+		for j < len(have) && have[j] < w {
+			j++
+		}
+		if j == len(have) || have[j] != w {
+			return false
+		}
+		j++
+	}
+	return true
+}
+
+// tagsKey joins sorted tags into one string that no other list of tags
+// joins into.
+func tagsKey(tags []string) string {
+	if len(tags) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	for _, t := range tags {
+		b.WriteString(strconv.Itoa(len(t)))
+		b.WriteByte(':')
+		b.WriteString(t)
+	}
+	return b.String()
 }

@@ -45,7 +45,9 @@ type Filter struct {
 	Capabilities              []string
 }
 
-// List returns the agents matching f, by id.
+// List returns the agents matching f, by id. Dependency resolution comes
+// from the agents' caches: a list computes it only for the agents whose
+// topology moved since, and looks each distinct dependency up once.
 func (r *Registry) List(f Filter, tls bool) []View {
 	out := []View{}
 	for _, e := range r.snapshot() {
@@ -75,13 +77,7 @@ func (r *Registry) List(f Filter, tls bool) []View {
 			v.Capabilities = append(v.Capabilities, Capability{Name: t.Capability, FunctionName: t.FunctionName, Version: t.Version, Tags: t.Tags, Description: t.Description, Available: rec.Status == StatusHealthy})
 			v.TotalDependencies += len(t.Dependencies)
 		}
-		for _, rs := range r.resolve(reg) {
-			for _, x := range rs {
-				if x.Status == "available" {
-					v.DependenciesResolved++
-				}
-			}
-		}
+		_, v.DependenciesResolved = r.resolution(e)
 		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
