@@ -4,14 +4,15 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
 // Authorize checks that peer may act for agentID: the certificate names
 // that agent, the id lies in the peer's entity's namespace, and no other
-// owner or entity claimed it first. A nil peer (TLS off) may act for any
-// agent.
+// owner, entity or trust source claimed it first. A nil peer (TLS off)
+// may act for any agent registered without a certificate.
 func (r *Registry) Authorize(peer *trust.Peer, agentID string) error {
 	e := r.locked(agentID)
 	if e == nil {
@@ -45,10 +46,40 @@ func authorize(peer *trust.Peer, agentID string, owner *store.Agent) error {
 	if owner.Entity != peer.Entity {
 		return refusal(ErrForbidden, "owned_by_other_entity", "agent id %q belongs to %s; %s cannot take it", agentID, entityLabel(owner.Entity), entityLabel(peer.Entity))
 	}
+	// A record from before sources were kept has none: its owner's next
+	// heartbeat binds it.
+	if owner.Source != "" && owner.Source != peer.Backend {
+		return refusal(ErrForbidden, "owned_by_other_source", "agent id %q was claimed with a certificate admitted by trust source %q; one admitted by %q cannot take it, whatever its name (an operator can release the id)", agentID, owner.Source, peer.Backend)
+	}
 	if owner.Owner != peer.Name() {
 		return refusal(ErrForbidden, "owned_by_other", "agent id %q is owned by %q; %q cannot take it (its owner can DELETE it first)", agentID, owner.Owner, peer.Name())
 	}
 	return nil
+}
+
+// ownerNode returns the node of an owner's common name: "ct111" for the
+// mesh agent identity "opus@ct111", "" for a name that is not one.
+func ownerNode(owner string) string {
+	if _, node, ok := strings.Cut(owner, "@"); !ok || node == identity.ExternalNode {
+		return ""
+	}
+	id, err := identity.Parse(owner)
+	if err != nil || id.Kind != identity.KindAgent {
+		return ""
+	}
+	return id.Node
+}
+
+// ownerLabel describes the owner of rec, for the audit log.
+func ownerLabel(rec *store.Agent) string {
+	if rec.Owner == "" {
+		return "no owner (TLS off)"
+	}
+	node := ""
+	if n := ownerNode(rec.Owner); n != "" {
+		node = " (node " + n + ")"
+	}
+	return fmt.Sprintf("owner %q%s, %s, trust source %q", rec.Owner, node, entityLabel(rec.Entity), rec.Source)
 }
 
 func entityLabel(e string) string {

@@ -19,24 +19,56 @@ func (r *Registry) Delete(ctx context.Context, peer *trust.Peer, id string) erro
 // entry that replaced it before its lock was won: the owner is checked,
 // and the store row deleted, for the entry that holds id now.
 func (r *Registry) deleteEntry(ctx context.Context, peer *trust.Peer, id string, e *entry) error {
+	return r.remove(ctx, id, e, func(rec *store.Agent) (string, error) {
+		if rec == nil {
+			// Binding first, so a certificate cannot probe which other
+			// ids exist.
+			if err := authorize(peer, id, nil); err != nil {
+				return "", err
+			}
+			return "", refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
+		}
+		if err := authorize(peer, id, rec); err != nil {
+			return "", err
+		}
+		if peer == nil {
+			return "by anonymous (TLS off)", nil
+		}
+		return "by " + peer.Name(), nil
+	}, "agent.delete")
+}
+
+// Release frees agent id, whoever owns it, for the next certificate that
+// claims it: an operator's answer to an id claimed by the wrong
+// certificate (another node's, say), whose owner will not delete it. by
+// names the operator for the audit entry ("agent.release"), which records
+// the owner the id had.
+func (r *Registry) Release(ctx context.Context, id, by string) error {
+	return r.remove(ctx, id, r.lookup(id), func(rec *store.Agent) (string, error) {
+		if rec == nil {
+			return "", refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
+		}
+		return fmt.Sprintf("by %s; it was held by %s", by, ownerLabel(rec)), nil
+	}, "agent.release")
+}
+
+// remove deletes the entry of id (e, or the one that replaced it) if
+// check, given its record (nil when id is not registered), allows it, and
+// audits action with the detail check returns.
+func (r *Registry) remove(ctx context.Context, id string, e *entry, check func(*store.Agent) (string, error), action string) error {
 	r.lockWrites()
 	defer r.writeMu.Unlock()
 	e = r.relock(id, e)
 	if e == nil {
-		if err := authorize(peer, id, nil); err != nil {
-			return err
-		}
-		return refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
-	}
-	defer e.mu.Unlock()
-	if err := authorize(peer, id, &e.rec); err != nil {
+		_, err := check(nil)
 		return err
 	}
-	who := "anonymous (TLS off)"
-	if peer != nil {
-		who = peer.Name()
+	defer e.mu.Unlock()
+	detail, err := check(&e.rec)
+	if err != nil {
+		return err
 	}
-	err := r.st.DeleteAgent(ctx, id, store.AuditEntry{Time: r.cfg.Now(), Action: "agent.delete", Identity: id, Outcome: store.OutcomeOK, Detail: "by " + who})
+	err = r.st.DeleteAgent(ctx, id, store.AuditEntry{Time: r.cfg.Now(), Action: action, Identity: id, Outcome: store.OutcomeOK, Detail: detail})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}

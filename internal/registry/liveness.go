@@ -88,14 +88,16 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 			return res, err
 		}
 	}
-	fp, serial := "", ""
+	fp, serial, source := "", "", ""
 	var notAfter time.Time
 	if peer != nil {
-		fp, serial, notAfter = peer.Fingerprint, peer.Serial, peer.Leaf.NotAfter
+		fp, serial, source, notAfter = peer.Fingerprint, peer.Serial, peer.Backend, peer.Leaf.NotAfter
 	}
 	e.lastSeen.Store(now.UnixNano())
 	pending := !e.rec.RotateFrom.IsZero()
-	unchanged := !created && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && bytes.Equal(e.rec.Payload, payload)
+	// authorize has checked the source, unless the record has none yet.
+	unchanged := !created && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && (e.rec.Source != "" || source == "") &&
+		bytes.Equal(e.rec.Payload, payload)
 	if unchanged {
 		e.body = sum
 		e.topoSeen.Store(r.topology.Load())
@@ -107,11 +109,23 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	next := e.rec
 	next.ID = reg.AgentID
 	next.Version++
-	if created || next.Owner == "" {
+	// A claim binds the owner (audited): the id's first, or the first
+	// with a certificate of an id registered without one. A record kept
+	// from before sources were stored is bound to its owner's source.
+	var claim *store.AuditEntry
+	switch {
+	case created || next.Owner == "":
 		next.RegisteredAt = now
 		if peer != nil {
-			next.Owner, next.Entity = peer.Name(), peer.Entity
+			next.Owner, next.Entity, next.Source = peer.Name(), peer.Entity, peer.Backend
 		}
+		if created || peer != nil {
+			claim = &store.AuditEntry{Time: now, Action: "agent.claim", Identity: reg.AgentID, Outcome: store.OutcomeOK, Detail: ownerLabel(&next)}
+		}
+	case next.Source == "" && source != "":
+		next.Source = source
+		claim = &store.AuditEntry{Time: now, Action: "agent.claim", Identity: reg.AgentID, Outcome: store.OutcomeOK,
+			Detail: ownerLabel(&next) + " (bound to a record kept without a source)"}
 	}
 	next.Payload = payload
 	next.CertFingerprint, next.CertSerial = fp, serial
@@ -123,7 +137,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	if !rotating {
 		next.RotateFrom = time.Time{}
 	}
-	if err := r.st.PutAgents(ctx, []store.Agent{next}); err != nil {
+	if err := r.put(ctx, next, claim); err != nil {
 		if created {
 			r.drop(reg.AgentID, e)
 		}
@@ -133,6 +147,9 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	old, oldStatus := e.reg, e.rec.Status
 	e.rec, e.notAfter, e.body = next, notAfter, sum
 	e.setRegistration(reg)
+	if claim != nil {
+		e.node = ownerNode(next.Owner)
+	}
 	// Only what dependents can see moves the topology: other agents are
 	// asked (HEAD 202) to POST again for nothing otherwise. It moves once
 	// the change is indexed, so no resolution at the new value misses it.
@@ -148,6 +165,15 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	res.Created, res.Rotate = created, rotating
 	res.Resolved = r.resolveFor(e)
 	return res, nil
+}
+
+// put writes rec, with claim's audit entry when it is a claim and the store
+// keeps an audit log.
+func (r *Registry) put(ctx context.Context, rec store.Agent, claim *store.AuditEntry) error {
+	if claim != nil && r.auditor != nil {
+		return r.auditor.PutAgentAudited(ctx, rec, *claim)
+	}
+	return r.st.PutAgents(ctx, []store.Agent{rec})
 }
 
 // sameVisible reports whether two registrations look the same to other

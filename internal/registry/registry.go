@@ -88,7 +88,9 @@ func ReasonOf(err error) string {
 	return trust.Reason(err)
 }
 
-// Store is what the registry persists agents in.
+// Store is what the registry persists agents in. A Store that is also a
+// store.AgentAuditor (meshd's are) records every first claim of an agent
+// id in its audit log, with the claim; another one records no audit.
 type Store interface {
 	store.AgentStore
 }
@@ -156,6 +158,8 @@ type Registry struct {
 	cache atomic.Pointer[resolutionCache]
 	// providerEntities is cfg.ProviderEntities as a set.
 	providerEntities map[string]bool
+	// auditor is st, if it audits agent claims.
+	auditor store.AgentAuditor
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
@@ -219,7 +223,10 @@ type entry struct {
 	// tags holds, when a tool's tags are not sorted without duplicates
 	// already, every tool's tags so (by tool, as reg.Tools), for
 	// resolution to match a dependency's tags in one pass; nil otherwise.
-	tags     [][]string
+	tags [][]string
+	// node is the node of the owner's certificate ("ct111" for
+	// "opus@ct111"), or "".
+	node     string
 	notAfter time.Time // of the certificate it registered with
 	// body is the SHA-256 of the last heartbeat body as received, so an
 	// identical heartbeat is recognised without parsing it.
@@ -268,13 +275,14 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 	for _, e := range cfg.ProviderEntities {
 		r.providerEntities[e] = true
 	}
+	r.auditor, _ = st.(store.AgentAuditor)
 	recs, err := st.Agents(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load agents: %w", err)
 	}
 	now := cfg.Now()
 	for _, rec := range recs {
-		e := &entry{rec: rec}
+		e := &entry{rec: rec, node: ownerNode(rec.Owner)}
 		var reg Registration
 		_ = json.Unmarshal(rec.Payload, &reg)
 		e.setRegistration(reg)

@@ -17,10 +17,12 @@ import (
 
 // memStore is an AgentStore in memory that counts writes, so tests can
 // assert which heartbeats reached the store. Like every AgentStore, it
-// ignores a record older than the one it holds.
+// ignores a record older than the one it holds. Like meshd's stores, it
+// keeps an audit log with the writes that come with an entry.
 type memStore struct {
 	mu     sync.Mutex
 	agents map[string]store.Agent
+	audit  []store.AuditEntry
 	writes int
 	fail   error
 }
@@ -44,7 +46,19 @@ func (m *memStore) PutAgents(_ context.Context, agents []store.Agent) error {
 	return nil
 }
 
-func (m *memStore) DeleteAgent(_ context.Context, id string, _ store.AuditEntry) error {
+// PutAgentAudited is PutAgents of one agent with its audit entry, in one
+// write.
+func (m *memStore) PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error {
+	if err := m.PutAgents(ctx, []store.Agent{ag}); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.audit = append(m.audit, a)
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *memStore) DeleteAgent(_ context.Context, id string, a store.AuditEntry) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.agents[id]; !ok {
@@ -52,7 +66,15 @@ func (m *memStore) DeleteAgent(_ context.Context, id string, _ store.AuditEntry)
 	}
 	m.writes++
 	delete(m.agents, id)
+	m.audit = append(m.audit, a)
 	return nil
+}
+
+// auditLog returns a copy of the audit entries written so far.
+func (m *memStore) auditLog() []store.AuditEntry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]store.AuditEntry(nil), m.audit...)
 }
 
 func (m *memStore) Agents(context.Context) ([]store.Agent, error) {
@@ -86,13 +108,25 @@ func (c *clock) Add(d time.Duration) {
 
 var serials int
 
-// peer returns a verified peer for common name cn, belonging to entity.
+// peer returns a verified peer for common name cn, belonging to entity,
+// admitted as meshd's default chain would: the mesh CA's certificates by
+// localca, an entity's by the entities backend.
 func peer(t *testing.T, cn, entity string) *trust.Peer {
+	t.Helper()
+	backend := "localca"
+	if entity != "" {
+		backend = "entities"
+	}
+	return peerFrom(t, cn, entity, backend)
+}
+
+// peerFrom is peer admitted by the trust backend named backend.
+func peerFrom(t *testing.T, cn, entity, backend string) *trust.Peer {
 	t.Helper()
 	serials++
 	leaf := &x509.Certificate{Subject: pkix.Name{CommonName: cn}, Raw: []byte(fmt.Sprintf("%s/%s/%d", cn, entity, serials)),
 		NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1<<40, 0)}
-	p := &trust.Peer{Leaf: leaf, Fingerprint: fmt.Sprintf("fp-%d", serials), Serial: fmt.Sprintf("%x", serials), Entity: entity}
+	p := &trust.Peer{Leaf: leaf, Fingerprint: fmt.Sprintf("fp-%d", serials), Serial: fmt.Sprintf("%x", serials), Backend: backend, Entity: entity}
 	// Like trust's backends: the mesh CA's certs must be identities; an
 	// entity's CN is read as one when it parses.
 	id, err := identity.Parse(cn)
@@ -149,6 +183,12 @@ func TestBinding(t *testing.T) {
 		// "acme-corp-x" lies in the namespaces of both acme and acme-corp:
 		// the first claim decides.
 		{"another entity takes an owned id", peer(t, "acme-corp-x", "acme"), "acme-corp-x", "owned_by_other_entity"},
+		// The first claim binds the trust backend that admitted it: a
+		// trust-dir CA (the mesh's own, entity "") may write a mesh CA
+		// agent's name, and an entity's CA may be in the trust dir and
+		// registered both.
+		{"a trust-dir CA naming a mesh CA agent", peerFrom(t, "opus@ct111", "", "filestore"), "opus", "owned_by_other_source"},
+		{"the entity's CA in the trust dir as well", peerFrom(t, "acme-corp-x", "acme-corp", "filestore"), "acme-corp-x", "owned_by_other_source"},
 		{"the owner with a renewed certificate", peer(t, "acme-corp-x", "acme-corp"), "acme-corp-x", ""},
 		{"the mesh owner with a renewed certificate", peer(t, "opus@ct111", ""), "opus", ""},
 	}

@@ -16,18 +16,21 @@ type Capability struct {
 }
 
 // View is an agent as GET /agents shows it: MCP Mesh's AgentInfo, plus
-// the owner and eviction reason.
+// the owner, the node of its certificate and the eviction reason.
 type View struct {
-	ID                    string       `json:"id"`
-	Name                  string       `json:"name"`
-	Version               string       `json:"version"`
-	AgentType             string       `json:"agent_type"`
-	Runtime               string       `json:"runtime"`
-	Description           string       `json:"description"`
-	Endpoint              string       `json:"endpoint"`
-	Namespace             string       `json:"namespace"`
-	EntityID              string       `json:"entity_id"`
-	Owner                 string       `json:"owner,omitempty"`
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	Version     string `json:"version"`
+	AgentType   string `json:"agent_type"`
+	Runtime     string `json:"runtime"`
+	Description string `json:"description"`
+	Endpoint    string `json:"endpoint"`
+	Namespace   string `json:"namespace"`
+	EntityID    string `json:"entity_id"`
+	Owner       string `json:"owner,omitempty"`
+	// Node is the node the owner's certificate names ("ct111" for
+	// "opus@ct111"): an agent id is bound to the node that claimed it.
+	Node                  string       `json:"node,omitempty"`
 	Status                string       `json:"status"`
 	Reason                string       `json:"reason,omitempty"`
 	CreatedAt             time.Time    `json:"created_at"`
@@ -52,7 +55,7 @@ func (r *Registry) List(f Filter, tls bool) []View {
 	out := []View{}
 	for _, e := range r.snapshot() {
 		e.mu.Lock()
-		rec, reg, notAfter := e.rec, e.reg, e.notAfter
+		rec, reg, node, notAfter := e.rec, e.reg, e.node, e.notAfter
 		e.mu.Unlock()
 		if (f.Status != "" && rec.Status != f.Status) || (f.Entity != "" && rec.Entity != f.Entity) ||
 			(f.Namespace != "" && namespace(reg) != f.Namespace) || !offersAny(reg, f.Capabilities) {
@@ -61,7 +64,7 @@ func (r *Registry) List(f Filter, tls bool) []View {
 		v := View{
 			ID: rec.ID, Name: reg.Name, Version: reg.Version, AgentType: reg.AgentType, Runtime: reg.Runtime,
 			Description: reg.Description, Endpoint: endpoint(reg, tls), Namespace: namespace(reg), EntityID: rec.Entity,
-			Owner: rec.Owner, Status: rec.Status, Reason: rec.Reason, CreatedAt: rec.RegisteredAt,
+			Owner: rec.Owner, Node: node, Status: rec.Status, Reason: rec.Reason, CreatedAt: rec.RegisteredAt,
 			LastSeen: time.Unix(0, e.lastSeen.Load()).UTC(), Capabilities: []Capability{},
 		}
 		if v.Name == "" {
