@@ -14,7 +14,8 @@
 //	<ca-dir>/intermediate/keys/<id>.*      every intermediate ever issued
 //	<ca-dir>/intermediate/state.json       which one is active / prepared
 //	<ca-dir>/crl.pem                       one CRL per live intermediate
-//	<ca-dir>/issued/<cn>.crt, .key         certificates the CA generated keys for
+//	<ca-dir>/issued/<node-id>.crt, .key    a node's certificate (older CAs: <node-id>.mesh.crt)
+//	<ca-dir>/issued/<cn>.crt, .key         agents' and users' (opus@ct111, alice@external)
 //	<ca-dir>/meshtrust.db                  the store (certs, revocations, audit)
 package ca
 
@@ -165,11 +166,32 @@ func (c Config) CRLPath() string { return filepath.Join(c.Dir, "crl.pem") }
 // StorePath is the embedded store's database file.
 func (c Config) StorePath() string { return filepath.Join(c.Dir, "meshtrust.db") }
 
-// IssuedCertPath is where a generated certificate for common name cn goes.
-func (c Config) IssuedCertPath(cn string) string { return c.issuedPath(cn + ".crt") }
+// IssuedCertPath is where a generated certificate for common name cn goes:
+// issued/<cn>.crt, and for a node, as the seed lays it out,
+// issued/<node-id>.crt (see issuedBase).
+func (c Config) IssuedCertPath(cn string) string { return c.issuedPath(c.issuedBase(cn) + ".crt") }
 
-// IssuedKeyPath is where a generated key for common name cn goes.
-func (c Config) IssuedKeyPath(cn string) string { return c.issuedPath(cn + ".key") }
+// IssuedKeyPath is where a generated key for common name cn goes, beside
+// its certificate.
+func (c Config) IssuedKeyPath(cn string) string { return c.issuedPath(c.issuedBase(cn) + ".key") }
+
+// issuedBase is the file name, without extension, of cn's issued
+// certificate and key. A node's files are named for its node id, except in
+// a CA directory an older meshtrust made: there they were named for the
+// common name (ct111.mesh.crt), and they keep that name (renewals included)
+// as long as neither new-style file exists, so what is configured to read
+// them keeps working. The certificate and key always share one name.
+func (c Config) issuedBase(cn string) string {
+	id, err := identity.Parse(cn)
+	if err != nil || id.Kind != identity.KindNode {
+		return cn
+	}
+	exists := func(name string) bool { return fileExists(c.issuedPath(name)) }
+	if !exists(id.Node+".crt") && !exists(id.Node+".key") && (exists(cn+".crt") || exists(cn+".key")) {
+		return cn
+	}
+	return id.Node
+}
 
 // RootCertPath is the root certificate in the root directory.
 func (c Config) RootCertPath() string { return c.rootCertPath() }

@@ -88,8 +88,12 @@ func (e *env) initCA() {
 func (e *env) path(elem ...string) string {
 	return filepath.Join(append([]string{e.caDir}, elem...)...)
 }
-func (e *env) rootKey() string         { return filepath.Join(e.root, "ca.key") }
-func (e *env) issued(cn string) string { return e.path("issued", cn+".crt") }
+func (e *env) rootKey() string { return filepath.Join(e.root, "ca.key") }
+
+// issued and issuedKey are where the CA keeps cn's certificate and key
+// (TestNodeFileNames pins the names).
+func (e *env) issued(cn string) string    { return ca.Config{Dir: e.caDir}.IssuedCertPath(cn) }
+func (e *env) issuedKey(cn string) string { return ca.Config{Dir: e.caDir}.IssuedKeyPath(cn) }
 
 // intKeyFile is the one intermediate key under intermediate/keys.
 func (e *env) intKeyFile() string {
@@ -326,7 +330,7 @@ func TestWalkthrough(t *testing.T) {
 	r = e.mustRun("ca", "issue-node", "ct1", "DNS:ct1.example.org", "IP:10.0.0.1")
 	requireContains(t, "ca issue-node", r.stdout, "issued ct1.mesh",
 		"DNS:ct1.mesh, DNS:ct1-mcp.mesh, DNS:ct1-runtime-rpc.mesh, DNS:ct1.example.org, IP:10.0.0.1, URI:spiffe://mesh.local/node/ct1",
-		e.issued("ct1.mesh"), e.path("issued", "ct1.mesh.key"))
+		e.issued("ct1.mesh"), e.issuedKey("ct1.mesh"))
 	e.mustRun("ca", "issue-agent", "opus", "ct1")
 	r = e.mustRun("ca", "issue-client", "alice", "--json")
 	var sum struct {
@@ -407,10 +411,10 @@ func TestWalkthrough(t *testing.T) {
 	}
 
 	// Re-issuing a node keeps its key.
-	keyBefore := readFile(t, e.path("issued", "ct1.mesh.key"))
+	keyBefore := readFile(t, e.issuedKey("ct1.mesh"))
 	certBefore := readFile(t, e.issued("ct1.mesh"))
 	e.mustRun("ca", "issue-node", "ct1")
-	if !bytes.Equal(readFile(t, e.path("issued", "ct1.mesh.key")), keyBefore) {
+	if !bytes.Equal(readFile(t, e.issuedKey("ct1.mesh")), keyBefore) {
 		t.Error("re-issuing ct1 changed its key")
 	}
 	if bytes.Equal(readFile(t, e.issued("ct1.mesh")), certBefore) {

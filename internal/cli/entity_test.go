@@ -72,7 +72,7 @@ func startMeshd(t *testing.T) *meshd {
 		AdminListen: "127.0.0.1:0",
 		TLSMode:     server.TLSStrict,
 		CertFile:    e.issued("meshd.mesh"),
-		KeyFile:     e.path("issued", "meshd.mesh.key"),
+		KeyFile:     e.issuedKey("meshd.mesh"),
 		Backends:    []string{server.BackendLocalCA},
 		Logger:      slog.New(slog.DiscardHandler),
 	}, st, authority)
@@ -471,7 +471,7 @@ func TestAdminOverMTLS(t *testing.T) {
 	m.mustRun("ca", "issue-agent", "hello", "dev1")
 	acme := m.validCA("acme")
 	url := "https://" + m.srv.AdminTLSAddr()
-	admin := []string{"--admin-url", url, "--cert", m.issued("admin@external"), "--key", m.path("issued", "admin@external.key")}
+	admin := []string{"--admin-url", url, "--cert", m.issued("admin@external"), "--key", m.issuedKey("admin@external")}
 
 	r := m.run(append([]string{"entity", "register", "acme", "--ca-cert", acme.file}, admin...)...)
 	if r.code != 0 {
@@ -480,7 +480,7 @@ func TestAdminOverMTLS(t *testing.T) {
 	if got := m.entities()["acme"]; got.Status != "active" {
 		t.Errorf("entity registered over mTLS not listed on the socket: %+v", got)
 	}
-	agent := []string{"--admin-url", url, "--cert", m.issued("hello@dev1"), "--key", m.path("issued", "hello@dev1.key")}
+	agent := []string{"--admin-url", url, "--cert", m.issued("hello@dev1"), "--key", m.issuedKey("hello@dev1")}
 	requireRefused(t, "agent cert as admin", m.run(append([]string{"entity", "list"}, agent...)...), "is not an admin identity")
 	both := append([]string{"entity", "list", "--data-dir", m.dataDir}, admin...)
 	requireRefused(t, "both endpoints", m.run(both...), "not both")
@@ -493,7 +493,7 @@ func TestCARevokeViaAdmin(t *testing.T) {
 	m.mustRun("ca", "issue-agent", "hello", "dev1")
 	m.mustRun("ca", "issue-agent", "other", "dev1")
 	pair := func(cn string) tls.Certificate {
-		c, err := tls.LoadX509KeyPair(m.issued(cn), m.path("issued", cn+".key"))
+		c, err := tls.LoadX509KeyPair(m.issued(cn), m.issuedKey(cn))
 		if err != nil {
 			t.Fatal(err)
 		}
