@@ -90,7 +90,8 @@ func (g *globals) adminClient(cmd *cobra.Command) (*adminClient, error) {
 		useURL = true
 	}
 	if useURL {
-		return f.tlsClient(g.caDir)
+		_, caDir, _ := g.caDirs()
+		return f.tlsClient(caDir)
 	}
 	if f.dataDir == "" {
 		return nil, errors.New("no meshd given: pass --data-dir <meshd's data directory> (for its admin socket) or --admin-url https://host:port, or set MESHTRUST_DATA_DIR / MESHTRUST_ADMIN_URL")

@@ -109,7 +109,7 @@ func lifecycleCmd(g *globals, l lifecycle) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := openStore(cmd.Context(), cfg, l.create)
+			st, err := g.openStore(cmd.Context(), cfg, l.create)
 			if err != nil {
 				return err
 			}
@@ -539,7 +539,7 @@ host: keep a copy of the file elsewhere and verify against it with
 			if err != nil {
 				return err
 			}
-			st, err := openStore(cmd.Context(), cfg, false)
+			st, err := g.openStore(cmd.Context(), cfg, false)
 			if err != nil {
 				return err
 			}

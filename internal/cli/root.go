@@ -66,8 +66,8 @@ func NewRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", defaultDir("root")), "root CA directory, kept apart so it can go offline (env MESHTRUST_ROOT_DIR)")
-	pf.StringVar(&g.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", defaultDir("ca")), "CA directory: intermediate, issued certs, CRL, database (env MESHTRUST_CA_DIR)")
+	pf.StringVar(&g.rootDir, "root-dir", os.Getenv("MESHTRUST_ROOT_DIR"), "root CA directory, kept apart so it can go offline (default <data-dir>/root with --data-dir, as meshd keeps it, else ~/.meshtrust/root; env MESHTRUST_ROOT_DIR)")
+	pf.StringVar(&g.caDir, "ca-dir", os.Getenv("MESHTRUST_CA_DIR"), "CA directory: intermediate, issued certs, CRL, database (default <data-dir>/ca with --data-dir, as meshd keeps it, else ~/.meshtrust/ca; env MESHTRUST_CA_DIR)")
 	pf.StringVar(&g.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain, fixed when the first intermediate is issued (env MCP_MESH_TRUST_DOMAIN)")
 	pf.StringVar(&g.leafTTL, "leaf-ttl", "90d", "lifetime of node, agent and client certificates")
 	pf.StringVar(&g.renewAfter, "renew-after", "", "age at which a leaf is due for renewal (default 2/3 of --leaf-ttl)")
@@ -80,12 +80,32 @@ func NewRoot() *cobra.Command {
 	return root
 }
 
-func defaultDir(name string) string {
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return filepath.Join(".meshtrust", name)
+// caDirs are the root and CA directories the command works on: the ones
+// named by --root-dir and --ca-dir (or their variables); without them, the
+// ones in the data dir, as meshd keeps them; without a data dir either,
+// ~/.meshtrust. from says where the CA directory came from, for messages.
+func (g *globals) caDirs() (rootDir, caDir, from string) {
+	in := func(name string) string {
+		if g.admin.dataDir != "" {
+			return filepath.Join(g.admin.dataDir, name)
+		}
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return filepath.Join(".meshtrust", name)
+		}
+		return filepath.Join(home, ".meshtrust", name)
 	}
-	return filepath.Join(home, ".meshtrust", name)
+	rootDir, caDir, from = g.rootDir, g.caDir, "--ca-dir"
+	if rootDir == "" {
+		rootDir = in("root")
+	}
+	if caDir == "" {
+		caDir, from = in("ca"), "the default"
+		if g.admin.dataDir != "" {
+			from = "--data-dir"
+		}
+	}
+	return rootDir, caDir, from
 }
 
 func envOr(key, def string) string {
@@ -113,7 +133,8 @@ func ParseDuration(s string) (time.Duration, error) {
 
 // config builds the CA configuration from the flags.
 func (g *globals) config() (ca.Config, error) {
-	cfg := ca.Config{RootDir: g.rootDir, Dir: g.caDir, TrustDomain: g.trustDomain}
+	rootDir, caDir, _ := g.caDirs()
+	cfg := ca.Config{RootDir: rootDir, Dir: caDir, TrustDomain: g.trustDomain}
 	var err error
 	if cfg.KeyType, err = ca.ParseKeyType(g.keyType); err != nil {
 		return cfg, err
@@ -140,15 +161,31 @@ func (g *globals) config() (ca.Config, error) {
 
 // openStore opens the CA directory's store, creating the directory when
 // create is set.
-func openStore(ctx context.Context, cfg ca.Config, create bool) (*sqlite.Store, error) {
+func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (*sqlite.Store, error) {
 	if create {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 			return nil, err
 		}
 	} else if _, err := os.Stat(cfg.Dir); err != nil {
-		return nil, fmt.Errorf("%w: CA directory %s: %v (run `meshctl ca init` and `meshctl ca issue-intermediate`, or set --ca-dir)", ca.ErrNotInitialized, cfg.Dir, err)
+		return nil, g.noCA(fmt.Errorf("CA directory %s: %w", cfg.Dir, err))
 	}
 	return sqlite.Open(ctx, cfg.StorePath())
+}
+
+// noCA explains a CA directory without a CA: where meshctl looked and why
+// there, and how to point it at the CA that exists rather than create a
+// second one.
+func (g *globals) noCA(err error) error {
+	_, dir, from := g.caDirs()
+	switch from {
+	case "--data-dir":
+		return fmt.Errorf("%w: %w; it is the CA directory of --data-dir %s, where meshd keeps the mesh CA (meshd --dev creates it on first start). Is that meshd's data dir? If its CA lives elsewhere, pass --ca-dir and --root-dir",
+			ca.ErrNotInitialized, err, g.admin.dataDir)
+	case "the default":
+		return fmt.Errorf("%w: %w; it is the default CA directory. To use meshd's CA, pass --data-dir <meshd's data dir> (or --ca-dir <its CA dir>); to create a CA here, run `meshctl ca init` and `meshctl ca issue-intermediate`",
+			ca.ErrNotInitialized, err)
+	}
+	return fmt.Errorf("%w: %w (run `meshctl ca init` and `meshctl ca issue-intermediate` to create a CA in %s, or set --ca-dir / MESHTRUST_CA_DIR to the one that exists)", ca.ErrNotInitialized, err, dir)
 }
 
 // withCA opens the store and the CA for the duration of fn. When fn
@@ -161,9 +198,9 @@ func (g *globals) withCA(ctx context.Context, fn func(*ca.CA) error) error {
 		return err
 	}
 	if _, err := os.Stat(filepath.Join(cfg.Dir, "intermediate", "state.json")); err != nil {
-		return fmt.Errorf("%w: no intermediate in %s (run `meshctl ca issue-intermediate`, or set --ca-dir / MESHTRUST_CA_DIR)", ca.ErrNotInitialized, cfg.Dir)
+		return g.noCA(fmt.Errorf("no intermediate in %s", cfg.Dir))
 	}
-	st, err := openStore(ctx, cfg, false)
+	st, err := g.openStore(ctx, cfg, false)
 	if err != nil {
 		return err
 	}
