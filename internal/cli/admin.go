@@ -278,9 +278,8 @@ func (g *globals) revokeViaAdmin(cmd *cobra.Command, target, reason string) erro
 	}
 	w := cmd.OutOrStdout()
 	if g.jsonOut {
-		// The offline path's shape ([]store.Revocation, whose Go field
-		// names RevokedCert's keys are), so scripts need not care which ran.
-		if err := printJSON(w, out.Revoked); err != nil {
+		// The offline path's output, so scripts need not care which ran.
+		if err := printJSON(w, revokedCerts(out.Revoked)); err != nil {
 			return err
 		}
 	} else {

@@ -365,7 +365,7 @@ running meshd applies the revocation when it next polls its store.`,
 					return err
 				}
 				if g.jsonOut {
-					if perr := printJSON(cmd.OutOrStdout(), revs); perr != nil {
+					if perr := printJSON(cmd.OutOrStdout(), revocations(revs)); perr != nil {
 						return perr
 					}
 				} else {
@@ -446,7 +446,7 @@ func caVerifyCmd(g *globals) *cobra.Command {
 				}
 				w := cmd.OutOrStdout()
 				if g.jsonOut {
-					if err := printJSON(w, v); err != nil {
+					if err := printJSON(w, verdictOf(v)); err != nil {
 						return err
 					}
 				} else {
@@ -578,6 +578,14 @@ host: keep a copy of the file elsewhere and verify against it with
 				if err != nil {
 					return err
 				}
+				if g.jsonOut {
+					out := auditReport{Intact: true, Entries: rep.Entries, Head: rep.Head, CheckpointsFile: path, Checkpoints: rep.Checkpoints}
+					if rep.Checkpoints > 0 {
+						n := rep.Newest
+						out.Newest = &checkpoint{Seq: n.Seq, Hash: n.Hash, Time: n.Time.UTC(), KeyID: n.KeyID}
+					}
+					return printJSON(w, out)
+				}
 				fmt.Fprintf(w, "audit log intact: %d entries, head %s\n", rep.Entries, head(log))
 				switch {
 				case cps == nil:
@@ -594,7 +602,7 @@ host: keep a copy of the file elsewhere and verify against it with
 				return nil
 			}
 			if g.jsonOut {
-				return printJSON(w, log)
+				return printJSON(w, auditEntries(log))
 			}
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SEQ\tTIME\tACTION\tIDENTITY\tOUTCOME\tDETAIL")

@@ -395,9 +395,17 @@ func TestWalkthrough(t *testing.T) {
 	}
 	requireContains(t, "ca verify (revoked)", r.stdout, "REJECTED: opus@ct1 is revoked", "keyCompromise")
 	r = e.run("ca", "verify", e.issued("opus@ct1"), "--json")
-	var verdict ca.Verdict
-	if err := json.Unmarshal([]byte(r.stdout), &verdict); err != nil || r.code != 1 || verdict.Status != ca.StatusRevoked || verdict.Revoked == nil {
-		t.Fatalf("ca verify --json (revoked): exit %d, %+v, %v", r.code, verdict, err)
+	var verdict struct {
+		Status  ca.Status `json:"status"`
+		Revoked *struct {
+			CommonName string `json:"common_name"`
+			Reason     string `json:"reason"`
+			ReasonCode int    `json:"reason_code"`
+		} `json:"revoked"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &verdict); err != nil || r.code != 1 || verdict.Status != ca.StatusRevoked || verdict.Revoked == nil ||
+		verdict.Revoked.CommonName != "opus@ct1" || verdict.Revoked.Reason != "keyCompromise" || verdict.Revoked.ReasonCode != 1 {
+		t.Fatalf("ca verify --json (revoked): exit %d, %+v, %v\n%s", r.code, verdict, err, r.stdout)
 	}
 
 	// Every rebuild takes the next CRL number.
@@ -519,7 +527,11 @@ func TestWalkthrough(t *testing.T) {
 	r = e.mustRun("ca", "audit", "--verify")
 	requireContains(t, "ca audit --verify", r.stdout, "audit log intact")
 	r = e.mustRun("ca", "audit", "--json")
-	var log []store.AuditEntry
+	var log []struct {
+		Action   string `json:"action"`
+		Outcome  string `json:"outcome"`
+		Identity string `json:"identity"`
+	}
 	if err := json.Unmarshal([]byte(r.stdout), &log); err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ const nodeTimeout = 2 * time.Minute
 // need the CA directory; their only secret (the bootstrap credential) is
 // sent once, to POST /enroll, and never printed.
 func newNodeCmds(g *globals) []*cobra.Command {
-	return []*cobra.Command{enrollCmd(), agentCertCmd(), renewCmd(), tokenCmd(g)}
+	return []*cobra.Command{enrollCmd(g), agentCertCmd(g), renewCmd(g), tokenCmd(g)}
 }
 
 func nodeDirFlag(cmd *cobra.Command, dir *string) {
@@ -40,7 +40,7 @@ func serverFlag(cmd *cobra.Command, server *string, usage string) {
 	cmd.Flags().StringVar(server, "server", os.Getenv("MESHTRUST_SERVER"), usage+" (env MESHTRUST_SERVER)")
 }
 
-func enrollCmd() *cobra.Command {
+func enrollCmd(g *globals) *cobra.Command {
 	var (
 		server, secretFile, token, nodeID, dir, caCert, caFingerprint string
 		force                                                         bool
@@ -117,14 +117,22 @@ Then an mTLS call to meshd's /health with the new certificate proves it works.`,
 				return err
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "enrolled %s: serial %s, valid until %s\n", b.Certificate.Subject.CommonName, b.Serial, b.NotAfter.UTC().Format(time.RFC3339))
-			fmt.Fprintf(w, "wrote %s (0600; the private key, generated here, never sent)\n", d.Path(enroll.NodeKeyFile))
-			fmt.Fprintf(w, "wrote %s (certificate and intermediate)\n", d.Path(enroll.NodeCertFile))
-			fmt.Fprintf(w, "wrote %s (chain: %s)\n", d.Path(enroll.CAFile), chainNames(b.Chain))
-			fmt.Fprintf(w, "wrote %s (%s)\n", d.Path(enroll.ServerFile), server)
-			fmt.Fprintf(w, "created %s/ (0700) for agent certificates\n", d.Path(enroll.AgentsDir))
+			if !g.jsonOut {
+				fmt.Fprintf(w, "enrolled %s: serial %s, valid until %s\n", b.Certificate.Subject.CommonName, b.Serial, b.NotAfter.UTC().Format(time.RFC3339))
+				fmt.Fprintf(w, "wrote %s (0600; the private key, generated here, never sent)\n", d.Path(enroll.NodeKeyFile))
+				fmt.Fprintf(w, "wrote %s (certificate and intermediate)\n", d.Path(enroll.NodeCertFile))
+				fmt.Fprintf(w, "wrote %s (chain: %s)\n", d.Path(enroll.CAFile), chainNames(b.Chain))
+				fmt.Fprintf(w, "wrote %s (%s)\n", d.Path(enroll.ServerFile), server)
+				fmt.Fprintf(w, "created %s/ (0700) for agent certificates\n", d.Path(enroll.AgentsDir))
+			}
 			if err := client.Health(ctx, b.TLSCertificate(key)); err != nil {
 				return fmt.Errorf("enrolled and written, but an mTLS call to meshd with the new certificate failed: %w", err)
+			}
+			if g.jsonOut {
+				return printJSON(w, enrolled{
+					certSummary: fileSummary(b.Certificate, d.Path(enroll.NodeCertFile), d.Path(enroll.NodeKeyFile)),
+					CAFile:      d.Path(enroll.CAFile), AgentsDir: d.Path(enroll.AgentsDir), Server: server, Verified: true,
+				})
 			}
 			fmt.Fprintf(w, "verified: meshd at %s accepts %s over mTLS (GET /health: 200)\n", server, b.Certificate.Subject.CommonName)
 			fmt.Fprintf(w, "next: `meshctl agent-cert <agent-id> --dir %s` for each agent; enable meshtrust-renew.timer for renewal\n", dir)
@@ -141,7 +149,25 @@ Then an mTLS call to meshd's /health with the new certificate proves it works.`,
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing node key and certificate")
 	cmd.MarkFlagRequired("server")
 	cmd.MarkFlagRequired("node-id")
+	addJSON(cmd, g)
 	return cmd
+}
+
+// enrolled is `enroll --json`: the node certificate and where its files are.
+type enrolled struct {
+	certSummary
+	CAFile    string `json:"ca_file"`
+	AgentsDir string `json:"agents_dir"`
+	Server    string `json:"server"`
+	// Verified reports the mTLS call to meshd with the new certificate.
+	Verified bool `json:"verified"`
+}
+
+// fileSummary is how the node commands print a certificate and its files.
+func fileSummary(c *x509.Certificate, certFile, keyFile string) certSummary {
+	s := summarize(c)
+	s.CertFile, s.KeyFile = certFile, keyFile
+	return s
 }
 
 // describeNode names the certificate already in d, for a refusal.
@@ -198,7 +224,7 @@ func nodeClient(dir, server string) (*enroll.Node, *enroll.Client, error) {
 	return n, &enroll.Client{Server: strings.TrimSuffix(server, "/"), Roots: n.Roots()}, nil
 }
 
-func agentCertCmd() *cobra.Command {
+func agentCertCmd(g *globals) *cobra.Command {
 	var (
 		dir, server string
 		force       bool
@@ -239,6 +265,9 @@ certificates are renewed together with the node's ('meshctl renew').`,
 				return err
 			}
 			w := cmd.OutOrStdout()
+			if g.jsonOut {
+				return printJSON(w, fileSummary(b.Certificate, d.AgentCertPath(agentID), d.AgentKeyPath(agentID)))
+			}
 			fmt.Fprintf(w, "minted %s: serial %s, valid until %s\n", b.Certificate.Subject.CommonName, b.Serial, b.NotAfter.UTC().Format(time.RFC3339))
 			fmt.Fprintf(w, "wrote %s (0600)\n", d.AgentKeyPath(agentID))
 			fmt.Fprintf(w, "wrote %s\n", d.AgentCertPath(agentID))
@@ -248,10 +277,11 @@ certificates are renewed together with the node's ('meshctl renew').`,
 	nodeDirFlag(cmd, &dir)
 	serverFlag(cmd, &server, "meshd's agent port, https://host:port (default: the one recorded at enrollment)")
 	cmd.Flags().BoolVar(&force, "force", false, "replace an existing certificate of this agent")
+	addJSON(cmd, g)
 	return cmd
 }
 
-func renewCmd() *cobra.Command {
+func renewCmd(g *globals) *cobra.Command {
 	var (
 		dir, server string
 		force       bool
@@ -279,9 +309,18 @@ run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 				return err
 			}
 			w := cmd.OutOrStdout()
+			d := enroll.Dir(dir)
 			n := r.Node()
 			leaf := n.Certificate.Leaf
+			out := renewal{Node: fileSummary(leaf, d.Path(enroll.NodeCertFile), d.Path(enroll.NodeKeyFile)), Agents: []agentRenewal{}}
+			for _, a := range n.Agents {
+				out.Agents = append(out.Agents, agentRenewal{certSummary: fileSummary(a.Certificate.Leaf, d.AgentCertPath(a.ID), d.AgentKeyPath(a.ID))})
+			}
 			if due := r.Due(); !force && time.Now().Before(due) {
+				if g.jsonOut {
+					out.DueAt = due.UTC()
+					return printJSON(w, out)
+				}
 				fmt.Fprintf(w, "not due until %s (%s valid until %s)\n", due.UTC().Format(time.RFC3339), leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
 				return nil
 			}
@@ -293,6 +332,19 @@ run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 			res, err := r.RenewNow(ctx)
 			if res == nil {
 				return fmt.Errorf("renew %s at %s: %w", leaf.Subject.CommonName, client.Server, err)
+			}
+			out.Renewed = true
+			out.Node = fileSummary(res.Node.Certificate, out.Node.CertFile, out.Node.KeyFile)
+			for i, a := range n.Agents {
+				if b, ok := res.Agents[a.ID]; ok {
+					out.Agents[i] = agentRenewal{certSummary: fileSummary(b.Certificate, out.Agents[i].CertFile, out.Agents[i].KeyFile), Renewed: true}
+				}
+			}
+			if g.jsonOut {
+				if perr := printJSON(w, out); perr != nil {
+					return perr
+				}
+				return err
 			}
 			fmt.Fprintf(w, "renewed %s: serial %s, valid until %s\n", res.Node.Certificate.Subject.CommonName, res.Node.Serial, res.Node.NotAfter.UTC().Format(time.RFC3339))
 			for _, a := range n.Agents {
@@ -308,7 +360,24 @@ run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 	nodeDirFlag(cmd, &dir)
 	serverFlag(cmd, &server, "meshd's agent port, https://host:port (default: the one recorded at enrollment)")
 	cmd.Flags().BoolVar(&force, "force", false, "renew now, even when not due")
+	addJSON(cmd, g)
 	return cmd
+}
+
+// renewal is `renew --json`: the node's certificate and its agents', the
+// renewed ones when Renewed, else the current ones and when they are due.
+type renewal struct {
+	Renewed bool           `json:"renewed"`
+	DueAt   time.Time      `json:"due_at,omitzero"`
+	Node    certSummary    `json:"node"`
+	Agents  []agentRenewal `json:"agents"`
+}
+
+// agentRenewal is one agent of a renewal; Renewed is false for an agent
+// meshd did not renew, which keeps its certificate.
+type agentRenewal struct {
+	certSummary
+	Renewed bool `json:"renewed"`
 }
 
 func tokenCmd(g *globals) *cobra.Command {

@@ -555,9 +555,9 @@ func TestCARevokeViaAdmin(t *testing.T) {
 
 	r = m.ctl("ca", "revoke", "other@dev1", "--json")
 	var revs []struct {
-		Serial     string
-		CommonName string
-		Reason     int
+		Serial     string `json:"serial"`
+		CommonName string `json:"common_name"`
+		Reason     string `json:"reason"`
 	}
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &revs) != nil || len(revs) != 1 || revs[0].CommonName != "other@dev1" {
 		t.Errorf("ca revoke --json: exit %d\n%s", r.code, r.output())
