@@ -50,9 +50,11 @@ fuzz:
 build:
 	$(GO) build -o bin/ ./cmd/...
 
-# The main job: meshd on its embedded defaults, with a fresh mesh CA.
-run:
-	$(GO) run ./cmd/meshd --dev --data-dir ./meshtrust-data
+# The main job: meshd on its embedded defaults, with a fresh mesh CA. It
+# runs from ./bin beside the meshctl it was built with, so the commands it
+# prints (./bin/meshctl ...) work pasted here.
+run: build
+	./bin/meshd --dev --data-dir ./meshtrust-data
 
 # A CA-only walkthrough checked by OpenSSL.
 demo:
