@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/cli"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
 )
@@ -72,6 +73,7 @@ configured trust backends, binds each certificate to the agent id it may
 speak for, manages partner entity CAs, and evicts revoked agents at once.
 
 Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
+		Version:       cli.Version(),
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -79,6 +81,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 			return run(cmd.Context(), o, stdout, stderr)
 		},
 	}
+	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", envOr("MESHTRUST_DATA_DIR", ""), "data directory: store, admin socket, and (with --dev) the CA (env MESHTRUST_DATA_DIR)")
 	f.StringVar(&o.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", ""), "root CA directory (default <data-dir>/root; env MESHTRUST_ROOT_DIR)")

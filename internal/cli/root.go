@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -62,9 +64,11 @@ func NewRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "meshctl",
 		Short:         "Operate a meshtrust mesh: its CA, registry and entities",
+		Version:       Version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.rootDir, "root-dir", os.Getenv("MESHTRUST_ROOT_DIR"), "root CA directory, kept apart so it can go offline (default <data-dir>/root with --data-dir, as meshd keeps it, else ~/.meshtrust/root; env MESHTRUST_ROOT_DIR)")
 	pf.StringVar(&g.caDir, "ca-dir", os.Getenv("MESHTRUST_CA_DIR"), "CA directory: intermediate, issued certs, CRL, database (default <data-dir>/ca with --data-dir, as meshd keeps it, else ~/.meshtrust/ca; env MESHTRUST_CA_DIR)")
@@ -77,7 +81,77 @@ func NewRoot() *cobra.Command {
 	g.admin.register(pf)
 	root.AddCommand(newCACmd(g), newEntityCmd(g))
 	root.AddCommand(newNodeCmds(g)...)
+	refuseUnknownSubcommands(root)
 	return root
+}
+
+// refuseUnknownSubcommands makes every command that only groups others
+// (meshctl, ca, entity, ...) fail on an argument that names none of them.
+// cobra checks that for the root alone: `meshctl ca revok x` would print
+// ca's help and exit 0, so a typo in a script would pass for success.
+func refuseUnknownSubcommands(cmd *cobra.Command) {
+	for _, sub := range cmd.Commands() {
+		refuseUnknownSubcommands(sub)
+	}
+	if !cmd.HasSubCommands() || cmd.Runnable() {
+		return
+	}
+	cmd.Args = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		return unknownCommand(c, args[0])
+	}
+	// A flag of the intended command (`meshctl token creat --node x`) is
+	// unknown to the group; the typo before it is the error to report.
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		if args := c.Flags().Args(); len(args) > 0 {
+			return unknownCommand(c, args[0])
+		}
+		return err
+	})
+	cmd.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+}
+
+func unknownCommand(c *cobra.Command, name string) error {
+	msg := fmt.Sprintf("unknown command %q for %q", name, c.CommandPath())
+	c.SuggestionsMinimumDistance = 2
+	if s := c.SuggestionsFor(name); len(s) > 0 {
+		return fmt.Errorf("%s; did you mean %s?", msg, strings.Join(s, " or "))
+	}
+	return fmt.Errorf("%s; run '%s --help' for its commands", msg, c.CommandPath())
+}
+
+// Version is the version of the running binary, as the Go toolchain
+// recorded it, followed by the Go version: the module version (go build in
+// a git work tree records a pseudo-version naming the revision, "+dirty"
+// when the tree had changes), else the VCS revision alone, else "devel".
+func Version() string {
+	v := "devel"
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return v + " " + runtime.Version()
+	}
+	if mv := info.Main.Version; mv != "" && mv != "(devel)" {
+		v = mv
+	} else {
+		var rev, modified string
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				modified = s.Value
+			}
+		}
+		if rev != "" {
+			v = rev[:min(len(rev), 12)]
+			if modified == "true" {
+				v += "-dirty"
+			}
+		}
+	}
+	return v + " " + info.GoVersion
 }
 
 // caDirs are the root and CA directories the command works on: the ones
