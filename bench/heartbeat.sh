@@ -111,8 +111,8 @@ for i in $(seq "$C"); do
 	ln -s "$WORK/ca/issued/weather-agent-$i@bench.key" "$WORK/agents/weather-agent-$i.key"
 done
 ROOTCA=$WORK/root/ca.crt
-SRVCERT=$WORK/ca/issued/meshd.mesh.crt
-SRVKEY=$WORK/ca/issued/meshd.mesh.key
+SRVCERT=$WORK/ca/issued/meshd.crt
+SRVKEY=$WORK/ca/issued/meshd.key
 
 MESHD_PORT=$(free_port)
 log "starting meshd on 127.0.0.1:$MESHD_PORT"

@@ -26,7 +26,7 @@ echo
 echo "+ openssl verify (chain and CRL) of the node and the revoked agent"
 issued=$MESHTRUST_CA_DIR/issued
 openssl verify -crl_check -CAfile "$MESHTRUST_CA_DIR/intermediate/root.crt" \
-  -untrusted "$MESHTRUST_CA_DIR/intermediate/int.crt" -CRLfile "$MESHTRUST_CA_DIR/crl.pem" "$issued/ct111.mesh.crt"
+  -untrusted "$MESHTRUST_CA_DIR/intermediate/int.crt" -CRLfile "$MESHTRUST_CA_DIR/crl.pem" "$issued/ct111.crt"
 if openssl verify -crl_check -CAfile "$MESHTRUST_CA_DIR/intermediate/root.crt" \
   -untrusted "$MESHTRUST_CA_DIR/intermediate/int.crt" -CRLfile "$MESHTRUST_CA_DIR/crl.pem" "$issued/opus@ct111.crt"; then
   echo "unexpected: openssl accepted a revoked certificate" >&2; exit 1

@@ -53,8 +53,9 @@ func (c *CA) Sign(ctx context.Context, csr *x509.CertificateRequest, req Request
 }
 
 // IssueWithKey issues a certificate for req.Identity whose key the CA
-// generates, and writes both into the CA directory as issued/<cn>.crt and
-// issued/<cn>.key. When a key for that name is already there it is reused,
+// generates, and writes both into the CA directory (see IssuedCertPath:
+// issued/<node-id>.crt for a node, issued/<cn>.crt otherwise, and .key).
+// When a key for that name is already there it is reused,
 // so issuing again renews the certificate under the same key.
 func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 	if req.Identity.IsZero() {
