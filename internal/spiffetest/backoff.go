@@ -1,6 +1,7 @@
 package spiffetest
 
 import (
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -18,7 +19,13 @@ import (
 type Backoff struct {
 	mu      sync.Mutex
 	retries int
-	changed chan struct{} // closed at the next retry
+	waiters []waiter
+}
+
+// waiter is a Retried channel, closed once retries reaches n.
+type waiter struct {
+	n    int
+	done chan struct{}
 }
 
 // retryDelay is how long a Backoff (and the gRPC connection under
@@ -26,7 +33,7 @@ type Backoff struct {
 const retryDelay = 10 * time.Millisecond
 
 // NewBackoff returns a Backoff that has counted no retry.
-func NewBackoff() *Backoff { return &Backoff{changed: make(chan struct{})} }
+func NewBackoff() *Backoff { return &Backoff{} }
 
 // NewBackoff implements workloadapi.BackoffStrategy.
 func (b *Backoff) NewBackoff() workloadapi.Backoff { return backoffFunc(b.next) }
@@ -35,8 +42,13 @@ func (b *Backoff) next() time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.retries++
-	close(b.changed)
-	b.changed = make(chan struct{})
+	b.waiters = slices.DeleteFunc(b.waiters, func(w waiter) bool {
+		if w.n <= b.retries {
+			close(w.done)
+			return true
+		}
+		return false
+	})
 	return retryDelay
 }
 
@@ -47,23 +59,29 @@ func (b *Backoff) Retries() int {
 	return b.retries
 }
 
+// Retried returns a channel that is closed once a client has backed off
+// n times in all. Unlike WaitRetries it may be used off the test's
+// goroutine.
+func (b *Backoff) Retried(n int) <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	done := make(chan struct{})
+	if b.retries >= n {
+		close(done)
+	} else {
+		b.waiters = append(b.waiters, waiter{n, done})
+	}
+	return done
+}
+
 // WaitRetries waits until a client has backed off n times in all, and
 // fails the test if that takes longer than a generous bound.
 func (b *Backoff) WaitRetries(t testing.TB, n int) {
 	t.Helper()
-	bound := time.After(waitBound)
-	for {
-		b.mu.Lock()
-		got, changed := b.retries, b.changed
-		b.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-changed:
-		case <-bound:
-			t.Fatalf("spiffetest: the client backed off %d times in %s, want %d", got, waitBound, n)
-		}
+	select {
+	case <-b.Retried(n):
+	case <-time.After(waitBound):
+		t.Fatalf("spiffetest: the client backed off %d times in %s, want %d", b.Retries(), waitBound, n)
 	}
 }
 
