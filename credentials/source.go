@@ -74,9 +74,10 @@ type Credentials struct {
 	// Roots are the anchors peers are verified against: every
 	// certificate a peer's chain may end at. Empty means the source has
 	// none, and ServerConfig and ClientConfig then refuse every peer. A
-	// SPIFFE source puts here the authorities of all its bundles, so that
-	// consumers that know nothing of SPIFFE (Materialize, a plain
-	// tls.Config) still work.
+	// SPIFFE source puts here the authorities of its own trust domain only,
+	// so that consumers that know nothing of SPIFFE (Materialize, a plain
+	// tls.Config) still work without trusting another trust domain's CAs
+	// for every name; SPIFFE-aware consumers use Bundles.
 	//
 	// Roots are certificates rather than an x509.CertPool because a pool
 	// cannot be listed, and Materialize must write them out; the tls.Config
