@@ -1,12 +1,14 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -247,5 +250,35 @@ func TestResolutionOncePerTopology(t *testing.T) {
 	check("a list after the provider moved", 1)
 	if got := r.resolveFor(r.lookup("weather-0"))["f0"][0].Endpoint; got != "https://:9001" {
 		t.Errorf("weather-0 resolves geocode at %q, want atlas's new endpoint", got)
+	}
+}
+
+// TestStoredRegistrationOverLimit: a record stored before the limits is
+// loaded with a warning; its owner's unchanged heartbeat is answered, and
+// its next change is refused.
+func TestStoredRegistrationOverLimit(t *testing.T) {
+	ctx := context.Background()
+	st := newMemStore()
+	wide := registration(t, "wide", 300, 0, 0)
+	_, payload, err := ParseRegistration(wide)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.agents["wide"] = store.Agent{ID: "wide", Owner: "wide@n1", Source: "localca", Payload: payload, CertFingerprint: "fp-wide", Status: StatusHealthy, Version: 1}
+	var log bytes.Buffer
+	r, err := New(ctx, st, Config{Timeout: time.Hour, Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "agent=wide reason=too_many_tools") {
+		t.Errorf("log after loading an agent over the limits:\n%s", log.String())
+	}
+	p := peerFor(t, "wide@n1")
+	p.Fingerprint = "fp-wide"
+	if _, err := r.HeartbeatBody(ctx, p, wide); err != nil {
+		t.Errorf("the owner's unchanged heartbeat: %v", err)
+	}
+	if _, err := r.HeartbeatBody(ctx, p, registration(t, "wide", 301, 0, 0)); ReasonOf(err) != "too_many_tools" {
+		t.Errorf("the owner's next change: %v, want too_many_tools", err)
 	}
 }

@@ -73,19 +73,25 @@ func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 }
 
 func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
-	res := Result{AgentID: reg.AgentID}
-	if err := r.bound(&reg); err != nil {
-		return res, err
-	}
 	now := r.cfg.Now()
-	e, created, err := r.claim(peer, reg.AgentID)
+	res := Result{AgentID: reg.AgentID}
+	e, created, err := r.claim(peer, reg.AgentID, &reg)
 	if err != nil {
 		return res, err
 	}
+	samePayload := false
 	if !created {
 		if err := authorize(peer, reg.AgentID, &e.rec); err != nil {
 			e.mu.Unlock()
 			return res, err
+		}
+		// A payload the registry holds already was bounded when it came
+		// (or, loaded from the store, warned about by New).
+		if samePayload = bytes.Equal(e.rec.Payload, payload); !samePayload {
+			if err := r.bound(&reg); err != nil {
+				e.mu.Unlock()
+				return res, err
+			}
 		}
 	}
 	fp, serial, source := "", "", ""
@@ -96,8 +102,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	e.lastSeen.Store(now.UnixNano())
 	pending := !e.rec.RotateFrom.IsZero()
 	// authorize has checked the source, unless the record has none yet.
-	unchanged := !created && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && (e.rec.Source != "" || source == "") &&
-		bytes.Equal(e.rec.Payload, payload)
+	unchanged := samePayload && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && (e.rec.Source != "" || source == "")
 	if unchanged {
 		e.body = sum
 		e.topoSeen.Store(r.topology.Load())

@@ -81,8 +81,35 @@ func ParseRegistration(body []byte) (Registration, []byte, error) {
 
 // bound refuses a registration that declares more than the registry's
 // limits allow. It runs before anything else looks at the registration,
-// so a refused one changes nothing.
+// so a refused one changes nothing. It is on every parsed heartbeat's
+// path: it only counts, and leaves the messages to overLimit.
 func (r *Registry) bound(reg *Registration) error {
+	c := &r.cfg
+	if len(reg.Tools) > c.MaxTools {
+		return r.overLimit(reg)
+	}
+	total := 0
+	for i := range reg.Tools {
+		t := &reg.Tools[i]
+		total += len(t.Dependencies)
+		if len(t.Dependencies) > c.MaxToolDependencies || len(t.Tags) > c.MaxTags {
+			return r.overLimit(reg)
+		}
+		for j := range t.Dependencies {
+			if len(t.Dependencies[j].Tags) > c.MaxTags {
+				return r.overLimit(reg)
+			}
+		}
+	}
+	if total > c.MaxDependencies {
+		return r.overLimit(reg)
+	}
+	return nil
+}
+
+// overLimit returns the refusal of a registration bound found over a
+// limit, naming the first limit it is over.
+func (r *Registry) overLimit(reg *Registration) error {
 	c := &r.cfg
 	if n := len(reg.Tools); n > c.MaxTools {
 		return refusal(ErrInvalid, "too_many_tools", "registration declares %d tools; meshd accepts at most %d tools per agent", n, c.MaxTools)
@@ -102,10 +129,7 @@ func (r *Registry) bound(reg *Registration) error {
 			}
 		}
 	}
-	if total > c.MaxDependencies {
-		return refusal(ErrInvalid, "too_many_dependencies", "registration declares %d dependencies; meshd accepts at most %d dependencies per agent, all tools together", total, c.MaxDependencies)
-	}
-	return nil
+	return refusal(ErrInvalid, "too_many_dependencies", "registration declares %d dependencies; meshd accepts at most %d dependencies per agent, all tools together", total, c.MaxDependencies)
 }
 
 // canonical returns the body as the registry stores and compares it:

@@ -286,6 +286,12 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 		var reg Registration
 		_ = json.Unmarshal(rec.Payload, &reg)
 		e.setRegistration(reg)
+		// Stored before the limits, or above lowered ones: kept, since
+		// its owner's unchanged heartbeats are answered without a
+		// check, but its next change is refused.
+		if err := r.bound(&e.reg); err != nil {
+			cfg.Logger.Warn("stored agent registration is over a limit; its next change will be refused", "agent", rec.ID, "reason", ReasonOf(err), "err", err)
+		}
 		e.lastSeen.Store(now.UnixNano())
 		r.agents[rec.ID] = e
 		r.index(e, nil)
@@ -298,14 +304,17 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 func (r *Registry) Len() int { return int(r.count.Load()) }
 
 // claim returns the entry for id locked, creating it if needed. The
-// binding rule for a new id is checked before it is inserted, so a refused
-// caller never creates an entry.
-func (r *Registry) claim(peer *trust.Peer, id string) (*entry, bool, error) {
+// binding rule and reg's limits are checked for a new id before it is
+// inserted, so a refused caller never creates an entry.
+func (r *Registry) claim(peer *trust.Peer, id string, reg *Registration) (*entry, bool, error) {
 	for {
 		if e := r.locked(id); e != nil {
 			return e, false, nil
 		}
 		if err := authorize(peer, id, nil); err != nil {
+			return nil, false, err
+		}
+		if err := r.bound(reg); err != nil {
 			return nil, false, err
 		}
 		// Locked before it is published, and before mu as the lock order
