@@ -48,6 +48,9 @@ const (
 	// PathAdminReinstate is POST: ReinstateRequest in, ReinstateResponse
 	// out.
 	PathAdminReinstate = "/admin/reinstate"
+	// PathAdminAgents is GET (the agents) and, with /{agent_id}, DELETE:
+	// release the id, ReleaseResponse out.
+	PathAdminAgents = "/admin/agents"
 	// PathAdminTokens is POST: TokenRequest in, TokenResponse out.
 	PathAdminTokens = "/admin/tokens"
 )
@@ -165,6 +168,13 @@ type RevokeResponse struct {
 	// Warning is set when the revocations are durable but applying them
 	// failed in part; the revocation stands.
 	Warning string `json:"warning,omitempty"`
+}
+
+// ReleaseResponse is the answer to DELETE /admin/agents/{agent_id}: the
+// id is free for the next certificate that may speak for it.
+type ReleaseResponse struct {
+	AgentID string `json:"agent_id"`
+	Message string `json:"message"`
 }
 
 // ReinstateRequest is the body of POST /admin/reinstate.

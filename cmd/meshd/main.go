@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
+	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
 )
@@ -54,6 +55,8 @@ type limits struct {
 	readTimeout, agentCertInterval               time.Duration
 	watchStreams, watchPerSource, agentCertBurst int
 	maxAgentsPerNode                             int
+	registrations                                server.RegistrationLimits
+	providerEntities                             string
 }
 
 func envOr(key, def string) string {
@@ -107,6 +110,11 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.IntVar(&o.limits.agentCertBurst, "agent-cert-burst", 100, "agent certificates one node may obtain at once (/agent-cert, /renew)")
 	f.DurationVar(&o.limits.agentCertInterval, "agent-cert-interval", 100*time.Millisecond, "after the burst, one more agent certificate per node every interval")
 	f.IntVar(&o.limits.maxAgentsPerNode, "max-agents-per-node", 512, "agent identities one node may hold a live certificate for")
+	f.IntVar(&o.limits.registrations.MaxTools, "max-tools", registry.DefaultMaxTools, "tools one agent may register")
+	f.IntVar(&o.limits.registrations.MaxToolDependencies, "max-tool-dependencies", registry.DefaultMaxToolDependencies, "dependencies one tool may declare")
+	f.IntVar(&o.limits.registrations.MaxDependencies, "max-dependencies", registry.DefaultMaxDependencies, "dependencies of all of one agent's tools together")
+	f.IntVar(&o.limits.registrations.MaxTags, "max-tags", registry.DefaultMaxTags, "tags one tool or dependency may carry")
+	f.StringVar(&o.limits.providerEntities, "provider-entities", envOr("MCP_MESH_PROVIDER_ENTITIES", ""), "comma list of partner entities whose agents may provide capabilities to agents outside their entity, the mesh's own included (default none: dependencies resolve inside their trust boundary; env MCP_MESH_PROVIDER_ENTITIES)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	return cmd
@@ -187,6 +195,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 		ReadTimeout: o.limits.readTimeout, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
+		Registrations: o.limits.registrationLimits(),
 	}, st, authority)
 	if err != nil {
 		return err
@@ -204,6 +213,18 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	return srv.Shutdown(shutdownCtx)
 }
 
+// registrationLimits returns the registry's limits, provider entities
+// split out of their comma list.
+func (l limits) registrationLimits() server.RegistrationLimits {
+	r := l.registrations
+	for _, e := range strings.Split(l.providerEntities, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			r.ProviderEntities = append(r.ProviderEntities, e)
+		}
+	}
+	return r
+}
+
 // check refuses a limit that would disable itself: zero means "the
 // default" to meshd's server, so a flag set to 0 or less is an error.
 func (l limits) check() error {
@@ -214,6 +235,8 @@ func (l limits) check() error {
 		{"--read-timeout", int64(l.readTimeout)}, {"--agent-cert-interval", int64(l.agentCertInterval)},
 		{"--max-watch-streams", int64(l.watchStreams)}, {"--max-watch-streams-per-source", int64(l.watchPerSource)},
 		{"--agent-cert-burst", int64(l.agentCertBurst)}, {"--max-agents-per-node", int64(l.maxAgentsPerNode)},
+		{"--max-tools", int64(l.registrations.MaxTools)}, {"--max-tool-dependencies", int64(l.registrations.MaxToolDependencies)},
+		{"--max-dependencies", int64(l.registrations.MaxDependencies)}, {"--max-tags", int64(l.registrations.MaxTags)},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s must be positive", d.flag)

@@ -44,6 +44,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /admin/reinstate", s.reinstate)
 	mux.HandleFunc("POST /admin/tokens", s.createToken)
 	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
+	mux.HandleFunc("DELETE /admin/agents/{agent_id}", s.releaseAgent)
 	return mux
 }
 
@@ -409,6 +410,23 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 		out.Warning = err.Error()
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// releaseAgent frees an agent id whatever certificate claimed it, so that
+// its rightful owner can claim it (a node that squatted another node's
+// agent name). Audited as agent.release.
+func (s *Server) releaseAgent(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("agent_id")
+	err := s.reg.Release(r.Context(), id, "an operator (admin API)")
+	if registry.ReasonOf(err) == "unknown_agent" {
+		s.adminError(w, r, http.StatusNotFound, err.Error())
+		return
+	}
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, meshapi.ReleaseResponse{AgentID: id, Message: fmt.Sprintf("agent id %q released: the next certificate that may speak for it claims it", id)})
 }
 
 // reinstate lifts the revocation of an identity: certificates can be

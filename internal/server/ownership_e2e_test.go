@@ -184,3 +184,39 @@ func TestE2EBoundedRegistration(t *testing.T) {
 		t.Errorf("256 tools: %s, want 200", r)
 	}
 }
+
+// TestE2EOperatorReleasesSquattedID: a node that claimed another node's
+// agent name ahead of it holds it until an operator releases it; the
+// release is audited and the rightful owner claims the id next.
+func TestE2EOperatorReleasesSquattedID(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	squatter, _ := agentCert(t, e.ca.auth, "opus", "ct666")
+	owner, _ := agentCert(t, e.ca.auth, "opus", "ct111")
+	if r := e.do(e.freshClient(&squatter), "POST", "/heartbeat", heartbeat("opus", 1)); r.code != http.StatusOK {
+		t.Fatalf("squatter's claim: %s", r)
+	}
+	if r := e.do(e.freshClient(&owner), "POST", "/heartbeat", heartbeat("opus", 2)); r.code != http.StatusForbidden {
+		t.Fatalf("owner after the squat: %s, want 403", r)
+	}
+	if r := e.adminDo("DELETE", "/admin/agents/opus", nil); r.code != http.StatusOK {
+		t.Fatalf("release: %s", r)
+	}
+	if r := e.adminDo("DELETE", "/admin/agents/nobody", nil); r.code != http.StatusNotFound {
+		t.Errorf("releasing an unknown id: %s, want 404", r)
+	}
+	if r := e.do(e.freshClient(&owner), "POST", "/heartbeat", heartbeat("opus", 2)); r.code != http.StatusOK {
+		t.Errorf("owner after the release: %s, want 200", r)
+	}
+	var released, claims int
+	for _, a := range e.audit() {
+		switch {
+		case a.Action == "agent.release" && a.Identity == "opus":
+			released++
+		case a.Action == "agent.claim" && a.Identity == "opus":
+			claims++
+		}
+	}
+	if released != 1 || claims != 2 {
+		t.Errorf("audit: %d releases and %d claims of opus, want 1 and 2", released, claims)
+	}
+}

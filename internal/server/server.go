@@ -91,6 +91,10 @@ type Config struct {
 	// burst, then one per interval; defaults 100 and 100ms.
 	AgentCertBurst    int
 	AgentCertInterval time.Duration
+	// Registrations bounds what one agent may register (tools,
+	// dependencies, tags) and lists the partner entities whose agents may
+	// provide for agents outside their entity; see registry.Config.
+	Registrations RegistrationLimits
 	// CheckpointInterval is how often the audit log's head is signed into
 	// the CA's checkpoints file while it grows; default 1 minute.
 	CheckpointInterval time.Duration
@@ -100,6 +104,16 @@ type Config struct {
 	MaxAgentsPerNode int
 	Logger           *slog.Logger
 	Now              func() time.Time
+}
+
+// RegistrationLimits are the registry's bounds on one registration and its
+// trust boundary for dependency resolution; zero values are the
+// registry's defaults.
+type RegistrationLimits struct {
+	MaxTools, MaxToolDependencies, MaxDependencies, MaxTags int
+	// ProviderEntities are partner entities whose agents may be the
+	// providers of agents outside their entity (the mesh's own included).
+	ProviderEntities []string
 }
 
 // Server is meshd.
@@ -228,7 +242,10 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s.events = events.New(st, cursor, events.Config{Logger: s.log, Now: cfg.Now})
 	s.events.Handle(s.applyEvent)
-	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: s.log}); err != nil {
+	rl := cfg.Registrations
+	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: s.log,
+		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
+		ProviderEntities: rl.ProviderEntities}); err != nil {
 		return nil, err
 	}
 	var crlAge func() time.Duration
