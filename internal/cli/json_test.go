@@ -1,12 +1,16 @@
 package cli_test
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -135,6 +139,8 @@ func TestJSONEverywhere(t *testing.T) {
 	check("entity list", m.ctl("entity", "list", "--json"), 0)
 	check("entity rotate", m.ctl("entity", "rotate", "--json"), 0)
 	check("entity revoke", m.ctl("entity", "revoke", "acme", "--force", "--json"), 0)
+	m.registerAgent(t, "rel", "ct1")
+	check("agent release", m.ctl("agent", "release", "rel", "--force", "--json"), 0)
 
 	// A node, against a meshd's PKI routes.
 	n := newNode(t, enrolltest.Config{})
@@ -155,5 +161,28 @@ func TestJSONEverywhere(t *testing.T) {
 		if !covered[path] {
 			t.Errorf("meshctl %s --json is not checked here", path)
 		}
+	}
+}
+
+// registerAgent issues agent@node with meshctl and registers it with
+// meshd over mTLS.
+func (m *meshd) registerAgent(t *testing.T, agent, node string) {
+	t.Helper()
+	if r := m.run("ca", "issue-agent", agent, node); r.code != 0 {
+		t.Fatalf("issue-agent: %s", r.output())
+	}
+	cn := agent + "@" + node
+	cert, err := tls.LoadX509KeyPair(filepath.Join(m.caDir, "issued", cn+".crt"), filepath.Join(m.caDir, "issued", cn+".key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: m.rootCAs, Certificates: []tls.Certificate{cert}}}}
+	resp, err := c.Post("https://"+m.agentAddr+"/heartbeat", "application/json", strings.NewReader(`{"agent_id":"`+agent+`","name":"`+agent+`","http_host":"127.0.0.1","http_port":9000,"tools":[]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("heartbeat of %s: %s", cn, resp.Status)
 	}
 }
