@@ -1,0 +1,220 @@
+// Package provider picks an agent's credential provider the way MCP Mesh
+// does, by MCP_MESH_TLS_PROVIDER, and returns its credentials.Source:
+//
+//   - file (the default): the PEM files MCP_MESH_TLS_CERT, MCP_MESH_TLS_KEY
+//     and MCP_MESH_TLS_CA name (package credentials/file);
+//   - vault: a certificate from Vault's PKI engine (MCP_MESH_VAULT_*,
+//     VAULT_TOKEN);
+//   - spire: the X.509-SVID of the SPIRE agent at MCP_MESH_SPIRE_SOCKET
+//     (package credentials/spire);
+//   - enroll: this mesh's CA, through a node enrolled with `meshctl enroll`:
+//     the agent's certificate from the node directory (MESHTRUST_NODE_DIR,
+//     default /etc/meshtrust), renewed with the node's (package
+//     credentials/enroll).
+//
+// A program that runs as an agent takes its credentials with one call and
+// stays the same whichever provider the operator configures:
+//
+//	src, err := provider.FromEnv(ctx, "opus")
+//	...
+//	defer src.Close()
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/credentials/enroll"
+	"github.com/meshtrust/meshtrust/credentials/file"
+	"github.com/meshtrust/meshtrust/credentials/spire"
+)
+
+// The environment variables FromEnv reads to choose and configure a
+// provider. The providers read their own (MCP_MESH_TLS_CERT, ...).
+const (
+	// EnvProvider names the provider: file, vault, spire or enroll.
+	EnvProvider = "MCP_MESH_TLS_PROVIDER"
+	// EnvNodeDir is the enroll provider's node directory, as for the
+	// meshctl node commands.
+	EnvNodeDir = "MESHTRUST_NODE_DIR"
+	// EnvServer is meshd's agent port for the enroll provider's renewals,
+	// when it is not the one recorded at enrollment.
+	EnvServer = "MESHTRUST_SERVER"
+)
+
+// The providers' names, as MCP_MESH_TLS_PROVIDER takes them.
+const (
+	File   = "file"
+	Vault  = "vault"
+	SPIRE  = "spire"
+	Enroll = "enroll"
+)
+
+// DefaultNodeDir is the enroll provider's node directory when neither
+// WithNodeDir nor MESHTRUST_NODE_DIR gives one.
+const DefaultNodeDir = "/etc/meshtrust"
+
+// Names returns the providers FromEnv knows, the default first.
+func Names() []string { return []string{File, Vault, SPIRE, Enroll} }
+
+// ErrUnknown is what FromEnv's error wraps when the provider named is
+// none of Names.
+var ErrUnknown = errors.New("provider: unknown credential provider")
+
+// ErrNotBuilt is what FromEnv's error wraps for a provider this binary
+// was built without.
+var ErrNotBuilt = errors.New("provider: not built into this binary")
+
+// Option configures FromEnv.
+type Option func(*config)
+
+type config struct {
+	name    string
+	nodeDir string
+	server  string
+	log     *slog.Logger
+	renewal enroll.RenewerConfig
+}
+
+// WithProvider picks the provider by name, overriding MCP_MESH_TLS_PROVIDER
+// (a command-line flag, say). "" leaves the choice to the variable.
+func WithProvider(name string) Option { return func(c *config) { c.name = name } }
+
+// WithNodeDir sets the enroll provider's node directory, overriding
+// MESHTRUST_NODE_DIR. "" leaves it to the variable.
+func WithNodeDir(dir string) Option { return func(c *config) { c.nodeDir = dir } }
+
+// WithServer sets meshd's agent port (https://host:port) the enroll
+// provider renews through, overriding MESHTRUST_SERVER and the URL
+// recorded at enrollment. "" leaves it to them.
+func WithServer(url string) Option { return func(c *config) { c.server = url } }
+
+// WithLogger receives the provider's events (reloads, renewals, outages);
+// the default discards them. No key or credential is ever logged.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
+
+// WithRenewal configures the enroll provider's renewals (schedule,
+// backoff, clock); its Logger is WithLogger's.
+func WithRenewal(cfg enroll.RenewerConfig) Option { return func(c *config) { c.renewal = cfg } }
+
+// FromEnv returns the credentials.Source of agent agentID from the
+// provider that WithProvider, else MCP_MESH_TLS_PROVIDER, names (file when
+// neither does). The source follows its provider (reloads, renewals,
+// rotations) until ctx ends or it is closed. A provider that fetches its
+// credentials (spire, vault) returns once it has the first ones, or fails
+// when ctx ends first.
+//
+// agentID selects the agent's certificate for the enroll provider, and
+// names the certificate Vault issues; the file and spire providers serve
+// whatever certificate they are given, and meshd decides what it may speak
+// for.
+func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.Source, error) {
+	cfg := config{log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	name, from := cfg.name, ""
+	if name == "" {
+		name, from = strings.TrimSpace(os.Getenv(EnvProvider)), " (from "+EnvProvider+")"
+	}
+	if name == "" {
+		name = File
+	}
+	log := cfg.log.With("provider", name)
+	switch name {
+	case File:
+		src, err := file.FromEnv(ctx, file.WithLogger(log))
+		if err != nil {
+			return nil, err
+		}
+		return src, nil
+	case SPIRE:
+		src, err := spire.New(ctx, spire.WithLogger(log))
+		if err != nil {
+			return nil, err
+		}
+		return src, nil
+	case Enroll:
+		return fromNode(ctx, agentID, cfg, log)
+	case Vault:
+		return nil, fmt.Errorf("%w: the vault provider is not built into this binary yet; use %s, %s or %s", ErrNotBuilt, File, SPIRE, Enroll)
+	}
+	return nil, fmt.Errorf("%w %q%s; want one of %s", ErrUnknown, name, from, strings.Join(Names(), ", "))
+}
+
+// fromNode is the enroll provider: agentID's certificate in the node
+// directory, renewed with the node's by a Renewer that runs until the
+// source is closed or ctx ends.
+func fromNode(ctx context.Context, agentID string, cfg config, log *slog.Logger) (credentials.Source, error) {
+	dir := firstOf(cfg.nodeDir, os.Getenv(EnvNodeDir), DefaultNodeDir)
+	d := enroll.Dir(dir)
+	n, err := d.Load()
+	if err != nil {
+		return nil, fmt.Errorf("provider enroll: %w", err)
+	}
+	server := firstOf(cfg.server, os.Getenv(EnvServer))
+	if server == "" {
+		if server, err = d.Server(); err != nil {
+			return nil, fmt.Errorf("provider enroll: no meshd URL to renew through: set %s to https://host:port (%s was not written at enrollment: %w)", EnvServer, d.Path(enroll.ServerFile), err)
+		}
+	}
+	client := &enroll.Client{Server: strings.TrimSuffix(server, "/"), Roots: n.Roots()}
+	rcfg := cfg.renewal
+	rcfg.Logger = log
+	r, err := enroll.NewRenewer(client, d, rcfg)
+	if err != nil {
+		return nil, fmt.Errorf("provider enroll: %w", err)
+	}
+	src, err := r.AgentSource(agentID)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("provider enroll: %w", err)
+	}
+	s := &nodeSource{Source: src, r: r, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		r.Run(ctx) // its error is ctx's, or ErrClosed from Close
+	}()
+	return s, nil
+}
+
+// nodeSource is an agent's view of a Renewer that it owns: closing it
+// stops the renewals.
+type nodeSource struct {
+	credentials.Source
+	r    *enroll.Renewer
+	done chan struct{}
+	once sync.Once
+}
+
+// Rotate renews the node's and its agents' certificates now, whether due
+// or not: the answer to meshd's request for fresh credentials. The new
+// ones are served (Changed fires) before it returns.
+func (s *nodeSource) Rotate(ctx context.Context) error {
+	_, err := s.r.RenewNow(ctx)
+	return err
+}
+
+// Close stops the renewals and waits for them to end.
+func (s *nodeSource) Close() error {
+	s.once.Do(func() {
+		s.r.Close()
+		<-s.done
+	})
+	return nil
+}
+
+func firstOf(values ...string) string {
+	for _, v := range values {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
