@@ -87,6 +87,18 @@ func (p *pki) agent(agent, node string) *credentials.Credentials {
 	return &credentials.Credentials{Certificate: p.load(is.Cert.Subject.CommonName), Roots: []*x509.Certificate{p.ca.Root()}}
 }
 
+// node issues node's certificate (server and client), as credentials
+// trusting the mesh root: the mesh CA's agent certificates are for clients
+// only, so an agent's server presents its node's.
+func (p *pki) node(node string) *credentials.Credentials {
+	p.t.Helper()
+	is, err := p.ca.IssueNode(context.Background(), node, "IP:127.0.0.1")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return &credentials.Credentials{Certificate: p.load(is.Cert.Subject.CommonName), Roots: []*x509.Certificate{p.ca.Root()}}
+}
+
 // holder is a Source that starts with c.
 func holder(t *testing.T, c *credentials.Credentials) *credentials.Holder {
 	t.Helper()
