@@ -106,9 +106,10 @@ func WithRenewal(cfg enroll.RenewerConfig) Option { return func(c *config) { c.r
 // FromEnv returns the credentials.Source of agent agentID from the
 // provider that WithProvider, else MCP_MESH_TLS_PROVIDER, names (file when
 // neither does). The source follows its provider (reloads, renewals,
-// rotations) until ctx ends or it is closed. A provider that fetches its
-// credentials (spire, vault) returns once it has the first ones, or fails
-// when ctx ends first.
+// rotations) until ctx ends or it is closed, whichever provider it is;
+// then its Current fails with credentials.ErrClosed. A provider that
+// fetches its credentials (spire, vault) returns once it has the first
+// ones, or fails when ctx ends first.
 //
 // agentID selects the agent's certificate for the enroll provider, and
 // names the certificate Vault issues; the file and spire providers serve
@@ -139,6 +140,9 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 		if err != nil {
 			return nil, err
 		}
+		// spire.New's ctx bounds only the first fetch: end the source
+		// with ctx, as the other providers do.
+		context.AfterFunc(ctx, func() { src.Close() })
 		return src, nil
 	case Enroll:
 		return fromNode(ctx, agentID, cfg, log)
@@ -180,6 +184,7 @@ func fromNode(ctx context.Context, agentID string, cfg config, log *slog.Logger)
 	go func() {
 		defer close(s.done)
 		r.Run(ctx) // its error is ctx's, or ErrClosed from Close
+		r.Close()  // when ctx ended: the agent's source with it
 	}()
 	return s, nil
 }

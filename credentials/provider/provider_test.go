@@ -334,3 +334,36 @@ func TestEnrollRotateAndClose(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+// TestFromEnvEndsWithContext: whichever the provider, its source ends
+// with FromEnv's context.
+func TestFromEnvEndsWithContext(t *testing.T) {
+	s := enrolltest.NewServer(t, enrolltest.Config{})
+	for _, name := range []string{provider.File, provider.SPIRE, provider.Enroll} {
+		t.Run(name, func(t *testing.T) {
+			clearEnv(t)
+			writeFiles(t, s, "files@ct111")
+			w := spiffetest.NewServer(t, "")
+			w.SetSVID(spiffeid.RequireFromString("spiffe://mcp-mesh.local/mesh-agent"))
+			t.Setenv(spire.EnvSocket, w.SocketPath())
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			src, err := provider.FromEnv(ctx, "opus", provider.WithProvider(name), withNode(t, s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			changed := src.Changed()
+			current(t, src)
+			cancel()
+			select {
+			case <-changed:
+			case <-time.After(wait):
+				t.Fatal("the source did not end with its context")
+			}
+			if _, err := src.Current(); !errors.Is(err, credentials.ErrClosed) {
+				t.Fatalf("Current after the context ended: %v, want ErrClosed", err)
+			}
+		})
+	}
+}
