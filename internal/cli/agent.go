@@ -11,13 +11,14 @@ import (
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
-// newAgentCmd groups the operator's commands on registered agents.
+// newAgentCmd groups the commands on agents: the operator's on registered
+// ones, and run, the sidecar that makes any command an agent.
 func newAgentCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Act on agents registered with meshd",
+		Short: "Run a command as a mesh agent, or act on agents registered with meshd",
 	}
-	cmd.AddCommand(agentReleaseCmd(g))
+	cmd.AddCommand(agentReleaseCmd(g), agentRunCmd(g))
 	return cmd
 }
 

@@ -141,6 +141,8 @@ func TestJSONEverywhere(t *testing.T) {
 	check("entity revoke", m.ctl("entity", "revoke", "acme", "--force", "--json"), 0)
 	m.registerAgent(t, "rel", "ct1")
 	check("agent release", m.ctl("agent", "release", "rel", "--force", "--json"), 0)
+	m.useFiles(t, "runner", "ct1")
+	check("agent run", execute(t, "agent", "run", "--agent-id", "runner", "--provider", "file", "--registry-url", "https://"+m.agentAddr, "--json", "--", "true"), 0)
 
 	// A node, against a meshd's PKI routes.
 	n := newNode(t, enrolltest.Config{})
