@@ -141,8 +141,9 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 	if jsonOut {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
-	log := slog.New(handler).With("agent", o.agentID)
-	cfg.Logger = log
+	// package agent names the agent in its own lines.
+	cfg.Logger = slog.New(handler)
+	log := cfg.Logger.With("agent", o.agentID)
 
 	// The credentials outlive a signal to meshctl: the command gets it,
 	// and they are needed until it has exited and the agent is
