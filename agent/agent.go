@@ -82,6 +82,7 @@ type Refusal struct {
 	err     error
 }
 
+// Error says what the registry refused and why, in its words.
 func (r *Refusal) Error() string {
 	reason := ""
 	if r.Reason != "" {
@@ -298,7 +299,8 @@ const (
 // wrapping ErrEvicted when the registry evicts the agent (it is not
 // deregistered: meshd has done that), or ErrRejected when the registry
 // refuses the registration for good, and with an error wrapping
-// credentials.ErrClosed when the Source is closed. Transient failures are
+// credentials.ErrClosed when the Source is closed: close it only once Run
+// has returned, or the DELETE cannot be sent. Transient failures are
 // logged and retried. Run may be called once.
 func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
@@ -578,6 +580,7 @@ type statusError struct {
 	retryAfter   time.Duration
 }
 
+// Error describes the answer.
 func (e *statusError) Error() string {
 	s := fmt.Sprintf("%s %s: the registry answered %d %s", e.method, e.path, e.status, http.StatusText(e.status))
 	if e.reason != "" {

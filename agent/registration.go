@@ -16,38 +16,60 @@ import (
 // SDK's) gives Config.Payload instead.
 type Registration struct {
 	// AgentID is the agent's id; "" means Config.AgentID.
-	AgentID     string `json:"agent_id"`
-	Name        string `json:"name,omitempty"`
-	Version     string `json:"version,omitempty"`
-	AgentType   string `json:"agent_type,omitempty"` // mcp_agent, api or a2a
-	Runtime     string `json:"runtime,omitempty"`
+	AgentID string `json:"agent_id"`
+	// Name is the agent's display name, at most 63 characters; "" is
+	// the agent id.
+	Name string `json:"name,omitempty"`
+	// Version is the agent's own version, stored as given.
+	Version string `json:"version,omitempty"`
+	// AgentType is mcp_agent (the default), api or a2a.
+	AgentType string `json:"agent_type,omitempty"`
+	// Runtime names the agent's language runtime (MCP Mesh's python,
+	// typescript, java).
+	Runtime string `json:"runtime,omitempty"`
+	// Description says what the agent is for.
 	Description string `json:"description,omitempty"`
 	// HTTPHost and HTTPPort are where other agents reach this one; the
 	// registry lists the endpoint https://HTTPHost:HTTPPort, or
 	// stdio://<agent-id> without a port.
-	HTTPHost  string `json:"http_host,omitempty"`
-	HTTPPort  int    `json:"http_port,omitempty"`
+	HTTPHost string `json:"http_host,omitempty"`
+	HTTPPort int    `json:"http_port,omitempty"`
+	// Namespace groups agents; "" is the registry's default namespace.
 	Namespace string `json:"namespace,omitempty"`
-	Tools     []Tool `json:"tools,omitempty"`
+	// Tools are what the agent offers, and what each needs.
+	Tools []Tool `json:"tools,omitempty"`
 }
 
 // Tool is one tool an agent offers, with the capabilities it depends on.
 type Tool struct {
-	FunctionName string          `json:"function_name"`
-	Capability   string          `json:"capability"`
-	Version      string          `json:"version,omitempty"`
-	Tags         []string        `json:"tags,omitempty"`
-	Description  string          `json:"description,omitempty"`
-	InputSchema  json.RawMessage `json:"inputSchema,omitempty"`
-	Dependencies []Dependency    `json:"dependencies,omitempty"`
+	// FunctionName names the tool; it keys the resolutions of its
+	// dependencies. Required.
+	FunctionName string `json:"function_name"`
+	// Capability is what the tool provides to other agents' dependencies.
+	Capability string `json:"capability"`
+	// Version is the capability's version, which dependencies' semver
+	// constraints match.
+	Version string `json:"version,omitempty"`
+	// Tags qualify the capability for dependencies that ask for them.
+	Tags []string `json:"tags,omitempty"`
+	// Description says what the tool does.
+	Description string `json:"description,omitempty"`
+	// InputSchema is the tool's JSON Schema, stored as given.
+	InputSchema json.RawMessage `json:"inputSchema,omitempty"`
+	// Dependencies are the capabilities the tool needs from others.
+	Dependencies []Dependency `json:"dependencies,omitempty"`
 }
 
 // Dependency is a capability a tool needs from another agent.
 type Dependency struct {
-	Capability string   `json:"capability"`
-	Tags       []string `json:"tags,omitempty"`
+	// Capability is the capability needed.
+	Capability string `json:"capability"`
+	// Tags are tags the provider's tool must carry.
+	Tags []string `json:"tags,omitempty"`
 	// Version is a semver constraint (">=1.0.0").
-	Version   string `json:"version,omitempty"`
+	Version string `json:"version,omitempty"`
+	// Namespace is where the provider must be; "" is the registry's
+	// default.
 	Namespace string `json:"namespace,omitempty"`
 }
 
@@ -55,11 +77,16 @@ type Dependency struct {
 // provides it (Status "available"), or none (Status "unresolved", the
 // other fields empty).
 type Resolution struct {
-	AgentID      string `json:"agent_id"`
-	Capability   string `json:"capability"`
-	Endpoint     string `json:"endpoint"`
+	// AgentID is the providing agent's id.
+	AgentID string `json:"agent_id"`
+	// Capability is the capability resolved.
+	Capability string `json:"capability"`
+	// Endpoint is where the provider is reached (https://host:port).
+	Endpoint string `json:"endpoint"`
+	// FunctionName is the provider's tool that offers the capability.
 	FunctionName string `json:"function_name"`
-	Status       string `json:"status"`
+	// Status is "available" or "unresolved".
+	Status string `json:"status"`
 }
 
 // Registered is the registry's answer to one registration (a POST

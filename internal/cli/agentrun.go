@@ -104,13 +104,15 @@ has exited a summary follows its output on stdout.`,
 // agentRunResult is `agent run --json`'s summary, printed once the
 // command has exited.
 type agentRunResult struct {
-	AgentID    string `json:"agent_id"`
-	ExitStatus int    `json:"exit_status"`
+	AgentID string `json:"agent_id"`
+	// ExitStatus is the command's (128+n when signal n killed it).
+	ExitStatus int `json:"exit_status"`
 	// Registered reports that meshd accepted the agent's registration;
 	// Deregistered, that it was deleted when the command exited.
-	Registered   bool   `json:"registered"`
-	Deregistered bool   `json:"deregistered"`
-	Error        string `json:"error,omitempty"`
+	Registered   bool `json:"registered"`
+	Deregistered bool `json:"deregistered"`
+	// Error is why the heartbeat stopped on its own (an eviction).
+	Error string `json:"error,omitempty"`
 }
 
 func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
@@ -319,6 +321,7 @@ type lockedWriter struct {
 	w  io.Writer
 }
 
+// Write writes p whole before another Write starts.
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
