@@ -267,26 +267,37 @@ func expectLine(t *testing.T, ch <-chan string, want string) {
 	}
 }
 
-// script is a command that reports the signals it gets on $REPORT and
-// exits 7 on SIGTERM.
+// signalScript is a command that reports the signals it gets on
+// $REPORT, and exits $TERM_STATUS on SIGTERM.
 const signalScript = `trap 'echo hup >&3' HUP
-trap 'echo term >&3; exit 7' TERM
+trap 'echo term >&3; exit $TERM_STATUS' TERM
 exec 3>"$REPORT"
 echo ready >&3
 while :; do sleep 1 </dev/null >/dev/null 2>&1 3>&- & wait $!; done`
 
-// TestAgentRunSignals: the command gets SIGHUP after each rewrite of its
-// files and the signals sent to meshctl, and meshctl exits with its
-// status.
-func TestAgentRunSignals(t *testing.T) {
+// startSignalled runs signalScript as agent opus against a new meshd,
+// with the file provider, and returns once the command is ready, with
+// what it says.
+func startSignalled(t *testing.T, termStatus string, flags ...string) (*meshd, *sidecar, <-chan string) {
+	t.Helper()
 	clearAgentEnv(t)
 	m := startMeshd(t)
 	m.useFiles(t, "opus", "ct111")
 	report := fifo(t, "report")
 	t.Setenv("REPORT", report)
-	s := startSidecar(t, "--agent-id", "opus", "--registry-url", "https://"+m.agentAddr, "--", "sh", "-c", signalScript)
+	t.Setenv("TERM_STATUS", termStatus)
+	args := append([]string{"--agent-id", "opus", "--registry-url", "https://" + m.agentAddr}, flags...)
+	s := startSidecar(t, append(args, "--", "sh", "-c", signalScript)...)
 	said := lines(t, s, report)
 	expectLine(t, said, "ready")
+	return m, s, said
+}
+
+// TestAgentRunSignals: the command gets SIGHUP after each rewrite of its
+// files and the signals sent to meshctl, and meshctl exits with its
+// status.
+func TestAgentRunSignals(t *testing.T) {
+	m, s, said := startSignalled(t, "7")
 
 	// A renewal rewrites the files under MCP_MESH_TLS_CERT: the file
 	// provider reloads, the sidecar rewrites its files, then SIGHUP.
@@ -312,15 +323,7 @@ func TestAgentRunSignals(t *testing.T) {
 // TestAgentRunEvicted: when meshd evicts the agent, the command is told
 // to stop and meshctl exits non-zero, saying why.
 func TestAgentRunEvicted(t *testing.T) {
-	clearAgentEnv(t)
-	m := startMeshd(t)
-	m.useFiles(t, "opus", "ct111")
-	report := fifo(t, "report")
-	t.Setenv("REPORT", report)
-	s := startSidecar(t, "--agent-id", "opus", "--registry-url", "https://"+m.agentAddr, "--heartbeat-interval", "20ms", "--json",
-		"--", "sh", "-c", strings.Replace(signalScript, "exit 7", "exit 0", 1))
-	said := lines(t, s, report)
-	expectLine(t, said, "ready")
+	m, s, said := startSignalled(t, "0", "--heartbeat-interval", "20ms", "--json")
 	m.mustCtl("ca", "revoke", "opus@ct111", "--reason", "keyCompromise")
 	expectLine(t, said, "term")
 	r := s.result(t)
