@@ -131,6 +131,9 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 		Registration: agent.Registration{HTTPHost: o.httpHost, HTTPPort: o.httpPort},
 	}
 	if o.registration != "" {
+		if o.httpHost != "" || o.httpPort != 0 {
+			return errors.New("--registration gives the whole payload: put http_host and http_port in it rather than --http-host and --http-port")
+		}
 		data, err := os.ReadFile(o.registration)
 		if err != nil {
 			return fmt.Errorf("--registration: %w", err)

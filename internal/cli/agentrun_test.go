@@ -153,11 +153,17 @@ func TestAgentRun(t *testing.T) {
 		t.Run(provider, func(t *testing.T) {
 			clearAgentEnv(t)
 			m := startMeshd(t)
+			// Two ways to say the endpoint: flags, or MCP Mesh's payload.
 			var extra []string
 			if provider == "file" {
 				m.useFiles(t, "opus", "ct111")
+				extra = []string{"--http-host", "127.0.0.1", "--http-port", "9443"}
 			} else {
-				extra = []string{"--dir", m.nodeDir(t, "ct111", "opus")}
+				payload := filepath.Join(t.TempDir(), "opus.json")
+				if err := os.WriteFile(payload, []byte(`{"name":"opus","http_host":"127.0.0.1","http_port":9443,"tools":[{"function_name":"greet","capability":"greeting"}]}`), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				extra = []string{"--dir", m.nodeDir(t, "ct111", "opus"), "--registration", payload}
 			}
 			// The flag wins over the variable; the command gets neither
 			// the token nor a variable holding PEM.
@@ -174,8 +180,7 @@ stat -c '%a %n' "$MCP_MESH_TLS_CERT" "$MCP_MESH_TLS_KEY" "$MCP_MESH_TLS_CA" "$(d
 read line < "$PROCEED"
 exit 3`
 			url := "https://" + m.agentAddr
-			args := append([]string{"--agent-id", "opus", "--provider", provider, "--registry-url", url,
-				"--http-host", "127.0.0.1", "--http-port", "9443"}, extra...)
+			args := append([]string{"--agent-id", "opus", "--provider", provider, "--registry-url", url}, extra...)
 			s := startSidecar(t, append(args, "--", "sh", "-c", script)...)
 
 			// The command waits on PROCEED: its report is written.
@@ -361,6 +366,7 @@ func TestAgentRunRefuses(t *testing.T) {
 		{"no files", nil, append([]string{"--agent-id", "opus", "--registry-url", url}, cmd...), []string{"MCP_MESH_TLS_CERT", "MCP_MESH_TLS_KEY"}},
 		{"another agent's certificate", func(t *testing.T) { m.useFiles(t, "other", "ct111") },
 			append([]string{"--agent-id", "opus", "--registry-url", url}, cmd...), []string{"rejected", "identity_mismatch"}},
+		{"registration and endpoint flags", nil, append([]string{"--agent-id", "opus", "--registry-url", url, "--registration", "opus.json", "--http-port", "9443"}, cmd...), []string{"put http_host and http_port in it"}},
 		{"unreadable registration", nil, append([]string{"--agent-id", "opus", "--registry-url", url, "--registration", filepath.Join(t.TempDir(), "none.json")}, cmd...), []string{"--registration", "none.json"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
