@@ -33,6 +33,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/file"
 	"github.com/meshtrust/meshtrust/credentials/spire"
+	"github.com/meshtrust/meshtrust/credentials/vault"
 )
 
 // The environment variables FromEnv reads to choose and configure a
@@ -66,10 +67,6 @@ func Names() []string { return []string{File, Vault, SPIRE, Enroll} }
 // ErrUnknown is what FromEnv's error wraps when the provider named is
 // none of Names.
 var ErrUnknown = errors.New("provider: unknown credential provider")
-
-// ErrNotBuilt is what FromEnv's error wraps for a provider this binary
-// was built without.
-var ErrNotBuilt = errors.New("provider: not built into this binary")
 
 // Option configures FromEnv.
 type Option func(*config)
@@ -147,7 +144,14 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 	case Enroll:
 		return fromNode(ctx, agentID, cfg, log)
 	case Vault:
-		return nil, fmt.Errorf("%w: the vault provider is not built into this binary yet; use %s, %s or %s", ErrNotBuilt, File, SPIRE, Enroll)
+		// The agent id is the host label of its certificate's CN,
+		// <agent-id>.<trust domain>, as MCP Mesh's Vault provider names it.
+		src, err := vault.FromEnv(ctx, vault.Config{AgentName: agentID}, vault.WithLogger(log))
+		if err != nil {
+			return nil, err
+		}
+		context.AfterFunc(ctx, func() { src.Close() })
+		return src, nil
 	}
 	return nil, fmt.Errorf("%w %q%s; want one of %s", ErrUnknown, name, from, strings.Join(Names(), ", "))
 }

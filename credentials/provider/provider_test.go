@@ -21,6 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
 	"github.com/meshtrust/meshtrust/credentials/provider"
 	"github.com/meshtrust/meshtrust/credentials/spire"
+	"github.com/meshtrust/meshtrust/credentials/vault"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -205,8 +206,7 @@ func TestFromEnvRefuses(t *testing.T) {
 		{
 			name:  "vault",
 			setup: func(t *testing.T) []provider.Option { t.Setenv(provider.EnvProvider, "vault"); return nil },
-			is:    provider.ErrNotBuilt,
-			wants: []string{"the vault provider is not built into this binary yet"},
+			wants: []string{vault.EnvAddr},
 		},
 		{
 			name:  "file without variables",

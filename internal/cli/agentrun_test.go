@@ -362,7 +362,7 @@ func TestAgentRunRefuses(t *testing.T) {
 		{"no registry", nil, append([]string{"--agent-id", "opus"}, cmd...), []string{"--registry-url", "MCP_MESH_REGISTRY_URL"}},
 		{"plain HTTP registry", nil, append([]string{"--agent-id", "opus", "--registry-url", "http://" + m.agentAddr}, cmd...), []string{"https://host:port"}},
 		{"unknown provider", nil, append([]string{"--agent-id", "opus", "--registry-url", url, "--provider", "ldap"}, cmd...), []string{`"ldap"`, "file, vault, spire, enroll"}},
-		{"vault", nil, append([]string{"--agent-id", "opus", "--registry-url", url, "--provider", "vault"}, cmd...), []string{"the vault provider is not built into this binary yet"}},
+		{"vault without its settings", nil, append([]string{"--agent-id", "opus", "--registry-url", url, "--provider", "vault"}, cmd...), []string{"MCP_MESH_VAULT_ADDR"}},
 		{"no files", nil, append([]string{"--agent-id", "opus", "--registry-url", url}, cmd...), []string{"MCP_MESH_TLS_CERT", "MCP_MESH_TLS_KEY"}},
 		{"another agent's certificate", func(t *testing.T) { m.useFiles(t, "other", "ct111") },
 			append([]string{"--agent-id", "opus", "--registry-url", url}, cmd...), []string{"rejected", "identity_mismatch"}},
