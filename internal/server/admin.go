@@ -85,7 +85,7 @@ func (s *Server) listenAdminTLS() error {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	s.adminTLSLn = ln
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.certs.GetCertificate, ClientAuth: tls.RequireAnyClientCert}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: serverCert(s.certs), ClientAuth: tls.RequireAnyClientCert}
 	admins := s.cfg.AdminIdentities
 	inner := s.adminHandler()
 	s.adminTLS = &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: s.cfg.ReadTimeout, TLSConfig: cfg,

@@ -633,7 +633,7 @@ func TestE2EServerCertificateReload(t *testing.T) {
 	if s := old.conn.ConnectionState().PeerCertificates[0].SerialNumber; s.Cmp(oldSerial) != 0 {
 		t.Errorf("old connection's certificate changed")
 	}
-	if !e.log.hasRecord(t, "INFO", "server certificate reloaded") {
+	if !e.log.hasRecord(t, "INFO", "reloaded credentials") { // logged by the server certificate's file Source
 		t.Errorf("reload not logged")
 	}
 }

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/credentials/file"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/events"
 	"github.com/meshtrust/meshtrust/internal/registry"
@@ -131,7 +133,7 @@ type Server struct {
 	files    *filestore.Store
 	reg      *registry.Registry
 	conns    *connTracker
-	certs    *certReloader
+	certs    credentials.Source // the agent port's certificate; nil with TLS off
 	metrics  *metrics
 	started  time.Time
 
@@ -208,16 +210,24 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		if cfg.CertFile == "" || cfg.KeyFile == "" {
 			return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
 		}
-		certs, err := newCertReloader(cfg.CertFile, cfg.KeyFile, s.log, cfg.Now)
+		// The agent port's certificate is a credentials.Source like every
+		// other: reloaded when its files change, the last good pair kept.
+		certs, err := file.New(ctx, cfg.CertFile, cfg.KeyFile, "", file.WithLogger(s.log))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("server certificate: %w", err)
 		}
 		s.certs = certs
 	}
 	ok := false
 	defer func() {
-		if !ok && s.files != nil {
+		if ok {
+			return
+		}
+		if s.files != nil {
 			s.files.Close() // the watcher buildBackends started
+		}
+		if s.certs != nil {
+			s.certs.Close() // and the server certificate's
 		}
 	}()
 	backends, err := s.buildBackends(ctx)
@@ -406,7 +416,11 @@ func (s *Server) serverCertExpiry() time.Time {
 	if s.certs == nil {
 		return time.Time{}
 	}
-	return s.certs.current().Leaf.NotAfter
+	c, err := s.certs.Current()
+	if err != nil {
+		return time.Time{}
+	}
+	return c.Certificate.Leaf.NotAfter
 }
 
 // Start opens the listeners and serves in the background until ctx ends
@@ -556,6 +570,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.wg.Wait()
 	if s.files != nil {
 		errs = append(errs, s.files.Close())
+	}
+	if s.certs != nil {
+		errs = append(errs, s.certs.Close())
 	}
 	if s.adminLn != nil {
 		// Only a socket this meshd created: after a failed Start it may

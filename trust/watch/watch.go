@@ -39,7 +39,11 @@ import (
 )
 
 // Clock tells the time and waits; tests move it instead of sleeping.
-type Clock = retry.Clock
+type Clock interface {
+	Now() time.Time
+	// After returns a channel that receives once d has passed.
+	After(d time.Duration) <-chan time.Time
+}
 
 // Config configures a Watcher. Server and Roots are required; the zero
 // value of every other field is a sensible default.
