@@ -101,7 +101,7 @@ func (r *running) stopped(t *testing.T, clk *fakeClock) error {
 		case err := <-r.done:
 			r.done <- err // for the cleanup
 			return err
-		case d := <-clk.waits:
+		case d := <-clk.Waits():
 			clk.Advance(d)
 		case <-deadline:
 			t.Fatal("Run did not return")
@@ -148,7 +148,7 @@ func TestReregistersAfterSilence(t *testing.T) {
 	clk := newFakeClock()
 	r := start(t, m.url, holder(t, m.agent("opus", "ct111")), clk, nil)
 	r.registered(t)
-	if d := clk.next(t); d != 5*time.Second {
+	if d := clk.NextWait(t, wait); d != 5*time.Second {
 		t.Fatalf("the agent waits %s, want the default interval 5s", d)
 	}
 	eventually(t, "meshd to mark the silent agent unhealthy", func() bool { return m.agents()["opus"].Status == "unhealthy" })
@@ -157,7 +157,7 @@ func TestReregistersAfterSilence(t *testing.T) {
 	if s := m.agents()["opus"].Status; s != "healthy" {
 		t.Fatalf("after registering again the agent is %q", s)
 	}
-	if d := clk.next(t); d != 5*time.Second {
+	if d := clk.NextWait(t, wait); d != 5*time.Second {
 		t.Fatalf("after registering again the agent waits %s, want 5s", d)
 	}
 }
@@ -175,7 +175,7 @@ func TestPostsAfterTopologyChange(t *testing.T) {
 	if got := r.registered(t).Dependencies["get_forecast"]; len(got) != 1 || got[0].Status != "unresolved" {
 		t.Fatalf("before the provider registers: %+v", got)
 	}
-	clk.next(t)
+	clk.NextWait(t, wait)
 
 	geo := start(t, m.url, holder(t, m.agent("geo", "ct112")), newFakeClock(), func(c *agent.Config) {
 		c.AgentID = "geo"
@@ -223,7 +223,7 @@ func TestRotation(t *testing.T) {
 	if a := r.registered(t); a.Rotate {
 		t.Fatal("the first registration asks for a rotation")
 	}
-	clk.next(t)
+	clk.NextWait(t, wait)
 	m.rotate()
 	clk.Advance(5 * time.Second) // HEAD: 202, then POST
 
@@ -243,8 +243,8 @@ func TestRotation(t *testing.T) {
 	if got := m.storedSerial("opus"); got != serialOf(fresh) {
 		t.Fatalf("meshd holds serial %s, want the fresh %s", got, serialOf(fresh))
 	}
-	clk.step(t) // HEAD: 200
-	if d := clk.next(t); d != 5*time.Second {
+	clk.Step(t, wait) // HEAD: 200
+	if d := clk.NextWait(t, wait); d != 5*time.Second {
 		t.Fatalf("after the rotation the agent waits %s, want 5s", d)
 	}
 	if len(r.regs) != 0 || len(src.asked) != 0 {
@@ -260,7 +260,7 @@ func TestRegistersChangedCredentials(t *testing.T) {
 	src := holder(t, m.agent("opus", "ct111"))
 	r := start(t, m.url, src, clk, nil)
 	r.registered(t)
-	clk.next(t) // waiting for the next HEAD
+	clk.NextWait(t, wait) // waiting for the next HEAD
 	fresh := m.agent("opus", "ct111")
 	if err := src.Set(fresh); err != nil {
 		t.Fatal(err)
@@ -281,7 +281,7 @@ func TestEviction(t *testing.T) {
 	creds := m.agent("opus", "ct111")
 	r := start(t, m.url, holder(t, creds), clk, nil)
 	r.registered(t)
-	clk.next(t)
+	clk.NextWait(t, wait)
 	m.revoke(serialOf(creds))
 	clk.Advance(5 * time.Second)
 	err := r.stopped(t, clk)
@@ -307,7 +307,7 @@ func TestShutdownDeregisters(t *testing.T) {
 	if _, ok := m.agents()["opus"]; !ok {
 		t.Fatal("meshd does not list the registered agent")
 	}
-	clk.next(t)
+	clk.NextWait(t, wait)
 	r.cancel()
 	if err := r.stopped(t, clk); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Run: %v, want context.Canceled", err)
@@ -334,7 +334,7 @@ func TestRejected(t *testing.T) {
 	if !errors.Is(err, agent.ErrRejected) || !errors.As(err, &ref) || ref.Reason != "identity_mismatch" {
 		t.Fatalf("Run: %v, want ErrRejected for identity_mismatch", err)
 	}
-	if n := len(clk.waits); n != 0 {
+	if n := len(clk.Waits()); n != 0 {
 		t.Fatalf("the agent waited %d times before giving up", n)
 	}
 	if _, ok := m.agents()["opus"]; ok {

@@ -12,12 +12,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -251,71 +251,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// fakeClock is a Clock that moves only when the test advances it.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []waiter
-	// waits receives the duration of every After call.
-	waits chan time.Duration
-}
+// fakeClock is the tests' manual clock.
+type fakeClock = clocktest.Clock
 
-type waiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 11, 21, 22, 0, 0, 0, time.UTC), waits: make(chan time.Duration, 1000)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	ch := make(chan time.Time, 1)
-	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
-	c.mu.Unlock()
-	c.waits <- d
-	return ch
-}
-
-// Advance moves the clock and fires the waiters that are due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	keep := c.waiters[:0]
-	for _, w := range c.waiters {
-		if !w.at.After(c.now) {
-			w.ch <- c.now
-		} else {
-			keep = append(keep, w)
-		}
-	}
-	c.waiters = keep
-}
-
-// next returns the duration of the agent's next wait.
-func (c *fakeClock) next(t *testing.T) time.Duration {
-	t.Helper()
-	select {
-	case d := <-c.waits:
-		return d
-	case <-time.After(wait):
-		t.Fatal("the agent never waited")
-		return 0
-	}
-}
-
-// step lets the agent's next wait pass and returns how long it was.
-func (c *fakeClock) step(t *testing.T) time.Duration {
-	t.Helper()
-	d := c.next(t)
-	c.Advance(d)
-	return d
-}
+func newFakeClock() *fakeClock { return clocktest.New(time.Date(2026, 11, 21, 22, 0, 0, 0, time.UTC)) }

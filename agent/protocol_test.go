@@ -162,12 +162,12 @@ func TestBackoff(t *testing.T) {
 			clk := newFakeClock()
 			r := start(t, f.url, holder(t, p.agent("opus", "ct111")), clk, func(c *agent.Config) { c.Rand = tt.rand })
 			for i, want := range tt.want {
-				if got := clk.step(t); got != want {
+				if got := clk.Step(t, wait); got != want {
 					t.Fatalf("wait %d: %s, want %s", i+1, got, want)
 				}
 			}
 			r.registered(t)
-			if got := clk.next(t); got != 5*time.Second {
+			if got := clk.NextWait(t, wait); got != 5*time.Second {
 				t.Fatalf("after the success the agent waits %s, want the interval", got)
 			}
 			if n := strings.Count(strings.Join(f.log(), ","), "POST"); n != len(tt.want)+1 {
@@ -188,11 +188,11 @@ func TestHeadAnswers(t *testing.T) {
 	r.registered(t)
 	waits := []time.Duration{5 * time.Second, 5 * time.Second, 5 * time.Second, 5 * time.Second, time.Second, 5 * time.Second}
 	for i, want := range waits {
-		if got := clk.step(t); got != want {
+		if got := clk.Step(t, wait); got != want {
 			t.Fatalf("wait %d: %s, want %s (requests %v)", i+1, got, want, f.log())
 		}
 	}
-	clk.next(t)
+	clk.NextWait(t, wait)
 	head := "HEAD /heartbeat/opus"
 	want := []string{"POST /heartbeat", head, "POST /heartbeat", head, "POST /heartbeat", head, "POST /heartbeat", head, head, head}
 	if got := f.log(); strings.Join(got, ",") != strings.Join(want, ",") {
@@ -232,7 +232,7 @@ func TestRefusals(t *testing.T) {
 			if ref.Reason != tt.reason || ref.Status != tt.post.status || ref.AgentID != "opus" {
 				t.Fatalf("Refusal %+v, want status %d reason %q", ref, tt.post.status, tt.reason)
 			}
-			if len(clk.waits) != 0 || len(f.log()) != 1 {
+			if len(clk.Waits()) != 0 || len(f.log()) != 1 {
 				t.Fatalf("Run retried: requests %v", f.log())
 			}
 			if strings.Contains(strings.Join(f.log(), ","), "DELETE") {
@@ -253,8 +253,8 @@ func TestChangedCredentialsNewConnection(t *testing.T) {
 	clk := newFakeClock()
 	r := start(t, f.url, src, clk, nil)
 	r.registered(t)
-	clk.step(t) // a HEAD on the kept-alive connection
-	clk.next(t)
+	clk.Step(t, wait) // a HEAD on the kept-alive connection
+	clk.NextWait(t, wait)
 	fresh := p.agent("opus", "ct111")
 	if err := src.Set(fresh); err != nil {
 		t.Fatal(err)
@@ -293,7 +293,7 @@ func TestRefusedOldCertificate(t *testing.T) {
 	clk := newFakeClock()
 	r := start(t, f.url, src, clk, nil)
 	r.registered(t)
-	clk.next(t)
+	clk.NextWait(t, wait)
 	fresh := p.agent("opus", "ct111")
 	src.mu.Lock()
 	src.c = fresh
@@ -320,11 +320,11 @@ func TestRotateWithoutRotator(t *testing.T) {
 	if !r.registered(t).Rotate {
 		t.Fatal("no rotate in the answer")
 	}
-	clk.step(t) // HEAD 202, POST answered rotate again
+	clk.Step(t, wait) // HEAD 202, POST answered rotate again
 	if !r.registered(t).Rotate {
 		t.Fatal("no rotate in the second answer")
 	}
-	if got := clk.next(t); got != 5*time.Second {
+	if got := clk.NextWait(t, wait); got != 5*time.Second {
 		t.Fatalf("the agent waits %s, want the interval", got)
 	}
 }
@@ -339,7 +339,7 @@ func TestPayload(t *testing.T) {
 	raw := `{"name":"weather","runtime":"python","tools":[{"function_name":"f","capability":"c","inputSchema":{"type":"object"}}],"llm_filter":{"x":1}}`
 	r := start(t, f.url, holder(t, p.agent("opus", "ct111")), clk, func(c *agent.Config) { c.Payload = json.RawMessage(raw) })
 	r.registered(t)
-	clk.step(t) // HEAD 202, then POST
+	clk.Step(t, wait) // HEAD 202, then POST
 	r.registered(t)
 	f.mu.Lock()
 	bodies := append([]string(nil), f.bodies...)
@@ -398,7 +398,7 @@ func TestClosedSource(t *testing.T) {
 	clk := newFakeClock()
 	r := start(t, f.url, src, clk, nil)
 	r.registered(t)
-	clk.next(t)
+	clk.NextWait(t, wait)
 	src.Close()
 	if err := r.stopped(t, clk); !errors.Is(err, credentials.ErrClosed) {
 		t.Fatalf("Run: %v, want ErrClosed", err)

@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,69 +19,14 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
 	"github.com/meshtrust/meshtrust/credentials/file"
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
-// fakeClock is a Clock whose time moves only when the test says.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []waiter
-	// waits receives the duration of every After call.
-	waits chan time.Duration
-}
+// fakeClock is the tests' manual clock.
+type fakeClock = clocktest.Clock
 
-type waiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newFakeClock(now time.Time) *fakeClock {
-	return &fakeClock{now: now, waits: make(chan time.Duration, 100)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	ch := make(chan time.Time, 1)
-	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
-	c.mu.Unlock()
-	c.waits <- d
-	return ch
-}
-
-// Advance moves the clock and fires the waiters that are due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	keep := c.waiters[:0]
-	for _, w := range c.waiters {
-		if !w.at.After(c.now) {
-			w.ch <- c.now
-		} else {
-			keep = append(keep, w)
-		}
-	}
-	c.waiters = keep
-}
-
-// nextWait returns the duration of the next After call.
-func (c *fakeClock) nextWait(t *testing.T) time.Duration {
-	t.Helper()
-	select {
-	case d := <-c.waits:
-		return d
-	case <-time.After(10 * time.Second):
-		t.Fatal("the renewer never waited")
-		return 0
-	}
-}
+func newFakeClock(now time.Time) *fakeClock { return clocktest.New(now) }
 
 func waitUpdated(t *testing.T, r *enroll.Renewer) {
 	t.Helper()
@@ -154,13 +98,13 @@ func TestRenewerRun(t *testing.T) {
 	// It waits until 2/3 of the lifetime plus its jitter (5% of the
 	// lifetime at most; Rand gives the most).
 	wantWait := enroll.RenewAt(leaf, 2.0/3).Sub(clk.Now()) + time.Duration(float64(life)*0.05) - 1
-	if got := clk.nextWait(t); got != wantWait {
+	if got := clk.NextWait(t, 10*time.Second); got != wantWait {
 		t.Fatalf("first wait %s, want %s", got, wantWait)
 	}
 	clk.Advance(wantWait)
 	// Then retries, doubling the delay up to MaxBackoff.
 	for _, want := range []time.Duration{time.Second, 2 * time.Second, 3 * time.Second} {
-		if got := clk.nextWait(t); got != want {
+		if got := clk.NextWait(t, 10*time.Second); got != want {
 			t.Fatalf("retry wait %s, want %s", got, want)
 		}
 		if r.Certificate() != first {
@@ -203,7 +147,7 @@ func TestRenewerRun(t *testing.T) {
 	}
 
 	// And it schedules the next renewal from the new certificate.
-	next := clk.nextWait(t)
+	next := clk.NextWait(t, 10*time.Second)
 	nl := renewed.Leaf
 	if want := enroll.RenewAt(nl, 2.0/3).Sub(clk.Now()) + time.Duration(float64(nl.NotAfter.Sub(nl.NotBefore))*0.05) - 1; next != want {
 		t.Errorf("next wait %s, want %s", next, want)
@@ -247,12 +191,12 @@ func TestRenewerKeepsCertificateUntilExpiry(t *testing.T) {
 	go r.Run(ctx)
 	// Advance through every wait until past expiry.
 	for clk.Now().Before(first.Leaf.NotAfter.Add(day)) {
-		clk.Advance(clk.nextWait(t))
+		clk.Advance(clk.NextWait(t, 10*time.Second))
 		if r.Certificate() != first {
 			t.Fatal("certificate replaced although every renewal failed")
 		}
 	}
-	clk.nextWait(t) // the attempt past expiry has been logged
+	clk.NextWait(t, 10*time.Second) // the attempt past expiry has been logged
 	if !strings.Contains(logs.String(), "enroll the node again") {
 		t.Errorf("no advice to re-enroll after expiry:\n%s", logs.String())
 	}
@@ -271,7 +215,7 @@ func TestRenewerAdoptsFromDisk(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	go r.Run(ctx)
-	wait := clk.nextWait(t)
+	wait := clk.NextWait(t, 10*time.Second)
 
 	// A day later, another process (the meshctl renew timer) renews.
 	clk.Advance(day)
@@ -289,7 +233,7 @@ func TestRenewerAdoptsFromDisk(t *testing.T) {
 	if got, want := r.Certificate().Leaf.SerialNumber, other.Certificate().Leaf.SerialNumber; got.Cmp(want) != 0 {
 		t.Errorf("serial %x, want the one on disk %x", got, want)
 	}
-	clk.nextWait(t)
+	clk.NextWait(t, 10*time.Second)
 	if n := len(s.Requests()) - before; n != 0 {
 		t.Errorf("%d requests to meshd; the renewed files should have been adopted", n)
 	}
@@ -530,7 +474,7 @@ func TestRenewerClose(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(t.Context()) }()
-	clk.nextWait(t) // Run waits for the due time
+	clk.NextWait(t, 10*time.Second) // Run waits for the due time
 	nodeChanged, agentChanged := r.Changed(), agent.Changed()
 	if err := r.Close(); err != nil {
 		t.Fatal(err)

@@ -168,7 +168,7 @@ func TestIssueAndRotateUnderTraffic(t *testing.T) {
 		src *vault.Source
 	}{{clkA, alpha}, {clkB, beta}} {
 		changed := s.src.Changed()
-		due := s.clk.nextWait(t)
+		due := s.clk.NextWait(t, time.Minute)
 		leaf := current(t, s.src).Certificate.Leaf
 		life := leaf.NotAfter.Sub(leaf.NotBefore)
 		if at := s.clk.Now().Add(due).Sub(leaf.NotBefore); at < life*2/3 || at > life*2/3+life/20 {
@@ -232,13 +232,13 @@ func TestVaultDownAtRenewal(t *testing.T) {
 	src := newSource(t, v.config("alpha"), vault.WithClock(clk), vault.WithRand(highest),
 		vault.WithLogger(log), vault.WithMaxBackoff(4*time.Second))
 	before := current(t, src)
-	due := clk.nextWait(t)
+	due := clk.NextWait(t, time.Minute)
 
 	v.stop(t)
 	clk.Advance(due)
 	var waits []time.Duration
 	for range 4 {
-		d := clk.nextWait(t)
+		d := clk.NextWait(t, time.Minute)
 		waits = append(waits, d)
 		if c := current(t, src); c != before {
 			t.Fatal("the credentials changed while Vault was down")
@@ -261,7 +261,7 @@ func TestVaultDownAtRenewal(t *testing.T) {
 
 	v.start(t)
 	changed := src.Changed()
-	clk.Advance(clk.nextWait(t))
+	clk.Advance(clk.NextWait(t, time.Minute))
 	waitChanged(t, changed, "recovery")
 	after := current(t, src)
 	if after.Certificate.Leaf.SerialNumber.Cmp(before.Certificate.Leaf.SerialNumber) == 0 {
@@ -334,11 +334,11 @@ func TestTokenRejected(t *testing.T) {
 		cfg.Token = token
 		src := newSource(t, cfg, vault.WithClock(clk), vault.WithRand(highest), vault.WithLogger(log))
 		before := current(t, src)
-		due := clk.nextWait(t) // the certificate's renewal, before the token's
+		due := clk.NextWait(t, time.Minute) // the certificate's renewal, before the token's
 
 		v.cli(t, "token", "revoke", token)
 		clk.Advance(due)
-		clk.nextWait(t)
+		clk.NextWait(t, time.Minute)
 		err := src.Err()
 		if !errors.Is(err, vault.ErrTokenRejected) {
 			t.Fatalf("Err after the token was revoked: %v, want ErrTokenRejected", err)
@@ -364,12 +364,12 @@ func TestTokenRejected(t *testing.T) {
 		cfg := v.config("alpha")
 		cfg.Token, cfg.TTL = token, time.Hour
 		src := newSource(t, cfg, vault.WithClock(clk), vault.WithLogger(log))
-		due := clk.nextWait(t)
+		due := clk.NextWait(t, time.Minute)
 		if due > 25*time.Second || due < 15*time.Second {
 			t.Errorf("token renewal in %s, want at 2/3 of its 30 s TTL", due)
 		}
 		clk.Advance(due)
-		clk.nextWait(t)
+		clk.NextWait(t, time.Minute)
 		var lookup struct {
 			Data struct {
 				LastRenewal json.Number `json:"last_renewal_time"`
