@@ -302,12 +302,18 @@ func (s *Source) reissue(ctx context.Context) {
 
 // publish makes c current and schedules its successor.
 func (s *Source) publish(c *credentials.Credentials) error {
+	// The error is cleared before Set wakes the watchers, so one that
+	// reads Err on the change sees the recovery.
+	s.errMu.Lock()
+	prev := s.issueErr
+	s.errMu.Unlock()
+	s.setErr(&s.issueErr, nil)
 	if err := s.holder.Set(c); err != nil {
+		s.setErr(&s.issueErr, prev)
 		return err
 	}
 	s.leaf = c.Certificate.Leaf
 	s.certAttempts = 0
-	s.setErr(&s.issueErr, nil)
 	s.certAt = s.scheduled(s.leaf)
 	if now := s.opts.clock.Now(); !s.certAt.After(now) {
 		// Due already: asking again at once would get the same. Wait a
