@@ -12,7 +12,8 @@ import (
 // Authorize checks that peer may act for agentID: the certificate names
 // that agent, the id lies in the peer's entity's namespace, and no other
 // owner, entity or trust source claimed it first. A nil peer (TLS off)
-// may act for any agent registered without a certificate.
+// (TLS off, or a caller without a certificate in TLS auto) may act for
+// any agent registered without a certificate, and for no other.
 func (r *Registry) Authorize(peer *trust.Peer, agentID string) error {
 	e := r.locked(agentID)
 	if e == nil {
@@ -26,7 +27,7 @@ func (r *Registry) Authorize(peer *trust.Peer, agentID string) error {
 func authorize(peer *trust.Peer, agentID string, owner *store.Agent) error {
 	if peer == nil {
 		if owner != nil && owner.Owner != "" {
-			return refusal(ErrForbidden, "owned_by_other", "agent id %q is owned by %q; only its certificate may act for it", agentID, owner.Owner)
+			return refusal(ErrForbidden, "owned_by_other", "agent id %q was claimed by certificate %q; a caller without a certificate cannot act for it, only that certificate can", agentID, owner.Owner)
 		}
 		return nil
 	}

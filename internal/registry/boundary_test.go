@@ -130,3 +130,33 @@ func TestTagMatching(t *testing.T) {
 		t.Fatalf("resolution %+v, want none, then tagged", got)
 	}
 }
+
+// TestResolutionAnonymousProviders: an agent registered without a
+// certificate (TLS auto) has the lowest id but never provides for an
+// authenticated agent, mesh or partner; agents without a certificate may
+// use it and the mesh's own. A certificate that takes the id over makes it
+// a mesh provider at once, with no other change to the topology.
+func TestResolutionAnonymousProviders(t *testing.T) {
+	r, peers := trustMesh(t, Config{})
+	peers["anon-weather"] = nil
+	if _, err := heartbeat(t, r, nil, consumerBody("anon-weather")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := heartbeat(t, r, nil, `{"agent_id":"aa-geo","http_host":"aa-geo.example","http_port":9000,"tools":[{"function_name":"geocode","capability":"geocode"}]}`); err != nil {
+		t.Fatal(err)
+	}
+	checkProviders(t, r, peers, map[string]string{
+		"weather": "geo", "acme-weather": "acme-geo", "beta-weather": "beta-geo", "cobalt-weather": "geo", "anon-weather": "aa-geo",
+	})
+	if _, err := heartbeat(t, r, nil, `{"agent_id":"aa-geo","http_host":"aa-geo.example","http_port":9000}`); err != nil {
+		t.Fatal(err)
+	}
+	checkProviders(t, r, peers, map[string]string{"anon-weather": "geo"})
+	if _, err := heartbeat(t, r, nil, `{"agent_id":"aa-geo","http_host":"aa-geo.example","http_port":9000,"tools":[{"function_name":"geocode","capability":"geocode"}]}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := heartbeat(t, r, peer(t, "aa-geo@n3", ""), `{"agent_id":"aa-geo","http_host":"aa-geo.example","http_port":9000,"tools":[{"function_name":"geocode","capability":"geocode"}]}`); err != nil {
+		t.Fatal(err)
+	}
+	checkProviders(t, r, peers, map[string]string{"weather": "aa-geo", "cobalt-weather": "aa-geo", "anon-weather": "aa-geo", "acme-weather": "aa-geo"})
+}

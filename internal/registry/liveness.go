@@ -158,7 +158,8 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	// Only what dependents can see moves the topology: other agents are
 	// asked (HEAD 202) to POST again for nothing otherwise. It moves once
 	// the change is indexed, so no resolution at the new value misses it.
-	if created || oldStatus != StatusHealthy || !sameVisible(old, reg) {
+	// A claim changes whom the agent may provide for.
+	if created || claim != nil || oldStatus != StatusHealthy || !sameVisible(old, reg) {
 		r.mu.Lock()
 		r.index(e, &old)
 		r.mu.Unlock()

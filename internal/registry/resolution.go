@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/meshtrust/meshtrust/internal/store"
 )
 
 // Resolution is one dependency of a tool and the provider chosen for it,
@@ -28,10 +30,25 @@ type resolutionCache struct {
 	deps map[depKey]Resolution
 }
 
-// depKey is a dependency as resolution sees it: what it asks for, and the
-// entity of the agent that asks, which decides whose providers it may use.
+// depKey is a dependency as resolution sees it: what it asks for, and
+// the agent that asks, whose party decides whose providers it may use.
 type depKey struct {
-	capability, namespace, tags, consumer string
+	capability, namespace, tags string
+	consumer                    party
+}
+
+// party is who an agent's owner is, as resolution's trust boundary sees
+// it: the entity of its certificate ("" for the mesh's own CAs), or no
+// certificate at all.
+type party struct {
+	entity string
+	// anonymous is set for an agent registered without a certificate
+	// (TLS off, or a caller without one in auto).
+	anonymous bool
+}
+
+func partyOf(rec *store.Agent) party {
+	return party{entity: rec.Entity, anonymous: rec.Owner == ""}
 }
 
 // cacheAt returns the resolution cache of topology value topo.
@@ -70,7 +87,7 @@ func (r *Registry) resolution(e *entry) (map[string][]Resolution, int) {
 		e.mu.Unlock()
 		return res, n
 	}
-	reg, consumer := e.reg, e.rec.Entity
+	reg, consumer := e.reg, partyOf(&e.rec)
 	e.mu.Unlock()
 	res, n := r.resolve(reg, consumer, r.cacheAt(topo))
 	e.mu.Lock()
@@ -134,8 +151,8 @@ func (r *Registry) unindex(e *entry, old *Registration) {
 }
 
 // resolve picks a provider for every dependency of every tool of reg, an
-// agent's of entity consumer, and returns them with how many it found.
-func (r *Registry) resolve(reg Registration, consumer string, c *resolutionCache) (map[string][]Resolution, int) {
+// agent of consumer's, and returns them with how many it found.
+func (r *Registry) resolve(reg Registration, consumer party, c *resolutionCache) (map[string][]Resolution, int) {
 	out := make(map[string][]Resolution, len(reg.Tools))
 	for _, t := range reg.Tools {
 		if len(t.Dependencies) == 0 {
@@ -158,9 +175,9 @@ func (r *Registry) resolve(reg Registration, consumer string, c *resolutionCache
 	return out, n
 }
 
-// lookupDependency returns the provider of d for an agent of entity
-// consumer, from c or, the first time, from the capability index.
-func (r *Registry) lookupDependency(d Dependency, consumer string, c *resolutionCache) Resolution {
+// lookupDependency returns the provider of d for an agent of consumer's,
+// from c or, the first time, from the capability index.
+func (r *Registry) lookupDependency(d Dependency, consumer party, c *resolutionCache) Resolution {
 	want := sortedTags(d.Tags)
 	k := depKey{capability: d.Capability, namespace: d.Namespace, tags: tagsKey(want), consumer: consumer}
 	if k.namespace == "" {
@@ -179,10 +196,10 @@ func (r *Registry) lookupDependency(d Dependency, consumer string, c *resolution
 	return res
 }
 
-// provider picks a healthy provider, one the consumer's entity may use,
+// provider picks a healthy provider, one the consumer may use,
 // whose tool offers capability with every tag of want (sorted) in
 // namespace ns. The lowest agent id wins, so answers are stable.
-func (r *Registry) provider(capability, ns string, want []string, consumer string) Resolution {
+func (r *Registry) provider(capability, ns string, want []string, consumer party) Resolution {
 	if r.hooks.resolve != nil {
 		r.hooks.resolve(capability)
 	}
@@ -195,9 +212,9 @@ func (r *Registry) provider(capability, ns string, want []string, consumer strin
 	r.mu.RUnlock()
 	for _, e := range cands {
 		e.mu.Lock()
-		status, entity, reg, tags, gone := e.rec.Status, e.rec.Entity, e.reg, e.tags, e.gone
+		status, owner, reg, tags, gone := e.rec.Status, partyOf(&e.rec), e.reg, e.tags, e.gone
 		e.mu.Unlock()
-		if gone || status != StatusHealthy || namespace(reg) != ns || !r.mayProvide(entity, consumer) ||
+		if gone || status != StatusHealthy || namespace(reg) != ns || !r.mayProvide(owner, consumer) ||
 			(best.AgentID != "" && reg.AgentID >= best.AgentID) {
 			continue
 		}
@@ -212,14 +229,19 @@ func (r *Registry) provider(capability, ns string, want []string, consumer strin
 	return best
 }
 
-// mayProvide reports whether an agent of entity provider may serve the
-// dependencies of an agent of entity consumer: an agent of its own
-// entity, of the mesh's own CAs (""), or of an entity the operator lets
-// provide to everyone may. So a mesh agent's calls never go to a
-// partner's host unless the operator said so, nor one partner's to
-// another's.
-func (r *Registry) mayProvide(provider, consumer string) bool {
-	return provider == consumer || provider == "" || r.providerEntities[provider]
+// mayProvide reports whether an agent of provider's may serve the
+// dependencies of an agent of consumer's: an agent of its own entity, of
+// the mesh's own CAs (""), or of an entity the operator lets provide to
+// everyone may. So a mesh agent's calls never go to a partner's host
+// unless the operator said so, nor one partner's to another's. An agent
+// registered without a certificate provides only to agents registered
+// without one: in TLS auto, a caller without a certificate must not
+// become where an authenticated agent sends its calls.
+func (r *Registry) mayProvide(provider, consumer party) bool {
+	if provider.anonymous {
+		return consumer.anonymous
+	}
+	return provider.entity == consumer.entity || provider.entity == "" || r.providerEntities[provider.entity]
 }
 
 // sortedTags returns tags sorted and without duplicates: tags itself when

@@ -30,7 +30,11 @@ type View struct {
 	Owner       string `json:"owner,omitempty"`
 	// Node is the node the owner's certificate names ("ct111" for
 	// "opus@ct111"): an agent id is bound to the node that claimed it.
-	Node                  string       `json:"node,omitempty"`
+	Node string `json:"node,omitempty"`
+	// Unauthenticated marks an agent registered by a caller without a
+	// certificate (TLS off, or auto): anyone else without one may act
+	// for it, and a certificate may take it over.
+	Unauthenticated       bool         `json:"unauthenticated,omitempty"`
 	Status                string       `json:"status"`
 	Reason                string       `json:"reason,omitempty"`
 	CreatedAt             time.Time    `json:"created_at"`
@@ -64,7 +68,7 @@ func (r *Registry) List(f Filter, tls bool) []View {
 		v := View{
 			ID: rec.ID, Name: reg.Name, Version: reg.Version, AgentType: reg.AgentType, Runtime: reg.Runtime,
 			Description: reg.Description, Endpoint: endpoint(reg, tls), Namespace: namespace(reg), EntityID: rec.Entity,
-			Owner: rec.Owner, Node: node, Status: rec.Status, Reason: rec.Reason, CreatedAt: rec.RegisteredAt,
+			Owner: rec.Owner, Node: node, Unauthenticated: rec.Owner == "", Status: rec.Status, Reason: rec.Reason, CreatedAt: rec.RegisteredAt,
 			LastSeen: time.Unix(0, e.lastSeen.Load()).UTC(), Capabilities: []Capability{},
 		}
 		if v.Name == "" {

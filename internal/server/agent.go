@@ -21,12 +21,12 @@ const version = "0.3.0"
 // else. The admin API is never reachable here.
 func (s *Server) agentHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /heartbeat", s.identified(false, s.postHeartbeat))
-	mux.HandleFunc("HEAD /heartbeat/{agent_id}", s.identified(false, s.headHeartbeat))
-	mux.HandleFunc("GET /agents", s.identified(false, s.listAgents))
-	mux.HandleFunc("DELETE /agents/{agent_id}", s.identified(false, s.deleteAgent))
-	mux.HandleFunc("GET /health", s.identified(true, s.health))
-	mux.HandleFunc("GET /{$}", s.identified(true, s.root))
+	mux.HandleFunc("POST /heartbeat", s.identified(agentRoutes, s.postHeartbeat))
+	mux.HandleFunc("HEAD /heartbeat/{agent_id}", s.identified(agentRoutes, s.headHeartbeat))
+	mux.HandleFunc("GET /agents", s.identified(agentRoutes, s.listAgents))
+	mux.HandleFunc("DELETE /agents/{agent_id}", s.identified(agentRoutes, s.deleteAgent))
+	mux.HandleFunc("GET /health", s.identified(public, s.health))
+	mux.HandleFunc("GET /{$}", s.identified(public, s.root))
 	// Public PKI routes, in every mode: a node enrolling has no
 	// certificate yet, and CRLs and bundles are public by nature.
 	mux.HandleFunc("POST /enroll", s.enroll)
@@ -34,19 +34,39 @@ func (s *Server) agentHandler() http.Handler {
 	mux.HandleFunc("GET /bundle", s.serveBundle)
 	// The stream names revoked agents and entities: in strict mode only a
 	// verified certificate reads it.
-	mux.HandleFunc("GET /revocations/watch", s.identified(true, s.serveWatch))
-	mux.HandleFunc("POST /agent-cert", s.identified(false, s.agentCert))
-	mux.HandleFunc("POST /renew", s.identified(false, s.renew))
+	mux.HandleFunc("GET /revocations/watch", s.identified(public, s.serveWatch))
+	// Issuance needs a certificate in every mode: there is nothing a
+	// caller without one could be issued.
+	mux.HandleFunc("POST /agent-cert", s.identified(certified, s.agentCert))
+	mux.HandleFunc("POST /renew", s.identified(certified, s.renew))
 	return s.guardSecret(mux)
 }
 
 type peerHandler func(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 
+// access says who may call a route of the agent port in TLS mode auto;
+// strict admits only verified certificates everywhere, and off has no
+// identities at all.
+type access int
+
+const (
+	// certified routes need a verified certificate in auto too.
+	certified access = iota
+	// agentRoutes admit callers without a certificate in auto, as MCP
+	// Mesh does: the registry lets them act only for agent ids no
+	// certificate claimed, and each such request is counted and its
+	// caller logged once.
+	agentRoutes
+	// public routes (/health, the revocation stream) admit callers
+	// without a certificate in auto.
+	public
+)
+
 // identified verifies the caller before h runs. In TLS mode off there is
 // no peer. Otherwise a presented certificate must verify (403 with the
-// reason if not); a caller without one may reach only the routes marked
-// certless, and only in mode auto.
-func (s *Server) identified(certless bool, h peerHandler) http.HandlerFunc {
+// reason if not); a caller without one has no peer, and may reach only
+// the routes a allows, and only in mode auto.
+func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.TLSMode == TLSOff || legacy(r) {
 			h(w, r, nil)
@@ -56,13 +76,16 @@ func (s *Server) identified(certless bool, h peerHandler) http.HandlerFunc {
 		peer, err := s.peer(r)
 		switch {
 		case errors.Is(err, trust.ErrNoCertificate):
-			if certless && s.cfg.TLSMode == TLSAuto {
+			if a != certified && s.cfg.TLSMode == TLSAuto {
+				if a == agentRoutes {
+					s.anonymous.admit(r)
+				}
 				h(w, r, nil)
 				return
 			}
 			msg := "client certificate required"
 			if s.cfg.TLSMode == TLSAuto {
-				msg = "client certificate required: without one, only /health may be read"
+				msg = "client certificate required: " + r.URL.Path + " needs one in every TLS mode"
 			}
 			s.refuse(w, r, http.StatusForbidden, trust.ReasonNoCertificate, msg)
 		case err != nil:

@@ -615,15 +615,17 @@ func heartbeat(id string, port int, caps ...string) map[string]any {
 
 // agentView is an agent as GET /agents shows it.
 type agentView struct {
-	ID           string `json:"id"`
-	Name         string `json:"name"`
-	Endpoint     string `json:"endpoint"`
-	Description  string `json:"description"`
-	EntityID     string `json:"entity_id"`
-	Owner        string `json:"owner"`
-	Status       string `json:"status"`
-	Reason       string `json:"reason"`
-	Capabilities []struct {
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	Endpoint    string `json:"endpoint"`
+	Description string `json:"description"`
+	EntityID    string `json:"entity_id"`
+	Owner       string `json:"owner"`
+	// Unauthenticated marks an agent registered without a certificate.
+	Unauthenticated bool   `json:"unauthenticated"`
+	Status          string `json:"status"`
+	Reason          string `json:"reason"`
+	Capabilities    []struct {
 		Name string `json:"name"`
 	} `json:"capabilities"`
 }

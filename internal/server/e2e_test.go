@@ -43,39 +43,6 @@ func TestE2ETLSModeOff(t *testing.T) {
 	}
 }
 
-func TestE2ETLSModeAuto(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSAuto})
-	anon := e.client(nil)
-	if r := e.do(anon, "GET", "/health", nil); r.code != http.StatusOK || r.json(t)["status"] != "healthy" {
-		t.Errorf("certless GET /health: %s", r)
-	}
-	for _, rq := range []struct{ method, path string }{{"POST", "/heartbeat"}, {"GET", "/agents"}, {"HEAD", "/heartbeat/a1"}, {"DELETE", "/agents/a1"}} {
-		var body any
-		if rq.method == "POST" {
-			body = heartbeat("a1", 9001)
-		}
-		r := e.do(anon, rq.method, rq.path, body)
-		if r.code != http.StatusForbidden {
-			t.Errorf("certless %s %s: %s, want 403", rq.method, rq.path, r)
-			continue
-		}
-		if rq.method == "HEAD" {
-			continue
-		}
-		if msg, _ := r.json(t)["error"].(string); !strings.HasPrefix(msg, "client certificate required") || r.reason() != "no_certificate" {
-			t.Errorf("certless %s %s: %s", rq.method, rq.path, r)
-		}
-	}
-	cert, _ := agentCert(t, e.ca.auth, "a1", "n1")
-	c := e.client(&cert)
-	if r := e.do(c, "POST", "/heartbeat", heartbeat("a1", 9001)); r.code != http.StatusOK {
-		t.Fatalf("POST /heartbeat with an agent certificate: %s", r)
-	}
-	if l := e.agents(c, ""); !slices.Equal(l.ids(), []string{"a1"}) || l.Agents[0].Owner != "a1@n1" || l.Agents[0].Endpoint != "https://127.0.0.1:9001" {
-		t.Errorf("GET /agents with an agent certificate: %+v", l.Agents)
-	}
-}
-
 func TestE2ETLSModeStrict(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
 	r := e.do(e.client(nil), "GET", "/health", nil)

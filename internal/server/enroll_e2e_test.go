@@ -879,7 +879,9 @@ func TestE2EShutdownWithSubscribers(t *testing.T) {
 func TestE2ELegacySecretCompat(t *testing.T) {
 	for _, on := range []bool{true, false} {
 		t.Run(fmt.Sprintf("compat=%v", on), func(t *testing.T) {
-			e, _ := newEnrollEnv(t, enrollOptions{mode: server.TLSAuto, legacy: on})
+			// strict: in auto a caller without a certificate is admitted
+			// to the agent routes with or without the secret.
+			e, _ := newEnrollEnv(t, enrollOptions{mode: server.TLSStrict, legacy: on})
 			var mu sync.Mutex
 			var local []string
 			tr := &http.Transport{TLSClientConfig: e.tlsConfig(nil), DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

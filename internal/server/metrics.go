@@ -20,6 +20,9 @@ type metrics struct {
 	closedConns   prometheus.Counter
 	watchers      prometheus.Gauge
 	legacyUses    prometheus.Counter
+	// unauthenticated counts agent-route requests admitted without a
+	// certificate (TLS mode auto), by route.
+	unauthenticated *prometheus.CounterVec
 }
 
 // crlAge is nil without a local CA.
@@ -44,7 +47,10 @@ func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func()
 	}
 	m.watchers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshd_revocation_watchers", Help: "Open /revocations/watch streams."})
 	m.legacyUses = prometheus.NewCounter(prometheus.CounterOpts{Name: "meshd_legacy_secret_uses_total", Help: "Agent-route requests admitted with the legacy shared secret instead of a certificate (--legacy-secret-compat)."})
-	m.reg.MustRegister(m.watchers, m.legacyUses)
+	m.unauthenticated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshd_unauthenticated_requests_total", Help: "Agent-route requests admitted without a client certificate (TLS mode auto), by route.",
+	}, []string{"route"})
+	m.reg.MustRegister(m.watchers, m.legacyUses, m.unauthenticated)
 	m.reg.MustRegister(m.heartbeats, m.registrations, m.refusals, m.evictions, m.closedConns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{

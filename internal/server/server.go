@@ -135,7 +135,10 @@ type Server struct {
 	conns    *connTracker
 	certs    credentials.Source // the agent port's certificate; nil with TLS off
 	metrics  *metrics
-	started  time.Time
+	// anonymous counts and logs the callers admitted without a
+	// certificate in TLS mode auto.
+	anonymous *anonymousCallers
+	started   time.Time
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
@@ -264,6 +267,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		crlAge = func() time.Duration { return cfg.Now().Sub(authority.CRLThisUpdate()) }
 	}
 	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry, crlAge)
+	s.anonymous = newAnonymousCallers(s.log, s.metrics.unauthenticated)
 	if err := s.evictRevokedAgents(ctx); err != nil {
 		return nil, err
 	}
@@ -444,6 +448,9 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.cfg.TLSMode == TLSOff {
 		s.log.Warn("TLS IS OFF: the agent port serves plain HTTP with no identities; any caller can register, heartbeat or delete any agent. Use --tls-mode auto or strict outside a throwaway experiment.", "listen", ln.Addr().String())
 	} else {
+		if s.cfg.TLSMode == TLSAuto {
+			s.log.Warn("TLS mode auto: callers without a client certificate are admitted to the agent routes as MCP Mesh admits them; they may act only for agent ids no certificate has claimed, are listed as unauthenticated, and are counted in meshd_unauthenticated_requests_total. strict is the production mode: use --tls-mode strict (MCP_MESH_TLS_MODE=strict) once every agent presents a certificate.", "listen", ln.Addr().String())
+		}
 		s.agentSrv.TLSConfig = agentTLSConfig(s.certs)
 		ln = tls.NewListener(ln, s.agentSrv.TLSConfig)
 	}

@@ -17,8 +17,11 @@ const (
 	// TLSOff serves plain HTTP: no identities, no binding. For local
 	// experiments only; meshd warns loudly.
 	TLSOff TLSMode = "off"
-	// TLSAuto verifies a client certificate when one is presented; callers
-	// without one may read /health and nothing else.
+	// TLSAuto verifies a client certificate when one is presented and, as
+	// MCP Mesh does, admits callers without one to the agent routes, for
+	// migrating to strict: they may act only for agent ids no certificate
+	// has claimed, never provide for an authenticated agent's dependencies,
+	// and are listed as unauthenticated, counted and logged.
 	TLSAuto TLSMode = "auto"
 	// TLSStrict requires a verified client certificate on every route.
 	TLSStrict TLSMode = "strict"
