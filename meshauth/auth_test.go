@@ -1,0 +1,224 @@
+package meshauth_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/meshtrust/meshtrust/meshapi"
+	"github.com/meshtrust/meshtrust/meshauth"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+const httpPolicy = `
+rules:
+  - name: opus-reads
+    who: [opus@ct111]
+    http: ["GET /files/*", "GET /whoami"]
+  - name: ct112-agents
+    who: ["*@ct112"]
+    http: ["GET /whoami", "POST /jobs/**"]
+  - name: partner
+    who: ["entity:partner-corp"]
+    http: ["GET /partner/*"]
+  - name: health
+    who: ["*", anonymous]
+    http: ["GET /health"]
+`
+
+// whoami answers with the caller the middleware put in the context.
+var whoami = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	c, ok := meshauth.FromContext(r.Context())
+	if !ok {
+		http.Error(w, "no caller", 500)
+		return
+	}
+	sid := ""
+	if c.Session != nil {
+		sid = c.Session.ID
+	}
+	fmt.Fprintf(w, "%s|%s|%s|%s|%s", c.Name, c.Entity, c.SPIFFEID, c.Fingerprint, sid)
+})
+
+func newAuth(t testing.TB, w *world, cfg meshauth.Config) *meshauth.Auth {
+	t.Helper()
+	cfg.Chain = w.chain
+	if cfg.Now == nil {
+		cfg.Now = w.clock.Now
+	}
+	a, err := meshauth.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestHTTPDecisions(t *testing.T) {
+	w := newWorld(t)
+	var log bytes.Buffer
+	a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, httpPolicy).Authorize, Anonymous: true,
+		DecisionLog: slog.New(slog.NewJSONHandler(&log, nil))})
+	srv := serve(t, a, a.Handler(whoami))
+	opus := w.mesh.agent(t, "opus", "ct111")
+	sonnet := w.mesh.agent(t, "sonnet", "ct111")
+	haiku := w.mesh.agent(t, "haiku", "ct112")
+	bob := w.partner.leaf(t, "bob", "")
+	stranger := newCA(t, "stranger root").agent(t, "opus", "ct111")
+
+	tests := []struct {
+		name         string
+		cert         *tlsCert
+		method, path string
+		code         int
+		reason       string
+		want         string
+	}{
+		{"identity allowed", &opus, "GET", "/files/a", 200, "", "opus@ct111||spiffe://mesh.local/agent/ct111/opus|" + trust.Fingerprint(opus.Leaf) + "|"},
+		{"identity, path outside its glob", &opus, "GET", "/files/a/b", 403, meshauth.ReasonForbidden, ""},
+		{"identity, wrong method", &opus, "POST", "/files/a", 403, meshauth.ReasonForbidden, ""},
+		{"another agent of the node", &sonnet, "GET", "/files/a", 403, meshauth.ReasonForbidden, ""},
+		{"node rule", &haiku, "POST", "/jobs/x/y", 200, "", "haiku@ct112||spiffe://mesh.local/agent/ct112/haiku|" + trust.Fingerprint(haiku.Leaf) + "|"},
+		{"entity rule", &bob, "GET", "/partner/x", 200, "", "bob|partner-corp||" + trust.Fingerprint(bob.Leaf) + "|"},
+		{"entity, not its path", &bob, "GET", "/files/a", 403, meshauth.ReasonForbidden, ""},
+		{"any verified caller", &bob, "GET", "/health", 200, "", "bob|partner-corp||" + trust.Fingerprint(bob.Leaf) + "|"},
+		{"anonymous health", nil, "GET", "/health", 200, "", "anonymous||||"},
+		{"anonymous elsewhere", nil, "GET", "/files/a", 403, meshauth.ReasonForbidden, ""},
+		{"unknown CA", &stranger, "GET", "/files/a", 401, trust.ReasonUnknownCA, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := do(t, client(srv, tt.cert), tt.method, srv.URL+tt.path, "")
+			if r.code != tt.code {
+				t.Fatalf("code %d, want %d: %s", r.code, tt.code, r.body)
+			}
+			if tt.code == 200 {
+				if r.body != tt.want {
+					t.Fatalf("caller %q, want %q", r.body, tt.want)
+				}
+				return
+			}
+			var e meshapi.ErrorResponse
+			if err := json.Unmarshal([]byte(r.body), &e); err != nil || e.Reason != tt.reason || e.Error == "" {
+				t.Fatalf("refusal %s (%v), want reason %q", r.body, err, tt.reason)
+			}
+		})
+	}
+	if got := testutil.ToFloat64(a.Decisions().WithLabelValues("deny", meshauth.ReasonForbidden)); got != 5 {
+		t.Errorf("forbidden decisions counted %v, want 5", got)
+	}
+	if got := testutil.ToFloat64(a.Decisions().WithLabelValues("deny", trust.ReasonUnknownCA)); got != 1 {
+		t.Errorf("unknown_ca decisions counted %v, want 1", got)
+	}
+	if !strings.Contains(log.String(), `"rule":"ct112-agents"`) || !strings.Contains(log.String(), `"rule":"default deny"`) {
+		t.Errorf("decision log lacks the deciding rules:\n%s", log.String())
+	}
+}
+
+type tlsCert = tls.Certificate
+
+func TestNoCertificate(t *testing.T) {
+	w := newWorld(t)
+	a := newAuth(t, w, meshauth.Config{Authorizer: meshauth.AuthorizeAny()})
+	srv := serve(t, a, a.Handler(whoami))
+	r := do(t, client(srv, nil), "GET", srv.URL+"/x", "")
+	if r.code != 401 || !strings.Contains(r.body, trust.ReasonNoCertificate) || !strings.Contains(r.body, "client certificate required") {
+		t.Fatalf("certless caller: %d %s", r.code, r.body)
+	}
+}
+
+func TestRevokedCertificateOnOpenConnection(t *testing.T) {
+	w := newWorld(t)
+	a := newAuth(t, w, meshauth.Config{Authorizer: meshauth.AuthorizeAny()})
+	srv := serve(t, a, a.Handler(whoami))
+	opus := w.mesh.agent(t, "opus", "ct111")
+	c := client(srv, &opus)
+	if r := do(t, c, "GET", srv.URL+"/x", ""); r.code != 200 {
+		t.Fatalf("before revocation: %d %s", r.code, r.body)
+	}
+	w.revs.AddSerial(trust.Revoked{Serial: opus.Leaf.SerialNumber.Text(16), IssuerKeyID: fmt.Sprintf("%x", opus.Leaf.AuthorityKeyId), At: time.Now()})
+	r := do(t, c, "GET", srv.URL+"/x", "") // the same connection, verified before
+	if r.code != 401 || !strings.Contains(r.body, `"reason":"revoked"`) {
+		t.Fatalf("after revocation: %d %s", r.code, r.body)
+	}
+}
+
+func TestCloseWhere(t *testing.T) {
+	w := newWorld(t)
+	a := newAuth(t, w, meshauth.Config{Authorizer: meshauth.AuthorizeAny()})
+	srv := serve(t, a, a.Handler(whoami))
+	opus, haiku := w.mesh.agent(t, "opus", "ct111"), w.mesh.agent(t, "haiku", "ct112")
+	co, ch := client(srv, &opus), client(srv, &haiku)
+	do(t, co, "GET", srv.URL+"/x", "")
+	do(t, ch, "GET", srv.URL+"/x", "")
+	if n := a.CloseWhere(func(c *meshauth.Caller) bool { return c.Identity.Node == "ct111" }); n != 1 {
+		t.Fatalf("closed %d connections, want 1", n)
+	}
+	if r := do(t, ch, "GET", srv.URL+"/x", ""); r.code != 200 {
+		t.Fatalf("the other connection: %d", r.code)
+	}
+}
+
+func TestLegacyBearer(t *testing.T) {
+	w := newWorld(t)
+	p := mustPolicy(t, "rules:\n  - name: legacy\n    who: [legacy:bearer]\n    http: [\"POST /heartbeat\"]\n")
+	a := newAuth(t, w, meshauth.Config{Authorizer: p.Authorize, Legacy: &meshauth.Legacy{Secret: "s3cret-value", Until: w.clock.Now().Add(time.Hour)}})
+	srv := serve(t, a, a.Handler(whoami))
+	c := client(srv, nil)
+	if r := do(t, c, "POST", srv.URL+"/heartbeat", "", "Authorization", "Bearer s3cret-value"); r.code != 200 || r.body != "legacy:bearer||||" {
+		t.Fatalf("legacy bearer: %d %s", r.code, r.body)
+	}
+	if r := do(t, c, "GET", srv.URL+"/agents", "", "Authorization", "Bearer s3cret-value"); r.code != 403 {
+		t.Fatalf("legacy bearer outside its grant: %d %s", r.code, r.body)
+	}
+	if r := do(t, c, "POST", srv.URL+"/heartbeat", "", "Authorization", "Bearer wrong"); r.code != 401 || !strings.Contains(r.body, meshauth.ReasonLegacyRefused) {
+		t.Fatalf("wrong secret: %d %s", r.code, r.body)
+	}
+	// A partner CA's certificate named like the legacy principal is not it.
+	fake := w.partner.leaf(t, meshauth.LegacyName, "")
+	if r := do(t, client(srv, &fake), "POST", srv.URL+"/heartbeat", ""); r.code != 403 {
+		t.Fatalf("certificate named %s: %d %s", meshauth.LegacyName, r.code, r.body)
+	}
+	w.clock.Advance(time.Hour)
+	if r := do(t, c, "POST", srv.URL+"/heartbeat", "", "Authorization", "Bearer s3cret-value"); r.code != 401 || !strings.Contains(r.body, meshauth.ReasonLegacyExpired) {
+		t.Fatalf("after the deadline: %d %s", r.code, r.body)
+	}
+	if _, err := meshauth.New(meshauth.Config{Chain: w.chain, Authorizer: p.Authorize, Legacy: &meshauth.Legacy{Secret: "x"}}); err == nil {
+		t.Fatal("a legacy path without a deadline was accepted")
+	}
+}
+
+func TestComposableAuthorizers(t *testing.T) {
+	opus := &meshauth.Caller{Name: "opus@ct111", TrustDomain: "mesh.local"}
+	opus.Identity.Node, opus.Identity.Kind = "ct111", 2
+	bob := &meshauth.Caller{Name: "bob", Entity: "partner-corp"}
+	op := &meshauth.Operation{Kind: meshauth.KindHTTP, Method: "GET", Path: "/"}
+	tests := []struct {
+		name string
+		a    meshauth.Authorizer
+		c    *meshauth.Caller
+		want bool
+	}{
+		{"identity", meshauth.AuthorizeIdentity("opus@ct111"), opus, true},
+		{"identity other", meshauth.AuthorizeIdentity("opus@ct111"), bob, false},
+		{"node", meshauth.AuthorizeNode("ct111"), opus, true},
+		{"node other", meshauth.AuthorizeNode("ct112"), opus, false},
+		{"entity", meshauth.AuthorizeEntity("partner-corp"), bob, true},
+		{"entity empty", meshauth.AuthorizeEntity(""), opus, false},
+		{"member of", meshauth.AuthorizeMemberOf("mesh.local"), opus, true},
+		{"any of", meshauth.AuthorizeAnyOf(meshauth.AuthorizeNode("ct112"), meshauth.AuthorizeEntity("partner-corp")), bob, true},
+		{"all of", meshauth.AuthorizeAllOf(meshauth.AuthorizeNode("ct111"), meshauth.AuthorizeEntity("partner-corp")), opus, false},
+	}
+	for _, tt := range tests {
+		if got := tt.a(tt.c, op).Allowed; got != tt.want {
+			t.Errorf("%s: allowed %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

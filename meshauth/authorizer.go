@@ -1,0 +1,175 @@
+package meshauth
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Kind is the protocol an Operation arrived by.
+type Kind uint8
+
+// The kinds of operation.
+const (
+	// KindHTTP is an HTTP request: Method and Path.
+	KindHTTP Kind = iota + 1
+	// KindGRPC is a gRPC call: Path is the full method, "/pkg.Service/Method".
+	KindGRPC
+	// KindMCP is an MCP JSON-RPC request over HTTP: MCPMethod and, for
+	// tools/call, prompts/get and resources/read, Name.
+	KindMCP
+)
+
+// String returns "http", "grpc" or "mcp".
+func (k Kind) String() string {
+	switch k {
+	case KindHTTP:
+		return "http"
+	case KindGRPC:
+		return "grpc"
+	case KindMCP:
+		return "mcp"
+	}
+	return "unknown"
+}
+
+// Operation is what a caller asks to do.
+type Operation struct {
+	Kind Kind
+	// Method is the HTTP method (KindHTTP).
+	Method string
+	// Path is the HTTP path (KindHTTP) or the gRPC full method (KindGRPC).
+	Path string
+	// MCPMethod is the JSON-RPC method (KindMCP): "tools/call",
+	// "tools/list", "initialize", ...
+	MCPMethod string
+	// Name is the tool or prompt name (tools/call, prompts/get) or the
+	// resource URI (resources/read); "" for other MCP methods.
+	Name string
+}
+
+// String describes the operation for a log line or a refusal, without
+// any of the call's arguments.
+func (op *Operation) String() string {
+	switch op.Kind {
+	case KindHTTP:
+		return op.Method + " " + op.Path
+	case KindGRPC:
+		return "grpc " + op.Path
+	case KindMCP:
+		if op.Name != "" {
+			return "mcp " + op.MCPMethod + " " + op.Name
+		}
+		return "mcp " + op.MCPMethod
+	}
+	return "unknown operation"
+}
+
+// Decision is an Authorizer's answer.
+type Decision struct {
+	// Allowed reports whether the caller may perform the operation.
+	Allowed bool
+	// Rule names what decided: a policy rule's name, an authorizer's
+	// description, DefaultDeny.
+	Rule string
+}
+
+// DefaultDeny is the Rule of a refusal no rule allowed.
+const DefaultDeny = "default deny"
+
+// An Authorizer decides whether a verified caller may perform an
+// operation. Authorizers are small values meant to be combined
+// (AuthorizeAnyOf, AuthorizeAllOf) rather than one function with many
+// branches; a compiled Policy is one too (Policy.Authorize). They must not
+// keep c or op.
+type Authorizer func(c *Caller, op *Operation) Decision
+
+func allow(rule string) Decision { return Decision{Allowed: true, Rule: rule} }
+
+// AuthorizeAny allows every verified caller every operation.
+func AuthorizeAny() Authorizer {
+	return func(*Caller, *Operation) Decision { return allow("any verified caller") }
+}
+
+// AuthorizeIdentity allows callers whose Name is one of names
+// ("opus@ct111", "ct111.mesh").
+func AuthorizeIdentity(names ...string) Authorizer {
+	names = slices.Clone(names)
+	rule := "identity in [" + strings.Join(names, " ") + "]"
+	return func(c *Caller, _ *Operation) Decision {
+		return Decision{Allowed: slices.Contains(names, c.Name), Rule: rule}
+	}
+}
+
+// AuthorizeNode allows the agents of node ("*@ct111") and the node itself.
+func AuthorizeNode(node string) Authorizer {
+	rule := "node " + node
+	return func(c *Caller, _ *Operation) Decision {
+		return Decision{Allowed: c.Identity.Node == node && !c.Identity.IsZero(), Rule: rule}
+	}
+}
+
+// AuthorizeEntity allows the callers whose certificate a partner entity's
+// CA signed.
+func AuthorizeEntity(entity string) Authorizer {
+	rule := "entity:" + entity
+	return func(c *Caller, _ *Operation) Decision {
+		return Decision{Allowed: entity != "" && c.Entity == entity, Rule: rule}
+	}
+}
+
+// AuthorizeMemberOf allows the callers whose SPIFFE ID is in trustDomain.
+func AuthorizeMemberOf(trustDomain string) Authorizer {
+	rule := "spiffe://" + trustDomain
+	return func(c *Caller, _ *Operation) Decision {
+		return Decision{Allowed: trustDomain != "" && c.TrustDomain == trustDomain, Rule: rule}
+	}
+}
+
+// AuthorizeAnyOf allows what any of authorizers allows; the first that
+// allows names the rule. With none allowing, the last refusal decides.
+func AuthorizeAnyOf(authorizers ...Authorizer) Authorizer {
+	all := slices.Clone(authorizers)
+	return func(c *Caller, op *Operation) Decision {
+		d := Decision{Rule: DefaultDeny}
+		for _, a := range all {
+			if d = a(c, op); d.Allowed {
+				return d
+			}
+		}
+		return d
+	}
+}
+
+// AuthorizeAllOf allows what every one of authorizers allows; the first
+// refusal decides.
+func AuthorizeAllOf(authorizers ...Authorizer) Authorizer {
+	all := slices.Clone(authorizers)
+	return func(c *Caller, op *Operation) Decision {
+		d := Decision{Rule: DefaultDeny}
+		for _, a := range all {
+			if d = a(c, op); !d.Allowed {
+				return d
+			}
+		}
+		return d
+	}
+}
+
+// ParseOperation reads an operation as Operation.String writes it:
+// "GET /agents", "grpc /pkg.Service/Method", "mcp tools/call search",
+// "mcp initialize".
+func ParseOperation(s string) (Operation, error) {
+	f := strings.Fields(s)
+	switch {
+	case len(f) == 2 && f[0] == "grpc":
+		return Operation{Kind: KindGRPC, Path: f[1]}, nil
+	case len(f) == 2 && f[0] == "mcp":
+		return Operation{Kind: KindMCP, MCPMethod: f[1]}, nil
+	case len(f) == 3 && f[0] == "mcp":
+		return Operation{Kind: KindMCP, MCPMethod: f[1], Name: f[2]}, nil
+	case len(f) == 2 && strings.HasPrefix(f[1], "/") && f[0] == strings.ToUpper(f[0]):
+		return Operation{Kind: KindHTTP, Method: f[0], Path: f[1]}, nil
+	}
+	return Operation{}, fmt.Errorf("operation %q: want \"METHOD /path\", \"grpc /pkg.Service/Method\" or \"mcp <method> [name]\"", s)
+}

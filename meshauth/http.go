@@ -1,0 +1,68 @@
+package meshauth
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/meshtrust/meshtrust/meshapi"
+)
+
+// Handler returns h behind the middleware: the caller is verified, the
+// HTTP method and path are authorized, and h runs with the Caller in the
+// request context (FromContext). A refusal is a JSON
+// meshapi.ErrorResponse with a reason.
+func (a *Auth) Handler(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		op := Operation{Kind: KindHTTP, Method: r.Method, Path: r.URL.Path}
+		c, gen, rf := a.identifyHTTP(r)
+		if rf == nil {
+			_, rf = a.decide(c, &op)
+		} else {
+			a.refused(&op, rf)
+		}
+		if rf != nil {
+			a.writeRefusal(w, rf)
+			return
+		}
+		h.ServeHTTP(w, r.WithContext(a.withCaller(r.Context(), c, gen, r)))
+	})
+}
+
+// identifyHTTP identifies the caller of r.
+func (a *Auth) identifyHTTP(r *http.Request) (*Caller, uint64, *refusal) {
+	return a.identify(r.Context(), connFrom(r.Context()), r.TLS, bearer(r.Header.Get("Authorization")))
+}
+
+func (a *Auth) withCaller(ctx context.Context, c *Caller, gen uint64, r *http.Request) context.Context {
+	v := verified{caller: c, gen: gen}
+	if r != nil && r.TLS != nil {
+		v.chain = r.TLS.PeerCertificates
+	}
+	return context.WithValue(ctx, callerKey{}, v)
+}
+
+// bearer returns the credential of an "Authorization: Bearer" header.
+func bearer(h string) string {
+	const p = "Bearer "
+	if len(h) > len(p) && strings.EqualFold(h[:len(p)], p) {
+		return strings.TrimSpace(h[len(p):])
+	}
+	return ""
+}
+
+// writeRefusal answers a refused plain HTTP request.
+func (a *Auth) writeRefusal(w http.ResponseWriter, rf *refusal) {
+	if rf.code == http.StatusUnauthorized && strings.HasPrefix(rf.reason, "token_") {
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	}
+	writeJSON(w, rf.code, meshapi.ErrorResponse{Error: rf.detail, Reason: rf.reason, Timestamp: a.cfg.Now().UTC().Format(time.RFC3339Nano)})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
