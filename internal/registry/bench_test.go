@@ -79,7 +79,7 @@ func BenchmarkList(b *testing.B) {
 	r, _, _ := benchMesh(b, 100, 100)
 	b.ReportAllocs()
 	for b.Loop() {
-		r.List(Filter{}, true)
+		r.List(Filter{})
 	}
 }
 
@@ -90,6 +90,6 @@ func BenchmarkListAfterTopologyChange(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		r.topology.Add(1)
-		r.List(Filter{}, true)
+		r.List(Filter{})
 	}
 }

@@ -47,7 +47,7 @@ func consumerBody(id string) string {
 func checkProviders(t *testing.T, r *Registry, peers map[string]*trust.Peer, want map[string]string) {
 	t.Helper()
 	listed := map[string]int{}
-	for _, v := range r.List(Filter{}, true) {
+	for _, v := range r.List(Filter{}) {
 		listed[v.ID] = v.DependenciesResolved
 	}
 	for consumer, provider := range want {

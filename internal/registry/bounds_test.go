@@ -76,7 +76,7 @@ func TestRegistrationLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 			newcomer := peer(t, "geo@ct112", "")
-			writes, topo, before := st.writeCount(), r.topology.Load(), r.List(Filter{}, true)
+			writes, topo, before := st.writeCount(), r.topology.Load(), r.List(Filter{})
 			for _, try := range []struct {
 				who  string
 				p    *trust.Peer
@@ -111,7 +111,7 @@ func TestRegistrationLimits(t *testing.T) {
 				t.Errorf("refused registrations changed the registry: writes %d -> %d, topology %d -> %d, %d agents",
 					writes, st.writeCount(), topo, r.topology.Load(), r.Len())
 			}
-			if after := r.List(Filter{}, true); !reflect.DeepEqual(after, before) {
+			if after := r.List(Filter{}); !reflect.DeepEqual(after, before) {
 				t.Errorf("agents after refused registrations:\n%+v\nwant\n%+v", after, before)
 			}
 			if got := string(st.agents["opus"].Payload); got != string(small) {
@@ -164,14 +164,14 @@ func peerFor(t testing.TB, cn string) *trust.Peer {
 func TestListDoesNotResolveAgain(t *testing.T) {
 	const n, deps = 10, 100
 	with, without := consumers(t, n, deps), consumers(t, n, 0)
-	for _, v := range with.List(Filter{}, true) {
+	for _, v := range with.List(Filter{}) {
 		if v.ID != "geo" && (v.TotalDependencies != deps || v.DependenciesResolved != deps) {
 			t.Fatalf("%s: %d of %d dependencies resolved, want %d of %d", v.ID, v.DependenciesResolved, v.TotalDependencies, deps, deps)
 		}
 	}
-	without.List(Filter{}, true)
-	withAllocs := testing.AllocsPerRun(20, func() { with.List(Filter{}, true) })
-	withoutAllocs := testing.AllocsPerRun(20, func() { without.List(Filter{}, true) })
+	without.List(Filter{})
+	withAllocs := testing.AllocsPerRun(20, func() { with.List(Filter{}) })
+	withoutAllocs := testing.AllocsPerRun(20, func() { without.List(Filter{}) })
 	if withAllocs > withoutAllocs+n {
 		t.Errorf("listing %d agents with %d dependencies each allocates %.0f times, without dependencies %.0f: the list resolves again though nothing changed",
 			n, deps, withAllocs, withoutAllocs)
@@ -227,13 +227,13 @@ func TestResolutionOncePerTopology(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("the provider's own heartbeat", 0)
-	for _, v := range r.List(Filter{}, true) {
+	for _, v := range r.List(Filter{}) {
 		if v.TotalDependencies != 0 && v.DependenciesResolved != 3 {
 			t.Fatalf("%s: %d dependencies resolved, want 3", v.ID, v.DependenciesResolved)
 		}
 	}
 	check("the first list after the change", 1)
-	r.List(Filter{}, true)
+	r.List(Filter{})
 	check("a second list", 0)
 	for i := range n {
 		id := fmt.Sprintf("weather-%d", i)
@@ -246,7 +246,7 @@ func TestResolutionOncePerTopology(t *testing.T) {
 	if _, err := r.HeartbeatBody(ctx, atlas, body(9001)); err != nil {
 		t.Fatal(err)
 	}
-	r.List(Filter{}, true)
+	r.List(Filter{})
 	check("a list after the provider moved", 1)
 	if got := r.resolveFor(r.lookup("weather-0"))["f0"][0].Endpoint; got != "https://:9001" {
 		t.Errorf("weather-0 resolves geocode at %q, want atlas's new endpoint", got)

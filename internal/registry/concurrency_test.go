@@ -87,7 +87,7 @@ func TestChurnDoesNotDeadlock(t *testing.T) {
 			fail(err)
 		}
 	})
-	repeat(func(int) { r.List(Filter{}, true) })
+	repeat(func(int) { r.List(Filter{}) })
 	repeat(func(i int) {
 		a := i % agents
 		if _, err := r.Check(peers[a], fmt.Sprintf("a%d", a)); err != nil && !errors.Is(err, ErrUnknown) && !errors.Is(err, ErrEvicted) {
@@ -277,7 +277,7 @@ func TestDeleteOfStaleEntry(t *testing.T) {
 	if got := st.agents["opus"].Owner; got != second.Name() {
 		t.Errorf("stored owner of opus %q, want the newer registration's %q", got, second.Name())
 	}
-	if v := r.List(Filter{}, true); len(v) != 1 || v[0].Owner != second.Name() {
+	if v := r.List(Filter{}); len(v) != 1 || v[0].Owner != second.Name() {
 		t.Errorf("registry after a stale delete: %+v", v)
 	}
 	// Once the newer agent is gone too, the stale entry names nothing.

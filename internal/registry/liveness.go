@@ -53,13 +53,15 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 	if e == nil {
 		return Result{}, false
 	}
-	if e.body != sum || e.rec.Status != StatusHealthy || e.rec.CertFingerprint != peer.Fingerprint || authorize(peer, id, &e.rec) != nil {
+	// A pending rotation is acknowledged by this POST, which the store
+	// must record: the slow path does.
+	if e.body != sum || e.rec.Status != StatusHealthy || e.rec.CertFingerprint != peer.Fingerprint || !e.rec.RotateFrom.IsZero() || authorize(peer, id, &e.rec) != nil {
 		e.mu.Unlock()
 		return Result{}, false
 	}
 	e.lastSeen.Store(r.cfg.Now().UnixNano())
 	e.topoSeen.Store(r.topology.Load())
-	res := Result{AgentID: id, Rotate: !e.rec.RotateFrom.IsZero()}
+	res := Result{AgentID: id}
 	e.mu.Unlock()
 	res.Resolved = r.resolveFor(e)
 	return res, true
@@ -102,12 +104,12 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	e.lastSeen.Store(now.UnixNano())
 	pending := !e.rec.RotateFrom.IsZero()
 	// authorize has checked the source, unless the record has none yet.
-	unchanged := samePayload && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && (e.rec.Source != "" || source == "")
+	// A pending rotation is a change: this POST acknowledges it.
+	unchanged := !pending && samePayload && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && (e.rec.Source != "" || source == "")
 	if unchanged {
 		e.body = sum
 		e.topoSeen.Store(r.topology.Load())
 		e.mu.Unlock()
-		res.Rotate = pending
 		res.Resolved = r.resolveFor(e)
 		return res, nil
 	}
@@ -120,7 +122,11 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	var claim *store.AuditEntry
 	switch {
 	case created || next.Owner == "":
-		next.RegisteredAt = now
+		// created_at is the id's first registration: an agent without a
+		// certificate (TLS off) keeps it across its changes.
+		if next.RegisteredAt.IsZero() {
+			next.RegisteredAt = now
+		}
 		if peer != nil {
 			next.Owner, next.Entity, next.Source = peer.Name(), peer.Entity, peer.Backend
 		}
@@ -136,12 +142,12 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	next.CertFingerprint, next.CertSerial = fp, serial
 	next.Status, next.Reason = StatusHealthy, ""
 	next.LastSeen = now
-	// A rotation stays pending until the agent comes with another
-	// certificate than the one it had when the rotation was asked.
+	// One POST acknowledges a rotation request, as in MCP Mesh: HEAD
+	// answers 200 again after it. An agent that came back with the
+	// certificate it had when the rotation was asked hears rotate: true
+	// once, which tells an agent that can renew to do so now.
 	rotating := pending && fp == e.rec.CertFingerprint
-	if !rotating {
-		next.RotateFrom = time.Time{}
-	}
+	next.RotateFrom = time.Time{}
 	if err := r.put(ctx, next, claim); err != nil {
 		if created {
 			r.drop(reg.AgentID, e)

@@ -86,7 +86,7 @@ func TestListShowsOwningNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]string{"acme-x": "", "acme-y": "ct200", "anon": "", "opus": "ct666"}
-	for _, v := range r.List(Filter{}, true) {
+	for _, v := range r.List(Filter{}) {
 		v.CertificateExpiration = nil // the test certificates outlive JSON's years
 		raw, err := json.Marshal(v)
 		if err != nil {
@@ -154,7 +154,7 @@ func TestRelease(t *testing.T) {
 	if _, err := heartbeat(t, r, rightful, `{"agent_id":"opus"}`); err != nil {
 		t.Fatalf("the rightful node after the release: %v", err)
 	}
-	if v := r.List(Filter{}, true); len(v) != 1 || v[0].Owner != "opus@ct111" || v[0].Node != "ct111" {
+	if v := r.List(Filter{}); len(v) != 1 || v[0].Owner != "opus@ct111" || v[0].Node != "ct111" {
 		t.Fatalf("agents after the release: %+v", v)
 	}
 	claim := func(node string) store.AuditEntry {

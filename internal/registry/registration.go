@@ -3,6 +3,7 @@ package registry
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
 )
@@ -23,6 +24,33 @@ type Tool struct {
 	Tags         []string     `json:"tags,omitempty"`
 	Description  string       `json:"description,omitempty"`
 	Dependencies []Dependency `json:"dependencies,omitempty"`
+	// LLMFilter and LLMProvider are MCP Mesh's @mesh.llm declarations:
+	// the tools an LLM tool may call, and the LLM provider it delegates
+	// to. They are resolved like dependencies.
+	LLMFilter   *LLMFilter  `json:"llm_filter,omitempty"`
+	LLMProvider *Dependency `json:"llm_provider,omitempty"`
+}
+
+// LLMFilter is an @mesh.llm tool filter: capabilities, each given by
+// name alone or as a dependency with tags, and a mode (all, best_match,
+// or *).
+type LLMFilter struct {
+	Filter []FilterItem `json:"filter,omitempty"`
+	Mode   string       `json:"filter_mode,omitempty"`
+}
+
+// FilterItem is one capability of an LLMFilter: MCP Mesh accepts a bare
+// capability name or an object.
+type FilterItem struct{ Dependency }
+
+// UnmarshalJSON reads a capability name or a dependency object.
+func (f *FilterItem) UnmarshalJSON(b []byte) error {
+	var name string
+	if err := json.Unmarshal(b, &name); err == nil {
+		f.Dependency = Dependency{Capability: name}
+		return nil
+	}
+	return json.Unmarshal(b, &f.Dependency)
 }
 
 // Registration is the body of POST /heartbeat. Fields meshd does not use
@@ -38,6 +66,10 @@ type Registration struct {
 	HTTPPort    int    `json:"http_port,omitempty"`
 	Namespace   string `json:"namespace,omitempty"`
 	Tools       []Tool `json:"tools,omitempty"`
+	// A2AProducer and A2AConsumer say the agent serves or calls A2A
+	// surfaces; GET /agents shows them.
+	A2AProducer bool `json:"a2a_producer,omitempty"`
+	A2AConsumer bool `json:"a2a_consumer,omitempty"`
 }
 
 // MaxBody is the largest heartbeat body meshd reads.
@@ -140,7 +172,15 @@ func canonical(body []byte) ([]byte, error) {
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return nil, err
 	}
-	delete(fields, "timestamp")
+	// Not stored, but one that is not RFC 3339 is refused, as MCP Mesh
+	// refuses it (null is no timestamp).
+	if ts, ok := fields["timestamp"]; ok {
+		var t *time.Time
+		if err := json.Unmarshal(ts, &t); err != nil {
+			return nil, err
+		}
+		delete(fields, "timestamp")
+	}
 	return json.Marshal(fields)
 }
 
@@ -151,14 +191,15 @@ func namespace(reg Registration) string {
 	return reg.Namespace
 }
 
-// endpoint is where an agent serves: https://host:port, or stdio://<id>
-// for an agent with no port.
-func endpoint(reg Registration, tls bool) string {
+// endpoint is where an agent serves: https://host:port, http://host:port
+// when the agent port speaks plain HTTP (TLS off), as MCP Mesh announces
+// them, or stdio://<id> for an agent with no port.
+func (r *Registry) endpoint(reg Registration) string {
 	if reg.HTTPPort == 0 {
 		return "stdio://" + reg.AgentID
 	}
 	scheme := "https"
-	if !tls {
+	if r.cfg.PlainHTTP {
 		scheme = "http"
 	}
 	return fmt.Sprintf("%s://%s:%d", scheme, reg.HTTPHost, reg.HTTPPort)

@@ -123,6 +123,10 @@ type Config struct {
 	// CAs, entity "") to every agent, so that a dependency never resolves
 	// to another partner's host unless the operator said so.
 	ProviderEntities []string
+
+	// PlainHTTP is set when agents are registered over plain HTTP (TLS
+	// off): their endpoints are then http://host:port, not https://.
+	PlainHTTP bool
 }
 
 // Registry is the set of registered agents. It is safe for concurrent use.

@@ -215,7 +215,7 @@ func TestBinding(t *testing.T) {
 		})
 	}
 	// The owner of opus is untouched by the refused attempts.
-	if v := r.List(Filter{}, true); len(v) != 2 || v[1].Owner != "opus@ct111" || v[1].Status != StatusHealthy {
+	if v := r.List(Filter{}); len(v) != 2 || v[1].Owner != "opus@ct111" || v[1].Status != StatusHealthy {
 		t.Fatalf("agents after refused takeovers: %+v", v)
 	}
 	// A refused DELETE leaves the agent; the owner's DELETE removes it.
@@ -314,7 +314,7 @@ func TestLivenessAndRestart(t *testing.T) {
 	}
 	// A new registry over the same store has both agents, with b unhealthy.
 	r2 := newRegistry(t, st, c)
-	views := r2.List(Filter{}, true)
+	views := r2.List(Filter{})
 	if len(views) != 2 || views[0].Status != StatusHealthy || views[1].Status != StatusUnhealthy || views[0].Owner != "a@n1" {
 		t.Fatalf("after restart: %+v", views)
 	}
@@ -322,7 +322,7 @@ func TestLivenessAndRestart(t *testing.T) {
 	if _, err := heartbeat(t, r2, b, `{"agent_id":"b"}`); err != nil {
 		t.Fatal(err)
 	}
-	if v := r2.List(Filter{Status: StatusHealthy}, true); len(v) != 2 {
+	if v := r2.List(Filter{Status: StatusHealthy}); len(v) != 2 {
 		t.Fatalf("healthy after comeback: %d", len(v))
 	}
 }
@@ -349,6 +349,21 @@ func TestEvictionAndRotation(t *testing.T) {
 	if res, err := heartbeat(t, r, a1, `{"agent_id":"acme-a"}`); err != nil || !res.Rotate {
 		t.Fatalf("POST with the old cert after rotate: %+v %v, want rotate", res, err)
 	}
+	// That POST acknowledged the request, as in MCP Mesh: HEAD is 200
+	// again and the next POST does not ask again.
+	if res, err := r.Check(a1, "acme-a"); err != nil || res.Rotate {
+		t.Fatalf("HEAD after the POST that acknowledged the rotation: %+v %v, want 200", res, err)
+	}
+	if res, err := heartbeat(t, r, a1, `{"agent_id":"acme-a"}`); err != nil || res.Rotate {
+		t.Fatalf("second POST with the old cert: %+v %v, want no rotate", res, err)
+	}
+	if recs, _ := st.Agents(ctx); !rotateCleared(recs, "acme-a") {
+		t.Fatal("the acknowledgement of the rotation is not in the store")
+	}
+	// acme-b comes back with a fresh certificate: no rotate, done too.
+	if res, err := heartbeat(t, r, peer(t, "acme-b", "acme"), `{"agent_id":"acme-b"}`); err != nil || res.Rotate {
+		t.Fatalf("POST with a fresh cert after rotate: %+v %v, want no rotate", res, err)
+	}
 	fresh := peer(t, "acme-a", "acme")
 	if res, err := heartbeat(t, r, fresh, `{"agent_id":"acme-a"}`); err != nil || res.Rotate {
 		t.Fatalf("POST with a fresh cert: %+v %v, want rotation done", res, err)
@@ -370,7 +385,7 @@ func TestEvictionAndRotation(t *testing.T) {
 	if err != nil || len(ev) != 1 || ev[0].AgentID != "opus" {
 		t.Fatalf("evict by serial: %v %v", ev, err)
 	}
-	if v := r.List(Filter{Status: StatusHealthy}, true); len(v) != 0 {
+	if v := r.List(Filter{Status: StatusHealthy}); len(v) != 0 {
 		t.Fatalf("healthy agents after evictions: %+v", v)
 	}
 }
@@ -409,7 +424,7 @@ func TestTopologyAndResolution(t *testing.T) {
 	if res, _ := r.Check(w, "weather"); res.Rotate {
 		t.Fatal("HEAD after re-POST still 202")
 	}
-	if v := r.List(Filter{Capabilities: []string{"geocode"}}, true); len(v) != 1 || v[0].ID != "geo" || v[0].DependenciesResolved != 0 {
+	if v := r.List(Filter{Capabilities: []string{"geocode"}}); len(v) != 1 || v[0].ID != "geo" || v[0].DependenciesResolved != 0 {
 		t.Fatalf("capability filter: %+v", v)
 	}
 }
@@ -454,7 +469,7 @@ func TestConcurrentHeartbeats(t *testing.T) {
 				r.Check(p, p.Identity.Name)
 				if i%50 == 0 {
 					r.Sweep()
-					r.List(Filter{}, true)
+					r.List(Filter{})
 				}
 			}
 		}()
@@ -514,7 +529,7 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 	if res, _ := r.Check(g, "geo"); res.Rotate {
 		t.Fatal("geo's HEAD says 202 after a change no dependent can see")
 	}
-	if v := r.List(Filter{}, true); v[1].Description != "v2" {
+	if v := r.List(Filter{}); v[1].Description != "v2" {
 		t.Fatalf("description not updated: %+v", v[1])
 	}
 	// A changed endpoint is a topology change.
@@ -525,7 +540,18 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 		t.Fatal("geo's HEAD says 200 after weather moved its endpoint")
 	}
 	// Another certificate for the same agent id never takes the fast path.
-	if _, err := r.HeartbeatBody(ctx, peer(t, "weather@n2", ""), body("x", "v2")); !errors.Is(err, ErrForbidden) {
+	if _, err := r.HeartbeatBody(ctx, peer(t, "weather@n2", ""), body("2026-01-01T00:00:09Z", "v2")); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("another node's certificate: %v", err)
 	}
+}
+
+// rotateCleared reports whether the stored record of id has no rotation
+// pending.
+func rotateCleared(recs []store.Agent, id string) bool {
+	for _, a := range recs {
+		if a.ID == id {
+			return a.RotateFrom.IsZero()
+		}
+	}
+	return false
 }

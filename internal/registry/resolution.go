@@ -197,13 +197,18 @@ func (r *Registry) lookupDependency(d Dependency, consumer party, c *resolutionC
 }
 
 // provider picks a healthy provider, one the consumer may use,
-// whose tool offers capability with every tag of want (sorted) in
-// namespace ns. The lowest agent id wins, so answers are stable.
+// whose tool offers capability in namespace ns and matches want (sorted):
+// MCP Mesh's tag operators, where "tag" is required, "-tag" excluded and
+// "+tag" preferred. The provider with the most preferred tags wins, then
+// the lowest agent id, so answers are stable.
 func (r *Registry) provider(capability, ns string, want []string, consumer party) Resolution {
 	if r.hooks.resolve != nil {
 		r.hooks.resolve(capability)
 	}
-	best := Resolution{Status: "unresolved"}
+	q := parseTags(want)
+	best, bestScore := Resolution{Capability: capability, Status: "unresolved"}, -1
+	// An unresolved dependency keeps the capability it asked for, as in
+	// MCP Mesh; the provider's fields stay empty.
 	r.mu.RLock()
 	cands := make([]*entry, 0, len(r.providers[capability]))
 	for _, e := range r.providers[capability] {
@@ -214,19 +219,66 @@ func (r *Registry) provider(capability, ns string, want []string, consumer party
 		e.mu.Lock()
 		status, owner, reg, tags, gone := e.rec.Status, partyOf(&e.rec), e.reg, e.tags, e.gone
 		e.mu.Unlock()
-		if gone || status != StatusHealthy || namespace(reg) != ns || !r.mayProvide(owner, consumer) ||
-			(best.AgentID != "" && reg.AgentID >= best.AgentID) {
+		if gone || status != StatusHealthy || namespace(reg) != ns || !r.mayProvide(owner, consumer) {
 			continue
 		}
 		for i, t := range reg.Tools {
-			if t.Capability != capability || !subset(want, toolTags(&reg, tags, i)) {
+			if t.Capability != capability {
 				continue
 			}
-			best = Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: endpoint(reg, true), FunctionName: t.FunctionName, Status: "available"}
-			break
+			score, ok := q.match(toolTags(&reg, tags, i))
+			if !ok || score < bestScore || (score == bestScore && reg.AgentID >= best.AgentID) {
+				continue
+			}
+			best, bestScore = Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(reg), FunctionName: t.FunctionName, Status: "available"}, score
 		}
 	}
 	return best
+}
+
+// tagQuery is a dependency's tags read with MCP Mesh's operators, each
+// list sorted without duplicates.
+type tagQuery struct{ required, preferred, excluded []string }
+
+// parseTags splits sorted tags by operator. Tags without one, the usual
+// case, are all required and need no copy.
+func parseTags(tags []string) tagQuery {
+	if !slices.ContainsFunc(tags, func(t string) bool { return strings.HasPrefix(t, "+") || strings.HasPrefix(t, "-") }) {
+		return tagQuery{required: tags}
+	}
+	var q tagQuery
+	for _, t := range tags {
+		switch {
+		case strings.HasPrefix(t, "+"):
+			q.preferred = append(q.preferred, t[1:])
+		case strings.HasPrefix(t, "-"):
+			q.excluded = append(q.excluded, t[1:])
+		default:
+			q.required = append(q.required, t)
+		}
+	}
+	q.required, q.preferred, q.excluded = sortedTags(q.required), sortedTags(q.preferred), sortedTags(q.excluded)
+	return q
+}
+
+// match reports whether a tool's tags (sorted) satisfy q, and how many of
+// the preferred tags it has.
+func (q tagQuery) match(have []string) (int, bool) {
+	if !subset(q.required, have) {
+		return 0, false
+	}
+	for _, x := range q.excluded {
+		if _, found := slices.BinarySearch(have, x); found {
+			return 0, false
+		}
+	}
+	n := 0
+	for _, p := range q.preferred {
+		if _, found := slices.BinarySearch(have, p); found {
+			n++
+		}
+	}
+	return n, true
 }
 
 // mayProvide reports whether an agent of provider's may serve the

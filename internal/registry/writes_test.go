@@ -152,7 +152,7 @@ var errNoBatch = errors.New("the batch wrote nothing, so the change never ran")
 // views lists r without what a restart resets: liveness, and the expiry
 // of the certificate an agent registered with, which is not stored.
 func views(r *Registry) []View {
-	vs := r.List(Filter{}, true)
+	vs := r.List(Filter{})
 	for i := range vs {
 		vs[i].LastSeen, vs[i].CertificateExpiration = time.Time{}, nil
 	}

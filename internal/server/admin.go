@@ -119,7 +119,7 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	agents := map[string]int{}
-	for _, v := range s.reg.List(registry.Filter{}, true) {
+	for _, v := range s.reg.List(registry.Filter{}) {
 		if v.EntityID != "" && v.Status != registry.StatusEvicted {
 			agents[v.EntityID]++
 		}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/registry"
@@ -39,6 +41,12 @@ func (s *Server) agentHandler() http.Handler {
 	// caller without one could be issued.
 	mux.HandleFunc("POST /agent-cert", s.identified(certified, s.agentCert))
 	mux.HandleFunc("POST /renew", s.identified(certified, s.renew))
+	// Every other method and path is MCP Mesh's plain 404 (GET
+	// /agents/{id}, GET /heartbeat/{id}, PUT /heartbeat), never the 405
+	// the method-routed patterns above would give: a client of MCP Mesh
+	// branches on 404. The admin routes are among them: they are never
+	// served on this port.
+	mux.HandleFunc("/", notFound)
 	return s.guardSecret(mux)
 }
 
@@ -280,11 +288,28 @@ type agentList struct {
 	Timestamp string          `json:"timestamp"`
 }
 
+// notFound is MCP Mesh's answer to a route it does not serve, and
+// meshd's on the admin routes of the agent port, which say where they are.
+func notFound(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, "/admin/") {
+		http.Error(w, "404 page not found: meshd serves the admin API on its admin listener only (MCP_MESH_ADMIN_PORT or --admin-listen, with an admin identity's certificate), never on the agent port", http.StatusNotFound)
+		return
+	}
+	http.NotFound(w, r)
+}
+
 func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, _ *trust.Peer) {
 	q := r.URL.Query()
+	// MCP Mesh reads fuzzy as a bool, and refuses any other value.
+	if v := q.Get("fuzzy"); v != "" {
+		if _, err := strconv.ParseBool(v); err != nil {
+			writeJSON(w, http.StatusBadRequest, meshapi.ErrorResponse{Error: fmt.Sprintf("Invalid query parameters: fuzzy=%q is not a bool (true, false, 1, 0)", v), Reason: "bad_query", Timestamp: now(s)})
+			return
+		}
+	}
 	f := registry.Filter{Status: q.Get("status"), Entity: q.Get("entity"), Namespace: q.Get("namespace"),
 		Capabilities: append(q["capabilities"], q["capability"]...)}
-	views := s.reg.List(f, s.cfg.TLSMode != TLSOff)
+	views := s.reg.List(f)
 	out := agentList{Agents: views, Count: len(views), Timestamp: now(s)}
 	if len(views) == 0 {
 		out.Agents = nil

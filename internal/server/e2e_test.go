@@ -630,13 +630,22 @@ func TestE2EEntityRotate(t *testing.T) {
 			t.Errorf("HEAD after rotation: %d, want 202", r.code)
 		}
 	}
-	// Coming back with the same certificate does not end the rotation.
+	// One POST acknowledges the request, as in MCP Mesh, whose agents
+	// re-POST with the certificate they have: it hears rotate once, and
+	// HEAD is 200 again.
 	r = e.do(old, "POST", "/heartbeat", hb)
 	if r.code != http.StatusOK || r.json(t)["rotate"] != true {
 		t.Errorf("POST with the old certificate: %s, want rotate true", r)
 	}
-	if r := e.do(old, "HEAD", "/heartbeat/acme-corp-x", nil); r.code != http.StatusAccepted {
-		t.Errorf("HEAD after a POST with the old certificate: %d, want 202", r.code)
+	if r := e.do(old, "HEAD", "/heartbeat/acme-corp-x", nil); r.code != http.StatusOK {
+		t.Errorf("HEAD after the POST that acknowledged the rotation: %d, want 200", r.code)
+	}
+	if r := e.do(old, "POST", "/heartbeat", hb); r.code != http.StatusOK || r.json(t)["rotate"] != false {
+		t.Errorf("second POST with the old certificate: %s, want rotate false", r)
+	}
+	// A rotation acknowledged by a fresh certificate says nothing more.
+	if r := e.adminDo("POST", "/admin/rotate?entity_id=acme-corp", nil); r.code != http.StatusOK {
+		t.Fatal(r)
 	}
 	freshCert := acmeCorp.leaf(t, "acme-corp-x")
 	fresh := e.client(&freshCert)

@@ -258,7 +258,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	rl := cfg.Registrations
 	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: s.log,
 		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
-		ProviderEntities: rl.ProviderEntities}); err != nil {
+		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff}); err != nil {
 		return nil, err
 	}
 	var crlAge func() time.Duration
@@ -641,7 +641,7 @@ func (s *Server) sweepTrust(ctx context.Context) {
 		known[e] = true
 	}
 	var gone []string
-	for _, v := range s.reg.List(registry.Filter{}, true) {
+	for _, v := range s.reg.List(registry.Filter{}) {
 		if v.EntityID != "" && !known[v.EntityID] && v.Status != registry.StatusEvicted && !slices.Contains(gone, v.EntityID) {
 			gone = append(gone, v.EntityID)
 		}

@@ -341,7 +341,7 @@ func (a *agentConn) close() { a.conn.NetConn().Close() }
 func (m *mesh) notEvicted(agents []*agentConn) []string {
 	time.Sleep(300 * time.Millisecond)
 	status := map[string]string{}
-	for _, v := range m.Server.Registry().List(registry.Filter{}, true) {
+	for _, v := range m.Server.Registry().List(registry.Filter{}) {
 		status[v.ID] = v.Status
 	}
 	var out []string
