@@ -1,7 +1,9 @@
 // Command hbload is the heartbeat load generator: it drives POST /heartbeat
 // (or HEAD /heartbeat/{id}) at an MCP Mesh-compatible registry over mTLS,
 // one agent certificate per connection, and reports throughput, latency
-// percentiles and errors.
+// percentiles and errors. With -method raw it POSTs any body to any path
+// instead (bench/renew.sh drives certificate renewal at meshd and step-ca
+// with it), and any 2xx answer counts as success.
 //
 // It speaks HTTP/1.1 directly on the TLS connection with requests built
 // once per connection, so that on a small shared machine the generator
@@ -46,6 +48,7 @@ type options struct {
 	duration, timeout                 time.Duration
 	newConn, jsonOut, varyTimestamp   bool
 	method, label                     string
+	path, body                        string
 }
 
 func main() {
@@ -59,7 +62,9 @@ func main() {
 	flag.DurationVar(&o.duration, "d", 10*time.Second, "how long to run; 0 means until -n is reached (at most 2m)")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Second, "per-request timeout")
 	flag.BoolVar(&o.newConn, "new-conn", false, "a fresh TLS connection (full mutual handshake, no resumption) per request")
-	flag.StringVar(&o.method, "method", "post", "post (POST /heartbeat) or head (HEAD /heartbeat/{id})")
+	flag.StringVar(&o.method, "method", "post", "post (POST /heartbeat), head (HEAD /heartbeat/{id}) or raw (POST -body to -path)")
+	flag.StringVar(&o.path, "path", "/renew", "raw: the path to POST to")
+	flag.StringVar(&o.body, "body", "", "raw: the body to POST: a file, or a directory holding <id>.body for each <id>.crt (empty: no body)")
 	flag.BoolVar(&o.varyTimestamp, "vary-timestamp", false, "POST: set the payload's timestamp to the current time in every request, as an agent stamping each heartbeat would")
 	flag.BoolVar(&o.jsonOut, "json", false, "print one JSON line instead of text")
 	flag.StringVar(&o.label, "label", "", "name of the target, echoed in the report")
@@ -73,6 +78,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// methodRaw is -method raw: POST -body to -path, success on any 2xx.
+const methodRaw = "RAW"
 
 // errFailures reports a run in which some request failed; the report is
 // printed all the same, and hbload exits 3.
@@ -122,8 +130,11 @@ func run(o options) error {
 		o.duration = maxDuration
 	}
 	o.method = strings.ToUpper(o.method)
-	if o.method != http.MethodPost && o.method != http.MethodHead {
-		return fmt.Errorf("-method %q: want post or head", o.method)
+	if o.method != http.MethodPost && o.method != http.MethodHead && o.method != methodRaw {
+		return fmt.Errorf("-method %q: want post, head or raw", o.method)
+	}
+	if o.method == methodRaw && !strings.HasPrefix(o.path, "/") {
+		return fmt.Errorf("-path %q: want an absolute path", o.path)
 	}
 	u, err := url.Parse(o.url)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
@@ -258,6 +269,17 @@ func loadAgents(o options, u *url.URL) ([]agent, error) {
 			}
 			fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n", len(body))
 			b.Write(body)
+		case methodRaw:
+			body, err := rawBody(o.body, id)
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: hbload\r\nContent-Type: application/json\r\n", o.path, u.Host)
+			if o.newConn {
+				b.WriteString("Connection: close\r\n")
+			}
+			fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n", len(body))
+			b.Write(body)
 		case http.MethodHead:
 			fmt.Fprintf(&b, "HEAD /heartbeat/%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: hbload\r\n", url.PathEscape(id), u.Host)
 			if o.newConn {
@@ -268,6 +290,22 @@ func loadAgents(o options, u *url.URL) ([]agent, error) {
 		out = append(out, agent{id: id, tls: cfg, req: b.Bytes()})
 	}
 	return out, nil
+}
+
+// rawBody returns -method raw's body for connection id: the file at path,
+// or <id>.body in the directory at path, or nothing when path is empty.
+func rawBody(path, id string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.IsDir() {
+		path = filepath.Join(path, id+".body")
+	}
+	return os.ReadFile(path)
 }
 
 // naturalLess orders agent-9 before agent-10.
@@ -337,6 +375,9 @@ func (w *worker) run(n int, deadline time.Time) workerResult {
 		}
 	}
 	probe := &http.Request{Method: w.method}
+	if w.method == methodRaw {
+		probe.Method = http.MethodPost
+	}
 	for i := 0; (n == 0 || i < n) && time.Now().Before(deadline); i++ {
 		t0 := time.Now()
 		if w.conn == nil {
@@ -375,6 +416,11 @@ func (w *worker) run(n int, deadline time.Time) workerResult {
 		}
 		res.statuses[resp.StatusCode]++
 		switch {
+		case w.method == methodRaw && (resp.StatusCode < 200 || resp.StatusCode > 299):
+			fail(fmt.Sprintf("status_%d", resp.StatusCode), fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(w.body.Bytes())))
+		case w.method == methodRaw:
+			res.ok++
+			res.latencies = append(res.latencies, lat)
 		case w.method == http.MethodPost && resp.StatusCode != http.StatusOK,
 			w.method == http.MethodHead && resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted:
 			fail(fmt.Sprintf("status_%d", resp.StatusCode), fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(w.body.Bytes())))
