@@ -104,7 +104,9 @@ type IssuedCert struct {
 // RenewRequest is the body of POST /renew: a CSR for the caller's own
 // identity and, from a node, CSRs for its agents.
 type RenewRequest struct {
-	CSR    string             `json:"csr"`
+	// CSR is the PKCS #10 request in PEM for a new key; empty keeps the
+	// key of the certificate the call is authenticated with.
+	CSR    string             `json:"csr,omitempty"`
 	Agents []AgentCertRequest `json:"agents,omitempty"`
 }
 

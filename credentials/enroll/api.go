@@ -142,11 +142,13 @@ func (c *Client) Renew(ctx context.Context, current tls.Certificate, key crypto.
 	if err != nil {
 		return nil, fmt.Errorf("renew: the current certificate is not a mesh identity: %w", err)
 	}
-	csr, err := newCSR(cn, key)
-	if err != nil {
-		return nil, err
+	// The same key needs no CSR: the handshake proves it to meshd.
+	var body meshapi.RenewRequest
+	if pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+		if body.CSR, err = newCSR(cn, key); err != nil {
+			return nil, err
+		}
 	}
-	body := meshapi.RenewRequest{CSR: csr}
 	want := make(map[string]AgentKey, len(agents))
 	for _, a := range agents {
 		if self.Kind != identity.KindNode {

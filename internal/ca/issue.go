@@ -49,7 +49,33 @@ func (c *CA) Sign(ctx context.Context, csr *x509.CertificateRequest, req Request
 	if csr == nil {
 		return nil, fmt.Errorf("%w: no request", ErrBadCSR)
 	}
-	return c.issue(ctx, csr, csr.PublicKey, req)
+	return c.issue(ctx, csr, csr.PublicKey, req, false)
+}
+
+// SignProven is Sign for a CSR whose key the caller has already seen its
+// requester use: the key of the client certificate that authenticated the
+// request's TLS connection (the handshake's CertificateVerify is a
+// signature by that key over the handshake). The CSR's own signature then
+// proves nothing more and is not checked again; every other rule of the
+// policy applies as in Sign. A caller must pass only a CSR whose
+// RawSubjectPublicKeyInfo is byte for byte the verified certificate's.
+func (c *CA) SignProven(ctx context.Context, csr *x509.CertificateRequest, req Request) (*Issued, error) {
+	if csr == nil {
+		return nil, fmt.Errorf("%w: no request", ErrBadCSR)
+	}
+	return c.issue(ctx, csr, csr.PublicKey, req, true)
+}
+
+// Reissue issues a certificate for req.Identity and the public key pub,
+// with no CSR: for a renewal that keeps the key of the certificate that
+// authenticated it, as step-ca's renew does. The caller must have seen the
+// requester prove possession of pub (see SignProven). req.Identity is
+// required, since there is no CSR to take it from.
+func (c *CA) Reissue(ctx context.Context, pub crypto.PublicKey, req Request) (*Issued, error) {
+	if req.Identity.IsZero() {
+		return nil, policyErr("no identity to issue for")
+	}
+	return c.issue(ctx, nil, pub, req, true)
 }
 
 // IssueWithKey issues a certificate for req.Identity whose key the CA
@@ -91,7 +117,7 @@ func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 	case err != nil:
 		return nil, err
 	}
-	is, err := c.issue(ctx, nil, key.Public(), req)
+	is, err := c.issue(ctx, nil, key.Public(), req, true)
 	if err != nil {
 		return nil, err
 	}
@@ -110,11 +136,12 @@ func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 }
 
 // issue runs the policy, signs with the active intermediate and records the
-// result. csr is nil when the CA generated the key itself.
-func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto.PublicKey, req Request) (*Issued, error) {
+// result. csr is nil when there is none (the CA generated the key, or the
+// caller re-issues for a proven key); proven skips csr's signature check.
+func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto.PublicKey, req Request, proven bool) (*Issued, error) {
 	signer := c.signer()
 	now := c.cfg.Now()
-	s, err := c.checked(csr, pub, req, signer, now)
+	s, err := c.checked(csr, pub, req, signer, now, proven)
 	if err != nil {
 		return nil, c.refuse(ctx, s.req, err)
 	}
@@ -163,7 +190,7 @@ func (c *CA) Check(csr *x509.CertificateRequest, req Request) error {
 	if csr == nil {
 		return fmt.Errorf("%w: no request", ErrBadCSR)
 	}
-	s, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now())
+	s, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now(), false)
 	if err != nil {
 		return err
 	}
@@ -207,8 +234,9 @@ func revokedErr(err error) bool {
 
 // checked builds the certificate template for req and runs the policy on
 // it; csr is nil when the CA generated the key itself.
-func (c *CA) checked(csr *x509.CertificateRequest, pub crypto.PublicKey, req Request, signer *issuer, now time.Time) (*signing, error) {
+func (c *CA) checked(csr *x509.CertificateRequest, pub crypto.PublicKey, req Request, signer *issuer, now time.Time, proven bool) (*signing, error) {
 	s := &signing{
+		proven:  proven,
 		req:     req,
 		csr:     csr,
 		tmpl:    &x509.Certificate{PublicKey: pub},

@@ -85,6 +85,10 @@ type signing struct {
 	td   spiffeid.TrustDomain
 	// ceiling is the issuing intermediate's expiry.
 	ceiling time.Time
+	// proven is set when the caller has already verified that the
+	// requester holds csr's key (see SignProven): the CSR's own signature
+	// is then not checked a second time.
+	proven bool
 }
 
 // A csrValidator checks a certificate request before anything is built.
@@ -152,6 +156,9 @@ func policyErr(format string, args ...any) error {
 type csrSignature struct{}
 
 func (csrSignature) validateCSR(s *signing) error {
+	if s.proven {
+		return nil
+	}
 	if err := s.csr.CheckSignature(); err != nil {
 		return fmt.Errorf("%w: signature does not verify (was the CSR altered, or signed with another key?): %v", ErrBadCSR, err)
 	}

@@ -402,7 +402,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	}
 	var req meshapi.RenewRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "bad_request", "body must be JSON {\"csr\", \"agents\"}: "+err.Error())
+		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "bad_request", "body must be JSON {\"csr\", \"agents\"} (csr may be left out to keep the key): "+err.Error())
 		return
 	}
 	if len(req.Agents) > 0 && peer.Identity.Kind != identity.KindNode {
@@ -424,14 +424,19 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 			return
 		}
 	}
-	csr, err := ca.ParseCSR([]byte(req.CSR))
-	if err != nil {
-		s.issueError(w, r, peer, action, err)
-		return
-	}
-	if cn := csr.Subject.CommonName; cn != "" && cn != peer.Identity.CommonName() {
-		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "identity_change", fmt.Sprintf("renewal cannot change identity: the certificate is %q, the request names %q", peer.Identity.CommonName(), cn))
-		return
+	// No CSR: re-issue for the key the handshake proved. A CSR for that
+	// same key needs no second proof of possession either.
+	var csr *x509.CertificateRequest
+	if req.CSR != "" {
+		var err error
+		if csr, err = ca.ParseCSR([]byte(req.CSR)); err != nil {
+			s.issueError(w, r, peer, action, err)
+			return
+		}
+		if cn := csr.Subject.CommonName; cn != "" && cn != peer.Identity.CommonName() {
+			s.refuseIssue(w, r, peer, action, http.StatusForbidden, "identity_change", fmt.Sprintf("renewal cannot change identity: the certificate is %q, the request names %q", peer.Identity.CommonName(), cn))
+			return
+		}
 	}
 	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
 	ctx := r.Context()
@@ -455,7 +460,16 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 		}
 		agents = append(agents, agentReq{a.AgentID, acsr, areq})
 	}
-	is, err := s.auth.Sign(ctx, csr, own)
+	var is *ca.Issued
+	var err error
+	switch {
+	case csr == nil:
+		is, err = s.auth.Reissue(ctx, peer.Leaf.PublicKey, own)
+	case bytes.Equal(csr.RawSubjectPublicKeyInfo, peer.Leaf.RawSubjectPublicKeyInfo):
+		is, err = s.auth.SignProven(ctx, csr, own)
+	default:
+		is, err = s.auth.Sign(ctx, csr, own)
+	}
 	if err != nil {
 		s.issueError(w, r, peer, action, err)
 		return

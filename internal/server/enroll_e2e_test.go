@@ -943,3 +943,49 @@ func TestE2ELegacySecretCompat(t *testing.T) {
 		})
 	}
 }
+
+// TestE2ERenewKeepsKey: a renewal without a CSR re-issues for the key the
+// handshake proved, and a CSR for that same key is not asked to prove it
+// again; a CSR for any other key still must.
+func TestE2ERenewKeepsKey(t *testing.T) {
+	e, clock := newEnrollEnv(t, enrollOptions{mode: server.TLSStrict})
+	ctx := context.Background()
+	n := e.enrollNode(clock, testSecret, "ct310")
+	nc := e.freshClient(&n.cert)
+
+	r := e.do(nc, "POST", "/renew", map[string]any{})
+	if r.code != http.StatusOK {
+		t.Fatalf("renew without a CSR: %s", r)
+	}
+	certs, err := pemfile.ParseCerts([]byte(r.json(t)["certificate"].(string)))
+	if err != nil || certs[0].Subject.CommonName != "ct310.mesh" || !sameKey(n.key.Public(), certs[0].PublicKey) {
+		t.Fatalf("renew without a CSR issued %v (%v), want ct310.mesh with the node's key", certs, err)
+	}
+	if !slices.Equal(certs[0].DNSNames, n.bundle.Certificate.DNSNames) {
+		t.Errorf("renew without a CSR: DNS names %v, want %v", certs[0].DNSNames, n.bundle.Certificate.DNSNames)
+	}
+	if recs, _ := e.ca.st.CertsByName(ctx, "ct310.mesh"); len(recs) != 2 {
+		t.Errorf("ct310.mesh has %d recorded certificates, want 2", len(recs))
+	}
+
+	// A CSR whose signature no longer verifies: for the proven key the
+	// handshake stands in for it, for another key it is refused.
+	if r := e.do(nc, "POST", "/renew", map[string]string{"csr": brokenCSR(t, "ct310.mesh", n.key)}); r.code != http.StatusOK {
+		t.Errorf("renew with the proven key's CSR, its signature broken: %s, want 200", r)
+	}
+	other := e.newNodeKey()
+	if r := e.do(nc, "POST", "/renew", map[string]string{"csr": brokenCSR(t, "ct310.mesh", other)}); r.code != http.StatusBadRequest && r.code != http.StatusForbidden {
+		t.Errorf("renew with another key's CSR, its signature broken: %s, want a refusal", r)
+	}
+	if recs, _ := e.ca.st.CertsByName(ctx, "ct310.mesh"); len(recs) != 3 {
+		t.Errorf("ct310.mesh has %d recorded certificates, want 3", len(recs))
+	}
+}
+
+// brokenCSR is csrPEM with the last byte of its signature flipped.
+func brokenCSR(t *testing.T, cn string, key crypto.Signer) string {
+	t.Helper()
+	block, _ := pem.Decode([]byte(csrPEM(t, cn, key)))
+	block.Bytes[len(block.Bytes)-1] ^= 0xff
+	return string(pem.EncodeToMemory(block))
+}

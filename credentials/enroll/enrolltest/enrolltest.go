@@ -520,16 +520,21 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "malformed body: "+err.Error())
 		return
 	}
-	csr, err := parseCSR(body.CSR, self.CommonName())
-	if err != nil {
-		writeError(w, http.StatusForbidden, err.Error())
-		return
+	// No CSR keeps the key of the certificate the handshake presented.
+	pub := r.TLS.VerifiedChains[0][0].PublicKey
+	if body.CSR != "" {
+		csr, err := parseCSR(body.CSR, self.CommonName())
+		if err != nil {
+			writeError(w, http.StatusForbidden, err.Error())
+			return
+		}
+		pub = csr.PublicKey
 	}
 	if len(body.Agents) > 0 && self.Kind != identity.KindNode {
 		writeError(w, http.StatusForbidden, "only a node renews agents")
 		return
 	}
-	c, err := s.issue(self, csr.PublicKey)
+	c, err := s.issue(self, pub)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
