@@ -2050,3 +2050,54 @@ func FuzzNormalizeSerial(f *testing.F) {
 }
 
 func bigOne() *big.Int { return big.NewInt(1) }
+
+// TestReissueAndSignProven: the two ways to issue for a key the caller has
+// seen proved keep every rule of the policy but the CSR's own signature.
+func TestReissueAndSignProven(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	node, err := identity.NewNode("ct9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := ca.Request{Profile: ca.ProfileNode, Identity: node}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	is, err := f.ca.Reissue(ctx, key.Public(), req)
+	if err != nil || is.Cert.Subject.CommonName != "ct9.mesh" || !key.PublicKey.Equal(is.Cert.PublicKey) {
+		t.Fatalf("Reissue: %v, %v", is, err)
+	}
+	if _, err := f.ca.Reissue(ctx, key.Public(), ca.Request{Profile: ca.ProfileNode}); !errors.Is(err, ca.ErrPolicy) {
+		t.Errorf("Reissue without an identity: %v, want ErrPolicy", err)
+	}
+	weak, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Reissue(ctx, weak.Public(), req); !errors.Is(err, ca.ErrPolicy) {
+		t.Errorf("Reissue for a 1024-bit RSA key: %v, want ErrPolicy", err)
+	}
+
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct9.mesh"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der[len(der)-1] ^= 0xff // the signature no longer verifies
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Sign(ctx, csr, req); !errors.Is(err, ca.ErrBadCSR) {
+		t.Errorf("Sign of a CSR whose signature does not verify: %v, want ErrBadCSR", err)
+	}
+	if _, err := f.ca.SignProven(ctx, csr, req); err != nil {
+		t.Errorf("SignProven of the same CSR: %v", err)
+	}
+	csr.Subject.CommonName = "ct10.mesh"
+	if _, err := f.ca.SignProven(ctx, csr, req); err == nil {
+		t.Errorf("SignProven of a CSR naming another identity: issued")
+	}
+}
