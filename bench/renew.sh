@@ -20,13 +20,20 @@
 # median paired ratio against step-ca (summary.txt in $OUT). Both servers
 # are stopped by PID on exit.
 #
-# Env: C (32), ROUNDS (3), DUR (8s), OUT (results dir, default a temp dir).
+# With PROFILE=1 it then runs meshd in-process (bench/cmd/meshdprof) under
+# each meshd load for PROF_DUR and writes go tool pprof -top -cum of it to
+# $OUT/<load>.cum.
+#
+# Env: C (32), ROUNDS (3), DUR (8s), OUT (results dir, default a temp dir),
+#      PROFILE (0), PROF_DUR (5s).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 C=${C:-32}
 ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-8s}
+PROFILE=${PROFILE:-0}
+PROF_DUR=${PROF_DUR:-5s}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meshtrust-renew.XXXXXX")
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/meshtrust-renew-out.XXXXXX")}
 mkdir -p "$OUT"
@@ -35,13 +42,13 @@ BIN=$WORK/bin
 log() { printf 'renew.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-MESHD_PID= STEP_PID=
+MESHD_PID= STEP_PID= PROF_PID=
 cleanup() {
 	local pid
-	for pid in "$MESHD_PID" "$STEP_PID"; do
+	for pid in "$MESHD_PID" "$STEP_PID" "$PROF_PID"; do
 		[[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null || true
 	done
-	for pid in "$MESHD_PID" "$STEP_PID"; do
+	for pid in "$MESHD_PID" "$STEP_PID" "$PROF_PID"; do
 		[[ -n "$pid" ]] || continue
 		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 		kill -KILL "$pid" 2>/dev/null || true
@@ -76,7 +83,7 @@ wait_port() { # wait_port PORT PID
 json_pem() { awk '{ printf "%s\\n", $0 }' "$1"; }
 
 log "building meshd, meshctl, hbload; installing step-ca"
-go build -o "$BIN/" ./cmd/meshd ./cmd/meshctl ./bench/cmd/hbload
+go build -o "$BIN/" ./cmd/meshd ./cmd/meshctl ./bench/cmd/hbload ./bench/cmd/meshdprof
 STEPCA=$(bash scripts/stepca.sh path)
 
 log "creating a throwaway mesh CA and $C node certificates"
@@ -191,3 +198,27 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR + 
 			"$(awk -v a="$(rps "$name" | median)" -v b="$step" 'BEGIN { print a / b }')" "$paired"
 	done
 } | tee "$OUT/summary.txt"
+
+if [[ "$PROFILE" == 1 ]]; then
+	kill -TERM "$MESHD_PID" "$STEP_PID"
+	wait "$MESHD_PID" "$STEP_PID" 2>/dev/null || true
+	MESHD_PID= STEP_PID=
+	for spec in "meshd-renew-same-key /renew same-key" "meshd-renew-csr /renew csr" "meshd-agent-cert /agent-cert agent-cert"; do
+		read -r name path body <<<"$spec"
+		log "profiling meshd in-process under $name"
+		mkdir -p "$WORK/prof-$name"
+		"$BIN/meshdprof" -root-dir "$WORK/root" -ca-dir "$WORK/ca" -data-dir "$WORK/prof-$name" \
+			-tls-cert "$WORK/ca/issued/meshd.crt" -tls-key "$WORK/ca/issued/meshd.key" \
+			-cpuprofile "$OUT/$name.prof" >"$WORK/prof.out" 2>"$OUT/meshdprof.log" </dev/null &
+		PROF_PID=$!
+		for _ in $(seq 100); do grep -q '^addr=' "$WORK/prof.out" && break; sleep 0.1; done
+		addr=$(sed -n 's/^addr=//p' "$WORK/prof.out")
+		[[ -n "$addr" ]] || die "meshdprof did not start"
+		"$BIN/hbload" -method raw -c "$C" -d "$PROF_DUR" -label "$name-profiled" -url "https://$addr" \
+			-ca "$WORK/root/ca.crt" -certs "$WORK/nodes" -path "$path" -body "$WORK/$body" >&2 || true
+		kill -TERM "$PROF_PID"
+		wait "$PROF_PID" 2>/dev/null || true
+		PROF_PID=
+		go tool pprof -top -cum -nodecount=60 "$BIN/meshdprof" "$OUT/$name.prof" >"$OUT/$name.cum" 2>/dev/null || true
+	done
+fi

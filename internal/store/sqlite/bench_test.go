@@ -3,6 +3,7 @@ package sqlite
 import (
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,6 +108,51 @@ func BenchmarkPutAgents(b *testing.B) {
 				baseline = perSec
 			} else if baseline > 0 {
 				b.ReportMetric(perSec/baseline, "x-vs-batch-1")
+			}
+		})
+	}
+}
+
+// BenchmarkLiveAgents measures LiveAgents for a node of 10 agents as the
+// certificates each agent was issued grow: the cost must follow the number
+// of agents, not of certificates (x-vs-10-certs stays near 1).
+func BenchmarkLiveAgents(b *testing.B) {
+	var baseline float64 // ns/op with 10 certificates per agent
+	for _, perAgent := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("certs-per-agent=%d", perAgent), func(b *testing.B) {
+			s, err := Open(b.Context(), b.TempDir()+"/meshtrust.db")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			var wg sync.WaitGroup
+			errs := make(chan error, 10*perAgent)
+			for i := range 10 * perAgent {
+				c := testCert(i)
+				c.CommonName = fmt.Sprintf("agent%d@ct111", i%10)
+				c.IssuedAt = c.IssuedAt.Add(time.Duration(i) * time.Second)
+				wg.Go(func() { errs <- s.RecordCert(b.Context(), c, store.AuditEntry{Action: "cert.issue"}) })
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			at := testCert(0).NotBefore.Add(time.Hour)
+			start := time.Now()
+			for b.Loop() {
+				got, err := s.LiveAgents(b.Context(), "ct111", at)
+				if err != nil || len(got) != 10 {
+					b.Fatalf("LiveAgents = %v, %v; want 10 agents", got, err)
+				}
+			}
+			per := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+			if perAgent == 10 {
+				baseline = per
+			} else if baseline > 0 {
+				b.ReportMetric(per/baseline, "x-vs-10-certs")
 			}
 		})
 	}

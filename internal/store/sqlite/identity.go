@@ -196,9 +196,21 @@ func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]s
 	if s.closed {
 		return nil, store.ErrClosed
 	}
-	rows, err := s.rdb.QueryContext(ctx, `SELECT DISTINCT common_name FROM certs
-		WHERE agent_node = ? AND not_after > ? AND serial NOT IN (SELECT serial FROM revocations)
-		ORDER BY common_name`, node, at)
+	// A skip scan over certs_agent_names: each step jumps to the node's
+	// next agent name; each name is then kept if any certificate of it is
+	// live, looked up newest first by certs_common_name, which usually
+	// stops at the first row.
+	rows, err := s.rdb.QueryContext(ctx, `WITH RECURSIVE names(cn) AS (
+			SELECT (SELECT min(common_name) FROM certs WHERE agent_node = ?1)
+			UNION ALL
+			SELECT (SELECT min(common_name) FROM certs WHERE agent_node = ?1 AND common_name > names.cn)
+				FROM names WHERE names.cn IS NOT NULL
+		)
+		SELECT cn FROM names WHERE cn IS NOT NULL AND EXISTS (
+			SELECT 1 FROM certs c WHERE c.common_name = names.cn AND c.not_after > ?2
+				AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial)
+			ORDER BY c.issued_at DESC)
+		ORDER BY cn`, node, at)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: live agents of %q: %w", node, err)
 	}

@@ -215,13 +215,19 @@ func testLiveAgents(t *testing.T, open Opener) {
 	gone := newCert(5, "gone@ct200", at)
 	other := newCert(6, "opus@ct2000", at)
 	node := newCert(7, "ct200.mesh", at)
-	mustRecord(t, s, opus1, opus2, sage, old, gone, other, node)
+	// One live certificate is enough, whichever it is: an older one when
+	// the newest is revoked, a newer one when the oldest has expired.
+	back1, back2 := newCert(8, "back@ct200", at), newCert(9, "back@ct200", at.Add(time.Second))
+	late1, late2 := newCert(10, "late@ct200", at), newCert(11, "late@ct200", at.Add(time.Second))
+	late1.NotAfter = at.Add(time.Minute)
+	mustRecord(t, s, opus1, opus2, sage, old, gone, other, node, back1, back2, late1, late2)
 	mustRevoke(t, s, gone, 4, at.Add(time.Second))
+	mustRevoke(t, s, back2, 4, at.Add(time.Second))
 	got, err := s.LiveAgents(t.Context(), "ct200", at.Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"opus@ct200", "sage@ct200"}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if want := []string{"back@ct200", "late@ct200", "opus@ct200", "sage@ct200"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("LiveAgents(ct200) = %v, want %v", got, want)
 	}
 }
