@@ -13,6 +13,7 @@ DEPS=(
 	"openssl openssl" # the openssl CLI, used by the test suite
 	"gcc gcc"         # cgo, needed by go test -race
 	"make make"       # the Makefile drives the suite
+	"npm npm"         # npm pack fetches MCP Mesh (scripts/mcpmesh.sh); pulls in nodejs
 )
 
 SUDO=()
@@ -57,3 +58,11 @@ fi
 # once, about 15 minutes on two cores; a machine with the cached binary
 # skips in a second.
 bash "$(dirname "${BASH_SOURCE[0]}")/vault.sh" build
+
+# --- MCP Mesh 3.7.1 -----------------------------------------------------------
+# The compatibility tests drive meshd with MCP Mesh's own meshctl and compare
+# it with MCP Mesh's registry: scripts/mcpmesh.sh fetches the npm package
+# @mcpmesh/cli-linux-x64@3.7.1 (npm above), checks its checksums and caches
+# it in ${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}; a cached copy costs
+# nothing.
+bash "$(dirname "${BASH_SOURCE[0]}")/mcpmesh.sh" fetch >/dev/null

@@ -7,7 +7,7 @@
 # Environment (all optional unless noted):
 #   MCPMESH_PORT          listen port (default 18700; the PORT argument wins)
 #   MCPMESH_STATE_DIR     pid/log/db/HOME dir (default ${TMPDIR:-/tmp}/meshtrust-mcpmesh-<port>)
-#   MCPMESH_BIN           registry binary (default: whatever fetch.sh prints)
+#   MCPMESH_BIN           registry binary (default: whatever scripts/mcpmesh.sh fetch prints)
 #   MCP_MESH_TLS_MODE     off | auto | strict (default strict)
 #   MCP_MESH_TLS_CERT     server cert PEM  (required unless mode=off)
 #   MCP_MESH_TLS_KEY      server key PEM   (required unless mode=off)
@@ -47,7 +47,7 @@ case "$MODE" in off | auto | strict) ;; *) die "MCP_MESH_TLS_MODE must be off|au
   die "MCP_MESH_ADMIN_PORT is not supported here (upstream binds it on all interfaces); unset it"
 
 BIN="${MCPMESH_BIN:-}"
-[[ -n "$BIN" ]] || BIN="$("$HERE/fetch.sh")"
+[[ -n "$BIN" ]] || BIN="$("$HERE/../../scripts/mcpmesh.sh" fetch)"
 [[ -x "$BIN" ]] || die "registry binary not executable: $BIN"
 
 mkdir -p "$STATE/home"

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# fetch.sh — obtain the MCP Mesh registry binary (v3.7.1) for side-by-side
-# compatibility tests and benchmarks. It is only ever RUN as a peer; none of
-# its code is vendored into this repository.
+# Fetches, checks and caches MCP Mesh 3.7.1 (its registry binary and its
+# meshctl), which the compatibility tests and benchmarks run as a peer.
+# None of its code is vendored into this repository.
 #
-# Source: the npm package @mcpmesh/cli-linux-x64@3.7.1 (the npm registry is
-# the only place it is fetched from). Idempotent: if the cache already holds
-# a binary with the expected checksum, nothing is downloaded.
+#   scripts/mcpmesh.sh fetch   fetch once into the cache (idempotent); prints
+#                              the path of mcp-mesh-registry
+#   scripts/mcpmesh.sh path    print the cached package's bin directory
+#                              (mcp-mesh-registry and meshctl), fetched or not
 #
-# Usage:  bench/mcpmesh/fetch.sh            # prints the registry binary path
-#         MCPMESH_CACHE_DIR=/some/dir bench/mcpmesh/fetch.sh
+# Source: the npm package @mcpmesh/cli-linux-x64@3.7.1, with `npm pack` (the
+# npm registry is the only place it is fetched from). Cache:
+# ${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}/mcpmesh-3.7.1/package/bin. The
+# tarball and both binaries are checked against the checksums below; a
+# mismatch aborts, so an unexpected binary is never run. A cache that holds
+# the expected binaries is never fetched again.
 #
-# stdout: exactly one line, the absolute path of mcp-mesh-registry
-#         (meshctl lives next to it: "$(dirname "$path")/meshctl").
-# stderr: progress / errors.
+# stdout: one line, a path. stderr: progress and errors.
 set -euo pipefail
 
 VERSION="3.7.1"
 PKG="@mcpmesh/cli-linux-x64@${VERSION}"
-CACHE_DIR="${MCPMESH_CACHE_DIR:-${HOME}/.cache/meshtrust/mcpmesh-${VERSION}}"
+CACHE_DIR="${MESHTRUST_CACHE:-${HOME}/.cache/meshtrust}/mcpmesh-${VERSION}"
 
 # Checksums observed for 3.7.1 (npm dist.shasum / dist.integrity and the
 # unpacked binaries). A mismatch aborts: we never run an unexpected binary.
@@ -26,8 +29,15 @@ TGZ_SHA512_B64="dRtSokfhZnbfad659Qj1+aefkBxob0RjOJpMh24S3aNotkZTHv9IdW9q+MKkH3in
 REGISTRY_SHA256="f88b2f2832505a31ecfff6305f1f61c54e22d00bc17bf332785ef68c03f8ae7c"
 MESHCTL_SHA256="e97d9a9a9f0df0dd06382ee8aff0fa733c8f74dc82e9c782558cec3dc0416915"
 
-log() { printf 'fetch.sh: %s\n' "$*" >&2; }
+log() { printf 'mcpmesh.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+BIN_DIR="${CACHE_DIR}/package/bin"
+case "${1:-fetch}" in
+  path) printf '%s\n' "$BIN_DIR"; exit 0 ;;
+  fetch) ;;
+  *) printf 'usage: scripts/mcpmesh.sh fetch|path\n' >&2; exit 2 ;;
+esac
 
 case "$(uname -s)/$(uname -m)" in
   Linux/x86_64) ;;
@@ -37,7 +47,6 @@ for t in npm tar sha256sum sha1sum; do
   command -v "$t" >/dev/null 2>&1 || die "missing tool: $t"
 done
 
-BIN_DIR="${CACHE_DIR}/package/bin"
 REG="${BIN_DIR}/mcp-mesh-registry"
 CTL="${BIN_DIR}/meshctl"
 
