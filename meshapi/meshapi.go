@@ -32,6 +32,12 @@ const (
 	// PathRevocationsWatch is GET: a text/event-stream whose events of
 	// type EventRevocation carry a RevocationEvent.
 	PathRevocationsWatch = "/revocations/watch"
+	// PathSessionAttach is POST over mTLS: SessionAttachRequest in,
+	// SessionAttachResponse out (the seed's session.attach).
+	PathSessionAttach = "/session/attach"
+	// PathSessionJWKS is GET: the JSON Web Key Set that verifies session
+	// tokens. Public, like the bundle.
+	PathSessionJWKS = "/session/jwks"
 )
 
 // Routes of the admin API (the unix socket, or the mTLS admin listener).
@@ -53,6 +59,13 @@ const (
 	PathAdminAgents = "/admin/agents"
 	// PathAdminTokens is POST: TokenRequest in, TokenResponse out.
 	PathAdminTokens = "/admin/tokens"
+	// PathAdminPolicies + "/" + name is GET (Policy out) and PUT (Policy
+	// in, Policy out); PathAdminPolicies + "/" + name + "/check" is POST
+	// (PolicyCheckRequest in, PolicyCheckResponse out).
+	PathAdminPolicies = "/admin/policies"
+	// PathAdminSessionKeys + "/rotate" is POST: a new session signing
+	// key (SessionKeyRotateResponse out).
+	PathAdminSessionKeys = "/admin/session-keys"
 )
 
 // EventRevocation is the SSE event type of a revocation on
@@ -285,4 +298,51 @@ type TokenResponse struct {
 	// RootFingerprint is the mesh root's SHA-256 (lowercase hex), for
 	// `meshctl enroll --ca-fingerprint`.
 	RootFingerprint string `json:"root_fingerprint"`
+}
+
+// SessionAttachRequest is the body of POST /session/attach: the agent id
+// the caller claims, which its certificate must name.
+type SessionAttachRequest struct {
+	AgentID string `json:"agent_id"`
+}
+
+// SessionAttachResponse is a session token bound to the caller's client
+// certificate. Send it as "Authorization: Bearer <token>" on a connection
+// made with that certificate.
+type SessionAttachResponse struct {
+	Token     string    `json:"token"`
+	TokenType string    `json:"token_type"`
+	SessionID string    `json:"session_id"`
+	AgentID   string    `json:"agent_id"`
+	Identity  string    `json:"identity"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// SessionKeyRotateResponse names the new session signing key.
+type SessionKeyRotateResponse struct {
+	KeyID string `json:"key_id"`
+}
+
+// Policy is an allow-list policy kept in meshd's store: its YAML
+// document, and on answers the time it was set and its rule count.
+type Policy struct {
+	Name     string    `json:"name"`
+	Document string    `json:"document"`
+	Rules    int       `json:"rules,omitempty"`
+	Updated  time.Time `json:"updated,omitzero"`
+}
+
+// PolicyCheckRequest asks whether Identity (of Entity, "" for the mesh's
+// own CAs) may perform Operation ("GET /admin/agents", "grpc
+// /pkg.S/Method", "mcp tools/call search").
+type PolicyCheckRequest struct {
+	Identity  string `json:"identity"`
+	Entity    string `json:"entity,omitempty"`
+	Operation string `json:"operation"`
+}
+
+// PolicyCheckResponse is the decision and the rule that made it.
+type PolicyCheckResponse struct {
+	Allowed bool   `json:"allowed"`
+	Rule    string `json:"rule"`
 }

@@ -71,6 +71,13 @@ func TestWire(t *testing.T) {
 			`{"node_id":"ct112","ttl":"1h0m0s"}`},
 		{"TokenResponse", &TokenResponse{Token: "mtj_x", NodeID: "ct112", ExpiresAt: at, RootFingerprint: "ff"},
 			`{"token":"mtj_x","node_id":"ct112","expires_at":"2026-11-21T22:40:00Z","root_fingerprint":"ff"}`},
+		{"SessionAttachRequest", &SessionAttachRequest{AgentID: "opus"}, `{"agent_id":"opus"}`},
+		{"SessionAttachResponse", &SessionAttachResponse{Token: "t", TokenType: "Bearer", SessionID: "s", AgentID: "opus", Identity: "opus@ct111", ExpiresAt: at},
+			`{"token":"t","token_type":"Bearer","session_id":"s","agent_id":"opus","identity":"opus@ct111","expires_at":"2026-11-21T22:40:00Z"}`},
+		{"SessionKeyRotateResponse", &SessionKeyRotateResponse{KeyID: "k"}, `{"key_id":"k"}`},
+		{"Policy", &Policy{Name: "meshd", Document: "rules: []", Rules: 0}, `{"name":"meshd","document":"rules: []"}`},
+		{"PolicyCheckRequest", &PolicyCheckRequest{Identity: "opus@ct111", Operation: "GET /agents"}, `{"identity":"opus@ct111","operation":"GET /agents"}`},
+		{"PolicyCheckResponse", &PolicyCheckResponse{Allowed: true, Rule: "r"}, `{"allowed":true,"rule":"r"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := json.Marshal(tc.v)

@@ -218,7 +218,7 @@ func (a *Auth) certCaller(ctx context.Context, cs *conn, state *tls.ConnectionSt
 	var caller *Caller
 	p, err := a.cfg.Chain.Verify(ctx, state.PeerCertificates)
 	if err == nil {
-		caller = newCaller(p)
+		caller = CallerOf(p)
 	}
 	if cs != nil {
 		cs.mu.Lock()

@@ -92,8 +92,8 @@ func AgentID(p *trust.Peer) (string, error) {
 	return cn, nil
 }
 
-// newCaller derives a Caller from a verified peer.
-func newCaller(p *trust.Peer) *Caller {
+// CallerOf derives the Caller of a peer a trust.Chain verified.
+func CallerOf(p *trust.Peer) *Caller {
 	c := &Caller{Name: p.Name(), Identity: p.Identity, Entity: p.Entity, Fingerprint: p.Fingerprint, Peer: p}
 	if !p.Identity.IsZero() {
 		c.Name = p.Identity.CommonName()

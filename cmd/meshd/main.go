@@ -44,6 +44,8 @@ type options struct {
 	trustDomain                string
 	dev                        bool
 	heartbeatTimeout, interval time.Duration
+	sessionKeysDir             string
+	sessionTTL                 time.Duration
 	logLevel, logFormat        string
 	secretFile, meshSecretFile string
 	legacyCompat               bool
@@ -100,6 +102,8 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)")
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy")
+	f.StringVar(&o.sessionKeysDir, "session-keys-dir", "", "session token signing keys (default <ca-dir>/session-keys)")
+	f.DurationVar(&o.sessionTTL, "session-ttl", 15*time.Minute, "lifetime of a session token from POST /session/attach (at most 24h)")
 	f.DurationVar(&o.interval, "heartbeat-interval", 5*time.Second, "the interval agents heartbeat at; --heartbeat-timeout must cover at least two of them")
 	f.StringVar(&o.secretFile, "bootstrap-secret-file", "", "file holding the bootstrap secret that enrolls new nodes on /enroll (also: $MESHTRUST_BOOTSTRAP_SECRET, <data-dir>/bootstrap.secret)")
 	f.StringVar(&o.meshSecretFile, "mesh-secret-file", "", "the seed's earlier name for --bootstrap-secret-file (also: $MESHTRUST_MESH_SECRET, <data-dir>/mesh.secret)")
@@ -192,6 +196,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
 		HeartbeatTimeout: o.heartbeatTimeout, Logger: log,
+		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 		ReadTimeout: o.limits.readTimeout, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,

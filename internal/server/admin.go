@@ -43,6 +43,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /admin/revoke", s.revokeCert)
 	mux.HandleFunc("POST /admin/reinstate", s.reinstate)
 	mux.HandleFunc("POST /admin/tokens", s.createToken)
+	mux.HandleFunc("POST "+meshapi.PathAdminSessionKeys+"/rotate", s.rotateSessionKey)
 	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
 	mux.HandleFunc("DELETE /admin/agents/{agent_id}", s.releaseAgent)
 	return mux

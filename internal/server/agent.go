@@ -41,6 +41,9 @@ func (s *Server) agentHandler() http.Handler {
 	// caller without one could be issued.
 	mux.HandleFunc("POST /agent-cert", s.identified(certified, s.agentCert))
 	mux.HandleFunc("POST /renew", s.identified(certified, s.renew))
+	// A session is bound to a certificate; its keys are public.
+	mux.HandleFunc("POST "+meshapi.PathSessionAttach, s.identified(certified, s.attachSession))
+	mux.HandleFunc("GET "+meshapi.PathSessionJWKS, s.serveJWKS)
 	// Every other method and path is MCP Mesh's plain 404 (GET
 	// /agents/{id}, GET /heartbeat/{id}, PUT /heartbeat), never the 405
 	// the method-routed patterns above would give: a client of MCP Mesh

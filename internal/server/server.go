@@ -26,6 +26,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/events"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/filestore"
@@ -104,8 +105,13 @@ type Config struct {
 	// one node may hold; default 512. Renewing an agent it has is never
 	// refused by it.
 	MaxAgentsPerNode int
-	Logger           *slog.Logger
-	Now              func() time.Time
+	// SessionKeysDir holds the session token signing keys; default the
+	// CA dir's session-keys/. SessionTTL is a token's lifetime; default
+	// 15 minutes.
+	SessionKeysDir string
+	SessionTTL     time.Duration
+	Logger         *slog.Logger
+	Now            func() time.Time
 }
 
 // RegistrationLimits are the registry's bounds on one registration and its
@@ -134,6 +140,7 @@ type Server struct {
 	reg      *registry.Registry
 	conns    *connTracker
 	certs    credentials.Source // the agent port's certificate; nil with TLS off
+	sessions *meshauth.Sessions // nil without signing keys
 	metrics  *metrics
 	// anonymous counts and logs the callers admitted without a
 	// certificate in TLS mode auto.
@@ -238,6 +245,9 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		return nil, err
 	}
 	s.chain = trust.NewChain(s.revs, backends, trust.WithClock(cfg.Now))
+	if err := s.openSessions(); err != nil {
+		return nil, err
+	}
 	if s.files != nil {
 		// After the chain's own subscription, so the sweep never re-verifies
 		// against verdicts cached before the change.

@@ -1,0 +1,101 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+
+	"github.com/meshtrust/meshtrust/meshapi"
+	"github.com/meshtrust/meshtrust/meshauth"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// openSessions opens the session signing keys: in cfg.SessionKeysDir, by
+// default the CA dir's session-keys/ (where meshd keeps its keys). Without
+// either there are no sessions, and /session/attach says so.
+func (s *Server) openSessions() error {
+	dir := s.cfg.SessionKeysDir
+	if dir == "" && s.auth != nil {
+		dir = filepath.Join(s.auth.Config().Dir, "session-keys")
+	}
+	if dir == "" {
+		return nil
+	}
+	sess, err := meshauth.OpenSessions(meshauth.SessionsConfig{Dir: dir, TTL: s.cfg.SessionTTL, Issuer: "meshd", Now: s.cfg.Now})
+	if err != nil {
+		return err
+	}
+	s.sessions = sess
+	return nil
+}
+
+// attachSession is POST /session/attach, the seed's session.attach: the
+// certificate's agent id must be the one claimed; the token is bound to
+// the certificate.
+func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	if s.sessions == nil {
+		s.refuse(w, r, http.StatusNotFound, "no_sessions", "this meshd has no session signing keys (no local CA and no --session-keys-dir)")
+		return
+	}
+	if peer == nil {
+		s.refuse(w, r, http.StatusForbidden, trust.ReasonNoCertificate, "a session is bound to a client certificate: attach over mTLS with the agent's certificate")
+		return
+	}
+	var req meshapi.SessionAttachRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil || req.AgentID == "" {
+		s.refuse(w, r, http.StatusBadRequest, "bad_request", `body must be JSON {"agent_id": "<the agent id your certificate names>"}`)
+		return
+	}
+	allowed, err := meshauth.AgentID(peer)
+	if err != nil {
+		s.refuse(w, r, http.StatusForbidden, "identity_mismatch", err.Error())
+		return
+	}
+	if allowed != req.AgentID {
+		s.refuse(w, r, http.StatusForbidden, "identity_mismatch",
+			fmt.Sprintf("certificate %q speaks for agent %q, not %q", peer.Name(), allowed, req.AgentID))
+		return
+	}
+	caller := meshauth.CallerOf(peer)
+	tok, sess, err := s.sessions.Mint(caller)
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	if err := s.stillTrusted(r, peer); err != nil {
+		s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
+		return
+	}
+	s.log.Info("session attached", "identity", caller.Name, "session", sess.ID, "expires", sess.Expires)
+	writeJSON(w, http.StatusOK, meshapi.SessionAttachResponse{Token: tok, TokenType: "Bearer", SessionID: sess.ID,
+		AgentID: req.AgentID, Identity: caller.Name, ExpiresAt: sess.Expires.UTC()})
+}
+
+// serveJWKS is GET /session/jwks: the keys that verify session tokens,
+// for services that verify them without calling meshd.
+func (s *Server) serveJWKS(w http.ResponseWriter, r *http.Request) {
+	if s.sessions == nil {
+		s.refuse(w, r, http.StatusNotFound, "no_sessions", "this meshd has no session signing keys")
+		return
+	}
+	w.Header().Set("Cache-Control", "max-age=60")
+	writeJSON(w, http.StatusOK, s.sessions.JWKS())
+}
+
+// rotateSessionKey is POST /admin/session-keys/rotate.
+func (s *Server) rotateSessionKey(w http.ResponseWriter, r *http.Request) {
+	if s.sessions == nil {
+		s.adminError(w, r, http.StatusNotFound, "this meshd has no session signing keys")
+		return
+	}
+	kid, err := s.sessions.Rotate()
+	if err != nil {
+		s.internalError(w, r, errors.Join(errors.New("rotate the session signing key"), err))
+		return
+	}
+	s.log.Info("session signing key rotated", "key_id", kid)
+	writeJSON(w, http.StatusOK, meshapi.SessionKeyRotateResponse{KeyID: kid})
+}
