@@ -46,6 +46,7 @@ type options struct {
 	heartbeatTimeout, interval time.Duration
 	sessionKeysDir             string
 	sessionTTL                 time.Duration
+	healthCheckInterval        time.Duration
 	logLevel, logFormat        string
 	secretFile, meshSecretFile string
 	legacyCompat               bool
@@ -69,7 +70,11 @@ func envOr(key, def string) string {
 }
 
 func newCommand(stdout, stderr io.Writer) *cobra.Command {
-	o := &options{}
+	return commandFor(&options{}, stdout, stderr)
+}
+
+// commandFor is meshd's command, its flags parsed into o.
+func commandFor(o *options, stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "meshd",
 		Short: "The meshtrust server: mesh CA, mTLS agent registry and admin API",
@@ -83,6 +88,9 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := mcpmeshEnv(o, cmd.Flags(), os.Getenv); err != nil {
+				return err
+			}
 			return run(cmd.Context(), o, stdout, stderr)
 		},
 	}
@@ -91,8 +99,8 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.dataDir, "data-dir", envOr("MESHTRUST_DATA_DIR", ""), "data directory: store, admin socket, and (with --dev) the CA (env MESHTRUST_DATA_DIR)")
 	f.StringVar(&o.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", ""), "root CA directory (default <data-dir>/root; env MESHTRUST_ROOT_DIR)")
 	f.StringVar(&o.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", ""), "CA directory (default <data-dir>/ca; env MESHTRUST_CA_DIR)")
-	f.StringVar(&o.listen, "listen", envOr("MESHD_LISTEN", "127.0.0.1:8000"), "agent port address (env MESHD_LISTEN)")
-	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to --admin-identity certificates only")
+	f.StringVar(&o.listen, "listen", envOr("MESHD_LISTEN", "127.0.0.1:8000"), "agent port address (env MESHD_LISTEN, or MCP Mesh's HOST and PORT)")
+	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to --admin-identity certificates only (env MCP_MESH_ADMIN_PORT: 127.0.0.1:<port>)")
 	f.StringSliceVar(&o.admins, "admin-identity", []string{"admin@external"}, "mesh CA identities admitted on --admin-listen")
 	f.StringVar(&o.tlsMode, "tls-mode", envOr("MCP_MESH_TLS_MODE", "auto"), "off, auto or strict (env MCP_MESH_TLS_MODE)")
 	f.StringVar(&o.tlsCert, "tls-cert", envOr("MCP_MESH_TLS_CERT", ""), "agent port certificate, reloaded when it changes (env MCP_MESH_TLS_CERT)")
@@ -101,7 +109,8 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.trustDir, "trust-dir", envOr("MCP_MESH_TRUST_DIR", ""), "filestore directory: *.pem and entities/<name>.pem (env MCP_MESH_TRUST_DIR)")
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)")
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
-	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy")
+	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy (env DEFAULT_TIMEOUT_THRESHOLD, in seconds, as MCP Mesh's)")
+	f.DurationVar(&o.healthCheckInterval, "health-check-interval", registry.DefaultFlushInterval, "how often silent agents are marked unhealthy and liveness is written (env HEALTH_CHECK_INTERVAL, in seconds, as MCP Mesh's)")
 	f.StringVar(&o.sessionKeysDir, "session-keys-dir", "", "session token signing keys (default <ca-dir>/session-keys)")
 	f.DurationVar(&o.sessionTTL, "session-ttl", 15*time.Minute, "lifetime of a session token from POST /session/attach (at most 24h)")
 	f.DurationVar(&o.interval, "heartbeat-interval", 5*time.Second, "the interval agents heartbeat at; --heartbeat-timeout must cover at least two of them")
@@ -119,7 +128,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.IntVar(&o.limits.registrations.MaxDependencies, "max-dependencies", registry.DefaultMaxDependencies, "dependencies of all of one agent's tools together")
 	f.IntVar(&o.limits.registrations.MaxTags, "max-tags", registry.DefaultMaxTags, "tags one tool or dependency may carry")
 	f.StringVar(&o.limits.providerEntities, "provider-entities", envOr("MCP_MESH_PROVIDER_ENTITIES", ""), "comma list of partner entities whose agents may provide capabilities to agents outside their entity, the mesh's own included (default none: dependencies resolve inside their trust boundary; env MCP_MESH_PROVIDER_ENTITIES)")
-	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (env MCP_MESH_LOG_LEVEL, MCP_MESH_DEBUG_MODE)")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	return cmd
 }
@@ -195,7 +204,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		Listen: o.listen, AdminSocket: filepath.Join(o.dataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins,
 		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
-		HeartbeatTimeout: o.heartbeatTimeout, Logger: log,
+		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval, Logger: log,
 		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 		ReadTimeout: o.limits.readTimeout, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,

@@ -60,6 +60,8 @@ var (
 	ErrUnknown = errors.New("registry: unknown agent")
 	// ErrEvicted reports an evicted agent.
 	ErrEvicted = errors.New("registry: agent evicted")
+	// ErrDraining reports a new agent refused while the registry drains.
+	ErrDraining = errors.New("registry: draining")
 )
 
 // Refusal is why the registry refused a request.
@@ -176,8 +178,22 @@ type Registry struct {
 	// resolution computed at a value never misses a change made before it.
 	topology atomic.Uint64
 
+	// draining refuses new agent ids (SetDraining) while the agents
+	// registered keep heartbeating: a rolling restart moves new agents to
+	// the other replicas first.
+	draining atomic.Bool
+
 	hooks hooks
 }
+
+// SetDraining starts (true) or ends draining: while it drains, the
+// registry refuses to register agent ids it does not hold (ErrDraining),
+// and serves the agents it holds as usual. Like MCP Mesh's, the state is
+// this process's alone, and a restart ends it.
+func (r *Registry) SetDraining(on bool) { r.draining.Store(on) }
+
+// Draining reports whether the registry drains.
+func (r *Registry) Draining() bool { return r.draining.Load() }
 
 // hooks are where tests act inside the registry's writes. They are set
 // only by tests, before the registry is used.
@@ -317,6 +333,9 @@ func (r *Registry) claim(peer *trust.Peer, id string, reg *Registration) (*entry
 		}
 		if err := authorize(peer, id, nil); err != nil {
 			return nil, false, err
+		}
+		if r.draining.Load() {
+			return nil, false, refusal(ErrDraining, "draining", "meshd is draining before a restart and registers no new agent; register with another replica, or again once this one has restarted")
 		}
 		if err := r.bound(reg); err != nil {
 			return nil, false, err

@@ -46,6 +46,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST "+meshapi.PathAdminSessionKeys+"/rotate", s.rotateSessionKey)
 	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
 	mux.HandleFunc("DELETE /admin/agents/{agent_id}", s.releaseAgent)
+	s.adminRegistryRoutes(mux)
 	return mux
 }
 

@@ -233,6 +233,9 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 		code = http.StatusForbidden
 	case errors.Is(err, registry.ErrInvalid):
 		code = http.StatusBadRequest
+	case errors.Is(err, registry.ErrDraining):
+		code = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "5")
 	case errors.Is(err, registry.ErrUnknown), errors.Is(err, registry.ErrEvicted):
 		code = http.StatusGone
 		if method == "delete" {

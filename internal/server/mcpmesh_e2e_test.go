@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/meshtrust/meshtrust/internal/server"
@@ -153,5 +154,105 @@ func TestE2EMCPMeshResolutionTLSOff(t *testing.T) {
 	}
 	if got := e.resolvedAgent(c, "weather-1").CreatedAt; got != created {
 		t.Errorf("created_at moved from %s to %s on a changed registration", created, got)
+	}
+}
+
+// TestE2EMCPMeshAdminRoutes: what MCP Mesh's meshctl reads for registry
+// status|drain|resume, list --schemas and audit, on the admin API only.
+func TestE2EMCPMeshAdminRoutes(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	geoCert, _ := agentCert(t, e.ca.auth, "geo-1", "n1")
+	geo := map[string]any{"agent_id": "geo-1", "http_host": "127.0.0.1", "http_port": 9102, "tools": []map[string]any{
+		{"function_name": "geocode", "capability": "geocode", "tags": []string{"maps"},
+			"inputSchemaHash": "sha256:" + strings.Repeat("a", 64), "inputSchemaCanonical": map[string]any{"type": "object"}},
+	}}
+	if r := e.do(e.client(&geoCert), "POST", "/heartbeat", geo); r.code != http.StatusOK {
+		t.Fatal(r)
+	}
+	wCert, _ := agentCert(t, e.ca.auth, "weather-1", "n1")
+	weather := heartbeat("weather-1", 9101)
+	weather["tools"] = []map[string]any{{"function_name": "forecast", "capability": "weather",
+		"dependencies": []map[string]any{{"capability": "geocode", "tags": []string{"maps"}}, {"capability": "geocode", "tags": []string{"sea"}}}}}
+	if r := e.do(e.client(&wCert), "POST", "/heartbeat", weather); r.code != http.StatusOK {
+		t.Fatal(r)
+	}
+
+	if r := e.adminDo("GET", "/admin/drain", nil); r.code != http.StatusOK || r.json(t)["draining"] != false {
+		t.Errorf("GET /admin/drain: %s", r)
+	}
+	if r := e.adminDo("POST", "/admin/drain", nil); r.code != http.StatusOK || r.json(t)["draining"] != true {
+		t.Errorf("POST /admin/drain: %s", r)
+	}
+	// Draining: a new agent is sent elsewhere, the registered ones stay.
+	newCert, _ := agentCert(t, e.ca.auth, "late-1", "n1")
+	if r := e.do(e.client(&newCert), "POST", "/heartbeat", heartbeat("late-1", 9103)); r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+		t.Errorf("a new agent while draining: %s, want 503 with Retry-After", r)
+	}
+	if r := e.do(e.client(&wCert), "POST", "/heartbeat", weather); r.code != http.StatusOK {
+		t.Errorf("a registered agent while draining: %s", r)
+	}
+	if r := e.adminDo("DELETE", "/admin/drain", nil); r.code != http.StatusOK || r.json(t)["draining"] != false {
+		t.Errorf("DELETE /admin/drain: %s", r)
+	}
+	if r := e.do(e.client(&newCert), "POST", "/heartbeat", heartbeat("late-1", 9103)); r.code != http.StatusOK {
+		t.Errorf("a new agent after resume: %s", r)
+	}
+
+	r := e.adminDo("GET", "/schemas?limit=10", nil)
+	var schemas struct {
+		Count   int
+		Schemas []struct{ Hash, RuntimeOrigin string }
+	}
+	if err := json.Unmarshal(r.body, &schemas); err != nil || schemas.Count != 1 || schemas.Schemas[0].Hash != "sha256:"+strings.Repeat("a", 64) {
+		t.Errorf("GET /schemas: %s", r)
+	}
+	for _, q := range []string{"limit=0", "limit=1001", "limit=x"} {
+		if r := e.adminDo("GET", "/schemas?"+q, nil); r.code != http.StatusBadRequest {
+			t.Errorf("GET /schemas?%s: %s, want 400", q, r)
+		}
+	}
+
+	r = e.adminDo("GET", "/events?agent_id=weather-1&limit=40", nil)
+	var events struct {
+		Count  int
+		Events []struct {
+			EventType string `json:"event_type"`
+			Data      struct {
+				DepIndex int `json:"dep_index"`
+				Chosen   *struct {
+					AgentID string `json:"agent_id"`
+				}
+				Stages []struct {
+					Stage   string
+					Kept    []string
+					Evicted []struct{ ID, Reason string }
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(r.body, &events); err != nil || events.Count != 2 {
+		t.Fatalf("GET /events: %s", r)
+	}
+	ok, unresolved := events.Events[0], events.Events[1]
+	if ok.EventType != "dependency_resolved" || ok.Data.Chosen == nil || ok.Data.Chosen.AgentID != "geo-1" {
+		t.Errorf("first dependency: %+v", ok)
+	}
+	if unresolved.EventType != "dependency_unresolved" || unresolved.Data.DepIndex != 1 {
+		t.Errorf("second dependency: %+v", unresolved)
+	}
+	var tagStage []struct{ ID, Reason string }
+	for _, s := range unresolved.Data.Stages {
+		if s.Stage == "tags" {
+			tagStage = s.Evicted
+		}
+	}
+	if len(tagStage) != 1 || tagStage[0].ID != "geo-1:geocode" || tagStage[0].Reason != "MissingTag" {
+		t.Errorf("why geo-1 does not provide geocode[sea]: %+v", unresolved.Data.Stages)
+	}
+	// None of it on the agent port.
+	for _, p := range []string{"/admin/drain", "/schemas", "/events?agent_id=weather-1"} {
+		if r := e.do(e.client(&wCert), "GET", p, nil); r.code != http.StatusNotFound {
+			t.Errorf("GET %s on the agent port: %s, want 404", p, r)
+		}
 	}
 }

@@ -71,6 +71,9 @@ type Config struct {
 	// HeartbeatTimeout is how long an agent may be silent before it is
 	// unhealthy; default 20s.
 	HeartbeatTimeout time.Duration
+	// HealthCheckInterval is how often silent agents are marked unhealthy
+	// and liveness changes are written; default 500ms.
+	HealthCheckInterval time.Duration
 	// RevocationPoll is how often the store is checked for revocations
 	// made by other processes (meshctl ca revoke offline); default 100ms.
 	RevocationPoll time.Duration
@@ -266,7 +269,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	s.events = events.New(st, cursor, events.Config{Logger: s.log, Now: cfg.Now})
 	s.events.Handle(s.applyEvent)
 	rl := cfg.Registrations
-	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: s.log,
+	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, FlushInterval: cfg.HealthCheckInterval, Now: cfg.Now, Logger: s.log,
 		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
 		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff}); err != nil {
 		return nil, err
