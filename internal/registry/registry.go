@@ -254,11 +254,14 @@ type entry struct {
 	// resolved caches the last dependency resolution, and available how
 	// many of the dependencies it resolved, valid while the topology
 	// counter is resolvedAt.
-	resolved   map[string][]Resolution
-	available  int
-	resolvedAt uint64
-	lastSeen   atomic.Int64
-	topoSeen   atomic.Uint64
+	resolved  map[string][]Resolution
+	available int
+	// resolutions is resolved as GET /agents lists it, in the order the
+	// dependencies are declared; shared by every list, never modified.
+	resolutions []DependencyResolution
+	resolvedAt  uint64
+	lastSeen    atomic.Int64
+	topoSeen    atomic.Uint64
 }
 
 // New returns a registry over st, loaded with the agents st holds. Loaded

@@ -72,30 +72,31 @@ func (r *Registry) cacheAt(topo uint64) *resolutionCache {
 
 // resolveFor returns e's dependency resolution.
 func (r *Registry) resolveFor(e *entry) map[string][]Resolution {
-	res, _ := r.resolution(e)
+	res, _, _ := r.resolution(e)
 	return res
 }
 
 // resolution returns e's dependency resolution and how many of its
 // dependencies are available, computed again only when the topology moved
 // since e's was cached.
-func (r *Registry) resolution(e *entry) (map[string][]Resolution, int) {
+func (r *Registry) resolution(e *entry) (map[string][]Resolution, int, []DependencyResolution) {
 	topo := r.topology.Load()
 	e.mu.Lock()
 	if e.resolved != nil && e.resolvedAt == topo {
-		res, n := e.resolved, e.available
+		res, n, list := e.resolved, e.available, e.resolutions
 		e.mu.Unlock()
-		return res, n
+		return res, n, list
 	}
 	reg, consumer := e.reg, partyOf(&e.rec)
 	e.mu.Unlock()
 	res, n := r.resolve(reg, consumer, r.cacheAt(topo))
+	list := dependencyResolutions(reg, res)
 	e.mu.Lock()
 	if e.resolved == nil || e.resolvedAt < topo {
-		e.resolved, e.available, e.resolvedAt = res, n, topo
+		e.resolved, e.available, e.resolutions, e.resolvedAt = res, n, list, topo
 	}
 	e.mu.Unlock()
-	return res, n
+	return res, n, list
 }
 
 // setRegistration sets e's registration and the sorted tags resolution

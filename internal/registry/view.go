@@ -142,9 +142,7 @@ func (r *Registry) List(f Filter) []View {
 			v.Capabilities = append(v.Capabilities, c)
 			v.TotalDependencies += len(t.Dependencies)
 		}
-		var resolved map[string][]Resolution
-		resolved, v.DependenciesResolved = r.resolution(e)
-		v.DependencyResolutions = dependencyResolutions(reg, resolved)
+		_, v.DependenciesResolved, v.DependencyResolutions = r.resolution(e)
 		v.LLMToolResolutions, v.LLMProviderResolutions = r.llmResolutions(reg, partyOf(&rec))
 		out = append(out, v)
 	}
