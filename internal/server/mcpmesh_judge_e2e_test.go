@@ -1,0 +1,236 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/pemfile"
+)
+
+// mcpmeshAgents are the registrations both registries are judged with:
+// MCP Mesh's benchmark agent (tools with dependencies, tags and input
+// schemas), its geocode provider with a canonical schema, and an LLM
+// agent (llm_provider, llm_filter, a2a_producer).
+func mcpmeshAgents(t *testing.T) []map[string]any {
+	t.Helper()
+	data, err := os.ReadFile("../../bench/mcpmesh/heartbeat.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var weather map[string]any
+	if err := json.Unmarshal(data, &weather); err != nil {
+		t.Fatal(err)
+	}
+	geo := map[string]any{"agent_id": "geo-agent-1", "name": "geo-agent", "version": "1.2.0", "runtime": "python", "http_host": "127.0.0.1", "http_port": 9102,
+		"description": "Geocoding", "tools": []any{
+			map[string]any{"function_name": "geocode", "capability": "geocode", "version": "1.2.0", "tags": []any{"maps"}, "description": "Place to lat/lon",
+				"inputSchema":     map[string]any{"type": "object", "properties": map[string]any{"q": map[string]any{"type": "string"}}},
+				"inputSchemaHash": "sha256:" + strings.Repeat("ab", 32), "inputSchemaCanonical": map[string]any{"type": "object", "properties": map[string]any{"q": map[string]any{"type": "string"}}}},
+		}}
+	llm := map[string]any{"agent_id": "smart-agent-1", "name": "smart-agent", "version": "0.1.0", "runtime": "typescript", "http_host": "127.0.0.1", "http_port": 9103,
+		"a2a_producer": true, "tools": []any{
+			map[string]any{"function_name": "smart_analyze", "capability": "analysis", "tags": []any{"llm"},
+				"llm_provider": map[string]any{"capability": "llm", "tags": []any{"+claude"}},
+				"llm_filter":   map[string]any{"filter": []any{map[string]any{"capability": "geocode"}, map[string]any{"capability": "weather_forecast", "tags": []any{"weather"}}}, "filter_mode": "all"},
+				"kwargs":       map[string]any{"timeout": 30}},
+		}}
+	return []map[string]any{geo, weather, llm}
+}
+
+// judged is one registry under MCP Mesh's meshctl: where meshctl reaches
+// its agent routes and its admin routes, with which variables.
+type judged struct {
+	name           string
+	url, adminURL  string
+	env, adminEnv  []string
+	post           func(body any) reply
+	head           func(id string) int
+	cleanupOutputs []string
+}
+
+// TestMCPMeshMeshctlLists: MCP Mesh's meshctl list (every output flag)
+// and status print the same against meshd as against MCP Mesh's
+// registry, TLS off, once both hold the same agents.
+func TestMCPMeshMeshctlLists(t *testing.T) {
+	bin := mcpmeshBin(t)
+	mm := startMCPMesh(t, bin, mcpmeshOptions{mode: "off"})
+	e := newEnv(t, envOptions{mode: server.TLSOff})
+	plain := &http.Client{Timeout: 10 * time.Second}
+	for _, a := range mcpmeshAgents(t) {
+		for _, u := range []string{mm.url, e.baseURL()} {
+			if r := do(t, plain, "POST", u+"/heartbeat", a); r.code != http.StatusOK {
+				t.Fatalf("register %s at %s: %s", a["agent_id"], u, r)
+			}
+		}
+	}
+	// Once more, so that both resolve against every agent.
+	for _, a := range mcpmeshAgents(t) {
+		for _, u := range []string{mm.url, e.baseURL()} {
+			do(t, plain, "POST", u+"/heartbeat", a)
+		}
+	}
+	home := t.TempDir()
+	for _, args := range [][]string{
+		{"list"}, {"list", "--all"}, {"list", "--filter", "weather"}, {"list", "--no-deps"}, {"list", "--wide"},
+		{"list", "--tools"}, {"list", "--tools=get_forecast"}, {"list", "--tools=geo-agent-1:geocode"}, {"list", "--services"},
+		{"list", "--since", "1h"}, {"list", "--verbose"}, {"list", "--tools", "--show-framework"},
+		{"status"}, {"status", "weather-agent-1"}, {"status", "--verbose"},
+	} {
+		want := mcpmeshctl(t, bin, home, nil, append(args, "--registry-url", mm.url)...)
+		got := mcpmeshctl(t, bin, home, nil, append(args, "--registry-url", e.baseURL())...)
+		if got.code != want.code || normalize(got.out, e.baseURL()) != normalize(want.out, mm.url) {
+			t.Errorf("meshctl %s: against meshd (exit %d):\n%s\nagainst MCP Mesh (exit %d):\n%s", strings.Join(args, " "), got.code, got.out, want.code, want.out)
+		}
+	}
+	for _, args := range [][]string{{"list", "--json"}, {"list", "--json", "--all"}, {"status", "--json"}, {"status", "weather-agent-1", "--json"}, {"list", "--services", "--json"}} {
+		want := mcpmeshctl(t, bin, home, nil, append(args, "--registry-url", mm.url)...)
+		got := mcpmeshctl(t, bin, home, nil, append(args, "--registry-url", e.baseURL())...)
+		if got.code != 0 || want.code != 0 {
+			t.Errorf("meshctl %s: exit %d against meshd, %d against MCP Mesh:\n%s\n%s", strings.Join(args, " "), got.code, want.code, got.out, want.out)
+			continue
+		}
+		var g, w any
+		if err := json.Unmarshal([]byte(got.out), &g); err != nil {
+			t.Errorf("meshctl %s against meshd: %v\n%s", strings.Join(args, " "), err, got.out)
+			continue
+		}
+		if err := json.Unmarshal([]byte(want.out), &w); err != nil {
+			t.Fatalf("meshctl %s against MCP Mesh: %v\n%s", strings.Join(args, " "), err, want.out)
+		}
+		for _, d := range diffJSON("", w, g, agentInfoAllowed) {
+			t.Errorf("meshctl %s: %s", strings.Join(args, " "), d)
+		}
+	}
+}
+
+// adminEnv is meshd with an mTLS admin listener on loopback (what
+// MCP_MESH_ADMIN_PORT opens), and the variables MCP Mesh's meshctl reaches
+// it with as admin@external, or as an agent.
+func adminEnv(t *testing.T, mode server.TLSMode) (e *env, admin, agent []string) {
+	t.Helper()
+	e = newEnv(t, envOptions{mode: mode, configure: func(c *server.Config) {
+		c.AdminListen, c.AdminIdentities = "127.0.0.1:0", []string{"admin@external"}
+	}})
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root.pem")
+	if err := os.WriteFile(root, pemfile.EncodeCerts(e.ca.auth.Root()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	iss, err := e.ca.auth.IssueClient(context.Background(), "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminCert, err := tls.LoadX509KeyPair(e.ca.cfg.IssuedCertPath(iss.Cert.Subject.CommonName), e.ca.cfg.IssuedKeyPath(iss.Cert.Subject.CommonName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, k := writePair(t, dir, "admin", adminCert)
+	admin = []string{"MCP_MESH_TLS_CERT=" + c, "MCP_MESH_TLS_KEY=" + k, "MCP_MESH_TLS_CA=" + root}
+	agentTLS, _ := agentCert(t, e.ca.auth, "weather-agent-1", "n1")
+	c, k = writePair(t, dir, "agent", agentTLS)
+	agent = []string{"MCP_MESH_TLS_CERT=" + c, "MCP_MESH_TLS_KEY=" + k, "MCP_MESH_TLS_CA=" + root}
+	return e, admin, agent
+}
+
+// TestMCPMeshMeshctlAdmin: MCP Mesh's meshctl registry status|drain|
+// resume, list --schemas, audit and entity rotate work against meshd's
+// admin listener with MCP Mesh's TLS variables, as against MCP Mesh's
+// registry; an agent's certificate, or none, is refused there.
+func TestMCPMeshMeshctlAdmin(t *testing.T) {
+	bin := mcpmeshBin(t)
+	mm := startMCPMesh(t, bin, mcpmeshOptions{mode: "off"})
+	e, adminVars, agentVars := adminEnv(t, server.TLSAuto)
+	adminURL := "https://" + e.srv.AdminTLSAddr()
+	plain := &http.Client{Timeout: 10 * time.Second}
+	certs := map[string]*http.Client{}
+	for _, a := range mcpmeshAgents(t) {
+		id := a["agent_id"].(string)
+		cert, _ := agentCert(t, e.ca.auth, id, "n1")
+		certs[id] = e.client(&cert)
+		for i := 0; i < 2; i++ {
+			if r := do(t, plain, "POST", mm.url+"/heartbeat", a); r.code != http.StatusOK {
+				t.Fatalf("register %s with MCP Mesh: %s", id, r)
+			}
+			if r := e.do(certs[id], "POST", "/heartbeat", a); r.code != http.StatusOK {
+				t.Fatalf("register %s with meshd: %s", id, r)
+			}
+		}
+	}
+	home := t.TempDir()
+	same := func(args ...string) meshctlRun {
+		t.Helper()
+		want := mcpmeshctl(t, bin, home, nil, append(args, "--registry-url", mm.url)...)
+		got := mcpmeshctl(t, bin, home, adminVars, append(args, "--registry-url", adminURL)...)
+		if got.code != want.code || normalize(got.out, adminURL) != normalize(want.out, mm.url) {
+			t.Errorf("meshctl %s: against meshd's admin listener (exit %d):\n%s\nagainst MCP Mesh (exit %d):\n%s", strings.Join(args, " "), got.code, got.out, want.code, want.out)
+		}
+		return got
+	}
+	same("registry", "status")
+	same("registry", "status", "--json")
+	same("registry", "drain")
+	same("registry", "status")
+	same("registry", "resume")
+	same("registry", "drain", "--wait")
+	same("registry", "resume")
+	same("list", "--schemas")
+	same("list", "--schemas", "--limit", "1")
+	same("list", "--schemas", "--json")
+	same("schema", "list")
+
+	// audit: MCP Mesh records an event only when several providers
+	// compete or the choice changes; meshd explains every dependency as
+	// it resolves now. So meshd's audit names the chosen provider, and
+	// why notify has none.
+	got := mcpmeshctl(t, bin, home, adminVars, "audit", "weather-agent-1", "--explain", "--registry-url", adminURL)
+	if got.code != 0 || !strings.Contains(got.out, "chosen: geo-agent-1") || !strings.Contains(got.out, "capability=notify") {
+		t.Errorf("meshctl audit against meshd (exit %d):\n%s", got.code, got.out)
+	}
+	if got := mcpmeshctl(t, bin, home, adminVars, "audit", "weather", "--json", "--registry-url", adminURL); got.code != 0 || !strings.Contains(got.out, `"dependency_resolved"`) {
+		t.Errorf("meshctl audit --json against meshd (exit %d):\n%s", got.code, got.out)
+	}
+
+	// entity rotate: the agents are asked to POST again (HEAD 202), and
+	// one POST acknowledges it (HEAD 200), in both.
+	want := mcpmeshctl(t, bin, home, nil, "entity", "rotate", "--registry-url", mm.url)
+	got = mcpmeshctl(t, bin, home, adminVars, "entity", "rotate", "--registry-url", adminURL)
+	if got.code != 0 || want.code != 0 || normalize(got.out) != normalize(want.out) {
+		t.Errorf("meshctl entity rotate: against meshd (exit %d):\n%s\nagainst MCP Mesh (exit %d):\n%s", got.code, got.out, want.code, want.out)
+	}
+	geo := mcpmeshAgents(t)[0]
+	for _, step := range []struct {
+		what string
+		post bool
+		want int
+	}{{"after rotate", false, http.StatusAccepted}, {"after one POST", true, http.StatusOK}} {
+		if step.post {
+			do(t, plain, "POST", mm.url+"/heartbeat", geo)
+			e.do(certs["geo-agent-1"], "POST", "/heartbeat", geo)
+		}
+		mmCode := do(t, plain, "HEAD", mm.url+"/heartbeat/geo-agent-1", nil).code
+		meshdCode := e.do(certs["geo-agent-1"], "HEAD", "/heartbeat/geo-agent-1", nil).code
+		if mmCode != step.want || meshdCode != step.want {
+			t.Errorf("HEAD %s: MCP Mesh %d, meshd %d, want %d", step.what, mmCode, meshdCode, step.want)
+		}
+	}
+
+	// Never anonymous, never an agent: meshd's admin identities only.
+	for name, vars := range map[string][]string{"an agent's certificate": agentVars, "no certificate": adminVars[2:]} {
+		for _, args := range [][]string{{"registry", "drain"}, {"list", "--schemas"}, {"entity", "rotate"}} {
+			if r := mcpmeshctl(t, bin, home, vars, append(args, "--registry-url", adminURL)...); r.code == 0 {
+				t.Errorf("meshctl %s with %s: exit 0, want a refusal:\n%s", strings.Join(args, " "), name, r.out)
+			}
+		}
+	}
+	if e.srv.Registry().Draining() {
+		t.Error("a refused drain drained meshd")
+	}
+}
