@@ -234,3 +234,54 @@ func TestMCPMeshMeshctlAdmin(t *testing.T) {
 		t.Error("a refused drain drained meshd")
 	}
 }
+
+// TestMCPMeshMeshctlEntities: MCP Mesh's meshctl entity register, list
+// and revoke on a trust directory that meshd (filestore) and MCP Mesh's
+// registry both trust: an entity's agent is admitted by both once it is
+// registered, and refused by both once it is revoked.
+func TestMCPMeshMeshctlEntities(t *testing.T) {
+	bin := mcpmeshBin(t)
+	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true})
+	mm := startMCPMesh(t, bin, mcpmeshOptions{mode: "strict", certFile: e.cfg.CertFile, keyFile: e.cfg.KeyFile, trustDir: e.trustDir})
+	acme := newTestCA(t, "acme CA")
+	caFile := filepath.Join(t.TempDir(), "acme-ca.pem")
+	if err := os.WriteFile(caFile, acme.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agentTLS := acme.leaf(t, "acme-weather-1")
+	c := e.client(&agentTLS)
+	body := heartbeat("acme-weather-1", 9201, "weather")
+	codes := func() (mmCode, meshdCode int) {
+		return do(t, c, "POST", mm.url+"/heartbeat", body).code, e.do(c, "POST", "/heartbeat", body).code
+	}
+	if a, b := codes(); a != http.StatusForbidden || b != http.StatusForbidden {
+		t.Fatalf("an unknown entity's agent: MCP Mesh %d, meshd %d, want 403 from both\n%s", a, b, mm.logs)
+	}
+	home := t.TempDir()
+	if r := mcpmeshctl(t, bin, home, nil, "entity", "register", "acme", "--ca-cert", caFile, "--trust-dir", e.trustDir); r.code != 0 {
+		t.Fatalf("meshctl entity register: exit %d\n%s", r.code, r.out)
+	}
+	eventually(t, 10*time.Second, "both registries to admit acme's agent", func() bool {
+		a, b := codes()
+		return a == http.StatusOK && b == http.StatusOK
+	})
+	if r := mcpmeshctl(t, bin, home, nil, "entity", "list", "--trust-dir", e.trustDir); r.code != 0 || !strings.Contains(r.out, "entities/acme.pem") {
+		t.Errorf("meshctl entity list: exit %d\n%s", r.code, r.out)
+	}
+	// meshd lists the entity MCP Mesh's meshctl registered, from the trust dir.
+	if r := e.adminDo("GET", "/admin/entities", nil); r.code != http.StatusOK || !strings.Contains(string(r.body), `"acme"`) {
+		t.Errorf("meshd's entity list: %s", r)
+	}
+	if r := mcpmeshctl(t, bin, home, nil, "entity", "revoke", "acme", "--force", "--trust-dir", e.trustDir); r.code != 0 {
+		t.Fatalf("meshctl entity revoke: exit %d\n%s", r.code, r.out)
+	}
+	eventually(t, 10*time.Second, "both registries to refuse acme's agent", func() bool {
+		a, b := codes()
+		return a == http.StatusForbidden && b == http.StatusForbidden
+	})
+	// meshd evicts the revoked entity's agent at once; MCP Mesh lists it
+	// healthy until its heartbeat timeout (docs/mcpmesh-wire.md).
+	eventually(t, 5*time.Second, "meshd to evict acme's agent", func() bool {
+		return strings.Contains(string(e.adminDo("GET", "/admin/agents", nil).body), `"status":"evicted"`)
+	})
+}

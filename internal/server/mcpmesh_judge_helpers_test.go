@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,11 +103,14 @@ func startMCPMesh(t *testing.T, bin string, o mcpmeshOptions) *mcpmeshRegistry {
 			<-done
 		}
 	})
+	// Ready once it answers HTTP: it listens before its TLS is set up.
+	probe := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	defer probe.CloseIdleConnections()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		resp, err := probe.Get(m.url + "/health")
 		if err == nil {
-			c.Close()
+			resp.Body.Close()
 			return m
 		}
 		if time.Now().After(deadline) {
