@@ -126,6 +126,9 @@ func (r *Registry) List(f Filter) []View {
 		if v.AgentType == "" {
 			v.AgentType = "mcp_agent"
 		}
+		if v.Runtime == "" {
+			v.Runtime = "python" // MCP Mesh's default
+		}
 		if !notAfter.IsZero() {
 			v.CertificateExpiration = &notAfter
 		}
