@@ -3,6 +3,7 @@ module github.com/meshtrust/meshtrust
 go 1.26.8
 
 require (
+	github.com/Masterminds/semver/v3 v3.4.0
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/go-jose/go-jose/v4 v4.1.5
 	github.com/hashicorp/vault/api v1.23.0

@@ -58,6 +58,7 @@ func (r *Registry) Explain(id string) ([]Explanation, bool) {
 // candidate is one tool of one agent that offers a capability.
 type candidate struct {
 	id      string // "<agent>:<function>", as MCP Mesh names it
+	version string
 	agent   string
 	healthy bool
 	ns      string
@@ -71,7 +72,7 @@ func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Exp
 	if ns == "" {
 		ns = "default"
 	}
-	x := Explanation{FunctionName: fn, DepIndex: idx, Dependency: d, Chosen: r.provider(d.Capability, ns, sortedTags(d.Tags), consumer)}
+	x := Explanation{FunctionName: fn, DepIndex: idx, Dependency: d, Chosen: r.provider(d.Capability, ns, sortedTags(d.Tags), d.Version, consumer)}
 	r.mu.RLock()
 	entries := make([]*entry, 0, len(r.providers[d.Capability]))
 	for _, e := range r.providers[d.Capability] {
@@ -85,7 +86,7 @@ func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Exp
 			for i, t := range e.reg.Tools {
 				if t.Capability == d.Capability {
 					cands = append(cands, candidate{id: e.reg.AgentID + ":" + t.FunctionName, agent: e.reg.AgentID,
-						healthy: e.rec.Status == StatusHealthy, ns: namespace(e.reg), owner: partyOf(&e.rec), tags: toolTags(&e.reg, e.tags, i),
+						healthy: e.rec.Status == StatusHealthy, ns: namespace(e.reg), owner: partyOf(&e.rec), tags: toolTags(&e.reg, e.tags, i), version: t.Version,
 						res: Resolution{AgentID: e.reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(e.reg), FunctionName: t.FunctionName, Status: "available"}})
 				}
 			}
@@ -93,7 +94,7 @@ func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Exp
 		e.mu.Unlock()
 	}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].id < cands[j].id })
-	q := parseTags(sortedTags(d.Tags))
+	q, vq := parseTags(sortedTags(d.Tags)), parseConstraint(d.Version)
 	score := map[string]int{}
 	stages := []struct {
 		name string
@@ -126,6 +127,12 @@ func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Exp
 			score[c.id] = n
 			return "", nil
 		}},
+		{"version", func(c candidate) (string, map[string]any) {
+			if _, ok := vq.match(c.version); !ok {
+				return "VersionConstraintFailed", map[string]any{"constraint": d.Version, "version": c.version}
+			}
+			return "", nil
+		}},
 	}
 	kept := cands
 	for _, st := range stages {
@@ -142,7 +149,7 @@ func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Exp
 		x.Stages = append(x.Stages, s)
 		kept = next
 	}
-	tie := Stage{Stage: "tiebreaker", Kept: []string{}, Reason: "MostPreferredTagsThenLowestAgentID"}
+	tie := Stage{Stage: "tiebreaker", Kept: []string{}, Reason: "MostPreferredTagsThenHighestVersionThenLowestAgentID"}
 	for _, c := range kept {
 		tie.Kept = append(tie.Kept, c.id)
 		if c.res == x.Chosen {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/Masterminds/semver/v3"
+
 	"github.com/meshtrust/meshtrust/internal/store"
 )
 
@@ -33,8 +35,8 @@ type resolutionCache struct {
 // depKey is a dependency as resolution sees it: what it asks for, and
 // the agent that asks, whose party decides whose providers it may use.
 type depKey struct {
-	capability, namespace, tags string
-	consumer                    party
+	capability, namespace, tags, version string
+	consumer                             party
 }
 
 // party is who an agent's owner is, as resolution's trust boundary sees
@@ -180,7 +182,7 @@ func (r *Registry) resolve(reg Registration, consumer party, c *resolutionCache)
 // from c or, the first time, from the capability index.
 func (r *Registry) lookupDependency(d Dependency, consumer party, c *resolutionCache) Resolution {
 	want := sortedTags(d.Tags)
-	k := depKey{capability: d.Capability, namespace: d.Namespace, tags: tagsKey(want), consumer: consumer}
+	k := depKey{capability: d.Capability, namespace: d.Namespace, tags: tagsKey(want), version: d.Version, consumer: consumer}
 	if k.namespace == "" {
 		k.namespace = "default"
 	}
@@ -190,26 +192,29 @@ func (r *Registry) lookupDependency(d Dependency, consumer party, c *resolutionC
 	if ok {
 		return res
 	}
-	res = r.provider(k.capability, k.namespace, want, consumer)
+	res = r.provider(k.capability, k.namespace, want, d.Version, consumer)
 	c.mu.Lock()
 	c.deps[k] = res
 	c.mu.Unlock()
 	return res
 }
 
-// provider picks a healthy provider, one the consumer may use,
-// whose tool offers capability in namespace ns and matches want (sorted):
-// MCP Mesh's tag operators, where "tag" is required, "-tag" excluded and
-// "+tag" preferred. The provider with the most preferred tags wins, then
-// the lowest agent id, so answers are stable.
-func (r *Registry) provider(capability, ns string, want []string, consumer party) Resolution {
+// provider picks a healthy provider, one the consumer may use, whose
+// tool offers capability in namespace ns, matches want (sorted) with MCP
+// Mesh's tag operators ("tag" required, "-tag" excluded, "+tag"
+// preferred) and whose version satisfies the constraint (MCP Mesh's
+// semver constraints; none: any version). The provider with the most
+// preferred tags wins, then the highest version, then the lowest agent
+// id, so answers are stable.
+func (r *Registry) provider(capability, ns string, want []string, constraint string, consumer party) Resolution {
 	if r.hooks.resolve != nil {
 		r.hooks.resolve(capability)
 	}
-	q := parseTags(want)
-	best, bestScore := Resolution{Capability: capability, Status: "unresolved"}, -1
+	q, vq := parseTags(want), parseConstraint(constraint)
 	// An unresolved dependency keeps the capability it asked for, as in
 	// MCP Mesh; the provider's fields stay empty.
+	best, bestScore := Resolution{Capability: capability, Status: "unresolved"}, -1
+	var bestVersion *semver.Version
 	r.mu.RLock()
 	cands := make([]*entry, 0, len(r.providers[capability]))
 	for _, e := range r.providers[capability] {
@@ -228,13 +233,69 @@ func (r *Registry) provider(capability, ns string, want []string, consumer party
 				continue
 			}
 			score, ok := q.match(toolTags(&reg, tags, i))
-			if !ok || score < bestScore || (score == bestScore && reg.AgentID >= best.AgentID) {
+			if !ok || score < bestScore {
 				continue
 			}
-			best, bestScore = Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(reg), FunctionName: t.FunctionName, Status: "available"}, score
+			v, ok := vq.match(t.Version)
+			if !ok {
+				continue
+			}
+			if score == bestScore {
+				if c := compareVersions(v, bestVersion); c < 0 || (c == 0 && reg.AgentID >= best.AgentID) {
+					continue
+				}
+			}
+			best, bestScore, bestVersion = Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(reg), FunctionName: t.FunctionName, Status: "available"}, score, v
 		}
 	}
 	return best
+}
+
+// versionQuery is a dependency's version constraint.
+type versionQuery struct {
+	raw string
+	c   *semver.Constraints // nil: raw did not parse
+}
+
+func parseConstraint(raw string) versionQuery {
+	q := versionQuery{raw: raw}
+	if raw != "" {
+		q.c, _ = semver.NewConstraint(raw)
+	}
+	return q
+}
+
+// match reports whether a tool of version (MCP Mesh's default "1.0.0"
+// when empty) satisfies q, with the version parsed (nil when it does not
+// parse). As in MCP Mesh, a constraint that does not parse matches only
+// that very string, and a version that does not parse no constraint.
+func (q versionQuery) match(version string) (*semver.Version, bool) {
+	if version == "" {
+		version = "1.0.0"
+	}
+	v, err := semver.NewVersion(version)
+	switch {
+	case q.raw == "":
+		return v, true
+	case q.c == nil:
+		return v, version == q.raw
+	case err != nil:
+		return nil, false
+	}
+	return v, q.c.Check(v)
+}
+
+// compareVersions orders versions, one that did not parse lowest.
+func compareVersions(a, b *semver.Version) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return -1
+	case b == nil:
+		return 1
+	}
+	return a.Compare(b)
 }
 
 // tagQuery is a dependency's tags read with MCP Mesh's operators, each

@@ -65,10 +65,15 @@ func TestMCPMeshDifferential(t *testing.T) {
 	geo, weather, smart := agents[0], agents[1], agents[2]
 	llmProvider := map[string]any{"agent_id": "claude-provider-1", "http_host": "127.0.0.1", "http_port": 9104, "runtime": "python",
 		"tools": []any{map[string]any{"function_name": "process_chat", "capability": "llm", "tags": []any{"llm", "claude"}, "version": "1.0.0"}}}
+	// An older geocode provider, lower in id order: weather's >=1.0.0
+	// must not resolve to it.
+	geoOld := map[string]any{"agent_id": "geo-agent-0", "http_host": "127.0.0.1", "http_port": 9100,
+		"tools": []any{map[string]any{"function_name": "geocode", "capability": "geocode", "tags": []any{"maps"}, "version": "0.9.0"}}}
 	stdio := map[string]any{"agent_id": "stdio-agent-1", "tools": []any{map[string]any{"function_name": "f", "capability": "local", "dependencies": []any{map[string]any{"capability": "geocode"}}}}}
 	steps := []diffStep{
 		{name: "empty list", method: "GET", path: "/agents", compare: true},
 		{name: "register geo", method: "POST", path: "/heartbeat", body: geo, compare: true},
+		{name: "register an old geo", method: "POST", path: "/heartbeat", body: geoOld, compare: true},
 		{name: "register weather", method: "POST", path: "/heartbeat", body: weather, compare: true},
 		{name: "register the llm provider", method: "POST", path: "/heartbeat", body: llmProvider, compare: true},
 		{name: "register the llm agent", method: "POST", path: "/heartbeat", body: smart, compare: true},

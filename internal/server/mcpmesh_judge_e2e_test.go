@@ -250,9 +250,19 @@ func TestMCPMeshMeshctlEntities(t *testing.T) {
 	}
 	agentTLS := acme.leaf(t, "acme-weather-1")
 	c := e.client(&agentTLS)
+	// A new connection to MCP Mesh for each request: it may close one it
+	// kept alive just as the next POST goes out, which Go does not retry.
+	fresh := e.freshClient(&agentTLS)
 	body := heartbeat("acme-weather-1", 9201, "weather")
 	codes := func() (mmCode, meshdCode int) {
-		return do(t, c, "POST", mm.url+"/heartbeat", body).code, e.do(c, "POST", "/heartbeat", body).code
+		t.Helper()
+		data, _ := json.Marshal(body)
+		resp, err := fresh.Post(mm.url+"/heartbeat", "application/json", strings.NewReader(string(data)))
+		if err != nil {
+			t.Fatalf("POST to MCP Mesh: %v\n%s", err, mm.logs)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, e.do(c, "POST", "/heartbeat", body).code
 	}
 	if a, b := codes(); a != http.StatusForbidden || b != http.StatusForbidden {
 		t.Fatalf("an unknown entity's agent: MCP Mesh %d, meshd %d, want 403 from both\n%s", a, b, mm.logs)

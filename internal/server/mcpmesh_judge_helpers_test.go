@@ -57,7 +57,7 @@ func mcpmeshBin(t *testing.T) string {
 type mcpmeshRegistry struct {
 	url  string
 	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	logs *logBuffer
 }
 
 // mcpmeshOptions configures an MCP Mesh registry as meshd's env is.
@@ -83,7 +83,7 @@ func startMCPMesh(t *testing.T, bin string, o mcpmeshOptions) *mcpmeshRegistry {
 			env = append(env, "MCP_MESH_TRUST_BACKEND=filestore", "MCP_MESH_TRUST_DIR="+o.trustDir)
 		}
 	}
-	m := &mcpmeshRegistry{url: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port), logs: &bytes.Buffer{}}
+	m := &mcpmeshRegistry{url: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port), logs: &logBuffer{}}
 	m.cmd = exec.Command(filepath.Join(bin, "mcp-mesh-registry"), "--host", "127.0.0.1", "--port", strconv.Itoa(port))
 	m.cmd.Env, m.cmd.Dir = env, dir
 	m.cmd.Stdout, m.cmd.Stderr = m.logs, m.logs
@@ -108,10 +108,14 @@ func startMCPMesh(t *testing.T, bin string, o mcpmeshOptions) *mcpmeshRegistry {
 	defer probe.CloseIdleConnections()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
+		// Its last start-up line comes once its listener serves; a
+		// request before it may be cut off.
 		resp, err := probe.Get(m.url + "/health")
 		if err == nil {
 			resp.Body.Close()
-			return m
+			if strings.Contains(m.logs.String(), "Starting agent health monitor") {
+				return m
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("MCP Mesh's registry did not listen on %d: %v\n%s", port, err, m.logs)
