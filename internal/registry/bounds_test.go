@@ -172,7 +172,11 @@ func TestListDoesNotResolveAgain(t *testing.T) {
 	without.List(Filter{})
 	withAllocs := testing.AllocsPerRun(20, func() { with.List(Filter{}) })
 	withoutAllocs := testing.AllocsPerRun(20, func() { without.List(Filter{}) })
-	if withAllocs > withoutAllocs+n {
+	// Resolving again would cost at least one allocation per dependency
+	// (deps per agent); a few per agent are the dependency lists a view
+	// carries, plus what background goroutines allocate (AllocsPerRun
+	// counts the whole process, more so under -race).
+	if withAllocs > withoutAllocs+3*n {
 		t.Errorf("listing %d agents with %d dependencies each allocates %.0f times, without dependencies %.0f: the list resolves again though nothing changed",
 			n, deps, withAllocs, withoutAllocs)
 	}

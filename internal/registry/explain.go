@@ -86,7 +86,7 @@ func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Exp
 			for i, t := range e.reg.Tools {
 				if t.Capability == d.Capability {
 					cands = append(cands, candidate{id: e.reg.AgentID + ":" + t.FunctionName, agent: e.reg.AgentID,
-						healthy: e.rec.Status == StatusHealthy, ns: namespace(e.reg), owner: partyOf(&e.rec), tags: toolTags(&e.reg, e.tags, i), version: t.Version,
+						healthy: e.rec.Status == StatusHealthy, ns: namespace(e.reg), owner: partyOf(&e.rec), tags: toolTags(&e.reg, e.toolTags(), i), version: t.Version,
 						res: Resolution{AgentID: e.reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(e.reg), FunctionName: t.FunctionName, Status: "available"}})
 				}
 			}

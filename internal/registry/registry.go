@@ -239,11 +239,11 @@ type entry struct {
 	// certificate.
 	gone bool
 	rec  store.Agent
-	reg  Registration
-	// tags holds, when a tool's tags are not sorted without duplicates
-	// already, every tool's tags so (by tool, as reg.Tools), for
-	// resolution to match a dependency's tags in one pass; nil otherwise.
-	tags [][]string
+	// reg is the registration in compact form (see intern.go); tools is
+	// its reg.Tools, shared with registrations that declare the same, and
+	// the sorted tags resolution matches a dependency's against.
+	reg   Registration
+	tools *toolSet
 	// node is the node of the owner's certificate ("ct111" for
 	// "opus@ct111"), or "".
 	node     string

@@ -26,10 +26,30 @@ type Resolution struct {
 // and every list, so a dependency's providers are looked for once per
 // topology change, however many agents declare it and however often they
 // are listed.
+//
+// It also holds the whole resolution of every set of tools it resolved
+// for a party: agents that declare the same tools (a toolSet) and belong
+// to the same party resolve alike, so they share one resolution rather
+// than holding a copy each.
 type resolutionCache struct {
 	topo uint64
 	mu   sync.Mutex // a leaf, like Registry.mu
 	deps map[depKey]Resolution
+	sets map[setKey]setResolution
+}
+
+// setKey is a set of tools resolved for the agents of a party.
+type setKey struct {
+	tools    *toolSet
+	consumer party
+}
+
+// setResolution is the resolution of a setKey, shared by every agent with
+// that key: never modified.
+type setResolution struct {
+	res       map[string][]Resolution
+	available int
+	list      []DependencyResolution
 }
 
 // depKey is a dependency as resolution sees it: what it asks for, and
@@ -53,6 +73,10 @@ func partyOf(rec *store.Agent) party {
 	return party{entity: rec.Entity, anonymous: rec.Owner == ""}
 }
 
+func newResolutionCache(topo uint64) *resolutionCache {
+	return &resolutionCache{topo: topo, deps: make(map[depKey]Resolution), sets: make(map[setKey]setResolution)}
+}
+
 // cacheAt returns the resolution cache of topology value topo.
 func (r *Registry) cacheAt(topo uint64) *resolutionCache {
 	for {
@@ -63,9 +87,9 @@ func (r *Registry) cacheAt(topo uint64) *resolutionCache {
 		case c != nil && c.topo > topo:
 			// The caller read the topology before a change: what it
 			// computes is stale already and is not kept.
-			return &resolutionCache{topo: topo, deps: make(map[depKey]Resolution)}
+			return newResolutionCache(topo)
 		}
-		n := &resolutionCache{topo: topo, deps: make(map[depKey]Resolution)}
+		n := newResolutionCache(topo)
 		if r.cache.CompareAndSwap(c, n) {
 			return n
 		}
@@ -89,10 +113,22 @@ func (r *Registry) resolution(e *entry) (map[string][]Resolution, int, []Depende
 		e.mu.Unlock()
 		return res, n, list
 	}
-	reg, consumer := e.reg, partyOf(&e.rec)
+	reg, key := e.reg, setKey{tools: e.tools, consumer: partyOf(&e.rec)}
 	e.mu.Unlock()
-	res, n := r.resolve(reg, consumer, r.cacheAt(topo))
-	list := dependencyResolutions(reg, res)
+	c := r.cacheAt(topo)
+	c.mu.Lock()
+	set, ok := c.sets[key]
+	c.mu.Unlock()
+	if !ok || key.tools == nil {
+		set.res, set.available = r.resolve(reg, key.consumer, c)
+		set.list = dependencyResolutions(reg, set.res)
+		if key.tools != nil {
+			c.mu.Lock()
+			c.sets[key] = set
+			c.mu.Unlock()
+		}
+	}
+	res, n, list := set.res, set.available, set.list
 	e.mu.Lock()
 	if e.resolved == nil || e.resolvedAt < topo {
 		e.resolved, e.available, e.resolutions, e.resolvedAt = res, n, list, topo
@@ -104,14 +140,16 @@ func (r *Registry) resolution(e *entry) (map[string][]Resolution, int, []Depende
 // setRegistration sets e's registration and the sorted tags resolution
 // matches against. The caller holds e.mu.
 func (e *entry) setRegistration(reg Registration) {
-	e.reg, e.tags = reg, nil
-	if !slices.ContainsFunc(reg.Tools, func(t Tool) bool { return !sortedUnique(t.Tags) }) {
-		return
+	e.reg, e.tools = compact(reg)
+}
+
+// toolTags returns the sorted tags of e's tools (see toolSet), nil before
+// e has a registration. The caller holds e.mu.
+func (e *entry) toolTags() [][]string {
+	if e.tools == nil {
+		return nil
 	}
-	e.tags = make([][]string, len(reg.Tools))
-	for i, t := range reg.Tools {
-		e.tags[i] = sortedTags(t.Tags)
-	}
+	return e.tools.tags
 }
 
 // toolTags returns the sorted tags of tool i of reg, whose entry holds
@@ -223,7 +261,7 @@ func (r *Registry) provider(capability, ns string, want []string, constraint str
 	r.mu.RUnlock()
 	for _, e := range cands {
 		e.mu.Lock()
-		status, owner, reg, tags, gone := e.rec.Status, partyOf(&e.rec), e.reg, e.tags, e.gone
+		status, owner, reg, tags, gone := e.rec.Status, partyOf(&e.rec), e.reg, e.toolTags(), e.gone
 		e.mu.Unlock()
 		if gone || status != StatusHealthy || namespace(reg) != ns || !r.mayProvide(owner, consumer) {
 			continue

@@ -1,0 +1,172 @@
+package registry
+
+import (
+	"encoding/json"
+	"runtime"
+	"slices"
+	"sync"
+	"unique"
+	"weak"
+)
+
+// The registry keeps every agent's parsed registration for as long as the
+// agent is registered, beside its canonical payload. Agents of one kind
+// (replicas of one service, say) declare the same tools, capabilities,
+// tags and descriptions, so a registration is kept in a compact form: its
+// strings interned, its slices exactly as long as their contents. A
+// hundred thousand replicas then share one copy of each string instead of
+// holding one each, and no slice keeps the spare capacity that decoding
+// left behind.
+//
+// Interning goes through the unique package, whose table holds its strings
+// weakly: a string no registration refers to any more is freed. A
+// registration's tools go one step further: registrations that declare the
+// same tools share one toolSet, held as weakly, by the table in sets.
+
+// intern returns s's canonical copy.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
+}
+
+// internAll returns ss interned, in a slice of exactly its length; nil for
+// an empty ss.
+func internAll(ss []string) []string {
+	if len(ss) == 0 {
+		return nil
+	}
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = intern(s)
+	}
+	return out
+}
+
+// toolSet is a registration's tools in compact form, with the sorted tags
+// resolution matches against (nil when every tool's tags are sorted
+// without duplicates already, by tool otherwise). Shared: never modified.
+type toolSet struct {
+	tools []Tool
+	tags  [][]string
+}
+
+// toolSets is the table of every toolSet some registration holds, by the
+// JSON of its tools. Its lock is a leaf: nothing is locked under it.
+type toolSets struct {
+	mu sync.Mutex
+	m  map[unique.Handle[string]]weak.Pointer[toolSet]
+}
+
+var sets = toolSets{m: map[unique.Handle[string]]weak.Pointer[toolSet]{}}
+
+// shared returns the toolSet of tools: the one a registration that
+// declares the same tools already holds, or a new one.
+func (s *toolSets) shared(tools []Tool) *toolSet {
+	if len(tools) == 0 {
+		return &toolSet{}
+	}
+	raw, err := json.Marshal(tools)
+	if err != nil { // not for values json.Unmarshal produced; keep them unshared
+		return newToolSet(tools)
+	}
+	key := unique.Make(string(raw))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ts := s.m[key].Value(); ts != nil {
+		return ts
+	}
+	ts := newToolSet(tools)
+	s.m[key] = weak.Make(ts)
+	// Once no registration holds ts, its slot goes; unless another
+	// toolSet of the same tools has taken it meanwhile.
+	runtime.AddCleanup(ts, func(key unique.Handle[string]) {
+		s.mu.Lock()
+		if s.m[key].Value() == nil {
+			delete(s.m, key)
+		}
+		s.mu.Unlock()
+	}, key)
+	return ts
+}
+
+func newToolSet(tools []Tool) *toolSet {
+	ts := &toolSet{tools: make([]Tool, len(tools))}
+	for i, t := range tools {
+		ts.tools[i] = compactTool(t)
+	}
+	if slices.ContainsFunc(ts.tools, func(t Tool) bool { return !sortedUnique(t.Tags) }) {
+		ts.tags = make([][]string, len(ts.tools))
+		for i, t := range ts.tools {
+			ts.tags[i] = slices.Clip(sortedTags(t.Tags))
+		}
+	}
+	return ts
+}
+
+// compact returns reg in its compact form, equal to reg, with the toolSet
+// its tools now are: reg shares no memory with it but interned strings.
+func compact(reg Registration) (Registration, *toolSet) {
+	out := reg
+	out.AgentID = intern(reg.AgentID)
+	out.Name = intern(reg.Name)
+	out.Version = intern(reg.Version)
+	out.AgentType = intern(reg.AgentType)
+	out.Runtime = intern(reg.Runtime)
+	out.Description = intern(reg.Description)
+	out.HTTPHost = intern(reg.HTTPHost)
+	out.Namespace = intern(reg.Namespace)
+	ts := sets.shared(reg.Tools)
+	out.Tools = ts.tools
+	return out, ts
+}
+
+// compactTool and compactDep start from a copy, so that a field added to
+// Tool or Dependency later is kept (if not compacted) rather than lost.
+func compactTool(t Tool) Tool {
+	out := t
+	out.FunctionName = intern(t.FunctionName)
+	out.Capability = intern(t.Capability)
+	out.Version = intern(t.Version)
+	out.Tags = internAll(t.Tags)
+	out.Description = intern(t.Description)
+	out.Dependencies = compactDeps(t.Dependencies)
+	if t.LLMFilter != nil {
+		f := *t.LLMFilter
+		f.Mode = intern(f.Mode)
+		f.Filter = nil
+		if len(t.LLMFilter.Filter) > 0 {
+			f.Filter = make([]FilterItem, len(t.LLMFilter.Filter))
+			for i, it := range t.LLMFilter.Filter {
+				f.Filter[i] = FilterItem{compactDep(it.Dependency)}
+			}
+		}
+		out.LLMFilter = &f
+	}
+	if t.LLMProvider != nil {
+		d := compactDep(*t.LLMProvider)
+		out.LLMProvider = &d
+	}
+	return out
+}
+
+func compactDeps(ds []Dependency) []Dependency {
+	if len(ds) == 0 {
+		return nil
+	}
+	out := make([]Dependency, len(ds))
+	for i, d := range ds {
+		out[i] = compactDep(d)
+	}
+	return out
+}
+
+func compactDep(d Dependency) Dependency {
+	out := d
+	out.Capability = intern(d.Capability)
+	out.Tags = internAll(d.Tags)
+	out.Version = intern(d.Version)
+	out.Namespace = intern(d.Namespace)
+	return out
+}
