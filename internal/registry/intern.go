@@ -31,18 +31,21 @@ func intern(s string) string {
 	return unique.Make(s).Value()
 }
 
-// internAll returns ss interned, in a slice of exactly its length; nil for
-// an empty ss.
-func internAll(ss []string) []string {
-	if len(ss) == 0 {
+// each returns f of every element of xs, in a slice of exactly its
+// length; nil for an empty xs.
+func each[T any](xs []T, f func(T) T) []T {
+	if len(xs) == 0 {
 		return nil
 	}
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = intern(s)
+	out := make([]T, len(xs))
+	for i, x := range xs {
+		out[i] = f(x)
 	}
 	return out
 }
+
+// internAll returns ss interned, in a slice of exactly its length.
+func internAll(ss []string) []string { return each(ss, intern) }
 
 // toolSet is a registration's tools in compact form, with the sorted tags
 // resolution matches against (nil when every tool's tags are sorted
@@ -92,10 +95,7 @@ func (s *toolSets) shared(tools []Tool) *toolSet {
 }
 
 func newToolSet(tools []Tool) *toolSet {
-	ts := &toolSet{tools: make([]Tool, len(tools))}
-	for i, t := range tools {
-		ts.tools[i] = compactTool(t)
-	}
+	ts := &toolSet{tools: each(tools, compactTool)}
 	if slices.ContainsFunc(ts.tools, func(t Tool) bool { return !sortedUnique(t.Tags) }) {
 		ts.tags = make([][]string, len(ts.tools))
 		for i, t := range ts.tools {
@@ -131,33 +131,16 @@ func compactTool(t Tool) Tool {
 	out.Version = intern(t.Version)
 	out.Tags = internAll(t.Tags)
 	out.Description = intern(t.Description)
-	out.Dependencies = compactDeps(t.Dependencies)
+	out.Dependencies = each(t.Dependencies, compactDep)
 	if t.LLMFilter != nil {
 		f := *t.LLMFilter
 		f.Mode = intern(f.Mode)
-		f.Filter = nil
-		if len(t.LLMFilter.Filter) > 0 {
-			f.Filter = make([]FilterItem, len(t.LLMFilter.Filter))
-			for i, it := range t.LLMFilter.Filter {
-				f.Filter[i] = FilterItem{compactDep(it.Dependency)}
-			}
-		}
+		f.Filter = each(f.Filter, func(it FilterItem) FilterItem { return FilterItem{compactDep(it.Dependency)} })
 		out.LLMFilter = &f
 	}
 	if t.LLMProvider != nil {
 		d := compactDep(*t.LLMProvider)
 		out.LLMProvider = &d
-	}
-	return out
-}
-
-func compactDeps(ds []Dependency) []Dependency {
-	if len(ds) == 0 {
-		return nil
-	}
-	out := make([]Dependency, len(ds))
-	for i, d := range ds {
-		out[i] = compactDep(d)
 	}
 	return out
 }
