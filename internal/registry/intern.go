@@ -2,6 +2,7 @@ package registry
 
 import (
 	"encoding/json"
+	"reflect"
 	"runtime"
 	"slices"
 	"sync"
@@ -49,10 +50,34 @@ func internAll(ss []string) []string { return each(ss, intern) }
 
 // toolSet is a registration's tools in compact form, with the sorted tags
 // resolution matches against (nil when every tool's tags are sorted
-// without duplicates already, by tool otherwise). Shared: never modified.
+// without duplicates already, by tool otherwise). Shared: tools and tags
+// are never modified.
 type toolSet struct {
 	tools []Tool
 	tags  [][]string
+
+	// last is the latest resolution of these tools for each party. A
+	// topology change that leaves it as it was (a new agent somewhere
+	// else) then yields the same value, so agents resolved before and
+	// after the change still share one copy. mu is a leaf lock.
+	mu   sync.Mutex
+	last map[party]setResolution
+}
+
+// reuse returns the resolution of ts for consumer: s, or the equal one
+// resolved before it.
+func (ts *toolSet) reuse(consumer party, s setResolution) setResolution {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if prev, ok := ts.last[consumer]; ok && prev.available == s.available &&
+		reflect.DeepEqual(prev.res, s.res) && reflect.DeepEqual(prev.list, s.list) {
+		return prev
+	}
+	if ts.last == nil {
+		ts.last = make(map[party]setResolution, 1)
+	}
+	ts.last[consumer] = s
+	return s
 }
 
 // toolSets is the table of every toolSet some registration holds, by the

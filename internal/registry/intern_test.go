@@ -133,3 +133,33 @@ func TestToolSetsConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestToolSetReuse: an equal resolution computed again (at a later
+// topology, say) is the earlier value itself; a different one replaces it.
+// Concurrent callers agree (run under -race).
+func TestToolSetReuse(t *testing.T) {
+	ts := &toolSet{}
+	p := party{entity: "acme"}
+	resolve := func(status string) setResolution {
+		return setResolution{res: map[string][]Resolution{"f": {{Capability: "geo", Status: status}}}}
+	}
+	first := ts.reuse(p, resolve("unresolved"))
+	var wg sync.WaitGroup
+	got := make([]setResolution, 8)
+	for i := range got {
+		wg.Go(func() { got[i] = ts.reuse(p, resolve("unresolved")) })
+	}
+	wg.Wait()
+	for i, g := range got {
+		if fmt.Sprintf("%p", g.res) != fmt.Sprintf("%p", first.res) {
+			t.Errorf("caller %d got a copy of an equal resolution, not the shared one", i)
+		}
+	}
+	changed := ts.reuse(p, resolve("available"))
+	if changed.res["f"][0].Status != "available" || fmt.Sprintf("%p", changed.res) == fmt.Sprintf("%p", first.res) {
+		t.Errorf("a changed resolution was not taken: %+v", changed.res)
+	}
+	if other := ts.reuse(party{}, resolve("available")); fmt.Sprintf("%p", other.res) == fmt.Sprintf("%p", changed.res) {
+		t.Errorf("another party was given acme's resolution")
+	}
+}

@@ -123,6 +123,7 @@ func (r *Registry) resolution(e *entry) (map[string][]Resolution, int, []Depende
 		set.res, set.available = r.resolve(reg, key.consumer, c)
 		set.list = dependencyResolutions(reg, set.res)
 		if key.tools != nil {
+			set = key.tools.reuse(key.consumer, set)
 			c.mu.Lock()
 			c.sets[key] = set
 			c.mu.Unlock()
