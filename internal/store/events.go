@@ -33,6 +33,9 @@ const (
 	// EventCARotated: an intermediate was prepared, activated or retired
 	// (IssuerKeyID names it); processes with the CA open reload it.
 	EventCARotated EventKind = "ca.rotated"
+	// EventPolicySet: the policy named CommonName was set; its document
+	// is in the PolicyStore.
+	EventPolicySet EventKind = "policy.set"
 )
 
 // Event is one entry of the change feed. Seq orders the feed; a subscriber

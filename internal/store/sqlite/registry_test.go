@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -238,7 +239,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 		DROP TABLE revoked_identities; DROP TABLE blocked_keys;
 		ALTER TABLE certs DROP COLUMN key_hash; ALTER TABLE certs DROP COLUMN authorized_by;
 		DROP INDEX certs_agent_node; DROP INDEX certs_agent_names; ALTER TABLE certs DROP COLUMN agent_node;
-		DROP TABLE entities; DROP TABLE agents; DELETE FROM schema_version WHERE version > 1`); err != nil {
+		DROP TABLE entities; DROP TABLE agents; DROP TABLE policies; DELETE FROM schema_version WHERE version > 1`); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
@@ -331,5 +332,28 @@ func TestMigrateAgentSource(t *testing.T) {
 	}
 	if got, err := s.Agents(t.Context()); err != nil || len(got) != 1 || got[0].Source != "localca" {
 		t.Fatalf("agents after binding the source: %+v, %v", got, err)
+	}
+}
+
+func TestPolicies(t *testing.T) {
+	s, _ := openTest(t)
+	if _, err := s.Policy(t.Context(), "p"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("Policy before any: %v", err)
+	}
+	for _, doc := range []string{"rules: []", "rules:\n  - name: a\n"} {
+		if err := s.PutPolicy(t.Context(), store.Policy{Name: "p", Document: doc}, store.AuditEntry{Action: "policy.set"}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.Policy(t.Context(), "p")
+		if err != nil || p.Document != doc || p.Updated.IsZero() {
+			t.Fatalf("Policy = %+v, %v", p, err)
+		}
+	}
+	evs, err := s.Events(t.Context(), 0, 0)
+	if err != nil || len(evs) != 2 || evs[1].Kind != store.EventPolicySet || evs[1].CommonName != "p" {
+		t.Fatalf("events %+v, %v", evs, err)
+	}
+	if err := s.PutPolicy(t.Context(), store.Policy{}, store.AuditEntry{Action: "policy.set"}); err == nil {
+		t.Fatal("a policy without a name was recorded")
 	}
 }

@@ -184,6 +184,8 @@ type writeStmts struct {
 	putAgent     *sql.Stmt
 	deleteAgent  *sql.Stmt
 
+	putPolicy *sql.Stmt
+
 	insertToken *sql.Stmt
 	token       *sql.Stmt
 	useToken    *sql.Stmt
@@ -234,6 +236,8 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 				subject = excluded.subject, not_before = excluded.not_before, not_after = excluded.not_after,
 				created_at = excluded.created_at, revoked_at = excluded.revoked_at, rotated_at = excluded.rotated_at
 			WHERE ? OR entities.revoked_at IS NOT NULL`},
+		{&st.putPolicy, `INSERT INTO policies (name, document, updated_at) VALUES (?, ?, ?)
+			ON CONFLICT (name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at`},
 		// A second revocation keeps the time of the first.
 		{&st.revokeEntity, `UPDATE entities SET revoked_at = coalesce(revoked_at, ?) WHERE name = ?`},
 		// An event for the entity named by the second argument, at the
