@@ -481,7 +481,7 @@ func TestAdminOverMTLS(t *testing.T) {
 		t.Errorf("entity registered over mTLS not listed on the socket: %+v", got)
 	}
 	agent := []string{"--admin-url", url, "--cert", m.issued("hello@dev1"), "--key", m.issuedKey("hello@dev1")}
-	requireRefused(t, "agent cert as admin", m.run(append([]string{"entity", "list"}, agent...)...), "is not an admin identity")
+	requireRefused(t, "agent cert as admin", m.run(append([]string{"entity", "list"}, agent...)...), "hello@dev1 may not call GET /admin/entities (default deny)")
 	both := append([]string{"entity", "list", "--data-dir", m.dataDir}, admin...)
 	requireRefused(t, "both endpoints", m.run(both...), "not both")
 }

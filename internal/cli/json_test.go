@@ -6,6 +6,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -139,6 +140,13 @@ func TestJSONEverywhere(t *testing.T) {
 	check("entity list", m.ctl("entity", "list", "--json"), 0)
 	check("entity rotate", m.ctl("entity", "rotate", "--json"), 0)
 	check("entity revoke", m.ctl("entity", "revoke", "acme", "--force", "--json"), 0)
+	pol := filepath.Join(t.TempDir(), "p.yaml")
+	if err := os.WriteFile(pol, []byte("rules:\n  - name: admins\n    who: [admin@external]\n    http: [\"* /**\"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check("policy set", m.ctl("policy", "set", "meshd-admin", pol, "--json"), 0)
+	check("policy get", m.ctl("policy", "get", "--json"), 0)
+	check("policy check", m.ctl("policy", "check", "admin@external", "GET", "/admin/agents", "--json"), 0)
 	m.registerAgent(t, "rel", "ct1")
 	check("agent release", m.ctl("agent", "release", "rel", "--force", "--json"), 0)
 	m.useFiles(t, "runner", "ct1")

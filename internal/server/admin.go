@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -44,6 +44,9 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST /admin/reinstate", s.reinstate)
 	mux.HandleFunc("POST /admin/tokens", s.createToken)
 	mux.HandleFunc("POST "+meshapi.PathAdminSessionKeys+"/rotate", s.rotateSessionKey)
+	mux.HandleFunc("GET "+meshapi.PathAdminPolicies+"/{name}", s.getPolicy)
+	mux.HandleFunc("PUT "+meshapi.PathAdminPolicies+"/{name}", s.putPolicy)
+	mux.HandleFunc("POST "+meshapi.PathAdminPolicies+"/{name}/check", s.checkPolicy)
 	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
 	mux.HandleFunc("DELETE /admin/agents/{agent_id}", s.releaseAgent)
 	s.adminRegistryRoutes(mux)
@@ -77,7 +80,7 @@ func (s *Server) listenAdminSocket() error {
 }
 
 // listenAdminTLS serves the admin API over mTLS to the mesh CA's
-// certificates of the configured admin identities only.
+// certificates that the admin policy (AdminPolicy) allows.
 func (s *Server) listenAdminTLS() error {
 	if s.localCA == nil || s.certs == nil {
 		return errors.New("--admin-listen needs the localca trust backend and a server certificate: admin identities are certificates of the mesh CA")
@@ -88,28 +91,18 @@ func (s *Server) listenAdminTLS() error {
 	}
 	s.adminTLSLn = ln
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: serverCert(s.certs), ClientAuth: tls.RequireAnyClientCert}
-	admins := s.cfg.AdminIdentities
-	inner := s.adminHandler()
+	// The same middleware as any mesh service: admin identities are a
+	// policy (AdminPolicy), verified against the mesh CA alone and meshd's
+	// revocations.
+	auth, err := meshauth.New(meshauth.Config{Chain: trust.NewChain(s.revs, []trust.Backend{s.localCA}, trust.WithClock(s.cfg.Now)),
+		Authorizer: s.adminPolicy.Authorize, DecisionLog: s.log, Now: s.cfg.Now})
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	s.adminTLS = &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: s.cfg.ReadTimeout, TLSConfig: cfg,
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-				s.refuse(w, r, http.StatusForbidden, trust.ReasonNoCertificate, "client certificate required")
-				return
-			}
-			p, err := s.localCA.Verify(r.Context(), r.TLS.PeerCertificates, s.cfg.Now())
-			if err == nil {
-				_, err = s.chain.Verify(r.Context(), r.TLS.PeerCertificates) // revocations
-			}
-			if err != nil {
-				s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
-				return
-			}
-			if !slices.Contains(admins, p.Identity.CommonName()) {
-				s.refuse(w, r, http.StatusForbidden, "not_admin", fmt.Sprintf("%q is not an admin identity (admins: %v)", p.Identity.CommonName(), admins))
-				return
-			}
-			inner.ServeHTTP(w, r)
-		})}
+		Handler: auth.Handler(s.adminHandler())}
+	auth.Serve(s.adminTLS)
 	s.serve(s.adminTLS, tls.NewListener(ln, cfg))
 	return nil
 }

@@ -78,6 +78,10 @@ func (s *Server) applyEvent(ctx context.Context, e store.Event) error {
 		return err
 	case store.EventCARotated:
 		return s.reloadCA(ctx)
+	case store.EventPolicySet:
+		if e.CommonName == AdminPolicy {
+			return s.loadAdminPolicy(ctx)
+		}
 	}
 	return nil
 }

@@ -39,6 +39,7 @@ type Store interface {
 	store.AgentStore
 	store.TokenStore
 	store.EventStore
+	store.PolicyStore
 }
 
 // Backend names for MCP_MESH_TRUST_BACKEND.
@@ -144,7 +145,9 @@ type Server struct {
 	conns    *connTracker
 	certs    credentials.Source // the agent port's certificate; nil with TLS off
 	sessions *meshauth.Sessions // nil without signing keys
-	metrics  *metrics
+	// adminPolicy decides the admin API over mTLS (AdminPolicy).
+	adminPolicy meshauth.LivePolicy
+	metrics     *metrics
 	// anonymous counts and logs the callers admitted without a
 	// certificate in TLS mode auto.
 	anonymous *anonymousCallers
@@ -264,6 +267,9 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		return nil, fmt.Errorf("read the change feed: %w", err)
 	}
 	if err := s.loadState(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.loadAdminPolicy(ctx); err != nil {
 		return nil, err
 	}
 	s.events = events.New(st, cursor, events.Config{Logger: s.log, Now: cfg.Now})
