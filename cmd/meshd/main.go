@@ -100,7 +100,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", ""), "root CA directory (default <data-dir>/root; env MESHTRUST_ROOT_DIR)")
 	f.StringVar(&o.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", ""), "CA directory (default <data-dir>/ca; env MESHTRUST_CA_DIR)")
 	f.StringVar(&o.listen, "listen", envOr("MESHD_LISTEN", "127.0.0.1:8000"), "agent port address (env MESHD_LISTEN, or MCP Mesh's HOST and PORT)")
-	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to --admin-identity certificates only (env MCP_MESH_ADMIN_PORT: 127.0.0.1:<port>)")
+	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to the certificates the meshd-admin policy allows (by default the --admin-identity list; env MCP_MESH_ADMIN_PORT: 127.0.0.1:<port>)")
 	f.StringSliceVar(&o.admins, "admin-identity", []string{"admin@external"}, "mesh CA identities admitted on --admin-listen")
 	f.StringVar(&o.tlsMode, "tls-mode", envOr("MCP_MESH_TLS_MODE", "auto"), "off, auto or strict (env MCP_MESH_TLS_MODE)")
 	f.StringVar(&o.tlsCert, "tls-cert", envOr("MCP_MESH_TLS_CERT", ""), "agent port certificate, reloaded when it changes (env MCP_MESH_TLS_CERT)")
