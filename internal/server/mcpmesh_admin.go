@@ -109,20 +109,26 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid query parameters: type=%q is not an event type", typ))
 		return
 	}
+	views := s.reg.List(registry.Filter{})
+	names := make(map[string]string, len(views))
+	for _, v := range views {
+		names[v.ID] = v.Name
+	}
 	ids := []string{q.Get("agent_id")}
 	if ids[0] == "" {
 		ids = ids[:0]
-		for _, v := range s.reg.List(registry.Filter{}) {
+		for _, v := range views {
 			ids = append(ids, v.ID)
 		}
 	}
-	names := map[string]string{}
-	for _, v := range s.reg.List(registry.Filter{}) {
-		names[v.ID] = v.Name
-	}
+
 	events := []resolutionEvent{}
 	ts := now(s)
+	// Explaining costs a look at every candidate: stop at the limit.
 	for _, id := range ids {
+		if len(events) >= limit {
+			break
+		}
 		xs, _ := s.reg.Explain(id)
 		for _, x := range xs {
 			if fn := q.Get("function_name"); fn != "" && fn != x.FunctionName {
