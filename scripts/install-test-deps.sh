@@ -66,3 +66,9 @@ bash "$(dirname "${BASH_SOURCE[0]}")/vault.sh" build
 # it in ${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}; a cached copy costs
 # nothing.
 bash "$(dirname "${BASH_SOURCE[0]}")/mcpmesh.sh" fetch >/dev/null
+
+# --- PostgreSQL -------------------------------------------------------------
+# The tests of the PostgreSQL store and of meshd replicas run against a real
+# PostgreSQL, from Debian's postgresql package; scripts/postgres.sh starts
+# a throwaway server of it on 127.0.0.1 for each test run.
+bash "$(dirname "${BASH_SOURCE[0]}")/postgres.sh" install

@@ -17,6 +17,9 @@
 # machine pays one build (about 15 minutes on two cores, a 500 MB binary).
 set -euo pipefail
 
+# shellcheck source=testserver.sh
+. "$(dirname "${BASH_SOURCE[0]}")/testserver.sh"
+
 VAULT_VERSION=1.21.4
 cache_root=${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}
 vault_dir=$cache_root/vault-$VAULT_VERSION
@@ -113,27 +116,6 @@ vcli() {
 	cat "$err" >&2
 	rm -f "$err"
 	return 1
-}
-
-# free_port prints a loopback TCP port that nothing listens on now.
-free_port() {
-	local port i
-	for i in $(seq 1 50); do
-		port=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-			echo "$port"
-			return 0
-		fi
-	done
-	die "start: found no free port"
-}
-
-# watch_parent PARENT PID kills PID once process PARENT is gone.
-watch_parent() {
-	while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do
-		sleep 1
-	done
-	kill "$2" 2>/dev/null || true
 }
 
 running() {
