@@ -101,6 +101,22 @@ type AgentStore interface {
 // registry audits claims only in one.
 type AgentAuditor interface {
 	// PutAgentAudited is PutAgents of the one agent ag, with a appended
-	// to the audit log in the same transaction.
+	// to the audit log in the same transaction: the claim of an agent id.
+	// It is conditional: when the stored record of ag.ID has an owner
+	// other than ag's (owner, entity, or a trust source both name), it
+	// writes nothing and returns ErrAgentOwned, so two processes cannot
+	// both grant one id to different owners.
 	PutAgentAudited(ctx context.Context, ag Agent, a AuditEntry) error
+}
+
+// OwnedByOther reports whether claim would take the agent id of the stored
+// record from another owner: the record has an owner, and claim names
+// another owner or entity, or another trust source where both name one (a
+// record kept from before sources were stored has none).
+func OwnedByOther(stored, claim Agent) bool {
+	if stored.Owner == "" {
+		return false
+	}
+	return stored.Owner != claim.Owner || stored.Entity != claim.Entity ||
+		stored.Source != "" && claim.Source != "" && stored.Source != claim.Source
 }

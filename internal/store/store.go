@@ -4,9 +4,8 @@
 // Every write is durable before its method returns. Implementations batch
 // concurrent writers into one transaction (group commit) so throughput grows
 // with concurrency without weakening that promise. The embedded default is
-// SQLite (package store/sqlite is this file's only implementation so far);
-// the interface is shaped so a PostgreSQL implementation can follow without
-// changing callers.
+// SQLite (package store/sqlite); package store/postgres keeps the same
+// state in a PostgreSQL database that several meshd replicas share.
 package store
 
 import (
@@ -41,6 +40,16 @@ var (
 	// a certificate that was revoked meanwhile (a renewal racing the
 	// revocation of the certificate it renews).
 	ErrAuthorizerRevoked = errors.New("store: the certificate that requested this one is revoked")
+	// ErrLiveCert reports an exclusive certificate (Cert.Exclusive) for an
+	// identity that holds an unexpired, unrevoked certificate already.
+	ErrLiveCert = errors.New("store: the identity already holds a valid certificate")
+	// ErrAgentOwned reports a claim of an agent id (PutAgentAudited) that
+	// another owner, entity or trust source holds in the store.
+	ErrAgentOwned = errors.New("store: the agent id is owned by another certificate")
+	// ErrUnavailable reports a write or read the database could not carry
+	// out because it cannot be reached (restarting, network down): nothing
+	// was written, and the same call may succeed once it is back.
+	ErrUnavailable = errors.New("store: the database is unavailable")
 )
 
 // Cert is the record of one certificate the CA issued.
@@ -73,6 +82,12 @@ type Cert struct {
 	// operator issued it. It is recorded only while that certificate is
 	// not revoked.
 	AuthorizedBy string
+	// Exclusive, when set, records the certificate only while its common
+	// name holds no unexpired, unrevoked certificate at IssuedAt (checked
+	// in the transaction that would record it): a node enrolled with the
+	// bootstrap secret is enrolled once, whichever replica the requests
+	// reach. It is a condition of the write, not kept with the record.
+	Exclusive bool
 }
 
 // Revocation is the record of one revoked certificate.
@@ -142,7 +157,8 @@ type Store interface {
 	// identity is revoked (ErrIdentityRevoked), its key blocked
 	// (ErrKeyBlocked) or c.AuthorizedBy revoked (ErrAuthorizerRevoked):
 	// checked in the transaction that would record c, so no issuance races
-	// a revocation past it.
+	// a revocation past it; nor, with ErrLiveCert, an exclusive c whose
+	// identity holds a live certificate.
 	RecordCert(ctx context.Context, c Cert, a AuditEntry) error
 	// Cert returns the certificate with serial, or ErrNotFound.
 	Cert(ctx context.Context, serial string) (Cert, error)

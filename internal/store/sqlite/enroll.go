@@ -25,7 +25,7 @@ var (
 // store.ErrExists if a token with t.Hash is recorded; then neither t nor a
 // is written.
 func (s *Store) PutToken(ctx context.Context, t store.JoinToken, a store.AuditEntry) error {
-	if !isSHA256Hex(t.Hash) {
+	if !store.IsSHA256Hex(t.Hash) {
 		return errors.New("sqlite: record join token: the hash is not a lowercase hex SHA-256; record the token's hash, never the token")
 	}
 	if t.NodeID == "" {
@@ -64,19 +64,6 @@ func (s *Store) PutToken(ctx context.Context, t store.JoinToken, a store.AuditEn
 		}
 		return appendAudit(ctx, tx, head, a)
 	})
-}
-
-// isSHA256Hex reports whether h is a SHA-256 in lowercase hex.
-func isSHA256Hex(h string) bool {
-	if len(h) != 64 {
-		return false
-	}
-	for _, c := range []byte(h) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // UseToken spends the join token whose hash is hash to enroll node at now:

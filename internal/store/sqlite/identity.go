@@ -25,7 +25,7 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 	if r.Name == "" {
 		return r, nil, errors.New("sqlite: revoke identity: name is empty")
 	}
-	if r.Reason < 0 || r.Reason > 10 || r.Reason == 7 {
+	if !store.ValidReason(r.Reason) {
 		return r, nil, fmt.Errorf("sqlite: revoke identity %q: %d is not an RFC 5280 CRLReason code", r.Name, r.Reason)
 	}
 	if r.RevokedAt.IsZero() {

@@ -6,11 +6,9 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
-	"path"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
 )
 
 // ErrSchemaTooNew reports a database whose schema was written by a newer
@@ -24,37 +22,9 @@ var ErrSchemaTooNew = errors.New("sqlite: database schema is newer than this pro
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// A migration is one step of the schema.
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
-
 // migrations returns the embedded migrations in version order.
-func migrations() ([]migration, error) {
-	names, err := fs.Glob(migrationFiles, "migrations/*.sql")
-	if err != nil {
-		return nil, err
-	}
-	var ms []migration
-	for _, name := range names { // fs.Glob returns names sorted
-		base := path.Base(name)
-		num, _, ok := strings.Cut(base, "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil {
-			return nil, fmt.Errorf("migration %s: name must start with its version number and '_'", base)
-		}
-		if v != len(ms)+1 {
-			return nil, fmt.Errorf("migration %s: version %d follows version %d", base, v, len(ms))
-		}
-		text, err := migrationFiles.ReadFile(name)
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, migration{version: v, name: base, sql: string(text)})
-	}
-	return ms, nil
+func migrations() ([]store.Migration, error) {
+	return store.LoadMigrations(migrationFiles, "migrations")
 }
 
 // migrate brings the schema of the database in db, the file at path, up to
@@ -73,8 +43,8 @@ func migrate(ctx context.Context, db *sql.DB, path string, now func() time.Time)
 // applyMigrations is migrate with the migrations ms, which run from
 // version 1 without gaps. Tests give it the first few to make a file as an
 // older meshtrust left it.
-func applyMigrations(ctx context.Context, db *sql.DB, path string, now func() time.Time, ms []migration) error {
-	latest := ms[len(ms)-1].version
+func applyMigrations(ctx context.Context, db *sql.DB, path string, now func() time.Time, ms []store.Migration) error {
+	latest := ms[len(ms)-1].Version
 
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
@@ -97,12 +67,12 @@ func applyMigrations(ctx context.Context, db *sql.DB, path string, now func() ti
 		return fmt.Errorf("%w: %s has schema version %d but this meshtrust knows versions up to %d; run a newer meshtrust, or restore a backup made by this one", ErrSchemaTooNew, path, current, latest)
 	}
 	for _, m := range ms[current:] {
-		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-			return fmt.Errorf("sqlite: migrate %s to version %d (%s): %w", path, m.version, m.name, err)
+		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+			return fmt.Errorf("sqlite: migrate %s to version %d (%s): %w", path, m.Version, m.Name, err)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)`,
-			m.version, m.name, now().UnixNano()); err != nil {
-			return fmt.Errorf("sqlite: migrate %s to version %d (%s): %w", path, m.version, m.name, err)
+			m.Version, m.Name, now().UnixNano()); err != nil {
+			return fmt.Errorf("sqlite: migrate %s to version %d (%s): %w", path, m.Version, m.Name, err)
 		}
 	}
 	if err := tx.Commit(); err != nil {

@@ -234,7 +234,10 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 // PutAgentAudited is PutAgents of ag alone, with a appended to the audit
 // log in the same transaction: the registry records an agent id's first
 // claim so. a is appended even when ag is older than the recorded agent
-// and left out. A zero a.Time is set from the store's clock.
+// and left out. A zero a.Time is set from the store's clock. When the
+// recorded agent is owned by another (store.OwnedByOther), nothing is
+// written and the error wraps store.ErrAgentOwned: the writer's one
+// transaction at a time makes the check and the write one step.
 func (s *Store) PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error {
 	agents := []store.Agent{ag}
 	rows, err := agentRows(agents)
@@ -245,6 +248,14 @@ func (s *Store) PutAgentAudited(ctx context.Context, ag store.Agent, a store.Aud
 		return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
 	}
 	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
+		var cur store.Agent
+		err := tx.queryRow(ctx, tx.st.agentOwner, ag.ID).Scan(&cur.Owner, &cur.Entity, &cur.Source)
+		switch {
+		case err == nil && store.OwnedByOther(cur, ag):
+			return fmt.Errorf("%w: agent id %q is owned by %q", store.ErrAgentOwned, ag.ID, cur.Owner)
+		case err != nil && !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
+		}
 		if err := putAgentRows(ctx, tx, agents, rows); err != nil {
 			return err
 		}

@@ -156,7 +156,7 @@ func TestSchemaVersion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	latest := ms[len(ms)-1].version
+	latest := ms[len(ms)-1].Version
 	s, path := openTest(t)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)

@@ -2,17 +2,13 @@ package sqlite
 
 import (
 	"context"
-	"crypto/x509"
 	"database/sql"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 
-	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
 	msqlite "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -59,6 +55,16 @@ func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry
 		case revokedParents > 0:
 			return fmt.Errorf("%w: certificate %s was revoked", store.ErrAuthorizerRevoked, c.AuthorizedBy)
 		}
+		if c.Exclusive {
+			var live string
+			err := tx.queryRow(ctx, tx.st.liveCert, c.CommonName, args[9]).Scan(&live)
+			switch {
+			case err == nil:
+				return fmt.Errorf("%w: %s holds certificate %s", store.ErrLiveCert, c.CommonName, live)
+			case !errors.Is(err, sql.ErrNoRows):
+				return fmt.Errorf("sqlite: record certificate %s: %w", c.Serial, err)
+			}
+		}
 		err := tx.exec(ctx, tx.st.insertCert, args...)
 		switch code(err) {
 		case 0:
@@ -99,16 +105,7 @@ func certArgs(c store.Cert) ([]any, error) {
 		pem = []byte{} // the column is NOT NULL
 	}
 	return []any{c.Serial, c.CommonName, c.Kind, string(sans),
-		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt, c.KeyHash, c.AuthorizedBy, agentNode(c.CommonName)}, nil
-}
-
-// agentNode returns the node of an agent identity's common name ("ct200"
-// for "opus@ct200"), or "".
-func agentNode(cn string) string {
-	if id, err := identity.Parse(cn); err == nil && id.Kind == identity.KindAgent {
-		return id.Node
-	}
-	return ""
+		notBefore, notAfter, c.Fingerprint, c.IssuerKeyID, pem, issuedAt, c.KeyHash, c.AuthorizedBy, store.AgentNode(c.CommonName)}, nil
 }
 
 // Revoke durably records r, appends it to the change feed (see Events)
@@ -128,8 +125,7 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEnt
 	if r.Serial == "" {
 		return store.Revocation{}, errors.New("sqlite: revoke: serial is empty")
 	}
-	// RFC 5280, section 5.3.1: 0 to 10, with 7 unused.
-	if r.Reason < 0 || r.Reason > 10 || r.Reason == 7 {
+	if !store.ValidReason(r.Reason) {
 		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s: %d is not an RFC 5280 CRLReason code", r.Serial, r.Reason)
 	}
 	if r.RevokedAt.IsZero() {
@@ -192,7 +188,7 @@ func revokeCert(ctx context.Context, tx writeTx, r store.Revocation, revokedAt i
 	r.KeyHash = ""
 	if r.Reason == store.ReasonKeyCompromise {
 		if keyHash == "" { // recorded before certificates carried their key's hash
-			if keyHash, err = pemKeyHash(pemBytes); err != nil {
+			if keyHash, err = store.PEMKeyHash(pemBytes); err != nil {
 				return r, fmt.Errorf("sqlite: revoke %s for keyCompromise: %w", r.Serial, err)
 			}
 		}
@@ -215,19 +211,6 @@ func revokeCert(ctx context.Context, tx writeTx, r store.Revocation, revokedAt i
 		return r, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
 	}
 	return r, nil
-}
-
-// pemKeyHash returns store.KeyHash of the certificate in PEM form.
-func pemKeyHash(data []byte) (string, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return "", errors.New("the recorded certificate is not PEM")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return "", err
-	}
-	return store.KeyHash(cert.RawSubjectPublicKeyInfo), nil
 }
 
 // NextCRLNumber durably increments and returns the CRL number of the CA
@@ -304,19 +287,11 @@ func code(err error) int {
 	return sqlite3.SQLITE_ERROR
 }
 
-// nanos returns t as Unix nanoseconds, the form the store keeps times in,
-// or an error naming field if t is outside the range that form can hold.
-func nanos(field string, t time.Time) (int64, error) {
-	if t.Before(time.Unix(0, math.MinInt64)) || t.After(time.Unix(0, math.MaxInt64)) {
-		return 0, fmt.Errorf("%s %s is outside the range the store can hold (years 1678 to 2262)", field, t.UTC().Format(time.RFC3339))
-	}
-	return t.UnixNano(), nil
-}
-
-// fromNanos is the inverse of nanos.
-func fromNanos(n int64) time.Time {
-	return time.Unix(0, n).UTC()
-}
+// nanos and fromNanos are the store's time form (store.Nanos).
+var (
+	nanos     = store.Nanos
+	fromNanos = store.FromNanos
+)
 
 // nullNanos is nanos for a time that may be unset: the zero time.Time
 // becomes NULL, which keeps it apart from the Unix epoch (and from the

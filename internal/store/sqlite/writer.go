@@ -173,6 +173,8 @@ type writeStmts struct {
 	nextCRL          *sql.Stmt
 	insertEvent      *sql.Stmt
 	certBlocked      *sql.Stmt
+	liveCert         *sql.Stmt
+	agentOwner       *sql.Stmt
 	blockKey         *sql.Stmt
 
 	entityRotatedEvent *sql.Stmt
@@ -217,6 +219,9 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 			(SELECT count(*) FROM revoked_identities WHERE name IN (?1, ?2)),
 			(SELECT count(*) FROM blocked_keys WHERE ?3 <> '' AND key_hash = ?3),
 			(SELECT count(*) FROM revocations WHERE ?4 <> '' AND serial = ?4)`},
+		{&st.liveCert, `SELECT serial FROM certs WHERE common_name = ? AND not_after > ?
+			AND serial NOT IN (SELECT serial FROM revocations) LIMIT 1`},
+		{&st.agentOwner, `SELECT owner, entity, source FROM agents WHERE id = ?`},
 		{&st.certNames, `SELECT common_name, issuer_key_id, key_hash, pem FROM certs WHERE serial = ?`},
 		{&st.blockKey, `INSERT INTO blocked_keys (key_hash, serial, blocked_at) VALUES (?, ?, ?)
 			ON CONFLICT (key_hash) DO NOTHING`},

@@ -33,7 +33,9 @@ import (
 // An Opener opens a store over the state kept under dir, a directory the
 // suite made with t.TempDir. A dir the Opener has not seen before must give
 // an empty store; opening a dir again after the store on it was closed must
-// give a store with everything the closed one wrote. An implementation
+// give a store with everything the closed one wrote, and opening a dir
+// while a store on it is open must give another store on the same state
+// (a replica). An implementation
 // whose state is not in files (PostgreSQL) maps each dir to its own
 // database or schema. The Opener fails t if it cannot open the store.
 type Opener func(t *testing.T, dir string) store.Store
@@ -85,6 +87,11 @@ func Run(t *testing.T, open Opener) {
 		{"AuthorizerRevoked", testAuthorizerRevoked},
 		{"RevokeIdentityRace", testRevokeIdentityRace},
 		{"LiveAgents", testLiveAgents},
+
+		{"ReplicaWriters", testReplicaWriters},
+		{"ReplicaTokens", testReplicaTokens},
+		{"ExclusiveCert", testExclusiveCert},
+		{"AgentClaim", testAgentClaim},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open) })
