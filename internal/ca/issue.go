@@ -165,7 +165,7 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 			return nil, err
 		}
 		rec := certRecord(cert, s.req.Profile.Kind().String(), signer.id, now)
-		rec.AuthorizedBy = req.AuthorizedBy
+		rec.AuthorizedBy, rec.Exclusive = req.AuthorizedBy, req.Exclusive
 		err = c.store.RecordCert(ctx, rec, store.AuditEntry{
 			Time: now, Action: "cert.issue", Identity: rec.CommonName, Outcome: store.OutcomeOK,
 			Detail: fmt.Sprintf("%s serial %s until %s", s.req.Profile, rec.Serial, rec.NotAfter.Format("2006-01-02")),

@@ -73,6 +73,10 @@ type Request struct {
 	// (a renewal, a node minting its agent's certificate); the certificate
 	// is recorded only while that one is not revoked. "" for an operator.
 	AuthorizedBy string
+	// Exclusive records the certificate only while its identity holds no
+	// unexpired, unrevoked certificate (store.Cert.Exclusive): a node's
+	// secret enrollment is won once, whichever meshd replica signs.
+	Exclusive bool
 }
 
 // signing is the state a policy's options work on.

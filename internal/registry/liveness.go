@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"reflect"
 	"time"
@@ -153,6 +154,11 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 			r.drop(reg.AgentID, e)
 		}
 		e.mu.Unlock()
+		if errors.Is(err, store.ErrAgentOwned) {
+			// The store's claim is conditional: another process (a
+			// replica) granted the id to another owner first.
+			return res, refusal(ErrForbidden, "owned_by_other", "agent id %q is owned by another certificate (%v); only its owner may act for it", reg.AgentID, err)
+		}
 		return res, fmt.Errorf("record agent %q: %w", reg.AgentID, err)
 	}
 	old, oldStatus := e.reg, e.rec.Status

@@ -168,3 +168,32 @@ func TestRelease(t *testing.T) {
 		claim("ct111"),
 	})
 }
+
+// TestClaimAcrossReplicas: two registries on one store (two meshd
+// replicas) cannot grant one agent id to different owners. The second
+// registry has not heard of the first's claim; the store's conditional
+// claim refuses it, and it keeps no entry.
+func TestClaimAcrossReplicas(t *testing.T) {
+	ctx := context.Background()
+	st := newMemStore()
+	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	a, b := newRegistry(t, st, c), newRegistry(t, st, c)
+	body := []byte(`{"agent_id":"opus","http_port":9000}`)
+	if _, err := a.HeartbeatBody(ctx, peer(t, "opus@ct111", ""), body); err != nil {
+		t.Fatal(err)
+	}
+	_, err := b.HeartbeatBody(ctx, peer(t, "opus@ct112", ""), body)
+	if !errors.Is(err, ErrForbidden) || ReasonOf(err) != "owned_by_other" {
+		t.Fatalf("a second owner's claim through another replica: %v, want owned_by_other", err)
+	}
+	if b.Len() != 0 {
+		t.Errorf("the refusing replica holds %d agents, want none", b.Len())
+	}
+	got, _ := st.Agents(ctx)
+	if len(got) != 1 || got[0].Owner != "opus@ct111" {
+		t.Errorf("stored %+v, want the first owner's record alone", got)
+	}
+	if log := st.auditLog(); len(log) != 1 {
+		t.Errorf("%d audit entries, want the one winning claim", len(log))
+	}
+}

@@ -47,8 +47,14 @@ func (m *memStore) PutAgents(_ context.Context, agents []store.Agent) error {
 }
 
 // PutAgentAudited is PutAgents of one agent with its audit entry, in one
-// write.
+// write, refused with store.ErrAgentOwned as meshd's stores refuse it.
 func (m *memStore) PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error {
+	m.mu.Lock()
+	held, ok := m.agents[ag.ID]
+	m.mu.Unlock()
+	if ok && store.OwnedByOther(held, ag) {
+		return store.ErrAgentOwned
+	}
 	if err := m.PutAgents(ctx, []store.Agent{ag}); err != nil {
 		return err
 	}

@@ -382,6 +382,9 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil && len(revs) == 0 {
+		if s.unavailable(w, r, err) {
+			return
+		}
 		code := http.StatusInternalServerError
 		if errors.Is(err, ca.ErrUnknownCert) || errors.Is(err, ca.ErrAlreadyRevoked) || errors.Is(err, ca.ErrPolicy) {
 			code = http.StatusBadRequest
@@ -437,6 +440,9 @@ func (s *Server) reinstate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.auth.Reinstate(r.Context(), req.Identity); err != nil {
+		if s.unavailable(w, r, err) {
+			return
+		}
 		code := http.StatusInternalServerError
 		if errors.Is(err, ca.ErrNotRevoked) || errors.Is(err, ca.ErrUnknownCert) {
 			code = http.StatusBadRequest
@@ -468,6 +474,23 @@ func (s *Server) adminError(w http.ResponseWriter, r *http.Request, code int, ms
 }
 
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
+	if s.unavailable(w, r, err) {
+		return
+	}
 	s.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	writeJSON(w, http.StatusInternalServerError, meshapi.ErrorResponse{Error: "internal error; see meshd's log", Timestamp: now(s)})
+}
+
+// unavailable answers 503 to a request that failed because the database is
+// away (store.ErrUnavailable: restarting, unreachable) and reports whether
+// it did. Nothing was acknowledged that the store did not hold; the caller
+// may retry once the database is back, which meshd notices by itself.
+func (s *Server) unavailable(w http.ResponseWriter, r *http.Request, err error) bool {
+	if !errors.Is(err, store.ErrUnavailable) {
+		return false
+	}
+	s.log.Warn("request refused: the database is unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+	w.Header().Set("Retry-After", "1")
+	writeJSON(w, http.StatusServiceUnavailable, meshapi.ErrorResponse{Error: "the database is unavailable; nothing was written; retry shortly", Timestamp: now(s)})
+	return true
 }

@@ -248,6 +248,9 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 	if code == http.StatusInternalServerError && errors.Is(err, context.Canceled) {
 		return // the caller went away; nothing to answer
 	}
+	if code == http.StatusInternalServerError && s.unavailable(w, r, err) {
+		return
+	}
 	if code == http.StatusInternalServerError {
 		s.log.Error("registry", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeJSON(w, code, meshapi.ErrorResponse{Error: "internal error; see meshd's log", Timestamp: now(s)})

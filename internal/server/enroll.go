@@ -153,12 +153,9 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		return
 	case s.isSecret(cred):
 		method = "bootstrap secret"
-		// Held for the rest of the request, so the certificate is recorded
-		// before the next secret enrollment checks: otherwise holders of
-		// the secret racing each other (or the node) all pass the check
-		// below and all enroll the node.
-		s.secretMu.Lock()
-		defer s.secretMu.Unlock()
+		// A courtesy answer for the common case; what makes one secret
+		// enrollment of a node win, however many requests race on however
+		// many replicas, is the store's exclusive record (below).
 		if live, err := s.liveCert(ctx, cn); err != nil {
 			s.internalError(w, r, err)
 			return
@@ -192,7 +189,11 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "wrong bootstrap secret or malformed token", cn)
 		return
 	}
-	is, err := s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id})
+	is, err := s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id, Exclusive: method == "bootstrap secret"})
+	if errors.Is(err, store.ErrLiveCert) {
+		fail(http.StatusConflict, "already_enrolled", fmt.Sprintf("node %s already holds a valid certificate; revoke it first, or enroll with a join token for this node", req.NodeID), "node already enrolled (raced)", cn)
+		return
+	}
 	if err != nil {
 		s.signError(w, r, err)
 		return

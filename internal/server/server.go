@@ -171,9 +171,6 @@ type Server struct {
 	// issueAudit rations the audit entries of refused issuance requests
 	// (one per caller, reason and minute).
 	agentCerts, issueAudit *limiter
-	// secretMu makes a secret enrollment's live-certificate check and its
-	// signing one step.
-	secretMu sync.Mutex
 
 	trustChanged chan struct{}
 	wg           sync.WaitGroup
