@@ -14,7 +14,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/database"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -29,7 +29,7 @@ func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logg
 	if err := ensureDir(cfg.Dir); err != nil {
 		return err
 	}
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := database.Open(ctx, o.database, cfg.StorePath(), database.Options{Logger: log})
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/cli"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/database"
 )
 
 func main() {
@@ -37,6 +37,7 @@ func main() {
 // options are meshd's flags.
 type options struct {
 	dataDir, rootDir, caDir    string
+	database                   string
 	listen, adminListen        string
 	admins                     []string
 	tlsMode, tlsCert, tlsKey   string
@@ -98,6 +99,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f := cmd.Flags()
 	f.StringVar(&o.dataDir, "data-dir", envOr("MESHTRUST_DATA_DIR", ""), "data directory: store, admin socket, and (with --dev) the CA (env MESHTRUST_DATA_DIR)")
 	f.StringVar(&o.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", ""), "root CA directory (default <data-dir>/root; env MESHTRUST_ROOT_DIR)")
+	f.StringVar(&o.database, "database", "", "the store: an SQLite file, or postgres://user:password@host:port/database to run as one of several replicas sharing it (default <ca-dir>/meshtrust.db; env DATABASE_URL)")
 	f.StringVar(&o.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", ""), "CA directory (default <data-dir>/ca; env MESHTRUST_CA_DIR)")
 	f.StringVar(&o.listen, "listen", envOr("MESHD_LISTEN", "127.0.0.1:8000"), "agent port address (env MESHD_LISTEN, or MCP Mesh's HOST and PORT)")
 	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to the certificates the meshd-admin policy allows (by default the --admin-identity list; env MCP_MESH_ADMIN_PORT: 127.0.0.1:<port>)")
@@ -185,11 +187,13 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return errors.New("--legacy-secret-compat needs the bootstrap secret (--bootstrap-secret-file or $MESHTRUST_BOOTSTRAP_SECRET)")
 	}
 	haveCA := fileExists(filepath.Join(o.caDir, "intermediate", "state.json"))
-	storePath, err := storeLocation(o.dataDir, cfg, log)
-	if err != nil {
-		return err
+	storePath := o.database
+	if storePath == "" {
+		if storePath, err = storeLocation(o.dataDir, cfg, log); err != nil {
+			return err
+		}
 	}
-	st, err := sqlite.Open(ctx, storePath)
+	st, err := database.Open(ctx, storePath, cfg.StorePath(), database.Options{Logger: log, Follow: true})
 	if err != nil {
 		return err
 	}

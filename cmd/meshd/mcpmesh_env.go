@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/store/database"
 )
 
 // MCP Mesh's registry reads its settings from the environment. meshd
@@ -89,18 +90,24 @@ func adminPortEnv(o *options, flags *pflag.FlagSet, getenv func(string) string) 
 }
 
 // databaseURLEnv: DATABASE_URL is MCP Mesh's store, a SQLite path or a
-// PostgreSQL URL. meshd keeps one store, <ca-dir>/meshtrust.db, where
-// meshctl's offline commands (ca revoke, entity) find it too, so a SQLite
-// path is honoured when it names that file and refused otherwise: meshd
-// neither reads MCP Mesh's database (its agents register again within one
-// heartbeat) nor keeps its state where meshctl would not look.
-func databaseURLEnv(o *options, _ *pflag.FlagSet, getenv func(string) string) error {
+// PostgreSQL URL. A PostgreSQL URL is meshd's --database: the database its
+// replicas share (meshctl reads DATABASE_URL the same way). Otherwise
+// meshd keeps one store, <ca-dir>/meshtrust.db, where meshctl's offline
+// commands (ca revoke, entity) find it too, so a SQLite path is honoured
+// when it names that file and refused otherwise: meshd neither reads MCP
+// Mesh's database (its agents register again within one heartbeat) nor
+// keeps its state where meshctl would not look.
+func databaseURLEnv(o *options, flags *pflag.FlagSet, getenv func(string) string) error {
 	u := getenv("DATABASE_URL")
 	if u == "" {
 		return nil
 	}
-	if strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://") {
-		return errors.New("DATABASE_URL is a PostgreSQL URL, and this meshd stores in SQLite only: unset DATABASE_URL (the store is <ca-dir>/meshtrust.db)")
+	if database.IsPostgres(u) {
+		if flags.Changed("database") && o.database != u {
+			return errors.New("DATABASE_URL and --database name different databases: set one of them")
+		}
+		o.database = u
+		return nil
 	}
 	caDir, dataDir := o.caDir, o.dataDir
 	if dataDir == "" && o.dev {

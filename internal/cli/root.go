@@ -18,7 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/database"
 )
 
 // Execute runs meshctl with args, writing to stdout and stderr, and returns
@@ -47,7 +47,10 @@ func (e exitError) Error() string { return "exit " + strconv.Itoa(e.code) }
 
 // globals are the flags every command shares.
 type globals struct {
-	rootDir, caDir  string
+	rootDir, caDir string
+	// database is --database (DATABASE_URL): "" for the CA directory's
+	// SQLite file, or the PostgreSQL database meshd's replicas share.
+	database        string
 	trustDomain     string
 	leafTTL         string
 	renewAfter      string
@@ -71,6 +74,7 @@ func NewRoot() *cobra.Command {
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.rootDir, "root-dir", os.Getenv("MESHTRUST_ROOT_DIR"), "root CA directory, kept apart so it can go offline (default <data-dir>/root with --data-dir, as meshd keeps it, else ~/.meshtrust/root; env MESHTRUST_ROOT_DIR)")
+	pf.StringVar(&g.database, "database", os.Getenv(database.EnvVar), "the store: an SQLite file, or postgres://user:password@host:port/database shared by meshd replicas (default <ca-dir>/meshtrust.db; env DATABASE_URL)")
 	pf.StringVar(&g.caDir, "ca-dir", os.Getenv("MESHTRUST_CA_DIR"), "CA directory: intermediate, issued certs, CRL, database (default <data-dir>/ca with --data-dir, as meshd keeps it, else ~/.meshtrust/ca; env MESHTRUST_CA_DIR)")
 	pf.StringVar(&g.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain, fixed when the first intermediate is issued (env MCP_MESH_TRUST_DOMAIN)")
 	pf.StringVar(&g.leafTTL, "leaf-ttl", "90d", "lifetime of node, agent and client certificates")
@@ -233,9 +237,9 @@ func (g *globals) config() (ca.Config, error) {
 	return cfg, nil
 }
 
-// openStore opens the CA directory's store, creating the directory when
-// create is set.
-func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (*sqlite.Store, error) {
+// openStore opens the store --database names (by default the CA
+// directory's), creating the CA directory when create is set.
+func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (database.Store, error) {
 	if create {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 			return nil, err
@@ -243,7 +247,7 @@ func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (*s
 	} else if _, err := os.Stat(cfg.Dir); err != nil {
 		return nil, g.noCA(fmt.Errorf("CA directory %s: %w", cfg.Dir, err))
 	}
-	return sqlite.Open(ctx, cfg.StorePath())
+	return database.Open(ctx, g.database, cfg.StorePath(), database.Options{})
 }
 
 // noCA explains a CA directory without a CA: where meshctl looked and why
