@@ -7,8 +7,9 @@
 // /revocations/watch route) to read without a query per subscriber.
 //
 // A process learns of events written by others (an offline meshctl,
-// another replica) by polling; a process that wrote one itself calls Poll
-// before it answers, so its caller sees the effect.
+// another replica) by polling, woken early by the store when it can tell
+// (PostgreSQL's LISTEN/NOTIFY, see Config.Wake); a process that wrote one
+// itself calls Poll before it answers, so its caller sees the effect.
 //
 // Seq numbers need not commit in order (a PostgreSQL sequence is drawn
 // before commit): the Feed applies every event once, in the order it
@@ -48,7 +49,13 @@ type Config struct {
 	Page int
 	// Tail is how many applied events memory keeps for streams; default
 	// 4096.
-	Tail   int
+	Tail int
+	// Wake, if set, receives a value when the feed may have grown (a
+	// PostgreSQL NOTIFY from any replica's write, or a listener that
+	// reconnected and may have missed some): Run polls then rather than
+	// at its next tick. It is a wake-up only; what the store's feed holds
+	// is the truth, and Run keeps polling every interval without it.
+	Wake   <-chan struct{}
 	Now    func() time.Time
 	Logger *slog.Logger
 }
@@ -321,18 +328,30 @@ func (r *Reader) deliver(e store.Event, resume int64) Delivery {
 // closed is a channel that is always ready.
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-// Run polls every interval until ctx ends.
+// Run polls every interval, and whenever Config.Wake fires, until ctx
+// ends.
 func (f *Feed) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	failing := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if _, err := f.Poll(ctx); err != nil && ctx.Err() == nil {
-				f.cfg.Logger.Warn("change feed poll failed", "err", err)
-			}
+		case <-f.cfg.Wake:
+		}
+		// One line when polling starts failing (the database went away)
+		// and one when it works again, not one per interval.
+		_, err := f.Poll(ctx)
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && !failing:
+			f.cfg.Logger.Warn("change feed poll failed; retrying every interval", "err", err)
+			failing = true
+		case err == nil && failing:
+			f.cfg.Logger.Info("change feed poll works again")
+			failing = false
 		}
 	}
 }

@@ -320,3 +320,27 @@ func TestHandlersOutliveTheCaller(t *testing.T) {
 		t.Errorf("cursor = %d, want 3", got)
 	}
 }
+
+// TestRunWakes: with Config.Wake, Run applies an event as soon as the wake
+// channel fires, not at its next tick (an hour away here).
+func TestRunWakes(t *testing.T) {
+	src := &memSource{}
+	wake := make(chan struct{}, 1)
+	f := New(src, 0, Config{Wake: wake})
+	applied := make(chan int64, 1)
+	f.Handle(func(_ context.Context, e store.Event) error { applied <- e.Seq; return nil })
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx, time.Hour) }()
+	defer func() { cancel(); <-done }()
+	src.commit(1)
+	wake <- struct{}{}
+	select {
+	case seq := <-applied:
+		if seq != 1 {
+			t.Fatalf("applied %d, want 1", seq)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the wake-up did not make Run poll")
+	}
+}
