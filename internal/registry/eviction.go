@@ -131,7 +131,7 @@ func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, rea
 		e.mu.Lock()
 		if !e.gone && match(&e.rec) && e.rec.Status != StatusEvicted {
 			e.rec.Status, e.rec.Reason = StatusEvicted, reason
-			e.rec.Version++
+			e.rec.Version = r.bump(e.rec.Version)
 			recs = append(recs, e.rec)
 			out = append(out, Evicted{AgentID: e.rec.ID, CertFingerprint: e.rec.CertFingerprint, CertSerial: e.rec.CertSerial})
 		}
@@ -159,7 +159,7 @@ func (r *Registry) Rotate(ctx context.Context, entity string) (int, error) {
 		e.mu.Lock()
 		if !e.gone && (entity == "" || e.rec.Entity == entity) && e.rec.Status != StatusEvicted {
 			e.rec.RotateFrom = now
-			e.rec.Version++
+			e.rec.Version = r.bump(e.rec.Version)
 			recs = append(recs, e.rec)
 		}
 		e.mu.Unlock()

@@ -116,7 +116,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	}
 	next := e.rec
 	next.ID = reg.AgentID
-	next.Version++
+	next.Version = r.bump(next.Version)
 	// A claim binds the owner (audited): the id's first, or the first
 	// with a certificate of an id registered without one. A record kept
 	// from before sources were stored is bound to its owner's source.
@@ -239,6 +239,12 @@ func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 func (r *Registry) Run(ctx context.Context) {
 	t := time.NewTicker(r.cfg.FlushInterval)
 	defer t.Stop()
+	var syncs <-chan time.Time
+	if r.cfg.SyncInterval > 0 {
+		st := time.NewTicker(r.cfg.SyncInterval)
+		defer st.Stop()
+		syncs = st.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -246,8 +252,13 @@ func (r *Registry) Run(ctx context.Context) {
 				r.cfg.Logger.Warn("flush agent liveness", "err", err)
 			}
 			return
+		case <-syncs:
+			if _, err := r.Sync(ctx); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn("sync agents written by other replicas", "err", err)
+			}
 		case <-t.C:
 			r.Sweep()
+			r.shareLiveness()
 			if err := r.Flush(ctx); err != nil {
 				r.cfg.Logger.Warn("flush agent liveness", "err", err)
 			}
@@ -268,7 +279,7 @@ func (r *Registry) Sweep() int {
 		if !e.gone && e.rec.Status == StatusHealthy && e.lastSeen.Load() < deadline {
 			e.rec.Status = StatusUnhealthy
 			e.rec.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
-			e.rec.Version++
+			e.rec.Version = r.bump(e.rec.Version)
 			r.markDirty(e.rec.ID)
 			n++
 		}

@@ -104,6 +104,15 @@ type Config struct {
 	Timeout time.Duration
 	// FlushInterval is how often liveness changes are written.
 	FlushInterval time.Duration
+	// SyncInterval, for a registry that shares its store with other
+	// processes (meshd replicas), is how often Run merges what they wrote
+	// (see Sync); 0 never, for a store this process alone writes.
+	SyncInterval time.Duration
+	// ShareInterval, with SyncInterval, is how stale the stored last-seen
+	// time of an agent this process hears from may get before it is
+	// written (in the flush batch); default a quarter of Timeout, so a
+	// replica that only reads it never finds a live agent silent.
+	ShareInterval time.Duration
 	Now           func() time.Time
 	Logger        *slog.Logger
 
@@ -273,6 +282,9 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 	}
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = DefaultFlushInterval
+	}
+	if cfg.SyncInterval > 0 && cfg.ShareInterval == 0 {
+		cfg.ShareInterval = cfg.Timeout / 4
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

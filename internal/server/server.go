@@ -42,6 +42,19 @@ type Store interface {
 	store.PolicyStore
 }
 
+// replicated is a Store that other meshd processes (replicas) share: the
+// PostgreSQL store. Wake tells when the change feed may have grown
+// (LISTEN/NOTIFY), so that replicas apply each other's revocations within
+// milliseconds rather than at the next poll; the registry merges the
+// agents the others registered every replicaSync.
+type replicated interface {
+	Wake() <-chan struct{}
+}
+
+// replicaSync is how often a replica's registry merges the agents other
+// replicas wrote: how long GET /agents on two replicas may disagree.
+const replicaSync = time.Second
+
 // Backend names for MCP_MESH_TRUST_BACKEND.
 const (
 	BackendLocalCA   = "localca"
@@ -269,10 +282,15 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	if err := s.loadAdminPolicy(ctx); err != nil {
 		return nil, err
 	}
-	s.events = events.New(st, cursor, events.Config{Logger: s.log, Now: cfg.Now})
+	feedCfg := events.Config{Logger: s.log, Now: cfg.Now}
+	var syncEvery time.Duration
+	if w, ok := st.(replicated); ok {
+		feedCfg.Wake, syncEvery = w.Wake(), replicaSync
+	}
+	s.events = events.New(st, cursor, feedCfg)
 	s.events.Handle(s.applyEvent)
 	rl := cfg.Registrations
-	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, FlushInterval: cfg.HealthCheckInterval, Now: cfg.Now, Logger: s.log,
+	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, FlushInterval: cfg.HealthCheckInterval, Now: cfg.Now, Logger: s.log, SyncInterval: syncEvery,
 		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
 		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff}); err != nil {
 		return nil, err
