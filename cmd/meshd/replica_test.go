@@ -1,0 +1,504 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/store/postgres"
+	"github.com/meshtrust/meshtrust/internal/store/postgres/pgtest"
+	"github.com/meshtrust/meshtrust/meshapi"
+)
+
+// replica is one meshd process of a replicated mesh.
+type replica struct {
+	name   string
+	cmd    *exec.Cmd
+	addr   string // the agent port
+	data   string // --data-dir, which holds admin.sock
+	stderr *lockedBuffer
+	done   chan error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// freeAddr returns a loopback address nothing listens on now.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startReplica starts bin/meshd with data dir data on database dsn and
+// waits until its agent port answers.
+func startReplica(t *testing.T, bin, name, data, dsn string, extra ...string) *replica {
+	t.Helper()
+	r := &replica{name: name, addr: freeAddr(t), data: data, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	args := append([]string{"--data-dir", data, "--database", dsn, "--listen", r.addr, "--log-level", "info",
+		"--agent-cert-burst", "100000", "--agent-cert-interval", "1ms", "--max-agents-per-node", "100000"}, extra...)
+	r.cmd = exec.Command(filepath.Join(bin, "meshd"), args...)
+	r.cmd.Env = cleanEnv(filepath.Join(filepath.Dir(data), "home-"+name))
+	r.cmd.Stderr = r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.done <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		r.stop(t)
+		if t.Failed() {
+			t.Logf("meshd %s stderr:\n%s", r.name, r.stderr)
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
+			c.Close()
+			if _, err := os.Stat(filepath.Join(data, "admin.sock")); err == nil {
+				return r
+			}
+		}
+		select {
+		case err := <-r.done:
+			r.done <- err
+			t.Fatalf("meshd %s exited (%v):\n%s", name, err, r.stderr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("meshd %s does not answer on %s within 60s:\n%s", name, r.addr, r.stderr)
+		}
+	}
+}
+
+func (r *replica) stop(t *testing.T) {
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return
+	default:
+	}
+	r.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-r.done:
+		r.done <- err
+	case <-time.After(20 * time.Second):
+		r.cmd.Process.Kill()
+		t.Errorf("meshd %s did not stop within 20s of SIGTERM", r.name)
+	}
+}
+
+// admin calls meshd's admin API on its unix socket.
+func (r *replica) admin(t *testing.T, method, path string, body any) (int, []byte) {
+	t.Helper()
+	sock := filepath.Join(r.data, "admin.sock")
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(method, "http://meshd"+path, bytes.NewReader(b))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("admin %s %s on %s: %v", method, path, r.name, err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+// mesh is the test's view of the CA the replicas share.
+type mesh struct {
+	cfg   ca.Config
+	auth  *ca.CA
+	roots *x509.CertPool
+}
+
+// identity issues cn's certificate with a key the CA keeps in its issued
+// directory, and returns it for a TLS client.
+func (m *mesh) identity(t *testing.T, agent, node string) tls.Certificate {
+	t.Helper()
+	var is *ca.Issued
+	var err error
+	if agent == "" {
+		is, err = m.auth.IssueNode(t.Context(), node)
+	} else {
+		is, err = m.auth.IssueAgent(t.Context(), agent, node)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn := is.Cert.Subject.CommonName
+	cert, err := tls.LoadX509KeyPair(m.cfg.IssuedCertPath(cn), m.cfg.IssuedKeyPath(cn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+func (m *mesh) client(cert tls.Certificate) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: m.roots, Certificates: []tls.Certificate{cert}, ServerName: "localhost"}}}
+}
+
+// call does one request and returns its status and body (0 on a
+// transport error).
+func call(c *http.Client, method, url string, body any) (int, []byte) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, url, rd)
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, []byte(err.Error())
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, out
+}
+
+// agents returns GET /agents as id -> status.
+func agents(t *testing.T, c *http.Client, r *replica) map[string]string {
+	t.Helper()
+	code, body := call(c, "GET", "https://"+r.addr+"/agents", nil)
+	if code != http.StatusOK {
+		t.Fatalf("GET /agents on %s: %d %s", r.name, code, body)
+	}
+	var out struct {
+		Agents []struct {
+			ID     string `json:"id"`
+			Status string `json:"status"`
+		} `json:"agents"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		t.Fatalf("GET /agents on %s: %v: %s", r.name, err, body)
+	}
+	m := map[string]string{}
+	for _, a := range out.Agents {
+		m[a.ID] = a.Status
+	}
+	return m
+}
+
+func csrFor(t *testing.T, cn string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
+
+// waitFor polls cond every 10ms until it holds or d passes.
+func waitFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cond()
+}
+
+// copyTree copies the directory src to dst, modes kept.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", src, dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a %s %s: %v\n%s", src, dst, err, out)
+	}
+}
+
+// TestReplicas runs three meshd processes, built from cmd/meshd, on one
+// PostgreSQL: agents spread across them agree on GET /agents; a
+// revocation on one evicts and disconnects an agent held by another
+// within a second; a PostgreSQL restart under load leaves heartbeats
+// served and issuance refused with 503 until it is back; a replica
+// SIGKILLed mid-issuance loses no acknowledged certificate.
+func TestReplicas(t *testing.T) {
+	bin := buildBinaries(t)
+	pg := pgtest.Start(t)
+	dsn := pg.Schema(t)
+	root := t.TempDir()
+
+	// A creates the mesh CA (--dev); B and C run with a copy of its CA
+	// directory: the one intermediate every replica signs with.
+	a := startReplica(t, bin, "A", filepath.Join(root, "a"), dsn, "--dev")
+	cfgA := ca.Config{RootDir: filepath.Join(root, "a", "root"), Dir: filepath.Join(root, "a", "ca"), TrustDomain: "mesh.local"}
+	for _, n := range []string{"b", "c"} {
+		if err := os.MkdirAll(filepath.Join(root, n), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		copyTree(t, cfgA.Dir, filepath.Join(root, n, "ca"))
+		copyTree(t, cfgA.RootDir, filepath.Join(root, n, "root"))
+	}
+	tlsFlags := func(n string) []string {
+		c := ca.Config{Dir: filepath.Join(root, n, "ca")}
+		return []string{"--tls-cert", c.IssuedCertPath("meshd.mesh"), "--tls-key", c.IssuedKeyPath("meshd.mesh")}
+	}
+	b := startReplica(t, bin, "B", filepath.Join(root, "b", "data"), dsn,
+		append(tlsFlags("b"), "--ca-dir", filepath.Join(root, "b", "ca"), "--root-dir", filepath.Join(root, "b", "root"))...)
+	c := startReplica(t, bin, "C", filepath.Join(root, "c", "data"), dsn,
+		append(tlsFlags("c"), "--ca-dir", filepath.Join(root, "c", "ca"), "--root-dir", filepath.Join(root, "c", "root"))...)
+
+	st, err := postgres.Open(t.Context(), dsn, postgres.WithoutListen())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	auth, err := ca.Open(t.Context(), cfgA, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootPEM, err := os.ReadFile(cfgA.RootCertPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &mesh{cfg: cfgA, auth: auth, roots: x509.NewCertPool()}
+	m.roots.AppendCertsFromPEM(rootPEM)
+
+	opusCert, watchCert := m.identity(t, "opus", "ct111"), m.identity(t, "watch", "ct112")
+	opus, watch := m.client(opusCert), m.client(watchCert)
+
+	// Agents spread: opus heartbeats to B, watch to A.
+	for _, hb := range []struct {
+		c  *http.Client
+		r  *replica
+		id string
+	}{{opus, b, "opus"}, {watch, a, "watch"}} {
+		if code, body := call(hb.c, "POST", "https://"+hb.r.addr+"/heartbeat", map[string]any{"agent_id": hb.id, "http_port": 9000}); code != http.StatusOK && code != http.StatusCreated {
+			t.Fatalf("%s's heartbeat to %s: %d %s", hb.id, hb.r.name, code, body)
+		}
+	}
+	want := map[string]string{"opus": "healthy", "watch": "healthy"}
+	for _, r := range []*replica{a, b, c} {
+		if !waitFor(10*time.Second, func() bool { return maps(agents(t, watch, r), want) }) {
+			t.Fatalf("GET /agents on %s = %v, want %v", r.name, agents(t, watch, r), want)
+		}
+	}
+
+	t.Run("RevocationCrossesReplicas", func(t *testing.T) {
+		// opus holds a connection to B; the revocation is made on A.
+		conn, err := tls.Dial("tcp", b.addr, &tls.Config{RootCAs: m.roots, Certificates: []tls.Certificate{opusCert}, ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "HEAD /heartbeat/opus HTTP/1.1\r\nHost: meshd\r\n\r\n")
+		buf := make([]byte, 4096)
+		if n, err := conn.Read(buf); err != nil || !strings.Contains(string(buf[:n]), " 200 ") && !strings.Contains(string(buf[:n]), " 202 ") {
+			t.Fatalf("opus's HEAD to B: %q, %v", buf[:n], err)
+		}
+		closed := make(chan time.Time, 1)
+		go func() {
+			for {
+				if _, err := conn.Read(buf); err != nil {
+					closed <- time.Now()
+					return
+				}
+			}
+		}()
+		start := time.Now()
+		if code, body := a.admin(t, "POST", "/admin/revoke", meshapi.RevokeRequest{Target: "opus@ct111"}); code != http.StatusOK {
+			t.Fatalf("revoke on A: %d %s", code, body)
+		}
+		if !waitFor(time.Second-time.Since(start), func() bool { return agents(t, watch, b)["opus"] == "evicted" }) {
+			t.Errorf("B lists opus as %q a second after its revocation on A", agents(t, watch, b)["opus"])
+		}
+		evicted := time.Since(start)
+		select {
+		case at := <-closed:
+			t.Logf("revocation on A: opus evicted on B after %v, its connection to B closed after %v", evicted, at.Sub(start))
+			if at.Sub(start) > time.Second {
+				t.Errorf("B closed opus's connection %v after the revocation on A, want within 1s", at.Sub(start))
+			}
+		case <-time.After(time.Second):
+			t.Errorf("B still holds opus's connection a second after its revocation on A")
+		}
+		for _, r := range []*replica{a, c} {
+			if got := agents(t, watch, r)["opus"]; got != "evicted" {
+				t.Errorf("%s lists opus as %q after its revocation", r.name, got)
+			}
+		}
+	})
+
+	node := m.client(m.identity(t, "", "ct120"))
+	issue := func(r *replica, agent string) (int, meshapi.IssuedCert) {
+		code, body := call(node, "POST", "https://"+r.addr+"/agent-cert",
+			meshapi.AgentCertRequest{AgentID: agent, CSR: csrFor(t, agent+"@ct120")})
+		var out meshapi.IssuedCert
+		if code == http.StatusCreated {
+			if err := json.Unmarshal(body, &out); err != nil {
+				t.Errorf("agent-cert answer: %v: %s", err, body)
+			}
+		}
+		return code, out
+	}
+
+	t.Run("DatabaseRestart", func(t *testing.T) {
+		if !pg.Restartable() {
+			t.Skip("the PostgreSQL MESHTRUST_POSTGRES_URL names cannot be restarted by a test")
+		}
+		// Load: watch heartbeats to every replica while the database
+		// goes away and comes back.
+		stop := make(chan struct{})
+		var (
+			wg       sync.WaitGroup
+			mu       sync.Mutex
+			refused  []string
+			answered int
+		)
+		for _, r := range []*replica{a, b, c} {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+					code, body := call(watch, "HEAD", "https://"+r.addr+"/heartbeat/watch", nil)
+					mu.Lock()
+					answered++
+					// 202 is alive too: "POST again", the topology moved.
+					if code != http.StatusOK && code != http.StatusAccepted {
+						refused = append(refused, fmt.Sprintf("%s: %d %s", r.name, code, body))
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		pg.Stop(t)
+		for _, r := range []*replica{a, b, c} {
+			code, _ := issue(r, "down-"+strings.ToLower(r.name))
+			if code != http.StatusServiceUnavailable {
+				t.Errorf("issuance on %s with the database down: %d, want 503", r.name, code)
+			}
+		}
+		code, body := b.admin(t, "POST", "/admin/revoke", meshapi.RevokeRequest{Target: "watch@ct112"})
+		if code != http.StatusServiceUnavailable {
+			t.Errorf("revocation on B with the database down: %d %s, want 503", code, body)
+		}
+		time.Sleep(time.Second) // heartbeats keep coming meanwhile
+		pg.Restart(t)
+		for _, r := range []*replica{a, b, c} {
+			if !waitFor(30*time.Second, func() bool { code, _ := issue(r, "up-"+strings.ToLower(r.name)); return code == http.StatusCreated }) {
+				t.Errorf("issuance on %s does not recover within 30s of the database's return", r.name)
+			}
+		}
+		close(stop)
+		wg.Wait()
+		if len(refused) > 0 {
+			t.Errorf("%d of %d heartbeats refused around the restart: %v", len(refused), answered, refused[:min(5, len(refused))])
+		}
+		// Nothing refused was recorded.
+		for _, r := range []*replica{a, b, c} {
+			certs, err := st.CertsByName(t.Context(), "down-"+strings.ToLower(r.name)+"@ct120")
+			if err != nil || len(certs) != 0 {
+				t.Errorf("the refused issuance on %s left %d certificates (%v)", r.name, len(certs), err)
+			}
+		}
+	})
+
+	t.Run("KilledMidIssuance", func(t *testing.T) {
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			acked []string
+		)
+		for w := range 6 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					code, is := issue(c, fmt.Sprintf("k%d-%d", w, i))
+					if code != http.StatusCreated {
+						return // C is gone
+					}
+					mu.Lock()
+					acked = append(acked, is.Serial)
+					mu.Unlock()
+				}
+			})
+		}
+		waitFor(10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) >= 20 })
+		c.cmd.Process.Signal(syscall.SIGKILL)
+		wg.Wait()
+		if len(acked) < 20 {
+			t.Fatalf("only %d certificates acknowledged before the kill", len(acked))
+		}
+		all, err := st.Certs(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		serials := make([]string, 0, len(all))
+		for _, cert := range all {
+			serials = append(serials, cert.Serial)
+		}
+		sort.Strings(serials)
+		if len(slices.Compact(slices.Clone(serials))) != len(serials) {
+			t.Errorf("duplicate serials among %d certificates", len(serials))
+		}
+		for _, s := range acked {
+			if _, found := slices.BinarySearch(serials, s); !found {
+				t.Errorf("certificate %s was acknowledged by C but is not in the store", s)
+			}
+		}
+		t.Logf("C acknowledged %d certificates before SIGKILL; every one is stored", len(acked))
+		// The survivors keep issuing.
+		if code, _ := issue(a, "after-kill"); code != http.StatusCreated {
+			t.Errorf("issuance on A after C was killed: %d", code)
+		}
+	})
+}
+
+// maps reports whether got holds want's entries.
+func maps(got, want map[string]string) bool {
+	for k, v := range want {
+		if got[k] != v {
+			return false
+		}
+	}
+	return true
+}
