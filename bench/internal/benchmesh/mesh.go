@@ -21,7 +21,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/database"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -33,6 +33,13 @@ type Config struct {
 	// MaxWatchStreams caps the revocation streams, in all and per source;
 	// zero is meshd's defaults.
 	MaxWatchStreams int
+	// Database is meshd's --database: "" for the CA directory's SQLite
+	// file, or a postgres:// URL, on which AddReplica starts more meshd
+	// replicas.
+	Database string
+	// AgentCertBurst and MaxAgentsPerNode are meshd's; zero is its
+	// defaults.
+	AgentCertBurst, MaxAgentsPerNode int
 }
 
 // Mesh is meshd running in this process over a mesh CA of its own: the CA
@@ -43,15 +50,28 @@ type Mesh struct {
 	// CA is the mesh CA meshd trusts; it issues the benchmark's agents.
 	CA *ca.CA
 	// Store is the store of the CA and of meshd's registry.
-	Store *sqlite.Store
+	Store database.Store
 	// Server is meshd.
 	Server *server.Server
+	// Replicas are the meshd processes AddReplica started beside Server,
+	// each on its own store handle of the same database.
+	Replicas []*Replica
 	// Roots holds the mesh root, for clients of the agent port.
 	Roots *x509.CertPool
 	// Admin is a client of the admin socket: any http://meshd/... URL
 	// reaches it.
 	Admin *http.Client
 
+	cfg    Config
+	dir    string
+	cert   string // the agent port's certificate's common name
+	cancel context.CancelFunc
+}
+
+// Replica is one more meshd on the mesh's database.
+type Replica struct {
+	Server *server.Server
+	Store  database.Store
 	cancel context.CancelFunc
 }
 
@@ -63,8 +83,8 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	m := &Mesh{cancel: func() {}}
-	if m.Store, err = sqlite.Open(ctx, cfg.StorePath()); err != nil {
+	m := &Mesh{cfg: c, dir: dir, cancel: func() {}}
+	if m.Store, err = database.Open(ctx, c.Database, cfg.StorePath(), database.Options{Follow: true}); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -85,24 +105,11 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cn := node.Cert.Subject.CommonName
+	m.cert = node.Cert.Subject.CommonName
 	m.Roots = x509.NewCertPool()
 	m.Roots.AddCert(m.CA.Root())
 	sock := filepath.Join(dir, "admin.sock")
-	srv, err := server.New(ctx, server.Config{
-		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
-		CertFile: m.CA.Config().IssuedCertPath(cn), KeyFile: m.CA.Config().IssuedKeyPath(cn),
-		Backends: []string{server.BackendLocalCA}, RevocationPoll: c.RevocationPoll,
-		MaxWatchStreams: c.MaxWatchStreams, MaxWatchStreamsPerSource: c.MaxWatchStreams,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	}, m.Store, m.CA)
-	if err != nil {
-		return nil, err
-	}
-	m.Server = srv
-	var sctx context.Context
-	sctx, m.cancel = context.WithCancel(ctx)
-	if err := m.Server.Start(sctx); err != nil {
+	if m.Server, m.cancel, err = m.startServer(ctx, sock, m.Store, m.CA); err != nil {
 		return nil, err
 	}
 	m.Admin = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -112,6 +119,55 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 		},
 	}}
 	return m, nil
+}
+
+// startServer starts a meshd over st and authority with the admin API on
+// sock.
+func (m *Mesh) startServer(ctx context.Context, sock string, st database.Store, authority *ca.CA) (*server.Server, context.CancelFunc, error) {
+	c := m.cfg
+	srv, err := server.New(ctx, server.Config{
+		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
+		CertFile: m.CA.Config().IssuedCertPath(m.cert), KeyFile: m.CA.Config().IssuedKeyPath(m.cert),
+		Backends: []string{server.BackendLocalCA}, RevocationPoll: c.RevocationPoll,
+		MaxWatchStreams: c.MaxWatchStreams, MaxWatchStreamsPerSource: c.MaxWatchStreams,
+		AgentCertBurst: c.AgentCertBurst, AgentCertInterval: time.Millisecond, MaxAgentsPerNode: c.MaxAgentsPerNode,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}, st, authority)
+	if err != nil {
+		return nil, nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	if err := srv.Start(sctx); err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	return srv, cancel, nil
+}
+
+// AddReplica starts one more meshd on the mesh's PostgreSQL database, with
+// a store handle of its own and the CA opened on the same CA directory
+// (the signing key shared by configuration, as replicas share it).
+func (m *Mesh) AddReplica(ctx context.Context) (*Replica, error) {
+	if !database.IsPostgres(m.cfg.Database) {
+		return nil, errors.New("benchmesh: replicas need a postgres:// Database")
+	}
+	st, err := database.Open(ctx, m.cfg.Database, "", database.Options{Follow: true})
+	if err != nil {
+		return nil, err
+	}
+	authority, err := ca.Open(ctx, m.CA.Config(), st)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	r := &Replica{Store: st}
+	sock := filepath.Join(m.dir, fmt.Sprintf("admin-%d.sock", len(m.Replicas)+1))
+	if r.Server, r.cancel, err = m.startServer(ctx, sock, st, authority); err != nil {
+		st.Close()
+		return nil, err
+	}
+	m.Replicas = append(m.Replicas, r)
+	return r, nil
 }
 
 // Addr is the agent port's address.
@@ -161,6 +217,13 @@ func (m *Mesh) Close() error {
 		errs = append(errs, m.Server.Shutdown(sctx))
 	}
 	m.cancel()
+	for _, r := range m.Replicas {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		errs = append(errs, r.Server.Shutdown(sctx))
+		cancel()
+		r.cancel()
+		errs = append(errs, r.Store.Close())
+	}
 	errs = append(errs, m.Store.Close())
 	return errors.Join(errs...)
 }
