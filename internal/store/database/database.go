@@ -27,6 +27,7 @@ type Store interface {
 	store.AgentAuditor
 	store.TokenStore
 	store.EventStore
+	store.PolicyStore
 }
 
 // IsPostgres reports whether url names a PostgreSQL database
