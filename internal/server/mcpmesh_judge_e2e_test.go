@@ -249,9 +249,9 @@ func TestMCPMeshMeshctlEntities(t *testing.T) {
 		t.Fatal(err)
 	}
 	agentTLS := acme.leaf(t, "acme-weather-1")
-	c := e.client(&agentTLS)
-	// A new connection to MCP Mesh for each request: it may close one it
-	// kept alive just as the next POST goes out, which Go does not retry.
+	// A new connection for each request: meshd closes the connections of
+	// a certificate that loses trust (the revocation below), and a POST
+	// on a closed kept-alive connection is not retried.
 	fresh := e.freshClient(&agentTLS)
 	body := heartbeat("acme-weather-1", 9201, "weather")
 	codes := func() (mmCode, meshdCode int) {
@@ -262,7 +262,7 @@ func TestMCPMeshMeshctlEntities(t *testing.T) {
 			t.Fatalf("POST to MCP Mesh: %v\n%s", err, mm.logs)
 		}
 		resp.Body.Close()
-		return resp.StatusCode, e.do(c, "POST", "/heartbeat", body).code
+		return resp.StatusCode, e.do(fresh, "POST", "/heartbeat", body).code
 	}
 	if a, b := codes(); a != http.StatusForbidden || b != http.StatusForbidden {
 		t.Fatalf("an unknown entity's agent: MCP Mesh %d, meshd %d, want 403 from both\n%s", a, b, mm.logs)
