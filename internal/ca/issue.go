@@ -166,10 +166,15 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 		}
 		rec := certRecord(cert, s.req.Profile.Kind().String(), signer.id, now)
 		rec.AuthorizedBy, rec.Exclusive = req.AuthorizedBy, req.Exclusive
-		err = c.store.RecordCert(ctx, rec, store.AuditEntry{
+		entry := store.AuditEntry{
 			Time: now, Action: "cert.issue", Identity: rec.CommonName, Outcome: store.OutcomeOK,
 			Detail: fmt.Sprintf("%s serial %s until %s", s.req.Profile, rec.Serial, rec.NotAfter.Format("2006-01-02")),
-		})
+		}
+		if req.Renews != "" {
+			entry.Action = "cert.renew"
+			entry.Detail = fmt.Sprintf("serial %s -> %s, %s until %s", req.Renews, rec.Serial, s.req.Profile, rec.NotAfter.Format("2006-01-02"))
+		}
+		err = c.store.RecordCert(ctx, rec, entry)
 		if errors.Is(err, store.ErrExists) && attempt < 3 {
 			continue // a 128-bit serial collided: draw another
 		}

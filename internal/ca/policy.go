@@ -77,6 +77,11 @@ type Request struct {
 	// unexpired, unrevoked certificate (store.Cert.Exclusive): a node's
 	// secret enrollment is won once, whichever meshd replica signs.
 	Exclusive bool
+	// Renews is the serial of the certificate this one renews, when the
+	// issuance is the whole of a renewal: its audit entry is then the
+	// renewal's (cert.renew, "serial <old> -> <new>"), so a renewal costs
+	// one entry rather than an issuance's and a renewal's.
+	Renews string
 }
 
 // signing is the state a policy's options work on.

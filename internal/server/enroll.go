@@ -442,6 +442,10 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
 	ctx := r.Context()
 	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity), AuthorizedBy: peer.Serial}
+	if len(req.Agents) == 0 {
+		// The certificate's own audit entry is the renewal's.
+		own.Renews = peer.Serial
+	}
 	// The agents' requests are checked before anything is signed, so a
 	// renewal refused for one agent records no certificate nobody receives.
 	type agentReq struct {
@@ -489,7 +493,9 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 		b.AgentID = a.id
 		out.Agents = append(out.Agents, b)
 	}
-	s.audit(ctx, "cert.renew", peer.Identity.CommonName(), store.OutcomeOK, fmt.Sprintf("serial %s -> %s, %d agent certificate(s)", peer.Serial, is.Record.Serial, len(out.Agents)))
+	if own.Renews == "" {
+		s.audit(ctx, "cert.renew", peer.Identity.CommonName(), store.OutcomeOK, fmt.Sprintf("serial %s -> %s, %d agent certificate(s)", peer.Serial, is.Record.Serial, len(out.Agents)))
+	}
 	writeJSON(w, http.StatusOK, out)
 }
 
