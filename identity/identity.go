@@ -259,19 +259,9 @@ func FromCertificate(cert *x509.Certificate, td spiffeid.TrustDomain) (Identity,
 	if err != nil {
 		return Identity{}, err
 	}
-	var sid spiffeid.ID
-	n := 0
-	for _, u := range cert.URIs {
-		if u.Scheme != "spiffe" {
-			continue
-		}
-		n++
-		if sid, err = spiffeid.FromURI(u); err != nil {
-			return Identity{}, fmt.Errorf("%w: URI SAN %q: %w", ErrMismatch, u, err)
-		}
-	}
-	if n != 1 {
-		return Identity{}, fmt.Errorf("%w: %q has %d SPIFFE URI SANs, want exactly 1", ErrMismatch, cert.Subject.CommonName, n)
+	sid, err := CertSPIFFEID(cert)
+	if err != nil {
+		return Identity{}, err
 	}
 	want, err := id.SPIFFEID(td)
 	if err != nil {
@@ -284,6 +274,27 @@ func FromCertificate(cert *x509.Certificate, td spiffeid.TrustDomain) (Identity,
 		return Identity{}, fmt.Errorf("%w: node certificate %q lacks DNS SAN %q", ErrMismatch, id.CommonName(), id.CommonName())
 	}
 	return id, nil
+}
+
+// CertSPIFFEID returns the SPIFFE ID of cert as an X.509-SVID carries
+// it: exactly one spiffe:// URI SAN. It does not verify the chain.
+func CertSPIFFEID(cert *x509.Certificate) (spiffeid.ID, error) {
+	var sid spiffeid.ID
+	n := 0
+	for _, u := range cert.URIs {
+		if u.Scheme != "spiffe" {
+			continue
+		}
+		n++
+		var err error
+		if sid, err = spiffeid.FromURI(u); err != nil {
+			return spiffeid.ID{}, fmt.Errorf("%w: URI SAN %q: %w", ErrMismatch, u, err)
+		}
+	}
+	if n != 1 {
+		return spiffeid.ID{}, fmt.Errorf("%w: %q has %d SPIFFE URI SANs, want exactly 1", ErrMismatch, cert.Subject.CommonName, n)
+	}
+	return sid, nil
 }
 
 func contains(list []string, s string) bool {

@@ -237,6 +237,9 @@ type EntityInfo struct {
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
 	// Agents counts the entity's agents that are not evicted.
 	Agents int `json:"agents"`
+	// Namespace is the agent ids the entity's agents may claim: "prefix"
+	// (<name>-…), "first-claim" or "ids:<id>,…".
+	Namespace string `json:"namespace"`
 }
 
 // EntityList is the answer to GET /admin/entities, sorted by name (never
@@ -252,6 +255,10 @@ type RegisterEntityRequest struct {
 	CACert string `json:"ca_cert"`
 	// Force replaces an entity of the same name.
 	Force bool `json:"force"`
+	// Namespace is the agent ids the entity's agents may claim: "prefix"
+	// (the default: ids starting with "<name>-"), "first-claim" (any id
+	// no one claimed, first come), or "ids:<id>,<id>,…".
+	Namespace string `json:"namespace,omitempty"`
 }
 
 // RegisterEntityResponse is the answer to POST /admin/entities. (Fields in

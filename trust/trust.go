@@ -114,8 +114,18 @@ type Peer struct {
 	expires time.Time
 }
 
-// Name returns the certificate's common name.
-func (p *Peer) Name() string { return p.Leaf.Subject.CommonName }
+// Name returns the certificate's common name, or for a certificate
+// without one (an X.509-SVID whose only identity is its SPIFFE ID) its one
+// spiffe:// URI SAN; "" for a certificate that has neither.
+func (p *Peer) Name() string {
+	if cn := p.Leaf.Subject.CommonName; cn != "" {
+		return cn
+	}
+	if id, err := identity.CertSPIFFEID(p.Leaf); err == nil {
+		return id.String()
+	}
+	return ""
+}
 
 // AgentID returns the one agent id this certificate may speak for: the
 // <agent-id> of a mesh agent identity <agent-id>@<node-id>, or, for a
@@ -128,7 +138,7 @@ func (p *Peer) AgentID() (string, error) {
 	case identity.KindNode, identity.KindExternal:
 		return "", fmt.Errorf("%q is a %s certificate and cannot speak for an agent", p.Name(), p.Identity.Kind)
 	}
-	cn := p.Name()
+	cn := p.Leaf.Subject.CommonName
 	if err := identity.ValidateID(cn); err != nil {
 		return "", fmt.Errorf("certificate CN %q does not name an agent: %w", cn, err)
 	}

@@ -52,6 +52,7 @@ type options struct {
 	secretFile, meshSecretFile string
 	legacyCompat               bool
 	limits                     limits
+	binding                    bindingOptions
 }
 
 // limits are the caps on what one caller can make meshd spend.
@@ -110,6 +111,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.backends, "trust-backend", envOr("MCP_MESH_TRUST_BACKEND", "localca"), "comma list of trust backends tried in order: localca, filestore, entities (env MCP_MESH_TRUST_BACKEND)")
 	f.StringVar(&o.trustDir, "trust-dir", envOr("MCP_MESH_TRUST_DIR", ""), "filestore directory: *.pem and entities/<name>.pem (env MCP_MESH_TRUST_DIR)")
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)")
+	o.binding.flags(f)
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy (env DEFAULT_TIMEOUT_THRESHOLD, in seconds, as MCP Mesh's)")
 	f.DurationVar(&o.healthCheckInterval, "health-check-interval", registry.DefaultFlushInterval, "how often silent agents are marked unhealthy and liveness is written (env HEALTH_CHECK_INTERVAL, in seconds, as MCP Mesh's)")
@@ -204,7 +206,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	srv, err := server.New(ctx, server.Config{
+	scfg := server.Config{
 		Listen: o.listen, AdminSocket: filepath.Join(o.dataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins,
 		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
@@ -214,7 +216,11 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		ReadTimeout: o.limits.readTimeout, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
 		Registrations: o.limits.registrationLimits(),
-	}, st, authority)
+	}
+	if err := o.binding.apply(&scfg); err != nil {
+		return err
+	}
+	srv, err := server.New(ctx, scfg, st, authority)
 	if err != nil {
 		return err
 	}

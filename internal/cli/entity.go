@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -74,8 +75,8 @@ func (g *globals) withAdmin(cmd *cobra.Command, fn func(*adminClient) error) err
 
 func entityRegisterCmd(g *globals) *cobra.Command {
 	var (
-		caFile string
-		force  bool
+		caFile, namespace string
+		force             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "register <entity-name>",
@@ -83,10 +84,15 @@ func entityRegisterCmd(g *globals) *cobra.Command {
 		Long: `Register a CA certificate for a trusted entity.
 
 Any agent presenting a certificate signed by this entity CA will be allowed
-to register with the mesh, under agent ids that start with "<entity-name>-".
-The file must hold CA certificates inside their validity period; a CA already
-registered under another name is refused (one CA, one entity).`,
+to register with the mesh, under the agent ids of its namespace (--namespace):
+by default those that start with "<entity-name>-"; or a listed set of ids
+(ids:weather-agent-1,geo-agent-1); or any id no one claimed, the first claim
+binding it to the entity (first-claim, which lets the entity take names the
+mesh would have used: prefer a list). The file must hold CA certificates
+inside their validity period; a CA already registered under another name is
+refused (one CA, one entity).`,
 		Example: `  meshctl entity register "partner-corp" --ca-cert /path/to/ca.pem
+  meshctl entity register "acme" --ca-cert ./acme-ca.pem --namespace ids:weather-agent-1,geo-agent-1
   meshctl entity register "internal-team" --ca-cert ./team-ca.pem --force`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
@@ -94,13 +100,16 @@ registered under another name is refused (one CA, one entity).`,
 			if err := identity.ValidateID(name); err != nil {
 				return fmt.Errorf("entity name: %w", err)
 			}
+			if _, err := registry.ParseNamespace(namespace); err != nil {
+				return fmt.Errorf("--namespace: %w", err)
+			}
 			pemData, err := readEntityCA(caFile, time.Now())
 			if err != nil {
 				return err
 			}
 			return g.withAdmin(cmd, func(c *adminClient) error {
 				var out meshapi.RegisterEntityResponse
-				body := meshapi.RegisterEntityRequest{Name: name, CACert: string(pemData), Force: force}
+				body := meshapi.RegisterEntityRequest{Name: name, CACert: string(pemData), Force: force, Namespace: namespace}
 				data, err := c.call(cmd.Context(), http.MethodPost, meshapi.PathAdminEntities, body, &out)
 				if err != nil {
 					return err
@@ -115,6 +124,7 @@ registered under another name is refused (one CA, one entity).`,
 	}
 	cmd.Flags().StringVar(&caFile, "ca-cert", "", "Path to entity CA PEM file (required)")
 	cmd.Flags().BoolVar(&force, "force", false, "Overwrite if entity already registered")
+	cmd.Flags().StringVar(&namespace, "namespace", "prefix", "agent ids the entity's agents may claim: prefix (<entity-name>-…), ids:<id>,<id>,… or first-claim")
 	cmd.MarkFlagRequired("ca-cert")
 	addJSON(cmd, g)
 	movedFlag(cmd, "trust-dir", trustDirMoved)
@@ -203,9 +213,9 @@ expiry date.`,
 					return nil
 				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tSTATUS\tSOURCE\tAGENTS\tSUBJECT\tEXPIRES")
+				fmt.Fprintln(tw, "NAME\tSTATUS\tSOURCE\tAGENTS\tNAMESPACE\tSUBJECT\tEXPIRES")
 				for _, e := range out.Entities {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", e.Name, e.Status, e.Source, e.Agents, e.Subject, e.Expires)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", e.Name, e.Status, e.Source, e.Agents, orDefault(e.Namespace, "prefix"), e.Subject, e.Expires)
 				}
 				return tw.Flush()
 			})

@@ -232,6 +232,7 @@ type entityRow struct {
 	Status      string     `json:"status"`
 	RevokedAt   *time.Time `json:"revoked_at"`
 	Agents      int        `json:"agents"`
+	Namespace   string     `json:"namespace"`
 }
 
 func (m *meshd) entities() map[string]entityRow {
@@ -349,7 +350,7 @@ func TestEntityList(t *testing.T) {
 	}{{"acme", acme, 2}, {"beta", beta, 0}} {
 		got := rows[w.name]
 		want := entityRow{Name: w.name, Subject: w.ca.cert.Subject.String(), Expires: w.ca.cert.NotAfter.UTC().Format("2006-01-02"),
-			NotAfter: got.NotAfter, Fingerprint: ca.Fingerprint(w.ca.cert), Source: "meshd", Status: "active", Agents: w.agents}
+			NotAfter: got.NotAfter, Fingerprint: ca.Fingerprint(w.ca.cert), Source: "meshd", Status: "active", Agents: w.agents, Namespace: "prefix"}
 		if got != want || !got.NotAfter.Equal(w.ca.cert.NotAfter) {
 			t.Errorf("entity %s:\n got %+v\nwant %+v (not_after %v)", w.name, got, want, w.ca.cert.NotAfter)
 		}
@@ -360,7 +361,7 @@ func TestEntityList(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("table: %q", r.stdout)
 	}
-	if got := strings.Fields(lines[0]); !slices.Equal(got, []string{"NAME", "STATUS", "SOURCE", "AGENTS", "SUBJECT", "EXPIRES"}) {
+	if got := strings.Fields(lines[0]); !slices.Equal(got, []string{"NAME", "STATUS", "SOURCE", "AGENTS", "NAMESPACE", "SUBJECT", "EXPIRES"}) {
 		t.Errorf("header %q", lines[0])
 	}
 	for i, e := range []struct {
@@ -584,5 +585,30 @@ func TestCARevokeChoosesPath(t *testing.T) {
 	requireContains(t, "revoke offline", r.stdout, "revoked two@dev1", "CRL rebuilt")
 	if strings.Contains(r.stdout, "meshd applied") {
 		t.Errorf("offline revoke claims meshd applied it:\n%s", r.stdout)
+	}
+}
+
+// TestEntityRegisterNamespace: --namespace is checked before meshd is
+// asked, recorded with the entity, and listed; the default is prefix.
+func TestEntityRegisterNamespace(t *testing.T) {
+	m := startMeshd(t)
+	acme, beta := m.validCA("acme"), m.validCA("beta")
+	for _, bad := range []string{"ids:", "ids:Weather", "everything", "prefix:acme"} {
+		requireRefused(t, "--namespace "+bad, m.run("entity", "register", "acme", "--ca-cert", acme.file, "--namespace", bad), "--namespace")
+	}
+	if _, ok := m.entities()["acme"]; ok {
+		t.Fatalf("a refused --namespace registered the entity")
+	}
+	m.mustCtl("entity", "register", "acme", "--ca-cert", acme.file, "--namespace", "ids:weather-agent-1,geo-agent-1")
+	m.mustCtl("entity", "register", "beta", "--ca-cert", beta.file)
+	rows := m.entities()
+	if got := rows["acme"].Namespace; got != "ids:geo-agent-1,weather-agent-1" {
+		t.Errorf("acme's namespace = %q", got)
+	}
+	if got := rows["beta"].Namespace; got != "prefix" {
+		t.Errorf("beta's namespace = %q, want the default prefix", got)
+	}
+	if r := m.mustCtl("entity", "list"); !strings.Contains(r.stdout, "NAMESPACE") || !strings.Contains(r.stdout, "ids:geo-agent-1,weather-agent-1") {
+		t.Errorf("entity list does not show the namespace:\n%s", r.stdout)
 	}
 }

@@ -9,37 +9,38 @@ import (
 	"github.com/meshtrust/meshtrust/trust"
 )
 
-// Authorize checks that peer may act for agentID: the certificate names
-// that agent, the id lies in the peer's entity's namespace, and no other
-// owner, entity or trust source claimed it first. A nil peer (TLS off)
-// (TLS off, or a caller without a certificate in TLS auto) may act for
-// any agent registered without a certificate, and for no other.
+// Authorize checks that peer may act for agentID: its trust source's
+// binding lets the certificate speak for that agent, the id lies in the
+// peer's entity's namespace, and no other owner, entity or trust source
+// claimed it first. A nil peer (TLS off, or a caller without a
+// certificate in TLS auto) may act for any agent registered without a
+// certificate, and for no other.
 func (r *Registry) Authorize(peer *trust.Peer, agentID string) error {
 	e := r.locked(agentID)
 	if e == nil {
-		return authorize(peer, agentID, nil)
+		return r.authorize(peer, agentID, nil)
 	}
 	defer e.mu.Unlock()
-	return authorize(peer, agentID, &e.rec)
+	return r.authorize(peer, agentID, &e.rec)
 }
 
 // authorize is the identity binding rule, in one place.
-func authorize(peer *trust.Peer, agentID string, owner *store.Agent) error {
+func (r *Registry) authorize(peer *trust.Peer, agentID string, owner *store.Agent) error {
 	if peer == nil {
 		if owner != nil && owner.Owner != "" {
 			return refusal(ErrForbidden, "owned_by_other", "agent id %q was claimed by certificate %q; a caller without a certificate cannot act for it, only that certificate can", agentID, owner.Owner)
 		}
 		return nil
 	}
-	allowed, err := peer.AgentID()
-	if err != nil {
-		return refusal(ErrForbidden, "not_agent_cert", "%v", err)
+	if peer.Name() == "" {
+		// An owner "" is no owner: such a certificate must claim nothing.
+		return refusal(ErrForbidden, "not_agent_cert", "the certificate has neither a common name nor one SPIFFE ID, so it names no agent")
 	}
-	if allowed != agentID {
-		return refusal(ErrForbidden, "identity_mismatch", "certificate %q may only speak for agent %q, not %q", peer.Name(), allowed, agentID)
+	if err := r.bindingOf(peer.Backend).allows(peer, agentID); err != nil {
+		return err
 	}
-	if peer.Entity != "" && !strings.HasPrefix(agentID, peer.Entity+"-") {
-		return refusal(ErrForbidden, "outside_namespace", "entity %q may only register agent ids starting with %q; %q is outside its namespace", peer.Entity, peer.Entity+"-", agentID)
+	if err := r.namespaces.Lookup(peer.Backend, peer.Entity).allows(peer.Entity, agentID); err != nil {
+		return err
 	}
 	if owner == nil || owner.Owner == "" {
 		return nil
@@ -58,6 +59,40 @@ func authorize(peer *trust.Peer, agentID string, owner *store.Agent) error {
 	return nil
 }
 
+// bindingOf returns the binding of trust source backend: the configured
+// one, else exact CN.
+func (r *Registry) bindingOf(backend string) Binding {
+	if b, ok := r.cfg.Bindings[backend]; ok {
+		return b
+	}
+	return Binding{CN: true}
+}
+
+// soleID returns the one agent id peer's certificate may speak for, when
+// its binding names exactly one (an exact CN, a mesh agent identity), so
+// an unchanged heartbeat can be found without parsing its body.
+func (r *Registry) soleID(peer *trust.Peer) (string, bool) {
+	b := r.bindingOf(peer.Backend)
+	if !b.CN || (b.CNReplicas && peer.Identity.IsZero()) {
+		return "", false
+	}
+	id, err := peer.AgentID()
+	if err != nil {
+		return "", false
+	}
+	if b.TrustDomain != "" {
+		if _, ok := trustDomainName(peer.Leaf.Subject.CommonName, b.TrustDomain); ok {
+			return "", false
+		}
+	}
+	for _, t := range b.SPIFFE {
+		if _, _, ok := t.Match(peer.Leaf); ok {
+			return "", false
+		}
+	}
+	return id, true
+}
+
 // ownerNode returns the node of an owner's common name: "ct111" for the
 // mesh agent identity "opus@ct111", "" for a name that is not one.
 func ownerNode(owner string) string {
@@ -74,7 +109,7 @@ func ownerNode(owner string) string {
 // ownerLabel describes the owner of rec, for the audit log.
 func ownerLabel(rec *store.Agent) string {
 	if rec.Owner == "" {
-		return "no owner (TLS off)"
+		return "no owner (no certificate)"
 	}
 	node := ""
 	if n := ownerNode(rec.Owner); n != "" {

@@ -23,12 +23,12 @@ func (r *Registry) deleteEntry(ctx context.Context, peer *trust.Peer, id string,
 		if rec == nil {
 			// Binding first, so a certificate cannot probe which other
 			// ids exist.
-			if err := authorize(peer, id, nil); err != nil {
+			if err := r.authorize(peer, id, nil); err != nil {
 				return "", err
 			}
 			return "", refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
 		}
-		if err := authorize(peer, id, rec); err != nil {
+		if err := r.authorize(peer, id, rec); err != nil {
 			return "", err
 		}
 		if peer == nil {

@@ -49,3 +49,42 @@ func FuzzParseRegistration(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseBindings: no operator setting makes the parser panic, and one
+// that parses prints as a setting that parses to the same.
+func FuzzParseBindings(f *testing.F) {
+	for _, s := range []string{"filestore=cn,trust-domain", "spire=spiffe:spiffe://mcp-mesh.local/agent/{agent}", "localca=none;x=cn-replicas", "a=trust-domain:td.example"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		bs, err := ParseBindings(s, "mcp-mesh.local")
+		if err != nil {
+			return
+		}
+		for source, b := range bs {
+			again, err := ParseBinding(b.String(), "mcp-mesh.local")
+			if err != nil || again.String() != b.String() {
+				t.Fatalf("%s=%s does not parse back: %v, %s", source, b, err, again)
+			}
+		}
+	})
+}
+
+// FuzzParseEntityNamespaces: as FuzzParseBindings, for namespaces.
+func FuzzParseEntityNamespaces(f *testing.F) {
+	for _, s := range []string{"acme=ids:a,b", "beta=first-claim gamma=prefix", "x=ids:a-b,a-b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ns, err := ParseEntityNamespaces(s)
+		if err != nil {
+			return
+		}
+		for entity, n := range ns {
+			again, err := ParseNamespace(n.String())
+			if err != nil || again.String() != n.String() {
+				t.Fatalf("%s=%s does not parse back: %v, %s", entity, n, err, again)
+			}
+		}
+	})
+}

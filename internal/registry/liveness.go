@@ -46,8 +46,8 @@ func (r *Registry) HeartbeatBody(ctx context.Context, peer *trust.Peer, body []b
 // unchanged answers a heartbeat whose body hash, certificate and state are
 // what the registry already holds.
 func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, bool) {
-	id, err := peer.AgentID()
-	if err != nil {
+	id, ok := r.soleID(peer)
+	if !ok {
 		return Result{}, false
 	}
 	e := r.locked(id)
@@ -56,7 +56,7 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 	}
 	// A pending rotation is acknowledged by this POST, which the store
 	// must record: the slow path does.
-	if e.body != sum || e.rec.Status != StatusHealthy || e.rec.CertFingerprint != peer.Fingerprint || !e.rec.RotateFrom.IsZero() || authorize(peer, id, &e.rec) != nil {
+	if e.body != sum || e.rec.Status != StatusHealthy || e.rec.CertFingerprint != peer.Fingerprint || !e.rec.RotateFrom.IsZero() || r.authorize(peer, id, &e.rec) != nil {
 		e.mu.Unlock()
 		return Result{}, false
 	}
@@ -84,7 +84,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	}
 	samePayload := false
 	if !created {
-		if err := authorize(peer, reg.AgentID, &e.rec); err != nil {
+		if err := r.authorize(peer, reg.AgentID, &e.rec); err != nil {
 			e.mu.Unlock()
 			return res, err
 		}
@@ -210,13 +210,13 @@ func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 	e := r.locked(id)
 	if e == nil {
 		// Binding first, so a certificate cannot probe which other ids exist.
-		if err := authorize(peer, id, nil); err != nil {
+		if err := r.authorize(peer, id, nil); err != nil {
 			return res, err
 		}
 		return res, refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
 	}
 	defer e.mu.Unlock()
-	if err := authorize(peer, id, &e.rec); err != nil {
+	if err := r.authorize(peer, id, &e.rec); err != nil {
 		return res, err
 	}
 	switch e.rec.Status {

@@ -138,6 +138,13 @@ type Config struct {
 	// PlainHTTP is set when agents are registered over plain HTTP (TLS
 	// off): their endpoints are then http://host:port, not https://.
 	PlainHTTP bool
+	// Bindings is the binding of each trust source (by backend name): how
+	// its certificates name the agents they may speak for. A source it
+	// does not list binds by exact CN.
+	Bindings map[string]Binding
+	// Namespaces holds the agent-id namespace of each entity; nil gives
+	// every entity the prefix namespace "<entity>-".
+	Namespaces *Namespaces
 }
 
 // Registry is the set of registered agents. It is safe for concurrent use.
@@ -175,6 +182,8 @@ type Registry struct {
 	providerEntities map[string]bool
 	// auditor is st, if it audits agent claims.
 	auditor store.AgentAuditor
+	// namespaces is cfg.Namespaces.
+	namespaces *Namespaces
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
@@ -311,6 +320,7 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 		r.providerEntities[e] = true
 	}
 	r.auditor, _ = st.(store.AgentAuditor)
+	r.namespaces = cfg.Namespaces
 	recs, err := st.Agents(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load agents: %w", err)
@@ -346,7 +356,7 @@ func (r *Registry) claim(peer *trust.Peer, id string, reg *Registration) (*entry
 		if e := r.locked(id); e != nil {
 			return e, false, nil
 		}
-		if err := authorize(peer, id, nil); err != nil {
+		if err := r.authorize(peer, id, nil); err != nil {
 			return nil, false, err
 		}
 		if r.draining.Load() {

@@ -133,10 +133,10 @@ func peerFrom(t *testing.T, cn, entity, backend string) *trust.Peer {
 	leaf := &x509.Certificate{Subject: pkix.Name{CommonName: cn}, Raw: []byte(fmt.Sprintf("%s/%s/%d", cn, entity, serials)),
 		NotBefore: time.Unix(0, 0), NotAfter: time.Unix(1<<40, 0)}
 	p := &trust.Peer{Leaf: leaf, Fingerprint: fmt.Sprintf("fp-%d", serials), Serial: fmt.Sprintf("%x", serials), Backend: backend, Entity: entity}
-	// Like trust's backends: the mesh CA's certs must be identities; an
-	// entity's CN is read as one when it parses.
+	// Like trust's backends: the mesh CA's certs must be identities;
+	// another CA's CN is read as one when it parses.
 	id, err := identity.Parse(cn)
-	if err != nil && entity == "" {
+	if err != nil && backend == "localca" {
 		t.Fatal(err)
 	}
 	p.Identity = id

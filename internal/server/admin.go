@@ -123,7 +123,7 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 	listed := map[string]bool{}
 	for _, e := range ents {
 		info := meshapi.EntityInfo{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"), NotAfter: e.NotAfter,
-			Fingerprint: e.Fingerprint, Source: "meshd", Status: "active", Agents: agents[e.Name]}
+			Fingerprint: e.Fingerprint, Source: "meshd", Status: "active", Agents: agents[e.Name], Namespace: storedNamespace(e).String()}
 		if e.Revoked() {
 			at := e.RevokedAt
 			info.Status, info.RevokedAt = "revoked", &at
@@ -142,7 +142,8 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 			}
 			c := certs[0]
 			out = append(out, meshapi.EntityInfo{Name: name, Subject: c.Subject.String(), Expires: c.NotAfter.UTC().Format("2006-01-02"), NotAfter: c.NotAfter,
-				Fingerprint: trust.Fingerprint(c), Source: "filestore", Status: "active", Agents: agents[name]})
+				Fingerprint: trust.Fingerprint(c), Source: "filestore", Status: "active", Agents: agents[name],
+				Namespace: s.namespaces.Lookup(BackendFilestore, name).String()})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -177,7 +178,7 @@ func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	s.log.Info("entity registered", "entity", e.Name, "subject", e.Subject, "fingerprint", e.Fingerprint, "replaced_ca", replaced)
+	s.log.Info("entity registered", "entity", e.Name, "subject", e.Subject, "fingerprint", e.Fingerprint, "replaced_ca", replaced, "namespace", storedNamespace(e).String())
 	writeJSON(w, http.StatusCreated, meshapi.RegisterEntityResponse{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"),
 		Fingerprint: e.Fingerprint, Message: fmt.Sprintf("Entity '%s' registered", e.Name)})
 }
@@ -217,12 +218,37 @@ func (s *Server) checkEntity(ctx context.Context, req meshapi.RegisterEntityRequ
 	if s.files != nil {
 		names = append(names, s.files.Entities()...)
 	}
-	if err := overlappingNamespace(req.Name, names); err != nil {
+	ns, err := registry.ParseNamespace(req.Namespace)
+	if err != nil {
 		return e, nil, err
+	}
+	if ns.Mode == registry.NamespacePrefix {
+		if err := overlappingNamespace(req.Name, names); err != nil {
+			return e, nil, err
+		}
 	}
 	pemData := pemfile.EncodeCerts(certs...) // only certificates, never a key pasted along
 	return store.Entity{Name: req.Name, CAPEM: pemData, Fingerprint: fp, Subject: certs[0].Subject.String(),
-		NotBefore: recordable(certs[0].NotBefore), NotAfter: recordable(certs[0].NotAfter), CreatedAt: now.UTC()}, certs, nil
+		NotBefore: recordable(certs[0].NotBefore), NotAfter: recordable(certs[0].NotAfter), CreatedAt: now.UTC(), Namespace: storedForm(ns)}, certs, nil
+}
+
+// storedForm is how the store records ns: "" for the prefix default.
+func storedForm(ns registry.Namespace) string {
+	if ns.Mode == registry.NamespacePrefix {
+		return ""
+	}
+	return ns.String()
+}
+
+// storedNamespace returns e's namespace. One the store holds was parsed
+// when it was registered; one that no longer parses (written by hand)
+// falls back to the prefix, the narrowest.
+func storedNamespace(e store.Entity) registry.Namespace {
+	ns, err := registry.ParseNamespace(e.Namespace)
+	if err != nil {
+		return registry.Namespace{}
+	}
+	return ns
 }
 
 // revokeEntity revokes an entity durably, then evicts its agents and

@@ -165,6 +165,7 @@ func (s *Server) applyEntityRegistration(ctx context.Context, name string) error
 	}
 	prev := s.entities.Certificates(name)
 	replaced := len(prev) > 0 && trust.Fingerprint(prev[0]) != e.Fingerprint
+	s.namespaces.Set(BackendEntities, name, storedNamespace(e))
 	s.entities.Set(name, certs)
 	s.revoked.Remove(name)
 	s.revs.RemoveEntity(name)

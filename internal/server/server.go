@@ -80,8 +80,24 @@ type Config struct {
 	CertFile, KeyFile string
 	// Backends is MCP_MESH_TRUST_BACKEND, in order.
 	Backends []string
-	// TrustDir is MCP_MESH_TRUST_DIR, for the filestore backend.
+	// TrustDir is MCP_MESH_TRUST_DIR, for the filestore backend. Without
+	// a mesh CA, its ca.pem is the localca backend's CA, as MCP Mesh's
+	// --tls-auto leaves it.
 	TrustDir string
+	// AgentTrustDomain is MCP_MESH_TRUST_DOMAIN for identity binding: the
+	// <name>.<trust domain> form of MCP Mesh's agent certificates that
+	// trust-dir and entity CAs admit by default; default mcp-mesh.local.
+	AgentTrustDomain string
+	// AgentBindings overrides the identity binding of trust sources, by
+	// backend name (see docs/identity-binding.md). By default the mesh
+	// CA's localca binds by exact CN, every other source by exact CN and
+	// <name>.<AgentTrustDomain>.
+	AgentBindings map[string]registry.Binding
+	// EntityNamespaces are the namespaces of the entities that the trust
+	// dir (entities/<name>.pem) and other backends admit; an entity
+	// registered with meshd has the namespace chosen at registration.
+	// Default: the prefix "<name>-".
+	EntityNamespaces map[string]registry.Namespace
 	// HeartbeatTimeout is how long an agent may be silent before it is
 	// unhealthy; default 20s.
 	HeartbeatTimeout time.Duration
@@ -164,7 +180,9 @@ type Server struct {
 	// anonymous counts and logs the callers admitted without a
 	// certificate in TLS mode auto.
 	anonymous *anonymousCallers
-	started   time.Time
+	// namespaces holds the entities' agent-id namespaces, for the registry.
+	namespaces *registry.Namespaces
+	started    time.Time
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
@@ -230,7 +248,8 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		enrollLimit: newLimiter(enrollBurst, enrollInterval), enrollGlobal: newLimiter(enrollGlobalBurst, enrollGlobalInterval),
 		watchSlots: newSlots(cfg.MaxWatchStreams, cfg.MaxWatchStreamsPerSource),
 		agentCerts: newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
-		stopping: make(chan struct{})}
+		stopping: make(chan struct{}), namespaces: registry.NewNamespaces()}
+	s.cfg.AgentTrustDomain = cmp.Or(cfg.AgentTrustDomain, DefaultAgentTrustDomain)
 
 	if cfg.TLSMode != TLSOff {
 		if cfg.CertFile == "" || cfg.KeyFile == "" {
@@ -289,10 +308,22 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s.events = events.New(st, cursor, feedCfg)
 	s.events.Handle(s.applyEvent)
+	bindings, err := s.bindings(backends)
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range backends {
+		if b.Name() == BackendEntities {
+			continue
+		}
+		for name, ns := range cfg.EntityNamespaces {
+			s.namespaces.Set(b.Name(), name, ns)
+		}
+	}
 	rl := cfg.Registrations
 	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, FlushInterval: cfg.HealthCheckInterval, Now: cfg.Now, Logger: s.log, SyncInterval: syncEvery,
 		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
-		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff}); err != nil {
+		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff, Bindings: bindings, Namespaces: s.namespaces}); err != nil {
 		return nil, err
 	}
 	var crlAge func() time.Duration
@@ -325,7 +356,12 @@ func (s *Server) buildBackends(ctx context.Context) ([]trust.Backend, error) {
 		switch name {
 		case BackendLocalCA:
 			if s.auth == nil {
-				return nil, errors.New("trust backend localca needs the mesh CA: create it with `meshctl ca init` and `meshctl ca issue-intermediate` (or run meshd --dev)")
+				dev, err := s.trustDirCA()
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, dev)
+				continue
 			}
 			s.localCA = trust.NewLocalCA(s.auth.TrustDomain(), s.auth.Root(), s.auth.Intermediates())
 			out = append(out, s.localCA)
@@ -377,6 +413,7 @@ func (s *Server) loadState(ctx context.Context) error {
 			s.log.Warn("stored entity CA does not parse; skipping it", "entity", e.Name, "err", err)
 			continue
 		}
+		s.namespaces.Set(BackendEntities, e.Name, storedNamespace(e))
 		s.entities.Set(e.Name, certs)
 	}
 	revs, err := s.st.Revocations(ctx, 0)
@@ -513,7 +550,7 @@ func (s *Server) Start(ctx context.Context) error {
 		go func() { defer s.wg.Done(); s.crl.Run(ctx) }()
 		go func() { defer s.wg.Done(); s.checkpointLoop(ctx) }()
 	}
-	s.log.Info("meshd serving", "agent_port", s.AgentAddr(), "tls_mode", s.cfg.TLSMode, "backends", backendNames(s.chain), "admin_socket", s.cfg.AdminSocket, "admin_listen", s.cfg.AdminListen, "agents", s.reg.Len())
+	s.log.Info("meshd serving", "agent_port", s.AgentAddr(), "tls_mode", s.cfg.TLSMode, "backends", backendNames(s.chain.Backends()), "admin_socket", s.cfg.AdminSocket, "admin_listen", s.cfg.AdminListen, "agents", s.reg.Len())
 	return nil
 }
 
@@ -556,9 +593,9 @@ func (s *Server) abortStart() {
 	}
 }
 
-func backendNames(c *trust.Chain) []string {
+func backendNames(backends []trust.Backend) []string {
 	var out []string
-	for _, b := range c.Backends() {
+	for _, b := range backends {
 		out = append(out, b.Name())
 	}
 	return out

@@ -25,6 +25,10 @@ type Entity struct {
 	// RotatedAt is the last `entity rotate`: agents whose certificate was
 	// issued before it must re-register with a fresh one.
 	RotatedAt time.Time
+	// Namespace is the set of agent ids the entity's agents may claim,
+	// chosen at registration, in the form registry.ParseNamespace reads:
+	// "" (the prefix "<name>-"), "first-claim" or "ids:<id>,…".
+	Namespace string
 }
 
 // Revoked reports whether the entity is revoked.

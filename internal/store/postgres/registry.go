@@ -68,14 +68,15 @@ func (s *Store) PutEntity(ctx context.Context, e store.Entity, replace bool, a s
 		return fmt.Errorf("postgres: record entity %q: %w", e.Name, err)
 	}
 	args := append([]any{e.Name, caPEM, e.Fingerprint, e.Subject}, times...)
-	args = append(args, replace)
+	args = append(args, replace, e.Namespace)
 	return s.submit(ctx, true, func(ctx context.Context, tx pgx.Tx, head *chainHead) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO entities (name, ca_pem, fingerprint, subject,
-			not_before, not_after, created_at, revoked_at, rotated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+			not_before, not_after, created_at, revoked_at, rotated_at, namespace)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11)
 			ON CONFLICT (name) DO UPDATE SET ca_pem = excluded.ca_pem, fingerprint = excluded.fingerprint,
 				subject = excluded.subject, not_before = excluded.not_before, not_after = excluded.not_after,
-				created_at = excluded.created_at, revoked_at = excluded.revoked_at, rotated_at = excluded.rotated_at
+				created_at = excluded.created_at, revoked_at = excluded.revoked_at, rotated_at = excluded.rotated_at,
+				namespace = excluded.namespace
 			WHERE $10 OR entities.revoked_at IS NOT NULL`, args...)
 		if err != nil {
 			return fmt.Errorf("postgres: record entity %q: %w", e.Name, classify(err))
@@ -137,7 +138,7 @@ func (s *Store) markEntity(ctx context.Context, verb, event, update, name string
 	})
 }
 
-const entityColumns = `name, ca_pem, fingerprint, subject, not_before, not_after, created_at, revoked_at, rotated_at`
+const entityColumns = `name, ca_pem, fingerprint, subject, not_before, not_after, created_at, revoked_at, rotated_at, namespace`
 
 // Entity returns the entity named name, or an error wrapping
 // store.ErrNotFound.
@@ -168,7 +169,7 @@ func (s *Store) entities(ctx context.Context, query string, args ...any) ([]stor
 			times [5]*int64
 		)
 		if err := row.Scan(&e.Name, &e.CAPEM, &e.Fingerprint, &e.Subject,
-			&times[0], &times[1], &times[2], &times[3], &times[4]); err != nil {
+			&times[0], &times[1], &times[2], &times[3], &times[4], &e.Namespace); err != nil {
 			return e, err
 		}
 		if len(e.CAPEM) == 0 {

@@ -272,7 +272,9 @@ func TestMigrateFromVersion2(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := db.Exec(`INSERT INTO entities (`+entityColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...); err != nil {
+		// The columns of version 2, without those later versions added.
+		if _, err := db.Exec(`INSERT INTO entities (name, ca_pem, fingerprint, subject, not_before, not_after,
+			created_at, revoked_at, rotated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, args[:9]...); err != nil {
 			t.Fatal(err)
 		}
 	}

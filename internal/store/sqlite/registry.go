@@ -58,7 +58,7 @@ func (s *Store) PutEntity(ctx context.Context, e store.Entity, replace bool, a s
 // entityArgs returns the column values of e in the order of the entities
 // table.
 func entityArgs(e store.Entity) ([]any, error) {
-	args := make([]any, 0, 10) // room for PutEntity's replace
+	args := make([]any, 0, 11) // room for PutEntity's replace
 	caPEM := e.CAPEM
 	if caPEM == nil {
 		caPEM = []byte{} // the column is NOT NULL
@@ -80,7 +80,7 @@ func entityArgs(e store.Entity) ([]any, error) {
 		}
 		args = append(args, n)
 	}
-	return args, nil
+	return append(args, e.Namespace), nil
 }
 
 // RevokeEntity marks the entity named name revoked at t, appends an event
@@ -140,7 +140,7 @@ func (s *Store) markEntity(ctx context.Context, verb string, event, stmt *sql.St
 }
 
 const entityColumns = `name, ca_pem, fingerprint, subject, not_before, not_after,
-	created_at, revoked_at, rotated_at`
+	created_at, revoked_at, rotated_at, namespace`
 
 // Entity returns the entity named name, or an error wrapping
 // store.ErrNotFound.
@@ -193,7 +193,7 @@ func scanEntity(row interface{ Scan(...any) error }) (store.Entity, error) {
 		notBefore, notAfter, createdAt, revokedAt, rotatedAt sql.NullInt64
 	)
 	if err := row.Scan(&e.Name, &e.CAPEM, &e.Fingerprint, &e.Subject,
-		&notBefore, &notAfter, &createdAt, &revokedAt, &rotatedAt); err != nil {
+		&notBefore, &notAfter, &createdAt, &revokedAt, &rotatedAt, &e.Namespace); err != nil {
 		return store.Entity{}, err
 	}
 	if len(e.CAPEM) == 0 {

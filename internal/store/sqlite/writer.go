@@ -235,11 +235,12 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		// Without replace (the last argument), a live entity of the same
 		// name is left as it is and the statement changes no row.
 		{&st.putEntity, `INSERT INTO entities (name, ca_pem, fingerprint, subject,
-			not_before, not_after, created_at, revoked_at, rotated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+			not_before, not_after, created_at, revoked_at, rotated_at, namespace)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET ca_pem = excluded.ca_pem, fingerprint = excluded.fingerprint,
 				subject = excluded.subject, not_before = excluded.not_before, not_after = excluded.not_after,
-				created_at = excluded.created_at, revoked_at = excluded.revoked_at, rotated_at = excluded.rotated_at
+				created_at = excluded.created_at, revoked_at = excluded.revoked_at, rotated_at = excluded.rotated_at,
+				namespace = excluded.namespace
 			WHERE ? OR entities.revoked_at IS NOT NULL`},
 		{&st.putPolicy, `INSERT INTO policies (name, document, updated_at) VALUES (?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at`},

@@ -189,6 +189,7 @@ func testEntityRoundTrip(t *testing.T, open Opener) {
 	full.Subject = "CN=Partner Root CA,O=Partner Corp,C=DE"
 	full.NotBefore = time.Date(2026, 2, 28, 23, 59, 59, 999999999, cet)
 	full.NotAfter = time.Date(2262, 1, 1, 0, 0, 0, 1, time.UTC)
+	full.Namespace = "ids:partner-a,weather-agent-1"
 	// Every time zero and no PEM: what the store is given back unchanged.
 	bare := store.Entity{Name: "acme"}
 	rotated := newEntity("mid", epoch())

@@ -1,0 +1,89 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// DefaultAgentTrustDomain is MCP Mesh's default MCP_MESH_TRUST_DOMAIN:
+// its Vault-issued agent certificates are named <agent>.mcp-mesh.local.
+const DefaultAgentTrustDomain = "mcp-mesh.local"
+
+// trustDirCAFile is where MCP Mesh's --tls-auto keeps its development CA,
+// the one its localca backend trusts.
+const trustDirCAFile = "ca.pem"
+
+// bindings returns the identity binding of every trust source of the
+// chain: the mesh CA's localca by exact CN; MCP Mesh's localca (the trust
+// dir's ca.pem) by CN with its per-replica ids and <name>.<trust domain>;
+// every other source (the trust dir, registered entities, and backends
+// such as spire) by exact CN and MCP Mesh's <name>.<trust domain>; then
+// the operator's overrides, which must name a source of the chain.
+func (s *Server) bindings(backends []trust.Backend) (map[string]registry.Binding, error) {
+	out := map[string]registry.Binding{}
+	for _, b := range backends {
+		name := b.Name()
+		if b == trust.Backend(s.revoked) {
+			continue // admits nothing: its chains are refused
+		}
+		switch {
+		case name == BackendLocalCA && s.localCA != nil:
+			out[name] = registry.Binding{CN: true}
+			continue
+		case name == BackendLocalCA:
+			// MCP Mesh's --tls-auto CA names the agent (CN weather-agent)
+			// and its agents register per-replica ids.
+			out[name] = registry.Binding{CN: true, CNReplicas: true, TrustDomain: s.cfg.AgentTrustDomain}
+			continue
+		}
+		out[name] = registry.Binding{CN: true, TrustDomain: s.cfg.AgentTrustDomain}
+	}
+	for name, b := range s.cfg.AgentBindings {
+		if _, ok := out[name]; !ok {
+			return nil, fmt.Errorf("agent binding for trust source %q, which is not in the chain %v: list it in MCP_MESH_TRUST_BACKEND, or drop its binding", name, backendNames(backends))
+		}
+		out[name] = b
+	}
+	return out, nil
+}
+
+// trustDirCA is the localca backend without a mesh CA: MCP Mesh's, whose
+// CA is the development root that `meshctl start --tls-auto` writes to
+// the trust dir's ca.pem. It is read once, at start; its certificates are
+// the mesh's own (entity ""), as the trust dir's are, whatever O they
+// carry.
+func (s *Server) trustDirCA() (trust.Backend, error) {
+	if s.cfg.TrustDir == "" {
+		return nil, errors.New("trust backend localca needs the mesh CA: create it with `meshctl ca init` and `meshctl ca issue-intermediate` (or run meshd --dev); or, for MCP Mesh's --tls-auto CA, set MCP_MESH_TRUST_DIR to the directory holding its ca.pem")
+	}
+	path := filepath.Join(s.cfg.TrustDir, trustDirCAFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("trust backend localca needs the mesh CA (`meshctl ca init`, or meshd --dev) or MCP Mesh's --tls-auto CA at %s, which does not exist", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("trust backend localca: %w", err)
+	}
+	certs, err := pemfile.ParseCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("trust backend localca: %s: %w", path, err)
+	}
+	for _, c := range certs {
+		if !c.BasicConstraintsValid || !c.IsCA {
+			return nil, fmt.Errorf("trust backend localca: %s holds %q, which is not a CA certificate", path, c.Subject.String())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.cfg.TrustDir, "ca-key.pem")); err == nil {
+		s.log.Warn("the trust dir holds ca-key.pem, the private key of the CA it trusts: whoever can read it can mint certificates for any agent. meshd never reads it; move it out of the trust dir", "dir", s.cfg.TrustDir)
+	}
+	a := trust.NewAnchors(BackendLocalCA)
+	a.Set("", certs)
+	s.log.Info("trust backend localca: no mesh CA, so it trusts the CA in the trust dir, as MCP Mesh's --tls-auto made it; a development CA, not for production", "file", path, "subject", certs[0].Subject.String())
+	return a, nil
+}
