@@ -300,13 +300,8 @@ func (s *Server) issueError(w http.ResponseWriter, r *http.Request, peer *trust.
 // refused by the cap. It answers the refusal itself and reports false.
 func (s *Server) admitAgentCerts(w http.ResponseWriter, r *http.Request, peer *trust.Peer, action string, node identity.Identity, agentIDs []string) bool {
 	now := s.cfg.Now()
-	for range agentIDs {
-		if v := s.agentCerts.allow(node.Node, now); !v.ok {
-			w.Header().Set("Retry-After", strconv.Itoa(int(v.wait.Seconds()+0.999)))
-			s.refuseIssue(w, r, peer, action, http.StatusTooManyRequests, "agent_cert_rate",
-				fmt.Sprintf("node %s asks for agent certificates faster than %d then one per %s; retry later", node.Node, s.cfg.AgentCertBurst, s.cfg.AgentCertInterval))
-			return false
-		}
+	if !s.issueRate(w, r, peer, action, node.Node, len(agentIDs)) {
+		return false
 	}
 	live, err := s.st.LiveAgents(r.Context(), node.Node, now)
 	if err != nil {
@@ -328,6 +323,23 @@ func (s *Server) admitAgentCerts(w http.ResponseWriter, r *http.Request, peer *t
 		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "agent_limit",
 			fmt.Sprintf("node %s would hold %d agent identities with a live certificate, more than the %d allowed (--max-agents-per-node); revoke the agents it no longer runs", node.Node, n, s.cfg.MaxAgentsPerNode))
 		return false
+	}
+	return true
+}
+
+// issueRate takes n certificates from the issuance allowance of key (a
+// node id, or the common name of a certificate that is no node's),
+// refusing with 429 and Retry-After once it is spent: a valid
+// certificate is no licence to fill the store.
+func (s *Server) issueRate(w http.ResponseWriter, r *http.Request, peer *trust.Peer, action, key string, n int) bool {
+	now := s.cfg.Now()
+	for range n {
+		if v := s.agentCerts.allow(key, now); !v.ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(v.wait.Seconds()+0.999)))
+			s.refuseIssue(w, r, peer, action, http.StatusTooManyRequests, "agent_cert_rate",
+				fmt.Sprintf("%s asks for certificates faster than %d then one per %s; retry later", key, s.cfg.AgentCertBurst, s.cfg.AgentCertInterval))
+			return false
+		}
 	}
 	return true
 }
@@ -414,6 +426,15 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	// is bounded by what its node is allowed.
 	if len(req.Agents) > s.cfg.MaxAgentsPerNode {
 		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "too_many_agents", fmt.Sprintf("a renewal names %d agents; a node holds at most %d", len(req.Agents), s.cfg.MaxAgentsPerNode))
+		return
+	}
+	// The renewed certificate counts against its node's allowance, as its
+	// agents' do.
+	rateKey := peer.Identity.Node
+	if rateKey == "" {
+		rateKey = peer.Identity.CommonName()
+	}
+	if !s.issueRate(w, r, peer, action, rateKey, 1) {
 		return
 	}
 	if len(req.Agents) > 0 {

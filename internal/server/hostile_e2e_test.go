@@ -215,6 +215,16 @@ func TestHostileAgentCertFlood(t *testing.T) {
 	if strings.Contains(e.log.String(), "not even a CSR") {
 		t.Error("the refused renewal's CSRs reached the log")
 	}
+	// The node's own renewal draws on the same allowance, spent by now:
+	// a valid certificate cannot mint certificates without bound.
+	certs, _ := e.ca.st.CertsByName(ctx, "ct600.mesh")
+	r = e.do(e.freshClient(&n.cert), "POST", "/renew", map[string]any{})
+	if r.code != http.StatusTooManyRequests || r.reason() != "agent_cert_rate" || r.header.Get("Retry-After") == "" {
+		t.Errorf("a renewal past the node's allowance: %s, want 429 agent_cert_rate with Retry-After", r)
+	}
+	if after, _ := e.ca.st.CertsByName(ctx, "ct600.mesh"); len(after) != len(certs) {
+		t.Errorf("a refused renewal recorded a certificate")
+	}
 }
 
 // TestHostileEntityNamespaceOverlap: entity names whose namespaces overlap
