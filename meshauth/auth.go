@@ -45,7 +45,8 @@ type Config struct {
 	// caller").
 	Authorizer Authorizer
 	// Tokens verifies session tokens (a Sessions, or a KeySet read from a
-	// JWKS). Without it a request carrying a session token is refused.
+	// JWKS). Without it the Authorization header is not read, but for the
+	// Legacy path.
 	Tokens TokenKeys
 	// Legacy, when set, admits callers without a certificate that present
 	// its shared secret as a bearer, until its deadline; see Legacy.
@@ -137,9 +138,24 @@ type refusal struct {
 	code   int
 	reason string
 	detail string
+	cause  error // the trust error, when a certificate was refused
 }
 
 func (r *refusal) Error() string { return r.detail }
+
+// Unwrap returns the trust error of a refused certificate
+// (trust.ErrNoCertificate, trust.ErrRevoked, ...).
+func (r *refusal) Unwrap() error { return r.cause }
+
+// Reason returns the machine-readable reason of an error Identify
+// returned: one of trust's Reason constants or of this package's.
+func Reason(err error) string {
+	var rf *refusal
+	if errors.As(err, &rf) {
+		return rf.reason
+	}
+	return trust.Reason(err)
+}
 
 func unauthenticated(reason, format string, args ...any) *refusal {
 	return &refusal{code: 401, reason: reason, detail: fmt.Sprintf(format, args...)}
@@ -168,9 +184,11 @@ func (a *Auth) identify(ctx context.Context, cs *conn, state *tls.ConnectionStat
 		if errors.As(err, &rf) {
 			return nil, gen, rf
 		}
-		return nil, gen, unauthenticated(trust.Reason(err), "%s", err.Error())
+		rf = unauthenticated(trust.Reason(err), "%s", err.Error())
+		rf.cause = err
+		return nil, gen, rf
 	}
-	if bearer == "" {
+	if bearer == "" || a.cfg.Tokens == nil {
 		return caller, gen, nil
 	}
 	if cs != nil {
@@ -206,7 +224,9 @@ func (a *Auth) certCaller(ctx context.Context, cs *conn, state *tls.ConnectionSt
 		cs.mu.Lock()
 		if cs.done {
 			cs.mu.Unlock()
-			return nil, unauthenticated(ReasonConnClosed, "this connection's certificate lost trust; reconnect with a valid one")
+			rf := unauthenticated(ReasonConnClosed, "this connection's certificate lost trust; reconnect with a valid one")
+			rf.cause = trust.ErrRevoked
+			return nil, rf
 		}
 		if cs.gen == gen && (cs.caller != nil || cs.err != nil) {
 			c, err := cs.caller, cs.err
@@ -244,13 +264,15 @@ func (a *Auth) certless(bearer string) (*Caller, *refusal) {
 		}
 		return nil, unauthenticated(ReasonLegacyRefused, "client certificate required: the bearer presented is not the legacy shared secret")
 	}
-	if bearer != "" && looksLikeToken(bearer) {
+	if bearer != "" && a.cfg.Tokens != nil && looksLikeToken(bearer) {
 		return nil, unauthenticated(ReasonTokenNoCert, "a session token is accepted only on a connection with the client certificate it is bound to")
 	}
 	if a.cfg.Anonymous {
 		return anonymous, nil
 	}
-	return nil, unauthenticated(trust.ReasonNoCertificate, "client certificate required: connect with the mesh certificate of your agent or node")
+	rf := unauthenticated(trust.ReasonNoCertificate, "client certificate required: connect with the mesh certificate of your agent or node")
+	rf.cause = trust.ErrNoCertificate
+	return nil, rf
 }
 
 var anonymous = &Caller{Name: AnonymousName, Anonymous: true}

@@ -85,7 +85,7 @@ func AgentID(p *trust.Peer) (string, error) {
 	case identity.KindNode, identity.KindExternal:
 		return "", fmt.Errorf("%q is a %s certificate and cannot speak for an agent", p.Name(), p.Identity.Kind)
 	}
-	cn := p.Name()
+	cn := p.Leaf.Subject.CommonName
 	if err := identity.ValidateID(cn); err != nil {
 		return "", fmt.Errorf("certificate CN %q does not name an agent: %w", cn, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"sync"
+
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // conn is one open connection and what is known of its caller.
@@ -113,6 +115,35 @@ func (a *Auth) CloseWhere(match func(*Caller) bool) int {
 		n++
 	}
 	return n
+}
+
+// CloseUntrusted verifies the certificate of every open TLS connection
+// again, verified before or not, closes those the chain refuses now and
+// returns their certificates' fingerprints: after a change of trust
+// anchors, no connection keeps what the new anchors would not grant.
+func (a *Auth) CloseUntrusted(ctx context.Context) []string {
+	a.conns.mu.Lock()
+	all := make([]*conn, 0, len(a.conns.conns))
+	for _, cs := range a.conns.conns {
+		all = append(all, cs)
+	}
+	a.conns.mu.Unlock()
+	var closed []string
+	for _, cs := range all {
+		tc, ok := cs.raw.(*tls.Conn)
+		if !ok {
+			continue
+		}
+		certs := tc.ConnectionState().PeerCertificates
+		if len(certs) == 0 {
+			continue
+		}
+		if _, err := a.cfg.Chain.Verify(ctx, certs); err != nil {
+			cs.kill()
+			closed = append(closed, trust.Fingerprint(certs[0]))
+		}
+	}
+	return closed
 }
 
 // kill closes the connection at the TCP level (closing a TLS connection

@@ -64,14 +64,14 @@ func serial(t testing.TB) *big.Int {
 }
 
 // leaf issues a client certificate for cn with the given SPIFFE ID ("" for
-// none).
-func (ca *testCA) leaf(t testing.TB, cn, spiffe string) tls.Certificate {
+// none) and DNS names.
+func (ca *testCA) leaf(t testing.TB, cn, spiffe string, dns ...string) tls.Certificate {
 	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(12 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		AuthorityKeyId: ca.cert.SubjectKeyId}
+		AuthorityKeyId: ca.cert.SubjectKeyId, DNSNames: dns}
 	if spiffe != "" {
 		u, _ := url.Parse(spiffe)
 		tmpl.URIs = []*url.URL{u}

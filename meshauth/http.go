@@ -31,6 +31,22 @@ func (a *Auth) Handler(h http.Handler) http.Handler {
 	})
 }
 
+// Identify verifies the caller of r without authorizing anything, for a
+// service that decides per route itself (meshd's agent port): the
+// certificate (once per connection per trust generation, when the server
+// runs ConnContext), the session its bearer token names, or the legacy or
+// anonymous caller. It returns r with the Caller in its context (for
+// FromContext and Recheck). An error is why there is no caller: Reason
+// says it for a machine, errors.Is(err, trust.ErrNoCertificate) when none
+// was presented.
+func (a *Auth) Identify(r *http.Request) (*Caller, *http.Request, error) {
+	c, gen, rf := a.identifyHTTP(r)
+	if rf != nil {
+		return nil, r, rf
+	}
+	return c, r.WithContext(a.withCaller(r.Context(), c, gen, r)), nil
+}
+
 // identifyHTTP identifies the caller of r.
 func (a *Auth) identifyHTTP(r *http.Request) (*Caller, uint64, *refusal) {
 	return a.identify(r.Context(), connFrom(r.Context()), r.TLS, bearer(r.Header.Get("Authorization")))

@@ -59,9 +59,6 @@ var tokenAlgs = []jose.SignatureAlgorithm{jose.ES256}
 // session verifies bearer as a session token of caller's certificate and
 // returns the caller with its Session.
 func (a *Auth) session(caller *Caller, bearer string) (*Caller, *refusal) {
-	if a.cfg.Tokens == nil {
-		return nil, unauthenticated(ReasonTokenInvalid, "this service does not accept session tokens; authenticate with the client certificate alone")
-	}
 	s, claims, err := verifyToken(a.cfg.Tokens, bearer, a.cfg.Now())
 	if err != nil {
 		var rf *refusal

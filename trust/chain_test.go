@@ -480,54 +480,6 @@ func TestChainCache(t *testing.T) {
 	})
 }
 
-func TestPeerAgentID(t *testing.T) {
-	t.Parallel()
-	m := newMesh(t)
-	pca, entities := partner(t, "partner-corp")
-	c := trust.NewChain(nil, []trust.Backend{m.local, entities})
-	for _, tc := range []struct {
-		name    string
-		leaf    *x509.Certificate
-		want    string
-		wantErr string // substring of the error; "" when an id is returned
-	}{
-		{name: "mesh agent", leaf: m.agent(t, "opus", "ct111"), want: "opus"},
-		{
-			name:    "mesh node",
-			leaf:    m.inter.Leaf(t, "ct111.mesh", pkitest.URI("spiffe://mesh.local/node/ct111"), func(c *x509.Certificate) { c.DNSNames = []string{"ct111.mesh"} }),
-			wantErr: "node certificate",
-		},
-		{
-			name:    "mesh external user",
-			leaf:    m.inter.Leaf(t, "alice@external", pkitest.URI("spiffe://mesh.local/external/alice")),
-			wantErr: "external certificate",
-		},
-		{name: "entity certificate with a plain CN", leaf: pca.Leaf(t, "scout"), want: "scout"},
-		{name: "entity certificate named like a mesh agent", leaf: pca.Leaf(t, "scout@dc1"), want: "scout"},
-		{name: "entity certificate named like a mesh node", leaf: pca.Leaf(t, "dc1.mesh"), wantErr: "node certificate"},
-		{name: "entity certificate with an invalid CN", leaf: pca.Leaf(t, "Scout Agent"), wantErr: "does not name an agent"},
-		{name: "entity certificate with an empty CN", leaf: pca.Leaf(t, ""), wantErr: "does not name an agent"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			p, err := c.Verify(t.Context(), chainOf(tc.leaf))
-			if err != nil {
-				t.Fatalf("Verify: %v", err)
-			}
-			got, err := p.AgentID()
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("AgentID = %q, %v; want an error containing %q", got, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("AgentID = %q, %v; want %q", got, err, tc.want)
-			}
-		})
-	}
-}
-
 // Many goroutines verify while revocations land; run under -race. Every
 // certificate revoked before a verification starts must be refused by it.
 func TestChainConcurrent(t *testing.T) {

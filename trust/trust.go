@@ -127,24 +127,6 @@ func (p *Peer) Name() string {
 	return ""
 }
 
-// AgentID returns the one agent id this certificate may speak for: the
-// <agent-id> of a mesh agent identity <agent-id>@<node-id>, or, for a
-// certificate that is not a mesh identity, its common name if that is a
-// valid id. Node and external-user certificates speak for no agent.
-func (p *Peer) AgentID() (string, error) {
-	switch p.Identity.Kind {
-	case identity.KindAgent:
-		return p.Identity.Name, nil
-	case identity.KindNode, identity.KindExternal:
-		return "", fmt.Errorf("%q is a %s certificate and cannot speak for an agent", p.Name(), p.Identity.Kind)
-	}
-	cn := p.Leaf.Subject.CommonName
-	if err := identity.ValidateID(cn); err != nil {
-		return "", fmt.Errorf("certificate CN %q does not name an agent: %w", cn, err)
-	}
-	return cn, nil
-}
-
 // Backend verifies chains against one source of trust anchors.
 type Backend interface {
 	// Name is the backend's name in MCP_MESH_TRUST_BACKEND.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -76,7 +77,7 @@ func (r *Registry) soleID(peer *trust.Peer) (string, bool) {
 	if !b.CN || (b.CNReplicas && peer.Identity.IsZero()) {
 		return "", false
 	}
-	id, err := peer.AgentID()
+	id, err := meshauth.AgentID(peer)
 	if err != nil {
 		return "", false
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -77,7 +78,7 @@ func checkAudit(t *testing.T, what string, st *memStore, want []store.AuditEntry
 func TestListShowsOwningNode(t *testing.T) {
 	r := newRegistry(t, newMemStore(), &clock{t: time.Unix(1_800_000_000, 0)})
 	for _, p := range []*trust.Peer{peer(t, "opus@ct666", ""), peer(t, "acme-x", "acme"), peer(t, "acme-y@ct200", "acme")} {
-		id, _ := p.AgentID()
+		id, _ := meshauth.AgentID(p)
 		if _, err := heartbeat(t, r, p, `{"agent_id":"`+id+`"}`); err != nil {
 			t.Fatal(err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -340,7 +341,7 @@ func TestEvictionAndRotation(t *testing.T) {
 	r := newRegistry(t, st, c)
 	a1, a2, m := peer(t, "acme-a", "acme"), peer(t, "acme-b", "acme"), peer(t, "opus@ct111", "")
 	for _, p := range []*trust.Peer{a1, a2, m} {
-		id, _ := p.AgentID()
+		id, _ := meshauth.AgentID(p)
 		if _, err := heartbeat(t, r, p, fmt.Sprintf(`{"agent_id":%q}`, id)); err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -155,7 +156,7 @@ func (b Binding) allows(peer *trust.Peer, agentID string) error {
 	var named []string
 	var cnErr error
 	if b.CN {
-		id, err := peer.AgentID()
+		id, err := meshauth.AgentID(peer)
 		replicas := b.CNReplicas && peer.Identity.IsZero()
 		switch {
 		case err != nil:

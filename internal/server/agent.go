@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/meshapi"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -83,8 +84,7 @@ func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 			h(w, r, nil)
 			return
 		}
-		gen := s.chain.Generation()
-		peer, err := s.peer(r)
+		caller, vr, err := s.agentAuth.Identify(r)
 		switch {
 		case errors.Is(err, trust.ErrNoCertificate):
 			if a != certified && s.cfg.TLSMode == TLSAuto {
@@ -100,15 +100,12 @@ func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 			}
 			s.refuse(w, r, http.StatusForbidden, trust.ReasonNoCertificate, msg)
 		case err != nil:
-			s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
+			s.refuse(w, r, http.StatusForbidden, meshauth.Reason(err), err.Error())
 		default:
-			h(w, r.WithContext(context.WithValue(r.Context(), genKey{}, gen)), peer)
+			h(w, vr, caller.Peer)
 		}
 	}
 }
-
-// genKey holds the trust generation a request's peer was verified at.
-type genKey struct{}
 
 // stillTrusted re-verifies peer if trust changed since the request's
 // verification: a revocation that lands while a request is in flight must
@@ -117,44 +114,8 @@ func (s *Server) stillTrusted(r *http.Request, peer *trust.Peer) error {
 	if peer == nil {
 		return nil
 	}
-	if gen, ok := r.Context().Value(genKey{}).(uint64); ok && gen == s.chain.Generation() {
-		return nil
-	}
-	_, err := s.chain.Verify(r.Context(), r.TLS.PeerCertificates)
-	return err
+	return s.agentAuth.Recheck(r.Context())
 }
-
-// peer verifies the caller's certificate, at most once per connection per
-// trust generation.
-func (s *Server) peer(r *http.Request) (*trust.Peer, error) {
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		return nil, trust.ErrNoCertificate
-	}
-	gen := s.chain.Generation()
-	cs := connFrom(r.Context())
-	if cs != nil {
-		cs.mu.Lock()
-		if cs.done {
-			cs.mu.Unlock()
-			return nil, errEvictedConn
-		}
-		if cs.gen == gen && (cs.peer != nil || cs.err != nil) {
-			p, err := cs.peer, cs.err
-			cs.mu.Unlock()
-			return p, err
-		}
-		cs.mu.Unlock()
-	}
-	p, err := s.chain.Verify(r.Context(), r.TLS.PeerCertificates)
-	if cs != nil {
-		cs.mu.Lock()
-		cs.peer, cs.err, cs.gen = p, err, gen
-		cs.mu.Unlock()
-	}
-	return p, err
-}
-
-var errEvictedConn = &trust.VerifyError{Reason: trust.ReasonRevoked, Detail: "this connection's certificate lost trust; reconnect with a valid one"}
 
 // refuse answers a refused request and counts it.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {

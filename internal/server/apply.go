@@ -10,6 +10,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -192,7 +193,7 @@ func (s *Server) entityEviction(name, reason string) func(context.Context) ([]re
 // matches are closed, evict's agents are evicted (once the registry is
 // up), and the effect is counted under cause and logged as msg with args.
 func (s *Server) cutOff(ctx context.Context, cause string, match func(*trust.Peer) bool, evict func(context.Context) ([]registry.Evicted, error), msg string, args ...any) effect {
-	eff := effect{closed: s.conns.closeWhere(match)}
+	eff := effect{closed: s.agentAuth.CloseWhere(func(c *meshauth.Caller) bool { return c.Peer != nil && match(c.Peer) })}
 	if s.reg == nil {
 		return eff // still loading
 	}

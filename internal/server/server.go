@@ -171,7 +171,10 @@ type Server struct {
 	revoked  *trust.Anchors // revoked entities' CAs, last in the chain: refused as entity_revoked, not unknown_ca
 	files    *filestore.Store
 	reg      *registry.Registry
-	conns    *connTracker
+	// agentAuth verifies the agent port's callers (once per connection
+	// per trust generation) and tracks its connections, so eviction can
+	// close them. Agent routes are authorized by the registry's binding.
+	agentAuth *meshauth.Auth
 	certs    credentials.Source // the agent port's certificate; nil with TLS off
 	sessions *meshauth.Sessions // nil without signing keys
 	// adminPolicy decides the admin API over mTLS (AdminPolicy).
@@ -244,7 +247,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		cfg.AdminIdentities = []string{"admin@external"}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
-		conns: newConnTracker(), trustChanged: make(chan struct{}, 1), started: cfg.Now(),
+trustChanged: make(chan struct{}, 1), started: cfg.Now(),
 		enrollLimit: newLimiter(enrollBurst, enrollInterval), enrollGlobal: newLimiter(enrollGlobalBurst, enrollGlobalInterval),
 		watchSlots: newSlots(cfg.MaxWatchStreams, cfg.MaxWatchStreamsPerSource),
 		agentCerts: newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
@@ -281,6 +284,13 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s.chain = trust.NewChain(s.revs, backends, trust.WithClock(cfg.Now))
 	if err := s.openSessions(); err != nil {
+		return nil, err
+	}
+	ac := meshauth.Config{Chain: s.chain, Authorizer: meshauth.AuthorizeAny(), Now: cfg.Now}
+	if s.sessions != nil {
+		ac.Tokens = s.sessions
+	}
+	if s.agentAuth, err = meshauth.New(ac); err != nil {
 		return nil, err
 	}
 	if s.files != nil {
@@ -509,8 +519,8 @@ func (s *Server) Start(ctx context.Context) error {
 	s.agentLn = ln
 	s.agentSrv = &http.Server{
 		Handler:           s.agentHandler(),
-		ConnContext:       s.conns.connContext,
-		ConnState:         s.conns.connState,
+		ConnContext:       s.agentAuth.ConnContext,
+		ConnState:         s.agentAuth.ConnState,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       s.cfg.ReadTimeout,
 		IdleTimeout:       2 * time.Minute,
@@ -685,20 +695,9 @@ func (s *Server) watchTrust(ctx context.Context) {
 func (s *Server) sweepTrust(ctx context.Context) {
 	refused := map[string]bool{}
 	closed := 0
-	for _, cs := range s.conns.snapshot() {
-		tc, ok := cs.Conn.(*tls.Conn)
-		if !ok {
-			continue
-		}
-		certs := tc.ConnectionState().PeerCertificates
-		if len(certs) == 0 {
-			continue
-		}
-		if _, err := s.chain.Verify(ctx, certs); err != nil {
-			refused[trust.Fingerprint(certs[0])] = true
-			cs.kill()
-			closed++
-		}
+	for _, fp := range s.agentAuth.CloseUntrusted(ctx) {
+		refused[fp] = true
+		closed++
 	}
 	// Agents of entities no backend knows any more lose their standing
 	// even if they have no connection open right now.

@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 
 	"github.com/meshtrust/meshtrust/credentials"
 )
@@ -65,12 +64,3 @@ func agentTLSConfig(certs credentials.Source) *tls.Config {
 }
 
 var errNoServerCert = errors.New("no server certificate")
-
-// rawConn returns the TCP connection under a TLS one, so closing it does
-// not wait on a close_notify the peer may never read.
-func rawConn(c net.Conn) net.Conn {
-	if tc, ok := c.(*tls.Conn); ok {
-		return tc.NetConn()
-	}
-	return c
-}
