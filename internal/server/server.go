@@ -175,8 +175,8 @@ type Server struct {
 	// per trust generation) and tracks its connections, so eviction can
 	// close them. Agent routes are authorized by the registry's binding.
 	agentAuth *meshauth.Auth
-	certs    credentials.Source // the agent port's certificate; nil with TLS off
-	sessions *meshauth.Sessions // nil without signing keys
+	certs     credentials.Source // the agent port's certificate; nil with TLS off
+	sessions  *meshauth.Sessions // nil without signing keys
 	// adminPolicy decides the admin API over mTLS (AdminPolicy).
 	adminPolicy meshauth.LivePolicy
 	metrics     *metrics
@@ -247,7 +247,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		cfg.AdminIdentities = []string{"admin@external"}
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
-trustChanged: make(chan struct{}, 1), started: cfg.Now(),
+		trustChanged: make(chan struct{}, 1), started: cfg.Now(),
 		enrollLimit: newLimiter(enrollBurst, enrollInterval), enrollGlobal: newLimiter(enrollGlobalBurst, enrollGlobalInterval),
 		watchSlots: newSlots(cfg.MaxWatchStreams, cfg.MaxWatchStreamsPerSource),
 		agentCerts: newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
