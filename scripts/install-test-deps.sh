@@ -14,6 +14,7 @@ DEPS=(
 	"gcc gcc"         # cgo, needed by go test -race
 	"make make"       # the Makefile drives the suite
 	"npm npm"         # npm pack fetches MCP Mesh (scripts/mcpmesh.sh); pulls in nodejs
+	"etcd etcd-server" # the store of the kube-apiserver the k8s tests run
 )
 
 SUDO=()
@@ -72,3 +73,11 @@ bash "$(dirname "${BASH_SOURCE[0]}")/mcpmesh.sh" fetch >/dev/null
 # PostgreSQL, from Debian's postgresql package; scripts/postgres.sh starts
 # a throwaway server of it on 127.0.0.1 for each test run.
 bash "$(dirname "${BASH_SOURCE[0]}")/postgres.sh" install
+
+# --- Kubernetes API server and Helm -----------------------------------------
+# The k8s-secrets backend and the Helm chart are tested against a real
+# kube-apiserver (on the etcd above) and with a real Helm, neither
+# downloadable as a binary here: scripts/kube.sh builds both from their Go
+# modules and caches them in ${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}.
+# A fresh machine builds them once, about 10 minutes on two cores.
+bash "$(dirname "${BASH_SOURCE[0]}")/kube.sh" build

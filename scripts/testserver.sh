@@ -1,5 +1,5 @@
 # Helpers shared by the scripts that run a test server (vault.sh,
-# postgres.sh); sourced, not run. The sourcing script defines die.
+# postgres.sh, kube.sh); sourced, not run. The sourcing script defines die.
 
 # free_port prints a loopback TCP port that nothing listens on now.
 free_port() {

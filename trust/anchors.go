@@ -185,6 +185,27 @@ func (a *Anchors) Verify(_ context.Context, chain []*x509.Certificate, now time.
 	return p, nil
 }
 
+// SameSets reports whether a and b, sets of CA certificates by entity name
+// as Anchors.Replace takes them, hold the same certificates in the same
+// order per entity. A nil set is never the same as another.
+func SameSets(a, b map[string][]*x509.Certificate) bool {
+	if a == nil || b == nil || len(a) != len(b) {
+		return false
+	}
+	for name, ac := range a {
+		bc, ok := b[name]
+		if !ok || len(ac) != len(bc) {
+			return false
+		}
+		for i := range ac {
+			if !bytes.Equal(ac[i].Raw, bc[i].Raw) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // notifier is a list of change callbacks.
 type notifier struct {
 	mu  sync.Mutex

@@ -75,6 +75,13 @@ func (e *VerifyError) Error() string { return e.Detail }
 // Unwrap returns the sentinel error the refusal wraps.
 func (e *VerifyError) Unwrap() error { return e.err }
 
+// NewVerifyError returns a refusal for a Backend outside this package to
+// return: reason is one of the Reason constants, sentinel the error it
+// wraps (ErrUnknownAuthority lets a Chain try its next backend).
+func NewVerifyError(sentinel error, reason, detail string) *VerifyError {
+	return &VerifyError{Reason: reason, Detail: detail, err: sentinel}
+}
+
 func refuse(sentinel error, reason, format string, args ...any) *VerifyError {
 	return &VerifyError{Reason: reason, Detail: fmt.Sprintf(format, args...), err: sentinel}
 }

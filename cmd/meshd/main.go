@@ -16,12 +16,15 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/database"
+	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
 )
 
 func main() {
@@ -39,9 +42,12 @@ type options struct {
 	dataDir, rootDir, caDir    string
 	database                   string
 	listen, adminListen        string
+	metricsListen              string
 	admins                     []string
 	tlsMode, tlsCert, tlsKey   string
 	backends, trustDir         string
+	k8sNamespace, k8sSelector  string
+	spire                      spireOptions
 	trustDomain                string
 	dev                        bool
 	heartbeatTimeout, interval time.Duration
@@ -104,12 +110,18 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", ""), "CA directory (default <data-dir>/ca; env MESHTRUST_CA_DIR)")
 	f.StringVar(&o.listen, "listen", envOr("MESHD_LISTEN", "127.0.0.1:8000"), "agent port address (env MESHD_LISTEN, or MCP Mesh's HOST and PORT)")
 	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to the certificates the meshd-admin policy allows (by default the --admin-identity list; env MCP_MESH_ADMIN_PORT: 127.0.0.1:<port>)")
+	f.StringVar(&o.metricsListen, "metrics-listen", envOr("MESHD_METRICS_LISTEN", ""), "also serve GET /metrics alone, plain HTTP, on this address, for Prometheus (env MESHD_METRICS_LISTEN)")
 	f.StringSliceVar(&o.admins, "admin-identity", []string{"admin@external"}, "mesh CA identities admitted on --admin-listen")
 	f.StringVar(&o.tlsMode, "tls-mode", envOr("MCP_MESH_TLS_MODE", "auto"), "off, auto or strict (env MCP_MESH_TLS_MODE)")
 	f.StringVar(&o.tlsCert, "tls-cert", envOr("MCP_MESH_TLS_CERT", ""), "agent port certificate, reloaded when it changes (env MCP_MESH_TLS_CERT)")
 	f.StringVar(&o.tlsKey, "tls-key", envOr("MCP_MESH_TLS_KEY", ""), "agent port key (env MCP_MESH_TLS_KEY)")
-	f.StringVar(&o.backends, "trust-backend", envOr("MCP_MESH_TRUST_BACKEND", "localca"), "comma list of trust backends tried in order: localca, filestore, entities (env MCP_MESH_TRUST_BACKEND)")
+	f.StringVar(&o.backends, "trust-backend", envOr("MCP_MESH_TRUST_BACKEND", "localca"), "comma list of trust backends tried in order, first match wins: localca, filestore, k8s-secrets, spire, entities (env MCP_MESH_TRUST_BACKEND)")
 	f.StringVar(&o.trustDir, "trust-dir", envOr("MCP_MESH_TRUST_DIR", ""), "filestore directory: *.pem and entities/<name>.pem (env MCP_MESH_TRUST_DIR)")
+	f.StringVar(&o.k8sNamespace, "k8s-namespace", envOr("MCP_MESH_K8S_NAMESPACE", ""), "k8s-secrets: the namespace of the entity CA Secrets (default the pod's own, else default; env MCP_MESH_K8S_NAMESPACE)")
+	f.StringVar(&o.k8sSelector, "k8s-label-selector", envOr("MCP_MESH_K8S_LABEL_SELECTOR", k8ssecrets.DefaultLabelSelector), "k8s-secrets: the label selector of the entity CA Secrets (env MCP_MESH_K8S_LABEL_SELECTOR)")
+	f.StringVar(&o.spire.socket, "spire-socket", envOr("MCP_MESH_SPIRE_SOCKET", ""), "spire: the SPIRE agent's Workload API socket (default "+spire.DefaultSocket+"; env MCP_MESH_SPIRE_SOCKET)")
+	f.StringVar(&o.spire.federated, "spire-federated", envOr("MCP_MESH_SPIRE_FEDERATED", ""), "spire: comma list of federated trust domains whose bundles are trusted besides meshd's own (env MCP_MESH_SPIRE_FEDERATED)")
+	f.StringVar(&o.spire.entities, "spire-entities", envOr("MCP_MESH_SPIRE_ENTITIES", ""), "spire: comma list of trust-domain=entity; a trust domain not listed is the entity of its own name (env MCP_MESH_SPIRE_ENTITIES)")
 	f.StringVar(&o.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)")
 	o.binding.flags(f)
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
@@ -206,10 +218,16 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	spireCfg, err := o.spire.config()
+	if err != nil {
+		return err
+	}
 	scfg := server.Config{
-		Listen: o.listen, AdminSocket: filepath.Join(o.dataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins,
+		Listen: o.listen, AdminSocket: filepath.Join(o.dataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins, MetricsListen: o.metricsListen,
 		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
+		K8s:              server.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},
+		SPIRE:            spireCfg,
 		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval, Logger: log,
 		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
@@ -235,6 +253,42 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutdownCtx)
+}
+
+// spireOptions are the spire backend's flags.
+type spireOptions struct{ socket, federated, entities string }
+
+// config parses the spire backend's flags.
+func (o spireOptions) config() (server.SPIREConfig, error) {
+	c := server.SPIREConfig{Socket: o.socket}
+	for _, raw := range strings.Split(o.federated, ",") {
+		if raw = strings.TrimSpace(raw); raw == "" {
+			continue
+		}
+		td, err := spiffeid.TrustDomainFromString(raw)
+		if err != nil {
+			return c, fmt.Errorf("--spire-federated: %q is not a trust domain: %w", raw, err)
+		}
+		c.Federated = append(c.Federated, td)
+	}
+	for _, raw := range strings.Split(o.entities, ",") {
+		if raw = strings.TrimSpace(raw); raw == "" {
+			continue
+		}
+		name, entity, ok := strings.Cut(raw, "=")
+		if !ok {
+			return c, fmt.Errorf("--spire-entities: %q is not trust-domain=entity", raw)
+		}
+		td, err := spiffeid.TrustDomainFromString(strings.TrimSpace(name))
+		if err != nil {
+			return c, fmt.Errorf("--spire-entities: %q is not a trust domain: %w", name, err)
+		}
+		if c.Entities == nil {
+			c.Entities = map[spiffeid.TrustDomain]string{}
+		}
+		c.Entities[td] = strings.TrimSpace(entity)
+	}
+	return c, nil
 }
 
 // registrationLimits returns the registry's limits, provider entities

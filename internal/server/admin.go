@@ -131,19 +131,20 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 		listed[e.Name] = true
 		out = append(out, info)
 	}
-	if s.files != nil {
-		for _, name := range s.files.Entities() {
+	for _, b := range s.dynamic {
+		for _, name := range b.Entities() {
 			if listed[name] {
 				continue
 			}
-			certs := s.files.Certificates(name)
+			certs := b.Certificates(name)
 			if len(certs) == 0 {
 				continue
 			}
+			listed[name] = true
 			c := certs[0]
 			out = append(out, meshapi.EntityInfo{Name: name, Subject: c.Subject.String(), Expires: c.NotAfter.UTC().Format("2006-01-02"), NotAfter: c.NotAfter,
-				Fingerprint: trust.Fingerprint(c), Source: "filestore", Status: "active", Agents: agents[name],
-				Namespace: s.namespaces.Lookup(BackendFilestore, name).String()})
+				Fingerprint: trust.Fingerprint(c), Source: b.Name(), Status: "active", Agents: agents[name],
+				Namespace: s.namespaces.Lookup(b.Name(), name).String()})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

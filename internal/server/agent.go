@@ -102,6 +102,9 @@ func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 		case err != nil:
 			s.refuse(w, r, http.StatusForbidden, meshauth.Reason(err), err.Error())
 		default:
+			if caller.Peer != nil && r.TLS != nil {
+				s.admitted.add(caller.Peer.Fingerprint, r.TLS.PeerCertificates, s.cfg.Now())
+			}
 			h(w, vr, caller.Peer)
 		}
 	}

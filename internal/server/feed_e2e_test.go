@@ -314,7 +314,7 @@ func TestE2EFeedStartFailureClosesListeners(t *testing.T) {
 		backends []string
 		st       server.Store
 	}{
-		{"unavailable backend after filestore", []string{"filestore", "k8s-secrets"}, e.ca.st},
+		{"unknown backend after filestore", []string{"filestore", "nope"}, e.ca.st},
 		{"filestore listed twice", []string{"filestore", "filestore"}, e.ca.st},
 		{"store fails after filestore", []string{"filestore"}, closed},
 	} {

@@ -30,6 +30,8 @@ import (
 	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/filestore"
+	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
+	"github.com/meshtrust/meshtrust/trust/spirebundle"
 )
 
 // Store is the durable state meshd needs.
@@ -59,6 +61,8 @@ const replicaSync = time.Second
 const (
 	BackendLocalCA   = "localca"
 	BackendFilestore = "filestore"
+	BackendK8s       = k8ssecrets.Name
+	BackendSPIRE     = spirebundle.Name
 	// BackendEntities trusts the entities registered with `meshctl entity
 	// register`. It is appended to the chain when not listed.
 	BackendEntities = "entities"
@@ -72,7 +76,11 @@ type Config struct {
 	AdminSocket string
 	// AdminListen optionally serves the admin API over mTLS too; only the
 	// mesh CA's certificates of AdminIdentities are admitted.
-	AdminListen     string
+	AdminListen string
+	// MetricsListen optionally serves GET /metrics alone, plain HTTP, for
+	// a Prometheus that holds no admin identity; nothing else of the
+	// admin API is on it.
+	MetricsListen   string
 	AdminIdentities []string
 	TLSMode         TLSMode
 	// CertFile and KeyFile are the agent port's certificate and key,
@@ -98,6 +106,10 @@ type Config struct {
 	// registered with meshd has the namespace chosen at registration.
 	// Default: the prefix "<name>-".
 	EntityNamespaces map[string]registry.Namespace
+	// K8s configures the k8s-secrets backend.
+	K8s K8sConfig
+	// SPIRE configures the spire backend.
+	SPIRE SPIREConfig
 	// HeartbeatTimeout is how long an agent may be silent before it is
 	// unhealthy; default 20s.
 	HeartbeatTimeout time.Duration
@@ -170,6 +182,15 @@ type Server struct {
 	entities *trust.Anchors
 	revoked  *trust.Anchors // revoked entities' CAs, last in the chain: refused as entity_revoked, not unknown_ca
 	files    *filestore.Store
+	k8s      *k8ssecrets.Store // nil unless the k8s-secrets backend is on
+	// dynamic are the backends whose entities change at run time
+	// (filestore, k8s-secrets, spire), and closers what stops them.
+	dynamic []dynamicBackend
+	closers []func() error
+	// admitted remembers the chains of admitted certificates, so that a
+	// trust change re-verifies registered agents, not only open
+	// connections.
+	admitted admittedChains
 	reg      *registry.Registry
 	// agentAuth verifies the agent port's callers (once per connection
 	// per trust generation) and tracks its connections, so eviction can
@@ -189,6 +210,8 @@ type Server struct {
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
+	metricsLn                    net.Listener
+	metricsSrv                   *http.Server
 
 	// events is the change feed; applyEvent is its subscriber here. The
 	// poll loop and every admin request that wrote an event poll it, so
@@ -271,9 +294,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		if ok {
 			return
 		}
-		if s.files != nil {
-			s.files.Close() // the watcher buildBackends started
-		}
+		s.closeBackends() // the watchers buildBackends started
 		if s.certs != nil {
 			s.certs.Close() // and the server certificate's
 		}
@@ -293,10 +314,10 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	if s.agentAuth, err = meshauth.New(ac); err != nil {
 		return nil, err
 	}
-	if s.files != nil {
+	for _, b := range s.dynamic {
 		// After the chain's own subscription, so the sweep never re-verifies
 		// against verdicts cached before the change.
-		s.files.OnChange(s.noteTrustChange)
+		b.OnChange(s.noteTrustChange)
 	}
 	// The feed is followed from its last event on; what came before is
 	// loaded from the store's current state (read after the cursor, so a
@@ -343,6 +364,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry, crlAge)
 	s.anonymous = newAnonymousCallers(s.log, s.metrics.unauthenticated)
+	s.backendMetrics()
 	if err := s.evictRevokedAgents(ctx); err != nil {
 		return nil, err
 	}
@@ -384,14 +406,25 @@ func (s *Server) buildBackends(ctx context.Context) ([]trust.Backend, error) {
 				return nil, err
 			}
 			s.files = fs
+			s.addDynamic(fs, fs.Close)
 			out = append(out, fs)
+		case BackendK8s:
+			b, err := s.k8sBackend(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, b)
+		case BackendSPIRE:
+			b, err := s.spireBackend(ctx)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, b)
 		case BackendEntities:
 			s.entities = trust.NewAnchors(BackendEntities)
 			out = append(out, s.entities)
-		case "k8s-secrets", "spire":
-			return nil, fmt.Errorf("trust backend %q is not available in this build yet (available: localca, filestore, entities)", name)
 		default:
-			return nil, fmt.Errorf("unknown trust backend %q in MCP_MESH_TRUST_BACKEND (want a comma list of localca, filestore, entities)", name)
+			return nil, fmt.Errorf("unknown trust backend %q in MCP_MESH_TRUST_BACKEND (want a comma list of localca, filestore, k8s-secrets, spire, entities)", name)
 		}
 	}
 	if s.entities == nil {
@@ -549,6 +582,12 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	if s.cfg.MetricsListen != "" {
+		if err := s.listenMetrics(); err != nil {
+			s.abortStart()
+			return err
+		}
+	}
 	// Entities may have left the trust dir while meshd was down.
 	s.noteTrustChange()
 	s.wg.Add(3)
@@ -590,7 +629,7 @@ func (s *Server) checkpoint(ctx context.Context) {
 
 // abortStart closes what a failed Start had opened already.
 func (s *Server) abortStart() {
-	for _, srv := range []*http.Server{s.agentSrv, s.adminSrv, s.adminTLS} {
+	for _, srv := range []*http.Server{s.agentSrv, s.adminSrv, s.adminTLS, s.metricsSrv} {
 		if srv != nil {
 			srv.Close()
 		}
@@ -647,7 +686,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// stream never finishes on its own.
 	s.stopOnce.Do(func() { close(s.stopping) })
 	var errs []error
-	for _, srv := range []*http.Server{s.agentSrv, s.adminSrv, s.adminTLS} {
+	for _, srv := range []*http.Server{s.agentSrv, s.adminSrv, s.adminTLS, s.metricsSrv} {
 		if srv != nil {
 			errs = append(errs, srv.Shutdown(ctx))
 		}
@@ -656,9 +695,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 	}
 	s.wg.Wait()
-	if s.files != nil {
-		errs = append(errs, s.files.Close())
-	}
+	errs = append(errs, s.closeBackends())
 	if s.certs != nil {
 		errs = append(errs, s.certs.Close())
 	}
@@ -699,11 +736,16 @@ func (s *Server) sweepTrust(ctx context.Context) {
 		refused[fp] = true
 		closed++
 	}
-	// Agents of entities no backend knows any more lose their standing
-	// even if they have no connection open right now.
+	// Registered agents whose certificate no longer verifies lose their
+	// standing even if they have no connection open right now; so do the
+	// agents of entities no backend knows any more (those meshd has not
+	// seen a certificate of since it started).
+	for fp := range s.admitted.refused(ctx, s.chain) {
+		refused[fp] = true
+	}
 	known := map[string]bool{}
-	if s.files != nil {
-		for _, e := range s.files.Entities() {
+	for _, b := range s.dynamic {
+		for _, e := range b.Entities() {
 			known[e] = true
 		}
 	}

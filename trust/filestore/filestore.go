@@ -164,7 +164,7 @@ func (s *Store) Reload() error {
 		return err
 	}
 	s.files = files
-	if sameSet(set, s.loaded) {
+	if trust.SameSets(set, s.loaded) {
 		return nil
 	}
 	s.loaded = set
@@ -476,23 +476,4 @@ func checkDir(dir string) error {
 		return fmt.Errorf("filestore: trust directory %s is not a directory (set MCP_MESH_TRUST_DIR to a directory of CA .pem files)", dir)
 	}
 	return nil
-}
-
-// sameSet reports whether a and b hold the same certificates per entity.
-func sameSet(a, b map[string][]*x509.Certificate) bool {
-	if a == nil || b == nil || len(a) != len(b) {
-		return false
-	}
-	for name, ac := range a {
-		bc, ok := b[name]
-		if !ok || len(ac) != len(bc) {
-			return false
-		}
-		for i := range ac {
-			if !bytes.Equal(ac[i].Raw, bc[i].Raw) {
-				return false
-			}
-		}
-	}
-	return true
 }

@@ -1,0 +1,48 @@
+{{- define "meshtrust.fullname" -}}
+{{- printf "%s-meshtrust" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "meshtrust.labels" -}}
+app.kubernetes.io/name: meshtrust
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "meshtrust.selector" -}}
+app.kubernetes.io/name: meshtrust
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "meshtrust.image" -}}
+{{- $img := .img | default dict -}}
+{{- $repo := $img.repository | default .root.Values.image.repository -}}
+{{- $tag := $img.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{- define "meshtrust.tlsSecret" -}}
+{{- .Values.mesh.tls.server.secretName | default (printf "%s-tls" (include "meshtrust.fullname" .)) -}}
+{{- end -}}
+
+{{- define "meshtrust.k8sNamespace" -}}
+{{- .Values.mesh.trust.k8sSecrets.namespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{- define "meshtrust.usesSpire" -}}
+{{- if or .Values.mesh.tls.spire.enabled (has "spire" .Values.mesh.trust.backends) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The restricted pod security profile, for every container. */}}
+{{- define "meshtrust.securityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}

@@ -1,0 +1,216 @@
+package server_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshtrust/meshtrust/internal/kubetest"
+	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/internal/spiffetest"
+)
+
+func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
+
+// k8sNamespace makes a namespace on the shared API server where user
+// "meshd" has exactly the Helm chart's Role, and returns its name and the
+// admin and meshd clients.
+func k8sNamespace(t *testing.T) (string, kubernetes.Interface, kubernetes.Interface) {
+	t.Helper()
+	c := kubetest.Shared(t)
+	admin, meshd := c.Admin(t), c.Meshd(t)
+	b := make([]byte, 4)
+	rand.Read(b)
+	ns := "e2e-" + hex.EncodeToString(b)
+	ctx := t.Context()
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	if _, err := admin.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "meshd"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "meshd"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "meshd"},
+		Subjects: []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: "meshd"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "RBAC for meshd", func() bool {
+		_, err := meshd.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+		return err == nil
+	})
+	return ns, admin, meshd
+}
+
+func entitySecret(name string, ca []byte) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"mcp-mesh.io/trust": "entity-ca"}},
+		Data:       map[string][]byte{"ca.crt": ca},
+	}
+}
+
+// TestE2EK8sSecrets: a partner registered as a labelled Secret is admitted;
+// changing its CA evicts the agents the old CA vouched for, connected or
+// not, and deleting the Secret evicts the rest, connections closed, within
+// a second, as `entity revoke` does.
+func TestE2EK8sSecrets(t *testing.T) {
+	ns, admin, meshd := k8sNamespace(t)
+	secrets := admin.CoreV1().Secrets(ns)
+	partner := newTestCA(t, "partner CA")
+	if _, err := secrets.Create(t.Context(), entitySecret("partner", partner.pem), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "k8s-secrets"},
+		configure: func(c *server.Config) { c.K8s = server.K8sConfig{Client: meshd, Namespace: ns} }})
+	e.extraKeys = append(e.extraKeys, partner.keyPEM)
+	obsCert, _ := agentCert(t, e.ca.auth, "observer", "n1")
+	observer := e.client(&obsCert)
+
+	connected, idle := partner.leaf(t, "partner-a"), partner.leaf(t, "partner-b")
+	conn := e.dial(&connected)
+	if r := conn.mustDo("POST", "/heartbeat", heartbeat("partner-a", 9200)); r.code != http.StatusOK {
+		t.Fatalf("partner-a: %s", r)
+	}
+	if r := e.do(e.freshClient(&idle), "POST", "/heartbeat", heartbeat("partner-b", 9201)); r.code != http.StatusOK {
+		t.Fatalf("partner-b: %s", r)
+	}
+	if a, ok := e.agents(observer, "").find("partner-a"); !ok || a.EntityID != "partner" {
+		t.Fatalf("partner-a listed as %+v", a)
+	}
+
+	// The Secret's CA replaced: both agents were vouched for by the old one.
+	partner2 := newTestCA(t, "partner CA 2")
+	e.extraKeys = append(e.extraKeys, partner2.keyPEM)
+	start := time.Now()
+	if _, err := secrets.Update(t.Context(), entitySecret("partner", partner2.pem), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.closedBy(start.Add(time.Second)); err != nil {
+		t.Fatalf("partner-a's connection after its Secret's CA changed: %v", err)
+	}
+	eventually(t, time.Second, "partner-a and partner-b evicted", func() bool {
+		l := e.agents(observer, "")
+		a, _ := l.find("partner-a")
+		b, _ := l.find("partner-b")
+		return a.Status == "evicted" && b.Status == "evicted"
+	})
+	t.Logf("Secret changed: agents evicted after %v", time.Since(start))
+
+	fresh := partner2.leaf(t, "partner-c")
+	conn = e.dial(&fresh)
+	if r := conn.mustDo("POST", "/heartbeat", heartbeat("partner-c", 9202)); r.code != http.StatusOK {
+		t.Fatalf("partner-c with the new CA: %s", r)
+	}
+	start = time.Now()
+	if err := secrets.Delete(t.Context(), "partner", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.closedBy(start.Add(time.Second)); err != nil {
+		t.Fatalf("partner-c's connection after its Secret was deleted: %v", err)
+	}
+	eventually(t, time.Second, "partner-c evicted", func() bool {
+		a, _ := e.agents(observer, "").find("partner-c")
+		return a.Status == "evicted"
+	})
+	if r := e.do(e.freshClient(&fresh), "POST", "/heartbeat", heartbeat("partner-c", 9202)); r.code != http.StatusForbidden || r.reason() != "unknown_ca" {
+		t.Errorf("partner-c after the Secret was deleted: %s, want 403 unknown_ca", r)
+	}
+
+	// A bad Secret is counted, and trusted nothing.
+	if _, err := secrets.Create(t.Context(), entitySecret("broken", []byte("not a certificate")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the bad Secret counted", func() bool { return e.metrics()["meshd_trust_secret_rejections_total"] == 1 })
+
+	// The entity list names the backend.
+	partner3 := newTestCA(t, "partner CA 3")
+	e.extraKeys = append(e.extraKeys, partner3.keyPEM)
+	if _, err := secrets.Create(t.Context(), entitySecret("globex", partner3.pem), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "globex listed from k8s-secrets", func() bool {
+		r := e.adminDo("GET", "/admin/entities", nil)
+		return r.code == http.StatusOK && strings.Contains(string(r.body), `"source":"k8s-secrets"`)
+	})
+}
+
+// TestE2ESPIRE: agents with SVIDs of a listed trust domain are admitted and
+// belong to its (mapped) entity; a bundle change evicts exactly the agents
+// it no longer vouches for; an unlisted federated trust domain is refused.
+func TestE2ESPIRE(t *testing.T) {
+	meshTD := spiffeid.RequireTrustDomainFromString("mesh.test")
+	partnerTD := spiffeid.RequireTrustDomainFromString("partner.test")
+	strangerTD := spiffeid.RequireTrustDomainFromString("stranger.test")
+	wl := spiffetest.NewServer(t, "")
+	wl.SetSVID(spiffeid.RequireFromPath(meshTD, "/meshd"))
+	wl.AddFederatedBundle(partnerTD)
+	wl.AddFederatedBundle(strangerTD)
+	backoff := spiffetest.NewBackoff()
+
+	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "spire"},
+		configure: func(c *server.Config) {
+			c.SPIRE = server.SPIREConfig{Socket: wl.SocketPath(), Federated: []spiffeid.TrustDomain{partnerTD},
+				Entities: map[spiffeid.TrustDomain]string{partnerTD: "partner"}, ClientOptions: backoff.ClientOptions()}
+		}})
+	obsCert, _ := agentCert(t, e.ca.auth, "observer", "n1")
+	observer := e.client(&obsCert)
+
+	// Partner agents name themselves by CN, as MCP Mesh's do.
+	svid := func(td spiffeid.TrustDomain, name string) tls.Certificate {
+		chain, key := wl.CA(td).Issue(&x509.Certificate{Subject: pkix.Name{CommonName: name},
+			URIs: []*url.URL{spiffeid.RequireFromPath(td, "/agent/"+name).URL()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		c := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+		for _, x := range chain {
+			c.Certificate = append(c.Certificate, x.Raw)
+		}
+		return c
+	}
+	old := svid(partnerTD, "partner-a")
+	conn := e.dial(&old)
+	if r := conn.mustDo("POST", "/heartbeat", heartbeat("partner-a", 9300)); r.code != http.StatusOK {
+		t.Fatalf("partner-a: %s", r)
+	}
+	if a, ok := e.agents(observer, "").find("partner-a"); !ok || a.EntityID != "partner" {
+		t.Fatalf("partner-a listed as %+v", a)
+	}
+	stranger := svid(strangerTD, "stranger-a")
+	if r := e.do(e.freshClient(&stranger), "POST", "/heartbeat", heartbeat("stranger-a", 9301)); r.code != http.StatusForbidden || r.reason() != "unknown_ca" {
+		t.Errorf("unlisted trust domain: %s, want 403 unknown_ca", r)
+	}
+
+	// Rotation: a new authority joins; both SVIDs verify. The prune drops
+	// the old one: partner-a is evicted, partner-b stays.
+	wl.RotateCA(partnerTD)
+	fresh := svid(partnerTD, "partner-b")
+	eventually(t, 5*time.Second, "partner-b admitted after the rotation", func() bool {
+		return e.do(e.freshClient(&fresh), "POST", "/heartbeat", heartbeat("partner-b", 9302)).code == http.StatusOK
+	})
+	start := time.Now()
+	wl.PruneBundle(partnerTD)
+	if _, err := conn.closedBy(start.Add(2 * time.Second)); err != nil {
+		t.Fatalf("partner-a's connection after the prune: %v", err)
+	}
+	eventually(t, 2*time.Second, "partner-a evicted", func() bool {
+		a, _ := e.agents(observer, "").find("partner-a")
+		return a.Status == "evicted"
+	})
+	if b, _ := e.agents(observer, "").find("partner-b"); b.Status != "healthy" {
+		t.Errorf("partner-b, whose SVID the new authority signed, is %q after the prune", b.Status)
+	}
+}

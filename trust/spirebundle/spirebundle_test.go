@@ -1,0 +1,224 @@
+package spirebundle_test
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/credentials/spire"
+	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/spiffetest"
+	"github.com/meshtrust/meshtrust/trust"
+	"github.com/meshtrust/meshtrust/trust/spirebundle"
+)
+
+var (
+	mesh     = spiffeid.RequireTrustDomainFromString("mesh.test")
+	partner  = spiffeid.RequireTrustDomainFromString("partner.test")
+	stranger = spiffeid.RequireTrustDomainFromString("stranger.test")
+	meshd    = spiffeid.RequireFromPath(mesh, "/meshd")
+)
+
+// setup runs a Workload API for meshd's workload, federating with
+// partner and (though not listed) stranger, and a spire backend over the
+// SPIRE provider's source, listing partner only.
+func setup(t *testing.T, entities map[spiffeid.TrustDomain]string) (*spiffetest.Server, *spirebundle.Backend, *atomic.Int64) {
+	t.Helper()
+	srv := spiffetest.NewServer(t, "")
+	srv.SetSVID(meshd)
+	srv.AddFederatedBundle(partner)
+	srv.AddFederatedBundle(stranger)
+	b := spiffetest.NewBackoff()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	src, err := spire.New(ctx, spire.WithSocket(srv.SocketPath()), spire.WithFederation(partner), spire.WithClientOptions(b.ClientOptions()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, Entities: entities, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	changes := &atomic.Int64{}
+	be.OnChange(func() { changes.Add(1) })
+	waitFor(t, "the partner bundle", func() bool { return slices.Contains(be.Entities(), be.Entity(partner)) })
+	return srv, be, changes
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func verify(be *spirebundle.Backend, chain []*x509.Certificate) (*trust.Peer, error) {
+	return be.Verify(context.Background(), chain, time.Now())
+}
+
+func TestBundleVouchesForItsTrustDomainOnly(t *testing.T) {
+	srv, be, _ := setup(t, nil)
+	meshCA, partnerCA, strangerCA := srv.CA(mesh), srv.CA(partner), srv.CA(stranger)
+
+	agent := meshCA.IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/opus"))
+	p, err := verify(be, agent.Certificates)
+	if err != nil {
+		t.Fatalf("mesh agent: %v", err)
+	}
+	if p.Entity != "mesh.test" || p.Backend != "spire" {
+		t.Errorf("mesh agent: entity %q backend %q, want mesh.test, spire", p.Entity, p.Backend)
+	}
+	if want, _ := identity.NewAgent("opus", "ct111"); p.Identity != want {
+		t.Errorf("mesh agent identity = %v, want %v (from its SPIFFE ID)", p.Identity, want)
+	}
+
+	p, err = verify(be, partnerCA.IssueSVID(spiffeid.RequireFromPath(partner, "/agent/x")).Certificates)
+	if err != nil || p.Entity != "partner.test" {
+		t.Fatalf("listed federated partner: %v, %v; want entity partner.test", p, err)
+	}
+
+	for _, tc := range []struct {
+		name  string
+		chain []*x509.Certificate
+	}{
+		// The partner's CA signing an ID of the mesh's trust domain: MCP
+		// Mesh's fallback to any bundle would admit it.
+		{"partner CA vouching for a mesh ID", partnerCA.IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/opus")).Certificates},
+		{"mesh CA vouching for a partner ID", meshCA.IssueSVID(spiffeid.RequireFromPath(partner, "/agent/x")).Certificates},
+		// Federated, but not listed by the operator.
+		{"unlisted federated trust domain", strangerCA.IssueSVID(spiffeid.RequireFromPath(stranger, "/agent/y")).Certificates},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := verify(be, tc.chain)
+			if err == nil {
+				t.Fatal("admitted")
+			}
+			if !errors.Is(err, trust.ErrUnknownAuthority) {
+				t.Errorf("error %v, want unknown authority", err)
+			}
+		})
+	}
+
+	// No SPIFFE ID at all: for the next backend.
+	chain, _ := meshCA.Issue(&x509.Certificate{URIs: []*url.URL{{Scheme: "https", Host: "example.com"}}})
+	if _, err := verify(be, chain); !errors.Is(err, trust.ErrUnknownAuthority) {
+		t.Errorf("certificate without a SPIFFE ID: %v, want unknown authority", err)
+	}
+	if got := be.Entities(); !slices.Equal(got, []string{"mesh.test", "partner.test"}) {
+		t.Errorf("Entities = %v, want mesh.test, partner.test (stranger.test is not listed)", got)
+	}
+}
+
+func TestEntityMapping(t *testing.T) {
+	srv, be, _ := setup(t, map[spiffeid.TrustDomain]string{partner: "acme"})
+	p, err := verify(be, srv.CA(partner).IssueSVID(spiffeid.RequireFromPath(partner, "/agent/x")).Certificates)
+	if err != nil || p.Entity != "acme" {
+		t.Fatalf("mapped trust domain: %v, %v; want entity acme", p, err)
+	}
+	if len(be.Certificates("acme")) == 0 {
+		t.Error("no certificates for the mapped entity")
+	}
+	if _, err := spirebundle.New(t.Context(), spirebundle.Config{Source: nopSource{}, Entities: map[spiffeid.TrustDomain]string{partner: "Not An Id"}}); err == nil {
+		t.Error("an entity name that is not an id was accepted")
+	}
+}
+
+// TestBundlesFollowed: a rotation adds an authority, a prune drops the old
+// one, a federated bundle removed is no longer trusted; each change is
+// announced.
+func TestBundlesFollowed(t *testing.T) {
+	srv, be, changes := setup(t, nil)
+	old := srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/a"))
+	if _, err := verify(be, old.Certificates); err != nil {
+		t.Fatal(err)
+	}
+	before := changes.Load()
+	srv.RotateCA(mesh)
+	waitFor(t, "the rotated bundle", func() bool { return len(be.Certificates("mesh.test")) == 2 })
+	fresh := srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/b"))
+	for _, c := range [][]*x509.Certificate{old.Certificates, fresh.Certificates} {
+		if _, err := verify(be, c); err != nil {
+			t.Fatalf("after a rotation: %v", err)
+		}
+	}
+	srv.PruneBundle(mesh)
+	waitFor(t, "the pruned bundle", func() bool {
+		_, err := verify(be, old.Certificates)
+		return errors.Is(err, trust.ErrUnknownAuthority)
+	})
+	if _, err := verify(be, fresh.Certificates); err != nil {
+		t.Fatalf("after a prune, an SVID of the new authority: %v", err)
+	}
+	srv.RemoveFederatedBundle(partner)
+	waitFor(t, "the partner bundle to go", func() bool { return !slices.Contains(be.Entities(), "partner.test") })
+	if changes.Load()-before < 3 {
+		t.Errorf("%d change notifications for three bundle changes", changes.Load()-before)
+	}
+}
+
+// TestAgentOutageKeepsBundles: the Workload API going away keeps the last
+// bundles; its return brings the changes made meanwhile.
+func TestAgentOutageKeepsBundles(t *testing.T) {
+	srv, be, _ := setup(t, nil)
+	svid := srv.CA(partner).IssueSVID(spiffeid.RequireFromPath(partner, "/agent/x"))
+	srv.Stop()
+	if _, err := verify(be, svid.Certificates); err != nil {
+		t.Fatalf("while the agent is away: %v", err)
+	}
+	srv.RemoveFederatedBundle(partner)
+	srv.Restart()
+	waitFor(t, "the change made during the outage", func() bool { return !slices.Contains(be.Entities(), "partner.test") })
+}
+
+// TestConcurrentVerifyAndChange runs verifications while bundles change,
+// for the race detector.
+func TestConcurrentVerifyAndChange(t *testing.T) {
+	srv, be, _ := setup(t, nil)
+	svid := srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/a"))
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = verify(be, svid.Certificates)
+				_ = be.Entities()
+				_ = be.Certificates("mesh.test")
+			}
+		}()
+	}
+	for range 20 {
+		srv.RotateCA(partner)
+		srv.PruneBundle(partner)
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// nopSource has no credentials.
+type nopSource struct{}
+
+func (nopSource) Current() (*credentials.Credentials, error) { return nil, credentials.ErrClosed }
+func (nopSource) Changed() <-chan struct{}                   { return make(chan struct{}) }
