@@ -352,7 +352,7 @@ func TestAPIServerOutage(t *testing.T) {
 	e := newEnv(t, false)
 	acme, globex := pkitest.NewRoot(t, "acme CA"), pkitest.NewRoot(t, "globex CA")
 	e.create(t, e.secret("acme", "", acme.PEM()))
-	s, logs, _ := e.open(t)
+	s, _, _ := e.open(t)
 	leaf := acme.Leaf(t, "acme-a1")
 
 	e.c.StopAPIServer(t)
@@ -362,7 +362,10 @@ func TestAPIServerOutage(t *testing.T) {
 			e.c.StartAPIServer(t)
 		}
 	})
-	waitFor(t, "the lost watch to be logged", func() bool { return strings.Contains(logs.String(), "watching Secrets failed") })
+	waitFor(t, "the API server to be gone", func() bool {
+		_, err := e.meshd.CoreV1().Secrets(e.ns).List(t.Context(), metav1.ListOptions{})
+		return err != nil
+	})
 	if !trusts(s, leaf, "acme")() {
 		t.Fatal("the API server going away dropped the trusted set")
 	}
