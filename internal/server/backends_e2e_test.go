@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -212,5 +213,31 @@ func TestE2ESPIRE(t *testing.T) {
 	})
 	if b, _ := e.agents(observer, "").find("partner-b"); b.Status != "healthy" {
 		t.Errorf("partner-b, whose SVID the new authority signed, is %q after the prune", b.Status)
+	}
+}
+
+// TestE2EMetricsListener: --metrics-listen serves /metrics and nothing
+// else of the admin API.
+func TestE2EMetricsListener(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict, configure: func(c *server.Config) { c.MetricsListen = "127.0.0.1:0" }})
+	base := "http://" + e.srv.MetricsAddr()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "meshd_agents") {
+		t.Fatalf("GET /metrics: %d\n%.200s", resp.StatusCode, body)
+	}
+	for _, p := range []string{"/admin/entities", "/admin/agents", "/health"} {
+		resp, err := http.Get(base + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s on the metrics listener: %d, want 404", p, resp.StatusCode)
+		}
 	}
 }

@@ -377,3 +377,40 @@ func TestAPIServerOutage(t *testing.T) {
 	e.remove(t, "acme")
 	waitFor(t, "a Secret deleted after the outage", unknown(s, leaf))
 }
+
+// TestConcurrentVerifyDuringChurn verifies from several goroutines while
+// Secrets are added, changed and deleted, for the race detector.
+func TestConcurrentVerifyDuringChurn(t *testing.T) {
+	e := newEnv(t, false)
+	acme := pkitest.NewRoot(t, "acme CA")
+	e.create(t, e.secret("acme", "", acme.PEM()))
+	s, _, _ := e.open(t)
+	leaf := acme.Leaf(t, "acme-a1")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = entityOf(s, leaf)
+				_ = s.Entities()
+				_ = s.Certificates("acme")
+			}
+		}()
+	}
+	for i := range 10 {
+		ca := pkitest.NewRoot(t, "churn CA")
+		name := "churn-" + strings.Repeat("x", i%3+1)
+		e.create(t, e.secret(name, "", ca.PEM()))
+		e.remove(t, name)
+	}
+	close(stop)
+	wg.Wait()
+	waitFor(t, "the churned Secrets to be gone", func() bool { return strings.Join(s.Entities(), ",") == "acme" })
+}
