@@ -112,7 +112,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to the certificates the meshd-admin policy allows (by default the --admin-identity list; env MCP_MESH_ADMIN_PORT: 127.0.0.1:<port>)")
 	f.StringVar(&o.metricsListen, "metrics-listen", envOr("MESHD_METRICS_LISTEN", ""), "also serve GET /metrics alone, plain HTTP, on this address, for Prometheus (env MESHD_METRICS_LISTEN)")
 	f.StringSliceVar(&o.admins, "admin-identity", []string{"admin@external"}, "mesh CA identities admitted on --admin-listen")
-	f.StringVar(&o.tlsMode, "tls-mode", envOr("MCP_MESH_TLS_MODE", "auto"), "off, auto or strict (env MCP_MESH_TLS_MODE)")
+	f.StringVar(&o.tlsMode, "tls-mode", envOr("MCP_MESH_TLS_MODE", "strict"), "off, auto or strict (env MCP_MESH_TLS_MODE); strict, the default, admits only verified certificates, auto also callers without one (for a migration from MCP Mesh)")
 	f.StringVar(&o.tlsCert, "tls-cert", envOr("MCP_MESH_TLS_CERT", ""), "agent port certificate, reloaded when it changes (env MCP_MESH_TLS_CERT)")
 	f.StringVar(&o.tlsKey, "tls-key", envOr("MCP_MESH_TLS_KEY", ""), "agent port key (env MCP_MESH_TLS_KEY)")
 	f.StringVar(&o.backends, "trust-backend", envOr("MCP_MESH_TRUST_BACKEND", "localca"), "comma list of trust backends tried in order, first match wins: localca, filestore, k8s-secrets, spire, entities (env MCP_MESH_TRUST_BACKEND)")
