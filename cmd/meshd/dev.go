@@ -29,7 +29,7 @@ func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logg
 	if err := ensureDir(cfg.Dir); err != nil {
 		return err
 	}
-	st, err := database.Open(ctx, o.database, cfg.StorePath(), database.Options{Logger: log})
+	st, err := database.Open(ctx, o.Database, cfg.StorePath(), database.Options{Logger: log})
 	if err != nil {
 		return err
 	}
@@ -83,15 +83,15 @@ func ensureDir(dir string) error {
 func printDevHint(w io.Writer, o *options, addr string, mode server.TLSMode) {
 	ctl, note := locateMeshctl()
 	ctl = shellQuote(ctl)
-	admin := ctl + " --data-dir " + shellQuote(o.dataDir)
+	admin := ctl + " --data-dir " + shellQuote(o.DataDir)
 	// ca commands find the CA in the data dir unless meshd was told
 	// otherwise.
 	caCtl := admin
-	if filepath.Clean(o.caDir) != filepath.Join(o.dataDir, "ca") {
-		caCtl += " --ca-dir " + shellQuote(o.caDir)
+	if filepath.Clean(o.CADir) != filepath.Join(o.DataDir, "ca") {
+		caCtl += " --ca-dir " + shellQuote(o.CADir)
 	}
-	if filepath.Clean(o.rootDir) != filepath.Join(o.dataDir, "root") {
-		caCtl += " --root-dir " + shellQuote(o.rootDir)
+	if filepath.Clean(o.RootDir) != filepath.Join(o.DataDir, "root") {
+		caCtl += " --root-dir " + shellQuote(o.RootDir)
 	}
 	if note != "" {
 		fmt.Fprintf(w, "\n%s\n", note)
@@ -100,7 +100,7 @@ func printDevHint(w io.Writer, o *options, addr string, mode server.TLSMode) {
   %[3]s ca list
   %[2]s entity list
 
-`, shellQuote(filepath.Join(o.dataDir, "admin.sock")), admin, caCtl)
+`, shellQuote(filepath.Join(o.DataDir, "admin.sock")), admin, caCtl)
 	if mode == server.TLSOff {
 		fmt.Fprintf(w, `
 meshd is up on http://%[1]s (TLS off). Send a heartbeat:
@@ -109,17 +109,17 @@ meshd is up on http://%[1]s (TLS off). Send a heartbeat:
 		fmt.Fprint(w, caLine)
 		return
 	}
-	rootCert := shellQuote(filepath.Join(o.caDir, "intermediate", "root.crt"))
-	c := ca.Config{Dir: o.caDir}
+	rootCert := shellQuote(filepath.Join(o.CADir, "intermediate", "root.crt"))
+	c := ca.Config{Dir: o.CADir}
 	fmt.Fprintf(w, `
 meshd is up on https://%[1]s (TLS %[2]s). Issue an agent certificate and send a heartbeat:
   %[3]s ca issue-agent hello dev1
   curl --cacert %[4]s --cert %[5]s --key %[6]s \
        -d '{"agent_id":"hello","name":"hello"}' https://%[1]s/heartbeat
 `, addr, mode, caCtl, rootCert, shellQuote(c.IssuedCertPath("hello@dev1")), shellQuote(c.IssuedKeyPath("hello@dev1")))
-	node := shellQuote(filepath.Join(o.dataDir, "node1"))
+	node := shellQuote(filepath.Join(o.DataDir, "node1"))
 	switch secret := devSecretFile(o); {
-	case enroll.Dir(filepath.Join(o.dataDir, "node1")).HasNode():
+	case enroll.Dir(filepath.Join(o.DataDir, "node1")).HasNode():
 		fmt.Fprintf(w, "Node node1 is enrolled in %[1]s; renew it and its agents over mTLS:\n  %[2]s renew --server https://%[3]s --dir %[1]s --force\n", node, ctl, addr)
 	case secret != "":
 		fmt.Fprintf(w, `Enroll a node with the bootstrap secret (once; mTLS from then on), and mint an agent certificate as that node:
@@ -174,7 +174,7 @@ func siblingMeshctl(exe, wd string) (string, bool) {
 // `meshctl enroll --secret-file`; "" when the secret comes from the
 // environment only.
 func devSecretFile(o *options) string {
-	for _, p := range []string{o.secretFile, o.meshSecretFile, filepath.Join(o.dataDir, "bootstrap.secret"), filepath.Join(o.dataDir, "mesh.secret")} {
+	for _, p := range []string{o.secretFile, o.meshSecretFile, filepath.Join(o.DataDir, "bootstrap.secret"), filepath.Join(o.DataDir, "mesh.secret")} {
 		if p != "" && fileExists(p) {
 			return p
 		}

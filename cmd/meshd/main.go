@@ -21,6 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
+	"github.com/meshtrust/meshtrust/internal/config"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/database"
@@ -39,8 +40,9 @@ func main() {
 
 // options are meshd's flags.
 type options struct {
-	dataDir, rootDir, caDir    string
-	database                   string
+	// The data, root and CA directories, the store and the trust
+	// domain: the settings meshctl reads too, with the same defaults.
+	config.Mesh
 	listen, adminListen        string
 	metricsListen              string
 	admins                     []string
@@ -48,7 +50,6 @@ type options struct {
 	backends, trustDir         string
 	k8sNamespace, k8sSelector  string
 	spire                      spireOptions
-	trustDomain                string
 	dev                        bool
 	heartbeatTimeout, interval time.Duration
 	sessionKeysDir             string
@@ -104,10 +105,13 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	}
 	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
-	f.StringVar(&o.dataDir, "data-dir", envOr("MESHTRUST_DATA_DIR", ""), "data directory: store, admin socket, and (with --dev) the CA (env MESHTRUST_DATA_DIR)")
-	f.StringVar(&o.rootDir, "root-dir", envOr("MESHTRUST_ROOT_DIR", ""), "root CA directory (default <data-dir>/root; env MESHTRUST_ROOT_DIR)")
-	f.StringVar(&o.database, "database", "", "the store: an SQLite file, or postgres://user:password@host:port/database to run as one of several replicas sharing it (default <ca-dir>/meshtrust.db; env DATABASE_URL)")
-	f.StringVar(&o.caDir, "ca-dir", envOr("MESHTRUST_CA_DIR", ""), "CA directory (default <data-dir>/ca; env MESHTRUST_CA_DIR)")
+	o.Mesh.Register(f, config.Help{
+		DataDir:     "data directory: store, admin socket, and (with --dev) the CA (env MESHTRUST_DATA_DIR)",
+		RootDir:     "root CA directory (default <data-dir>/root; env MESHTRUST_ROOT_DIR)",
+		CADir:       "CA directory (default <data-dir>/ca; env MESHTRUST_CA_DIR)",
+		Database:    "the store: an SQLite file, or postgres://user:password@host:port/database to run as one of several replicas sharing it (default <ca-dir>/meshtrust.db; env DATABASE_URL)",
+		TrustDomain: "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)",
+	})
 	f.StringVar(&o.listen, "listen", envOr("MESHD_LISTEN", "127.0.0.1:8000"), "agent port address (env MESHD_LISTEN, or MCP Mesh's HOST and PORT)")
 	f.StringVar(&o.adminListen, "admin-listen", "", "also serve the admin API over mTLS on this address, to the certificates the meshd-admin policy allows (by default the --admin-identity list; env MCP_MESH_ADMIN_PORT: 127.0.0.1:<port>)")
 	f.StringVar(&o.metricsListen, "metrics-listen", envOr("MESHD_METRICS_LISTEN", ""), "also serve GET /metrics alone, plain HTTP, on this address, for Prometheus (env MESHD_METRICS_LISTEN)")
@@ -122,7 +126,6 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.spire.socket, "spire-socket", envOr("MCP_MESH_SPIRE_SOCKET", ""), "spire: the SPIRE agent's Workload API socket (default "+spire.DefaultSocket+"; env MCP_MESH_SPIRE_SOCKET)")
 	f.StringVar(&o.spire.federated, "spire-federated", envOr("MCP_MESH_SPIRE_FEDERATED", ""), "spire: comma list of federated trust domains whose bundles are trusted besides meshd's own (env MCP_MESH_SPIRE_FEDERATED)")
 	f.StringVar(&o.spire.entities, "spire-entities", envOr("MCP_MESH_SPIRE_ENTITIES", ""), "spire: comma list of trust-domain=entity; a trust domain not listed is the entity of its own name (env MCP_MESH_SPIRE_ENTITIES)")
-	f.StringVar(&o.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain for a CA created by --dev (env MCP_MESH_TRUST_DOMAIN)")
 	o.binding.flags(f)
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy (env DEFAULT_TIMEOUT_THRESHOLD, in seconds, as MCP Mesh's)")
@@ -164,27 +167,22 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
 		return fmt.Errorf("--heartbeat-timeout %s must be at least twice --heartbeat-interval %s, or agents are marked unhealthy between two heartbeats", o.heartbeatTimeout, o.interval)
 	}
-	if o.dataDir == "" {
+	if o.DataDir == "" {
 		if !o.dev {
 			return errors.New("--data-dir (or MESHTRUST_DATA_DIR) is required")
 		}
-		o.dataDir = "meshtrust-data"
+		o.DataDir = "meshtrust-data"
 	}
-	if o.rootDir == "" {
-		o.rootDir = filepath.Join(o.dataDir, "root")
-	}
-	if o.caDir == "" {
-		o.caDir = filepath.Join(o.dataDir, "ca")
-	}
-	for _, d := range []struct{ what, path string }{{"data dir", o.dataDir}, {"CA dir", o.caDir}, {"root dir", o.rootDir}} {
+	o.RootDir, o.CADir = o.Mesh.Dirs(o.DataDir)
+	for _, d := range []struct{ what, path string }{{"data dir", o.DataDir}, {"CA dir", o.CADir}, {"root dir", o.RootDir}} {
 		if err := checkPrivate(d.what, d.path); err != nil {
 			return err
 		}
 	}
-	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return err
 	}
-	cfg := ca.Config{RootDir: o.rootDir, Dir: o.caDir, TrustDomain: o.trustDomain}
+	cfg := ca.Config{RootDir: o.RootDir, Dir: o.CADir, TrustDomain: o.TrustDomain}
 	if o.dev {
 		if err := devBootstrap(ctx, o, cfg, log); err != nil {
 			return fmt.Errorf("--dev: %w", err)
@@ -200,10 +198,10 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.legacyCompat && secret == "" {
 		return errors.New("--legacy-secret-compat needs the bootstrap secret (--bootstrap-secret-file or $MESHTRUST_BOOTSTRAP_SECRET)")
 	}
-	haveCA := fileExists(filepath.Join(o.caDir, "intermediate", "state.json"))
-	storePath := o.database
+	haveCA := fileExists(filepath.Join(o.CADir, "intermediate", "state.json"))
+	storePath := o.Database
 	if storePath == "" {
-		if storePath, err = storeLocation(o.dataDir, cfg, log); err != nil {
+		if storePath, err = storeLocation(o.DataDir, cfg, log); err != nil {
 			return err
 		}
 	}
@@ -223,7 +221,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return err
 	}
 	scfg := server.Config{
-		Listen: o.listen, AdminSocket: filepath.Join(o.dataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins, MetricsListen: o.metricsListen,
+		Listen: o.listen, AdminSocket: filepath.Join(o.DataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins, MetricsListen: o.metricsListen,
 		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
 		K8s:              server.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},

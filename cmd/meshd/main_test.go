@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/config"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
 )
@@ -111,7 +112,7 @@ func TestRefusesDirsOthersControl(t *testing.T) {
 	if err := os.Chown(secret, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-	o := &options{dataDir: private}
+	o := &options{Mesh: config.Mesh{DataDir: private}}
 	if _, err := loadBootstrapSecret(o); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
 		t.Errorf("a secret file another user owns: %v, want a refusal naming its owner", err)
 	}

@@ -103,19 +103,17 @@ func databaseURLEnv(o *options, flags *pflag.FlagSet, getenv func(string) string
 		return nil
 	}
 	if database.IsPostgres(u) {
-		if flags.Changed("database") && o.database != u {
+		if flags.Changed("database") && o.Database != u {
 			return errors.New("DATABASE_URL and --database name different databases: set one of them")
 		}
-		o.database = u
+		o.Database = u
 		return nil
 	}
-	caDir, dataDir := o.caDir, o.dataDir
-	if dataDir == "" && o.dev {
-		dataDir = "meshtrust-data" // as run defaults it
+	m := o.Mesh
+	if m.DataDir == "" && o.dev {
+		m.DataDir = "meshtrust-data" // as run defaults it
 	}
-	if caDir == "" {
-		caDir = filepath.Join(dataDir, "ca")
-	}
+	_, caDir := m.Dirs("")
 	want := ca.Config{Dir: caDir}.StorePath()
 	path := strings.TrimPrefix(strings.TrimPrefix(u, "sqlite://"), "file:")
 	if path == ":memory:" {

@@ -49,7 +49,7 @@ func TestMCPMeshEnv(t *testing.T) {
 		{name: "DATABASE_URL elsewhere", env: map[string]string{"DATABASE_URL": filepath.Join(dir, "mcp_mesh_registry.db")}, wantErr: "keeps its store at " + store},
 		{name: "DATABASE_URL in memory", env: map[string]string{"DATABASE_URL": ":memory:"}, wantErr: "lose every revocation"},
 		{name: "DATABASE_URL PostgreSQL", env: map[string]string{"DATABASE_URL": "postgresql://u:p@db/mesh"},
-			check: func(o *options) bool { return o.database == "postgresql://u:p@db/mesh" }},
+			check: func(o *options) bool { return o.Database == "postgresql://u:p@db/mesh" }},
 		{name: "DATABASE_URL and --database disagree", env: map[string]string{"DATABASE_URL": "postgresql://u:p@db/mesh"},
 			args: []string{"--database", "postgres://u:p@other/mesh"}, wantErr: "set one of them"},
 		{name: "timeout threshold", env: map[string]string{"DEFAULT_TIMEOUT_THRESHOLD": "30", "HEALTH_CHECK_INTERVAL": "2"},

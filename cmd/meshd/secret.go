@@ -56,8 +56,8 @@ func loadBootstrapSecret(o *options) (string, error) {
 	}{
 		{"--bootstrap-secret-file", o.secretFile, true},
 		{"--mesh-secret-file", o.meshSecretFile, true},
-		{"file", filepath.Join(o.dataDir, "bootstrap.secret"), false},
-		{"file", filepath.Join(o.dataDir, "mesh.secret"), false},
+		{"file", filepath.Join(o.DataDir, "bootstrap.secret"), false},
+		{"file", filepath.Join(o.DataDir, "mesh.secret"), false},
 	} {
 		if err := addFile(f.what, f.path, f.required); err != nil {
 			return "", err
@@ -85,8 +85,8 @@ func loadBootstrapSecret(o *options) (string, error) {
 // devSecret creates <data-dir>/bootstrap.secret for --dev when no secret is
 // configured, so enrollment works out of the box.
 func devSecret(o *options) error {
-	path := filepath.Join(o.dataDir, "bootstrap.secret")
-	if fileExists(path) || fileExists(filepath.Join(o.dataDir, "mesh.secret")) || o.secretFile != "" || o.meshSecretFile != "" ||
+	path := filepath.Join(o.DataDir, "bootstrap.secret")
+	if fileExists(path) || fileExists(filepath.Join(o.DataDir, "mesh.secret")) || o.secretFile != "" || o.meshSecretFile != "" ||
 		os.Getenv("MESHTRUST_BOOTSTRAP_SECRET") != "" || os.Getenv("MESHTRUST_MESH_SECRET") != "" {
 		return nil
 	}

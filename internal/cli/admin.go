@@ -34,7 +34,8 @@ const adminTimeout = 30 * time.Second
 // adminFlags say where meshd's admin API is: the unix socket in meshd's
 // data directory, or an mTLS listener (meshd --admin-listen).
 type adminFlags struct {
-	dataDir string
+	// dataDir is the shared --data-dir (config.Mesh.DataDir).
+	dataDir *string
 	url     string
 	cert    string
 	key     string
@@ -42,7 +43,6 @@ type adminFlags struct {
 }
 
 func (f *adminFlags) register(pf *pflag.FlagSet) {
-	pf.StringVar(&f.dataDir, "data-dir", os.Getenv("MESHTRUST_DATA_DIR"), "meshd's data directory; its admin API is the unix socket <data-dir>/admin.sock (env MESHTRUST_DATA_DIR)")
 	pf.StringVar(&f.url, "admin-url", os.Getenv("MESHTRUST_ADMIN_URL"), "meshd's mTLS admin API, https://host:port (meshd --admin-listen; env MESHTRUST_ADMIN_URL)")
 	pf.StringVar(&f.cert, "cert", os.Getenv("MESHTRUST_ADMIN_CERT"), "admin identity's certificate for --admin-url, e.g. from 'meshctl ca issue-client admin' (env MESHTRUST_ADMIN_CERT)")
 	pf.StringVar(&f.key, "key", os.Getenv("MESHTRUST_ADMIN_KEY"), "admin identity's key for --admin-url (env MESHTRUST_ADMIN_KEY)")
@@ -58,10 +58,10 @@ func (f *adminFlags) wanted(cmd *cobra.Command) bool {
 	if fl.Changed("data-dir") || fl.Changed("admin-url") || f.url != "" {
 		return true
 	}
-	if f.dataDir == "" {
+	if *f.dataDir == "" {
 		return false
 	}
-	_, err := os.Stat(filepath.Join(f.dataDir, "admin.sock"))
+	_, err := os.Stat(filepath.Join(*f.dataDir, "admin.sock"))
 	return err == nil
 }
 
@@ -93,10 +93,10 @@ func (g *globals) adminClient(cmd *cobra.Command) (*adminClient, error) {
 		_, caDir, _ := g.caDirs()
 		return f.tlsClient(caDir)
 	}
-	if f.dataDir == "" {
+	if *f.dataDir == "" {
 		return nil, errors.New("no meshd given: pass --data-dir <meshd's data directory> (for its admin socket) or --admin-url https://host:port, or set MESHTRUST_DATA_DIR / MESHTRUST_ADMIN_URL")
 	}
-	sock := filepath.Join(f.dataDir, "admin.sock")
+	sock := filepath.Join(*f.dataDir, "admin.sock")
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -107,7 +107,7 @@ func (g *globals) adminClient(cmd *cobra.Command) (*adminClient, error) {
 		http:  &http.Client{Transport: tr, Timeout: adminTimeout},
 		base:  "http://meshd",
 		where: sock,
-		hint:  fmt.Sprintf("is meshd running with --data-dir %s? (or pass --admin-url)", f.dataDir),
+		hint:  fmt.Sprintf("is meshd running with --data-dir %s? (or pass --admin-url)", *f.dataDir),
 	}, nil
 }
 

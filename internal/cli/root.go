@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/config"
 	"github.com/meshtrust/meshtrust/internal/store/database"
 )
 
@@ -47,11 +48,9 @@ func (e exitError) Error() string { return "exit " + strconv.Itoa(e.code) }
 
 // globals are the flags every command shares.
 type globals struct {
-	rootDir, caDir string
-	// database is --database (DATABASE_URL): "" for the CA directory's
-	// SQLite file, or the PostgreSQL database meshd's replicas share.
-	database        string
-	trustDomain     string
+	// The data, root and CA directories, the store and the trust
+	// domain: the settings meshd reads too, with the same defaults.
+	config.Mesh
 	leafTTL         string
 	renewAfter      string
 	rootTTL, intTTL string
@@ -73,10 +72,14 @@ func NewRoot() *cobra.Command {
 	}
 	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.rootDir, "root-dir", os.Getenv("MESHTRUST_ROOT_DIR"), "root CA directory, kept apart so it can go offline (default <data-dir>/root with --data-dir, as meshd keeps it, else ~/.meshtrust/root; env MESHTRUST_ROOT_DIR)")
-	pf.StringVar(&g.database, "database", os.Getenv(database.EnvVar), "the store: an SQLite file, or postgres://user:password@host:port/database shared by meshd replicas (default <ca-dir>/meshtrust.db; env DATABASE_URL)")
-	pf.StringVar(&g.caDir, "ca-dir", os.Getenv("MESHTRUST_CA_DIR"), "CA directory: intermediate, issued certs, CRL, database (default <data-dir>/ca with --data-dir, as meshd keeps it, else ~/.meshtrust/ca; env MESHTRUST_CA_DIR)")
-	pf.StringVar(&g.trustDomain, "trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", "mesh.local"), "SPIFFE trust domain, fixed when the first intermediate is issued (env MCP_MESH_TRUST_DOMAIN)")
+	g.Mesh.Register(pf, config.Help{
+		DataDir:     "meshd's data directory; its admin API is the unix socket <data-dir>/admin.sock (env MESHTRUST_DATA_DIR)",
+		RootDir:     "root CA directory, kept apart so it can go offline (default <data-dir>/root with --data-dir, as meshd keeps it, else ~/.meshtrust/root; env MESHTRUST_ROOT_DIR)",
+		CADir:       "CA directory: intermediate, issued certs, CRL, database (default <data-dir>/ca with --data-dir, as meshd keeps it, else ~/.meshtrust/ca; env MESHTRUST_CA_DIR)",
+		Database:    "the store: an SQLite file, or postgres://user:password@host:port/database shared by meshd replicas (default <ca-dir>/meshtrust.db; env DATABASE_URL)",
+		TrustDomain: "SPIFFE trust domain, fixed when the first intermediate is issued (env MCP_MESH_TRUST_DOMAIN)",
+	})
+	g.admin.dataDir = &g.DataDir
 	pf.StringVar(&g.leafTTL, "leaf-ttl", "90d", "lifetime of node, agent and client certificates")
 	pf.StringVar(&g.renewAfter, "renew-after", "", "age at which a leaf is due for renewal (default 2/3 of --leaf-ttl)")
 	pf.StringVar(&g.rootTTL, "root-ttl", "3650d", "lifetime of the root")
@@ -163,25 +166,18 @@ func Version() string {
 // ones in the data dir, as meshd keeps them; without a data dir either,
 // ~/.meshtrust. from says where the CA directory came from, for messages.
 func (g *globals) caDirs() (rootDir, caDir, from string) {
-	in := func(name string) string {
-		if g.admin.dataDir != "" {
-			return filepath.Join(g.admin.dataDir, name)
-		}
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return filepath.Join(".meshtrust", name)
-		}
-		return filepath.Join(home, ".meshtrust", name)
+	base := ".meshtrust"
+	if home, err := os.UserHomeDir(); err == nil {
+		base = filepath.Join(home, ".meshtrust")
 	}
-	rootDir, caDir, from = g.rootDir, g.caDir, "--ca-dir"
-	if rootDir == "" {
-		rootDir = in("root")
-	}
-	if caDir == "" {
-		caDir, from = in("ca"), "the default"
-		if g.admin.dataDir != "" {
-			from = "--data-dir"
-		}
+	rootDir, caDir = g.Mesh.Dirs(base)
+	switch {
+	case g.CADir != "":
+		from = "--ca-dir"
+	case g.DataDir != "":
+		from = "--data-dir"
+	default:
+		from = "the default"
 	}
 	return rootDir, caDir, from
 }
@@ -212,7 +208,7 @@ func ParseDuration(s string) (time.Duration, error) {
 // config builds the CA configuration from the flags.
 func (g *globals) config() (ca.Config, error) {
 	rootDir, caDir, _ := g.caDirs()
-	cfg := ca.Config{RootDir: rootDir, Dir: caDir, TrustDomain: g.trustDomain}
+	cfg := ca.Config{RootDir: rootDir, Dir: caDir, TrustDomain: g.TrustDomain}
 	var err error
 	if cfg.KeyType, err = ca.ParseKeyType(g.keyType); err != nil {
 		return cfg, err
@@ -247,7 +243,7 @@ func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (da
 	} else if _, err := os.Stat(cfg.Dir); err != nil {
 		return nil, g.noCA(fmt.Errorf("CA directory %s: %w", cfg.Dir, err))
 	}
-	return database.Open(ctx, g.database, cfg.StorePath(), database.Options{})
+	return database.Open(ctx, g.DatabaseOrEnv(), cfg.StorePath(), database.Options{})
 }
 
 // noCA explains a CA directory without a CA: where meshctl looked and why
@@ -258,7 +254,7 @@ func (g *globals) noCA(err error) error {
 	switch from {
 	case "--data-dir":
 		return fmt.Errorf("%w: %w; it is the CA directory of --data-dir %s, where meshd keeps the mesh CA (meshd --dev creates it on first start). Is that meshd's data dir? If its CA lives elsewhere, pass --ca-dir and --root-dir",
-			ca.ErrNotInitialized, err, g.admin.dataDir)
+			ca.ErrNotInitialized, err, g.DataDir)
 	case "the default":
 		return fmt.Errorf("%w: %w; it is the default CA directory. To use meshd's CA, pass --data-dir <meshd's data dir> (or --ca-dir <its CA dir>); to create a CA here, run `meshctl ca init` and `meshctl ca issue-intermediate`",
 			ca.ErrNotInitialized, err)
