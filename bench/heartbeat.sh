@@ -74,27 +74,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 143' TERM INT
 
-# free_port prints a port on 127.0.0.1 that nothing listens on.
-free_port() {
-	local p
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 20000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-			echo "$p"
-			return
-		fi
-	done
-	die "no free port found"
-}
-
-wait_port() { # wait_port PORT PID
-	for _ in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || return 1
-		(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
+# free_port and wait_port.
+source scripts/testserver.sh
 
 log "building meshd, meshctl, hbload, baretls, meshdprof"
 go build -o "$BIN/" ./cmd/meshd ./cmd/meshctl ./bench/cmd/hbload ./bench/cmd/baretls ./bench/cmd/meshdprof
