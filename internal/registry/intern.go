@@ -100,12 +100,18 @@ func (s *toolSets) shared(tools []Tool) *toolSet {
 		return newToolSet(tools)
 	}
 	key := unique.Make(string(raw))
+	if ts := s.lookup(key); ts != nil {
+		return ts
+	}
+	// Compacted outside the lock, which every changed registration takes;
+	// a set another caller stored meanwhile wins, and this one is dropped.
+	fresh := newToolSet(tools)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ts := s.m[key].Value(); ts != nil {
 		return ts
 	}
-	ts := newToolSet(tools)
+	ts := fresh
 	s.m[key] = weak.Make(ts)
 	// Once no registration holds ts, its slot goes; unless another
 	// toolSet of the same tools has taken it meanwhile.
@@ -117,6 +123,13 @@ func (s *toolSets) shared(tools []Tool) *toolSet {
 		s.mu.Unlock()
 	}, key)
 	return ts
+}
+
+// lookup returns the toolSet stored for key, or nil.
+func (s *toolSets) lookup(key unique.Handle[string]) *toolSet {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[key].Value()
 }
 
 func newToolSet(tools []Tool) *toolSet {
