@@ -137,17 +137,29 @@ STEP_PID=$!
 wait_port "$MESHD_PORT" "$MESHD_PID" || { tail -20 "$OUT/meshd.log" >&2; die "meshd did not start"; }
 wait_port "$STEP_PORT" "$STEP_PID" || { tail -20 "$OUT/step-ca.log" >&2; die "step-ca did not start"; }
 
-# load NAME CMD...: one hbload run, its report appended to $OUT/NAME.txt.
+# cpu_us PID prints the CPU time (user and system) process PID has used, in
+# microseconds.
+TICK=$(getconf CLK_TCK)
+cpu_us() { awk -v t="$TICK" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000000 / t }' "/proc/$1/stat"; }
+
+# load NAME PID CMD...: one hbload run against the server PID, its report
+# appended to $OUT/NAME.txt with the server's CPU time per request
+# (server-cpu-us): throughput on two shared cores also pays for the load
+# generator, and CPU per request holds up better on a busy machine.
 load() {
-	local name=$1
-	shift
-	"$BIN/hbload" -method raw -c "$C" -d "$DUR" -label "$name" "$@" | tee -a "$OUT/$name.txt" >&2
+	local name=$1 pid=$2 before report ok
+	shift 2
+	before=$(cpu_us "$pid")
+	report=$("$BIN/hbload" -method raw -c "$C" -d "$DUR" -label "$name" "$@")
+	ok=$(sed -n 's/.* ok=\([0-9]*\).*/\1/p' <<<"$report")
+	report+=$(awk -v a="$before" -v b="$(cpu_us "$pid")" -v n="$ok" 'BEGIN { printf " server-cpu-us=%.0f", n ? (b - a) / n : 0 }')
+	tee -a "$OUT/$name.txt" <<<"$report" >&2
 }
 meshd_load() { # meshd_load NAME PATH BODY-DIR
-	load "$1" -url "https://127.0.0.1:$MESHD_PORT" -ca "$WORK/root/ca.crt" -certs "$WORK/nodes" -path "$2" -body "$3"
+	load "$1" "$MESHD_PID" -url "https://127.0.0.1:$MESHD_PORT" -ca "$WORK/root/ca.crt" -certs "$WORK/nodes" -path "$2" -body "$3"
 }
 step_load() {
-	load step-ca -url "https://127.0.0.1:$STEP_PORT" -ca "$S/root.crt" -certs "$S/leaves" -path /1.0/renew
+	load step-ca "$STEP_PID" -url "https://127.0.0.1:$STEP_PORT" -ca "$S/root.crt" -certs "$S/leaves" -path /1.0/renew
 }
 
 for r in $(seq "$ROUNDS"); do
@@ -167,17 +179,21 @@ done
 
 # rps NAME prints NAME's rps figures, one per round.
 rps() { sed -n 's/.* rps=\([0-9.]*\).*/\1/p' "$OUT/$1.txt"; }
+# cpu NAME prints NAME's server CPU per request, one per round.
+cpu() { sed -n 's/.* server-cpu-us=\([0-9.]*\).*/\1/p' "$OUT/$1.txt"; }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 {
 	echo "machine: $(nproc) cores, load average at end: $(cut -d' ' -f1-3 /proc/loadavg); C=$C, $ROUNDS rounds of $DUR"
 	echo "step-ca: $("$STEPCA" version 2>/dev/null | head -1)"
 	step=$(rps step-ca | median)
-	printf '%-22s %9.0f/s\n' step-ca "$step"
+	printf '%-22s %9.0f/s  %5.0f server-cpu-us/req\n' step-ca "$step" "$(cpu step-ca | median)"
 	for name in meshd-renew-same-key meshd-renew-csr meshd-agent-cert; do
 		# The ratio of medians, and the median over rounds of the paired ratio.
 		paired=$(paste <(rps "$name") <(rps step-ca) | awk '{ print $1 / $2 }' | median)
-		printf '%-22s %9.0f/s  x%.2f step-ca (median of paired ratios x%.2f)\n' "$name" "$(rps "$name" | median)" \
-			"$(awk -v a="$(rps "$name" | median)" -v b="$step" 'BEGIN { print a / b }')" "$paired"
+		cpaired=$(paste <(cpu step-ca) <(cpu "$name") | awk '{ print $1 / $2 }' | median)
+		printf '%-22s %9.0f/s  %5.0f server-cpu-us/req  x%.2f step-ca (median of paired ratios x%.2f; server CPU per request x%.2f)\n' \
+			"$name" "$(rps "$name" | median)" "$(cpu "$name" | median)" \
+			"$(awk -v a="$(rps "$name" | median)" -v b="$step" 'BEGIN { print a / b }')" "$paired" "$cpaired"
 	done
 } | tee "$OUT/summary.txt"
 

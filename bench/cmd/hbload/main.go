@@ -36,6 +36,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -114,6 +115,10 @@ type Report struct {
 	P50ms      float64        `json:"p50_ms"`
 	P99ms      float64        `json:"p99_ms"`
 	MaxMs      float64        `json:"max_ms"`
+	// ClientCPUus is the CPU time (user and system) this load generator
+	// spent per successful request: on a machine it shares with the
+	// server, what the server's throughput also pays for.
+	ClientCPUus float64 `json:"client_cpu_us"`
 }
 
 func run(o options) error {
@@ -151,6 +156,7 @@ func run(o options) error {
 
 	results := make([]workerResult, len(agents))
 	var wg sync.WaitGroup
+	cpu0 := cpuTime()
 	start := time.Now()
 	deadline := start.Add(o.duration)
 	for i, a := range agents {
@@ -165,6 +171,9 @@ func run(o options) error {
 	elapsed := time.Since(start)
 
 	rep := summarize(o, results, elapsed)
+	if rep.OK > 0 {
+		rep.ClientCPUus = float64((cpuTime() - cpu0).Microseconds()) / float64(rep.OK)
+	}
 	for _, r := range results {
 		if r.firstErr != "" {
 			fmt.Fprintf(os.Stderr, "hbload: %s: first error: %s\n", r.id, r.firstErr)
@@ -177,13 +186,22 @@ func run(o options) error {
 		}
 		return failures(rep)
 	}
-	fmt.Printf("%s %s %s conns=%d time=%.2fs ok=%d errors=%d rps=%.1f p50=%.3fms p99=%.3fms max=%.3fms statuses=%v",
-		label(rep), rep.Mode, rep.Method, rep.Conns, rep.Seconds, rep.OK, rep.Errors, rep.RPS, rep.P50ms, rep.P99ms, rep.MaxMs, rep.Statuses)
+	fmt.Printf("%s %s %s conns=%d time=%.2fs ok=%d errors=%d rps=%.1f p50=%.3fms p99=%.3fms max=%.3fms client-cpu-us=%.0f statuses=%v",
+		label(rep), rep.Mode, rep.Method, rep.Conns, rep.Seconds, rep.OK, rep.Errors, rep.RPS, rep.P50ms, rep.P99ms, rep.MaxMs, rep.ClientCPUus, rep.Statuses)
 	if len(rep.ErrorKinds) > 0 {
 		fmt.Printf(" error_kinds=%v", rep.ErrorKinds)
 	}
 	fmt.Println()
 	return failures(rep)
+}
+
+// cpuTime returns the user and system CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func failures(rep Report) error {
