@@ -55,11 +55,7 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 		default:
 			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT serial FROM certs
-			WHERE (common_name = ?1 OR (?2 <> '' AND agent_node = ?2))
-			  AND kind <> 'intermediate' AND not_after > ?3
-			  AND serial NOT IN (SELECT serial FROM revocations)
-			ORDER BY issued_at, rowid`, r.Name, agents, at)
+		rows, err := tx.QueryContext(ctx, identityCertsQuery, r.Name, agents, at)
 		if err != nil {
 			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
 		}
@@ -184,6 +180,33 @@ func (s *Store) BlockedKeys(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
+// identityCertsQuery selects, at ?3, the live certificates that revoking
+// the identity ?1 revokes: its own and, when it is a node, those of the
+// node's agents (agent_node ?2, ” for any other identity), found by
+// certs_common_name and certs_agent_names.
+const identityCertsQuery = `SELECT serial FROM certs
+	WHERE (common_name = ?1 OR (?2 <> '' AND agent_node = ?2 AND agent_node <> ''))
+	  AND kind <> 'intermediate' AND not_after > ?3
+	  AND serial NOT IN (SELECT serial FROM revocations)
+	ORDER BY issued_at, rowid`
+
+// liveAgentsQuery is LiveAgents' query, of a node (?1) at a time (?2).
+// It is a skip scan over certs_agent_names (partial: agent_node <> ” says
+// it may be used): each step jumps to the node's next agent name; each
+// name is then kept if any certificate of it is live, looked up newest
+// first by certs_common_name, which usually stops at the first row.
+const liveAgentsQuery = `WITH RECURSIVE names(cn) AS (
+		SELECT (SELECT min(common_name) FROM certs WHERE agent_node = ?1 AND agent_node <> '')
+		UNION ALL
+		SELECT (SELECT min(common_name) FROM certs WHERE agent_node = ?1 AND agent_node <> '' AND common_name > names.cn)
+			FROM names WHERE names.cn IS NOT NULL
+	)
+	SELECT cn FROM names WHERE cn IS NOT NULL AND EXISTS (
+		SELECT 1 FROM certs c WHERE c.common_name = names.cn AND c.not_after > ?2
+			AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial)
+		ORDER BY c.issued_at DESC)
+	ORDER BY cn`
+
 // LiveAgents returns the agent identities of node ("opus@ct200") that hold
 // an unexpired, unrevoked certificate at now, sorted.
 func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]string, error) {
@@ -196,21 +219,7 @@ func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]s
 	if s.closed {
 		return nil, store.ErrClosed
 	}
-	// A skip scan over certs_agent_names: each step jumps to the node's
-	// next agent name; each name is then kept if any certificate of it is
-	// live, looked up newest first by certs_common_name, which usually
-	// stops at the first row.
-	rows, err := s.rdb.QueryContext(ctx, `WITH RECURSIVE names(cn) AS (
-			SELECT (SELECT min(common_name) FROM certs WHERE agent_node = ?1)
-			UNION ALL
-			SELECT (SELECT min(common_name) FROM certs WHERE agent_node = ?1 AND common_name > names.cn)
-				FROM names WHERE names.cn IS NOT NULL
-		)
-		SELECT cn FROM names WHERE cn IS NOT NULL AND EXISTS (
-			SELECT 1 FROM certs c WHERE c.common_name = names.cn AND c.not_after > ?2
-				AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial)
-			ORDER BY c.issued_at DESC)
-		ORDER BY cn`, node, at)
+	rows, err := s.rdb.QueryContext(ctx, liveAgentsQuery, node, at)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: live agents of %q: %w", node, err)
 	}

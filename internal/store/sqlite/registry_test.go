@@ -238,7 +238,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 	if _, err := db.Exec(`DROP TABLE join_tokens; DROP TABLE events;
 		DROP TABLE revoked_identities; DROP TABLE blocked_keys;
 		ALTER TABLE certs DROP COLUMN key_hash; ALTER TABLE certs DROP COLUMN authorized_by;
-		DROP INDEX certs_agent_node; DROP INDEX certs_agent_names; ALTER TABLE certs DROP COLUMN agent_node;
+		DROP INDEX certs_agent_names; ALTER TABLE certs DROP COLUMN agent_node;
 		DROP TABLE entities; DROP TABLE agents; DROP TABLE policies; DELETE FROM schema_version WHERE version > 1`); err != nil {
 		t.Fatal(err)
 	}
@@ -355,5 +355,45 @@ func TestPolicies(t *testing.T) {
 	}
 	if err := s.PutPolicy(t.Context(), store.Policy{}, store.AuditEntry{Action: "policy.set"}); err == nil {
 		t.Fatal("a policy without a name was recorded")
+	}
+}
+
+// TestAgentQueriesUseIndexes checks that the queries over a node's agent
+// certificates are answered from indexes, never by a scan of every
+// certificate: certs_agent_names is partial, and a query that does not say
+// agent_node <> ” could not use it.
+func TestAgentQueriesUseIndexes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshtrust.db")
+	s, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db := rawDB(t, path)
+	defer db.Close()
+	for name, q := range map[string]string{"liveAgents": liveAgentsQuery, "identityCerts": identityCertsQuery} {
+		rows, err := db.Query("EXPLAIN QUERY PLAN "+q, "ct200", "ct200", int64(1))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		joined := strings.Join(plan, "\n")
+		if !strings.Contains(joined, "certs_agent_names") {
+			t.Errorf("%s does not use certs_agent_names:\n%s", name, joined)
+		}
+		for _, step := range plan {
+			if strings.HasPrefix(step, "SCAN certs") || strings.HasPrefix(step, "SCAN c ") || step == "SCAN c" {
+				t.Errorf("%s scans the certificates: %q in\n%s", name, step, joined)
+			}
+		}
 	}
 }
