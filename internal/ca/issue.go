@@ -151,7 +151,7 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 	}
 	s.tmpl.SubjectKeyId = ski
 	for attempt := 0; ; attempt++ {
-		serial, err := newSerial(c.cfg.Rand)
+		serial, err := newSerial(c.cfg.Rand, now)
 		if err != nil {
 			return nil, err
 		}

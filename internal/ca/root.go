@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -354,7 +355,7 @@ func loadIntermediate(cfg Config, id string) (*x509.Certificate, crypto.Signer, 
 
 // signCA signs a CA certificate template; parent nil means self-signed.
 func signCA(cfg Config, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
-	serial, err := newSerial(cfg.Rand)
+	serial, err := newSerial(cfg.Rand, cfg.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -374,11 +375,20 @@ func signCA(cfg Config, tmpl, parent *x509.Certificate, pub crypto.PublicKey, si
 	return x509.ParseCertificate(der)
 }
 
-// newSerial returns a random positive 128-bit serial number.
-func newSerial(rand interface{ Read([]byte) (int, error) }) (*big.Int, error) {
+// newSerial returns a positive 128-bit serial number: the 48-bit Unix
+// millisecond of now, then 80 random bits. The random bits are what makes
+// a serial unguessable (the CA/Browser Forum asks for at least 64); the
+// time in front makes serials grow, so that recording a certificate
+// appends to the store's index of serials rather than dirtying a random
+// page of it.
+func newSerial(rand interface{ Read([]byte) (int, error) }, now time.Time) (*big.Int, error) {
 	var b [16]byte
+	ms := uint64(max(now.UnixMilli(), 0))
+	for i := range 6 {
+		b[i] = byte(ms >> (40 - 8*i))
+	}
 	for {
-		if _, err := rand.Read(b[:]); err != nil {
+		if _, err := rand.Read(b[6:]); err != nil {
 			return nil, fmt.Errorf("serial: %w", err)
 		}
 		if n := new(big.Int).SetBytes(b[:]); n.Sign() > 0 {
