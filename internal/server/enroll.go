@@ -294,6 +294,11 @@ func (s *Server) issueError(w http.ResponseWriter, r *http.Request, peer *trust.
 	s.internalError(w, r, err)
 }
 
+// heldLookups is how many agents a request may name for admitAgentCerts to
+// look each up before it lists the node's agents: past a few, one list
+// costs less.
+const heldLookups = 4
+
 // admitAgentCerts refuses a node more agent certificates than its rate
 // (AgentCertBurst, then one per AgentCertInterval) or more agent
 // identities than MaxAgentsPerNode; renewing an agent it holds is never
@@ -302,6 +307,26 @@ func (s *Server) admitAgentCerts(w http.ResponseWriter, r *http.Request, peer *t
 	now := s.cfg.Now()
 	if !s.issueRate(w, r, peer, action, node.Node, len(agentIDs)) {
 		return false
+	}
+	// Renewing agents the node already holds adds no identity, and is
+	// never refused for the cap: a lookup per agent, rather than a list
+	// of the node's every agent, says so in the common case.
+	if len(agentIDs) <= heldLookups {
+		held := true
+		for _, id := range agentIDs {
+			live, err := s.st.HasLiveCert(r.Context(), id+"@"+node.Node, now)
+			if err != nil {
+				s.internalError(w, r, err)
+				return false
+			}
+			if !live {
+				held = false
+				break
+			}
+		}
+		if held {
+			return true
+		}
 	}
 	live, err := s.st.LiveAgents(r.Context(), node.Node, now)
 	if err != nil {

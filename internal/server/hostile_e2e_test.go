@@ -225,6 +225,22 @@ func TestHostileAgentCertFlood(t *testing.T) {
 	if after, _ := e.ca.st.CertsByName(ctx, "ct600.mesh"); len(after) != len(certs) {
 		t.Errorf("a refused renewal recorded a certificate")
 	}
+	// An operator lowers the cap below what the node holds: its agents
+	// still renew, whichever way the held agents are counted, and only a
+	// new identity is refused.
+	e.stop()
+	e.cfg.AgentCertBurst, e.cfg.MaxAgentsPerNode = 100, 2
+	e.restart()
+	c = e.enrollClient()
+	for _, id := range []string{"a1", "a3"} {
+		if _, err := c.AgentCert(ctx, n.cert, id, key); err != nil {
+			t.Errorf("renewing agent %s, held, past a lowered cap of 2: %v", id, err)
+		}
+	}
+	r = e.do(e.freshClient(&n.cert), "POST", "/agent-cert", map[string]string{"agent_id": "a5", "csr": csrPEM(t, "a5@ct600", key)})
+	if r.code != http.StatusForbidden || r.reason() != "agent_limit" {
+		t.Errorf("a new agent identity past a lowered cap: %s, want 403 agent_limit", r)
+	}
 }
 
 // TestHostileEntityNamespaceOverlap: entity names whose namespaces overlap

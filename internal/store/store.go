@@ -192,6 +192,10 @@ type Store interface {
 	// LiveAgents returns the agent identities of node ("opus@ct200") that
 	// hold an unexpired, unrevoked certificate at now, sorted.
 	LiveAgents(ctx context.Context, node string, now time.Time) ([]string, error)
+	// HasLiveCert reports whether commonName holds an unexpired, unrevoked
+	// certificate at now: one index lookup, where LiveAgents lists a
+	// node's every agent.
+	HasLiveCert(ctx context.Context, commonName string, now time.Time) (bool, error)
 
 	// NextCRLNumber durably increments and returns the CRL number of the
 	// CA whose subject key id is issuerKeyID; the first number is 1.

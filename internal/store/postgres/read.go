@@ -162,6 +162,25 @@ func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]s
 	return names, nil
 }
 
+// HasLiveCert reports whether commonName holds an unexpired, unrevoked
+// certificate at now.
+func (s *Store) HasLiveCert(ctx context.Context, commonName string, now time.Time) (bool, error) {
+	at, err := store.Nanos("now", now)
+	if err != nil {
+		return false, fmt.Errorf("postgres: live certificate of %q: %w", commonName, err)
+	}
+	live, err := readRows(s, ctx, `SELECT EXISTS (SELECT 1 FROM certs c WHERE c.common_name = $1 AND c.not_after > $2
+		AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial))`, []any{commonName, at},
+		func(row pgx.Rows) (bool, error) {
+			var live bool
+			return live, row.Scan(&live)
+		})
+	if err != nil {
+		return false, fmt.Errorf("postgres: live certificate of %q: %w", commonName, err)
+	}
+	return len(live) == 1 && live[0], nil
+}
+
 func scanAudit(row pgx.Rows) (store.AuditEntry, error) {
 	var (
 		e                                 store.AuditEntry

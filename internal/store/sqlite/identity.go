@@ -207,6 +207,30 @@ const liveAgentsQuery = `WITH RECURSIVE names(cn) AS (
 		ORDER BY c.issued_at DESC)
 	ORDER BY cn`
 
+// hasLiveCertQuery is HasLiveCert's query, of a common name (?1) at a
+// time (?2), by certs_common_name.
+const hasLiveCertQuery = `SELECT EXISTS (SELECT 1 FROM certs c WHERE c.common_name = ?1 AND c.not_after > ?2
+	AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial))`
+
+// HasLiveCert reports whether commonName holds an unexpired, unrevoked
+// certificate at now.
+func (s *Store) HasLiveCert(ctx context.Context, commonName string, now time.Time) (bool, error) {
+	at, err := nanos("now", now)
+	if err != nil {
+		return false, fmt.Errorf("sqlite: live certificate of %q: %w", commonName, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return false, store.ErrClosed
+	}
+	var live bool
+	if err := s.hasLiveCert.QueryRowContext(ctx, commonName, at).Scan(&live); err != nil {
+		return false, fmt.Errorf("sqlite: live certificate of %q: %w", commonName, err)
+	}
+	return live, nil
+}
+
 // LiveAgents returns the agent identities of node ("opus@ct200") that hold
 // an unexpired, unrevoked certificate at now, sorted.
 func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]string, error) {
@@ -219,7 +243,7 @@ func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]s
 	if s.closed {
 		return nil, store.ErrClosed
 	}
-	rows, err := s.rdb.QueryContext(ctx, liveAgentsQuery, node, at)
+	rows, err := s.liveAgents.QueryContext(ctx, node, at)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: live agents of %q: %w", node, err)
 	}

@@ -76,6 +76,9 @@ type Store struct {
 	stmts *writeStmts
 	// rdb is the pool of query-only connections that serve reads.
 	rdb *sql.DB
+	// liveAgents and hasLiveCert are liveAgentsQuery and
+	// hasLiveCertQuery, prepared on rdb.
+	liveAgents, hasLiveCert *sql.Stmt
 
 	// mu guards closed and sending on reqs: Close takes it exclusively so
 	// that no send can race with close(reqs). Reads hold it shared so that
@@ -165,6 +168,18 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		wdb.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
 	}
+	// Prepared once, for every read connection as it first runs them:
+	// compiling one costs more than running it, and they run on every
+	// /agent-cert.
+	var read [2]*sql.Stmt
+	for i, q := range []string{liveAgentsQuery, hasLiveCertQuery} {
+		if read[i], err = rdb.PrepareContext(ctx, q); err != nil {
+			rdb.Close() // closes the statements prepared on it
+			stmts.close()
+			wdb.Close()
+			return nil, fmt.Errorf("sqlite: open %s: prepare %q: %w", abs, q, err)
+		}
+	}
 
 	s := &Store{
 		path:        abs,
@@ -172,6 +187,8 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 		wdb:         wdb,
 		stmts:       stmts,
 		rdb:         rdb,
+		liveAgents:  read[0],
+		hasLiveCert: read[1],
 		reqs:        make(chan *request, maxBatch),
 		writerDone:  make(chan struct{}),
 		beforeBatch: o.beforeBatch,
@@ -271,7 +288,7 @@ func (s *Store) Close() error {
 
 	<-s.writerDone
 	s.stmts.close()
-	if err := errors.Join(s.rdb.Close(), s.wdb.Close()); err != nil {
+	if err := errors.Join(s.liveAgents.Close(), s.hasLiveCert.Close(), s.rdb.Close(), s.wdb.Close()); err != nil {
 		return fmt.Errorf("sqlite: close %s: %w", s.path, err)
 	}
 	return nil

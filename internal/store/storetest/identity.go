@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -229,5 +230,16 @@ func testLiveAgents(t *testing.T, open Opener) {
 	}
 	if want := []string{"back@ct200", "late@ct200", "opus@ct200", "sage@ct200"}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("LiveAgents(ct200) = %v, want %v", got, want)
+	}
+	// HasLiveCert agrees with LiveAgents on each name, and holds for a
+	// node's own certificate too.
+	for _, cn := range []string{"back@ct200", "late@ct200", "opus@ct200", "sage@ct200", "old@ct200", "gone@ct200", "none@ct200", "ct200.mesh"} {
+		live, err := s.HasLiveCert(t.Context(), cn, at.Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := slices.Contains(got, cn) || cn == "ct200.mesh"; live != want {
+			t.Errorf("HasLiveCert(%s) = %v, want %v", cn, live, want)
+		}
 	}
 }
