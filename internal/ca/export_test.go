@@ -19,6 +19,6 @@ func (c *CA) LeafTemplate(csr *x509.CertificateRequest, pub crypto.PublicKey, re
 	if s.tmpl.SubjectKeyId, err = subjectKeyID(pub); err != nil {
 		return nil, err
 	}
-	s.tmpl.SerialNumber, err = newSerial(c.cfg.Rand)
+	s.tmpl.SerialNumber, err = newSerial(c.cfg.Rand, c.cfg.Now())
 	return s.tmpl, err
 }

@@ -145,18 +145,30 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 	if err != nil {
 		return nil, c.refuse(ctx, s.req, err)
 	}
-	ski, err := subjectKeyID(pub)
-	if err != nil {
+	// The key as its holder presented it in the CSR; marshalled from pub
+	// only when there is no CSR.
+	var spki []byte
+	if csr != nil {
+		spki = csr.RawSubjectPublicKeyInfo
+	} else if spki, err = x509.MarshalPKIXPublicKey(pub); err != nil {
 		return nil, err
 	}
-	s.tmpl.SubjectKeyId = ski
+	if s.tmpl.SubjectKeyId, err = spkiKeyID(spki); err != nil {
+		return nil, err
+	}
 	for attempt := 0; ; attempt++ {
 		serial, err := newSerial(c.cfg.Rand, now)
 		if err != nil {
 			return nil, err
 		}
 		s.tmpl.SerialNumber = serial
-		der, err := x509.CreateCertificate(c.cfg.Rand, s.tmpl, signer.cert, pub, signer.key)
+		// createLeaf writes what x509.CreateCertificate would, without its
+		// reflective encoding, for the templates the policy builds; any
+		// other goes the standard way.
+		der, ok, err := createLeaf(c.cfg.Rand, s.tmpl, signer.cert, spki, signer.key)
+		if !ok && err == nil {
+			der, err = x509.CreateCertificate(c.cfg.Rand, s.tmpl, signer.cert, pub, signer.key)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("sign: %w", err)
 		}

@@ -7,7 +7,6 @@ import (
 	"crypto/sha1"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -399,18 +401,23 @@ func newSerial(rand interface{ Read([]byte) (int, error) }, now time.Time) (*big
 
 // subjectKeyID is the RFC 5280 method 1 key id: SHA-1 of the public key bits.
 func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
-	der, err := x509.MarshalPKIXPublicKey(pub)
+	spki, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, err
 	}
-	var spki struct {
-		Algorithm pkix.AlgorithmIdentifier
-		PublicKey asn1.BitString
+	return spkiKeyID(spki)
+}
+
+// spkiKeyID is subjectKeyID of a DER SubjectPublicKeyInfo, read as it is
+// rather than marshalled again from a parsed key.
+func spkiKeyID(spki []byte) ([]byte, error) {
+	s := cryptobyte.String(spki)
+	var info cryptobyte.String
+	var bits []byte
+	if !s.ReadASN1(&info, cbasn1.SEQUENCE) || !info.SkipASN1(cbasn1.SEQUENCE) || !info.ReadASN1BitStringAsBytes(&bits) {
+		return nil, errors.New("subject key id: malformed SubjectPublicKeyInfo")
 	}
-	if _, err := asn1.Unmarshal(der, &spki); err != nil {
-		return nil, err
-	}
-	sum := sha1.Sum(spki.PublicKey.Bytes)
+	sum := sha1.Sum(bits)
 	return sum[:], nil
 }
 
