@@ -139,6 +139,13 @@ type Config struct {
 	// burst, then one per interval; defaults 100 and 100ms.
 	AgentCertBurst    int
 	AgentCertInterval time.Duration
+	// EnrollBurst and EnrollInterval, when set, replace both limits on
+	// /enroll attempts, per source (default a burst of 5, then one per
+	// 12s) and across all sources (50, then one per 500ms): for a
+	// benchmark of enrollment itself. /enroll is the one route a caller
+	// without a certificate reaches; meshd sets neither.
+	EnrollBurst    int
+	EnrollInterval time.Duration
 	// Registrations bounds what one agent may register (tools,
 	// dependencies, tags) and lists the partner entities whose agents may
 	// provide for agents outside their entity; see registry.Config.
@@ -271,9 +278,10 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
 		trustChanged: make(chan struct{}, 1), started: cfg.Now(),
-		enrollLimit: newLimiter(enrollBurst, enrollInterval), enrollGlobal: newLimiter(enrollGlobalBurst, enrollGlobalInterval),
-		watchSlots: newSlots(cfg.MaxWatchStreams, cfg.MaxWatchStreamsPerSource),
-		agentCerts: newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
+		enrollLimit:  newLimiter(cmp.Or(cfg.EnrollBurst, enrollBurst), cmp.Or(cfg.EnrollInterval, enrollInterval)),
+		enrollGlobal: newLimiter(cmp.Or(cfg.EnrollBurst, enrollGlobalBurst), cmp.Or(cfg.EnrollInterval, enrollGlobalInterval)),
+		watchSlots:   newSlots(cfg.MaxWatchStreams, cfg.MaxWatchStreamsPerSource),
+		agentCerts:   newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
 		stopping: make(chan struct{}), namespaces: registry.NewNamespaces()}
 	s.cfg.AgentTrustDomain = cmp.Or(cfg.AgentTrustDomain, DefaultAgentTrustDomain)
 

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -49,24 +50,34 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		}
 		ttl = d
 	}
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
+	token, expires, err := s.CreateJoinToken(r.Context(), req.NodeID, ttl)
+	if err != nil {
 		s.internalError(w, r, err)
 		return
+	}
+	writeJSON(w, http.StatusCreated, meshapi.TokenResponse{Token: token, NodeID: req.NodeID, ExpiresAt: expires, RootFingerprint: trust.Fingerprint(s.auth.Root())})
+}
+
+// CreateJoinToken records, and returns, a one-time token that enrolls
+// node nodeID (a valid node id) until ttl from now, and when it expires.
+// Only its hash is stored, with an audit entry.
+func (s *Server) CreateJoinToken(ctx context.Context, nodeID string, ttl time.Duration) (string, time.Time, error) {
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", time.Time{}, err
 	}
 	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	sum := sha256.Sum256([]byte(token))
 	hash := hex.EncodeToString(sum[:])
 	now := s.cfg.Now()
-	t := store.JoinToken{Hash: hash, NodeID: req.NodeID, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC()}
-	a := store.AuditEntry{Time: now, Action: "token.create", Identity: req.NodeID + ".mesh", Outcome: store.OutcomeOK,
+	t := store.JoinToken{Hash: hash, NodeID: nodeID, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC()}
+	a := store.AuditEntry{Time: now, Action: "token.create", Identity: nodeID + ".mesh", Outcome: store.OutcomeOK,
 		Detail: fmt.Sprintf("token %s until %s", hash[:12], t.ExpiresAt.Format(time.RFC3339))}
-	if err := s.st.PutToken(r.Context(), t, a); err != nil {
+	if err := s.st.PutToken(ctx, t, a); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			err = errors.New("token collision; try again")
 		}
-		s.internalError(w, r, err)
-		return
+		return "", time.Time{}, err
 	}
-	writeJSON(w, http.StatusCreated, meshapi.TokenResponse{Token: token, NodeID: req.NodeID, ExpiresAt: t.ExpiresAt, RootFingerprint: trust.Fingerprint(s.auth.Root())})
+	return token, t.ExpiresAt, nil
 }
