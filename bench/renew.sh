@@ -9,6 +9,11 @@
 #                       proved (what step-ca's renew does)
 #             csr       body {"csr": ...}: a CSR for the same key
 #           POST /agent-cert: a new agent certificate from a CSR
+#           POST /enroll with a join token (no client certificate), each
+#                       request a new node: meshd in-process (meshdprof)
+#                       on a copy of the mesh CA, its enrollment rate
+#                       limits lifted (with them, /enroll's throughput is
+#                       theirs), $ENROLL_N tokens made before the load
 #   step-ca POST /1.0/renew keep-alive mTLS (re-issue of the presented
 #           certificate, stored in its badger database)
 #
@@ -25,7 +30,7 @@
 # $OUT/<load>.cum.
 #
 # Env: C (32), ROUNDS (3), DUR (8s), OUT (results dir, default a temp dir),
-#      PROFILE (0), PROF_DUR (5s).
+#      PROFILE (0), PROF_DUR (5s), ENROLL_N (8000).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -34,6 +39,7 @@ ROUNDS=${ROUNDS:-3}
 DUR=${DUR:-8s}
 PROFILE=${PROFILE:-0}
 PROF_DUR=${PROF_DUR:-5s}
+ENROLL_N=${ENROLL_N:-8000}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meshtrust-renew.XXXXXX")
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/meshtrust-renew-out.XXXXXX")}
 mkdir -p "$OUT"
@@ -86,6 +92,10 @@ for i in $(seq "$C"); do
 	openssl req -new -key "$WORK/$n-agent.key" -subj "/CN=worker@$n" -out "$WORK/$n-agent.csr" 2>/dev/null
 	printf '{"agent_id":"worker","csr":"%s"}' "$(json_pem "$WORK/$n-agent.csr")" >"$WORK/agent-cert/$n.body"
 done
+
+# The enrollment server's own copy of the mesh CA and its store, taken
+# before meshd opens them.
+cp -r "$WORK/ca" "$WORK/ca-enroll"
 
 log "creating step-ca's P-256 root, intermediate and $C leaves"
 S=$WORK/step
@@ -162,6 +172,26 @@ step_load() {
 	load step-ca "$STEP_PID" -url "https://127.0.0.1:$STEP_PORT" -ca "$S/root.crt" -certs "$S/leaves" -path /1.0/renew
 }
 
+# enroll_load: the /enroll load, on a fresh copy of the mesh CA each time.
+enroll_load() {
+	local dir=$WORK/enroll addr
+	rm -rf "$dir"
+	mkdir -p "$dir/requests" "$dir/data"
+	cp -r "$WORK/ca-enroll" "$dir/ca"
+	"$BIN/meshdprof" -root-dir "$WORK/root" -ca-dir "$dir/ca" -data-dir "$dir/data" \
+		-tls-cert "$WORK/ca/issued/meshd.crt" -tls-key "$WORK/ca/issued/meshd.key" \
+		-join-tokens "$ENROLL_N" -requests-dir "$dir/requests" >"$dir/out" 2>>"$OUT/meshdprof.log" </dev/null &
+	PROF_PID=$!
+	for _ in $(seq 600); do grep -q '^addr=' "$dir/out" && break; sleep 0.1; done
+	addr=$(sed -n 's/^addr=//p' "$dir/out")
+	[[ -n "$addr" ]] || die "meshdprof did not start (see $OUT/meshdprof.log)"
+	load meshd-enroll-token "$PROF_PID" -url "https://$addr" -ca "$WORK/root/ca.crt" -certs none -requests "$dir/requests" -path /enroll
+	kill -TERM "$PROF_PID"
+	wait "$PROF_PID" 2>/dev/null || true
+	PROF_PID=
+	rm -rf "$dir"
+}
+
 for r in $(seq "$ROUNDS"); do
 	log "round $r/$ROUNDS"
 	if ((r % 2)); then
@@ -169,7 +199,9 @@ for r in $(seq "$ROUNDS"); do
 		meshd_load meshd-renew-same-key /renew "$WORK/same-key"
 		meshd_load meshd-renew-csr /renew "$WORK/csr"
 		meshd_load meshd-agent-cert /agent-cert "$WORK/agent-cert"
+		enroll_load
 	else
+		enroll_load
 		meshd_load meshd-agent-cert /agent-cert "$WORK/agent-cert"
 		meshd_load meshd-renew-csr /renew "$WORK/csr"
 		meshd_load meshd-renew-same-key /renew "$WORK/same-key"
@@ -187,7 +219,7 @@ median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2) ? v[(NR + 
 	echo "step-ca: $("$STEPCA" version 2>/dev/null | head -1)"
 	step=$(rps step-ca | median)
 	printf '%-22s %9.0f/s  %5.0f server-cpu-us/req\n' step-ca "$step" "$(cpu step-ca | median)"
-	for name in meshd-renew-same-key meshd-renew-csr meshd-agent-cert; do
+	for name in meshd-renew-same-key meshd-renew-csr meshd-agent-cert meshd-enroll-token; do
 		# The ratio of medians, and the median over rounds of the paired ratio.
 		paired=$(paste <(rps "$name") <(rps step-ca) | awk '{ print $1 / $2 }' | median)
 		cpaired=$(paste <(cpu step-ca) <(cpu "$name") | awk '{ print $1 / $2 }' | median)

@@ -3,7 +3,10 @@
 // one agent certificate per connection, and reports throughput, latency
 // percentiles and errors. With -method raw it POSTs any body to any path
 // instead (bench/renew.sh drives certificate renewal at meshd and step-ca
-// with it), and any 2xx answer counts as success.
+// with it), and any 2xx answer counts as success. With -requests DIR it
+// sends each request of DIR once, shared among the connections, and stops
+// when they are used up: one-time credentials such as join tokens; with
+// -certs none its connections present no client certificate.
 //
 // It speaks HTTP/1.1 directly on the TLS connection with requests built
 // once per connection, so that on a small shared machine the generator
@@ -36,6 +39,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -49,14 +53,14 @@ type options struct {
 	duration, timeout                 time.Duration
 	newConn, jsonOut, varyTimestamp   bool
 	method, label                     string
-	path, body                        string
+	path, body, requests              string
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.url, "url", "https://127.0.0.1:8000", "registry base URL (https)")
 	flag.StringVar(&o.caFile, "ca", "", "PEM bundle that verifies the server's certificate (required)")
-	flag.StringVar(&o.certDir, "certs", "", "directory of <agent-id>.crt and <agent-id>.key, one per connection (required)")
+	flag.StringVar(&o.certDir, "certs", "", "directory of <agent-id>.crt and <agent-id>.key, one per connection (required); none: no client certificate")
 	flag.StringVar(&o.payloadFile, "payload", "bench/mcpmesh/heartbeat.json", "heartbeat JSON; its agent_id is replaced per connection")
 	flag.IntVar(&o.conns, "c", 32, "concurrent connections (at most the number of certificates)")
 	flag.IntVar(&o.perConn, "n", 0, "requests per connection; 0 means until -d ends")
@@ -66,6 +70,7 @@ func main() {
 	flag.StringVar(&o.method, "method", "post", "post (POST /heartbeat), head (HEAD /heartbeat/{id}) or raw (POST -body to -path)")
 	flag.StringVar(&o.path, "path", "/renew", "raw: the path to POST to")
 	flag.StringVar(&o.body, "body", "", "raw: the body to POST: a file, or a directory holding <id>.body for each <id>.crt (empty: no body)")
+	flag.StringVar(&o.requests, "requests", "", "raw: a directory of one-time requests, <n>.body with optional <n>.headers (header lines), each sent once by whichever connection is free")
 	flag.BoolVar(&o.varyTimestamp, "vary-timestamp", false, "POST: set the payload's timestamp to the current time in every request, as an agent stamping each heartbeat would")
 	flag.BoolVar(&o.jsonOut, "json", false, "print one JSON line instead of text")
 	flag.StringVar(&o.label, "label", "", "name of the target, echoed in the report")
@@ -153,6 +158,15 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	var once *oneTime
+	if o.requests != "" {
+		if o.method != methodRaw {
+			return errors.New("-requests needs -method raw")
+		}
+		if once, err = loadRequests(o.requests, o.path, u.Host); err != nil {
+			return err
+		}
+	}
 
 	results := make([]workerResult, len(agents))
 	var wg sync.WaitGroup
@@ -163,7 +177,7 @@ func run(o options) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := worker{agent: a, addr: addr, method: o.method, timeout: o.timeout, newConn: o.newConn}
+			w := worker{agent: a, addr: addr, method: o.method, timeout: o.timeout, newConn: o.newConn, once: once}
 			results[i] = w.run(o.perConn, deadline)
 		}()
 	}
@@ -229,6 +243,13 @@ func loadAgents(o options, u *url.URL) ([]agent, error) {
 	if !roots.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("%s holds no PEM certificate", o.caFile)
 	}
+	if o.certDir == "none" {
+		out := make([]agent, o.conns)
+		for i := range out {
+			out[i] = agent{id: fmt.Sprintf("conn-%d", i), tls: clientTLS(roots, u, nil)}
+		}
+		return out, nil
+	}
 	crts, err := filepath.Glob(filepath.Join(o.certDir, "*.crt"))
 	if err != nil {
 		return nil, err
@@ -254,16 +275,7 @@ func loadAgents(o options, u *url.URL) ([]agent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent %s: %w", id, err)
 		}
-		cfg := &tls.Config{
-			RootCAs:      roots,
-			Certificates: []tls.Certificate{cert},
-			ServerName:   u.Hostname(),
-			NextProtos:   []string{"http/1.1"},
-			MinVersion:   tls.VersionTLS12,
-			// No session cache: with -new-conn every handshake is a full
-			// mutual one.
-			SessionTicketsDisabled: true,
-		}
+		cfg := clientTLS(roots, u, []tls.Certificate{cert})
 		var b bytes.Buffer
 		switch o.method {
 		case http.MethodPost:
@@ -308,6 +320,70 @@ func loadAgents(o options, u *url.URL) ([]agent, error) {
 		out = append(out, agent{id: id, tls: cfg, req: b.Bytes()})
 	}
 	return out, nil
+}
+
+// clientTLS is a connection's TLS configuration, presenting certs.
+func clientTLS(roots *x509.CertPool, u *url.URL, certs []tls.Certificate) *tls.Config {
+	return &tls.Config{
+		RootCAs:      roots,
+		Certificates: certs,
+		ServerName:   u.Hostname(),
+		NextProtos:   []string{"http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+		// No session cache: with -new-conn every handshake is a full
+		// mutual one.
+		SessionTicketsDisabled: true,
+	}
+}
+
+// oneTime is -requests: requests each sent once, by whichever connection
+// takes it first.
+type oneTime struct {
+	reqs [][]byte
+	next atomic.Int64
+}
+
+// take returns the next unsent request, or nil once all are sent.
+func (o *oneTime) take() []byte {
+	if i := o.next.Add(1) - 1; i < int64(len(o.reqs)) {
+		return o.reqs[i]
+	}
+	return nil
+}
+
+// loadRequests builds a POST to path for every <n>.body in dir, with the
+// header lines of <n>.headers when there is one.
+func loadRequests(dir, path, host string) (*oneTime, error) {
+	bodies, err := filepath.Glob(filepath.Join(dir, "*.body"))
+	if err != nil {
+		return nil, err
+	}
+	if len(bodies) == 0 {
+		return nil, fmt.Errorf("-requests %s holds no *.body", dir)
+	}
+	slices.SortFunc(bodies, naturalLess)
+	once := &oneTime{reqs: make([][]byte, 0, len(bodies))}
+	for _, f := range bodies {
+		body, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		headers, err := os.ReadFile(strings.TrimSuffix(f, ".body") + ".headers")
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "POST %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: hbload\r\nContent-Type: application/json\r\n", path, host)
+		for line := range strings.Lines(string(headers)) {
+			if line = strings.TrimSpace(line); line != "" {
+				b.WriteString(line + "\r\n")
+			}
+		}
+		fmt.Fprintf(&b, "Content-Length: %d\r\n\r\n", len(body))
+		b.Write(body)
+		once.reqs = append(once.reqs, b.Bytes())
+	}
+	return once, nil
 }
 
 // rawBody returns -method raw's body for connection id: the file at path,
@@ -368,6 +444,8 @@ type worker struct {
 	conn net.Conn
 	br   *bufio.Reader
 	body bytes.Buffer
+	// once, with -requests, hands out the requests to send.
+	once *oneTime
 }
 
 type workerResult struct {
@@ -408,6 +486,11 @@ func (w *worker) run(n int, deadline time.Time) workerResult {
 		}
 		w.conn.SetDeadline(t0.Add(w.timeout))
 		req := w.req
+		if w.once != nil {
+			if req = w.once.take(); req == nil {
+				break
+			}
+		}
 		if w.vary {
 			req = w.stamped(req[:0], t0)
 			w.req = req

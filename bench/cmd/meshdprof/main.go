@@ -3,10 +3,22 @@
 // the localca backend), and writes a CPU profile of it until SIGINT/SIGTERM
 // or -max-time. meshd has no pprof endpoint; this is how the benchmark
 // gets profile evidence for meshd's hot path under hbload.
+//
+// With -join-tokens N it also creates N join tokens, for nodes enroll-1
+// to enroll-N, and writes for each an /enroll request to -requests-dir
+// (<n>.body, and <n>.headers with the token) for hbload -requests, and
+// lifts /enroll's rate limits: what it then measures is enrollment itself.
 package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -14,12 +26,16 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
+	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 func main() {
@@ -29,14 +45,19 @@ func main() {
 		cert, key               = flag.String("tls-cert", "", "agent port certificate"), flag.String("tls-key", "", "agent port key")
 		cpuProfile              = flag.String("cpuprofile", "", "write a CPU profile here")
 		maxTime                 = flag.Duration("max-time", 5*time.Minute, "stop by itself after this long")
+		joinTokens              = flag.Int("join-tokens", 0, "create this many join tokens and their /enroll requests, and lift /enroll's rate limits")
+		requestsDir             = flag.String("requests-dir", "", "with -join-tokens: where the /enroll requests are written")
 	)
 	flag.Parse()
 	benchmesh.Main("meshdprof", *maxTime, func(ctx context.Context) error {
-		return run(ctx, *rootDir, *caDir, *dataDir, *listen, *cert, *key, *cpuProfile)
+		return run(ctx, *rootDir, *caDir, *dataDir, *listen, *cert, *key, *cpuProfile, *joinTokens, *requestsDir)
 	})
 }
 
-func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuProfile string) error {
+func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuProfile string, joinTokens int, requestsDir string) error {
+	if joinTokens > 0 && requestsDir == "" {
+		return fmt.Errorf("-join-tokens needs -requests-dir")
+	}
 	if host, _, err := net.SplitHostPort(listen); err != nil || host != "127.0.0.1" {
 		return fmt.Errorf("-listen %s: a benchmark server binds 127.0.0.1 only", listen)
 	}
@@ -50,12 +71,22 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 	if err != nil {
 		return err
 	}
+	// With join tokens to spend, enrollment is what is measured: no
+	// per-source or global rate.
+	enrollBurst, enrollInterval := 0, time.Duration(0)
+	if joinTokens > 0 {
+		enrollBurst, enrollInterval = 1<<30, time.Nanosecond
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	srv, err := server.New(ctx, server.Config{Listen: listen, AdminSocket: filepath.Join(dataDir, "admin.sock"),
 		TLSMode: server.TLSStrict, CertFile: cert, KeyFile: key, Backends: []string{server.BackendLocalCA}, Logger: log,
 		// Issuance is what bench/renew.sh measures: no per-node rate.
-		AgentCertBurst: 1 << 30, AgentCertInterval: time.Nanosecond}, st, authority)
+		AgentCertBurst: 1 << 30, AgentCertInterval: time.Nanosecond,
+		EnrollBurst: enrollBurst, EnrollInterval: enrollInterval}, st, authority)
 	if err != nil {
+		return err
+	}
+	if err := writeEnrollRequests(ctx, srv, joinTokens, requestsDir); err != nil {
 		return err
 	}
 	if cpuProfile != "" {
@@ -77,4 +108,57 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// writeEnrollRequests creates n join tokens and writes an /enroll request
+// for each into dir: a fresh P-256 key's CSR for node enroll-<i>. Many at
+// once, so that the store's group commit records the tokens quickly.
+func writeEnrollRequests(ctx context.Context, srv *server.Server, n int, dir string) error {
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		errs = make(chan error, 32)
+	)
+	for range 32 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				if err := writeEnrollRequest(ctx, srv, int(i), dir); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// writeEnrollRequest writes /enroll request i into dir.
+func writeEnrollRequest(ctx context.Context, srv *server.Server, i int, dir string) error {
+	id, err := identity.NewNode(fmt.Sprintf("enroll-%d", i))
+	if err != nil {
+		return err
+	}
+	token, _, err := srv.CreateJoinToken(ctx, id.Node, time.Hour)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: id.CommonName()}}, key)
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(meshapi.EnrollRequest{NodeID: id.Node, CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
+	if err != nil {
+		return err
+	}
+	base := filepath.Join(dir, fmt.Sprint(i))
+	if err := os.WriteFile(base+".body", body, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(base+".headers", []byte("Authorization: Bearer "+token+"\n"), 0o600)
 }
