@@ -18,6 +18,9 @@
 #   HEAD /heartbeat keep-alive, C=$C  meshd vs mcpmesh   (information)
 #   POST, fresh timestamp      C=$C  meshd vs mcpmesh   (information: every
 #                                    heartbeat then changes the payload)
+#   POST /heartbeat keep-alive, C=$C  meshd vs baretls   (target >= 0.9x:
+#                                    what meshd adds to HTTP on a warm
+#                                    connection)
 #   POST /heartbeat new conn,  C=$NC  meshd vs baretls   (target >= 0.8x)
 # and prints each figure's median and the median over rounds of the paired
 # ratio (summary.txt in $OUT). Every server it starts is stopped by PID on
@@ -186,6 +189,7 @@ for r in $(seq "$ROUNDS"); do
 	# topology change.)
 	pair head meshd mcpmesh -c "$C" -d "$HEAD_DUR" -method head
 	pair vary meshd mcpmesh -c "$C" -d "$VARY_DUR" -vary-timestamp
+	pair bare meshd baretls -c "$C" -d "$HEAD_DUR"
 	pair newconn meshd baretls -c "$NC" -d "$NEW_DUR" -new-conn
 done
 
@@ -250,6 +254,7 @@ report() {
 	report post meshd mcpmesh 10
 	report vary meshd mcpmesh ""
 	report head meshd mcpmesh ""
+	report bare meshd baretls 0.9
 	report newconn meshd baretls 0.8
 } | tee "$OUT/summary.txt"
 log "results in $OUT"
