@@ -52,13 +52,15 @@ func (c *CA) Sign(ctx context.Context, csr *x509.CertificateRequest, req Request
 	return c.issue(ctx, csr, csr.PublicKey, req, false)
 }
 
-// SignProven is Sign for a CSR whose key the caller has already seen its
-// requester use: the key of the client certificate that authenticated the
-// request's TLS connection (the handshake's CertificateVerify is a
-// signature by that key over the handshake). The CSR's own signature then
-// proves nothing more and is not checked again; every other rule of the
-// policy applies as in Sign. A caller must pass only a CSR whose
-// RawSubjectPublicKeyInfo is byte for byte the verified certificate's.
+// SignProven is Sign for a CSR whose requester the caller has already
+// seen prove possession of its key, so the CSR's signature is not checked
+// (again); every other rule of the policy applies as in Sign. The caller
+// must have seen one of: the key is that of the client certificate that
+// authenticated the request's TLS connection (the handshake's
+// CertificateVerify is a signature by that key over the handshake; the
+// CSR's RawSubjectPublicKeyInfo must be byte for byte the certificate's),
+// or the caller checked csr's own signature (csr.CheckSignature, or Check)
+// and it verified.
 func (c *CA) SignProven(ctx context.Context, csr *x509.CertificateRequest, req Request) (*Issued, error) {
 	if csr == nil {
 		return nil, fmt.Errorf("%w: no request", ErrBadCSR)

@@ -189,7 +189,9 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "wrong bootstrap secret or malformed token", cn)
 		return
 	}
-	is, err := s.auth.Sign(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id, Exclusive: method == "bootstrap secret"})
+	// parseEnrollRequest checked the CSR's signature: that is the proof of
+	// possession, not to be paid for twice.
+	is, err := s.auth.SignProven(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id, Exclusive: method == "bootstrap secret"})
 	if errors.Is(err, store.ErrLiveCert) {
 		fail(http.StatusConflict, "already_enrolled", fmt.Sprintf("node %s already holds a valid certificate; revoke it first, or enroll with a join token for this node", req.NodeID), "node already enrolled (raced)", cn)
 		return
@@ -527,7 +529,8 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	}
 	out := meshapi.RenewResponse{IssuedCert: issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
 	for _, a := range agents {
-		ais, err := s.auth.Sign(ctx, a.csr, a.req)
+		// Check verified each agent CSR's signature above.
+		ais, err := s.auth.SignProven(ctx, a.csr, a.req)
 		if err != nil {
 			// Only a revocation racing this renewal (or the store failing)
 			// gets here: the node's new certificate is then revoked with

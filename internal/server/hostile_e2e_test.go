@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
@@ -344,5 +345,36 @@ func TestHostilePartnerChainsBelowTheFloor(t *testing.T) {
 	c.Certificate = append(c.Certificate[:1], inter.Raw)
 	if r := e.do(e.freshClient(&c), "POST", "/heartbeat", heartbeat("serveronly-a", 1)); r.code != http.StatusForbidden || r.reason() != "not_client_cert" {
 		t.Errorf("a client certificate under a serverAuth-only intermediate: %s, want 403 not_client_cert", r)
+	}
+}
+
+// TestHostileForgedCSRSignature: a CSR whose signature does not verify
+// proves no possession of its key, and is refused wherever meshd signs one
+// without a handshake by that key: /enroll (with the bootstrap secret or a
+// join token) and the agents of a /renew. Nothing is recorded.
+func TestHostileForgedCSRSignature(t *testing.T) {
+	e, clock := newEnrollEnv(t, enrollOptions{mode: server.TLSStrict})
+	forged := func(cn string) string {
+		block, _ := pem.Decode([]byte(csrPEM(t, cn, e.newNodeKey())))
+		block.Bytes[len(block.Bytes)-1] ^= 0x01 // inside the signature's s
+		return string(pem.EncodeToMemory(block))
+	}
+	ctx := context.Background()
+	if r := e.enrollRaw(testSecret, "ct700", forged("ct700.mesh")); r.code != http.StatusBadRequest || r.reason() != "bad_csr" {
+		t.Errorf("/enroll with the secret and a forged CSR: %s, want 400 bad_csr", r)
+	}
+	token := e.createToken("ct701", "1h").Token
+	if r := e.enrollRaw(token, "ct701", forged("ct701.mesh")); r.code != http.StatusBadRequest || r.reason() != "bad_csr" {
+		t.Errorf("/enroll with a join token and a forged CSR: %s, want 400 bad_csr", r)
+	}
+	n := e.enrollNode(clock, testSecret, "ct702")
+	agents := []map[string]string{{"agent_id": "a1", "csr": forged("a1@ct702")}}
+	if r := e.do(e.freshClient(&n.cert), "POST", "/renew", map[string]any{"agents": agents}); r.code != http.StatusBadRequest {
+		t.Errorf("/renew with a forged agent CSR: %s, want 400", r)
+	}
+	for _, cn := range []string{"ct700.mesh", "ct701.mesh", "a1@ct702"} {
+		if certs, _ := e.ca.st.CertsByName(ctx, cn); len(certs) != 0 {
+			t.Errorf("%s: %d certificates recorded for a forged CSR", cn, len(certs))
+		}
 	}
 }
