@@ -241,7 +241,7 @@ func TestResolutionOncePerTopology(t *testing.T) {
 	check("a second list", 0)
 	for i := range n {
 		id := fmt.Sprintf("weather-%d", i)
-		if got := r.resolveFor(r.lookup(id))["f0"]; len(got) != 3 || got[0].AgentID != "atlas" {
+		if got := r.resolution(r.lookup(id)).res["f0"]; len(got) != 3 || got[0].AgentID != "atlas" {
 			t.Fatalf("%s resolves geocode to %+v, want atlas", id, got)
 		}
 	}
@@ -252,7 +252,7 @@ func TestResolutionOncePerTopology(t *testing.T) {
 	}
 	r.List(Filter{})
 	check("a list after the provider moved", 1)
-	if got := r.resolveFor(r.lookup("weather-0"))["f0"][0].Endpoint; got != "https://:9001" {
+	if got := r.resolution(r.lookup("weather-0")).res["f0"][0].Endpoint; got != "https://:9001" {
 		t.Errorf("weather-0 resolves geocode at %q, want atlas's new endpoint", got)
 	}
 }

@@ -21,8 +21,11 @@ type Result struct {
 	// Rotate asks the agent to re-register with a fresh certificate.
 	Rotate bool
 	// Resolved maps each of the agent's tools to the providers of its
-	// dependencies (POST only).
-	Resolved map[string][]Resolution
+	// dependencies (POST only), and ResolvedJSON is Resolved as
+	// json.Marshal writes it, shared by the agents that share the
+	// resolution: never modified.
+	Resolved     map[string][]Resolution
+	ResolvedJSON []byte
 }
 
 // HeartbeatBody handles a raw POST /heartbeat body. A body identical to
@@ -64,7 +67,7 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 	e.topoSeen.Store(r.topology.Load())
 	res := Result{AgentID: id}
 	e.mu.Unlock()
-	res.Resolved = r.resolveFor(e)
+	res.Resolved, res.ResolvedJSON = r.resolveFor(e)
 	return res, true
 }
 
@@ -111,7 +114,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 		e.body = sum
 		e.topoSeen.Store(r.topology.Load())
 		e.mu.Unlock()
-		res.Resolved = r.resolveFor(e)
+		res.Resolved, res.ResolvedJSON = r.resolveFor(e)
 		return res, nil
 	}
 	next := e.rec
@@ -181,7 +184,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	}
 	e.mu.Unlock()
 	res.Created, res.Rotate = created, rotating
-	res.Resolved = r.resolveFor(e)
+	res.Resolved, res.ResolvedJSON = r.resolveFor(e)
 	return res, nil
 }
 

@@ -269,17 +269,13 @@ type entry struct {
 	// body is the SHA-256 of the last heartbeat body as received, so an
 	// identical heartbeat is recognised without parsing it.
 	body [sha256.Size]byte
-	// resolved caches the last dependency resolution, and available how
-	// many of the dependencies it resolved, valid while the topology
+	// resolved caches the last dependency resolution (shared with the
+	// agents of its setKey, never modified), valid while the topology
 	// counter is resolvedAt.
-	resolved  map[string][]Resolution
-	available int
-	// resolutions is resolved as GET /agents lists it, in the order the
-	// dependencies are declared; shared by every list, never modified.
-	resolutions []DependencyResolution
-	resolvedAt  uint64
-	lastSeen    atomic.Int64
-	topoSeen    atomic.Uint64
+	resolved   setResolution
+	resolvedAt uint64
+	lastSeen   atomic.Int64
+	topoSeen   atomic.Uint64
 }
 
 // New returns a registry over st, loaded with the agents st holds. Loaded

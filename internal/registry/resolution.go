@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"encoding/json"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,9 +48,16 @@ type setKey struct {
 // setResolution is the resolution of a setKey, shared by every agent with
 // that key: never modified.
 type setResolution struct {
+	// res maps each tool to the providers of its dependencies, and
+	// available is how many of them resolved.
 	res       map[string][]Resolution
 	available int
-	list      []DependencyResolution
+	// list is res as GET /agents lists it, in the order the dependencies
+	// are declared.
+	list []DependencyResolution
+	// json is res as JSON (json.Marshal's), encoded once for every
+	// heartbeat answer that carries it.
+	json []byte
 }
 
 // depKey is a dependency as resolution sees it: what it asks for, and
@@ -97,21 +105,20 @@ func (r *Registry) cacheAt(topo uint64) *resolutionCache {
 }
 
 // resolveFor returns e's dependency resolution.
-func (r *Registry) resolveFor(e *entry) map[string][]Resolution {
-	res, _, _ := r.resolution(e)
-	return res
+func (r *Registry) resolveFor(e *entry) (map[string][]Resolution, []byte) {
+	set := r.resolution(e)
+	return set.res, set.json
 }
 
-// resolution returns e's dependency resolution and how many of its
-// dependencies are available, computed again only when the topology moved
-// since e's was cached.
-func (r *Registry) resolution(e *entry) (map[string][]Resolution, int, []DependencyResolution) {
+// resolution returns e's dependency resolution, computed again only when
+// the topology moved since e's was cached.
+func (r *Registry) resolution(e *entry) setResolution {
 	topo := r.topology.Load()
 	e.mu.Lock()
-	if e.resolved != nil && e.resolvedAt == topo {
-		res, n, list := e.resolved, e.available, e.resolutions
+	if e.resolved.res != nil && e.resolvedAt == topo {
+		set := e.resolved
 		e.mu.Unlock()
-		return res, n, list
+		return set
 	}
 	reg, key := e.reg, setKey{tools: e.tools, consumer: partyOf(&e.rec)}
 	e.mu.Unlock()
@@ -122,6 +129,7 @@ func (r *Registry) resolution(e *entry) (map[string][]Resolution, int, []Depende
 	if !ok || key.tools == nil {
 		set.res, set.available = r.resolve(reg, key.consumer, c)
 		set.list = dependencyResolutions(reg, set.res)
+		set.json = resolutionJSON(set.res)
 		if key.tools != nil {
 			set = key.tools.reuse(key.consumer, set)
 			c.mu.Lock()
@@ -129,13 +137,23 @@ func (r *Registry) resolution(e *entry) (map[string][]Resolution, int, []Depende
 			c.mu.Unlock()
 		}
 	}
-	res, n, list := set.res, set.available, set.list
 	e.mu.Lock()
-	if e.resolved == nil || e.resolvedAt < topo {
-		e.resolved, e.available, e.resolutions, e.resolvedAt = res, n, list, topo
+	if e.resolved.res == nil || e.resolvedAt < topo {
+		e.resolved, e.resolvedAt = set, topo
 	}
 	e.mu.Unlock()
-	return res, n, list
+	return set
+}
+
+// resolutionJSON is json.Marshal of res. A resolution holds strings,
+// numbers and booleans only, so it cannot fail; if it ever did, the
+// answer would say null, as for no resolution.
+func resolutionJSON(res map[string][]Resolution) []byte {
+	b, err := json.Marshal(res)
+	if err != nil {
+		return []byte("null")
+	}
+	return b
 }
 
 // setRegistration sets e's registration and the sorted tags resolution

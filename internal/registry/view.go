@@ -145,7 +145,8 @@ func (r *Registry) List(f Filter) []View {
 			v.Capabilities = append(v.Capabilities, c)
 			v.TotalDependencies += len(t.Dependencies)
 		}
-		_, v.DependenciesResolved, v.DependencyResolutions = r.resolution(e)
+		set := r.resolution(e)
+		v.DependenciesResolved, v.DependencyResolutions = set.available, set.list
 		v.LLMToolResolutions, v.LLMProviderResolutions = r.llmResolutions(reg, partyOf(&rec))
 		out = append(out, v)
 	}

@@ -135,7 +135,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// heartbeatResponse is MCP Mesh's heartbeat answer plus rotate.
+// heartbeatResponse is MCP Mesh's heartbeat answer plus rotate: what
+// appendHeartbeatResponse writes, as encoding/json would write this.
 type heartbeatResponse struct {
 	AgentID              string                           `json:"agent_id"`
 	Status               string                           `json:"status"`
@@ -179,10 +180,40 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 		msg += "; re-register with a fresh certificate"
 	}
 	s.count("post", http.StatusOK)
-	writeJSON(w, http.StatusOK, heartbeatResponse{
-		AgentID: res.AgentID, Status: "success", Message: msg, Rotate: res.Rotate,
-		DependenciesResolved: res.Resolved, Timestamp: now(s),
-	})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(appendHeartbeatResponse(make([]byte, 0, 192+len(res.ResolvedJSON)), res, msg, now(s)))
+}
+
+// appendHeartbeatResponse appends the heartbeatResponse of res, msg and
+// timestamp to b, byte for byte as json.NewEncoder(w).Encode writes it,
+// but with the resolution's JSON encoded once for all the heartbeats that
+// carry it (registry.Result.ResolvedJSON) rather than again for each.
+func appendHeartbeatResponse(b []byte, res registry.Result, msg, timestamp string) []byte {
+	deps := res.ResolvedJSON
+	if deps == nil {
+		deps = jsonValue(res.Resolved) // "null" for none
+	}
+	b = append(b, `{"agent_id":`...)
+	b = append(b, jsonValue(res.AgentID)...)
+	b = append(b, `,"status":"success","message":`...)
+	b = append(b, jsonValue(msg)...)
+	b = append(b, `,"rotate":`...)
+	b = strconv.AppendBool(b, res.Rotate)
+	b = append(b, `,"dependencies_resolved":`...)
+	b = append(b, deps...)
+	b = append(b, `,"llm_tools":{},"timestamp":`...)
+	b = append(b, jsonValue(timestamp)...)
+	return append(b, "}\n"...)
+}
+
+// jsonValue is json.Marshal of v, for values that always marshal.
+func jsonValue(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return []byte("null")
+	}
+	return b
 }
 
 func (s *Server) count(method string, code int) {
