@@ -1346,6 +1346,10 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 			id, _ := identity.NewNode("ct200")
 			return f.ca.Check(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct200.mesh"}}), ca.Request{Profile: ca.ProfileNode, Identity: id})
 		}},
+		{"CheckProven of an agent of the node", func() error {
+			id, _ := identity.NewAgent("sage", "ct200")
+			return f.ca.CheckProven(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "sage@ct200"}}), ca.Request{Profile: ca.ProfileAgent, Identity: id})
+		}},
 	}
 	for _, p := range paths {
 		st := f.storeState(t)
@@ -1379,6 +1383,10 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 	}
 	if _, err := f.ca.Sign(ctx, goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@external"}}), ca.Request{Profile: ca.ProfileClient}); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "keyCompromise") {
 		t.Errorf("signing the compromised key again: %v, want ErrRevoked for keyCompromise", err)
+	}
+	bob, _ := identity.NewExternal("bob")
+	if err := f.ca.Check(goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@external"}}), ca.Request{Profile: ca.ProfileClient, Identity: bob}); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "keyCompromise") {
+		t.Errorf("Check of the compromised key: %v, want ErrRevoked for keyCompromise", err)
 	}
 	// superseded does not block the key: the holder renews with it.
 	kept := newP256(t)

@@ -7,7 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
@@ -206,10 +205,21 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 // recording anything, for a caller that must spend something (a join
 // token) only on a request Sign would accept.
 func (c *CA) Check(csr *x509.CertificateRequest, req Request) error {
+	return c.check(csr, req, false)
+}
+
+// CheckProven is Check for a CSR whose requester the caller has already
+// seen prove possession of its key (see SignProven): the CSR's signature
+// is not checked again.
+func (c *CA) CheckProven(csr *x509.CertificateRequest, req Request) error {
+	return c.check(csr, req, true)
+}
+
+func (c *CA) check(csr *x509.CertificateRequest, req Request, proven bool) error {
 	if csr == nil {
 		return fmt.Errorf("%w: no request", ErrBadCSR)
 	}
-	s, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now(), false)
+	s, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now(), proven)
 	if err != nil {
 		return err
 	}
@@ -224,22 +234,13 @@ func (c *CA) checkRevoked(ctx context.Context, id identity.Identity, csr *x509.C
 	if id.IsZero() {
 		return nil
 	}
-	revoked, err := c.store.RevokedIdentities(ctx)
-	if err != nil {
+	name, keyBlocked, err := c.store.IssuanceBlock(ctx, id.CommonName(), store.KeyHash(csr.RawSubjectPublicKeyInfo))
+	switch {
+	case err != nil:
 		return err
-	}
-	for _, name := range store.BlockingNames(id.CommonName()) {
-		for _, r := range revoked {
-			if r.Name == name {
-				return fmt.Errorf("%w: %s: identity %s is revoked (reinstate it with `meshctl ca reinstate %s`)", ErrRevoked, id.CommonName(), name, name)
-			}
-		}
-	}
-	blocked, err := c.store.BlockedKeys(ctx)
-	if err != nil {
-		return err
-	}
-	if h := store.KeyHash(csr.RawSubjectPublicKeyInfo); slices.Contains(blocked, h) {
+	case name != "":
+		return fmt.Errorf("%w: %s: identity %s is revoked (reinstate it with `meshctl ca reinstate %s`)", ErrRevoked, id.CommonName(), name, name)
+	case keyBlocked:
 		return fmt.Errorf("%w: the key was revoked for keyCompromise and is never certified again; generate a new key", ErrRevoked)
 	}
 	return nil

@@ -169,7 +169,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		hash := hex.EncodeToString(sum[:])
 		// A token is spent by the attempt, so a CSR the CA would refuse is
 		// refused before it can burn one.
-		if err := s.auth.Check(csr, ca.Request{Profile: ca.ProfileNode, Identity: id}); err != nil {
+		if err := s.auth.CheckProven(csr, ca.Request{Profile: ca.ProfileNode, Identity: id}); err != nil {
 			fail(http.StatusBadRequest, "policy", err.Error(), "CSR refused by policy; join token "+hash[:12]+" not spent", cn)
 			return
 		}

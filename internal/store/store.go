@@ -192,6 +192,13 @@ type Store interface {
 	// LiveAgents returns the agent identities of node ("opus@ct200") that
 	// hold an unexpired, unrevoked certificate at now, sorted.
 	LiveAgents(ctx context.Context, node string, now time.Time) ([]string, error)
+	// IssuanceBlock reports what would refuse a certificate for
+	// commonName under the key whose hash is keyHash (KeyHash): revoked is
+	// the first of BlockingNames(commonName) that is revoked ("" for
+	// none), and keyBlocked whether the key is. Lookups by key, never a
+	// read of every revocation; RecordCert enforces the same, in the
+	// transaction that records.
+	IssuanceBlock(ctx context.Context, commonName, keyHash string) (revoked string, keyBlocked bool, err error)
 	// HasLiveCert reports whether commonName holds an unexpired, unrevoked
 	// certificate at now: one index lookup, where LiveAgents lists a
 	// node's every agent.

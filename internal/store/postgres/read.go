@@ -162,6 +162,35 @@ func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]s
 	return names, nil
 }
 
+// IssuanceBlock reports what would refuse a certificate for commonName
+// under the key whose hash is keyHash; see store.Store.
+func (s *Store) IssuanceBlock(ctx context.Context, commonName, keyHash string) (string, bool, error) {
+	names := store.BlockingNames(commonName)
+	node := ""
+	if len(names) > 1 {
+		node = names[1]
+	}
+	type block struct {
+		revoked string
+		blocked bool
+	}
+	got, err := readRows(s, ctx, `SELECT
+		coalesce((SELECT name FROM revoked_identities WHERE name = $1),
+			(SELECT name FROM revoked_identities WHERE $2 <> '' AND name = $2), ''),
+		EXISTS (SELECT 1 FROM blocked_keys WHERE key_hash = $3)`, []any{commonName, node, keyHash},
+		func(row pgx.Rows) (block, error) {
+			var b block
+			return b, row.Scan(&b.revoked, &b.blocked)
+		})
+	if err != nil {
+		return "", false, fmt.Errorf("postgres: what blocks issuance to %q: %w", commonName, err)
+	}
+	if len(got) != 1 {
+		return "", false, fmt.Errorf("postgres: what blocks issuance to %q: %d rows", commonName, len(got))
+	}
+	return got[0].revoked, got[0].blocked, nil
+}
+
 // HasLiveCert reports whether commonName holds an unexpired, unrevoked
 // certificate at now.
 func (s *Store) HasLiveCert(ctx context.Context, commonName string, now time.Time) (bool, error) {

@@ -207,6 +207,36 @@ const liveAgentsQuery = `WITH RECURSIVE names(cn) AS (
 		ORDER BY c.issued_at DESC)
 	ORDER BY cn`
 
+// issuanceBlockQuery is IssuanceBlock's query, of an identity (?1), its
+// node's identity (?2, ” for none) and a key hash (?3).
+const issuanceBlockQuery = `SELECT
+	coalesce((SELECT name FROM revoked_identities WHERE name = ?1),
+		(SELECT name FROM revoked_identities WHERE ?2 <> '' AND name = ?2), ''),
+	EXISTS (SELECT 1 FROM blocked_keys WHERE key_hash = ?3)`
+
+// IssuanceBlock reports what would refuse a certificate for commonName
+// under the key whose hash is keyHash; see store.Store.
+func (s *Store) IssuanceBlock(ctx context.Context, commonName, keyHash string) (string, bool, error) {
+	names := store.BlockingNames(commonName)
+	node := ""
+	if len(names) > 1 {
+		node = names[1]
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return "", false, store.ErrClosed
+	}
+	var (
+		revoked string
+		blocked bool
+	)
+	if err := s.issuanceBlock.QueryRowContext(ctx, commonName, node, keyHash).Scan(&revoked, &blocked); err != nil {
+		return "", false, fmt.Errorf("sqlite: what blocks issuance to %q: %w", commonName, err)
+	}
+	return revoked, blocked, nil
+}
+
 // hasLiveCertQuery is HasLiveCert's query, of a common name (?1) at a
 // time (?2), by certs_common_name.
 const hasLiveCertQuery = `SELECT EXISTS (SELECT 1 FROM certs c WHERE c.common_name = ?1 AND c.not_after > ?2

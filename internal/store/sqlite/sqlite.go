@@ -76,9 +76,9 @@ type Store struct {
 	stmts *writeStmts
 	// rdb is the pool of query-only connections that serve reads.
 	rdb *sql.DB
-	// liveAgents and hasLiveCert are liveAgentsQuery and
-	// hasLiveCertQuery, prepared on rdb.
-	liveAgents, hasLiveCert *sql.Stmt
+	// liveAgents, hasLiveCert and issuanceBlock are liveAgentsQuery,
+	// hasLiveCertQuery and issuanceBlockQuery, prepared on rdb.
+	liveAgents, hasLiveCert, issuanceBlock *sql.Stmt
 
 	// mu guards closed and sending on reqs: Close takes it exclusively so
 	// that no send can race with close(reqs). Reads hold it shared so that
@@ -170,9 +170,9 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 	// Prepared once, for every read connection as it first runs them:
 	// compiling one costs more than running it, and they run on every
-	// /agent-cert.
-	var read [2]*sql.Stmt
-	for i, q := range []string{liveAgentsQuery, hasLiveCertQuery} {
+	// /agent-cert and /enroll.
+	var read [3]*sql.Stmt
+	for i, q := range []string{liveAgentsQuery, hasLiveCertQuery, issuanceBlockQuery} {
 		if read[i], err = rdb.PrepareContext(ctx, q); err != nil {
 			rdb.Close() // closes the statements prepared on it
 			stmts.close()
@@ -182,16 +182,17 @@ func Open(ctx context.Context, path string, opts ...Option) (*Store, error) {
 	}
 
 	s := &Store{
-		path:        abs,
-		now:         o.now,
-		wdb:         wdb,
-		stmts:       stmts,
-		rdb:         rdb,
-		liveAgents:  read[0],
-		hasLiveCert: read[1],
-		reqs:        make(chan *request, maxBatch),
-		writerDone:  make(chan struct{}),
-		beforeBatch: o.beforeBatch,
+		path:          abs,
+		now:           o.now,
+		wdb:           wdb,
+		stmts:         stmts,
+		rdb:           rdb,
+		liveAgents:    read[0],
+		hasLiveCert:   read[1],
+		issuanceBlock: read[2],
+		reqs:          make(chan *request, maxBatch),
+		writerDone:    make(chan struct{}),
+		beforeBatch:   o.beforeBatch,
 	}
 	go s.writer()
 	return s, nil
@@ -288,7 +289,7 @@ func (s *Store) Close() error {
 
 	<-s.writerDone
 	s.stmts.close()
-	if err := errors.Join(s.liveAgents.Close(), s.hasLiveCert.Close(), s.rdb.Close(), s.wdb.Close()); err != nil {
+	if err := errors.Join(s.liveAgents.Close(), s.hasLiveCert.Close(), s.issuanceBlock.Close(), s.rdb.Close(), s.wdb.Close()); err != nil {
 		return fmt.Errorf("sqlite: close %s: %w", s.path, err)
 	}
 	return nil

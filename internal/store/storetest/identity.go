@@ -204,6 +204,41 @@ func testRevokeIdentityRace(t *testing.T, open Opener) {
 	}
 }
 
+// testIssuanceBlock checks that IssuanceBlock names a revoked identity,
+// or the revoked node of an agent, and a blocked key, and nothing else.
+func testIssuanceBlock(t *testing.T, open Opener) {
+	s := openStore(t, open, t.TempDir())
+	at := epoch()
+	leaked := newCert(1, "leak@ct300", at)
+	mustRecord(t, s, leaked)
+	mustRevoke(t, s, leaked, store.ReasonKeyCompromise, at.Add(time.Second))
+	for _, name := range []string{"gone@ct301", "ct302.mesh"} {
+		if _, _, err := s.RevokeIdentity(t.Context(), store.IdentityRevocation{Name: name, Reason: 1, RevokedAt: at}, store.AuditEntry{Action: "identity.revoke"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		cn, keyHash, revoked string
+		blocked              bool
+	}{
+		{"ok@ct301", "k1", "", false},
+		{"gone@ct301", "k1", "gone@ct301", false},
+		{"any@ct302", "k1", "ct302.mesh", false},
+		{"ct302.mesh", "k1", "ct302.mesh", false},
+		{"ok@ct301", leaked.KeyHash, "", true},
+		{"gone@ct301", leaked.KeyHash, "gone@ct301", true},
+		{"ct303.mesh", "", "", false},
+	} {
+		revoked, blocked, err := s.IssuanceBlock(t.Context(), tc.cn, tc.keyHash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if revoked != tc.revoked || blocked != tc.blocked {
+			t.Errorf("IssuanceBlock(%s, %.8s) = %q, %v; want %q, %v", tc.cn, tc.keyHash, revoked, blocked, tc.revoked, tc.blocked)
+		}
+	}
+}
+
 // testLiveAgents checks that a node's live agent identities are listed
 // once each, without expired or revoked certificates or other nodes'.
 func testLiveAgents(t *testing.T, open Opener) {

@@ -87,6 +87,7 @@ func Run(t *testing.T, open Opener) {
 		{"AuthorizerRevoked", testAuthorizerRevoked},
 		{"RevokeIdentityRace", testRevokeIdentityRace},
 		{"LiveAgents", testLiveAgents},
+		{"IssuanceBlock", testIssuanceBlock},
 
 		{"ReplicaWriters", testReplicaWriters},
 		{"ReplicaTokens", testReplicaTokens},
