@@ -135,18 +135,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// heartbeatResponse is MCP Mesh's heartbeat answer plus rotate: what
-// appendHeartbeatResponse writes, as encoding/json would write this.
-type heartbeatResponse struct {
-	AgentID              string                           `json:"agent_id"`
-	Status               string                           `json:"status"`
-	Message              string                           `json:"message"`
-	Rotate               bool                             `json:"rotate"`
-	DependenciesResolved map[string][]registry.Resolution `json:"dependencies_resolved"`
-	LLMTools             struct{}                         `json:"llm_tools"`
-	Timestamp            string                           `json:"timestamp"`
-}
-
 func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxBody))
 	if err != nil {
@@ -185,8 +173,11 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 	w.Write(appendHeartbeatResponse(make([]byte, 0, 192+len(res.ResolvedJSON)), res, msg, now(s)))
 }
 
-// appendHeartbeatResponse appends the heartbeatResponse of res, msg and
-// timestamp to b, byte for byte as json.NewEncoder(w).Encode writes it,
+// appendHeartbeatResponse appends MCP Mesh's heartbeat answer (plus
+// rotate) for res, msg and timestamp to b: {"agent_id", "status",
+// "message", "rotate", "dependencies_resolved", "llm_tools",
+// "timestamp"}, byte for byte as json.NewEncoder(w).Encode writes
+// heartbeatResponse (in its test),
 // but with the resolution's JSON encoded once for all the heartbeats that
 // carry it (registry.Result.ResolvedJSON) rather than again for each.
 func appendHeartbeatResponse(b []byte, res registry.Result, msg, timestamp string) []byte {

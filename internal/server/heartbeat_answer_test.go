@@ -8,6 +8,18 @@ import (
 	"github.com/meshtrust/meshtrust/internal/registry"
 )
 
+// heartbeatResponse is MCP Mesh's heartbeat answer plus rotate, as
+// encoding/json writes it: what appendHeartbeatResponse must write.
+type heartbeatResponse struct {
+	AgentID              string                           `json:"agent_id"`
+	Status               string                           `json:"status"`
+	Message              string                           `json:"message"`
+	Rotate               bool                             `json:"rotate"`
+	DependenciesResolved map[string][]registry.Resolution `json:"dependencies_resolved"`
+	LLMTools             struct{}                         `json:"llm_tools"`
+	Timestamp            string                           `json:"timestamp"`
+}
+
 // TestHeartbeatResponseAsEncodingJSON checks that the heartbeat answer
 // written by hand is byte for byte what encoding/json writes for
 // heartbeatResponse: escaping, a missing resolution, a pre-encoded one
