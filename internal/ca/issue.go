@@ -183,9 +183,13 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 			Time: now, Action: "cert.issue", Identity: rec.CommonName, Outcome: store.OutcomeOK,
 			Detail: fmt.Sprintf("%s serial %s until %s", s.req.Profile, rec.Serial, rec.NotAfter.Format("2006-01-02")),
 		}
-		if req.Renews != "" {
+		switch {
+		case req.Renews != "":
 			entry.Action = "cert.renew"
 			entry.Detail = fmt.Sprintf("serial %s -> %s, %s until %s", req.Renews, rec.Serial, s.req.Profile, rec.NotAfter.Format("2006-01-02"))
+		case req.Enrolls != "":
+			entry.Action = "node.enroll"
+			entry.Detail = fmt.Sprintf("serial %s via %s, %s until %s", rec.Serial, req.Enrolls, s.req.Profile, rec.NotAfter.Format("2006-01-02"))
 		}
 		err = c.store.RecordCert(ctx, rec, entry)
 		if errors.Is(err, store.ErrExists) && attempt < 3 {

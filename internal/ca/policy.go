@@ -82,6 +82,12 @@ type Request struct {
 	// renewal's (cert.renew, "serial <old> -> <new>"), so a renewal costs
 	// one entry rather than an issuance's and a renewal's.
 	Renews string
+	// Enrolls, when set, says the issuance is the whole of a node's
+	// enrollment and how the node proved itself ("join token from
+	// 10.0.0.7"): its audit entry is then the enrollment's (node.enroll,
+	// "serial <new> via <Enrolls>"), one entry written with the
+	// certificate rather than an issuance's and then an enrollment's.
+	Enrolls string
 }
 
 // signing is the state a policy's options work on.

@@ -191,7 +191,9 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	}
 	// parseEnrollRequest checked the CSR's signature: that is the proof of
 	// possession, not to be paid for twice.
-	is, err := s.auth.SignProven(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id, Exclusive: method == "bootstrap secret"})
+	// The certificate's audit entry is the enrollment's.
+	is, err := s.auth.SignProven(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id, Exclusive: method == "bootstrap secret",
+		Enrolls: method + " from " + host})
 	if errors.Is(err, store.ErrLiveCert) {
 		fail(http.StatusConflict, "already_enrolled", fmt.Sprintf("node %s already holds a valid certificate; revoke it first, or enroll with a join token for this node", req.NodeID), "node already enrolled (raced)", cn)
 		return
@@ -200,7 +202,6 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		s.signError(w, r, err)
 		return
 	}
-	s.audit(ctx, "node.enroll", cn, store.OutcomeOK, fmt.Sprintf("serial %s via %s from %s", is.Record.Serial, method, host))
 	s.log.Info("node enrolled", "node", req.NodeID, "serial", is.Record.Serial, "method", method, "remote", host)
 	writeJSON(w, http.StatusCreated, issuedBody(is, true))
 }

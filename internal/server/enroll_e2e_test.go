@@ -81,8 +81,15 @@ func TestE2EEnrollWithSecretThenMTLS(t *testing.T) {
 	if r := e.do(e.client(&n.cert), "POST", "/heartbeat", heartbeat("opus", 9002)); r.code != http.StatusForbidden {
 		t.Errorf("POST /heartbeat for opus with the node certificate: %s, want 403", r)
 	}
-	if got := e.audited(0, "node.enroll", store.OutcomeOK, "via bootstrap secret"); len(got) != 1 || got[0].Identity != "ct112.mesh" {
-		t.Errorf("audit of the enrollment: %+v", got)
+	if got := e.audited(0, "node.enroll", store.OutcomeOK, "via bootstrap secret"); len(got) != 1 || got[0].Identity != "ct112.mesh" ||
+		!strings.Contains(got[0].Detail, "serial "+n.bundle.Serial+" ") {
+		t.Errorf("audit of the enrollment: %+v, want one entry naming serial %s", got, n.bundle.Serial)
+	}
+	// The certificate's entry is the enrollment's: no cert.issue beside it.
+	for _, a := range e.audit() {
+		if a.Action == "cert.issue" && a.Identity == "ct112.mesh" {
+			t.Errorf("the enrollment also wrote %+v", a)
+		}
 	}
 	e.checkNotLeaked("bootstrap secret", testSecret)
 }
