@@ -175,11 +175,10 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 
 // appendHeartbeatResponse appends MCP Mesh's heartbeat answer (plus
 // rotate) for res, msg and timestamp to b: {"agent_id", "status",
-// "message", "rotate", "dependencies_resolved", "llm_tools",
-// "timestamp"}, byte for byte as json.NewEncoder(w).Encode writes
-// heartbeatResponse (in its test),
-// but with the resolution's JSON encoded once for all the heartbeats that
-// carry it (registry.Result.ResolvedJSON) rather than again for each.
+// "message", "rotate", "dependencies_resolved", "llm_tools", "timestamp"},
+// byte for byte what encoding/json writes for it (its test says so), but
+// with the resolution's JSON encoded once for every heartbeat that
+// carries it (registry.Result.ResolvedJSON) rather than again for each.
 func appendHeartbeatResponse(b []byte, res registry.Result, msg, timestamp string) []byte {
 	deps := res.ResolvedJSON
 	if deps == nil {

@@ -225,6 +225,15 @@ func KeyHash(spki []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// BlockingNode returns the second of BlockingNames(cn), the node identity
+// whose revocation blocks the agent cn, or "" when there is none.
+func BlockingNode(cn string) string {
+	if names := BlockingNames(cn); len(names) > 1 {
+		return names[1]
+	}
+	return ""
+}
+
 // BlockingNames returns the identity names whose revocation blocks a
 // certificate for cn: cn itself and, for an agent "a@n", its node "n.mesh"
 // (a node key mints its agents' certificates). A cn that is not a mesh

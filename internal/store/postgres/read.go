@@ -165,11 +165,7 @@ func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]s
 // IssuanceBlock reports what would refuse a certificate for commonName
 // under the key whose hash is keyHash; see store.Store.
 func (s *Store) IssuanceBlock(ctx context.Context, commonName, keyHash string) (string, bool, error) {
-	names := store.BlockingNames(commonName)
-	node := ""
-	if len(names) > 1 {
-		node = names[1]
-	}
+	node := store.BlockingNode(commonName)
 	type block struct {
 		revoked string
 		blocked bool

@@ -61,10 +61,7 @@ func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry
 		return fmt.Errorf("postgres: record certificate %s: %w", c.Serial, err)
 	}
 	names := store.BlockingNames(c.CommonName)
-	node := ""
-	if len(names) > 1 {
-		node = names[1]
-	}
+	node := store.BlockingNode(c.CommonName)
 	return s.submit(ctx, false, func(ctx context.Context, tx pgx.Tx, head *chainHead) error {
 		var revokedNames, blockedKeys, revokedParents, live int
 		if err := tx.QueryRow(ctx, `SELECT

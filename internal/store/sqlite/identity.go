@@ -217,11 +217,7 @@ const issuanceBlockQuery = `SELECT
 // IssuanceBlock reports what would refuse a certificate for commonName
 // under the key whose hash is keyHash; see store.Store.
 func (s *Store) IssuanceBlock(ctx context.Context, commonName, keyHash string) (string, bool, error) {
-	names := store.BlockingNames(commonName)
-	node := ""
-	if len(names) > 1 {
-		node = names[1]
-	}
+	node := store.BlockingNode(commonName)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {

@@ -37,10 +37,7 @@ func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry
 		return fmt.Errorf("sqlite: record certificate %s: %w", c.Serial, err)
 	}
 	names := store.BlockingNames(c.CommonName)
-	node := ""
-	if len(names) > 1 {
-		node = names[1]
-	}
+	node := store.BlockingNode(c.CommonName)
 	return s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
 		var revokedNames, blockedKeys, revokedParents int
 		if err := tx.queryRow(ctx, tx.st.certBlocked, c.CommonName, node, c.KeyHash, c.AuthorizedBy).
