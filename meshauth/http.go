@@ -3,6 +3,7 @@ package meshauth
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -12,12 +13,21 @@ import (
 
 // Handler returns h behind the middleware: the caller is verified, the
 // HTTP method and path are authorized, and h runs with the Caller in the
-// request context (FromContext). A refusal is a JSON
-// meshapi.ErrorResponse with a reason.
+// request context (FromContext). A path that is not canonical (a dot
+// segment, "//", a percent-encoded unreserved character or separator) is
+// refused with 400 and ReasonNotCanonical, so h acts on exactly the path
+// that was authorized. A refusal is a JSON meshapi.ErrorResponse with a
+// reason.
 func (a *Auth) Handler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The path a rule compares is r.URL.Path, percent-decoded, and
+		// only once it is canonical: what the handler, a file server or a
+		// router behind reads from r.URL is then that same name.
 		op := Operation{Kind: KindHTTP, Method: r.Method, Path: r.URL.Path}
 		c, gen, rf := a.identifyHTTP(r)
+		if rf == nil {
+			rf = notCanonicalPath(r)
+		}
 		if rf == nil {
 			_, rf = a.decide(c, &op)
 		} else {
@@ -45,6 +55,19 @@ func (a *Auth) Identify(r *http.Request) (*Caller, *http.Request, error) {
 		return nil, r, rf
 	}
 	return c, r.WithContext(a.withCaller(r.Context(), c, gen, r)), nil
+}
+
+// notCanonicalPath refuses a request whose path is not canonical. A
+// request-target that is not a path ("*" of OPTIONS) matches no rule and
+// is left to the policy.
+func notCanonicalPath(r *http.Request) *refusal {
+	if !strings.HasPrefix(r.URL.Path, "/") {
+		return nil
+	}
+	if err := canonicalPath(r.URL.Path, r.URL.EscapedPath()); err != nil {
+		return &refusal{code: http.StatusBadRequest, reason: ReasonNotCanonical, detail: fmt.Sprintf("path %q: %v", r.URL.EscapedPath(), err), cause: err}
+	}
+	return nil
 }
 
 // identifyHTTP identifies the caller of r.

@@ -42,7 +42,11 @@ import (
 //
 // In patterns '*' matches any run of characters other than '/', "**" any
 // run at all. tools/call, prompts/get and resources/read are allowed only
-// by tools, prompts and resources, never by methods.
+// by tools, prompts and resources, never by methods; resources/subscribe
+// and completion/complete need their method and also the resource or
+// prompt they name. Paths and resource URIs are compared in their
+// canonical form only (ErrNotCanonical): a pattern that is not canonical
+// is refused at load, a request naming a non-canonical one is refused.
 type Policy struct {
 	rules []rule
 
@@ -324,6 +328,11 @@ func (r *rule) parseHTTP(v *yaml.Node, perr perrFunc, label string) error {
 			set = &nameSet{}
 			r.http[method] = set
 		}
+		// Requests are matched only once canonical (Handler), so a pattern
+		// that is not could never match: say so at load.
+		if err := canonicalPath(path, path); err != nil {
+			return perr(it.Line, label, "http %q: %v", it.Value, err)
+		}
 		if err := set.add(path); err != nil {
 			return perr(it.Line, label, "http: %v", err)
 		}
@@ -348,11 +357,11 @@ func (r *rule) parseMCP(v *yaml.Node, perr perrFunc, label string) error {
 			return r.parseNames(&r.tools, v, "mcp.tools", perr, label, nil)
 		case "resources":
 			return r.parseNames(&r.resources, v, "mcp.resources", perr, label, func(s string) error {
-				if isGlob(s) {
-					return nil
+				// A resource URI is matched only once canonical (MCP).
+				if _, err := url.Parse(s); err != nil && isGlob(s) {
+					return nil // a glob in the host: nothing to resolve there
 				}
-				_, err := url.Parse(s)
-				return err
+				return canonicalURI(s)
 			})
 		case "prompts":
 			return r.parseNames(&r.prompt, v, "mcp.prompts", perr, label, nil)
