@@ -19,6 +19,22 @@
 // Every decision is counted by outcome and reason and, optionally, logged
 // (who, what, which rule) — never a token or a call's arguments.
 //
+// Names are compared in one canonical form. A request whose HTTP path or
+// MCP resource URI is not canonical (a "." or ".." segment, "//", a
+// percent-encoded unreserved character or separator such as "%2e" or
+// "%2F", an upper-case scheme or host) is refused with 400 and
+// ReasonNotCanonical rather than rewritten: a rule then compares the very
+// string the handler behind acts on, and no rewriting here could know how
+// that handler would have resolved "..". Policy patterns that are not
+// canonical are refused at load, since they could never match.
+//
+// On an MCP endpoint the caller is identified (and refused, when its
+// Mcp-Method and Mcp-Name headers name what it may not do) before its
+// body is read. resources/subscribe and completion/complete need their
+// method allowed and the resource or prompt they name. A list answer
+// (tools, prompts, resources, resource templates) goes out only once
+// every message in it, JSON or event stream, has been read and filtered.
+//
 // Session tokens (Sessions) are short-lived JWS tokens bound to the
 // client certificate's SHA-256 thumbprint (RFC 8705 cnf/x5t#S256): they
 // identify a session inside an already-authenticated mTLS channel and are
