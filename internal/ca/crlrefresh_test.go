@@ -57,7 +57,7 @@ func TestCRLRefreshAfterForeignRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := f.ca.NewCRLRefresher(nil)
-	if _, err := f.store.Revoke(ctx, store.Revocation{Serial: agent.Record.Serial, Reason: 4}, store.AuditEntry{Action: "cert.revoke"}); err != nil {
+	if _, _, err := f.store.Revoke(ctx, store.Revocation{Serial: agent.Record.Serial, Reason: 4}, store.AuditEntry{Action: "cert.revoke"}); err != nil {
 		t.Fatal(err)
 	}
 	did, err := r.Refresh(ctx)

@@ -63,7 +63,9 @@ func (r Reason) String() string {
 // Revoke revokes target durably, then rebuilds the CRL.
 //
 // A serial revokes that certificate; with keyCompromise its key is also
-// never certified again. A name (ct111.mesh, opus@ct111, alice@external)
+// never certified again, and every other unexpired certificate of the key
+// (same-key renewals) is revoked with it, for keyCompromise, in the same
+// transaction, so the CRL rebuilt next lists them all. A name (ct111.mesh, opus@ct111, alice@external)
 // revokes the identity: every unexpired certificate of it (of a node's
 // agents too) in one transaction, and every later issuance for it, until
 // Reinstate lifts it. A name whose certificates have all expired is revoked all the
@@ -96,14 +98,17 @@ func (c *CA) Revoke(ctx context.Context, target string, reason Reason) ([]store.
 	} else {
 		var rec store.Cert
 		if rec, err = c.resolveSerial(ctx, target); err == nil {
-			var r store.Revocation
-			r, err = c.store.Revoke(ctx, store.Revocation{Serial: rec.Serial, CommonName: rec.CommonName, IssuerKeyID: rec.IssuerKeyID, Reason: int(reason), RevokedAt: now.UTC()},
+			var (
+				r       store.Revocation
+				sameKey []store.Revocation
+			)
+			r, sameKey, err = c.store.Revoke(ctx, store.Revocation{Serial: rec.Serial, CommonName: rec.CommonName, IssuerKeyID: rec.IssuerKeyID, Reason: int(reason), RevokedAt: now.UTC()},
 				store.AuditEntry{Time: now, Action: "cert.revoke", Identity: rec.CommonName, Outcome: store.OutcomeOK,
 					Detail: fmt.Sprintf("serial %s reason %s", rec.Serial, reason)})
 			if errors.Is(err, store.ErrExists) {
 				err = fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, rec.Serial)
 			}
-			done = []store.Revocation{r}
+			done = append([]store.Revocation{r}, sameKey...)
 		}
 	}
 	if err != nil {

@@ -170,15 +170,21 @@ type Store interface {
 
 	// Revoke durably records r, assigning r.Seq, and appends a to the audit
 	// log in the same transaction. It returns ErrExists if the serial is
-	// already revoked.
-	Revoke(ctx context.Context, r Revocation, a AuditEntry) (Revocation, error)
+	// already revoked. With keyCompromise it also blocks the key and, in
+	// the same transaction, revokes every other unexpired certificate of
+	// that key (same-key renewals, another identity's certificate) with
+	// keyCompromise, each with its own audit entry and event, so the next
+	// CRL lists all of them and every agent registered with one is
+	// evicted; sameKey is what it revoked so, oldest first.
+	Revoke(ctx context.Context, r Revocation, a AuditEntry) (rev Revocation, sameKey []Revocation, err error)
 	// Revocations returns the revocations with Seq > after, in Seq order.
 	Revocations(ctx context.Context, after int64) ([]Revocation, error)
 
 	// RevokeIdentity revokes the identity r.Name and, in the same
 	// transaction, every unexpired certificate of it (for a node, of its
-	// agents too), each with its own audit entry and event; a is the
-	// identity's audit entry. From then on RecordCert refuses the identity
+	// agents too), each with its own audit entry and event, and, when the
+	// reason is keyCompromise, the other live certificates of their keys
+	// as Revoke does; a is the identity's audit entry. From then on RecordCert refuses the identity
 	// with ErrIdentityRevoked. It returns ErrExists if the identity is
 	// already revoked.
 	RevokeIdentity(ctx context.Context, r IdentityRevocation, a AuditEntry) (IdentityRevocation, []Revocation, error)

@@ -106,25 +106,28 @@ func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry
 // Revoke durably records r, appends its event and a, all in one
 // transaction, and returns r as recorded; see sqlite.Store.Revoke, whose
 // contract this is.
-func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEntry) (store.Revocation, error) {
+func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEntry) (store.Revocation, []store.Revocation, error) {
 	if r.Serial == "" {
-		return store.Revocation{}, errors.New("postgres: revoke: serial is empty")
+		return store.Revocation{}, nil, errors.New("postgres: revoke: serial is empty")
 	}
 	if !store.ValidReason(r.Reason) {
-		return store.Revocation{}, fmt.Errorf("postgres: revoke %s: %d is not an RFC 5280 CRLReason code", r.Serial, r.Reason)
+		return store.Revocation{}, nil, fmt.Errorf("postgres: revoke %s: %d is not an RFC 5280 CRLReason code", r.Serial, r.Reason)
 	}
 	if r.RevokedAt.IsZero() {
 		r.RevokedAt = s.now()
 	}
 	at, err := store.Nanos("RevokedAt", r.RevokedAt)
 	if err != nil {
-		return store.Revocation{}, fmt.Errorf("postgres: revoke %s: %w", r.Serial, err)
+		return store.Revocation{}, nil, fmt.Errorf("postgres: revoke %s: %w", r.Serial, err)
 	}
 	r.RevokedAt, r.Seq = store.FromNanos(at), 0
 	if a, err = s.prepareAudit(a); err != nil {
-		return store.Revocation{}, fmt.Errorf("postgres: revoke %s: %w", r.Serial, err)
+		return store.Revocation{}, nil, fmt.Errorf("postgres: revoke %s: %w", r.Serial, err)
 	}
-	var out store.Revocation
+	var (
+		out     store.Revocation
+		sameKey []store.Revocation
+	)
 	err = s.submit(ctx, true, func(ctx context.Context, tx pgx.Tx, head *chainHead) error {
 		rev, err := revokeCert(ctx, tx, r, at)
 		if err != nil {
@@ -133,13 +136,45 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEnt
 		if err := appendAudit(ctx, tx, head, a); err != nil {
 			return err
 		}
+		if sameKey, err = revokeSameKey(ctx, tx, head, rev, at, a.Time); err != nil {
+			return err
+		}
 		out = rev
 		return nil
 	})
 	if err != nil {
-		return store.Revocation{}, err
+		return store.Revocation{}, nil, err
 	}
-	return out, nil
+	return out, sameKey, nil
+}
+
+// revokeSameKey revokes, for keyCompromise, every other live certificate
+// of the key that the revocation rev blocked, in the transaction that
+// blocked it; see the sqlite store's. The transactions of every replica
+// run one at a time (the audit head's lock), so a certificate of the key
+// is either recorded before this one, and revoked by it, or refused.
+func revokeSameKey(ctx context.Context, tx pgx.Tx, head *chainHead, rev store.Revocation, at int64, auditAt time.Time) ([]store.Revocation, error) {
+	if rev.KeyHash == "" {
+		return nil, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT serial, key_hash, pem FROM certs
+		WHERE key_hash IN ($1, '') AND kind <> 'intermediate' AND not_after > $2
+		  AND serial NOT IN (SELECT serial FROM revocations)
+		ORDER BY issued_at, recorded`, rev.KeyHash, at)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: revoke %s: find the other certificates of its key: %w", rev.Serial, classify(err))
+	}
+	cs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[store.KeyCert])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: revoke %s: find the other certificates of its key: %w", rev.Serial, classify(err))
+	}
+	return store.RevokeSameKey(rev.KeyHash, rev.Serial, cs, func(serial string) (store.Revocation, error) {
+		r, err := revokeCert(ctx, tx, store.Revocation{Serial: serial, Reason: store.ReasonKeyCompromise, RevokedAt: rev.RevokedAt}, at)
+		if err != nil {
+			return r, err
+		}
+		return r, appendAudit(ctx, tx, head, store.SameKeyEntry(auditAt, r, rev.Serial))
+	})
 }
 
 // revokeCert records the revocation r of a recorded certificate and its
@@ -238,7 +273,6 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 	}
 	var done []store.Revocation
 	err = s.submit(ctx, true, func(ctx context.Context, tx pgx.Tx, head *chainHead) error {
-		done = done[:0]
 		_, err := tx.Exec(ctx, `INSERT INTO revoked_identities (name, reason, revoked_at) VALUES ($1, $2, $3)`, r.Name, r.Reason, at)
 		if uniqueViolation(err) != "" {
 			return fmt.Errorf("%w: identity %q is already revoked", store.ErrExists, r.Name)
@@ -258,16 +292,19 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 		if err != nil {
 			return fmt.Errorf("postgres: revoke identity %q: %w", r.Name, classify(err))
 		}
-		for _, serial := range serials {
+		if done, err = store.RevokeEach(serials, func(serial string) ([]store.Revocation, error) {
 			rev, err := revokeCert(ctx, tx, store.Revocation{Serial: serial, Reason: r.Reason, RevokedAt: r.RevokedAt}, at)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if err := appendAudit(ctx, tx, head, store.AuditEntry{Time: a.Time, Action: "cert.revoke", Identity: rev.CommonName,
 				Outcome: store.OutcomeOK, Detail: fmt.Sprintf("serial %s with identity %s", rev.Serial, r.Name)}); err != nil {
-				return err
+				return nil, err
 			}
-			done = append(done, rev)
+			sameKey, err := revokeSameKey(ctx, tx, head, rev, at, a.Time)
+			return append([]store.Revocation{rev}, sameKey...), err
+		}); err != nil {
+			return err
 		}
 		if _, err := insertEvent(ctx, tx, store.Event{Kind: store.EventIdentityRevoked, CommonName: r.Name, Reason: r.Reason}, at); err != nil {
 			return fmt.Errorf("postgres: revoke identity %q: %w", r.Name, err)

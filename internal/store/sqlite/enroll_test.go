@@ -318,7 +318,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 
 	// The feed carries on after the backfilled events; an entity revoked
 	// before the upgrade is not news when revoked again.
-	r, err := s.Revoke(t.Context(), store.Revocation{Serial: certs[1].Serial, Reason: 5, RevokedAt: at.Add(4 * time.Hour)}, store.AuditEntry{Action: "cert.revoke"})
+	r, _, err := s.Revoke(t.Context(), store.Revocation{Serial: certs[1].Serial, Reason: 5, RevokedAt: at.Add(4 * time.Hour)}, store.AuditEntry{Action: "cert.revoke"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +368,7 @@ func TestRevocationEventRollsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	boom := store.AuditEntry{Action: "boom"}
-	if _, err := s.Revoke(t.Context(), store.Revocation{Serial: c.Serial, Reason: 1}, boom); err == nil {
+	if _, _, err := s.Revoke(t.Context(), store.Revocation{Serial: c.Serial, Reason: 1}, boom); err == nil {
 		t.Fatal("Revoke with a failing audit append succeeded")
 	}
 	if err := s.RevokeEntity(t.Context(), "e", time.Time{}, boom); err == nil {

@@ -46,7 +46,6 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 	}
 	var done []store.Revocation
 	err = s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
-		done = done[:0]
 		_, err := tx.ExecContext(ctx, `INSERT INTO revoked_identities (name, reason, revoked_at) VALUES (?, ?, ?)`, r.Name, r.Reason, at)
 		switch code(err) {
 		case 0:
@@ -71,16 +70,19 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)
 		}
-		for _, serial := range serials {
+		if done, err = store.RevokeEach(serials, func(serial string) ([]store.Revocation, error) {
 			rev, err := revokeCert(ctx, tx, store.Revocation{Serial: serial, Reason: r.Reason, RevokedAt: r.RevokedAt}, at)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if err := appendAudit(ctx, tx, head, store.AuditEntry{Time: a.Time, Action: "cert.revoke", Identity: rev.CommonName,
 				Outcome: store.OutcomeOK, Detail: fmt.Sprintf("serial %s with identity %s", rev.Serial, r.Name)}); err != nil {
-				return err
+				return nil, err
 			}
-			done = append(done, rev)
+			sameKey, err := revokeSameKey(ctx, tx, head, rev, at, a.Time)
+			return append([]store.Revocation{rev}, sameKey...), err
+		}); err != nil {
+			return err
 		}
 		if _, err := insertEvent(ctx, tx, store.Event{Kind: store.EventIdentityRevoked, CommonName: r.Name, Reason: r.Reason}, at); err != nil {
 			return fmt.Errorf("sqlite: revoke identity %q: %w", r.Name, err)

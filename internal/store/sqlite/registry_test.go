@@ -237,7 +237,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 	db := rawDB(t, path)
 	if _, err := db.Exec(`DROP TABLE join_tokens; DROP TABLE events;
 		DROP TABLE revoked_identities; DROP TABLE blocked_keys;
-		ALTER TABLE certs DROP COLUMN key_hash; ALTER TABLE certs DROP COLUMN authorized_by;
+		DROP INDEX certs_key_hash; ALTER TABLE certs DROP COLUMN key_hash; ALTER TABLE certs DROP COLUMN authorized_by;
 		DROP INDEX certs_agent_names; ALTER TABLE certs DROP COLUMN agent_node;
 		DROP TABLE entities; DROP TABLE agents; DROP TABLE policies; DELETE FROM schema_version WHERE version > 1`); err != nil {
 		t.Fatal(err)

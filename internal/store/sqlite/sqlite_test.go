@@ -367,7 +367,7 @@ func TestClockFillsZeroTimes(t *testing.T) {
 	if err := s.RecordCert(t.Context(), c, store.AuditEntry{Action: "cert.issue"}); err != nil {
 		t.Fatal(err)
 	}
-	r, err := s.Revoke(t.Context(), store.Revocation{Serial: c.Serial, Reason: 1}, store.AuditEntry{Action: "cert.revoke"})
+	r, _, err := s.Revoke(t.Context(), store.Revocation{Serial: c.Serial, Reason: 1}, store.AuditEntry{Action: "cert.revoke"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +416,7 @@ func TestRevokeFillsAndChecksNames(t *testing.T) {
 		{"bad reason", store.Revocation{Serial: certs[3].Serial, Reason: 7}, "CRLReason"},
 	}
 	for _, tt := range tests {
-		got, err := s.Revoke(t.Context(), tt.r, store.AuditEntry{Action: "cert.revoke"})
+		got, _, err := s.Revoke(t.Context(), tt.r, store.AuditEntry{Action: "cert.revoke"})
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%s: Revoke = %v, want an error containing %q", tt.name, err, tt.wantErr)
@@ -516,11 +516,11 @@ func TestFailedWriteRollsBackAlone(t *testing.T) {
 		{"record", func() error { return s.RecordCert(t.Context(), testCert(1), ok) }, false},
 		{"record, audit fails", func() error { return s.RecordCert(t.Context(), testCert(2), boom) }, true},
 		{"revoke, audit fails", func() error {
-			_, err := s.Revoke(t.Context(), store.Revocation{Serial: testCert(100).Serial, Reason: 1}, boom)
+			_, _, err := s.Revoke(t.Context(), store.Revocation{Serial: testCert(100).Serial, Reason: 1}, boom)
 			return err
 		}, true},
 		{"revoke", func() error {
-			_, err := s.Revoke(t.Context(), store.Revocation{Serial: testCert(101).Serial, Reason: 1}, ok)
+			_, _, err := s.Revoke(t.Context(), store.Revocation{Serial: testCert(101).Serial, Reason: 1}, ok)
 			return err
 		}, false},
 		{"record", func() error { return s.RecordCert(t.Context(), testCert(3), ok) }, false},

@@ -118,28 +118,31 @@ func certArgs(c store.Cert) ([]any, error) {
 // error too. Revoking a serial twice returns an error wrapping
 // store.ErrExists. On any error nothing is written: neither r, nor its
 // event, nor a.
-func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEntry) (store.Revocation, error) {
+func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEntry) (store.Revocation, []store.Revocation, error) {
 	if r.Serial == "" {
-		return store.Revocation{}, errors.New("sqlite: revoke: serial is empty")
+		return store.Revocation{}, nil, errors.New("sqlite: revoke: serial is empty")
 	}
 	if !store.ValidReason(r.Reason) {
-		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s: %d is not an RFC 5280 CRLReason code", r.Serial, r.Reason)
+		return store.Revocation{}, nil, fmt.Errorf("sqlite: revoke %s: %d is not an RFC 5280 CRLReason code", r.Serial, r.Reason)
 	}
 	if r.RevokedAt.IsZero() {
 		r.RevokedAt = s.now()
 	}
 	revokedAt, err := nanos("RevokedAt", r.RevokedAt)
 	if err != nil {
-		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
+		return store.Revocation{}, nil, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
 	}
 	r.RevokedAt = fromNanos(revokedAt)
 	r.Seq = 0
 	a, err = s.prepareAudit(a)
 	if err != nil {
-		return store.Revocation{}, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
+		return store.Revocation{}, nil, fmt.Errorf("sqlite: revoke %s: %w", r.Serial, err)
 	}
 
-	var out store.Revocation
+	var (
+		out     store.Revocation
+		sameKey []store.Revocation
+	)
 	err = s.submit(ctx, func(ctx context.Context, tx writeTx, head *chainHead) error {
 		rev, err := revokeCert(ctx, tx, r, revokedAt)
 		if err != nil {
@@ -148,13 +151,50 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation, a store.AuditEnt
 		if err := appendAudit(ctx, tx, head, a); err != nil {
 			return err
 		}
+		if sameKey, err = revokeSameKey(ctx, tx, head, rev, revokedAt, a.Time); err != nil {
+			return err
+		}
 		out = rev
 		return nil
 	})
 	if err != nil {
-		return store.Revocation{}, err
+		return store.Revocation{}, nil, err
 	}
-	return out, nil
+	return out, sameKey, nil
+}
+
+// revokeSameKey revokes, for keyCompromise, every other live certificate
+// of the key that the revocation rev blocked (none unless rev.KeyHash is
+// set), each with its event and an audit entry at auditAt, in tx: the
+// transaction that blocked the key, so the next CRL lists every
+// certificate of it and no verifier reading the CRL accepts one.
+func revokeSameKey(ctx context.Context, tx writeTx, head *chainHead, rev store.Revocation, revokedAt int64, auditAt time.Time) ([]store.Revocation, error) {
+	if rev.KeyHash == "" {
+		return nil, nil
+	}
+	rows, err := tx.StmtContext(ctx, tx.st.keyCerts).QueryContext(ctx, rev.KeyHash, revokedAt)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: revoke %s: find the other certificates of its key: %w", rev.Serial, err)
+	}
+	var cs []store.KeyCert
+	for rows.Next() {
+		var c store.KeyCert
+		if err := rows.Scan(&c.Serial, &c.KeyHash, &c.PEM); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("sqlite: revoke %s: find the other certificates of its key: %w", rev.Serial, err)
+		}
+		cs = append(cs, c)
+	}
+	if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+		return nil, fmt.Errorf("sqlite: revoke %s: find the other certificates of its key: %w", rev.Serial, err)
+	}
+	return store.RevokeSameKey(rev.KeyHash, rev.Serial, cs, func(serial string) (store.Revocation, error) {
+		r, err := revokeCert(ctx, tx, store.Revocation{Serial: serial, Reason: store.ReasonKeyCompromise, RevokedAt: rev.RevokedAt}, revokedAt)
+		if err != nil {
+			return r, err
+		}
+		return r, appendAudit(ctx, tx, head, store.SameKeyEntry(auditAt, r, rev.Serial))
+	})
 }
 
 // revokeCert records the revocation r of a recorded certificate and its

@@ -176,6 +176,7 @@ type writeStmts struct {
 	liveCert         *sql.Stmt
 	agentOwner       *sql.Stmt
 	blockKey         *sql.Stmt
+	keyCerts         *sql.Stmt
 
 	entityRotatedEvent *sql.Stmt
 
@@ -225,6 +226,13 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.certNames, `SELECT common_name, issuer_key_id, key_hash, pem FROM certs WHERE serial = ?`},
 		{&st.blockKey, `INSERT INTO blocked_keys (key_hash, serial, blocked_at) VALUES (?, ?, ?)
 			ON CONFLICT (key_hash) DO NOTHING`},
+		// The live certificates a keyCompromise revocation of the key ?1
+		// at ?2 reaches: by their key's hash, and those recorded without
+		// one (store.SameKey reads their key), by certs_key_hash.
+		{&st.keyCerts, `SELECT serial, key_hash, pem FROM certs
+			WHERE key_hash IN (?1, '') AND kind <> 'intermediate' AND not_after > ?2
+			  AND serial NOT IN (SELECT serial FROM revocations)
+			ORDER BY issued_at, rowid`},
 		{&st.insertRevocation, `INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at)
 			VALUES (?, ?, ?, ?, ?) RETURNING seq`},
 		{&st.nextCRL, `INSERT INTO crl_numbers (issuer_key_id, number) VALUES (?, 1)

@@ -360,7 +360,7 @@ func revocationEvents(evs []store.Event) []store.Event {
 func mustRevoke(t *testing.T, s store.Store, c store.Cert, reason int, at time.Time) store.Event {
 	t.Helper()
 	r := newRevocation(c, reason, at)
-	got, err := s.Revoke(t.Context(), r, revokeEntry(r))
+	got, _, err := s.Revoke(t.Context(), r, revokeEntry(r))
 	if err != nil {
 		t.Fatalf("Revoke(%s): %v", c.Serial, err)
 	}
@@ -542,9 +542,9 @@ func testFailedRevocationNoEvent(t *testing.T, open Opener) {
 		call func() error
 		want error
 	}{
-		{"Revoke(unrecorded serial)", func() error { _, err := s.Revoke(t.Context(), unknown, revokeEntry(unknown)); return err }, store.ErrNotFound},
-		{"Revoke(revoked serial)", func() error { _, err := s.Revoke(t.Context(), twice, revokeEntry(twice)); return err }, store.ErrExists},
-		{"Revoke with a canceled context", func() error { _, err := s.Revoke(canceled, live, revokeEntry(live)); return err }, context.Canceled},
+		{"Revoke(unrecorded serial)", func() error { _, _, err := s.Revoke(t.Context(), unknown, revokeEntry(unknown)); return err }, store.ErrNotFound},
+		{"Revoke(revoked serial)", func() error { _, _, err := s.Revoke(t.Context(), twice, revokeEntry(twice)); return err }, store.ErrExists},
+		{"Revoke with a canceled context", func() error { _, _, err := s.Revoke(canceled, live, revokeEntry(live)); return err }, context.Canceled},
 		{"RevokeEntity(unknown)", func() error {
 			return s.RevokeEntity(t.Context(), "unknown", at, markEntry("entity.revoke", "unknown", at))
 		}, store.ErrNotFound},

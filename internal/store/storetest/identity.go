@@ -90,14 +90,7 @@ func testRevokeIdentity(t *testing.T, open Opener) {
 		t.Errorf("Revocations after reinstating = %+v, %v; want the two revoked with the node", all, err)
 	}
 
-	es, ok := s.(store.EventStore)
-	if !ok {
-		t.Fatalf("%T does not implement store.EventStore", s)
-	}
-	evs, err := es.Events(t.Context(), 0, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	evs := allEvents(t, s)
 	var kinds []store.EventKind
 	for _, e := range evs {
 		kinds = append(kinds, e.Kind)

@@ -70,7 +70,7 @@ func testReplicaWriters(t *testing.T, open Opener) {
 						mu.Lock()
 						won[c.Serial]++
 						mu.Unlock()
-						if _, err := s.Revoke(t.Context(), newRevocation(c, 4, c.IssuedAt), revokeEntry(newRevocation(c, 4, c.IssuedAt))); err != nil {
+						if _, _, err := s.Revoke(t.Context(), newRevocation(c, 4, c.IssuedAt), revokeEntry(newRevocation(c, 4, c.IssuedAt))); err != nil {
 							t.Errorf("replica %d: Revoke(%s): %v", r, c.Serial, err)
 						}
 					}
@@ -201,7 +201,7 @@ func testExclusiveCert(t *testing.T, open Opener) {
 	mustRecord(t, rs[1], renewal)
 	// Once both are revoked, an exclusive one is recorded again.
 	for _, c := range []store.Cert{wins[0], renewal} {
-		if _, err := rs[2].Revoke(t.Context(), newRevocation(c, 4, epoch()), revokeEntry(newRevocation(c, 4, epoch()))); err != nil {
+		if _, _, err := rs[2].Revoke(t.Context(), newRevocation(c, 4, epoch()), revokeEntry(newRevocation(c, 4, epoch()))); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -84,6 +84,7 @@ func Run(t *testing.T, open Opener) {
 		{"EnrollClosed", testEnrollClosed},
 		{"RevokeIdentity", testRevokeIdentity},
 		{"KeyCompromise", testKeyCompromise},
+		{"KeyCompromiseSameKey", testKeyCompromiseSameKey},
 		{"AuthorizerRevoked", testAuthorizerRevoked},
 		{"RevokeIdentityRace", testRevokeIdentityRace},
 		{"LiveAgents", testLiveAgents},
@@ -391,7 +392,7 @@ func testRevoke(t *testing.T, open Opener) {
 	var revoked []store.Revocation
 	for i, c := range []store.Cert{cs[2], cs[0], cs[3]} {
 		in := newRevocation(c, []int{1, 4, 0}[i], epoch().Add(time.Hour+time.Duration(i)*time.Nanosecond))
-		got, err := s.Revoke(t.Context(), in, revokeEntry(in))
+		got, _, err := s.Revoke(t.Context(), in, revokeEntry(in))
 		if err != nil {
 			t.Fatalf("Revoke(%s): %v", c.Serial, err)
 		}
@@ -450,12 +451,12 @@ func testRevokeTwice(t *testing.T, open Opener) {
 	c := newCert(1, "a", epoch())
 	mustRecord(t, s, c)
 	r := newRevocation(c, 1, epoch().Add(time.Hour))
-	first, err := s.Revoke(t.Context(), r, revokeEntry(r))
+	first, _, err := s.Revoke(t.Context(), r, revokeEntry(r))
 	if err != nil {
 		t.Fatalf("first Revoke: %v", err)
 	}
 	again := newRevocation(c, 4, epoch().Add(2*time.Hour))
-	if _, err := s.Revoke(t.Context(), again, revokeEntry(again)); !errors.Is(err, store.ErrExists) {
+	if _, _, err := s.Revoke(t.Context(), again, revokeEntry(again)); !errors.Is(err, store.ErrExists) {
 		t.Fatalf("second Revoke = %v, want an error wrapping store.ErrExists", err)
 	}
 	got, err := s.Revocations(t.Context(), 0)
@@ -474,7 +475,7 @@ func testRevokeUnknown(t *testing.T, open Opener) {
 	s := openStore(t, open, t.TempDir())
 	c := newCert(1, "a", epoch())
 	r := newRevocation(c, 1, epoch())
-	if _, err := s.Revoke(t.Context(), r, revokeEntry(r)); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := s.Revoke(t.Context(), r, revokeEntry(r)); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("Revoke(unrecorded serial) = %v, want an error wrapping store.ErrNotFound", err)
 	}
 	if got, err := s.Revocations(t.Context(), 0); err != nil || len(got) != 0 {
@@ -537,7 +538,7 @@ func testAuditChain(t *testing.T, open Opener) {
 	appendEntry(store.AuditEntry{Time: at(0), Action: "ca.init", Identity: "root", Outcome: store.OutcomeOK, Detail: "key ceremony"})
 	mustRecord(t, s, c)
 	want = append(want, issueEntry(c))
-	if _, err := s.Revoke(t.Context(), r, revokeEntry(r)); err != nil {
+	if _, _, err := s.Revoke(t.Context(), r, revokeEntry(r)); err != nil {
 		t.Fatal(err)
 	}
 	want = append(want, revokeEntry(r))
@@ -669,7 +670,7 @@ func testClosed(t *testing.T, open Opener) {
 		{"Cert", func() error { _, err := s.Cert(ctx, c.Serial); return err }},
 		{"CertsByName", func() error { _, err := s.CertsByName(ctx, c.CommonName); return err }},
 		{"Certs", func() error { _, err := s.Certs(ctx); return err }},
-		{"Revoke", func() error { _, err := s.Revoke(ctx, r, revokeEntry(r)); return err }},
+		{"Revoke", func() error { _, _, err := s.Revoke(ctx, r, revokeEntry(r)); return err }},
 		{"Revocations", func() error { _, err := s.Revocations(ctx, 0); return err }},
 		{"NextCRLNumber", func() error { _, err := s.NextCRLNumber(ctx, "aa01"); return err }},
 		{"Append", func() error { return s.Append(ctx, issueEntry(c)) }},
