@@ -40,6 +40,9 @@ type CA struct {
 	crlMu     sync.Mutex
 	crlThis   time.Time
 	crlRevSeq int64
+	// crlServed is what crl.pem held when this process last read it for
+	// the refresher (guarded by crlMu), whoever wrote it.
+	crlServed servedCRL
 }
 
 // issuer is one intermediate and its key.

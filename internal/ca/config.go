@@ -102,6 +102,10 @@ type Config struct {
 	CRLValidity time.Duration
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
+	// After is how the CA's long-running parts (the CRL refresher) wait:
+	// a channel that receives once d has passed on Now's clock; default
+	// time.After.
+	After func(d time.Duration) <-chan time.Time
 	// Rand is the source of keys and serials; default crypto/rand.
 	Rand io.Reader
 }
@@ -130,6 +134,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.After == nil {
+		c.After = time.After
 	}
 	if c.Rand == nil {
 		c.Rand = rand.Reader

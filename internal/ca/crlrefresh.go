@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -43,20 +44,72 @@ func (c *CA) CRLThisUpdate() time.Time {
 	return this
 }
 
+// servedCRL is when the CRLs of one version of crl.pem are due: file
+// names that version (by inode, size and modification time), due is the
+// earliest time a third of one of its CRLs' validity has passed, zero when
+// it holds none.
+type servedCRL struct {
+	file os.FileInfo
+	due  time.Time
+}
+
+// servedDue returns when the CRLs crl.pem holds now must be re-signed:
+// once a third of the validity of the shortest-lived of them has passed,
+// whatever validity the process that signed it used (this one, another
+// meshd started with another --crl-validity, `meshctl --crl-validity 3s
+// ca crl`), so the CRL served is re-signed before its own next-update. It
+// returns false when crl.pem cannot be read or holds no CRL with a
+// next-update. The file is parsed again only when it changed.
+func (c *CA) servedDue() (time.Time, bool) {
+	fi, err := os.Stat(c.cfg.CRLPath())
+	if err != nil {
+		return time.Time{}, false
+	}
+	c.crlMu.Lock()
+	cached := c.crlServed
+	c.crlMu.Unlock()
+	if cached.file != nil && os.SameFile(cached.file, fi) && cached.file.Size() == fi.Size() && cached.file.ModTime().Equal(fi.ModTime()) {
+		return cached.due, !cached.due.IsZero()
+	}
+	data, err := c.CRLPEM()
+	if err != nil {
+		return time.Time{}, false
+	}
+	var due time.Time
+	for _, crl := range parseCRLs(data) {
+		if crl.NextUpdate.IsZero() {
+			continue // never written by this CA; nothing to be due for
+		}
+		if d := crl.ThisUpdate.Add(crl.NextUpdate.Sub(crl.ThisUpdate) / 3); due.IsZero() || d.Before(due) {
+			due = d
+		}
+	}
+	c.crlMu.Lock()
+	c.crlServed = servedCRL{file: fi, due: due}
+	c.crlMu.Unlock()
+	return due, !due.IsZero()
+}
+
 // CRLRefresher keeps crl.pem current in a long-running process. A CRL
-// that is never re-signed expires CRLValidity after its last revocation,
-// and every strict CRL checker then refuses the whole mesh; so it is
-// re-signed once a third of its validity has passed, and whenever the
-// store holds a revocation the newest CRL does not list (Kick), with a
-// burst of kicks coalesced into one rebuild.
+// that is never re-signed expires at its next-update, and every strict
+// CRL checker then refuses the whole mesh; so it is re-signed once a third
+// of its validity has passed: a third of CRLValidity after this process
+// signed it, or sooner when the CRL crl.pem serves was signed elsewhere
+// with a shorter validity (crl.pem is looked at every poll). It is also
+// re-signed whenever the store holds a revocation the newest CRL does not
+// list (Kick), with a burst of kicks coalesced into one rebuild.
 type CRLRefresher struct {
 	ca    *CA
 	every time.Duration
 	now   func() time.Time
+	after func(time.Duration) <-chan time.Time
 	log   *slog.Logger
 	kick  chan struct{}
 	// retry is how long to wait after a failed rebuild.
 	retry time.Duration
+	// poll is how often Run looks at crl.pem for a CRL another process
+	// signed (a stat; the file is read only when it changed).
+	poll time.Duration
 }
 
 // NewCRLRefresher returns a refresher of c's CRL. log may be nil.
@@ -64,8 +117,8 @@ func (c *CA) NewCRLRefresher(log *slog.Logger) *CRLRefresher {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &CRLRefresher{ca: c, every: c.cfg.CRLValidity / 3, now: c.cfg.Now, log: log,
-		kick: make(chan struct{}, 1), retry: time.Minute}
+	return &CRLRefresher{ca: c, every: c.cfg.CRLValidity / 3, now: c.cfg.Now, after: c.cfg.After, log: log,
+		kick: make(chan struct{}, 1), retry: time.Minute, poll: time.Second}
 }
 
 // Kick asks for a rebuild if the store holds revocations the CRL lacks.
@@ -77,13 +130,19 @@ func (r *CRLRefresher) Kick() {
 	}
 }
 
-// Due returns how long until the CRL must be re-signed (zero or less: now).
+// Due returns how long until the CRL must be re-signed (zero or less:
+// now): a third of CRLValidity after the newest CRL's this-update, or
+// sooner when the CRL crl.pem serves was signed with a shorter validity.
 func (r *CRLRefresher) Due() time.Duration {
 	this := r.ca.CRLThisUpdate()
 	if this.IsZero() {
 		return 0
 	}
-	return this.Add(r.every).Sub(r.now())
+	due := this.Add(r.every)
+	if served, ok := r.ca.servedDue(); ok && served.Before(due) {
+		due = served
+	}
+	return due.Sub(r.now())
 }
 
 // Refresh re-signs the CRL if it is due or lists fewer revocations than
@@ -142,21 +201,21 @@ func (r *CRLRefresher) unlisted(revs []store.Revocation) bool {
 func (r *CRLRefresher) Run(ctx context.Context) {
 	for {
 		wait := max(r.Due(), 0)
-		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
 		case <-r.kick:
-		case <-t.C:
+		case <-r.after(min(wait, r.poll)):
+			if wait > r.poll && r.Due() > 0 {
+				continue // a poll of crl.pem found nothing due
+			}
 		}
-		t.Stop()
 		if _, err := r.Refresh(ctx); err != nil && ctx.Err() == nil {
 			r.log.Error("re-signing the CRL failed; retrying", "err", err, "retry_in", r.retry)
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(r.retry):
+			case <-r.after(r.retry):
 			}
 		}
 	}

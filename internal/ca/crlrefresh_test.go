@@ -1,10 +1,13 @@
 package ca_test
 
 import (
+	"context"
+	"crypto/x509"
 	"testing"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/store"
 )
 
@@ -68,4 +71,85 @@ func TestCRLRefreshAfterForeignRevocation(t *testing.T) {
 	if did, err := r.Refresh(ctx); err != nil || did {
 		t.Errorf("second Refresh = %v, %v; want nothing to do", did, err)
 	}
+}
+
+// signBeside signs crl.pem as another process beside f's CA would, with
+// the CRL validity validity (`meshctl --crl-validity 3s ca crl`, a meshd
+// started with a shorter setting), and returns the CRLs it wrote.
+func signBeside(t *testing.T, f *fixture, validity time.Duration) []*x509.RevocationList {
+	t.Helper()
+	cfg := f.cfg
+	cfg.CRLValidity = validity
+	other, err := ca.Open(t.Context(), cfg, f.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crls, err := other.RebuildCRL(t.Context())
+	if err != nil || len(crls) == 0 {
+		t.Fatalf("RebuildCRL beside the refresher = %d CRLs, %v", len(crls), err)
+	}
+	return crls
+}
+
+// TestCRLRefreshBeforeServedNextUpdate: a CRL signed beside the refresher
+// with a shorter validity than its own is re-signed before its own
+// next-update, not a third of the refresher's validity after the CRL the
+// refresher last signed, so crl.pem is never served expired.
+func TestCRLRefreshBeforeServedNextUpdate(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	r := f.ca.NewCRLRefresher(nil)
+	if _, err := f.ca.RebuildCRL(ctx); err != nil {
+		t.Fatal(err)
+	}
+	short := signBeside(t, f, 3*time.Second)
+	for step := 1; step <= 10; step++ {
+		f.clock.Advance(time.Second)
+		if _, err := r.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, crl := range readCRLs(t, f.cfg.CRLPath()) {
+			if !f.clock.Now().Before(crl.NextUpdate) {
+				t.Fatalf("%ds after a CRL valid until %s was signed beside the refresher, crl.pem is served expired (next-update %s)",
+					step, short[0].NextUpdate.Format(time.RFC3339), crl.NextUpdate.Format(time.RFC3339))
+			}
+		}
+	}
+	for _, crl := range readCRLs(t, f.cfg.CRLPath()) {
+		if left := crl.NextUpdate.Sub(f.clock.Now()); left < ca.DefaultCRLValidity/2 {
+			t.Errorf("the re-signed CRL has %s left; want the refresher's own validity (%s)", left, ca.DefaultCRLValidity)
+		}
+	}
+}
+
+// TestCRLRefresherRunSeesCRLSignedBeside: a running refresher, with no
+// kick and no revocation, notices a CRL signed beside it with a 3s
+// validity and re-signs it before that CRL's next-update. The clock is
+// the injected one: the test learns that Run came round to waiting again
+// from the clock, never from the wall clock.
+func TestCRLRefresherRunSeesCRLSignedBeside(t *testing.T) {
+	clk := clocktest.New(time.Now().UTC().Truncate(time.Second))
+	f := newCA(t, caOptions{mod: func(c *ca.Config) { c.Now, c.After = clk.Now, clk.After }})
+	ctx, cancel := context.WithCancel(t.Context())
+	r := f.ca.NewCRLRefresher(nil)
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	wait := clk.NextWait(t, 10*time.Second)
+	short := signBeside(t, f, 3*time.Second)
+	expires := short[0].NextUpdate
+	for range 10 {
+		if !clk.Now().Add(wait).Before(expires) {
+			t.Fatalf("the refresher sleeps %s at %s while crl.pem, signed beside it, expires at %s",
+				wait, clk.Now().Format(time.RFC3339), expires.Format(time.RFC3339))
+		}
+		clk.Advance(wait)
+		wait = clk.NextWait(t, 10*time.Second) // Run has refreshed, or found nothing due
+		crls := readCRLs(t, f.cfg.CRLPath())
+		if len(crls) > 0 && crls[0].NextUpdate.After(expires) {
+			return // re-signed with the refresher's own validity
+		}
+	}
+	t.Fatalf("crl.pem, signed beside the refresher to expire at %s, was not re-signed", expires.Format(time.RFC3339))
 }
