@@ -34,14 +34,7 @@ type opensslCA struct {
 // machine and fails in CI, where scripts/install-test-deps.sh installs it.
 func runOpenSSL(t testing.TB, args ...string) {
 	t.Helper()
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-			t.Fatalf("openssl is required in CI: %v", err)
-		}
-		t.Skipf("openssl not installed: %v", err)
-	}
-	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+	if out, err := opensslOutput(t, args...); err != nil {
 		t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
