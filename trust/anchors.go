@@ -67,6 +67,10 @@ func (l *LocalCA) Verify(_ context.Context, chain []*x509.Certificate, now time.
 	}
 	p := newPeer(l.Name(), leaf)
 	p.Identity = id
+	// FromCertificate checked that the one URI SAN is id's SPIFFE ID in
+	// the mesh's trust domain.
+	p.MeshCA = true
+	p.SPIFFEID, _ = id.SPIFFEID(l.td)
 	p.expires = chainExpiry(chains[0])
 	return p, nil
 }

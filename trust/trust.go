@@ -24,6 +24,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshtrust/meshtrust/identity"
 )
 
@@ -111,9 +113,24 @@ type Peer struct {
 	// Entity is the partner entity whose CA signed the chain; "" for the
 	// mesh's own CAs.
 	Entity string
-	// Identity is the mesh identity the certificate carries; zero when its
-	// names are not a mesh identity (a partner's own naming).
+	// Identity is the mesh identity the certificate's names spell; zero
+	// when they are not one (a partner's own naming). Only when MeshCA is
+	// set did the mesh CA vouch for it: any other CA can write
+	// "opus@ct111" into a certificate. The registry binds such a name to
+	// the source of its first claim; meshauth trusts it from the mesh CA
+	// alone.
 	Identity identity.Identity
+	// MeshCA reports that the mesh CA itself (a LocalCA) admitted the
+	// chain: the one source that vouches for mesh identities (opus@ct111,
+	// ct111.mesh). A backend merely named "localca" (MCP Mesh's trust-dir
+	// CA) does not set it.
+	MeshCA bool
+	// SPIFFEID is the SPIFFE ID the source vouched for: the mesh CA's for
+	// an identity of its own trust domain, a SPIFFE bundle's (spire) for an
+	// ID of that bundle's trust domain. Zero when the source vouches for
+	// none (a CA of the trust dir, a partner entity's CA), whatever URI SAN
+	// the certificate carries.
+	SPIFFEID spiffeid.ID
 
 	// expires is the earliest NotAfter in the verified chain, anchor
 	// included: past it a cached admission must be verified again. Zero

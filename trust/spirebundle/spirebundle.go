@@ -185,6 +185,9 @@ func (b *Backend) Verify(ctx context.Context, chain []*x509.Certificate, now tim
 	if mid, err := identity.FromSPIFFEID(id); err == nil {
 		p.Identity = mid
 	}
+	// td's own bundle verified the chain: it vouches for this ID, and for
+	// no mesh identity (MeshCA stays unset).
+	p.SPIFFEID = id
 	return p, nil
 }
 
