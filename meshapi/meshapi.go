@@ -339,11 +339,15 @@ type Policy struct {
 	Updated  time.Time `json:"updated,omitzero"`
 }
 
-// PolicyCheckRequest asks whether Identity (of Entity, "" for the mesh's
-// own CAs) may perform Operation ("GET /admin/agents", "grpc
-// /pkg.S/Method", "mcp tools/call search").
+// PolicyCheckRequest asks whether Identity, on a certificate of trust
+// source Source (a backend: "localca", the mesh CA, by default; "filestore",
+// "entities", "spire", ...) and Entity ("" for the mesh's own CAs), may
+// perform Operation ("GET /admin/agents", "grpc /pkg.S/Method", "mcp
+// tools/call search"). The modelled caller bears only the names its source
+// vouches for, as a real one would.
 type PolicyCheckRequest struct {
 	Identity  string `json:"identity"`
+	Source    string `json:"source,omitempty"`
 	Entity    string `json:"entity,omitempty"`
 	Operation string `json:"operation"`
 }

@@ -196,7 +196,7 @@ func TestLegacyBearer(t *testing.T) {
 }
 
 func TestComposableAuthorizers(t *testing.T) {
-	opus := &meshauth.Caller{Name: "opus@ct111", TrustDomain: "mesh.local"}
+	opus := &meshauth.Caller{Name: "opus@ct111", MeshCA: true, TrustDomain: "mesh.local"}
 	opus.Identity.Node, opus.Identity.Kind = "ct111", 2
 	bob := &meshauth.Caller{Name: "bob", Entity: "partner-corp"}
 	op := &meshauth.Operation{Kind: meshauth.KindHTTP, Method: "GET", Path: "/"}

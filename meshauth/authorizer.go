@@ -91,21 +91,28 @@ func AuthorizeAny() Authorizer {
 	return func(*Caller, *Operation) Decision { return allow("any verified caller") }
 }
 
-// AuthorizeIdentity allows callers whose Name is one of names
-// ("opus@ct111", "ct111.mesh").
+// AuthorizeIdentity allows callers named one of names ("opus@ct111",
+// "ct111.mesh"): a mesh identity only on a certificate of the mesh CA, a
+// plain CN (weather-agent) only on one of the mesh's own other CAs, never
+// a partner's certificate whatever its CN (see Caller). A partner's
+// callers are allowed by AuthorizeEntity, or a Policy's entity:<name>/<cn>.
 func AuthorizeIdentity(names ...string) Authorizer {
 	names = slices.Clone(names)
 	rule := "identity in [" + strings.Join(names, " ") + "]"
 	return func(c *Caller, _ *Operation) Decision {
-		return Decision{Allowed: slices.Contains(names, c.Name), Rule: rule}
+		// Compared: the mesh CA's identity.CommonName, or the exact CN.
+		name, ok := c.bareName()
+		return Decision{Allowed: ok && slices.Contains(names, name), Rule: rule}
 	}
 }
 
-// AuthorizeNode allows the agents of node ("*@ct111") and the node itself.
+// AuthorizeNode allows the agents of node ("*@ct111") and the node itself,
+// on certificates of the mesh CA: it alone vouches for a node's names.
 func AuthorizeNode(node string) Authorizer {
 	rule := "node " + node
 	return func(c *Caller, _ *Operation) Decision {
-		return Decision{Allowed: c.Identity.Node == node && !c.Identity.IsZero(), Rule: rule}
+		// Compared: identity.Identity.Node of a mesh CA identity.
+		return Decision{Allowed: c.MeshCA && !c.Identity.IsZero() && c.Identity.Node == node, Rule: rule}
 	}
 }
 
@@ -118,10 +125,14 @@ func AuthorizeEntity(entity string) Authorizer {
 	}
 }
 
-// AuthorizeMemberOf allows the callers whose SPIFFE ID is in trustDomain.
+// AuthorizeMemberOf allows the callers whose SPIFFE ID is in trustDomain
+// and was vouched for by that trust domain's own bundle, or by the mesh CA
+// for its own trust domain (Caller.TrustDomain is set only then; a URI SAN
+// a partner's CA wrote sets nothing).
 func AuthorizeMemberOf(trustDomain string) Authorizer {
 	rule := "spiffe://" + trustDomain
 	return func(c *Caller, _ *Operation) Decision {
+		// Compared: spiffeid.TrustDomain.Name of the vouched SPIFFE ID.
 		return Decision{Allowed: trustDomain != "" && c.TrustDomain == trustDomain, Rule: rule}
 	}
 }

@@ -3,10 +3,12 @@ package meshauth
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/trust"
@@ -14,20 +16,36 @@ import (
 
 // Caller is a verified caller: who presented the request's client
 // certificate, or, on the opt-in legacy path, the shared-secret bearer.
+//
+// Each name a Caller bears is one its trust source may vouch for (see
+// docs/identity-binding.md, "meshauth"): Identity only from the mesh CA,
+// SPIFFEID only from the mesh CA (its own trust domain) or from the
+// bundle of the ID's own trust domain, Entity from the CA registered
+// under that name. A certificate any other CA signed keeps its CN in Name,
+// but a policy matches that name only as its source allows (Policy).
 type Caller struct {
 	// Name is the caller's principal: its mesh identity's common name
 	// ("opus@ct111", "ct111.mesh") or, for a certificate that is not a
 	// mesh identity, its CN. LegacyName on the legacy bearer path.
 	Name string
-	// Identity is the mesh identity the certificate carries; zero when
-	// its names are not a mesh identity (a partner's own naming, a bare
-	// SPIFFE SVID).
+	// Identity is the mesh identity the mesh CA vouched for; zero for a
+	// certificate of any other source, whatever its CN says.
 	Identity identity.Identity
 	// Entity is the partner entity whose CA signed the certificate; ""
 	// for the mesh's own CAs.
 	Entity string
-	// SPIFFEID is the certificate's SPIFFE ID ("spiffe://td/path"), and
-	// TrustDomain its trust domain; both "" without one.
+	// Source is the trust backend that admitted the certificate
+	// ("localca", "filestore", "entities", "spire", ...); "" on the legacy
+	// and anonymous paths.
+	Source string
+	// MeshCA reports that the mesh CA admitted the certificate: the only
+	// source whose names satisfy a principal naming a mesh identity, a
+	// node or an identity glob.
+	MeshCA bool
+	// SPIFFEID is the SPIFFE ID ("spiffe://td/path") the caller's source
+	// vouched for, and TrustDomain its trust domain; both "" without one,
+	// and for a certificate whose URI SAN no source vouched for (one a
+	// partner's CA wrote).
 	SPIFFEID, TrustDomain string
 	// Fingerprint is the lowercase hex SHA-256 of the certificate.
 	Fingerprint string
@@ -41,6 +59,38 @@ type Caller struct {
 	// Anonymous marks a caller without a certificate, admitted to the
 	// Authorizer by Config.Anonymous.
 	Anonymous bool
+}
+
+// bareName returns the name a policy's plain principals (an identity, a
+// CN, a glob of them) may match for c, and false when none may:
+//   - a mesh CA certificate bears its mesh identity (opus@ct111,
+//     ct111.mesh): compared as identity.Identity.CommonName;
+//   - a certificate of the mesh's own other CAs (entity "": the trust
+//     dir, MCP Mesh's --tls-auto CA) bears its CN, compared exactly, when
+//     that CN is not shaped like a mesh identity (weather-agent,
+//     weather-agent.mcp-mesh.local), since only the mesh CA vouches for
+//     those;
+//   - a partner entity's certificate, and one a SPIFFE bundle vouched for,
+//     bear no plain name: only entity:, source: and spiffe:// principals
+//     name them.
+func (c *Caller) bareName() (string, bool) {
+	switch {
+	case c.Legacy || c.Anonymous:
+		return "", false
+	case c.MeshCA:
+		return c.Name, c.Name != ""
+	case c.Entity != "" || c.SPIFFEID != "" || c.Name == "" || strings.HasPrefix(c.Name, "spiffe://"):
+		// A Name spiffe://... is a URI SAN no source vouched for.
+		return "", false
+	}
+	return c.Name, !identityShaped(c.Name)
+}
+
+// identityShaped reports whether name is spelled like a mesh identity or
+// a glob of them: it holds an '@' or ends with ".mesh". Only the mesh CA
+// vouches for such names.
+func identityShaped(name string) bool {
+	return strings.Contains(name, "@") || strings.HasSuffix(name, identity.NodeSuffix)
 }
 
 // LegacyName is the Name of a caller admitted by the legacy bearer path,
@@ -92,14 +142,17 @@ func AgentID(p *trust.Peer) (string, error) {
 	return cn, nil
 }
 
-// CallerOf derives the Caller of a peer a trust.Chain verified.
+// CallerOf derives the Caller of a peer a trust.Chain verified. The mesh
+// identity is kept only when the mesh CA vouched for it, the SPIFFE ID
+// only when the peer's source vouched for it (trust.Peer.SPIFFEID).
 func CallerOf(p *trust.Peer) *Caller {
-	c := &Caller{Name: p.Name(), Identity: p.Identity, Entity: p.Entity, Fingerprint: p.Fingerprint, Peer: p}
-	if !p.Identity.IsZero() {
+	c := &Caller{Name: p.Name(), Entity: p.Entity, Source: p.Backend, MeshCA: p.MeshCA, Fingerprint: p.Fingerprint, Peer: p}
+	if p.MeshCA && !p.Identity.IsZero() {
+		c.Identity = p.Identity
 		c.Name = p.Identity.CommonName()
 	}
-	if id, err := x509svid.IDFromCert(p.Leaf); err == nil {
-		c.SPIFFEID, c.TrustDomain = id.String(), id.TrustDomain().Name()
+	if !p.SPIFFEID.IsZero() {
+		c.SPIFFEID, c.TrustDomain = p.SPIFFEID.String(), p.SPIFFEID.TrustDomain().Name()
 	}
 	return c
 }
@@ -117,4 +170,103 @@ func FromContext(ctx context.Context) (*Caller, bool) {
 // without the middleware and for services that verify by other means.
 func WithCaller(ctx context.Context, c *Caller) context.Context {
 	return context.WithValue(ctx, callerKey{}, verified{caller: c})
+}
+
+// SourceMeshCA is the trust backend of the mesh CA: a modelled caller
+// (CallerFor) of this source without an entity is one the mesh CA
+// vouched for.
+const SourceMeshCA = "localca"
+
+// SourceSPIRE is the trust backend of SPIFFE bundles: a modelled caller
+// of this source bears the SPIFFE ID its trust domain's bundle vouched for.
+const SourceSPIRE = "spire"
+
+// ModelSource says where a modelled caller's certificate comes from
+// (CallerFor): the trust backend that would admit it and the entity its
+// CA is registered under. The zero value is the mesh CA.
+type ModelSource struct {
+	// Backend is the trust backend's name (SourceMeshCA, "filestore",
+	// "entities", "k8s-secrets", SourceSPIRE). "" is the mesh CA, or
+	// "entities" with an Entity, or SourceSPIRE for a SPIFFE ID outside
+	// the mesh's trust domain (no other source vouches for one).
+	Backend string
+	// Entity is the partner entity whose CA would sign the certificate;
+	// "" for the mesh's own CAs.
+	Entity string
+}
+
+// CallerFor returns the Caller a certificate of principal would be, for
+// answering "may X do Y?" without a certificate (meshctl policy check):
+// an identity or CN ("opus@ct111", "weather-agent"), a SPIFFE ID,
+// AnonymousName or LegacyName, coming from src. It bears the names src
+// may vouch for, as CallerOf's would: the mesh CA issues only mesh
+// identities (a SPIFFE ID of its trust domain td is one), a SPIFFE bundle
+// only SPIFFE IDs, any other source a CN that is neither a mesh identity
+// nor a SPIFFE ID to the policy. A principal its source cannot issue is an
+// error saying which source to name.
+func CallerFor(principal string, src ModelSource, td spiffeid.TrustDomain) (*Caller, error) {
+	switch principal {
+	case "":
+		return nil, errors.New("empty identity: name one (opus@ct111, ct111.mesh, spiffe://td/path, anonymous)")
+	case AnonymousName:
+		return anonymous, nil
+	case LegacyName:
+		return &Caller{Name: LegacyName, Legacy: true}, nil
+	}
+	if src.Entity != "" {
+		if err := identity.ValidateID(src.Entity); err != nil {
+			return nil, fmt.Errorf("entity %q: %w", src.Entity, err)
+		}
+	}
+	var sid spiffeid.ID
+	if strings.HasPrefix(principal, "spiffe://") {
+		var err error
+		if sid, err = spiffeid.FromString(principal); err != nil {
+			return nil, fmt.Errorf("SPIFFE ID %q: %w", principal, err)
+		}
+	}
+	backend := src.Backend
+	switch {
+	case backend != "":
+	case src.Entity != "":
+		backend = "entities"
+	case !sid.IsZero() && sid.TrustDomain() != td:
+		backend = SourceSPIRE
+	default:
+		backend = SourceMeshCA
+	}
+	c := &Caller{Name: principal, Entity: src.Entity, Source: backend}
+	switch {
+	case backend == SourceMeshCA && src.Entity == "":
+		// The mesh CA: a mesh identity, its SPIFFE ID in td.
+		id, err := identity.Parse(principal)
+		if !sid.IsZero() {
+			if sid.TrustDomain() != td {
+				return nil, fmt.Errorf("the mesh CA issues SPIFFE IDs of trust domain %q only, not %s: name the source that vouches for it (--source %s)", td.Name(), principal, SourceSPIRE)
+			}
+			id, err = identity.FromSPIFFEID(sid)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("the mesh CA issues only mesh identities (opus@ct111, ct111.mesh, alice@external), not %q: name the source of its certificate (--source filestore, --source %s, --entity <name>): %w", principal, SourceSPIRE, err)
+		}
+		c.MeshCA, c.Identity, c.Name = true, id, id.CommonName()
+		if s, err := id.SPIFFEID(td); err == nil && !td.IsZero() {
+			c.SPIFFEID, c.TrustDomain = s.String(), td.Name()
+		}
+	case backend == SourceMeshCA:
+		return nil, fmt.Errorf("the mesh CA (%s) signs for no entity; a partner entity's CA is %q", SourceMeshCA, "entities")
+	case backend == SourceSPIRE:
+		if sid.IsZero() {
+			return nil, fmt.Errorf("the %s source vouches for SPIFFE IDs only, not %q", SourceSPIRE, principal)
+		}
+		// Its bundle vouches for the ID; the entity is the trust
+		// domain's name unless mapped (spirebundle.Config.Entities).
+		c.SPIFFEID, c.TrustDomain = sid.String(), sid.TrustDomain().Name()
+		if c.Entity == "" {
+			c.Entity = sid.TrustDomain().Name()
+		}
+	}
+	// Any other source vouches for neither a mesh identity nor a SPIFFE
+	// ID, whatever its certificate says: the principal stays a bare CN.
+	return c, nil
 }

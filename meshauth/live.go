@@ -2,7 +2,6 @@ package meshauth
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,9 +12,6 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/meshtrust/meshtrust/identity"
 )
 
 // LivePolicy is a policy that can be replaced while requests are being
@@ -170,40 +166,4 @@ func (f *PolicyFile) Close() error {
 	err := f.watcher.Close()
 	<-f.done
 	return err
-}
-
-// CallerFor returns the Caller a certificate of principal would be, for
-// answering "may X do Y?" without a certificate (meshctl policy check):
-// an identity or CN ("opus@ct111"), a SPIFFE ID, AnonymousName or
-// LegacyName. entity is the partner entity whose CA would sign it, ""
-// for the mesh's own; td is the trust domain of a mesh identity's SPIFFE
-// ID.
-func CallerFor(principal, entity string, td spiffeid.TrustDomain) (*Caller, error) {
-	switch principal {
-	case "":
-		return nil, errors.New("empty identity: name one (opus@ct111, ct111.mesh, spiffe://td/path, anonymous)")
-	case AnonymousName:
-		return anonymous, nil
-	case LegacyName:
-		return &Caller{Name: LegacyName, Legacy: true}, nil
-	}
-	c := &Caller{Name: principal, Entity: entity}
-	if strings.HasPrefix(principal, "spiffe://") {
-		sid, err := spiffeid.FromString(principal)
-		if err != nil {
-			return nil, fmt.Errorf("SPIFFE ID %q: %w", principal, err)
-		}
-		c.SPIFFEID, c.TrustDomain = sid.String(), sid.TrustDomain().Name()
-		if id, err := identity.FromSPIFFEID(sid); err == nil {
-			c.Identity, c.Name = id, id.CommonName()
-		}
-		return c, nil
-	}
-	if id, err := identity.Parse(principal); err == nil {
-		c.Identity = id
-		if sid, err := id.SPIFFEID(td); err == nil && !td.IsZero() {
-			c.SPIFFEID, c.TrustDomain = sid.String(), td.Name()
-		}
-	}
-	return c, nil
 }

@@ -24,12 +24,16 @@ import (
 //	rules:
 //	  - name: opus-tools              # names the rule in decisions; unique
 //	    who:                          # any of:
-//	      - opus@ct111                #   an identity (a certificate's mesh name or CN)
-//	      - "*@ct112"                 #   a node's agents
+//	      - opus@ct111                #   a mesh identity (the mesh CA's certificates only)
+//	      - "*@ct112"                 #   a node's agents (the mesh CA's only)
+//	      - weather-agent             #   a CN of the mesh's own other CAs (trust dir)
 //	      - "entity:partner-corp"     #   a partner entity's certificates
-//	      - spiffe://example.org      #   a SPIFFE trust domain
+//	      - "entity:partner-corp/ops@dev1" # a CN, or a glob of CNs, of that entity's CA
+//	      - "source:filestore/ops@dev1"    # a CN, or a glob of CNs, of one trust source
+//	      - "source:spire"            #   every certificate of one trust source
+//	      - spiffe://example.org      #   a SPIFFE trust domain (its own bundle only)
 //	      - spiffe://example.org/ns/* #   SPIFFE IDs (globs)
-//	      - "*"                       #   any verified certificate
+//	      - "*"                       #   any verified certificate, partners' included
 //	      - anonymous                 #   a caller without one (Config.Anonymous)
 //	      - legacy:bearer             #   the legacy bearer path (Config.Legacy)
 //	    http: ["GET /agents", "POST /files/**", "* /health"]
@@ -39,6 +43,13 @@ import (
 //	      tools: ["search_*", read_file]     # tools/call params.name
 //	      resources: ["file:///docs/**"]     # resources/read params.uri
 //	      prompts: [summarize]               # prompts/get params.name
+//
+// A principal is met only by a certificate whose trust source may vouch
+// for it (docs/identity-binding.md, "meshauth"): a mesh identity, a node,
+// *@node and a glob of identities by the mesh CA alone; a SPIFFE ID by
+// the mesh CA for its own trust domain or by that trust domain's own
+// bundle; a partner's certificate only by the entity:, source: and "*"
+// principals, which name where it comes from.
 //
 // In patterns '*' matches any run of characters other than '/', "**" any
 // run at all. tools/call, prompts/get and resources/read are allowed only
@@ -54,6 +65,11 @@ type Policy struct {
 	nodeGlobs, domainGlobs                        map[string][]whoGlob
 	looseNames, looseEntities                     []whoGlob
 	any, anonymous, legacy                        []int
+	// sources indexes source:<backend>; qualified the CN patterns of
+	// entity:<name>/<cn> and source:<backend>/<cn>, keyed by
+	// "entity:<name>" or "source:<backend>".
+	sources   map[string][]int
+	qualified map[string][]whoGlob
 }
 
 type whoGlob struct {
@@ -182,7 +198,8 @@ func ParsePolicy(file string, data []byte) (*Policy, error) {
 
 func newPolicy() *Policy {
 	return &Policy{names: map[string][]int{}, agentsOf: map[string][]int{}, entities: map[string][]int{},
-		spiffeIDs: map[string][]int{}, domains: map[string][]int{}, nodeGlobs: map[string][]whoGlob{}, domainGlobs: map[string][]whoGlob{}}
+		spiffeIDs: map[string][]int{}, domains: map[string][]int{}, nodeGlobs: map[string][]whoGlob{}, domainGlobs: map[string][]whoGlob{},
+		sources: map[string][]int{}, qualified: map[string][]whoGlob{}}
 }
 
 type perrFunc func(line int, rule string, format string, args ...any) error
@@ -379,6 +396,9 @@ func (p *Policy) addWho(w string, i int) error {
 		p.anonymous = append(p.anonymous, i)
 	case w == LegacyName:
 		p.legacy = append(p.legacy, i)
+	case strings.HasPrefix(w, "entity:") && strings.Contains(w, "/"),
+		strings.HasPrefix(w, "source:"):
+		return p.addQualified(w, i)
 	case strings.HasPrefix(w, "entity:"):
 		e := strings.TrimPrefix(w, "entity:")
 		if isGlob(e) {
@@ -441,6 +461,32 @@ func (p *Policy) addWho(w string, i int) error {
 	return nil
 }
 
+// addQualified indexes a principal that names where its certificates come
+// from: entity:<name>/<cn>, source:<backend> or source:<backend>/<cn>,
+// the <cn> exact or a glob. The entity or backend is exact: it is the
+// trust source the rule is written for.
+func (p *Policy) addQualified(w string, i int) error {
+	kind, rest, _ := strings.Cut(w, ":")
+	src, cn, hasCN := strings.Cut(rest, "/")
+	if err := identity.ValidateID(src); err != nil {
+		return fmt.Errorf("want %s:<%s>[/<common name or glob>], the %s exact: %w", kind, map[string]string{"entity": "entity name", "source": "trust backend"}[kind], kind, err)
+	}
+	if !hasCN {
+		p.sources[src] = append(p.sources[src], i)
+		return nil
+	}
+	if cn == "" || strings.ContainsAny(cn, " \t") {
+		return fmt.Errorf("want %s:%s/<common name or glob>", kind, src)
+	}
+	g, err := compileGlob(cn)
+	if err != nil {
+		return err
+	}
+	key := kind + ":" + src
+	p.qualified[key] = append(p.qualified[key], whoGlob{g, i})
+	return nil
+}
+
 // Rules returns the number of rules.
 func (p *Policy) Rules() int { return len(p.rules) }
 
@@ -474,16 +520,35 @@ func (p *Policy) Authorize(c *Caller, op *Operation) Decision {
 		try(p.anonymous)
 	default:
 		try(p.any)
-		try(p.names[c.Name])
-		tryGlobs(p.looseNames, c.Name)
-		if c.Identity.Kind == identity.KindAgent {
+		// Plain names (opus@ct111, ct111.mesh, weather-agent, globs of
+		// them): the mesh CA's identity, compared as its CommonName, or a
+		// CN of the mesh's own other CAs that is not shaped like one;
+		// never a partner's CN (Caller.bareName).
+		if name, ok := c.bareName(); ok {
+			try(p.names[name])
+			tryGlobs(p.looseNames, name)
+		}
+		// *@node, <glob>@node: the node of an agent identity the mesh CA
+		// vouched for, compared as identity.Identity.Node.
+		if c.MeshCA && c.Identity.Kind == identity.KindAgent {
 			try(p.agentsOf[c.Identity.Node])
 			tryGlobs(p.nodeGlobs[c.Identity.Node], c.Name)
 		}
+		// entity:<name>[/<cn>]: the name the partner's CA was registered
+		// under (never an O it wrote), then its certificate's CN as is.
 		if c.Entity != "" {
 			try(p.entities[c.Entity])
 			tryGlobs(p.looseEntities, c.Entity)
+			tryGlobs(p.qualified["entity:"+c.Entity], c.Name)
 		}
+		// source:<backend>[/<cn>]: the backend that admitted the chain.
+		if c.Source != "" {
+			try(p.sources[c.Source])
+			tryGlobs(p.qualified["source:"+c.Source], c.Name)
+		}
+		// spiffe://...: an ID the mesh CA (its own trust domain) or the
+		// ID's own trust domain's bundle vouched for, as
+		// spiffeid.ID.String writes it.
 		if c.SPIFFEID != "" {
 			try(p.spiffeIDs[c.SPIFFEID])
 			try(p.domains[c.TrustDomain])

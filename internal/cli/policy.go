@@ -114,15 +114,20 @@ func policySetCmd(g *globals) *cobra.Command {
 }
 
 func policyCheckCmd(g *globals) *cobra.Command {
-	var name, entity string
+	var name, source, entity string
 	cmd := &cobra.Command{
 		Use:   "check <identity> <operation>",
 		Short: "Say whether an identity may perform an operation, and which rule decides",
 		Long: `The identity is a certificate's name (opus@ct111, ct111.mesh, alice@external,
-or a SPIFFE ID), anonymous or legacy:bearer; --entity names the partner entity
-whose CA would sign it. The operation is "METHOD /path", "grpc /pkg.Service/Method",
+weather-agent, or a SPIFFE ID), anonymous or legacy:bearer. --source names the
+trust backend that would admit its certificate (localca, the mesh CA, by
+default; filestore, entities, spire, k8s-secrets) and --entity the partner
+entity whose CA would sign it: the identity is checked with only the names
+that source may vouch for, as a real certificate would be (a partner's CA
+never satisfies a rule for opus@ct111). The operation is "METHOD /path", "grpc /pkg.Service/Method",
 or "mcp <method> [tool, prompt or resource]".`,
 		Example: `  meshctl --data-dir ./meshtrust-data policy check alice@external GET /admin/agents
+  meshctl --data-dir ./meshtrust-data policy check --policy mcp-tools --entity partner-corp ops@dev1 mcp tools/call search_docs
   meshctl --data-dir ./meshtrust-data policy check --policy mcp-tools opus@ct111 mcp tools/call search_docs`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, a []string) error {
@@ -133,7 +138,7 @@ or "mcp <method> [tool, prompt or resource]".`,
 			return g.withAdmin(cmd, func(c *adminClient) error {
 				var out meshapi.PolicyCheckResponse
 				data, err := c.call(cmd.Context(), http.MethodPost, policyPath(name)+"/check",
-					meshapi.PolicyCheckRequest{Identity: a[0], Entity: entity, Operation: op}, &out)
+					meshapi.PolicyCheckRequest{Identity: a[0], Source: source, Entity: entity, Operation: op}, &out)
 				if err != nil {
 					return err
 				}
@@ -154,6 +159,7 @@ or "mcp <method> [tool, prompt or resource]".`,
 		},
 	}
 	cmd.Flags().StringVar(&name, "policy", adminPolicy, "the policy to check against")
+	cmd.Flags().StringVar(&source, "source", "", "the trust backend that admits the identity's certificate (default: the mesh CA, localca; with --entity, entities)")
 	cmd.Flags().StringVar(&entity, "entity", "", "the partner entity whose CA signs the identity's certificate")
 	addJSON(cmd, g)
 	return cmd

@@ -132,7 +132,7 @@ func (s *Server) checkPolicy(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	var req meshapi.PolicyCheckRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
-		s.adminError(w, r, http.StatusBadRequest, `body must be JSON {"identity", "operation"[, "entity"]}: `+err.Error())
+		s.adminError(w, r, http.StatusBadRequest, `body must be JSON {"identity", "operation"[, "source", "entity"]}: `+err.Error())
 		return
 	}
 	doc, err := s.storedPolicy(r.Context(), name)
@@ -153,7 +153,9 @@ func (s *Server) checkPolicy(w http.ResponseWriter, r *http.Request) {
 	if s.auth != nil {
 		td = s.auth.TrustDomain()
 	}
-	c, err := meshauth.CallerFor(req.Identity, req.Entity, td)
+	// The modelled caller bears what its source may vouch for, as
+	// meshauth.CallerOf derives a real one's names (the mesh CA by default).
+	c, err := meshauth.CallerFor(req.Identity, meshauth.ModelSource{Backend: req.Source, Entity: req.Entity}, td)
 	if err != nil {
 		s.adminError(w, r, http.StatusBadRequest, err.Error())
 		return
