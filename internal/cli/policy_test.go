@@ -41,11 +41,17 @@ func TestPolicyCommands(t *testing.T) {
 		{[]string{"alice@external", "GET", "/admin/entities"}, "allow: rule \"readers\" of meshd-admin\n"},
 		{[]string{"alice@external", "POST", "/admin/revoke"}, "deny: no rule of meshd-admin allows alice@external POST /admin/revoke (default deny)\n"},
 		{[]string{"admin@external", "POST /admin/revoke"}, "allow: rule \"admins\" of meshd-admin\n"},
+		{[]string{"--source", "localca", "admin@external", "POST /admin/revoke"}, "allow: rule \"admins\" of meshd-admin\n"},
+		// A partner's CA may write admin@external into a certificate; only
+		// the mesh CA vouches for it.
+		{[]string{"--entity", "partner-corp", "admin@external", "POST /admin/revoke"}, "deny: no rule of meshd-admin allows admin@external POST /admin/revoke (default deny)\n"},
+		{[]string{"--source", "filestore", "admin@external", "POST /admin/revoke"}, "deny: no rule of meshd-admin allows admin@external POST /admin/revoke (default deny)\n"},
 	} {
 		if r := m.mustCtl(append([]string{"policy", "check"}, c.args...)...); r.stdout != c.want {
 			t.Errorf("check %v: %q, want %q", c.args, r.stdout, c.want)
 		}
 	}
+	requireRefused(t, "a mesh identity from a SPIFFE bundle", m.ctl("policy", "check", "--source", "spire", "admin@external", "GET", "/admin/agents"), "vouches for SPIFFE IDs only")
 	requireRefused(t, "a bad operation", m.ctl("policy", "check", "alice@external", "frobnicate"), `operation "frobnicate"`)
 	requireRefused(t, "an unknown policy", m.ctl("policy", "get", "nope"), `no policy "nope"`)
 }
