@@ -167,3 +167,55 @@ func opensslOutput(t testing.TB, args ...string) (string, error) {
 	out, err := exec.Command(bin, args...).CombinedOutput()
 	return string(out), err
 }
+
+// TestE2ECRLSignedBesideIsResigned: while meshd runs, a CRL is signed
+// beside it with a 3s validity (`meshctl --crl-validity 3s ca crl` on the
+// same data directory). meshd re-signs it before that CRL's own
+// next-update, with its own validity, instead of serving it expired until
+// a third of its own --crl-validity has passed.
+func TestE2ECRLSignedBesideIsResigned(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	served := func() []*x509.RevocationList {
+		r := doHeader(t, e.freshClient(nil), "GET", e.baseURL()+"/crl", http.Header{"Accept": {"application/x-pem-file"}}, nil)
+		if r.code != http.StatusOK {
+			t.Fatalf("GET /crl: %s", r)
+		}
+		var out []*x509.RevocationList
+		for rest := r.body; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				return out
+			}
+			crl, err := x509.ParseRevocationList(block.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, crl)
+		}
+	}
+	// The CA's first CRL was signed a month ago (newMeshCA): meshd
+	// re-signs it when it starts. Only then is the CRL signed beside it.
+	eventually(t, 20*time.Second, "meshd re-signs the CRL it started with", func() bool {
+		crls := served()
+		return len(crls) > 0 && crls[0].NextUpdate.After(time.Now().Add(time.Hour))
+	})
+	cfg := e.ca.cfg
+	cfg.CRLValidity = 3 * time.Second
+	meshctl, err := ca.Open(t.Context(), cfg, e.ca.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, err := meshctl.RebuildCRL(t.Context())
+	if err != nil || len(short) == 0 {
+		t.Fatalf("RebuildCRL with a 3s validity = %d CRLs, %v", len(short), err)
+	}
+	eventually(t, 20*time.Second, "meshd re-signs the 3s CRL signed beside it", func() bool {
+		crls := served()
+		for _, crl := range crls {
+			if !crl.NextUpdate.After(short[0].NextUpdate.Add(time.Hour)) {
+				return false
+			}
+		}
+		return len(crls) > 0
+	})
+}
