@@ -222,10 +222,14 @@ func TestMCPIdentifiesBeforeReadingBody(t *testing.T) {
 		{"headers name a tool it may not call", &opus, []string{"Mcp-Method", "tools/call", "Mcp-Name", "delete_all"}, 403},
 		{"headers name a method it may not call", &opus, []string{"Mcp-Method", "sampling/createMessage"}, 403},
 		{"headers name a resource up a dot segment", &opus, []string{"Mcp-Method", "resources/read", "Mcp-Name", "file:///docs/../etc/shadow"}, 400},
+		{"endpoint path up a dot segment", &opus, []string{"X-Path", "/mcp/../admin"}, 400},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := httptest.NewRequest("POST", "https://mcp.example/mcp", nil)
+			if len(tt.headers) == 2 && tt.headers[0] == "X-Path" {
+				r.URL.Path, tt.headers = tt.headers[1], nil
+			}
 			r.Body = unreadBody{t}
 			r.ContentLength = 4 << 20
 			if tt.cert != nil {

@@ -85,11 +85,17 @@ func (a *Auth) MCP(h http.Handler) http.Handler {
 		// so a caller without an identity costs no more than its headers.
 		c, gen, rf := a.identifyHTTP(r)
 		if rf == nil {
-			if hm, ok := headerMessage(r.Header); ok {
-				rf = a.authorizeRPC(c, hm, false)
+			// The endpoint's own path too: h may route by it.
+			if rf = notCanonicalPath(r); rf != nil {
+				a.refused(&op, rf)
 			}
 		} else {
 			a.refused(&op, rf)
+		}
+		if rf == nil {
+			if hm, ok := headerMessage(r.Header); ok {
+				rf = a.authorizeRPC(c, hm, false)
+			}
 		}
 		if rf != nil {
 			a.writeRPCRefusal(w, nil, rpcCode(rf), rf)
