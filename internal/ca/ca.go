@@ -36,7 +36,9 @@ type CA struct {
 	chainPEM []byte
 
 	// What this process last wrote to crl.pem (guarded by crlMu): its
-	// this-update, and the newest revocation Seq it lists.
+	// this-update, and the newest revocation Seq it lists. Lock order: mu
+	// and crlMu are never held together; neither is held across a read
+	// or write of crl.pem or the store.
 	crlMu     sync.Mutex
 	crlThis   time.Time
 	crlRevSeq int64

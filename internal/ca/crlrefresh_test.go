@@ -3,6 +3,8 @@ package ca_test
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -152,4 +154,65 @@ func TestCRLRefresherRunSeesCRLSignedBeside(t *testing.T) {
 		}
 	}
 	t.Fatalf("crl.pem, signed beside the refresher to expire at %s, was not re-signed", expires.Format(time.RFC3339))
+}
+
+// TestCRLDueConcurrent: refreshers' Due, read from many goroutines while
+// CRLs are signed beside them and by them, each time sees either the
+// refresher's own schedule or the short CRL's, never a torn or zero
+// reading, and once the short CRL is written every goroutine sees it due.
+func TestCRLDueConcurrent(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	r := f.ca.NewCRLRefresher(nil)
+	if _, err := f.ca.RebuildCRL(ctx); err != nil {
+		t.Fatal(err)
+	}
+	own := r.Due()
+	if own <= 0 || own > ca.DefaultCRLValidity/3 {
+		t.Fatalf("Due of a fresh CRL = %s, want within a third of %s", own, ca.DefaultCRLValidity)
+	}
+	const readers = 8
+	var (
+		wg      sync.WaitGroup
+		written = make(chan struct{})
+		bad     = make([]string, readers)
+	)
+	for i := range readers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-written:
+					if d := r.Due(); d > 0 {
+						bad[i] = fmt.Sprintf("after the 3s CRL was written, Due = %s", d)
+					}
+					return
+				default:
+				}
+				if d := r.Due(); d != own && d > 0 {
+					bad[i] = fmt.Sprintf("read %d: Due = %s, want %s (own schedule) or due now", n, d, own)
+					return
+				}
+				if n >= 200 {
+					<-written
+				}
+			}
+		}()
+	}
+	// The refresher's own CA rebuilds (at the same instant, so on the same
+	// schedule) while the readers read; then the short CRL is written.
+	for range 3 {
+		if _, err := f.ca.RebuildCRL(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	signBeside(t, f, 3*time.Second)
+	close(written)
+	wg.Wait()
+	for i, b := range bad {
+		if b != "" {
+			t.Errorf("reader %d: %s", i, b)
+		}
+	}
 }
