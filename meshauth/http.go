@@ -22,7 +22,9 @@ func (a *Auth) Handler(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The path a rule compares is r.URL.Path, percent-decoded, and
 		// only once it is canonical: what the handler, a file server or a
-		// router behind reads from r.URL is then that same name.
+		// router behind reads from r.URL is then that same name. No trust
+		// source vouches for a path (the caller chose it); who may use it
+		// is the caller's verified identity, decided by the Authorizer.
 		op := Operation{Kind: KindHTTP, Method: r.Method, Path: r.URL.Path}
 		c, gen, rf := a.identifyHTTP(r)
 		if rf == nil {

@@ -151,7 +151,8 @@ func (a *Auth) authorizeRPC(c *Caller, msg rpcMessage, count bool) *refusal {
 	op := Operation{Kind: KindMCP, MCPMethod: msg.Method, Name: msg.name}
 	if msg.gate == "resources/read" {
 		// A resource URI is compared as sent, and only once canonical:
-		// the server behind reads exactly the URI a rule matched.
+		// the server behind reads exactly the URI a rule matched. The
+		// caller chose it; no trust source vouches for it.
 		if err := canonicalURI(msg.name); err != nil {
 			rf := &refusal{code: http.StatusBadRequest, reason: ReasonNotCanonical, detail: fmt.Sprintf("%s: resource %q: %v", msg.Method, msg.name, err), cause: err}
 			a.refused(&op, rf)
