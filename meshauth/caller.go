@@ -119,8 +119,28 @@ func (c *Caller) Certificate() *x509.Certificate {
 // for: the <agent-id> of a mesh agent identity <agent-id>@<node-id>, or,
 // for a certificate that is not a mesh identity, its common name if that
 // is a valid id. Node and external-user certificates speak for no agent.
+//
+// Only as the caller's source vouches: a mesh identity's <agent-id> on a
+// certificate of the mesh CA alone, a plain CN on one of the mesh's own
+// other CAs (entity ""). A partner entity's certificate, or one a SPIFFE
+// bundle vouched for, speaks for no agent here, whatever its CN: which ids
+// a partner may claim is its namespace in meshd's registry, which
+// meshauth does not hold (AgentID, the registry's CN form, applies no
+// source rule).
 func (c *Caller) AgentID() (string, error) {
-	return AgentID(c.Peer)
+	id, err := AgentID(c.Peer)
+	if err != nil {
+		return "", err
+	}
+	if !c.MeshCA {
+		if c.Entity != "" {
+			return "", fmt.Errorf("%q is a certificate of entity %q, whose agent ids meshd's registry binds by the entity's namespace; here it speaks for no agent (allow it by an entity:%s rule)", c.Name, c.Entity, c.Entity)
+		}
+		if identityShaped(c.Peer.Leaf.Subject.CommonName) {
+			return "", fmt.Errorf("%q is a mesh identity's name on a certificate of trust source %q; only the mesh CA vouches for one, so it speaks for no agent", c.Peer.Leaf.Subject.CommonName, c.Source)
+		}
+	}
+	return id, nil
 }
 
 // AgentID returns the agent id a verified peer may speak for; see

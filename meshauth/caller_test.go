@@ -20,8 +20,10 @@ func TestAgentID(t *testing.T) {
 		{name: "mesh agent", leaf: w.mesh.agent(t, "opus", "ct111"), want: "opus"},
 		{name: "mesh node", leaf: w.mesh.leaf(t, "ct111.mesh", "spiffe://mesh.local/node/ct111", "ct111.mesh"), wantErr: "node certificate"},
 		{name: "mesh external user", leaf: w.mesh.leaf(t, "alice@external", "spiffe://mesh.local/external/alice"), wantErr: "external certificate"},
-		{name: "entity certificate with a plain CN", leaf: w.partner.leaf(t, "scout", ""), want: "scout"},
-		{name: "entity certificate named like a mesh agent", leaf: w.partner.leaf(t, "scout@dc1", ""), want: "scout"},
+		// A partner's ids are its namespace in meshd's registry, which
+		// meshauth does not hold: here its certificates speak for none.
+		{name: "entity certificate with a plain CN", leaf: w.partner.leaf(t, "scout", ""), wantErr: "speaks for no agent"},
+		{name: "entity certificate named like a mesh agent", leaf: w.partner.leaf(t, "scout@dc1", ""), wantErr: "speaks for no agent"},
 		{name: "entity certificate named like a mesh node", leaf: w.partner.leaf(t, "dc1.mesh", ""), wantErr: "node certificate"},
 		{name: "entity certificate with an invalid CN", leaf: w.partner.leaf(t, "Scout Agent", ""), wantErr: "does not name an agent"},
 		{name: "entity certificate with an empty CN", leaf: w.partner.leaf(t, "", ""), wantErr: "does not name an agent"},

@@ -293,3 +293,27 @@ func TestQualifiedPrincipalsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentIDBySource: a caller speaks for an agent id only as its source
+// vouches; on the code before, partner-corp's ops@dev1 spoke for "ops".
+func TestAgentIDBySource(t *testing.T) {
+	w := newPrincipalsWorld(t)
+	tests := []struct {
+		name string
+		cert tls.Certificate
+		want string // "" for none
+	}{
+		{"mesh ops@dev1", w.mesh.agent(t, "ops", "dev1"), "ops"},
+		{"partner ops@dev1", w.partner.leaf(t, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops"), ""},
+		{"partner weather-agent", w.partner.leaf(t, "weather-agent", ""), ""},
+		{"trust dir ops@dev1", w.trustDir.leaf(t, "ops@dev1", ""), ""},
+		{"trust dir weather-agent", w.trustDir.leaf(t, "weather-agent", ""), "weather-agent"},
+		{"spire agent", w.spire.leaf(t, "ops@dev1", "spiffe://example.org/agent/dev1/ops"), ""},
+	}
+	for _, tt := range tests {
+		id, err := w.caller(t, tt.cert).AgentID()
+		if id != tt.want || (err == nil) != (tt.want != "") {
+			t.Errorf("%s: %q, %v; want %q", tt.name, id, err, tt.want)
+		}
+	}
+}
