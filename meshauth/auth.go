@@ -290,8 +290,13 @@ func (a *Auth) decide(c *Caller, op *Operation) (Decision, *refusal) {
 		}
 		return d, nil
 	}
+	who := c.Name
+	if c.Entity != "" {
+		// A partner's certificate may carry a mesh name; say whose it is.
+		who = fmt.Sprintf("%s (a certificate of entity %s)", c.Name, c.Entity)
+	}
 	rf := &refusal{code: 403, reason: ReasonForbidden,
-		detail: fmt.Sprintf("%s may not call %s (%s); ask an operator to allow it in the policy", c.Name, op, d.Rule)}
+		detail: fmt.Sprintf("%s may not call %s (%s); ask an operator to allow it in the policy", who, op, d.Rule)}
 	a.count(rf.reason)
 	if a.cfg.DecisionLog != nil {
 		a.logDecision(c, op, d, rf.reason)
@@ -315,6 +320,9 @@ func (a *Auth) logDecision(c *Caller, op *Operation, d Decision, reason string) 
 		outcome = "allow"
 	}
 	args := []any{"outcome", outcome, "who", c.Name, "operation", op.String(), "rule", d.Rule, "reason", reason}
+	if c.Source != "" {
+		args = append(args, "source", c.Source)
+	}
 	if c.Entity != "" {
 		args = append(args, "entity", c.Entity)
 	}

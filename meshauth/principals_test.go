@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -220,7 +221,7 @@ func TestPartnerRefusedOverTLS(t *testing.T) {
 	if r := do(t, client(srv, &mesh), "POST", srv.URL+"/delete_everything", ""); r.code != 200 {
 		t.Fatalf("the mesh CA's ops@dev1: %d %s", r.code, r.body)
 	}
-	if r := do(t, client(srv, &partner), "POST", srv.URL+"/delete_everything", ""); r.code != 403 {
+	if r := do(t, client(srv, &partner), "POST", srv.URL+"/delete_everything", ""); r.code != 403 || !strings.Contains(r.body, "ops@dev1 (a certificate of entity partner-corp) may not call") {
 		t.Fatalf("partner-corp's ops@dev1: %d %s", r.code, r.body)
 	}
 	if r := do(t, client(srv, &partner), "GET", srv.URL+"/partner-ops", ""); r.code != 200 {
