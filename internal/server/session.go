@@ -3,7 +3,6 @@ package server
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
@@ -33,8 +32,9 @@ func (s *Server) openSessions() error {
 }
 
 // attachSession is POST /session/attach, the seed's session.attach: the
-// certificate's agent id must be the one claimed; the token is bound to
-// the certificate.
+// certificate must be one the registry would let speak for the agent id
+// claimed (registry.Authorize, the heartbeat's decision); the token is
+// bound to the certificate.
 func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
 	if s.sessions == nil {
 		s.refuse(w, r, http.StatusNotFound, "no_sessions", "this meshd has no session signing keys (no local CA and no --session-keys-dir)")
@@ -49,14 +49,14 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, peer *tru
 		s.refuse(w, r, http.StatusBadRequest, "bad_request", `body must be JSON {"agent_id": "<the agent id your certificate names>"}`)
 		return
 	}
-	allowed, err := meshauth.AgentID(peer)
-	if err != nil {
-		s.refuse(w, r, http.StatusForbidden, "identity_mismatch", err.Error())
-		return
-	}
-	if allowed != req.AgentID {
-		s.refuse(w, r, http.StatusForbidden, "identity_mismatch",
-			fmt.Sprintf("certificate %q speaks for agent %q, not %q", peer.Name(), allowed, req.AgentID))
+	// The agent id is vouched for exactly as a heartbeat's is, by the one
+	// registry decision: the binding of the trust source that admitted
+	// the certificate (peer.Backend; the mesh CA's by exact CN), the
+	// namespace of its entity (peer.Entity), and the owner, entity and
+	// source of a record that already holds the id (first claim). The
+	// canonical string compared is the agent id as the registry keys it.
+	if err := s.reg.Authorize(peer, req.AgentID); err != nil {
+		s.registryError(w, r, "", err)
 		return
 	}
 	caller := meshauth.CallerOf(peer)
