@@ -63,8 +63,11 @@ const (
 	// in, Policy out); PathAdminPolicies + "/" + name + "/check" is POST
 	// (PolicyCheckRequest in, PolicyCheckResponse out).
 	PathAdminPolicies = "/admin/policies"
-	// PathAdminSessionKeys + "/rotate" is POST: a new session signing
-	// key (SessionKeyRotateResponse out).
+	// PathAdminSessionKeys is GET: the session signing keys whose tokens
+	// are accepted (SessionKeysResponse). + "/rotate" is POST: a new
+	// session signing key (SessionKeyRotateResponse out). + "/{kid}" is
+	// DELETE: drop the rotated-out key kid at once (SessionKeysResponse
+	// out, the keys left).
 	PathAdminSessionKeys = "/admin/session-keys"
 )
 
@@ -328,6 +331,21 @@ type SessionAttachResponse struct {
 // SessionKeyRotateResponse names the new session signing key.
 type SessionKeyRotateResponse struct {
 	KeyID string `json:"key_id"`
+}
+
+// SessionKey is a session signing key whose tokens are accepted: the
+// current one, or the rotated-out one until its overlap ends.
+type SessionKey struct {
+	KeyID   string `json:"key_id"`
+	Current bool   `json:"current"`
+	// Until is when a rotated-out key stops being accepted.
+	Until time.Time `json:"until,omitzero"`
+}
+
+// SessionKeysResponse lists the session signing keys, the current one
+// first.
+type SessionKeysResponse struct {
+	Keys []SessionKey `json:"keys"`
 }
 
 // Policy is an allow-list policy kept in meshd's store: its YAML

@@ -48,6 +48,12 @@ type Config struct {
 	// JWKS). Without it the Authorization header is not read, but for the
 	// Legacy path.
 	Tokens TokenKeys
+	// TokenIssuer is the iss a session token must carry, the issuer this
+	// service trusts (meshd's --session-issuer); default
+	// DefaultSessionIssuer. TokenAudience is this service's audience,
+	// which a token's aud must list (one of meshd's --session-audience);
+	// default DefaultSessionAudience.
+	TokenIssuer, TokenAudience string
 	// Legacy, when set, admits callers without a certificate that present
 	// its shared secret as a bearer, until its deadline; see Legacy.
 	Legacy *Legacy
@@ -196,7 +202,9 @@ func (a *Auth) identify(ctx context.Context, cs *conn, state *tls.ConnectionStat
 		if cs.gen == gen && cs.token == bearer {
 			tc, terr := cs.tokenCaller, cs.tokenErr
 			cs.mu.Unlock()
-			if terr == nil && a.cfg.Now().Before(tc.Session.Expires) {
+			// A cached session still needs its key: one dropped since
+			// (Sessions.Drop, or a KeySet updated without it) ends it.
+			if terr == nil && a.cfg.Now().Before(tc.Session.Expires) && a.tokenKeyAccepted(tc.Session.KeyID) {
 				return tc, gen, nil
 			}
 			if terr != nil {

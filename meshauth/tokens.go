@@ -1,6 +1,7 @@
 package meshauth
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -15,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,10 +58,51 @@ func Thumbprint(der []byte) string {
 
 var tokenAlgs = []jose.SignatureAlgorithm{jose.ES256}
 
+// SessionTokenType is a session token's JWT "typ" header (explicit
+// typing, RFC 8725 section 3.11): a JWT of any other type, such as an
+// ID token or another issuer's access token signed by a key the verifier
+// also trusts, is never taken for a session, whatever its claims say.
+const SessionTokenType = "mesh-session+jwt"
+
+// The defaults of a session token's issuer and audience, on both sides:
+// SessionsConfig (what meshd mints) and Config (what a service accepts).
+const (
+	// DefaultSessionIssuer is the iss of meshd's session tokens unless
+	// --session-issuer names it (meshd's URL, say).
+	DefaultSessionIssuer = "meshd"
+	// DefaultSessionAudience is the aud of meshd's session tokens unless
+	// --session-audience lists others: every service of the mesh.
+	DefaultSessionAudience = "mesh"
+)
+
+// ReasonTokenAudience refuses a session token minted for another
+// audience than the verifier's.
+const ReasonTokenAudience = "token_wrong_audience"
+
+// tokenExpect is what a verifier requires of a token beyond its
+// signature: its issuer, and an audience it must list.
+type tokenExpect struct {
+	issuer, audience string
+}
+
+// expect returns what cfg's verifier requires of a session token.
+func (cfg *Config) expect() tokenExpect {
+	return tokenExpect{issuer: cmp.Or(cfg.TokenIssuer, DefaultSessionIssuer), audience: cmp.Or(cfg.TokenAudience, DefaultSessionAudience)}
+}
+
+// sessionTyped reports whether a JWS header's typ is SessionTokenType,
+// compared as RFC 7515 section 4.1.9 says: case-insensitively, with an
+// optional "application/" prefix.
+func sessionTyped(h jose.Header) bool {
+	typ, _ := h.ExtraHeaders[jose.HeaderType].(string)
+	typ = strings.ToLower(typ)
+	return strings.TrimPrefix(typ, "application/") == SessionTokenType
+}
+
 // session verifies bearer as a session token of caller's certificate and
 // returns the caller with its Session.
 func (a *Auth) session(caller *Caller, bearer string) (*Caller, *refusal) {
-	s, claims, err := verifyToken(a.cfg.Tokens, bearer, a.cfg.Now())
+	s, claims, err := verifyToken(a.cfg.Tokens, bearer, a.cfg.Now(), a.cfg.expect())
 	if err != nil {
 		var rf *refusal
 		errors.As(err, &rf)
@@ -76,12 +119,21 @@ func (a *Auth) session(caller *Caller, bearer string) (*Caller, *refusal) {
 	return &out, nil
 }
 
-// verifyToken checks a token's signature, against keys, and its validity
-// window at now.
-func verifyToken(keys TokenKeys, token string, now time.Time) (*Session, *tokenClaims, error) {
+// tokenKeyAccepted reports whether the key kid still verifies tokens.
+func (a *Auth) tokenKeyAccepted(kid string) bool {
+	_, ok := a.cfg.Tokens.VerificationKey(kid, a.cfg.Now())
+	return ok
+}
+
+// verifyToken checks a token's type, its signature against keys, its
+// issuer and audience against want, and its validity window at now.
+func verifyToken(keys TokenKeys, token string, now time.Time, want tokenExpect) (*Session, *tokenClaims, error) {
 	tok, err := jwt.ParseSigned(token, tokenAlgs)
 	if err != nil || len(tok.Headers) != 1 {
 		return nil, nil, unauthenticated(ReasonTokenInvalid, "the session token is not a signed ES256 JWT; attach a session again")
+	}
+	if !sessionTyped(tok.Headers[0]) {
+		return nil, nil, unauthenticated(ReasonTokenInvalid, "the bearer token is not a session token (JWT typ %q, want %q); attach a session (POST /session/attach)", tok.Headers[0].ExtraHeaders[jose.HeaderType], SessionTokenType)
 	}
 	kid := tok.Headers[0].KeyID
 	key, ok := keys.VerificationKey(kid, now)
@@ -92,7 +144,16 @@ func verifyToken(keys TokenKeys, token string, now time.Time) (*Session, *tokenC
 	if err := tok.Claims(key, &claims); err != nil {
 		return nil, nil, unauthenticated(ReasonTokenInvalid, "the session token's signature does not verify; attach a session again")
 	}
-	if err := claims.ValidateWithLeeway(jwt.Expected{Time: now}, 0); err != nil {
+	// iss and aud are compared as exact strings: the issuer this service
+	// was configured to trust (one meshd deployment) and this service's
+	// own audience, which the token must list.
+	if err := claims.ValidateWithLeeway(jwt.Expected{Issuer: want.issuer, AnyAudience: jwt.Audience{want.audience}, Time: now}, 0); err != nil {
+		switch {
+		case errors.Is(err, jwt.ErrInvalidIssuer):
+			return nil, nil, unauthenticated(ReasonTokenInvalid, "the session token was issued by %q, not by %q, the issuer this service trusts", claims.Issuer, want.issuer)
+		case errors.Is(err, jwt.ErrInvalidAudience):
+			return nil, nil, unauthenticated(ReasonTokenAudience, "the session token is for audience %q, not for %q; attach a session for this service's audience", []string(claims.Audience), want.audience)
+		}
 		if errors.Is(err, jwt.ErrExpired) {
 			return nil, nil, unauthenticated(ReasonTokenExpired, "the session token expired at %s; attach a session again", claims.Expiry.Time().UTC().Format(time.RFC3339))
 		}
@@ -112,9 +173,14 @@ type SessionsConfig struct {
 	// A rotated-out key stays accepted for one TTL, so that no token
 	// outlives the key that verifies it.
 	TTL time.Duration
-	// Issuer is the tokens' iss claim; default "meshd".
+	// Issuer is the tokens' iss claim, the name verifiers trust this
+	// issuer by (Config.TokenIssuer); default DefaultSessionIssuer.
 	Issuer string
-	Now    func() time.Time
+	// Audience is the tokens' aud claim, the services they are for; a
+	// verifier accepts a token that lists its Config.TokenAudience.
+	// Default [DefaultSessionAudience].
+	Audience []string
+	Now      func() time.Time
 	// Rand is the source of keys and session ids; default crypto/rand.
 	Rand io.Reader
 }
@@ -123,7 +189,8 @@ type SessionsConfig struct {
 // verify them: the current signing key and, for one token lifetime after
 // a rotation, the previous one. Both persist in Dir.
 //
-// mu guards the keys; signing happens outside it on a copy.
+// mu guards the keys and keys.json (Rotate and Drop write it under mu);
+// signing happens outside it on a copy.
 type Sessions struct {
 	cfg SessionsConfig
 
@@ -164,7 +231,15 @@ func OpenSessions(cfg SessionsConfig) (*Sessions, error) {
 		return nil, fmt.Errorf("meshauth: session TTL %s: want at most %s", cfg.TTL, MaxSessionTTL)
 	}
 	if cfg.Issuer == "" {
-		cfg.Issuer = "meshd"
+		cfg.Issuer = DefaultSessionIssuer
+	}
+	if len(cfg.Audience) == 0 {
+		cfg.Audience = []string{DefaultSessionAudience}
+	}
+	for _, a := range cfg.Audience {
+		if a == "" {
+			return nil, errors.New("meshauth: a session token audience is empty")
+		}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -276,6 +351,64 @@ func (s *Sessions) Rotate() (kid string, err error) {
 	return k.id, nil
 }
 
+// Errors of Sessions.Drop, for callers to branch on.
+var (
+	// ErrKeyCurrent refuses to drop the current signing key: rotate
+	// first, then drop the key the rotation retired.
+	ErrKeyCurrent = errors.New("meshauth: the current session signing key cannot be dropped; rotate first, then drop the retired key")
+	// ErrKeyUnknown is a key id that is not a rotated-out key still
+	// accepted (never one, already dropped, or its overlap ended).
+	ErrKeyUnknown = errors.New("meshauth: no rotated-out session signing key has that id")
+)
+
+// KeyInfo describes a session signing key whose tokens are accepted.
+type KeyInfo struct {
+	ID string
+	// Current is the key new tokens are signed with; the other is the
+	// rotated-out key, accepted until Until unless dropped.
+	Current bool
+	Until   time.Time
+}
+
+// Keys returns the keys whose tokens are accepted now, the current one
+// first.
+func (s *Sessions) Keys() []KeyInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := []KeyInfo{{ID: s.current.id, Current: true}}
+	if s.previous != nil && s.cfg.Now().Before(s.until) {
+		out = append(out, KeyInfo{ID: s.previous.id, Until: s.until})
+	}
+	return out
+}
+
+// Drop ends the rotated-out key kid's overlap at once, for a key an
+// operator no longer trusts: from its return VerificationKey refuses
+// the tokens it signed, JWKS no longer lists it (verifiers holding a
+// KeySet refuse them once they Update), and the key file is deleted.
+// The change is on disk before it takes effect. It returns ErrKeyCurrent
+// for the current key and ErrKeyUnknown for any other id.
+func (s *Sessions) Drop(kid string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if kid == s.current.id {
+		return ErrKeyCurrent
+	}
+	if s.previous == nil || s.previous.id != kid || !s.cfg.Now().Before(s.until) {
+		return ErrKeyUnknown
+	}
+	if err := s.writeState(keyState{Current: s.current.id}); err != nil {
+		return err
+	}
+	s.previous, s.until = nil, time.Time{}
+	if err := os.Remove(s.keyPath(kid)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Not accepted any more (keys.json no longer names it); only the
+		// file is left behind.
+		return fmt.Errorf("session key %s dropped, but its file stays: %w", kid, err)
+	}
+	return nil
+}
+
 // Mint returns a token for caller's certificate, with a new session id.
 // It refuses a caller without a certificate.
 func (s *Sessions) Mint(caller *Caller) (string, *Session, error) {
@@ -292,14 +425,14 @@ func (s *Sessions) Mint(caller *Caller) (string, *Session, error) {
 	now := s.cfg.Now()
 	exp := now.Add(s.cfg.TTL)
 	claims := tokenClaims{
-		Claims: jwt.Claims{Issuer: s.cfg.Issuer, Subject: caller.Name, IssuedAt: jwt.NewNumericDate(now),
+		Claims: jwt.Claims{Issuer: s.cfg.Issuer, Audience: jwt.Audience(s.cfg.Audience), Subject: caller.Name, IssuedAt: jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now.Add(-time.Minute)), Expiry: jwt.NewNumericDate(exp)},
 		SessionID: hex.EncodeToString(raw[:]),
 		Entity:    caller.Entity,
 		Confirm:   confirmation{X5tS256: Thumbprint(caller.Peer.Leaf.Raw)},
 	}
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: k.priv, KeyID: k.id}},
-		(&jose.SignerOptions{}).WithType("JWT"))
+		(&jose.SignerOptions{}).WithType(SessionTokenType))
 	if err != nil {
 		return "", nil, fmt.Errorf("session token: %w", err)
 	}

@@ -3,6 +3,7 @@ package meshauth_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"os"
@@ -216,4 +217,99 @@ func (sw *sessionWorld) sessionsDir(t *testing.T) string {
 		}
 	}
 	return dir
+}
+
+// TestSessionKeyDrop: an operator drops a rotated-out key before its
+// overlap ends; its tokens are refused at once, on a connection that
+// already used one too, after a restart, and by a service whose KeySet
+// is updated from the JWKS. The current key and unknown ids are refused
+// and change nothing.
+func TestSessionKeyDrop(t *testing.T) {
+	sw := newSessionWorld(t)
+	opus := sw.mesh.agent(t, "opus", "ct111")
+	c := sw.client(&opus)
+	old := sw.attach(t, c)
+	ks, err := meshauth.ParseJWKS(mustJSON(t, sw.sessions.JWKS()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := newAuth(t, sw.world, meshauth.Config{Authorizer: meshauth.AuthorizeAny(), Tokens: ks})
+	osrv := serve(t, other, other.Handler(whoami))
+	oc := client(osrv, &opus)
+	viaJWKS := func(tok string) response {
+		return do(t, oc, "GET", osrv.URL+"/", "", "Authorization", "Bearer "+tok)
+	}
+	if _, err := sw.sessions.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Update(mustJSON(t, sw.sessions.JWKS())); err != nil {
+		t.Fatal(err)
+	}
+	keys := sw.sessions.Keys()
+	if len(keys) != 2 || !keys[0].Current || keys[1].Current || keys[1].Until.IsZero() {
+		t.Fatalf("keys after a rotation: %+v", keys)
+	}
+	current, retired := keys[0].ID, keys[1].ID
+	if r := sw.with(t, c, old); r.code != 200 {
+		t.Fatalf("the retired key's token in its overlap: %d %s", r.code, r.body)
+	}
+	if r := viaJWKS(old); r.code != 200 {
+		t.Fatalf("the retired key's token via the JWKS in its overlap: %d %s", r.code, r.body)
+	}
+	if err := sw.sessions.Drop(current); !errors.Is(err, meshauth.ErrKeyCurrent) {
+		t.Fatalf("drop the current key: %v, want ErrKeyCurrent", err)
+	}
+	if err := sw.sessions.Drop("no-such-key"); !errors.Is(err, meshauth.ErrKeyUnknown) {
+		t.Fatalf("drop an unknown key: %v, want ErrKeyUnknown", err)
+	}
+	if r := sw.with(t, c, old); r.code != 200 || len(sw.sessions.Keys()) != 2 {
+		t.Fatalf("refused drops changed something: %d %s, keys %+v", r.code, r.body, sw.sessions.Keys())
+	}
+
+	if err := sw.sessions.Drop(retired); err != nil {
+		t.Fatal(err)
+	}
+	// On the very connection that used it (its verification cached).
+	wantRefusal(t, sw.with(t, c, old), 401, meshauth.ReasonTokenInvalid)
+	wantRefusal(t, sw.with(t, sw.client(&opus), old), 401, meshauth.ReasonTokenInvalid)
+	if err := sw.sessions.Drop(retired); !errors.Is(err, meshauth.ErrKeyUnknown) {
+		t.Fatalf("drop a dropped key again: %v, want ErrKeyUnknown", err)
+	}
+	jwks := mustJSON(t, sw.sessions.JWKS())
+	if strings.Contains(string(jwks), retired) || len(sw.sessions.Keys()) != 1 {
+		t.Fatalf("after the drop: JWKS %s, keys %+v", jwks, sw.sessions.Keys())
+	}
+	dir := sw.sessionsDir(t)
+	if _, err := os.Stat(filepath.Join(dir, retired+".key")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the dropped key's file: %v, want it deleted", err)
+	}
+	reopened, err := meshauth.OpenSessions(meshauth.SessionsConfig{Dir: dir, Now: sw.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := reopened.VerificationKey(retired, sw.clock.Now()); ok {
+		t.Fatal("the dropped key is accepted again after a restart")
+	}
+
+	// The service refuses it once it fetches the JWKS again.
+	if r := viaJWKS(old); r.code != 200 {
+		t.Fatalf("the service before its update: %d %s", r.code, r.body)
+	}
+	if err := ks.Update(jwks); err != nil {
+		t.Fatal(err)
+	}
+	wantRefusal(t, viaJWKS(old), 401, meshauth.ReasonTokenInvalid)
+	fresh := sw.attach(t, c)
+	if r := viaJWKS(fresh); r.code != 200 {
+		t.Fatalf("a token of the current key via the JWKS: %d %s", r.code, r.body)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

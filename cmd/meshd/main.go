@@ -25,6 +25,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/database"
+	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
 )
 
@@ -54,6 +55,8 @@ type options struct {
 	heartbeatTimeout, interval time.Duration
 	sessionKeysDir             string
 	sessionTTL                 time.Duration
+	sessionIssuer              string
+	sessionAudience            []string
 	healthCheckInterval        time.Duration
 	logLevel, logFormat        string
 	secretFile, meshSecretFile string
@@ -132,6 +135,8 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.DurationVar(&o.healthCheckInterval, "health-check-interval", registry.DefaultFlushInterval, "how often silent agents are marked unhealthy and liveness is written (env HEALTH_CHECK_INTERVAL, in seconds, as MCP Mesh's)")
 	f.StringVar(&o.sessionKeysDir, "session-keys-dir", "", "session token signing keys (default <ca-dir>/session-keys)")
 	f.DurationVar(&o.sessionTTL, "session-ttl", 15*time.Minute, "lifetime of a session token from POST /session/attach (at most 24h)")
+	f.StringVar(&o.sessionIssuer, "session-issuer", meshauth.DefaultSessionIssuer, "iss of session tokens: the name services trust this meshd by (meshauth.Config.TokenIssuer), such as its URL")
+	f.StringSliceVar(&o.sessionAudience, "session-audience", []string{meshauth.DefaultSessionAudience}, "aud of session tokens: the services they are for; a service accepts a token that lists its own (meshauth.Config.TokenAudience)")
 	f.DurationVar(&o.interval, "heartbeat-interval", 5*time.Second, "the interval agents heartbeat at; --heartbeat-timeout must cover at least two of them")
 	f.StringVar(&o.secretFile, "bootstrap-secret-file", "", "file holding the bootstrap secret that enrolls new nodes on /enroll (also: $MESHTRUST_BOOTSTRAP_SECRET, <data-dir>/bootstrap.secret)")
 	f.StringVar(&o.meshSecretFile, "mesh-secret-file", "", "the seed's earlier name for --bootstrap-secret-file (also: $MESHTRUST_MESH_SECRET, <data-dir>/mesh.secret)")
@@ -227,7 +232,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		K8s:              server.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},
 		SPIRE:            spireCfg,
 		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval, Logger: log,
-		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL,
+		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL, SessionIssuer: o.sessionIssuer, SessionAudience: o.sessionAudience,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 		ReadTimeout: o.limits.readTimeout, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,

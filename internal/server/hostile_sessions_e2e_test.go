@@ -1,11 +1,25 @@
 package server_test
 
 import (
+	"crypto/tls"
+	"encoding/json"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
+	"github.com/meshtrust/meshtrust/meshauth"
+	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // The hostile-input suite for sessions: POST /session/attach and the
@@ -61,5 +75,175 @@ func TestHostileSessionAttachPartnerCN(t *testing.T) {
 	}
 	if a, ok := e.agents(oc, "").find("opus"); !ok || a.Owner != "opus@ct111" || a.Status != "healthy" {
 		t.Errorf("opus after the attempts: %+v", a)
+	}
+}
+
+// forgeToken signs claims with meshd's current session key (read from its
+// key directory, as only an insider could) under JWT header typ: a token
+// whose signature verifies but whose type or audience is not a session
+// for the verifier.
+func forgeToken(t *testing.T, keyDir, typ string, claims map[string]any) string {
+	t.Helper()
+	var st struct{ Current string }
+	data, err := os.ReadFile(filepath.Join(keyDir, "keys.json"))
+	if err != nil || json.Unmarshal(data, &st) != nil {
+		t.Fatalf("session keys.json: %v", err)
+	}
+	key, err := pemfile.ReadKey(filepath.Join(keyDir, st.Current+".key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: st.Current}},
+		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// TestHostileSessionTokens: meshd's agent port, and a service verifying
+// from meshd's JWKS, refuse a token of another type or audience even
+// when meshd's own key signed it, and the tokens of a rotated-out key an
+// operator dropped: meshd at once, even on a connection that already
+// used the token, the service once it fetches the JWKS again.
+func TestHostileSessionTokens(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSStrict})
+	opus, leaf := agentCert(t, e.ca.auth, "opus", "ct111")
+	c := e.client(&opus)
+	attach := func() string {
+		t.Helper()
+		r := e.do(c, "POST", meshapi.PathSessionAttach, map[string]string{"agent_id": "opus"})
+		if r.code != http.StatusOK {
+			t.Fatalf("attach: %s", r)
+		}
+		return r.json(t)["token"].(string)
+	}
+	withToken := func(c *http.Client, url, tok string) reply {
+		t.Helper()
+		return doHeader(t, c, "GET", url, http.Header{"Authorization": {"Bearer " + tok}}, nil)
+	}
+	agents := e.baseURL() + "/agents"
+	tok := attach()
+	if r := withToken(c, agents, tok); r.code != http.StatusOK {
+		t.Fatalf("meshd with its own token: %s", r)
+	}
+
+	keyDir := filepath.Join(e.ca.cfg.Dir, "session-keys")
+	now := time.Now()
+	claims := func(aud any) map[string]any {
+		c := map[string]any{"iss": meshauth.DefaultSessionIssuer, "sub": "opus@ct111", "sid": "forged",
+			"iat": now.Unix(), "nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(5 * time.Minute).Unix(),
+			"cnf": map[string]string{"x5t#S256": meshauth.Thumbprint(leaf.Raw)}}
+		if aud != nil {
+			c["aud"] = aud
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		name, typ string
+		aud       any
+		reason    string
+	}{
+		{"a plain JWT", "JWT", meshauth.DefaultSessionAudience, meshauth.ReasonTokenInvalid},
+		{"an access token", "at+jwt", meshauth.DefaultSessionAudience, meshauth.ReasonTokenInvalid},
+		{"another audience", meshauth.SessionTokenType, "billing", meshauth.ReasonTokenAudience},
+		{"no audience", meshauth.SessionTokenType, nil, meshauth.ReasonTokenAudience},
+	} {
+		forged := forgeToken(t, keyDir, tc.typ, claims(tc.aud))
+		if r := withToken(c, agents, forged); r.code != http.StatusForbidden || r.reason() != tc.reason {
+			t.Errorf("%s signed by meshd's key: %s, want 403 %s", tc.name, r, tc.reason)
+		}
+	}
+
+	// A service of audience "billing", verifying from meshd's JWKS,
+	// refuses meshd's tokens for the mesh audience.
+	keys, err := meshauth.ParseJWKS(e.do(e.freshClient(nil), "GET", meshapi.PathSessionJWKS, nil).body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := trust.NewChain(&trust.RevocationSet{}, []trust.Backend{trust.NewLocalCA(e.ca.auth.TrustDomain(), e.ca.auth.Root(), e.ca.auth.Intermediates())})
+	svcURL := func(audience string) string {
+		a, err := meshauth.New(meshauth.Config{Chain: chain, Authorizer: meshauth.AuthorizeAny(), Tokens: keys, TokenAudience: audience})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc := httptest.NewUnstartedServer(a.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			caller, _ := meshauth.FromContext(r.Context())
+			if caller.Session == nil {
+				http.Error(w, "no session", http.StatusTeapot)
+			}
+		})))
+		svc.TLS = &tls.Config{ClientAuth: tls.RequestClientCert}
+		a.Serve(svc.Config)
+		svc.StartTLS()
+		t.Cleanup(svc.Close)
+		return svc.URL
+	}
+	meshSvc, billing := svcURL(""), svcURL("billing")
+	svcClient := e.client(&opus)
+	svcClient.Transport.(*http.Transport).TLSClientConfig.InsecureSkipVerify = true // httptest's own certificate
+	if r := withToken(svcClient, meshSvc, tok); r.code != http.StatusOK {
+		t.Fatalf("a mesh-audience service with meshd's token: %s", r)
+	}
+	if r := withToken(svcClient, billing, tok); r.code != http.StatusUnauthorized || !strings.Contains(string(r.body), meshauth.ReasonTokenAudience) {
+		t.Errorf("the billing service with a mesh-audience token: %s, want 401 %s", r, meshauth.ReasonTokenAudience)
+	}
+
+	// Rotate, then drop the rotated-out key: meshd refuses its token at
+	// once on the connection that used it; the service once it updates.
+	rot := e.adminDo("POST", meshapi.PathAdminSessionKeys+"/rotate", nil)
+	if rot.code != http.StatusOK {
+		t.Fatalf("rotate: %s", rot)
+	}
+	if r := withToken(c, agents, tok); r.code != http.StatusOK {
+		t.Fatalf("the rotated-out key's token in its overlap: %s", r)
+	}
+	list := e.adminDo("GET", meshapi.PathAdminSessionKeys, nil)
+	var ks meshapi.SessionKeysResponse
+	if list.code != http.StatusOK || json.Unmarshal(list.body, &ks) != nil || len(ks.Keys) != 2 || !ks.Keys[0].Current || ks.Keys[1].Current {
+		t.Fatalf("session keys after a rotation: %s", list)
+	}
+	old, current := ks.Keys[1].KeyID, ks.Keys[0].KeyID
+	if r := e.adminDo("DELETE", meshapi.PathAdminSessionKeys+"/"+current, nil); r.code != http.StatusConflict {
+		t.Errorf("dropping the current key: %s, want 409", r)
+	}
+	if r := e.adminDo("DELETE", meshapi.PathAdminSessionKeys+"/no-such-key", nil); r.code != http.StatusNotFound {
+		t.Errorf("dropping an unknown key: %s, want 404", r)
+	}
+	if r := withToken(c, agents, tok); r.code != http.StatusOK {
+		t.Fatalf("refused drops changed nothing, yet the token is refused: %s", r)
+	}
+	if r := e.adminDo("DELETE", meshapi.PathAdminSessionKeys+"/"+old, nil); r.code != http.StatusOK {
+		t.Fatalf("drop the rotated-out key: %s", r)
+	}
+	if r := withToken(c, agents, tok); r.code != http.StatusForbidden || r.reason() != meshauth.ReasonTokenInvalid {
+		t.Errorf("meshd with a dropped key's token: %s, want 403 %s", r, meshauth.ReasonTokenInvalid)
+	}
+	if r := withToken(svcClient, meshSvc, tok); r.code != http.StatusOK {
+		t.Fatalf("the service before it fetches the JWKS again: %s", r)
+	}
+	jwks := e.do(e.freshClient(nil), "GET", meshapi.PathSessionJWKS, nil)
+	if strings.Contains(string(jwks.body), old) {
+		t.Fatalf("the JWKS still lists the dropped key: %s", jwks)
+	}
+	if err := keys.Update(jwks.body); err != nil {
+		t.Fatal(err)
+	}
+	if r := withToken(svcClient, meshSvc, tok); r.code != http.StatusUnauthorized || !strings.Contains(string(r.body), meshauth.ReasonTokenInvalid) {
+		t.Errorf("the service with a dropped key's token after updating: %s, want 401 %s", r, meshauth.ReasonTokenInvalid)
+	}
+	fresh := attach()
+	if r := withToken(c, agents, fresh); r.code != http.StatusOK {
+		t.Errorf("a token of the current key: %s", r)
+	}
+	if r := withToken(svcClient, meshSvc, fresh); r.code != http.StatusOK {
+		t.Errorf("the service with a token of the current key: %s", r)
+	}
+	if a := e.audited(0, "session_key.drop", store.OutcomeOK, ""); len(a) != 1 || a[0].Identity != "session-key:"+old {
+		t.Errorf("audit entries of the drop: %+v, want one naming session-key:%s", a, old)
 	}
 }

@@ -162,8 +162,14 @@ type Config struct {
 	// 15 minutes.
 	SessionKeysDir string
 	SessionTTL     time.Duration
-	Logger         *slog.Logger
-	Now            func() time.Time
+	// SessionIssuer is the session tokens' iss (default
+	// meshauth.DefaultSessionIssuer), SessionAudience their aud (default
+	// meshauth.DefaultSessionAudience); meshd's own agent port accepts
+	// tokens for the first audience.
+	SessionIssuer   string
+	SessionAudience []string
+	Logger          *slog.Logger
+	Now             func() time.Time
 }
 
 // RegistrationLimits are the registry's bounds on one registration and its
@@ -318,6 +324,10 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	ac := meshauth.Config{Chain: s.chain, Authorizer: meshauth.AuthorizeAny(), Now: cfg.Now}
 	if s.sessions != nil {
 		ac.Tokens = s.sessions
+		ac.TokenIssuer = s.cfg.SessionIssuer
+		if len(s.cfg.SessionAudience) > 0 {
+			ac.TokenAudience = s.cfg.SessionAudience[0]
+		}
 	}
 	if s.agentAuth, err = meshauth.New(ac); err != nil {
 		return nil, err

@@ -1,12 +1,15 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 
+	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
@@ -23,7 +26,8 @@ func (s *Server) openSessions() error {
 	if dir == "" {
 		return nil
 	}
-	sess, err := meshauth.OpenSessions(meshauth.SessionsConfig{Dir: dir, TTL: s.cfg.SessionTTL, Issuer: "meshd", Now: s.cfg.Now})
+	sess, err := meshauth.OpenSessions(meshauth.SessionsConfig{Dir: dir, TTL: s.cfg.SessionTTL,
+		Issuer: s.cfg.SessionIssuer, Audience: s.cfg.SessionAudience, Now: s.cfg.Now})
 	if err != nil {
 		return err
 	}
@@ -85,17 +89,75 @@ func (s *Server) serveJWKS(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.sessions.JWKS())
 }
 
+// errNoSessions answers the session key routes of a meshd without keys.
+const errNoSessions = "this meshd has no session signing keys (no local CA and no --session-keys-dir)"
+
+// listSessionKeys is GET /admin/session-keys.
+func (s *Server) listSessionKeys(w http.ResponseWriter, r *http.Request) {
+	if s.sessions == nil {
+		s.adminError(w, r, http.StatusNotFound, errNoSessions)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.sessionKeys())
+}
+
+func (s *Server) sessionKeys() meshapi.SessionKeysResponse {
+	var out meshapi.SessionKeysResponse
+	for _, k := range s.sessions.Keys() {
+		out.Keys = append(out.Keys, meshapi.SessionKey{KeyID: k.ID, Current: k.Current, Until: k.Until.UTC()})
+	}
+	return out
+}
+
 // rotateSessionKey is POST /admin/session-keys/rotate.
 func (s *Server) rotateSessionKey(w http.ResponseWriter, r *http.Request) {
 	if s.sessions == nil {
-		s.adminError(w, r, http.StatusNotFound, "this meshd has no session signing keys")
+		s.adminError(w, r, http.StatusNotFound, errNoSessions)
 		return
 	}
 	kid, err := s.sessions.Rotate()
 	if err != nil {
-		s.internalError(w, r, errors.Join(errors.New("rotate the session signing key"), err))
+		s.internalError(w, r, fmt.Errorf("rotate the session signing key: %w", err))
 		return
 	}
 	s.log.Info("session signing key rotated", "key_id", kid)
+	if err := s.auditSessionKey(r, "session_key.rotate", kid, "new current key"); err != nil {
+		s.internalError(w, r, fmt.Errorf("session signing key rotated to %s, but its audit entry failed: %w", kid, err))
+		return
+	}
 	writeJSON(w, http.StatusOK, meshapi.SessionKeyRotateResponse{KeyID: kid})
+}
+
+// dropSessionKey is DELETE /admin/session-keys/{kid}: the rotated-out
+// key kid stops verifying tokens at once, here and, once they fetch the
+// JWKS again, at every verifier. The current key cannot be dropped
+// (rotate first); an unknown id changes nothing.
+func (s *Server) dropSessionKey(w http.ResponseWriter, r *http.Request) {
+	if s.sessions == nil {
+		s.adminError(w, r, http.StatusNotFound, errNoSessions)
+		return
+	}
+	kid := r.PathValue("kid")
+	switch err := s.sessions.Drop(kid); {
+	case errors.Is(err, meshauth.ErrKeyCurrent):
+		s.adminError(w, r, http.StatusConflict, fmt.Sprintf("session key %q is the current signing key: rotate first (meshctl session rotate-key), then drop it", kid))
+		return
+	case errors.Is(err, meshauth.ErrKeyUnknown):
+		s.adminError(w, r, http.StatusNotFound, fmt.Sprintf("no rotated-out session key %q is accepted: list the keys with meshctl session keys", kid))
+		return
+	case err != nil:
+		s.internalError(w, r, fmt.Errorf("drop session signing key %s: %w", kid, err))
+		return
+	}
+	s.log.Warn("session signing key dropped: its tokens are refused", "key_id", kid)
+	if err := s.auditSessionKey(r, "session_key.drop", kid, "rotated-out key dropped before its overlap ended"); err != nil {
+		s.internalError(w, r, fmt.Errorf("session key %s dropped, but its audit entry failed: %w", kid, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.sessionKeys())
+}
+
+// auditSessionKey records an operator's change of the session keys.
+func (s *Server) auditSessionKey(r *http.Request, action, kid, detail string) error {
+	return s.st.Append(context.WithoutCancel(r.Context()), store.AuditEntry{Time: s.cfg.Now(), Action: action, Identity: "session-key:" + kid, Outcome: store.OutcomeOK, Detail: detail})
 }
