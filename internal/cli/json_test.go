@@ -147,6 +147,21 @@ func TestJSONEverywhere(t *testing.T) {
 	check("policy set", m.ctl("policy", "set", "meshd-admin", pol, "--json"), 0)
 	check("policy get", m.ctl("policy", "get", "--json"), 0)
 	check("policy check", m.ctl("policy", "check", "admin@external", "GET", "/admin/agents", "--json"), 0)
+	check("session keys", m.ctl("session", "keys", "--json"), 0)
+	check("session rotate-key", m.ctl("session", "rotate-key", "--json"), 0)
+	keys, _ := check("session keys", m.ctl("session", "keys", "--json"), 0).(map[string]any)["keys"].([]any)
+	if len(keys) != 2 {
+		t.Fatalf("session keys after a rotation: %v", keys)
+	}
+	current, _ := keys[0].(map[string]any)["key_id"].(string)
+	retired, _ := keys[1].(map[string]any)["key_id"].(string)
+	if r := m.ctl("session", "drop-key", current); r.code == 0 || !strings.Contains(r.stderr, "rotate first") {
+		t.Errorf("meshctl session drop-key of the current key: exit %d\n%s", r.code, r.output())
+	}
+	left, _ := check("session drop-key", m.ctl("session", "drop-key", retired, "--json"), 0).(map[string]any)["keys"].([]any)
+	if len(left) != 1 || left[0].(map[string]any)["key_id"] != current {
+		t.Errorf("session drop-key --json: keys left %v, want only %s", left, current)
+	}
 	m.registerAgent(t, "rel", "ct1")
 	check("agent release", m.ctl("agent", "release", "rel", "--force", "--json"), 0)
 	m.useFiles(t, "runner", "ct1")
