@@ -2,6 +2,7 @@ package meshauth
 
 import (
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 )
@@ -178,9 +179,27 @@ func ParseOperation(s string) (Operation, error) {
 	case len(f) == 2 && f[0] == "mcp":
 		return Operation{Kind: KindMCP, MCPMethod: f[1]}, nil
 	case len(f) == 3 && f[0] == "mcp":
+		// A resource is named by URI, and the middleware serves only a
+		// canonical one (authorizeRPC): a model of the check refuses what
+		// the middleware would, rather than answer for a name never served.
+		if f[1] == "resources/read" || f[1] == "resources/subscribe" {
+			if err := canonicalURI(f[2]); err != nil {
+				return Operation{}, fmt.Errorf("operation %q: resource %q: %w", s, f[2], err)
+			}
+		}
 		return Operation{Kind: KindMCP, MCPMethod: f[1], Name: f[2]}, nil
 	case len(f) == 2 && strings.HasPrefix(f[1], "/") && f[0] == strings.ToUpper(f[0]):
-		return Operation{Kind: KindHTTP, Method: f[0], Path: f[1]}, nil
+		// The path as a request would send it (escaped); Handler refuses
+		// one that is not canonical before any rule is read, and so does
+		// its model.
+		dec, err := url.PathUnescape(f[1])
+		if err != nil {
+			return Operation{}, fmt.Errorf("operation %q: %w: %w", s, ErrNotCanonical, err)
+		}
+		if err := canonicalPath(dec, f[1]); err != nil {
+			return Operation{}, fmt.Errorf("operation %q: %w", s, err)
+		}
+		return Operation{Kind: KindHTTP, Method: f[0], Path: dec}, nil
 	}
 	return Operation{}, fmt.Errorf("operation %q: want \"METHOD /path\", \"grpc /pkg.Service/Method\" or \"mcp <method> [name]\"", s)
 }

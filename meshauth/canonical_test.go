@@ -101,3 +101,30 @@ func FuzzCanonicalURI(f *testing.F) {
 		}
 	})
 }
+
+// TestParseOperationRefusesNonCanonical: policy check models what the
+// middleware serves, so a name the middleware refuses as not canonical is
+// refused by the model too, never answered "allowed".
+func TestParseOperationRefusesNonCanonical(t *testing.T) {
+	for _, op := range []string{
+		"GET /files/../admin/keys",
+		"GET /files/%2e%2e/admin/keys",
+		"GET /files/a%2Fb",
+		"GET /files//x",
+		"mcp resources/read file:///docs/../etc/shadow",
+		"mcp resources/read file:///docs/%2e%2e/etc/shadow",
+		"mcp resources/subscribe file:///docs/./x",
+	} {
+		if _, err := ParseOperation(op); !errors.Is(err, ErrNotCanonical) {
+			t.Errorf("ParseOperation(%q) = %v, want ErrNotCanonical", op, err)
+		}
+	}
+	for _, op := range []string{"GET /files/a%20b", "mcp resources/read file:///docs/a.md", "mcp tools/call ../x"} {
+		if _, err := ParseOperation(op); err != nil {
+			t.Errorf("ParseOperation(%q): %v", op, err)
+		}
+	}
+	if op, _ := ParseOperation("GET /files/a%20b"); op.Path != "/files/a b" {
+		t.Errorf("path %q, want the decoded path a request's URL.Path holds", op.Path)
+	}
+}
