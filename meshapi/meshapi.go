@@ -311,7 +311,9 @@ type TokenResponse struct {
 }
 
 // SessionAttachRequest is the body of POST /session/attach: the agent id
-// the caller claims, which its certificate must name.
+// the caller claims, which its certificate must be allowed to speak for
+// by the registry's rules (its trust source's binding, its entity's
+// namespace, the id's first claim), as for a heartbeat.
 type SessionAttachRequest struct {
 	AgentID string `json:"agent_id"`
 }
