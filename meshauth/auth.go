@@ -52,7 +52,8 @@ type Config struct {
 	// service trusts (meshd's --session-issuer); default
 	// DefaultSessionIssuer. TokenAudience is this service's audience,
 	// which a token's aud must list (one of meshd's --session-audience);
-	// default DefaultSessionAudience.
+	// default DefaultSessionAudience. When Tokens is the service's own
+	// Sessions, their defaults are its Issuer and first Audience.
 	TokenIssuer, TokenAudience string
 	// Legacy, when set, admits callers without a certificate that present
 	// its shared secret as a bearer, until its deadline; see Legacy.

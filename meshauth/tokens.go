@@ -85,9 +85,18 @@ type tokenExpect struct {
 	issuer, audience string
 }
 
-// expect returns what cfg's verifier requires of a session token.
+// expect returns what cfg's verifier requires of a session token. A
+// service that verifies the tokens of its own Sessions expects, unless
+// told otherwise, that Sessions' issuer and first audience.
 func (cfg *Config) expect() tokenExpect {
-	return tokenExpect{issuer: cmp.Or(cfg.TokenIssuer, DefaultSessionIssuer), audience: cmp.Or(cfg.TokenAudience, DefaultSessionAudience)}
+	want := tokenExpect{issuer: cfg.TokenIssuer, audience: cfg.TokenAudience}
+	if s, ok := cfg.Tokens.(*Sessions); ok && s != nil {
+		want.issuer = cmp.Or(want.issuer, s.cfg.Issuer)
+		want.audience = cmp.Or(want.audience, s.cfg.Audience[0])
+	}
+	want.issuer = cmp.Or(want.issuer, DefaultSessionIssuer)
+	want.audience = cmp.Or(want.audience, DefaultSessionAudience)
+	return want
 }
 
 // sessionTyped reports whether a JWS header's typ is SessionTokenType,

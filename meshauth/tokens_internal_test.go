@@ -150,6 +150,38 @@ func TestSessionsConfigAudience(t *testing.T) {
 	}
 }
 
+// TestOwnSessionsExpectation: a service verifying its own Sessions'
+// tokens (examples/mcp-server, issuer "mcp-server") accepts them without
+// repeating the issuer; one verifying from a JWKS expects meshd's
+// defaults; explicit settings win.
+func TestOwnSessionsExpectation(t *testing.T) {
+	s, err := OpenSessions(SessionsConfig{Dir: t.TempDir(), Issuer: "mcp-server", Audience: []string{"tools", "other"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cfg  Config
+		want tokenExpect
+	}{
+		{Config{Tokens: s}, tokenExpect{"mcp-server", "tools"}},
+		{Config{Tokens: s, TokenAudience: "other"}, tokenExpect{"mcp-server", "other"}},
+		{Config{Tokens: &KeySet{}}, defaultExpect},
+		{Config{Tokens: &KeySet{}, TokenIssuer: "https://meshd.example"}, tokenExpect{"https://meshd.example", DefaultSessionAudience}},
+	} {
+		if got := tc.cfg.expect(); got != tc.want {
+			t.Errorf("%T issuer %q audience %q: expects %+v, want %+v", tc.cfg.Tokens, tc.cfg.TokenIssuer, tc.cfg.TokenAudience, got, tc.want)
+		}
+	}
+	f := newTokenFixture(t)
+	tok, _, err := s.Mint(&Caller{Name: "opus@ct111", Peer: &trust.Peer{Leaf: f.leaf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := verifyToken(s, tok, time.Now(), (&Config{Tokens: s}).expect()); err != nil {
+		t.Errorf("its own token: %v", err)
+	}
+}
+
 // FuzzVerifyToken: whatever the bearer, verification neither panics nor
 // accepts a token that is not a typed, issued, audienced, bound session
 // token signed by an accepted key.
