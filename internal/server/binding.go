@@ -19,6 +19,9 @@ const DefaultAgentTrustDomain = "mcp-mesh.local"
 // the one its localca backend trusts.
 const trustDirCAFile = "ca.pem"
 
+// trustDirCAMax bounds the trust dir's ca.pem, a CA certificate or two.
+const trustDirCAMax = 1 << 20
+
 // bindings returns the identity binding of every trust source of the
 // chain: the mesh CA's localca by exact CN; MCP Mesh's localca (the trust
 // dir's ca.pem) by CN with its per-replica ids and <name>.<trust domain>;
@@ -63,7 +66,7 @@ func (s *Server) trustDirCA() (trust.Backend, error) {
 		return nil, errors.New("trust backend localca needs the mesh CA: create it with `meshctl ca init` and `meshctl ca issue-intermediate` (or run meshd --dev); or, for MCP Mesh's --tls-auto CA, set MCP_MESH_TRUST_DIR to the directory holding its ca.pem")
 	}
 	path := filepath.Join(s.cfg.TrustDir, trustDirCAFile)
-	data, err := os.ReadFile(path)
+	data, err := pemfile.ReadRegular(path, trustDirCAMax)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("trust backend localca needs the mesh CA (`meshctl ca init`, or meshd --dev) or MCP Mesh's --tls-auto CA at %s, which does not exist", path)
 	}

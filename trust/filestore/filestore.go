@@ -17,7 +17,10 @@
 // that could, until a good version replaces them: a file written in place
 // and read half-written must not evict the agents of its entity. Each bad
 // version is warned about once. A file that never parsed is skipped; a
-// file that is deleted is removed. Files are still best replaced
+// file that is deleted is removed: only deletion removes a file's CAs, an
+// emptied or unreadable file keeps them. Anything that is not a regular
+// file or a link to one (a FIFO, a socket, a device) is refused without
+// being read from, so a reload never blocks. Files are still best replaced
 // atomically (write a temporary file, then rename it into place), as
 // kubelet and cert-manager do.
 package filestore
@@ -31,7 +34,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -44,6 +46,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -440,28 +443,16 @@ func pemFiles(dir string) ([]string, error) {
 }
 
 // readFile reads a trust file, following symlinks (a Kubernetes volume
-// links each file into a timestamped directory).
+// links each file into a timestamped directory). Anything but a regular
+// file (a FIFO named *.pem, a socket, a device) is refused without being
+// read from: Reload holds the Store's lock, and a read that blocks there
+// would keep every later change, a deletion included, from taking effect.
 func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
+	data, err := pemfile.ReadRegular(path, maxFileSize)
+	if errors.Is(err, pemfile.ErrTooLarge) {
+		return nil, fmt.Errorf("%w; a trust file holds a few CA certificates", err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxFileSize {
-		return nil, fmt.Errorf("larger than %d bytes; a trust file holds a few CA certificates", maxFileSize)
-	}
-	return data, nil
+	return data, err
 }
 
 func checkDir(dir string) error {
