@@ -372,9 +372,43 @@ func (s *Server) issueRate(w http.ResponseWriter, r *http.Request, peer *trust.P
 	return true
 }
 
-// meshNode returns the node identity of a peer admitted by the mesh CA.
+// errNoMeshCA refuses issuance on a meshd that has no mesh CA to sign
+// with: one that verifies against its trust backends only.
+var errNoMeshCA = errors.New("this meshd has no mesh CA, so it issues no certificates: it only verifies callers against its trust backends (create the CA with `meshctl ca init` and `meshctl ca issue-intermediate`, or run meshd --dev)")
+
+// issuer answers the issuance routes' first question: is there a mesh CA
+// to sign with, and did it vouch for peer? It answers a refusal itself
+// and reports false: 404 no_ca without a mesh CA (as /enroll, /crl and
+// /bundle answer), 403 not_mesh_cert for a certificate of another
+// source.
+//
+// A node or agent name (ct111.mesh, opus@ct111) is vouched for by the
+// mesh CA alone, and "the mesh CA" is the CA object this meshd signs
+// with, not a backend's name: without one, the trust dir's ca.pem (MCP
+// Mesh's --tls-auto CA) is a backend also named "localca", and its
+// certificates must never reach the signer. So the leaf is verified
+// against s.localCA, the backend built from s.auth's own root and
+// intermediates, whatever backend of the chain admitted it.
+func (s *Server) issuer(w http.ResponseWriter, r *http.Request, peer *trust.Peer, action string) bool {
+	if s.auth == nil || s.localCA == nil {
+		s.refuseIssue(w, r, peer, action, http.StatusNotFound, "no_ca", errNoMeshCA.Error())
+		return false
+	}
+	if peer == nil || peer.Backend != s.localCA.Name() {
+		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_mesh_cert", "only certificates of the mesh CA are renewed or issued for here")
+		return false
+	}
+	if _, err := s.localCA.Verify(r.Context(), []*x509.Certificate{peer.Leaf}, s.cfg.Now()); err != nil {
+		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_mesh_cert", "the certificate does not verify against the mesh CA: "+err.Error())
+		return false
+	}
+	return true
+}
+
+// meshNode returns the node identity of a peer the mesh CA vouched for
+// (issuer checked that).
 func meshNode(peer *trust.Peer) (identity.Identity, error) {
-	if peer == nil || peer.Backend != BackendLocalCA || peer.Identity.Kind != identity.KindNode {
+	if peer.Identity.Kind != identity.KindNode {
 		return identity.Identity{}, errors.New("only a node certificate of the mesh CA may do this")
 	}
 	return peer.Identity, nil
@@ -384,6 +418,9 @@ func meshNode(peer *trust.Peer) (identity.Identity, error) {
 // own agents.
 func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
 	const action = "cert.agent"
+	if !s.issuer(w, r, peer, action) {
+		return
+	}
 	node, err := meshNode(peer)
 	if err != nil {
 		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_node_cert", err.Error())
@@ -437,8 +474,7 @@ func (s *Server) agentRequest(node identity.Identity, req meshapi.AgentCertReque
 // one for the same identity; a node's agents are re-issued with it.
 func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
 	const action = "cert.renew"
-	if peer == nil || peer.Backend != BackendLocalCA {
-		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_mesh_cert", "only certificates of the mesh CA are renewed here")
+	if !s.issuer(w, r, peer, action) {
 		return
 	}
 	var req meshapi.RenewRequest
