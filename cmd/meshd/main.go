@@ -63,6 +63,9 @@ type options struct {
 	legacyCompat               bool
 	limits                     limits
 	binding                    bindingOptions
+	// envNotes are what meshd logs at start about MCP Mesh variables it
+	// accepts but does not follow as MCP Mesh would.
+	envNotes []string
 }
 
 // limits are the caps on what one caller can make meshd spend.
@@ -70,6 +73,7 @@ type limits struct {
 	readTimeout, agentCertInterval               time.Duration
 	watchStreams, watchPerSource, agentCertBurst int
 	maxAgentsPerNode                             int
+	maxRequestBody                               int64
 	registrations                                server.RegistrationLimits
 	providerEntities                             string
 }
@@ -162,6 +166,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, n := range o.envNotes {
+		log.Warn(n)
+	}
 	mode, err := server.ParseTLSMode(o.tlsMode)
 	if err != nil {
 		return err
@@ -234,7 +241,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval, Logger: log,
 		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL, SessionIssuer: o.sessionIssuer, SessionAudience: o.sessionAudience,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
-		ReadTimeout: o.limits.readTimeout, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
+		ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
 		Registrations: o.limits.registrationLimits(),
 	}

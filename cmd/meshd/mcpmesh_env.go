@@ -28,7 +28,7 @@ import (
 // flags were given on the command line.
 func mcpmeshEnv(o *options, flags *pflag.FlagSet, getenv func(string) string) error {
 	for _, apply := range []func(*options, *pflag.FlagSet, func(string) string) error{
-		listenEnv, adminPortEnv, databaseURLEnv, livenessEnv, logLevelEnv, tlsCAEnv, unsupportedEnv,
+		listenEnv, adminPortEnv, adminTLSEnv, requestBodyEnv, databaseURLEnv, livenessEnv, logLevelEnv, tlsCAEnv, unsupportedEnv,
 	} {
 		if err := apply(o, flags, getenv); err != nil {
 			return err
@@ -86,6 +86,55 @@ func adminPortEnv(o *options, flags *pflag.FlagSet, getenv func(string) string) 
 		return nil // --admin-listen names the interface
 	}
 	o.adminListen = addr
+	return nil
+}
+
+// adminTLSEnv: MCP_MESH_ADMIN_TLS=true serves MCP Mesh's admin port over
+// TLS (since 3.7.1). meshd's admin listener is mTLS to admin identities
+// whatever it says: true is what meshd does, and false does not turn TLS
+// off (a note at start says so). Any other value is refused.
+func adminTLSEnv(o *options, _ *pflag.FlagSet, getenv func(string) string) error {
+	s := getenv("MCP_MESH_ADMIN_TLS")
+	if s == "" {
+		return nil
+	}
+	on, err := parseBool(s)
+	if err != nil {
+		return fmt.Errorf("MCP_MESH_ADMIN_TLS=%q: want true or false", s)
+	}
+	if !on {
+		o.envNotes = append(o.envNotes, "MCP_MESH_ADMIN_TLS=false is not followed: meshd serves its admin API over mTLS to admin identities only (the unix socket, and the listener MCP_MESH_ADMIN_PORT or --admin-listen opens), never in plain HTTP")
+	}
+	return nil
+}
+
+// parseBool reads MCP Mesh's booleans: true, false, 1, 0, yes, no, any
+// case.
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "true", "1", "yes":
+		return true, nil
+	case "false", "0", "no":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not true or false", s)
+}
+
+// requestBodyEnv: MCP_MESH_MAX_REQUEST_BODY_BYTES bounds every request
+// body, 413 above it (MCP Mesh 3.7.1). meshd bounds each route on its own
+// already (a heartbeat 1 MiB, /agent-cert 64 KiB): the variable bounds
+// every body on every listener to its value, lowering a route's own
+// bound, never raising it.
+func requestBodyEnv(o *options, _ *pflag.FlagSet, getenv func(string) string) error {
+	s := getenv("MCP_MESH_MAX_REQUEST_BODY_BYTES")
+	if s == "" {
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("MCP_MESH_MAX_REQUEST_BODY_BYTES=%q: want a whole number of bytes above 0", s)
+	}
+	o.limits.maxRequestBody = n
 	return nil
 }
 
@@ -178,12 +227,12 @@ func logLevelEnv(o *options, flags *pflag.FlagSet, getenv func(string) string) e
 		}
 	}
 	if s := getenv("MCP_MESH_DEBUG_MODE"); s != "" {
-		switch strings.ToLower(s) {
-		case "true", "1", "yes":
-			level = "debug"
-		case "false", "0", "no":
-		default:
+		on, err := parseBool(s)
+		if err != nil {
 			return fmt.Errorf("MCP_MESH_DEBUG_MODE=%q: want true or false", s)
+		}
+		if on {
+			level = "debug"
 		}
 	}
 	if level == "" {

@@ -67,6 +67,13 @@ func TestMCPMeshEnv(t *testing.T) {
 		{name: "retention", env: map[string]string{"MCP_MESH_RETENTION": "1h"}, wantErr: "no retention sweep"},
 		{name: "eviction threshold", env: map[string]string{"DEFAULT_EVICTION_THRESHOLD": "60"}, wantErr: "unset it"},
 		{name: "tracing", env: map[string]string{"MCP_MESH_DISTRIBUTED_TRACING_ENABLED": "true"}, wantErr: "no distributed tracing"},
+		{name: "request body bound", env: map[string]string{"MCP_MESH_MAX_REQUEST_BODY_BYTES": "65536"}, check: func(o *options) bool { return o.limits.maxRequestBody == 65536 }},
+		{name: "bad request body bound", env: map[string]string{"MCP_MESH_MAX_REQUEST_BODY_BYTES": "1MB"}, wantErr: "whole number of bytes"},
+		{name: "zero request body bound", env: map[string]string{"MCP_MESH_MAX_REQUEST_BODY_BYTES": "0"}, wantErr: "above 0"},
+		{name: "admin TLS on", env: map[string]string{"MCP_MESH_ADMIN_TLS": "true"}, check: func(o *options) bool { return len(o.envNotes) == 0 }},
+		{name: "admin TLS off is noted, not followed", env: map[string]string{"MCP_MESH_ADMIN_TLS": "false"},
+			check: func(o *options) bool { return len(o.envNotes) == 1 && strings.Contains(o.envNotes[0], "mTLS") }},
+		{name: "bad admin TLS", env: map[string]string{"MCP_MESH_ADMIN_TLS": "maybe"}, wantErr: "want true or false"},
 		{name: "tracing off", env: map[string]string{"MCP_MESH_DISTRIBUTED_TRACING_ENABLED": "false", "REDIS_URL": "redis://x"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -216,6 +216,9 @@ func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 		if err := r.authorize(peer, id, nil); err != nil {
 			return res, err
 		}
+		if r.blind.Load() {
+			return res, errBlind(id)
+		}
 		return res, refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
 	}
 	defer e.mu.Unlock()
@@ -226,6 +229,9 @@ func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 	case StatusEvicted:
 		return res, refusal(ErrEvicted, "evicted", "agent %q was evicted: %s", id, e.rec.Reason)
 	case StatusUnhealthy:
+		if r.blind.Load() {
+			return res, errBlind(id)
+		}
 		return res, refusal(ErrUnknown, "unhealthy", "agent %q was silent too long; register again", id)
 	}
 	e.lastSeen.Store(r.cfg.Now().UnixNano())
@@ -235,6 +241,15 @@ func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 	}
 	res.Rotate = !e.rec.RotateFrom.IsZero() || fp != e.rec.CertFingerprint || e.topoSeen.Load() != r.topology.Load()
 	return res, nil
+}
+
+// errBlind answers a liveness check this replica cannot decide while it
+// cannot read the store (Registry.blind): the agent may be registered,
+// and alive, on another replica. It wraps store.ErrUnavailable, which
+// meshd answers with 503 and Retry-After, never the 410 that makes an
+// agent register again.
+func errBlind(id string) error {
+	return fmt.Errorf("agent %q: this replica cannot read what the others wrote: %w", id, store.ErrUnavailable)
 }
 
 // Run marks silent agents unhealthy and writes liveness changes in
@@ -272,6 +287,9 @@ func (r *Registry) Run(ctx context.Context) {
 // Sweep marks agents silent for longer than the timeout unhealthy and
 // returns how many it marked.
 func (r *Registry) Sweep() int {
+	if r.blind.Load() {
+		return 0 // their heartbeats may be reaching another replica
+	}
 	deadline := r.cfg.Now().Add(-r.cfg.Timeout).UnixNano()
 	n := 0
 	for _, e := range r.snapshot() {

@@ -201,6 +201,14 @@ type Registry struct {
 	// the other replicas first.
 	draining atomic.Bool
 
+	// blind is set while the last Sync failed: this replica cannot see
+	// the agents other replicas registered, nor the liveness they share.
+	// Meanwhile Check answers store.ErrUnavailable rather than "unknown"
+	// or "unhealthy" (the truth may be on another replica), and Sweep
+	// marks no agent unhealthy: a database blip must never make a fleet
+	// re-register at once. It stays false without replicas.
+	blind atomic.Bool
+
 	hooks hooks
 }
 

@@ -33,8 +33,10 @@ func (r *Registry) Sync(ctx context.Context) (int, error) {
 	start := r.cfg.Now()
 	recs, err := r.st.Agents(ctx)
 	if err != nil {
+		r.blind.Store(true)
 		return 0, fmt.Errorf("sync agents from the store: %w", err)
 	}
+	defer r.blind.Store(false)
 	stored := make(map[string]bool, len(recs))
 	changed, topo := 0, false
 	for _, rec := range recs {

@@ -76,7 +76,7 @@ func (s *Server) listenAdminSocket() error {
 		return err
 	}
 	s.adminLn = ln
-	s.adminSrv = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: s.cfg.ReadTimeout}
+	s.adminSrv = s.httpServer(s.adminHandler())
 	s.serve(s.adminSrv, ln)
 	return nil
 }
@@ -102,8 +102,8 @@ func (s *Server) listenAdminTLS() error {
 		ln.Close()
 		return err
 	}
-	s.adminTLS = &http.Server{ReadHeaderTimeout: 10 * time.Second, ReadTimeout: s.cfg.ReadTimeout, TLSConfig: cfg,
-		Handler: auth.Handler(s.adminHandler())}
+	s.adminTLS = s.httpServer(auth.Handler(s.adminHandler()))
+	s.adminTLS.TLSConfig = cfg
 	auth.Serve(s.adminTLS)
 	s.serve(s.adminTLS, tls.NewListener(ln, cfg))
 	return nil
@@ -162,6 +162,13 @@ func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
 	e, _, err := s.checkEntity(r.Context(), req)
 	if err != nil {
 		s.adminError(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	// One name, one source: a registered entity never shares its name
+	// with a trust-dir, Kubernetes or SPIRE entity (entityNames).
+	if h := s.names.otherHolder(e.Name, BackendEntities); h != "" {
+		s.metrics.refusals.WithLabelValues("entity_name_taken").Inc()
+		s.adminError(w, r, http.StatusConflict, fmt.Sprintf("%v: trust source %q holds an entity named %q already; choose another name, or remove it from %s first", errEntityNameTaken, h, e.Name, h))
 		return
 	}
 	prev, err := s.st.Entity(r.Context(), e.Name)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
@@ -102,6 +103,11 @@ func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 		case err != nil:
 			s.refuse(w, r, http.StatusForbidden, meshauth.Reason(err), err.Error())
 		default:
+			// One entity name, one trust source (entityNames).
+			if err := s.names.check(caller.Peer); err != nil {
+				s.refuse(w, r, http.StatusForbidden, "entity_name_taken", err.Error())
+				return
+			}
 			if caller.Peer != nil && r.TLS != nil {
 				s.admitted.add(caller.Peer.Fingerprint, r.TLS.PeerCertificates, s.cfg.Now())
 			}
@@ -139,7 +145,7 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxBody))
 	if err != nil {
 		s.count("post", http.StatusRequestEntityTooLarge)
-		s.refuse(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "heartbeat body is larger than 1 MiB")
+		s.refuse(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "heartbeat body is larger than meshd accepts (1 MiB, or MCP_MESH_MAX_REQUEST_BODY_BYTES when lower)")
 		return
 	}
 	res, err := s.reg.HeartbeatBody(r.Context(), peer, body)
@@ -221,6 +227,10 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 	case errors.Is(err, registry.ErrDraining):
 		code = http.StatusServiceUnavailable
 		w.Header().Set("Retry-After", "5")
+	case errors.Is(err, store.ErrUnavailable):
+		// The database is away: 503, never a 410 that makes the agent
+		// register again (MCP Mesh 3.7.1 answers HEAD so too).
+		code = http.StatusServiceUnavailable
 	case errors.Is(err, registry.ErrUnknown), errors.Is(err, registry.ErrEvicted):
 		code = http.StatusGone
 		if method == "delete" {
@@ -233,7 +243,7 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 	if code == http.StatusInternalServerError && errors.Is(err, context.Canceled) {
 		return // the caller went away; nothing to answer
 	}
-	if code == http.StatusInternalServerError && s.unavailable(w, r, err) {
+	if code == http.StatusServiceUnavailable && s.unavailable(w, r, err) {
 		return
 	}
 	if code == http.StatusInternalServerError {
@@ -251,7 +261,9 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 }
 
 // headHeartbeat is the cheap liveness path: 200 nothing changed, 202 POST
-// again, 410 unknown, unhealthy or evicted.
+// again, 410 unknown, unhealthy or evicted; 503 with Retry-After when a
+// replica cannot tell (it cannot read the store: Registry.Check), so a
+// database blip never makes a fleet register again at once.
 func (s *Server) headHeartbeat(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
 	res, err := s.reg.Check(peer, r.PathValue("agent_id"))
 	if err != nil {

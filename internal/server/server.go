@@ -129,6 +129,13 @@ type Config struct {
 	// on every listener; default 30s. A slow client cannot hold a
 	// connection by trickling its body.
 	ReadTimeout time.Duration
+	// IdleTimeout closes a kept-alive connection that sent no request for
+	// that long, on every listener; default 2 minutes, as MCP Mesh 3.7.1.
+	IdleTimeout time.Duration
+	// MaxRequestBody, when set, bounds every request body on every
+	// listener (MCP_MESH_MAX_REQUEST_BODY_BYTES): a larger body is refused
+	// with 413. It lowers the routes' own bounds, never raises them.
+	MaxRequestBody int64
 	// MaxWatchStreams caps the open /revocations/watch streams, and
 	// MaxWatchStreamsPerSource those of one source (a certificate's
 	// identity, or for a caller without one its IPv4 address or IPv6 /64);
@@ -219,7 +226,9 @@ type Server struct {
 	anonymous *anonymousCallers
 	// namespaces holds the entities' agent-id namespaces, for the registry.
 	namespaces *registry.Namespaces
-	started    time.Time
+	// names keeps each partner entity name to one trust source.
+	names   *entityNames
+	started time.Time
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
@@ -267,6 +276,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		cfg.RevocationPoll = 100 * time.Millisecond
 	}
 	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 30*time.Second)
+	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, 2*time.Minute)
 	cfg.MaxWatchStreams = cmp.Or(cfg.MaxWatchStreams, 1024)
 	cfg.MaxWatchStreamsPerSource = cmp.Or(cfg.MaxWatchStreamsPerSource, 16)
 	cfg.AgentCertBurst = cmp.Or(cfg.AgentCertBurst, 100)
@@ -347,6 +357,9 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	if err := s.loadState(ctx); err != nil {
 		return nil, err
 	}
+	// After the registered entities are loaded: at start, a name two
+	// sources hold goes to the first in the chain's order.
+	s.names = newEntityNames(s.log, backends, s.revoked)
 	if err := s.loadAdminPolicy(ctx); err != nil {
 		return nil, err
 	}
@@ -568,15 +581,8 @@ func (s *Server) Start(ctx context.Context) error {
 		return fmt.Errorf("agent port: %w", err)
 	}
 	s.agentLn = ln
-	s.agentSrv = &http.Server{
-		Handler:           s.agentHandler(),
-		ConnContext:       s.agentAuth.ConnContext,
-		ConnState:         s.agentAuth.ConnState,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       s.cfg.ReadTimeout,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-	}
+	s.agentSrv = s.httpServer(s.agentHandler())
+	s.agentSrv.ConnContext, s.agentSrv.ConnState = s.agentAuth.ConnContext, s.agentAuth.ConnState
 	if s.cfg.TLSMode == TLSOff {
 		s.log.Warn("TLS IS OFF: the agent port serves plain HTTP with no identities; any caller can register, heartbeat or delete any agent. Use --tls-mode auto or strict outside a throwaway experiment.", "listen", ln.Addr().String())
 	} else {
@@ -666,6 +672,46 @@ func backendNames(backends []trust.Backend) []string {
 		out = append(out, b.Name())
 	}
 	return out
+}
+
+// httpServer is every listener's http.Server, with MCP Mesh 3.7.1's
+// timeouts: headers read within 10s, a kept-alive connection closed after
+// IdleTimeout (2 minutes) of silence, and a request (headers and body)
+// read within ReadTimeout. That last is an absolute deadline on reading
+// the request only: a long-lived response (the revocation stream) lifts
+// it once its request is read (serveWatch), so no deadline cuts a stream.
+func (s *Server) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           s.limitBodies(h),
+		ReadHeaderTimeout: headerTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+}
+
+// headerTimeout bounds reading a request's headers, on every listener.
+const headerTimeout = 10 * time.Second
+
+// limitBodies refuses, with 413, a request whose body is larger than
+// Config.MaxRequestBody (MCP_MESH_MAX_REQUEST_BODY_BYTES), and bounds the
+// reading of one that does not say its length; without the setting it
+// leaves each route to its own bound. A route whose own bound is smaller
+// (a heartbeat's 1 MiB, /agent-cert's 64 KiB) keeps it.
+func (s *Server) limitBodies(next http.Handler) http.Handler {
+	limit := s.cfg.MaxRequestBody
+	if limit <= 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			s.refuse(w, r, http.StatusRequestEntityTooLarge, "body_too_large",
+				fmt.Sprintf("the request body (%d bytes) is larger than this meshd accepts (%d bytes, MCP_MESH_MAX_REQUEST_BODY_BYTES)", r.ContentLength, limit))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		next.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) serve(srv *http.Server, ln net.Listener) {
