@@ -394,7 +394,7 @@ func (s *Server) issuer(w http.ResponseWriter, r *http.Request, peer *trust.Peer
 		s.refuseIssue(w, r, peer, action, http.StatusNotFound, "no_ca", errNoMeshCA.Error())
 		return false
 	}
-	if peer == nil || peer.Backend != s.localCA.Name() {
+	if peer == nil || !peer.MeshCA || peer.Backend != s.localCA.Name() {
 		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_mesh_cert", "only certificates of the mesh CA are renewed or issued for here")
 		return false
 	}
