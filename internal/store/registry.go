@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -85,13 +86,29 @@ type EntityStore interface {
 }
 
 // AgentStore holds registered agents.
+//
+// Ownership (Owner, Entity, Source) changes only through the audited,
+// conditional claim (AgentAuditor.PutAgentAudited), checked in the
+// transaction that writes it. Every other write is a change to a record
+// whose ownership the writer authorised it against: it applies only while
+// the stored record still has that ownership, and never inserts a record
+// that is not stored (one deleted or released meanwhile, by this process
+// or by a replica sharing the store).
 type AgentStore interface {
-	// PutAgents upserts agents in one transaction. A record replaces the
-	// stored one only if its Version is the same or newer: an equal
-	// version carries newer liveness, an older one is a stale copy and is
-	// ignored without an error. An agent not stored (a deleted one, too)
-	// is inserted whatever its version.
+	// PutAgents writes agents over their stored records in one
+	// transaction. A record replaces the stored one only if the stored
+	// one has the same ownership (SameOwner) and a Version that is not
+	// newer: an equal version carries newer liveness. Any other record is
+	// left out without an error: an older version is a stale copy, and a
+	// record whose id is not stored, or is stored with another ownership,
+	// was overtaken by a delete, a release or a claim. PutAgents never
+	// inserts a record and never changes an ownership.
 	PutAgents(ctx context.Context, agents []Agent) error
+	// UpdateAgent is PutAgents of the one agent ag, telling why it was
+	// left out: an error wrapping ErrNotFound when no record of ag.ID is
+	// stored, ErrAgentOwned when the stored one has another ownership.
+	// An older version is left out without an error, as in PutAgents.
+	UpdateAgent(ctx context.Context, ag Agent) error
 	// DeleteAgent removes an agent with its audit entry, or returns
 	// ErrNotFound.
 	DeleteAgent(ctx context.Context, id string, a AuditEntry) error
@@ -101,15 +118,22 @@ type AgentStore interface {
 
 // AgentAuditor is an AgentStore that writes an agent together with an
 // audit entry, so that an agent id's claim and its record of who claimed
-// it are durable together or not at all. meshd's stores all are one; the
-// registry audits claims only in one.
+// it are durable together or not at all. meshd's stores all are one, and
+// the registry needs one: a claim is the only write that inserts a record
+// or sets its ownership.
 type AgentAuditor interface {
-	// PutAgentAudited is PutAgents of the one agent ag, with a appended
-	// to the audit log in the same transaction: the claim of an agent id.
-	// It is conditional: when the stored record of ag.ID has an owner
-	// other than ag's (owner, entity, or a trust source both name), it
-	// writes nothing and returns ErrAgentOwned, so two processes cannot
-	// both grant one id to different owners.
+	// PutAgentAudited is the claim of an agent id: it writes the one
+	// agent ag, its ownership included, with a appended to the audit log
+	// in the same transaction. It is conditional: when the stored record
+	// of ag.ID has an owner other than ag's (OwnedByOther), it writes
+	// nothing and returns ErrAgentOwned, so two processes cannot both
+	// grant one id to different owners. An id not stored is inserted
+	// whatever ag's version. A claim that changes the stored ownership
+	// (an owner or a source where the record had none) is written
+	// whatever the stored version, with the newer of ag's version and
+	// one past the stored one, so the audit entry never names an owner
+	// the store does not hold; one that keeps it follows PutAgents'
+	// version rule.
 	PutAgentAudited(ctx context.Context, ag Agent, a AuditEntry) error
 }
 
@@ -117,10 +141,39 @@ type AgentAuditor interface {
 // record from another owner: the record has an owner, and claim names
 // another owner or entity, or another trust source where both name one (a
 // record kept from before sources were stored has none).
+//
+// Owner is the canonical name of the claiming certificate (its CN, or its
+// one SPIFFE ID when it has no CN), vouched for by the trust source named
+// in Source (the backend that verified the chain); Entity the registered
+// name of the partner entity whose CA that source matched ("" for the
+// mesh's own CAs). Each is compared as the exact string stored.
 func OwnedByOther(stored, claim Agent) bool {
 	if stored.Owner == "" {
 		return false
 	}
 	return stored.Owner != claim.Owner || stored.Entity != claim.Entity ||
 		stored.Source != "" && claim.Source != "" && stored.Source != claim.Source
+}
+
+// SameOwner reports whether two records of one agent id have one
+// ownership: the exact same Owner, Entity and Source strings (see
+// OwnedByOther for what each is and who vouches for it). A write other
+// than a claim applies only over a stored record of the same ownership as
+// the record the writer authorised it against.
+func SameOwner(a, b Agent) bool {
+	return a.Owner == b.Owner && a.Entity == b.Entity && a.Source == b.Source
+}
+
+// UpdateRefusal is why UpdateAgent left ag out, given the ownership of the
+// stored record cur (found is false when none is stored): an error
+// wrapping ErrNotFound or ErrAgentOwned, or nil when ag was left out only
+// for being older than cur. Both stores answer with it.
+func UpdateRefusal(ag, cur Agent, found bool) error {
+	switch {
+	case !found:
+		return fmt.Errorf("%w: no agent %q is recorded (deleted or released since it was read); only a claim can record it again", ErrNotFound, ag.ID)
+	case !SameOwner(cur, ag):
+		return fmt.Errorf("%w: agent id %q is owned by %q (entity %q, source %q), not by %q as the change assumed", ErrAgentOwned, ag.ID, cur.Owner, cur.Entity, cur.Source, ag.Owner)
+	}
+	return nil
 }

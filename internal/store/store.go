@@ -44,7 +44,9 @@ var (
 	// identity that holds an unexpired, unrevoked certificate already.
 	ErrLiveCert = errors.New("store: the identity already holds a valid certificate")
 	// ErrAgentOwned reports a claim of an agent id (PutAgentAudited) that
-	// another owner, entity or trust source holds in the store.
+	// another owner, entity or trust source holds in the store, or a
+	// change to an agent (UpdateAgent) whose stored ownership is no
+	// longer the one the change was authorised against.
 	ErrAgentOwned = errors.New("store: the agent id is owned by another certificate")
 	// ErrUnavailable reports a write or read the database could not carry
 	// out because it cannot be reached (restarting, network down): nothing

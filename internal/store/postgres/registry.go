@@ -181,8 +181,8 @@ func (s *Store) entities(ctx context.Context, query string, args ...any) ([]stor
 	})
 }
 
-// PutAgents records agents in one transaction, a record replacing the
-// recorded one only if its Version is not older; see
+// PutAgents writes agents over stored records of the same ownership and
+// a version not newer, in one transaction, never inserting one; see
 // sqlite.Store.PutAgents, whose contract this is.
 func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 	if len(agents) == 0 {
@@ -193,15 +193,44 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 		return err
 	}
 	return s.submit(ctx, false, func(ctx context.Context, tx pgx.Tx, _ *chainHead) error {
-		return putAgentRows(ctx, tx, agents, rows)
+		return updateAgentRows(ctx, tx, agents, rows)
 	})
 }
 
-// PutAgentAudited is the conditional claim of an agent id: PutAgents of ag
-// with a appended, unless the recorded agent is owned by another
-// (store.OwnedByOther), when nothing is written and the error wraps
-// store.ErrAgentOwned. The check runs in the transaction that writes, and
-// the writers of every replica run one at a time, so no two replicas both
+// UpdateAgent is PutAgents of ag alone, returning an error wrapping
+// store.ErrNotFound when no record of ag.ID is stored and one wrapping
+// store.ErrAgentOwned when the stored record has another ownership. The
+// update's condition and the read that explains a refusal run in one
+// transaction, one at a time with every replica's claims.
+func (s *Store) UpdateAgent(ctx context.Context, ag store.Agent) error {
+	agents := []store.Agent{ag}
+	rows, err := agentRows(agents)
+	if err != nil {
+		return err
+	}
+	return s.submit(ctx, false, func(ctx context.Context, tx pgx.Tx, _ *chainHead) error {
+		tag, err := tx.Exec(ctx, updateAgentSQL, rows[0]...)
+		if err != nil {
+			return fmt.Errorf("postgres: record agent %q: %w", ag.ID, classify(err))
+		}
+		if tag.RowsAffected() > 0 {
+			return nil
+		}
+		var cur store.Agent
+		err = tx.QueryRow(ctx, `SELECT owner, entity, source FROM agents WHERE id = $1`, ag.ID).Scan(&cur.Owner, &cur.Entity, &cur.Source)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("postgres: record agent %q: %w", ag.ID, classify(err))
+		}
+		return store.UpdateRefusal(ag, cur, err == nil)
+	})
+}
+
+// PutAgentAudited is the conditional claim of an agent id (see
+// store.AgentAuditor): ag, its ownership included, with a appended, unless
+// the recorded agent is owned by another (store.OwnedByOther), when
+// nothing is written and the error wraps store.ErrAgentOwned. The check
+// runs in the transaction that writes, and the writers of every replica
+// run one at a time (the audit head's lock), so no two replicas both
 // grant the id.
 func (s *Store) PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error {
 	agents := []store.Agent{ag}
@@ -221,8 +250,8 @@ func (s *Store) PutAgentAudited(ctx context.Context, ag store.Agent, a store.Aud
 		case err != nil && !errors.Is(err, pgx.ErrNoRows):
 			return fmt.Errorf("postgres: record agent %q: %w", ag.ID, classify(err))
 		}
-		if err := putAgentRows(ctx, tx, agents, rows); err != nil {
-			return err
+		if _, err := tx.Exec(ctx, claimAgentSQL, rows[0]...); err != nil {
+			return fmt.Errorf("postgres: record agent %q: %w", ag.ID, classify(err))
 		}
 		return appendAudit(ctx, tx, head, a)
 	})
@@ -250,22 +279,37 @@ func agentRows(agents []store.Agent) ([][]any, error) {
 	return rows, nil
 }
 
-// putAgentRows writes the rows of agents in tx. A record older than the
-// stored one changes nothing: it is a copy taken before the write that
-// stored the newer.
-func putAgentRows(ctx context.Context, tx pgx.Tx, agents []store.Agent, rows [][]any) error {
+// claimAgentSQL is the claim's write (PutAgentAudited), once
+// store.OwnedByOther has passed: it inserts, and it alone sets owner,
+// entity and source. A claim that keeps the stored ownership and is older
+// than the stored record changes nothing; one that changes it is written
+// whatever the stored version, one past it at least.
+const claimAgentSQL = `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
+	status, reason, registered_at, last_seen, rotate_from, version, source)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+	ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, entity = excluded.entity,
+		source = excluded.source, payload = excluded.payload, cert_serial = excluded.cert_serial,
+		cert_fingerprint = excluded.cert_fingerprint, status = excluded.status,
+		reason = excluded.reason, registered_at = excluded.registered_at,
+		last_seen = excluded.last_seen, rotate_from = excluded.rotate_from,
+		version = CASE WHEN excluded.version >= agents.version THEN excluded.version ELSE agents.version + 1 END
+	WHERE excluded.version >= agents.version OR agents.owner <> excluded.owner
+		OR agents.entity <> excluded.entity OR agents.source <> excluded.source`
+
+// updateAgentSQL is every other write (PutAgents, UpdateAgent), with
+// agentRows' arguments: over a stored record of the same owner ($2),
+// entity ($3) and source ($13), the exact strings the writer authorised
+// the change against, and not older. It never inserts.
+const updateAgentSQL = `UPDATE agents SET payload = $4, cert_serial = $5, cert_fingerprint = $6,
+	status = $7, reason = $8, registered_at = $9, last_seen = $10, rotate_from = $11, version = $12
+	WHERE id = $1 AND owner = $2 AND entity = $3 AND source = $13 AND version <= $12`
+
+// updateAgentRows writes the rows of agents in tx over stored records of
+// the same ownership, never inserting one.
+func updateAgentRows(ctx context.Context, tx pgx.Tx, agents []store.Agent, rows [][]any) error {
 	b := &pgx.Batch{}
 	for _, args := range rows {
-		b.Queue(`INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
-			status, reason, registered_at, last_seen, rotate_from, version, source)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, entity = excluded.entity,
-				source = excluded.source, payload = excluded.payload, cert_serial = excluded.cert_serial,
-				cert_fingerprint = excluded.cert_fingerprint, status = excluded.status,
-				reason = excluded.reason, registered_at = excluded.registered_at,
-				last_seen = excluded.last_seen, rotate_from = excluded.rotate_from,
-				version = excluded.version
-			WHERE excluded.version >= agents.version`, args...)
+		b.Queue(updateAgentSQL, args...)
 	}
 	res := tx.SendBatch(ctx, b)
 	for i := range rows {

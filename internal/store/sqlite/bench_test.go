@@ -85,11 +85,9 @@ func BenchmarkPutAgents(b *testing.B) {
 			for i := range batch {
 				batch[i] = testAgent(i)
 			}
-			// Recorded once before the loop, so that the loop updates
+			// Claimed once before the loop, so that the loop updates
 			// agents, as the flusher does.
-			if err := s.PutAgents(b.Context(), batch); err != nil {
-				b.Fatal(err)
-			}
+			claimAgents(b, s, batch...)
 
 			var agents int
 			for b.Loop() {

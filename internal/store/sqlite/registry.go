@@ -205,16 +205,17 @@ func scanEntity(row interface{ Scan(...any) error }) (store.Entity, error) {
 	return e, nil
 }
 
-// PutAgents records agents, replacing the records of agents already
-// recorded, in one transaction: all of them are written or none is. It
-// appends nothing to the audit log, since an agent's liveness is no audited
-// event. An empty batch writes nothing.
+// PutAgents writes agents over their stored records in one transaction:
+// all of them are written or none is. It appends nothing to the audit
+// log, since an agent's liveness is no audited event. An empty batch
+// writes nothing.
 //
-// A record replaces the recorded one only if its Version is not older; an
-// older one is left out without an error. Records are applied in batch
-// order, so a batch that names an agent twice keeps the last of its newest
-// version. An agent that is not recorded (a deleted one included) is
-// inserted whatever its version.
+// A record replaces the stored one only if that one has the same owner,
+// entity and source (store.SameOwner) and a version that is not newer;
+// any other record is left out without an error, and a record of an id
+// not stored is never inserted (see store.AgentStore). Records are applied
+// in batch order, so a batch that names an agent twice keeps the last of
+// its newest version.
 //
 // Zero times are kept as zero; every other time must lie between the years
 // 1678 and 2262.
@@ -227,17 +228,46 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 		return err
 	}
 	return s.submit(ctx, func(ctx context.Context, tx writeTx, _ *chainHead) error {
-		return putAgentRows(ctx, tx, agents, rows)
+		return updateAgentRows(ctx, tx, agents, rows)
 	})
 }
 
-// PutAgentAudited is PutAgents of ag alone, with a appended to the audit
-// log in the same transaction: the registry records an agent id's first
-// claim so. a is appended even when ag is older than the recorded agent
-// and left out. A zero a.Time is set from the store's clock. When the
-// recorded agent is owned by another (store.OwnedByOther), nothing is
-// written and the error wraps store.ErrAgentOwned: the writer's one
-// transaction at a time makes the check and the write one step.
+// UpdateAgent is PutAgents of ag alone, returning an error wrapping
+// store.ErrNotFound when no record of ag.ID is stored and one wrapping
+// store.ErrAgentOwned when the stored record has another ownership; then
+// nothing is written. The writer's one transaction at a time makes the
+// check and the write one step.
+func (s *Store) UpdateAgent(ctx context.Context, ag store.Agent) error {
+	agents := []store.Agent{ag}
+	rows, err := agentRows(agents)
+	if err != nil {
+		return err
+	}
+	return s.submit(ctx, func(ctx context.Context, tx writeTx, _ *chainHead) error {
+		n, err := tx.execRows(ctx, tx.st.updateAgent, rows[0]...)
+		if err != nil {
+			return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
+		}
+		if n > 0 {
+			return nil
+		}
+		var cur store.Agent
+		err = tx.queryRow(ctx, tx.st.agentOwner, ag.ID).Scan(&cur.Owner, &cur.Entity, &cur.Source)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
+		}
+		return store.UpdateRefusal(ag, cur, err == nil)
+	})
+}
+
+// PutAgentAudited is the claim of an agent id (see store.AgentAuditor):
+// ag written, its ownership included, with a appended to the audit log
+// in the same transaction. a is appended even when ag keeps the stored
+// ownership and is older than the stored record, and so is left out. A
+// zero a.Time is set from the store's clock. When the recorded agent is
+// owned by another (store.OwnedByOther), nothing is written and the error
+// wraps store.ErrAgentOwned: the writer's one transaction at a time makes
+// the check and the write one step.
 func (s *Store) PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error {
 	agents := []store.Agent{ag}
 	rows, err := agentRows(agents)
@@ -256,8 +286,8 @@ func (s *Store) PutAgentAudited(ctx context.Context, ag store.Agent, a store.Aud
 		case err != nil && !errors.Is(err, sql.ErrNoRows):
 			return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
 		}
-		if err := putAgentRows(ctx, tx, agents, rows); err != nil {
-			return err
+		if err := tx.exec(ctx, tx.st.claimAgent, rows[0]...); err != nil {
+			return fmt.Errorf("sqlite: record agent %q: %w", ag.ID, err)
 		}
 		return appendAudit(ctx, tx, head, a)
 	})
@@ -280,9 +310,10 @@ func agentRows(agents []store.Agent) ([][]any, error) {
 	return rows, nil
 }
 
-// putAgentRows writes the rows of agents in tx.
-func putAgentRows(ctx context.Context, tx writeTx, agents []store.Agent, rows [][]any) error {
-	put := tx.StmtContext(ctx, tx.st.putAgent)
+// updateAgentRows writes the rows of agents in tx over stored records of
+// the same ownership, never inserting one.
+func updateAgentRows(ctx context.Context, tx writeTx, agents []store.Agent, rows [][]any) error {
+	put := tx.StmtContext(ctx, tx.st.updateAgent)
 	for i, args := range rows {
 		if _, err := put.ExecContext(ctx, args...); err != nil {
 			return fmt.Errorf("sqlite: record agent %q: %w", agents[i].ID, err)

@@ -26,6 +26,19 @@ func testAgent(n int) store.Agent {
 	}
 }
 
+// claimAgents records agents through their claims (PutAgentAudited), the
+// one write that inserts an agent, and returns how many audit entries
+// that appended.
+func claimAgents(tb testing.TB, s *Store, agents ...store.Agent) int {
+	tb.Helper()
+	for _, ag := range agents {
+		if err := s.PutAgentAudited(tb.Context(), ag, store.AuditEntry{Action: "agent.claim", Identity: ag.ID}); err != nil {
+			tb.Fatalf("claim of %s: %v", ag.ID, err)
+		}
+	}
+	return len(agents)
+}
+
 func testEntity(name string) store.Entity {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	return store.Entity{Name: name, CAPEM: []byte("-----BEGIN CERTIFICATE-----\n"), Fingerprint: fmt.Sprintf("%064x", len(name)),
@@ -36,10 +49,7 @@ func testEntity(name string) store.Entity {
 // the Unix epoch, stored as 0, reads back as the epoch and not as "never".
 func TestZeroTimeIsNull(t *testing.T) {
 	s, path := openTest(t)
-	ag := store.Agent{ID: "a", LastSeen: time.Unix(0, 0)}
-	if err := s.PutAgents(t.Context(), []store.Agent{ag}); err != nil {
-		t.Fatal(err)
-	}
+	claimAgents(t, s, store.Agent{ID: "a", LastSeen: time.Unix(0, 0)})
 	if err := s.PutEntity(t.Context(), store.Entity{Name: "e"}, false, store.AuditEntry{Action: "entity.register"}); err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +79,7 @@ func TestPutAgentsOneTransaction(t *testing.T) {
 	for i := range batch {
 		batch[i] = testAgent(i)
 	}
+	claimAgents(t, s, batch...)
 	commits, writes := s.commits.Load(), s.writes.Load()
 	if err := s.PutAgents(t.Context(), batch); err != nil {
 		t.Fatal(err)
@@ -90,18 +101,17 @@ func TestPutAgentsOneTransaction(t *testing.T) {
 func TestPutAgentsAllOrNothing(t *testing.T) {
 	g, opt := newGate()
 	s, path := openTest(t, opt)
-	before := []store.Agent{testAgent(1), testAgent(2)}
-	if err := s.PutAgents(t.Context(), before); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rawDB(t, path).Exec(`CREATE TRIGGER fault BEFORE INSERT ON agents WHEN NEW.id = 'boom'
+	boom := testAgent(5)
+	boom.ID = "boom"
+	claims := claimAgents(t, s, testAgent(1), testAgent(2), boom)
+	if _, err := rawDB(t, path).Exec(`CREATE TRIGGER fault BEFORE UPDATE ON agents WHEN NEW.id = 'boom'
 		BEGIN SELECT RAISE(ABORT, 'injected fault'); END`); err != nil {
 		t.Fatal(err)
 	}
 
 	changed := testAgent(1)
 	changed.Status = "evicted"
-	bad := []store.Agent{changed, testAgent(3), {ID: "boom"}, testAgent(4)}
+	bad := []store.Agent{changed, testAgent(3), boom, testAgent(4)}
 	g.armed.Store(true)
 	errs := make(chan error, 2)
 	go func() { errs <- s.Append(t.Context(), store.AuditEntry{Action: "first"}) }()
@@ -127,11 +137,11 @@ func TestPutAgentsAllOrNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 2 || got[0].Status != "healthy" {
-		t.Errorf("after a failed batch, Agents = %+v; want the 2 agents as they were", got)
+	if len(got) != 3 || got[0].Status != "healthy" {
+		t.Errorf("after a failed batch, Agents = %+v; want the 3 agents as they were", got)
 	}
-	if log, _ := s.AuditLog(t.Context()); len(log) != 2 || store.VerifyAuditChain(log) != nil {
-		t.Errorf("audit log has %d entries, want the 2 written with the failed batch", len(log))
+	if log, _ := s.AuditLog(t.Context()); len(log) != claims+2 || store.VerifyAuditChain(log) != nil {
+		t.Errorf("audit log has %d entries, want the %d claims and the 2 written with the failed batch", len(log), claims)
 	}
 }
 
@@ -139,6 +149,7 @@ func TestPutAgentsSameIDTwice(t *testing.T) {
 	s, _ := openTest(t)
 	first, last := testAgent(1), testAgent(1)
 	last.Status = "unhealthy"
+	claimAgents(t, s, first, testAgent(2))
 	if err := s.PutAgents(t.Context(), []store.Agent{first, testAgent(2), last}); err != nil {
 		t.Fatal(err)
 	}
@@ -255,14 +266,14 @@ func TestMigrateFromVersion1(t *testing.T) {
 	if err := s.PutEntity(t.Context(), testEntity("e"), false, store.AuditEntry{Action: "entity.register"}); err != nil {
 		t.Errorf("PutEntity after the migration: %v", err)
 	}
-	if err := s.PutAgents(t.Context(), []store.Agent{testAgent(1)}); err != nil {
-		t.Errorf("PutAgents after the migration: %v", err)
+	if err := s.PutAgentAudited(t.Context(), testAgent(1), store.AuditEntry{Action: "agent.claim"}); err != nil {
+		t.Errorf("PutAgentAudited after the migration: %v", err)
 	}
 	var version int
 	if err := s.rdb.QueryRow("SELECT max(version) FROM schema_version").Scan(&version); err != nil || version != len(ms) {
 		t.Errorf("schema version %d (%v), want %d", version, err, len(ms))
 	}
-	if log, err := s.AuditLog(t.Context()); err != nil || store.VerifyAuditChain(log) != nil || len(log) != 2 {
+	if log, err := s.AuditLog(t.Context()); err != nil || store.VerifyAuditChain(log) != nil || len(log) != 3 {
 		t.Errorf("audit log after the migration: %d entries, %v", len(log), err)
 	}
 	if err := s.IntegrityCheck(t.Context()); err != nil {
@@ -327,7 +338,8 @@ func TestMigrateAgentSource(t *testing.T) {
 	}
 	bound := old
 	bound.Source, bound.Version = "localca", 1
-	if err := s.PutAgents(t.Context(), []store.Agent{bound}); err != nil {
+	// Binding the source is a claim: the ownership changes.
+	if err := s.PutAgentAudited(t.Context(), bound, store.AuditEntry{Action: "agent.claim"}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := s.Agents(t.Context()); err != nil || len(got) != 1 || got[0].Source != "localca" {

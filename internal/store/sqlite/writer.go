@@ -184,7 +184,8 @@ type writeStmts struct {
 	revokeEntity *sql.Stmt
 	entityEvent  *sql.Stmt
 	rotateEntity *sql.Stmt
-	putAgent     *sql.Stmt
+	claimAgent   *sql.Stmt
+	updateAgent  *sql.Stmt
 	deleteAgent  *sql.Stmt
 
 	putPolicy *sql.Stmt
@@ -262,9 +263,13 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.entityRotatedEvent, `INSERT INTO events (kind, serial, issuer_key_id, common_name, entity, key_hash, reason, time)
 			SELECT 'entity.rotated', '', '', '', name, '', 0, ? FROM entities WHERE name = ?`},
 		{&st.rotateEntity, `UPDATE entities SET rotated_at = ? WHERE name = ?`},
-		// A record older than the stored one changes nothing: it is a
-		// copy the registry took before the write that stored the newer.
-		{&st.putAgent, `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
+		// The claim (PutAgentAudited), once store.OwnedByOther has
+		// passed: it inserts, and it alone sets owner, entity and source.
+		// A claim that keeps the stored ownership and is older than the
+		// stored record changes nothing (a copy taken before the write
+		// that stored the newer); one that changes it is written whatever
+		// the stored version, one past it at least.
+		{&st.claimAgent, `INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
 			status, reason, registered_at, last_seen, rotate_from, version, source)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, entity = excluded.entity,
@@ -272,8 +277,16 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 				cert_fingerprint = excluded.cert_fingerprint, status = excluded.status,
 				reason = excluded.reason, registered_at = excluded.registered_at,
 				last_seen = excluded.last_seen, rotate_from = excluded.rotate_from,
-				version = excluded.version
-			WHERE excluded.version >= agents.version`},
+				version = CASE WHEN excluded.version >= agents.version THEN excluded.version ELSE agents.version + 1 END
+			WHERE excluded.version >= agents.version OR agents.owner <> excluded.owner
+				OR agents.entity <> excluded.entity OR agents.source <> excluded.source`},
+		// Every other write (PutAgents, UpdateAgent), with agentArgs'
+		// arguments: over a stored record of the same owner (?2), entity
+		// (?3) and source (?13), the exact strings the writer authorised
+		// the change against, and not older. It never inserts.
+		{&st.updateAgent, `UPDATE agents SET payload = ?4, cert_serial = ?5, cert_fingerprint = ?6,
+			status = ?7, reason = ?8, registered_at = ?9, last_seen = ?10, rotate_from = ?11, version = ?12
+			WHERE id = ?1 AND owner = ?2 AND entity = ?3 AND source = ?13 AND version <= ?12`},
 		{&st.deleteAgent, `DELETE FROM agents WHERE id = ?`},
 		{&st.insertToken, `INSERT INTO join_tokens (hash, node_id, created_at, expires_at, used_at)
 			VALUES (?, ?, ?, ?, ?)`},

@@ -23,6 +23,7 @@ type registryStore interface {
 	store.Store
 	store.EntityStore
 	store.AgentStore
+	store.AgentAuditor
 }
 
 // openRegistry is openStore for the registry's checks. Every store must
@@ -32,7 +33,7 @@ func openRegistry(t *testing.T, open Opener, dir string) registryStore {
 	s := openStore(t, open, dir)
 	rs, ok := s.(registryStore)
 	if !ok {
-		t.Fatalf("%T does not implement store.EntityStore and store.AgentStore, which meshd needs", s)
+		t.Fatalf("%T does not implement store.EntityStore, store.AgentStore and store.AgentAuditor, which meshd needs", s)
 	}
 	return rs
 }
@@ -322,14 +323,18 @@ func testRegistryNotFound(t *testing.T, open Opener) {
 	known := newEntity("known", epoch())
 	mustPutEntity(t, s, false, known)
 	ag := newAgent(1, epoch())
-	mustPutAgents(t, s, ag)
+	claims := mustClaim(t, s, ag)
 
 	at := epoch().Add(time.Hour)
+	unknown := ag
+	unknown.ID = "unknown"
 	calls := []struct {
 		name string
 		call func() error
 	}{
 		{"Entity", func() error { _, err := s.Entity(t.Context(), "unknown"); return err }},
+		// Only a claim inserts: a change to an agent not stored is refused.
+		{"UpdateAgent", func() error { return s.UpdateAgent(t.Context(), unknown) }},
 		{"RevokeEntity", func() error {
 			return s.RevokeEntity(t.Context(), "unknown", at, markEntry("entity.revoke", "unknown", at))
 		}},
@@ -348,7 +353,7 @@ func testRegistryNotFound(t *testing.T, open Opener) {
 	// Nothing was written: no record changed and no audit entry appended.
 	checkEntities(t, "after the refused calls", s, []store.Entity{known})
 	checkAgents(t, "after the refused calls", s, []store.Agent{ag})
-	checkLog(t, "after the refused calls", s, []store.AuditEntry{entityEntry(known)})
+	checkLog(t, "after the refused calls", s, append([]store.AuditEntry{entityEntry(known)}, claims...))
 }
 
 // newAgent returns an agent record, distinct for each n, registered at
@@ -374,6 +379,55 @@ func mustPutAgents(t *testing.T, s store.AgentStore, agents ...store.Agent) {
 	if err := s.PutAgents(t.Context(), agents); err != nil {
 		t.Fatalf("PutAgents(%d agents): %v", len(agents), err)
 	}
+}
+
+// claimEntry is the audit entry of ag's claim.
+func claimEntry(ag store.Agent) store.AuditEntry {
+	return store.AuditEntry{Time: epoch(), Action: "agent.claim", Identity: ag.ID, Outcome: store.OutcomeOK, Detail: "owner " + ag.Owner}
+}
+
+// mustClaim records each of agents through its claim (PutAgentAudited,
+// the one write that inserts an agent), one after the other, and returns
+// their audit entries in order.
+func mustClaim(t *testing.T, s store.AgentAuditor, agents ...store.Agent) []store.AuditEntry {
+	t.Helper()
+	var log []store.AuditEntry
+	for _, ag := range agents {
+		a := claimEntry(ag)
+		if err := s.PutAgentAudited(t.Context(), ag, a); err != nil {
+			t.Fatalf("PutAgentAudited(%s by %q): %v", ag.ID, ag.Owner, err)
+		}
+		log = append(log, a)
+	}
+	return log
+}
+
+// mustClaimAll claims agents from several goroutines at once, so that a
+// store that commits in groups records many in one transaction.
+func mustClaimAll(t *testing.T, s store.AgentAuditor, agents []store.Agent) {
+	t.Helper()
+	const workers = 16
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(agents); i += workers {
+				if err := s.PutAgentAudited(t.Context(), agents[i], claimEntry(agents[i])); err != nil {
+					t.Errorf("PutAgentAudited(%s): %v", agents[i].ID, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+// ownedAs returns ag with the ownership (owner, entity, source) of of.
+func ownedAs(ag, of store.Agent) store.Agent {
+	ag.Owner, ag.Entity, ag.Source = of.Owner, of.Entity, of.Source
+	return ag
 }
 
 // agentDiff describes how got differs from want, or returns "" if they
@@ -444,20 +498,14 @@ func testAgentRoundTrip(t *testing.T, open Opener) {
 
 	dir := t.TempDir()
 	s := openRegistry(t, open, dir)
-	mustPutAgents(t, s, full, bare)
-	// The registry writes a first claim with its audit entry.
-	auditor, ok := s.(store.AgentAuditor)
-	if !ok {
-		t.Fatalf("%T does not implement store.AgentAuditor, which meshd audits agent claims with", s)
-	}
-	claim := store.AuditEntry{Time: epoch(), Action: "agent.claim", Identity: mid.ID, Outcome: store.OutcomeOK, Detail: "owner " + mid.Owner}
-	if err := auditor.PutAgentAudited(t.Context(), mid, claim); err != nil {
-		t.Fatalf("PutAgentAudited: %v", err)
-	}
+	// The registry records an agent through its claim, with its audit
+	// entry.
+	claims := mustClaim(t, s, full, bare, mid)
+	// Liveness is not audited.
+	mustPutAgents(t, s, mid)
 	for _, phase := range []string{"before reopen", "after reopen"} {
 		checkAgents(t, phase, s, want)
-		// Liveness is not audited; the claim is.
-		checkLog(t, phase, s, []store.AuditEntry{claim})
+		checkLog(t, phase, s, claims)
 		s = reopenRegistry(t, open, dir, s)
 	}
 }
@@ -467,18 +515,18 @@ func testPutAgentsUpsert(t *testing.T, open Opener) {
 	s := openRegistry(t, open, dir)
 	a1, a2, a3 := newAgent(1, epoch()), newAgent(2, epoch()), newAgent(3, epoch())
 	a2.RotateFrom = epoch().Add(time.Minute)
-	mustPutAgents(t, s, a1, a2, a3)
+	claims := mustClaim(t, s, a1, a2, a3)
 
-	// a2 changes every field it can (its rotation done, so RotateFrom goes
-	// back to zero); a4 is new.
-	a2b := newAgent(22, epoch().Add(time.Hour))
+	// a2 changes every field but its ownership (its rotation done, so
+	// RotateFrom goes back to zero); a4 is not stored, and PutAgents
+	// never inserts: only a claim does.
+	a2b := ownedAs(newAgent(22, epoch().Add(time.Hour)), a2)
 	a2b.ID = a2.ID
 	a2b.Status, a2b.Reason = "unhealthy", "silent for 90s"
-	a2b.Source = "filestore"
 	a4 := newAgent(4, epoch().Add(time.Hour))
 	mustPutAgents(t, s, a4, a2b)
-	want := []store.Agent{a1, a2b, a3, a4}
-	checkAgents(t, "after the upsert", s, want)
+	want := []store.Agent{a1, a2b, a3}
+	checkAgents(t, "after the update", s, want)
 
 	for _, empty := range [][]store.Agent{nil, {}} {
 		if err := s.PutAgents(t.Context(), empty); err != nil {
@@ -487,7 +535,7 @@ func testPutAgentsUpsert(t *testing.T, open Opener) {
 	}
 	s = reopenRegistry(t, open, dir, s)
 	checkAgents(t, "after empty batches and a reopen", s, want)
-	checkLog(t, "after PutAgents", s, nil)
+	checkLog(t, "after PutAgents", s, claims)
 
 	// The upsert's version rule, run from here rather than listed in Run,
 	// so that it comes with the check it refines.
@@ -505,10 +553,11 @@ func testPutAgentsVersions(t *testing.T, open Opener) {
 	cur.Version = 3
 	other := newAgent(2, epoch())
 	other.Version = 5
-	mustPutAgents(t, s, cur, other)
+	claims := mustClaim(t, s, cur, other)
 
-	// Older: every field differs, and none of it may land.
-	old := newAgent(11, epoch().Add(-time.Hour))
+	// Older: every field but the ownership differs, and none of it may
+	// land.
+	old := ownedAs(newAgent(11, epoch().Add(-time.Hour)), cur)
 	old.ID, old.Version = cur.ID, 2
 	old.Status, old.Reason = "evicted", "a stale copy"
 	mustPutAgents(t, s, old)
@@ -521,20 +570,20 @@ func testPutAgentsVersions(t *testing.T, open Opener) {
 	checkAgents(t, "after an equal version with newer liveness", s, []store.Agent{cur, other})
 
 	// Within one batch too: the newer record stands whatever its place,
-	// and a new agent is inserted whatever its version.
-	newer := newAgent(21, epoch().Add(time.Hour))
+	// and an agent not stored is not inserted whatever its version.
+	newer := ownedAs(newAgent(21, epoch().Add(time.Hour)), cur)
 	newer.ID, newer.Version = cur.ID, 4
 	stale := other
 	stale.Version, stale.Status = 4, "healthy, a stale copy"
 	fresh := newAgent(3, epoch())
 	fresh.Version = 9
 	mustPutAgents(t, s, newer, old, stale, fresh)
-	want := []store.Agent{newer, other, fresh}
+	want := []store.Agent{newer, other}
 	checkAgents(t, "after a batch of mixed versions", s, want)
 	s = reopenRegistry(t, open, dir, s)
 	checkAgents(t, "after a reopen", s, want)
 
-	// A deleted agent's version goes with it: registered again, it starts
+	// A deleted agent's version goes with it: claimed again, it starts
 	// over.
 	del := markEntry("agent.delete", newer.ID, epoch().Add(2*time.Hour))
 	if err := s.DeleteAgent(t.Context(), newer.ID, del); err != nil {
@@ -542,9 +591,10 @@ func testPutAgentsVersions(t *testing.T, open Opener) {
 	}
 	again := newAgent(1, epoch().Add(3*time.Hour))
 	again.Version = 1
-	mustPutAgents(t, s, again)
-	checkAgents(t, "after a delete and a new registration", s, []store.Agent{again, other, fresh})
-	checkLog(t, "after PutAgents", s, []store.AuditEntry{del})
+	claims = append(claims, del)
+	claims = append(claims, mustClaim(t, s, again)...)
+	checkAgents(t, "after a delete and a new claim", s, []store.Agent{again, other})
+	checkLog(t, "after PutAgents", s, claims)
 }
 
 func testPutAgentsBatch(t *testing.T, open Opener) {
@@ -556,8 +606,8 @@ func testPutAgentsBatch(t *testing.T, open Opener) {
 		// Out of id order, so the store has to sort.
 		batch[i] = newAgent((i*7919)%n, epoch())
 	}
-	mustPutAgents(t, s, batch...)
-	checkAgents(t, "after the first batch", s, batch)
+	mustClaimAll(t, s, batch)
+	checkAgents(t, "after the claims", s, batch)
 
 	// The registry's flusher: every agent's liveness changes at once.
 	for i := range batch {
@@ -566,15 +616,17 @@ func testPutAgentsBatch(t *testing.T, open Opener) {
 	}
 	mustPutAgents(t, s, batch...)
 	s = reopenRegistry(t, open, dir, s)
-	checkAgents(t, "after the second batch and a reopen", s, batch)
-	checkLog(t, "after PutAgents", s, nil)
+	checkAgents(t, "after the batch and a reopen", s, batch)
+	if log := auditLog(t, s); len(log) != n {
+		t.Errorf("the audit log holds %d entries after %d claims and a batch of liveness, want the claims alone", len(log), n)
+	}
 }
 
 func testDeleteAgent(t *testing.T, open Opener) {
 	dir := t.TempDir()
 	s := openRegistry(t, open, dir)
 	a1, a2 := newAgent(1, epoch()), newAgent(2, epoch())
-	mustPutAgents(t, s, a1, a2)
+	claims := mustClaim(t, s, a1, a2)
 	del := store.AuditEntry{Time: epoch().Add(time.Hour), Action: "agent.delete", Identity: a1.ID, Outcome: store.OutcomeOK, Detail: "by " + a1.Owner}
 	if err := s.DeleteAgent(t.Context(), a1.ID, del); err != nil {
 		t.Fatalf("DeleteAgent: %v", err)
@@ -584,11 +636,21 @@ func testDeleteAgent(t *testing.T, open Opener) {
 	}
 	s = reopenRegistry(t, open, dir, s)
 	checkAgents(t, "after DeleteAgent", s, []store.Agent{a2})
-	checkLog(t, "after DeleteAgent", s, []store.AuditEntry{del})
+	checkLog(t, "after DeleteAgent", s, append(claims, del))
 
-	// A deleted agent can register again.
-	mustPutAgents(t, s, a1)
-	checkAgents(t, "after registering again", s, []store.Agent{a1, a2})
+	// A write other than a claim does not bring it back (a replica's
+	// flush of the record it held, say).
+	late := a1
+	late.Version++
+	mustPutAgents(t, s, late)
+	if err := s.UpdateAgent(t.Context(), late); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateAgent(deleted agent) = %v, want an error wrapping store.ErrNotFound", err)
+	}
+	checkAgents(t, "after writes to the deleted agent", s, []store.Agent{a2})
+
+	// A deleted agent can be claimed again.
+	mustClaim(t, s, a1)
+	checkAgents(t, "after a new claim", s, []store.Agent{a1, a2})
 }
 
 // testRegistryConcurrent runs batches of agents, entity operations and
@@ -602,13 +664,29 @@ func testRegistryConcurrent(t *testing.T, open Opener) {
 		writing sync.WaitGroup
 		wg      sync.WaitGroup
 		done    = make(chan struct{})
+		all     = make([]store.Agent, writers*batches*batchSize)
 	)
+	// Claimed first (PutAgents never inserts); each batch then marks its
+	// agents unhealthy at once.
+	for i := range all {
+		all[i] = newAgent(i, epoch())
+	}
+	mustClaimAll(t, s, all)
+	marked := func(got []store.Agent) int {
+		n := 0
+		for _, a := range got {
+			if a.Status == "unhealthy" {
+				n++
+			}
+		}
+		return n
+	}
 	for w := range writers {
 		writing.Go(func() {
 			for b := range batches {
-				batch := make([]store.Agent, batchSize)
+				batch := slices.Clone(all[((w*batches)+b)*batchSize:][:batchSize])
 				for i := range batch {
-					batch[i] = newAgent(((w*batches)+b)*batchSize+i, epoch())
+					batch[i].Status = "unhealthy"
 				}
 				if err := s.PutAgents(t.Context(), batch); err != nil {
 					t.Errorf("PutAgents: %v", err)
@@ -619,10 +697,11 @@ func testRegistryConcurrent(t *testing.T, open Opener) {
 					t.Errorf("Agents: %v", err)
 					return
 				}
-				if _, ok := slices.BinarySearchFunc(got, batch[0].ID, func(a store.Agent, id string) int {
+				i, ok := slices.BinarySearchFunc(got, batch[0].ID, func(a store.Agent, id string) int {
 					return strings.Compare(a.ID, id)
-				}); !ok {
-					t.Errorf("agent %s is missing from Agents after PutAgents returned", batch[0].ID)
+				})
+				if !ok || got[i].Status != "unhealthy" {
+					t.Errorf("agent %s is not marked in Agents after PutAgents returned", batch[0].ID)
 				}
 			}
 		})
@@ -662,11 +741,12 @@ func testRegistryConcurrent(t *testing.T, open Opener) {
 					t.Errorf("Agents: %v", err)
 					return
 				}
-				if len(got)%batchSize != 0 || len(got) < last {
-					t.Errorf("Agents returned %d agents after %d: a batch of %d was seen in part, or writes went back", len(got), last, batchSize)
+				n := marked(got)
+				if n%batchSize != 0 || n < last {
+					t.Errorf("Agents returned %d marked agents after %d: a batch of %d was seen in part, or writes went back", n, last, batchSize)
 					return
 				}
-				last = len(got)
+				last = n
 				if !slices.IsSortedFunc(got, func(a, b store.Agent) int { return strings.Compare(a.ID, b.ID) }) {
 					t.Error("Agents is not in id order")
 					return
@@ -694,8 +774,8 @@ func testRegistryConcurrent(t *testing.T, open Opener) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != writers*batches*batchSize {
-		t.Errorf("Agents returned %d agents, want %d", len(got), writers*batches*batchSize)
+	if len(got) != len(all) || marked(got) != len(all) {
+		t.Errorf("Agents returned %d agents, %d of them marked, want %d, all marked", len(got), marked(got), len(all))
 	}
 	es, err := s.Entities(t.Context())
 	if err != nil {
@@ -709,8 +789,23 @@ func testRegistryConcurrent(t *testing.T, open Opener) {
 			t.Errorf("entity %q: RevokedAt %s, RotatedAt %s; want both set", e.Name, fmtTime(e.RevokedAt), fmtTime(e.RotatedAt))
 		}
 	}
-	// The entity operations' entries, in order, and nothing for the agents.
-	checkLog(t, "after the concurrent writes", s, wantLog)
+	// The claims, and the entity operations' entries in order; nothing
+	// for the batches.
+	var entityLog []store.AuditEntry
+	claims := 0
+	for _, a := range auditLog(t, s) {
+		if a.Action == "agent.claim" {
+			claims++
+			continue
+		}
+		entityLog = append(entityLog, a)
+	}
+	if claims != len(all) || len(entityLog) != len(wantLog) {
+		t.Fatalf("audit log holds %d claims and %d other entries, want %d and %d", claims, len(entityLog), len(all), len(wantLog))
+	}
+	for i := range wantLog {
+		checkEntry(t, entityLog[i], wantLog[i])
+	}
 }
 
 func testRegistryCanceledContext(t *testing.T, open Opener) {
@@ -718,7 +813,7 @@ func testRegistryCanceledContext(t *testing.T, open Opener) {
 	e := newEntity("partner-corp", epoch())
 	mustPutEntity(t, s, false, e)
 	ag := newAgent(1, epoch())
-	mustPutAgents(t, s, ag)
+	claims := mustClaim(t, s, ag)
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -731,6 +826,8 @@ func testRegistryCanceledContext(t *testing.T, open Opener) {
 		{"RevokeEntity", func() error { return s.RevokeEntity(ctx, e.Name, at, markEntry("entity.revoke", e.Name, at)) }},
 		{"RotateEntity", func() error { return s.RotateEntity(ctx, e.Name, at, markEntry("entity.rotate", e.Name, at)) }},
 		{"PutAgents", func() error { return s.PutAgents(ctx, []store.Agent{newAgent(2, epoch())}) }},
+		{"UpdateAgent", func() error { return s.UpdateAgent(ctx, ag) }},
+		{"PutAgentAudited", func() error { return s.PutAgentAudited(ctx, newAgent(2, epoch()), claimEntry(newAgent(2, epoch()))) }},
 		{"DeleteAgent", func() error { return s.DeleteAgent(ctx, ag.ID, markEntry("agent.delete", ag.ID, at)) }},
 	}
 	for _, tt := range calls {
@@ -740,7 +837,7 @@ func testRegistryCanceledContext(t *testing.T, open Opener) {
 	}
 	checkEntities(t, "after canceled writes", s, []store.Entity{e})
 	checkAgents(t, "after canceled writes", s, []store.Agent{ag})
-	checkLog(t, "after canceled writes", s, []store.AuditEntry{entityEntry(e)})
+	checkLog(t, "after canceled writes", s, append([]store.AuditEntry{entityEntry(e)}, claims...))
 }
 
 func testRegistryClosed(t *testing.T, open Opener) {
@@ -748,7 +845,7 @@ func testRegistryClosed(t *testing.T, open Opener) {
 	e := newEntity("partner-corp", epoch())
 	mustPutEntity(t, s, false, e)
 	ag := newAgent(1, epoch())
-	mustPutAgents(t, s, ag)
+	mustClaim(t, s, ag)
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -764,6 +861,8 @@ func testRegistryClosed(t *testing.T, open Opener) {
 		{"RevokeEntity", func() error { return s.RevokeEntity(ctx, e.Name, at, markEntry("entity.revoke", e.Name, at)) }},
 		{"RotateEntity", func() error { return s.RotateEntity(ctx, e.Name, at, markEntry("entity.rotate", e.Name, at)) }},
 		{"PutAgents", func() error { return s.PutAgents(ctx, []store.Agent{ag}) }},
+		{"UpdateAgent", func() error { return s.UpdateAgent(ctx, ag) }},
+		{"PutAgentAudited", func() error { return s.PutAgentAudited(ctx, ag, claimEntry(ag)) }},
 		{"DeleteAgent", func() error { return s.DeleteAgent(ctx, ag.ID, markEntry("agent.delete", ag.ID, at)) }},
 		{"Agents", func() error { _, err := s.Agents(ctx); return err }},
 	}

@@ -289,10 +289,151 @@ func testAgentClaim(t *testing.T, open Opener) {
 	// certificate.
 	free := newAgent(2, epoch())
 	free.Owner, free.Entity, free.Source = "", "", ""
-	mustPutAgents(t, rs[0], free)
+	mustClaim(t, rs[0], free)
 	claimed := newAgent(2, epoch())
 	claimed.Version = 1
 	if err := rs[1].PutAgentAudited(t.Context(), claimed, store.AuditEntry{Time: epoch(), Action: "agent.claim", Identity: claimed.ID, Outcome: store.OutcomeOK}); err != nil {
 		t.Errorf("claim of an unowned record: %v", err)
 	}
+}
+
+// testAgentOwnership checks, across three stores of one state, that an
+// agent's ownership changes only through the claim: PutAgents and
+// UpdateAgent of a record authorised against an ownership the store no
+// longer holds (the id released and claimed by another, or an unowned
+// record claimed by a certificate) write nothing, and neither inserts the
+// record of an id released or deleted meanwhile. Each sequence is one a
+// replica can run into with a record it read before another replica
+// wrote; the store and the audit log agree at the end of each.
+func testAgentOwnership(t *testing.T, open Opener) {
+	at := func(d time.Duration) time.Time { return epoch().Add(d) }
+	owned := func(id, owner string, version int64) store.Agent {
+		ag := newAgent(1, epoch())
+		ag.ID, ag.Owner, ag.Entity, ag.Source, ag.Version = id, owner, "", "localca", version
+		ag.Payload = fmt.Appendf(nil, `{"agent_id":%q,"http_host":"%s.example","http_port":9000}`, id, owner)
+		return ag
+	}
+	claim := func(t *testing.T, s store.AgentAuditor, ag store.Agent) store.AuditEntry {
+		t.Helper()
+		a := store.AuditEntry{Time: epoch(), Action: "agent.claim", Identity: ag.ID, Outcome: store.OutcomeOK, Detail: "owner " + ag.Owner}
+		if err := s.PutAgentAudited(t.Context(), ag, a); err != nil {
+			t.Fatalf("claim of %s by %q: %v", ag.ID, ag.Owner, err)
+		}
+		return a
+	}
+	release := func(t *testing.T, s store.AgentStore, id string) store.AuditEntry {
+		t.Helper()
+		a := markEntry("agent.release", id, at(time.Minute))
+		if err := s.DeleteAgent(t.Context(), id, a); err != nil {
+			t.Fatalf("release of %s: %v", id, err)
+		}
+		return a
+	}
+
+	t.Run("ReleasedAndClaimedByAnother", func(t *testing.T) {
+		rs := openReplicas(t, open, t.TempDir(), 3)
+		squatter := owned("opus", "opus@ct666", 10)
+		log := []store.AuditEntry{claim(t, rs[0], squatter), release(t, rs[1], "opus")}
+		owner := owned("opus", "opus@ct111", 20)
+		log = append(log, claim(t, rs[0], owner))
+		// Replica C still holds the squatter's record: its newer heartbeat
+		// and its flush must not take the id back.
+		late := squatter
+		late.Version = 30
+		late.Payload = []byte(`{"agent_id":"opus","http_host":"evil.example","http_port":9000}`)
+		if err := rs[2].UpdateAgent(t.Context(), late); !errors.Is(err, store.ErrAgentOwned) {
+			t.Errorf("UpdateAgent of the squatter's record after opus@ct111 claimed the id = %v, want ErrAgentOwned", err)
+		}
+		mustPutAgents(t, rs[2], late)
+		checkAgents(t, "after the squatter's writes", rs[1], []store.Agent{owner})
+		checkLog(t, "after the squatter's writes", rs[1], log)
+	})
+
+	t.Run("ReleasedNotInsertedAgain", func(t *testing.T) {
+		rs := openReplicas(t, open, t.TempDir(), 3)
+		squatter := owned("opus", "opus@ct666", 10)
+		log := []store.AuditEntry{claim(t, rs[0], squatter), release(t, rs[1], "opus")}
+		// A liveness flush of the record replica C held: no row comes back.
+		late := squatter
+		late.Version, late.Status = 11, "unhealthy"
+		mustPutAgents(t, rs[2], late)
+		if err := rs[2].UpdateAgent(t.Context(), late); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("UpdateAgent of a released agent = %v, want ErrNotFound", err)
+		}
+		checkAgents(t, "after the flush of a released agent", rs[0], nil)
+		checkLog(t, "after the flush of a released agent", rs[0], log)
+	})
+
+	t.Run("CertificateClaimKept", func(t *testing.T) {
+		rs := openReplicas(t, open, t.TempDir(), 3)
+		// Registered without a certificate (TLS auto), then claimed by one.
+		certless := owned("opus", "", 10)
+		certless.Source = ""
+		log := []store.AuditEntry{claim(t, rs[0], certless)}
+		cert := owned("opus", "opus@ct111", 20)
+		log = append(log, claim(t, rs[1], cert))
+		// A certless heartbeat to a replica that still holds the certless
+		// record cannot revert the claim or move the endpoint.
+		evil := certless
+		evil.Version = 30
+		evil.Payload = []byte(`{"agent_id":"opus","http_host":"evil.example","http_port":9000}`)
+		if err := rs[2].UpdateAgent(t.Context(), evil); !errors.Is(err, store.ErrAgentOwned) {
+			t.Errorf("certless UpdateAgent after a certificate's claim = %v, want ErrAgentOwned", err)
+		}
+		mustPutAgents(t, rs[2], evil)
+		checkAgents(t, "after the certless writes", rs[0], []store.Agent{cert})
+		checkLog(t, "after the certless writes", rs[0], log)
+	})
+
+	t.Run("ClaimOverNewerRecord", func(t *testing.T) {
+		rs := openReplicas(t, open, t.TempDir(), 2)
+		// The certless record changed on one replica at a later version
+		// than another's claim carries (their clocks differ): the claim,
+		// audited, is what the store holds, one version past the record.
+		certless := owned("opus", "", 50)
+		certless.Source = ""
+		log := []store.AuditEntry{claim(t, rs[0], certless)}
+		cert := owned("opus", "opus@ct111", 20)
+		log = append(log, claim(t, rs[1], cert))
+		want := cert
+		want.Version = 51
+		checkAgents(t, "after a claim older than the record", rs[0], []store.Agent{want})
+		// The owner's own claim, older than the record, changes nothing
+		// (ownership kept): the version rule of every other write.
+		stale := cert
+		stale.Version, stale.Status = 21, "unhealthy"
+		log = append(log, claim(t, rs[0], stale))
+		checkAgents(t, "after the owner's stale claim", rs[0], []store.Agent{want})
+		checkLog(t, "after the claims", rs[1], log)
+	})
+
+	t.Run("UpdateOfSameOwnership", func(t *testing.T) {
+		rs := openReplicas(t, open, t.TempDir(), 2)
+		ag := owned("opus", "opus@ct111", 10)
+		log := []store.AuditEntry{claim(t, rs[0], ag)}
+		next := ag
+		next.Version, next.Payload = 11, []byte(`{"agent_id":"opus","http_port":9001}`)
+		if err := rs[1].UpdateAgent(t.Context(), next); err != nil {
+			t.Fatalf("UpdateAgent by the owner: %v", err)
+		}
+		// An older one is left out without an error, as in PutAgents.
+		if err := rs[0].UpdateAgent(t.Context(), ag); err != nil {
+			t.Errorf("UpdateAgent of an older record = %v, want nil (left out)", err)
+		}
+		// Another entity or source is another ownership, even under the
+		// same owner name.
+		for _, change := range []func(*store.Agent){
+			func(a *store.Agent) { a.Entity = "partner-corp" },
+			func(a *store.Agent) { a.Source = "filestore" },
+		} {
+			other := next
+			other.Version = 12
+			change(&other)
+			if err := rs[0].UpdateAgent(t.Context(), other); !errors.Is(err, store.ErrAgentOwned) {
+				t.Errorf("UpdateAgent as entity %q source %q = %v, want ErrAgentOwned", other.Entity, other.Source, err)
+			}
+		}
+		checkAgents(t, "after the updates", rs[1], []store.Agent{next})
+		checkLog(t, "after the updates", rs[1], log)
+	})
 }

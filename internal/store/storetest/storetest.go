@@ -94,6 +94,7 @@ func Run(t *testing.T, open Opener) {
 		{"ReplicaTokens", testReplicaTokens},
 		{"ExclusiveCert", testExclusiveCert},
 		{"AgentClaim", testAgentClaim},
+		{"AgentOwnership", testAgentOwnership},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open) })
