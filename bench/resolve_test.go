@@ -22,7 +22,11 @@ import (
 // the registry's memory path, not the disk.
 type nopStore struct{}
 
-func (nopStore) PutAgents(context.Context, []store.Agent) error              { return nil }
+func (nopStore) PutAgents(context.Context, []store.Agent) error { return nil }
+func (nopStore) UpdateAgent(context.Context, store.Agent) error { return nil }
+func (nopStore) PutAgentAudited(context.Context, store.Agent, store.AuditEntry) error {
+	return nil
+}
 func (nopStore) DeleteAgent(context.Context, string, store.AuditEntry) error { return nil }
 func (nopStore) Agents(context.Context) ([]store.Agent, error)               { return nil, nil }
 

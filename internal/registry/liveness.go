@@ -79,6 +79,22 @@ func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 }
 
 func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+	res, err := r.heartbeatOnce(ctx, peer, reg, payload, sum)
+	if errors.Is(err, errRecordGone) {
+		// The record this process held was deleted or released by
+		// another replica since it was read, and the entry is dropped:
+		// the heartbeat is a registration anew, and claims the id (or
+		// is refused) like any first one.
+		res, err = r.heartbeatOnce(ctx, peer, reg, payload, sum)
+	}
+	return res, err
+}
+
+// errRecordGone reports a change to an agent whose record the store no
+// longer holds; heartbeat registers the agent anew.
+var errRecordGone = errors.New("registry: the agent's record was deleted from the store meanwhile")
+
+func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
 	now := r.cfg.Now()
 	res := Result{AgentID: reg.AgentID}
 	e, created, err := r.claim(peer, reg.AgentID, &reg)
@@ -153,17 +169,27 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	rotating := pending && fp == e.rec.CertFingerprint
 	next.RotateFrom = time.Time{}
 	if err := r.put(ctx, next, claim); err != nil {
-		if created {
+		owned := errors.Is(err, store.ErrAgentOwned)
+		gone := claim == nil && errors.Is(err, store.ErrNotFound)
+		if created || owned || gone {
+			// The store holds another owner, or no record, for the id:
+			// this entry is stale, and the next Sync loads what the
+			// store holds.
 			r.drop(reg.AgentID, e)
 		}
 		e.mu.Unlock()
-		if errors.Is(err, store.ErrAgentOwned) {
-			// The store's claim is conditional: another process (a
-			// replica) granted the id to another owner first.
+		switch {
+		case owned:
+			// Both writes are conditional: another process (a replica)
+			// granted the id to another owner first, or changed its
+			// ownership since this one read it.
 			return res, refusal(ErrForbidden, "owned_by_other", "agent id %q is owned by another certificate (%v); only its owner may act for it", reg.AgentID, err)
+		case gone:
+			return res, fmt.Errorf("%w: %w", errRecordGone, err)
 		}
 		return res, fmt.Errorf("record agent %q: %w", reg.AgentID, err)
 	}
+	e.wrote = r.syncs.Load()
 	old, oldStatus := e.reg, e.rec.Status
 	e.rec, e.notAfter, e.body = next, notAfter, sum
 	e.setRegistration(reg)
@@ -188,13 +214,16 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 	return res, nil
 }
 
-// put writes rec, with claim's audit entry when it is a claim and the store
-// keeps an audit log.
+// put writes rec: a claim, the only write that inserts a record or sets
+// its ownership, with claim's audit entry; any other change only over the
+// ownership the heartbeat was authorised against (rec's, which the entry
+// held), so a replica holding a record from before a release or another
+// claim cannot write it back.
 func (r *Registry) put(ctx context.Context, rec store.Agent, claim *store.AuditEntry) error {
-	if claim != nil && r.auditor != nil {
-		return r.auditor.PutAgentAudited(ctx, rec, *claim)
+	if claim != nil {
+		return r.st.PutAgentAudited(ctx, rec, *claim)
 	}
-	return r.st.PutAgents(ctx, []store.Agent{rec})
+	return r.st.UpdateAgent(ctx, rec)
 }
 
 // sameVisible reports whether two registrations look the same to other

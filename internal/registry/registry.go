@@ -90,11 +90,14 @@ func ReasonOf(err error) string {
 	return trust.Reason(err)
 }
 
-// Store is what the registry persists agents in. A Store that is also a
-// store.AgentAuditor (meshd's are) records every first claim of an agent
-// id in its audit log, with the claim; another one records no audit.
+// Store is what the registry persists agents in. Every claim of an agent
+// id (the only write that inserts a record or sets its owner, entity and
+// source) goes through its audited, conditional PutAgentAudited; every
+// other write through UpdateAgent or PutAgents, which apply only over the
+// ownership the registry authorised the change against.
 type Store interface {
 	store.AgentStore
+	store.AgentAuditor
 }
 
 // Config configures a Registry. The zero value of each field selects its
@@ -180,8 +183,6 @@ type Registry struct {
 	cache atomic.Pointer[resolutionCache]
 	// providerEntities is cfg.ProviderEntities as a set.
 	providerEntities map[string]bool
-	// auditor is st, if it audits agent claims.
-	auditor store.AgentAuditor
 	// namespaces is cfg.Namespaces.
 	namespaces *Namespaces
 
@@ -208,6 +209,12 @@ type Registry struct {
 	// marks no agent unhealthy: a database blip must never make a fleet
 	// re-register at once. It stays false without replicas.
 	blind atomic.Bool
+
+	// syncs counts Sync's reads of the store. An entry's wrote is its
+	// value when this process last wrote the entry's record: a read
+	// started after that (a later count) holds the write, so what it
+	// says of the record's ownership, or of its absence, is newer.
+	syncs atomic.Uint64
 
 	hooks hooks
 }
@@ -253,7 +260,7 @@ func (r *Registry) lockWrites() {
 	}
 }
 
-// entry is one agent. Its mutex guards rec, reg, notAfter and gone;
+// entry is one agent. Its mutex guards rec, reg, notAfter, wrote and gone;
 // lastSeen and topoSeen are atomic so the cheap paths take no lock but the
 // entry's. Whoever changes rec under the mutex raises rec.Version; last
 // seen alone may change without it.
@@ -282,8 +289,11 @@ type entry struct {
 	// counter is resolvedAt.
 	resolved   setResolution
 	resolvedAt uint64
-	lastSeen   atomic.Int64
-	topoSeen   atomic.Uint64
+	// wrote is Registry.syncs when this process last wrote rec to the
+	// store (0 for a record it only read).
+	wrote    uint64
+	lastSeen atomic.Int64
+	topoSeen atomic.Uint64
 }
 
 // New returns a registry over st, loaded with the agents st holds. Loaded
@@ -323,7 +333,6 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 	for _, e := range cfg.ProviderEntities {
 		r.providerEntities[e] = true
 	}
-	r.auditor, _ = st.(store.AgentAuditor)
 	r.namespaces = cfg.Namespaces
 	recs, err := st.Agents(ctx)
 	if err != nil {

@@ -18,8 +18,10 @@ import (
 
 // memStore is an AgentStore in memory that counts writes, so tests can
 // assert which heartbeats reached the store. Like every AgentStore, it
-// ignores a record older than the one it holds. Like meshd's stores, it
-// keeps an audit log with the writes that come with an entry.
+// ignores a record older than the one it holds, writes a change only over
+// a record of the same ownership, and inserts only through a claim. Like
+// meshd's stores, it keeps an audit log with the writes that come with an
+// entry.
 type memStore struct {
 	mu     sync.Mutex
 	agents map[string]store.Agent
@@ -38,30 +40,56 @@ func (m *memStore) PutAgents(_ context.Context, agents []store.Agent) error {
 	}
 	m.writes++
 	for _, a := range agents {
-		if held, ok := m.agents[a.ID]; ok && a.Version < held.Version {
-			continue
-		}
-		a.Payload = append([]byte(nil), a.Payload...)
-		m.agents[a.ID] = a
+		m.update(a)
 	}
 	return nil
 }
 
-// PutAgentAudited is PutAgents of one agent with its audit entry, in one
-// write, refused with store.ErrAgentOwned as meshd's stores refuse it.
-func (m *memStore) PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error {
+// update writes a over a held record of the same ownership that is not
+// newer, and reports why it did not.
+func (m *memStore) update(a store.Agent) error {
+	held, ok := m.agents[a.ID]
+	if err := store.UpdateRefusal(a, held, ok); err != nil || a.Version < held.Version {
+		return err
+	}
+	a.Payload = append([]byte(nil), a.Payload...)
+	m.agents[a.ID] = a
+	return nil
+}
+
+func (m *memStore) UpdateAgent(_ context.Context, a store.Agent) error {
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return m.fail
+	}
+	m.writes++
+	return m.update(a)
+}
+
+// PutAgentAudited is the claim, with its audit entry, in one write,
+// refused with store.ErrAgentOwned as meshd's stores refuse it.
+func (m *memStore) PutAgentAudited(_ context.Context, ag store.Agent, a store.AuditEntry) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return m.fail
+	}
 	held, ok := m.agents[ag.ID]
-	m.mu.Unlock()
 	if ok && store.OwnedByOther(held, ag) {
 		return store.ErrAgentOwned
 	}
-	if err := m.PutAgents(ctx, []store.Agent{ag}); err != nil {
-		return err
+	m.writes++
+	switch {
+	case !ok || ag.Version >= held.Version:
+	case !store.SameOwner(held, ag):
+		ag.Version = held.Version + 1
+	default:
+		ag = held
 	}
-	m.mu.Lock()
+	ag.Payload = append([]byte(nil), ag.Payload...)
+	m.agents[ag.ID] = ag
 	m.audit = append(m.audit, a)
-	m.mu.Unlock()
 	return nil
 }
 

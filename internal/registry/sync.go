@@ -17,20 +17,30 @@ import (
 // per ShareInterval each: liveness crosses replicas without a write per
 // heartbeat. A record's Version orders the changes, as it does within one
 // process; last-seen times merge by the latest.
+//
+// Ownership is the store's: it changes only through the audited claim
+// (store.AgentAuditor), and every other write of a replica applies only
+// over the ownership it was authorised against and never brings back a
+// deleted record (store.AgentStore). So a replica that still holds an
+// agent released and claimed by another, or deleted, elsewhere cannot
+// write it back; its own copy is replaced, or dropped, by its next Sync.
 
 // Sync reads every agent from the store and merges what other processes
 // wrote into memory: a record newer (by Version) than the one held
-// replaces it, a later last-seen time is taken, an agent not held is
-// added, and one held but no longer stored (deleted by another process)
-// is dropped once its registration is older than the heartbeat timeout (a
-// claim of this process in flight is not stored yet). It returns how many
-// entries it changed.
+// replaces it, and so does one whose ownership (owner, entity, source)
+// differs from the one held, whatever its version; a later last-seen time
+// is taken, an agent not held is added, and one held but no longer stored
+// (deleted or released by another process) is dropped. A record this
+// process wrote after the read began is kept as it is: the read may
+// predate it. It returns how many entries it changed.
 func (r *Registry) Sync(ctx context.Context) (int, error) {
 	// Ordered against Delete and the batches, like they are against each
 	// other: a deletion here cannot be undone by a record read before it.
 	r.lockWrites()
 	defer r.writeMu.Unlock()
-	start := r.cfg.Now()
+	// Counted before the read: an entry written before this (wrote <
+	// gen) is in what the read returns, or was deleted since.
+	gen := r.syncs.Add(1)
 	recs, err := r.st.Agents(ctx)
 	if err != nil {
 		r.blind.Store(true)
@@ -41,7 +51,7 @@ func (r *Registry) Sync(ctx context.Context) (int, error) {
 	changed, topo := 0, false
 	for _, rec := range recs {
 		stored[rec.ID] = true
-		c, t := r.merge(rec)
+		c, t := r.merge(rec, gen)
 		if c {
 			changed++
 		}
@@ -50,7 +60,7 @@ func (r *Registry) Sync(ctx context.Context) (int, error) {
 	for _, e := range r.snapshot() {
 		e.mu.Lock()
 		id := e.rec.ID
-		if !e.gone && id != "" && !stored[id] && e.rec.RegisteredAt.Before(start.Add(-r.cfg.Timeout)) {
+		if !e.gone && id != "" && !stored[id] && e.wrote < gen {
 			r.drop(id, e)
 			changed++
 		}
@@ -62,9 +72,10 @@ func (r *Registry) Sync(ctx context.Context) (int, error) {
 	return changed, nil
 }
 
-// merge takes rec, read from the store, into memory. It reports whether
-// the entry changed, and whether other agents can see the change.
-func (r *Registry) merge(rec store.Agent) (changed, visible bool) {
+// merge takes rec, read from the store by the Sync counted gen, into
+// memory. It reports whether the entry changed, and whether other agents
+// can see the change.
+func (r *Registry) merge(rec store.Agent, gen uint64) (changed, visible bool) {
 	seen := rec.LastSeen.UnixNano()
 	e := r.locked(rec.ID)
 	if e == nil {
@@ -79,7 +90,7 @@ func (r *Registry) merge(rec store.Agent) (changed, visible bool) {
 			// Claimed here meanwhile: that entry is the one to merge into.
 			r.mu.Unlock()
 			e.mu.Unlock()
-			return r.merge(rec)
+			return r.merge(rec, gen)
 		}
 		r.agents[rec.ID] = e
 		r.count.Add(1)
@@ -93,12 +104,21 @@ func (r *Registry) merge(rec store.Agent) (changed, visible bool) {
 		e.lastSeen.Store(seen)
 		changed = true
 	}
-	if rec.Version <= e.rec.Version {
+	// The store's ownership replaces a held one that differs, unless
+	// this process wrote the entry since the read began: a claim it made
+	// then is newer than what was read.
+	owner := e.wrote < gen && !store.SameOwner(rec, e.rec)
+	if rec.Version <= e.rec.Version && !owner {
 		return changed, false
 	}
 	old, oldStatus := e.reg, e.rec.Status
 	var reg Registration
 	_ = json.Unmarshal(rec.Payload, &reg)
+	if owner {
+		// Another owner's liveness and certificate, not the ones held.
+		e.lastSeen.Store(seen)
+		e.notAfter = time.Time{}
+	}
 	e.rec, e.node = rec, ownerNode(rec.Owner)
 	// The next heartbeat is parsed again rather than matched against a
 	// body this process no longer holds the record of.
@@ -107,7 +127,7 @@ func (r *Registry) merge(rec store.Agent) (changed, visible bool) {
 	r.mu.Lock()
 	r.index(e, &old)
 	r.mu.Unlock()
-	return true, oldStatus != rec.Status || !sameVisible(old, reg)
+	return true, owner || oldStatus != rec.Status || !sameVisible(old, reg)
 }
 
 // shareLiveness marks dirty, with its last-seen time in the record, every

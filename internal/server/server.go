@@ -39,6 +39,7 @@ type Store interface {
 	store.Store
 	store.EntityStore
 	store.AgentStore
+	store.AgentAuditor
 	store.TokenStore
 	store.EventStore
 	store.PolicyStore

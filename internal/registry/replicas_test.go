@@ -1,0 +1,198 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
+)
+
+// storedAgent returns the store's record of id, if any.
+func storedAgent(t *testing.T, st Store, id string) (store.Agent, bool) {
+	t.Helper()
+	recs, err := st.Agents(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range recs {
+		if rec.ID == id {
+			return rec, true
+		}
+	}
+	return store.Agent{}, false
+}
+
+// lastAudit returns the last audit entry of memStore st about id.
+func lastAudit(st *memStore, id string) store.AuditEntry {
+	var last store.AuditEntry
+	for _, a := range st.auditLog() {
+		if a.Identity == id {
+			last = a
+		}
+	}
+	return last
+}
+
+// viewOf returns r's view of id.
+func viewOf(r *Registry, id string) (View, bool) {
+	for _, v := range r.List(Filter{}) {
+		if v.ID == id {
+			return v, true
+		}
+	}
+	return View{}, false
+}
+
+// checkOwned fails t unless the store holds owner's record of id, without
+// the endpoint evil.example, its audit log's last entry about id is
+// owner's claim, and r, once synced, lists that record.
+func checkOwned(t *testing.T, st *memStore, r *Registry, id, owner string) {
+	t.Helper()
+	rec, ok := storedAgent(t, st, id)
+	if !ok || rec.Owner != owner || strings.Contains(string(rec.Payload), "evil") {
+		t.Errorf("the store holds %+v, want %s's record", rec, owner)
+	}
+	if last := lastAudit(st, id); last.Action != "agent.claim" || !strings.Contains(last.Detail, owner) {
+		t.Errorf("the last audit entry of %s is %+v, want %s's claim", id, last, owner)
+	}
+	mustSync(t, r)
+	if v, ok := viewOf(r, id); !ok || v.Owner != owner || v.Unauthenticated || strings.Contains(v.Endpoint, "evil") {
+		t.Errorf("after a sync the replica lists %+v, want %s's record", v, owner)
+	}
+}
+
+// TestReplicaOwnership drives, on three replicas of one store, the three
+// sequences by which a replica holding an agent's record from before a
+// release or a claim elsewhere used to write it back: the store ends with
+// the owner its audit log names, and each replica converges on it.
+func TestReplicaOwnership(t *testing.T) {
+	ctx := context.Background()
+	const id = "opus"
+	body := func(host string, port int) []byte {
+		return fmt.Appendf(nil, `{"agent_id":"opus","http_host":%q,"http_port":%d}`, host, 9000+port)
+	}
+	setup := func(t *testing.T) (*memStore, *clock, [3]*Registry) {
+		st := newMemStore()
+		c := &clock{t: time.Unix(1_800_000_000, 0)}
+		return st, c, [3]*Registry{newReplica(t, st, c), newReplica(t, st, c), newReplica(t, st, c)}
+	}
+	syncAll := func(t *testing.T, rs [3]*Registry) {
+		for _, r := range rs {
+			mustSync(t, r)
+		}
+	}
+
+	// squatThenRelease has squatter register id through B (rs[1]), every
+	// replica sync, and an operator release the id through rs[2].
+	squatThenRelease := func(t *testing.T, rs [3]*Registry) *trust.Peer {
+		squatter := peer(t, "opus@ct666", "")
+		if _, err := rs[1].HeartbeatBody(ctx, squatter, body("squat.example", 1)); err != nil {
+			t.Fatal(err)
+		}
+		syncAll(t, rs)
+		if err := rs[2].Release(ctx, id, "an operator"); err != nil {
+			t.Fatal(err)
+		}
+		return squatter
+	}
+
+	t.Run("ReleasedThenClaimedElsewhere", func(t *testing.T) {
+		st, c, rs := setup(t)
+		a, b := rs[0], rs[1]
+		squatter, owner := squatThenRelease(t, rs), peer(t, "opus@ct111", "")
+		// Later than a heartbeat timeout, so that even a replica that
+		// keeps a record it did not find for that long has dropped it.
+		c.Add(25 * time.Second)
+		mustSync(t, a)
+		if _, err := a.HeartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
+			t.Fatalf("opus@ct111's claim after the release: %v", err)
+		}
+		// The squatter's heartbeat reaches B, which has not synced since.
+		c.Add(time.Millisecond)
+		_, err := b.HeartbeatBody(ctx, squatter, body("evil.example", 3))
+		if !errors.Is(err, ErrForbidden) {
+			t.Errorf("the squatter's heartbeat to a replica that had not synced = %v, want ErrForbidden", err)
+		}
+		checkOwned(t, st, b, id, "opus@ct111")
+		if _, err := b.HeartbeatBody(ctx, squatter, body("squat.example", 1)); !errors.Is(err, ErrForbidden) {
+			t.Errorf("the squatter's heartbeat after B synced = %v, want ErrForbidden", err)
+		}
+	})
+
+	t.Run("ReleasedNotResurrectedByFlush", func(t *testing.T) {
+		st, c, rs := setup(t)
+		b := rs[1]
+		squatThenRelease(t, rs)
+		// A routine flush on B, no heartbeat: the silent agent is marked
+		// unhealthy, and the mark written.
+		c.Add(25 * time.Second)
+		if n := b.Sweep(); n != 1 {
+			t.Fatalf("B's sweep marked %d agents, want the released one it holds", n)
+		}
+		if err := b.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if rec, ok := storedAgent(t, st, id); ok {
+			t.Errorf("B's flush brought the released agent back: %+v", rec)
+		}
+		if last := lastAudit(st, id); last.Action != "agent.release" {
+			t.Errorf("the last audit entry of %s is %+v, want the release", id, last)
+		}
+		mustSync(t, b)
+		if b.Len() != 0 {
+			t.Errorf("B holds %d agents after a sync, want none", b.Len())
+		}
+	})
+
+	t.Run("CertlessCannotRevertClaim", func(t *testing.T) {
+		st, c, rs := setup(t)
+		a, b := rs[0], rs[1]
+		owner := peer(t, "opus@ct111", "")
+		// TLS auto: registered without a certificate through B.
+		if _, err := b.HeartbeatBody(ctx, nil, body("opus.example", 1)); err != nil {
+			t.Fatal(err)
+		}
+		syncAll(t, rs)
+		c.Add(time.Millisecond)
+		if _, err := a.HeartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
+			t.Fatalf("the certificate's claim: %v", err)
+		}
+		c.Add(time.Millisecond)
+		_, err := b.HeartbeatBody(ctx, nil, body("evil.example", 3))
+		if !errors.Is(err, ErrForbidden) {
+			t.Errorf("a certless heartbeat to B after a certificate claimed the id = %v, want ErrForbidden", err)
+		}
+		checkOwned(t, st, b, id, "opus@ct111")
+	})
+
+	t.Run("DeletedElsewhereRegistersAnew", func(t *testing.T) {
+		st, c, rs := setup(t)
+		a, b := rs[0], rs[1]
+		owner := peer(t, "opus@ct111", "")
+		if _, err := b.HeartbeatBody(ctx, owner, body("opus.example", 1)); err != nil {
+			t.Fatal(err)
+		}
+		syncAll(t, rs)
+		if err := a.Delete(ctx, owner, id); err != nil {
+			t.Fatal(err)
+		}
+		// B still holds the record: a change it is sent is a claim
+		// anew, audited, not a write over the deleted record.
+		c.Add(time.Millisecond)
+		res, err := b.HeartbeatBody(ctx, owner, body("opus.example", 2))
+		if err != nil || !res.Created {
+			t.Fatalf("heartbeat to B after a delete on A = %+v, %v; want a new registration", res, err)
+		}
+		if rec, ok := storedAgent(t, st, id); !ok || rec.Owner != "opus@ct111" {
+			t.Errorf("the store holds %+v, %v; want the new registration", rec, ok)
+		}
+		if last := lastAudit(st, id); last.Action != "agent.claim" {
+			t.Errorf("the last audit entry of %s is %+v, want the new claim", id, last)
+		}
+	})
+}
