@@ -197,24 +197,35 @@ func call(c *http.Client, method, url string, body any) (int, []byte) {
 	return resp.StatusCode, out
 }
 
-// agents returns GET /agents as id -> status.
-func agents(t *testing.T, c *http.Client, r *replica) map[string]string {
+// listedAgent is what the replica tests read of an agent in GET /agents.
+type listedAgent struct {
+	ID       string `json:"id"`
+	Status   string `json:"status"`
+	Owner    string `json:"owner"`
+	Endpoint string `json:"endpoint"`
+}
+
+// list returns GET /agents on r.
+func list(t *testing.T, c *http.Client, r *replica) []listedAgent {
 	t.Helper()
 	code, body := call(c, "GET", "https://"+r.addr+"/agents", nil)
 	if code != http.StatusOK {
 		t.Fatalf("GET /agents on %s: %d %s", r.name, code, body)
 	}
 	var out struct {
-		Agents []struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-		} `json:"agents"`
+		Agents []listedAgent `json:"agents"`
 	}
 	if err := json.Unmarshal(body, &out); err != nil {
 		t.Fatalf("GET /agents on %s: %v: %s", r.name, err, body)
 	}
+	return out.Agents
+}
+
+// agents returns GET /agents as id -> status.
+func agents(t *testing.T, c *http.Client, r *replica) map[string]string {
+	t.Helper()
 	m := map[string]string{}
-	for _, a := range out.Agents {
+	for _, a := range list(t, c, r) {
 		m[a.ID] = a.Status
 	}
 	return m
@@ -253,43 +264,34 @@ func copyTree(t *testing.T, src, dst string) {
 	}
 }
 
-// TestReplicas runs three meshd processes, built from cmd/meshd, on one
-// PostgreSQL: agents spread across them agree on GET /agents; a
-// revocation on one evicts and disconnects an agent held by another
-// within a second; a PostgreSQL restart under load leaves heartbeats
-// served and issuance refused with 503 until it is back; a replica
-// SIGKILLed mid-issuance loses no acknowledged certificate.
-func TestReplicas(t *testing.T) {
-	bin := buildBinaries(t)
-	pg := pgtest.Start(t)
-	dsn := pg.Schema(t)
+// startMesh starts three meshd replicas, A, B and C, on the database dsn,
+// each with its own further flags from extra: A creates the mesh CA
+// (--dev), B and C run with a copy of its CA directory, the one
+// intermediate every replica signs with. It returns them with the test's
+// view of the CA and a store on dsn, closed when t ends.
+func startMesh(t *testing.T, bin, dsn string, extra [3][]string) ([3]*replica, *mesh, *postgres.Store) {
+	t.Helper()
 	root := t.TempDir()
-
-	// A creates the mesh CA (--dev); B and C run with a copy of its CA
-	// directory: the one intermediate every replica signs with.
-	a := startReplica(t, bin, "A", filepath.Join(root, "a"), dsn, "--dev")
+	a := startReplica(t, bin, "A", filepath.Join(root, "a"), dsn, append([]string{"--dev"}, extra[0]...)...)
 	cfgA := ca.Config{RootDir: filepath.Join(root, "a", "root"), Dir: filepath.Join(root, "a", "ca"), TrustDomain: "mesh.local"}
-	for _, n := range []string{"b", "c"} {
+	rs := [3]*replica{a}
+	for i, n := range []string{"b", "c"} {
 		if err := os.MkdirAll(filepath.Join(root, n), 0o700); err != nil {
 			t.Fatal(err)
 		}
 		copyTree(t, cfgA.Dir, filepath.Join(root, n, "ca"))
 		copyTree(t, cfgA.RootDir, filepath.Join(root, n, "root"))
-	}
-	tlsFlags := func(n string) []string {
 		c := ca.Config{Dir: filepath.Join(root, n, "ca")}
-		return []string{"--tls-cert", c.IssuedCertPath("meshd.mesh"), "--tls-key", c.IssuedKeyPath("meshd.mesh")}
+		flags := append([]string{"--tls-cert", c.IssuedCertPath("meshd.mesh"), "--tls-key", c.IssuedKeyPath("meshd.mesh"),
+			"--ca-dir", filepath.Join(root, n, "ca"), "--root-dir", filepath.Join(root, n, "root")}, extra[i+1]...)
+		rs[i+1] = startReplica(t, bin, strings.ToUpper(n), filepath.Join(root, n, "data"), dsn, flags...)
 	}
-	b := startReplica(t, bin, "B", filepath.Join(root, "b", "data"), dsn,
-		append(tlsFlags("b"), "--ca-dir", filepath.Join(root, "b", "ca"), "--root-dir", filepath.Join(root, "b", "root"))...)
-	c := startReplica(t, bin, "C", filepath.Join(root, "c", "data"), dsn,
-		append(tlsFlags("c"), "--ca-dir", filepath.Join(root, "c", "ca"), "--root-dir", filepath.Join(root, "c", "root"))...)
 
 	st, err := postgres.Open(t.Context(), dsn, postgres.WithoutListen())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	auth, err := ca.Open(t.Context(), cfgA, st)
 	if err != nil {
 		t.Fatal(err)
@@ -300,6 +302,21 @@ func TestReplicas(t *testing.T) {
 	}
 	m := &mesh{cfg: cfgA, auth: auth, roots: x509.NewCertPool()}
 	m.roots.AppendCertsFromPEM(rootPEM)
+	return rs, m, st
+}
+
+// TestReplicas runs three meshd processes, built from cmd/meshd, on one
+// PostgreSQL: agents spread across them agree on GET /agents; a
+// revocation on one evicts and disconnects an agent held by another
+// within a second; a PostgreSQL restart under load leaves heartbeats
+// served and issuance refused with 503 until it is back; a replica
+// SIGKILLed mid-issuance loses no acknowledged certificate.
+func TestReplicas(t *testing.T) {
+	bin := buildBinaries(t)
+	pg := pgtest.Start(t)
+	dsn := pg.Schema(t)
+	rs, m, st := startMesh(t, bin, dsn, [3][]string{})
+	a, b, c := rs[0], rs[1], rs[2]
 
 	opusCert, watchCert := m.identity(t, "opus", "ct111"), m.identity(t, "watch", "ct112")
 	opus, watch := m.client(opusCert), m.client(watchCert)
