@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -195,4 +196,83 @@ func TestReplicaOwnership(t *testing.T) {
 			t.Errorf("the last audit entry of %s is %+v, want the new claim", id, last)
 		}
 	})
+}
+
+// TestReplicaOwnershipStress: two certificates heartbeat for one id
+// through two replicas while an operator releases it through a third and
+// every replica syncs and flushes, under -race. A heartbeat succeeds only
+// for the owner the store held when it was written, so after the last
+// release and the last claim the store's owner is the one its audit log
+// last granted the id to, and every replica lists that owner once synced.
+func TestReplicaOwnershipStress(t *testing.T) {
+	ctx := context.Background()
+	st := newMemStore()
+	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	rs := [3]*Registry{newReplica(t, st, c), newReplica(t, st, c), newReplica(t, st, c)}
+	peers := []*trust.Peer{peer(t, "opus@ct111", ""), peer(t, "opus@ct666", "")}
+	const rounds = 40
+	var wg sync.WaitGroup
+	got := make([][2]int, len(peers)) // per certificate: accepted, refused
+	for i, p := range peers {
+		wg.Go(func() {
+			for n := range rounds {
+				body := fmt.Appendf(nil, `{"agent_id":"opus","http_port":%d}`, 9000+n)
+				_, err := rs[(i+n)%2].HeartbeatBody(ctx, p, body)
+				switch {
+				case err == nil:
+					got[i][0]++
+				case errors.Is(err, ErrForbidden):
+					got[i][1]++
+				default:
+					t.Errorf("%s: %v", p.Name(), err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range rounds / 4 {
+			if err := rs[2].Release(ctx, "opus", "an operator"); err != nil && !errors.Is(err, ErrUnknown) {
+				t.Error(err)
+			}
+			mustSync(t, rs[2])
+		}
+	})
+	for _, r := range rs[:2] {
+		wg.Go(func() {
+			for range rounds {
+				if _, err := r.Sync(ctx); err != nil {
+					t.Error(err)
+				}
+				r.Sweep()
+				if err := r.Flush(ctx); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, p := range peers {
+		if got[i][0]+got[i][1] != rounds {
+			t.Errorf("%s: %d heartbeats accepted and %d refused, want %d answered", p.Name(), got[i][0], got[i][1], rounds)
+		}
+	}
+	if got[0][0]+got[1][0] == 0 {
+		t.Error("no heartbeat was accepted")
+	}
+	rec, held := storedAgent(t, st, "opus")
+	last := lastAudit(st, "opus")
+	switch {
+	case !held && last.Action != "agent.release":
+		t.Errorf("the store holds no opus, but the last audit entry about it is %+v", last)
+	case held && (last.Action != "agent.claim" || !strings.Contains(last.Detail, rec.Owner)):
+		t.Errorf("the store holds opus owned by %q, but the last audit entry about it is %+v", rec.Owner, last)
+	}
+	for i, r := range rs {
+		mustSync(t, r)
+		v, listed := viewOf(r, "opus")
+		if listed != held || held && v.Owner != rec.Owner {
+			t.Errorf("replica %d lists opus as %+v (%v) after a sync; the store holds %+v (%v)", i, v, listed, rec, held)
+		}
+	}
 }
