@@ -12,19 +12,27 @@
 // itself calls Poll before it answers, so its caller sees the effect.
 //
 // Seq numbers need not commit in order (a PostgreSQL sequence is drawn
-// before commit): the Feed applies every event once, in the order it
-// finds them, and its cursor (every event at or below it has been
-// applied) moves past a missing Seq only once that Seq has been seen or
-// has stayed missing for HoleTimeout (a transaction that rolled back).
+// before commit): the Feed takes in every event once, in the order it
+// finds them, and its cursor (every event at or below it has been taken
+// in) moves past a missing Seq only once that Seq has been seen or has
+// stayed missing for HoleTimeout (a transaction that rolled back).
+//
+// An event a handler fails to apply (a transient store error, say) is not
+// applied: the Feed keeps it and calls that handler with it again, with
+// backoff, until it succeeds (Pending counts what waits), so every process
+// converges on the store's state without a restart.
 package events
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/retry"
 	"github.com/meshtrust/meshtrust/internal/store"
 )
 
@@ -36,8 +44,14 @@ type Source interface {
 // A Handler applies one event. It runs on the goroutine that polls, one
 // event at a time, in feed order, with a context that the poller's caller
 // cannot cancel halfway (an eviction half-written because an HTTP client
-// went away would leave memory and store apart). An error is logged; the
-// event counts as applied, since the store already holds it.
+// went away would leave memory and store apart).
+//
+// An error means the event did not take effect: it is logged and the same
+// handler is called with the same event again, with backoff, until it
+// returns nil. Later events are applied meanwhile (a revocation never
+// waits behind a store error), so a handler must be idempotent, and where
+// order matters it decides from the store's current state rather than
+// from the event alone.
 type Handler func(ctx context.Context, e store.Event) error
 
 // Config configures a Feed. Zero values select the defaults.
@@ -47,7 +61,7 @@ type Config struct {
 	HoleTimeout time.Duration
 	// Page is how many events one store read returns at most; default 1000.
 	Page int
-	// Tail is how many applied events memory keeps for streams; default
+	// Tail is how many events taken in memory keeps for streams; default
 	// 4096.
 	Tail int
 	// Wake, if set, receives a value when the feed may have grown (a
@@ -55,8 +69,15 @@ type Config struct {
 	// reconnected and may have missed some): Run polls then rather than
 	// at its next tick. It is a wake-up only; what the store's feed holds
 	// is the truth, and Run keeps polling every interval without it.
-	Wake   <-chan struct{}
-	Now    func() time.Time
+	Wake <-chan struct{}
+	// RetryMin and RetryMax bound the backoff between attempts to apply
+	// an event a handler failed on: doubling from RetryMin (default
+	// 100ms) up to RetryMax (default 30s), jittered. A retry runs at the
+	// first poll once it is due.
+	RetryMin, RetryMax time.Duration
+	Now                func() time.Time
+	// Rand returns a number in [0, n) for the jitter; default math/rand.
+	Rand   func(n int64) int64
 	Logger *slog.Logger
 }
 
@@ -70,8 +91,17 @@ func (c Config) withDefaults() Config {
 	if c.Tail <= 0 {
 		c.Tail = 4096
 	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = 100 * time.Millisecond
+	}
+	if c.RetryMax < c.RetryMin {
+		c.RetryMax = max(30*time.Second, c.RetryMin)
+	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Int64N
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -90,26 +120,41 @@ type Feed struct {
 	handlers []Handler
 
 	pollMu sync.Mutex
-	// Under pollMu: every event with Seq <= cursor has been applied;
-	// applied holds the Seqs above it that have been too, and missing the
-	// Seqs between cursor and the highest applied that have not, with when
-	// each was first found missing.
+	// Under pollMu: every event with Seq <= cursor has been taken in
+	// (handed to every handler; those a handler failed on wait in
+	// retries); seen holds the Seqs above it that have been too, and
+	// missing the Seqs between cursor and the highest seen that have not,
+	// with when each was first found missing.
 	cursor  int64
-	applied map[int64]bool
+	seen    map[int64]bool
 	missing map[int64]time.Time
+	// retries are the events some handler has not applied yet, oldest
+	// first.
+	retries []*retrying
+	// pending mirrors len(retries) for Pending, which takes no lock a
+	// handler may hold up.
+	pending atomic.Int64
 
 	mu   sync.Mutex
-	tail []entry // applied events, oldest first
-	next uint64  // the index the next applied event gets
+	tail []entry // events taken in, oldest first
+	next uint64  // the index the next event taken in gets
 	pub  int64   // cursor as streams see it
 	wake chan struct{}
 }
 
-// entry is one applied event in memory.
+// retrying is an event that the handlers at failed have yet to apply.
+type retrying struct {
+	ev      store.Event
+	failed  []int // indexes into handlers
+	attempt int   // failed attempts so far
+	due     time.Time
+}
+
+// entry is one event taken in in memory.
 type entry struct {
 	idx uint64
 	ev  store.Event
-	// pos is the cursor once ev was applied: a stream that has sent ev
+	// pos is the cursor once ev was taken in: a stream that has sent ev
 	// (and every entry before it) resumes correctly after pos.
 	pos int64
 }
@@ -118,7 +163,7 @@ type entry struct {
 // below it are taken as applied (0 applies the whole feed).
 func New(src Source, after int64, cfg Config) *Feed {
 	return &Feed{cfg: cfg.withDefaults(), src: src, cursor: after, pub: after,
-		applied: map[int64]bool{}, missing: map[int64]time.Time{}, wake: make(chan struct{})}
+		seen: map[int64]bool{}, missing: map[int64]time.Time{}, wake: make(chan struct{})}
 }
 
 // Handle registers h for every event applied from now on. Register
@@ -130,21 +175,27 @@ func (f *Feed) Handle(h Handler) {
 }
 
 // Cursor returns the feed's cursor: every event at or below it has been
-// applied.
+// taken in, applied or waiting in Pending's retries.
 func (f *Feed) Cursor() int64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.pub
 }
 
-// Poll reads the events the feed has not applied, applies them and
-// publishes them to streams. It returns how many it applied. Concurrent
-// calls are serialised, so a caller that wrote an event and then polls
-// returns only once that event took effect.
+// Pending returns how many events some handler has failed to apply and
+// will be retried.
+func (f *Feed) Pending() int { return int(f.pending.Load()) }
+
+// Poll retries the events whose retry is due, reads the events the feed
+// has not taken in, applies them and publishes them to streams. It
+// returns how many new events it took in. Concurrent calls are
+// serialised, so a caller that wrote an event and then polls returns only
+// once every handler has applied it or failed to (then it is retried).
 func (f *Feed) Poll(ctx context.Context) (int, error) {
 	f.pollMu.Lock()
 	defer f.pollMu.Unlock()
 	apply := context.WithoutCancel(ctx)
+	f.retryDue(apply)
 	n := 0
 	for {
 		evs, err := f.src.Events(ctx, f.cursor, f.cfg.Page)
@@ -153,39 +204,85 @@ func (f *Feed) Poll(ctx context.Context) (int, error) {
 		}
 		var fresh []store.Event
 		for _, e := range evs {
-			if e.Seq > f.cursor && !f.applied[e.Seq] {
+			if e.Seq > f.cursor && !f.seen[e.Seq] {
 				fresh = append(fresh, e)
 			}
 		}
 		for _, e := range fresh {
-			for _, h := range f.handlers {
+			var failed []int
+			for i, h := range f.handlers {
 				if err := h(apply, e); err != nil {
-					f.cfg.Logger.Error("applying a change event", "seq", e.Seq, "kind", e.Kind, "err", err)
+					failed = append(failed, i)
+					f.cfg.Logger.Error("applying a change event failed; it will be retried until it applies", "seq", e.Seq, "kind", e.Kind, "err", err)
 				}
 			}
-			f.applied[e.Seq] = true
+			if len(failed) > 0 {
+				f.hold(&retrying{ev: e, failed: failed})
+			}
+			f.seen[e.Seq] = true
 			delete(f.missing, e.Seq)
 		}
 		f.advance(evs)
 		f.publish(fresh)
 		n += len(fresh)
 		// A full page may have more behind it; a page of only events
-		// applied before (above a hole) has nothing new.
+		// seen before (above a hole) has nothing new.
 		if len(evs) < f.cfg.Page || len(fresh) == 0 {
 			return n, nil
 		}
 	}
 }
 
-// advance notes the Seqs missing below the highest applied one and moves
-// the cursor over every applied Seq, and over every missing one waited
-// for longer than HoleTimeout.
+// hold schedules r's next attempt and keeps it among the retries.
+func (f *Feed) hold(r *retrying) {
+	r.attempt++
+	r.due = f.cfg.Now().Add(retry.Backoff(r.attempt, f.cfg.RetryMin, f.cfg.RetryMax, f.cfg.Rand))
+	f.retries = append(f.retries, r)
+	f.pending.Store(int64(len(f.retries)))
+}
+
+// retryDue calls each handler that failed on a held event again, once
+// its retry is due, oldest event first; what fails again waits longer.
+func (f *Feed) retryDue(ctx context.Context) {
+	if len(f.retries) == 0 {
+		return
+	}
+	now := f.cfg.Now()
+	held := f.retries
+	f.retries = nil
+	for _, r := range held {
+		if now.Before(r.due) {
+			f.retries = append(f.retries, r)
+			continue
+		}
+		var failed []int
+		for _, i := range r.failed {
+			if err := f.handlers[i](ctx, r.ev); err != nil {
+				failed = append(failed, i)
+				f.cfg.Logger.Warn("applying a change event failed again; retrying", "seq", r.ev.Seq, "kind", r.ev.Kind, "attempt", r.attempt+1, "err", err)
+			}
+		}
+		if len(failed) == 0 {
+			f.cfg.Logger.Info("change event applied after a retry", "seq", r.ev.Seq, "kind", r.ev.Kind, "attempts", r.attempt+1)
+			continue
+		}
+		r.failed = failed
+		r.attempt++
+		r.due = now.Add(retry.Backoff(r.attempt, f.cfg.RetryMin, f.cfg.RetryMax, f.cfg.Rand))
+		f.retries = append(f.retries, r)
+	}
+	f.pending.Store(int64(len(f.retries)))
+}
+
+// advance notes the Seqs missing below the highest seen one and moves
+// the cursor over every seen Seq, and over every missing one waited for
+// longer than HoleTimeout.
 func (f *Feed) advance(evs []store.Event) {
 	now := f.cfg.Now()
 	if len(evs) > 0 {
 		top := evs[len(evs)-1].Seq
 		for seq := f.cursor + 1; seq < top; seq++ {
-			if !f.applied[seq] {
+			if !f.seen[seq] {
 				if _, ok := f.missing[seq]; !ok {
 					f.missing[seq] = now
 				}
@@ -194,8 +291,8 @@ func (f *Feed) advance(evs []store.Event) {
 	}
 	for {
 		seq := f.cursor + 1
-		if f.applied[seq] {
-			delete(f.applied, seq)
+		if f.seen[seq] {
+			delete(f.seen, seq)
 		} else if since, ok := f.missing[seq]; ok && now.Sub(since) >= f.cfg.HoleTimeout {
 			f.cfg.Logger.Warn("change feed: giving up on a missing event (a transaction that rolled back)", "seq", seq)
 			delete(f.missing, seq)

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -342,5 +343,81 @@ func TestRunWakes(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the wake-up did not make Run poll")
+	}
+}
+
+// flaky is a Handler that fails on the Seqs in fail, as many times as
+// each says (a transient store error), then applies them; it records
+// every Seq it applied.
+type flaky struct {
+	mu   sync.Mutex
+	fail map[int64]int
+	recorder
+}
+
+func (h *flaky) handle(ctx context.Context, e store.Event) error {
+	h.mu.Lock()
+	if h.fail[e.Seq] > 0 {
+		h.fail[e.Seq]--
+		h.mu.Unlock()
+		return fmt.Errorf("apply %d: %w", e.Seq, errTransient)
+	}
+	h.mu.Unlock()
+	return h.recorder.handle(ctx, e)
+}
+
+// left returns how many more times h fails on seq.
+func (h *flaky) left(seq int64) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fail[seq]
+}
+
+var errTransient = errors.New("store briefly unreachable")
+
+// TestFailedEventRetried: an event a handler fails on is not taken as
+// applied by it: that handler alone is called with it again once its
+// backoff is due, until it applies, and later events are not held up
+// meanwhile.
+func TestFailedEventRetried(t *testing.T) {
+	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	f := New(src, 0, Config{Now: c.Now, RetryMin: time.Second, RetryMax: 4 * time.Second,
+		Rand: func(n int64) int64 { return n - 1 }}) // no jitter: each wait is its whole bound
+	h := &flaky{fail: map[int64]int{2: 3}} // the first attempt and two retries fail
+	other := &recorder{}
+	f.Handle(h.handle)
+	f.Handle(other.handle)
+
+	src.commit(1, 2, 3)
+	poll(t, f)
+	if got, want := h.got(), []int64{1, 3}; !slices.Equal(got, want) {
+		t.Fatalf("flaky handler applied %v, want %v", got, want)
+	}
+	if got := f.Pending(); got != 1 {
+		t.Fatalf("Pending = %d, want 1 (Seq 2)", got)
+	}
+	// Retries wait 1s, then 2s, then 4s (the cap).
+	for i, wait := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		c.Add(wait - time.Millisecond)
+		poll(t, f)
+		if got := h.left(2); got != 2-i {
+			t.Fatalf("retry %d ran %v after the last attempt, before its backoff was due (%d failures left, want %d)", i+1, wait-time.Millisecond, got, 2-i)
+		}
+		c.Add(time.Millisecond)
+		src.commit(int64(10 + i))
+		poll(t, f)
+	}
+	if got, want := h.got(), []int64{1, 3, 10, 11, 2, 12}; !slices.Equal(got, want) {
+		t.Errorf("flaky handler applied %v, want %v (2 on its third retry, later events never held up)", got, want)
+	}
+	if got, want := other.got(), []int64{1, 2, 3, 10, 11, 12}; !slices.Equal(got, want) {
+		t.Errorf("the handler that never failed applied %v, want %v (each once)", got, want)
+	}
+	if got := f.Pending(); got != 0 {
+		t.Errorf("Pending = %d once applied, want 0", got)
+	}
+	if got := f.Cursor(); got != 3 {
+		// 4..9 are a hole not waited out yet.
+		t.Errorf("cursor = %d, want 3", got)
 	}
 }
