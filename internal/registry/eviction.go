@@ -143,7 +143,15 @@ func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, rea
 	r.topology.Add(1)
 	r.hooks.afterCopy()
 	if err := r.st.PutAgents(ctx, recs); err != nil {
-		return out, fmt.Errorf("record evictions: %w", err)
+		// Memory has evicted them already (refused from now on): the
+		// store must follow, or another replica, or this one restarted,
+		// would list them healthy. Flush writes dirty records, and marks
+		// them dirty again each time it fails, so the write is retried
+		// every FlushInterval until it succeeds.
+		for _, rec := range recs {
+			r.markDirty(rec.ID)
+		}
+		return out, fmt.Errorf("record evictions (retried with every flush until written): %w", err)
 	}
 	return out, nil
 }

@@ -71,3 +71,45 @@ func TestEvictIdentity(t *testing.T) {
 		})
 	}
 }
+
+// TestEvictionWriteRetried: an eviction whose store write fails (a
+// transient error; memStore's fail is the one fault doubled) is refused
+// at once from memory and written by the flushes that follow, however
+// many fail, until one succeeds.
+func TestEvictionWriteRetried(t *testing.T) {
+	ctx := context.Background()
+	st := newMemStore()
+	r := newRegistry(t, st, &clock{t: time.Unix(1_800_000_000, 0)})
+	p := peer(t, "a@ct200", "")
+	if _, err := heartbeat(t, r, p, `{"agent_id":"a"}`); err != nil {
+		t.Fatal(err)
+	}
+	down := errors.New("store briefly unreachable")
+	st.mu.Lock()
+	st.fail = down
+	st.mu.Unlock()
+	ev, err := r.EvictIdentity(ctx, "a@ct200", "identity revoked")
+	if !errors.Is(err, down) || len(ev) != 1 {
+		t.Fatalf("eviction with the store down: %v, %v; want agent a evicted and the store's error", ev, err)
+	}
+	if _, err := r.Check(p, "a"); !errors.Is(err, ErrEvicted) {
+		t.Errorf("HEAD of a while its eviction is unwritten: %v, want ErrEvicted", err)
+	}
+	for range 3 {
+		if err := r.Flush(ctx); !errors.Is(err, down) {
+			t.Fatalf("flush with the store down: %v", err)
+		}
+	}
+	st.mu.Lock()
+	st.fail = nil
+	st.mu.Unlock()
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.mu.Lock()
+	got := st.agents["a"]
+	st.mu.Unlock()
+	if got.Status != StatusEvicted || got.Reason != "identity revoked" {
+		t.Errorf("stored a once the store is back: status %q reason %q, want evicted (identity revoked)", got.Status, got.Reason)
+	}
+}
