@@ -355,6 +355,13 @@ type feedReplica struct {
 
 func newFeedReplica(t *testing.T, e *env) *feedReplica {
 	t.Helper()
+	return newFeedReplicaOver(t, e, e.ca.st)
+}
+
+// newFeedReplicaOver is newFeedReplica whose meshd reads and writes the
+// env's store through st.
+func newFeedReplicaOver(t *testing.T, e *env, st server.Store) *feedReplica {
+	t.Helper()
 	ctx := context.Background()
 	auth, err := ca.Open(ctx, e.ca.cfg, e.ca.st)
 	if err != nil {
@@ -375,7 +382,7 @@ func newFeedReplica(t *testing.T, e *env) *feedReplica {
 		RevocationPoll: 20 * time.Millisecond,
 		Logger:         slog.New(slog.NewJSONHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
-	if r.srv, err = server.New(ctx, cfg, e.ca.st, auth); err != nil {
+	if r.srv, err = server.New(ctx, cfg, st, auth); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.srv.Start(ctx); err != nil {

@@ -30,6 +30,15 @@ type metrics struct {
 }
 
 // crlAge is nil without a local CA.
+// feedPending exports how many change events some handler failed to
+// apply and retries: above zero, this process's trust state (revocations,
+// entity CAs, the admin policy) lags the store's.
+func (m *metrics) feedPending(pending func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meshd_change_feed_pending_events", Help: "Change events not applied yet in this process, retried with backoff until they apply.",
+	}, func() float64 { return float64(pending()) }))
+}
+
 func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func() time.Time, crlAge func() time.Duration) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),

@@ -395,6 +395,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		crlAge = func() time.Duration { return cfg.Now().Sub(authority.CRLThisUpdate()) }
 	}
 	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry, crlAge)
+	s.metrics.feedPending(s.events.Pending)
 	s.anonymous = newAnonymousCallers(s.log, s.metrics.unauthenticated)
 	s.backendMetrics()
 	if err := s.evictRevokedAgents(ctx); err != nil {
@@ -516,13 +517,21 @@ func (s *Server) loadState(ctx context.Context) error {
 	return nil
 }
 
-// evictRevokedAgents evicts the loaded agents whose certificate, identity
-// or entity was revoked while meshd was down: they must not stay listed
-// healthy until the heartbeat timeout.
+// evictRevokedAgents evicts the loaded agents whose certificate, key,
+// identity or entity was revoked while meshd was down: they must not stay
+// listed healthy until the heartbeat timeout.
 func (s *Server) evictRevokedAgents(ctx context.Context) error {
 	recs, err := s.st.Agents(ctx)
 	if err != nil {
 		return fmt.Errorf("load agents: %w", err)
+	}
+	keys, err := s.st.BlockedKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("load revoked keys: %w", err)
+	}
+	blocked := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		blocked[k] = true
 	}
 	for _, a := range recs {
 		if a.Status == registry.StatusEvicted {
@@ -532,8 +541,21 @@ func (s *Server) evictRevokedAgents(ctx context.Context) error {
 			ev     []registry.Evicted
 			reason string
 		)
+		// Only a certificate the mesh CA recorded is looked up: the
+		// agent's stored fingerprint (SHA-256 of the DER it registered
+		// with) must be the record's, so a serial another issuer reused
+		// never matches.
 		if rec, cerr := s.st.Cert(ctx, a.CertSerial); cerr == nil && rec.Fingerprint == a.CertFingerprint {
-			if r, ok := s.revs.Serial(rec.IssuerKeyID, rec.Serial); ok {
+			r, revoked := s.revs.Serial(rec.IssuerKeyID, rec.Serial)
+			// The key: a keyCompromise revocation of any certificate of it
+			// (a same-key renewal's predecessor) blocks this one too. The
+			// mesh CA's record vouches for the hash compared: lowercase hex
+			// SHA-256 of the certificate's SubjectPublicKeyInfo, the form
+			// BlockedKeys holds.
+			if !revoked && rec.KeyHash != "" && blocked[rec.KeyHash] {
+				r, revoked = trust.Revoked{KeyHash: rec.KeyHash, Reason: ca.Reason(store.ReasonKeyCompromise).String() + " of its key"}, true
+			}
+			if revoked {
 				reason = "certificate_revoked"
 				ev, err = s.reg.EvictFingerprints(ctx, map[string]bool{rec.Fingerprint: true}, fmt.Sprintf("certificate %s (serial %s) revoked: %s", a.Owner, a.CertSerial, r.Reason))
 			}
