@@ -74,6 +74,7 @@ type limits struct {
 	watchStreams, watchPerSource, agentCertBurst int
 	maxAgentsPerNode                             int
 	maxRequestBody                               int64
+	watchCertless                                int
 	registrations                                server.RegistrationLimits
 	providerEntities                             string
 }
@@ -147,7 +148,8 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.BoolVar(&o.legacyCompat, "legacy-secret-compat", false, "migration only: let agent routes accept the bootstrap secret as a bearer from callers without a certificate (each use counted and logged)")
 	f.DurationVar(&o.limits.readTimeout, "read-timeout", 30*time.Second, "longest time to read one request, headers and body, on every listener")
 	f.IntVar(&o.limits.watchStreams, "max-watch-streams", 1024, "most open /revocations/watch streams")
-	f.IntVar(&o.limits.watchPerSource, "max-watch-streams-per-source", 16, "most open /revocations/watch streams of one certificate identity, or of one address (IPv6: /64) without a certificate")
+	f.IntVar(&o.limits.watchPerSource, "max-watch-streams-per-source", 16, "most open /revocations/watch streams of one source: a mesh node with its agents, a partner entity, another certificate's name, or one address (IPv6: /64) without a certificate")
+	f.IntVar(&o.limits.watchCertless, "max-certless-watch-streams", 0, "most open /revocations/watch streams of callers without a certificate (TLS auto), out of --max-watch-streams, the rest kept for authenticated verifiers; 0: an eighth of --max-watch-streams")
 	f.IntVar(&o.limits.agentCertBurst, "agent-cert-burst", 100, "certificates one node may obtain at once (/agent-cert; /renew, its own and its agents')")
 	f.DurationVar(&o.limits.agentCertInterval, "agent-cert-interval", 100*time.Millisecond, "after the burst, one more certificate per node every interval")
 	f.IntVar(&o.limits.maxAgentsPerNode, "max-agents-per-node", 512, "agent identities one node may hold a live certificate for")
@@ -242,6 +244,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL, SessionIssuer: o.sessionIssuer, SessionAudience: o.sessionAudience,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 		ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
+		MaxCertlessWatchStreams: o.limits.watchCertless,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
 		Registrations: o.limits.registrationLimits(),
 	}
@@ -329,6 +332,9 @@ func (l limits) check() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s must be positive", d.flag)
 		}
+	}
+	if l.watchCertless < 0 {
+		return errors.New("--max-certless-watch-streams must not be negative (0 is an eighth of --max-watch-streams)")
 	}
 	return nil
 }

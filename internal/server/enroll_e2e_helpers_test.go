@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -266,6 +267,14 @@ func (e *env) subscribe(lastID string) *sseSub {
 // the status it was refused with.
 func (e *env) trySubscribe(lastID string, cert *tls.Certificate) (*sseSub, int) {
 	e.t.Helper()
+	return e.trySubscribeFrom(lastID, cert, "")
+}
+
+// trySubscribeFrom is trySubscribe from the local address from (any of
+// 127.0.0.0/8 reaches meshd on 127.0.0.1), so that one test can be many
+// callers' addresses; "" lets the system choose.
+func (e *env) trySubscribeFrom(lastID string, cert *tls.Certificate, from string) (*sseSub, int) {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, "GET", e.baseURL()+"/revocations/watch", nil)
 	if err != nil {
@@ -275,6 +284,10 @@ func (e *env) trySubscribe(lastID string, cert *tls.Certificate) (*sseSub, int) 
 		req.Header.Set("Last-Event-ID", lastID)
 	}
 	tr := &http.Transport{TLSClientConfig: e.tlsConfig(cert)}
+	if from != "" {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		tr.DialContext = d.DialContext
+	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
 		cancel()

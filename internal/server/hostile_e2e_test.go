@@ -32,7 +32,7 @@ import (
 // and in all; a refused one is answered at once and costs no stream.
 func TestHostileWatchStreamsCapped(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *server.Config) {
-		c.MaxWatchStreams, c.MaxWatchStreamsPerSource = 5, 3
+		c.MaxWatchStreams, c.MaxWatchStreamsPerSource, c.MaxCertlessWatchStreams = 5, 3, 3
 	}})
 	var subs []*sseSub
 	for i := range 3 {

@@ -138,10 +138,14 @@ type Config struct {
 	// with 413. It lowers the routes' own bounds, never raises them.
 	MaxRequestBody int64
 	// MaxWatchStreams caps the open /revocations/watch streams, and
-	// MaxWatchStreamsPerSource those of one source (a certificate's
-	// identity, or for a caller without one its IPv4 address or IPv6 /64);
-	// defaults 1024 and 16.
-	MaxWatchStreams, MaxWatchStreamsPerSource int
+	// MaxWatchStreamsPerSource those of one source: a mesh node with
+	// every agent identity the mesh CA issued under it, a partner entity,
+	// another certificate's name, or for a caller without a certificate
+	// its IPv4 address or IPv6 /64; defaults 1024 and 16.
+	// MaxCertlessWatchStreams of the total are for callers without a
+	// certificate (TLS auto), and they never get more, so the rest stay
+	// for authenticated verifiers; default an eighth of MaxWatchStreams.
+	MaxWatchStreams, MaxWatchStreamsPerSource, MaxCertlessWatchStreams int
 	// AgentCertBurst and AgentCertInterval limit how fast one node mints
 	// agent certificates (/agent-cert, and the agents of a /renew): a
 	// burst, then one per interval; defaults 100 and 100ms.
@@ -245,8 +249,9 @@ type Server struct {
 	// enrollLimit limits /enroll per source, enrollGlobal for all
 	// sources together.
 	enrollLimit, enrollGlobal *limiter
-	// watchSlots caps the revocation streams.
-	watchSlots *slots
+	// watchSlots caps the revocation streams of callers with a
+	// certificate, certlessWatchSlots those of callers without one.
+	watchSlots, certlessWatchSlots *slots
 	// agentCerts limits how fast one node mints agent certificates;
 	// issueAudit rations the audit entries of refused issuance requests
 	// (one per caller, reason and minute).
@@ -280,6 +285,11 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, 2*time.Minute)
 	cfg.MaxWatchStreams = cmp.Or(cfg.MaxWatchStreams, 1024)
 	cfg.MaxWatchStreamsPerSource = cmp.Or(cfg.MaxWatchStreamsPerSource, 16)
+	if cfg.MaxCertlessWatchStreams == 0 {
+		cfg.MaxCertlessWatchStreams = min(max(1, cfg.MaxWatchStreams/8), cfg.MaxWatchStreams-1)
+	} else if cfg.MaxCertlessWatchStreams >= cfg.MaxWatchStreams {
+		return nil, fmt.Errorf("the revocation streams for callers without a certificate (%d, --max-certless-watch-streams) must be fewer than all revocation streams (%d, --max-watch-streams), so that authenticated verifiers keep some", cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreams)
+	}
 	cfg.AgentCertBurst = cmp.Or(cfg.AgentCertBurst, 100)
 	cfg.AgentCertInterval = cmp.Or(cfg.AgentCertInterval, 100*time.Millisecond)
 	cfg.MaxAgentsPerNode = cmp.Or(cfg.MaxAgentsPerNode, 512)
@@ -297,9 +307,10 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		trustChanged: make(chan struct{}, 1), started: cfg.Now(),
 		enrollLimit:  newLimiter(cmp.Or(cfg.EnrollBurst, enrollBurst), cmp.Or(cfg.EnrollInterval, enrollInterval)),
 		enrollGlobal: newLimiter(cmp.Or(cfg.EnrollBurst, enrollGlobalBurst), cmp.Or(cfg.EnrollInterval, enrollGlobalInterval)),
-		watchSlots:   newSlots(cfg.MaxWatchStreams, cfg.MaxWatchStreamsPerSource),
+		watchSlots:   newSlots(cfg.MaxWatchStreams-cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource),
 		agentCerts:   newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
 		stopping: make(chan struct{}), namespaces: registry.NewNamespaces()}
+	s.certlessWatchSlots = newSlots(cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource)
 	s.cfg.AgentTrustDomain = cmp.Or(cfg.AgentTrustDomain, DefaultAgentTrustDomain)
 
 	if cfg.TLSMode != TLSOff {

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -41,18 +43,25 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 		return
 	}
 	// Each stream holds a connection for as long as the caller likes: cap
-	// them in all and per source, a certificate's identity or, without
-	// one, the caller's address (an IPv6 /64).
-	source := "addr " + sourceKey(r.RemoteAddr)
-	if peer != nil {
-		source = "cert " + peer.Name()
+	// them per source and per class. Callers without a certificate have a
+	// share of their own, so they never take an authenticated verifier's
+	// slot.
+	source := s.watchSource(r, peer)
+	pool, share := s.watchSlots, s.cfg.MaxWatchStreams-s.cfg.MaxCertlessWatchStreams
+	if peer == nil {
+		pool, share = s.certlessWatchSlots, s.cfg.MaxCertlessWatchStreams
 	}
-	release, full := s.watchSlots.acquire(source)
+	release, full := pool.acquire(source)
 	if full != "" {
 		w.Header().Set("Retry-After", "30")
 		msg := fmt.Sprintf("too many revocation streams from this caller (at most %d); close one or retry later", s.cfg.MaxWatchStreamsPerSource)
-		if full == "total" {
-			msg = fmt.Sprintf("meshd serves its maximum of %d revocation streams; retry later", s.cfg.MaxWatchStreams)
+		switch {
+		case full == "total" && peer == nil:
+			msg = fmt.Sprintf("meshd serves its maximum of %d revocation streams to callers without a certificate; retry later, or present one", share)
+		case full == "total":
+			msg = fmt.Sprintf("meshd serves its maximum of %d revocation streams to callers with a certificate; retry later", share)
+		case peer != nil && strings.HasPrefix(source, "node "):
+			msg = fmt.Sprintf("too many revocation streams from node %s and its agents (at most %d together); close one or retry later", strings.TrimPrefix(source, "node "), s.cfg.MaxWatchStreamsPerSource)
 		}
 		s.refuse(w, r, http.StatusServiceUnavailable, "too_many_streams", msg)
 		return
@@ -117,6 +126,33 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 			}
 		}
 	}
+}
+
+// watchSource is the source one caller's revocation streams are counted
+// under.
+func (s *Server) watchSource(r *http.Request, peer *trust.Peer) string {
+	if peer == nil {
+		// No certificate: the caller's address, an IPv6 /64 as one.
+		return "addr " + sourceKey(r.RemoteAddr)
+	}
+	// Only the mesh CA vouches for node names: its certificates of node
+	// ct111 ("ct111.mesh") and of the agents it mints ("x@ct111") count as
+	// "node ct111", the Node of the parsed identity, so a node gains no
+	// streams by minting agent identities. A trust-dir localca (no mesh
+	// CA) vouches for no node.
+	if peer.Backend == BackendLocalCA && s.localCA != nil && peer.Identity.Node != "" &&
+		(peer.Identity.Kind == identity.KindNode || peer.Identity.Kind == identity.KindAgent) {
+		return "node " + peer.Identity.Node
+	}
+	// A partner entity's CA vouches for its own namespace only: every
+	// certificate it signs counts as the entity, named with the backend
+	// that admitted it so that two sources' entities never share a count.
+	if peer.Entity != "" {
+		return "entity " + peer.Backend + "/" + peer.Entity
+	}
+	// Any other certificate: its backend and its name (CN, or its one
+	// SPIFFE ID) as the chain verified it.
+	return "cert " + peer.Backend + "/" + peer.Name()
 }
 
 func resumePoint(r *http.Request) (int64, error) {
