@@ -46,7 +46,7 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 	// them per source and per class. Callers without a certificate have a
 	// share of their own, so they never take an authenticated verifier's
 	// slot.
-	source := s.watchSource(r, peer)
+	source := watchSource(r, peer)
 	pool, share := s.watchSlots, s.cfg.MaxWatchStreams-s.cfg.MaxCertlessWatchStreams
 	if peer == nil {
 		pool, share = s.certlessWatchSlots, s.cfg.MaxCertlessWatchStreams
@@ -130,17 +130,17 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 
 // watchSource is the source one caller's revocation streams are counted
 // under.
-func (s *Server) watchSource(r *http.Request, peer *trust.Peer) string {
+func watchSource(r *http.Request, peer *trust.Peer) string {
 	if peer == nil {
 		// No certificate: the caller's address, an IPv6 /64 as one.
 		return "addr " + sourceKey(r.RemoteAddr)
 	}
-	// Only the mesh CA vouches for node names: its certificates of node
-	// ct111 ("ct111.mesh") and of the agents it mints ("x@ct111") count as
+	// Only the mesh CA vouches for node names (Peer.MeshCA; a trust-dir
+	// CA merely named localca does not): its certificates of node ct111
+	// ("ct111.mesh") and of the agents it mints ("x@ct111") count as
 	// "node ct111", the Node of the parsed identity, so a node gains no
-	// streams by minting agent identities. A trust-dir localca (no mesh
-	// CA) vouches for no node.
-	if peer.Backend == BackendLocalCA && s.localCA != nil && peer.Identity.Node != "" &&
+	// streams by minting agent identities.
+	if peer.MeshCA && peer.Identity.Node != "" &&
 		(peer.Identity.Kind == identity.KindNode || peer.Identity.Kind == identity.KindAgent) {
 		return "node " + peer.Identity.Node
 	}
