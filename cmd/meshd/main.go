@@ -244,9 +244,8 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL, SessionIssuer: o.sessionIssuer, SessionAudience: o.sessionAudience,
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 		ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
-		MaxCertlessWatchStreams: o.limits.watchCertless,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
-		Registrations: o.limits.registrationLimits(),
+		Registrations: o.limits.registrationLimits(), MaxCertlessWatchStreams: o.limits.watchCertless,
 	}
 	if err := o.binding.apply(&scfg); err != nil {
 		return err
