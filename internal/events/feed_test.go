@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"slices"
 	"sort"
 	"sync"
@@ -419,5 +421,64 @@ func TestFailedEventRetried(t *testing.T) {
 	if got := f.Cursor(); got != 3 {
 		// 4..9 are a hole not waited out yet.
 		t.Errorf("cursor = %d, want 3", got)
+	}
+}
+
+// TestFeedRetryStress: pollers on many goroutines, a handler that fails
+// on every third event twice before it applies it, and events committing
+// as they poll. Each poller's Polls succeed, every event is applied by
+// the flaky handler exactly once in the end, and nothing is left pending.
+func TestFeedRetryStress(t *testing.T) {
+	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	f := New(src, 0, Config{Now: c.Now, Page: 16, RetryMin: time.Millisecond, RetryMax: 4 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}) // a line per failure, hundreds
+	const total = 300
+	fail := map[int64]int{}
+	for s := int64(3); s <= total; s += 3 {
+		fail[s] = 2
+	}
+	h := &flaky{fail: fail}
+	f.Handle(h.handle)
+	var wg sync.WaitGroup
+	polls := make([]int, 6)
+	for g := range polls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				if g == 0 {
+					src.commit(int64(3*i+1), int64(3*i+2), int64(3*i+3))
+				}
+				c.Add(time.Millisecond) // a retry falls due every few polls
+				if _, err := f.Poll(context.Background()); err != nil {
+					t.Errorf("poller %d: %v", g, err)
+					return
+				}
+				polls[g]++
+			}
+		}()
+	}
+	wg.Wait()
+	for i := 0; f.Pending() > 0 && i < 100; i++ {
+		c.Add(10 * time.Millisecond)
+		poll(t, f)
+	}
+	for g, n := range polls {
+		if n != 100 {
+			t.Errorf("poller %d completed %d polls, want 100", g, n)
+		}
+	}
+	got := h.got()
+	count := map[int64]int{}
+	for _, s := range got {
+		count[s]++
+	}
+	for s := int64(1); s <= total; s++ {
+		if count[s] != 1 {
+			t.Errorf("event %d applied %d times, want once", s, count[s])
+		}
+	}
+	if f.Pending() != 0 || len(got) != total {
+		t.Errorf("%d applied, %d pending; want %d and 0", len(got), f.Pending(), total)
 	}
 }
