@@ -130,6 +130,10 @@ func (m *Mesh) startServer(ctx context.Context, sock string, st database.Store, 
 		CertFile: m.CA.Config().IssuedCertPath(m.cert), KeyFile: m.CA.Config().IssuedKeyPath(m.cert),
 		Backends: []string{server.BackendLocalCA}, RevocationPoll: c.RevocationPoll,
 		MaxWatchStreams: c.MaxWatchStreams, MaxWatchStreamsPerSource: c.MaxWatchStreams,
+		// strict: no caller without a certificate reaches the stream, so
+		// its share is the least there is and every other slot is the
+		// subscribers'.
+		MaxCertlessWatchStreams: 1,
 		AgentCertBurst: c.AgentCertBurst, AgentCertInterval: time.Millisecond, MaxAgentsPerNode: c.MaxAgentsPerNode,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, st, authority)
