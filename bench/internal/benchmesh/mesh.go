@@ -134,7 +134,7 @@ func (m *Mesh) startServer(ctx context.Context, sock string, st database.Store, 
 		// its share is the least there is and every other slot is the
 		// subscribers'.
 		MaxCertlessWatchStreams: 1,
-		AgentCertBurst: c.AgentCertBurst, AgentCertInterval: time.Millisecond, MaxAgentsPerNode: c.MaxAgentsPerNode,
+		AgentCertBurst:          c.AgentCertBurst, AgentCertInterval: time.Millisecond, MaxAgentsPerNode: c.MaxAgentsPerNode,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}, st, authority)
 	if err != nil {
