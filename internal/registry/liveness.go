@@ -33,6 +33,15 @@ type Result struct {
 // without being parsed; anything else goes through ParseRegistration and
 // Heartbeat.
 func (r *Registry) HeartbeatBody(ctx context.Context, peer *trust.Peer, body []byte) (Result, error) {
+	return r.HeartbeatFrom(ctx, peer, "", body)
+}
+
+// HeartbeatFrom is HeartbeatBody for a caller at source, the name the
+// server gives its network address (an IPv4 address, an IPv6 /64). A
+// caller without a certificate (peer nil) is held to the certless bounds
+// of its source (Config.Certless); source means nothing for a caller with
+// one.
+func (r *Registry) HeartbeatFrom(ctx context.Context, peer *trust.Peer, source string, body []byte) (Result, error) {
 	sum := sha256.Sum256(body)
 	if peer != nil {
 		if res, ok := r.unchanged(peer, sum); ok {
@@ -43,7 +52,7 @@ func (r *Registry) HeartbeatBody(ctx context.Context, peer *trust.Peer, body []b
 	if err != nil {
 		return Result{}, err
 	}
-	return r.heartbeat(ctx, peer, reg, payload, sum)
+	return r.heartbeat(ctx, peer, source, reg, payload, sum)
 }
 
 // unchanged answers a heartbeat whose body hash, certificate and state are
@@ -75,17 +84,17 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 // from ParseRegistration. A change to what the store holds is durable
 // before Heartbeat returns; an unchanged heartbeat touches only memory.
 func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte) (Result, error) {
-	return r.heartbeat(ctx, peer, reg, payload, [sha256.Size]byte{})
+	return r.heartbeat(ctx, peer, "", reg, payload, [sha256.Size]byte{})
 }
 
-func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
-	res, err := r.heartbeatOnce(ctx, peer, reg, payload, sum)
+func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, origin string, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+	res, err := r.heartbeatOnce(ctx, peer, origin, reg, payload, sum)
 	if errors.Is(err, errRecordGone) {
 		// The record this process held was deleted or released by
 		// another replica since it was read, and the entry is dropped:
 		// the heartbeat is a registration anew, and claims the id (or
 		// is refused) like any first one.
-		res, err = r.heartbeatOnce(ctx, peer, reg, payload, sum)
+		res, err = r.heartbeatOnce(ctx, peer, origin, reg, payload, sum)
 	}
 	return res, err
 }
@@ -94,13 +103,16 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, reg Registra
 // longer holds; heartbeat registers the agent anew.
 var errRecordGone = errors.New("registry: the agent's record was deleted from the store meanwhile")
 
-func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin string, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
 	now := r.cfg.Now()
 	res := Result{AgentID: reg.AgentID}
-	e, created, err := r.claim(peer, reg.AgentID, &reg)
+	e, created, err := r.claim(peer, origin, reg.AgentID, &reg, payload)
 	if err != nil {
 		return res, err
 	}
+	// recharged is the payload size e was charged before this heartbeat
+	// changed it, when it did: given back if the write fails.
+	recharged := int64(-1)
 	samePayload := false
 	if !created {
 		if err := r.authorize(peer, reg.AgentID, &e.rec); err != nil {
@@ -113,6 +125,16 @@ func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, reg Regi
 			if err := r.bound(&reg); err != nil {
 				e.mu.Unlock()
 				return res, err
+			}
+			// Only a caller without a certificate may change an agent
+			// registered without one (authorize says so): its payload
+			// stays within the certless bounds.
+			if e.charge.charged && peer == nil {
+				if err := r.certless.resize(e.charge.source, e.charge.bytes, int64(len(payload)), false); err != nil {
+					e.mu.Unlock()
+					return res, err
+				}
+				recharged, e.charge.bytes = e.charge.bytes, int64(len(payload))
 			}
 		}
 	}
@@ -176,6 +198,9 @@ func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, reg Regi
 			// this entry is stale, and the next Sync loads what the
 			// store holds.
 			r.drop(reg.AgentID, e)
+		} else if recharged >= 0 {
+			_ = r.certless.resize(e.charge.source, e.charge.bytes, recharged, true)
+			e.charge.bytes = recharged
 		}
 		e.mu.Unlock()
 		switch {
@@ -195,6 +220,10 @@ func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, reg Regi
 	e.setRegistration(reg)
 	if claim != nil {
 		e.node = ownerNode(next.Owner)
+	}
+	if next.Owner != "" {
+		// A certificate took over an agent registered without one.
+		r.uncharge(e)
 	}
 	// Only what dependents can see moves the topology: other agents are
 	// asked (HEAD 202) to POST again for nothing otherwise. It moves once
@@ -305,6 +334,9 @@ func (r *Registry) Run(ctx context.Context) {
 			}
 		case <-t.C:
 			r.Sweep()
+			if _, err := r.Expire(ctx); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.Warn("expire agents registered without a certificate", "err", err)
+			}
 			r.shareLiveness()
 			if err := r.Flush(ctx); err != nil {
 				r.cfg.Logger.Warn("flush agent liveness", "err", err)

@@ -62,6 +62,12 @@ var (
 	ErrEvicted = errors.New("registry: agent evicted")
 	// ErrDraining reports a new agent refused while the registry drains.
 	ErrDraining = errors.New("registry: draining")
+	// ErrTooMany reports a registration without a certificate refused by
+	// a bound on how many agents, or new ids, such callers may have.
+	ErrTooMany = errors.New("registry: too many agents without a certificate")
+	// ErrTooLarge reports a registration without a certificate refused by
+	// a bound on the payload bytes such callers may have stored.
+	ErrTooLarge = errors.New("registry: too large for an agent without a certificate")
 )
 
 // Refusal is why the registry refused a request.
@@ -148,6 +154,10 @@ type Config struct {
 	// Namespaces holds the agent-id namespace of each entity; nil gives
 	// every entity the prefix namespace "<entity>-".
 	Namespaces *Namespaces
+	// Certless, when set, bounds the agents registered by callers without
+	// a certificate (TLS mode auto) and expires them; nil leaves them
+	// unbounded (TLS mode off, where no caller has one).
+	Certless *CertlessLimits
 }
 
 // Registry is the set of registered agents. It is safe for concurrent use.
@@ -155,12 +165,14 @@ type Registry struct {
 	cfg Config
 	st  Store
 
-	// Lock order: writeMu first, then an entry's mu, then mu or dirtyMu;
-	// never the other way round, and never two entries' locks at once. mu
-	// and dirtyMu are leaves: nothing is locked while either is held, and
-	// so is a resolution cache's mu, which is never held with any other. An
-	// entry's lock is held across its store writes, so waiting for one
-	// under mu would stall every reader of the registry behind that write.
+	// Lock order: writeMu first, then an entry's mu, then mu, dirtyMu or
+	// certless.mu; never the other way round, and never two entries'
+	// locks at once. mu, dirtyMu and certless.mu are leaves: nothing is
+	// locked while one is held (but what CertlessLimits.AdmitNew locks
+	// under certless.mu), and so is a resolution cache's mu, which is
+	// never held with any other. An entry's lock is held across its store
+	// writes, so waiting for one under mu would stall every reader of the
+	// registry behind that write.
 	// writeMu is held across store writes too, but only by Delete and the
 	// batches; heartbeats never take it.
 
@@ -185,6 +197,9 @@ type Registry struct {
 	providerEntities map[string]bool
 	// namespaces is cfg.Namespaces.
 	namespaces *Namespaces
+	// certless accounts for the agents registered without a certificate;
+	// nil when cfg.Certless is.
+	certless *certlessBook
 
 	dirtyMu sync.Mutex
 	dirty   map[string]struct{}
@@ -294,6 +309,9 @@ type entry struct {
 	wrote    uint64
 	lastSeen atomic.Int64
 	topoSeen atomic.Uint64
+	// charge is what the entry is charged, registered without a
+	// certificate, against the registry's bounds (certless.go).
+	charge certlessCharge
 }
 
 // New returns a registry over st, loaded with the agents st holds. Loaded
@@ -334,11 +352,17 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 		r.providerEntities[e] = true
 	}
 	r.namespaces = cfg.Namespaces
+	if cfg.Certless != nil {
+		r.certless = newCertlessBook(*cfg.Certless)
+	}
 	recs, err := st.Agents(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load agents: %w", err)
 	}
 	now := cfg.Now()
+	if recs, err = r.dropExpiredStored(ctx, recs, now); err != nil {
+		return nil, err
+	}
 	for _, rec := range recs {
 		e := &entry{rec: rec, node: ownerNode(rec.Owner)}
 		var reg Registration
@@ -351,6 +375,7 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 			cfg.Logger.Warn("stored agent registration is over a limit; its next change will be refused", "agent", rec.ID, "reason", ReasonOf(err), "err", err)
 		}
 		e.lastSeen.Store(now.UnixNano())
+		r.chargeStored(e)
 		r.agents[rec.ID] = e
 		r.index(e, nil)
 	}
@@ -363,8 +388,10 @@ func (r *Registry) Len() int { return int(r.count.Load()) }
 
 // claim returns the entry for id locked, creating it if needed. The
 // binding rule and reg's limits are checked for a new id before it is
-// inserted, so a refused caller never creates an entry.
-func (r *Registry) claim(peer *trust.Peer, id string, reg *Registration) (*entry, bool, error) {
+// inserted, so a refused caller never creates an entry. A new id of a
+// caller without a certificate from source, with payload, is charged
+// against the certless bounds (or refused by them) before it is inserted.
+func (r *Registry) claim(peer *trust.Peer, source, id string, reg *Registration, payload []byte) (*entry, bool, error) {
 	for {
 		if e := r.locked(id); e != nil {
 			return e, false, nil
@@ -378,9 +405,16 @@ func (r *Registry) claim(peer *trust.Peer, id string, reg *Registration) (*entry
 		if err := r.bound(reg); err != nil {
 			return nil, false, err
 		}
+		e := &entry{}
+		if peer == nil && r.certless != nil {
+			n := int64(len(payload))
+			if err := r.certless.reserve(source, n, false); err != nil {
+				return nil, false, err
+			}
+			e.charge = certlessCharge{charged: true, source: source, bytes: n}
+		}
 		// Locked before it is published, and before mu as the lock order
 		// wants.
-		e := &entry{}
 		e.mu.Lock()
 		r.mu.Lock()
 		if r.agents[id] == nil {
@@ -391,6 +425,7 @@ func (r *Registry) claim(peer *trust.Peer, id string, reg *Registration) (*entry
 		}
 		// Another heartbeat claimed id meanwhile: take its entry.
 		r.mu.Unlock()
+		r.uncharge(e)
 		e.mu.Unlock()
 	}
 }
@@ -400,6 +435,7 @@ func (r *Registry) claim(peer *trust.Peer, id string, reg *Registration) (*entry
 // written under that lock.
 func (r *Registry) drop(id string, e *entry) {
 	e.gone = true
+	r.uncharge(e)
 	r.mu.Lock()
 	if r.agents[id] == e {
 		delete(r.agents, id)

@@ -41,6 +41,7 @@ func (r *Registry) Sync(ctx context.Context) (int, error) {
 	// Counted before the read: an entry written before this (wrote <
 	// gen) is in what the read returns, or was deleted since.
 	gen := r.syncs.Add(1)
+	start := r.cfg.Now()
 	recs, err := r.st.Agents(ctx)
 	if err != nil {
 		r.blind.Store(true)
@@ -51,6 +52,11 @@ func (r *Registry) Sync(ctx context.Context) (int, error) {
 	changed, topo := 0, false
 	for _, rec := range recs {
 		stored[rec.ID] = true
+		if r.expiredCertless(&rec, start) && r.lookup(rec.ID) == nil {
+			// Silent past the expiry: not taken in, and its replica (or
+			// this one's next Expire) deletes it.
+			continue
+		}
 		c, t := r.merge(rec, gen)
 		if c {
 			changed++
@@ -92,6 +98,7 @@ func (r *Registry) merge(rec store.Agent, gen uint64) (changed, visible bool) {
 			e.mu.Unlock()
 			return r.merge(rec, gen)
 		}
+		r.chargeStored(e)
 		r.agents[rec.ID] = e
 		r.count.Add(1)
 		r.index(e, nil)
@@ -120,6 +127,7 @@ func (r *Registry) merge(rec store.Agent, gen uint64) (changed, visible bool) {
 		e.notAfter = time.Time{}
 	}
 	e.rec, e.node = rec, ownerNode(rec.Owner)
+	r.rechargeStored(e)
 	// The next heartbeat is parsed again rather than matched against a
 	// body this process no longer holds the record of.
 	e.body = [32]byte{}
@@ -134,15 +142,27 @@ func (r *Registry) merge(rec store.Agent, gen uint64) (changed, visible bool) {
 // healthy agent whose heartbeats reached this process since its record
 // last carried its liveness, ShareInterval ago or more; Flush writes them
 // in one batch. The version stays: liveness alone is no change.
+//
+// An agent registered without a certificate has its liveness written at
+// least every quarter of the certless expiry, replicas or not, so that a
+// restart (which loads no expired one) keeps the live ones.
 func (r *Registry) shareLiveness() {
-	if r.cfg.ShareInterval <= 0 {
+	var certlessEvery time.Duration
+	if r.certless != nil {
+		certlessEvery = r.certless.lim.Expiry / 4
+	}
+	if r.cfg.ShareInterval <= 0 && certlessEvery <= 0 {
 		return
 	}
 	for _, e := range r.snapshot() {
 		seen := e.lastSeen.Load()
 		e.mu.Lock()
-		if !e.gone && e.rec.ID != "" && e.rec.Status == StatusHealthy &&
-			time.Duration(seen-e.rec.LastSeen.UnixNano()) >= r.cfg.ShareInterval {
+		every := r.cfg.ShareInterval
+		if e.charge.charged && (every <= 0 || certlessEvery < every) {
+			every = certlessEvery
+		}
+		if !e.gone && e.rec.ID != "" && e.rec.Status == StatusHealthy && every > 0 &&
+			time.Duration(seen-e.rec.LastSeen.UnixNano()) >= every {
 			e.rec.LastSeen = time.Unix(0, seen).UTC()
 			r.markDirty(e.rec.ID)
 		}
