@@ -77,6 +77,7 @@ type limits struct {
 	watchCertless                                int
 	registrations                                server.RegistrationLimits
 	providerEntities                             string
+	certless                                     server.CertlessLimits
 }
 
 func envOr(key, def string) string {
@@ -157,6 +158,15 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.IntVar(&o.limits.registrations.MaxToolDependencies, "max-tool-dependencies", registry.DefaultMaxToolDependencies, "dependencies one tool may declare")
 	f.IntVar(&o.limits.registrations.MaxDependencies, "max-dependencies", registry.DefaultMaxDependencies, "dependencies of all of one agent's tools together")
 	f.IntVar(&o.limits.registrations.MaxTags, "max-tags", registry.DefaultMaxTags, "tags one tool or dependency may carry")
+	c := &o.limits.certless
+	f.IntVar(&c.MaxAgents, "certless-max-agents", registry.DefaultCertlessAgents, "TLS mode auto: agents registered without a certificate meshd holds in all")
+	f.IntVar(&c.MaxAgentsPerSource, "certless-max-agents-per-source", registry.DefaultCertlessAgentsPerSource, "TLS mode auto: agents one address (IPv6: /64) may register without a certificate")
+	f.Int64Var(&c.MaxBytes, "certless-max-bytes", registry.DefaultCertlessBytes, "TLS mode auto: stored payload bytes of all agents registered without a certificate")
+	f.Int64Var(&c.MaxBytesPerSource, "certless-max-bytes-per-source", registry.DefaultCertlessBytesPerSource, "TLS mode auto: stored payload bytes of the agents one address (IPv6: /64) registered without a certificate")
+	f.Int64Var(&c.MaxPayload, "certless-max-payload", registry.DefaultCertlessPayload, "TLS mode auto: stored payload bytes of one agent registered without a certificate (bodies over twice this are not read)")
+	f.DurationVar(&c.Expiry, "certless-expiry", registry.DefaultCertlessExpiry, "TLS mode auto: silence after which an agent registered without a certificate is deleted")
+	f.DurationVar(&c.NewInterval, "certless-new-interval", server.DefaultCertlessNewInterval, "TLS mode auto: after a burst of --certless-max-agents-per-source, one new agent id per address (IPv6: /64) every interval")
+	f.DurationVar(&c.NewGlobalInterval, "certless-new-global-interval", server.DefaultCertlessNewGlobalInterval, "TLS mode auto: after a burst of --certless-max-agents, one new agent id from all addresses together every interval")
 	f.StringVar(&o.limits.providerEntities, "provider-entities", envOr("MCP_MESH_PROVIDER_ENTITIES", ""), "comma list of partner entities whose agents may provide capabilities to agents outside their entity, the mesh's own included (default none: dependencies resolve inside their trust boundary; env MCP_MESH_PROVIDER_ENTITIES)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (env MCP_MESH_LOG_LEVEL, MCP_MESH_DEBUG_MODE)")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
@@ -245,7 +255,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 		ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
-		Registrations: o.limits.registrationLimits(), MaxCertlessWatchStreams: o.limits.watchCertless,
+		Registrations: o.limits.registrationLimits(), MaxCertlessWatchStreams: o.limits.watchCertless, Certless: o.limits.certless,
 	}
 	if err := o.binding.apply(&scfg); err != nil {
 		return err
@@ -327,6 +337,10 @@ func (l limits) check() error {
 		{"--agent-cert-burst", int64(l.agentCertBurst)}, {"--max-agents-per-node", int64(l.maxAgentsPerNode)},
 		{"--max-tools", int64(l.registrations.MaxTools)}, {"--max-tool-dependencies", int64(l.registrations.MaxToolDependencies)},
 		{"--max-dependencies", int64(l.registrations.MaxDependencies)}, {"--max-tags", int64(l.registrations.MaxTags)},
+		{"--certless-max-agents", int64(l.certless.MaxAgents)}, {"--certless-max-agents-per-source", int64(l.certless.MaxAgentsPerSource)},
+		{"--certless-max-bytes", l.certless.MaxBytes}, {"--certless-max-bytes-per-source", l.certless.MaxBytesPerSource},
+		{"--certless-max-payload", l.certless.MaxPayload}, {"--certless-expiry", int64(l.certless.Expiry)},
+		{"--certless-new-interval", int64(l.certless.NewInterval)}, {"--certless-new-global-interval", int64(l.certless.NewGlobalInterval)},
 	} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s must be positive", d.flag)

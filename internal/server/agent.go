@@ -142,13 +142,29 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, registry.MaxBody))
+	limit, certless := int64(registry.MaxBody), peer == nil && s.certlessBody > 0
+	if certless {
+		limit = min(limit, s.certlessBody)
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		s.count("post", http.StatusRequestEntityTooLarge)
+		if certless {
+			s.metrics.unauthRefusals.WithLabelValues("certless_payload").Inc()
+			s.refuse(w, r, http.StatusRequestEntityTooLarge, "certless_payload", fmt.Sprintf("heartbeat body is larger than %d bytes, the most meshd reads from a caller without a certificate; present a certificate, or declare less", limit))
+			return
+		}
 		s.refuse(w, r, http.StatusRequestEntityTooLarge, "body_too_large", "heartbeat body is larger than meshd accepts (1 MiB, or MCP_MESH_MAX_REQUEST_BODY_BYTES when lower)")
 		return
 	}
-	res, err := s.reg.HeartbeatBody(r.Context(), peer, body)
+	// The source is the caller's address as its connection reports it
+	// (an IPv4 address, an IPv6 /64): no certificate vouches for it, and
+	// it only apportions the certless bounds.
+	source := ""
+	if certless {
+		source = sourceKey(r.RemoteAddr)
+	}
+	res, err := s.reg.HeartbeatFrom(r.Context(), peer, source, body)
 	if err != nil {
 		s.registryError(w, r, "post", err)
 		return
@@ -231,6 +247,13 @@ func (s *Server) registryError(w http.ResponseWriter, r *http.Request, method st
 		// The database is away: 503, never a 410 that makes the agent
 		// register again (MCP Mesh 3.7.1 answers HEAD so too).
 		code = http.StatusServiceUnavailable
+	case errors.Is(err, registry.ErrTooMany):
+		code = http.StatusTooManyRequests
+		w.Header().Set("Retry-After", "60")
+		s.metrics.unauthRefusals.WithLabelValues(registry.ReasonOf(err)).Inc()
+	case errors.Is(err, registry.ErrTooLarge):
+		code = http.StatusRequestEntityTooLarge
+		s.metrics.unauthRefusals.WithLabelValues(registry.ReasonOf(err)).Inc()
 	case errors.Is(err, registry.ErrUnknown), errors.Is(err, registry.ErrEvicted):
 		code = http.StatusGone
 		if method == "delete" {

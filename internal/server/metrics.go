@@ -27,6 +27,9 @@ type metrics struct {
 	// unauthenticated counts agent-route requests admitted without a
 	// certificate (TLS mode auto), by route.
 	unauthenticated *prometheus.CounterVec
+	// unauthRefusals counts the requests of callers without a certificate
+	// refused by the certless bounds, by reason.
+	unauthRefusals *prometheus.CounterVec
 }
 
 // crlAge is nil without a local CA.
@@ -63,7 +66,16 @@ func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func()
 	m.unauthenticated = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshd_unauthenticated_requests_total", Help: "Agent-route requests admitted without a client certificate (TLS mode auto), by route.",
 	}, []string{"route"})
-	m.reg.MustRegister(m.watchers, m.legacyUses, m.unauthenticated)
+	m.unauthRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshd_unauthenticated_refusals_total", Help: "Agent-route requests of callers without a client certificate (TLS mode auto) refused by the bounds on what they may make meshd hold, by reason (certless_agents, certless_source_agents, certless_rate, certless_payload, certless_bytes, certless_source_bytes).",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.watchers, m.legacyUses, m.unauthenticated, m.unauthRefusals,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_unauthenticated_agents", Help: "Agents registered without a client certificate (TLS mode auto) that meshd holds.",
+		}, func() float64 { n, _ := agents.CertlessUsage(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_unauthenticated_agent_bytes", Help: "Stored payload bytes of the agents registered without a client certificate (TLS mode auto).",
+		}, func() float64 { _, b := agents.CertlessUsage(); return float64(b) }))
 	m.reg.MustRegister(m.heartbeats, m.registrations, m.refusals, m.evictions, m.closedConns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{

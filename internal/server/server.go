@@ -158,6 +158,9 @@ type Config struct {
 	// without a certificate reaches; meshd sets neither.
 	EnrollBurst    int
 	EnrollInterval time.Duration
+	// Certless bounds what callers without a certificate can make meshd
+	// hold in TLS mode auto; zero values are the defaults.
+	Certless CertlessLimits
 	// Registrations bounds what one agent may register (tools,
 	// dependencies, tags) and lists the partner entities whose agents may
 	// provide for agents outside their entity; see registry.Config.
@@ -192,6 +195,47 @@ type RegistrationLimits struct {
 	// ProviderEntities are partner entities whose agents may be the
 	// providers of agents outside their entity (the mesh's own included).
 	ProviderEntities []string
+}
+
+// CertlessLimits bound what callers without a certificate can make meshd
+// hold in TLS mode auto (see registry.CertlessLimits, whose defaults zero
+// fields select): agents and stored payload bytes per source (an IPv4
+// address, an IPv6 /64) and in all, one agent's payload, how long a silent
+// one is kept, and how fast new agent ids are registered.
+type CertlessLimits struct {
+	MaxAgents, MaxAgentsPerSource           int
+	MaxBytes, MaxBytesPerSource, MaxPayload int64
+	Expiry                                  time.Duration
+	// NewInterval is how often one source may register a new agent id
+	// once it spent a burst of MaxAgentsPerSource (default 1 minute);
+	// NewGlobalInterval how often all sources together may, after a burst
+	// of MaxAgents (default 5s). They bound the audit rows callers without
+	// a certificate cause: two per id at most (its claim, and its deletion
+	// or expiry).
+	NewInterval, NewGlobalInterval time.Duration
+}
+
+// Defaults of CertlessLimits' rates.
+const (
+	DefaultCertlessNewInterval       = time.Minute
+	DefaultCertlessNewGlobalInterval = 5 * time.Second
+)
+
+// registryLimits returns l as the registry's bounds, with the new-id rate
+// limited per source and in all.
+func (l CertlessLimits) registryLimits(clock func() time.Time) registry.CertlessLimits {
+	rl := registry.CertlessLimits{MaxAgents: l.MaxAgents, MaxAgentsPerSource: l.MaxAgentsPerSource,
+		MaxBytes: l.MaxBytes, MaxBytesPerSource: l.MaxBytesPerSource, MaxPayload: l.MaxPayload, Expiry: l.Expiry}.WithDefaults()
+	perSource := newLimiter(rl.MaxAgentsPerSource, cmp.Or(l.NewInterval, DefaultCertlessNewInterval))
+	global := newLimiter(rl.MaxAgents, cmp.Or(l.NewGlobalInterval, DefaultCertlessNewGlobalInterval))
+	rl.AdmitNew = func(source string) bool {
+		// The source is the caller's address as the connection reports it
+		// (sourceKey); no certificate vouches for it, and it only
+		// apportions the rate.
+		now := clock()
+		return perSource.allow(source, now).ok && global.allow("*", now).ok
+	}
+	return rl
 }
 
 // Server is meshd.
@@ -229,6 +273,11 @@ type Server struct {
 	// anonymous counts and logs the callers admitted without a
 	// certificate in TLS mode auto.
 	anonymous *anonymousCallers
+	// certlessBody is the largest heartbeat body read from a caller
+	// without a certificate in auto: twice the certless payload bound
+	// (a body may be pretty-printed), so a larger one is refused before
+	// it is read in full.
+	certlessBody int64
 	// namespaces holds the entities' agent-id namespaces, for the registry.
 	namespaces *registry.Namespaces
 	// names keeps each partner entity name to one trust source.
@@ -395,9 +444,18 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 		}
 	}
 	rl := cfg.Registrations
+	// Only auto admits callers without a certificate beside ones with;
+	// in off no caller has one, and nothing is bounded as certless.
+	var certless *registry.CertlessLimits
+	if cfg.TLSMode == TLSAuto {
+		l := cfg.Certless.registryLimits(cfg.Now)
+		certless = &l
+		s.certlessBody = 2 * l.MaxPayload
+	}
 	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, FlushInterval: cfg.HealthCheckInterval, Now: cfg.Now, Logger: s.log, SyncInterval: syncEvery,
 		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
-		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff, Bindings: bindings, Namespaces: s.namespaces}); err != nil {
+		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff, Bindings: bindings, Namespaces: s.namespaces,
+		Certless: certless}); err != nil {
 		return nil, err
 	}
 	var crlAge func() time.Duration
