@@ -67,6 +67,10 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 		return
 	}
 	defer release()
+	// Counted with its slot, before the caller can see the answer: the
+	// gauge never lags a stream its holder already has.
+	s.metrics.watchers.Inc()
+	defer s.metrics.watchers.Dec()
 	rc := http.NewResponseController(w)
 	// The request is read: the listener's read deadline no longer
 	// applies to a response that lasts.
@@ -81,8 +85,6 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 	if err := rc.Flush(); err != nil {
 		return
 	}
-	s.metrics.watchers.Inc()
-	defer s.metrics.watchers.Dec()
 	ticker := time.NewTicker(keepAlive)
 	defer ticker.Stop()
 	ctx := r.Context()
