@@ -27,6 +27,11 @@ import (
 // The hostile-input suite: meshd started for real, attacked over real TLS
 // on loopback, each attack bounded in count and time. Each test asserts
 // what the attack may cost meshd and that a real caller is still served.
+// Each topic's cases are in hostile_<topic>_e2e_test.go beside this file
+// (auto, canonical, feed, keyrev, principals, sessions, smaller); attacks
+// that need several replicas on one PostgreSQL run against real meshd
+// processes in cmd/meshd (replica_ownership_test.go), and meshauth's in
+// front of a service in meshauth/hostile_test.go.
 
 // TestHostileWatchStreamsCapped: revocation streams are capped per source
 // and in all; a refused one is answered at once and costs no stream.
