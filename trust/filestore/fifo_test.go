@@ -58,9 +58,12 @@ func TestFIFOIsRefusedWithoutBlocking(t *testing.T) {
 		}
 	}
 	// A second Reload over the same FIFOs neither blocks nor warns again.
-	n := strings.Count(out, "FIFO")
+	// Counted by the warning's own words: the temporary directory's name
+	// holds the test's ("FIFO"), and the watcher's debug lines of late
+	// events name files in it.
+	n := strings.Count(out, "not a regular file")
 	reload(t, s, fifos)
-	if got := strings.Count(logs.String(), "FIFO"); got != n {
+	if got := strings.Count(logs.String(), "not a regular file"); got != n {
 		t.Errorf("the FIFOs were warned about again: %d lines, want %d", got, n)
 	}
 }
