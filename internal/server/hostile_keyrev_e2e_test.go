@@ -83,14 +83,15 @@ func TestHostileKeyCompromiseReachesEveryCertOfTheKey(t *testing.T) {
 		t.Errorf("the keyCompromise revocation answered revoked %v, want every certificate of the key %v", got, want)
 	}
 
-	deadline := time.Now().Add(10 * time.Second)
+	// Each wait has its own generous bound: the events, not their
+	// latency, are what this test asserts.
 	for name, c := range map[string]*rawConn{"ka (renewal)": connA, "kb": connB} {
-		if _, err := c.closedBy(deadline); err != nil {
+		if _, err := c.closedBy(time.Now().Add(20 * time.Second)); err != nil {
 			t.Errorf("%s's open connection after its key was revoked: %v", name, err)
 		}
 	}
 	for _, id := range []string{"ka", "kb"} {
-		eventually(t, time.Until(deadline)+time.Second, id+" listed evicted", func() bool {
+		eventually(t, 20*time.Second, id+" listed evicted", func() bool {
 			a, _ := e.agents(observer, "").find(id)
 			return a.Status == "evicted"
 		})
