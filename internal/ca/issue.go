@@ -163,13 +163,9 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 			return nil, err
 		}
 		s.tmpl.SerialNumber = serial
-		// createLeaf writes what x509.CreateCertificate would, without its
-		// reflective encoding, for the templates the policy builds; any
-		// other goes the standard way.
-		der, ok, err := createLeaf(c.cfg.Rand, s.tmpl, signer.cert, spki, signer.key)
-		if !ok && err == nil {
-			der, err = x509.CreateCertificate(c.cfg.Rand, s.tmpl, signer.cert, pub, signer.key)
-		}
+		// Every certificate is encoded by x509.CreateCertificate, which
+		// also checks the signature against the signer's public key.
+		der, err := x509.CreateCertificate(c.cfg.Rand, s.tmpl, signer.cert, pub, signer.key)
 		if err != nil {
 			return nil, fmt.Errorf("sign: %w", err)
 		}
