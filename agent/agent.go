@@ -132,8 +132,8 @@ type Config struct {
 	// AuthorizeRegistry decides whether the server is the registry, once
 	// its chain has verified against the Source's roots. nil accepts a
 	// certificate valid for RegistryURL's host name (or IP address), as
-	// an HTTPS client would; give credentials.AuthorizeCommonName,
-	// AuthorizeSPIFFEID or AuthorizeAny for a registry whose certificate
+	// an HTTPS client would; give credentials.AuthorizeIdentity,
+	// AuthorizeMemberOf or AuthorizeAny for a registry whose certificate
 	// names it otherwise.
 	AuthorizeRegistry credentials.Authorizer
 	// HeadInterval is the time between heartbeats; 0 means 5 s. The

@@ -45,7 +45,7 @@ func ServerTLS(src credentials.Source, revoked Revocations, authorize ...credent
 // ends at src's current roots, that is not in revoked, and that every one
 // of authorize allows (none: any such peer). The server's host name is
 // not checked (credentials.ClientConfig says why): pass an Authorizer
-// such as credentials.AuthorizeCommonName("geo@ct111") to call one agent
+// such as credentials.AuthorizeIdentity("geo@ct111") to call one agent
 // only. A nil revoked refuses every server.
 func ClientTLS(src credentials.Source, revoked Revocations, authorize ...credentials.Authorizer) *tls.Config {
 	return credentials.ClientConfig(src, peerAuthorizer(revoked, authorize))
@@ -58,7 +58,7 @@ func peerAuthorizer(revoked Revocations, authorize []credentials.Authorizer) cre
 		}
 		return revoked.VerifyPeerCertificate([][]byte{leaf.Raw}, chains)
 	}
-	return credentials.AuthorizeAll(append([]credentials.Authorizer{notRevoked}, authorize...)...)
+	return credentials.AuthorizeAllOf(append([]credentials.Authorizer{notRevoked}, authorize...)...)
 }
 
 // NewWatcher returns a watch.Watcher of meshd's revocation feed for

@@ -75,7 +75,7 @@ func TestAgentToAgentTLS(t *testing.T) {
 	eventually(t, "the revocation stream to come up (meshd requires the agent's certificate in strict mode)", w.Connected)
 
 	serve := agent.ServerTLS(geo, w)
-	call := agent.ClientTLS(opus, w, credentials.AuthorizeCommonName("ct112.mesh"))
+	call := agent.ClientTLS(opus, w, credentials.AuthorizeIdentity("ct112.mesh"))
 	if serr, cerr := handshake(t, serve, call); serr != nil || cerr != nil {
 		t.Fatalf("opus calling geo: server %v, client %v", serr, cerr)
 	}
@@ -92,7 +92,7 @@ func TestAgentToAgentTLS(t *testing.T) {
 		t.Fatalf("opus calling a stranger: %v, want ErrUntrusted", cerr)
 	}
 	// An Authorizer narrows the peers.
-	if _, cerr := handshake(t, serve, agent.ClientTLS(opus, w, credentials.AuthorizeCommonName("billing@ct113"))); !errors.Is(cerr, credentials.ErrUnauthorized) {
+	if _, cerr := handshake(t, serve, agent.ClientTLS(opus, w, credentials.AuthorizeIdentity("billing@ct113"))); !errors.Is(cerr, credentials.ErrUnauthorized) {
 		t.Fatalf("opus calling geo for billing: %v, want ErrUnauthorized", cerr)
 	}
 	// Without a revocation set, nothing is admitted.

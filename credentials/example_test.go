@@ -25,7 +25,7 @@ func ExampleServerConfig() {
 	defer src.Close()
 	srv := &http.Server{
 		Addr:      ":8443",
-		TLSConfig: credentials.ServerConfig(src, credentials.AuthorizeCommonName("opus@ct111", "scout@ct111")),
+		TLSConfig: credentials.ServerConfig(src, credentials.AuthorizeIdentity("opus@ct111", "scout@ct111")),
 	}
 	log.Fatal(srv.ListenAndServeTLS("", "")) // the certificate comes from TLSConfig
 }

@@ -29,8 +29,10 @@ var (
 // the peer, else why not: the handshake fails with that error, wrapped
 // in ErrUnauthorized.
 //
-// Authorizers are small values meant to be combined (AuthorizeAll) rather
-// than one function with many branches.
+// Authorizers are small values meant to be combined (AuthorizeAllOf)
+// rather than one function with many branches. The vocabulary follows
+// go-spiffe's tlsconfig and is meshauth's too: AuthorizeAny,
+// AuthorizeIdentity, AuthorizeMemberOf, AuthorizeAllOf, AdaptMatcher.
 type Authorizer func(leaf *x509.Certificate, chains [][]*x509.Certificate) error
 
 // AuthorizeAny allows every peer whose chain verifies.
@@ -38,11 +40,15 @@ func AuthorizeAny() Authorizer {
 	return func(*x509.Certificate, [][]*x509.Certificate) error { return nil }
 }
 
-// AuthorizeCommonName allows a peer whose leaf's subject common name is
-// one of names ("ct111.mesh", "opus@ct111").
-func AuthorizeCommonName(names ...string) Authorizer {
+// AuthorizeIdentity allows a peer named one of names: a mesh identity
+// ("ct111.mesh", "opus@ct111") or another CN ("registry.mcp-mesh.local").
+// The source's roots vouch for the name, and all of them alike: a source
+// whose roots include another CA than the mesh's lets that CA vouch too
+// (meshauth.AuthorizeIdentity tells the trust sources apart).
+func AuthorizeIdentity(names ...string) Authorizer {
 	allowed := slices.Clone(names)
 	return func(leaf *x509.Certificate, _ [][]*x509.Certificate) error {
+		// Compared: the leaf's subject common name, exactly.
 		if slices.Contains(allowed, leaf.Subject.CommonName) {
 			return nil
 		}
@@ -50,11 +56,19 @@ func AuthorizeCommonName(names ...string) Authorizer {
 	}
 }
 
-// AuthorizeSPIFFEID allows a peer whose leaf has a SPIFFE ID (exactly one
-// spiffe:// URI SAN) that match accepts, such as
-// spiffeid.MatchMemberOf(td) or spiffeid.MatchID(id).
-func AuthorizeSPIFFEID(match spiffeid.Matcher) Authorizer {
+// AuthorizeMemberOf allows a peer whose SPIFFE ID is in trust domain td.
+// With SPIFFE bundles (Credentials.Bundles) only td's own bundle vouches
+// for the ID; otherwise the source's roots do.
+func AuthorizeMemberOf(td spiffeid.TrustDomain) Authorizer {
+	return AdaptMatcher(spiffeid.MatchMemberOf(td))
+}
+
+// AdaptMatcher allows a peer whose leaf has a SPIFFE ID (exactly one
+// spiffe:// URI SAN) that match accepts, such as spiffeid.MatchID(id) or
+// spiffeid.MatchOneOf(ids...).
+func AdaptMatcher(match spiffeid.Matcher) Authorizer {
 	return func(leaf *x509.Certificate, _ [][]*x509.Certificate) error {
+		// Compared: the SPIFFE ID as spiffeid.ID parses the URI SAN.
 		id, err := x509svid.IDFromCert(leaf)
 		if err != nil {
 			return fmt.Errorf("no SPIFFE ID: %w", err)
@@ -66,9 +80,9 @@ func AuthorizeSPIFFEID(match spiffeid.Matcher) Authorizer {
 	}
 }
 
-// AuthorizeAll allows a peer that every one of authorizers allows; with
-// none, it allows every peer.
-func AuthorizeAll(authorizers ...Authorizer) Authorizer {
+// AuthorizeAllOf allows a peer that every one of authorizers allows; the
+// first refusal decides. With none, it allows every peer.
+func AuthorizeAllOf(authorizers ...Authorizer) Authorizer {
 	all := slices.Clone(authorizers)
 	return func(leaf *x509.Certificate, chains [][]*x509.Certificate) error {
 		for _, a := range all {
@@ -118,7 +132,7 @@ func ServerConfig(src Source, authorize Authorizer) *tls.Config {
 // ServerConfig: RootCAs would fix the roots in the config. The server's
 // host name is therefore not checked: in the mesh a peer is who its
 // certificate says, and the Authorizer says which peer is the right one
-// (AuthorizeCommonName("ct111.mesh"), AuthorizeSPIFFEID(...)).
+// (AuthorizeIdentity("ct111.mesh"), AuthorizeMemberOf(td)).
 func ClientConfig(src Source, authorize Authorizer) *tls.Config {
 	v := &verifier{src: src, usage: x509.ExtKeyUsageServerAuth, authorize: authorize}
 	return &tls.Config{

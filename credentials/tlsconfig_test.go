@@ -121,8 +121,8 @@ func TestTLSRotation(t *testing.T) {
 	srvH := mustHolder(t, srvCreds)
 	cliCreds := a.creds(t, "client", a)
 	cliH := mustHolder(t, cliCreds)
-	srv := serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeCommonName("client")))
-	cli := credentials.ClientConfig(cliH, credentials.AuthorizeCommonName("server"))
+	srv := serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeIdentity("client")))
+	cli := credentials.ClientConfig(cliH, credentials.AuthorizeIdentity("server"))
 
 	gotSrv, gotCli := srv.requireOK(t, cli)
 	if !sameCert(gotSrv, srvCreds.Certificate) || !sameCert(gotCli, cliCreds.Certificate) {
@@ -168,7 +168,7 @@ func TestServerConfigRefuses(t *testing.T) {
 	t.Parallel()
 	a, b := newRoot(t, "root A"), newRoot(t, "root B")
 	inter := a.intermediate(t, "inter A")
-	srv := serve(t, credentials.ServerConfig(mustHolder(t, a.creds(t, "server", a)), credentials.AuthorizeCommonName("client")))
+	srv := serve(t, credentials.ServerConfig(mustHolder(t, a.creds(t, "server", a)), credentials.AuthorizeIdentity("client")))
 	client := func(cert tls.Certificate) *tls.Config {
 		return credentials.ClientConfig(mustHolder(t, &credentials.Credentials{Certificate: cert, Roots: []*x509.Certificate{a.root}}), credentials.AuthorizeAny())
 	}
@@ -220,7 +220,7 @@ func TestClientConfigRefuses(t *testing.T) {
 		Roots:       []*x509.Certificate{a.root, b.root},
 		Bundles:     map[spiffeid.TrustDomain][]*x509.Certificate{tdA: {a.root}, tdB: {b.root}},
 	}
-	memberOfA := credentials.AuthorizeSPIFFEID(spiffeid.MatchMemberOf(tdA))
+	memberOfA := credentials.AuthorizeMemberOf(tdA)
 	cases := []struct {
 		name   string
 		server tls.Certificate
@@ -229,13 +229,13 @@ func TestClientConfigRefuses(t *testing.T) {
 		want   error // nil: accepted
 		msg    string
 	}{
-		{"from the roots", a.issue(t, "ct1.mesh"), plain, credentials.AuthorizeCommonName("ct1.mesh"), nil, ""},
+		{"from the roots", a.issue(t, "ct1.mesh"), plain, credentials.AuthorizeIdentity("ct1.mesh"), nil, ""},
 		{"not chaining to the roots", b.issue(t, "ct1.mesh"), plain, credentials.AuthorizeAny(), credentials.ErrUntrusted, "unknown authority"},
-		{"another name", a.issue(t, "ct2.mesh"), plain, credentials.AuthorizeCommonName("ct1.mesh"), credentials.ErrUnauthorized, `"ct2.mesh" is not one of ["ct1.mesh"]`},
+		{"another name", a.issue(t, "ct2.mesh"), plain, credentials.AuthorizeIdentity("ct1.mesh"), credentials.ErrUnauthorized, `"ct2.mesh" is not one of ["ct1.mesh"]`},
 		{"not for server auth", a.issue(t, "ct1.mesh", withEKU(x509.ExtKeyUsageClientAuth)), plain, credentials.AuthorizeAny(), credentials.ErrUntrusted, "incompatible key usage"},
 		{"no Authorizer", a.issue(t, "ct1.mesh"), plain, nil, credentials.ErrUnauthorized, "no Authorizer"},
 		{"no roots", a.issue(t, "ct1.mesh"), &credentials.Credentials{Certificate: mine}, credentials.AuthorizeAny(), credentials.ErrUntrusted, "no roots"},
-		{"both checks", a.issue(t, "ct1.mesh"), plain, credentials.AuthorizeAll(credentials.AuthorizeAny(), credentials.AuthorizeCommonName("ct9.mesh")), credentials.ErrUnauthorized, "ct9.mesh"},
+		{"both checks", a.issue(t, "ct1.mesh"), plain, credentials.AuthorizeAllOf(credentials.AuthorizeAny(), credentials.AuthorizeIdentity("ct9.mesh")), credentials.ErrUnauthorized, "ct9.mesh"},
 		{"SPIFFE ID of its bundle", a.issue(t, "", withURI("spiffe://a.test/srv")), spiffe, memberOfA, nil, ""},
 		{"SPIFFE ID signed by another domain's CA", b.issue(t, "", withURI("spiffe://a.test/srv")), spiffe, memberOfA, credentials.ErrUntrusted, "unknown authority"},
 		{"SPIFFE ID of no bundle", a.issue(t, "", withURI("spiffe://c.test/srv")), spiffe, credentials.AuthorizeAny(), credentials.ErrUntrusted, `no bundle for trust domain "c.test"`},

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
@@ -196,7 +197,8 @@ func TestLegacyBearer(t *testing.T) {
 }
 
 func TestComposableAuthorizers(t *testing.T) {
-	opus := &meshauth.Caller{Name: "opus@ct111", MeshCA: true, TrustDomain: "mesh.local"}
+	meshLocal := spiffeid.RequireTrustDomainFromString("mesh.local")
+	opus := &meshauth.Caller{Name: "opus@ct111", MeshCA: true, TrustDomain: meshLocal}
 	opus.Identity.Node, opus.Identity.Kind = "ct111", 2
 	bob := &meshauth.Caller{Name: "bob", Entity: "partner-corp"}
 	op := &meshauth.Operation{Kind: meshauth.KindHTTP, Method: "GET", Path: "/"}
@@ -212,7 +214,9 @@ func TestComposableAuthorizers(t *testing.T) {
 		{"node other", meshauth.AuthorizeNode("ct112"), opus, false},
 		{"entity", meshauth.AuthorizeEntity("partner-corp"), bob, true},
 		{"entity empty", meshauth.AuthorizeEntity(""), opus, false},
-		{"member of", meshauth.AuthorizeMemberOf("mesh.local"), opus, true},
+		{"member of", meshauth.AuthorizeMemberOf(meshLocal), opus, true},
+		{"member of, no SPIFFE ID", meshauth.AuthorizeMemberOf(meshLocal), bob, false},
+		{"member of the zero trust domain", meshauth.AuthorizeMemberOf(spiffeid.TrustDomain{}), bob, false},
 		{"any of", meshauth.AuthorizeAnyOf(meshauth.AuthorizeNode("ct112"), meshauth.AuthorizeEntity("partner-corp")), bob, true},
 		{"all of", meshauth.AuthorizeAllOf(meshauth.AuthorizeNode("ct111"), meshauth.AuthorizeEntity("partner-corp")), opus, false},
 	}

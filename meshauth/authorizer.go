@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Kind is the protocol an Operation arrived by.
@@ -82,7 +84,10 @@ const DefaultDeny = "default deny"
 // operation. Authorizers are small values meant to be combined
 // (AuthorizeAnyOf, AuthorizeAllOf) rather than one function with many
 // branches; a compiled Policy is one too (Policy.Authorize). They must not
-// keep c or op.
+// keep c or op. The vocabulary follows go-spiffe's tlsconfig and is the
+// credentials package's too (AuthorizeAny, AuthorizeIdentity,
+// AuthorizeMemberOf, AuthorizeAllOf), with meshauth's own AuthorizeNode,
+// AuthorizeEntity and AuthorizeAnyOf.
 type Authorizer func(c *Caller, op *Operation) Decision
 
 func allow(rule string) Decision { return Decision{Allowed: true, Rule: rule} }
@@ -126,15 +131,15 @@ func AuthorizeEntity(entity string) Authorizer {
 	}
 }
 
-// AuthorizeMemberOf allows the callers whose SPIFFE ID is in trustDomain
-// and was vouched for by that trust domain's own bundle, or by the mesh CA
-// for its own trust domain (Caller.TrustDomain is set only then; a URI SAN
-// a partner's CA wrote sets nothing).
-func AuthorizeMemberOf(trustDomain string) Authorizer {
-	rule := "spiffe://" + trustDomain
+// AuthorizeMemberOf allows the callers whose SPIFFE ID is in trust domain
+// td and was vouched for by that trust domain's own bundle, or by the mesh
+// CA for its own trust domain (Caller.TrustDomain is set only then; a URI
+// SAN a partner's CA wrote sets nothing). The zero td allows no caller.
+func AuthorizeMemberOf(td spiffeid.TrustDomain) Authorizer {
+	rule := "spiffe://" + td.Name()
 	return func(c *Caller, _ *Operation) Decision {
-		// Compared: spiffeid.TrustDomain.Name of the vouched SPIFFE ID.
-		return Decision{Allowed: trustDomain != "" && c.TrustDomain == trustDomain, Rule: rule}
+		// Compared: the spiffeid.TrustDomain of the vouched SPIFFE ID.
+		return Decision{Allowed: !td.IsZero() && c.TrustDomain == td, Rule: rule}
 	}
 }
 

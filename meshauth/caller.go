@@ -43,10 +43,11 @@ type Caller struct {
 	// node or an identity glob.
 	MeshCA bool
 	// SPIFFEID is the SPIFFE ID ("spiffe://td/path") the caller's source
-	// vouched for, and TrustDomain its trust domain; both "" without one,
-	// and for a certificate whose URI SAN no source vouched for (one a
-	// partner's CA wrote).
-	SPIFFEID, TrustDomain string
+	// vouched for; "" without one, and for a certificate whose URI SAN no
+	// source vouched for (one a partner's CA wrote).
+	SPIFFEID string
+	// TrustDomain is SPIFFEID's trust domain; zero when SPIFFEID is "".
+	TrustDomain spiffeid.TrustDomain
 	// Fingerprint is the lowercase hex SHA-256 of the certificate.
 	Fingerprint string
 	// Peer is what the trust chain verified; nil on the legacy path.
@@ -172,7 +173,7 @@ func CallerOf(p *trust.Peer) *Caller {
 		c.Name = p.Identity.CommonName()
 	}
 	if !p.SPIFFEID.IsZero() {
-		c.SPIFFEID, c.TrustDomain = p.SPIFFEID.String(), p.SPIFFEID.TrustDomain().Name()
+		c.SPIFFEID, c.TrustDomain = p.SPIFFEID.String(), p.SPIFFEID.TrustDomain()
 	}
 	return c
 }
@@ -271,7 +272,7 @@ func CallerFor(principal string, src ModelSource, td spiffeid.TrustDomain) (*Cal
 		}
 		c.MeshCA, c.Identity, c.Name = true, id, id.CommonName()
 		if s, err := id.SPIFFEID(td); err == nil && !td.IsZero() {
-			c.SPIFFEID, c.TrustDomain = s.String(), td.Name()
+			c.SPIFFEID, c.TrustDomain = s.String(), td
 		}
 	case backend == SourceMeshCA:
 		return nil, fmt.Errorf("the mesh CA (%s) signs for no entity; a partner entity's CA is %q", SourceMeshCA, "entities")
@@ -281,7 +282,7 @@ func CallerFor(principal string, src ModelSource, td spiffeid.TrustDomain) (*Cal
 		}
 		// Its bundle vouches for the ID; the entity is the trust
 		// domain's name unless mapped (spirebundle.Config.Entities).
-		c.SPIFFEID, c.TrustDomain = sid.String(), sid.TrustDomain().Name()
+		c.SPIFFEID, c.TrustDomain = sid.String(), sid.TrustDomain()
 		if c.Entity == "" {
 			c.Entity = sid.TrustDomain().Name()
 		}

@@ -551,8 +551,8 @@ func (p *Policy) Authorize(c *Caller, op *Operation) Decision {
 		// spiffeid.ID.String writes it.
 		if c.SPIFFEID != "" {
 			try(p.spiffeIDs[c.SPIFFEID])
-			try(p.domains[c.TrustDomain])
-			tryGlobs(p.domainGlobs[c.TrustDomain], c.SPIFFEID)
+			try(p.domains[c.TrustDomain.Name()])
+			tryGlobs(p.domainGlobs[c.TrustDomain.Name()], c.SPIFFEID)
 		}
 	}
 	if best < 0 {

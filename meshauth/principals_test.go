@@ -190,10 +190,10 @@ func TestPartnerCannotMeetAuthorizers(t *testing.T) {
 		{"identity, trust dir CN", meshauth.AuthorizeIdentity("weather-agent"), trustDir, true},
 		{"node, mesh CA", meshauth.AuthorizeNode("dev1"), mesh, true},
 		{"node, partner", meshauth.AuthorizeNode("dev1"), partner, false},
-		{"member of mesh.local, mesh CA", meshauth.AuthorizeMemberOf("mesh.local"), mesh, true},
-		{"member of mesh.local, partner", meshauth.AuthorizeMemberOf("mesh.local"), partner, false},
-		{"member of example.org, partner", meshauth.AuthorizeMemberOf("example.org"), partnerSpire, false},
-		{"member of example.org, its bundle", meshauth.AuthorizeMemberOf("example.org"), spire, true},
+		{"member of mesh.local, mesh CA", meshauth.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("mesh.local")), mesh, true},
+		{"member of mesh.local, partner", meshauth.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("mesh.local")), partner, false},
+		{"member of example.org, partner", meshauth.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("example.org")), partnerSpire, false},
+		{"member of example.org, its bundle", meshauth.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("example.org")), spire, true},
 		{"entity, partner", meshauth.AuthorizeEntity("partner-corp"), partner, true},
 	}
 	for _, tt := range tests {

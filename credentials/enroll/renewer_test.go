@@ -385,12 +385,12 @@ func TestRenewerSource(t *testing.T) {
 	}
 
 	// The node serves, the agent dials, each verifying the other.
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", credentials.ServerConfig(r, credentials.AuthorizeCommonName("opus@ct112")))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", credentials.ServerConfig(r, credentials.AuthorizeIdentity("opus@ct112")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cli := credentials.ClientConfig(agent, credentials.AuthorizeCommonName("ct112.mesh"))
+	cli := credentials.ClientConfig(agent, credentials.AuthorizeIdentity("ct112.mesh"))
 	srvCert, cliCert := handshake(t, ln, cli)
 	if !srvCert.Equal(nodeCreds.Certificate.Leaf) || !cliCert.Equal(agentCreds.Certificate.Leaf) {
 		t.Fatal("the handshake did not present the sources' certificates")

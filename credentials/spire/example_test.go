@@ -28,7 +28,7 @@ func ExampleNew() {
 	}
 	defer src.Close()
 
-	allow := credentials.AuthorizeSPIFFEID(func(id spiffeid.ID) error {
+	allow := credentials.AdaptMatcher(func(id spiffeid.ID) error {
 		if err := spiffeid.MatchMemberOf(mesh)(id); err == nil {
 			return nil
 		}

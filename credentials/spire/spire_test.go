@@ -235,7 +235,7 @@ func staticSVID(t *testing.T, svid *x509svid.SVID, bundles ...*x509bundle.Bundle
 
 // authorize allows a peer with any SPIFFE ID, so that what a test sees
 // is the verification of its chain.
-func authorize() credentials.Authorizer { return credentials.AuthorizeSPIFFEID(spiffeid.MatchAny()) }
+func authorize() credentials.Authorizer { return credentials.AdaptMatcher(spiffeid.MatchAny()) }
 
 func TestNew(t *testing.T) {
 	for _, tt := range []struct {
@@ -281,14 +281,14 @@ func TestMutualTLS(t *testing.T) {
 	srcA, _ := newSource(t, s)
 	srcB, _ := newSource(t, b)
 
-	srv := serve(t, credentials.ServerConfig(srcA, credentials.AuthorizeSPIFFEID(spiffeid.MatchID(idB))))
-	gotA, gotB := srv.requireOK(t, credentials.ClientConfig(srcB, credentials.AuthorizeSPIFFEID(spiffeid.MatchID(idA))))
+	srv := serve(t, credentials.ServerConfig(srcA, credentials.AdaptMatcher(spiffeid.MatchID(idB))))
+	gotA, gotB := srv.requireOK(t, credentials.ClientConfig(srcB, credentials.AdaptMatcher(spiffeid.MatchID(idA))))
 	if !gotA.Equal(svidA.Certificates[0]) || !gotB.Equal(svidB.Certificates[0]) {
 		t.Fatal("the workloads did not present their SVIDs")
 	}
 
 	// B expects another server: its Authorizer refuses A.
-	c, _ := srv.dial(t, credentials.ClientConfig(srcB, credentials.AuthorizeSPIFFEID(spiffeid.MatchID(idB))))
+	c, _ := srv.dial(t, credentials.ClientConfig(srcB, credentials.AdaptMatcher(spiffeid.MatchID(idB))))
 	if !errors.Is(c.err, credentials.ErrUnauthorized) || !strings.Contains(c.err.Error(), idA.String()) {
 		t.Fatalf("a client that wants %s talking to %s: %v, want ErrUnauthorized naming %s", idB, idA, c.err, idA)
 	}

@@ -24,7 +24,7 @@ func ExampleFromEnv() {
 
 	srv := &http.Server{
 		Addr:      "10.0.0.7:8443",
-		TLSConfig: credentials.ServerConfig(src, credentials.AuthorizeCommonName("registry.mcp-mesh.local")),
+		TLSConfig: credentials.ServerConfig(src, credentials.AuthorizeIdentity("registry.mcp-mesh.local")),
 	}
 	log.Fatal(srv.ListenAndServeTLS("", ""))
 }

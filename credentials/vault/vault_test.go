@@ -102,7 +102,7 @@ func TestIssueAndRotateUnderTraffic(t *testing.T) {
 		err            error
 		server, client string // serials
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", credentials.ServerConfig(alpha, credentials.AuthorizeCommonName("beta.mcp-mesh.local")))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", credentials.ServerConfig(alpha, credentials.AuthorizeIdentity("beta.mcp-mesh.local")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestIssueAndRotateUnderTraffic(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig:   credentials.ClientConfig(beta, credentials.AuthorizeCommonName("alpha.mcp-mesh.local")),
+		TLSClientConfig:   credentials.ClientConfig(beta, credentials.AuthorizeIdentity("alpha.mcp-mesh.local")),
 		DisableKeepAlives: true, // a handshake per request, so each sees the current certificates
 	}}
 	results := make(chan result, 100000)
@@ -290,8 +290,8 @@ func handshake(t *testing.T, src credentials.Source) {
 	// unbuffered pipe nobody reads would wait out its 5 s deadline.
 	defer c1.Close()
 	defer c2.Close()
-	srv := tls.Server(c1, credentials.ServerConfig(src, credentials.AuthorizeCommonName(cn)))
-	cli := tls.Client(c2, credentials.ClientConfig(src, credentials.AuthorizeCommonName(cn)))
+	srv := tls.Server(c1, credentials.ServerConfig(src, credentials.AuthorizeIdentity(cn)))
+	cli := tls.Client(c2, credentials.ClientConfig(src, credentials.AuthorizeIdentity(cn)))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Handshake() }()
 	if err := cli.Handshake(); err != nil {
