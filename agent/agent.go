@@ -15,7 +15,7 @@
 //
 //	src, _ := provider.FromEnv(ctx, "opus")
 //	a, err := agent.New(agent.Config{RegistryURL: "https://meshd:8000", AgentID: "opus", Source: src,
-//		Registration: agent.Registration{HTTPHost: "10.0.0.7", HTTPPort: 9443}})
+//		Registration: meshapi.Registration{HTTPHost: "10.0.0.7", HTTPPort: 9443}})
 //	...
 //	err = a.Run(ctx) // until ctx ends (then it deregisters) or meshd evicts the agent
 //	if errors.Is(err, agent.ErrEvicted) { ... }
@@ -122,7 +122,7 @@ type Config struct {
 	AgentID string
 	// Registration is the agent's heartbeat payload, used unless Payload
 	// is set.
-	Registration Registration
+	Registration meshapi.Registration
 	// Payload is the agent's heartbeat payload as MCP Mesh's JSON, sent
 	// as given (unknown fields included) with its agent_id filled in.
 	Payload json.RawMessage
@@ -184,7 +184,7 @@ type Agent struct {
 	readyOnce sync.Once
 
 	mu   sync.Mutex
-	deps map[string][]Resolution
+	deps map[string][]meshapi.Resolution
 }
 
 // New returns an Agent for cfg. It checks the configuration and builds
@@ -271,13 +271,13 @@ func (a *Agent) Ready() <-chan struct{} { return a.ready }
 // Dependencies returns the providers of the agent's dependencies as the
 // registry's last accepted registration resolved them, by tool function
 // name; nil before the first.
-func (a *Agent) Dependencies() map[string][]Resolution {
+func (a *Agent) Dependencies() map[string][]meshapi.Resolution {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.deps == nil {
 		return nil
 	}
-	out := make(map[string][]Resolution, len(a.deps))
+	out := make(map[string][]meshapi.Resolution, len(a.deps))
 	for k, v := range a.deps {
 		out[k] = slices.Clone(v)
 	}
@@ -470,23 +470,15 @@ func (a *Agent) do(ctx context.Context, method, path string, body []byte) (*answ
 	return &answer{status: resp.StatusCode, header: resp.Header, body: data}, nil
 }
 
-// heartbeatAnswer is the registry's answer to POST /heartbeat.
-type heartbeatAnswer struct {
-	Status               string                  `json:"status"`
-	Message              string                  `json:"message"`
-	Rotate               bool                    `json:"rotate"`
-	DependenciesResolved map[string][]Resolution `json:"dependencies_resolved"`
-}
-
 // post sends the full registration.
 func (a *Agent) post(ctx context.Context, cur *credentials.Credentials) (step, *Registered, error) {
-	const path = "/heartbeat"
+	const path = meshapi.PathHeartbeat
 	ans, err := a.do(ctx, http.MethodPost, path, a.body)
 	if err != nil {
 		return stepRetry, nil, err
 	}
 	if ans.status == http.StatusOK {
-		var hb heartbeatAnswer
+		var hb meshapi.HeartbeatResponse
 		if err := json.Unmarshal(ans.body, &hb); err != nil {
 			return stepRetry, nil, fmt.Errorf("POST %s: the registry's answer is not a heartbeat answer: %v", path, err)
 		}

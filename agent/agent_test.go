@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/agent"
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // syncBuffer is a log destination safe for the agent's goroutine.
@@ -49,7 +50,7 @@ func start(t *testing.T, url string, src credentials.Source, clk credentials.Clo
 	r := &running{regs: make(chan agent.Registered, 100), done: make(chan error, 1)}
 	cfg := agent.Config{
 		RegistryURL: url, AgentID: "opus", Source: src, Clock: clk,
-		Registration: agent.Registration{HTTPHost: "127.0.0.1", HTTPPort: 9443},
+		Registration: meshapi.Registration{HTTPHost: "127.0.0.1", HTTPPort: 9443},
 		OnRegister:   func(a agent.Registered) { r.regs <- a },
 		Logger:       slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
@@ -167,9 +168,9 @@ func TestReregistersAfterSilence(t *testing.T) {
 func TestPostsAfterTopologyChange(t *testing.T) {
 	m := newPKI(t).startMeshd(0)
 	clk := newFakeClock()
-	forecast := agent.Registration{Tools: []agent.Tool{{
+	forecast := meshapi.Registration{Tools: []meshapi.Tool{{
 		FunctionName: "get_forecast", Capability: "forecast",
-		Dependencies: []agent.Dependency{{Capability: "geocode"}},
+		Dependencies: []meshapi.Dependency{{Capability: "geocode"}},
 	}}}
 	r := start(t, m.url, holder(t, m.agent("opus", "ct111")), clk, func(c *agent.Config) { c.Registration = forecast })
 	if got := r.registered(t).Dependencies["get_forecast"]; len(got) != 1 || got[0].Status != "unresolved" {
@@ -179,13 +180,13 @@ func TestPostsAfterTopologyChange(t *testing.T) {
 
 	geo := start(t, m.url, holder(t, m.agent("geo", "ct112")), newFakeClock(), func(c *agent.Config) {
 		c.AgentID = "geo"
-		c.Registration = agent.Registration{HTTPHost: "127.0.0.1", HTTPPort: 9102, Tools: []agent.Tool{{FunctionName: "geocode", Capability: "geocode"}}}
+		c.Registration = meshapi.Registration{HTTPHost: "127.0.0.1", HTTPPort: 9102, Tools: []meshapi.Tool{{FunctionName: "geocode", Capability: "geocode"}}}
 	})
 	geo.registered(t)
 
 	clk.Advance(5 * time.Second) // HEAD: 202, then POST
 	got := r.registered(t).Dependencies["get_forecast"]
-	want := agent.Resolution{AgentID: "geo", Capability: "geocode", Endpoint: "https://127.0.0.1:9102", FunctionName: "geocode", Status: "available"}
+	want := meshapi.Resolution{AgentID: "geo", Capability: "geocode", Endpoint: "https://127.0.0.1:9102", FunctionName: "geocode", Status: "available"}
 	if len(got) != 1 || got[0] != want {
 		t.Fatalf("after the provider registered: %+v, want %+v", got, want)
 	}

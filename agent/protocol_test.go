@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/agent"
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // reply is one scripted answer of a fakeRegistry.
@@ -371,11 +372,11 @@ func TestNewRefuses(t *testing.T) {
 		{"no Source", agent.Config{RegistryURL: "https://r:1", AgentID: "opus"}, "no credentials Source"},
 		{"no agent id", agent.Config{RegistryURL: "https://r:1", Source: src}, "agent id"},
 		{"invalid agent id", agent.Config{RegistryURL: "https://r:1", AgentID: "Opus", Source: src}, `"Opus"`},
-		{"ids disagree", agent.Config{RegistryURL: "https://r:1", AgentID: "opus", Source: src, Registration: agent.Registration{AgentID: "geo"}}, `"geo" is not Config.AgentID "opus"`},
+		{"ids disagree", agent.Config{RegistryURL: "https://r:1", AgentID: "opus", Source: src, Registration: meshapi.Registration{AgentID: "geo"}}, `"geo" is not Config.AgentID "opus"`},
 		{"payload ids disagree", agent.Config{RegistryURL: "https://r:1", AgentID: "opus", Source: src, Payload: json.RawMessage(`{"agent_id":"geo"}`)}, `"geo"`},
 		{"payload not an object", agent.Config{RegistryURL: "https://r:1", AgentID: "opus", Source: src, Payload: json.RawMessage(`[1]`)}, "not a JSON object"},
 		{"payload agent_id not a string", agent.Config{RegistryURL: "https://r:1", Source: src, Payload: json.RawMessage(`{"agent_id":7}`)}, "not a string"},
-		{"payload too large", agent.Config{RegistryURL: "https://r:1", AgentID: "opus", Source: src, Registration: agent.Registration{Description: strings.Repeat("x", 1<<20)}}, "at most"},
+		{"payload too large", agent.Config{RegistryURL: "https://r:1", AgentID: "opus", Source: src, Registration: meshapi.Registration{Description: strings.Repeat("x", 1<<20)}}, "at most"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := agent.New(tt.cfg)

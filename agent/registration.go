@@ -7,87 +7,8 @@ import (
 	"fmt"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
-
-// Registration is what an agent tells the registry about itself: the body
-// of MCP Mesh's POST /heartbeat. Fields left empty take the registry's
-// defaults (the name is the agent id, the type mcp_agent, the namespace
-// default). An agent that has its payload as JSON already (an MCP Mesh
-// SDK's) gives Config.Payload instead.
-type Registration struct {
-	// AgentID is the agent's id; "" means Config.AgentID.
-	AgentID string `json:"agent_id"`
-	// Name is the agent's display name, at most 63 characters; "" is
-	// the agent id.
-	Name string `json:"name,omitempty"`
-	// Version is the agent's own version, stored as given.
-	Version string `json:"version,omitempty"`
-	// AgentType is mcp_agent (the default), api or a2a.
-	AgentType string `json:"agent_type,omitempty"`
-	// Runtime names the agent's language runtime (MCP Mesh's python,
-	// typescript, java).
-	Runtime string `json:"runtime,omitempty"`
-	// Description says what the agent is for.
-	Description string `json:"description,omitempty"`
-	// HTTPHost and HTTPPort are where other agents reach this one; the
-	// registry lists the endpoint https://HTTPHost:HTTPPort, or
-	// stdio://<agent-id> without a port.
-	HTTPHost string `json:"http_host,omitempty"`
-	HTTPPort int    `json:"http_port,omitempty"`
-	// Namespace groups agents; "" is the registry's default namespace.
-	Namespace string `json:"namespace,omitempty"`
-	// Tools are what the agent offers, and what each needs.
-	Tools []Tool `json:"tools,omitempty"`
-}
-
-// Tool is one tool an agent offers, with the capabilities it depends on.
-type Tool struct {
-	// FunctionName names the tool; it keys the resolutions of its
-	// dependencies. Required.
-	FunctionName string `json:"function_name"`
-	// Capability is what the tool provides to other agents' dependencies.
-	Capability string `json:"capability"`
-	// Version is the capability's version, which dependencies' semver
-	// constraints match.
-	Version string `json:"version,omitempty"`
-	// Tags qualify the capability for dependencies that ask for them.
-	Tags []string `json:"tags,omitempty"`
-	// Description says what the tool does.
-	Description string `json:"description,omitempty"`
-	// InputSchema is the tool's JSON Schema, stored as given.
-	InputSchema json.RawMessage `json:"inputSchema,omitempty"`
-	// Dependencies are the capabilities the tool needs from others.
-	Dependencies []Dependency `json:"dependencies,omitempty"`
-}
-
-// Dependency is a capability a tool needs from another agent.
-type Dependency struct {
-	// Capability is the capability needed.
-	Capability string `json:"capability"`
-	// Tags are tags the provider's tool must carry.
-	Tags []string `json:"tags,omitempty"`
-	// Version is a semver constraint (">=1.0.0").
-	Version string `json:"version,omitempty"`
-	// Namespace is where the provider must be; "" is the registry's
-	// default.
-	Namespace string `json:"namespace,omitempty"`
-}
-
-// Resolution is the registry's answer for one dependency: the agent that
-// provides it (Status "available"), or none (Status "unresolved", the
-// other fields empty).
-type Resolution struct {
-	// AgentID is the providing agent's id.
-	AgentID string `json:"agent_id"`
-	// Capability is the capability resolved.
-	Capability string `json:"capability"`
-	// Endpoint is where the provider is reached (https://host:port).
-	Endpoint string `json:"endpoint"`
-	// FunctionName is the provider's tool that offers the capability.
-	FunctionName string `json:"function_name"`
-	// Status is "available" or "unresolved".
-	Status string `json:"status"`
-}
 
 // Registered is the registry's answer to one registration (a POST
 // /heartbeat it accepted), as Config.OnRegister receives it.
@@ -98,7 +19,7 @@ type Registered struct {
 	Rotate bool
 	// Dependencies maps each of the agent's tools (by function name) to
 	// the providers of its dependencies, in the order declared.
-	Dependencies map[string][]Resolution
+	Dependencies map[string][]meshapi.Resolution
 	// Leaf is the certificate the agent registered with.
 	Leaf *x509.Certificate
 }

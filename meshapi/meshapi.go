@@ -5,8 +5,10 @@
 // so the two ends of a route cannot drift apart.
 //
 // The field names are the wire's and are kept for compatibility: a field
-// may be added, never renamed. MCP Mesh's own routes (/heartbeat, /agents)
-// follow MCP Mesh's protocol and are not described here.
+// may be added, never renamed. The heartbeat's bodies (Registration,
+// HeartbeatResponse) follow MCP Mesh's protocol, so that its agents speak
+// to meshd unchanged; the registry and the agent SDK both use them. GET
+// /agents follows MCP Mesh too and is described by the registry.
 //
 // The package imports only the standard library.
 package meshapi

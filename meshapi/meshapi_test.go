@@ -78,6 +78,20 @@ func TestWire(t *testing.T) {
 		{"Policy", &Policy{Name: "meshd", Document: "rules: []", Rules: 0}, `{"name":"meshd","document":"rules: []"}`},
 		{"PolicyCheckRequest", &PolicyCheckRequest{Identity: "opus@ct111", Operation: "GET /agents"}, `{"identity":"opus@ct111","operation":"GET /agents"}`},
 		{"PolicyCheckResponse", &PolicyCheckResponse{Allowed: true, Rule: "r"}, `{"allowed":true,"rule":"r"}`},
+		{"Registration", &Registration{AgentID: "weather", Name: "w", Version: "1.0.0", AgentType: "mcp_agent", Runtime: "python", Description: "d",
+			HTTPHost: "10.0.0.7", HTTPPort: 9443, Namespace: "prod", A2AProducer: true, A2AConsumer: true,
+			Tools: []Tool{{FunctionName: "ask", Capability: "chat", Version: "2.0.0", Tags: []string{"a"}, Description: "t",
+				InputSchema: json.RawMessage(`{"type":"object"}`), Dependencies: []Dependency{{Capability: "geo", Tags: []string{"maps"}, Version: "1.x", Namespace: "n"}},
+				LLMFilter: &LLMFilter{Filter: []FilterItem{{Dependency{Capability: "weather"}}}, Mode: "all"}, LLMProvider: &Dependency{Capability: "llm"}}}},
+			`{"agent_id":"weather","name":"w","version":"1.0.0","agent_type":"mcp_agent","runtime":"python","description":"d","http_host":"10.0.0.7","http_port":9443,"namespace":"prod",` +
+				`"tools":[{"function_name":"ask","capability":"chat","version":"2.0.0","tags":["a"],"description":"t","inputSchema":{"type":"object"},` +
+				`"dependencies":[{"capability":"geo","tags":["maps"],"version":"1.x","namespace":"n"}],"llm_filter":{"filter":[{"capability":"weather"}],"filter_mode":"all"},"llm_provider":{"capability":"llm"}}],` +
+				`"a2a_producer":true,"a2a_consumer":true}`},
+		{"Registration, only the id", &Registration{AgentID: "weather"}, `{"agent_id":"weather"}`},
+		{"HeartbeatResponse", &HeartbeatResponse{AgentID: "weather", Status: "success", Message: "m", Rotate: true,
+			DependenciesResolved: map[string][]Resolution{"ask": {{AgentID: "geo", Capability: "geo", Endpoint: "https://10.0.0.1:9000", FunctionName: "where", Status: "available"}}},
+			Timestamp:            "2026-11-21T22:40:00Z"},
+			`{"agent_id":"weather","status":"success","message":"m","rotate":true,"dependencies_resolved":{"ask":[{"agent_id":"geo","capability":"geo","endpoint":"https://10.0.0.1:9000","function_name":"where","status":"available"}]},"llm_tools":{},"timestamp":"2026-11-21T22:40:00Z"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := json.Marshal(tc.v)

@@ -24,6 +24,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/file"
 	"github.com/meshtrust/meshtrust/credentials/provider"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
 
@@ -80,9 +81,9 @@ func run(agentID, listen, registry, serveCert, serveKey string, log *slog.Logger
 	}
 	a, err := agent.New(agent.Config{
 		RegistryURL: registry, AgentID: agentID, Source: src, Logger: log,
-		Registration: agent.Registration{
+		Registration: meshapi.Registration{
 			HTTPHost: host, HTTPPort: port, Description: "meshtrust's example agent",
-			Tools: []agent.Tool{{FunctionName: "greet", Capability: "greeting", Version: "1.0.0"}},
+			Tools: []meshapi.Tool{{FunctionName: "greet", Capability: "greeting", Version: "1.0.0"}},
 		},
 	})
 	if err != nil {

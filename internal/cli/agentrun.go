@@ -23,6 +23,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/provider"
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // envRegistryURL is the seed's variable naming the registry, which the
@@ -128,7 +129,7 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 	}
 	cfg := agent.Config{
 		RegistryURL: o.registryURL, AgentID: o.agentID, HeadInterval: o.interval,
-		Registration: agent.Registration{HTTPHost: o.httpHost, HTTPPort: o.httpPort},
+		Registration: meshapi.Registration{HTTPHost: o.httpHost, HTTPPort: o.httpPort},
 	}
 	if o.registration != "" {
 		if o.httpHost != "" || o.httpPort != 0 {

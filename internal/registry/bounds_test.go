@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -29,11 +30,11 @@ func registration(t testing.TB, id string, tools, deps, tags int) []byte {
 	for i := range tags {
 		tagList = append(tagList, fmt.Sprintf("t%d", i))
 	}
-	reg := Registration{AgentID: id, HTTPHost: "10.0.0.1", HTTPPort: 9000}
+	reg := meshapi.Registration{AgentID: id, HTTPHost: "10.0.0.1", HTTPPort: 9000}
 	for i := range tools {
-		tool := Tool{FunctionName: fmt.Sprintf("f%d", i), Capability: fmt.Sprintf("c%d", i), Tags: tagList}
+		tool := meshapi.Tool{FunctionName: fmt.Sprintf("f%d", i), Capability: fmt.Sprintf("c%d", i), Tags: tagList}
 		for range deps {
-			tool.Dependencies = append(tool.Dependencies, Dependency{Capability: "geocode", Tags: tagList})
+			tool.Dependencies = append(tool.Dependencies, meshapi.Dependency{Capability: "geocode", Tags: tagList})
 		}
 		reg.Tools = append(reg.Tools, tool)
 	}

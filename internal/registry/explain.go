@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"sort"
 	"time"
+
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // Stage is one step of a dependency's resolution: the candidates it kept
@@ -29,11 +31,11 @@ type Dropped struct {
 type Explanation struct {
 	FunctionName string
 	DepIndex     int
-	Dependency   Dependency
+	Dependency   meshapi.Dependency
 	Stages       []Stage
 	// Chosen is the provider, as dependencies_resolved gives it; Status
 	// "unresolved" when there is none.
-	Chosen Resolution
+	Chosen meshapi.Resolution
 }
 
 // Explain returns, for every dependency of agent id's tools, in the order
@@ -64,10 +66,10 @@ type candidate struct {
 	ns      string
 	owner   party
 	tags    []string
-	res     Resolution
+	res     meshapi.Resolution
 }
 
-func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Explanation {
+func (r *Registry) explain(fn string, idx int, d meshapi.Dependency, consumer party) Explanation {
 	ns := d.Namespace
 	if ns == "" {
 		ns = "default"
@@ -87,7 +89,7 @@ func (r *Registry) explain(fn string, idx int, d Dependency, consumer party) Exp
 				if t.Capability == d.Capability {
 					cands = append(cands, candidate{id: e.reg.AgentID + ":" + t.FunctionName, agent: e.reg.AgentID,
 						healthy: e.rec.Status == StatusHealthy, ns: namespace(e.reg), owner: partyOf(&e.rec), tags: toolTags(&e.reg, e.toolTags(), i), version: t.Version,
-						res: Resolution{AgentID: e.reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(e.reg), FunctionName: t.FunctionName, Status: "available"}})
+						res: meshapi.Resolution{AgentID: e.reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(e.reg), FunctionName: t.FunctionName, Status: "available"}})
 				}
 			}
 		}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"unique"
 	"weak"
+
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // The registry keeps every agent's parsed registration for as long as the
@@ -53,7 +55,7 @@ func internAll(ss []string) []string { return each(ss, intern) }
 // without duplicates already, by tool otherwise). Shared: tools and tags
 // are never modified.
 type toolSet struct {
-	tools []Tool
+	tools []meshapi.Tool
 	tags  [][]string
 
 	// last is the latest resolution of these tools for each party. A
@@ -91,7 +93,7 @@ var sets = toolSets{m: map[unique.Handle[string]]weak.Pointer[toolSet]{}}
 
 // shared returns the toolSet of tools: the one a registration that
 // declares the same tools already holds, or a new one.
-func (s *toolSets) shared(tools []Tool) *toolSet {
+func (s *toolSets) shared(tools []meshapi.Tool) *toolSet {
 	if len(tools) == 0 {
 		return &toolSet{}
 	}
@@ -132,9 +134,9 @@ func (s *toolSets) lookup(key unique.Handle[string]) *toolSet {
 	return s.m[key].Value()
 }
 
-func newToolSet(tools []Tool) *toolSet {
+func newToolSet(tools []meshapi.Tool) *toolSet {
 	ts := &toolSet{tools: each(tools, compactTool)}
-	if slices.ContainsFunc(ts.tools, func(t Tool) bool { return !sortedUnique(t.Tags) }) {
+	if slices.ContainsFunc(ts.tools, func(t meshapi.Tool) bool { return !sortedUnique(t.Tags) }) {
 		ts.tags = make([][]string, len(ts.tools))
 		for i, t := range ts.tools {
 			ts.tags[i] = slices.Clip(sortedTags(t.Tags))
@@ -145,7 +147,7 @@ func newToolSet(tools []Tool) *toolSet {
 
 // compact returns reg in its compact form, equal to reg, with the toolSet
 // its tools now are: reg shares no memory with it but interned strings.
-func compact(reg Registration) (Registration, *toolSet) {
+func compact(reg meshapi.Registration) (meshapi.Registration, *toolSet) {
 	out := reg
 	out.AgentID = intern(reg.AgentID)
 	out.Name = intern(reg.Name)
@@ -155,14 +157,29 @@ func compact(reg Registration) (Registration, *toolSet) {
 	out.Description = intern(reg.Description)
 	out.HTTPHost = intern(reg.HTTPHost)
 	out.Namespace = intern(reg.Namespace)
-	ts := sets.shared(reg.Tools)
+	ts := sets.shared(withoutSchemas(reg.Tools))
 	out.Tools = ts.tools
 	return out, ts
 }
 
+// withoutSchemas returns tools with no input schema: the registry keeps
+// none in memory (the stored payload holds them as the agent sent them,
+// and resolution never reads them), so tools that differ only in their
+// schemas share one toolSet. tools itself when none has one.
+func withoutSchemas(tools []meshapi.Tool) []meshapi.Tool {
+	if !slices.ContainsFunc(tools, func(t meshapi.Tool) bool { return t.InputSchema != nil }) {
+		return tools
+	}
+	out := slices.Clone(tools)
+	for i := range out {
+		out[i].InputSchema = nil
+	}
+	return out
+}
+
 // compactTool and compactDep start from a copy, so that a field added to
 // Tool or Dependency later is kept (if not compacted) rather than lost.
-func compactTool(t Tool) Tool {
+func compactTool(t meshapi.Tool) meshapi.Tool {
 	out := t
 	out.FunctionName = intern(t.FunctionName)
 	out.Capability = intern(t.Capability)
@@ -173,7 +190,9 @@ func compactTool(t Tool) Tool {
 	if t.LLMFilter != nil {
 		f := *t.LLMFilter
 		f.Mode = intern(f.Mode)
-		f.Filter = each(f.Filter, func(it FilterItem) FilterItem { return FilterItem{compactDep(it.Dependency)} })
+		f.Filter = each(f.Filter, func(it meshapi.FilterItem) meshapi.FilterItem {
+			return meshapi.FilterItem{Dependency: compactDep(it.Dependency)}
+		})
 		out.LLMFilter = &f
 	}
 	if t.LLMProvider != nil {
@@ -183,7 +202,7 @@ func compactTool(t Tool) Tool {
 	return out
 }
 
-func compactDep(d Dependency) Dependency {
+func compactDep(d meshapi.Dependency) meshapi.Dependency {
 	out := d
 	out.Capability = intern(d.Capability)
 	out.Tags = internAll(d.Tags)

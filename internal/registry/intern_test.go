@@ -1,14 +1,18 @@
 package registry
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // TestCompactKeepsRegistration: the compact form of a registration says
@@ -29,6 +33,12 @@ func TestCompactKeepsRegistration(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, ts := compact(reg)
+		if bytes.Contains(body, []byte("inputSchema")) != slices.ContainsFunc(reg.Tools, func(t meshapi.Tool) bool { return t.InputSchema != nil }) {
+			t.Errorf("the parsed registration lost its input schemas")
+		}
+		// The registry keeps no input schema in memory; the stored
+		// payload holds them.
+		reg.Tools = withoutSchemas(reg.Tools)
 		want, _ := json.Marshal(reg)
 		have, _ := json.Marshal(got)
 		if string(want) != string(have) {
@@ -43,7 +53,7 @@ func TestCompactKeepsRegistration(t *testing.T) {
 // TestToolSetsShared: registrations that declare the same tools share one
 // toolSet, others do not, and a toolSet nobody holds leaves the table.
 func TestToolSetsShared(t *testing.T) {
-	parse := func(id string, tools, tags int) Registration {
+	parse := func(id string, tools, tags int) meshapi.Registration {
 		reg, _, err := ParseRegistration(registration(t, id, tools, 1, tags))
 		if err != nil {
 			t.Fatal(err)
@@ -58,6 +68,21 @@ func TestToolSetsShared(t *testing.T) {
 	}
 	if ta == tc {
 		t.Errorf("registrations with different tools share a toolSet")
+	}
+	// Tools that differ only in their input schemas share one toolSet.
+	withSchema, _, err := ParseRegistration([]byte(`{"agent_id":"s","tools":[{"function_name":"f","inputSchema":{"type":"object"}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	noSchema, _, err := ParseRegistration([]byte(`{"agent_id":"n","tools":[{"function_name":"f"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ts := compact(withSchema); ts != sets.shared(noSchema.Tools) || ts.tools[0].InputSchema != nil {
+		t.Errorf("tools that differ only in their input schemas do not share one schemaless toolSet")
+	}
+	if withSchema.Tools[0].InputSchema == nil {
+		t.Errorf("compact cleared the parsed registration's input schema")
 	}
 	if a.AgentID != "a" || b.AgentID != "b" {
 		t.Errorf("sharing tools mixed up agent ids: %q %q", a.AgentID, b.AgentID)
@@ -141,7 +166,7 @@ func TestToolSetReuse(t *testing.T) {
 	ts := &toolSet{}
 	p := party{entity: "acme"}
 	resolve := func(status string) setResolution {
-		return setResolution{res: map[string][]Resolution{"f": {{Capability: "geo", Status: status}}}}
+		return setResolution{res: map[string][]meshapi.Resolution{"f": {{Capability: "geo", Status: status}}}}
 	}
 	first := ts.reuse(p, resolve("unresolved"))
 	var wg sync.WaitGroup

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -24,7 +25,7 @@ type Result struct {
 	// dependencies (POST only), and ResolvedJSON is Resolved as
 	// json.Marshal writes it, shared by the agents that share the
 	// resolution: never modified.
-	Resolved     map[string][]Resolution
+	Resolved     map[string][]meshapi.Resolution
 	ResolvedJSON []byte
 }
 
@@ -83,11 +84,11 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 // Heartbeat registers or refreshes an agent. payload is the canonical body
 // from ParseRegistration. A change to what the store holds is durable
 // before Heartbeat returns; an unchanged heartbeat touches only memory.
-func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg Registration, payload []byte) (Result, error) {
+func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg meshapi.Registration, payload []byte) (Result, error) {
 	return r.heartbeat(ctx, peer, "", reg, payload, [sha256.Size]byte{})
 }
 
-func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, origin string, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, origin string, reg meshapi.Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
 	res, err := r.heartbeatOnce(ctx, peer, origin, reg, payload, sum)
 	if errors.Is(err, errRecordGone) {
 		// The record this process held was deleted or released by
@@ -103,7 +104,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, origin strin
 // longer holds; heartbeat registers the agent anew.
 var errRecordGone = errors.New("registry: the agent's record was deleted from the store meanwhile")
 
-func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin string, reg Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin string, reg meshapi.Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
 	now := r.cfg.Now()
 	res := Result{AgentID: reg.AgentID}
 	e, created, err := r.claim(peer, origin, reg.AgentID, &reg, payload)
@@ -257,7 +258,7 @@ func (r *Registry) put(ctx context.Context, rec store.Agent, claim *store.AuditE
 
 // sameVisible reports whether two registrations look the same to other
 // agents: endpoint, namespace, type and tools.
-func sameVisible(a, b Registration) bool {
+func sameVisible(a, b meshapi.Registration) bool {
 	return a.HTTPHost == b.HTTPHost && a.HTTPPort == b.HTTPPort && namespace(a) == namespace(b) &&
 		a.AgentType == b.AgentType && reflect.DeepEqual(a.Tools, b.Tools)
 }

@@ -6,79 +6,16 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
-
-// Dependency is a capability a tool needs, as MCP Mesh agents declare it.
-type Dependency struct {
-	Capability string   `json:"capability"`
-	Tags       []string `json:"tags,omitempty"`
-	Version    string   `json:"version,omitempty"`
-	Namespace  string   `json:"namespace,omitempty"`
-}
-
-// Tool is one tool an agent offers, as MCP Mesh agents describe it.
-type Tool struct {
-	FunctionName string       `json:"function_name"`
-	Capability   string       `json:"capability"`
-	Version      string       `json:"version,omitempty"`
-	Tags         []string     `json:"tags,omitempty"`
-	Description  string       `json:"description,omitempty"`
-	Dependencies []Dependency `json:"dependencies,omitempty"`
-	// LLMFilter and LLMProvider are MCP Mesh's @mesh.llm declarations:
-	// the tools an LLM tool may call, and the LLM provider it delegates
-	// to. They are resolved like dependencies.
-	LLMFilter   *LLMFilter  `json:"llm_filter,omitempty"`
-	LLMProvider *Dependency `json:"llm_provider,omitempty"`
-}
-
-// LLMFilter is an @mesh.llm tool filter: capabilities, each given by
-// name alone or as a dependency with tags, and a mode (all, best_match,
-// or *).
-type LLMFilter struct {
-	Filter []FilterItem `json:"filter,omitempty"`
-	Mode   string       `json:"filter_mode,omitempty"`
-}
-
-// FilterItem is one capability of an LLMFilter: MCP Mesh accepts a bare
-// capability name or an object.
-type FilterItem struct{ Dependency }
-
-// UnmarshalJSON reads a capability name or a dependency object.
-func (f *FilterItem) UnmarshalJSON(b []byte) error {
-	var name string
-	if err := json.Unmarshal(b, &name); err == nil {
-		f.Dependency = Dependency{Capability: name}
-		return nil
-	}
-	return json.Unmarshal(b, &f.Dependency)
-}
-
-// Registration is the body of POST /heartbeat. Fields meshd does not use
-// (input schemas, say) are kept in the stored payload as the agent sent them.
-type Registration struct {
-	AgentID     string `json:"agent_id"`
-	Name        string `json:"name,omitempty"`
-	Version     string `json:"version,omitempty"`
-	AgentType   string `json:"agent_type,omitempty"`
-	Runtime     string `json:"runtime,omitempty"`
-	Description string `json:"description,omitempty"`
-	HTTPHost    string `json:"http_host,omitempty"`
-	HTTPPort    int    `json:"http_port,omitempty"`
-	Namespace   string `json:"namespace,omitempty"`
-	Tools       []Tool `json:"tools,omitempty"`
-	// A2AProducer and A2AConsumer say the agent serves or calls A2A
-	// surfaces; GET /agents shows them.
-	A2AProducer bool `json:"a2a_producer,omitempty"`
-	A2AConsumer bool `json:"a2a_consumer,omitempty"`
-}
 
 // MaxBody is the largest heartbeat body meshd reads.
 const MaxBody = 1 << 20
 
 // ParseRegistration parses and validates a heartbeat body and returns it
 // with the compacted JSON the registry stores.
-func ParseRegistration(body []byte) (Registration, []byte, error) {
-	var reg Registration
+func ParseRegistration(body []byte) (meshapi.Registration, []byte, error) {
+	var reg meshapi.Registration
 	if err := json.Unmarshal(body, &reg); err != nil {
 		return reg, nil, refusal(ErrInvalid, "bad_json", "invalid JSON payload: %v", err)
 	}
@@ -115,7 +52,7 @@ func ParseRegistration(body []byte) (Registration, []byte, error) {
 // limits allow. It runs before anything else looks at the registration,
 // so a refused one changes nothing. It is on every parsed heartbeat's
 // path: it only counts, and leaves the messages to overLimit.
-func (r *Registry) bound(reg *Registration) error {
+func (r *Registry) bound(reg *meshapi.Registration) error {
 	c := &r.cfg
 	if len(reg.Tools) > c.MaxTools {
 		return r.overLimit(reg)
@@ -141,7 +78,7 @@ func (r *Registry) bound(reg *Registration) error {
 
 // overLimit returns the refusal of a registration bound found over a
 // limit, naming the first limit it is over.
-func (r *Registry) overLimit(reg *Registration) error {
+func (r *Registry) overLimit(reg *meshapi.Registration) error {
 	c := &r.cfg
 	if n := len(reg.Tools); n > c.MaxTools {
 		return refusal(ErrInvalid, "too_many_tools", "registration declares %d tools; meshd accepts at most %d tools per agent", n, c.MaxTools)
@@ -184,7 +121,7 @@ func canonical(body []byte) ([]byte, error) {
 	return json.Marshal(fields)
 }
 
-func namespace(reg Registration) string {
+func namespace(reg meshapi.Registration) string {
 	if reg.Namespace == "" {
 		return "default"
 	}
@@ -194,7 +131,7 @@ func namespace(reg Registration) string {
 // endpoint is where an agent serves: https://host:port, http://host:port
 // when the agent port speaks plain HTTP (TLS off), as MCP Mesh announces
 // them, or stdio://<id> for an agent with no port.
-func (r *Registry) endpoint(reg Registration) string {
+func (r *Registry) endpoint(reg meshapi.Registration) string {
 	if reg.HTTPPort == 0 {
 		return "stdio://" + reg.AgentID
 	}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -290,7 +291,7 @@ type entry struct {
 	// reg is the registration in compact form (see intern.go); tools is
 	// its reg.Tools, shared with registrations that declare the same, and
 	// the sorted tags resolution matches a dependency's against.
-	reg   Registration
+	reg   meshapi.Registration
 	tools *toolSet
 	// node is the node of the owner's certificate ("ct111" for
 	// "opus@ct111"), or "".
@@ -365,7 +366,7 @@ func New(ctx context.Context, st Store, cfg Config) (*Registry, error) {
 	}
 	for _, rec := range recs {
 		e := &entry{rec: rec, node: ownerNode(rec.Owner)}
-		var reg Registration
+		var reg meshapi.Registration
 		_ = json.Unmarshal(rec.Payload, &reg)
 		e.setRegistration(reg)
 		// Stored before the limits, or above lowered ones: kept, since
@@ -391,7 +392,7 @@ func (r *Registry) Len() int { return int(r.count.Load()) }
 // inserted, so a refused caller never creates an entry. A new id of a
 // caller without a certificate from source, with payload, is charged
 // against the certless bounds (or refused by them) before it is inserted.
-func (r *Registry) claim(peer *trust.Peer, source, id string, reg *Registration, payload []byte) (*entry, bool, error) {
+func (r *Registry) claim(peer *trust.Peer, source, id string, reg *meshapi.Registration, payload []byte) (*entry, bool, error) {
 	for {
 		if e := r.locked(id); e != nil {
 			return e, false, nil

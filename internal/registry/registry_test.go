@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -452,7 +453,7 @@ func TestTopologyAndResolution(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Resolution{AgentID: "geo", Capability: "geocode", Endpoint: "https://10.0.0.2:9102", FunctionName: "geocode", Status: "available"}
+	want := meshapi.Resolution{AgentID: "geo", Capability: "geocode", Endpoint: "https://10.0.0.2:9102", FunctionName: "geocode", Status: "available"}
 	if got := res.Resolved["forecast"]; got[0] != want || got[1].Status != "unresolved" {
 		t.Fatalf("resolution: %+v", got)
 	}

@@ -10,17 +10,8 @@ import (
 	"github.com/Masterminds/semver/v3"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
-
-// Resolution is one dependency of a tool and the provider chosen for it,
-// in MCP Mesh's shape; an unresolved dependency has empty provider fields.
-type Resolution struct {
-	AgentID      string `json:"agent_id"`
-	Capability   string `json:"capability"`
-	Endpoint     string `json:"endpoint"`
-	FunctionName string `json:"function_name"`
-	Status       string `json:"status"`
-}
 
 // resolutionCache holds the provider chosen for every dependency looked
 // up at one value of the topology counter. It is shared by every agent
@@ -35,7 +26,7 @@ type Resolution struct {
 type resolutionCache struct {
 	topo uint64
 	mu   sync.Mutex // a leaf, like Registry.mu
-	deps map[depKey]Resolution
+	deps map[depKey]meshapi.Resolution
 	sets map[setKey]setResolution
 }
 
@@ -50,7 +41,7 @@ type setKey struct {
 type setResolution struct {
 	// res maps each tool to the providers of its dependencies, and
 	// available is how many of them resolved.
-	res       map[string][]Resolution
+	res       map[string][]meshapi.Resolution
 	available int
 	// list is res as GET /agents lists it, in the order the dependencies
 	// are declared.
@@ -82,7 +73,7 @@ func partyOf(rec *store.Agent) party {
 }
 
 func newResolutionCache(topo uint64) *resolutionCache {
-	return &resolutionCache{topo: topo, deps: make(map[depKey]Resolution), sets: make(map[setKey]setResolution)}
+	return &resolutionCache{topo: topo, deps: make(map[depKey]meshapi.Resolution), sets: make(map[setKey]setResolution)}
 }
 
 // cacheAt returns the resolution cache of topology value topo.
@@ -105,7 +96,7 @@ func (r *Registry) cacheAt(topo uint64) *resolutionCache {
 }
 
 // resolveFor returns e's dependency resolution.
-func (r *Registry) resolveFor(e *entry) (map[string][]Resolution, []byte) {
+func (r *Registry) resolveFor(e *entry) (map[string][]meshapi.Resolution, []byte) {
 	set := r.resolution(e)
 	return set.res, set.json
 }
@@ -148,7 +139,7 @@ func (r *Registry) resolution(e *entry) setResolution {
 // resolutionJSON is json.Marshal of res. A resolution holds strings,
 // numbers and booleans only, so it cannot fail; if it ever did, the
 // answer would say null, as for no resolution.
-func resolutionJSON(res map[string][]Resolution) []byte {
+func resolutionJSON(res map[string][]meshapi.Resolution) []byte {
 	b, err := json.Marshal(res)
 	if err != nil {
 		return []byte("null")
@@ -158,7 +149,7 @@ func resolutionJSON(res map[string][]Resolution) []byte {
 
 // setRegistration sets e's registration and the sorted tags resolution
 // matches against. The caller holds e.mu.
-func (e *entry) setRegistration(reg Registration) {
+func (e *entry) setRegistration(reg meshapi.Registration) {
 	e.reg, e.tools = compact(reg)
 }
 
@@ -173,7 +164,7 @@ func (e *entry) toolTags() [][]string {
 
 // toolTags returns the sorted tags of tool i of reg, whose entry holds
 // tags.
-func toolTags(reg *Registration, tags [][]string, i int) []string {
+func toolTags(reg *meshapi.Registration, tags [][]string, i int) []string {
 	if tags != nil {
 		return tags[i]
 	}
@@ -182,7 +173,7 @@ func toolTags(reg *Registration, tags [][]string, i int) []string {
 
 // index moves e in the capability index from old's tools to its current
 // ones. The caller holds r.mu for writing.
-func (r *Registry) index(e *entry, old *Registration) {
+func (r *Registry) index(e *entry, old *meshapi.Registration) {
 	if old != nil {
 		r.unindex(e, old)
 	}
@@ -199,7 +190,7 @@ func (r *Registry) index(e *entry, old *Registration) {
 	}
 }
 
-func (r *Registry) unindex(e *entry, old *Registration) {
+func (r *Registry) unindex(e *entry, old *meshapi.Registration) {
 	for _, t := range old.Tools {
 		if m := r.providers[t.Capability]; m != nil && m[old.AgentID] == e {
 			delete(m, old.AgentID)
@@ -212,13 +203,13 @@ func (r *Registry) unindex(e *entry, old *Registration) {
 
 // resolve picks a provider for every dependency of every tool of reg, an
 // agent of consumer's, and returns them with how many it found.
-func (r *Registry) resolve(reg Registration, consumer party, c *resolutionCache) (map[string][]Resolution, int) {
-	out := make(map[string][]Resolution, len(reg.Tools))
+func (r *Registry) resolve(reg meshapi.Registration, consumer party, c *resolutionCache) (map[string][]meshapi.Resolution, int) {
+	out := make(map[string][]meshapi.Resolution, len(reg.Tools))
 	for _, t := range reg.Tools {
 		if len(t.Dependencies) == 0 {
 			continue
 		}
-		res := make([]Resolution, 0, len(t.Dependencies))
+		res := make([]meshapi.Resolution, 0, len(t.Dependencies))
 		for _, d := range t.Dependencies {
 			res = append(res, r.lookupDependency(d, consumer, c))
 		}
@@ -237,7 +228,7 @@ func (r *Registry) resolve(reg Registration, consumer party, c *resolutionCache)
 
 // lookupDependency returns the provider of d for an agent of consumer's,
 // from c or, the first time, from the capability index.
-func (r *Registry) lookupDependency(d Dependency, consumer party, c *resolutionCache) Resolution {
+func (r *Registry) lookupDependency(d meshapi.Dependency, consumer party, c *resolutionCache) meshapi.Resolution {
 	want := sortedTags(d.Tags)
 	k := depKey{capability: d.Capability, namespace: d.Namespace, tags: tagsKey(want), version: d.Version, consumer: consumer}
 	if k.namespace == "" {
@@ -263,14 +254,14 @@ func (r *Registry) lookupDependency(d Dependency, consumer party, c *resolutionC
 // semver constraints; none: any version). The provider with the most
 // preferred tags wins, then the highest version, then the lowest agent
 // id, so answers are stable.
-func (r *Registry) provider(capability, ns string, want []string, constraint string, consumer party) Resolution {
+func (r *Registry) provider(capability, ns string, want []string, constraint string, consumer party) meshapi.Resolution {
 	if r.hooks.resolve != nil {
 		r.hooks.resolve(capability)
 	}
 	q, vq := parseTags(want), parseConstraint(constraint)
 	// An unresolved dependency keeps the capability it asked for, as in
 	// MCP Mesh; the provider's fields stay empty.
-	best, bestScore := Resolution{Capability: capability, Status: "unresolved"}, -1
+	best, bestScore := meshapi.Resolution{Capability: capability, Status: "unresolved"}, -1
 	var bestVersion *semver.Version
 	r.mu.RLock()
 	cands := make([]*entry, 0, len(r.providers[capability]))
@@ -302,7 +293,7 @@ func (r *Registry) provider(capability, ns string, want []string, constraint str
 					continue
 				}
 			}
-			best, bestScore, bestVersion = Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(reg), FunctionName: t.FunctionName, Status: "available"}, score, v
+			best, bestScore, bestVersion = meshapi.Resolution{AgentID: reg.AgentID, Capability: t.Capability, Endpoint: r.endpoint(reg), FunctionName: t.FunctionName, Status: "available"}, score, v
 		}
 	}
 	return best

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // Replicas. Several meshd processes on one store each hold the registry
@@ -86,7 +87,7 @@ func (r *Registry) merge(rec store.Agent, gen uint64) (changed, visible bool) {
 	e := r.locked(rec.ID)
 	if e == nil {
 		e = &entry{rec: rec, node: ownerNode(rec.Owner)}
-		var reg Registration
+		var reg meshapi.Registration
 		_ = json.Unmarshal(rec.Payload, &reg)
 		e.setRegistration(reg)
 		e.lastSeen.Store(seen)
@@ -119,7 +120,7 @@ func (r *Registry) merge(rec store.Agent, gen uint64) (changed, visible bool) {
 		return changed, false
 	}
 	old, oldStatus := e.reg, e.rec.Status
-	var reg Registration
+	var reg meshapi.Registration
 	_ = json.Unmarshal(rec.Payload, &reg)
 	if owner {
 		// Another owner's liveness and certificate, not the ones held.

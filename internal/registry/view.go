@@ -3,18 +3,20 @@ package registry
 import (
 	"sort"
 	"time"
+
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // Capability is one tool as GET /agents shows it.
 type Capability struct {
-	Name         string      `json:"name"`
-	FunctionName string      `json:"function_name"`
-	Version      string      `json:"version"`
-	Tags         []string    `json:"tags"`
-	Description  string      `json:"description"`
-	Available    bool        `json:"available"`
-	LLMFilter    *LLMFilter  `json:"llm_filter,omitempty"`
-	LLMProvider  *Dependency `json:"llm_provider,omitempty"`
+	Name         string              `json:"name"`
+	FunctionName string              `json:"function_name"`
+	Version      string              `json:"version"`
+	Tags         []string            `json:"tags"`
+	Description  string              `json:"description"`
+	Available    bool                `json:"available"`
+	LLMFilter    *meshapi.LLMFilter  `json:"llm_filter,omitempty"`
+	LLMProvider  *meshapi.Dependency `json:"llm_provider,omitempty"`
 }
 
 // DependencyResolution is one dependency of one tool and its provider,
@@ -169,7 +171,7 @@ func (r *Registry) Expiry(fn func(agentID, owner string, notAfter time.Time)) {
 
 // dependencyResolutions lists reg's dependencies in the order declared
 // with their providers from resolved.
-func dependencyResolutions(reg Registration, resolved map[string][]Resolution) []DependencyResolution {
+func dependencyResolutions(reg meshapi.Registration, resolved map[string][]meshapi.Resolution) []DependencyResolution {
 	n := 0
 	for _, t := range reg.Tools {
 		n += len(t.Dependencies)
@@ -194,7 +196,7 @@ func dependencyResolutions(reg Registration, resolved map[string][]Resolution) [
 // llmResolutions resolves reg's @mesh.llm declarations, those of an
 // agent of consumer's, as dependencies are resolved: each filter
 // capability to a tool, the provider to an agent.
-func (r *Registry) llmResolutions(reg Registration, consumer party) ([]LLMToolResolution, []LLMProviderResolution) {
+func (r *Registry) llmResolutions(reg meshapi.Registration, consumer party) ([]LLMToolResolution, []LLMProviderResolution) {
 	var (
 		tools []LLMToolResolution
 		provs []LLMProviderResolution
@@ -233,7 +235,7 @@ func (r *Registry) llmResolutions(reg Registration, consumer party) ([]LLMToolRe
 	return tools, provs
 }
 
-func offersAny(reg Registration, caps []string) bool {
+func offersAny(reg meshapi.Registration, caps []string) bool {
 	if len(caps) == 0 {
 		return true
 	}

@@ -198,7 +198,8 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 // appendHeartbeatResponse appends MCP Mesh's heartbeat answer (plus
 // rotate) for res, msg and timestamp to b: {"agent_id", "status",
 // "message", "rotate", "dependencies_resolved", "llm_tools", "timestamp"},
-// byte for byte what encoding/json writes for it (its test says so), but
+// byte for byte what encoding/json writes for meshapi.HeartbeatResponse
+// (its test says so), but
 // with the resolution's JSON encoded once for every heartbeat that
 // carries it (registry.Result.ResolvedJSON) rather than again for each.
 func appendHeartbeatResponse(b []byte, res registry.Result, msg, timestamp string) []byte {
