@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 )
 
 func TestAnchorsEntityIsTheRegisteredName(t *testing.T) {

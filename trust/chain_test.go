@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 )
 
 func TestChainVerify(t *testing.T) {

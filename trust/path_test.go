@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 )
 
 // Keys are slow to make under the race detector; each kind is made once.

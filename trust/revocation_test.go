@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 )
 
 func withSerial(n int64) func(*x509.Certificate) {

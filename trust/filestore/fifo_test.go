@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust/filestore"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 )
 
 // A FIFO named *.pem in the trust dir is refused without being read from:

@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/filestore"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 )
 
 // logBuffer collects a Store's log lines; the watcher logs from its own

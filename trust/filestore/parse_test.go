@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust/filestore"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 )
 
 func TestParse(t *testing.T) {

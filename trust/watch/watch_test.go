@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
-	"github.com/meshtrust/meshtrust/trust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
 

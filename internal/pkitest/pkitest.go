@@ -1,6 +1,8 @@
-// Package pkitest mints throwaway CAs and certificates for the tests of
-// package trust and its backends. Every certificate is real: built with
-// crypto/x509, signed by its issuer's key and parsed back.
+// Package pkitest mints throwaway CAs, keys and certificates for the tests
+// of any meshtrust package: roots, intermediates, partner CAs, leaves with
+// DNS names and URIs (SPIFFE SVIDs), expired or not yet valid ones, and
+// their PEM files. Every certificate is real: built with crypto/x509,
+// signed by its issuer's key and parsed back.
 package pkitest
 
 import (
@@ -10,13 +12,17 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
 	"io"
 	"math/big"
+	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -67,6 +73,34 @@ func URI(raw string) Modifier {
 	}
 }
 
+// DNS adds DNS SANs.
+func DNS(names ...string) Modifier {
+	return func(c *x509.Certificate) { c.DNSNames = append(c.DNSNames, names...) }
+}
+
+// Localhost makes a certificate a server on loopback can present as well
+// as a client: serverAuth and clientAuth usages, DNS name localhost and IP
+// 127.0.0.1.
+func Localhost() Modifier {
+	return func(c *x509.Certificate) {
+		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+		c.DNSNames = append(c.DNSNames, "localhost")
+		c.IPAddresses = append(c.IPAddresses, net.IPv4(127, 0, 0, 1))
+	}
+}
+
+// Expired makes a certificate whose validity ended a day ago.
+func Expired() Modifier {
+	now := time.Now().Truncate(time.Second)
+	return Validity(now.Add(-48*time.Hour), now.Add(-24*time.Hour))
+}
+
+// NotYetValid makes a certificate whose validity starts in a day.
+func NotYetValid() Modifier {
+	now := time.Now().Truncate(time.Second)
+	return Validity(now.Add(24*time.Hour), now.Add(48*time.Hour))
+}
+
 // Subject sets the organization and organizational unit of the subject.
 func Subject(org, unit string) Modifier {
 	return func(c *x509.Certificate) {
@@ -79,6 +113,12 @@ func Subject(org, unit string) Modifier {
 type CA struct {
 	Cert *x509.Certificate
 	Key  crypto.Signer
+	// Root is the self-signed certificate the CA's chain ends at: Cert
+	// itself for a root.
+	Root *x509.Certificate
+	// Chain is what a leaf of this CA presents above itself: Cert and the
+	// intermediates above it, the root left out (empty for a root).
+	Chain []*x509.Certificate
 }
 
 // NewRoot returns a self-signed root CA named cn, valid from 30 days ago
@@ -91,11 +131,12 @@ func NewRoot(tb testing.TB, cn string, mods ...Modifier) *CA {
 	}
 	pub, key := takeKey(tb, tmpl)
 	cert := sign(tb, tmpl, tmpl, pub, key)
-	return &CA{Cert: cert, Key: key}
+	return &CA{Cert: cert, Key: key, Root: cert}
 }
 
 // Intermediate returns a CA named cn that ca signed, valid as long as a
-// root unless a modifier says otherwise.
+// root unless a modifier says otherwise. Its path length is zero: it
+// issues leaves, not further CAs.
 func (ca *CA) Intermediate(tb testing.TB, cn string, mods ...Modifier) *CA {
 	tb.Helper()
 	tmpl := caTemplate(cn)
@@ -104,12 +145,32 @@ func (ca *CA) Intermediate(tb testing.TB, cn string, mods ...Modifier) *CA {
 		m(tmpl)
 	}
 	pub, key := takeKey(tb, tmpl)
-	return &CA{Cert: sign(tb, tmpl, ca.Cert, pub, ca.Key), Key: key}
+	cert := sign(tb, tmpl, ca.Cert, pub, ca.Key)
+	return &CA{Cert: cert, Key: key, Root: ca.Root, Chain: append([]*x509.Certificate{cert}, ca.Chain...)}
 }
 
 // Leaf returns a client certificate named cn that ca signed: clientAuth
 // usage, valid from an hour ago for a day unless a modifier says otherwise.
 func (ca *CA) Leaf(tb testing.TB, cn string, mods ...Modifier) *x509.Certificate {
+	tb.Helper()
+	cert, _ := ca.leaf(tb, cn, mods)
+	return cert
+}
+
+// Issue returns a leaf as Leaf does, with its private key and the CA's
+// Chain, ready for a tls.Config (PrivateKey is nil when a Key modifier
+// gave a bare public key).
+func (ca *CA) Issue(tb testing.TB, cn string, mods ...Modifier) tls.Certificate {
+	tb.Helper()
+	cert, key := ca.leaf(tb, cn, mods)
+	out := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
+	for _, c := range ca.Chain {
+		out.Certificate = append(out.Certificate, c.Raw)
+	}
+	return out
+}
+
+func (ca *CA) leaf(tb testing.TB, cn string, mods []Modifier) (*x509.Certificate, crypto.Signer) {
 	tb.Helper()
 	now := time.Now().Truncate(time.Second)
 	tmpl := &x509.Certificate{
@@ -123,16 +184,45 @@ func (ca *CA) Leaf(tb testing.TB, cn string, mods ...Modifier) *x509.Certificate
 	for _, m := range mods {
 		m(tmpl)
 	}
-	pub, _ := takeKey(tb, tmpl)
-	return sign(tb, tmpl, ca.Cert, pub, ca.Key)
+	pub, key := takeKey(tb, tmpl)
+	return sign(tb, tmpl, ca.Cert, pub, ca.Key), key
 }
 
 // PEM returns the CA's certificate in PEM form.
 func (ca *CA) PEM() []byte { return CertPEM(ca.Cert) }
 
-// CertPEM returns c in PEM form.
-func CertPEM(c *x509.Certificate) []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+// CertPEM returns certs in PEM form, one block each, in order.
+func CertPEM(certs ...*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+// KeyPEM returns key as a PKCS #8 "PRIVATE KEY" PEM block.
+func KeyPEM(tb testing.TB, key crypto.Signer) []byte {
+	tb.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
+
+// WriteFile writes data to name in dir, creating dir, with mode 0600 (a
+// key's mode, which any certificate reader accepts too), and returns the
+// file's path.
+func WriteFile(tb testing.TB, dir, name string, data []byte) string {
+	tb.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return path
 }
 
 func caTemplate(cn string) *x509.Certificate {
@@ -166,7 +256,7 @@ func sign(tb testing.TB, tmpl, parent *x509.Certificate, pub crypto.PublicKey, k
 	_, dsaIssuer := key.(dsaSigner)
 	createPub, createKey, createParent := pub, key, parent
 	if dsaSubject || dsaIssuer {
-		standIn := newKey(tb)
+		standIn := NewKey(tb)
 		if dsaSubject {
 			createPub = standIn.Public()
 		}
@@ -199,7 +289,7 @@ func takeKey(tb testing.TB, tmpl *x509.Certificate) (pub crypto.PublicKey, key c
 	tmpl.PublicKey = nil
 	switch k := k.(type) {
 	case nil:
-		key := newKey(tb)
+		key := NewKey(tb)
 		return key.Public(), key
 	case crypto.Signer:
 		return k.Public(), k
@@ -208,7 +298,9 @@ func takeKey(tb testing.TB, tmpl *x509.Certificate) (pub crypto.PublicKey, key c
 	}
 }
 
-func newKey(tb testing.TB) crypto.Signer {
+// NewKey returns a new ECDSA P-256 key, the key of every certificate
+// pkitest mints unless a Key modifier says otherwise.
+func NewKey(tb testing.TB) *ecdsa.PrivateKey {
 	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
