@@ -247,7 +247,7 @@ func (a *Auth) certCaller(ctx context.Context, cs *conn, state *tls.ConnectionSt
 	var caller *Caller
 	p, err := a.cfg.Chain.Verify(ctx, state.PeerCertificates)
 	if err == nil {
-		caller = CallerOf(p)
+		caller = CallerFromPeer(p)
 	}
 	if cs != nil {
 		cs.mu.Lock()

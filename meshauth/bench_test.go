@@ -117,7 +117,7 @@ func bigPolicy(b *testing.B, n int) *meshauth.Policy {
 // rules against the same decision over a policy of one rule, in the same
 // run: the ratio shows that the cost does not grow with the policy.
 func BenchmarkPolicyDecision(b *testing.B) {
-	caller, _ := meshauth.CallerFor("agent-5000@node-0", meshauth.ModelSource{}, td)
+	caller, _ := meshauth.ModelCaller("agent-5000@node-0", meshauth.ModelSource{}, td)
 	ops := map[string]meshauth.Operation{
 		"http-allow": {Kind: meshauth.KindHTTP, Method: "GET", Path: "/svc/5000/items"},
 		"mcp-allow":  {Kind: meshauth.KindMCP, MCPMethod: "tools/call", Name: "tool_5000_search"},
@@ -126,14 +126,14 @@ func BenchmarkPolicyDecision(b *testing.B) {
 	for _, n := range []int{1, 10000} {
 		p := bigPolicy(b, n)
 		if n == 1 {
-			caller, _ = meshauth.CallerFor("agent-0@node-0", meshauth.ModelSource{}, td)
+			caller, _ = meshauth.ModelCaller("agent-0@node-0", meshauth.ModelSource{}, td)
 			ops = map[string]meshauth.Operation{
 				"http-allow": {Kind: meshauth.KindHTTP, Method: "GET", Path: "/svc/0/items"},
 				"mcp-allow":  {Kind: meshauth.KindMCP, MCPMethod: "tools/call", Name: "tool_0_search"},
 				"deny":       {Kind: meshauth.KindMCP, MCPMethod: "tools/call", Name: "tool_9_search"},
 			}
 		} else {
-			caller, _ = meshauth.CallerFor("agent-5000@node-0", meshauth.ModelSource{}, td)
+			caller, _ = meshauth.ModelCaller("agent-5000@node-0", meshauth.ModelSource{}, td)
 			ops = map[string]meshauth.Operation{
 				"http-allow": {Kind: meshauth.KindHTTP, Method: "GET", Path: "/svc/5000/items"},
 				"mcp-allow":  {Kind: meshauth.KindMCP, MCPMethod: "tools/call", Name: "tool_5000_search"},

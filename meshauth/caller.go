@@ -163,10 +163,11 @@ func AgentID(p *trust.Peer) (string, error) {
 	return cn, nil
 }
 
-// CallerOf derives the Caller of a peer a trust.Chain verified. The mesh
-// identity is kept only when the mesh CA vouched for it, the SPIFFE ID
-// only when the peer's source vouched for it (trust.Peer.SPIFFEID).
-func CallerOf(p *trust.Peer) *Caller {
+// CallerFromPeer derives the Caller of a peer a trust.Chain verified (the
+// middleware's caller; ModelCaller models one without a certificate). The
+// mesh identity is kept only when the mesh CA vouched for it, the SPIFFE
+// ID only when the peer's source vouched for it (trust.Peer.SPIFFEID).
+func CallerFromPeer(p *trust.Peer) *Caller {
 	c := &Caller{Name: p.Name(), Entity: p.Entity, Source: p.Backend, MeshCA: p.MeshCA, Fingerprint: p.Fingerprint, Peer: p}
 	if p.MeshCA && !p.Identity.IsZero() {
 		c.Identity = p.Identity
@@ -194,7 +195,7 @@ func WithCaller(ctx context.Context, c *Caller) context.Context {
 }
 
 // SourceMeshCA is the trust backend of the mesh CA: a modelled caller
-// (CallerFor) of this source without an entity is one the mesh CA
+// (ModelCaller) of this source without an entity is one the mesh CA
 // vouched for.
 const SourceMeshCA = "localca"
 
@@ -203,7 +204,7 @@ const SourceMeshCA = "localca"
 const SourceSPIRE = "spire"
 
 // ModelSource says where a modelled caller's certificate comes from
-// (CallerFor): the trust backend that would admit it and the entity its
+// (ModelCaller): the trust backend that would admit it and the entity its
 // CA is registered under. The zero value is the mesh CA.
 type ModelSource struct {
 	// Backend is the trust backend's name (SourceMeshCA, "filestore",
@@ -216,16 +217,17 @@ type ModelSource struct {
 	Entity string
 }
 
-// CallerFor returns the Caller a certificate of principal would be, for
-// answering "may X do Y?" without a certificate (meshctl policy check):
+// ModelCaller returns the Caller a certificate of principal would be, for
+// answering "may X do Y?" without a certificate (meshctl policy check;
+// CallerFromPeer derives the caller of a real one):
 // an identity or CN ("opus@ct111", "weather-agent"), a SPIFFE ID,
 // AnonymousName or LegacyName, coming from src. It bears the names src
-// may vouch for, as CallerOf's would: the mesh CA issues only mesh
+// may vouch for, as CallerFromPeer's would: the mesh CA issues only mesh
 // identities (a SPIFFE ID of its trust domain td is one), a SPIFFE bundle
 // only SPIFFE IDs, any other source a CN that is neither a mesh identity
 // nor a SPIFFE ID to the policy. A principal its source cannot issue is an
 // error saying which source to name.
-func CallerFor(principal string, src ModelSource, td spiffeid.TrustDomain) (*Caller, error) {
+func ModelCaller(principal string, src ModelSource, td spiffeid.TrustDomain) (*Caller, error) {
 	switch principal {
 	case "":
 		return nil, errors.New("empty identity: name one (opus@ct111, ct111.mesh, spiffe://td/path, anonymous)")

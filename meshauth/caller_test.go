@@ -33,7 +33,7 @@ func TestAgentID(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Verify: %v", err)
 			}
-			got, err := meshauth.CallerOf(p).AgentID()
+			got, err := meshauth.CallerFromPeer(p).AgentID()
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("AgentID = %q, %v; want an error containing %q", got, err, tc.wantErr)

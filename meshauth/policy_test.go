@@ -70,7 +70,7 @@ func TestPolicyRules(t *testing.T) {
 		{"anonymous", "", "DELETE /node/a/b", meshauth.DefaultDeny},
 	}
 	for _, tt := range tests {
-		c, err := meshauth.CallerFor(tt.who, meshauth.ModelSource{Entity: tt.entity}, td)
+		c, err := meshauth.ModelCaller(tt.who, meshauth.ModelSource{Entity: tt.entity}, td)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +85,7 @@ func TestPolicyRules(t *testing.T) {
 	}
 	// The first rule in file order decides.
 	p2 := mustPolicy(t, "rules:\n  - name: a\n    who: [\"*@ct1\"]\n    grpc: [\"/s.S/*\"]\n  - name: b\n    who: [x@ct1]\n    grpc: [/s.S/M]\n")
-	c, _ := meshauth.CallerFor("x@ct1", meshauth.ModelSource{}, td)
+	c, _ := meshauth.ModelCaller("x@ct1", meshauth.ModelSource{}, td)
 	if op := grpcOp("/s.S/M"); p2.Authorize(c, &op).Rule != "a" {
 		t.Errorf("the later rule decided")
 	}
@@ -161,7 +161,7 @@ func TestPolicyFileReload(t *testing.T) {
 		}
 		return nil
 	}
-	c, _ := meshauth.CallerFor("a@ct1", meshauth.ModelSource{}, td)
+	c, _ := meshauth.ModelCaller("a@ct1", meshauth.ModelSource{}, td)
 	decide := func(m string) string {
 		return f.Authorize(c, &meshauth.Operation{Kind: meshauth.KindGRPC, Path: m}).Rule
 	}
@@ -222,7 +222,7 @@ func FuzzParsePolicy(f *testing.F) {
 			return
 		}
 		for _, who := range callers {
-			c, _ := meshauth.CallerFor(who, meshauth.ModelSource{Entity: "partner-corp"}, td)
+			c, _ := meshauth.ModelCaller(who, meshauth.ModelSource{Entity: "partner-corp"}, td)
 			for i := range ops {
 				d := p.Authorize(c, &ops[i])
 				if d.Allowed == (d.Rule == meshauth.DefaultDeny) {

@@ -95,7 +95,7 @@ func (w *principalsWorld) caller(t *testing.T, cert tls.Certificate) *meshauth.C
 	if err != nil {
 		t.Fatalf("%s: %v", cert.Leaf.Subject.CommonName, err)
 	}
-	return meshauth.CallerOf(p)
+	return meshauth.CallerFromPeer(p)
 }
 
 // TestPartnerCannotBearMeshNames: a partner entity's CA can write any
@@ -255,7 +255,7 @@ func TestCallerForModelsTheSource(t *testing.T) {
 		{"weather-agent", meshauth.ModelSource{Backend: "filestore"}, "GET /weather", true, "trust-dir-agent"},
 	}
 	for _, tt := range tests {
-		c, err := meshauth.CallerFor(tt.who, tt.src, td)
+		c, err := meshauth.ModelCaller(tt.who, tt.src, td)
 		if err != nil {
 			t.Errorf("%s %+v: %v", tt.who, tt.src, err)
 			continue
@@ -278,7 +278,7 @@ func TestCallerForModelsTheSource(t *testing.T) {
 		{"ops@dev1", meshauth.ModelSource{Backend: "localca", Entity: "acme"}}, // the mesh CA has no entity
 		{"ops@dev1", meshauth.ModelSource{Entity: "not a name"}},               // an entity is an id
 	} {
-		if c, err := meshauth.CallerFor(bad.who, bad.src, td); err == nil {
+		if c, err := meshauth.ModelCaller(bad.who, bad.src, td); err == nil {
 			t.Errorf("%s %+v: modelled as %+v", bad.who, bad.src, c)
 		}
 	}

@@ -154,8 +154,8 @@ func (s *Server) checkPolicy(w http.ResponseWriter, r *http.Request) {
 		td = s.auth.TrustDomain()
 	}
 	// The modelled caller bears what its source may vouch for, as
-	// meshauth.CallerOf derives a real one's names (the mesh CA by default).
-	c, err := meshauth.CallerFor(req.Identity, meshauth.ModelSource{Backend: req.Source, Entity: req.Entity}, td)
+	// meshauth.CallerFromPeer derives a real one's names (the mesh CA by default).
+	c, err := meshauth.ModelCaller(req.Identity, meshauth.ModelSource{Backend: req.Source, Entity: req.Entity}, td)
 	if err != nil {
 		s.adminError(w, r, http.StatusBadRequest, err.Error())
 		return

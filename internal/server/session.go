@@ -63,7 +63,7 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, peer *tru
 		s.registryError(w, r, "", err)
 		return
 	}
-	caller := meshauth.CallerOf(peer)
+	caller := meshauth.CallerFromPeer(peer)
 	tok, sess, err := s.sessions.Mint(caller)
 	if err != nil {
 		s.internalError(w, r, err)
