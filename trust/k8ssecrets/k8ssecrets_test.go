@@ -1,14 +1,14 @@
 package k8ssecrets_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
-	"log/slog"
+	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,32 +20,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/kubetest"
+	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
 )
 
 func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
-
-// logBuffer collects a Store's log lines; the informer logs from its own
-// goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // env is a fresh namespace on the shared API server, with user "meshd"
 // granted what the Helm chart's Role grants (and Events when events is
@@ -93,7 +76,7 @@ func (e *env) grant(t *testing.T, rules []rbacv1.PolicyRule) {
 	}
 	// RBAC takes effect through the API server's informers: wait until
 	// meshd may list.
-	waitFor(t, "RBAC to allow meshd to list Secrets", func() bool {
+	eventually.True(t, "RBAC to allow meshd to list Secrets", func() bool {
 		_, err := e.meshd.CoreV1().Secrets(e.ns).List(ctx, metav1.ListOptions{})
 		return err == nil
 	})
@@ -140,12 +123,12 @@ func (e *env) remove(t *testing.T, name string) {
 	}
 }
 
-func (e *env) open(t *testing.T) (*k8ssecrets.Store, *logBuffer, *atomic.Int64) {
+func (e *env) open(t *testing.T) (*k8ssecrets.Store, *logtest.Buffer, *atomic.Int64) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &logtest.Buffer{}
 	s, err := k8ssecrets.New(t.Context(), k8ssecrets.Config{
 		Client: e.meshd, Namespace: e.ns,
-		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger: logs.Logger(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -159,18 +142,6 @@ func (e *env) open(t *testing.T) (*k8ssecrets.Store, *logBuffer, *atomic.Int64) 
 		}
 	})
 	return s, logs, changes
-}
-
-// waitFor polls cond for up to ten seconds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // entityOf verifies leaf and returns the entity the store attributes it
@@ -222,7 +193,7 @@ func TestSecretsFollowedLive(t *testing.T) {
 	// Added.
 	before := changes.Load()
 	e.create(t, e.secret("initech", "", initech.PEM()))
-	waitFor(t, "the added Secret to be trusted", trusts(s, initech.Leaf(t, "initech-a1"), "initech"))
+	eventually.True(t, "the added Secret to be trusted", trusts(s, initech.Leaf(t, "initech-a1"), "initech"))
 	if changes.Load() == before {
 		t.Error("no change notification for an added Secret")
 	}
@@ -230,20 +201,20 @@ func TestSecretsFollowedLive(t *testing.T) {
 	// Changed: the old CA is gone, the new one trusted.
 	acme2 := pkitest.NewRoot(t, "acme CA 2")
 	e.update(t, e.secret("acme", "", acme2.PEM()))
-	waitFor(t, "the changed Secret's new CA", trusts(s, acme2.Leaf(t, "acme-a2"), "acme"))
+	eventually.True(t, "the changed Secret's new CA", trusts(s, acme2.Leaf(t, "acme-a2"), "acme"))
 	if !unknown(s, acmeLeaf)() {
 		t.Error("the replaced CA is still trusted")
 	}
 
 	// Deleted.
 	e.remove(t, "globex-ca")
-	waitFor(t, "the deleted Secret's CA to be dropped", unknown(s, globexLeaf))
+	eventually.True(t, "the deleted Secret's CA to be dropped", unknown(s, globexLeaf))
 
 	// A label removed takes the Secret out of the set.
 	sec := e.secret("initech", "", initech.PEM())
 	sec.Labels = map[string]string{"mcp-mesh.io/trust": "something-else"}
 	e.update(t, sec)
-	waitFor(t, "the unlabelled Secret's CA to be dropped", unknown(s, initech.Leaf(t, "initech-a2")))
+	eventually.True(t, "the unlabelled Secret's CA to be dropped", unknown(s, initech.Leaf(t, "initech-a2")))
 }
 
 func TestBadSecretKeepsLastGood(t *testing.T) {
@@ -277,7 +248,7 @@ func TestBadSecretKeepsLastGood(t *testing.T) {
 			}
 			for i, b := range bad {
 				e.update(t, b.sec)
-				waitFor(t, "the bad version ("+b.what+") to be counted", func() bool { return s.Rejected() == uint64(i+1) })
+				eventually.True(t, "the bad version ("+b.what+") to be counted", func() bool { return s.Rejected() == uint64(i+1) })
 				if !trusts(s, leaf, "acme")() {
 					t.Fatalf("after a bad version (%s) the last good CA is no longer trusted", b.what)
 				}
@@ -289,7 +260,7 @@ func TestBadSecretKeepsLastGood(t *testing.T) {
 				t.Error("the log holds the Secret's content")
 			}
 			if events {
-				waitFor(t, "a Warning Event on the Secret", func() bool {
+				eventually.True(t, "a Warning Event on the Secret", func() bool {
 					evs, err := e.admin.CoreV1().Events(e.ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=acme"})
 					if err != nil {
 						return false
@@ -305,11 +276,11 @@ func TestBadSecretKeepsLastGood(t *testing.T) {
 			// A good version again takes over.
 			acme2 := pkitest.NewRoot(t, "acme CA 2")
 			e.update(t, e.secret("acme", "", acme2.PEM()))
-			waitFor(t, "the fixed Secret's CA", trusts(s, acme2.Leaf(t, "acme-a2"), "acme"))
+			eventually.True(t, "the fixed Secret's CA", trusts(s, acme2.Leaf(t, "acme-a2"), "acme"))
 
 			// A Secret that never parsed is skipped.
 			e.create(t, e.secret("broken", "", []byte("not pem")))
-			waitFor(t, "the broken Secret to be counted", func() bool { return s.Rejected() == uint64(len(bad)+1) })
+			eventually.True(t, "the broken Secret to be counted", func() bool { return s.Rejected() == uint64(len(bad)+1) })
 			if strings.Contains(strings.Join(s.Entities(), ","), "broken") {
 				t.Error("a Secret that never parsed is trusted")
 			}
@@ -362,7 +333,7 @@ func TestAPIServerOutage(t *testing.T) {
 			e.c.StartAPIServer(t)
 		}
 	})
-	waitFor(t, "the API server to be gone", func() bool {
+	eventually.True(t, "the API server to be gone", func() bool {
 		_, err := e.meshd.CoreV1().Secrets(e.ns).List(t.Context(), metav1.ListOptions{})
 		return err != nil
 	})
@@ -373,44 +344,91 @@ func TestAPIServerOutage(t *testing.T) {
 	restarted = true
 
 	e.create(t, e.secret("globex", "", globex.PEM()))
-	waitFor(t, "a Secret added after the outage", trusts(s, globex.Leaf(t, "globex-a1"), "globex"))
+	eventually.True(t, "a Secret added after the outage", trusts(s, globex.Leaf(t, "globex-a1"), "globex"))
 	e.remove(t, "acme")
-	waitFor(t, "a Secret deleted after the outage", unknown(s, leaf))
+	eventually.True(t, "a Secret deleted after the outage", unknown(s, leaf))
 }
 
 // TestConcurrentVerifyDuringChurn verifies from several goroutines while
-// Secrets are added, changed and deleted, for the race detector.
+// Secrets are added and deleted, under the race detector, and checks what
+// every verification returned: acme, whose Secret never changes, is always
+// trusted as acme; a churned CA's leaf is trusted as its own Secret's
+// entity or refused as unknown, never attributed elsewhere; Entities and
+// Certificates only ever show what some Secret held.
 func TestConcurrentVerifyDuringChurn(t *testing.T) {
 	e := newEnv(t, false)
 	acme := pkitest.NewRoot(t, "acme CA")
 	e.create(t, e.secret("acme", "", acme.PEM()))
 	s, _, _ := e.open(t)
 	leaf := acme.Leaf(t, "acme-a1")
+	type churned struct {
+		name string
+		ca   *pkitest.CA
+		leaf *x509.Certificate
+	}
+	churn := make([]churned, 10)
+	names := map[string]bool{"acme": true}
+	for i := range churn {
+		ca := pkitest.NewRoot(t, "churn CA")
+		churn[i] = churned{name: "churn-" + strings.Repeat("x", i%3+1), ca: ca, leaf: ca.Leaf(t, "churn-a1")}
+		names[churn[i].name] = true
+	}
+	// check returns what was wrong with one round of reads, or "".
+	check := func(round int) string {
+		if got, err := entityOf(s, leaf); err != nil || got != "acme" {
+			return fmt.Sprintf("the acme leaf: entity %q, error %v; want acme", got, err)
+		}
+		c := churn[round%len(churn)]
+		switch got, err := entityOf(s, c.leaf); {
+		case err == nil && got != c.name:
+			return fmt.Sprintf("a leaf of %s's CA was attributed to %q", c.name, got)
+		case err != nil && !errors.Is(err, trust.ErrUnknownAuthority):
+			return fmt.Sprintf("a leaf of %s's CA: %v, want trusted or unknown authority", c.name, err)
+		}
+		ents := s.Entities()
+		if !slices.Contains(ents, "acme") {
+			return fmt.Sprintf("Entities = %v, without acme", ents)
+		}
+		for _, n := range ents {
+			if !names[n] {
+				return fmt.Sprintf("Entities = %v: %q was never a Secret", ents, n)
+			}
+		}
+		if certs := s.Certificates("acme"); len(certs) != 1 || !certs[0].Equal(acme.Cert) {
+			return fmt.Sprintf("Certificates(acme) = %d certificates, want acme's CA", len(certs))
+		}
+		return ""
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for range 4 {
+	rounds := make([]int, 4)
+	for g := range rounds {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
+			for ; ; rounds[g]++ {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				_, _ = entityOf(s, leaf)
-				_ = s.Entities()
-				_ = s.Certificates("acme")
+				if bad := check(rounds[g] + g); bad != "" {
+					t.Errorf("goroutine %d, round %d: %s", g, rounds[g], bad)
+					return
+				}
 			}
 		}()
 	}
-	for i := range 10 {
-		ca := pkitest.NewRoot(t, "churn CA")
-		name := "churn-" + strings.Repeat("x", i%3+1)
-		e.create(t, e.secret(name, "", ca.PEM()))
-		e.remove(t, name)
+	for _, c := range churn {
+		e.create(t, e.secret(c.name, "", c.ca.PEM()))
+		e.remove(t, c.name)
 	}
+	eventually.True(t, "the churned Secrets to be gone", func() bool { return strings.Join(s.Entities(), ",") == "acme" })
 	close(stop)
 	wg.Wait()
-	waitFor(t, "the churned Secrets to be gone", func() bool { return strings.Join(s.Entities(), ",") == "acme" })
+	for g, n := range rounds {
+		if n == 0 && !t.Failed() {
+			t.Errorf("goroutine %d verified nothing", g)
+		}
+	}
 }
