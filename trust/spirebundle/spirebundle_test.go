@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/url"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/spirebundle"
@@ -53,19 +55,8 @@ func setup(t *testing.T, entities map[spiffeid.TrustDomain]string) (*spiffetest.
 	t.Cleanup(func() { be.Close() })
 	changes := &atomic.Int64{}
 	be.OnChange(func() { changes.Add(1) })
-	waitFor(t, "the partner bundle", func() bool { return slices.Contains(be.Entities(), be.Entity(partner)) })
+	eventually.True(t, "the partner bundle", func() bool { return slices.Contains(be.Entities(), be.Entity(partner)) })
 	return srv, be, changes
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func verify(be *spirebundle.Backend, chain []*x509.Certificate) (*trust.Peer, error) {
@@ -150,7 +141,7 @@ func TestBundlesFollowed(t *testing.T) {
 	}
 	before := changes.Load()
 	srv.RotateCA(mesh)
-	waitFor(t, "the rotated bundle", func() bool { return len(be.Certificates("mesh.test")) == 2 })
+	eventually.True(t, "the rotated bundle", func() bool { return len(be.Certificates("mesh.test")) == 2 })
 	fresh := srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/b"))
 	for _, c := range [][]*x509.Certificate{old.Certificates, fresh.Certificates} {
 		if _, err := verify(be, c); err != nil {
@@ -158,7 +149,7 @@ func TestBundlesFollowed(t *testing.T) {
 		}
 	}
 	srv.PruneBundle(mesh)
-	waitFor(t, "the pruned bundle", func() bool {
+	eventually.True(t, "the pruned bundle", func() bool {
 		_, err := verify(be, old.Certificates)
 		return errors.Is(err, trust.ErrUnknownAuthority)
 	})
@@ -166,7 +157,7 @@ func TestBundlesFollowed(t *testing.T) {
 		t.Fatalf("after a prune, an SVID of the new authority: %v", err)
 	}
 	srv.RemoveFederatedBundle(partner)
-	waitFor(t, "the partner bundle to go", func() bool { return !slices.Contains(be.Entities(), "partner.test") })
+	eventually.True(t, "the partner bundle to go", func() bool { return !slices.Contains(be.Entities(), "partner.test") })
 	if changes.Load()-before < 3 {
 		t.Errorf("%d change notifications for three bundle changes", changes.Load()-before)
 	}
@@ -183,29 +174,71 @@ func TestAgentOutageKeepsBundles(t *testing.T) {
 	}
 	srv.RemoveFederatedBundle(partner)
 	srv.Restart()
-	waitFor(t, "the change made during the outage", func() bool { return !slices.Contains(be.Entities(), "partner.test") })
+	eventually.True(t, "the change made during the outage", func() bool { return !slices.Contains(be.Entities(), "partner.test") })
 }
 
-// TestConcurrentVerifyAndChange runs verifications while bundles change,
-// for the race detector.
+// TestConcurrentVerifyAndChange verifies from several goroutines while the
+// partner's CA rotates and its bundle is pruned, under the race detector,
+// and checks what every verification returned: the mesh SVID, whose bundle
+// never changes, is always the same peer; the partner SVID minted before
+// the first rotation is the partner's peer until its authority is pruned
+// and refused as unknown from then on, never the other way round; both
+// trust domains stay listed throughout.
 func TestConcurrentVerifyAndChange(t *testing.T) {
 	srv, be, _ := setup(t, nil)
 	svid := srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/a"))
+	old := srv.CA(partner).IssueSVID(spiffeid.RequireFromPath(partner, "/agent/x"))
+	meshRoots := be.Certificates("mesh.test")
+	agent, _ := identity.NewAgent("a", "ct111")
+	// check returns what was wrong with one round of reads, or "", and
+	// whether the old partner SVID was refused.
+	check := func() (bad string, refused bool) {
+		p, err := verify(be, svid.Certificates)
+		if err != nil || p.Entity != "mesh.test" || p.Backend != "spire" || p.Identity != agent {
+			return fmt.Sprintf("the mesh SVID: %+v, %v; want agent a@ct111 of mesh.test by spire", p, err), false
+		}
+		switch p, err := verify(be, old.Certificates); {
+		case err == nil && (p.Entity != "partner.test" || p.Backend != "spire"):
+			return fmt.Sprintf("the old partner SVID: admitted as entity %q by %q", p.Entity, p.Backend), false
+		case err != nil && !errors.Is(err, trust.ErrUnknownAuthority):
+			return fmt.Sprintf("the old partner SVID: %v, want admitted or unknown authority", err), false
+		case err != nil:
+			refused = true
+		}
+		if got := be.Entities(); !slices.Equal(got, []string{"mesh.test", "partner.test"}) {
+			return fmt.Sprintf("Entities = %v, want mesh.test, partner.test", got), refused
+		}
+		if got := be.Certificates("mesh.test"); !slices.EqualFunc(got, meshRoots, (*x509.Certificate).Equal) {
+			return fmt.Sprintf("Certificates(mesh.test) changed: %d certificates, was %d", len(got), len(meshRoots)), refused
+		}
+		if got := be.Certificates("partner.test"); len(got) == 0 {
+			return "Certificates(partner.test) is empty", refused
+		}
+		return "", refused
+	}
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	for range 4 {
+	rounds := make([]int, 4)
+	for g := range rounds {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
+			wasRefused := false
+			for ; ; rounds[g]++ {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				_, _ = verify(be, svid.Certificates)
-				_ = be.Entities()
-				_ = be.Certificates("mesh.test")
+				bad, refused := check()
+				if bad == "" && wasRefused && !refused {
+					bad = "the old partner SVID was admitted again after its authority was pruned"
+				}
+				if bad != "" {
+					t.Errorf("goroutine %d, round %d: %s", g, rounds[g], bad)
+					return
+				}
+				wasRefused = refused
 			}
 		}()
 	}
@@ -213,8 +246,17 @@ func TestConcurrentVerifyAndChange(t *testing.T) {
 		srv.RotateCA(partner)
 		srv.PruneBundle(partner)
 	}
+	eventually.True(t, "the old partner authority to be pruned", func() bool {
+		_, err := verify(be, old.Certificates)
+		return errors.Is(err, trust.ErrUnknownAuthority)
+	})
 	close(stop)
 	wg.Wait()
+	for g, n := range rounds {
+		if n == 0 && !t.Failed() {
+			t.Errorf("goroutine %d verified nothing", g)
+		}
+	}
 }
 
 // nopSource has no credentials.
