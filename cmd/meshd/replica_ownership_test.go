@@ -85,7 +85,7 @@ func TestReplicaOwnership(t *testing.T) {
 	everyListing := func(t *testing.T, id, owner string) {
 		t.Helper()
 		for _, r := range replicas {
-			if !waitFor(15*time.Second, func() bool {
+			if !waitFor(func() bool {
 				got, held := listed(t, certless, r)[id]
 				if owner == "-" {
 					return !held
@@ -124,7 +124,7 @@ func TestReplicaOwnership(t *testing.T) {
 		everyListing(t, "opus", "opus@ct666")
 		release(t, "opus")
 		// A refuses opus@ct111 until it has merged the release.
-		if !waitFor(15*time.Second, func() bool { code, _ := post(owner, a, "opus", "opus.example"); return ok(code) }) {
+		if !waitFor(func() bool { code, _ := post(owner, a, "opus", "opus.example"); return ok(code) }) {
 			code, body := post(owner, a, "opus", "opus.example")
 			t.Fatalf("opus@ct111's claim on A after the release: %d %s", code, body)
 		}
@@ -154,7 +154,7 @@ func TestReplicaOwnership(t *testing.T) {
 		release(t, "lyra")
 		// B's sweep that marks canary unhealthy would mark lyra too, had
 		// it kept it; its flush writes both in one batch.
-		if !waitFor(30*time.Second, func() bool {
+		if !waitFor(func() bool {
 			rec, held := storedAgent(t, st, "canary")
 			return held && rec.Status == "unhealthy"
 		}) {

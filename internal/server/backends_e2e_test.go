@@ -52,7 +52,7 @@ func k8sNamespace(t *testing.T) (string, kubernetes.Interface, kubernetes.Interf
 		Subjects: []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: "meshd"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "RBAC for meshd", func() bool {
+	eventually(t, "RBAC for meshd", func() bool {
 		_, err := meshd.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
 		return err == nil
 	})
@@ -68,8 +68,9 @@ func entitySecret(name string, ca []byte) *corev1.Secret {
 
 // TestE2EK8sSecrets: a partner registered as a labelled Secret is admitted;
 // changing its CA evicts the agents the old CA vouched for, connected or
-// not, and deleting the Secret evicts the rest, connections closed, within
-// a second, as `entity revoke` does.
+// not, and deleting the Secret evicts the rest, connections closed, as
+// `entity revoke` does. The test waits for the evictions and logs how long
+// they took; it does not time them (BENCHMARKS.md says what measures it).
 func TestE2EK8sSecrets(t *testing.T) {
 	ns, admin, meshd := k8sNamespace(t)
 	secrets := admin.CoreV1().Secrets(ns)
@@ -102,10 +103,10 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if _, err := secrets.Update(t.Context(), entitySecret("partner", partner2.pem), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.closedBy(start.Add(time.Second)); err != nil {
+	if _, err := conn.awaitClose(); err != nil {
 		t.Fatalf("partner-a's connection after its Secret's CA changed: %v", err)
 	}
-	eventually(t, time.Second, "partner-a and partner-b evicted", func() bool {
+	eventually(t, "partner-a and partner-b evicted", func() bool {
 		l := e.agents(observer, "")
 		a, _ := l.find("partner-a")
 		b, _ := l.find("partner-b")
@@ -122,13 +123,14 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if err := secrets.Delete(t.Context(), "partner", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := conn.closedBy(start.Add(time.Second)); err != nil {
+	if _, err := conn.awaitClose(); err != nil {
 		t.Fatalf("partner-c's connection after its Secret was deleted: %v", err)
 	}
-	eventually(t, time.Second, "partner-c evicted", func() bool {
+	eventually(t, "partner-c evicted", func() bool {
 		a, _ := e.agents(observer, "").find("partner-c")
 		return a.Status == "evicted"
 	})
+	t.Logf("Secret deleted: agent evicted after %v", time.Since(start))
 	if r := e.do(e.freshClient(&fresh), "POST", "/heartbeat", heartbeat("partner-c", 9202)); r.code != http.StatusForbidden || r.reason() != "unknown_ca" {
 		t.Errorf("partner-c after the Secret was deleted: %s, want 403 unknown_ca", r)
 	}
@@ -137,7 +139,7 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if _, err := secrets.Create(t.Context(), entitySecret("broken", []byte("not a certificate")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the bad Secret counted", func() bool { return e.metrics()["meshd_trust_secret_rejections_total"] == 1 })
+	eventually(t, "the bad Secret counted", func() bool { return e.metrics()["meshd_trust_secret_rejections_total"] == 1 })
 
 	// The entity list names the backend.
 	partner3 := newTestCA(t, "partner CA 3")
@@ -145,7 +147,7 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if _, err := secrets.Create(t.Context(), entitySecret("globex", partner3.pem), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "globex listed from k8s-secrets", func() bool {
+	eventually(t, "globex listed from k8s-secrets", func() bool {
 		r := e.adminDo("GET", "/admin/entities", nil)
 		return r.code == http.StatusOK && strings.Contains(string(r.body), `"source":"k8s-secrets"`)
 	})
@@ -199,18 +201,19 @@ func TestE2ESPIRE(t *testing.T) {
 	// the old one: partner-a is evicted, partner-b stays.
 	wl.RotateCA(partnerTD)
 	fresh := svid(partnerTD, "partner-b")
-	eventually(t, 5*time.Second, "partner-b admitted after the rotation", func() bool {
+	eventually(t, "partner-b admitted after the rotation", func() bool {
 		return e.do(e.freshClient(&fresh), "POST", "/heartbeat", heartbeat("partner-b", 9302)).code == http.StatusOK
 	})
 	start := time.Now()
 	wl.PruneBundle(partnerTD)
-	if _, err := conn.closedBy(start.Add(2 * time.Second)); err != nil {
+	if _, err := conn.awaitClose(); err != nil {
 		t.Fatalf("partner-a's connection after the prune: %v", err)
 	}
-	eventually(t, 2*time.Second, "partner-a evicted", func() bool {
+	eventually(t, "partner-a evicted", func() bool {
 		a, _ := e.agents(observer, "").find("partner-a")
 		return a.Status == "evicted"
 	})
+	t.Logf("bundle pruned: agent evicted after %v", time.Since(start))
 	if b, _ := e.agents(observer, "").find("partner-b"); b.Status != "healthy" {
 		t.Errorf("partner-b, whose SVID the new authority signed, is %q after the prune", b.Status)
 	}

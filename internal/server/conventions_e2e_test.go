@@ -136,7 +136,7 @@ func TestE2EMCPMeshCertificates(t *testing.T) {
 			t.Fatalf("register %s: %s", r.name, got)
 		}
 	}
-	eventually(t, 5*time.Second, "the trust dir's CAs loaded", func() bool {
+	eventually(t, "the trust dir's CAs loaded", func() bool {
 		c := vault.issue(t, "probe", "/CN=probe.mcp-mesh.local", "")
 		return e.registerAs(&c, "probe").code == http.StatusOK
 	})

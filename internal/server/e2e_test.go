@@ -124,7 +124,7 @@ func TestE2ERefusedCertificates(t *testing.T) {
 		{"CA as leaf", "x", "ca_as_leaf", caAsLeaf},
 	}
 	// The offline revocation above reaches meshd through the store poll.
-	eventually(t, 2*time.Second, "revocation applied", func() bool {
+	eventually(t, "revocation applied", func() bool {
 		return e.do(e.freshClient(&revoked), "GET", "/agents", nil).code == http.StatusForbidden
 	})
 	for _, tc := range cases {
@@ -204,7 +204,7 @@ func TestE2EEntityTakeover(t *testing.T) {
 	if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "entities", "acme-corp.pem"), acmeCorp.pem, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "acme-corp from the trust dir", func() bool {
+	eventually(t, "acme-corp from the trust dir", func() bool {
 		c := acmeCorp.leaf(t, "acme-corp-probe")
 		return e.do(e.freshClient(&c), "GET", "/agents", nil).code == http.StatusOK
 	})
@@ -282,7 +282,7 @@ func TestE2EFilestoreHotReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	var conn *rawConn
-	took := eventually(t, 2*time.Second, "partner admitted after its CA file was written", func() bool {
+	took := eventually(t, "partner admitted after its CA file was written", func() bool {
 		c := e.dial(&partnerCert)
 		r, err := c.do("POST", "/heartbeat", heartbeat("partner-a", 9200))
 		if err == nil && r.code == http.StatusOK {
@@ -305,11 +305,11 @@ func TestE2EFilestoreHotReload(t *testing.T) {
 	if err := os.Remove(file); err != nil {
 		t.Fatal(err)
 	}
-	closedAt, err := conn.closedBy(start.Add(2 * time.Second))
+	closedAt, err := conn.awaitClose()
 	if err != nil {
 		t.Fatalf("partner's open connection after its CA file was removed: %v", err)
 	}
-	evicted := eventually(t, 2*time.Second, "partner-a listed evicted", func() bool {
+	evicted := eventually(t, "partner-a listed evicted", func() bool {
 		a, _ := e.agents(observer, "").find("partner-a")
 		return a.Status == "evicted" && a.Reason != ""
 	})
@@ -371,10 +371,12 @@ func TestE2EBackendChaining(t *testing.T) {
 	}
 }
 
-// TestE2EEvictionWithinOneSecond revokes an agent with an open keep-alive
-// connection three ways and measures how long the server takes to close
-// the connection and list the agent evicted.
-func TestE2EEvictionWithinOneSecond(t *testing.T) {
+// TestE2EEviction revokes an agent with an open keep-alive connection
+// three ways and checks that the server closes the connection, lists the
+// agent evicted with a reason and refuses it, and touches nobody else. How
+// soon it does (the one-second service level) is bench/cmd/revlat's to
+// measure (BENCHMARKS.md, "Revocation to refusal"); the times are logged.
+func TestE2EEviction(t *testing.T) {
 	type victim struct {
 		id   string
 		cert tls.Certificate
@@ -443,11 +445,10 @@ func TestE2EEvictionWithinOneSecond(t *testing.T) {
 			}
 
 			start := time.Now()
-			deadline := start.Add(time.Second)
 			closed := make(chan error, 1)
 			var closedAt time.Time
 			go func() {
-				at, err := conn.closedBy(deadline)
+				at, err := conn.awaitClose()
 				closedAt = at
 				closed <- err
 			}()
@@ -461,7 +462,7 @@ func TestE2EEvictionWithinOneSecond(t *testing.T) {
 			connLatency := closedAt.Sub(start)
 
 			var listed agentView
-			eventually(t, time.Until(deadline), "victim listed evicted", func() bool {
+			eventually(t, "victim listed evicted", func() bool {
 				listed, _ = e.agents(observer, "").find(v.id)
 				return listed.Status == "evicted"
 			})
@@ -472,9 +473,6 @@ func TestE2EEvictionWithinOneSecond(t *testing.T) {
 			r := e.do(e.freshClient(&v.cert), "POST", "/heartbeat", heartbeat(v.id, 9400, "doom"))
 			if r.code != http.StatusForbidden || r.reason() != tc.reason {
 				t.Errorf("victim's new connection: %s, want 403 reason %s", r, tc.reason)
-			}
-			if time.Since(start) > time.Second {
-				t.Errorf("eviction took %v, want within 1s", time.Since(start))
 			}
 			t.Logf("%s: connection closed after %v, listed evicted (%q) after %v", tc.name, connLatency, listed.Reason, evictLatency)
 
@@ -588,7 +586,7 @@ func TestE2EServerCertificateReload(t *testing.T) {
 	if is.Cert.SerialNumber.Cmp(oldSerial) == 0 {
 		t.Fatal("re-issue kept the serial")
 	}
-	took := eventually(t, 3*time.Second, "a new connection sees the new server certificate", func() bool {
+	took := eventually(t, "a new connection sees the new server certificate", func() bool {
 		c := e.dial(&cert)
 		defer c.conn.Close()
 		return c.conn.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(is.Cert.SerialNumber) == 0

@@ -339,16 +339,17 @@ func (s *sseSub) read() {
 	}
 }
 
-// next returns the next event, failing the test if none arrives in time.
-func (s *sseSub) next(within time.Duration) sseEvent {
+// next returns the next event, failing the test if none arrives within
+// waitBound.
+func (s *sseSub) next() sseEvent {
 	s.t.Helper()
 	select {
 	case ev := <-s.events:
 		return ev
 	case <-s.done:
 		s.t.Fatal("the revocation stream ended")
-	case <-time.After(within):
-		s.t.Fatalf("no revocation event within %s", within)
+	case <-time.After(waitBound):
+		s.t.Fatalf("no revocation event within %s", waitBound)
 	}
 	return sseEvent{}
 }

@@ -617,7 +617,7 @@ func TestE2ERenewRotatesAgents(t *testing.T) {
 		go func() { defer wg.Done(); rn.Run(rctx) }()
 		select {
 		case <-rn.Updated():
-		case <-time.After(10 * time.Second):
+		case <-time.After(waitBound):
 			t.Fatal("the Renewer did not renew past 2/3 of the lifetime")
 		}
 		cancel()
@@ -744,17 +744,17 @@ func TestE2ERevocationWatch(t *testing.T) {
 	}
 	w := e.watcher(0)
 	raw := e.subscribe("")
-	eventually(t, 5*time.Second, "watcher connected", w.w.Connected)
+	eventually(t, "watcher connected", w.w.Connected)
 
 	acme := newTestCA(t, "acme CA")
 	e.registerEntity("acme", acme)
 	v1 := issue("v1")
 	e.revokeAdmin(v1.SerialNumber.Text(16))
-	eventually(t, 5*time.Second, "watcher holds v1", func() bool {
+	eventually(t, "watcher holds v1", func() bool {
 		_, ok := w.set.Serial(hex.EncodeToString(v1.AuthorityKeyId), v1.SerialNumber.Text(16))
 		return ok
 	})
-	ev1 := raw.next(5 * time.Second)
+	ev1 := raw.next()
 	m := frameRE.FindSubmatch(ev1.frame)
 	if m == nil || string(m[1]) != ev1.id {
 		t.Fatalf("event frame %q does not read id/event/data", ev1.frame)
@@ -772,8 +772,8 @@ func TestE2ERevocationWatch(t *testing.T) {
 	if r := e.adminDo("DELETE", "/admin/entities/acme", nil); r.code != http.StatusOK {
 		t.Fatalf("revoke entity acme: %s", r)
 	}
-	eventually(t, 5*time.Second, "watcher holds acme", func() bool { _, ok := w.set.Entity("acme"); return ok })
-	ev2 := raw.next(5 * time.Second)
+	eventually(t, "watcher holds acme", func() bool { _, ok := w.set.Entity("acme"); return ok })
+	ev2 := raw.next()
 	if p := ev2.payload(t); p["entity"] != "acme" || p["serial"] != nil || ev2.id != next(t, ev1.id) {
 		t.Errorf("entity revocation event %s: %s (previous id %s)", ev2.id, ev2.data, ev1.id)
 	}
@@ -792,7 +792,7 @@ func TestE2ERevocationWatch(t *testing.T) {
 	again := e.subscribe(ev2.id)
 	prev := ev2.id
 	for _, c := range missed {
-		ev := again.next(5 * time.Second)
+		ev := again.next()
 		if ev.payload(t)["serial"] != c.SerialNumber.Text(16) || ev.id != next(t, prev) {
 			t.Errorf("resumed after %s: event %s %s, want serial %s", ev2.id, ev.id, ev.data, c.SerialNumber.Text(16))
 		}
@@ -801,7 +801,7 @@ func TestE2ERevocationWatch(t *testing.T) {
 	// Nothing else is pending: the next event is the next revocation.
 	v5 := issue("v5")
 	e.revokeAdmin(v5.SerialNumber.Text(16))
-	if ev := again.next(5 * time.Second); ev.payload(t)["serial"] != v5.SerialNumber.Text(16) || ev.id != next(t, prev) {
+	if ev := again.next(); ev.payload(t)["serial"] != v5.SerialNumber.Text(16) || ev.id != next(t, prev) {
 		t.Errorf("live event after the replay: %s %s, want v5", ev.id, ev.data)
 	}
 
@@ -818,7 +818,7 @@ func TestE2ERevocationWatch(t *testing.T) {
 	}
 	w2 := e.watcher(atoi(t, ev2.id))
 	all := append(slices.Clone(missed), v5)
-	eventually(t, 5*time.Second, "resumed watcher holds v2..v5", func() bool {
+	eventually(t, "resumed watcher holds v2..v5", func() bool {
 		for _, c := range all {
 			if _, ok := w2.set.Serial(hex.EncodeToString(c.AuthorityKeyId), c.SerialNumber.Text(16)); !ok {
 				return false
@@ -837,11 +837,11 @@ func TestE2ERevocationWatch(t *testing.T) {
 	// them through meshd's poll.
 	v6 := issue("v6")
 	e.revokeOffline(v6.SerialNumber.Text(16))
-	eventually(t, 5*time.Second, "offline revocation reaches the watcher", func() bool {
+	eventually(t, "offline revocation reaches the watcher", func() bool {
 		_, ok := w2.set.Serial(hex.EncodeToString(v6.AuthorityKeyId), v6.SerialNumber.Text(16))
 		return ok
 	})
-	if ev := again.next(5 * time.Second); ev.payload(t)["serial"] != v6.SerialNumber.Text(16) {
+	if ev := again.next(); ev.payload(t)["serial"] != v6.SerialNumber.Text(16) {
 		t.Errorf("offline revocation on the raw stream: %s", ev.data)
 	}
 }
@@ -864,18 +864,20 @@ func TestE2EShutdownWithSubscribers(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
 	sub := e.subscribe("")
 	w := e.watcher(0)
-	eventually(t, 5*time.Second, "watcher connected", w.w.Connected)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	eventually(t, "watcher connected", w.w.Connected)
+	// Shutdown waits for its handlers until ctx ends: an error is a stream
+	// that held it up.
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
 	defer cancel()
 	start := time.Now()
 	err := e.srv.Shutdown(ctx)
 	e.srv = nil
-	if err != nil || time.Since(start) > 2*time.Second {
+	if err != nil {
 		t.Errorf("Shutdown with two subscribers: %v after %s", err, time.Since(start).Round(time.Millisecond))
 	}
 	select {
 	case <-sub.done:
-	case <-time.After(2 * time.Second):
+	case <-time.After(waitBound):
 		t.Errorf("the stream is still open after Shutdown")
 	}
 }

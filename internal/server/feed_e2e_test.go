@@ -55,7 +55,7 @@ func TestE2EFeedRotationFollowedLive(t *testing.T) {
 	// A leaf of the prepared intermediate, as an issuer that already
 	// signs with it would present it.
 	early := feedSignWith(t, e, prepared, oldB.Certificate, "early@ct800")
-	feedEventually(t, 2*time.Second, "meshd admits a certificate of the prepared intermediate", func() (bool, string) {
+	feedEventually(t, "meshd admits a certificate of the prepared intermediate", func() (bool, string) {
 		r := e.do(e.freshClient(&early), "POST", "/heartbeat", heartbeat("early", 9801))
 		return r.code == http.StatusOK, r.String()
 	})
@@ -82,7 +82,7 @@ func TestE2EFeedRotationFollowedLive(t *testing.T) {
 		t.Fatalf("activate made %q active, want the prepared %q", active.Subject.CommonName, prepared.Subject.CommonName)
 	}
 	var fresh tls.Certificate
-	feedEventually(t, 2*time.Second, "meshd signs with the activated intermediate", func() (bool, string) {
+	feedEventually(t, "meshd signs with the activated intermediate", func() (bool, string) {
 		c, b := e.mintAgent(n, "fresh")
 		fresh = feedLeafOnly(c)
 		return feedIssuedBy(b.Certificate, active) && len(b.Chain) > 0 && b.Chain[0].Equal(active),
@@ -171,7 +171,7 @@ func TestE2EFeedSecondMeshdConverges(t *testing.T) {
 		t.Fatalf("B before the entity is registered: %s, want 403", r)
 	}
 	e.registerEntity("partner", partner) // on A
-	feedEventually(t, time.Second, "B admits the agent of an entity registered on A", func() (bool, string) {
+	feedEventually(t, "B admits the agent of an entity registered on A", func() (bool, string) {
 		r := b.do(t, e.freshClient(&partnerCert), "POST", "/heartbeat", heartbeat("partner-a", 9900))
 		return r.code == http.StatusOK, r.String()
 	})
@@ -182,11 +182,11 @@ func TestE2EFeedSecondMeshdConverges(t *testing.T) {
 	if r := e.adminDo("DELETE", "/admin/entities/partner", nil); r.code != http.StatusOK {
 		t.Fatalf("DELETE /admin/entities/partner on A: %s", r)
 	}
-	feedEventually(t, time.Second, "B refuses the agent of an entity revoked on A", func() (bool, string) {
+	feedEventually(t, "B refuses the agent of an entity revoked on A", func() (bool, string) {
 		r := b.do(t, e.freshClient(&partnerCert), "POST", "/heartbeat", heartbeat("partner-a", 9900))
 		return r.code == http.StatusForbidden && r.reason() == "entity_revoked", r.String()
 	})
-	feedEventually(t, time.Second, "B lists the agent of the revoked entity evicted", func() (bool, string) {
+	feedEventually(t, "B lists the agent of the revoked entity evicted", func() (bool, string) {
 		a := listedOnB("partner-a")
 		return a.Status == "evicted", a.Status
 	})
@@ -202,11 +202,11 @@ func TestE2EFeedSecondMeshdConverges(t *testing.T) {
 	if r := e.adminDo("POST", "/admin/revoke", map[string]string{"target": "opus@ct700", "reason": "superseded"}); r.code != http.StatusOK {
 		t.Fatalf("revoke opus@ct700 on A: %s", r)
 	}
-	feedEventually(t, time.Second, "B refuses an identity revoked on A", func() (bool, string) {
+	feedEventually(t, "B refuses an identity revoked on A", func() (bool, string) {
 		r := b.do(t, e.freshClient(&opus), "POST", "/heartbeat", heartbeat("opus", 9901))
 		return r.code == http.StatusForbidden && r.reason() == "revoked", r.String()
 	})
-	feedEventually(t, time.Second, "B lists the agent of the revoked identity evicted", func() (bool, string) {
+	feedEventually(t, "B lists the agent of the revoked identity evicted", func() (bool, string) {
 		a := listedOnB("opus")
 		return a.Status == "evicted", a.Status
 	})
@@ -215,7 +215,7 @@ func TestE2EFeedSecondMeshdConverges(t *testing.T) {
 		t.Fatalf("reinstate opus@ct700 on A: %s", r)
 	}
 	renewed, _ := e.mintAgent(n, "opus") // from A, which has applied the reinstatement
-	feedEventually(t, time.Second, "B admits a new certificate of an identity reinstated on A", func() (bool, string) {
+	feedEventually(t, "B admits a new certificate of an identity reinstated on A", func() (bool, string) {
 		r := b.do(t, e.freshClient(&renewed), "POST", "/heartbeat", heartbeat("opus", 9901))
 		return r.code == http.StatusOK, r.String()
 	})
@@ -334,7 +334,7 @@ func TestE2EFeedStartFailureClosesListeners(t *testing.T) {
 				srv.Shutdown(ctx)
 				t.Fatal("New succeeded")
 			}
-			feedEventually(t, 2*time.Second, "the trust dir watcher stops when New fails ("+err.Error()+")", func() (bool, string) {
+			feedEventually(t, "the trust dir watcher stops when New fails ("+err.Error()+")", func() (bool, string) {
 				var started []string
 				for id := range feedWatchers() {
 					if !before[id] {
@@ -532,7 +532,7 @@ func feedWatchers() map[string]bool {
 }
 
 // feedEventually is eventually, naming what cond saw last when it fails.
-func feedEventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
+func feedEventually(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
 	var last string
 	defer func() {
@@ -540,7 +540,7 @@ func feedEventually(t testing.TB, within time.Duration, what string, cond func()
 			t.Logf("%s: last seen: %s", what, last)
 		}
 	}()
-	eventually(t, within, what, func() bool {
+	eventually(t, what, func() bool {
 		ok, got := cond()
 		last = got
 		return ok

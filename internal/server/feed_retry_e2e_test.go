@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -70,7 +69,7 @@ func TestE2EFeedRetriesTransientStoreError(t *testing.T) {
 	oldCA, newCA := newTestCA(t, "partner CA 1"), newTestCA(t, "partner CA 2")
 	oldCert, newCert := oldCA.leaf(t, "partner-a"), newCA.leaf(t, "partner-a")
 	e.registerEntity("partner", oldCA) // on A
-	feedEventually(t, 10*time.Second, "B admits the agent of the entity registered on A", func() (bool, string) {
+	feedEventually(t, "B admits the agent of the entity registered on A", func() (bool, string) {
 		r := b.do(t, e.freshClient(&oldCert), "POST", "/heartbeat", heartbeat("partner-a", 9900))
 		return r.code == http.StatusOK, r.String()
 	})
@@ -81,7 +80,7 @@ func TestE2EFeedRetriesTransientStoreError(t *testing.T) {
 		t.Fatalf("replace partner's CA on A: %s", r)
 	}
 	e.extraKeys = append(e.extraKeys, newCA.keyPEM)
-	feedEventually(t, 20*time.Second, "B refuses the replaced CA's certificate once its store reads work again", func() (bool, string) {
+	feedEventually(t, "B refuses the replaced CA's certificate once its store reads work again", func() (bool, string) {
 		r := b.do(t, e.freshClient(&oldCert), "POST", "/heartbeat", heartbeat("partner-a", 9900))
 		return r.code == http.StatusForbidden, r.String()
 	})

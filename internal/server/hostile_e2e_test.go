@@ -64,7 +64,7 @@ func TestHostileWatchStreamsCapped(t *testing.T) {
 	}
 	// A stream that ends frees its slot.
 	subs[0].close()
-	eventually(t, 5*time.Second, "a slot freed by a closed stream", func() bool {
+	eventually(t, "a slot freed by a closed stream", func() bool {
 		sub, _ := e.trySubscribe("", nil)
 		if sub != nil {
 			sub.close()
@@ -101,10 +101,14 @@ func TestHostileSlowBody(t *testing.T) {
 			}
 		}
 	}()
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// The trickle would take hours: a connection meshd has neither answered
+	// nor closed within waitBound is one the read timeout did not cut off.
+	conn.SetReadDeadline(time.Now().Add(waitBound))
 	_, err = bufio.NewReader(conn).ReadString('\n') // meshd's answer, or the close
-	if took := time.Since(start); isTimeout(err) || took > 3*time.Second {
-		t.Errorf("a trickled body held its connection for %v (%v), want it cut off after the 500ms read timeout", took, err)
+	if took := time.Since(start); isTimeout(err) {
+		t.Errorf("a trickled body held its connection for %v (%v), want it cut off by the 500ms read timeout", took, err)
+	} else {
+		t.Logf("a trickled body cut off after %v", took)
 	}
 }
 
@@ -284,7 +288,7 @@ func TestHostileHalfWrittenEntityFile(t *testing.T) {
 	}
 	cert := partner.leaf(t, "partner-a")
 	var conn *rawConn
-	eventually(t, 5*time.Second, "partner admitted", func() bool {
+	eventually(t, "partner admitted", func() bool {
 		c := e.dial(&cert)
 		if r, err := c.do("POST", "/heartbeat", heartbeat("partner-a", 9200)); err == nil && r.code == http.StatusOK {
 			conn = c
@@ -297,7 +301,7 @@ func TestHostileHalfWrittenEntityFile(t *testing.T) {
 	if err := os.WriteFile(file, partner.pem[:len(partner.pem)/2], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the damaged file noticed", func() bool {
+	eventually(t, "the damaged file noticed", func() bool {
 		return strings.Contains(e.log.String(), "keeping its last good version")
 	})
 	if r, err := conn.do("HEAD", "/heartbeat/partner-a", nil); err != nil || (r.code != http.StatusOK && r.code != http.StatusAccepted) {

@@ -86,12 +86,12 @@ func TestHostileKeyCompromiseReachesEveryCertOfTheKey(t *testing.T) {
 	// Each wait has its own generous bound: the events, not their
 	// latency, are what this test asserts.
 	for name, c := range map[string]*rawConn{"ka (renewal)": connA, "kb": connB} {
-		if _, err := c.closedBy(time.Now().Add(20 * time.Second)); err != nil {
+		if _, err := c.awaitClose(); err != nil {
 			t.Errorf("%s's open connection after its key was revoked: %v", name, err)
 		}
 	}
 	for _, id := range []string{"ka", "kb"} {
-		eventually(t, 20*time.Second, id+" listed evicted", func() bool {
+		eventually(t, id+" listed evicted", func() bool {
 			a, _ := e.agents(observer, "").find(id)
 			return a.Status == "evicted"
 		})
@@ -196,7 +196,7 @@ func TestE2ECRLSignedBesideIsResigned(t *testing.T) {
 	}
 	// The CA's first CRL was signed a month ago (newMeshCA): meshd
 	// re-signs it when it starts. Only then is the CRL signed beside it.
-	eventually(t, 20*time.Second, "meshd re-signs the CRL it started with", func() bool {
+	eventually(t, "meshd re-signs the CRL it started with", func() bool {
 		crls := served()
 		return len(crls) > 0 && crls[0].NextUpdate.After(time.Now().Add(time.Hour))
 	})
@@ -210,7 +210,7 @@ func TestE2ECRLSignedBesideIsResigned(t *testing.T) {
 	if err != nil || len(short) == 0 {
 		t.Fatalf("RebuildCRL with a 3s validity = %d CRLs, %v", len(short), err)
 	}
-	eventually(t, 20*time.Second, "meshd re-signs the 3s CRL signed beside it", func() bool {
+	eventually(t, "meshd re-signs the 3s CRL signed beside it", func() bool {
 		crls := served()
 		for _, crl := range crls {
 			if !crl.NextUpdate.After(short[0].NextUpdate.Add(time.Hour)) {

@@ -30,7 +30,7 @@ func TestHostileFIFOInTrustDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	cert := partner.leaf(t, "partner-a")
-	eventually(t, 5*time.Second, "partner admitted", func() bool {
+	eventually(t, "partner admitted", func() bool {
 		return e.do(e.freshClient(&cert), "POST", "/heartbeat", heartbeat("partner-a", 9200)).code == http.StatusOK
 	})
 
@@ -47,7 +47,7 @@ func TestHostileFIFOInTrustDir(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eventually(t, 5*time.Second, "the deleted partner CA refused", func() bool {
+	eventually(t, "the deleted partner CA refused", func() bool {
 		// The sweep may close the connection under a request: not yet.
 		resp, err := e.freshClient(&cert).Head(e.baseURL() + "/heartbeat/partner-a")
 		if err != nil {
@@ -56,7 +56,7 @@ func TestHostileFIFOInTrustDir(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusForbidden
 	})
-	eventually(t, 5*time.Second, "partner-a evicted", func() bool {
+	eventually(t, "partner-a evicted", func() bool {
 		a, ok := e.agents(e.client(e.watchCert()), "").find("partner-a")
 		return ok && a.Status == "evicted"
 	})
@@ -173,7 +173,7 @@ func TestHostileRequestBodyAndIdleBounds(t *testing.T) {
 
 	conn := e.dial(&cert)
 	conn.mustDo("HEAD", "/heartbeat/big-agent", nil)
-	if _, err := conn.closedBy(time.Now().Add(10 * time.Second)); err != nil {
+	if _, err := conn.awaitClose(); err != nil {
 		t.Errorf("an idle kept-alive connection: %v, want it closed after the idle timeout", err)
 	}
 }
@@ -192,7 +192,7 @@ func TestHostileEntityNameAcrossSources(t *testing.T) {
 	if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "entities", "globex.pem"), dropped.pem, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the conflict noticed", func() bool {
+	eventually(t, "the conflict noticed", func() bool {
 		return strings.Contains(e.log.String(), "two trust sources hold an entity of the same name")
 	})
 	impostor := dropped.leaf(t, "globex-a")
@@ -210,7 +210,7 @@ func TestHostileEntityNameAcrossSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	acme := acmeFile.leaf(t, "acme-a")
-	eventually(t, 5*time.Second, "acme from the trust dir", func() bool {
+	eventually(t, "acme from the trust dir", func() bool {
 		return e.do(e.freshClient(&acme), "POST", "/heartbeat", heartbeat("acme-a", 9102)).code == http.StatusOK
 	})
 	r := e.adminDo("POST", "/admin/entities", map[string]any{"name": "acme", "ca_cert": string(acmeReg.pem)})

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -66,7 +65,7 @@ func TestE2ETrustDirCACannotTakeMeshAgent(t *testing.T) {
 	if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "ops.pem"), rogue.pem, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the trust-dir CA admitted", func() bool {
+	eventually(t, "the trust-dir CA admitted", func() bool {
 		c := rogue.leaf(t, "probe")
 		return e.do(e.freshClient(&c), "GET", "/agents", nil).code == http.StatusOK
 	})
