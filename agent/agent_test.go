@@ -1,37 +1,19 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshtrust/meshtrust/agent"
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
-
-// syncBuffer is a log destination safe for the agent's goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // running is an Agent whose Run runs on its own goroutine.
 type running struct {
@@ -46,7 +28,7 @@ type running struct {
 // stopped, and its log is checked for key material.
 func start(t *testing.T, url string, src credentials.Source, clk credentials.Clock, edit func(*agent.Config)) *running {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	r := &running{regs: make(chan agent.Registered, 100), done: make(chan error, 1)}
 	cfg := agent.Config{
 		RegistryURL: url, AgentID: "opus", Source: src, Clock: clk,
@@ -127,7 +109,7 @@ func TestHeartbeatKeepsAgentHealthy(t *testing.T) {
 	default:
 		t.Fatal("Ready is not closed after the first registration")
 	}
-	eventually(t, "the agent to stay healthy for five heartbeat timeouts", func() bool {
+	eventually.True(t, "the agent to stay healthy for five heartbeat timeouts", func() bool {
 		a, ok := m.agents()["opus"]
 		if !ok || a.Status != "healthy" {
 			t.Fatalf("meshd lists the agent as %+v (listed: %v)", a, ok)
@@ -152,7 +134,7 @@ func TestReregistersAfterSilence(t *testing.T) {
 	if d := clk.NextWait(t, wait); d != 5*time.Second {
 		t.Fatalf("the agent waits %s, want the default interval 5s", d)
 	}
-	eventually(t, "meshd to mark the silent agent unhealthy", func() bool { return m.agents()["opus"].Status == "unhealthy" })
+	eventually.True(t, "meshd to mark the silent agent unhealthy", func() bool { return m.agents()["opus"].Status == "unhealthy" })
 	clk.Advance(5 * time.Second) // HEAD: 410, then POST
 	r.registered(t)
 	if s := m.agents()["opus"].Status; s != "healthy" {

@@ -239,18 +239,6 @@ func (m *meshd) revoke(serial string) {
 	m.adminCall(http.MethodPost, meshapi.PathAdminRevoke, meshapi.RevokeRequest{Target: serial, Reason: "keyCompromise"}, nil)
 }
 
-// eventually waits until cond holds, checking every few milliseconds.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // fakeClock is the tests' manual clock.
 type fakeClock = clocktest.Clock
 

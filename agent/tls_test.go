@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/agent"
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
@@ -72,7 +73,7 @@ func TestAgentToAgentTLS(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, "the revocation stream to come up (meshd requires the agent's certificate in strict mode)", w.Connected)
+	eventually.True(t, "the revocation stream to come up (meshd requires the agent's certificate in strict mode)", w.Connected)
 
 	serve := agent.ServerTLS(geo, w)
 	call := agent.ClientTLS(opus, w, credentials.AuthorizeIdentity("ct112.mesh"))
@@ -101,12 +102,12 @@ func TestAgentToAgentTLS(t *testing.T) {
 	}
 
 	m.revoke(serialOf(opusCreds))
-	eventually(t, "the watcher to learn of the revocation", func() bool { return w.Set().CheckLeaf(opusCreds.Certificate.Leaf) != nil })
+	eventually.True(t, "the watcher to learn of the revocation", func() bool { return w.Set().CheckLeaf(opusCreds.Certificate.Leaf) != nil })
 	if serr, _ := handshake(t, serve, call); !errors.Is(serr, trust.ErrRevoked) {
 		t.Fatalf("geo accepting revoked opus: %v, want ErrRevoked", serr)
 	}
 	m.revoke(serialOf(geoCreds))
-	eventually(t, "the watcher to learn of the second revocation", func() bool { return w.Set().CheckLeaf(geoCreds.Certificate.Leaf) != nil })
+	eventually.True(t, "the watcher to learn of the second revocation", func() bool { return w.Set().CheckLeaf(geoCreds.Certificate.Leaf) != nil })
 	caller := holder(t, m.agent("scout", "ct115"))
 	if _, cerr := handshake(t, serve, agent.ClientTLS(caller, w)); !errors.Is(cerr, trust.ErrRevoked) {
 		t.Fatalf("scout calling revoked geo: %v, want ErrRevoked", cerr)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -303,12 +304,12 @@ func TestChainCachedAdmitEndsWithTheCA(t *testing.T) {
 	a := trust.NewAnchors("entities")
 	a.Set("partner", []*x509.Certificate{ca.Cert})
 	leaf := ca.Leaf(t, "scout", pkitest.Validity(now.Add(-time.Hour), now.Add(24*time.Hour)))
-	clk := newClock(now)
+	clk := clocktest.New(now)
 	c := trust.NewChain(nil, []trust.Backend{a}, trust.WithClock(clk.Now))
 	if _, err := c.Verify(t.Context(), chainOf(leaf)); err != nil {
 		t.Fatalf("before the CA expires: %v", err)
 	}
-	clk.Add(2 * time.Hour)
+	clk.Advance(2 * time.Hour)
 	_, err := c.Verify(t.Context(), chainOf(leaf))
 	if !errors.Is(err, trust.ErrUntrusted) || trust.Reason(err) != trust.ReasonBadChain {
 		t.Fatalf("after the CA expired: err %v (reason %s), want %s", err, trust.Reason(err), trust.ReasonBadChain)
@@ -424,7 +425,7 @@ func TestChainCache(t *testing.T) {
 		t.Parallel()
 		pca := pkitest.NewRoot(t, "late root")
 		a := trust.NewAnchors("entities")
-		clk := newClock(time.Now())
+		clk := clocktest.New(time.Now())
 		c := trust.NewChain(nil, []trust.Backend{hideNotify{a}}, trust.WithClock(clk.Now))
 		leaf := pca.Leaf(t, "scout")
 		if _, err := c.Verify(t.Context(), chainOf(leaf)); !errors.Is(err, trust.ErrUnknownAuthority) {
@@ -434,7 +435,7 @@ func TestChainCache(t *testing.T) {
 		if _, err := c.Verify(t.Context(), chainOf(leaf)); !errors.Is(err, trust.ErrUnknownAuthority) {
 			t.Fatalf("cached refusal: %v, want the cached ErrUnknownAuthority", err)
 		}
-		clk.Add(6 * time.Second)
+		clk.Advance(6 * time.Second)
 		p, err := c.Verify(t.Context(), chainOf(leaf))
 		if err != nil {
 			t.Fatalf("after the refusal ran out: %v", err)
@@ -451,13 +452,13 @@ func TestChainCache(t *testing.T) {
 		t.Parallel()
 		m := newMesh(t)
 		now := time.Now().Truncate(time.Second)
-		clk := newClock(now)
+		clk := clocktest.New(now)
 		c := trust.NewChain(nil, []trust.Backend{m.local}, trust.WithClock(clk.Now))
 		leaf := m.agent(t, "opus", "ct111", pkitest.Validity(now.Add(-time.Hour), now.Add(time.Minute)))
 		if _, err := c.Verify(t.Context(), chainOf(leaf)); err != nil {
 			t.Fatal(err)
 		}
-		clk.Add(2 * time.Minute)
+		clk.Advance(2 * time.Minute)
 		if _, err := c.Verify(t.Context(), chainOf(leaf)); trust.Reason(err) != trust.ReasonExpired {
 			t.Fatalf("after expiry: %v, want %s", err, trust.ReasonExpired)
 		}

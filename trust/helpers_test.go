@@ -2,9 +2,7 @@ package trust_test
 
 import (
 	"crypto/x509"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -42,26 +40,6 @@ func partner(t testing.TB, name string) (*pkitest.CA, *trust.Anchors) {
 	a := trust.NewAnchors("entities")
 	a.Set(name, []*x509.Certificate{ca.Cert})
 	return ca, a
-}
-
-// clock is a settable clock for trust.WithClock.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newClock(now time.Time) *clock { return &clock{now: now} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
 }
 
 func chainOf(certs ...*x509.Certificate) []*x509.Certificate { return certs }

@@ -1,7 +1,6 @@
 package filestore_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,38 +15,20 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/filestore"
 )
 
-// logBuffer collects a Store's log lines; the watcher logs from its own
-// goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func open(t *testing.T, dir string, opts ...filestore.Option) (*filestore.Store, *logBuffer) {
+func open(t *testing.T, dir string, opts ...filestore.Option) (*filestore.Store, *logtest.Buffer) {
 	t.Helper()
-	logs := &logBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &logtest.Buffer{}
+	log := logs.Logger()
 	s, err := filestore.New(t.Context(), dir, append([]filestore.Option{filestore.WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -79,23 +60,6 @@ func write(t *testing.T, path string, data []byte) {
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// eventually polls cond every 10ms until it returns nil, failing the test
-// with its last error after 5s.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still failing after 5s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -221,17 +185,17 @@ func TestHotAddAndRemoveEntity(t *testing.T) {
 	}
 
 	write(t, filepath.Join(dir, "entities", "partner-corp.pem"), pca.PEM())
-	eventually(t, "admit after the entity file appears", admits(t, s, leaf, "partner-corp"))
+	eventually.NoError(t, "admit after the entity file appears", admits(t, s, leaf, "partner-corp"))
 
 	// A second entity in the directory that appeared after the start.
 	other := pkitest.NewRoot(t, "other root")
 	write(t, filepath.Join(dir, "entities", "other.pem"), other.PEM())
-	eventually(t, "admit the second entity", admits(t, s, other.Leaf(t, "x"), "other"))
+	eventually.NoError(t, "admit the second entity", admits(t, s, other.Leaf(t, "x"), "other"))
 
 	if err := os.Remove(filepath.Join(dir, "entities", "partner-corp.pem")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "refuse after the entity file is deleted", refuses(t, s, leaf))
+	eventually.NoError(t, "refuse after the entity file is deleted", refuses(t, s, leaf))
 	if got, want := s.Entities(), []string{"other"}; !slices.Equal(got, want) {
 		t.Errorf("Entities = %q, want %q", got, want)
 	}
@@ -243,7 +207,7 @@ func TestHotAddMeshCA(t *testing.T) {
 	s, _ := open(t, dir)
 	own := pkitest.NewRoot(t, "mesh root 2")
 	write(t, filepath.Join(dir, "mesh-2.pem"), own.PEM())
-	eventually(t, "admit a leaf of the new mesh CA", admits(t, s, own.Leaf(t, "opus@ct111"), ""))
+	eventually.NoError(t, "admit a leaf of the new mesh CA", admits(t, s, own.Leaf(t, "opus@ct111"), ""))
 }
 
 func TestReplaceByRename(t *testing.T) {
@@ -259,8 +223,8 @@ func TestReplaceByRename(t *testing.T) {
 	}
 
 	write(t, path, next.PEM())
-	eventually(t, "admit a leaf of the new CA", admits(t, s, nextLeaf, "partner-corp"))
-	eventually(t, "refuse a leaf of the replaced CA", refuses(t, s, oldLeaf))
+	eventually.NoError(t, "admit a leaf of the new CA", admits(t, s, nextLeaf, "partner-corp"))
+	eventually.NoError(t, "refuse a leaf of the replaced CA", refuses(t, s, oldLeaf))
 }
 
 // A file that stops parsing (written in place and read half-written, or
@@ -397,7 +361,7 @@ func TestDamagedFileKeepsItsCAsWhileWatched(t *testing.T) {
 	if err := os.WriteFile(path, old.PEM()[:100], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "warn about the damaged file", func() error {
+	eventually.NoError(t, "warn about the damaged file", func() error {
 		if !strings.Contains(logs.String(), "keeping its last good version") {
 			return errors.New("no warning yet")
 		}
@@ -407,8 +371,8 @@ func TestDamagedFileKeepsItsCAsWhileWatched(t *testing.T) {
 		t.Errorf("while the file is damaged: %v", err)
 	}
 	write(t, path, next.PEM())
-	eventually(t, "admit a leaf of the fixed file", admits(t, s, next.Leaf(t, "scout"), "acme"))
-	eventually(t, "refuse a leaf of the version it replaced", refuses(t, s, oldLeaf))
+	eventually.NoError(t, "admit a leaf of the fixed file", admits(t, s, next.Leaf(t, "scout"), "acme"))
+	eventually.NoError(t, "refuse a leaf of the version it replaced", refuses(t, s, oldLeaf))
 }
 
 // A file that never parsed is skipped, and warned about once per version.
@@ -492,7 +456,7 @@ func TestChainInvalidatedOnReload(t *testing.T) {
 	gen := c.Generation()
 
 	write(t, filepath.Join(dir, "entities", "partner-corp.pem"), pca.PEM())
-	eventually(t, "the chain admits after the reload", func() error {
+	eventually.NoError(t, "the chain admits after the reload", func() error {
 		p, err := c.Verify(t.Context(), []*x509.Certificate{leaf})
 		if err != nil {
 			return err
@@ -575,8 +539,8 @@ func TestKubernetesVolumeSwap(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(dir, "..v1")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "admit a leaf of v2", admits(t, s, v2.Leaf(t, "scout"), "partner-corp"))
-	eventually(t, "refuse a leaf of v1", refuses(t, s, v1.Leaf(t, "scout")))
+	eventually.NoError(t, "admit a leaf of v2", admits(t, s, v2.Leaf(t, "scout"), "partner-corp"))
+	eventually.NoError(t, "refuse a leaf of v1", refuses(t, s, v1.Leaf(t, "scout")))
 	if err := admits(t, s, own.Leaf(t, "opus@ct111"), "")(); err != nil {
 		t.Errorf("mesh CA after the swap: %v", err)
 	}

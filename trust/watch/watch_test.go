@@ -2,38 +2,22 @@ package watch_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
-
-// eventually fails the test unless cond holds within a few seconds.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
 
 // start runs a Watcher with short intervals until the test ends.
 func start(t *testing.T, s *enrolltest.Server, set *trust.RevocationSet, mod func(*watch.Config)) *watch.Watcher {
@@ -73,12 +57,12 @@ func TestEventsApplied(t *testing.T) {
 	s.Revoke("9f01", "opus@ct111", "keyCompromise") // before the watcher starts
 	set := &trust.RevocationSet{}
 	w := start(t, s, set, func(c *watch.Config) { c.CRLInterval = time.Hour })
-	eventually(t, "the backlog", revoked(set, "9f01"))
-	eventually(t, "the stream", w.Connected)
+	eventually.True(t, "the backlog", revoked(set, "9f01"))
+	eventually.True(t, "the stream", w.Connected)
 
 	s.Revoke("a1b2", "scout@ct112", "superseded")
 	s.RevokeEntity("acme", "entity revoked")
-	eventually(t, "live events", func() bool {
+	eventually.True(t, "live events", func() bool {
 		_, ok := set.Entity("acme")
 		return ok && revoked(set, "a1b2")()
 	})
@@ -113,18 +97,18 @@ func TestResumeAfterDisconnect(t *testing.T) {
 	w := start(t, s, set, func(c *watch.Config) {
 		c.MinBackoff, c.MaxBackoff = 50*time.Millisecond, 50*time.Millisecond
 	})
-	eventually(t, "the stream", func() bool { return s.Streams() == 1 })
+	eventually.True(t, "the stream", func() bool { return s.Streams() == 1 })
 	s.Revoke("01", "a@ct1", "")
 	s.Revoke("02", "b@ct1", "")
-	eventually(t, "two events", func() bool { return w.LastEventID() == 2 })
+	eventually.True(t, "two events", func() bool { return w.LastEventID() == 2 })
 
 	// meshd restarts; a revocation lands while the watcher is away.
 	s.SetStreamDown(true)
-	eventually(t, "the disconnect", func() bool { return !w.Connected() })
+	eventually.True(t, "the disconnect", func() bool { return !w.Connected() })
 	s.Revoke("03", "c@ct1", "keyCompromise")
 	s.SetStreamDown(false)
 
-	eventually(t, "the missed event", func() bool { return w.LastEventID() == 3 })
+	eventually.True(t, "the missed event", func() bool { return w.LastEventID() == 3 })
 	if !revoked(set, "3")() {
 		t.Error("the missed event was not applied")
 	}
@@ -145,7 +129,7 @@ func TestCRLFallback(t *testing.T) {
 	set := &trust.RevocationSet{}
 	w := start(t, s, set, func(c *watch.Config) { c.MinBackoff, c.MaxBackoff = time.Hour, time.Hour })
 
-	eventually(t, "the CRL", revoked(set, serial))
+	eventually.True(t, "the CRL", revoked(set, serial))
 	if w.Connected() {
 		t.Error("connected although the stream is down")
 	}
@@ -155,7 +139,7 @@ func TestCRLFallback(t *testing.T) {
 	// It keeps polling while the stream is down.
 	later := s.Issue(t, "scout@ct111").Leaf.SerialNumber.Text(16)
 	s.Revoke(later, "scout@ct111", "")
-	eventually(t, "the next poll", revoked(set, later))
+	eventually.True(t, "the next poll", revoked(set, later))
 	var crlReqs int
 	for _, r := range s.Requests() {
 		if r.Path == "/crl" {
@@ -175,9 +159,9 @@ func TestCRLNotPolledWhileStreamUp(t *testing.T) {
 	s := enrolltest.NewServer(t, enrolltest.Config{})
 	set := &trust.RevocationSet{}
 	w := start(t, s, set, nil)
-	eventually(t, "the stream", w.Connected)
+	eventually.True(t, "the stream", w.Connected)
 	s.Revoke("77", "x@ct1", "")
-	eventually(t, "the event", revoked(set, "77"))
+	eventually.True(t, "the event", revoked(set, "77"))
 	for _, r := range s.Requests() {
 		if r.Path == "/crl" {
 			t.Error("polled the CRL although the stream was up")
@@ -250,7 +234,7 @@ func TestIdleStreamReconnects(t *testing.T) {
 	s := enrolltest.NewServer(t, enrolltest.Config{KeepAlive: time.Hour})
 	set := &trust.RevocationSet{}
 	start(t, s, set, func(c *watch.Config) { c.IdleTimeout = 30 * time.Millisecond; c.CRLInterval = time.Hour })
-	eventually(t, "a reconnection after silence", func() bool { return len(watchRequests(s)) >= 2 })
+	eventually.True(t, "a reconnection after silence", func() bool { return len(watchRequests(s)) >= 2 })
 }
 
 func TestNewRefuses(t *testing.T) {
@@ -284,7 +268,7 @@ func TestVerifyConnectionRefusesRevoked(t *testing.T) {
 	anchors.Set("acme", []*x509.Certificate{partner.Cert})
 	set := &trust.RevocationSet{}
 	w := start(t, s, set, func(c *watch.Config) { c.Entity = watch.AnchorEntity(anchors) })
-	eventually(t, "the stream", w.Connected)
+	eventually.True(t, "the stream", w.Connected)
 
 	roots := s.Roots()
 	roots.AddCert(partner.Cert)
@@ -335,7 +319,7 @@ func TestVerifyConnectionRefusesRevoked(t *testing.T) {
 	}
 
 	agent := s.Issue(t, "opus@ct111")
-	partnerAgent := partnerLeaf(t, partner)
+	partnerAgent := partner.Issue(t, "acme-scout")
 	for _, c := range []tls.Certificate{agent, partnerAgent} {
 		if err := dial(c); err != nil {
 			t.Fatalf("%s before any revocation: %v", c.Leaf.Subject.CommonName, err)
@@ -344,7 +328,7 @@ func TestVerifyConnectionRefusesRevoked(t *testing.T) {
 
 	s.Revoke(agent.Leaf.SerialNumber.Text(16), "opus@ct111", "keyCompromise")
 	s.RevokeEntity("acme", "entity revoked")
-	eventually(t, "the revocations", func() bool {
+	eventually.True(t, "the revocations", func() bool {
 		_, ok := set.Entity("acme")
 		return ok && revoked(set, agent.Leaf.SerialNumber.Text(16))()
 	})
@@ -374,30 +358,4 @@ func TestVerifyConnectionRefusesRevoked(t *testing.T) {
 	if err := vpc([][]byte{partnerAgent.Leaf.Raw}, [][]*x509.Certificate{{partnerAgent.Leaf, partner.Cert}}); !errors.Is(err, trust.ErrRevoked) {
 		t.Errorf("VerifyPeerCertificate(revoked entity) = %v", err)
 	}
-}
-
-// partnerLeaf mints a client certificate of a partner CA with a key the
-// test holds (pkitest keeps its leaves' keys to itself).
-func partnerLeaf(t *testing.T, ca *pkitest.CA) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano()),
-		Subject:      pkix.Name{CommonName: "acme-scout"},
-		NotBefore:    now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}
 }
