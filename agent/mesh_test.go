@@ -80,7 +80,7 @@ func (p *pki) load(cn string) tls.Certificate {
 // and returns it as credentials trusting the mesh root.
 func (p *pki) agent(agent, node string) *credentials.Credentials {
 	p.t.Helper()
-	is, err := p.ca.IssueAgent(context.Background(), agent, node)
+	is, err := p.ca.Sign(context.Background(), ca.AgentRequest(agent, node), ca.WithGeneratedKey())
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -92,7 +92,7 @@ func (p *pki) agent(agent, node string) *credentials.Credentials {
 // only, so an agent's server presents its node's.
 func (p *pki) node(node string) *credentials.Credentials {
 	p.t.Helper()
-	is, err := p.ca.IssueNode(context.Background(), node, "IP:127.0.0.1")
+	is, err := p.ca.Sign(context.Background(), ca.NodeRequest(node, "IP:127.0.0.1"), ca.WithGeneratedKey())
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -123,7 +123,7 @@ type meshd struct {
 func (p *pki) startMeshd(timeout time.Duration) *meshd {
 	p.t.Helper()
 	ctx := context.Background()
-	node, err := p.ca.IssueNode(ctx, "meshd", "localhost", "IP:127.0.0.1")
+	node, err := p.ca.Sign(ctx, ca.NodeRequest("meshd", "localhost", "IP:127.0.0.1"), ca.WithGeneratedKey())
 	if err != nil {
 		p.t.Fatal(err)
 	}

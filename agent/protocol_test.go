@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/agent"
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -49,7 +50,7 @@ type fakeRegistry struct {
 func newFakeRegistry(t *testing.T, p *pki) *fakeRegistry {
 	t.Helper()
 	f := &fakeRegistry{}
-	is, err := p.ca.IssueNode(context.Background(), "registry", "IP:127.0.0.1")
+	is, err := p.ca.Sign(context.Background(), ca.NodeRequest("registry", "IP:127.0.0.1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}

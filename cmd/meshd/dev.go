@@ -52,7 +52,7 @@ func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logg
 	c := authority.Config()
 	certFile, keyFile := c.IssuedCertPath(serverNode+".mesh"), c.IssuedKeyPath(serverNode+".mesh")
 	if due, err := renewalDue(certFile, c.RenewAfter); err != nil || due {
-		if _, err := authority.IssueNode(ctx, serverNode, "localhost", "IP:127.0.0.1", "IP:::1"); err != nil {
+		if _, err := authority.Sign(ctx, ca.NodeRequest(serverNode, "localhost", "IP:127.0.0.1", "IP:::1"), ca.WithGeneratedKey()); err != nil {
 			return err
 		}
 		log.Info("issued meshd's server certificate", "cert", certFile)

@@ -159,9 +159,9 @@ func (m *mesh) identity(t *testing.T, agent, node string) tls.Certificate {
 	var is *ca.Issued
 	var err error
 	if agent == "" {
-		is, err = m.auth.IssueNode(t.Context(), node)
+		is, err = m.auth.Sign(t.Context(), ca.NodeRequest(node), ca.WithGeneratedKey())
 	} else {
-		is, err = m.auth.IssueAgent(t.Context(), agent, node)
+		is, err = m.auth.Sign(t.Context(), ca.AgentRequest(agent, node), ca.WithGeneratedKey())
 	}
 	if err != nil {
 		t.Fatal(err)

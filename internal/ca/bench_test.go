@@ -127,7 +127,7 @@ func BenchmarkIssue(b *testing.B) {
 					b.Error(err)
 					return
 				}
-				if _, err := c.Sign(ctx, csr, ca.Request{Profile: ca.ProfileAgent}); err != nil {
+				if _, err := c.Sign(ctx, ca.Request{Profile: ca.ProfileAgent}, ca.FromCSR(csr)); err != nil {
 					b.Error(err)
 					return
 				}
@@ -191,7 +191,7 @@ func issueOnce(tb testing.TB, cfg ca.Config, csr *x509.CertificateRequest) *x509
 	if err != nil {
 		tb.Fatal(err)
 	}
-	is, err := c.Sign(ctx, csr, ca.Request{Profile: ca.ProfileAgent})
+	is, err := c.Sign(ctx, ca.Request{Profile: ca.ProfileAgent}, ca.FromCSR(csr))
 	if err != nil {
 		tb.Fatal(err)
 	}

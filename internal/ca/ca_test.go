@@ -666,7 +666,7 @@ func TestNodeCertificate(t *testing.T) {
 	inter := f.activeIntermediate(t)
 	now := f.clock.Now()
 
-	is, err := f.ca.IssueNode(ctx, "ct1", "ct1.example.org", "IP:10.0.0.1")
+	is, err := f.ca.Sign(ctx, ca.NodeRequest("ct1", "ct1.example.org", "IP:10.0.0.1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -748,7 +748,7 @@ func TestNodeCertificate(t *testing.T) {
 	// Re-issuing renews under the same key.
 	keyFile, _ := os.ReadFile(f.cfg.IssuedKeyPath("ct1.mesh"))
 	f.clock.Advance(time.Hour)
-	again, err := f.ca.IssueNode(ctx, "ct1")
+	again, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -782,8 +782,10 @@ func TestAgentAndClientCertificates(t *testing.T) {
 		spiffe string
 		kind   string
 	}{
-		{"agent", func() (*ca.Issued, error) { return f.ca.IssueAgent(ctx, "opus", "ct1") }, "opus@ct1", "spiffe://corp.example/agent/ct1/opus", "agent"},
-		{"client", func() (*ca.Issued, error) { return f.ca.IssueClient(ctx, "alice") }, "alice@external", "spiffe://corp.example/external/alice", "external"},
+		{"agent", func() (*ca.Issued, error) {
+			return f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
+		}, "opus@ct1", "spiffe://corp.example/agent/ct1/opus", "agent"},
+		{"client", func() (*ca.Issued, error) { return f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey()) }, "alice@external", "spiffe://corp.example/external/alice", "external"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -836,10 +838,16 @@ func TestInvalidIDs(t *testing.T) {
 		name  string
 		issue func(id string) (*ca.Issued, error)
 	}{
-		{"node", func(id string) (*ca.Issued, error) { return f.ca.IssueNode(ctx, id) }},
-		{"agent name", func(id string) (*ca.Issued, error) { return f.ca.IssueAgent(ctx, id, "ct1") }},
-		{"agent node", func(id string) (*ca.Issued, error) { return f.ca.IssueAgent(ctx, "opus", id) }},
-		{"client", func(id string) (*ca.Issued, error) { return f.ca.IssueClient(ctx, id) }},
+		{"node", func(id string) (*ca.Issued, error) { return f.ca.Sign(ctx, ca.NodeRequest(id), ca.WithGeneratedKey()) }},
+		{"agent name", func(id string) (*ca.Issued, error) {
+			return f.ca.Sign(ctx, ca.AgentRequest(id, "ct1"), ca.WithGeneratedKey())
+		}},
+		{"agent node", func(id string) (*ca.Issued, error) {
+			return f.ca.Sign(ctx, ca.AgentRequest("opus", id), ca.WithGeneratedKey())
+		}},
+		{"client", func(id string) (*ca.Issued, error) {
+			return f.ca.Sign(ctx, ca.ClientRequest(id), ca.WithGeneratedKey())
+		}},
 	}
 	files, st := snapshotFiles(t, f.cfg.Dir), f.storeState(t)
 	for _, op := range ops {
@@ -854,8 +862,8 @@ func TestInvalidIDs(t *testing.T) {
 		}
 	}
 	t.Run("reserved node id", func(t *testing.T) {
-		if _, err := f.ca.IssueNode(ctx, "external"); !errors.Is(err, identity.ErrInvalidID) || !strings.Contains(err.Error(), "reserved") {
-			t.Fatalf("IssueNode(external): %v", err)
+		if _, err := f.ca.Sign(ctx, ca.NodeRequest("external"), ca.WithGeneratedKey()); !errors.Is(err, identity.ErrInvalidID) || !strings.Contains(err.Error(), "reserved") {
+			t.Fatalf("Sign(NodeRequest(external)): %v", err)
 		}
 	})
 	requireSameFiles(t, files, snapshotFiles(t, f.cfg.Dir))
@@ -876,7 +884,7 @@ func TestExtraSANs(t *testing.T) {
 	}
 	for _, tc := range good {
 		t.Run(tc.in, func(t *testing.T) {
-			is, err := f.ca.IssueNode(ctx, "ct1", tc.in)
+			is, err := f.ca.Sign(ctx, ca.NodeRequest("ct1", tc.in), ca.WithGeneratedKey())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -903,8 +911,8 @@ func TestExtraSANs(t *testing.T) {
 	files, st := snapshotFiles(t, f.cfg.Dir), f.storeState(t)
 	for _, tc := range bad {
 		t.Run(tc.in, func(t *testing.T) {
-			if _, err := f.ca.IssueNode(ctx, "ct9", tc.in); !errors.Is(err, ca.ErrPolicy) || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("IssueNode(ct9, %q): %v, want ErrPolicy mentioning %q", tc.in, err, tc.msg)
+			if _, err := f.ca.Sign(ctx, ca.NodeRequest("ct9", tc.in), ca.WithGeneratedKey()); !errors.Is(err, ca.ErrPolicy) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("Sign(NodeRequest(ct9, %q)): %v, want ErrPolicy mentioning %q", tc.in, err, tc.msg)
 			}
 			f.requireLastAudit(t, "cert.issue", "refused", tc.msg)
 		})
@@ -921,8 +929,8 @@ func TestExtraSANs(t *testing.T) {
 func TestRefusedFirstIssueLeavesNoDirectory(t *testing.T) {
 	f := newCA(t, caOptions{})
 	files := snapshotFiles(t, f.cfg.Dir)
-	if _, err := f.ca.IssueNode(t.Context(), "ct1", "*.example.com"); !errors.Is(err, ca.ErrPolicy) {
-		t.Fatalf("IssueNode with a wildcard: %v", err)
+	if _, err := f.ca.Sign(t.Context(), ca.NodeRequest("ct1", "*.example.com"), ca.WithGeneratedKey()); !errors.Is(err, ca.ErrPolicy) {
+		t.Fatalf("Sign of a node with a wildcard: %v", err)
 	}
 	requireSameFiles(t, files, snapshotFiles(t, f.cfg.Dir))
 }
@@ -1044,7 +1052,7 @@ func TestSignPolicy(t *testing.T) {
 				csr = goCSR(t, k, &tc.tmpl)
 			}
 			before := f.storeState(t)
-			is, err := f.ca.Sign(ctx, csr, tc.req)
+			is, err := f.ca.Sign(ctx, tc.req, ca.FromCSR(csr))
 			if tc.wantErr == nil && tc.wantMsg == "" {
 				if err != nil {
 					t.Fatalf("Sign: %v", err)
@@ -1065,7 +1073,7 @@ func TestSignPolicy(t *testing.T) {
 			f.requireLastAudit(t, "cert.issue", "refused", tc.wantMsg)
 		})
 	}
-	if _, err := f.ca.Sign(ctx, nil, ca.Request{Profile: ca.ProfileNode}); !errors.Is(err, ca.ErrBadCSR) {
+	if _, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileNode}, ca.FromCSR(nil)); !errors.Is(err, ca.ErrBadCSR) {
 		t.Errorf("Sign(nil): %v, want ErrBadCSR", err)
 	}
 }
@@ -1121,7 +1129,7 @@ func readCertPEM(t testing.TB) []byte {
 func TestLeafLifetime(t *testing.T) {
 	f := newCA(t, caOptions{mod: func(c *ca.Config) { c.IntermediateTTL = 30 * 24 * time.Hour }})
 	inter := f.activeIntermediate(t)
-	is, err := f.ca.IssueNode(t.Context(), "ct1")
+	is, err := f.ca.Sign(t.Context(), ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1130,7 +1138,7 @@ func TestLeafLifetime(t *testing.T) {
 	}
 	f.clock.Set(inter.NotAfter.Add(time.Second))
 	st := f.storeState(t)
-	if _, err := f.ca.IssueNode(t.Context(), "ct2"); !errors.Is(err, ca.ErrPolicy) || !strings.Contains(err.Error(), "intermediate has expired") {
+	if _, err := f.ca.Sign(t.Context(), ca.NodeRequest("ct2"), ca.WithGeneratedKey()); !errors.Is(err, ca.ErrPolicy) || !strings.Contains(err.Error(), "intermediate has expired") {
 		t.Fatalf("issue from an expired intermediate: %v", err)
 	}
 	f.requireStoreUnchanged(t, st)
@@ -1163,19 +1171,19 @@ func TestNormalizeSerial(t *testing.T) {
 func TestRevoke(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	node1, err := f.ca.IssueNode(ctx, "ct1")
+	node1, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	node2, err := f.ca.IssueNode(ctx, "ct1")
+	node2, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := f.ca.IssueAgent(ctx, "opus", "ct1")
+	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := f.ca.IssueClient(ctx, "alice")
+	client, err := f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1296,7 +1304,7 @@ func TestRevoke(t *testing.T) {
 	if revs, err := f.ca.Revoke(ctx, "alice@external", 0); err != nil || len(revs) != 0 {
 		t.Errorf("revoking an expired name = %v, %v; want no certificate revoked and no error", revs, err)
 	}
-	if _, err := f.ca.IssueClient(ctx, "alice"); !errors.Is(err, ca.ErrRevoked) {
+	if _, err := f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey()); !errors.Is(err, ca.ErrRevoked) {
 		t.Errorf("issuing to revoked alice@external: %v, want ErrRevoked", err)
 	}
 }
@@ -1307,15 +1315,15 @@ func TestRevoke(t *testing.T) {
 func TestRevokedIdentityStaysRevoked(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	node, err := f.ca.IssueNode(ctx, "ct200")
+	node, err := f.ca.Sign(ctx, ca.NodeRequest("ct200"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := f.ca.IssueAgent(ctx, "opus", "ct200")
+	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct200"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := f.ca.IssueAgent(ctx, "opus", "ct201")
+	other, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct201"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1332,23 +1340,26 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 		name  string
 		issue func() error
 	}{
-		{"ca issue-node", func() error { _, err := f.ca.IssueNode(ctx, "ct200"); return err }},
-		{"ca issue-agent of the node", func() error { _, err := f.ca.IssueAgent(ctx, "sage", "ct200"); return err }},
+		{"ca issue-node", func() error { _, err := f.ca.Sign(ctx, ca.NodeRequest("ct200"), ca.WithGeneratedKey()); return err }},
+		{"ca issue-agent of the node", func() error {
+			_, err := f.ca.Sign(ctx, ca.AgentRequest("sage", "ct200"), ca.WithGeneratedKey())
+			return err
+		}},
 		{"ca sign (node CSR)", func() error {
-			_, err := f.ca.Sign(ctx, goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct200.mesh"}}), ca.Request{Profile: ca.ProfileNode})
+			_, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileNode}, ca.FromCSR(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct200.mesh"}})))
 			return err
 		}},
 		{"ca sign (agent CSR)", func() error {
-			_, err := f.ca.Sign(ctx, goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "opus@ct200"}}), ca.Request{Profile: ca.ProfileAgent})
+			_, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileAgent}, ca.FromCSR(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "opus@ct200"}})))
 			return err
 		}},
 		{"Check before spending a token", func() error {
 			id, _ := identity.NewNode("ct200")
-			return f.ca.Check(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct200.mesh"}}), ca.Request{Profile: ca.ProfileNode, Identity: id})
+			return f.ca.Check(ctx, ca.Request{Profile: ca.ProfileNode, Identity: id}, ca.FromCSR(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct200.mesh"}})))
 		}},
-		{"CheckProven of an agent of the node", func() error {
+		{"Check with ProvenPossession of an agent of the node", func() error {
 			id, _ := identity.NewAgent("sage", "ct200")
-			return f.ca.CheckProven(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "sage@ct200"}}), ca.Request{Profile: ca.ProfileAgent, Identity: id})
+			return f.ca.Check(ctx, ca.Request{Profile: ca.ProfileAgent, Identity: id}, ca.FromCSR(goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "sage@ct200"}})), ca.ProvenPossession())
 		}},
 	}
 	for _, p := range paths {
@@ -1367,37 +1378,37 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 		t.Fatalf("Reinstate: %v", err)
 	}
 	f.requireLastAudit(t, "identity.reinstate", "ok", "")
-	if _, err := f.ca.IssueAgent(ctx, "sage", "ct200"); err != nil {
+	if _, err := f.ca.Sign(ctx, ca.AgentRequest("sage", "ct200"), ca.WithGeneratedKey()); err != nil {
 		t.Errorf("issuing after reinstatement: %v", err)
 	}
 	requireGoRevoked(t, f, agent.Cert) // what was revoked stays revoked
 
 	// keyCompromise by serial blocks the key, whatever name asks next.
 	stolen := newP256(t)
-	is, err := f.ca.Sign(ctx, goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "alice@external"}}), ca.Request{Profile: ca.ProfileClient})
+	is, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileClient}, ca.FromCSR(goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "alice@external"}})))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.ca.Revoke(ctx, is.Record.Serial, 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.ca.Sign(ctx, goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@external"}}), ca.Request{Profile: ca.ProfileClient}); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "keyCompromise") {
+	if _, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileClient}, ca.FromCSR(goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@external"}}))); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "keyCompromise") {
 		t.Errorf("signing the compromised key again: %v, want ErrRevoked for keyCompromise", err)
 	}
 	bob, _ := identity.NewExternal("bob")
-	if err := f.ca.Check(goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@external"}}), ca.Request{Profile: ca.ProfileClient, Identity: bob}); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "keyCompromise") {
+	if err := f.ca.Check(ctx, ca.Request{Profile: ca.ProfileClient, Identity: bob}, ca.FromCSR(goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bob@external"}}))); !errors.Is(err, ca.ErrRevoked) || !strings.Contains(err.Error(), "keyCompromise") {
 		t.Errorf("Check of the compromised key: %v, want ErrRevoked for keyCompromise", err)
 	}
 	// superseded does not block the key: the holder renews with it.
 	kept := newP256(t)
-	is, err = f.ca.Sign(ctx, goCSR(t, kept, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "carol@external"}}), ca.Request{Profile: ca.ProfileClient})
+	is, err = f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileClient}, ca.FromCSR(goCSR(t, kept, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "carol@external"}})))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.ca.Revoke(ctx, is.Record.Serial, 4); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.ca.Sign(ctx, goCSR(t, kept, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "carol@external"}}), ca.Request{Profile: ca.ProfileClient}); err != nil {
+	if _, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileClient}, ca.FromCSR(goCSR(t, kept, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "carol@external"}}))); err != nil {
 		t.Errorf("re-signing a superseded key: %v", err)
 	}
 }
@@ -1408,7 +1419,7 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 func TestCRLWrittenAtomically(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	if _, err := f.ca.IssueNode(ctx, "ct1"); err != nil {
+	if _, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.ca.Revoke(ctx, "ct1.mesh", 0); err != nil {
@@ -1513,12 +1524,12 @@ func TestConcurrentIssue(t *testing.T) {
 		wg.Add(3)
 		go func() {
 			defer wg.Done()
-			_, err := f.ca.IssueClient(ctx, fmt.Sprintf("user%d", i))
+			_, err := f.ca.Sign(ctx, ca.ClientRequest(fmt.Sprintf("user%d", i)), ca.WithGeneratedKey())
 			errs <- err
 		}()
 		go func() {
 			defer wg.Done()
-			_, err := f.ca.IssueNode(ctx, "ct1")
+			_, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 			errs <- err
 		}()
 		go func() {
@@ -1574,11 +1585,11 @@ func TestVerifyStatuses(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
 	t0 := f.clock.Now()
-	node, err := f.ca.IssueNode(ctx, "ct1")
+	node, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := f.ca.IssueAgent(ctx, "opus", "ct1")
+	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1586,7 +1597,7 @@ func TestVerifyStatuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	foreign := newCA(t, caOptions{})
-	stranger, err := foreign.ca.IssueNode(ctx, "ct1")
+	stranger, err := foreign.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1638,14 +1649,14 @@ func TestListStatuses(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
 	t0 := f.clock.Now()
-	if _, err := f.ca.IssueNode(ctx, "ct1"); err != nil {
+	if _, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.ca.IssueAgent(ctx, "opus", "ct1"); err != nil {
+	if _, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(50 * 24 * time.Hour)
-	if _, err := f.ca.IssueClient(ctx, "alice"); err != nil {
+	if _, err := f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.ca.Revoke(ctx, "opus@ct1", 9); err != nil {
@@ -1695,20 +1706,20 @@ func TestRootKeyOffline(t *testing.T) {
 	}
 	f.open(t) // a fresh process, root gone
 
-	node, err := f.ca.IssueNode(ctx, "ct1", "IP:10.0.0.1")
+	node, err := f.ca.Sign(ctx, ca.NodeRequest("ct1", "IP:10.0.0.1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := f.ca.IssueAgent(ctx, "opus", "ct1")
+	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := f.ca.IssueClient(ctx, "alice")
+	client, err := f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
 	csr := goCSR(t, newP256(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
-	signed, err := f.ca.Sign(ctx, csr, ca.Request{Profile: ca.ProfileNode})
+	signed, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileNode}, ca.FromCSR(csr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1792,7 +1803,7 @@ func TestRotation(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
 	old := f.activeIntermediate(t)
-	oldLeaf, err := f.ca.IssueNode(ctx, "ct1")
+	oldLeaf, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1817,7 +1828,7 @@ func TestRotation(t *testing.T) {
 	if !f.activeIntermediate(t).Equal(old) {
 		t.Error("prepare changed int.crt")
 	}
-	duringPrepare, err := f.ca.IssueNode(ctx, "ct2")
+	duringPrepare, err := f.ca.Sign(ctx, ca.NodeRequest("ct2"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1852,7 +1863,7 @@ func TestRotation(t *testing.T) {
 	if chain, _ := os.ReadFile(f.cfg.ChainPath()); !bytes.HasPrefix(chain, pemfile.EncodeCerts(prepared)) {
 		t.Error("chain.pem does not start with the activated intermediate")
 	}
-	newLeaf, err := f.ca.IssueNode(ctx, "ct3")
+	newLeaf, err := f.ca.Sign(ctx, ca.NodeRequest("ct3"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1956,10 +1967,10 @@ func readCertsFile(t testing.TB, data []byte) []*x509.Certificate {
 func TestAuditLog(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	if _, err := f.ca.IssueNode(ctx, "ct1"); err != nil {
+	if _, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.ca.IssueNode(ctx, "Bad"); err == nil {
+	if _, err := f.ca.Sign(ctx, ca.NodeRequest("Bad"), ca.WithGeneratedKey()); err == nil {
 		t.Fatal("issued for an invalid id")
 	}
 	if _, err := f.ca.Revoke(ctx, "ct1.mesh", 0); err != nil {
@@ -2059,9 +2070,9 @@ func FuzzNormalizeSerial(f *testing.F) {
 
 func bigOne() *big.Int { return big.NewInt(1) }
 
-// TestReissueAndSignProven: the two ways to issue for a key the caller has
+// TestProvenKeys: the two ways to issue for a key the caller has
 // seen proved keep every rule of the policy but the CSR's own signature.
-func TestReissueAndSignProven(t *testing.T) {
+func TestProvenKeys(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
 	node, err := identity.NewNode("ct9")
@@ -2074,19 +2085,19 @@ func TestReissueAndSignProven(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	is, err := f.ca.Reissue(ctx, key.Public(), req)
+	is, err := f.ca.Sign(ctx, req, ca.ForPublicKey(key.Public()))
 	if err != nil || is.Cert.Subject.CommonName != "ct9.mesh" || !key.PublicKey.Equal(is.Cert.PublicKey) {
-		t.Fatalf("Reissue: %v, %v", is, err)
+		t.Fatalf("ForPublicKey: %v, %v", is, err)
 	}
-	if _, err := f.ca.Reissue(ctx, key.Public(), ca.Request{Profile: ca.ProfileNode}); !errors.Is(err, ca.ErrPolicy) {
-		t.Errorf("Reissue without an identity: %v, want ErrPolicy", err)
+	if _, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileNode}, ca.ForPublicKey(key.Public())); !errors.Is(err, ca.ErrPolicy) {
+		t.Errorf("ForPublicKey without an identity: %v, want ErrPolicy", err)
 	}
 	weak, err := rsa.GenerateKey(rand.Reader, 1024)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.ca.Reissue(ctx, weak.Public(), req); !errors.Is(err, ca.ErrPolicy) {
-		t.Errorf("Reissue for a 1024-bit RSA key: %v, want ErrPolicy", err)
+	if _, err := f.ca.Sign(ctx, req, ca.ForPublicKey(weak.Public())); !errors.Is(err, ca.ErrPolicy) {
+		t.Errorf("ForPublicKey for a 1024-bit RSA key: %v, want ErrPolicy", err)
 	}
 
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct9.mesh"}}, key)
@@ -2098,14 +2109,70 @@ func TestReissueAndSignProven(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.ca.Sign(ctx, csr, req); !errors.Is(err, ca.ErrBadCSR) {
+	if _, err := f.ca.Sign(ctx, req, ca.FromCSR(csr)); !errors.Is(err, ca.ErrBadCSR) {
 		t.Errorf("Sign of a CSR whose signature does not verify: %v, want ErrBadCSR", err)
 	}
-	if _, err := f.ca.SignProven(ctx, csr, req); err != nil {
-		t.Errorf("SignProven of the same CSR: %v", err)
+	if _, err := f.ca.Sign(ctx, req, ca.FromCSR(csr), ca.ProvenPossession()); err != nil {
+		t.Errorf("ProvenPossession of the same CSR: %v", err)
 	}
 	csr.Subject.CommonName = "ct10.mesh"
-	if _, err := f.ca.SignProven(ctx, csr, req); err == nil {
-		t.Errorf("SignProven of a CSR naming another identity: issued")
+	if _, err := f.ca.Sign(ctx, req, ca.FromCSR(csr), ca.ProvenPossession()); err == nil {
+		t.Errorf("ProvenPossession of a CSR naming another identity: issued")
+	}
+}
+
+// TestSignKeySources: a signing takes exactly one key source; Check runs
+// the policy Sign would for every source and neither signs, records,
+// audits nor writes a key.
+func TestSignKeySources(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := goCSR(t, key, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "opus@ct1"}})
+	agent := ca.AgentRequest("opus", "ct1")
+	for _, tc := range []struct {
+		name string
+		opts []ca.SignOption
+	}{
+		{"none", nil},
+		{"two", []ca.SignOption{ca.FromCSR(csr), ca.WithGeneratedKey()}},
+		{"proof alone", []ca.SignOption{ca.ProvenPossession()}},
+	} {
+		if _, err := f.ca.Sign(ctx, agent, tc.opts...); err == nil || !strings.Contains(err.Error(), "exactly one key source") {
+			t.Errorf("Sign with key sources %s: %v, want a refusal naming the key sources", tc.name, err)
+		}
+		if err := f.ca.Check(ctx, agent, tc.opts...); err == nil || !strings.Contains(err.Error(), "exactly one key source") {
+			t.Errorf("Check with key sources %s: %v, want a refusal naming the key sources", tc.name, err)
+		}
+	}
+
+	files, st := snapshotFiles(t, f.cfg.Dir), f.storeState(t)
+	audit, err := f.store.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opts := range [][]ca.SignOption{
+		{ca.FromCSR(csr)},
+		{ca.FromCSR(csr), ca.ProvenPossession()},
+		{ca.ForPublicKey(key.Public())},
+		{ca.WithGeneratedKey()},
+	} {
+		if err := f.ca.Check(ctx, agent, opts...); err != nil {
+			t.Errorf("Check: %v", err)
+		}
+	}
+	if err := f.ca.Check(ctx, ca.AgentRequest("opus", "Bad"), ca.WithGeneratedKey()); !errors.Is(err, identity.ErrInvalidID) {
+		t.Errorf("Check of an invalid name: %v, want ErrInvalidID", err)
+	}
+	if err := f.ca.Check(ctx, ca.NodeRequest("ct1"), ca.FromCSR(csr)); !errors.Is(err, ca.ErrPolicy) {
+		t.Errorf("Check of an agent CSR for a node: %v, want ErrPolicy", err)
+	}
+	requireSameFiles(t, files, snapshotFiles(t, f.cfg.Dir))
+	f.requireStoreUnchanged(t, st)
+	if after, err := f.store.AuditLog(ctx); err != nil || len(after) != len(audit) {
+		t.Errorf("Check audited: %d entries before, %d after (%v)", len(audit), len(after), err)
 	}
 }

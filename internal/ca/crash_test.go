@@ -235,8 +235,8 @@ func checkCrashedStore(t *testing.T, cfg ca.Config, handed map[string]string) {
 
 // TestCrashChild is the process TestCrash kills; on its own it does
 // nothing. It issues certificates from 16 goroutines until it is killed,
-// writing "issued <serial> <fingerprint>" to stdout only once Sign or
-// IssueAgent has returned the certificate, so that every line is a promise
+// writing "issued <serial> <fingerprint>" to stdout only once
+// Sign has returned the certificate, so that every line is a promise
 // the store must keep.
 func TestCrashChild(t *testing.T) {
 	dir := os.Getenv(crashChildEnv)
@@ -266,7 +266,7 @@ func TestCrashChild(t *testing.T) {
 			os.Exit(2)
 		}
 	}
-	// Every certificate is for a name not issued to before, so IssueAgent
+	// Every certificate is for a name not issued to before, so Sign
 	// generates a new key each time rather than reusing one.
 	node := "crash" + round
 	var wg sync.WaitGroup
@@ -280,7 +280,7 @@ func TestCrashChild(t *testing.T) {
 				)
 				switch (g + i) % 3 {
 				case 0:
-					is, err = c.IssueAgent(ctx, name, node)
+					is, err = c.Sign(ctx, ca.AgentRequest(name, node), ca.WithGeneratedKey())
 				case 1:
 					is, err = crashSign(ctx, c, ca.ProfileAgent, name+"@"+node)
 				case 2:
@@ -316,5 +316,5 @@ func crashSign(ctx context.Context, c *ca.CA, p ca.Profile, cn string, dnsNames 
 	if err != nil {
 		return nil, err
 	}
-	return c.Sign(ctx, csr, ca.Request{Profile: p})
+	return c.Sign(ctx, ca.Request{Profile: p}, ca.FromCSR(csr))
 }

@@ -57,7 +57,7 @@ func TestCRLNeverExpiresWhileRunning(t *testing.T) {
 func TestCRLRefreshAfterForeignRevocation(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	agent, err := f.ca.IssueAgent(ctx, "opus", "ct1")
+	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,54 +40,31 @@ func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
 	return csr, nil
 }
 
-// Sign signs a certificate request under req's profile. The key stays with
-// its owner; the CSR proves possession of it and may only ask for what the
-// profile would grant anyway. The certificate is durably recorded before
-// Sign returns it.
-func (c *CA) Sign(ctx context.Context, csr *x509.CertificateRequest, req Request) (*Issued, error) {
-	if csr == nil {
-		return nil, fmt.Errorf("%w: no request", ErrBadCSR)
+// Sign signs req under its profile with the active intermediate and
+// durably records the certificate before returning it. opts give exactly
+// one key source (FromCSR, ForPublicKey or WithGeneratedKey) and how the
+// issuance was authorised and is audited; a provisioner's authorisation
+// returns them. The profile, never the CSR, decides what the certificate
+// holds: a CSR proves possession of its key and may only ask for what the
+// profile would grant anyway. A refusal by the policy or the store is
+// audited.
+func (c *CA) Sign(ctx context.Context, req Request, opts ...SignOption) (*Issued, error) {
+	if req.invalid != nil {
+		return nil, c.refuse(ctx, Request{}, req.invalid)
 	}
-	return c.issue(ctx, csr, csr.PublicKey, req, false)
+	o := optionsOf(opts)
+	pub, err := o.key(req)
+	if err != nil {
+		return nil, err
+	}
+	if o.generate {
+		return c.signGenerated(ctx, req, &o)
+	}
+	return c.issue(ctx, req, pub, &o)
 }
 
-// SignProven is Sign for a CSR whose requester the caller has already
-// seen prove possession of its key, so the CSR's signature is not checked
-// (again); every other rule of the policy applies as in Sign. The caller
-// must have seen one of: the key is that of the client certificate that
-// authenticated the request's TLS connection (the handshake's
-// CertificateVerify is a signature by that key over the handshake; the
-// CSR's RawSubjectPublicKeyInfo must be byte for byte the certificate's),
-// or the caller checked csr's own signature (csr.CheckSignature, or Check)
-// and it verified.
-func (c *CA) SignProven(ctx context.Context, csr *x509.CertificateRequest, req Request) (*Issued, error) {
-	if csr == nil {
-		return nil, fmt.Errorf("%w: no request", ErrBadCSR)
-	}
-	return c.issue(ctx, csr, csr.PublicKey, req, true)
-}
-
-// Reissue issues a certificate for req.Identity and the public key pub,
-// with no CSR: for a renewal that keeps the key of the certificate that
-// authenticated it, as step-ca's renew does. The caller must have seen the
-// requester prove possession of pub (see SignProven). req.Identity is
-// required, since there is no CSR to take it from.
-func (c *CA) Reissue(ctx context.Context, pub crypto.PublicKey, req Request) (*Issued, error) {
-	if req.Identity.IsZero() {
-		return nil, policyErr("no identity to issue for")
-	}
-	return c.issue(ctx, nil, pub, req, true)
-}
-
-// IssueWithKey issues a certificate for req.Identity whose key the CA
-// generates, and writes both into the CA directory (see IssuedCertPath:
-// issued/<node-id>.crt for a node, issued/<cn>.crt otherwise, and .key).
-// When a key for that name is already there it is reused,
-// so issuing again renews the certificate under the same key.
-func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
-	if req.Identity.IsZero() {
-		return nil, policyErr("no identity to issue for")
-	}
+// signGenerated is Sign with WithGeneratedKey.
+func (c *CA) signGenerated(ctx context.Context, req Request, o *signOptions) (*Issued, error) {
 	cn := req.Identity.CommonName()
 	// Two first issues of one name, in this process or another, would each
 	// generate a key and could leave one's certificate beside the other's
@@ -106,19 +83,14 @@ func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 			return nil, err
 		}
 	}
+	// The new key is written only once the certificate is issued, so a
+	// refused request leaves nothing behind.
 	keyPath := c.cfg.IssuedKeyPath(cn)
-	key, err := pemfile.ReadKey(keyPath)
-	switch {
-	case errors.Is(err, ErrKeyMissing):
-		if key, err = GenerateKey(c.cfg.KeyType, c.cfg.Rand); err != nil {
-			return nil, err
-		}
-		// The new key is written only once the certificate is issued, so a
-		// refused request leaves nothing behind.
-	case err != nil:
+	key, err := c.issuedKey(keyPath)
+	if err != nil {
 		return nil, err
 	}
-	is, err := c.issue(ctx, nil, key.Public(), req, true)
+	is, err := c.issue(ctx, req, key.Public(), o)
 	if err != nil {
 		return nil, err
 	}
@@ -136,22 +108,37 @@ func (c *CA) IssueWithKey(ctx context.Context, req Request) (*Issued, error) {
 	return is, nil
 }
 
+// issuedKey reads the CA-held key at keyPath, or generates one (not
+// written) when there is none.
+func (c *CA) issuedKey(keyPath string) (crypto.Signer, error) {
+	key, err := pemfile.ReadKey(keyPath)
+	if errors.Is(err, ErrKeyMissing) {
+		return GenerateKey(c.cfg.KeyType, c.cfg.Rand)
+	}
+	return key, err
+}
+
+// spkiOf is the key as its holder presented it in the CSR, marshalled
+// from pub only when there is no CSR.
+func spkiOf(csr *x509.CertificateRequest, pub crypto.PublicKey) ([]byte, error) {
+	if csr != nil {
+		return csr.RawSubjectPublicKeyInfo, nil
+	}
+	return x509.MarshalPKIXPublicKey(pub)
+}
+
 // issue runs the policy, signs with the active intermediate and records the
-// result. csr is nil when there is none (the CA generated the key, or the
-// caller re-issues for a proven key); proven skips csr's signature check.
-func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto.PublicKey, req Request, proven bool) (*Issued, error) {
+// result. o.csr is nil when there is none (the CA generated the key, or the
+// caller re-issues for a proven key); o.proven skips its signature check.
+func (c *CA) issue(ctx context.Context, req Request, pub crypto.PublicKey, o *signOptions) (*Issued, error) {
 	signer := c.signer()
 	now := c.cfg.Now()
-	s, err := c.checked(csr, pub, req, signer, now, proven)
+	s, err := c.checked(o.csr, pub, req, signer, now, o.proven)
 	if err != nil {
 		return nil, c.refuse(ctx, s.req, err)
 	}
-	// The key as its holder presented it in the CSR; marshalled from pub
-	// only when there is no CSR.
-	var spki []byte
-	if csr != nil {
-		spki = csr.RawSubjectPublicKeyInfo
-	} else if spki, err = x509.MarshalPKIXPublicKey(pub); err != nil {
+	spki, err := spkiOf(o.csr, pub)
+	if err != nil {
 		return nil, err
 	}
 	if s.tmpl.SubjectKeyId, err = spkiKeyID(spki); err != nil {
@@ -174,18 +161,18 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 			return nil, err
 		}
 		rec := certRecord(cert, s.req.Profile.Kind().String(), signer.id, now)
-		rec.AuthorizedBy, rec.Exclusive = req.AuthorizedBy, req.Exclusive
+		rec.AuthorizedBy, rec.Exclusive = o.authorizedBy, o.exclusive
 		entry := store.AuditEntry{
 			Time: now, Action: "cert.issue", Identity: rec.CommonName, Outcome: store.OutcomeOK,
 			Detail: fmt.Sprintf("%s serial %s until %s", s.req.Profile, rec.Serial, rec.NotAfter.Format("2006-01-02")),
 		}
 		switch {
-		case req.Renews != "":
+		case o.renews != "":
 			entry.Action = "cert.renew"
-			entry.Detail = fmt.Sprintf("serial %s -> %s, %s until %s", req.Renews, rec.Serial, s.req.Profile, rec.NotAfter.Format("2006-01-02"))
-		case req.Enrolls != "":
+			entry.Detail = fmt.Sprintf("serial %s -> %s, %s until %s", o.renews, rec.Serial, s.req.Profile, rec.NotAfter.Format("2006-01-02"))
+		case o.enrolls != "":
 			entry.Action = "node.enroll"
-			entry.Detail = fmt.Sprintf("serial %s via %s, %s until %s", rec.Serial, req.Enrolls, s.req.Profile, rec.NotAfter.Format("2006-01-02"))
+			entry.Detail = fmt.Sprintf("serial %s via %s, %s until %s", rec.Serial, o.enrolls, s.req.Profile, rec.NotAfter.Format("2006-01-02"))
 		}
 		err = c.store.RecordCert(ctx, rec, entry)
 		if errors.Is(err, store.ErrExists) && attempt < 3 {
@@ -201,40 +188,49 @@ func (c *CA) issue(ctx context.Context, csr *x509.CertificateRequest, pub crypto
 	}
 }
 
-// Check runs the signing policy on csr and req without signing or
-// recording anything, for a caller that must spend something (a join
-// token) only on a request Sign would accept.
-func (c *CA) Check(csr *x509.CertificateRequest, req Request) error {
-	return c.check(csr, req, false)
-}
-
-// CheckProven is Check for a CSR whose requester the caller has already
-// seen prove possession of its key (see SignProven): the CSR's signature
-// is not checked again.
-func (c *CA) CheckProven(csr *x509.CertificateRequest, req Request) error {
-	return c.check(csr, req, true)
-}
-
-func (c *CA) check(csr *x509.CertificateRequest, req Request, proven bool) error {
-	if csr == nil {
-		return fmt.Errorf("%w: no request", ErrBadCSR)
+// Check is the dry run of Sign: it runs the same policy on req and opts,
+// and refuses a revoked identity or a blocked key, without signing,
+// recording, auditing or writing anything; for a caller that must spend
+// something (a join token) only on a request Sign would accept. What only
+// the transaction recording a certificate can decide (another live
+// certificate of an Exclusive identity, an authorizer revoked meanwhile)
+// Sign alone refuses.
+func (c *CA) Check(ctx context.Context, req Request, opts ...SignOption) error {
+	if req.invalid != nil {
+		return req.invalid
 	}
-	s, err := c.checked(csr, csr.PublicKey, req, c.signer(), c.cfg.Now(), proven)
+	o := optionsOf(opts)
+	pub, err := o.key(req)
 	if err != nil {
 		return err
 	}
-	return c.checkRevoked(context.Background(), s.req.Identity, csr)
+	if o.generate {
+		key, err := c.issuedKey(c.cfg.IssuedKeyPath(req.Identity.CommonName()))
+		if err != nil {
+			return err
+		}
+		pub = key.Public()
+	}
+	s, err := c.checked(o.csr, pub, req, c.signer(), c.cfg.Now(), o.proven)
+	if err != nil {
+		return err
+	}
+	spki, err := spkiOf(o.csr, pub)
+	if err != nil {
+		return err
+	}
+	return c.checkRevoked(ctx, s.req.Identity, spki)
 }
 
 // checkRevoked refuses, ahead of signing, an identity that is revoked (or
 // whose node is) or a key that is blocked. It is a courtesy to callers that
 // spend something before signing: the store's RecordCert is what enforces
 // both, in the transaction that would record the certificate.
-func (c *CA) checkRevoked(ctx context.Context, id identity.Identity, csr *x509.CertificateRequest) error {
+func (c *CA) checkRevoked(ctx context.Context, id identity.Identity, spki []byte) error {
 	if id.IsZero() {
 		return nil
 	}
-	name, keyBlocked, err := c.store.IssuanceBlock(ctx, id.CommonName(), store.KeyHash(csr.RawSubjectPublicKeyInfo))
+	name, keyBlocked, err := c.store.IssuanceBlock(ctx, id.CommonName(), store.KeyHash(spki))
 	switch {
 	case err != nil:
 		return err
@@ -287,32 +283,4 @@ func (c *CA) refuse(ctx context.Context, req Request, err error) error {
 	}
 	audit(ctx, c.cfg, c.store, "cert.issue", name, err)
 	return err
-}
-
-// IssueNode issues node's server and client certificate with its standard
-// DNS names plus extra SANs, generating (or reusing) its key.
-func (c *CA) IssueNode(ctx context.Context, node string, extraSANs ...string) (*Issued, error) {
-	id, err := identity.NewNode(node)
-	if err != nil {
-		return nil, c.refuse(ctx, Request{}, err)
-	}
-	return c.IssueWithKey(ctx, Request{Profile: ProfileNode, Identity: id, ExtraSANs: extraSANs})
-}
-
-// IssueAgent issues the client certificate of agent on node.
-func (c *CA) IssueAgent(ctx context.Context, agent, node string) (*Issued, error) {
-	id, err := identity.NewAgent(agent, node)
-	if err != nil {
-		return nil, c.refuse(ctx, Request{}, err)
-	}
-	return c.IssueWithKey(ctx, Request{Profile: ProfileAgent, Identity: id})
-}
-
-// IssueClient issues an external user's client certificate.
-func (c *CA) IssueClient(ctx context.Context, user string) (*Issued, error) {
-	id, err := identity.NewExternal(user)
-	if err != nil {
-		return nil, c.refuse(ctx, Request{}, err)
-	}
-	return c.IssueWithKey(ctx, Request{Profile: ProfileClient, Identity: id})
 }

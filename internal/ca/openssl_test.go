@@ -219,11 +219,11 @@ func TestOpenSSLEveryKeyType(t *testing.T) {
 			root, inter := f.rootPath(), f.intPath()
 			ctx := t.Context()
 
-			node, err := f.ca.IssueNode(ctx, "ct1", "IP:10.0.0.1")
+			node, err := f.ca.Sign(ctx, ca.NodeRequest("ct1", "IP:10.0.0.1"), ca.WithGeneratedKey())
 			if err != nil {
 				t.Fatal(err)
 			}
-			agent, err := f.ca.IssueAgent(ctx, "opus", "ct1")
+			agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -231,7 +231,7 @@ func TestOpenSSLEveryKeyType(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			signed, err := f.ca.Sign(ctx, csr, ca.Request{Profile: ca.ProfileNode})
+			signed, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileNode}, ca.FromCSR(csr))
 			if err != nil {
 				t.Fatalf("sign openssl %s CSR: %v", tc.leaf, err)
 			}
@@ -285,7 +285,7 @@ func TestOpenSSLEveryKeyType(t *testing.T) {
 // checks its names, usages and constraints, and the CA certificates'.
 func TestOpenSSLCertificateContents(t *testing.T) {
 	f := newCA(t, caOptions{})
-	is, err := f.ca.IssueNode(t.Context(), "ct1", "DNS:ct1.example.org", "IP:192.0.2.7", "URI:https://ct1.example.org/mcp")
+	is, err := f.ca.Sign(t.Context(), ca.NodeRequest("ct1", "DNS:ct1.example.org", "IP:192.0.2.7", "URI:https://ct1.example.org/mcp"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +309,7 @@ func TestOpenSSLCertificateContents(t *testing.T) {
 		t.Logf("openssl x509 -text:\n%s", text)
 	}
 
-	agent, err := f.ca.IssueAgent(t.Context(), "opus", "ct1")
+	agent, err := f.ca.Sign(t.Context(), ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -411,7 +411,7 @@ func TestOpenSSLCSRs(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseCSR: %v", err)
 			}
-			is, err := f.ca.Sign(ctx, csr, tc.req)
+			is, err := f.ca.Sign(ctx, tc.req, ca.FromCSR(csr))
 			if tc.wantErr == nil {
 				if err != nil {
 					t.Fatalf("Sign: %v", err)

@@ -56,7 +56,9 @@ func (p Profile) Kind() identity.Kind {
 	return 0
 }
 
-// Request is what the CA is asked to sign.
+// Request is what the CA is asked to sign: whom for, under which
+// profile. How the key is given and how the issuance was authorised are
+// SignOptions.
 type Request struct {
 	Profile Profile
 	// Identity is who the certificate is for. When zero, Sign derives it
@@ -69,25 +71,9 @@ type Request struct {
 	// TTL is the requested lifetime; zero means the profile's default,
 	// more than the default is refused.
 	TTL time.Duration
-	// AuthorizedBy is the serial of the certificate whose holder asks
-	// (a renewal, a node minting its agent's certificate); the certificate
-	// is recorded only while that one is not revoked. "" for an operator.
-	AuthorizedBy string
-	// Exclusive records the certificate only while its identity holds no
-	// unexpired, unrevoked certificate (store.Cert.Exclusive): a node's
-	// secret enrollment is won once, whichever meshd replica signs.
-	Exclusive bool
-	// Renews is the serial of the certificate this one renews, when the
-	// issuance is the whole of a renewal: its audit entry is then the
-	// renewal's (cert.renew, "serial <old> -> <new>"), so a renewal costs
-	// one entry rather than an issuance's and a renewal's.
-	Renews string
-	// Enrolls, when set, says the issuance is the whole of a node's
-	// enrollment and how the node proved itself ("join token from
-	// 10.0.0.7"): its audit entry is then the enrollment's (node.enroll,
-	// "serial <new> via <Enrolls>"), one entry written with the
-	// certificate rather than an issuance's and then an enrollment's.
-	Enrolls string
+	// invalid is why the name a NodeRequest, AgentRequest or
+	// ClientRequest was built from is no identity: Sign refuses it.
+	invalid error
 }
 
 // signing is the state a policy's options work on.
@@ -101,7 +87,7 @@ type signing struct {
 	// ceiling is the issuing intermediate's expiry.
 	ceiling time.Time
 	// proven is set when the caller has already verified that the
-	// requester holds csr's key (see SignProven): the CSR's own signature
+	// requester holds csr's key (see ProvenPossession): the CSR's own signature
 	// is then not checked a second time.
 	proven bool
 }

@@ -209,7 +209,7 @@ func caIssueNodeCmd(g *globals) *cobra.Command {
 		"Issue a node's server+client certificate (re-issuing renews it under the same key)",
 		cobra.MinimumNArgs(1),
 		func(ctx context.Context, c *ca.CA, a []string) (*ca.Issued, error) {
-			return c.IssueNode(ctx, a[0], a[1:]...)
+			return c.Sign(ctx, ca.NodeRequest(a[0], a[1:]...), ca.WithGeneratedKey())
 		})
 }
 
@@ -217,14 +217,16 @@ func caIssueAgentCmd(g *globals) *cobra.Command {
 	return issueCmd(g, "issue-agent <agent-id> <node-id>", "Issue an agent's client certificate, CN <agent-id>@<node-id>",
 		cobra.ExactArgs(2),
 		func(ctx context.Context, c *ca.CA, a []string) (*ca.Issued, error) {
-			return c.IssueAgent(ctx, a[0], a[1])
+			return c.Sign(ctx, ca.AgentRequest(a[0], a[1]), ca.WithGeneratedKey())
 		})
 }
 
 func caIssueClientCmd(g *globals) *cobra.Command {
 	return issueCmd(g, "issue-client <user>", "Issue an external user's client certificate, CN <user>@external",
 		cobra.ExactArgs(1),
-		func(ctx context.Context, c *ca.CA, a []string) (*ca.Issued, error) { return c.IssueClient(ctx, a[0]) })
+		func(ctx context.Context, c *ca.CA, a []string) (*ca.Issued, error) {
+			return c.Sign(ctx, ca.ClientRequest(a[0]), ca.WithGeneratedKey())
+		})
 }
 
 func caSignCmd(g *globals) *cobra.Command {
@@ -264,7 +266,7 @@ for nothing the profile would not grant.`,
 				return fmt.Errorf("%s: %w", a[0], err)
 			}
 			return g.withCA(cmd.Context(), func(c *ca.CA) error {
-				is, err := c.Sign(cmd.Context(), csr, req)
+				is, err := c.Sign(cmd.Context(), req, ca.FromCSR(csr))
 				if err != nil {
 					return err
 				}

@@ -440,7 +440,7 @@ func TestWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := oldCA.IssueClient(t.Context(), "bob"); err != nil {
+	if _, err := oldCA.Sign(t.Context(), ca.ClientRequest("bob"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

@@ -145,7 +145,7 @@ func (m *meshCA) shifted(t testing.TB, d, ttl time.Duration) *ca.CA {
 // agentCert issues agent@node with c and loads it for a TLS client.
 func agentCert(t testing.TB, c *ca.CA, agent, node string) (tls.Certificate, *x509.Certificate) {
 	t.Helper()
-	is, err := c.IssueAgent(context.Background(), agent, node)
+	is, err := c.Sign(context.Background(), ca.AgentRequest(agent, node), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +336,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 		Logger:         slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if o.mode != server.TLSOff {
-		if _, err := e.ca.auth.IssueNode(context.Background(), "meshd", "localhost", "IP:127.0.0.1"); err != nil {
+		if _, err := e.ca.auth.Sign(context.Background(), ca.NodeRequest("meshd", "localhost", "IP:127.0.0.1"), ca.WithGeneratedKey()); err != nil {
 			t.Fatal(err)
 		}
 		e.cfg.CertFile = e.ca.cfg.IssuedCertPath("meshd.mesh")

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -579,7 +580,7 @@ func TestE2EServerCertificateReload(t *testing.T) {
 		t.Fatal(r)
 	}
 	oldSerial := old.conn.ConnectionState().PeerCertificates[0].SerialNumber
-	is, err := e.ca.auth.IssueNode(context.Background(), "meshd", "localhost", "IP:127.0.0.1")
+	is, err := e.ca.auth.Sign(context.Background(), ca.NodeRequest("meshd", "localhost", "IP:127.0.0.1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}

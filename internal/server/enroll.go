@@ -169,7 +169,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		hash := hex.EncodeToString(sum[:])
 		// A token is spent by the attempt, so a CSR the CA would refuse is
 		// refused before it can burn one.
-		if err := s.auth.CheckProven(csr, ca.Request{Profile: ca.ProfileNode, Identity: id}); err != nil {
+		if err := s.auth.Check(ctx, ca.Request{Profile: ca.ProfileNode, Identity: id}, ca.FromCSR(csr), ca.ProvenPossession()); err != nil {
 			fail(http.StatusBadRequest, "policy", err.Error(), "CSR refused by policy; join token "+hash[:12]+" not spent", cn)
 			return
 		}
@@ -192,8 +192,11 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	// parseEnrollRequest checked the CSR's signature: that is the proof of
 	// possession, not to be paid for twice.
 	// The certificate's audit entry is the enrollment's.
-	is, err := s.auth.SignProven(ctx, csr, ca.Request{Profile: ca.ProfileNode, Identity: id, Exclusive: method == "bootstrap secret",
-		Enrolls: method + " from " + host})
+	opts := []ca.SignOption{ca.FromCSR(csr), ca.ProvenPossession(), ca.Enrolls(method + " from " + host)}
+	if method == "bootstrap secret" {
+		opts = append(opts, ca.Exclusive())
+	}
+	is, err := s.auth.Sign(ctx, ca.Request{Profile: ca.ProfileNode, Identity: id}, opts...)
 	if errors.Is(err, store.ErrLiveCert) {
 		fail(http.StatusConflict, "already_enrolled", fmt.Sprintf("node %s already holds a valid certificate; revoke it first, or enroll with a join token for this node", req.NodeID), "node already enrolled (raced)", cn)
 		return
@@ -431,7 +434,7 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "bad_request", "body must be JSON {\"agent_id\", \"csr\"}: "+err.Error())
 		return
 	}
-	csr, areq, err := s.agentRequest(node, req, peer.Serial)
+	csr, areq, err := s.agentRequest(node, req)
 	if err != nil {
 		s.issueError(w, r, peer, action, err)
 		return
@@ -439,7 +442,7 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 	if !s.admitAgentCerts(w, r, peer, action, node, []string{req.AgentID}) {
 		return
 	}
-	is, err := s.auth.Sign(r.Context(), csr, areq)
+	is, err := s.auth.Sign(r.Context(), areq, ca.FromCSR(csr), ca.AuthorizedBy(peer.Serial))
 	if err != nil {
 		s.issueError(w, r, peer, action, err)
 		return
@@ -453,9 +456,8 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 var errAgentScope = errors.New("a node obtains certificates for its own agents only")
 
 // agentRequest checks an agent CSR for an agent of node (it may only name
-// <agent-id>@<node>) and returns it with the request to sign it under,
-// authorized by the certificate serial the node called with.
-func (s *Server) agentRequest(node identity.Identity, req meshapi.AgentCertRequest, authorizedBy string) (*x509.CertificateRequest, ca.Request, error) {
+// <agent-id>@<node>) and returns it with the request to sign it under.
+func (s *Server) agentRequest(node identity.Identity, req meshapi.AgentCertRequest) (*x509.CertificateRequest, ca.Request, error) {
 	id, err := identity.NewAgent(req.AgentID, node.Node)
 	if err != nil {
 		return nil, ca.Request{}, fmt.Errorf("%w: %v", ca.ErrPolicy, err)
@@ -467,7 +469,7 @@ func (s *Server) agentRequest(node identity.Identity, req meshapi.AgentCertReque
 	if cn := csr.Subject.CommonName; cn != "" && cn != id.CommonName() {
 		return nil, ca.Request{}, fmt.Errorf("%w: the request names %q; node %s may obtain %q (or leave the CN empty)", errAgentScope, cn, node.Node, id.CommonName())
 	}
-	return csr, ca.Request{Profile: ca.ProfileAgent, Identity: id, AuthorizedBy: authorizedBy}, nil
+	return csr, ca.Request{Profile: ca.ProfileAgent, Identity: id}, nil
 }
 
 // renew is POST /renew: the holder of a valid mesh certificate gets a new
@@ -526,10 +528,11 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	}
 	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
 	ctx := r.Context()
-	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity), AuthorizedBy: peer.Serial}
+	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity)}
+	ownOpts := []ca.SignOption{ca.AuthorizedBy(peer.Serial)}
 	if len(req.Agents) == 0 {
 		// The certificate's own audit entry is the renewal's.
-		own.Renews = peer.Serial
+		ownOpts = append(ownOpts, ca.Renews(peer.Serial))
 	}
 	// The agents' requests are checked before anything is signed, so a
 	// renewal refused for one agent records no certificate nobody receives.
@@ -540,9 +543,9 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	}
 	agents := make([]agentReq, 0, len(req.Agents))
 	for _, a := range req.Agents {
-		acsr, areq, err := s.agentRequest(peer.Identity, a, peer.Serial)
+		acsr, areq, err := s.agentRequest(peer.Identity, a)
 		if err == nil {
-			err = s.auth.Check(acsr, areq)
+			err = s.auth.Check(ctx, areq, ca.FromCSR(acsr))
 		}
 		if err != nil {
 			s.issueError(w, r, peer, action, fmt.Errorf("agent %q: %w", a.AgentID, err))
@@ -554,11 +557,11 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	var err error
 	switch {
 	case csr == nil:
-		is, err = s.auth.Reissue(ctx, peer.Leaf.PublicKey, own)
+		is, err = s.auth.Sign(ctx, own, append(ownOpts, ca.ForPublicKey(peer.Leaf.PublicKey))...)
 	case bytes.Equal(csr.RawSubjectPublicKeyInfo, peer.Leaf.RawSubjectPublicKeyInfo):
-		is, err = s.auth.SignProven(ctx, csr, own)
+		is, err = s.auth.Sign(ctx, own, append(ownOpts, ca.FromCSR(csr), ca.ProvenPossession())...)
 	default:
-		is, err = s.auth.Sign(ctx, csr, own)
+		is, err = s.auth.Sign(ctx, own, append(ownOpts, ca.FromCSR(csr))...)
 	}
 	if err != nil {
 		s.issueError(w, r, peer, action, err)
@@ -567,7 +570,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 	out := meshapi.RenewResponse{IssuedCert: issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
 	for _, a := range agents {
 		// Check verified each agent CSR's signature above.
-		ais, err := s.auth.SignProven(ctx, a.csr, a.req)
+		ais, err := s.auth.Sign(ctx, a.req, ca.FromCSR(a.csr), ca.ProvenPossession(), ca.AuthorizedBy(peer.Serial))
 		if err != nil {
 			// Only a revocation racing this renewal (or the store failing)
 			// gets here: the node's new certificate is then revoked with
@@ -579,7 +582,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 		b.AgentID = a.id
 		out.Agents = append(out.Agents, b)
 	}
-	if own.Renews == "" {
+	if len(req.Agents) > 0 {
 		s.audit(ctx, "cert.renew", peer.Identity.CommonName(), store.OutcomeOK, fmt.Sprintf("serial %s -> %s, %d agent certificate(s)", peer.Serial, is.Record.Serial, len(out.Agents)))
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -459,7 +459,7 @@ func TestE2ERenew(t *testing.T) {
 	}
 
 	past := e.ca.shifted(t, -caPast, 24*time.Hour)
-	if _, err := past.IssueNode(ctx, "ct302"); err != nil {
+	if _, err := past.Sign(ctx, ca.NodeRequest("ct302"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
 	expired, err := tls.LoadX509KeyPair(past.Config().IssuedCertPath("ct302.mesh"), past.Config().IssuedKeyPath("ct302.mesh"))
@@ -574,11 +574,11 @@ func TestE2ERenewRotatesAgents(t *testing.T) {
 		// Credentials issued an hour ago, as if enrolled then; the
 		// Renewer's clock stands 2/3 of their lifetime later.
 		past := e.ca.shifted(t, -time.Hour, 0)
-		ni, err := past.IssueNode(ctx, "ct600")
+		ni, err := past.Sign(ctx, ca.NodeRequest("ct600"), ca.WithGeneratedKey())
 		if err != nil {
 			t.Fatal(err)
 		}
-		ai, err := past.IssueAgent(ctx, "opus", "ct600")
+		ai, err := past.Sign(ctx, ca.AgentRequest("opus", "ct600"), ca.WithGeneratedKey())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,7 +19,7 @@ import (
 func TestE2EStartEvictsBlockedKeys(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
 	first, _ := agentCert(t, e.ca.auth, "opus", "n1")
-	renewed, _ := agentCert(t, e.ca.auth, "opus", "n1") // the same key: IssueWithKey reuses it
+	renewed, _ := agentCert(t, e.ca.auth, "opus", "n1") // the same key: WithGeneratedKey reuses it
 	if serialOf(first) == serialOf(renewed) {
 		t.Fatal("the renewal has the first certificate's serial")
 	}

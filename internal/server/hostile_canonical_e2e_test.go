@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -20,7 +21,7 @@ func TestHostileAdminNonCanonicalPaths(t *testing.T) {
 		c.AdminListen = "127.0.0.1:0"
 		c.AdminIdentities = []string{"admin@external"}
 	}})
-	if _, err := e.ca.auth.IssueClient(context.Background(), "alice"); err != nil {
+	if _, err := e.ca.auth.Sign(context.Background(), ca.ClientRequest("alice"), ca.WithGeneratedKey()); err != nil {
 		t.Fatal(err)
 	}
 	alice, err := tls.LoadX509KeyPair(e.ca.cfg.IssuedCertPath("alice@external"), e.ca.cfg.IssuedKeyPath("alice@external"))

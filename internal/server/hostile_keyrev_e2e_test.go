@@ -34,7 +34,7 @@ import (
 func TestHostileKeyCompromiseReachesEveryCertOfTheKey(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict, poll: 20 * time.Millisecond})
 	first, firstX := agentCert(t, e.ca.auth, "ka", "n1")
-	renewal, renewalX := agentCert(t, e.ca.auth, "ka", "n1") // IssueWithKey keeps issued/ka@n1.key
+	renewal, renewalX := agentCert(t, e.ca.auth, "ka", "n1") // WithGeneratedKey keeps issued/ka@n1.key
 	if !bytes.Equal(firstX.RawSubjectPublicKeyInfo, renewalX.RawSubjectPublicKeyInfo) || firstX.SerialNumber.Cmp(renewalX.SerialNumber) == 0 {
 		t.Fatal("the renewal is not a second certificate of the same key")
 	}
@@ -42,7 +42,7 @@ func TestHostileKeyCompromiseReachesEveryCertOfTheKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	is, err := e.ca.auth.Reissue(t.Context(), renewal.PrivateKey.(crypto.Signer).Public(), ca.Request{Profile: ca.ProfileAgent, Identity: kb})
+	is, err := e.ca.auth.Sign(t.Context(), ca.Request{Profile: ca.ProfileAgent, Identity: kb}, ca.ForPublicKey(renewal.PrivateKey.(crypto.Signer).Public()))
 	if err != nil {
 		t.Fatal(err)
 	}

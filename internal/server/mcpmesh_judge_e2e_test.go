@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -124,7 +125,7 @@ func adminEnv(t *testing.T, mode server.TLSMode) (e *env, admin, agent []string)
 	if err := os.WriteFile(root, pemfile.EncodeCerts(e.ca.auth.Root()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	iss, err := e.ca.auth.IssueClient(context.Background(), "admin")
+	iss, err := e.ca.auth.Sign(context.Background(), ca.ClientRequest("admin"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -21,7 +22,7 @@ func TestE2EAdminPolicy(t *testing.T) {
 	}})
 	ctx := context.Background()
 	issue := func(user string) tls.Certificate {
-		if _, err := e.ca.auth.IssueClient(ctx, user); err != nil {
+		if _, err := e.ca.auth.Sign(ctx, ca.ClientRequest(user), ca.WithGeneratedKey()); err != nil {
 			t.Fatal(err)
 		}
 		cn := user + "@external"

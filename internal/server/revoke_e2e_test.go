@@ -90,7 +90,7 @@ func TestE2ERevokedIdentityStaysRevoked(t *testing.T) {
 		t.Errorf("a refused renewal recorded %d node certificates nobody received", got-nodeBefore)
 	}
 	// Issuing offline, as `meshctl ca issue-agent` does, is refused too.
-	if _, err := e.ca.auth.IssueAgent(ctx, "opus", "ct112"); err == nil {
+	if _, err := e.ca.auth.Sign(ctx, ca.AgentRequest("opus", "ct112"), ca.WithGeneratedKey()); err == nil {
 		t.Error("ca issue-agent issued revoked opus@ct112")
 	}
 	// Other agents of the node are not affected.
@@ -148,7 +148,7 @@ func TestE2ERevokeNodeCutsOffAgents(t *testing.T) {
 		t.Errorf("a@ct200 is listed %+v, want evicted", v)
 	}
 	// Nothing mints a@ct200 or another agent of ct200 again.
-	if _, err := e.ca.auth.IssueAgent(ctx, "new", "ct200"); err == nil {
+	if _, err := e.ca.auth.Sign(ctx, ca.AgentRequest("new", "ct200"), ca.WithGeneratedKey()); err == nil {
 		t.Error("issued an agent of revoked node ct200")
 	}
 	if _, err := e.enrollClient().Enroll(ctx, testSecret, "ct200", e.newNodeKey()); !refusedRevoked(err) {

@@ -47,6 +47,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
@@ -125,7 +126,7 @@ func run(ctx context.Context, o options) error {
 	// Serials to revoke: the baseline's, then the timed ones.
 	serials := make([]string, 2*o.revocations)
 	for i := range serials {
-		is, err := m.CA.IssueAgent(ctx, fmt.Sprintf("victim%d", i), "bench")
+		is, err := m.CA.Sign(ctx, ca.AgentRequest(fmt.Sprintf("victim%d", i), "bench"), ca.WithGeneratedKey())
 		if err != nil {
 			return err
 		}

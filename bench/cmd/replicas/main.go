@@ -54,6 +54,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
+	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -293,7 +294,7 @@ func issuance(ctx context.Context, m *benchmesh.Mesh, servers []server, o option
 	errs := make(chan error, o.conc)
 	for w := range o.conc {
 		node := fmt.Sprintf("bn%d", w)
-		is, err := m.CA.IssueNode(ctx, node)
+		is, err := m.CA.Sign(ctx, ca.NodeRequest(node), ca.WithGeneratedKey())
 		if err != nil {
 			return 0, 0, err
 		}
@@ -357,7 +358,7 @@ func crossRevocation(ctx context.Context, m *benchmesh.Mesh, servers []server, n
 	failed := 0
 	for i := range n {
 		id := fmt.Sprintf("rv%d", i)
-		is, err := m.CA.IssueAgent(ctx, id, "bench")
+		is, err := m.CA.Sign(ctx, ca.AgentRequest(id, "bench"), ca.WithGeneratedKey())
 		if err != nil {
 			return benchmesh.Stats{}, err
 		}

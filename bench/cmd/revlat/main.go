@@ -254,7 +254,7 @@ func (m *mesh) connectAgents(ctx context.Context, prefix string, n int, payload 
 	out := make([]*agentConn, 0, n)
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("%s-%d", prefix, i)
-		is, err := m.CA.IssueAgent(ctx, id, "bench")
+		is, err := m.CA.Sign(ctx, ca.AgentRequest(id, "bench"), ca.WithGeneratedKey())
 		if err != nil {
 			return nil, err
 		}

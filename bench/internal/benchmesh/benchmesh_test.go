@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshtrust/meshtrust/internal/ca"
 )
 
 func TestSummarize(t *testing.T) {
@@ -53,7 +55,7 @@ func TestMeshRevoke(t *testing.T) {
 	if m.Addr() == "" {
 		t.Fatal("no agent address")
 	}
-	is, err := m.CA.IssueAgent(ctx, "victim", "bench")
+	is, err := m.CA.Sign(ctx, ca.AgentRequest("victim", "bench"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
