@@ -19,7 +19,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -32,7 +32,7 @@ type pki struct {
 	t   *testing.T
 	dir string
 	ca  *ca.CA
-	st  *sqlite.Store
+	st  *sqlstore.Store
 }
 
 func newPKI(t *testing.T) *pki {
@@ -47,7 +47,7 @@ func newPKI(t *testing.T) *pki {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}

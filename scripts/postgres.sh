@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and runs a real PostgreSQL for the tests of the PostgreSQL store
-# (internal/store/postgres) and of meshd replicas.
+# (internal/store/sqlstore) and of meshd replicas.
 #
 #   scripts/postgres.sh install     install PostgreSQL from apt if missing
 #   scripts/postgres.sh bin         print the directory of its server binaries

@@ -12,7 +12,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/config"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // TestStoreLocationDoesNotMove: the store is <ca-dir>/meshtrust.db with or
@@ -34,7 +34,7 @@ func TestStoreLocationDoesNotMove(t *testing.T) {
 	t.Run("legacy store is moved with its entities", func(t *testing.T) {
 		data := t.TempDir()
 		legacy := filepath.Join(data, "meshtrust.db")
-		st, err := sqlite.Open(t.Context(), legacy)
+		st, err := sqlstore.OpenSQLite(t.Context(), legacy)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,7 +54,7 @@ func TestStoreLocationDoesNotMove(t *testing.T) {
 		if fileExists(legacy) {
 			t.Error("the legacy store is still in the data dir")
 		}
-		st, err = sqlite.Open(t.Context(), got)
+		st, err = sqlstore.OpenSQLite(t.Context(), got)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,7 +69,7 @@ func TestStoreLocationDoesNotMove(t *testing.T) {
 		cfg := ca.Config{Dir: filepath.Join(data, "ca")}
 		for _, p := range []string{filepath.Join(data, "meshtrust.db"), cfg.StorePath()} {
 			os.MkdirAll(filepath.Dir(p), 0o700)
-			st, err := sqlite.Open(t.Context(), p)
+			st, err := sqlstore.OpenSQLite(t.Context(), p)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/postgres/pgtest"
+	"github.com/meshtrust/meshtrust/internal/store/pgtest"
 )
 
 // listed returns GET /agents on r as id -> owner and endpoint.

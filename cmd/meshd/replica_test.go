@@ -27,8 +27,8 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
-	"github.com/meshtrust/meshtrust/internal/store/postgres"
-	"github.com/meshtrust/meshtrust/internal/store/postgres/pgtest"
+	"github.com/meshtrust/meshtrust/internal/store/pgtest"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -276,7 +276,7 @@ func copyTree(t *testing.T, src, dst string) {
 // (--dev), B and C run with a copy of its CA directory, the one
 // intermediate every replica signs with. It returns them with the test's
 // view of the CA and a store on dsn, closed when t ends.
-func startMesh(t *testing.T, bin, dsn string, extra [3][]string) ([3]*replica, *mesh, *postgres.Store) {
+func startMesh(t *testing.T, bin, dsn string, extra [3][]string) ([3]*replica, *mesh, *sqlstore.Store) {
 	t.Helper()
 	root := t.TempDir()
 	a := startReplica(t, bin, "A", filepath.Join(root, "a"), dsn, append([]string{"--dev"}, extra[0]...)...)
@@ -294,7 +294,7 @@ func startMesh(t *testing.T, bin, dsn string, extra [3][]string) ([3]*replica, *
 		rs[i+1] = startReplica(t, bin, strings.ToUpper(n), filepath.Join(root, n, "data"), dsn, flags...)
 	}
 
-	st, err := postgres.Open(t.Context(), dsn, postgres.WithoutListen())
+	st, err := sqlstore.OpenPostgres(t.Context(), dsn, sqlstore.WithoutListen())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -107,7 +107,7 @@ func BenchmarkIssue(b *testing.B) {
 		// A new, empty store for every run, so that runs compare: the
 		// same CA, recording into a database that did not grow with the
 		// runs before.
-		st, err := sqlite.Open(ctx, filepath.Join(b.TempDir(), "meshtrust.db"))
+		st, err := sqlstore.OpenSQLite(ctx, filepath.Join(b.TempDir(), "meshtrust.db"))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -164,7 +164,7 @@ func setupSQLiteCA(tb testing.TB, dir string) ca.Config {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		tb.Fatal(err)
 	}
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -182,7 +182,7 @@ func setupSQLiteCA(tb testing.TB, dir string) ca.Config {
 func issueOnce(tb testing.TB, cfg ca.Config, csr *x509.CertificateRequest) *x509.Certificate {
 	tb.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -30,7 +30,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -58,7 +58,7 @@ func (c *fakeClock) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
 type fixture struct {
 	cfg   ca.Config
 	clock *fakeClock
-	store *sqlite.Store
+	store *sqlstore.Store
 	ca    *ca.CA // nil until opened
 }
 
@@ -83,7 +83,7 @@ func newBare(t testing.TB, o caOptions) *fixture {
 	if err := os.Mkdir(cfg.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	st, err := sqlite.Open(t.Context(), cfg.StorePath(), sqlite.WithClock(clk.Now))
+	st, err := sqlstore.OpenSQLite(t.Context(), cfg.StorePath(), sqlstore.WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // appendAudit appends n entries to f's audit log.
@@ -130,7 +130,7 @@ func tamper(t testing.TB, f *fixture, tamper func(*sql.DB) error) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := sqlite.Open(t.Context(), f.cfg.StorePath(), sqlite.WithClock(f.clock.Now))
+	st, err := sqlstore.OpenSQLite(t.Context(), f.cfg.StorePath(), sqlstore.WithClock(f.clock.Now))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -80,7 +80,7 @@ func TestCrash(t *testing.T) {
 		}
 	}
 
-	st, err := sqlite.Open(t.Context(), cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(t.Context(), cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func runCrashChild(t *testing.T, dir string, round, atLeast int, delay time.Dura
 func checkCrashedStore(t *testing.T, cfg ca.Config, handed map[string]string) {
 	t.Helper()
 	ctx := t.Context()
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		t.Fatalf("the store does not open after the crash: %v", err)
 	}
@@ -246,7 +246,7 @@ func TestCrashChild(t *testing.T) {
 	round := os.Getenv(crashRoundEnv)
 	ctx := context.Background()
 	cfg := ca.Config{Dir: dir}
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,13 +8,13 @@ import (
 	"testing"
 
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // auditLog reads the env's audit log through a store opened for the call.
 func (e *env) auditLog() []store.AuditEntry {
 	e.t.Helper()
-	st, err := sqlite.Open(e.t.Context(), e.path("meshtrust.db"))
+	st, err := sqlstore.OpenSQLite(e.t.Context(), e.path("meshtrust.db"))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func (e *env) forgeAuditLog(seq int64, detail string) {
 	e.t.Helper()
 	log := e.auditLog()
 	forged := filepath.Join(e.base, "forged.db")
-	st, err := sqlite.Open(e.t.Context(), forged)
+	st, err := sqlstore.OpenSQLite(e.t.Context(), forged)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -177,7 +177,7 @@ func (e *env) snapshot() state {
 	if _, err := os.Stat(db); err != nil {
 		return s // opening the store would create it
 	}
-	st, err := sqlite.Open(e.t.Context(), db)
+	st, err := sqlstore.OpenSQLite(e.t.Context(), db)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -432,7 +432,7 @@ func TestWalkthrough(t *testing.T) {
 	// A certificate issued 100 days ago, through the package with its
 	// clock injected, is listed as expired.
 	past := func() time.Time { return time.Now().Add(-100 * 24 * time.Hour) }
-	st, err := sqlite.Open(t.Context(), e.path("meshtrust.db"))
+	st, err := sqlstore.OpenSQLite(t.Context(), e.path("meshtrust.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // meshd is a real meshd server running in the test process over the
@@ -57,7 +57,7 @@ func startMeshd(t *testing.T) *meshd {
 
 	ctx := context.Background()
 	cfg := ca.Config{RootDir: e.root, Dir: e.caDir, TrustDomain: "mesh.local"}
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -305,7 +305,7 @@ func TestE2EMCPMeshTLSAutoTrustDir(t *testing.T) {
 	registryCert := loadPair(t, filepath.Join(ld, "registry-cert.pem"), filepath.Join(ld, "registry-key.pem"))
 
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "meshd.db"))
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "meshd.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +369,7 @@ func mustRead(t testing.TB, path string) []byte {
 // error that says what to do, never a silent fallback.
 func TestE2EBindingSettingsRefused(t *testing.T) {
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "meshd.db"))
+	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "meshd.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

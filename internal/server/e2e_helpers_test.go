@@ -32,7 +32,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -94,7 +94,7 @@ func (b *logBuffer) hasRecord(t testing.TB, level, msg string) bool {
 // not-yet-valid leaves under it.
 type meshCA struct {
 	cfg  ca.Config
-	st   *sqlite.Store
+	st   *sqlstore.Store
 	auth *ca.CA
 }
 
@@ -107,7 +107,7 @@ func newMeshCA(t testing.TB, dir string) *meshCA {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +395,7 @@ func (e *env) restart(whileDown ...func()) {
 		f()
 	}
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, e.ca.cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, e.ca.cfg.StorePath())
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -412,7 +412,7 @@ func (e *env) restart(whileDown ...func()) {
 func (e *env) revokeOffline(serial string) {
 	e.t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, e.ca.cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, e.ca.cfg.StorePath())
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -304,7 +304,7 @@ func TestE2EFeedStartFailureClosesListeners(t *testing.T) {
 
 	// New starts watching the trust dir early; when a later step fails,
 	// the watcher must stop with it.
-	closed, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "closed.db"))
+	closed, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "closed.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,7 +421,7 @@ func (r *feedReplica) checkLog(t testing.TB) {
 func feedRotate(t testing.TB, e *env, activate bool) *x509.Certificate {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, e.ca.cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, e.ca.cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}

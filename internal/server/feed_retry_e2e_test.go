@@ -9,7 +9,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // TestE2EStartEvictsBlockedKeys: an agent registered with a same-key
@@ -45,7 +45,7 @@ func TestE2EStartEvictsBlockedKeys(t *testing.T) {
 // on demand for one read. It is the one fault doubled; every other call,
 // and every read once the fault is spent, is the real store's.
 type flakyEntityReads struct {
-	*sqlite.Store
+	*sqlstore.Store
 	entity string
 	fails  atomic.Int32
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // revokeName revokes target through the admin API with a reason that does
@@ -340,7 +340,7 @@ func TestE2EAuditCheckpointed(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no checkpoints file after meshd ran: %v", err)
 	}
-	st, err := sqlite.Open(context.Background(), e.ca.cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(context.Background(), e.ca.cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,11 +45,11 @@ type Store interface {
 	store.PolicyStore
 }
 
-// replicated is a Store that other meshd processes (replicas) share: the
-// PostgreSQL store. Wake tells when the change feed may have grown
-// (LISTEN/NOTIFY), so that replicas apply each other's revocations within
-// milliseconds rather than at the next poll; the registry merges the
-// agents the others registered every replicaSync.
+// replicated is a Store that other meshd processes (replicas) may share:
+// the PostgreSQL store, whose Wake is not nil. Wake tells when the change
+// feed may have grown (LISTEN/NOTIFY), so that replicas apply each other's
+// revocations within milliseconds rather than at the next poll; the
+// registry merges the agents the others registered every replicaSync.
 type replicated interface {
 	Wake() <-chan struct{}
 }
@@ -426,7 +426,7 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	}
 	feedCfg := events.Config{Logger: s.log, Now: cfg.Now}
 	var syncEvery time.Duration
-	if w, ok := st.(replicated); ok {
+	if w, ok := st.(replicated); ok && w.Wake() != nil {
 		feedCfg.Wake, syncEvery = w.Wake(), replicaSync
 	}
 	s.events = events.New(st, cursor, feedCfg)

@@ -49,10 +49,11 @@ func IsSHA256Hex(h string) bool {
 	return true
 }
 
-// AgentNode returns the node of an agent identity's common name ("ct200"
-// for "opus@ct200"), or "": the column a node's revocation finds its
-// agents' certificates by.
-func AgentNode(cn string) string {
+// AgentNodeID returns the node id of an agent identity's common name
+// ("ct200" for "opus@ct200"), or "": the column a node's revocation finds
+// its agents' certificates by. BlockingNodeName returns the node's
+// identity name instead ("ct200.mesh").
+func AgentNodeID(cn string) string {
 	if id, err := identity.Parse(cn); err == nil && id.Kind == identity.KindAgent {
 		return id.Node
 	}

@@ -3,9 +3,9 @@
 //
 // Every write is durable before its method returns. Implementations batch
 // concurrent writers into one transaction (group commit) so throughput grows
-// with concurrency without weakening that promise. The embedded default is
-// SQLite (package store/sqlite); package store/postgres keeps the same
-// state in a PostgreSQL database that several meshd replicas share.
+// with concurrency without weakening that promise. Package store/sqlstore
+// implements it once, on an embedded SQLite file (the default) or on a
+// PostgreSQL database that several meshd replicas share.
 package store
 
 import (
@@ -233,9 +233,11 @@ func KeyHash(spki []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// BlockingNode returns the second of BlockingNames(cn), the node identity
-// whose revocation blocks the agent cn, or "" when there is none.
-func BlockingNode(cn string) string {
+// BlockingNodeName returns the second of BlockingNames(cn), the common
+// name of the node identity whose revocation blocks the agent cn
+// ("ct200.mesh" for "opus@ct200"), or "" when there is none. AgentNodeID
+// returns the node's id instead ("ct200").
+func BlockingNodeName(cn string) string {
 	if names := BlockingNames(cn); len(names) > 1 {
 		return names[1]
 	}

@@ -34,7 +34,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -62,7 +62,7 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 		return fmt.Errorf("-listen %s: a benchmark server binds 127.0.0.1 only", listen)
 	}
 	cfg := ca.Config{RootDir: rootDir, Dir: caDir}
-	st, err := sqlite.Open(ctx, cfg.StorePath())
+	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
 	if err != nil {
 		return err
 	}

@@ -48,7 +48,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // refusalTimeout bounds the wait for one agent's refusal.
@@ -203,7 +203,7 @@ type mesh struct {
 	*benchmesh.Mesh
 	poll time.Duration
 
-	offlineStore *sqlite.Store
+	offlineStore *sqlstore.Store
 	offlineCA    *ca.CA
 }
 
@@ -219,7 +219,7 @@ func startMesh(ctx context.Context, dir string, o options) (*mesh, error) {
 	// The offline path: another handle on the same store file, as a
 	// separate meshctl process would open it.
 	cfg := m.CA.Config()
-	if m.offlineStore, err = sqlite.Open(ctx, cfg.StorePath()); err == nil {
+	if m.offlineStore, err = sqlstore.OpenSQLite(ctx, cfg.StorePath()); err == nil {
 		m.offlineCA, err = ca.Open(ctx, cfg, m.offlineStore)
 	}
 	if err != nil {

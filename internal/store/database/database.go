@@ -12,8 +12,7 @@ import (
 	"strings"
 
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/postgres"
-	"github.com/meshtrust/meshtrust/internal/store/sqlite"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
 
 // EnvVar is the environment variable that names the database, MCP Mesh's.
@@ -67,14 +66,14 @@ func Open(ctx context.Context, url, def string, o Options) (Store, error) {
 		if strings.Contains(url, "://") && !strings.HasPrefix(url, "sqlite://") {
 			return nil, errors.New("database: the URL's scheme is not one meshtrust knows; want postgres://user:password@host:port/database, or an SQLite file path")
 		}
-		return sqlite.Open(ctx, SQLitePath(url, def))
+		return sqlstore.OpenSQLite(ctx, SQLitePath(url, def))
 	}
-	opts := []postgres.Option{}
+	opts := []sqlstore.Option{}
 	if o.Logger != nil {
-		opts = append(opts, postgres.WithLogger(o.Logger))
+		opts = append(opts, sqlstore.WithLogger(o.Logger))
 	}
 	if !o.Follow {
-		opts = append(opts, postgres.WithoutListen())
+		opts = append(opts, sqlstore.WithoutListen())
 	}
-	return postgres.Open(ctx, url, opts...)
+	return sqlstore.OpenPostgres(ctx, url, opts...)
 }

@@ -6,7 +6,7 @@
 //
 //	func TestConformance(t *testing.T) {
 //		storetest.Run(t, func(t *testing.T, dir string) store.Store {
-//			s, err := sqlite.Open(t.Context(), filepath.Join(dir, "meshtrust.db"))
+//			s, err := sqlstore.OpenSQLite(t.Context(), filepath.Join(dir, "meshtrust.db"))
 //			if err != nil {
 //				t.Fatal(err)
 //			}

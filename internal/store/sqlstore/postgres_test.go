@@ -1,12 +1,12 @@
-package postgres_test
+package sqlstore_test
 
 import (
 	"sync"
 	"testing"
 
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/postgres"
-	"github.com/meshtrust/meshtrust/internal/store/postgres/pgtest"
+	"github.com/meshtrust/meshtrust/internal/store/pgtest"
+	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/internal/store/storetest"
 )
 
@@ -23,7 +23,7 @@ func opener(srv *pgtest.Server) storetest.Opener {
 			dsns[dir] = dsn
 		}
 		mu.Unlock()
-		s, err := postgres.Open(t.Context(), dsn)
+		s, err := sqlstore.OpenPostgres(t.Context(), dsn)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -31,6 +31,6 @@ func opener(srv *pgtest.Server) storetest.Opener {
 	}
 }
 
-func TestConformance(t *testing.T) {
+func TestPostgresConformance(t *testing.T) {
 	storetest.Run(t, opener(pgtest.Start(t)))
 }

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T, dir string) store.Store {
-		s, err := Open(t.Context(), filepath.Join(dir, "meshtrust.db"))
+		s, err := OpenSQLite(t.Context(), filepath.Join(dir, "meshtrust.db"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -33,7 +33,7 @@ func TestConformance(t *testing.T) {
 func openTest(t *testing.T, opts ...Option) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "meshtrust.db")
-	s, err := Open(t.Context(), path, opts...)
+	s, err := OpenSQLite(t.Context(), path, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestOpenCreatesPrivateFile(t *testing.T) {
 
 func TestOpenMissingDirectory(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "missing", "meshtrust.db")
-	_, err := Open(t.Context(), path)
+	_, err := OpenSQLite(t.Context(), path)
 	if err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("Open in a missing directory = %v, want an error saying the directory does not exist", err)
 	}
@@ -113,7 +113,7 @@ func TestOpenOddPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "meshtrust.db")
-	s, err := Open(t.Context(), path)
+	s, err := OpenSQLite(t.Context(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,18 +152,18 @@ func TestPragmas(t *testing.T) {
 }
 
 func TestSchemaVersion(t *testing.T) {
-	ms, err := migrations()
+	ms, err := sqliteDialect{}.migrations()
 	if err != nil {
 		t.Fatal(err)
 	}
-	latest := ms[len(ms)-1].Version
+	latest := ms[len(ms)-1].version
 	s, path := openTest(t)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	// Reopening a current file applies nothing twice.
-	s, err = Open(t.Context(), path)
+	s, err = OpenSQLite(t.Context(), path)
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
@@ -184,12 +184,12 @@ func TestSchemaVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	s, err = Open(t.Context(), path)
+	s, err = OpenSQLite(t.Context(), path)
 	if !errors.Is(err, ErrSchemaTooNew) {
 		if err == nil {
 			s.Close()
 		}
-		t.Fatalf("Open(newer schema) = %v, want an error wrapping ErrSchemaTooNew", err)
+		t.Fatalf("OpenSQLite(newer schema) = %v, want an error wrapping ErrSchemaTooNew", err)
 	}
 	if !strings.Contains(err.Error(), fmt.Sprintf("version %d", latest+1)) {
 		t.Errorf("error %q does not name the file's schema version", err)
@@ -267,7 +267,7 @@ func TestAuditTamperDetected(t *testing.T) {
 			}
 			db.Close()
 
-			s, err := Open(t.Context(), path)
+			s, err := OpenSQLite(t.Context(), path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -322,7 +322,7 @@ func TestAuditTriggersRefuseTampering(t *testing.T) {
 // second store on the same file) does not fork the chain.
 func TestChainAcrossProcesses(t *testing.T) {
 	a, path := openTest(t)
-	b, err := Open(t.Context(), path)
+	b, err := OpenSQLite(t.Context(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -671,7 +671,7 @@ func TestCloseDrainsQueue(t *testing.T) {
 			t.Errorf("write %d queued before Close: %v", i, err)
 		}
 	}
-	s, err := Open(t.Context(), path)
+	s, err := OpenSQLite(t.Context(), path)
 	if err != nil {
 		t.Fatal(err)
 	}

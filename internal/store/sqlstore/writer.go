@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -12,9 +12,9 @@ import (
 // A request is one write waiting for the writer goroutine.
 type request struct {
 	// op performs the write inside the batch's transaction. It appends to
-	// the audit log through head, which it may advance; the writer keeps
-	// the advance only if op succeeds.
-	op func(ctx context.Context, tx writeTx, head *chainHead) error
+	// the audit log through tx, whose head it may advance; the writer
+	// keeps the advance only if op succeeds.
+	op func(ctx context.Context, tx *writeTx) error
 	// done receives op's outcome once the batch has committed or failed.
 	done chan error
 }
@@ -29,7 +29,7 @@ type chainHead struct {
 // carries it has committed. It gives up with ctx's error only while op waits
 // to be queued: a queued write is carried out, and its caller told the
 // outcome, whatever happens to ctx.
-func (s *Store) submit(ctx context.Context, op func(context.Context, writeTx, *chainHead) error) error {
+func (s *Store) submit(ctx context.Context, op func(context.Context, *writeTx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -82,7 +82,8 @@ func (s *Store) writer() {
 // it. Each request runs inside its own savepoint, so a request that fails
 // (a duplicate serial, say) is rolled back alone and the others commit. If
 // the transaction itself fails, every request in it is answered with that
-// error: none of them was written.
+// error: none of them was written (or, for a commit whose answer was lost
+// with the connection, none was acknowledged).
 func (s *Store) commit(batch []*request) {
 	errs := make([]error, len(batch))
 	if err := s.execBatch(batch, errs); err != nil {
@@ -107,56 +108,59 @@ func (s *Store) execBatch(batch []*request, errs []error) (err error) {
 	ctx := context.Background()
 	sqlTx, err := s.wdb.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("sqlite: begin write transaction: %w", err)
+		return s.errorf("begin write transaction on %s: %w", s.where, err)
 	}
 	defer func() {
 		if err != nil {
 			sqlTx.Rollback()
 		}
 	}()
-	tx := writeTx{Tx: sqlTx, st: s.stmts}
+	tx := &writeTx{Tx: sqlTx, s: s}
 
-	// Read the chain head inside the write transaction rather than trusting
-	// a copy held in memory: it costs one primary-key lookup per batch and
-	// stays right after a failed commit or a write by another process.
-	head, err := loadHead(ctx, tx)
-	if err != nil {
-		return err
+	// Read (and, where several processes write, lock) the chain head
+	// inside the write transaction rather than trusting a copy held in
+	// memory: it costs one primary-key lookup per batch and stays right
+	// after a failed commit or a write by another process.
+	err = tx.queryRow(ctx, tx.st().head).Scan(&tx.head.seq, &tx.head.hash)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return s.errorf("read the audit log's head on %s: %w", s.where, err)
 	}
+	events := false
 	for i, r := range batch {
-		if err := tx.exec(ctx, tx.st.savepoint); err != nil {
-			return fmt.Errorf("sqlite: savepoint: %w", err)
+		if err := tx.exec(ctx, tx.st().savepoint); err != nil {
+			return s.errorf("savepoint: %w", err)
 		}
-		next := head
-		if errs[i] = r.op(ctx, tx, &next); errs[i] != nil {
-			// If op's failure was one SQLite answers by rolling back the
-			// whole transaction (a full disk, an I/O error), the savepoint
-			// is gone and this fails, failing the batch.
-			if err := tx.exec(ctx, tx.st.rollbackTo); err != nil {
-				return fmt.Errorf("sqlite: roll back failed write (%v): %w", errs[i], err)
+		head := tx.head
+		tx.events = false
+		if errs[i] = r.op(ctx, tx); errs[i] != nil {
+			tx.head = head
+			// If op's failure was one the database answers by ending the
+			// whole transaction (a full disk, an I/O error, a lost
+			// connection), the savepoint is gone and this fails, failing
+			// the batch.
+			if err := tx.exec(ctx, tx.st().rollbackTo); err != nil {
+				return s.errorf("roll back failed write (%v): %w", errs[i], err)
+			}
+			if errors.Is(errs[i], store.ErrUnavailable) {
+				// The connection is gone: so is the transaction.
+				return errs[i]
 			}
 		} else {
-			head = next
+			events = events || tx.events
 		}
-		if err := tx.exec(ctx, tx.st.release); err != nil {
-			return fmt.Errorf("sqlite: release savepoint: %w", err)
+		if err := tx.exec(ctx, tx.st().release); err != nil {
+			return s.errorf("release savepoint: %w", err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("sqlite: commit: %w", err)
+	if events {
+		if err := s.d.notify(ctx, sqlTx); err != nil {
+			return s.errorf("notify: %w", err)
+		}
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return s.errorf("commit on %s: %w", s.where, err)
 	}
 	return nil
-}
-
-// loadHead returns the last entry of the audit log, or the zero chainHead
-// if the log is empty.
-func loadHead(ctx context.Context, tx writeTx) (chainHead, error) {
-	var h chainHead
-	err := tx.queryRow(ctx, tx.st.head).Scan(&h.seq, &h.hash)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return chainHead{}, fmt.Errorf("sqlite: read audit log head: %w", err)
-	}
-	return h, nil
 }
 
 // writeStmts are the writer's statements, prepared once on the write
@@ -177,6 +181,9 @@ type writeStmts struct {
 	agentOwner       *sql.Stmt
 	blockKey         *sql.Stmt
 	keyCerts         *sql.Stmt
+	identityCerts    *sql.Stmt
+	revokeIdentity   *sql.Stmt
+	reinstate        *sql.Stmt
 
 	entityRotatedEvent *sql.Stmt
 
@@ -198,17 +205,17 @@ type writeStmts struct {
 	all []*sql.Stmt
 }
 
-// prepareWriteStmts prepares the writer's statements on db.
-func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
+// prepareWriteStmts prepares the writer's statements on db, in d's form.
+func prepareWriteStmts(ctx context.Context, d dialect, db *sql.DB) (*writeStmts, error) {
 	st := new(writeStmts)
 	for _, p := range []struct {
 		dst   **sql.Stmt
 		query string
 	}{
 		{&st.savepoint, `SAVEPOINT request`},
-		{&st.rollbackTo, `ROLLBACK TO request`},
-		{&st.release, `RELEASE request`},
-		{&st.head, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`},
+		{&st.rollbackTo, `ROLLBACK TO SAVEPOINT request`},
+		{&st.release, `RELEASE SAVEPOINT request`},
+		{&st.head, d.lockHead()},
 		{&st.insertAudit, `INSERT INTO audit (seq, time, action, identity, outcome, detail, prev_hash, hash)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`},
 		{&st.insertCert, `INSERT INTO certs (serial, common_name, kind, sans,
@@ -233,11 +240,16 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.keyCerts, `SELECT serial, key_hash, pem FROM certs
 			WHERE key_hash IN (?1, '') AND kind <> 'intermediate' AND not_after > ?2
 			  AND serial NOT IN (SELECT serial FROM revocations)
-			ORDER BY issued_at, rowid`},
+			ORDER BY issued_at, {{recorded}}`},
+		{&st.identityCerts, identityCertsQuery},
+		{&st.revokeIdentity, `INSERT INTO revoked_identities (name, reason, revoked_at) VALUES (?, ?, ?)`},
+		{&st.reinstate, `DELETE FROM revoked_identities WHERE name = ?`},
 		{&st.insertRevocation, `INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at)
 			VALUES (?, ?, ?, ?, ?) RETURNING seq`},
+		// The increment is the database's, so CRL numbers only grow
+		// whichever replica asks.
 		{&st.nextCRL, `INSERT INTO crl_numbers (issuer_key_id, number) VALUES (?, 1)
-			ON CONFLICT (issuer_key_id) DO UPDATE SET number = number + 1
+			ON CONFLICT (issuer_key_id) DO UPDATE SET number = crl_numbers.number + 1
 			RETURNING number`},
 		{&st.insertEvent, `INSERT INTO events (kind, serial, issuer_key_id, common_name, entity, key_hash, reason, time)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq`},
@@ -296,7 +308,7 @@ func prepareWriteStmts(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		{&st.useToken, `UPDATE join_tokens SET used_at = ? WHERE hash = ? AND used_at IS NULL`},
 	} {
 		var err error
-		if *p.dst, err = db.PrepareContext(ctx, p.query); err != nil {
+		if *p.dst, err = db.PrepareContext(ctx, d.query(p.query)); err != nil {
 			st.close()
 			return nil, fmt.Errorf("prepare %q: %w", p.query, err)
 		}
@@ -312,21 +324,27 @@ func (st *writeStmts) close() {
 	}
 }
 
-// writeTx is the transaction of one batch, with the writer's statements.
+// writeTx is the transaction of one batch, with the writer's statements
+// and the audit log's head as the requests so far left it.
 type writeTx struct {
 	*sql.Tx
-	st *writeStmts
+	s    *Store
+	head chainHead
+	// events is set by a request that appended to the change feed.
+	events bool
 }
 
+func (tx *writeTx) st() *writeStmts { return tx.s.stmts }
+
 // exec runs the prepared statement stmt in the transaction.
-func (tx writeTx) exec(ctx context.Context, stmt *sql.Stmt, args ...any) error {
+func (tx *writeTx) exec(ctx context.Context, stmt *sql.Stmt, args ...any) error {
 	_, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
 	return err
 }
 
 // execRows runs the prepared statement stmt in the transaction and returns
 // the number of rows it changed.
-func (tx writeTx) execRows(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error) {
+func (tx *writeTx) execRows(ctx context.Context, stmt *sql.Stmt, args ...any) (int64, error) {
 	res, err := tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
 	if err != nil {
 		return 0, err
@@ -335,6 +353,34 @@ func (tx writeTx) execRows(ctx context.Context, stmt *sql.Stmt, args ...any) (in
 }
 
 // queryRow runs the prepared statement stmt in the transaction.
-func (tx writeTx) queryRow(ctx context.Context, stmt *sql.Stmt, args ...any) *sql.Row {
+func (tx *writeTx) queryRow(ctx context.Context, stmt *sql.Stmt, args ...any) *sql.Row {
 	return tx.StmtContext(ctx, stmt).QueryRowContext(ctx, args...)
+}
+
+// appendAudit writes a as the entry after the head and advances the head
+// to it.
+func (tx *writeTx) appendAudit(ctx context.Context, a store.AuditEntry) error {
+	a.Seq = tx.head.seq + 1
+	a.PrevHash = tx.head.hash
+	a.Hash = store.HashEntry(a.PrevHash, a)
+	d := tx.s.d
+	if err := tx.exec(ctx, tx.st().insertAudit, a.Seq, a.Time.UnixNano(),
+		d.auditText(a.Action), d.auditText(a.Identity), d.auditText(a.Outcome), d.auditText(a.Detail), a.PrevHash, a.Hash); err != nil {
+		return tx.s.errorf("append audit entry %d: %w", a.Seq, err)
+	}
+	tx.head.seq, tx.head.hash = a.Seq, a.Hash
+	return nil
+}
+
+// insertEvent appends e to the change feed in tx at time at (Unix
+// nanoseconds) and returns its Seq.
+func (tx *writeTx) insertEvent(ctx context.Context, e store.Event, at int64) (int64, error) {
+	var seq int64
+	err := tx.queryRow(ctx, tx.st().insertEvent, string(e.Kind), e.Serial, e.IssuerKeyID, e.CommonName,
+		e.Entity, e.KeyHash, e.Reason, at).Scan(&seq)
+	if err != nil {
+		return 0, fmt.Errorf("append %s event: %w", e.Kind, tx.s.d.classify(err))
+	}
+	tx.events = true
+	return seq, nil
 }

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"crypto/sha256"
@@ -230,13 +230,13 @@ func TestTokenTimesUseClock(t *testing.T) {
 // checks that the current one starts the revocation feed with all of them
 // and carries on from there.
 func TestMigrateFromVersion2(t *testing.T) {
-	ms, err := migrations()
+	ms, err := sqliteDialect{}.migrations()
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "meshtrust.db")
 	db := rawDB(t, path)
-	if err := applyMigrations(t.Context(), db, path, time.Now, ms[:2]); err != nil {
+	if err := applyMigrations(t.Context(), sqliteDialect{}, db, path, time.Now, ms[:2]); err != nil {
 		t.Fatalf("migrate to version 2: %v", err)
 	}
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -280,9 +280,9 @@ func TestMigrateFromVersion2(t *testing.T) {
 	}
 	db.Close()
 
-	s, err := Open(t.Context(), path)
+	s, err := OpenSQLite(t.Context(), path)
 	if err != nil {
-		t.Fatalf("Open(version 2 file): %v", err)
+		t.Fatalf("OpenSQLite(version 2 file): %v", err)
 	}
 	defer s.Close()
 	certEvent := func(seq int64, r store.Revocation) store.Event {

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"database/sql"
@@ -230,12 +230,12 @@ func TestRegistryTimeOutOfRange(t *testing.T) {
 // schema version 1 and checks that it gains the registry and keeps what it
 // held.
 func TestMigrateFromVersion1(t *testing.T) {
-	ms, err := migrations()
+	ms, err := sqliteDialect{}.migrations()
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "meshtrust.db")
-	s, err := Open(t.Context(), path)
+	s, err := OpenSQLite(t.Context(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,9 +255,9 @@ func TestMigrateFromVersion1(t *testing.T) {
 	}
 	db.Close()
 
-	s, err = Open(t.Context(), path)
+	s, err = OpenSQLite(t.Context(), path)
 	if err != nil {
-		t.Fatalf("Open(version 1 file): %v", err)
+		t.Fatalf("OpenSQLite(version 1 file): %v", err)
 	}
 	defer s.Close()
 	if _, err := s.Cert(t.Context(), c.Serial); err != nil {
@@ -306,20 +306,21 @@ func TestRegistryTablesStrict(t *testing.T) {
 // registry binds it on the owner's next heartbeat), and a source written
 // from then on is kept.
 func TestMigrateAgentSource(t *testing.T) {
-	ms, err := migrations()
+	ms, err := sqliteDialect{}.migrations()
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "meshtrust.db")
 	db := rawDB(t, path)
-	if err := applyMigrations(t.Context(), db, path, time.Now, ms[:6]); err != nil {
+	if err := applyMigrations(t.Context(), sqliteDialect{}, db, path, time.Now, ms[:6]); err != nil {
 		t.Fatalf("migrate to version 6: %v", err)
 	}
 	old := testAgent(1)
-	args, err := agentArgs(old)
+	rows, err := (&Store{d: sqliteDialect{}}).agentRows([]store.Agent{old})
 	if err != nil {
 		t.Fatal(err)
 	}
+	args := rows[0]
 	// The columns of version 6, without the source.
 	if _, err := db.Exec(`INSERT INTO agents (id, owner, entity, payload, cert_serial, cert_fingerprint,
 		status, reason, registered_at, last_seen, rotate_from, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args[:12]...); err != nil {
@@ -327,9 +328,9 @@ func TestMigrateAgentSource(t *testing.T) {
 	}
 	db.Close()
 
-	s, err := Open(t.Context(), path)
+	s, err := OpenSQLite(t.Context(), path)
 	if err != nil {
-		t.Fatalf("Open(version 6 file): %v", err)
+		t.Fatalf("OpenSQLite(version 6 file): %v", err)
 	}
 	defer s.Close()
 	got, err := s.Agents(t.Context())
@@ -376,7 +377,7 @@ func TestPolicies(t *testing.T) {
 // agent_node <> ” could not use it.
 func TestAgentQueriesUseIndexes(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshtrust.db")
-	s, err := Open(t.Context(), path)
+	s, err := OpenSQLite(t.Context(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +385,7 @@ func TestAgentQueriesUseIndexes(t *testing.T) {
 	db := rawDB(t, path)
 	defer db.Close()
 	for name, q := range map[string]string{"liveAgents": liveAgentsQuery, "identityCerts": identityCertsQuery} {
-		rows, err := db.Query("EXPLAIN QUERY PLAN "+q, "ct200", "ct200", int64(1))
+		rows, err := db.Query("EXPLAIN QUERY PLAN "+sqliteDialect{}.query(q), "ct200", "ct200", int64(1))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"fmt"
@@ -20,7 +20,7 @@ func BenchmarkRecordCert(b *testing.B) {
 	var baseline float64 // certs/s with one writer
 	for _, writers := range []int{1, 8, 64, 256} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			s, err := Open(b.Context(), b.TempDir()+"/meshtrust.db")
+			s, err := OpenSQLite(b.Context(), b.TempDir()+"/meshtrust.db")
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -76,7 +76,7 @@ func BenchmarkPutAgents(b *testing.B) {
 	var baseline float64 // agents/s in batches of one
 	for _, size := range []int{1, 1000} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
-			s, err := Open(b.Context(), b.TempDir()+"/meshtrust.db")
+			s, err := OpenSQLite(b.Context(), b.TempDir()+"/meshtrust.db")
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -118,7 +118,7 @@ func BenchmarkLiveAgents(b *testing.B) {
 	var baseline float64 // ns/op with 10 certificates per agent
 	for _, perAgent := range []int{10, 1000} {
 		b.Run(fmt.Sprintf("certs-per-agent=%d", perAgent), func(b *testing.B) {
-			s, err := Open(b.Context(), b.TempDir()+"/meshtrust.db")
+			s, err := OpenSQLite(b.Context(), b.TempDir()+"/meshtrust.db")
 			if err != nil {
 				b.Fatal(err)
 			}

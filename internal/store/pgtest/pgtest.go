@@ -36,7 +36,7 @@ type Server struct {
 // script is scripts/postgres.sh, found from this file.
 func script() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..", "..", "..", "scripts", "postgres.sh")
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "scripts", "postgres.sh")
 }
 
 // Start returns a server for tb: MESHTRUST_POSTGRES_URL's, or a new one
