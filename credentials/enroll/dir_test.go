@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -27,7 +28,7 @@ func TestDirWriteLoad(t *testing.T) {
 	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret})
 	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
 	key, b := enrolled(t, s, c)
-	akey := newKey(t)
+	akey := pkitest.NewKey(t)
 	ab, err := c.AgentCert(t.Context(), b.TLSCertificate(key), "opus", akey)
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +118,7 @@ func TestDirRefuses(t *testing.T) {
 		if err := dir.WriteNode(key, b); err != nil {
 			t.Fatal(err)
 		}
-		other, _ := pemfile.MarshalKey(newKey(t))
+		other, _ := pemfile.MarshalKey(pkitest.NewKey(t))
 		os.WriteFile(dir.Path("node.key"), other, 0o600)
 		if _, err := dir.Load(); err == nil || !strings.Contains(err.Error(), "is not the certificate of") {
 			t.Errorf("Load = %v, want a key mismatch", err)
@@ -125,7 +126,7 @@ func TestDirRefuses(t *testing.T) {
 	})
 	t.Run("write refuses a certificate of another key", func(t *testing.T) {
 		dir := enroll.Dir(t.TempDir())
-		if err := dir.WriteNode(newKey(t), b); err == nil {
+		if err := dir.WriteNode(pkitest.NewKey(t), b); err == nil {
 			t.Error("wrote a certificate beside a key it is not for")
 		}
 		if dir.HasNode() {

@@ -20,18 +20,10 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 )
 
 const secret = "s3cret-bootstrap-value"
-
-func newKey(t *testing.T) crypto.Signer {
-	t.Helper()
-	k, err := enroll.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 func TestEnroll(t *testing.T) {
 	t.Parallel()
@@ -57,7 +49,7 @@ func TestEnroll(t *testing.T) {
 			t.Parallel()
 			s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, PresentRoot: tc.presentRoot})
 			c := tc.client(s)
-			key := newKey(t)
+			key := pkitest.NewKey(t)
 			b, err := c.Enroll(t.Context(), secret, "ct112", key)
 			if err != nil {
 				t.Fatal(err)
@@ -120,7 +112,7 @@ func TestEnrollTrust(t *testing.T) {
 		{"plain http", &enroll.Client{Server: strings.Replace(s.URL, "https", "http", 1), Roots: s.Roots()}, nil, "TLS only"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.client.Enroll(t.Context(), secret, "ct112", newKey(t))
+			_, err := tc.client.Enroll(t.Context(), secret, "ct112", pkitest.NewKey(t))
 			if err == nil {
 				t.Fatal("enrolled")
 			}
@@ -155,7 +147,7 @@ func TestEnrollPinnedHostname(t *testing.T) {
 		RootFingerprint: s.RootFingerprint(),
 		HTTPClient:      &http.Client{Transport: redirectDial(s.URL)},
 	}
-	_, err := c.Enroll(t.Context(), secret, "ct112", newKey(t))
+	_, err := c.Enroll(t.Context(), secret, "ct112", pkitest.NewKey(t))
 	if !errors.Is(err, enroll.ErrUntrustedServer) {
 		t.Fatalf("err = %v, want ErrUntrustedServer", err)
 	}
@@ -181,7 +173,7 @@ func TestEnrollRefusals(t *testing.T) {
 			credential: "tok-4f9a2b", node: "ct112", wantErr: enroll.ErrForbidden, wantStatus: 403, wantMsg: "another node"},
 		{name: "already enrolled", setup: func(s *enrolltest.Server) {
 			c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-			if _, err := c.Enroll(t.Context(), secret, "ct112", newKey(t)); err != nil {
+			if _, err := c.Enroll(t.Context(), secret, "ct112", pkitest.NewKey(t)); err != nil {
 				t.Fatal(err)
 			}
 		}, credential: secret, node: "ct112", wantErr: enroll.ErrConflict, wantStatus: 409, wantMsg: "revoke"},
@@ -199,7 +191,7 @@ func TestEnrollRefusals(t *testing.T) {
 				tc.setup(s)
 			}
 			c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-			_, err := c.Enroll(t.Context(), tc.credential, tc.node, newKey(t))
+			_, err := c.Enroll(t.Context(), tc.credential, tc.node, pkitest.NewKey(t))
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
@@ -224,10 +216,10 @@ func TestEnrollLocalRefusals(t *testing.T) {
 	t.Parallel()
 	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret})
 	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-	if _, err := c.Enroll(t.Context(), secret, "CT_112", newKey(t)); !errors.Is(err, identity.ErrInvalidID) {
+	if _, err := c.Enroll(t.Context(), secret, "CT_112", pkitest.NewKey(t)); !errors.Is(err, identity.ErrInvalidID) {
 		t.Errorf("bad node id: %v", err)
 	}
-	if _, err := c.Enroll(t.Context(), "", "ct112", newKey(t)); err == nil {
+	if _, err := c.Enroll(t.Context(), "", "ct112", pkitest.NewKey(t)); err == nil {
 		t.Error("empty credential accepted")
 	}
 	if n := len(s.Requests()); n != 0 {
@@ -240,10 +232,10 @@ func TestJoinTokenOnce(t *testing.T) {
 	s := enrolltest.NewServer(t, enrolltest.Config{})
 	s.AddToken("join-tok", "ct112", time.Now().Add(time.Hour))
 	c := &enroll.Client{Server: s.URL, RootFingerprint: s.RootFingerprint()}
-	if _, err := c.Enroll(t.Context(), "join-tok", "ct112", newKey(t)); err != nil {
+	if _, err := c.Enroll(t.Context(), "join-tok", "ct112", pkitest.NewKey(t)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Enroll(t.Context(), "join-tok", "ct112", newKey(t)); !errors.Is(err, enroll.ErrUnauthorized) {
+	if _, err := c.Enroll(t.Context(), "join-tok", "ct112", pkitest.NewKey(t)); !errors.Is(err, enroll.ErrUnauthorized) {
 		t.Errorf("second use: %v, want ErrUnauthorized", err)
 	}
 }
@@ -251,7 +243,7 @@ func TestJoinTokenOnce(t *testing.T) {
 // enrolled enrolls node ct112 and returns its certificate.
 func enrolled(t *testing.T, s *enrolltest.Server, c *enroll.Client) (crypto.Signer, *enroll.Bundle) {
 	t.Helper()
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	b, err := c.Enroll(t.Context(), secret, "ct112", key)
 	if err != nil {
 		t.Fatal(err)
@@ -266,7 +258,7 @@ func TestAgentCert(t *testing.T) {
 	key, b := enrolled(t, s, c)
 	node := b.TLSCertificate(key)
 
-	akey := newKey(t)
+	akey := pkitest.NewKey(t)
 	ab, err := c.AgentCert(t.Context(), node, "opus", akey)
 	if err != nil {
 		t.Fatal(err)
@@ -279,12 +271,12 @@ func TestAgentCert(t *testing.T) {
 	}
 
 	// An agent certificate mints nothing.
-	if _, err := c.AgentCert(t.Context(), ab.TLSCertificate(akey), "scout", newKey(t)); err == nil {
+	if _, err := c.AgentCert(t.Context(), ab.TLSCertificate(akey), "scout", pkitest.NewKey(t)); err == nil {
 		t.Error("agent certificate minted an agent certificate")
 	}
 	// A revoked node is refused.
 	s.Revoke(b.Serial, "ct112.mesh", "keyCompromise")
-	if _, err := c.AgentCert(t.Context(), node, "scout", newKey(t)); !errors.Is(err, enroll.ErrForbidden) {
+	if _, err := c.AgentCert(t.Context(), node, "scout", pkitest.NewKey(t)); !errors.Is(err, enroll.ErrForbidden) {
 		t.Errorf("revoked node: %v, want ErrForbidden", err)
 	}
 }
@@ -295,7 +287,7 @@ func TestRenew(t *testing.T) {
 	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
 	key, b := enrolled(t, s, c)
 	node := b.TLSCertificate(key)
-	akey := newKey(t)
+	akey := pkitest.NewKey(t)
 	if _, err := c.AgentCert(t.Context(), node, "opus", akey); err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +341,7 @@ func TestIssuedChecked(t *testing.T) {
 			roots := ca.Roots()
 			roots.AddCert(bad.Certificate())
 			c := &enroll.Client{Server: bad.URL, Roots: roots}
-			_, err := c.Enroll(t.Context(), secret, "ct112", newKey(t))
+			_, err := c.Enroll(t.Context(), secret, "ct112", pkitest.NewKey(t))
 			if !errors.Is(err, enroll.ErrUntrustedServer) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want ErrUntrustedServer mentioning %s", err, tc.want)
 			}

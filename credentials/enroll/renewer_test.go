@@ -20,6 +20,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
 	"github.com/meshtrust/meshtrust/credentials/file"
 	"github.com/meshtrust/meshtrust/internal/clocktest"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -53,7 +54,7 @@ func node(t *testing.T, s *enrolltest.Server, c *enroll.Client) enroll.Dir {
 	if err := dir.WriteNode(key, b); err != nil {
 		t.Fatal(err)
 	}
-	akey := newKey(t)
+	akey := pkitest.NewKey(t)
 	ab, err := c.AgentCert(t.Context(), b.TLSCertificate(key), "opus", akey)
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +254,7 @@ func TestRenewNow(t *testing.T) {
 	}
 	old := r.Certificate()
 	// An agent minted after the Renewer started rides along.
-	skey := newKey(t)
+	skey := pkitest.NewKey(t)
 	sb, err := c.AgentCert(t.Context(), *old, "scout", skey)
 	if err != nil {
 		t.Fatal(err)

@@ -3,8 +3,6 @@ package provider_test
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -22,6 +20,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/provider"
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/credentials/vault"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -71,7 +70,7 @@ func enrolled(t *testing.T, s *enrolltest.Server) (enroll.Dir, string) {
 	token := fmt.Sprintf("token-%d", nodes)
 	s.AddToken(token, node, time.Now().Add(time.Hour))
 	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	b, err := c.Enroll(t.Context(), token, node, key)
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +82,7 @@ func enrolled(t *testing.T, s *enrolltest.Server) (enroll.Dir, string) {
 	if err := d.WriteServer(s.URL); err != nil {
 		t.Fatal(err)
 	}
-	akey := newKey(t)
+	akey := pkitest.NewKey(t)
 	ab, err := c.AgentCert(t.Context(), b.TLSCertificate(key), "opus", akey)
 	if err != nil {
 		t.Fatal(err)
@@ -102,15 +101,6 @@ var nodes = 100
 func withNode(t *testing.T, s *enrolltest.Server) provider.Option {
 	d, _ := enrolled(t, s)
 	return provider.WithNodeDir(string(d))
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 func current(t *testing.T, src credentials.Source) *credentials.Credentials {

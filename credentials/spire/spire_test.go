@@ -1,7 +1,6 @@
 package spire_test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -17,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -32,6 +30,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/spire"
+	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
 )
 
@@ -48,26 +47,11 @@ var (
 )
 
 // logLines collects a source's log, JSON, one record a line.
-type logLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+type logLines struct{ logtest.Buffer }
 
 func newLog() (*logLines, *slog.Logger) {
 	l := &logLines{}
-	return l, slog.New(slog.NewJSONHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
+	return l, l.JSONLogger()
 }
 
 // count returns how many records say msg.

@@ -10,9 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshtrust/meshtrust/internal/logtest"
 )
 
 // vaultScript is scripts/vault.sh, from this package's directory.
@@ -106,30 +107,11 @@ func run(t *testing.T, env []string, name string, args ...string) string {
 	return stdout.String()
 }
 
-// logBuffer collects a Source's log, for the test that no secret reaches
-// it.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // newLog returns a logger whose output, at the end of the test, must hold
 // none of secrets, no PEM and no key; the test logs it when it fails.
-func newLog(t *testing.T, secrets ...string) (*slog.Logger, *logBuffer) {
+func newLog(t *testing.T, secrets ...string) (*slog.Logger, *logtest.Buffer) {
 	t.Helper()
-	b := &logBuffer{}
+	b := &logtest.Buffer{}
 	t.Cleanup(func() {
 		out := b.String()
 		noSecrets(t, "the log", out, secrets...)
@@ -137,7 +119,7 @@ func newLog(t *testing.T, secrets ...string) (*slog.Logger, *logBuffer) {
 			t.Logf("source log:\n%s", out)
 		}
 	})
-	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug})), b
+	return b.Logger(), b
 }
 
 // noSecrets fails the test if text (named what) holds one of secrets or

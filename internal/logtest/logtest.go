@@ -36,6 +36,12 @@ func (b *Buffer) Logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
+// JSONLogger returns a logger that writes JSON records of every level,
+// debug included, one a line, to b.
+func (b *Buffer) JSONLogger() *slog.Logger {
+	return slog.New(slog.NewJSONHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
 // New returns a Buffer and a Logger writing to it.
 func New() (*slog.Logger, *Buffer) {
 	b := &Buffer{}
