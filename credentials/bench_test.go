@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 )
 
 // handshakePair is a server and a client configuration that complete a
@@ -20,17 +21,17 @@ type handshakePair struct{ server, client *tls.Config }
 // Session tickets are off, so every handshake is a full one.
 func handshakeConfigs(b *testing.B) (static, source handshakePair) {
 	b.Helper()
-	root := newRoot(b, "bench root")
-	inter := root.intermediate(b, "bench intermediate")
-	serverCert, clientCert := inter.issue(b, "ct111.mesh"), inter.issue(b, "opus@ct111")
+	root := pkitest.NewRoot(b, "bench root")
+	inter := root.Intermediate(b, "bench intermediate")
+	serverCert, clientCert := issue(b, inter, "ct111.mesh"), issue(b, inter, "opus@ct111")
 	roots := x509.NewCertPool()
-	roots.AddCert(root.cert)
+	roots.AddCert(root.Cert)
 
 	static.server = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: roots, SessionTicketsDisabled: true}
 	static.client = &tls.Config{Certificates: []tls.Certificate{clientCert}, RootCAs: roots, ServerName: "localhost"}
 
 	holder := func(c tls.Certificate) credentials.Source {
-		h, err := credentials.NewHolder(&credentials.Credentials{Certificate: c, Roots: []*x509.Certificate{root.cert}})
+		h, err := credentials.NewHolder(&credentials.Credentials{Certificate: c, Roots: []*x509.Certificate{root.Cert}})
 		if err != nil {
 			b.Fatal(err)
 		}

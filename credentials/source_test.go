@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 )
 
 // The implementations of Source in this module.
@@ -41,7 +42,7 @@ func requireChanged(t *testing.T, ch <-chan struct{}) {
 
 func TestHolder(t *testing.T) {
 	t.Parallel()
-	ca := newRoot(t, "root")
+	ca := pkitest.NewRoot(t, "root")
 	var h credentials.Holder
 	if _, err := h.Current(); err == nil || errors.Is(err, credentials.ErrClosed) {
 		t.Fatalf("Current of an empty Holder = %v, want a not-yet error", err)
@@ -51,7 +52,7 @@ func TestHolder(t *testing.T) {
 		t.Fatal("Changed of an empty Holder: want one open channel")
 	}
 
-	a := ca.creds(t, "a", ca)
+	a := creds(t, ca, "a", ca)
 	if err := h.Set(a); err != nil {
 		t.Fatal(err)
 	}
@@ -67,10 +68,10 @@ func TestHolder(t *testing.T) {
 	}
 
 	// Unusable credentials are refused and change nothing.
-	other := ca.issue(t, "b")
-	mismatched := ca.issue(t, "a")
+	other := issue(t, ca, "b")
+	mismatched := issue(t, ca, "a")
 	mismatched.PrivateKey = other.PrivateKey
-	noKey := ca.issue(t, "a")
+	noKey := issue(t, ca, "a")
 	noKey.PrivateKey = nil
 	for name, bad := range map[string]*credentials.Credentials{
 		"nil":                  nil,
@@ -112,10 +113,10 @@ func TestHolder(t *testing.T) {
 // always see a whole generation and never miss the last one.
 func TestHolderConcurrent(t *testing.T) {
 	t.Parallel()
-	ca := newRoot(t, "root")
+	ca := pkitest.NewRoot(t, "root")
 	gens := make([]*credentials.Credentials, 20)
 	for i := range gens {
-		gens[i] = ca.creds(t, "a", ca)
+		gens[i] = creds(t, ca, "a", ca)
 	}
 	h, err := credentials.NewHolder(gens[0])
 	if err != nil {
@@ -154,8 +155,8 @@ func TestHolderConcurrent(t *testing.T) {
 
 func TestWait(t *testing.T) {
 	t.Parallel()
-	ca := newRoot(t, "root")
-	a := ca.creds(t, "a", ca)
+	ca := pkitest.NewRoot(t, "root")
+	a := creds(t, ca, "a", ca)
 
 	t.Run("ready", func(t *testing.T) {
 		t.Parallel()
@@ -208,8 +209,8 @@ func TestWait(t *testing.T) {
 
 func TestWatch(t *testing.T) {
 	t.Parallel()
-	ca := newRoot(t, "root")
-	a, b := ca.creds(t, "a", ca), ca.creds(t, "b", ca)
+	ca := pkitest.NewRoot(t, "root")
+	a, b := creds(t, ca, "a", ca), creds(t, ca, "b", ca)
 	h := &credentials.Holder{}
 	seen := make(chan *credentials.Credentials)
 	done := make(chan error)
@@ -255,22 +256,22 @@ func TestWatch(t *testing.T) {
 
 func TestNewTLSCertificate(t *testing.T) {
 	t.Parallel()
-	root := newRoot(t, "root")
-	inter := root.intermediate(t, "inter")
-	good := inter.issue(t, "a")
+	root := pkitest.NewRoot(t, "root")
+	inter := root.Intermediate(t, "inter")
+	good := issue(t, inter, "a")
 	leaf := good.Leaf
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	if _, err := credentials.NewTLSCertificate(nil, key); err == nil {
 		t.Error("an empty chain accepted")
 	}
 	if _, err := credentials.NewTLSCertificate([]*x509.Certificate{leaf}, key); err == nil || !strings.Contains(err.Error(), "not the key of certificate \"a\"") {
 		t.Errorf("another key: %v", err)
 	}
-	cert, err := credentials.NewTLSCertificate([]*x509.Certificate{leaf, inter.cert}, good.PrivateKey.(crypto.Signer))
+	cert, err := credentials.NewTLSCertificate([]*x509.Certificate{leaf, inter.Cert}, good.PrivateKey.(crypto.Signer))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cert.Leaf != leaf || len(cert.Certificate) != 2 || !bytes.Equal(cert.Certificate[1], inter.cert.Raw) {
+	if cert.Leaf != leaf || len(cert.Certificate) != 2 || !bytes.Equal(cert.Certificate[1], inter.Cert.Raw) {
 		t.Error("NewTLSCertificate: want the leaf parsed and the chain in order")
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 )
 
 // end is one side's outcome of a handshake.
@@ -116,10 +117,10 @@ func sameCert(a *x509.Certificate, b tls.Certificate) bool { return a != nil && 
 // handshake.
 func TestTLSRotation(t *testing.T) {
 	t.Parallel()
-	a, b := newRoot(t, "root A"), newRoot(t, "root B")
-	srvCreds := a.creds(t, "server", a)
+	a, b := pkitest.NewRoot(t, "root A"), pkitest.NewRoot(t, "root B")
+	srvCreds := creds(t, a, "server", a)
 	srvH := mustHolder(t, srvCreds)
-	cliCreds := a.creds(t, "client", a)
+	cliCreds := creds(t, a, "client", a)
 	cliH := mustHolder(t, cliCreds)
 	srv := serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeIdentity("client")))
 	cli := credentials.ClientConfig(cliH, credentials.AuthorizeIdentity("server"))
@@ -130,33 +131,33 @@ func TestTLSRotation(t *testing.T) {
 	}
 
 	// The server's certificate rotates.
-	rotated := a.creds(t, "server", a)
+	rotated := creds(t, a, "server", a)
 	set(t, srvH, rotated)
 	if gotSrv, _ = srv.requireOK(t, cli); !sameCert(gotSrv, rotated.Certificate) {
 		t.Errorf("after rotation the server presented serial %x, want %x", gotSrv.SerialNumber, rotated.Certificate.Leaf.SerialNumber)
 	}
 
 	// The client's roots move to B: the server's A certificate is refused...
-	set(t, cliH, &credentials.Credentials{Certificate: cliCreds.Certificate, Roots: []*x509.Certificate{b.root}})
+	set(t, cliH, &credentials.Credentials{Certificate: cliCreds.Certificate, Roots: []*x509.Certificate{b.Root}})
 	c, s := srv.dial(t, cli)
 	if !errors.Is(c.err, credentials.ErrUntrusted) || s.err == nil {
 		t.Fatalf("a server certificate outside the new roots: client %v, server %v", c.err, s.err)
 	}
 	// ...until the server rotates to a certificate from B.
-	fromB := b.creds(t, "server", a)
+	fromB := creds(t, b, "server", a)
 	set(t, srvH, fromB)
 	if gotSrv, _ = srv.requireOK(t, cli); !sameCert(gotSrv, fromB.Certificate) {
 		t.Error("the server's certificate from B was not presented")
 	}
 
 	// The server's roots move to B: the client's A certificate is refused...
-	set(t, srvH, &credentials.Credentials{Certificate: fromB.Certificate, Roots: []*x509.Certificate{b.root}})
+	set(t, srvH, &credentials.Credentials{Certificate: fromB.Certificate, Roots: []*x509.Certificate{b.Root}})
 	c, s = srv.dial(t, cli)
 	if !errors.Is(s.err, credentials.ErrUntrusted) || c.err == nil {
 		t.Fatalf("a client certificate outside the server's new roots: client %v, server %v", c.err, s.err)
 	}
 	// ...until the client rotates too.
-	cliFromB := b.creds(t, "client", b)
+	cliFromB := creds(t, b, "client", b)
 	set(t, cliH, cliFromB)
 	if _, gotCli = srv.requireOK(t, cli); !sameCert(gotCli, cliFromB.Certificate) {
 		t.Error("the client's certificate from B was not presented")
@@ -166,11 +167,11 @@ func TestTLSRotation(t *testing.T) {
 // TestServerConfigRefuses: clients a server must turn away.
 func TestServerConfigRefuses(t *testing.T) {
 	t.Parallel()
-	a, b := newRoot(t, "root A"), newRoot(t, "root B")
-	inter := a.intermediate(t, "inter A")
-	srv := serve(t, credentials.ServerConfig(mustHolder(t, a.creds(t, "server", a)), credentials.AuthorizeIdentity("client")))
+	a, b := pkitest.NewRoot(t, "root A"), pkitest.NewRoot(t, "root B")
+	inter := a.Intermediate(t, "inter A")
+	srv := serve(t, credentials.ServerConfig(mustHolder(t, creds(t, a, "server", a)), credentials.AuthorizeIdentity("client")))
 	client := func(cert tls.Certificate) *tls.Config {
-		return credentials.ClientConfig(mustHolder(t, &credentials.Credentials{Certificate: cert, Roots: []*x509.Certificate{a.root}}), credentials.AuthorizeAny())
+		return credentials.ClientConfig(mustHolder(t, &credentials.Credentials{Certificate: cert, Roots: []*x509.Certificate{a.Root}}), credentials.AuthorizeAny())
 	}
 	cases := []struct {
 		name string
@@ -178,11 +179,11 @@ func TestServerConfigRefuses(t *testing.T) {
 		want error // nil: accepted
 		msg  string
 	}{
-		{"from the roots", client(a.issue(t, "client")), nil, ""},
-		{"through an intermediate it presents", client(inter.issue(t, "client")), nil, ""},
-		{"not chaining to the roots", client(b.issue(t, "client")), credentials.ErrUntrusted, "certificate signed by unknown authority"},
-		{"not for client auth", client(a.issue(t, "client", withEKU(x509.ExtKeyUsageServerAuth))), credentials.ErrUntrusted, "incompatible key usage"},
-		{"another name", client(a.issue(t, "mallory")), credentials.ErrUnauthorized, `common name "mallory"`},
+		{"from the roots", client(issue(t, a, "client")), nil, ""},
+		{"through an intermediate it presents", client(issue(t, inter, "client")), nil, ""},
+		{"not chaining to the roots", client(issue(t, b, "client")), credentials.ErrUntrusted, "certificate signed by unknown authority"},
+		{"not for client auth", client(issue(t, a, "client", pkitest.ExtKeyUsage(x509.ExtKeyUsageServerAuth))), credentials.ErrUntrusted, "incompatible key usage"},
+		{"another name", client(issue(t, a, "mallory")), credentials.ErrUnauthorized, `common name "mallory"`},
 		{"no certificate", &tls.Config{InsecureSkipVerify: true}, nil, "client didn't provide a certificate"},
 	}
 	for _, tc := range cases {
@@ -211,14 +212,14 @@ func TestServerConfigRefuses(t *testing.T) {
 // among them.
 func TestClientConfigRefuses(t *testing.T) {
 	t.Parallel()
-	a, b := newRoot(t, "root A"), newRoot(t, "root B")
+	a, b := pkitest.NewRoot(t, "root A"), pkitest.NewRoot(t, "root B")
 	tdA, tdB := td(t, "a.test"), td(t, "b.test")
-	mine := a.issue(t, "client")
-	plain := &credentials.Credentials{Certificate: mine, Roots: []*x509.Certificate{a.root}}
+	mine := issue(t, a, "client")
+	plain := &credentials.Credentials{Certificate: mine, Roots: []*x509.Certificate{a.Root}}
 	spiffe := &credentials.Credentials{
 		Certificate: mine,
-		Roots:       []*x509.Certificate{a.root, b.root},
-		Bundles:     map[spiffeid.TrustDomain][]*x509.Certificate{tdA: {a.root}, tdB: {b.root}},
+		Roots:       []*x509.Certificate{a.Root, b.Root},
+		Bundles:     map[spiffeid.TrustDomain][]*x509.Certificate{tdA: {a.Root}, tdB: {b.Root}},
 	}
 	memberOfA := credentials.AuthorizeMemberOf(tdA)
 	cases := []struct {
@@ -229,19 +230,19 @@ func TestClientConfigRefuses(t *testing.T) {
 		want   error // nil: accepted
 		msg    string
 	}{
-		{"from the roots", a.issue(t, "ct1.mesh"), plain, credentials.AuthorizeIdentity("ct1.mesh"), nil, ""},
-		{"not chaining to the roots", b.issue(t, "ct1.mesh"), plain, credentials.AuthorizeAny(), credentials.ErrUntrusted, "unknown authority"},
-		{"another name", a.issue(t, "ct2.mesh"), plain, credentials.AuthorizeIdentity("ct1.mesh"), credentials.ErrUnauthorized, `"ct2.mesh" is not one of ["ct1.mesh"]`},
-		{"not for server auth", a.issue(t, "ct1.mesh", withEKU(x509.ExtKeyUsageClientAuth)), plain, credentials.AuthorizeAny(), credentials.ErrUntrusted, "incompatible key usage"},
-		{"no Authorizer", a.issue(t, "ct1.mesh"), plain, nil, credentials.ErrUnauthorized, "no Authorizer"},
-		{"no roots", a.issue(t, "ct1.mesh"), &credentials.Credentials{Certificate: mine}, credentials.AuthorizeAny(), credentials.ErrUntrusted, "no roots"},
-		{"both checks", a.issue(t, "ct1.mesh"), plain, credentials.AuthorizeAllOf(credentials.AuthorizeAny(), credentials.AuthorizeIdentity("ct9.mesh")), credentials.ErrUnauthorized, "ct9.mesh"},
-		{"SPIFFE ID of its bundle", a.issue(t, "", withURI("spiffe://a.test/srv")), spiffe, memberOfA, nil, ""},
-		{"SPIFFE ID signed by another domain's CA", b.issue(t, "", withURI("spiffe://a.test/srv")), spiffe, memberOfA, credentials.ErrUntrusted, "unknown authority"},
-		{"SPIFFE ID of no bundle", a.issue(t, "", withURI("spiffe://c.test/srv")), spiffe, credentials.AuthorizeAny(), credentials.ErrUntrusted, `no bundle for trust domain "c.test"`},
-		{"SPIFFE ID of another domain", b.issue(t, "", withURI("spiffe://b.test/srv")), spiffe, memberOfA, credentials.ErrUnauthorized, `SPIFFE ID spiffe://b.test/srv: unexpected trust domain "b.test"`},
-		{"no SPIFFE ID, verified by the roots", b.issue(t, "ct1.mesh"), spiffe, credentials.AuthorizeAny(), nil, ""},
-		{"no SPIFFE ID, SPIFFE authorizer", b.issue(t, "ct1.mesh"), spiffe, memberOfA, credentials.ErrUnauthorized, "no SPIFFE ID: certificate contains no URI SAN"},
+		{"from the roots", issue(t, a, "ct1.mesh"), plain, credentials.AuthorizeIdentity("ct1.mesh"), nil, ""},
+		{"not chaining to the roots", issue(t, b, "ct1.mesh"), plain, credentials.AuthorizeAny(), credentials.ErrUntrusted, "unknown authority"},
+		{"another name", issue(t, a, "ct2.mesh"), plain, credentials.AuthorizeIdentity("ct1.mesh"), credentials.ErrUnauthorized, `"ct2.mesh" is not one of ["ct1.mesh"]`},
+		{"not for server auth", issue(t, a, "ct1.mesh", pkitest.ExtKeyUsage(x509.ExtKeyUsageClientAuth)), plain, credentials.AuthorizeAny(), credentials.ErrUntrusted, "incompatible key usage"},
+		{"no Authorizer", issue(t, a, "ct1.mesh"), plain, nil, credentials.ErrUnauthorized, "no Authorizer"},
+		{"no roots", issue(t, a, "ct1.mesh"), &credentials.Credentials{Certificate: mine}, credentials.AuthorizeAny(), credentials.ErrUntrusted, "no roots"},
+		{"both checks", issue(t, a, "ct1.mesh"), plain, credentials.AuthorizeAllOf(credentials.AuthorizeAny(), credentials.AuthorizeIdentity("ct9.mesh")), credentials.ErrUnauthorized, "ct9.mesh"},
+		{"SPIFFE ID of its bundle", issue(t, a, "", pkitest.URI("spiffe://a.test/srv")), spiffe, memberOfA, nil, ""},
+		{"SPIFFE ID signed by another domain's CA", issue(t, b, "", pkitest.URI("spiffe://a.test/srv")), spiffe, memberOfA, credentials.ErrUntrusted, "unknown authority"},
+		{"SPIFFE ID of no bundle", issue(t, a, "", pkitest.URI("spiffe://c.test/srv")), spiffe, credentials.AuthorizeAny(), credentials.ErrUntrusted, `no bundle for trust domain "c.test"`},
+		{"SPIFFE ID of another domain", issue(t, b, "", pkitest.URI("spiffe://b.test/srv")), spiffe, memberOfA, credentials.ErrUnauthorized, `SPIFFE ID spiffe://b.test/srv: unexpected trust domain "b.test"`},
+		{"no SPIFFE ID, verified by the roots", issue(t, b, "ct1.mesh"), spiffe, credentials.AuthorizeAny(), nil, ""},
+		{"no SPIFFE ID, SPIFFE authorizer", issue(t, b, "ct1.mesh"), spiffe, memberOfA, credentials.ErrUnauthorized, "no SPIFFE ID: certificate contains no URI SAN"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -265,10 +266,10 @@ func TestClientConfigRefuses(t *testing.T) {
 // one.
 func TestTLSClosedSource(t *testing.T) {
 	t.Parallel()
-	a := newRoot(t, "root A")
-	srvH := mustHolder(t, a.creds(t, "server", a))
+	a := pkitest.NewRoot(t, "root A")
+	srvH := mustHolder(t, creds(t, a, "server", a))
 	srv := serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeAny()))
-	cli := credentials.ClientConfig(mustHolder(t, a.creds(t, "client", a)), credentials.AuthorizeAny())
+	cli := credentials.ClientConfig(mustHolder(t, creds(t, a, "client", a)), credentials.AuthorizeAny())
 	srv.requireOK(t, cli)
 	srvH.Close()
 	c, s := srv.dial(t, cli)
@@ -279,8 +280,8 @@ func TestTLSClosedSource(t *testing.T) {
 
 func TestConfigDefaults(t *testing.T) {
 	t.Parallel()
-	a := newRoot(t, "root A")
-	h := mustHolder(t, a.creds(t, "x", a))
+	a := pkitest.NewRoot(t, "root A")
+	h := mustHolder(t, creds(t, a, "x", a))
 	srv := credentials.ServerConfig(h, credentials.AuthorizeAny())
 	cli := credentials.ClientConfig(h, credentials.AuthorizeAny())
 	if srv.MinVersion != tls.VersionTLS12 || cli.MinVersion != tls.VersionTLS12 {

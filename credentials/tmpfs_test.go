@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -83,9 +84,9 @@ func requireGone(t *testing.T, dir string) {
 
 func TestMaterialize(t *testing.T) {
 	t.Parallel()
-	root := newRoot(t, "root")
-	inter := root.intermediate(t, "inter")
-	first := inter.creds(t, "opus@ct1", root)
+	root := pkitest.NewRoot(t, "root")
+	inter := root.Intermediate(t, "inter")
+	first := creds(t, inter, "opus@ct1", root)
 	h := mustHolder(t, first)
 	base := t.TempDir()
 	var logs bytes.Buffer // written by Materialize's goroutine, read once it is done
@@ -110,7 +111,7 @@ func TestMaterialize(t *testing.T) {
 	}
 
 	// A rotation (new key, new roots) is written out.
-	rotated := root.creds(t, "opus@ct1", root, newRoot(t, "root 2"))
+	rotated := creds(t, root, "opus@ct1", root, pkitest.NewRoot(t, "root 2"))
 	rewritten := f.Rewritten()
 	set(t, h, rotated)
 	select {
@@ -141,11 +142,11 @@ func TestMaterialize(t *testing.T) {
 // is closed, not only at Close.
 func TestMaterializeRemoved(t *testing.T) {
 	t.Parallel()
-	root := newRoot(t, "root")
+	root := pkitest.NewRoot(t, "root")
 	for _, end := range []string{"ctx", "source closed"} {
 		t.Run(end, func(t *testing.T) {
 			t.Parallel()
-			h := mustHolder(t, root.creds(t, "opus@ct1", root))
+			h := mustHolder(t, creds(t, root, "opus@ct1", root))
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			f, err := credentials.Materialize(ctx, h, "opus", credentials.MaterializeIn(t.TempDir()))
@@ -169,9 +170,9 @@ func TestMaterializeRemoved(t *testing.T) {
 
 func TestMaterializeRefuses(t *testing.T) {
 	t.Parallel()
-	root := newRoot(t, "root")
+	root := pkitest.NewRoot(t, "root")
 	base := t.TempDir()
-	good := mustHolder(t, root.creds(t, "opus@ct1", root))
+	good := mustHolder(t, creds(t, root, "opus@ct1", root))
 	for _, tc := range []struct {
 		name  string
 		src   credentials.Source
@@ -206,8 +207,8 @@ func TestMaterializeTmpfs(t *testing.T) {
 	if fi, err := os.Stat("/dev/shm"); err != nil || !fi.IsDir() {
 		t.Skip("no /dev/shm here")
 	}
-	root := newRoot(t, "root")
-	f, err := credentials.Materialize(t.Context(), mustHolder(t, root.creds(t, "opus@ct1", root)), "opus")
+	root := pkitest.NewRoot(t, "root")
+	f, err := credentials.Materialize(t.Context(), mustHolder(t, creds(t, root, "opus@ct1", root)), "opus")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,8 +282,8 @@ func TestMaterializeSIGTERM(t *testing.T) {
 func materializeChild(t *testing.T, base string) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	root := newRoot(t, "root")
-	f, err := credentials.Materialize(ctx, mustHolder(t, root.creds(t, "opus@ct1", root)), "opus", credentials.MaterializeIn(base))
+	root := pkitest.NewRoot(t, "root")
+	f, err := credentials.Materialize(ctx, mustHolder(t, creds(t, root, "opus@ct1", root)), "opus", credentials.MaterializeIn(base))
 	if err != nil {
 		t.Fatal(err)
 	}
