@@ -18,7 +18,7 @@ import (
 	"github.com/meshtrust/meshtrust/trust"
 )
 
-// nopStore is an AgentStore that keeps nothing: these benchmarks measure
+// nopStore is the registry's Store keeping nothing: these benchmarks measure
 // the registry's memory path, not the disk.
 type nopStore struct{}
 

@@ -22,7 +22,7 @@ func listed(t *testing.T, c *http.Client, r *replica) map[string][2]string {
 }
 
 // storedAgent returns the database's record of id, if any.
-func storedAgent(t *testing.T, st store.AgentStore, id string) (store.Agent, bool) {
+func storedAgent(t *testing.T, st store.Store, id string) (store.Agent, bool) {
 	t.Helper()
 	recs, err := st.Agents(t.Context())
 	if err != nil {

@@ -97,7 +97,7 @@ func (c *CA) Checkpoint(ctx context.Context) (bool, error) {
 
 	// The head is read under the lock, so whoever takes the lock next sees
 	// at least this head: the file's sequence numbers only grow.
-	head, err := store.AuditHead(ctx, c.store)
+	head, err := c.store.AuditHead(ctx)
 	if err != nil {
 		return false, err
 	}

@@ -192,24 +192,19 @@ func ActivateIntermediate(ctx context.Context, cfg Config, st store.Store) (*x50
 	return cert, publishCRL(ctx, cfg, st)
 }
 
-// eventAppender is the part of a store that records a change made outside
-// it, so that processes with the CA open (meshd, its replicas) follow it.
-type eventAppender interface {
-	AppendEvent(ctx context.Context, e store.Event, a store.AuditEntry) (store.Event, error)
-}
-
 // auditRotation records a change of the live intermediates: an audit entry
 // and, in the same transaction, a ca.rotated event, on which a running
-// meshd reloads the CA (signing, anchors, bundle, CRLs).
+// meshd reloads the CA (signing, anchors, bundle, CRLs). Every store
+// records events (store.Store.AppendEvent), so processes with the CA open
+// (meshd, its replicas) follow the change; should the write fail, the
+// audit entry alone is tried.
 func auditRotation(ctx context.Context, cfg Config, st store.Store, action string, cert *x509.Certificate, detail string) {
 	if st == nil {
 		return
 	}
 	a := store.AuditEntry{Time: cfg.Now(), Action: action, Identity: cert.Subject.CommonName, Outcome: store.OutcomeOK, Detail: detail}
-	if ea, ok := st.(eventAppender); ok {
-		if _, err := ea.AppendEvent(ctx, store.Event{Kind: store.EventCARotated, IssuerKeyID: keyID(cert), Time: a.Time}, a); err == nil {
-			return
-		}
+	if _, err := st.AppendEvent(ctx, store.Event{Kind: store.EventCARotated, IssuerKeyID: keyID(cert), Time: a.Time}, a); err == nil {
+		return
 	}
 	_ = st.Append(ctx, a)
 }

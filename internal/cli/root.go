@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/config"
+	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/database"
 )
 
@@ -235,7 +236,7 @@ func (g *globals) config() (ca.Config, error) {
 
 // openStore opens the store --database names (by default the CA
 // directory's), creating the CA directory when create is set.
-func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (database.Store, error) {
+func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (store.Store, error) {
 	if create {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 			return nil, err

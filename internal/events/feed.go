@@ -1,6 +1,6 @@
 // Package events is meshd's change feed. The store is the truth: every
 // revocation, entity change and CA rotation is an event appended in the
-// transaction that made it (store.EventStore). A Feed reads those events
+// transaction that made it (store.Store's Events). A Feed reads those events
 // in order, hands each to the subscribers registered with Handle (the
 // revocation set and anchors, registry eviction, CRL re-signing, CA
 // reload), and keeps the newest in memory for streams (the

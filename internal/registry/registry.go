@@ -102,9 +102,14 @@ func ReasonOf(err error) string {
 // source) goes through its audited, conditional PutAgentAudited; every
 // other write through UpdateAgent or PutAgents, which apply only over the
 // ownership the registry authorised the change against.
+// The methods are store.Store's, which documents them; every one is
+// required, the conditional claim above all.
 type Store interface {
-	store.AgentStore
-	store.AgentAuditor
+	PutAgentAudited(ctx context.Context, ag store.Agent, a store.AuditEntry) error
+	UpdateAgent(ctx context.Context, ag store.Agent) error
+	PutAgents(ctx context.Context, agents []store.Agent) error
+	DeleteAgent(ctx context.Context, id string, a store.AuditEntry) error
+	Agents(ctx context.Context) ([]store.Agent, error)
 }
 
 // Config configures a Registry. The zero value of each field selects its

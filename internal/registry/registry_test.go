@@ -17,8 +17,8 @@ import (
 	"github.com/meshtrust/meshtrust/trust"
 )
 
-// memStore is an AgentStore in memory that counts writes, so tests can
-// assert which heartbeats reached the store. Like every AgentStore, it
+// memStore is the registry's Store in memory that counts writes, so tests can
+// assert which heartbeats reached the store. Like every store, it
 // ignores a record older than the one it holds, writes a change only over
 // a record of the same ownership, and inserts only through a claim. Like
 // meshd's stores, it keeps an audit log with the writes that come with an

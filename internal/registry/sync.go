@@ -20,9 +20,9 @@ import (
 // process; last-seen times merge by the latest.
 //
 // Ownership is the store's: it changes only through the audited claim
-// (store.AgentAuditor), and every other write of a replica applies only
+// (Store.PutAgentAudited), and every other write of a replica applies only
 // over the ownership it was authorised against and never brings back a
-// deleted record (store.AgentStore). So a replica that still holds an
+// deleted record (store.Store). So a replica that still holds an
 // agent released and claimed by another, or deleted, elsewhere cannot
 // write it back; its own copy is replaced, or dropped, by its next Sync.
 

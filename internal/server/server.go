@@ -37,12 +37,6 @@ import (
 // Store is the durable state meshd needs.
 type Store interface {
 	store.Store
-	store.EntityStore
-	store.AgentStore
-	store.AgentAuditor
-	store.TokenStore
-	store.EventStore
-	store.PolicyStore
 }
 
 // replicated is a Store that other meshd processes (replicas) may share:

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -49,26 +48,4 @@ func VerifyAuditChain(entries []AuditEntry) error {
 		prev = e.Hash
 	}
 	return nil
-}
-
-// AuditHeader is implemented by a store that can read the last entry of its
-// audit log without reading the whole log.
-type AuditHeader interface {
-	// AuditHead returns the last entry of the audit log, or the zero
-	// AuditEntry (Seq 0) when the log is empty.
-	AuditHead(ctx context.Context) (AuditEntry, error)
-}
-
-// AuditHead returns the last entry of st's audit log, or the zero
-// AuditEntry (Seq 0) when the log is empty. It reads only that entry when
-// st is an AuditHeader, and the whole log otherwise.
-func AuditHead(ctx context.Context, st Store) (AuditEntry, error) {
-	if h, ok := st.(AuditHeader); ok {
-		return h.AuditHead(ctx)
-	}
-	log, err := st.AuditLog(ctx)
-	if err != nil || len(log) == 0 {
-		return AuditEntry{}, err
-	}
-	return log[len(log)-1], nil
 }

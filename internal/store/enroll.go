@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"errors"
 	"time"
 )
@@ -26,16 +25,4 @@ type JoinToken struct {
 	ExpiresAt time.Time
 	// UsedAt is set when the token enrolled its node.
 	UsedAt time.Time
-}
-
-// TokenStore holds join tokens.
-type TokenStore interface {
-	// PutToken records a new token with its audit entry; ErrExists if the
-	// hash is known.
-	PutToken(ctx context.Context, t JoinToken, a AuditEntry) error
-	// UseToken atomically marks the token with hash used at now, for node,
-	// and appends a in the same transaction. It returns ErrNotFound,
-	// ErrTokenUsed, ErrTokenExpired or ErrTokenNode (and writes nothing)
-	// when the token may not enroll node.
-	UseToken(ctx context.Context, hash, node string, now time.Time, a AuditEntry) (JoinToken, error)
 }

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"time"
 )
 
@@ -25,7 +24,7 @@ const (
 	// EventEntityRevoked: the entity Entity was revoked.
 	EventEntityRevoked EventKind = "entity.revoked"
 	// EventEntityRegistered: the entity Entity was registered, or its CA
-	// replaced; its current record is in the EntityStore.
+	// replaced; its current record is the store's Entity.
 	EventEntityRegistered EventKind = "entity.registered"
 	// EventEntityRotated: agents of Entity ("" for every agent) must
 	// re-register with a certificate issued after Time.
@@ -34,7 +33,7 @@ const (
 	// (IssuerKeyID names it); processes with the CA open reload it.
 	EventCARotated EventKind = "ca.rotated"
 	// EventPolicySet: the policy named CommonName was set; its document
-	// is in the PolicyStore.
+	// is the store's Policy.
 	EventPolicySet EventKind = "policy.set"
 )
 
@@ -64,25 +63,4 @@ func (e Event) Revocation() bool {
 		return true
 	}
 	return false
-}
-
-// EventStore is the change feed. Every write that changes what the feed
-// describes appends its event in the same transaction.
-//
-// Seq numbers are unique and increase in the order events are assigned
-// them, which need not be the order they commit in (a PostgreSQL sequence
-// is drawn before commit): a reader that has seen Seq n must still expect
-// events below n for a while. internal/events copes with both.
-type EventStore interface {
-	// Events returns up to limit events with Seq > after, in Seq order;
-	// limit <= 0 means no limit.
-	Events(ctx context.Context, after int64, limit int) ([]Event, error)
-	// LastEventSeq returns the highest Seq in the feed (0 when empty): a
-	// process that loads the state from the store follows the feed from
-	// there.
-	LastEventSeq(ctx context.Context) (int64, error)
-	// AppendEvent appends an event that records a change made outside the
-	// store (an intermediate rotated in the CA directory), with its audit
-	// entry, and returns it with Seq assigned.
-	AppendEvent(ctx context.Context, e Event, a AuditEntry) (Event, error)
 }

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"time"
 )
 
@@ -10,15 +9,4 @@ type Policy struct {
 	Name     string
 	Document string
 	Updated  time.Time
-}
-
-// PolicyStore keeps policies. Setting one appends an EventPolicySet (its
-// name in CommonName) in the same transaction.
-type PolicyStore interface {
-	// Policy returns the policy named name, or an error wrapping
-	// ErrNotFound.
-	Policy(ctx context.Context, name string) (Policy, error)
-	// PutPolicy records p (a zero Updated is set from the store's clock),
-	// its event and a in one transaction.
-	PutPolicy(ctx context.Context, p Policy, a AuditEntry) error
 }

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"context"
 	"fmt"
 	"time"
 )
@@ -68,73 +67,6 @@ type Agent struct {
 	// Liveness alone (LastSeen) may change without it, so a write of an
 	// equal version still carries newer liveness.
 	Version int64
-}
-
-// EntityStore holds partner entities.
-type EntityStore interface {
-	// PutEntity records e with its audit entry. Without replace it returns
-	// ErrExists when an entity of that name exists and is not revoked.
-	PutEntity(ctx context.Context, e Entity, replace bool, a AuditEntry) error
-	// Entity returns one entity, or ErrNotFound.
-	Entity(ctx context.Context, name string) (Entity, error)
-	// Entities returns every entity, revoked ones included, by name.
-	Entities(ctx context.Context) ([]Entity, error)
-	// RevokeEntity marks an entity revoked at t, or returns ErrNotFound.
-	RevokeEntity(ctx context.Context, name string, t time.Time, a AuditEntry) error
-	// RotateEntity sets an entity's RotatedAt to t, or returns ErrNotFound.
-	RotateEntity(ctx context.Context, name string, t time.Time, a AuditEntry) error
-}
-
-// AgentStore holds registered agents.
-//
-// Ownership (Owner, Entity, Source) changes only through the audited,
-// conditional claim (AgentAuditor.PutAgentAudited), checked in the
-// transaction that writes it. Every other write is a change to a record
-// whose ownership the writer authorised it against: it applies only while
-// the stored record still has that ownership, and never inserts a record
-// that is not stored (one deleted or released meanwhile, by this process
-// or by a replica sharing the store).
-type AgentStore interface {
-	// PutAgents writes agents over their stored records in one
-	// transaction. A record replaces the stored one only if the stored
-	// one has the same ownership (SameOwner) and a Version that is not
-	// newer: an equal version carries newer liveness. Any other record is
-	// left out without an error: an older version is a stale copy, and a
-	// record whose id is not stored, or is stored with another ownership,
-	// was overtaken by a delete, a release or a claim. PutAgents never
-	// inserts a record and never changes an ownership.
-	PutAgents(ctx context.Context, agents []Agent) error
-	// UpdateAgent is PutAgents of the one agent ag, telling why it was
-	// left out: an error wrapping ErrNotFound when no record of ag.ID is
-	// stored, ErrAgentOwned when the stored one has another ownership.
-	// An older version is left out without an error, as in PutAgents.
-	UpdateAgent(ctx context.Context, ag Agent) error
-	// DeleteAgent removes an agent with its audit entry, or returns
-	// ErrNotFound.
-	DeleteAgent(ctx context.Context, id string, a AuditEntry) error
-	// Agents returns every agent, by id.
-	Agents(ctx context.Context) ([]Agent, error)
-}
-
-// AgentAuditor is an AgentStore that writes an agent together with an
-// audit entry, so that an agent id's claim and its record of who claimed
-// it are durable together or not at all. meshd's stores all are one, and
-// the registry needs one: a claim is the only write that inserts a record
-// or sets its ownership.
-type AgentAuditor interface {
-	// PutAgentAudited is the claim of an agent id: it writes the one
-	// agent ag, its ownership included, with a appended to the audit log
-	// in the same transaction. It is conditional: when the stored record
-	// of ag.ID has an owner other than ag's (OwnedByOther), it writes
-	// nothing and returns ErrAgentOwned, so two processes cannot both
-	// grant one id to different owners. An id not stored is inserted
-	// whatever ag's version. A claim that changes the stored ownership
-	// (an owner or a source where the record had none) is written
-	// whatever the stored version, with the newer of ag's version and
-	// one past the stored one, so the audit entry never names an owner
-	// the store does not hold; one that keeps it follows PutAgents'
-	// version rule.
-	PutAgentAudited(ctx context.Context, ag Agent, a AuditEntry) error
 }
 
 // OwnedByOther reports whether claim would take the agent id of the stored

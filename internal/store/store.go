@@ -151,7 +151,14 @@ const (
 	OutcomeError   = "error"
 )
 
-// Store is meshtrust's durable state. Methods are safe for concurrent use.
+// Store is meshtrust's durable state, the one interface every store
+// implements whole (package store/sqlstore): certificates, revocations, CRL
+// numbers and the audit log; partner entities and registered agents (the
+// registry's); join tokens; the change feed; allow-list policies. Every
+// method is required, so no guarantee a caller relies on (an agent id's
+// conditional claim, a change's event) can be missing from a store.
+// Consumers declare the small interfaces of what they use. Methods are
+// safe for concurrent use.
 type Store interface {
 	// RecordCert durably records c and appends a to the audit log in the
 	// same transaction. It returns ErrExists if the serial is recorded, and
@@ -221,6 +228,109 @@ type Store interface {
 	Append(ctx context.Context, a AuditEntry) error
 	// AuditLog returns the whole audit log in Seq order.
 	AuditLog(ctx context.Context) ([]AuditEntry, error)
+	// AuditHead returns the last entry of the audit log, or the zero
+	// AuditEntry (Seq 0) when the log is empty, reading only that entry.
+	AuditHead(ctx context.Context) (AuditEntry, error)
+
+	// Partner entities.
+
+	// PutEntity records e with its audit entry. Without replace it returns
+	// ErrExists when an entity of that name exists and is not revoked.
+	PutEntity(ctx context.Context, e Entity, replace bool, a AuditEntry) error
+	// Entity returns one entity, or ErrNotFound.
+	Entity(ctx context.Context, name string) (Entity, error)
+	// Entities returns every entity, revoked ones included, by name.
+	Entities(ctx context.Context) ([]Entity, error)
+	// RevokeEntity marks an entity revoked at t, or returns ErrNotFound.
+	RevokeEntity(ctx context.Context, name string, t time.Time, a AuditEntry) error
+	// RotateEntity sets an entity's RotatedAt to t, or returns ErrNotFound.
+	RotateEntity(ctx context.Context, name string, t time.Time, a AuditEntry) error
+
+	// Registered agents.
+	//
+	// Ownership (Owner, Entity, Source) changes only through the audited,
+	// conditional claim (PutAgentAudited), checked in the transaction that
+	// writes it. Every other write is a change to a record whose ownership
+	// the writer authorised it against: it applies only while the stored
+	// record still has that ownership, and never inserts a record that is
+	// not stored (one deleted or released meanwhile, by this process or by
+	// a replica sharing the store).
+
+	// PutAgents writes agents over their stored records in one
+	// transaction. A record replaces the stored one only if the stored
+	// one has the same ownership (SameOwner) and a Version that is not
+	// newer: an equal version carries newer liveness. Any other record is
+	// left out without an error: an older version is a stale copy, and a
+	// record whose id is not stored, or is stored with another ownership,
+	// was overtaken by a delete, a release or a claim. PutAgents never
+	// inserts a record and never changes an ownership.
+	PutAgents(ctx context.Context, agents []Agent) error
+	// UpdateAgent is PutAgents of the one agent ag, telling why it was
+	// left out: an error wrapping ErrNotFound when no record of ag.ID is
+	// stored, ErrAgentOwned when the stored one has another ownership.
+	// An older version is left out without an error, as in PutAgents.
+	UpdateAgent(ctx context.Context, ag Agent) error
+	// DeleteAgent removes an agent with its audit entry, or returns
+	// ErrNotFound.
+	DeleteAgent(ctx context.Context, id string, a AuditEntry) error
+	// Agents returns every agent, by id.
+	Agents(ctx context.Context) ([]Agent, error)
+	// PutAgentAudited is the claim of an agent id: it writes the one
+	// agent ag, its ownership included, with a appended to the audit log
+	// in the same transaction. It is conditional: when the stored record
+	// of ag.ID has an owner other than ag's (OwnedByOther), it writes
+	// nothing and returns ErrAgentOwned, so two processes cannot both
+	// grant one id to different owners. An id not stored is inserted
+	// whatever ag's version. A claim that changes the stored ownership
+	// (an owner or a source where the record had none) is written
+	// whatever the stored version, with the newer of ag's version and
+	// one past the stored one, so the audit entry never names an owner
+	// the store does not hold; one that keeps it follows PutAgents'
+	// version rule. The agent and its audit entry (the record of who
+	// claimed it) are durable together or not at all; a claim is the only
+	// write that inserts a record or sets its ownership.
+	PutAgentAudited(ctx context.Context, ag Agent, a AuditEntry) error
+
+	// Join tokens.
+
+	// PutToken records a new token with its audit entry; ErrExists if the
+	// hash is known.
+	PutToken(ctx context.Context, t JoinToken, a AuditEntry) error
+	// UseToken atomically marks the token with hash used at now, for node,
+	// and appends a in the same transaction. It returns ErrNotFound,
+	// ErrTokenUsed, ErrTokenExpired or ErrTokenNode (and writes nothing)
+	// when the token may not enroll node.
+	UseToken(ctx context.Context, hash, node string, now time.Time, a AuditEntry) (JoinToken, error)
+
+	// The change feed. Every write that changes what the feed
+	// describes appends its event in the same transaction.
+	//
+	// Seq numbers are unique and increase in the order events are assigned
+	// them, which need not be the order they commit in (a PostgreSQL sequence
+	// is drawn before commit): a reader that has seen Seq n must still expect
+	// events below n for a while. internal/events copes with both.
+
+	// Events returns up to limit events with Seq > after, in Seq order;
+	// limit <= 0 means no limit.
+	Events(ctx context.Context, after int64, limit int) ([]Event, error)
+	// LastEventSeq returns the highest Seq in the feed (0 when empty): a
+	// process that loads the state from the store follows the feed from
+	// there.
+	LastEventSeq(ctx context.Context) (int64, error)
+	// AppendEvent appends an event that records a change made outside the
+	// store (an intermediate rotated in the CA directory), with its audit
+	// entry, and returns it with Seq assigned.
+	AppendEvent(ctx context.Context, e Event, a AuditEntry) (Event, error)
+
+	// Allow-list policies. Setting one appends an EventPolicySet (its
+	// name in CommonName) in the same transaction.
+
+	// Policy returns the policy named name, or an error wrapping
+	// ErrNotFound.
+	Policy(ctx context.Context, name string) (Policy, error)
+	// PutPolicy records p (a zero Updated is set from the store's clock),
+	// its event and a in one transaction.
+	PutPolicy(ctx context.Context, p Policy, a AuditEntry) error
 
 	// Close waits for pending writes and releases the store.
 	Close() error

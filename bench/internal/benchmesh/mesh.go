@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/database"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -50,7 +51,7 @@ type Mesh struct {
 	// CA is the mesh CA meshd trusts; it issues the benchmark's agents.
 	CA *ca.CA
 	// Store is the store of the CA and of meshd's registry.
-	Store database.Store
+	Store store.Store
 	// Server is meshd.
 	Server *server.Server
 	// Replicas are the meshd processes AddReplica started beside Server,
@@ -71,7 +72,7 @@ type Mesh struct {
 // Replica is one more meshd on the mesh's database.
 type Replica struct {
 	Server *server.Server
-	Store  database.Store
+	Store  store.Store
 	cancel context.CancelFunc
 }
 
@@ -123,7 +124,7 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 
 // startServer starts a meshd over st and authority with the admin API on
 // sock.
-func (m *Mesh) startServer(ctx context.Context, sock string, st database.Store, authority *ca.CA) (*server.Server, context.CancelFunc, error) {
+func (m *Mesh) startServer(ctx context.Context, sock string, st store.Store, authority *ca.CA) (*server.Server, context.CancelFunc, error) {
 	c := m.cfg
 	srv, err := server.New(ctx, server.Config{
 		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,

@@ -18,17 +18,6 @@ import (
 // EnvVar is the environment variable that names the database, MCP Mesh's.
 const EnvVar = "DATABASE_URL"
 
-// Store is every store meshd needs (server.Store's methods).
-type Store interface {
-	store.Store
-	store.EntityStore
-	store.AgentStore
-	store.AgentAuditor
-	store.TokenStore
-	store.EventStore
-	store.PolicyStore
-}
-
 // IsPostgres reports whether url names a PostgreSQL database
 // (postgres:// or postgresql://).
 func IsPostgres(url string) bool {
@@ -61,7 +50,7 @@ type Options struct {
 
 // Open opens the store url names; see IsPostgres and SQLitePath. def is
 // the SQLite file used when url is empty.
-func Open(ctx context.Context, url, def string, o Options) (Store, error) {
+func Open(ctx context.Context, url, def string, o Options) (store.Store, error) {
 	if !IsPostgres(url) {
 		if strings.Contains(url, "://") && !strings.HasPrefix(url, "sqlite://") {
 			return nil, errors.New("database: the URL's scheme is not one meshtrust knows; want postgres://user:password@host:port/database, or an SQLite file path")

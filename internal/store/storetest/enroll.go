@@ -13,30 +13,14 @@ import (
 	"github.com/meshtrust/meshtrust/internal/store"
 )
 
-// enrollStore is what enrollment needs of a store: meshd's stores, join
-// tokens and the revocation feed, which certificate and entity revocations
-// append to.
-type enrollStore interface {
-	registryStore
-	store.TokenStore
-	store.EventStore
-}
-
-// openEnroll is openStore for enrollment's checks. Every store must hold
-// join tokens and the feed, since meshd needs them of whichever store it
-// runs on.
-func openEnroll(t *testing.T, open Opener, dir string) enrollStore {
+// openEnroll is openStore for enrollment's checks.
+func openEnroll(t *testing.T, open Opener, dir string) store.Store {
 	t.Helper()
-	s := openStore(t, open, dir)
-	es, ok := s.(enrollStore)
-	if !ok {
-		t.Fatalf("%T does not implement store.EntityStore, store.AgentStore, store.TokenStore and store.EventStore, which meshd needs", s)
-	}
-	return es
+	return openStore(t, open, dir)
 }
 
 // reopenEnroll closes s and opens the store on dir again.
-func reopenEnroll(t *testing.T, open Opener, dir string, s enrollStore) enrollStore {
+func reopenEnroll(t *testing.T, open Opener, dir string, s store.Store) store.Store {
 	t.Helper()
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -69,7 +53,7 @@ func enrollEntry(node string, t time.Time) store.AuditEntry {
 	return store.AuditEntry{Time: t, Action: "node.enroll", Identity: node, Outcome: store.OutcomeOK, Detail: "join token"}
 }
 
-func mustPutToken(t *testing.T, s store.TokenStore, toks ...store.JoinToken) {
+func mustPutToken(t *testing.T, s store.Store, toks ...store.JoinToken) {
 	t.Helper()
 	for _, tok := range toks {
 		if err := s.PutToken(t.Context(), tok, tokenEntry(tok)); err != nil {
@@ -80,7 +64,7 @@ func mustPutToken(t *testing.T, s store.TokenStore, toks ...store.JoinToken) {
 
 // mustUseToken uses tok for its node at at and checks that the store
 // returns tok, used at at.
-func mustUseToken(t *testing.T, s store.TokenStore, tok store.JoinToken, at time.Time) store.JoinToken {
+func mustUseToken(t *testing.T, s store.Store, tok store.JoinToken, at time.Time) store.JoinToken {
 	t.Helper()
 	got, err := s.UseToken(t.Context(), tok.Hash, tok.NodeID, at, enrollEntry(tok.NodeID, at))
 	if err != nil {
@@ -321,7 +305,7 @@ func eventDiff(want, got store.Event) string {
 // checkEvents fails t unless the revocations of s's feed (the kinds
 // certEvent and entityEvent make) are want, in want's order, with
 // increasing Seq, and returns them.
-func checkEvents(t *testing.T, what string, s store.EventStore, want []store.Event) []store.Event {
+func checkEvents(t *testing.T, what string, s store.Store, want []store.Event) []store.Event {
 	t.Helper()
 	all, err := s.Events(t.Context(), 0, 0)
 	if err != nil {
@@ -369,7 +353,7 @@ func mustRevoke(t *testing.T, s store.Store, c store.Cert, reason int, at time.T
 
 // mustRevokeEntity revokes the entity name at at and returns the event a
 // first revocation appends.
-func mustRevokeEntity(t *testing.T, s store.EntityStore, name string, at time.Time) store.Event {
+func mustRevokeEntity(t *testing.T, s store.Store, name string, at time.Time) store.Event {
 	t.Helper()
 	if err := s.RevokeEntity(t.Context(), name, at, markEntry("entity.revoke", name, at)); err != nil {
 		t.Fatalf("RevokeEntity(%q): %v", name, err)

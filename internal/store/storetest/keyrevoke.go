@@ -144,11 +144,7 @@ func testKeyCompromiseSameKey(t *testing.T, open Opener) {
 // allEvents returns the whole change feed of s.
 func allEvents(t *testing.T, s store.Store) []store.Event {
 	t.Helper()
-	es, ok := s.(store.EventStore)
-	if !ok {
-		t.Fatalf("%T does not implement store.EventStore", s)
-	}
-	evs, err := es.Events(t.Context(), 0, 0)
+	evs, err := s.Events(t.Context(), 0, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,29 +17,14 @@ import (
 	"github.com/meshtrust/meshtrust/internal/store"
 )
 
-// registryStore is what meshd needs of a store: store.Store and the
-// registry's entities and agents.
-type registryStore interface {
-	store.Store
-	store.EntityStore
-	store.AgentStore
-	store.AgentAuditor
-}
-
-// openRegistry is openStore for the registry's checks. Every store must
-// hold the registry, since meshd needs it of whichever store it runs on.
-func openRegistry(t *testing.T, open Opener, dir string) registryStore {
+// openRegistry is openStore for the registry's checks.
+func openRegistry(t *testing.T, open Opener, dir string) store.Store {
 	t.Helper()
-	s := openStore(t, open, dir)
-	rs, ok := s.(registryStore)
-	if !ok {
-		t.Fatalf("%T does not implement store.EntityStore, store.AgentStore and store.AgentAuditor, which meshd needs", s)
-	}
-	return rs
+	return openStore(t, open, dir)
 }
 
 // reopenRegistry closes s and opens the store on dir again.
-func reopenRegistry(t *testing.T, open Opener, dir string, s registryStore) registryStore {
+func reopenRegistry(t *testing.T, open Opener, dir string, s store.Store) store.Store {
 	t.Helper()
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -77,7 +62,7 @@ func markEntry(action, name string, t time.Time) store.AuditEntry {
 	return store.AuditEntry{Time: t, Action: action, Identity: name, Outcome: store.OutcomeOK}
 }
 
-func mustPutEntity(t *testing.T, s store.EntityStore, replace bool, es ...store.Entity) {
+func mustPutEntity(t *testing.T, s store.Store, replace bool, es ...store.Entity) {
 	t.Helper()
 	for _, e := range es {
 		if err := s.PutEntity(t.Context(), e, replace, entityEntry(e)); err != nil {
@@ -138,7 +123,7 @@ func entityDiff(want, got store.Entity) string {
 
 // checkEntities fails t unless s holds exactly want, which is in name
 // order, through both Entity and Entities.
-func checkEntities(t *testing.T, what string, s store.EntityStore, want []store.Entity) {
+func checkEntities(t *testing.T, what string, s store.Store, want []store.Entity) {
 	t.Helper()
 	for _, e := range want {
 		got, err := s.Entity(t.Context(), e.Name)
@@ -374,7 +359,7 @@ func newAgent(n int, registeredAt time.Time) store.Agent {
 	}
 }
 
-func mustPutAgents(t *testing.T, s store.AgentStore, agents ...store.Agent) {
+func mustPutAgents(t *testing.T, s store.Store, agents ...store.Agent) {
 	t.Helper()
 	if err := s.PutAgents(t.Context(), agents); err != nil {
 		t.Fatalf("PutAgents(%d agents): %v", len(agents), err)
@@ -389,7 +374,7 @@ func claimEntry(ag store.Agent) store.AuditEntry {
 // mustClaim records each of agents through its claim (PutAgentAudited,
 // the one write that inserts an agent), one after the other, and returns
 // their audit entries in order.
-func mustClaim(t *testing.T, s store.AgentAuditor, agents ...store.Agent) []store.AuditEntry {
+func mustClaim(t *testing.T, s store.Store, agents ...store.Agent) []store.AuditEntry {
 	t.Helper()
 	var log []store.AuditEntry
 	for _, ag := range agents {
@@ -404,7 +389,7 @@ func mustClaim(t *testing.T, s store.AgentAuditor, agents ...store.Agent) []stor
 
 // mustClaimAll claims agents from several goroutines at once, so that a
 // store that commits in groups records many in one transaction.
-func mustClaimAll(t *testing.T, s store.AgentAuditor, agents []store.Agent) {
+func mustClaimAll(t *testing.T, s store.Store, agents []store.Agent) {
 	t.Helper()
 	const workers = 16
 	var wg sync.WaitGroup
@@ -455,7 +440,7 @@ func agentDiff(want, got store.Agent) string {
 
 // checkAgents fails t unless s holds exactly want; want need not be in
 // id order.
-func checkAgents(t *testing.T, what string, s store.AgentStore, want []store.Agent) {
+func checkAgents(t *testing.T, what string, s store.Store, want []store.Agent) {
 	t.Helper()
 	want = slices.Clone(want)
 	sort.Slice(want, func(i, j int) bool { return want[i].ID < want[j].ID })

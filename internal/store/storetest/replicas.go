@@ -16,27 +16,12 @@ import (
 // processes on one SQLite file). What one store checks in a write must
 // hold against the writes of the others.
 
-// fullStore is every store meshd needs.
-type fullStore interface {
-	store.Store
-	store.EntityStore
-	store.AgentStore
-	store.AgentAuditor
-	store.TokenStore
-	store.EventStore
-}
-
 // openReplicas opens dir n times.
-func openReplicas(t *testing.T, open Opener, dir string, n int) []fullStore {
+func openReplicas(t *testing.T, open Opener, dir string, n int) []store.Store {
 	t.Helper()
-	var out []fullStore
+	var out []store.Store
 	for range n {
-		s := openStore(t, open, dir)
-		fs, ok := s.(fullStore)
-		if !ok {
-			t.Fatalf("%T is not every store meshd needs", s)
-		}
-		out = append(out, fs)
+		out = append(out, openStore(t, open, dir))
 	}
 	return out
 }
@@ -313,7 +298,7 @@ func testAgentOwnership(t *testing.T, open Opener) {
 		ag.Payload = fmt.Appendf(nil, `{"agent_id":%q,"http_host":"%s.example","http_port":9000}`, id, owner)
 		return ag
 	}
-	claim := func(t *testing.T, s store.AgentAuditor, ag store.Agent) store.AuditEntry {
+	claim := func(t *testing.T, s store.Store, ag store.Agent) store.AuditEntry {
 		t.Helper()
 		a := store.AuditEntry{Time: epoch(), Action: "agent.claim", Identity: ag.ID, Outcome: store.OutcomeOK, Detail: "owner " + ag.Owner}
 		if err := s.PutAgentAudited(t.Context(), ag, a); err != nil {
@@ -321,7 +306,7 @@ func testAgentOwnership(t *testing.T, open Opener) {
 		}
 		return a
 	}
-	release := func(t *testing.T, s store.AgentStore, id string) store.AuditEntry {
+	release := func(t *testing.T, s store.Store, id string) store.AuditEntry {
 		t.Helper()
 		a := markEntry("agent.release", id, at(time.Minute))
 		if err := s.DeleteAgent(t.Context(), id, a); err != nil {

@@ -1,7 +1,5 @@
-// Package storetest checks that an implementation of store.Store, and of
-// store.EntityStore, store.AgentStore, store.TokenStore and
-// store.EventStore, which meshd needs of every store, keeps the promises
-// the interfaces make. Each implementation runs the same suite from its
+// Package storetest checks that an implementation of store.Store keeps
+// the promises the interface makes. Each implementation runs the same suite from its
 // own tests:
 //
 //	func TestConformance(t *testing.T) {
