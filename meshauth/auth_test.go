@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
@@ -68,11 +69,11 @@ func TestHTTPDecisions(t *testing.T) {
 	a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, httpPolicy).Authorize, Anonymous: true,
 		DecisionLog: slog.New(slog.NewJSONHandler(&log, nil))})
 	srv := serve(t, a, a.Handler(whoami))
-	opus := w.mesh.agent(t, "opus", "ct111")
-	sonnet := w.mesh.agent(t, "sonnet", "ct111")
-	haiku := w.mesh.agent(t, "haiku", "ct112")
-	bob := w.partner.leaf(t, "bob", "")
-	stranger := newCA(t, "stranger root").agent(t, "opus", "ct111")
+	opus := agentOf(t, w.mesh, "opus", "ct111")
+	sonnet := agentOf(t, w.mesh, "sonnet", "ct111")
+	haiku := agentOf(t, w.mesh, "haiku", "ct112")
+	bob := leafOf(t, w.partner, "bob", "")
+	stranger := agentOf(t, pkitest.NewRoot(t, "stranger root"), "opus", "ct111")
 
 	tests := []struct {
 		name         string
@@ -139,7 +140,7 @@ func TestRevokedCertificateOnOpenConnection(t *testing.T) {
 	w := newWorld(t)
 	a := newAuth(t, w, meshauth.Config{Authorizer: meshauth.AuthorizeAny()})
 	srv := serve(t, a, a.Handler(whoami))
-	opus := w.mesh.agent(t, "opus", "ct111")
+	opus := agentOf(t, w.mesh, "opus", "ct111")
 	c := client(srv, &opus)
 	if r := do(t, c, "GET", srv.URL+"/x", ""); r.code != 200 {
 		t.Fatalf("before revocation: %d %s", r.code, r.body)
@@ -155,7 +156,7 @@ func TestCloseWhere(t *testing.T) {
 	w := newWorld(t)
 	a := newAuth(t, w, meshauth.Config{Authorizer: meshauth.AuthorizeAny()})
 	srv := serve(t, a, a.Handler(whoami))
-	opus, haiku := w.mesh.agent(t, "opus", "ct111"), w.mesh.agent(t, "haiku", "ct112")
+	opus, haiku := agentOf(t, w.mesh, "opus", "ct111"), agentOf(t, w.mesh, "haiku", "ct112")
 	co, ch := client(srv, &opus), client(srv, &haiku)
 	do(t, co, "GET", srv.URL+"/x", "")
 	do(t, ch, "GET", srv.URL+"/x", "")
@@ -183,7 +184,7 @@ func TestLegacyBearer(t *testing.T) {
 		t.Fatalf("wrong secret: %d %s", r.code, r.body)
 	}
 	// A partner CA's certificate named like the legacy principal is not it.
-	fake := w.partner.leaf(t, meshauth.LegacyName, "")
+	fake := leafOf(t, w.partner, meshauth.LegacyName, "")
 	if r := do(t, client(srv, &fake), "POST", srv.URL+"/heartbeat", ""); r.code != 403 {
 		t.Fatalf("certificate named %s: %d %s", meshauth.LegacyName, r.code, r.body)
 	}

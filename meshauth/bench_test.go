@@ -25,7 +25,7 @@ func BenchmarkMiddleware(b *testing.B) {
 	w := newWorld(b)
 	p := mustPolicy(b, httpPolicy)
 	a := newAuth(b, w, meshauth.Config{Authorizer: p.Authorize})
-	opus := w.mesh.agent(b, "opus", "ct111")
+	opus := agentOf(b, w.mesh, "opus", "ct111")
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	handlers := []struct {
 		name string

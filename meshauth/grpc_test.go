@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/meshauth"
 )
 
@@ -38,7 +39,7 @@ func TestGRPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, grpcPolicy).Authorize, Tokens: sessions})
-	server := newCA(t, "server root")
+	server := pkitest.NewRoot(t, "server root")
 	serverTLS := serverCertificate(t, server)
 	var mu sync.Mutex
 	var seen []string
@@ -70,7 +71,7 @@ func TestGRPC(t *testing.T) {
 	t.Cleanup(s.Stop)
 
 	roots := x509.NewCertPool()
-	roots.AddCert(server.cert)
+	roots.AddCert(server.Cert)
 	dial := func(cert *tls.Certificate) healthpb.HealthClient {
 		cfg := &tls.Config{RootCAs: roots, ServerName: "localhost"}
 		if cert != nil {
@@ -83,7 +84,7 @@ func TestGRPC(t *testing.T) {
 		t.Cleanup(func() { cc.Close() })
 		return healthpb.NewHealthClient(cc)
 	}
-	opus, haiku, sonnet := w.mesh.agent(t, "opus", "ct111"), w.mesh.agent(t, "haiku", "ct112"), w.mesh.agent(t, "sonnet", "ct111")
+	opus, haiku, sonnet := agentOf(t, w.mesh, "opus", "ct111"), agentOf(t, w.mesh, "haiku", "ct112"), agentOf(t, w.mesh, "sonnet", "ct111")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	check := func(c healthpb.HealthClient, ctx context.Context) codes.Code {

@@ -1,18 +1,11 @@
 package meshauth_test
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -20,78 +13,32 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/internal/clocktest"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("mesh.local")
 
-// testCA is a CA for tests: a self-signed root that signs leaves.
-type testCA struct {
-	cert *x509.Certificate
-	key  crypto.Signer
-}
-
-func newCA(t testing.TB, cn string) *testCA {
+// leafOf issues a client certificate of ca for cn with the given SPIFFE
+// ID ("" for none) and DNS names.
+func leafOf(t testing.TB, ca *pkitest.CA, cn, spiffe string, dns ...string) tls.Certificate {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		SubjectKeyId: []byte(cn)[:min(len(cn), 20)]}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return &testCA{cert: c, key: key}
-}
-
-func newKey(t testing.TB) crypto.Signer {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func serial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// leaf issues a client certificate for cn with the given SPIFFE ID ("" for
-// none) and DNS names.
-func (ca *testCA) leaf(t testing.TB, cn, spiffe string, dns ...string) tls.Certificate {
-	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(12 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		AuthorityKeyId: ca.cert.SubjectKeyId, DNSNames: dns}
+	mods := []pkitest.Modifier{pkitest.DNS(dns...)}
 	if spiffe != "" {
-		u, _ := url.Parse(spiffe)
-		tmpl.URIs = []*url.URL{u}
+		mods = append(mods, pkitest.URI(spiffe))
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: c}
+	return ca.Issue(t, cn, mods...)
 }
 
-// agent issues the mesh certificate of agent@node.
-func (ca *testCA) agent(t testing.TB, agent, node string) tls.Certificate {
-	return ca.leaf(t, agent+"@"+node, "spiffe://mesh.local/agent/"+node+"/"+agent)
+// agentOf issues the mesh certificate of agent@node.
+func agentOf(t testing.TB, ca *pkitest.CA, agent, node string) tls.Certificate {
+	return leafOf(t, ca, agent+"@"+node, "spiffe://mesh.local/agent/"+node+"/"+agent)
 }
 
 // world is a mesh CA, a partner entity's CA, and the chain trusting both.
 type world struct {
-	mesh, partner *testCA
+	mesh, partner *pkitest.CA
 	revs          *trust.RevocationSet
 	chain         *trust.Chain
 	clock         *clocktest.Clock
@@ -99,10 +46,10 @@ type world struct {
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
-	w := &world{mesh: newCA(t, "mesh root"), partner: newCA(t, "partner root"), revs: &trust.RevocationSet{}, clock: clocktest.New(time.Now())}
+	w := &world{mesh: pkitest.NewRoot(t, "mesh root"), partner: pkitest.NewRoot(t, "partner root"), revs: &trust.RevocationSet{}, clock: clocktest.New(time.Now())}
 	ents := trust.NewAnchors("entities")
-	ents.Set("partner-corp", []*x509.Certificate{w.partner.cert})
-	w.chain = trust.NewChain(w.revs, []trust.Backend{trust.NewLocalCA(td, w.mesh.cert, nil), ents}, trust.WithClock(w.clock.Now))
+	ents.Set("partner-corp", []*x509.Certificate{w.partner.Cert})
+	w.chain = trust.NewChain(w.revs, []trust.Backend{trust.NewLocalCA(td, w.mesh.Cert, nil), ents}, trust.WithClock(w.clock.Now))
 	return w
 }
 
@@ -161,15 +108,7 @@ func mustPolicy(t testing.TB, doc string) *meshauth.Policy {
 }
 
 // serverCertificate issues a server certificate for localhost.
-func serverCertificate(t testing.TB, ca *testCA) tls.Certificate {
+func serverCertificate(t testing.TB, ca *pkitest.CA) tls.Certificate {
 	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{SerialNumber: serial(t), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(12 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return ca.Issue(t, "localhost", pkitest.DNS("localhost"), pkitest.ExtKeyUsage(x509.ExtKeyUsageServerAuth))
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/meshauth"
 )
 
@@ -59,7 +60,7 @@ func TestHostileNonCanonicalPaths(t *testing.T) {
 	a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, canonicalPolicy).Authorize})
 	rec := &pathRecorder{}
 	srv := serve(t, a, a.Handler(rec))
-	opus := w.mesh.agent(t, "opus", "ct111")
+	opus := agentOf(t, w.mesh, "opus", "ct111")
 	c := client(srv, &opus)
 	for _, p := range []string{"/files/../admin/keys", "/files/%2e%2e/admin/keys", "/files/%2E%2E/admin/keys",
 		"/files/..%2Fadmin/keys", "/files/x%2F..%2F..%2Fadmin", "/files/./x", "/files//x", "/files/%61", "/files/x%5C..%5Cadmin"} {
@@ -124,7 +125,7 @@ func TestHostileListAnswers(t *testing.T) {
 		{"plain text, status 500", "text/plain", "delete_everything is broken %s", 500},
 	}
 	w := newWorld(t)
-	opus := w.mesh.agent(t, "opus", "ct111")
+	opus := agentOf(t, w.mesh, "opus", "ct111")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, canonicalPolicy).Authorize})
@@ -148,7 +149,7 @@ func TestHostileMCPNames(t *testing.T) {
 	a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, canonicalPolicy).Authorize})
 	srv := serve(t, a, a.MCP(listServer(200, "application/json",
 		`{"jsonrpc":"2.0","id":%s,"result":{"resourceTemplates":[{"uriTemplate":"file:///docs/{path}","name":"docs"},{"uriTemplate":"file:///etc/{name}","name":"etc"},{"uriTemplate":"file:///docs/{a}/../../etc/{b}","name":"up"}]}}`)))
-	opus := w.mesh.agent(t, "opus", "ct111")
+	opus := agentOf(t, w.mesh, "opus", "ct111")
 	c := client(srv, &opus)
 	tests := []struct {
 		name, body string
@@ -210,7 +211,7 @@ func TestMCPIdentifiesBeforeReadingBody(t *testing.T) {
 	w := newWorld(t)
 	a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, canonicalPolicy).Authorize})
 	h := a.MCP(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { t.Error("the handler ran") }))
-	opus := w.mesh.agent(t, "opus", "ct111")
+	opus := agentOf(t, w.mesh, "opus", "ct111")
 	tests := []struct {
 		name    string
 		cert    *tls.Certificate
@@ -218,7 +219,7 @@ func TestMCPIdentifiesBeforeReadingBody(t *testing.T) {
 		code    int
 	}{
 		{"no certificate", nil, nil, 401},
-		{"untrusted certificate", ptr(newCA(t, "stranger").leaf(t, "opus@ct111", "")), nil, 401},
+		{"untrusted certificate", ptr(leafOf(t, pkitest.NewRoot(t, "stranger"), "opus@ct111", "")), nil, 401},
 		{"headers name a tool it may not call", &opus, []string{"Mcp-Method", "tools/call", "Mcp-Name", "delete_all"}, 403},
 		{"headers name a method it may not call", &opus, []string{"Mcp-Method", "sampling/createMessage"}, 403},
 		{"headers name a resource up a dot segment", &opus, []string{"Mcp-Method", "resources/read", "Mcp-Name", "file:///docs/../etc/shadow"}, 400},

@@ -75,7 +75,7 @@ func TestMCPCalls(t *testing.T) {
 	w := newWorld(t)
 	a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, mcpPolicy).Authorize})
 	srv := serve(t, a, a.MCP(fakeMCP(false)))
-	opus, bob, haiku := w.mesh.agent(t, "opus", "ct111"), w.partner.leaf(t, "bob", ""), w.mesh.agent(t, "haiku", "ct112")
+	opus, bob, haiku := agentOf(t, w.mesh, "opus", "ct111"), leafOf(t, w.partner, "bob", ""), agentOf(t, w.mesh, "haiku", "ct112")
 	tests := []struct {
 		name    string
 		cert    *tlsCert
@@ -145,7 +145,7 @@ func TestMCPListFiltering(t *testing.T) {
 			w := newWorld(t)
 			a := newAuth(t, w, meshauth.Config{Authorizer: mustPolicy(t, mcpPolicy).Authorize})
 			srv := serve(t, a, a.MCP(fakeMCP(stream)))
-			opus, bob, haiku := w.mesh.agent(t, "opus", "ct111"), w.partner.leaf(t, "bob", ""), w.mesh.agent(t, "haiku", "ct112")
+			opus, bob, haiku := agentOf(t, w.mesh, "opus", "ct111"), leafOf(t, w.partner, "bob", ""), agentOf(t, w.mesh, "haiku", "ct112")
 			tests := []struct {
 				cert   *tlsCert
 				method string

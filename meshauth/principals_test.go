@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/spirebundle"
@@ -68,22 +69,22 @@ func (fixedBundles) Changed() <-chan struct{} { return nil }
 // (filestore, entity "") and the SPIFFE bundle of example.org (spire).
 type principalsWorld struct {
 	*world
-	trustDir, spire *testCA
+	trustDir, spire *pkitest.CA
 }
 
 func newPrincipalsWorld(t *testing.T) *principalsWorld {
 	t.Helper()
-	w := &principalsWorld{world: newWorld(t), trustDir: newCA(t, "trust dir root"), spire: newCA(t, "example.org spire root")}
+	w := &principalsWorld{world: newWorld(t), trustDir: pkitest.NewRoot(t, "trust dir root"), spire: pkitest.NewRoot(t, "example.org spire root")}
 	ctx, cancel := context.WithCancel(context.Background())
 	sb, err := spirebundle.New(ctx, spirebundle.Config{Source: fixedBundles{
-		spiffeid.RequireTrustDomainFromString("example.org"): {w.spire.cert},
+		spiffeid.RequireTrustDomainFromString("example.org"): {w.spire.Cert},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); sb.Close() })
 	fs := trust.NewAnchors("filestore")
-	fs.Set("", []*x509.Certificate{w.trustDir.cert})
+	fs.Set("", []*x509.Certificate{w.trustDir.Cert})
 	backends := append(w.chain.Backends(), fs, sb)
 	w.chain = trust.NewChain(w.revs, backends, trust.WithClock(w.clock.Now))
 	return w
@@ -115,35 +116,35 @@ func TestPartnerCannotBearMeshNames(t *testing.T) {
 		allowed []string // the paths allowed, with the rule each
 		rules   []string
 	}{
-		{"mesh ops@dev1", w.mesh.agent(t, "ops", "dev1"),
+		{"mesh ops@dev1", agentOf(t, w.mesh, "ops", "dev1"),
 			[]string{"/delete_everything", "/dev1", "/globs", "/mesh"}, []string{"ops-identity", "dev1-agents", "dev1-globs", "mesh-domain"}},
-		{"mesh dev1.mesh", w.mesh.leaf(t, "dev1.mesh", "spiffe://mesh.local/node/dev1", "dev1.mesh"),
+		{"mesh dev1.mesh", leafOf(t, w.mesh, "dev1.mesh", "spiffe://mesh.local/node/dev1", "dev1.mesh"),
 			[]string{"/node", "/mesh"}, []string{"dev1-node", "mesh-domain"}},
 		// The three attacks of the issue, and their kin.
-		{"partner ops@dev1 with the mesh's SPIFFE ID", w.partner.leaf(t, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops"),
+		{"partner ops@dev1 with the mesh's SPIFFE ID", leafOf(t, w.partner, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops"),
 			[]string{"/partner-ops", "/partner"}, []string{"partner-ops", "partner-any"}},
-		{"partner x@dev1", w.partner.leaf(t, "x@dev1", ""),
+		{"partner x@dev1", leafOf(t, w.partner, "x@dev1", ""),
 			[]string{"/partner"}, []string{"partner-any"}},
-		{"partner with SPIRE's URI SAN", w.partner.leaf(t, "api", "spiffe://example.org/ns/prod/api"),
+		{"partner with SPIRE's URI SAN", leafOf(t, w.partner, "api", "spiffe://example.org/ns/prod/api"),
 			[]string{"/partner"}, []string{"partner-any"}},
-		{"partner node dev1.mesh", w.partner.leaf(t, "dev1.mesh", "", "dev1.mesh"),
+		{"partner node dev1.mesh", leafOf(t, w.partner, "dev1.mesh", "", "dev1.mesh"),
 			[]string{"/partner"}, []string{"partner-any"}},
-		{"partner weather-agent", w.partner.leaf(t, "weather-agent", ""),
+		{"partner weather-agent", leafOf(t, w.partner, "weather-agent", ""),
 			[]string{"/partner"}, []string{"partner-any"}},
-		{"partner svc-1", w.partner.leaf(t, "svc-1", ""),
+		{"partner svc-1", leafOf(t, w.partner, "svc-1", ""),
 			[]string{"/partner-ops", "/partner"}, []string{"partner-ops", "partner-any"}},
 		// The trust dir's own CA: its plain CNs, not mesh identities.
-		{"trust dir weather-agent", w.trustDir.leaf(t, "weather-agent", ""),
+		{"trust dir weather-agent", leafOf(t, w.trustDir, "weather-agent", ""),
 			[]string{"/weather"}, []string{"trust-dir-agent"}},
-		{"trust dir geo-1", w.trustDir.leaf(t, "geo-1", ""),
+		{"trust dir geo-1", leafOf(t, w.trustDir, "geo-1", ""),
 			[]string{"/weather"}, []string{"trust-dir-agent"}},
-		{"trust dir ops@dev1", w.trustDir.leaf(t, "ops@dev1", "spiffe://example.org/ns/prod/api"),
+		{"trust dir ops@dev1", leafOf(t, w.trustDir, "ops@dev1", "spiffe://example.org/ns/prod/api"),
 			[]string{"/source"}, []string{"by-source"}},
 		// example.org's own bundle vouches for its SPIFFE IDs, and for no
 		// mesh identity.
-		{"spire api", w.spire.leaf(t, "", "spiffe://example.org/ns/prod/api"),
+		{"spire api", leafOf(t, w.spire, "", "spiffe://example.org/ns/prod/api"),
 			[]string{"/prod", "/domain", "/source"}, []string{"spire-workloads", "spire-domain", "by-source"}},
-		{"spire with a mesh identity's CN", w.spire.leaf(t, "ops@dev1", "spiffe://example.org/agent/dev1/ops"),
+		{"spire with a mesh identity's CN", leafOf(t, w.spire, "ops@dev1", "spiffe://example.org/agent/dev1/ops"),
 			[]string{"/domain", "/source"}, []string{"spire-domain", "by-source"}},
 	}
 	for _, tt := range tests {
@@ -174,11 +175,11 @@ func TestPartnerCannotBearMeshNames(t *testing.T) {
 func TestPartnerCannotMeetAuthorizers(t *testing.T) {
 	w := newPrincipalsWorld(t)
 	op := &meshauth.Operation{Kind: meshauth.KindHTTP, Method: "GET", Path: "/"}
-	mesh := w.caller(t, w.mesh.agent(t, "ops", "dev1"))
-	partner := w.caller(t, w.partner.leaf(t, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops"))
-	partnerSpire := w.caller(t, w.partner.leaf(t, "api", "spiffe://example.org/ns/prod/api"))
-	spire := w.caller(t, w.spire.leaf(t, "", "spiffe://example.org/ns/prod/api"))
-	trustDir := w.caller(t, w.trustDir.leaf(t, "weather-agent", ""))
+	mesh := w.caller(t, agentOf(t, w.mesh, "ops", "dev1"))
+	partner := w.caller(t, leafOf(t, w.partner, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops"))
+	partnerSpire := w.caller(t, leafOf(t, w.partner, "api", "spiffe://example.org/ns/prod/api"))
+	spire := w.caller(t, leafOf(t, w.spire, "", "spiffe://example.org/ns/prod/api"))
+	trustDir := w.caller(t, leafOf(t, w.trustDir, "weather-agent", ""))
 	tests := []struct {
 		name string
 		a    meshauth.Authorizer
@@ -217,7 +218,7 @@ func TestPartnerRefusedOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := serve(t, a, a.Handler(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { rw.Write([]byte("deleted")) })))
-	mesh, partner := w.mesh.agent(t, "ops", "dev1"), w.partner.leaf(t, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops")
+	mesh, partner := agentOf(t, w.mesh, "ops", "dev1"), leafOf(t, w.partner, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops")
 	if r := do(t, client(srv, &mesh), "POST", srv.URL+"/delete_everything", ""); r.code != 200 {
 		t.Fatalf("the mesh CA's ops@dev1: %d %s", r.code, r.body)
 	}
@@ -304,12 +305,12 @@ func TestAgentIDBySource(t *testing.T) {
 		cert tls.Certificate
 		want string // "" for none
 	}{
-		{"mesh ops@dev1", w.mesh.agent(t, "ops", "dev1"), "ops"},
-		{"partner ops@dev1", w.partner.leaf(t, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops"), ""},
-		{"partner weather-agent", w.partner.leaf(t, "weather-agent", ""), ""},
-		{"trust dir ops@dev1", w.trustDir.leaf(t, "ops@dev1", ""), ""},
-		{"trust dir weather-agent", w.trustDir.leaf(t, "weather-agent", ""), "weather-agent"},
-		{"spire agent", w.spire.leaf(t, "ops@dev1", "spiffe://example.org/agent/dev1/ops"), ""},
+		{"mesh ops@dev1", agentOf(t, w.mesh, "ops", "dev1"), "ops"},
+		{"partner ops@dev1", leafOf(t, w.partner, "ops@dev1", "spiffe://mesh.local/agent/dev1/ops"), ""},
+		{"partner weather-agent", leafOf(t, w.partner, "weather-agent", ""), ""},
+		{"trust dir ops@dev1", leafOf(t, w.trustDir, "ops@dev1", ""), ""},
+		{"trust dir weather-agent", leafOf(t, w.trustDir, "weather-agent", ""), "weather-agent"},
+		{"spire agent", leafOf(t, w.spire, "ops@dev1", "spiffe://example.org/agent/dev1/ops"), ""},
 	}
 	for _, tt := range tests {
 		id, err := w.caller(t, tt.cert).AgentID()

@@ -26,7 +26,7 @@ func TestStress(t *testing.T) {
 	live.Set(allow)
 	a := newAuth(t, w, meshauth.Config{Authorizer: live.Authorize, Tokens: s})
 	srv := serve(t, a, a.Handler(whoami))
-	certs := []tlsCert{w.mesh.agent(t, "a", "ct1"), w.mesh.agent(t, "b", "ct1"), w.partner.leaf(t, "c", "")}
+	certs := []tlsCert{agentOf(t, w.mesh, "a", "ct1"), agentOf(t, w.mesh, "b", "ct1"), leafOf(t, w.partner, "c", "")}
 	tokens := make([]string, len(certs))
 	for i := range certs {
 		tokens[i] = mintFor(t, s, w, &certs[i])

@@ -73,7 +73,7 @@ func wantRefusal(t *testing.T, r response, code int, reason string) {
 
 func TestSessionToken(t *testing.T) {
 	sw := newSessionWorld(t)
-	opus, sonnet := sw.mesh.agent(t, "opus", "ct111"), sw.mesh.agent(t, "sonnet", "ct111")
+	opus, sonnet := agentOf(t, sw.mesh, "opus", "ct111"), agentOf(t, sw.mesh, "sonnet", "ct111")
 	co := sw.client(&opus)
 	tok := sw.attach(t, co)
 	r := sw.with(t, co, tok)
@@ -91,7 +91,7 @@ func TestSessionToken(t *testing.T) {
 		}
 	})
 	t.Run("another certificate of the same identity", func(t *testing.T) {
-		twin := sw.mesh.agent(t, "opus", "ct111")
+		twin := agentOf(t, sw.mesh, "opus", "ct111")
 		wantRefusal(t, sw.with(t, sw.client(&twin), tok), 401, meshauth.ReasonTokenBinding)
 	})
 	t.Run("without a certificate", func(t *testing.T) {
@@ -132,7 +132,7 @@ func TestSessionEndsWithRevocation(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			sw := newSessionWorld(t)
-			bob := sw.partner.leaf(t, "bob@ct200", "") // a partner's agent, named in the mesh's way
+			bob := leafOf(t, sw.partner, "bob@ct200", "") // a partner's agent, named in the mesh's way
 			c := sw.client(&bob)
 			tok := sw.attach(t, c)
 			if r := sw.with(t, c, tok); r.code != 200 || !strings.Contains(r.body, "partner-corp") {
@@ -146,7 +146,7 @@ func TestSessionEndsWithRevocation(t *testing.T) {
 
 func TestSessionKeyRotation(t *testing.T) {
 	sw := newSessionWorld(t)
-	opus := sw.mesh.agent(t, "opus", "ct111")
+	opus := agentOf(t, sw.mesh, "opus", "ct111")
 	c := sw.client(&opus)
 	old := sw.attach(t, c)
 	sw.clock.Advance(5 * time.Minute)
@@ -226,7 +226,7 @@ func (sw *sessionWorld) sessionsDir(t *testing.T) string {
 // and change nothing.
 func TestSessionKeyDrop(t *testing.T) {
 	sw := newSessionWorld(t)
-	opus := sw.mesh.agent(t, "opus", "ct111")
+	opus := agentOf(t, sw.mesh, "opus", "ct111")
 	c := sw.client(&opus)
 	old := sw.attach(t, c)
 	ks, err := meshauth.ParseJWKS(mustJSON(t, sw.sessions.JWKS()))
