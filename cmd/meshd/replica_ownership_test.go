@@ -2,11 +2,13 @@ package main
 
 import (
 	"crypto/tls"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/pgtest"
 )
@@ -85,15 +87,13 @@ func TestReplicaOwnership(t *testing.T) {
 	everyListing := func(t *testing.T, id, owner string) {
 		t.Helper()
 		for _, r := range replicas {
-			if !waitFor(func() bool {
+			eventually.NoError(t, r.name+" lists "+id, func() error {
 				got, held := listed(t, certless, r)[id]
-				if owner == "-" {
-					return !held
+				if owner == "-" && !held || owner != "-" && held && got[0] == owner && !strings.Contains(got[1], "evil") {
+					return nil
 				}
-				return held && got[0] == owner && !strings.Contains(got[1], "evil")
-			}) {
-				t.Errorf("%s lists %s as %v, want owner %q", r.name, id, listed(t, certless, r)[id], owner)
-			}
+				return fmt.Errorf("listed as %v, want owner %q", got, owner)
+			})
 		}
 	}
 	// stored checks that the database holds owner's record of id and that
@@ -124,10 +124,12 @@ func TestReplicaOwnership(t *testing.T) {
 		everyListing(t, "opus", "opus@ct666")
 		release(t, "opus")
 		// A refuses opus@ct111 until it has merged the release.
-		if !waitFor(func() bool { code, _ := post(owner, a, "opus", "opus.example"); return ok(code) }) {
-			code, body := post(owner, a, "opus", "opus.example")
-			t.Fatalf("opus@ct111's claim on A after the release: %d %s", code, body)
-		}
+		eventually.NoError(t, "opus@ct111's claim on A after the release", func() error {
+			if code, body := post(owner, a, "opus", "opus.example"); !ok(code) {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			return nil
+		})
 		// At once, within B's merge interval: the squatter's change.
 		if code, body := post(squatter, b, "opus", "evil.example"); code != http.StatusForbidden {
 			t.Errorf("the squatter's heartbeat to B after opus@ct111's claim: %d %s, want 403", code, body)
@@ -154,12 +156,10 @@ func TestReplicaOwnership(t *testing.T) {
 		release(t, "lyra")
 		// B's sweep that marks canary unhealthy would mark lyra too, had
 		// it kept it; its flush writes both in one batch.
-		if !waitFor(func() bool {
+		eventually.True(t, "B writes canary's silence", func() bool {
 			rec, held := storedAgent(t, st, "canary")
 			return held && rec.Status == "unhealthy"
-		}) {
-			t.Fatal("B never wrote canary's silence")
-		}
+		})
 		if rec, held := storedAgent(t, st, "lyra"); held {
 			t.Errorf("a liveness flush brought the released lyra back: %+v", rec)
 		}

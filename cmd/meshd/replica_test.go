@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/store/pgtest"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -38,25 +40,8 @@ type replica struct {
 	cmd    *exec.Cmd
 	addr   string // the agent port
 	data   string // --data-dir, which holds admin.sock
-	stderr *lockedBuffer
+	stderr *logtest.Buffer
 	done   chan error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // freeAddr returns a loopback address nothing listens on now.
@@ -74,7 +59,7 @@ func freeAddr(t *testing.T) string {
 // waits until its agent port answers.
 func startReplica(t *testing.T, bin, name, data, dsn string, extra ...string) *replica {
 	t.Helper()
-	r := &replica{name: name, addr: freeAddr(t), data: data, stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	r := &replica{name: name, addr: freeAddr(t), data: data, stderr: &logtest.Buffer{}, done: make(chan error, 1)}
 	args := append([]string{"--data-dir", data, "--database", dsn, "--listen", r.addr, "--log-level", "info",
 		"--agent-cert-burst", "100000", "--agent-cert-interval", "1ms", "--max-agents-per-node", "100000"}, extra...)
 	r.cmd = exec.Command(filepath.Join(bin, "meshd"), args...)
@@ -244,25 +229,6 @@ func csrFor(t *testing.T, cn string) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
-// waitBound is how long a test waits for an event before it gives up: far
-// beyond any service level, so a loaded machine cannot fail a correct
-// meshd. How soon the events come (a revocation crossing replicas) is
-// measured by bench/cmd/replicas and recorded in BENCHMARKS.md.
-const waitBound = 30 * time.Second
-
-// waitFor polls cond every 10ms until it holds or waitBound passes, and
-// reports whether it held.
-func waitFor(cond func() bool) bool {
-	deadline := time.Now().Add(waitBound)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return cond()
-}
-
 // copyTree copies the directory src to dst, modes kept.
 func copyTree(t *testing.T, src, dst string) {
 	t.Helper()
@@ -340,9 +306,12 @@ func TestReplicas(t *testing.T) {
 	}
 	want := map[string]string{"opus": "healthy", "watch": "healthy"}
 	for _, r := range []*replica{a, b, c} {
-		if !waitFor(func() bool { return maps(agents(t, watch, r), want) }) {
-			t.Fatalf("GET /agents on %s = %v, want %v", r.name, agents(t, watch, r), want)
-		}
+		eventually.NoError(t, "GET /agents on "+r.name, func() error {
+			if got := agents(t, watch, r); !maps(got, want) {
+				return fmt.Errorf("%v, want %v", got, want)
+			}
+			return nil
+		})
 	}
 
 	t.Run("RevocationCrossesReplicas", func(t *testing.T) {
@@ -370,15 +339,18 @@ func TestReplicas(t *testing.T) {
 		if code, body := a.admin(t, "POST", "/admin/revoke", meshapi.RevokeRequest{Target: "opus@ct111"}); code != http.StatusOK {
 			t.Fatalf("revoke on A: %d %s", code, body)
 		}
-		if !waitFor(func() bool { return agents(t, watch, b)["opus"] == "evicted" }) {
-			t.Errorf("B lists opus as %q %v after its revocation on A", agents(t, watch, b)["opus"], waitBound)
-		}
+		eventually.NoError(t, "B lists opus evicted after its revocation on A", func() error {
+			if got := agents(t, watch, b)["opus"]; got != "evicted" {
+				return fmt.Errorf("listed %q", got)
+			}
+			return nil
+		})
 		evicted := time.Since(start)
 		select {
 		case at := <-closed:
 			t.Logf("revocation on A: opus evicted on B after %v, its connection to B closed after %v", evicted, at.Sub(start))
-		case <-time.After(waitBound):
-			t.Errorf("B still holds opus's connection %v after its revocation on A", waitBound)
+		case <-time.After(eventually.Bound):
+			t.Errorf("B still holds opus's connection %v after its revocation on A", eventually.Bound)
 		}
 		for _, r := range []*replica{a, c} {
 			if got := agents(t, watch, r)["opus"]; got != "evicted" {
@@ -455,20 +427,22 @@ func TestReplicas(t *testing.T) {
 		}
 		// Heartbeats keep coming meanwhile: every replica answers a good
 		// number of them (each checked above) before the database returns.
-		if !waitFor(func() bool {
+		eventually.NoError(t, "heartbeats answered by every replica with the database down", func() error {
 			mu.Lock()
 			defer mu.Unlock()
-			return whileDown[a.name] >= 25 && whileDown[b.name] >= 25 && whileDown[c.name] >= 25
-		}) {
-			mu.Lock()
-			t.Errorf("heartbeats answered with the database down: %v, want 25 by each replica", whileDown)
-			mu.Unlock()
-		}
+			if whileDown[a.name] < 25 || whileDown[b.name] < 25 || whileDown[c.name] < 25 {
+				return fmt.Errorf("answered %v, want 25 by each replica", whileDown)
+			}
+			return nil
+		})
 		pg.Restart(t)
 		for _, r := range []*replica{a, b, c} {
-			if !waitFor(func() bool { code, _ := issue(r, "up-"+strings.ToLower(r.name)); return code == http.StatusCreated }) {
-				t.Errorf("issuance on %s does not recover within %v of the database's return", r.name, waitBound)
-			}
+			eventually.NoError(t, "issuance on "+r.name+" after the database's return", func() error {
+				if code, _ := issue(r, "up-"+strings.ToLower(r.name)); code != http.StatusCreated {
+					return fmt.Errorf("answered %d", code)
+				}
+				return nil
+			})
 		}
 		close(stop)
 		wg.Wait()
@@ -503,7 +477,7 @@ func TestReplicas(t *testing.T) {
 				}
 			})
 		}
-		waitFor(func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) >= 20 })
+		eventually.True(t, "20 certificates acknowledged by C", func() bool { mu.Lock(); defer mu.Unlock(); return len(acked) >= 20 })
 		c.cmd.Process.Signal(syscall.SIGKILL)
 		wg.Wait()
 		if len(acked) < 20 {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -98,17 +99,11 @@ func TestToolSetsShared(t *testing.T) {
 		compact(reg)
 	}()
 	// The table's cleanup runs on the runtime's cleanup goroutine, after a
-	// GC; a loaded machine may run it late, so the bound is generous.
-	for deadline := time.Now().Add(30 * time.Second); ; {
+	// GC; a loaded machine may run it late.
+	eventually.True(t, "the tools of a dropped registration to leave the table", func() bool {
 		runtime.GC()
-		if !holds(key) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the tools of a dropped registration are still in the table")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return !holds(key)
+	})
 	runtime.KeepAlive(ta)
 	runtime.KeepAlive(tb)
 	runtime.KeepAlive(tc)

@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/kubetest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
@@ -52,7 +53,7 @@ func k8sNamespace(t *testing.T) (string, kubernetes.Interface, kubernetes.Interf
 		Subjects: []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: "meshd"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "RBAC for meshd", func() bool {
+	eventually.True(t, "RBAC for meshd", func() bool {
 		_, err := meshd.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
 		return err == nil
 	})
@@ -106,7 +107,7 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if _, err := conn.awaitClose(); err != nil {
 		t.Fatalf("partner-a's connection after its Secret's CA changed: %v", err)
 	}
-	eventually(t, "partner-a and partner-b evicted", func() bool {
+	eventually.True(t, "partner-a and partner-b evicted", func() bool {
 		l := e.agents(observer, "")
 		a, _ := l.find("partner-a")
 		b, _ := l.find("partner-b")
@@ -126,7 +127,7 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if _, err := conn.awaitClose(); err != nil {
 		t.Fatalf("partner-c's connection after its Secret was deleted: %v", err)
 	}
-	eventually(t, "partner-c evicted", func() bool {
+	eventually.True(t, "partner-c evicted", func() bool {
 		a, _ := e.agents(observer, "").find("partner-c")
 		return a.Status == "evicted"
 	})
@@ -139,7 +140,7 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if _, err := secrets.Create(t.Context(), entitySecret("broken", []byte("not a certificate")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the bad Secret counted", func() bool { return e.metrics()["meshd_trust_secret_rejections_total"] == 1 })
+	eventually.True(t, "the bad Secret counted", func() bool { return e.metrics()["meshd_trust_secret_rejections_total"] == 1 })
 
 	// The entity list names the backend.
 	partner3 := newTestCA(t, "partner CA 3")
@@ -147,7 +148,7 @@ func TestE2EK8sSecrets(t *testing.T) {
 	if _, err := secrets.Create(t.Context(), entitySecret("globex", partner3.pem), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "globex listed from k8s-secrets", func() bool {
+	eventually.True(t, "globex listed from k8s-secrets", func() bool {
 		r := e.adminDo("GET", "/admin/entities", nil)
 		return r.code == http.StatusOK && strings.Contains(string(r.body), `"source":"k8s-secrets"`)
 	})
@@ -201,7 +202,7 @@ func TestE2ESPIRE(t *testing.T) {
 	// the old one: partner-a is evicted, partner-b stays.
 	wl.RotateCA(partnerTD)
 	fresh := svid(partnerTD, "partner-b")
-	eventually(t, "partner-b admitted after the rotation", func() bool {
+	eventually.True(t, "partner-b admitted after the rotation", func() bool {
 		return e.do(e.freshClient(&fresh), "POST", "/heartbeat", heartbeat("partner-b", 9302)).code == http.StatusOK
 	})
 	start := time.Now()
@@ -209,7 +210,7 @@ func TestE2ESPIRE(t *testing.T) {
 	if _, err := conn.awaitClose(); err != nil {
 		t.Fatalf("partner-a's connection after the prune: %v", err)
 	}
-	eventually(t, "partner-a evicted", func() bool {
+	eventually.True(t, "partner-a evicted", func() bool {
 		a, _ := e.agents(observer, "").find("partner-a")
 		return a.Status == "evicted"
 	})

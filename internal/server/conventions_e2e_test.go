@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
@@ -136,7 +137,7 @@ func TestE2EMCPMeshCertificates(t *testing.T) {
 			t.Fatalf("register %s: %s", r.name, got)
 		}
 	}
-	eventually(t, "the trust dir's CAs loaded", func() bool {
+	eventually.True(t, "the trust dir's CAs loaded", func() bool {
 		c := vault.issue(t, "probe", "/CN=probe.mcp-mesh.local", "")
 		return e.registerAs(&c, "probe").code == http.StatusOK
 	})

@@ -26,34 +26,20 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
-// logBuffer is the servers' log sink; the server writes from many
-// goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// logBuffer is the servers' log sink (the server writes from many
+// goroutines), read back as JSON records.
+type logBuffer struct{ logtest.Buffer }
 
 // records returns the log as parsed JSON records, failing on a line that
 // is not one.
@@ -669,29 +655,6 @@ func (l agentList) ids() []string {
 	return out
 }
 
-// waitBound is how long a test waits for an event before it fails. It is
-// far beyond any service level, so a loaded machine cannot fail a correct
-// meshd: tests assert that the event happens and what it left behind, and
-// the service levels (how soon a revocation evicts, a push arrives, a
-// replica follows) are measured by the benchmarks BENCHMARKS.md names.
-const waitBound = 30 * time.Second
-
-// eventually polls cond until it holds, failing the test after waitBound,
-// and returns how long it took (for the log, never for an assertion).
-func eventually(t testing.TB, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for {
-		if cond() {
-			return time.Since(start)
-		}
-		if time.Since(start) > waitBound {
-			t.Fatalf("%s: not within %s", what, waitBound)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // rawConn is one keep-alive HTTP/1.1 connection to the agent port, so a
 // test can see the server close it.
 type rawConn struct {
@@ -721,7 +684,7 @@ func (c *rawConn) do(method, path string, body any) (reply, error) {
 			return reply{}, err
 		}
 	}
-	c.conn.SetDeadline(time.Now().Add(waitBound))
+	c.conn.SetDeadline(time.Now().Add(eventually.Bound))
 	defer c.conn.SetDeadline(time.Time{})
 	req := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: meshd\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", method, path, len(data))
 	if _, err := c.conn.Write(append([]byte(req), data...)); err != nil {
@@ -753,9 +716,9 @@ func (c *rawConn) mustDo(method, path string, body any) reply {
 
 // awaitClose blocks until the server closes the connection, and returns
 // when it did; it returns an error if the server sends data instead, or
-// has not closed it after waitBound.
+// has not closed it after eventually.Bound.
 func (c *rawConn) awaitClose() (time.Time, error) {
-	c.conn.SetReadDeadline(time.Now().Add(waitBound))
+	c.conn.SetReadDeadline(time.Now().Add(eventually.Bound))
 	_, err := c.br.ReadByte()
 	at := time.Now()
 	if err == nil {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -125,7 +126,7 @@ func TestE2ERefusedCertificates(t *testing.T) {
 		{"CA as leaf", "x", "ca_as_leaf", caAsLeaf},
 	}
 	// The offline revocation above reaches meshd through the store poll.
-	eventually(t, "revocation applied", func() bool {
+	eventually.True(t, "revocation applied", func() bool {
 		return e.do(e.freshClient(&revoked), "GET", "/agents", nil).code == http.StatusForbidden
 	})
 	for _, tc := range cases {
@@ -205,7 +206,7 @@ func TestE2EEntityTakeover(t *testing.T) {
 	if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "entities", "acme-corp.pem"), acmeCorp.pem, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "acme-corp from the trust dir", func() bool {
+	eventually.True(t, "acme-corp from the trust dir", func() bool {
 		c := acmeCorp.leaf(t, "acme-corp-probe")
 		return e.do(e.freshClient(&c), "GET", "/agents", nil).code == http.StatusOK
 	})
@@ -283,7 +284,8 @@ func TestE2EFilestoreHotReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	var conn *rawConn
-	took := eventually(t, "partner admitted after its CA file was written", func() bool {
+	start := time.Now()
+	eventually.True(t, "partner admitted after its CA file was written", func() bool {
 		c := e.dial(&partnerCert)
 		r, err := c.do("POST", "/heartbeat", heartbeat("partner-a", 9200))
 		if err == nil && r.code == http.StatusOK {
@@ -293,7 +295,7 @@ func TestE2EFilestoreHotReload(t *testing.T) {
 		c.conn.Close()
 		return false
 	})
-	t.Logf("partner admitted %v after its CA file was written", took)
+	t.Logf("partner admitted %v after its CA file was written", time.Since(start))
 	a, ok := e.agents(observer, "").find("partner-a")
 	if !ok || a.EntityID != "partner" || a.Status != "healthy" {
 		t.Fatalf("partner-a listed as %+v", a)
@@ -302,7 +304,7 @@ func TestE2EFilestoreHotReload(t *testing.T) {
 		t.Fatalf("HEAD on the open connection: %s", r)
 	}
 
-	start := time.Now()
+	start = time.Now()
 	if err := os.Remove(file); err != nil {
 		t.Fatal(err)
 	}
@@ -310,11 +312,11 @@ func TestE2EFilestoreHotReload(t *testing.T) {
 	if err != nil {
 		t.Fatalf("partner's open connection after its CA file was removed: %v", err)
 	}
-	evicted := eventually(t, "partner-a listed evicted", func() bool {
+	eventually.True(t, "partner-a listed evicted", func() bool {
 		a, _ := e.agents(observer, "").find("partner-a")
 		return a.Status == "evicted" && a.Reason != ""
 	})
-	t.Logf("CA file removed: connection closed after %v, agent listed evicted after %v", closedAt.Sub(start), evicted)
+	t.Logf("CA file removed: connection closed after %v, agent listed evicted after %v", closedAt.Sub(start), time.Since(start))
 	if r := e.do(e.freshClient(&partnerCert), "HEAD", "/heartbeat/partner-a", nil); r.code != http.StatusForbidden {
 		t.Errorf("partner's next request: %s, want 403", r)
 	}
@@ -463,7 +465,7 @@ func TestE2EEviction(t *testing.T) {
 			connLatency := closedAt.Sub(start)
 
 			var listed agentView
-			eventually(t, "victim listed evicted", func() bool {
+			eventually.True(t, "victim listed evicted", func() bool {
 				listed, _ = e.agents(observer, "").find(v.id)
 				return listed.Status == "evicted"
 			})
@@ -587,12 +589,13 @@ func TestE2EServerCertificateReload(t *testing.T) {
 	if is.Cert.SerialNumber.Cmp(oldSerial) == 0 {
 		t.Fatal("re-issue kept the serial")
 	}
-	took := eventually(t, "a new connection sees the new server certificate", func() bool {
+	start := time.Now()
+	eventually.True(t, "a new connection sees the new server certificate", func() bool {
 		c := e.dial(&cert)
 		defer c.conn.Close()
 		return c.conn.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(is.Cert.SerialNumber) == 0
 	})
-	t.Logf("new server certificate served after %v", took)
+	t.Logf("new server certificate served after %v", time.Since(start))
 	if r := old.mustDo("HEAD", "/heartbeat/a1", nil); r.code != http.StatusOK {
 		t.Errorf("old connection after the reload: %s", r)
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -340,7 +341,7 @@ func (s *sseSub) read() {
 }
 
 // next returns the next event, failing the test if none arrives within
-// waitBound.
+// eventually.Bound.
 func (s *sseSub) next() sseEvent {
 	s.t.Helper()
 	select {
@@ -348,8 +349,8 @@ func (s *sseSub) next() sseEvent {
 		return ev
 	case <-s.done:
 		s.t.Fatal("the revocation stream ended")
-	case <-time.After(waitBound):
-		s.t.Fatalf("no revocation event within %s", waitBound)
+	case <-time.After(eventually.Bound):
+		s.t.Fatalf("no revocation event within %s", eventually.Bound)
 	}
 	return sseEvent{}
 }

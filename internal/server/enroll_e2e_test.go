@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -617,7 +618,7 @@ func TestE2ERenewRotatesAgents(t *testing.T) {
 		go func() { defer wg.Done(); rn.Run(rctx) }()
 		select {
 		case <-rn.Updated():
-		case <-time.After(waitBound):
+		case <-time.After(eventually.Bound):
 			t.Fatal("the Renewer did not renew past 2/3 of the lifetime")
 		}
 		cancel()
@@ -744,13 +745,13 @@ func TestE2ERevocationWatch(t *testing.T) {
 	}
 	w := e.watcher(0)
 	raw := e.subscribe("")
-	eventually(t, "watcher connected", w.w.Connected)
+	eventually.True(t, "watcher connected", w.w.Connected)
 
 	acme := newTestCA(t, "acme CA")
 	e.registerEntity("acme", acme)
 	v1 := issue("v1")
 	e.revokeAdmin(v1.SerialNumber.Text(16))
-	eventually(t, "watcher holds v1", func() bool {
+	eventually.True(t, "watcher holds v1", func() bool {
 		_, ok := w.set.Serial(hex.EncodeToString(v1.AuthorityKeyId), v1.SerialNumber.Text(16))
 		return ok
 	})
@@ -772,7 +773,7 @@ func TestE2ERevocationWatch(t *testing.T) {
 	if r := e.adminDo("DELETE", "/admin/entities/acme", nil); r.code != http.StatusOK {
 		t.Fatalf("revoke entity acme: %s", r)
 	}
-	eventually(t, "watcher holds acme", func() bool { _, ok := w.set.Entity("acme"); return ok })
+	eventually.True(t, "watcher holds acme", func() bool { _, ok := w.set.Entity("acme"); return ok })
 	ev2 := raw.next()
 	if p := ev2.payload(t); p["entity"] != "acme" || p["serial"] != nil || ev2.id != next(t, ev1.id) {
 		t.Errorf("entity revocation event %s: %s (previous id %s)", ev2.id, ev2.data, ev1.id)
@@ -818,7 +819,7 @@ func TestE2ERevocationWatch(t *testing.T) {
 	}
 	w2 := e.watcher(atoi(t, ev2.id))
 	all := append(slices.Clone(missed), v5)
-	eventually(t, "resumed watcher holds v2..v5", func() bool {
+	eventually.True(t, "resumed watcher holds v2..v5", func() bool {
 		for _, c := range all {
 			if _, ok := w2.set.Serial(hex.EncodeToString(c.AuthorityKeyId), c.SerialNumber.Text(16)); !ok {
 				return false
@@ -837,7 +838,7 @@ func TestE2ERevocationWatch(t *testing.T) {
 	// them through meshd's poll.
 	v6 := issue("v6")
 	e.revokeOffline(v6.SerialNumber.Text(16))
-	eventually(t, "offline revocation reaches the watcher", func() bool {
+	eventually.True(t, "offline revocation reaches the watcher", func() bool {
 		_, ok := w2.set.Serial(hex.EncodeToString(v6.AuthorityKeyId), v6.SerialNumber.Text(16))
 		return ok
 	})
@@ -864,10 +865,10 @@ func TestE2EShutdownWithSubscribers(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
 	sub := e.subscribe("")
 	w := e.watcher(0)
-	eventually(t, "watcher connected", w.w.Connected)
+	eventually.True(t, "watcher connected", w.w.Connected)
 	// Shutdown waits for its handlers until ctx ends: an error is a stream
 	// that held it up.
-	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	ctx, cancel := context.WithTimeout(context.Background(), eventually.Bound)
 	defer cancel()
 	start := time.Now()
 	err := e.srv.Shutdown(ctx)
@@ -877,7 +878,7 @@ func TestE2EShutdownWithSubscribers(t *testing.T) {
 	}
 	select {
 	case <-sub.done:
-	case <-time.After(waitBound):
+	case <-time.After(eventually.Bound):
 		t.Errorf("the stream is still open after Shutdown")
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -540,7 +541,7 @@ func feedEventually(t testing.TB, what string, cond func() (bool, string)) {
 			t.Logf("%s: last seen: %s", what, last)
 		}
 	}()
-	eventually(t, what, func() bool {
+	eventually.True(t, what, func() bool {
 		ok, got := cond()
 		last = got
 		return ok

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -64,7 +65,7 @@ func TestHostileWatchStreamsCapped(t *testing.T) {
 	}
 	// A stream that ends frees its slot.
 	subs[0].close()
-	eventually(t, "a slot freed by a closed stream", func() bool {
+	eventually.True(t, "a slot freed by a closed stream", func() bool {
 		sub, _ := e.trySubscribe("", nil)
 		if sub != nil {
 			sub.close()
@@ -102,8 +103,8 @@ func TestHostileSlowBody(t *testing.T) {
 		}
 	}()
 	// The trickle would take hours: a connection meshd has neither answered
-	// nor closed within waitBound is one the read timeout did not cut off.
-	conn.SetReadDeadline(time.Now().Add(waitBound))
+	// nor closed within eventually.Bound is one the read timeout did not cut off.
+	conn.SetReadDeadline(time.Now().Add(eventually.Bound))
 	_, err = bufio.NewReader(conn).ReadString('\n') // meshd's answer, or the close
 	if took := time.Since(start); isTimeout(err) {
 		t.Errorf("a trickled body held its connection for %v (%v), want it cut off by the 500ms read timeout", took, err)
@@ -288,7 +289,7 @@ func TestHostileHalfWrittenEntityFile(t *testing.T) {
 	}
 	cert := partner.leaf(t, "partner-a")
 	var conn *rawConn
-	eventually(t, "partner admitted", func() bool {
+	eventually.True(t, "partner admitted", func() bool {
 		c := e.dial(&cert)
 		if r, err := c.do("POST", "/heartbeat", heartbeat("partner-a", 9200)); err == nil && r.code == http.StatusOK {
 			conn = c
@@ -301,7 +302,7 @@ func TestHostileHalfWrittenEntityFile(t *testing.T) {
 	if err := os.WriteFile(file, partner.pem[:len(partner.pem)/2], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the damaged file noticed", func() bool {
+	eventually.True(t, "the damaged file noticed", func() bool {
 		return strings.Contains(e.log.String(), "keeping its last good version")
 	})
 	if r, err := conn.do("HEAD", "/heartbeat/partner-a", nil); err != nil || (r.code != http.StatusOK && r.code != http.StatusAccepted) {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -91,7 +92,7 @@ func TestHostileKeyCompromiseReachesEveryCertOfTheKey(t *testing.T) {
 		}
 	}
 	for _, id := range []string{"ka", "kb"} {
-		eventually(t, id+" listed evicted", func() bool {
+		eventually.True(t, id+" listed evicted", func() bool {
 			a, _ := e.agents(observer, "").find(id)
 			return a.Status == "evicted"
 		})
@@ -196,7 +197,7 @@ func TestE2ECRLSignedBesideIsResigned(t *testing.T) {
 	}
 	// The CA's first CRL was signed a month ago (newMeshCA): meshd
 	// re-signs it when it starts. Only then is the CRL signed beside it.
-	eventually(t, "meshd re-signs the CRL it started with", func() bool {
+	eventually.True(t, "meshd re-signs the CRL it started with", func() bool {
 		crls := served()
 		return len(crls) > 0 && crls[0].NextUpdate.After(time.Now().Add(time.Hour))
 	})
@@ -210,7 +211,7 @@ func TestE2ECRLSignedBesideIsResigned(t *testing.T) {
 	if err != nil || len(short) == 0 {
 		t.Fatalf("RebuildCRL with a 3s validity = %d CRLs, %v", len(short), err)
 	}
-	eventually(t, "meshd re-signs the 3s CRL signed beside it", func() bool {
+	eventually.True(t, "meshd re-signs the 3s CRL signed beside it", func() bool {
 		crls := served()
 		for _, crl := range crls {
 			if !crl.NextUpdate.After(short[0].NextUpdate.Add(time.Hour)) {

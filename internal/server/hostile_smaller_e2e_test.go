@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -30,7 +31,7 @@ func TestHostileFIFOInTrustDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	cert := partner.leaf(t, "partner-a")
-	eventually(t, "partner admitted", func() bool {
+	eventually.True(t, "partner admitted", func() bool {
 		return e.do(e.freshClient(&cert), "POST", "/heartbeat", heartbeat("partner-a", 9200)).code == http.StatusOK
 	})
 
@@ -47,7 +48,7 @@ func TestHostileFIFOInTrustDir(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eventually(t, "the deleted partner CA refused", func() bool {
+	eventually.True(t, "the deleted partner CA refused", func() bool {
 		// The sweep may close the connection under a request: not yet.
 		resp, err := e.freshClient(&cert).Head(e.baseURL() + "/heartbeat/partner-a")
 		if err != nil {
@@ -56,7 +57,7 @@ func TestHostileFIFOInTrustDir(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusForbidden
 	})
-	eventually(t, "partner-a evicted", func() bool {
+	eventually.True(t, "partner-a evicted", func() bool {
 		a, ok := e.agents(e.client(e.watchCert()), "").find("partner-a")
 		return ok && a.Status == "evicted"
 	})
@@ -192,7 +193,7 @@ func TestHostileEntityNameAcrossSources(t *testing.T) {
 	if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "entities", "globex.pem"), dropped.pem, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the conflict noticed", func() bool {
+	eventually.True(t, "the conflict noticed", func() bool {
 		return strings.Contains(e.log.String(), "two trust sources hold an entity of the same name")
 	})
 	impostor := dropped.leaf(t, "globex-a")
@@ -210,7 +211,7 @@ func TestHostileEntityNameAcrossSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	acme := acmeFile.leaf(t, "acme-a")
-	eventually(t, "acme from the trust dir", func() bool {
+	eventually.True(t, "acme from the trust dir", func() bool {
 		return e.do(e.freshClient(&acme), "POST", "/heartbeat", heartbeat("acme-a", 9102)).code == http.StatusOK
 	})
 	r := e.adminDo("POST", "/admin/entities", map[string]any{"name": "acme", "ca_cert": string(acmeReg.pem)})

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -283,7 +284,7 @@ func TestMCPMeshMeshctlEntities(t *testing.T) {
 	if r := mcpmeshctl(t, bin, home, nil, "entity", "register", "acme", "--ca-cert", caFile, "--trust-dir", e.trustDir); r.code != 0 {
 		t.Fatalf("meshctl entity register: exit %d\n%s", r.code, r.out)
 	}
-	eventually(t, "both registries to admit acme's agent", func() bool {
+	eventually.True(t, "both registries to admit acme's agent", func() bool {
 		a, b := codes()
 		return a == http.StatusOK && b == http.StatusOK
 	})
@@ -297,13 +298,13 @@ func TestMCPMeshMeshctlEntities(t *testing.T) {
 	if r := mcpmeshctl(t, bin, home, nil, "entity", "revoke", "acme", "--force", "--trust-dir", e.trustDir); r.code != 0 {
 		t.Fatalf("meshctl entity revoke: exit %d\n%s", r.code, r.out)
 	}
-	eventually(t, "both registries to refuse acme's agent", func() bool {
+	eventually.True(t, "both registries to refuse acme's agent", func() bool {
 		a, b := codes()
 		return a == http.StatusForbidden && b == http.StatusForbidden
 	})
 	// meshd evicts the revoked entity's agent at once; MCP Mesh lists it
 	// healthy until its heartbeat timeout (docs/mcpmesh-wire.md).
-	eventually(t, "meshd to evict acme's agent", func() bool {
+	eventually.True(t, "meshd to evict acme's agent", func() bool {
 		return strings.Contains(string(e.adminDo("GET", "/admin/agents", nil).body), `"status":"evicted"`)
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -65,7 +66,7 @@ func TestE2ETrustDirCACannotTakeMeshAgent(t *testing.T) {
 	if err := pemfile.WriteAtomic(filepath.Join(e.trustDir, "ops.pem"), rogue.pem, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the trust-dir CA admitted", func() bool {
+	eventually.True(t, "the trust-dir CA admitted", func() bool {
 		c := rogue.leaf(t, "probe")
 		return e.do(e.freshClient(&c), "GET", "/agents", nil).code == http.StatusOK
 	})

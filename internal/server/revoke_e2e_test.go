@@ -20,6 +20,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
@@ -157,14 +158,14 @@ func TestE2ERevokeNodeCutsOffAgents(t *testing.T) {
 
 	// Offline, as `meshctl ca revoke ct201.mesh` without meshd.
 	e.revokeOffline("ct201.mesh")
-	eventually(t, "b@ct201 refused after an offline revocation of its node", func() bool {
+	eventually.True(t, "b@ct201 refused after an offline revocation of its node", func() bool {
 		return e.heartbeatAs(b, "b").code == http.StatusForbidden
 	})
 	// The CRL was re-signed for the revocation; its age is a metric.
 	if age, ok := e.metrics()["meshd_crl_age_seconds"]; !ok || age < 0 || age > 600 { // meshd's test clock runs minutes ahead
 		t.Errorf("meshd_crl_age_seconds = %v (present %v), want a fresh CRL's age", age, ok)
 	}
-	eventually(t, "b@ct201 listed evicted", func() bool {
+	eventually.True(t, "b@ct201 listed evicted", func() bool {
 		v, _ := e.agents(e.client(&lister.cert), "").find("b")
 		return v.Status == "evicted"
 	})
@@ -232,7 +233,7 @@ func TestE2ERenewRacesRevocation(t *testing.T) {
 		}()
 	}
 	// Let some renewals land first.
-	eventually(t, "renewals before the revocation", func() bool {
+	eventually.True(t, "renewals before the revocation", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(issued) >= 3*renewers
