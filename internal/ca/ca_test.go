@@ -29,6 +29,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -1742,8 +1743,8 @@ func TestRootKeyOffline(t *testing.T) {
 
 	// openssl, trusting the root copy the CA directory keeps, agrees.
 	rootCopy := filepath.Join(f.cfg.Dir, "intermediate", "root.crt")
-	requireOpenSSLVerifies(t, rootCopy, []string{f.intPath()}, leafFile(t, node), "-crl_check", "-CRLfile", f.cfg.CRLPath())
-	requireOpenSSLRevoked(t, rootCopy, []string{f.intPath()}, leafFile(t, agent), f.cfg.CRLPath())
+	openssltest.RequireVerifies(t, rootCopy, []string{f.intPath()}, leafFile(t, node), "-crl_check", "-CRLfile", f.cfg.CRLPath())
+	openssltest.RequireRevoked(t, rootCopy, []string{f.intPath()}, leafFile(t, agent), f.cfg.CRLPath())
 
 	// Only a new intermediate needs the root; asking for one changes
 	// nothing.
@@ -1881,7 +1882,7 @@ func TestRotation(t *testing.T) {
 	attime := func() []string { return []string{"-attime", fmt.Sprint(f.clock.Now().Unix())} }
 	for _, is := range []*ca.Issued{oldLeaf, duringPrepare, newLeaf} {
 		requireGoVerifies(t, f, is.Cert)
-		requireOpenSSLVerifies(t, rootPath, []string{bundle}, leafFile(t, is), append(attime(), "-purpose", "sslserver", "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
+		openssltest.RequireVerifies(t, rootPath, []string{bundle}, leafFile(t, is), append(attime(), "-purpose", "sslserver", "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
 	}
 	// The old leaf as it was handed out (leaf + old chain) still verifies.
 	v, err := f.ca.Verify(ctx, readCertsFile(t, bytes.Join([][]byte{oldLeaf.PEM, oldLeaf.ChainPEM}, nil)))
@@ -1902,9 +1903,9 @@ func TestRotation(t *testing.T) {
 	if l := crlBy(t, f, prepared.SubjectKeyId); len(l.RevokedCertificateEntries) != 0 {
 		t.Errorf("the new intermediate's CRL lists %d serials it never issued", len(l.RevokedCertificateEntries))
 	}
-	requireOpenSSLRevoked(t, rootPath, []string{bundle}, leafFile(t, oldLeaf), f.cfg.CRLPath(), attime()...)
-	requireOpenSSLVerifies(t, rootPath, []string{bundle}, leafFile(t, duringPrepare), append(attime(), "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
-	requireOpenSSLVerifies(t, rootPath, []string{bundle}, leafFile(t, newLeaf), append(attime(), "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
+	openssltest.RequireRevoked(t, rootPath, []string{bundle}, leafFile(t, oldLeaf), f.cfg.CRLPath(), attime()...)
+	openssltest.RequireVerifies(t, rootPath, []string{bundle}, leafFile(t, duringPrepare), append(attime(), "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
+	openssltest.RequireVerifies(t, rootPath, []string{bundle}, leafFile(t, newLeaf), append(attime(), "-crl_check", "-CRLfile", f.cfg.CRLPath())...)
 	oldKey := writeFile(t, t.TempDir(), "old.crt", pemfile.EncodeCerts(old))
 	for i, p := range splitCRLs(t, f.cfg.CRLPath()) {
 		issuer := oldKey
@@ -1922,12 +1923,12 @@ func TestRotation(t *testing.T) {
 	if v, err := f.ca.Verify(ctx, []*x509.Certificate{duringPrepare.Cert}); err != nil || !v.OK() {
 		t.Fatalf("old intermediate's leaf a minute before expiry: %+v, %v", v, err)
 	}
-	requireOpenSSLVerifies(t, rootPath, []string{bundle}, leafFile(t, duringPrepare), attime()...)
+	openssltest.RequireVerifies(t, rootPath, []string{bundle}, leafFile(t, duringPrepare), attime()...)
 	f.clock.Set(duringPrepare.Cert.NotAfter.Add(time.Second))
 	if v, err := f.ca.Verify(ctx, []*x509.Certificate{duringPrepare.Cert}); err != nil || v.Status != ca.StatusExpired {
 		t.Fatalf("old intermediate's leaf after expiry: %+v, %v", v, err)
 	}
-	if out, err := opensslVerify(t, rootPath, []string{bundle}, leafFile(t, duringPrepare), attime()...); err == nil || !strings.Contains(out, "expired") {
+	if out, err := openssltest.Verify(t, rootPath, []string{bundle}, leafFile(t, duringPrepare), attime()...); err == nil || !strings.Contains(out, "expired") {
 		t.Fatalf("openssl accepts the old leaf after it expired: %v\n%s", err, out)
 	}
 }

@@ -17,17 +17,16 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
+	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -218,41 +217,6 @@ func requireUnchanged(t *testing.T, before, after state) {
 	}
 }
 
-// opensslVerify runs `openssl verify`; a missing openssl skips the test
-// locally and fails it in CI.
-func opensslVerify(t *testing.T, root string, untrusted []string, leaf string, extra ...string) (string, error) {
-	t.Helper()
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-			t.Fatalf("openssl is required in CI: %v", err)
-		}
-		t.Skipf("openssl not installed: %v", err)
-	}
-	args := []string{"verify", "-CAfile", root}
-	for _, u := range untrusted {
-		args = append(args, "-untrusted", u)
-	}
-	args = append(append(args, extra...), leaf)
-	out, err := exec.Command(bin, args...).CombinedOutput()
-	return string(out), err
-}
-
-func requireOpenSSLOK(t *testing.T, root string, untrusted []string, leaf string, extra ...string) {
-	t.Helper()
-	if out, err := opensslVerify(t, root, untrusted, leaf, extra...); err != nil || !strings.Contains(out, ": OK") {
-		t.Fatalf("openssl verify %s: %v\n%s", leaf, err, out)
-	}
-}
-
-func requireOpenSSLRevoked(t *testing.T, root string, untrusted []string, leaf, crl string) {
-	t.Helper()
-	out, err := opensslVerify(t, root, untrusted, leaf, "-crl_check", "-CRLfile", crl)
-	if err == nil || !strings.Contains(out, "certificate revoked") {
-		t.Fatalf("openssl verify -crl_check %s: %v, want certificate revoked\n%s", leaf, err, out)
-	}
-}
-
 func readCert(t *testing.T, path string) *x509.Certificate {
 	t.Helper()
 	c, err := pemfile.ReadCert(path)
@@ -375,7 +339,7 @@ func TestWalkthrough(t *testing.T) {
 		{e.issued("opus@ct1"), "sslclient"}, {e.issued("alice@external"), "sslclient"},
 		{signedPath, "sslserver"},
 	} {
-		requireOpenSSLOK(t, rootCrt, []string{intCrt}, c.file, "-purpose", c.purpose)
+		openssltest.RequireVerifies(t, rootCrt, []string{intCrt}, c.file, "-purpose", c.purpose)
 	}
 	for _, cn := range []string{"ct1.mesh", "opus@ct1", "alice@external"} {
 		r := e.mustRun("ca", "verify", e.issued(cn))
@@ -387,8 +351,8 @@ func TestWalkthrough(t *testing.T) {
 	r = e.mustRun("ca", "revoke", "opus@ct1", "--reason", "keyCompromise")
 	requireContains(t, "ca revoke", r.stdout, "revoked opus@ct1 serial "+agent.SerialNumber.Text(16)+" (keyCompromise)", "CRL rebuilt: "+e.path("crl.pem"))
 	crl := e.path("crl.pem")
-	requireOpenSSLRevoked(t, rootCrt, []string{intCrt}, e.issued("opus@ct1"), crl)
-	requireOpenSSLOK(t, rootCrt, []string{intCrt}, e.issued("ct1.mesh"), "-crl_check", "-CRLfile", crl)
+	openssltest.RequireRevoked(t, rootCrt, []string{intCrt}, e.issued("opus@ct1"), crl)
+	openssltest.RequireVerifies(t, rootCrt, []string{intCrt}, e.issued("ct1.mesh"), "-crl_check", "-CRLfile", crl)
 	r = e.run("ca", "verify", e.issued("opus@ct1"))
 	if r.code != 1 {
 		t.Fatalf("ca verify of a revoked certificate exited %d, want 1\n%s", r.code, r.output())
@@ -510,12 +474,12 @@ func TestWalkthrough(t *testing.T) {
 		t.Error("after activate, a new certificate is not signed by the new intermediate")
 	}
 	for _, cn := range []string{"ct3.mesh", "ct4.mesh", "ct1.mesh"} {
-		requireOpenSSLOK(t, rootCrt, []string{bundle}, e.issued(cn), "-crl_check", "-CRLfile", crl)
+		openssltest.RequireVerifies(t, rootCrt, []string{bundle}, e.issued(cn), "-crl_check", "-CRLfile", crl)
 		e.mustRun("ca", "verify", e.issued(cn))
 	}
 	e.mustRun("ca", "revoke", "ct3.mesh")
-	requireOpenSSLRevoked(t, rootCrt, []string{bundle}, e.issued("ct3.mesh"), crl)
-	requireOpenSSLOK(t, rootCrt, []string{bundle}, e.issued("ct4.mesh"), "-crl_check", "-CRLfile", crl)
+	openssltest.RequireRevoked(t, rootCrt, []string{bundle}, e.issued("ct3.mesh"), crl)
+	openssltest.RequireVerifies(t, rootCrt, []string{bundle}, e.issued("ct4.mesh"), "-crl_check", "-CRLfile", crl)
 	if r := e.run("ca", "verify", e.issued("ct3.mesh")); r.code != 1 || !strings.Contains(r.stdout, "revoked") {
 		t.Errorf("ca verify of the old intermediate's revoked leaf: exit %d\n%s", r.code, r.output())
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
@@ -31,15 +32,6 @@ type opensslCA struct {
 	dir, cert, key string
 }
 
-// runOpenSSL runs openssl; without it the test is skipped on a developer's
-// machine and fails in CI, where scripts/install-test-deps.sh installs it.
-func runOpenSSL(t testing.TB, args ...string) {
-	t.Helper()
-	if out, err := opensslOutput(t, args...); err != nil {
-		t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
 // newOpenSSLCA makes a self-signed EC P-256 CA with subject subj in dir.
 func newOpenSSLCA(t testing.TB, dir, name, subj string) *opensslCA {
 	t.Helper()
@@ -47,7 +39,7 @@ func newOpenSSLCA(t testing.TB, dir, name, subj string) *opensslCA {
 		t.Fatal(err)
 	}
 	c := &opensslCA{dir: dir, cert: filepath.Join(dir, name+".pem"), key: filepath.Join(dir, name+"-ca.key")}
-	runOpenSSL(t, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+	openssltest.Must(t, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
 		"-subj", subj, "-keyout", c.key, "-out", c.cert,
 		"-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
 	return c
@@ -66,8 +58,8 @@ func (c *opensslCA) issue(t testing.TB, name, subj, sans string) tls.Certificate
 	if err := os.WriteFile(ext, []byte(exts), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	runOpenSSL(t, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subj, "-keyout", key, "-out", csr)
-	runOpenSSL(t, "x509", "-req", "-in", csr, "-CA", c.cert, "-CAkey", c.key, "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", crt)
+	openssltest.Must(t, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subj, "-keyout", key, "-out", csr)
+	openssltest.Must(t, "x509", "-req", "-in", csr, "-CA", c.cert, "-CAkey", c.key, "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", crt)
 	return loadPair(t, crt, key, c.cert)
 }
 

@@ -9,9 +9,7 @@ import (
 	"encoding/pem"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +17,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -132,7 +131,7 @@ func TestHostileKeyCompromiseReachesEveryCertOfTheKey(t *testing.T) {
 		}
 	}
 	verify := func(leaf string) (string, error) {
-		return opensslOutput(t, "verify", "-CAfile", filepath.Join(dir, "root.pem"), "-untrusted", filepath.Join(dir, "inter.pem"),
+		return openssltest.Run(t, "verify", "-CAfile", filepath.Join(dir, "root.pem"), "-untrusted", filepath.Join(dir, "inter.pem"),
 			"-crl_check", "-CRLfile", filepath.Join(dir, "crl.pem"), filepath.Join(dir, leaf))
 	}
 	if out, err := verify("bystander.pem"); err != nil {
@@ -153,21 +152,6 @@ func TestHostileKeyCompromiseReachesEveryCertOfTheKey(t *testing.T) {
 // pemCert is c in PEM form.
 func pemCert(c *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-}
-
-// opensslOutput runs openssl and returns its output and exit error; without
-// openssl the test is skipped on a developer's machine and fails in CI.
-func opensslOutput(t testing.TB, args ...string) (string, error) {
-	t.Helper()
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
-			t.Fatalf("openssl is required in CI: %v", err)
-		}
-		t.Skipf("openssl not installed: %v", err)
-	}
-	out, err := exec.Command(bin, args...).CombinedOutput()
-	return string(out), err
 }
 
 // TestE2ECRLSignedBesideIsResigned: while meshd runs, a CRL is signed
