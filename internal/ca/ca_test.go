@@ -30,6 +30,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/openssltest"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -355,15 +356,6 @@ func crlBy(t testing.TB, f *fixture, aki []byte) *x509.RevocationList {
 	return nil
 }
 
-func newP256(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
 // goCSR makes a CSR with crypto/x509.
 func goCSR(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) *x509.CertificateRequest {
 	t.Helper()
@@ -557,7 +549,7 @@ func TestIntermediateNeedsRootKey(t *testing.T) {
 			}
 		}, ca.ErrKeyPermissions, "0640"},
 		{"key of another root", func(t *testing.T, f *fixture) {
-			if err := pemfile.WriteKey(f.rootKeyPath(), newP256(t)); err != nil {
+			if err := pemfile.WriteKey(f.rootKeyPath(), pkitest.NewKey(t)); err != nil {
 				t.Fatal(err)
 			}
 		}, nil, "does not match"},
@@ -941,7 +933,7 @@ func TestRefusedFirstIssueLeavesNoDirectory(t *testing.T) {
 func TestSignPolicy(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	key := newP256(t)
+	key := pkitest.NewKey(t)
 	node := func(n string) identity.Identity {
 		id, err := identity.NewNode(n)
 		if err != nil {
@@ -1080,7 +1072,7 @@ func TestSignPolicy(t *testing.T) {
 }
 
 func TestParseCSR(t *testing.T) {
-	valid := goCSR(t, newP256(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})
+	valid := goCSR(t, pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})
 	cert := readCertPEM(t)
 	cases := []struct {
 		name    string
@@ -1116,7 +1108,7 @@ func TestParseCSR(t *testing.T) {
 
 func readCertPEM(t testing.TB) []byte {
 	t.Helper()
-	key := newP256(t)
+	key := pkitest.NewKey(t)
 	tmpl := &x509.Certificate{SerialNumber: bigOne(), Subject: pkix.Name{CommonName: "x"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
@@ -1336,7 +1328,7 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 	requireGoRevoked(t, f, agent.Cert)
 	requireGoVerifies(t, f, other.Cert)
 
-	key := newP256(t)
+	key := pkitest.NewKey(t)
 	paths := []struct {
 		name  string
 		issue func() error
@@ -1385,7 +1377,7 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 	requireGoRevoked(t, f, agent.Cert) // what was revoked stays revoked
 
 	// keyCompromise by serial blocks the key, whatever name asks next.
-	stolen := newP256(t)
+	stolen := pkitest.NewKey(t)
 	is, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileClient}, ca.FromCSR(goCSR(t, stolen, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "alice@external"}})))
 	if err != nil {
 		t.Fatal(err)
@@ -1401,7 +1393,7 @@ func TestRevokedIdentityStaysRevoked(t *testing.T) {
 		t.Errorf("Check of the compromised key: %v, want ErrRevoked for keyCompromise", err)
 	}
 	// superseded does not block the key: the holder renews with it.
-	kept := newP256(t)
+	kept := pkitest.NewKey(t)
 	is, err = f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileClient}, ca.FromCSR(goCSR(t, kept, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "carol@external"}})))
 	if err != nil {
 		t.Fatal(err)
@@ -1719,7 +1711,7 @@ func TestRootKeyOffline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr := goCSR(t, newP256(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
+	csr := goCSR(t, pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
 	signed, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileNode}, ca.FromCSR(csr))
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -32,6 +31,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/logtest"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -169,7 +169,7 @@ type testCA struct {
 
 func newTestCA(t testing.TB, cn string) *testCA {
 	t.Helper()
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber:          randSerial(t),
 		Subject:               pkix.Name{CommonName: cn, Organization: []string{cn}},
@@ -204,7 +204,7 @@ func (c *testCA) leaf(t testing.TB, cn string) tls.Certificate {
 // chain.
 func signLeaf(t testing.TB, parent *x509.Certificate, parentKey crypto.Signer, tmpl *x509.Certificate) tls.Certificate {
 	t.Helper()
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	if tmpl.SerialNumber == nil {
 		tmpl.SerialNumber = randSerial(t)
 	}
@@ -223,15 +223,6 @@ func signLeaf(t testing.TB, parent *x509.Certificate, parentKey crypto.Signer, t
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der, parent.Raw}, PrivateKey: key, Leaf: leaf}
-}
-
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
 }
 
 func keyPEM(t testing.TB, key crypto.Signer) []byte {

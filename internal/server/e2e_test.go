@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -886,7 +887,7 @@ func TestE2ENoSecretsInLogs(t *testing.T) {
 // its expiry at the latest date it can hold.
 func TestE2EEntityForeverCA(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber: randSerial(t), Subject: pkix.Name{CommonName: "forever CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),

@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -467,7 +468,7 @@ func feedSignWith(t testing.TB, e *env, inter, like *x509.Certificate, cn string
 		v.Path = strings.TrimSuffix(v.Path, "/"+oldAgent) + "/" + newAgent // spiffe://td/agent/<node>/<agent>
 		tmpl.URIs = append(tmpl.URIs, &v)
 	}
-	leafKey := newKey(t)
+	leafKey := pkitest.NewKey(t)
 	e.extraKeys = append(e.extraKeys, keyPEM(t, leafKey))
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, inter, leafKey.Public(), key.(crypto.Signer))
 	if err != nil {

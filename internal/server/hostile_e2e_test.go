@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -340,7 +341,7 @@ func TestHostilePartnerChainsBelowTheFloor(t *testing.T) {
 	// An intermediate restricted to serverAuth vouches for no client.
 	root := newTestCA(t, "serveronly root")
 	e.registerEntity("serveronly", root)
-	interKey := newKey(t)
+	interKey := pkitest.NewKey(t)
 	ider, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
 		SerialNumber: randSerial(t), Subject: pkix.Name{CommonName: "serveronly issuing"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),

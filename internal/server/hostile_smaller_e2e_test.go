@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -108,7 +109,7 @@ func TestHostileIssuanceWithoutMeshCA(t *testing.T) {
 
 	node := dev.leaf(t, "ct111.mesh")
 	agent := dev.leaf(t, "weather-agent")
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	e.extraKeys = append(e.extraKeys, keyPEM(t, key))
 	for _, c := range []struct {
 		name, path string
