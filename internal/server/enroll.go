@@ -144,57 +144,22 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, bad.reason, bad.msg, bad.detail, bad.cn)
 		return
 	}
+	// Pick the provisioner of the credential, authorise, sign.
 	cn := id.CommonName()
-	cred := bearer(r)
-	method := ""
-	switch {
-	case cred == "":
-		fail(http.StatusUnauthorized, "no_credential", "enrollment needs Authorization: Bearer <bootstrap secret or join token>", "no credential", cn)
-		return
-	case s.isSecret(cred):
-		method = "bootstrap secret"
-		// A courtesy answer for the common case; what makes one secret
-		// enrollment of a node win, however many requests race on however
-		// many replicas, is the store's exclusive record (below).
-		if live, err := s.liveCert(ctx, cn); err != nil {
-			s.internalError(w, r, err)
-			return
-		} else if live != "" {
-			fail(http.StatusConflict, "already_enrolled", fmt.Sprintf("node %s already holds a valid certificate (serial %s); revoke it first, or enroll with a join token for this node", req.NodeID, live), "node already enrolled", cn)
-			return
-		}
-	case strings.HasPrefix(cred, TokenPrefix):
-		method = "join token"
-		sum := sha256.Sum256([]byte(cred))
-		hash := hex.EncodeToString(sum[:])
-		// A token is spent by the attempt, so a CSR the CA would refuse is
-		// refused before it can burn one.
-		if err := s.auth.Check(ctx, ca.Request{Profile: ca.ProfileNode, Identity: id}, ca.FromCSR(csr), ca.ProvenPossession()); err != nil {
-			fail(http.StatusBadRequest, "policy", err.Error(), "CSR refused by policy; join token "+hash[:12]+" not spent", cn)
-			return
-		}
-		_, err := s.st.UseToken(ctx, hash, req.NodeID, s.cfg.Now(), store.AuditEntry{Time: s.cfg.Now(), Action: "token.use", Identity: cn, Outcome: store.OutcomeOK, Detail: "token " + hash[:12] + " from " + host})
-		switch {
-		case errors.Is(err, store.ErrTokenNode):
-			fail(http.StatusForbidden, "token_other_node", "this join token enrolls another node", "join token "+hash[:12]+" is for another node", cn)
-			return
-		case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpired):
-			fail(http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "join token "+hash[:12]+": "+err.Error(), cn)
-			return
-		case err != nil:
-			s.internalError(w, r, err)
-			return
-		}
-	default:
-		fail(http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "wrong bootstrap secret or malformed token", cn)
-		return
+	e := &enrollment{node: req.NodeID, id: id, csr: csr, host: host}
+	p, err := s.enrollProvisioner(bearer(r))
+	var opts []ca.SignOption
+	if err == nil {
+		opts, err = p.authorize(ctx, e)
 	}
-	// parseEnrollRequest checked the CSR's signature: that is the proof of
-	// possession, not to be paid for twice.
-	// The certificate's audit entry is the enrollment's.
-	opts := []ca.SignOption{ca.FromCSR(csr), ca.ProvenPossession(), ca.Enrolls(method + " from " + host)}
-	if method == "bootstrap secret" {
-		opts = append(opts, ca.Exclusive())
+	var rf *refusal
+	switch {
+	case errors.As(err, &rf):
+		fail(rf.code, rf.reason, rf.public, rf.detail, cn)
+		return
+	case err != nil:
+		s.internalError(w, r, err)
+		return
 	}
 	is, err := s.auth.Sign(ctx, ca.Request{Profile: ca.ProfileNode, Identity: id}, opts...)
 	if errors.Is(err, store.ErrLiveCert) {
@@ -205,8 +170,109 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		s.signError(w, r, err)
 		return
 	}
-	s.log.Info("node enrolled", "node", req.NodeID, "serial", is.Record.Serial, "method", method, "remote", host)
+	s.log.Info("node enrolled", "node", req.NodeID, "serial", is.Record.Serial, "method", p.method(), "remote", host)
 	writeJSON(w, http.StatusCreated, issuedBody(is, true))
+}
+
+// An enrollProvisioner is one way a new node proves who it is on /enroll
+// (step-ca's provisioner): it authorises an enrollment and returns the
+// options to sign the node's CSR with, or a *refusal.
+type enrollProvisioner interface {
+	// method names the proof in the enrollment's audit entry and log.
+	method() string
+	authorize(ctx context.Context, e *enrollment) ([]ca.SignOption, error)
+}
+
+// enrollment is a checked /enroll request: the node id is valid and the
+// CSR's signature verified (parseEnrollRequest).
+type enrollment struct {
+	node string
+	id   identity.Identity
+	csr  *x509.CertificateRequest
+	host string // the caller's address, for the audit log
+}
+
+// signOptions are the options every enrollment signs with, method being
+// how the node proved itself: parseEnrollRequest checked the CSR's
+// signature, which is the proof of possession, not to be paid for twice;
+// the certificate's audit entry is the enrollment's.
+func (e *enrollment) signOptions(method string) []ca.SignOption {
+	return []ca.SignOption{ca.FromCSR(e.csr), ca.ProvenPossession(), ca.Enrolls(method + " from " + e.host)}
+}
+
+// refusal is a request a provisioner refused: the status, reason and
+// message the caller gets, and the detail of /enroll's audit entry
+// (/agent-cert and /renew audit reason and message).
+type refusal struct {
+	code                   int
+	reason, public, detail string
+}
+
+func (e *refusal) Error() string { return e.public }
+
+// enrollProvisioner picks the provisioner of a /enroll credential: the
+// bootstrap secret, or a join token.
+func (s *Server) enrollProvisioner(cred string) (enrollProvisioner, error) {
+	switch {
+	case cred == "":
+		return nil, &refusal{http.StatusUnauthorized, "no_credential", "enrollment needs Authorization: Bearer <bootstrap secret or join token>", "no credential"}
+	case s.isSecret(cred):
+		return secretProvisioner{s}, nil
+	case strings.HasPrefix(cred, TokenPrefix):
+		sum := sha256.Sum256([]byte(cred))
+		return tokenProvisioner{s, hex.EncodeToString(sum[:])}, nil
+	}
+	return nil, &refusal{http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "wrong bootstrap secret or malformed token"}
+}
+
+// secretProvisioner enrolls a node that holds the bootstrap secret, once:
+// its certificate is Exclusive.
+type secretProvisioner struct{ s *Server }
+
+func (secretProvisioner) method() string { return "bootstrap secret" }
+
+func (p secretProvisioner) authorize(ctx context.Context, e *enrollment) ([]ca.SignOption, error) {
+	// A courtesy answer for the common case; what makes one secret
+	// enrollment of a node win, however many requests race on however
+	// many replicas, is the store's exclusive record (ca.Exclusive).
+	live, err := p.s.liveCert(ctx, e.id.CommonName())
+	if err != nil {
+		return nil, err
+	}
+	if live != "" {
+		return nil, &refusal{http.StatusConflict, "already_enrolled", fmt.Sprintf("node %s already holds a valid certificate (serial %s); revoke it first, or enroll with a join token for this node", e.node, live), "node already enrolled"}
+	}
+	return append(e.signOptions(p.method()), ca.Exclusive()), nil
+}
+
+// tokenProvisioner enrolls the node a one-time join token names; hash is
+// the token's SHA-256, all the store knows of it.
+type tokenProvisioner struct {
+	s    *Server
+	hash string
+}
+
+func (tokenProvisioner) method() string { return "join token" }
+
+func (p tokenProvisioner) authorize(ctx context.Context, e *enrollment) ([]ca.SignOption, error) {
+	cn, short := e.id.CommonName(), p.hash[:12]
+	opts := e.signOptions(p.method())
+	// A token is spent by the attempt, so a CSR the CA would refuse is
+	// refused, by the dry run of the same signing, before it can burn one.
+	if err := p.s.auth.Check(ctx, ca.Request{Profile: ca.ProfileNode, Identity: e.id}, opts...); err != nil {
+		return nil, &refusal{http.StatusBadRequest, "policy", err.Error(), "CSR refused by policy; join token " + short + " not spent"}
+	}
+	now := p.s.cfg.Now()
+	_, err := p.s.st.UseToken(ctx, p.hash, e.node, now, store.AuditEntry{Time: now, Action: "token.use", Identity: cn, Outcome: store.OutcomeOK, Detail: "token " + short + " from " + e.host})
+	switch {
+	case errors.Is(err, store.ErrTokenNode):
+		return nil, &refusal{http.StatusForbidden, "token_other_node", "this join token enrolls another node", "join token " + short + " is for another node"}
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrTokenUsed), errors.Is(err, store.ErrTokenExpired):
+		return nil, &refusal{http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "join token " + short + ": " + err.Error()}
+	case err != nil:
+		return nil, err
+	}
+	return opts, nil
 }
 
 // badEnroll is why a /enroll body was refused: the reason and message the
@@ -264,7 +330,10 @@ func (s *Server) signError(w http.ResponseWriter, r *http.Request, err error) {
 // signRefusal returns the answer to a refused signing request, or 0 for
 // an error that is not a refusal.
 func signRefusal(err error) (int, string) {
+	var rf *refusal
 	switch {
+	case errors.As(err, &rf):
+		return rf.code, rf.reason
 	case errors.Is(err, errAgentScope):
 		return http.StatusForbidden, "agent_outside_node"
 	case errors.Is(err, ca.ErrRevoked):
@@ -408,13 +477,45 @@ func (s *Server) issuer(w http.ResponseWriter, r *http.Request, peer *trust.Peer
 	return true
 }
 
-// meshNode returns the node identity of a peer the mesh CA vouched for
-// (issuer checked that).
-func meshNode(peer *trust.Peer) (identity.Identity, error) {
+// nodeProvisioner lets a node, over mTLS with a certificate the mesh CA
+// vouched for (issuer checked that), obtain certificates for its own
+// agents: <agent-id>@<the node> and no other name, each recorded only
+// while the node's certificate (serial) is not revoked.
+type nodeProvisioner struct {
+	node   identity.Identity
+	serial string
+}
+
+// nodeOf returns the provisioner of a node peer; any other peer is
+// refused 403 not_node_cert.
+func nodeOf(peer *trust.Peer) (nodeProvisioner, error) {
 	if peer.Identity.Kind != identity.KindNode {
-		return identity.Identity{}, errors.New("only a node certificate of the mesh CA may do this")
+		return nodeProvisioner{}, &refusal{code: http.StatusForbidden, reason: "not_node_cert", public: "only a node certificate of the mesh CA may do this"}
 	}
-	return peer.Identity, nil
+	return nodeProvisioner{peer.Identity, peer.Serial}, nil
+}
+
+// errAgentScope refuses an agent CSR that names another identity than
+// <agent-id>@<the node>: a refusal of what the caller may have (403), not
+// of a malformed request.
+var errAgentScope = errors.New("a node obtains certificates for its own agents only")
+
+// authorize checks an agent CSR of the node (it may only name
+// <agent-id>@<node>, or leave the CN empty) and returns the request and
+// options to sign it with.
+func (p nodeProvisioner) authorize(req meshapi.AgentCertRequest) (ca.Request, []ca.SignOption, error) {
+	id, err := identity.NewAgent(req.AgentID, p.node.Node)
+	if err != nil {
+		return ca.Request{}, nil, fmt.Errorf("%w: %v", ca.ErrPolicy, err)
+	}
+	csr, err := ca.ParseCSR([]byte(req.CSR))
+	if err != nil {
+		return ca.Request{}, nil, err
+	}
+	if cn := csr.Subject.CommonName; cn != "" && cn != id.CommonName() {
+		return ca.Request{}, nil, fmt.Errorf("%w: the request names %q; node %s may obtain %q (or leave the CN empty)", errAgentScope, cn, p.node.Node, id.CommonName())
+	}
+	return ca.Request{Profile: ca.ProfileAgent, Identity: id}, []ca.SignOption{ca.FromCSR(csr), ca.AuthorizedBy(p.serial)}, nil
 }
 
 // agentCert is POST /agent-cert: a node mints a certificate for one of its
@@ -424,9 +525,9 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 	if !s.issuer(w, r, peer, action) {
 		return
 	}
-	node, err := meshNode(peer)
+	p, err := nodeOf(peer)
 	if err != nil {
-		s.refuseIssue(w, r, peer, action, http.StatusForbidden, "not_node_cert", err.Error())
+		s.issueError(w, r, peer, action, err)
 		return
 	}
 	var req meshapi.AgentCertRequest
@@ -434,15 +535,15 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 		s.refuseIssue(w, r, peer, action, http.StatusBadRequest, "bad_request", "body must be JSON {\"agent_id\", \"csr\"}: "+err.Error())
 		return
 	}
-	csr, areq, err := s.agentRequest(node, req)
+	areq, opts, err := p.authorize(req)
 	if err != nil {
 		s.issueError(w, r, peer, action, err)
 		return
 	}
-	if !s.admitAgentCerts(w, r, peer, action, node, []string{req.AgentID}) {
+	if !s.admitAgentCerts(w, r, peer, action, p.node, []string{req.AgentID}) {
 		return
 	}
-	is, err := s.auth.Sign(r.Context(), areq, ca.FromCSR(csr), ca.AuthorizedBy(peer.Serial))
+	is, err := s.auth.Sign(r.Context(), areq, opts...)
 	if err != nil {
 		s.issueError(w, r, peer, action, err)
 		return
@@ -450,26 +551,44 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 	writeJSON(w, http.StatusCreated, issuedBody(is, true))
 }
 
-// errAgentScope refuses an agent CSR that names another identity than
-// <agent-id>@<the node>: a refusal of what the caller may have (403), not
-// of a malformed request.
-var errAgentScope = errors.New("a node obtains certificates for its own agents only")
+// renewalProvisioner renews the certificate that authenticated the
+// caller's TLS connection (the mesh CA vouched for it, issuer checked
+// that): the same identity, profile and operator-granted SANs, for the
+// same key or a new one, recorded only while that certificate (its
+// serial) is not revoked.
+type renewalProvisioner struct{ peer *trust.Peer }
 
-// agentRequest checks an agent CSR for an agent of node (it may only name
-// <agent-id>@<node>) and returns it with the request to sign it under.
-func (s *Server) agentRequest(node identity.Identity, req meshapi.AgentCertRequest) (*x509.CertificateRequest, ca.Request, error) {
-	id, err := identity.NewAgent(req.AgentID, node.Node)
-	if err != nil {
-		return nil, ca.Request{}, fmt.Errorf("%w: %v", ca.ErrPolicy, err)
+// authorize returns the request and options of the renewal a body asks
+// for; withAgents says the node's agents are re-issued with it, so the
+// renewal is audited on its own afterwards rather than by its
+// certificate's entry.
+func (p renewalProvisioner) authorize(req meshapi.RenewRequest, withAgents bool) (ca.Request, []ca.SignOption, error) {
+	peer := p.peer
+	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
+	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity)}
+	opts := []ca.SignOption{ca.AuthorizedBy(peer.Serial)}
+	if !withAgents {
+		// The certificate's own audit entry is the renewal's.
+		opts = append(opts, ca.Renews(peer.Serial))
+	}
+	if req.CSR == "" {
+		// No CSR: re-issue for the key the handshake proved.
+		return own, append(opts, ca.ForPublicKey(peer.Leaf.PublicKey)), nil
 	}
 	csr, err := ca.ParseCSR([]byte(req.CSR))
 	if err != nil {
-		return nil, ca.Request{}, err
+		return ca.Request{}, nil, err
 	}
-	if cn := csr.Subject.CommonName; cn != "" && cn != id.CommonName() {
-		return nil, ca.Request{}, fmt.Errorf("%w: the request names %q; node %s may obtain %q (or leave the CN empty)", errAgentScope, cn, node.Node, id.CommonName())
+	if cn := csr.Subject.CommonName; cn != "" && cn != peer.Identity.CommonName() {
+		return ca.Request{}, nil, &refusal{code: http.StatusForbidden, reason: "identity_change", public: fmt.Sprintf("renewal cannot change identity: the certificate is %q, the request names %q", peer.Identity.CommonName(), cn)}
 	}
-	return csr, ca.Request{Profile: ca.ProfileAgent, Identity: id}, nil
+	opts = append(opts, ca.FromCSR(csr))
+	if bytes.Equal(csr.RawSubjectPublicKeyInfo, peer.Leaf.RawSubjectPublicKeyInfo) {
+		// A CSR for the key the handshake proved needs no second proof
+		// of possession.
+		opts = append(opts, ca.ProvenPossession())
+	}
+	return own, opts, nil
 }
 
 // renew is POST /renew: the holder of a valid mesh certificate gets a new
@@ -512,65 +631,42 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 			return
 		}
 	}
-	// No CSR: re-issue for the key the handshake proved. A CSR for that
-	// same key needs no second proof of possession either.
-	var csr *x509.CertificateRequest
-	if req.CSR != "" {
-		var err error
-		if csr, err = ca.ParseCSR([]byte(req.CSR)); err != nil {
-			s.issueError(w, r, peer, action, err)
-			return
-		}
-		if cn := csr.Subject.CommonName; cn != "" && cn != peer.Identity.CommonName() {
-			s.refuseIssue(w, r, peer, action, http.StatusForbidden, "identity_change", fmt.Sprintf("renewal cannot change identity: the certificate is %q, the request names %q", peer.Identity.CommonName(), cn))
-			return
-		}
-	}
-	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
 	ctx := r.Context()
-	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity)}
-	ownOpts := []ca.SignOption{ca.AuthorizedBy(peer.Serial)}
-	if len(req.Agents) == 0 {
-		// The certificate's own audit entry is the renewal's.
-		ownOpts = append(ownOpts, ca.Renews(peer.Serial))
+	own, ownOpts, err := renewalProvisioner{peer}.authorize(req, len(req.Agents) > 0)
+	if err != nil {
+		s.issueError(w, r, peer, action, err)
+		return
 	}
-	// The agents' requests are checked before anything is signed, so a
-	// renewal refused for one agent records no certificate nobody receives.
+	// The agents' requests are checked (the dry run of their signing)
+	// before anything is signed, so a renewal refused for one agent
+	// records no certificate nobody receives.
 	type agentReq struct {
-		id  string
-		csr *x509.CertificateRequest
-		req ca.Request
+		id   string
+		req  ca.Request
+		opts []ca.SignOption
 	}
 	agents := make([]agentReq, 0, len(req.Agents))
+	node := nodeProvisioner{peer.Identity, peer.Serial}
 	for _, a := range req.Agents {
-		acsr, areq, err := s.agentRequest(peer.Identity, a)
+		areq, aopts, err := node.authorize(a)
 		if err == nil {
-			err = s.auth.Check(ctx, areq, ca.FromCSR(acsr))
+			err = s.auth.Check(ctx, areq, aopts...)
 		}
 		if err != nil {
 			s.issueError(w, r, peer, action, fmt.Errorf("agent %q: %w", a.AgentID, err))
 			return
 		}
-		agents = append(agents, agentReq{a.AgentID, acsr, areq})
+		// Check verified the agent CSR's signature.
+		agents = append(agents, agentReq{a.AgentID, areq, append(aopts, ca.ProvenPossession())})
 	}
-	var is *ca.Issued
-	var err error
-	switch {
-	case csr == nil:
-		is, err = s.auth.Sign(ctx, own, append(ownOpts, ca.ForPublicKey(peer.Leaf.PublicKey))...)
-	case bytes.Equal(csr.RawSubjectPublicKeyInfo, peer.Leaf.RawSubjectPublicKeyInfo):
-		is, err = s.auth.Sign(ctx, own, append(ownOpts, ca.FromCSR(csr), ca.ProvenPossession())...)
-	default:
-		is, err = s.auth.Sign(ctx, own, append(ownOpts, ca.FromCSR(csr))...)
-	}
+	is, err := s.auth.Sign(ctx, own, ownOpts...)
 	if err != nil {
 		s.issueError(w, r, peer, action, err)
 		return
 	}
 	out := meshapi.RenewResponse{IssuedCert: issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
 	for _, a := range agents {
-		// Check verified each agent CSR's signature above.
-		ais, err := s.auth.Sign(ctx, a.req, ca.FromCSR(a.csr), ca.ProvenPossession(), ca.AuthorizedBy(peer.Serial))
+		ais, err := s.auth.Sign(ctx, a.req, a.opts...)
 		if err != nil {
 			// Only a revocation racing this renewal (or the store failing)
 			// gets here: the node's new certificate is then revoked with
