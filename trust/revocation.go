@@ -48,7 +48,8 @@ type RevocationSet struct {
 }
 
 // KeyHash returns the lowercase hex SHA-256 of a DER SubjectPublicKeyInfo,
-// the form Revoked.KeyHash takes.
+// the form Revoked.KeyHash takes, and the store's record of an issued
+// certificate's key and of a blocked key.
 func KeyHash(spki []byte) string {
 	sum := sha256.Sum256(spki)
 	return hex.EncodeToString(sum[:])

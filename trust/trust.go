@@ -161,7 +161,9 @@ type Backend interface {
 	Verify(ctx context.Context, chain []*x509.Certificate, now time.Time) (*Peer, error)
 }
 
-// Fingerprint returns the lowercase hex SHA-256 of a certificate.
+// Fingerprint returns the lowercase hex SHA-256 of a certificate's DER:
+// the name every part of meshtrust gives one certificate (Peer, the CA's
+// records, entity listings, enrollment's root pin).
 func Fingerprint(c *x509.Certificate) string {
 	sum := sha256.Sum256(c.Raw)
 	return hex.EncodeToString(sum[:])

@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // defaultTimeout bounds one call to meshd when the Client has no
@@ -93,12 +94,6 @@ func ParseFingerprint(s string) (string, error) {
 	return f, nil
 }
 
-// Fingerprint returns the lowercase hex SHA-256 of a certificate.
-func Fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
 // roots returns the pool meshd's certificate must chain to: Roots, or the
 // pinned root, fetched on first use.
 func (c *Client) roots(ctx context.Context) (*x509.CertPool, error) {
@@ -146,7 +141,7 @@ func (c *Client) bootstrap(ctx context.Context) (*x509.Certificate, error) {
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			for _, cert := range cs.PeerCertificates {
-				if Fingerprint(cert) == pin && selfSigned(cert) {
+				if trust.Fingerprint(cert) == pin && selfSigned(cert) {
 					return verifyServer(cs.PeerCertificates, nil, cert, host)
 				}
 			}
@@ -175,7 +170,7 @@ func (c *Client) bootstrap(ctx context.Context) (*x509.Certificate, error) {
 	var root *x509.Certificate
 	var seen []string
 	for _, cert := range bundle {
-		fp := Fingerprint(cert)
+		fp := trust.Fingerprint(cert)
 		if fp == pin && selfSigned(cert) {
 			root = cert
 			break
@@ -231,7 +226,7 @@ func (c *Client) tlsConfig(roots *x509.CertPool, client *tls.Certificate) (*tls.
 		}
 		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
 			for _, chain := range cs.VerifiedChains {
-				if len(chain) > 0 && Fingerprint(chain[len(chain)-1]) == pin {
+				if len(chain) > 0 && trust.Fingerprint(chain[len(chain)-1]) == pin {
 					return nil
 				}
 			}

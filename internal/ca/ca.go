@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +15,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // CA is an open certificate authority: the active intermediate signs,
@@ -160,7 +158,6 @@ func (c *CA) signer() *issuer {
 
 // certRecord builds the store record of an issued certificate.
 func certRecord(cert *x509.Certificate, kind, issuerKeyID string, now time.Time) store.Cert {
-	sum := sha256.Sum256(cert.Raw)
 	return store.Cert{
 		Serial:      cert.SerialNumber.Text(16),
 		CommonName:  cert.Subject.CommonName,
@@ -168,11 +165,11 @@ func certRecord(cert *x509.Certificate, kind, issuerKeyID string, now time.Time)
 		SANs:        SANs(cert),
 		NotBefore:   cert.NotBefore.UTC(),
 		NotAfter:    cert.NotAfter.UTC(),
-		Fingerprint: hex.EncodeToString(sum[:]),
+		Fingerprint: trust.Fingerprint(cert),
 		IssuerKeyID: issuerKeyID,
 		PEM:         pemfile.EncodeCerts(cert),
 		IssuedAt:    now.UTC(),
-		KeyHash:     store.KeyHash(cert.RawSubjectPublicKeyInfo),
+		KeyHash:     trust.KeyHash(cert.RawSubjectPublicKeyInfo),
 	}
 }
 
@@ -193,29 +190,4 @@ func SANs(cert *x509.Certificate) []string {
 		out = append(out, "email:"+e)
 	}
 	return out
-}
-
-// Fingerprint returns the lowercase hex SHA-256 of a certificate's DER.
-func Fingerprint(cert *x509.Certificate) string {
-	sum := sha256.Sum256(cert.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
-// NormalizeSerial parses a serial given as hex (with or without colons or a
-// 0x prefix) and returns it in the store's form.
-func NormalizeSerial(s string) (string, bool) {
-	s = strings.ToLower(strings.TrimPrefix(strings.ReplaceAll(s, ":", ""), "0x"))
-	if s == "" || len(s) > 40 {
-		return "", false
-	}
-	for _, r := range s {
-		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
-			return "", false
-		}
-	}
-	s = strings.TrimLeft(s, "0")
-	if s == "" {
-		return "", false
-	}
-	return s, true
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // fakeClock is the injected clock: it moves only when a test moves it.
@@ -705,7 +706,7 @@ func TestNodeCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Kind != "node" || rec.CommonName != "ct1.mesh" || rec.IssuerKeyID != hex.EncodeToString(inter.SubjectKeyId) || rec.Fingerprint != ca.Fingerprint(c) || !bytes.Equal(rec.PEM, is.PEM) {
+	if rec.Kind != "node" || rec.CommonName != "ct1.mesh" || rec.IssuerKeyID != hex.EncodeToString(inter.SubjectKeyId) || rec.Fingerprint != trust.Fingerprint(c) || !bytes.Equal(rec.PEM, is.PEM) {
 		t.Errorf("store record %+v does not describe the certificate", rec)
 	}
 	if want := []string{"DNS:ct1.mesh", "DNS:ct1-mcp.mesh", "DNS:ct1-runtime-rpc.mesh", "DNS:ct1.example.org", "IP:10.0.0.1", "URI:spiffe://mesh.local/node/ct1"}; !slices.Equal(rec.SANs, want) {
@@ -1135,30 +1136,6 @@ func TestLeafLifetime(t *testing.T) {
 		t.Fatalf("issue from an expired intermediate: %v", err)
 	}
 	f.requireStoreUnchanged(t, st)
-}
-
-func TestNormalizeSerial(t *testing.T) {
-	cases := []struct {
-		in, want string
-		ok       bool
-	}{
-		{"abc", "abc", true},
-		{"0x0A:BC", "abc", true},
-		{"0a:bc", "abc", true},
-		{"00ff", "ff", true},
-		{"", "", false},
-		{"0", "", false},
-		{"0x", "", false},
-		{"xyz", "", false},
-		{"../x", "", false},
-		{"a..b", "", false},
-		{strings.Repeat("f", 41), "", false},
-	}
-	for _, tc := range cases {
-		if got, ok := ca.NormalizeSerial(tc.in); got != tc.want || ok != tc.ok {
-			t.Errorf("NormalizeSerial(%q) = %q, %v; want %q, %v", tc.in, got, ok, tc.want, tc.ok)
-		}
-	}
 }
 
 func TestRevoke(t *testing.T) {
@@ -2039,24 +2016,6 @@ func FuzzParseCSR(f *testing.F) {
 		}
 		if csr == nil {
 			t.Fatal("ParseCSR returned neither a CSR nor an error")
-		}
-	})
-}
-
-func FuzzNormalizeSerial(f *testing.F) {
-	for _, s := range []string{"abc", "0x0A:BC", "00", "", "../x"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		got, ok := ca.NormalizeSerial(s)
-		if !ok {
-			return
-		}
-		if got == "" || got[0] == '0' || strings.ToLower(got) != got {
-			t.Fatalf("NormalizeSerial(%q) = %q, not canonical", s, got)
-		}
-		if again, ok := ca.NormalizeSerial(got); !ok || again != got {
-			t.Fatalf("NormalizeSerial is not idempotent on %q: %q", got, again)
 		}
 	})
 }

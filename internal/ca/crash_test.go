@@ -25,6 +25,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // crashChildEnv, when set, makes TestCrashChild the issuing process that
@@ -209,7 +210,7 @@ func checkCrashedStore(t *testing.T, cfg ca.Config, handed map[string]string) {
 		}
 		seen[c.Serial] = true
 		parsed, err := pemfile.ParseCerts(c.PEM)
-		if err != nil || ca.Fingerprint(parsed[0]) != c.Fingerprint || parsed[0].SerialNumber.Text(16) != c.Serial {
+		if err != nil || trust.Fingerprint(parsed[0]) != c.Fingerprint || parsed[0].SerialNumber.Text(16) != c.Serial {
 			t.Errorf("the record of %s does not hold its own certificate (parse error: %v)", c.Serial, err)
 		}
 	}

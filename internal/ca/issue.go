@@ -12,6 +12,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // Issued is a certificate the CA signed and recorded.
@@ -230,7 +231,7 @@ func (c *CA) checkRevoked(ctx context.Context, id identity.Identity, spki []byte
 	if id.IsZero() {
 		return nil
 	}
-	name, keyBlocked, err := c.store.IssuanceBlock(ctx, id.CommonName(), store.KeyHash(spki))
+	name, keyBlocked, err := c.store.IssuanceBlock(ctx, id.CommonName(), trust.KeyHash(spki))
 	switch {
 	case err != nil:
 		return err

@@ -14,51 +14,38 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // Reason is an RFC 5280 CRLReason.
 type Reason int
 
-// The reasons `ca revoke --reason` accepts, by their RFC 5280 names.
-var reasons = map[string]Reason{
-	"unspecified":          0,
-	"keyCompromise":        1,
-	"cACompromise":         2,
-	"affiliationChanged":   3,
-	"superseded":           4,
-	"cessationOfOperation": 5,
-	"certificateHold":      6,
-	"privilegeWithdrawn":   9,
-	"aACompromise":         10,
-}
-
-// ParseReason parses an RFC 5280 reason name; "" is unspecified.
+// ParseReason parses an RFC 5280 reason name, in any case; "" is
+// unspecified. removeFromCRL is refused: it undoes a certificateHold in a
+// delta CRL and is no reason to revoke.
 func ParseReason(s string) (Reason, error) {
 	if s == "" {
 		return 0, nil
 	}
-	for name, r := range reasons {
-		if strings.EqualFold(name, s) {
-			return r, nil
-		}
+	if code, ok := trust.ParseCRLReason(s); ok && code != removeFromCRL {
+		return Reason(code), nil
 	}
-	names := make([]string, 0, len(reasons))
-	for n := range reasons {
-		names = append(names, n)
+	var names []string
+	for code := range 11 { // RFC 5280 defines codes 0 to 10, but 7
+		name := trust.CRLReasonName(code)
+		if _, defined := trust.ParseCRLReason(name); defined && code != removeFromCRL {
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names)
 	return 0, fmt.Errorf("unknown revocation reason %q (want one of %s)", s, strings.Join(names, ", "))
 }
 
+// removeFromCRL is RFC 5280's CRLReason 8.
+const removeFromCRL = 8
+
 // String returns the RFC 5280 name of r.
-func (r Reason) String() string {
-	for name, v := range reasons {
-		if v == r {
-			return name
-		}
-	}
-	return fmt.Sprintf("reason(%d)", int(r))
-}
+func (r Reason) String() string { return trust.CRLReasonName(int(r)) }
 
 // Revoke revokes target durably, then rebuilds the CRL.
 //
@@ -143,7 +130,7 @@ func (c *CA) Reinstate(ctx context.Context, name string) error {
 
 // resolveSerial finds the certificate a serial names.
 func (c *CA) resolveSerial(ctx context.Context, target string) (store.Cert, error) {
-	serial, ok := NormalizeSerial(target)
+	serial, ok := trust.NormalizeSerial(target)
 	if !ok {
 		return store.Cert{}, fmt.Errorf("%w: %q is neither an identity (ct111.mesh, opus@ct111, alice@external) nor a hex serial", ErrUnknownCert, target)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 func newCACmd(g *globals) *cobra.Command {
@@ -60,7 +61,7 @@ type certSummary struct {
 
 func summarize(c *x509.Certificate) certSummary {
 	return certSummary{
-		CommonName: c.Subject.CommonName, Serial: c.SerialNumber.Text(16), Fingerprint: ca.Fingerprint(c),
+		CommonName: c.Subject.CommonName, Serial: c.SerialNumber.Text(16), Fingerprint: trust.Fingerprint(c),
 		SANs: ca.SANs(c), NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC(),
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // meshd is a real meshd server running in the test process over the
@@ -282,10 +283,10 @@ func TestEntityRegister(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &reg); err != nil {
 		t.Fatalf("register --json: %v\n%s", err, r.stdout)
 	}
-	if reg["name"] != "acme" || reg["subject"] != acme2.cert.Subject.String() || reg["fingerprint_sha256"] != ca.Fingerprint(acme2.cert) {
+	if reg["name"] != "acme" || reg["subject"] != acme2.cert.Subject.String() || reg["fingerprint_sha256"] != trust.Fingerprint(acme2.cert) {
 		t.Errorf("register --json: %v", reg)
 	}
-	if got := m.entities()["acme"]; got.Subject != acme2.cert.Subject.String() || got.Fingerprint != ca.Fingerprint(acme2.cert) {
+	if got := m.entities()["acme"]; got.Subject != acme2.cert.Subject.String() || got.Fingerprint != trust.Fingerprint(acme2.cert) {
 		t.Errorf("--force did not replace the CA: %+v", got)
 	}
 
@@ -350,7 +351,7 @@ func TestEntityList(t *testing.T) {
 	}{{"acme", acme, 2}, {"beta", beta, 0}} {
 		got := rows[w.name]
 		want := entityRow{Name: w.name, Subject: w.ca.cert.Subject.String(), Expires: w.ca.cert.NotAfter.UTC().Format("2006-01-02"),
-			NotAfter: got.NotAfter, Fingerprint: ca.Fingerprint(w.ca.cert), Source: "meshd", Status: "active", Agents: w.agents, Namespace: "prefix"}
+			NotAfter: got.NotAfter, Fingerprint: trust.Fingerprint(w.ca.cert), Source: "meshd", Status: "active", Agents: w.agents, Namespace: "prefix"}
 		if got != want || !got.NotAfter.Equal(w.ca.cert.NotAfter) {
 			t.Errorf("entity %s:\n got %+v\nwant %+v (not_after %v)", w.name, got, want, w.ca.cert.NotAfter)
 		}

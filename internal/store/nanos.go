@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // The helpers below are the parts of a store implementation that do not
@@ -71,5 +72,5 @@ func PEMKeyHash(data []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return KeyHash(cert.RawSubjectPublicKeyInfo), nil
+	return trust.KeyHash(cert.RawSubjectPublicKeyInfo), nil
 }

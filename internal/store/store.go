@@ -10,8 +10,6 @@ package store
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"time"
 
@@ -76,7 +74,7 @@ type Cert struct {
 	// IssuedAt is when the record was written.
 	IssuedAt time.Time
 	// KeyHash is the lowercase hex SHA-256 of the certificate's
-	// SubjectPublicKeyInfo (see KeyHash); a keyCompromise revocation
+	// SubjectPublicKeyInfo (see trust.KeyHash); a keyCompromise revocation
 	// blocks it.
 	KeyHash string
 	// AuthorizedBy is the serial of the certificate whose holder asked for
@@ -208,7 +206,7 @@ type Store interface {
 	// hold an unexpired, unrevoked certificate at now, sorted.
 	LiveAgents(ctx context.Context, node string, now time.Time) ([]string, error)
 	// IssuanceBlock reports what would refuse a certificate for
-	// commonName under the key whose hash is keyHash (KeyHash): revoked is
+	// commonName under the key whose hash is keyHash (trust.KeyHash): revoked is
 	// the first of BlockingNames(commonName) that is revoked ("" for
 	// none), and keyBlocked whether the key is. Lookups by key, never a
 	// read of every revocation; RecordCert enforces the same, in the
@@ -334,13 +332,6 @@ type Store interface {
 
 	// Close waits for pending writes and releases the store.
 	Close() error
-}
-
-// KeyHash returns the lowercase hex SHA-256 of a DER SubjectPublicKeyInfo,
-// the form Cert.KeyHash and blocked keys take.
-func KeyHash(spki []byte) string {
-	sum := sha256.Sum256(spki)
-	return hex.EncodeToString(sum[:])
 }
 
 // BlockingNodeName returns the second of BlockingNames(cn), the common

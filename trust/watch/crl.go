@@ -59,7 +59,7 @@ func (w *Watcher) PollCRL(ctx context.Context) (int, error) {
 			if e.SerialNumber == nil || e.SerialNumber.Sign() <= 0 {
 				continue
 			}
-			if w.set.AddSerial(trust.Revoked{Serial: e.SerialNumber.Text(16), IssuerKeyID: hex.EncodeToString(crl.AuthorityKeyId), Reason: reasonName(e.ReasonCode), At: e.RevocationTime}) {
+			if w.set.AddSerial(trust.Revoked{Serial: e.SerialNumber.Text(16), IssuerKeyID: hex.EncodeToString(crl.AuthorityKeyId), Reason: trust.CRLReasonName(e.ReasonCode), At: e.RevocationTime}) {
 				added++
 			}
 		}

@@ -164,17 +164,3 @@ func TestApply(t *testing.T) {
 		t.Errorf("skipped events not logged:\n%s", logs.String())
 	}
 }
-
-func TestNormalizeSerial(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]string{"9F": "9f", "00:9f:a1": "9fa1", "0x0B": "b", " 1a ": "1a"} {
-		if got, ok := NormalizeSerial(in); !ok || got != want {
-			t.Errorf("NormalizeSerial(%q) = %q, %v; want %q", in, got, ok, want)
-		}
-	}
-	for _, in := range []string{"", "0", "00", "xyz", "-1", strings.Repeat("f", 41)} {
-		if got, ok := NormalizeSerial(in); ok {
-			t.Errorf("NormalizeSerial(%q) = %q, want refusal", in, got)
-		}
-	}
-}

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -330,7 +329,7 @@ func (w *Watcher) apply(ev sseEvent) {
 			w.log.Info("identity revoked", "identity", e.CommonName, "reason", r.Reason, "seq", e.Seq)
 		}
 	case e.Serial != "":
-		serial, ok := NormalizeSerial(e.Serial)
+		serial, ok := trust.NormalizeSerial(e.Serial)
 		if !ok {
 			w.log.Warn("revocation event with a malformed serial; skipped", "id", ev.ID, "serial", e.Serial)
 			break
@@ -367,35 +366,6 @@ func (w *Watcher) advance(id string, seq int64) {
 	}
 }
 
-// NormalizeSerial returns a certificate serial in the form a
-// RevocationSet keys it by: lowercase hex without leading zeros, colons
-// or "0x". It reports false for anything that is not a hex serial.
-func NormalizeSerial(s string) (string, bool) {
-	s = strings.ToLower(strings.TrimPrefix(strings.ReplaceAll(strings.TrimSpace(s), ":", ""), "0x"))
-	if s == "" || len(s) > 40 {
-		return "", false
-	}
-	n, ok := new(big.Int).SetString(s, 16)
-	if !ok || n.Sign() <= 0 {
-		return "", false
-	}
-	return n.Text(16), true
-}
-
-// reasonNames are the RFC 5280 CRLReason names.
-var reasonNames = map[int]string{
-	0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged",
-	4: "superseded", 5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL",
-	9: "privilegeWithdrawn", 10: "aACompromise",
-}
-
-func reasonName(code int) string {
-	if n, ok := reasonNames[code]; ok {
-		return n
-	}
-	return "reason(" + strconv.Itoa(code) + ")"
-}
-
 // reasonOf reads a reason given as a name or as an RFC 5280 code.
 func reasonOf(raw json.RawMessage) string {
 	var s string
@@ -404,7 +374,7 @@ func reasonOf(raw json.RawMessage) string {
 	}
 	var n int
 	if json.Unmarshal(raw, &n) == nil {
-		return reasonName(n)
+		return trust.CRLReasonName(n)
 	}
 	return ""
 }

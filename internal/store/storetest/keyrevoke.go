@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // sharedKeyPEM returns a certificate in PEM form for a new key, and that
@@ -34,7 +35,7 @@ func sharedKeyPEM(t *testing.T) ([]byte, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), store.KeyHash(cert.RawSubjectPublicKeyInfo)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), trust.KeyHash(cert.RawSubjectPublicKeyInfo)
 }
 
 // testKeyCompromiseSameKey checks that revoking one certificate for
@@ -122,7 +123,7 @@ func testKeyCompromiseSameKey(t *testing.T, open Opener) {
 	}
 
 	// Another reason revokes one certificate only.
-	k2 := store.KeyHash([]byte("second key"))
+	k2 := trust.KeyHash([]byte("second key"))
 	first, second := withKey(newCert(10, "a@ct120", at), k2), withKey(newCert(11, "a@ct120", at.Add(time.Minute)), k2)
 	mustRecord(t, s, first, second)
 	r = newRevocation(first, 4, at.Add(time.Hour))
@@ -132,7 +133,7 @@ func testKeyCompromiseSameKey(t *testing.T, open Opener) {
 
 	// An identity revoked for keyCompromise takes its keys' other
 	// certificates with it, each once.
-	k3 := store.KeyHash([]byte("third key"))
+	k3 := trust.KeyHash([]byte("third key"))
 	mine, mineAgain, theirs := withKey(newCert(20, "b@ct121", at), k3), withKey(newCert(21, "b@ct121", at.Add(time.Minute)), k3), withKey(newCert(22, "c@ct122", at), k3)
 	mustRecord(t, s, mine, mineAgain, theirs)
 	revs := revokeIdentity(t, s, "b@ct121", store.ReasonKeyCompromise, at.Add(time.Hour))

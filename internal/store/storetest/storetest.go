@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // An Opener opens a store over the state kept under dir, a directory the
@@ -143,7 +144,7 @@ func newCert(n int, cn string, issuedAt time.Time) store.Cert {
 		IssuerKeyID: "1c0ffee1",
 		PEM:         []byte("-----BEGIN CERTIFICATE-----\n" + serial + "\n-----END CERTIFICATE-----\n"),
 		IssuedAt:    issuedAt,
-		KeyHash:     store.KeyHash([]byte("key of " + serial)),
+		KeyHash:     trust.KeyHash([]byte("key of " + serial)),
 	}
 }
 
