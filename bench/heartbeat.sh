@@ -78,7 +78,7 @@ trap cleanup EXIT
 trap 'exit 143' TERM INT
 
 # free_port and wait_port.
-source scripts/testserver.sh
+source scripts/lib.sh
 
 log "building meshd, meshctl, hbload, baretls, meshdprof"
 go build -o "$BIN/" ./cmd/meshd ./cmd/meshctl ./bench/cmd/hbload ./bench/cmd/baretls ./bench/cmd/meshdprof

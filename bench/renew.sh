@@ -65,7 +65,7 @@ trap cleanup EXIT
 trap 'exit 143' TERM INT
 
 # free_port and wait_port.
-source scripts/testserver.sh
+source scripts/lib.sh
 
 # json_pem FILE prints FILE's PEM as a JSON string's contents.
 json_pem() { awk '{ printf "%s\\n", $0 }' "$1"; }

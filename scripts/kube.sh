@@ -36,11 +36,6 @@ kube_bin=$kube_dir/kube-apiserver
 helm_dir=$cache_root/helm-$HELM_VERSION
 helm_bin=$helm_dir/helm
 
-die() {
-	echo "kube.sh: $*" >&2
-	exit 1
-}
-
 kube_cached_ok() {
 	[ -x "$kube_bin" ] && "$kube_bin" --version >/dev/null 2>&1
 }
@@ -125,14 +120,13 @@ build() {
 	build_kube
 }
 
-# The helpers every test-server script shares: free_port, watch_parent.
-# shellcheck source=testserver.sh
-. "$(dirname "${BASH_SOURCE[0]}")/testserver.sh"
+# The helpers every test-server script shares: die, free_port,
+# watch_parent, pid_alive, stop_pid.
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # alive NAME reports whether the server whose pid is in DIR/NAME.pid runs.
-alive() {
-	[ -f "$dir/$1.pid" ] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null
-}
+alive() { pid_alive "$dir/$1.pid"; }
 
 # spawn NAME CMD... runs CMD in the background, logging to DIR/NAME.log, and
 # records its pid in DIR/NAME.pid.
@@ -293,7 +287,7 @@ start() {
 # data stay.
 stop_apiserver() {
 	[ -f "$dir/apiserver.port" ] || die "stop-apiserver: no servers were started in $dir"
-	stop_pid apiserver
+	stop_pid "$dir/apiserver.pid"
 }
 
 # start_apiserver starts the API server again, on the port it had, over
@@ -310,26 +304,10 @@ start_apiserver() {
 	echo "KUBE_APISERVER_PID=$(cat "$dir/apiserver.pid")"
 }
 
-# stop_pid NAME kills the server whose pid is in DIR/NAME.pid and waits
-# until it is gone.
-stop_pid() {
-	[ -f "$dir/$1.pid" ] || return 0
-	local pid i
-	pid=$(cat "$dir/$1.pid")
-	if kill "$pid" 2>/dev/null; then
-		for i in $(seq 1 100); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-	fi
-	rm -f "$dir/$1.pid"
-}
-
 # stop_servers stops the API server, then its etcd.
 stop_servers() {
-	stop_pid apiserver
-	stop_pid etcd
+	stop_pid "$dir/apiserver.pid"
+	stop_pid "$dir/etcd.pid"
 }
 
 # stop kills the servers started in DIR.

@@ -20,13 +20,8 @@
 # in a directory DIR/pgdata names.
 set -euo pipefail
 
-# shellcheck source=testserver.sh
-. "$(dirname "${BASH_SOURCE[0]}")/testserver.sh"
-
-die() {
-	echo "postgres.sh: $*" >&2
-	exit 1
-}
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # bindir prints the newest installed PostgreSQL's server binary directory,
 # or nothing.
@@ -69,9 +64,7 @@ if [ "$(id -u)" -eq 0 ]; then
 	as_owner=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 fi
 
-running() {
-	[ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null
-}
+running() { pid_alive "$dir/pid"; }
 
 dsn() {
 	echo "postgres://meshtrust@127.0.0.1:$(cat "$dir/port")/meshtrust?sslmode=disable"
@@ -101,50 +94,33 @@ start() {
 	dir=$(cd "$dir" && pwd)
 	running && die "start: PostgreSQL already runs in $dir (pid $(cat "$dir/pid")); scripts/postgres.sh stop $dir"
 	[ -f "$dir/pgdata" ] || init "$bin"
-	local data fixed_port=false
+	local data
 	data=$(cat "$dir/pgdata")
-	[ -f "$dir/port" ] && fixed_port=true
+	start_server PostgreSQL "$dir" "$data/postgres.log" "could not bind\|Address already in use" \
+		"${POSTGRES_SH_PARENT:-}" launch pg_ready
+	"$bin/psql" -q -h 127.0.0.1 -p "$(cat "$dir/port")" -U meshtrust -d postgres -tAc \
+		"SELECT 1 FROM pg_database WHERE datname = 'meshtrust'" | grep -q 1 ||
+		"$bin/createdb" -h 127.0.0.1 -p "$(cat "$dir/port")" -U meshtrust meshtrust
+	{
+		echo "MESHTRUST_POSTGRES_URL=$(dsn)"
+		echo "POSTGRES_PID=$(cat "$dir/pid")"
+	} >"$dir/env"
+	cat "$dir/env"
+}
 
-	local attempt port i
-	for attempt in 1 2 3; do
-		[ "$fixed_port" = true ] || free_port >"$dir/port"
-		port=$(cat "$dir/port")
-		# Not pg_ctl: its postmaster would outlive a `kill` of what it
-		# prints, and stop has to stop the server by its own pid.
-		"${as_owner[@]}" "$bin/postgres" -D "$data/data" -h 127.0.0.1 -p "$port" -k "" \
-			-c max_connections=300 -c shared_buffers=64MB -c log_min_messages=warning \
-			</dev/null >"$data/postgres.log" 2>&1 &
-		echo $! >"$dir/pid"
-		if [ -n "${POSTGRES_SH_PARENT:-}" ]; then
-			# A test that dies without its cleanup (a timeout) takes its
-			# server with it.
-			watch_parent "$POSTGRES_SH_PARENT" "$(cat "$dir/pid")" </dev/null >/dev/null 2>&1 &
-		fi
-		for i in $(seq 1 120); do
-			running || break
-			if "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U meshtrust 2>/dev/null; then
-				"$bin/psql" -q -h 127.0.0.1 -p "$port" -U meshtrust -d postgres -tAc \
-					"SELECT 1 FROM pg_database WHERE datname = 'meshtrust'" | grep -q 1 ||
-					"$bin/createdb" -h 127.0.0.1 -p "$port" -U meshtrust meshtrust
-				{
-					echo "MESHTRUST_POSTGRES_URL=$(dsn)"
-					echo "POSTGRES_PID=$(cat "$dir/pid")"
-				} >"$dir/env"
-				cat "$dir/env"
-				return 0
-			fi
-			sleep 0.25
-		done
-		if running; then
-			kill "$(cat "$dir/pid")" 2>/dev/null || true
-			die "start: PostgreSQL did not answer on 127.0.0.1:$port within 30s; see $data/postgres.log"
-		fi
-		if [ "$fixed_port" = true ] || ! grep -q "could not bind\|Address already in use" "$data/postgres.log"; then
-			tail -20 "$data/postgres.log" >&2
-			die "start: PostgreSQL exited; see $data/postgres.log"
-		fi
-	done
-	die "start: could not bind a free port in 3 attempts"
+# launch PORT runs the server in the background (start_server's LAUNCH).
+# Not pg_ctl: its postmaster would outlive a `kill` of what it prints, and
+# stop has to stop the server by its own pid.
+launch() {
+	"${as_owner[@]}" "$bin/postgres" -D "$data/data" -h 127.0.0.1 -p "$1" -k "" \
+		-c max_connections=300 -c shared_buffers=64MB -c log_min_messages=warning \
+		</dev/null >"$data/postgres.log" 2>&1 &
+	echo $! >"$dir/pid"
+}
+
+# pg_ready PORT reports whether the server answers (start_server's READY).
+pg_ready() {
+	"$bin/pg_isready" -q -h 127.0.0.1 -p "$1" -U meshtrust 2>/dev/null
 }
 
 # stop shuts the server started in DIR down (fast: open transactions are
@@ -152,17 +128,8 @@ start() {
 # stays for the next start; `stop DIR --purge` removes it too.
 stop() {
 	[ -f "$dir/pid" ] || die "stop: no $dir/pid; was PostgreSQL started in $dir?"
-	local pid i
-	pid=$(cat "$dir/pid")
 	# SIGINT is PostgreSQL's fast shutdown.
-	if kill -INT "$pid" 2>/dev/null; then
-		for i in $(seq 1 300); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-	fi
-	rm -f "$dir/pid"
+	stop_pid "$dir/pid" INT 300
 	if [ "${purge:-}" = --purge ] && [ -f "$dir/pgdata" ]; then
 		rm -rf "$(cat "$dir/pgdata")"
 		rm -f "$dir/pgdata" "$dir/port" "$dir/env"

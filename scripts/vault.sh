@@ -17,18 +17,13 @@
 # machine pays one build (about 15 minutes on two cores, a 500 MB binary).
 set -euo pipefail
 
-# shellcheck source=testserver.sh
-. "$(dirname "${BASH_SOURCE[0]}")/testserver.sh"
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VAULT_VERSION=1.21.4
 cache_root=${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}
 vault_dir=$cache_root/vault-$VAULT_VERSION
 vault_bin=$vault_dir/vault
-
-die() {
-	echo "vault.sh: $*" >&2
-	exit 1
-}
 
 # adapt FILE FIXED-STRING SED-EXPRESSION applies a one-line adaptation to the
 # build copy, and fails loudly when the line it adapts is not there, so a
@@ -118,9 +113,7 @@ vcli() {
 	return 1
 }
 
-running() {
-	[ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null
-}
+running() { pid_alive "$dir/pid"; }
 
 # setup enables the PKI engines and the role the way MCP Mesh's own
 # integration test does: a root in pki, an intermediate in pki_int signed
@@ -153,11 +146,6 @@ start() {
 	running && die "start: Vault already runs in $dir (pid $(cat "$dir/pid")); scripts/vault.sh stop $dir"
 	[ -f "$dir/token" ] || od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$dir/token"
 	token=$(cat "$dir/token")
-	local fixed_port=false
-	if [ -f "$dir/port" ]; then
-		fixed_port=true
-	fi
-
 	local scheme=http tls_args=()
 	cacert=
 	if [ "${VAULT_SH_TLS:-}" = 1 ]; then
@@ -169,64 +157,36 @@ start() {
 		cacert=$dir/tls/vault-ca.pem
 	fi
 
-	local attempt port
-	for attempt in 1 2 3; do
-		[ "$fixed_port" = true ] || free_port >"$dir/port"
-		port=$(cat "$dir/port")
-		addr=$scheme://127.0.0.1:$port
-		HOME=$dir "$vault_bin" server -dev -dev-no-store-token \
-			"-dev-listen-address=127.0.0.1:$port" "-dev-root-token-id=$token" "${tls_args[@]}" \
-			</dev/null >"$dir/vault.log" 2>&1 &
-		echo $! >"$dir/pid"
-		if [ -n "${VAULT_SH_PARENT:-}" ]; then
-			# A test that dies without its cleanup (a timeout) takes its
-			# Vault with it.
-			watch_parent "$VAULT_SH_PARENT" "$(cat "$dir/pid")" </dev/null >/dev/null 2>&1 &
-		fi
-		local i
-		for i in $(seq 1 120); do
-			running || break
-			if vcli status >/dev/null 2>&1; then
-				setup
-				{
-					echo "VAULT_ADDR=$addr"
-					echo "VAULT_TOKEN=$token"
-					echo "VAULT_CACERT=$cacert"
-					echo "VAULT_PKI_PATH=pki_int/issue/mesh-agent"
-					echo "VAULT_ROOT_CA=$dir/root-ca.pem"
-					echo "VAULT_PID=$(cat "$dir/pid")"
-				} >"$dir/env"
-				cat "$dir/env"
-				return 0
-			fi
-			sleep 0.25
-		done
-		if running; then
-			kill "$(cat "$dir/pid")" 2>/dev/null || true
-			die "start: Vault did not answer at $addr within 30s; see $dir/vault.log"
-		fi
-		# It exited: most likely the port was taken since we chose it.
-		if [ "$fixed_port" = true ] || ! grep -q "address already in use" "$dir/vault.log"; then
-			tail -20 "$dir/vault.log" >&2
-			die "start: Vault exited; see $dir/vault.log"
-		fi
-	done
-	die "start: could not bind a free port in 3 attempts"
+	start_server Vault "$dir" "$dir/vault.log" "address already in use" "${VAULT_SH_PARENT:-}" launch vault_ready
+	setup
+	{
+		echo "VAULT_ADDR=$addr"
+		echo "VAULT_TOKEN=$token"
+		echo "VAULT_CACERT=$cacert"
+		echo "VAULT_PKI_PATH=pki_int/issue/mesh-agent"
+		echo "VAULT_ROOT_CA=$dir/root-ca.pem"
+		echo "VAULT_PID=$(cat "$dir/pid")"
+	} >"$dir/env"
+	cat "$dir/env"
 }
+
+# launch PORT runs the dev server in the background (start_server's
+# LAUNCH); addr is where it answers.
+launch() {
+	addr=$scheme://127.0.0.1:$1
+	HOME=$dir "$vault_bin" server -dev -dev-no-store-token \
+		"-dev-listen-address=127.0.0.1:$1" "-dev-root-token-id=$token" "${tls_args[@]}" \
+		</dev/null >"$dir/vault.log" 2>&1 &
+	echo $! >"$dir/pid"
+}
+
+# vault_ready reports whether the server answers (start_server's READY).
+vault_ready() { vcli status >/dev/null 2>&1; }
 
 # stop kills the server started in DIR and waits until it is gone.
 stop() {
 	[ -f "$dir/pid" ] || die "stop: no $dir/pid; was Vault started in $dir?"
-	local pid i
-	pid=$(cat "$dir/pid")
-	if kill "$pid" 2>/dev/null; then
-		for i in $(seq 1 100); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$pid" 2>/dev/null || true
-	fi
-	rm -f "$dir/pid"
+	stop_pid "$dir/pid"
 }
 
 case ${1:-} in
