@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/store"
 )
 
@@ -43,18 +44,6 @@ func (m *memSource) Events(_ context.Context, after int64, limit int) ([]store.E
 	return out, nil
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // recorder is a Handler that records the Seqs it applied.
 type recorder struct {
 	mu   sync.Mutex
@@ -74,7 +63,7 @@ func (r *recorder) got() []int64 {
 	return slices.Clone(r.seqs)
 }
 
-func newTestFeed(src Source, c *clock, page int) (*Feed, *recorder) {
+func newTestFeed(src Source, c *clocktest.Clock, page int) (*Feed, *recorder) {
 	f := New(src, 0, Config{HoleTimeout: 10 * time.Second, Page: page, Tail: 8, Now: c.Now})
 	rec := &recorder{}
 	f.Handle(rec.handle)
@@ -93,7 +82,7 @@ func poll(t *testing.T, f *Feed) int {
 // TestOutOfOrderCommits: an event that commits after a higher Seq is
 // applied once, and the cursor never passes it until it is seen.
 func TestOutOfOrderCommits(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f, rec := newTestFeed(src, c, 2)
 	src.commit(1, 2, 4, 5) // 3 is drawn but not committed yet
 	if n := poll(t, f); n != 4 {
@@ -116,16 +105,16 @@ func TestOutOfOrderCommits(t *testing.T) {
 // TestHoleTimeout: a Seq that never commits (a rolled-back transaction)
 // holds the cursor for HoleTimeout, then no longer.
 func TestHoleTimeout(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f, _ := newTestFeed(src, c, 100)
 	src.commit(1, 3)
 	poll(t, f)
-	c.Add(9 * time.Second)
+	c.Advance(9 * time.Second)
 	poll(t, f)
 	if got := f.Cursor(); got != 1 {
 		t.Fatalf("cursor = %d before the hole timed out, want 1", got)
 	}
-	c.Add(time.Second)
+	c.Advance(time.Second)
 	poll(t, f)
 	if got := f.Cursor(); got != 3 {
 		t.Fatalf("cursor = %d after the hole timed out, want 3", got)
@@ -165,7 +154,7 @@ func seqs(ds []Delivery) []int64 {
 // Resume it was given gets every event it had not seen, even when events
 // committed out of order.
 func TestReaderResumeNeverSkips(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f, _ := newTestFeed(src, c, 100)
 	src.commit(1, 2, 4)
 	poll(t, f)
@@ -193,7 +182,7 @@ func TestReaderResumeNeverSkips(t *testing.T) {
 // TestReaderLive: a reader that caught up is fed from memory, and one
 // that fell behind what memory keeps goes back to the store without a gap.
 func TestReaderLive(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f, _ := newTestFeed(src, c, 100) // Tail: 8
 	r := f.Reader(0)
 	if ds := drain(t, r); len(ds) != 0 {
@@ -225,7 +214,7 @@ func TestReaderLive(t *testing.T) {
 // TestFeedStress polls, commits out of order and reads from many streams
 // at once under the race detector: every stream sees every event.
 func TestFeedStress(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f, rec := newTestFeed(src, c, 16)
 	const total = 400
 	done := make(chan struct{})
@@ -296,7 +285,7 @@ func TestFeedStress(t *testing.T) {
 // handlers short, so no effect is left half-written while the cursor moves
 // past its event.
 func TestHandlersOutliveTheCaller(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f := New(src, 0, Config{Now: c.Now})
 	ctx, cancel := context.WithCancel(context.Background())
 	var errs []error
@@ -382,7 +371,7 @@ var errTransient = errors.New("store briefly unreachable")
 // backoff is due, until it applies, and later events are not held up
 // meanwhile.
 func TestFailedEventRetried(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f := New(src, 0, Config{Now: c.Now, RetryMin: time.Second, RetryMax: 4 * time.Second,
 		Rand: func(n int64) int64 { return n - 1 }}) // no jitter: each wait is its whole bound
 	h := &flaky{fail: map[int64]int{2: 3}} // the first attempt and two retries fail
@@ -400,12 +389,12 @@ func TestFailedEventRetried(t *testing.T) {
 	}
 	// Retries wait 1s, then 2s, then 4s (the cap).
 	for i, wait := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
-		c.Add(wait - time.Millisecond)
+		c.Advance(wait - time.Millisecond)
 		poll(t, f)
 		if got := h.left(2); got != 2-i {
 			t.Fatalf("retry %d ran %v after the last attempt, before its backoff was due (%d failures left, want %d)", i+1, wait-time.Millisecond, got, 2-i)
 		}
-		c.Add(time.Millisecond)
+		c.Advance(time.Millisecond)
 		src.commit(int64(10 + i))
 		poll(t, f)
 	}
@@ -429,7 +418,7 @@ func TestFailedEventRetried(t *testing.T) {
 // as they poll. Each poller's Polls succeed, every event is applied by
 // the flaky handler exactly once in the end, and nothing is left pending.
 func TestFeedRetryStress(t *testing.T) {
-	src, c := &memSource{}, &clock{t: time.Unix(1000, 0)}
+	src, c := &memSource{}, clocktest.New(time.Unix(1000, 0))
 	f := New(src, 0, Config{Now: c.Now, Page: 16, RetryMin: time.Millisecond, RetryMax: 4 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}) // a line per failure, hundreds
 	const total = 300
@@ -449,7 +438,7 @@ func TestFeedRetryStress(t *testing.T) {
 				if g == 0 {
 					src.commit(int64(3*i+1), int64(3*i+2), int64(3*i+3))
 				}
-				c.Add(time.Millisecond) // a retry falls due every few polls
+				c.Advance(time.Millisecond) // a retry falls due every few polls
 				if _, err := f.Poll(context.Background()); err != nil {
 					t.Errorf("poller %d: %v", g, err)
 					return
@@ -460,7 +449,7 @@ func TestFeedRetryStress(t *testing.T) {
 	}
 	wg.Wait()
 	for i := 0; f.Pending() > 0 && i < 100; i++ {
-		c.Add(10 * time.Millisecond)
+		c.Advance(10 * time.Millisecond)
 		poll(t, f)
 	}
 	for g, n := range polls {
