@@ -3,8 +3,6 @@ package cli_test
 import (
 	"bytes"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -27,6 +25,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
 	"github.com/meshtrust/meshtrust/internal/openssltest"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -121,15 +120,6 @@ func (e *env) write(name string, data []byte) string {
 		e.t.Fatal(err)
 	}
 	return p
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // state is everything a refused command must leave alone: every file
@@ -314,7 +304,7 @@ func TestWalkthrough(t *testing.T) {
 	}
 
 	// A CSR whose key stays with its owner.
-	csrKey := newKey(t)
+	csrKey := pkitest.NewKey(t)
 	csr := e.writeCSR("ct2.csr", csrKey, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}, DNSNames: []string{"ct2-mcp.mesh"}})
 	signedPath := filepath.Join(e.base, "ct2.pem")
 	r = e.mustRun("ca", "sign", csr, "--profile", "node", "--ttl", "30d", "-o", signedPath)
@@ -614,7 +604,7 @@ func TestBadInput(t *testing.T) {
 		}, want: []string{"nope.csr", "no such file"}},
 		{name: "CSR with a bad signature", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
-			p := e.writeCSR("sig.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})
+			p := e.writeCSR("sig.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})
 			b, _ := pem.Decode(readFile(t, p))
 			b.Bytes[len(b.Bytes)-1] ^= 0xff
 			return []string{"ca", "sign", e.write("sig.csr", pem.EncodeToMemory(b)), "--profile", "node"}
@@ -622,34 +612,34 @@ func TestBadInput(t *testing.T) {
 		{name: "CSR asking for CA:TRUE", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
 			bc, _ := asn1.Marshal(struct{ IsCA bool }{true})
-			return []string{"ca", "sign", e.writeCSR("ca.csr", newKey(t), &x509.CertificateRequest{
+			return []string{"ca", "sign", e.writeCSR("ca.csr", pkitest.NewKey(t), &x509.CertificateRequest{
 				Subject:         pkix.Name{CommonName: "ct1.mesh"},
 				ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 19}, Critical: true, Value: bc}},
 			}), "--profile", "node"}
 		}, want: []string{"refused by policy", "CA:TRUE"}, audit: "cert.issue"},
 		{name: "CSR for another identity", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
-			return []string{"ca", "sign", e.writeCSR("ct1.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}}), "--profile", "node", "--name", "ct2.mesh"}
+			return []string{"ca", "sign", e.writeCSR("ct1.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}}), "--profile", "node", "--name", "ct2.mesh"}
 		}, want: []string{`names "ct1.mesh" but is being signed for "ct2.mesh"`}, audit: "cert.issue"},
 		{name: "CSR asking for another node's name", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
-			return []string{"ca", "sign", e.writeCSR("ct1.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}, DNSNames: []string{"ct2.mesh"}}), "--profile", "node"}
+			return []string{"ca", "sign", e.writeCSR("ct1.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}, DNSNames: []string{"ct2.mesh"}}), "--profile", "node"}
 		}, want: []string{"SAN DNS:ct2.mesh", "is not granted"}, audit: "cert.issue"},
 		{name: "CSR with a longer lifetime", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
-			return []string{"ca", "sign", e.writeCSR("ct1.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}}), "--profile", "node", "--ttl", "91d"}
+			return []string{"ca", "sign", e.writeCSR("ct1.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}}), "--profile", "node", "--ttl", "91d"}
 		}, want: []string{"requested lifetime 91d is longer than the node profile allows (90d)"}, audit: "cert.issue"},
 		{name: "CSR on the wrong profile", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
-			return []string{"ca", "sign", e.writeCSR("a.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "opus@ct1"}}), "--profile", "node"}
+			return []string{"ca", "sign", e.writeCSR("a.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "opus@ct1"}}), "--profile", "node"}
 		}, want: []string{"--profile agent"}, audit: "cert.issue"},
 		{name: "sign with an unknown profile", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
-			return []string{"ca", "sign", e.writeCSR("ct1.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}}), "--profile", "admin"}
+			return []string{"ca", "sign", e.writeCSR("ct1.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}}), "--profile", "admin"}
 		}, want: []string{`unknown profile "admin"`}},
 		{name: "sign without a profile", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
-			return []string{"ca", "sign", e.writeCSR("ct1.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})}
+			return []string{"ca", "sign", e.writeCSR("ct1.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})}
 		}, want: []string{`"profile" not set`}},
 		{name: "wildcard extra SAN on a CA that has issued nothing", prep: func(t *testing.T, e *env) []string {
 			e.initCA()
@@ -776,7 +766,7 @@ func TestBadInput(t *testing.T) {
 			name: fmt.Sprintf("sign --name %q", b.id+".mesh"),
 			prep: func(t *testing.T, e *env) []string {
 				e.initCA()
-				csr := e.writeCSR("ct1.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})
+				csr := e.writeCSR("ct1.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct1.mesh"}})
 				return []string{"ca", "sign", csr, "--profile", "node", "--name", b.id + ".mesh"}
 			},
 			want: []string{"invalid name", b.want},

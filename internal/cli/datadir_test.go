@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 )
 
 // TestDataDirImpliesCA: with --data-dir D and no --ca-dir or --root-dir,
@@ -45,7 +47,7 @@ func TestDataDirImpliesCA(t *testing.T) {
 	mustCtl("ca", "issue-node", "ct1")
 	mustCtl("ca", "issue-agent", "opus", "ct1")
 	mustCtl("ca", "issue-client", "alice")
-	csr := newEnv(t).writeCSR("ct2.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
+	csr := newEnv(t).writeCSR("ct2.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
 	mustCtl("ca", "sign", csr, "--profile", "node")
 	requireContains(t, "ca verify", mustCtl("ca", "verify", issued("opus@ct1")).stdout, "OK: opus@ct1 is valid")
 	requireContains(t, "ca list", mustCtl("ca", "list").stdout, "ct1.mesh", "opus@ct1", "alice@external", "ct2.mesh")

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/trust"
@@ -154,7 +155,7 @@ func randomSerial(t *testing.T) *big.Int {
 // when isCA is false) into the env's directory.
 func (e *env) newPartnerCA(name, org string, nb, na time.Time, isCA bool) *partnerCA {
 	e.t.Helper()
-	key := newKey(e.t)
+	key := pkitest.NewKey(e.t)
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(e.t), Subject: pkix.Name{CommonName: name + " CA", Organization: []string{org}},
 		NotBefore: nb, NotAfter: na, BasicConstraintsValid: true, IsCA: isCA,
@@ -180,7 +181,7 @@ func (e *env) validCA(name string) *partnerCA {
 // agentCert issues an agent's client certificate with CN cn.
 func (p *partnerCA) agentCert(t *testing.T, cn string) tls.Certificate {
 	t.Helper()
-	key := newKey(t)
+	key := pkitest.NewKey(t)
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: randomSerial(t), Subject: pkix.Name{CommonName: cn},

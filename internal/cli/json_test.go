@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
 	"github.com/meshtrust/meshtrust/internal/cli"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 )
 
 // commandsOf is every runnable command under root but cobra's own, by path.
@@ -115,7 +116,7 @@ func TestJSONEverywhere(t *testing.T) {
 	check("ca issue-agent", m.run("ca", "issue-agent", "opus", "ct1", "--json"), 0)
 	m.mustRun("ca", "issue-agent", "scout", "ct1")
 	check("ca issue-client", m.run("ca", "issue-client", "alice", "--json"), 0)
-	csr := m.writeCSR("ct2.csr", newKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
+	csr := m.writeCSR("ct2.csr", pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
 	check("ca sign", m.run("ca", "sign", csr, "--profile", "node", "--json"), 0)
 	check("ca list", m.run("ca", "list", "--json"), 0)
 	check("ca crl", m.run("ca", "crl", "--json"), 0)
