@@ -3,10 +3,8 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -219,8 +217,7 @@ func (s *Server) enrollProvisioner(cred string) (enrollProvisioner, error) {
 	case s.isSecret(cred):
 		return secretProvisioner{s}, nil
 	case strings.HasPrefix(cred, TokenPrefix):
-		sum := sha256.Sum256([]byte(cred))
-		return tokenProvisioner{s, hex.EncodeToString(sum[:])}, nil
+		return tokenProvisioner{s, tokenHash(cred)}, nil
 	}
 	return nil, &refusal{http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "wrong bootstrap secret or malformed token"}
 }

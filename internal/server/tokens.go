@@ -67,8 +67,7 @@ func (s *Server) CreateJoinToken(ctx context.Context, nodeID string, ttl time.Du
 		return "", time.Time{}, err
 	}
 	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
-	sum := sha256.Sum256([]byte(token))
-	hash := hex.EncodeToString(sum[:])
+	hash := tokenHash(token)
 	now := s.cfg.Now()
 	t := store.JoinToken{Hash: hash, NodeID: nodeID, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC()}
 	a := store.AuditEntry{Time: now, Action: "token.create", Identity: nodeID + ".mesh", Outcome: store.OutcomeOK,
@@ -80,4 +79,11 @@ func (s *Server) CreateJoinToken(ctx context.Context, nodeID string, ttl time.Du
 		return "", time.Time{}, err
 	}
 	return token, t.ExpiresAt, nil
+}
+
+// tokenHash is the hex SHA-256 of a join token: all the store keeps of
+// it, and what /enroll's join-token provisioner spends.
+func tokenHash(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
 }
