@@ -148,6 +148,16 @@ type storeState struct {
 	revs  []store.Revocation
 }
 
+// sign issues req with a key the CA generates, failing the test on error.
+func (f *fixture) sign(t testing.TB, req ca.Request) *ca.Issued {
+	t.Helper()
+	is, err := f.ca.Sign(t.Context(), req, ca.WithGeneratedKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return is
+}
+
 func (f *fixture) storeState(t testing.TB) storeState {
 	t.Helper()
 	certs, err := f.store.Certs(t.Context())
@@ -660,10 +670,7 @@ func TestNodeCertificate(t *testing.T) {
 	inter := f.activeIntermediate(t)
 	now := f.clock.Now()
 
-	is, err := f.ca.Sign(ctx, ca.NodeRequest("ct1", "ct1.example.org", "IP:10.0.0.1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	is := f.sign(t, ca.NodeRequest("ct1", "ct1.example.org", "IP:10.0.0.1"))
 	c := is.Cert
 	if c.Subject.CommonName != "ct1.mesh" || len(c.Subject.Organization) != 0 {
 		t.Errorf("subject %v, want CN=ct1.mesh alone", c.Subject)
@@ -742,10 +749,7 @@ func TestNodeCertificate(t *testing.T) {
 	// Re-issuing renews under the same key.
 	keyFile, _ := os.ReadFile(f.cfg.IssuedKeyPath("ct1.mesh"))
 	f.clock.Advance(time.Hour)
-	again, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := f.sign(t, ca.NodeRequest("ct1"))
 	if !bytes.Equal(again.Cert.RawSubjectPublicKeyInfo, c.RawSubjectPublicKeyInfo) {
 		t.Error("re-issued node certificate has a new key")
 	}
@@ -1123,10 +1127,7 @@ func readCertPEM(t testing.TB) []byte {
 func TestLeafLifetime(t *testing.T) {
 	f := newCA(t, caOptions{mod: func(c *ca.Config) { c.IntermediateTTL = 30 * 24 * time.Hour }})
 	inter := f.activeIntermediate(t)
-	is, err := f.ca.Sign(t.Context(), ca.NodeRequest("ct1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	is := f.sign(t, ca.NodeRequest("ct1"))
 	if !is.Cert.NotAfter.Equal(inter.NotAfter) {
 		t.Errorf("leaf NotAfter %v, intermediate %v", is.Cert.NotAfter, inter.NotAfter)
 	}
@@ -1141,18 +1142,12 @@ func TestLeafLifetime(t *testing.T) {
 func TestRevoke(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	node1, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	node1 := f.sign(t, ca.NodeRequest("ct1"))
 	node2, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	agent := f.sign(t, ca.AgentRequest("opus", "ct1"))
 	client, err := f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
@@ -1285,18 +1280,12 @@ func TestRevoke(t *testing.T) {
 func TestRevokedIdentityStaysRevoked(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
-	node, err := f.ca.Sign(ctx, ca.NodeRequest("ct200"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	node := f.sign(t, ca.NodeRequest("ct200"))
 	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct200"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct201"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	other := f.sign(t, ca.AgentRequest("opus", "ct201"))
 	revs, err := f.ca.Revoke(ctx, "ct200.mesh", 0)
 	if err != nil || len(revs) != 2 {
 		t.Fatalf("revoking node ct200 = %+v, %v; want the node's and its agent's certificates", revs, err)
@@ -1555,10 +1544,7 @@ func TestVerifyStatuses(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
 	t0 := f.clock.Now()
-	node, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	node := f.sign(t, ca.NodeRequest("ct1"))
 	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
@@ -1567,10 +1553,7 @@ func TestVerifyStatuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	foreign := newCA(t, caOptions{})
-	stranger, err := foreign.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	stranger := foreign.sign(t, ca.NodeRequest("ct1"))
 	renewAt := t0.Add(ca.DefaultLeafTTL * 2 / 3)
 
 	cases := []struct {
@@ -1676,18 +1659,12 @@ func TestRootKeyOffline(t *testing.T) {
 	}
 	f.open(t) // a fresh process, root gone
 
-	node, err := f.ca.Sign(ctx, ca.NodeRequest("ct1", "IP:10.0.0.1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	node := f.sign(t, ca.NodeRequest("ct1", "IP:10.0.0.1"))
 	agent, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	client, err := f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	client := f.sign(t, ca.ClientRequest("alice"))
 	csr := goCSR(t, pkitest.NewKey(t), &x509.CertificateRequest{Subject: pkix.Name{CommonName: "ct2.mesh"}})
 	signed, err := f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileNode}, ca.FromCSR(csr))
 	if err != nil {
@@ -1773,10 +1750,7 @@ func TestRotation(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
 	old := f.activeIntermediate(t)
-	oldLeaf, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	oldLeaf := f.sign(t, ca.NodeRequest("ct1"))
 	chainBefore, _ := os.ReadFile(f.cfg.ChainPath())
 
 	f.clock.Advance(time.Hour)
@@ -1798,10 +1772,7 @@ func TestRotation(t *testing.T) {
 	if !f.activeIntermediate(t).Equal(old) {
 		t.Error("prepare changed int.crt")
 	}
-	duringPrepare, err := f.ca.Sign(ctx, ca.NodeRequest("ct2"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	duringPrepare := f.sign(t, ca.NodeRequest("ct2"))
 	if !bytes.Equal(duringPrepare.Cert.AuthorityKeyId, old.SubjectKeyId) {
 		t.Fatal("a prepared intermediate signs before it is activated")
 	}
@@ -1833,10 +1804,7 @@ func TestRotation(t *testing.T) {
 	if chain, _ := os.ReadFile(f.cfg.ChainPath()); !bytes.HasPrefix(chain, pemfile.EncodeCerts(prepared)) {
 		t.Error("chain.pem does not start with the activated intermediate")
 	}
-	newLeaf, err := f.ca.Sign(ctx, ca.NodeRequest("ct3"), ca.WithGeneratedKey())
-	if err != nil {
-		t.Fatal(err)
-	}
+	newLeaf := f.sign(t, ca.NodeRequest("ct3"))
 	if !bytes.Equal(newLeaf.Cert.AuthorityKeyId, prepared.SubjectKeyId) || !bytes.Equal(newLeaf.ChainPEM[:len(pemfile.EncodeCerts(prepared))], pemfile.EncodeCerts(prepared)) {
 		t.Fatal("new certificates are not signed by the activated intermediate")
 	}
