@@ -189,6 +189,36 @@ func (a *Anchors) Verify(_ context.Context, chain []*x509.Certificate, now time.
 	return p, nil
 }
 
+// AnchorsView is the read side of an Anchors: a trust.Backend, a Notifier
+// and an entity source (Entities, Certificates), without Replace, Set or
+// Remove. A backend that keeps its CAs in an Anchors embeds its View, so
+// only the backend changes the set.
+type AnchorsView struct{ a *Anchors }
+
+// View returns the read side of a.
+func (a *Anchors) View() AnchorsView { return AnchorsView{a} }
+
+// Name returns the backend's name.
+func (v AnchorsView) Name() string { return v.a.Name() }
+
+// Verify implements Backend (Anchors.Verify).
+func (v AnchorsView) Verify(ctx context.Context, chain []*x509.Certificate, now time.Time) (*Peer, error) {
+	return v.a.Verify(ctx, chain, now)
+}
+
+// OnChange implements Notifier: fn runs after every change of the set of
+// CAs.
+func (v AnchorsView) OnChange(fn func()) { v.a.OnChange(fn) }
+
+// Entities returns the partner entities the anchors cover, sorted.
+func (v AnchorsView) Entities() []string { return v.a.Entities() }
+
+// Certificates returns the CA certificates of entity ("" for the mesh's
+// own).
+func (v AnchorsView) Certificates(entity string) []*x509.Certificate {
+	return v.a.Certificates(entity)
+}
+
 // SameSets reports whether a and b, sets of CA certificates by entity name
 // as Anchors.Replace takes them, hold the same certificates in the same
 // order per entity. A nil set is never the same as another.

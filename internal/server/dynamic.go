@@ -76,7 +76,7 @@ func (s *Server) closeBackends() error {
 	return errors.Join(errs...)
 }
 
-func (s *Server) k8sBackend(ctx context.Context) (*k8ssecrets.Store, error) {
+func (s *Server) k8sBackend(ctx context.Context) (*k8ssecrets.Backend, error) {
 	c := s.cfg.K8s
 	client := c.Client
 	if client == nil {

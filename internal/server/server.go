@@ -244,8 +244,8 @@ type Server struct {
 	localCA  *trust.LocalCA
 	entities *trust.Anchors
 	revoked  *trust.Anchors // revoked entities' CAs, last in the chain: refused as entity_revoked, not unknown_ca
-	files    *filestore.Store
-	k8s      *k8ssecrets.Store // nil unless the k8s-secrets backend is on
+	files    *filestore.Backend
+	k8s      *k8ssecrets.Backend // nil unless the k8s-secrets backend is on
 	// dynamic are the backends whose entities change at run time
 	// (filestore, k8s-secrets, spire), and closers what stops them.
 	dynamic []dynamicBackend

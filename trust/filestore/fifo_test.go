@@ -16,7 +16,7 @@ import (
 )
 
 // A FIFO named *.pem in the trust dir is refused without being read from:
-// a read that blocked would hold the Store's lock, and a CA deleted
+// a read that blocked would hold the Backend's lock, and a CA deleted
 // afterwards would stay trusted. The removal must take effect, through
 // Reload and through the watcher alike.
 func TestFIFOIsRefusedWithoutBlocking(t *testing.T) {
@@ -71,7 +71,7 @@ func TestFIFOIsRefusedWithoutBlocking(t *testing.T) {
 // reload runs s.Reload, failing the test if it has not returned within
 // 10s; then it unblocks a reader stuck on fifos (by opening them for
 // writing) so that the test can end.
-func reload(t *testing.T, s *filestore.Store, fifos []string) {
+func reload(t *testing.T, s *filestore.Backend, fifos []string) {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- s.Reload() }()

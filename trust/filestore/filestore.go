@@ -59,21 +59,24 @@ const EntitiesDir = "entities"
 // maxFileSize bounds a trust file; a CA bundle is a few kilobytes.
 const maxFileSize = 1 << 20
 
-// An Option configures a Store.
-type Option func(*Store)
+// An Option configures a Backend.
+type Option func(*Backend)
 
 // WithLogger sets the logger that receives load warnings; the default is
 // slog.Default().
-func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.log = l } }
+func WithLogger(l *slog.Logger) Option { return func(b *Backend) { b.log = l } }
 
-// WithDebounce sets how long the Store waits for a burst of file events to
+// WithDebounce sets how long the Backend waits for a burst of file events to
 // settle before it reloads; the default is 50ms.
-func WithDebounce(d time.Duration) Option { return func(s *Store) { s.debounce = d } }
+func WithDebounce(d time.Duration) Option { return func(b *Backend) { b.debounce = d } }
 
-// Store is the filestore backend. It implements trust.Backend and
+// Backend is the filestore backend. It implements trust.Backend and
 // trust.Notifier, so a trust.Chain over it drops its cached verdicts
 // whenever the set of CAs changes.
-type Store struct {
+type Backend struct {
+	// AnchorsView serves Verify, OnChange, Entities and Certificates
+	// from anchors, which only loads change.
+	trust.AnchorsView
 	dir      string
 	anchors  *trust.Anchors
 	log      *slog.Logger
@@ -95,159 +98,143 @@ type Store struct {
 // is called; after either, the CAs loaded last stay in force. A missing or
 // unreadable dir is an error; problems with single files are logged and
 // skipped.
-func New(ctx context.Context, dir string, opts ...Option) (*Store, error) {
-	s := &Store{
-		dir:      filepath.Clean(dir),
-		anchors:  trust.NewAnchors(Name),
-		log:      slog.Default(),
-		debounce: 50 * time.Millisecond,
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+func New(ctx context.Context, dir string, opts ...Option) (*Backend, error) {
+	anchors := trust.NewAnchors(Name)
+	b := &Backend{
+		AnchorsView: anchors.View(),
+		dir:         filepath.Clean(dir),
+		anchors:     anchors,
+		log:         slog.Default(),
+		debounce:    50 * time.Millisecond,
+		stop:        make(chan struct{}),
+		done:        make(chan struct{}),
 	}
 	for _, o := range opts {
-		o(s)
+		o(b)
 	}
-	s.log = s.log.With("backend", Name, "dir", s.dir)
-	if err := checkDir(s.dir); err != nil {
+	b.log = b.log.With("backend", Name, "dir", b.dir)
+	if err := checkDir(b.dir); err != nil {
 		return nil, err
 	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		return nil, fmt.Errorf("filestore: watch %s: %w", s.dir, err)
+		return nil, fmt.Errorf("filestore: watch %s: %w", b.dir, err)
 	}
 	// Watch before the first load, so no change slips between the two.
-	if err := w.Add(s.dir); err != nil {
+	if err := w.Add(b.dir); err != nil {
 		w.Close()
-		return nil, fmt.Errorf("filestore: watch %s: %w", s.dir, err)
+		return nil, fmt.Errorf("filestore: watch %s: %w", b.dir, err)
 	}
-	s.watcher = w
-	if err := s.Reload(); err != nil {
+	b.watcher = w
+	if err := b.Reload(); err != nil {
 		w.Close()
 		return nil, err
 	}
-	go s.watch(ctx)
-	return s, nil
+	go b.watch(ctx)
+	return b, nil
 }
 
 // Name returns "filestore".
-func (s *Store) Name() string { return Name }
+func (b *Backend) Name() string { return Name }
 
-// Dir returns the directory the Store reads.
-func (s *Store) Dir() string { return s.dir }
-
-// Verify implements trust.Backend.
-func (s *Store) Verify(ctx context.Context, chain []*x509.Certificate, now time.Time) (*trust.Peer, error) {
-	return s.anchors.Verify(ctx, chain, now)
-}
-
-// OnChange implements trust.Notifier: fn runs after every load that
-// changed the set of CAs.
-func (s *Store) OnChange(fn func()) { s.anchors.OnChange(fn) }
-
-// Entities returns the partner entities currently loaded, sorted.
-func (s *Store) Entities() []string { return s.anchors.Entities() }
-
-// Certificates returns the CA certificates loaded for entity ("" for the
-// mesh's own).
-func (s *Store) Certificates(entity string) []*x509.Certificate {
-	return s.anchors.Certificates(entity)
-}
+// Dir returns the directory the Backend reads.
+func (b *Backend) Dir() string { return b.dir }
 
 // Reload reads the whole directory again, as on SIGHUP. It fails only when
 // the directory itself cannot be read, and then keeps the CAs it had.
-func (s *Store) Reload() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := checkDir(s.dir); err != nil {
+func (b *Backend) Reload() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := checkDir(b.dir); err != nil {
 		return err
 	}
-	s.watchEntities()
-	set, files, err := s.read()
+	b.watchEntities()
+	set, files, err := b.read()
 	if err != nil {
 		return err
 	}
-	s.files = files
-	if trust.SameSets(set, s.loaded) {
+	b.files = files
+	if trust.SameSets(set, b.loaded) {
 		return nil
 	}
-	s.loaded = set
-	s.anchors.Replace(set)
-	s.log.Info("trust anchors loaded", "mesh_cas", len(set[""]), "entities", len(s.anchors.Entities()))
+	b.loaded = set
+	b.anchors.Replace(set)
+	b.log.Info("trust anchors loaded", "mesh_cas", len(set[""]), "entities", len(b.anchors.Entities()))
 	return nil
 }
 
 // Close stops watching the directory. The CAs loaded last stay in force.
-func (s *Store) Close() error {
-	s.closeOnce.Do(func() { close(s.stop) })
-	<-s.done
-	return s.closeErr
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() { close(b.stop) })
+	<-b.done
+	return b.closeErr
 }
 
 // watch reloads after each burst of events settles.
-func (s *Store) watch(ctx context.Context) {
-	defer close(s.done)
-	defer func() { s.closeErr = s.watcher.Close() }()
+func (b *Backend) watch(ctx context.Context) {
+	defer close(b.done)
+	defer func() { b.closeErr = b.watcher.Close() }()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop() // armed by the first event
 	defer timer.Stop()
 	// A burst that never settles still reloads after maxWait.
-	maxWait := 10 * s.debounce
+	maxWait := 10 * b.debounce
 	var first time.Time // start of the pending burst; zero when none
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.stop:
+		case <-b.stop:
 			return
-		case ev, ok := <-s.watcher.Events:
+		case ev, ok := <-b.watcher.Events:
 			if !ok {
 				return
 			}
-			s.log.Debug("trust dir event", "event", ev.String())
+			b.log.Debug("trust dir event", "event", ev.String())
 			now := time.Now()
 			if first.IsZero() {
 				first = now
 			}
-			wait := s.debounce
+			wait := b.debounce
 			if left := maxWait - now.Sub(first); left < wait {
 				wait = max(left, 0)
 			}
 			timer.Reset(wait)
-		case err, ok := <-s.watcher.Errors:
+		case err, ok := <-b.watcher.Errors:
 			if !ok {
 				return
 			}
 			// An overflow loses events: reload to catch up.
-			s.log.Warn("trust dir watch error; reloading", "err", err)
+			b.log.Warn("trust dir watch error; reloading", "err", err)
 			if first.IsZero() {
 				first = time.Now()
 			}
-			timer.Reset(s.debounce)
+			timer.Reset(b.debounce)
 		case <-timer.C:
 			first = time.Time{}
-			if err := s.Reload(); err != nil {
-				s.log.Error("trust dir reload failed; keeping the CAs loaded before", "err", err)
+			if err := b.Reload(); err != nil {
+				b.log.Error("trust dir reload failed; keeping the CAs loaded before", "err", err)
 			}
 		}
 	}
 }
 
 // watchEntities watches dir/entities when it exists: it may appear after
-// the Store started, or be replaced by a new directory (a Kubernetes volume
+// the Backend started, or be replaced by a new directory (a Kubernetes volume
 // swaps a symlink), which drops the old watch. Adding a watch that exists
 // is harmless.
-func (s *Store) watchEntities() {
-	p := filepath.Join(s.dir, EntitiesDir)
+func (b *Backend) watchEntities() {
+	p := filepath.Join(b.dir, EntitiesDir)
 	fi, err := os.Stat(p)
 	if err != nil || !fi.IsDir() {
 		return
 	}
-	if err := s.watcher.Add(p); err != nil && !errors.Is(err, fsnotify.ErrClosed) {
-		s.log.Warn("cannot watch entities directory; changes to it need a reload", "path", p, "err", err)
+	if err := b.watcher.Add(p); err != nil && !errors.Is(err, fsnotify.ErrClosed) {
+		b.log.Warn("cannot watch entities directory; changes to it need a reload", "path", p, "err", err)
 	}
 }
 
-// version is what a Store keeps of one trust file.
+// version is what a Backend keeps of one trust file.
 type version struct {
 	// certs are the CAs of the file's last version that parsed; nil when
 	// none has.
@@ -259,22 +246,22 @@ type version struct {
 
 // read reads the whole set: "" for the mesh's CAs, then one name per
 // entity file; and what it keeps of each file for the next read.
-func (s *Store) read() (map[string][]*x509.Certificate, map[string]version, error) {
+func (b *Backend) read() (map[string][]*x509.Certificate, map[string]version, error) {
 	set := map[string][]*x509.Certificate{}
 	seen := map[string]string{} // certificate fingerprint -> the file that holds it
 	next := map[string]version{}
 
-	files, err := pemFiles(s.dir)
+	files, err := pemFiles(b.dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("filestore: read trust dir: %w", err)
 	}
 	for _, f := range files {
-		if certs := s.load(f, "", seen, next); len(certs) > 0 {
+		if certs := b.load(f, "", seen, next); len(certs) > 0 {
 			set[""] = append(set[""], certs...)
 		}
 	}
 
-	edir := filepath.Join(s.dir, EntitiesDir)
+	edir := filepath.Join(b.dir, EntitiesDir)
 	files, err = pemFiles(edir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -282,17 +269,17 @@ func (s *Store) read() (map[string][]*x509.Certificate, map[string]version, erro
 	case err != nil:
 		// Keep the mesh's own CAs; the entities are lost until the next
 		// readable change.
-		s.log.Warn("cannot read entities directory; no partner entity is trusted", "path", edir, "err", err)
+		b.log.Warn("cannot read entities directory; no partner entity is trusted", "path", edir, "err", err)
 		return set, next, nil
 	}
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".pem")
 		if err := identity.ValidateID(name); err != nil {
-			s.log.Warn("skipping entity file: its name is not a valid entity id; rename it to <id>.pem",
+			b.log.Warn("skipping entity file: its name is not a valid entity id; rename it to <id>.pem",
 				"file", f, "reason", err.Error())
 			continue
 		}
-		if certs := s.load(f, name, seen, next); len(certs) > 0 {
+		if certs := b.load(f, name, seen, next); len(certs) > 0 {
 			set[name] = certs
 		}
 	}
@@ -303,7 +290,7 @@ func (s *Store) read() (map[string][]*x509.Certificate, map[string]version, erro
 // records what it read in next. A file that does not parse gives the CAs
 // of its last version that did. A CA already loaded from another file is
 // skipped: one CA must speak for one entity.
-func (s *Store) load(path, entity string, seen map[string]string, next map[string]version) []*x509.Certificate {
+func (b *Backend) load(path, entity string, seen map[string]string, next map[string]version) []*x509.Certificate {
 	data, err := readFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // deleted since the directory was listed
@@ -318,13 +305,13 @@ func (s *Store) load(path, entity string, seen map[string]string, next map[strin
 		bad = hex.EncodeToString(sum[:])
 	}
 	if err != nil {
-		last := s.files[path]
+		last := b.files[path]
 		if bad != last.bad {
 			if last.certs != nil {
-				s.log.Warn("cannot use trust file; keeping its last good version until it is fixed",
+				b.log.Warn("cannot use trust file; keeping its last good version until it is fixed",
 					"file", path, "reason", err.Error())
 			} else {
-				s.log.Warn("skipping trust file", "file", path, "reason", err.Error())
+				b.log.Warn("skipping trust file", "file", path, "reason", err.Error())
 			}
 		}
 		next[path] = version{certs: last.certs, bad: bad}
@@ -332,14 +319,14 @@ func (s *Store) load(path, entity string, seen map[string]string, next map[strin
 	} else {
 		next[path] = version{certs: certs}
 		for _, p := range problems {
-			s.log.Warn("skipping part of trust file", "file", path, "reason", p)
+			b.log.Warn("skipping part of trust file", "file", path, "reason", p)
 		}
 	}
 	out := make([]*x509.Certificate, 0, len(certs))
 	for _, c := range certs {
 		fp := trust.Fingerprint(c)
 		if other, dup := seen[fp]; dup {
-			s.log.Warn("skipping CA certificate already loaded from another file; a CA may belong to one entity only",
+			b.log.Warn("skipping CA certificate already loaded from another file; a CA may belong to one entity only",
 				"file", path, "other_file", other, "subject", c.Subject.String())
 			continue
 		}
@@ -347,7 +334,7 @@ func (s *Store) load(path, entity string, seen map[string]string, next map[strin
 		out = append(out, c)
 	}
 	if len(out) == 0 && len(problems) > 0 {
-		s.log.Warn("trust file holds no usable CA certificate", "file", path, "entity", entity)
+		b.log.Warn("trust file holds no usable CA certificate", "file", path, "entity", entity)
 	}
 	return out
 }
@@ -445,7 +432,7 @@ func pemFiles(dir string) ([]string, error) {
 // readFile reads a trust file, following symlinks (a Kubernetes volume
 // links each file into a timestamped directory). Anything but a regular
 // file (a FIFO named *.pem, a socket, a device) is refused without being
-// read from: Reload holds the Store's lock, and a read that blocks there
+// read from: Reload holds the Backend's lock, and a read that blocks there
 // would keep every later change, a deletion included, from taking effect.
 func readFile(path string) ([]byte, error) {
 	data, err := pemfile.ReadRegular(path, maxFileSize)

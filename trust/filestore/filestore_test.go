@@ -25,7 +25,7 @@ import (
 	"github.com/meshtrust/meshtrust/trust/filestore"
 )
 
-func open(t *testing.T, dir string, opts ...filestore.Option) (*filestore.Store, *logtest.Buffer) {
+func open(t *testing.T, dir string, opts ...filestore.Option) (*filestore.Backend, *logtest.Buffer) {
 	t.Helper()
 	logs := &logtest.Buffer{}
 	log := logs.Logger()
@@ -176,7 +176,7 @@ func TestInitialLoad(t *testing.T) {
 
 func TestHotAddAndRemoveEntity(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir() // no entities/ yet: the Store must start watching it when it appears
+	dir := t.TempDir() // no entities/ yet: the Backend must start watching it when it appears
 	s, _ := open(t, dir)
 	pca := pkitest.NewRoot(t, "partner root")
 	leaf := pca.Leaf(t, "scout")

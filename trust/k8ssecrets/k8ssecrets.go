@@ -70,7 +70,7 @@ const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/n
 // maxCASize bounds a Secret's ca.crt; a CA bundle is a few kilobytes.
 const maxCASize = 1 << 20
 
-// Config configures a Store. Client is required; the zero value of every
+// Config configures a Backend. Client is required; the zero value of every
 // other field selects MCP Mesh's default.
 type Config struct {
 	// Client talks to the API server; see ClientFromEnv.
@@ -79,7 +79,7 @@ type Config struct {
 	Namespace string
 	// LabelSelector selects the Secrets; default DefaultLabelSelector.
 	LabelSelector string
-	// Logger receives what the Store reports; default slog.Default().
+	// Logger receives what the Backend reports; default slog.Default().
 	Logger *slog.Logger
 	// SyncTimeout bounds the wait for the first list of Secrets in New;
 	// default 30s.
@@ -119,10 +119,13 @@ func ClientFromEnv() (kubernetes.Interface, error) {
 	return c, nil
 }
 
-// Store is the k8s-secrets backend. It implements trust.Backend and
+// Backend is the k8s-secrets backend. It implements trust.Backend and
 // trust.Notifier, so a trust.Chain over it drops its cached verdicts
 // whenever the set of CAs changes.
-type Store struct {
+type Backend struct {
+	// AnchorsView serves Verify, OnChange, Entities and Certificates
+	// from anchors, which only the informer's events change.
+	trust.AnchorsView
 	cfg      Config
 	log      *slog.Logger
 	anchors  *trust.Anchors
@@ -140,7 +143,7 @@ type Store struct {
 	wg     sync.WaitGroup // the informer and Event writers
 }
 
-// secret is what a Store keeps of one Secret.
+// secret is what a Backend keeps of one Secret.
 type secret struct {
 	// entity and certs are of the last version that parsed; certs is nil
 	// when none has.
@@ -155,7 +158,7 @@ type secret struct {
 // their changes until ctx is done or Close is called; after either, the CAs
 // loaded last stay in force. It fails when the Secrets cannot be listed
 // (with what to grant when RBAC refuses).
-func New(ctx context.Context, cfg Config) (*Store, error) {
+func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("k8s-secrets: no Kubernetes client")
 	}
@@ -174,11 +177,13 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.SyncTimeout <= 0 {
 		cfg.SyncTimeout = 30 * time.Second
 	}
-	s := &Store{
-		cfg:     cfg,
-		log:     cfg.Logger.With("backend", Name, "namespace", cfg.Namespace),
-		anchors: trust.NewAnchors(Name),
-		secrets: map[string]secret{},
+	anchors := trust.NewAnchors(Name)
+	b := &Backend{
+		AnchorsView: anchors.View(),
+		cfg:         cfg,
+		log:         cfg.Logger.With("backend", Name, "namespace", cfg.Namespace),
+		anchors:     anchors,
+		secrets:     map[string]secret{},
 	}
 	// One list first, so that a refusal is a clear start-up error rather
 	// than an informer retrying forever.
@@ -195,104 +200,87 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	factory := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0,
 		informers.WithNamespace(cfg.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = cfg.LabelSelector }))
-	s.informer = factory.Core().V1().Secrets().Informer()
-	if err := s.informer.SetWatchErrorHandlerWithContext(s.watchError); err != nil {
+	b.informer = factory.Core().V1().Secrets().Informer()
+	if err := b.informer.SetWatchErrorHandlerWithContext(b.watchError); err != nil {
 		return nil, fmt.Errorf("k8s-secrets: %w", err)
 	}
-	if _, err := s.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.update(ctx, obj) },
-		UpdateFunc: func(_, obj any) { s.update(ctx, obj) },
-		DeleteFunc: s.delete,
+	if _, err := b.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { b.update(ctx, obj) },
+		UpdateFunc: func(_, obj any) { b.update(ctx, obj) },
+		DeleteFunc: b.delete,
 	}); err != nil {
 		return nil, fmt.Errorf("k8s-secrets: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
-	s.cancel = cancel
-	s.wg.Add(1)
-	go func() { defer s.wg.Done(); s.informer.RunWithContext(runCtx) }()
+	b.cancel = cancel
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); b.informer.RunWithContext(runCtx) }()
 
 	syncCtx, cancelSync := context.WithTimeout(runCtx, cfg.SyncTimeout)
 	defer cancelSync()
-	if !cache.WaitForCacheSync(syncCtx.Done(), s.informer.HasSynced) {
-		s.Close()
+	if !cache.WaitForCacheSync(syncCtx.Done(), b.informer.HasSynced) {
+		b.Close()
 		return nil, fmt.Errorf("k8s-secrets: the Secrets of namespace %q were not listed within %s", cfg.Namespace, cfg.SyncTimeout)
 	}
-	s.mu.Lock()
-	n := len(s.published)
-	s.mu.Unlock()
-	s.log.Info("trust anchors loaded from Secrets", "selector", cfg.LabelSelector, "entities", n)
-	return s, nil
+	b.mu.Lock()
+	n := len(b.published)
+	b.mu.Unlock()
+	b.log.Info("trust anchors loaded from Secrets", "selector", cfg.LabelSelector, "entities", n)
+	return b, nil
 }
 
 // Name returns "k8s-secrets".
-func (s *Store) Name() string { return Name }
+func (b *Backend) Name() string { return Name }
 
-// Namespace returns the namespace the Store follows.
-func (s *Store) Namespace() string { return s.cfg.Namespace }
-
-// Verify implements trust.Backend.
-func (s *Store) Verify(ctx context.Context, chain []*x509.Certificate, now time.Time) (*trust.Peer, error) {
-	return s.anchors.Verify(ctx, chain, now)
-}
-
-// OnChange implements trust.Notifier: fn runs after every change of the
-// set of CAs.
-func (s *Store) OnChange(fn func()) { s.anchors.OnChange(fn) }
-
-// Entities returns the entities currently trusted, sorted.
-func (s *Store) Entities() []string { return s.anchors.Entities() }
-
-// Certificates returns the CA certificates trusted for entity.
-func (s *Store) Certificates(entity string) []*x509.Certificate {
-	return s.anchors.Certificates(entity)
-}
+// Namespace returns the namespace the Backend follows.
+func (b *Backend) Namespace() string { return b.cfg.Namespace }
 
 // Rejected returns how many Secret versions could not be used so far.
-func (s *Store) Rejected() uint64 { return s.rejected.Load() }
+func (b *Backend) Rejected() uint64 { return b.rejected.Load() }
 
 // Close stops following the Secrets. The CAs loaded last stay in force.
-func (s *Store) Close() error {
-	if s.cancel != nil {
-		s.cancel()
+func (b *Backend) Close() error {
+	if b.cancel != nil {
+		b.cancel()
 	}
-	s.wg.Wait()
+	b.wg.Wait()
 	return nil
 }
 
 // watchError logs the informer's lost watches: the API server going away
 // keeps the last set in force while client-go reconnects with backoff.
-func (s *Store) watchError(_ context.Context, _ *cache.Reflector, err error) {
-	s.log.Warn("watching Secrets failed; keeping the CAs loaded before and retrying", "err", err)
+func (b *Backend) watchError(_ context.Context, _ *cache.Reflector, err error) {
+	b.log.Warn("watching Secrets failed; keeping the CAs loaded before and retrying", "err", err)
 }
 
 // update applies an added or changed Secret.
-func (s *Store) update(ctx context.Context, obj any) {
+func (b *Backend) update(ctx context.Context, obj any) {
 	sec, ok := obj.(*corev1.Secret)
 	if !ok {
 		return
 	}
 	entity, certs, err := parseSecret(sec)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	last := s.secrets[sec.Name]
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	last := b.secrets[sec.Name]
 	if err != nil {
 		bad := versionID(sec)
 		if bad != last.bad {
-			s.reject(ctx, sec, last, err)
+			b.reject(ctx, sec, last, err)
 		}
 		last.bad = bad
-		s.secrets[sec.Name] = last
+		b.secrets[sec.Name] = last
 		return
 	}
 	if last.certs != nil && last.entity != entity {
-		s.log.Info("entity CA Secret now names another entity", "secret", sec.Name, "from", last.entity, "to", entity)
+		b.log.Info("entity CA Secret now names another entity", "secret", sec.Name, "from", last.entity, "to", entity)
 	}
-	s.secrets[sec.Name] = secret{entity: entity, certs: certs}
-	s.publish()
+	b.secrets[sec.Name] = secret{entity: entity, certs: certs}
+	b.publish()
 }
 
 // delete removes a deleted Secret's CAs.
-func (s *Store) delete(obj any) {
+func (b *Backend) delete(obj any) {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj // deleted while the watch was down; seen at the relist
 	}
@@ -300,33 +288,33 @@ func (s *Store) delete(obj any) {
 	if !ok {
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.secrets[sec.Name]; !ok {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.secrets[sec.Name]; !ok {
 		return
 	}
-	delete(s.secrets, sec.Name)
-	s.log.Info("entity CA Secret deleted", "secret", sec.Name)
-	s.publish()
+	delete(b.secrets, sec.Name)
+	b.log.Info("entity CA Secret deleted", "secret", sec.Name)
+	b.publish()
 }
 
 // reject reports a Secret version that cannot be used. s.mu is held.
-func (s *Store) reject(ctx context.Context, sec *corev1.Secret, last secret, err error) {
-	s.rejected.Add(1)
+func (b *Backend) reject(ctx context.Context, sec *corev1.Secret, last secret, err error) {
+	b.rejected.Add(1)
 	if last.certs != nil {
-		s.log.Warn("cannot use entity CA Secret; keeping its last good version until it is fixed",
+		b.log.Warn("cannot use entity CA Secret; keeping its last good version until it is fixed",
 			"secret", sec.Name, "entity", last.entity, "reason", err.Error())
 	} else {
-		s.log.Warn("skipping entity CA Secret", "secret", sec.Name, "reason", err.Error())
+		b.log.Warn("skipping entity CA Secret", "secret", sec.Name, "reason", err.Error())
 	}
-	s.wg.Add(1)
-	go func() { defer s.wg.Done(); s.recordEvent(ctx, sec, err) }()
+	b.wg.Add(1)
+	go func() { defer b.wg.Done(); b.recordEvent(ctx, sec, err) }()
 }
 
 // recordEvent puts a Warning Event on the Secret, so that `kubectl describe
 // secret` shows why meshd ignores it. Without RBAC for Events it is left
 // at the log line.
-func (s *Store) recordEvent(ctx context.Context, sec *corev1.Secret, cause error) {
+func (b *Backend) recordEvent(ctx context.Context, sec *corev1.Secret, cause error) {
 	now := metav1.NewTime(time.Now())
 	ev := &corev1.Event{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: sec.Name + ".", Namespace: sec.Namespace},
@@ -341,8 +329,8 @@ func (s *Store) recordEvent(ctx context.Context, sec *corev1.Secret, cause error
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := s.cfg.Client.CoreV1().Events(sec.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
-		s.log.Debug("cannot record an Event on the Secret (meshd's RBAC may not allow creating Events)", "secret", sec.Name, "err", err)
+	if _, err := b.cfg.Client.CoreV1().Events(sec.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		b.log.Debug("cannot record an Event on the Secret (meshd's RBAC may not allow creating Events)", "secret", sec.Name, "err", err)
 	}
 }
 
@@ -350,21 +338,21 @@ func (s *Store) recordEvent(ctx context.Context, sec *corev1.Secret, cause error
 // it changed. Several Secrets may name one entity; a CA certificate
 // belongs to the first entity, in Secret name order, that holds it. s.mu
 // is held.
-func (s *Store) publish() {
-	names := make([]string, 0, len(s.secrets))
-	for n := range s.secrets {
+func (b *Backend) publish() {
+	names := make([]string, 0, len(b.secrets))
+	for n := range b.secrets {
 		names = append(names, n)
 	}
 	slices.Sort(names)
 	set := map[string][]*x509.Certificate{}
 	owner := map[string]string{} // fingerprint -> Secret
 	for _, n := range names {
-		sec := s.secrets[n]
+		sec := b.secrets[n]
 		for _, c := range sec.certs {
 			fp := trust.Fingerprint(c)
 			if other, dup := owner[fp]; dup {
 				if other != n {
-					s.log.Warn("skipping CA certificate already trusted through another Secret; a CA may belong to one entity only",
+					b.log.Warn("skipping CA certificate already trusted through another Secret; a CA may belong to one entity only",
 						"secret", n, "other_secret", other, "subject", c.Subject.String())
 				}
 				continue
@@ -373,11 +361,11 @@ func (s *Store) publish() {
 			set[sec.entity] = append(set[sec.entity], c)
 		}
 	}
-	if trust.SameSets(set, s.published) {
+	if trust.SameSets(set, b.published) {
 		return
 	}
-	s.published = set
-	s.anchors.Replace(set)
+	b.published = set
+	b.anchors.Replace(set)
 }
 
 // parseSecret returns the entity a Secret names and its CA certificates.

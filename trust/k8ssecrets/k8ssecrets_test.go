@@ -123,7 +123,7 @@ func (e *env) remove(t *testing.T, name string) {
 	}
 }
 
-func (e *env) open(t *testing.T) (*k8ssecrets.Store, *logtest.Buffer, *atomic.Int64) {
+func (e *env) open(t *testing.T) (*k8ssecrets.Backend, *logtest.Buffer, *atomic.Int64) {
 	t.Helper()
 	logs := &logtest.Buffer{}
 	s, err := k8ssecrets.New(t.Context(), k8ssecrets.Config{
@@ -146,7 +146,7 @@ func (e *env) open(t *testing.T) (*k8ssecrets.Store, *logtest.Buffer, *atomic.In
 
 // entityOf verifies leaf and returns the entity the store attributes it
 // to, or "" and the error.
-func entityOf(s *k8ssecrets.Store, leaf *x509.Certificate) (string, error) {
+func entityOf(s *k8ssecrets.Backend, leaf *x509.Certificate) (string, error) {
 	p, err := s.Verify(context.Background(), []*x509.Certificate{leaf}, time.Now())
 	if err != nil {
 		return "", err
@@ -154,11 +154,11 @@ func entityOf(s *k8ssecrets.Store, leaf *x509.Certificate) (string, error) {
 	return p.Entity, nil
 }
 
-func trusts(s *k8ssecrets.Store, leaf *x509.Certificate, entity string) func() bool {
+func trusts(s *k8ssecrets.Backend, leaf *x509.Certificate, entity string) func() bool {
 	return func() bool { got, err := entityOf(s, leaf); return err == nil && got == entity }
 }
 
-func unknown(s *k8ssecrets.Store, leaf *x509.Certificate) func() bool {
+func unknown(s *k8ssecrets.Backend, leaf *x509.Certificate) func() bool {
 	return func() bool {
 		_, err := entityOf(s, leaf)
 		return errors.Is(err, trust.ErrUnknownAuthority)
