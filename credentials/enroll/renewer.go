@@ -63,7 +63,7 @@ type Renewer struct {
 	state  atomic.Pointer[renewState]
 	mu     sync.Mutex    // serialises renewals
 	wakeup chan struct{} // a renewal outside Run moved the schedule
-	update chan struct{} // see Updated
+	update chan struct{} // signalled after each swap; tests wait on it (export_test.go)
 
 	node      credentials.Holder // the node's credentials.Source
 	viewsMu   sync.Mutex
@@ -173,11 +173,6 @@ func rootCerts(chain []*x509.Certificate) []*x509.Certificate {
 	return roots
 }
 
-// Updated returns a channel that receives after the credentials changed
-// (changes that follow each other quickly may be reported once). It has
-// one receiver; Changed, the credentials.Source form, has any number.
-func (r *Renewer) Updated() <-chan struct{} { return r.update }
-
 // Current returns the node's current credentials: its certificate and
 // key, and the mesh root of ca.crt as Roots. After Close it fails with
 // credentials.ErrClosed.
@@ -270,39 +265,6 @@ func (r *Renewer) swap(s *renewState) {
 
 // Node returns the current credentials. The caller must not modify them.
 func (r *Renewer) Node() *Node { return r.state.Load().node }
-
-// Certificate returns the node's current certificate.
-func (r *Renewer) Certificate() *tls.Certificate { return &r.state.Load().node.Certificate }
-
-// AgentCertificate returns agent id's current certificate.
-func (r *Renewer) AgentCertificate(id string) (*tls.Certificate, bool) {
-	c, ok := r.state.Load().agents[id]
-	return c, ok
-}
-
-// GetCertificate returns the node's current certificate, for a server's
-// tls.Config.
-func (r *Renewer) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return r.Certificate(), nil
-}
-
-// GetClientCertificate returns the node's current certificate, for a
-// client's tls.Config.
-func (r *Renewer) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	return r.Certificate(), nil
-}
-
-// AgentClientCertificate returns a tls.Config.GetClientCertificate that
-// presents agent id's current certificate.
-func (r *Renewer) AgentClientCertificate(id string) func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	return func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-		c, ok := r.AgentCertificate(id)
-		if !ok {
-			return nil, fmt.Errorf("enroll: no certificate for agent %q (mint one with `meshctl agent-cert %s`)", id, id)
-		}
-		return c, nil
-	}
-}
 
 // lifetime returns how long c is valid for.
 func lifetime(c *x509.Certificate) time.Duration { return c.NotAfter.Sub(c.NotBefore) }

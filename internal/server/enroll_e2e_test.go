@@ -612,12 +612,15 @@ func TestE2ERenewRotatesAgents(t *testing.T) {
 		if rn.Due() != due {
 			t.Fatalf("Renewer due at %s, want %s", rn.Due(), due)
 		}
+		// Changed is closed at the renewal (or an adoption from the Dir,
+		// which this test makes none of).
+		changed := rn.Changed()
 		rctx, cancel := context.WithCancel(ctx)
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); rn.Run(rctx) }()
 		select {
-		case <-rn.Updated():
+		case <-changed:
 		case <-time.After(eventually.Bound):
 			t.Fatal("the Renewer did not renew past 2/3 of the lifetime")
 		}
@@ -629,14 +632,22 @@ func TestE2ERenewRotatesAgents(t *testing.T) {
 			t.Fatal(err)
 		}
 		nodeLeaf := disk.Certificate.Leaf
-		if nodeLeaf.SerialNumber.Cmp(ni.Cert.SerialNumber) == 0 || !nodeLeaf.Equal(rn.Certificate().Leaf) || !nodeLeaf.NotBefore.After(ni.Cert.NotBefore) {
+		served, err := rn.Current()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nodeLeaf.SerialNumber.Cmp(ni.Cert.SerialNumber) == 0 || !nodeLeaf.Equal(served.Certificate.Leaf) || !nodeLeaf.NotBefore.After(ni.Cert.NotBefore) {
 			t.Errorf("node.crt after the renewal: serial %s (was %s)", nodeLeaf.SerialNumber.Text(16), ni.Record.Serial)
 		}
 		if len(disk.Agents) != 1 || disk.Agents[0].Certificate.Leaf.SerialNumber.Cmp(ai.Cert.SerialNumber) == 0 {
 			t.Fatalf("agents/ after the renewal: %+v", disk.Agents)
 		}
-		served, ok := rn.AgentCertificate("opus")
-		if !ok || !served.Leaf.Equal(disk.Agents[0].Certificate.Leaf) {
+		opus, err := rn.AgentSource("opus")
+		if err != nil {
+			t.Fatal(err)
+		}
+		servedAgent, err := opus.Current()
+		if err != nil || !servedAgent.Certificate.Leaf.Equal(disk.Agents[0].Certificate.Leaf) {
 			t.Errorf("the Renewer serves another agent certificate than it wrote")
 		}
 		if rn.Due().Before(rc.now) {
@@ -645,7 +656,7 @@ func TestE2ERenewRotatesAgents(t *testing.T) {
 		if got := e.audited(0, "cert.renew", store.OutcomeOK, ni.Record.Serial+" -> "); len(got) != 1 || !strings.Contains(got[0].Detail, "1 agent certificate(s)") {
 			t.Errorf("audit of the Renewer's renewal: %+v", got)
 		}
-		if err := e.enrollClient().Health(ctx, *rn.Certificate()); err != nil {
+		if err := e.enrollClient().Health(ctx, served.Certificate); err != nil {
 			t.Errorf("the Renewer's certificate over mTLS: %v", err)
 		}
 	})
