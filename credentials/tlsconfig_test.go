@@ -4,95 +4,15 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"io"
-	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
+	"github.com/meshtrust/meshtrust/internal/tlstest"
 )
-
-// end is one side's outcome of a handshake.
-type end struct {
-	err  error
-	peer *x509.Certificate
-}
-
-// tlsServer accepts TLS connections on loopback with one config for its
-// whole life, and reports each handshake's outcome.
-type tlsServer struct {
-	addr    string
-	results chan end
-}
-
-func serve(t *testing.T, cfg *tls.Config) *tlsServer {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	s := &tlsServer{addr: ln.Addr().String(), results: make(chan end, 16)}
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				tc := conn.(*tls.Conn)
-				defer tc.Close()
-				tc.SetDeadline(time.Now().Add(wait))
-				var e end
-				if e.err = tc.Handshake(); e.err == nil {
-					if peers := tc.ConnectionState().PeerCertificates; len(peers) > 0 {
-						e.peer = peers[0]
-					}
-					_, e.err = tc.Write([]byte("ok"))
-				}
-				s.results <- e
-			}()
-		}
-	}()
-	return s
-}
-
-// dial handshakes with cfg and returns what each side saw. The client
-// reads a first message, so a refusal of its certificate, which TLS 1.3
-// reports after the client's handshake, is seen too.
-func (s *tlsServer) dial(t *testing.T, cfg *tls.Config) (client, server end) {
-	t.Helper()
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: wait}, "tcp", s.addr, cfg)
-	if err != nil {
-		client.err = err
-	} else {
-		conn.SetDeadline(time.Now().Add(wait))
-		_, client.err = io.ReadFull(conn, make([]byte, 2))
-		client.peer = conn.ConnectionState().PeerCertificates[0]
-		conn.Close()
-	}
-	select {
-	case server = <-s.results:
-	case <-time.After(wait):
-		t.Fatal("the server reported no handshake")
-	}
-	return client, server
-}
-
-// requireOK fails unless both sides completed the handshake, and returns
-// the certificates each saw of the other.
-func (s *tlsServer) requireOK(t *testing.T, cfg *tls.Config) (serverCert, clientCert *x509.Certificate) {
-	t.Helper()
-	c, srv := s.dial(t, cfg)
-	if c.err != nil || srv.err != nil {
-		t.Fatalf("handshake refused: client %v, server %v", c.err, srv.err)
-	}
-	return c.peer, srv.peer
-}
 
 func mustHolder(t *testing.T, c *credentials.Credentials) *credentials.Holder {
 	t.Helper()
@@ -122,10 +42,10 @@ func TestTLSRotation(t *testing.T) {
 	srvH := mustHolder(t, srvCreds)
 	cliCreds := creds(t, a, "client", a)
 	cliH := mustHolder(t, cliCreds)
-	srv := serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeIdentity("client")))
+	srv := tlstest.Serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeIdentity("client")))
 	cli := credentials.ClientConfig(cliH, credentials.AuthorizeIdentity("server"))
 
-	gotSrv, gotCli := srv.requireOK(t, cli)
+	gotSrv, gotCli := srv.RequireOK(t, cli)
 	if !sameCert(gotSrv, srvCreds.Certificate) || !sameCert(gotCli, cliCreds.Certificate) {
 		t.Fatal("the peers did not present the sources' certificates")
 	}
@@ -133,33 +53,33 @@ func TestTLSRotation(t *testing.T) {
 	// The server's certificate rotates.
 	rotated := creds(t, a, "server", a)
 	set(t, srvH, rotated)
-	if gotSrv, _ = srv.requireOK(t, cli); !sameCert(gotSrv, rotated.Certificate) {
+	if gotSrv, _ = srv.RequireOK(t, cli); !sameCert(gotSrv, rotated.Certificate) {
 		t.Errorf("after rotation the server presented serial %x, want %x", gotSrv.SerialNumber, rotated.Certificate.Leaf.SerialNumber)
 	}
 
 	// The client's roots move to B: the server's A certificate is refused...
 	set(t, cliH, &credentials.Credentials{Certificate: cliCreds.Certificate, Roots: []*x509.Certificate{b.Root}})
-	c, s := srv.dial(t, cli)
-	if !errors.Is(c.err, credentials.ErrUntrusted) || s.err == nil {
-		t.Fatalf("a server certificate outside the new roots: client %v, server %v", c.err, s.err)
+	c, s := srv.Dial(t, cli)
+	if !errors.Is(c.Err, credentials.ErrUntrusted) || s.Err == nil {
+		t.Fatalf("a server certificate outside the new roots: client %v, server %v", c.Err, s.Err)
 	}
 	// ...until the server rotates to a certificate from B.
 	fromB := creds(t, b, "server", a)
 	set(t, srvH, fromB)
-	if gotSrv, _ = srv.requireOK(t, cli); !sameCert(gotSrv, fromB.Certificate) {
+	if gotSrv, _ = srv.RequireOK(t, cli); !sameCert(gotSrv, fromB.Certificate) {
 		t.Error("the server's certificate from B was not presented")
 	}
 
 	// The server's roots move to B: the client's A certificate is refused...
 	set(t, srvH, &credentials.Credentials{Certificate: fromB.Certificate, Roots: []*x509.Certificate{b.Root}})
-	c, s = srv.dial(t, cli)
-	if !errors.Is(s.err, credentials.ErrUntrusted) || c.err == nil {
-		t.Fatalf("a client certificate outside the server's new roots: client %v, server %v", c.err, s.err)
+	c, s = srv.Dial(t, cli)
+	if !errors.Is(s.Err, credentials.ErrUntrusted) || c.Err == nil {
+		t.Fatalf("a client certificate outside the server's new roots: client %v, server %v", c.Err, s.Err)
 	}
 	// ...until the client rotates too.
 	cliFromB := creds(t, b, "client", b)
 	set(t, cliH, cliFromB)
-	if _, gotCli = srv.requireOK(t, cli); !sameCert(gotCli, cliFromB.Certificate) {
+	if _, gotCli = srv.RequireOK(t, cli); !sameCert(gotCli, cliFromB.Certificate) {
 		t.Error("the client's certificate from B was not presented")
 	}
 }
@@ -169,7 +89,7 @@ func TestServerConfigRefuses(t *testing.T) {
 	t.Parallel()
 	a, b := pkitest.NewRoot(t, "root A"), pkitest.NewRoot(t, "root B")
 	inter := a.Intermediate(t, "inter A")
-	srv := serve(t, credentials.ServerConfig(mustHolder(t, creds(t, a, "server", a)), credentials.AuthorizeIdentity("client")))
+	srv := tlstest.Serve(t, credentials.ServerConfig(mustHolder(t, creds(t, a, "server", a)), credentials.AuthorizeIdentity("client")))
 	client := func(cert tls.Certificate) *tls.Config {
 		return credentials.ClientConfig(mustHolder(t, &credentials.Credentials{Certificate: cert, Roots: []*x509.Certificate{a.Root}}), credentials.AuthorizeAny())
 	}
@@ -188,21 +108,21 @@ func TestServerConfigRefuses(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, s := srv.dial(t, tc.cfg)
+			c, s := srv.Dial(t, tc.cfg)
 			if tc.want == nil && tc.msg == "" {
-				if c.err != nil || s.err != nil {
-					t.Fatalf("refused: client %v, server %v", c.err, s.err)
+				if c.Err != nil || s.Err != nil {
+					t.Fatalf("refused: client %v, server %v", c.Err, s.Err)
 				}
 				return
 			}
-			if c.err == nil || s.err == nil {
-				t.Fatalf("accepted: client %v, server %v", c.err, s.err)
+			if c.Err == nil || s.Err == nil {
+				t.Fatalf("accepted: client %v, server %v", c.Err, s.Err)
 			}
-			if tc.want != nil && !errors.Is(s.err, tc.want) {
-				t.Errorf("server error %v, want %v", s.err, tc.want)
+			if tc.want != nil && !errors.Is(s.Err, tc.want) {
+				t.Errorf("server error %v, want %v", s.Err, tc.want)
 			}
-			if !strings.Contains(s.err.Error(), tc.msg) {
-				t.Errorf("server error %q, want it to say %q", s.err, tc.msg)
+			if !strings.Contains(s.Err.Error(), tc.msg) {
+				t.Errorf("server error %q, want it to say %q", s.Err, tc.msg)
 			}
 		})
 	}
@@ -247,16 +167,16 @@ func TestClientConfigRefuses(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := serve(t, &tls.Config{Certificates: []tls.Certificate{tc.server}})
-			c, _ := srv.dial(t, credentials.ClientConfig(mustHolder(t, tc.creds), tc.auth))
+			srv := tlstest.Serve(t, &tls.Config{Certificates: []tls.Certificate{tc.server}})
+			c, _ := srv.Dial(t, credentials.ClientConfig(mustHolder(t, tc.creds), tc.auth))
 			if tc.want == nil {
-				if c.err != nil {
-					t.Fatalf("refused: %v", c.err)
+				if c.Err != nil {
+					t.Fatalf("refused: %v", c.Err)
 				}
 				return
 			}
-			if !errors.Is(c.err, tc.want) || !strings.Contains(c.err.Error(), tc.msg) {
-				t.Errorf("client error %v, want %v saying %q", c.err, tc.want, tc.msg)
+			if !errors.Is(c.Err, tc.want) || !strings.Contains(c.Err.Error(), tc.msg) {
+				t.Errorf("client error %v, want %v saying %q", c.Err, tc.want, tc.msg)
 			}
 		})
 	}
@@ -268,13 +188,13 @@ func TestTLSClosedSource(t *testing.T) {
 	t.Parallel()
 	a := pkitest.NewRoot(t, "root A")
 	srvH := mustHolder(t, creds(t, a, "server", a))
-	srv := serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeAny()))
+	srv := tlstest.Serve(t, credentials.ServerConfig(srvH, credentials.AuthorizeAny()))
 	cli := credentials.ClientConfig(mustHolder(t, creds(t, a, "client", a)), credentials.AuthorizeAny())
-	srv.requireOK(t, cli)
+	srv.RequireOK(t, cli)
 	srvH.Close()
-	c, s := srv.dial(t, cli)
-	if c.err == nil || !errors.Is(s.err, credentials.ErrClosed) {
-		t.Errorf("handshake with a closed source: client %v, server %v", c.err, s.err)
+	c, s := srv.Dial(t, cli)
+	if c.Err == nil || !errors.Is(s.Err, credentials.ErrClosed) {
+		t.Errorf("handshake with a closed source: client %v, server %v", c.Err, s.Err)
 	}
 }
 

@@ -10,9 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
-	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,6 +30,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
+	"github.com/meshtrust/meshtrust/internal/tlstest"
 )
 
 // wait bounds every wait for an event, so that a stuck test fails rather
@@ -104,91 +103,6 @@ func awaitSVID(t *testing.T, src credentials.Source, svid *x509svid.SVID) *crede
 	return await(t, src, "SVID serial "+svid.Certificates[0].SerialNumber.String(), func(c *credentials.Credentials) bool {
 		return c.Certificate.Leaf.Equal(svid.Certificates[0])
 	})
-}
-
-// end is one side's outcome of a handshake.
-type end struct {
-	err  error
-	peer *x509.Certificate
-}
-
-// tlsServer accepts TLS connections on loopback with one config for its
-// whole life, and reports each handshake's outcome.
-type tlsServer struct {
-	addr    string
-	results chan end
-}
-
-func serve(t *testing.T, cfg *tls.Config) *tlsServer {
-	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	s := &tlsServer{addr: ln.Addr().String(), results: make(chan end, 16)}
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				tc := conn.(*tls.Conn)
-				defer tc.Close()
-				tc.SetDeadline(time.Now().Add(wait))
-				var e end
-				if e.err = tc.Handshake(); e.err == nil {
-					e.peer = tc.ConnectionState().PeerCertificates[0]
-					_, e.err = tc.Write([]byte("ok"))
-				}
-				s.results <- e
-			}()
-		}
-	}()
-	return s
-}
-
-// dial handshakes with cfg and returns what each side saw. The client
-// reads a first message, so that a refusal of its certificate, which TLS
-// 1.3 reports after the client's handshake, is seen too.
-func (s *tlsServer) dial(t *testing.T, cfg *tls.Config) (client, server end) {
-	t.Helper()
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: wait}, "tcp", s.addr, cfg)
-	if err != nil {
-		client.err = err
-	} else {
-		conn.SetDeadline(time.Now().Add(wait))
-		_, client.err = io.ReadFull(conn, make([]byte, 2))
-		client.peer = conn.ConnectionState().PeerCertificates[0]
-		conn.Close()
-	}
-	select {
-	case server = <-s.results:
-	case <-time.After(wait):
-		t.Fatal("the server reported no handshake")
-	}
-	return client, server
-}
-
-// requireOK fails unless both sides completed the handshake, and returns
-// the leaf each saw of the other.
-func (s *tlsServer) requireOK(t *testing.T, cfg *tls.Config) (serverLeaf, clientLeaf *x509.Certificate) {
-	t.Helper()
-	c, srv := s.dial(t, cfg)
-	if c.err != nil || srv.err != nil {
-		t.Fatalf("handshake refused: client %v, server %v", c.err, srv.err)
-	}
-	return c.peer, srv.peer
-}
-
-// requireRefused fails unless the server refused the client with want.
-func (s *tlsServer) requireRefused(t *testing.T, cfg *tls.Config, want error) {
-	t.Helper()
-	c, srv := s.dial(t, cfg)
-	if c.err == nil || !errors.Is(srv.err, want) {
-		t.Fatalf("handshake: client %v, server %v; want the server to refuse with %v", c.err, srv.err, want)
-	}
 }
 
 // static is a client config over fixed credentials, such as a forged
@@ -265,16 +179,16 @@ func TestMutualTLS(t *testing.T) {
 	srcA, _ := newSource(t, s)
 	srcB, _ := newSource(t, b)
 
-	srv := serve(t, credentials.ServerConfig(srcA, credentials.AdaptMatcher(spiffeid.MatchID(idB))))
-	gotA, gotB := srv.requireOK(t, credentials.ClientConfig(srcB, credentials.AdaptMatcher(spiffeid.MatchID(idA))))
+	srv := tlstest.Serve(t, credentials.ServerConfig(srcA, credentials.AdaptMatcher(spiffeid.MatchID(idB))))
+	gotA, gotB := srv.RequireOK(t, credentials.ClientConfig(srcB, credentials.AdaptMatcher(spiffeid.MatchID(idA))))
 	if !gotA.Equal(svidA.Certificates[0]) || !gotB.Equal(svidB.Certificates[0]) {
 		t.Fatal("the workloads did not present their SVIDs")
 	}
 
 	// B expects another server: its Authorizer refuses A.
-	c, _ := srv.dial(t, credentials.ClientConfig(srcB, credentials.AdaptMatcher(spiffeid.MatchID(idB))))
-	if !errors.Is(c.err, credentials.ErrUnauthorized) || !strings.Contains(c.err.Error(), idA.String()) {
-		t.Fatalf("a client that wants %s talking to %s: %v, want ErrUnauthorized naming %s", idB, idA, c.err, idA)
+	c, _ := srv.Dial(t, credentials.ClientConfig(srcB, credentials.AdaptMatcher(spiffeid.MatchID(idB))))
+	if !errors.Is(c.Err, credentials.ErrUnauthorized) || !strings.Contains(c.Err.Error(), idA.String()) {
+		t.Fatalf("a client that wants %s talking to %s: %v, want ErrUnauthorized naming %s", idB, idA, c.Err, idA)
 	}
 }
 
@@ -287,19 +201,19 @@ func TestRotation(t *testing.T) {
 	b.SetSVID(idB)
 	srcA, _ := newSource(t, s)
 	srcB, _ := newSource(t, b)
-	srv := serve(t, credentials.ServerConfig(srcA, authorize()))
+	srv := tlstest.Serve(t, credentials.ServerConfig(srcA, authorize()))
 	client := credentials.ClientConfig(srcB, authorize())
-	srv.requireOK(t, client)
+	srv.RequireOK(t, client)
 
 	// SVID rotations, as the agent makes them at half of an SVID's life.
 	rotatedA := s.RotateSVID()
 	awaitSVID(t, srcA, rotatedA)
-	if gotA, _ := srv.requireOK(t, client); !gotA.Equal(rotatedA.Certificates[0]) {
+	if gotA, _ := srv.RequireOK(t, client); !gotA.Equal(rotatedA.Certificates[0]) {
 		t.Fatal("after A's rotation the server did not present its new SVID")
 	}
 	rotatedB := b.RotateSVID()
 	awaitSVID(t, srcB, rotatedB)
-	if _, gotB := srv.requireOK(t, client); !gotB.Equal(rotatedB.Certificates[0]) {
+	if _, gotB := srv.RequireOK(t, client); !gotB.Equal(rotatedB.Certificates[0]) {
 		t.Fatal("after B's rotation the client did not present its new SVID")
 	}
 
@@ -314,20 +228,20 @@ func TestRotation(t *testing.T) {
 	if n := len(current(t, srcA).Bundles[td1]); n != 2 {
 		t.Fatalf("after RotateCA the bundle has %d authorities, want 2", n)
 	}
-	gotA, gotB := srv.requireOK(t, client)
+	gotA, gotB := srv.RequireOK(t, client)
 	if !gotA.Equal(newA.Certificates[0]) || !gotB.Equal(newB.Certificates[0]) {
 		t.Fatal("after RotateCA the workloads did not present the SVIDs of the new authority")
 	}
 	// (The old SVID's holder trusts the new bundle, so that it accepts
 	// A's new SVID and only the server's verdict is tested.)
-	srv.requireOK(t, staticSVID(t, old, s.CA(td1).Bundle()))
+	srv.RequireOK(t, staticSVID(t, old, s.CA(td1).Bundle()))
 
 	// The old authority leaves the bundle: its SVID is refused at the
 	// next handshake, the new ones are not.
 	s.PruneBundle(td1)
 	await(t, srcA, "a bundle of one authority", func(c *credentials.Credentials) bool { return len(c.Bundles[td1]) == 1 })
-	srv.requireRefused(t, staticSVID(t, old, s.CA(td1).Bundle()), credentials.ErrUntrusted)
-	srv.requireOK(t, client)
+	srv.RequireRefused(t, staticSVID(t, old, s.CA(td1).Bundle()), credentials.ErrUntrusted)
+	srv.RequireOK(t, client)
 }
 
 // TestAgentRestart: the Workload API disappears; the source keeps serving
@@ -341,9 +255,9 @@ func TestAgentRestart(t *testing.T) {
 	log, logger := newLog()
 	srcA, retries := newSource(t, s, spire.WithLogger(logger))
 	srcB, _ := newSource(t, b)
-	srv := serve(t, credentials.ServerConfig(srcA, authorize()))
+	srv := tlstest.Serve(t, credentials.ServerConfig(srcA, authorize()))
 	client := credentials.ClientConfig(srcB, authorize())
-	srv.requireOK(t, client)
+	srv.RequireOK(t, client)
 	before := current(t, srcA)
 	changed := srcA.Changed()
 
@@ -357,7 +271,7 @@ func TestAgentRestart(t *testing.T) {
 		t.Fatal("Changed was closed while the agent was away")
 	default:
 	}
-	if gotA, _ := srv.requireOK(t, client); !gotA.Equal(before.Certificate.Leaf) {
+	if gotA, _ := srv.RequireOK(t, client); !gotA.Equal(before.Certificate.Leaf) {
 		t.Fatal("while the agent was away the server did not present its last SVID")
 	}
 	if n := log.count("the Workload API is unreachable"); n != 1 {
@@ -367,7 +281,7 @@ func TestAgentRestart(t *testing.T) {
 	rotated := s.RotateSVID() // the restarted agent has a new SVID
 	s.Restart()
 	awaitSVID(t, srcA, rotated)
-	if gotA, _ := srv.requireOK(t, client); !gotA.Equal(rotated.Certificates[0]) {
+	if gotA, _ := srv.RequireOK(t, client); !gotA.Equal(rotated.Certificates[0]) {
 		t.Fatal("after the agent came back the server did not present the new SVID")
 	}
 	if n := log.count("the Workload API is reachable again"); n != 1 {
@@ -405,14 +319,14 @@ func TestFederation(t *testing.T) {
 				t.Fatalf("Roots hold %d certificates, want %s's authority only", len(creds.Roots), td1)
 			}
 
-			srv := serve(t, credentials.ServerConfig(srcA, authorize()))
+			srv := tlstest.Serve(t, credentials.ServerConfig(srcA, authorize()))
 			partner := credentials.ClientConfig(srcC, authorize())
 			if federate {
-				if _, got := srv.requireOK(t, partner); !got.Equal(svidC.Certificates[0]) {
+				if _, got := srv.RequireOK(t, partner); !got.Equal(svidC.Certificates[0]) {
 					t.Fatal("the partner's SVID was not the one presented")
 				}
 			} else {
-				srv.requireRefused(t, partner, credentials.ErrUntrusted)
+				srv.RequireRefused(t, partner, credentials.ErrUntrusted)
 				if n := log.count("dropping the bundle"); n != 1 {
 					t.Fatalf("the dropped bundle was logged %d times, want once:\n%s", n, log)
 				}
@@ -431,7 +345,7 @@ func TestFederation(t *testing.T) {
 				// certificate without a SPIFFE ID either.
 				{"no SPIFFE ID, signed by td2's CA", static(t, cn, cnKey, b1, b2), credentials.ErrUntrusted},
 			} {
-				t.Run(tc.name, func(t *testing.T) { srv.requireRefused(t, tc.cfg, tc.want) })
+				t.Run(tc.name, func(t *testing.T) { srv.RequireRefused(t, tc.cfg, tc.want) })
 			}
 
 			// More updates, among them one of td2's bundle, log no
@@ -451,7 +365,7 @@ func TestFederation(t *testing.T) {
 			// longer trusted.
 			s.RemoveFederatedBundle(td2)
 			await(t, srcA, "no bundle for td2", func(c *credentials.Credentials) bool { _, ok := c.Bundles[td2]; return !ok })
-			srv.requireRefused(t, partner, credentials.ErrUntrusted)
+			srv.RequireRefused(t, partner, credentials.ErrUntrusted)
 		})
 	}
 }
