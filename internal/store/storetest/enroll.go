@@ -544,6 +544,24 @@ func testFailedRevocationNoEvent(t *testing.T, open Opener) {
 	checkEvents(t, "after the failed revocations", s, want)
 }
 
+// namedCall is one store call a test makes in a state where it must fail.
+type namedCall struct {
+	name string
+	call func() error
+}
+
+// tokenWrites are the enrollment store's two writes with ctx: putting
+// other, and spending tok.
+func tokenWrites(ctx context.Context, s store.Store, tok, other store.JoinToken) []namedCall {
+	return []namedCall{
+		{"PutToken", func() error { return s.PutToken(ctx, other, tokenEntry(other)) }},
+		{"UseToken", func() error {
+			_, err := s.UseToken(ctx, tok.Hash, tok.NodeID, epoch(), enrollEntry(tok.NodeID, epoch()))
+			return err
+		}},
+	}
+}
+
 func testEnrollCanceledContext(t *testing.T, open Opener) {
 	s := openEnroll(t, open, t.TempDir())
 	tok := newToken(1, "ct112", epoch())
@@ -552,16 +570,7 @@ func testEnrollCanceledContext(t *testing.T, open Opener) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	other := newToken(2, "ct113", epoch())
-	calls := []struct {
-		name string
-		call func() error
-	}{
-		{"PutToken", func() error { return s.PutToken(ctx, other, tokenEntry(other)) }},
-		{"UseToken", func() error {
-			_, err := s.UseToken(ctx, tok.Hash, tok.NodeID, epoch(), enrollEntry(tok.NodeID, epoch()))
-			return err
-		}},
-	}
+	calls := tokenWrites(ctx, s, tok, other)
 	for _, tt := range calls {
 		if err := tt.call(); !errors.Is(err, context.Canceled) {
 			t.Errorf("%s with a canceled context = %v, want context.Canceled", tt.name, err)
@@ -584,17 +593,8 @@ func testEnrollClosed(t *testing.T, open Opener) {
 	}
 	ctx := t.Context()
 	other := newToken(2, "ct113", epoch())
-	calls := []struct {
-		name string
-		call func() error
-	}{
-		{"PutToken", func() error { return s.PutToken(ctx, other, tokenEntry(other)) }},
-		{"UseToken", func() error {
-			_, err := s.UseToken(ctx, tok.Hash, tok.NodeID, epoch(), enrollEntry(tok.NodeID, epoch()))
-			return err
-		}},
-		{"RevocationEvents", func() error { _, err := s.Events(ctx, 0, 0); return err }},
-	}
+	calls := append(tokenWrites(ctx, s, tok, other),
+		namedCall{"RevocationEvents", func() error { _, err := s.Events(ctx, 0, 0); return err }})
 	for _, tt := range calls {
 		if err := tt.call(); !errors.Is(err, store.ErrClosed) {
 			t.Errorf("%s after Close = %v, want an error wrapping store.ErrClosed", tt.name, err)
