@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,7 +22,6 @@ import (
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // The hostile-input suite: meshd started for real, attacked over real TLS
@@ -281,13 +279,7 @@ func TestHostileEntityNamespaceOverlap(t *testing.T) {
 // connections; the last good version stays in force until the file is
 // whole again.
 func TestHostileHalfWrittenEntityFile(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true})
-	partner := newTestCA(t, "partner CA")
-	e.extraKeys = append(e.extraKeys, partner.keyPEM)
-	file := filepath.Join(e.trustDir, "entities", "partner.pem")
-	if err := pemfile.WriteAtomic(file, partner.pem, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	e, partner, file := newPartnerFileEnv(t)
 	cert := partner.leaf(t, "partner-a")
 	var conn *rawConn
 	eventually.True(t, "partner admitted", func() bool {

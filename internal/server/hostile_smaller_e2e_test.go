@@ -19,18 +19,27 @@ import (
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
+// newPartnerFileEnv starts a strict meshd on the local CA and a trust dir,
+// with a partner CA's root written to the trust dir's entities/partner.pem
+// (file) and the partner's key added to e.extraKeys.
+func newPartnerFileEnv(t *testing.T) (e *env, partner *testCA, file string) {
+	t.Helper()
+	e = newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true})
+	partner = newTestCA(t, "partner CA")
+	e.extraKeys = append(e.extraKeys, partner.keyPEM)
+	file = filepath.Join(e.trustDir, "entities", "partner.pem")
+	if err := pemfile.WriteAtomic(file, partner.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e, partner, file
+}
+
 // TestHostileFIFOInTrustDir: a FIFO named *.pem dropped into the trust dir
 // (and its entities/) neither blocks the reload nor keeps a CA deleted
 // afterwards trusted: the partner whose file is deleted is refused and its
 // agent evicted, over real TLS, while the mesh CA's agents are served.
 func TestHostileFIFOInTrustDir(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true})
-	partner := newTestCA(t, "partner CA")
-	e.extraKeys = append(e.extraKeys, partner.keyPEM)
-	file := filepath.Join(e.trustDir, "entities", "partner.pem")
-	if err := pemfile.WriteAtomic(file, partner.pem, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	e, partner, file := newPartnerFileEnv(t)
 	cert := partner.leaf(t, "partner-a")
 	eventually.True(t, "partner admitted", func() bool {
 		return e.do(e.freshClient(&cert), "POST", "/heartbeat", heartbeat("partner-a", 9200)).code == http.StatusOK
