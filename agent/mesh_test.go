@@ -18,6 +18,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/clocktest"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -110,9 +111,9 @@ func holder(t *testing.T, c *credentials.Credentials) *credentials.Holder {
 	return h
 }
 
-// meshd is a real meshd over the pki, in TLS mode strict with the localca
+// testMeshd is a real meshd over the pki, in TLS mode strict with the localca
 // backend, its admin API on a unix socket.
-type meshd struct {
+type testMeshd struct {
 	*pki
 	url   string
 	admin *http.Client
@@ -120,7 +121,7 @@ type meshd struct {
 
 // startMeshd starts meshd with a heartbeat timeout of timeout (0: its
 // default), and stops it when the test ends.
-func (p *pki) startMeshd(timeout time.Duration) *meshd {
+func (p *pki) startMeshd(timeout time.Duration) *testMeshd {
 	p.t.Helper()
 	ctx := context.Background()
 	node, err := p.ca.Sign(ctx, ca.NodeRequest("meshd", "localhost", "IP:127.0.0.1"), ca.WithGeneratedKey())
@@ -129,11 +130,8 @@ func (p *pki) startMeshd(timeout time.Duration) *meshd {
 	}
 	cn, c := node.Cert.Subject.CommonName, p.ca.Config()
 	sock := filepath.Join(p.dir, "admin.sock")
-	srv, err := server.New(ctx, server.Config{
-		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
-		CertFile: c.IssuedCertPath(cn), KeyFile: c.IssuedKeyPath(cn), Backends: []string{server.BackendLocalCA},
-		HeartbeatTimeout: timeout, RevocationPoll: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler),
-	}, p.st, p.ca)
+	srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
+		CertFile: c.IssuedCertPath(cn), KeyFile: c.IssuedKeyPath(cn), Logger: slog.New(slog.DiscardHandler)}, Backends: []string{meshd.BackendLocalCA}, HeartbeatTimeout: timeout, RevocationPoll: 20 * time.Millisecond}, p.st, p.ca)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -153,11 +151,11 @@ func (p *pki) startMeshd(timeout time.Duration) *meshd {
 			return d.DialContext(ctx, "unix", sock)
 		},
 	}}
-	return &meshd{pki: p, url: "https://" + srv.AgentAddr(), admin: admin}
+	return &testMeshd{pki: p, url: "https://" + srv.AgentAddr(), admin: admin}
 }
 
 // adminCall calls the admin API and decodes its 200 answer into out.
-func (m *meshd) adminCall(method, path string, in, out any) {
+func (m *testMeshd) adminCall(method, path string, in, out any) {
 	m.t.Helper()
 	var body io.Reader
 	if in != nil {
@@ -199,7 +197,7 @@ type listed struct {
 }
 
 // agents returns meshd's agents by id.
-func (m *meshd) agents() map[string]listed {
+func (m *testMeshd) agents() map[string]listed {
 	m.t.Helper()
 	var out struct {
 		Agents []listed `json:"agents"`
@@ -213,7 +211,7 @@ func (m *meshd) agents() map[string]listed {
 }
 
 // storedSerial is the certificate serial meshd's store holds for agent id.
-func (m *meshd) storedSerial(id string) string {
+func (m *testMeshd) storedSerial(id string) string {
 	m.t.Helper()
 	agents, err := m.st.Agents(context.Background())
 	if err != nil {
@@ -228,13 +226,13 @@ func (m *meshd) storedSerial(id string) string {
 	return ""
 }
 
-func (m *meshd) rotate() {
+func (m *testMeshd) rotate() {
 	m.t.Helper()
 	var out meshapi.RotateResponse
 	m.adminCall(http.MethodPost, meshapi.PathAdminRotate, nil, &out)
 }
 
-func (m *meshd) revoke(serial string) {
+func (m *testMeshd) revoke(serial string) {
 	m.t.Helper()
 	m.adminCall(http.MethodPost, meshapi.PathAdminRevoke, meshapi.RevokeRequest{Target: serial, Reason: "keyCompromise"}, nil)
 }

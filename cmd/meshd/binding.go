@@ -3,8 +3,8 @@ package main
 import (
 	"github.com/spf13/pflag"
 
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/registry"
-	"github.com/meshtrust/meshtrust/internal/server"
 )
 
 // bindingOptions are how certificates name their agents: the trust
@@ -15,13 +15,13 @@ type bindingOptions struct {
 }
 
 func (b *bindingOptions) flags(f *pflag.FlagSet) {
-	f.StringVar(&b.trustDomain, "agent-trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", server.DefaultAgentTrustDomain), "trust domain of MCP Mesh's agent certificates, CN <agent>.<trust domain>, which trust-dir and entity CAs admit (env MCP_MESH_TRUST_DOMAIN)")
+	f.StringVar(&b.trustDomain, "agent-trust-domain", envOr("MCP_MESH_TRUST_DOMAIN", meshd.DefaultAgentTrustDomain), "trust domain of MCP Mesh's agent certificates, CN <agent>.<trust domain>, which trust-dir and entity CAs admit (env MCP_MESH_TRUST_DOMAIN)")
 	f.StringVar(&b.agentBinding, "agent-binding", envOr("MESHD_AGENT_BINDING", ""), "per trust source, how its certificates name their agent: 'filestore=cn,trust-domain;spire=spiffe:spiffe://mcp-mesh.local/agent/{agent}' (forms cn, trust-domain[:<td>], spiffe:<template>, none; default localca=cn, others cn,trust-domain; env MESHD_AGENT_BINDING)")
 	f.StringVar(&b.entityNamespace, "entity-namespace", envOr("MESHD_ENTITY_NAMESPACE", ""), "agent ids the trust dir's entities may claim: 'acme=first-claim;beta=ids:weather-agent-1,geo-agent-1' (default prefix: <entity>-…; registered entities choose theirs at `meshctl entity register --namespace`; env MESHD_ENTITY_NAMESPACE)")
 }
 
 // apply sets the binding fields of cfg.
-func (b *bindingOptions) apply(cfg *server.Config) error {
+func (b *bindingOptions) apply(cfg *meshd.Config) error {
 	bindings, err := registry.ParseBindings(b.agentBinding, b.trustDomain)
 	if err != nil {
 		return err

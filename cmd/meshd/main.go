@@ -22,6 +22,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
 	"github.com/meshtrust/meshtrust/internal/config"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/database"
@@ -75,7 +76,7 @@ type limits struct {
 	maxAgentsPerNode                             int
 	maxRequestBody                               int64
 	watchCertless                                int
-	registrations                                server.RegistrationLimits
+	registrations                                meshd.RegistrationLimits
 	providerEntities                             string
 	certless                                     server.CertlessLimits
 }
@@ -244,23 +245,26 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	scfg := server.Config{
-		Listen: o.listen, AdminSocket: filepath.Join(o.DataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins, MetricsListen: o.metricsListen,
-		TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey,
+	scfg := meshd.Config{
+		Config: server.Config{
+			Listen: o.listen, AdminSocket: filepath.Join(o.DataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins, MetricsListen: o.metricsListen,
+			TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey, Logger: log,
+			SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL, SessionIssuer: o.sessionIssuer, SessionAudience: o.sessionAudience,
+			BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
+			ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
+			AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
+			MaxCertlessWatchStreams: o.limits.watchCertless, Certless: o.limits.certless,
+		},
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
-		K8s:              server.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},
+		K8s:              meshd.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},
 		SPIRE:            spireCfg,
-		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval, Logger: log,
-		SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL, SessionIssuer: o.sessionIssuer, SessionAudience: o.sessionAudience,
-		BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
-		ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
-		AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
-		Registrations: o.limits.registrationLimits(), MaxCertlessWatchStreams: o.limits.watchCertless, Certless: o.limits.certless,
+		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval,
+		Registrations: o.limits.registrationLimits(),
 	}
 	if err := o.binding.apply(&scfg); err != nil {
 		return err
 	}
-	srv, err := server.New(ctx, scfg, st, authority)
+	srv, err := meshd.New(ctx, scfg, st, authority)
 	if err != nil {
 		return err
 	}
@@ -281,8 +285,8 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 type spireOptions struct{ socket, federated, entities string }
 
 // config parses the spire backend's flags.
-func (o spireOptions) config() (server.SPIREConfig, error) {
-	c := server.SPIREConfig{Socket: o.socket}
+func (o spireOptions) config() (meshd.SPIREConfig, error) {
+	c := meshd.SPIREConfig{Socket: o.socket}
 	for _, raw := range strings.Split(o.federated, ",") {
 		if raw = strings.TrimSpace(raw); raw == "" {
 			continue
@@ -315,7 +319,7 @@ func (o spireOptions) config() (server.SPIREConfig, error) {
 
 // registrationLimits returns the registry's limits, provider entities
 // split out of their comma list.
-func (l limits) registrationLimits() server.RegistrationLimits {
+func (l limits) registrationLimits() meshd.RegistrationLimits {
 	r := l.registrations
 	for _, e := range strings.Split(l.providerEntities, ",") {
 		if e = strings.TrimSpace(e); e != "" {

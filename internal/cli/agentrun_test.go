@@ -32,7 +32,7 @@ func clearAgentEnv(t *testing.T) {
 
 // useFiles points the file provider's variables at agent@node's
 // certificate, issued by the meshd's CA.
-func (m *meshd) useFiles(t *testing.T, agent, node string) {
+func (m *testMeshd) useFiles(t *testing.T, agent, node string) {
 	t.Helper()
 	m.mustRun("ca", "issue-agent", agent, node)
 	cn := agent + "@" + node
@@ -44,7 +44,7 @@ func (m *meshd) useFiles(t *testing.T, agent, node string) {
 // nodeDir lays out an enrolled node's directory for node with agent's
 // certificate, from certificates the meshd's CA issued, as `meshctl
 // enroll` and `meshctl agent-cert` leave it.
-func (m *meshd) nodeDir(t *testing.T, node, agent string) string {
+func (m *testMeshd) nodeDir(t *testing.T, node, agent string) string {
 	t.Helper()
 	m.mustRun("ca", "issue-node", node)
 	m.mustRun("ca", "issue-agent", agent, node)
@@ -283,7 +283,7 @@ while :; do sleep 1 </dev/null >/dev/null 2>&1 3>&- & wait $!; done`
 // startSignalled runs signalScript as agent opus against a new meshd,
 // with the file provider, and returns once the command is ready, with
 // what it says.
-func startSignalled(t *testing.T, termStatus string, flags ...string) (*meshd, *sidecar, <-chan string) {
+func startSignalled(t *testing.T, termStatus string, flags ...string) (*testMeshd, *sidecar, <-chan string) {
 	t.Helper()
 	clearAgentEnv(t)
 	m := startMeshd(t)

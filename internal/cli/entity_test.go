@@ -22,18 +22,19 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
-// meshd is a real meshd server running in the test process over the
+// testMeshd is a real meshd server running in the test process over the
 // env's CA, with its admin socket in dataDir and an mTLS admin listener.
-type meshd struct {
+type testMeshd struct {
 	*env
 	dataDir   string
-	srv       *server.Server
+	srv       *meshd.Meshd
 	rootCAs   *x509.CertPool
 	agentAddr string
 }
@@ -42,7 +43,7 @@ type meshd struct {
 // meshd and the admin@external certificate, and starts meshd in strict
 // TLS mode with the localca backend (registered entities are always
 // trusted too).
-func startMeshd(t *testing.T) *meshd {
+func startMeshd(t *testing.T) *testMeshd {
 	t.Helper()
 	noAdminEnv(t)
 	e := newEnv(t)
@@ -68,16 +69,13 @@ func startMeshd(t *testing.T) *meshd {
 		st.Close()
 		t.Fatal(err)
 	}
-	srv, err := server.New(ctx, server.Config{
-		Listen:      "127.0.0.1:0",
+	srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: "127.0.0.1:0",
 		AdminSocket: filepath.Join(dataDir, "admin.sock"),
 		AdminListen: "127.0.0.1:0",
 		TLSMode:     server.TLSStrict,
 		CertFile:    e.issued("meshd.mesh"),
 		KeyFile:     e.issuedKey("meshd.mesh"),
-		Backends:    []string{server.BackendLocalCA},
-		Logger:      slog.New(slog.DiscardHandler),
-	}, st, authority)
+		Logger:      slog.New(slog.DiscardHandler)}, Backends: []string{meshd.BackendLocalCA}}, st, authority)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -96,7 +94,7 @@ func startMeshd(t *testing.T) *meshd {
 	})
 	roots := x509.NewCertPool()
 	roots.AddCert(readCert(t, filepath.Join(e.root, "ca.crt")))
-	return &meshd{env: e, dataDir: dataDir, srv: srv, rootCAs: roots, agentAddr: srv.AgentAddr()}
+	return &testMeshd{env: e, dataDir: dataDir, srv: srv, rootCAs: roots, agentAddr: srv.AgentAddr()}
 }
 
 // noAdminEnv keeps the caller's environment from pointing meshctl at some
@@ -108,12 +106,12 @@ func noAdminEnv(t *testing.T) {
 }
 
 // ctl runs meshctl against the running meshd's admin socket.
-func (m *meshd) ctl(args ...string) result {
+func (m *testMeshd) ctl(args ...string) result {
 	m.t.Helper()
 	return m.run(append(slices.Clone(args), "--data-dir", m.dataDir)...)
 }
 
-func (m *meshd) mustCtl(args ...string) result {
+func (m *testMeshd) mustCtl(args ...string) result {
 	m.t.Helper()
 	r := m.ctl(args...)
 	if r.code != 0 {
@@ -196,7 +194,7 @@ func (p *partnerCA) agentCert(t *testing.T, cn string) tls.Certificate {
 }
 
 // agentClient is an HTTPS client of the agent port presenting cert.
-func (m *meshd) agentClient(cert tls.Certificate) *http.Client {
+func (m *testMeshd) agentClient(cert tls.Certificate) *http.Client {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: m.rootCAs, Certificates: []tls.Certificate{cert}, ServerName: "localhost"}}
 	m.t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
@@ -204,7 +202,7 @@ func (m *meshd) agentClient(cert tls.Certificate) *http.Client {
 
 // heartbeat registers agentID through the agent port and returns the
 // status code.
-func (m *meshd) heartbeat(c *http.Client, agentID string) int {
+func (m *testMeshd) heartbeat(c *http.Client, agentID string) int {
 	m.t.Helper()
 	body := `{"agent_id":"` + agentID + `","name":"` + agentID + `"}`
 	resp, err := c.Post("https://"+m.agentAddr+"/heartbeat", "application/json", strings.NewReader(body))
@@ -216,7 +214,7 @@ func (m *meshd) heartbeat(c *http.Client, agentID string) int {
 	return resp.StatusCode
 }
 
-func (m *meshd) mustHeartbeat(c *http.Client, agentID string) {
+func (m *testMeshd) mustHeartbeat(c *http.Client, agentID string) {
 	m.t.Helper()
 	if code := m.heartbeat(c, agentID); code != http.StatusOK {
 		m.t.Fatalf("heartbeat %s: %d, want 200", agentID, code)
@@ -237,7 +235,7 @@ type entityRow struct {
 	Namespace   string     `json:"namespace"`
 }
 
-func (m *meshd) entities() map[string]entityRow {
+func (m *testMeshd) entities() map[string]entityRow {
 	m.t.Helper()
 	r := m.mustCtl("entity", "list", "--json")
 	var out struct {

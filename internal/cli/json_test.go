@@ -192,7 +192,7 @@ func TestJSONEverywhere(t *testing.T) {
 
 // registerAgent issues agent@node with meshctl and registers it with
 // meshd over mTLS.
-func (m *meshd) registerAgent(t *testing.T, agent, node string) {
+func (m *testMeshd) registerAgent(t *testing.T, agent, node string) {
 	t.Helper()
 	if r := m.run("ca", "issue-agent", agent, node); r.code != 0 {
 		t.Fatalf("issue-agent: %s", r.output())

@@ -125,7 +125,7 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 	listed := map[string]bool{}
 	for _, e := range ents {
 		info := meshapi.EntityInfo{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"), NotAfter: e.NotAfter,
-			Fingerprint: e.Fingerprint, Source: "meshd", Status: "active", Agents: agents[e.Name], Namespace: storedNamespace(e).String()}
+			Fingerprint: e.Fingerprint, Source: "meshd", Status: "active", Agents: agents[e.Name], Namespace: StoredNamespace(e).String()}
 		if e.Revoked() {
 			at := e.RevokedAt
 			info.Status, info.RevokedAt = "revoked", &at
@@ -133,7 +133,7 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 		listed[e.Name] = true
 		out = append(out, info)
 	}
-	for _, b := range s.dynamic {
+	for _, b := range s.sources.Dynamic() {
 		for _, name := range b.Entities() {
 			if listed[name] {
 				continue
@@ -146,7 +146,7 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 			c := certs[0]
 			out = append(out, meshapi.EntityInfo{Name: name, Subject: c.Subject.String(), Expires: c.NotAfter.UTC().Format("2006-01-02"), NotAfter: c.NotAfter,
 				Fingerprint: trust.Fingerprint(c), Source: b.Name(), Status: "active", Agents: agents[name],
-				Namespace: s.namespaces.Lookup(b.Name(), name).String()})
+				Namespace: s.sources.Namespace(b.Name(), name).String()})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -165,10 +165,10 @@ func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// One name, one source: a registered entity never shares its name
-	// with a trust-dir, Kubernetes or SPIRE entity (entityNames).
-	if h := s.names.otherHolder(e.Name, BackendEntities); h != "" {
+	// with a trust-dir, Kubernetes or SPIRE entity (TrustSources.Check).
+	if h := s.sources.OtherHolder(e.Name); h != "" {
 		s.metrics.refusals.WithLabelValues("entity_name_taken").Inc()
-		s.adminError(w, r, http.StatusConflict, fmt.Sprintf("%v: trust source %q holds an entity named %q already; choose another name, or remove it from %s first", errEntityNameTaken, h, e.Name, h))
+		s.adminError(w, r, http.StatusConflict, fmt.Sprintf("%v: trust source %q holds an entity named %q already; choose another name, or remove it from %s first", ErrEntityNameTaken, h, e.Name, h))
 		return
 	}
 	prev, err := s.st.Entity(r.Context(), e.Name)
@@ -188,7 +188,7 @@ func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	s.log.Info("entity registered", "entity", e.Name, "subject", e.Subject, "fingerprint", e.Fingerprint, "replaced_ca", replaced, "namespace", storedNamespace(e).String())
+	s.log.Info("entity registered", "entity", e.Name, "subject", e.Subject, "fingerprint", e.Fingerprint, "replaced_ca", replaced, "namespace", StoredNamespace(e).String())
 	writeJSON(w, http.StatusCreated, meshapi.RegisterEntityResponse{Name: e.Name, Subject: e.Subject, Expires: e.NotAfter.UTC().Format("2006-01-02"),
 		Fingerprint: e.Fingerprint, Message: fmt.Sprintf("Entity '%s' registered", e.Name)})
 }
@@ -225,8 +225,8 @@ func (s *Server) checkEntity(ctx context.Context, req meshapi.RegisterEntityRequ
 		}
 		names = append(names, o.Name) // revoked ones too: they may come back
 	}
-	if s.files != nil {
-		names = append(names, s.files.Entities()...)
+	if files := s.sources.TrustDir(); files != nil {
+		names = append(names, files.Entities()...)
 	}
 	ns, err := registry.ParseNamespace(req.Namespace)
 	if err != nil {
@@ -250,10 +250,10 @@ func storedForm(ns registry.Namespace) string {
 	return ns.String()
 }
 
-// storedNamespace returns e's namespace. One the store holds was parsed
+// StoredNamespace returns e's namespace. One the store holds was parsed
 // when it was registered; one that no longer parses (written by hand)
 // falls back to the prefix, the narrowest.
-func storedNamespace(e store.Entity) registry.Namespace {
+func StoredNamespace(e store.Entity) registry.Namespace {
 	ns, err := registry.ParseNamespace(e.Namespace)
 	if err != nil {
 		return registry.Namespace{}
@@ -273,10 +273,10 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 	}
 	a := store.AuditEntry{Time: now, Action: "entity.revoke", Identity: name, Outcome: store.OutcomeOK}
 	err := s.st.RevokeEntity(ctx, name, now.UTC(), a)
-	if errors.Is(err, store.ErrNotFound) && s.files != nil && len(s.files.Certificates(name)) > 0 {
+	if files := s.sources.TrustDir(); errors.Is(err, store.ErrNotFound) && files != nil && len(files.Certificates(name)) > 0 {
 		// An entity another tool dropped into the trust dir: record it so
 		// its revocation is durable and listed.
-		err = s.adoptFileEntity(ctx, name, now)
+		err = s.adoptFileEntity(ctx, files, name, now)
 		if err == nil {
 			err = s.st.RevokeEntity(ctx, name, now.UTC(), a)
 		}
@@ -295,9 +295,9 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	eff := s.effects.take("entity.revoked " + name)
-	writeJSON(w, http.StatusOK, meshapi.RevokeEntityResponse{Name: name, EvictedAgents: eff.evicted, ClosedConnections: eff.closed,
-		Message: fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.evicted)})
+	eff := s.events.Take("entity.revoked " + name)
+	writeJSON(w, http.StatusOK, meshapi.RevokeEntityResponse{Name: name, EvictedAgents: eff.Evicted, ClosedConnections: eff.Closed,
+		Message: fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.Evicted)})
 }
 
 // overlappingNamespace refuses an entity name whose namespace overlaps
@@ -335,8 +335,8 @@ func recordable(t time.Time) time.Time {
 	return t.UTC()
 }
 
-func (s *Server) adoptFileEntity(ctx context.Context, name string, now time.Time) error {
-	certs := s.files.Certificates(name)
+func (s *Server) adoptFileEntity(ctx context.Context, files EntitySource, name string, now time.Time) error {
+	certs := files.Certificates(name)
 	c := certs[0]
 	e := store.Entity{Name: name, CAPEM: pemfile.EncodeCerts(certs...), Fingerprint: trust.Fingerprint(c), Subject: c.Subject.String(),
 		NotBefore: recordable(c.NotBefore), NotAfter: recordable(c.NotAfter), CreatedAt: now.UTC()}
@@ -354,7 +354,7 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		err := s.st.RotateEntity(ctx, name, s.cfg.Now().UTC(), store.AuditEntry{Time: s.cfg.Now(), Action: "entity.rotate", Identity: name, Outcome: store.OutcomeOK})
-		if errors.Is(err, store.ErrNotFound) && (s.files == nil || len(s.files.Certificates(name)) == 0) {
+		if files := s.sources.TrustDir(); errors.Is(err, store.ErrNotFound) && (files == nil || len(files.Certificates(name)) == 0) {
 			s.adminError(w, r, http.StatusNotFound, fmt.Sprintf("no entity %q (see `meshctl entity list`)", name))
 			return
 		}
@@ -374,7 +374,7 @@ func (s *Server) rotate(w http.ResponseWriter, r *http.Request) {
 		s.internalError(w, r, err)
 		return
 	}
-	n := s.effects.take("entity.rotated " + name).evicted
+	n := s.events.Take("entity.rotated " + name).Evicted
 	msg := "Rotation triggered for all entities"
 	if name != "" {
 		msg = fmt.Sprintf("Rotation triggered for entity '%s'", name)
@@ -432,14 +432,14 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 	if id, perr := identity.Parse(req.Target); perr == nil {
 		out.Identity = id.CommonName()
 	}
-	eff := s.effects.take("cert.revoked " + out.Identity)
+	eff := s.events.Take("cert.revoked " + out.Identity)
 	for _, rv := range revs {
 		if rv.CommonName != out.Identity {
-			more := s.effects.take("cert.revoked " + rv.CommonName)
-			eff.evicted, eff.closed = eff.evicted+more.evicted, eff.closed+more.closed
+			more := s.events.Take("cert.revoked " + rv.CommonName)
+			eff.Evicted, eff.Closed = eff.Evicted+more.Evicted, eff.Closed+more.Closed
 		}
 	}
-	out.EvictedAgents, out.ClosedConnections = eff.evicted, eff.closed
+	out.EvictedAgents, out.ClosedConnections = eff.Evicted, eff.Closed
 	if err != nil {
 		out.Warning = err.Error()
 	}

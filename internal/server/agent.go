@@ -103,13 +103,13 @@ func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 		case err != nil:
 			s.refuse(w, r, http.StatusForbidden, meshauth.Reason(err), err.Error())
 		default:
-			// One entity name, one trust source (entityNames).
-			if err := s.names.check(caller.Peer); err != nil {
+			// One entity name, one trust source (TrustSources.Check).
+			if err := s.sources.Check(caller.Peer); err != nil {
 				s.refuse(w, r, http.StatusForbidden, "entity_name_taken", err.Error())
 				return
 			}
 			if caller.Peer != nil && r.TLS != nil {
-				s.admitted.add(caller.Peer.Fingerprint, r.TLS.PeerCertificates, s.cfg.Now())
+				s.sources.Admitted(caller.Peer.Fingerprint, r.TLS.PeerCertificates, s.cfg.Now())
 			}
 			h(w, vr, caller.Peer)
 		}

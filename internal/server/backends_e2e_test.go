@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/kubetest"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
 )
@@ -35,7 +36,7 @@ func TestMain(m *testing.M) { os.Exit(kubetest.Main(m)) }
 func k8sNamespace(t *testing.T) (string, kubernetes.Interface, kubernetes.Interface) {
 	t.Helper()
 	c := kubetest.Shared(t)
-	admin, meshd := c.Admin(t), c.Meshd(t)
+	admin, meshdClient := c.Admin(t), c.Meshd(t)
 	b := make([]byte, 4)
 	rand.Read(b)
 	ns := "e2e-" + hex.EncodeToString(b)
@@ -54,10 +55,10 @@ func k8sNamespace(t *testing.T) (string, kubernetes.Interface, kubernetes.Interf
 		t.Fatal(err)
 	}
 	eventually.True(t, "RBAC for meshd", func() bool {
-		_, err := meshd.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+		_, err := meshdClient.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
 		return err == nil
 	})
-	return ns, admin, meshd
+	return ns, admin, meshdClient
 }
 
 func entitySecret(name string, ca []byte) *corev1.Secret {
@@ -73,14 +74,14 @@ func entitySecret(name string, ca []byte) *corev1.Secret {
 // `entity revoke` does. The test waits for the evictions and logs how long
 // they took; it does not time them (BENCHMARKS.md says what measures it).
 func TestE2EK8sSecrets(t *testing.T) {
-	ns, admin, meshd := k8sNamespace(t)
+	ns, admin, meshdClient := k8sNamespace(t)
 	secrets := admin.CoreV1().Secrets(ns)
 	partner := newTestCA(t, "partner CA")
 	if _, err := secrets.Create(t.Context(), entitySecret("partner", partner.pem), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "k8s-secrets"},
-		configure: func(c *server.Config) { c.K8s = server.K8sConfig{Client: meshd, Namespace: ns} }})
+		configure: func(c *meshd.Config) { c.K8s = meshd.K8sConfig{Client: meshdClient, Namespace: ns} }})
 	e.extraKeys = append(e.extraKeys, partner.keyPEM)
 	obsCert, _ := agentCert(t, e.ca.auth, "observer", "n1")
 	observer := e.client(&obsCert)
@@ -168,8 +169,8 @@ func TestE2ESPIRE(t *testing.T) {
 	backoff := spiffetest.NewBackoff()
 
 	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "spire"},
-		configure: func(c *server.Config) {
-			c.SPIRE = server.SPIREConfig{Socket: wl.SocketPath(), Federated: []spiffeid.TrustDomain{partnerTD},
+		configure: func(c *meshd.Config) {
+			c.SPIRE = meshd.SPIREConfig{Socket: wl.SocketPath(), Federated: []spiffeid.TrustDomain{partnerTD},
 				Entities: map[spiffeid.TrustDomain]string{partnerTD: "partner"}, ClientOptions: backoff.ClientOptions()}
 		}})
 	obsCert, _ := agentCert(t, e.ca.auth, "observer", "n1")
@@ -223,7 +224,7 @@ func TestE2ESPIRE(t *testing.T) {
 // TestE2EMetricsListener: --metrics-listen serves /metrics and nothing
 // else of the admin API.
 func TestE2EMetricsListener(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSStrict, configure: func(c *server.Config) { c.MetricsListen = "127.0.0.1:0" }})
+	e := newEnv(t, envOptions{mode: server.TLSStrict, configure: func(c *meshd.Config) { c.MetricsListen = "127.0.0.1:0" }})
 	base := "http://" + e.srv.MetricsAddr()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
@@ -100,8 +101,8 @@ func (e *env) registerAs(cert *tls.Certificate, id string) reply {
 // nothing.
 func TestE2EMCPMeshCertificates(t *testing.T) {
 	var e *env
-	e = newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true, configure: func(c *server.Config) {
-		b, err := registry.ParseBindings("filestore=cn,trust-domain,spiffe:spiffe://mcp-mesh.local/mesh-agent", server.DefaultAgentTrustDomain)
+	e = newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "filestore"}, trustDir: true, configure: func(c *meshd.Config) {
+		b, err := registry.ParseBindings("filestore=cn,trust-domain,spiffe:spiffe://mcp-mesh.local/mesh-agent", meshd.DefaultAgentTrustDomain)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -304,10 +305,9 @@ func TestE2EMCPMeshTLSAutoTrustDir(t *testing.T) {
 	}
 	defer st.Close()
 	log := &logBuffer{}
-	srv, err := server.New(ctx, server.Config{Listen: "127.0.0.1:0", TLSMode: server.TLSAuto,
+	srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: "127.0.0.1:0", TLSMode: server.TLSAuto,
 		CertFile: filepath.Join(ld, "registry-cert.pem"), KeyFile: filepath.Join(ld, "registry-key.pem"),
-		Backends: []string{"localca", "filestore"}, TrustDir: dir,
-		Logger: slog.New(slog.NewJSONHandler(log, nil))}, st, nil)
+		Logger: slog.New(slog.NewJSONHandler(log, nil))}, Backends: []string{"localca", "filestore"}, TrustDir: dir}, st, nil)
 	if err != nil {
 		t.Fatalf("meshd on MCP Mesh's --tls-auto trust dir: %v", err)
 	}
@@ -369,15 +369,14 @@ func TestE2EBindingSettingsRefused(t *testing.T) {
 	defer st.Close()
 	empty := t.TempDir()
 	for _, c := range []struct {
-		cfg  server.Config
+		cfg  meshd.Config
 		want string
 	}{
-		{server.Config{TLSMode: server.TLSOff, Backends: []string{"localca"}}, "MCP_MESH_TRUST_DIR"},
-		{server.Config{TLSMode: server.TLSOff, Backends: []string{"localca"}, TrustDir: empty}, filepath.Join(empty, "ca.pem")},
-		{server.Config{TLSMode: server.TLSOff, Backends: []string{"filestore"}, TrustDir: empty,
-			AgentBindings: map[string]registry.Binding{"spire": {CN: true}}}, `trust source "spire"`},
+		{meshd.Config{Config: server.Config{TLSMode: server.TLSOff}, Backends: []string{"localca"}}, "MCP_MESH_TRUST_DIR"},
+		{meshd.Config{Config: server.Config{TLSMode: server.TLSOff}, Backends: []string{"localca"}, TrustDir: empty}, filepath.Join(empty, "ca.pem")},
+		{meshd.Config{Config: server.Config{TLSMode: server.TLSOff}, Backends: []string{"filestore"}, TrustDir: empty, AgentBindings: map[string]registry.Binding{"spire": {CN: true}}}, `trust source "spire"`},
 	} {
-		srv, err := server.New(ctx, c.cfg, st, nil)
+		srv, err := meshd.New(ctx, c.cfg, st, nil)
 		if err == nil {
 			srv.Shutdown(ctx)
 			t.Errorf("%+v: no error", c.cfg)
@@ -392,7 +391,7 @@ func TestE2EBindingSettingsRefused(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), pemfile.EncodeCerts(notCA.Leaf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := server.New(ctx, server.Config{TLSMode: server.TLSOff, Backends: []string{"localca"}, TrustDir: dir}, st, nil); err == nil || !strings.Contains(err.Error(), "not a CA") {
+	if _, err := meshd.New(ctx, meshd.Config{Config: server.Config{TLSMode: server.TLSOff}, Backends: []string{"localca"}, TrustDir: dir}, st, nil); err == nil || !strings.Contains(err.Error(), "not a CA") {
 		t.Errorf("a leaf as the trust dir's ca.pem: %v, want not a CA", err)
 	}
 }

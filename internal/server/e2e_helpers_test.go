@@ -31,6 +31,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/logtest"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
@@ -261,7 +262,7 @@ type envOptions struct {
 	// poll is the revocation poll interval; default 20ms.
 	poll time.Duration
 	// configure, if set, adjusts meshd's Config before it starts.
-	configure func(*server.Config)
+	configure func(*meshd.Config)
 }
 
 // env is one meshd over a real CA and SQLite store in a temporary
@@ -271,8 +272,8 @@ type env struct {
 	dir      string
 	opts     envOptions
 	ca       *meshCA
-	srv      *server.Server
-	cfg      server.Config
+	srv      *meshd.Meshd
+	cfg      meshd.Config
 	log      *logBuffer
 	roots    *x509.CertPool
 	trustDir string
@@ -303,14 +304,16 @@ func newEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	e.cfg = server.Config{
-		Listen:         "127.0.0.1:0",
-		AdminSocket:    filepath.Join(sockDir, "admin.sock"),
-		TLSMode:        o.mode,
+	e.cfg = meshd.Config{
+		Config: server.Config{
+			Listen:      "127.0.0.1:0",
+			AdminSocket: filepath.Join(sockDir, "admin.sock"),
+			TLSMode:     o.mode,
+			Logger:      slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		},
 		Backends:       o.backends,
 		TrustDir:       e.trustDir,
 		RevocationPoll: o.poll,
-		Logger:         slog.New(slog.NewJSONHandler(e.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if o.mode != server.TLSOff {
 		if _, err := e.ca.auth.Sign(context.Background(), ca.NodeRequest("meshd", "localhost", "IP:127.0.0.1"), ca.WithGeneratedKey()); err != nil {
@@ -334,7 +337,7 @@ func newEnv(t testing.TB, o envOptions) *env {
 
 func (e *env) start() {
 	e.t.Helper()
-	srv, err := server.New(context.Background(), e.cfg, e.ca.st, e.ca.auth)
+	srv, err := meshd.New(context.Background(), e.cfg, e.ca.st, e.ca.auth)
 	if err != nil {
 		e.t.Fatal(err)
 	}

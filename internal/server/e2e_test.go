@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -63,7 +64,7 @@ func TestE2EFailFast(t *testing.T) {
 	t.Cleanup(func() { m.st.Close() })
 	ctx := context.Background()
 	for _, mode := range []server.TLSMode{server.TLSAuto, server.TLSStrict, ""} {
-		_, err := server.New(ctx, server.Config{Listen: "127.0.0.1:0", TLSMode: mode}, m.st, m.auth)
+		_, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: "127.0.0.1:0", TLSMode: mode}}, m.st, m.auth)
 		if err == nil || !strings.Contains(err.Error(), "MCP_MESH_TLS_CERT") || !strings.Contains(err.Error(), "MCP_MESH_TLS_KEY") {
 			t.Errorf("mode %q without a certificate: err = %v, want one naming MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY", mode, err)
 		}
@@ -72,7 +73,7 @@ func TestE2EFailFast(t *testing.T) {
 		if m, err := server.ParseTLSMode(s); err == nil {
 			t.Errorf("ParseTLSMode(%q) = %q, want an error", s, m)
 		}
-		if _, err := server.New(ctx, server.Config{TLSMode: server.TLSMode(s)}, m.st, m.auth); err == nil {
+		if _, err := meshd.New(ctx, meshd.Config{Config: server.Config{TLSMode: server.TLSMode(s)}}, m.st, m.auth); err == nil {
 			t.Errorf("server.New with TLS mode %q: no error", s)
 		}
 	}
@@ -82,7 +83,7 @@ func TestE2EFailFast(t *testing.T) {
 		}
 	}
 	for _, b := range [][]string{{"bogus"}, {"localca", "nope"}, {"localca", "localca"}, {"filestore"}} {
-		_, err := server.New(ctx, server.Config{TLSMode: server.TLSOff, Backends: b}, m.st, m.auth)
+		_, err := meshd.New(ctx, meshd.Config{Config: server.Config{TLSMode: server.TLSOff}, Backends: b}, m.st, m.auth)
 		if err == nil {
 			t.Errorf("backends %q: no error", b)
 		} else {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -56,7 +57,7 @@ type enrollOptions struct {
 func newEnrollEnv(t testing.TB, o enrollOptions) (*env, *fakeClock) {
 	t.Helper()
 	clock := &fakeClock{}
-	e := newEnv(t, envOptions{mode: o.mode, configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: o.mode, configure: func(c *meshd.Config) {
 		c.BootstrapSecret = testSecret
 		c.LegacySecretCompat = o.legacy
 		c.Now = clock.Now

@@ -23,6 +23,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
@@ -247,7 +248,7 @@ func TestE2EFeedStartFailureClosesListeners(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv, err := server.New(ctx, cfg, e.ca.st, auth)
+		srv, err := meshd.New(ctx, cfg, e.ca.st, auth)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -284,7 +285,7 @@ func TestE2EFeedStartFailureClosesListeners(t *testing.T) {
 		cfg := e.cfg
 		cfg.Listen = "127.0.0.1:0"
 		cfg.Logger = slog.New(slog.NewJSONHandler(&logBuffer{}, nil))
-		srv, err := server.New(ctx, cfg, e.ca.st, e.ca.auth)
+		srv, err := meshd.New(ctx, cfg, e.ca.st, e.ca.auth)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,9 +330,9 @@ func TestE2EFeedStartFailureClosesListeners(t *testing.T) {
 			// A leaked watcher stops with this test at the latest.
 			nctx, cancel := context.WithCancel(ctx)
 			t.Cleanup(cancel)
-			cfg := server.Config{Listen: "127.0.0.1:0", TLSMode: server.TLSOff, Backends: tc.backends, TrustDir: trustDir,
-				Logger: slog.New(slog.NewJSONHandler(&logBuffer{}, nil))}
-			srv, err := server.New(nctx, cfg, tc.st, nil)
+			cfg := meshd.Config{Config: server.Config{Listen: "127.0.0.1:0", TLSMode: server.TLSOff,
+				Logger: slog.New(slog.NewJSONHandler(&logBuffer{}, nil))}, Backends: tc.backends, TrustDir: trustDir}
+			srv, err := meshd.New(nctx, cfg, tc.st, nil)
 			if err == nil {
 				srv.Shutdown(ctx)
 				t.Fatal("New succeeded")
@@ -351,7 +352,7 @@ func TestE2EFeedStartFailureClosesListeners(t *testing.T) {
 
 // feedReplica is a second meshd over an env's store and CA directory.
 type feedReplica struct {
-	srv *server.Server
+	srv *meshd.Meshd
 	log *logBuffer
 }
 
@@ -375,16 +376,18 @@ func newFeedReplicaOver(t *testing.T, e *env, st server.Store) *feedReplica {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	r := &feedReplica{log: &logBuffer{}}
-	cfg := server.Config{
-		Listen:         "127.0.0.1:0",
-		AdminSocket:    filepath.Join(sockDir, "admin.sock"),
-		TLSMode:        e.cfg.TLSMode,
-		CertFile:       e.cfg.CertFile,
-		KeyFile:        e.cfg.KeyFile,
+	cfg := meshd.Config{
+		Config: server.Config{
+			Listen:      "127.0.0.1:0",
+			AdminSocket: filepath.Join(sockDir, "admin.sock"),
+			TLSMode:     e.cfg.TLSMode,
+			CertFile:    e.cfg.CertFile,
+			KeyFile:     e.cfg.KeyFile,
+			Logger:      slog.New(slog.NewJSONHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		},
 		RevocationPoll: 20 * time.Millisecond,
-		Logger:         slog.New(slog.NewJSONHandler(r.log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
-	if r.srv, err = server.New(ctx, cfg, st, auth); err != nil {
+	if r.srv, err = meshd.New(ctx, cfg, st, auth); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.srv.Start(ctx); err != nil {

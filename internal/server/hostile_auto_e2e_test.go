@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 )
@@ -48,7 +49,7 @@ func (e *env) agentAuditRows(after int64) int {
 // served throughout. Every refusal is counted by reason.
 func TestHostileCertlessBounded(t *testing.T) {
 	clock := &fakeClock{}
-	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *meshd.Config) {
 		c.Now = clock.Now
 		c.Certless = server.CertlessLimits{MaxAgents: 6, MaxAgentsPerSource: 4, MaxPayload: 4096,
 			Expiry: time.Minute, NewInterval: time.Hour, NewGlobalInterval: time.Second}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -17,7 +18,7 @@ import (
 // path itself (400 not_canonical, no redirect to follow), and the path
 // a rule allowed is the one the handler is handed.
 func TestHostileAdminNonCanonicalPaths(t *testing.T) {
-	e := newEnv(t, envOptions{mode: "strict", configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: "strict", configure: func(c *meshd.Config) {
 		c.AdminListen = "127.0.0.1:0"
 		c.AdminIdentities = []string{"admin@external"}
 	}})

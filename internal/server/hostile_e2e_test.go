@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -36,7 +37,7 @@ import (
 // TestHostileWatchStreamsCapped: revocation streams are capped per source
 // and in all; a refused one is answered at once and costs no stream.
 func TestHostileWatchStreamsCapped(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *meshd.Config) {
 		c.MaxWatchStreams, c.MaxWatchStreamsPerSource, c.MaxCertlessWatchStreams = 5, 3, 3
 	}})
 	var subs []*sseSub

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 )
 
@@ -17,7 +18,7 @@ import (
 // code the certless callers and the node's minted identities took every
 // slot between them and the verifier was refused.
 func TestHostileWatchStreamsReserved(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *meshd.Config) {
 		c.MaxWatchStreams, c.MaxWatchStreamsPerSource = 16, 3 // certless share: 16/8 = 2
 	}})
 	refused := func(what string, code int) {

@@ -9,7 +9,7 @@ import (
 	"net/url"
 	"testing"
 
-	"github.com/meshtrust/meshtrust/internal/server"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
@@ -41,7 +41,7 @@ const principalsDoc = `rules:
 // the partner's admin@external. On the code before, the service let the
 // partner delete everything and the check said "allow".
 func TestHostilePartnerPrincipals(t *testing.T) {
-	e := newEnv(t, envOptions{mode: "strict", configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: "strict", configure: func(c *meshd.Config) {
 		c.AdminListen = "127.0.0.1:0"
 		c.AdminIdentities = []string{"admin@external"}
 	}})

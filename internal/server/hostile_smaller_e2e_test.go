@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -149,7 +150,7 @@ func TestHostileIssuanceWithoutMeshCA(t *testing.T) {
 // before the route reads it, and a kept-alive connection that stays
 // silent is closed after IdleTimeout (MCP Mesh 3.7.1's contract).
 func TestHostileRequestBodyAndIdleBounds(t *testing.T) {
-	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *meshd.Config) {
 		c.MaxRequestBody, c.IdleTimeout = 4096, 300*time.Millisecond
 	}})
 	big := heartbeat("big-agent", 9100)

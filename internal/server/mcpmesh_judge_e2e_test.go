@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -118,7 +119,7 @@ func TestMCPMeshMeshctlLists(t *testing.T) {
 // it with as admin@external, or as an agent.
 func adminEnv(t *testing.T, mode server.TLSMode) (e *env, admin, agent []string) {
 	t.Helper()
-	e = newEnv(t, envOptions{mode: mode, configure: func(c *server.Config) {
+	e = newEnv(t, envOptions{mode: mode, configure: func(c *meshd.Config) {
 		c.AdminListen, c.AdminIdentities = "127.0.0.1:0", []string{"admin@external"}
 	}})
 	dir := t.TempDir()

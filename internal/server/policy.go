@@ -53,10 +53,10 @@ func (s *Server) storedPolicy(ctx context.Context, name string) (meshapi.Policy,
 	return meshapi.Policy{Name: p.Name, Document: p.Document, Updated: p.Updated.UTC()}, nil
 }
 
-// loadAdminPolicy compiles the admin policy into force. A stored policy
+// LoadAdminPolicy compiles the admin policy into force. A stored policy
 // that does not compile (written around meshd) leaves the one in force,
 // or the default at start.
-func (s *Server) loadAdminPolicy(ctx context.Context) error {
+func (s *Server) LoadAdminPolicy(ctx context.Context) error {
 	doc, err := s.storedPolicy(ctx, AdminPolicy)
 	if err != nil {
 		return fmt.Errorf("read the admin policy: %w", err)

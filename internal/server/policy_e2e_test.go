@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -16,7 +17,7 @@ import (
 // setting one refuses a bad document with its line and changes nothing;
 // check names the deciding rule.
 func TestE2EAdminPolicy(t *testing.T) {
-	e := newEnv(t, envOptions{mode: "strict", configure: func(c *server.Config) {
+	e := newEnv(t, envOptions{mode: "strict", configure: func(c *meshd.Config) {
 		c.AdminListen = "127.0.0.1:0"
 		c.AdminIdentities = []string{"admin@external"}
 	}})

@@ -1,24 +1,26 @@
 // Package server is meshd's network face: the agent port (TLS modes, the
 // MCP Mesh-compatible agent routes), the admin API (a unix socket, and
-// optionally an mTLS listener for admin identities), and the eviction
-// pipeline that turns a revocation into refused requests and closed
-// connections.
+// optionally an mTLS listener for admin identities) and the metrics
+// listener. Its routes act on the small interfaces and values of Deps;
+// package meshd assembles them (trust backends, the change feed's
+// effects, the trust sweep) and hands them over.
 package server
 
 import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"slices"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/file"
@@ -27,11 +29,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshauth"
-	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust"
-	"github.com/meshtrust/meshtrust/trust/filestore"
-	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
-	"github.com/meshtrust/meshtrust/trust/spirebundle"
 )
 
 // Store is the durable state meshd needs.
@@ -39,29 +37,75 @@ type Store interface {
 	store.Store
 }
 
-// replicated is a Store that other meshd processes (replicas) may share:
-// the PostgreSQL store, whose Wake is not nil. Wake tells when the change
-// feed may have grown (LISTEN/NOTIFY), so that replicas apply each other's
-// revocations within milliseconds rather than at the next poll; the
-// registry merges the agents the others registered every replicaSync.
-type replicated interface {
-	Wake() <-chan struct{}
+// Deps are what the routes act on, assembled by package meshd.
+type Deps struct {
+	Store Store
+	// CA is the mesh CA, nil without one; MeshCA is the localca backend
+	// built over it (nil without a mesh CA): only its certificates are
+	// admin identities and ask for certificates.
+	CA     *ca.CA
+	MeshCA *trust.LocalCA
+	// Chain verifies the agent port's callers against Revocations.
+	Chain       *trust.Chain
+	Revocations *trust.RevocationSet
+	Registry    *registry.Registry
+	Feed        Feed
+	Sources     TrustSources
+	// Collectors are further metrics served on /metrics (the trust
+	// backends').
+	Collectors []prometheus.Collector
 }
 
-// replicaSync is how often a replica's registry merges the agents other
-// replicas wrote: how long GET /agents on two replicas may disagree.
-const replicaSync = time.Second
+// Feed is the change feed as the admin routes and the revocation stream
+// use it: an admin request that wrote a change polls the feed, so it
+// answers only once its change took effect, and reports what it did.
+type Feed interface {
+	Poll(ctx context.Context) (int, error)
+	Reader(after int64) *events.Reader
+	// Pending counts the events some handler failed to apply and retries.
+	Pending() int
+	// Take returns, and forgets, what applying the events of key
+	// ("<kind> <name>": "cert.revoked opus@ct111", "entity.revoked acme",
+	// "entity.rotated acme") did in this process.
+	Take(key string) Effect
+}
 
-// Backend names for MCP_MESH_TRUST_BACKEND.
-const (
-	BackendLocalCA   = "localca"
-	BackendFilestore = "filestore"
-	BackendK8s       = k8ssecrets.Name
-	BackendSPIRE     = spirebundle.Name
-	// BackendEntities trusts the entities registered with `meshctl entity
-	// register`. It is appended to the chain when not listed.
-	BackendEntities = "entities"
-)
+// Effect is what applying a change did: agents evicted, connections
+// closed.
+type Effect struct{ Evicted, Closed int }
+
+// EntitySource is a trust source that holds partner CAs by entity name.
+type EntitySource interface {
+	Name() string
+	Entities() []string
+	Certificates(entity string) []*x509.Certificate
+}
+
+// TrustSources is what the routes ask of the trust sources meshd was
+// assembled from.
+type TrustSources interface {
+	// Check refuses peer (ErrEntityNameTaken) when its entity's name is
+	// held by another trust source than the one that admitted it.
+	Check(peer *trust.Peer) error
+	// OtherHolder returns the trust source, other than the registered
+	// entities, that holds an entity named entity now; "" when none does.
+	OtherHolder(entity string) string
+	// Dynamic returns the sources whose entities change at run time (trust
+	// dir, Kubernetes Secrets, SPIRE), in the chain's order; TrustDir the
+	// trust dir's, nil without one.
+	Dynamic() []EntitySource
+	TrustDir() EntitySource
+	// Namespace is the agent-id namespace of entity in source.
+	Namespace(source, entity string) registry.Namespace
+	// Admitted remembers the chain an admitted certificate presented, by
+	// leaf fingerprint, so that a later change of trust re-verifies the
+	// agents registered with it, connected or not.
+	Admitted(fingerprint string, chain []*x509.Certificate, now time.Time)
+}
+
+// ErrEntityNameTaken refuses a partner entity name another trust source
+// holds already: a name is one entity, held by one source.
+var ErrEntityNameTaken = errors.New("entity name held by another trust source")
 
 // Config configures a Server. Zero values select the defaults.
 type Config struct {
@@ -81,39 +125,6 @@ type Config struct {
 	// CertFile and KeyFile are the agent port's certificate and key,
 	// reloaded when they change.
 	CertFile, KeyFile string
-	// Backends is MCP_MESH_TRUST_BACKEND, in order.
-	Backends []string
-	// TrustDir is MCP_MESH_TRUST_DIR, for the filestore backend. Without
-	// a mesh CA, its ca.pem is the localca backend's CA, as MCP Mesh's
-	// --tls-auto leaves it.
-	TrustDir string
-	// AgentTrustDomain is MCP_MESH_TRUST_DOMAIN for identity binding: the
-	// <name>.<trust domain> form of MCP Mesh's agent certificates that
-	// trust-dir and entity CAs admit by default; default mcp-mesh.local.
-	AgentTrustDomain string
-	// AgentBindings overrides the identity binding of trust sources, by
-	// backend name (see docs/identity-binding.md). By default the mesh
-	// CA's localca binds by exact CN, every other source by exact CN and
-	// <name>.<AgentTrustDomain>.
-	AgentBindings map[string]registry.Binding
-	// EntityNamespaces are the namespaces of the entities that the trust
-	// dir (entities/<name>.pem) and other backends admit; an entity
-	// registered with meshd has the namespace chosen at registration.
-	// Default: the prefix "<name>-".
-	EntityNamespaces map[string]registry.Namespace
-	// K8s configures the k8s-secrets backend.
-	K8s K8sConfig
-	// SPIRE configures the spire backend.
-	SPIRE SPIREConfig
-	// HeartbeatTimeout is how long an agent may be silent before it is
-	// unhealthy; default 20s.
-	HeartbeatTimeout time.Duration
-	// HealthCheckInterval is how often silent agents are marked unhealthy
-	// and liveness changes are written; default 500ms.
-	HealthCheckInterval time.Duration
-	// RevocationPoll is how often the store is checked for revocations
-	// made by other processes (meshctl ca revoke offline); default 100ms.
-	RevocationPoll time.Duration
 	// BootstrapSecret enrolls nodes on /enroll and is refused everywhere
 	// else; empty disables secret enrollment (join tokens still work).
 	BootstrapSecret string
@@ -155,13 +166,6 @@ type Config struct {
 	// Certless bounds what callers without a certificate can make meshd
 	// hold in TLS mode auto; zero values are the defaults.
 	Certless CertlessLimits
-	// Registrations bounds what one agent may register (tools,
-	// dependencies, tags) and lists the partner entities whose agents may
-	// provide for agents outside their entity; see registry.Config.
-	Registrations RegistrationLimits
-	// CheckpointInterval is how often the audit log's head is signed into
-	// the CA's checkpoints file while it grows; default 1 minute.
-	CheckpointInterval time.Duration
 	// MaxAgentsPerNode caps the agent identities with a live certificate
 	// one node may hold; default 512. Renewing an agent it has is never
 	// refused by it.
@@ -179,16 +183,6 @@ type Config struct {
 	SessionAudience []string
 	Logger          *slog.Logger
 	Now             func() time.Time
-}
-
-// RegistrationLimits are the registry's bounds on one registration and its
-// trust boundary for dependency resolution; zero values are the
-// registry's defaults.
-type RegistrationLimits struct {
-	MaxTools, MaxToolDependencies, MaxDependencies, MaxTags int
-	// ProviderEntities are partner entities whose agents may be the
-	// providers of agents outside their entity (the mesh's own included).
-	ProviderEntities []string
 }
 
 // CertlessLimits bound what callers without a certificate can make meshd
@@ -215,9 +209,9 @@ const (
 	DefaultCertlessNewGlobalInterval = 5 * time.Second
 )
 
-// registryLimits returns l as the registry's bounds, with the new-id rate
+// Registry returns l as the registry's bounds, with the new-id rate
 // limited per source and in all.
-func (l CertlessLimits) registryLimits(clock func() time.Time) registry.CertlessLimits {
+func (l CertlessLimits) Registry(clock func() time.Time) registry.CertlessLimits {
 	rl := registry.CertlessLimits{MaxAgents: l.MaxAgents, MaxAgentsPerSource: l.MaxAgentsPerSource,
 		MaxBytes: l.MaxBytes, MaxBytesPerSource: l.MaxBytesPerSource, MaxPayload: l.MaxPayload, Expiry: l.Expiry}.WithDefaults()
 	perSource := newLimiter(rl.MaxAgentsPerSource, cmp.Or(l.NewInterval, DefaultCertlessNewInterval))
@@ -232,29 +226,57 @@ func (l CertlessLimits) registryLimits(clock func() time.Time) registry.Certless
 	return rl
 }
 
-// Server is meshd.
+// WithDefaults returns c with its zero values set to the defaults, or an
+// error for a setting meshd cannot serve.
+func (c Config) WithDefaults() (Config, error) {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8000"
+	}
+	if c.TLSMode == "" {
+		c.TLSMode = TLSAuto
+	}
+	if _, err := ParseTLSMode(string(c.TLSMode)); err != nil {
+		return c, err
+	}
+	if c.TLSMode != TLSOff && (c.CertFile == "" || c.KeyFile == "") {
+		return c, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", c.TLSMode)
+	}
+	c.ReadTimeout = cmp.Or(c.ReadTimeout, 30*time.Second)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, 2*time.Minute)
+	c.MaxWatchStreams = cmp.Or(c.MaxWatchStreams, 1024)
+	c.MaxWatchStreamsPerSource = cmp.Or(c.MaxWatchStreamsPerSource, 16)
+	if c.MaxCertlessWatchStreams == 0 {
+		c.MaxCertlessWatchStreams = min(max(1, c.MaxWatchStreams/8), c.MaxWatchStreams-1)
+	} else if c.MaxCertlessWatchStreams >= c.MaxWatchStreams {
+		return c, fmt.Errorf("the revocation streams for callers without a certificate (%d, --max-certless-watch-streams) must be fewer than all revocation streams (%d, --max-watch-streams), so that authenticated verifiers keep some", c.MaxCertlessWatchStreams, c.MaxWatchStreams)
+	}
+	c.AgentCertBurst = cmp.Or(c.AgentCertBurst, 100)
+	c.AgentCertInterval = cmp.Or(c.AgentCertInterval, 100*time.Millisecond)
+	c.MaxAgentsPerNode = cmp.Or(c.MaxAgentsPerNode, 512)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if len(c.AdminIdentities) == 0 {
+		c.AdminIdentities = []string{"admin@external"}
+	}
+	return c, nil
+}
+
+// Server is meshd's listeners and routes.
 type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	st   Store
 	auth *ca.CA // nil without a local CA
 
-	revs     *trust.RevocationSet
-	chain    *trust.Chain
-	localCA  *trust.LocalCA
-	entities *trust.Anchors
-	revoked  *trust.Anchors // revoked entities' CAs, last in the chain: refused as entity_revoked, not unknown_ca
-	files    *filestore.Backend
-	k8s      *k8ssecrets.Backend // nil unless the k8s-secrets backend is on
-	// dynamic are the backends whose entities change at run time
-	// (filestore, k8s-secrets, spire), and closers what stops them.
-	dynamic []dynamicBackend
-	closers []func() error
-	// admitted remembers the chains of admitted certificates, so that a
-	// trust change re-verifies registered agents, not only open
-	// connections.
-	admitted admittedChains
-	reg      *registry.Registry
+	revs    *trust.RevocationSet
+	chain   *trust.Chain
+	localCA *trust.LocalCA
+	sources TrustSources
+	reg     *registry.Registry
 	// agentAuth verifies the agent port's callers (once per connection
 	// per trust generation) and tracks its connections, so eviction can
 	// close them. Agent routes are authorized by the registry's binding.
@@ -272,23 +294,16 @@ type Server struct {
 	// (a body may be pretty-printed), so a larger one is refused before
 	// it is read in full.
 	certlessBody int64
-	// namespaces holds the entities' agent-id namespaces, for the registry.
-	namespaces *registry.Namespaces
-	// names keeps each partner entity name to one trust source.
-	names   *entityNames
-	started time.Time
+	started      time.Time
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
 	metricsLn                    net.Listener
 	metricsSrv                   *http.Server
 
-	// events is the change feed; applyEvent is its subscriber here. The
-	// poll loop and every admin request that wrote an event poll it, so
-	// the request returns only once its change took effect.
-	events  *events.Feed
-	effects effects
-	crl     *ca.CRLRefresher // nil without a local CA
+	// events is the change feed: every admin request that wrote an event
+	// polls it, so the request returns only once its change took effect.
+	events Feed
 	// enrollLimit limits /enroll per source, enrollGlobal for all
 	// sources together.
 	enrollLimit, enrollGlobal *limiter
@@ -300,89 +315,31 @@ type Server struct {
 	// (one per caller, reason and minute).
 	agentCerts, issueAudit *limiter
 
-	trustChanged chan struct{}
-	wg           sync.WaitGroup
-	cancel       context.CancelFunc
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
 	// stopping is closed when Shutdown begins, so that long-lived
 	// responses (revocation streams) end instead of holding it up.
 	stopping chan struct{}
 	stopOnce sync.Once
 }
 
-// New builds a Server over st. authority is the mesh CA, required by the
-// localca backend and by admin revocation; it may be nil otherwise.
-func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, error) {
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:8000"
-	}
-	if cfg.TLSMode == "" {
-		cfg.TLSMode = TLSAuto
-	}
-	if _, err := ParseTLSMode(string(cfg.TLSMode)); err != nil {
+// New builds the routes over d.
+func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
 		return nil, err
 	}
-	if cfg.RevocationPoll == 0 {
-		cfg.RevocationPoll = 100 * time.Millisecond
-	}
-	cfg.ReadTimeout = cmp.Or(cfg.ReadTimeout, 30*time.Second)
-	cfg.IdleTimeout = cmp.Or(cfg.IdleTimeout, 2*time.Minute)
-	cfg.MaxWatchStreams = cmp.Or(cfg.MaxWatchStreams, 1024)
-	cfg.MaxWatchStreamsPerSource = cmp.Or(cfg.MaxWatchStreamsPerSource, 16)
-	if cfg.MaxCertlessWatchStreams == 0 {
-		cfg.MaxCertlessWatchStreams = min(max(1, cfg.MaxWatchStreams/8), cfg.MaxWatchStreams-1)
-	} else if cfg.MaxCertlessWatchStreams >= cfg.MaxWatchStreams {
-		return nil, fmt.Errorf("the revocation streams for callers without a certificate (%d, --max-certless-watch-streams) must be fewer than all revocation streams (%d, --max-watch-streams), so that authenticated verifiers keep some", cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreams)
-	}
-	cfg.AgentCertBurst = cmp.Or(cfg.AgentCertBurst, 100)
-	cfg.AgentCertInterval = cmp.Or(cfg.AgentCertInterval, 100*time.Millisecond)
-	cfg.MaxAgentsPerNode = cmp.Or(cfg.MaxAgentsPerNode, 512)
-	cfg.CheckpointInterval = cmp.Or(cfg.CheckpointInterval, time.Minute)
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if len(cfg.AdminIdentities) == 0 {
-		cfg.AdminIdentities = []string{"admin@external"}
-	}
-	s := &Server{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
-		trustChanged: make(chan struct{}, 1), started: cfg.Now(),
+	s := &Server{cfg: cfg, log: cfg.Logger, st: d.Store, auth: d.CA, revs: d.Revocations, chain: d.Chain, localCA: d.MeshCA,
+		sources: d.Sources, reg: d.Registry, events: d.Feed, started: cfg.Now(),
 		enrollLimit:  newLimiter(cmp.Or(cfg.EnrollBurst, enrollBurst), cmp.Or(cfg.EnrollInterval, enrollInterval)),
 		enrollGlobal: newLimiter(cmp.Or(cfg.EnrollBurst, enrollGlobalBurst), cmp.Or(cfg.EnrollInterval, enrollGlobalInterval)),
 		watchSlots:   newSlots(cfg.MaxWatchStreams-cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource),
 		agentCerts:   newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
-		stopping: make(chan struct{}), namespaces: registry.NewNamespaces()}
+		stopping: make(chan struct{})}
 	s.certlessWatchSlots = newSlots(cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource)
-	s.cfg.AgentTrustDomain = cmp.Or(cfg.AgentTrustDomain, DefaultAgentTrustDomain)
-
-	if cfg.TLSMode != TLSOff {
-		if cfg.CertFile == "" || cfg.KeyFile == "" {
-			return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
-		}
-		// The agent port's certificate is a credentials.Source like every
-		// other: reloaded when its files change, the last good pair kept.
-		certs, err := file.New(ctx, cfg.CertFile, cfg.KeyFile, "", file.WithLogger(s.log))
-		if err != nil {
-			return nil, fmt.Errorf("server certificate: %w", err)
-		}
-		s.certs = certs
+	if cfg.TLSMode == TLSAuto {
+		s.certlessBody = 2 * registry.CertlessLimits{MaxPayload: cfg.Certless.MaxPayload}.WithDefaults().MaxPayload
 	}
-	ok := false
-	defer func() {
-		if ok {
-			return
-		}
-		s.closeBackends() // the watchers buildBackends started
-		if s.certs != nil {
-			s.certs.Close() // and the server certificate's
-		}
-	}()
-	backends, err := s.buildBackends(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s.chain = trust.NewChain(s.revs, backends, trust.WithClock(cfg.Now))
 	if err := s.openSessions(); err != nil {
 		return nil, err
 	}
@@ -397,254 +354,46 @@ func New(ctx context.Context, cfg Config, st Store, authority *ca.CA) (*Server, 
 	if s.agentAuth, err = meshauth.New(ac); err != nil {
 		return nil, err
 	}
-	for _, b := range s.dynamic {
-		// After the chain's own subscription, so the sweep never re-verifies
-		// against verdicts cached before the change.
-		b.OnChange(s.noteTrustChange)
-	}
-	// The feed is followed from its last event on; what came before is
-	// loaded from the store's current state (read after the cursor, so a
-	// change in between is applied twice, never missed).
-	cursor, err := st.LastEventSeq(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("read the change feed: %w", err)
-	}
-	if err := s.loadState(ctx); err != nil {
+	if err := s.LoadAdminPolicy(ctx); err != nil {
 		return nil, err
 	}
-	// After the registered entities are loaded: at start, a name two
-	// sources hold goes to the first in the chain's order.
-	s.names = newEntityNames(s.log, backends, s.revoked)
-	if err := s.loadAdminPolicy(ctx); err != nil {
-		return nil, err
-	}
-	feedCfg := events.Config{Logger: s.log, Now: cfg.Now}
-	var syncEvery time.Duration
-	if w, ok := st.(replicated); ok && w.Wake() != nil {
-		feedCfg.Wake, syncEvery = w.Wake(), replicaSync
-	}
-	s.events = events.New(st, cursor, feedCfg)
-	s.events.Handle(s.applyEvent)
-	bindings, err := s.bindings(backends)
-	if err != nil {
-		return nil, err
-	}
-	for _, b := range backends {
-		if b.Name() == BackendEntities {
-			continue
+	if cfg.TLSMode != TLSOff {
+		// The agent port's certificate is a credentials.Source like every
+		// other: reloaded when its files change, the last good pair kept.
+		certs, err := file.New(ctx, cfg.CertFile, cfg.KeyFile, "", file.WithLogger(s.log))
+		if err != nil {
+			return nil, fmt.Errorf("server certificate: %w", err)
 		}
-		for name, ns := range cfg.EntityNamespaces {
-			s.namespaces.Set(b.Name(), name, ns)
-		}
-	}
-	rl := cfg.Registrations
-	// Only auto admits callers without a certificate beside ones with;
-	// in off no caller has one, and nothing is bounded as certless.
-	var certless *registry.CertlessLimits
-	if cfg.TLSMode == TLSAuto {
-		l := cfg.Certless.registryLimits(cfg.Now)
-		certless = &l
-		s.certlessBody = 2 * l.MaxPayload
-	}
-	if s.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, FlushInterval: cfg.HealthCheckInterval, Now: cfg.Now, Logger: s.log, SyncInterval: syncEvery,
-		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
-		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == TLSOff, Bindings: bindings, Namespaces: s.namespaces,
-		Certless: certless}); err != nil {
-		return nil, err
+		s.certs = certs
 	}
 	var crlAge func() time.Duration
-	if authority != nil {
-		s.crl = authority.NewCRLRefresher(s.log)
-		crlAge = func() time.Duration { return cfg.Now().Sub(authority.CRLThisUpdate()) }
+	if d.CA != nil {
+		crlAge = func() time.Duration { return cfg.Now().Sub(d.CA.CRLThisUpdate()) }
 	}
 	s.metrics = newMetrics(s.chain, s.reg, s.serverCertExpiry, crlAge)
 	s.metrics.feedPending(s.events.Pending)
+	s.metrics.reg.MustRegister(d.Collectors...)
 	s.anonymous = newAnonymousCallers(s.log, s.metrics.unauthenticated)
-	s.backendMetrics()
-	if err := s.evictRevokedAgents(ctx); err != nil {
-		return nil, err
-	}
-	ok = true
 	return s, nil
 }
 
-func (s *Server) buildBackends(ctx context.Context) ([]trust.Backend, error) {
-	names := s.cfg.Backends
-	if len(names) == 0 {
-		names = []string{BackendLocalCA}
-	}
-	var out []trust.Backend
-	seen := map[string]bool{}
-	for _, raw := range names {
-		name := strings.TrimSpace(raw)
-		if seen[name] {
-			return nil, fmt.Errorf("trust backend %q is listed twice in MCP_MESH_TRUST_BACKEND", name)
-		}
-		seen[name] = true
-		switch name {
-		case BackendLocalCA:
-			if s.auth == nil {
-				dev, err := s.trustDirCA()
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, dev)
-				continue
-			}
-			s.localCA = trust.NewLocalCA(s.auth.TrustDomain(), s.auth.Root(), s.auth.Intermediates())
-			out = append(out, s.localCA)
-		case BackendFilestore:
-			if s.cfg.TrustDir == "" {
-				return nil, errors.New("trust backend filestore needs MCP_MESH_TRUST_DIR (--trust-dir)")
-			}
-			fs, err := filestore.New(ctx, s.cfg.TrustDir, filestore.WithLogger(s.log))
-			if err != nil {
-				return nil, err
-			}
-			s.files = fs
-			s.addDynamic(fs, fs.Close)
-			out = append(out, fs)
-		case BackendK8s:
-			b, err := s.k8sBackend(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, b)
-		case BackendSPIRE:
-			b, err := s.spireBackend(ctx)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, b)
-		case BackendEntities:
-			s.entities = trust.NewAnchors(BackendEntities)
-			out = append(out, s.entities)
-		default:
-			return nil, fmt.Errorf("unknown trust backend %q in MCP_MESH_TRUST_BACKEND (want a comma list of localca, filestore, k8s-secrets, spire, entities)", name)
-		}
-	}
-	if s.entities == nil {
-		s.entities = trust.NewAnchors(BackendEntities)
-		out = append(out, s.entities)
-	}
-	s.revoked = trust.NewAnchors("revoked-entities")
-	out = append(out, s.revoked)
-	return out, nil
+// CloseWhere closes the agent port's open connections whose verified peer
+// matches, and returns how many it closed.
+func (s *Server) CloseWhere(match func(*trust.Peer) bool) int {
+	return s.agentAuth.CloseWhere(func(c *meshauth.Caller) bool { return c.Peer != nil && match(c.Peer) })
 }
 
-// loadState fills the revocation set and the registered entities from the
-// store.
-func (s *Server) loadState(ctx context.Context) error {
-	ents, err := s.st.Entities(ctx)
-	if err != nil {
-		return fmt.Errorf("load entities: %w", err)
-	}
-	for _, e := range ents {
-		if e.Revoked() {
-			s.revs.AddEntity(trust.Revoked{Entity: e.Name, At: e.RevokedAt, Reason: "entity revoked"})
-			if certs, err := pemfile.ParseCerts(e.CAPEM); err == nil {
-				s.revoked.Set(e.Name, certs)
-			}
-			continue
-		}
-		certs, err := pemfile.ParseCerts(e.CAPEM)
-		if err != nil {
-			s.log.Warn("stored entity CA does not parse; skipping it", "entity", e.Name, "err", err)
-			continue
-		}
-		s.namespaces.Set(BackendEntities, e.Name, storedNamespace(e))
-		s.entities.Set(e.Name, certs)
-	}
-	revs, err := s.st.Revocations(ctx, 0)
-	if err != nil {
-		return fmt.Errorf("load revocations: %w", err)
-	}
-	for _, r := range revs {
-		reason := ca.Reason(r.Reason).String()
-		s.revs.AddSerial(trust.Revoked{Serial: r.Serial, IssuerKeyID: r.IssuerKeyID, Reason: reason, At: r.RevokedAt})
-	}
-	ids, err := s.st.RevokedIdentities(ctx)
-	if err != nil {
-		return fmt.Errorf("load revoked identities: %w", err)
-	}
-	for _, r := range ids {
-		s.revs.AddIdentity(trust.Revoked{Identity: r.Name, Reason: ca.Reason(r.Reason).String(), At: r.RevokedAt})
-	}
-	keys, err := s.st.BlockedKeys(ctx)
-	if err != nil {
-		return fmt.Errorf("load revoked keys: %w", err)
-	}
-	for _, k := range keys {
-		s.revs.AddKey(trust.Revoked{KeyHash: k, Reason: "keyCompromise"})
-	}
-	return nil
+// CloseUntrusted verifies the agent port's open connections again, closes
+// those the chain now refuses, and returns their peers' fingerprints.
+func (s *Server) CloseUntrusted(ctx context.Context) []string {
+	return s.agentAuth.CloseUntrusted(ctx)
 }
 
-// evictRevokedAgents evicts the loaded agents whose certificate, key,
-// identity or entity was revoked while meshd was down: they must not stay
-// listed healthy until the heartbeat timeout.
-func (s *Server) evictRevokedAgents(ctx context.Context) error {
-	recs, err := s.st.Agents(ctx)
-	if err != nil {
-		return fmt.Errorf("load agents: %w", err)
-	}
-	keys, err := s.st.BlockedKeys(ctx)
-	if err != nil {
-		return fmt.Errorf("load revoked keys: %w", err)
-	}
-	blocked := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		blocked[k] = true
-	}
-	for _, a := range recs {
-		if a.Status == registry.StatusEvicted {
-			continue
-		}
-		var (
-			ev     []registry.Evicted
-			reason string
-		)
-		// Only a certificate the mesh CA recorded is looked up: the
-		// agent's stored fingerprint (SHA-256 of the DER it registered
-		// with) must be the record's, so a serial another issuer reused
-		// never matches.
-		if rec, cerr := s.st.Cert(ctx, a.CertSerial); cerr == nil && rec.Fingerprint == a.CertFingerprint {
-			r, revoked := s.revs.Serial(rec.IssuerKeyID, rec.Serial)
-			// The key: a keyCompromise revocation of any certificate of it
-			// (a same-key renewal's predecessor) blocks this one too. The
-			// mesh CA's record vouches for the hash compared: lowercase hex
-			// SHA-256 of the certificate's SubjectPublicKeyInfo, the form
-			// BlockedKeys holds.
-			if !revoked && rec.KeyHash != "" && blocked[rec.KeyHash] {
-				r, revoked = trust.Revoked{KeyHash: rec.KeyHash, Reason: ca.Reason(store.ReasonKeyCompromise).String() + " of its key"}, true
-			}
-			if revoked {
-				reason = "certificate_revoked"
-				ev, err = s.reg.EvictFingerprints(ctx, map[string]bool{rec.Fingerprint: true}, fmt.Sprintf("certificate %s (serial %s) revoked: %s", a.Owner, a.CertSerial, r.Reason))
-			}
-		}
-		if reason == "" {
-			for _, name := range store.BlockingNames(a.Owner) {
-				if _, ok := s.revs.Identity(name); ok {
-					reason = "identity_revoked"
-					ev, err = s.reg.EvictIdentity(ctx, name, fmt.Sprintf("identity %s revoked", name))
-					break
-				}
-			}
-		}
-		if _, ok := s.revs.Entity(a.Entity); reason == "" && ok && a.Entity != "" {
-			reason = "entity_revoked"
-			ev, err = s.reg.EvictEntity(ctx, a.Entity, fmt.Sprintf("entity %q revoked", a.Entity))
-		}
-		if err != nil {
-			return err
-		}
-		if len(ev) > 0 {
-			s.metrics.evictions.WithLabelValues(reason).Add(float64(len(ev)))
-			s.log.Info("evicted agents revoked while meshd was down", "agent", a.ID, "agents_evicted", len(ev))
-		}
-	}
-	return nil
+// CountEvictions adds what a loss of trust did, by cause, to
+// meshd_evictions_total and meshd_evicted_connections_total.
+func (s *Server) CountEvictions(cause string, eff Effect) {
+	s.metrics.evictions.WithLabelValues(cause).Add(float64(eff.Evicted))
+	s.metrics.closedConns.Add(float64(eff.Closed))
 }
 
 func (s *Server) serverCertExpiry() time.Time {
@@ -698,43 +447,7 @@ func (s *Server) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	// Entities may have left the trust dir while meshd was down.
-	s.noteTrustChange()
-	s.wg.Add(3)
-	go func() { defer s.wg.Done(); s.reg.Run(ctx) }()
-	go func() { defer s.wg.Done(); s.events.Run(ctx, s.cfg.RevocationPoll) }()
-	go func() { defer s.wg.Done(); s.watchTrust(ctx) }()
-	if s.crl != nil {
-		s.wg.Add(2)
-		go func() { defer s.wg.Done(); s.crl.Run(ctx) }()
-		go func() { defer s.wg.Done(); s.checkpointLoop(ctx) }()
-	}
-	s.log.Info("meshd serving", "agent_port", s.AgentAddr(), "tls_mode", s.cfg.TLSMode, "backends", backendNames(s.chain.Backends()), "admin_socket", s.cfg.AdminSocket, "admin_listen", s.cfg.AdminListen, "agents", s.reg.Len())
 	return nil
-}
-
-// checkpointLoop anchors the audit log outside the store: a checkpoint
-// signed by the CA every CheckpointInterval while the log grows, and one at
-// shutdown, so a later rewrite or truncation of the store's log is caught
-// by `meshctl ca audit --verify`.
-func (s *Server) checkpointLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.CheckpointInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			s.checkpoint(context.WithoutCancel(ctx))
-			return
-		case <-t.C:
-			s.checkpoint(ctx)
-		}
-	}
-}
-
-func (s *Server) checkpoint(ctx context.Context) {
-	if _, err := s.auth.Checkpoint(ctx); err != nil && ctx.Err() == nil {
-		s.log.Error("writing the audit checkpoint failed; the audit log may have been rewritten or restored (run meshctl ca audit --verify)", "err", err)
-	}
 }
 
 // abortStart closes what a failed Start had opened already.
@@ -750,14 +463,6 @@ func (s *Server) abortStart() {
 		os.Remove(s.cfg.AdminSocket)
 		s.adminLn = nil
 	}
-}
-
-func backendNames(backends []trust.Backend) []string {
-	var out []string
-	for _, b := range backends {
-		out = append(out, b.Name())
-	}
-	return out
 }
 
 // httpServer is every listener's http.Server, with MCP Mesh 3.7.1's
@@ -826,9 +531,6 @@ func (s *Server) AdminTLSAddr() string {
 	return s.adminTLSLn.Addr().String()
 }
 
-// Registry returns the agent registry.
-func (s *Server) Registry() *registry.Registry { return s.reg }
-
 // Shutdown stops accepting, lets in-flight requests finish until ctx ends,
 // and writes the registry's pending liveness changes.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -845,7 +547,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.cancel()
 	}
 	s.wg.Wait()
-	errs = append(errs, s.closeBackends())
 	if s.certs != nil {
 		errs = append(errs, s.certs.Close())
 	}
@@ -855,75 +556,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		os.Remove(s.cfg.AdminSocket)
 	}
 	return errors.Join(errs...)
-}
-
-// noteTrustChange is called when a backend's anchors change.
-func (s *Server) noteTrustChange() {
-	select {
-	case s.trustChanged <- struct{}{}:
-	default:
-	}
-}
-
-// watchTrust re-verifies open connections and registered agents' entities
-// after a backend's anchors change (a file removed from the trust dir),
-// evicting what is no longer trusted.
-func (s *Server) watchTrust(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.trustChanged:
-			s.sweepTrust(ctx)
-		}
-	}
-}
-
-func (s *Server) sweepTrust(ctx context.Context) {
-	refused := map[string]bool{}
-	closed := 0
-	for _, fp := range s.agentAuth.CloseUntrusted(ctx) {
-		refused[fp] = true
-		closed++
-	}
-	// Registered agents whose certificate no longer verifies lose their
-	// standing even if they have no connection open right now; so do the
-	// agents of entities no backend knows any more (those meshd has not
-	// seen a certificate of since it started).
-	for fp := range s.admitted.refused(ctx, s.chain) {
-		refused[fp] = true
-	}
-	known := map[string]bool{}
-	for _, b := range s.dynamic {
-		for _, e := range b.Entities() {
-			known[e] = true
-		}
-	}
-	for _, e := range s.entities.Entities() {
-		known[e] = true
-	}
-	var gone []string
-	for _, v := range s.reg.List(registry.Filter{}) {
-		if v.EntityID != "" && !known[v.EntityID] && v.Status != registry.StatusEvicted && !slices.Contains(gone, v.EntityID) {
-			gone = append(gone, v.EntityID)
-		}
-	}
-	evicted := 0
-	for _, e := range gone {
-		ev, err := s.reg.EvictEntity(ctx, e, fmt.Sprintf("entity %q is no longer trusted", e))
-		if err != nil {
-			s.log.Error("evict agents of a removed entity", "entity", e, "err", err)
-		}
-		evicted += len(ev)
-	}
-	ev, err := s.reg.EvictFingerprints(ctx, refused, "certificate no longer trusted")
-	if err != nil {
-		s.log.Error("evict agents whose certificate lost trust", "err", err)
-	}
-	evicted += len(ev)
-	s.metrics.evictions.WithLabelValues("trust_changed").Add(float64(evicted))
-	s.metrics.closedConns.Add(float64(closed))
-	if evicted+closed > 0 {
-		s.log.Info("trust anchors changed", "agents_evicted", evicted, "connections_closed", closed, "entities_gone", gone)
-	}
 }

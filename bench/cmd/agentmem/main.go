@@ -54,6 +54,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
@@ -169,8 +170,7 @@ func run(ctx context.Context, o options) error {
 		}
 		runtime.KeepAlive(reg)
 	case "http":
-		srv, err := server.New(ctx, server.Config{Listen: "127.0.0.1:0", TLSMode: server.TLSOff,
-			Backends: []string{server.BackendEntities}, HeartbeatTimeout: time.Hour, Logger: log}, st, nil)
+		srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: "127.0.0.1:0", TLSMode: server.TLSOff, Logger: log}, Backends: []string{meshd.BackendEntities}, HeartbeatTimeout: time.Hour}, st, nil)
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,10 +20,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -33,6 +37,7 @@ import (
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -78,16 +83,20 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 		enrollBurst, enrollInterval = 1<<30, time.Nanosecond
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	srv, err := server.New(ctx, server.Config{Listen: listen, AdminSocket: filepath.Join(dataDir, "admin.sock"),
-		TLSMode: server.TLSStrict, CertFile: cert, KeyFile: key, Backends: []string{server.BackendLocalCA}, Logger: log,
+	sock := filepath.Join(dataDir, "admin.sock")
+	srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: listen, AdminSocket: sock,
+		TLSMode: server.TLSStrict, CertFile: cert, KeyFile: key, Logger: log,
 		// Issuance is what bench/renew.sh measures: no per-node rate.
 		AgentCertBurst: 1 << 30, AgentCertInterval: time.Nanosecond,
-		EnrollBurst: enrollBurst, EnrollInterval: enrollInterval}, st, authority)
+		EnrollBurst: enrollBurst, EnrollInterval: enrollInterval}, Backends: []string{meshd.BackendLocalCA}}, st, authority)
 	if err != nil {
 		return err
 	}
-	if err := writeEnrollRequests(ctx, srv, joinTokens, requestsDir); err != nil {
+	if err := srv.Start(ctx); err != nil {
 		return err
+	}
+	if err := writeEnrollRequests(ctx, benchmesh.AdminClient(sock), joinTokens, requestsDir); err != nil {
+		return errors.Join(err, srv.Shutdown(context.WithoutCancel(ctx)))
 	}
 	if cpuProfile != "" {
 		f, err := os.Create(cpuProfile)
@@ -100,9 +109,6 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := srv.Start(ctx); err != nil {
-		return err
-	}
 	fmt.Printf("addr=%s\n", srv.AgentAddr())
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -110,10 +116,11 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 	return srv.Shutdown(sctx)
 }
 
-// writeEnrollRequests creates n join tokens and writes an /enroll request
-// for each into dir: a fresh P-256 key's CSR for node enroll-<i>. Many at
-// once, so that the store's group commit records the tokens quickly.
-func writeEnrollRequests(ctx context.Context, srv *server.Server, n int, dir string) error {
+// writeEnrollRequests creates n join tokens through the admin API, as
+// `meshctl token create` does, and writes an /enroll request for each into
+// dir: a fresh P-256 key's CSR for node enroll-<i>. Many at once, so that
+// the store's group commit records the tokens quickly.
+func writeEnrollRequests(ctx context.Context, admin *http.Client, n int, dir string) error {
 	var (
 		next atomic.Int64
 		wg   sync.WaitGroup
@@ -122,7 +129,7 @@ func writeEnrollRequests(ctx context.Context, srv *server.Server, n int, dir str
 	for range 32 {
 		wg.Go(func() {
 			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				if err := writeEnrollRequest(ctx, srv, int(i), dir); err != nil {
+				if err := writeEnrollRequest(ctx, admin, int(i), dir); err != nil {
 					errs <- err
 					return
 				}
@@ -135,12 +142,12 @@ func writeEnrollRequests(ctx context.Context, srv *server.Server, n int, dir str
 }
 
 // writeEnrollRequest writes /enroll request i into dir.
-func writeEnrollRequest(ctx context.Context, srv *server.Server, i int, dir string) error {
+func writeEnrollRequest(ctx context.Context, admin *http.Client, i int, dir string) error {
 	id, err := identity.NewNode(fmt.Sprintf("enroll-%d", i))
 	if err != nil {
 		return err
 	}
-	token, _, err := srv.CreateJoinToken(ctx, id.Node, time.Hour)
+	token, err := joinToken(ctx, admin, id.Node)
 	if err != nil {
 		return err
 	}
@@ -161,4 +168,30 @@ func writeEnrollRequest(ctx context.Context, srv *server.Server, i int, dir stri
 		return err
 	}
 	return os.WriteFile(base+".headers", []byte("Authorization: Bearer "+token+"\n"), 0o600)
+}
+
+// joinToken creates a join token for node through POST /admin/tokens.
+func joinToken(ctx context.Context, admin *http.Client, node string) (string, error) {
+	body, err := json.Marshal(meshapi.TokenRequest{NodeID: node, TTL: "1h"})
+	if err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://meshd/admin/tokens", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	resp, err := admin.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return "", fmt.Errorf("POST /admin/tokens: %s: %s", resp.Status, msg)
+	}
+	var tr meshapi.TokenResponse
+	if err := json.NewDecoder(resp.Body).Decode(&tr); err != nil {
+		return "", fmt.Errorf("POST /admin/tokens: %w", err)
+	}
+	return tr.Token, nil
 }

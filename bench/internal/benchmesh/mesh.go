@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/database"
@@ -53,7 +54,7 @@ type Mesh struct {
 	// Store is the store of the CA and of meshd's registry.
 	Store store.Store
 	// Server is meshd.
-	Server *server.Server
+	Server *meshd.Meshd
 	// Replicas are the meshd processes AddReplica started beside Server,
 	// each on its own store handle of the same database.
 	Replicas []*Replica
@@ -71,7 +72,7 @@ type Mesh struct {
 
 // Replica is one more meshd on the mesh's database.
 type Replica struct {
-	Server *server.Server
+	Server *meshd.Meshd
 	Store  store.Store
 	cancel context.CancelFunc
 }
@@ -113,23 +114,28 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 	if m.Server, m.cancel, err = m.startServer(ctx, sock, m.Store, m.CA); err != nil {
 		return nil, err
 	}
-	m.Admin = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+	m.Admin = AdminClient(sock)
+	return m, nil
+}
+
+// AdminClient talks to the admin API of the meshd whose unix socket is
+// sock; its URLs' host is ignored.
+func AdminClient(sock string) *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		},
 	}}
-	return m, nil
 }
 
 // startServer starts a meshd over st and authority with the admin API on
 // sock.
-func (m *Mesh) startServer(ctx context.Context, sock string, st store.Store, authority *ca.CA) (*server.Server, context.CancelFunc, error) {
+func (m *Mesh) startServer(ctx context.Context, sock string, st store.Store, authority *ca.CA) (*meshd.Meshd, context.CancelFunc, error) {
 	c := m.cfg
-	srv, err := server.New(ctx, server.Config{
+	srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{
 		Listen: "127.0.0.1:0", AdminSocket: sock, TLSMode: server.TLSStrict,
 		CertFile: m.CA.Config().IssuedCertPath(m.cert), KeyFile: m.CA.Config().IssuedKeyPath(m.cert),
-		Backends: []string{server.BackendLocalCA}, RevocationPoll: c.RevocationPoll,
 		MaxWatchStreams: c.MaxWatchStreams, MaxWatchStreamsPerSource: c.MaxWatchStreams,
 		// strict: no caller without a certificate reaches the stream, so
 		// its share is the least there is and every other slot is the
@@ -137,7 +143,7 @@ func (m *Mesh) startServer(ctx context.Context, sock string, st store.Store, aut
 		MaxCertlessWatchStreams: 1,
 		AgentCertBurst:          c.AgentCertBurst, AgentCertInterval: time.Millisecond, MaxAgentsPerNode: c.MaxAgentsPerNode,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	}, st, authority)
+	}, Backends: []string{meshd.BackendLocalCA}, RevocationPoll: c.RevocationPoll}, st, authority)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,4 +1,4 @@
-package server
+package meshd
 
 import (
 	"crypto/ecdsa"
@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -77,7 +78,7 @@ func TestEntityNamesStress(t *testing.T) {
 				if err := n.check(own); err != nil {
 					bad[i] = append(bad[i], "own: "+err.Error())
 				}
-				if err := n.check(impostor); !errors.Is(err, errEntityNameTaken) {
+				if err := n.check(impostor); !errors.Is(err, server.ErrEntityNameTaken) {
 					bad[i] = append(bad[i], "impostor admitted")
 				}
 				if err := n.check(alone); err != nil {
@@ -113,7 +114,7 @@ func TestEntityNamesStress(t *testing.T) {
 		t.Errorf("once the first holder dropped acme, filestore's: %v, want it to hold the name", err)
 	}
 	registered.Set("acme", ca)
-	if err := n.check(own); !errors.Is(err, errEntityNameTaken) {
+	if err := n.check(own); !errors.Is(err, server.ErrEntityNameTaken) {
 		t.Errorf("the registered acme back while filestore holds the name: %v, want entity_name_taken", err)
 	}
 }

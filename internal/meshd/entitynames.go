@@ -1,18 +1,16 @@
-package server
+package meshd
 
 import (
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
+	"github.com/meshtrust/meshtrust/internal/registry"
+	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/trust"
 )
-
-// errEntityNameTaken refuses a partner entity name another trust source
-// holds already: a name is one entity, held by one source.
-var errEntityNameTaken = errors.New("entity name held by another trust source")
 
 // entityNames keeps each partner entity name to one trust source, so
 // that an entity is one (source, name), never the CAs of two sources
@@ -120,7 +118,7 @@ func (n *entityNames) check(peer *trust.Peer) error {
 	n.mu.Unlock()
 	if ok && h != peer.Backend {
 		return fmt.Errorf("%w: entity %q is held by trust source %q; trust source %q has a CA under the same name, and meshd refuses it (rename one of them, or remove it from one source)",
-			errEntityNameTaken, peer.Entity, h, peer.Backend)
+			server.ErrEntityNameTaken, peer.Entity, h, peer.Backend)
 	}
 	return nil
 }
@@ -135,4 +133,40 @@ func (n *entityNames) otherHolder(entity, except string) string {
 		}
 	}
 	return ""
+}
+
+// sources is the trust sources as the routes see them
+// (server.TrustSources).
+type sources struct{ m *Meshd }
+
+func (s sources) Check(peer *trust.Peer) error { return s.m.names.check(peer) }
+
+// OtherHolder compares entity, the name a registration asks for, with the
+// names the other sources gave their CAs (file name, Secret, trust
+// domain's entity).
+func (s sources) OtherHolder(entity string) string {
+	return s.m.names.otherHolder(entity, BackendEntities)
+}
+
+func (s sources) Dynamic() []server.EntitySource {
+	out := make([]server.EntitySource, len(s.m.dynamic))
+	for i, b := range s.m.dynamic {
+		out[i] = b
+	}
+	return out
+}
+
+func (s sources) TrustDir() server.EntitySource {
+	if s.m.files == nil {
+		return nil // not a typed nil: the routes compare with nil
+	}
+	return s.m.files
+}
+
+func (s sources) Namespace(source, entity string) registry.Namespace {
+	return s.m.namespaces.Lookup(source, entity)
+}
+
+func (s sources) Admitted(fingerprint string, chain []*x509.Certificate, now time.Time) {
+	s.m.admitted.add(fingerprint, chain, now)
 }

@@ -1,4 +1,4 @@
-package server
+package meshd
 
 import (
 	"errors"
@@ -28,26 +28,26 @@ const trustDirCAMax = 1 << 20
 // every other source (the trust dir, registered entities, and backends
 // such as spire) by exact CN and MCP Mesh's <name>.<trust domain>; then
 // the operator's overrides, which must name a source of the chain.
-func (s *Server) bindings(backends []trust.Backend) (map[string]registry.Binding, error) {
+func (m *Meshd) bindings(backends []trust.Backend) (map[string]registry.Binding, error) {
 	out := map[string]registry.Binding{}
 	for _, b := range backends {
 		name := b.Name()
-		if b == trust.Backend(s.revoked) {
+		if b == trust.Backend(m.revoked) {
 			continue // admits nothing: its chains are refused
 		}
 		switch {
-		case name == BackendLocalCA && s.localCA != nil:
+		case name == BackendLocalCA && m.localCA != nil:
 			out[name] = registry.Binding{CN: true}
 			continue
 		case name == BackendLocalCA:
 			// MCP Mesh's --tls-auto CA names the agent (CN weather-agent)
 			// and its agents register per-replica ids.
-			out[name] = registry.Binding{CN: true, CNReplicas: true, TrustDomain: s.cfg.AgentTrustDomain}
+			out[name] = registry.Binding{CN: true, CNReplicas: true, TrustDomain: m.cfg.AgentTrustDomain}
 			continue
 		}
-		out[name] = registry.Binding{CN: true, TrustDomain: s.cfg.AgentTrustDomain}
+		out[name] = registry.Binding{CN: true, TrustDomain: m.cfg.AgentTrustDomain}
 	}
-	for name, b := range s.cfg.AgentBindings {
+	for name, b := range m.cfg.AgentBindings {
 		if _, ok := out[name]; !ok {
 			return nil, fmt.Errorf("agent binding for trust source %q, which is not in the chain %v: list it in MCP_MESH_TRUST_BACKEND, or drop its binding", name, backendNames(backends))
 		}
@@ -61,11 +61,11 @@ func (s *Server) bindings(backends []trust.Backend) (map[string]registry.Binding
 // the trust dir's ca.pem. It is read once, at start; its certificates are
 // the mesh's own (entity ""), as the trust dir's are, whatever O they
 // carry.
-func (s *Server) trustDirCA() (trust.Backend, error) {
-	if s.cfg.TrustDir == "" {
+func (m *Meshd) trustDirCA() (trust.Backend, error) {
+	if m.cfg.TrustDir == "" {
 		return nil, errors.New("trust backend localca needs the mesh CA: create it with `meshctl ca init` and `meshctl ca issue-intermediate` (or run meshd --dev); or, for MCP Mesh's --tls-auto CA, set MCP_MESH_TRUST_DIR to the directory holding its ca.pem")
 	}
-	path := filepath.Join(s.cfg.TrustDir, trustDirCAFile)
+	path := filepath.Join(m.cfg.TrustDir, trustDirCAFile)
 	data, err := pemfile.ReadRegular(path, trustDirCAMax)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("trust backend localca needs the mesh CA (`meshctl ca init`, or meshd --dev) or MCP Mesh's --tls-auto CA at %s, which does not exist", path)
@@ -82,11 +82,11 @@ func (s *Server) trustDirCA() (trust.Backend, error) {
 			return nil, fmt.Errorf("trust backend localca: %s holds %q, which is not a CA certificate", path, c.Subject.String())
 		}
 	}
-	if _, err := os.Stat(filepath.Join(s.cfg.TrustDir, "ca-key.pem")); err == nil {
-		s.log.Warn("the trust dir holds ca-key.pem, the private key of the CA it trusts: whoever can read it can mint certificates for any agent. meshd never reads it; move it out of the trust dir", "dir", s.cfg.TrustDir)
+	if _, err := os.Stat(filepath.Join(m.cfg.TrustDir, "ca-key.pem")); err == nil {
+		m.log.Warn("the trust dir holds ca-key.pem, the private key of the CA it trusts: whoever can read it can mint certificates for any agent. meshd never reads it; move it out of the trust dir", "dir", m.cfg.TrustDir)
 	}
 	a := trust.NewAnchors(BackendLocalCA)
 	a.Set("", certs)
-	s.log.Info("trust backend localca: no mesh CA, so it trusts the CA in the trust dir, as MCP Mesh's --tls-auto made it; a development CA, not for production", "file", path, "subject", certs[0].Subject.String())
+	m.log.Info("trust backend localca: no mesh CA, so it trusts the CA in the trust dir, as MCP Mesh's --tls-auto made it; a development CA, not for production", "file", path, "subject", certs[0].Subject.String())
 	return a, nil
 }

@@ -1,0 +1,128 @@
+package meshd
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshtrust/meshtrust/credentials/spire"
+	"github.com/meshtrust/meshtrust/trust"
+	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
+	"github.com/meshtrust/meshtrust/trust/spirebundle"
+)
+
+// K8sConfig configures the k8s-secrets backend; zero values are MCP Mesh's
+// defaults (see package trust/k8ssecrets).
+type K8sConfig struct {
+	// Namespace is MCP_MESH_K8S_NAMESPACE; default the pod's own, else
+	// "default".
+	Namespace string
+	// LabelSelector is MCP_MESH_K8S_LABEL_SELECTOR; default
+	// mcp-mesh.io/trust=entity-ca.
+	LabelSelector string
+	// Client talks to the API server; nil: in-cluster, else KUBECONFIG.
+	Client kubernetes.Interface
+}
+
+// SPIREConfig configures the spire backend.
+type SPIREConfig struct {
+	// Socket is the SPIRE agent's Workload API socket
+	// (MCP_MESH_SPIRE_SOCKET); default the SPIRE provider's.
+	Socket string
+	// Federated lists the trust domains whose federated bundles are
+	// trusted, besides meshd's own.
+	Federated []spiffeid.TrustDomain
+	// Entities maps a trust domain to the entity its agents belong to;
+	// default the trust domain's name.
+	Entities map[spiffeid.TrustDomain]string
+	// StartTimeout bounds the wait for the first SVID and bundles;
+	// default 30s.
+	StartTimeout time.Duration
+	// ClientOptions are passed to go-spiffe's Workload API client (tests
+	// shorten its back-off).
+	ClientOptions []workloadapi.ClientOption
+}
+
+// dynamicBackend is a backend whose entities change at run time: a change
+// makes meshd re-verify what it admitted (sweepTrust).
+type dynamicBackend interface {
+	trust.Backend
+	trust.Notifier
+	Entities() []string
+	Certificates(entity string) []*x509.Certificate
+}
+
+// addDynamic records a run-time-changing backend and what stops it.
+func (m *Meshd) addDynamic(b dynamicBackend, closer func() error) {
+	m.dynamic = append(m.dynamic, b)
+	m.closers = append(m.closers, closer)
+}
+
+// closeBackends stops the backends' watchers; their anchors stay.
+func (m *Meshd) closeBackends() error {
+	var errs []error
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		errs = append(errs, m.closers[i]())
+	}
+	m.closers = nil
+	return errors.Join(errs...)
+}
+
+func (m *Meshd) k8sBackend(ctx context.Context) (*k8ssecrets.Backend, error) {
+	c := m.cfg.K8s
+	client := c.Client
+	if client == nil {
+		var err error
+		if client, err = k8ssecrets.ClientFromEnv(); err != nil {
+			return nil, fmt.Errorf("trust backend k8s-secrets: %w", err)
+		}
+	}
+	st, err := k8ssecrets.New(ctx, k8ssecrets.Config{Client: client, Namespace: c.Namespace, LabelSelector: c.LabelSelector, Logger: m.log})
+	if err != nil {
+		return nil, fmt.Errorf("trust backend k8s-secrets: %w", err)
+	}
+	m.k8s = st
+	m.addDynamic(st, st.Close)
+	return st, nil
+}
+
+func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) {
+	c := m.cfg.SPIRE
+	timeout := c.StartTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	src, err := spire.New(waitCtx, spire.WithSocket(c.Socket), spire.WithFederation(c.Federated...),
+		spire.WithLogger(m.log), spire.WithClientOptions(c.ClientOptions...))
+	if err != nil {
+		return nil, fmt.Errorf("trust backend spire: %w", err)
+	}
+	b, err := spirebundle.New(ctx, spirebundle.Config{Source: src, Entities: c.Entities, Logger: m.log})
+	if err != nil {
+		src.Close()
+		return nil, fmt.Errorf("trust backend spire: %w", err)
+	}
+	m.addDynamic(b, func() error { return errors.Join(b.Close(), src.Close()) })
+	return b, nil
+}
+
+// backendMetrics returns the metrics of the backends that have some.
+func (m *Meshd) backendMetrics() []prometheus.Collector {
+	if m.k8s == nil {
+		return nil
+	}
+	st := m.k8s
+	return []prometheus.Collector{prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "meshd_trust_secret_rejections_total",
+		Help: "Versions of entity CA Secrets (k8s-secrets backend) that could not be used; each keeps the Secret's last good version.",
+	}, func() float64 { return float64(st.Rejected()) })}
+}
