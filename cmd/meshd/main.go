@@ -79,6 +79,7 @@ type limits struct {
 	registrations                                meshd.RegistrationLimits
 	providerEntities                             string
 	certless                                     server.CertlessLimits
+	enroll                                       server.EnrollLimits
 }
 
 func envOr(key, def string) string {
@@ -154,6 +155,10 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.IntVar(&o.limits.watchCertless, "max-certless-watch-streams", 0, "most open /revocations/watch streams of callers without a certificate (TLS auto), out of --max-watch-streams, the rest kept for authenticated verifiers; 0: an eighth of --max-watch-streams")
 	f.IntVar(&o.limits.agentCertBurst, "agent-cert-burst", 100, "certificates one node may obtain at once (/agent-cert; /renew, its own and its agents')")
 	f.DurationVar(&o.limits.agentCertInterval, "agent-cert-interval", 100*time.Millisecond, "after the burst, one more certificate per node every interval")
+	f.IntVar(&o.limits.enroll.Burst, "enroll-burst", server.DefaultEnrollBurst, "/enroll attempts one address (IPv6: /64) may make at once; raise it for a rollout of many nodes behind one address")
+	f.DurationVar(&o.limits.enroll.Interval, "enroll-interval", server.DefaultEnrollInterval, "after --enroll-burst, one more /enroll attempt per address every interval")
+	f.IntVar(&o.limits.enroll.GlobalBurst, "enroll-global-burst", server.DefaultEnrollGlobalBurst, "/enroll attempts all addresses together may make at once")
+	f.DurationVar(&o.limits.enroll.GlobalInterval, "enroll-global-interval", server.DefaultEnrollGlobalInterval, "after --enroll-global-burst, one more /enroll attempt from all addresses together every interval")
 	f.IntVar(&o.limits.maxAgentsPerNode, "max-agents-per-node", 512, "agent identities one node may hold a live certificate for")
 	f.IntVar(&o.limits.registrations.MaxTools, "max-tools", registry.DefaultMaxTools, "tools one agent may register")
 	f.IntVar(&o.limits.registrations.MaxToolDependencies, "max-tool-dependencies", registry.DefaultMaxToolDependencies, "dependencies one tool may declare")
@@ -253,7 +258,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
 			ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 			AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
-			MaxCertlessWatchStreams: o.limits.watchCertless, Certless: o.limits.certless,
+			MaxCertlessWatchStreams: o.limits.watchCertless, Certless: o.limits.certless, Enroll: o.limits.enroll,
 		},
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
 		K8s:              meshd.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},
@@ -339,6 +344,8 @@ func (l limits) check() error {
 		{"--read-timeout", int64(l.readTimeout)}, {"--agent-cert-interval", int64(l.agentCertInterval)},
 		{"--max-watch-streams", int64(l.watchStreams)}, {"--max-watch-streams-per-source", int64(l.watchPerSource)},
 		{"--agent-cert-burst", int64(l.agentCertBurst)}, {"--max-agents-per-node", int64(l.maxAgentsPerNode)},
+		{"--enroll-burst", int64(l.enroll.Burst)}, {"--enroll-interval", int64(l.enroll.Interval)},
+		{"--enroll-global-burst", int64(l.enroll.GlobalBurst)}, {"--enroll-global-interval", int64(l.enroll.GlobalInterval)},
 		{"--max-tools", int64(l.registrations.MaxTools)}, {"--max-tool-dependencies", int64(l.registrations.MaxToolDependencies)},
 		{"--max-dependencies", int64(l.registrations.MaxDependencies)}, {"--max-tags", int64(l.registrations.MaxTags)},
 		{"--certless-max-agents", int64(l.certless.MaxAgents)}, {"--certless-max-agents-per-source", int64(l.certless.MaxAgentsPerSource)},

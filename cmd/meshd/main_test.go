@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/config"
+	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 )
@@ -115,5 +116,27 @@ func TestRefusesDirsOthersControl(t *testing.T) {
 	o := &options{Mesh: config.Mesh{DataDir: private}}
 	if _, err := loadBootstrapSecret(o); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
 		t.Errorf("a secret file another user owns: %v, want a refusal naming its owner", err)
+	}
+}
+
+// TestEnrollLimitFlags: the /enroll limits are operator settings: the
+// flags reach the server's EnrollLimits, unset ones keep the defaults, and
+// a limit that would disable itself is refused.
+func TestEnrollLimitFlags(t *testing.T) {
+	o := &options{}
+	cmd := commandFor(o, io.Discard, io.Discard)
+	if err := cmd.ParseFlags([]string{"--enroll-burst", "200", "--enroll-global-interval", "10ms"}); err != nil {
+		t.Fatal(err)
+	}
+	want := server.EnrollLimits{Burst: 200, Interval: server.DefaultEnrollInterval, GlobalBurst: server.DefaultEnrollGlobalBurst, GlobalInterval: 10 * time.Millisecond}
+	if o.limits.enroll != want {
+		t.Errorf("enroll limits = %+v, want %+v", o.limits.enroll, want)
+	}
+	if err := o.limits.check(); err != nil {
+		t.Errorf("check: %v", err)
+	}
+	o.limits.enroll.Interval = 0
+	if err := o.limits.check(); err == nil || !strings.Contains(err.Error(), "--enroll-interval") {
+		t.Errorf("check with --enroll-interval 0 = %v, want it refused", err)
 	}
 }

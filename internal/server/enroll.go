@@ -14,24 +14,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
-)
-
-// Enrollment rate limits: per source (an IPv4 address, an IPv6 /64) a
-// burst of 5, then one more every 12 seconds; and for all sources
-// together a burst of 50, then 2 a second, so many addresses cannot
-// multiply the guesses one gets.
-const (
-	enrollBurst          = 5
-	enrollInterval       = 12 * time.Second
-	enrollGlobalBurst    = 50
-	enrollGlobalInterval = 500 * time.Millisecond
 )
 
 // TokenPrefix starts every join token, so a token is never mistaken for

@@ -156,13 +156,9 @@ type Config struct {
 	// burst, then one per interval; defaults 100 and 100ms.
 	AgentCertBurst    int
 	AgentCertInterval time.Duration
-	// EnrollBurst and EnrollInterval, when set, replace both limits on
-	// /enroll attempts, per source (default a burst of 5, then one per
-	// 12s) and across all sources (50, then one per 500ms): for a
-	// benchmark of enrollment itself. /enroll is the one route a caller
-	// without a certificate reaches; meshd sets neither.
-	EnrollBurst    int
-	EnrollInterval time.Duration
+	// Enroll bounds the /enroll attempts, per source and in all; zero
+	// fields are the defaults.
+	Enroll EnrollLimits
 	// Certless bounds what callers without a certificate can make meshd
 	// hold in TLS mode auto; zero values are the defaults.
 	Certless CertlessLimits
@@ -202,6 +198,29 @@ type CertlessLimits struct {
 	// or expiry).
 	NewInterval, NewGlobalInterval time.Duration
 }
+
+// EnrollLimits bound the attempts on /enroll, the one route a caller
+// without a certificate reaches: per source (an IPv4 address, an IPv6
+// /64) a burst, then one more every interval; and for all sources
+// together a global burst, then one every global interval, so many
+// addresses cannot multiply the guesses one gets. An operator who
+// bootstraps many nodes at once from one address raises them for the
+// rollout (--enroll-burst, --enroll-interval, ...).
+type EnrollLimits struct {
+	Burst          int
+	Interval       time.Duration
+	GlobalBurst    int
+	GlobalInterval time.Duration
+}
+
+// Defaults of EnrollLimits: per source 5, then one per 12 seconds; in all
+// 50, then 2 a second.
+const (
+	DefaultEnrollBurst          = 5
+	DefaultEnrollInterval       = 12 * time.Second
+	DefaultEnrollGlobalBurst    = 50
+	DefaultEnrollGlobalInterval = 500 * time.Millisecond
+)
 
 // Defaults of CertlessLimits' rates.
 const (
@@ -250,6 +269,10 @@ func (c Config) WithDefaults() (Config, error) {
 	} else if c.MaxCertlessWatchStreams >= c.MaxWatchStreams {
 		return c, fmt.Errorf("the revocation streams for callers without a certificate (%d, --max-certless-watch-streams) must be fewer than all revocation streams (%d, --max-watch-streams), so that authenticated verifiers keep some", c.MaxCertlessWatchStreams, c.MaxWatchStreams)
 	}
+	c.Enroll.Burst = cmp.Or(c.Enroll.Burst, DefaultEnrollBurst)
+	c.Enroll.Interval = cmp.Or(c.Enroll.Interval, DefaultEnrollInterval)
+	c.Enroll.GlobalBurst = cmp.Or(c.Enroll.GlobalBurst, DefaultEnrollGlobalBurst)
+	c.Enroll.GlobalInterval = cmp.Or(c.Enroll.GlobalInterval, DefaultEnrollGlobalInterval)
 	c.AgentCertBurst = cmp.Or(c.AgentCertBurst, 100)
 	c.AgentCertInterval = cmp.Or(c.AgentCertInterval, 100*time.Millisecond)
 	c.MaxAgentsPerNode = cmp.Or(c.MaxAgentsPerNode, 512)
@@ -331,8 +354,8 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: d.Store, auth: d.CA, revs: d.Revocations, chain: d.Chain, localCA: d.MeshCA,
 		sources: d.Sources, reg: d.Registry, events: d.Feed, started: cfg.Now(),
-		enrollLimit:  newLimiter(cmp.Or(cfg.EnrollBurst, enrollBurst), cmp.Or(cfg.EnrollInterval, enrollInterval)),
-		enrollGlobal: newLimiter(cmp.Or(cfg.EnrollBurst, enrollGlobalBurst), cmp.Or(cfg.EnrollInterval, enrollGlobalInterval)),
+		enrollLimit:  newLimiter(cfg.Enroll.Burst, cfg.Enroll.Interval),
+		enrollGlobal: newLimiter(cfg.Enroll.GlobalBurst, cfg.Enroll.GlobalInterval),
 		watchSlots:   newSlots(cfg.MaxWatchStreams-cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource),
 		agentCerts:   newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
 		stopping: make(chan struct{})}

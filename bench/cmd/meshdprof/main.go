@@ -76,19 +76,23 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 	if err != nil {
 		return err
 	}
-	// With join tokens to spend, enrollment is what is measured: no
-	// per-source or global rate.
-	enrollBurst, enrollInterval := 0, time.Duration(0)
+	// With join tokens to spend, enrollment is what is measured: the
+	// operator's enrollment limits raised out of its way.
+	var enroll server.EnrollLimits
 	if joinTokens > 0 {
-		enrollBurst, enrollInterval = 1<<30, time.Nanosecond
+		enroll = server.EnrollLimits{Burst: 1 << 30, Interval: time.Nanosecond, GlobalBurst: 1 << 30, GlobalInterval: time.Nanosecond}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	sock := filepath.Join(dataDir, "admin.sock")
-	srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: listen, AdminSocket: sock,
-		TLSMode: server.TLSStrict, CertFile: cert, KeyFile: key, Logger: log,
-		// Issuance is what bench/renew.sh measures: no per-node rate.
-		AgentCertBurst: 1 << 30, AgentCertInterval: time.Nanosecond,
-		EnrollBurst: enrollBurst, EnrollInterval: enrollInterval}, Backends: []string{meshd.BackendLocalCA}}, st, authority)
+	srv, err := meshd.New(ctx, meshd.Config{
+		Config: server.Config{Listen: listen, AdminSocket: sock,
+			TLSMode: server.TLSStrict, CertFile: cert, KeyFile: key, Logger: log,
+			// Issuance is what bench/renew.sh measures: no per-node rate.
+			AgentCertBurst: 1 << 30, AgentCertInterval: time.Nanosecond,
+			Enroll: enroll,
+		},
+		Backends: []string{meshd.BackendLocalCA},
+	}, st, authority)
 	if err != nil {
 		return err
 	}
