@@ -436,7 +436,9 @@ func (m *Meshd) Start(ctx context.Context) error {
 		go func() { defer m.wg.Done(); m.crl.Run(ctx) }()
 		go func() { defer m.wg.Done(); m.checkpointLoop(ctx) }()
 	}
-	m.log.Info("meshd serving", "agent_port", m.AgentAddr(), "tls_mode", m.cfg.TLSMode, "backends", backendNames(m.chain.Backends()), "admin_socket", m.cfg.AdminSocket, "admin_listen", m.cfg.AdminListen, "agents", m.reg.Len())
+	// The bound addresses: a port 0 in the configuration is chosen here.
+	m.log.Info("meshd serving", "agent_port", m.AgentAddr(), "tls_mode", m.cfg.TLSMode, "backends", backendNames(m.chain.Backends()), "admin_socket", m.cfg.AdminSocket,
+		"admin_listen", m.AdminTLSAddr(), "metrics_listen", m.MetricsAddr(), "agents", m.reg.Len())
 	return nil
 }
 

@@ -50,7 +50,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		}
 		ttl = d
 	}
-	token, expires, err := s.CreateJoinToken(r.Context(), req.NodeID, ttl)
+	token, expires, err := s.createJoinToken(r.Context(), req.NodeID, ttl)
 	if err != nil {
 		s.internalError(w, r, err)
 		return
@@ -58,10 +58,10 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, meshapi.TokenResponse{Token: token, NodeID: req.NodeID, ExpiresAt: expires, RootFingerprint: trust.Fingerprint(s.auth.Root())})
 }
 
-// CreateJoinToken records, and returns, a one-time token that enrolls
+// createJoinToken records, and returns, a one-time token that enrolls
 // node nodeID (a valid node id) until ttl from now, and when it expires.
 // Only its hash is stored, with an audit entry.
-func (s *Server) CreateJoinToken(ctx context.Context, nodeID string, ttl time.Duration) (string, time.Time, error) {
+func (s *Server) createJoinToken(ctx context.Context, nodeID string, ttl time.Duration) (string, time.Time, error) {
 	var raw [32]byte
 	if _, err := rand.Read(raw[:]); err != nil {
 		return "", time.Time{}, err
