@@ -36,12 +36,28 @@ func WriteAtomic(path string, data []byte, perm os.FileMode) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
+	return SyncDir(dir)
+}
+
+// SyncDir fsyncs the directory dir, so that a file created in it or
+// renamed into it survives a crash along with its directory entry.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// Exists reports whether something occupies path, without following a
+// final symlink: a dangling symlink counts, so a caller deciding whether
+// to create a file there never writes over (or through) what an operator
+// put in its place, and a caller deciding to load finds the breakage and
+// reports it rather than silently starting afresh.
+func Exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 // MkdirPrivate creates dir, and any missing parents, with mode 0700, and

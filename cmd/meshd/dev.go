@@ -34,8 +34,8 @@ func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logg
 		return err
 	}
 	defer st.Close()
-	if !fileExists(filepath.Join(cfg.Dir, "intermediate", "state.json")) {
-		if !fileExists(cfg.RootCertPath()) {
+	if !pemfile.Exists(filepath.Join(cfg.Dir, "intermediate", "state.json")) {
+		if !pemfile.Exists(cfg.RootCertPath()) {
 			if _, err := ca.Init(ctx, cfg, st); err != nil {
 				return err
 			}
@@ -175,7 +175,7 @@ func siblingMeshctl(exe, wd string) (string, bool) {
 // environment only.
 func devSecretFile(o *options) string {
 	for _, p := range []string{o.secretFile, o.meshSecretFile, filepath.Join(o.DataDir, "bootstrap.secret"), filepath.Join(o.DataDir, "mesh.secret")} {
-		if p != "" && fileExists(p) {
+		if p != "" && pemfile.Exists(p) {
 			return p
 		}
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/database"
 	"github.com/meshtrust/meshtrust/meshauth"
+	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
 )
 
@@ -228,7 +229,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.legacyCompat && secret == "" {
 		return errors.New("--legacy-secret-compat needs the bootstrap secret (--bootstrap-secret-file or $MESHTRUST_BOOTSTRAP_SECRET)")
 	}
-	haveCA := fileExists(filepath.Join(o.CADir, "intermediate", "state.json"))
+	haveCA := pemfile.Exists(filepath.Join(o.CADir, "intermediate", "state.json"))
 	storePath := o.Database
 	if storePath == "" {
 		if storePath, err = storeLocation(o.DataDir, cfg, log); err != nil {
@@ -394,9 +395,9 @@ func storeLocation(dataDir string, cfg ca.Config, log *slog.Logger) (string, err
 		return "", err
 	}
 	switch {
-	case !fileExists(legacy):
+	case !pemfile.Exists(legacy):
 		return want, nil
-	case fileExists(want):
+	case pemfile.Exists(want):
 		return "", fmt.Errorf("two stores found: %s (the CA's) and %s (left by an older meshd). meshd uses only %s: keep the one with your entities and revocations there (check with `sqlite3 FILE 'select count(*) from entities; select count(*) from revocations'`), move the other away, and start again", want, legacy, want)
 	}
 	// SQLite's write-ahead log belongs to its database: move it along, the
@@ -408,9 +409,4 @@ func storeLocation(dataDir string, cfg ca.Config, log *slog.Logger) (string, err
 	}
 	log.Info("moved the store into the CA directory, where meshctl finds it too", "from", legacy, "to", want)
 	return want, nil
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // TestStoreLocationDoesNotMove: the store is <ca-dir>/meshtrust.db with or
@@ -52,7 +53,7 @@ func TestStoreLocationDoesNotMove(t *testing.T) {
 		if err != nil || got != cfg.StorePath() {
 			t.Fatalf("storeLocation = %q, %v", got, err)
 		}
-		if fileExists(legacy) {
+		if pemfile.Exists(legacy) {
 			t.Error("the legacy store is still in the data dir")
 		}
 		st, err = sqlstore.OpenSQLite(t.Context(), got)

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // minSecretLen is the shortest bootstrap secret meshd accepts: anything
@@ -86,7 +88,7 @@ func loadBootstrapSecret(o *options) (string, error) {
 // configured, so enrollment works out of the box.
 func devSecret(o *options) error {
 	path := filepath.Join(o.DataDir, "bootstrap.secret")
-	if fileExists(path) || fileExists(filepath.Join(o.DataDir, "mesh.secret")) || o.secretFile != "" || o.meshSecretFile != "" ||
+	if pemfile.Exists(path) || pemfile.Exists(filepath.Join(o.DataDir, "mesh.secret")) || o.secretFile != "" || o.meshSecretFile != "" ||
 		os.Getenv("MESHTRUST_BOOTSTRAP_SECRET") != "" || os.Getenv("MESHTRUST_MESH_SECRET") != "" {
 		return nil
 	}

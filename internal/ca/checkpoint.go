@@ -158,7 +158,7 @@ func (c *CA) Checkpoint(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("append to %s: %w", path, err)
 	}
 	if created {
-		if err := syncDir(c.cfg.Dir); err != nil {
+		if err := pemfile.SyncDir(c.cfg.Dir); err != nil {
 			return false, err
 		}
 	}
@@ -192,15 +192,6 @@ func lastLine(f *os.File) ([]byte, bool, error) {
 	}
 	// No checkpoint is this long: hand back what does not parse.
 	return buf, buf[len(buf)-1] == '\n', nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // signedBytes is what a checkpoint's signature covers: checkpointLabel and

@@ -193,7 +193,7 @@ func (c Config) issuedBase(cn string) string {
 	if err != nil || id.Kind != identity.KindNode {
 		return cn
 	}
-	exists := func(name string) bool { return fileExists(c.issuedPath(name)) }
+	exists := func(name string) bool { return pemfile.Exists(c.issuedPath(name)) }
 	if !exists(id.Node+".crt") && !exists(id.Node+".key") && (exists(cn+".crt") || exists(cn+".key")) {
 		return cn
 	}

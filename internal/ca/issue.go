@@ -79,7 +79,7 @@ func (c *CA) signGenerated(ctx context.Context, req Request, o *signOptions) (*I
 	// missing one is created only once there is something to put in it, so
 	// a refused request leaves nothing behind.
 	issuedDir := c.cfg.issuedPath("")
-	if fileExists(issuedDir) {
+	if pemfile.Exists(issuedDir) {
 		if err := pemfile.MkdirPrivate(issuedDir); err != nil {
 			return nil, err
 		}
@@ -98,7 +98,7 @@ func (c *CA) signGenerated(ctx context.Context, req Request, o *signOptions) (*I
 	if err := pemfile.MkdirPrivate(issuedDir); err != nil {
 		return nil, err
 	}
-	if !fileExists(keyPath) {
+	if !pemfile.Exists(keyPath) {
 		if err := pemfile.WriteKey(keyPath, key); err != nil {
 			return nil, err
 		}

@@ -29,7 +29,7 @@ import (
 func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
 	cfg = cfg.withDefaults()
 	for _, p := range []string{cfg.rootCertPath(), cfg.rootKeyPath()} {
-		if fileExists(p) {
+		if pemfile.Exists(p) {
 			err := fmt.Errorf("%w: %s is present; a root is created once, ever (move it away first if you really mean to start a new CA)", ErrExists, p)
 			audit(ctx, cfg, st, "ca.init", "", err)
 			return nil, err

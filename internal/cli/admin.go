@@ -131,7 +131,7 @@ func (f *adminFlags) tlsClient(caDir string) (*adminClient, error) {
 	if caFile == "" {
 		// The mesh root as the CA directory keeps it; without it, the
 		// system roots.
-		if p := filepath.Join(caDir, "intermediate", "root.crt"); fileExists(p) {
+		if p := filepath.Join(caDir, "intermediate", "root.crt"); pemfile.Exists(p) {
 			caFile = p
 		}
 	}
@@ -156,11 +156,6 @@ func (f *adminFlags) tlsClient(caDir string) (*adminClient, error) {
 		where: u.Redacted(),
 		hint:  "is meshd running with --admin-listen there, and is your certificate an --admin-identity?",
 	}, nil
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // Close releases the client's idle connections.

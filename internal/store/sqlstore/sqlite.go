@@ -14,6 +14,8 @@ import (
 
 	msqlite "modernc.org/sqlite" // also the "sqlite" database/sql driver
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // busyTimeout is how long an SQLite connection waits for a lock held by
@@ -158,17 +160,8 @@ func createFile(path string) error {
 	}
 	// Make the new directory entry durable too, or a power loss could take
 	// the whole file with it.
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sqlite: sync directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sqlite: sync directory %s: %w", dir, err)
+	if err := pemfile.SyncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("sqlite: sync directory %s: %w", filepath.Dir(path), err)
 	}
 	return nil
 }
