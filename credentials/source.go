@@ -28,9 +28,10 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshtrust/meshtrust/internal/retry"
 )
 
 // Source is a live source of the caller's own X.509 credentials.
@@ -274,11 +275,9 @@ func Watch(ctx context.Context, src Source, fn func(*Credentials) error) error {
 	}
 }
 
-// Clock tells the time and waits. Sources that schedule work (renewal,
+// Clock tells the time and waits (Now, and After returning a channel that
+// receives once d has passed). Sources that schedule work (renewal,
 // debouncing) take one so that tests move time instead of sleeping; nil
-// means the system clock.
-type Clock interface {
-	Now() time.Time
-	// After returns a channel that receives once d has passed.
-	After(d time.Duration) <-chan time.Time
-}
+// means the system clock. It is the one clock interface of the mesh's
+// clients, shared with trust/watch.
+type Clock = retry.Clock

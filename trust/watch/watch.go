@@ -37,12 +37,10 @@ import (
 	"github.com/meshtrust/meshtrust/internal/retry"
 )
 
-// Clock tells the time and waits; tests move it instead of sleeping.
-type Clock interface {
-	Now() time.Time
-	// After returns a channel that receives once d has passed.
-	After(d time.Duration) <-chan time.Time
-}
+// Clock tells the time and waits (Now, and After returning a channel that
+// receives once d has passed); tests move it instead of sleeping. It is the
+// one clock interface of the mesh's clients, shared with credentials.
+type Clock = retry.Clock
 
 // Config configures a Watcher. Server and Roots are required; the zero
 // value of every other field is a sensible default.
