@@ -55,8 +55,17 @@ func (r result) output() string { return r.stdout + r.stderr }
 // run runs meshctl in-process with the env's directories.
 func (e *env) run(args ...string) result {
 	e.t.Helper()
-	args = append(slices.Clone(args), "--root-dir", e.root, "--ca-dir", e.caDir, "--trust-domain", "mesh.local")
-	return execute(e.t, args...)
+	return execute(e.t, withFlags(args, "--root-dir", e.root, "--ca-dir", e.caDir, "--trust-domain", "mesh.local")...)
+}
+
+// withFlags adds flags to a command line: before its "--", when it has one
+// (what follows "--" is positional, such as a key id that begins with "-").
+func withFlags(args []string, flags ...string) []string {
+	i := slices.Index(args, "--")
+	if i < 0 {
+		i = len(args)
+	}
+	return slices.Concat(args[:i], flags, args[i:])
 }
 
 func execute(t *testing.T, args ...string) result {

@@ -108,7 +108,7 @@ func noAdminEnv(t *testing.T) {
 // ctl runs meshctl against the running meshd's admin socket.
 func (m *testMeshd) ctl(args ...string) result {
 	m.t.Helper()
-	return m.run(append(slices.Clone(args), "--data-dir", m.dataDir)...)
+	return m.run(withFlags(args, "--data-dir", m.dataDir)...)
 }
 
 func (m *testMeshd) mustCtl(args ...string) result {

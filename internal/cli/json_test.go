@@ -156,10 +156,10 @@ func TestJSONEverywhere(t *testing.T) {
 	}
 	current, _ := keys[0].(map[string]any)["key_id"].(string)
 	retired, _ := keys[1].(map[string]any)["key_id"].(string)
-	if r := m.ctl("session", "drop-key", current); r.code == 0 || !strings.Contains(r.stderr, "rotate first") {
+	if r := m.ctl("session", "drop-key", "--", current); r.code == 0 || !strings.Contains(r.stderr, "rotate first") {
 		t.Errorf("meshctl session drop-key of the current key: exit %d\n%s", r.code, r.output())
 	}
-	left, _ := check("session drop-key", m.ctl("session", "drop-key", retired, "--json"), 0).(map[string]any)["keys"].([]any)
+	left, _ := check("session drop-key", m.ctl("session", "drop-key", "--json", "--", retired), 0).(map[string]any)["keys"].([]any)
 	if len(left) != 1 || left[0].(map[string]any)["key_id"] != current {
 		t.Errorf("session drop-key --json: keys left %v, want only %s", left, current)
 	}

@@ -97,7 +97,10 @@ the tokens it signed at once, and services verifying from meshd's JWKS refuse
 them when they next fetch it. The current key cannot be dropped: rotate first.`,
 		Example: `  meshctl session rotate-key
   meshctl session keys
-  meshctl session drop-key <the rotated-out key id>`,
+  meshctl session drop-key -- <the rotated-out key id>
+
+A key id is a base64url JWK thumbprint and may begin with "-": put it after
+"--" so it is not read as a flag.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			return g.withAdmin(cmd, func(c *adminClient) error {
