@@ -45,7 +45,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,7 +164,7 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("registry holds %d agents, want %d", reg.Len(), o.agents)
 		}
 		rep.Meshd = perAgent(before, after, o.agents)
-		if err := writeHeapProfile(o.memProfile); err != nil {
+		if err := benchmesh.WriteHeapProfile(o.memProfile); err != nil {
 			return err
 		}
 		runtime.KeepAlive(reg)
@@ -195,7 +194,7 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("meshd holds %d agents, want %d", n, o.agents)
 		}
 		rep.Meshd = perAgent(before, after, o.agents)
-		if err := writeHeapProfile(o.memProfile); err != nil {
+		if err := benchmesh.WriteHeapProfile(o.memProfile); err != nil {
 			return err
 		}
 	default:
@@ -240,22 +239,6 @@ func (t template) body(id string) []byte {
 }
 
 func agentID(i int) string { return "weather-agent-" + strconv.Itoa(i) }
-
-func writeHeapProfile(path string) error {
-	if path == "" {
-		return nil
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	runtime.GC()
-	if err := pprof.WriteHeapProfile(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
 
 func measure() Mem {
 	runtime.GC()

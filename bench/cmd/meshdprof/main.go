@@ -29,7 +29,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,17 +101,11 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 	if err := writeEnrollRequests(ctx, benchmesh.AdminClient(sock), joinTokens, requestsDir); err != nil {
 		return errors.Join(err, srv.Shutdown(context.WithoutCancel(ctx)))
 	}
-	if cpuProfile != "" {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := benchmesh.StartCPUProfile(cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	fmt.Printf("addr=%s\n", srv.AgentAddr())
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

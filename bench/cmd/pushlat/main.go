@@ -39,7 +39,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -163,17 +162,11 @@ func run(ctx context.Context, o options) error {
 	if n, err := m.watchers(ctx); err != nil || n != o.subs+1 {
 		return fmt.Errorf("meshd counts %d open streams (%v), want %d", n, err, o.subs+1)
 	}
-	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := benchmesh.StartCPUProfile(o.cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	fromReturn, fromCall, calls, perRev, err := m.timeRevocations(ctx, subs, serials[o.revocations:], raw)
 	if err != nil {
 		return err
