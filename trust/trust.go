@@ -180,6 +180,26 @@ func newPeer(backend string, leaf *x509.Certificate) *Peer {
 	}
 }
 
+// VerifyInWindow verifies leaf to roots through intermediates for any key
+// usage, at now moved into the leaf's validity window: a chain that is
+// sound but out of date still comes back, so the caller can report an
+// expired or not-yet-valid certificate as such rather than as untrusted.
+// The caller checks the window and the key usage itself.
+func VerifyInWindow(leaf *x509.Certificate, roots *x509.CertPool, intermediates []*x509.Certificate, now time.Time) ([][]*x509.Certificate, error) {
+	inter := x509.NewCertPool()
+	for _, c := range intermediates {
+		inter.AddCert(c)
+	}
+	at := now
+	switch {
+	case now.Before(leaf.NotBefore):
+		at = leaf.NotBefore
+	case now.After(leaf.NotAfter):
+		at = leaf.NotAfter
+	}
+	return leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+}
+
 // verifyChain verifies chain against roots as a client certificate and
 // classifies a refusal. Anchors are checked before the validity window, so
 // an expired certificate of a foreign CA is reported as unknown, letting
@@ -198,20 +218,9 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time)
 			return nil, err
 		}
 	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	at := now
-	switch {
-	case now.Before(leaf.NotBefore):
-		at = leaf.NotBefore
-	case now.After(leaf.NotAfter):
-		at = leaf.NotAfter
-	}
 	// Any usage here, so that every path comes back and clientPath can
 	// say which certificate restricts the usage of a refused one.
-	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	chains, err := VerifyInWindow(leaf, roots, chain[1:], now)
 	if err != nil {
 		var ua x509.UnknownAuthorityError
 		if errors.As(err, &ua) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // Status is the state of an issued certificate.
@@ -51,23 +52,10 @@ func (c *CA) Verify(ctx context.Context, certs []*x509.Certificate) (Verdict, er
 
 	roots := x509.NewCertPool()
 	roots.AddCert(c.Root())
-	inter := x509.NewCertPool()
-	for _, ic := range c.Intermediates() {
-		inter.AddCert(ic)
-	}
-	for _, ic := range certs[1:] {
-		inter.AddCert(ic)
-	}
-	// Check the chain at a time inside the leaf's window so that an expired
-	// leaf is reported as expired rather than as untrusted.
-	at := now
-	switch {
-	case now.Before(leaf.NotBefore):
-		at = leaf.NotBefore
-	case now.After(leaf.NotAfter):
-		at = leaf.NotAfter
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	// Checked at a time inside the leaf's window so that an expired leaf is
+	// reported as expired rather than as untrusted.
+	inter := append(c.Intermediates(), certs[1:]...)
+	if _, err := trust.VerifyInWindow(leaf, roots, inter, now); err != nil {
 		v.Status, v.Problem = StatusUntrusted, fmt.Sprintf("does not chain to this CA's root: %v", err)
 		return v, nil
 	}
