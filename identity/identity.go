@@ -56,20 +56,6 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", int(k))
 }
 
-// ParseKind parses the output of Kind.String; "client", the CA profile's
-// name for external users, is read as KindExternal.
-func ParseKind(s string) (Kind, error) {
-	switch s {
-	case "node":
-		return KindNode, nil
-	case "agent":
-		return KindAgent, nil
-	case "external", "client":
-		return KindExternal, nil
-	}
-	return 0, fmt.Errorf("identity: unknown kind %q (want node, agent or external)", s)
-}
-
 // Errors callers branch on.
 var (
 	// ErrInvalidID reports an id that is not a DNS label.
