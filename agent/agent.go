@@ -261,16 +261,14 @@ func authorizeHost(host string) credentials.Authorizer {
 	}
 }
 
-// ID returns the agent id the Agent registers.
-func (a *Agent) ID() string { return a.id }
-
 // Ready returns a channel that is closed once the registry has accepted
 // the agent's first registration.
 func (a *Agent) Ready() <-chan struct{} { return a.ready }
 
 // Dependencies returns the providers of the agent's dependencies as the
 // registry's last accepted registration resolved them, by tool function
-// name; nil before the first.
+// name; nil before the first. An agent reads it to find the endpoint of
+// the agent it calls for a capability (examples/agent's /greet-peer).
 func (a *Agent) Dependencies() map[string][]meshapi.Resolution {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -1,0 +1,4 @@
+package agent
+
+// ID returns the agent id a registers (from Config.AgentID or the payload).
+func (a *Agent) ID() string { return a.id }
