@@ -147,9 +147,6 @@ func (c *CA) ChainPEM() []byte {
 	return c.chainPEM
 }
 
-// Store returns the CA's store.
-func (c *CA) Store() store.Store { return c.store }
-
 func (c *CA) signer() *issuer {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
