@@ -174,14 +174,6 @@ func (f *Feed) Handle(h Handler) {
 	f.pollMu.Unlock()
 }
 
-// Cursor returns the feed's cursor: every event at or below it has been
-// taken in, applied or waiting in Pending's retries.
-func (f *Feed) Cursor() int64 {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.pub
-}
-
 // Pending returns how many events some handler has failed to apply and
 // will be retried.
 func (f *Feed) Pending() int { return int(f.pending.Load()) }

@@ -88,7 +88,7 @@ func TestOutOfOrderCommits(t *testing.T) {
 	if n := poll(t, f); n != 4 {
 		t.Fatalf("first poll applied %d, want 4", n)
 	}
-	if got := f.Cursor(); got != 2 {
+	if got := f.publishedCursor(); got != 2 {
 		t.Fatalf("cursor = %d with Seq 3 missing, want 2", got)
 	}
 	poll(t, f) // nothing new: 4 and 5 are not applied twice
@@ -97,7 +97,7 @@ func TestOutOfOrderCommits(t *testing.T) {
 	if got, want := rec.got(), []int64{1, 2, 4, 5, 3}; !slices.Equal(got, want) {
 		t.Errorf("applied %v, want %v (each once)", got, want)
 	}
-	if got := f.Cursor(); got != 5 {
+	if got := f.publishedCursor(); got != 5 {
 		t.Errorf("cursor = %d once 3 committed, want 5", got)
 	}
 }
@@ -111,12 +111,12 @@ func TestHoleTimeout(t *testing.T) {
 	poll(t, f)
 	c.Advance(9 * time.Second)
 	poll(t, f)
-	if got := f.Cursor(); got != 1 {
+	if got := f.publishedCursor(); got != 1 {
 		t.Fatalf("cursor = %d before the hole timed out, want 1", got)
 	}
 	c.Advance(time.Second)
 	poll(t, f)
-	if got := f.Cursor(); got != 3 {
+	if got := f.publishedCursor(); got != 3 {
 		t.Fatalf("cursor = %d after the hole timed out, want 3", got)
 	}
 }
@@ -230,7 +230,7 @@ func TestFeedStress(t *testing.T) {
 			}
 			src.commit(s)
 		}
-		for f.Cursor() < total {
+		for f.publishedCursor() < total {
 			if _, err := f.Poll(context.Background()); err != nil {
 				t.Error(err)
 				return
@@ -256,7 +256,7 @@ func TestFeedStress(t *testing.T) {
 					select {
 					case <-wake:
 					case <-done:
-						if f.Cursor() >= total {
+						if f.publishedCursor() >= total {
 							ds, _, _ := r.Next(context.Background())
 							for _, d := range ds {
 								seen[d.Event.Seq] = true
@@ -308,7 +308,7 @@ func TestHandlersOutliveTheCaller(t *testing.T) {
 			t.Errorf("handler %d saw its context ended: %v", i+1, err)
 		}
 	}
-	if got := f.Cursor(); got != 3 {
+	if got := f.publishedCursor(); got != 3 {
 		t.Errorf("cursor = %d, want 3", got)
 	}
 }
@@ -407,7 +407,7 @@ func TestFailedEventRetried(t *testing.T) {
 	if got := f.Pending(); got != 0 {
 		t.Errorf("Pending = %d once applied, want 0", got)
 	}
-	if got := f.Cursor(); got != 3 {
+	if got := f.publishedCursor(); got != 3 {
 		// 4..9 are a hole not waited out yet.
 		t.Errorf("cursor = %d, want 3", got)
 	}

@@ -22,7 +22,7 @@ func benchMesh(b *testing.B, providers, consumers int) (*Registry, *trust.Peer, 
 	for i := range providers {
 		id := fmt.Sprintf("geo-%d", i)
 		body := fmt.Sprintf(`{"agent_id":%q,"http_host":"10.0.0.2","http_port":9000,"tools":[{"function_name":"geocode","capability":"geocode","tags":["maps"]}]}`, id)
-		if _, err := r.HeartbeatBody(ctx, peerFor(b, id+"@n0"), []byte(body)); err != nil {
+		if _, err := r.heartbeatBody(ctx, peerFor(b, id+"@n0"), []byte(body)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -34,7 +34,7 @@ func benchMesh(b *testing.B, providers, consumers int) (*Registry, *trust.Peer, 
 		id := fmt.Sprintf("weather-%d", i)
 		body := []byte(fmt.Sprintf(`{"agent_id":%q,"http_host":"10.0.0.1","http_port":9100,"tools":[{"function_name":"forecast","capability":"weather","dependencies":[{"capability":"geocode","tags":["maps"]},{"capability":"notify"}]}]}`, id))
 		p := peerFor(b, id+"@n1")
-		if _, err := r.HeartbeatBody(ctx, p, body); err != nil {
+		if _, err := r.heartbeatBody(ctx, p, body); err != nil {
 			b.Fatal(err)
 		}
 		if i == 0 {
@@ -51,7 +51,7 @@ func BenchmarkUnchangedHeartbeatBody(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := r.HeartbeatBody(ctx, p, body); err != nil {
+		if _, err := r.heartbeatBody(ctx, p, body); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -35,10 +35,10 @@ func TestBlindReplicaNeverAnswersGone(t *testing.T) {
 	c := &clock{t: time.Unix(1_800_000_000, 0)}
 	a, b := newReplica(t, st, c), newReplica(t, st, c)
 	opus, scout := peer(t, "opus@ct111", ""), peer(t, "scout@ct111", "")
-	if _, err := a.HeartbeatBody(ctx, opus, []byte(`{"agent_id":"opus","http_port":9000}`)); err != nil {
+	if _, err := a.heartbeatBody(ctx, opus, []byte(`{"agent_id":"opus","http_port":9000}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.HeartbeatBody(ctx, scout, []byte(`{"agent_id":"scout","http_port":9001}`)); err != nil {
+	if _, err := b.heartbeatBody(ctx, scout, []byte(`{"agent_id":"scout","http_port":9001}`)); err != nil {
 		t.Fatal(err)
 	}
 	mustSync(t, b) // B knows opus

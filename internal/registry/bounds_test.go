@@ -73,7 +73,7 @@ func TestRegistrationLimits(t *testing.T) {
 			r := newRegistry(t, st, c)
 			opus := peer(t, "opus@ct111", "")
 			small := []byte(`{"agent_id":"opus","tools":[{"function_name":"f","capability":"c"}]}`)
-			if _, err := r.HeartbeatBody(ctx, opus, small); err != nil {
+			if _, err := r.heartbeatBody(ctx, opus, small); err != nil {
 				t.Fatal(err)
 			}
 			newcomer := peer(t, "geo@ct112", "")
@@ -86,7 +86,7 @@ func TestRegistrationLimits(t *testing.T) {
 				{"a new agent", newcomer, registration(t, "geo", tt.tools, tt.deps, tt.tags)},
 				{"a registered agent", opus, registration(t, "opus", tt.tools, tt.deps, tt.tags)},
 			} {
-				_, err := r.HeartbeatBody(ctx, try.p, try.body)
+				_, err := r.heartbeatBody(ctx, try.p, try.body)
 				if tt.reason == "" {
 					if err != nil {
 						t.Errorf("%s within the limits: %v", try.who, err)
@@ -119,7 +119,7 @@ func TestRegistrationLimits(t *testing.T) {
 				t.Errorf("opus's stored registration is now %s", got)
 			}
 			// The owner's unchanged heartbeat still takes the fast path.
-			if _, err := r.HeartbeatBody(ctx, opus, small); err != nil || st.writeCount() != writes {
+			if _, err := r.heartbeatBody(ctx, opus, small); err != nil || st.writeCount() != writes {
 				t.Errorf("opus's unchanged heartbeat after the refusals: %v, %d writes, want %d", err, st.writeCount(), writes)
 			}
 		})
@@ -136,12 +136,12 @@ func consumers(t testing.TB, n, deps int) *Registry {
 		t.Fatal(err)
 	}
 	geo := []byte(`{"agent_id":"geo","http_host":"10.0.0.2","http_port":9102,"tools":[{"function_name":"geocode","capability":"geocode","tags":["t0"]}]}`)
-	if _, err := r.HeartbeatBody(ctx, peerFor(t, "geo@n0"), geo); err != nil {
+	if _, err := r.heartbeatBody(ctx, peerFor(t, "geo@n0"), geo); err != nil {
 		t.Fatal(err)
 	}
 	for i := range n {
 		id := fmt.Sprintf("weather-%d", i)
-		if _, err := r.HeartbeatBody(ctx, peerFor(t, id+"@n1"), registration(t, id, 1, deps, 1)); err != nil {
+		if _, err := r.heartbeatBody(ctx, peerFor(t, id+"@n1"), registration(t, id, 1, deps, 1)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -200,7 +200,7 @@ func TestConfigLimits(t *testing.T) {
 		{2, 3, 0, "too_many_dependencies"},
 		{1, 1, 2, "too_many_tags"},
 	} {
-		_, err := r.HeartbeatBody(ctx, peerFor(t, "geo@n1"), registration(t, "geo", tt.tools, tt.deps, tt.tags))
+		_, err := r.heartbeatBody(ctx, peerFor(t, "geo@n1"), registration(t, "geo", tt.tools, tt.deps, tt.tags))
 		if (tt.reason == "" && err != nil) || (tt.reason != "" && (!errors.Is(err, ErrInvalid) || ReasonOf(err) != tt.reason)) {
 			t.Errorf("%d tools with %d dependencies and %d tags: %v, want %q", tt.tools, tt.deps, tt.tags, err, tt.reason)
 		}
@@ -228,7 +228,7 @@ func TestResolutionOncePerTopology(t *testing.T) {
 	body := func(port int) []byte {
 		return fmt.Appendf(nil, `{"agent_id":"atlas","http_port":%d,"tools":[{"function_name":"geocode","capability":"geocode","tags":["t0"]}]}`, port)
 	}
-	if _, err := r.HeartbeatBody(ctx, atlas, body(9000)); err != nil {
+	if _, err := r.heartbeatBody(ctx, atlas, body(9000)); err != nil {
 		t.Fatal(err)
 	}
 	check("the provider's own heartbeat", 0)
@@ -248,7 +248,7 @@ func TestResolutionOncePerTopology(t *testing.T) {
 	}
 	check("every agent's resolution, as its heartbeat answers it", 0)
 	// The provider moves: the next list looks once again.
-	if _, err := r.HeartbeatBody(ctx, atlas, body(9001)); err != nil {
+	if _, err := r.heartbeatBody(ctx, atlas, body(9001)); err != nil {
 		t.Fatal(err)
 	}
 	r.List(Filter{})
@@ -280,10 +280,10 @@ func TestStoredRegistrationOverLimit(t *testing.T) {
 	}
 	p := peerFor(t, "wide@n1")
 	p.Fingerprint = "fp-wide"
-	if _, err := r.HeartbeatBody(ctx, p, wide); err != nil {
+	if _, err := r.heartbeatBody(ctx, p, wide); err != nil {
 		t.Errorf("the owner's unchanged heartbeat: %v", err)
 	}
-	if _, err := r.HeartbeatBody(ctx, p, registration(t, "wide", 301, 0, 0)); ReasonOf(err) != "too_many_tools" {
+	if _, err := r.heartbeatBody(ctx, p, registration(t, "wide", 301, 0, 0)); ReasonOf(err) != "too_many_tools" {
 		t.Errorf("the owner's next change: %v, want too_many_tools", err)
 	}
 }

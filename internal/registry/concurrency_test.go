@@ -58,7 +58,7 @@ func TestChurnDoesNotDeadlock(t *testing.T) {
 			defer beating.Done()
 			for i := range rounds {
 				a := (g*5 + i) % agents
-				if _, err := r.HeartbeatBody(ctx, peers[a], body(a, i/agents%2)); err != nil {
+				if _, err := r.heartbeatBody(ctx, peers[a], body(a, i/agents%2)); err != nil {
 					fail(fmt.Errorf("heartbeat of a%d: %w", a, err))
 				}
 				finished.Add(1)
@@ -101,7 +101,7 @@ func TestChurnDoesNotDeadlock(t *testing.T) {
 		}
 	})
 	repeat(func(i int) {
-		if _, err := r.EvictSerial(ctx, peers[i*5%agents].Serial, "revoked"); err != nil {
+		if _, err := r.evictSerial(ctx, peers[i*5%agents].Serial, "revoked"); err != nil {
 			fail(err)
 		}
 	})

@@ -83,11 +83,6 @@ type Evicted struct {
 	CertSerial      string
 }
 
-// EvictSerial evicts every agent registered with the certificate serial.
-func (r *Registry) EvictSerial(ctx context.Context, serial, reason string) ([]Evicted, error) {
-	return r.evict(ctx, func(rec *store.Agent) bool { return rec.CertSerial == serial }, reason)
-}
-
 // EvictEntity evicts every agent of entity.
 func (r *Registry) EvictEntity(ctx context.Context, entity, reason string) ([]Evicted, error) {
 	return r.evict(ctx, func(rec *store.Agent) bool { return rec.Entity == entity }, reason)

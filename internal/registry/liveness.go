@@ -29,19 +29,13 @@ type Result struct {
 	ResolvedJSON []byte
 }
 
-// HeartbeatBody handles a raw POST /heartbeat body. A body identical to
-// the agent's last one, from the same certificate, is answered from memory
-// without being parsed; anything else goes through ParseRegistration and
-// Heartbeat.
-func (r *Registry) HeartbeatBody(ctx context.Context, peer *trust.Peer, body []byte) (Result, error) {
-	return r.HeartbeatFrom(ctx, peer, "", body)
-}
-
-// HeartbeatFrom is HeartbeatBody for a caller at source, the name the
-// server gives its network address (an IPv4 address, an IPv6 /64). A
-// caller without a certificate (peer nil) is held to the certless bounds
-// of its source (Config.Certless); source means nothing for a caller with
-// one.
+// HeartbeatFrom handles a raw POST /heartbeat body from a caller at
+// source, the name the server gives its network address (an IPv4
+// address, an IPv6 /64). A body identical to the agent's last one, from
+// the same certificate, is answered from memory without being parsed;
+// anything else goes through ParseRegistration and Heartbeat. A caller
+// without a certificate (peer nil) is held to the certless bounds of its
+// source (Config.Certless); source means nothing for a caller with one.
 func (r *Registry) HeartbeatFrom(ctx context.Context, peer *trust.Peer, source string, body []byte) (Result, error) {
 	sum := sha256.Sum256(body)
 	if peer != nil {

@@ -23,7 +23,7 @@ func TestFirstClaimIsAudited(t *testing.T) {
 	r := newRegistry(t, st, c)
 	opus := peer(t, "opus@ct111", "")
 	body := []byte(`{"agent_id":"opus","http_port":9000}`)
-	if _, err := r.HeartbeatBody(ctx, opus, body); err != nil {
+	if _, err := r.heartbeatBody(ctx, opus, body); err != nil {
 		t.Fatal(err)
 	}
 	want := []store.AuditEntry{{Time: c.Now(), Action: "agent.claim", Identity: "opus", Outcome: store.OutcomeOK,
@@ -32,7 +32,7 @@ func TestFirstClaimIsAudited(t *testing.T) {
 
 	for range 5 {
 		c.Add(time.Second)
-		if _, err := r.HeartbeatBody(ctx, opus, body); err != nil {
+		if _, err := r.heartbeatBody(ctx, opus, body); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := heartbeat(t, r, opus, string(body)); err != nil {
@@ -42,16 +42,16 @@ func TestFirstClaimIsAudited(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := r.HeartbeatBody(ctx, opus, []byte(`{"agent_id":"opus","http_port":9001}`)); err != nil {
+	if _, err := r.heartbeatBody(ctx, opus, []byte(`{"agent_id":"opus","http_port":9001}`)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.HeartbeatBody(ctx, peer(t, "opus@ct112", ""), body); ReasonOf(err) != "owned_by_other" {
+	if _, err := r.heartbeatBody(ctx, peer(t, "opus@ct112", ""), body); ReasonOf(err) != "owned_by_other" {
 		t.Fatalf("another node's claim: %v", err)
 	}
 	checkAudit(t, "after unchanged, changed and refused heartbeats", st, want)
 
 	c.Add(time.Second)
-	if _, err := r.HeartbeatBody(ctx, peer(t, "acme-x", "acme"), []byte(`{"agent_id":"acme-x"}`)); err != nil {
+	if _, err := r.heartbeatBody(ctx, peer(t, "acme-x", "acme"), []byte(`{"agent_id":"acme-x"}`)); err != nil {
 		t.Fatal(err)
 	}
 	want = append(want, store.AuditEntry{Time: c.Now(), Action: "agent.claim", Identity: "acme-x", Outcome: store.OutcomeOK,
@@ -116,7 +116,7 @@ func TestUnboundSourceBindsOnNextHeartbeat(t *testing.T) {
 	c := &clock{t: time.Unix(1_800_000_000, 0)}
 	r := newRegistry(t, st, c)
 	owner := peerFrom(t, "opus@ct111", "", "localca")
-	if _, err := r.HeartbeatBody(ctx, owner, []byte(`{"agent_id":"opus"}`)); err != nil {
+	if _, err := r.heartbeatBody(ctx, owner, []byte(`{"agent_id":"opus"}`)); err != nil {
 		t.Fatalf("the owner's first heartbeat after the upgrade: %v", err)
 	}
 	if got := st.agents["opus"]; got.Source != "localca" || got.Owner != "opus@ct111" || !got.RegisteredAt.Equal(at) || got.Version != 4 {
@@ -124,10 +124,10 @@ func TestUnboundSourceBindsOnNextHeartbeat(t *testing.T) {
 	}
 	checkAudit(t, "after binding the source", st, []store.AuditEntry{{Time: c.Now(), Action: "agent.claim", Identity: "opus", Outcome: store.OutcomeOK,
 		Detail: `owner "opus@ct111" (node ct111), the mesh's own CA, trust source "localca" (bound to a record kept without a source)`}})
-	if _, err := r.HeartbeatBody(ctx, peerFrom(t, "opus@ct111", "", "filestore"), []byte(`{"agent_id":"opus"}`)); ReasonOf(err) != "owned_by_other_source" {
+	if _, err := r.heartbeatBody(ctx, peerFrom(t, "opus@ct111", "", "filestore"), []byte(`{"agent_id":"opus"}`)); ReasonOf(err) != "owned_by_other_source" {
 		t.Fatalf("another source after the binding: %v, want owned_by_other_source", err)
 	}
-	if _, err := r.HeartbeatBody(ctx, owner, []byte(`{"agent_id":"opus"}`)); err != nil || len(st.auditLog()) != 1 {
+	if _, err := r.heartbeatBody(ctx, owner, []byte(`{"agent_id":"opus"}`)); err != nil || len(st.auditLog()) != 1 {
 		t.Fatalf("the owner's next heartbeat: %v, %d audit entries, want 1", err, len(st.auditLog()))
 	}
 }
@@ -180,10 +180,10 @@ func TestClaimAcrossReplicas(t *testing.T) {
 	c := &clock{t: time.Unix(1_800_000_000, 0)}
 	a, b := newRegistry(t, st, c), newRegistry(t, st, c)
 	body := []byte(`{"agent_id":"opus","http_port":9000}`)
-	if _, err := a.HeartbeatBody(ctx, peer(t, "opus@ct111", ""), body); err != nil {
+	if _, err := a.heartbeatBody(ctx, peer(t, "opus@ct111", ""), body); err != nil {
 		t.Fatal(err)
 	}
-	_, err := b.HeartbeatBody(ctx, peer(t, "opus@ct112", ""), body)
+	_, err := b.heartbeatBody(ctx, peer(t, "opus@ct112", ""), body)
 	if !errors.Is(err, ErrForbidden) || ReasonOf(err) != "owned_by_other" {
 		t.Fatalf("a second owner's claim through another replica: %v, want owned_by_other", err)
 	}

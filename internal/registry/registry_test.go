@@ -417,7 +417,7 @@ func TestEvictionAndRotation(t *testing.T) {
 	if st.agents["acme-b"].Status != StatusEvicted {
 		t.Fatal("eviction not written to the store")
 	}
-	ev, err = r.EvictSerial(ctx, m.Serial, "revoked")
+	ev, err = r.evictSerial(ctx, m.Serial, "revoked")
 	if err != nil || len(ev) != 1 || ev[0].AgentID != "opus" {
 		t.Fatalf("evict by serial: %v %v", ev, err)
 	}
@@ -522,13 +522,13 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 	c := &clock{t: time.Unix(1_800_000_000, 0)}
 	r := newRegistry(t, st, c)
 	w, g := peer(t, "weather@n1", ""), peer(t, "geo@n2", "")
-	if _, err := r.HeartbeatBody(ctx, g, []byte(`{"agent_id":"geo","tools":[{"function_name":"geocode","capability":"geocode"}]}`)); err != nil {
+	if _, err := r.heartbeatBody(ctx, g, []byte(`{"agent_id":"geo","tools":[{"function_name":"geocode","capability":"geocode"}]}`)); err != nil {
 		t.Fatal(err)
 	}
 	body := func(ts, desc string) []byte {
 		return []byte(fmt.Sprintf(`{"agent_id":"weather","timestamp":%q,"description":%q,"tools":[{"function_name":"f","capability":"weather","dependencies":[{"capability":"geocode"}]}]}`, ts, desc))
 	}
-	res, err := r.HeartbeatBody(ctx, w, body("2026-01-01T00:00:00Z", "v1"))
+	res, err := r.heartbeatBody(ctx, w, body("2026-01-01T00:00:00Z", "v1"))
 	if err != nil || !res.Created || res.Resolved["f"][0].AgentID != "geo" {
 		t.Fatalf("first: %+v %v", res, err)
 	}
@@ -537,16 +537,16 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 	if res, _ := r.Check(g, "geo"); !res.Rotate {
 		t.Fatal("geo's HEAD says 200 after weather registered")
 	}
-	if _, err := r.HeartbeatBody(ctx, g, geoBody); err != nil {
+	if _, err := r.heartbeatBody(ctx, g, geoBody); err != nil {
 		t.Fatal(err)
 	}
 	writes := st.writeCount()
 	// The same body again is answered from memory, with the cached resolution.
-	if res, err := r.HeartbeatBody(ctx, w, body("2026-01-01T00:00:00Z", "v1")); err != nil || res.Resolved["f"][0].AgentID != "geo" {
+	if res, err := r.heartbeatBody(ctx, w, body("2026-01-01T00:00:00Z", "v1")); err != nil || res.Resolved["f"][0].AgentID != "geo" {
 		t.Fatalf("repeat: %+v %v", res, err)
 	}
 	// Only the timestamp moves: still nothing written.
-	if _, err := r.HeartbeatBody(ctx, w, body("2026-01-01T00:00:05Z", "v1")); err != nil {
+	if _, err := r.heartbeatBody(ctx, w, body("2026-01-01T00:00:05Z", "v1")); err != nil {
 		t.Fatal(err)
 	}
 	if st.writeCount() != writes {
@@ -556,7 +556,7 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 		t.Fatal("geo's HEAD says 202 after weather only re-sent its heartbeat")
 	}
 	// A description change is written, but other agents need not re-POST.
-	if _, err := r.HeartbeatBody(ctx, w, body("2026-01-01T00:00:10Z", "v2")); err != nil {
+	if _, err := r.heartbeatBody(ctx, w, body("2026-01-01T00:00:10Z", "v2")); err != nil {
 		t.Fatal(err)
 	}
 	if st.writeCount() != writes+1 {
@@ -569,14 +569,14 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 		t.Fatalf("description not updated: %+v", v[1])
 	}
 	// A changed endpoint is a topology change.
-	if _, err := r.HeartbeatBody(ctx, w, []byte(`{"agent_id":"weather","http_port":9100,"description":"v2","tools":[{"function_name":"f","capability":"weather","dependencies":[{"capability":"geocode"}]}]}`)); err != nil {
+	if _, err := r.heartbeatBody(ctx, w, []byte(`{"agent_id":"weather","http_port":9100,"description":"v2","tools":[{"function_name":"f","capability":"weather","dependencies":[{"capability":"geocode"}]}]}`)); err != nil {
 		t.Fatal(err)
 	}
 	if res, _ := r.Check(g, "geo"); !res.Rotate {
 		t.Fatal("geo's HEAD says 200 after weather moved its endpoint")
 	}
 	// Another certificate for the same agent id never takes the fast path.
-	if _, err := r.HeartbeatBody(ctx, peer(t, "weather@n2", ""), body("2026-01-01T00:00:09Z", "v2")); !errors.Is(err, ErrForbidden) {
+	if _, err := r.heartbeatBody(ctx, peer(t, "weather@n2", ""), body("2026-01-01T00:00:09Z", "v2")); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("another node's certificate: %v", err)
 	}
 }

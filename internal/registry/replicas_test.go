@@ -92,7 +92,7 @@ func TestReplicaOwnership(t *testing.T) {
 	// replica sync, and an operator release the id through rs[2].
 	squatThenRelease := func(t *testing.T, rs [3]*Registry) *trust.Peer {
 		squatter := peer(t, "opus@ct666", "")
-		if _, err := rs[1].HeartbeatBody(ctx, squatter, body("squat.example", 1)); err != nil {
+		if _, err := rs[1].heartbeatBody(ctx, squatter, body("squat.example", 1)); err != nil {
 			t.Fatal(err)
 		}
 		syncAll(t, rs)
@@ -110,17 +110,17 @@ func TestReplicaOwnership(t *testing.T) {
 		// keeps a record it did not find for that long has dropped it.
 		c.Add(25 * time.Second)
 		mustSync(t, a)
-		if _, err := a.HeartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
+		if _, err := a.heartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
 			t.Fatalf("opus@ct111's claim after the release: %v", err)
 		}
 		// The squatter's heartbeat reaches B, which has not synced since.
 		c.Add(time.Millisecond)
-		_, err := b.HeartbeatBody(ctx, squatter, body("evil.example", 3))
+		_, err := b.heartbeatBody(ctx, squatter, body("evil.example", 3))
 		if !errors.Is(err, ErrForbidden) {
 			t.Errorf("the squatter's heartbeat to a replica that had not synced = %v, want ErrForbidden", err)
 		}
 		checkOwned(t, st, b, id, "opus@ct111")
-		if _, err := b.HeartbeatBody(ctx, squatter, body("squat.example", 1)); !errors.Is(err, ErrForbidden) {
+		if _, err := b.heartbeatBody(ctx, squatter, body("squat.example", 1)); !errors.Is(err, ErrForbidden) {
 			t.Errorf("the squatter's heartbeat after B synced = %v, want ErrForbidden", err)
 		}
 	})
@@ -155,16 +155,16 @@ func TestReplicaOwnership(t *testing.T) {
 		a, b := rs[0], rs[1]
 		owner := peer(t, "opus@ct111", "")
 		// TLS auto: registered without a certificate through B.
-		if _, err := b.HeartbeatBody(ctx, nil, body("opus.example", 1)); err != nil {
+		if _, err := b.heartbeatBody(ctx, nil, body("opus.example", 1)); err != nil {
 			t.Fatal(err)
 		}
 		syncAll(t, rs)
 		c.Add(time.Millisecond)
-		if _, err := a.HeartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
+		if _, err := a.heartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
 			t.Fatalf("the certificate's claim: %v", err)
 		}
 		c.Add(time.Millisecond)
-		_, err := b.HeartbeatBody(ctx, nil, body("evil.example", 3))
+		_, err := b.heartbeatBody(ctx, nil, body("evil.example", 3))
 		if !errors.Is(err, ErrForbidden) {
 			t.Errorf("a certless heartbeat to B after a certificate claimed the id = %v, want ErrForbidden", err)
 		}
@@ -175,7 +175,7 @@ func TestReplicaOwnership(t *testing.T) {
 		st, c, rs := setup(t)
 		a, b := rs[0], rs[1]
 		owner := peer(t, "opus@ct111", "")
-		if _, err := b.HeartbeatBody(ctx, owner, body("opus.example", 1)); err != nil {
+		if _, err := b.heartbeatBody(ctx, owner, body("opus.example", 1)); err != nil {
 			t.Fatal(err)
 		}
 		syncAll(t, rs)
@@ -185,7 +185,7 @@ func TestReplicaOwnership(t *testing.T) {
 		// B still holds the record: a change it is sent is a claim
 		// anew, audited, not a write over the deleted record.
 		c.Add(time.Millisecond)
-		res, err := b.HeartbeatBody(ctx, owner, body("opus.example", 2))
+		res, err := b.heartbeatBody(ctx, owner, body("opus.example", 2))
 		if err != nil || !res.Created {
 			t.Fatalf("heartbeat to B after a delete on A = %+v, %v; want a new registration", res, err)
 		}
@@ -217,7 +217,7 @@ func TestReplicaOwnershipStress(t *testing.T) {
 		wg.Go(func() {
 			for n := range rounds {
 				body := fmt.Appendf(nil, `{"agent_id":"opus","http_port":%d}`, 9000+n)
-				_, err := rs[(i+n)%2].HeartbeatBody(ctx, p, body)
+				_, err := rs[(i+n)%2].heartbeatBody(ctx, p, body)
 				switch {
 				case err == nil:
 					got[i][0]++

@@ -383,11 +383,6 @@ func (n *Namespaces) Set(source, entity string, ns Namespace) {
 	n.update(func(m map[nsKey]Namespace) { m[nsKey{source, entity}] = ns })
 }
 
-// Remove forgets entity's namespace under source: it is prefix again.
-func (n *Namespaces) Remove(source, entity string) {
-	n.update(func(m map[nsKey]Namespace) { delete(m, nsKey{source, entity}) })
-}
-
 func (n *Namespaces) update(fn func(map[nsKey]Namespace)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

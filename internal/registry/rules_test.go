@@ -179,14 +179,14 @@ func TestParseRules(t *testing.T) {
 // the race detector, and see a whole value each time.
 func TestNamespacesConcurrent(t *testing.T) {
 	ns := NewNamespaces()
-	list := mustNamespace(t, "ids:a,b")
+	list, prefix := mustNamespace(t, "ids:a,b"), mustNamespace(t, "prefix")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for i := range 2000 {
 			name := fmt.Sprintf("e%d", i%7)
 			if i%3 == 0 {
-				ns.Remove("entities", name)
+				ns.Set("entities", name, prefix)
 			} else {
 				ns.Set("entities", name, list)
 			}

@@ -49,7 +49,7 @@ func TestSyncAcrossReplicas(t *testing.T) {
 	a, b := newReplica(t, st, c), newReplica(t, st, c)
 	opus := peer(t, "opus@ct111", "")
 	body := []byte(`{"agent_id":"opus","http_port":9000,"tools":[{"function_name":"f","capability":"weather"}]}`)
-	if _, err := a.HeartbeatBody(ctx, opus, body); err != nil {
+	if _, err := a.heartbeatBody(ctx, opus, body); err != nil {
 		t.Fatal(err)
 	}
 	if n := mustSync(t, b); n != 1 || statusOf(b, "opus") != StatusHealthy {
@@ -65,7 +65,7 @@ func TestSyncAcrossReplicas(t *testing.T) {
 	st.mu.Unlock()
 	for range 12 {
 		c.Add(5 * time.Second)
-		if _, err := a.HeartbeatBody(ctx, opus, body); err != nil {
+		if _, err := a.heartbeatBody(ctx, opus, body); err != nil {
 			t.Fatal(err)
 		}
 		a.shareLiveness()
@@ -96,7 +96,7 @@ func TestSyncAcrossReplicas(t *testing.T) {
 	// among replicas are clocks, so B's older mark cannot undo it.
 	c.Add(time.Millisecond)
 	body2 := []byte(`{"agent_id":"opus","http_port":9001}`)
-	if _, err := a.HeartbeatBody(ctx, opus, body2); err != nil {
+	if _, err := a.heartbeatBody(ctx, opus, body2); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Flush(ctx); err != nil { // B's unhealthy mark, older than A's change
@@ -140,7 +140,7 @@ func TestSyncStress(t *testing.T) {
 			body := fmt.Appendf(nil, `{"agent_id":"a%d","http_port":%d}`, i, 9000+i)
 			for n := range rounds {
 				r := rs[(i+n)%2] // each heartbeat to either replica
-				if _, err := r.HeartbeatBody(ctx, peers[i], body); err != nil {
+				if _, err := r.heartbeatBody(ctx, peers[i], body); err != nil {
 					t.Errorf("a%d: %v", i, err)
 					return
 				}

@@ -50,7 +50,7 @@ func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 	}{
 		// A new registration, written and acknowledged.
 		{"Heartbeat", func(r *Registry, owner, successor *trust.Peer) error {
-			_, err := r.HeartbeatBody(context.Background(), owner, []byte(`{"agent_id":"opus","description":"second","tools":[{"function_name":"f","capability":"c"}]}`))
+			_, err := r.heartbeatBody(context.Background(), owner, []byte(`{"agent_id":"opus","description":"second","tools":[{"function_name":"f","capability":"c"}]}`))
 			return err
 		}},
 		{"Delete", func(r *Registry, owner, successor *trust.Peer) error {
@@ -66,7 +66,7 @@ func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 			if err := r.Delete(context.Background(), owner, "opus"); err != nil {
 				return err
 			}
-			_, err := r.HeartbeatBody(context.Background(), successor, []byte(body))
+			_, err := r.heartbeatBody(context.Background(), successor, []byte(body))
 			return err
 		}},
 	}
