@@ -424,9 +424,7 @@ func TestEntityRevoke(t *testing.T) {
 		t.Errorf("after revoke: %+v", got)
 	}
 	// At once, without waiting for a heartbeat timeout.
-	if code := m.heartbeat(agent, "acme-one"); code != http.StatusForbidden {
-		t.Errorf("heartbeat after revoke: %d, want 403", code)
-	}
+	m.refusedOnOpenConn(agent, "acme-one")
 	if code := m.heartbeat(m.agentClient(acme.agentCert(t, "acme-two")), "acme-two"); code != http.StatusForbidden {
 		t.Errorf("new agent of a revoked entity: %d, want 403", code)
 	}
