@@ -103,8 +103,8 @@ func (p *pki) node(node string) *credentials.Credentials {
 // holder is a Source that starts with c.
 func holder(t *testing.T, c *credentials.Credentials) *credentials.Holder {
 	t.Helper()
-	h, err := credentials.NewHolder(c)
-	if err != nil {
+	h := new(credentials.Holder)
+	if err := h.Set(c); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })

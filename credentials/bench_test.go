@@ -31,8 +31,8 @@ func handshakeConfigs(b *testing.B) (static, source handshakePair) {
 	static.client = &tls.Config{Certificates: []tls.Certificate{clientCert}, RootCAs: roots, ServerName: "localhost"}
 
 	holder := func(c tls.Certificate) credentials.Source {
-		h, err := credentials.NewHolder(&credentials.Credentials{Certificate: c, Roots: []*x509.Certificate{root.Cert}})
-		if err != nil {
+		h := new(credentials.Holder)
+		if err := h.Set(&credentials.Credentials{Certificate: c, Roots: []*x509.Certificate{root.Cert}}); err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { h.Close() })

@@ -157,15 +157,6 @@ type generation struct {
 	closed  bool
 }
 
-// NewHolder returns a Holder that starts with c.
-func NewHolder(c *Credentials) (*Holder, error) {
-	h := &Holder{}
-	if err := h.Set(c); err != nil {
-		return nil, err
-	}
-	return h, nil
-}
-
 func (h *Holder) load() *generation {
 	if g := h.gen.Load(); g != nil {
 		return g
@@ -227,7 +218,10 @@ func (h *Holder) Close() error {
 }
 
 // Wait returns src's credentials as soon as it has some: at once if
-// Current succeeds, else after the changes that follow. It fails when ctx
+// Current succeeds, else after the changes that follow. A caller of a
+// Source that may have none yet (a Holder its owner fills later, a
+// Source of its own whose first fetch runs in the background) waits
+// with it before it serves or materializes them. It fails when ctx
 // ends (with the source's last error, so a user learns why it had none)
 // or when src is closed.
 func Wait(ctx context.Context, src Source) (*Credentials, error) {

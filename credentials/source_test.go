@@ -118,8 +118,8 @@ func TestHolderConcurrent(t *testing.T) {
 	for i := range gens {
 		gens[i] = creds(t, ca, "a", ca)
 	}
-	h, err := credentials.NewHolder(gens[0])
-	if err != nil {
+	h := new(credentials.Holder)
+	if err := h.Set(gens[0]); err != nil {
 		t.Fatal(err)
 	}
 	last := gens[len(gens)-1]
@@ -160,8 +160,8 @@ func TestWait(t *testing.T) {
 
 	t.Run("ready", func(t *testing.T) {
 		t.Parallel()
-		h, err := credentials.NewHolder(a)
-		if err != nil {
+		h := new(credentials.Holder)
+		if err := h.Set(a); err != nil {
 			t.Fatal(err)
 		}
 		if got, err := credentials.Wait(t.Context(), h); err != nil || got != a {
@@ -239,8 +239,8 @@ func TestWatch(t *testing.T) {
 	}
 
 	// fn's error ends it.
-	h2, err := credentials.NewHolder(a)
-	if err != nil {
+	h2 := new(credentials.Holder)
+	if err := h2.Set(a); err != nil {
 		t.Fatal(err)
 	}
 	stop := errors.New("stop")

@@ -56,7 +56,9 @@ func AuthorizeIdentity(names ...string) Authorizer {
 	}
 }
 
-// AuthorizeMemberOf allows a peer whose SPIFFE ID is in trust domain td.
+// AuthorizeMemberOf allows a peer whose SPIFFE ID is in trust domain td:
+// what a service that admits every workload of one SPIRE deployment
+// passes.
 // With SPIFFE bundles (Credentials.Bundles) only td's own bundle vouches
 // for the ID; otherwise the source's roots do.
 func AuthorizeMemberOf(td spiffeid.TrustDomain) Authorizer {
@@ -65,7 +67,8 @@ func AuthorizeMemberOf(td spiffeid.TrustDomain) Authorizer {
 
 // AdaptMatcher allows a peer whose leaf has a SPIFFE ID (exactly one
 // spiffe:// URI SAN) that match accepts, such as spiffeid.MatchID(id) or
-// spiffeid.MatchOneOf(ids...).
+// spiffeid.MatchOneOf(ids...): what a service that admits named SPIFFE
+// workloads only passes.
 func AdaptMatcher(match spiffeid.Matcher) Authorizer {
 	return func(leaf *x509.Certificate, _ [][]*x509.Certificate) error {
 		// Compared: the SPIFFE ID as spiffeid.ID parses the URI SAN.

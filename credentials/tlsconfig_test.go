@@ -16,8 +16,8 @@ import (
 
 func mustHolder(t *testing.T, c *credentials.Credentials) *credentials.Holder {
 	t.Helper()
-	h, err := credentials.NewHolder(c)
-	if err != nil {
+	h := new(credentials.Holder)
+	if err := h.Set(c); err != nil {
 		t.Fatal(err)
 	}
 	return h

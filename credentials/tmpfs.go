@@ -59,8 +59,10 @@ type materializeConfig struct {
 	log  *slog.Logger
 }
 
-// MaterializeIn writes the directory under base instead of /dev/shm. A
-// base on a disk rather than tmpfs puts the private key on that disk.
+// MaterializeIn writes the directory under base instead of /dev/shm: for
+// a host whose tmpfs is mounted elsewhere (a container's own tmpfs
+// volume, /run/user/<uid>). A base on a disk rather than tmpfs puts the
+// private key on that disk.
 func MaterializeIn(base string) MaterializeOption {
 	return func(c *materializeConfig) { c.base = base }
 }
@@ -224,10 +226,6 @@ func (f *Files) Rewritten() <-chan struct{} {
 	defer f.mu.Unlock()
 	return f.wrote
 }
-
-// Done returns a channel that is closed once the directory has been
-// removed, after ctx ended or Close.
-func (f *Files) Done() <-chan struct{} { return f.done }
 
 // Close stops following the source, removes the directory and waits
 // until it is gone. It is idempotent.

@@ -118,8 +118,8 @@ func static(t *testing.T, chain []*x509.Certificate, key crypto.Signer, bundles 
 	for _, b := range bundles {
 		c.Bundles[b.TrustDomain()] = b.X509Authorities()
 	}
-	h, err := credentials.NewHolder(c)
-	if err != nil {
+	h := new(credentials.Holder)
+	if err := h.Set(c); err != nil {
 		t.Fatal(err)
 	}
 	return credentials.ClientConfig(h, credentials.AuthorizeAny())
