@@ -86,7 +86,7 @@ func newBare(t testing.TB, o caOptions) *fixture {
 	if err := os.Mkdir(cfg.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	st, err := sqlstore.OpenSQLite(t.Context(), cfg.StorePath(), sqlstore.WithClock(clk.Now))
+	st, err := sqlstore.OpenSQLite(t.Context(), cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,7 +130,7 @@ func tamper(t testing.TB, f *fixture, tamper func(*sql.DB) error) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := sqlstore.OpenSQLite(t.Context(), f.cfg.StorePath(), sqlstore.WithClock(f.clock.Now))
+	st, err := sqlstore.OpenSQLite(t.Context(), f.cfg.StorePath())
 	if err != nil {
 		t.Fatal(err)
 	}

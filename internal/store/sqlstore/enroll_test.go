@@ -202,7 +202,7 @@ func TestPutTokenRefusesNonHash(t *testing.T) {
 // token.
 func TestTokenTimesUseClock(t *testing.T) {
 	now := time.Date(2026, 5, 4, 3, 2, 1, 987654321, time.UTC)
-	s, _ := openTest(t, WithClock(func() time.Time { return now }))
+	s, _ := openTest(t, withClock(func() time.Time { return now }))
 	tok := testToken(1, "ct112")
 	tok.CreatedAt, tok.ExpiresAt = time.Time{}, now.Add(time.Minute)
 	if err := s.PutToken(t.Context(), tok, store.AuditEntry{Action: "token.create"}); err != nil {

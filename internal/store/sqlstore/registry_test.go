@@ -168,7 +168,7 @@ func TestPutAgentsSameIDTwice(t *testing.T) {
 // first one's time.
 func TestEntityMarksUseClock(t *testing.T) {
 	now := time.Date(2026, 5, 4, 3, 2, 1, 987654321, time.UTC)
-	s, _ := openTest(t, WithClock(func() time.Time { return now }))
+	s, _ := openTest(t, withClock(func() time.Time { return now }))
 	if err := s.PutEntity(t.Context(), testEntity("e"), false, store.AuditEntry{Action: "entity.register"}); err != nil {
 		t.Fatal(err)
 	}

@@ -361,7 +361,7 @@ func TestDuplicateFingerprint(t *testing.T) {
 
 func TestClockFillsZeroTimes(t *testing.T) {
 	now := time.Date(2026, 5, 4, 3, 2, 1, 987654321, time.FixedZone("X", 3600))
-	s, _ := openTest(t, WithClock(func() time.Time { return now }))
+	s, _ := openTest(t, withClock(func() time.Time { return now }))
 	c := testCert(1)
 	c.IssuedAt = time.Time{}
 	if err := s.RecordCert(t.Context(), c, store.AuditEntry{Action: "cert.issue"}); err != nil {

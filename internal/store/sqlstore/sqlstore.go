@@ -55,6 +55,10 @@ const maxBatch = 256
 type Option func(*options)
 
 type options struct {
+	// now is the clock the store reads when a record leaves a time unset
+	// (Cert.IssuedAt, Revocation.RevokedAt, AuditEntry.Time, the time
+	// given to RevokeEntity and RotateEntity) and when it records a
+	// schema migration: time.Now, or a test's (export_test.go).
 	now    func() time.Time
 	logger *slog.Logger
 	// listen starts PostgreSQL's LISTEN connection behind Wake.
@@ -63,14 +67,6 @@ type options struct {
 	// request of a batch and before it collects the rest. Tests set it
 	// (export_test.go) to build batches deterministically.
 	beforeBatch func()
-}
-
-// WithClock sets the clock the store reads when a record leaves a time
-// unset (Cert.IssuedAt, Revocation.RevokedAt, AuditEntry.Time, the time
-// given to RevokeEntity and RotateEntity) and when it records a schema
-// migration. The default, and what a nil now means, is time.Now.
-func WithClock(now func() time.Time) Option {
-	return func(o *options) { o.now = now }
 }
 
 // WithLogger sets where the store logs a lost or regained PostgreSQL
