@@ -80,21 +80,9 @@ func mustUseToken(t *testing.T, s store.Store, tok store.JoinToken, at time.Time
 // tokenDiff describes how got differs from want, or returns "" if they are
 // the same record.
 func tokenDiff(want, got store.JoinToken) string {
-	d := timeDiffs(
-		timeField{"CreatedAt", want.CreatedAt, got.CreatedAt},
-		timeField{"ExpiresAt", want.ExpiresAt, got.ExpiresAt},
-		timeField{"UsedAt", want.UsedAt, got.UsedAt},
-	)
-	for _, tok := range []*store.JoinToken{&want, &got} {
-		tok.CreatedAt, tok.ExpiresAt, tok.UsedAt = time.Time{}, time.Time{}, time.Time{}
-	}
-	if want != got {
-		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
-	}
-	if len(d) == 0 {
-		return ""
-	}
-	return fmt.Sprint(d)
+	return recordDiff(want, got, func(tok *store.JoinToken) []timeRef {
+		return []timeRef{{"CreatedAt", &tok.CreatedAt}, {"ExpiresAt", &tok.ExpiresAt}, {"UsedAt", &tok.UsedAt}}
+	}, nil)
 }
 
 func testTokenRoundTrip(t *testing.T, open Opener) {
@@ -290,16 +278,8 @@ func entityEvent(name string, t time.Time) store.Event {
 // eventDiff describes how got differs from want, Seq aside, or returns ""
 // if they are the same event.
 func eventDiff(want, got store.Event) string {
-	d := timeDiffs(timeField{"Time", want.Time, got.Time})
-	want.Seq, got.Seq = 0, 0
-	want.Time, got.Time = time.Time{}, time.Time{}
-	if want != got {
-		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
-	}
-	if len(d) == 0 {
-		return ""
-	}
-	return fmt.Sprint(d)
+	return recordDiff(want, got, func(e *store.Event) []timeRef { return []timeRef{{"Time", &e.Time}} },
+		func(e *store.Event) { e.Seq = 0 })
 }
 
 // checkEvents fails t unless the revocations of s's feed (the kinds

@@ -71,22 +71,39 @@ func mustPutEntity(t *testing.T, s store.Store, replace bool, es ...store.Entity
 	}
 }
 
-// A timeField is one time of a record, as wanted and as read back.
-type timeField struct {
-	name      string
-	want, got time.Time
+// A timeRef is one time field of a record, by name.
+type timeRef struct {
+	name string
+	t    *time.Time
 }
 
-// timeDiffs describes the fields whose times differ, comparing instants.
-// A zero time equals only a zero time.
-func timeDiffs(fields ...timeField) []string {
+// recordDiff describes how got differs from want, or returns "" if they
+// are the same record. The time fields times names are compared as
+// instants, whatever their location (a zero time equals only a zero
+// time), then cleared; norm, if set, then evens out what a store may read
+// back otherwise (an empty slice as nil, a Seq it assigns), and the rest
+// is compared whole.
+func recordDiff[R any](want, got R, times func(*R) []timeRef, norm func(*R)) string {
 	var d []string
-	for _, f := range fields {
-		if !f.got.Equal(f.want) || f.got.IsZero() != f.want.IsZero() {
-			d = append(d, fmt.Sprintf("%s = %s, want %s", f.name, fmtTime(f.got), fmtTime(f.want)))
+	wt, gt := times(&want), times(&got)
+	for i, w := range wt {
+		g := gt[i]
+		if !g.t.Equal(*w.t) || g.t.IsZero() != w.t.IsZero() {
+			d = append(d, fmt.Sprintf("%s = %s, want %s", w.name, fmtTime(*g.t), fmtTime(*w.t)))
 		}
+		*w.t, *g.t = time.Time{}, time.Time{}
 	}
-	return d
+	if norm != nil {
+		norm(&want)
+		norm(&got)
+	}
+	if !reflect.DeepEqual(want, got) {
+		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
+	}
+	if len(d) == 0 {
+		return ""
+	}
+	return fmt.Sprint(d)
 }
 
 func fmtTime(t time.Time) string {
@@ -99,26 +116,13 @@ func fmtTime(t time.Time) string {
 // entityDiff describes how got differs from want, or returns "" if they
 // are the same record.
 func entityDiff(want, got store.Entity) string {
-	d := timeDiffs(
-		timeField{"NotBefore", want.NotBefore, got.NotBefore},
-		timeField{"NotAfter", want.NotAfter, got.NotAfter},
-		timeField{"CreatedAt", want.CreatedAt, got.CreatedAt},
-		timeField{"RevokedAt", want.RevokedAt, got.RevokedAt},
-		timeField{"RotatedAt", want.RotatedAt, got.RotatedAt},
-	)
-	for _, e := range []*store.Entity{&want, &got} {
-		e.NotBefore, e.NotAfter, e.CreatedAt, e.RevokedAt, e.RotatedAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	return recordDiff(want, got, func(e *store.Entity) []timeRef {
+		return []timeRef{{"NotBefore", &e.NotBefore}, {"NotAfter", &e.NotAfter}, {"CreatedAt", &e.CreatedAt}, {"RevokedAt", &e.RevokedAt}, {"RotatedAt", &e.RotatedAt}}
+	}, func(e *store.Entity) {
 		if len(e.CAPEM) == 0 {
 			e.CAPEM = nil
 		}
-	}
-	if !reflect.DeepEqual(want, got) {
-		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
-	}
-	if len(d) == 0 {
-		return ""
-	}
-	return fmt.Sprint(d)
+	})
 }
 
 // checkEntities fails t unless s holds exactly want, which is in name
@@ -418,24 +422,13 @@ func ownedAs(ag, of store.Agent) store.Agent {
 // agentDiff describes how got differs from want, or returns "" if they
 // are the same record.
 func agentDiff(want, got store.Agent) string {
-	d := timeDiffs(
-		timeField{"RegisteredAt", want.RegisteredAt, got.RegisteredAt},
-		timeField{"LastSeen", want.LastSeen, got.LastSeen},
-		timeField{"RotateFrom", want.RotateFrom, got.RotateFrom},
-	)
-	for _, a := range []*store.Agent{&want, &got} {
-		a.RegisteredAt, a.LastSeen, a.RotateFrom = time.Time{}, time.Time{}, time.Time{}
+	return recordDiff(want, got, func(a *store.Agent) []timeRef {
+		return []timeRef{{"RegisteredAt", &a.RegisteredAt}, {"LastSeen", &a.LastSeen}, {"RotateFrom", &a.RotateFrom}}
+	}, func(a *store.Agent) {
 		if len(a.Payload) == 0 {
 			a.Payload = nil
 		}
-	}
-	if !reflect.DeepEqual(want, got) {
-		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
-	}
-	if len(d) == 0 {
-		return ""
-	}
-	return fmt.Sprint(d)
+	})
 }
 
 // checkAgents fails t unless s holds exactly want; want need not be in

@@ -19,7 +19,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -165,31 +164,13 @@ func mustRecord(t *testing.T, s store.Store, cs ...store.Cert) {
 // certDiff describes how got differs from want, or returns "" if they are
 // the same record. Times compare as instants, whatever their location.
 func certDiff(want, got store.Cert) string {
-	var d []string
-	for _, f := range []struct {
-		name      string
-		want, got time.Time
-	}{
-		{"NotBefore", want.NotBefore, got.NotBefore},
-		{"NotAfter", want.NotAfter, got.NotAfter},
-		{"IssuedAt", want.IssuedAt, got.IssuedAt},
-	} {
-		if !f.got.Equal(f.want) {
-			d = append(d, fmt.Sprintf("%s = %s, want %s", f.name, f.got.Format(time.RFC3339Nano), f.want.Format(time.RFC3339Nano)))
+	return recordDiff(want, got, func(c *store.Cert) []timeRef {
+		return []timeRef{{"NotBefore", &c.NotBefore}, {"NotAfter", &c.NotAfter}, {"IssuedAt", &c.IssuedAt}}
+	}, func(c *store.Cert) {
+		if len(c.SANs) == 0 {
+			c.SANs = nil
 		}
-	}
-	want.NotBefore, want.NotAfter, want.IssuedAt = time.Time{}, time.Time{}, time.Time{}
-	got.NotBefore, got.NotAfter, got.IssuedAt = time.Time{}, time.Time{}, time.Time{}
-	if len(want.SANs) == 0 && len(got.SANs) == 0 {
-		want.SANs, got.SANs = nil, nil
-	}
-	if !reflect.DeepEqual(want, got) {
-		d = append(d, fmt.Sprintf("got %+v, want %+v", got, want))
-	}
-	if len(d) == 0 {
-		return ""
-	}
-	return fmt.Sprint(d)
+	})
 }
 
 // checkCerts fails t unless got holds want's records in want's order.
@@ -368,15 +349,10 @@ func newRevocation(c store.Cert, reason int, at time.Time) store.Revocation {
 	return store.Revocation{Serial: c.Serial, CommonName: c.CommonName, IssuerKeyID: c.IssuerKeyID, Reason: reason, RevokedAt: at}
 }
 
+// revocationDiff describes how got differs from want, or returns "" if
+// they are the same record.
 func revocationDiff(want, got store.Revocation) string {
-	if !got.RevokedAt.Equal(want.RevokedAt) {
-		return fmt.Sprintf("RevokedAt = %s, want %s", got.RevokedAt.Format(time.RFC3339Nano), want.RevokedAt.Format(time.RFC3339Nano))
-	}
-	want.RevokedAt, got.RevokedAt = time.Time{}, time.Time{}
-	if want != got {
-		return fmt.Sprintf("got %+v, want %+v", got, want)
-	}
-	return ""
+	return recordDiff(want, got, func(r *store.Revocation) []timeRef { return []timeRef{{"RevokedAt", &r.RevokedAt}} }, nil)
 }
 
 func testRevoke(t *testing.T, open Opener) {
