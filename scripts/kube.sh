@@ -44,30 +44,14 @@ helm_cached_ok() {
 	[ -x "$helm_bin" ] && "$helm_bin" version --short >/dev/null 2>&1
 }
 
-# install_cached BUILT DIR NAME copies a built binary into the cache, renamed
-# within the cache directory so a reader never sees half a binary.
-install_cached() {
-	local built=$1 dir=$2 name=$3
-	mkdir -p "$dir"
-	cp "$built" "$dir/.$name.tmp"
-	mv -f "$dir/.$name.tmp" "$dir/$name"
-}
-
 build_kube() {
 	if kube_cached_ok; then
 		echo "kube.sh: cached $("$kube_bin" --version) at $kube_bin"
 		return 0
 	fi
 	local started=$SECONDS
-	echo "kube.sh: downloading k8s.io/kubernetes@v$KUBE_VERSION"
-	local moddir
-	moddir=$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" |
-		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-	[ -n "$moddir" ] && [ -d "$moddir" ] || die "build: go mod download did not report a module directory"
-
 	local src=$work/kubernetes
-	cp -r "$moddir" "$src"
-	chmod -R u+w "$src"
+	module_source k8s.io/kubernetes "$KUBE_VERSION" "$src"
 
 	# The staging replaces point into the repository, not the module zip;
 	# the k8s.io/* modules they stand for are published as v0.MINOR.PATCH.
@@ -121,7 +105,7 @@ build() {
 }
 
 # The helpers every test-server script shares: die, free_port,
-# watch_parent, pid_alive, stop_pid.
+# watch_parent, pid_alive, stop_pid, module_source, install_cached.
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

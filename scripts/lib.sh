@@ -104,3 +104,25 @@ start_server() {
 	done
 	die "start: could not bind a free port in 3 attempts"
 }
+
+# module_source MODULE VERSION DEST copies the source of Go module
+# MODULE@vVERSION, downloaded into the module cache, to DEST, writable (the
+# module cache's copy is read-only), for a build that must edit it.
+module_source() {
+	local module=$1 version=$2 dest=$3 moddir
+	echo "${0##*/}: downloading $module@v$version"
+	moddir=$(go mod download -json "$module@v$version" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[ -n "$moddir" ] && [ -d "$moddir" ] || die "build: go mod download did not report a module directory"
+	cp -r "$moddir" "$dest"
+	chmod -R u+w "$dest"
+}
+
+# install_cached BUILT DIR NAME copies a built binary into the cache, renamed
+# within the cache directory so a reader never sees half a binary.
+install_cached() {
+	local built=$1 dir=$2 name=$3
+	mkdir -p "$dir"
+	cp "$built" "$dir/.$name.tmp"
+	mv -f "$dir/.$name.tmp" "$dir/$name"
+}

@@ -52,15 +52,8 @@ build() {
 	# What is copied from the module cache is read-only until chmod.
 	trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT
 
-	echo "vault.sh: downloading github.com/hashicorp/vault@v$VAULT_VERSION"
-	local moddir
-	moddir=$(go mod download -json "github.com/hashicorp/vault@v$VAULT_VERSION" |
-		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-	[ -n "$moddir" ] && [ -d "$moddir" ] || die "build: go mod download did not report a module directory"
-
 	local src=$work/src
-	cp -r "$moddir" "$src"
-	chmod -R u+w "$src"
+	module_source github.com/hashicorp/vault "$VAULT_VERSION" "$src"
 
 	# The module's go.mod replaces api and sdk with ./api and ./sdk, which
 	# the module zip does not hold; use the published versions it requires.
@@ -89,10 +82,7 @@ build() {
 	(cd "$src" && CGO_ENABLED=1 GOFLAGS=-mod=mod nice -n 19 go build -o "$work/vault" .)
 
 	"$work/vault" version >/dev/null || die "build: the built binary does not run"
-	mkdir -p "$vault_dir"
-	# Rename within the cache directory so a reader never sees half a binary.
-	cp "$work/vault" "$vault_dir/.vault.tmp"
-	mv -f "$vault_dir/.vault.tmp" "$vault_bin"
+	install_cached "$work/vault" "$vault_dir" vault
 	echo "vault.sh: built $("$vault_bin" version) at $vault_bin in $((SECONDS - started))s"
 }
 
