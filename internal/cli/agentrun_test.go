@@ -14,7 +14,6 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/internal/cli"
-	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -218,7 +217,7 @@ exit 3`
 			}
 
 			// Registered while the command runs.
-			views := m.srv.Registry().List(registry.Filter{})
+			views := m.agents()
 			if len(views) != 1 || views[0].ID != "opus" || views[0].Status != "healthy" || views[0].Owner != "opus@ct111" || views[0].Endpoint != "https://127.0.0.1:9443" {
 				t.Errorf("meshd's agents while the command runs: %+v", views)
 			}
@@ -234,7 +233,7 @@ exit 3`
 					t.Errorf("%s is still there after the command exited (%v)", p, err)
 				}
 			}
-			if views := m.srv.Registry().List(registry.Filter{}); len(views) != 0 {
+			if views := m.agents(); len(views) != 0 {
 				t.Errorf("meshd still lists %+v after the command exited", views)
 			}
 			if strings.Contains(r.stderr, "s.sidecar-secret") || strings.Contains(r.stderr, "PRIVATE KEY") {
@@ -320,7 +319,7 @@ func TestAgentRunSignals(t *testing.T) {
 	if r := s.result(t); r.code != 7 {
 		t.Fatalf("meshctl exited %d, want the command's 7\n%s", r.code, r.output())
 	}
-	if views := m.srv.Registry().List(registry.Filter{}); len(views) != 0 {
+	if views := m.agents(); len(views) != 0 {
 		t.Errorf("meshd still lists %+v", views)
 	}
 }

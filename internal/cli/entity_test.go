@@ -26,6 +26,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
+	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/trust"
@@ -243,6 +244,29 @@ func (m *testMeshd) mustHeartbeat(c *http.Client, agentID string) {
 	if code := m.heartbeat(c, agentID); code != http.StatusOK {
 		m.t.Fatalf("heartbeat %s: %d, want 200", agentID, code)
 	}
+}
+
+// agents lists the agents meshd holds, as its admin API's GET
+// /admin/agents shows them.
+func (m *testMeshd) agents() []registry.View {
+	m.t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(m.dataDir, "admin.sock"))
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("http://meshd/admin/agents")
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Agents []registry.View `json:"agents"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != http.StatusOK {
+		m.t.Fatalf("GET /admin/agents: %s, %v", resp.Status, err)
+	}
+	return list.Agents
 }
 
 // entityRow is one entity of `entity list --json`.
@@ -542,27 +566,8 @@ func TestCARevokeViaAdmin(t *testing.T) {
 	m.mustHeartbeat(other, "other")
 
 	// The agent is evicted, as GET /admin/agents shows.
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", filepath.Join(m.dataDir, "admin.sock"))
-	}}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Get("http://meshd/admin/agents")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var agents struct {
-		Agents []struct {
-			ID     string `json:"id"`
-			Status string `json:"status"`
-		} `json:"agents"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&agents); err != nil {
-		t.Fatal(err)
-	}
 	status := map[string]string{}
-	for _, a := range agents.Agents {
+	for _, a := range m.agents() {
 		status[a.ID] = a.Status
 	}
 	if status["hello"] != "evicted" || status["other"] != "healthy" {

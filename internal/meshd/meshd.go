@@ -463,9 +463,6 @@ func (m *Meshd) AdminTLSAddr() string { return m.srv.AdminTLSAddr() }
 // MetricsAddr returns the metrics listener's bound address, if any.
 func (m *Meshd) MetricsAddr() string { return m.srv.MetricsAddr() }
 
-// Registry returns the agent registry.
-func (m *Meshd) Registry() *registry.Registry { return m.reg }
-
 func backendNames(backends []trust.Backend) []string {
 	var out []string
 	for _, b := range backends {

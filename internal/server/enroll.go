@@ -22,9 +22,9 @@ import (
 	"github.com/meshtrust/meshtrust/trust"
 )
 
-// TokenPrefix starts every join token, so a token is never mistaken for
+// tokenPrefix starts every join token, so a token is never mistaken for
 // the bootstrap secret.
-const TokenPrefix = "mtj_"
+const tokenPrefix = "mtj_"
 
 // bearer returns the credential of an Authorization: Bearer header.
 func bearer(r *http.Request) string {
@@ -204,7 +204,7 @@ func (s *Server) enrollProvisioner(cred string) (enrollProvisioner, error) {
 		return nil, &refusal{http.StatusUnauthorized, "no_credential", "enrollment needs Authorization: Bearer <bootstrap secret or join token>", "no credential"}
 	case s.isSecret(cred):
 		return secretProvisioner{s}, nil
-	case strings.HasPrefix(cred, TokenPrefix):
+	case strings.HasPrefix(cred, tokenPrefix):
 		return tokenProvisioner{s, tokenHash(cred)}, nil
 	}
 	return nil, &refusal{http.StatusUnauthorized, "bad_credential", "invalid bootstrap credential", "wrong bootstrap secret or malformed token"}

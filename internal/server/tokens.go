@@ -66,7 +66,7 @@ func (s *Server) createJoinToken(ctx context.Context, nodeID string, ttl time.Du
 	if _, err := rand.Read(raw[:]); err != nil {
 		return "", time.Time{}, err
 	}
-	token := TokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
+	token := tokenPrefix + base64.RawURLEncoding.EncodeToString(raw[:])
 	hash := tokenHash(token)
 	now := s.cfg.Now()
 	t := store.JoinToken{Hash: hash, NodeID: nodeID, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC()}

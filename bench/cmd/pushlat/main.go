@@ -34,7 +34,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -159,7 +158,7 @@ func run(ctx context.Context, o options) error {
 	defer subs.stop()
 	rep.ConnectSeconds = time.Since(start).Seconds()
 	// meshd's own count: every subscriber, plus the raw one.
-	if n, err := m.watchers(ctx); err != nil || n != o.subs+1 {
+	if n, err := benchmesh.Gauge(ctx, m.Admin, "http://meshd/metrics", "meshd_revocation_watchers"); err != nil || n != o.subs+1 {
 		return fmt.Errorf("meshd counts %d open streams (%v), want %d", n, err, o.subs+1)
 	}
 	stopProfile, err := benchmesh.StartCPUProfile(o.cpuProfile)
@@ -231,31 +230,6 @@ type mesh struct {
 	base string
 	// cert is the subscribers' client certificate.
 	cert tls.Certificate
-}
-
-// watchers returns meshd's meshd_revocation_watchers gauge.
-func (m *mesh) watchers(ctx context.Context) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://meshd/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := m.Admin.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "meshd_revocation_watchers "); ok {
-			var n int
-			_, err := fmt.Sscan(v, &n)
-			return n, err
-		}
-	}
-	return 0, errors.New("no meshd_revocation_watchers in /metrics")
 }
 
 // subscribers are Watchers, each with its own RevocationSet and

@@ -171,7 +171,9 @@ func run(ctx context.Context, o options) error {
 			a.close()
 		}
 		res := Path{Refused: benchmesh.Summarize(lats, failed), Revoked: benchmesh.Summarize(revoked, 0)}
-		res.NotEvicted = m.notEvicted(agents)
+		if res.NotEvicted, err = m.notEvicted(ctx, agents); err != nil {
+			return err
+		}
 		rep.Paths[p.name] = res
 	}
 
@@ -338,10 +340,14 @@ func (a *agentConn) close() { a.conn.NetConn().Close() }
 
 // notEvicted returns the agents the registry does not show as evicted,
 // after letting requests still in flight finish.
-func (m *mesh) notEvicted(agents []*agentConn) []string {
+func (m *mesh) notEvicted(ctx context.Context, agents []*agentConn) ([]string, error) {
 	time.Sleep(300 * time.Millisecond)
+	views, err := m.Agents(ctx)
+	if err != nil {
+		return nil, err
+	}
 	status := map[string]string{}
-	for _, v := range m.Server.Registry().List(registry.Filter{}) {
+	for _, v := range views {
 		status[v.ID] = v.Status
 	}
 	var out []string
@@ -350,7 +356,7 @@ func (m *mesh) notEvicted(agents []*agentConn) []string {
 			out = append(out, a.id+"="+s)
 		}
 	}
-	return out
+	return out, nil
 }
 
 // revokeAdmin revokes a's certificate through meshd's admin API and

@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/meshd"
+	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/database"
@@ -217,6 +218,27 @@ func (m *Mesh) Revoke(ctx context.Context, serial string) error {
 		return fmt.Errorf("admin revoke: %s: %s", resp.Status, rb)
 	}
 	return nil
+}
+
+// Agents lists the agents meshd holds, through its admin API's GET
+// /admin/agents.
+func (m *Mesh) Agents(ctx context.Context) ([]registry.View, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://meshd/admin/agents", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := m.Admin.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Agents []registry.View `json:"agents"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("admin agents: %s: %v", resp.Status, err)
+	}
+	return list.Agents, nil
 }
 
 // Close stops meshd, waiting up to 10 s for it, and closes the store.

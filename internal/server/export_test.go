@@ -1,0 +1,5 @@
+package server
+
+// TokenPrefix starts every join token; the tests forge and recognise
+// tokens with it.
+const TokenPrefix = tokenPrefix
