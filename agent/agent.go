@@ -31,7 +31,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
@@ -218,12 +217,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = retry.SystemClock()
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Int64N
-	}
+	retry.Defaults(&cfg.Clock, &cfg.Rand)
 	if cfg.AuthorizeRegistry == nil {
 		cfg.AuthorizeRegistry = authorizeHost(u.Hostname())
 	}

@@ -194,46 +194,6 @@ func (c *Client) Health(ctx context.Context, cert tls.Certificate) error {
 	return c.call(ctx, http.MethodGet, "/health", &cert, nil, nil, nil)
 }
 
-// FetchBundle returns meshd's GET /bundle, the root and every live
-// intermediate, fetched over verified TLS.
-func (c *Client) FetchBundle(ctx context.Context) ([]*x509.Certificate, error) {
-	base, _, err := c.base()
-	if err != nil {
-		return nil, err
-	}
-	roots, err := c.roots(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := c.tlsConfig(roots, nil)
-	if err != nil {
-		return nil, err
-	}
-	hc, err := c.httpClient(cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer hc.CloseIdleConnections()
-	resp, data, err := c.send(ctx, hc, http.MethodGet, base+meshapi.PathBundle, pemAccept, nil)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, apiError(meshapi.PathBundle, resp, data)
-	}
-	certs, err := pemfile.ParseCerts(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: GET /bundle: %v", ErrUntrustedServer, err)
-	}
-	return certs, nil
-}
-
-// TrustedRoots returns the pool meshd is verified against: Roots, or the
-// root pinned by RootFingerprint (fetched from meshd on first use).
-func (c *Client) TrustedRoots(ctx context.Context) (*x509.CertPool, error) {
-	return c.roots(ctx)
-}
-
 // checkIssued turns an issued certificate of meshd into a Bundle after
 // checking that it is what was asked for: the requested name, the
 // requester's key, a chain to the trusted roots. A certificate that fails

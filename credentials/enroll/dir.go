@@ -166,15 +166,6 @@ func (n *Node) Roots() *x509.CertPool {
 	return pool
 }
 
-// AgentKeys returns the node's agents as Renew takes them.
-func (n *Node) AgentKeys() []AgentKey {
-	out := make([]AgentKey, 0, len(n.Agents))
-	for _, a := range n.Agents {
-		out = append(out, AgentKey{ID: a.ID, Key: a.Key})
-	}
-	return out
-}
-
 // Load reads the node's credentials. It refuses a key file that other
 // users can read (wrapping pemfile.ErrPermissions), a certificate that is
 // not the key's, and a certificate that is not a node's.

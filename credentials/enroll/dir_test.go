@@ -28,11 +28,7 @@ func TestDirWriteLoad(t *testing.T) {
 	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret})
 	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
 	key, b := enrolled(t, s, c)
-	akey := pkitest.NewKey(t)
-	ab, err := c.AgentCert(t.Context(), b.TLSCertificate(key), "opus", akey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	akey, ab := opusCert(t, c, b.TLSCertificate(key))
 
 	dir := enroll.Dir(filepath.Join(t.TempDir(), "etc", "meshtrust"))
 	if dir.HasNode() {

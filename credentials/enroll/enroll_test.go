@@ -251,6 +251,18 @@ func enrolled(t *testing.T, s *enrolltest.Server, c *enroll.Client) (crypto.Sign
 	return key, b
 }
 
+// opusCert returns agent opus's key and certificate, issued through c
+// to node.
+func opusCert(t *testing.T, c *enroll.Client, node tls.Certificate) (crypto.Signer, *enroll.Bundle) {
+	t.Helper()
+	akey := pkitest.NewKey(t)
+	ab, err := c.AgentCert(t.Context(), node, "opus", akey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return akey, ab
+}
+
 func TestAgentCert(t *testing.T) {
 	t.Parallel()
 	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret})
@@ -258,11 +270,7 @@ func TestAgentCert(t *testing.T) {
 	key, b := enrolled(t, s, c)
 	node := b.TLSCertificate(key)
 
-	akey := pkitest.NewKey(t)
-	ab, err := c.AgentCert(t.Context(), node, "opus", akey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	akey, ab := opusCert(t, c, node)
 	if cn := ab.Certificate.Subject.CommonName; cn != "opus@ct112" {
 		t.Errorf("CN = %q", cn)
 	}

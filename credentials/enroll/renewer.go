@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,12 +109,7 @@ func NewRenewer(client *Client, dir Dir, cfg RenewerConfig) (*Renewer, error) {
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = cfg.MinBackoff
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = retry.SystemClock()
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Int64N
-	}
+	retry.Defaults(&cfg.Clock, &cfg.Rand)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -47,6 +47,16 @@ func x509Opts(roots *x509.CertPool, chain []*x509.Certificate) x509.VerifyOption
 }
 
 // node enrolls ct112 with agent opus into a fresh Dir.
+// clockedNode returns a meshd whose clock is clk, a client of it, and a
+// node enrolled through it (with agent opus).
+func clockedNode(t *testing.T) (*fakeClock, *enrolltest.Server, *enroll.Client, enroll.Dir) {
+	t.Helper()
+	clk := newFakeClock(time.Now())
+	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
+	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
+	return clk, s, c, node(t, s, c)
+}
+
 func node(t *testing.T, s *enrolltest.Server, c *enroll.Client) enroll.Dir {
 	t.Helper()
 	key, b := enrolled(t, s, c)
@@ -54,11 +64,7 @@ func node(t *testing.T, s *enrolltest.Server, c *enroll.Client) enroll.Dir {
 	if err := dir.WriteNode(key, b); err != nil {
 		t.Fatal(err)
 	}
-	akey := pkitest.NewKey(t)
-	ab, err := c.AgentCert(t.Context(), b.TLSCertificate(key), "opus", akey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	akey, ab := opusCert(t, c, b.TLSCertificate(key))
 	if err := dir.WriteAgent("opus", akey, ab); err != nil {
 		t.Fatal(err)
 	}
@@ -69,10 +75,7 @@ const day = 24 * time.Hour
 
 func TestRenewerRun(t *testing.T) {
 	t.Parallel()
-	clk := newFakeClock(time.Now())
-	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
-	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-	dir := node(t, s, c)
+	clk, s, c, dir := clockedNode(t)
 	var logs bytes.Buffer
 	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{
 		Clock:      clk,
@@ -172,10 +175,7 @@ func TestRenewerRun(t *testing.T) {
 
 func TestRenewerKeepsCertificateUntilExpiry(t *testing.T) {
 	t.Parallel()
-	clk := newFakeClock(time.Now())
-	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
-	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-	dir := node(t, s, c)
+	clk, s, c, dir := clockedNode(t)
 	var logs bytes.Buffer
 	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{
 		Clock: clk, Jitter: -1, Rand: func(n int64) int64 { return n - 1 },
@@ -205,10 +205,7 @@ func TestRenewerKeepsCertificateUntilExpiry(t *testing.T) {
 
 func TestRenewerAdoptsFromDisk(t *testing.T) {
 	t.Parallel()
-	clk := newFakeClock(time.Now())
-	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
-	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-	dir := node(t, s, c)
+	clk, s, c, dir := clockedNode(t)
 	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{Clock: clk, Jitter: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -462,10 +459,8 @@ func TestRenewerSource(t *testing.T) {
 // sources.
 func TestRenewerClose(t *testing.T) {
 	t.Parallel()
-	clk := newFakeClock(time.Now())
-	s := enrolltest.NewServer(t, enrolltest.Config{Secret: secret, Now: clk.Now})
-	c := &enroll.Client{Server: s.URL, Roots: s.Roots()}
-	r, err := enroll.NewRenewer(c, node(t, s, c), enroll.RenewerConfig{Clock: clk})
+	clk, _, c, dir := clockedNode(t)
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,10 @@
 // and retry: an injectable clock, and jittered exponential backoff.
 package retry
 
-import "time"
+import (
+	"math/rand/v2"
+	"time"
+)
 
 // Clock tells the time and waits. Clients take one so that tests move
 // time instead of sleeping.
@@ -19,6 +22,17 @@ type systemClock struct{}
 
 func (systemClock) Now() time.Time                         { return time.Now() }
 func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Defaults sets what a client's configuration left nil: *clock to
+// SystemClock, *rnd (Backoff's rand) to math/rand/v2's Int64N.
+func Defaults(clock *Clock, rnd *func(n int64) int64) {
+	if *clock == nil {
+		*clock = SystemClock()
+	}
+	if *rnd == nil {
+		*rnd = rand.Int64N
+	}
+}
 
 // Backoff returns the delay before retry number attempt (1, 2, ...):
 // doubling from lo, capped at hi, its upper half drawn with rand (which

@@ -40,3 +40,18 @@ func TestSystemClock(t *testing.T) {
 		t.Fatal("After(1ms) did not fire")
 	}
 }
+
+func TestDefaults(t *testing.T) {
+	var clock Clock
+	var rnd func(int64) int64
+	Defaults(&clock, &rnd)
+	if clock == nil || rnd == nil {
+		t.Fatalf("Defaults left clock %v, rand nil %v", clock, rnd == nil)
+	}
+	mine := func(int64) int64 { return 7 }
+	rnd = mine
+	Defaults(&clock, &rnd)
+	if rnd(100) != 7 {
+		t.Error("Defaults replaced a rand it was given")
+	}
+}

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -127,12 +126,7 @@ func New(set *trust.RevocationSet, cfg Config) (*Watcher, error) {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 45 * time.Second
 	}
-	if cfg.Clock == nil {
-		cfg.Clock = retry.SystemClock()
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Int64N
-	}
+	retry.Defaults(&cfg.Clock, &cfg.Rand)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
