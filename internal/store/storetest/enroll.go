@@ -524,12 +524,6 @@ func testFailedRevocationNoEvent(t *testing.T, open Opener) {
 	checkEvents(t, "after the failed revocations", s, want)
 }
 
-// namedCall is one store call a test makes in a state where it must fail.
-type namedCall struct {
-	name string
-	call func() error
-}
-
 // tokenWrites are the enrollment store's two writes with ctx: putting
 // other, and spending tok.
 func tokenWrites(ctx context.Context, s store.Store, tok, other store.JoinToken) []namedCall {
@@ -550,12 +544,7 @@ func testEnrollCanceledContext(t *testing.T, open Opener) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	other := newToken(2, "ct113", epoch())
-	calls := tokenWrites(ctx, s, tok, other)
-	for _, tt := range calls {
-		if err := tt.call(); !errors.Is(err, context.Canceled) {
-			t.Errorf("%s with a canceled context = %v, want context.Canceled", tt.name, err)
-		}
-	}
+	checkCalls(t, "with a canceled context", context.Canceled, tokenWrites(ctx, s, tok, other))
 	checkLog(t, "after canceled writes", s, []store.AuditEntry{tokenEntry(tok)})
 	// Neither write happened: the token is unused, the other unknown.
 	if _, err := s.UseToken(t.Context(), other.Hash, other.NodeID, epoch(), enrollEntry(other.NodeID, epoch())); !errors.Is(err, store.ErrNotFound) {
@@ -575,9 +564,5 @@ func testEnrollClosed(t *testing.T, open Opener) {
 	other := newToken(2, "ct113", epoch())
 	calls := append(tokenWrites(ctx, s, tok, other),
 		namedCall{"RevocationEvents", func() error { _, err := s.Events(ctx, 0, 0); return err }})
-	for _, tt := range calls {
-		if err := tt.call(); !errors.Is(err, store.ErrClosed) {
-			t.Errorf("%s after Close = %v, want an error wrapping store.ErrClosed", tt.name, err)
-		}
-	}
+	checkCalls(t, "after Close", store.ErrClosed, calls)
 }

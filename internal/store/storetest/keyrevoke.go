@@ -1,18 +1,12 @@
 package storetest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"maps"
-	"math/big"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -21,21 +15,8 @@ import (
 // key's KeyHash: the key several records below share.
 func sharedKeyPEM(t *testing.T) ([]byte, string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "legacy@ct111"},
-		NotBefore: epoch().Add(-time.Hour), NotAfter: epoch().Add(90 * 24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), trust.KeyHash(cert.RawSubjectPublicKeyInfo)
+	cert := pkitest.NewRoot(t, "test root").Leaf(t, "legacy@ct111", pkitest.Validity(epoch().Add(-time.Hour), epoch().Add(90*24*time.Hour)))
+	return pkitest.CertPEM(cert), trust.KeyHash(cert.RawSubjectPublicKeyInfo)
 }
 
 // testKeyCompromiseSameKey checks that revoking one certificate for

@@ -229,14 +229,7 @@ func testEntityExists(t *testing.T, open Opener) {
 	orig := newEntity("partner-corp", epoch())
 	other := newEntity("other-ca", epoch().Add(time.Hour))
 	other.Name = orig.Name
-	tests := []struct {
-		name string
-		dup  store.Entity
-	}{
-		{"same record", orig},
-		{"other CA, same name", other},
-	}
-	for _, tt := range tests {
+	for _, tt := range sameKey(orig, "other CA, same name", other) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := openRegistry(t, open, t.TempDir())
 			mustPutEntity(t, s, false, orig)
@@ -317,10 +310,7 @@ func testRegistryNotFound(t *testing.T, open Opener) {
 	at := epoch().Add(time.Hour)
 	unknown := ag
 	unknown.ID = "unknown"
-	calls := []struct {
-		name string
-		call func() error
-	}{
+	calls := []namedCall{
 		{"Entity", func() error { _, err := s.Entity(t.Context(), "unknown"); return err }},
 		// Only a claim inserts: a change to an agent not stored is refused.
 		{"UpdateAgent", func() error { return s.UpdateAgent(t.Context(), unknown) }},
@@ -334,15 +324,18 @@ func testRegistryNotFound(t *testing.T, open Opener) {
 			return s.DeleteAgent(t.Context(), "unknown", markEntry("agent.delete", "unknown", at))
 		}},
 	}
-	for _, tt := range calls {
-		if err := tt.call(); !errors.Is(err, store.ErrNotFound) {
-			t.Errorf("%s(unknown) = %v, want an error wrapping store.ErrNotFound", tt.name, err)
-		}
-	}
+	checkCalls(t, "of an unknown name", store.ErrNotFound, calls)
 	// Nothing was written: no record changed and no audit entry appended.
-	checkEntities(t, "after the refused calls", s, []store.Entity{known})
-	checkAgents(t, "after the refused calls", s, []store.Agent{ag})
-	checkLog(t, "after the refused calls", s, append([]store.AuditEntry{entityEntry(known)}, claims...))
+	checkRegistry(t, "after the refused calls", s, known, ag, claims)
+}
+
+// checkRegistry fails t unless s holds exactly the entity e and the agent
+// ag, and its audit log is e's entry followed by claims, ag's.
+func checkRegistry(t *testing.T, what string, s store.Store, e store.Entity, ag store.Agent, claims []store.AuditEntry) {
+	t.Helper()
+	checkEntities(t, what, s, []store.Entity{e})
+	checkAgents(t, what, s, []store.Agent{ag})
+	checkLog(t, what, s, append([]store.AuditEntry{entityEntry(e)}, claims...))
 }
 
 // newAgent returns an agent record, distinct for each n, registered at
@@ -796,10 +789,7 @@ func testRegistryCanceledContext(t *testing.T, open Opener) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	at := epoch().Add(time.Hour)
-	calls := []struct {
-		name string
-		call func() error
-	}{
+	calls := []namedCall{
 		{"PutEntity", func() error { e2 := newEntity("other", epoch()); return s.PutEntity(ctx, e2, false, entityEntry(e2)) }},
 		{"RevokeEntity", func() error { return s.RevokeEntity(ctx, e.Name, at, markEntry("entity.revoke", e.Name, at)) }},
 		{"RotateEntity", func() error { return s.RotateEntity(ctx, e.Name, at, markEntry("entity.rotate", e.Name, at)) }},
@@ -808,14 +798,8 @@ func testRegistryCanceledContext(t *testing.T, open Opener) {
 		{"PutAgentAudited", func() error { return s.PutAgentAudited(ctx, newAgent(2, epoch()), claimEntry(newAgent(2, epoch()))) }},
 		{"DeleteAgent", func() error { return s.DeleteAgent(ctx, ag.ID, markEntry("agent.delete", ag.ID, at)) }},
 	}
-	for _, tt := range calls {
-		if err := tt.call(); !errors.Is(err, context.Canceled) {
-			t.Errorf("%s with a canceled context = %v, want context.Canceled", tt.name, err)
-		}
-	}
-	checkEntities(t, "after canceled writes", s, []store.Entity{e})
-	checkAgents(t, "after canceled writes", s, []store.Agent{ag})
-	checkLog(t, "after canceled writes", s, append([]store.AuditEntry{entityEntry(e)}, claims...))
+	checkCalls(t, "with a canceled context", context.Canceled, calls)
+	checkRegistry(t, "after canceled writes", s, e, ag, claims)
 }
 
 func testRegistryClosed(t *testing.T, open Opener) {
@@ -829,10 +813,7 @@ func testRegistryClosed(t *testing.T, open Opener) {
 	}
 	ctx := t.Context()
 	at := epoch().Add(time.Hour)
-	calls := []struct {
-		name string
-		call func() error
-	}{
+	calls := []namedCall{
 		{"PutEntity", func() error { return s.PutEntity(ctx, e, true, entityEntry(e)) }},
 		{"Entity", func() error { _, err := s.Entity(ctx, e.Name); return err }},
 		{"Entities", func() error { _, err := s.Entities(ctx); return err }},
@@ -844,9 +825,5 @@ func testRegistryClosed(t *testing.T, open Opener) {
 		{"DeleteAgent", func() error { return s.DeleteAgent(ctx, ag.ID, markEntry("agent.delete", ag.ID, at)) }},
 		{"Agents", func() error { _, err := s.Agents(ctx); return err }},
 	}
-	for _, tt := range calls {
-		if err := tt.call(); !errors.Is(err, store.ErrClosed) {
-			t.Errorf("%s after Close = %v, want an error wrapping store.ErrClosed", tt.name, err)
-		}
-	}
+	checkCalls(t, "after Close", store.ErrClosed, calls)
 }

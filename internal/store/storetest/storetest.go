@@ -277,18 +277,23 @@ func testCertNotFound(t *testing.T, open Opener) {
 	}
 }
 
+// A dupCase is a record a write must refuse, its key being taken.
+type dupCase[R any] struct {
+	name string
+	dup  R
+}
+
+// sameKey returns the records a write must refuse once orig is stored:
+// orig itself, and other, which is named name and shares orig's key.
+func sameKey[R any](orig R, name string, other R) []dupCase[R] {
+	return []dupCase[R]{{"same record", orig}, {name, other}}
+}
+
 func testDuplicateSerial(t *testing.T, open Opener) {
 	orig := newCert(1, "a", epoch())
 	other := newCert(2, "b", epoch().Add(time.Hour))
 	other.Serial = orig.Serial
-	tests := []struct {
-		name string
-		dup  store.Cert
-	}{
-		{"same record", orig},
-		{"other record, same serial", other},
-	}
-	for _, tt := range tests {
+	for _, tt := range sameKey(orig, "other record, same serial", other) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := openStore(t, open, t.TempDir())
 			mustRecord(t, s, orig)
@@ -629,6 +634,23 @@ func testCanceledContext(t *testing.T, open Opener) {
 	}
 }
 
+// namedCall is one store call a test makes in a state where it must fail.
+type namedCall struct {
+	name string
+	call func() error
+}
+
+// checkCalls fails t unless every call fails with an error wrapping want;
+// how says in what state they were made ("after Close").
+func checkCalls(t *testing.T, how string, want error, calls []namedCall) {
+	t.Helper()
+	for _, c := range calls {
+		if err := c.call(); !errors.Is(err, want) {
+			t.Errorf("%s %s = %v, want an error wrapping %v", c.name, how, err, want)
+		}
+	}
+}
+
 func testClosed(t *testing.T, open Opener) {
 	s := openStore(t, open, t.TempDir())
 	c := newCert(1, "a", epoch())
@@ -638,10 +660,7 @@ func testClosed(t *testing.T, open Opener) {
 	}
 	ctx := t.Context()
 	r := newRevocation(c, 1, epoch())
-	calls := []struct {
-		name string
-		call func() error
-	}{
+	calls := []namedCall{
 		{"RecordCert", func() error { return s.RecordCert(ctx, newCert(2, "b", epoch()), issueEntry(c)) }},
 		{"Cert", func() error { _, err := s.Cert(ctx, c.Serial); return err }},
 		{"CertsByName", func() error { _, err := s.CertsByName(ctx, c.CommonName); return err }},
@@ -653,9 +672,5 @@ func testClosed(t *testing.T, open Opener) {
 		{"AuditLog", func() error { _, err := s.AuditLog(ctx); return err }},
 		{"Close", s.Close},
 	}
-	for _, tt := range calls {
-		if err := tt.call(); !errors.Is(err, store.ErrClosed) {
-			t.Errorf("%s after Close = %v, want an error wrapping store.ErrClosed", tt.name, err)
-		}
-	}
+	checkCalls(t, "after Close", store.ErrClosed, calls)
 }
