@@ -32,7 +32,7 @@ func (u *unreadable) Agents(ctx context.Context) ([]store.Agent, error) {
 func TestBlindReplicaNeverAnswersGone(t *testing.T) {
 	ctx := context.Background()
 	st := &unreadable{memStore: newMemStore()}
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	a, b := newReplica(t, st, c), newReplica(t, st, c)
 	opus, scout := peer(t, "opus@ct111", ""), peer(t, "scout@ct111", "")
 	if _, err := a.heartbeatBody(ctx, opus, []byte(`{"agent_id":"opus","http_port":9000}`)); err != nil {
@@ -48,7 +48,7 @@ func TestBlindReplicaNeverAnswersGone(t *testing.T) {
 		t.Fatalf("Sync with the store away: %v, want ErrUnavailable", err)
 	}
 	// opus heartbeats to A only; B cannot see it, and must not mark it.
-	c.Add(30 * time.Second)
+	c.Advance(30 * time.Second)
 	if n := b.Sweep(); n != 0 {
 		t.Errorf("a blind replica marked %d agents unhealthy", n)
 	}
@@ -65,7 +65,7 @@ func TestBlindReplicaNeverAnswersGone(t *testing.T) {
 	if _, err := b.Check(peer(t, "late@ct112", ""), "late"); !errors.Is(err, ErrUnknown) {
 		t.Errorf("HEAD of an unknown agent once the store is back: %v, want ErrUnknown", err)
 	}
-	c.Add(30 * time.Second)
+	c.Advance(30 * time.Second)
 	if n := b.Sweep(); n == 0 {
 		t.Errorf("once the store is back, silent agents are marked unhealthy again: none marked")
 	}

@@ -101,7 +101,7 @@ func TestProviderEntities(t *testing.T) {
 // with repeats, and lists of tags that join alike stay apart in the
 // resolution cache.
 func TestTagMatching(t *testing.T) {
-	r := newRegistry(t, newMemStore(), &clock{t: time.Unix(1_800_000_000, 0)})
+	r, _, _ := newTestRegistry(t)
 	if _, err := heartbeat(t, r, peer(t, "geo@n2", ""), `{"agent_id":"geo","tools":[{"function_name":"g","capability":"geocode","tags":["osm","maps","eu","maps"]}]}`); err != nil {
 		t.Fatal(err)
 	}

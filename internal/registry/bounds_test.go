@@ -69,7 +69,7 @@ func TestRegistrationLimits(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			st := newMemStore()
-			c := &clock{t: time.Unix(1_800_000_000, 0)}
+			c := newClock()
 			r := newRegistry(t, st, c)
 			opus := peer(t, "opus@ct111", "")
 			small := []byte(`{"agent_id":"opus","tools":[{"function_name":"f","capability":"c"}]}`)

@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/store"
 )
 
 // newCertlessRegistry returns a registry over st that bounds the agents
 // registered without a certificate by lim.
-func newCertlessRegistry(t *testing.T, st Store, c *clock, lim CertlessLimits) *Registry {
+func newCertlessRegistry(t *testing.T, st Store, c *clocktest.Clock, lim CertlessLimits) *Registry {
 	t.Helper()
 	r, err := New(context.Background(), st, Config{Timeout: 20 * time.Second, Now: c.Now, Certless: &lim})
 	if err != nil {
@@ -55,7 +56,7 @@ func wantRefused(t *testing.T, what string, err, sentinel error, reason string) 
 func TestCertlessBounds(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	admit := true
 	r := newCertlessRegistry(t, st, c, CertlessLimits{MaxAgents: 5, MaxAgentsPerSource: 3, MaxBytes: 1000, MaxBytesPerSource: 350, MaxPayload: 200,
 		AdmitNew: func(string) bool { return admit }})
@@ -128,7 +129,7 @@ func TestCertlessBounds(t *testing.T) {
 func TestCertlessExpiry(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	lim := CertlessLimits{Expiry: 10 * time.Minute}
 	r := newCertlessRegistry(t, st, c, lim)
 	for _, id := range []string{"quiet", "chatty"} {
@@ -139,11 +140,11 @@ func TestCertlessExpiry(t *testing.T) {
 	if _, err := heartbeat(t, r, peer(t, "opus@ct111", ""), `{"agent_id":"opus"}`); err != nil {
 		t.Fatal(err)
 	}
-	c.Add(6 * time.Minute)
+	c.Advance(6 * time.Minute)
 	if _, err := r.HeartbeatFrom(ctx, nil, "a", certlessBody("chatty", 50)); err != nil {
 		t.Fatal(err)
 	}
-	c.Add(5 * time.Minute)
+	c.Advance(5 * time.Minute)
 	if n, err := r.Expire(ctx); err != nil || n != 1 {
 		t.Fatalf("Expire: %d, %v; want quiet alone", n, err)
 	}
@@ -178,7 +179,7 @@ func TestCertlessExpiry(t *testing.T) {
 	if err := st.PutAgents(ctx, []store.Agent{{ID: "stale", Payload: []byte(`{"agent_id":"stale"}`), Status: StatusHealthy, LastSeen: c.Now().Add(-time.Hour), Version: 1}}); err != nil {
 		t.Fatal(err)
 	}
-	c.Add(time.Minute)
+	c.Advance(time.Minute)
 	r2 := newCertlessRegistry(t, st, c, lim)
 	if _, ok := held(r2, "stale"); ok {
 		t.Error("an expired certless agent was loaded at start")
@@ -206,7 +207,7 @@ func TestCertlessExpiry(t *testing.T) {
 func TestCertlessConcurrent(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	const sources, perSource, workers, tries = 4, 5, 4, 10
 	r := newCertlessRegistry(t, st, c, CertlessLimits{MaxAgents: 100, MaxAgentsPerSource: perSource})
 	granted := make([][]string, sources*workers)

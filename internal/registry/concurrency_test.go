@@ -25,7 +25,7 @@ import (
 // write or wrote back a deleted agent.
 func TestChurnDoesNotDeadlock(t *testing.T) {
 	ctx := context.Background()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	st := newMemStore()
 	r := newRegistry(t, st, c)
 	const agents, rounds = 16, 500
@@ -79,7 +79,7 @@ func TestChurnDoesNotDeadlock(t *testing.T) {
 		})
 	}
 	repeat(func(int) {
-		c.Add(r.cfg.Timeout + time.Second)
+		c.Advance(r.cfg.Timeout + time.Second)
 		r.Sweep()
 	})
 	repeat(func(int) {
@@ -167,7 +167,7 @@ func awaitProgress(t *testing.T, wg *sync.WaitGroup, finished *atomic.Int64, sta
 func TestDeleteRacesHeartbeat(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	r := newRegistry(t, st, &clock{t: time.Unix(1_800_000_000, 0)})
+	r := newRegistry(t, st, newClock())
 	p := peer(t, "opus@ct111", "")
 	errs := make(chan error, 3)
 	var wg sync.WaitGroup
@@ -259,7 +259,7 @@ func checkStored(t *testing.T, r *Registry, st *memStore) {
 func TestDeleteOfStaleEntry(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	r := newRegistry(t, st, &clock{t: time.Unix(1_800_000_000, 0)})
+	r := newRegistry(t, st, newClock())
 	first, second := peer(t, "opus@ct111", ""), peer(t, "opus@ct112", "")
 	if _, err := heartbeat(t, r, first, `{"agent_id":"opus"}`); err != nil {
 		t.Fatal(err)

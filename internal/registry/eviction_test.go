@@ -5,7 +5,6 @@ import (
 	"errors"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -29,7 +28,7 @@ func TestEvictIdentity(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx := context.Background()
 			st := newMemStore()
-			r := newRegistry(t, st, &clock{t: time.Unix(1_800_000_000, 0)})
+			r := newRegistry(t, st, newClock())
 			peers := map[string]*trust.Peer{
 				"a": peer(t, "a@ct200", ""), "b": peer(t, "b@ct200", ""), "c": peer(t, "c@ct201", ""), "d": peer(t, "d@ct20", ""),
 				"acme-x": peer(t, "acme-x", "acme"), "acme-y": peer(t, "acme-y@ct200", "acme"),
@@ -79,7 +78,7 @@ func TestEvictIdentity(t *testing.T) {
 func TestEvictionWriteRetried(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	r := newRegistry(t, st, &clock{t: time.Unix(1_800_000_000, 0)})
+	r := newRegistry(t, st, newClock())
 	p := peer(t, "a@ct200", "")
 	if _, err := heartbeat(t, r, p, `{"agent_id":"a"}`); err != nil {
 		t.Fatal(err)

@@ -18,9 +18,7 @@ import (
 // none.
 func TestFirstClaimIsAudited(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, c := newTestRegistry(t)
 	opus := peer(t, "opus@ct111", "")
 	body := []byte(`{"agent_id":"opus","http_port":9000}`)
 	if _, err := r.heartbeatBody(ctx, opus, body); err != nil {
@@ -31,7 +29,7 @@ func TestFirstClaimIsAudited(t *testing.T) {
 	checkAudit(t, "after the first claim", st, want)
 
 	for range 5 {
-		c.Add(time.Second)
+		c.Advance(time.Second)
 		if _, err := r.heartbeatBody(ctx, opus, body); err != nil {
 			t.Fatal(err)
 		}
@@ -50,7 +48,7 @@ func TestFirstClaimIsAudited(t *testing.T) {
 	}
 	checkAudit(t, "after unchanged, changed and refused heartbeats", st, want)
 
-	c.Add(time.Second)
+	c.Advance(time.Second)
 	if _, err := r.heartbeatBody(ctx, peer(t, "acme-x", "acme"), []byte(`{"agent_id":"acme-x"}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +74,7 @@ func checkAudit(t *testing.T, what string, st *memStore, want []store.AuditEntry
 // TestListShowsOwningNode: GET /agents names the node of the certificate
 // that owns each agent, so an agent id claimed from the wrong node is seen.
 func TestListShowsOwningNode(t *testing.T) {
-	r := newRegistry(t, newMemStore(), &clock{t: time.Unix(1_800_000_000, 0)})
+	r, _, _ := newTestRegistry(t)
 	for _, p := range []*trust.Peer{peer(t, "opus@ct666", ""), peer(t, "acme-x", "acme"), peer(t, "acme-y@ct200", "acme")} {
 		id, _ := meshauth.AgentID(p)
 		if _, err := heartbeat(t, r, p, `{"agent_id":"`+id+`"}`); err != nil {
@@ -113,7 +111,7 @@ func TestUnboundSourceBindsOnNextHeartbeat(t *testing.T) {
 	at := time.Unix(1_700_000_000, 0)
 	st.agents["opus"] = store.Agent{ID: "opus", Owner: "opus@ct111", Payload: []byte(`{"agent_id":"opus"}`),
 		CertFingerprint: "fp-old", Status: StatusHealthy, RegisteredAt: at, LastSeen: at, Version: 3}
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	r := newRegistry(t, st, c)
 	owner := peerFrom(t, "opus@ct111", "", "localca")
 	if _, err := r.heartbeatBody(ctx, owner, []byte(`{"agent_id":"opus"}`)); err != nil {
@@ -136,9 +134,7 @@ func TestUnboundSourceBindsOnNextHeartbeat(t *testing.T) {
 // audited with the owner it had, and the right node claims it.
 func TestRelease(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, c := newTestRegistry(t)
 	squatter, rightful := peer(t, "opus@ct666", ""), peer(t, "opus@ct111", "")
 	if _, err := heartbeat(t, r, squatter, `{"agent_id":"opus"}`); err != nil {
 		t.Fatal(err)
@@ -177,7 +173,7 @@ func TestRelease(t *testing.T) {
 func TestClaimAcrossReplicas(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	a, b := newRegistry(t, st, c), newRegistry(t, st, c)
 	body := []byte(`{"agent_id":"opus","http_port":9000}`)
 	if _, err := a.heartbeatBody(ctx, peer(t, "opus@ct111", ""), body); err != nil {

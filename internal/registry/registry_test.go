@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
@@ -129,18 +130,8 @@ func (m *memStore) writeCount() int {
 	return m.writes
 }
 
-// clock is a settable test clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
+// newClock returns a test clock at a fixed time.
+func newClock() *clocktest.Clock { return clocktest.New(time.Unix(1_800_000_000, 0)) }
 
 var serials int
 
@@ -173,13 +164,21 @@ func peerFrom(t *testing.T, cn, entity, backend string) *trust.Peer {
 	return p
 }
 
-func newRegistry(t *testing.T, st Store, c *clock) *Registry {
+func newRegistry(t *testing.T, st Store, c *clocktest.Clock) *Registry {
 	t.Helper()
 	r, err := New(context.Background(), st, Config{Timeout: 20 * time.Second, Now: c.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// newTestRegistry returns a registry (newRegistry's) on a new memStore
+// with a new clock.
+func newTestRegistry(t *testing.T) (*Registry, *memStore, *clocktest.Clock) {
+	t.Helper()
+	st, c := newMemStore(), newClock()
+	return newRegistry(t, st, c), st, c
 }
 
 func heartbeat(t *testing.T, r *Registry, p *trust.Peer, body string) (Result, error) {
@@ -193,9 +192,7 @@ func heartbeat(t *testing.T, r *Registry, p *trust.Peer, body string) (Result, e
 
 func TestBinding(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, _ := newTestRegistry(t)
 	opus := peer(t, "opus@ct111", "")
 	if _, err := heartbeat(t, r, opus, `{"agent_id":"opus"}`); err != nil {
 		t.Fatalf("owner registers: %v", err)
@@ -267,9 +264,7 @@ func TestBinding(t *testing.T) {
 }
 
 func TestUnchangedHeartbeatWritesNothing(t *testing.T) {
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, c := newTestRegistry(t)
 	p := peer(t, "opus@ct111", "")
 	body := `{"agent_id":"opus","name":"opus","http_host":"10.0.0.1","http_port":9000,"tools":[{"function_name":"f","capability":"c"}]}`
 	res, err := heartbeat(t, r, p, body)
@@ -280,7 +275,7 @@ func TestUnchangedHeartbeatWritesNothing(t *testing.T) {
 		t.Fatalf("first registration: %d writes, want 1 (durable before acknowledged)", st.writeCount())
 	}
 	for i := 0; i < 100; i++ {
-		c.Add(time.Second)
+		c.Advance(time.Second)
 		if _, err := heartbeat(t, r, p, body); err != nil {
 			t.Fatal(err)
 		}
@@ -306,7 +301,7 @@ func TestUnchangedHeartbeatWritesNothing(t *testing.T) {
 func TestFailedWriteIsNotAcknowledged(t *testing.T) {
 	st := newMemStore()
 	st.fail = errors.New("disk full")
-	r := newRegistry(t, st, &clock{t: time.Unix(1_800_000_000, 0)})
+	r := newRegistry(t, st, newClock())
 	p := peer(t, "opus@ct111", "")
 	if _, err := heartbeat(t, r, p, `{"agent_id":"opus"}`); err == nil {
 		t.Fatal("heartbeat acknowledged although the store refused it")
@@ -322,20 +317,18 @@ func TestFailedWriteIsNotAcknowledged(t *testing.T) {
 
 func TestLivenessAndRestart(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, c := newTestRegistry(t)
 	a, b := peer(t, "a@n1", ""), peer(t, "b@n1", "")
 	for _, p := range []*trust.Peer{a, b} {
 		if _, err := heartbeat(t, r, p, fmt.Sprintf(`{"agent_id":%q}`, p.Identity.Name)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c.Add(15 * time.Second)
+	c.Advance(15 * time.Second)
 	if _, err := r.Check(a, "a"); err != nil {
 		t.Fatal(err)
 	}
-	c.Add(10 * time.Second) // b silent 25s, a 10s
+	c.Advance(10 * time.Second) // b silent 25s, a 10s
 	if n := r.Sweep(); n != 1 {
 		t.Fatalf("sweep marked %d, want 1", n)
 	}
@@ -365,9 +358,7 @@ func TestLivenessAndRestart(t *testing.T) {
 
 func TestEvictionAndRotation(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, _ := newTestRegistry(t)
 	a1, a2, m := peer(t, "acme-a", "acme"), peer(t, "acme-b", "acme"), peer(t, "opus@ct111", "")
 	for _, p := range []*trust.Peer{a1, a2, m} {
 		id, _ := meshauth.AgentID(p)
@@ -427,9 +418,7 @@ func TestEvictionAndRotation(t *testing.T) {
 }
 
 func TestTopologyAndResolution(t *testing.T) {
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, _, _ := newTestRegistry(t)
 	w := peer(t, "weather@n1", "")
 	body := `{"agent_id":"weather","tools":[{"function_name":"forecast","capability":"weather","dependencies":[{"capability":"geocode","tags":["maps"]},{"capability":"notify"}]}]}`
 	res, err := heartbeat(t, r, w, body)
@@ -483,9 +472,7 @@ func TestParseRegistration(t *testing.T) {
 }
 
 func TestConcurrentHeartbeats(t *testing.T) {
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, _ := newTestRegistry(t)
 	var wg sync.WaitGroup
 	peers := make([]*trust.Peer, 16)
 	for i := range peers {
@@ -518,9 +505,7 @@ func TestConcurrentHeartbeats(t *testing.T) {
 
 func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
-	r := newRegistry(t, st, c)
+	r, st, _ := newTestRegistry(t)
 	w, g := peer(t, "weather@n1", ""), peer(t, "geo@n2", "")
 	if _, err := r.heartbeatBody(ctx, g, []byte(`{"agent_id":"geo","tools":[{"function_name":"geocode","capability":"geocode"}]}`)); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -77,9 +78,9 @@ func TestReplicaOwnership(t *testing.T) {
 	body := func(host string, port int) []byte {
 		return fmt.Appendf(nil, `{"agent_id":"opus","http_host":%q,"http_port":%d}`, host, 9000+port)
 	}
-	setup := func(t *testing.T) (*memStore, *clock, [3]*Registry) {
+	setup := func(t *testing.T) (*memStore, *clocktest.Clock, [3]*Registry) {
 		st := newMemStore()
-		c := &clock{t: time.Unix(1_800_000_000, 0)}
+		c := newClock()
 		return st, c, [3]*Registry{newReplica(t, st, c), newReplica(t, st, c), newReplica(t, st, c)}
 	}
 	syncAll := func(t *testing.T, rs [3]*Registry) {
@@ -108,13 +109,13 @@ func TestReplicaOwnership(t *testing.T) {
 		squatter, owner := squatThenRelease(t, rs), peer(t, "opus@ct111", "")
 		// Later than a heartbeat timeout, so that even a replica that
 		// keeps a record it did not find for that long has dropped it.
-		c.Add(25 * time.Second)
+		c.Advance(25 * time.Second)
 		mustSync(t, a)
 		if _, err := a.heartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
 			t.Fatalf("opus@ct111's claim after the release: %v", err)
 		}
 		// The squatter's heartbeat reaches B, which has not synced since.
-		c.Add(time.Millisecond)
+		c.Advance(time.Millisecond)
 		_, err := b.heartbeatBody(ctx, squatter, body("evil.example", 3))
 		if !errors.Is(err, ErrForbidden) {
 			t.Errorf("the squatter's heartbeat to a replica that had not synced = %v, want ErrForbidden", err)
@@ -131,7 +132,7 @@ func TestReplicaOwnership(t *testing.T) {
 		squatThenRelease(t, rs)
 		// A routine flush on B, no heartbeat: the silent agent is marked
 		// unhealthy, and the mark written.
-		c.Add(25 * time.Second)
+		c.Advance(25 * time.Second)
 		if n := b.Sweep(); n != 1 {
 			t.Fatalf("B's sweep marked %d agents, want the released one it holds", n)
 		}
@@ -159,11 +160,11 @@ func TestReplicaOwnership(t *testing.T) {
 			t.Fatal(err)
 		}
 		syncAll(t, rs)
-		c.Add(time.Millisecond)
+		c.Advance(time.Millisecond)
 		if _, err := a.heartbeatBody(ctx, owner, body("opus.example", 2)); err != nil {
 			t.Fatalf("the certificate's claim: %v", err)
 		}
-		c.Add(time.Millisecond)
+		c.Advance(time.Millisecond)
 		_, err := b.heartbeatBody(ctx, nil, body("evil.example", 3))
 		if !errors.Is(err, ErrForbidden) {
 			t.Errorf("a certless heartbeat to B after a certificate claimed the id = %v, want ErrForbidden", err)
@@ -184,7 +185,7 @@ func TestReplicaOwnership(t *testing.T) {
 		}
 		// B still holds the record: a change it is sent is a claim
 		// anew, audited, not a write over the deleted record.
-		c.Add(time.Millisecond)
+		c.Advance(time.Millisecond)
 		res, err := b.heartbeatBody(ctx, owner, body("opus.example", 2))
 		if err != nil || !res.Created {
 			t.Fatalf("heartbeat to B after a delete on A = %+v, %v; want a new registration", res, err)
@@ -207,7 +208,7 @@ func TestReplicaOwnership(t *testing.T) {
 func TestReplicaOwnershipStress(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	rs := [3]*Registry{newReplica(t, st, c), newReplica(t, st, c), newReplica(t, st, c)}
 	peers := []*trust.Peer{peer(t, "opus@ct111", ""), peer(t, "opus@ct666", "")}
 	const rounds = 40

@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
 // newReplica is a registry that shares st with other processes.
-func newReplica(t *testing.T, st Store, c *clock) *Registry {
+func newReplica(t *testing.T, st Store, c *clocktest.Clock) *Registry {
 	t.Helper()
 	r, err := New(context.Background(), st, Config{Timeout: 20 * time.Second, Now: c.Now, SyncInterval: time.Second})
 	if err != nil {
@@ -45,7 +46,7 @@ func statusOf(r *Registry, id string) string {
 func TestSyncAcrossReplicas(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	a, b := newReplica(t, st, c), newReplica(t, st, c)
 	opus := peer(t, "opus@ct111", "")
 	body := []byte(`{"agent_id":"opus","http_port":9000,"tools":[{"function_name":"f","capability":"weather"}]}`)
@@ -64,7 +65,7 @@ func TestSyncAcrossReplicas(t *testing.T) {
 	writes := st.writes
 	st.mu.Unlock()
 	for range 12 {
-		c.Add(5 * time.Second)
+		c.Advance(5 * time.Second)
 		if _, err := a.heartbeatBody(ctx, opus, body); err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +87,7 @@ func TestSyncAcrossReplicas(t *testing.T) {
 	}
 
 	// Silent on A too: B marks it unhealthy after the timeout.
-	c.Add(25 * time.Second)
+	c.Advance(25 * time.Second)
 	mustSync(t, b)
 	if b.Sweep() != 1 || statusOf(b, "opus") != StatusUnhealthy {
 		t.Errorf("opus silent for 25s is %q on B, want unhealthy", statusOf(b, "opus"))
@@ -94,7 +95,7 @@ func TestSyncAcrossReplicas(t *testing.T) {
 
 	// A change on A (a new port), a moment later, reaches B: versions
 	// among replicas are clocks, so B's older mark cannot undo it.
-	c.Add(time.Millisecond)
+	c.Advance(time.Millisecond)
 	body2 := []byte(`{"agent_id":"opus","http_port":9001}`)
 	if _, err := a.heartbeatBody(ctx, opus, body2); err != nil {
 		t.Fatal(err)
@@ -127,7 +128,7 @@ func TestSyncAcrossReplicas(t *testing.T) {
 func TestSyncStress(t *testing.T) {
 	ctx := context.Background()
 	st := newMemStore()
-	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	c := newClock()
 	rs := []*Registry{newReplica(t, st, c), newReplica(t, st, c)}
 	const agents, rounds = 16, 30
 	peers := make([]*trust.Peer, agents)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -24,11 +25,11 @@ func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 	batches := []struct {
 		name string
 		// before readies the batch: Flush only writes agents Sweep marked.
-		before func(t *testing.T, c *clock, r *Registry)
+		before func(t *testing.T, c *clocktest.Clock, r *Registry)
 		write  func(ctx context.Context, r *Registry) error
 	}{
-		{"Flush", func(t *testing.T, c *clock, r *Registry) {
-			c.Add(r.cfg.Timeout + time.Second)
+		{"Flush", func(t *testing.T, c *clocktest.Clock, r *Registry) {
+			c.Advance(r.cfg.Timeout + time.Second)
 			if n := r.Sweep(); n != 1 {
 				t.Fatalf("Sweep marked %d agents, want 1", n)
 			}
@@ -78,7 +79,7 @@ func TestBatchWriteKeepsNewerChanges(t *testing.T) {
 			t.Run(b.name+"/"+ch.name, func(t *testing.T) {
 				ctx := context.Background()
 				st := newMemStore()
-				c := &clock{t: time.Unix(1_800_000_000, 0)}
+				c := newClock()
 				r := newRegistry(t, st, c)
 				owner, successor := peer(t, "opus@ct111", ""), peer(t, "opus@ct112", "")
 				if _, err := heartbeat(t, r, owner, body); err != nil {
