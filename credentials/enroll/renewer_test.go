@@ -398,7 +398,7 @@ func TestRenewerSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer files.Close()
-	reader, err := file.New(t.Context(), files.CertFile, files.KeyFile, files.CAFile, file.WithDebounce(10*time.Millisecond))
+	reader, err := file.New(t.Context(), files.CertFile, files.KeyFile, files.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,13 +52,13 @@ type config struct {
 // credentials; the default discards them. No file's contents are logged.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 
-// WithDebounce sets how long after the first change in a directory the
-// files are read again; the default is 100 ms.
-func WithDebounce(d time.Duration) Option { return func(c *config) { c.debounce = d } }
+// withDebounce sets how long after the first change in a directory the
+// files are read again; the default is 100 ms. Tests shorten it.
+func withDebounce(d time.Duration) Option { return func(c *config) { c.debounce = d } }
 
-// WithClock sets the clock the debounce waits on; the default is the
-// system clock.
-func WithClock(clk credentials.Clock) Option { return func(c *config) { c.clock = clk } }
+// withClock sets the clock the debounce waits on; the default is the
+// system clock. Tests move a manual one.
+func withClock(clk credentials.Clock) Option { return func(c *config) { c.clock = clk } }
 
 // Source is a credentials.Source over PEM files, reloaded when they
 // change. Its Bundles are nil: it knows nothing of SPIFFE.

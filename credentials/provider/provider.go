@@ -76,7 +76,6 @@ type config struct {
 	nodeDir string
 	server  string
 	log     *slog.Logger
-	renewal enroll.RenewerConfig
 }
 
 // WithProvider picks the provider by name, overriding MCP_MESH_TLS_PROVIDER
@@ -95,10 +94,6 @@ func WithServer(url string) Option { return func(c *config) { c.server = url } }
 // WithLogger receives the provider's events (reloads, renewals, outages);
 // the default discards them. No key or credential is ever logged.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
-
-// WithRenewal configures the enroll provider's renewals (schedule,
-// backoff, clock); its Logger is WithLogger's.
-func WithRenewal(cfg enroll.RenewerConfig) Option { return func(c *config) { c.renewal = cfg } }
 
 // FromEnv returns the credentials.Source of agent agentID from the
 // provider that WithProvider, else MCP_MESH_TLS_PROVIDER, names (file when
@@ -173,9 +168,7 @@ func fromNode(ctx context.Context, agentID string, cfg config, log *slog.Logger)
 		}
 	}
 	client := &enroll.Client{Server: strings.TrimSuffix(server, "/"), Roots: n.Roots()}
-	rcfg := cfg.renewal
-	rcfg.Logger = log
-	r, err := enroll.NewRenewer(client, d, rcfg)
+	r, err := enroll.NewRenewer(client, d, enroll.RenewerConfig{Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("provider enroll: %w", err)
 	}

@@ -234,9 +234,6 @@ func hint(err error) string {
 	return ""
 }
 
-// Addr returns the Workload API address the source follows.
-func (s *Source) Addr() string { return s.addr }
-
 // Current returns the credentials of the last X.509-SVID and bundles the
 // agent sent.
 func (s *Source) Current() (*credentials.Credentials, error) { return s.holder.Current() }

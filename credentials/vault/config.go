@@ -201,15 +201,15 @@ type options struct {
 // logged.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithClock sets the clock the schedule runs on; the default is the
-// system clock.
-func WithClock(c credentials.Clock) Option { return func(o *options) { o.clock = c } }
+// withClock sets the clock the schedule runs on; the default is the
+// system clock. Tests move a manual one.
+func withClock(c credentials.Clock) Option { return func(o *options) { o.clock = c } }
 
-// WithRand sets the source of the jitter: it returns a uniform random
-// number in [0, n). The default is math/rand/v2's Int64N.
-func WithRand(r func(n int64) int64) Option { return func(o *options) { o.rand = r } }
+// withRand sets the source of the jitter: it returns a uniform random
+// number in [0, n). The default is math/rand/v2's Int64N. Tests fix it.
+func withRand(r func(n int64) int64) Option { return func(o *options) { o.rand = r } }
 
-// WithMaxBackoff caps the delay between attempts while Vault cannot issue
+// withMaxBackoff caps the delay between attempts while Vault cannot issue
 // a certificate or renew the token: it starts at about a second and
-// doubles up to this cap, 5 minutes by default.
-func WithMaxBackoff(d time.Duration) Option { return func(o *options) { o.maxBackoff = d } }
+// doubles up to this cap, 5 minutes by default. Tests lower it.
+func withMaxBackoff(d time.Duration) Option { return func(o *options) { o.maxBackoff = d } }

@@ -15,9 +15,9 @@
 // plus a random delay of up to 5% of it so that agents started together
 // do not all ask at once. While Vault cannot issue, the current
 // certificate stays in use and the Source retries, from about a second
-// apart and doubling up to WithMaxBackoff. The token is renewed
+// apart and doubling up to 5 minutes. The token is renewed
 // (auth/token/renew-self) at 2/3 of its TTL for as long as Vault allows.
-// A failure is logged and kept for Err until the next success; a token
+// A failure is logged; a token
 // that Vault refuses is an error wrapping ErrTokenRejected, a name the
 // role refuses one wrapping ErrRefused. Both are retried too, since an
 // operator can fix a policy or a role without restarting the agent.
@@ -210,16 +210,6 @@ func (s *Source) Current() (*credentials.Credentials, error) { return s.holder.C
 // Changed returns a channel that is closed when a new certificate is in
 // use, or when the source is closed.
 func (s *Source) Changed() <-chan struct{} { return s.holder.Changed() }
-
-// Err returns why the last attempt to issue a certificate or to renew
-// the token failed, or nil once they succeed again. The current
-// certificate stays in use meanwhile; callers that report health use it
-// to say why it is getting old.
-func (s *Source) Err() error {
-	s.errMu.Lock()
-	defer s.errMu.Unlock()
-	return errors.Join(s.issueErr, s.tokenErr)
-}
 
 // Close stops issuing; Current then fails with credentials.ErrClosed, as
 // it does once New's ctx ends. The token is left as it is: it is the

@@ -1,0 +1,7 @@
+package file
+
+// Test knobs: the debounce and its clock.
+var (
+	WithDebounce = withDebounce
+	WithClock    = withClock
+)

@@ -1,0 +1,4 @@
+package spire
+
+// Addr returns the Workload API address the source follows.
+func (s *Source) Addr() string { return s.addr }
