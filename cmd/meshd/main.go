@@ -60,6 +60,8 @@ type options struct {
 	sessionIssuer              string
 	sessionAudience            []string
 	healthCheckInterval        time.Duration
+	revocationPoll             time.Duration
+	checkpointInterval         time.Duration
 	logLevel, logFormat        string
 	secretFile, meshSecretFile string
 	legacyCompat               bool
@@ -72,7 +74,7 @@ type options struct {
 
 // limits are the caps on what one caller can make meshd spend.
 type limits struct {
-	readTimeout, agentCertInterval               time.Duration
+	readTimeout, idleTimeout, agentCertInterval  time.Duration
 	watchStreams, watchPerSource, agentCertBurst int
 	maxAgentsPerNode                             int
 	maxRequestBody                               int64
@@ -140,6 +142,8 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.spire.entities, "spire-entities", envOr("MCP_MESH_SPIRE_ENTITIES", ""), "spire: comma list of trust-domain=entity; a trust domain not listed is the entity of its own name (env MCP_MESH_SPIRE_ENTITIES)")
 	o.binding.flags(f)
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
+	f.DurationVar(&o.revocationPoll, "revocation-poll", meshd.DefaultRevocationPoll, "how often the store's change feed is read for revocations and other changes made outside this process (meshctl ca revoke offline)")
+	f.DurationVar(&o.checkpointInterval, "checkpoint-interval", meshd.DefaultCheckpointInterval, "how often, while the audit log grows, its head is signed into the CA's checkpoints file")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy (env DEFAULT_TIMEOUT_THRESHOLD, in seconds, as MCP Mesh's)")
 	f.DurationVar(&o.healthCheckInterval, "health-check-interval", registry.DefaultFlushInterval, "how often silent agents are marked unhealthy and liveness is written (env HEALTH_CHECK_INTERVAL, in seconds, as MCP Mesh's)")
 	f.StringVar(&o.sessionKeysDir, "session-keys-dir", "", "session token signing keys (default <ca-dir>/session-keys)")
@@ -151,6 +155,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.meshSecretFile, "mesh-secret-file", "", "the seed's earlier name for --bootstrap-secret-file (also: $MESHTRUST_MESH_SECRET, <data-dir>/mesh.secret)")
 	f.BoolVar(&o.legacyCompat, "legacy-secret-compat", false, "migration only: let agent routes accept the bootstrap secret as a bearer from callers without a certificate (each use counted and logged)")
 	f.DurationVar(&o.limits.readTimeout, "read-timeout", 30*time.Second, "longest time to read one request, headers and body, on every listener")
+	f.DurationVar(&o.limits.idleTimeout, "idle-timeout", server.DefaultIdleTimeout, "a kept-alive connection that sends no request for this long is closed, on every listener")
 	f.IntVar(&o.limits.watchStreams, "max-watch-streams", 1024, "most open /revocations/watch streams")
 	f.IntVar(&o.limits.watchPerSource, "max-watch-streams-per-source", 16, "most open /revocations/watch streams of one source: a mesh node with its agents, a partner entity, another certificate's name, or one address (IPv6: /64) without a certificate")
 	f.IntVar(&o.limits.watchCertless, "max-certless-watch-streams", 0, "most open /revocations/watch streams of callers without a certificate (TLS auto), out of --max-watch-streams, the rest kept for authenticated verifiers; 0: an eighth of --max-watch-streams")
@@ -194,6 +199,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	if err := o.limits.check(); err != nil {
 		return err
+	}
+	if o.revocationPoll <= 0 || o.checkpointInterval <= 0 {
+		return fmt.Errorf("--revocation-poll %s and --checkpoint-interval %s must be positive", o.revocationPoll, o.checkpointInterval)
 	}
 	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
 		return fmt.Errorf("--heartbeat-timeout %s must be at least twice --heartbeat-interval %s, or agents are marked unhealthy between two heartbeats", o.heartbeatTimeout, o.interval)
@@ -257,7 +265,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			TLSMode: mode, CertFile: o.tlsCert, KeyFile: o.tlsKey, Logger: log,
 			SessionKeysDir: o.sessionKeysDir, SessionTTL: o.sessionTTL, SessionIssuer: o.sessionIssuer, SessionAudience: o.sessionAudience,
 			BootstrapSecret: secret, LegacySecretCompat: o.legacyCompat,
-			ReadTimeout: o.limits.readTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
+			ReadTimeout: o.limits.readTimeout, IdleTimeout: o.limits.idleTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 			AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
 			MaxCertlessWatchStreams: o.limits.watchCertless, Certless: o.limits.certless, Enroll: o.limits.enroll,
 		},
@@ -265,6 +273,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		K8s:              meshd.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},
 		SPIRE:            spireCfg,
 		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval,
+		RevocationPoll: o.revocationPoll, CheckpointInterval: o.checkpointInterval,
 		Registrations: o.limits.registrationLimits(),
 	}
 	if err := o.binding.apply(&scfg); err != nil {
@@ -342,7 +351,7 @@ func (l limits) check() error {
 		flag string
 		v    int64
 	}{
-		{"--read-timeout", int64(l.readTimeout)}, {"--agent-cert-interval", int64(l.agentCertInterval)},
+		{"--read-timeout", int64(l.readTimeout)}, {"--idle-timeout", int64(l.idleTimeout)}, {"--agent-cert-interval", int64(l.agentCertInterval)},
 		{"--max-watch-streams", int64(l.watchStreams)}, {"--max-watch-streams-per-source", int64(l.watchPerSource)},
 		{"--agent-cert-burst", int64(l.agentCertBurst)}, {"--max-agents-per-node", int64(l.maxAgentsPerNode)},
 		{"--enroll-burst", int64(l.enroll.Burst)}, {"--enroll-interval", int64(l.enroll.Interval)},

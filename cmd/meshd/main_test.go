@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/config"
+	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
@@ -139,5 +140,30 @@ func TestEnrollLimitFlags(t *testing.T) {
 	o.limits.enroll.Interval = 0
 	if err := o.limits.check(); err == nil || !strings.Contains(err.Error(), "--enroll-interval") {
 		t.Errorf("check with --enroll-interval 0 = %v, want it refused", err)
+	}
+}
+
+// TestTimingFlags: the idle timeout, the change feed's poll and the
+// checkpoint interval are operator settings: the flags reach their
+// options, unset ones keep meshd's defaults, and an idle timeout that
+// would disable itself is refused.
+func TestTimingFlags(t *testing.T) {
+	o := &options{}
+	cmd := commandFor(o, io.Discard, io.Discard)
+	if err := cmd.ParseFlags(nil); err != nil {
+		t.Fatal(err)
+	}
+	if o.limits.idleTimeout != server.DefaultIdleTimeout || o.revocationPoll != meshd.DefaultRevocationPoll || o.checkpointInterval != meshd.DefaultCheckpointInterval {
+		t.Errorf("defaults: idle %v, poll %v, checkpoint %v", o.limits.idleTimeout, o.revocationPoll, o.checkpointInterval)
+	}
+	if err := cmd.ParseFlags([]string{"--idle-timeout", "30s", "--revocation-poll", "1s", "--checkpoint-interval", "5m"}); err != nil {
+		t.Fatal(err)
+	}
+	if o.limits.idleTimeout != 30*time.Second || o.revocationPoll != time.Second || o.checkpointInterval != 5*time.Minute {
+		t.Errorf("set: idle %v, poll %v, checkpoint %v", o.limits.idleTimeout, o.revocationPoll, o.checkpointInterval)
+	}
+	o.limits.idleTimeout = 0
+	if err := o.limits.check(); err == nil || !strings.Contains(err.Error(), "--idle-timeout") {
+		t.Errorf("check with --idle-timeout 0 = %v, want it refused", err)
 	}
 }

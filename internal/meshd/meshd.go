@@ -149,6 +149,12 @@ type Meshd struct {
 	cancel       context.CancelFunc
 }
 
+// Defaults of Config.RevocationPoll and Config.CheckpointInterval.
+const (
+	DefaultRevocationPoll     = 100 * time.Millisecond
+	DefaultCheckpointInterval = time.Minute
+)
+
 // New assembles meshd over st. authority is the mesh CA, required by the
 // localca backend and by admin revocation; it may be nil otherwise.
 func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*Meshd, error) {
@@ -156,8 +162,8 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	if cfg.Config, err = cfg.Config.WithDefaults(); err != nil {
 		return nil, err
 	}
-	cfg.RevocationPoll = cmp.Or(cfg.RevocationPoll, 100*time.Millisecond)
-	cfg.CheckpointInterval = cmp.Or(cfg.CheckpointInterval, time.Minute)
+	cfg.RevocationPoll = cmp.Or(cfg.RevocationPoll, DefaultRevocationPoll)
+	cfg.CheckpointInterval = cmp.Or(cfg.CheckpointInterval, DefaultCheckpointInterval)
 	cfg.AgentTrustDomain = cmp.Or(cfg.AgentTrustDomain, DefaultAgentTrustDomain)
 	m := &Meshd{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
 		trustChanged: make(chan struct{}, 1), namespaces: registry.NewNamespaces()}

@@ -213,6 +213,9 @@ type EnrollLimits struct {
 	GlobalInterval time.Duration
 }
 
+// DefaultIdleTimeout is Config.IdleTimeout's default, MCP Mesh 3.7.1's.
+const DefaultIdleTimeout = 2 * time.Minute
+
 // Defaults of EnrollLimits: per source 5, then one per 12 seconds; in all
 // 50, then 2 a second.
 const (
@@ -261,7 +264,7 @@ func (c Config) WithDefaults() (Config, error) {
 		return c, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", c.TLSMode)
 	}
 	c.ReadTimeout = cmp.Or(c.ReadTimeout, 30*time.Second)
-	c.IdleTimeout = cmp.Or(c.IdleTimeout, 2*time.Minute)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
 	c.MaxWatchStreams = cmp.Or(c.MaxWatchStreams, 1024)
 	c.MaxWatchStreamsPerSource = cmp.Or(c.MaxWatchStreamsPerSource, 16)
 	if c.MaxCertlessWatchStreams == 0 {
