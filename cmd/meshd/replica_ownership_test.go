@@ -11,6 +11,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/pgtest"
+	"github.com/meshtrust/meshtrust/internal/store/storetest"
 )
 
 // listed returns GET /agents on r as id -> owner and endpoint.
@@ -21,21 +22,6 @@ func listed(t *testing.T, c *http.Client, r *replica) map[string][2]string {
 		m[a.ID] = [2]string{a.Owner, a.Endpoint}
 	}
 	return m
-}
-
-// storedAgent returns the database's record of id, if any.
-func storedAgent(t *testing.T, st store.Store, id string) (store.Agent, bool) {
-	t.Helper()
-	recs, err := st.Agents(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, rec := range recs {
-		if rec.ID == id {
-			return rec, true
-		}
-	}
-	return store.Agent{}, false
 }
 
 // lastAudit returns the last audit entry about id.
@@ -100,7 +86,7 @@ func TestReplicaOwnership(t *testing.T) {
 	// the audit log's last entry about id is owner's claim.
 	stored := func(t *testing.T, id, owner string) {
 		t.Helper()
-		rec, held := storedAgent(t, st, id)
+		rec, held := storetest.StoredAgent(t, st, id)
 		if !held || rec.Owner != owner || strings.Contains(string(rec.Payload), "evil") {
 			t.Errorf("the database holds %+v (%v), want %s's record", rec, held, owner)
 		}
@@ -157,10 +143,10 @@ func TestReplicaOwnership(t *testing.T) {
 		// B's sweep that marks canary unhealthy would mark lyra too, had
 		// it kept it; its flush writes both in one batch.
 		eventually.True(t, "B writes canary's silence", func() bool {
-			rec, held := storedAgent(t, st, "canary")
+			rec, held := storetest.StoredAgent(t, st, "canary")
 			return held && rec.Status == "unhealthy"
 		})
-		if rec, held := storedAgent(t, st, "lyra"); held {
+		if rec, held := storetest.StoredAgent(t, st, "lyra"); held {
 			t.Errorf("a liveness flush brought the released lyra back: %+v", rec)
 		}
 		if last := lastAudit(t, st, "lyra"); last.Action != "agent.release" {

@@ -11,23 +11,9 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/internal/store/storetest"
 	"github.com/meshtrust/meshtrust/trust"
 )
-
-// storedAgent returns the store's record of id, if any.
-func storedAgent(t *testing.T, st Store, id string) (store.Agent, bool) {
-	t.Helper()
-	recs, err := st.Agents(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, rec := range recs {
-		if rec.ID == id {
-			return rec, true
-		}
-	}
-	return store.Agent{}, false
-}
 
 // lastAudit returns the last audit entry of memStore st about id.
 func lastAudit(st *memStore, id string) store.AuditEntry {
@@ -55,7 +41,7 @@ func viewOf(r *Registry, id string) (View, bool) {
 // owner's claim, and r, once synced, lists that record.
 func checkOwned(t *testing.T, st *memStore, r *Registry, id, owner string) {
 	t.Helper()
-	rec, ok := storedAgent(t, st, id)
+	rec, ok := storetest.StoredAgent(t, st, id)
 	if !ok || rec.Owner != owner || strings.Contains(string(rec.Payload), "evil") {
 		t.Errorf("the store holds %+v, want %s's record", rec, owner)
 	}
@@ -139,7 +125,7 @@ func TestReplicaOwnership(t *testing.T) {
 		if err := b.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if rec, ok := storedAgent(t, st, id); ok {
+		if rec, ok := storetest.StoredAgent(t, st, id); ok {
 			t.Errorf("B's flush brought the released agent back: %+v", rec)
 		}
 		if last := lastAudit(st, id); last.Action != "agent.release" {
@@ -190,7 +176,7 @@ func TestReplicaOwnership(t *testing.T) {
 		if err != nil || !res.Created {
 			t.Fatalf("heartbeat to B after a delete on A = %+v, %v; want a new registration", res, err)
 		}
-		if rec, ok := storedAgent(t, st, id); !ok || rec.Owner != "opus@ct111" {
+		if rec, ok := storetest.StoredAgent(t, st, id); !ok || rec.Owner != "opus@ct111" {
 			t.Errorf("the store holds %+v, %v; want the new registration", rec, ok)
 		}
 		if last := lastAudit(st, id); last.Action != "agent.claim" {
@@ -261,7 +247,7 @@ func TestReplicaOwnershipStress(t *testing.T) {
 	if got[0][0]+got[1][0] == 0 {
 		t.Error("no heartbeat was accepted")
 	}
-	rec, held := storedAgent(t, st, "opus")
+	rec, held := storetest.StoredAgent(t, st, "opus")
 	last := lastAudit(st, "opus")
 	switch {
 	case !held && last.Action != "agent.release":
