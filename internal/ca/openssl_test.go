@@ -274,63 +274,39 @@ func TestOpenSSLCSRs(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()
 
+	// Each CSR is openssl's for key, cn and addext, then mangled if set.
 	cases := []struct {
 		name    string
-		csr     func(t *testing.T) []byte
+		key     ca.KeyType
+		cn      string
+		addext  []string
+		mangle  func(t testing.TB, pemCSR []byte) []byte
 		req     ca.Request
 		wantErr error
 		wantMsg string
 	}{
-		{
-			name: "agent CSR with its SPIFFE ID",
-			csr: func(t *testing.T) []byte {
-				return opensslCSR(t, ca.KeyECDSAP256, "opus@ct1", "subjectAltName=URI:spiffe://mesh.local/agent/ct1/opus")
-			},
-			req: ca.Request{Profile: ca.ProfileAgent},
-		},
-		{
-			name: "CA:TRUE",
-			csr: func(t *testing.T) []byte {
-				return opensslCSR(t, ca.KeyECDSAP256, "ct3.mesh", "basicConstraints=critical,CA:TRUE")
-			},
-			req:     ca.Request{Profile: ca.ProfileNode},
-			wantErr: ca.ErrPolicy,
-			wantMsg: "CA:TRUE",
-		},
-		{
-			name: "corrupted signature",
-			csr: func(t *testing.T) []byte {
-				return corruptSignature(t, opensslCSR(t, ca.KeyECDSAP256, "ct4.mesh"))
-			},
-			req:     ca.Request{Profile: ca.ProfileNode},
-			wantErr: ca.ErrBadCSR,
-			wantMsg: "signature does not verify",
-		},
-		{
-			name: "altered subject",
-			csr: func(t *testing.T) []byte {
-				pemCSR := opensslCSR(t, ca.KeyEd25519, "ct5.mesh")
+		{name: "agent CSR with its SPIFFE ID", key: ca.KeyECDSAP256, cn: "opus@ct1", addext: []string{"subjectAltName=URI:spiffe://mesh.local/agent/ct1/opus"},
+			req: ca.Request{Profile: ca.ProfileAgent}},
+		{name: "CA:TRUE", key: ca.KeyECDSAP256, cn: "ct3.mesh", addext: []string{"basicConstraints=critical,CA:TRUE"},
+			req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrPolicy, wantMsg: "CA:TRUE"},
+		{name: "corrupted signature", key: ca.KeyECDSAP256, cn: "ct4.mesh", mangle: corruptSignature,
+			req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrBadCSR, wantMsg: "signature does not verify"},
+		{name: "altered subject", key: ca.KeyEd25519, cn: "ct5.mesh",
+			mangle: func(t testing.TB, pemCSR []byte) []byte {
 				b, _ := pem.Decode(pemCSR)
 				der := bytes.Replace(b.Bytes, []byte("ct5.mesh"), []byte("ct6.mesh"), 1)
 				return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 			},
-			req:     ca.Request{Profile: ca.ProfileNode},
-			wantErr: ca.ErrBadCSR,
-			wantMsg: "signature does not verify",
-		},
-		{
-			name: "another node's DNS name",
-			csr: func(t *testing.T) []byte {
-				return opensslCSR(t, ca.KeyECDSAP256, "ct7.mesh", "subjectAltName=DNS:ct1.mesh")
-			},
-			req:     ca.Request{Profile: ca.ProfileNode},
-			wantErr: ca.ErrPolicy,
-			wantMsg: "DNS:ct1.mesh",
-		},
+			req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrBadCSR, wantMsg: "signature does not verify"},
+		{name: "another node's DNS name", key: ca.KeyECDSAP256, cn: "ct7.mesh", addext: []string{"subjectAltName=DNS:ct1.mesh"},
+			req: ca.Request{Profile: ca.ProfileNode}, wantErr: ca.ErrPolicy, wantMsg: "DNS:ct1.mesh"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			data := tc.csr(t)
+			data := opensslCSR(t, tc.key, tc.cn, tc.addext...)
+			if tc.mangle != nil {
+				data = tc.mangle(t, data)
+			}
 			path := writeFile(t, t.TempDir(), "req.csr", data)
 			// The judge agrees on which CSRs are well signed.
 			// (OpenSSL 3.0 exits 0 either way; its verdict is in the output.)
