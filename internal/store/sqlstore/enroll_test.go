@@ -117,14 +117,8 @@ func TestUseTokenOneBatch(t *testing.T) {
 	if err := s.PutToken(t.Context(), tok, store.AuditEntry{Action: "token.create"}); err != nil {
 		t.Fatal(err)
 	}
-	g.armed.Store(true)
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.Append(t.Context(), store.AuditEntry{Action: "first"}); err != nil {
-			t.Errorf("Append: %v", err)
-		}
-	})
-	<-g.held
+	g.holdAppend(t, s, &wg, store.AuditEntry{Action: "first"})
 	errs := make([]error, queued)
 	for i := range queued {
 		wg.Go(func() {

@@ -480,6 +480,24 @@ func newGate() (*gate, Option) {
 	})
 }
 
+// hold arms g and makes first, a write, on wg; it returns once the writer
+// has taken first and stopped, so that the writes made next queue behind
+// it until g.release.
+func (g *gate) hold(wg *sync.WaitGroup, first func()) {
+	g.armed.Store(true)
+	wg.Go(first)
+	<-g.held
+}
+
+// holdAppend is hold with first an Append of a, which must succeed.
+func (g *gate) holdAppend(t *testing.T, s *Store, wg *sync.WaitGroup, a store.AuditEntry) {
+	g.hold(wg, func() {
+		if err := s.Append(t.Context(), a); err != nil {
+			t.Errorf("Append(%s): %v", a.Action, err)
+		}
+	})
+}
+
 // waitQueued waits until n requests are queued for the writer.
 func waitQueued(s *Store, n int) {
 	for len(s.reqs) < n {
@@ -525,14 +543,8 @@ func TestFailedWriteRollsBackAlone(t *testing.T) {
 		}, false},
 		{"record", func() error { return s.RecordCert(t.Context(), testCert(3), ok) }, false},
 	}
-	g.armed.Store(true)
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.Append(t.Context(), ok); err != nil {
-			t.Errorf("Append: %v", err)
-		}
-	})
-	<-g.held
+	g.holdAppend(t, s, &wg, ok)
 	errs := make([]error, len(writes))
 	for i, w := range writes {
 		wg.Go(func() { errs[i] = w.write() })
@@ -583,16 +595,9 @@ func TestFailedWriteRollsBackAlone(t *testing.T) {
 func TestGroupCommit(t *testing.T) {
 	const queued = 40
 	g, opt := newGate()
-	g.armed.Store(true)
 	s, _ := openTest(t, opt)
-
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.Append(t.Context(), store.AuditEntry{Action: "first", Outcome: store.OutcomeOK}); err != nil {
-			t.Errorf("Append: %v", err)
-		}
-	})
-	<-g.held
+	g.holdAppend(t, s, &wg, store.AuditEntry{Action: "first", Outcome: store.OutcomeOK})
 
 	errs := make([]error, queued)
 	for i := range queued {
@@ -649,12 +654,10 @@ func TestGroupCommit(t *testing.T) {
 func TestCloseDrainsQueue(t *testing.T) {
 	const queued = 20
 	g, opt := newGate()
-	g.armed.Store(true)
 	s, path := openTest(t, opt)
 	var wg sync.WaitGroup
 	errs := make([]error, queued+1)
-	wg.Go(func() { errs[queued] = s.Append(t.Context(), store.AuditEntry{Action: "first"}) })
-	<-g.held
+	g.hold(&wg, func() { errs[queued] = s.Append(t.Context(), store.AuditEntry{Action: "first"}) })
 	for i := range queued {
 		wg.Go(func() { errs[i] = s.Append(t.Context(), store.AuditEntry{Action: "queued"}) })
 	}
