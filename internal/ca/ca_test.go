@@ -7,7 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/filetest"
 	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -212,58 +212,16 @@ func (f *fixture) requireAudited(t testing.TB, action, outcome, detail string) {
 	t.Fatalf("no %s/%s audit entry mentions %q", action, outcome, detail)
 }
 
-// snapshotFiles maps every file and directory under dirs to its mode and,
-// for files, its SHA-256. The store's database is left out: the store is
-// compared through its API.
+// snapshotFiles snapshots dirs, the store's database left out: the store
+// is compared through its API.
 func snapshotFiles(t testing.TB, dirs ...string) map[string]string {
 	t.Helper()
-	out := make(map[string]string)
-	for _, dir := range dirs {
-		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if errors.Is(err, fs.ErrNotExist) && p == dir {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			if strings.HasPrefix(d.Name(), "meshtrust.db") {
-				return nil
-			}
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			if d.IsDir() {
-				out[p] = fi.Mode().String()
-				return nil
-			}
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(data)
-			out[p] = fi.Mode().String() + " " + hex.EncodeToString(sum[:])
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
+	return filetest.Snapshot(t, "meshtrust.db", dirs...)
 }
 
 func requireSameFiles(t testing.TB, before, after map[string]string) {
 	t.Helper()
-	for p, v := range before {
-		if after[p] != v {
-			t.Errorf("%s changed: %q -> %q", p, v, after[p])
-		}
-	}
-	for p, v := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("%s appeared (%s)", p, v)
-		}
-	}
+	filetest.CheckSame(t, before, after)
 	if t.Failed() {
 		t.FailNow()
 	}

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/cli"
+	"github.com/meshtrust/meshtrust/internal/filetest"
 	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -144,33 +143,7 @@ type state struct {
 
 func (e *env) snapshot() state {
 	e.t.Helper()
-	s := state{files: make(map[string]string)}
-	err := filepath.WalkDir(e.base, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if strings.HasPrefix(d.Name(), "meshtrust.db") {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if d.IsDir() {
-			s.files[p] = fi.Mode().String()
-			return nil
-		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(data)
-		s.files[p] = fi.Mode().String() + " " + hex.EncodeToString(sum[:])
-		return nil
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	s := state{files: filetest.Snapshot(e.t, "meshtrust.db", e.base)}
 	db := e.path("meshtrust.db")
 	if _, err := os.Stat(db); err != nil {
 		return s // opening the store would create it
@@ -195,16 +168,7 @@ func (e *env) snapshot() state {
 // requireUnchanged fails the test if anything but the audit log changed.
 func requireUnchanged(t *testing.T, before, after state) {
 	t.Helper()
-	for p, v := range before.files {
-		if after.files[p] != v {
-			t.Errorf("%s changed: %q -> %q", p, v, after.files[p])
-		}
-	}
-	for p, v := range after.files {
-		if _, ok := before.files[p]; !ok {
-			t.Errorf("%s appeared (%s)", p, v)
-		}
-	}
+	filetest.CheckSame(t, before.files, after.files)
 	if !reflect.DeepEqual(before.certs, after.certs) {
 		t.Errorf("store certificates changed: %d -> %d", len(before.certs), len(after.certs))
 	}
