@@ -114,13 +114,10 @@ func (m *testMeshd) ctl(args ...string) result {
 	return m.run(withFlags(args, "--data-dir", m.dataDir)...)
 }
 
+// mustCtl is ctl, failing the test unless meshctl exits 0.
 func (m *testMeshd) mustCtl(args ...string) result {
 	m.t.Helper()
-	r := m.ctl(args...)
-	if r.code != 0 {
-		m.t.Fatalf("meshctl %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
-	}
-	return r
+	return m.mustRun(withFlags(args, "--data-dir", m.dataDir)...)
 }
 
 // requireRefused checks a command failed with a message on stderr only.

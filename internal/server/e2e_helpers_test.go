@@ -170,12 +170,18 @@ type testCA struct {
 
 func newTestCA(t testing.TB, cn string) *testCA {
 	t.Helper()
+	return newTestCAUntil(t, cn, time.Now().Add(24*time.Hour))
+}
+
+// newTestCAUntil is newTestCA with a CA certificate valid until notAfter.
+func newTestCAUntil(t testing.TB, cn string, notAfter time.Time) *testCA {
+	t.Helper()
 	key := pkitest.NewKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber:          randSerial(t),
 		Subject:               pkix.Name{CommonName: cn, Organization: []string{cn}},
 		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
+		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -613,6 +619,18 @@ type agentView struct {
 type agentList struct {
 	Agents []agentView `json:"agents"`
 	Count  int         `json:"count"`
+}
+
+// registeredAgent returns a client holding a fresh mesh CA certificate of
+// agent@node whose heartbeat (port, capabilities caps) registered agent.
+func (e *env) registeredAgent(agent, node string, port int, caps ...string) *http.Client {
+	e.t.Helper()
+	cert, _ := agentCert(e.t, e.ca.auth, agent, node)
+	c := e.client(&cert)
+	if r := e.do(c, "POST", "/heartbeat", heartbeat(agent, port, caps...)); r.code != http.StatusOK {
+		e.t.Fatalf("%s's heartbeat: %s", agent, r)
+	}
+	return c
 }
 
 // agents lists the agents through c (an agent-port client) with query q.

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -20,7 +19,6 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/meshd"
-	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -153,11 +151,7 @@ func TestE2ERefusedCertificates(t *testing.T) {
 
 func TestE2EIdentityMismatch(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
-	victimCert, _ := agentCert(t, e.ca.auth, "victim", "n1")
-	victim := e.client(&victimCert)
-	if r := e.do(victim, "POST", "/heartbeat", heartbeat("victim", 9001, "weather")); r.code != http.StatusOK {
-		t.Fatal(r)
-	}
+	victim := e.registeredAgent("victim", "n1", 9001, "weather")
 	before, _ := e.agents(victim, "").find("victim")
 
 	attackerCert, _ := agentCert(t, e.ca.auth, "attacker", "n1")
@@ -888,21 +882,7 @@ func TestE2ENoSecretsInLogs(t *testing.T) {
 // its expiry at the latest date it can hold.
 func TestE2EEntityForeverCA(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
-	key := pkitest.NewKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: randSerial(t), Subject: pkix.Name{CommonName: "forever CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	forever := &testCA{cert: cert, key: key, pem: pemfile.EncodeCerts(cert), keyPEM: keyPEM(t, key)}
+	forever := newTestCAUntil(t, "forever CA", time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC))
 	e.registerEntity("eternal", forever)
 	r := e.adminDo("GET", "/admin/entities", nil)
 	if r.code != http.StatusOK || !strings.Contains(string(r.body), `"expires":"2262-`) {

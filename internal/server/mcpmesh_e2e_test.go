@@ -14,11 +14,7 @@ import (
 // answers the same.
 func TestE2EMCPMeshRouteAnswers(t *testing.T) {
 	e := newEnv(t, envOptions{mode: server.TLSStrict})
-	cert, _ := agentCert(t, e.ca.auth, "a1", "n1")
-	c := e.client(&cert)
-	if r := e.do(c, "POST", "/heartbeat", heartbeat("a1", 9100, "geo")); r.code != http.StatusOK {
-		t.Fatal(r)
-	}
+	c := e.registeredAgent("a1", "n1", 9100, "geo")
 	for _, rq := range []struct {
 		method, path, body string
 		want               int
