@@ -102,12 +102,12 @@ func TestAgentToAgentTLS(t *testing.T) {
 	}
 
 	m.revoke(serialOf(opusCreds))
-	eventually.True(t, "the watcher to learn of the revocation", func() bool { return w.Set().CheckLeaf(opusCreds.Certificate.Leaf) != nil })
+	eventually.True(t, "the watcher to learn of the revocation", func() bool { return w.VerifyPeerCertificate([][]byte{opusCreds.Certificate.Leaf.Raw}, nil) != nil })
 	if serr, _ := handshake(t, serve, call); !errors.Is(serr, trust.ErrRevoked) {
 		t.Fatalf("geo accepting revoked opus: %v, want ErrRevoked", serr)
 	}
 	m.revoke(serialOf(geoCreds))
-	eventually.True(t, "the watcher to learn of the second revocation", func() bool { return w.Set().CheckLeaf(geoCreds.Certificate.Leaf) != nil })
+	eventually.True(t, "the watcher to learn of the second revocation", func() bool { return w.VerifyPeerCertificate([][]byte{geoCreds.Certificate.Leaf.Raw}, nil) != nil })
 	caller := holder(t, m.agent("scout", "ct115"))
 	if _, cerr := handshake(t, serve, agent.ClientTLS(caller, w)); !errors.Is(cerr, trust.ErrRevoked) {
 		t.Fatalf("scout calling revoked geo: %v, want ErrRevoked", cerr)

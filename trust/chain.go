@@ -73,9 +73,6 @@ func NewChain(revs *RevocationSet, backends []Backend, opts ...ChainOption) *Cha
 // Backends returns the chain's backends in order.
 func (c *Chain) Backends() []Backend { return c.backends }
 
-// Revocations returns the chain's revocation set.
-func (c *Chain) Revocations() *RevocationSet { return c.revs }
-
 // Invalidate drops every cached verdict.
 func (c *Chain) Invalidate() {
 	c.gen.Add(1)

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
@@ -43,7 +42,6 @@ type RevocationSet struct {
 	identities map[string]Revoked // by common name
 	keys       map[string]Revoked // by key hash
 	entities   map[string]Revoked // by entity name
-	gen        atomic.Uint64
 	onChange   []func()
 }
 
@@ -133,7 +131,6 @@ func (s *RevocationSet) add(change func() bool) bool {
 	changed := change()
 	var fns []func()
 	if changed {
-		s.gen.Add(1)
 		fns = s.onChange
 	}
 	s.mu.Unlock()
@@ -173,19 +170,6 @@ func (s *RevocationSet) Entity(name string) (Revoked, bool) {
 	r, ok := s.entities[name]
 	s.mu.RUnlock()
 	return r, ok
-}
-
-// Generation increases with every change.
-func (s *RevocationSet) Generation() uint64 { return s.gen.Load() }
-
-// Len returns the number of revoked certificates and entities.
-func (s *RevocationSet) Len() (certs, entities int) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for _, rs := range s.serials {
-		certs += len(rs)
-	}
-	return certs, len(s.entities)
 }
 
 // check refuses a peer whose certificate, identity (or its node), key or

@@ -66,9 +66,10 @@ type Option func(*Backend)
 // slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(b *Backend) { b.log = l } }
 
-// WithDebounce sets how long the Backend waits for a burst of file events to
-// settle before it reloads; the default is 50ms.
-func WithDebounce(d time.Duration) Option { return func(b *Backend) { b.debounce = d } }
+// withDebounce sets how long the Backend waits for a burst of file events to
+// settle before it reloads; the default is 50ms. Tests stretch it to
+// reload only when they say.
+func withDebounce(d time.Duration) Option { return func(b *Backend) { b.debounce = d } }
 
 // Backend is the filestore backend. It implements trust.Backend and
 // trust.Notifier, so a trust.Chain over it drops its cached verdicts
@@ -136,9 +137,6 @@ func New(ctx context.Context, dir string, opts ...Option) (*Backend, error) {
 
 // Name returns "filestore".
 func (b *Backend) Name() string { return Name }
-
-// Dir returns the directory the Backend reads.
-func (b *Backend) Dir() string { return b.dir }
 
 // Reload reads the whole directory again, as on SIGHUP. It fails only when
 // the directory itself cannot be read, and then keeps the CAs it had.

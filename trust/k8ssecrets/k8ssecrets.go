@@ -232,9 +232,6 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 // Name returns "k8s-secrets".
 func (b *Backend) Name() string { return Name }
 
-// Namespace returns the namespace the Backend follows.
-func (b *Backend) Namespace() string { return b.cfg.Namespace }
-
 // Rejected returns how many Secret versions could not be used so far.
 func (b *Backend) Rejected() uint64 { return b.rejected.Load() }
 

@@ -17,7 +17,9 @@ type EntityFunc func(chain []*x509.Certificate) string
 
 // AnchorEntity returns an EntityFunc that names the entity a set of
 // trust.Anchors registered the chain's anchor under, the same attribution
-// trust.Anchors.Verify makes.
+// trust.Anchors.Verify makes. A process that trusts partner CAs through
+// a trust.Anchors sets it as Config.Entity so that revoking an entity
+// refuses every certificate its CA issued.
 func AnchorEntity(a *trust.Anchors) EntityFunc {
 	return func(chain []*x509.Certificate) string {
 		if len(chain) == 0 {
@@ -96,7 +98,9 @@ func VerifyPeerCertificate(set *trust.RevocationSet, entity EntityFunc) func([][
 }
 
 // VerifyConnection refuses a peer the Watcher's set holds revoked; see
-// the package function.
+// the package function. A server or client on a plain tls.Config sets it
+// as the config's VerifyConnection (package agent's configs use
+// VerifyPeerCertificate through an Authorizer instead).
 func (w *Watcher) VerifyConnection(cs tls.ConnectionState) error {
 	return VerifyConnection(w.set, w.cfg.Entity)(cs)
 }

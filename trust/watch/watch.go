@@ -151,9 +151,6 @@ func New(set *trust.RevocationSet, cfg Config) (*Watcher, error) {
 	return w, nil
 }
 
-// Set returns the revocation set the Watcher feeds.
-func (w *Watcher) Set() *trust.RevocationSet { return w.set }
-
 // LastEventID returns the sequence number of the last event applied.
 func (w *Watcher) LastEventID() int64 { return w.lastID.Load() }
 
