@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/ca/catest"
 	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
@@ -43,26 +44,8 @@ func newPKI(t *testing.T) *pki {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	ctx := context.Background()
-	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, st, authority := catest.New(t, dir, time.Now())
 	t.Cleanup(func() { st.Close() })
-	if _, err := ca.Init(ctx, cfg, st); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ca.IssueIntermediate(ctx, cfg, st); err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.Open(ctx, cfg, st)
-	if err != nil {
-		t.Fatal(err)
-	}
 	return &pki{t: t, dir: dir, ca: authority, st: st}
 }
 

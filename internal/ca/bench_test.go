@@ -10,7 +10,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/ca/catest"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -158,21 +158,8 @@ func cpuTime(tb testing.TB) time.Duration {
 // the real SQLite store, and returns the CA's configuration.
 func setupSQLiteCA(tb testing.TB, dir string) ca.Config {
 	tb.Helper()
-	ctx := context.Background()
-	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}
-	// The store lives in the CA directory, which must exist first.
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		tb.Fatal(err)
-	}
-	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer st.Close()
-	if _, err := ca.Init(ctx, cfg, st); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := ca.IssueIntermediate(ctx, cfg, st); err != nil {
+	cfg, st, _ := catest.New(tb, dir, time.Now())
+	if err := st.Close(); err != nil {
 		tb.Fatal(err)
 	}
 	return cfg

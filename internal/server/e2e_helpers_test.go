@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/ca/catest"
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/meshd"
@@ -89,28 +90,7 @@ var caPast = 30 * 24 * time.Hour
 
 func newMeshCA(t testing.TB, dir string) *meshCA {
 	t.Helper()
-	ctx := context.Background()
-	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	past := cfg
-	then := time.Now().Add(-caPast)
-	past.Now = func() time.Time { return then }
-	if _, err := ca.Init(ctx, past, st); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ca.IssueIntermediate(ctx, past, st); err != nil {
-		t.Fatal(err)
-	}
-	auth, err := ca.Open(ctx, cfg, st)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, st, auth := catest.New(t, dir, time.Now().Add(-caPast))
 	return &meshCA{cfg: cfg, st: st, auth: auth}
 }
 
