@@ -185,14 +185,6 @@ func (s *Store) Wake() <-chan struct{} {
 	return s.wake
 }
 
-// Ping checks that the database answers.
-func (s *Store) Ping(ctx context.Context) error {
-	if err := s.read(func() error { return s.rdb.PingContext(ctx) }); err != nil {
-		return s.errorf("%s: %w", s.where, err)
-	}
-	return nil
-}
-
 // listen holds a connection that LISTENs on notifyChannel until ctx ends,
 // reconnecting with backoff when it is lost.
 func (s *Store) listen(ctx context.Context, cfg *pgx.ConnConfig, o options) {
