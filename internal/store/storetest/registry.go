@@ -301,11 +301,7 @@ func testEntityReregister(t *testing.T, open Opener) {
 }
 
 func testRegistryNotFound(t *testing.T, open Opener) {
-	s := openRegistry(t, open, t.TempDir())
-	known := newEntity("known", epoch())
-	mustPutEntity(t, s, false, known)
-	ag := newAgent(1, epoch())
-	claims := mustClaim(t, s, ag)
+	s, known, ag, claims := openWithAgent(t, open, "known")
 
 	at := epoch().Add(time.Hour)
 	unknown := ag
@@ -327,6 +323,17 @@ func testRegistryNotFound(t *testing.T, open Opener) {
 	checkCalls(t, "of an unknown name", store.ErrNotFound, calls)
 	// Nothing was written: no record changed and no audit entry appended.
 	checkRegistry(t, "after the refused calls", s, known, ag, claims)
+}
+
+// openWithAgent opens a new store holding the entity named entity and one
+// agent, claimed; it returns them and the claim's audit entries.
+func openWithAgent(t *testing.T, open Opener, entity string) (store.Store, store.Entity, store.Agent, []store.AuditEntry) {
+	t.Helper()
+	s := openRegistry(t, open, t.TempDir())
+	e := newEntity(entity, epoch())
+	mustPutEntity(t, s, false, e)
+	ag := newAgent(1, epoch())
+	return s, e, ag, mustClaim(t, s, ag)
 }
 
 // checkRegistry fails t unless s holds exactly the entity e and the agent
@@ -780,11 +787,7 @@ func testRegistryConcurrent(t *testing.T, open Opener) {
 }
 
 func testRegistryCanceledContext(t *testing.T, open Opener) {
-	s := openRegistry(t, open, t.TempDir())
-	e := newEntity("partner-corp", epoch())
-	mustPutEntity(t, s, false, e)
-	ag := newAgent(1, epoch())
-	claims := mustClaim(t, s, ag)
+	s, e, ag, claims := openWithAgent(t, open, "partner-corp")
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -803,11 +806,7 @@ func testRegistryCanceledContext(t *testing.T, open Opener) {
 }
 
 func testRegistryClosed(t *testing.T, open Opener) {
-	s := openRegistry(t, open, t.TempDir())
-	e := newEntity("partner-corp", epoch())
-	mustPutEntity(t, s, false, e)
-	ag := newAgent(1, epoch())
-	mustClaim(t, s, ag)
+	s, e, ag, _ := openWithAgent(t, open, "partner-corp")
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
