@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -60,19 +60,7 @@ func newTokenFixture(t testing.TB) *tokenFixture {
 func (f *tokenFixture) sign(t testing.TB, typ string, claims any) string {
 	t.Helper()
 	k := f.s.current
-	opts := &jose.SignerOptions{}
-	if typ != "" {
-		opts = opts.WithType(jose.ContentType(typ))
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: k.priv, KeyID: k.id}}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(signer).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return pkitest.SignJWT(t, k.priv, k.id, typ, claims)
 }
 
 func (f *tokenFixture) claims(iss string, aud ...string) tokenClaims {
