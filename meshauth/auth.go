@@ -135,10 +135,6 @@ func New(cfg Config) (*Auth, error) {
 	return a, nil
 }
 
-// Decisions returns the decisions metric, for tests and for services that
-// register it themselves.
-func (a *Auth) Decisions() *prometheus.CounterVec { return a.decisions }
-
 // refusal is why a request was refused: the status code, the reason
 // label, and a sentence for the caller.
 type refusal struct {

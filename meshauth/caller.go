@@ -2,7 +2,6 @@ package meshauth
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -108,14 +107,6 @@ type Session struct {
 	KeyID string
 }
 
-// Certificate returns the caller's certificate, nil on the legacy path.
-func (c *Caller) Certificate() *x509.Certificate {
-	if c.Peer == nil {
-		return nil
-	}
-	return c.Peer.Leaf
-}
-
 // AgentID returns the one agent id this caller's certificate may speak
 // for: the <agent-id> of a mesh agent identity <agent-id>@<node-id>, or,
 // for a certificate that is not a mesh identity, its common name if that
@@ -188,8 +179,10 @@ func FromContext(ctx context.Context) (*Caller, bool) {
 	return v.caller, ok && v.caller != nil
 }
 
-// WithCaller returns a copy of ctx that carries c, for handlers tested
-// without the middleware and for services that verify by other means.
+// WithCaller returns a copy of ctx that carries c: what a service's own
+// tests call to run a handler that reads FromContext without the
+// middleware, and what a service that verifies callers by other means
+// calls to hand its handlers the same Caller.
 func WithCaller(ctx context.Context, c *Caller) context.Context {
 	return context.WithValue(ctx, callerKey{}, verified{caller: c})
 }

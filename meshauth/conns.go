@@ -85,14 +85,6 @@ func connFrom(ctx context.Context) *conn {
 	return cs
 }
 
-// OpenConns returns the number of open connections registered by
-// ConnContext.
-func (a *Auth) OpenConns() int {
-	a.conns.mu.Lock()
-	defer a.conns.mu.Unlock()
-	return len(a.conns.conns)
-}
-
 // CloseWhere closes every open connection whose verified caller matches,
 // marking it so that a request already past verification on it is refused
 // too, and returns how many it closed. match runs without any lock held.

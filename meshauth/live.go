@@ -147,20 +147,6 @@ func (f *PolicyFile) Reload() error {
 	return err
 }
 
-// Err returns why the last reload was refused, nil when it took effect.
-func (f *PolicyFile) Err() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.err
-}
-
-// OnReload registers fn to run after every reload with its outcome.
-func (f *PolicyFile) OnReload(fn func(error)) {
-	f.mu.Lock()
-	f.onReload = append(f.onReload, fn)
-	f.mu.Unlock()
-}
-
 // Close stops following the file.
 func (f *PolicyFile) Close() error {
 	err := f.watcher.Close()

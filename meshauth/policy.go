@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -584,13 +583,4 @@ func (r *rule) grants(op *Operation) bool {
 		return r.methods.match(op.MCPMethod)
 	}
 	return false
-}
-
-// RuleNames returns the rules' names in file order.
-func (p *Policy) RuleNames() []string {
-	out := make([]string, len(p.rules))
-	for i, r := range p.rules {
-		out[i] = r.name
-	}
-	return slices.Clip(out)
 }

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,15 +42,16 @@ func main() {
 	policy := flag.String("policy", "examples/mcp-server/policy.yaml", "the allow-list policy, reloaded when it changes")
 	stateDir := flag.String("state-dir", "mcp-server-state", "where the session signing keys are kept (0700)")
 	registry := flag.String("registry-url", "", "meshd's agent port, to follow its revocations (optional)")
+	operators := flag.String("operators", "", "comma-separated mesh identities (opus@ct111, ct111.mesh) allowed every tool whatever the policy says (optional)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(log, *listen, *certFile, *keyFile, *caFile, *td, *policy, *stateDir, *registry); err != nil {
+	if err := run(log, *listen, *certFile, *keyFile, *caFile, *td, *policy, *stateDir, *registry, *operators); err != nil {
 		log.Error("mcp-server stopped", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, listen, certFile, keyFile, caFile, tdName, policyPath, stateDir, registry string) error {
+func run(log *slog.Logger, listen, certFile, keyFile, caFile, tdName, policyPath, stateDir, registry, operators string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if certFile == "" || keyFile == "" || caFile == "" {
@@ -98,7 +100,13 @@ func run(log *slog.Logger, listen, certFile, keyFile, caFile, tdName, policyPath
 	if err != nil {
 		return err
 	}
-	auth, err := meshauth.New(meshauth.Config{Chain: chain, Authorizer: pol.Authorize, Tokens: sessions, DecisionLog: log})
+	// The policy file decides, and --operators may do anything: their
+	// names only on the mesh CA's certificates (AuthorizeIdentity).
+	authorize := meshauth.Authorizer(pol.Authorize)
+	if operators != "" {
+		authorize = meshauth.AuthorizeAnyOf(meshauth.AuthorizeIdentity(strings.Split(operators, ",")...), pol.Authorize)
+	}
+	auth, err := meshauth.New(meshauth.Config{Chain: chain, Authorizer: authorize, Tokens: sessions, DecisionLog: log})
 	if err != nil {
 		return err
 	}
