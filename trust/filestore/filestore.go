@@ -89,10 +89,9 @@ type Backend struct {
 	loaded map[string][]*x509.Certificate
 	files  map[string]version // by path
 
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
-	closeErr  error // of the watcher, set before done closes
+	cancel   context.CancelFunc // ends watch, at Close or when New's ctx ends
+	done     chan struct{}
+	closeErr error // of the watcher, set before done closes
 }
 
 // New loads the CAs in dir and keeps watching it until ctx is done or Close
@@ -107,7 +106,6 @@ func New(ctx context.Context, dir string, opts ...Option) (*Backend, error) {
 		anchors:     anchors,
 		log:         slog.Default(),
 		debounce:    50 * time.Millisecond,
-		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -131,6 +129,7 @@ func New(ctx context.Context, dir string, opts ...Option) (*Backend, error) {
 		w.Close()
 		return nil, err
 	}
+	ctx, b.cancel = context.WithCancel(ctx)
 	go b.watch(ctx)
 	return b, nil
 }
@@ -163,7 +162,7 @@ func (b *Backend) Reload() error {
 
 // Close stops watching the directory. The CAs loaded last stay in force.
 func (b *Backend) Close() error {
-	b.closeOnce.Do(func() { close(b.stop) })
+	b.cancel()
 	<-b.done
 	return b.closeErr
 }
@@ -181,8 +180,6 @@ func (b *Backend) watch(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-b.stop:
 			return
 		case ev, ok := <-b.watcher.Events:
 			if !ok {

@@ -71,9 +71,8 @@ type Backend struct {
 	notify  []func()
 	notifyM sync.Mutex
 
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	cancel context.CancelFunc // ends follow, at Close or when New's ctx ends
+	done   chan struct{}
 }
 
 // domains is one state of the bundles: per trust domain, the authorities
@@ -102,12 +101,12 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		src:      cfg.Source,
 		entities: maps.Clone(cfg.Entities),
 		log:      cfg.Logger.With("backend", Name),
-		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	b.domains.Store(&domains{byTD: map[spiffeid.TrustDomain]*trust.Anchors{}, certs: map[spiffeid.TrustDomain][]*x509.Certificate{}})
 	changed := b.src.Changed()
 	b.refresh()
+	ctx, b.cancel = context.WithCancel(ctx)
 	go b.follow(ctx, changed)
 	return b, nil
 }
@@ -125,7 +124,7 @@ func (b *Backend) OnChange(fn func()) {
 
 // Close stops following the source; the bundles seen last stay in force.
 func (b *Backend) Close() error {
-	b.once.Do(func() { close(b.stop) })
+	b.cancel()
 	<-b.done
 	return nil
 }
@@ -202,8 +201,6 @@ func (b *Backend) follow(ctx context.Context, changed <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
-		case <-b.stop:
 			return
 		case <-changed:
 			changed = b.src.Changed()
