@@ -1,7 +1,6 @@
 package sqlstore
 
 import (
-	"context"
 	"database/sql"
 	"errors"
 	"fmt"
@@ -684,26 +683,16 @@ func TestCloseDrainsQueue(t *testing.T) {
 	}
 }
 
-func TestIntegrityCheck(t *testing.T) {
-	s, _ := openTest(t)
-	c := testCert(1)
-	if err := s.RecordCert(t.Context(), c, store.AuditEntry{Action: "cert.issue"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.IntegrityCheck(t.Context()); err != nil {
-		t.Errorf("IntegrityCheck on a sound file: %v", err)
-	}
-	s.Close()
-	if err := s.IntegrityCheck(context.Background()); !errors.Is(err, store.ErrClosed) {
-		t.Errorf("IntegrityCheck after Close = %v, want store.ErrClosed", err)
-	}
-}
-
-func TestIntegrityCheckFindsDamage(t *testing.T) {
+// TestSQLiteProblems: a sound file has no problem, and a
+// dangling row is found.
+func TestSQLiteProblems(t *testing.T) {
 	s, path := openTest(t)
 	c := testCert(1)
 	if err := s.RecordCert(t.Context(), c, store.AuditEntry{Action: "cert.issue"}); err != nil {
 		t.Fatal(err)
+	}
+	if p := storetest.SQLiteProblems(t, path); len(p) != 0 {
+		t.Errorf("problems of a sound file: %q", p)
 	}
 	// A revocation whose certificate is gone, written with foreign keys
 	// off as a careless repair might.
@@ -711,9 +700,8 @@ func TestIntegrityCheckFindsDamage(t *testing.T) {
 	if _, err := db.Exec("INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at) VALUES ('dead', 'x', 'y', 1, 0)"); err != nil {
 		t.Fatal(err)
 	}
-	err := s.IntegrityCheck(t.Context())
-	if err == nil || !strings.Contains(err.Error(), "revocations") {
-		t.Errorf("IntegrityCheck with a dangling revocation = %v, want an error naming revocations", err)
+	if p := storetest.SQLiteProblems(t, path); len(p) == 0 || !strings.Contains(strings.Join(p, "; "), "revocations") {
+		t.Errorf("problems with a dangling revocation: %q, want one naming revocations", p)
 	}
 }
 
