@@ -20,6 +20,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/enroll/enrolltest"
 	"github.com/meshtrust/meshtrust/credentials/file"
+	"github.com/meshtrust/meshtrust/internal/sourcetest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -136,28 +137,19 @@ func newSource(t *testing.T, cert, key, ca string, opts ...file.Option) *file.So
 	return s
 }
 
-func current(t *testing.T, s credentials.Source) *credentials.Credentials {
-	t.Helper()
-	c, err := s.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 // awaitLeaf waits on Changed until Current presents want.
 func awaitLeaf(t *testing.T, s credentials.Source, want *x509.Certificate) {
 	t.Helper()
 	deadline := time.After(wait)
 	for {
 		ch := s.Changed()
-		if current(t, s).Certificate.Leaf.Equal(want) {
+		if sourcetest.Current(t, s).Certificate.Leaf.Equal(want) {
 			return
 		}
 		select {
 		case <-ch:
 		case <-deadline:
-			t.Fatalf("the source still presents serial %x, want %x", current(t, s).Certificate.Leaf.SerialNumber, want.SerialNumber)
+			t.Fatalf("the source still presents serial %x, want %x", sourcetest.Current(t, s).Certificate.Leaf.SerialNumber, want.SerialNumber)
 		}
 	}
 }
@@ -168,7 +160,7 @@ func TestNew(t *testing.T) {
 	p := ca.issue(t, "opus@ct1")
 	cert, key, caPath := files(t, t.TempDir(), p, ca, other)
 	s := newSource(t, cert, key, caPath)
-	c := current(t, s)
+	c := sourcetest.Current(t, s)
 	if !c.Certificate.Leaf.Equal(p.leaf) || c.Certificate.PrivateKey == nil {
 		t.Error("the source does not present the file's certificate with its key")
 	}
@@ -180,7 +172,7 @@ func TestNew(t *testing.T) {
 	}
 
 	// Without a CA bundle there are no roots.
-	if c := current(t, newSource(t, cert, key, "")); c.Roots != nil {
+	if c := sourcetest.Current(t, newSource(t, cert, key, "")); c.Roots != nil {
 		t.Errorf("Roots without a CA file: %d", len(c.Roots))
 	}
 
@@ -284,7 +276,7 @@ func TestFromEnv(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer s.Close()
-			c := current(t, s)
+			c := sourcetest.Current(t, s)
 			if !c.Certificate.Leaf.Equal(p.leaf) || (tc.ca != "") != (len(c.Roots) == 1) {
 				t.Errorf("FromEnv read another certificate or bundle (%d roots)", len(c.Roots))
 			}
@@ -361,7 +353,7 @@ func TestReloadSecretVolume(t *testing.T) {
 	logs, log := newLog()
 	s := newSource(t, filepath.Join(v.dir, "tls.crt"), filepath.Join(v.dir, "tls.key"), filepath.Join(v.dir, "ca.crt"),
 		file.WithDebounce(10*time.Millisecond), file.WithLogger(log))
-	if !current(t, s).Certificate.Leaf.Equal(first.leaf) {
+	if !sourcetest.Current(t, s).Certificate.Leaf.Equal(first.leaf) {
 		t.Fatal("the first secret is not presented")
 	}
 
@@ -375,7 +367,7 @@ func TestReloadSecretVolume(t *testing.T) {
 			t.Fatalf("swap %d: Changed was not closed", i)
 		}
 		awaitLeaf(t, s, next.leaf)
-		c := current(t, s)
+		c := sourcetest.Current(t, s)
 		if len(c.Roots) != 2 || !c.Roots[1].Equal(ca2.cert) {
 			t.Errorf("swap %d: the new CA bundle is not in use (%d roots)", i, len(c.Roots))
 		}
@@ -412,7 +404,7 @@ func TestReloadKeepsLastGood(t *testing.T) {
 	cert, key, caPath := files(t, dir, good, ca)
 	logs, log := newLog()
 	s := newSource(t, cert, key, caPath, file.WithDebounce(10*time.Millisecond), file.WithLogger(log))
-	before := current(t, s)
+	before := sourcetest.Current(t, s)
 	ch := s.Changed()
 
 	// A new key beside the old certificate.
@@ -430,7 +422,7 @@ func TestReloadKeepsLastGood(t *testing.T) {
 	write(t, caPath, []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"), 0o644)
 	logs.await(t, "the last good one stays in use")
 
-	if c := current(t, s); c != before {
+	if c := sourcetest.Current(t, s); c != before {
 		t.Error("a bad reload replaced the credentials")
 	}
 	select {
@@ -496,7 +488,7 @@ func TestDebounce(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("no reload after the debounce")
 	}
-	if !current(t, s).Certificate.Leaf.Equal(next.leaf) {
+	if !sourcetest.Current(t, s).Certificate.Leaf.Equal(next.leaf) {
 		t.Error("the reload did not take the new pair")
 	}
 	if strings.Contains(logs.String(), "do not match") {

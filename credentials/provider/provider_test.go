@@ -21,6 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/credentials/vault"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
+	"github.com/meshtrust/meshtrust/internal/sourcetest"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -103,15 +104,6 @@ func withNode(t *testing.T, s *enrolltest.Server) provider.Option {
 	return provider.WithNodeDir(string(d))
 }
 
-func current(t *testing.T, src credentials.Source) *credentials.Credentials {
-	t.Helper()
-	c, err := src.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 func TestFromEnvSelects(t *testing.T) {
 	s := enrolltest.NewServer(t, enrolltest.Config{})
 	for _, tt := range []struct {
@@ -142,7 +134,7 @@ func TestFromEnvSelects(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer src.Close()
-			c := current(t, src)
+			c := sourcetest.Current(t, src)
 			if cn := c.Certificate.Leaf.Subject.CommonName; cn != wantCN {
 				t.Fatalf("certificate %q, want %q", cn, wantCN)
 			}
@@ -166,7 +158,7 @@ func TestFromEnvSPIRE(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
-	c := current(t, src)
+	c := sourcetest.Current(t, src)
 	if len(c.Certificate.Leaf.URIs) != 1 || c.Certificate.Leaf.URIs[0].String() != id.String() {
 		t.Fatalf("SVID URIs %v, want %s", c.Certificate.Leaf.URIs, id)
 	}
@@ -289,7 +281,7 @@ func TestEnrollRotateAndClose(t *testing.T) {
 		t.Fatalf("the enroll source %T cannot rotate on demand", src)
 	}
 	changed := src.Changed()
-	before := current(t, src).Certificate.Leaf
+	before := sourcetest.Current(t, src).Certificate.Leaf
 	if err := rot.Rotate(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +290,7 @@ func TestEnrollRotateAndClose(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("Changed did not fire after Rotate")
 	}
-	after := current(t, src).Certificate.Leaf
+	after := sourcetest.Current(t, src).Certificate.Leaf
 	if after.SerialNumber.Cmp(before.SerialNumber) == 0 || after.Subject.CommonName != before.Subject.CommonName {
 		t.Fatalf("after Rotate: %q serial %x, before serial %x", after.Subject.CommonName, after.SerialNumber, before.SerialNumber)
 	}
@@ -344,7 +336,7 @@ func TestFromEnvEndsWithContext(t *testing.T) {
 			}
 			defer src.Close()
 			changed := src.Changed()
-			current(t, src)
+			sourcetest.Current(t, src)
 			cancel()
 			select {
 			case <-changed:

@@ -29,6 +29,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/internal/logtest"
+	"github.com/meshtrust/meshtrust/internal/sourcetest"
 	"github.com/meshtrust/meshtrust/internal/spiffetest"
 	"github.com/meshtrust/meshtrust/internal/tlstest"
 )
@@ -71,22 +72,13 @@ func newSource(t *testing.T, s *spiffetest.Server, opts ...spire.Option) (*spire
 	return src, b
 }
 
-func current(t *testing.T, src credentials.Source) *credentials.Credentials {
-	t.Helper()
-	c, err := src.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 // await waits until src's credentials satisfy ok, and returns them.
 func await(t *testing.T, src credentials.Source, what string, ok func(*credentials.Credentials) bool) *credentials.Credentials {
 	t.Helper()
 	bound := time.After(wait)
 	for {
 		changed := src.Changed()
-		if c := current(t, src); ok(c) {
+		if c := sourcetest.Current(t, src); ok(c) {
 			return c
 		}
 		select {
@@ -136,25 +128,18 @@ func staticSVID(t *testing.T, svid *x509svid.SVID, bundles ...*x509bundle.Bundle
 func authorize() credentials.Authorizer { return credentials.AdaptMatcher(spiffeid.MatchAny()) }
 
 func TestNew(t *testing.T) {
-	for _, tt := range []struct {
-		name  string
-		opts  []spiffetest.Option
-		chain int
-	}{
-		{"root signs", nil, 1},
-		{"intermediate signs", []spiffetest.Option{spiffetest.WithIntermediate()}, 2},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			s := spiffetest.NewServer(t, "", tt.opts...)
+	for _, tt := range spiffetest.Signings() {
+		t.Run(tt.Name, func(t *testing.T) {
+			s := spiffetest.NewServer(t, "", tt.Opts...)
 			svid := s.SetSVID(idA)
 			s.AddFederatedBundle(td2)
 			src, _ := newSource(t, s)
 			if want := "unix://" + s.SocketPath(); src.Addr() != want {
 				t.Errorf("Addr %q, want %q", src.Addr(), want)
 			}
-			c := current(t, src)
-			if len(c.Certificate.Certificate) != tt.chain || !c.Certificate.Leaf.Equal(svid.Certificates[0]) {
-				t.Fatalf("certificate: chain of %d, want the SVID's %d", len(c.Certificate.Certificate), tt.chain)
+			c := sourcetest.Current(t, src)
+			if len(c.Certificate.Certificate) != tt.Chain || !c.Certificate.Leaf.Equal(svid.Certificates[0]) {
+				t.Fatalf("certificate: chain of %d, want the SVID's %d", len(c.Certificate.Certificate), tt.Chain)
 			}
 			if id, err := x509svid.IDFromCert(c.Certificate.Leaf); err != nil || id != idA {
 				t.Fatalf("leaf's SPIFFE ID %v (%v), want %s", id, err, idA)
@@ -225,7 +210,7 @@ func TestRotation(t *testing.T) {
 	newA, newB := s.SVID(), b.SVID()
 	awaitSVID(t, srcA, newA)
 	awaitSVID(t, srcB, newB)
-	if n := len(current(t, srcA).Bundles[td1]); n != 2 {
+	if n := len(sourcetest.Current(t, srcA).Bundles[td1]); n != 2 {
 		t.Fatalf("after RotateCA the bundle has %d authorities, want 2", n)
 	}
 	gotA, gotB := srv.RequireOK(t, client)
@@ -258,12 +243,12 @@ func TestAgentRestart(t *testing.T) {
 	srv := tlstest.Serve(t, credentials.ServerConfig(srcA, authorize()))
 	client := credentials.ClientConfig(srcB, authorize())
 	srv.RequireOK(t, client)
-	before := current(t, srcA)
+	before := sourcetest.Current(t, srcA)
 	changed := srcA.Changed()
 
 	s.Stop()
 	retries.WaitRetries(t, retries.Retries()+3) // three failed attempts while the agent is away
-	if c := current(t, srcA); c != before {
+	if c := sourcetest.Current(t, srcA); c != before {
 		t.Fatal("the credentials changed while the agent was away")
 	}
 	select {
@@ -311,7 +296,7 @@ func TestFederation(t *testing.T) {
 			}
 			srcA, _ := newSource(t, s, opts...)
 			srcC, _ := newSource(t, c, spire.WithFederation(td1))
-			creds := current(t, srcA)
+			creds := sourcetest.Current(t, srcA)
 			if _, ok := creds.Bundles[td2]; ok != federate {
 				t.Fatalf("Bundles has %s: %v, want %v", td2, ok, federate)
 			}

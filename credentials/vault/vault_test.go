@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/vault"
+	"github.com/meshtrust/meshtrust/internal/sourcetest"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
 
@@ -39,15 +40,6 @@ func newSource(t *testing.T, cfg vault.Config, opts ...vault.Option) *vault.Sour
 	return src
 }
 
-func current(t *testing.T, src credentials.Source) *credentials.Credentials {
-	t.Helper()
-	c, err := src.Current()
-	if err != nil {
-		t.Fatalf("Current: %v", err)
-	}
-	return c
-}
-
 func waitChanged(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
 	select {
@@ -68,7 +60,7 @@ func TestIssueAndRotateUnderTraffic(t *testing.T) {
 	alpha := newSource(t, v.config("alpha"), vault.WithClock(clkA), vault.WithRand(highest), vault.WithLogger(log))
 	beta := newSource(t, v.config("beta"), vault.WithClock(clkB), vault.WithRand(highest), vault.WithLogger(log))
 
-	a := current(t, alpha)
+	a := sourcetest.Current(t, alpha)
 	leaf := a.Certificate.Leaf
 	if got, want := leaf.Subject.CommonName, "alpha.mcp-mesh.local"; got != want {
 		t.Errorf("common name %q, want %q", got, want)
@@ -159,7 +151,7 @@ func TestIssueAndRotateUnderTraffic(t *testing.T) {
 			}
 		}
 	}
-	oldA, oldB := a.Certificate.Leaf.SerialNumber.String(), current(t, beta).Certificate.Leaf.SerialNumber.String()
+	oldA, oldB := a.Certificate.Leaf.SerialNumber.String(), sourcetest.Current(t, beta).Certificate.Leaf.SerialNumber.String()
 	take(20, func(r result) bool { return r.server == oldA && r.client == oldB })
 
 	// Rotate both, while the traffic goes on.
@@ -169,7 +161,7 @@ func TestIssueAndRotateUnderTraffic(t *testing.T) {
 	}{{clkA, alpha}, {clkB, beta}} {
 		changed := s.src.Changed()
 		due := s.clk.NextWait(t, time.Minute)
-		leaf := current(t, s.src).Certificate.Leaf
+		leaf := sourcetest.Current(t, s.src).Certificate.Leaf
 		life := leaf.NotAfter.Sub(leaf.NotBefore)
 		if at := s.clk.Now().Add(due).Sub(leaf.NotBefore); at < life*2/3 || at > life*2/3+life/20 {
 			t.Errorf("renewal %s into the %s lifetime, want 2/3 of it plus up to 5%% jitter", at, life)
@@ -177,12 +169,12 @@ func TestIssueAndRotateUnderTraffic(t *testing.T) {
 		s.clk.Advance(due)
 		waitChanged(t, changed, "rotation")
 	}
-	newA, newB := current(t, alpha).Certificate.Leaf.SerialNumber.String(), current(t, beta).Certificate.Leaf.SerialNumber.String()
+	newA, newB := sourcetest.Current(t, alpha).Certificate.Leaf.SerialNumber.String(), sourcetest.Current(t, beta).Certificate.Leaf.SerialNumber.String()
 	if newA == oldA || newB == oldB {
 		t.Fatal("rotation kept the old serials")
 	}
 	take(20, func(r result) bool { return r.server == newA && r.client == newB })
-	if current(t, alpha).Certificate.Leaf.SerialNumber.String() != newA || current(t, beta).Certificate.Leaf.SerialNumber.String() != newB {
+	if sourcetest.Current(t, alpha).Certificate.Leaf.SerialNumber.String() != newA || sourcetest.Current(t, beta).Certificate.Leaf.SerialNumber.String() != newB {
 		t.Error("the certificates changed again without the clock moving")
 	}
 	stop()
@@ -231,7 +223,7 @@ func TestVaultDownAtRenewal(t *testing.T) {
 	clk := newFakeClock()
 	src := newSource(t, v.config("alpha"), vault.WithClock(clk), vault.WithRand(highest),
 		vault.WithLogger(log), vault.WithMaxBackoff(4*time.Second))
-	before := current(t, src)
+	before := sourcetest.Current(t, src)
 	due := clk.NextWait(t, time.Minute)
 
 	v.stop(t)
@@ -240,7 +232,7 @@ func TestVaultDownAtRenewal(t *testing.T) {
 	for range 4 {
 		d := clk.NextWait(t, time.Minute)
 		waits = append(waits, d)
-		if c := current(t, src); c != before {
+		if c := sourcetest.Current(t, src); c != before {
 			t.Fatal("the credentials changed while Vault was down")
 		}
 		handshake(t, src) // the current certificate still serves
@@ -263,7 +255,7 @@ func TestVaultDownAtRenewal(t *testing.T) {
 	changed := src.Changed()
 	clk.Advance(clk.NextWait(t, time.Minute))
 	waitChanged(t, changed, "recovery")
-	after := current(t, src)
+	after := sourcetest.Current(t, src)
 	if after.Certificate.Leaf.SerialNumber.Cmp(before.Certificate.Leaf.SerialNumber) == 0 {
 		t.Error("recovered with the same certificate")
 	}
@@ -284,7 +276,7 @@ func TestVaultDownAtRenewal(t *testing.T) {
 // handshake runs one mTLS handshake with src on both sides.
 func handshake(t *testing.T, src credentials.Source) {
 	t.Helper()
-	cn := current(t, src).Certificate.Leaf.Subject.CommonName
+	cn := sourcetest.Current(t, src).Certificate.Leaf.Subject.CommonName
 	c1, c2 := net.Pipe()
 	// The pipes, not the TLS conns, are closed: a close_notify on an
 	// unbuffered pipe nobody reads would wait out its 5 s deadline.
@@ -333,7 +325,7 @@ func TestTokenRejected(t *testing.T) {
 		cfg := v.config("alpha")
 		cfg.Token = token
 		src := newSource(t, cfg, vault.WithClock(clk), vault.WithRand(highest), vault.WithLogger(log))
-		before := current(t, src)
+		before := sourcetest.Current(t, src)
 		due := clk.NextWait(t, time.Minute) // the certificate's renewal, before the token's
 
 		v.cli(t, "token", "revoke", token)
@@ -349,7 +341,7 @@ func TestTokenRejected(t *testing.T) {
 			}
 		}
 		noSecrets(t, "the error", err.Error(), token)
-		if current(t, src) != before {
+		if sourcetest.Current(t, src) != before {
 			t.Error("the credentials changed")
 		}
 		if !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "refused the token") {
@@ -413,7 +405,7 @@ func TestSignPath(t *testing.T) {
 	log, _ := newLog(t, v.rootToken)
 	cfg := v.config("alpha")
 	cfg.PKIPath = "pki_int/sign/mesh-agent"
-	c := current(t, newSource(t, cfg, vault.WithLogger(log)))
+	c := sourcetest.Current(t, newSource(t, cfg, vault.WithLogger(log)))
 	if _, ok := c.Certificate.PrivateKey.(*rsa.PrivateKey); !ok {
 		t.Errorf("key %T, want the RSA key made here", c.Certificate.PrivateKey)
 	}

@@ -57,6 +57,23 @@ type Option func(*node)
 // the leaf and the intermediate, and the bundle holds only the root.
 func WithIntermediate() Option { return func(n *node) { n.intermediate = true } }
 
+// Signing is one shape of a trust domain's CA for a table test: its
+// name, the options that make it, and the length of the SVID's chain.
+type Signing struct {
+	Name  string
+	Opts  []Option
+	Chain int
+}
+
+// Signings returns the two shapes: the root signs SVIDs (a chain of 1),
+// or an intermediate does (2).
+func Signings() []Signing {
+	return []Signing{
+		{"root signs", nil, 1},
+		{"intermediate signs", []Option{WithIntermediate()}, 2},
+	}
+}
+
 // node is what the Servers of one NewServer share: the CAs, and the
 // channel closed at every change so that each open stream reads its
 // workload's state again.

@@ -102,16 +102,9 @@ func bundle(t *testing.T, c *workloadapi.X509Context, td spiffeid.TrustDomain) *
 }
 
 func TestFetchX509Context(t *testing.T) {
-	for _, tt := range []struct {
-		name  string
-		opts  []spiffetest.Option
-		chain int
-	}{
-		{"root signs", nil, 1},
-		{"intermediate signs", []spiffetest.Option{spiffetest.WithIntermediate()}, 2},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			s := spiffetest.NewServer(t, "", tt.opts...)
+	for _, tt := range spiffetest.Signings() {
+		t.Run(tt.Name, func(t *testing.T) {
+			s := spiffetest.NewServer(t, "", tt.Opts...)
 			issued := s.SetSVID(idA)
 			s.AddFederatedBundle(td2)
 			got, err := newClient(t, s).FetchX509Context(t.Context())
@@ -122,8 +115,8 @@ func TestFetchX509Context(t *testing.T) {
 			if svid.ID != idA || len(got.SVIDs) != 1 {
 				t.Fatalf("SVIDs %v, want one for %s", got.SVIDs, idA)
 			}
-			if len(svid.Certificates) != tt.chain {
-				t.Fatalf("chain of %d certificates, want %d", len(svid.Certificates), tt.chain)
+			if len(svid.Certificates) != tt.Chain {
+				t.Fatalf("chain of %d certificates, want %d", len(svid.Certificates), tt.Chain)
 			}
 			leaf := svid.Certificates[0]
 			if !leaf.Equal(issued.Certificates[0]) {
