@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/clocktest"
 	"github.com/meshtrust/meshtrust/internal/filetest"
 	"github.com/meshtrust/meshtrust/internal/openssltest"
 	"github.com/meshtrust/meshtrust/internal/pkitest"
@@ -37,30 +38,10 @@ import (
 	"github.com/meshtrust/meshtrust/trust"
 )
 
-// fakeClock is the injected clock: it moves only when a test moves it.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
-func (c *fakeClock) Advance(d time.Duration) { c.Set(c.Now().Add(d)) }
-
 // fixture is a CA in a temporary directory on the real SQLite store.
 type fixture struct {
 	cfg   ca.Config
-	clock *fakeClock
+	clock *clocktest.Clock
 	store *sqlstore.Store
 	ca    *ca.CA // nil until opened
 }
@@ -78,7 +59,7 @@ type caOptions struct {
 func newBare(t testing.TB, o caOptions) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	clk := &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
+	clk := clocktest.New(time.Now().UTC().Truncate(time.Second))
 	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca"), Now: clk.Now}
 	if o.mod != nil {
 		o.mod(&cfg)

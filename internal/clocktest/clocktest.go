@@ -50,7 +50,21 @@ func (c *Clock) After(d time.Duration) <-chan time.Time {
 func (c *Clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+	c.moveTo(c.now.Add(d))
+}
+
+// Set moves the clock to t, forward or back, and fires the waits that are
+// due.
+func (c *Clock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.moveTo(t)
+}
+
+// moveTo moves the clock to t and fires the waits that are due; c.mu is
+// held.
+func (c *Clock) moveTo(t time.Time) {
+	c.now = t
 	keep := c.waiters[:0]
 	for _, w := range c.waiters {
 		if !w.at.After(c.now) {
