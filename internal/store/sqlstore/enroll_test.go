@@ -146,13 +146,7 @@ func TestUseTokenOneBatch(t *testing.T) {
 	if got := s.commits.Load(); got != 2 {
 		t.Errorf("%d transactions committed, want 2 (PutToken, then one batch)", got)
 	}
-	log, err := s.AuditLog(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.VerifyAuditChain(log); err != nil || len(log) != 3 {
-		t.Errorf("audit log has %d entries, VerifyAuditChain = %v; want 3 (create, first, one use), nil", len(log), err)
-	}
+	checkChain(t, s, 3, "create, first, one use")
 }
 
 // TestPutTokenRefusesNonHash checks that the store takes only a token's

@@ -52,6 +52,19 @@ func rawDB(t *testing.T, path string) *sql.DB {
 	return db
 }
 
+// checkChain fails t unless the audit log of s is an intact hash chain of
+// want entries; what says which entries they are.
+func checkChain(t *testing.T, s *Store, want int, what string) {
+	t.Helper()
+	log, err := s.AuditLog(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.VerifyAuditChain(log); err != nil || len(log) != want {
+		t.Errorf("audit log has %d entries, VerifyAuditChain = %v; want %d (%s), nil", len(log), err, want, what)
+	}
+}
+
 func testCert(n int) store.Cert {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	return store.Cert{
@@ -302,13 +315,7 @@ func TestAuditTriggersRefuseTampering(t *testing.T) {
 			t.Errorf("%s: %s = %v, want the append-only trigger to refuse it", tt.name, tt.query, err)
 		}
 	}
-	log, err := s.AuditLog(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.VerifyAuditChain(log); err != nil || len(log) != 3 {
-		t.Errorf("after refused tampering: %d entries, VerifyAuditChain = %v; want 3 entries, nil", len(log), err)
-	}
+	checkChain(t, s, 3, "the writes before the refused tampering")
 	// The store's own writes still extend the chain.
 	appendEntries(t, s, 1)
 	if log, _ := s.AuditLog(t.Context()); store.VerifyAuditChain(log) != nil || len(log) != 4 {
@@ -335,13 +342,7 @@ func TestChainAcrossProcesses(t *testing.T) {
 			t.Fatalf("Append %d: %v", i, err)
 		}
 	}
-	log, err := a.AuditLog(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.VerifyAuditChain(log); err != nil || len(log) != 6 {
-		t.Errorf("%d entries, VerifyAuditChain = %v; want 6, nil", len(log), err)
-	}
+	checkChain(t, a, 6, "the six appends of both stores")
 }
 
 func TestDuplicateFingerprint(t *testing.T) {
@@ -576,13 +577,7 @@ func TestFailedWriteRollsBackAlone(t *testing.T) {
 	if len(rs) != 1 || rs[0].Serial != testCert(101).Serial {
 		t.Errorf("revocations = %+v, want only %s", rs, testCert(101).Serial)
 	}
-	log, err := s.AuditLog(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.VerifyAuditChain(log); err != nil || len(log) != 2+1+3 {
-		t.Errorf("audit log has %d entries, VerifyAuditChain = %v; want 6, nil", len(log), err)
-	}
+	checkChain(t, s, 2+1+3, "two setup writes and the batch")
 	if got := s.commits.Load(); got != 3 {
 		t.Errorf("%d transactions committed, want 3 (two setup writes, then one batch)", got)
 	}
@@ -632,13 +627,7 @@ func TestGroupCommit(t *testing.T) {
 	if got, want := s.writes.Load(), int64(queued+1); got != want {
 		t.Errorf("committed transactions carried %d writes, want %d", got, want)
 	}
-	log, err := s.AuditLog(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.VerifyAuditChain(log); err != nil || len(log) != queued {
-		t.Errorf("audit log has %d entries, VerifyAuditChain = %v; want %d (one per successful write), nil", len(log), err, queued)
-	}
+	checkChain(t, s, queued, "one per successful write")
 	certs, err := s.Certs(t.Context())
 	if err != nil {
 		t.Fatal(err)
