@@ -186,6 +186,22 @@ func (h *Holder) Set(c *Credentials) error {
 	return nil
 }
 
+// View is the read side of a Holder: its Current and Changed, without
+// Set and Close. A Source that keeps a Holder embeds the Holder's View, so
+// that reading is the Holder's while setting and closing stay the
+// Source's own.
+type View struct{ h *Holder }
+
+// View returns the read side of h.
+func (h *Holder) View() View { return View{h} }
+
+// Current returns the credentials of the Holder's last Set.
+func (v View) Current() (*Credentials, error) { return v.h.Current() }
+
+// Changed returns a channel that is closed at the Holder's next Set or at
+// its Close.
+func (v View) Changed() <-chan struct{} { return v.h.Changed() }
+
 // Current returns the credentials of the last Set.
 func (h *Holder) Current() (*Credentials, error) {
 	g := h.load()

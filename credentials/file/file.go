@@ -61,8 +61,12 @@ func withDebounce(d time.Duration) Option { return func(c *config) { c.debounce 
 func withClock(clk credentials.Clock) Option { return func(c *config) { c.clock = clk } }
 
 // Source is a credentials.Source over PEM files, reloaded when they
-// change. Its Bundles are nil: it knows nothing of SPIFFE.
+// change. Its Bundles are nil: it knows nothing of SPIFFE. Current
+// returns the last good credentials read from the files, and Changed is
+// closed when a reload changes them or when the source is closed.
 type Source struct {
+	credentials.View // the holder's: Current and Changed
+
 	certPath, keyPath, caPath string
 	cfg                       config
 	holder                    credentials.Holder
@@ -97,6 +101,7 @@ func New(ctx context.Context, certPath, keyPath, caPath string, opts ...Option) 
 		return nil, fmt.Errorf("file: key %s given without its certificate file; give both", keyPath)
 	}
 	s := &Source{certPath: certPath, keyPath: keyPath, caPath: caPath, cfg: cfg, done: make(chan struct{})}
+	s.View = s.holder.View()
 	s.cfg.log = cfg.log.With("provider", "file", "cert", certPath)
 
 	// Watch first, so that a change made while the files are read for
@@ -146,13 +151,6 @@ func FromEnv(ctx context.Context, opts ...Option) (*Source, error) {
 	}
 	return New(ctx, cert, key, os.Getenv(credentials.EnvCA), opts...)
 }
-
-// Current returns the last good credentials read from the files.
-func (s *Source) Current() (*credentials.Credentials, error) { return s.holder.Current() }
-
-// Changed returns a channel that is closed when a reload changes the
-// credentials, or when the source is closed.
-func (s *Source) Changed() <-chan struct{} { return s.holder.Changed() }
 
 // Close stops watching the files. It is idempotent.
 func (s *Source) Close() error {

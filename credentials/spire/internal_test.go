@@ -54,6 +54,7 @@ func TestUpdate(t *testing.T) {
 	id := spiffeid.RequireFromPath(td, "/agent/a")
 	ca := spiffetest.NewServer(t, "").CA(td)
 	s := &Source{log: slog.New(slog.DiscardHandler), dropped: map[spiffeid.TrustDomain]bool{}}
+	s.View = s.holder.View()
 	svid := ca.IssueSVID(id)
 	x509Context := func(svid *x509svid.SVID, bundles ...*x509bundle.Bundle) *workloadapi.X509Context {
 		return &workloadapi.X509Context{SVIDs: []*x509svid.SVID{svid}, Bundles: x509bundle.NewSet(bundles...)}

@@ -119,7 +119,12 @@ func WithClientOptions(opts ...workloadapi.ClientOption) Option {
 // Certificate is the agent's default X.509-SVID (the first it sends),
 // its Roots the authorities of the SVID's trust domain, and its Bundles
 // that trust domain's and the federated ones' (see the package doc).
+// Current returns the credentials of the last X.509-SVID and bundles the
+// agent sent; Changed is closed when the agent sends a new SVID or bundle,
+// or when the source is closed.
 type Source struct {
+	credentials.View // the holder's: Current and Changed
+
 	addr   string
 	cfg    config
 	log    *slog.Logger
@@ -166,6 +171,7 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		done:    make(chan struct{}),
 		dropped: make(map[spiffeid.TrustDomain]bool),
 	}
+	s.View = s.holder.View()
 	watchCtx, stop := context.WithCancel(context.Background())
 	s.stop = stop
 	go s.watch(watchCtx)
@@ -233,14 +239,6 @@ func hint(err error) string {
 	}
 	return ""
 }
-
-// Current returns the credentials of the last X.509-SVID and bundles the
-// agent sent.
-func (s *Source) Current() (*credentials.Credentials, error) { return s.holder.Current() }
-
-// Changed returns a channel that is closed when the agent sends a new
-// SVID or bundle, or when the source is closed.
-func (s *Source) Changed() <-chan struct{} { return s.holder.Changed() }
 
 // Close stops following the Workload API and closes the connection. It
 // is idempotent.

@@ -69,8 +69,13 @@ const (
 )
 
 // Source is a credentials.Source over Vault's PKI secrets engine. Its
-// Bundles are nil: it knows nothing of SPIFFE.
+// Bundles are nil: it knows nothing of SPIFFE. Current returns the last
+// certificate Vault issued, with its key, and the CA chain Vault answered
+// with as Roots; Changed is closed when a new certificate is in use, or
+// when the source is closed.
 type Source struct {
+	credentials.View // the holder's: Current and Changed
+
 	cfg    Config
 	mode   mode
 	opts   options
@@ -126,6 +131,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Source, error) {
 		cfg: cfg, mode: m, opts: o, client: client, http: hc, done: make(chan struct{}),
 		log: o.log.With("provider", "vault", "vault", cfg.Addr, "path", cfg.PKIPath),
 	}
+	s.View = s.holder.View()
 	if cfg.plainRemote() {
 		s.log.Warn("speaking to Vault over plain http: the token and the private key cross the network in clear; use https")
 	}
@@ -202,14 +208,6 @@ func newClient(cfg Config) (*api.Client, *http.Client, error) {
 	client.SetToken(cfg.Token)
 	return client, hc, nil
 }
-
-// Current returns the current credentials: the last certificate Vault
-// issued, with its key, and the CA chain Vault answered with as Roots.
-func (s *Source) Current() (*credentials.Credentials, error) { return s.holder.Current() }
-
-// Changed returns a channel that is closed when a new certificate is in
-// use, or when the source is closed.
-func (s *Source) Changed() <-chan struct{} { return s.holder.Changed() }
 
 // Close stops issuing; Current then fails with credentials.ErrClosed, as
 // it does once New's ctx ends. The token is left as it is: it is the
