@@ -13,6 +13,7 @@ import (
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/pemfile"
+	"github.com/meshtrust/meshtrust/trust"
 )
 
 // Bundle is a certificate meshd issued, with the chain that verifies it.
@@ -222,20 +223,10 @@ func (c *Client) checkIssued(ctx context.Context, route string, in meshapi.Issue
 	if err != nil {
 		return nil, err
 	}
-	inter := x509.NewCertPool()
-	for _, ca := range append(certs[1:], chain...) {
-		inter.AddCert(ca)
-	}
 	// Checked at a moment inside the certificate's window: its validity is
 	// meshd's call, and a node whose clock is a little behind must not
 	// throw away a certificate issued a second ago.
-	at := time.Now()
-	if at.Before(leaf.NotBefore) {
-		at = leaf.NotBefore
-	} else if at.After(leaf.NotAfter) {
-		at = leaf.NotAfter
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: at, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+	if _, err := trust.VerifyInWindow(leaf, roots, append(certs[1:], chain...), time.Now()); err != nil {
 		return nil, bad("a certificate that does not chain to the trusted root: %v", err)
 	}
 	if !samePublicKey(key.Public(), leaf.PublicKey) {
