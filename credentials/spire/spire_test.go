@@ -39,11 +39,8 @@ import (
 const wait = 30 * time.Second
 
 var (
-	td1 = spiffeid.RequireTrustDomainFromString("mesh.test")
-	td2 = spiffeid.RequireTrustDomainFromString("partner.test")
-	idA = spiffeid.RequireFromPath(td1, "/agent/a")
-	idB = spiffeid.RequireFromPath(td1, "/agent/b")
-	idC = spiffeid.RequireFromPath(td2, "/agent/c")
+	td1, td2      = spiffetest.MeshTD, spiffetest.PartnerTD
+	idA, idB, idC = spiffetest.AgentA, spiffetest.AgentB, spiffetest.PartnerC
 )
 
 // logLines collects a source's log, JSON, one record a line.

@@ -199,3 +199,14 @@ func serial(t testing.TB) *big.Int {
 	}
 	return n
 }
+
+// The trust domains and workload IDs the tests of the Workload API server
+// and of its clients name: two workloads of the mesh's trust domain and
+// one of a federated partner's.
+var (
+	MeshTD    = spiffeid.RequireTrustDomainFromString("mesh.test")
+	PartnerTD = spiffeid.RequireTrustDomainFromString("partner.test")
+	AgentA    = spiffeid.RequireFromPath(MeshTD, "/agent/a")
+	AgentB    = spiffeid.RequireFromPath(MeshTD, "/agent/b")
+	PartnerC  = spiffeid.RequireFromPath(PartnerTD, "/agent/c")
+)

@@ -28,10 +28,8 @@ import (
 const wait = 30 * time.Second
 
 var (
-	td1 = spiffeid.RequireTrustDomainFromString("mesh.test")
-	td2 = spiffeid.RequireTrustDomainFromString("partner.test")
-	idA = spiffeid.RequireFromPath(td1, "/agent/a")
-	idB = spiffeid.RequireFromPath(td1, "/agent/b")
+	td1, td2 = spiffetest.MeshTD, spiffetest.PartnerTD
+	idA, idB = spiffetest.AgentA, spiffetest.AgentB
 )
 
 func newClient(t *testing.T, s *spiffetest.Server, opts ...workloadapi.ClientOption) *workloadapi.Client {
