@@ -155,6 +155,12 @@ const (
 	DefaultCheckpointInterval = time.Minute
 )
 
+// The CA and the registry are what the server's routes act on.
+var (
+	_ server.Authority = (*ca.CA)(nil)
+	_ server.Registry  = (*registry.Registry)(nil)
+)
+
 // New assembles meshd over st. authority is the mesh CA, required by the
 // localca backend and by admin revocation; it may be nil otherwise.
 func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*Meshd, error) {
@@ -232,8 +238,14 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	if authority != nil {
 		m.crl = authority.NewCRLRefresher(m.log)
 	}
-	if m.srv, err = server.New(ctx, cfg.Config, server.Deps{Store: st, CA: authority, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
-		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: m.backendMetrics()}); err != nil {
+	deps := server.Deps{Store: st, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
+		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: m.backendMetrics()}
+	if authority != nil {
+		// Only a CA: a nil *ca.CA in the interface would not be a nil
+		// Authority, and the routes would sign with it.
+		deps.CA = authority
+	}
+	if m.srv, err = server.New(ctx, cfg.Config, deps); err != nil {
 		return nil, err
 	}
 	if err := m.evictRevokedAgents(ctx); err != nil {

@@ -136,6 +136,22 @@ func TestHostileIssuanceWithoutMeshCA(t *testing.T) {
 			t.Errorf("%s: %s, want 404 no_ca saying there is no mesh CA", c.name, r)
 		}
 	}
+	// Every other route that needs the CA answers 404 saying there is
+	// none, and the CRL's age is not a metric: meshd handed the server a
+	// nil Authority, not one holding a nil *ca.CA.
+	for _, c := range []struct{ method, path string }{{"POST", "/enroll"}, {"GET", "/crl"}, {"GET", "/bundle"}} {
+		if r := e.do(e.freshClient(nil), c.method, c.path, map[string]any{}); r.code != http.StatusNotFound || !strings.Contains(r.json(t)["error"].(string), "no local CA") {
+			t.Errorf("%s %s: %s, want 404 saying there is no local CA", c.method, c.path, r)
+		}
+	}
+	for _, path := range []string{"/admin/revoke", "/admin/reinstate", "/admin/tokens"} {
+		if r := e.adminDo("POST", path, map[string]any{}); r.code != http.StatusNotFound || !strings.Contains(string(r.body), "no local CA") {
+			t.Errorf("POST %s: %s, want 404 saying there is no local CA", path, r)
+		}
+	}
+	if age, ok := e.metrics()["meshd_crl_age_seconds"]; ok {
+		t.Errorf("meshd_crl_age_seconds = %v without a CA, want no such metric", age)
+	}
 	// The certificates are still good for what this meshd does.
 	if r := e.do(e.freshClient(&agent), "POST", "/heartbeat", heartbeat("weather-agent", 9100)); r.code != http.StatusOK {
 		t.Errorf("the trust dir CA's agent registering: %s, want 200", r)

@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/trust"
 )
 
@@ -42,7 +41,7 @@ func (m *metrics) feedPending(pending func() int) {
 	}, func() float64 { return float64(pending()) }))
 }
 
-func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func() time.Time, crlAge func() time.Duration) *metrics {
+func newMetrics(chain *trust.Chain, agents Registry, serverCert func() time.Time, crlAge func() time.Duration) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -104,7 +103,7 @@ func newMetrics(chain *trust.Chain, agents *registry.Registry, serverCert func()
 
 // expiryCollector reports each registered agent's certificate expiry at
 // scrape time, so it costs nothing between scrapes.
-type expiryCollector struct{ agents *registry.Registry }
+type expiryCollector struct{ agents Registry }
 
 var expiryDesc = prometheus.NewDesc("meshd_agent_certificate_expiry_timestamp_seconds",
 	"When the certificate an agent registered with expires, per agent and certificate identity.",

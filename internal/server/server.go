@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/file"
@@ -43,17 +44,76 @@ type Deps struct {
 	// CA is the mesh CA, nil without one; MeshCA is the localca backend
 	// built over it (nil without a mesh CA): only its certificates are
 	// admin identities and ask for certificates.
-	CA     *ca.CA
+	// A nil *ca.CA must be passed as a nil Authority (not one holding a
+	// nil pointer): the routes tell "no mesh CA" by CA == nil.
+	CA     Authority
 	MeshCA *trust.LocalCA
 	// Chain verifies the agent port's callers against Revocations.
 	Chain       *trust.Chain
 	Revocations *trust.RevocationSet
-	Registry    *registry.Registry
+	Registry    Registry
 	Feed        Feed
 	Sources     TrustSources
 	// Collectors are further metrics served on /metrics (the trust
 	// backends').
 	Collectors []prometheus.Collector
+}
+
+// Authority is the mesh CA as the routes use it (*ca.CA implements it):
+// /enroll, /agent-cert and /renew sign with it, /crl and /bundle publish
+// what it wrote, the admin API revokes and reinstates through it.
+type Authority interface {
+	// Sign issues the certificate req asks for under the options a
+	// provisioner's authorisation returned; Check is Sign's dry run.
+	Sign(ctx context.Context, req ca.Request, opts ...ca.SignOption) (*ca.Issued, error)
+	Check(ctx context.Context, req ca.Request, opts ...ca.SignOption) error
+	// Revoke revokes a serial or an identity name (and everything issued
+	// under it); Reinstate lifts an identity's revocation.
+	Revoke(ctx context.Context, target string, reason ca.Reason) ([]store.Revocation, error)
+	Reinstate(ctx context.Context, name string) error
+	// Root is the root a join token's answer pins (by fingerprint);
+	// ActiveIntermediate is the signer whose CRL GET /crl serves in DER.
+	Root() *x509.Certificate
+	ActiveIntermediate() *x509.Certificate
+	// BundlePEM and CRLPEM are the published bundle and crl.pem;
+	// CRLThisUpdate is the newest CRL's this-update, for
+	// meshd_crl_age_seconds.
+	BundlePEM() ([]byte, error)
+	CRLPEM() ([]byte, error)
+	CRLThisUpdate() time.Time
+	// Config is read for the CA directory (the default session-keys/);
+	// TrustDomain is the trust domain of the mesh CA's identities, in
+	// which a policy check's modelled caller gets its names.
+	Config() ca.Config
+	TrustDomain() spiffeid.TrustDomain
+}
+
+// Registry is the agent registry as the routes use it
+// (*registry.Registry implements it): the agent routes register, renew,
+// check and delete through it, the admin routes list, release, drain and
+// explain, the metrics read its counts.
+type Registry interface {
+	// HeartbeatFrom registers or renews the agent of body for peer
+	// (nil without a certificate) from source; Check answers a HEAD
+	// heartbeat; Delete unregisters; Authorize says whether peer may act
+	// for agentID (a session's attach).
+	HeartbeatFrom(ctx context.Context, peer *trust.Peer, source string, body []byte) (registry.Result, error)
+	Check(peer *trust.Peer, id string) (registry.Result, error)
+	Delete(ctx context.Context, peer *trust.Peer, id string) error
+	Authorize(peer *trust.Peer, agentID string) error
+	// EvictFingerprints evicts the agents registered with the
+	// certificates of fps; Release frees an agent id for any caller.
+	EvictFingerprints(ctx context.Context, fps map[string]bool, reason string) ([]registry.Evicted, error)
+	Release(ctx context.Context, id, by string) error
+	List(f registry.Filter) []registry.View
+	Schemas(limit int) []registry.Schema
+	Explain(id string) ([]registry.Explanation, bool)
+	Draining() bool
+	SetDraining(on bool)
+	// Len, CertlessUsage and Expiry feed the metrics.
+	Len() int
+	CertlessUsage() (agents int, bytes int64)
+	Expiry(fn func(agentID, owner string, notAfter time.Time))
 }
 
 // Feed is the change feed as the admin routes and the revocation stream
@@ -296,13 +356,13 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	st   Store
-	auth *ca.CA // nil without a local CA
+	auth Authority // nil without a local CA
 
 	revs    *trust.RevocationSet
 	chain   *trust.Chain
 	localCA *trust.LocalCA
 	sources TrustSources
-	reg     *registry.Registry
+	reg     Registry
 	// agentAuth verifies the agent port's callers (once per connection
 	// per trust generation) and tracks its connections, so eviction can
 	// close them. Agent routes are authorized by the registry's binding.
