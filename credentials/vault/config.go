@@ -125,8 +125,8 @@ func (c *Config) check() error {
 		return fmt.Errorf("vault: no token: set %s (Config.Token)", EnvToken)
 	case c.AgentName == "":
 		return errors.New("vault: no agent name (Config.AgentName): it names the certificate")
-	case c.TTL < time.Second:
-		return fmt.Errorf("vault: TTL %s is under a second (%s)", c.TTL, EnvTTL)
+	case c.TTL < MinTTL:
+		return fmt.Errorf("vault: TTL %s is under %s (%s): the source issues a certificate at most every %s, so a shorter one would expire before its successor", c.TTL, MinTTL, EnvTTL, minReissue)
 	}
 	u, err := url.Parse(c.Addr)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

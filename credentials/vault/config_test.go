@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"testing"
@@ -93,6 +94,7 @@ func TestConfigRefused(t *testing.T) {
 		{"a comma in the name", func(c *Config) { c.AgentName = "alpha,admin.mcp-mesh.local" }, "comma"},
 		{"a comma in the host", func(c *Config) { c.Host = "10.0.0.1,10.0.0.2" }, "comma"},
 		{"a negative TTL", func(c *Config) { c.TTL = -time.Hour }, "TTL"},
+		{"a TTL under the floor", func(c *Config) { c.TTL = 9 * time.Second }, "under 10s"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := good
@@ -155,5 +157,31 @@ func TestErrorMessages(t *testing.T) {
 				t.Errorf("%q does not say %q", msg, w)
 			}
 		}
+	}
+}
+
+// TestScheduled: a certificate's successor is due at 2/3 of the life it
+// had left when it was received (Vault backdates NotBefore), plus the
+// jitter, and never sooner than the floor after it was received.
+func TestScheduled(t *testing.T) {
+	issued := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	s := &Source{opts: options{rand: func(n int64) int64 { return n - 1 }}}
+	for _, tt := range []struct {
+		name   string
+		ttl    time.Duration // NotAfter - issued
+		wantAt time.Duration // after issued
+	}{
+		// 2/3 of 15 s, plus the longest jitter (5% of 15 s, less 1 ns).
+		{"15 s with a 30 s backdate", 15 * time.Second, 10*time.Second + 750*time.Millisecond - time.Nanosecond},
+		{"a day", 24 * time.Hour, 16*time.Hour + 72*time.Minute - time.Nanosecond},
+		{"3 s: the floor", 3 * time.Second, minReissue},
+		{"already expired by this clock: the floor", -time.Minute, minReissue},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			leaf := &x509.Certificate{NotBefore: issued.Add(-30 * time.Second), NotAfter: issued.Add(tt.ttl)}
+			if got := s.scheduled(leaf, issued).Sub(issued); got != tt.wantAt {
+				t.Errorf("due %s after issue, want %s", got, tt.wantAt)
+			}
+		})
 	}
 }

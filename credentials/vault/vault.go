@@ -12,8 +12,11 @@
 // verify each other with credentials.ServerConfig and ClientConfig.
 //
 // The certificate is issued again once 2/3 of its lifetime has passed,
-// plus a random delay of up to 5% of it so that agents started together
-// do not all ask at once. While Vault cannot issue, the current
+// counted from when Vault issued it (Vault backdates not_before by 30 s,
+// so a lifetime counted from not_before would put the renewal early, and
+// for a TTL under 45 s at once), plus a random delay of up to 5% of it so
+// that agents started together do not all ask at once; never sooner than
+// 5 s after the last issuance (a TTL under 10 s is refused). While Vault cannot issue, the current
 // certificate stays in use and the Source retries, from about a second
 // apart and doubling up to 5 minutes. The token is renewed
 // (auth/token/renew-self) at 2/3 of its TTL for as long as Vault allows.
@@ -64,6 +67,14 @@ const (
 	// time, as a part of its lifetime.
 	jitterFraction = 0.05
 	minBackoff     = time.Second
+	// minReissue is the shortest time between two certificates Vault
+	// issued: however short a certificate's life, the Source does not ask
+	// again sooner, so a clock ahead of Vault's or a role's short max_ttl
+	// cannot turn it into a loop of issuances.
+	minReissue = 5 * time.Second
+	// MinTTL is the shortest TTL the Source asks for: twice minReissue, so
+	// that a certificate outlives the wait for its successor.
+	MinTTL = 2 * minReissue
 	// requestTimeout bounds one call to Vault.
 	requestTimeout = 30 * time.Second
 )
@@ -302,12 +313,9 @@ func (s *Source) publish(c *credentials.Credentials) error {
 	}
 	s.leaf = c.Certificate.Leaf
 	s.certAttempts = 0
-	s.certAt = s.scheduled(s.leaf)
-	if now := s.opts.clock.Now(); !s.certAt.After(now) {
-		// Due already: asking again at once would get the same. Wait a
-		// third of what is left of it.
-		s.certAt = now.Add(max(minBackoff, s.leaf.NotAfter.Sub(now)/3))
-		s.log.Warn("Vault issued a certificate that is due for renewal already: this clock is ahead of Vault's, or the role's max_ttl is short",
+	s.certAt = s.scheduled(s.leaf, s.opts.clock.Now())
+	if !s.leaf.NotAfter.After(s.certAt) {
+		s.log.Warn("Vault issued a certificate that expires before its successor is due: this clock is ahead of Vault's, or the role's max_ttl is shorter than twice the 5 s floor between issuances",
 			"not_before", s.leaf.NotBefore, "not_after", s.leaf.NotAfter, "renew_at", s.certAt)
 	}
 	s.log.Info("issued certificate", "subject", s.leaf.Subject.CommonName, "serial", serial(s.leaf),
@@ -315,17 +323,23 @@ func (s *Source) publish(c *credentials.Credentials) error {
 	return nil
 }
 
-// scheduled is when leaf's successor is issued: at 2/3 of its lifetime
-// plus a jitter of up to 5% of it, never later than halfway from then to
-// expiry.
-func (s *Source) scheduled(leaf *x509.Certificate) time.Time {
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
-	due := leaf.NotBefore.Add(time.Duration(float64(life) * renewFraction))
+// scheduled is when the successor of leaf, received at issued, is
+// issued: at 2/3 of the life it had left then, plus a jitter of up to 5%
+// of that life, never later than halfway from then to expiry, and never
+// sooner than minReissue after issued. The life is counted from issued,
+// not from NotBefore: Vault backdates NotBefore by 30 s.
+func (s *Source) scheduled(leaf *x509.Certificate, issued time.Time) time.Time {
+	life := leaf.NotAfter.Sub(issued)
+	due := issued.Add(time.Duration(float64(life) * renewFraction))
 	var jitter time.Duration
 	if limit := int64(float64(life) * jitterFraction); limit > 0 {
 		jitter = time.Duration(s.opts.rand(limit))
 	}
-	return due.Add(min(jitter, leaf.NotAfter.Sub(due)/2))
+	due = due.Add(min(jitter, leaf.NotAfter.Sub(due)/2))
+	if floor := issued.Add(minReissue); due.Before(floor) {
+		return floor
+	}
+	return due
 }
 
 // issue asks Vault for a certificate and returns it as credentials.
