@@ -28,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/enroll"
@@ -101,7 +102,8 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 // rotations) until ctx ends or it is closed, whichever provider it is;
 // then its Current fails with credentials.ErrClosed. A provider that
 // fetches its credentials (spire, vault) returns once it has the first
-// ones, or fails when ctx ends first.
+// ones, or fails when ctx ends first; spire fails after 30 s without an
+// SVID too (spire.ErrNoSVID, saying what the agent last answered).
 //
 // agentID selects the agent's certificate for the enroll provider, and
 // names the certificate Vault issues; the file and spire providers serve
@@ -128,7 +130,9 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 		}
 		return src, nil
 	case SPIRE:
-		src, err := spire.New(ctx, spire.WithLogger(log))
+		waitCtx, cancel := context.WithTimeout(ctx, firstSVIDTimeout)
+		src, err := spire.New(waitCtx, spire.WithLogger(log))
+		cancel()
 		if err != nil {
 			return nil, err
 		}
@@ -150,6 +154,12 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 	}
 	return nil, fmt.Errorf("%w %q%s; want one of %s", ErrUnknown, name, from, strings.Join(Names(), ", "))
 }
+
+// firstSVIDTimeout bounds the wait for the SPIRE agent's first X.509-SVID,
+// as meshd's spire backend bounds its own: a workload with no registration
+// entry, or a socket it may not open, gets spire.ErrNoSVID with what the
+// agent last answered instead of waiting forever.
+var firstSVIDTimeout = 30 * time.Second
 
 // fromNode is the enroll provider: agentID's certificate in the node
 // directory, renewed with the node's by a Renewer that runs until the

@@ -164,6 +164,21 @@ func TestFromEnvSPIRE(t *testing.T) {
 	}
 }
 
+// TestFromEnvSPIRENoSVID: a workload the SPIRE agent has no identity for
+// (PermissionDenied) gets spire.ErrNoSVID with the agent's answer once the
+// wait for a first SVID is over, instead of waiting forever on a context
+// that never ends.
+func TestFromEnvSPIRENoSVID(t *testing.T) {
+	clearEnv(t)
+	provider.SetFirstSVIDTimeout(t, time.Second)
+	w := spiffetest.NewServer(t, "")
+	t.Setenv(spire.EnvSocket, w.SocketPath())
+	_, err := provider.FromEnv(t.Context(), "opus", provider.WithProvider("spire"))
+	if !errors.Is(err, spire.ErrNoSVID) || !strings.Contains(err.Error(), "no identity issued") {
+		t.Fatalf("FromEnv without an SVID: %v, want spire.ErrNoSVID with the agent's PermissionDenied", err)
+	}
+}
+
 func TestFromEnvRefuses(t *testing.T) {
 	s := enrolltest.NewServer(t, enrolltest.Config{})
 	for _, tt := range []struct {
