@@ -63,7 +63,7 @@ func (l *LocalCA) Verify(_ context.Context, chain []*x509.Certificate, now time.
 	leaf := chain[0]
 	id, err := identity.FromCertificate(leaf, l.td)
 	if err != nil {
-		return nil, refuse(ErrUntrusted, ReasonBadIdentity, "certificate %q: %v", leaf.Subject.CommonName, err)
+		return nil, refuse(ErrUntrusted, ReasonBadIdentity, "certificate %q: %v", DisplayName(leaf), err)
 	}
 	p := newPeer(l.Name(), leaf)
 	p.Identity = id
@@ -180,7 +180,7 @@ func (a *Anchors) Verify(_ context.Context, chain []*x509.Certificate, now time.
 		}
 	}
 	if !found {
-		return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q: its anchor was just removed", chain[0].Subject.CommonName)
+		return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q: its anchor was just removed", DisplayName(chain[0]))
 	}
 	p := newPeer(a.name, chain[0])
 	p.Entity = entity

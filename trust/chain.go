@@ -137,5 +137,5 @@ func (c *Chain) verify(ctx context.Context, chain []*x509.Certificate, now time.
 		}
 		return peer, nil
 	}
-	return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q is signed by an authority no trust backend knows", chain[0].Subject.CommonName)
+	return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q is signed by an authority no trust backend knows", DisplayName(chain[0]))
 }

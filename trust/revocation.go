@@ -203,13 +203,13 @@ func (s *RevocationSet) CheckLeaf(leaf *x509.Certificate) error {
 
 func (s *RevocationSet) checkLeaf(leaf *x509.Certificate, issuer, serial string, id identity.Identity) error {
 	if r, ok := s.Serial(issuer, serial); ok {
-		return refuse(ErrRevoked, ReasonRevoked, "certificate %q (serial %s) was revoked at %s", leaf.Subject.CommonName, serial, r.At.UTC().Format(time.RFC3339))
+		return refuse(ErrRevoked, ReasonRevoked, "certificate %q (serial %s) was revoked at %s", DisplayName(leaf), serial, r.At.UTC().Format(time.RFC3339))
 	}
 	if name, r, ok := s.revokedIdentity(id); ok {
 		return refuse(ErrRevoked, ReasonRevoked, "identity %q was revoked at %s; every certificate of it is refused until an operator reinstates it", name, r.At.UTC().Format(time.RFC3339))
 	}
 	if r, ok := s.key(leaf); ok {
-		return refuse(ErrRevoked, ReasonRevoked, "the key of certificate %q was revoked for key compromise at %s", leaf.Subject.CommonName, r.At.UTC().Format(time.RFC3339))
+		return refuse(ErrRevoked, ReasonRevoked, "the key of certificate %q was revoked for key compromise at %s", DisplayName(leaf), r.At.UTC().Format(time.RFC3339))
 	}
 	return nil
 }

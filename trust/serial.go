@@ -1,6 +1,7 @@
 package trust
 
 import (
+	"crypto/x509"
 	"strconv"
 	"strings"
 )
@@ -57,4 +58,20 @@ func ParseCRLReason(name string) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// DisplayName names a certificate in a message, never in a check: its
+// common name, or for a certificate without one (an X.509-SVID from
+// SPIRE carries its identity only as a URI SAN) its first URI SAN, then
+// its first DNS name, then its serial.
+func DisplayName(c *x509.Certificate) string {
+	switch {
+	case c.Subject.CommonName != "":
+		return c.Subject.CommonName
+	case len(c.URIs) > 0:
+		return c.URIs[0].String()
+	case len(c.DNSNames) > 0:
+		return c.DNSNames[0]
+	}
+	return "serial " + c.SerialNumber.Text(16)
 }

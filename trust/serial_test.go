@@ -1,6 +1,10 @@
 package trust_test
 
 import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -64,5 +68,24 @@ func TestCRLReasons(t *testing.T) {
 	}
 	if _, ok := trust.ParseCRLReason(""); ok {
 		t.Errorf("ParseCRLReason accepted the empty name")
+	}
+}
+
+// TestDisplayName: a certificate is named by its CN, else (an X.509-SVID)
+// its SPIFFE ID, else its DNS name, else its serial; never "".
+func TestDisplayName(t *testing.T) {
+	id, _ := url.Parse("spiffe://mcp-mesh.local/agent/carol")
+	for _, tt := range []struct {
+		cert *x509.Certificate
+		want string
+	}{
+		{&x509.Certificate{Subject: pkix.Name{CommonName: "opus@ct111"}, URIs: []*url.URL{id}}, "opus@ct111"},
+		{&x509.Certificate{URIs: []*url.URL{id}, DNSNames: []string{"carol.local"}}, "spiffe://mcp-mesh.local/agent/carol"},
+		{&x509.Certificate{DNSNames: []string{"carol.local"}}, "carol.local"},
+		{&x509.Certificate{SerialNumber: big.NewInt(0x1f)}, "serial 1f"},
+	} {
+		if got := trust.DisplayName(tt.cert); got != tt.want {
+			t.Errorf("DisplayName = %q, want %q", got, tt.want)
+		}
 	}
 }

@@ -224,21 +224,21 @@ func verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time)
 	if err != nil {
 		var ua x509.UnknownAuthorityError
 		if errors.As(err, &ua) {
-			return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q is signed by an unknown authority", leaf.Subject.CommonName)
+			return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q is signed by an unknown authority", DisplayName(leaf))
 		}
-		return nil, refuse(ErrUntrusted, ReasonBadChain, "certificate %q: %v", leaf.Subject.CommonName, err)
+		return nil, refuse(ErrUntrusted, ReasonBadChain, "certificate %q: %v", DisplayName(leaf), err)
 	}
 	if leaf.IsCA {
-		return nil, refuse(ErrUntrusted, ReasonCAAsLeaf, "certificate %q is a CA certificate and cannot identify a client", leaf.Subject.CommonName)
+		return nil, refuse(ErrUntrusted, ReasonCAAsLeaf, "certificate %q is a CA certificate and cannot identify a client", DisplayName(leaf))
 	}
 	if chains, err = clientPaths(chains); err != nil {
 		return nil, err
 	}
 	if now.Before(leaf.NotBefore) {
-		return nil, refuse(ErrUntrusted, ReasonNotYetValid, "certificate %q is not valid before %s", leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339))
+		return nil, refuse(ErrUntrusted, ReasonNotYetValid, "certificate %q is not valid before %s", DisplayName(leaf), leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
 	if now.After(leaf.NotAfter) {
-		return nil, refuse(ErrUntrusted, ReasonExpired, "certificate %q expired at %s", leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339))
+		return nil, refuse(ErrUntrusted, ReasonExpired, "certificate %q expired at %s", DisplayName(leaf), leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return chains, nil
 }
@@ -285,9 +285,9 @@ func clientPath(path []*x509.Certificate) error {
 			continue
 		}
 		if c == leaf {
-			return refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication: it %s", leaf.Subject.CommonName, problem)
+			return refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication: it %s", DisplayName(leaf), problem)
 		}
-		return refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication: CA %q of its chain %s", leaf.Subject.CommonName, c.Subject.String(), problem)
+		return refuse(ErrUntrusted, ReasonNotClient, "certificate %q is not valid for client authentication: CA %q of its chain %s", DisplayName(leaf), c.Subject.String(), problem)
 	}
 	return nil
 }
@@ -320,9 +320,9 @@ func checkKey(leaf, c *x509.Certificate) error {
 		return nil
 	}
 	if c == leaf {
-		return refuse(ErrUntrusted, ReasonWeakKey, "certificate %q has %s", leaf.Subject.CommonName, problem)
+		return refuse(ErrUntrusted, ReasonWeakKey, "certificate %q has %s", DisplayName(leaf), problem)
 	}
-	return refuse(ErrUntrusted, ReasonWeakKey, "certificate %q: %q of its chain has %s", leaf.Subject.CommonName, c.Subject.String(), problem)
+	return refuse(ErrUntrusted, ReasonWeakKey, "certificate %q: %q of its chain has %s", DisplayName(leaf), c.Subject.String(), problem)
 }
 
 // The RSA key sizes checkKey accepts.

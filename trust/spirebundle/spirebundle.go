@@ -171,7 +171,7 @@ func (b *Backend) Verify(ctx context.Context, chain []*x509.Certificate, now tim
 	leaf := chain[0]
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
-		return nil, unknown(fmt.Sprintf("certificate %q has no SPIFFE ID for the spire backend: %v", leaf.Subject.CommonName, err))
+		return nil, unknown(fmt.Sprintf("certificate %q has no SPIFFE ID for the spire backend: %v", trust.DisplayName(leaf), err))
 	}
 	a, ok := b.domains.Load().byTD[id.TrustDomain()]
 	if !ok {

@@ -54,7 +54,7 @@ func check(set *trust.RevocationSet, entity EntityFunc, leaf *x509.Certificate, 
 	for _, chain := range chains {
 		if name := entity(chain); name != "" {
 			if r, ok := set.Entity(name); ok {
-				return fmt.Errorf("%w: entity %q of certificate %q was revoked at %s", trust.ErrRevoked, name, leaf.Subject.CommonName, r.At.UTC().Format(time.RFC3339))
+				return fmt.Errorf("%w: entity %q of certificate %q was revoked at %s", trust.ErrRevoked, name, trust.DisplayName(leaf), r.At.UTC().Format(time.RFC3339))
 			}
 		}
 	}
