@@ -1,0 +1,109 @@
+// Package spiretest runs a real SPIRE server and agent (SPIRE 1.13.3, built
+// and started by scripts/spire.sh) for the tests of the SPIFFE paths: the
+// judge the Workload API double (internal/spiffetest) stands in for only
+// where the real server cannot be made to produce a fault.
+package spiretest
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// SPIRE is a server and an agent on 127.0.0.1, the agent attested by a
+// join token, both stopped when the test ends.
+type SPIRE struct {
+	// Dir holds their configuration, data, logs and sockets.
+	Dir string
+	// TrustDomain is the server's trust domain.
+	TrustDomain string
+	// AgentSocket is the agent's Workload API address (unix://...).
+	AgentSocket string
+	// AgentID is the agent's SPIFFE ID, the parent of entries for its
+	// workloads.
+	AgentID string
+
+	serverSocket string
+	bin          string // the directory of spire-server and spire-agent
+}
+
+// script is scripts/spire.sh, found from this file's directory.
+func script() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "scripts", "spire.sh")
+}
+
+// Start starts SPIRE for trust domain td in a fresh t.TempDir(). It skips
+// the test when SPIRE has not been built (scripts/spire.sh build) unless
+// MESHTRUST_REQUIRE_SPIRE is set: then a missing SPIRE fails the test.
+func Start(t testing.TB, td string) *SPIRE {
+	t.Helper()
+	bin, err := exec.Command("bash", script(), "path").Output()
+	if err != nil {
+		if os.Getenv("MESHTRUST_REQUIRE_SPIRE") != "" {
+			t.Fatalf("no SPIRE built and MESHTRUST_REQUIRE_SPIRE is set: build it with scripts/spire.sh build")
+		}
+		t.Skip("no SPIRE built: scripts/spire.sh build (about 20 minutes, once) runs these tests against a real SPIRE server and agent")
+	}
+	s := &SPIRE{Dir: t.TempDir(), bin: strings.TrimSpace(string(bin))}
+	t.Cleanup(func() { s.run(t, nil, "bash", script(), "stop", s.Dir) })
+	// Should the test binary die (a timeout), SPIRE goes with it.
+	env := []string{fmt.Sprintf("SPIRE_SH_PARENT=%d", os.Getpid())}
+	out := s.run(t, env, "bash", script(), "start", s.Dir, td)
+	vars := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			vars[k] = v
+		}
+	}
+	s.TrustDomain, s.AgentSocket, s.AgentID, s.serverSocket = vars["SPIRE_TRUST_DOMAIN"], vars["SPIRE_AGENT_SOCKET"], vars["SPIRE_AGENT_ID"], vars["SPIRE_SERVER_SOCKET"]
+	if s.AgentSocket == "" || s.serverSocket == "" || s.AgentID == "" {
+		t.Fatalf("scripts/spire.sh start printed no sockets or agent ID:\n%s", out)
+	}
+	return s
+}
+
+// Server runs spire-server's CLI against the server and returns its
+// standard output.
+func (s *SPIRE) Server(t testing.TB, args ...string) string {
+	t.Helper()
+	return s.run(t, nil, filepath.Join(s.bin, "spire-server"), append(args, "-socketPath", s.serverSocket)...)
+}
+
+var entryID = regexp.MustCompile(`(?m)^Entry ID\s*:\s*(\S+)`)
+
+// CreateEntry registers spiffeID for the workloads of the agent that
+// match selectors (such as "unix:uid:0") and returns the entry's ID.
+func (s *SPIRE) CreateEntry(t testing.TB, spiffeID string, selectors ...string) string {
+	t.Helper()
+	args := []string{"entry", "create", "-parentID", s.AgentID, "-spiffeID", spiffeID}
+	for _, sel := range selectors {
+		args = append(args, "-selector", sel)
+	}
+	out := s.Server(t, args...)
+	m := entryID.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("spire-server entry create printed no entry ID:\n%s", out)
+	}
+	return m[1]
+}
+
+func (s *SPIRE) run(t testing.TB, env []string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
