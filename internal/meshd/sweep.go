@@ -122,7 +122,11 @@ func (a *admittedChains) add(fp string, chain []*x509.Certificate, now time.Time
 }
 
 // refused verifies every remembered chain again and returns, forgotten,
-// the fingerprints of those the chain now refuses.
+// the fingerprints of those the chain now refuses. A certificate refused
+// only because it expired (its anchors still vouch for it: the chain
+// checks anchors before the validity window) is forgotten but not
+// returned: it did not lose trust, and an X.509-SVID that rotated away
+// and expired is not an agent the trust change evicted.
 func (a *admittedChains) refused(ctx context.Context, chain *trust.Chain) map[string]bool {
 	a.mu.Lock()
 	snapshot := make(map[string][]*x509.Certificate, len(a.chains))
@@ -130,14 +134,17 @@ func (a *admittedChains) refused(ctx context.Context, chain *trust.Chain) map[st
 		snapshot[fp] = c
 	}
 	a.mu.Unlock()
-	out := map[string]bool{}
+	out, forget := map[string]bool{}, map[string]bool{}
 	for fp, c := range snapshot {
 		if _, err := chain.Verify(ctx, c); err != nil {
-			out[fp] = true
+			forget[fp] = true
+			if trust.Reason(err) != trust.ReasonExpired {
+				out[fp] = true
+			}
 		}
 	}
 	a.mu.Lock()
-	for fp := range out {
+	for fp := range forget {
 		delete(a.chains, fp)
 	}
 	a.mu.Unlock()

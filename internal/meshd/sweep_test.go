@@ -66,3 +66,43 @@ func TestAdmittedChainsStress(t *testing.T) {
 		t.Errorf("refused chains were not forgotten: %d again", len(got))
 	}
 }
+
+// TestAdmittedChainsExpired: a remembered certificate that expired while
+// its CA is still trusted is forgotten at the next sweep without being
+// reported as refused (it did not lose trust); one whose CA was removed
+// is reported, expired or not.
+func TestAdmittedChainsExpired(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	now := time.Now()
+	ca := func(cn string) *x509.Certificate {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+		c, _ := x509.ParseCertificate(der)
+		return c
+	}
+	kept, removed := ca("kept CA"), ca("removed CA")
+	expired := func(parent *x509.Certificate, serial int64) []*x509.Certificate {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: fmt.Sprintf("a-%d", serial)}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(-time.Minute),
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+		d, _ := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), key)
+		c, _ := x509.ParseCertificate(d)
+		return []*x509.Certificate{c}
+	}
+	anchors := trust.NewAnchors("expiry")
+	anchors.Set("kept", []*x509.Certificate{kept})
+	anchors.Set("removed", []*x509.Certificate{removed})
+	chain := trust.NewChain(nil, []trust.Backend{anchors})
+	var a admittedChains
+	lapsed, lost := expired(kept, 2), expired(removed, 3)
+	a.add(trust.Fingerprint(lapsed[0]), lapsed, now.Add(-2*time.Minute))
+	a.add(trust.Fingerprint(lost[0]), lost, now.Add(-2*time.Minute))
+	anchors.Remove("removed")
+	got := a.refused(context.Background(), chain)
+	if len(got) != 1 || !got[trust.Fingerprint(lost[0])] {
+		t.Errorf("refused %v, want only the certificate of the removed CA", got)
+	}
+	if len(a.chains) != 0 {
+		t.Errorf("%d chains still remembered, want both forgotten", len(a.chains))
+	}
+}
