@@ -211,7 +211,10 @@ func TestE2EFeedSecondMeshdConverges(t *testing.T) {
 		t.Fatalf("revoke opus@ct700 on A: %s", r)
 	}
 	feedEventually(t, "B refuses an identity revoked on A", func() (bool, string) {
-		r := b.do(t, e.freshClient(&opus), "POST", "/heartbeat", heartbeat("opus", 9901))
+		r, err := b.post(e.freshClient(&opus), "/heartbeat", heartbeat("opus", 9901))
+		if err != nil {
+			return false, err.Error()
+		}
 		return r.code == http.StatusForbidden && r.reason() == "revoked", r.String()
 	})
 	feedEventually(t, "B lists the agent of the revoked identity evicted", func() (bool, string) {
@@ -224,7 +227,10 @@ func TestE2EFeedSecondMeshdConverges(t *testing.T) {
 	}
 	renewed, _ := e.mintAgent(n, "opus") // from A, which has applied the reinstatement
 	feedEventually(t, "B admits a new certificate of an identity reinstated on A", func() (bool, string) {
-		r := b.do(t, e.freshClient(&renewed), "POST", "/heartbeat", heartbeat("opus", 9901))
+		r, err := b.post(e.freshClient(&renewed), "/heartbeat", heartbeat("opus", 9901))
+		if err != nil {
+			return false, err.Error()
+		}
 		return r.code == http.StatusOK, r.String()
 	})
 	if a := listedOnB("opus"); a.Status != "healthy" {
