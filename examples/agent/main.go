@@ -3,8 +3,9 @@
 // (file by default), registers with meshd and keeps heartbeating, and
 // serves GET /greet over mTLS to the mesh's agents that meshd has not
 // revoked. Its GET /greet-peer calls the /greet of the agent meshd
-// resolved for its "greeting" dependency, over mTLS with agent.ClientTLS. It stops on SIGINT or SIGTERM (deregistering), or when meshd
-// evicts it. README.md beside it runs it against `make run`'s meshd.
+// resolved for its "greeting" dependency, over mTLS with
+// agent.ClientTLS. It stops on SIGINT or SIGTERM (deregistering), or
+// when meshd evicts it. README.md beside it runs it against `make run`'s meshd.
 package main
 
 import (
