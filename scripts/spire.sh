@@ -16,6 +16,20 @@
 #                             default_x509_svid_ttl 2m, so rotations happen
 #                             in minutes; prints and writes DIR/env
 #                             (SPIRE_SH_PARENT=PID: stop both when PID exits)
+#                             With SPIRE_SH_BUNDLE_ENDPOINT=1 the server
+#                             also serves its bundle as a SPIFFE bundle
+#                             endpoint (https_spiffe) on a free loopback
+#                             port, for another server to federate with
+#                             (env: SPIRE_BUNDLE_ENDPOINT_URL)
+#   scripts/spire.sh restart-agent DIR
+#                             stop the agent started in DIR and start it
+#                             again with its data dir (its join token is
+#                             spent: it comes back with the SVID it kept)
+#   scripts/spire.sh federate DIR PARTNER_DIR
+#                             make the server in DIR federate with the one in
+#                             PARTNER_DIR (started with a bundle endpoint):
+#                             it trusts PARTNER_DIR's bundle and refreshes it
+#                             from that endpoint (https_spiffe profile)
 #   scripts/spire.sh stop DIR stop the agent and the server started in DIR
 #
 # SPIRE is not downloadable as a binary here, so it is built from its Go
@@ -85,6 +99,19 @@ build() {
 sctl() { "$spire_dir/spire-server" "$@" -socketPath "$root/server/api.sock"; }
 
 launch_server() {
+	local federation=""
+	if [ -f "$root/server/bundle_endpoint" ]; then
+		# A fresh port per launch, as start_server gives the server's own.
+		free_port >"$root/server/bundle_port"
+		federation="federation {
+		bundle_endpoint {
+			address = \"127.0.0.1\"
+			port = $(cat "$root/server/bundle_port")
+			refresh_hint = \"1m\"
+			profile \"https_spiffe\" {}
+		}
+	}"
+	fi
 	cat >"$root/server/server.conf" <<CONF
 server {
 	bind_address = "127.0.0.1"
@@ -95,6 +122,7 @@ server {
 	log_level = "INFO"
 	ca_ttl = "1h"
 	default_x509_svid_ttl = "2m"
+	$federation
 }
 plugins {
 	DataStore "sql" {
@@ -155,8 +183,10 @@ agent_ready() { "$spire_dir/spire-agent" healthcheck -socketPath "$root/agent/wo
 start() {
 	cached_ok || die "start: no SPIRE $SPIRE_VERSION at $spire_dir; build it first: scripts/spire.sh build"
 	mkdir -p "$root/server/data" "$root/agent/data"
-	dir=$(cd "$root" && pwd)
 	pid_alive "$root/server/pid" && die "start: SPIRE already runs in $root; scripts/spire.sh stop $root"
+	if [ "${SPIRE_SH_BUNDLE_ENDPOINT:-}" = 1 ]; then
+		: >"$root/server/bundle_endpoint"
+	fi
 	# start_server keeps each one's pid and port in the directory it is
 	# given: DIR/server and DIR/agent.
 	local parent=${SPIRE_SH_PARENT:-}
@@ -177,8 +207,36 @@ start() {
 		echo "SPIRE_BUNDLE=$root/bundle.pem"
 		echo "SPIRE_SERVER_PID=$(cat "$root/server/pid")"
 		echo "SPIRE_AGENT_PID=$(cat "$root/agent/pid")"
+		if [ -f "$root/server/bundle_port" ]; then
+			echo "SPIRE_BUNDLE_ENDPOINT_URL=https://127.0.0.1:$(cat "$root/server/bundle_port")"
+		fi
 	} >"$root/env"
 	cat "$root/env"
+}
+
+restart_agent() {
+	[ -f "$root/env" ] || die "restart-agent: no SPIRE started in $root"
+	td=$(sed -n 's/^SPIRE_TRUST_DOMAIN=//p' "$root/env")
+	stop_pid "$root/agent/pid"
+	# The port kept in DIR/agent/port brings it back at the same address;
+	# the spent join token is passed again and not used: the agent resumes
+	# with the SVID in its data dir.
+	start_server "spire-agent" "$root/agent" "$root/agent/agent.log" "address already in use" "${SPIRE_SH_PARENT:-}" launch_agent agent_ready
+	sed -i "s/^SPIRE_AGENT_PID=.*/SPIRE_AGENT_PID=$(cat "$root/agent/pid")/" "$root/env"
+	echo "SPIRE_AGENT_PID=$(cat "$root/agent/pid")"
+}
+
+# federate: the partner's trust domain, bundle and bundle endpoint come from
+# its env file and bundle.pem, written by its start.
+federate() {
+	local partner=$1 ptd url
+	[ -f "$partner/env" ] || die "federate: no SPIRE started in $partner"
+	ptd=$(sed -n 's/^SPIRE_TRUST_DOMAIN=//p' "$partner/env")
+	url=$(sed -n 's/^SPIRE_BUNDLE_ENDPOINT_URL=//p' "$partner/env")
+	[ -n "$url" ] || die "federate: the server in $partner has no bundle endpoint; start it with SPIRE_SH_BUNDLE_ENDPOINT=1"
+	sctl federation create -trustDomain "$ptd" -bundleEndpointURL "$url" \
+		-bundleEndpointProfile https_spiffe -endpointSpiffeID "spiffe://$ptd/spire/server" \
+		-trustDomainBundlePath "$partner/bundle.pem" -trustDomainBundleFormat pem
 }
 
 stop() {
@@ -199,5 +257,16 @@ start | stop)
 	td=${3:-mcp-mesh.local}
 	"$1"
 	;;
-*) die "usage: scripts/spire.sh build | path | start DIR [TRUST_DOMAIN] | stop DIR" ;;
+restart-agent)
+	[ -n "${2:-}" ] || die "usage: $0 restart-agent DIR"
+	root=$2
+	restart_agent
+	;;
+federate)
+	[ -n "${2:-}" ] && [ -n "${3:-}" ] || die "usage: $0 federate DIR PARTNER_DIR"
+	cached_ok || die "federate: no SPIRE $SPIRE_VERSION at $spire_dir; build it first: scripts/spire.sh build"
+	root=$2
+	federate "$3"
+	;;
+*) die "usage: scripts/spire.sh build | path | start DIR [TRUST_DOMAIN] | restart-agent DIR | federate DIR PARTNER_DIR | stop DIR" ;;
 esac

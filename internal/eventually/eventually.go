@@ -21,12 +21,27 @@ const interval = 5 * time.Millisecond
 // within Bound.
 func True(tb testing.TB, what string, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(Bound)
+	poll(tb, Bound, interval, what, cond)
+}
+
+// TrueWithin is True with another bound, for a condition that comes only
+// after a process of its own takes its time: a real SPIRE agent rotates an
+// X.509-SVID at half its lifetime, minutes away. A longer bound polls
+// less often (a thousandth of the bound, 5 ms at least), so a wait of
+// minutes does not spin on a shared machine.
+func TrueWithin(tb testing.TB, bound time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	poll(tb, bound, max(interval, bound/1000), what, cond)
+}
+
+func poll(tb testing.TB, bound, step time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(bound)
 	for !cond() {
 		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s", Bound, what)
+			tb.Fatalf("timed out after %s waiting for %s", bound, what)
 		}
-		time.Sleep(interval)
+		time.Sleep(step)
 	}
 }
 

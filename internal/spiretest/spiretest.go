@@ -30,9 +30,24 @@ type SPIRE struct {
 	// workloads.
 	AgentID string
 
+	// BundleEndpointURL is the server's SPIFFE bundle endpoint
+	// (https_spiffe profile), set when it was started WithBundleEndpoint.
+	BundleEndpointURL string
+
 	serverSocket string
 	bin          string // the directory of spire-server and spire-agent
+	env          []string
 }
+
+// Option configures Start.
+type Option func(*options)
+
+type options struct{ bundleEndpoint bool }
+
+// WithBundleEndpoint makes the server serve its bundle as a SPIFFE bundle
+// endpoint (https_spiffe profile, refresh hint 1 minute), for another
+// server to federate with (Federate).
+func WithBundleEndpoint() Option { return func(o *options) { o.bundleEndpoint = true } }
 
 // script is scripts/spire.sh, found from this file's directory.
 func script() string {
@@ -43,8 +58,12 @@ func script() string {
 // Start starts SPIRE for trust domain td in a fresh t.TempDir(). It skips
 // the test when SPIRE has not been built (scripts/spire.sh build) unless
 // MESHTRUST_REQUIRE_SPIRE is set: then a missing SPIRE fails the test.
-func Start(t testing.TB, td string) *SPIRE {
+func Start(t testing.TB, td string, opts ...Option) *SPIRE {
 	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	bin, err := exec.Command("bash", script(), "path").Output()
 	if err != nil {
 		if os.Getenv("MESHTRUST_REQUIRE_SPIRE") != "" {
@@ -52,23 +71,48 @@ func Start(t testing.TB, td string) *SPIRE {
 		}
 		t.Skip("no SPIRE built: scripts/spire.sh build (about 20 minutes, once) runs these tests against a real SPIRE server and agent")
 	}
-	s := &SPIRE{Dir: t.TempDir(), bin: strings.TrimSpace(string(bin))}
-	t.Cleanup(func() { s.run(t, nil, "bash", script(), "stop", s.Dir) })
 	// Should the test binary die (a timeout), SPIRE goes with it.
-	env := []string{fmt.Sprintf("SPIRE_SH_PARENT=%d", os.Getpid())}
-	out := s.run(t, env, "bash", script(), "start", s.Dir, td)
-	vars := map[string]string{}
+	s := &SPIRE{Dir: t.TempDir(), bin: strings.TrimSpace(string(bin)), env: []string{fmt.Sprintf("SPIRE_SH_PARENT=%d", os.Getpid())}}
+	t.Cleanup(func() { s.run(t, nil, "bash", script(), "stop", s.Dir) })
+	env := s.env
+	if o.bundleEndpoint {
+		env = append(env, "SPIRE_SH_BUNDLE_ENDPOINT=1")
+	}
+	vars := vars(s.run(t, env, "bash", script(), "start", s.Dir, td))
+	s.TrustDomain, s.AgentSocket, s.AgentID, s.serverSocket = vars["SPIRE_TRUST_DOMAIN"], vars["SPIRE_AGENT_SOCKET"], vars["SPIRE_AGENT_ID"], vars["SPIRE_SERVER_SOCKET"]
+	s.BundleEndpointURL = vars["SPIRE_BUNDLE_ENDPOINT_URL"]
+	if s.AgentSocket == "" || s.serverSocket == "" || s.AgentID == "" || o.bundleEndpoint && s.BundleEndpointURL == "" {
+		t.Fatalf("scripts/spire.sh start printed no sockets, agent ID or bundle endpoint:\n%v", vars)
+	}
+	return s
+}
+
+// vars parses the NAME=value lines scripts/spire.sh prints.
+func vars(out string) map[string]string {
+	m := map[string]string{}
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
 		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			vars[k] = v
+			m[k] = v
 		}
 	}
-	s.TrustDomain, s.AgentSocket, s.AgentID, s.serverSocket = vars["SPIRE_TRUST_DOMAIN"], vars["SPIRE_AGENT_SOCKET"], vars["SPIRE_AGENT_ID"], vars["SPIRE_SERVER_SOCKET"]
-	if s.AgentSocket == "" || s.serverSocket == "" || s.AgentID == "" {
-		t.Fatalf("scripts/spire.sh start printed no sockets or agent ID:\n%s", out)
-	}
-	return s
+	return m
+}
+
+// RestartAgent stops the SPIRE agent and starts it again on the same
+// socket, with the SVID it kept in its data dir (its join token is spent).
+func (s *SPIRE) RestartAgent(t testing.TB) {
+	t.Helper()
+	s.run(t, s.env, "bash", script(), "restart-agent", s.Dir)
+}
+
+// Federate makes the server trust partner's bundle and refresh it from
+// partner's bundle endpoint (partner must have been started
+// WithBundleEndpoint). Federation is one way: call partner.Federate(s)
+// for the other.
+func (s *SPIRE) Federate(t testing.TB, partner *SPIRE) {
+	t.Helper()
+	s.run(t, nil, "bash", script(), "federate", s.Dir, partner.Dir)
 }
 
 // Server runs spire-server's CLI against the server and returns its
@@ -84,10 +128,18 @@ var entryID = regexp.MustCompile(`(?m)^Entry ID\s*:\s*(\S+)`)
 // match selectors (such as "unix:uid:0") and returns the entry's ID.
 func (s *SPIRE) CreateEntry(t testing.TB, spiffeID string, selectors ...string) string {
 	t.Helper()
+	return s.CreateEntryArgs(t, spiffeID, selectors)
+}
+
+// CreateEntryArgs is CreateEntry with more arguments of spire-server entry
+// create, such as "-dns", "localhost" or "-federatesWith", "spiffe://td".
+func (s *SPIRE) CreateEntryArgs(t testing.TB, spiffeID string, selectors []string, more ...string) string {
+	t.Helper()
 	args := []string{"entry", "create", "-parentID", s.AgentID, "-spiffeID", spiffeID}
 	for _, sel := range selectors {
 		args = append(args, "-selector", sel)
 	}
+	args = append(args, more...)
 	out := s.Server(t, args...)
 	m := entryID.FindStringSubmatch(out)
 	if m == nil {
