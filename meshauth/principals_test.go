@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -63,6 +64,9 @@ func (b fixedBundles) Current() (*credentials.Credentials, error) {
 	return &credentials.Credentials{Bundles: b}, nil
 }
 func (fixedBundles) Changed() <-chan struct{} { return nil }
+
+// StaleSince says the fixed bundles are always current.
+func (fixedBundles) StaleSince() (time.Time, <-chan struct{}) { return time.Time{}, nil }
 
 // principalsWorld is newWorld's chain (the mesh CA, then partner-corp's
 // CA as a registered entity) with, behind them, the trust dir's own CA

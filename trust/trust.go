@@ -61,6 +61,11 @@ const (
 	ReasonBadIdentity   = "bad_identity"
 	ReasonRevoked       = "revoked"
 	ReasonEntityRevoked = "entity_revoked"
+	// ReasonStaleTrust refuses a chain a backend's anchors would admit,
+	// but which it could not keep current for longer than its bound (the
+	// spire backend when the Workload API stops answering): what vouched
+	// for the chain may have been revoked since.
+	ReasonStaleTrust = "stale_trust"
 )
 
 // VerifyError is why a chain was refused.

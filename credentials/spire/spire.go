@@ -36,7 +36,10 @@
 // under gRPC's own redial back-off (exponential, 1 s growing to 2 min).
 // The outage is logged once, its end once. An SVID outlives a short
 // outage (SPIRE rotates it with half of its life left); after a long one,
-// peers refuse the expired SVID until the agent is back.
+// peers refuse the expired SVID until the agent is back. StaleSince says
+// since when the credentials have not been known current, so that a
+// consumer of the bundles (the spire trust backend) can bound how long it
+// trusts them.
 package spire
 
 import (
@@ -50,6 +53,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -137,6 +141,10 @@ type Source struct {
 	mu       sync.Mutex
 	lastErr  error // the last error of the watch, for New's message
 	watchErr error // why the watch ended, if it did before Close
+	// staleSince is zero while the credentials are known current (see
+	// StaleSince); staleChanged is closed, and replaced, when it changes.
+	staleSince   time.Time
+	staleChanged chan struct{}
 
 	// Only the watch goroutine uses these.
 	down    bool // the Workload API failed since the last update
@@ -170,6 +178,8 @@ func New(ctx context.Context, opts ...Option) (*Source, error) {
 		client:  client,
 		done:    make(chan struct{}),
 		dropped: make(map[spiffeid.TrustDomain]bool),
+
+		staleChanged: make(chan struct{}),
 	}
 	s.View = s.holder.View()
 	watchCtx, stop := context.WithCancel(context.Background())
@@ -241,15 +251,49 @@ func hint(err error) string {
 }
 
 // Close stops following the Workload API and closes the connection. It
-// is idempotent.
+// is idempotent. From then on StaleSince reports the credentials stale
+// since Close.
 func (s *Source) Close() error {
 	s.once.Do(func() {
 		s.stop()
 		<-s.done
 		s.client.Close()
 		s.holder.Close()
+		s.setStale(true)
 	})
 	return nil
+}
+
+// StaleSince says whether the credentials are known to be current. since
+// is the zero time while the Workload API stream is healthy: the agent's
+// last update is what Current holds, and no error came after it. Else it
+// is when the stream broke (the first watch error, or an update that
+// could not be used, after the last good update: the agent unreachable,
+// PermissionDenied once the workload's entry is gone) or when the source
+// was closed: from then on SPIRE may have rotated, tainted or revoked
+// authorities that the credentials still hold. A healthy stream is quiet
+// while nothing changes, so the time of the last update says nothing.
+// changed is closed when the answer changes.
+func (s *Source) StaleSince() (since time.Time, changed <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.staleSince, s.staleChanged
+}
+
+// setStale marks the credentials stale from now on, unless they are
+// already, or current again.
+func (s *Source) setStale(stale bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if stale == !s.staleSince.IsZero() {
+		return
+	}
+	s.staleSince = time.Time{}
+	if stale {
+		s.staleSince = time.Now()
+	}
+	close(s.staleChanged)
+	s.staleChanged = make(chan struct{})
 }
 
 // watch follows the Workload API until ctx ends; go-spiffe reconnects
@@ -280,6 +324,7 @@ func (w watcher) OnX509ContextWatchError(err error)              { w.s.watchErro
 func (s *Source) update(x *workloadapi.X509Context) {
 	next, err := s.credentials(x)
 	if err != nil {
+		s.setStale(true)
 		s.setLastErr(err)
 		s.log.Warn("ignoring an update from the Workload API; the last credentials stay in use", "err", err)
 		return
@@ -289,14 +334,19 @@ func (s *Source) update(x *workloadapi.X509Context) {
 		s.log.Info("the Workload API is reachable again")
 	}
 	if cur, err := s.holder.Current(); err == nil && same(cur, next) {
+		s.setStale(false)
 		return
 	}
 	if err := s.holder.Set(next); err != nil {
 		if !errors.Is(err, credentials.ErrClosed) {
+			s.setStale(true)
 			s.log.Warn("cannot use the SVID the Workload API sent; the last credentials stay in use", "err", err)
 		}
 		return
 	}
+	// After Set: whoever sees the credentials current again reads the
+	// agent's update from Current.
+	s.setStale(false)
 	leaf := next.Certificate.Leaf
 	tds := make([]string, 0, len(next.Bundles))
 	for td := range next.Bundles {
@@ -340,6 +390,7 @@ func (s *Source) watchError(err error) {
 	if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
 		return // Close
 	}
+	s.setStale(true)
 	s.setLastErr(err)
 	if _, isRPC := status.FromError(err); !isRPC {
 		s.log.Warn("ignoring an update from the Workload API that does not parse; the last credentials stay in use", "err", err)

@@ -16,11 +16,24 @@
 // the trust domain to another entity name (Config.Entities). Every bundle
 // change is published at once: a trust.Chain over the Backend drops its
 // cached verdicts, and meshd re-verifies the agents it admitted.
+//
+// # Bounded staleness
+//
+// Bundles the source cannot refresh are trusted for a bounded time only
+// (Config.MaxStaleness, default DefaultMaxStaleness). When the Workload
+// API stream breaks (the agent gone, or PermissionDenied once meshd's own
+// registration entry is deleted), SPIRE may go on to revoke an authority
+// the last bundles still hold. Once the source has been stale for the
+// bound, every chain those bundles would admit is refused as
+// trust.ReasonStaleTrust, and the change is published so that what was
+// admitted is verified again and evicted; when the stream is healthy again
+// the fresh bundles admit again, published the same way.
 package spirebundle
 
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -41,17 +54,38 @@ import (
 const Name = "spire"
 
 // Source is where the bundles come from: its Current().Bundles, by trust
-// domain, and a signal when they may have changed. *spire.Source (package
+// domain, and a signal when they may have changed; and since when, if at
+// all, it has been unable to keep them current. *spire.Source (package
 // credentials/spire) is one.
 type Source interface {
 	Current() (*credentials.Credentials, error)
 	Changed() <-chan struct{}
+	// StaleSince returns the zero time while the bundles are known
+	// current, else since when they have not been; changed is closed
+	// when that answer changes.
+	StaleSince() (since time.Time, changed <-chan struct{})
 }
+
+// DefaultMaxStaleness is Config.MaxStaleness's default: five minutes.
+// Long enough for a SPIRE agent to restart or be upgraded (seconds of
+// outage, plus go-spiffe's reconnect back-off of up to 30 s and gRPC's
+// redial back-off, which reaches two minutes) without refusing a single
+// agent; short enough that an authority SPIRE revoked, or a workload
+// entry taken from meshd, stops vouching well inside the default hour of
+// an X.509-SVID, of which SPIRE rotates the second half.
+const DefaultMaxStaleness = 5 * time.Minute
 
 // Config configures a Backend.
 type Config struct {
 	// Source provides the bundles; required.
 	Source Source
+	// MaxStaleness is how long bundles the source cannot refresh (see
+	// Source.StaleSince) are still trusted; past it the backend refuses
+	// every chain they would admit, with trust.ReasonStaleTrust, until
+	// the source is current again. Zero means DefaultMaxStaleness;
+	// negative is an error. The bound cannot be turned off: a very long
+	// one is the operator's explicit choice.
+	MaxStaleness time.Duration
 	// Entities maps a trust domain to the entity name its peers get;
 	// a trust domain not listed is its own entity, by its name.
 	Entities map[spiffeid.TrustDomain]string
@@ -65,8 +99,10 @@ type Backend struct {
 	src      Source
 	entities map[spiffeid.TrustDomain]string
 	log      *slog.Logger
+	bound    time.Duration
 
-	// domains is the current state, never changed once published.
+	// domains is the current state, never changed once published; only
+	// follow (and New before it) publishes.
 	domains atomic.Pointer[domains]
 	notify  []func()
 	notifyM sync.Mutex
@@ -81,6 +117,18 @@ type Backend struct {
 type domains struct {
 	byTD  map[spiffeid.TrustDomain]*trust.Anchors
 	certs map[spiffeid.TrustDomain][]*x509.Certificate
+	// staleSince is zero while the source keeps the bundles current, else
+	// since when it has not (or since the backend stopped following it).
+	staleSince time.Time
+	// refusing is whether follow last found them stale past the bound; it
+	// decides what is logged and published. Verify checks the bound
+	// itself, against its own now.
+	refusing bool
+}
+
+// stale reports whether d's bundles have been stale for the bound at now.
+func (d *domains) stale(now time.Time, bound time.Duration) bool {
+	return !d.staleSince.IsZero() && !now.Before(d.staleSince.Add(bound))
 }
 
 // New returns a Backend over the source's current bundles that follows
@@ -92,6 +140,12 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	switch {
+	case cfg.MaxStaleness < 0:
+		return nil, fmt.Errorf("spirebundle: MaxStaleness %s is negative; give how long bundles the Workload API cannot refresh stay trusted (default %s)", cfg.MaxStaleness, DefaultMaxStaleness)
+	case cfg.MaxStaleness == 0:
+		cfg.MaxStaleness = DefaultMaxStaleness
+	}
 	for td, e := range cfg.Entities {
 		if err := identity.ValidateID(e); err != nil {
 			return nil, fmt.Errorf("spirebundle: entity %q for trust domain %s: %w", e, td, err)
@@ -101,13 +155,14 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		src:      cfg.Source,
 		entities: maps.Clone(cfg.Entities),
 		log:      cfg.Logger.With("backend", Name),
+		bound:    cfg.MaxStaleness,
 		done:     make(chan struct{}),
 	}
 	b.domains.Store(&domains{byTD: map[spiffeid.TrustDomain]*trust.Anchors{}, certs: map[spiffeid.TrustDomain][]*x509.Certificate{}})
 	changed := b.src.Changed()
-	b.refresh()
+	health, deadline := b.refresh()
 	ctx, b.cancel = context.WithCancel(ctx)
-	go b.follow(ctx, changed)
+	go b.follow(ctx, changed, health, deadline)
 	return b, nil
 }
 
@@ -122,12 +177,27 @@ func (b *Backend) OnChange(fn func()) {
 	b.notifyM.Unlock()
 }
 
-// Close stops following the source; the bundles seen last stay in force.
+// Close stops following the source. The bundles seen last stay in force
+// for at most MaxStaleness more (from when the source became stale, if it
+// was), then every chain they would admit is refused; nothing is published
+// any more.
 func (b *Backend) Close() error {
 	b.cancel()
 	<-b.done
 	return nil
 }
+
+// StaleSince returns the zero time while the bundles are current, else
+// since when the source has been unable to refresh them; stale reports
+// whether that has lasted MaxStaleness at now, so that every chain they
+// would admit is refused.
+func (b *Backend) StaleSince(now time.Time) (since time.Time, stale bool) {
+	d := b.domains.Load()
+	return d.staleSince, d.stale(now, b.bound)
+}
+
+// MaxStaleness returns the staleness bound in force.
+func (b *Backend) MaxStaleness() time.Duration { return b.bound }
 
 // Entity returns the entity name of trust domain td.
 func (b *Backend) Entity(td spiffeid.TrustDomain) string {
@@ -173,13 +243,26 @@ func (b *Backend) Verify(ctx context.Context, chain []*x509.Certificate, now tim
 	if err != nil {
 		return nil, unknown(fmt.Sprintf("certificate %q has no SPIFFE ID for the spire backend: %v", trust.DisplayName(leaf), err))
 	}
-	a, ok := b.domains.Load().byTD[id.TrustDomain()]
+	d := b.domains.Load()
+	a, ok := d.byTD[id.TrustDomain()]
 	if !ok {
 		return nil, unknown(fmt.Sprintf("certificate %q: no bundle for trust domain %s (federated bundles are trusted only for the trust domains listed)", id, id.TrustDomain()))
 	}
 	p, err := a.Verify(ctx, chain, now)
 	if err != nil {
+		if d.stale(now, b.bound) && errors.Is(err, trust.ErrUnknownAuthority) {
+			// Perhaps an authority SPIRE added while the bundles could not
+			// be refreshed: the next backend may still know the chain.
+			return nil, unknown(fmt.Sprintf("%v; the SPIFFE bundle of %s is stale (not refreshed since %s), so a newer SPIRE authority would not be known", err, id.TrustDomain(), d.staleSince.UTC().Format(time.RFC3339)))
+		}
 		return nil, err
+	}
+	if d.stale(now, b.bound) {
+		// The stale bundle would vouch for this chain, but SPIRE may have
+		// revoked its authority since: fail closed.
+		return nil, trust.NewVerifyError(trust.ErrUntrusted, trust.ReasonStaleTrust, fmt.Sprintf(
+			"certificate %q: the SPIFFE bundle of %s has not been refreshed since %s, longer than the spire backend's bound of %s (is meshd's SPIRE agent up, and does meshd still have a registration entry?)",
+			id, id.TrustDomain(), d.staleSince.UTC().Format(time.RFC3339), b.bound))
 	}
 	if mid, err := identity.FromSPIFFEID(id); err == nil {
 		p.Identity = mid
@@ -195,53 +278,93 @@ func unknown(detail string) error {
 	return trust.NewVerifyError(trust.ErrUnknownAuthority, trust.ReasonUnknownCA, detail)
 }
 
-// follow publishes every change of the source's bundles.
-func (b *Backend) follow(ctx context.Context, changed <-chan struct{}) {
+// follow publishes every change of the source's bundles and of their
+// staleness, and the moment the staleness reaches the bound. When it
+// stops, the bundles count as stale from then on (unless they were
+// already).
+func (b *Backend) follow(ctx context.Context, changed, health <-chan struct{}, deadline time.Time) {
 	defer close(b.done)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
+		var expired <-chan time.Time
+		if !deadline.IsZero() {
+			timer.Reset(time.Until(deadline))
+			expired = timer.C
+		}
 		select {
 		case <-ctx.Done():
+			if d := b.domains.Load(); d.staleSince.IsZero() {
+				next := *d
+				next.staleSince = time.Now()
+				b.domains.Store(&next)
+			}
 			return
 		case <-changed:
 			changed = b.src.Changed()
-			b.refresh()
+		case <-health:
+		case <-expired:
 		}
+		timer.Stop()
+		health, deadline = b.refresh()
 	}
 }
 
-// refresh reads the source's bundles and publishes them if they changed.
-// A source with no credentials yet, or closed, keeps the bundles seen last.
-func (b *Backend) refresh() {
-	c, err := b.src.Current()
-	if err != nil {
-		return
-	}
+// refresh reads the source's bundles and staleness and publishes what
+// changed. A source with no credentials yet, or closed, keeps the bundles
+// seen last. It returns the source's signal of its next change of
+// staleness, and when the staleness reaches the bound if it has not yet
+// (zero if it has, or the bundles are current).
+func (b *Backend) refresh() (health <-chan struct{}, deadline time.Time) {
+	since, health := b.src.StaleSince()
 	cur := b.domains.Load()
-	if sameBundles(cur.certs, c.Bundles) {
-		return
+	next := &domains{byTD: cur.byTD, certs: cur.certs, staleSince: since}
+	next.refusing = next.stale(time.Now(), b.bound)
+	if !since.IsZero() && !next.refusing {
+		deadline = since.Add(b.bound)
 	}
-	next := &domains{byTD: map[spiffeid.TrustDomain]*trust.Anchors{}, certs: map[spiffeid.TrustDomain][]*x509.Certificate{}}
-	for td, certs := range c.Bundles {
-		if len(certs) == 0 {
-			continue
+	c, err := b.src.Current()
+	bundlesChanged := err == nil && !sameBundles(cur.certs, c.Bundles)
+	if bundlesChanged {
+		next.byTD, next.certs = map[spiffeid.TrustDomain]*trust.Anchors{}, map[spiffeid.TrustDomain][]*x509.Certificate{}
+		for td, certs := range c.Bundles {
+			if len(certs) == 0 {
+				continue
+			}
+			a := trust.NewAnchors(Name)
+			a.Set(b.Entity(td), certs)
+			next.byTD[td] = a
+			next.certs[td] = slices.Clone(certs)
 		}
-		a := trust.NewAnchors(Name)
-		a.Set(b.Entity(td), certs)
-		next.byTD[td] = a
-		next.certs[td] = slices.Clone(certs)
+	}
+	if !bundlesChanged && next.staleSince.Equal(cur.staleSince) && next.refusing == cur.refusing {
+		return health, deadline
 	}
 	b.domains.Store(next)
-	names := make([]string, 0, len(next.byTD))
-	for _, td := range sortedDomains(next.certs) {
-		names = append(names, fmt.Sprintf("%s (%d)", td, len(next.certs[td])))
+	if bundlesChanged {
+		names := make([]string, 0, len(next.byTD))
+		for _, td := range sortedDomains(next.certs) {
+			names = append(names, fmt.Sprintf("%s (%d)", td, len(next.certs[td])))
+		}
+		b.log.Info("SPIFFE bundles changed", "trust_domains", names)
 	}
-	b.log.Info("SPIFFE bundles changed", "trust_domains", names)
+	switch {
+	case next.refusing && !cur.refusing:
+		b.log.Error("refusing every SPIFFE certificate: the Workload API has not refreshed the bundles for longer than the bound, and SPIRE may have revoked an authority since; check meshd's SPIRE agent and meshd's registration entry",
+			"stale_since", since, "max_staleness", b.bound)
+	case !next.refusing && cur.refusing:
+		b.log.Info("admitting SPIFFE certificates again: the Workload API refreshed the bundles")
+	}
+	if !bundlesChanged && next.refusing == cur.refusing {
+		return health, deadline // no verdict changes
+	}
 	b.notifyM.Lock()
 	fns := slices.Clone(b.notify)
 	b.notifyM.Unlock()
 	for _, fn := range fns {
 		fn()
 	}
+	return health, deadline
 }
 
 func sortedDomains(m map[spiffeid.TrustDomain][]*x509.Certificate) []spiffeid.TrustDomain {

@@ -36,6 +36,12 @@ var (
 // SPIRE provider's source, listing partner only.
 func setup(t *testing.T, entities map[spiffeid.TrustDomain]string) (*spiffetest.Server, *spirebundle.Backend, *atomic.Int64) {
 	t.Helper()
+	return setupBound(t, entities, 0)
+}
+
+// setupBound is setup with a staleness bound (0: the default).
+func setupBound(t *testing.T, entities map[spiffeid.TrustDomain]string, bound time.Duration) (*spiffetest.Server, *spirebundle.Backend, *atomic.Int64) {
+	t.Helper()
 	srv := spiffetest.NewServer(t, "")
 	srv.SetSVID(meshd)
 	srv.AddFederatedBundle(partner)
@@ -48,7 +54,7 @@ func setup(t *testing.T, entities map[spiffeid.TrustDomain]string) (*spiffetest.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { src.Close() })
-	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, Entities: entities, Logger: slog.New(slog.DiscardHandler)})
+	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, Entities: entities, MaxStaleness: bound, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,3 +270,4 @@ type nopSource struct{}
 
 func (nopSource) Current() (*credentials.Credentials, error) { return nil, credentials.ErrClosed }
 func (nopSource) Changed() <-chan struct{}                   { return make(chan struct{}) }
+func (nopSource) StaleSince() (time.Time, <-chan struct{})   { return time.Time{}, nil }
