@@ -10,6 +10,29 @@
 // certificates expire after an hour; this source's never do while the
 // agent runs.
 //
+// # Several SVIDs
+//
+// The Workload API sends one X.509-SVID per registration entry that
+// matches the workload, ordered by entry ID: the first is no more the
+// workload's than the others, and a new entry can sort before it. The
+// source chooses, in this order:
+//
+//  1. WithSPIFFEID's ID, and no other: while the agent sends none for
+//     it, New waits and later updates are ignored;
+//  2. the one SPIFFE ID sent;
+//  3. the ID whose path is WithPreferredPath's (provider.FromEnv passes
+//     /agent/<agent id>, the ID meshd's default spire binding expects);
+//  4. the SVID whose SPIRE hint is WithPreferredHint's (the provider
+//     passes the agent id);
+//  5. the ID served until now, if the agent still sends it, so that a
+//     new entry that sorts first does not switch the workload's identity;
+//  6. the first.
+//
+// When 5 or 6 decides among several IDs the choice is ambiguous, and the
+// source logs a warning naming every ID and how to choose, once per
+// change of the set. Each SVID it serves is logged with the rule that
+// chose it.
+//
 // # Trust
 //
 // Credentials.Bundles hold the bundle of the SVID's own trust domain and
@@ -56,6 +79,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -84,6 +108,7 @@ type config struct {
 	federation []spiffeid.TrustDomain
 	log        *slog.Logger
 	client     []workloadapi.ClientOption
+	choice     choice
 }
 
 // WithSocket sets the Workload API's address: a socket path
@@ -107,6 +132,25 @@ func WithFederation(tds ...spiffeid.TrustDomain) Option {
 	}
 }
 
+// WithSPIFFEID makes the source serve the X.509-SVID of id and no other,
+// however many SVIDs the Workload API sends. While it sends none for id,
+// New waits (and fails when its context ends, with ErrNoSVID naming the
+// IDs it did send), and later updates without it are ignored: the last
+// SVID of id stays in use. The zero ID leaves the choice to the
+// preferences below.
+func WithSPIFFEID(id spiffeid.ID) Option { return func(c *config) { c.choice.id = id } }
+
+// WithPreferredPath makes the source prefer, among several SVIDs, the one
+// whose SPIFFE ID's path is exactly path ("/agent/opus"): what
+// provider.FromEnv passes for the agent's own ID. When no SVID has that
+// path, the next preference decides.
+func WithPreferredPath(path string) Option { return func(c *config) { c.choice.path = path } }
+
+// WithPreferredHint makes the source prefer, among several SVIDs, the one
+// whose SPIRE hint (`spire-server entry create -hint`) is exactly hint.
+// WithPreferredPath comes first when both match.
+func WithPreferredHint(hint string) Option { return func(c *config) { c.choice.hint = hint } }
+
 // WithLogger receives the source's events: new SVIDs and bundles (IDs,
 // serials, expiry; never a key), dropped bundles, outages of the agent.
 // The default discards them.
@@ -120,8 +164,8 @@ func WithClientOptions(opts ...workloadapi.ClientOption) Option {
 }
 
 // Source is a credentials.Source over a SPIRE agent's Workload API. Its
-// Certificate is the agent's default X.509-SVID (the first it sends),
-// its Roots the authorities of the SVID's trust domain, and its Bundles
+// Certificate is the X.509-SVID it chooses among those the agent sends
+// (see "Several SVIDs" in the package doc), its Roots the authorities of the SVID's trust domain, and its Bundles
 // that trust domain's and the federated ones' (see the package doc).
 // Current returns the credentials of the last X.509-SVID and bundles the
 // agent sent; Changed is closed when the agent sends a new SVID or bundle,
@@ -149,6 +193,8 @@ type Source struct {
 	// Only the watch goroutine uses these.
 	down    bool // the Workload API failed since the last update
 	dropped map[spiffeid.TrustDomain]bool
+	serving spiffeid.ID // the SPIFFE ID of the SVID served, once there is one
+	warned  string      // the set of SPIFFE IDs the last ambiguity warning named
 }
 
 var _ credentials.Source = (*Source)(nil)
@@ -356,10 +402,13 @@ func (s *Source) update(x *workloadapi.X509Context) {
 	s.log.Info("new credentials from the Workload API", "spiffe_id", leaf.URIs[0].String(), "serial", fmt.Sprintf("%x", leaf.SerialNumber), "not_after", leaf.NotAfter, "trust_domains", tds)
 }
 
-// credentials builds credentials of x's default SVID and of the bundles
-// it may trust.
+// credentials builds credentials of the SVID of x the source chooses (see
+// choice) and of the bundles it may trust.
 func (s *Source) credentials(x *workloadapi.X509Context) (*credentials.Credentials, error) {
-	svid := x.DefaultSVID()
+	svid, by, err := s.choose(x.SVIDs)
+	if err != nil {
+		return nil, err
+	}
 	own := svid.ID.TrustDomain()
 	ownBundle, ok := x.Bundles.Get(own)
 	if !ok || len(ownBundle.X509Authorities()) == 0 {
@@ -381,7 +430,31 @@ func (s *Source) credentials(x *workloadapi.X509Context) (*credentials.Credentia
 			s.log.Warn("dropping the bundle of a trust domain this source does not federate with; its SVIDs are not trusted", "trust_domain", td.Name(), "fix", "list it in spire.WithFederation to trust it")
 		}
 	}
+	// Compared: canonical strings, as in choice.
+	if svid.ID.String() != s.serving.String() {
+		s.log.Info("serving the X.509-SVID of this SPIFFE ID", "spiffe_id", svid.ID.String(), "chosen_by", by, "spiffe_ids", ids(x.SVIDs))
+		s.serving = svid.ID
+	}
 	return &credentials.Credentials{Certificate: cert, Roots: ownBundle.X509Authorities(), Bundles: bundles}, nil
+}
+
+// choose picks the SVID to serve among svids, and says once per set of
+// SPIFFE IDs when no rule could tell them apart.
+func (s *Source) choose(svids []*x509svid.SVID) (svid *x509svid.SVID, by string, err error) {
+	svid, by, ambiguous, err := s.cfg.choice.pick(svids, s.serving)
+	if err != nil {
+		return nil, "", err
+	}
+	all := ids(svids)
+	if key := strings.Join(all, " "); !ambiguous {
+		s.warned = ""
+	} else if key != s.warned {
+		s.warned = key
+		s.log.Warn("the Workload API sent SVIDs of several SPIFFE IDs for this workload and no rule chose one; serving one of them",
+			"spiffe_ids", all, "serving", svid.ID.String(), "chosen_by", by,
+			"fix", "choose with MCP_MESH_SPIFFE_ID (spire.WithSPIFFEID), or register the agent's own ID as spiffe://<trust domain>/agent/<agent id> or with the entry hint <agent id>")
+	}
+	return svid, by, nil
 }
 
 // watchError notes an error of the watch: an outage of the agent (gRPC

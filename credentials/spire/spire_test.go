@@ -72,7 +72,14 @@ func newSource(t *testing.T, s *spiffetest.Server, opts ...spire.Option) (*spire
 // await waits until src's credentials satisfy ok, and returns them.
 func await(t *testing.T, src credentials.Source, what string, ok func(*credentials.Credentials) bool) *credentials.Credentials {
 	t.Helper()
-	bound := time.After(wait)
+	return awaitWithin(t, wait, src, what, ok)
+}
+
+// awaitWithin is await with another bound, for the real SPIRE's slower
+// events (an SVID rotation, every minute).
+func awaitWithin(t *testing.T, within time.Duration, src credentials.Source, what string, ok func(*credentials.Credentials) bool) *credentials.Credentials {
+	t.Helper()
+	bound := time.After(within)
 	for {
 		changed := src.Changed()
 		if c := sourcetest.Current(t, src); ok(c) {
