@@ -7,6 +7,7 @@ package spiretest
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -146,6 +147,31 @@ func (s *SPIRE) CreateEntryArgs(t testing.TB, spiffeID string, selectors []strin
 		t.Fatalf("spire-server entry create printed no entry ID:\n%s", out)
 	}
 	return m[1]
+}
+
+// LocalAuthority runs `spire-server localauthority x509 VERB` (show,
+// prepare, activate, taint, revoke), on authority id when given, and
+// returns the authority IDs of its answer by key: active, prepared and old
+// for show, prepared_authority, activated_authority, ... for the others.
+// An authority's ID is the hex of its subject key identifier, which the
+// SVIDs it signs name as their authority key identifier.
+func (s *SPIRE) LocalAuthority(t testing.TB, verb, id string) map[string]string {
+	t.Helper()
+	args := []string{"localauthority", "x509", verb, "-output", "json"}
+	if id != "" {
+		args = append(args, "-authorityID", id)
+	}
+	var out map[string]struct {
+		AuthorityID string `json:"authority_id"`
+	}
+	if err := json.Unmarshal([]byte(s.Server(t, args...)), &out); err != nil {
+		t.Fatalf("spire-server localauthority x509 %s: %v", verb, err)
+	}
+	ids := map[string]string{}
+	for k, v := range out {
+		ids[k] = v.AuthorityID
+	}
+	return ids
 }
 
 func (s *SPIRE) run(t testing.TB, env []string, name string, args ...string) string {
