@@ -124,9 +124,13 @@ func (c *Chain) Verify(ctx context.Context, chain []*x509.Certificate) (*Peer, e
 }
 
 func (c *Chain) verify(ctx context.Context, chain []*x509.Certificate, now time.Time) (*Peer, error) {
+	var specific error // the first refusal that says more than unknown_ca
 	for _, b := range c.backends {
 		peer, err := b.Verify(ctx, chain, now)
 		if errors.Is(err, ErrUnknownAuthority) {
+			if specific == nil && errors.Is(err, ErrUnknownTrustDomain) {
+				specific = err
+			}
 			continue
 		}
 		if err != nil {
@@ -136,6 +140,9 @@ func (c *Chain) verify(ctx context.Context, chain []*x509.Certificate, now time.
 			return nil, err
 		}
 		return peer, nil
+	}
+	if specific != nil {
+		return nil, specific
 	}
 	return nil, refuse(ErrUnknownAuthority, ReasonUnknownCA, "certificate %q is signed by an authority no trust backend knows", DisplayName(chain[0]))
 }

@@ -1,6 +1,7 @@
 package trust_test
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -571,4 +572,34 @@ func BenchmarkChainVerify(b *testing.B) {
 			}
 		}
 	})
+}
+
+// refuseDomain is a backend that knows the leaf's trust domain is not one
+// it trusts, as the spire backend does.
+type refuseDomain struct{}
+
+func (refuseDomain) Name() string { return "spire" }
+func (refuseDomain) Verify(context.Context, []*x509.Certificate, time.Time) (*trust.Peer, error) {
+	return nil, trust.NewVerifyError(trust.ErrUnknownTrustDomain, trust.ReasonUnknownCA, "trust domain stranger.test is not trusted here")
+}
+
+// TestChainKeepsTheSpecificRefusal: when no backend admits a chain, the
+// refusal is the one that said why (an untrusted trust domain), not the
+// generic unknown authority, whichever backend came first; a later backend
+// that admits still wins.
+func TestChainKeepsTheSpecificRefusal(t *testing.T) {
+	t.Parallel()
+	m := newMesh(t)
+	stranger := pkitest.NewRoot(t, "stranger root")
+	leaf := stranger.Leaf(t, "x")
+	for _, backends := range [][]trust.Backend{{m.local, refuseDomain{}}, {refuseDomain{}, m.local}} {
+		_, err := trust.NewChain(&trust.RevocationSet{}, backends).Verify(context.Background(), chainOf(leaf))
+		if !errors.Is(err, trust.ErrUnknownAuthority) || !errors.Is(err, trust.ErrUnknownTrustDomain) || trust.Reason(err) != trust.ReasonUnknownCA || !strings.Contains(err.Error(), "stranger.test is not trusted here") {
+			t.Errorf("backends %v: %v (reason %s), want the trust domain's refusal", backends, err, trust.Reason(err))
+		}
+	}
+	agent := m.agent(t, "opus", "ct111")
+	if _, err := trust.NewChain(&trust.RevocationSet{}, []trust.Backend{refuseDomain{}, m.local}).Verify(context.Background(), chainOf(agent)); err != nil {
+		t.Errorf("a later backend that admits: %v", err)
+	}
 }

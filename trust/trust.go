@@ -68,6 +68,14 @@ const (
 	ReasonStaleTrust = "stale_trust"
 )
 
+// ErrUnknownTrustDomain is an unknown authority a backend can say more
+// about: the leaf's SPIFFE ID names a trust domain it holds no bundle for
+// (not meshd's own, not a federated one listed). It wraps
+// ErrUnknownAuthority, so a Chain tries its next backend; when none admits
+// the chain, the Chain's refusal is this one rather than its generic
+// unknown_ca, which would lose why.
+var ErrUnknownTrustDomain = fmt.Errorf("%w: trust domain not trusted", ErrUnknownAuthority)
+
 // VerifyError is why a chain was refused.
 type VerifyError struct {
 	// Reason is one of the Reason constants.

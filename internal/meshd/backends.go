@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshtrust/meshtrust/credentials/spire"
+	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
 	"github.com/meshtrust/meshtrust/trust/spirebundle"
@@ -40,7 +41,9 @@ type SPIREConfig struct {
 	// trusted, besides meshd's own.
 	Federated []spiffeid.TrustDomain
 	// Entities maps a trust domain to the entity its agents belong to;
-	// default the trust domain's name.
+	// default: meshd's own trust domain (its SVID's) is the mesh's own,
+	// a federated one the entity of its name, which must then be a valid
+	// entity name (no dots: map partner.example=partner).
 	Entities map[spiffeid.TrustDomain]string
 	// StartTimeout bounds the wait for the first SVID and bundles;
 	// default 30s.
@@ -111,6 +114,19 @@ func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) 
 		src.Close()
 		return nil, fmt.Errorf("trust backend spire: %w", err)
 	}
+	for _, td := range c.Federated {
+		if td == b.TrustDomain() {
+			continue // listing the own trust domain changes nothing
+		}
+		// The entity name is what namespaces, grants and revocations
+		// compare: a trust domain's name with dots can be none of them.
+		if err := identity.ValidateID(b.Entity(td)); err != nil {
+			b.Close()
+			src.Close()
+			return nil, fmt.Errorf("trust backend spire: federated trust domain %s: its agents need an entity name, and %q is not one (%w): map it with --spire-entities %s=<name> (MCP_MESH_SPIRE_ENTITIES)", td, b.Entity(td), err, td)
+		}
+	}
+	m.spire = b
 	m.addDynamic(b, func() error { return errors.Join(b.Close(), src.Close()) })
 	return b, nil
 }

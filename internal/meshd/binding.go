@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -25,9 +28,10 @@ const trustDirCAMax = 1 << 20
 // bindings returns the identity binding of every trust source of the
 // chain: the mesh CA's localca by exact CN; MCP Mesh's localca (the trust
 // dir's ca.pem) by CN with its per-replica ids and <name>.<trust domain>;
-// every other source (the trust dir, registered entities, and backends
-// such as spire) by exact CN and MCP Mesh's <name>.<trust domain>; then
-// the operator's overrides, which must name a source of the chain.
+// every other source (the trust dir, registered entities, k8s-secrets) by
+// exact CN and MCP Mesh's <name>.<trust domain>; spire by those and by
+// the SPIFFE IDs of spireTemplates; then the operator's overrides, which
+// must name a source of the chain.
 func (m *Meshd) bindings(backends []trust.Backend) (map[string]registry.Binding, error) {
 	out := map[string]registry.Binding{}
 	for _, b := range backends {
@@ -44,6 +48,15 @@ func (m *Meshd) bindings(backends []trust.Backend) (map[string]registry.Binding,
 			// and its agents register per-replica ids.
 			out[name] = registry.Binding{CN: true, CNReplicas: true, TrustDomain: m.cfg.AgentTrustDomain}
 			continue
+		case name == BackendSPIRE && m.spire != nil:
+			// SPIRE SVIDs carry no CN unless their entry sets -dns: their
+			// SPIFFE ID names the agent.
+			tmpl, err := spireTemplates(m.spire.TrustDomain(), m.cfg.SPIRE.Federated)
+			if err != nil {
+				return nil, err
+			}
+			out[name] = registry.Binding{CN: true, TrustDomain: m.cfg.AgentTrustDomain, SPIFFE: tmpl}
+			continue
 		}
 		out[name] = registry.Binding{CN: true, TrustDomain: m.cfg.AgentTrustDomain}
 	}
@@ -52,6 +65,36 @@ func (m *Meshd) bindings(backends []trust.Backend) (map[string]registry.Binding,
 			return nil, fmt.Errorf("agent binding for trust source %q, which is not in the chain %v: list it in MCP_MESH_TRUST_BACKEND, or drop its binding", name, backendNames(backends))
 		}
 		out[name] = b
+	}
+	return out, nil
+}
+
+// spireTemplates are the spire source's default SPIFFE ID templates, for
+// meshd's own trust domain and then each federated one:
+// spiffe://<td>/agent/{agent}, one ID per agent, which speaks for that
+// agent; and spiffe://<td>/mesh-agent, the one ID MCP Mesh's SPIRE
+// deployments give every agent, whose holder may claim any id no one
+// claimed (the first claim binds it to that SPIFFE ID). Which trust
+// source vouches: each trust domain's own bundle, and no other (package
+// spirebundle); compared: the SVID's one SPIFFE ID, as spiffeid parses
+// it, segment by segment. A federated partner's agents stay inside its
+// entity's namespace.
+func spireTemplates(own spiffeid.TrustDomain, federated []spiffeid.TrustDomain) ([]registry.SPIFFETemplate, error) {
+	tds := []spiffeid.TrustDomain{own}
+	for _, td := range federated {
+		if !slices.Contains(tds, td) {
+			tds = append(tds, td)
+		}
+	}
+	var out []registry.SPIFFETemplate
+	for _, td := range tds {
+		for _, path := range []string{"/agent/{agent}", "/mesh-agent"} {
+			t, err := registry.ParseSPIFFETemplate("spiffe://" + td.Name() + path)
+			if err != nil {
+				return nil, fmt.Errorf("the spire backend's default binding for trust domain %s: %w", td, err)
+			}
+			out = append(out, t)
+		}
 	}
 	return out, nil
 }

@@ -122,7 +122,8 @@ type Meshd struct {
 	entities *trust.Anchors
 	revoked  *trust.Anchors // revoked entities' CAs, last in the chain: refused as entity_revoked, not unknown_ca
 	files    *filestore.Backend
-	k8s      *k8ssecrets.Backend // nil unless the k8s-secrets backend is on
+	k8s      *k8ssecrets.Backend  // nil unless the k8s-secrets backend is on
+	spire    *spirebundle.Backend // nil unless the spire backend is on
 	// dynamic are the backends whose entities change at run time
 	// (filestore, k8s-secrets, spire), and closers what stops them.
 	dynamic []dynamicBackend

@@ -194,9 +194,60 @@ func TestE2ESPIRE(t *testing.T) {
 	if a, ok := e.agents(observer, "").find("partner-a"); !ok || a.EntityID != "partner" {
 		t.Fatalf("partner-a listed as %+v", a)
 	}
+	// SPIRE's own SVIDs carry no CN: with the default binding the SPIFFE
+	// ID names the agent. meshd's own trust domain is the mesh's own (no
+	// entity, no namespace); a partner's stays inside its namespace.
+	cnless := func(id spiffeid.ID) tls.Certificate {
+		chain, key := wl.CA(id.TrustDomain()).Issue(&x509.Certificate{URIs: []*url.URL{id.URL()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+		c := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+		for _, x := range chain {
+			c.Certificate = append(c.Certificate, x.Raw)
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		id, agent, entity, reason string
+	}{
+		{"/agent/weather", "weather", "", ""},
+		{"/agent/weather", "weather-1a2b3c4d", "", ""},
+		{"/agent/weather", "geo", "", "identity_mismatch"},
+		{"/mesh-agent", "shared-one", "", ""}, // MCP Mesh's one ID for every agent: the first claim binds
+		{"/mesh-registry", "registry", "", "not_agent_cert"},
+		{"/agent/ct111/opus", "opus", "", ""}, // the mesh identity opus@ct111's SPIFFE ID
+	} {
+		c := cnless(spiffeid.RequireFromPath(meshTD, tc.id))
+		r := e.do(e.freshClient(&c), "POST", "/heartbeat", heartbeat(tc.agent, 9310))
+		if tc.reason != "" {
+			if r.code != http.StatusForbidden || r.reason() != tc.reason {
+				t.Errorf("%s as %s: %s, want 403 %s", tc.id, tc.agent, r, tc.reason)
+			}
+			continue
+		}
+		if r.code != http.StatusOK {
+			t.Errorf("%s as %s: %s, want 200", tc.id, tc.agent, r)
+		} else if a, _ := e.agents(observer, "").find(tc.agent); a.EntityID != tc.entity {
+			t.Errorf("%s as %s: entity %q, want %q", tc.id, tc.agent, a.EntityID, tc.entity)
+		}
+	}
+	partnerC := cnless(spiffeid.RequireFromPath(partnerTD, "/agent/partner-c"))
+	if r := e.do(e.freshClient(&partnerC), "POST", "/heartbeat", heartbeat("partner-c", 9311)); r.code != http.StatusOK {
+		t.Errorf("CN-less partner SVID inside its namespace: %s", r)
+	}
+	partnerOpus := cnless(spiffeid.RequireFromPath(partnerTD, "/agent/opus"))
+	if r := e.do(e.freshClient(&partnerOpus), "POST", "/heartbeat", heartbeat("opus", 9312)); r.code != http.StatusForbidden || r.reason() != "outside_namespace" {
+		t.Errorf("partner SVID naming a mesh id: %s, want 403 outside_namespace", r)
+	}
 	stranger := svid(strangerTD, "stranger-a")
-	if r := e.do(e.freshClient(&stranger), "POST", "/heartbeat", heartbeat("stranger-a", 9301)); r.code != http.StatusForbidden || r.reason() != "unknown_ca" {
-		t.Errorf("unlisted trust domain: %s, want 403 unknown_ca", r)
+	if r := e.do(e.freshClient(&stranger), "POST", "/heartbeat", heartbeat("stranger-a", 9301)); r.code != http.StatusForbidden || r.reason() != "unknown_ca" || !strings.Contains(string(r.body), "trust domain stranger.test is not trusted here") {
+		t.Errorf("unlisted trust domain: %s, want 403 unknown_ca saying its trust domain is not trusted", r)
+	}
+
+	// A federated trust domain whose name cannot be an entity's (dots)
+	// must be mapped: meshd refuses to start, saying how.
+	bad := e.cfg
+	bad.SPIRE.Federated = []spiffeid.TrustDomain{partnerTD, strangerTD}
+	if _, err := meshd.New(t.Context(), bad, e.ca.st, e.ca.auth); err == nil || !strings.Contains(err.Error(), "--spire-entities stranger.test=<name>") {
+		t.Errorf("unmapped dotted federated trust domain: %v, want a start-up error naming --spire-entities", err)
 	}
 
 	// Rotation: a new authority joins; both SVIDs verify. The prune drops

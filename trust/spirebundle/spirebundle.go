@@ -12,8 +12,13 @@
 // other, so a federated partner's CA can never vouch for an ID in the
 // mesh's own trust domain, or in a third one.
 //
-// The entity of a peer is its trust domain's name, unless the operator maps
-// the trust domain to another entity name (Config.Entities). Every bundle
+// The peers of meshd's own trust domain (Config.TrustDomain, the trust
+// domain of meshd's own SVID) are the mesh's own, entity "", as the CAs of
+// the trust dir are: the SPIRE deployment meshd gets its own identity from
+// is the mesh's identity provider. The entity of a federated peer is its
+// trust domain's name, unless the operator maps the trust domain to
+// another entity name (Config.Entities), which may also make the own trust
+// domain an entity. Every bundle
 // change is published at once: a trust.Chain over the Backend drops its
 // cached verdicts, and meshd re-verifies the agents it admitted.
 //
@@ -86,8 +91,12 @@ type Config struct {
 	// negative is an error. The bound cannot be turned off: a very long
 	// one is the operator's explicit choice.
 	MaxStaleness time.Duration
-	// Entities maps a trust domain to the entity name its peers get;
-	// a trust domain not listed is its own entity, by its name.
+	// TrustDomain is meshd's own: its peers are the mesh's own (entity
+	// ""). Zero: the trust domain of the source's current SVID.
+	TrustDomain spiffeid.TrustDomain
+	// Entities maps a trust domain to the entity name its peers get; a
+	// federated trust domain not listed is its own entity, by its name,
+	// and the own trust domain not listed is the mesh's own.
 	Entities map[spiffeid.TrustDomain]string
 	// Logger receives bundle changes; default slog.Default().
 	Logger *slog.Logger
@@ -97,6 +106,7 @@ type Config struct {
 // trust.Notifier.
 type Backend struct {
 	src      Source
+	own      spiffeid.TrustDomain
 	entities map[spiffeid.TrustDomain]string
 	log      *slog.Logger
 	bound    time.Duration
@@ -151,8 +161,21 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 			return nil, fmt.Errorf("spirebundle: entity %q for trust domain %s: %w", e, td, err)
 		}
 	}
+	own := cfg.TrustDomain
+	if own.IsZero() {
+		c, err := cfg.Source.Current()
+		if err != nil {
+			return nil, fmt.Errorf("spirebundle: no trust domain given, and no SVID to take it from: %w", err)
+		}
+		id, err := x509svid.IDFromCert(c.Certificate.Leaf)
+		if err != nil {
+			return nil, fmt.Errorf("spirebundle: no trust domain given, and the source's certificate has no SPIFFE ID: %w", err)
+		}
+		own = id.TrustDomain()
+	}
 	b := &Backend{
 		src:      cfg.Source,
+		own:      own,
 		entities: maps.Clone(cfg.Entities),
 		log:      cfg.Logger.With("backend", Name),
 		bound:    cfg.MaxStaleness,
@@ -199,20 +222,35 @@ func (b *Backend) StaleSince(now time.Time) (since time.Time, stale bool) {
 // MaxStaleness returns the staleness bound in force.
 func (b *Backend) MaxStaleness() time.Duration { return b.bound }
 
-// Entity returns the entity name of trust domain td.
+// TrustDomain returns meshd's own trust domain, whose peers are the
+// mesh's own unless Config.Entities maps it.
+func (b *Backend) TrustDomain() spiffeid.TrustDomain { return b.own }
+
+// Entity returns the entity name of trust domain td: the operator's
+// mapping, else "" (the mesh's own) for the own trust domain, else td's
+// name.
 func (b *Backend) Entity(td spiffeid.TrustDomain) string {
+	// Compared: trust domains as spiffeid parses them (lowercase names).
+	// The bundle of td is the only one that vouches for td's IDs, so the
+	// entity follows from the ID's trust domain alone.
 	if e, ok := b.entities[td]; ok {
 		return e
+	}
+	if td == b.own {
+		return ""
 	}
 	return td.Name()
 }
 
-// Entities returns the entities whose bundles are trusted, sorted.
+// Entities returns the partner entities whose bundles are trusted, sorted;
+// the mesh's own trust domain is none.
 func (b *Backend) Entities() []string {
 	d := b.domains.Load()
 	out := make([]string, 0, len(d.byTD))
 	for td := range d.byTD {
-		out = append(out, b.Entity(td))
+		if e := b.Entity(td); e != "" {
+			out = append(out, e)
+		}
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
@@ -243,10 +281,16 @@ func (b *Backend) Verify(ctx context.Context, chain []*x509.Certificate, now tim
 	if err != nil {
 		return nil, unknown(fmt.Sprintf("certificate %q has no SPIFFE ID for the spire backend: %v", trust.DisplayName(leaf), err))
 	}
+	// Compared: the ID's trust domain, as spiffeid parses it, with the
+	// trust domains whose bundles the source holds (meshd's own, and the
+	// federated ones the operator listed).
 	d := b.domains.Load()
 	a, ok := d.byTD[id.TrustDomain()]
 	if !ok {
-		return nil, unknown(fmt.Sprintf("certificate %q: no bundle for trust domain %s (federated bundles are trusted only for the trust domains listed)", id, id.TrustDomain()))
+		// The caller learns only that its own trust domain is not trusted,
+		// not which ones are.
+		return nil, trust.NewVerifyError(trust.ErrUnknownTrustDomain, trust.ReasonUnknownCA,
+			fmt.Sprintf("certificate %q: trust domain %s is not trusted here (neither meshd's own nor a federated trust domain the operator listed)", id, id.TrustDomain()))
 	}
 	p, err := a.Verify(ctx, chain, now)
 	if err != nil {

@@ -78,8 +78,8 @@ func TestBundleVouchesForItsTrustDomainOnly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mesh agent: %v", err)
 	}
-	if p.Entity != "mesh.test" || p.Backend != "spire" {
-		t.Errorf("mesh agent: entity %q backend %q, want mesh.test, spire", p.Entity, p.Backend)
+	if p.Entity != "" || p.Backend != "spire" {
+		t.Errorf("mesh agent: entity %q backend %q, want \"\" (meshd's own trust domain is the mesh's own), spire", p.Entity, p.Backend)
 	}
 	if want, _ := identity.NewAgent("opus", "ct111"); p.Identity != want {
 		t.Errorf("mesh agent identity = %v, want %v (from its SPIFFE ID)", p.Identity, want)
@@ -117,8 +117,8 @@ func TestBundleVouchesForItsTrustDomainOnly(t *testing.T) {
 	if _, err := verify(be, chain); !errors.Is(err, trust.ErrUnknownAuthority) {
 		t.Errorf("certificate without a SPIFFE ID: %v, want unknown authority", err)
 	}
-	if got := be.Entities(); !slices.Equal(got, []string{"mesh.test", "partner.test"}) {
-		t.Errorf("Entities = %v, want mesh.test, partner.test (stranger.test is not listed)", got)
+	if got := be.Entities(); !slices.Equal(got, []string{"partner.test"}) {
+		t.Errorf("Entities = %v, want partner.test (the own trust domain is no entity; stranger.test is not listed)", got)
 	}
 }
 
@@ -147,7 +147,7 @@ func TestBundlesFollowed(t *testing.T) {
 	}
 	before := changes.Load()
 	srv.RotateCA(mesh)
-	eventually.True(t, "the rotated bundle", func() bool { return len(be.Certificates("mesh.test")) == 2 })
+	eventually.True(t, "the rotated bundle", func() bool { return len(be.Certificates("")) == 2 })
 	fresh := srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/b"))
 	for _, c := range [][]*x509.Certificate{old.Certificates, fresh.Certificates} {
 		if _, err := verify(be, c); err != nil {
@@ -194,13 +194,13 @@ func TestConcurrentVerifyAndChange(t *testing.T) {
 	srv, be, _ := setup(t, nil)
 	svid := srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/a"))
 	old := srv.CA(partner).IssueSVID(spiffeid.RequireFromPath(partner, "/agent/x"))
-	meshRoots := be.Certificates("mesh.test")
+	meshRoots := be.Certificates("")
 	agent, _ := identity.NewAgent("a", "ct111")
 	// check returns what was wrong with one round of reads, or "", and
 	// whether the old partner SVID was refused.
 	check := func() (bad string, refused bool) {
 		p, err := verify(be, svid.Certificates)
-		if err != nil || p.Entity != "mesh.test" || p.Backend != "spire" || p.Identity != agent {
+		if err != nil || p.Entity != "" || p.Backend != "spire" || p.Identity != agent {
 			return fmt.Sprintf("the mesh SVID: %+v, %v; want agent a@ct111 of mesh.test by spire", p, err), false
 		}
 		switch p, err := verify(be, old.Certificates); {
@@ -211,11 +211,11 @@ func TestConcurrentVerifyAndChange(t *testing.T) {
 		case err != nil:
 			refused = true
 		}
-		if got := be.Entities(); !slices.Equal(got, []string{"mesh.test", "partner.test"}) {
-			return fmt.Sprintf("Entities = %v, want mesh.test, partner.test", got), refused
+		if got := be.Entities(); !slices.Equal(got, []string{"partner.test"}) {
+			return fmt.Sprintf("Entities = %v, want partner.test", got), refused
 		}
-		if got := be.Certificates("mesh.test"); !slices.EqualFunc(got, meshRoots, (*x509.Certificate).Equal) {
-			return fmt.Sprintf("Certificates(mesh.test) changed: %d certificates, was %d", len(got), len(meshRoots)), refused
+		if got := be.Certificates(""); !slices.EqualFunc(got, meshRoots, (*x509.Certificate).Equal) {
+			return fmt.Sprintf("Certificates(\"\") changed: %d certificates, was %d", len(got), len(meshRoots)), refused
 		}
 		if got := be.Certificates("partner.test"); len(got) == 0 {
 			return "Certificates(partner.test) is empty", refused
@@ -271,3 +271,29 @@ type nopSource struct{}
 func (nopSource) Current() (*credentials.Credentials, error) { return nil, credentials.ErrClosed }
 func (nopSource) Changed() <-chan struct{}                   { return make(chan struct{}) }
 func (nopSource) StaleSince() (time.Time, <-chan struct{})   { return time.Time{}, nil }
+
+// TestOwnTrustDomain: meshd's own trust domain is the mesh's own (entity
+// ""), whether given or taken from the source's SVID; a mapping makes it
+// an entity.
+func TestOwnTrustDomain(t *testing.T) {
+	_, be, _ := setup(t, nil)
+	if be.TrustDomain() != mesh {
+		t.Errorf("TrustDomain = %v, want %v (the SVID's)", be.TrustDomain(), mesh)
+	}
+	if e := be.Entity(mesh); e != "" {
+		t.Errorf("Entity(own) = %q, want \"\"", e)
+	}
+	if e := be.Entity(partner); e != "partner.test" {
+		t.Errorf("Entity(partner) = %q, want partner.test", e)
+	}
+	srv, mapped, _ := setup(t, map[spiffeid.TrustDomain]string{mesh: "mesh"})
+	if p, err := verify(mapped, srv.CA(mesh).IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/x")).Certificates); err != nil || p.Entity != "mesh" {
+		t.Errorf("mapped own trust domain: %v, %v; want entity mesh", p, err)
+	}
+	if e := mapped.Entity(mesh); e != "mesh" {
+		t.Errorf("mapped own trust domain: Entity = %q, want mesh", e)
+	}
+	if got := mapped.Entities(); !slices.Contains(got, "mesh") {
+		t.Errorf("mapped own trust domain: Entities = %v, want it listed", got)
+	}
+}
