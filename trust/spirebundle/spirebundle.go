@@ -167,6 +167,9 @@ func New(ctx context.Context, cfg Config) (*Backend, error) {
 		if err != nil {
 			return nil, fmt.Errorf("spirebundle: no trust domain given, and no SVID to take it from: %w", err)
 		}
+		if c.Certificate.Leaf == nil {
+			return nil, fmt.Errorf("spirebundle: no trust domain given, and the source has no SVID to take it from")
+		}
 		id, err := x509svid.IDFromCert(c.Certificate.Leaf)
 		if err != nil {
 			return nil, fmt.Errorf("spirebundle: no trust domain given, and the source's certificate has no SPIFFE ID: %w", err)

@@ -117,7 +117,7 @@ func TestStaleBound(t *testing.T) {
 	since := time.Now().Add(-time.Second)
 	src.setStale(since)
 	const bound = time.Hour
-	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, MaxStaleness: bound, Logger: slog.New(slog.DiscardHandler)})
+	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, TrustDomain: mesh, MaxStaleness: bound, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,10 +133,10 @@ func TestStaleBound(t *testing.T) {
 		t.Errorf("StaleSince = %v, %v; want %v, true", got, stale, since)
 	}
 
-	if _, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, MaxStaleness: -time.Second}); err == nil {
+	if _, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, TrustDomain: mesh, MaxStaleness: -time.Second}); err == nil {
 		t.Error("a negative MaxStaleness was accepted")
 	}
-	def, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, Logger: slog.New(slog.DiscardHandler)})
+	def, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, TrustDomain: mesh, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestStaleLoggedOnce(t *testing.T) {
 	svid := ca.IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/a")).Certificates
 	src := newFakeSource(map[spiffeid.TrustDomain][]*x509.Certificate{mesh: ca.Bundle().X509Authorities()})
 	var log logtest.Buffer
-	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, MaxStaleness: time.Minute, Logger: log.JSONLogger()})
+	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, TrustDomain: mesh, MaxStaleness: time.Minute, Logger: log.JSONLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestConcurrentVerifyAndStaleness(t *testing.T) {
 	ca := spiffetest.NewServer(t, "").CA(mesh)
 	svid := ca.IssueSVID(spiffeid.RequireFromPath(mesh, "/agent/ct111/a")).Certificates
 	src := newFakeSource(map[spiffeid.TrustDomain][]*x509.Certificate{mesh: ca.Bundle().X509Authorities()})
-	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, MaxStaleness: time.Minute, Logger: slog.New(slog.DiscardHandler)})
+	be, err := spirebundle.New(t.Context(), spirebundle.Config{Source: src, TrustDomain: mesh, MaxStaleness: time.Minute, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestConcurrentVerifyAndStaleness(t *testing.T) {
 				}
 				p, err := verify(be, svid)
 				switch {
-				case err == nil && p.Entity == "mesh.test" && p.SPIFFEID.String() == "spiffe://mesh.test/agent/ct111/a":
+				case err == nil && p.Entity == "" && p.SPIFFEID.String() == "spiffe://mesh.test/agent/ct111/a":
 					admitted.Add(1)
 				case staleRefusal(err):
 					refused.Add(1)
