@@ -6,7 +6,8 @@
 //   - vault: a certificate from Vault's PKI engine (MCP_MESH_VAULT_*,
 //     VAULT_TOKEN);
 //   - spire: the X.509-SVID of the SPIRE agent at MCP_MESH_SPIRE_SOCKET
-//     (package credentials/spire);
+//     (package credentials/spire), the one of MCP_MESH_SPIFFE_ID when the
+//     agent sends several;
 //   - enroll: this mesh's CA, through a node enrolled with `meshctl enroll`:
 //     the agent's certificate from the node directory (MESHTRUST_NODE_DIR,
 //     default /etc/meshtrust), renewed with the node's (package
@@ -30,6 +31,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/credentials/file"
@@ -48,6 +51,10 @@ const (
 	// EnvServer is meshd's agent port for the enroll provider's renewals,
 	// when it is not the one recorded at enrollment.
 	EnvServer = "MESHTRUST_SERVER"
+	// EnvSPIFFEID is the SPIFFE ID whose X.509-SVID the spire provider
+	// serves when the Workload API sends several: meshtrust's extension
+	// (MCP Mesh takes the first).
+	EnvSPIFFEID = "MCP_MESH_SPIFFE_ID"
 )
 
 // The providers' names, as MCP_MESH_TLS_PROVIDER takes them.
@@ -73,10 +80,11 @@ var ErrUnknown = errors.New("provider: unknown credential provider")
 type Option func(*config)
 
 type config struct {
-	name    string
-	nodeDir string
-	server  string
-	log     *slog.Logger
+	name     string
+	nodeDir  string
+	server   string
+	spiffeID string
+	log      *slog.Logger
 }
 
 // WithProvider picks the provider by name, overriding MCP_MESH_TLS_PROVIDER
@@ -92,6 +100,12 @@ func WithNodeDir(dir string) Option { return func(c *config) { c.nodeDir = dir }
 // recorded at enrollment. "" leaves it to them.
 func WithServer(url string) Option { return func(c *config) { c.server = url } }
 
+// WithSPIFFEID picks, for the spire provider, the SPIFFE ID whose
+// X.509-SVID the agent serves (spiffe://mcp-mesh.local/agent/opus),
+// overriding MCP_MESH_SPIFFE_ID; FromEnv refuses it for another provider.
+// "" leaves it to the variable.
+func WithSPIFFEID(id string) Option { return func(c *config) { c.spiffeID = id } }
+
 // WithLogger receives the provider's events (reloads, renewals, outages);
 // the default discards them. No key or credential is ever logged.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
@@ -106,8 +120,12 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.log = l } }
 // SVID too (spire.ErrNoSVID, saying what the agent last answered).
 //
 // agentID selects the agent's certificate for the enroll provider, and
-// names the certificate Vault issues; the file and spire providers serve
-// whatever certificate they are given, and meshd decides what it may speak
+// names the certificate Vault issues. The spire provider serves the
+// X.509-SVID of WithSPIFFEID, else MCP_MESH_SPIFFE_ID, when set; else,
+// when the agent sends several, it prefers the one whose SPIFFE ID's path
+// is /agent/<agentID>, then the one whose entry's hint is agentID (see
+// package credentials/spire). The file provider serves whatever
+// certificate it is given. meshd decides what a certificate may speak
 // for.
 func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.Source, error) {
 	cfg := config{log: slog.New(slog.DiscardHandler)}
@@ -122,6 +140,14 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 		name = File
 	}
 	log := cfg.log.With("provider", name)
+	if name != SPIRE {
+		if cfg.spiffeID != "" {
+			return nil, fmt.Errorf("provider %s: a SPIFFE ID (%s) chooses among the SVIDs of the spire provider only", name, cfg.spiffeID)
+		}
+		if id := os.Getenv(EnvSPIFFEID); id != "" {
+			log.Warn("ignoring "+EnvSPIFFEID+": it chooses among the SVIDs of the spire provider only", "spiffe_id", id)
+		}
+	}
 	switch name {
 	case File:
 		src, err := file.FromEnv(ctx, file.WithLogger(log))
@@ -130,8 +156,12 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 		}
 		return src, nil
 	case SPIRE:
+		opts, err := spireChoice(agentID, cfg)
+		if err != nil {
+			return nil, err
+		}
 		waitCtx, cancel := context.WithTimeout(ctx, firstSVIDTimeout)
-		src, err := spire.New(waitCtx, spire.WithLogger(log))
+		src, err := spire.New(waitCtx, append(opts, spire.WithLogger(log))...)
 		cancel()
 		if err != nil {
 			return nil, err
@@ -153,6 +183,33 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 		return src, nil
 	}
 	return nil, fmt.Errorf("%w %q%s; want one of %s", ErrUnknown, name, from, strings.Join(Names(), ", "))
+}
+
+// spireChoice returns the options by which the spire source chooses the
+// agent's SVID among several: WithSPIFFEID's ID, else MCP_MESH_SPIFFE_ID's,
+// and no other; without one, the ID whose path is /agent/<agent id> (the
+// ID meshd's default spire binding, spiffe://<td>/agent/{agent}, expects
+// of this agent), then the entry whose hint is the agent id.
+func spireChoice(agentID string, cfg config) ([]spire.Option, error) {
+	raw, from := cfg.spiffeID, "WithSPIFFEID"
+	if raw == "" {
+		raw, from = strings.TrimSpace(os.Getenv(EnvSPIFFEID)), EnvSPIFFEID
+	}
+	if raw != "" {
+		// The SPIRE agent vouches for the ID (it issued the SVID);
+		// the source compares its canonical string with the SVIDs'.
+		id, err := spiffeid.FromString(raw)
+		if err != nil {
+			return nil, fmt.Errorf("provider spire: %s %q: %w; give the SPIFFE ID of one of the agent's registration entries, such as spiffe://mcp-mesh.local/agent/%s", from, raw, err, agentID)
+		}
+		return []spire.Option{spire.WithSPIFFEID(id)}, nil
+	}
+	if agentID == "" {
+		return nil, nil
+	}
+	// Preferences only: the source compares the path and the hint
+	// exactly, and meshd alone decides which agent the SVID may speak for.
+	return []spire.Option{spire.WithPreferredPath("/agent/" + agentID), spire.WithPreferredHint(agentID)}, nil
 }
 
 // firstSVIDTimeout bounds the wait for the SPIRE agent's first X.509-SVID,

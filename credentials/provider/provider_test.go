@@ -33,7 +33,7 @@ const wait = 10 * time.Second
 // caller's environment cannot choose for the test.
 func clearEnv(t *testing.T) {
 	for _, k := range []string{provider.EnvProvider, provider.EnvNodeDir, provider.EnvServer,
-		credentials.EnvCert, credentials.EnvKey, credentials.EnvCA, spire.EnvSocket, "SPIFFE_ENDPOINT_SOCKET"} {
+		credentials.EnvCert, credentials.EnvKey, credentials.EnvCA, spire.EnvSocket, "SPIFFE_ENDPOINT_SOCKET", provider.EnvSPIFFEID} {
 		t.Setenv(k, "")
 	}
 }
@@ -227,6 +227,34 @@ func TestFromEnvRefuses(t *testing.T) {
 			},
 			is:    spire.ErrNoSVID,
 			wants: []string{"none.sock"},
+		},
+		{
+			name: "spire with a SPIFFE ID that does not parse",
+			setup: func(t *testing.T) []provider.Option {
+				t.Setenv(provider.EnvSPIFFEID, "spiffe://mcp-mesh.local/agent/../zed")
+				return []provider.Option{provider.WithProvider("spire")}
+			},
+			wants: []string{provider.EnvSPIFFEID, `"spiffe://mcp-mesh.local/agent/../zed"`, "dot segment"},
+		},
+		{
+			name: "spire with a SPIFFE ID it never sends",
+			setup: func(t *testing.T) []provider.Option {
+				w := spiffetest.NewServer(t, "")
+				w.SetSVID(spiffeid.RequireFromString("spiffe://mcp-mesh.local/agent/zed"))
+				t.Setenv(spire.EnvSocket, w.SocketPath())
+				provider.SetFirstSVIDTimeout(t, 200*time.Millisecond)
+				return []provider.Option{provider.WithProvider("spire"), provider.WithSPIFFEID("spiffe://mcp-mesh.local/agent/opus")}
+			},
+			is:    spire.ErrNoSVID,
+			wants: []string{"spiffe://mcp-mesh.local/agent/opus", "it sent spiffe://mcp-mesh.local/agent/zed"},
+		},
+		{
+			name: "a SPIFFE ID for the file provider",
+			setup: func(t *testing.T) []provider.Option {
+				writeFiles(t, s, "files@ct111")
+				return []provider.Option{provider.WithSPIFFEID("spiffe://mcp-mesh.local/agent/opus")}
+			},
+			wants: []string{"provider file", "spire provider only"},
 		},
 		{
 			name: "enroll without an enrolled node",

@@ -56,7 +56,7 @@ func TestRealSPIREChoice(t *testing.T) {
 	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
 	entry := func(entryID, path string, more ...string) spiffeid.ID {
 		id := spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString(s.TrustDomain), path)
-		s.Server(t, append([]string{"entry", "create", "-entryID", entryID, "-parentID", s.AgentID, "-spiffeID", id.String(), "-selector", uid}, more...)...)
+		s.CreateEntryArgs(t, id.String(), []string{uid}, append([]string{"-entryID", entryID}, more...)...)
 		return id
 	}
 	// The entry IDs fix the agent's order: carol first, then zed.

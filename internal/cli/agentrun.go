@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshtrust/meshtrust/agent"
 	"github.com/meshtrust/meshtrust/credentials"
@@ -37,7 +39,7 @@ var childSecrets = []string{"VAULT_TOKEN"}
 // agentRun is `meshctl agent run`'s configuration.
 type agentRun struct {
 	agentID, providerName, registryURL string
-	nodeDir, server                    string
+	nodeDir, server, spiffeID          string
 	registration                       string // a file with the heartbeat payload
 	httpHost                           string
 	httpPort                           int
@@ -56,6 +58,12 @@ MCP_MESH_TLS_PROVIDER: file, vault, spire or enroll), writes them to a private
 directory on tmpfs (0700, files 0600) and keeps them current. It registers the
 agent with meshd (POST /heartbeat, then HEAD /heartbeat/<id>) for the
 command, and re-registers when the credentials change or meshd asks.
+
+With the spire provider, when the SPIRE agent sends several SVIDs (one per
+matching registration entry), meshctl uses the one of --spiffe-id (else
+MCP_MESH_SPIFFE_ID), else the one whose SPIFFE ID's path is /agent/<agent-id>,
+else the one whose entry hint is the agent id, else the one it used before;
+it logs which, and warns when no rule decided.
 
 Once meshd has accepted the registration (or --register-wait has passed), it
 starts the command with paths, never PEM, in its environment:
@@ -92,6 +100,7 @@ has exited a summary follows its output on stdout.`,
 	f.StringVar(&o.registryURL, "registry-url", os.Getenv(envRegistryURL), "meshd's agent port, https://host:port (env "+envRegistryURL+")")
 	f.StringVar(&o.nodeDir, "dir", "", "enroll provider: the node's credential directory (default: MESHTRUST_NODE_DIR, else "+provider.DefaultNodeDir+")")
 	f.StringVar(&o.server, "server", "", "enroll provider: meshd to renew through (default: MESHTRUST_SERVER, else the one recorded at enrollment)")
+	f.StringVar(&o.spiffeID, "spiffe-id", "", "spire provider: the SPIFFE ID whose SVID the agent uses when the SPIRE agent sends several (default: "+provider.EnvSPIFFEID+", else the one whose path is /agent/<agent-id>, else the one whose entry hint is <agent-id>)")
 	f.StringVar(&o.registration, "registration", "", "file holding the agent's heartbeat payload (MCP Mesh's POST /heartbeat JSON)")
 	f.StringVar(&o.httpHost, "http-host", "", "where other agents reach this one (without --registration)")
 	f.IntVar(&o.httpPort, "http-port", 0, "the port other agents reach this one on (without --registration)")
@@ -112,8 +121,29 @@ type agentRunResult struct {
 	// Deregistered, that it was deleted when the command exited.
 	Registered   bool `json:"registered"`
 	Deregistered bool `json:"deregistered"`
+	// Subject and SPIFFEID name the certificate the agent presented last:
+	// its common name, and its SPIFFE ID (for the spire provider, the SVID
+	// it chose among those the SPIRE agent sent).
+	Subject  string `json:"subject,omitempty"`
+	SPIFFEID string `json:"spiffe_id,omitempty"`
 	// Error is why the heartbeat stopped on its own (an eviction).
 	Error string `json:"error,omitempty"`
+}
+
+// presented returns the log attributes that name the certificate leaf:
+// what meshd will see of the agent.
+func presented(leaf *x509.Certificate) []any {
+	return []any{"subject", leaf.Subject.CommonName, "spiffe_id", spiffeIDOf(leaf), "serial", fmt.Sprintf("%x", leaf.SerialNumber), "not_after", leaf.NotAfter}
+}
+
+// spiffeIDOf returns leaf's SPIFFE ID, or "" when it has none (for the
+// display only: meshd decides what it may speak for).
+func spiffeIDOf(leaf *x509.Certificate) string {
+	id, err := x509svid.IDFromCert(leaf)
+	if err != nil {
+		return ""
+	}
+	return id.String()
 }
 
 func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
@@ -158,7 +188,7 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 	defer end()
 	stopSetup := context.AfterFunc(cmd.Context(), end)
 	src, err := provider.FromEnv(life, o.agentID, provider.WithProvider(o.providerName),
-		provider.WithNodeDir(o.nodeDir), provider.WithServer(o.server), provider.WithLogger(log))
+		provider.WithNodeDir(o.nodeDir), provider.WithServer(o.server), provider.WithSPIFFEID(o.spiffeID), provider.WithLogger(log))
 	if !stopSetup() {
 		err = errors.Join(err, cmd.Context().Err())
 	}
@@ -166,6 +196,9 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 		return fmt.Errorf("credentials of agent %s: %w", o.agentID, err)
 	}
 	defer src.Close()
+	if c, err := src.Current(); err == nil {
+		log.Info("credentials ready", presented(c.Certificate.Leaf)...)
+	}
 	cfg.Source = src
 	a, err := agent.New(cfg)
 	if err != nil {
@@ -260,6 +293,9 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 		log.Warn("removing the credential files", "err", err)
 	}
 	res := agentRunResult{AgentID: o.agentID, ExitStatus: exitCode(waitErr)}
+	if c, err := src.Current(); err == nil {
+		res.Subject, res.SPIFFEID = c.Certificate.Leaf.Subject.CommonName, spiffeIDOf(c.Certificate.Leaf)
+	}
 	log.Info("the command exited", "status", res.ExitStatus)
 	select {
 	case <-a.Ready():

@@ -24,7 +24,7 @@ const runWait = 20 * time.Second
 // provider, the files or the registry.
 func clearAgentEnv(t *testing.T) {
 	for _, k := range []string{"MCP_MESH_TLS_PROVIDER", "MCP_MESH_TLS_CERT", "MCP_MESH_TLS_KEY", "MCP_MESH_TLS_CA",
-		"MCP_MESH_REGISTRY_URL", "MESHTRUST_NODE_DIR", "MESHTRUST_SERVER", "VAULT_TOKEN"} {
+		"MCP_MESH_REGISTRY_URL", "MESHTRUST_NODE_DIR", "MESHTRUST_SERVER", "VAULT_TOKEN", "MCP_MESH_SPIFFE_ID"} {
 		t.Setenv(k, "")
 	}
 }
@@ -365,6 +365,8 @@ func TestAgentRunRefuses(t *testing.T) {
 		{"no files", nil, append([]string{"--agent-id", "opus", "--registry-url", url}, cmd...), []string{"MCP_MESH_TLS_CERT", "MCP_MESH_TLS_KEY"}},
 		{"another agent's certificate", func(t *testing.T) { m.useFiles(t, "other", "ct111") },
 			append([]string{"--agent-id", "opus", "--registry-url", url}, cmd...), []string{"rejected", "identity_mismatch"}},
+		{"a SPIFFE ID for the file provider", func(t *testing.T) { m.useFiles(t, "opus", "ct111") },
+			append([]string{"--agent-id", "opus", "--registry-url", url, "--spiffe-id", "spiffe://mcp-mesh.local/agent/opus"}, cmd...), []string{"provider file", "spire provider only"}},
 		{"registration and endpoint flags", nil, append([]string{"--agent-id", "opus", "--registry-url", url, "--registration", "opus.json", "--http-port", "9443"}, cmd...), []string{"put http_host and http_port in it"}},
 		{"unreadable registration", nil, append([]string{"--agent-id", "opus", "--registry-url", url, "--registration", filepath.Join(t.TempDir(), "none.json")}, cmd...), []string{"--registration", "none.json"}},
 	} {
