@@ -47,6 +47,18 @@ func TestAddress(t *testing.T) {
 	}
 }
 
+// unconnected returns a Source as New makes it, without a Workload API
+// client or a watch: a test feeds it updates.
+func unconnected(log *slog.Logger, opts ...Option) *Source {
+	cfg := config{log: log}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s := &Source{log: log, cfg: cfg, dropped: map[spiffeid.TrustDomain]bool{}, staleChanged: make(chan struct{})}
+	s.View = s.holder.View()
+	return s
+}
+
 // TestUpdate feeds updates to a source directly: what the agent sends
 // again changes nothing, and an update without the own bundle is
 // ignored.
@@ -54,8 +66,7 @@ func TestUpdate(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString("mesh.test")
 	id := spiffeid.RequireFromPath(td, "/agent/a")
 	ca := spiffetest.NewServer(t, "").CA(td)
-	s := &Source{log: slog.New(slog.DiscardHandler), dropped: map[spiffeid.TrustDomain]bool{}}
-	s.View = s.holder.View()
+	s := unconnected(slog.New(slog.DiscardHandler))
 	svid := ca.IssueSVID(id)
 	x509Context := func(svid *x509svid.SVID, bundles ...*x509bundle.Bundle) *workloadapi.X509Context {
 		return &workloadapi.X509Context{SVIDs: []*x509svid.SVID{svid}, Bundles: x509bundle.NewSet(bundles...)}
@@ -156,15 +167,6 @@ func TestChoiceUpdates(t *testing.T) {
 	ca := spiffetest.NewServer(t, "").CA(td)
 	a, b, c := spiffeid.RequireFromPath(td, "/a"), spiffeid.RequireFromPath(td, "/b"), spiffeid.RequireFromPath(td, "/c")
 	log, buf := logtest.New()
-	newSource := func(opts ...Option) *Source {
-		cfg := config{log: log}
-		for _, o := range opts {
-			o(&cfg)
-		}
-		s := &Source{log: log, cfg: cfg, dropped: map[spiffeid.TrustDomain]bool{}}
-		s.View = s.holder.View()
-		return s
-	}
 	send := func(s *Source, ids ...spiffeid.ID) {
 		x := &workloadapi.X509Context{Bundles: x509bundle.NewSet(ca.Bundle())}
 		for _, id := range ids {
@@ -182,7 +184,7 @@ func TestChoiceUpdates(t *testing.T) {
 	}
 	warnings := func() int { return strings.Count(buf.String(), "no rule chose one") }
 
-	s := newSource()
+	s := unconnected(log)
 	send(s, b, c)
 	if got := serving(s); got != b.String() || warnings() != 1 {
 		t.Fatalf("serving %s after %d warnings, want %s after 1", got, warnings(), b)
@@ -200,7 +202,7 @@ func TestChoiceUpdates(t *testing.T) {
 		t.Fatalf("serving %s, want %s, the first", got, a)
 	}
 
-	s = newSource(WithSPIFFEID(c))
+	s = unconnected(log, WithSPIFFEID(c))
 	send(s, a, b)
 	if _, err := s.Current(); err == nil {
 		t.Fatal("the source served an SVID of another ID than WithSPIFFEID's")
