@@ -67,6 +67,7 @@ type options struct {
 	legacyCompat               bool
 	limits                     limits
 	binding                    bindingOptions
+	bundle                     bundleEndpointOptions
 	// envNotes are what meshd logs at start about MCP Mesh variables it
 	// accepts but does not follow as MCP Mesh would.
 	envNotes []string
@@ -141,6 +142,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.spire.federated, "spire-federated", envOr("MCP_MESH_SPIRE_FEDERATED", ""), "spire: comma list of federated trust domains whose bundles are trusted besides meshd's own (env MCP_MESH_SPIRE_FEDERATED)")
 	f.StringVar(&o.spire.entities, "spire-entities", envOr("MCP_MESH_SPIRE_ENTITIES", ""), "spire: comma list of trust-domain=entity; a trust domain not listed is the entity of its own name (env MCP_MESH_SPIRE_ENTITIES)")
 	o.binding.flags(f)
+	o.bundle.flags(f)
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.revocationPoll, "revocation-poll", meshd.DefaultRevocationPoll, "how often the store's change feed is read for revocations and other changes made outside this process (meshctl ca revoke offline)")
 	f.DurationVar(&o.checkpointInterval, "checkpoint-interval", meshd.DefaultCheckpointInterval, "how often, while the audit log grows, its head is signed into the CA's checkpoints file")
@@ -277,6 +279,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		Registrations: o.limits.registrationLimits(),
 	}
 	if err := o.binding.apply(&scfg); err != nil {
+		return err
+	}
+	if scfg.BundleEndpoint, err = o.bundle.config(); err != nil {
 		return err
 	}
 	srv, err := meshd.New(ctx, scfg, st, authority)

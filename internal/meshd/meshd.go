@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshtrust/meshtrust/internal/bundleendpoint"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/events"
 	"github.com/meshtrust/meshtrust/internal/registry"
@@ -79,6 +80,10 @@ type Config struct {
 	K8s K8sConfig
 	// SPIRE configures the spire backend.
 	SPIRE SPIREConfig
+	// BundleEndpoint serves the mesh CA's bundle as a SPIFFE bundle
+	// endpoint, for SPIRE deployments that federate with the mesh; off
+	// unless its Addr is set. It needs the mesh CA.
+	BundleEndpoint bundleendpoint.Config
 	// HeartbeatTimeout is how long an agent may be silent before it is
 	// unhealthy; default 20s.
 	HeartbeatTimeout time.Duration
@@ -115,6 +120,8 @@ type Meshd struct {
 	st   server.Store
 	auth *ca.CA // nil without a local CA
 	srv  *server.Server
+	// bundle is the SPIFFE bundle endpoint; nil when it is off.
+	bundle *bundleendpoint.Server
 
 	revs     *trust.RevocationSet
 	chain    *trust.Chain
@@ -178,6 +185,9 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	defer func() {
 		if !ok {
 			m.closeBackends() // the watchers buildBackends started
+			if m.bundle != nil {
+				m.bundle.Shutdown(ctx) // its certificate files' watch
+			}
 		}
 	}()
 	backends, err := m.buildBackends(ctx)
@@ -245,6 +255,9 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 		// Only a CA: a nil *ca.CA in the interface would not be a nil
 		// Authority, and the routes would sign with it.
 		deps.CA = authority
+	}
+	if m.bundle, err = m.bundleEndpoint(ctx, authority); err != nil {
+		return nil, err
 	}
 	if m.srv, err = server.New(ctx, cfg.Config, deps); err != nil {
 		return nil, err
@@ -444,6 +457,13 @@ func (m *Meshd) Start(ctx context.Context) error {
 		m.cancel()
 		return err
 	}
+	if m.bundle != nil {
+		if err := m.bundle.Start(ctx); err != nil {
+			m.srv.Shutdown(ctx)
+			m.cancel()
+			return err
+		}
+	}
 	// Entities may have left the trust dir while meshd was down.
 	m.noteTrustChange()
 	m.wg.Add(3)
@@ -457,7 +477,7 @@ func (m *Meshd) Start(ctx context.Context) error {
 	}
 	// The bound addresses: a port 0 in the configuration is chosen here.
 	m.log.Info("meshd serving", "agent_port", m.AgentAddr(), "tls_mode", m.cfg.TLSMode, "backends", backendNames(m.chain.Backends()), "admin_socket", m.cfg.AdminSocket,
-		"admin_listen", m.AdminTLSAddr(), "metrics_listen", m.MetricsAddr(), "agents", m.reg.Len())
+		"admin_listen", m.AdminTLSAddr(), "metrics_listen", m.MetricsAddr(), "bundle_endpoint", m.BundleEndpointAddr(), "agents", m.reg.Len())
 	return nil
 }
 
@@ -466,6 +486,9 @@ func (m *Meshd) Start(ctx context.Context) error {
 // backends' watchers.
 func (m *Meshd) Shutdown(ctx context.Context) error {
 	err := m.srv.Shutdown(ctx)
+	if m.bundle != nil {
+		err = errors.Join(err, m.bundle.Shutdown(ctx))
+	}
 	if m.cancel != nil {
 		m.cancel()
 	}
