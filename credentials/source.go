@@ -13,7 +13,10 @@
 //     a new bundle applies to the next connection without a restart;
 //   - Materialize writes the credentials to tmpfs for a process that can
 //     only read files, and rewrites them on every change;
-//   - Wait and Watch follow a Source without missing a change.
+//   - Wait and Watch follow a Source without missing a change;
+//   - AddRoots adds the CAs an operator names (MCP_MESH_TLS_CA) to any
+//     Source's anchors, without letting them vouch for a SPIFFE ID of a
+//     trust domain the Source has a bundle for.
 //
 // A Source implementation usually keeps a Holder, which does the
 // bookkeeping of Current, Changed and Close for it.
@@ -89,6 +92,15 @@ type Credentials struct {
 	// verified against the bundle of its ID's trust domain only. nil for
 	// sources that know nothing of SPIFFE.
 	Bundles map[spiffeid.TrustDomain][]*x509.Certificate
+	// OperatorRoots are CA certificates the operator added to the
+	// provider's own anchors (MCP_MESH_TLS_CA with the spire, vault and
+	// enroll providers; see AddRoots), so that a peer or a meshd with a
+	// certificate of another CA (the mesh CA's, say) can be reached. They
+	// vouch like Roots for a leaf without a SPIFFE ID, and for a leaf
+	// whose SPIFFE ID's trust domain has no bundle in Bundles; never for
+	// an ID of a trust domain that has one, which only that bundle
+	// vouches for. Materialize writes them with Roots.
+	OperatorRoots []*x509.Certificate
 }
 
 // check reports what makes c unusable.

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync/atomic"
 
@@ -99,7 +100,8 @@ func AuthorizeAllOf(authorizers ...Authorizer) Authorizer {
 
 // ServerConfig returns a tls.Config for a server that presents src's
 // current certificate and requires clients to present one that chains to
-// src's current roots and that authorize allows (nil refuses every
+// src's current roots (Roots and OperatorRoots; a SPIFFE ID of a trust
+// domain in Bundles to that bundle only) and that authorize allows (nil refuses every
 // client). Rotations of the certificate and of the roots apply from the
 // next handshake on: nothing is copied into the config.
 //
@@ -159,9 +161,10 @@ type verifier struct {
 }
 
 type pools struct {
-	creds   *Credentials
-	roots   *x509.CertPool // nil: no roots
-	bundles map[spiffeid.TrustDomain]*x509.CertPool
+	creds    *Credentials
+	roots    *x509.CertPool // Roots and OperatorRoots; nil: none
+	operator *x509.CertPool // OperatorRoots alone; nil: none
+	bundles  map[spiffeid.TrustDomain]*x509.CertPool
 }
 
 func (v *verifier) certificate() (*tls.Certificate, error) {
@@ -176,7 +179,7 @@ func (v *verifier) poolsFor(c *Credentials) *pools {
 	if p := v.pools.Load(); p != nil && p.creds == c {
 		return p
 	}
-	p := &pools{creds: c, roots: pool(c.Roots)}
+	p := &pools{creds: c, roots: pool(append(slices.Clone(c.Roots), c.OperatorRoots...)), operator: pool(c.OperatorRoots)}
 	if c.Bundles != nil {
 		p.bundles = make(map[spiffeid.TrustDomain]*x509.CertPool, len(c.Bundles))
 		for td, certs := range c.Bundles {
@@ -211,11 +214,25 @@ func (v *verifier) verify(cs tls.ConnectionState) error {
 	roots := p.roots
 	if p.bundles != nil {
 		// A SPIFFE ID names its trust domain: only that domain's bundle
-		// may vouch for it, not another domain's CA among the roots.
-		if id, err := x509svid.IDFromCert(leaf); err == nil {
+		// may vouch for it, not another domain's CA among the roots. The
+		// operator's added CAs may vouch for an ID of a trust domain that
+		// has no bundle, and for a leaf without a SPIFFE ID (with the
+		// roots); never for a trust domain a bundle speaks for. Compared:
+		// the trust domain of the ID as spiffeid parses the leaf's one
+		// URI SAN, by its canonical name (the map's key).
+		id, err := x509svid.IDFromCert(leaf)
+		switch {
+		case err == nil:
 			if roots = p.bundles[id.TrustDomain()]; roots == nil {
-				return fmt.Errorf("%w: %s: no bundle for trust domain %q", ErrUntrusted, describe(leaf), id.TrustDomain())
+				if roots = p.operator; roots == nil {
+					return fmt.Errorf("%w: %s: no bundle for trust domain %q", ErrUntrusted, describe(leaf), id.TrustDomain())
+				}
 			}
+		case hasSPIFFEURI(leaf):
+			// A SPIFFE URI that does not parse as the leaf's one ID
+			// (malformed, or beside other URIs): no bundle can vouch for
+			// it, and no other anchor may.
+			return fmt.Errorf("%w: %s: its SPIFFE ID: %w", ErrUntrusted, describe(leaf), err)
 		}
 	}
 	if roots == nil {
@@ -236,6 +253,12 @@ func (v *verifier) verify(cs tls.ConnectionState) error {
 		return fmt.Errorf("%w: %s: %w", ErrUnauthorized, describe(leaf), err)
 	}
 	return nil
+}
+
+// hasSPIFFEURI reports whether one of c's URI SANs has the spiffe scheme
+// (url.Parse lowercases a scheme).
+func hasSPIFFEURI(c *x509.Certificate) bool {
+	return slices.ContainsFunc(c.URIs, func(u *url.URL) bool { return u.Scheme == "spiffe" })
 }
 
 // describe names a certificate in an error: its common name, or its

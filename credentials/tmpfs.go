@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/meshtrust/meshtrust/identity"
@@ -38,7 +39,11 @@ type Files struct {
 	Dir string
 	// CertFile, KeyFile and CAFile are the paths of the certificate
 	// chain (cert.pem), the private key (key.pem, PKCS #8) and the roots
-	// (ca.pem, empty when the source has none), each 0600.
+	// (ca.pem: Roots, then OperatorRoots; empty when the source has
+	// none), each 0600. A process reading ca.pem knows nothing of SPIFFE
+	// and lets every CA in it vouch for every name: that is why a SPIFFE
+	// source's Roots hold its own trust domain's authorities only, and
+	// the operator's added CAs are the operator's explicit choice.
 	CertFile, KeyFile, CAFile string
 
 	stop    context.CancelFunc
@@ -189,7 +194,7 @@ func (f *Files) write(c *Credentials) error {
 	files := [3]struct {
 		path string
 		data []byte
-	}{{f.KeyFile, keyPEM}, {f.CertFile, certPEM}, {f.CAFile, pemfile.EncodeCerts(c.Roots...)}}
+	}{{f.KeyFile, keyPEM}, {f.CertFile, certPEM}, {f.CAFile, pemfile.EncodeCerts(append(slices.Clone(c.Roots), c.OperatorRoots...)...)}}
 	var changed []string
 	for i, w := range files {
 		if f.written[i] != nil && bytes.Equal(f.written[i], w.data) {

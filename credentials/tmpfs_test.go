@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -70,8 +72,8 @@ func requireFiles(t *testing.T, f *credentials.Files, c *credentials.Credentials
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(ca, pemfile.EncodeCerts(c.Roots...)) {
-		t.Errorf("%s does not hold the roots", f.CAFile)
+	if !bytes.Equal(ca, pemfile.EncodeCerts(append(slices.Clone(c.Roots), c.OperatorRoots...)...)) {
+		t.Errorf("%s does not hold the roots, then the operator's", f.CAFile)
 	}
 }
 
@@ -110,8 +112,10 @@ func TestMaterialize(t *testing.T) {
 		t.Error("Env() carries PEM")
 	}
 
-	// A rotation (new key, new roots) is written out.
+	// A rotation (new key, new roots, the operator's added CA) is
+	// written out.
 	rotated := creds(t, root, "opus@ct1", root, pkitest.NewRoot(t, "root 2"))
+	rotated.OperatorRoots = []*x509.Certificate{pkitest.NewRoot(t, "operator's CA").Root}
 	rewritten := f.Rewritten()
 	set(t, h, rotated)
 	select {

@@ -1,0 +1,83 @@
+package credentials
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// ErrNotCA is what AddRoots's error wraps when a certificate it is given
+// is not a CA certificate.
+var ErrNotCA = errors.New("credentials: not a CA certificate")
+
+// AddRoots returns a Source that serves src's credentials with roots
+// added as their OperatorRoots: the CA certificates an operator adds to
+// what verifies peers, whatever the provider (MCP_MESH_TLS_CA, which
+// provider.FromEnv reads). The SPIFFE rule stays: a bundle alone vouches
+// for the IDs of its trust domain, and roots only for peers that no
+// bundle speaks for (see Credentials.OperatorRoots).
+//
+// It fails, changing nothing, when roots is empty or holds a certificate
+// that is not a CA (basic constraints CA:TRUE): an end-entity certificate
+// among the anchors would be trusted to be exactly itself, which is never
+// what an operator adding a CA bundle means.
+//
+// The Source is src's: Changed, Close, and Rotate when src has it (an
+// agent.Rotator), are src's own.
+func AddRoots(src Source, roots []*x509.Certificate) (Source, error) {
+	if len(roots) == 0 {
+		return nil, errors.New("credentials: no CA certificates to add")
+	}
+	for _, c := range roots {
+		if !c.BasicConstraintsValid || !c.IsCA {
+			return nil, fmt.Errorf("%w: %s; give the CA that issued the peers' certificates", ErrNotCA, describe(c))
+		}
+	}
+	s := &rootsSource{Source: src, roots: slices.Clone(roots)}
+	if r, ok := src.(rotator); ok {
+		return rotatingRootsSource{s, r}, nil
+	}
+	return s, nil
+}
+
+// rotator is agent.Rotator, which a Source that AddRoots wraps keeps.
+type rotator interface {
+	Rotate(ctx context.Context) error
+}
+
+// rootsSource is AddRoots's Source.
+type rootsSource struct {
+	Source
+	roots []*x509.Certificate
+
+	mu       sync.Mutex   // guards from and to; the only lock
+	from, to *Credentials // src's last credentials, and those served for them
+}
+
+// Current returns src's current credentials with the added roots: the
+// same value until src's change, as Source requires.
+func (s *rootsSource) Current() (*Credentials, error) {
+	c, err := s.Source.Current()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c != s.from {
+		with := *c
+		with.OperatorRoots = append(slices.Clone(c.OperatorRoots), s.roots...)
+		s.from, s.to = c, &with
+	}
+	return s.to, nil
+}
+
+type rotatingRootsSource struct {
+	*rootsSource
+	r rotator
+}
+
+// Rotate is src's.
+func (s rotatingRootsSource) Rotate(ctx context.Context) error { return s.r.Rotate(ctx) }
