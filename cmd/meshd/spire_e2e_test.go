@@ -557,7 +557,8 @@ func TestRealSPIREAgentRestart(t *testing.T) {
 // admits spiffe://partner.test/agent/acme-weather as acme-weather of
 // entity acme, refuses spiffe://partner.test/agent/opus (outside acme's
 // namespace), and a meshd without --spire-federated refuses the partner
-// although its Workload API hands it the partner's bundle.
+// although its Workload API hands it the partner's bundle. Once the
+// mesh's server drops the partner's bundle, meshd evicts its agent.
 func TestRealSPIREFederation(t *testing.T) {
 	t.Parallel()
 	const partnerTD = "partner.test"
@@ -595,5 +596,16 @@ func TestRealSPIREFederation(t *testing.T) {
 	}
 	if _, ok := unlisted.agents(t)["acme-weather"]; ok {
 		t.Errorf("acme-weather is registered in the meshd without --spire-federated")
+	}
+
+	// The mesh's server stops federating and drops the partner's bundle:
+	// it leaves meshd's Workload API, and meshd evicts the partner's agent.
+	s.Server(t, "federation", "delete", "-id", partnerTD)
+	s.Server(t, "bundle", "delete", "-id", "spiffe://"+partnerTD, "-mode", "dissociate")
+	eventually.TrueWithin(t, time.Minute, "meshd to evict acme-weather", func() bool {
+		return listed.agents(t)["acme-weather"].Status == "evicted"
+	})
+	if code, reason := register(weather, listed, "acme-weather"); code == http.StatusOK {
+		t.Errorf("the partner's acme-weather is admitted after its bundle was dropped (%s)", reason)
 	}
 }
