@@ -24,6 +24,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/logtest"
 	"github.com/meshtrust/meshtrust/internal/spiretest"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // The real-SPIRE suite of meshd's spire backend and of `meshctl agent run
@@ -45,22 +46,6 @@ func registryID(td string) string { return "spiffe://" + td + "/mesh-registry" }
 
 // pathSelector selects the workloads running binary (discover_workload_path).
 func pathSelector(binary string) string { return "unix:path:" + binary }
-
-// spireBinding are meshd's flags that admit spiffe://<td>/agent/<id> as
-// agent <id> of the mesh itself, and spiffe://<partner>/agent/<id> as
-// agent <id> of the partner's entity, for each partner given as
-// "<trust domain>=<entity>".
-// TODO(i21): the lead's new spire defaults admit this without flags.
-func spireBinding(td string, partners ...string) []string {
-	binding := "spire=spiffe:spiffe://" + td + "/agent/{agent}"
-	for _, p := range partners {
-		ptd, _, _ := strings.Cut(p, "=")
-		binding += ",spiffe:spiffe://" + ptd + "/agent/{agent}"
-	}
-	return []string{"--agent-binding", binding,
-		"--spire-entities", strings.Join(append([]string{td + "=mesh"}, partners...), ","),
-		"--entity-namespace", "mesh=first-claim"}
-}
 
 // spireMeshd is a built meshd on the spire trust backend, serving an
 // X.509-SVID minted by the SPIRE server (-dns localhost) as its agent
@@ -207,17 +192,17 @@ func heldClient(cert tls.Certificate) *http.Client {
 		TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, InsecureSkipVerify: true}}}
 }
 
-// register posts agent id's heartbeat with c and returns the status and
-// the refusal reason, if any.
-func register(c *http.Client, m *spireMeshd, id string) (int, string) {
+// register posts agent id's heartbeat with c and returns the status, and
+// the refusal's reason and message, if any.
+func register(c *http.Client, m *spireMeshd, id string) (code int, reason, msg string) {
 	code, body := call(c, "POST", "https://"+m.addr+"/heartbeat",
 		map[string]any{"agent_id": id, "name": id, "version": "1.0.0", "http_host": "127.0.0.1", "http_port": 9443})
-	var r struct{ Reason string }
+	var r meshapi.ErrorResponse
 	json.Unmarshal(body, &r)
 	if r.Reason == "" && code != http.StatusOK {
-		r.Reason = string(body)
+		r.Error = string(body)
 	}
-	return code, r.Reason
+	return code, r.Reason, r.Error
 }
 
 // agentRun is `meshctl agent run --provider spire` with a command that
@@ -335,7 +320,7 @@ func carolMesh(t *testing.T, testIDs ...string) (*spiretest.SPIRE, *spireMeshd, 
 	for _, id := range testIDs {
 		s.CreateEntry(t, id, pathSelector(testBinary(t)))
 	}
-	m := startSPIREMeshd(t, s, bin, "spire", spireBinding(meshTD)...)
+	m := startSPIREMeshd(t, s, bin, "spire")
 	a := startAgentRun(t, bin, m, "carol")
 	eventually.TrueWithin(t, time.Minute, "carol registered", func() bool {
 		a.mustRun(t)
@@ -344,42 +329,61 @@ func carolMesh(t *testing.T, testIDs ...string) (*spiretest.SPIRE, *spireMeshd, 
 	return s, m, a
 }
 
-// TestRealSPIREAdmission: meshd on the spire backend admits a CN-less
-// X.509-SVID, spiffe://<td>/agent/carol, as agent carol of the mesh, and
-// never as another agent.
+// TestRealSPIREAdmission: meshd on the spire backend, with its default
+// binding, admits a CN-less X.509-SVID of its own trust domain,
+// spiffe://<td>/agent/carol, as agent carol of the mesh itself (entity
+// ""), and never as another agent; MCP Mesh's shared
+// spiffe://<td>/mesh-agent claims an id no one claimed, and that id is
+// then bound to it.
 func TestRealSPIREAdmission(t *testing.T) {
 	t.Parallel()
 	bin := buildBinaries(t)
 	s := spiretest.Start(t, meshTD)
 	registerMeshd(t, s, bin)
-	carolID := "spiffe://" + meshTD + "/agent/carol"
-	s.CreateEntry(t, carolID, pathSelector(testBinary(t)))
-	m := startSPIREMeshd(t, s, bin, "spire", spireBinding(meshTD)...)
+	carolID, sharedID := "spiffe://"+meshTD+"/agent/carol", "spiffe://"+meshTD+"/mesh-agent"
+	for _, id := range []string{carolID, sharedID} {
+		s.CreateEntry(t, id, pathSelector(testBinary(t)))
+	}
+	m := startSPIREMeshd(t, s, bin, "spire")
 
 	cert := fetchSVID(t, s, carolID)
 	if cn := cert.Leaf.Subject.CommonName; cn != "" {
 		t.Fatalf("SPIRE set common name %q on an entry without -dns; this test is about CN-less SVIDs", cn)
 	}
-	c := heldClient(cert)
-	if code, reason := register(c, m, "zed"); code != http.StatusForbidden || reason != "identity_mismatch" {
+	carol, shared := heldClient(cert), heldClient(fetchSVID(t, s, sharedID))
+	if code, reason, _ := register(carol, m, "zed"); code != http.StatusForbidden || reason != "identity_mismatch" {
 		t.Errorf("carol's SVID registering zed: %d %s, want 403 identity_mismatch", code, reason)
 	}
-	if code, reason := register(c, m, "carol"); code != http.StatusOK {
+	if code, reason, _ := register(carol, m, "carol"); code != http.StatusOK {
 		t.Fatalf("carol's SVID registering carol: %d %s", code, reason)
 	}
-	got := m.agents(t)["carol"]
-	if got.Status != "healthy" {
-		t.Errorf("carol in meshd: %+v, want healthy", got)
+	if got := m.agents(t)["carol"]; got.Status != "healthy" || got.EntityID != "" {
+		t.Errorf("carol in meshd: %+v, want healthy, of the mesh itself (no entity)", got)
 	}
-	if _, ok := m.agents(t)["zed"]; ok {
-		t.Errorf("zed is registered")
+	if code, reason, _ := register(shared, m, "weather"); code != http.StatusOK {
+		t.Fatalf("the shared mesh-agent SVID registering weather: %d %s", code, reason)
+	}
+	for _, tc := range []struct {
+		name string
+		c    *http.Client
+		id   string
+	}{
+		{"the shared SVID claiming carol", shared, "carol"},
+		{"carol's SVID claiming weather", carol, "weather"},
+	} {
+		if code, _, _ := register(tc.c, m, tc.id); code == http.StatusOK {
+			t.Errorf("%s: admitted", tc.name)
+		}
+	}
+	got := m.agents(t)
+	if _, ok := got["zed"]; ok || len(got) != 2 {
+		t.Errorf("meshd's agents %v, want carol and weather", got)
 	}
 }
 
 // TestRealSPIRERotation: `meshctl agent run --provider spire` heartbeats
 // through two SVID rotations without going unhealthy, and meshd admits
-// every new SVID (one refusal would end the run: meshctl stops the
-// command and exits on an eviction).
+// every new SVID (it refuses nothing).
 func TestRealSPIRERotation(t *testing.T) {
 	t.Parallel()
 	_, m, a := carolMesh(t)
@@ -437,7 +441,7 @@ func TestRealSPIREAuthorityLifecycle(t *testing.T) {
 	s, m, a := carolMesh(t, "spiffe://"+meshTD+"/agent/olda")
 	held := fetchSVID(t, s, "spiffe://"+meshTD+"/agent/olda")
 	olda := heldClient(held)
-	if code, reason := register(olda, m, "olda"); code != http.StatusOK {
+	if code, reason, _ := register(olda, m, "olda"); code != http.StatusOK {
 		t.Fatalf("olda's registration: %d %s", code, reason)
 	}
 
@@ -458,7 +462,7 @@ func TestRealSPIREAuthorityLifecycle(t *testing.T) {
 	})
 	// Tainted, the old authority still vouches: olda's held SVID is
 	// admitted, and its connection stays open for the revoke to close.
-	if code, reason := register(olda, m, "olda"); code != http.StatusOK {
+	if code, reason, _ := register(olda, m, "olda"); code != http.StatusOK {
 		t.Fatalf("olda's heartbeat before the revoke: %d %s", code, reason)
 	}
 	evictedBefore := m.metric(t, "meshd_evictions_total")
@@ -467,7 +471,7 @@ func TestRealSPIREAuthorityLifecycle(t *testing.T) {
 	eventually.TrueWithin(t, time.Minute, "meshd to evict olda", func() bool {
 		return m.agents(t)["olda"].Status == "evicted"
 	})
-	if code, reason := register(olda, m, "olda"); code == http.StatusOK {
+	if code, reason, _ := register(olda, m, "olda"); code == http.StatusOK {
 		t.Errorf("olda's SVID of the revoked authority is still admitted (%s)", reason)
 	}
 	// carol goes on: more of its heartbeats are answered than fit in the
@@ -571,28 +575,26 @@ func TestRealSPIREFederation(t *testing.T) {
 	for _, id := range []string{"acme-weather", "opus"} {
 		p.CreateEntry(t, "spiffe://"+partnerTD+"/agent/"+id, pathSelector(testBinary(t)))
 	}
-	listed := startSPIREMeshd(t, s, bin, "listed", append(spireBinding(meshTD, partnerTD+"=acme"), "--spire-federated", partnerTD)...)
-	unlisted := startSPIREMeshd(t, s, bin, "unlisted", spireBinding(meshTD, partnerTD+"=acme")...)
+	listed := startSPIREMeshd(t, s, bin, "listed", "--spire-federated", partnerTD, "--spire-entities", partnerTD+"=acme")
+	unlisted := startSPIREMeshd(t, s, bin, "unlisted")
 	eventually.TrueWithin(t, time.Minute, "meshd to trust partner.test's bundle", func() bool {
 		return strings.Contains(listed.stderr.String(), partnerTD+" (1)")
 	})
 
 	weather := heldClient(fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/acme-weather"))
 	opus := heldClient(fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/opus"))
-	if code, reason := register(weather, listed, "acme-weather"); code != http.StatusOK {
+	if code, reason, _ := register(weather, listed, "acme-weather"); code != http.StatusOK {
 		t.Fatalf("partner's acme-weather: %d %s", code, reason)
 	}
 	if got := listed.agents(t)["acme-weather"]; got.Status != "healthy" || got.EntityID != "acme" {
 		t.Errorf("acme-weather in meshd: %+v, want healthy in entity acme", got)
 	}
-	if code, reason := register(opus, listed, "opus"); code != http.StatusForbidden || reason != "outside_namespace" {
+	if code, reason, _ := register(opus, listed, "opus"); code != http.StatusForbidden || reason != "outside_namespace" {
 		t.Errorf("partner's opus: %d %s, want 403 outside_namespace", code, reason)
 	}
 	// Not listed: the partner's bundle vouches for nothing in this meshd.
-	if code, reason := register(weather, unlisted, "acme-weather"); code == http.StatusOK {
-		t.Errorf("a meshd without --spire-federated admitted the partner's acme-weather (%s)", reason)
-	} else {
-		t.Logf("a meshd without --spire-federated refuses the partner: %d %s", code, reason)
+	if code, reason, msg := register(weather, unlisted, "acme-weather"); code != http.StatusForbidden || reason != "unknown_ca" || !strings.Contains(msg, "trust domain "+partnerTD+" is not trusted here") {
+		t.Errorf("a meshd without --spire-federated, the partner's acme-weather: %d %s %q; want 403 unknown_ca, its trust domain not trusted here", code, reason, msg)
 	}
 	if _, ok := unlisted.agents(t)["acme-weather"]; ok {
 		t.Errorf("acme-weather is registered in the meshd without --spire-federated")
@@ -605,7 +607,7 @@ func TestRealSPIREFederation(t *testing.T) {
 	eventually.TrueWithin(t, time.Minute, "meshd to evict acme-weather", func() bool {
 		return listed.agents(t)["acme-weather"].Status == "evicted"
 	})
-	if code, reason := register(weather, listed, "acme-weather"); code == http.StatusOK {
+	if code, reason, _ := register(weather, listed, "acme-weather"); code == http.StatusOK {
 		t.Errorf("the partner's acme-weather is admitted after its bundle was dropped (%s)", reason)
 	}
 }

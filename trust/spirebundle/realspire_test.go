@@ -7,12 +7,9 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/internal/eventually"
@@ -50,9 +47,9 @@ func TestRealSPIREBundlesFollowed(t *testing.T) {
 	t.Cleanup(func() { be.Close() })
 	changes := &atomic.Int64{}
 	be.OnChange(func() { changes.Add(1) })
-	mesh := spiffeid.RequireTrustDomainFromString("mcp-mesh.local")
-	if got := be.Entities(); !slices.Equal(got, []string{be.Entity(mesh)}) {
-		t.Fatalf("entities %v, want the agent's own trust domain only", got)
+	// The agent's own trust domain is the mesh's own: no partner entity.
+	if got := be.Entities(); len(got) != 0 || be.TrustDomain().Name() != "mcp-mesh.local" {
+		t.Fatalf("entities %v, own trust domain %s; want none, mcp-mesh.local", got, be.TrustDomain())
 	}
 	old := sourcetest.Current(t, src).Certificate
 	oldChain := []*x509.Certificate{old.Leaf}
@@ -68,7 +65,7 @@ func TestRealSPIREBundlesFollowed(t *testing.T) {
 	before := changes.Load()
 	nextID := s.LocalAuthority(t, "prepare", "")["prepared_authority"]
 	eventually.TrueWithin(t, time.Minute, "the prepared authority in the bundle", func() bool {
-		return len(be.Certificates("mcp-mesh.local")) == 2
+		return len(be.Certificates("")) == 2
 	})
 	s.LocalAuthority(t, "activate", nextID)
 	s.LocalAuthority(t, "taint", oldID)
