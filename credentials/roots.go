@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // ErrNotCA is what AddRoots's error wraps when a certificate it is given
@@ -28,19 +30,50 @@ var ErrNotCA = errors.New("credentials: not a CA certificate")
 // The Source is src's: Changed, Close, and Rotate when src has it (an
 // agent.Rotator), are src's own.
 func AddRoots(src Source, roots []*x509.Certificate) (Source, error) {
-	if len(roots) == 0 {
-		return nil, errors.New("credentials: no CA certificates to add")
-	}
-	for _, c := range roots {
-		if !c.BasicConstraintsValid || !c.IsCA {
-			return nil, fmt.Errorf("%w: %s; give the CA that issued the peers' certificates", ErrNotCA, describe(c))
-		}
+	if err := checkCAs(roots); err != nil {
+		return nil, err
 	}
 	s := &rootsSource{Source: src, roots: slices.Clone(roots)}
 	if r, ok := src.(rotator); ok {
 		return rotatingRootsSource{s, r}, nil
 	}
 	return s, nil
+}
+
+// maxCAFile bounds the size of a CA bundle ReadCAs reads.
+const maxCAFile = 4 << 20
+
+// ReadCAs reads the CA certificates of the PEM file at path, for
+// AddRoots: the bundle MCP_MESH_TLS_CA names. It fails when the file is
+// missing or not a regular file, holds no certificate, or holds one that
+// is not a CA (ErrNotCA).
+func ReadCAs(path string) ([]*x509.Certificate, error) {
+	data, err := pemfile.ReadRegular(path, maxCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("credentials: CA bundle %s: %w", path, err)
+	}
+	certs, err := pemfile.ParseCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("credentials: CA bundle %s: %w", path, err)
+	}
+	if err := checkCAs(certs); err != nil {
+		return nil, fmt.Errorf("credentials: CA bundle %s: %w", path, err)
+	}
+	return certs, nil
+}
+
+// checkCAs reports what keeps certs from being added as roots: none, or
+// one that is not a CA certificate.
+func checkCAs(certs []*x509.Certificate) error {
+	if len(certs) == 0 {
+		return errors.New("credentials: no CA certificates to add")
+	}
+	for _, c := range certs {
+		if !c.BasicConstraintsValid || !c.IsCA {
+			return fmt.Errorf("%w: %s; give the CA that issued the peers' certificates", ErrNotCA, describe(c))
+		}
+	}
+	return nil
 }
 
 // rotator is agent.Rotator, which a Source that AddRoots wraps keeps.

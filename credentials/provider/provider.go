@@ -13,6 +13,18 @@
 //     default /etc/meshtrust), renewed with the node's (package
 //     credentials/enroll).
 //
+// MCP_MESH_TLS_CA, when set, names CA certificates that verify meshd and
+// peers whatever the provider: the file provider's roots, and for the
+// others CAs added to their own anchors (credentials.AddRoots), so that an
+// agent on SPIRE or Vault reaches a meshd serving a mesh-CA certificate.
+// MCP Mesh ignores the variable for its Vault and SPIRE providers (and
+// this module's vault provider verifies Vault's own certificate with it
+// too); adding is meshtrust's extension, and the operator's explicit
+// choice. The SPIFFE rule stays: the added CAs never vouch for a SPIFFE
+// ID of a trust domain the SPIRE agent sent a bundle for. A missing file,
+// one without PEM certificates, or a certificate that is not a CA is an
+// error before any credential is fetched.
+//
 // A program that runs as an agent takes its credentials with one call and
 // stays the same whichever provider the operator configures:
 //
@@ -23,10 +35,12 @@ package provider
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -139,7 +153,29 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 	if name == "" {
 		name = File
 	}
+	if !slices.Contains(Names(), name) {
+		return nil, fmt.Errorf("%w %q%s; want one of %s", ErrUnknown, name, from, strings.Join(Names(), ", "))
+	}
 	log := cfg.log.With("provider", name)
+	roots, err := operatorRoots(name)
+	if err != nil {
+		return nil, err
+	}
+	src, err := fromEnv(ctx, name, agentID, cfg, log)
+	if err != nil || roots == nil {
+		return src, err
+	}
+	withRoots, err := credentials.AddRoots(src, roots)
+	if err != nil {
+		src.Close()
+		return nil, err
+	}
+	log.Info("adding the operator's CAs to the anchors that verify meshd and peers", "variable", credentials.EnvCA, "cas", len(roots), "except", "SPIFFE IDs of a trust domain with a bundle")
+	return withRoots, nil
+}
+
+// fromEnv returns the Source of the provider name, one of Names.
+func fromEnv(ctx context.Context, name, agentID string, cfg config, log *slog.Logger) (credentials.Source, error) {
 	if name != SPIRE {
 		if cfg.spiffeID != "" {
 			return nil, fmt.Errorf("provider %s: a SPIFFE ID (%s) chooses among the SVIDs of the spire provider only", name, cfg.spiffeID)
@@ -182,7 +218,22 @@ func FromEnv(ctx context.Context, agentID string, opts ...Option) (credentials.S
 		context.AfterFunc(ctx, func() { src.Close() })
 		return src, nil
 	}
-	return nil, fmt.Errorf("%w %q%s; want one of %s", ErrUnknown, name, from, strings.Join(Names(), ", "))
+	return nil, fmt.Errorf("%w %q", ErrUnknown, name)
+}
+
+// operatorRoots returns the CA certificates MCP_MESH_TLS_CA names, which
+// a provider other than file adds to its own anchors; nil when it is
+// unset. A bad bundle is an error before any credential is fetched.
+func operatorRoots(name string) ([]*x509.Certificate, error) {
+	path := os.Getenv(credentials.EnvCA)
+	if path == "" || name == File {
+		return nil, nil
+	}
+	roots, err := credentials.ReadCAs(path)
+	if err != nil {
+		return nil, fmt.Errorf("provider %s: %s: %w; point it at the CA certificates (PEM) that issued meshd's and the peers' certificates, or unset it", name, credentials.EnvCA, err)
+	}
+	return roots, nil
 }
 
 // spireChoice returns the options by which the spire source chooses the

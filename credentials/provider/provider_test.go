@@ -249,6 +249,32 @@ func TestFromEnvRefuses(t *testing.T) {
 			wants: []string{"spiffe://mcp-mesh.local/agent/opus", "it sent spiffe://mcp-mesh.local/agent/zed"},
 		},
 		{
+			name: "spire with a missing MCP_MESH_TLS_CA",
+			setup: func(t *testing.T) []provider.Option {
+				t.Setenv(credentials.EnvCA, filepath.Join(t.TempDir(), "none.pem"))
+				return []provider.Option{provider.WithProvider("spire")}
+			},
+			wants: []string{"provider spire", credentials.EnvCA, "none.pem", "no such file"},
+		},
+		{
+			name: "vault with an MCP_MESH_TLS_CA that is not PEM",
+			setup: func(t *testing.T) []provider.Option {
+				t.Setenv(credentials.EnvCA, pkitest.WriteFile(t, t.TempDir(), "ca.pem", []byte("not PEM")))
+				return []provider.Option{provider.WithProvider("vault")}
+			},
+			wants: []string{"provider vault", credentials.EnvCA, "no CERTIFICATE PEM block"},
+		},
+		{
+			name: "enroll with an MCP_MESH_TLS_CA that is no CA",
+			setup: func(t *testing.T) []provider.Option {
+				leaf := pkitest.NewRoot(t, "a CA").Leaf(t, "meshd")
+				t.Setenv(credentials.EnvCA, pkitest.WriteFile(t, t.TempDir(), "ca.pem", pkitest.CertPEM(leaf)))
+				return []provider.Option{provider.WithProvider("enroll"), withNode(t, s)}
+			},
+			is:    credentials.ErrNotCA,
+			wants: []string{"provider enroll", credentials.EnvCA, `"meshd"`},
+		},
+		{
 			name: "a SPIFFE ID for the file provider",
 			setup: func(t *testing.T) []provider.Option {
 				writeFiles(t, s, "files@ct111")
@@ -311,13 +337,19 @@ func TestFromEnvRefuses(t *testing.T) {
 
 // TestEnrollRotateAndClose: the enroll provider's source renews on demand
 // (meshd's rotate signal) and serves the new certificate, and Close stops
-// its renewals.
+// its renewals. MCP_MESH_TLS_CA's CA is added to its anchors, and takes
+// nothing away.
 func TestEnrollRotateAndClose(t *testing.T) {
 	clearEnv(t)
 	s := enrolltest.NewServer(t, enrolltest.Config{})
+	operator := pkitest.NewRoot(t, "operator's CA")
+	t.Setenv(credentials.EnvCA, pkitest.WriteFile(t, t.TempDir(), "ca.pem", operator.PEM()))
 	src, err := provider.FromEnv(t.Context(), "opus", provider.WithProvider("enroll"), withNode(t, s))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c := sourcetest.Current(t, src); len(c.OperatorRoots) != 1 || !c.OperatorRoots[0].Equal(operator.Root) || len(c.Roots) == 0 || !c.Roots[0].Equal(s.Root) {
+		t.Fatalf("roots %d, operator's %d: want the mesh root and MCP_MESH_TLS_CA's", len(c.Roots), len(c.OperatorRoots))
 	}
 	rot, ok := src.(interface{ Rotate(context.Context) error })
 	if !ok {

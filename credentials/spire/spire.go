@@ -45,6 +45,11 @@
 // federated partner's CA can vouch for an ID in the mesh's own trust
 // domain; that is the bug this provider does not copy.
 //
+// provider.FromEnv adds MCP_MESH_TLS_CA's CAs to these anchors
+// (Credentials.OperatorRoots) under the same rule: they vouch for a peer
+// without a SPIFFE ID, or of a trust domain without a bundle, never for an
+// ID of the own or a federated trust domain.
+//
 // Credentials.Roots hold the authorities of the own trust domain only,
 // not those of every bundle: a consumer that knows nothing of SPIFFE (a
 // plain tls.Config, a process reading the files Materialize writes)
