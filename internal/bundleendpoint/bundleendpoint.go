@@ -112,6 +112,7 @@ type Authority interface {
 	TrustDomain() spiffeid.TrustDomain
 	Root() *x509.Certificate
 	Intermediates() []*x509.Certificate
+	ActiveIntermediate() *x509.Certificate
 	Config() ca.Config
 	Sign(ctx context.Context, req ca.Request, opts ...ca.SignOption) (*ca.Issued, error)
 }
@@ -223,6 +224,11 @@ func (s *Server) Start(ctx context.Context) error {
 		ClientAuth: tls.NoClientCert,
 		NextProtos: []string{"http/1.1"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			// A CA change is noticed here too, not only by a GET: a
+			// consumer that already holds a new root's bundle cannot get
+			// that far until the SVID is re-issued under it. Unchanged,
+			// it costs a few pointer comparisons.
+			_, _ = s.document()
 			c, err := s.certs.Current()
 			if err != nil {
 				return nil, err
@@ -335,6 +341,11 @@ func (s *Server) document() ([]byte, error) {
 		return d.data, nil
 	}
 	auths := authorities(root, inter, now)
+	if s.svid != nil {
+		// The CA reloaded: its active intermediate may now be one whose
+		// SVID verifies where the current one no longer does.
+		s.svid.check(auths)
+	}
 	if d.data != nil && sameCerts(auths, d.authorities) {
 		d.root, d.intermediates, d.until = root, inter, firstExpiry(auths)
 		return d.data, nil

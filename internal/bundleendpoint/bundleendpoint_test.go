@@ -436,3 +436,51 @@ func subjects(certs []*x509.Certificate) []string {
 	}
 	return out
 }
+
+// TestRootChange: an intermediate under a new root (a new mesh root)
+// makes the document the new root and that intermediate, with a larger
+// sequence; the endpoint keeps the SVID a consumer holding the old root
+// verifies, so that consumer fetches the new bundle; once the new
+// intermediate is active the SVID is re-issued under it, and a consumer
+// holding only the new bundle verifies the endpoint.
+func TestRootChange(t *testing.T) {
+	m := newMesh(t)
+	ctx := context.Background()
+	s := start(t, bundleendpoint.Config{}, m.auth)
+	old := fetch(t, m, s, m.rootBundle())
+	oldSVID := presented(t, s)
+	next := m.cfg
+	next.RootDir = filepath.Join(t.TempDir(), "root2")
+	newRoot, err := ca.Init(ctx, next, m.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepared, err := ca.PrepareIntermediate(ctx, next, m.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.auth.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The consumer still holds the old root.
+	changed := fetch(t, m, s, old.X509Bundle())
+	if got := changed.X509Authorities(); len(got) != 2 || !got[0].Equal(newRoot) || !got[1].Equal(prepared) {
+		t.Fatalf("after a new root: authorities %v, want the new root and its intermediate", subjects(got))
+	}
+	if sequence(t, changed) <= sequence(t, old) {
+		t.Errorf("sequence %d after a new root, was %d", sequence(t, changed), sequence(t, old))
+	}
+	if !presented(t, s).Equal(oldSVID) {
+		t.Error("the SVID was replaced before an intermediate of the new root was active")
+	}
+	if _, err := ca.ActivateIntermediate(ctx, next, m.st); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.auth.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually.NoError(t, "a consumer holding only the new bundle verifies the endpoint", func() error {
+		_, err := federation.FetchBundle(ctx, m.auth.TrustDomain(), "https://"+s.Addr(), federation.WithSPIFFEAuth(changed.X509Bundle(), m.endpointID(t)))
+		return err
+	})
+}

@@ -5,10 +5,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -55,10 +57,14 @@ type svid struct {
 	// renewAt is when the current SVID is due (Unix nanoseconds); set by
 	// renew, which runs in New and then only on run's goroutine.
 	renewAt atomic.Int64
+	// authorities are the document's latest, and checks tells run to
+	// see whether the SVID still verifies against them (see check).
+	authorities atomic.Pointer[[]*x509.Certificate]
+	checks      chan struct{}
 }
 
 func newSVID(auth Authority, clock retry.Clock, log *slog.Logger) *svid {
-	return &svid{auth: auth, clock: clock, log: log, ttl: min(svidTTL, auth.Config().LeafTTL)}
+	return &svid{auth: auth, clock: clock, log: log, ttl: min(svidTTL, auth.Config().LeafTTL), checks: make(chan struct{}, 1)}
 }
 
 // spiffeID is the endpoint's SPIFFE ID in trust domain td.
@@ -113,6 +119,10 @@ func (v *svid) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-v.checks:
+			if !v.stale() {
+				continue
+			}
 		case <-v.clock.After(max(wait, 0)):
 		}
 		if err := v.renew(ctx); err != nil {
@@ -126,4 +136,53 @@ func (v *svid) run(ctx context.Context) {
 		}
 		attempt = 0
 	}
+}
+
+// check has run see, without waiting, whether the SVID still verifies
+// against auths, the authorities the endpoint now publishes. It never
+// blocks: a check already pending covers this one.
+func (v *svid) check(auths []*x509.Certificate) {
+	v.authorities.Store(&auths)
+	select {
+	case v.checks <- struct{}{}:
+	default:
+	}
+}
+
+// stale reports whether the SVID is due for renewal before its time
+// because a consumer holding the published authorities would refuse it
+// (a new root), and a new one would verify (the CA's active intermediate
+// is among the authorities). Until then consumers that still hold the
+// older bundle keep verifying the SVID they have.
+func (v *svid) stale() bool {
+	p := v.authorities.Load()
+	c, err := v.holder.Current()
+	if p == nil || err != nil {
+		return false
+	}
+	auths := *p
+	if verifies(c.Certificate, auths, v.clock.Now()) {
+		return false
+	}
+	if active := v.auth.ActiveIntermediate(); !slices.ContainsFunc(auths, active.Equal) {
+		v.log.Warn("the bundle endpoint's X.509-SVID does not verify against the published bundle, and the CA's active intermediate is not in it: consumers that fetched the new bundle refuse the endpoint until an intermediate of the new root is activated", "active_intermediate", active.Subject.CommonName)
+		return false
+	}
+	return true
+}
+
+// verifies reports whether cert's chain verifies against auths as a
+// SPIFFE consumer verifies it: every authority an anchor.
+func verifies(cert tls.Certificate, auths []*x509.Certificate, now time.Time) bool {
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, a := range auths {
+		roots.AddCert(a)
+	}
+	for _, der := range cert.Certificate[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	_, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil
 }
