@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/trust"
@@ -63,8 +64,9 @@ func peerAuthorizer(revoked Revocations, authorize []credentials.Authorizer) cre
 
 // NewWatcher returns a watch.Watcher of meshd's revocation feed for
 // ServerTLS and ClientTLS, authenticated with src: cfg.Server is meshd's
-// agent port (required); cfg.Roots, when nil, are src's current roots,
-// which meshd's certificate and CRLs must chain to; and
+// agent port (required); cfg.Roots, when nil, are src's current roots
+// and operator roots (credentials.Credentials.OperatorRoots), which
+// meshd's certificate and CRLs must chain to; and
 // cfg.GetClientCertificate, when nil, presents src's current certificate,
 // which meshd requires of the stream in TLS mode strict. The roots are
 // taken once: a Watcher keeps the pool it was made with. Once meshd
@@ -84,11 +86,15 @@ func NewWatcher(src credentials.Source, cfg watch.Config) (*watch.Watcher, error
 		if err != nil {
 			return nil, fmt.Errorf("agent: NewWatcher: %w", err)
 		}
-		if len(c.Roots) == 0 {
-			return nil, errors.New("agent: NewWatcher: the credentials have no roots to verify meshd with; set watch.Config.Roots")
+		// The operator's added CAs (MCP_MESH_TLS_CA) are what verify a
+		// meshd on a mesh-CA certificate when the provider's own roots
+		// are another CA's (SPIRE's, Vault's).
+		roots := append(slices.Clone(c.Roots), c.OperatorRoots...)
+		if len(roots) == 0 {
+			return nil, errors.New("agent: NewWatcher: the credentials have no roots to verify meshd with; set MCP_MESH_TLS_CA or watch.Config.Roots")
 		}
 		cfg.Roots = x509.NewCertPool()
-		for _, r := range c.Roots {
+		for _, r := range roots {
 			cfg.Roots.AddCert(r)
 		}
 	}

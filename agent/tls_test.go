@@ -65,15 +65,7 @@ func TestAgentToAgentTLS(t *testing.T) {
 	opus, geo := holder(t, opusCreds), holder(t, geoCreds)
 	// The watcher follows meshd with a certificate of its own, which no
 	// revocation below touches.
-	w, err := agent.NewWatcher(holder(t, m.agent("watcher", "ct114")), watch.Config{Server: m.url})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	eventually.True(t, "the revocation stream to come up (meshd requires the agent's certificate in strict mode)", w.Connected)
+	w := connectedWatcher(t, m, m.agent("watcher", "ct114"))
 
 	serve := agent.ServerTLS(geo, w)
 	call := agent.ClientTLS(opus, w, credentials.AuthorizeIdentity("ct112.mesh"))
@@ -112,6 +104,33 @@ func TestAgentToAgentTLS(t *testing.T) {
 	if _, cerr := handshake(t, serve, agent.ClientTLS(caller, w)); !errors.Is(cerr, trust.ErrRevoked) {
 		t.Fatalf("scout calling revoked geo: %v, want ErrRevoked", cerr)
 	}
+}
+
+// TestNewWatcherOperatorRoots: an agent whose provider's roots are not
+// the mesh CA's (SPIRE's, Vault's) follows meshd's revocations when the
+// operator added the mesh CA (MCP_MESH_TLS_CA).
+func TestNewWatcherOperatorRoots(t *testing.T) {
+	m := newPKI(t).startMeshd(0)
+	c := m.agent("watcher", "ct114")
+	c.OperatorRoots, c.Roots = c.Roots, newPKI(t).agent("other", "ct1").Roots
+	connectedWatcher(t, m, c)
+}
+
+// connectedWatcher runs a Watcher of m's revocations with credentials c
+// until the test ends, once its stream is up (meshd requires the agent's
+// certificate in strict mode).
+func connectedWatcher(t *testing.T, m *testMeshd, c *credentials.Credentials) *watch.Watcher {
+	t.Helper()
+	w, err := agent.NewWatcher(holder(t, c), watch.Config{Server: m.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually.True(t, "the revocation stream to come up", w.Connected)
+	return w
 }
 
 func TestNewWatcherRefuses(t *testing.T) {
