@@ -50,6 +50,7 @@ type options struct {
 	metricsListen              string
 	admins                     []string
 	tlsMode, tlsCert, tlsKey   string
+	tlsSVID                    bool
 	backends, trustDir         string
 	k8sNamespace, k8sSelector  string
 	spire                      spireOptions
@@ -134,6 +135,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.tlsMode, "tls-mode", envOr("MCP_MESH_TLS_MODE", "strict"), "off, auto or strict (env MCP_MESH_TLS_MODE); strict, the default, admits only verified certificates, auto also callers without one (for a migration from MCP Mesh)")
 	f.StringVar(&o.tlsCert, "tls-cert", envOr("MCP_MESH_TLS_CERT", ""), "agent port certificate, reloaded when it changes (env MCP_MESH_TLS_CERT)")
 	f.StringVar(&o.tlsKey, "tls-key", envOr("MCP_MESH_TLS_KEY", ""), "agent port key (env MCP_MESH_TLS_KEY)")
+	f.BoolVar(&o.tlsSVID, "tls-svid", envOr("MESHD_TLS_SVID", "") == "true", "present meshd's own X.509-SVID from the SPIRE Workload API (--spire-socket) on the agent port, rotated in place, instead of --tls-cert/--tls-key: what agents on the spire provider can verify (env MESHD_TLS_SVID=true)")
 	f.StringVar(&o.backends, "trust-backend", envOr("MCP_MESH_TRUST_BACKEND", "localca"), "comma list of trust backends tried in order, first match wins: localca, filestore, k8s-secrets, spire, entities (env MCP_MESH_TRUST_BACKEND)")
 	f.StringVar(&o.trustDir, "trust-dir", envOr("MCP_MESH_TRUST_DIR", ""), "filestore directory: *.pem and entities/<name>.pem (env MCP_MESH_TRUST_DIR)")
 	f.StringVar(&o.k8sNamespace, "k8s-namespace", envOr("MCP_MESH_K8S_NAMESPACE", ""), "k8s-secrets: the namespace of the entity CA Secrets (default the pod's own, else default; env MCP_MESH_K8S_NAMESPACE)")
@@ -208,6 +210,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
 		return fmt.Errorf("--heartbeat-timeout %s must be at least twice --heartbeat-interval %s, or agents are marked unhealthy between two heartbeats", o.heartbeatTimeout, o.interval)
 	}
+	if o.tlsSVID && (o.dev || mode == server.TLSOff) {
+		return fmt.Errorf("--tls-svid serves meshd's SPIRE SVID on the agent port: it needs TLS on (--tls-mode auto or strict) and is not for --dev, which serves a mesh CA certificate")
+	}
 	if o.DataDir == "" {
 		if !o.dev {
 			return errors.New("--data-dir (or MESHTRUST_DATA_DIR) is required")
@@ -261,6 +266,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	spireCfg.ServeSVID = o.tlsSVID
 	scfg := meshd.Config{
 		Config: server.Config{
 			Listen: o.listen, AdminSocket: filepath.Join(o.DataDir, "admin.sock"), AdminListen: o.adminListen, AdminIdentities: o.admins, MetricsListen: o.metricsListen,

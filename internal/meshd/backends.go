@@ -45,6 +45,11 @@ type SPIREConfig struct {
 	// a federated one the entity of its name, which must then be a valid
 	// entity name (no dots: map partner.example=partner).
 	Entities map[spiffeid.TrustDomain]string
+	// ServeSVID makes the agent port present meshd's own X.509-SVID from
+	// this Workload API, rotated in place, instead of Config.CertFile and
+	// KeyFile: what agents on the spire provider, which trust SPIRE's
+	// bundle alone, can verify. It needs no spire backend in the chain.
+	ServeSVID bool
 	// StartTimeout bounds the wait for the first SVID and bundles;
 	// default 30s.
 	StartTimeout time.Duration
@@ -96,7 +101,12 @@ func (m *Meshd) k8sBackend(ctx context.Context) (*k8ssecrets.Backend, error) {
 	return st, nil
 }
 
-func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) {
+// spireSource returns the source over meshd's Workload API, connecting on
+// first use: the spire backend's bundles and meshd's own SVID share it.
+func (m *Meshd) spireSource(ctx context.Context) (*spire.Source, error) {
+	if m.spireSrc != nil {
+		return m.spireSrc, nil
+	}
 	c := m.cfg.SPIRE
 	timeout := c.StartTimeout
 	if timeout <= 0 {
@@ -107,11 +117,21 @@ func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) 
 	src, err := spire.New(waitCtx, spire.WithSocket(c.Socket), spire.WithFederation(c.Federated...),
 		spire.WithLogger(m.log), spire.WithClientOptions(c.ClientOptions...))
 	if err != nil {
+		return nil, err
+	}
+	m.spireSrc = src
+	m.closers = append(m.closers, src.Close)
+	return src, nil
+}
+
+func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) {
+	c := m.cfg.SPIRE
+	src, err := m.spireSource(ctx)
+	if err != nil {
 		return nil, fmt.Errorf("trust backend spire: %w", err)
 	}
 	b, err := spirebundle.New(ctx, spirebundle.Config{Source: src, Entities: c.Entities, Logger: m.log})
 	if err != nil {
-		src.Close()
 		return nil, fmt.Errorf("trust backend spire: %w", err)
 	}
 	for _, td := range c.Federated {
@@ -122,12 +142,11 @@ func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) 
 		// compare: a trust domain's name with dots can be none of them.
 		if err := identity.ValidateID(b.Entity(td)); err != nil {
 			b.Close()
-			src.Close()
 			return nil, fmt.Errorf("trust backend spire: federated trust domain %s: its agents need an entity name, and %q is not one (%w): map it with --spire-entities %s=<name> (MCP_MESH_SPIRE_ENTITIES)", td, b.Entity(td), err, td)
 		}
 	}
 	m.spire = b
-	m.addDynamic(b, func() error { return errors.Join(b.Close(), src.Close()) })
+	m.addDynamic(b, b.Close) // before the source's closer, which runs after
 	return b, nil
 }
 

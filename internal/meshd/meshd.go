@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/internal/bundleendpoint"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/events"
@@ -131,6 +132,7 @@ type Meshd struct {
 	files    *filestore.Backend
 	k8s      *k8ssecrets.Backend  // nil unless the k8s-secrets backend is on
 	spire    *spirebundle.Backend // nil unless the spire backend is on
+	spireSrc *spire.Source        // meshd's Workload API: the spire backend's, and its own SVID's
 	// dynamic are the backends whose entities change at run time
 	// (filestore, k8s-secrets, spire), and closers what stops them.
 	dynamic []dynamicBackend
@@ -258,6 +260,13 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	}
 	if m.bundle, err = m.bundleEndpoint(ctx, authority); err != nil {
 		return nil, err
+	}
+	if cfg.SPIRE.ServeSVID {
+		src, err := m.spireSource(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("meshd's own SVID for the agent port: %w", err)
+		}
+		cfg.Config.CertSource = src
 	}
 	if m.srv, err = server.New(ctx, cfg.Config, deps); err != nil {
 		return nil, err

@@ -185,6 +185,11 @@ type Config struct {
 	// CertFile and KeyFile are the agent port's certificate and key,
 	// reloaded when they change.
 	CertFile, KeyFile string
+	// CertSource, instead of CertFile and KeyFile, is where the agent
+	// port's certificate comes from (meshd's own X.509-SVID from the
+	// SPIRE Workload API), used from the next handshake after each
+	// rotation. The server does not close it.
+	CertSource credentials.Source
 	// BootstrapSecret enrolls nodes on /enroll and is refused everywhere
 	// else; empty disables secret enrollment (join tokens still work).
 	BootstrapSecret string
@@ -320,7 +325,10 @@ func (c Config) WithDefaults() (Config, error) {
 	if _, err := ParseTLSMode(string(c.TLSMode)); err != nil {
 		return c, err
 	}
-	if c.TLSMode != TLSOff && (c.CertFile == "" || c.KeyFile == "") {
+	if c.CertSource != nil && (c.CertFile != "" || c.KeyFile != "") {
+		return c, errors.New("the agent port's certificate comes from one place: meshd's own SVID (--tls-svid) or the files --tls-cert/--tls-key, not both")
+	}
+	if c.TLSMode != TLSOff && c.CertSource == nil && (c.CertFile == "" || c.KeyFile == "") {
 		return c, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", c.TLSMode)
 	}
 	c.ReadTimeout = cmp.Or(c.ReadTimeout, 30*time.Second)
@@ -443,7 +451,9 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	if err := s.LoadAdminPolicy(ctx); err != nil {
 		return nil, err
 	}
-	if cfg.TLSMode != TLSOff {
+	if cfg.TLSMode != TLSOff && cfg.CertSource != nil {
+		s.certs = cfg.CertSource
+	} else if cfg.TLSMode != TLSOff {
 		// The agent port's certificate is a credentials.Source like every
 		// other: reloaded when its files change, the last good pair kept.
 		certs, err := file.New(ctx, cfg.CertFile, cfg.KeyFile, "", file.WithLogger(s.log))
