@@ -40,6 +40,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/internal/retry"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -131,9 +134,11 @@ type Config struct {
 	// AuthorizeRegistry decides whether the server is the registry, once
 	// its chain has verified against the Source's roots. nil accepts a
 	// certificate valid for RegistryURL's host name (or IP address), as
-	// an HTTPS client would; give credentials.AuthorizeIdentity,
-	// AuthorizeMemberOf or AuthorizeAny for a registry whose certificate
-	// names it otherwise.
+	// an HTTPS client would, or an X.509-SVID with the SPIFFE ID
+	// spiffe://<td>/mesh-registry (MCP Mesh's registry ID, which meshd
+	// --tls-svid presents), where <td> is the trust domain of the agent's
+	// own SVID; give credentials.AuthorizeIdentity, AdaptMatcher or
+	// AuthorizeAny for a registry whose certificate names it otherwise.
 	AuthorizeRegistry credentials.Authorizer
 	// HeadInterval is the time between heartbeats; 0 means 5 s. The
 	// registry's timeout (meshd's --heartbeat-timeout, 20 s by default)
@@ -219,7 +224,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	retry.Defaults(&cfg.Clock, &cfg.Rand)
 	if cfg.AuthorizeRegistry == nil {
-		cfg.AuthorizeRegistry = authorizeHost(u.Hostname())
+		cfg.AuthorizeRegistry = authorizeRegistry(u.Hostname(), cfg.Source)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -245,14 +250,44 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// authorizeHost accepts a registry certificate valid for host.
-func authorizeHost(host string) credentials.Authorizer {
+// registryPath is the path of MCP Mesh's registry SPIFFE ID,
+// spiffe://<td>/mesh-registry.
+const registryPath = "/mesh-registry"
+
+// authorizeRegistry accepts a registry certificate valid for host, or the
+// X.509-SVID spiffe://<td>/mesh-registry of the trust domain of the
+// agent's own SVID (src's current certificate). Which source vouches:
+// the SVID's chain has verified against that trust domain's bundle alone
+// (credentials.ClientConfig), so a federated partner cannot pose as the
+// registry; compared: the SPIFFE ID's canonical string, exactly.
+func authorizeRegistry(host string, src credentials.Source) credentials.Authorizer {
 	return func(leaf *x509.Certificate, _ [][]*x509.Certificate) error {
-		if err := leaf.VerifyHostname(host); err != nil {
-			return fmt.Errorf("not the registry at %s: %w (set Config.AuthorizeRegistry if the registry's certificate names it otherwise)", host, err)
+		herr := leaf.VerifyHostname(host)
+		if herr == nil {
+			return nil
 		}
-		return nil
+		if id, err := x509svid.IDFromCert(leaf); err == nil {
+			if want, ok := registrySPIFFEID(src); ok && id == want {
+				return nil
+			}
+		}
+		return fmt.Errorf("not the registry at %s: %w, and not the SPIFFE ID %s of the agent's trust domain (set Config.AuthorizeRegistry if the registry's certificate names it otherwise)", host, herr, registryPath)
 	}
+}
+
+// registrySPIFFEID is spiffe://<td>/mesh-registry for the trust domain of
+// src's current certificate, when it is an X.509-SVID.
+func registrySPIFFEID(src credentials.Source) (spiffeid.ID, bool) {
+	c, err := src.Current()
+	if err != nil || c.Certificate.Leaf == nil {
+		return spiffeid.ID{}, false
+	}
+	own, err := x509svid.IDFromCert(c.Certificate.Leaf)
+	if err != nil {
+		return spiffeid.ID{}, false
+	}
+	id, err := spiffeid.FromPath(own.TrustDomain(), registryPath)
+	return id, err == nil
 }
 
 // Ready returns a channel that is closed once the registry has accepted

@@ -325,12 +325,6 @@ func (c Config) WithDefaults() (Config, error) {
 	if _, err := ParseTLSMode(string(c.TLSMode)); err != nil {
 		return c, err
 	}
-	if c.CertSource != nil && (c.CertFile != "" || c.KeyFile != "") {
-		return c, errors.New("the agent port's certificate comes from one place: meshd's own SVID (--tls-svid) or the files --tls-cert/--tls-key, not both")
-	}
-	if c.TLSMode != TLSOff && c.CertSource == nil && (c.CertFile == "" || c.KeyFile == "") {
-		return c, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", c.TLSMode)
-	}
 	c.ReadTimeout = cmp.Or(c.ReadTimeout, 30*time.Second)
 	c.IdleTimeout = cmp.Or(c.IdleTimeout, DefaultIdleTimeout)
 	c.MaxWatchStreams = cmp.Or(c.MaxWatchStreams, 1024)
@@ -422,6 +416,14 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	cfg, err := cfg.WithDefaults()
 	if err != nil {
 		return nil, err
+	}
+	// Checked here, not in WithDefaults: meshd sets CertSource (its own
+	// SVID) only once its Workload API source is up.
+	if cfg.CertSource != nil && (cfg.CertFile != "" || cfg.KeyFile != "") {
+		return nil, errors.New("the agent port's certificate comes from one place: meshd's own SVID (--tls-svid) or the files --tls-cert/--tls-key, not both")
+	}
+	if cfg.TLSMode != TLSOff && cfg.CertSource == nil && (cfg.CertFile == "" || cfg.KeyFile == "") {
+		return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: d.Store, auth: d.CA, revs: d.Revocations, chain: d.Chain, localCA: d.MeshCA,
 		sources: d.Sources, reg: d.Registry, events: d.Feed, started: cfg.Now(),
