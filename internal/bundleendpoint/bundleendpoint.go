@@ -68,13 +68,12 @@ const (
 	// often consumers are asked to fetch it again. SPIRE polls no more
 	// often than about once a minute whatever the hint.
 	DefaultRefreshHint = 5 * time.Minute
-	// DefaultMaxConns bounds the endpoint's open connections.
-	DefaultMaxConns = 64
 )
 
-// The endpoint's fixed bounds on one caller: the request is a bodyless
-// GET, the answer a few kilobytes.
+// The endpoint's fixed bounds: the request is a bodyless GET, the answer
+// a few kilobytes, and a consumer polls once a minute or less often.
 const (
+	maxConns       = 64 // open connections; the next waits in the backlog
 	headerTimeout  = 5 * time.Second
 	readTimeout    = 10 * time.Second
 	writeTimeout   = 10 * time.Second
@@ -96,8 +95,6 @@ type Config struct {
 	// RefreshHint is the document's spiffe_refresh_hint; default
 	// DefaultRefreshHint, at least one second.
 	RefreshHint time.Duration
-	// MaxConns bounds the open connections; default DefaultMaxConns.
-	MaxConns int
 	// Logger receives the endpoint's log lines; default none.
 	Logger *slog.Logger
 	// Clock tells the time and times the SVID's renewal; default the
@@ -128,8 +125,9 @@ type Server struct {
 	auth Authority
 	log  *slog.Logger
 
-	certs credentials.Source // the serving certificate
-	svid  *svid              // nil unless ProfileSPIFFE
+	maxConns int                // open connections at most
+	certs    credentials.Source // the serving certificate
+	svid     *svid              // nil unless ProfileSPIFFE
 
 	mu  sync.Mutex
 	doc document // the last document built
@@ -172,17 +170,13 @@ func New(ctx context.Context, cfg Config, auth Authority) (*Server, error) {
 	if cfg.RefreshHint < time.Second {
 		return nil, fmt.Errorf("bundle endpoint: refresh hint %s: want at least 1s (the document states it in seconds)", cfg.RefreshHint)
 	}
-	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
-	if cfg.MaxConns < 0 {
-		return nil, fmt.Errorf("bundle endpoint: at most %d connections: want a positive number", cfg.MaxConns)
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = retry.SystemClock()
 	}
-	s := &Server{cfg: cfg, auth: auth, log: cfg.Logger.With("listener", "bundle-endpoint", "profile", string(cfg.Profile))}
+	s := &Server{cfg: cfg, auth: auth, maxConns: maxConns, log: cfg.Logger.With("listener", "bundle-endpoint", "profile", string(cfg.Profile))}
 	if _, err := s.document(); err != nil {
 		return nil, err
 	}
@@ -251,7 +245,7 @@ func (s *Server) Start(ctx context.Context) error {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := s.srv.Serve(tls.NewListener(limitListener(ln, s.cfg.MaxConns), tcfg)); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.srv.Serve(tls.NewListener(limitListener(ln, s.maxConns), tcfg)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("bundle endpoint stopped", "addr", ln.Addr().String(), "err", err)
 		}
 	}()

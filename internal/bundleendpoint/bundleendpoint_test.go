@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -483,4 +484,50 @@ func TestRootChange(t *testing.T) {
 		_, err := federation.FetchBundle(ctx, m.auth.TrustDomain(), "https://"+s.Addr(), federation.WithSPIFFEAuth(changed.X509Bundle(), m.endpointID(t)))
 		return err
 	})
+}
+
+// TestConnectionBound: callers that open connections and send nothing
+// hold at most the bound; the next caller is served only once one of
+// them closes, and then is.
+func TestConnectionBound(t *testing.T) {
+	m := newMesh(t)
+	ctx := context.Background()
+	s, err := bundleendpoint.New(ctx, bundleendpoint.Config{Addr: "127.0.0.1:0"}, m.auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleendpoint.SetMaxConns(s, 2)
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	var idle []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		idle = append(idle, c)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := federation.FetchBundle(ctx, m.auth.TrustDomain(), "https://"+s.Addr(), federation.WithSPIFFEAuth(m.rootBundle(), m.endpointID(t)))
+		done <- err
+	}()
+	// Not a latency: only that nothing answers while both slots are held.
+	select {
+	case err := <-done:
+		t.Fatalf("a third caller was served while two idle connections held the bound (err %v)", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	idle[0].Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the third caller, once a slot was free: %v", err)
+		}
+	case <-time.After(eventually.Bound):
+		t.Fatal("the third caller was not served after a slot was freed")
+	}
 }
