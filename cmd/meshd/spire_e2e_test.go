@@ -245,7 +245,8 @@ func keptConnection(t *testing.T, m *spireMeshd, cert tls.Certificate, id string
 
 // agentRun is `meshctl agent run --provider spire` with a command that
 // appends its certificate file to certs at start and at every SIGHUP
-// (sent after every rewrite of its credentials).
+// (sent after every rewrite of its credentials); startAgentRun's env
+// adds to its environment.
 type agentRun struct {
 	cmd   *exec.Cmd
 	out   *logtest.Buffer
@@ -253,7 +254,7 @@ type agentRun struct {
 	certs string
 }
 
-func startAgentRun(t *testing.T, bin string, m *spireMeshd, id string) *agentRun {
+func startAgentRun(t *testing.T, bin string, m *spireMeshd, id string, env ...string) *agentRun {
 	t.Helper()
 	dir := t.TempDir()
 	a := &agentRun{out: &logtest.Buffer{}, done: make(chan error, 1), certs: filepath.Join(dir, "certs.pem")}
@@ -264,7 +265,7 @@ while :; do sleep 1 & wait $!; done`
 	a.cmd = exec.Command(filepath.Join(bin, "meshctl"), "agent", "run", "--agent-id", id, "--provider", "spire",
 		"--registry-url", m.url(), "--http-host", "127.0.0.1", "--http-port", "9443", "--heartbeat-interval", "2s",
 		"--", "sh", "-c", script)
-	a.cmd.Env = append(cleanEnv(filepath.Join(dir, "home")), "MCP_MESH_SPIRE_SOCKET="+m.s.AgentSocket, "CERTS="+a.certs)
+	a.cmd.Env = append(append(cleanEnv(filepath.Join(dir, "home")), "MCP_MESH_SPIRE_SOCKET="+m.s.AgentSocket, "CERTS="+a.certs), env...)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
