@@ -135,6 +135,8 @@ func TestBadValuesRefused(t *testing.T) {
 		{"mesh.tls.server.certManager.enabled=true", "issuerRef.name"},
 		{"agent.enabled=true", "agent.id"},
 		{"mesh.tls.vault.enabled=true,mesh.tls.spire.enabled=true", "not both"},
+		{"mesh.trust.spire.serveSVID=true", "add spire to mesh.trust.backends"},
+		{"mesh.trust.spire.serveSVID=true,mesh.trust.backends={spire},mesh.tls.mode=off", "auto or strict"},
 	} {
 		_, err := helm(t, "template", "t", ".", "--set", tc.set)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

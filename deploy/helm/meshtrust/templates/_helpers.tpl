@@ -46,3 +46,8 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* meshd's agent port certificate comes from the TLS Secret: TLS is on and meshd does not present its SPIRE SVID. */}}
+{{- define "meshtrust.tlsFiles" -}}
+{{- if and (ne .Values.mesh.tls.mode "off") (not .Values.mesh.trust.spire.serveSVID) -}}true{{- end -}}
+{{- end -}}
