@@ -81,3 +81,12 @@ bash "$(dirname "${BASH_SOURCE[0]}")/postgres.sh" install
 # modules and caches them in ${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}.
 # A fresh machine builds them once, about 10 minutes on two cores.
 bash "$(dirname "${BASH_SOURCE[0]}")/kube.sh" build
+
+# --- SPIRE 1.13.3 -------------------------------------------------------------
+# Every SPIFFE path (the spire provider and backend, meshd --tls-svid, the
+# bundle endpoint, federation) is tested against a real SPIRE server and
+# agent, not downloadable as a binary here: scripts/spire.sh builds both
+# from their Go module (cgo, for SQLite) and caches them in
+# ${MESHTRUST_CACHE:-$HOME/.cache/meshtrust}. A fresh machine builds them
+# once, about 12 minutes on two cores; a cached copy costs nothing.
+bash "$(dirname "${BASH_SOURCE[0]}")/spire.sh" build
