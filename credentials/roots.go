@@ -86,19 +86,24 @@ type rootsSource struct {
 	Source
 	roots []*x509.Certificate
 
-	mu       sync.Mutex   // guards from and to; the only lock
+	// mu guards from and to, and is held while src's Current runs, so
+	// that src's generations are read in lock order: one reader cannot
+	// see an older one after another saw a newer one and make a second
+	// value for it. Lock order: mu, then whatever src's Current takes
+	// (a Holder takes none).
+	mu       sync.Mutex
 	from, to *Credentials // src's last credentials, and those served for them
 }
 
 // Current returns src's current credentials with the added roots: the
 // same value until src's change, as Source requires.
 func (s *rootsSource) Current() (*Credentials, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	c, err := s.Source.Current()
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if c != s.from {
 		with := *c
 		with.OperatorRoots = append(slices.Clone(c.OperatorRoots), s.roots...)
