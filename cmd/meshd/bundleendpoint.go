@@ -21,7 +21,7 @@ func (b *bundleEndpointOptions) flags(f *pflag.FlagSet) {
 	f.StringVar(&b.profile, "bundle-endpoint-profile", envOr("MESHD_BUNDLE_ENDPOINT_PROFILE", string(bundleendpoint.ProfileSPIFFE)), "https_spiffe (serve an X.509-SVID of spiffe://<td>/node/meshd that the mesh CA issues and meshd renews) or https_web (serve --bundle-endpoint-cert; env MESHD_BUNDLE_ENDPOINT_PROFILE)")
 	f.StringVar(&b.cert, "bundle-endpoint-cert", envOr("MESHD_BUNDLE_ENDPOINT_CERT", ""), "https_web: the bundle endpoint's certificate chain, of a name web PKI roots vouch for, reloaded when it changes (env MESHD_BUNDLE_ENDPOINT_CERT)")
 	f.StringVar(&b.key, "bundle-endpoint-key", envOr("MESHD_BUNDLE_ENDPOINT_KEY", ""), "https_web: the bundle endpoint's key (env MESHD_BUNDLE_ENDPOINT_KEY)")
-	f.DurationVar(&b.refreshHint, "bundle-endpoint-refresh-hint", bundleendpoint.DefaultRefreshHint, "the bundle's spiffe_refresh_hint: how often consumers are asked to fetch it again (SPIRE polls at most about once a minute)")
+	f.DurationVar(&b.refreshHint, "bundle-endpoint-refresh-hint", bundleendpoint.DefaultRefreshHint, "the bundle's spiffe_refresh_hint: how often consumers are asked to fetch it again (SPIRE polls several times per hint)")
 }
 
 // config returns the endpoint's configuration; an empty address is off,

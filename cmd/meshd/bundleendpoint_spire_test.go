@@ -27,8 +27,8 @@ import (
 )
 
 // spireWait bounds the waits on the real SPIRE: its server polls a
-// federated bundle endpoint about once per refresh hint (a minute at
-// the least), and its agent syncs entries and bundles every 5 seconds.
+// federated bundle endpoint a few times per refresh hint (1m here), and
+// its agent syncs entries and bundles every 5 seconds.
 const spireWait = 5 * time.Minute
 
 // spireServer runs spire-server's CLI against s like s.Server, but

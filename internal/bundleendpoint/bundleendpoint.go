@@ -65,13 +65,13 @@ func ParseProfile(s string) (Profile, error) {
 // Defaults of Config.
 const (
 	// DefaultRefreshHint is the spiffe_refresh_hint of the document: how
-	// often consumers are asked to fetch it again. SPIRE polls no more
-	// often than about once a minute whatever the hint.
+	// often consumers are asked to fetch it again (SPIRE 1.13.3 polls
+	// several times per hint).
 	DefaultRefreshHint = 5 * time.Minute
 )
 
 // The endpoint's fixed bounds: the request is a bodyless GET, the answer
-// a few kilobytes, and a consumer polls once a minute or less often.
+// a few kilobytes, and a consumer polls a few times per refresh hint.
 const (
 	maxConns       = 64 // open connections; the next waits in the backlog
 	headerTimeout  = 5 * time.Second
