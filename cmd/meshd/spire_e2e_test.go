@@ -49,14 +49,13 @@ func registryID(td string) string { return "spiffe://" + td + "/mesh-registry" }
 // pathSelector selects the workloads running binary (discover_workload_path).
 func pathSelector(binary string) string { return "unix:path:" + binary }
 
-// spireMeshd is a built meshd on the spire trust backend, serving an
-// X.509-SVID minted by the SPIRE server (-dns localhost) as its agent
-// port certificate, so agents on the spire provider, which trust SPIRE's
-// bundle only, can reach it.
+// spireMeshd is a built meshd on the spire trust backend, serving its
+// own X.509-SVID (--tls-svid, spiffe://<td>/mesh-registry, rotating) on
+// the agent port, so agents on the spire provider, which trust SPIRE's
+// bundle only, reach it.
 type spireMeshd struct {
 	*replica
-	s      *spiretest.SPIRE
-	tlsDir string
+	s *spiretest.SPIRE
 }
 
 // registerMeshd gives meshd's binary its entry, spiffe://<td>/mesh-registry;
@@ -68,29 +67,14 @@ func registerMeshd(t *testing.T, s *spiretest.SPIRE, bin string, more ...string)
 
 func startSPIREMeshd(t *testing.T, s *spiretest.SPIRE, bin, name string, extra ...string) *spireMeshd {
 	t.Helper()
-	m := &spireMeshd{s: s, tlsDir: t.TempDir()}
-	m.mint(t)
+	m := &spireMeshd{s: s}
 	data := filepath.Join(t.TempDir(), "data")
-	args := append([]string{"--trust-backend", "spire", "--spire-socket", s.AgentSocket,
-		"--tls-cert", filepath.Join(m.tlsDir, "cert.pem"), "--tls-key", filepath.Join(m.tlsDir, "key.pem"),
+	args := append([]string{"--trust-backend", "spire", "--spire-socket", s.AgentSocket, "--tls-svid",
 		"--heartbeat-interval", "2s", "--heartbeat-timeout", "10s", "--health-check-interval", "1s",
 		// A kept connection is closed by an eviction, never by idleness.
 		"--idle-timeout", "10m"}, extra...)
 	m.replica = startReplica(t, bin, name, data, filepath.Join(data, "meshtrust.db"), args...)
 	return m
-}
-
-// mint (again) meshd's serving certificate from the server's active
-// authority; meshd reloads it when the file changes.
-func (m *spireMeshd) mint(t *testing.T) {
-	t.Helper()
-	dir := t.TempDir()
-	m.s.Server(t, "x509", "mint", "-spiffeID", registryID(m.s.TrustDomain), "-dns", "localhost", "-ttl", "1h", "-write", dir)
-	for from, to := range map[string]string{"key.pem": "key.pem", "svid.pem": "cert.pem"} {
-		if err := os.Rename(filepath.Join(dir, from), filepath.Join(m.tlsDir, to)); err != nil {
-			t.Fatal(err)
-		}
-	}
 }
 
 // url is meshd's agent port by the name its serving SVID carries.
@@ -449,8 +433,7 @@ func TestRealSPIRERotation(t *testing.T) {
 func authorityOf(c *x509.Certificate) string { return hex.EncodeToString(c.AuthorityKeyId) }
 
 // prepareAndActivate prepares a new X.509 authority, activates it, and
-// returns the old one's ID and the new one's. meshd's serving certificate
-// is minted again from the new one.
+// returns the old one's ID and the new one's.
 func prepareAndActivate(t *testing.T, m *spireMeshd) (old, next string) {
 	t.Helper()
 	old = m.s.LocalAuthority(t, "show", "")["active"]
@@ -464,7 +447,6 @@ func prepareAndActivate(t *testing.T, m *spireMeshd) (old, next string) {
 		return strings.Contains(m.stderr.String(), meshTD+" (2)")
 	})
 	m.s.LocalAuthority(t, "activate", next)
-	m.mint(t)
 	return old, next
 }
 
@@ -541,9 +523,10 @@ func TestRealSPIREAuthorityLifecycle(t *testing.T) {
 // TestRealSPIRERevokeRightAfterTaint: revoking an authority right after
 // tainting it leaves no time for the forced rotation the taint starts, so
 // a workload still on an SVID of that authority is cut off until its
-// SPIRE agent rotates it at half its lifetime: meshd evicts carol and
-// refuses it (unknown_ca), meshctl agent run keeps retrying, and carol is
-// back, healthy, on an SVID of the new authority. This is the outage
+// SPIRE agent rotates it at half its lifetime: meshd evicts carol, its
+// heartbeats fail (meshd refuses its SVID, and carol cannot verify meshd's
+// own SVID of the same authority), meshctl agent run keeps retrying, and
+// carol is back, healthy, on an SVID of the new authority. This is the outage
 // docs/spire.md warns of (up to one SVID lifetime).
 func TestRealSPIRERevokeRightAfterTaint(t *testing.T) {
 	t.Parallel()
@@ -567,8 +550,11 @@ func TestRealSPIRERevokeRightAfterTaint(t *testing.T) {
 		return authorityOf(svids[len(svids)-1]) == next && m.agents(t)["carol"].Status == "healthy"
 	})
 	t.Logf("carol was cut off for about %s (its SVID lives 2m and rotates at half that)", time.Since(cut).Round(time.Second))
-	if n := m.metric(t, `meshd_refusals_total{reason="unknown_ca"}`); n < 1 {
-		t.Errorf("meshd refused carol's SVID of the revoked authority %v times, want at least once", n)
+	// The heartbeats failed meanwhile: meshd refused carol's SVID, or
+	// (meshd's own SVID being of the revoked authority too) carol could
+	// not verify meshd.
+	if out := a.out.String(); !strings.Contains(out, "heartbeat failed") {
+		t.Errorf("no heartbeat of carol failed during the outage:\n%s", out)
 	}
 }
 
@@ -599,6 +585,33 @@ func TestRealSPIREAgentRestart(t *testing.T) {
 	}
 }
 
+// partnerTD is the federated partner's trust domain.
+const partnerTD = "partner.test"
+
+// federatedMesh starts the mesh's SPIRE and a partner's, partner.test,
+// each with a bundle endpoint, the mesh's server federating with the
+// partner's (https_spiffe) and meshd's entry federating with partner.test;
+// this test binary gets the partner's SVID spiffe://partner.test/agent/<id>
+// for each of ids. It returns the binaries' directory, both SPIREs and a
+// meshd that lists partner.test (--spire-federated) as entity acme, once
+// that meshd trusts the partner's bundle.
+func federatedMesh(t *testing.T, ids ...string) (bin string, s, p *spiretest.SPIRE, listed *spireMeshd) {
+	t.Helper()
+	bin = buildBinaries(t)
+	s = spiretest.Start(t, meshTD, spiretest.WithBundleEndpoint())
+	p = spiretest.Start(t, partnerTD, spiretest.WithBundleEndpoint())
+	s.Federate(t, p)
+	registerMeshd(t, s, bin, "-federatesWith", "spiffe://"+partnerTD)
+	for _, id := range ids {
+		p.CreateEntry(t, "spiffe://"+partnerTD+"/agent/"+id, pathSelector(testBinary(t)))
+	}
+	listed = startSPIREMeshd(t, s, bin, "listed", "--spire-federated", partnerTD, "--spire-entities", partnerTD+"=acme")
+	eventually.TrueWithin(t, time.Minute, "meshd to trust partner.test's bundle", func() bool {
+		return strings.Contains(listed.stderr.String(), partnerTD+" (1)")
+	})
+	return bin, s, p, listed
+}
+
 // TestRealSPIREFederation: a second SPIRE server, partner.test, serves its
 // bundle over an https_spiffe bundle endpoint; the mesh's server federates
 // with it and meshd's entry federates with partner.test. meshd with
@@ -610,21 +623,8 @@ func TestRealSPIREAgentRestart(t *testing.T) {
 // mesh's server drops the partner's bundle, meshd evicts its agent.
 func TestRealSPIREFederation(t *testing.T) {
 	t.Parallel()
-	const partnerTD = "partner.test"
-	bin := buildBinaries(t)
-	s := spiretest.Start(t, meshTD, spiretest.WithBundleEndpoint())
-	p := spiretest.Start(t, partnerTD, spiretest.WithBundleEndpoint())
-	s.Federate(t, p)
-	registerMeshd(t, s, bin, "-federatesWith", "spiffe://"+partnerTD)
-	// The test binary is the partner's workload, on the partner's agent.
-	for _, id := range []string{"acme-weather", "opus"} {
-		p.CreateEntry(t, "spiffe://"+partnerTD+"/agent/"+id, pathSelector(testBinary(t)))
-	}
-	listed := startSPIREMeshd(t, s, bin, "listed", "--spire-federated", partnerTD, "--spire-entities", partnerTD+"=acme")
+	bin, s, p, listed := federatedMesh(t, "acme-weather", "opus")
 	unlisted := startSPIREMeshd(t, s, bin, "unlisted")
-	eventually.TrueWithin(t, time.Minute, "meshd to trust partner.test's bundle", func() bool {
-		return strings.Contains(listed.stderr.String(), partnerTD+" (1)")
-	})
 
 	weather := heldClient(fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/acme-weather"))
 	opus := heldClient(fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/opus"))
@@ -655,4 +655,41 @@ func TestRealSPIREFederation(t *testing.T) {
 	if code, reason, _ := register(weather, listed, "acme-weather"); code == http.StatusOK {
 		t.Errorf("the partner's acme-weather is admitted after its bundle was dropped (%s)", reason)
 	}
+}
+
+// TestRealSPIREFederatedRevocation: the partner's server prepares a new
+// authority, waits until the mesh has it, activates it and revokes the
+// old one, the authority of an SVID meshd admitted; the revocation reaches
+// meshd when the mesh's server next polls the partner's bundle endpoint
+// (its refresh hint is 1 minute here), and meshd then evicts the
+// partner's agent. The delays are logged: they are the windows
+// docs/spire.md describes.
+func TestRealSPIREFederatedRevocation(t *testing.T) {
+	t.Parallel()
+	_, _, p, listed := federatedMesh(t, "acme-weather")
+	held := fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/acme-weather")
+	if code, reason, _ := register(heldClient(held), listed, "acme-weather"); code != http.StatusOK {
+		t.Fatalf("partner's acme-weather: %d %s", code, reason)
+	}
+	old := p.LocalAuthority(t, "show", "")["active"]
+	next := p.LocalAuthority(t, "prepare", "")["prepared_authority"]
+	prepared := time.Now()
+	// The partner's bundle endpoint (https_spiffe) authenticates with the
+	// partner server's own SVID, from its active authority: activated
+	// before the mesh's server has fetched the prepared one, it is one
+	// the mesh cannot verify, and the federation stops refreshing for
+	// good (docs/spire.md). So the prepared authority must reach the mesh
+	// first, within a refresh hint.
+	eventually.TrueWithin(t, rotationWait, "meshd to see the partner's prepared authority", func() bool {
+		return strings.Contains(listed.stderr.String(), partnerTD+" (2)")
+	})
+	t.Logf("the partner's prepared authority reached meshd after about %s", time.Since(prepared).Round(time.Second))
+	p.LocalAuthority(t, "activate", next)
+	p.LocalAuthority(t, "taint", old)
+	p.LocalAuthority(t, "revoke", old)
+	revoked := time.Now()
+	eventually.TrueWithin(t, rotationWait, "meshd to evict the partner's acme-weather", func() bool {
+		return listed.agents(t)["acme-weather"].Status == "evicted"
+	})
+	t.Logf("the partner's revocation reached meshd after about %s (refresh hint 1m)", time.Since(revoked).Round(time.Second))
 }

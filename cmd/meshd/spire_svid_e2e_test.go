@@ -43,11 +43,7 @@ func TestRealSPIREMeshdServesItsSVID(t *testing.T) {
 	s := spiretest.Start(t, meshTD)
 	registerMeshd(t, s, bin)
 	s.CreateEntry(t, "spiffe://"+meshTD+"/agent/carol", pathSelector(filepath.Join(bin, "meshctl")))
-	data := filepath.Join(t.TempDir(), "data")
-	m := &spireMeshd{s: s}
-	m.replica = startReplica(t, bin, "svid", data, filepath.Join(data, "meshtrust.db"),
-		"--trust-backend", "spire", "--spire-socket", s.AgentSocket, "--tls-svid",
-		"--heartbeat-interval", "2s", "--heartbeat-timeout", "10s", "--health-check-interval", "1s")
+	m := startSPIREMeshd(t, s, bin, "svid")
 
 	bundle, err := os.ReadFile(filepath.Join(s.Dir, "bundle.pem"))
 	if err != nil {
