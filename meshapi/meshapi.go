@@ -89,6 +89,20 @@ type ErrorResponse struct {
 	Timestamp string `json:"timestamp"`
 }
 
+// Degradation is one entry of GET /health's "degraded" list: a part of
+// meshd that refuses what it would otherwise admit while the rest
+// serves. /health answers 200 with status "degraded" while the list is
+// not empty, so agents that do not care keep going.
+type Degradation struct {
+	// Component names the part: "trust backend spire".
+	Component string `json:"component"`
+	// Reason is the refusal reason its callers get: "stale_trust".
+	Reason string `json:"reason"`
+	// Since is when the cause began (for stale_trust, when the Workload
+	// API stream broke).
+	Since time.Time `json:"since"`
+}
+
 // EnrollRequest is the body of POST /enroll: a new node's id and its CSR.
 type EnrollRequest struct {
 	NodeID string `json:"node_id"`

@@ -29,6 +29,7 @@ import (
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/pemfile"
 	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
+	"github.com/meshtrust/meshtrust/trust/spirebundle"
 )
 
 func main() {
@@ -143,6 +144,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.spire.socket, "spire-socket", envOr("MCP_MESH_SPIRE_SOCKET", ""), "spire: the SPIRE agent's Workload API socket (default "+spire.DefaultSocket+"; env MCP_MESH_SPIRE_SOCKET)")
 	f.StringVar(&o.spire.federated, "spire-federated", envOr("MCP_MESH_SPIRE_FEDERATED", ""), "spire: comma list of federated trust domains whose bundles are trusted besides meshd's own (env MCP_MESH_SPIRE_FEDERATED)")
 	f.StringVar(&o.spire.entities, "spire-entities", envOr("MCP_MESH_SPIRE_ENTITIES", ""), "spire: comma list of trust-domain=entity; a trust domain not listed is the entity of its own name (env MCP_MESH_SPIRE_ENTITIES)")
+	f.StringVar(&o.spire.maxStaleness, "spire-max-staleness", envOr("MCP_MESH_SPIRE_MAX_STALENESS", spirebundle.DefaultMaxStaleness.String()), "spire: how long the bundles stay trusted once the Workload API cannot refresh them; past it every SPIFFE certificate they would admit is refused (stale_trust) until it can (env MCP_MESH_SPIRE_MAX_STALENESS)")
 	o.binding.flags(f)
 	o.bundle.flags(f)
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
@@ -308,11 +310,16 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 }
 
 // spireOptions are the spire backend's flags.
-type spireOptions struct{ socket, federated, entities string }
+type spireOptions struct{ socket, federated, entities, maxStaleness string }
 
 // config parses the spire backend's flags.
 func (o spireOptions) config() (meshd.SPIREConfig, error) {
 	c := meshd.SPIREConfig{Socket: o.socket}
+	d, err := time.ParseDuration(strings.TrimSpace(o.maxStaleness))
+	if err != nil || d <= 0 {
+		return c, fmt.Errorf("--spire-max-staleness: %q is not a positive duration (such as %s); the bound cannot be turned off, only lengthened", o.maxStaleness, spirebundle.DefaultMaxStaleness)
+	}
+	c.MaxStaleness = d
 	for _, raw := range strings.Split(o.federated, ",") {
 		if raw = strings.TrimSpace(raw); raw == "" {
 			continue

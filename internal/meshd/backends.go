@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/credentials/spire"
 	"github.com/meshtrust/meshtrust/identity"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/k8ssecrets"
 	"github.com/meshtrust/meshtrust/trust/spirebundle"
@@ -53,6 +54,10 @@ type SPIREConfig struct {
 	// StartTimeout bounds the wait for the first SVID and bundles;
 	// default 30s.
 	StartTimeout time.Duration
+	// MaxStaleness is how long the bundles stay trusted once the
+	// Workload API cannot refresh them (MCP_MESH_SPIRE_MAX_STALENESS);
+	// default spirebundle.DefaultMaxStaleness, negative an error.
+	MaxStaleness time.Duration
 	// ClientOptions are passed to go-spiffe's Workload API client (tests
 	// shorten its back-off).
 	ClientOptions []workloadapi.ClientOption
@@ -130,7 +135,7 @@ func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) 
 	if err != nil {
 		return nil, fmt.Errorf("trust backend spire: %w", err)
 	}
-	b, err := spirebundle.New(ctx, spirebundle.Config{Source: src, Entities: c.Entities, Logger: m.log})
+	b, err := spirebundle.New(ctx, spirebundle.Config{Source: src, Entities: c.Entities, MaxStaleness: c.MaxStaleness, Logger: m.log})
 	if err != nil {
 		return nil, fmt.Errorf("trust backend spire: %w", err)
 	}
@@ -150,14 +155,49 @@ func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) 
 	return b, nil
 }
 
-// backendMetrics returns the metrics of the backends that have some.
-func (m *Meshd) backendMetrics() []prometheus.Collector {
-	if m.k8s == nil {
+// degraded lists the backends refusing what they would otherwise admit,
+// for GET /health: the spire backend once its bundles are stale past
+// its bound.
+func (m *Meshd) degraded() []meshapi.Degradation {
+	if m.spire == nil {
 		return nil
 	}
-	st := m.k8s
-	return []prometheus.Collector{prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "meshd_trust_secret_rejections_total",
-		Help: "Versions of entity CA Secrets (k8s-secrets backend) that could not be used; each keeps the Secret's last good version.",
-	}, func() float64 { return float64(st.Rejected()) })}
+	since, stale := m.spire.StaleSince(m.cfg.Now())
+	if !stale {
+		return nil
+	}
+	return []meshapi.Degradation{{Component: "trust backend " + spirebundle.Name, Reason: trust.ReasonStaleTrust, Since: since}}
+}
+
+// backendMetrics returns the metrics of the backends that have some.
+func (m *Meshd) backendMetrics() []prometheus.Collector {
+	var out []prometheus.Collector
+	if st := m.k8s; st != nil {
+		out = append(out, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_trust_secret_rejections_total",
+			Help: "Versions of entity CA Secrets (k8s-secrets backend) that could not be used; each keeps the Secret's last good version.",
+		}, func() float64 { return float64(st.Rejected()) }))
+	}
+	if sb := m.spire; sb != nil {
+		labels := prometheus.Labels{"backend": spirebundle.Name}
+		out = append(out, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_trust_backend_stale", ConstLabels: labels,
+			Help: "1 while a trust backend refuses every certificate its anchors would admit, because it could not refresh them for longer than its bound (spire: --spire-max-staleness); else 0.",
+		}, func() float64 {
+			if _, stale := sb.StaleSince(m.cfg.Now()); stale {
+				return 1
+			}
+			return 0
+		}), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshd_trust_backend_stale_seconds", ConstLabels: labels,
+			Help: "Seconds since a trust backend last knew its anchors current (spire: since the Workload API stream broke); 0 while they are.",
+		}, func() float64 {
+			since, _ := sb.StaleSince(m.cfg.Now())
+			if since.IsZero() {
+				return 0
+			}
+			return m.cfg.Now().Sub(since).Seconds()
+		}))
+	}
+	return out
 }

@@ -252,7 +252,7 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 		m.crl = authority.NewCRLRefresher(m.log)
 	}
 	deps := server.Deps{Store: st, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
-		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: m.backendMetrics()}
+		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: m.backendMetrics(), Degraded: m.degraded}
 	if authority != nil {
 		// Only a CA: a nil *ca.CA in the interface would not be a nil
 		// Authority, and the routes would sign with it.

@@ -347,16 +347,29 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, _ *trust.Pee
 	writeJSON(w, http.StatusOK, out)
 }
 
+// health answers GET /health: "healthy", or "degraded" with what is (a
+// trust backend refusing its stale anchors), still 200 because the rest
+// of meshd serves, and an agent that is not concerned must not stop.
 func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *trust.Peer) {
 	up := int64(s.cfg.Now().Sub(s.started).Seconds())
+	status, degraded := "healthy", []meshapi.Degradation(nil)
+	if s.degraded != nil {
+		if degraded = s.degraded(); len(degraded) > 0 {
+			status = "degraded"
+		}
+	}
 	if r.Method == http.MethodHead {
-		w.Header().Set("X-Health-Status", "healthy")
+		w.Header().Set("X-Health-Status", status)
 		w.Header().Set("X-Service-Version", version)
 		w.Header().Set("X-Uptime-Seconds", strconv.FormatInt(up, 10))
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"service": "meshd", "status": "healthy", "version": version, "uptime_seconds": up, "timestamp": now(s)})
+	body := map[string]any{"service": "meshd", "status": status, "version": version, "uptime_seconds": up, "timestamp": now(s)}
+	if len(degraded) > 0 {
+		body["degraded"] = degraded
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 func (s *Server) root(w http.ResponseWriter, _ *http.Request, _ *trust.Peer) {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"io"
 	"net/http"
@@ -177,15 +176,7 @@ func TestE2ESPIRE(t *testing.T) {
 	observer := e.client(&obsCert)
 
 	// Partner agents name themselves by CN, as MCP Mesh's do.
-	svid := func(td spiffeid.TrustDomain, name string) tls.Certificate {
-		chain, key := wl.CA(td).Issue(&x509.Certificate{Subject: pkix.Name{CommonName: name},
-			URIs: []*url.URL{spiffeid.RequireFromPath(td, "/agent/"+name).URL()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-		c := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
-		for _, x := range chain {
-			c.Certificate = append(c.Certificate, x.Raw)
-		}
-		return c
-	}
+	svid := func(td spiffeid.TrustDomain, name string) tls.Certificate { return svidCert(wl, td, name) }
 	old := svid(partnerTD, "partner-a")
 	conn := e.dial(&old)
 	if r := conn.mustDo("POST", "/heartbeat", heartbeat("partner-a", 9300)); r.code != http.StatusOK {
@@ -198,12 +189,7 @@ func TestE2ESPIRE(t *testing.T) {
 	// ID names the agent. meshd's own trust domain is the mesh's own (no
 	// entity, no namespace); a partner's stays inside its namespace.
 	cnless := func(id spiffeid.ID) tls.Certificate {
-		chain, key := wl.CA(id.TrustDomain()).Issue(&x509.Certificate{URIs: []*url.URL{id.URL()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
-		c := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
-		for _, x := range chain {
-			c.Certificate = append(c.Certificate, x.Raw)
-		}
-		return c
+		return tlsCert(wl.CA(id.TrustDomain()).Issue(&x509.Certificate{URIs: []*url.URL{id.URL()}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}))
 	}
 	for _, tc := range []struct {
 		id, agent, entity, reason string

@@ -29,6 +29,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/events"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/meshauth"
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -57,6 +58,10 @@ type Deps struct {
 	// Collectors are further metrics served on /metrics (the trust
 	// backends').
 	Collectors []prometheus.Collector
+	// Degraded lists, for GET /health, the parts of meshd that refuse
+	// what they would otherwise admit (a trust backend whose anchors are
+	// stale); nil: none ever.
+	Degraded func() []meshapi.Degradation
 }
 
 // Authority is the mesh CA as the routes use it (*ca.CA implements it):
@@ -383,6 +388,7 @@ type Server struct {
 	// it is read in full.
 	certlessBody int64
 	started      time.Time
+	degraded     func() []meshapi.Degradation // nil: never degraded
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
@@ -426,7 +432,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 		return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: d.Store, auth: d.CA, revs: d.Revocations, chain: d.Chain, localCA: d.MeshCA,
-		sources: d.Sources, reg: d.Registry, events: d.Feed, started: cfg.Now(),
+		sources: d.Sources, reg: d.Registry, events: d.Feed, degraded: d.Degraded, started: cfg.Now(),
 		enrollLimit:  newLimiter(cfg.Enroll.Burst, cfg.Enroll.Interval),
 		enrollGlobal: newLimiter(cfg.Enroll.GlobalBurst, cfg.Enroll.GlobalInterval),
 		watchSlots:   newSlots(cfg.MaxWatchStreams-cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource),
