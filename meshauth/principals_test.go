@@ -80,9 +80,11 @@ func newPrincipalsWorld(t *testing.T) *principalsWorld {
 	t.Helper()
 	w := &principalsWorld{world: newWorld(t), trustDir: pkitest.NewRoot(t, "trust dir root"), spire: pkitest.NewRoot(t, "example.org spire root")}
 	ctx, cancel := context.WithCancel(context.Background())
+	// meshd's own SVID is of the mesh CA's trust domain, so example.org
+	// is a federated trust domain: the entity of its name.
 	sb, err := spirebundle.New(ctx, spirebundle.Config{Source: fixedBundles{
 		spiffeid.RequireTrustDomainFromString("example.org"): {w.spire.Cert},
-	}})
+	}, TrustDomain: spiffeid.RequireTrustDomainFromString("mesh.local")})
 	if err != nil {
 		t.Fatal(err)
 	}
