@@ -275,12 +275,11 @@ func ModelCaller(principal string, src ModelSource, td spiffeid.TrustDomain) (*C
 		if sid.IsZero() {
 			return nil, fmt.Errorf("the %s source vouches for SPIFFE IDs only, not %q", SourceSPIRE, principal)
 		}
-		// Its bundle vouches for the ID; the entity is the trust
-		// domain's name unless mapped (spirebundle.Config.Entities).
+		// Its bundle vouches for the ID. The trust domain of meshd's own
+		// SVID is the mesh's own (entity ""), as spirebundle makes it; a
+		// federated trust domain's entity is its name or the operator's
+		// mapping (spirebundle.Config.Entities), which src.Entity names.
 		c.SPIFFEID, c.TrustDomain = sid.String(), sid.TrustDomain()
-		if c.Entity == "" {
-			c.Entity = sid.TrustDomain().Name()
-		}
 	}
 	// Any other source vouches for neither a mesh identity nor a SPIFFE
 	// ID, whatever its certificate says: the principal stays a bare CN.

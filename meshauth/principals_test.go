@@ -325,3 +325,15 @@ func TestAgentIDBySource(t *testing.T) {
 		}
 	}
 }
+
+// TestModelSPIREEntity: a modelled SPIRE caller is the mesh's own (entity
+// ""), as meshd's own trust domain is, unless the entity a federated trust
+// domain maps to is named.
+func TestModelSPIREEntity(t *testing.T) {
+	for _, tc := range []struct{ entity, want string }{{"", ""}, {"acme", "acme"}} {
+		c, err := meshauth.ModelCaller("spiffe://example.org/agent/x", meshauth.ModelSource{Backend: meshauth.SourceSPIRE, Entity: tc.entity}, td)
+		if err != nil || c.Entity != tc.want || c.Source != meshauth.SourceSPIRE {
+			t.Errorf("entity %q: %+v, %v; want entity %q of source spire", tc.entity, c, err, tc.want)
+		}
+	}
+}
