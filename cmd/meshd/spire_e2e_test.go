@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -19,9 +18,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/logtest"
@@ -133,41 +129,6 @@ func (m *spireMeshd) metric(t *testing.T, name string) float64 {
 		sum += v
 	}
 	return sum
-}
-
-// fetchSVID waits until the SPIRE agent gives this test binary the
-// X.509-SVID id (the agent syncs new entries every 5 s) and returns it.
-// The Workload API's answer is searched for id, so a test binary with
-// several entries gets each.
-func fetchSVID(t *testing.T, s *spiretest.SPIRE, id string) tls.Certificate {
-	t.Helper()
-	want := spiffeid.RequireFromString(id)
-	var cert tls.Certificate
-	var last error
-	eventually.TrueWithin(t, 2*time.Minute, "the SPIRE agent to issue "+id+" to the test binary", func() bool {
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		defer cancel()
-		svids, err := workloadapi.FetchX509SVIDs(ctx, workloadapi.WithAddr(s.AgentSocket))
-		if err != nil {
-			last = err
-			return false
-		}
-		for _, sv := range svids {
-			if sv.ID != want {
-				continue
-			}
-			cert = tls.Certificate{PrivateKey: sv.PrivateKey, Leaf: sv.Certificates[0]}
-			for _, c := range sv.Certificates {
-				cert.Certificate = append(cert.Certificate, c.Raw)
-			}
-			return true
-		}
-		return false
-	})
-	if cert.Leaf == nil {
-		t.Fatalf("no SVID %s: %v", id, last)
-	}
-	return cert
 }
 
 // heldClient presents cert, the SVID it was given, and nothing else, for
@@ -369,11 +330,11 @@ func TestRealSPIREAdmission(t *testing.T) {
 	}
 	m := startSPIREMeshd(t, s, bin, "spire")
 
-	cert := fetchSVID(t, s, carolID)
+	cert := s.FetchSVID(t, carolID)
 	if cn := cert.Leaf.Subject.CommonName; cn != "" {
 		t.Fatalf("SPIRE set common name %q on an entry without -dns; this test is about CN-less SVIDs", cn)
 	}
-	carol, shared := heldClient(cert), heldClient(fetchSVID(t, s, sharedID))
+	carol, shared := heldClient(cert), heldClient(s.FetchSVID(t, sharedID))
 	if code, reason, _ := register(carol, m, "zed"); code != http.StatusForbidden || reason != "identity_mismatch" {
 		t.Errorf("carol's SVID registering zed: %d %s, want 403 identity_mismatch", code, reason)
 	}
@@ -460,7 +421,7 @@ func prepareAndActivate(t *testing.T, m *spireMeshd) (old, next string) {
 func TestRealSPIREAuthorityLifecycle(t *testing.T) {
 	t.Parallel()
 	s, m, a := carolMesh(t, "spiffe://"+meshTD+"/agent/olda")
-	held := fetchSVID(t, s, "spiffe://"+meshTD+"/agent/olda")
+	held := s.FetchSVID(t, "spiffe://"+meshTD+"/agent/olda")
 	olda := heldClient(held)
 	if code, reason, _ := register(olda, m, "olda"); code != http.StatusOK {
 		t.Fatalf("olda's registration: %d %s", code, reason)
@@ -626,8 +587,8 @@ func TestRealSPIREFederation(t *testing.T) {
 	bin, s, p, listed := federatedMesh(t, "acme-weather", "opus")
 	unlisted := startSPIREMeshd(t, s, bin, "unlisted")
 
-	weather := heldClient(fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/acme-weather"))
-	opus := heldClient(fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/opus"))
+	weather := heldClient(p.FetchSVID(t, "spiffe://"+partnerTD+"/agent/acme-weather"))
+	opus := heldClient(p.FetchSVID(t, "spiffe://"+partnerTD+"/agent/opus"))
 	if code, reason, _ := register(weather, listed, "acme-weather"); code != http.StatusOK {
 		t.Fatalf("partner's acme-weather: %d %s", code, reason)
 	}
@@ -667,7 +628,7 @@ func TestRealSPIREFederation(t *testing.T) {
 func TestRealSPIREFederatedRevocation(t *testing.T) {
 	t.Parallel()
 	_, _, p, listed := federatedMesh(t, "acme-weather")
-	held := fetchSVID(t, p, "spiffe://"+partnerTD+"/agent/acme-weather")
+	held := p.FetchSVID(t, "spiffe://"+partnerTD+"/agent/acme-weather")
 	if code, reason, _ := register(heldClient(held), listed, "acme-weather"); code != http.StatusOK {
 		t.Fatalf("partner's acme-weather: %d %s", code, reason)
 	}

@@ -2,7 +2,6 @@ package meshtrust_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"encoding/json"
 	"net"
@@ -14,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
@@ -141,26 +138,7 @@ func TestSPIREValuesProcess(t *testing.T) {
 		t.Errorf("meshd's agent port presents %v, want its SVID %s", u, registryID)
 	}
 
-	var opus tls.Certificate
-	want := spiffeid.RequireFromString(opusID)
-	eventually.TrueWithin(t, 2*time.Minute, "the SPIRE agent issuing opus's SVID", func() bool {
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		defer cancel()
-		svids, err := workloadapi.FetchX509SVIDs(ctx, workloadapi.WithAddr(s.AgentSocket))
-		if err != nil {
-			return false
-		}
-		for _, sv := range svids {
-			if sv.ID == want {
-				opus = tls.Certificate{PrivateKey: sv.PrivateKey, Leaf: sv.Certificates[0]}
-				for _, c := range sv.Certificates {
-					opus.Certificate = append(opus.Certificate, c.Raw)
-				}
-				return true
-			}
-		}
-		return false
-	})
+	opus := s.FetchSVID(t, opusID)
 	if opus.Leaf.Subject.CommonName != "" {
 		t.Fatalf("the SVID has the CN %q; this test is about CN-less SVIDs", opus.Leaf.Subject.CommonName)
 	}
