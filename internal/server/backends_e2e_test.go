@@ -157,6 +157,13 @@ func TestE2EK8sSecrets(t *testing.T) {
 // TestE2ESPIRE: agents with SVIDs of a listed trust domain are admitted and
 // belong to its (mapped) entity; a bundle change evicts exactly the agents
 // it no longer vouches for; an unlisted federated trust domain is refused.
+//
+// The real SPIRE judges these paths end to end (cmd/meshd's
+// TestRealSPIRE… suite, docs/spire.md). This test stays on the double for
+// what the real server cannot give: SVIDs of any shape at will — a CN next
+// to the SPIFFE ID, a mesh identity's path, an ID of a trust domain it
+// does not serve — to pin the default binding's whole table in-process, and
+// a federated bundle pruned the instant the test says so.
 func TestE2ESPIRE(t *testing.T) {
 	meshTD := spiffeid.RequireTrustDomainFromString("mesh.test")
 	partnerTD := spiffeid.RequireTrustDomainFromString("partner.test")
