@@ -71,7 +71,22 @@ const (
 	// DELETE: drop the rotated-out key kid at once (SessionKeysResponse
 	// out, the keys left).
 	PathAdminSessionKeys = "/admin/session-keys"
+	// PathAdminConsoleLogin (POST, admin API; empty body): a one-time
+	// login to the operator console, ConsoleLogin out. `meshctl console`
+	// asks for it and prints the URL.
+	PathAdminConsoleLogin = "/admin/console/login"
+	// PathConsole is the prefix of the operator console's pages, served
+	// on the admin surface only; `meshctl console` forwards nothing else.
+	PathConsole = "/console/"
 )
+
+// ConsoleLogin is a one-time login to the operator console: Path (under
+// PathConsole, carrying the token) is good for one visit until ExpiresAt,
+// and logs the browser in as the admin identity that asked for it.
+type ConsoleLogin struct {
+	Path      string    `json:"path"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
 
 // EventRevocation is the SSE event type of a revocation on
 // PathRevocationsWatch; its data is a RevocationEvent.

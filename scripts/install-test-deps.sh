@@ -15,6 +15,8 @@ DEPS=(
 	"make make"       # the Makefile drives the suite
 	"npm npm"         # npm pack fetches MCP Mesh (scripts/mcpmesh.sh); pulls in nodejs
 	"etcd etcd-server" # the store of the kube-apiserver the k8s tests run
+	"chromium chromium" # the headless browser the console's tests drive (chromedp)
+	"promtool prometheus" # promtool checks and unit-tests deploy/prometheus's rules
 )
 
 SUDO=()
