@@ -136,10 +136,10 @@ type TrustSource struct {
 
 // AuditEntry is one audit log line.
 type AuditEntry struct {
-	Seq                                int64
-	Time                               time.Time
+	Seq                               int64
+	Time                              time.Time
 	Action, Identity, Outcome, Detail string
-	Hash                               string
+	Hash                              string
 }
 
 // AuditLog is the audit page: the newest entries and the verification of
