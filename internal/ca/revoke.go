@@ -78,7 +78,7 @@ func (c *CA) Revoke(ctx context.Context, target string, reason Reason) ([]store.
 			return nil, err
 		}
 		_, done, err = c.store.RevokeIdentity(ctx, store.IdentityRevocation{Name: name, Reason: int(reason), RevokedAt: now.UTC()},
-			store.AuditEntry{Time: now, Action: "identity.revoke", Identity: name, Outcome: store.OutcomeOK, Detail: "reason " + reason.String()})
+			store.AuditEntry{Time: now, Action: "identity.revoke", Identity: name, Outcome: store.OutcomeOK, Detail: store.Attributed(ctx, "reason "+reason.String())})
 		if errors.Is(err, store.ErrExists) {
 			err = fmt.Errorf("%w: identity %s (lift it with `meshctl ca reinstate %s`)", ErrAlreadyRevoked, name, name)
 		}
@@ -91,7 +91,7 @@ func (c *CA) Revoke(ctx context.Context, target string, reason Reason) ([]store.
 			)
 			r, sameKey, err = c.store.Revoke(ctx, store.Revocation{Serial: rec.Serial, CommonName: rec.CommonName, IssuerKeyID: rec.IssuerKeyID, Reason: int(reason), RevokedAt: now.UTC()},
 				store.AuditEntry{Time: now, Action: "cert.revoke", Identity: rec.CommonName, Outcome: store.OutcomeOK,
-					Detail: fmt.Sprintf("serial %s reason %s", rec.Serial, reason)})
+					Detail: store.Attributed(ctx, fmt.Sprintf("serial %s reason %s", rec.Serial, reason))})
 			if errors.Is(err, store.ErrExists) {
 				err = fmt.Errorf("%w: serial %s", ErrAlreadyRevoked, rec.Serial)
 			}
@@ -120,7 +120,7 @@ func (c *CA) Reinstate(ctx context.Context, name string) error {
 	}
 	name = id.CommonName()
 	now := c.cfg.Now()
-	err = c.store.ReinstateIdentity(ctx, name, now, store.AuditEntry{Time: now, Action: "identity.reinstate", Identity: name, Outcome: store.OutcomeOK})
+	err = c.store.ReinstateIdentity(ctx, name, now, store.AuditEntry{Time: now, Action: "identity.reinstate", Identity: name, Outcome: store.OutcomeOK, Detail: store.Attributed(ctx, "")})
 	if errors.Is(err, store.ErrNotFound) {
 		err = fmt.Errorf("%w: identity %s (see `meshctl ca list`)", ErrNotRevoked, name)
 		audit(ctx, c.cfg, c.store, "identity.reinstate", name, err)

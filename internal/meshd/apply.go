@@ -29,7 +29,7 @@ func (e *effects) add(key string, eff server.Effect) {
 		e.m = map[string]server.Effect{}
 	}
 	cur := e.m[key]
-	e.m[key] = server.Effect{Evicted: cur.Evicted + eff.Evicted, Closed: cur.Closed + eff.Closed}
+	e.m[key] = server.Effect{Evicted: cur.Evicted + eff.Evicted, Closed: cur.Closed + eff.Closed, Agents: append(cur.Agents, eff.Agents...)}
 	e.mu.Unlock()
 }
 
@@ -54,14 +54,28 @@ func (f feed) Take(key string) server.Effect         { return f.m.effects.take(k
 // recorded it (an admin request here, an offline meshctl, a replica). Each
 // case is idempotent.
 func (m *Meshd) apply(ctx context.Context, e store.Event) error {
+	eff, err := m.applyEvent(ctx, e)
+	if err == nil {
+		// Once it took effect: the console's live pages, and what each
+		// revocation evicted.
+		m.changes.Applied(e, eff)
+	}
+	return err
+}
+
+// applyEvent makes e take effect and returns what it did.
+func (m *Meshd) applyEvent(ctx context.Context, e store.Event) (server.Effect, error) {
+	var eff server.Effect
 	switch e.Kind {
 	case store.EventCertRevoked:
-		m.effects.add("cert.revoked "+e.CommonName, m.applyCertRevocation(ctx, e))
+		eff = m.applyCertRevocation(ctx, e)
+		m.effects.add("cert.revoked "+e.CommonName, eff)
 		if m.crl != nil {
 			m.crl.Kick()
 		}
 	case store.EventIdentityRevoked:
-		m.effects.add("cert.revoked "+e.CommonName, m.applyIdentityRevocation(ctx, e))
+		eff = m.applyIdentityRevocation(ctx, e)
+		m.effects.add("cert.revoked "+e.CommonName, eff)
 	case store.EventIdentityReinstated:
 		if m.revs.RemoveIdentity(e.CommonName) {
 			m.log.Info("identity reinstated", "identity", e.CommonName)
@@ -70,26 +84,27 @@ func (m *Meshd) apply(ctx context.Context, e store.Event) error {
 		// An entity registered again since this event is trusted: its
 		// current record decides.
 		if cur, err := m.st.Entity(ctx, e.Entity); err == nil && !cur.Revoked() {
-			return nil
+			return eff, nil
 		}
-		m.effects.add("entity.revoked "+e.Entity, m.applyEntityRevocation(ctx, e))
+		eff = m.applyEntityRevocation(ctx, e)
+		m.effects.add("entity.revoked "+e.Entity, eff)
 	case store.EventEntityRegistered:
-		return m.applyEntityRegistration(ctx, e.Entity)
+		return eff, m.applyEntityRegistration(ctx, e.Entity)
 	case store.EventEntityRotated:
 		if m.reg == nil {
-			return nil
+			return eff, nil
 		}
 		n, err := m.reg.Rotate(ctx, e.Entity)
 		m.effects.add("entity.rotated "+e.Entity, server.Effect{Evicted: n})
-		return err
+		return eff, err
 	case store.EventCARotated:
-		return m.reloadCA(ctx)
+		return eff, m.reloadCA(ctx)
 	case store.EventPolicySet:
 		if e.CommonName == server.AdminPolicy && m.srv != nil {
-			return m.srv.LoadAdminPolicy(ctx)
+			return eff, m.srv.LoadAdminPolicy(ctx)
 		}
 	}
-	return nil
+	return eff, nil
 }
 
 // applyCertRevocation makes one certificate's revocation take effect:
@@ -207,6 +222,9 @@ func (m *Meshd) cutOff(ctx context.Context, cause string, match func(*trust.Peer
 		m.log.Error(msg+": evicting its agents failed", append(args, "err", err)...)
 	}
 	eff.Evicted = len(ev)
+	for _, a := range ev {
+		eff.Agents = append(eff.Agents, a.AgentID)
+	}
 	m.srv.CountEvictions(cause, eff)
 	m.log.Info(msg, append(args, "agents_evicted", eff.Evicted, "connections_closed", eff.Closed)...)
 	return eff

@@ -152,6 +152,9 @@ type Meshd struct {
 	// request returns only once its change took effect.
 	events  *events.Feed
 	effects effects
+	// changes fans out the changes this process applies and the
+	// registry's, for the operator console.
+	changes *server.Changes
 	crl     *ca.CRLRefresher // nil without a local CA
 
 	trustChanged chan struct{}
@@ -182,7 +185,7 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	cfg.CheckpointInterval = cmp.Or(cfg.CheckpointInterval, DefaultCheckpointInterval)
 	cfg.AgentTrustDomain = cmp.Or(cfg.AgentTrustDomain, DefaultAgentTrustDomain)
 	m := &Meshd{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
-		trustChanged: make(chan struct{}, 1), namespaces: registry.NewNamespaces()}
+		trustChanged: make(chan struct{}, 1), namespaces: registry.NewNamespaces(), changes: server.NewChanges(cfg.Now)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -245,14 +248,14 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	if m.reg, err = registry.New(ctx, st, registry.Config{Timeout: cfg.HeartbeatTimeout, FlushInterval: cfg.HealthCheckInterval, Now: cfg.Now, Logger: m.log, SyncInterval: syncEvery,
 		MaxTools: rl.MaxTools, MaxToolDependencies: rl.MaxToolDependencies, MaxDependencies: rl.MaxDependencies, MaxTags: rl.MaxTags,
 		ProviderEntities: rl.ProviderEntities, PlainHTTP: cfg.TLSMode == server.TLSOff, Bindings: bindings, Namespaces: m.namespaces,
-		Certless: certless}); err != nil {
+		Certless: certless, OnChange: m.changes.Agent}); err != nil {
 		return nil, err
 	}
 	if authority != nil {
 		m.crl = authority.NewCRLRefresher(m.log)
 	}
 	deps := server.Deps{Store: st, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
-		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: m.backendMetrics(), Degraded: m.degraded}
+		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: m.backendMetrics(), Degraded: m.degraded, Changes: m.changes}
 	if authority != nil {
 		// Only a CA: a nil *ca.CA in the interface would not be a nil
 		// Authority, and the routes would sign with it.

@@ -56,24 +56,33 @@ func (r *Registry) Release(ctx context.Context, id, by string) error {
 // check, given its record (nil when id is not registered), allows it, and
 // audits action with the detail check returns.
 func (r *Registry) remove(ctx context.Context, id string, e *entry, check func(*store.Agent) (string, error), action string) error {
+	detail, err := r.removeLocked(ctx, id, e, check, action)
+	if err == nil {
+		r.changed(Change{Kind: ChangeRemoved, AgentID: id, Reason: detail})
+	}
+	return err
+}
+
+// removeLocked is remove under the locks, and returns the audit detail.
+func (r *Registry) removeLocked(ctx context.Context, id string, e *entry, check func(*store.Agent) (string, error), action string) (string, error) {
 	r.lockWrites()
 	defer r.writeMu.Unlock()
 	e = r.relock(id, e)
 	if e == nil {
 		_, err := check(nil)
-		return err
+		return "", err
 	}
 	defer e.mu.Unlock()
 	detail, err := check(&e.rec)
 	if err != nil {
-		return err
+		return "", err
 	}
 	err = r.st.DeleteAgent(ctx, id, store.AuditEntry{Time: r.cfg.Now(), Action: action, Identity: id, Outcome: store.OutcomeOK, Detail: detail})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
+		return "", err
 	}
 	r.drop(id, e)
-	return nil
+	return detail, nil
 }
 
 // Evicted is an agent the registry evicted.
@@ -116,6 +125,17 @@ func (r *Registry) EvictFingerprints(ctx context.Context, fps map[string]bool, r
 }
 
 func (r *Registry) evict(ctx context.Context, match func(*store.Agent) bool, reason string) ([]Evicted, error) {
+	out, err := r.evictLocked(ctx, match, reason)
+	// Memory evicted them (refused from now on), whatever the store's
+	// write did.
+	for _, ev := range out {
+		r.changed(Change{Kind: ChangeEvicted, AgentID: ev.AgentID, Reason: reason})
+	}
+	return out, err
+}
+
+// evictLocked is evict under the locks.
+func (r *Registry) evictLocked(ctx context.Context, match func(*store.Agent) bool, reason string) ([]Evicted, error) {
 	var (
 		out  []Evicted
 		recs []store.Agent

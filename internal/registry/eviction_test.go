@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/meshtrust/meshtrust/trust"
 )
@@ -110,5 +111,46 @@ func TestEvictionWriteRetried(t *testing.T) {
 	st.mu.Unlock()
 	if got.Status != StatusEvicted || got.Reason != "identity revoked" {
 		t.Errorf("stored a once the store is back: status %q reason %q, want evicted (identity revoked)", got.Status, got.Reason)
+	}
+}
+
+// TestOnChange: registrations, a return from unhealthy, evictions and
+// removals are told to Config.OnChange, once each, after they are made.
+func TestOnChange(t *testing.T) {
+	ctx := context.Background()
+	c := newClock()
+	var got []string
+	r, err := New(ctx, newMemStore(), Config{Timeout: 20 * time.Second, Now: c.Now, OnChange: func(ch Change) {
+		got = append(got, ch.Kind+" "+ch.AgentID)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := peer(t, "a@ct200", ""), peer(t, "b@ct200", "")
+	for _, hb := range []struct {
+		p  *trust.Peer
+		id string
+	}{{a, "a"}, {b, "b"}, {a, "a"}} {
+		if _, err := heartbeat(t, r, hb.p, `{"agent_id":"`+hb.id+`"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Advance(time.Minute)
+	if n := r.Sweep(); n != 2 {
+		t.Fatalf("Sweep marked %d, want 2", n)
+	}
+	if _, err := heartbeat(t, r, a, `{"agent_id":"a"}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.EvictIdentity(ctx, "b@ct200", "revoked"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx, a, "a"); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got[2:4])
+	want := []string{"registered a", "registered b", "unhealthy a", "unhealthy b", "registered a", "evicted b", "removed a"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("OnChange got %q, want %q", got, want)
 	}
 }

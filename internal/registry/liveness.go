@@ -233,6 +233,9 @@ func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin s
 		e.topoSeen.Store(r.topology.Load())
 	}
 	e.mu.Unlock()
+	if created || oldStatus != StatusHealthy {
+		r.changed(Change{Kind: ChangeRegistered, AgentID: reg.AgentID})
+	}
 	res.Created, res.Rotate = created, rotating
 	res.Resolved, res.ResolvedJSON = r.resolveFor(e)
 	return res, nil
@@ -353,14 +356,19 @@ func (r *Registry) Sweep() int {
 			continue
 		}
 		e.mu.Lock()
-		if !e.gone && e.rec.Status == StatusHealthy && e.lastSeen.Load() < deadline {
+		marked := !e.gone && e.rec.Status == StatusHealthy && e.lastSeen.Load() < deadline
+		if marked {
 			e.rec.Status = StatusUnhealthy
 			e.rec.LastSeen = time.Unix(0, e.lastSeen.Load()).UTC()
 			e.rec.Version = r.bump(e.rec.Version)
 			r.markDirty(e.rec.ID)
 			n++
 		}
+		id := e.rec.ID
 		e.mu.Unlock()
+		if marked {
+			r.changed(Change{Kind: ChangeUnhealthy, AgentID: id})
+		}
 	}
 	if n > 0 {
 		r.topology.Add(1)

@@ -164,6 +164,41 @@ type Config struct {
 	// a certificate (TLS mode auto) and expires them; nil leaves them
 	// unbounded (TLS mode off, where no caller has one).
 	Certless *CertlessLimits
+	// OnChange, when set, is told of every change of an agent's presence
+	// this process makes (Change), once it is made, with no lock of the
+	// registry held. It runs on the goroutine that made the change (a
+	// heartbeat's, an eviction's), so it must not block.
+	OnChange func(Change)
+}
+
+// Change is a change of an agent's presence, for Config.OnChange.
+type Change struct {
+	// Kind is ChangeRegistered, ChangeUnhealthy, ChangeEvicted or
+	// ChangeRemoved.
+	Kind    string
+	AgentID string
+	// Reason says why, for an eviction or a removal.
+	Reason string
+}
+
+// The kinds of Change.
+const (
+	// ChangeRegistered: the agent registered, for the first time or
+	// again after it was unhealthy or evicted.
+	ChangeRegistered = "registered"
+	// ChangeUnhealthy: the agent was silent past the timeout.
+	ChangeUnhealthy = "unhealthy"
+	// ChangeEvicted: its certificate, identity or entity lost trust.
+	ChangeEvicted = "evicted"
+	// ChangeRemoved: it unregistered, or an operator released its id.
+	ChangeRemoved = "removed"
+)
+
+// changed tells Config.OnChange of c.
+func (r *Registry) changed(c Change) {
+	if r.cfg.OnChange != nil {
+		r.cfg.OnChange(c)
+	}
 }
 
 // Registry is the set of registered agents. It is safe for concurrent use.

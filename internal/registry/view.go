@@ -70,6 +70,9 @@ type View struct {
 	Namespace   string `json:"namespace"`
 	EntityID    string `json:"entity_id"`
 	Owner       string `json:"owner,omitempty"`
+	// Source is the trust backend that admitted the owner's certificate
+	// ("localca", "filestore", "spire"…); not on MCP Mesh's wire.
+	Source string `json:"-"`
 	// Node is the node the owner's certificate names ("ct111" for
 	// "opus@ct111"): an agent id is bound to the node that claimed it.
 	Node string `json:"node,omitempty"`
@@ -119,7 +122,7 @@ func (r *Registry) List(f Filter) []View {
 		v := View{
 			ID: rec.ID, Name: reg.Name, Version: reg.Version, AgentType: reg.AgentType, Runtime: reg.Runtime,
 			Description: reg.Description, Endpoint: r.endpoint(reg), Namespace: namespace(reg), EntityID: rec.Entity,
-			Owner: rec.Owner, Node: node, Unauthenticated: rec.Owner == "", Status: rec.Status, Reason: rec.Reason, CreatedAt: rec.RegisteredAt,
+			Owner: rec.Owner, Source: rec.Source, Node: node, Unauthenticated: rec.Owner == "", Status: rec.Status, Reason: rec.Reason, CreatedAt: rec.RegisteredAt,
 			LastSeen: time.Unix(0, e.lastSeen.Load()).UTC(), A2AProducer: reg.A2AProducer, A2AConsumer: reg.A2AConsumer,
 		}
 		if v.Name == "" {

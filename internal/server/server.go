@@ -62,6 +62,10 @@ type Deps struct {
 	// what they would otherwise admit (a trust backend whose anchors are
 	// stale); nil: none ever.
 	Degraded func() []meshapi.Degradation
+	// Changes is what changes on this meshd (the change feed as applied,
+	// the registry's registrations and evictions), for the console; nil:
+	// a fan-out of its own that nothing feeds.
+	Changes *Changes
 }
 
 // Authority is the mesh CA as the routes use it (*ca.CA implements it):
@@ -137,7 +141,11 @@ type Feed interface {
 
 // Effect is what applying a change did: agents evicted, connections
 // closed.
-type Effect struct{ Evicted, Closed int }
+type Effect struct {
+	Evicted, Closed int
+	// Agents are the ids of the agents evicted.
+	Agents []string
+}
 
 // EntitySource is a trust source that holds partner CAs by entity name.
 type EntitySource interface {
@@ -389,6 +397,7 @@ type Server struct {
 	certlessBody int64
 	started      time.Time
 	degraded     func() []meshapi.Degradation // nil: never degraded
+	changes      *Changes
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
@@ -432,12 +441,15 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 		return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: d.Store, auth: d.CA, revs: d.Revocations, chain: d.Chain, localCA: d.MeshCA,
-		sources: d.Sources, reg: d.Registry, events: d.Feed, degraded: d.Degraded, started: cfg.Now(),
+		sources: d.Sources, reg: d.Registry, events: d.Feed, degraded: d.Degraded, changes: d.Changes, started: cfg.Now(),
 		enrollLimit:  newLimiter(cfg.Enroll.Burst, cfg.Enroll.Interval),
 		enrollGlobal: newLimiter(cfg.Enroll.GlobalBurst, cfg.Enroll.GlobalInterval),
 		watchSlots:   newSlots(cfg.MaxWatchStreams-cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource),
 		agentCerts:   newLimiter(cfg.AgentCertBurst, cfg.AgentCertInterval), issueAudit: newLimiter(1, auditWindow),
 		stopping: make(chan struct{})}
+	if s.changes == nil {
+		s.changes = NewChanges(cfg.Now)
+	}
 	s.certlessWatchSlots = newSlots(cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource)
 	if cfg.TLSMode == TLSAuto {
 		s.certlessBody = 2 * registry.CertlessLimits{MaxPayload: cfg.Certless.MaxPayload}.WithDefaults().MaxPayload

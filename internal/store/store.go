@@ -326,6 +326,8 @@ type Store interface {
 	// Policy returns the policy named name, or an error wrapping
 	// ErrNotFound.
 	Policy(ctx context.Context, name string) (Policy, error)
+	// PolicyNames returns the names of the recorded policies, sorted.
+	PolicyNames(ctx context.Context) ([]string, error)
 	// PutPolicy records p (a zero Updated is set from the store's clock),
 	// its event and a in one transaction.
 	PutPolicy(ctx context.Context, p Policy, a AuditEntry) error

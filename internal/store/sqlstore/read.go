@@ -173,6 +173,20 @@ func (s *Store) LastEventSeq(ctx context.Context) (int64, error) {
 
 // Policy returns the policy named name, or an error wrapping
 // store.ErrNotFound.
+// PolicyNames returns the names of the recorded policies, sorted.
+func (s *Store) PolicyNames(ctx context.Context) ([]string, error) {
+	names, err := readRows(s, ctx, `SELECT name FROM policies ORDER BY name`, nil,
+		func(row *sql.Rows) (string, error) {
+			var n string
+			err := row.Scan(&n)
+			return n, err
+		})
+	if err != nil {
+		return nil, s.errorf("list policies: %w", err)
+	}
+	return names, nil
+}
+
 func (s *Store) Policy(ctx context.Context, name string) (store.Policy, error) {
 	ps, err := readRows(s, ctx, `SELECT name, document, updated_at FROM policies WHERE name = ?`, []any{name},
 		func(row *sql.Rows) (store.Policy, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -363,6 +364,12 @@ func TestPolicies(t *testing.T) {
 	}
 	if err := s.PutPolicy(t.Context(), store.Policy{}, store.AuditEntry{Action: "policy.set"}); err == nil {
 		t.Fatal("a policy without a name was recorded")
+	}
+	if err := s.PutPolicy(t.Context(), store.Policy{Name: "a", Document: "rules: []"}, store.AuditEntry{Action: "policy.set"}); err != nil {
+		t.Fatal(err)
+	}
+	if names, err := s.PolicyNames(t.Context()); err != nil || !slices.Equal(names, []string{"a", "p"}) {
+		t.Fatalf("PolicyNames = %q, %v; want [a p]", names, err)
 	}
 }
 
