@@ -64,6 +64,7 @@ type options struct {
 	healthCheckInterval        time.Duration
 	revocationPoll             time.Duration
 	checkpointInterval         time.Duration
+	auditVerifyInterval        time.Duration
 	logLevel, logFormat        string
 	secretFile, meshSecretFile string
 	legacyCompat               bool
@@ -150,6 +151,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.revocationPoll, "revocation-poll", meshd.DefaultRevocationPoll, "how often the store's change feed is read for revocations and other changes made outside this process (meshctl ca revoke offline)")
 	f.DurationVar(&o.checkpointInterval, "checkpoint-interval", meshd.DefaultCheckpointInterval, "how often, while the audit log grows, its head is signed into the CA's checkpoints file")
+	f.DurationVar(&o.auditVerifyInterval, "audit-verify-interval", meshd.DefaultAuditVerifyInterval, "how often meshd verifies the whole audit log against the signed checkpoints, as meshctl ca audit --verify does (meshd_audit_verified)")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy (env DEFAULT_TIMEOUT_THRESHOLD, in seconds, as MCP Mesh's)")
 	f.DurationVar(&o.healthCheckInterval, "health-check-interval", registry.DefaultFlushInterval, "how often silent agents are marked unhealthy and liveness is written (env HEALTH_CHECK_INTERVAL, in seconds, as MCP Mesh's)")
 	f.StringVar(&o.sessionKeysDir, "session-keys-dir", "", "session token signing keys (default <ca-dir>/session-keys)")
@@ -206,8 +208,8 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if err := o.limits.check(); err != nil {
 		return err
 	}
-	if o.revocationPoll <= 0 || o.checkpointInterval <= 0 {
-		return fmt.Errorf("--revocation-poll %s and --checkpoint-interval %s must be positive", o.revocationPoll, o.checkpointInterval)
+	if o.revocationPoll <= 0 || o.checkpointInterval <= 0 || o.auditVerifyInterval <= 0 {
+		return fmt.Errorf("--revocation-poll %s, --checkpoint-interval %s and --audit-verify-interval %s must be positive", o.revocationPoll, o.checkpointInterval, o.auditVerifyInterval)
 	}
 	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
 		return fmt.Errorf("--heartbeat-timeout %s must be at least twice --heartbeat-interval %s, or agents are marked unhealthy between two heartbeats", o.heartbeatTimeout, o.interval)
@@ -283,7 +285,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		K8s:              meshd.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},
 		SPIRE:            spireCfg,
 		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval,
-		RevocationPoll: o.revocationPoll, CheckpointInterval: o.checkpointInterval,
+		RevocationPoll: o.revocationPoll, CheckpointInterval: o.checkpointInterval, AuditVerifyInterval: o.auditVerifyInterval,
 		Registrations: o.limits.registrationLimits(),
 	}
 	if err := o.binding.apply(&scfg); err != nil {

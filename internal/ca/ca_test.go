@@ -1537,15 +1537,18 @@ func TestVerifyStatuses(t *testing.T) {
 	}
 }
 
-func TestListStatuses(t *testing.T) {
-	f := newCA(t, caOptions{})
+// listFixture is a CA that issued ct1.mesh, opus@ct1 and then extra at
+// t0, and 50 days later alice@external, when it revoked opus@ct1
+// (privilegeWithdrawn).
+func listFixture(t *testing.T, extra ...ca.Request) (f *fixture, t0 time.Time) {
+	t.Helper()
+	f = newCA(t, caOptions{})
 	ctx := t.Context()
-	t0 := f.clock.Now()
-	if _, err := f.ca.Sign(ctx, ca.NodeRequest("ct1"), ca.WithGeneratedKey()); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.ca.Sign(ctx, ca.AgentRequest("opus", "ct1"), ca.WithGeneratedKey()); err != nil {
-		t.Fatal(err)
+	t0 = f.clock.Now()
+	for _, req := range append([]ca.Request{ca.NodeRequest("ct1"), ca.AgentRequest("opus", "ct1")}, extra...) {
+		if _, err := f.ca.Sign(ctx, req, ca.WithGeneratedKey()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f.clock.Advance(50 * 24 * time.Hour)
 	if _, err := f.ca.Sign(ctx, ca.ClientRequest("alice"), ca.WithGeneratedKey()); err != nil {
@@ -1554,6 +1557,12 @@ func TestListStatuses(t *testing.T) {
 	if _, err := f.ca.Revoke(ctx, "opus@ct1", 9); err != nil {
 		t.Fatal(err)
 	}
+	return f, t0
+}
+
+func TestListStatuses(t *testing.T) {
+	f, t0 := listFixture(t)
+	ctx := t.Context()
 	cases := []struct {
 		at   time.Time
 		want map[string]ca.Status
@@ -2033,5 +2042,46 @@ func TestSignKeySources(t *testing.T) {
 	f.requireStoreUnchanged(t, st)
 	if after, err := f.store.AuditLog(ctx); err != nil || len(after) != len(audit) {
 		t.Errorf("Check audited: %d entries before, %d after (%v)", len(audit), len(after), err)
+	}
+}
+
+// TestDueForRenewal: a certificate past its renewal point is due unless
+// its identity was renewed since; revoked, expired certificates and
+// intermediates never are.
+func TestDueForRenewal(t *testing.T) {
+	f, t0 := listFixture(t, ca.NodeRequest("ct2"))
+	ctx := t.Context()
+	f.clock.Advance(5 * 24 * time.Hour)
+	renewed, err := f.ca.Sign(ctx, ca.NodeRequest("ct2"), ca.WithGeneratedKey()) // ct2's renewal
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		after time.Duration
+		want  []string
+	}{
+		{55 * 24 * time.Hour, nil},
+		{61 * 24 * time.Hour, []string{"ct1.mesh"}}, // ct2 renewed at +55d; opus revoked
+		{91 * 24 * time.Hour, nil},                  // ct1 expired
+		{111 * 24 * time.Hour, []string{"alice@external"}},
+		{116 * 24 * time.Hour, []string{"alice@external", "ct2.mesh"}}, // the renewal is due in turn
+	}
+	for _, tc := range cases {
+		f.clock.Set(t0.Add(tc.after))
+		due, err := f.ca.DueForRenewal(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, l := range due {
+			got = append(got, l.CommonName)
+			if l.CommonName == "ct2.mesh" && l.Serial != renewed.Record.Serial {
+				t.Errorf("at +%v: ct2's due certificate is %s, want its renewal %s", tc.after, l.Serial, renewed.Record.Serial)
+			}
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("at +%v: due %v, want %v", tc.after, got, tc.want)
+		}
 	}
 }

@@ -146,3 +146,36 @@ func (c *CA) List(ctx context.Context) ([]Listed, error) {
 	}
 	return out, nil
 }
+
+// DueForRenewal returns the certificates the store records that are past
+// their renewal point (StatusExpiring) and were not renewed: the newest
+// unrevoked, unexpired certificate of each identity (node, agent, client;
+// intermediates rotate instead), when that one is due. An identity whose
+// renewal happened holds a newer valid certificate and is not listed.
+// It reads every recorded certificate: call it on a timer, not per
+// request (meshd refreshes meshd_certificates_due_renewal with it).
+func (c *CA) DueForRenewal(ctx context.Context) ([]Listed, error) {
+	all, err := c.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The identity compared is the certificate's common name as the CA
+	// recorded it (store.Cert.CommonName): only the CA's own records are
+	// read, so the CA vouches for it.
+	newest := map[string]Listed{}
+	for _, l := range all {
+		if l.Kind == "intermediate" || (l.Status != StatusValid && l.Status != StatusExpiring) {
+			continue
+		}
+		if cur, ok := newest[l.CommonName]; !ok || l.NotAfter.After(cur.NotAfter) {
+			newest[l.CommonName] = l
+		}
+	}
+	var out []Listed
+	for _, l := range all {
+		if n, ok := newest[l.CommonName]; ok && n.Serial == l.Serial && n.Status == StatusExpiring {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}

@@ -134,6 +134,9 @@ type Feed struct {
 	// pending mirrors len(retries) for Pending, which takes no lock a
 	// handler may hold up.
 	pending atomic.Int64
+	// polled is when Poll last read the store without an error, in Unix
+	// nanoseconds: how current this process's trust state is (Synced).
+	polled atomic.Int64
 
 	mu   sync.Mutex
 	tail []entry // events taken in, oldest first
@@ -162,8 +165,11 @@ type entry struct {
 // New returns a Feed over src whose cursor starts at after: events at or
 // below it are taken as applied (0 applies the whole feed).
 func New(src Source, after int64, cfg Config) *Feed {
-	return &Feed{cfg: cfg.withDefaults(), src: src, cursor: after, pub: after,
+	f := &Feed{cfg: cfg.withDefaults(), src: src, cursor: after, pub: after,
 		seen: map[int64]bool{}, missing: map[int64]time.Time{}, wake: make(chan struct{})}
+	// The caller read after from the store: the feed is current as of now.
+	f.polled.Store(f.cfg.Now().UnixNano())
+	return f
 }
 
 // Handle registers h for every event applied from now on. Register
@@ -177,6 +183,16 @@ func (f *Feed) Handle(h Handler) {
 // Pending returns how many events some handler has failed to apply and
 // will be retried.
 func (f *Feed) Pending() int { return int(f.pending.Load()) }
+
+// Synced returns when Poll last read the store without an error (or when
+// the Feed was made), and the cursor then: every event at or below it has
+// been taken in.
+func (f *Feed) Synced() (at time.Time, cursor int64) {
+	f.mu.Lock()
+	cursor = f.pub
+	f.mu.Unlock()
+	return time.Unix(0, f.polled.Load()), cursor
+}
 
 // Poll retries the events whose retry is due, reads the events the feed
 // has not taken in, applies them and publishes them to streams. It
@@ -220,6 +236,7 @@ func (f *Feed) Poll(ctx context.Context) (int, error) {
 		// A full page may have more behind it; a page of only events
 		// seen before (above a hole) has nothing new.
 		if len(evs) < f.cfg.Page || len(fresh) == 0 {
+			f.polled.Store(f.cfg.Now().UnixNano())
 			return n, nil
 		}
 	}

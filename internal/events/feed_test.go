@@ -471,3 +471,56 @@ func TestFeedRetryStress(t *testing.T) {
 		t.Errorf("%d applied, %d pending; want %d and 0", len(got), f.Pending(), total)
 	}
 }
+
+// failingSource is a change feed whose reads fail while down is set.
+type failingSource struct {
+	memSource
+	mu   sync.Mutex
+	down bool
+}
+
+func (s *failingSource) setDown(down bool) {
+	s.mu.Lock()
+	s.down = down
+	s.mu.Unlock()
+}
+
+func (s *failingSource) Events(ctx context.Context, after int64, limit int) ([]store.Event, error) {
+	s.mu.Lock()
+	down := s.down
+	s.mu.Unlock()
+	if down {
+		return nil, errors.New("database unreachable")
+	}
+	return s.memSource.Events(ctx, after, limit)
+}
+
+// TestSynced: Synced reports the last poll that read the store, and the
+// cursor then; a failing poll moves neither.
+func TestSynced(t *testing.T) {
+	src, c := &failingSource{}, clocktest.New(time.Unix(1000, 0))
+	f := New(src, 5, Config{Now: c.Now})
+	if at, cur := f.Synced(); !at.Equal(time.Unix(1000, 0)) || cur != 5 {
+		t.Fatalf("a new feed: Synced = %v, %d; want its creation time and the cursor it was given (5)", at, cur)
+	}
+	src.commit(6, 7)
+	c.Advance(time.Second)
+	poll(t, f)
+	if at, cur := f.Synced(); !at.Equal(time.Unix(1001, 0)) || cur != 7 {
+		t.Fatalf("after a poll: Synced = %v, %d; want 1001s and 7", at, cur)
+	}
+	src.setDown(true)
+	src.commit(8)
+	c.Advance(time.Minute)
+	if _, err := f.Poll(t.Context()); err == nil {
+		t.Fatal("a poll of a store that is down succeeded")
+	}
+	if at, cur := f.Synced(); !at.Equal(time.Unix(1001, 0)) || cur != 7 {
+		t.Errorf("after a failed poll: Synced = %v, %d; want the last good poll's (1001s, 7)", at, cur)
+	}
+	src.setDown(false)
+	poll(t, f)
+	if at, cur := f.Synced(); !at.Equal(time.Unix(1061, 0)) || cur != 8 {
+		t.Errorf("once the store is back: Synced = %v, %d; want 1061s and 8", at, cur)
+	}
+}

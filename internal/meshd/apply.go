@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/events"
@@ -131,7 +132,7 @@ func (m *Meshd) applyCertRevocation(ctx context.Context, e store.Event) server.E
 		}
 		return m.reg.EvictFingerprints(ctx, map[string]bool{rec.Fingerprint: true}, fmt.Sprintf("certificate %s (serial %s) revoked: %s", e.CommonName, e.Serial, reason))
 	}
-	return m.cutOff(ctx, "certificate_revoked", match, evict, "certificate revoked",
+	return m.cutOff(ctx, "certificate_revoked", e.Time, match, evict, "certificate revoked",
 		"identity", e.CommonName, "serial", e.Serial, "reason", reason, "key_revoked", e.KeyHash != "")
 }
 
@@ -147,7 +148,7 @@ func (m *Meshd) applyIdentityRevocation(ctx context.Context, e store.Event) serv
 	evict := func(ctx context.Context) ([]registry.Evicted, error) {
 		return m.reg.EvictIdentity(ctx, name, fmt.Sprintf("identity %s revoked", name))
 	}
-	return m.cutOff(ctx, "identity_revoked", match, evict, "identity revoked", "identity", name)
+	return m.cutOff(ctx, "identity_revoked", e.Time, match, evict, "identity revoked", "identity", name)
 }
 
 // applyEntityRevocation makes an entity's revocation take effect: its
@@ -163,7 +164,7 @@ func (m *Meshd) applyEntityRevocation(ctx context.Context, e store.Event) server
 		m.revoked.Set(name, certs)
 		m.entities.Remove(name)
 	}
-	return m.cutOff(ctx, "entity_revoked", entityPeer(name), m.entityEviction(name, fmt.Sprintf("entity %q revoked", name)), "entity revoked", "entity", name)
+	return m.cutOff(ctx, "entity_revoked", e.Time, entityPeer(name), m.entityEviction(name, fmt.Sprintf("entity %q revoked", name)), "entity revoked", "entity", name)
 }
 
 // applyEntityRegistration trusts the entity as the store now records it.
@@ -193,7 +194,7 @@ func (m *Meshd) applyEntityRegistration(ctx context.Context, name string) error 
 	if !replaced || m.reg == nil {
 		return nil
 	}
-	m.cutOff(ctx, "entity_ca_replaced", entityPeer(name),
+	m.cutOff(ctx, "entity_ca_replaced", time.Time{}, entityPeer(name),
 		m.entityEviction(name, fmt.Sprintf("entity %q's CA was replaced; register again with a certificate from the new CA", name)),
 		"entity CA replaced", "entity", name)
 	return nil
@@ -212,7 +213,10 @@ func (m *Meshd) entityEviction(name, reason string) func(context.Context) ([]reg
 // cutOff makes a loss of trust take effect: open connections whose peer
 // matches are closed, evict's agents are evicted (once the registry is
 // up), and the effect is counted under cause and logged as msg with args.
-func (m *Meshd) cutOff(ctx context.Context, cause string, match func(*trust.Peer) bool, evict func(context.Context) ([]registry.Evicted, error), msg string, args ...any) server.Effect {
+// revokedAt is the revocation's time in the store (zero for a loss of
+// trust that is no revocation): how long it took to take effect here is
+// observed in meshd_revocation_eviction_seconds.
+func (m *Meshd) cutOff(ctx context.Context, cause string, revokedAt time.Time, match func(*trust.Peer) bool, evict func(context.Context) ([]registry.Evicted, error), msg string, args ...any) server.Effect {
 	if m.srv == nil {
 		return server.Effect{} // still loading
 	}
@@ -225,6 +229,7 @@ func (m *Meshd) cutOff(ctx context.Context, cause string, match func(*trust.Peer
 	for _, a := range ev {
 		eff.Agents = append(eff.Agents, a.AgentID)
 	}
+	m.obs.observeEviction(cause, revokedAt, m.cfg.Now())
 	m.srv.CountEvictions(cause, eff)
 	m.log.Info(msg, append(args, "agents_evicted", eff.Evicted, "connections_closed", eff.Closed)...)
 	return eff

@@ -101,6 +101,10 @@ type Config struct {
 	// CheckpointInterval is how often the audit log's head is signed into
 	// the CA's checkpoints file while it grows; default 1 minute.
 	CheckpointInterval time.Duration
+	// AuditVerifyInterval is how often meshd verifies the whole audit log
+	// against the signed checkpoints (meshd_audit_verified); default 1
+	// hour. Each verification reads the whole log.
+	AuditVerifyInterval time.Duration
 }
 
 // RegistrationLimits are the registry's bounds on one registration and its
@@ -156,6 +160,8 @@ type Meshd struct {
 	// registry's, for the operator console.
 	changes *server.Changes
 	crl     *ca.CRLRefresher // nil without a local CA
+	// obs is what meshd exports about itself (observe.go).
+	obs *observer
 
 	trustChanged chan struct{}
 	wg           sync.WaitGroup
@@ -183,9 +189,10 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	}
 	cfg.RevocationPoll = cmp.Or(cfg.RevocationPoll, DefaultRevocationPoll)
 	cfg.CheckpointInterval = cmp.Or(cfg.CheckpointInterval, DefaultCheckpointInterval)
+	cfg.AuditVerifyInterval = cmp.Or(cfg.AuditVerifyInterval, DefaultAuditVerifyInterval)
 	cfg.AgentTrustDomain = cmp.Or(cfg.AgentTrustDomain, DefaultAgentTrustDomain)
 	m := &Meshd{cfg: cfg, log: cfg.Logger, st: st, auth: authority, revs: &trust.RevocationSet{},
-		trustChanged: make(chan struct{}, 1), namespaces: registry.NewNamespaces(), changes: server.NewChanges(cfg.Now)}
+		trustChanged: make(chan struct{}, 1), namespaces: registry.NewNamespaces(), changes: server.NewChanges(cfg.Now), obs: newObserver()}
 	ok := false
 	defer func() {
 		if !ok {
@@ -255,7 +262,7 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 		m.crl = authority.NewCRLRefresher(m.log)
 	}
 	deps := server.Deps{Store: st, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
-		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: m.backendMetrics(), Degraded: m.degraded, Changes: m.changes}
+		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: append(m.backendMetrics(), m.observerMetrics()...), Degraded: m.degraded, Changes: m.changes}
 	if authority != nil {
 		// Only a CA: a nil *ca.CA in the interface would not be a nil
 		// Authority, and the routes would sign with it.
@@ -478,8 +485,9 @@ func (m *Meshd) Start(ctx context.Context) error {
 	}
 	// Entities may have left the trust dir while meshd was down.
 	m.noteTrustChange()
-	m.wg.Add(3)
+	m.wg.Add(4)
 	go func() { defer m.wg.Done(); m.reg.Run(ctx) }()
+	go func() { defer m.wg.Done(); m.observeLoop(ctx) }()
 	go func() { defer m.wg.Done(); m.events.Run(ctx, m.cfg.RevocationPoll) }()
 	go func() { defer m.wg.Done(); m.watchTrust(ctx) }()
 	if m.crl != nil {

@@ -6,6 +6,8 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"maps"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -575,4 +577,32 @@ func rotateCleared(recs []store.Agent, id string) bool {
 		}
 	}
 	return false
+}
+
+// TestCensus: the census counts the agents by status, entity and trust
+// source, each once.
+func TestCensus(t *testing.T) {
+	r, _, c := newTestRegistry(t)
+	for _, p := range []*trust.Peer{peer(t, "opus@ct111", ""), peer(t, "gpt@ct111", ""), peer(t, "acme-x", "acme"), peerFrom(t, "mcp-y", "", "filestore")} {
+		if _, err := heartbeat(t, r, p, fmt.Sprintf(`{"agent_id":%q}`, strings.SplitN(p.Name(), "@", 2)[0])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Advance(30 * time.Second)
+	if _, err := heartbeat(t, r, peer(t, "opus@ct111", ""), `{"agent_id":"opus"}`); err != nil {
+		t.Fatal(err)
+	}
+	r.Sweep()
+	got := map[string]int{}
+	r.Census(func(status, entity, source string, n int) {
+		k := status + " " + entity + " " + source
+		if _, dup := got[k]; dup {
+			t.Errorf("census reported %q twice", k)
+		}
+		got[k] = n
+	})
+	want := map[string]int{"healthy  localca": 1, "unhealthy  localca": 1, "unhealthy acme entities": 1, "unhealthy  filestore": 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("census %v, want %v", got, want)
+	}
 }

@@ -172,6 +172,24 @@ func (r *Registry) Expiry(fn func(agentID, owner string, notAfter time.Time)) {
 	}
 }
 
+// Census calls fn once per (status, entity, trust source) with how many
+// agents the registry holds in it: the agents by entity and source, for
+// meshd_registered_agents. It locks each entry briefly, as Expiry does,
+// and runs at scrape time only.
+func (r *Registry) Census(fn func(status, entity, source string, n int)) {
+	type key struct{ status, entity, source string }
+	counts := map[key]int{}
+	for _, e := range r.snapshot() {
+		e.mu.Lock()
+		k := key{e.rec.Status, e.rec.Entity, e.rec.Source}
+		e.mu.Unlock()
+		counts[k]++
+	}
+	for k, n := range counts {
+		fn(k.status, k.entity, k.source, n)
+	}
+}
+
 // dependencyResolutions lists reg's dependencies in the order declared
 // with their providers from resolved.
 func dependencyResolutions(reg meshapi.Registration, resolved map[string][]meshapi.Resolution) []DependencyResolution {

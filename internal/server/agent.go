@@ -129,6 +129,12 @@ func (s *Server) stillTrusted(r *http.Request, peer *trust.Peer) error {
 // refuse answers a refused request and counts it.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, code int, reason, msg string) {
 	s.metrics.refusals.WithLabelValues(reason).Inc()
+	// The path compared is the one the mux routed on: POST /enroll is
+	// served at exactly meshapi.PathEnroll (the mux redirects any other
+	// spelling), so this counts that route's refusals and no other's.
+	if r.URL.Path == meshapi.PathEnroll {
+		s.metrics.enrollRefusals.WithLabelValues(reason).Inc()
+	}
 	s.log.Info("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "code", code, "reason", reason, "detail", msg)
 	writeJSON(w, code, meshapi.ErrorResponse{Error: msg, Reason: reason, Timestamp: now(s)})
 }

@@ -104,10 +104,10 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	now := s.cfg.Now()
 	source := sourceKey(r.RemoteAddr)
 	v := s.enrollLimit.allow(source, now)
-	scope := "from this address"
+	scope, limit := "from this address", limitEnrollSource
 	if v.ok {
 		if v = s.enrollGlobal.allow("*", now); !v.ok {
-			scope = "from all addresses together"
+			scope, limit = "from all addresses together", limitEnrollGlobal
 		}
 	}
 	if !v.ok {
@@ -118,6 +118,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		if v.audit {
 			s.audit(ctx, "node.enroll", "", store.OutcomeRefused, fmt.Sprintf("rate limited %s: %s (%d more refused since the last entry)", scope, source, v.suppressed))
 		}
+		s.metrics.rateLimited.WithLabelValues(limit).Inc()
 		s.refuse(w, r, http.StatusTooManyRequests, "rate_limited", "too many enrollment attempts "+scope+"; retry later")
 		return
 	}
@@ -421,6 +422,7 @@ func (s *Server) issueRate(w http.ResponseWriter, r *http.Request, peer *trust.P
 	for range n {
 		if v := s.agentCerts.allow(key, now); !v.ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(v.wait.Seconds()+0.999)))
+			s.metrics.rateLimited.WithLabelValues(limitAgentCert).Inc()
 			s.refuseIssue(w, r, peer, action, http.StatusTooManyRequests, "agent_cert_rate",
 				fmt.Sprintf("%s asks for certificates faster than %d then one per %s; retry later", key, s.cfg.AgentCertBurst, s.cfg.AgentCertInterval))
 			return false

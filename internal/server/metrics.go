@@ -29,7 +29,19 @@ type metrics struct {
 	// unauthRefusals counts the requests of callers without a certificate
 	// refused by the certless bounds, by reason.
 	unauthRefusals *prometheus.CounterVec
+	// enrollRefusals counts the refused POST /enroll requests, by reason;
+	// rateLimited the requests a rate limiter refused, by limiter.
+	enrollRefusals *prometheus.CounterVec
+	rateLimited    *prometheus.CounterVec
 }
+
+// Limiters, the label values of meshd_rate_limited_total.
+const (
+	limitEnrollSource = "enroll_source"
+	limitEnrollGlobal = "enroll_global"
+	limitAgentCert    = "agent_cert"
+	limitWatchStreams = "watch_streams"
+)
 
 // crlAge is nil without a local CA.
 // feedPending exports how many change events some handler failed to
@@ -68,7 +80,18 @@ func newMetrics(chain *trust.Chain, agents Registry, serverCert func() time.Time
 	m.unauthRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshd_unauthenticated_refusals_total", Help: "Agent-route requests of callers without a client certificate (TLS mode auto) refused by the bounds on what they may make meshd hold, by reason (certless_agents, certless_source_agents, certless_rate, certless_payload, certless_bytes, certless_source_bytes).",
 	}, []string{"reason"})
-	m.reg.MustRegister(m.watchers, m.legacyUses, m.unauthenticated, m.unauthRefusals,
+	m.enrollRefusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshd_enroll_refusals_total", Help: "POST /enroll requests refused, by reason (rate_limited, bad_token, bad_secret, policy, ...); also counted in meshd_refusals_total.",
+	}, []string{"reason"})
+	m.rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshd_rate_limited_total", Help: "Requests refused by a rate limit or stream cap, by limiter (enroll_source, enroll_global, agent_cert, watch_streams).",
+	}, []string{"limiter"})
+	// Every limiter is exported from the start, at 0, so a rate over it
+	// is 0 rather than no data.
+	for _, l := range []string{limitEnrollSource, limitEnrollGlobal, limitAgentCert, limitWatchStreams} {
+		m.rateLimited.WithLabelValues(l)
+	}
+	m.reg.MustRegister(m.watchers, m.legacyUses, m.unauthenticated, m.unauthRefusals, m.enrollRefusals, m.rateLimited,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "meshd_unauthenticated_agents", Help: "Agents registered without a client certificate (TLS mode auto) that meshd holds.",
 		}, func() float64 { n, _ := agents.CertlessUsage(); return float64(n) }),

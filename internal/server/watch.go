@@ -63,6 +63,7 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 		case peer != nil && strings.HasPrefix(source, "node "):
 			msg = fmt.Sprintf("too many revocation streams from node %s and its agents (at most %d together); close one or retry later", strings.TrimPrefix(source, "node "), s.cfg.MaxWatchStreamsPerSource)
 		}
+		s.metrics.rateLimited.WithLabelValues(limitWatchStreams).Inc()
 		s.refuse(w, r, http.StatusServiceUnavailable, "too_many_streams", msg)
 		return
 	}
