@@ -21,6 +21,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/identity"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/console"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -77,6 +78,7 @@ func (s *Server) listenAdminSocket() error {
 	}
 	s.adminLn = ln
 	s.adminSrv = s.httpServer(s.adminHandler())
+	s.adminSrv.ConnContext = socketActor
 	s.serve(s.adminSrv, ln)
 	return nil
 }
@@ -102,7 +104,7 @@ func (s *Server) listenAdminTLS() error {
 		ln.Close()
 		return err
 	}
-	s.adminTLS = s.httpServer(auth.Handler(s.adminHandler()))
+	s.adminTLS = s.httpServer(auth.Handler(certActor(s.adminHandler())))
 	s.adminTLS.TLSConfig = cfg
 	auth.Serve(s.adminTLS)
 	s.serve(s.adminTLS, tls.NewListener(ln, cfg))
@@ -261,17 +263,28 @@ func StoredNamespace(e store.Entity) registry.Namespace {
 	return ns
 }
 
-// revokeEntity revokes an entity durably, then evicts its agents and
-// closes their connections.
+// revokeEntity is DELETE /admin/entities/{name}.
 func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	ctx := r.Context()
-	now := s.cfg.Now()
-	if e, err := s.st.Entity(ctx, name); err == nil && e.Revoked() {
-		s.adminError(w, r, http.StatusConflict, fmt.Sprintf("entity %q was already revoked at %s", name, e.RevokedAt.UTC().Format(time.RFC3339)))
+	out, err := s.revokeEntityNamed(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.adminFailed(w, r, err)
 		return
 	}
-	a := store.AuditEntry{Time: now, Action: "entity.revoke", Identity: name, Outcome: store.OutcomeOK}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// revokeEntityNamed revokes the entity name durably, audited as done by the
+// context's actor (store.WithActor), then evicts its agents and closes
+// their connections: the one path of the admin API's and the console's
+// entity revocations. name is compared, as is, with the names the store
+// and the trust dir hold (identity.ValidateID's form, which the entity's
+// registration checked).
+func (s *Server) revokeEntityNamed(ctx context.Context, name string) (meshapi.RevokeEntityResponse, error) {
+	now := s.cfg.Now()
+	if e, err := s.st.Entity(ctx, name); err == nil && e.Revoked() {
+		return meshapi.RevokeEntityResponse{}, refused(http.StatusConflict, "entity %q was already revoked at %s", name, e.RevokedAt.UTC().Format(time.RFC3339))
+	}
+	a := store.AuditEntry{Time: now, Action: "entity.revoke", Identity: name, Outcome: store.OutcomeOK, Detail: store.Attributed(ctx, "")}
 	err := s.st.RevokeEntity(ctx, name, now.UTC(), a)
 	if files := s.sources.TrustDir(); errors.Is(err, store.ErrNotFound) && files != nil && len(files.Certificates(name)) > 0 {
 		// An entity another tool dropped into the trust dir: record it so
@@ -282,22 +295,19 @@ func (s *Server) revokeEntity(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if errors.Is(err, store.ErrNotFound) {
-		s.adminError(w, r, http.StatusNotFound, fmt.Sprintf("no entity %q (see `meshctl entity list`)", name))
-		return
+		return meshapi.RevokeEntityResponse{}, refused(http.StatusNotFound, "no entity %q (see `meshctl entity list`)", name)
 	}
 	if err != nil {
-		s.internalError(w, r, err)
-		return
+		return meshapi.RevokeEntityResponse{}, err
 	}
 	// The revocation is durable. It takes effect through the feed, like
 	// every revocation, which also publishes it to subscribers.
 	if _, err := s.events.Poll(ctx); err != nil {
-		s.internalError(w, r, err)
-		return
+		return meshapi.RevokeEntityResponse{}, err
 	}
 	eff := s.events.Take("entity.revoked " + name)
-	writeJSON(w, http.StatusOK, meshapi.RevokeEntityResponse{Name: name, EvictedAgents: eff.Evicted, ClosedConnections: eff.Closed,
-		Message: fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.Evicted)})
+	return meshapi.RevokeEntityResponse{Name: name, EvictedAgents: eff.Evicted, ClosedConnections: eff.Closed,
+		Message: fmt.Sprintf("Entity '%s' revoked; %d agent(s) evicted", name, eff.Evicted)}, nil
 }
 
 // overlappingNamespace refuses an entity name whose namespace overlaps
@@ -394,42 +404,52 @@ func (s *Server) appendRotation(ctx context.Context, entity string) error {
 	return err
 }
 
+// revokeCert is POST /admin/revoke.
 func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
-	if s.auth == nil {
-		s.adminError(w, r, http.StatusNotFound, "this meshd has no local CA")
-		return
-	}
 	var req meshapi.RevokeRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
 		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}
-	reason, err := ca.ParseReason(req.Reason)
+	out, err := s.revokeTarget(r.Context(), req.Target, req.Reason)
 	if err != nil {
-		s.adminError(w, r, http.StatusBadRequest, err.Error())
+		s.adminFailed(w, r, err)
 		return
 	}
-	revs, err := s.auth.Revoke(r.Context(), req.Target, reason)
+	writeJSON(w, http.StatusOK, out)
+}
+
+// revokeTarget revokes target (a serial, or an identity's name) for the RFC
+// 5280 reason named, audited as done by the context's actor
+// (store.WithActor), and returns once this meshd applied it: the one path
+// of the admin API's and the console's revocations. The CA resolves
+// target (ca.CA.Revoke: a name in identity.Parse's canonical common name,
+// a serial as trust.NormalizeSerial's hex), and what it resolved is what
+// is revoked and reported.
+func (s *Server) revokeTarget(ctx context.Context, target, reasonName string) (meshapi.RevokeResponse, error) {
+	if s.auth == nil {
+		return meshapi.RevokeResponse{}, refused(http.StatusNotFound, "this meshd has no local CA")
+	}
+	reason, err := ca.ParseReason(reasonName)
+	if err != nil {
+		return meshapi.RevokeResponse{}, refused(http.StatusBadRequest, "%v", err)
+	}
+	revs, err := s.auth.Revoke(ctx, target, reason)
 	if err == nil || len(revs) > 0 {
 		// Durable: the feed applies it (refused, evicted, disconnected)
 		// before the answer.
-		if _, perr := s.events.Poll(r.Context()); perr != nil {
+		if _, perr := s.events.Poll(ctx); perr != nil {
 			err = errors.Join(err, perr)
 		}
 	}
 	if err != nil && len(revs) == 0 {
-		if s.unavailable(w, r, err) {
-			return
-		}
-		code := http.StatusInternalServerError
 		if errors.Is(err, ca.ErrUnknownCert) || errors.Is(err, ca.ErrAlreadyRevoked) || errors.Is(err, ca.ErrPolicy) {
-			code = http.StatusBadRequest
+			return meshapi.RevokeResponse{}, refused(http.StatusBadRequest, "%v", err)
 		}
-		s.adminError(w, r, code, err.Error())
-		return
+		return meshapi.RevokeResponse{}, exposed(err)
 	}
 	out := meshapi.RevokeResponse{Revoked: revokedBody(revs)}
-	if id, perr := identity.Parse(req.Target); perr == nil {
+	if id, perr := identity.Parse(target); perr == nil {
 		out.Identity = id.CommonName()
 	}
 	eff := s.events.Take("cert.revoked " + out.Identity)
@@ -443,7 +463,7 @@ func (s *Server) revokeCert(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		out.Warning = err.Error()
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
 }
 
 // releaseAgent frees an agent id whatever certificate claimed it, so that
@@ -463,36 +483,42 @@ func (s *Server) releaseAgent(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, meshapi.ReleaseResponse{AgentID: id, Message: fmt.Sprintf("agent id %q released: the next certificate that may speak for it claims it", id)})
 }
 
-// reinstate lifts the revocation of an identity: certificates can be
-// issued to it again (its revoked ones stay revoked).
+// reinstate is POST /admin/reinstate.
 func (s *Server) reinstate(w http.ResponseWriter, r *http.Request) {
-	if s.auth == nil {
-		s.adminError(w, r, http.StatusNotFound, "this meshd has no local CA")
-		return
-	}
 	var req meshapi.ReinstateRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil {
 		s.adminError(w, r, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}
-	if err := s.auth.Reinstate(r.Context(), req.Identity); err != nil {
-		if s.unavailable(w, r, err) {
-			return
-		}
-		code := http.StatusInternalServerError
+	out, err := s.reinstateIdentity(r.Context(), req.Identity)
+	if err != nil {
+		s.adminFailed(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// reinstateIdentity lifts the revocation of the identity name, audited as done by
+// the context's actor (store.WithActor): certificates can be issued to it
+// again (its revoked ones stay revoked). The one path of the admin API's
+// and the console's reinstatements; the CA compares name in
+// identity.Parse's canonical common name.
+func (s *Server) reinstateIdentity(ctx context.Context, name string) (meshapi.ReinstateResponse, error) {
+	if s.auth == nil {
+		return meshapi.ReinstateResponse{}, refused(http.StatusNotFound, "this meshd has no local CA")
+	}
+	if err := s.auth.Reinstate(ctx, name); err != nil {
 		if errors.Is(err, ca.ErrNotRevoked) || errors.Is(err, ca.ErrUnknownCert) {
-			code = http.StatusBadRequest
+			return meshapi.ReinstateResponse{}, refused(http.StatusBadRequest, "%v", err)
 		}
-		s.adminError(w, r, code, err.Error())
-		return
+		return meshapi.ReinstateResponse{}, exposed(err)
 	}
-	if _, err := s.events.Poll(r.Context()); err != nil {
-		s.internalError(w, r, err)
-		return
+	if _, err := s.events.Poll(ctx); err != nil {
+		return meshapi.ReinstateResponse{}, err
 	}
-	id, _ := identity.Parse(req.Identity)
-	writeJSON(w, http.StatusOK, meshapi.ReinstateResponse{Identity: id.CommonName(),
-		Message: fmt.Sprintf("identity %s reinstated: certificates can be issued to it again; its revoked certificates stay revoked", id.CommonName())})
+	id, _ := identity.Parse(name)
+	return meshapi.ReinstateResponse{Identity: id.CommonName(),
+		Message: fmt.Sprintf("identity %s reinstated: certificates can be issued to it again; its revoked certificates stay revoked", id.CommonName())}, nil
 }
 
 // revokedBody is revs on the wire; nil stays null, as it always was.
@@ -507,6 +533,52 @@ func revokedBody(revs []store.Revocation) []meshapi.RevokedCert {
 func (s *Server) adminError(w http.ResponseWriter, r *http.Request, code int, msg string) {
 	s.log.Info("admin request refused", "method", r.Method, "path", r.URL.Path, "code", code, "detail", msg)
 	writeJSON(w, code, meshapi.ErrorResponse{Error: msg, Timestamp: now(s)})
+}
+
+// adminRefusal is an admin operation refused for what the operator asked
+// or the state it met: the admin API answers Code with the message, and
+// the console shows it (it matches console.ErrInput).
+type adminRefusal struct {
+	Code int
+	msg  string
+}
+
+func (e *adminRefusal) Error() string { return e.msg }
+
+// Is makes a refusal a console.ErrInput: the operator's to fix.
+func (e *adminRefusal) Is(target error) bool { return target == console.ErrInput }
+
+// refused returns an adminRefusal answered with code.
+func refused(code int, format string, args ...any) error {
+	return &adminRefusal{Code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// exposedError is a failure of meshd whose message the admin API has
+// always shown its caller (the CA's), as a 500.
+type exposedError struct{ err error }
+
+func (e *exposedError) Error() string { return e.err.Error() }
+func (e *exposedError) Unwrap() error { return e.err }
+
+func exposed(err error) error { return &exposedError{err} }
+
+// adminFailed answers an admin operation's error: a refusal with its code
+// and message, the database away with 503, an exposed failure with 500
+// and its message, anything else as internalError.
+func (s *Server) adminFailed(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		ref *adminRefusal
+		exp *exposedError
+	)
+	switch {
+	case errors.As(err, &ref):
+		s.adminError(w, r, ref.Code, ref.msg)
+	case s.unavailable(w, r, err):
+	case errors.As(err, &exp):
+		s.adminError(w, r, http.StatusInternalServerError, exp.Error())
+	default:
+		s.internalError(w, r, err)
+	}
 }
 
 func (s *Server) internalError(w http.ResponseWriter, r *http.Request, err error) {
