@@ -75,24 +75,31 @@ func (c *Console) post(h http.HandlerFunc) http.HandlerFunc {
 }
 
 // crossSite says why a POST is not the console's own, or "" if nothing
-// says so. A browser sends Sec-Fetch-Site and Origin on a POST; a client
+// says so. A browser sends Sec-Fetch-Site on a POST, and Origin; a client
 // without them (curl over the admin socket) still needs the CSRF token,
 // which only a page of the session holds.
 func crossSite(r *http.Request) string {
 	// Compared: the browser's Sec-Fetch-Site value, exactly
-	// "same-origin"; only the browser vouches for it.
-	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" {
-		return "Sec-Fetch-Site: " + s
+	// "same-origin"; only the browser vouches for it (a page cannot set
+	// it).
+	site := r.Header.Get("Sec-Fetch-Site")
+	if site != "" && site != "same-origin" {
+		return "Sec-Fetch-Site: " + site
 	}
-	// Compared: the Origin's scheme-less host[:port], as url.Parse reads
-	// it, with the request's Host exactly as sent ("127.0.0.1:41234");
-	// only the browser vouches for Origin, and the proxy in front must
-	// pass the browser's Host on.
-	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) || (u.Scheme != "http" && u.Scheme != "https") {
-			return "Origin: " + o
-		}
+	o := r.Header.Get("Origin")
+	if o == "" || o == "null" && site == "same-origin" {
+		// Under Referrer-Policy: no-referrer a browser sends a form's
+		// POST with Origin: null; its Sec-Fetch-Site: same-origin
+		// already said where it came from.
+		return ""
+	}
+	// Compared: the Origin's host[:port], as url.Parse reads it, with
+	// the request's Host exactly as sent ("127.0.0.1:41234"), without
+	// regard to case; only the browser vouches for Origin, and the proxy
+	// in front must pass the browser's Host on.
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) || (u.Scheme != "http" && u.Scheme != "https") {
+		return "Origin: " + o
 	}
 	return ""
 }
