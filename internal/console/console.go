@@ -186,7 +186,7 @@ const (
 // httputil.ReverseProxy's Director does.
 func (c *Console) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+pathLogin, c.login)
+	mux.HandleFunc("GET "+pathLogin, c.login) // HEAD too: refused inside, it would spend the token
 	mux.Handle("GET "+pathStatic, staticHandler())
 	mux.HandleFunc("GET "+pathEvents, c.withSession(c.events, false))
 	mux.HandleFunc("POST "+pathLogout, c.withSession(c.post(c.logout), true))

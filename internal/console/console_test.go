@@ -197,6 +197,14 @@ func TestLogin(t *testing.T) {
 		t.Errorf("GET /console/ with the session = %s", r.Status)
 	}
 
+	head, _ := http.NewRequest(http.MethodHead, h.srv.URL+h.mint("alice.mesh"), nil)
+	if r, _ := h.do(head); r.StatusCode != http.StatusMethodNotAllowed || len(r.Cookies()) != 0 {
+		t.Errorf("HEAD login = %s, want 405", r.Status)
+	}
+	if logins, _, _ := h.c.Counts(); logins != 1 {
+		t.Errorf("HEAD spent the token: %d held", logins)
+	}
+
 	again, body := h.get(path, nil)
 	if again.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "meshctl console") || len(again.Cookies()) != 0 {
 		t.Errorf("reused token = %s, cookies %v\n%s", again.Status, again.Cookies(), body)
@@ -212,10 +220,11 @@ func TestLogin(t *testing.T) {
 			t.Errorf("GET %.60s = %s", p, r.Status)
 		}
 	}
-	// The expired token was consumed by its failed use; only the
-	// session stays.
-	if logins, sessions, _ := h.c.Counts(); logins != 0 || sessions != 1 {
-		t.Errorf("held %d logins, %d sessions; want 0, 1", logins, sessions)
+	// The expired token was consumed by its failed use; the HEAD's
+	// token expired too; only the session stays.
+	h.mint("alice.mesh")
+	if logins, sessions, _ := h.c.Counts(); logins != 1 || sessions != 1 {
+		t.Errorf("held %d logins, %d sessions; want 1 (just minted), 1", logins, sessions)
 	}
 }
 
@@ -267,6 +276,19 @@ func TestSessionTimeouts(t *testing.T) {
 	h.clock.Advance(10 * time.Minute)
 	if r, _ := h.get("/console/", idle); r.StatusCode != http.StatusUnauthorized {
 		t.Errorf("after 10m idle = %s, want 401", r.Status)
+	}
+
+	// The page's background refresh does not keep a session alive.
+	refreshed := h.login("alice.mesh")
+	for range 2 {
+		h.clock.Advance(6 * time.Minute)
+		req, _ := http.NewRequest(http.MethodGet, h.srv.URL+"/console/agents", nil)
+		req.Header.Set("X-Console-Refresh", "1")
+		req.AddCookie(refreshed)
+		h.do(req)
+	}
+	if r, _ := h.get("/console/", refreshed); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("a session only refreshed for 12m = %s, want 401", r.Status)
 	}
 
 	busy := h.login("alice.mesh")

@@ -24,16 +24,22 @@ func sessionOf(r *http.Request) sessionView {
 	return v
 }
 
+// refreshHeader marks the page's own background refresh after a live
+// event: it must not count as the operator's activity, or an unattended
+// tab on a busy mesh would never reach its idle timeout.
+const refreshHeader = "X-Console-Refresh"
+
 // withSession runs h only for a request with a live session: without
 // one, a page answers the 401 page (html) and a stream a plain 401.
-// A page marks the session used; a stream does not.
+// A page the operator asked for marks the session used; a stream or a
+// background refresh does not.
 func (c *Console) withSession(h http.HandlerFunc, page bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var id string
 		if ck, err := r.Cookie(cookieName); err == nil {
 			id = ck.Value
 		}
-		v, ok := c.store.lookup(id, page)
+		v, ok := c.store.lookup(id, page && r.Header.Get(refreshHeader) == "")
 		if !ok {
 			if !page {
 				http.Error(w, "no console session: run meshctl console again", http.StatusUnauthorized)
@@ -107,6 +113,12 @@ func crossSite(r *http.Request) string {
 // login exchanges a one-time token for a session cookie and sends the
 // browser on to the console without the token in its address bar.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		// A HEAD (a link preview, a prefetch) must not spend the token.
+		w.Header().Set("Allow", http.MethodGet)
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
 	token := r.URL.Query().Get("token")
 	id, v, err := c.store.redeem(token)
 	if err != nil {

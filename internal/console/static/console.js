@@ -54,7 +54,7 @@
       return;
     }
     refreshing = true;
-    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Console-Refresh": "1" } })
       .then(function (resp) {
         if (resp.status === 401) {
           setState("session ended: run meshctl console again", true);
