@@ -105,8 +105,15 @@
   }
 
   var source = new EventSource("/console/events");
+  var dropped = false;
   source.addEventListener("open", function () {
     setState("live");
+    // Events may have been lost while the stream was down (meshd drops
+    // a slow reader's stream): fetch the page once to catch up.
+    if (dropped) {
+      dropped = false;
+      schedule();
+    }
   });
   source.addEventListener("change", function (msg) {
     var ev;
@@ -123,6 +130,7 @@
     source.close();
   });
   source.addEventListener("error", function () {
+    dropped = true;
     if (source.readyState === EventSource.CLOSED) {
       setState("live updates stopped: reload the page", true);
     } else {
