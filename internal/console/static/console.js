@@ -50,7 +50,11 @@
       again = true;
       return;
     }
-    if (editing() || document.getElementById("confirm") || document.getElementById("action-result")) {
+    if (document.getElementById("confirm") || document.getElementById("action-result")) {
+      return;
+    }
+    if (editing()) {
+      setTimeout(schedule, 2000); // once the operator leaves the field
       return;
     }
     refreshing = true;
