@@ -78,6 +78,9 @@ const (
 	// PathConsole is the prefix of the operator console's pages, served
 	// on the admin surface only; `meshctl console` forwards nothing else.
 	PathConsole = "/console/"
+	// PathAdminStatus is GET: Status out, meshd's health on one screen
+	// (`meshctl status`).
+	PathAdminStatus = "/admin/status"
 )
 
 // ConsoleLogin is a one-time login to the operator console: Path (under

@@ -78,6 +78,34 @@ func TestWire(t *testing.T) {
 		{"Policy", &Policy{Name: "meshd", Document: "rules: []", Rules: 0}, `{"name":"meshd","document":"rules: []"}`},
 		{"PolicyCheckRequest", &PolicyCheckRequest{Identity: "opus@ct111", Operation: "GET /agents"}, `{"identity":"opus@ct111","operation":"GET /agents"}`},
 		{"PolicyCheckResponse", &PolicyCheckResponse{Allowed: true, Rule: "r"}, `{"allowed":true,"rule":"r"}`},
+		{"Status", &Status{Service: "meshd", Version: "0.3.0", Time: at, UptimeSeconds: 60, Health: "degraded",
+			Degraded: []Degradation{{Component: "trust backend spire", Reason: "stale_trust", Since: at}},
+			CA: &StatusCA{Root: StatusCACert{Subject: "CN=root", NotAfter: at, DaysLeft: 3650}, Active: StatusCACert{Subject: "CN=int", NotAfter: at, DaysLeft: 1800},
+				Prepared: &StatusCACert{Subject: "CN=next", NotAfter: at, DaysLeft: 1825}},
+			CRL:    &StatusCRL{Number: "7", ThisUpdate: at, NextUpdate: at, AgeSeconds: 30},
+			Agents: StatusAgents{Total: 3, ByStatus: map[string]int{"healthy": 2, "evicted": 1}, ByEntity: map[string]int{"": 2}, BySource: map[string]int{"localca": 2}},
+			Certificates: &StatusCertificates{Live: 4, RenewalDue: 1, ExpiringSoon: 1, ExpiringWithinDays: 7,
+				Due: []StatusDueCert{{CommonName: "opus@ct111", Serial: "9fa1", NotAfter: at}}},
+			Audit:    StatusAudit{VerifiedAt: at, OnRequest: true, OK: false, Entries: 12, Checkpoints: 2, Error: "broken"},
+			Feed:     StatusFeed{Pending: 1, LastPoll: &at, SinceLastPollSeconds: 0.5},
+			Problems: []StatusProblem{{Component: "audit", Severity: "error", Message: "m"}}},
+			`{"service":"meshd","version":"0.3.0","time":"2026-11-21T22:40:00Z","uptime_seconds":60,"health":"degraded",` +
+				`"degraded":[{"component":"trust backend spire","reason":"stale_trust","since":"2026-11-21T22:40:00Z"}],` +
+				`"ca":{"root":{"subject":"CN=root","not_after":"2026-11-21T22:40:00Z","days_left":3650},"active_intermediate":{"subject":"CN=int","not_after":"2026-11-21T22:40:00Z","days_left":1800},` +
+				`"prepared_intermediate":{"subject":"CN=next","not_after":"2026-11-21T22:40:00Z","days_left":1825}},` +
+				`"crl":{"number":"7","this_update":"2026-11-21T22:40:00Z","next_update":"2026-11-21T22:40:00Z","age_seconds":30},` +
+				`"agents":{"total":3,"by_status":{"evicted":1,"healthy":2},"by_entity":{"":2},"by_source":{"localca":2}},` +
+				`"certificates":{"live":4,"renewal_due":1,"expiring_soon":1,"expiring_within_days":7,"due":[{"common_name":"opus@ct111","serial":"9fa1","not_after":"2026-11-21T22:40:00Z"}]},` +
+				`"audit":{"verified_at":"2026-11-21T22:40:00Z","on_request":true,"ok":false,"entries":12,"checkpoints":2,"error":"broken"},` +
+				`"feed":{"pending":1,"last_poll":"2026-11-21T22:40:00Z","since_last_poll_seconds":0.5},` +
+				`"problems":[{"component":"audit","severity":"error","message":"m"}]}`},
+		{"Status without a CA, healthy", &Status{Service: "meshd", Version: "0.3.0", Time: at, Health: "healthy",
+			Agents: StatusAgents{ByStatus: map[string]int{}, ByEntity: map[string]int{}, BySource: map[string]int{}},
+			Audit:  StatusAudit{VerifiedAt: at, OnRequest: true, OK: true}, Problems: []StatusProblem{}},
+			`{"service":"meshd","version":"0.3.0","time":"2026-11-21T22:40:00Z","uptime_seconds":0,"health":"healthy",` +
+				`"agents":{"total":0,"by_status":{},"by_entity":{},"by_source":{}},` +
+				`"audit":{"verified_at":"2026-11-21T22:40:00Z","on_request":true,"ok":true,"entries":0,"checkpoints":0},` +
+				`"feed":{"pending":0,"since_last_poll_seconds":0},"problems":[]}`},
 		{"Registration", &Registration{AgentID: "weather", Name: "w", Version: "1.0.0", AgentType: "mcp_agent", Runtime: "python", Description: "d",
 			HTTPHost: "10.0.0.7", HTTPPort: 9443, Namespace: "prod", A2AProducer: true, A2AConsumer: true,
 			Tools: []Tool{{FunctionName: "ask", Capability: "chat", Version: "2.0.0", Tags: []string{"a"}, Description: "t",

@@ -30,6 +30,7 @@ type CA struct {
 
 	mu       sync.RWMutex
 	active   *issuer
+	prepared *issuer            // nil when the prepared slot is empty
 	issuers  map[string]*issuer // every live intermediate, by key id
 	chainPEM []byte
 
@@ -107,6 +108,10 @@ func (c *CA) Reload(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	c.td, c.root, c.active, c.issuers, c.chainPEM = td, root, active, issuers, chain
+	c.prepared = nil
+	if s.Prepared != "" {
+		c.prepared = issuers[s.Prepared]
+	}
 	c.mu.Unlock()
 	return nil
 }

@@ -279,6 +279,55 @@ func CheckpointSigners(cfg Config) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
+// AuditLog is what VerifyLog reads of the store.
+type AuditLog interface {
+	AuditLog(ctx context.Context) ([]store.AuditEntry, error)
+}
+
+// VerifyLog verifies the audit log st holds, to its end, against the
+// checkpoints file at path, "" for cfg's own (CheckpointsPath), and
+// cfg's intermediates (CheckpointSigners), as VerifyAudit does; progress
+// is VerifyAudit's. cfg's own file may not exist yet (no checkpoint was
+// written): then the chain alone is checked and the report's File is "";
+// a path named explicitly must exist.
+//
+// The checkpoints are read before the log: the log only grows, so every
+// checkpoint read vouches for entries the later read holds. Read the
+// other way round, a checkpoint written in between would vouch for
+// entries past the end of the log read, which reads as a cut. An
+// unterminated last line is one being appended right now (a line is one
+// write) or one a crash cut short, which the next checkpoint starts a new
+// line after: it is not verified yet.
+func VerifyLog(ctx context.Context, cfg Config, st AuditLog, path string, progress func(verified, total int)) (AuditReport, error) {
+	named := path != ""
+	if !named {
+		path = cfg.withDefaults().CheckpointsPath()
+	}
+	var (
+		cps     io.Reader
+		signers []*x509.Certificate
+		file    string
+	)
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		data = data[:bytes.LastIndexByte(data, '\n')+1]
+		if signers, err = CheckpointSigners(cfg); err != nil {
+			return AuditReport{}, err
+		}
+		cps, file = bytes.NewReader(data), path
+	case named || !errors.Is(err, os.ErrNotExist):
+		return AuditReport{}, err
+	}
+	log, err := st.AuditLog(ctx)
+	if err != nil {
+		return AuditReport{}, fmt.Errorf("read the audit log: %w", err)
+	}
+	rep, err := VerifyAudit(log, cps, signers, progress)
+	rep.File = file
+	return rep, err
+}
+
 // AuditReport is what VerifyAudit found in a log it accepted.
 type AuditReport struct {
 	// Entries is the length of the log; Head is its last entry's Hash, ""
@@ -291,6 +340,8 @@ type AuditReport struct {
 	// when there is none. The entries after Newest.Seq are covered by the
 	// hash chain alone.
 	Newest Checkpoint
+	// File is the checkpoints file VerifyLog read, "" when there was none.
+	File string
 }
 
 // VerifyAudit checks entries, the whole audit log in Seq order, on its own
@@ -301,15 +352,21 @@ type AuditReport struct {
 // rewritten). checkpoints holds JSON lines as Checkpoint writes them (a
 // live file or a copy shipped off the host); nil checks the chain alone.
 // Errors wrap store.ErrAuditTampered and say what does not fit and where.
+// progress, when not nil, is told how many of the entries' hashes have
+// been verified as the chain check advances.
 //
 // It cannot see entries cut off after the newest checkpoint, nor a
 // checkpoints file deleted together with the rows (see Checkpoint).
-func VerifyAudit(entries []store.AuditEntry, checkpoints io.Reader, signers []*x509.Certificate) (AuditReport, error) {
+func VerifyAudit(entries []store.AuditEntry, checkpoints io.Reader, signers []*x509.Certificate, progress func(verified, total int)) (AuditReport, error) {
 	rep := AuditReport{Entries: len(entries)}
 	if len(entries) > 0 {
 		rep.Head = entries[len(entries)-1].Hash
 	}
-	if err := store.VerifyAuditChain(entries); err != nil {
+	var chainProgress func(int)
+	if progress != nil {
+		chainProgress = func(n int) { progress(n, len(entries)) }
+	}
+	if err := store.VerifyAuditChainProgress(entries, chainProgress); err != nil {
 		return rep, err
 	}
 	if checkpoints == nil {

@@ -72,7 +72,7 @@ func verifyAudit(t testing.TB, f *fixture) (rep ca.AuditReport, err, chainErr er
 	if err != nil {
 		t.Fatalf("CheckpointSigners: %v", err)
 	}
-	rep, err = ca.VerifyAudit(log, file, signers)
+	rep, err = ca.VerifyAudit(log, file, signers, nil)
 	return rep, err, store.VerifyAuditChain(log)
 }
 

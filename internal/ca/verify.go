@@ -159,18 +159,7 @@ func (c *CA) DueForRenewal(ctx context.Context) ([]Listed, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The identity compared is the certificate's common name as the CA
-	// recorded it (store.Cert.CommonName): only the CA's own records are
-	// read, so the CA vouches for it.
-	newest := map[string]Listed{}
-	for _, l := range all {
-		if l.Kind == "intermediate" || (l.Status != StatusValid && l.Status != StatusExpiring) {
-			continue
-		}
-		if cur, ok := newest[l.CommonName]; !ok || l.NotAfter.After(cur.NotAfter) {
-			newest[l.CommonName] = l
-		}
-	}
+	newest := Current(all)
 	var out []Listed
 	for _, l := range all {
 		if n, ok := newest[l.CommonName]; ok && n.Serial == l.Serial && n.Status == StatusExpiring {
@@ -178,4 +167,24 @@ func (c *CA) DueForRenewal(ctx context.Context) ([]Listed, error) {
 		}
 	}
 	return out, nil
+}
+
+// Current returns the certificate of each identity that counts among
+// listed: its newest unrevoked, unexpired one (intermediates rotate
+// instead and are left out), by common name. An older one of the same
+// identity was renewed already.
+func Current(listed []Listed) map[string]Listed {
+	// The identity compared is the certificate's common name as the CA
+	// recorded it (store.Cert.CommonName): only the CA's own records are
+	// read, so the CA vouches for it.
+	newest := map[string]Listed{}
+	for _, l := range listed {
+		if l.Kind == "intermediate" || (l.Status != StatusValid && l.Status != StatusExpiring) {
+			continue
+		}
+		if cur, ok := newest[l.CommonName]; !ok || l.NotAfter.After(cur.NotAfter) {
+			newest[l.CommonName] = l
+		}
+	}
+	return newest
 }

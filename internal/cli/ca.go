@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -547,10 +548,6 @@ host: keep a copy of the file elsewhere and verify against it with
 				return err
 			}
 			defer st.Close()
-			log, err := st.AuditLog(cmd.Context())
-			if err != nil {
-				return err
-			}
 			w := cmd.OutOrStdout()
 			if verify {
 				// The CA directory's own file may not exist yet; a file
@@ -559,22 +556,9 @@ host: keep a copy of the file elsewhere and verify against it with
 				if path == "" {
 					path = cfg.CheckpointsPath()
 				}
-				var (
-					cps     io.Reader
-					signers []*x509.Certificate
-				)
-				f, err := os.Open(path)
-				switch {
-				case err == nil:
-					defer f.Close()
-					if signers, err = ca.CheckpointSigners(cfg); err != nil {
-						return err
-					}
-					cps = f
-				case checkpoints != "" || !errors.Is(err, os.ErrNotExist):
-					return err
-				}
-				rep, err := ca.VerifyAudit(log, cps, signers)
+				p := g.progress(cmd)
+				rep, err := ca.VerifyLog(cmd.Context(), cfg, st, checkpoints, func(n, total int) { p.Count("verified audit entries", n, total) })
+				p.Done()
 				if errors.Is(err, store.ErrAuditTampered) {
 					return fmt.Errorf("%w (keep %s and %s as they are, for the investigation)", err, cfg.StorePath(), path)
 				}
@@ -589,9 +573,9 @@ host: keep a copy of the file elsewhere and verify against it with
 					}
 					return printJSON(w, out)
 				}
-				fmt.Fprintf(w, "audit log intact: %d entries, head %s\n", rep.Entries, head(log))
+				fmt.Fprintf(w, "audit log intact: %d entries, head %s\n", rep.Entries, cmp.Or(rep.Head, "(empty)"))
 				switch {
-				case cps == nil:
+				case rep.File == "":
 					fmt.Fprintf(w, "no checkpoints yet (%s); the chain alone was checked\n", path)
 				case rep.Checkpoints == 0:
 					fmt.Fprintf(w, "%s holds no checkpoints; the chain alone was checked\n", path)
@@ -603,6 +587,10 @@ host: keep a copy of the file elsewhere and verify against it with
 					}
 				}
 				return nil
+			}
+			log, err := st.AuditLog(cmd.Context())
+			if err != nil {
+				return err
 			}
 			if g.jsonOut {
 				return printJSON(w, auditEntries(log))
@@ -619,11 +607,4 @@ host: keep a copy of the file elsewhere and verify against it with
 	cmd.Flags().StringVar(&checkpoints, "checkpoints", "", "with --verify: the checkpoints file to check against, e.g. a copy kept off this host (default <ca-dir>/audit.checkpoints)")
 	addJSON(cmd, g)
 	return cmd
-}
-
-func head(log []store.AuditEntry) string {
-	if len(log) == 0 {
-		return "(empty)"
-	}
-	return log[len(log)-1].Hash
 }

@@ -45,8 +45,8 @@ type testMeshd struct {
 // startMeshd creates the mesh CA with meshctl, a server certificate for
 // meshd and the admin@external certificate, and starts meshd in strict
 // TLS mode with the localca backend (registered entities are always
-// trusted too).
-func startMeshd(t *testing.T) *testMeshd {
+// trusted too). opts adjust meshd's configuration.
+func startMeshd(t *testing.T, opts ...func(*meshd.Config)) *testMeshd {
 	t.Helper()
 	noAdminEnv(t)
 	e := newEnv(t)
@@ -72,13 +72,17 @@ func startMeshd(t *testing.T) *testMeshd {
 		st.Close()
 		t.Fatal(err)
 	}
-	srv, err := meshd.New(ctx, meshd.Config{Config: server.Config{Listen: "127.0.0.1:0",
+	mcfg := meshd.Config{Config: server.Config{Listen: "127.0.0.1:0",
 		AdminSocket: filepath.Join(dataDir, "admin.sock"),
 		AdminListen: "127.0.0.1:0",
 		TLSMode:     server.TLSStrict,
 		CertFile:    e.issued("meshd.mesh"),
 		KeyFile:     e.issuedKey("meshd.mesh"),
-		Logger:      slog.New(slog.DiscardHandler)}, Backends: []string{meshd.BackendLocalCA}}, st, authority)
+		Logger:      slog.New(slog.DiscardHandler)}, Backends: []string{meshd.BackendLocalCA}}
+	for _, o := range opts {
+		o(&mcfg)
+	}
+	srv, err := meshd.New(ctx, mcfg, st, authority)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)

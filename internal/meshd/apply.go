@@ -48,6 +48,7 @@ type feed struct{ m *Meshd }
 func (f feed) Poll(ctx context.Context) (int, error) { return f.m.events.Poll(ctx) }
 func (f feed) Reader(after int64) *events.Reader     { return f.m.events.Reader(after) }
 func (f feed) Pending() int                          { return f.m.events.Pending() }
+func (f feed) Synced() (time.Time, int64)            { return f.m.events.Synced() }
 func (f feed) Take(key string) server.Effect         { return f.m.effects.take(key) }
 
 // apply is meshd's subscriber to the change feed: it makes one change

@@ -262,7 +262,7 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 		m.crl = authority.NewCRLRefresher(m.log)
 	}
 	deps := server.Deps{Store: st, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
-		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: append(m.backendMetrics(), m.observerMetrics()...), Degraded: m.degraded, Changes: m.changes}
+		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: append(m.backendMetrics(), m.observerMetrics()...), Degraded: m.degraded, Changes: m.changes, LastAudit: m.lastAudit}
 	if authority != nil {
 		// Only a CA: a nil *ca.CA in the interface would not be a nil
 		// Authority, and the routes would sign with it.

@@ -1,12 +1,9 @@
 package meshd
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
-	"io"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -14,6 +11,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
+	"github.com/meshtrust/meshtrust/meshapi"
 )
 
 // Intervals of the observer's refreshes: what it reads from the store
@@ -52,6 +50,9 @@ type observer struct {
 	// when the last could not run (the store unreachable); auditAt is when
 	// the last one that ran ended, in Unix seconds.
 	auditIntact, auditAt atomic.Int64
+	// lastAudit is the last verification's outcome, in full, nil before
+	// the first.
+	lastAudit atomic.Pointer[meshapi.StatusAudit]
 }
 
 func newObserver() *observer {
@@ -211,33 +212,15 @@ func (m *Meshd) verifyAudit(ctx context.Context) {
 }
 
 func (m *Meshd) auditIntact(ctx context.Context) error {
-	cfg := m.auth.Config()
-	// The checkpoints are read before the log: the log only grows, so
-	// every checkpoint read vouches for entries the later read holds. Read
-	// the other way round, a checkpoint written in between would vouch
-	// for entries past the end of the log read, which reads as a cut.
-	var (
-		cps     io.Reader
-		signers []*x509.Certificate
-	)
-	data, err := os.ReadFile(cfg.CheckpointsPath())
-	switch {
-	case err == nil:
-		// An unterminated last line is one being appended right now (a
-		// line is one write) or one a crash cut short, which the next
-		// checkpoint starts a new line after: not verified yet.
-		data = data[:bytes.LastIndexByte(data, '\n')+1]
-		if signers, err = ca.CheckpointSigners(cfg); err != nil {
-			return err
-		}
-		cps = bytes.NewReader(data)
-	case !errors.Is(err, os.ErrNotExist):
-		return err
-	}
-	log, err := m.st.AuditLog(ctx)
+	rep, err := ca.VerifyLog(ctx, m.auth.Config(), m.st, "", nil)
+	last := &meshapi.StatusAudit{VerifiedAt: m.cfg.Now().UTC(), OK: err == nil, Entries: rep.Entries, Checkpoints: rep.Checkpoints}
 	if err != nil {
-		return err
+		last.Error = err.Error()
 	}
-	_, err = ca.VerifyAudit(log, cps, signers)
+	m.obs.lastAudit.Store(last)
 	return err
 }
+
+// lastAudit returns meshd's last verification of the audit log, nil
+// before the first (GET /admin/status).
+func (m *Meshd) lastAudit() *meshapi.StatusAudit { return m.obs.lastAudit.Load() }

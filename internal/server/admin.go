@@ -52,6 +52,7 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST "+meshapi.PathAdminPolicies+"/{name}/check", s.checkPolicy)
 	mux.HandleFunc("GET /admin/agents", func(w http.ResponseWriter, r *http.Request) { s.listAgents(w, r, nil) })
 	mux.HandleFunc("DELETE /admin/agents/{agent_id}", s.releaseAgent)
+	mux.HandleFunc("GET "+meshapi.PathAdminStatus, s.status)
 	s.adminRegistryRoutes(mux)
 	return mux
 }

@@ -354,7 +354,7 @@ func TestE2EAuditCheckpointed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.VerifyAudit(log, bytes.NewReader(data), signers); err != nil {
+	if _, err := ca.VerifyAudit(log, bytes.NewReader(data), signers, nil); err != nil {
 		t.Errorf("meshd's audit log against its checkpoints: %v", err)
 	}
 	if last := lastLine(data); !strings.Contains(last, fmt.Sprintf(`"seq":%d`, len(log))) {

@@ -62,6 +62,10 @@ type Deps struct {
 	// what they would otherwise admit (a trust backend whose anchors are
 	// stale); nil: none ever.
 	Degraded func() []meshapi.Degradation
+	// LastAudit is meshd's own last verification of the audit log, nil
+	// before the first; GET /admin/status verifies the log itself when
+	// there is none (or LastAudit is nil).
+	LastAudit func() *meshapi.StatusAudit
 	// Changes is what changes on this meshd (the change feed as applied,
 	// the registry's registrations and evictions), for the console; nil:
 	// a fan-out of its own that nothing feeds.
@@ -84,6 +88,9 @@ type Authority interface {
 	// ActiveIntermediate is the signer whose CRL GET /crl serves in DER.
 	Root() *x509.Certificate
 	ActiveIntermediate() *x509.Certificate
+	// PreparedIntermediate is the intermediate waiting in the prepared
+	// slot, nil when none is (GET /admin/status).
+	PreparedIntermediate() *x509.Certificate
 	// BundlePEM and CRLPEM are the published bundle and crl.pem;
 	// CRLThisUpdate is the newest CRL's this-update, for
 	// meshd_crl_age_seconds.
@@ -95,6 +102,9 @@ type Authority interface {
 	// which a policy check's modelled caller gets its names.
 	Config() ca.Config
 	TrustDomain() spiffeid.TrustDomain
+	// List is every certificate the CA recorded with its state (GET
+	// /admin/status counts those due for renewal).
+	List(ctx context.Context) ([]ca.Listed, error)
 }
 
 // Registry is the agent registry as the routes use it
@@ -131,8 +141,11 @@ type Registry interface {
 type Feed interface {
 	Poll(ctx context.Context) (int, error)
 	Reader(after int64) *events.Reader
-	// Pending counts the events some handler failed to apply and retries.
+	// Pending counts the events some handler failed to apply and retries;
+	// Synced is when the store was last read without an error, and the
+	// cursor then.
 	Pending() int
+	Synced() (at time.Time, cursor int64)
 	// Take returns, and forgets, what applying the events of key
 	// ("<kind> <name>": "cert.revoked opus@ct111", "entity.revoked acme",
 	// "entity.rotated acme") did in this process.
@@ -398,6 +411,9 @@ type Server struct {
 	started      time.Time
 	degraded     func() []meshapi.Degradation // nil: never degraded
 	changes      *Changes
+	// audits runs GET /admin/status's audit verifications one at a time.
+	audits    auditCheck
+	lastAudit func() *meshapi.StatusAudit // nil: meshd never verifies on its own
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
@@ -441,7 +457,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 		return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: d.Store, auth: d.CA, revs: d.Revocations, chain: d.Chain, localCA: d.MeshCA,
-		sources: d.Sources, reg: d.Registry, events: d.Feed, degraded: d.Degraded, changes: d.Changes, started: cfg.Now(),
+		sources: d.Sources, reg: d.Registry, events: d.Feed, degraded: d.Degraded, lastAudit: d.LastAudit, changes: d.Changes, started: cfg.Now(),
 		enrollLimit:  newLimiter(cfg.Enroll.Burst, cfg.Enroll.Interval),
 		enrollGlobal: newLimiter(cfg.Enroll.GlobalBurst, cfg.Enroll.GlobalInterval),
 		watchSlots:   newSlots(cfg.MaxWatchStreams-cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource),

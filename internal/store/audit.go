@@ -34,8 +34,23 @@ func HashEntry(prevHash string, e AuditEntry) string {
 // at the first entry of the log. It returns an error wrapping
 // ErrAuditTampered that names the first entry that does not fit.
 func VerifyAuditChain(entries []AuditEntry) error {
+	return VerifyAuditChainProgress(entries, nil)
+}
+
+// progressEvery is how many entries VerifyAuditChainProgress verifies
+// between two calls of its progress function.
+const progressEvery = 1024
+
+// VerifyAuditChainProgress is VerifyAuditChain that reports how many
+// entries it has verified to progress (when not nil), every
+// progressEvery entries and once at the end of an unbroken chain, so a
+// long verification can show that it advances.
+func VerifyAuditChainProgress(entries []AuditEntry, progress func(verified int)) error {
 	prev := ""
 	for i, e := range entries {
+		if progress != nil && i > 0 && i%progressEvery == 0 {
+			progress(i)
+		}
 		if e.Seq != int64(i+1) {
 			return fmt.Errorf("%w: entry %d has sequence number %d (an entry was removed or inserted)", ErrAuditTampered, i+1, e.Seq)
 		}
@@ -46,6 +61,9 @@ func VerifyAuditChain(entries []AuditEntry) error {
 			return fmt.Errorf("%w: entry %d (%s %s) was altered", ErrAuditTampered, e.Seq, e.Action, e.Identity)
 		}
 		prev = e.Hash
+	}
+	if progress != nil {
+		progress(len(entries))
 	}
 	return nil
 }
