@@ -1,6 +1,6 @@
 // Package prometheus holds meshd's alerting rules (meshd-rules.yml) and
-// their unit tests (meshd-rules.test.yml); its Go test runs promtool on
-// them.
+// their unit tests (meshd-rules.test.yml); its Go tests run promtool on
+// them and on the queries of the Grafana dashboard (../grafana).
 package prometheus
 
 import (

@@ -3,6 +3,7 @@ package server_test
 import (
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,15 +12,18 @@ import (
 	"github.com/meshtrust/meshtrust/internal/server"
 )
 
-// monitoredEnv is a meshd with the local CA that has seen a little of
-// everything its dashboard and alerts watch: an agent registered, another
-// revoked and evicted, an enrollment refused and one rate limited, the
-// audit log verified. Its audit log is verified every 50ms.
+// monitoredEnv is a meshd with the local CA, in TLS mode auto, that has
+// seen a little of everything its dashboard and alerts watch: agents
+// registered with a certificate and without one, another revoked and
+// evicted, a heartbeat without a certificate refused by the certless
+// bounds, an enrollment refused and one rate limited, the audit log
+// verified. Its audit log is verified every 50ms.
 func monitoredEnv(t *testing.T) *env {
 	t.Helper()
-	e := newEnv(t, envOptions{mode: server.TLSStrict, configure: func(c *meshd.Config) {
+	e := newEnv(t, envOptions{mode: server.TLSAuto, configure: func(c *meshd.Config) {
 		c.Enroll.Burst = 1 // the second /enroll from one address is rate limited
 		c.AuditVerifyInterval = 50 * time.Millisecond
+		c.Certless.MaxPayload = 1024
 	}})
 	e.registeredAgent("opus", "ct111", 9000)
 	e.registeredAgent("gpt", "ct111", 9001)
@@ -27,6 +31,14 @@ func monitoredEnv(t *testing.T) *env {
 		t.Fatalf("revoke gpt@ct111: %s", r)
 	}
 	anon := e.client(nil)
+	if r := e.do(anon, "POST", "/heartbeat", heartbeat("legacy", 9002)); r.code != http.StatusOK {
+		t.Fatalf("a heartbeat without a certificate in auto: %s", r)
+	}
+	big := heartbeat("legacy2", 9003)
+	big["description"] = strings.Repeat("x", 4096)
+	if r := e.do(anon, "POST", "/heartbeat", big); r.code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("a heartbeat without a certificate past the certless payload bound: %s, want 413", r)
+	}
 	if r := e.do(anon, "POST", "/enroll", map[string]string{"csr": "not a CSR"}); r.code != http.StatusBadRequest && r.code != http.StatusUnauthorized {
 		t.Fatalf("an enrollment without a secret or token: %s, want it refused", r)
 	}
@@ -53,6 +65,7 @@ func TestE2EMonitoringMetrics(t *testing.T) {
 		`meshd_revocation_eviction_seconds_count{cause="entity_revoked"}`:      0,
 		`meshd_registered_agents{entity="",source="localca",status="healthy"}`: 1,
 		`meshd_registered_agents{entity="",source="localca",status="evicted"}`: 1,
+		`meshd_registered_agents{entity="",source="",status="healthy"}`:        1, // without a certificate
 		`meshd_rate_limited_total{limiter="enroll_source"}`:                    1,
 		`meshd_rate_limited_total{limiter="agent_cert"}`:                       0,
 		`meshd_enroll_refusals_total{reason="rate_limited"}`:                   1,
