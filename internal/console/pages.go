@@ -209,6 +209,8 @@ func (c *Console) agentsPage(w http.ResponseWriter, r *http.Request) {
 	}
 	var v agentsView
 	for _, a := range agents {
+		// Compared: the status exactly as the Backend reports it, the
+		// registry's "evicted"; the Backend alone vouches for it.
 		if a.Status == "evicted" {
 			v.Evicted = append(v.Evicted, a)
 			continue

@@ -105,7 +105,7 @@
     pending = setTimeout(function () {
       pending = null;
       refresh();
-    }, 150);
+    }, 400); // a burst of events (a node revoked) costs one fetch
   }
 
   var source = new EventSource("/console/events");
