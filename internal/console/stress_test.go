@@ -1,6 +1,7 @@
 package console_test
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,7 +15,7 @@ import (
 )
 
 // TestSessionStoreStress runs, under -race, logins minted, redeemed
-// twice at once, used and logged out, while the clock moves and the caps
+// twice at once, used, streamed and logged out, while the clock moves and the caps
 // drop the oldest: each token opens at most one session, a session
 // answers only while it lives, and the store never holds more than its
 // caps.
@@ -95,6 +96,23 @@ func TestSessionStoreStress(t *testing.T) {
 				if code := serve(http.MethodGet, "/console/agents", ck).Code; code != http.StatusOK && code != http.StatusUnauthorized {
 					errs <- "a page answered " + http.StatusText(code)
 				}
+				if i%2 == 0 {
+					// A live stream opens and ends (the tab closed) while
+					// others log in, out and expire.
+					ctx, cancel := context.WithCancel(context.Background())
+					req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/console/events", nil)
+					req.AddCookie(ck)
+					done := make(chan int)
+					go func() {
+						rec := httptest.NewRecorder()
+						handler.ServeHTTP(rec, req)
+						done <- rec.Code
+					}()
+					cancel()
+					if code := <-done; code != http.StatusOK && code != http.StatusUnauthorized && code != http.StatusTooManyRequests {
+						errs <- "a stream answered " + http.StatusText(code)
+					}
+				}
 				if (w+i)%3 == 0 {
 					// The session of a logout answers no more, at once.
 					rec := serve(http.MethodGet, "/console/", ck)
@@ -132,7 +150,7 @@ func TestSessionStoreStress(t *testing.T) {
 	if opened.Load() == 0 {
 		t.Error("no login succeeded: the test exercised nothing")
 	}
-	if logins, sessions, _ := c.Counts(); logins > maxLogins || sessions > maxSessions {
-		t.Errorf("held %d logins and %d sessions, caps %d and %d", logins, sessions, maxLogins, maxSessions)
+	if logins, sessions, streams := c.Counts(); logins > maxLogins || sessions > maxSessions || streams != 0 {
+		t.Errorf("held %d logins, %d sessions and %d streams once all ended; caps %d and %d, streams 0", logins, sessions, streams, maxLogins, maxSessions)
 	}
 }
