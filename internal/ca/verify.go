@@ -114,6 +114,9 @@ func (c *CA) revocationsBySerial(ctx context.Context) (map[string]store.Revocati
 // Listed is one issued certificate and its state.
 type Listed struct {
 	store.Cert
+	// RenewAt is when its holder is due to renew it: past it, a valid
+	// certificate is StatusExpiring.
+	RenewAt   time.Time  `json:"-"`
 	Status    Status     `json:"status"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
 	Reason    string     `json:"reason,omitempty"`
@@ -137,7 +140,7 @@ func (c *CA) List(ctx context.Context) ([]Listed, error) {
 		if rec.Kind == "intermediate" {
 			renewAfter = c.cfg.IntermediateTTL / 2 // intermediates rotate mid-life
 		}
-		l := Listed{Cert: rec, Status: c.status(now, rec.NotBefore, rec.NotAfter, renewAfter, revs[rec.Serial])}
+		l := Listed{Cert: rec, RenewAt: rec.NotBefore.Add(backdate).Add(renewAfter), Status: c.status(now, rec.NotBefore, rec.NotAfter, renewAfter, revs[rec.Serial])}
 		if r, ok := revs[rec.Serial]; ok {
 			at := r.RevokedAt
 			l.RevokedAt, l.Reason = &at, Reason(r.Reason).String()

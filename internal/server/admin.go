@@ -54,6 +54,10 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("DELETE /admin/agents/{agent_id}", s.releaseAgent)
 	mux.HandleFunc("GET "+meshapi.PathAdminStatus, s.status)
 	s.adminRegistryRoutes(mux)
+	// The operator console: on the admin surface only, behind what guards
+	// it (the socket's permissions, the meshd-admin policy).
+	mux.HandleFunc("POST "+meshapi.PathAdminConsoleLogin, s.consoleLogin)
+	mux.Handle(meshapi.PathConsole, s.consoleHandler())
 	return mux
 }
 
@@ -113,10 +117,20 @@ func (s *Server) listenAdminTLS() error {
 }
 
 func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
-	ents, err := s.st.Entities(r.Context())
+	out, err := s.entityList(r.Context())
 	if err != nil {
 		s.internalError(w, r, err)
 		return
+	}
+	writeJSON(w, http.StatusOK, meshapi.EntityList{Entities: out})
+}
+
+// entityList lists the entities, registered and of the dynamic trust
+// sources, by name: GET /admin/entities and the console's entities page.
+func (s *Server) entityList(ctx context.Context) ([]meshapi.EntityInfo, error) {
+	ents, err := s.st.Entities(ctx)
+	if err != nil {
+		return nil, err
 	}
 	agents := map[string]int{}
 	for _, v := range s.reg.List(registry.Filter{}) {
@@ -153,7 +167,7 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	writeJSON(w, http.StatusOK, meshapi.EntityList{Entities: out})
+	return out, nil
 }
 
 func (s *Server) registerEntity(w http.ResponseWriter, r *http.Request) {

@@ -129,25 +129,32 @@ func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request) {
 // checkPolicy is POST /admin/policies/{name}/check: may an identity
 // perform an operation, and which rule decides.
 func (s *Server) checkPolicy(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
 	var req meshapi.PolicyCheckRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
 		s.adminError(w, r, http.StatusBadRequest, `body must be JSON {"identity", "operation"[, "source", "entity"]}: `+err.Error())
 		return
 	}
-	doc, err := s.storedPolicy(r.Context(), name)
-	if errors.Is(err, store.ErrNotFound) {
-		s.adminError(w, r, http.StatusNotFound, fmt.Sprintf("no policy %q", name))
+	d, err := s.explain(r.Context(), r.PathValue("name"), req)
+	if err != nil {
+		s.adminFailed(w, r, err)
 		return
 	}
+	writeJSON(w, http.StatusOK, meshapi.PolicyCheckResponse{Allowed: d.Allowed, Rule: d.Rule})
+}
+
+// explain decides req against the stored policy name: POST
+// /admin/policies/{name}/check and the console's policy explainer.
+func (s *Server) explain(ctx context.Context, name string, req meshapi.PolicyCheckRequest) (meshauth.Decision, error) {
+	doc, err := s.storedPolicy(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return meshauth.Decision{}, refused(http.StatusNotFound, "no policy %q", name)
+	}
 	if err != nil {
-		s.internalError(w, r, err)
-		return
+		return meshauth.Decision{}, err
 	}
 	p, err := meshauth.ParsePolicy(name, []byte(doc.Document))
 	if err != nil {
-		s.adminError(w, r, http.StatusConflict, "the stored policy does not compile: "+err.Error())
-		return
+		return meshauth.Decision{}, refused(http.StatusConflict, "the stored policy does not compile: %v", err)
 	}
 	td := spiffeid.TrustDomain{}
 	if s.auth != nil {
@@ -157,14 +164,11 @@ func (s *Server) checkPolicy(w http.ResponseWriter, r *http.Request) {
 	// meshauth.CallerFromPeer derives a real one's names (the mesh CA by default).
 	c, err := meshauth.ModelCaller(req.Identity, meshauth.ModelSource{Backend: req.Source, Entity: req.Entity}, td)
 	if err != nil {
-		s.adminError(w, r, http.StatusBadRequest, err.Error())
-		return
+		return meshauth.Decision{}, refused(http.StatusBadRequest, "%v", err)
 	}
 	op, err := meshauth.ParseOperation(req.Operation)
 	if err != nil {
-		s.adminError(w, r, http.StatusBadRequest, err.Error())
-		return
+		return meshauth.Decision{}, refused(http.StatusBadRequest, "%v", err)
 	}
-	d := p.Authorize(c, &op)
-	writeJSON(w, http.StatusOK, meshapi.PolicyCheckResponse{Allowed: d.Allowed, Rule: d.Rule})
+	return p.Authorize(c, &op), nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/meshtrust/meshtrust/credentials"
 	"github.com/meshtrust/meshtrust/credentials/file"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/console"
 	"github.com/meshtrust/meshtrust/internal/events"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -103,7 +104,8 @@ type Authority interface {
 	Config() ca.Config
 	TrustDomain() spiffeid.TrustDomain
 	// List is every certificate the CA recorded with its state (GET
-	// /admin/status counts those due for renewal).
+	// /admin/status counts those due for renewal; the console lists them
+	// and counts each intermediate's live ones).
 	List(ctx context.Context) ([]ca.Listed, error)
 }
 
@@ -414,6 +416,8 @@ type Server struct {
 	// audits runs GET /admin/status's audit verifications one at a time.
 	audits    auditCheck
 	lastAudit func() *meshapi.StatusAudit // nil: meshd never verifies on its own
+	// console is the operator console, served on the admin surface only.
+	console *console.Console
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
@@ -469,6 +473,9 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	s.certlessWatchSlots = newSlots(cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource)
 	if cfg.TLSMode == TLSAuto {
 		s.certlessBody = 2 * registry.CertlessLimits{MaxPayload: cfg.Certless.MaxPayload}.WithDefaults().MaxPayload
+	}
+	if s.console, err = console.New(console.Config{Backend: consoleBackend{s}, Now: cfg.Now, Log: s.log}); err != nil {
+		return nil, err
 	}
 	if err := s.openSessions(); err != nil {
 		return nil, err
