@@ -49,9 +49,9 @@ type store struct {
 }
 
 type login struct {
-	actor            string
-	created, expires time.Time
-	seq              uint64
+	actor   string
+	expires time.Time
+	seq     uint64
 }
 
 // session is one logged-in browser. Its fields are guarded by store.mu,
@@ -104,7 +104,7 @@ func (s *store) mint(actor string) (string, time.Time, error) {
 		return "", time.Time{}, err
 	}
 	now := s.cfg.Now()
-	l := &login{actor: actor, created: now, expires: now.Add(s.cfg.LoginTTL)}
+	l := &login{actor: actor, expires: now.Add(s.cfg.LoginTTL)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweepLocked(now)
