@@ -3,8 +3,8 @@
 // every rendered manifest created on the real API server kubetest runs
 // with a server-side dry run and strict field validation, so that the API
 // server itself validates it. cert-manager's Certificate and the
-// Prometheus Operator's ServiceMonitor are validated against the minimal
-// CRDs in testdata/crds.
+// Prometheus Operator's ServiceMonitor and PrometheusRule are validated
+// against the minimal CRDs in testdata/crds.
 package meshtrust_test
 
 import (
