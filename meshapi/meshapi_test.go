@@ -83,7 +83,7 @@ func TestWire(t *testing.T) {
 			CA: &StatusCA{Root: StatusCACert{Subject: "CN=root", NotAfter: at, DaysLeft: 3650}, Active: StatusCACert{Subject: "CN=int", NotAfter: at, DaysLeft: 1800},
 				Prepared: &StatusCACert{Subject: "CN=next", NotAfter: at, DaysLeft: 1825}},
 			CRL:    &StatusCRL{Number: "7", ThisUpdate: at, NextUpdate: at, AgeSeconds: 30},
-			Agents: StatusAgents{Total: 3, ByStatus: map[string]int{"healthy": 2, "evicted": 1}, ByEntity: map[string]int{"": 2}, BySource: map[string]int{"localca": 2}},
+			Agents: StatusAgents{Total: 3, ByStatus: map[string]int{"healthy": 2, "evicted": 1}, ByEntity: []StatusGroup{{Name: "", Agents: 2}}, BySource: []StatusGroup{{Name: "localca", Agents: 2}}},
 			Certificates: &StatusCertificates{Live: 4, RenewalDue: 1, ExpiringSoon: 1, ExpiringWithinDays: 7,
 				Due: []StatusDueCert{{CommonName: "opus@ct111", Serial: "9fa1", NotAfter: at}}},
 			Audit:    StatusAudit{VerifiedAt: at, OnRequest: true, OK: false, Entries: 12, Checkpoints: 2, Error: "broken"},
@@ -94,16 +94,16 @@ func TestWire(t *testing.T) {
 				`"ca":{"root":{"subject":"CN=root","not_after":"2026-11-21T22:40:00Z","days_left":3650},"active_intermediate":{"subject":"CN=int","not_after":"2026-11-21T22:40:00Z","days_left":1800},` +
 				`"prepared_intermediate":{"subject":"CN=next","not_after":"2026-11-21T22:40:00Z","days_left":1825}},` +
 				`"crl":{"number":"7","this_update":"2026-11-21T22:40:00Z","next_update":"2026-11-21T22:40:00Z","age_seconds":30},` +
-				`"agents":{"total":3,"by_status":{"evicted":1,"healthy":2},"by_entity":{"":2},"by_source":{"localca":2}},` +
+				`"agents":{"total":3,"by_status":{"evicted":1,"healthy":2},"by_entity":[{"name":"","agents":2}],"by_source":[{"name":"localca","agents":2}]},` +
 				`"certificates":{"live":4,"renewal_due":1,"expiring_soon":1,"expiring_within_days":7,"due":[{"common_name":"opus@ct111","serial":"9fa1","not_after":"2026-11-21T22:40:00Z"}]},` +
 				`"audit":{"verified_at":"2026-11-21T22:40:00Z","on_request":true,"ok":false,"entries":12,"checkpoints":2,"error":"broken"},` +
 				`"feed":{"pending":1,"last_poll":"2026-11-21T22:40:00Z","since_last_poll_seconds":0.5},` +
 				`"problems":[{"component":"audit","severity":"error","message":"m"}]}`},
 		{"Status without a CA, healthy", &Status{Service: "meshd", Version: "0.3.0", Time: at, Health: "healthy",
-			Agents: StatusAgents{ByStatus: map[string]int{}, ByEntity: map[string]int{}, BySource: map[string]int{}},
+			Agents: StatusAgents{ByStatus: map[string]int{}, ByEntity: []StatusGroup{}, BySource: []StatusGroup{}},
 			Audit:  StatusAudit{VerifiedAt: at, OnRequest: true, OK: true}, Problems: []StatusProblem{}},
 			`{"service":"meshd","version":"0.3.0","time":"2026-11-21T22:40:00Z","uptime_seconds":0,"health":"healthy",` +
-				`"agents":{"total":0,"by_status":{},"by_entity":{},"by_source":{}},` +
+				`"agents":{"total":0,"by_status":{},"by_entity":[],"by_source":[]},` +
 				`"audit":{"verified_at":"2026-11-21T22:40:00Z","on_request":true,"ok":true,"entries":0,"checkpoints":0},` +
 				`"feed":{"pending":0,"since_last_poll_seconds":0},"problems":[]}`},
 		{"Registration", &Registration{AgentID: "weather", Name: "w", Version: "1.0.0", AgentType: "mcp_agent", Runtime: "python", Description: "d",

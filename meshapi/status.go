@@ -86,9 +86,15 @@ type StatusAgents struct {
 	ByStatus map[string]int `json:"by_status"`
 	// ByEntity counts the agents that are not evicted by entity, "" for
 	// the mesh's own; BySource by the trust backend that admitted them,
-	// "" for agents registered without a certificate.
-	ByEntity map[string]int `json:"by_entity"`
-	BySource map[string]int `json:"by_source"`
+	// "" for agents registered without a certificate. Both by name.
+	ByEntity []StatusGroup `json:"by_entity"`
+	BySource []StatusGroup `json:"by_source"`
+}
+
+// StatusGroup is how many agents one entity or trust source has.
+type StatusGroup struct {
+	Name   string `json:"name"`
+	Agents int    `json:"agents"`
 }
 
 // StatusCertificates summarises the live leaf certificates the store

@@ -30,6 +30,11 @@ func ParseReason(s string) (Reason, error) {
 	if code, ok := trust.ParseCRLReason(s); ok && code != removeFromCRL {
 		return Reason(code), nil
 	}
+	return 0, fmt.Errorf("unknown revocation reason %q (want one of %s)", s, strings.Join(Reasons(), ", "))
+}
+
+// Reasons returns the names ParseReason accepts, sorted.
+func Reasons() []string {
 	var names []string
 	for code := range 11 { // RFC 5280 defines codes 0 to 10, but 7
 		name := trust.CRLReasonName(code)
@@ -38,7 +43,7 @@ func ParseReason(s string) (Reason, error) {
 		}
 	}
 	sort.Strings(names)
-	return 0, fmt.Errorf("unknown revocation reason %q (want one of %s)", s, strings.Join(names, ", "))
+	return names
 }
 
 // removeFromCRL is RFC 5280's CRLReason 8.

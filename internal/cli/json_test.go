@@ -139,6 +139,7 @@ func TestJSONEverywhere(t *testing.T) {
 	acme := m.validCA("acme")
 	check("entity register", m.ctl("entity", "register", "acme", "--ca-cert", acme.file, "--json"), 0)
 	check("entity list", m.ctl("entity", "list", "--json"), 0)
+	check("status", m.ctl("status", "--json"), 0)
 	check("entity rotate", m.ctl("entity", "rotate", "--json"), 0)
 	check("entity revoke", m.ctl("entity", "revoke", "acme", "--force", "--json"), 0)
 	pol := filepath.Join(t.TempDir(), "p.yaml")

@@ -90,6 +90,7 @@ func NewRoot() *cobra.Command {
 	root.AddCommand(newCACmd(g), newEntityCmd(g), newAgentCmd(g), newPolicyCmd(g), newSessionCmd(g), newStatusCmd(g))
 	root.AddCommand(newNodeCmds(g)...)
 	refuseUnknownSubcommands(root)
+	registerCompletions(root, g)
 	return root
 }
 
@@ -268,6 +269,21 @@ func (g *globals) noCA(err error) error {
 // anchored outside the database; a refusal leaves every file alone, and the
 // next checkpoint covers its audit entry.
 func (g *globals) withCA(ctx context.Context, fn func(*ca.CA) error) error {
+	return g.openCA(ctx, func(c *ca.CA, _ store.Store) error {
+		if err := fn(c); err != nil {
+			return err
+		}
+		if _, err := c.Checkpoint(ctx); err != nil {
+			return fmt.Errorf("the command succeeded, but its audit checkpoint was not written: %w", err)
+		}
+		return nil
+	})
+}
+
+// openCA opens the store and the CA for the duration of fn, and writes
+// nothing of its own; a directory without a CA is refused before a
+// database is created in it.
+func (g *globals) openCA(ctx context.Context, fn func(*ca.CA, store.Store) error) error {
 	cfg, err := g.config()
 	if err != nil {
 		return err
@@ -284,13 +300,7 @@ func (g *globals) withCA(ctx context.Context, fn func(*ca.CA) error) error {
 	if err != nil {
 		return err
 	}
-	if err := fn(c); err != nil {
-		return err
-	}
-	if _, err := c.Checkpoint(ctx); err != nil {
-		return fmt.Errorf("the command succeeded, but its audit checkpoint was not written: %w", err)
-	}
-	return nil
+	return fn(c, st)
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -119,10 +120,10 @@ func printStatus(w io.Writer, where string, st meshapi.Status, colour bool) {
 		line(meshapi.ComponentCRL, "CRL", "none of the active intermediate")
 	}
 	a := st.Agents
-	line("agents", "agents", "%d live (%s)", a.Total-a.ByStatus["evicted"], counts(a.ByStatus, nil))
+	line("agents", "agents", "%d live (%s)", a.Total-a.ByStatus["evicted"], counts(a.ByStatus))
 	if len(a.ByEntity) > 0 {
-		more("by entity: %s", counts(a.ByEntity, map[string]string{"": "mesh"}))
-		more("by source: %s", counts(a.BySource, map[string]string{"": "no certificate"}))
+		more("by entity: %s", groups(a.ByEntity, "mesh"))
+		more("by source: %s", groups(a.BySource, "no certificate"))
 	}
 	if c := st.Certificates; c != nil {
 		line(meshapi.ComponentCertificates, "certificates", "%d live, %d due for renewal, %d end within %d days", c.Live, c.RenewalDue, c.ExpiringSoon, c.ExpiringWithinDays)
@@ -162,8 +163,8 @@ func printStatus(w io.Writer, where string, st meshapi.Status, colour bool) {
 	}
 }
 
-// counts prints m as "name n, name n", by name, with names renamed.
-func counts(m map[string]int, rename map[string]string) string {
+// counts prints m as "name n, name n", by name.
+func counts(m map[string]int) string {
 	if len(m) == 0 {
 		return "none"
 	}
@@ -174,11 +175,16 @@ func counts(m map[string]int, rename map[string]string) string {
 	sort.Strings(keys)
 	var parts []string
 	for _, k := range keys {
-		name := k
-		if r, ok := rename[k]; ok {
-			name = r
-		}
-		parts = append(parts, fmt.Sprintf("%s %d", name, m[k]))
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// groups prints gs as "name n, name n", the name "" as unnamed.
+func groups(gs []meshapi.StatusGroup, unnamed string) string {
+	var parts []string
+	for _, g := range gs {
+		parts = append(parts, fmt.Sprintf("%s %d", cmp.Or(g.Name, unnamed), g.Agents))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -55,6 +55,15 @@ func TestStatusHealthy(t *testing.T) {
 		t.Errorf("certificates %+v, want 2 live, none due", st.Certificates)
 	}
 
+	// A registered agent is counted by status, entity and source.
+	m.registerAgent(t, "opus", "ct1")
+	st, _ = m.status()
+	if a := st.Agents; a.Total != 1 || a.ByStatus["healthy"] != 1 || len(a.BySource) != 1 || a.BySource[0] != (meshapi.StatusGroup{Name: "localca", Agents: 1}) ||
+		len(a.ByEntity) != 1 || a.ByEntity[0] != (meshapi.StatusGroup{Name: "", Agents: 1}) {
+		t.Errorf("agents %+v, want opus healthy, the mesh's own, from localca", a)
+	}
+	requireContains(t, "status", m.ctl("status").stdout, "✓ agents        1 live (healthy 1)", "by entity: mesh 1", "by source: localca 1")
+
 	// A prepared intermediate is listed once meshd reloaded its CA (the
 	// change feed's ca.rotated), and is no problem.
 	m.mustRun("ca", "rotate-intermediate", "prepare")

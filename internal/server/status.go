@@ -100,15 +100,27 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 // agentCounts counts views by status, and those not evicted by entity and
 // by trust source.
 func agentCounts(views []registry.View) meshapi.StatusAgents {
-	out := meshapi.StatusAgents{Total: len(views), ByStatus: map[string]int{}, ByEntity: map[string]int{}, BySource: map[string]int{}}
+	out := meshapi.StatusAgents{Total: len(views), ByStatus: map[string]int{}}
+	entities, sources := map[string]int{}, map[string]int{}
 	for _, v := range views {
 		out.ByStatus[v.Status]++
 		if v.Status == registry.StatusEvicted {
 			continue
 		}
-		out.ByEntity[v.EntityID]++
-		out.BySource[v.Source]++
+		entities[v.EntityID]++
+		sources[v.Source]++
 	}
+	out.ByEntity, out.BySource = groups(entities), groups(sources)
+	return out
+}
+
+// groups lists counts by name.
+func groups(counts map[string]int) []meshapi.StatusGroup {
+	out := []meshapi.StatusGroup{}
+	for name, n := range counts {
+		out = append(out, meshapi.StatusGroup{Name: name, Agents: n})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
