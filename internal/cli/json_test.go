@@ -149,6 +149,7 @@ func TestJSONEverywhere(t *testing.T) {
 	check("policy set", m.ctl("policy", "set", "meshd-admin", pol, "--json"), 0)
 	check("policy get", m.ctl("policy", "get", "--json"), 0)
 	check("policy check", m.ctl("policy", "check", "admin@external", "GET", "/admin/agents", "--json"), 0)
+	check("console", m.startConsole().stop(), 0)
 	check("session keys", m.ctl("session", "keys", "--json"), 0)
 	check("session rotate-key", m.ctl("session", "rotate-key", "--json"), 0)
 	keys, _ := check("session keys", m.ctl("session", "keys", "--json"), 0).(map[string]any)["keys"].([]any)

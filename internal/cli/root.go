@@ -87,7 +87,7 @@ func NewRoot() *cobra.Command {
 	pf.StringVar(&g.intTTL, "intermediate-ttl", "1825d", "lifetime of an intermediate")
 	pf.StringVar(&g.crlValidity, "crl-validity", "7d", "time from a CRL's this-update to its next-update")
 	g.admin.register(pf)
-	root.AddCommand(newCACmd(g), newEntityCmd(g), newAgentCmd(g), newPolicyCmd(g), newSessionCmd(g), newStatusCmd(g))
+	root.AddCommand(newCACmd(g), newEntityCmd(g), newAgentCmd(g), newPolicyCmd(g), newSessionCmd(g), newStatusCmd(g), newConsoleCmd(g))
 	root.AddCommand(newNodeCmds(g)...)
 	refuseUnknownSubcommands(root)
 	registerCompletions(root, g)
