@@ -208,8 +208,13 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if err := o.limits.check(); err != nil {
 		return err
 	}
-	if o.revocationPoll <= 0 || o.checkpointInterval <= 0 || o.auditVerifyInterval <= 0 {
-		return fmt.Errorf("--revocation-poll %s, --checkpoint-interval %s and --audit-verify-interval %s must be positive", o.revocationPoll, o.checkpointInterval, o.auditVerifyInterval)
+	if o.revocationPoll <= 0 || o.checkpointInterval <= 0 {
+		return fmt.Errorf("--revocation-poll %s and --checkpoint-interval %s must be positive", o.revocationPoll, o.checkpointInterval)
+	}
+	// Each verification reads the whole audit log: a tiny interval would
+	// keep meshd reading it back to back.
+	if o.auditVerifyInterval < time.Minute {
+		return fmt.Errorf("--audit-verify-interval %s: at least 1m (each verification reads the whole audit log)", o.auditVerifyInterval)
 	}
 	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
 		return fmt.Errorf("--heartbeat-timeout %s must be at least twice --heartbeat-interval %s, or agents are marked unhealthy between two heartbeats", o.heartbeatTimeout, o.interval)

@@ -167,3 +167,22 @@ func TestTimingFlags(t *testing.T) {
 		t.Errorf("check with --idle-timeout 0 = %v, want it refused", err)
 	}
 }
+
+// TestAuditVerifyIntervalFlag: --audit-verify-interval reaches meshd,
+// defaults to an hour, and one under a minute (a whole-log read back to
+// back) is refused before anything starts.
+func TestAuditVerifyIntervalFlag(t *testing.T) {
+	o := &options{}
+	cmd := commandFor(o, io.Discard, io.Discard)
+	if err := cmd.ParseFlags(nil); err != nil {
+		t.Fatal(err)
+	}
+	if o.auditVerifyInterval != meshd.DefaultAuditVerifyInterval {
+		t.Errorf("default: %v, want %v", o.auditVerifyInterval, meshd.DefaultAuditVerifyInterval)
+	}
+	cmd = newCommand(io.Discard, io.Discard)
+	cmd.SetArgs([]string{"--audit-verify-interval", "10s", "--data-dir", t.TempDir()})
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "--audit-verify-interval 10s: at least 1m") {
+		t.Errorf("meshd --audit-verify-interval 10s: %v, want it refused", err)
+	}
+}
