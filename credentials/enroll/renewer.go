@@ -37,6 +37,11 @@ type RenewerConfig struct {
 	// Logger receives renewals and failures; nil discards them. No key or
 	// credential is ever logged.
 	Logger *slog.Logger
+	// Progress, when not nil, is told how a renewal advances, for a
+	// person watching one of many agents: (0, n) as it asks meshd for the
+	// node's certificate and its n agents', then (i, n) once the new
+	// certificates of i agents are written.
+	Progress func(done, total int)
 }
 
 // Renewer is a live source of a node's certificate and its agents'
@@ -311,6 +316,13 @@ func (r *Renewer) RenewNow(ctx context.Context) (*Renewal, error) {
 	return res, err
 }
 
+// progress tells RenewerConfig.Progress, if any.
+func (r *Renewer) progress(done, total int) {
+	if r.cfg.Progress != nil {
+		r.cfg.Progress(done, total)
+	}
+}
+
 func (r *Renewer) renew(ctx context.Context) (*Renewal, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -325,6 +337,7 @@ func (r *Renewer) renew(ctx context.Context) (*Renewal, error) {
 	for _, a := range agents {
 		keys = append(keys, AgentKey{ID: a.ID, Key: a.Key})
 	}
+	r.progress(0, len(agents))
 	res, err := r.client.Renew(ctx, cur.Certificate, cur.Key, keys)
 	if err != nil {
 		return nil, err
@@ -334,17 +347,19 @@ func (r *Renewer) renew(ctx context.Context) (*Renewal, error) {
 	if err := r.dir.WriteNode(cur.Key, res.Node); err != nil {
 		werr = append(werr, err)
 	}
-	for _, a := range agents {
+	for i, a := range agents {
 		b, ok := res.Agents[a.ID]
 		if !ok {
 			r.log.Warn("meshd did not renew an agent certificate; keeping the current one", "agent", a.ID, "not_after", a.Certificate.Leaf.NotAfter)
 			next.Agents = append(next.Agents, a)
+			r.progress(i+1, len(agents))
 			continue
 		}
 		if err := r.dir.WriteAgent(a.ID, a.Key, b); err != nil {
 			werr = append(werr, err)
 		}
 		next.Agents = append(next.Agents, Agent{ID: a.ID, Key: a.Key, Certificate: b.TLSCertificate(a.Key)})
+		r.progress(i+1, len(agents))
 	}
 	// The new certificates are valid whether or not they reached the disk:
 	// serve them.

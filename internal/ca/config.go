@@ -108,6 +108,10 @@ type Config struct {
 	After func(d time.Duration) <-chan time.Time
 	// Rand is the source of keys and serials; default crypto/rand.
 	Rand io.Reader
+	// Progress, when not nil, is told each step of an intermediate's
+	// issuance, preparation or activation as it begins ("generating the
+	// intermediate's key"), for a person watching; nil tells no one.
+	Progress func(step string)
 }
 
 func (c Config) withDefaults() Config {
@@ -202,3 +206,10 @@ func (c Config) issuedBase(cn string) string {
 
 // RootCertPath is the root certificate in the root directory.
 func (c Config) RootCertPath() string { return c.rootCertPath() }
+
+// step tells c.Progress that step begins.
+func (c Config) step(step string) {
+	if c.Progress != nil {
+		c.Progress(step)
+	}
+}

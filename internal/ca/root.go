@@ -152,6 +152,7 @@ func PrepareIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509
 		return nil, err
 	}
 	s.Prepared = keyID(cert)
+	cfg.step("publishing the bundle with both intermediates")
 	if err := writeState(cfg, s); err != nil {
 		return nil, err
 	}
@@ -180,6 +181,7 @@ func ActivateIntermediate(ctx context.Context, cfg Config, st store.Store) (*x50
 	if err != nil {
 		return nil, err
 	}
+	cfg.step("making the prepared intermediate the signing one")
 	s.Retired = append(s.Retired, s.Active)
 	s.Active, s.Prepared = s.Prepared, ""
 	if err := writeState(cfg, s); err != nil {
@@ -213,6 +215,7 @@ func auditRotation(ctx context.Context, cfg Config, st store.Store, action strin
 // a verifier that checks revocation refuses a leaf whose issuer has no CRL,
 // so every intermediate that may sign needs one before its first leaf.
 func publishCRL(ctx context.Context, cfg Config, st store.Store) error {
+	cfg.step("re-signing the CRL of every live intermediate")
 	c, err := Open(ctx, cfg, st)
 	if err == nil {
 		_, err = c.RebuildCRL(ctx)
@@ -246,6 +249,7 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 	if err := pemfile.MkdirPrivate(cfg.intKeysDir()); err != nil {
 		return nil, err
 	}
+	cfg.step("generating the intermediate's key")
 	key, err := GenerateKey(cfg.KeyType, cfg.Rand)
 	if err != nil {
 		return nil, err
@@ -265,10 +269,12 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 		MaxPathLen:            0,
 		MaxPathLenZero:        true,
 	}
+	cfg.step("signing the intermediate with the root key")
 	cert, err := signCA(cfg, tmpl, root, key.Public(), rootKey)
 	if err != nil {
 		return nil, err
 	}
+	cfg.step("writing the intermediate and recording it in the store")
 	id := keyID(cert)
 	if err := pemfile.WriteKey(filepath.Join(cfg.intKeysDir(), id+".key"), key); err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -89,7 +90,7 @@ has exited a summary follows its output on stdout.`,
 			}
 			return nil
 		},
-		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd, args, g.jsonOut) },
+		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd, args, g.jsonOut, g.progress(cmd)) },
 	}
 	f := cmd.Flags()
 	// Flags end at the command: `meshctl agent run --agent-id x sh -c ...`
@@ -146,7 +147,7 @@ func spiffeIDOf(leaf *x509.Certificate) string {
 	return id.String()
 }
 
-func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
+func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool, p *progress) error {
 	if err := identity.ValidateID(o.agentID); err != nil {
 		return fmt.Errorf("--agent-id: %w", err)
 	}
@@ -171,9 +172,10 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 		}
 		cfg.Payload = json.RawMessage(data)
 	}
-	// The command and meshctl's log share stderr.
+	// The command and meshctl's log share stderr; the log's lines go
+	// above the progress line while meshctl waits.
 	stdout, stderr := shared(cmd.OutOrStdout()), shared(cmd.ErrOrStderr())
-	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
+	var handler slog.Handler = slog.NewTextHandler(p.Above(stderr), nil)
 	if jsonOut {
 		handler = slog.NewJSONHandler(stderr, nil)
 	}
@@ -187,8 +189,11 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 	life, end := context.WithCancel(context.WithoutCancel(cmd.Context()))
 	defer end()
 	stopSetup := context.AfterFunc(cmd.Context(), end)
+	waited := p.Wait("agent %s: waiting for its first credential from the %s provider", o.agentID, cmp.Or(o.providerName, "configured"))
+	defer func() { waited() }() // whichever wait is current
 	src, err := provider.FromEnv(life, o.agentID, provider.WithProvider(o.providerName),
 		provider.WithNodeDir(o.nodeDir), provider.WithServer(o.server), provider.WithSPIFFEID(o.spiffeID), provider.WithLogger(log))
+	waited()
 	if !stopSetup() {
 		err = errors.Join(err, cmd.Context().Err())
 	}
@@ -214,6 +219,7 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 	defer stopHeartbeat()
 	hbDone := make(chan error, 1)
 	go func() { hbDone <- a.Run(hbCtx) }()
+	waited = p.Wait("agent %s: waiting for %s to accept its registration", o.agentID, o.registryURL)
 	select {
 	case <-a.Ready():
 	case err := <-hbDone:
@@ -225,6 +231,7 @@ func (o *agentRun) run(cmd *cobra.Command, args []string, jsonOut bool) error {
 		return errors.Join(cmd.Context().Err(), ignoreCanceled(<-hbDone))
 	}
 
+	waited()
 	// Registered before the command starts, so that no signal meant for
 	// it falls to the default action and kills meshctl instead.
 	sigs := make(chan os.Signal, 8)

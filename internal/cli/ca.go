@@ -116,7 +116,10 @@ func lifecycleCmd(g *globals, l lifecycle) *cobra.Command {
 				return err
 			}
 			defer st.Close()
+			p := g.progress(cmd)
+			cfg.Progress = func(step string) { p.Step("%s: %s", l.use, step) }
 			cert, err := l.run(cmd.Context(), cfg, st)
+			p.Done()
 			if err != nil {
 				return err
 			}

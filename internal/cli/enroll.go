@@ -304,14 +304,26 @@ run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 			if err != nil {
 				return err
 			}
-			r, err := enroll.NewRenewer(client, enroll.Dir(dir), enroll.RenewerConfig{})
+			p := g.progress(cmd)
+			stopWait := func() {}
+			var node string
+			r, err := enroll.NewRenewer(client, enroll.Dir(dir), enroll.RenewerConfig{Progress: func(done, total int) {
+				if done == 0 {
+					stopWait = p.Wait("meshd at %s is renewing %s and %d agent certificate(s)", client.Server, node, total)
+					return
+				}
+				stopWait()
+				p.Count("wrote agent certificates", done, total)
+			}})
 			if err != nil {
 				return err
 			}
+			defer p.Done()
 			w := cmd.OutOrStdout()
 			d := enroll.Dir(dir)
 			n := r.Node()
 			leaf := n.Certificate.Leaf
+			node = leaf.Subject.CommonName
 			out := renewal{Node: fileSummary(leaf, d.Path(enroll.NodeCertFile), d.Path(enroll.NodeKeyFile)), Agents: []agentRenewal{}}
 			for _, a := range n.Agents {
 				out.Agents = append(out.Agents, agentRenewal{certSummary: fileSummary(a.Certificate.Leaf, d.AgentCertPath(a.ID), d.AgentKeyPath(a.ID))})
@@ -330,6 +342,8 @@ run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), nodeTimeout)
 			defer cancel()
 			res, err := r.RenewNow(ctx)
+			stopWait()
+			p.Done()
 			if res == nil {
 				return fmt.Errorf("renew %s at %s: %w", leaf.Subject.CommonName, client.Server, err)
 			}

@@ -34,6 +34,7 @@ type progress struct {
 	now   func() time.Time
 	drawn time.Time // when a counter was last drawn
 	shown bool      // a line is on the screen
+	text  string    // the line, to draw again below what Above writes
 }
 
 // progress returns cmd's reporter: silent unless stderr is a terminal and
@@ -90,8 +91,76 @@ func (p *progress) Done() {
 	}
 }
 
+// Wait shows what the operation waits for, with the time it has waited,
+// redrawn every second until the returned stop is called (which clears
+// the line).
+func (p *progress) Wait(format string, args ...any) (stop func()) {
+	if p == nil || p.w == nil {
+		return func() {}
+	}
+	what := fmt.Sprintf(format, args...)
+	start := p.now()
+	show := func() {
+		p.mu.Lock()
+		p.draw(fmt.Sprintf("%s (%s)", what, p.now().Sub(start).Round(time.Second)))
+		p.mu.Unlock()
+	}
+	show()
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				show()
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			close(done)
+			<-exited
+			p.Done()
+		})
+	}
+}
+
+// Above returns a writer for lines that share the terminal with the
+// progress line (a command's log): each write clears the line first and
+// draws it again below. Without a terminal it is w itself.
+func (p *progress) Above(w io.Writer) io.Writer {
+	if p == nil || p.w == nil {
+		return w
+	}
+	return above{p, w}
+}
+
+type above struct {
+	p *progress
+	w io.Writer
+}
+
+func (a above) Write(b []byte) (int, error) {
+	a.p.mu.Lock()
+	defer a.p.mu.Unlock()
+	shown := a.p.shown
+	if shown {
+		fmt.Fprint(a.p.w, "\r\x1b[K")
+	}
+	n, err := a.w.Write(b)
+	if shown && len(b) > 0 && b[len(b)-1] == '\n' {
+		a.p.draw(a.p.text)
+	}
+	return n, err
+}
+
 // draw replaces the line with s; p.mu is held.
 func (p *progress) draw(s string) {
 	fmt.Fprintf(p.w, "\r\x1b[K%s", s)
-	p.shown = true
+	p.shown, p.text = true, s
 }
