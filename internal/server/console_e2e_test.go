@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -11,8 +12,10 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -166,5 +169,76 @@ func TestE2EConsoleLoginOverMTLS(t *testing.T) {
 	c.Jar = jar
 	if r := do(t, c, "GET", url+l.Path, nil); r.code != 200 || !strings.Contains(string(r.body), "admin@external") {
 		t.Fatalf("admin's console: %d, want 200 naming admin@external:\n%.2000s", r.code, r.body)
+	}
+}
+
+// TestE2EConsoleLiveStream: the console's live stream, on the admin socket
+// and on the mTLS listener, outlasts the listeners' read deadline (which
+// bounds reading a request, not a stream) and carries a revocation made
+// after it passed.
+func TestE2EConsoleLiveStream(t *testing.T) {
+	const readTimeout = 300 * time.Millisecond
+	e := newEnv(t, envOptions{mode: "strict", configure: func(c *meshd.Config) {
+		c.AdminListen = "127.0.0.1:0"
+		c.AdminIdentities = []string{"admin@external"}
+		c.ReadTimeout = readTimeout
+	}})
+	if _, err := e.ca.auth.Sign(context.Background(), ca.ClientRequest("admin"), ca.WithGeneratedKey()); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := tls.LoadX509KeyPair(e.ca.cfg.IssuedCertPath("admin@external"), e.ca.cfg.IssuedKeyPath("admin@external"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentCert(t, e.ca.auth, "opus", "ct111")
+	agentCert(t, e.ca.auth, "haiku", "ct111")
+	tlsURL := "https://" + e.srv.AdminTLSAddr()
+	mtls := e.freshClient(&admin)
+	for _, tc := range []struct {
+		name, base, target string
+		browser            *http.Client
+		login              func() meshapi.ConsoleLogin
+	}{
+		{"socket", "http://meshd", "opus@ct111", e.consoleBrowser(), e.consoleLogin},
+		{"mTLS", tlsURL, "haiku@ct111", mtls, func() meshapi.ConsoleLogin {
+			var l meshapi.ConsoleLogin
+			r := do(t, mtls, "POST", tlsURL+meshapi.PathAdminConsoleLogin, nil)
+			if err := json.Unmarshal(r.body, &l); err != nil || r.code != 200 {
+				t.Fatalf("login over mTLS: %s", r)
+			}
+			return l
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.browser.Jar == nil {
+				tc.browser.Jar, _ = cookiejar.New(nil)
+			}
+			if r := do(t, tc.browser, "GET", tc.base+tc.login().Path, nil); r.code != 200 {
+				t.Fatalf("login: %s", r)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), eventually.Bound)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", tc.base+meshapi.PathConsole+"events", nil)
+			resp, err := tc.browser.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+				t.Fatalf("the live stream: %s %s", resp.Status, resp.Header.Get("Content-Type"))
+			}
+			// Past the listener's read deadline: the stream must stay.
+			<-time.After(3 * readTimeout)
+			if r := e.adminDo("POST", "/admin/revoke", map[string]string{"target": tc.target}); r.code != 200 {
+				t.Fatalf("revoke: %s", r)
+			}
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "data: ") && strings.Contains(sc.Text(), `"subject":"`+tc.target+`"`) {
+					return
+				}
+			}
+			t.Fatalf("the live stream ended without the revocation of %s: %v", tc.target, sc.Err())
+		})
 	}
 }
