@@ -2,13 +2,11 @@ package server_test
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
 
-	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/store"
 )
@@ -23,13 +21,7 @@ func TestE2EAuditNamesTheAdmin(t *testing.T) {
 		c.AdminIdentities = []string{"admin@external"}
 	}})
 	ctx := context.Background()
-	if _, err := e.ca.auth.Sign(ctx, ca.ClientRequest("admin"), ca.WithGeneratedKey()); err != nil {
-		t.Fatal(err)
-	}
-	admin, err := tls.LoadX509KeyPair(e.ca.cfg.IssuedCertPath("admin@external"), e.ca.cfg.IssuedKeyPath("admin@external"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := e.clientCert("admin")
 	agentCert(t, e.ca.auth, "opus", "ct111")
 	agentCert(t, e.ca.auth, "haiku", "ct111")
 	partner := newTestCA(t, "Acme CA")

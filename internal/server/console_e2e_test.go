@@ -37,6 +37,19 @@ func (e *env) consoleLogin() meshapi.ConsoleLogin {
 	return l
 }
 
+// clientCert issues user@external with the mesh CA and loads it.
+func (e *env) clientCert(user string) tls.Certificate {
+	e.t.Helper()
+	if _, err := e.ca.auth.Sign(context.Background(), ca.ClientRequest(user), ca.WithGeneratedKey()); err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := tls.LoadX509KeyPair(e.ca.cfg.IssuedCertPath(user+"@external"), e.ca.cfg.IssuedKeyPath(user+"@external"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
 // consoleBrowser is a client of the admin socket that keeps cookies, as
 // a browser behind meshctl console does.
 func (e *env) consoleBrowser() *http.Client {
@@ -138,17 +151,7 @@ func TestE2EConsoleLoginOverMTLS(t *testing.T) {
 		c.AdminListen = "127.0.0.1:0"
 		c.AdminIdentities = []string{"admin@external"}
 	}})
-	issue := func(user string) tls.Certificate {
-		if _, err := e.ca.auth.Sign(context.Background(), ca.ClientRequest(user), ca.WithGeneratedKey()); err != nil {
-			t.Fatal(err)
-		}
-		c, err := tls.LoadX509KeyPair(e.ca.cfg.IssuedCertPath(user+"@external"), e.ca.cfg.IssuedKeyPath(user+"@external"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	admin, alice := issue("admin"), issue("alice")
+	admin, alice := e.clientCert("admin"), e.clientCert("alice")
 	url := "https://" + e.srv.AdminTLSAddr()
 	if r := do(t, e.freshClient(&alice), "POST", url+meshapi.PathAdminConsoleLogin, nil); r.code != http.StatusForbidden {
 		t.Fatalf("alice's console login: %s, want 403", r)
@@ -183,13 +186,7 @@ func TestE2EConsoleLiveStream(t *testing.T) {
 		c.AdminIdentities = []string{"admin@external"}
 		c.ReadTimeout = readTimeout
 	}})
-	if _, err := e.ca.auth.Sign(context.Background(), ca.ClientRequest("admin"), ca.WithGeneratedKey()); err != nil {
-		t.Fatal(err)
-	}
-	admin, err := tls.LoadX509KeyPair(e.ca.cfg.IssuedCertPath("admin@external"), e.ca.cfg.IssuedKeyPath("admin@external"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := e.clientCert("admin")
 	agentCert(t, e.ca.auth, "opus", "ct111")
 	agentCert(t, e.ca.auth, "haiku", "ct111")
 	tlsURL := "https://" + e.srv.AdminTLSAddr()
