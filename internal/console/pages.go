@@ -41,6 +41,12 @@ var funcs = template.FuncMap{
 	"nav":   func() any { return navItems },
 	"deref": func(t *time.Time) time.Time { return *t },
 	"rel":   relative,
+	"day": func(t time.Time) string {
+		if t.IsZero() {
+			return "—"
+		}
+		return t.UTC().Format("2006-01-02")
+	},
 	"short": short,
 	"statusClass": func(s string) string {
 		switch s {
