@@ -35,8 +35,8 @@ checkpoints for this request), and the change feed.
 A line starts with ✓ (fine), ! (needs attention soon) or ✗ (broken now); what
 needs attention is named below the lines.
 
-Exit status: 0 healthy, 1 something needs attention, 2 meshd could not be
-reached.`,
+Exit status: 0 healthy, 1 something needs attention (or meshd could not
+compute its status), 2 meshd could not be reached or refused the caller.`,
 		Example: `  meshctl --data-dir ./meshtrust-data status
   meshctl --data-dir ./meshtrust-data status --json | jq .problems`,
 		Args: cobra.NoArgs,
@@ -51,7 +51,10 @@ reached.`,
 			data, err := c.call(cmd.Context(), http.MethodGet, meshapi.PathAdminStatus, nil, &st)
 			if err != nil {
 				fmt.Fprintln(cmd.ErrOrStderr(), "meshctl:", err)
-				if _, answered := errors.AsType[*apiError](err); answered {
+				// meshd answered but could not say (its database away, a
+				// 5xx): something needs attention. Not reached, or refused
+				// (not an admin identity): no status to judge.
+				if ae, answered := errors.AsType[*apiError](err); answered && ae.Status != http.StatusUnauthorized && ae.Status != http.StatusForbidden {
 					return exitError{statusAttention}
 				}
 				return exitError{statusUnreachable}

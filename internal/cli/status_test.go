@@ -1,7 +1,9 @@
 package cli_test
 
 import (
+	"crypto/tls"
 	"encoding/json"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -57,6 +59,31 @@ func TestStatusHealthy(t *testing.T) {
 
 	// A registered agent is counted by status, entity and source.
 	m.registerAgent(t, "opus", "ct1")
+	// The route is the admin surface's only: an agent's certificate on
+	// the agent port gets a 404.
+	agentCert, err := tls.LoadX509KeyPair(m.issued("opus@ct1"), m.issuedKey("opus@ct1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := m.agentClient(agentCert).Get("https://" + m.agentAddr + meshapi.PathAdminStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET %s on the agent port: %d, want 404", meshapi.PathAdminStatus, resp.StatusCode)
+	}
+	// On the mTLS admin listener, the admin identity is answered and an
+	// agent's certificate refused (the meshd-admin policy): exit 2.
+	admin := func(cn string) result {
+		return m.run("--admin-url", "https://"+m.srv.AdminTLSAddr(), "--cert", m.issued(cn), "--key", m.issuedKey(cn), "status")
+	}
+	if r := admin("admin@external"); r.code != 0 {
+		t.Errorf("status as admin@external over mTLS: exit %d\n%s", r.code, r.output())
+	}
+	if r := admin("opus@ct1"); r.code != 2 || r.stdout != "" || r.stderr == "" {
+		t.Errorf("status as opus@ct1 over mTLS: exit %d, want 2 with a message on stderr\n%s", r.code, r.output())
+	}
 	st, _ = m.status()
 	if a := st.Agents; a.Total != 1 || a.ByStatus["healthy"] != 1 || len(a.BySource) != 1 || a.BySource[0] != (meshapi.StatusGroup{Name: "localca", Agents: 1}) ||
 		len(a.ByEntity) != 1 || a.ByEntity[0] != (meshapi.StatusGroup{Name: "", Agents: 1}) {
