@@ -418,7 +418,7 @@ func TestPagesEscape(t *testing.T) {
 	// What each page must show (escaped).
 	for p, wants := range map[string][]string{
 		"/console/agents":        {`data-agent-id="opus&lt;script&gt;`, "unauthenticated", `data-evicted-agent-id="gone`, "healthy", "in 30d"},
-		"/console/nodes":         {`data-node="ct111&lt;script&gt;`, "no node"},
+		"/console/nodes":         {`data-node="ct111&lt;script&gt;`, "no node", `data-evicted-agent-id="gone`, `data-agent-id="opus`},
 		"/console/certificates":  {`class="due"`, "1 due for renewal", "ct111.mesh"},
 		"/console/revocations":   {"key blocked", "keyCompromise", "alice.mesh&lt;script&gt;", `data-identity="bad@ct111`, "reinstate"},
 		"/console/entities":      {`data-entity="acme`, `data-stale="true"`, "stale", "the mesh", "example.org"},
