@@ -76,9 +76,10 @@ func ensureDir(dir string) error {
 }
 
 // printDevHint tells a newcomer how to get an agent certificate, send a
-// heartbeat, enroll a node and reach the admin API. Every line is a command
-// that works pasted into a shell in meshd's working directory: meshctl by
-// the path it was built to, pointed at this data dir (whose CA it then
+// heartbeat, enroll a node, reach the admin API, ask whether the mesh is
+// healthy and open the console. Every line is a command that works pasted
+// into a shell in meshd's working directory: meshctl by the path it was
+// built to, pointed at this data dir (whose CA it then
 // finds), and files by their paths from there.
 func printDevHint(w io.Writer, o *options, addr string, mode server.TLSMode) {
 	ctl, note := locateMeshctl()
@@ -99,6 +100,9 @@ func printDevHint(w io.Writer, o *options, addr string, mode server.TLSMode) {
 	caLine := fmt.Sprintf(`The CA's certificates, and the entities through the admin API (the unix socket %[1]s):
   %[3]s ca list
   %[2]s entity list
+Is the mesh healthy, on one screen; and the operator console (it prints a one-time URL to open, and serves until Ctrl-C):
+  %[2]s status
+  %[2]s console
 
 `, shellQuote(filepath.Join(o.DataDir, "admin.sock")), admin, caCtl)
 	if mode == server.TLSOff {

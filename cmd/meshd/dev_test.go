@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -202,6 +203,10 @@ func runHint(t *testing.T, wd string, d *devMeshd) {
 		w := words(t, line)
 		switch w[0] {
 		case "./bin/meshctl":
+			if w[len(w)-1] == "console" {
+				pasteConsole(t, wd, line)
+				continue
+			}
 			sh := exec.Command("sh", "-c", line)
 			sh.Dir, sh.Env = wd, cleanEnv(filepath.Join(wd, "home"))
 			if out, err := sh.CombinedOutput(); err != nil {
@@ -222,6 +227,50 @@ func runHint(t *testing.T, wd string, d *devMeshd) {
 	}
 	if _, err := os.Stat(filepath.Join(wd, "home", ".meshtrust")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("a printed command used ~/.meshtrust instead of the dev data dir: %v", err)
+	}
+}
+
+// pasteConsole runs the printed `meshctl console` as pasted, opens the
+// one-time URL it prints (the login answers 303 with the session cookie),
+// and interrupts it, as its operator would.
+func pasteConsole(t *testing.T, wd, line string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sh := exec.CommandContext(ctx, "sh", "-c", "exec "+line)
+	sh.Dir, sh.Env = wd, cleanEnv(filepath.Join(wd, "home"))
+	sh.Cancel = func() error { return sh.Process.Signal(os.Interrupt) }
+	out, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	sh.Stderr = &stderr
+	if err := sh.Start(); err != nil {
+		t.Fatalf("pasted %q: %v", line, err)
+	}
+	defer func() {
+		cancel()
+		_ = sh.Wait()
+	}()
+	sc := bufio.NewScanner(out)
+	var url string
+	for url == "" && sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Open "); ok {
+			url = strings.TrimSpace(rest)
+		}
+	}
+	if url == "" {
+		t.Fatalf("pasted %q printed no URL to open: %v\n%s", line, sc.Err(), stderr.String())
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("opening %s, printed by %q: %v", url, line, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || len(resp.Cookies()) == 0 {
+		t.Errorf("opening %s, printed by %q: %s with cookies %v, want 303 and a session", url, line, resp.Status, resp.Cookies())
 	}
 }
 
