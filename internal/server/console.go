@@ -92,8 +92,10 @@ func (b consoleBackend) Revocations(ctx context.Context) ([]console.Revocation, 
 		}
 		switch a.Action {
 		case "cert.revoke":
-			if serial, ok := strings.CutPrefix(a.Detail, "serial "); ok {
-				bySerial[strings.Fields(serial)[0]] = who
+			if rest, ok := strings.CutPrefix(a.Detail, "serial "); ok {
+				if serial, _, _ := strings.Cut(rest, " "); serial != "" {
+					bySerial[serial] = who
+				}
 			}
 		case "identity.revoke":
 			byIdentity[a.Identity] = who
