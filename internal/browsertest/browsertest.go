@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/meshtrust/meshtrust/internal/eventually"
 )
 
 // Timeout bounds everything one test does in the browser.
@@ -48,11 +50,18 @@ func Path(tb testing.TB) string {
 // chromedp.NewContext of the returned context.
 func New(tb testing.TB) context.Context {
 	tb.Helper()
+	// Not tb.TempDir: its removal fails the test when Chromium's helper
+	// processes (crashpad, the zygote) are still writing the profile just
+	// after the browser quit. The cleanup below waits for them.
+	profile, err := os.MkdirTemp("", "meshtrust-chromium-")
+	if err != nil {
+		tb.Fatal(err)
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(Path(tb)),
 		chromedp.Headless,
 		chromedp.DisableGPU,
-		chromedp.UserDataDir(tb.TempDir()),
+		chromedp.UserDataDir(profile),
 		chromedp.WindowSize(1280, 800),
 	)
 	if os.Geteuid() == 0 {
@@ -66,6 +75,7 @@ func New(tb testing.TB) context.Context {
 		cancelBrowser()
 		cancelAlloc()
 		cancel()
+		eventually.NoError(tb, "Chromium's profile directory removed once its processes are gone", func() error { return os.RemoveAll(profile) })
 	})
 	// Start the browser now, so a test's first action is not also its
 	// start-up.
