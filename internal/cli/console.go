@@ -8,7 +8,11 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"path"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,7 +41,9 @@ audit log names for every revocation made in the console.
 
 The port forwards the console's pages (/console/…) and nothing else: no other
 path of the admin API is reachable through it, and a request whose Host is
-not the port's own address is refused (DNS rebinding). It runs until
+not the port's own address is refused (DNS rebinding). On Linux it serves
+only connections of the user who ran meshctl (or, under sudo, SUDO_UID):
+another local user reaching the port is refused. It runs until
 interrupted.`,
 		Example: `  meshctl --data-dir ./meshtrust-data console
   meshctl console --admin-url https://meshd:8443 --cert admin.crt --key admin.key --listen 127.0.0.1:8900`,
@@ -82,7 +88,9 @@ interrupted.`,
 			if err != nil {
 				return err
 			}
-			return serveConsole(cmd.Context(), ln, newConsoleProxy(target, c.http.Transport, ln.Addr().String()))
+			proxy := newConsoleProxy(target, c.http.Transport, ln.Addr().String())
+			proxy.uids = consoleUIDs()
+			return serveConsole(cmd.Context(), ln, proxy)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "loopback address to serve the console on (127.0.0.1 or ::1; port 0 picks a free one)")
@@ -106,7 +114,8 @@ func loopbackAddr(addr string) (string, error) {
 
 // serveConsole serves h on ln until ctx ends.
 func serveConsole(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) }}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	select {
@@ -133,10 +142,66 @@ type consoleProxy struct {
 	// Host a request may name.
 	host  string
 	proxy *httputil.ReverseProxy
+	// uids are the local users whose connections are served (on Linux;
+	// see peerAllowed); nil serves every local user.
+	uids []uint32
+	// peerUID names the owner of a connection's client end
+	// (loopbackPeerUID; replaced in tests).
+	peerUID func(local, remote *net.TCPAddr) (uint32, error)
+}
+
+// connKey is the context key of the proxy's accepted connection.
+type connKey struct{}
+
+// consoleUIDs are the users whose browsers may use the proxy: meshctl's
+// own uid and, when root runs it through sudo, the uid sudo names
+// (SUDO_UID), whose browser opens the URL. Every request through the
+// proxy acts with meshctl's admin credential: another local user must not
+// reach the console through it, nor use a session cookie stolen by a
+// server of theirs on another loopback port (cookies do not keep to a
+// port).
+func consoleUIDs() []uint32 {
+	uids := []uint32{uint32(os.Getuid())}
+	if os.Getuid() == 0 {
+		if u, err := strconv.ParseUint(os.Getenv("SUDO_UID"), 10, 32); err == nil {
+			uids = append(uids, uint32(u))
+		}
+	}
+	return uids
+}
+
+// peerAllowed says why r's connection may not use the proxy, or "" if it
+// may. Compared: the uid the kernel lists as the owner of the connection's
+// client socket (/proc/net/tcp, only the kernel vouches for it) with the
+// uids of consoleUIDs, as numbers. Where the kernel cannot be asked (not
+// Linux) every local user is served, as the README says.
+func (p *consoleProxy) peerAllowed(r *http.Request) string {
+	if p.uids == nil {
+		return ""
+	}
+	c, ok := r.Context().Value(connKey{}).(net.Conn)
+	if !ok {
+		return "no connection"
+	}
+	local, lok := c.LocalAddr().(*net.TCPAddr)
+	remote, rok := c.RemoteAddr().(*net.TCPAddr)
+	if !lok || !rok {
+		return "not a TCP connection"
+	}
+	uid, err := p.peerUID(local, remote)
+	switch {
+	case err != nil && runtime.GOOS != "linux":
+		return ""
+	case err != nil:
+		return "its owner is unknown: " + err.Error()
+	case slices.Contains(p.uids, uid):
+		return ""
+	}
+	return fmt.Sprintf("uid %d is not the user who ran meshctl console", uid)
 }
 
 func newConsoleProxy(target *url.URL, tr http.RoundTripper, host string) *consoleProxy {
-	return &consoleProxy{host: host, proxy: &httputil.ReverseProxy{
+	return &consoleProxy{host: host, peerUID: loopbackPeerUID, proxy: &httputil.ReverseProxy{
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(target)
 			// The console compares a POST's Origin with the Host it is
@@ -152,9 +217,13 @@ func newConsoleProxy(target *url.URL, tr http.RoundTripper, host string) *consol
 	}}
 }
 
-// ServeHTTP forwards r if it names this port as its Host and a canonical
+// ServeHTTP forwards r if it comes from a user of consoleUIDs, names this port as its Host and a canonical
 // path under meshapi.PathConsole with a method the console answers.
 func (p *consoleProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if why := p.peerAllowed(r); why != "" {
+		http.Error(w, "meshctl console: this port serves the user who ran meshctl only; this connection's "+why, http.StatusForbidden)
+		return
+	}
 	// The Host compared is the request's Host header as sent, exactly
 	// this listener's address: a page of another origin that resolves
 	// its own name to 127.0.0.1 (DNS rebinding) sends its own name.

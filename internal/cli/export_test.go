@@ -12,3 +12,6 @@ func SetTerminal(t testing.TB, is bool) {
 	terminal = func(io.Writer) bool { return is }
 	t.Cleanup(func() { terminal = old })
 }
+
+// LoopbackPeerUID is loopbackPeerUID, for the test that asks the kernel.
+var LoopbackPeerUID = loopbackPeerUID
