@@ -54,6 +54,14 @@ type Config struct {
 	// StreamsPerSession those of one session (DefaultMaxStreams,
 	// DefaultStreamsPerSession); one more is refused with 429.
 	MaxStreams, StreamsPerSession int
+	// Caller names the admin identity that authenticated a request's
+	// connection, in the form MintLogin is given (meshd: the admin
+	// middleware's store.Actor). When set, a login is redeemed and a
+	// session used only by requests whose Caller is the actor it was
+	// minted for, so a session cookie carried to another admin's channel
+	// acts for nobody, and an admin whose credential is revoked (meshd
+	// then refuses its connections) keeps no console. Nil checks nothing.
+	Caller func(*http.Request) string
 	// Heartbeat is the pause between two keep-alive comments on a live
 	// stream, at which it also notices that its session ended
 	// (DefaultHeartbeat).

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -690,5 +691,43 @@ func TestNoSecretsLogged(t *testing.T) {
 		if strings.Contains(logs, secret) {
 			t.Errorf("a secret reached the log:\n%s", logs)
 		}
+	}
+}
+
+// TestSessionBoundToCaller: with Config.Caller, a login is redeemed and a
+// session used only by a request authenticated as the admin it was minted
+// for; another caller with the cookie gets 401 and changes nothing, and
+// the session stays its own admin's.
+func TestSessionBoundToCaller(t *testing.T) {
+	var caller atomic.Pointer[string]
+	as := func(name string) { caller.Store(&name) }
+	as("alice.mesh")
+	h := newHarness(t, hostileBackend(), func(c *console.Config) {
+		c.Caller = func(*http.Request) string { return *caller.Load() }
+	})
+	ck := h.login("alice.mesh")
+	csrf := h.csrf(ck)
+
+	as("uid 1000 (admin socket)")
+	if resp, _ := h.get("/console/agents", ck); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("alice's session used by another admin: %s, want 401", resp.Status)
+	}
+	if resp, _ := h.post("/console/revoke", ck, url.Values{"csrf": {csrf}, "target": {"opus@ct111"}, "confirm": {"opus@ct111"}}, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("alice's session revoking for another admin: %s, want 401", resp.Status)
+	}
+	if n := len(h.be.Calls()); n != 0 {
+		t.Fatalf("the backend was asked %d actions", n)
+	}
+	login := h.mint("alice.mesh")
+	if resp, _ := h.get(login, nil); resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 0 {
+		t.Fatalf("alice's login visited by another admin: %s %v, want 401 and no cookie", resp.Status, resp.Cookies())
+	}
+
+	as("alice.mesh")
+	if resp, _ := h.get("/console/agents", ck); resp.StatusCode != http.StatusOK {
+		t.Fatalf("alice's session afterwards: %s, want 200", resp.Status)
+	}
+	if resp, _ := h.get(login, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("alice's login after another admin spent it: %s, want 401", resp.Status)
 	}
 }

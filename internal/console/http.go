@@ -40,6 +40,10 @@ func (c *Console) withSession(h http.HandlerFunc, page bool) http.HandlerFunc {
 			id = ck.Value
 		}
 		v, ok := c.store.lookup(id, page && r.Header.Get(refreshHeader) == "")
+		if ok && !c.sameCaller(r, v) {
+			// Not ended: its own admin may still use it.
+			ok = false
+		}
 		if !ok {
 			if !page {
 				http.Error(w, "no console session: run meshctl console again", http.StatusUnauthorized)
@@ -51,6 +55,22 @@ func (c *Console) withSession(h http.HandlerFunc, page bool) http.HandlerFunc {
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), sessionKey{}, v)))
 	}
+}
+
+// sameCaller reports whether r's connection is authenticated as the admin
+// the session (or login) v was minted for. Compared: Config.Caller's name
+// for r (vouched for by meshd's admin middleware: the socket peer's uid,
+// the admin certificate's mesh identity, the mesh CA alone vouching for
+// that) with v.Actor, the string MintLogin was given, exactly.
+func (c *Console) sameCaller(r *http.Request, v sessionView) bool {
+	if c.cfg.Caller == nil {
+		return true
+	}
+	if got := c.cfg.Caller(r); got != v.Actor {
+		c.log.Warn("console: a session used by another admin identity than its own", "session_actor", v.Actor, "caller", got, "path", r.URL.Path)
+		return false
+	}
+	return true
 }
 
 // post guards a state-changing request: it must come from the console's
@@ -129,6 +149,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		}
 		c.errorPage(w, r, http.StatusUnauthorized, "This login URL is not valid",
 			"A console login URL works once, for a short while after meshctl console printed it. This one was used already, expired, or is unknown. Run meshctl console again for a new one.")
+		return
+	}
+	if !c.sameCaller(r, v) {
+		c.store.end(v.key)
+		c.errorPage(w, r, http.StatusUnauthorized, "This login URL is not valid",
+			"A console login URL works only for the admin meshctl console authenticated as. Run meshctl console again for a new one.")
 		return
 	}
 	c.log.Info("console: session opened", "actor", v.Actor)

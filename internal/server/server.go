@@ -474,7 +474,8 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	if cfg.TLSMode == TLSAuto {
 		s.certlessBody = 2 * registry.CertlessLimits{MaxPayload: cfg.Certless.MaxPayload}.WithDefaults().MaxPayload
 	}
-	if s.console, err = console.New(console.Config{Backend: consoleBackend{s}, Now: cfg.Now, Log: s.log}); err != nil {
+	if s.console, err = console.New(console.Config{Backend: consoleBackend{s}, Now: cfg.Now, Log: s.log,
+		Caller: func(r *http.Request) string { return store.Actor(r.Context()) }}); err != nil {
 		return nil, err
 	}
 	if err := s.openSessions(); err != nil {

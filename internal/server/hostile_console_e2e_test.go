@@ -1,0 +1,89 @@
+package server_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/meshtrust/meshtrust/internal/meshd"
+	"github.com/meshtrust/meshtrust/meshapi"
+)
+
+// TestHostileConsoleSessionBoundToAdmin: a console login and session act
+// only for requests authenticated as the admin they were minted for. A
+// login minted over the mTLS listener and visited over the admin socket
+// opens nothing; a session cookie carried to another admin's channel acts
+// for nobody (it would have made that admin's revocations say "by
+// admin@external"); and once admin@external's certificate is revoked its
+// console is closed, over its own channel as over any other.
+func TestHostileConsoleSessionBoundToAdmin(t *testing.T) {
+	e := newEnv(t, envOptions{mode: "strict", configure: func(c *meshd.Config) {
+		c.AdminListen = "127.0.0.1:0"
+		c.AdminIdentities = []string{"admin@external"}
+	}})
+	admin := e.clientCert("admin")
+	base := "https://" + e.srv.AdminTLSAddr()
+	mint := func() meshapi.ConsoleLogin {
+		t.Helper()
+		r := do(t, e.freshClient(&admin), "POST", base+meshapi.PathAdminConsoleLogin, nil)
+		if r.code != http.StatusOK {
+			t.Fatalf("admin's console login: %s", r)
+		}
+		var l meshapi.ConsoleLogin
+		if err := json.Unmarshal(r.body, &l); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+
+	// admin@external's login, visited over the socket (uid 0).
+	if r := do(t, e.consoleBrowser(), "GET", "http://meshd"+mint().Path, nil); r.code != http.StatusUnauthorized {
+		t.Fatalf("admin@external's login over the admin socket: %d, want 401", r.code)
+	}
+
+	// admin@external's session, then its cookie over the socket.
+	jar, _ := cookiejar.New(nil)
+	c := e.freshClient(&admin)
+	c.Jar = jar
+	if r := do(t, c, "GET", base+mint().Path, nil); r.code != 200 || !strings.Contains(string(r.body), "admin@external") {
+		t.Fatalf("admin's console over mTLS: %d, want 200 naming admin@external", r.code)
+	}
+	u, _ := url.Parse(base + meshapi.PathConsole)
+	var cookie string
+	for _, ck := range jar.Cookies(u) {
+		cookie = ck.Name + "=" + ck.Value
+	}
+	if cookie == "" {
+		t.Fatal("no session cookie")
+	}
+	page := meshapi.PathConsole + "agents"
+	hdr := http.Header{"Cookie": {cookie}}
+	if r := doHeader(t, e.admin(), "GET", "http://meshd"+page, hdr, nil); r.code != http.StatusUnauthorized {
+		t.Fatalf("admin@external's session over the admin socket: %d, want 401", r.code)
+	}
+	if r := doHeader(t, e.admin(), "GET", "http://meshd"+meshapi.PathConsole+"events", hdr, nil); r.code != http.StatusUnauthorized {
+		t.Fatalf("admin@external's live stream over the admin socket: %d, want 401", r.code)
+	}
+	// Still admin@external's own, over its own channel.
+	if r := do(t, c, "GET", base+page, nil); r.code != 200 {
+		t.Fatalf("admin's session over mTLS: %d, want 200", r.code)
+	}
+
+	// Revoked: its certificate opens no connection, and its session acts
+	// nowhere else.
+	if r := e.adminDo("POST", meshapi.PathAdminRevoke, meshapi.RevokeRequest{Target: "admin@external", Reason: "keyCompromise"}); r.code != http.StatusOK {
+		t.Fatalf("revoke admin@external: %s", r)
+	}
+	if r, err := c.Get(base + page); err == nil {
+		r.Body.Close()
+		if r.StatusCode == 200 {
+			t.Fatal("admin@external's console after its certificate was revoked: 200")
+		}
+	}
+	if r := doHeader(t, e.admin(), "GET", "http://meshd"+page, hdr, nil); r.code != http.StatusUnauthorized {
+		t.Fatalf("revoked admin@external's session over the admin socket: %d, want 401", r.code)
+	}
+}
