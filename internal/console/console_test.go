@@ -731,3 +731,29 @@ func TestSessionBoundToCaller(t *testing.T) {
 		t.Fatalf("alice's login after another admin spent it: %s, want 401", resp.Status)
 	}
 }
+
+// TestEndpointNeverALink: an agent's endpoint is its own claim; a
+// javascript: or data: URL (or any other) is shown as text, never as a
+// link or an attribute the browser would follow.
+func TestEndpointNeverALink(t *testing.T) {
+	be := &fakeBackend{agents: []console.Agent{
+		{ID: "opus@ct111", Owner: "opus@ct111", Status: "healthy", Endpoint: `javascript:alert(document.cookie)`, LastSeen: t0},
+		{ID: "haiku@ct111", Owner: "haiku@ct111", Status: "healthy", Endpoint: `data:text/html,<script>alert(1)</script>`, LastSeen: t0},
+	}}
+	h := newHarness(t, be, nil)
+	ck := h.login("alice.mesh")
+	for _, page := range []string{"/console/agents", "/console/nodes"} {
+		resp, body := h.get(page, ck)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %s", page, resp.Status)
+		}
+		if page == "/console/agents" && !strings.Contains(body, ">javascript:alert(document.cookie)<") {
+			t.Errorf("%s does not show the endpoint as text:\n%s", page, body)
+		}
+		for _, bad := range []string{`="javascript:`, `="data:`, "<script>alert"} {
+			if strings.Contains(body, bad) {
+				t.Errorf("%s carries %q:\n%s", page, bad, body)
+			}
+		}
+	}
+}
