@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -115,7 +116,9 @@ func loopbackAddr(addr string) (string, error) {
 // serveConsole serves h on ln until ctx ends.
 func serveConsole(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ConnContext: func(ctx context.Context, c net.Conn) context.Context { return context.WithValue(ctx, connKey{}, c) }}
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, &peerConn{conn: c})
+		}}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	select {
@@ -150,8 +153,19 @@ type consoleProxy struct {
 	peerUID func(local, remote *net.TCPAddr) (uint32, error)
 }
 
-// connKey is the context key of the proxy's accepted connection.
+// connKey is the context key of the proxy's accepted connection, a
+// *peerConn.
 type connKey struct{}
+
+// peerConn is an accepted connection and, once its first request asked,
+// whether its owner may use the proxy: the kernel's socket table is read
+// once a connection, not once a request. A connection's requests are
+// served one at a time; once orders them anyway.
+type peerConn struct {
+	conn net.Conn
+	once sync.Once
+	why  string
+}
 
 // consoleUIDs are the users whose browsers may use the proxy: meshctl's
 // own uid and, when root runs it through sudo, the uid sudo names
@@ -179,10 +193,16 @@ func (p *consoleProxy) peerAllowed(r *http.Request) string {
 	if p.uids == nil {
 		return ""
 	}
-	c, ok := r.Context().Value(connKey{}).(net.Conn)
+	pc, ok := r.Context().Value(connKey{}).(*peerConn)
 	if !ok {
 		return "no connection"
 	}
+	pc.once.Do(func() { pc.why = p.connAllowed(pc.conn) })
+	return pc.why
+}
+
+// connAllowed is peerAllowed for one connection.
+func (p *consoleProxy) connAllowed(c net.Conn) string {
 	local, lok := c.LocalAddr().(*net.TCPAddr)
 	remote, rok := c.RemoteAddr().(*net.TCPAddr)
 	if !lok || !rok {
@@ -221,6 +241,7 @@ func newConsoleProxy(target *url.URL, tr http.RoundTripper, host string) *consol
 // path under meshapi.PathConsole with a method the console answers.
 func (p *consoleProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if why := p.peerAllowed(r); why != "" {
+		w.Header().Set("Connection", "close") // nothing more for it here
 		http.Error(w, "meshctl console: this port serves the user who ran meshctl only; this connection's "+why, http.StatusForbidden)
 		return
 	}

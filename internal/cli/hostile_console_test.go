@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -171,5 +173,42 @@ func TestLoopbackPeerUID(t *testing.T) {
 		if err != nil || uid != uint32(os.Getuid()) {
 			t.Errorf("%s: uid %d, %v; want %d", host, uid, err, os.Getuid())
 		}
+	}
+}
+
+// TestConsoleProxyPeerCheckStress (-race): many connections, each with
+// several requests, at once: each connection's owner is looked up once
+// and every request is answered (401 without a session, never 403).
+func TestConsoleProxyPeerCheckStress(t *testing.T) {
+	m := startMeshd(t)
+	rc := m.startConsole()
+	page := "http://" + rc.URL.Host + "/console/agents"
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*10)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &http.Transport{}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: eventually.Bound}
+			for range 10 {
+				resp, err := c.Get(page)
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized {
+					errs <- fmt.Errorf("%s: %s, want 401", page, resp.Status)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
