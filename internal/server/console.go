@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net/http"
 	"slices"
@@ -303,6 +304,10 @@ func (s *Server) consoleLogin(w http.ResponseWriter, r *http.Request) {
 // surface. A live stream outlasts the listener's read deadline, which
 // bounds reading the request only: it is lifted once the request is
 // read, as for the revocation stream.
+//
+// A live stream over the mTLS listener ends once the admin certificate
+// that opened it is revoked: meshauth refuses that certificate's next
+// request, but a stream is one request that lasts.
 func (s *Server) consoleHandler() http.Handler {
 	h := s.console.Handler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -310,7 +315,37 @@ func (s *Server) consoleHandler() http.Handler {
 			if err := http.NewResponseController(w).SetReadDeadline(time.Time{}); err != nil {
 				s.log.Warn("console: cannot lift the read deadline of a live stream", "err", err)
 			}
+			if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+				ctx, cancel := context.WithCancel(r.Context())
+				defer cancel()
+				go s.untilRevoked(ctx, cancel, r.TLS.PeerCertificates[0])
+				r = r.WithContext(ctx)
+			}
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// streamRevocationCheck is how often a live stream over mTLS checks its
+// admin certificate against the revocation set: a map lookup or three.
+const streamRevocationCheck = time.Second
+
+// untilRevoked calls cancel once leaf is revoked (by serial, identity or
+// key: trust.RevocationSet.CheckLeaf, the set meshauth checks every admin
+// request against), or returns when ctx ends.
+func (s *Server) untilRevoked(ctx context.Context, cancel context.CancelFunc, leaf *x509.Certificate) {
+	tick := time.NewTicker(streamRevocationCheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if err := s.revs.CheckLeaf(leaf); err != nil {
+				s.log.Info("console: a live stream ended: its admin certificate was revoked", "err", err)
+				cancel()
+				return
+			}
+		}
+	}
 }

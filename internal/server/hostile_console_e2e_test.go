@@ -1,13 +1,16 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
@@ -72,10 +75,24 @@ func TestHostileConsoleSessionBoundToAdmin(t *testing.T) {
 		t.Fatalf("admin's session over mTLS: %d, want 200", r.code)
 	}
 
-	// Revoked: its certificate opens no connection, and its session acts
-	// nowhere else.
+	// Revoked: its open live stream ends, its certificate opens no
+	// connection, and its session acts nowhere else.
+	ctx, cancel := context.WithTimeout(context.Background(), eventually.Bound)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+meshapi.PathConsole+"events", nil)
+	stream, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	if stream.StatusCode != 200 {
+		t.Fatalf("admin's live stream: %s", stream.Status)
+	}
 	if r := e.adminDo("POST", meshapi.PathAdminRevoke, meshapi.RevokeRequest{Target: "admin@external", Reason: "keyCompromise"}); r.code != http.StatusOK {
 		t.Fatalf("revoke admin@external: %s", r)
+	}
+	if _, err := io.Copy(io.Discard, stream.Body); err != nil {
+		t.Fatalf("admin@external's live stream after its certificate was revoked: %v, want it ended", err)
 	}
 	if r, err := c.Get(base + page); err == nil {
 		r.Body.Close()
