@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/meshd"
+	"github.com/meshtrust/meshtrust/internal/server"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -102,5 +103,28 @@ func TestHostileConsoleSessionBoundToAdmin(t *testing.T) {
 	}
 	if r := doHeader(t, e.admin(), "GET", "http://meshd"+page, hdr, nil); r.code != http.StatusUnauthorized {
 		t.Fatalf("revoked admin@external's session over the admin socket: %d, want 401", r.code)
+	}
+}
+
+// TestHostileConsoleCertlessAgentPort: in TLS mode auto, where the agent
+// port admits callers without a certificate, none of issue 23's routes
+// is there for them (nor for an agent's certificate): the console, its
+// login, the status.
+func TestHostileConsoleCertlessAgentPort(t *testing.T) {
+	e := newEnv(t, envOptions{mode: server.TLSAuto})
+	opus, _ := agentCert(t, e.ca.auth, "opus", "ct111")
+	for name, c := range map[string]*http.Client{"certless": e.client(nil), "agent": e.client(&opus)} {
+		for _, p := range []struct{ method, path string }{
+			{"GET", meshapi.PathAdminStatus},
+			{"POST", meshapi.PathAdminConsoleLogin},
+			{"GET", meshapi.PathConsole},
+			{"GET", meshapi.PathConsole + "login?token=x"},
+			{"GET", meshapi.PathConsole + "events"},
+			{"GET", meshapi.PathConsole + "static/console.js"},
+		} {
+			if r := e.do(c, p.method, p.path, nil); r.code != http.StatusNotFound {
+				t.Errorf("%s: %s %s on the agent port: %s, want 404", name, p.method, p.path, r)
+			}
+		}
 	}
 }
