@@ -17,6 +17,7 @@ DEPS=(
 	"etcd etcd-server" # the store of the kube-apiserver the k8s tests run
 	"chromium chromium" # the headless browser the console's tests drive (chromedp)
 	"promtool prometheus" # promtool checks and unit-tests deploy/prometheus's rules
+	"curl curl"           # the README's pasted commands, and the tests that call meshd as another uid
 )
 
 SUDO=()
