@@ -94,7 +94,9 @@ func short(s string) string {
 }
 
 func parsePages() (*pageSet, error) {
-	layout, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html")
+	// The layout and the partials every page may use (pager.html: the
+	// filter and the page links of the fleet-sized tables).
+	layout, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/pager.html")
 	if err != nil {
 		return nil, fmt.Errorf("console: parsing the layout: %w", err)
 	}
@@ -105,7 +107,7 @@ func parsePages() (*pageSet, error) {
 	ps := &pageSet{pages: make(map[string]*template.Template)}
 	for _, n := range names {
 		base := strings.TrimSuffix(strings.TrimPrefix(n, "templates/"), ".html")
-		if base == "layout" {
+		if base == "layout" || base == "pager" {
 			continue
 		}
 		t, err := template.Must(layout.Clone()).ParseFS(templateFS, n)
@@ -203,8 +205,25 @@ func staticHandler() http.Handler {
 // agentsView splits the agents: those not evicted (the live table) and
 // those evicted, so an evicted agent leaves the live table.
 type agentsView struct {
-	Live, Evicted []Agent
-	Unauth        int
+	// Live and Evicted are this page's rows of each table; LiveCount
+	// and EvictedCount how many there are in all.
+	Live, Evicted           []Agent
+	LiveCount, EvictedCount int
+	Unauth                  int
+	Filter                  filterView
+	// EvictedPaging pages the evicted agents with the same filter.
+	EvictedPaging paging
+}
+
+// filterView is what the "filter" template is given.
+type filterView struct {
+	Path, Placeholder string
+	Paging            paging
+}
+
+// agentNames are the names the agents' filter looks in.
+func agentNames(a Agent) []string {
+	return []string{a.ID, a.Owner, a.Node, a.Entity, a.Source, a.Status}
 }
 
 func (c *Console) agentsPage(w http.ResponseWriter, r *http.Request) {
@@ -214,18 +233,23 @@ func (c *Console) agentsPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var v agentsView
+	var live, evicted []Agent
 	for _, a := range agents {
 		// Compared: the status exactly as the Backend reports it, the
 		// registry's "evicted"; the Backend alone vouches for it.
 		if a.Status == "evicted" {
-			v.Evicted = append(v.Evicted, a)
+			evicted = append(evicted, a)
 			continue
 		}
 		if a.Unauthenticated {
 			v.Unauth++
 		}
-		v.Live = append(v.Live, a)
+		live = append(live, a)
 	}
+	v.LiveCount, v.EvictedCount = len(live), len(evicted)
+	v.Live, v.Filter.Paging = paginate(r, live, agentNames, "page")
+	v.Evicted, v.EvictedPaging = paginate(r, evicted, agentNames, "evicted_page")
+	v.Filter.Path, v.Filter.Placeholder = pathAgents, "agent, owner, node, entity, source"
 	c.render(w, r, http.StatusOK, "agents", "Agents", pathAgents, v)
 }
 
@@ -262,8 +286,10 @@ func (c *Console) nodesPage(w http.ResponseWriter, r *http.Request) {
 }
 
 type certsView struct {
-	Certs []Certificate
-	Due   int
+	// Certs is this page's rows; Count and Due are of all of them.
+	Certs      []Certificate
+	Count, Due int
+	Filter     filterView
 }
 
 func (c *Console) certificatesPage(w http.ResponseWriter, r *http.Request) {
@@ -273,12 +299,14 @@ func (c *Console) certificatesPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sort.SliceStable(certs, func(i, j int) bool { return certs[i].NotAfter.Before(certs[j].NotAfter) })
-	v := certsView{Certs: certs}
+	v := certsView{Count: len(certs)}
 	for _, ct := range certs {
 		if ct.Due {
 			v.Due++
 		}
 	}
+	v.Certs, v.Filter.Paging = paginate(r, certs, func(ct Certificate) []string { return []string{ct.Serial, ct.CommonName, ct.Kind, ct.IssuerKeyID} }, "page")
+	v.Filter.Path, v.Filter.Placeholder = pathCertificates, "serial, name, kind, issuer key"
 	c.render(w, r, http.StatusOK, "certificates", "Certificates", pathCertificates, v)
 }
 
