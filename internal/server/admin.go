@@ -35,7 +35,7 @@ import (
 // certificate on the mTLS listener.
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { s.health(w, r, nil) })
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { s.healthAnswer(w, r, true) })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /admin/entities", s.listEntities)
 	mux.HandleFunc("POST /admin/entities", s.registerEntity)

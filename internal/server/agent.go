@@ -356,7 +356,15 @@ func (s *Server) listAgents(w http.ResponseWriter, r *http.Request, _ *trust.Pee
 // health answers GET /health: "healthy", or "degraded" with what is (a
 // trust backend refusing its stale anchors), still 200 because the rest
 // of meshd serves, and an agent that is not concerned must not stop.
-func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *trust.Peer) {
+func (s *Server) health(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+	s.healthAnswer(w, r, peer != nil)
+}
+
+// healthAnswer is GET|HEAD /health. What degrades meshd (which trust
+// backend went stale, why) is listed only to a caller whose certificate
+// a trust backend verified, or on the admin surface (detail): a caller
+// without one (TLS auto or off) learns the status alone.
+func (s *Server) healthAnswer(w http.ResponseWriter, r *http.Request, detail bool) {
 	up := int64(s.cfg.Now().Sub(s.started).Seconds())
 	status, degraded := "healthy", []meshapi.Degradation(nil)
 	if s.degraded != nil {
@@ -372,7 +380,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request, _ *trust.Peer) {
 		return
 	}
 	body := map[string]any{"service": "meshd", "status": status, "version": version, "uptime_seconds": up, "timestamp": now(s)}
-	if len(degraded) > 0 {
+	if len(degraded) > 0 && detail {
 		body["degraded"] = degraded
 	}
 	writeJSON(w, http.StatusOK, body)

@@ -105,7 +105,9 @@ func TestE2ESPIREStale(t *testing.T) {
 	wl.SetSVID(spiffeid.RequireFromPath(meshTD, "/meshd"))
 	wl.AddFederatedBundle(partnerTD)
 	backoff := spiffetest.NewBackoff()
-	e := newEnv(t, envOptions{mode: server.TLSStrict, backends: []string{"localca", "spire"},
+	// auto: a caller without a certificate reaches /health too, and
+	// learns the status but not what degrades it.
+	e := newEnv(t, envOptions{mode: server.TLSAuto, backends: []string{"localca", "spire"},
 		configure: func(c *meshd.Config) {
 			c.SPIRE = meshd.SPIREConfig{Socket: wl.SocketPath(), Federated: []spiffeid.TrustDomain{partnerTD},
 				Entities: map[spiffeid.TrustDomain]string{partnerTD: "partner"}, ClientOptions: backoff.ClientOptions(),
@@ -137,6 +139,12 @@ func TestE2ESPIREStale(t *testing.T) {
 	}
 	if status, reasons := e.health(observer); status != "degraded" || len(reasons) != 1 || reasons[0] != "trust backend spire: stale_trust" {
 		t.Errorf("GET /health while stale: %s %v, want degraded [trust backend spire: stale_trust]", status, reasons)
+	}
+	if r := e.do(e.freshClient(nil), "GET", "/health", nil); r.code != http.StatusOK || r.json(t)["status"] != "degraded" || r.json(t)["degraded"] != nil {
+		t.Errorf("GET /health without a certificate while stale: %s, want degraded and not why", r)
+	}
+	if r := e.adminDo("GET", "/health", nil); !strings.Contains(string(r.body), "stale_trust") {
+		t.Errorf("GET /health on the admin socket while stale: %s, want what degrades meshd", r)
 	}
 	if r := e.do(observer, "POST", "/heartbeat", heartbeat("observer", 9400)); r.code != http.StatusOK {
 		t.Errorf("the mesh CA's agent while the spire bundles are stale: %s", r)
