@@ -153,14 +153,18 @@ func (c Config) trustDomain() (spiffeid.TrustDomain, error) {
 }
 
 // Paths of the files the CA keeps.
-func (c Config) rootCertPath() string       { return filepath.Join(c.RootDir, "ca.crt") }
-func (c Config) rootKeyPath() string        { return filepath.Join(c.RootDir, "ca.key") }
-func (c Config) intDir() string             { return filepath.Join(c.Dir, "intermediate") }
-func (c Config) intKeysDir() string         { return filepath.Join(c.intDir(), "keys") }
-func (c Config) statePath() string          { return filepath.Join(c.intDir(), "state.json") }
-func (c Config) rootCopyPath() string       { return filepath.Join(c.intDir(), "root.crt") }
-func (c Config) activeCertPath() string     { return filepath.Join(c.intDir(), "int.crt") }
-func (c Config) activeKeyPath() string      { return filepath.Join(c.intDir(), "int.key") }
+func (c Config) rootCertPath() string   { return filepath.Join(c.RootDir, "ca.crt") }
+func (c Config) rootKeyPath() string    { return filepath.Join(c.RootDir, "ca.key") }
+func (c Config) intDir() string         { return filepath.Join(c.Dir, "intermediate") }
+func (c Config) intKeysDir() string     { return filepath.Join(c.intDir(), "keys") }
+func (c Config) statePath() string      { return filepath.Join(c.intDir(), "state.json") }
+func (c Config) rootCopyPath() string   { return filepath.Join(c.intDir(), "root.crt") }
+func (c Config) activeCertPath() string { return filepath.Join(c.intDir(), "int.crt") }
+func (c Config) activeKeyPath() string  { return filepath.Join(c.intDir(), "int.key") }
+
+// Base paths of the CA's own keys (see saveCAKey).
+func (c Config) rootKeyBase() string        { return filepath.Join(c.RootDir, "ca") }
+func (c Config) activeKeyBase() string      { return filepath.Join(c.intDir(), "int") }
 func (c Config) lockPath() string           { return filepath.Join(c.Dir, ".lock") }
 func (c Config) issuedPath(n string) string { return filepath.Join(c.Dir, "issued", n) }
 

@@ -8,6 +8,8 @@ import (
 	"crypto/rsa"
 	"fmt"
 	"io"
+
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // KeyType names a private key algorithm the CA can generate.
@@ -63,3 +65,27 @@ func publicKeyEqual(a, b crypto.PublicKey) bool {
 	e, ok := a.(equaler)
 	return ok && e.Equal(b)
 }
+
+// The CA's own keys (the root's and every intermediate's) are named by a
+// base path, the path of their file without its extension: the root's is
+// <root-dir>/ca, an intermediate's <ca-dir>/intermediate/keys/<id>, the
+// active one's copy <ca-dir>/intermediate/int. Every read, write and
+// generation of a CA key goes through newCAKey, saveCAKey and loadCAKey,
+// so where keys live (a file base+".key" today) is decided in one place.
+
+// newCAKey generates the key of a new CA certificate (root or
+// intermediate), of cfg.KeyType.
+func newCAKey(cfg Config) (crypto.Signer, error) { return GenerateKey(cfg.KeyType, cfg.Rand) }
+
+// saveCAKey records key under base so that loadCAKey(cfg, base) returns it.
+func saveCAKey(cfg Config, base string, key crypto.Signer) error {
+	return pemfile.WriteKey(base+".key", key)
+}
+
+// loadCAKey returns the CA key recorded under base.
+func loadCAKey(cfg Config, base string) (crypto.Signer, error) {
+	return pemfile.ReadKey(base + ".key")
+}
+
+// caKeyExists reports whether a CA key is recorded under base.
+func caKeyExists(cfg Config, base string) bool { return pemfile.Exists(base + ".key") }

@@ -39,7 +39,7 @@ func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, e
 		audit(ctx, cfg, st, "ca.init", "", err)
 		return nil, err
 	}
-	key, err := GenerateKey(cfg.KeyType, cfg.Rand)
+	key, err := newCAKey(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +59,7 @@ func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, e
 	}
 	// The key lands first: a crash in between leaves a key without a
 	// certificate, which Init refuses to overwrite rather than lose.
-	if err := pemfile.WriteKey(cfg.rootKeyPath(), key); err != nil {
+	if err := saveCAKey(cfg, cfg.rootKeyBase(), key); err != nil {
 		return nil, err
 	}
 	if err := pemfile.WriteAtomic(cfg.rootCertPath(), pemfile.EncodeCerts(cert), 0o644); err != nil {
@@ -236,7 +236,7 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 		}
 		return nil, err
 	}
-	rootKey, err := pemfile.ReadKey(cfg.rootKeyPath())
+	rootKey, err := loadCAKey(cfg, cfg.rootKeyBase())
 	if err != nil {
 		return nil, fmt.Errorf("the root key is needed to sign an intermediate: %w", err)
 	}
@@ -250,7 +250,7 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 		return nil, err
 	}
 	cfg.step("generating the intermediate's key")
-	key, err := GenerateKey(cfg.KeyType, cfg.Rand)
+	key, err := newCAKey(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -276,7 +276,7 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 	}
 	cfg.step("writing the intermediate and recording it in the store")
 	id := keyID(cert)
-	if err := pemfile.WriteKey(filepath.Join(cfg.intKeysDir(), id+".key"), key); err != nil {
+	if err := saveCAKey(cfg, filepath.Join(cfg.intKeysDir(), id), key); err != nil {
 		return nil, err
 	}
 	if err := pemfile.WriteAtomic(filepath.Join(cfg.intKeysDir(), id+".crt"), pemfile.EncodeCerts(cert), 0o644); err != nil {
@@ -303,7 +303,7 @@ func publish(cfg Config, s intState) error {
 	if err != nil {
 		return err
 	}
-	if err := pemfile.WriteKey(cfg.activeKeyPath(), activeKey); err != nil {
+	if err := saveCAKey(cfg, cfg.activeKeyBase(), activeKey); err != nil {
 		return err
 	}
 	if err := pemfile.WriteAtomic(cfg.activeCertPath(), pemfile.EncodeCerts(active), 0o644); err != nil {
@@ -346,7 +346,7 @@ func loadIntermediate(cfg Config, id string) (*x509.Certificate, crypto.Signer, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("intermediate %s: %w", id, err)
 	}
-	key, err := pemfile.ReadKey(filepath.Join(cfg.intKeysDir(), id+".key"))
+	key, err := loadCAKey(cfg, filepath.Join(cfg.intKeysDir(), id))
 	if err != nil {
 		return nil, nil, fmt.Errorf("intermediate %s: %w", id, err)
 	}
