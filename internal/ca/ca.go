@@ -33,6 +33,9 @@ type CA struct {
 	prepared *issuer            // nil when the prepared slot is empty
 	issuers  map[string]*issuer // every live intermediate, by key id
 	chainPEM []byte
+	// tainted holds the intermediates marked tainted, by key id, with
+	// when (guarded by mu); see TaintedIssuers.
+	tainted map[string]time.Time
 
 	// What this process last wrote to crl.pem (guarded by crlMu): its
 	// this-update, and the newest revocation Seq it lists. Lock order: mu

@@ -15,3 +15,16 @@ func (c *CA) RenewAt(issuerKeyID, serial string, notBefore, notAfter time.Time) 
 	}
 	return at
 }
+
+// TaintedIssuers returns the intermediates an operator marked tainted
+// (`meshctl ca rotate-intermediate taint`), by key id, with when: every
+// leaf they signed is to be renewed now, on the schedule RenewAt gives.
+func (c *CA) TaintedIssuers() map[string]time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]time.Time, len(c.tainted))
+	for id, at := range c.tainted {
+		out[id] = at
+	}
+	return out
+}
