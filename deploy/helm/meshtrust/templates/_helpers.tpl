@@ -51,3 +51,13 @@ seccompProfile:
 {{- define "meshtrust.tlsFiles" -}}
 {{- if and (ne .Values.mesh.tls.mode "off") (not .Values.mesh.trust.spire.serveSVID) -}}true{{- end -}}
 {{- end -}}
+
+{{/* A label selector of meshd's pods alone: the agent's pods carry the chart's selector labels too. */}}
+{{- define "meshtrust.meshdPods" -}}
+matchLabels:
+  {{- include "meshtrust.selector" . | nindent 2 }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: NotIn
+    values: [agent]
+{{- end -}}
