@@ -332,6 +332,18 @@ type Store interface {
 	// its event and a in one transaction.
 	PutPolicy(ctx context.Context, p Policy, a AuditEntry) error
 
+	// The CA's intermediates (CAState).
+
+	// CAState returns the CA's state, or an error wrapping ErrNotFound
+	// when none was written.
+	CAState(ctx context.Context) (CAState, error)
+	// PutCAState writes s as the CA's state if the stored one is still at
+	// version prev (0: none stored), with the event e (its Time set from
+	// a.Time) and a in the same transaction, and returns the new version.
+	// It writes nothing and returns ErrConflict when another writer got
+	// there first, so two processes rotating at once cannot both win.
+	PutCAState(ctx context.Context, s CAState, prev int64, e Event, a AuditEntry) (int64, error)
+
 	// Close waits for pending writes and releases the store.
 	Close() error
 }

@@ -197,6 +197,9 @@ type writeStmts struct {
 
 	putPolicy *sql.Stmt
 
+	insertCAState *sql.Stmt
+	updateCAState *sql.Stmt
+
 	insertToken *sql.Stmt
 	token       *sql.Stmt
 	useToken    *sql.Stmt
@@ -265,6 +268,13 @@ func prepareWriteStmts(ctx context.Context, d dialect, db *sql.DB) (*writeStmts,
 			WHERE ? OR entities.revoked_at IS NOT NULL`},
 		{&st.putPolicy, `INSERT INTO policies (name, document, updated_at) VALUES (?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET document = excluded.document, updated_at = excluded.updated_at`},
+		// The CA state's compare-and-set (PutCAState): the first write
+		// inserts version 1 unless a row exists; every later one moves
+		// the version on from the one the writer read, or changes no row.
+		{&st.insertCAState, `INSERT INTO ca_state (id, version, document, updated_at) VALUES (1, 1, ?, ?)
+			ON CONFLICT (id) DO NOTHING`},
+		{&st.updateCAState, `UPDATE ca_state SET version = version + 1, document = ?, updated_at = ?
+			WHERE id = 1 AND version = ?`},
 		// A second revocation keeps the time of the first.
 		{&st.revokeEntity, `UPDATE entities SET revoked_at = coalesce(revoked_at, ?) WHERE name = ?`},
 		// An event for the entity named by the second argument, at the

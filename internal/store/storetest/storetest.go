@@ -93,6 +93,9 @@ func Run(t *testing.T, open Opener) {
 		{"ExclusiveCert", testExclusiveCert},
 		{"AgentClaim", testAgentClaim},
 		{"AgentOwnership", testAgentOwnership},
+
+		{"CAState", testCAState},
+		{"CAStateRace", testCAStateRace},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open) })
@@ -670,6 +673,8 @@ func testClosed(t *testing.T, open Opener) {
 		{"NextCRLNumber", func() error { _, err := s.NextCRLNumber(ctx, "aa01"); return err }},
 		{"Append", func() error { return s.Append(ctx, issueEntry(c)) }},
 		{"AuditLog", func() error { _, err := s.AuditLog(ctx); return err }},
+		{"CAState", func() error { _, err := s.CAState(ctx); return err }},
+		{"PutCAState", func() error { _, err := s.PutCAState(ctx, caState(1), 0, caEvent("a0"), caEntry("issue")); return err }},
 		{"Close", s.Close},
 	}
 	checkCalls(t, "after Close", store.ErrClosed, calls)
