@@ -344,6 +344,15 @@ type Store interface {
 	// there first, so two processes rotating at once cannot both win.
 	PutCAState(ctx context.Context, s CAState, prev int64, e Event, a AuditEntry) (int64, error)
 
+	// ID returns the store's identity, 32 lowercase hex digits: random,
+	// made once with the schema and never changed, read once when the
+	// store opens. Every process that opens this database reads the same
+	// id, any other database (another file, another PostgreSQL database
+	// or schema) has another, and a restored backup keeps it. A CA
+	// directory records it (package store/database) to tell its store
+	// from any other, whatever path or URL names it. It is not a secret.
+	ID() string
+
 	// Close waits for pending writes and releases the store.
 	Close() error
 }

@@ -39,6 +39,9 @@ type dialect interface {
 	beginMigration(ctx context.Context, tx *sql.Tx) error
 	// schemaVersionDDL creates the table of applied migrations.
 	schemaVersionDDL() string
+	// hasTable is a query of one boolean row: whether the table named by
+	// its one parameter exists (in the search path, on PostgreSQL).
+	hasTable() string
 }
 
 // conflict is the uniqueness constraint a write violated.

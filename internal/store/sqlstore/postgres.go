@@ -127,6 +127,10 @@ func (postgresDialect) schemaVersionDDL() string {
 	)`
 }
 
+func (postgresDialect) hasTable() string {
+	return `SELECT to_regclass($1) IS NOT NULL`
+}
+
 // OpenPostgres connects to the PostgreSQL database of dsn (a postgres://
 // URL or a libpq key=value string) and brings its schema up to date. It
 // fails with an error wrapping ErrSchemaTooNew if the schema was written
@@ -153,6 +157,11 @@ func OpenPostgres(ctx context.Context, dsn string, opts ...Option) (*Store, erro
 		rdb.Close()
 		wdb.Close()
 		return nil, fmt.Errorf("postgres: connect to %s: %w", where, d.classify(err))
+	}
+	if err := checkID(ctx, d, wdb, where, o.expectID); err != nil {
+		rdb.Close()
+		wdb.Close()
+		return nil, err
 	}
 	if err := migrate(ctx, d, wdb, where, o.now); err != nil {
 		rdb.Close()

@@ -246,7 +246,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 		DROP TABLE revoked_identities; DROP TABLE blocked_keys;
 		DROP INDEX certs_key_hash; ALTER TABLE certs DROP COLUMN key_hash; ALTER TABLE certs DROP COLUMN authorized_by;
 		DROP INDEX certs_agent_names; ALTER TABLE certs DROP COLUMN agent_node;
-		DROP TABLE entities; DROP TABLE agents; DROP TABLE policies; DROP TABLE ca_state;
+		DROP TABLE entities; DROP TABLE agents; DROP TABLE policies; DROP TABLE ca_state; DROP TABLE store_identity;
 		DELETE FROM schema_version WHERE version > 1`); err != nil {
 		t.Fatal(err)
 	}

@@ -75,6 +75,10 @@ func (sqliteDialect) schemaVersionDDL() string {
 	) STRICT`
 }
 
+func (sqliteDialect) hasTable() string {
+	return `SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?`
+}
+
 // OpenSQLite opens the store in the SQLite file at path, creating the file
 // with mode 0600 if it does not exist and bringing its schema up to date.
 // The directory that holds path must exist. It fails with an error
@@ -90,7 +94,13 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*Store, error
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
-	if err := createFile(abs); err != nil {
+	if o.expectID != "" {
+		// The store expected is there or nowhere: a new file would be
+		// another store.
+		if _, err := os.Stat(abs); err != nil {
+			return nil, fmt.Errorf("sqlite: open %s, expected to hold store %s: %w", abs, o.expectID, err)
+		}
+	} else if err := createFile(abs); err != nil {
 		return nil, err
 	}
 
@@ -117,6 +127,10 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*Store, error
 	if err := checkWriteConn(ctx, wdb); err != nil {
 		wdb.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
+	}
+	if err := checkID(ctx, d, wdb, abs, o.expectID); err != nil {
+		wdb.Close()
+		return nil, err
 	}
 	if err := migrate(ctx, d, wdb, abs, o.now); err != nil {
 		wdb.Close()

@@ -63,6 +63,9 @@ type options struct {
 	logger *slog.Logger
 	// listen starts PostgreSQL's LISTEN connection behind Wake.
 	listen bool
+	// expectID, if set, is the only store id the open accepts
+	// (ExpectID).
+	expectID string
 	// beforeBatch, if set, runs in the writer after it has taken the first
 	// request of a batch and before it collects the rest. Tests set it
 	// (export_test.go) to build batches deterministically.
@@ -104,6 +107,8 @@ type Store struct {
 	// where names the database in errors (a path, or user@host:port/db
 	// without a password).
 	where string
+	// id is the store's id, read once at open (ID).
+	id string
 
 	// wdb holds the one write connection; only the writer goroutine uses
 	// it once the store is open.
@@ -148,6 +153,12 @@ func start(ctx context.Context, d dialect, where string, wdb, rdb *sql.DB, o opt
 		wdb.Close()
 		return nil, fmt.Errorf("%s: open %s: %w", d.name(), where, d.classify(err))
 	}
+	id, err := readID(ctx, d, wdb, where)
+	if err != nil {
+		rdb.Close()
+		wdb.Close()
+		return nil, err
+	}
 	stmts, err := prepareWriteStmts(ctx, d, wdb)
 	if err != nil {
 		return fail(err)
@@ -163,6 +174,7 @@ func start(ctx context.Context, d dialect, where string, wdb, rdb *sql.DB, o opt
 		d:             d,
 		now:           o.now,
 		where:         where,
+		id:            id,
 		wdb:           wdb,
 		stmts:         stmts,
 		rdb:           rdb,

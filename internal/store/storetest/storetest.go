@@ -96,6 +96,7 @@ func Run(t *testing.T, open Opener) {
 
 		{"CAState", testCAState},
 		{"CAStateRace", testCAStateRace},
+		{"StoreID", testStoreID},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.run(t, open) })

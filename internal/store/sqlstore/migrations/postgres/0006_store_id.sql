@@ -1,0 +1,17 @@
+-- The store's identity: a random id made once, with the schema, and never
+-- changed. A CA directory records it (store.json) so that a command which
+-- opens a store for that directory can tell the store the directory
+-- belongs to from any other, whatever host name or URL reaches it. It is
+-- not a secret: it grants nothing, it only tells stores apart.
+CREATE TABLE store_identity (
+	one INTEGER NOT NULL PRIMARY KEY CHECK (one = 1),
+	id  TEXT    NOT NULL CHECK (length(id) = 32)
+);
+INSERT INTO store_identity (one, id) VALUES (1, replace(gen_random_uuid()::text, '-', ''));
+CREATE FUNCTION store_identity_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE EXCEPTION 'the store id never changes';
+END;
+$$;
+CREATE TRIGGER store_identity_fixed BEFORE UPDATE OR DELETE ON store_identity
+	FOR EACH ROW EXECUTE FUNCTION store_identity_fixed();
