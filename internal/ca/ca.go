@@ -1,13 +1,13 @@
 package ca
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,7 +31,9 @@ type CA struct {
 	mu       sync.RWMutex
 	active   *issuer
 	prepared *issuer            // nil when the prepared slot is empty
-	issuers  map[string]*issuer // every live intermediate, by key id
+	issuers  map[string]*issuer // every live intermediate whose key is here, by key id
+	// trusted is every intermediate that is not revoked, key or no key.
+	trusted  []*x509.Certificate
 	chainPEM []byte
 	// tainted holds the intermediates marked tainted, by key id, with
 	// when (guarded by mu); see TaintedIssuers.
@@ -67,53 +69,84 @@ func Open(ctx context.Context, cfg Config, st store.Store) (*CA, error) {
 	return c, nil
 }
 
-// Reload rereads the intermediates from disk, picking up a rotation done by
-// another process.
+// Reload rereads the intermediates from the store, picking up a rotation
+// done by another process (a replica, meshctl), and brings the CA
+// directory's derived files up to date with them.
 func (c *CA) Reload(ctx context.Context) error {
-	s, err := readState(c.cfg)
+	s, err := loadState(ctx, c.cfg, c.store)
 	if err != nil {
 		return err
 	}
 	td, err := spiffeid.TrustDomainFromString(s.TrustDomain)
 	if err != nil {
-		return fmt.Errorf("%s: trust domain: %w", c.cfg.statePath(), err)
+		return fmt.Errorf("the store's CA state: trust domain: %w", err)
 	}
 	root, err := pemfile.ReadCert(c.cfg.rootCopyPath())
 	if err != nil {
 		return err
 	}
+	activeKeyID := activeID(s)
+	if activeKeyID == "" {
+		return fmt.Errorf("%w: the store's CA state has no active intermediate", ErrNotInitialized)
+	}
 	issuers := make(map[string]*issuer)
+	var trusted []*x509.Certificate
+	tainted := make(map[string]time.Time)
 	for _, id := range liveIDs(s) {
-		cert, key, err := loadIntermediate(c.cfg, id)
+		in, _ := s.Intermediate(id)
+		cert, err := x509.ParseCertificate(in.CertDER)
 		if err != nil {
-			if id == s.Active {
-				return err
+			return fmt.Errorf("intermediate %s in the store: %w", id, err)
+		}
+		// The store alone vouches for no intermediate: one is trusted only
+		// if this CA directory's root (intermediate/root.crt) signed it,
+		// and only under its own subject key id, the lowercase hex string
+		// leaves record as their IssuerKeyID.
+		if keyID(cert) != id {
+			return fmt.Errorf("intermediate %s in the store: its certificate's key id is %s", id, keyID(cert))
+		}
+		if err := cert.CheckSignatureFrom(root); err != nil {
+			return fmt.Errorf("intermediate %s in the store is not signed by the root %s (is the store another CA's?): %w", id, c.cfg.rootCopyPath(), err)
+		}
+		trusted = append(trusted, cert)
+		if !in.TaintedAt.IsZero() {
+			tainted[id] = in.TaintedAt
+		}
+		// A key on a token is found through its reference file, which
+		// the state carries for a replica that has not seen it yet.
+		if err := materialise(c.cfg, in); err != nil {
+			return err
+		}
+		_, key, err := loadIntermediate(c.cfg, id)
+		if err != nil {
+			if id == activeKeyID {
+				return keyHint(c.cfg, in, err)
 			}
-			continue // a retired intermediate whose key is gone can no longer sign CRLs
+			continue // an intermediate whose key is not here signs no CRL from this process
 		}
 		issuers[id] = &issuer{id: id, cert: cert, key: key}
 	}
-	active := issuers[s.Active]
+	active := issuers[activeKeyID]
 	// int.key is the copy of the active key operators see first; a mode
 	// that lets others read it exposes the key as surely as on the original.
 	if _, err := pemfile.ReadKey(c.cfg.activeKeyPath()); errors.Is(err, ErrKeyPermissions) {
 		return err
 	}
-	// Repair the derived files if a crash interrupted their rewrite.
-	if cur, err := pemfile.ReadCert(c.cfg.activeCertPath()); err != nil || !bytes.Equal(cur.Raw, active.cert.Raw) {
-		if err := publish(c.cfg, s); err != nil {
-			return err
-		}
+	// Bring the derived files up to date: after a change made by another
+	// process, or a crash that interrupted their rewrite.
+	if err := publish(c.cfg, s); err != nil {
+		return err
 	}
 	chain, err := os.ReadFile(c.cfg.ChainPath())
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.td, c.root, c.active, c.issuers, c.chainPEM = td, root, active, issuers, chain
+	c.td, c.root, c.active, c.issuers, c.trusted, c.chainPEM = td, root, active, issuers, trusted, chain
+	c.tainted = tainted
 	c.prepared = nil
-	if s.Prepared != "" {
-		c.prepared = issuers[s.Prepared]
+	if id := s.InSlot(SlotPrepared); id != "" {
+		c.prepared = issuers[id]
 	}
 	c.mu.Unlock()
 	return nil
@@ -137,15 +170,12 @@ func (c *CA) Root() *x509.Certificate {
 	return c.root
 }
 
-// Intermediates returns every live intermediate certificate.
+// Intermediates returns every live intermediate certificate: every one
+// the CA's state lists that is not revoked, active first.
 func (c *CA) Intermediates() []*x509.Certificate {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	out := make([]*x509.Certificate, 0, len(c.issuers))
-	for _, is := range c.issuers {
-		out = append(out, is.cert)
-	}
-	return out
+	return slices.Clone(c.trusted)
 }
 
 // ChainPEM returns the active intermediate followed by the root.

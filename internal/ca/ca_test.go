@@ -583,9 +583,17 @@ func TestOpenRefusesUnsafeIntermediateKey(t *testing.T) {
 			}
 		}, ca.ErrKeyMissing, "does not exist"},
 		{"no intermediate", func(t *testing.T, f *fixture) {
+			// Neither a store that holds the CA's state nor a state.json
+			// to import it from.
 			if err := os.Remove(f.statePath()); err != nil {
 				t.Fatal(err)
 			}
+			st, err := sqlstore.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "empty.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			f.store = st
 		}, ca.ErrNotInitialized, "issue-intermediate"},
 	}
 	for _, tc := range cases {

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -248,31 +249,34 @@ func signCheckpoint(rand io.Reader, key crypto.Signer, cp Checkpoint) ([]byte, e
 }
 
 // CheckpointSigners returns the certificates of the intermediates that may
-// have signed the CA's checkpoints: every one state.json lists (active,
-// prepared or retired, expired or not) whose certificate is in the keys
-// directory and signed by the CA's root. It reads no private key, and
-// changes nothing on disk.
+// have signed the CA's checkpoints: every one in the keys directory
+// (active, prepared, retired or revoked, expired or not; the CA writes
+// every intermediate of its state there) that the CA's root signed. The
+// root alone vouches for them, so a certificate someone dropped there is
+// ignored unless the root signed it. It reads no private key, and changes
+// nothing on disk.
 func CheckpointSigners(cfg Config) ([]*x509.Certificate, error) {
 	cfg = cfg.withDefaults()
-	s, err := readState(cfg)
-	if err != nil {
-		return nil, err
-	}
 	root, err := pemfile.ReadCert(cfg.rootCopyPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no intermediate in %s (run `meshctl ca issue-intermediate`)", ErrNotInitialized, cfg.Dir)
+	}
 	if err != nil {
 		return nil, err
 	}
+	paths, err := filepath.Glob(filepath.Join(cfg.intKeysDir(), "*.crt"))
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(paths)
 	var out []*x509.Certificate
-	for _, id := range liveIDs(s) {
-		cert, err := pemfile.ReadCert(filepath.Join(cfg.intKeysDir(), id+".crt"))
-		if errors.Is(err, os.ErrNotExist) {
-			continue // its checkpoints, if any, are reported as signed by an unknown key
-		}
+	for _, p := range paths {
+		cert, err := pemfile.ReadCert(p)
 		if err != nil {
-			return nil, fmt.Errorf("intermediate %s: %w", id, err)
+			return nil, fmt.Errorf("intermediate %s: %w", p, err)
 		}
-		if err := cert.CheckSignatureFrom(root); err != nil {
-			return nil, fmt.Errorf("intermediate %s is not signed by the root %s: %w", id, cfg.rootCopyPath(), err)
+		if cert.CheckSignatureFrom(root) != nil {
+			continue
 		}
 		out = append(out, cert)
 	}

@@ -8,12 +8,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"golang.org/x/crypto/cryptobyte"
@@ -69,65 +69,34 @@ func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, e
 	return cert, nil
 }
 
-// intState records which intermediates exist and which one signs. It is
-// the single source of truth; int.crt, int.key, chain.pem and bundle.pem
-// are derived from it and rewritten whenever it changes.
-type intState struct {
-	TrustDomain string   `json:"trust_domain"`
-	Active      string   `json:"active"`
-	Prepared    string   `json:"prepared,omitempty"`
-	Retired     []string `json:"retired,omitempty"`
-}
-
-func readState(cfg Config) (intState, error) {
-	var s intState
-	data, err := os.ReadFile(cfg.statePath())
-	if errors.Is(err, os.ErrNotExist) {
-		return s, fmt.Errorf("%w: no intermediate in %s (run `meshctl ca issue-intermediate`)", ErrNotInitialized, cfg.Dir)
-	}
-	if err != nil {
-		return s, err
-	}
-	if err := json.Unmarshal(data, &s); err != nil {
-		return s, fmt.Errorf("%s: %w", cfg.statePath(), err)
-	}
-	return s, nil
-}
-
-func writeState(cfg Config, s intState) error {
-	data, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
-	return pemfile.WriteAtomic(cfg.statePath(), append(data, '\n'), 0o600)
-}
-
 // IssueIntermediate creates the first intermediate, signed by the root. It
 // is the only operation besides PrepareIntermediate that needs the root
 // key; afterwards the root directory can go offline.
 func IssueIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
 	cfg = cfg.withDefaults()
-	if s, err := readState(cfg); err == nil && s.Active != "" {
+	s, err := loadState(ctx, cfg, st)
+	switch {
+	case err == nil:
 		err := fmt.Errorf("%w: %s already has an active intermediate; use `meshctl ca rotate-intermediate prepare` to replace it", ErrExists, cfg.Dir)
 		audit(ctx, cfg, st, "ca.issue-intermediate", "", err)
+		return nil, err
+	case !errors.Is(err, ErrNotInitialized):
 		return nil, err
 	}
 	if _, err := cfg.trustDomain(); err != nil {
 		return nil, fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
 	}
-	cert, err := newIntermediate(ctx, cfg, st)
+	cert, ref, err := newIntermediate(ctx, cfg, st)
 	if err != nil {
 		audit(ctx, cfg, st, "ca.issue-intermediate", "", err)
 		return nil, err
 	}
-	s := intState{TrustDomain: cfg.TrustDomain, Active: keyID(cert)}
-	if err := writeState(cfg, s); err != nil {
+	s = store.CAState{TrustDomain: cfg.TrustDomain, Intermediates: []store.CAIntermediate{
+		{KeyID: keyID(cert), CertDER: cert.Raw, Slot: SlotActive, KeyRef: ref},
+	}}
+	if _, err := saveState(ctx, cfg, st, s, "ca.issue-intermediate", cert, "active "+keyID(cert)); err != nil {
 		return nil, err
 	}
-	if err := publish(cfg, s); err != nil {
-		return nil, err
-	}
-	auditRotation(ctx, cfg, st, "ca.issue-intermediate", cert, "active "+keyID(cert))
 	return cert, publishCRL(ctx, cfg, st)
 }
 
@@ -136,30 +105,26 @@ func IssueIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.C
 // learn the new one before any leaf depends on it.
 func PrepareIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
 	cfg = cfg.withDefaults()
-	s, err := readState(cfg)
+	s, err := loadState(ctx, cfg, st)
 	if err != nil {
 		return nil, err
 	}
-	if s.Prepared != "" {
-		err := fmt.Errorf("%w: intermediate %s is already prepared; activate it with `meshctl ca rotate-intermediate activate`", ErrExists, s.Prepared)
+	if id := s.InSlot(SlotPrepared); id != "" {
+		err := fmt.Errorf("%w: intermediate %s is already prepared; activate it with `meshctl ca rotate-intermediate activate`", ErrExists, id)
 		audit(ctx, cfg, st, "ca.rotate-intermediate.prepare", "", err)
 		return nil, err
 	}
 	cfg.TrustDomain = s.TrustDomain
-	cert, err := newIntermediate(ctx, cfg, st)
+	cert, ref, err := newIntermediate(ctx, cfg, st)
 	if err != nil {
 		audit(ctx, cfg, st, "ca.rotate-intermediate.prepare", "", err)
 		return nil, err
 	}
-	s.Prepared = keyID(cert)
+	s.Intermediates = append(slices.Clone(s.Intermediates), store.CAIntermediate{KeyID: keyID(cert), CertDER: cert.Raw, Slot: SlotPrepared, KeyRef: ref})
 	cfg.step("publishing the bundle with both intermediates")
-	if err := writeState(cfg, s); err != nil {
+	if _, err := saveState(ctx, cfg, st, s, "ca.rotate-intermediate.prepare", cert, "prepared "+keyID(cert)); err != nil {
 		return nil, err
 	}
-	if err := publish(cfg, s); err != nil {
-		return nil, err
-	}
-	auditRotation(ctx, cfg, st, "ca.rotate-intermediate.prepare", cert, "prepared "+s.Prepared)
 	return cert, publishCRL(ctx, cfg, st)
 }
 
@@ -168,47 +133,55 @@ func PrepareIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509
 // It does not need the root key.
 func ActivateIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
 	cfg = cfg.withDefaults()
-	s, err := readState(cfg)
+	s, err := loadState(ctx, cfg, st)
 	if err != nil {
 		return nil, err
 	}
-	if s.Prepared == "" {
+	prepared := s.InSlot(SlotPrepared)
+	if prepared == "" {
 		err := fmt.Errorf("%w: run `meshctl ca rotate-intermediate prepare` first", ErrNoPrepared)
 		audit(ctx, cfg, st, "ca.rotate-intermediate.activate", "", err)
 		return nil, err
 	}
-	cert, _, err := loadIntermediate(cfg, s.Prepared)
-	if err != nil {
+	in, _ := s.Intermediate(prepared)
+	if err := materialise(cfg, in); err != nil {
 		return nil, err
+	}
+	cert, _, err := loadIntermediate(cfg, prepared)
+	if err != nil {
+		return nil, keyHint(cfg, in, err)
 	}
 	cfg.step("making the prepared intermediate the signing one")
-	s.Retired = append(s.Retired, s.Active)
-	s.Active, s.Prepared = s.Prepared, ""
-	if err := writeState(cfg, s); err != nil {
+	old := activeID(s)
+	s = setActive(s, prepared)
+	if _, err := saveState(ctx, cfg, st, s, "ca.rotate-intermediate.activate", cert, "active "+prepared+", retired "+old); err != nil {
 		return nil, err
 	}
-	if err := publish(cfg, s); err != nil {
-		return nil, err
-	}
-	auditRotation(ctx, cfg, st, "ca.rotate-intermediate.activate", cert, "active "+s.Active+", retired "+s.Retired[len(s.Retired)-1])
 	return cert, publishCRL(ctx, cfg, st)
 }
 
-// auditRotation records a change of the live intermediates: an audit entry
-// and, in the same transaction, a ca.rotated event, on which a running
-// meshd reloads the CA (signing, anchors, bundle, CRLs). Every store
-// records events (store.Store.AppendEvent), so processes with the CA open
-// (meshd, its replicas) follow the change; should the write fail, the
-// audit entry alone is tried.
-func auditRotation(ctx context.Context, cfg Config, st store.Store, action string, cert *x509.Certificate, detail string) {
-	if st == nil {
-		return
+// setActive returns s with id active and the active one before it
+// retired; the prepared slot is emptied only if id was in it.
+func setActive(s store.CAState, id string) store.CAState {
+	s.Intermediates = slices.Clone(s.Intermediates)
+	for i, in := range s.Intermediates {
+		switch {
+		case in.KeyID == id:
+			s.Intermediates[i].Slot = SlotActive
+		case in.Slot == SlotActive:
+			s.Intermediates[i].Slot = SlotRetired
+		}
 	}
-	a := store.AuditEntry{Time: cfg.Now(), Action: action, Identity: cert.Subject.CommonName, Outcome: store.OutcomeOK, Detail: detail}
-	if _, err := st.AppendEvent(ctx, store.Event{Kind: store.EventCARotated, IssuerKeyID: keyID(cert), Time: a.Time}, a); err == nil {
-		return
+	return s
+}
+
+// keyHint explains a key of intermediate in that this CA directory
+// cannot load: a file key lives only in the CA directory that made it.
+func keyHint(cfg Config, in store.CAIntermediate, err error) error {
+	if len(in.KeyRef) == 0 && !caKeyExists(cfg, filepath.Join(cfg.intKeysDir(), in.KeyID)) {
+		return fmt.Errorf("%w; the key of intermediate %s is a file that only the CA directory which made it holds: copy that CA directory's intermediate/keys/%s.key here (0600), or keep the CA keys on a PKCS#11 token that every replica reaches", err, in.KeyID, in.KeyID)
 	}
-	_ = st.Append(ctx, a)
+	return err
 }
 
 // publishCRL rebuilds crl.pem after the set of live intermediates changed:
@@ -228,31 +201,31 @@ func publishCRL(ctx context.Context, cfg Config, st store.Store) error {
 
 // newIntermediate creates, records and stores a new intermediate signed by
 // the root; it does not change which one is active.
-func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
+func newIntermediate(ctx context.Context, cfg Config, st store.Store) (cert *x509.Certificate, keyRef []byte, err error) {
 	root, err := pemfile.ReadCert(cfg.rootCertPath())
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: no root certificate at %s (run `meshctl ca init`, or bring the offline root back)", ErrNotInitialized, cfg.rootCertPath())
+			return nil, nil, fmt.Errorf("%w: no root certificate at %s (run `meshctl ca init`, or bring the offline root back)", ErrNotInitialized, cfg.rootCertPath())
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	rootKey, err := loadCAKey(cfg, cfg.rootKeyBase())
 	if err != nil {
-		return nil, fmt.Errorf("the root key is needed to sign an intermediate: %w", err)
+		return nil, nil, fmt.Errorf("the root key is needed to sign an intermediate: %w", err)
 	}
 	if !publicKeyEqual(root.PublicKey, rootKey.Public()) {
-		return nil, fmt.Errorf("%s does not match %s", cfg.rootKeyPath(), cfg.rootCertPath())
+		return nil, nil, fmt.Errorf("%s does not match %s", cfg.rootKeyPath(), cfg.rootCertPath())
 	}
 	if err := pemfile.MkdirPrivate(cfg.Dir); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := pemfile.MkdirPrivate(cfg.intKeysDir()); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg.step("generating the intermediate's key")
 	key, err := newCAKey(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := cfg.Now()
 	notAfter := now.Add(cfg.IntermediateTTL)
@@ -270,75 +243,83 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (*x509.Cer
 		MaxPathLenZero:        true,
 	}
 	cfg.step("signing the intermediate with the root key")
-	cert, err := signCA(cfg, tmpl, root, key.Public(), rootKey)
+	cert, err = signCA(cfg, tmpl, root, key.Public(), rootKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg.step("writing the intermediate and recording it in the store")
 	id := keyID(cert)
 	if err := saveCAKey(cfg, filepath.Join(cfg.intKeysDir(), id), key); err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if keyRef, err = readKeyRef(cfg, id); err != nil {
+		return nil, nil, err
 	}
 	if err := pemfile.WriteAtomic(filepath.Join(cfg.intKeysDir(), id+".crt"), pemfile.EncodeCerts(cert), 0o644); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := pemfile.WriteAtomic(cfg.rootCopyPath(), pemfile.EncodeCerts(root), 0o644); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rec := certRecord(cert, "intermediate", keyID(root), now)
 	if err := st.RecordCert(ctx, rec, store.AuditEntry{Time: now, Action: "cert.issue", Identity: cert.Subject.CommonName, Outcome: store.OutcomeOK, Detail: "intermediate serial " + rec.Serial}); err != nil {
-		return nil, fmt.Errorf("record intermediate: %w", err)
+		return nil, nil, fmt.Errorf("record intermediate: %w", err)
 	}
-	return cert, nil
+	return cert, keyRef, nil
 }
 
-// publish rewrites the files derived from s: the active intermediate's
-// cert, key and chain, and the bundle of root plus live intermediates.
-func publish(cfg Config, s intState) error {
+// publish brings the files derived from s up to date, rewriting only
+// those that differ: state.json and the intermediates' certificates, the
+// active intermediate's cert, key and chain, and the bundle of root plus
+// live intermediates.
+func publish(cfg Config, s store.CAState) error {
 	root, err := pemfile.ReadCert(cfg.rootCopyPath())
 	if err != nil {
 		return err
 	}
-	active, activeKey, err := loadIntermediate(cfg, s.Active)
+	if err := writeDerivedState(cfg, s); err != nil {
+		return err
+	}
+	active, activeKey, err := loadIntermediate(cfg, activeID(s))
 	if err != nil {
 		return err
 	}
-	if err := saveCAKey(cfg, cfg.activeKeyBase(), activeKey); err != nil {
-		return err
+	// The key lands before the certificate: an int.crt that is not the
+	// active one's is what makes the next open repair both.
+	if cur, err := pemfile.ReadCert(cfg.activeCertPath()); err != nil || !bytes.Equal(cur.Raw, active.Raw) {
+		if err := saveCAKey(cfg, cfg.activeKeyBase(), activeKey); err != nil {
+			return err
+		}
+		if err := pemfile.WriteAtomic(cfg.activeCertPath(), pemfile.EncodeCerts(active), 0o644); err != nil {
+			return err
+		}
 	}
-	if err := pemfile.WriteAtomic(cfg.activeCertPath(), pemfile.EncodeCerts(active), 0o644); err != nil {
-		return err
-	}
-	if err := pemfile.WriteAtomic(cfg.ChainPath(), pemfile.EncodeCerts(active, root), 0o644); err != nil {
+	if err := writeIfChanged(cfg.ChainPath(), pemfile.EncodeCerts(active, root), 0o644); err != nil {
 		return err
 	}
 	var bundle bytes.Buffer
 	bundle.Write(pemfile.EncodeCerts(root))
 	now := cfg.Now()
 	for _, id := range liveIDs(s) {
-		c, err := pemfile.ReadCert(filepath.Join(cfg.intKeysDir(), id+".crt"))
+		in, _ := s.Intermediate(id)
+		c, err := x509.ParseCertificate(in.CertDER)
 		if err != nil {
-			return err
+			return fmt.Errorf("intermediate %s in the store: %w", id, err)
 		}
 		if now.After(c.NotAfter) {
 			continue
 		}
 		bundle.Write(pemfile.EncodeCerts(c))
 	}
-	return pemfile.WriteAtomic(cfg.BundlePath(), bundle.Bytes(), 0o644)
+	return writeIfChanged(cfg.BundlePath(), bundle.Bytes(), 0o644)
 }
 
-// liveIDs lists the intermediates that may still have valid leaves: the
-// active, the prepared and the retired ones, newest first.
-func liveIDs(s intState) []string {
-	ids := []string{s.Active}
-	if s.Prepared != "" {
-		ids = append(ids, s.Prepared)
+// writeIfChanged writes data to path atomically unless path holds it.
+func writeIfChanged(path string, data []byte, mode os.FileMode) error {
+	if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, data) {
+		return nil
 	}
-	for i := len(s.Retired) - 1; i >= 0; i-- {
-		ids = append(ids, s.Retired[i])
-	}
-	return ids
+	return pemfile.WriteAtomic(path, data, mode)
 }
 
 func loadIntermediate(cfg Config, id string) (*x509.Certificate, crypto.Signer, error) {

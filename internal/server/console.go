@@ -214,27 +214,14 @@ func (b consoleBackend) Intermediates(ctx context.Context) ([]console.Intermedia
 	if b.s.auth == nil {
 		return nil, nil
 	}
-	ints, err := ca.Intermediates(b.s.auth.Config())
+	ints, err := b.s.auth.IntermediateStatus(ctx)
 	if err != nil {
 		return nil, err
-	}
-	all, err := b.s.auth.List(ctx)
-	if err != nil {
-		return nil, err
-	}
-	// Counted by the issuer key id the CA recorded with each certificate
-	// (store.Cert.IssuerKeyID), against the intermediate's own subject
-	// key id (ca.IntermediateInfo.KeyID), both lowercase hex.
-	counts := map[string]int{}
-	for _, l := range all {
-		if l.Kind != "intermediate" && live(l) {
-			counts[l.IssuerKeyID]++
-		}
 	}
 	out := make([]console.Intermediate, 0, len(ints))
 	for _, in := range ints {
 		out = append(out, console.Intermediate{KeyID: in.KeyID, Subject: in.Cert.Subject.String(), State: in.State,
-			NotBefore: in.Cert.NotBefore, NotAfter: in.Cert.NotAfter, LiveCerts: counts[in.KeyID]})
+			NotBefore: in.Cert.NotBefore, NotAfter: in.Cert.NotAfter, LiveCerts: in.LiveCerts})
 	}
 	return out, nil
 }

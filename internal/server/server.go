@@ -107,6 +107,10 @@ type Authority interface {
 	// /admin/status counts those due for renewal; the console lists them
 	// and counts each intermediate's live ones).
 	List(ctx context.Context) ([]ca.Listed, error)
+	// IntermediateStatus is every intermediate with its state (active,
+	// prepared, retired, tainted, revoked) and its live certificates
+	// (the console's intermediates page).
+	IntermediateStatus(ctx context.Context) ([]ca.IntermediateStatus, error)
 }
 
 // Registry is the agent registry as the routes use it
