@@ -95,6 +95,32 @@ type ConsoleLogin struct {
 // PathRevocationsWatch; its data is a RevocationEvent.
 const EventRevocation = "revocation"
 
+// EventCATainted is the SSE event type, on PathRevocationsWatch, of an
+// intermediate an operator marked tainted (`meshctl ca
+// rotate-intermediate taint`); its data is a TaintEvent. meshd sends it
+// when a rotation leaves an intermediate tainted, and to every new
+// subscriber while one is. It carries no id: it is state, not a step of
+// the feed, and is sent again on every connection. Clients that predate
+// it ignore an event type they do not know.
+const EventCATainted = "ca.tainted"
+
+// TaintEvent is the data of an EventCATainted event: every holder of a
+// certificate issued by IssuerKeyID is to renew now, with jitter (the
+// renew_after of its next renewal, or HeaderRenewAfter, says when).
+type TaintEvent struct {
+	// IssuerKeyID is the tainted intermediate's subject key id,
+	// lowercase hex: the authority key id of the leaves it signed.
+	IssuerKeyID string `json:"issuer_key_id"`
+	// Time is when it was tainted, in UTC.
+	Time time.Time `json:"time"`
+}
+
+// HeaderRenewAfter is the response header meshd adds, on the agent port,
+// to its answers (the heartbeat's included) to a caller whose certificate
+// was issued by a tainted intermediate: when to renew it, RFC 3339 UTC.
+// Absent otherwise, so MCP Mesh's agents see the answers they know.
+const HeaderRenewAfter = "Meshtrust-Renew-After"
+
 // ErrorResponse is the body of every answer outside 2xx, on the agent port
 // and the admin API alike.
 type ErrorResponse struct {
@@ -149,6 +175,12 @@ type IssuedCert struct {
 	Serial string `json:"serial"` // lowercase hex
 	// NotAfter is the leaf's expiry, in UTC.
 	NotAfter time.Time `json:"not_after"`
+	// RenewAfter is when meshd suggests the holder renew this
+	// certificate (RFC 3339, UTC): normally 2/3 into its life, sooner
+	// for a leaf of a tainted intermediate. A holder renews at it, or
+	// by its own rule when that is earlier; meshd before 0.4 leaves it
+	// out, and the holder's own rule alone applies.
+	RenewAfter time.Time `json:"renew_after,omitzero"`
 }
 
 // RenewRequest is the body of POST /renew: a CSR for the caller's own

@@ -248,9 +248,16 @@ func (m *Meshd) reloadCA(ctx context.Context) error {
 	if m.localCA != nil {
 		m.localCA.SetAnchors(m.auth.Root(), m.auth.Intermediates())
 	}
+	if m.srv != nil {
+		// Before the event reaches the revocation streams (the feed
+		// publishes it once every handler ran): they tell subscribers
+		// of the intermediates it left tainted, and the answers to those
+		// intermediates' leaves carry Meshtrust-Renew-After from now on.
+		m.srv.ReloadTaint()
+	}
 	if _, err := m.auth.RebuildCRL(ctx); err != nil {
 		return fmt.Errorf("rebuild the CRL after a rotation: %w", err)
 	}
-	m.log.Info("CA reloaded", "active_intermediate", m.auth.ActiveIntermediate().Subject.CommonName, "live_intermediates", len(m.auth.Intermediates()))
+	m.log.Info("CA reloaded", "active_intermediate", m.auth.ActiveIntermediate().Subject.CommonName, "live_intermediates", len(m.auth.Intermediates()), "tainted_intermediates", len(m.auth.TaintedIssuers()))
 	return nil
 }

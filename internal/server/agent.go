@@ -111,6 +111,7 @@ func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 			if caller.Peer != nil && r.TLS != nil {
 				s.sources.Admitted(caller.Peer.Fingerprint, r.TLS.PeerCertificates, s.cfg.Now())
 			}
+			s.renewHint(w, caller.Peer)
 			h(w, vr, caller.Peer)
 		}
 	}

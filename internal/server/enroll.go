@@ -81,14 +81,6 @@ func (s *Server) audit(ctx context.Context, action, ident, outcome, detail strin
 	}
 }
 
-func issuedBody(is *ca.Issued, withChain bool) meshapi.IssuedCert {
-	out := meshapi.IssuedCert{Certificate: string(is.PEM), Serial: is.Record.Serial, NotAfter: is.Cert.NotAfter.UTC()}
-	if withChain {
-		out.Chain = string(is.ChainPEM)
-	}
-	return out
-}
-
 // enroll is POST /enroll: a new node proves itself with the bootstrap
 // secret or a join token and gets its node certificate.
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
@@ -158,7 +150,7 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("node enrolled", "node", req.NodeID, "serial", is.Record.Serial, "method", p.method(), "remote", host)
-	writeJSON(w, http.StatusCreated, issuedBody(is, true))
+	writeJSON(w, http.StatusCreated, s.issuedBody(is, true))
 }
 
 // An enrollProvisioner is one way a new node proves who it is on /enroll
@@ -535,7 +527,7 @@ func (s *Server) agentCert(w http.ResponseWriter, r *http.Request, peer *trust.P
 		s.issueError(w, r, peer, action, err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, issuedBody(is, true))
+	writeJSON(w, http.StatusCreated, s.issuedBody(is, true))
 }
 
 // renewalProvisioner renews the certificate that authenticated the
@@ -651,7 +643,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 		s.issueError(w, r, peer, action, err)
 		return
 	}
-	out := meshapi.RenewResponse{IssuedCert: issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
+	out := meshapi.RenewResponse{IssuedCert: s.issuedBody(is, true), Agents: []meshapi.IssuedCert{}}
 	for _, a := range agents {
 		ais, err := s.auth.Sign(ctx, a.req, a.opts...)
 		if err != nil {
@@ -661,7 +653,7 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 			s.issueError(w, r, peer, action, fmt.Errorf("agent %q: %w", a.id, err))
 			return
 		}
-		b := issuedBody(ais, false)
+		b := s.issuedBody(ais, false)
 		b.AgentID = a.id
 		out.Agents = append(out.Agents, b)
 	}

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,6 +104,11 @@ type Authority interface {
 	// which a policy check's modelled caller gets its names.
 	Config() ca.Config
 	TrustDomain() spiffeid.TrustDomain
+	// RenewAt is when the holder of a leaf should renew it, the
+	// renew_after of every issuance answer; TaintedIssuers the
+	// intermediates an operator tainted, whose leaves renew now.
+	RenewAt(issuerKeyID, serial string, notBefore, notAfter time.Time) time.Time
+	TaintedIssuers() map[string]time.Time
 	// List is every certificate the CA recorded with its state (GET
 	// /admin/status counts those due for renewal; the console lists them
 	// and counts each intermediate's live ones).
@@ -391,6 +397,10 @@ type Server struct {
 	log  *slog.Logger
 	st   Store
 	auth Authority // nil without a local CA
+	// tainted is the CA's tainted intermediates (ReloadTaint), read by
+	// every answer to a certificate (renewHint) and the revocation
+	// streams.
+	tainted atomic.Pointer[taintSet]
 
 	revs    *trust.RevocationSet
 	chain   *trust.Chain
@@ -474,6 +484,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	if s.changes == nil {
 		s.changes = NewChanges(cfg.Now)
 	}
+	s.ReloadTaint()
 	s.certlessWatchSlots = newSlots(cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource)
 	if cfg.TLSMode == TLSAuto {
 		s.certlessBody = 2 * registry.CertlessLimits{MaxPayload: cfg.Certless.MaxPayload}.WithDefaults().MaxPayload

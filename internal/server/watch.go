@@ -86,6 +86,18 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 	if err := rc.Flush(); err != nil {
 		return
 	}
+	// The intermediates tainted now, told to every new subscriber; those a
+	// later rotation taints follow its ca.rotated event, which meshd
+	// publishes only once ReloadTaint has run.
+	told := map[string]bool{}
+	if b := s.taintEvents(told); len(b) > 0 {
+		if _, err := w.Write(b); err != nil {
+			return
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+	}
 	ticker := time.NewTicker(keepAlive)
 	defer ticker.Stop()
 	ctx := r.Context()
@@ -97,8 +109,17 @@ func (s *Server) serveWatch(w http.ResponseWriter, r *http.Request, peer *trust.
 		}
 		sent := false
 		for _, d := range ds {
+			if d.Event.Kind == store.EventCARotated {
+				if b := s.taintEvents(told); len(b) > 0 {
+					if _, err := w.Write(b); err != nil {
+						return
+					}
+					sent = true
+				}
+				continue
+			}
 			if !d.Event.Revocation() {
-				continue // entity registrations and CA rotations are not the stream's
+				continue // entity registrations are not the stream's
 			}
 			data, _ := json.Marshal(toWire(d.Event))
 			if _, err := w.Write([]byte("id: " + strconv.FormatInt(d.Resume, 10) + "\nevent: " + meshapi.EventRevocation + "\ndata: " + string(data) + "\n\n")); err != nil {
