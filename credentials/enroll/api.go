@@ -26,6 +26,12 @@ type Bundle struct {
 	Serial string
 	// NotAfter is when Certificate expires.
 	NotAfter time.Time
+	// RenewAfter is when meshd suggests renewing Certificate (the
+	// answer's renew_after): 2/3 into its life by default, sooner when
+	// its intermediate was tainted. Zero when meshd did not say (before
+	// 0.4). It is never before Certificate's NotBefore nor after its
+	// NotAfter.
+	RenewAfter time.Time
 }
 
 // CertificatePEM returns the leaf followed by the intermediates of Chain
@@ -195,6 +201,51 @@ func (c *Client) Health(ctx context.Context, cert tls.Certificate) error {
 	return c.call(ctx, http.MethodGet, "/health", &cert, nil, nil, nil)
 }
 
+// RenewAfter asks meshd, with GET /health over mTLS with cert, whether it
+// wants cert renewed early: the time its Meshtrust-Renew-After header
+// names, which meshd sends only while cert's intermediate is tainted;
+// zero when it sends none (or predates the header). A time that does not
+// parse, or lies outside cert's validity, is clamped into it or ignored:
+// it only ever brings a renewal forward.
+func (c *Client) RenewAfter(ctx context.Context, cert tls.Certificate) (time.Time, error) {
+	leaf, err := leafOf(cert)
+	if err != nil {
+		return time.Time{}, err
+	}
+	hdr, err := c.callHeader(ctx, http.MethodGet, "/health", &cert, nil, nil, nil)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return ParseRenewAfter(hdr.Get(meshapi.HeaderRenewAfter), leaf), nil
+}
+
+// ParseRenewAfter reads a Meshtrust-Renew-After header (RFC 3339) for
+// leaf: zero when it is empty or does not parse, else the time clamped
+// into leaf's validity.
+func ParseRenewAfter(v string, leaf *x509.Certificate) time.Time {
+	if v == "" {
+		return time.Time{}
+	}
+	at, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}
+	}
+	return clampInto(at, leaf)
+}
+
+// clampInto returns at within leaf's validity; zero stays zero.
+func clampInto(at time.Time, leaf *x509.Certificate) time.Time {
+	switch {
+	case at.IsZero():
+		return at
+	case at.Before(leaf.NotBefore):
+		return leaf.NotBefore
+	case at.After(leaf.NotAfter):
+		return leaf.NotAfter
+	}
+	return at
+}
+
 // checkIssued turns an issued certificate of meshd into a Bundle after
 // checking that it is what was asked for: the requested name, the
 // requester's key, a chain to the trusted roots. A certificate that fails
@@ -232,7 +283,7 @@ func (c *Client) checkIssued(ctx context.Context, route string, in meshapi.Issue
 	if !samePublicKey(key.Public(), leaf.PublicKey) {
 		return nil, bad("a certificate for another key than the one in the request")
 	}
-	return &Bundle{Certificate: leaf, Chain: chain, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter}, nil
+	return &Bundle{Certificate: leaf, Chain: chain, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter, RenewAfter: clampInto(in.RenewAfter, leaf)}, nil
 }
 
 // leafOf returns the parsed leaf of cert.

@@ -266,44 +266,50 @@ func (c *Client) httpClient(cfg *tls.Config) (*http.Client, error) {
 // connection, presenting client (when not nil), and decodes a 2xx answer
 // into out.
 func (c *Client) call(ctx context.Context, method, route string, client *tls.Certificate, hdr http.Header, body, out any) error {
+	_, err := c.callHeader(ctx, method, route, client, hdr, body, out)
+	return err
+}
+
+// callHeader is call, returning the answer's header too.
+func (c *Client) callHeader(ctx context.Context, method, route string, client *tls.Certificate, hdr http.Header, body, out any) (http.Header, error) {
 	base, _, err := c.base()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	roots, err := c.roots(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg, err := c.tlsConfig(roots, client)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hc, err := c.httpClient(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer hc.CloseIdleConnections()
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	resp, data, err := c.send(ctx, hc, method, base+route, hdr, rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode/100 != 2 {
-		return apiError(route, resp, data)
+		return nil, apiError(route, resp, data)
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("%w: meshd answered %s %s with something that is not the expected JSON: %v", ErrUntrustedServer, method, route, err)
+			return nil, fmt.Errorf("%w: meshd answered %s %s with something that is not the expected JSON: %v", ErrUntrustedServer, method, route, err)
 		}
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // send performs one request and reads its answer.

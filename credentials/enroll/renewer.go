@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,10 @@ type RenewerConfig struct {
 	// MinBackoff and MaxBackoff bound the exponential delay between
 	// attempts while renewal fails; 0 means 5 s and 10 min.
 	MinBackoff, MaxBackoff time.Duration
+	// TaintDelay is the largest random delay before the renewal a taint
+	// of the certificates' intermediate asks for (Tainted), so the nodes
+	// of a mesh do not all renew at once; 0 means 1 minute.
+	TaintDelay time.Duration
 	// Clock is the Renewer's time; nil means the system clock.
 	Clock credentials.Clock
 	// Rand returns a uniform random int64 in [0, n); nil means
@@ -52,6 +57,12 @@ type RenewerConfig struct {
 // Materialize work on it. Its GetCertificate and GetClientCertificate
 // also return the current certificate, for a tls.Config built by hand.
 //
+// It renews when its own rule says (RenewFraction of the lifetime, plus
+// jitter), or earlier when meshd says so: at the renew_after of the
+// answer that issued the certificates, or at the time RenewBy or Tainted
+// passes on from meshd (its Meshtrust-Renew-After header, its ca.tainted
+// event). meshd's word never makes it renew later than its own rule.
+//
 // A renewal renews the node and every agent in the Dir's agents/ in one
 // POST /renew (the agents piggyback on the node), with the same keys, and
 // writes the new certificates to the Dir atomically. An agent minted
@@ -64,7 +75,10 @@ type Renewer struct {
 	cfg    RenewerConfig
 	log    *slog.Logger
 
-	state  atomic.Pointer[renewState]
+	state atomic.Pointer[renewState]
+	// hint is meshd's latest request to renew early, for the generation
+	// it was made for (RenewBy).
+	hint   atomic.Pointer[renewHint]
 	mu     sync.Mutex    // serialises renewals
 	wakeup chan struct{} // a renewal outside Run moved the schedule
 	update chan struct{} // signalled after each swap; tests wait on it (export_test.go)
@@ -84,10 +98,20 @@ type renewState struct {
 	agents map[string]*tls.Certificate
 	// jitter is drawn once per generation, so the schedule is stable.
 	jitter time.Duration
+	// serverAt is the earliest renew_after of the answer that issued the
+	// generation (the node's and its agents'); zero when it came from the
+	// Dir or meshd gave none.
+	serverAt time.Time
 	// creds and agentCreds are the generation as a credentials.Source
 	// serves it, built once.
 	creds      *credentials.Credentials
 	agentCreds map[string]*credentials.Credentials
+}
+
+// renewHint is a request of meshd to renew generation s by at.
+type renewHint struct {
+	s  *renewState
+	at time.Time
 }
 
 // NewRenewer returns a Renewer of the node enrolled in dir, which renews
@@ -113,6 +137,9 @@ func NewRenewer(client *Client, dir Dir, cfg RenewerConfig) (*Renewer, error) {
 	}
 	if cfg.MaxBackoff < cfg.MinBackoff {
 		cfg.MaxBackoff = cfg.MinBackoff
+	}
+	if cfg.TaintDelay <= 0 {
+		cfg.TaintDelay = time.Minute
 	}
 	retry.Defaults(&cfg.Clock, &cfg.Rand)
 	log := cfg.Logger
@@ -276,8 +303,18 @@ func RenewAt(c *x509.Certificate, fraction float64) time.Time {
 
 // Due returns when the node's credentials are next due for renewal: the
 // earliest due time of the node's and its agents' certificates, without
-// jitter.
-func (r *Renewer) Due() time.Time { return r.due(r.state.Load()) }
+// jitter, or the earlier time meshd asked for (renew_after, RenewBy).
+func (r *Renewer) Due() time.Time {
+	s := r.state.Load()
+	due := r.due(s)
+	if !s.serverAt.IsZero() && s.serverAt.Before(due) {
+		due = s.serverAt
+	}
+	if h := r.hint.Load(); h != nil && h.s == s && h.at.Before(due) {
+		due = h.at
+	}
+	return due
+}
 
 func (r *Renewer) due(s *renewState) time.Time {
 	due := RenewAt(s.node.Certificate.Leaf, r.cfg.RenewFraction)
@@ -290,14 +327,72 @@ func (r *Renewer) due(s *renewState) time.Time {
 }
 
 // scheduled is when Run renews: the due time plus this generation's
-// jitter, never later than halfway from the due time to expiry.
+// jitter, never later than halfway from the due time to expiry; or
+// meshd's point when it is before the due time, taken as it is (meshd
+// spread its holders itself). A renew_after past the due time changes
+// nothing: the local rule, jitter and all, is never overruled to renew
+// later.
 func (r *Renewer) scheduled(s *renewState) time.Time {
 	due := r.due(s)
 	at := due.Add(s.jitter)
 	if limit := due.Add(s.node.Certificate.Leaf.NotAfter.Sub(due) / 2); at.After(limit) {
 		at = limit
 	}
+	if sa := s.serverAt; !sa.IsZero() && sa.Before(due) {
+		at = sa
+	}
+	if h := r.hint.Load(); h != nil && h.s == s && h.at.Before(at) {
+		at = h.at
+	}
 	return at
+}
+
+// RenewBy asks for the current certificates to be renewed by at: meshd's
+// Meshtrust-Renew-After header on an answer to one of them, its intermediate
+// being tainted. Run renews then, unless its own schedule is earlier; the
+// request holds for the current certificates only (renewed ones follow
+// their own renew_after). A later request for the same certificates never
+// moves an earlier one back.
+func (r *Renewer) RenewBy(at time.Time) {
+	s := r.state.Load()
+	for {
+		old := r.hint.Load()
+		if old != nil && old.s == s && !at.Before(old.at) {
+			return
+		}
+		if r.hint.CompareAndSwap(old, &renewHint{s: s, at: at}) {
+			break
+		}
+	}
+	select {
+	case r.wakeup <- struct{}{}:
+	default:
+	}
+}
+
+// Tainted tells the Renewer that meshd's intermediate issuerKeyID (the
+// lowercase hex subject key id of a ca.tainted event) was tainted: when
+// the node's certificate or an agent's was issued by it, they are renewed
+// after a random delay of at most TaintDelay, and Tainted reports true.
+//
+// The name compared is the key id: issuerKeyID as meshd's stream gives
+// it, against the lowercase hex authority key id of the certificates this
+// Renewer holds, which verified against the mesh root when they were
+// issued (checkIssued). The stream itself is authenticated by meshd's
+// certificate; a forged event could only bring a renewal forward.
+func (r *Renewer) Tainted(issuerKeyID string) bool {
+	s := r.state.Load()
+	hit := hex.EncodeToString(s.node.Certificate.Leaf.AuthorityKeyId) == issuerKeyID
+	for _, a := range s.agents {
+		if a.Leaf != nil && hex.EncodeToString(a.Leaf.AuthorityKeyId) == issuerKeyID {
+			hit = true
+		}
+	}
+	if !hit {
+		return false
+	}
+	r.RenewBy(r.cfg.Clock.Now().Add(time.Duration(r.cfg.Rand(int64(r.cfg.TaintDelay) + 1))))
+	return true
 }
 
 // RenewNow renews the node and its agents at once, whether due or not,
@@ -363,12 +458,39 @@ func (r *Renewer) renew(ctx context.Context) (*Renewal, error) {
 	}
 	// The new certificates are valid whether or not they reached the disk:
 	// serve them.
-	r.swap(r.newState(next))
+	ns := r.newState(next)
+	ns.serverAt = serverPoint(res)
+	r.swap(ns)
 	r.log.Info("renewed node certificate", "node", cur.ID, "serial", res.Node.Serial, "not_after", res.Node.NotAfter, "agents", len(res.Agents))
 	if len(werr) > 0 {
 		return res, fmt.Errorf("renewed, but writing to %s failed (the new certificates are in use until restart): %w", string(r.dir), errors.Join(werr...))
 	}
 	return res, nil
+}
+
+// serverPoint is the earliest renew_after of a renewal's certificates,
+// zero when meshd gave none. A point within the first hundredth of the
+// node certificate's life is moved to its end: a new certificate meshd
+// says to renew at once would be renewed in a loop.
+func serverPoint(res *Renewal) time.Time {
+	var at time.Time
+	earliest := func(t time.Time) {
+		if !t.IsZero() && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+	}
+	earliest(res.Node.RenewAfter)
+	for _, a := range res.Agents {
+		earliest(a.RenewAfter)
+	}
+	if at.IsZero() {
+		return at
+	}
+	leaf := res.Node.Certificate
+	if floor := leaf.NotBefore.Add(lifetime(leaf) / 100); at.Before(floor) {
+		at = floor
+	}
+	return at
 }
 
 // adoptNewer takes the Dir's credentials when another process (say the

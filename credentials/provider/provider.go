@@ -321,6 +321,14 @@ func (s *nodeSource) Rotate(ctx context.Context) error {
 	return err
 }
 
+// RenewBy passes meshd's request to renew by at (its
+// Meshtrust-Renew-After header) on to the node's Renewer: the node and
+// its agents renew together.
+func (s *nodeSource) RenewBy(at time.Time) { s.r.RenewBy(at) }
+
+// Tainted passes a ca.tainted event on to the node's Renewer.
+func (s *nodeSource) Tainted(issuerKeyID string) bool { return s.r.Tainted(issuerKeyID) }
+
 // Close stops the renewals and waits for them to end.
 func (s *nodeSource) Close() error {
 	s.once.Do(func() {

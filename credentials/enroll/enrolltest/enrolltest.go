@@ -59,6 +59,10 @@ type Config struct {
 	// KeepAlive is the interval of the watch stream's ": keep-alive"
 	// comments; 0 means 15 s.
 	KeepAlive time.Duration
+	// RenewAfter, when set, gives the renew_after of every issuance
+	// answer (meshd 0.4 and later); nil leaves it out, as an older meshd
+	// does.
+	RenewAfter func(leaf *x509.Certificate) time.Time
 }
 
 // Request is one request the server received.
@@ -96,6 +100,7 @@ type Server struct {
 	crl        []byte // PEM served instead of the real CRL
 	crlNumber  int64
 	requests   []Request
+	renewHdr   string // Meshtrust-Renew-After on /health answers
 }
 
 type joinToken struct {
@@ -382,8 +387,30 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, meshapi.ErrorResponse{Error: msg})
 }
 
+// SetRenewHeader makes the answers to GET /health carry
+// Meshtrust-Renew-After: v, as meshd's do for a certificate of a tainted
+// intermediate; "" drops it.
+func (s *Server) SetRenewHeader(v string) {
+	s.mu.Lock()
+	s.renewHdr = v
+	s.mu.Unlock()
+}
+
+// renewHeader sets the header SetRenewHeader asked for.
+func (s *Server) renewHeader(w http.ResponseWriter) {
+	s.mu.Lock()
+	v := s.renewHdr
+	s.mu.Unlock()
+	if v != "" {
+		w.Header().Set(meshapi.HeaderRenewAfter, v)
+	}
+}
+
 func (s *Server) issuedJSON(c *x509.Certificate, withChain bool) meshapi.IssuedCert {
 	out := meshapi.IssuedCert{Certificate: string(pemfile.EncodeCerts(c)), Serial: c.SerialNumber.Text(16), NotAfter: c.NotAfter.UTC()}
+	if s.cfg.RenewAfter != nil {
+		out.RenewAfter = s.cfg.RenewAfter(c).UTC()
+	}
 	if withChain {
 		out.Chain = string(pemfile.EncodeCerts(s.Intermediate, s.Root))
 	}
@@ -567,6 +594,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	if _, ok := s.caller(w, r); !ok {
 		return
 	}
+	s.renewHeader(w)
 	writeJSON(w, http.StatusOK, map[string]string{"service": "meshd", "status": "healthy"})
 }
 
