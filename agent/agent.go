@@ -113,6 +113,25 @@ type Rotator interface {
 	Rotate(ctx context.Context) error
 }
 
+// Rescheduler is a credentials.Source that renews on meshd's schedule.
+// When an answer of meshd carries Meshtrust-Renew-After (the certificate's
+// intermediate was tainted), Run passes the time on to RenewBy, which
+// renews by then (provider.FromEnv's enroll source is one: the node and
+// its agents renew together). A Source that is a Rotator and no
+// Rescheduler is rotated by Run once that time has come.
+type Rescheduler interface {
+	RenewBy(at time.Time)
+}
+
+// Tainter is a credentials.Source that can be told an intermediate was
+// tainted (a ca.tainted event of meshd's revocation stream): Tainted
+// renews soon, with jitter, when the Source's certificates were issued by
+// issuerKeyID, and reports whether they were. NewWatcher wires a Source
+// that implements it to the stream.
+type Tainter interface {
+	Tainted(issuerKeyID string) bool
+}
+
 // Config configures an Agent. RegistryURL, Source and an agent id (AgentID,
 // or the one in Registration or Payload) are required.
 type Config struct {
@@ -189,6 +208,12 @@ type Agent struct {
 
 	mu   sync.Mutex
 	deps map[string][]meshapi.Resolution
+
+	// rotateAt is when meshd asked, by Meshtrust-Renew-After, for the
+	// current credentials to be renewed, for a Source that is a Rotator
+	// and no Rescheduler; zero when it has not. Run's goroutine alone
+	// uses it.
+	rotateAt time.Time
 }
 
 // New returns an Agent for cfg. It checks the configuration and builds
@@ -398,6 +423,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			if ans != nil {
 				a.registered(ctx, cur, ans, &rotatedFor)
 			}
+			if !a.rotateAt.IsZero() && !a.cfg.Clock.Now().Before(a.rotateAt) {
+				a.rotateAt = time.Time{}
+				a.rotate(ctx, cur, "meshd asks for the certificate to be renewed (its intermediate was tainted); rotating", &rotatedFor)
+			}
 		case stepPost:
 			post = true
 		case stepRetry:
@@ -426,6 +455,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // Changed channel.
 func (a *Agent) newCredentials() <-chan struct{} {
 	a.tr.CloseIdleConnections()
+	a.rotateAt = time.Time{}
 	a.log.Info("credentials changed; registering them")
 	return a.src.Changed()
 }
@@ -445,16 +475,25 @@ func (a *Agent) registered(ctx context.Context, cur *credentials.Credentials, an
 	if a.cfg.OnRegister != nil {
 		a.cfg.OnRegister(*ans)
 	}
-	if !ans.Rotate || *rotatedFor == cur {
+	if !ans.Rotate {
+		return
+	}
+	a.rotate(ctx, cur, "the registry asks for fresh credentials; rotating", rotatedFor)
+}
+
+// rotate asks a Rotator Source for fresh credentials, once per generation
+// of them (rotatedFor); the Source's change registers them.
+func (a *Agent) rotate(ctx context.Context, cur *credentials.Credentials, why string, rotatedFor **credentials.Credentials) {
+	if *rotatedFor == cur {
 		return
 	}
 	*rotatedFor = cur
 	r, ok := a.src.(Rotator)
 	if !ok {
-		a.log.Warn("the registry asks for fresh credentials, and the credential source cannot fetch them on demand; the current ones stay registered until the source rotates", "serial", fmt.Sprintf("%x", ans.Leaf.SerialNumber))
+		a.log.Warn("the registry asks for fresh credentials, and the credential source cannot fetch them on demand; the current ones stay registered until the source rotates", "serial", fmt.Sprintf("%x", cur.Certificate.Leaf.SerialNumber))
 		return
 	}
-	a.log.Info("the registry asks for fresh credentials; rotating")
+	a.log.Info(why)
 	rctx, cancel := context.WithTimeout(ctx, 3*a.cfg.RequestTimeout)
 	defer cancel()
 	if err := r.Rotate(rctx); err != nil {
@@ -494,7 +533,42 @@ func (a *Agent) do(ctx context.Context, method, path string, body []byte) (*answ
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
 	}
+	a.renewHint(resp.Header)
 	return &answer{status: resp.StatusCode, header: resp.Header, body: data}, nil
+}
+
+// renewHint follows meshd's Meshtrust-Renew-After, which it sends while
+// the certificate presented on the connection was issued by a tainted
+// intermediate: a Rescheduler Source is told to renew by then; for a
+// Rotator Source, Run rotates once it has come. The time is clamped into
+// the presented certificate's life; a value that does not parse is
+// ignored. It can only bring a renewal forward.
+func (a *Agent) renewHint(h http.Header) {
+	v := h.Get(meshapi.HeaderRenewAfter)
+	if v == "" {
+		return
+	}
+	p := a.presented.Load()
+	if p == nil || p.Leaf == nil {
+		return
+	}
+	at, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return
+	}
+	if at.Before(p.Leaf.NotBefore) {
+		at = p.Leaf.NotBefore
+	}
+	if at.After(p.Leaf.NotAfter) {
+		at = p.Leaf.NotAfter
+	}
+	if r, ok := a.src.(Rescheduler); ok {
+		r.RenewBy(at)
+		return
+	}
+	if a.rotateAt.IsZero() || at.Before(a.rotateAt) {
+		a.rotateAt = at
+	}
 }
 
 // post sends the full registration.

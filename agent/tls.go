@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/meshtrust/meshtrust/credentials"
+	"github.com/meshtrust/meshtrust/meshapi"
 	"github.com/meshtrust/meshtrust/trust"
 	"github.com/meshtrust/meshtrust/trust/watch"
 )
@@ -105,6 +106,14 @@ func NewWatcher(src credentials.Source, cfg watch.Config) (*watch.Watcher, error
 				return nil, fmt.Errorf("agent: no certificate to present to meshd: %w", err)
 			}
 			return &c.Certificate, nil
+		}
+	}
+	if cfg.OnTaint == nil {
+		// A Source that renews through meshd (the enroll provider's)
+		// renews soon, with jitter, the certificates a tainted
+		// intermediate issued.
+		if t, ok := src.(Tainter); ok {
+			cfg.OnTaint = func(e meshapi.TaintEvent) { t.Tainted(e.IssuerKeyID) }
 		}
 	}
 	return watch.New(&trust.RevocationSet{}, cfg)

@@ -84,6 +84,12 @@ type Config struct {
 	Rand func(n int64) int64
 	// Logger receives connection changes and refused CRLs; nil discards.
 	Logger *slog.Logger
+	// OnTaint, if set, is called with each ca.tainted event of the
+	// stream (meshapi.EventCATainted): meshd's intermediate IssuerKeyID
+	// was tainted, and every certificate it issued is to be renewed now.
+	// It runs on the Watcher's goroutine and must return quickly. The
+	// event says nothing about revocation: the set is left as it is.
+	OnTaint func(meshapi.TaintEvent)
 }
 
 // Watcher feeds a RevocationSet from meshd. Run it in a goroutine.
@@ -278,6 +284,22 @@ func (w *Watcher) watchdog(ctx context.Context, cancel context.CancelCauseFunc, 
 	}
 }
 
+// taint hands a ca.tainted event to OnTaint. It carries no id: the resume
+// point stays where it is (meshd tells a new stream of every tainted
+// intermediate anyway).
+func (w *Watcher) taint(ev sseEvent) {
+	var e meshapi.TaintEvent
+	if err := json.Unmarshal([]byte(ev.Data), &e); err != nil || e.IssuerKeyID == "" {
+		w.log.Warn("ca.tainted event not understood; skipped", "err", err)
+		return
+	}
+	e.IssuerKeyID = strings.ToLower(e.IssuerKeyID)
+	w.log.Info("intermediate tainted: its certificates are to be renewed", "issuer_key_id", e.IssuerKeyID)
+	if w.cfg.OnTaint != nil {
+		w.cfg.OnTaint(e)
+	}
+}
+
 // revocationEvent is the data of an "event: revocation": meshapi's
 // RevocationEvent, except that reason and time are read leniently (a
 // CRLReason code as well as a name, a missing or unreadable time as now),
@@ -293,6 +315,10 @@ type revocationEvent struct {
 // point past it. An event that cannot be applied is logged and passed
 // over: waiting on it would stall every later revocation.
 func (w *Watcher) apply(ev sseEvent) {
+	if ev.Type == meshapi.EventCATainted {
+		w.taint(ev)
+		return
+	}
 	if ev.Type != meshapi.EventRevocation {
 		return // keep-alives, and kinds of event this version does not know
 	}
