@@ -63,6 +63,7 @@ type options struct {
 	sessionAudience            []string
 	healthCheckInterval        time.Duration
 	revocationPoll             time.Duration
+	stalenessBound             time.Duration
 	checkpointInterval         time.Duration
 	auditVerifyInterval        time.Duration
 	logLevel, logFormat        string
@@ -150,6 +151,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	o.bundle.flags(f)
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.revocationPoll, "revocation-poll", meshd.DefaultRevocationPoll, "how often the store's change feed is read for revocations and other changes made outside this process (meshctl ca revoke offline)")
+	f.DurationVar(&o.stalenessBound, "staleness-bound", server.DefaultStalenessBound, "replicas on PostgreSQL: how long past its last read of the store's change feed a replica keeps serving the heartbeats of agents it knows; past it, heartbeats, GET /agents, registration, issuance and enrollment answer 503 (replica_stale) until it reads the store again. At least 3 --revocation-poll intervals")
 	f.DurationVar(&o.checkpointInterval, "checkpoint-interval", meshd.DefaultCheckpointInterval, "how often, while the audit log grows, its head is signed into the CA's checkpoints file")
 	f.DurationVar(&o.auditVerifyInterval, "audit-verify-interval", meshd.DefaultAuditVerifyInterval, "how often meshd verifies the whole audit log against the signed checkpoints, as meshctl ca audit --verify does (meshd_audit_verified)")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 20*time.Second, "silence after which an agent is unhealthy (env DEFAULT_TIMEOUT_THRESHOLD, in seconds, as MCP Mesh's)")
@@ -210,6 +212,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	}
 	if o.revocationPoll <= 0 || o.checkpointInterval <= 0 {
 		return fmt.Errorf("--revocation-poll %s and --checkpoint-interval %s must be positive", o.revocationPoll, o.checkpointInterval)
+	}
+	if o.stalenessBound <= 0 {
+		return fmt.Errorf("--staleness-bound %s must be positive (such as %s): a replica cut off from the store must stop deciding on revocations it cannot see", o.stalenessBound, server.DefaultStalenessBound)
 	}
 	// Each verification reads the whole audit log: a tiny interval would
 	// keep meshd reading it back to back.
@@ -285,6 +290,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			ReadTimeout: o.limits.readTimeout, IdleTimeout: o.limits.idleTimeout, MaxRequestBody: o.limits.maxRequestBody, MaxWatchStreams: o.limits.watchStreams, MaxWatchStreamsPerSource: o.limits.watchPerSource,
 			AgentCertBurst: o.limits.agentCertBurst, AgentCertInterval: o.limits.agentCertInterval, MaxAgentsPerNode: o.limits.maxAgentsPerNode,
 			MaxCertlessWatchStreams: o.limits.watchCertless, Certless: o.limits.certless, Enroll: o.limits.enroll,
+			StalenessBound: o.stalenessBound,
 		},
 		Backends: strings.Split(o.backends, ","), TrustDir: o.trustDir,
 		K8s:              meshd.K8sConfig{Namespace: o.k8sNamespace, LabelSelector: o.k8sSelector},

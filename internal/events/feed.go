@@ -75,7 +75,12 @@ type Config struct {
 	// 100ms) up to RetryMax (default 30s), jittered. A retry runs at the
 	// first poll once it is due.
 	RetryMin, RetryMax time.Duration
-	Now                func() time.Time
+	// PollTimeout bounds each read of the store by Poll: a read it does not
+	// answer within it (a network partition, where a query hangs rather
+	// than fails) is abandoned and counts as failed, and the next poll
+	// reads afresh, so a link that returns is used at once; default 1s.
+	PollTimeout time.Duration
+	Now         func() time.Time
 	// Rand returns a number in [0, n) for the jitter; default math/rand.
 	Rand   func(n int64) int64
 	Logger *slog.Logger
@@ -96,6 +101,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetryMax < c.RetryMin {
 		c.RetryMax = max(30*time.Second, c.RetryMin)
+	}
+	if c.PollTimeout <= 0 {
+		c.PollTimeout = time.Second
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -134,9 +142,13 @@ type Feed struct {
 	// pending mirrors len(retries) for Pending, which takes no lock a
 	// handler may hold up.
 	pending atomic.Int64
-	// polled is when Poll last read the store without an error, in Unix
-	// nanoseconds: how current this process's trust state is (Synced).
-	polled atomic.Int64
+	// polled is when the last Poll that read the store without an error
+	// began its read, in Unix nanoseconds: every event committed before
+	// it has been taken in, so this is how current this process's trust
+	// state is (Synced, ReadAt). failing is set while the last Poll
+	// failed to read the store.
+	polled  atomic.Int64
+	failing atomic.Bool
 
 	mu   sync.Mutex
 	tail []entry // events taken in, oldest first
@@ -194,6 +206,15 @@ func (f *Feed) Synced() (at time.Time, cursor int64) {
 	return time.Unix(0, f.polled.Load()), cursor
 }
 
+// ReadAt returns when the last successful read of the store began (or
+// when the Feed was made): every event committed before it has been taken
+// in. It is one atomic load, for the hot path's staleness gate.
+func (f *Feed) ReadAt() time.Time { return time.Unix(0, f.polled.Load()) }
+
+// Failing reports whether the last Poll failed to read the store (the
+// database away, or a read that outlived PollTimeout). One atomic load.
+func (f *Feed) Failing() bool { return f.failing.Load() }
+
 // Poll retries the events whose retry is due, reads the events the feed
 // has not taken in, applies them and publishes them to streams. It
 // returns how many new events it took in. Concurrent calls are
@@ -205,9 +226,15 @@ func (f *Feed) Poll(ctx context.Context) (int, error) {
 	apply := context.WithoutCancel(ctx)
 	f.retryDue(apply)
 	n := 0
+	// Taken before the first read: what committed before it is in the
+	// reads that follow, and what committed after may not be.
+	start := f.cfg.Now().UnixNano()
 	for {
-		evs, err := f.src.Events(ctx, f.cursor, f.cfg.Page)
+		rctx, cancel := context.WithTimeout(ctx, f.cfg.PollTimeout)
+		evs, err := f.src.Events(rctx, f.cursor, f.cfg.Page)
+		cancel()
 		if err != nil {
+			f.failing.Store(true)
 			return n, fmt.Errorf("read the change feed after %d: %w", f.cursor, err)
 		}
 		var fresh []store.Event
@@ -236,7 +263,8 @@ func (f *Feed) Poll(ctx context.Context) (int, error) {
 		// A full page may have more behind it; a page of only events
 		// seen before (above a hole) has nothing new.
 		if len(evs) < f.cfg.Page || len(fresh) == 0 {
-			f.polled.Store(f.cfg.Now().UnixNano())
+			f.polled.Store(max(f.polled.Load(), start))
+			f.failing.Store(false)
 			return n, nil
 		}
 	}

@@ -524,3 +524,45 @@ func TestSynced(t *testing.T) {
 		t.Errorf("once the store is back: Synced = %v, %d; want 1061s and 8", at, cur)
 	}
 }
+
+// hangingSource is a store behind a cut link: a read neither answers nor
+// fails until its context ends.
+type hangingSource struct{ memSource }
+
+func (s *hangingSource) Events(ctx context.Context, _ int64, _ int) ([]store.Event, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestReadAtAndFailing: ReadAt is when the last good read began, and a
+// read that fails or hangs past PollTimeout sets Failing and moves it not;
+// the next good read clears Failing.
+func TestReadAtAndFailing(t *testing.T) {
+	src, c := &failingSource{}, clocktest.New(time.Unix(1000, 0))
+	f := New(src, 0, Config{Now: c.Now})
+	if !f.ReadAt().Equal(time.Unix(1000, 0)) || f.Failing() {
+		t.Fatalf("a new feed: ReadAt %v, Failing %v; want its creation time, false", f.ReadAt(), f.Failing())
+	}
+	src.setDown(true)
+	c.Advance(time.Second)
+	if _, err := f.Poll(t.Context()); err == nil {
+		t.Fatal("a poll of a store that is down succeeded")
+	}
+	if !f.ReadAt().Equal(time.Unix(1000, 0)) || !f.Failing() {
+		t.Errorf("after a failed poll: ReadAt %v, Failing %v; want 1000s, true", f.ReadAt(), f.Failing())
+	}
+	src.setDown(false)
+	poll(t, f)
+	if !f.ReadAt().Equal(time.Unix(1001, 0)) || f.Failing() {
+		t.Errorf("after a good poll: ReadAt %v, Failing %v; want 1001s, false", f.ReadAt(), f.Failing())
+	}
+
+	h := New(&hangingSource{}, 0, Config{PollTimeout: 10 * time.Millisecond, Now: c.Now})
+	c.Advance(time.Second)
+	if _, err := h.Poll(t.Context()); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a poll of a store that never answers: %v, want it abandoned at PollTimeout", err)
+	}
+	if !h.ReadAt().Equal(time.Unix(1001, 0)) || !h.Failing() {
+		t.Errorf("after an abandoned poll: ReadAt %v, Failing %v; want 1001s (its creation), true", h.ReadAt(), h.Failing())
+	}
+}

@@ -174,6 +174,10 @@ const (
 	DefaultCheckpointInterval = time.Minute
 )
 
+// minPollsPerBound is how many change feed polls the staleness bound
+// (server.Config.StalenessBound) must cover at least.
+const minPollsPerBound = 3
+
 // The CA and the registry are what the server's routes act on.
 var (
 	_ server.Authority = (*ca.CA)(nil)
@@ -225,9 +229,18 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	// After the registered entities are loaded: at start, a name two
 	// sources hold goes to the first in the chain's order.
 	m.names = newEntityNames(m.log, backends, m.revoked)
-	feedCfg := events.Config{Logger: m.log, Now: cfg.Now}
+	// A read of the store is abandoned well inside the bound, so a
+	// replica whose link returns reads afresh at once (events.Config).
+	feedCfg := events.Config{Logger: m.log, Now: cfg.Now, PollTimeout: min(time.Second, cfg.StalenessBound/3)}
 	var syncEvery time.Duration
-	if w, ok := st.(replicated); ok && w.Wake() != nil {
+	w, replica := st.(replicated)
+	replica = replica && w.Wake() != nil
+	// A few polls fit in the bound, so that one slow read does not make
+	// a healthy replica refuse.
+	if replica && cfg.StalenessBound < minPollsPerBound*cfg.RevocationPoll {
+		return nil, fmt.Errorf("the staleness bound %s (--staleness-bound) must cover at least %d change feed polls (--revocation-poll %s): at least %s", cfg.StalenessBound, minPollsPerBound, cfg.RevocationPoll, minPollsPerBound*cfg.RevocationPoll)
+	}
+	if replica {
 		feedCfg.Wake, syncEvery = w.Wake(), replicaSync
 	}
 	m.events = events.New(st, cursor, feedCfg)
@@ -263,6 +276,12 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	}
 	deps := server.Deps{Store: st, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
 		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: append(m.backendMetrics(), m.observerMetrics()...), Degraded: m.degraded, Changes: m.changes, LastAudit: m.lastAudit}
+	if replica {
+		// Only replicas on a shared store can be cut off from what the
+		// others revoke; one process on SQLite reads a local file its own
+		// writes go to, and is always current.
+		deps.Freshness = m.events
+	}
 	if authority != nil {
 		// Only a CA: a nil *ca.CA in the interface would not be a nil
 		// Authority, and the routes would sign with it.

@@ -90,6 +90,9 @@ func (m *Meshd) observerMetrics() []prometheus.Collector {
 			at, _ := m.events.Synced()
 			return max(0, m.cfg.Now().Sub(at).Seconds())
 		}),
+		gauge("meshd_change_feed_staleness_bound_seconds", "This meshd's staleness bound (--staleness-bound): once meshd_change_feed_staleness_seconds is above it, a replica on PostgreSQL refuses heartbeats, issuance and everything else that depends on revocation state with 503 (replica_stale) until it reads the store again.", func() float64 {
+			return m.cfg.StalenessBound.Seconds()
+		}),
 		gauge("meshd_change_feed_applied_seq", "The change feed's cursor in this meshd: every event at or below this Seq has been taken in.", func() float64 {
 			_, cursor := m.events.Synced()
 			return float64(cursor)

@@ -50,6 +50,18 @@ func (r *Registry) HeartbeatFrom(ctx context.Context, peer *trust.Peer, source s
 	return r.heartbeat(ctx, peer, source, reg, payload, sum)
 }
 
+// HeartbeatUnchanged answers, from memory alone, a POST /heartbeat body
+// identical to the last one peer's agent sent with the same certificate,
+// as HeartbeatFrom would; false for anything HeartbeatFrom would write
+// to the store (a registration, a change, a caller without a
+// certificate). A replica that cannot reach the store serves these only.
+func (r *Registry) HeartbeatUnchanged(peer *trust.Peer, body []byte) (Result, bool) {
+	if peer == nil {
+		return Result{}, false
+	}
+	return r.unchanged(peer, sha256.Sum256(body))
+}
+
 // unchanged answers a heartbeat whose body hash, certificate and state are
 // what the registry already holds.
 func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, bool) {

@@ -25,26 +25,30 @@ const version = "0.3.0"
 // else. The admin API is never reachable here.
 func (s *Server) agentHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /heartbeat", s.identified(agentRoutes, s.postHeartbeat))
-	mux.HandleFunc("HEAD /heartbeat/{agent_id}", s.identified(agentRoutes, s.headHeartbeat))
-	mux.HandleFunc("GET /agents", s.identified(agentRoutes, s.listAgents))
-	mux.HandleFunc("DELETE /agents/{agent_id}", s.identified(agentRoutes, s.deleteAgent))
+	// The routes that decide on revocation state are gated (fresh.go): a
+	// replica that has not read the store for longer than its staleness
+	// bound refuses them with 503, and one that cannot reach it now
+	// refuses those that write.
+	mux.HandleFunc("POST /heartbeat", s.gated(current, s.identified(agentRoutes, s.postHeartbeat)))
+	mux.HandleFunc("HEAD /heartbeat/{agent_id}", s.gated(current, s.identified(agentRoutes, s.headHeartbeat)))
+	mux.HandleFunc("GET /agents", s.gated(current, s.identified(agentRoutes, s.listAgents)))
+	mux.HandleFunc("DELETE /agents/{agent_id}", s.gated(durable, s.identified(agentRoutes, s.deleteAgent)))
 	mux.HandleFunc("GET /health", s.identified(public, s.health))
 	mux.HandleFunc("GET /{$}", s.identified(public, s.root))
 	// Public PKI routes, in every mode: a node enrolling has no
 	// certificate yet, and CRLs and bundles are public by nature.
-	mux.HandleFunc("POST /enroll", s.enroll)
+	mux.HandleFunc("POST /enroll", s.gated(durable, s.enroll))
 	mux.HandleFunc("GET /crl", s.serveCRL)
 	mux.HandleFunc("GET /bundle", s.serveBundle)
 	// The stream names revoked agents and entities: in strict mode only a
 	// verified certificate reads it.
-	mux.HandleFunc("GET /revocations/watch", s.identified(public, s.serveWatch))
+	mux.HandleFunc("GET /revocations/watch", s.gated(current, s.identified(public, s.serveWatch)))
 	// Issuance needs a certificate in every mode: there is nothing a
 	// caller without one could be issued.
-	mux.HandleFunc("POST /agent-cert", s.identified(certified, s.agentCert))
-	mux.HandleFunc("POST /renew", s.identified(certified, s.renew))
+	mux.HandleFunc("POST /agent-cert", s.gated(durable, s.identified(certified, s.agentCert)))
+	mux.HandleFunc("POST /renew", s.gated(durable, s.identified(certified, s.renew)))
 	// A session is bound to a certificate; its keys are public.
-	mux.HandleFunc("POST "+meshapi.PathSessionAttach, s.identified(certified, s.attachSession))
+	mux.HandleFunc("POST "+meshapi.PathSessionAttach, s.gated(durable, s.identified(certified, s.attachSession)))
 	mux.HandleFunc("GET "+meshapi.PathSessionJWKS, s.serveJWKS)
 	// Every other method and path is MCP Mesh's plain 404 (GET
 	// /agents/{id}, GET /heartbeat/{id}, PUT /heartbeat), never the 405
@@ -171,8 +175,17 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 	if certless {
 		source = sourceKey(r.RemoteAddr)
 	}
-	res, err := s.reg.HeartbeatFrom(r.Context(), peer, source, body)
-	if err != nil {
+	var res registry.Result
+	if s.storeAway() {
+		// The store does not answer: only a heartbeat that writes nothing
+		// (an agent this replica knows, unchanged) is served, rather than
+		// a registration left hanging on it.
+		var ok bool
+		if res, ok = s.reg.HeartbeatUnchanged(peer, body); !ok {
+			s.refuseStale(w, r, ReasonStoreUnreachable, "this meshd replica cannot reach the store now, and this heartbeat registers or changes an agent, which must be written; nothing was written; retry shortly or on another replica")
+			return
+		}
+	} else if res, err = s.reg.HeartbeatFrom(r.Context(), peer, source, body); err != nil {
 		s.registryError(w, r, "post", err)
 		return
 	}
@@ -367,11 +380,12 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request, peer *trust.Peer
 // without one (TLS auto or off) learns the status alone.
 func (s *Server) healthAnswer(w http.ResponseWriter, r *http.Request, detail bool) {
 	up := int64(s.cfg.Now().Sub(s.started).Seconds())
-	status, degraded := "healthy", []meshapi.Degradation(nil)
+	status, degraded := "healthy", s.staleDegradation()
 	if s.degraded != nil {
-		if degraded = s.degraded(); len(degraded) > 0 {
-			status = "degraded"
-		}
+		degraded = append(degraded, s.degraded()...)
+	}
+	if len(degraded) > 0 {
+		status = "degraded"
 	}
 	if r.Method == http.MethodHead {
 		w.Header().Set("X-Health-Status", status)

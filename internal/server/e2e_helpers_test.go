@@ -249,6 +249,9 @@ type envOptions struct {
 	poll time.Duration
 	// configure, if set, adjusts meshd's Config before it starts.
 	configure func(*meshd.Config)
+	// store, if set, wraps the store meshd is given (a replica's link to
+	// it, which a test cuts).
+	store func(server.Store) server.Store
 }
 
 // env is one meshd over a real CA and SQLite store in a temporary
@@ -323,7 +326,11 @@ func newEnv(t testing.TB, o envOptions) *env {
 
 func (e *env) start() {
 	e.t.Helper()
-	srv, err := meshd.New(context.Background(), e.cfg, e.ca.st, e.ca.auth)
+	var st server.Store = e.ca.st
+	if e.opts.store != nil {
+		st = e.opts.store(st)
+	}
+	srv, err := meshd.New(context.Background(), e.cfg, st, e.ca.auth)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -68,6 +68,10 @@ type Deps struct {
 	// before the first; GET /admin/status verifies the log itself when
 	// there is none (or LastAudit is nil).
 	LastAudit func() *meshapi.StatusAudit
+	// Freshness is how current this meshd's view of the store is, for
+	// the staleness gate (fresh.go); nil: always current (SQLite, one
+	// process, whose feed reads a local file).
+	Freshness Freshness
 	// Changes is what changes on this meshd (the change feed as applied,
 	// the registry's registrations and evictions), for the console; nil:
 	// a fan-out of its own that nothing feeds.
@@ -129,6 +133,9 @@ type Registry interface {
 	// heartbeat; Delete unregisters; Authorize says whether peer may act
 	// for agentID (a session's attach).
 	HeartbeatFrom(ctx context.Context, peer *trust.Peer, source string, body []byte) (registry.Result, error)
+	// HeartbeatUnchanged answers from memory a heartbeat that would write
+	// nothing; false otherwise (served while the store is unreachable).
+	HeartbeatUnchanged(peer *trust.Peer, body []byte) (registry.Result, bool)
 	Check(peer *trust.Peer, id string) (registry.Result, error)
 	Delete(ctx context.Context, peer *trust.Peer, id string) error
 	Authorize(peer *trust.Peer, agentID string) error
@@ -269,6 +276,11 @@ type Config struct {
 	// one node may hold; default 512. Renewing an agent it has is never
 	// refused by it.
 	MaxAgentsPerNode int
+	// StalenessBound is how long past its last read of the store a
+	// replica keeps serving what depends on revocation state (the
+	// heartbeats of agents it knows); past it those routes answer 503
+	// (fresh.go). Only with Deps.Freshness; default DefaultStalenessBound.
+	StalenessBound time.Duration
 	// SessionKeysDir holds the session token signing keys; default the
 	// CA dir's session-keys/. SessionTTL is a token's lifetime; default
 	// 15 minutes.
@@ -379,6 +391,10 @@ func (c Config) WithDefaults() (Config, error) {
 	c.AgentCertBurst = cmp.Or(c.AgentCertBurst, 100)
 	c.AgentCertInterval = cmp.Or(c.AgentCertInterval, 100*time.Millisecond)
 	c.MaxAgentsPerNode = cmp.Or(c.MaxAgentsPerNode, 512)
+	c.StalenessBound = cmp.Or(c.StalenessBound, DefaultStalenessBound)
+	if c.StalenessBound < 0 {
+		return c, fmt.Errorf("the staleness bound %s (--staleness-bound) must be positive", c.StalenessBound)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -426,6 +442,7 @@ type Server struct {
 	certlessBody int64
 	started      time.Time
 	degraded     func() []meshapi.Degradation // nil: never degraded
+	fresh        Freshness                    // nil: always current
 	changes      *Changes
 	// audits runs GET /admin/status's audit verifications one at a time.
 	audits    auditCheck
@@ -475,7 +492,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 		return nil, fmt.Errorf("TLS mode %s needs the agent port's certificate and key: set MCP_MESH_TLS_CERT and MCP_MESH_TLS_KEY (--tls-cert/--tls-key), or run meshd --dev to create them", cfg.TLSMode)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, st: d.Store, auth: d.CA, revs: d.Revocations, chain: d.Chain, localCA: d.MeshCA,
-		sources: d.Sources, reg: d.Registry, events: d.Feed, degraded: d.Degraded, lastAudit: d.LastAudit, changes: d.Changes, started: cfg.Now(),
+		sources: d.Sources, reg: d.Registry, events: d.Feed, degraded: d.Degraded, fresh: d.Freshness, lastAudit: d.LastAudit, changes: d.Changes, started: cfg.Now(),
 		enrollLimit:  newLimiter(cfg.Enroll.Burst, cfg.Enroll.Interval),
 		enrollGlobal: newLimiter(cfg.Enroll.GlobalBurst, cfg.Enroll.GlobalInterval),
 		watchSlots:   newSlots(cfg.MaxWatchStreams-cfg.MaxCertlessWatchStreams, cfg.MaxWatchStreamsPerSource),
