@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -294,6 +295,12 @@ once 2/3 of its lifetime has passed (or at once with --force). Every agent
 certificate in <dir>/agents is renewed in the same call. New certificates
 replace the files atomically.
 
+It also asks meshd (GET /health over mTLS) whether it wants the certificates
+renewed early: meshd says so, with the Meshtrust-Renew-After header, while
+the intermediate that issued them is tainted (after a CA compromise), and
+the renewal is then due at the time it names, spread by meshd over the
+fleet. A meshd that sends no header leaves the local rule alone.
+
 When nothing is due it prints when renewal will be due and exits 0, so it can
 run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 		Example: `  meshctl renew --dir /etc/meshtrust
@@ -327,6 +334,9 @@ run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 			out := renewal{Node: fileSummary(leaf, d.Path(enroll.NodeCertFile), d.Path(enroll.NodeKeyFile)), Agents: []agentRenewal{}}
 			for _, a := range n.Agents {
 				out.Agents = append(out.Agents, agentRenewal{certSummary: fileSummary(a.Certificate.Leaf, d.AgentCertPath(a.ID), d.AgentKeyPath(a.ID))})
+			}
+			if !force && time.Now().Before(r.Due()) {
+				askEarly(cmd.Context(), cmd.ErrOrStderr(), client, n, r)
 			}
 			if due := r.Due(); !force && time.Now().Before(due) {
 				if g.jsonOut {
@@ -376,6 +386,34 @@ run from a timer (deploy/systemd/meshtrust-renew.timer).`,
 	cmd.Flags().BoolVar(&force, "force", false, "renew now, even when not due")
 	addJSON(cmd, g)
 	return cmd
+}
+
+// askEarly asks meshd whether it wants the node's certificate, or an agent
+// certificate of another intermediate, renewed before the local rule says
+// (Meshtrust-Renew-After: the intermediate was tainted), and passes the
+// earliest answer on to r. meshd out of reach is reported and changes
+// nothing: the certificates are then renewed when the local rule says.
+func askEarly(ctx context.Context, errw io.Writer, client *enroll.Client, n *enroll.Node, r *enroll.Renewer) {
+	ctx, cancel := context.WithTimeout(ctx, nodeTimeout)
+	defer cancel()
+	certs := []tls.Certificate{n.Certificate}
+	asked := map[string]bool{string(n.Certificate.Leaf.AuthorityKeyId): true}
+	for _, a := range n.Agents {
+		if k := string(a.Certificate.Leaf.AuthorityKeyId); !asked[k] {
+			asked[k] = true
+			certs = append(certs, a.Certificate)
+		}
+	}
+	for _, c := range certs {
+		at, err := client.RenewAfter(ctx, c)
+		if err != nil {
+			fmt.Fprintf(errw, "warning: cannot ask meshd at %s whether %s is to be renewed early: %v\n", client.Server, c.Leaf.Subject.CommonName, err)
+			return
+		}
+		if !at.IsZero() {
+			r.RenewBy(at)
+		}
+	}
 }
 
 // renewal is `renew --json`: the node's certificate and its agents', the

@@ -368,6 +368,27 @@ func TestRenewCmdDue(t *testing.T) {
 	}
 }
 
+// TestRenewCmdTainted: a fresh certificate is renewed by a plain `meshctl
+// renew` once meshd's Meshtrust-Renew-After says it is due (its
+// intermediate was tainted); a time still ahead is reported as the due
+// time.
+func TestRenewCmdTainted(t *testing.T) {
+	n := newNode(t, enrolltest.Config{})
+	n.mustEnroll()
+	ahead := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	n.srv.SetRenewHeader(ahead.Format(time.RFC3339))
+	if r := execute(t, "renew", "--dir", n.dir); r.code != 0 || !strings.Contains(r.stdout, "not due until "+ahead.Format(time.RFC3339)) {
+		t.Fatalf("renew with meshd's time ahead: exit %d\n%s", r.code, r.output())
+	}
+	n.srv.SetRenewHeader(time.Now().Add(-time.Second).UTC().Format(time.RFC3339))
+	if r := execute(t, "renew", "--dir", n.dir); r.code != 0 || !strings.Contains(r.stdout, "renewed ct112.mesh") {
+		t.Fatalf("renew with meshd's time passed: exit %d\n%s", r.code, r.output())
+	}
+	if len(n.requests("/renew")) != 1 {
+		t.Errorf("/renew requests: %+v", n.requests("/renew"))
+	}
+}
+
 // fakeAdmin serves meshd's POST /admin/tokens on a unix socket in a data
 // directory, minting tokens into srv.
 type fakeAdmin struct {
