@@ -171,3 +171,42 @@ func TestClientRenewAfter(t *testing.T) {
 		t.Fatalf("an unreadable header: %s, want zero", at)
 	}
 }
+
+// TestRenewByConcurrent: requests from many goroutines (heartbeat answers,
+// taint events) leave the earliest one for the generation.
+func TestRenewByConcurrent(t *testing.T) {
+	t.Parallel()
+	clk, _, c, dir := clockedNode(t)
+	r, err := enroll.NewRenewer(c, dir, enroll.RenewerConfig{Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := clk.Now()
+	done := make(chan time.Time, 8)
+	for g := range 8 {
+		go func() {
+			earliest := base.Add(24 * time.Hour)
+			for i := range 500 {
+				at := base.Add(time.Duration((i*7919+g*104729)%86400) * time.Second)
+				r.RenewBy(at)
+				if at.Before(earliest) {
+					earliest = at
+				}
+				if due := r.Due(); due.After(at) {
+					t.Errorf("goroutine %d: Due %s after its own request %s", g, due, at)
+					break
+				}
+			}
+			done <- earliest
+		}()
+	}
+	want := base.Add(24 * time.Hour)
+	for range 8 {
+		if e := <-done; e.Before(want) {
+			want = e
+		}
+	}
+	if due := r.Due(); !due.Equal(want) {
+		t.Fatalf("Due %s, want the earliest request %s", due, want)
+	}
+}
