@@ -18,6 +18,8 @@ DEPS=(
 	"chromium chromium" # the headless browser the console's tests drive (chromedp)
 	"promtool prometheus" # promtool checks and unit-tests deploy/prometheus's rules
 	"curl curl"           # the README's pasted commands, and the tests that call meshd as another uid
+	"ip iproute2"         # the partition test's network namespaces and veth links
+	"setpriv util-linux"  # running the partition test's PostgreSQL as its own user
 )
 
 SUDO=()

@@ -59,10 +59,24 @@ func freeAddr(t *testing.T) string {
 // waits until its agent port answers.
 func startReplica(t *testing.T, bin, name, data, dsn string, extra ...string) *replica {
 	t.Helper()
-	r := &replica{name: name, addr: freeAddr(t), data: data, stderr: &logtest.Buffer{}, done: make(chan error, 1)}
-	args := append([]string{"--data-dir", data, "--database", dsn, "--listen", r.addr, "--log-level", "info",
+	return startReplicaAt(t, bin, name, data, place{dsn: dsn, addr: freeAddr(t)}, extra...)
+}
+
+// place is where a replica runs: its database, the network namespace it
+// runs in ("" the test's own) and the agent port's address.
+type place struct{ dsn, netns, addr string }
+
+// startReplicaAt is startReplica at p.
+func startReplicaAt(t *testing.T, bin, name, data string, p place, extra ...string) *replica {
+	t.Helper()
+	r := &replica{name: name, addr: p.addr, data: data, stderr: &logtest.Buffer{}, done: make(chan error, 1)}
+	args := append([]string{filepath.Join(bin, "meshd"), "--data-dir", data, "--database", p.dsn, "--listen", r.addr, "--log-level", "info",
 		"--agent-cert-burst", "100000", "--agent-cert-interval", "1ms", "--max-agents-per-node", "100000"}, extra...)
-	r.cmd = exec.Command(filepath.Join(bin, "meshd"), args...)
+	if p.netns != "" {
+		// ip execs meshd in the namespace: the pid is meshd's.
+		args = append([]string{"ip", "netns", "exec", p.netns}, args...)
+	}
+	r.cmd = exec.Command(args[0], args[1:]...)
 	r.cmd.Env = cleanEnv(filepath.Join(filepath.Dir(data), "home-"+name))
 	r.cmd.Stderr = r.stderr
 	if err := r.cmd.Start(); err != nil {
@@ -86,11 +100,11 @@ func startReplica(t *testing.T, bin, name, data, dsn string, extra ...string) *r
 		select {
 		case err := <-r.done:
 			r.done <- err
-			t.Fatalf("meshd %s exited (%v):\n%s", name, err, r.stderr)
+			t.Fatalf("meshd %s exited (%v):\n%s", r.name, err, r.stderr)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("meshd %s does not answer on %s within 60s:\n%s", name, r.addr, r.stderr)
+			t.Fatalf("meshd %s does not answer on %s within 60s:\n%s", r.name, r.addr, r.stderr)
 		}
 	}
 }
@@ -115,19 +129,30 @@ func (r *replica) stop(t *testing.T) {
 // admin calls meshd's admin API on its unix socket.
 func (r *replica) admin(t *testing.T, method, path string, body any) (int, []byte) {
 	t.Helper()
+	code, out, err := r.adminCall(method, path, body)
+	if err != nil {
+		t.Fatalf("admin %s %s on %s: %v", method, path, r.name, err)
+	}
+	return code, out
+}
+
+// adminCall is admin without a test: the error of a replica gone
+// mid-request is returned.
+func (r *replica) adminCall(method, path string, body any) (int, []byte, error) {
 	sock := filepath.Join(r.data, "admin.sock")
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
+	defer c.CloseIdleConnections()
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequest(method, "http://meshd"+path, bytes.NewReader(b))
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("admin %s %s on %s: %v", method, path, r.name, err)
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, out
+	return resp.StatusCode, out, nil
 }
 
 // mesh is the test's view of the CA the replicas share.
@@ -255,8 +280,15 @@ func copyTree(t *testing.T, src, dst string) {
 // view of the CA and a store on dsn, closed when t ends.
 func startMesh(t *testing.T, bin, dsn string, extra [3][]string) ([3]*replica, *mesh, *sqlstore.Store) {
 	t.Helper()
+	return startMeshAt(t, bin, [3]place{{dsn: dsn, addr: freeAddr(t)}, {dsn: dsn, addr: freeAddr(t)}, {dsn: dsn, addr: freeAddr(t)}}, dsn, extra)
+}
+
+// startMeshAt is startMesh with each replica at its place; the test's
+// store is on dsn.
+func startMeshAt(t *testing.T, bin string, at [3]place, dsn string, extra [3][]string) ([3]*replica, *mesh, *sqlstore.Store) {
+	t.Helper()
 	root := t.TempDir()
-	a := startReplica(t, bin, "A", filepath.Join(root, "a"), dsn, append([]string{"--dev"}, extra[0]...)...)
+	a := startReplicaAt(t, bin, "A", filepath.Join(root, "a"), at[0], append([]string{"--dev"}, extra[0]...)...)
 	cfgA := ca.Config{RootDir: filepath.Join(root, "a", "root"), Dir: filepath.Join(root, "a", "ca"), TrustDomain: "mesh.local"}
 	rs := [3]*replica{a}
 	for i, n := range []string{"b", "c"} {
@@ -268,7 +300,7 @@ func startMesh(t *testing.T, bin, dsn string, extra [3][]string) ([3]*replica, *
 		c := ca.Config{Dir: filepath.Join(root, n, "ca")}
 		flags := append([]string{"--tls-cert", c.IssuedCertPath("meshd.mesh"), "--tls-key", c.IssuedKeyPath("meshd.mesh"),
 			"--ca-dir", filepath.Join(root, n, "ca"), "--root-dir", filepath.Join(root, n, "root")}, extra[i+1]...)
-		rs[i+1] = startReplica(t, bin, strings.ToUpper(n), filepath.Join(root, n, "data"), dsn, flags...)
+		rs[i+1] = startReplicaAt(t, bin, strings.ToUpper(n), filepath.Join(root, n, "data"), at[i+1], flags...)
 	}
 
 	st, err := sqlstore.OpenPostgres(t.Context(), dsn, sqlstore.WithoutListen())
@@ -294,6 +326,8 @@ func startMesh(t *testing.T, bin, dsn string, extra [3][]string) ([3]*replica, *
 // revocation on one evicts and disconnects an agent held by another (how
 // soon is bench/cmd/replicas's to measure); a PostgreSQL restart under load leaves heartbeats
 // served (until the staleness bound) and issuance refused with 503 until it is back; a replica
+// SIGKILLed mid-revocation leaves each revocation acknowledged and in
+// force everywhere, or unacknowledged and retryable, never half-applied; a replica
 // SIGKILLed mid-issuance loses no acknowledged certificate.
 func TestReplicas(t *testing.T) {
 	bin := buildBinaries(t)
@@ -474,6 +508,83 @@ func TestReplicas(t *testing.T) {
 				t.Errorf("the refused issuance on %s left %d certificates (%v)", r.name, len(certs), err)
 			}
 		}
+	})
+
+	t.Run("KilledMidRevocation", func(t *testing.T) {
+		// Revocations through B, four at a time, until B is SIGKILLed
+		// with some in flight. Each is acknowledged and in force on A
+		// and C, or unacknowledged and then either in force everywhere
+		// (it committed before the kill) or nowhere, and a retry on A
+		// takes it: never half-applied.
+		const n = 24
+		certs := make([]*http.Client, n)
+		for i := range n {
+			certs[i] = m.client(m.identity(t, fmt.Sprintf("r%d", i), "ct130"))
+		}
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			acked = map[int]bool{}
+			next  = make(chan int)
+		)
+		for range 4 {
+			wg.Go(func() {
+				for i := range next {
+					code, _, _ := b.adminCall("POST", "/admin/revoke", meshapi.RevokeRequest{Target: fmt.Sprintf("r%d@ct130", i)})
+					if code == http.StatusOK {
+						mu.Lock()
+						acked[i] = true
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		killed := false
+		for i := range n {
+			next <- i
+			mu.Lock()
+			k := len(acked) >= 6
+			mu.Unlock()
+			if k && !killed {
+				b.cmd.Process.Signal(syscall.SIGKILL)
+				killed = true
+			}
+		}
+		close(next)
+		wg.Wait()
+		if !killed {
+			t.Fatalf("only %d revocations acknowledged before all %d were sent", len(acked), n)
+		}
+		ids, err := st.RevokedIdentities(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored := map[string]bool{}
+		for _, r := range ids {
+			stored[r.Name] = true
+		}
+		var retried int
+		for i := range n {
+			name := fmt.Sprintf("r%d@ct130", i)
+			switch {
+			case acked[i] && !stored[name]:
+				t.Errorf("the revocation of %s was acknowledged by B but is not in the store", name)
+			case !stored[name]:
+				retried++
+				if code, body := a.admin(t, "POST", "/admin/revoke", meshapi.RevokeRequest{Target: name}); code != http.StatusOK {
+					t.Errorf("retrying the unacknowledged revocation of %s on A: %d %s", name, code, body)
+				}
+			}
+			for _, r := range []*replica{a, c} {
+				eventually.NoError(t, r.name+" refuses "+name, func() error {
+					if code, body := call(certs[i], "POST", "https://"+r.addr+"/heartbeat", map[string]any{"agent_id": fmt.Sprintf("r%d", i), "http_port": 9000}); code != http.StatusForbidden {
+						return fmt.Errorf("%d %s", code, body)
+					}
+					return nil
+				})
+			}
+		}
+		t.Logf("B acknowledged %d of %d revocations before SIGKILL; %d committed unacknowledged; %d retried on A", len(acked), n, n-retried-len(acked), retried)
 	})
 
 	t.Run("KilledMidIssuance", func(t *testing.T) {

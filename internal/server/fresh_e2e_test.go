@@ -170,3 +170,36 @@ func TestE2ESQLiteNeverStale(t *testing.T) {
 		t.Errorf("/health on SQLite: %v", h)
 	}
 }
+
+// BenchmarkHeartbeatGate: HEAD /heartbeat/{id} over one keep-alive mTLS
+// connection, on a meshd without the staleness gate (SQLite, one
+// process) and on one with it (a replica's store), in one run: the gate's
+// two atomic loads and the clock against the whole request.
+func BenchmarkHeartbeatGate(b *testing.B) {
+	for _, c := range []struct {
+		name    string
+		replica bool
+	}{{"ungated", false}, {"gated", true}, {"ungated-again", false}, {"gated-again", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			o := envOptions{mode: server.TLSStrict}
+			if c.replica {
+				o.store = func(st server.Store) server.Store { return &linkStore{Store: st, wake: make(chan struct{})} }
+			}
+			e := newEnv(b, o)
+			cert, _ := agentCert(b, e.ca.auth, "opus", "ct111")
+			cl := e.client(&cert)
+			if r := e.do(cl, "POST", "/heartbeat", heartbeat("opus", 9000)); r.code != http.StatusOK {
+				b.Fatalf("register: %s", r)
+			}
+			u := e.baseURL() + "/heartbeat/opus"
+			b.ResetTimer()
+			for b.Loop() {
+				resp, err := cl.Head(u)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					b.Fatalf("HEAD: %v %v", resp, err)
+				}
+				resp.Body.Close()
+			}
+		})
+	}
+}
