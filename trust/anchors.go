@@ -55,7 +55,15 @@ func (l *LocalCA) Verify(_ context.Context, chain []*x509.Certificate, now time.
 	l.mu.RLock()
 	roots, inter := l.roots, l.intermediates
 	l.mu.RUnlock()
-	full := append(append(make([]*x509.Certificate, 0, len(chain)+len(inter)), chain...), inter...)
+	// Only the CA's own live intermediates may stand between the root and
+	// the leaf: those the peer presents are left out, so a chain through
+	// an intermediate the CA revoked (or never listed) finds no path,
+	// whatever the peer sends. The mesh CA's root signs intermediates of
+	// path length 0 only, so no path needs another.
+	full := chain
+	if len(chain) > 0 {
+		full = append(append(make([]*x509.Certificate, 0, 1+len(inter)), chain[0]), inter...)
+	}
 	chains, err := verifyChain(full, roots, now)
 	if err != nil {
 		return nil, err

@@ -63,6 +63,17 @@ var (
 	ErrNotRevoked = errors.New("ca: not revoked")
 	// ErrNoPrepared reports an activation with no prepared intermediate.
 	ErrNoPrepared = errors.New("ca: no prepared intermediate")
+	// ErrUnknownIntermediate reports a key id that names none of the
+	// CA's intermediates.
+	ErrUnknownIntermediate = errors.New("ca: no such intermediate")
+	// ErrIntermediateSlot reports a taint or revocation of an
+	// intermediate in a state that does not allow it: the active one
+	// (activate a new one first), a prepared one, one not tainted before
+	// its revocation.
+	ErrIntermediateSlot = errors.New("ca: not allowed in the intermediate's state")
+	// ErrLiveLeaves reports a revocation of an intermediate that still
+	// has unexpired, unrevoked leaves.
+	ErrLiveLeaves = errors.New("ca: the intermediate still has live certificates")
 )
 
 // Default lifetimes.
@@ -72,6 +83,7 @@ const (
 	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
 	DefaultIntermediateTTL = 5 * 365 * 24 * time.Hour
 	DefaultCRLValidity     = 7 * 24 * time.Hour
+	DefaultTaintWindow     = 5 * time.Minute
 	// backdate absorbs clock skew between the CA and the peers that verify
 	// what it issues.
 	backdate = time.Minute
@@ -100,6 +112,11 @@ type Config struct {
 	// CRLValidity is the distance between a CRL's this-update and
 	// next-update.
 	CRLValidity time.Duration
+	// TaintWindow spreads the renewals an intermediate's taint asks
+	// for: a leaf of a tainted intermediate is due at the taint plus a
+	// share of TaintWindow drawn from its serial (RenewAt); default
+	// DefaultTaintWindow.
+	TaintWindow time.Duration
 	// Now returns the current time; default time.Now.
 	Now func() time.Time
 	// After is how the CA's long-running parts (the CRL refresher) wait:
@@ -123,6 +140,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LeafTTL == 0 {
 		c.LeafTTL = DefaultLeafTTL
+	}
+	if c.TaintWindow <= 0 {
+		c.TaintWindow = DefaultTaintWindow
 	}
 	if c.RenewAfter == 0 {
 		c.RenewAfter = c.LeafTTL * 2 / 3
@@ -153,12 +173,17 @@ func (c Config) trustDomain() (spiffeid.TrustDomain, error) {
 }
 
 // Paths of the files the CA keeps.
-func (c Config) rootCertPath() string   { return filepath.Join(c.RootDir, "ca.crt") }
-func (c Config) rootKeyPath() string    { return filepath.Join(c.RootDir, "ca.key") }
-func (c Config) intDir() string         { return filepath.Join(c.Dir, "intermediate") }
-func (c Config) intKeysDir() string     { return filepath.Join(c.intDir(), "keys") }
-func (c Config) statePath() string      { return filepath.Join(c.intDir(), "state.json") }
-func (c Config) rootCopyPath() string   { return filepath.Join(c.intDir(), "root.crt") }
+func (c Config) rootCertPath() string { return filepath.Join(c.RootDir, "ca.crt") }
+func (c Config) rootKeyPath() string  { return filepath.Join(c.RootDir, "ca.key") }
+func (c Config) intDir() string       { return filepath.Join(c.Dir, "intermediate") }
+func (c Config) intKeysDir() string   { return filepath.Join(c.intDir(), "keys") }
+func (c Config) statePath() string    { return filepath.Join(c.intDir(), "state.json") }
+func (c Config) rootCopyPath() string { return filepath.Join(c.intDir(), "root.crt") }
+
+// RootCRLPath is the root-signed CRL of the revoked intermediates, which
+// crl.pem carries too; it exists once one was revoked where the root key
+// was at hand.
+func (c Config) RootCRLPath() string    { return filepath.Join(c.intDir(), "root-crl.pem") }
 func (c Config) activeCertPath() string { return filepath.Join(c.intDir(), "int.crt") }
 func (c Config) activeKeyPath() string  { return filepath.Join(c.intDir(), "int.key") }
 

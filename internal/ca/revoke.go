@@ -211,6 +211,13 @@ func (c *CA) RebuildCRL(ctx context.Context) ([]*x509.RevocationList, error) {
 		out = append(out, crl)
 		pem.Encode(&buf, &pem.Block{Type: "X509 CRL", Bytes: der})
 	}
+	// The root's CRL of revoked intermediates rides along, so that a
+	// verifier checking every CRL of the chain finds it in one file.
+	rootCRL, err := rootCRLPEM(c.cfg)
+	if err != nil {
+		return nil, err
+	}
+	buf.Write(rootCRL)
 	if err := pemfile.WriteAtomic(c.cfg.CRLPath(), buf.Bytes(), 0o644); err != nil {
 		return nil, err
 	}

@@ -54,7 +54,9 @@ func Intermediates(ctx context.Context, cfg Config, st store.Store) ([]Intermedi
 		return nil, err
 	}
 	out := make([]IntermediateInfo, 0, len(s.Intermediates))
-	for _, in := range s.Intermediates {
+	// Newest first: the state lists them oldest first, and two made in
+	// one second keep that order reversed.
+	for _, in := range slices.Backward(s.Intermediates) {
 		cert, err := x509.ParseCertificate(in.CertDER)
 		if err != nil {
 			return nil, fmt.Errorf("intermediate %s in the store: %w", in.KeyID, err)

@@ -36,6 +36,7 @@ and rotate-intermediate prepare; everything else works with it offline.`,
 		caInitCmd(g), caIssueIntermediateCmd(g), caRotateCmd(g),
 		caIssueNodeCmd(g), caIssueAgentCmd(g), caIssueClientCmd(g), caSignCmd(g),
 		caRevokeCmd(g), caReinstateCmd(g), caCRLCmd(g), caVerifyCmd(g), caListCmd(g), caAuditCmd(g),
+		caStatusCmd(g),
 	)
 	return cmd
 }
@@ -167,7 +168,7 @@ func caIssueIntermediateCmd(g *globals) *cobra.Command {
 func caRotateCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rotate-intermediate",
-		Short: "Rotate the intermediate: prepare a new one, then activate it",
+		Short: "Rotate the intermediate: prepare, activate; after a compromise taint and revoke the old one",
 	}
 	say := func(s string) func(ca.Config) string { return func(ca.Config) string { return s } }
 	cmd.AddCommand(
@@ -181,6 +182,7 @@ func caRotateCmd(g *globals) *cobra.Command {
 			run: ca.ActivateIntermediate, verb: "activated intermediate",
 			next: say("new certificates are signed by it; certificates from the old one stay valid until they expire"),
 		}),
+		caTaintCmd(g), caRevokeIntermediateCmd(g),
 	)
 	return cmd
 }

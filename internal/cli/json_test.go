@@ -111,6 +111,19 @@ func TestJSONEverywhere(t *testing.T) {
 	check("ca issue-intermediate", fresh.run("ca", "issue-intermediate", "--json"), 0)
 	check("ca rotate-intermediate prepare", fresh.run("ca", "rotate-intermediate", "prepare", "--json"), 0)
 	check("ca rotate-intermediate activate", fresh.run("ca", "rotate-intermediate", "activate", "--json"), 0)
+	ints, _ := check("ca status", fresh.run("ca", "status", "--json"), 0).([]any)
+	if len(ints) != 2 || ints[0].(map[string]any)["state"] != "active" || ints[1].(map[string]any)["state"] != "retired" {
+		t.Fatalf("ca status --json after a rotation: %v", ints)
+	}
+	retiredID, _ := ints[1].(map[string]any)["key_id"].(string)
+	tainted := check("ca rotate-intermediate taint", fresh.run("ca", "rotate-intermediate", "taint", retiredID, "--json"), 0)
+	if tainted.(map[string]any)["state"] != "tainted" {
+		t.Errorf("taint --json: %v", tainted)
+	}
+	revoked := check("ca rotate-intermediate revoke", fresh.run("ca", "rotate-intermediate", "revoke", retiredID, "--json"), 0)
+	if revoked.(map[string]any)["state"] != "revoked" {
+		t.Errorf("revoke --json: %v", revoked)
+	}
 
 	check("ca issue-node", m.run("ca", "issue-node", "ct1", "--json"), 0)
 	check("ca issue-agent", m.run("ca", "issue-agent", "opus", "ct1", "--json"), 0)
