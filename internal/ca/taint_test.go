@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -199,4 +201,84 @@ func TestTaintAndRevoke(t *testing.T) {
 		t.Fatalf("openssl -crl_check_all on a leaf of the revoked intermediate: %v\n%s", err, out)
 	}
 	openssltest.RequireVerifies(t, f.rootPath(), []string{f.intPath()}, leafFile(t, l3), "-attime", at, "-crl_check_all", "-CRLfile", f.cfg.CRLPath())
+}
+
+// TestTaintReloadRace reads the taint state (RenewAt, TaintedIssuers,
+// Intermediates) from many goroutines while others reload the CA as the
+// state changes under them: under -race, and each reader sees either the
+// state before the taint or after it, never a mix.
+func TestTaintReloadRace(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	old := f.activeIntermediate(t)
+	oldID := hex.EncodeToString(old.SubjectKeyId)
+	leaf := f.sign(t, ca.NodeRequest("ct1"))
+	if _, err := ca.PrepareIntermediate(ctx, f.cfg, f.store); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.ActivateIntermediate(ctx, f.cfg, f.store); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ca.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	normal := f.ca.RenewAt(oldID, leaf.Record.Serial, leaf.Cert.NotBefore, leaf.Cert.NotAfter)
+	taintedAt := f.clock.Now()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				at := f.ca.RenewAt(oldID, leaf.Record.Serial, leaf.Cert.NotBefore, leaf.Cert.NotAfter)
+				tainted := f.ca.TaintedIssuers()
+				if !at.Equal(normal) && (at.Before(taintedAt) || !at.Before(taintedAt.Add(ca.DefaultTaintWindow))) {
+					errs <- fmt.Errorf("RenewAt %s is neither the normal point nor within the taint's window", at)
+					return
+				}
+				if at2, ok := tainted[oldID]; ok && !at2.Equal(taintedAt) {
+					errs <- fmt.Errorf("TaintedIssuers says %s, want %s", at2, taintedAt)
+					return
+				}
+				if n := len(f.ca.Intermediates()); n != 2 {
+					errs <- fmt.Errorf("%d intermediates, want 2", n)
+					return
+				}
+			}
+		}()
+	}
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 10 {
+				if err := f.ca.Reload(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	if _, err := ca.TaintIntermediate(ctx, f.cfg, f.store, oldID); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ca.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(done)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := f.ca.TaintedIssuers(); !got[oldID].Equal(taintedAt) {
+		t.Fatalf("TaintedIssuers after the race: %v", got)
+	}
 }

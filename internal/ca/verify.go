@@ -140,7 +140,11 @@ func (c *CA) List(ctx context.Context) ([]Listed, error) {
 		if rec.Kind == "intermediate" {
 			renewAfter = c.cfg.IntermediateTTL / 2 // intermediates rotate mid-life
 		}
-		l := Listed{Cert: rec, RenewAt: rec.NotBefore.Add(backdate).Add(renewAfter), Status: c.status(now, rec.NotBefore, rec.NotAfter, renewAfter, revs[rec.Serial])}
+		renewAt := rec.NotBefore.Add(backdate).Add(renewAfter)
+		if rec.Kind != "intermediate" {
+			renewAt = c.RenewAt(rec.IssuerKeyID, rec.Serial, rec.NotBefore, rec.NotAfter) // sooner for a tainted issuer's
+		}
+		l := Listed{Cert: rec, RenewAt: renewAt, Status: c.status(now, rec.NotBefore, rec.NotAfter, renewAfter, revs[rec.Serial])}
 		if r, ok := revs[rec.Serial]; ok {
 			at := r.RevokedAt
 			l.RevokedAt, l.Reason = &at, Reason(r.Reason).String()
