@@ -39,7 +39,8 @@ type Backend interface {
 	// first, and the result of verifying the whole chain.
 	Audit(ctx context.Context, limit int) (AuditLog, error)
 	// Intermediates lists the CA's intermediates (active, prepared,
-	// retired), newest first, each with its count of live certificates.
+	// retired, tainted, revoked), newest first, each with its count of
+	// live certificates.
 	Intermediates(ctx context.Context) ([]Intermediate, error)
 	// Policies names the stored policies the explainer can ask.
 	Policies(ctx context.Context) ([]string, error)
@@ -157,7 +158,8 @@ type AuditLog struct {
 // Intermediate is one of the CA's intermediates.
 type Intermediate struct {
 	KeyID, Subject string
-	// State is "active", "prepared" or "retired".
+	// State is "active", "prepared", "retired", "tainted" (every leaf
+	// it signed is to renew now) or "revoked" (nothing trusts it).
 	State               string
 	NotBefore, NotAfter time.Time
 	// LiveCerts counts the certificates it issued that have neither

@@ -395,6 +395,8 @@ func hostileBackend() *fakeBackend {
 		intermediates: []console.Intermediate{
 			{KeyID: "k1" + hostile, Subject: "CN=int" + hostile, State: "active", NotBefore: t0, NotAfter: t0.Add(time.Hour), LiveCerts: 12},
 			{KeyID: "k2", Subject: "CN=int2", State: "prepared" + hostile, LiveCerts: 0},
+			{KeyID: "k3", Subject: "CN=int3", State: "tainted", LiveCerts: 7},
+			{KeyID: "k4", Subject: "CN=int4", State: "revoked", LiveCerts: 0},
 		},
 		policies: []string{"meshd-admin" + hostile, "meshd-admin"},
 		decision: console.Decision{Allowed: false, Rule: "deny " + hostile},
@@ -424,7 +426,7 @@ func TestPagesEscape(t *testing.T) {
 		"/console/revocations":   {"key blocked", "keyCompromise", "alice.mesh&lt;script&gt;", `data-identity="bad@ct111`, "reinstate"},
 		"/console/entities":      {`data-entity="acme`, `data-stale="true"`, "stale", "the mesh", "example.org"},
 		"/console/audit":         {`data-verified="false"`, "hash mismatch at 3"},
-		"/console/intermediates": {`data-state="active"`, ">12<"},
+		"/console/intermediates": {`data-state="active"`, ">12<", `data-state="tainted"`, `data-state="revoked"`, ">7<"},
 	} {
 		_, body := h.get(p, ck)
 		for _, w := range wants {
