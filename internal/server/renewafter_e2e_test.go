@@ -46,3 +46,22 @@ func TestE2ERenewAfterInAnswers(t *testing.T) {
 		t.Errorf("GET /health with nothing tainted: Meshtrust-Renew-After %s, %v", at, err)
 	}
 }
+
+// BenchmarkE2EHeadHeartbeat is one HEAD /heartbeat/{id} of a registered
+// agent over a kept-alive loopback TLS connection: the baseline that
+// BenchmarkRenewHint's cost is read against.
+func BenchmarkE2EHeadHeartbeat(b *testing.B) {
+	e := newEnv(b, envOptions{mode: server.TLSStrict})
+	c := e.registeredAgent("opus", "ct111", 9000)
+	u := e.baseURL() + "/heartbeat/opus"
+	for b.Loop() {
+		resp, err := c.Head(u)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("HEAD: %d", resp.StatusCode)
+		}
+	}
+}
