@@ -43,6 +43,9 @@ type Config struct {
 	// AgentCertBurst and MaxAgentsPerNode are meshd's; zero is its
 	// defaults.
 	AgentCertBurst, MaxAgentsPerNode int
+	// TaintWindow is the CA's: how long the renewals a taint asks for are
+	// spread over; zero is the CA's default.
+	TaintWindow time.Duration
 }
 
 // Mesh is meshd running in this process over a mesh CA of its own: the CA
@@ -82,7 +85,7 @@ type Replica struct {
 // meshd's admin socket in dir, a fresh directory the caller removes, and
 // starts meshd over them. Close stops it.
 func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
-	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}
+	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca"), TaintWindow: c.TaintWindow}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
 	}
