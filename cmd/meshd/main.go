@@ -56,6 +56,7 @@ type options struct {
 	k8sNamespace, k8sSelector  string
 	spire                      spireOptions
 	dev                        bool
+	caFromSecret               string
 	heartbeatTimeout, interval time.Duration
 	sessionKeysDir             string
 	sessionTTL                 time.Duration
@@ -149,6 +150,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.spire.maxStaleness, "spire-max-staleness", envOr("MCP_MESH_SPIRE_MAX_STALENESS", spirebundle.DefaultMaxStaleness.String()), "spire: how long the bundles stay trusted once the Workload API cannot refresh them; past it every SPIFFE certificate they would admit is refused (stale_trust) until it can (env MCP_MESH_SPIRE_MAX_STALENESS)")
 	o.binding.flags(f)
 	o.bundle.flags(f)
+	f.StringVar(&o.caFromSecret, "ca-from-secret", envOr("MESHD_CA_FROM_SECRET", ""), "a directory where a kubernetes.io/tls Secret is mounted (tls.crt, tls.key, ca.crt: the intermediate, its key, the mesh's root; cert-manager's CA-issuer shape): its intermediate becomes the active one at start, and again whenever the Secret changes, without a restart; a Secret that cannot be used is an error at start and later keeps the current intermediate, meshd degraded (env MESHD_CA_FROM_SECRET)")
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
 	f.DurationVar(&o.revocationPoll, "revocation-poll", meshd.DefaultRevocationPoll, "how often the store's change feed is read for revocations and other changes made outside this process (meshctl ca revoke offline)")
 	f.DurationVar(&o.stalenessBound, "staleness-bound", server.DefaultStalenessBound, "replicas on PostgreSQL: how long past its last read of the store's change feed a replica keeps serving the heartbeats of agents it knows; past it, heartbeats, GET /agents, registration, issuance and enrollment answer 503 (replica_stale) until it reads the store again. At least 3 --revocation-poll intervals")
@@ -224,6 +226,9 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.interval <= 0 || o.heartbeatTimeout < 2*o.interval {
 		return fmt.Errorf("--heartbeat-timeout %s must be at least twice --heartbeat-interval %s, or agents are marked unhealthy between two heartbeats", o.heartbeatTimeout, o.interval)
 	}
+	if o.caFromSecret != "" && o.dev {
+		return errors.New("--ca-from-secret adopts the intermediate of a Secret; --dev creates a CA of its own: give one of them")
+	}
 	if o.tlsSVID && (o.dev || mode == server.TLSOff) {
 		return fmt.Errorf("--tls-svid serves meshd's SPIRE SVID on the agent port: it needs TLS on (--tls-mode auto or strict) and is not for --dev, which serves a mesh CA certificate")
 	}
@@ -258,7 +263,6 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.legacyCompat && secret == "" {
 		return errors.New("--legacy-secret-compat needs the bootstrap secret (--bootstrap-secret-file or $MESHTRUST_BOOTSTRAP_SECRET)")
 	}
-	haveCA := pemfile.Exists(filepath.Join(o.CADir, "intermediate", "state.json"))
 	storePath := o.Database
 	if storePath == "" {
 		if storePath, err = storeLocation(o.DataDir, cfg, log); err != nil {
@@ -270,6 +274,12 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
+	if o.caFromSecret != "" {
+		if err := meshd.AdoptCASecret(ctx, cfg, st, o.caFromSecret); err != nil {
+			return fmt.Errorf("--ca-from-secret: %w", err)
+		}
+	}
+	haveCA := pemfile.Exists(filepath.Join(o.CADir, "intermediate", "state.json"))
 	var authority *ca.CA
 	if haveCA {
 		if authority, err = ca.Open(ctx, cfg, st); err != nil {
@@ -298,6 +308,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		HeartbeatTimeout: o.heartbeatTimeout, HealthCheckInterval: o.healthCheckInterval,
 		RevocationPoll: o.revocationPoll, CheckpointInterval: o.checkpointInterval, AuditVerifyInterval: o.auditVerifyInterval,
 		Registrations: o.limits.registrationLimits(),
+		CASecretDir:   o.caFromSecret,
 	}
 	if err := o.binding.apply(&scfg); err != nil {
 		return err

@@ -159,14 +159,18 @@ func (m *Meshd) spireBackend(ctx context.Context) (*spirebundle.Backend, error) 
 // for GET /health: the spire backend once its bundles are stale past
 // its bound.
 func (m *Meshd) degraded() []meshapi.Degradation {
+	var out []meshapi.Degradation
+	if m.caSecret != nil {
+		out = append(out, m.caSecret.degradation()...)
+	}
 	if m.spire == nil {
-		return nil
+		return out
 	}
 	since, stale := m.spire.StaleSince(m.cfg.Now())
 	if !stale {
-		return nil
+		return out
 	}
-	return []meshapi.Degradation{{Component: "trust backend " + spirebundle.Name, Reason: trust.ReasonStaleTrust, Since: since}}
+	return append(out, meshapi.Degradation{Component: "trust backend " + spirebundle.Name, Reason: trust.ReasonStaleTrust, Since: since})
 }
 
 // backendMetrics returns the metrics of the backends that have some.

@@ -105,6 +105,15 @@ type Config struct {
 	// against the signed checkpoints (meshd_audit_verified); default 1
 	// hour. Each verification reads the whole log.
 	AuditVerifyInterval time.Duration
+	// CASecretDir is where a kubernetes.io/tls Secret holding the CA's
+	// intermediate is mounted (tls.crt, tls.key, ca.crt; meshd
+	// --ca-from-secret): meshd adopts each new version of it, on every
+	// replica, without a restart (casecret.go). It needs the mesh CA,
+	// adopted from the Secret once before New (AdoptCASecret).
+	CASecretDir string
+	// CASecretResync is how often the Secret is read again besides on a
+	// change of its directory; default 1 minute.
+	CASecretResync time.Duration
 }
 
 // RegistrationLimits are the registry's bounds on one registration and its
@@ -162,6 +171,8 @@ type Meshd struct {
 	crl     *ca.CRLRefresher // nil without a local CA
 	// obs is what meshd exports about itself (observe.go).
 	obs *observer
+	// caSecret follows the CA Secret; nil without Config.CASecretDir.
+	caSecret *caSecretWatcher
 
 	trustChanged chan struct{}
 	wg           sync.WaitGroup
@@ -273,6 +284,12 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 	}
 	if authority != nil {
 		m.crl = authority.NewCRLRefresher(m.log)
+	}
+	if cfg.CASecretDir != "" {
+		if authority == nil {
+			return nil, fmt.Errorf("the CA Secret in %s: meshd has no CA to adopt its intermediate into", cfg.CASecretDir)
+		}
+		m.caSecret = m.newCASecretWatcher(authority)
 	}
 	deps := server.Deps{Store: st, MeshCA: m.localCA, Chain: m.chain, Revocations: m.revs,
 		Registry: m.reg, Feed: feed{m}, Sources: sources{m}, Collectors: append(m.backendMetrics(), m.observerMetrics()...), Degraded: m.degraded, Changes: m.changes, LastAudit: m.lastAudit}
@@ -509,6 +526,10 @@ func (m *Meshd) Start(ctx context.Context) error {
 	go func() { defer m.wg.Done(); m.observeLoop(ctx) }()
 	go func() { defer m.wg.Done(); m.events.Run(ctx, m.cfg.RevocationPoll) }()
 	go func() { defer m.wg.Done(); m.watchTrust(ctx) }()
+	if m.caSecret != nil {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.caSecret.run(ctx) }()
+	}
 	if m.crl != nil {
 		m.wg.Add(2)
 		go func() { defer m.wg.Done(); m.crl.Run(ctx) }()

@@ -101,6 +101,17 @@ func (m *Meshd) observerMetrics() []prometheus.Collector {
 			return float64(o.storeSeq.Load())
 		}),
 	}
+	if w := m.caSecret; w != nil {
+		out = append(out, gauge("meshd_ca_secret_degraded", "1 while the CA Secret's contents (--ca-from-secret) cannot be adopted and meshd signs with the intermediate it had; else 0.", func() float64 {
+			if w.degraded.Load() != nil {
+				return 1
+			}
+			return 0
+		}), prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "meshd_ca_secret_rejections_total",
+			Help: "Versions of the CA Secret (--ca-from-secret) meshd refused (unreadable, not parsing, key not matching, not chaining to the mesh's root), and adoptions that failed.",
+		}, func() float64 { return float64(w.rejections.Load()) }))
+	}
 	if m.auth == nil {
 		return out
 	}
