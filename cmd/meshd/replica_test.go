@@ -29,6 +29,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/logtest"
+	"github.com/meshtrust/meshtrust/internal/meshdtest"
 	"github.com/meshtrust/meshtrust/internal/store/pgtest"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -192,19 +193,7 @@ func (m *mesh) client(cert tls.Certificate) *http.Client {
 // call does one request and returns its status and body (0 on a
 // transport error).
 func call(c *http.Client, method, url string, body any) (int, []byte) {
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, url, rd)
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, []byte(err.Error())
-	}
-	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, out
+	return meshdtest.Call(c, method, url, body)
 }
 
 // head sends a HEAD and returns its status and X-Reason (0 and the

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-
 	"github.com/meshtrust/meshtrust/internal/eventually"
 	"github.com/meshtrust/meshtrust/internal/kubetest"
 	"github.com/meshtrust/meshtrust/internal/logtest"
@@ -24,25 +22,37 @@ import (
 // meshdArgs are the arguments of the meshd container the values render.
 func meshdArgs(t *testing.T, values string) []string {
 	t.Helper()
-	for _, o := range render(t, "mesh", values) {
-		if o.GetKind() != "StatefulSet" {
-			continue
-		}
-		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
-		for _, c := range containers {
-			c := c.(map[string]any)
-			if c["name"] != "meshd" {
-				continue
-			}
-			var args []string
-			for _, a := range c["args"].([]any) {
-				args = append(args, a.(string))
-			}
-			return args
+	args, _ := meshdContainer(t, values)
+	return args
+}
+
+// meshdContainer returns the arguments and the environment (each
+// variable's rendered entry: name, and value or valueFrom) of the meshd
+// container that values render with the further --set flags.
+func meshdContainer(t *testing.T, values string, set ...string) (args []string, env []map[string]any) {
+	t.Helper()
+	_, c, _ := meshdPodSpec(t, render(t, "mesh", values, set...))
+	for _, a := range c["args"].([]any) {
+		args = append(args, a.(string))
+	}
+	if e, ok := c["env"].([]any); ok {
+		for _, v := range e {
+			env = append(env, v.(map[string]any))
 		}
 	}
-	t.Fatalf("%s renders no meshd container", values)
-	return nil
+	return args, env
+}
+
+// buildMeshd builds cmd/meshd from the tree and returns the binary.
+func buildMeshd(t *testing.T) string {
+	t.Helper()
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/meshd")
+	build.Dir = kubetest.Root()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/meshd: %v\n%s", err, out)
+	}
+	return filepath.Join(bin, "meshd")
 }
 
 // TestSPIREValuesProcess: the spire values combination runs as rendered.
@@ -58,13 +68,7 @@ func TestSPIREValuesProcess(t *testing.T) {
 	cluster := kubetest.Shared(t)
 	s := spiretest.Start(t, "mcp-mesh.local")
 
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/meshd")
-	build.Dir = kubetest.Root()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/meshd: %v\n%s", err, out)
-	}
-	meshd := filepath.Join(bin, "meshd")
+	meshd := buildMeshd(t)
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
