@@ -566,3 +566,49 @@ func TestReadAtAndFailing(t *testing.T) {
 		t.Errorf("after an abandoned poll: ReadAt %v, Failing %v; want 1001s (its creation), true", h.ReadAt(), h.Failing())
 	}
 }
+
+// TestFreshnessStress: readers load ReadAt and Failing while polls read a
+// store that comes and goes; each reader sees ReadAt never move back, and
+// the last poll's outcome at the end.
+func TestFreshnessStress(t *testing.T) {
+	src := &failingSource{}
+	f := New(src, 0, Config{})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Go(func() {
+			var last time.Time
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				at := f.ReadAt()
+				f.Failing()
+				if at.Before(last) {
+					errs <- fmt.Errorf("ReadAt moved back from %v to %v", last, at)
+					return
+				}
+				last = at
+			}
+		})
+	}
+	for i := range 2000 {
+		src.setDown(i%3 == 0)
+		src.commit(int64(i + 1))
+		f.Poll(t.Context())
+	}
+	src.setDown(false)
+	poll(t, f)
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if f.Failing() {
+		t.Error("Failing after a good poll")
+	}
+}

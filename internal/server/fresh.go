@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"time"
@@ -51,47 +52,73 @@ const (
 	durable
 )
 
-// stale reports how long ago this replica last read the store, and
-// whether that is beyond its staleness bound. Without Freshness (one
-// process on SQLite) it is never stale.
-func (s *Server) stale() (time.Duration, bool) {
-	if s.fresh == nil {
-		return 0, false
+// The staleness gate's verdicts (Server.freshState).
+const (
+	// stateCurrent: the replica read the store within its bound, and the
+	// last read succeeded.
+	stateCurrent int32 = iota
+	// stateUnreachable: within the bound, but the last read failed.
+	stateUnreachable
+	// stateStale: beyond the bound.
+	stateStale
+)
+
+// freshTick is how often the gate's verdict is refreshed for bound: a
+// tenth of it, at most 100ms.
+func freshTick(bound time.Duration) time.Duration { return min(100*time.Millisecond, bound/10) }
+
+// watchFreshness refreshes the gate's verdict every freshTick until ctx
+// ends, so that a request pays one atomic load for it, not the clock.
+func (s *Server) watchFreshness(ctx context.Context) {
+	tick := freshTick(s.cfg.StalenessBound)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		s.freshState.Store(s.freshness(tick))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
-	age := s.cfg.Now().Sub(s.fresh.ReadAt())
-	return age, age > s.cfg.StalenessBound
+}
+
+// freshness is the gate's verdict now. It turns stale one tick early:
+// the verdict stands until the next tick, and no request may be admitted
+// past the bound.
+func (s *Server) freshness(early time.Duration) int32 {
+	if s.cfg.Now().Add(early).Sub(s.fresh.ReadAt()) > s.cfg.StalenessBound {
+		return stateStale
+	}
+	if s.fresh.Failing() {
+		return stateUnreachable
+	}
+	return stateCurrent
 }
 
 // storeAway reports whether a write now would not reach the store: this
-// replica is stale, or its last read of the store failed.
-func (s *Server) storeAway() bool {
-	if s.fresh == nil {
-		return false
-	}
-	_, stale := s.stale()
-	return stale || s.fresh.Failing()
-}
+// replica is stale, or its last read of the store failed. Without
+// Freshness (one process on SQLite) it never is.
+func (s *Server) storeAway() bool { return s.freshState.Load() != stateCurrent }
 
 // gated refuses a request with 503 when this replica's view of the store
 // is too old (or, for g durable, the store unreachable) for h to decide
-// it safely, and calls h otherwise. The check is two atomic loads and
-// the clock, before the caller's certificate is verified: a stale
-// replica decides nothing on its revocation state.
+// it safely, and calls h otherwise. The check is one atomic load, before
+// the caller's certificate is verified: a stale replica decides nothing
+// on its revocation state.
 func (s *Server) gated(g gate, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.fresh == nil {
+		switch st := s.freshState.Load(); {
+		case st == stateCurrent:
 			h(w, r)
-			return
-		}
-		if age, stale := s.stale(); stale {
-			s.refuseStale(w, r, ReasonReplicaStale, fmt.Sprintf("this meshd replica has not read the store for %s, longer than its staleness bound (--staleness-bound %s): it cannot tell what was revoked meanwhile, so it refuses until it reads the store again; retry shortly or on another replica", age.Round(time.Millisecond), s.cfg.StalenessBound))
-			return
-		}
-		if g == durable && s.fresh.Failing() {
+		case st == stateStale:
+			age := s.cfg.Now().Sub(s.fresh.ReadAt())
+			s.refuseStale(w, r, ReasonReplicaStale, fmt.Sprintf("this meshd replica has not read the store for %s, about its staleness bound (--staleness-bound %s) or longer: it cannot tell what was revoked meanwhile, so it refuses until it reads the store again; retry shortly or on another replica", age.Round(time.Millisecond), s.cfg.StalenessBound))
+		case g == durable:
 			s.refuseStale(w, r, ReasonStoreUnreachable, "this meshd replica cannot reach the store now, so nothing can be written durably; nothing was written; retry shortly or on another replica")
-			return
+		default:
+			h(w, r)
 		}
-		h(w, r)
 	}
 }
 
@@ -122,10 +149,10 @@ func (s *Server) staleDegradation() []meshapi.Degradation {
 		return nil
 	}
 	at := s.fresh.ReadAt()
-	if _, stale := s.stale(); stale {
+	switch s.freshState.Load() {
+	case stateStale:
 		return []meshapi.Degradation{{Component: "store (change feed, staleness bound " + s.cfg.StalenessBound.String() + ")", Reason: ReasonReplicaStale, Since: at.UTC()}}
-	}
-	if s.fresh.Failing() {
+	case stateUnreachable:
 		return []meshapi.Degradation{{Component: "store (change feed)", Reason: ReasonStoreUnreachable, Since: at.UTC()}}
 	}
 	return nil

@@ -443,7 +443,11 @@ type Server struct {
 	started      time.Time
 	degraded     func() []meshapi.Degradation // nil: never degraded
 	fresh        Freshness                    // nil: always current
-	changes      *Changes
+	// freshState is the staleness gate's verdict (stateCurrent, ...),
+	// refreshed every freshTick by watchFreshness and read, one atomic
+	// load, by every gated request.
+	freshState atomic.Int32
+	changes    *Changes
 	// audits runs GET /admin/status's audit verifications one at a time.
 	audits    auditCheck
 	lastAudit func() *meshapi.StatusAudit // nil: meshd never verifies on its own
@@ -600,6 +604,10 @@ func (s *Server) Start(ctx context.Context) error {
 		ln = tls.NewListener(ln, s.agentSrv.TLSConfig)
 	}
 	s.serve(s.agentSrv, ln)
+	if s.fresh != nil {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.watchFreshness(ctx) }()
+	}
 
 	if s.cfg.AdminSocket != "" {
 		if err := s.listenAdminSocket(); err != nil {
