@@ -13,6 +13,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // TestIntermediates lists the intermediates by slot through a rotation,
@@ -214,5 +215,49 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.WriteFile(to, data, fi.Mode().Perm()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReloadWritesKeyRef: a key on a PKCS#11 token is found through its
+// reference file, which the store's state carries; a replica whose CA
+// directory lacks it gets it on Reload (0600), with the certificate.
+func TestReloadWritesKeyRef(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	f.clock.Advance(time.Hour)
+	prepared, err := ca.PrepareIntermediate(ctx, f.cfg, f.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := hex.EncodeToString(prepared.SubjectKeyId)
+	s, err := f.store.CAState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := []byte("pkcs11:token=mesh;object=" + id + "\n")
+	for i := range s.Intermediates {
+		if s.Intermediates[i].KeyID == id {
+			s.Intermediates[i].KeyRef = ref
+		}
+	}
+	if _, err := f.store.PutCAState(ctx, s, s.Version, store.Event{Kind: store.EventCARotated, IssuerKeyID: id}, store.AuditEntry{Action: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	keys := filepath.Join(f.cfg.Dir, "intermediate", "keys")
+	if err := os.Remove(filepath.Join(keys, id+".crt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ca.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(keys, id+".pkcs11"))
+	if err != nil || !bytes.Equal(got, ref) {
+		t.Fatalf("reference file after Reload: %q, %v", got, err)
+	}
+	if fi, err := os.Stat(filepath.Join(keys, id+".pkcs11")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("reference file mode: %v, %v", fi.Mode(), err)
+	}
+	if c, err := pemfile.ReadCert(filepath.Join(keys, id+".crt")); err != nil || !bytes.Equal(c.Raw, prepared.Raw) {
+		t.Fatalf("certificate after Reload: %v", err)
 	}
 }
