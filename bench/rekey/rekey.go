@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"sync"
@@ -37,6 +38,7 @@ import (
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/credentials/enroll"
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/retry"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -135,9 +137,11 @@ type node struct {
 	cert   atomic.Pointer[tls.Certificate]
 	agents []*agent
 	// renewBy is the earliest Meshtrust-Renew-After its agents' answers
-	// named (zero: none yet); rekeyed when it re-keyed (zero: not yet).
-	// Its goroutine alone uses them.
+	// named (zero: none yet), or the retry after a failed renewal;
+	// rekeyed when it re-keyed (zero: not yet); failures how many
+	// renewals failed. Its goroutine alone uses them.
 	renewBy, rekeyed time.Time
+	failures         int
 }
 
 // counters are the run's shared counts.
@@ -344,6 +348,9 @@ func (n *node) run(ctx context.Context, client *enroll.Client, base string, inte
 		if err := n.rekey(ctx, client, cnt); err != nil {
 			if ctx.Err() == nil {
 				cnt.renewFailed.Add(1)
+				// As the Renewer: back off, the upper half random.
+				n.failures++
+				n.renewBy = time.Now().Add(retry.Backoff(n.failures, 2*time.Second, 30*time.Second, rand.Int64N))
 			}
 			continue
 		}
@@ -370,7 +377,7 @@ func (n *node) heartbeat(ctx context.Context, base string, a *agent, cnt *counte
 	}
 	resp.Body.Close()
 	if v := resp.Header.Get(meshapi.HeaderRenewAfter); v != "" {
-		if at := enroll.ParseRenewAfter(v, a.cert.Load().Leaf); !at.IsZero() && (n.renewBy.IsZero() || at.Before(n.renewBy)) {
+		if at := enroll.ParseRenewAfter(v, a.cert.Load().Leaf); !at.IsZero() && n.failures == 0 && (n.renewBy.IsZero() || at.Before(n.renewBy)) {
 			n.renewBy = at
 		}
 	}

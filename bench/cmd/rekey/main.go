@@ -23,6 +23,7 @@ func main() {
 		cfg     rekey.Config
 		limit   time.Duration
 		jsonOut bool
+		tmp     string
 	)
 	flag.IntVar(&cfg.Nodes, "nodes", 1000, "enrolled nodes")
 	flag.IntVar(&cfg.Agents, "agents", 4, "agents per node")
@@ -32,9 +33,10 @@ func main() {
 	flag.IntVar(&cfg.Parallel, "parallel", 16, "concurrent requests while enrolling the fleet")
 	flag.DurationVar(&limit, "limit", 15*time.Minute, "most time for the whole run")
 	flag.BoolVar(&jsonOut, "json", false, "print the result as JSON")
+	flag.StringVar(&tmp, "tmp", "", "where the run's CA directory and store go (default the system's temp dir; /dev/shm leaves fsync out of it)")
 	flag.Parse()
 	benchmesh.Main("rekey", limit, func(ctx context.Context) error {
-		dir, err := os.MkdirTemp("", "rekey")
+		dir, err := os.MkdirTemp(tmp, "rekey")
 		if err != nil {
 			return err
 		}
