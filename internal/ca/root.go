@@ -277,7 +277,7 @@ func publish(cfg Config, s store.CAState) error {
 	if err != nil {
 		return err
 	}
-	if err := writeDerivedState(cfg, s); err != nil {
+	if err := writeDerivedState(cfg, s, root); err != nil {
 		return err
 	}
 	active, activeKey, err := loadIntermediate(cfg, activeID(s))

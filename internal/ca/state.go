@@ -236,8 +236,9 @@ func liveIDs(s store.CAState) []string {
 // writeDerivedState rewrites state.json, the mirror of s for operators,
 // and keys/<id>.crt of every intermediate whose file is missing or
 // differs. It never writes a key, only a PKCS#11 reference file the
-// state holds and the directory lacks.
-func writeDerivedState(cfg Config, s store.CAState) error {
+// state holds and the directory lacks, and nothing of an intermediate
+// that root did not sign: the store alone vouches for no file here.
+func writeDerivedState(cfg Config, s store.CAState, root *x509.Certificate) error {
 	l := legacyState{TrustDomain: s.TrustDomain, Version: s.Version}
 	for _, in := range s.Intermediates {
 		switch in.Slot {
@@ -259,6 +260,9 @@ func writeDerivedState(cfg Config, s store.CAState) error {
 				l.Revoked = map[string]time.Time{}
 			}
 			l.Revoked[in.KeyID] = in.RevokedAt.UTC()
+		}
+		if cert, err := x509.ParseCertificate(in.CertDER); err != nil || cert.CheckSignatureFrom(root) != nil {
+			continue
 		}
 		if err := materialise(cfg, in); err != nil {
 			return err

@@ -3,6 +3,7 @@ package ca_test
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
+	"github.com/meshtrust/meshtrust/internal/pkitest"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
@@ -259,5 +261,36 @@ func TestReloadWritesKeyRef(t *testing.T) {
 	}
 	if c, err := pemfile.ReadCert(filepath.Join(keys, id+".crt")); err != nil || !bytes.Equal(c.Raw, prepared.Raw) {
 		t.Fatalf("certificate after Reload: %v", err)
+	}
+}
+
+// TestReloadRefusesForeignIntermediate: an intermediate the store lists
+// that this CA directory's root did not sign (a store written by another
+// CA, or by an attacker) fails the reload, and none of its files is
+// written.
+func TestReloadRefusesForeignIntermediate(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	foreign := pkitest.NewRoot(t, "another root").Intermediate(t, "foreign")
+	id := hex.EncodeToString(foreign.Cert.SubjectKeyId)
+	s, err := f.store.CAState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Intermediates = append([]store.CAIntermediate{{KeyID: id, CertDER: foreign.Cert.Raw, Slot: store.SlotRetired, KeyRef: []byte("pkcs11:object=x\n")}}, s.Intermediates...)
+	if _, err := f.store.PutCAState(ctx, s, s.Version, store.Event{Kind: store.EventCARotated, IssuerKeyID: id}, store.AuditEntry{Action: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	active := f.ca.ActiveIntermediate()
+	if err := f.ca.Reload(ctx); err == nil || !strings.Contains(err.Error(), "not signed by the root") {
+		t.Fatalf("Reload with a foreign intermediate in the store: %v", err)
+	}
+	for _, ext := range []string{".crt", ".pkcs11"} {
+		if _, err := os.Stat(filepath.Join(f.cfg.Dir, "intermediate", "keys", id+ext)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("keys/%s%s written for a foreign intermediate (%v)", id, ext, err)
+		}
+	}
+	if !bytes.Equal(f.ca.ActiveIntermediate().Raw, active.Raw) {
+		t.Fatal("a failed reload changed the signer")
 	}
 }
