@@ -29,7 +29,7 @@ func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logg
 	if err := ensureDir(cfg.Dir); err != nil {
 		return err
 	}
-	st, err := database.Open(ctx, o.Database, cfg.StorePath(), database.Options{Logger: log})
+	st, err := database.Open(ctx, cfg.Dir, o.Database, database.Options{Logger: log, CAExists: pemfile.Exists(cfg.BundlePath())})
 	if err != nil {
 		return err
 	}

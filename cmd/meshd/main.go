@@ -263,13 +263,17 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	if o.legacyCompat && secret == "" {
 		return errors.New("--legacy-secret-compat needs the bootstrap secret (--bootstrap-secret-file or $MESHTRUST_BOOTSTRAP_SECRET)")
 	}
-	storePath := o.Database
-	if storePath == "" {
-		if storePath, err = storeLocation(o.DataDir, cfg, log); err != nil {
+	if o.Database == "" {
+		if _, err := storeLocation(o.DataDir, cfg, log); err != nil {
 			return err
 		}
 	}
-	st, err := database.Open(ctx, storePath, cfg.StorePath(), database.Options{Logger: log, Follow: true})
+	// The CA directory records its store (database.Open) even before it
+	// holds a CA.
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return err
+	}
+	st, err := database.Open(ctx, cfg.Dir, o.Database, database.Options{Logger: log, Follow: true, CAExists: pemfile.Exists(cfg.BundlePath())})
 	if err != nil {
 		return err
 	}

@@ -49,12 +49,39 @@ func (e *env) forgeAuditLog(seq int64, detail string) {
 	if err := st.Close(); err != nil {
 		e.t.Fatal(err)
 	}
+	e.copyStoreID(forged)
 	for _, suffix := range []string{"-wal", "-shm"} {
 		os.Remove(e.path("meshtrust.db" + suffix))
 		os.Rename(forged+suffix, e.path("meshtrust.db"+suffix))
 	}
 	if err := os.Rename(forged, e.path("meshtrust.db")); err != nil {
 		e.t.Fatal(err)
+	}
+}
+
+// copyStoreID gives the SQLite store at path the env's store id, as a
+// forger who rewrites the file would, so the CA directory takes it for
+// its own store.
+func (e *env) copyStoreID(path string) {
+	e.t.Helper()
+	var id string
+	real, err := sql.Open("sqlite", e.path("meshtrust.db"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer real.Close()
+	if err := real.QueryRow("SELECT id FROM store_identity").Scan(&id); err != nil {
+		e.t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{"DROP TRIGGER store_identity_fixed", "UPDATE store_identity SET id = '" + id + "'"} {
+		if _, err := db.Exec(q); err != nil {
+			e.t.Fatalf("%s: %v", q, err)
+		}
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/config"
 	"github.com/meshtrust/meshtrust/internal/store"
 	"github.com/meshtrust/meshtrust/internal/store/database"
+	"github.com/meshtrust/meshtrust/pemfile"
 )
 
 // Execute runs meshctl with args, writing to stdout and stderr, and returns
@@ -235,8 +236,9 @@ func (g *globals) config() (ca.Config, error) {
 	return cfg, nil
 }
 
-// openStore opens the store --database names (by default the CA
-// directory's), creating the CA directory when create is set.
+// openStore opens the CA directory's store (--database, DATABASE_URL,
+// or the one the directory records; see database.Open), creating the CA
+// directory when create is set.
 func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (store.Store, error) {
 	if create {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
@@ -245,7 +247,7 @@ func (g *globals) openStore(ctx context.Context, cfg ca.Config, create bool) (st
 	} else if _, err := os.Stat(cfg.Dir); err != nil {
 		return nil, g.noCA(fmt.Errorf("CA directory %s: %w", cfg.Dir, err))
 	}
-	return database.Open(ctx, g.DatabaseOrEnv(), cfg.StorePath(), database.Options{})
+	return database.Open(ctx, cfg.Dir, g.DatabaseOrEnv(), database.Options{CAExists: pemfile.Exists(cfg.BundlePath())})
 }
 
 // noCA explains a CA directory without a CA: where meshctl looked and why

@@ -38,7 +38,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/meshd"
 	"github.com/meshtrust/meshtrust/internal/server"
-	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
+	"github.com/meshtrust/meshtrust/internal/store/database"
 	"github.com/meshtrust/meshtrust/meshapi"
 )
 
@@ -66,7 +66,7 @@ func run(ctx context.Context, rootDir, caDir, dataDir, listen, cert, key, cpuPro
 		return fmt.Errorf("-listen %s: a benchmark server binds 127.0.0.1 only", listen)
 	}
 	cfg := ca.Config{RootDir: rootDir, Dir: caDir}
-	st, err := sqlstore.OpenSQLite(ctx, cfg.StorePath())
+	st, err := database.Open(ctx, cfg.Dir, "", database.Options{})
 	if err != nil {
 		return err
 	}

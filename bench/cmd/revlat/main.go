@@ -48,7 +48,7 @@ import (
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/registry"
 	"github.com/meshtrust/meshtrust/internal/store"
-	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
+	"github.com/meshtrust/meshtrust/internal/store/database"
 )
 
 // refusalTimeout bounds the wait for one agent's refusal.
@@ -205,7 +205,7 @@ type mesh struct {
 	*benchmesh.Mesh
 	poll time.Duration
 
-	offlineStore *sqlstore.Store
+	offlineStore store.Store
 	offlineCA    *ca.CA
 }
 
@@ -221,7 +221,7 @@ func startMesh(ctx context.Context, dir string, o options) (*mesh, error) {
 	// The offline path: another handle on the same store file, as a
 	// separate meshctl process would open it.
 	cfg := m.CA.Config()
-	if m.offlineStore, err = sqlstore.OpenSQLite(ctx, cfg.StorePath()); err == nil {
+	if m.offlineStore, err = database.Open(ctx, cfg.Dir, "", database.Options{}); err == nil {
 		m.offlineCA, err = ca.Open(ctx, cfg, m.offlineStore)
 	}
 	if err != nil {

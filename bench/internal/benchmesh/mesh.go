@@ -90,7 +90,7 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 		return nil, err
 	}
 	m := &Mesh{cfg: c, dir: dir, cancel: func() {}}
-	if m.Store, err = database.Open(ctx, c.Database, cfg.StorePath(), database.Options{Follow: true}); err != nil {
+	if m.Store, err = database.Open(ctx, cfg.Dir, c.Database, database.Options{Follow: true}); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -166,7 +166,7 @@ func (m *Mesh) AddReplica(ctx context.Context) (*Replica, error) {
 	if !database.IsPostgres(m.cfg.Database) {
 		return nil, errors.New("benchmesh: replicas need a postgres:// Database")
 	}
-	st, err := database.Open(ctx, m.cfg.Database, "", database.Options{Follow: true})
+	st, err := database.Open(ctx, m.CA.Config().Dir, m.cfg.Database, database.Options{Follow: true})
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,10 @@
 package storetest
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/meshtrust/meshtrust/internal/store"
+)
 
 // testStoreID: a store has one id, 32 lowercase hex digits, that every
 // opening of its state reads (a replica, a reopening, a write between) and
@@ -9,7 +13,7 @@ func testStoreID(t *testing.T, open Opener) {
 	dir := t.TempDir()
 	s := openStore(t, open, dir)
 	id := s.ID()
-	if !isStoreID(id) {
+	if !store.ValidID(id) {
 		t.Fatalf("ID() = %q, want 32 lowercase hex digits", id)
 	}
 	if got := s.ID(); got != id {
@@ -25,19 +29,7 @@ func testStoreID(t *testing.T, open Opener) {
 		t.Errorf("ID() after reopening = %q, want %q", got, id)
 	}
 	other := openStore(t, open, t.TempDir())
-	if got := other.ID(); got == id || !isStoreID(got) {
+	if got := other.ID(); got == id || !store.ValidID(got) {
 		t.Errorf("another store's ID() = %q, want 32 lowercase hex digits other than %q", got, id)
 	}
-}
-
-func isStoreID(id string) bool {
-	if len(id) != 32 {
-		return false
-	}
-	for _, c := range id {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
