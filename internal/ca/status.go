@@ -12,8 +12,13 @@ import (
 // and what decides when a tainted one may be revoked.
 type IntermediateStatus struct {
 	IntermediateInfo
-	// LiveCerts counts the unexpired, unrevoked leaves it signed.
+	// LiveCerts counts the leaves it signed that are still in use: the
+	// newest unexpired, unrevoked certificate of their identity.
 	LiveCerts int
+	// Superseded counts the unexpired, unrevoked leaves it signed whose
+	// identity holds a newer one (renewed away, by the fleet's re-keying
+	// among others): valid until they expire, in use by no one.
+	Superseded int
 }
 
 // IntermediateStatus lists the CA's intermediates, newest first, each
@@ -28,39 +33,58 @@ func intermediateStatus(ctx context.Context, cfg Config, st store.Store) ([]Inte
 	if err != nil {
 		return nil, err
 	}
-	counts, err := liveLeaves(ctx, st, cfg.Now())
+	live, superseded, err := liveLeaves(ctx, st, cfg.Now())
 	if err != nil {
 		return nil, err
 	}
 	out := make([]IntermediateStatus, 0, len(ints))
 	for _, in := range ints {
-		out = append(out, IntermediateStatus{IntermediateInfo: in, LiveCerts: counts[in.KeyID]})
+		out = append(out, IntermediateStatus{IntermediateInfo: in, LiveCerts: live[in.KeyID], Superseded: superseded[in.KeyID]})
 	}
 	return out, nil
 }
 
-// liveLeaves counts the leaves each intermediate signed that are
-// unexpired and unrevoked at now, by the issuer key id the CA recorded
-// with each certificate (store.Cert.IssuerKeyID), the intermediate's
-// subject key id in lowercase hex.
-func liveLeaves(ctx context.Context, st store.Store, now time.Time) (map[string]int, error) {
+// liveLeaves counts, by intermediate, the leaves in use (live) and the
+// unexpired, unrevoked ones renewed away (superseded). A leaf is in use
+// when it is the newest (latest NotAfter) unexpired, unrevoked
+// certificate of its identity. The identity compared is the common name
+// the CA recorded with each certificate (store.Cert.CommonName), and the
+// intermediate the issuer key id it recorded (store.Cert.IssuerKeyID,
+// the intermediate's subject key id in lowercase hex): only the CA's own
+// records are read, so the CA vouches for both. A tainted intermediate
+// may be revoked once none of its leaves is in use: revoking it ends the
+// superseded ones too, which no holder relies on.
+func liveLeaves(ctx context.Context, st store.Store, now time.Time) (live, superseded map[string]int, err error) {
 	certs, err := st.Certs(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	revs, err := st.Revocations(ctx, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	revoked := make(map[string]bool, len(revs))
 	for _, r := range revs {
 		revoked[r.Serial] = true
 	}
-	counts := map[string]int{}
+	newest := map[string]store.Cert{}
+	var valid []store.Cert
 	for _, c := range certs {
-		if c.Kind != "intermediate" && now.Before(c.NotAfter) && !revoked[c.Serial] {
-			counts[c.IssuerKeyID]++
+		if c.Kind == "intermediate" || !now.Before(c.NotAfter) || revoked[c.Serial] {
+			continue
+		}
+		valid = append(valid, c)
+		if cur, ok := newest[c.CommonName]; !ok || c.NotAfter.After(cur.NotAfter) {
+			newest[c.CommonName] = c
 		}
 	}
-	return counts, nil
+	live, superseded = map[string]int{}, map[string]int{}
+	for _, c := range valid {
+		if newest[c.CommonName].Serial == c.Serial {
+			live[c.IssuerKeyID]++
+		} else {
+			superseded[c.IssuerKeyID]++
+		}
+	}
+	return live, superseded, nil
 }

@@ -94,7 +94,8 @@ func withIntermediate(s store.CAState, id string, fn func(*store.CAIntermediate)
 // Revoked is what RevokeIntermediate did.
 type Revoked struct {
 	Cert *x509.Certificate
-	// LiveCerts is how many live leaves it still had (0 unless forced).
+	// LiveCerts is how many of its leaves were still in use (0 unless
+	// forced); see IntermediateStatus.
 	LiveCerts int
 	// RootCRL is the root-signed CRL that lists it, nil when the root key
 	// was not at hand: then verifiers that check CRLs (OpenSSL with
@@ -131,11 +132,11 @@ func RevokeIntermediate(ctx context.Context, cfg Config, st store.Store, id stri
 	}
 	out := Revoked{Cert: cert}
 	if in.RevokedAt.IsZero() {
-		counts, err := liveLeaves(ctx, st, cfg.Now())
+		live, _, err := liveLeaves(ctx, st, cfg.Now())
 		if err != nil {
 			return out, err
 		}
-		out.LiveCerts = counts[in.KeyID]
+		out.LiveCerts = live[in.KeyID]
 		if out.LiveCerts > 0 && !force {
 			err := fmt.Errorf("%w: intermediate %s still signs %d live certificates; wait until they renewed (`meshctl ca status`), or revoke with --force and cut them off", ErrLiveLeaves, in.KeyID, out.LiveCerts)
 			audit(ctx, cfg, st, action, cert.Subject.CommonName, err)

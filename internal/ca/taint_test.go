@@ -138,11 +138,22 @@ func TestTaintAndRevoke(t *testing.T) {
 	if !errors.Is(err, ca.ErrLiveLeaves) || !strings.Contains(err.Error(), "2 live") {
 		t.Fatalf("revoke with two live leaves: %v", err)
 	}
-	if _, err := f.ca.Revoke(ctx, l1.Record.Serial, ca.Reason(store.ReasonKeyCompromise)); err != nil {
-		t.Fatal(err)
-	}
+	// ct2 renews onto the new intermediate: its old leaf, still valid, is
+	// superseded, in use by no one, and no longer holds the revocation
+	// back; ct1's is.
+	f.clock.Advance(time.Minute)
+	f.sign(t, ca.NodeRequest("ct2"))
 	if _, err = ca.RevokeIntermediate(ctx, f.cfg, f.store, oldID, false); !errors.Is(err, ca.ErrLiveLeaves) || !strings.Contains(err.Error(), "1 live") {
 		t.Fatalf("revoke with one live leaf: %v", err)
+	}
+	if ints, err := f.ca.IntermediateStatus(ctx); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, in := range ints {
+			if in.KeyID == oldID && (in.LiveCerts != 1 || in.Superseded != 1) {
+				t.Fatalf("the tainted intermediate counts %d live and %d superseded leaves, want 1 and 1", in.LiveCerts, in.Superseded)
+			}
+		}
 	}
 	rev, err := ca.RevokeIntermediate(ctx, f.cfg, f.store, oldID, true)
 	if err != nil {

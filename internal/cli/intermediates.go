@@ -25,13 +25,15 @@ type intermediateSummary struct {
 	NotAfter  time.Time  `json:"not_after"`
 	TaintedAt *time.Time `json:"tainted_at,omitempty"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-	// LiveCerts counts its unexpired, unrevoked leaves.
-	LiveCerts int `json:"live_certificates"`
+	// LiveCerts counts its leaves in use (the newest unexpired, unrevoked
+	// certificate of their identity); Superseded the ones renewed away.
+	LiveCerts  int `json:"live_certificates"`
+	Superseded int `json:"superseded_certificates"`
 }
 
 func summarizeIntermediate(in ca.IntermediateStatus) intermediateSummary {
 	s := intermediateSummary{KeyID: in.KeyID, Subject: in.Cert.Subject.String(), State: in.State, Slot: in.Slot,
-		NotBefore: in.Cert.NotBefore.UTC(), NotAfter: in.Cert.NotAfter.UTC(), LiveCerts: in.LiveCerts}
+		NotBefore: in.Cert.NotBefore.UTC(), NotAfter: in.Cert.NotAfter.UTC(), LiveCerts: in.LiveCerts, Superseded: in.Superseded}
 	if !in.TaintedAt.IsZero() {
 		at := in.TaintedAt.UTC()
 		s.TaintedAt = &at
@@ -45,13 +47,13 @@ func summarizeIntermediate(in ca.IntermediateStatus) intermediateSummary {
 
 func printIntermediates(w io.Writer, ints []intermediateSummary) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY ID\tSTATE\tLIVE CERTS\tNOT AFTER\tSUBJECT")
+	fmt.Fprintln(tw, "KEY ID\tSTATE\tLIVE CERTS\tSUPERSEDED\tNOT AFTER\tSUBJECT")
 	for _, in := range ints {
 		state := in.State
 		if in.TaintedAt != nil && in.RevokedAt == nil {
 			state += " since " + in.TaintedAt.Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", in.KeyID, state, in.LiveCerts, in.NotAfter.Format(time.RFC3339), in.Subject)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", in.KeyID, state, in.LiveCerts, in.Superseded, in.NotAfter.Format(time.RFC3339), in.Subject)
 	}
 	return tw.Flush()
 }
