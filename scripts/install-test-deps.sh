@@ -20,6 +20,7 @@ DEPS=(
 	"curl curl"           # the README's pasted commands, and the tests that call meshd as another uid
 	"ip iproute2"         # the partition test's network namespaces and veth links
 	"setpriv util-linux"  # running the partition test's PostgreSQL as its own user
+	"softhsm2-util softhsm2" # the PKCS#11 token (SoftHSM2) the tests of CA keys on an HSM run against
 )
 
 SUDO=()

@@ -72,6 +72,7 @@ type options struct {
 	legacyCompat               bool
 	limits                     limits
 	binding                    bindingOptions
+	pkcs11                     config.PKCS11
 	bundle                     bundleEndpointOptions
 	// envNotes are what meshd logs at start about MCP Mesh variables it
 	// accepts but does not follow as MCP Mesh would.
@@ -149,6 +150,7 @@ Start it for a first look with:  meshd --dev --data-dir ./meshtrust-data`,
 	f.StringVar(&o.spire.entities, "spire-entities", envOr("MCP_MESH_SPIRE_ENTITIES", ""), "spire: comma list of trust-domain=entity; a trust domain not listed is the entity of its own name (env MCP_MESH_SPIRE_ENTITIES)")
 	f.StringVar(&o.spire.maxStaleness, "spire-max-staleness", envOr("MCP_MESH_SPIRE_MAX_STALENESS", spirebundle.DefaultMaxStaleness.String()), "spire: how long the bundles stay trusted once the Workload API cannot refresh them; past it every SPIFFE certificate they would admit is refused (stale_trust) until it can (env MCP_MESH_SPIRE_MAX_STALENESS)")
 	o.binding.flags(f)
+	o.pkcs11.Register(f)
 	o.bundle.flags(f)
 	f.StringVar(&o.caFromSecret, "ca-from-secret", envOr("MESHD_CA_FROM_SECRET", ""), "a directory where a kubernetes.io/tls Secret is mounted (tls.crt, tls.key, ca.crt: the intermediate, its key, the mesh's root; cert-manager's CA-issuer shape): its intermediate becomes the active one at start, and again whenever the Secret changes, without a restart; a Secret that cannot be used is an error at start and later keeps the current intermediate, meshd degraded (env MESHD_CA_FROM_SECRET)")
 	f.BoolVar(&o.dev, "dev", false, "development mode: create the mesh CA and a server certificate in --data-dir on first start")
@@ -248,6 +250,18 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		return err
 	}
 	cfg := ca.Config{RootDir: o.RootDir, Dir: o.CADir, TrustDomain: o.TrustDomain}
+	if cfg.PKCS11, err = o.pkcs11.Resolve(os.Getenv); err != nil {
+		return err
+	}
+	// The token is opened and logged in to before anything else: a
+	// module that does not load, a missing token or a wrong PIN is a
+	// start-up error, whether or not the CA's keys are on it yet.
+	defer ca.CloseTokens()
+	if cfg.PKCS11.Configured() {
+		if err := ca.OpenToken(cfg.PKCS11); err != nil {
+			return err
+		}
+	}
 	if o.dev {
 		if err := devBootstrap(ctx, o, cfg, log); err != nil {
 			return fmt.Errorf("--dev: %w", err)

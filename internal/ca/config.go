@@ -129,6 +129,9 @@ type Config struct {
 	// issuance, preparation or activation as it begins ("generating the
 	// intermediate's key"), for a person watching; nil tells no one.
 	Progress func(step string)
+	// PKCS11, when configured, is the token the CA generates its keys on
+	// and loads the keys its references name from (see PKCS11).
+	PKCS11 PKCS11
 }
 
 func (c Config) withDefaults() Config {

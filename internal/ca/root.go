@@ -28,7 +28,7 @@ import (
 // certificate or key.
 func Init(ctx context.Context, cfg Config, st store.Store) (*x509.Certificate, error) {
 	cfg = cfg.withDefaults()
-	for _, p := range []string{cfg.rootCertPath(), cfg.rootKeyPath()} {
+	for _, p := range []string{cfg.rootCertPath(), cfg.rootKeyPath(), cfg.rootKeyBase() + ".pkcs11"} {
 		if pemfile.Exists(p) {
 			err := fmt.Errorf("%w: %s is present; a root is created once, ever (move it away first if you really mean to start a new CA)", ErrExists, p)
 			audit(ctx, cfg, st, "ca.init", "", err)
@@ -214,7 +214,7 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (cert *x50
 		return nil, nil, fmt.Errorf("the root key is needed to sign an intermediate: %w", err)
 	}
 	if !publicKeyEqual(root.PublicKey, rootKey.Public()) {
-		return nil, nil, fmt.Errorf("%s does not match %s", cfg.rootKeyPath(), cfg.rootCertPath())
+		return nil, nil, fmt.Errorf("the root key %s.* does not match %s", cfg.rootKeyBase(), cfg.rootCertPath())
 	}
 	if err := pemfile.MkdirPrivate(cfg.Dir); err != nil {
 		return nil, nil, err

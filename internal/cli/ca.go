@@ -149,7 +149,12 @@ func caInitCmd(g *globals) *cobra.Command {
 		use: "init", short: "Create the self-signed root (once, ever)", create: true, keyType: true,
 		run: ca.Init, verb: "created root",
 		files: func(cfg ca.Config) (string, string) {
-			return cfg.RootCertPath(), strings.TrimSuffix(cfg.RootCertPath(), ".crt") + ".key"
+			// The root key's file, or its reference on the token.
+			ext := ".key"
+			if cfg.PKCS11.Configured() {
+				ext = ".pkcs11"
+			}
+			return cfg.RootCertPath(), strings.TrimSuffix(cfg.RootCertPath(), ".crt") + ext
 		},
 		next: func(ca.Config) string { return "next: meshctl ca issue-intermediate" },
 	})

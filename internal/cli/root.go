@@ -31,6 +31,7 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd.SetArgs(args)
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
+	defer ca.CloseTokens()
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		var ex exitError
 		if errors.As(err, &ex) {
@@ -59,7 +60,9 @@ type globals struct {
 	crlValidity     string
 	jsonOut         bool
 	keyType         string
-	admin           adminFlags
+	// pkcs11 is the token the CA's keys are on, if any.
+	pkcs11 config.PKCS11
+	admin  adminFlags
 }
 
 // NewRoot returns the meshctl command tree.
@@ -87,6 +90,7 @@ func NewRoot() *cobra.Command {
 	pf.StringVar(&g.rootTTL, "root-ttl", "3650d", "lifetime of the root")
 	pf.StringVar(&g.intTTL, "intermediate-ttl", "1825d", "lifetime of an intermediate")
 	pf.StringVar(&g.crlValidity, "crl-validity", "7d", "time from a CRL's this-update to its next-update")
+	g.pkcs11.Register(pf)
 	g.admin.register(pf)
 	root.AddCommand(newCACmd(g), newEntityCmd(g), newAgentCmd(g), newPolicyCmd(g), newSessionCmd(g), newStatusCmd(g), newConsoleCmd(g))
 	root.AddCommand(newNodeCmds(g)...)
@@ -232,6 +236,16 @@ func (g *globals) config() (ca.Config, error) {
 	}
 	if cfg.RenewAfter > cfg.LeafTTL {
 		return cfg, fmt.Errorf("--renew-after %s is beyond --leaf-ttl %s", g.renewAfter, g.leafTTL)
+	}
+	if cfg.PKCS11, err = g.pkcs11.Resolve(os.Getenv); err != nil {
+		return cfg, err
+	}
+	// A configured token is opened now: a wrong PIN or a missing token
+	// stops the command before it touches anything.
+	if cfg.PKCS11.Configured() {
+		if err := ca.OpenToken(cfg.PKCS11); err != nil {
+			return cfg, err
+		}
 	}
 	return cfg, nil
 }
