@@ -175,7 +175,7 @@ func TestPKCS11StartupErrors(t *testing.T) {
 			}
 		}, "failed to initialise"},
 		{"key object deleted", func(t *testing.T, f *fixture, _ *hsmtest.Token, _ *ca.PKCS11) {
-			s, err := ca.Intermediates(f.cfg)
+			s, err := ca.Intermediates(t.Context(), f.cfg, f.store)
 			if err != nil {
 				t.Fatal(err)
 			}
