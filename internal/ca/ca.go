@@ -81,10 +81,11 @@ func (c *CA) Reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the store's CA state: trust domain: %w", err)
 	}
-	root, err := pemfile.ReadCert(c.cfg.rootCopyPath())
+	roots, err := localRoots(c.cfg)
 	if err != nil {
 		return err
 	}
+	root := roots[0]
 	activeKeyID := activeID(s)
 	if activeKeyID == "" {
 		return fmt.Errorf("%w: the store's CA state has no active intermediate", ErrNotInitialized)
@@ -99,13 +100,14 @@ func (c *CA) Reload(ctx context.Context) error {
 			return fmt.Errorf("intermediate %s in the store: %w", id, err)
 		}
 		// The store alone vouches for no intermediate: one is trusted only
-		// if this CA directory's root (intermediate/root.crt) signed it,
+		// if this CA directory's root (intermediate/root.crt), or a root it
+		// replaced in a rollover (intermediate/roots/), signed it,
 		// and only under its own subject key id, the lowercase hex string
 		// leaves record as their IssuerKeyID.
 		if keyID(cert) != id {
 			return fmt.Errorf("intermediate %s in the store: its certificate's key id is %s", id, keyID(cert))
 		}
-		if err := cert.CheckSignatureFrom(root); err != nil {
+		if err := signedByLocalRoot(cert, roots); err != nil {
 			return fmt.Errorf("intermediate %s in the store is not signed by the root %s (is the store another CA's?): %w", id, c.cfg.rootCopyPath(), err)
 		}
 		trusted = append(trusted, cert)

@@ -11,6 +11,7 @@
 //	<ca-dir>/intermediate/chain.pem        active intermediate + root
 //	<ca-dir>/intermediate/bundle.pem       root + every live intermediate
 //	<ca-dir>/intermediate/root.crt         copy of the root certificate
+//	<ca-dir>/intermediate/roots/<id>.crt   roots a root rollover replaced
 //	<ca-dir>/intermediate/keys/<id>.*      every intermediate ever issued
 //	<ca-dir>/intermediate/state.json       which one is active / prepared
 //	<ca-dir>/crl.pem                       one CRL per live intermediate
@@ -182,6 +183,10 @@ func (c Config) intDir() string       { return filepath.Join(c.Dir, "intermediat
 func (c Config) intKeysDir() string   { return filepath.Join(c.intDir(), "keys") }
 func (c Config) statePath() string    { return filepath.Join(c.intDir(), "state.json") }
 func (c Config) rootCopyPath() string { return filepath.Join(c.intDir(), "root.crt") }
+
+// oldRootsDir keeps the roots a new root replaced in rootCopyPath (a root
+// rollover), <key id>.crt each: their intermediates stay trusted.
+func (c Config) oldRootsDir() string { return filepath.Join(c.intDir(), "roots") }
 
 // RootCRLPath is the root-signed CRL of the revoked intermediates, which
 // crl.pem carries too; it exists once one was revoked where the root key

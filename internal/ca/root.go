@@ -258,6 +258,9 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (cert *x50
 	if err := pemfile.WriteAtomic(filepath.Join(cfg.intKeysDir(), id+".crt"), pemfile.EncodeCerts(cert), 0o644); err != nil {
 		return nil, nil, err
 	}
+	if err := archiveRootCopy(cfg, root); err != nil {
+		return nil, nil, err
+	}
 	if err := pemfile.WriteAtomic(cfg.rootCopyPath(), pemfile.EncodeCerts(root), 0o644); err != nil {
 		return nil, nil, err
 	}
@@ -273,11 +276,12 @@ func newIntermediate(ctx context.Context, cfg Config, st store.Store) (cert *x50
 // active intermediate's cert, key and chain, and the bundle of root plus
 // live intermediates.
 func publish(cfg Config, s store.CAState) error {
-	root, err := pemfile.ReadCert(cfg.rootCopyPath())
+	roots, err := localRoots(cfg)
 	if err != nil {
 		return err
 	}
-	if err := writeDerivedState(cfg, s, root); err != nil {
+	root := roots[0]
+	if err := writeDerivedState(cfg, s, roots); err != nil {
 		return err
 	}
 	active, activeKey, err := loadIntermediate(cfg, activeID(s))

@@ -237,8 +237,8 @@ func liveIDs(s store.CAState) []string {
 // and keys/<id>.crt of every intermediate whose file is missing or
 // differs. It never writes a key, only a PKCS#11 reference file the
 // state holds and the directory lacks, and nothing of an intermediate
-// that root did not sign: the store alone vouches for no file here.
-func writeDerivedState(cfg Config, s store.CAState, root *x509.Certificate) error {
+// that none of roots (localRoots) signed: the store alone vouches for no file here.
+func writeDerivedState(cfg Config, s store.CAState, roots []*x509.Certificate) error {
 	l := legacyState{TrustDomain: s.TrustDomain, Version: s.Version}
 	for _, in := range s.Intermediates {
 		switch in.Slot {
@@ -261,7 +261,7 @@ func writeDerivedState(cfg Config, s store.CAState, root *x509.Certificate) erro
 			}
 			l.Revoked[in.KeyID] = in.RevokedAt.UTC()
 		}
-		if cert, err := x509.ParseCertificate(in.CertDER); err != nil || cert.CheckSignatureFrom(root) != nil {
+		if cert, err := x509.ParseCertificate(in.CertDER); err != nil || signedByLocalRoot(cert, roots) != nil {
 			continue
 		}
 		if err := materialise(cfg, in); err != nil {
