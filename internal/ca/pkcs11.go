@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 )
 
@@ -33,6 +34,18 @@ type PKCS11 struct {
 	// PIN is the token's user PIN. It is never written or logged.
 	PIN string
 }
+
+// String names the module and token, never the PIN, so a PKCS11 (or a
+// Config holding one) printed with %v or %+v cannot show it.
+func (p PKCS11) String() string {
+	if !p.Configured() {
+		return "no PKCS#11 token"
+	}
+	return "PKCS#11 " + p.describe() + " in " + p.Module
+}
+
+// LogValue is String for log/slog.
+func (p PKCS11) LogValue() slog.Value { return slog.StringValue(p.String()) }
 
 // Configured reports whether a token is configured.
 func (p PKCS11) Configured() bool { return p.Module != "" || p.Token != "" || p.Slot != nil }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -279,5 +280,21 @@ func TestPKCS11SharedTokenStress(t *testing.T) {
 	}
 	if n := ca.OpenTokens(); n != 1 {
 		t.Fatalf("%d tokens open after concurrent first uses of one, want 1", n)
+	}
+}
+
+// TestPKCS11NeverPrintsPIN: a configuration printed or logged whole names
+// the token, never its PIN.
+func TestPKCS11NeverPrintsPIN(t *testing.T) {
+	p := ca.PKCS11{Module: "/usr/lib/softhsm/libsofthsm2.so", Token: "mesh", PIN: "s3cret-pin-4821"}
+	var logged strings.Builder
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("ca", "pkcs11", p, "config", ca.Config{PKCS11: p})
+	for _, out := range []string{fmt.Sprintf("%v %+v %#v", p, ca.Config{PKCS11: p}, p.String()), logged.String()} {
+		if strings.Contains(out, p.PIN) {
+			t.Fatalf("the PIN shows: %s", out)
+		}
+		if !strings.Contains(out, `"mesh"`) && !strings.Contains(out, `\"mesh\"`) {
+			t.Fatalf("the token is not named: %s", out)
+		}
 	}
 }
