@@ -2,7 +2,6 @@ package ca_test
 
 import (
 	"fmt"
-	"sync/atomic"
 	"testing"
 
 	"github.com/meshtrust/meshtrust/internal/ca"
@@ -30,25 +29,7 @@ func BenchmarkIssueKeyStore(b *testing.B) {
 				tok := hsmtest.New(b, "meshtrust-bench", ca.CloseTokens)
 				o.mod = func(c *ca.Config) { c.PKCS11 = ca.PKCS11{Module: tok.Module, Token: tok.Label, PIN: tok.PIN} }
 			}
-			f := newCA(b, o)
-			ctx := b.Context()
-			var next atomic.Uint64
-			b.SetParallelism(issueParallelism)
-			b.ResetTimer()
-			cpu := cpuTime(b)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					csr, err := ca.ParseCSR(csrs[next.Add(1)%pool])
-					if err == nil {
-						_, err = f.ca.Sign(ctx, ca.Request{Profile: ca.ProfileAgent}, ca.FromCSR(csr))
-					}
-					if err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			reportIssue(b, cpu)
+			benchSign(b, newCA(b, o).ca, csrs)
 		})
 	}
 }
