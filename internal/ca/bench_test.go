@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/internal/ca/catest"
+	"github.com/meshtrust/meshtrust/internal/store/pgtest"
 	"github.com/meshtrust/meshtrust/internal/store/sqlstore"
 	"github.com/meshtrust/meshtrust/pemfile"
 )
@@ -40,36 +41,22 @@ const issueParallelism = 16
 //     into the SQLite store on disk (synchronous=FULL): every certificate
 //     counted is durably recorded before Sign returns it.
 //
-// Both report certs/s, and cpu-us/cert, the CPU time the process spent per
-// certificate; bench/issue.sh prints the ratios ca/raw of both.
+// Each reports certs/s, and cpu-us/cert, the CPU time the process spent per
+// certificate; bench/issue.sh prints the ratios ca/csr and ca/raw of both.
 func BenchmarkIssue(b *testing.B) {
 	ctx := context.Background()
 	cfg := setupSQLiteCA(b, b.TempDir())
-
-	const pool = 256
-	csrs := make([][]byte, pool)
-	for i := range csrs {
-		csrs[i] = agentCSR(b, fmt.Sprintf("bench-%d", i), "bench")
-	}
-
-	// raw's template is a certificate the CA issued, so raw signs exactly
-	// what ca signs, extensions and all.
-	csr, err := ca.ParseCSR(csrs[0])
-	if err != nil {
-		b.Fatal(err)
-	}
-	leaf := issueOnce(b, cfg, csr)
-	parent, key := intermediateOf(b, cfg)
+	fx := newIssueFixture(b, cfg)
 
 	b.Run("raw", func(b *testing.B) {
 		b.SetParallelism(issueParallelism)
 		b.ResetTimer()
 		cpu := cpuTime(b)
 		b.RunParallel(func(pb *testing.PB) {
-			tmpl := *leaf
+			tmpl := *fx.leaf
 			tmpl.RawSubject = nil // marshal the subject, as Sign does
 			for pb.Next() {
-				if _, err := x509.CreateCertificate(rand.Reader, &tmpl, parent, csr.PublicKey, key); err != nil {
+				if _, err := x509.CreateCertificate(rand.Reader, &tmpl, fx.parent, fx.leaf.PublicKey, fx.key); err != nil {
 					b.Error(err)
 					return
 				}
@@ -78,30 +65,7 @@ func BenchmarkIssue(b *testing.B) {
 		reportIssue(b, cpu)
 	})
 
-	b.Run("csr", func(b *testing.B) {
-		var next atomic.Uint64
-		b.SetParallelism(issueParallelism)
-		b.ResetTimer()
-		cpu := cpuTime(b)
-		b.RunParallel(func(pb *testing.PB) {
-			tmpl := *leaf
-			tmpl.RawSubject = nil
-			for pb.Next() {
-				csr, err := ca.ParseCSR(csrs[next.Add(1)%pool])
-				if err == nil {
-					err = csr.CheckSignature()
-				}
-				if err == nil {
-					_, err = x509.CreateCertificate(rand.Reader, &tmpl, parent, csr.PublicKey, key)
-				}
-				if err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-		reportIssue(b, cpu)
-	})
+	b.Run("csr", fx.benchCSR)
 
 	b.Run("ca", func(b *testing.B) {
 		// A new, empty store for every run, so that runs compare: the
@@ -116,8 +80,98 @@ func BenchmarkIssue(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		benchSign(b, c, csrs)
+		benchSign(b, c, fx.csrs)
 	})
+}
+
+// BenchmarkIssuePostgres is BenchmarkIssue's csr and ca with the CA's
+// store in PostgreSQL (pgtest's server, default fsync and
+// synchronous_commit=on: a certificate counts once its transaction has
+// committed). It skips without PostgreSQL, unless MESHTRUST_REQUIRE_POSTGRES
+// is set. bench/issue.sh -bench=BenchmarkIssuePostgres prints its ca/csr.
+func BenchmarkIssuePostgres(b *testing.B) {
+	ctx := context.Background()
+	pg := pgtest.Start(b)
+	fx := newIssueFixture(b, setupSQLiteCA(b, b.TempDir()))
+
+	b.Run("csr", fx.benchCSR)
+
+	b.Run("ca", func(b *testing.B) {
+		// A new schema, and so a new CA, for every run, as BenchmarkIssue
+		// starts every run with an empty database.
+		st, err := sqlstore.OpenPostgres(ctx, pg.Schema(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer st.Close()
+		dir := b.TempDir()
+		cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca")}
+		if _, err := ca.Init(ctx, cfg, st); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := ca.IssueIntermediate(ctx, cfg, st); err != nil {
+			b.Fatal(err)
+		}
+		c, err := ca.Open(ctx, cfg, st)
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchSign(b, c, fx.csrs)
+	})
+}
+
+// issueFixture is what the issuance benchmarks sign: a pool of agent CSRs,
+// and for the storeless baselines a leaf the CA issued (so they sign
+// exactly what the CA signs, extensions and all) with its intermediate.
+type issueFixture struct {
+	csrs   [][]byte
+	leaf   *x509.Certificate
+	parent *x509.Certificate
+	key    crypto.Signer
+}
+
+// newIssueFixture makes 256 agent CSRs and has the CA of cfg issue one.
+func newIssueFixture(b *testing.B, cfg ca.Config) *issueFixture {
+	const pool = 256
+	fx := &issueFixture{csrs: make([][]byte, pool)}
+	for i := range fx.csrs {
+		fx.csrs[i] = agentCSR(b, fmt.Sprintf("bench-%d", i), "bench")
+	}
+	csr, err := ca.ParseCSR(fx.csrs[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	fx.leaf = issueOnce(b, cfg, csr)
+	fx.parent, fx.key = intermediateOf(b, cfg)
+	return fx
+}
+
+// benchCSR is the csr baseline: a CA with no store, which parses each CSR,
+// checks its signature and signs the fixture's leaf for its key, with the
+// parallelism of benchSign.
+func (fx *issueFixture) benchCSR(b *testing.B) {
+	var next atomic.Uint64
+	b.SetParallelism(issueParallelism)
+	b.ResetTimer()
+	cpu := cpuTime(b)
+	b.RunParallel(func(pb *testing.PB) {
+		tmpl := *fx.leaf
+		tmpl.RawSubject = nil
+		for pb.Next() {
+			csr, err := ca.ParseCSR(fx.csrs[next.Add(1)%uint64(len(fx.csrs))])
+			if err == nil {
+				err = csr.CheckSignature()
+			}
+			if err == nil {
+				_, err = x509.CreateCertificate(rand.Reader, &tmpl, fx.parent, csr.PublicKey, fx.key)
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	reportIssue(b, cpu)
 }
 
 // benchSign has issueParallelism goroutines per CPU parse and Sign the
