@@ -21,6 +21,13 @@ type CAState struct {
 	// TrustDomain is the SPIFFE trust domain of every identity the CA
 	// issues, recorded with its first intermediate.
 	TrustDomain string
+	// Roots are the DER certificates of the roots the CA trusts: its
+	// current root first, then the roots a root rollover replaced, whose
+	// intermediates may still sign. Every write records them from the
+	// writer's CA directory; a replica whose CA directory is empty takes
+	// them from here. Empty in a state written before roots were
+	// recorded.
+	Roots [][]byte
 	// Intermediates lists every intermediate the CA ever had, oldest
 	// first, revoked ones included.
 	Intermediates []CAIntermediate

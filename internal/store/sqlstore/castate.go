@@ -1,11 +1,13 @@
 package sqlstore
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/meshtrust/meshtrust/internal/store"
@@ -16,6 +18,9 @@ import (
 type caStateDoc struct {
 	TrustDomain   string          `json:"trust_domain"`
 	Intermediates []caStateIntDoc `json:"intermediates"`
+	// Roots is absent from a document written before the roots were
+	// recorded in it (store.CAState.Roots), which reads as none.
+	Roots [][]byte `json:"roots,omitempty"`
 }
 
 type caStateIntDoc struct {
@@ -29,9 +34,17 @@ type caStateIntDoc struct {
 
 // encodeCAState checks s and returns its document.
 func encodeCAState(s store.CAState) (string, error) {
-	doc := caStateDoc{TrustDomain: s.TrustDomain, Intermediates: make([]caStateIntDoc, 0, len(s.Intermediates))}
+	doc := caStateDoc{TrustDomain: s.TrustDomain, Intermediates: make([]caStateIntDoc, 0, len(s.Intermediates)), Roots: s.Roots}
 	if s.TrustDomain == "" {
 		return "", errors.New("the trust domain is empty")
+	}
+	for i, r := range s.Roots {
+		if len(r) == 0 {
+			return "", fmt.Errorf("root %d has no certificate", i)
+		}
+		if slices.ContainsFunc(s.Roots[:i], func(o []byte) bool { return bytes.Equal(o, r) }) {
+			return "", fmt.Errorf("root %d is listed twice", i)
+		}
 	}
 	seen := make(map[string]bool, len(s.Intermediates))
 	slots := map[string]int{}
@@ -105,7 +118,7 @@ func (s *Store) CAState(ctx context.Context) (store.CAState, error) {
 	if err := json.Unmarshal([]byte(rows[0].doc), &doc); err != nil {
 		return store.CAState{}, s.errorf("read the CA state: %w", err)
 	}
-	out := store.CAState{Version: rows[0].version, TrustDomain: doc.TrustDomain}
+	out := store.CAState{Version: rows[0].version, TrustDomain: doc.TrustDomain, Roots: doc.Roots}
 	for _, d := range doc.Intermediates {
 		out.Intermediates = append(out.Intermediates, store.CAIntermediate{KeyID: d.KeyID, CertDER: d.CertDER, Slot: d.Slot,
 			TaintedAt: optTime(d.TaintedAt), RevokedAt: optTime(d.RevokedAt), KeyRef: d.KeyRef})

@@ -12,9 +12,12 @@ import (
 )
 
 // caState returns a state of n intermediates, the last active, the one
-// before it tainted.
+// before it tainted; from two on, with a root and the root it replaced.
 func caState(n int) store.CAState {
 	s := store.CAState{TrustDomain: "mesh.example"}
+	if n > 1 {
+		s.Roots = [][]byte{{0x30, 0x01, byte(n)}, {0x30, 0x02}}
+	}
 	for i := range n {
 		in := store.CAIntermediate{KeyID: fmt.Sprintf("%02x", 0xa0+i), CertDER: []byte{0x30, byte(i)}, Slot: store.SlotRetired}
 		if i == n-1 {
@@ -74,6 +77,8 @@ func testCAState(t *testing.T, open Opener) {
 		{"unknown slot", func() store.CAState { s := caState(2); s.Intermediates[0].Slot = "spare"; return s }(), 2, nil},
 		{"no certificate", func() store.CAState { s := caState(2); s.Intermediates[0].CertDER = nil; return s }(), 2, nil},
 		{"no trust domain", func() store.CAState { s := caState(2); s.TrustDomain = ""; return s }(), 2, nil},
+		{"empty root", func() store.CAState { s := caState(2); s.Roots = append(s.Roots, nil); return s }(), 2, nil},
+		{"same root twice", func() store.CAState { s := caState(2); s.Roots = append(s.Roots, s.Roots[0]); return s }(), 2, nil},
 	}
 	log := auditLog(t, s)
 	events, err := s.Events(ctx, 0, 0)
