@@ -34,7 +34,11 @@ func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logg
 		return err
 	}
 	defer st.Close()
-	if !pemfile.Exists(filepath.Join(cfg.Dir, "intermediate", "state.json")) {
+	haveCA, err := ca.Materialise(ctx, cfg, st)
+	if err != nil {
+		return err
+	}
+	if !haveCA {
 		if !pemfile.Exists(cfg.RootCertPath()) {
 			if _, err := ca.Init(ctx, cfg, st); err != nil {
 				return err

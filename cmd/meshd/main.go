@@ -297,7 +297,13 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--ca-from-secret: %w", err)
 		}
 	}
-	haveCA := pemfile.Exists(filepath.Join(o.CADir, "intermediate", "state.json"))
+	// A CA state in the store is a CA to open, whatever the CA directory
+	// holds: a new replica with an empty volume writes the roots from the
+	// store here, and ca.Open the rest (ca.Materialise).
+	haveCA, err := ca.Materialise(ctx, cfg, st)
+	if err != nil {
+		return err
+	}
 	var authority *ca.CA
 	if haveCA {
 		if authority, err = ca.Open(ctx, cfg, st); err != nil {

@@ -85,6 +85,9 @@ func (c *CA) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if s, err = backfillRoots(ctx, c.cfg, c.store, s); err != nil {
+		return err
+	}
 	root := roots[0]
 	activeKeyID := activeID(s)
 	if activeKeyID == "" {

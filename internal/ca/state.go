@@ -95,6 +95,9 @@ func loadState(ctx context.Context, cfg Config, st store.Store) (store.CAState, 
 		return store.CAState{}, err
 	}
 	s, err = importState(cfg, legacy)
+	if err == nil {
+		s, _, err = recordRoots(cfg, s, true)
+	}
 	if err != nil {
 		return store.CAState{}, fmt.Errorf("import %s into the store: %w", cfg.statePath(), err)
 	}
@@ -199,6 +202,10 @@ func readKeyRef(cfg Config, id string) ([]byte, error) {
 // rewrites the files derived from it. It returns an error wrapping
 // store.ErrConflict when another process changed the state meanwhile.
 func saveState(ctx context.Context, cfg Config, st store.Store, s store.CAState, action string, cert *x509.Certificate, detail string) (store.CAState, error) {
+	s, _, err := recordRoots(cfg, s, true)
+	if err != nil {
+		return s, err
+	}
 	a := store.AuditEntry{Time: cfg.Now(), Action: action, Identity: cert.Subject.CommonName, Outcome: store.OutcomeOK, Detail: detail}
 	v, err := st.PutCAState(ctx, s, s.Version, store.Event{Kind: store.EventCARotated, IssuerKeyID: keyID(cert)}, a)
 	if errors.Is(err, store.ErrConflict) {
@@ -209,6 +216,29 @@ func saveState(ctx context.Context, cfg Config, st store.Store, s store.CAState,
 	}
 	s.Version = v
 	return s, publish(cfg, s)
+}
+
+// backfillRoots records in st the roots of cfg.Dir that s, the state
+// read from st, lacks (a state written before roots were recorded, or by
+// a process whose directory lacked one): a replica with an empty CA
+// directory finds them there (Materialise). A concurrent write wins; the
+// next reload records them then.
+func backfillRoots(ctx context.Context, cfg Config, st store.Store, s store.CAState) (store.CAState, error) {
+	next, changed, err := recordRoots(cfg, s, false)
+	if err != nil || !changed {
+		return s, err
+	}
+	a := store.AuditEntry{Time: cfg.Now(), Action: "ca.state.roots", Outcome: store.OutcomeOK,
+		Detail: fmt.Sprintf("recorded %d root(s) of %s", len(next.Roots)-len(s.Roots), cfg.intDir())}
+	v, err := st.PutCAState(ctx, next, s.Version, store.Event{Kind: store.EventCARotated, IssuerKeyID: activeID(s)}, a)
+	if errors.Is(err, store.ErrConflict) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("record the CA directory's roots in the store: %w", err)
+	}
+	next.Version = v
+	return next, nil
 }
 
 // activeID is the key id of the active intermediate, "" for none.
