@@ -118,6 +118,13 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*Store, error
 		// about 32 MiB before it is reused.
 		"cache_size(-32768)",
 		"wal_autocheckpoint(8000)",
+		// Every request of a batch runs in a savepoint, and a page a
+		// request changes is first copied to the sub-journal that rolls
+		// it back alone. That journal exists only for the transaction's
+		// own rollbacks (a crash is recovered from the WAL), so it lives
+		// in memory rather than spilling, past 64 KiB, to a temporary
+		// file with a system call per page.
+		"temp_store(MEMORY)",
 	))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", abs, err)
