@@ -143,7 +143,6 @@ func TestBadValuesRefused(t *testing.T) {
 		{"meshd.ca.source=pkcs11,meshd.ca.pkcs11.module=/m/m.so,meshd.ca.pkcs11.token=t,meshd.ca.pkcs11.pinSecret=p,meshd.ca.pkcs11.library.hostPath=lib", "absolute path on the node"},
 		{"meshd.persistence.enabled=false", "SQLite store would be lost"},
 		{"meshd.persistence.enabled=false,meshd.database.urlSecret=db", "CA directory (meshd.ca.source dataDir) would be lost"},
-		{"meshd.persistence.enabled=false,meshd.database.urlSecret=db,meshd.ca.source=pkcs11,meshd.ca.pkcs11.module=/m/m.so,meshd.ca.pkcs11.token=t,meshd.ca.pkcs11.pinSecret=p", "keep persistence"},
 		{"mesh.tls.server.certManager.enabled=true", "issuerRef.name"},
 		{"agent.enabled=true", "agent.id"},
 		{"mesh.tls.vault.enabled=true,mesh.tls.spire.enabled=true", "not both"},

@@ -2,6 +2,7 @@ package meshtrust_test
 
 import (
 	"bytes"
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -78,9 +79,33 @@ func (m *caMaterial) intermediate(t *testing.T, name string) (*x509.Certificate,
 // the test, so a chart change that adds one is seen here first.
 func startPod(t *testing.T, meshd, name string, args []string, env []map[string]any, dsn, tlsDir, kubeconfig string, secret map[string][]byte) *pod {
 	t.Helper()
+	return startPodWith(t, meshd, name, args, env, podSetup{dsn: dsn, tlsDir: tlsDir, kubeconfig: kubeconfig, secret: secret})
+}
+
+// podSetup is what a pod gets from the cluster and its node that a test
+// provides instead.
+type podSetup struct {
+	dsn, tlsDir, kubeconfig string
+	// secret is the CA Secret's files; nil mounts none.
+	secret map[string][]byte
+	// data is the data directory (its volume); "" is a new, empty one.
+	data string
+	// paths maps more flags that name a pod path to the test's path.
+	paths map[string]string
+	// env is the environment a pod has from its node, NAME=value each
+	// (a PKCS#11 module's configuration).
+	env []string
+}
+
+// startPodWith is startPod with a setup beyond the CA Secret.
+func startPodWith(t *testing.T, meshd, name string, args []string, env []map[string]any, s podSetup) *pod {
+	t.Helper()
 	base := t.TempDir()
-	p := &pod{name: name, data: filepath.Join(base, "data"), secretDir: filepath.Join(base, "ca-secret"), stderr: &logtest.Buffer{}, done: make(chan error, 1)}
-	kubetest.MountSecret(t, p.secretDir, secret)
+	p := &pod{name: name, data: cmp.Or(s.data, filepath.Join(base, "data")), secretDir: filepath.Join(base, "ca-secret"), stderr: &logtest.Buffer{}, done: make(chan error, 1)}
+	dsn, tlsDir, kubeconfig := s.dsn, s.tlsDir, s.kubeconfig
+	if s.secret != nil {
+		kubetest.MountSecret(t, p.secretDir, s.secret)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -102,14 +127,16 @@ func startPod(t *testing.T, meshd, name string, args []string, env []map[string]
 		case "--ca-from-secret":
 			v = p.secretDir
 		default:
-			if strings.HasPrefix(v, "/") {
+			if to, ok := s.paths[flag]; ok {
+				v = to
+			} else if strings.HasPrefix(v, "/") {
 				t.Fatalf("the chart gives meshd the pod path %s; teach this test where it is", a)
 			}
 		}
 		run = append(run, flag+"="+v)
 	}
 	p.cmd = exec.Command(meshd, run...)
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + base, "KUBECONFIG=" + kubeconfig}
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + base, "KUBECONFIG=" + kubeconfig}, s.env...)
 	for _, e := range env {
 		switch {
 		case e["name"] == "DATABASE_URL" && e["valueFrom"] != nil:

@@ -44,15 +44,18 @@ func meshdContainer(t *testing.T, values string, set ...string) (args []string, 
 }
 
 // buildMeshd builds cmd/meshd from the tree and returns the binary.
-func buildMeshd(t *testing.T) string {
+func buildMeshd(t *testing.T) string { return buildCommand(t, "meshd") }
+
+// buildCommand builds cmd/<name> from the tree and returns the binary.
+func buildCommand(t *testing.T, name string) string {
 	t.Helper()
 	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/meshd")
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/"+name)
 	build.Dir = kubetest.Root()
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/meshd: %v\n%s", err, out)
+		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
 	}
-	return filepath.Join(bin, "meshd")
+	return filepath.Join(bin, name)
 }
 
 // TestSPIREValuesProcess: the spire values combination runs as rendered.

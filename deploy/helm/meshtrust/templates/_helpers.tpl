@@ -22,6 +22,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" $repo $tag -}}
 {{- end -}}
 
+{{/* meshd's image: with the CA's keys on a PKCS#11 token, the cgo
+variant that can load the module (deploy/image -variant pkcs11), tagged
+image.pkcs11Tag, by default <image.tag or appVersion>-pkcs11. */}}
+{{- define "meshtrust.meshdImage" -}}
+{{- if eq .Values.meshd.ca.source "pkcs11" -}}
+{{- $tag := .Values.image.pkcs11Tag | default (printf "%s-pkcs11" (.Values.image.tag | default .Chart.AppVersion)) -}}
+{{- include "meshtrust.image" (dict "root" . "img" (dict "tag" $tag)) -}}
+{{- else -}}
+{{- include "meshtrust.image" (dict "root" . "img" dict) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "meshtrust.tlsSecret" -}}
 {{- .Values.mesh.tls.server.secretName | default (printf "%s-tls" (include "meshtrust.fullname" .)) -}}
 {{- end -}}
