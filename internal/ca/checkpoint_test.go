@@ -383,16 +383,7 @@ func TestCheckpointsOfARetiredIntermediate(t *testing.T) {
 	f := newCA(t, caOptions{})
 	old := f.activeIntermediate(t)
 	checkpoint(t, f, true)
-	ctx := t.Context()
-	if _, err := ca.PrepareIntermediate(ctx, f.cfg, f.store); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ca.ActivateIntermediate(ctx, f.cfg, f.store); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.ca.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	f.rotate(t)
 	appendAudit(t, f, 2)
 	checkpoint(t, f, true)
 	if err := os.Remove(f.intKeyFile(old)); err != nil {

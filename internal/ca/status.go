@@ -46,8 +46,8 @@ func intermediateStatus(ctx context.Context, cfg Config, st store.Store) ([]Inte
 
 // liveLeaves counts, by intermediate, the leaves in use (live) and the
 // unexpired, unrevoked ones renewed away (superseded). A leaf is in use
-// when it is the newest (latest NotAfter) unexpired, unrevoked
-// certificate of its identity. The identity compared is the common name
+// when it is the newest (latest NotAfter, then latest issued) unexpired,
+// unrevoked certificate of its identity. The identity compared is the common name
 // the CA recorded with each certificate (store.Cert.CommonName), and the
 // intermediate the issuer key id it recorded (store.Cert.IssuerKeyID,
 // the intermediate's subject key id in lowercase hex): only the CA's own
@@ -74,7 +74,10 @@ func liveLeaves(ctx context.Context, st store.Store, now time.Time) (live, super
 			continue
 		}
 		valid = append(valid, c)
-		if cur, ok := newest[c.CommonName]; !ok || c.NotAfter.After(cur.NotAfter) {
+		// Certs lists the oldest first: of two with one NotAfter (a
+		// renewal within the second of its predecessor's issuance, as
+		// NotAfter has whole seconds), the later issued is the newest.
+		if cur, ok := newest[c.CommonName]; !ok || !c.NotAfter.Before(cur.NotAfter) {
 			newest[c.CommonName] = c
 		}
 	}

@@ -224,15 +224,7 @@ func TestTaintReloadRace(t *testing.T) {
 	old := f.activeIntermediate(t)
 	oldID := hex.EncodeToString(old.SubjectKeyId)
 	leaf := f.sign(t, ca.NodeRequest("ct1"))
-	if _, err := ca.PrepareIntermediate(ctx, f.cfg, f.store); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ca.ActivateIntermediate(ctx, f.cfg, f.store); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.ca.Reload(ctx); err != nil {
-		t.Fatal(err)
-	}
+	f.rotate(t)
 	normal := f.ca.RenewAt(oldID, leaf.Record.Serial, leaf.Cert.NotBefore, leaf.Cert.NotAfter)
 	taintedAt := f.clock.Now()
 	done := make(chan struct{})
@@ -291,5 +283,51 @@ func TestTaintReloadRace(t *testing.T) {
 	}
 	if got := f.ca.TaintedIssuers(); !got[oldID].Equal(taintedAt) {
 		t.Fatalf("TaintedIssuers after the race: %v", got)
+	}
+}
+
+// TestRenewedInTheSameSecond: a leaf renewed onto the new intermediate
+// within the second of its first issuance (one NotAfter, as NotAfter has
+// whole seconds) supersedes it, so the old intermediate holds no leaf in
+// use and revokes without force.
+func TestRenewedInTheSameSecond(t *testing.T) {
+	f := newCA(t, caOptions{})
+	ctx := t.Context()
+	oldID := hex.EncodeToString(f.activeIntermediate(t).SubjectKeyId)
+	first := f.sign(t, ca.NodeRequest("ct9"))
+	f.rotate(t)
+	second := f.sign(t, ca.NodeRequest("ct9"))
+	if !first.Cert.NotAfter.Equal(second.Cert.NotAfter) {
+		t.Fatalf("NotAfter %s and %s: the clock moved", first.Cert.NotAfter, second.Cert.NotAfter)
+	}
+	if _, err := ca.TaintIntermediate(ctx, f.cfg, f.store, oldID); err != nil {
+		t.Fatal(err)
+	}
+	ints, err := f.ca.IntermediateStatus(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range ints {
+		if in.KeyID == oldID && (in.LiveCerts != 0 || in.Superseded != 1) {
+			t.Fatalf("the old intermediate counts %d live and %d superseded leaves, want 0 and 1", in.LiveCerts, in.Superseded)
+		}
+	}
+	if _, err := ca.RevokeIntermediate(ctx, f.cfg, f.store, oldID, false); err != nil {
+		t.Fatalf("revoke without force: %v", err)
+	}
+}
+
+// rotate prepares and activates a new intermediate and reloads the CA.
+func (f *fixture) rotate(t testing.TB) {
+	t.Helper()
+	ctx := t.Context()
+	if _, err := ca.PrepareIntermediate(ctx, f.cfg, f.store); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.ActivateIntermediate(ctx, f.cfg, f.store); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ca.Reload(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
