@@ -119,6 +119,35 @@ func NodeRequest(node string, extraSANs ...string) Request {
 	return Request{Profile: ProfileNode, Identity: id, ExtraSANs: extraSANs, invalid: err}
 }
 
+// ExtraSANs are the SANs of leaf, a certificate of node id, beyond the
+// ones a node's certificate always carries (its standard DNS names and its
+// SPIFFE ID): the operator-granted ones a renewal carries over, as
+// "DNS:x", "IP:x" and "URI:x". Nil for any other kind of identity.
+func ExtraSANs(leaf *x509.Certificate, id identity.Identity) []string {
+	if id.Kind != identity.KindNode {
+		return nil
+	}
+	std := map[string]bool{}
+	for _, d := range identity.NodeDNSNames(id.Node) {
+		std[d] = true
+	}
+	var out []string
+	for _, d := range leaf.DNSNames {
+		if !std[d] {
+			out = append(out, "DNS:"+d)
+		}
+	}
+	for _, ip := range leaf.IPAddresses {
+		out = append(out, "IP:"+ip.String())
+	}
+	for _, u := range leaf.URIs {
+		if u.Scheme != "spiffe" {
+			out = append(out, "URI:"+u.String())
+		}
+	}
+	return out
+}
+
 // AgentRequest asks for the client certificate of agent on node; see
 // NodeRequest for invalid names.
 func AgentRequest(agent, node string) Request {

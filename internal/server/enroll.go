@@ -544,7 +544,7 @@ type renewalProvisioner struct{ peer *trust.Peer }
 func (p renewalProvisioner) authorize(req meshapi.RenewRequest, withAgents bool) (ca.Request, []ca.SignOption, error) {
 	peer := p.peer
 	profile := map[identity.Kind]ca.Profile{identity.KindNode: ca.ProfileNode, identity.KindAgent: ca.ProfileAgent, identity.KindExternal: ca.ProfileClient}[peer.Identity.Kind]
-	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: extraSANs(peer.Leaf, peer.Identity)}
+	own := ca.Request{Profile: profile, Identity: peer.Identity, ExtraSANs: ca.ExtraSANs(peer.Leaf, peer.Identity)}
 	opts := []ca.SignOption{ca.AuthorizedBy(peer.Serial)}
 	if !withAgents {
 		// The certificate's own audit entry is the renewal's.
@@ -661,32 +661,6 @@ func (s *Server) renew(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
 		s.audit(ctx, "cert.renew", peer.Identity.CommonName(), store.OutcomeOK, fmt.Sprintf("serial %s -> %s, %d agent certificate(s)", peer.Serial, is.Record.Serial, len(out.Agents)))
 	}
 	writeJSON(w, http.StatusOK, out)
-}
-
-// extraSANs carries a node's operator-granted SANs into its renewal.
-func extraSANs(leaf *x509.Certificate, id identity.Identity) []string {
-	if id.Kind != identity.KindNode {
-		return nil
-	}
-	std := map[string]bool{}
-	for _, d := range identity.NodeDNSNames(id.Node) {
-		std[d] = true
-	}
-	var out []string
-	for _, d := range leaf.DNSNames {
-		if !std[d] {
-			out = append(out, "DNS:"+d)
-		}
-	}
-	for _, ip := range leaf.IPAddresses {
-		out = append(out, "IP:"+ip.String())
-	}
-	for _, u := range leaf.URIs {
-		if u.Scheme != "spiffe" {
-			out = append(out, "URI:"+u.String())
-		}
-	}
-	return out
 }
 
 // serveCRL is GET /crl: the active intermediate's CRL in DER, or every
