@@ -255,6 +255,11 @@ func (m *Meshd) reloadCA(ctx context.Context) error {
 		// intermediates' leaves carry Meshtrust-Renew-After from now on.
 		m.srv.ReloadTaint()
 	}
+	if m.serving != nil {
+		// A taint, or a revoked intermediate, makes meshd's own serving
+		// certificate due now.
+		m.serving.poke()
+	}
 	if _, err := m.auth.RebuildCRL(ctx); err != nil {
 		return fmt.Errorf("rebuild the CRL after a rotation: %w", err)
 	}

@@ -173,6 +173,9 @@ type Meshd struct {
 	obs *observer
 	// caSecret follows the CA Secret; nil without Config.CASecretDir.
 	caSecret *caSecretWatcher
+	// serving re-issues the agent port's certificate when the CA issued
+	// it itself (servingcert.go); nil otherwise.
+	serving *servingCert
 
 	trustChanged chan struct{}
 	wg           sync.WaitGroup
@@ -303,6 +306,9 @@ func New(ctx context.Context, cfg Config, st server.Store, authority *ca.CA) (*M
 		// Only a CA: a nil *ca.CA in the interface would not be a nil
 		// Authority, and the routes would sign with it.
 		deps.CA = authority
+	}
+	if m.serving, err = ownServingCert(ctx, cfg, st, authority); err != nil {
+		return nil, err
 	}
 	if m.bundle, err = m.bundleEndpoint(ctx, authority); err != nil {
 		return nil, err
@@ -529,6 +535,10 @@ func (m *Meshd) Start(ctx context.Context) error {
 	if m.caSecret != nil {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); m.caSecret.run(ctx) }()
+	}
+	if m.serving != nil {
+		m.wg.Add(1)
+		go func() { defer m.wg.Done(); m.serving.run(ctx) }()
 	}
 	if m.crl != nil {
 		m.wg.Add(2)
