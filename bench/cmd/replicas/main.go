@@ -34,25 +34,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 	"github.com/meshtrust/meshtrust/internal/ca"
 	"github.com/meshtrust/meshtrust/meshapi"
@@ -74,7 +68,7 @@ func main() {
 }
 
 func run(ctx context.Context, o options) error {
-	dsn, stop, err := postgresURL(ctx)
+	dsn, stop, err := benchmesh.PostgresURL(ctx)
 	if err != nil {
 		return err
 	}
@@ -92,7 +86,7 @@ func run(ctx context.Context, o options) error {
 	}{{"sqlite, 1 node", false, 1}, {"postgres, 1 replica", true, 1}, {"postgres, 2 replicas", true, 2}} {
 		db := ""
 		if c.pg {
-			if db, err = schema(ctx, dsn); err != nil {
+			if db, err = benchmesh.Schema(ctx, dsn); err != nil {
 				return err
 			}
 		}
@@ -131,61 +125,6 @@ func run(ctx context.Context, o options) error {
 		fmt.Printf("  %-22s heartbeats %.2f   issuance %.2f\n", r.name, r.hb/base.hb, r.iss/base.iss)
 	}
 	return nil
-}
-
-// postgresURL returns MESHTRUST_POSTGRES_URL, or starts a server with
-// scripts/postgres.sh and returns its URL and how to stop it.
-func postgresURL(ctx context.Context) (string, func(), error) {
-	if u := os.Getenv("MESHTRUST_POSTGRES_URL"); u != "" {
-		return u, func() {}, nil
-	}
-	dir, err := os.MkdirTemp("", "meshtrust-bench-pg")
-	if err != nil {
-		return "", nil, err
-	}
-	script := filepath.Join("scripts", "postgres.sh")
-	cmd := exec.CommandContext(ctx, "bash", script, "start", dir)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("POSTGRES_SH_PARENT=%d", os.Getpid()))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("scripts/postgres.sh start (run from the repository root): %w", err)
-	}
-	stop := func() {
-		exec.Command("bash", script, "stop", dir, "--purge").Run()
-		os.RemoveAll(dir)
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(l, "MESHTRUST_POSTGRES_URL="); ok {
-			return v, stop, nil
-		}
-	}
-	stop()
-	return "", nil, errors.New("scripts/postgres.sh printed no URL")
-}
-
-// schema creates a fresh schema and returns dsn with search_path on it.
-func schema(ctx context.Context, dsn string) (string, error) {
-	b := make([]byte, 6)
-	rand.Read(b)
-	name := "bench_" + hex.EncodeToString(b)
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+name); err != nil {
-		return "", err
-	}
-	u, err := url.Parse(dsn)
-	if err != nil {
-		return "", err
-	}
-	q := u.Query()
-	q.Set("search_path", name)
-	u.RawQuery = q.Encode()
-	return u.String(), nil
 }
 
 // server is one meshd of a configuration: its agent port and admin client.
