@@ -85,12 +85,8 @@ type Replica struct {
 // meshd's admin socket in dir, a fresh directory the caller removes, and
 // starts meshd over them. Close stops it.
 func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
-	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca"), TaintWindow: c.TaintWindow}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, err
-	}
 	m := &Mesh{cfg: c, dir: dir, cancel: func() {}}
-	if m.Store, err = database.Open(ctx, cfg.Dir, c.Database, database.Options{Follow: true}); err != nil {
+	if m.CA, m.Store, m.cert, err = NewCA(ctx, dir, c.Database, c.TaintWindow); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -98,20 +94,6 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 			m.Close()
 		}
 	}()
-	if _, err := ca.Init(ctx, cfg, m.Store); err != nil {
-		return nil, err
-	}
-	if _, err := ca.IssueIntermediate(ctx, cfg, m.Store); err != nil {
-		return nil, err
-	}
-	if m.CA, err = ca.Open(ctx, cfg, m.Store); err != nil {
-		return nil, err
-	}
-	node, err := m.CA.Sign(ctx, ca.NodeRequest("meshd", "localhost", "IP:127.0.0.1"), ca.WithGeneratedKey())
-	if err != nil {
-		return nil, err
-	}
-	m.cert = node.Cert.Subject.CommonName
 	m.Roots = x509.NewCertPool()
 	m.Roots.AddCert(m.CA.Root())
 	sock := filepath.Join(dir, "admin.sock")
@@ -120,6 +102,47 @@ func Start(ctx context.Context, dir string, c Config) (_ *Mesh, err error) {
 	}
 	m.Admin = AdminClient(sock)
 	return m, nil
+}
+
+// NewCA creates a mesh CA in dir (root in dir/root, the CA directory in
+// dir/ca) with its first intermediate, on database ("" the CA
+// directory's SQLite file, or a postgres:// URL), and issues meshd's
+// serving certificate (localhost, 127.0.0.1; key in the CA's issued
+// directory). It returns the CA open on its store, which the caller
+// closes, and the serving certificate's common name.
+func NewCA(ctx context.Context, dir, database string, taintWindow time.Duration) (_ *ca.CA, _ store.Store, serverCN string, err error) {
+	cfg := ca.Config{RootDir: filepath.Join(dir, "root"), Dir: filepath.Join(dir, "ca"), TaintWindow: taintWindow}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, nil, "", err
+	}
+	st, err := openStore(ctx, cfg.Dir, database)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	defer func() {
+		if err != nil {
+			st.Close()
+		}
+	}()
+	if _, err := ca.Init(ctx, cfg, st); err != nil {
+		return nil, nil, "", err
+	}
+	if _, err := ca.IssueIntermediate(ctx, cfg, st); err != nil {
+		return nil, nil, "", err
+	}
+	authority, err := ca.Open(ctx, cfg, st)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	node, err := authority.Sign(ctx, ca.NodeRequest("meshd", "localhost", "IP:127.0.0.1"), ca.WithGeneratedKey())
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return authority, st, node.Cert.Subject.CommonName, nil
+}
+
+func openStore(ctx context.Context, caDir, url string) (store.Store, error) {
+	return database.Open(ctx, caDir, url, database.Options{Follow: true})
 }
 
 // AdminClient talks to the admin API of the meshd whose unix socket is
@@ -166,7 +189,7 @@ func (m *Mesh) AddReplica(ctx context.Context) (*Replica, error) {
 	if !database.IsPostgres(m.cfg.Database) {
 		return nil, errors.New("benchmesh: replicas need a postgres:// Database")
 	}
-	st, err := database.Open(ctx, m.CA.Config().Dir, m.cfg.Database, database.Options{Follow: true})
+	st, err := openStore(ctx, m.CA.Config().Dir, m.cfg.Database)
 	if err != nil {
 		return nil, err
 	}
@@ -203,6 +226,13 @@ func (m *Mesh) ClientCert(ctx context.Context, agent string) (tls.Certificate, e
 // `meshctl ca revoke` does against a running meshd, and returns once meshd
 // has answered.
 func (m *Mesh) Revoke(ctx context.Context, serial string) error {
+	return Revoke(ctx, m.Admin, serial)
+}
+
+// Revoke revokes the certificate with serial through the admin API that
+// admin reaches, as `meshctl ca revoke` does against a running meshd, and
+// returns once meshd has answered: the revocation is durable then.
+func Revoke(ctx context.Context, admin *http.Client, serial string) error {
 	body, err := json.Marshal(meshapi.RevokeRequest{Target: serial, Reason: "keyCompromise"})
 	if err != nil {
 		return err
@@ -211,7 +241,7 @@ func (m *Mesh) Revoke(ctx context.Context, serial string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := m.Admin.Do(req)
+	resp, err := admin.Do(req)
 	if err != nil {
 		return err
 	}
@@ -226,11 +256,17 @@ func (m *Mesh) Revoke(ctx context.Context, serial string) error {
 // Agents lists the agents meshd holds, through its admin API's GET
 // /admin/agents.
 func (m *Mesh) Agents(ctx context.Context) ([]registry.View, error) {
+	return Agents(ctx, m.Admin)
+}
+
+// Agents lists the agents held by the meshd whose admin API admin
+// reaches.
+func Agents(ctx context.Context, admin *http.Client) ([]registry.View, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://meshd/admin/agents", nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := m.Admin.Do(req)
+	resp, err := admin.Do(req)
 	if err != nil {
 		return nil, err
 	}
