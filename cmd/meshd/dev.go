@@ -24,7 +24,9 @@ const serverNode = "meshd"
 // devBootstrap creates, on first start, the mesh CA (root and
 // intermediate) and a server certificate for the agent port, and renews
 // that certificate when it is due. It points the TLS flags at it unless
-// they were given.
+// they were given. From then on meshd keeps it renewed while it runs, and
+// re-issues it at once when its intermediate is tainted
+// (internal/meshd's servingCert).
 func devBootstrap(ctx context.Context, o *options, cfg ca.Config, log *slog.Logger) error {
 	if err := ensureDir(cfg.Dir); err != nil {
 		return err

@@ -161,6 +161,16 @@ func (d *devMeshd) stop(t *testing.T) {
 	}
 }
 
+// addr is the agent port's address, as the hint names it.
+func (d *devMeshd) addr(t *testing.T) string {
+	t.Helper()
+	addr := regexp.MustCompile(`https://(127\.0\.0\.1:\d+)`).FindStringSubmatch(strings.Join(d.hint, "\n"))
+	if addr == nil {
+		t.Fatalf("no address in the hint:\n%s", strings.Join(d.hint, "\n"))
+	}
+	return addr[1]
+}
+
 // commands are the hint's command lines, continuation lines joined.
 func (d *devMeshd) commands() []string {
 	var out []string
@@ -471,11 +481,7 @@ func TestDevServerCertNames(t *testing.T) {
 	}
 	legacy := readFile(t, filepath.Join(issued, "meshd.mesh.crt"))
 	d = startDev(t, wd)
-	addr := regexp.MustCompile(`https://(127\.0\.0\.1:\d+)`).FindStringSubmatch(strings.Join(d.hint, "\n"))
-	if addr == nil {
-		t.Fatalf("no address in the hint:\n%s", strings.Join(d.hint, "\n"))
-	}
-	conn, err := tls.Dial("tcp", addr[1], &tls.Config{InsecureSkipVerify: true})
+	conn, err := tls.Dial("tcp", d.addr(t), &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		t.Fatal(err)
 	}

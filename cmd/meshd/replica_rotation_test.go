@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -28,7 +29,8 @@ import (
 // restart. B trusts the prepared intermediate at once and, once it has
 // the new key (copied, as a file key lives only where it was made),
 // signs with it after the activation; a taint made through A's directory
-// reaches B's renewal hints.
+// reaches B's renewal hints, and each replica re-issues its own serving
+// certificate from the new intermediate.
 func TestReplicasFollowRotation(t *testing.T) {
 	bin := buildBinaries(t)
 	pg := pgtest.Start(t)
@@ -167,4 +169,27 @@ func TestReplicasFollowRotation(t *testing.T) {
 		}
 		return nil
 	})
+	// Each replica re-issues its own serving certificate, in its own CA
+	// directory, from the new intermediate; neither undoes the other's.
+	for _, r := range []*replica{a, b} {
+		eventually.NoError(t, r.name+" serves a certificate of the new intermediate", func() error {
+			conn, err := tls.Dial("tcp", r.addr, &tls.Config{RootCAs: m.roots, ServerName: "localhost"})
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			if got := hex.EncodeToString(conn.ConnectionState().PeerCertificates[0].AuthorityKeyId); got != next {
+				return fmt.Errorf("issued by %s", got)
+			}
+			return nil
+		})
+	}
+	// The tainted intermediate's leaves in use are the test's node and
+	// its two agents, which did not renew; meshd.mesh, the identity of
+	// both replicas' serving certificates, is not among them.
+	for _, in := range status() {
+		if in["key_id"] == old && in["live_certificates"] != float64(3) {
+			t.Fatalf("the tainted intermediate has %v leaves in use, want the node's and its two agents': %v", in["live_certificates"], in)
+		}
+	}
 }
