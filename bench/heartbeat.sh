@@ -21,16 +21,20 @@
 #   POST /heartbeat keep-alive, C=$C  meshd vs baretls   (target >= 0.9x:
 #                                    what meshd adds to HTTP on a warm
 #                                    connection)
+#   HEAD /heartbeat/{id} keep-alive   meshd vs baretls   (target >= 0.95x)
 #   POST /heartbeat new conn,  C=$NC  meshd vs baretls   (target >= 0.8x)
 # and prints each figure's median and the median over rounds of the paired
 # ratio (summary.txt in $OUT). Every server it starts is stopped by PID on
 # exit.
 #
 # Env: C (32), ROUNDS (3), DUR (10s), VARY_DUR (3s), HEAD_DUR (3s),
-#      NEW_DUR (4s), PROF_DUR (5s), NC (=C),
+#      NEW_DUR (4s), PROF_DUR (5s), BARE_DUR (=HEAD_DUR), NC (=C),
+#      ONLY=bare (the two keep-alive pairs against baretls alone: no MCP
+#      Mesh, no new-conn runs),
 #      OUT (results dir, default a temp dir), PROFILE=1 (also profile meshd
-#      in-process under the POST and the new-conn loads: go tool pprof -top
-#      into $OUT/post.top, post.cum, newconn.top, newconn.cum).
+#      in-process under the POST, HEAD and new-conn loads: go tool pprof
+#      -top into $OUT/post.top, post.cum, head.top, head.cum, newconn.top,
+#      newconn.cum).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,7 +47,10 @@ PROF_DUR=${PROF_DUR:-5s}
 HEAD_DUR=${HEAD_DUR:-3s}
 NEW_DUR=${NEW_DUR:-4s}
 NC=${NC:-$C}
+BARE_DUR=${BARE_DUR:-$HEAD_DUR}
 PROFILE=${PROFILE:-0}
+ONLY=${ONLY:-}
+[[ -z "$ONLY" || "$ONLY" == bare ]] || { echo "heartbeat.sh: ONLY=$ONLY: want bare or nothing" >&2; exit 2; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meshtrust-hb.XXXXXX")
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/meshtrust-hb-out.XXXXXX")}
@@ -54,7 +61,7 @@ PAYLOAD=$ROOT/bench/mcpmesh/heartbeat.json
 log() { printf 'heartbeat.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-MESHD_PID= BARE_PID= PROF_PID= MCPMESH_STATE=
+MESHD_PID= BARE_PID= PROF_PID= MCPMESH_STATE= MCPMESH_PORT=
 cleanup() {
 	local pid
 	for pid in "$MESHD_PID" "$BARE_PID" "$PROF_PID"; do
@@ -107,6 +114,7 @@ mkdir -p "$WORK/meshd"
 MESHD_PID=$!
 wait_port "$MESHD_PORT" "$MESHD_PID" || { tail -20 "$OUT/meshd.log" >&2; die "meshd did not start"; }
 
+if [[ "$ONLY" != bare ]]; then
 MCPMESH_PORT=$(free_port)
 log "starting MCP Mesh 3.7.1 on 127.0.0.1:$MCPMESH_PORT"
 mkdir -p "$WORK/mm-trust"
@@ -119,6 +127,7 @@ MCPMESH_STATE_DIR=$MCPMESH_STATE MCP_MESH_TLS_MODE=strict \
 	MCP_MESH_TRUST_BACKEND=filestore MCP_MESH_TRUST_DIR=$WORK/mm-trust \
 	MCPMESH_CLIENT_CERT=$WORK/agents/weather-agent-1.crt MCPMESH_CLIENT_KEY=$WORK/agents/weather-agent-1.key \
 	bench/mcpmesh/start.sh "$MCPMESH_PORT" >&2
+fi
 
 BARE_PORT=$(free_port)
 log "starting baretls on 127.0.0.1:$BARE_PORT"
@@ -136,7 +145,9 @@ HB=("$BIN/hbload" -ca "$ROOTCA" -certs "$WORK/agents" -payload "$PAYLOAD" -json)
 
 # Register every agent once with each registry; a refusal here (MCP Mesh
 # not admitting the mesh CA's chain, say) stops the run.
-for t in meshd mcpmesh; do
+TARGETS=(meshd mcpmesh)
+[[ "$ONLY" != bare ]] || TARGETS=(meshd)
+for t in "${TARGETS[@]}"; do
 	"${HB[@]}" -label "$t" -url "${URL[$t]}" -c "$C" -n 1 >"$OUT/register-$t.json" ||
 		die "registering $C agents with $t failed: $(cat "$OUT/register-$t.json")"
 	log "registered $C agents with $t"
@@ -182,15 +193,19 @@ pair() {
 
 for r in $(seq "$ROUNDS"); do
 	log "round $r/$ROUNDS"
-	pair post meshd mcpmesh -c "$C" -d "$DUR"
-	# HEAD right after the unchanged POSTs: every agent has POSTed since
-	# the last change, so HEAD answers 200 where nothing changed. (After
-	# the vary runs meshd answers 202: it counts any payload change as a
-	# topology change.)
-	pair head meshd mcpmesh -c "$C" -d "$HEAD_DUR" -method head
-	pair vary meshd mcpmesh -c "$C" -d "$VARY_DUR" -vary-timestamp
-	pair bare meshd baretls -c "$C" -d "$HEAD_DUR"
-	pair newconn meshd baretls -c "$NC" -d "$NEW_DUR" -new-conn
+	if [[ "$ONLY" != bare ]]; then
+		pair post meshd mcpmesh -c "$C" -d "$DUR"
+		# HEAD right after the unchanged POSTs: every agent has POSTed
+		# since the last change, so HEAD answers 200 where nothing
+		# changed. (After the vary runs meshd answers 202: it counts any
+		# payload change as a topology change.)
+		pair head meshd mcpmesh -c "$C" -d "$HEAD_DUR" -method head
+		pair vary meshd mcpmesh -c "$C" -d "$VARY_DUR" -vary-timestamp
+	fi
+	pair bare meshd baretls -c "$C" -d "$BARE_DUR"
+	# After the unchanged POSTs of "bare", so meshd answers 200 here too.
+	pair barehead meshd baretls -c "$C" -d "$BARE_DUR" -method head
+	[[ "$ONLY" == bare ]] || pair newconn meshd baretls -c "$NC" -d "$NEW_DUR" -new-conn
 done
 
 # profile NAME HBLOAD-ARGS...: meshd in-process under one hbload run, its
@@ -205,6 +220,10 @@ profile() {
 	PROF_PID=$!
 	wait_port "$PROF_PORT" "$PROF_PID" || die "meshdprof did not start"
 	URL[meshdprof]=https://127.0.0.1:$PROF_PORT
+	# Registered first, so the profile is of the steady state (and HEAD
+	# answers 200).
+	"${HB[@]}" -label meshdprof -url "${URL[meshdprof]}" -c "$C" -n 1 >/dev/null ||
+		die "registering $C agents with meshdprof failed"
 	load "profile-$name" meshdprof "$@"
 	kill -TERM "$PROF_PID"
 	wait "$PROF_PID" || true
@@ -216,7 +235,8 @@ profile() {
 
 if [[ "$PROFILE" == 1 ]]; then
 	profile post -c "$C" -d "$PROF_DUR"
-	profile newconn -c "$NC" -d "$PROF_DUR" -new-conn
+	profile head -c "$C" -d "$PROF_DUR" -method head
+	[[ "$ONLY" == bare ]] || profile newconn -c "$NC" -d "$PROF_DUR" -new-conn
 fi
 
 # report NAME A B TARGET: medians of A and B, and the median over rounds
@@ -251,10 +271,13 @@ report() {
 	echo "heartbeat benchmark: $(nproc) cores, $ROUNDS rounds, medians; C=$C keep-alive, NC=$NC new-conn"
 	echo "$(go version)"
 	echo
-	report post meshd mcpmesh 10
-	report vary meshd mcpmesh ""
-	report head meshd mcpmesh ""
+	if [[ "$ONLY" != bare ]]; then
+		report post meshd mcpmesh 10
+		report vary meshd mcpmesh ""
+		report head meshd mcpmesh ""
+	fi
 	report bare meshd baretls 0.9
-	report newconn meshd baretls 0.8
+	report barehead meshd baretls 0.95
+	[[ "$ONLY" == bare ]] || report newconn meshd baretls 0.8
 } | tee "$OUT/summary.txt"
 log "results in $OUT"

@@ -1,9 +1,11 @@
 // Command baretls is the handshake baseline for meshd: a bare Go HTTPS
 // server with the same certificate, crypto/tls verifying the client chain
 // against the mesh root (tls.RequireAndVerifyClientCert), that answers
-// POST /heartbeat with a small fixed JSON body after reading the request.
-// It does nothing else, so hbload -new-conn against it measures what the
-// mutual handshakes and HTTP/1.1 alone cost on this machine.
+// POST /heartbeat with a small fixed JSON body after reading the request,
+// and HEAD /heartbeat/{agent_id} with 200 and no body, as meshd answers
+// an agent whose registration is unchanged. It does nothing else, so
+// hbload against it measures what the mutual handshakes (-new-conn) and
+// HTTP/1.1 alone cost on this machine.
 //
 // It binds 127.0.0.1 only, serves until SIGINT/SIGTERM or -max-time, and
 // prints "addr=<host:port>" once it listens.
@@ -64,6 +66,7 @@ func run(listen, certFile, keyFile, clientCA string, maxTime time.Duration) erro
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /heartbeat", heartbeat)
+	mux.HandleFunc("HEAD /heartbeat/{agent_id}", head)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -103,4 +106,10 @@ func heartbeat(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(answer)
+}
+
+// head answers HEAD /heartbeat/{agent_id} as meshd does for an agent that
+// has nothing new to POST: 200, no body.
+func head(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(http.StatusOK)
 }
