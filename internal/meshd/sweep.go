@@ -89,9 +89,10 @@ func (m *Meshd) sweepTrust(ctx context.Context) {
 // dropped when they stop verifying, and when their leaf expires; past
 // maxAdmitted live certificates new ones are not remembered (their agents
 // are still re-verified through their connections and entities). Its
-// mutex is a leaf.
+// mutex is a leaf; add, on every request with a certificate, takes it
+// for reading only when the chain is remembered already.
 type admittedChains struct {
-	mu     sync.Mutex
+	mu     sync.RWMutex
 	chains map[string][]*x509.Certificate
 }
 
@@ -100,6 +101,12 @@ const maxAdmitted = 1 << 16
 
 // add remembers chain, admitted at now.
 func (a *admittedChains) add(fp string, chain []*x509.Certificate, now time.Time) {
+	a.mu.RLock()
+	_, ok := a.chains[fp]
+	a.mu.RUnlock()
+	if ok {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, ok := a.chains[fp]; ok {

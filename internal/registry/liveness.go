@@ -36,6 +36,7 @@ type Result struct {
 // anything else goes through ParseRegistration and Heartbeat. A caller
 // without a certificate (peer nil) is held to the certless bounds of its
 // source (Config.Certless); source means nothing for a caller with one.
+// Nothing of body is kept once it returns (the server reuses its buffer).
 func (r *Registry) HeartbeatFrom(ctx context.Context, peer *trust.Peer, source string, body []byte) (Result, error) {
 	sum := sha256.Sum256(body)
 	if peer != nil {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,6 +35,43 @@ type metrics struct {
 	// rateLimited the requests a rate limiter refused, by limiter.
 	enrollRefusals *prometheus.CounterVec
 	rateLimited    *prometheus.CounterVec
+	// liveHeartbeats are meshd_heartbeats_total's children for the
+	// answers a live agent's heartbeats get (hotHeartbeat), each resolved
+	// on its first use, so the series appears once counted, as with
+	// WithLabelValues, but the labels are not hashed again per request.
+	liveHeartbeats [len(hotHeartbeats)]atomic.Pointer[counterRef]
+}
+
+// counterRef holds a resolved child of a CounterVec.
+type counterRef struct{ prometheus.Counter }
+
+// hotHeartbeats are the (method, code) of meshd_heartbeats_total counted
+// on every heartbeat of a live agent.
+var hotHeartbeats = [...]struct {
+	method, code string
+}{{"post", "200"}, {"head", "200"}, {"head", "202"}}
+
+// heartbeat returns meshd_heartbeats_total's child for method and code.
+func (m *metrics) heartbeat(method string, code int) prometheus.Counter {
+	var i int
+	switch {
+	case code == http.StatusOK && method == "post":
+		i = 0
+	case code == http.StatusOK && method == "head":
+		i = 1
+	case code == http.StatusAccepted && method == "head":
+		i = 2
+	default:
+		return m.heartbeats.WithLabelValues(method, strconv.Itoa(code))
+	}
+	if c := m.liveHeartbeats[i].Load(); c != nil {
+		return c.Counter
+	}
+	// Two first uses at once resolve the same child: WithLabelValues
+	// returns one child per label values.
+	c := &counterRef{m.heartbeats.WithLabelValues(hotHeartbeats[i].method, hotHeartbeats[i].code)}
+	m.liveHeartbeats[i].Store(c)
+	return c.Counter
 }
 
 // Limiters, the label values of meshd_rate_limited_total.

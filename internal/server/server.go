@@ -131,7 +131,8 @@ type Registry interface {
 	// HeartbeatFrom registers or renews the agent of body for peer
 	// (nil without a certificate) from source; Check answers a HEAD
 	// heartbeat; Delete unregisters; Authorize says whether peer may act
-	// for agentID (a session's attach).
+	// for agentID (a session's attach). Neither heartbeat keeps body
+	// after it returns: the server reuses its buffer.
 	HeartbeatFrom(ctx context.Context, peer *trust.Peer, source string, body []byte) (registry.Result, error)
 	// HeartbeatUnchanged answers from memory a heartbeat that would write
 	// nothing; false otherwise (served while the store is unreachable).
@@ -453,6 +454,8 @@ type Server struct {
 	lastAudit func() *meshapi.StatusAudit // nil: meshd never verifies on its own
 	// console is the operator console, served on the admin surface only.
 	console *console.Console
+	// buffers hold heartbeat bodies and answers, reused across requests.
+	buffers buffers
 
 	agentLn, adminLn, adminTLSLn net.Listener
 	agentSrv, adminSrv, adminTLS *http.Server
