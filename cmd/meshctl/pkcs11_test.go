@@ -27,10 +27,7 @@ func TestPKCS11Errors(t *testing.T) {
 		t.Fatalf("go build ./cmd/meshctl: %v\n%s", err, out)
 	}
 	pinFile := tok.PINFile(t)
-	wrongPIN := filepath.Join(t.TempDir(), "wrong-pin")
-	if err := os.WriteFile(wrongPIN, []byte("00000000\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	wrongPIN := tok.WrongPINFile(t)
 	for _, tc := range []struct {
 		name  string
 		flags []string

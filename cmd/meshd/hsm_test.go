@@ -108,10 +108,7 @@ func TestPKCS11Meshd(t *testing.T) {
 	r.stop(t)
 
 	// Start-up errors: meshd exits with the reason, before serving.
-	wrongPIN := filepath.Join(t.TempDir(), "pin")
-	if err := os.WriteFile(wrongPIN, []byte("00000000\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	wrongPIN := tok.WrongPINFile(t)
 	for _, tc := range []struct {
 		name  string
 		flags []string

@@ -15,6 +15,15 @@
 //	go run ./deploy/image -meshd bin/meshd -meshctl bin/meshctl -out image -tag 0.1.0
 //
 // scripts/image.sh builds the binaries and runs it.
+//
+// With -cgo it assembles the variant whose binaries are cgo builds
+// (CGO_ENABLED=1), which is what PKCS#11 needs: a vendor's module is
+// loaded with dlopen. The layer then also carries the dynamic loader and
+// every shared library `ldd` lists for the two binaries, each at the path
+// ldd names, so a module mounted into the container (with its own
+// libraries) can be loaded:
+//
+//	go run ./deploy/image -cgo -meshd bin/meshd -meshctl bin/meshctl -out image-pkcs11 -tag 0.1.0-pkcs11
 package main
 
 import (
@@ -22,15 +31,20 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -118,6 +132,11 @@ type Options struct {
 	Arch string
 	// Epoch is every file's time and the image's creation time.
 	Epoch time.Time
+	// Libs are the absolute paths of the shared libraries and the
+	// dynamic loader the binaries need (cgo builds; see SharedLibs),
+	// each carried at its own path with the content it resolves to. Nil
+	// for static binaries.
+	Libs []string
 }
 
 func main() {
@@ -127,6 +146,7 @@ func main() {
 	flag.StringVar(&o.Meshctl, "meshctl", "", "the static meshctl binary")
 	flag.StringVar(&o.Tag, "tag", "dev", "the image's tag in the layout")
 	flag.StringVar(&o.Arch, "arch", "amd64", "the binaries' architecture (GOARCH)")
+	cgo := flag.Bool("cgo", false, "the binaries are cgo builds (PKCS#11): carry the dynamic loader and the shared libraries ldd lists for them")
 	flag.Parse()
 	epoch, err := sourceDateEpoch()
 	if err != nil {
@@ -137,6 +157,12 @@ func main() {
 	if *out == "" || o.Meshd == "" || o.Meshctl == "" {
 		fmt.Fprintln(os.Stderr, "image: -out, -meshd and -meshctl are required")
 		os.Exit(2)
+	}
+	if *cgo {
+		if o.Libs, err = SharedLibs(o.Meshd, o.Meshctl); err != nil {
+			fmt.Fprintln(os.Stderr, "image:", err)
+			os.Exit(1)
+		}
 	}
 	digest, err := Write(*out, o)
 	if err != nil {
@@ -171,6 +197,10 @@ func Write(dir string, o Options) (string, error) {
 		return "", err
 	}
 	created := o.Epoch.Format(time.RFC3339)
+	made := "deploy/image: meshd and meshctl (static), passwd, group, /tmp, /var/lib/meshtrust"
+	if len(o.Libs) > 0 {
+		made = "deploy/image: meshd and meshctl (cgo, for PKCS#11) with their dynamic loader and shared libraries, passwd, group, /tmp, /var/lib/meshtrust"
+	}
 	cfg := Config{
 		Created: created, Architecture: o.Arch, OS: "linux",
 		Config: RunConfig{
@@ -187,7 +217,7 @@ func Write(dir string, o Options) (string, error) {
 			},
 		},
 		RootFS:  RootFS{Type: "layers", DiffIDs: []string{diffID}},
-		History: []History{{Created: created, CreatedBy: "deploy/image: meshd and meshctl (static), passwd, group, /tmp, /var/lib/meshtrust"}},
+		History: []History{{Created: created, CreatedBy: made}},
 	}
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {
@@ -254,6 +284,20 @@ func buildLayer(o Options) (gz []byte, diffID string, err error) {
 	if err != nil {
 		return nil, "", err
 	}
+	// A dynamic binary without its libraries would not start, and a
+	// static one needs none: the two must agree.
+	for _, bin := range []string{o.Meshd, o.Meshctl} {
+		dynamic, err := isDynamic(bin)
+		if err != nil {
+			return nil, "", err
+		}
+		if dynamic != (len(o.Libs) > 0) {
+			if dynamic {
+				return nil, "", fmt.Errorf("%s is dynamically linked (a cgo build): assemble it with -cgo, which carries its shared libraries", bin)
+			}
+			return nil, "", fmt.Errorf("%s is static: shared libraries were given for it (-cgo) but it loads none; build it with CGO_ENABLED=1", bin)
+		}
+	}
 	passwd := fmt.Sprintf("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:%d:%d:nonroot:/home/nonroot:/sbin/nologin\n", User, User)
 	group := fmt.Sprintf("root:x:0:\nnonroot:x:%d:\n", User)
 	entries := []entry{
@@ -271,6 +315,9 @@ func buildLayer(o Options) (gz []byte, diffID string, err error) {
 		{name: "var/", mode: 0o755, dir: true},
 		{name: "var/lib/", mode: 0o755, dir: true},
 		{name: "var/lib/meshtrust/", mode: 0o700, uid: User, dir: true},
+	}
+	if entries, err = addLibs(entries, o.Libs); err != nil {
+		return nil, "", err
 	}
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
@@ -316,4 +363,85 @@ func readBinary(path string) ([]byte, error) {
 		return nil, &fs.PathError{Op: "image", Path: path, Err: errors.New("not an executable file")}
 	}
 	return os.ReadFile(path)
+}
+
+// isDynamic reports whether the ELF executable at path names a dynamic
+// loader (PT_INTERP): a cgo build does, a CGO_ENABLED=0 one does not.
+func isDynamic(path string) (bool, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// SharedLibs runs ldd on each binary and returns the absolute paths of
+// the shared libraries and the dynamic loader it lists, sorted and
+// without repeats (the vDSO, which the kernel provides, is left out).
+func SharedLibs(bins ...string) ([]string, error) {
+	seen := map[string]bool{}
+	for _, bin := range bins {
+		out, err := exec.Command("ldd", bin).Output()
+		if err != nil {
+			return nil, fmt.Errorf("ldd %s: %w", bin, err)
+		}
+		for line := range strings.Lines(string(out)) {
+			// "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+			// "/lib64/ld-linux-x86-64.so.2 (0x…)"; "linux-vdso.so.1 (0x…)"
+			// has no path.
+			f := strings.Fields(line)
+			if i := slices.Index(f, "=>"); i >= 0 {
+				f = f[i+1:]
+			}
+			if len(f) == 0 || !filepath.IsAbs(f[0]) {
+				if strings.Contains(line, "not found") {
+					return nil, fmt.Errorf("ldd %s: %s", bin, strings.TrimSpace(line))
+				}
+				continue
+			}
+			seen[filepath.Clean(f[0])] = true
+		}
+	}
+	if len(seen) == 0 {
+		return nil, fmt.Errorf("ldd lists no shared library for %s: are they static builds?", strings.Join(bins, ", "))
+	}
+	return slices.Sorted(maps.Keys(seen)), nil
+}
+
+// addLibs returns entries with each of libs (absolute paths) as a file
+// of its content (through symlinks) at its own path, and the directories
+// above it, sorted by name.
+func addLibs(entries []entry, libs []string) ([]entry, error) {
+	have := map[string]bool{}
+	for _, e := range entries {
+		have[e.name] = true
+	}
+	for _, lib := range libs {
+		if !filepath.IsAbs(lib) {
+			return nil, fmt.Errorf("shared library %q: an absolute path", lib)
+		}
+		data, err := os.ReadFile(lib)
+		if err != nil {
+			return nil, fmt.Errorf("shared library: %w", err)
+		}
+		name := strings.TrimPrefix(filepath.Clean(lib), "/")
+		for d := filepath.Dir(name); d != "."; d = filepath.Dir(d) {
+			if !have[d+"/"] {
+				have[d+"/"] = true
+				entries = append(entries, entry{name: d + "/", mode: 0o755, dir: true})
+			}
+		}
+		if !have[name] {
+			have[name] = true
+			entries = append(entries, entry{name: name, mode: 0o755, data: data})
+		}
+	}
+	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.name, b.name) })
+	return entries, nil
 }

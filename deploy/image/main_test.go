@@ -23,11 +23,18 @@ import (
 // needs it: CGO_ENABLED=0, so static.
 func buildStatic(t *testing.T, name string) string {
 	t.Helper()
+	return goBuild(t, name, "./testdata/hello", "0")
+}
+
+// goBuild builds pkg for linux with CGO_ENABLED=cgo, no build id, as
+// name in a new directory, and returns its path.
+func goBuild(t *testing.T, name, pkg, cgo string) string {
+	t.Helper()
 	out := filepath.Join(t.TempDir(), name)
-	cmd := exec.Command("go", "build", "-ldflags=-buildid=", "-o", out, "./testdata/hello")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	cmd := exec.Command("go", "build", "-ldflags=-buildid=", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo, "GOOS=linux")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v\n%s", name, err, b)
+		t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 	}
 	return out
 }

@@ -85,6 +85,17 @@ func (tok *Token) PINFile(t testing.TB) string {
 	return p
 }
 
+// WrongPINFile writes a PIN that is not tok's to a new file of mode 0600
+// and returns its path.
+func (tok *Token) WrongPINFile(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "wrong-pin")
+	if err := os.WriteFile(p, []byte("00000000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // Util returns the path of softhsm2-util, skipping t when SoftHSM2 is not
 // installed (failing it when RequireEnv is set).
 func Util(t testing.TB) string {
