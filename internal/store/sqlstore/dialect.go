@@ -34,6 +34,13 @@ type dialect interface {
 	notify(ctx context.Context, tx *sql.Tx) error
 	// migrations returns the dialect's schema migrations in order.
 	migrations() ([]migration, error)
+	// prepareMigration readies conn, the connection the migration
+	// transaction runs on, before it begins; restore undoes it after the
+	// transaction ends (restore's error matters after a commit only).
+	prepareMigration(ctx context.Context, conn *sql.Conn) (restore func(context.Context) error, err error)
+	// checkMigration runs last in the migration transaction, before it
+	// commits: an error rolls the migration back.
+	checkMigration(ctx context.Context, tx *sql.Tx) error
 	// beginMigration runs first in the migration transaction: it makes
 	// processes that open one new database together migrate it once.
 	beginMigration(ctx context.Context, tx *sql.Tx) error

@@ -75,7 +75,6 @@ func migrate(ctx context.Context, d dialect, db *sql.DB, where string, now func(
 // as it was, and processes opening one new database together migrate it
 // once (d.beginMigration).
 func applyMigrations(ctx context.Context, d dialect, db *sql.DB, where string, now func() time.Time, ms []migration) error {
-	latest := ms[len(ms)-1].version
 	fail := func(format string, args ...any) error {
 		for i, a := range args {
 			if err, ok := a.(error); ok {
@@ -84,7 +83,32 @@ func applyMigrations(ctx context.Context, d dialect, db *sql.DB, where string, n
 		}
 		return fmt.Errorf("%s: migrate %s"+format, append([]any{d.name(), where}, args...)...)
 	}
-	tx, err := db.BeginTx(ctx, nil)
+	// One connection for the whole migration: what d.prepareMigration
+	// sets on it (SQLite's foreign_keys) must hold for the transaction.
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fail(": %w", err)
+	}
+	defer conn.Close()
+	restore, err := d.prepareMigration(ctx, conn)
+	if err != nil {
+		return fail(": %w", err)
+	}
+	if err := applyMigrationsTx(ctx, d, conn, where, now, ms, fail); err != nil {
+		restore(ctx) // the error of the migration is the one to report
+		return err
+	}
+	if err := restore(ctx); err != nil {
+		return fail(": %w", err)
+	}
+	return nil
+}
+
+// applyMigrationsTx applies the pending migrations of ms in one
+// transaction on conn.
+func applyMigrationsTx(ctx context.Context, d dialect, conn *sql.Conn, where string, now func() time.Time, ms []migration, fail func(string, ...any) error) error {
+	latest := ms[len(ms)-1].version
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fail(": %w", err)
 	}
@@ -110,6 +134,9 @@ func applyMigrations(ctx context.Context, d dialect, db *sql.DB, where string, n
 			m.version, m.name, now().UnixNano()); err != nil {
 			return fail(" to version %d (%s): %w", m.version, m.name, err)
 		}
+	}
+	if err := d.checkMigration(ctx, tx); err != nil {
+		return fail(": %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fail(": %w", err)

@@ -112,6 +112,15 @@ func (postgresDialect) migrations() ([]migration, error) {
 	return loadMigrations("migrations/postgres")
 }
 
+// prepareMigration does nothing: PostgreSQL changes a table's schema in
+// place, foreign keys and all.
+func (postgresDialect) prepareMigration(context.Context, *sql.Conn) (func(context.Context) error, error) {
+	return func(context.Context) error { return nil }, nil
+}
+
+// checkMigration does nothing: PostgreSQL checks foreign keys as it goes.
+func (postgresDialect) checkMigration(context.Context, *sql.Tx) error { return nil }
+
 // beginMigration takes an advisory lock (keyed by the schema), so
 // replicas starting together migrate once.
 func (postgresDialect) beginMigration(ctx context.Context, tx *sql.Tx) error {

@@ -303,15 +303,7 @@ func TestRegistryTablesStrict(t *testing.T) {
 // registry binds it on the owner's next heartbeat), and a source written
 // from then on is kept.
 func TestMigrateAgentSource(t *testing.T) {
-	ms, err := sqliteDialect{}.migrations()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "meshtrust.db")
-	db := rawDB(t, path)
-	if err := applyMigrations(t.Context(), sqliteDialect{}, db, path, time.Now, ms[:6]); err != nil {
-		t.Fatalf("migrate to version 6: %v", err)
-	}
+	db, path := oldDB(t, 6)
 	old := testAgent(1)
 	rows, err := (&Store{d: sqliteDialect{}}).agentRows([]store.Agent{old})
 	if err != nil {
@@ -411,5 +403,115 @@ func TestAgentQueriesUseIndexes(t *testing.T) {
 				t.Errorf("%s scans the certificates: %q in\n%s", name, step, joined)
 			}
 		}
+	}
+}
+
+// TestMigrateCertsWithoutFingerprintIndex opens a file a meshtrust of
+// schema version 14 left with certificates and a revocation in it: the
+// certs table is rebuilt without the fingerprint's UNIQUE index, every row
+// comes back in its recorded order, the revocation still refers to its
+// certificate, and foreign keys are enforced again once the store is open.
+func TestMigrateCertsWithoutFingerprintIndex(t *testing.T) {
+	db, path := oldDB(t, 14)
+	// Serials out of order and one issued_at: only the rowid orders them.
+	var want []string
+	for _, n := range []int{3, 1, 2} {
+		c := testCert(n)
+		c.CommonName = "opus@ct111"
+		insertCertRow(t, db, c)
+		want = append(want, c.Serial)
+	}
+	revoked := testCert(1).Serial
+	if _, err := db.Exec(`INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at)
+		VALUES (?, 'opus@ct111', '1c0ffee1', 1, 1)`, revoked); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := OpenSQLite(t.Context(), path)
+	if err != nil {
+		t.Fatalf("OpenSQLite(version 14 file): %v", err)
+	}
+	defer s.Close()
+	got, err := s.CertsByName(t.Context(), "opus@ct111")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for _, c := range got {
+		serials = append(serials, c.Serial)
+	}
+	if !slices.Equal(serials, want) {
+		t.Errorf("CertsByName after the migration = %q, want %q (the recorded order)", serials, want)
+	}
+	if c, err := s.Cert(t.Context(), revoked); err != nil || c.Fingerprint != testCert(1).Fingerprint || c.KeyHash != testCert(1).KeyHash {
+		t.Errorf("Cert(%s) = %+v, %v", revoked, c, err)
+	}
+	if _, _, err := s.Revoke(t.Context(), store.Revocation{Serial: revoked, Reason: 1}, store.AuditEntry{Action: "cert.revoke"}); !errors.Is(err, store.ErrExists) {
+		t.Errorf("Revoke(%s) again = %v, want store.ErrExists (the revocation survived)", revoked, err)
+	}
+	if _, err := s.wdb.ExecContext(t.Context(), `INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at)
+		VALUES ('ffff', 'x', 'y', 1, 1)`); err == nil {
+		t.Error("the write connection accepted a revocation of an unrecorded serial: foreign keys are off after the migration")
+	}
+
+	rows, err := s.rdb.QueryContext(t.Context(), `SELECT name FROM pragma_index_list('certs') ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var indexes []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		indexes = append(indexes, name)
+	}
+	rows.Close()
+	if w := []string{"certs_agent_names", "certs_common_name", "certs_key_hash", "sqlite_autoindex_certs_1"}; !slices.Equal(indexes, w) {
+		t.Errorf("indexes of certs = %q, want %q", indexes, w)
+	}
+}
+
+// TestMigrationBreakingForeignKeyRollsBack: a migration that leaves a row
+// referring to a missing one (here, deleting a revoked certificate while
+// foreign keys are off for the migration) fails, and the schema and rows
+// stay as they were.
+func TestMigrationBreakingForeignKeyRollsBack(t *testing.T) {
+	ms, err := sqliteDialect{}.migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, path := oldDB(t, 0)
+	insertCertRow(t, db, testCert(1))
+	if _, err := db.Exec(`INSERT INTO revocations (serial, common_name, issuer_key_id, reason, revoked_at)
+		VALUES (?, 'x', 'y', 1, 1)`, testCert(1).Serial); err != nil {
+		t.Fatal(err)
+	}
+	bad := append(slices.Clone(ms), migration{version: len(ms) + 1, name: "bad.sql", sql: `DELETE FROM certs`})
+	err = applyMigrations(t.Context(), sqliteDialect{}, db, path, time.Now, bad)
+	if err == nil || !strings.Contains(err.Error(), "foreign key check") {
+		t.Fatalf("applying a migration that orphans a revocation = %v, want a foreign key check error", err)
+	}
+	var version, certs int
+	if err := db.QueryRow(`SELECT max(version) FROM schema_version`).Scan(&version); err != nil || version != len(ms) {
+		t.Errorf("schema version %d (%v), want %d", version, err, len(ms))
+	}
+	if err := db.QueryRow(`SELECT count(*) FROM certs`).Scan(&certs); err != nil || certs != 1 {
+		t.Errorf("%d certificates (%v), want 1", certs, err)
+	}
+}
+
+// insertCertRow writes c into the certs table of db as schema versions 12
+// to 15 lay it out, without the store.
+func insertCertRow(t *testing.T, db *sql.DB, c store.Cert) {
+	t.Helper()
+	args, err := certArgs(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO certs (serial, common_name, kind, sans, not_before, not_after, fingerprint,
+		issuer_key_id, pem, issued_at, key_hash, authorized_by, agent_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...); err != nil {
+		t.Fatal(err)
 	}
 }

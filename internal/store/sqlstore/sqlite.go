@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net/url"
@@ -62,6 +63,42 @@ func (sqliteDialect) auditText(s string) any { return s }
 func (sqliteDialect) notify(context.Context, *sql.Tx) error { return nil }
 
 func (sqliteDialect) migrations() ([]migration, error) { return loadMigrations("migrations/sqlite") }
+
+// prepareMigration turns foreign keys off on conn, as SQLite's procedure
+// for changing a table's schema asks (a table rebuild drops and recreates
+// a table others refer to, and the pragma is a no-op inside a
+// transaction); checkMigration then checks every foreign key before the
+// migration commits, and restore turns them back on.
+func (sqliteDialect) prepareMigration(ctx context.Context, conn *sql.Conn) (func(context.Context) error, error) {
+	if _, err := conn.ExecContext(ctx, `PRAGMA foreign_keys = OFF`); err != nil {
+		return nil, fmt.Errorf("foreign keys off: %w", err)
+	}
+	return func(ctx context.Context) error {
+		// context.WithoutCancel: a connection left with foreign keys off
+		// would go back to the pool.
+		if _, err := conn.ExecContext(context.WithoutCancel(ctx), `PRAGMA foreign_keys = ON`); err != nil {
+			conn.Raw(func(any) error { return driver.ErrBadConn }) // never reused
+			return fmt.Errorf("foreign keys on: %w", err)
+		}
+		return nil
+	}, nil
+}
+
+// checkMigration fails if any row breaks a foreign key (PRAGMA
+// foreign_key_check returns one row per broken reference).
+func (sqliteDialect) checkMigration(ctx context.Context, tx *sql.Tx) error {
+	var table, parent string
+	var rowid sql.NullInt64
+	var fkid int
+	err := tx.QueryRowContext(ctx, `PRAGMA foreign_key_check`).Scan(&table, &rowid, &parent, &fkid)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	case err != nil:
+		return fmt.Errorf("foreign key check: %w", err)
+	}
+	return fmt.Errorf("foreign key check: row %d of %s refers to a missing row of %s", rowid.Int64, table, parent)
+}
 
 // beginMigration does nothing: the transaction begins IMMEDIATE, so two
 // processes opening the same new file migrate it once.

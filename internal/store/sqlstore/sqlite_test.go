@@ -52,6 +52,26 @@ func rawDB(t *testing.T, path string) *sql.DB {
 	return db
 }
 
+// oldDB returns a new SQLite file at path, migrated to schema version
+// (0: the newest) as a meshtrust of that version left it, open without the
+// store.
+func oldDB(t *testing.T, version int) (db *sql.DB, path string) {
+	t.Helper()
+	ms, err := sqliteDialect{}.migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if version == 0 {
+		version = len(ms)
+	}
+	path = filepath.Join(t.TempDir(), "meshtrust.db")
+	db = rawDB(t, path)
+	if err := applyMigrations(t.Context(), sqliteDialect{}, db, path, time.Now, ms[:version]); err != nil {
+		t.Fatalf("migrate to version %d: %v", version, err)
+	}
+	return db, path
+}
+
 // checkChain fails t unless the audit log of s is an intact hash chain of
 // want entries; what says which entries they are.
 func checkChain(t *testing.T, s *Store, want int, what string) {
@@ -345,18 +365,20 @@ func TestChainAcrossProcesses(t *testing.T) {
 	checkChain(t, a, 6, "the six appends of both stores")
 }
 
-func TestDuplicateFingerprint(t *testing.T) {
+// A certificate recorded twice is refused by its serial, the certs
+// table's one key (a fingerprint hashes the DER, which holds the serial),
+// and the second attempt writes no audit entry.
+func TestDuplicateCertificate(t *testing.T) {
 	s, _ := openTest(t)
 	c := testCert(1)
 	if err := s.RecordCert(t.Context(), c, store.AuditEntry{Action: "cert.issue"}); err != nil {
 		t.Fatal(err)
 	}
-	d := testCert(2)
-	d.Fingerprint = c.Fingerprint
-	err := s.RecordCert(t.Context(), d, store.AuditEntry{Action: "cert.issue"})
-	if !errors.Is(err, store.ErrExists) || !strings.Contains(err.Error(), "fingerprint") {
-		t.Errorf("RecordCert(same fingerprint, new serial) = %v, want store.ErrExists naming the fingerprint", err)
+	err := s.RecordCert(t.Context(), c, store.AuditEntry{Action: "cert.issue"})
+	if !errors.Is(err, store.ErrExists) || !strings.Contains(err.Error(), c.Serial) {
+		t.Errorf("RecordCert(the same certificate again) = %v, want store.ErrExists naming the serial", err)
 	}
+	checkChain(t, s, 1, "one certificate recorded, one refused")
 }
 
 func TestClockFillsZeroTimes(t *testing.T) {

@@ -18,8 +18,9 @@ var _ store.Store = (*Store)(nil)
 // RecordCert durably records c and appends a to the audit log in the same
 // transaction; see store.Store. A zero c.IssuedAt or a.Time is set from
 // the store's clock. It returns an error wrapping store.ErrExists if c's
-// serial or fingerprint is already recorded; then neither c nor a is
-// written.
+// serial is already recorded; then neither c nor a is written. The serial
+// is the one key: c.Fingerprint, the SHA-256 of the DER that holds the
+// serial, is not compared (the same certificate twice has the same serial).
 //
 // Times are stored as Unix nanoseconds, so every time in c must lie between
 // the years 1678 and 2262.
@@ -65,11 +66,8 @@ func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry
 			}
 		}
 		err := tx.exec(ctx, tx.st().insertCert, args...)
-		switch s.d.conflict(err) {
-		case primaryKey:
+		if s.d.conflict(err) == primaryKey {
 			return fmt.Errorf("%w: certificate serial %s is already recorded", store.ErrExists, c.Serial)
-		case unique:
-			return fmt.Errorf("%w: a certificate with fingerprint %s is already recorded", store.ErrExists, c.Fingerprint)
 		}
 		if err != nil {
 			return s.errorf("record certificate %s: %w", c.Serial, err)
