@@ -3,8 +3,10 @@
 // TLS, re-keys after the intermediate that issued their certificates is
 // tainted. It reports the time from the taint until the last node and
 // agent held a certificate of the new intermediate, the p50 and p99 of
-// each node's re-key time, and the heartbeats refused meanwhile (the
-// target is none).
+// each node's re-key time, the heartbeats refused meanwhile (the target
+// is none), and whether the old intermediate then revokes without
+// --force (the target is yes: meshd re-issues its own serving
+// certificate, the fleet renewed the rest).
 //
 // The clients are simulated, but every request is meshd's real route:
 // agent certificates from POST /agent-cert, registration and heartbeats
@@ -23,6 +25,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -101,23 +104,23 @@ type Result struct {
 	// Rekeyed counts the fleet's certificates (nodes' and agents') that
 	// meshd's store holds, live, from the new intermediate afterwards.
 	Rekeyed int
-	// RevokeErr is what revoking the old intermediate once the fleet
-	// re-keyed answered: "" when it succeeded.
+	// Revoked says whether revoking the old intermediate without
+	// --force (ca.RevokeIntermediate, force false) was accepted once the
+	// fleet and meshd's own serving certificate re-keyed; RevokeErr is
+	// the refusal when it was not.
+	Revoked   bool
 	RevokeErr string
 }
 
 // String is the result as BENCHMARKS.md quotes it.
 func (r Result) String() string {
-	return fmt.Sprintf("%d nodes x %d agents: setup %s; after the taint the last re-keyed at %s (p50 %s, p99 %s); %d certificates re-keyed; heartbeats %d, refused %d, re-registered %d; renewals %d (failed %d); revoke of the old intermediate: %s",
-		r.Nodes, r.Agents, r.Setup.Round(time.Millisecond), r.Last.Round(time.Millisecond), r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond),
-		r.Rekeyed, r.Heartbeats, r.Refused, r.Reregistered, r.Renewals, r.RenewFailed, cmpOr(r.RevokeErr, "ok"))
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
+	revoke := "accepted"
+	if !r.Revoked {
+		revoke = "refused: " + r.RevokeErr
 	}
-	return s
+	return fmt.Sprintf("%d nodes x %d agents: setup %s; after the taint the last re-keyed at %s (p50 %s, p99 %s); %d certificates re-keyed; heartbeats %d, refused %d, re-registered %d; renewals %d (failed %d); revoke of the old intermediate without --force: %s",
+		r.Nodes, r.Agents, r.Setup.Round(time.Millisecond), r.Last.Round(time.Millisecond), r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond),
+		r.Rekeyed, r.Heartbeats, r.Refused, r.Reregistered, r.Renewals, r.RenewFailed, revoke)
 }
 
 // agent is one simulated agent: its certificate and its own kept-alive
@@ -151,7 +154,8 @@ type counters struct {
 
 // Run starts meshd in dir (a fresh directory the caller removes), enrolls
 // the fleet, taints the intermediate that issued it and measures the
-// re-keying; then revokes the old intermediate.
+// re-keying; then, once meshd serves a certificate of the new
+// intermediate, revokes the old one without force.
 func Run(ctx context.Context, dir string, cfg Config) (Result, error) {
 	cfg = cfg.withDefaults()
 	res := Result{Nodes: cfg.Nodes, Agents: cfg.Agents}
@@ -252,6 +256,17 @@ func Run(ctx context.Context, dir string, cfg Config) (Result, error) {
 	res.P99 = times[(len(times)-1)*99/100]
 	res.Heartbeats, res.Refused, res.Reregistered = cnt.heartbeats.Load(), cnt.refused.Load(), cnt.rereg.Load()
 	res.Renewals, res.RenewFailed = cnt.renewals.Load(), cnt.renewFailed.Load()
+	// meshd re-issues its own serving certificate at the taint (it is
+	// the one leaf no client renews); the run ends once a handshake
+	// shows it, then revokes the old intermediate without --force, as an
+	// operator would once `meshctl ca status` shows none in use.
+	var own *x509.Certificate
+	if err := until(ctx, 30*time.Second, func() bool {
+		own = served(m)
+		return own != nil && bytes.Equal(own.AuthorityKeyId, next.SubjectKeyId)
+	}); err != nil {
+		return res, fmt.Errorf("meshd did not re-issue its serving certificate from the new intermediate: %w", err)
+	}
 	certs, err := m.Store.Certs(ctx)
 	if err != nil {
 		return res, err
@@ -259,14 +274,27 @@ func Run(ctx context.Context, dir string, cfg Config) (Result, error) {
 	newID := hex.EncodeToString(next.SubjectKeyId)
 	now := time.Now()
 	for _, c := range certs {
-		if c.IssuerKeyID == newID && c.Kind != "intermediate" && now.Before(c.NotAfter) {
+		if c.IssuerKeyID == newID && c.Kind != "intermediate" && c.CommonName != own.Subject.CommonName && now.Before(c.NotAfter) {
 			res.Rekeyed++
 		}
 	}
 	if _, err := ca.RevokeIntermediate(ctx, caCfg, m.Store, old, false); err != nil {
 		res.RevokeErr = err.Error()
+	} else {
+		res.Revoked = true
 	}
 	return res, nil
+}
+
+// served is the serving certificate a new TLS handshake to meshd's agent
+// port sees; nil when the handshake fails.
+func served(m *benchmesh.Mesh) *x509.Certificate {
+	conn, err := tls.Dial("tcp", m.Addr(), &tls.Config{RootCAs: m.Roots, ServerName: "localhost"})
+	if err != nil {
+		return nil
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0]
 }
 
 // enrollNode signs node id's certificate in process and mints its agents'

@@ -7,10 +7,9 @@ import (
 
 // TestRekeySmoke is the harness at 20 nodes of 2 agents, so that it
 // cannot rot: every node and agent re-keys onto the new intermediate
-// after the taint, and no heartbeat is refused. Whether the old
-// intermediate can then be revoked without --force is logged: the CA
-// counts the certificates the fleet renewed away from as live until they
-// expire (and meshd's own, which no client renews).
+// after the taint, no heartbeat is refused, and the old intermediate
+// then revokes without --force: the fleet's old certificates are
+// superseded and meshd re-issued its own serving certificate.
 func TestRekeySmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts meshd and a fleet of 60 clients")
@@ -28,5 +27,8 @@ func TestRekeySmoke(t *testing.T) {
 	}
 	if res.Rekeyed != 20*3 {
 		t.Errorf("%d certificates re-keyed onto the new intermediate, want 60", res.Rekeyed)
+	}
+	if !res.Revoked {
+		t.Errorf("revoking the old intermediate without --force was refused: %s", res.RevokeErr)
 	}
 }

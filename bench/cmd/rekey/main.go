@@ -1,7 +1,9 @@
 // Command rekey measures forced re-keying (package bench/rekey): a fleet
 // of enrolled nodes with their agents heartbeating to meshd on loopback,
 // an intermediate tainted, and the time until the last node and agent
-// re-keyed, with the heartbeats refused meanwhile.
+// re-keyed, with the heartbeats refused meanwhile; the run ends by
+// revoking the old intermediate without --force and reports whether that
+// was accepted (Revoked in -json).
 //
 //	go run ./bench/cmd/rekey -nodes 1000 -agents 4
 package main
