@@ -604,14 +604,7 @@ func (s *Server) Start(ctx context.Context) error {
 			s.log.Warn("TLS mode auto: callers without a client certificate are admitted to the agent routes as MCP Mesh admits them; they may act only for agent ids no certificate has claimed, are listed as unauthenticated, and are counted in meshd_unauthenticated_requests_total. strict is the production mode: use --tls-mode strict (MCP_MESH_TLS_MODE=strict) once every agent presents a certificate.", "listen", ln.Addr().String())
 		}
 		s.agentSrv.TLSConfig = agentTLSConfig(s.certs)
-		// Handshakes on goroutines of their own, with net/http's own
-		// handshake deadline (the smaller of the header and read
-		// timeouts): see handshakeListener.
-		timeout := headerTimeout
-		if s.cfg.ReadTimeout > 0 {
-			timeout = min(timeout, s.cfg.ReadTimeout)
-		}
-		ln = newHandshakeListener(tls.NewListener(ln, s.agentSrv.TLSConfig), timeout, s.log)
+		ln = tls.NewListener(ln, s.agentSrv.TLSConfig)
 	}
 	s.serve(s.agentSrv, ln)
 	if s.fresh != nil {
