@@ -156,9 +156,10 @@ func Run(ctx context.Context, dir string, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Each agent holds a connection, at both ends when meshd runs here
-	// too, plus the store's, the watch streams' and the runtime's.
-	if err := raiseNoFile(uint64(2*cfg.Agents + 1024)); err != nil {
+	// Each agent holds one connection in this process and one in meshd's
+	// (a process of its own, with the limit it inherits from this one),
+	// plus the store's, the watch streams' and the runtime's.
+	if err := raiseNoFile(uint64(cfg.Agents + 1024)); err != nil {
 		return nil, err
 	}
 	res := &Result{Agents: cfg.Agents, Replicas: cfg.Replicas, Database: "sqlite", Interval: cfg.Interval.String(),
