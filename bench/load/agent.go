@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -215,7 +216,7 @@ func (a *agent) post(r *runState) {
 // agent would.
 func (a *agent) refused(r *runState, method, why string) {
 	r.refuse(a.revoked.Load(), method+" "+why)
-	if why[:5] == "conn:" {
+	if strings.HasPrefix(why, "conn:") {
 		a.close()
 		a.conn = nil
 	}

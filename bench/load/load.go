@@ -270,16 +270,7 @@ func Run(ctx context.Context, dir string, cfg Config) (*Result, error) {
 			a.close()
 		}
 	}()
-	if err := each(ctx, cfg.Parallel, len(agents), func(i int) error {
-		a := agents[i]
-		if err := a.dial(); err != nil {
-			return fmt.Errorf("connect %s: %w", a.id, err)
-		}
-		if why := a.register().refusal(http.MethodPost); why != "" {
-			return fmt.Errorf("register %s on meshd-%d: %s", a.id, a.replica, why)
-		}
-		return nil
-	}); err != nil {
+	if err := registerAll(ctx, agents, cfg); err != nil {
 		return nil, err
 	}
 	res.Setup.ConnectSeconds = time.Since(t1).Seconds()
@@ -502,4 +493,50 @@ func each(ctx context.Context, parallel, n int, fn func(i int) error) error {
 		first = ctx.Err()
 	}
 	return first
+}
+
+// registerAll connects and registers the agents, setupBatch at a time.
+// At fleet size registering takes longer than meshd's heartbeat timeout
+// (20 s by default): the first agents would then be silent past it
+// before the load starts, and marked unhealthy, which a real agent,
+// heartbeating from its registration on, never is. So between batches
+// every agent registered more than an interval ago sends its HEAD, as
+// it would; a refusal of either is an error of the run.
+func registerAll(ctx context.Context, agents []*agent, cfg Config) error {
+	const setupBatch = 500
+	contact := make([]time.Time, len(agents))
+	for lo := 0; lo < len(agents); lo += setupBatch {
+		hi := min(lo+setupBatch, len(agents))
+		if err := each(ctx, cfg.Parallel, hi-lo, func(j int) error {
+			a := agents[lo+j]
+			if err := a.dial(); err != nil {
+				return fmt.Errorf("connect %s: %w", a.id, err)
+			}
+			if why := a.register().refusal(http.MethodPost); why != "" {
+				return fmt.Errorf("register %s on meshd-%d: %s", a.id, a.replica, why)
+			}
+			contact[lo+j] = time.Now()
+			return nil
+		}); err != nil {
+			return err
+		}
+		due := time.Now().Add(-cfg.Interval)
+		var silent []int
+		for i := range hi {
+			if contact[i].Before(due) {
+				silent = append(silent, i)
+			}
+		}
+		if err := each(ctx, cfg.Parallel, len(silent), func(j int) error {
+			a := agents[silent[j]]
+			if why := a.do(a.head, http.MethodHead).refusal(http.MethodHead); why != "" {
+				return fmt.Errorf("heartbeat %s on meshd-%d while the others register: %s", a.id, a.replica, why)
+			}
+			contact[silent[j]] = time.Now()
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
