@@ -196,7 +196,7 @@ func Run(ctx context.Context, dir string, cfg Config) (*Result, error) {
 	agents := make([]*agent, cfg.Agents)
 	certs := make([]tls.Certificate, cfg.Agents)
 	serials := make([]string, cfg.Agents)
-	err = each(ctx, cfg.Parallel, cfg.Agents, func(i int) (err error) {
+	err = benchmesh.Each(ctx, cfg.Parallel, cfg.Agents, func(i int) (err error) {
 		certs[i], serials[i], err = issue(fmt.Sprintf("load%05d", i))
 		return err
 	})
@@ -461,40 +461,6 @@ func sum(m map[string]int64) int64 {
 	return n
 }
 
-// each runs fn(0..n-1) on at most parallel goroutines and returns the
-// first error.
-func each(ctx context.Context, parallel, n int, fn func(i int) error) error {
-	var (
-		wg    sync.WaitGroup
-		next  atomic.Int64
-		mu    sync.Mutex
-		first error
-	)
-	for range min(parallel, n) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
-}
-
 // registerAll connects and registers the agents, setupBatch at a time.
 // At fleet size registering takes longer than meshd's heartbeat timeout
 // (20 s by default): the first agents would then be silent past it
@@ -507,7 +473,7 @@ func registerAll(ctx context.Context, agents []*agent, cfg Config) error {
 	contact := make([]time.Time, len(agents))
 	for lo := 0; lo < len(agents); lo += setupBatch {
 		hi := min(lo+setupBatch, len(agents))
-		if err := each(ctx, cfg.Parallel, hi-lo, func(j int) error {
+		if err := benchmesh.Each(ctx, cfg.Parallel, hi-lo, func(j int) error {
 			a := agents[lo+j]
 			if err := a.dial(); err != nil {
 				return fmt.Errorf("connect %s: %w", a.id, err)
@@ -527,7 +493,7 @@ func registerAll(ctx context.Context, agents []*agent, cfg Config) error {
 				silent = append(silent, i)
 			}
 		}
-		if err := each(ctx, cfg.Parallel, len(silent), func(j int) error {
+		if err := benchmesh.Each(ctx, cfg.Parallel, len(silent), func(j int) error {
 			a := agents[silent[j]]
 			if why := a.do(a.head, http.MethodHead).refusal(http.MethodHead); why != "" {
 				return fmt.Errorf("heartbeat %s on meshd-%d while the others register: %s", a.id, a.replica, why)

@@ -172,7 +172,7 @@ func Run(ctx context.Context, dir string, cfg Config) (Result, error) {
 
 	start := time.Now()
 	nodes := make([]*node, cfg.Nodes)
-	if err := each(ctx, cfg.Parallel, len(nodes), func(i int) error {
+	if err := benchmesh.Each(ctx, cfg.Parallel, len(nodes), func(i int) error {
 		n, err := enrollNode(ctx, m, client, fmt.Sprintf("n%04d", i), cfg.Agents)
 		nodes[i] = n
 		return err
@@ -187,7 +187,7 @@ func Run(ctx context.Context, dir string, cfg Config) (Result, error) {
 		}
 	}()
 	base := "https://" + m.Addr()
-	if err := each(ctx, cfg.Parallel, len(nodes), func(i int) error {
+	if err := benchmesh.Each(ctx, cfg.Parallel, len(nodes), func(i int) error {
 		for _, a := range nodes[i].agents {
 			if err := register(ctx, base, a); err != nil {
 				return err
@@ -445,40 +445,6 @@ func (n *node) rekey(ctx context.Context, client *enroll.Client, cnt *counters) 
 		a.tr.CloseIdleConnections()
 	}
 	return nil
-}
-
-// each runs fn(0..n-1) on at most parallel goroutines and returns the
-// first error.
-func each(ctx context.Context, parallel, n int, fn func(i int) error) error {
-	var (
-		wg    sync.WaitGroup
-		next  atomic.Int64
-		mu    sync.Mutex
-		first error
-	)
-	for range min(parallel, n) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= n || ctx.Err() != nil {
-					return
-				}
-				if err := fn(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
-	}
-	return first
 }
 
 // until polls cond every 10ms until it holds, for at most limit.
