@@ -1858,6 +1858,33 @@ func readCertsFile(t testing.TB, data []byte) []*x509.Certificate {
 
 // TestAuditLog: every operation is in an intact hash chain, and no key
 // ever reaches it.
+// TestCRLOrderAfterRotationInTheSameSecond: crl.pem lists the active
+// intermediate's CRL first even when a rotation happened within the
+// second of the previous one, so both intermediates have the same
+// NotBefore (CI once saw the old one first, from map order).
+func TestCRLOrderAfterRotationInTheSameSecond(t *testing.T) {
+	f := newCA(t, caOptions{})
+	for i := range 6 {
+		f.rotate(t)
+		active := f.activeIntermediate(t)
+		data, err := os.ReadFile(f.cfg.CRLPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := pem.Decode(data)
+		if b == nil {
+			t.Fatalf("rotation %d: crl.pem holds no PEM block", i)
+		}
+		crl, err := x509.ParseRevocationList(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := crl.CheckSignatureFrom(active); err != nil {
+			t.Fatalf("rotation %d: the first CRL in crl.pem is not the active intermediate's: %v", i, err)
+		}
+	}
+}
+
 func TestAuditLog(t *testing.T) {
 	f := newCA(t, caOptions{})
 	ctx := t.Context()

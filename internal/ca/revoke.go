@@ -179,8 +179,22 @@ func (c *CA) RebuildCRL(ctx context.Context) ([]*x509.RevocationList, error) {
 	for _, is := range c.issuers {
 		issuers = append(issuers, is)
 	}
+	active := c.active
 	c.mu.RUnlock()
-	sort.Slice(issuers, func(i, j int) bool { return issuers[i].cert.NotBefore.After(issuers[j].cert.NotBefore) })
+	// The active intermediate's CRL comes first, then the others newest
+	// first. NotBefore has one-second resolution, so a rotation within the
+	// second ties; the key id breaks the tie and keeps the file's order
+	// independent of map iteration.
+	sort.Slice(issuers, func(i, j int) bool {
+		a, b := issuers[i], issuers[j]
+		if (a == active) != (b == active) {
+			return a == active
+		}
+		if !a.cert.NotBefore.Equal(b.cert.NotBefore) {
+			return a.cert.NotBefore.After(b.cert.NotBefore)
+		}
+		return a.id < b.id
+	})
 
 	now := c.cfg.Now()
 	var (
