@@ -27,28 +27,21 @@ func TestPKCS11Errors(t *testing.T) {
 		t.Fatalf("go build ./cmd/meshctl: %v\n%s", err, out)
 	}
 	pinFile := tok.PINFile(t)
-	wrongPIN := tok.WrongPINFile(t)
-	for _, tc := range []struct {
-		name  string
-		flags []string
-		want  string
-	}{
-		{"wrong PIN", []string{"--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", wrongPIN}, "wrong PIN"},
-		{"missing token", []string{"--pkcs11-module", tok.Module, "--pkcs11-token", "gone", "--pkcs11-pin-file", pinFile}, `"gone" is not in PKCS#11 module`},
-		{"missing module", []string{"--pkcs11-module", filepath.Join(t.TempDir(), "libnone.so"), "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pinFile}, "libnone.so"},
-		{"no PIN", []string{"--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label}, "no PIN"},
-	} {
+	for _, tc := range append(tok.Misconfigs(t, pinFile),
+		hsmtest.Misconfig{Name: "missing module", Flags: []string{"--pkcs11-module", filepath.Join(t.TempDir(), "libnone.so"), "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pinFile}, Want: "libnone.so"},
+		hsmtest.Misconfig{Name: "no PIN", Flags: []string{"--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label}, Want: "no PIN"},
+	) {
 		for _, cmd := range [][]string{{"ca", "init"}, {"ca", "issue-intermediate"}} {
-			t.Run(tc.name+"/"+strings.Join(cmd, " "), func(t *testing.T) {
+			t.Run(tc.Name+"/"+strings.Join(cmd, " "), func(t *testing.T) {
 				data := filepath.Join(t.TempDir(), "data")
 				if err := os.Mkdir(data, 0o700); err != nil {
 					t.Fatal(err)
 				}
-				run := exec.Command(bin, slices.Concat([]string{"--data-dir", data}, cmd, tc.flags)...)
+				run := exec.Command(bin, slices.Concat([]string{"--data-dir", data}, cmd, tc.Flags)...)
 				run.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "SOFTHSM2_CONF=" + tok.Conf}
 				out, err := run.CombinedOutput()
-				if _, exited := err.(*exec.ExitError); !exited || !strings.Contains(string(out), tc.want) {
-					t.Fatalf("meshctl %s with %s: %v\n%s\nwant a non-zero exit saying %q", strings.Join(cmd, " "), tc.name, err, out, tc.want)
+				if _, exited := err.(*exec.ExitError); !exited || !strings.Contains(string(out), tc.Want) {
+					t.Fatalf("meshctl %s with %s: %v\n%s\nwant a non-zero exit saying %q", strings.Join(cmd, " "), tc.Name, err, out, tc.Want)
 				}
 				if strings.Contains(string(out), tok.PIN) {
 					t.Fatalf("meshctl printed the PIN:\n%s", out)
@@ -61,7 +54,7 @@ func TestPKCS11Errors(t *testing.T) {
 					return err
 				})
 				if len(written) > 0 {
-					t.Errorf("meshctl %s with %s wrote %v into the data directory; want nothing", strings.Join(cmd, " "), tc.name, written)
+					t.Errorf("meshctl %s with %s wrote %v into the data directory; want nothing", strings.Join(cmd, " "), tc.Name, written)
 				}
 			})
 		}

@@ -32,7 +32,7 @@ func TestPKCS11Meshd(t *testing.T) {
 	base := t.TempDir()
 	data := filepath.Join(base, "data")
 	pinFile := tok.PINFile(t)
-	hsm := []string{"--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pinFile}
+	hsm := tok.Flags(pinFile)
 	meshctl := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command(filepath.Join(bin, "meshctl"), append([]string{"--data-dir", data}, args...)...)
@@ -108,19 +108,12 @@ func TestPKCS11Meshd(t *testing.T) {
 	r.stop(t)
 
 	// Start-up errors: meshd exits with the reason, before serving.
-	wrongPIN := tok.WrongPINFile(t)
-	for _, tc := range []struct {
-		name  string
-		flags []string
-		want  string
-	}{
-		{"wrong PIN", []string{"--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", wrongPIN}, "wrong PIN"},
-		{"no such token", []string{"--pkcs11-module", tok.Module, "--pkcs11-token", "gone", "--pkcs11-pin-file", pinFile}, `"gone" is not in PKCS#11 module`},
-		{"module not loadable", []string{"--pkcs11-module", pinFile, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pinFile}, "could not be loaded"},
-		{"no token configured", nil, "is a key on PKCS#11 token"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cmd := exec.Command(filepath.Join(bin, "meshd"), append([]string{"--data-dir", data, "--listen", freeAddr(t)}, tc.flags...)...)
+	for _, tc := range append(tok.Misconfigs(t, pinFile),
+		hsmtest.Misconfig{Name: "module not loadable", Flags: []string{"--pkcs11-module", pinFile, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pinFile}, Want: "could not be loaded"},
+		hsmtest.Misconfig{Name: "no token configured", Want: "is a key on PKCS#11 token"},
+	) {
+		t.Run(tc.Name, func(t *testing.T) {
+			cmd := exec.Command(filepath.Join(bin, "meshd"), append([]string{"--data-dir", data, "--listen", freeAddr(t)}, tc.Flags...)...)
 			cmd.Env = cleanEnv(filepath.Join(base, "home"))
 			done := make(chan struct{})
 			var out []byte
@@ -131,10 +124,10 @@ func TestPKCS11Meshd(t *testing.T) {
 			case <-time.After(60 * time.Second):
 				cmd.Process.Kill()
 				<-done
-				t.Fatalf("meshd kept running with %s:\n%s", tc.name, out)
+				t.Fatalf("meshd kept running with %s:\n%s", tc.Name, out)
 			}
-			if err == nil || !strings.Contains(string(out), tc.want) {
-				t.Fatalf("meshd with %s: %v; want an exit saying %q:\n%s", tc.name, err, tc.want, out)
+			if err == nil || !strings.Contains(string(out), tc.Want) {
+				t.Fatalf("meshd with %s: %v; want an exit saying %q:\n%s", tc.Name, err, tc.Want, out)
 			}
 			if strings.Contains(string(out), tok.PIN) {
 				t.Fatalf("meshd printed the PIN:\n%s", out)

@@ -96,6 +96,31 @@ func (tok *Token) WrongPINFile(t testing.TB) string {
 	return p
 }
 
+// Flags returns the flags that point meshctl's and meshd's CA commands at
+// tok, its PIN read from pinFile.
+func (tok *Token) Flags(pinFile string) []string {
+	return []string{"--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pinFile}
+}
+
+// Misconfig is flags that point a binary at tok wrongly, and what its
+// error must say.
+type Misconfig struct {
+	Name  string
+	Flags []string
+	Want  string
+}
+
+// Misconfigs returns the set-ups both meshctl and meshd must refuse with a
+// message naming what is wrong: a wrong PIN, and a token label the module
+// does not hold (with the right PIN in pinFile).
+func (tok *Token) Misconfigs(t testing.TB, pinFile string) []Misconfig {
+	t.Helper()
+	return []Misconfig{
+		{"wrong PIN", tok.Flags(tok.WrongPINFile(t)), "wrong PIN"},
+		{"no such token", []string{"--pkcs11-module", tok.Module, "--pkcs11-token", "gone", "--pkcs11-pin-file", pinFile}, `"gone" is not in PKCS#11 module`},
+	}
+}
+
 // Util returns the path of softhsm2-util, skipping t when SoftHSM2 is not
 // installed (failing it when RequireEnv is set).
 func Util(t testing.TB) string {

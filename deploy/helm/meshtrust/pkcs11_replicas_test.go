@@ -53,7 +53,7 @@ func TestPKCS11ReplicasValuesProcess(t *testing.T) {
 	if err := os.Mkdir(data0, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	hsm := []string{"--pkcs11-module", tok.Module, "--pkcs11-token", tok.Label, "--pkcs11-pin-file", pinFile}
+	hsm := tok.Flags(pinFile)
 	ctl := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command(meshctl, append([]string{"--data-dir", data0}, args...)...)
