@@ -11,28 +11,7 @@ import (
 )
 
 // Latency summarises latencies in milliseconds (nearest rank).
-type Latency struct {
-	N      int     `json:"n"`
-	Failed int     `json:"failed,omitempty"`
-	P50    float64 `json:"p50_ms"`
-	P99    float64 `json:"p99_ms"`
-	P999   float64 `json:"p999_ms"`
-	Max    float64 `json:"max_ms"`
-}
-
-func latency(d []time.Duration, failed int) Latency {
-	l := Latency{N: len(d), Failed: failed}
-	if len(d) == 0 {
-		return l
-	}
-	slices.Sort(d)
-	rank := func(perMille int) float64 {
-		i := (len(d)*perMille + 999) / 1000
-		return benchmesh.Millis(d[max(i-1, 0)])
-	}
-	l.P50, l.P99, l.P999, l.Max = rank(500), rank(990), rank(999), benchmesh.Millis(d[len(d)-1])
-	return l
-}
+type Latency = benchmesh.Stats
 
 // Process is one meshd's resources: with no agents, and at steady state
 // (the median of the readings in the second half of the load).
@@ -108,7 +87,7 @@ func (res *Result) summarize(r *runState, agents []*agent, revs []revocation, sa
 		head = append(head, a.headLat...)
 		post = append(post, a.postLat...)
 	}
-	res.Head, res.Post = latency(head, 0), latency(post, 0)
+	res.Head, res.Post = benchmesh.Summarize(head, 0), benchmesh.Summarize(post, 0)
 	whole := min(int(elapsed/time.Second), len(r.perSecond))
 	if whole > 0 {
 		res.Throughput.Min = r.perSecond[0].Load()
@@ -149,9 +128,9 @@ func (res *Result) summarize(r *runState, agents []*agent, revs []revocation, sa
 			watchLat[i] = append(watchLat[i], seen[i].Sub(rv.ack))
 		}
 	}
-	res.RevokeCall = latency(calls, 0)
+	res.RevokeCall = benchmesh.Summarize(calls, 0)
 	for i := range res.Meshd {
-		res.Evictions = append(res.Evictions, Eviction{Watch: latency(watchLat[i], watchMissed[i]), Agent: latency(agentLat[i], agentMissed[i])})
+		res.Evictions = append(res.Evictions, Eviction{Watch: benchmesh.Summarize(watchLat[i], watchMissed[i]), Agent: benchmesh.Summarize(agentLat[i], agentMissed[i])})
 	}
 	for i, s := range samples {
 		var steady []sample
@@ -205,19 +184,16 @@ func (res *Result) Table() string {
 	fmt.Fprintf(&b, "| %d agents, %d meshd on %s, %s, HEAD every %s ±10%%, %.0f%% POST, a revocation every %s | |\n|---|---|\n",
 		res.Agents, res.Replicas, res.Database, res.Duration, res.Interval, 100*res.ChangeRate, res.RevokeEvery)
 	row := func(k, format string, args ...any) { fmt.Fprintf(&b, "| %s | %s |\n", k, fmt.Sprintf(format, args...)) }
-	lat := func(l Latency) string {
-		return fmt.Sprintf("p50 %.2f ms, p99 %.2f ms, p999 %.2f ms, max %.2f ms (n=%d)", l.P50, l.P99, l.P999, l.Max, l.N)
-	}
 	row("setup", "issue %.1f s, connect and register %.1f s", res.Setup.IssueSeconds, res.Setup.ConnectSeconds)
 	row("requests/s", "mean %.0f (min %d, max %d)", res.Throughput.Mean, res.Throughput.Min, res.Throughput.Max)
-	row("HEAD /heartbeat/{id}", "%s", lat(res.Head))
-	row("POST /heartbeat", "%s; %d after a 202", lat(res.Post), res.Reregistered)
+	row("HEAD /heartbeat/{id}", "%s", res.Head)
+	row("POST /heartbeat", "%s; %d after a 202", res.Post, res.Reregistered)
 	row("unexpected refusals", "%d %s", sum(res.Unexpected), reasons(res.Unexpected))
 	row("revoked agents' refusals", "%d %s", sum(res.Expected), reasons(res.Expected))
-	row("revocations", "%d acknowledged, call %s", res.Revocations, lat(res.RevokeCall))
+	row("revocations", "%d acknowledged, call %s", res.Revocations, res.RevokeCall)
 	for i, e := range res.Evictions {
-		row(fmt.Sprintf("meshd-%d: revocation to watch event", i), "%s; missed %d", lat(e.Watch), e.Watch.Failed)
-		row(fmt.Sprintf("meshd-%d: revocation to agent refused", i), "%s; not evicted %d", lat(e.Agent), e.Agent.Failed)
+		row(fmt.Sprintf("meshd-%d: revocation to watch event", i), "%s; missed %d", e.Watch, e.Watch.Failed)
+		row(fmt.Sprintf("meshd-%d: revocation to agent refused", i), "%s; not evicted %d", e.Agent, e.Agent.Failed)
 	}
 	for i, p := range res.Meshd {
 		row(fmt.Sprintf("meshd-%d RSS", i), "%.1f MiB with no agents, %.1f MiB with %d live", mib(p.RSS0), mib(p.RSS), p.Live)

@@ -36,12 +36,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
 )
 
 // maxDuration bounds a run whose -d is 0: every load loop here ends.
@@ -611,20 +612,7 @@ func summarize(o options, results []workerResult, elapsed time.Duration) Report 
 		rep.ErrorKinds = nil
 	}
 	rep.RPS = float64(rep.OK) / elapsed.Seconds()
-	if len(all) > 0 {
-		sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-		rep.P50ms = ms(percentile(all, 50))
-		rep.P99ms = ms(percentile(all, 99))
-		rep.MaxMs = ms(all[len(all)-1])
-	}
+	lat := benchmesh.Summarize(all, 0)
+	rep.P50ms, rep.P99ms, rep.MaxMs = lat.P50, lat.P99, lat.Max
 	return rep
 }
-
-// percentile returns the p-th percentile of sorted by the nearest-rank
-// method.
-func percentile(sorted []time.Duration, p int) time.Duration {
-	i := (len(sorted)*p + 99) / 100
-	return sorted[max(i-1, 0)]
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -2,6 +2,7 @@ package benchmesh
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +22,10 @@ func TestSummarize(t *testing.T) {
 	for i := range hundred {
 		hundred[i] = 100 - i // unsorted on purpose
 	}
+	thousand := make([]int, 1000)
+	for i := range thousand {
+		thousand[i] = 1000 - i
+	}
 	for _, tc := range []struct {
 		name   string
 		d      []time.Duration
@@ -28,16 +33,28 @@ func TestSummarize(t *testing.T) {
 		want   Stats
 	}{
 		{"none", nil, 3, Stats{Failed: 3}},
-		{"one", ms(7), 0, Stats{N: 1, P50: 7, P99: 7, Max: 7}},
-		{"nearest rank", ms(4, 1, 3, 2), 1, Stats{N: 4, Failed: 1, P50: 2, P99: 4, Max: 4}},
-		{"hundred", ms(hundred...), 0, Stats{N: 100, P50: 50, P99: 99, Max: 100}},
-		{"negative", []time.Duration{-1500 * time.Microsecond, 250 * time.Microsecond}, 0, Stats{N: 2, P50: -1.5, P99: 0.25, Max: 0.25}},
+		{"one", ms(7), 0, Stats{N: 1, P50: 7, P99: 7, P999: 7, Max: 7}},
+		{"nearest rank", ms(4, 1, 3, 2), 1, Stats{N: 4, Failed: 1, P50: 2, P99: 4, P999: 4, Max: 4}},
+		{"hundred", ms(hundred...), 0, Stats{N: 100, P50: 50, P99: 99, P999: 100, Max: 100}},
+		{"thousand", ms(thousand...), 0, Stats{N: 1000, P50: 500, P99: 990, P999: 999, Max: 1000}},
+		{"negative", []time.Duration{-1500 * time.Microsecond, 250 * time.Microsecond}, 0, Stats{N: 2, P50: -1.5, P99: 0.25, P999: 0.25, Max: 0.25}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			in := slices.Clone(tc.d)
 			if got := Summarize(tc.d, tc.failed); got != tc.want {
 				t.Errorf("Summarize = %+v, want %+v", got, tc.want)
 			}
+			if !slices.Equal(in, tc.d) {
+				t.Errorf("Summarize reordered its input: %v, was %v", tc.d, in)
+			}
 		})
+	}
+}
+
+func TestStatsString(t *testing.T) {
+	s := Stats{N: 3, P50: 1.5, P99: 2.25, P999: 2.5, Max: 3}
+	if got, want := s.String(), "p50 1.50 ms, p99 2.25 ms, p999 2.50 ms, max 3.00 ms (n=3)"; got != want {
+		t.Errorf("String = %q, want %q", got, want)
 	}
 }
 
