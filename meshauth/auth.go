@@ -164,11 +164,26 @@ func unauthenticated(reason, format string, args ...any) *refusal {
 	return &refusal{code: 401, reason: reason, detail: fmt.Sprintf(format, args...)}
 }
 
-// verified is what the middleware puts in a request's context.
-type verified struct {
-	caller *Caller
+// Verified is one request's verified caller, as Verify returns it and as
+// the middleware carries it in the request's context: the Caller, and
+// what RecheckVerified needs to tell whether trust changed since (the
+// trust generation the caller was verified at, the chain presented). It
+// is a value: holding it copies nothing of the request.
+type Verified struct {
+	// Caller is the verified caller; nil in the zero Verified.
+	Caller *Caller
 	gen    uint64
-	chain  []*x509.Certificate // as presented, for Recheck
+	chain  []*x509.Certificate // as presented, for RecheckVerified
+}
+
+// Peer returns the certificate the caller presented as the chain
+// verified it; nil for a caller without one (legacy, anonymous) and for
+// the zero Verified.
+func (v Verified) Peer() *trust.Peer {
+	if v.Caller == nil {
+		return nil
+	}
+	return v.Caller.Peer
 }
 
 // identify returns the caller of a request: its verified certificate
@@ -342,8 +357,16 @@ func (a *Auth) logDecision(c *Caller, op *Operation, d Decision, reason string) 
 // in flight wins over the request's own writes. It returns nil for a
 // caller still trusted (and for legacy and anonymous callers).
 func (a *Auth) Recheck(ctx context.Context) error {
-	v, ok := ctx.Value(callerKey{}).(verified)
-	if !ok || v.caller.Peer == nil {
+	v, _ := ctx.Value(callerKey{}).(Verified)
+	return a.RecheckVerified(ctx, v)
+}
+
+// RecheckVerified is Recheck for a caller Verify returned: it verifies
+// v's chain again when the trust generation moved since v was verified,
+// and returns nil for a caller still trusted (and for legacy and
+// anonymous callers, and the zero Verified, which bear no certificate).
+func (a *Auth) RecheckVerified(ctx context.Context, v Verified) error {
+	if v.Peer() == nil {
 		return nil
 	}
 	if v.gen == a.cfg.Chain.Generation() {

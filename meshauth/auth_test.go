@@ -2,6 +2,7 @@ package meshauth_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -225,5 +226,62 @@ func TestComposableAuthorizers(t *testing.T) {
 		if got := tt.a(tt.c, op).Allowed; got != tt.want {
 			t.Errorf("%s: allowed %v, want %v", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestVerifyAndRecheckVerified checks the route-level API a service that
+// decides per route itself uses: Verify hands over the verified caller
+// without copying the request (none in its context, no allocation on a
+// connection verified before), RecheckVerified passes it while trust
+// holds and refuses it once its certificate is revoked mid-request, and
+// Identify still carries the caller in the request's context.
+func TestVerifyAndRecheckVerified(t *testing.T) {
+	w := newWorld(t)
+	a := newAuth(t, w, meshauth.Config{Authorizer: meshauth.AuthorizeAny()})
+	opus := agentOf(t, w.mesh, "opus", "ct111")
+	srv := serve(t, a, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		v, err := a.Verify(r)
+		if err != nil {
+			http.Error(rw, "verify: "+err.Error(), 401)
+			return
+		}
+		if _, ok := meshauth.FromContext(r.Context()); ok {
+			http.Error(rw, "Verify put the caller in the request's context", 500)
+			return
+		}
+		if v.Peer() == nil || v.Caller.Name != "opus@ct111" {
+			http.Error(rw, fmt.Sprintf("caller %+v", v.Caller), 500)
+			return
+		}
+		if n := testing.AllocsPerRun(20, func() { a.Verify(r) }); n != 0 {
+			http.Error(rw, fmt.Sprintf("Verify of a connection verified before: %v allocations", n), 500)
+			return
+		}
+		if r.URL.Query().Get("revoke") != "" {
+			w.revs.AddSerial(trust.Revoked{Serial: opus.Leaf.SerialNumber.Text(16), IssuerKeyID: fmt.Sprintf("%x", opus.Leaf.AuthorityKeyId), At: time.Now()})
+		}
+		if err := a.RecheckVerified(r.Context(), v); err != nil {
+			http.Error(rw, "recheck: "+trust.Reason(err), 403)
+			return
+		}
+		c, ir, err := a.Identify(r)
+		if fc, ok := meshauth.FromContext(ir.Context()); err != nil || !ok || fc != c || c != v.Caller {
+			http.Error(rw, "Identify's request does not carry the caller Verify returned", 500)
+			return
+		}
+		rw.Write([]byte("ok"))
+	}))
+	c := client(srv, &opus)
+	if r := do(t, c, "GET", srv.URL+"/x", ""); r.code != 200 || r.body != "ok" {
+		t.Fatalf("trusted: %d %s", r.code, r.body)
+	}
+	if r := do(t, c, "GET", srv.URL+"/x?revoke=1", ""); r.code != 403 || !strings.Contains(r.body, "recheck: "+trust.ReasonRevoked) {
+		t.Fatalf("revoked mid-request: %d %s", r.code, r.body)
+	}
+	if r := do(t, c, "GET", srv.URL+"/x", ""); r.code != 401 {
+		t.Fatalf("after the revocation: %d %s", r.code, r.body)
+	}
+	if err := a.RecheckVerified(context.Background(), meshauth.Verified{}); err != nil {
+		t.Fatalf("the zero Verified (no certificate): %v", err)
 	}
 }

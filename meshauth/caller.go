@@ -172,11 +172,17 @@ func CallerFromPeer(p *trust.Peer) *Caller {
 
 type callerKey struct{}
 
+// withVerified returns a copy of ctx that carries v, for FromContext and
+// Recheck.
+func withVerified(ctx context.Context, v Verified) context.Context {
+	return context.WithValue(ctx, callerKey{}, v)
+}
+
 // FromContext returns the verified caller of a request that passed the
 // middleware.
 func FromContext(ctx context.Context) (*Caller, bool) {
-	v, ok := ctx.Value(callerKey{}).(verified)
-	return v.caller, ok && v.caller != nil
+	v, ok := ctx.Value(callerKey{}).(Verified)
+	return v.Caller, ok && v.Caller != nil
 }
 
 // WithCaller returns a copy of ctx that carries c: what a service's own
@@ -184,7 +190,7 @@ func FromContext(ctx context.Context) (*Caller, bool) {
 // middleware, and what a service that verifies callers by other means
 // calls to hand its handlers the same Caller.
 func WithCaller(ctx context.Context, c *Caller) context.Context {
-	return context.WithValue(ctx, callerKey{}, verified{caller: c})
+	return withVerified(ctx, Verified{Caller: c})
 }
 
 // SourceMeshCA is the trust backend of the mesh CA: a modelled caller

@@ -73,9 +73,5 @@ func (a *Auth) grpcCall(ctx context.Context, method string) (context.Context, er
 		}
 		return nil, status.Errorf(code, "%s: %s", rf.reason, rf.detail)
 	}
-	v := verified{caller: c, gen: gen}
-	if state != nil {
-		v.chain = state.PeerCertificates
-	}
-	return context.WithValue(ctx, callerKey{}, v), nil
+	return withVerified(ctx, verifiedOf(c, gen, state)), nil
 }

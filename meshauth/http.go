@@ -1,7 +1,7 @@
 package meshauth
 
 import (
-	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -39,24 +39,38 @@ func (a *Auth) Handler(h http.Handler) http.Handler {
 			a.writeRefusal(w, rf)
 			return
 		}
-		h.ServeHTTP(w, r.WithContext(a.withCaller(r.Context(), c, gen, r)))
+		h.ServeHTTP(w, r.WithContext(withVerified(r.Context(), verifiedOf(c, gen, r.TLS))))
 	})
 }
 
-// Identify verifies the caller of r without authorizing anything, for a
+// Identify verifies the caller of r without authorizing anything, as
+// Verify does, and returns r with the Caller in its context (for
+// FromContext and Recheck): a copy of the request, which Verify spares a
+// handler that takes the Verified itself.
+func (a *Auth) Identify(r *http.Request) (*Caller, *http.Request, error) {
+	v, err := a.Verify(r)
+	if err != nil {
+		return nil, r, err
+	}
+	return v.Caller, r.WithContext(withVerified(r.Context(), v)), nil
+}
+
+// Verify verifies the caller of r without authorizing anything, for a
 // service that decides per route itself (meshd's agent port): the
 // certificate (once per connection per trust generation, when the server
 // runs ConnContext), the session its bearer token names, or the legacy or
-// anonymous caller. It returns r with the Caller in its context (for
-// FromContext and Recheck). An error is why there is no caller: Reason
-// says it for a machine, errors.Is(err, trust.ErrNoCertificate) when none
-// was presented.
-func (a *Auth) Identify(r *http.Request) (*Caller, *http.Request, error) {
+// anonymous caller. It neither copies r nor allocates for a connection's
+// caller verified before: the hot path of a service that hands the
+// Verified to its handlers, which call RecheckVerified with it where
+// Recheck would read the context. An error is why there is no caller:
+// Reason says it for a machine, errors.Is(err, trust.ErrNoCertificate)
+// when none was presented.
+func (a *Auth) Verify(r *http.Request) (Verified, error) {
 	c, gen, rf := a.identifyHTTP(r)
 	if rf != nil {
-		return nil, r, rf
+		return Verified{}, rf
 	}
-	return c, r.WithContext(a.withCaller(r.Context(), c, gen, r)), nil
+	return verifiedOf(c, gen, r.TLS), nil
 }
 
 // notCanonicalPath refuses a request whose path is not canonical. A
@@ -77,12 +91,14 @@ func (a *Auth) identifyHTTP(r *http.Request) (*Caller, uint64, *refusal) {
 	return a.identify(r.Context(), connFrom(r.Context()), r.TLS, bearer(r.Header.Get("Authorization")))
 }
 
-func (a *Auth) withCaller(ctx context.Context, c *Caller, gen uint64, r *http.Request) context.Context {
-	v := verified{caller: c, gen: gen}
-	if r != nil && r.TLS != nil {
-		v.chain = r.TLS.PeerCertificates
+// verifiedOf is the Verified of caller c, verified at trust generation
+// gen over the connection state (nil without TLS).
+func verifiedOf(c *Caller, gen uint64, state *tls.ConnectionState) Verified {
+	v := Verified{Caller: c, gen: gen}
+	if state != nil {
+		v.chain = state.PeerCertificates
 	}
-	return context.WithValue(ctx, callerKey{}, v)
+	return v
 }
 
 // bearer returns the credential of an "Authorization: Bearer" header.

@@ -125,7 +125,7 @@ func (a *Auth) MCP(h http.Handler) http.Handler {
 			a.writeRPCRefusal(w, msg.ID, rpcCode(rf), rf)
 			return
 		}
-		r = r.WithContext(a.withCaller(r.Context(), c, gen, r))
+		r = r.WithContext(withVerified(r.Context(), verifiedOf(c, gen, r.TLS)))
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		list, ok := listOf[msg.Method]
