@@ -30,7 +30,7 @@ func (s *Server) agentHandler() http.Handler {
 	// replica that has not read the store for longer than its staleness
 	// bound refuses them with 503, and one that cannot reach it now
 	// refuses those that write.
-	mux.HandleFunc("POST /heartbeat", s.gated(current, s.identified(agentRoutes, s.postHeartbeat)))
+	mux.HandleFunc("POST /heartbeat", s.gated(current, s.verified(agentRoutes, s.postHeartbeat)))
 	mux.HandleFunc("HEAD /heartbeat/{agent_id}", s.gated(current, s.identified(agentRoutes, s.headHeartbeat)))
 	mux.HandleFunc("GET /agents", s.gated(current, s.identified(agentRoutes, s.listAgents)))
 	mux.HandleFunc("DELETE /agents/{agent_id}", s.gated(durable, s.identified(agentRoutes, s.deleteAgent)))
@@ -49,7 +49,7 @@ func (s *Server) agentHandler() http.Handler {
 	mux.HandleFunc("POST /agent-cert", s.gated(durable, s.identified(certified, s.agentCert)))
 	mux.HandleFunc("POST /renew", s.gated(durable, s.identified(certified, s.renew)))
 	// A session is bound to a certificate; its keys are public.
-	mux.HandleFunc("POST "+meshapi.PathSessionAttach, s.gated(durable, s.identified(certified, s.attachSession)))
+	mux.HandleFunc("POST "+meshapi.PathSessionAttach, s.gated(durable, s.verified(certified, s.attachSession)))
 	mux.HandleFunc("GET "+meshapi.PathSessionJWKS, s.serveJWKS)
 	// Every other method and path is MCP Mesh's plain 404 (GET
 	// /agents/{id}, GET /heartbeat/{id}, PUT /heartbeat), never the 405
@@ -60,7 +60,14 @@ func (s *Server) agentHandler() http.Handler {
 	return s.guardSecret(mux)
 }
 
+// peerHandler is a route behind identified: peer is the caller's
+// verified certificate, nil for a caller without one.
 type peerHandler func(w http.ResponseWriter, r *http.Request, peer *trust.Peer)
+
+// verifiedHandler is a route behind verified that writes on the caller's
+// behalf and so rechecks its trust before answering (stillTrusted): v is
+// the caller as meshauth verified it, v.Peer() its certificate.
+type verifiedHandler func(w http.ResponseWriter, r *http.Request, v meshauth.Verified)
 
 // access says who may call a route of the agent port in TLS mode auto;
 // strict admits only verified certificates everywhere, and off has no
@@ -80,24 +87,36 @@ const (
 	public
 )
 
-// identified verifies the caller before h runs. In TLS mode off there is
-// no peer. Otherwise a presented certificate must verify (403 with the
-// reason if not); a caller without one has no peer, and may reach only
-// the routes a allows, and only in mode auto.
+// identified verifies the caller before h runs, as verified does, and
+// hands h the caller's certificate.
 func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
+	return s.verified(a, func(w http.ResponseWriter, r *http.Request, v meshauth.Verified) { h(w, r, v.Peer()) })
+}
+
+// verified verifies the caller before h runs. In TLS mode off there is
+// no caller (the zero Verified). Otherwise a presented certificate must
+// verify (403 with the reason if not); a caller without one has none,
+// and may reach only the routes a allows, and only in mode auto.
+//
+// The caller is handed to h as a value (meshauth.Verify), not in a copy
+// of the request's context: no handler of the agent port reads
+// meshauth.FromContext, and the copy was three allocations on every
+// heartbeat. So meshauth.Recheck(r.Context()) finds no caller here:
+// stillTrusted takes the Verified.
+func (s *Server) verified(a access, h verifiedHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.TLSMode == TLSOff || legacy(r) {
-			h(w, r, nil)
+			h(w, r, meshauth.Verified{})
 			return
 		}
-		caller, vr, err := s.agentAuth.Identify(r)
+		v, err := s.agentAuth.Verify(r)
 		switch {
 		case errors.Is(err, trust.ErrNoCertificate):
 			if a != certified && s.cfg.TLSMode == TLSAuto {
 				if a == agentRoutes {
 					s.anonymous.admit(r)
 				}
-				h(w, r, nil)
+				h(w, r, meshauth.Verified{})
 				return
 			}
 			msg := "client certificate required"
@@ -108,28 +127,27 @@ func (s *Server) identified(a access, h peerHandler) http.HandlerFunc {
 		case err != nil:
 			s.refuse(w, r, http.StatusForbidden, meshauth.Reason(err), err.Error())
 		default:
+			peer := v.Peer()
 			// One entity name, one trust source (TrustSources.Check).
-			if err := s.sources.Check(caller.Peer); err != nil {
+			if err := s.sources.Check(peer); err != nil {
 				s.refuse(w, r, http.StatusForbidden, "entity_name_taken", err.Error())
 				return
 			}
-			if caller.Peer != nil && r.TLS != nil {
-				s.sources.Admitted(caller.Peer.Fingerprint, r.TLS.PeerCertificates, s.cfg.Now())
+			if peer != nil && r.TLS != nil {
+				s.sources.Admitted(peer.Fingerprint, r.TLS.PeerCertificates, s.cfg.Now())
 			}
-			s.renewHint(w, caller.Peer)
-			h(w, vr, caller.Peer)
+			s.renewHint(w, peer)
+			h(w, r, v)
 		}
 	}
 }
 
-// stillTrusted re-verifies peer if trust changed since the request's
-// verification: a revocation that lands while a request is in flight must
-// win over the request's own writes.
-func (s *Server) stillTrusted(r *http.Request, peer *trust.Peer) error {
-	if peer == nil {
-		return nil
-	}
-	return s.agentAuth.Recheck(r.Context())
+// stillTrusted re-verifies v's certificate if trust changed since the
+// request's verification: a revocation that lands while a request is in
+// flight must win over the request's own writes. A caller without a
+// certificate (the zero Verified) has nothing to lose.
+func (s *Server) stillTrusted(ctx context.Context, v meshauth.Verified) error {
+	return s.agentAuth.RecheckVerified(ctx, v)
 }
 
 // refuse answers a refused request and counts it.
@@ -153,14 +171,24 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, v meshauth.Verified) {
+	peer := v.Peer()
 	limit, certless := int64(registry.MaxBody), peer == nil && s.certlessBody > 0
 	if certless {
 		limit = min(limit, s.certlessBody)
 	}
 	buf := s.buffers.get()
 	defer s.buffers.put(buf)
-	body, err := readAll(http.MaxBytesReader(w, r.Body, limit), buf.b[:0])
+	// A body that says its length, within the bound, is read as is:
+	// net/http's reader stops at that length, so it cannot exceed the
+	// bound. Any other body (chunked, or declaring more) is read through
+	// MaxBytesReader, which refuses it at the bound and closes the
+	// connection behind the answer.
+	src := r.Body
+	if r.ContentLength < 0 || r.ContentLength > limit {
+		src = http.MaxBytesReader(w, r.Body, limit)
+	}
+	body, err := readAll(src, buf.b[:0])
 	buf.b = body
 	if err != nil {
 		s.count("post", http.StatusRequestEntityTooLarge)
@@ -193,7 +221,7 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 		s.registryError(w, r, "post", err)
 		return
 	}
-	if err := s.stillTrusted(r, peer); err != nil {
+	if err := s.stillTrusted(r.Context(), v); err != nil {
 		// Revoked while this heartbeat was being recorded: the eviction
 		// may have run before the write, so evict again.
 		// The eviction closed this request's connection, cancelling its
@@ -219,12 +247,20 @@ func (s *Server) postHeartbeat(w http.ResponseWriter, r *http.Request, peer *tru
 	buf.b = appendHeartbeatResponse(body[:0], res, msg, s.cfg.Now())
 	h := w.Header()
 	h["Content-Type"] = jsonContentType
-	// Said, so that an answer larger than net/http's buffer is not sent
-	// chunked.
-	h["Content-Length"] = []string{strconv.Itoa(len(buf.b))}
+	// net/http says the length of an answer that fits its buffer
+	// (autoLength) itself, as it does the bare handler's; a larger one is
+	// said here, so that it is not sent chunked.
+	if len(buf.b) > autoLength {
+		h["Content-Length"] = []string{strconv.Itoa(len(buf.b))}
+	}
 	w.WriteHeader(http.StatusOK)
 	w.Write(buf.b)
 }
+
+// autoLength is the largest answer net/http gives a Content-Length by
+// itself: one the handler wrote in full into the response's buffer
+// (net/http's bufferBeforeChunkingSize) before it returned.
+const autoLength = 2048
 
 // buffers are the heartbeat bodies' buffers, each reused for the
 // request's answer and then for another request.

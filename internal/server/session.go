@@ -39,7 +39,8 @@ func (s *Server) openSessions() error {
 // certificate must be one the registry would let speak for the agent id
 // claimed (registry.Authorize, the heartbeat's decision); the token is
 // bound to the certificate.
-func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, peer *trust.Peer) {
+func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, v meshauth.Verified) {
+	peer := v.Peer()
 	if s.sessions == nil {
 		s.refuse(w, r, http.StatusNotFound, "no_sessions", "this meshd has no session signing keys (no local CA and no --session-keys-dir)")
 		return
@@ -69,7 +70,7 @@ func (s *Server) attachSession(w http.ResponseWriter, r *http.Request, peer *tru
 		s.internalError(w, r, err)
 		return
 	}
-	if err := s.stillTrusted(r, peer); err != nil {
+	if err := s.stillTrusted(r.Context(), v); err != nil {
 		s.refuse(w, r, http.StatusForbidden, trust.Reason(err), err.Error())
 		return
 	}
