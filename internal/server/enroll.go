@@ -237,7 +237,13 @@ func (p tokenProvisioner) authorize(ctx context.Context, e *enrollment) ([]ca.Si
 	opts := e.signOptions(p.method())
 	// A token is spent by the attempt, so a CSR the CA would refuse is
 	// refused, by the dry run of the same signing, before it can burn one.
-	if err := p.s.auth.Check(ctx, ca.Request{Profile: ca.ProfileNode, Identity: e.id}, opts...); err != nil {
+	// A node whose name (<node>.mesh, the token's node, which only the
+	// mesh CA vouches for) is revoked as an identity, or whose CSR's key
+	// is blocked, is told so: 403 revoked, as the bootstrap secret's
+	// enrollment and every issuance route answer it.
+	if err := p.s.auth.Check(ctx, ca.Request{Profile: ca.ProfileNode, Identity: e.id}, opts...); errors.Is(err, ca.ErrRevoked) {
+		return nil, &refusal{http.StatusForbidden, "revoked", err.Error(), "node revoked; join token " + short + " not spent"}
+	} else if err != nil {
 		return nil, &refusal{http.StatusBadRequest, "policy", err.Error(), "CSR refused by policy; join token " + short + " not spent"}
 	}
 	now := p.s.cfg.Now()
