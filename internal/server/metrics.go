@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,18 @@ func (m *metrics) heartbeat(method string, code int) prometheus.Counter {
 	return c.Counter
 }
 
+// goMemoryMetrics are the Go runtime's memory classes (where meshd's
+// memory goes: heap objects, goroutine stacks, free heap kept or returned
+// to the OS, runtime metadata; go_memory_classes_*_bytes) and the
+// collector's settings and goal (go_gc_gogc_percent,
+// go_gc_gomemlimit_bytes, go_gc_heap_goal_bytes,
+// go_gc_stack_starting_size_bytes), served besides go_memstats_*: an
+// operator sizing meshd for its agents reads what a live connection
+// holds from them, and what the GC target adds on top.
+var goMemoryMetrics = collectors.GoRuntimeMetricsRule{
+	Matcher: regexp.MustCompile(`^/memory/classes/.*|^/gc/(gogc|gomemlimit|heap/goal|stack/starting-size):`),
+}
+
 // Limiters, the label values of meshd_rate_limited_total.
 const (
 	limitEnrollSource = "enroll_source"
@@ -138,7 +151,7 @@ func newMetrics(chain *trust.Chain, agents Registry, serverCert func() time.Time
 			Name: "meshd_unauthenticated_agent_bytes", Help: "Stored payload bytes of the agents registered without a client certificate (TLS mode auto).",
 		}, func() float64 { _, b := agents.CertlessUsage(); return float64(b) }))
 	m.reg.MustRegister(m.heartbeats, m.registrations, m.refusals, m.evictions, m.closedConns,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(goMemoryMetrics)), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "meshd_verify_cache_hits_total", Help: "Certificate verifications answered from the cache.",
 		}, func() float64 { h, _ := chain.CacheStats(); return float64(h) }),

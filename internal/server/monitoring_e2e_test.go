@@ -121,3 +121,25 @@ func TestE2EMonitoringMetrics(t *testing.T) {
 		t.Error("no error logged for the tampered audit log")
 	}
 }
+
+// TestE2ERuntimeMemoryMetrics: /metrics serves the Go runtime's memory
+// classes and the collector's target, what an operator sizes meshd's
+// memory per live agent from.
+func TestE2ERuntimeMemoryMetrics(t *testing.T) {
+	e := monitoredEnv(t)
+	m := e.metrics()
+	for _, name := range []string{
+		"go_memory_classes_heap_objects_bytes", "go_memory_classes_heap_stacks_bytes", "go_memory_classes_total_bytes",
+		"go_gc_heap_goal_bytes", "go_gc_stack_starting_size_bytes", "go_gc_gogc_percent",
+	} {
+		if m[name] <= 0 {
+			t.Errorf("%s = %v, want a positive figure", name, m[name])
+		}
+	}
+	// Free heap kept or returned, and no limit: may be 0, must be there.
+	for _, name := range []string{"go_memory_classes_heap_free_bytes", "go_memory_classes_heap_released_bytes", "go_gc_gomemlimit_bytes"} {
+		if _, ok := m[name]; !ok {
+			t.Errorf("%s is not exported", name)
+		}
+	}
+}
