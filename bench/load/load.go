@@ -79,6 +79,9 @@ type Config struct {
 	// Parallel bounds the setup's concurrent issuances and handshakes;
 	// default 32.
 	Parallel int
+	// Env is added to each meshd's environment (GOGC=50, GOMEMLIMIT,
+	// GODEBUG), to compare runtime settings in one session.
+	Env []string
 	// Progress, when set, receives a line per phase and per 10 s of load.
 	Progress io.Writer
 }
@@ -239,7 +242,7 @@ func Run(ctx context.Context, dir string, cfg Config) (*Result, error) {
 		}
 		c := ca.Config{Dir: caDir}
 		p, err := startMeshd(ctx, cfg.Meshd, fmt.Sprintf("meshd-%d", i), filepath.Join(dir, fmt.Sprintf("data-%d", i)),
-			caDir, rootDir, c.IssuedCertPath(serverCN), c.IssuedKeyPath(serverCN), cfg.Database)
+			caDir, rootDir, c.IssuedCertPath(serverCN), c.IssuedKeyPath(serverCN), cfg.Database, cfg.Env)
 		if err != nil {
 			return nil, err
 		}
@@ -255,6 +258,9 @@ func Run(ctx context.Context, dir string, cfg Config) (*Result, error) {
 			return nil, err
 		}
 		res.Meshd[i].RSS0, res.Meshd[i].FDs0 = u.RSS, u.FDs
+		// The runtime's view of the same moment; a meshd too old to
+		// serve it reads as zeros.
+		res.Meshd[i].Runtime0, _ = readRuntime(ctx, p.metrics)
 	}
 
 	// Connect and register every agent, split across the replicas.
@@ -410,10 +416,11 @@ func revoke(ctx context.Context, admin *http.Client, agents []*agent, every time
 }
 
 // sample is one reading of a meshd's usage during the load, with the
-// agents live on it then.
+// agents live on it then, and its runtime's memory classes.
 type sample struct {
 	at   time.Duration
 	u    usage
+	rt   runtimeMemory
 	live int
 }
 
@@ -440,7 +447,9 @@ func sampleUsage(ctx context.Context, procs []*process, agents []*agent, cfg Con
 			if err != nil {
 				continue // meshd gone: the run reports it when it stops
 			}
-			out[i] = append(out[i], sample{at: time.Since(r.start), u: u, live: live[i]})
+			// Zeros when meshd does not serve them (an older binary).
+			rt, _ := readRuntime(ctx, p.metrics)
+			out[i] = append(out[i], sample{at: time.Since(r.start), u: u, rt: rt, live: live[i]})
 		}
 		if n%10 == 0 {
 			last := out[0][len(out[0])-1]

@@ -95,6 +95,9 @@ func TestLoadSmoke(t *testing.T) {
 				if p.RSS0 == 0 || p.RSS == 0 || p.FDs <= p.FDs0 || p.Live == 0 {
 					t.Errorf("meshd-%d resources not reported: %+v", i, p)
 				}
+				if rt := p.Runtime; rt.Stacks == 0 || rt.HeapObjects == 0 || rt.GOGC == 0 || p.Runtime0.Total == 0 {
+					t.Errorf("meshd-%d runtime memory not reported: with no agents %+v, steady %+v", i, p.Runtime0, rt)
+				}
 				if e := res.Evictions[i]; e.Watch.N != res.Revocations {
 					t.Errorf("meshd-%d's watch stream carried %d of %d revocations", i, e.Watch.N, res.Revocations)
 				}

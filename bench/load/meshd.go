@@ -1,10 +1,12 @@
 package load
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,19 +20,21 @@ import (
 // process is one meshd the harness started: a built binary, so that the
 // RSS and file descriptors read from /proc are meshd's alone.
 type process struct {
-	name string
-	cmd  *exec.Cmd
-	addr string // the agent port, on 127.0.0.1
-	data string // --data-dir, which holds admin.sock
-	log  *tail
-	done chan error
+	name    string
+	cmd     *exec.Cmd
+	addr    string // the agent port, on 127.0.0.1
+	metrics string // --metrics-listen, on 127.0.0.1
+	data    string // --data-dir, which holds admin.sock
+	log     *tail
+	done    chan error
 }
 
 // startMeshd starts bin with data directory data, the CA in caDir and
-// rootDir, serving certFile/keyFile on a free loopback port, on database
-// ("" the CA directory's SQLite file), and waits until its agent port and
-// admin socket answer.
-func startMeshd(ctx context.Context, bin, name, data, caDir, rootDir, certFile, keyFile, database string) (*process, error) {
+// rootDir, serving certFile/keyFile and its metrics on free loopback
+// ports, on database ("" the CA directory's SQLite file), with env added
+// to its environment, and waits until its agent port and admin socket
+// answer.
+func startMeshd(ctx context.Context, bin, name, data, caDir, rootDir, certFile, keyFile, database string, env []string) (*process, error) {
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
@@ -38,14 +42,18 @@ func startMeshd(ctx context.Context, bin, name, data, caDir, rootDir, certFile, 
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"--data-dir", data, "--ca-dir", caDir, "--root-dir", rootDir, "--listen", addr,
+	metrics, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--data-dir", data, "--ca-dir", caDir, "--root-dir", rootDir, "--listen", addr, "--metrics-listen", metrics,
 		"--tls-mode", "strict", "--tls-cert", certFile, "--tls-key", keyFile, "--log-level", "warn"}
 	if database != "" {
 		args = append(args, "--database", database)
 	}
-	p := &process{name: name, addr: addr, data: data, log: &tail{max: 64 << 10}, done: make(chan error, 1)}
+	p := &process{name: name, addr: addr, metrics: metrics, data: data, log: &tail{max: 64 << 10}, done: make(chan error, 1)}
 	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = cleanEnv(filepath.Join(data, "home"))
+	p.cmd.Env = append(cleanEnv(filepath.Join(data, "home")), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	// meshd dies with the harness, even when the harness is killed.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -131,6 +139,64 @@ func readUsage(pid int) (usage, error) {
 	}
 	u.FDs = len(fds)
 	return u, nil
+}
+
+// runtimeMemory is a meshd's Go runtime memory classes and collector
+// settings, as its /metrics serves them (go_memory_classes_*,
+// go_gc_*); a meshd too old to serve them reads as zeros.
+type runtimeMemory struct {
+	HeapObjects  int64   `json:"heap_objects"`
+	Stacks       int64   `json:"stacks"`
+	HeapFree     int64   `json:"heap_free"`
+	HeapReleased int64   `json:"heap_released"`
+	HeapGoal     int64   `json:"heap_goal"`
+	Total        int64   `json:"total"`
+	StackStart   int64   `json:"stack_starting_size"`
+	GOGC         float64 `json:"gogc_percent"`
+	Goroutines   int64   `json:"goroutines"`
+}
+
+// runtimeFamilies are the series readRuntime reads, and where it puts
+// them.
+var runtimeFamilies = map[string]func(*runtimeMemory, float64){
+	"go_memory_classes_heap_objects_bytes":  func(m *runtimeMemory, v float64) { m.HeapObjects = int64(v) },
+	"go_memory_classes_heap_stacks_bytes":   func(m *runtimeMemory, v float64) { m.Stacks = int64(v) },
+	"go_memory_classes_heap_free_bytes":     func(m *runtimeMemory, v float64) { m.HeapFree = int64(v) },
+	"go_memory_classes_heap_released_bytes": func(m *runtimeMemory, v float64) { m.HeapReleased = int64(v) },
+	"go_memory_classes_total_bytes":         func(m *runtimeMemory, v float64) { m.Total = int64(v) },
+	"go_gc_heap_goal_bytes":                 func(m *runtimeMemory, v float64) { m.HeapGoal = int64(v) },
+	"go_gc_stack_starting_size_bytes":       func(m *runtimeMemory, v float64) { m.StackStart = int64(v) },
+	"go_gc_gogc_percent":                    func(m *runtimeMemory, v float64) { m.GOGC = v },
+	"go_goroutines":                         func(m *runtimeMemory, v float64) { m.Goroutines = int64(v) },
+}
+
+// readRuntime reads a meshd's runtime memory from its metrics listener
+// (plain HTTP on loopback, the harness's own meshd).
+func readRuntime(ctx context.Context, addr string) (runtimeMemory, error) {
+	var m runtimeMemory
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return m, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return m, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return m, fmt.Errorf("GET http://%s/metrics: %s", addr, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if set := runtimeFamilies[name]; ok && set != nil {
+			if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+				set(&m, v)
+			}
+		}
+	}
+	return m, sc.Err()
 }
 
 // raiseNoFile raises this process's soft RLIMIT_NOFILE to its hard limit

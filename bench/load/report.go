@@ -25,6 +25,10 @@ type Process struct {
 	// PerAgent is (RSS - RSS0) / Live, in bytes: record and connection.
 	Live     int     `json:"live_agents"`
 	PerAgent float64 `json:"bytes_per_live_agent"`
+	// Runtime0 and Runtime are the Go runtime's memory classes with no
+	// agents and at the steady reading, from meshd's metrics listener.
+	Runtime0 runtimeMemory `json:"runtime_no_agents"`
+	Runtime  runtimeMemory `json:"runtime_steady"`
 }
 
 // Eviction is revocation to eviction on one replica, from the revoke
@@ -145,7 +149,7 @@ func (res *Result) summarize(r *runState, agents []*agent, revs []revocation, sa
 		slices.SortFunc(steady, func(a, b sample) int { return int(a.u.RSS - b.u.RSS) })
 		m := steady[len(steady)/2]
 		p := &res.Meshd[i]
-		p.RSS, p.FDs, p.Live = m.u.RSS, m.u.FDs, m.live
+		p.RSS, p.FDs, p.Live, p.Runtime = m.u.RSS, m.u.FDs, m.live, m.rt
 		if m.live > 0 {
 			p.PerAgent = float64(p.RSS-p.RSS0) / float64(m.live)
 		}
@@ -199,6 +203,12 @@ func (res *Result) Table() string {
 		row(fmt.Sprintf("meshd-%d RSS", i), "%.1f MiB with no agents, %.1f MiB with %d live", mib(p.RSS0), mib(p.RSS), p.Live)
 		row(fmt.Sprintf("meshd-%d open files", i), "%d with no agents, %d with %d live", p.FDs0, p.FDs, p.Live)
 		row(fmt.Sprintf("meshd-%d memory per live agent", i), "%.1f KiB (target ≤ 48 KiB)", p.PerAgent/1024)
+		if rt, rt0 := p.Runtime, p.Runtime0; rt.Total > 0 && p.Live > 0 {
+			per := func(v, v0 int64) float64 { return float64(v-v0) / float64(p.Live) / 1024 }
+			row(fmt.Sprintf("meshd-%d runtime per live agent", i), "heap objects %.1f KiB, stacks %.1f KiB, free heap kept %.1f KiB, released %.1f KiB; heap goal %.1f MiB, GOGC %.0f, %d goroutines, new stacks %d KiB",
+				per(rt.HeapObjects, rt0.HeapObjects), per(rt.Stacks, rt0.Stacks), per(rt.HeapFree, rt0.HeapFree), per(rt.HeapReleased, rt0.HeapReleased),
+				mib(rt.HeapGoal), rt.GOGC, rt.Goroutines, rt.StackStart>>10)
+		}
 	}
 	if len(res.NotEvicted) > 0 {
 		row("NOT EVICTED", "%s", strings.Join(res.NotEvicted, "; "))

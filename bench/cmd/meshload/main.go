@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/meshtrust/meshtrust/bench/internal/benchmesh"
@@ -41,6 +42,13 @@ func main() {
 	flag.Float64Var(&cfg.ChangeRate, "change-rate", 0.01, "share of cycles in which an agent's tools change (a POST)")
 	flag.IntVar(&cfg.Replicas, "replicas", 1, "1: one meshd on SQLite; 2: two replicas on one PostgreSQL")
 	flag.IntVar(&cfg.Parallel, "parallel", 32, "concurrent issuances and handshakes while setting up")
+	flag.Func("meshd-env", "KEY=VALUE added to meshd's environment (GOGC=50, GOMEMLIMIT=...); repeatable", func(kv string) error {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("%q is not KEY=VALUE", kv)
+		}
+		cfg.Env = append(cfg.Env, kv)
+		return nil
+	})
 	flag.StringVar(&out, "out", "meshload.json", "write the result here as JSON (empty: do not)")
 	flag.StringVar(&tmp, "tmp", "", "where the run's directory goes (default the system's temp dir)")
 	flag.Parse()
