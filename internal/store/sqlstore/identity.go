@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/meshtrust/meshtrust/identity"
@@ -53,7 +54,7 @@ func (s *Store) RevokeIdentity(ctx context.Context, r store.IdentityRevocation, 
 		if err != nil {
 			return s.errorf("revoke identity %q: %w", r.Name, err)
 		}
-		rows, err := tx.StmtContext(ctx, tx.st().identityCerts).QueryContext(ctx, r.Name, agents, at)
+		rows, err := tx.StmtContext(ctx, tx.st().identityCerts).QueryContext(ctx, r.Name, agents, at, nameNode(r.Name))
 		if err != nil {
 			return s.errorf("revoke identity %q: %w", r.Name, err)
 		}
@@ -145,21 +146,20 @@ func (s *Store) BlockedKeys(ctx context.Context) ([]string, error) {
 }
 
 // identityCertsQuery selects, at ?3, the live certificates that revoking
-// the identity ?1 revokes: its own and, when it is a node, those of the
-// node's agents (agent_node ?2, ” for any other identity), found by
-// certs_common_name and certs_agent_names.
+// the identity ?1 revokes: its own (agent_node ?4, nameNode(?1)) and, when
+// it is a node, those of the node's agents (agent_node ?2, ” for any
+// other identity), both found by certs_names.
 const identityCertsQuery = `SELECT serial FROM certs
-	WHERE (common_name = ?1 OR (?2 <> '' AND agent_node = ?2 AND agent_node <> ''))
+	WHERE ((agent_node IN ('', ?4) AND common_name = ?1) OR (?2 <> '' AND agent_node = ?2))
 	  AND kind <> 'intermediate' AND not_after > ?3
 	  AND serial NOT IN (SELECT serial FROM revocations)
 	ORDER BY issued_at, {{recorded}}`
 
 // liveAgentsQuery is LiveAgents' query, of a node (?1) at a time (?2).
-// It is a skip scan over certs_agent_names (partial on SQLite: agent_node
-// <> ” says it may be used): each step jumps to the node's next agent
-// name; each name is then kept if any certificate of it is live, looked
-// up newest first by certs_common_name, which usually stops at the first
-// row.
+// It is a skip scan over certs_names: each step jumps to the node's next
+// agent name; each name is then kept if any certificate of it is live,
+// looked up by certs_names too (a row of that name holds agent_node ?1,
+// or ” if it was recorded before 0006 under another kind; see nameNode).
 const liveAgentsQuery = `WITH RECURSIVE names(cn) AS (
 		SELECT (SELECT min(common_name) FROM certs WHERE agent_node = ?1 AND agent_node <> '')
 		UNION ALL
@@ -167,9 +167,8 @@ const liveAgentsQuery = `WITH RECURSIVE names(cn) AS (
 			FROM names WHERE names.cn IS NOT NULL
 	)
 	SELECT cn FROM names WHERE cn IS NOT NULL AND EXISTS (
-		SELECT 1 FROM certs c WHERE c.common_name = names.cn AND c.not_after > ?2
-			AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial)
-		ORDER BY c.issued_at DESC)
+		SELECT 1 FROM certs c WHERE c.agent_node IN ('', ?1) AND c.common_name = names.cn AND c.not_after > ?2
+			AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial))
 	ORDER BY cn`
 
 // issuanceBlockQuery is IssuanceBlock's query, of an identity (?1), its
@@ -196,8 +195,8 @@ func (s *Store) IssuanceBlock(ctx context.Context, commonName, keyHash string) (
 }
 
 // hasLiveCertQuery is HasLiveCert's query, of a common name (?1) at a
-// time (?2), by certs_common_name.
-const hasLiveCertQuery = `SELECT EXISTS (SELECT 1 FROM certs c WHERE c.common_name = ?1 AND c.not_after > ?2
+// time (?2), by certs_names (?3 is nameNode(?1)).
+const hasLiveCertQuery = `SELECT EXISTS (SELECT 1 FROM certs c WHERE c.agent_node IN ('', ?3) AND c.common_name = ?1 AND c.not_after > ?2
 	AND NOT EXISTS (SELECT 1 FROM revocations r WHERE r.serial = c.serial))`
 
 // HasLiveCert reports whether commonName holds an unexpired, unrevoked
@@ -209,7 +208,7 @@ func (s *Store) HasLiveCert(ctx context.Context, commonName string, now time.Tim
 	}
 	var live bool
 	if err := s.read(func() error {
-		return s.hasLiveCert.QueryRowContext(ctx, commonName, at).Scan(&live)
+		return s.hasLiveCert.QueryRowContext(ctx, commonName, at, nameNode(commonName)).Scan(&live)
 	}); err != nil {
 		return false, s.errorf("live certificate of %q: %w", commonName, err)
 	}
@@ -234,4 +233,18 @@ func (s *Store) LiveAgents(ctx context.Context, node string, now time.Time) ([]s
 		return nil, s.errorf("live agents of %q: %w", node, err)
 	}
 	return out, nil
+}
+
+// nameNode is the agent_node, besides ”, that a certificate of the common
+// name cn may have been recorded with: the text after cn's first '@'
+// ("ct111" for "opus@ct111"), ” for a name without one. certArgs stores
+// store.AgentNodeID(cn), which is that text for an agent's name (its
+// identity.Parse node) and ” for any other, and SQLite's migration 0006
+// stored that text for every agent row before; so every row of cn holds ”
+// or nameNode(cn), and a lookup of cn's certificates asks for agent_node
+// IN (”, nameNode(cn)) AND common_name = cn, the exact recorded name, to
+// be answered from certs_names, whose first column is agent_node.
+func nameNode(cn string) string {
+	_, node, _ := strings.Cut(cn, "@")
+	return node
 }

@@ -49,12 +49,17 @@ func (s *Store) Cert(ctx context.Context, serial string) (store.Cert, error) {
 	return cs[0], nil
 }
 
+// certsByNameQuery is CertsByName's query, of a common name (?1), by
+// certs_names (?2 is nameNode(?1)).
+const certsByNameQuery = `SELECT ` + certColumns + ` FROM certs WHERE agent_node IN ('', ?2) AND common_name = ?1
+	ORDER BY issued_at, {{recorded}}`
+
 // CertsByName returns every certificate issued to common name cn, oldest
 // (by IssuedAt) first; certificates issued at the same time come in the
 // order they were recorded. It returns no error, and no certificates, for
 // a name never issued to.
 func (s *Store) CertsByName(ctx context.Context, cn string) ([]store.Cert, error) {
-	cs, err := readRows(s, ctx, `SELECT `+certColumns+` FROM certs WHERE common_name = ? ORDER BY issued_at, {{recorded}}`, []any{cn}, scanCert)
+	cs, err := readRows(s, ctx, certsByNameQuery, []any{cn, nameNode(cn)}, scanCert)
 	if err != nil {
 		return nil, s.errorf("read certificates of %q: %w", cn, err)
 	}

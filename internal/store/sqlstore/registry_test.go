@@ -245,7 +245,7 @@ func TestMigrateFromVersion1(t *testing.T) {
 	if _, err := db.Exec(`DROP TABLE join_tokens; DROP TABLE events;
 		DROP TABLE revoked_identities; DROP TABLE blocked_keys;
 		DROP INDEX certs_key_hash; ALTER TABLE certs DROP COLUMN key_hash; ALTER TABLE certs DROP COLUMN authorized_by;
-		DROP INDEX certs_agent_names; ALTER TABLE certs DROP COLUMN agent_node;
+		DROP INDEX certs_names; ALTER TABLE certs DROP COLUMN agent_node;
 		DROP TABLE entities; DROP TABLE agents; DROP TABLE policies; DROP TABLE ca_state; DROP TABLE store_identity;
 		DELETE FROM schema_version WHERE version > 1`); err != nil {
 		t.Fatal(err)
@@ -366,10 +366,10 @@ func TestPolicies(t *testing.T) {
 	}
 }
 
-// TestAgentQueriesUseIndexes checks that the queries over a node's agent
-// certificates are answered from indexes, never by a scan of every
-// certificate: certs_agent_names is partial, and a query that does not say
-// agent_node <> ” could not use it.
+// TestAgentQueriesUseIndexes checks that the queries of certificates by
+// name, and over a node's agent certificates, are answered from
+// certs_names, never by a scan of every certificate: each must say
+// agent_node in so many words, as the index's first column.
 func TestAgentQueriesUseIndexes(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshtrust.db")
 	s, err := OpenSQLite(t.Context(), path)
@@ -379,10 +379,20 @@ func TestAgentQueriesUseIndexes(t *testing.T) {
 	s.Close()
 	db := rawDB(t, path)
 	defer db.Close()
-	for name, q := range map[string]string{"liveAgents": liveAgentsQuery, "identityCerts": identityCertsQuery} {
-		rows, err := db.Query("EXPLAIN QUERY PLAN "+sqliteDialect{}.query(q), "ct200", "ct200", int64(1))
+	for _, q := range []struct {
+		name, query string
+		args        []any
+	}{
+		{"liveAgents", liveAgentsQuery, []any{"ct200", int64(1)}},
+		{"identityCerts of a node", identityCertsQuery, []any{"ct200.mesh", "ct200", int64(1), ""}},
+		{"identityCerts of an agent", identityCertsQuery, []any{"opus@ct200", "", int64(1), "ct200"}},
+		{"hasLiveCert", hasLiveCertQuery, []any{"opus@ct200", int64(1), "ct200"}},
+		{"certsByName", certsByNameQuery, []any{"opus@ct200", "ct200"}},
+		{"liveCert", liveCertQuery, []any{"opus@ct200", int64(1), "ct200"}},
+	} {
+		rows, err := db.Query("EXPLAIN QUERY PLAN "+sqliteDialect{}.query(q.query), q.args...)
 		if err != nil {
-			t.Fatalf("%s: %v", name, err)
+			t.Fatalf("%s: %v", q.name, err)
 		}
 		var plan []string
 		for rows.Next() {
@@ -395,14 +405,85 @@ func TestAgentQueriesUseIndexes(t *testing.T) {
 		}
 		rows.Close()
 		joined := strings.Join(plan, "\n")
-		if !strings.Contains(joined, "certs_agent_names") {
-			t.Errorf("%s does not use certs_agent_names:\n%s", name, joined)
+		if !strings.Contains(joined, "certs_names (agent_node=?") {
+			t.Errorf("%s does not search certs_names by agent_node:\n%s", q.name, joined)
 		}
 		for _, step := range plan {
 			if strings.HasPrefix(step, "SCAN certs") || strings.HasPrefix(step, "SCAN c ") || step == "SCAN c" {
-				t.Errorf("%s scans the certificates: %q in\n%s", name, step, joined)
+				t.Errorf("%s scans the certificates: %q in\n%s", q.name, step, joined)
 			}
 		}
+	}
+}
+
+// TestMigrateCertNamesIndex opens a file a meshtrust of schema version 15
+// left, with certificates of one agent name recorded under both agent_node
+// values a row of that name can hold (the node, and ” as a row recorded
+// before migration 0006 under another kind holds it): the two name indexes
+// become certs_names, and every lookup by name still finds both rows,
+// and revoking the name revokes both.
+func TestMigrateCertNamesIndex(t *testing.T) {
+	db, path := oldDB(t, 15)
+	agent, old, node := testCert(1), testCert(2), testCert(3)
+	agent.CommonName, old.CommonName, node.CommonName, node.Kind = "opus@ct111", "opus@ct111", "ct111.mesh", "node"
+	// Live when the store revokes them, at its clock's now.
+	agent.NotAfter, old.NotAfter, node.NotAfter = time.Now().Add(time.Hour), time.Now().Add(time.Hour), time.Now().Add(time.Hour)
+	insertCertRow(t, db, agent)
+	insertCertRow(t, db, old)
+	insertCertRow(t, db, node)
+	if _, err := db.Exec(`UPDATE certs SET agent_node = '' WHERE serial = ?`, old.Serial); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s, err := OpenSQLite(t.Context(), path)
+	if err != nil {
+		t.Fatalf("OpenSQLite(version 15 file): %v", err)
+	}
+	defer s.Close()
+	got, err := s.CertsByName(t.Context(), "opus@ct111")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for _, c := range got {
+		serials = append(serials, c.Serial)
+	}
+	if want := []string{agent.Serial, old.Serial}; !slices.Equal(serials, want) {
+		t.Errorf("CertsByName after the migration = %q, want %q", serials, want)
+	}
+	if live, err := s.HasLiveCert(t.Context(), "opus@ct111", time.Now()); err != nil || !live {
+		t.Errorf("HasLiveCert(opus@ct111) = %v, %v; want true", live, err)
+	}
+	if names, err := s.LiveAgents(t.Context(), "ct111", time.Now()); err != nil || !slices.Equal(names, []string{"opus@ct111"}) {
+		t.Errorf("LiveAgents(ct111) = %q, %v; want [opus@ct111]", names, err)
+	}
+	_, revs, err := s.RevokeIdentity(t.Context(), store.IdentityRevocation{Name: "opus@ct111", Reason: 1}, store.AuditEntry{Action: "identity.revoke"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(revs) != 2 {
+		t.Errorf("revoking opus@ct111 revoked %d certificates, want 2 (%+v)", len(revs), revs)
+	}
+	if live, err := s.HasLiveCert(t.Context(), "opus@ct111", time.Now()); err != nil || live {
+		t.Errorf("HasLiveCert(opus@ct111) after its revocation = %v, %v; want false", live, err)
+	}
+
+	rows, err := s.rdb.QueryContext(t.Context(), `SELECT name FROM pragma_index_list('certs') ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var indexes []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		indexes = append(indexes, name)
+	}
+	rows.Close()
+	if w := []string{"certs_key_hash", "certs_names", "sqlite_autoindex_certs_1"}; !slices.Equal(indexes, w) {
+		t.Errorf("indexes of certs = %q, want %q", indexes, w)
 	}
 }
 
@@ -468,7 +549,7 @@ func TestMigrateCertsWithoutFingerprintIndex(t *testing.T) {
 		indexes = append(indexes, name)
 	}
 	rows.Close()
-	if w := []string{"certs_agent_names", "certs_common_name", "certs_key_hash", "sqlite_autoindex_certs_1"}; !slices.Equal(indexes, w) {
+	if w := []string{"certs_key_hash", "certs_names", "sqlite_autoindex_certs_1"}; !slices.Equal(indexes, w) {
 		t.Errorf("indexes of certs = %q, want %q", indexes, w)
 	}
 }

@@ -57,7 +57,7 @@ func (s *Store) RecordCert(ctx context.Context, c store.Cert, a store.AuditEntry
 		}
 		if c.Exclusive {
 			var live string
-			err := tx.queryRow(ctx, tx.st().liveCert, c.CommonName, args[9]).Scan(&live)
+			err := tx.queryRow(ctx, tx.st().liveCert, c.CommonName, args[9], nameNode(c.CommonName)).Scan(&live)
 			switch {
 			case err == nil:
 				return fmt.Errorf("%w: %s holds certificate %s", store.ErrLiveCert, c.CommonName, live)

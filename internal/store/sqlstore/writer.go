@@ -231,8 +231,7 @@ func prepareWriteStmts(ctx context.Context, d dialect, db *sql.DB) (*writeStmts,
 			(SELECT count(*) FROM revoked_identities WHERE name IN (?1, ?2)),
 			(SELECT count(*) FROM blocked_keys WHERE ?3 <> '' AND key_hash = ?3),
 			(SELECT count(*) FROM revocations WHERE ?4 <> '' AND serial = ?4)`},
-		{&st.liveCert, `SELECT serial FROM certs WHERE common_name = ? AND not_after > ?
-			AND serial NOT IN (SELECT serial FROM revocations) LIMIT 1`},
+		{&st.liveCert, liveCertQuery},
 		{&st.agentOwner, `SELECT owner, entity, source FROM agents WHERE id = ?`},
 		{&st.certNames, `SELECT common_name, issuer_key_id, key_hash, pem FROM certs WHERE serial = ?`},
 		{&st.blockKey, `INSERT INTO blocked_keys (key_hash, serial, blocked_at) VALUES (?, ?, ?)
@@ -326,6 +325,12 @@ func prepareWriteStmts(ctx context.Context, d dialect, db *sql.DB) (*writeStmts,
 	}
 	return st, nil
 }
+
+// liveCertQuery selects a live certificate of the common name ?1 at ?2
+// (RecordCert of an exclusive certificate), by certs_names (?3 is
+// nameNode(?1)).
+const liveCertQuery = `SELECT serial FROM certs WHERE agent_node IN ('', ?3) AND common_name = ?1 AND not_after > ?2
+	AND serial NOT IN (SELECT serial FROM revocations) LIMIT 1`
 
 // close closes the statements that were prepared.
 func (st *writeStmts) close() {
