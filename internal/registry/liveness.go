@@ -81,7 +81,6 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 		return Result{}, false
 	}
 	e.lastSeen.Store(r.cfg.Now().UnixNano())
-	e.topoSeen.Store(r.topology.Load())
 	res := Result{AgentID: id}
 	e.mu.Unlock()
 	res.Resolved, res.ResolvedJSON = r.resolveFor(e)
@@ -158,7 +157,6 @@ func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin s
 	unchanged := !pending && samePayload && e.rec.Status == StatusHealthy && e.rec.CertFingerprint == fp && (e.rec.Source != "" || source == "")
 	if unchanged {
 		e.body = sum
-		e.topoSeen.Store(r.topology.Load())
 		e.mu.Unlock()
 		res.Resolved, res.ResolvedJSON = r.resolveFor(e)
 		return res, nil
@@ -241,9 +239,7 @@ func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin s
 		r.mu.Lock()
 		r.index(e, &old)
 		r.mu.Unlock()
-		e.topoSeen.Store(r.topology.Add(1))
-	} else {
-		e.topoSeen.Store(r.topology.Load())
+		r.topology.Add(1)
 	}
 	e.mu.Unlock()
 	if created || oldStatus != StatusHealthy {
@@ -275,8 +271,19 @@ func sameVisible(a, b meshapi.Registration) bool {
 
 // Check is the cheap liveness path (HEAD /heartbeat/{id}). It refreshes the
 // agent's liveness and returns Rotate set when the agent should POST again
-// (a rotation, a renewed certificate, or a topology change since its last
-// POST), or ErrUnknown / ErrEvicted when it must register anew.
+// (a rotation, a renewed certificate, or a POST answer that would differ
+// from the one it last received), or ErrUnknown / ErrEvicted when it must
+// register anew.
+//
+// The answer is per agent, where MCP Mesh's registry asks every agent to
+// POST after any change anywhere (its topology is mesh-wide): once the
+// topology moved past what the agent's answer is known current for
+// (entry.topoSeen), Check resolves the agent's dependencies at the
+// current value (from the cache the agents of its setKey share) and
+// compares the digest with that of the answer it received (entry.sent).
+// Equal: a POST would tell the agent nothing new, and Check answers 200
+// and records that the answer is current up to this value. An agent
+// without dependencies is never asked to POST for others' churn.
 func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 	res := Result{AgentID: id}
 	e := r.locked(id)
@@ -290,26 +297,52 @@ func (r *Registry) Check(peer *trust.Peer, id string) (Result, error) {
 		}
 		return res, refusal(ErrUnknown, "unknown_agent", "agent %q is not registered", id)
 	}
-	defer e.mu.Unlock()
-	if err := r.authorize(peer, id, &e.rec); err != nil {
+	if err := r.checkLocked(peer, id, e); err != nil {
+		e.mu.Unlock()
 		return res, err
-	}
-	switch e.rec.Status {
-	case StatusEvicted:
-		return res, refusal(ErrEvicted, "evicted", "agent %q was evicted: %s", id, e.rec.Reason)
-	case StatusUnhealthy:
-		if r.blind.Load() {
-			return res, errBlind(id)
-		}
-		return res, refusal(ErrUnknown, "unhealthy", "agent %q was silent too long; register again", id)
 	}
 	e.lastSeen.Store(r.cfg.Now().UnixNano())
 	fp := ""
 	if peer != nil {
 		fp = peer.Fingerprint
 	}
-	res.Rotate = !e.rec.RotateFrom.IsZero() || fp != e.rec.CertFingerprint || e.topoSeen.Load() != r.topology.Load()
+	// The certificate's fingerprint is compared with the one the record
+	// was registered with: the chain was verified by the trust backend
+	// that admitted it, and authorize has bound it to id.
+	if !e.rec.RotateFrom.IsZero() || fp != e.rec.CertFingerprint {
+		e.mu.Unlock()
+		res.Rotate = true
+		return res, nil
+	}
+	current := e.topoSeen == r.topology.Load()
+	e.mu.Unlock()
+	if !current {
+		// Resolved without e.mu, which resolution takes itself; an
+		// eviction meanwhile is answered by the agent's next request
+		// (and its connection is closed by it).
+		_, same := r.resolutionFor(e, compared)
+		res.Rotate = !same
+	}
 	return res, nil
+}
+
+// checkLocked refuses a HEAD for id from peer that e, id's entry, does
+// not serve: another certificate's, an evicted agent, or one silent too
+// long. The caller holds e.mu.
+func (r *Registry) checkLocked(peer *trust.Peer, id string, e *entry) error {
+	if err := r.authorize(peer, id, &e.rec); err != nil {
+		return err
+	}
+	switch e.rec.Status {
+	case StatusEvicted:
+		return refusal(ErrEvicted, "evicted", "agent %q was evicted: %s", id, e.rec.Reason)
+	case StatusUnhealthy:
+		if r.blind.Load() {
+			return errBlind(id)
+		}
+		return refusal(ErrUnknown, "unhealthy", "agent %q was silent too long; register again", id)
+	}
+	return nil
 }
 
 // errBlind answers a liveness check this replica cannot decide while it

@@ -247,10 +247,12 @@ type Registry struct {
 
 	count atomic.Int64
 	// topology counts changes any agent's dependencies could see: agents
-	// coming, going, changing tools or health. HEAD answers 202 to an
-	// agent whose last POST predates the current value. It is raised once
-	// a change is visible (stored in its entry and indexed), so a
-	// resolution computed at a value never misses a change made before it.
+	// coming, going, changing tools or health. HEAD resolves again an
+	// agent whose answer predates the current value (entry.topoSeen),
+	// and answers 202 if the resolution is not the one it received. It
+	// is raised once a change is visible (stored in its entry and
+	// indexed), so a resolution computed at a value never misses a change
+	// made before it.
 	topology atomic.Uint64
 
 	// draining refuses new agent ids (SetDraining) while the agents
@@ -316,9 +318,9 @@ func (r *Registry) lockWrites() {
 	}
 }
 
-// entry is one agent. Its mutex guards rec, reg, notAfter, wrote and gone;
-// lastSeen and topoSeen are atomic so the cheap paths take no lock but the
-// entry's. Whoever changes rec under the mutex raises rec.Version; last
+// entry is one agent. Its mutex guards rec, reg, notAfter, wrote, gone,
+// sent and topoSeen; lastSeen is atomic so the cheap paths take no lock
+// but the entry's. Whoever changes rec under the mutex raises rec.Version; last
 // seen alone may change without it.
 type entry struct {
 	mu sync.Mutex
@@ -349,7 +351,18 @@ type entry struct {
 	// store (0 for a record it only read).
 	wrote    uint64
 	lastSeen atomic.Int64
-	topoSeen atomic.Uint64
+	// sent is the digest (setResolution.sum) of the resolution the
+	// agent's last POST answer carried, zero before one; topoSeen is
+	// the topology value up to which that answer is known to be
+	// current. HEAD answers 202 only when, the topology having moved
+	// past topoSeen, the resolution a POST would answer now has another
+	// digest (Check): the dependencies_resolved of the POST answer is
+	// its only part that other agents change (llm_tools is always {}),
+	// so an agent whose providers did not change is not asked to POST
+	// for others' churn. Both are this process's: an agent that POSTs
+	// to another replica is asked (202) once here.
+	sent     [sha256.Size]byte
+	topoSeen uint64
 	// charge is what the entry is charged, registered without a
 	// certificate, against the registry's bounds (certless.go).
 	charge certlessCharge

@@ -519,13 +519,10 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 	if err != nil || !res.Created || res.Resolved["f"][0].AgentID != "geo" {
 		t.Fatalf("first: %+v %v", res, err)
 	}
-	// weather's arrival moved the topology; geo catches up once.
-	geoBody := []byte(`{"agent_id":"geo","tools":[{"function_name":"geocode","capability":"geocode"}]}`)
-	if res, _ := r.Check(g, "geo"); !res.Rotate {
-		t.Fatal("geo's HEAD says 200 after weather registered")
-	}
-	if _, err := r.heartbeatBody(ctx, g, geoBody); err != nil {
-		t.Fatal(err)
+	// weather's arrival moved the topology, but geo depends on nothing:
+	// its POST would answer what it received, so it is not asked again.
+	if res, _ := r.Check(g, "geo"); res.Rotate {
+		t.Fatal("geo, which depends on nothing, is asked (202) to POST after weather registered")
 	}
 	writes := st.writeCount()
 	// The same body again is answered from memory, with the cached resolution.
@@ -552,15 +549,28 @@ func TestHeartbeatBodyFastPathAndVisibleChanges(t *testing.T) {
 	if res, _ := r.Check(g, "geo"); res.Rotate {
 		t.Fatal("geo's HEAD says 202 after a change no dependent can see")
 	}
+	if res, _ := r.Check(w, "weather"); res.Rotate {
+		t.Fatal("weather's HEAD says 202 after its own change no dependent can see")
+	}
 	if v := r.List(Filter{}); v[1].Description != "v2" {
 		t.Fatalf("description not updated: %+v", v[1])
 	}
-	// A changed endpoint is a topology change.
-	if _, err := r.heartbeatBody(ctx, w, []byte(`{"agent_id":"weather","http_port":9100,"description":"v2","tools":[{"function_name":"f","capability":"weather","dependencies":[{"capability":"geocode"}]}]}`)); err != nil {
+	// A changed endpoint is a topology change, seen by geo's dependents
+	// (weather), not by geo, which depends on nothing.
+	if _, err := r.heartbeatBody(ctx, g, []byte(`{"agent_id":"geo","http_port":9100,"tools":[{"function_name":"geocode","capability":"geocode"}]}`)); err != nil {
 		t.Fatal(err)
 	}
-	if res, _ := r.Check(g, "geo"); !res.Rotate {
-		t.Fatal("geo's HEAD says 200 after weather moved its endpoint")
+	if res, _ := r.Check(w, "weather"); !res.Rotate {
+		t.Fatal("weather's HEAD says 200 after its provider geo moved its endpoint")
+	}
+	if res, _ := r.Check(w, "weather"); !res.Rotate {
+		t.Fatal("weather's second HEAD says 200 before it POSTed the change's answer away")
+	}
+	if res, err := r.heartbeatBody(ctx, w, body("2026-01-01T00:00:15Z", "v2")); err != nil || res.Resolved["f"][0].Endpoint != "https://:9100" {
+		t.Fatalf("weather's POST after its provider moved: %+v %v", res, err)
+	}
+	if res, _ := r.Check(w, "weather"); res.Rotate {
+		t.Fatal("weather's HEAD says 202 after its POST received the new endpoint")
 	}
 	// Another certificate for the same agent id never takes the fast path.
 	if _, err := r.heartbeatBody(ctx, peer(t, "weather@n2", ""), body("2026-01-01T00:00:09Z", "v2")); !errors.Is(err, ErrForbidden) {

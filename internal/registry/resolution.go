@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"slices"
 	"strconv"
@@ -49,6 +50,19 @@ type setResolution struct {
 	// json is res as JSON (json.Marshal's), encoded once for every
 	// heartbeat answer that carries it.
 	json []byte
+	// sum is json's SHA-256: what an entry keeps of the answer its agent
+	// last received (entry.sent), so that HEAD can tell whether a POST
+	// would answer anything else now. The providers' endpoints, ids and
+	// function names in json are chosen by other agents (partners',
+	// certless callers'), so the digest must be one nobody can collide:
+	// two answers that differ with the same digest would let a provider
+	// change what a dependent calls without the dependent being told.
+	// SHA-256 is collision resistant without a key, so there is no
+	// secret to hold; it is computed once per set per topology value,
+	// shared by every agent of the set, never per HEAD. A digest rather
+	// than the answer itself: 32 bytes per agent, and no old answer kept
+	// alive by the agents that have not POSTed since.
+	sum [sha256.Size]byte
 }
 
 // depKey is a dependency as resolution sees it: what it asks for, and
@@ -95,21 +109,47 @@ func (r *Registry) cacheAt(topo uint64) *resolutionCache {
 	}
 }
 
-// resolveFor returns e's dependency resolution.
+// receipt says what a resolution is computed for, as it bears on what
+// the agent has received (entry.sent).
+type receipt uint8
+
+const (
+	// listed: GET /agents; the agent receives nothing.
+	listed receipt = iota
+	// answered: a POST answer carries the resolution to the agent.
+	answered
+	// compared: a HEAD asks whether a POST would answer another
+	// resolution than the one the agent last received.
+	compared
+)
+
+// resolveFor returns e's dependency resolution for a POST answer, and
+// records it as what e's agent received.
 func (r *Registry) resolveFor(e *entry) (map[string][]meshapi.Resolution, []byte) {
-	set := r.resolution(e)
+	set, _ := r.resolutionFor(e, answered)
 	return set.res, set.json
 }
 
 // resolution returns e's dependency resolution, computed again only when
 // the topology moved since e's was cached.
 func (r *Registry) resolution(e *entry) setResolution {
+	set, _ := r.resolutionFor(e, listed)
+	return set
+}
+
+// resolutionFor returns e's dependency resolution at the current
+// topology and records what how says (see entry.receive), whose answer
+// it returns. The topology is read before anything is resolved: every
+// change it counts is indexed by then, so the resolution holds it
+// (cacheAt); a later change, counted after, is found by the next call.
+func (r *Registry) resolutionFor(e *entry, how receipt) (setResolution, bool) {
 	topo := r.topology.Load()
 	e.mu.Lock()
 	if e.resolved.res != nil && e.resolvedAt == topo {
 		set := e.resolved
+		same := e.receive(set, topo, how)
 		e.mu.Unlock()
-		return set
+		return set, same
 	}
 	reg, key := e.reg, setKey{tools: e.tools, consumer: partyOf(&e.rec)}
 	e.mu.Unlock()
@@ -121,6 +161,7 @@ func (r *Registry) resolution(e *entry) setResolution {
 		set.res, set.available = r.resolve(reg, key.consumer, c)
 		set.list = dependencyResolutions(reg, set.res)
 		set.json = resolutionJSON(set.res)
+		set.sum = sha256.Sum256(set.json)
 		if key.tools != nil {
 			set = key.tools.reuse(key.consumer, set)
 			c.mu.Lock()
@@ -132,8 +173,34 @@ func (r *Registry) resolution(e *entry) setResolution {
 	if e.resolved.res == nil || e.resolvedAt < topo {
 		e.resolved, e.resolvedAt = set, topo
 	}
+	same := e.receive(set, topo, how)
 	e.mu.Unlock()
-	return set
+	return set, same
+}
+
+// receive records set, e's resolution at topology value topo, as how
+// says, and reports for compared whether it is the one e's agent last
+// received. The caller holds e.mu.
+//
+// answered: the POST answer carries set, so it is what the agent holds,
+// current up to topo. Of two POSTs of one agent racing, the one that
+// records last is taken for the one received; if it is the older, the
+// next HEAD compares again and says 202 if that was wrong.
+//
+// compared: when set is what the agent holds, its answer is current up
+// to topo (topoSeen moves forward, never back); when not, nothing
+// changes, and HEAD answers 202 until a POST records the new answer.
+func (e *entry) receive(set setResolution, topo uint64, how receipt) bool {
+	switch how {
+	case answered:
+		e.sent, e.topoSeen = set.sum, topo
+	case compared:
+		if set.sum != e.sent {
+			return false
+		}
+		e.topoSeen = max(e.topoSeen, topo)
+	}
+	return true
 }
 
 // resolutionJSON is json.Marshal of res. A resolution holds strings,

@@ -671,19 +671,32 @@ func TestE2EHeadSemantics(t *testing.T) {
 	if got := head(a, "alpha"); got != http.StatusOK {
 		t.Errorf("HEAD with nothing changed: %d, want 200", got)
 	}
+	// gamma depends on notify, which nobody offers yet.
+	gCert, _ := agentCert(t, e.ca.auth, "gamma", "n1")
+	g := e.client(&gCert)
+	hbG := heartbeat("gamma", 9803)
+	hbG["tools"] = []map[string]any{{"function_name": "fn_g", "capability": "g", "dependencies": []map[string]any{{"capability": "notify"}}}}
+	if r := e.do(g, "POST", "/heartbeat", hbG); r.code != http.StatusOK {
+		t.Fatal(r)
+	}
 	bCert, _ := agentCert(t, e.ca.auth, "beta", "n1")
 	if r := e.do(e.client(&bCert), "POST", "/heartbeat", heartbeat("beta", 9801, "notify")); r.code != http.StatusOK {
 		t.Fatal(r)
 	}
+	// beta's arrival changes gamma's POST answer, not alpha's: only the
+	// dependent is asked to POST, until it does.
 	for i := 0; i < 3; i++ {
-		if got := head(a, "alpha"); got != http.StatusAccepted {
-			t.Errorf("HEAD #%d after another agent registered: %d, want 202", i+1, got)
+		if got := head(a, "alpha"); got != http.StatusOK {
+			t.Errorf("alpha's HEAD #%d after an agent it does not depend on registered: %d, want 200", i+1, got)
+		}
+		if got := head(g, "gamma"); got != http.StatusAccepted {
+			t.Errorf("gamma's HEAD #%d after its provider registered: %d, want 202", i+1, got)
 		}
 	}
-	if r := e.do(a, "POST", "/heartbeat", hbA); r.code != http.StatusOK {
-		t.Fatal(r)
+	if r := e.do(g, "POST", "/heartbeat", hbG); r.code != http.StatusOK || !strings.Contains(string(r.body), `"agent_id":"beta"`) {
+		t.Fatalf("gamma's POST after its 202: %s, want beta as its provider", r)
 	}
-	if got := head(a, "alpha"); got != http.StatusOK {
+	if got := head(g, "gamma"); got != http.StatusOK {
 		t.Errorf("HEAD after POSTing again: %d, want 200", got)
 	}
 

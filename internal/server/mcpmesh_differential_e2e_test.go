@@ -22,6 +22,8 @@ type diffStep struct {
 	codeWhy   string
 	// compare the JSON answers field by field.
 	compare bool
+	// both, when set, is the status code both registries must answer.
+	both int
 }
 
 // heartbeatAllowed are the accepted differences in POST /heartbeat
@@ -53,6 +55,10 @@ var listAllowed = append(append([]allowedDiff{}, agentInfoAllowed...),
 	allow(`\.agents\[\d+\]\.capabilities\[\d+\]\.kwargs`, "missing", "meshd does not list a tool's kwargs in GET /agents (they stay in its stored registration)"),
 )
 
+// noNewsWhy is why meshd answers 200 where MCP Mesh asks (202) an agent
+// to POST: its POST answer would be the one it received.
+const noNewsWhy = "MCP Mesh asks every agent to POST after any change anywhere; meshd only an agent whose POST answer (its dependencies' resolution) would differ from the one it received, and geo depends on nothing (docs/mcpmesh-wire.md)"
+
 // TestMCPMeshDifferential runs one request sequence against MCP Mesh's
 // registry and meshd, both with TLS off, and compares status codes and
 // JSON answers field by field. Every difference it accepts is listed
@@ -78,8 +84,8 @@ func TestMCPMeshDifferential(t *testing.T) {
 		{name: "register the llm provider", method: "POST", path: "/heartbeat", body: llmProvider, compare: true},
 		{name: "register the llm agent", method: "POST", path: "/heartbeat", body: smart, compare: true},
 		{name: "register a stdio agent", method: "POST", path: "/heartbeat", body: stdio, compare: true},
-		{name: "HEAD geo after others registered", method: "HEAD", path: "/heartbeat/geo-agent-1"},
-		{name: "HEAD geo again", method: "HEAD", path: "/heartbeat/geo-agent-1"},
+		{name: "HEAD geo after others registered", method: "HEAD", path: "/heartbeat/geo-agent-1", meshdCode: http.StatusOK, codeWhy: noNewsWhy},
+		{name: "HEAD geo again", method: "HEAD", path: "/heartbeat/geo-agent-1", meshdCode: http.StatusOK, codeWhy: noNewsWhy},
 		{name: "geo POSTs again", method: "POST", path: "/heartbeat", body: geo, compare: true},
 		{name: "HEAD geo after its POST", method: "HEAD", path: "/heartbeat/geo-agent-1"},
 		{name: "weather POSTs again", method: "POST", path: "/heartbeat", body: weather, compare: true},
@@ -113,13 +119,51 @@ func TestMCPMeshDifferential(t *testing.T) {
 			codeWhy: "as above"},
 		{name: "list after all that", method: "GET", path: "/agents", compare: true},
 	}
+	runDiff(t, mm.url, e.baseURL(), steps)
+}
+
+// TestMCPMeshDependentToldOfItsProvider: a dependent's provider goes
+// away and comes back. MCP Mesh's registry and meshd both tell the
+// dependent (HEAD 202) each time, and its POSTs re-resolve alike; the
+// provider, which depends on nothing, hears 200 from meshd where MCP
+// Mesh asks it to POST for nothing.
+func TestMCPMeshDependentToldOfItsProvider(t *testing.T) {
+	bin := mcpmeshBin(t)
+	mm := startMCPMesh(t, bin, mcpmeshOptions{mode: "off"})
+	e := newEnv(t, envOptions{mode: server.TLSOff})
+	agents := mcpmeshAgents(t)
+	geo, weather := agents[0], agents[1]
+	runDiff(t, mm.url, e.baseURL(), []diffStep{
+		{name: "register geo", method: "POST", path: "/heartbeat", body: geo, compare: true},
+		{name: "register weather", method: "POST", path: "/heartbeat", body: weather, compare: true},
+		{name: "HEAD weather", method: "HEAD", path: "/heartbeat/weather-agent-1", both: http.StatusOK},
+		{name: "HEAD geo after weather registered", method: "HEAD", path: "/heartbeat/geo-agent-1", meshdCode: http.StatusOK, codeWhy: noNewsWhy},
+		{name: "delete geo", method: "DELETE", path: "/agents/geo-agent-1"},
+		{name: "HEAD weather after its provider left", method: "HEAD", path: "/heartbeat/weather-agent-1", both: http.StatusAccepted},
+		{name: "HEAD weather again", method: "HEAD", path: "/heartbeat/weather-agent-1", both: http.StatusAccepted},
+		{name: "weather re-resolves without geo", method: "POST", path: "/heartbeat", body: weather, compare: true},
+		{name: "HEAD weather after re-resolving", method: "HEAD", path: "/heartbeat/weather-agent-1", both: http.StatusOK},
+		{name: "geo registers again", method: "POST", path: "/heartbeat", body: geo, compare: true},
+		{name: "HEAD weather after its provider came back", method: "HEAD", path: "/heartbeat/weather-agent-1", both: http.StatusAccepted},
+		{name: "weather re-resolves to geo", method: "POST", path: "/heartbeat", body: weather, compare: true},
+		{name: "HEAD weather after re-resolving to geo", method: "HEAD", path: "/heartbeat/weather-agent-1", both: http.StatusOK},
+	})
+}
+
+// runDiff sends each step to MCP Mesh's registry at mmURL and to meshd at
+// meshdURL, and compares the answers.
+func runDiff(t *testing.T, mmURL, meshdURL string, steps []diffStep) {
+	t.Helper()
 	plain := &http.Client{Timeout: 10 * time.Second}
 	for _, s := range steps {
-		want := do(t, plain, s.method, mm.url+s.path, s.body)
-		got := do(t, plain, s.method, e.baseURL()+s.path, s.body)
+		want := do(t, plain, s.method, mmURL+s.path, s.body)
+		got := do(t, plain, s.method, meshdURL+s.path, s.body)
 		wantCode := want.code
 		if s.codeWhy != "" {
 			wantCode = s.meshdCode
+		}
+		if s.both != 0 && want.code != s.both {
+			t.Errorf("%s: %s %s: MCP Mesh %s, want %d", s.name, s.method, s.path, want, s.both)
 		}
 		if got.code != wantCode {
 			t.Errorf("%s: %s %s: meshd %s, MCP Mesh %s", s.name, s.method, s.path, got, want)
