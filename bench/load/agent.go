@@ -2,12 +2,14 @@ package load
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -40,6 +42,14 @@ type agent struct {
 	br      *bufio.Reader
 	head    []byte // HEAD /heartbeat/{id}
 	changes int    // how many times its tools changed
+	// provides is the shared capability the agent offers ("" for
+	// none), needs the ones its get_forecast tool depends on: the
+	// dependencies a mesh's agents declare on a few of them.
+	provides string
+	needs    []string
+	// deps is the dependencies_resolved of its last POST answer, and
+	// body the buffer answers are read into.
+	deps, body []byte
 
 	// revoked is set by the revoker before it calls revoke: from then on
 	// a refusal of this agent is expected. wake carries the time the
@@ -53,9 +63,34 @@ type agent struct {
 	refusedSeen      bool
 }
 
-func newAgent(id, serial string, replica int, addr string, cfg *tls.Config) *agent {
+func newAgent(id, serial string, replica int, addr string, cfg *tls.Config, provides string, needs []string) *agent {
 	return &agent{id: id, serial: serial, replica: replica, addr: addr, tls: cfg, wake: make(chan time.Time, 1),
-		head: fmt.Appendf(nil, "HEAD %s/%s HTTP/1.1\r\nHost: localhost\r\n\r\n", meshapi.PathHeartbeat, id)}
+		head:     fmt.Appendf(nil, "HEAD %s/%s HTTP/1.1\r\nHost: localhost\r\n\r\n", meshapi.PathHeartbeat, id),
+		provides: provides, needs: needs}
+}
+
+// sharedCapability is the name of shared capability i.
+func sharedCapability(i int) string { return fmt.Sprintf("shared%03d", i) }
+
+// roles returns what agent i of a fleet offers and needs under cfg: one
+// agent in 1/cfg.Providers offers a shared capability, in turn; every
+// agent depends on one or two of them (by its index, so a run's
+// dependencies are the same every time). None with cfg.Providers
+// negative.
+func roles(i int, cfg Config) (provides string, needs []string) {
+	if cfg.Providers < 0 {
+		return "", nil
+	}
+	stride := max(1, int(math.Round(1/cfg.Providers)))
+	n := cfg.Capabilities
+	if i%stride == 0 {
+		provides = sharedCapability(i / stride % n)
+	}
+	needs = []string{sharedCapability(i * 7 % n)}
+	if second := sharedCapability((i*13 + 5) % n); i%2 == 1 && second != needs[0] {
+		needs = append(needs, second)
+	}
+	return provides, needs
 }
 
 // registration is the agent's MCP Mesh heartbeat body; version changes
@@ -68,10 +103,21 @@ func (a *agent) registration() []byte {
 			"description": fmt.Sprintf("%s of %s, revision %d", capability, a.id, a.changes),
 			"inputSchema": map[string]any{"type": "object", "properties": map[string]any{"location": map[string]any{"type": "string"}}}}
 	}
+	forecast := tool("get_forecast", "weather_forecast", "weather", "forecast")
+	if len(a.needs) > 0 {
+		deps := make([]any, len(a.needs))
+		for i, c := range a.needs {
+			deps[i] = map[string]any{"capability": c}
+		}
+		forecast["dependencies"] = deps
+	}
+	tools := []any{forecast, tool("current_conditions", "weather_current", "weather")}
+	if a.provides != "" {
+		tools = append(tools, tool("serve_"+a.provides, a.provides))
+	}
 	body, _ := json.Marshal(map[string]any{
 		"agent_id": a.id, "agent_type": "mcp_agent", "name": a.id, "version": v, "runtime": "python",
-		"http_host": "127.0.0.1", "http_port": 9000, "namespace": "default",
-		"tools": []any{tool("get_forecast", "weather_forecast", "weather", "forecast"), tool("current_conditions", "weather_current", "weather")},
+		"http_host": "127.0.0.1", "http_port": 9000, "namespace": "default", "tools": tools,
 	})
 	return fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", meshapi.PathHeartbeat, len(body), body)
 }
@@ -97,11 +143,16 @@ func (a *agent) close() {
 }
 
 // answer is one response: its status and meshd's X-Reason, or the
-// transport error.
+// transport error; body is the agent's buffer, valid until its next
+// request.
 type answer struct {
 	status int
 	reason string
+	body   []byte
 	err    error
+	// changed is set on a POST answer whose dependencies_resolved is
+	// not the one the agent received before.
+	changed bool
 }
 
 // do sends req and reads meshd's answer on the agent's connection.
@@ -114,21 +165,42 @@ func (a *agent) do(req []byte, method string) answer {
 	if err != nil {
 		return answer{err: err}
 	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	buf := bytes.NewBuffer(a.body[:0])
+	_, err = buf.ReadFrom(resp.Body)
+	a.body = buf.Bytes()
 	resp.Body.Close()
 	if err == nil && resp.Close {
 		// meshd closes the connection after this answer: the next request
 		// finds it closed; say so now.
 		err = errClosedByServer
 	}
-	return answer{status: resp.StatusCode, reason: resp.Header.Get("X-Reason"), err: err}
+	return answer{status: resp.StatusCode, reason: resp.Header.Get("X-Reason"), body: a.body, err: err}
+}
+
+// received records the dependencies_resolved of a POST answer, and
+// reports whether it differs from the one the agent received before.
+func (a *agent) received(body []byte) bool {
+	deps := body
+	if i := bytes.Index(deps, []byte(`"dependencies_resolved":`)); i >= 0 {
+		deps = deps[i:]
+	}
+	if i := bytes.Index(deps, []byte(`,"llm_tools"`)); i >= 0 {
+		deps = deps[:i]
+	}
+	changed := !bytes.Equal(deps, a.deps)
+	a.deps = append(a.deps[:0], deps...)
+	return changed
 }
 
 var errClosedByServer = errors.New("meshd closed the connection after answering")
 
 // register is the agent's POST /heartbeat.
 func (a *agent) register() answer {
-	return a.do(a.registration(), http.MethodPost)
+	ans := a.do(a.registration(), http.MethodPost)
+	if ans.err == nil && ans.status == http.StatusOK {
+		ans.changed = a.received(ans.body)
+	}
+	return ans
 }
 
 // refusal names an answer that is not success, "" for success: meshd's
@@ -194,21 +266,27 @@ func (a *agent) heartbeat(r *runState) {
 	}
 	a.headLat = append(a.headLat, time.Since(start))
 	r.count(start)
-	if ans.status == http.StatusAccepted {
-		r.reregistered.Add(1)
-		a.post(r)
+	if ans.status != http.StatusAccepted {
+		r.headOK.Add(1)
+		return
+	}
+	r.reregistered.Add(1)
+	if ans := a.post(r); ans.err == nil && ans.status == http.StatusOK && !ans.changed {
+		// Asked to POST, and the answer told the agent nothing new.
+		r.needless.Add(1)
 	}
 }
 
-func (a *agent) post(r *runState) {
+func (a *agent) post(r *runState) answer {
 	start := time.Now()
 	ans := a.register()
 	if why := ans.refusal(http.MethodPost); why != "" {
 		a.refused(r, "POST", why)
-		return
+		return ans
 	}
 	a.postLat = append(a.postLat, time.Since(start))
 	r.count(start)
+	return ans
 }
 
 // refused counts a refusal, expected when the agent has been revoked,

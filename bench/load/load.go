@@ -69,6 +69,14 @@ type Config struct {
 	// ChangeRate is the share of cycles in which an agent's tools change
 	// (a POST instead of a HEAD); default 0.01; negative: none.
 	ChangeRate float64
+	// Providers is the share of the agents that offer one of
+	// Capabilities shared capabilities, which every agent depends on one
+	// or two of (so a provider's change, revocation included, is news to
+	// its dependents only); default 0.03; negative: no agent declares a
+	// dependency.
+	Providers float64
+	// Capabilities is how many shared capabilities there are; default 20.
+	Capabilities int
 	// Database is "" for meshd's SQLite file, or a postgres:// URL (a
 	// schema of its own) for Replicas replicas on it.
 	Database string
@@ -92,6 +100,8 @@ func (c Config) withDefaults() (Config, error) {
 	c.Interval = cmpOr(c.Interval, 5*time.Second)
 	c.RevokeEvery = cmpOr(c.RevokeEvery, time.Second)
 	c.ChangeRate = cmpOr(c.ChangeRate, 0.01)
+	c.Providers = cmpOr(c.Providers, 0.03)
+	c.Capabilities = cmpOr(c.Capabilities, 20)
 	c.Replicas = cmpOr(c.Replicas, 1)
 	c.Parallel = cmpOr(c.Parallel, 32)
 	switch {
@@ -105,6 +115,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, errors.New("load: two replicas need a postgres:// database")
 	case c.ChangeRate > 1:
 		return c, fmt.Errorf("load: change rate %v is more than every cycle", c.ChangeRate)
+	case c.Providers > 1:
+		return c, fmt.Errorf("load: a providers share of %v is more than the whole fleet", c.Providers)
+	case c.Capabilities < 0:
+		return c, errors.New("load: capabilities must not be negative")
 	}
 	return c, nil
 }
@@ -126,6 +140,7 @@ type runState struct {
 	// the load.
 	perSecond                             []atomic.Int64
 	reregistered, redials                 atomic.Int64
+	headOK, needless                      atomic.Int64
 	mu                                    sync.Mutex
 	refusals, expected                    map[string]int64
 	seen                                  map[string][]time.Time // serial -> when each replica's watch stream carried it
@@ -166,7 +181,7 @@ func Run(ctx context.Context, dir string, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	res := &Result{Agents: cfg.Agents, Replicas: cfg.Replicas, Database: "sqlite", Interval: cfg.Interval.String(),
-		Duration: cfg.Duration.String(), ChangeRate: cfg.ChangeRate, RevokeEvery: cfg.RevokeEvery.String()}
+		Duration: cfg.Duration.String(), ChangeRate: cfg.ChangeRate, RevokeEvery: cfg.RevokeEvery.String(), Providers: cfg.Providers, Capabilities: cfg.Capabilities}
 	if cfg.Database != "" {
 		res.Database = "postgres"
 	}
@@ -269,7 +284,8 @@ func Run(ctx context.Context, dir string, cfg Config) (*Result, error) {
 	for i := range agents {
 		rep := i % len(procs)
 		tc := &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{certs[i]}}
-		agents[i] = newAgent(fmt.Sprintf("load%05d", i), serials[i], rep, procs[rep].addr, tc)
+		provides, needs := roles(i, cfg)
+		agents[i] = newAgent(fmt.Sprintf("load%05d", i), serials[i], rep, procs[rep].addr, tc, provides, needs)
 	}
 	defer func() {
 		for _, a := range agents {

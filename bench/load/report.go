@@ -57,17 +57,24 @@ type Result struct {
 	Interval    string  `json:"interval"`
 	ChangeRate  float64 `json:"change_rate"`
 	RevokeEvery string  `json:"revoke_every"`
-	Setup       struct {
+	// Providers and Capabilities are the run's dependencies (Config).
+	Providers    float64 `json:"providers"`
+	Capabilities int     `json:"capabilities"`
+	Setup        struct {
 		IssueSeconds   float64 `json:"issue_s"`
 		ConnectSeconds float64 `json:"connect_register_s"`
 	} `json:"setup"`
 	Throughput Throughput `json:"requests_per_second"`
 	Head       Latency    `json:"head"`
 	Post       Latency    `json:"post"`
-	// Reregistered counts HEADs answered 202, which the agent followed
-	// with a POST; Redials the connections agents opened again after a
+	// HeadOK counts HEADs answered 200, Reregistered those answered
+	// 202, which the agent followed with a POST, and Needless those
+	// POSTs whose dependencies_resolved was the one the agent had
+	// already; Redials the connections agents opened again after a
 	// failure.
+	HeadOK       int64 `json:"head_200"`
 	Reregistered int64 `json:"reregistered"`
+	Needless     int64 `json:"reregistered_unchanged"`
 	Redials      int64 `json:"redials"`
 	// Unexpected counts refusals of agents not revoked, by method and
 	// reason (the target is none); Expected those of revoked agents.
@@ -104,6 +111,7 @@ func (res *Result) summarize(r *runState, agents []*agent, revs []revocation, sa
 		res.Throughput.Mean = float64(total) / float64(whole)
 	}
 	res.Reregistered, res.Redials = r.reregistered.Load(), r.redials.Load()
+	res.HeadOK, res.Needless = r.headOK.Load(), r.needless.Load()
 	r.mu.Lock()
 	res.Unexpected, res.Expected = r.refusals, r.expected
 	r.mu.Unlock()
@@ -185,12 +193,14 @@ func (res *Result) Clean() error {
 // Table is the result as a Markdown table for BENCHMARKS.md.
 func (res *Result) Table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "| %d agents, %d meshd on %s, %s, HEAD every %s ±10%%, %.0f%% POST, a revocation every %s | |\n|---|---|\n",
-		res.Agents, res.Replicas, res.Database, res.Duration, res.Interval, 100*res.ChangeRate, res.RevokeEvery)
+	fmt.Fprintf(&b, "| %d agents, %d meshd on %s, %s, HEAD every %s ±10%%, %.0f%% POST, a revocation every %s, %.0f%% providers of %d capabilities | |\n|---|---|\n",
+		res.Agents, res.Replicas, res.Database, res.Duration, res.Interval, 100*res.ChangeRate, res.RevokeEvery, 100*max(0, res.Providers), res.Capabilities)
 	row := func(k, format string, args ...any) { fmt.Fprintf(&b, "| %s | %s |\n", k, fmt.Sprintf(format, args...)) }
 	row("setup", "issue %.1f s, connect and register %.1f s", res.Setup.IssueSeconds, res.Setup.ConnectSeconds)
 	row("requests/s", "mean %.0f (min %d, max %d)", res.Throughput.Mean, res.Throughput.Min, res.Throughput.Max)
 	row("HEAD /heartbeat/{id}", "%s", res.Head)
+	row("HEAD answers", "200: %d, 202: %d (%.1f%%), of which the POST told nothing new: %d", res.HeadOK, res.Reregistered,
+		100*float64(res.Reregistered)/float64(max(1, res.HeadOK+res.Reregistered)), res.Needless)
 	row("POST /heartbeat", "%s; %d after a 202", res.Post, res.Reregistered)
 	row("unexpected refusals", "%d %s", sum(res.Unexpected), reasons(res.Unexpected))
 	row("revoked agents' refusals", "%d %s", sum(res.Expected), reasons(res.Expected))

@@ -40,6 +40,8 @@ func main() {
 	flag.DurationVar(&cfg.Interval, "interval", 5*time.Second, "each agent's heartbeat interval (jittered ±10%)")
 	flag.DurationVar(&cfg.RevokeEvery, "revoke-every", time.Second, "how often a random live agent is revoked (negative: never)")
 	flag.Float64Var(&cfg.ChangeRate, "change-rate", 0.01, "share of cycles in which an agent's tools change (a POST)")
+	flag.Float64Var(&cfg.Providers, "providers", 0.03, "share of the agents offering a shared capability; every agent depends on one or two (negative: no dependencies)")
+	flag.IntVar(&cfg.Capabilities, "capabilities", 20, "how many shared capabilities the providers offer")
 	flag.IntVar(&cfg.Replicas, "replicas", 1, "1: one meshd on SQLite; 2: two replicas on one PostgreSQL")
 	flag.IntVar(&cfg.Parallel, "parallel", 32, "concurrent issuances and handshakes while setting up")
 	flag.Func("meshd-env", "KEY=VALUE added to meshd's environment (GOGC=50, GOMEMLIMIT=...); repeatable", func(kv string) error {
