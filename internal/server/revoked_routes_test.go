@@ -60,32 +60,9 @@ func TestE2ERevokedCallerRefusedOnEveryRoute(t *testing.T) {
 	}
 
 	nodeCerts, agentCerts := e.certCount("ct410.mesh"), e.certCount("sage@ct410")
-	renew := meshapi.RenewRequest{} // keep the caller's key
 	agentCert := meshapi.AgentCertRequest{AgentID: "sage", CSR: csrPEM(t, "sage@ct410", e.newNodeKey())}
 	for _, c := range callers {
-		for _, rq := range []struct {
-			method, path string
-			body         any
-		}{
-			{"POST", meshapi.PathHeartbeat, heartbeat("opus", 9000)},
-			{"HEAD", meshapi.PathHeartbeat + "/opus", nil},
-			{"GET", "/agents", nil},
-			{"DELETE", "/agents/opus", nil},
-			{"POST", meshapi.PathAgentCert, agentCert},
-			{"POST", meshapi.PathRenew, renew},
-			{"POST", meshapi.PathSessionAttach, map[string]string{"agent_id": "opus"}},
-		} {
-			// A fresh connection each time: meshd closed the ones the
-			// revoked certificates held.
-			r := e.do(e.freshClient(&c.cert), rq.method, rq.path, rq.body)
-			// HEAD carries no body, so no reason to read.
-			if r.code != http.StatusForbidden || (rq.method != "HEAD" && r.reason() != "revoked") {
-				t.Errorf("%s %s by revoked %s: %s, want 403 revoked", rq.method, rq.path, c.name, r)
-			}
-		}
-		if s, code := e.trySubscribe("", &c.cert); s != nil || code != http.StatusForbidden {
-			t.Errorf("GET %s by revoked %s: %d, want 403", meshapi.PathRevocationsWatch, c.name, code)
-		}
+		e.requireRevokedOnRoutes(c.name, c.cert, routeCall{"POST", meshapi.PathAgentCert, agentCert})
 	}
 	if got := e.certCount("ct410.mesh"); got != nodeCerts {
 		t.Errorf("refusals recorded %d certificates of ct410.mesh", got-nodeCerts)
@@ -123,5 +100,73 @@ func TestE2ERevokedCallerRefusedOnEveryRoute(t *testing.T) {
 	clock.refill()
 	if _, err := e.enrollClient().Enroll(context.Background(), tok.Token, "ct410", e.newNodeKey()); err != nil {
 		t.Errorf("ct410 enrolling after its reinstatement with the join token refused before: %v", err)
+	}
+}
+
+// TestE2ERevokedCertificateRefusedOnEveryRoute: revoking one agent
+// certificate by serial (superseded: its key and identity stay good) ends
+// the revocation stream it had open and refuses it on every route it
+// could call, while the same agent's next certificate and its node are
+// served.
+func TestE2ERevokedCertificateRefusedOnEveryRoute(t *testing.T) {
+	e, clock := newEnrollEnv(t, enrollOptions{mode: server.TLSStrict})
+	n := e.enrollNode(clock, testSecret, "ct420")
+	old, _ := e.mintAgent(n, "opus")
+	stream, code := e.trySubscribe("", &old)
+	if stream == nil {
+		t.Fatalf("opus@ct420's revocation stream before the revocation: %d", code)
+	}
+	// The serial names one certificate of the mesh CA, the only issuer
+	// meshd revokes serials of; the CA resolves it in lower-case hex
+	// without leading zeros (trust.NormalizeSerial), as serialOf gives it.
+	if r := e.adminDo("POST", "/admin/revoke", map[string]string{"target": serialOf(old), "reason": "superseded"}); r.code != http.StatusOK {
+		t.Fatalf("revoke %s: %s", serialOf(old), r)
+	}
+	select {
+	case <-stream.done:
+	case <-time.After(eventually.Bound):
+		t.Errorf("the revoked certificate's revocation stream still open %s after its revocation", eventually.Bound)
+	}
+	e.requireRevokedOnRoutes("the revoked certificate", old)
+	next, _ := e.mintAgent(n, "opus")
+	if r := e.heartbeatAs(next, "opus"); r.code != http.StatusOK {
+		t.Errorf("opus@ct420's next certificate: %s, want 200", r)
+	}
+	if r := e.do(e.freshClient(&next), "POST", meshapi.PathSessionAttach, map[string]string{"agent_id": "opus"}); r.code != http.StatusOK {
+		t.Errorf("session attach with opus@ct420's next certificate: %s", r)
+	}
+}
+
+// routeCall is one request to the agent port.
+type routeCall struct {
+	method, path string
+	body         any
+}
+
+// requireRevokedOnRoutes fails the test unless cert, revoked, gets 403
+// revoked on every authenticated route an agent opus or its node calls
+// (heartbeat POST and HEAD, the agent list and delete, renewal, session
+// attach), on extra, and on the revocation stream.
+func (e *env) requireRevokedOnRoutes(name string, cert tls.Certificate, extra ...routeCall) {
+	e.t.Helper()
+	routes := append([]routeCall{
+		{"POST", meshapi.PathHeartbeat, heartbeat("opus", 9000)},
+		{"HEAD", meshapi.PathHeartbeat + "/opus", nil},
+		{"GET", "/agents", nil},
+		{"DELETE", "/agents/opus", nil},
+		{"POST", meshapi.PathRenew, meshapi.RenewRequest{}}, // keeps the caller's key
+		{"POST", meshapi.PathSessionAttach, map[string]string{"agent_id": "opus"}},
+	}, extra...)
+	for _, rq := range routes {
+		// A fresh connection each time: meshd closed the ones the
+		// revoked certificate held.
+		r := e.do(e.freshClient(&cert), rq.method, rq.path, rq.body)
+		// HEAD carries no body, so no reason to read.
+		if r.code != http.StatusForbidden || (rq.method != "HEAD" && r.reason() != "revoked") {
+			e.t.Errorf("%s %s by %s: %s, want 403 revoked", rq.method, rq.path, name, r)
+		}
+	}
+	if s, code := e.trySubscribe("", &cert); s != nil || code != http.StatusForbidden {
+		e.t.Errorf("GET %s by %s: %d, want 403", meshapi.PathRevocationsWatch, name, code)
 	}
 }
