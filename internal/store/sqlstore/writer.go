@@ -79,14 +79,25 @@ func (s *Store) writer() {
 }
 
 // commit carries out batch in one transaction and answers every request in
-// it. Each request runs inside its own savepoint, so a request that fails
-// (a duplicate serial, say) is rolled back alone and the others commit. If
-// the transaction itself fails, every request in it is answered with that
-// error: none of them was written (or, for a commit whose answer was lost
-// with the connection, none was acknowledged).
+// it. A batch of several first runs its requests one after another with
+// no savepoints: that is the common case (every request succeeds), and a
+// savepoint and its release are two more statements per request, round
+// trips on PostgreSQL. If one of them fails, that transaction is rolled
+// back, nothing of it committed, and the batch runs again with each
+// request in its own savepoint (as a batch of one always runs), so a request that fails (a duplicate
+// serial, a refused certificate) is rolled back alone and the others
+// commit. A failing request thus costs its batch one extra run at most.
+// If the transaction itself fails, every request in it is answered with
+// that error: none of them was written (or, for a commit whose answer was
+// lost with the connection, none was acknowledged).
 func (s *Store) commit(batch []*request) {
 	errs := make([]error, len(batch))
-	if err := s.execBatch(batch, errs); err != nil {
+	err := s.execBatch(batch, errs, len(batch) == 1)
+	if errors.Is(err, errRequestFailed) {
+		clear(errs)
+		err = s.execBatch(batch, errs, true)
+	}
+	if err != nil {
 		for i := range errs {
 			errs[i] = err
 		}
@@ -99,10 +110,18 @@ func (s *Store) commit(batch []*request) {
 	}
 }
 
+// errRequestFailed is execBatch's answer, without savepoints, when a
+// request failed: the transaction was rolled back, and the batch is to
+// be run again with savepoints.
+var errRequestFailed = errors.New("a request of the batch failed")
+
 // execBatch runs batch in one transaction, recording each request's own
 // failure in errs. It returns an error, having rolled back, if the
-// transaction as a whole could not be carried out.
-func (s *Store) execBatch(batch []*request, errs []error) (err error) {
+// transaction as a whole could not be carried out. With alone, each
+// request runs in its own savepoint and one that fails is rolled back
+// alone; without, the first request that fails rolls back the whole
+// transaction and execBatch returns errRequestFailed.
+func (s *Store) execBatch(batch []*request, errs []error, alone bool) (err error) {
 	// Not the callers' contexts: the batch belongs to all of them, and a
 	// queued write is carried out regardless of its caller.
 	ctx := context.Background()
@@ -127,6 +146,18 @@ func (s *Store) execBatch(batch []*request, errs []error) (err error) {
 	}
 	events := false
 	for i, r := range batch {
+		if !alone {
+			tx.events = false
+			if errs[i] = r.op(ctx, tx); errs[i] != nil {
+				if errors.Is(errs[i], store.ErrUnavailable) {
+					// The connection is gone: so is the transaction.
+					return errs[i]
+				}
+				return errRequestFailed
+			}
+			events = events || tx.events
+			continue
+		}
 		if err := tx.exec(ctx, tx.st().savepoint); err != nil {
 			return s.errorf("savepoint: %w", err)
 		}
