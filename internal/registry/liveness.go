@@ -3,7 +3,6 @@ package registry
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"reflect"
@@ -38,7 +37,7 @@ type Result struct {
 // source (Config.Certless); source means nothing for a caller with one.
 // Nothing of body is kept once it returns (the server reuses its buffer).
 func (r *Registry) HeartbeatFrom(ctx context.Context, peer *trust.Peer, source string, body []byte) (Result, error) {
-	sum := sha256.Sum256(body)
+	sum := digestBody(body)
 	if peer != nil {
 		if res, ok := r.unchanged(peer, sum); ok {
 			return res, nil
@@ -60,12 +59,12 @@ func (r *Registry) HeartbeatUnchanged(peer *trust.Peer, body []byte) (Result, bo
 	if peer == nil {
 		return Result{}, false
 	}
-	return r.unchanged(peer, sha256.Sum256(body))
+	return r.unchanged(peer, digestBody(body))
 }
 
 // unchanged answers a heartbeat whose body hash, certificate and state are
 // what the registry already holds.
-func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, bool) {
+func (r *Registry) unchanged(peer *trust.Peer, sum bodyDigest) (Result, bool) {
 	id, ok := r.soleID(peer)
 	if !ok {
 		return Result{}, false
@@ -91,10 +90,10 @@ func (r *Registry) unchanged(peer *trust.Peer, sum [sha256.Size]byte) (Result, b
 // from ParseRegistration. A change to what the store holds is durable
 // before Heartbeat returns; an unchanged heartbeat touches only memory.
 func (r *Registry) Heartbeat(ctx context.Context, peer *trust.Peer, reg meshapi.Registration, payload []byte) (Result, error) {
-	return r.heartbeat(ctx, peer, "", reg, payload, [sha256.Size]byte{})
+	return r.heartbeat(ctx, peer, "", reg, payload, 0)
 }
 
-func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, origin string, reg meshapi.Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, origin string, reg meshapi.Registration, payload []byte, sum bodyDigest) (Result, error) {
 	res, err := r.heartbeatOnce(ctx, peer, origin, reg, payload, sum)
 	if errors.Is(err, errRecordGone) {
 		// The record this process held was deleted or released by
@@ -110,7 +109,7 @@ func (r *Registry) heartbeat(ctx context.Context, peer *trust.Peer, origin strin
 // longer holds; heartbeat registers the agent anew.
 var errRecordGone = errors.New("registry: the agent's record was deleted from the store meanwhile")
 
-func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin string, reg meshapi.Registration, payload []byte, sum [sha256.Size]byte) (Result, error) {
+func (r *Registry) heartbeatOnce(ctx context.Context, peer *trust.Peer, origin string, reg meshapi.Registration, payload []byte, sum bodyDigest) (Result, error) {
 	now := r.cfg.Now()
 	res := Result{AgentID: reg.AgentID}
 	e, created, err := r.claim(peer, origin, reg.AgentID, &reg, payload)

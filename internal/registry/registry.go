@@ -339,9 +339,9 @@ type entry struct {
 	// "opus@ct111"), or "".
 	node     string
 	notAfter time.Time // of the certificate it registered with
-	// body is the SHA-256 of the last heartbeat body as received, so an
-	// identical heartbeat is recognised without parsing it.
-	body [sha256.Size]byte
+	// body is the digest of the last heartbeat body as received, so an
+	// identical heartbeat is recognised without parsing it (bodyDigest).
+	body bodyDigest
 	// resolved caches the last dependency resolution (shared with the
 	// agents of its setKey, never modified), valid while the topology
 	// counter is resolvedAt.

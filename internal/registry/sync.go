@@ -131,7 +131,7 @@ func (r *Registry) merge(rec store.Agent, gen uint64) (changed, visible bool) {
 	r.rechargeStored(e)
 	// The next heartbeat is parsed again rather than matched against a
 	// body this process no longer holds the record of.
-	e.body = [32]byte{}
+	e.body = 0
 	e.setRegistration(reg)
 	r.mu.Lock()
 	r.index(e, &old)
