@@ -70,8 +70,8 @@ type options struct {
 	auditVerifyInterval        time.Duration
 	logLevel, logFormat        string
 	// gcPercent is --gc-percent; gcPercentSet whether it was given.
-	gcPercent    int
-	gcPercentSet bool
+	gcPercent                  int
+	gcPercentSet               bool
 	secretFile, meshSecretFile string
 	legacyCompat               bool
 	limits                     limits
