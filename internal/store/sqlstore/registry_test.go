@@ -441,14 +441,7 @@ func TestMigrateCertNamesIndex(t *testing.T) {
 		t.Fatalf("OpenSQLite(version 15 file): %v", err)
 	}
 	defer s.Close()
-	got, err := s.CertsByName(t.Context(), "opus@ct111")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serials []string
-	for _, c := range got {
-		serials = append(serials, c.Serial)
-	}
+	serials := serialsByName(t, s, "opus@ct111")
 	if want := []string{agent.Serial, old.Serial}; !slices.Equal(serials, want) {
 		t.Errorf("CertsByName after the migration = %q, want %q", serials, want)
 	}
@@ -469,22 +462,7 @@ func TestMigrateCertNamesIndex(t *testing.T) {
 		t.Errorf("HasLiveCert(opus@ct111) after its revocation = %v, %v; want false", live, err)
 	}
 
-	rows, err := s.rdb.QueryContext(t.Context(), `SELECT name FROM pragma_index_list('certs') ORDER BY name`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var indexes []string
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			t.Fatal(err)
-		}
-		indexes = append(indexes, name)
-	}
-	rows.Close()
-	if w := []string{"certs_key_hash", "certs_names", "sqlite_autoindex_certs_1"}; !slices.Equal(indexes, w) {
-		t.Errorf("indexes of certs = %q, want %q", indexes, w)
-	}
+	requireCertsIndexes(t, s)
 }
 
 // TestMigrateCertsWithoutFingerprintIndex opens a file a meshtrust of
@@ -514,14 +492,7 @@ func TestMigrateCertsWithoutFingerprintIndex(t *testing.T) {
 		t.Fatalf("OpenSQLite(version 14 file): %v", err)
 	}
 	defer s.Close()
-	got, err := s.CertsByName(t.Context(), "opus@ct111")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serials []string
-	for _, c := range got {
-		serials = append(serials, c.Serial)
-	}
+	serials := serialsByName(t, s, "opus@ct111")
 	if !slices.Equal(serials, want) {
 		t.Errorf("CertsByName after the migration = %q, want %q (the recorded order)", serials, want)
 	}
@@ -536,22 +507,7 @@ func TestMigrateCertsWithoutFingerprintIndex(t *testing.T) {
 		t.Error("the write connection accepted a revocation of an unrecorded serial: foreign keys are off after the migration")
 	}
 
-	rows, err := s.rdb.QueryContext(t.Context(), `SELECT name FROM pragma_index_list('certs') ORDER BY name`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var indexes []string
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			t.Fatal(err)
-		}
-		indexes = append(indexes, name)
-	}
-	rows.Close()
-	if w := []string{"certs_key_hash", "certs_names", "sqlite_autoindex_certs_1"}; !slices.Equal(indexes, w) {
-		t.Errorf("indexes of certs = %q, want %q", indexes, w)
-	}
+	requireCertsIndexes(t, s)
 }
 
 // TestMigrationBreakingForeignKeyRollsBack: a migration that leaves a row
@@ -594,5 +550,46 @@ func insertCertRow(t *testing.T, db *sql.DB, c store.Cert) {
 	if _, err := db.Exec(`INSERT INTO certs (serial, common_name, kind, sans, not_before, not_after, fingerprint,
 		issuer_key_id, pem, issued_at, key_hash, authorized_by, agent_node) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// serialsByName returns the serials CertsByName(name) answers, in its
+// order.
+func serialsByName(t *testing.T, s *Store, name string) []string {
+	t.Helper()
+	got, err := s.CertsByName(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for _, c := range got {
+		serials = append(serials, c.Serial)
+	}
+	return serials
+}
+
+// requireCertsIndexes fails t unless the certs table's indexes are the
+// current schema's: the key hash, the names (migration 0016) and the
+// serial's primary key.
+func requireCertsIndexes(t *testing.T, s *Store) {
+	t.Helper()
+	rows, err := s.rdb.QueryContext(t.Context(), `SELECT name FROM pragma_index_list('certs') ORDER BY name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var indexes []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		indexes = append(indexes, name)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if w := []string{"certs_key_hash", "certs_names", "sqlite_autoindex_certs_1"}; !slices.Equal(indexes, w) {
+		t.Errorf("indexes of certs = %q, want %q", indexes, w)
 	}
 }
